@@ -1,0 +1,43 @@
+//! `log`: plugin log lines into the host's log, tagged with tenant and
+//! plugin, bounded per line and per call so a plugin cannot flood the log.
+
+use crate::runtime::state::CallCtx;
+
+/// Longest message kept, in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 4096;
+/// Most lines one call may log; the rest are dropped.
+pub const MAX_LINES_PER_CALL: u32 = 256;
+
+/// Severity of a plugin log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// Logs `message` at `level` for the calling plugin.
+pub fn log(ctx: &mut CallCtx, level: Level, message: &str) {
+    ctx.log_lines = ctx.log_lines.saturating_add(1);
+    if ctx.log_lines > MAX_LINES_PER_CALL {
+        if ctx.log_lines == MAX_LINES_PER_CALL + 1 {
+            tracing::warn!(tenant = ctx.tenant_id(), plugin = ctx.plugin_name(), "plugin log limit reached; dropping further lines of this call");
+        }
+        return;
+    }
+    let mut end = message.len().min(MAX_MESSAGE_BYTES);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    let msg = &message[..end];
+    let (tenant, plugin) = (ctx.tenant_id(), ctx.plugin_name());
+    match level {
+        Level::Trace => tracing::trace!(target: "plugin", tenant, plugin, "{msg}"),
+        Level::Debug => tracing::debug!(target: "plugin", tenant, plugin, "{msg}"),
+        Level::Info => tracing::info!(target: "plugin", tenant, plugin, "{msg}"),
+        Level::Warn => tracing::warn!(target: "plugin", tenant, plugin, "{msg}"),
+        Level::Error => tracing::error!(target: "plugin", tenant, plugin, "{msg}"),
+    }
+}

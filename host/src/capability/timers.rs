@@ -1,0 +1,105 @@
+//! `timers`: durable one-shot timers. Scheduling and cancelling are writes
+//! in the call's transaction (a timer set by a call that traps never
+//! fires); the runtime's scheduler (`Runtime::fire_due_timers`) delivers due
+//! timers to the plugin's `on-timer`, retrying a failing one with backoff.
+
+use serde::{Deserialize, Serialize};
+
+use super::CapError;
+use crate::runtime::state::CallCtx;
+use crate::store::keys;
+
+/// Longest timer name.
+pub const MAX_NAME_BYTES: usize = 128;
+/// Largest timer payload.
+pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
+/// Furthest a timer may be set: one year.
+pub const MAX_DELAY_MS: u64 = 366 * 24 * 3600 * 1000;
+/// Delivery attempts before a failing timer is dropped (and logged).
+pub const MAX_ATTEMPTS: u32 = 5;
+
+/// A pending timer as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimerRecord {
+    pub id: String,
+    pub name: String,
+    /// Hex-encoded payload.
+    pub payload: String,
+    pub due_ms: u64,
+    pub attempts: u32,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+/// Schedules a timer; returns its id.
+pub fn schedule(
+    ctx: &mut CallCtx,
+    delay_ms: u64,
+    name: &str,
+    payload: &[u8],
+) -> Result<String, CapError> {
+    let _span = tracing::trace_span!("sb.timers.schedule").entered();
+    ctx.charge(name.len() + payload.len())?;
+    if name.is_empty() || name.len() > MAX_NAME_BYTES {
+        return Err(CapError::InvalidArgument(format!(
+            "timer names must be 1-{MAX_NAME_BYTES} bytes"
+        )));
+    }
+    if payload.len() > MAX_PAYLOAD_BYTES {
+        return Err(CapError::TooLarge(format!(
+            "timer payload of {} bytes exceeds {MAX_PAYLOAD_BYTES}",
+            payload.len()
+        )));
+    }
+    if delay_ms > MAX_DELAY_MS {
+        return Err(CapError::InvalidArgument(format!(
+            "delay of {delay_ms} ms exceeds the maximum of {MAX_DELAY_MS} ms"
+        )));
+    }
+    let id = crate::fsutil::random_hex(16);
+    let record = TimerRecord {
+        id: id.clone(),
+        name: name.to_string(),
+        payload: hex::encode(payload),
+        due_ms: now_ms().saturating_add(delay_ms),
+        attempts: 0,
+    };
+    let (tenant, plugin) = (ctx.tenant_id().to_string(), ctx.plugin_name().to_string());
+    let encoded =
+        serde_json::to_vec(&record).map_err(|e| CapError::Internal(e.to_string()))?;
+    ctx.txn.set(keys::timer(&tenant, &plugin, &id), encoded);
+    ctx.txn.set(
+        keys::timer_queue(record.due_ms, &tenant, &plugin, &id),
+        Vec::new(),
+    );
+    Ok(id)
+}
+
+/// Cancels one of the calling plugin's pending timers.
+pub fn cancel(ctx: &mut CallCtx, id: &str) -> Result<bool, CapError> {
+    let _span = tracing::trace_span!("sb.timers.cancel").entered();
+    ctx.charge(id.len())?;
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(CapError::InvalidArgument(format!("{id:?} is not a timer id")));
+    }
+    let (tenant, plugin) = (ctx.tenant_id().to_string(), ctx.plugin_name().to_string());
+    let key = keys::timer(&tenant, &plugin, id);
+    let store = ctx.rt.store.clone();
+    let Some(raw) = ctx.txn.get(store.as_ref(), &key)? else {
+        return Ok(false);
+    };
+    let record: TimerRecord = serde_json::from_slice(&raw)
+        .map_err(|e| CapError::Internal(format!("timer record unreadable: {e}")))?;
+    ctx.txn.delete(store.as_ref(), &key)?;
+    ctx.txn.delete(
+        store.as_ref(),
+        &keys::timer_queue(record.due_ms, &tenant, &plugin, id),
+    )?;
+    Ok(true)
+}

@@ -1,0 +1,55 @@
+//! Small file-system helpers for secrets kept in the data folder.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+/// Reads a 32-byte secret key from `path`, creating it (mode 0600, from the
+/// OS random source) when missing.
+pub fn secret_key_file(path: &Path) -> std::io::Result<[u8; 32]> {
+    match fs::read(path) {
+        Ok(bytes) => bytes.try_into().map_err(|b: Vec<u8>| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "{} holds {} bytes, expected 32; delete it to generate a new key",
+                    path.display(),
+                    b.len()
+                ),
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            let mut key = [0u8; 32];
+            getrandom::fill(&mut key).map_err(std::io::Error::other)?;
+            let mut options = fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut file = options.open(path)?;
+            file.write_all(&key)?;
+            file.sync_all()?;
+            Ok(key)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `len` random bytes as lower-case hex.
+pub fn random_hex(len: usize) -> String {
+    let mut bytes = vec![0u8; len];
+    // The OS random source failing is unrecoverable for a server that mints
+    // ids and keys; fall back to a time-derived value rather than panic.
+    if getrandom::fill(&mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = (nanos >> ((i % 16) * 8)) as u8;
+        }
+    }
+    hex::encode(bytes)
+}

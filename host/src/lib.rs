@@ -1,0 +1,26 @@
+//! Switchboard host: the trusted microkernel of a unified-communications
+//! server. It owns storage, identity, networking and crypto, and lends them
+//! to sandboxed WebAssembly feature plugins over the `switchboard:host` WIT
+//! interfaces, per tenant and only as granted.
+//!
+//! Layout: `runtime` (engine, compile cache, per-call stores, limits,
+//! transactions), `capability` (one module per host interface), `store`
+//! (backend trait + sled), `tenant` (registry records and limits),
+//! `server` (the `serve` front door), `harness` (run plugins in tests
+//! without a server), `cli` (the command line).
+
+// Unsafe code is denied everywhere; the single exception is loading an
+// authenticated compile-cache entry (`runtime::cache`), with its SAFETY
+// argument beside it.
+#![deny(unsafe_code)]
+
+pub mod capability;
+pub mod cli;
+mod fsutil;
+pub mod harness;
+pub mod runtime;
+pub mod server;
+pub mod store;
+pub mod tenant;
+
+pub use runtime::{Runtime, RuntimeConfig};

@@ -1,0 +1,1181 @@
+//! The plugin runtime: one wasmtime `Engine` (pooling allocator, epoch
+//! interruption, Cranelift), the installed plugins compiled once per digest
+//! (`cache`), the tenant registry with each tenant's enabled plugins linked
+//! for its grant set, and the call path.
+//!
+//! Every call gets a fresh `Store` instantiated from a cached `InstancePre`
+//! (no state survives a call), an epoch deadline, a memory cap and a
+//! transaction (`txn`) that commits only when the call returns. A trap
+//! fails only that call (SPEC K6). Calls of one tenant are bounded by its
+//! concurrency slots; all calls by the host's pool.
+//!
+//! Wiring: `main` and the test harness call `Runtime::open`, then the admin
+//! methods (install, tenants, enable) and `handle`. `start_background`
+//! spawns the timer scheduler; the epoch ticker thread starts with `open`.
+
+pub mod cache;
+pub mod error;
+pub mod state;
+pub mod txn;
+pub mod types;
+pub mod v0_1;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use switchboard_signing::{Capability, Manifest, component_digest};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
+
+pub use self::cache::CacheOutcome;
+pub use self::error::{AdminError, CallError};
+use self::state::HostState;
+use self::txn::{CommitError, CommitLocks, Txn};
+pub use self::types::{Event, Kind, Method, Principal, Request, Response, Role};
+use crate::capability::{self, CapError, timers};
+use crate::store::{Backend, SledBackend, StoreError, keys};
+use crate::tenant::{Enablement, Limits, TenantRecord, is_valid_tenant_id};
+
+/// Epoch tick: deadlines are checked, and a busy guest yields its thread,
+/// this often.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+/// Attempts of a call whose transaction keeps conflicting.
+const MAX_COMMIT_ATTEMPTS: u32 = 32;
+
+/// How the runtime is set up. `Default` gives the embedded defaults.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Where the store, compile cache and host keys live.
+    pub data_dir: PathBuf,
+    /// Calls running at once across all tenants (nested calls included
+    /// in the pool below, not here).
+    pub max_concurrent_calls: u32,
+    /// Linear memory one instance may ever use (the pool's slot size); a
+    /// tenant's `memory_bytes` must not exceed it.
+    pub max_memory_bytes: u64,
+    /// Largest component accepted at install.
+    pub max_component_bytes: usize,
+    /// Limits of tenants created without their own.
+    pub default_limits: Limits,
+}
+
+impl RuntimeConfig {
+    /// The defaults, rooted at `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> RuntimeConfig {
+        RuntimeConfig {
+            data_dir: data_dir.into(),
+            max_concurrent_calls: 256,
+            max_memory_bytes: 256 << 20,
+            max_component_bytes: 32 << 20,
+            default_limits: Limits::default(),
+        }
+    }
+}
+
+/// An installed plugin version, compiled.
+pub struct LoadedPlugin {
+    pub manifest: Manifest,
+    pub digest: String,
+    component: Component,
+    /// Capabilities its component imports.
+    imports: BTreeSet<Capability>,
+}
+
+/// A plugin as one tenant enabled it: linked for its grants.
+pub struct EnabledPlugin {
+    pub(crate) plugin: Arc<LoadedPlugin>,
+    pub(crate) grants: BTreeSet<Capability>,
+    /// Settings resolved against the schema (defaults filled in).
+    pub(crate) config: Arc<serde_json::Map<String, serde_json::Value>>,
+    pre: v0_1::Pre,
+}
+
+/// A tenant as the call path sees it: immutable; admin changes swap it.
+pub struct TenantState {
+    pub(crate) record: TenantRecord,
+    slots: Arc<Semaphore>,
+    pub(crate) enabled: HashMap<String, Arc<EnabledPlugin>>,
+}
+
+/// What a plugin was asked to do.
+pub enum Invocation {
+    Handle(Request),
+    Init,
+    Migrate(String),
+    Event(Event),
+    Timer {
+        id: String,
+        name: String,
+        payload: Vec<u8>,
+    },
+}
+
+/// What a plugin returned.
+pub enum Outcome {
+    Response(Response),
+    Done,
+}
+
+/// A plugin as listed by `Runtime::plugins`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginInfo {
+    pub name: String,
+    pub version: semver::Version,
+    pub digest: String,
+    pub capabilities: Vec<Capability>,
+    /// How the component was obtained when this host loaded it.
+    pub cache: CacheOutcome,
+}
+
+/// The raised epoch deadline: the call ran past its wall-clock deadline.
+#[derive(Debug)]
+struct DeadlineExceeded;
+
+impl std::fmt::Display for DeadlineExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("deadline exceeded")
+    }
+}
+
+impl std::error::Error for DeadlineExceeded {}
+
+/// The runtime. Cheap to clone; all clones share one engine and store.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    engine: Engine,
+    pub(crate) store: Arc<dyn Backend>,
+    cache: cache::CompileCache,
+    config: RuntimeConfig,
+    plugins: RwLock<HashMap<(String, semver::Version), (Arc<LoadedPlugin>, CacheOutcome)>>,
+    tenants: RwLock<HashMap<String, Arc<TenantState>>>,
+    linkers: Mutex<HashMap<BTreeSet<Capability>, Arc<Linker<HostState>>>>,
+    pres: Mutex<HashMap<(String, BTreeSet<Capability>), v0_1::Pre>>,
+    commits: CommitLocks,
+    global_slots: Arc<Semaphore>,
+    admin: tokio::sync::Mutex<()>,
+    timer_wake: tokio::sync::Notify,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Err(e) = self.store.flush() {
+            tracing::error!(error = %e, "flushing the store at shutdown failed");
+        }
+    }
+}
+
+/// Builds the one engine of a host.
+fn engine(config: &RuntimeConfig) -> wasmtime::Result<Engine> {
+    let calls = config.max_concurrent_calls.max(1);
+    // Nested plugin calls each hold an instance, so size for the depth.
+    let instances = calls.saturating_mul(capability::plugins::MAX_DEPTH);
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(instances)
+        .total_core_instances(instances.saturating_mul(8))
+        .total_memories(instances.saturating_mul(2))
+        .total_tables(instances.saturating_mul(4))
+        .total_stacks(instances)
+        .max_memory_size(config.max_memory_bytes as usize);
+    let mut cfg = wasmtime::Config::new();
+    cfg.wasm_component_model(true)
+        // Component-model async costs ~2.5x per call and is unused.
+        .concurrency_support(false)
+        .epoch_interruption(true)
+        .max_wasm_stack(1 << 20)
+        .async_stack_size(2 << 20)
+        .memory_reservation(config.max_memory_bytes)
+        .memory_guard_size(64 << 10)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&cfg)
+}
+
+impl Runtime {
+    /// Opens the data folder (creating it), loads installed plugins (from
+    /// the compile cache when it verifies) and tenants, and starts the
+    /// epoch ticker.
+    pub fn open(config: RuntimeConfig) -> anyhow::Result<Runtime> {
+        use anyhow::Context as _;
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!("cannot create the data folder {}", config.data_dir.display())
+        })?;
+        let engine = engine(&config).map_err(|e| anyhow::anyhow!("{e:#}"))
+            .context("cannot configure the WebAssembly engine")?;
+        let store = SledBackend::open(&config.data_dir.join("store"))?;
+        let cache = cache::CompileCache::open(
+            &engine,
+            &config.data_dir.join("cache"),
+            &config.data_dir.join("keys").join("cache.key"),
+        )
+        .context("cannot open the compile cache")?;
+        let stop = Arc::new(AtomicBool::new(false));
+        spawn_epoch_ticker(engine.clone(), stop.clone());
+        let inner = Arc::new(Inner {
+            global_slots: Arc::new(Semaphore::new(config.max_concurrent_calls as usize)),
+            engine,
+            store: Arc::new(store),
+            cache,
+            config,
+            plugins: RwLock::default(),
+            tenants: RwLock::default(),
+            linkers: Mutex::default(),
+            pres: Mutex::default(),
+            commits: CommitLocks::default(),
+            admin: tokio::sync::Mutex::new(()),
+            timer_wake: tokio::sync::Notify::new(),
+            stop,
+        });
+        inner.load_plugins()?;
+        inner.load_tenants()?;
+        Ok(Runtime { inner })
+    }
+
+    /// The data folder.
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.config.data_dir
+    }
+
+    /// The compile-cache file of a digest (for operators and tests).
+    pub fn cache_file(&self, digest: &str) -> PathBuf {
+        self.inner.cache.file_for(digest)
+    }
+
+    /// Starts the timer scheduler on the current tokio runtime. It stops
+    /// when the last `Runtime` clone is dropped.
+    pub fn start_background(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(timer_loop(weak));
+    }
+
+    /// Makes everything committed so far durable.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.inner.store.flush()
+    }
+
+    // ---- admin ----------------------------------------------------------
+
+    /// Installs a plugin version from its manifest and component. Checks
+    /// the manifest, size, the component's validity, world and imports
+    /// before storing anything.
+    pub async fn install_plugin(
+        &self,
+        manifest: &[u8],
+        component: &[u8],
+    ) -> Result<PluginInfo, AdminError> {
+        let _admin = self.inner.admin.lock().await;
+        let manifest_parsed = Manifest::parse(manifest)?;
+        let key = (manifest_parsed.name.clone(), manifest_parsed.version.clone());
+        if self.inner.read_plugins().contains_key(&key) {
+            return Err(AdminError::AlreadyInstalled {
+                name: key.0,
+                version: key.1.to_string(),
+            });
+        }
+        let (plugin, outcome) = self.inner.load_plugin(manifest_parsed, component)?;
+        let version = plugin.manifest.version.to_string();
+        self.inner.store.apply(&[
+            (
+                keys::plugin_manifest(&plugin.manifest.name, &version),
+                Some(manifest.to_vec()),
+            ),
+            (
+                keys::plugin_component(&plugin.manifest.name, &version),
+                Some(component.to_vec()),
+            ),
+        ])?;
+        tracing::info!(plugin = %plugin.manifest.name, version, digest = %plugin.digest, "plugin installed");
+        let info = plugin_info(&plugin, outcome);
+        self.inner
+            .plugins
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, (Arc::new(plugin), outcome));
+        Ok(info)
+    }
+
+    /// Installed plugins, sorted by name and version.
+    pub fn plugins(&self) -> Vec<PluginInfo> {
+        let mut out: Vec<PluginInfo> = self
+            .inner
+            .read_plugins()
+            .values()
+            .map(|(p, o)| plugin_info(p, *o))
+            .collect();
+        out.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
+        out
+    }
+
+    /// Creates a tenant with the given limits (or the defaults).
+    pub async fn create_tenant(&self, id: &str, limits: Option<Limits>) -> Result<(), AdminError> {
+        let _admin = self.inner.admin.lock().await;
+        if !is_valid_tenant_id(id) {
+            return Err(AdminError::InvalidTenantId(id.to_string()));
+        }
+        if self.inner.tenant(id).is_some() {
+            return Err(AdminError::TenantExists(id.to_string()));
+        }
+        let limits = limits.unwrap_or_else(|| self.inner.config.default_limits.clone());
+        limits
+            .validate(self.inner.config.max_memory_bytes)
+            .map_err(AdminError::InvalidLimits)?;
+        let record = TenantRecord {
+            id: id.to_string(),
+            region: "local".into(),
+            limits,
+            plugins: Default::default(),
+        };
+        let state = self.inner.tenant_state(record.clone(), None)?;
+        self.inner.store.apply(&[(keys::tenant(id), Some(encode(&record)?))])?;
+        self.inner.publish_tenant(state);
+        tracing::info!(tenant = id, "tenant created");
+        Ok(())
+    }
+
+    /// Changes a tenant's limits; running calls finish under the old ones.
+    pub async fn set_limits(&self, tenant: &str, limits: Limits) -> Result<(), AdminError> {
+        let _admin = self.inner.admin.lock().await;
+        let current = self.inner.tenant_or_admin_err(tenant)?;
+        limits
+            .validate(self.inner.config.max_memory_bytes)
+            .map_err(AdminError::InvalidLimits)?;
+        let mut record = current.record.clone();
+        record.limits = limits;
+        let state = self.inner.tenant_state(record.clone(), Some(&current))?;
+        self.inner
+            .store
+            .apply(&[(keys::tenant(tenant), Some(encode(&record)?))])?;
+        self.inner.publish_tenant(state);
+        Ok(())
+    }
+
+    /// Tenant records, sorted by id.
+    pub fn tenants(&self) -> Vec<TenantRecord> {
+        let mut out: Vec<TenantRecord> = self
+            .inner
+            .tenants
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|t| t.record.clone())
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    /// Enables (or moves to) `version` of plugin `name` for `tenant`,
+    /// granting `grants` (`None`: everything the manifest requests) with
+    /// the admin's `config`. Runs the plugin's `init` (first enable) or
+    /// `migrate` (version change) in the same transaction as the switch:
+    /// if the hook fails, the tenant keeps what it had (SPEC K7).
+    pub async fn enable_plugin(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: &semver::Version,
+        grants: Option<BTreeSet<Capability>>,
+        config: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), AdminError> {
+        let _admin = self.inner.admin.lock().await;
+        let current = self.inner.tenant_or_admin_err(tenant)?;
+        let plugin = self.inner.plugin(name, version).ok_or_else(|| AdminError::PluginNotFound {
+            name: name.to_string(),
+            version: version.to_string(),
+        })?;
+        let grants = grants.unwrap_or_else(|| plugin.manifest.capabilities.iter().copied().collect());
+        let previous = current.record.plugins.get(name).map(|e| e.version.clone());
+        let mut record = current.record.clone();
+        record.plugins.insert(
+            name.to_string(),
+            Enablement {
+                version: version.clone(),
+                grants,
+                config,
+            },
+        );
+        // Links and validates grants and config before anything runs.
+        let state = self.inner.tenant_state(record.clone(), Some(&current))?;
+        let hook = match &previous {
+            None => Some(Invocation::Init),
+            Some(v) if v != version => Some(Invocation::Migrate(v.to_string())),
+            Some(_) => None,
+        };
+        let mut txn = Txn::default();
+        txn.set(keys::tenant(tenant), encode(&record)?);
+        match hook {
+            Some(invocation) => {
+                let hook_name = match invocation {
+                    Invocation::Init => "init",
+                    _ => "migrate",
+                };
+                let state = Arc::new(state);
+                self.inner
+                    .run_system(state.clone(), name, invocation, txn)
+                    .await
+                    .map_err(|source| AdminError::Hook {
+                        hook: hook_name,
+                        source,
+                    })?;
+                self.inner.publish_tenant_arc(state);
+            }
+            None => {
+                self.inner
+                    .commits
+                    .commit(tenant, self.inner.store.as_ref(), txn)
+                    .map_err(|e| AdminError::Internal(e.to_string()))?;
+                self.inner.publish_tenant(state);
+            }
+        }
+        tracing::info!(tenant, plugin = name, %version, "plugin enabled");
+        Ok(())
+    }
+
+    /// Replaces the admin's settings of an enabled plugin. Takes effect on
+    /// the next call.
+    pub async fn set_config(
+        &self,
+        tenant: &str,
+        name: &str,
+        config: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), AdminError> {
+        let _admin = self.inner.admin.lock().await;
+        let current = self.inner.tenant_or_admin_err(tenant)?;
+        let mut record = current.record.clone();
+        let Some(enabled) = record.plugins.get_mut(name) else {
+            return Err(AdminError::PluginNotEnabled {
+                tenant: tenant.to_string(),
+                plugin: name.to_string(),
+            });
+        };
+        enabled.config = config;
+        let state = self.inner.tenant_state(record.clone(), Some(&current))?;
+        self.inner
+            .store
+            .apply(&[(keys::tenant(tenant), Some(encode(&record)?))])?;
+        self.inner.publish_tenant(state);
+        Ok(())
+    }
+
+    // ---- calls ----------------------------------------------------------
+
+    /// Calls plugin `plugin` of `tenant` with `request`. The request's
+    /// principal must belong to `tenant`.
+    pub async fn handle(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        mut request: Request,
+    ) -> Result<Response, CallError> {
+        if request.principal.tenant != tenant {
+            return Err(CallError::Internal(format!(
+                "a principal of tenant {:?} cannot call tenant {tenant:?}",
+                request.principal.tenant
+            )));
+        }
+        if request.request_id.is_empty() {
+            request.request_id = crate::fsutil::random_hex(8);
+        }
+        let t = self.inner.tenant(tenant).ok_or_else(|| CallError::TenantNotFound(tenant.into()))?;
+        let principal = request.principal.clone();
+        match self
+            .inner
+            .call_top(t, plugin, principal, || Invocation::Handle(request.clone()))
+            .await?
+        {
+            Outcome::Response(r) => Ok(r),
+            Outcome::Done => Err(CallError::Internal("handle returned no response".into())),
+        }
+    }
+
+    /// Delivers an event to a plugin's `on-event`.
+    pub async fn deliver_event(&self, tenant: &str, plugin: &str, event: Event) -> Result<(), CallError> {
+        let t = self.inner.tenant(tenant).ok_or_else(|| CallError::TenantNotFound(tenant.into()))?;
+        self.inner
+            .call_top(t, plugin, Principal::system(tenant), || Invocation::Event(event.clone()))
+            .await
+            .map(|_| ())
+    }
+
+    /// Delivers every timer due now; returns how many were attempted. The
+    /// background scheduler calls this; tests may call it directly.
+    pub async fn fire_due_timers(&self) -> usize {
+        self.inner.fire_due_timers().await
+    }
+}
+
+fn plugin_info(p: &LoadedPlugin, cache: CacheOutcome) -> PluginInfo {
+    PluginInfo {
+        name: p.manifest.name.clone(),
+        version: p.manifest.version.clone(),
+        digest: p.digest.clone(),
+        capabilities: p.manifest.capabilities.clone(),
+        cache,
+    }
+}
+
+fn encode(record: &TenantRecord) -> Result<Vec<u8>, AdminError> {
+    serde_json::to_vec(record).map_err(|e| AdminError::Internal(e.to_string()))
+}
+
+fn spawn_epoch_ticker(engine: Engine, stop: Arc<AtomicBool>) {
+    let spawned = std::thread::Builder::new()
+        .name("sb-epoch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                engine.increment_epoch();
+            }
+        });
+    if let Err(e) = spawned {
+        // Without the ticker no deadline fires; refuse to run blind.
+        tracing::error!(error = %e, "cannot start the epoch thread; plugin deadlines will not fire");
+    }
+}
+
+async fn timer_loop(weak: Weak<Inner>) {
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        inner.fire_due_timers().await;
+        let notified = inner.timer_wake.notified();
+        drop(inner);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = notified => {}
+        }
+    }
+}
+
+impl Inner {
+    fn read_plugins(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, HashMap<(String, semver::Version), (Arc<LoadedPlugin>, CacheOutcome)>>
+    {
+        self.plugins.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn plugin(&self, name: &str, version: &semver::Version) -> Option<Arc<LoadedPlugin>> {
+        self.read_plugins()
+            .get(&(name.to_string(), version.clone()))
+            .map(|(p, _)| p.clone())
+    }
+
+    fn tenant(&self, id: &str) -> Option<Arc<TenantState>> {
+        self.tenants
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    fn tenant_or_admin_err(&self, id: &str) -> Result<Arc<TenantState>, AdminError> {
+        self.tenant(id).ok_or_else(|| AdminError::TenantNotFound(id.to_string()))
+    }
+
+    fn publish_tenant(&self, state: TenantState) {
+        self.publish_tenant_arc(Arc::new(state));
+    }
+
+    fn publish_tenant_arc(&self, state: Arc<TenantState>) {
+        self.tenants
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(state.record.id.clone(), state);
+    }
+
+    /// Validates and compiles a component for `manifest`.
+    fn load_plugin(
+        &self,
+        manifest: Manifest,
+        component: &[u8],
+    ) -> Result<(LoadedPlugin, CacheOutcome), AdminError> {
+        if component.len() > self.config.max_component_bytes {
+            return Err(AdminError::ComponentTooLarge {
+                size: component.len(),
+                limit: self.config.max_component_bytes,
+            });
+        }
+        if !wasmparser_is_component(component) {
+            return Err(AdminError::MalformedComponent(
+                "the bytes do not start with a WebAssembly component header".into(),
+            ));
+        }
+        let digest = component_digest(component);
+        let (compiled, outcome) = self
+            .cache
+            .load_or_compile(&self.engine, &digest, component)
+            .map_err(|e| AdminError::MalformedComponent(format!("{e:#}")))?;
+        let imports = self.check_imports(&manifest, &compiled)?;
+        // Link against everything implemented to check the exports.
+        let all: BTreeSet<Capability> = capability::IMPLEMENTED.iter().copied().collect();
+        let linker = self.linker(&all).map_err(|e| AdminError::Internal(format!("{e:#}")))?;
+        let pre = linker.instantiate_pre(&compiled).map_err(|e| AdminError::WrongWorld {
+            api: manifest.api_version.to_string(),
+            reason: format!("{e:#}"),
+        })?;
+        v0_1::pre(pre).map_err(|e| AdminError::WrongWorld {
+            api: manifest.api_version.to_string(),
+            reason: format!("{e:#}"),
+        })?;
+        Ok((
+            LoadedPlugin {
+                manifest,
+                digest,
+                component: compiled,
+                imports,
+            },
+            outcome,
+        ))
+    }
+
+    /// SPEC K3: every import must be WASI (linked with an empty context) or
+    /// a `switchboard:host` capability the manifest declares and this host
+    /// implements.
+    fn check_imports(
+        &self,
+        manifest: &Manifest,
+        component: &Component,
+    ) -> Result<BTreeSet<Capability>, AdminError> {
+        let mut caps = BTreeSet::new();
+        for (name, _) in component.component_type().imports(&self.engine) {
+            if name.starts_with("wasi:") {
+                continue;
+            }
+            let Some(rest) = name.strip_prefix("switchboard:host/") else {
+                return Err(AdminError::ForeignImport(name.to_string()));
+            };
+            let (iface, version) = rest.split_once('@').unwrap_or((rest, ""));
+            if version != v0_1::API_VERSION || manifest.api_version.to_string() != v0_1::API_VERSION {
+                return Err(AdminError::UnsupportedApiVersion(format!(
+                    "the component imports {name}, built against switchboard:host@{version}; this host links switchboard:host@{} for plugin API {}",
+                    v0_1::API_VERSION,
+                    v0_1::API_VERSION
+                )));
+            }
+            if iface == "types" {
+                continue;
+            }
+            let Some(cap) = Capability::from_interface(iface) else {
+                return Err(AdminError::ForeignImport(name.to_string()));
+            };
+            if !manifest.capabilities.contains(&cap) {
+                return Err(AdminError::ImportNotDeclared {
+                    import: name.to_string(),
+                    capability: cap.to_string(),
+                });
+            }
+            if !capability::is_implemented(cap) {
+                return Err(AdminError::CapabilityUnavailable {
+                    import: name.to_string(),
+                    capability: cap.to_string(),
+                });
+            }
+            caps.insert(cap);
+        }
+        Ok(caps)
+    }
+
+    /// The linker for one grant set (cached: few distinct sets exist).
+    fn linker(&self, grants: &BTreeSet<Capability>) -> wasmtime::Result<Arc<Linker<HostState>>> {
+        let mut linkers = self.linkers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = linkers.get(grants) {
+            return Ok(l.clone());
+        }
+        let mut linker = Linker::new(&self.engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        v0_1::add_to_linker(&mut linker, grants)?;
+        let linker = Arc::new(linker);
+        linkers.insert(grants.clone(), linker.clone());
+        Ok(linker)
+    }
+
+    /// The instantiable form of `plugin` under `grants`, shared by every
+    /// tenant with the same plugin version and grants.
+    fn pre_for(&self, plugin: &LoadedPlugin, grants: &BTreeSet<Capability>) -> Result<v0_1::Pre, AdminError> {
+        for cap in &plugin.imports {
+            if !grants.contains(cap) {
+                return Err(AdminError::ImportNotGranted {
+                    import: format!("switchboard:host/{}@{}", cap.interface(), v0_1::API_VERSION),
+                    capability: cap.to_string(),
+                });
+            }
+        }
+        let key = (plugin.digest.clone(), grants.clone());
+        if let Some(pre) = self.pres.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(pre.clone());
+        }
+        let linker = self.linker(grants).map_err(|e| AdminError::Internal(format!("{e:#}")))?;
+        let pre = linker
+            .instantiate_pre(&plugin.component)
+            .and_then(v0_1::pre)
+            .map_err(|e| AdminError::Internal(format!("{e:#}")))?;
+        self.pres
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, pre.clone());
+        Ok(pre)
+    }
+
+    /// Builds the call-path view of a tenant record: checks grants and
+    /// config, links each enabled plugin. Keeps `previous`'s slots when the
+    /// concurrency limit is unchanged, so in-flight calls stay counted.
+    fn tenant_state(
+        &self,
+        record: TenantRecord,
+        previous: Option<&TenantState>,
+    ) -> Result<TenantState, AdminError> {
+        let mut enabled = HashMap::new();
+        for (name, en) in &record.plugins {
+            let plugin = self.plugin(name, &en.version).ok_or_else(|| AdminError::PluginNotFound {
+                name: name.clone(),
+                version: en.version.to_string(),
+            })?;
+            for cap in &en.grants {
+                if !plugin.manifest.capabilities.contains(cap) {
+                    return Err(AdminError::GrantNotRequested(cap.to_string()));
+                }
+            }
+            let config = plugin.manifest.resolve_config(&en.config)?;
+            let pre = self.pre_for(&plugin, &en.grants)?;
+            enabled.insert(
+                name.clone(),
+                Arc::new(EnabledPlugin {
+                    plugin,
+                    grants: en.grants.clone(),
+                    config: Arc::new(config),
+                    pre,
+                }),
+            );
+        }
+        let slots = match previous {
+            Some(p) if p.record.limits.concurrency == record.limits.concurrency => p.slots.clone(),
+            _ => Arc::new(Semaphore::new(record.limits.concurrency as usize)),
+        };
+        Ok(TenantState {
+            record,
+            slots,
+            enabled,
+        })
+    }
+
+    fn load_plugins(&self) -> anyhow::Result<()> {
+        let mut cursor: Option<Vec<u8>> = None;
+        let mut manifests = Vec::new();
+        loop {
+            let page = self.store.scan(keys::PLUGINS, cursor.as_deref(), 256)?;
+            let Some(last) = page.last() else { break };
+            cursor = Some(last.0.clone());
+            manifests.extend(page.into_iter().filter(|(k, _)| k.ends_with(b"/manifest")));
+        }
+        for (key, bytes) in manifests {
+            let component_key = [&key[..key.len() - b"manifest".len()], b"component"].concat();
+            let loaded = Manifest::parse(&bytes)
+                .map_err(AdminError::from)
+                .and_then(|m| {
+                    let component = self.store.get(&component_key)?.ok_or_else(|| {
+                        AdminError::Internal("component record missing".into())
+                    })?;
+                    self.load_plugin(m, &component)
+                });
+            match loaded {
+                Ok((p, outcome)) => {
+                    let k = (p.manifest.name.clone(), p.manifest.version.clone());
+                    self.plugins
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(k, (Arc::new(p), outcome));
+                }
+                Err(e) => tracing::error!(key = %String::from_utf8_lossy(&key), error = %e, "installed plugin cannot be loaded; skipping it"),
+            }
+        }
+        Ok(())
+    }
+
+    fn load_tenants(&self) -> anyhow::Result<()> {
+        let mut cursor: Option<Vec<u8>> = None;
+        loop {
+            let page = self.store.scan(keys::TENANTS, cursor.as_deref(), 256)?;
+            let Some(last) = page.last() else { break };
+            cursor = Some(last.0.clone());
+            for (key, bytes) in page {
+                let record: TenantRecord = match serde_json::from_slice(&bytes) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(key = %String::from_utf8_lossy(&key), error = %e, "tenant record unreadable; skipping it");
+                        continue;
+                    }
+                };
+                match self.tenant_state(record.clone(), None) {
+                    Ok(state) => self.publish_tenant(state),
+                    Err(e) => {
+                        // Keep the tenant reachable without the plugin that
+                        // fails to load, rather than dropping the tenant.
+                        tracing::error!(tenant = %record.id, error = %e, "tenant's plugins cannot all be loaded; starting it without them");
+                        let mut bare = record;
+                        bare.plugins.clear();
+                        if let Ok(state) = self.tenant_state(bare, None) {
+                            self.publish_tenant(state);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn acquire(&self, tenant: &TenantState) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), CallError> {
+        let wait = Duration::from_millis(tenant.record.limits.queue_timeout_ms);
+        let busy = || CallError::Busy(tenant.record.id.clone());
+        let local = tokio::time::timeout(wait, tenant.slots.clone().acquire_owned())
+            .await
+            .map_err(|_| busy())?
+            .map_err(|_| busy())?;
+        let global = tokio::time::timeout(wait, self.global_slots.clone().acquire_owned())
+            .await
+            .map_err(|_| busy())?
+            .map_err(|_| busy())?;
+        Ok((local, global))
+    }
+
+    /// A top-level call: slots, then attempts until the transaction
+    /// commits, conflicts too often, or the plugin fails.
+    async fn call_top(
+        self: &Arc<Self>,
+        tenant: Arc<TenantState>,
+        plugin: &str,
+        principal: Principal,
+        invocation: impl Fn() -> Invocation,
+    ) -> Result<Outcome, CallError> {
+        self.call_top_with(tenant, plugin, principal, invocation, |_| {}).await
+    }
+
+    /// `call_top` with `prepare` run on each attempt's fresh transaction.
+    async fn call_top_with(
+        self: &Arc<Self>,
+        tenant: Arc<TenantState>,
+        plugin: &str,
+        principal: Principal,
+        invocation: impl Fn() -> Invocation,
+        prepare: impl Fn(&mut Txn),
+    ) -> Result<Outcome, CallError> {
+        let enabled = tenant.enabled.get(plugin).cloned().ok_or_else(|| CallError::PluginNotEnabled {
+            tenant: tenant.record.id.clone(),
+            plugin: plugin.to_string(),
+        })?;
+        let _permits = self.acquire(&tenant).await?;
+        for attempt in 0..MAX_COMMIT_ATTEMPTS {
+            let deadline = Instant::now() + Duration::from_millis(tenant.record.limits.deadline_ms);
+            let mut txn = Txn::default();
+            prepare(&mut txn);
+            let (result, txn) = self
+                .run(
+                    tenant.clone(),
+                    enabled.clone(),
+                    principal.clone(),
+                    invocation(),
+                    txn,
+                    deadline,
+                    0,
+                )
+                .await;
+            let outcome = result?;
+            if let Outcome::Response(r) = &outcome
+                && r.status >= 500
+            {
+                // A server error from the plugin rolls its writes back.
+                return Ok(outcome);
+            }
+            let timers_changed = txn.timers_changed();
+            match self.commits.commit(&tenant.record.id, self.store.as_ref(), txn) {
+                Ok(()) => {
+                    if timers_changed {
+                        self.timer_wake.notify_one();
+                    }
+                    return Ok(outcome);
+                }
+                Err(CommitError::Conflict) => {
+                    tracing::debug!(tenant = %tenant.record.id, plugin, attempt, "transaction conflict; re-running the call");
+                    backoff(attempt).await;
+                }
+                Err(CommitError::Store(e)) => return Err(CallError::Store(e)),
+            }
+        }
+        Err(CallError::Conflict(MAX_COMMIT_ATTEMPTS))
+    }
+
+    /// Runs a lifecycle hook with `txn` for `tenant` (not yet published)
+    /// and commits it.
+    async fn run_system(
+        self: &Arc<Self>,
+        tenant: Arc<TenantState>,
+        plugin: &str,
+        invocation: Invocation,
+        txn: Txn,
+    ) -> Result<(), CallError> {
+        let enabled = tenant.enabled.get(plugin).cloned().ok_or_else(|| CallError::PluginNotEnabled {
+            tenant: tenant.record.id.clone(),
+            plugin: plugin.to_string(),
+        })?;
+        let _permits = self.acquire(&tenant).await?;
+        let deadline = Instant::now() + Duration::from_millis(tenant.record.limits.deadline_ms);
+        let principal = Principal::system(&tenant.record.id);
+        let (result, txn) = self.run(tenant.clone(), enabled, principal, invocation, txn, deadline, 0).await;
+        result?;
+        self.commits
+            .commit(&tenant.record.id, self.store.as_ref(), txn)
+            .map_err(|e| match e {
+                CommitError::Conflict => CallError::Conflict(1),
+                CommitError::Store(s) => CallError::Store(s),
+            })
+    }
+
+    /// One attempt: a fresh store, instantiate, invoke, classify. Returns
+    /// the transaction for the caller to commit or drop.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn run(
+        self: &Arc<Self>,
+        tenant: Arc<TenantState>,
+        plugin: Arc<EnabledPlugin>,
+        principal: Principal,
+        invocation: Invocation,
+        txn: Txn,
+        deadline: Instant,
+        depth: u32,
+    ) -> (Result<Outcome, CallError>, Txn) {
+        let limits = tenant.record.limits.clone();
+        let tenant_id = tenant.record.id.clone();
+        let plugin_name = plugin.plugin.manifest.name.clone();
+        let request_id = match &invocation {
+            Invocation::Handle(r) => r.request_id.clone(),
+            _ => crate::fsutil::random_hex(8),
+        };
+        let pre = plugin.pre.clone();
+        let state = HostState::new(self.clone(), tenant, plugin, principal, txn, deadline, depth, request_id);
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|ctx| {
+            if Instant::now() >= ctx.data().call.deadline {
+                Err(wasmtime::Error::new(DeadlineExceeded))
+            } else {
+                // Share the thread with other calls every tick.
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        let result = v0_1::invoke(&pre, &mut store, invocation).await;
+        let state = store.into_data();
+        let (stderr, dropped) = state.stderr.take();
+        if !stderr.is_empty() {
+            tracing::warn!(
+                tenant = %tenant_id,
+                plugin = %plugin_name,
+                dropped_bytes = dropped,
+                "plugin stderr: {}",
+                String::from_utf8_lossy(&stderr)
+            );
+        }
+        let result = match result {
+            Ok(Ok(outcome)) => check_outcome(outcome, &limits),
+            Ok(Err(message)) => Err(CallError::Plugin(truncate(&message, 1024))),
+            Err(v0_1::Stage::Instantiate(e)) => {
+                tracing::error!(tenant = %tenant_id, plugin = %plugin_name, error = %format!("{e:#}"), "instantiation failed");
+                Err(CallError::Busy(tenant_id.clone()))
+            }
+            Err(v0_1::Stage::Call(e)) => Err(classify(e, state.limiter.exceeded, &limits)),
+        };
+        if let Err(e) = &result {
+            tracing::warn!(tenant = %tenant_id, plugin = %plugin_name, code = e.code(), error = %e, "plugin call failed");
+        }
+        (result, state.call.txn)
+    }
+}
+
+impl state::CallCtx {
+    /// Runs `request` in `callee` inside this call's transaction. The
+    /// callee's writes join the caller's on success and are dropped on
+    /// failure; the caller's own writes are untouched either way.
+    pub(crate) async fn nested_call(
+        &mut self,
+        callee: Arc<EnabledPlugin>,
+        request: Request,
+    ) -> Result<Response, CapError> {
+        let name = callee.plugin.manifest.name.clone();
+        let rt = self.rt.clone();
+        let fut = {
+            let rt = rt.clone();
+            let tenant = self.tenant.clone();
+            let principal = self.principal.clone();
+            let txn = self.txn.clone();
+            let deadline = self.deadline;
+            let depth = self.depth + 1;
+            async move {
+                rt.run(tenant, callee, principal, Invocation::Handle(request), txn, deadline, depth)
+                    .await
+            }
+        };
+        // Run on its own task: the callee gets its own fiber and store.
+        let (result, txn) = tokio::spawn(fut)
+            .await
+            .map_err(|e| CapError::Internal(format!("nested call aborted: {e}")))?;
+        match result {
+            Ok(Outcome::Response(r)) => {
+                if r.status < 500 {
+                    self.txn = txn;
+                }
+                Ok(r)
+            }
+            Ok(Outcome::Done) => Err(CapError::Internal("callee returned no response".into())),
+            Err(CallError::Timeout(_)) => Err(CapError::Timeout),
+            Err(e) => Err(CapError::Internal(format!("plugin {name} failed: {} ({})", e, e.code()))),
+        }
+    }
+}
+
+fn check_outcome(outcome: Outcome, limits: &Limits) -> Result<Outcome, CallError> {
+    if let Outcome::Response(r) = &outcome {
+        if !(100..=599).contains(&r.status) {
+            return Err(CallError::BadStatus(r.status));
+        }
+        let size = r.size_bytes();
+        if size as u64 > limits.response_bytes {
+            return Err(CallError::ResponseTooLarge {
+                size,
+                limit: limits.response_bytes,
+            });
+        }
+    }
+    Ok(outcome)
+}
+
+fn classify(e: wasmtime::Error, memory_exceeded: bool, limits: &Limits) -> CallError {
+    if e.is::<DeadlineExceeded>() {
+        return CallError::Timeout(limits.deadline_ms);
+    }
+    if memory_exceeded {
+        return CallError::Memory(limits.memory_bytes);
+    }
+    match e.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => CallError::Trap(trap.to_string()),
+        None => CallError::Trap(truncate(&format!("{e:#}"), 512)),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+async fn backoff(attempt: u32) {
+    let mut seed = [0u8; 2];
+    let _ = getrandom::fill(&mut seed);
+    let jitter = u64::from(u16::from_le_bytes(seed));
+    let ceiling_us = 50u64 << attempt.min(8);
+    tokio::time::sleep(Duration::from_micros(jitter % ceiling_us.max(1))).await;
+}
+
+/// Cheap header check before handing bytes to the compiler: a component's
+/// preamble is `\0asm` with layer 1.
+fn wasmparser_is_component(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[0..4] == *b"\0asm" && bytes[6..8] == [1, 0]
+}
+
+impl Inner {
+    async fn fire_due_timers(self: &Arc<Self>) -> usize {
+        let now = timers::now_ms();
+        let page = match self.store.scan(keys::TIMER_QUEUE, None, 256) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the timer queue");
+                return 0;
+            }
+        };
+        let mut fired = 0;
+        for (queue_key, _) in page {
+            let Some((due, tenant, plugin, id)) = keys::parse_timer_queue(&queue_key) else {
+                tracing::error!(key = %String::from_utf8_lossy(&queue_key), "malformed timer queue entry; removing it");
+                let _ = self.store.apply(&[(queue_key, None)]);
+                continue;
+            };
+            if due > now {
+                break;
+            }
+            fired += 1;
+            self.fire_one(&queue_key, &tenant, &plugin, &id).await;
+        }
+        fired
+    }
+
+    async fn fire_one(self: &Arc<Self>, queue_key: &[u8], tenant: &str, plugin: &str, id: &str) {
+        let record_key = keys::timer(tenant, plugin, id);
+        let drop_timer = |why: &str| {
+            tracing::warn!(tenant, plugin, timer = id, "dropping timer: {why}");
+            self.apply_locked(tenant, vec![(queue_key.to_vec(), None), (record_key.clone(), None)]);
+        };
+        let Some(t) = self.tenant(tenant) else {
+            return drop_timer("tenant no longer exists");
+        };
+        if !t.enabled.contains_key(plugin) {
+            return drop_timer("plugin no longer enabled");
+        }
+        let record: timers::TimerRecord = match self.store.get(&record_key).ok().flatten().map(|raw| serde_json::from_slice(&raw)) {
+            Some(Ok(r)) => r,
+            _ => return drop_timer("timer record missing or unreadable"),
+        };
+        let payload = hex::decode(&record.payload).unwrap_or_default();
+        let store = self.store.clone();
+        let result = self
+            .call_top_with(t.clone(), plugin, Principal::system(tenant), || Invocation::Timer {
+                id: record.id.clone(),
+                name: record.name.clone(),
+                payload: payload.clone(),
+            }, |txn| {
+                // Claim the timer in the same transaction as its effects.
+                let _ = txn.delete(store.as_ref(), &record_key);
+                let _ = txn.delete(store.as_ref(), queue_key);
+            })
+            .await;
+        if let Err(e) = result {
+            let attempts = record.attempts + 1;
+            if attempts >= timers::MAX_ATTEMPTS {
+                tracing::error!(tenant, plugin, timer = id, code = e.code(), "timer failed {attempts} times; dropped");
+                self.apply_locked(tenant, vec![(queue_key.to_vec(), None), (record_key, None)]);
+                return;
+            }
+            let due_ms = timers::now_ms() + 1000 * (1u64 << attempts);
+            let retry = timers::TimerRecord { attempts, due_ms, ..record };
+            let writes = match serde_json::to_vec(&retry) {
+                Ok(raw) => vec![
+                    (queue_key.to_vec(), None),
+                    (keys::timer_queue(due_ms, tenant, plugin, id), Some(Vec::new())),
+                    (record_key, Some(raw)),
+                ],
+                Err(_) => vec![(queue_key.to_vec(), None), (record_key, None)],
+            };
+            self.apply_locked(tenant, writes);
+        }
+    }
+
+    /// Applies host-side writes under the tenant's commit lock.
+    fn apply_locked(&self, tenant: &str, writes: Vec<crate::store::Write>) {
+        let mut txn = Txn::default();
+        for (k, v) in writes {
+            match v {
+                Some(v) => txn.set(k, v),
+                None => txn.set_delete(k),
+            }
+        }
+        if let Err(e) = self.commits.commit(tenant, self.store.as_ref(), txn) {
+            tracing::error!(tenant, error = %e, "host bookkeeping write failed");
+        }
+    }
+}

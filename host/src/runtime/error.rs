@@ -1,0 +1,183 @@
+//! Errors of the runtime, each with a stable code for API responses.
+
+use switchboard_signing::ManifestError;
+
+use crate::store::StoreError;
+
+/// Why a plugin call failed. Only the caller of that call sees it (K6).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// No such tenant.
+    #[error("tenant {0:?} does not exist")]
+    TenantNotFound(String),
+    /// The tenant has not enabled the plugin.
+    #[error("plugin {plugin:?} is not enabled for tenant {tenant:?}")]
+    PluginNotEnabled { tenant: String, plugin: String },
+    /// The plugin trapped (panic, stack overflow, unreachable...).
+    #[error("the plugin failed while handling this call ({0}); nothing it wrote was kept")]
+    Trap(String),
+    /// The plugin ran past its deadline.
+    #[error("the plugin did not finish within its {0} ms deadline; nothing it wrote was kept")]
+    Timeout(u64),
+    /// The plugin needed more memory than the tenant's cap.
+    #[error("the plugin exceeded its {0}-byte memory limit; nothing it wrote was kept")]
+    Memory(u64),
+    /// The plugin's response is larger than allowed.
+    #[error("the plugin's response of {size} bytes exceeds the {limit}-byte limit")]
+    ResponseTooLarge { size: usize, limit: u64 },
+    /// The plugin returned an invalid status code.
+    #[error("the plugin returned invalid HTTP status {0}")]
+    BadStatus(u16),
+    /// A lifecycle hook (init, migrate, on-event, on-timer) returned an error.
+    #[error("the plugin reported an error: {0}")]
+    Plugin(String),
+    /// The tenant (or the host) has no free call slot.
+    #[error("too many calls in flight for tenant {0}; retry shortly")]
+    Busy(String),
+    /// The transaction kept conflicting with concurrent calls.
+    #[error("the call conflicted with concurrent calls {0} times; retry")]
+    Conflict(u32),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The host failed.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl CallError {
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CallError::TenantNotFound(_) => "tenant_not_found",
+            CallError::PluginNotEnabled { .. } => "plugin_not_enabled",
+            CallError::Trap(_) => "plugin_trap",
+            CallError::Timeout(_) => "plugin_timeout",
+            CallError::Memory(_) => "plugin_memory",
+            CallError::ResponseTooLarge { .. } => "plugin_response_too_large",
+            CallError::BadStatus(_) => "plugin_bad_response",
+            CallError::Plugin(_) => "plugin_error",
+            CallError::Busy(_) => "tenant_busy",
+            CallError::Conflict(_) => "conflict",
+            CallError::Store(_) => "storage_unavailable",
+            CallError::Internal(_) => "internal",
+        }
+    }
+
+    /// The HTTP status a gateway answers with.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            CallError::TenantNotFound(_) | CallError::PluginNotEnabled { .. } => 404,
+            CallError::Busy(_) => 429,
+            CallError::Conflict(_) => 409,
+            CallError::Timeout(_) => 504,
+            CallError::Trap(_)
+            | CallError::Memory(_)
+            | CallError::ResponseTooLarge { .. }
+            | CallError::BadStatus(_)
+            | CallError::Plugin(_) => 502,
+            CallError::Store(_) => 503,
+            CallError::Internal(_) => 500,
+        }
+    }
+}
+
+/// Why an administrative operation (install, create tenant, enable) was
+/// refused. Nothing is stored when one of these is returned.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    /// The manifest is invalid.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// The component is larger than the host accepts.
+    #[error("component is {size} bytes; the limit is {limit}")]
+    ComponentTooLarge { size: usize, limit: usize },
+    /// The bytes are not a valid WebAssembly component.
+    #[error("not a valid WebAssembly component: {0}")]
+    MalformedComponent(String),
+    /// The component targets a plugin API version this host does not link.
+    #[error("{0}")]
+    UnsupportedApiVersion(String),
+    /// The component's exports do not match the `feature` world.
+    #[error("the component does not implement switchboard:plugin/feature@{api}: {reason}")]
+    WrongWorld { api: String, reason: String },
+    /// The component imports a capability its manifest does not declare.
+    #[error("the component imports {import}, but its manifest does not request the `{capability}` capability")]
+    ImportNotDeclared { import: String, capability: String },
+    /// The component imports a capability this host does not provide yet.
+    #[error("the component imports {import}: capability `{capability}` is not available on this host yet")]
+    CapabilityUnavailable { import: String, capability: String },
+    /// The component imports something outside WASI and `switchboard:host`.
+    #[error("the component imports {0}, which is not a Switchboard capability or WASI interface")]
+    ForeignImport(String),
+    /// Enabling would grant less than the component imports.
+    #[error("the component imports {import}, but the tenant did not grant `{capability}`")]
+    ImportNotGranted { import: String, capability: String },
+    /// The admin tried to grant something the manifest does not request.
+    #[error("cannot grant `{0}`: the plugin's manifest does not request it")]
+    GrantNotRequested(String),
+    /// The plugin version is installed already (versions are immutable).
+    #[error("{name} {version} is already installed; publish a new version instead")]
+    AlreadyInstalled { name: String, version: String },
+    /// No such plugin version is installed.
+    #[error("plugin {name} {version} is not installed")]
+    PluginNotFound { name: String, version: String },
+    /// The tenant id is malformed.
+    #[error("tenant id {0:?} is invalid: use 1-63 lower-case letters, digits or '-', starting with a letter or digit")]
+    InvalidTenantId(String),
+    /// The tenant exists already.
+    #[error("tenant {0:?} already exists")]
+    TenantExists(String),
+    /// No such tenant.
+    #[error("tenant {0:?} does not exist")]
+    TenantNotFound(String),
+    /// The tenant has not enabled this plugin.
+    #[error("plugin {plugin:?} is not enabled for tenant {tenant:?}")]
+    PluginNotEnabled { tenant: String, plugin: String },
+    /// Limits outside what the host can honour.
+    #[error("invalid limits: {0}")]
+    InvalidLimits(String),
+    /// The plugin's `init` or `migrate` failed; the previous state stands.
+    #[error("the plugin's {hook} failed, nothing was changed: {source}")]
+    Hook {
+        hook: &'static str,
+        #[source]
+        source: CallError,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Compiling failed for a reason other than the component's validity.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl AdminError {
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AdminError::Manifest(e) => e.code(),
+            AdminError::ComponentTooLarge { .. } => "component_too_large",
+            AdminError::MalformedComponent(_) => "malformed_component",
+            AdminError::UnsupportedApiVersion(_) => "unsupported_api_version",
+            AdminError::WrongWorld { .. } => "wrong_world",
+            AdminError::ImportNotDeclared { .. } => "import_not_declared",
+            AdminError::CapabilityUnavailable { .. } => "capability_unavailable",
+            AdminError::ForeignImport(_) => "foreign_import",
+            AdminError::ImportNotGranted { .. } => "capability_not_granted",
+            AdminError::GrantNotRequested(_) => "grant_not_requested",
+            AdminError::AlreadyInstalled { .. } => "already_installed",
+            AdminError::PluginNotFound { .. } => "plugin_not_found",
+            AdminError::InvalidTenantId(_) => "invalid_tenant_id",
+            AdminError::TenantExists(_) => "tenant_exists",
+            AdminError::TenantNotFound(_) => "tenant_not_found",
+            AdminError::PluginNotEnabled { .. } => "plugin_not_enabled",
+            AdminError::InvalidLimits(_) => "invalid_limits",
+            AdminError::Hook { .. } => "plugin_hook_failed",
+            AdminError::Store(_) => "storage_unavailable",
+            AdminError::Internal(_) => "internal",
+        }
+    }
+}

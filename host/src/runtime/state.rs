@@ -1,0 +1,210 @@
+//! The per-call store data: WASI with an empty context, the memory limiter,
+//! and `CallCtx` — everything a capability needs to serve one call (who is
+//! calling, which tenant and plugin, the transaction, the budgets).
+//!
+//! A `HostState` lives exactly as long as one call's `Store`; nothing in it
+//! outlives the call except the transaction, which the runtime commits or
+//! drops.
+
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use switchboard_signing::Capability;
+use tokio::io::AsyncWrite;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::txn::Txn;
+use super::{EnabledPlugin, Inner, TenantState};
+use crate::runtime::types::Principal;
+
+/// Bytes of guest stderr kept per call for the log.
+const STDERR_KEEP_BYTES: usize = 4096;
+
+/// Store data of one call.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limiter: MemoryLimiter,
+    pub(crate) call: CallCtx,
+    pub(crate) stderr: StderrSink,
+}
+
+/// What capabilities know about the call they serve.
+pub struct CallCtx {
+    pub(crate) rt: Arc<Inner>,
+    pub(crate) tenant: Arc<TenantState>,
+    pub(crate) plugin: Arc<EnabledPlugin>,
+    pub(crate) principal: Principal,
+    pub(crate) txn: Txn,
+    pub(crate) deadline: Instant,
+    pub(crate) depth: u32,
+    pub(crate) request_id: String,
+    host_bytes: u64,
+    pub(crate) log_lines: u32,
+}
+
+impl HostState {
+    pub(crate) fn new(
+        rt: Arc<Inner>,
+        tenant: Arc<TenantState>,
+        plugin: Arc<EnabledPlugin>,
+        principal: Principal,
+        txn: Txn,
+        deadline: Instant,
+        depth: u32,
+        request_id: String,
+    ) -> HostState {
+        let stderr = StderrSink::default();
+        // SPEC K2 / issue 2 item 3: no preopens, no sockets, no environment,
+        // no inherited stdio. Clocks and random come from the defaults.
+        let wasi = WasiCtxBuilder::new().stderr(stderr.clone()).build();
+        let memory_cap = tenant.record.limits.memory_bytes;
+        HostState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter {
+                cap_bytes: memory_cap,
+                exceeded: false,
+            },
+            call: CallCtx {
+                rt,
+                tenant,
+                plugin,
+                principal,
+                txn,
+                deadline,
+                depth,
+                request_id,
+                host_bytes: 0,
+                log_lines: 0,
+            },
+            stderr,
+        }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl CallCtx {
+    /// The calling tenant's id.
+    pub fn tenant_id(&self) -> &str {
+        &self.tenant.record.id
+    }
+
+    /// The called plugin's name.
+    pub fn plugin_name(&self) -> &str {
+        &self.plugin.plugin.manifest.name
+    }
+
+    /// Grants of the called plugin in this tenant.
+    pub fn grants(&self) -> &BTreeSet<Capability> {
+        &self.plugin.grants
+    }
+
+    /// The storage backend.
+    pub fn store(&self) -> &dyn crate::store::Backend {
+        self.rt.store.as_ref()
+    }
+
+    /// Charges `bytes` against the call's host-bytes budget (SPEC K5).
+    pub fn charge(&mut self, bytes: usize) -> Result<(), crate::capability::CapError> {
+        self.host_bytes = self.host_bytes.saturating_add(bytes as u64);
+        let limit = self.tenant.record.limits.host_bytes_per_call;
+        if self.host_bytes > limit {
+            return Err(crate::capability::CapError::TooLarge(format!(
+                "this call has passed more than {limit} bytes to the host"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Caps linear memory per instance (SPEC K5) and remembers that it did, so
+/// the trap that follows is reported as `plugin_memory`.
+pub struct MemoryLimiter {
+    cap_bytes: u64,
+    pub(crate) exceeded: bool,
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired as u64 > self.cap_bytes {
+            self.exceeded = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// Guest stderr: kept up to `STDERR_KEEP_BYTES` for the log, the rest
+/// counted and dropped. Writes never fail, so a chatty guest is not
+/// punished with a trap.
+#[derive(Clone, Default)]
+pub struct StderrSink {
+    inner: Arc<Mutex<(Vec<u8>, usize)>>,
+}
+
+impl StderrSink {
+    /// What the guest wrote (bounded) and how many bytes were dropped.
+    pub fn take(&self) -> (Vec<u8>, usize) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        (std::mem::take(&mut g.0), std::mem::take(&mut g.1))
+    }
+}
+
+impl IsTerminal for StderrSink {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for StderrSink {
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl AsyncWrite for StderrSink {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let room = STDERR_KEEP_BYTES.saturating_sub(g.0.len());
+        let keep = room.min(buf.len());
+        g.0.extend_from_slice(&buf[..keep]);
+        g.1 += buf.len() - keep;
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}

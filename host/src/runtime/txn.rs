@@ -1,0 +1,314 @@
+//! Per-call transactions (SPEC K6): a call's writes — kv entries and timer
+//! records alike — are buffered here and reach the store only if the call
+//! returns successfully, in one atomic batch.
+//!
+//! Concurrency control is optimistic. Every read records what the store
+//! held; at commit, under the tenant's commit lock, each recorded read and
+//! scan is repeated and must still give the same answer. If one does not,
+//! a concurrent call committed first and this call is re-run from scratch
+//! by the runtime (or fails with `conflict` after bounded retries): never a
+//! lost update. Comparing values, not versions, is enough for
+//! serializability: when every read still holds at commit time, the call
+//! behaves as if it ran entirely at that instant.
+//!
+//! A call into a dependency (`plugins` capability) carries the same `Txn`
+//! into the callee's store and back, so work spanning two plugins commits or
+//! vanishes as one.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::store::{Backend, Entry, StoreError, Write};
+
+/// The buffered state of one call.
+#[derive(Clone, Default)]
+pub struct Txn {
+    /// Pending writes, by full store key: `None` deletes.
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// What each read key held when first read.
+    reads: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Scans as (prefix, start_after, limit) and what the store returned.
+    scans: Vec<ScanRecord>,
+    /// Whether any write touched the timer queue.
+    timers_changed: bool,
+}
+
+#[derive(Clone)]
+struct ScanRecord {
+    prefix: Vec<u8>,
+    start_after: Option<Vec<u8>>,
+    limit: usize,
+    result: Vec<Entry>,
+}
+
+/// Why a commit did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// A value this call read has changed since; re-run the call.
+    #[error("a concurrent call changed data this call read")]
+    Conflict,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Txn {
+    /// Reads a key, seeing this call's own writes first.
+    pub fn get(&mut self, store: &dyn Backend, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(pending) = self.writes.get(key) {
+            return Ok(pending.clone());
+        }
+        // Repeatable reads: the first observation is the one validated.
+        if let Some(seen) = self.reads.get(key) {
+            return Ok(seen.clone());
+        }
+        let value = store.get(key)?;
+        self.reads.insert(key.to_vec(), value.clone());
+        Ok(value)
+    }
+
+    /// Buffers a write.
+    pub fn set(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.note_timer_key(&key);
+        self.writes.insert(key, Some(value));
+    }
+
+    /// Buffers a delete without reading the key first.
+    pub fn set_delete(&mut self, key: Vec<u8>) {
+        self.note_timer_key(&key);
+        self.writes.insert(key, None);
+    }
+
+    /// Buffers a delete; returns whether the key existed (as this call sees
+    /// it).
+    pub fn delete(&mut self, store: &dyn Backend, key: &[u8]) -> Result<bool, StoreError> {
+        let existed = self.get(store, key)?.is_some();
+        self.note_timer_key(key);
+        self.writes.insert(key.to_vec(), None);
+        Ok(existed)
+    }
+
+    fn note_timer_key(&mut self, key: &[u8]) {
+        if key.starts_with(crate::store::keys::TIMER_QUEUE) {
+            self.timers_changed = true;
+        }
+    }
+
+    /// Keys under `prefix` after `start_after`, merged with this call's own
+    /// writes. Returns the page and whether more entries may follow.
+    pub fn scan(
+        &mut self,
+        store: &dyn Backend,
+        prefix: &[u8],
+        start_after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<Entry>, bool), StoreError> {
+        let in_range = |k: &Vec<u8>| k.starts_with(prefix) && start_after.is_none_or(|a| k.as_slice() > a);
+        // Own deletes can hide stored entries, so fetch that many more.
+        let hidden = self
+            .writes
+            .iter()
+            .filter(|(k, v)| v.is_none() && in_range(k))
+            .count();
+        let fetch = limit.saturating_add(hidden).saturating_add(1);
+        let stored = store.scan(prefix, start_after, fetch)?;
+        let store_full = stored.len() >= fetch;
+        self.scans.push(ScanRecord {
+            prefix: prefix.to_vec(),
+            start_after: start_after.map(<[u8]>::to_vec),
+            limit: fetch,
+            result: stored.clone(),
+        });
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = stored.into_iter().collect();
+        // Entries past the last stored key are unknown when the store page
+        // was full; only overlay writes up to it.
+        let horizon = if store_full {
+            merged.keys().next_back().cloned()
+        } else {
+            None
+        };
+        for (k, v) in self.writes.iter().filter(|(k, _)| in_range(k)) {
+            if let Some(h) = &horizon
+                && k > h
+            {
+                continue;
+            }
+            match v {
+                Some(v) => {
+                    merged.insert(k.clone(), v.clone());
+                }
+                None => {
+                    merged.remove(k);
+                }
+            }
+        }
+        let more = store_full || merged.len() > limit;
+        Ok((merged.into_iter().take(limit).collect(), more))
+    }
+
+    /// Whether the call wrote anything.
+    pub fn is_read_only(&self) -> bool {
+        self.writes.is_empty()
+    }
+
+    /// Whether committing this changes the timer queue.
+    pub fn timers_changed(&self) -> bool {
+        self.timers_changed
+    }
+
+    /// Number of buffered writes.
+    pub fn write_count(&self) -> usize {
+        self.writes.len()
+    }
+
+    /// Validates every read and applies every write atomically. The caller
+    /// holds the tenant's commit lock, so no other commit of the tenant
+    /// interleaves.
+    pub fn commit(self, store: &dyn Backend) -> Result<(), CommitError> {
+        if self.writes.is_empty() {
+            // A read-only call is serializable at the moment it read.
+            return Ok(());
+        }
+        for (key, seen) in &self.reads {
+            if store.get(key)? != *seen {
+                return Err(CommitError::Conflict);
+            }
+        }
+        for scan in &self.scans {
+            let now = store.scan(&scan.prefix, scan.start_after.as_deref(), scan.limit)?;
+            if now != scan.result {
+                return Err(CommitError::Conflict);
+            }
+        }
+        let writes: Vec<Write> = self.writes.into_iter().collect();
+        store.apply(&writes)?;
+        Ok(())
+    }
+
+    /// Merges a nested call's successful transaction back (it started as a
+    /// clone of this one, so it is a superset).
+    pub fn absorb(&mut self, nested: Txn) {
+        *self = nested;
+    }
+}
+
+/// A commit lock per tenant: validation and apply of one tenant's commits
+/// never interleave; tenants never wait on each other.
+#[derive(Default)]
+pub struct CommitLocks {
+    locks: std::sync::Mutex<std::collections::HashMap<String, Arc<std::sync::Mutex<()>>>>,
+}
+
+impl CommitLocks {
+    /// Commits `txn` for `tenant`.
+    pub fn commit(&self, tenant: &str, store: &dyn Backend, txn: Txn) -> Result<(), CommitError> {
+        if txn.is_read_only() {
+            return Ok(());
+        }
+        let lock = {
+            // Poisoning only happens if a commit panicked; the map itself is
+            // still consistent, so keep going with its contents.
+            let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(tenant.to_string()).or_default().clone()
+        };
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        txn.commit(store)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::store::SledBackend;
+
+    #[test]
+    fn reads_see_own_writes_and_others_see_nothing_before_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SledBackend::open(dir.path()).unwrap();
+        let mut t = Txn::default();
+        t.set(b"k".to_vec(), b"1".to_vec());
+        assert_eq!(t.get(&db, b"k").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(db.get(b"k").unwrap(), None);
+        t.commit(&db).unwrap();
+        assert_eq!(db.get(b"k").unwrap(), Some(b"1".to_vec()));
+    }
+
+    #[test]
+    fn a_stale_read_conflicts_instead_of_losing_an_update() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SledBackend::open(dir.path()).unwrap();
+        let mut a = Txn::default();
+        let mut b = Txn::default();
+        assert_eq!(a.get(&db, b"n").unwrap(), None);
+        assert_eq!(b.get(&db, b"n").unwrap(), None);
+        a.set(b"n".to_vec(), b"1".to_vec());
+        b.set(b"n".to_vec(), b"1".to_vec());
+        a.commit(&db).unwrap();
+        assert!(matches!(b.commit(&db), Err(CommitError::Conflict)));
+    }
+
+    #[test]
+    fn a_phantom_in_a_scanned_range_conflicts() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SledBackend::open(dir.path()).unwrap();
+        let mut a = Txn::default();
+        let (page, _) = a.scan(&db, b"p/", None, 10).unwrap();
+        assert!(page.is_empty());
+        a.set(b"count".to_vec(), b"0".to_vec());
+        db.apply(&[(b"p/x".to_vec(), Some(b"1".to_vec()))]).unwrap();
+        assert!(matches!(a.commit(&db), Err(CommitError::Conflict)));
+    }
+
+    /// Model test: random operations through transactions against a
+    /// BTreeMap, with the store reopened (a simulated restart) between
+    /// rounds.
+    #[test]
+    fn model_matches_btreemap_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _round in 0..4 {
+            let db = SledBackend::open(dir.path()).unwrap();
+            for (k, v) in &model {
+                assert_eq!(db.get(k).unwrap().as_ref(), Some(v));
+            }
+            for _ in 0..50 {
+                let mut t = Txn::default();
+                let mut shadow = model.clone();
+                for _ in 0..(next() % 6) {
+                    let key = format!("m/{}", next() % 12).into_bytes();
+                    match next() % 3 {
+                        0 => {
+                            let v = (next() % 1000).to_string().into_bytes();
+                            t.set(key.clone(), v.clone());
+                            shadow.insert(key, v);
+                        }
+                        1 => {
+                            let existed = t.delete(&db, &key).unwrap();
+                            assert_eq!(existed, shadow.remove(&key).is_some());
+                        }
+                        _ => assert_eq!(t.get(&db, &key).unwrap(), shadow.get(&key).cloned()),
+                    }
+                }
+                let (page, _) = t.scan(&db, b"m/", None, 100).unwrap();
+                let expect: Vec<_> = shadow.clone().into_iter().collect();
+                assert_eq!(page, expect);
+                if next() % 4 == 0 {
+                    drop(t); // abandoned: nothing may change
+                } else {
+                    t.commit(&db).unwrap();
+                    model = shadow;
+                }
+            }
+            db.flush().unwrap();
+        }
+    }
+}

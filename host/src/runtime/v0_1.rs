@@ -1,0 +1,322 @@
+//! Adapter for plugin API `switchboard:plugin@0.1.0`: the generated
+//! bindings stay private here; this module links the granted interfaces,
+//! converts between the generated types and the runtime's own
+//! (`runtime::types`), and forwards each host call to its capability
+//! module. A later API version gets a sibling module that does the same, so
+//! plugins of both versions run side by side (SPEC K8).
+
+use std::collections::BTreeSet;
+
+use switchboard_signing::Capability;
+use wasmtime::Store;
+use wasmtime::component::{HasSelf, Linker};
+
+use super::state::HostState;
+use super::types as rt;
+use super::{Invocation, Outcome};
+use crate::capability::{self, CapError};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit/0.1.0",
+        world: "switchboard:plugin/feature",
+        imports: {
+            "switchboard:host/plugins.call": async | trappable,
+            default: trappable,
+        },
+        exports: { default: async },
+    });
+}
+
+use bindings::switchboard::host as wit;
+
+/// The API version this adapter serves.
+pub const API_VERSION: &str = "0.1.0";
+
+/// A component linked for one grant set, ready to instantiate.
+pub type Pre = bindings::FeaturePre<HostState>;
+
+/// Adds the granted (and implemented) `switchboard:host@0.1.0` interfaces
+/// to `linker`. Interfaces not granted are simply absent: a component that
+/// imports one fails to link.
+pub fn add_to_linker(
+    linker: &mut Linker<HostState>,
+    grants: &BTreeSet<Capability>,
+) -> wasmtime::Result<()> {
+    wit::types::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?;
+    for cap in grants {
+        match cap {
+            Capability::Kv => wit::kv::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?,
+            Capability::Log => wit::log::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?,
+            Capability::Config => {
+                wit::config::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?
+            }
+            Capability::Timers => {
+                wit::timers::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?
+            }
+            Capability::Plugins => {
+                wit::plugins::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?
+            }
+            // Not implemented yet: never linked (install refuses importers).
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Checks the component's exports against the world and wraps it.
+pub fn pre(instance_pre: wasmtime::component::InstancePre<HostState>) -> wasmtime::Result<Pre> {
+    bindings::FeaturePre::new(instance_pre)
+}
+
+/// Instantiates and runs one invocation.
+pub async fn invoke(
+    pre: &Pre,
+    store: &mut Store<HostState>,
+    invocation: Invocation,
+) -> Result<Result<Outcome, String>, Stage> {
+    let feature = pre.instantiate_async(&mut *store).await.map_err(Stage::Instantiate)?;
+    let result = match invocation {
+        Invocation::Handle(request) => feature
+            .call_handle(&mut *store, &request.into())
+            .await
+            .map(|r| Ok(Outcome::Response(r.into()))),
+        Invocation::Init => feature.call_init(&mut *store).await.map(|r| r.map(|()| Outcome::Done)),
+        Invocation::Migrate(from) => feature
+            .call_migrate(&mut *store, &from)
+            .await
+            .map(|r| r.map(|()| Outcome::Done)),
+        Invocation::Event(e) => feature
+            .call_on_event(
+                &mut *store,
+                &bindings::Event {
+                    source: e.source,
+                    kind: e.kind,
+                    data: e.data,
+                },
+            )
+            .await
+            .map(|r| r.map(|()| Outcome::Done)),
+        Invocation::Timer { id, name, payload } => feature
+            .call_on_timer(&mut *store, &bindings::TimerEvent { id, name, payload })
+            .await
+            .map(|r| r.map(|()| Outcome::Done)),
+    };
+    result.map_err(Stage::Call)
+}
+
+/// Where a failed invocation failed.
+pub enum Stage {
+    Instantiate(wasmtime::Error),
+    Call(wasmtime::Error),
+}
+
+// ---- conversions -------------------------------------------------------
+
+impl From<rt::Request> for wit::types::Request {
+    fn from(r: rt::Request) -> Self {
+        wit::types::Request {
+            method: r.method.into(),
+            path: r.path,
+            query: r.query,
+            headers: r.headers,
+            body: r.body,
+            principal: r.principal.into(),
+            caller_plugin: r.caller_plugin,
+            request_id: r.request_id,
+        }
+    }
+}
+
+impl From<wit::types::Response> for rt::Response {
+    fn from(r: wit::types::Response) -> Self {
+        rt::Response {
+            status: r.status,
+            headers: r.headers,
+            body: r.body,
+        }
+    }
+}
+
+impl From<rt::Principal> for wit::types::Principal {
+    fn from(p: rt::Principal) -> Self {
+        use wit::types::{PrincipalKind as K, Role as R};
+        wit::types::Principal {
+            tenant: p.tenant,
+            user: p.user,
+            role: match p.role {
+                rt::Role::Operator => R::Operator,
+                rt::Role::Partner => R::Partner,
+                rt::Role::TenantAdmin => R::TenantAdmin,
+                rt::Role::User => R::User,
+                rt::Role::Guest => R::Guest,
+                rt::Role::Anonymous => R::Anonymous,
+                rt::Role::System => R::System,
+            },
+            kind: match p.kind {
+                rt::Kind::Registered => K::Registered,
+                rt::Kind::Guest => K::Guest,
+                rt::Kind::Pstn => K::Pstn,
+                rt::Kind::Service => K::Service,
+                rt::Kind::Anonymous => K::Anonymous,
+            },
+        }
+    }
+}
+
+impl From<rt::Method> for wit::types::Method {
+    fn from(m: rt::Method) -> Self {
+        use wit::types::Method as M;
+        match m {
+            rt::Method::Get => M::Get,
+            rt::Method::Head => M::Head,
+            rt::Method::Post => M::Post,
+            rt::Method::Put => M::Put,
+            rt::Method::Patch => M::Patch,
+            rt::Method::Delete => M::Delete,
+            rt::Method::Options => M::Options,
+        }
+    }
+}
+
+impl From<wit::types::Method> for rt::Method {
+    fn from(m: wit::types::Method) -> Self {
+        use wit::types::Method as M;
+        match m {
+            M::Get => rt::Method::Get,
+            M::Head => rt::Method::Head,
+            M::Post => rt::Method::Post,
+            M::Put => rt::Method::Put,
+            M::Patch => rt::Method::Patch,
+            M::Delete => rt::Method::Delete,
+            M::Options => rt::Method::Options,
+        }
+    }
+}
+
+fn wit_error(e: CapError) -> wit::types::Error {
+    use wit::types::Error as E;
+    match e {
+        CapError::InvalidArgument(m) => E::InvalidArgument(m),
+        CapError::TooLarge(m) => E::TooLarge(m),
+        CapError::Denied(m) => E::Denied(m),
+        CapError::NotFound(m) => E::NotFound(m),
+        CapError::QuotaExceeded(m) => E::QuotaExceeded(m),
+        CapError::Conflict => E::Conflict,
+        CapError::Timeout => E::Timeout,
+        CapError::Internal(m) => E::Internal(m),
+    }
+}
+
+type WitResult<T> = wasmtime::Result<Result<T, wit::types::Error>>;
+
+fn wrap<T>(r: Result<T, CapError>) -> WitResult<T> {
+    Ok(r.map_err(wit_error))
+}
+
+// ---- host interfaces ---------------------------------------------------
+
+impl wit::types::Host for HostState {}
+
+impl wit::kv::Host for HostState {
+    fn get(&mut self, key: Vec<u8>) -> WitResult<Option<Vec<u8>>> {
+        wrap(capability::kv::get(&mut self.call, &key))
+    }
+
+    fn set(&mut self, key: Vec<u8>, value: Vec<u8>) -> WitResult<()> {
+        wrap(capability::kv::set(&mut self.call, &key, value))
+    }
+
+    fn delete(&mut self, key: Vec<u8>) -> WitResult<bool> {
+        wrap(capability::kv::delete(&mut self.call, &key))
+    }
+
+    fn scan(
+        &mut self,
+        prefix: Vec<u8>,
+        start_after: Option<Vec<u8>>,
+        limit: u32,
+    ) -> WitResult<wit::kv::Page> {
+        wrap(
+            capability::kv::scan(&mut self.call, &prefix, start_after.as_deref(), limit).map(
+                |(entries, next)| wit::kv::Page {
+                    entries: entries
+                        .into_iter()
+                        .map(|(key, value)| wit::kv::Entry { key, value })
+                        .collect(),
+                    next,
+                },
+            ),
+        )
+    }
+}
+
+impl wit::log::Host for HostState {
+    fn log(&mut self, level: wit::log::Level, message: String) -> wasmtime::Result<()> {
+        use capability::log::Level as L;
+        use wit::log::Level as W;
+        let level = match level {
+            W::Trace => L::Trace,
+            W::Debug => L::Debug,
+            W::Info => L::Info,
+            W::Warn => L::Warn,
+            W::Error => L::Error,
+        };
+        capability::log::log(&mut self.call, level, &message);
+        Ok(())
+    }
+}
+
+impl wit::config::Host for HostState {
+    fn get(&mut self, key: String) -> WitResult<Option<String>> {
+        wrap(capability::config::get(&mut self.call, &key))
+    }
+
+    fn all(&mut self) -> wasmtime::Result<String> {
+        Ok(capability::config::all(&self.call))
+    }
+}
+
+impl wit::timers::Host for HostState {
+    fn schedule(&mut self, delay_ms: u64, name: String, payload: Vec<u8>) -> WitResult<String> {
+        wrap(capability::timers::schedule(&mut self.call, delay_ms, &name, &payload))
+    }
+
+    fn cancel(&mut self, id: String) -> WitResult<bool> {
+        wrap(capability::timers::cancel(&mut self.call, &id))
+    }
+}
+
+impl wit::plugins::Host for HostState {
+    async fn call(
+        &mut self,
+        plugin: String,
+        request: wit::types::Request,
+    ) -> WitResult<wit::types::Response> {
+        let ctx = &mut self.call;
+        let callee = match capability::plugins::resolve(ctx, &plugin) {
+            Ok(c) => c,
+            Err(e) => return wrap(Err(e)),
+        };
+        let request = rt::Request {
+            method: request.method.into(),
+            path: request.path,
+            query: request.query,
+            headers: request.headers,
+            body: request.body,
+            // The callee sees who really called, never what the caller wrote.
+            principal: ctx.principal.clone(),
+            caller_plugin: Some(ctx.plugin_name().to_string()),
+            request_id: ctx.request_id.clone(),
+        };
+        if let Err(e) = ctx.charge(request.size_bytes()) {
+            return wrap(Err(e));
+        }
+        let result = ctx.nested_call(callee, request).await;
+        wrap(result.map(|r| wit::types::Response {
+            status: r.status,
+            headers: r.headers,
+            body: r.body,
+        }))
+    }
+}

@@ -1,0 +1,115 @@
+//! The tenant registry: which tenants exist, their limits (SPEC K5), and for
+//! each the plugins it enabled — pinned version, granted capabilities and
+//! validated settings (SPEC K3, K7). Records live in the store under
+//! `sys/tenant/`; an in-memory copy answers the hot path.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use switchboard_signing::Capability;
+
+/// Per-tenant limits. Defaults suit an interactive UC workload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Wall-clock deadline of one plugin call, nested calls included.
+    pub deadline_ms: u64,
+    /// Cap on one instance's linear memory.
+    pub memory_bytes: u64,
+    /// Bytes a call may pass to host functions (keys, values, logs...).
+    pub host_bytes_per_call: u64,
+    /// Largest response a plugin may return.
+    pub response_bytes: u64,
+    /// Calls of this tenant running at once.
+    pub concurrency: u32,
+    /// How long a call waits for a free slot before `tenant_busy`.
+    pub queue_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            deadline_ms: 2_000,
+            memory_bytes: 64 << 20,
+            host_bytes_per_call: 64 << 20,
+            response_bytes: 16 << 20,
+            concurrency: 32,
+            queue_timeout_ms: 2_000,
+        }
+    }
+}
+
+impl Limits {
+    /// Refuses limits the host cannot honour.
+    pub fn validate(&self, max_memory_bytes: u64) -> Result<(), String> {
+        if self.deadline_ms == 0 || self.deadline_ms > 300_000 {
+            return Err("deadline_ms must be between 1 and 300000".into());
+        }
+        if self.memory_bytes < (1 << 20) || self.memory_bytes > max_memory_bytes {
+            return Err(format!(
+                "memory_bytes must be between 1 MiB and the host's slot size of {max_memory_bytes} bytes"
+            ));
+        }
+        if self.concurrency == 0 || self.concurrency > 1024 {
+            return Err("concurrency must be between 1 and 1024".into());
+        }
+        if self.response_bytes == 0 || self.host_bytes_per_call == 0 {
+            return Err("response_bytes and host_bytes_per_call must be positive".into());
+        }
+        if self.queue_timeout_ms > 60_000 {
+            return Err("queue_timeout_ms must be at most 60000".into());
+        }
+        Ok(())
+    }
+}
+
+/// One plugin as a tenant enabled it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Enablement {
+    pub version: semver::Version,
+    pub grants: BTreeSet<Capability>,
+    /// The admin's settings as given (defaults are applied on read).
+    pub config: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A tenant as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TenantRecord {
+    pub id: String,
+    pub region: String,
+    pub limits: Limits,
+    pub plugins: BTreeMap<String, Enablement>,
+}
+
+/// Tenant ids: `^[a-z0-9][a-z0-9-]{0,62}$` — they appear in URLs and keys.
+pub fn is_valid_tenant_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_ids_cannot_forge_key_separators() {
+        assert!(is_valid_tenant_id("acme-2"));
+        for bad in ["", "a/b", "..", "A", "-x", "a b", &"x".repeat(64)] {
+            assert!(!is_valid_tenant_id(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn default_limits_are_valid() {
+        Limits::default().validate(256 << 20).unwrap();
+        let zero = Limits {
+            concurrency: 0,
+            ..Limits::default()
+        };
+        assert!(zero.validate(256 << 20).is_err());
+    }
+}
