@@ -23,7 +23,7 @@ pub fn secret_key_file(path: &Path) -> std::io::Result<[u8; 32]> {
                 fs::create_dir_all(parent)?;
             }
             let mut key = [0u8; 32];
-            getrandom::fill(&mut key).map_err(std::io::Error::other)?;
+            getrandom::fill(&mut key).map_err(|e| std::io::Error::other(e.to_string()))?;
             let mut options = fs::OpenOptions::new();
             options.write(true).create_new(true);
             #[cfg(unix)]

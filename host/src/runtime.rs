@@ -161,7 +161,7 @@ pub(crate) struct Inner {
     commits: CommitLocks,
     global_slots: Arc<Semaphore>,
     admin: tokio::sync::Mutex<()>,
-    timer_wake: tokio::sync::Notify,
+    timer_wake: Arc<tokio::sync::Notify>,
     stop: Arc<AtomicBool>,
 }
 
@@ -231,7 +231,7 @@ impl Runtime {
             pres: Mutex::default(),
             commits: CommitLocks::default(),
             admin: tokio::sync::Mutex::new(()),
-            timer_wake: tokio::sync::Notify::new(),
+            timer_wake: Arc::new(tokio::sync::Notify::new()),
             stop,
         });
         inner.load_plugins()?;
@@ -544,11 +544,11 @@ async fn timer_loop(weak: Weak<Inner>) {
     loop {
         let Some(inner) = weak.upgrade() else { return };
         inner.fire_due_timers().await;
-        let notified = inner.timer_wake.notified();
+        let wake = inner.timer_wake.clone();
         drop(inner);
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-            _ = notified => {}
+            _ = wake.notified() => {}
         }
     }
 }
