@@ -16,6 +16,7 @@ use switchboard_signing::Capability;
 use tokio::io::AsyncWrite;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::txn::Txn;
@@ -188,15 +189,47 @@ impl StdoutStream for StderrSink {
     fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
         Box::new(self.clone())
     }
+
+    // Direct, synchronous stream: the default adapter spawns a task and a
+    // channel per stream, which costs a chatty guest most of its deadline.
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
 }
 
-impl AsyncWrite for StderrSink {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+impl StderrSink {
+    fn keep(&self, buf: &[u8]) {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let room = STDERR_KEEP_BYTES.saturating_sub(g.0.len());
         let keep = room.min(buf.len());
         g.0.extend_from_slice(&buf[..keep]);
         g.1 += buf.len() - keep;
+    }
+}
+
+impl OutputStream for StderrSink {
+    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
+        self.keep(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 * 1024)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for StderrSink {
+    async fn ready(&mut self) {}
+}
+
+impl AsyncWrite for StderrSink {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.keep(buf);
         Poll::Ready(Ok(buf.len()))
     }
 

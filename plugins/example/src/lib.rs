@@ -35,6 +35,11 @@ impl Plugin for Example {
             .get("/events/:kind", event_get)
             .get("/kv-loop", kv_loop)
             .post("/transfer", transfer)
+            .get("/raw/:key", raw_get)
+            .get("/ledger-whoami", |_, _| {
+                let resp = plugins::call("ledger", Method::Get, "/whoami", b"")?;
+                Ok(Response { status: resp.status, headers: resp.headers, body: resp.body })
+            })
             .handle(&request)
     }
 
@@ -173,6 +178,13 @@ fn event_get(_: &Request, p: &Params) -> Result<Response, ApiError> {
     match kv::get(format!("events/{}", p.get("kind").unwrap_or_default()))? {
         Some(v) => Ok(http::text(200, &String::from_utf8_lossy(&v))),
         None => Err(ApiError::not_found("no such event")),
+    }
+}
+
+fn raw_get(_: &Request, p: &Params) -> Result<Response, ApiError> {
+    match kv::get(p.get("key").unwrap_or_default())? {
+        Some(v) => Ok(http::text(200, &String::from_utf8_lossy(&v))),
+        None => Err(ApiError::not_found("no such key")),
     }
 }
 
