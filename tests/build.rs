@@ -9,8 +9,12 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
-    let here = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let root = here.parent().expect("tests/ sits in the workspace root").to_path_buf();
+    let here =
+        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let root = here
+        .parent()
+        .expect("tests/ sits in the workspace root")
+        .to_path_buf();
     for dir in ["plugins", "sdk", "wit"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
@@ -21,7 +25,14 @@ fn main() {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(root.join("plugins"))
-        .args(["build", "--release", "--locked", "--target", "wasm32-wasip2", "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            "wasm32-wasip2",
+            "--target-dir",
+        ])
         .arg(&target_dir)
         // Settings meant for the host build (or for clippy) must not leak
         // into the plugin build.
@@ -43,5 +54,8 @@ fn main() {
         "cargo:rustc-env=SB_PLUGIN_WASM_DIR={}",
         target_dir.join("wasm32-wasip2").join("release").display()
     );
-    println!("cargo:rustc-env=SB_PLUGIN_SRC_DIR={}", root.join("plugins").display());
+    println!(
+        "cargo:rustc-env=SB_PLUGIN_SRC_DIR={}",
+        root.join("plugins").display()
+    );
 }

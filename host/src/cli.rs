@@ -126,12 +126,18 @@ pub enum PluginCmd {
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { data, listen, config } => {
+        Command::Serve {
+            data,
+            listen,
+            config,
+        } => {
             let file = match &config {
                 Some(path) => ServerConfig::load(path)?,
                 None => ServerConfig::default(),
             };
-            let data = data.or(file.data.clone()).unwrap_or_else(|| PathBuf::from("switchboard-data"));
+            let data = data
+                .or(file.data.clone())
+                .unwrap_or_else(|| PathBuf::from("switchboard-data"));
             let listen = listen
                 .or(file.listen)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
@@ -149,23 +155,45 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&rt.tenants())?);
             Ok(())
         }
-        Command::Plugin(PluginCmd::Install { data, manifest, component }) => {
+        Command::Plugin(PluginCmd::Install {
+            data,
+            manifest,
+            component,
+        }) => {
             let rt = open(&data)?;
-            let m = std::fs::read(&manifest).with_context(|| format!("cannot read {}", manifest.display()))?;
-            let c = std::fs::read(&component).with_context(|| format!("cannot read {}", component.display()))?;
+            let m = std::fs::read(&manifest)
+                .with_context(|| format!("cannot read {}", manifest.display()))?;
+            let c = std::fs::read(&component)
+                .with_context(|| format!("cannot read {}", component.display()))?;
             let info = rt.install_plugin(&m, &c).await.map_err(admin)?;
-            println!("installed {} {} (sha256 {})", info.name, info.version, info.digest);
+            println!(
+                "installed {} {} (sha256 {})",
+                info.name, info.version, info.digest
+            );
             Ok(())
         }
         Command::Plugin(PluginCmd::List { data }) => {
             let rt = open(&data)?;
             for p in rt.plugins() {
                 let caps: Vec<String> = p.capabilities.iter().map(ToString::to_string).collect();
-                println!("{} {} sha256:{} [{}]", p.name, p.version, p.digest, caps.join(", "));
+                println!(
+                    "{} {} sha256:{} [{}]",
+                    p.name,
+                    p.version,
+                    p.digest,
+                    caps.join(", ")
+                );
             }
             Ok(())
         }
-        Command::Plugin(PluginCmd::Enable { data, tenant, name, version, grants, config }) => {
+        Command::Plugin(PluginCmd::Enable {
+            data,
+            tenant,
+            name,
+            version,
+            grants,
+            config,
+        }) => {
             let rt = open(&data)?;
             let grants = if grants.is_empty() {
                 None
@@ -180,17 +208,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let config: serde_json::Map<String, serde_json::Value> =
                 serde_json::from_str(&config).context("--config must be a JSON object")?;
-            rt.enable_plugin(&tenant, &name, &version, grants, config).await.map_err(admin)?;
+            rt.enable_plugin(&tenant, &name, &version, grants, config)
+                .await
+                .map_err(admin)?;
             println!("{name} {version} enabled for {tenant}");
             Ok(())
         }
-        Command::Call { data, tenant, plugin, user, method, path, body } => {
+        Command::Call {
+            data,
+            tenant,
+            plugin,
+            user,
+            method,
+            path,
+            body,
+        } => {
             let rt = open(&data)?;
             let method: Method = method.parse().map_err(anyhow::Error::msg)?;
             if !path.starts_with('/') {
                 bail!("the path must start with '/'");
             }
-            let req = Request::new(method, &path, Principal::user(&tenant, &user)).with_body(body.into_bytes());
+            let req = Request::new(method, &path, Principal::user(&tenant, &user))
+                .with_body(body.into_bytes());
             let resp = rt
                 .handle(&tenant, &plugin, req)
                 .await

@@ -20,7 +20,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-use crate::runtime::{CallError, Method, PluginInfo, Principal, Request, Response, Runtime, RuntimeConfig};
+use crate::runtime::{
+    CallError, Method, PluginInfo, Principal, Request, Response, Runtime, RuntimeConfig,
+};
 use crate::tenant::Limits;
 
 /// A runtime over a temporary data folder, removed on drop.
@@ -62,15 +64,27 @@ impl Harness {
     pub fn build_plugin(dir: &Path) -> anyhow::Result<PathBuf> {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let out = std::process::Command::new(cargo)
-            .args(["build", "--release", "--target", "wasm32-wasip2", "--message-format=json-render-diagnostics"])
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--message-format=json-render-diagnostics",
+            ])
             .arg("--manifest-path")
             .arg(dir.join("Cargo.toml"))
             .stderr(std::process::Stdio::inherit())
             .output()
             .with_context(|| format!("cannot run cargo for {}", dir.display()))?;
-        anyhow::ensure!(out.status.success(), "building the plugin in {} failed", dir.display());
+        anyhow::ensure!(
+            out.status.success(),
+            "building the plugin in {} failed",
+            dir.display()
+        );
         for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+            let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
             if msg["reason"] != "compiler-artifact" {
                 continue;
             }
@@ -82,14 +96,27 @@ impl Harness {
                 }
             }
         }
-        anyhow::bail!("cargo built no .wasm in {}; is the crate a cdylib?", dir.display())
+        anyhow::bail!(
+            "cargo built no .wasm in {}; is the crate a cdylib?",
+            dir.display()
+        )
     }
 
     /// Installs a plugin from its manifest and component files.
-    pub async fn install_files(&self, manifest: &Path, component: &Path) -> anyhow::Result<PluginInfo> {
-        let m = std::fs::read(manifest).with_context(|| format!("cannot read {}", manifest.display()))?;
-        let c = std::fs::read(component).with_context(|| format!("cannot read {}", component.display()))?;
-        let info = self.runtime.install_plugin(&m, &c).await.map_err(|e| anyhow::anyhow!("{} ({})", e, e.code()))?;
+    pub async fn install_files(
+        &self,
+        manifest: &Path,
+        component: &Path,
+    ) -> anyhow::Result<PluginInfo> {
+        let m = std::fs::read(manifest)
+            .with_context(|| format!("cannot read {}", manifest.display()))?;
+        let c = std::fs::read(component)
+            .with_context(|| format!("cannot read {}", component.display()))?;
+        let info = self
+            .runtime
+            .install_plugin(&m, &c)
+            .await
+            .map_err(|e| anyhow::anyhow!("{} ({})", e, e.code()))?;
         Ok(info)
     }
 
@@ -138,8 +165,15 @@ impl Harness {
     }
 
     /// `GET path` as `user`.
-    pub async fn get(&self, tenant: &str, plugin: &str, user: &str, path: &str) -> Result<Response, CallError> {
-        self.call(tenant, plugin, user, Method::Get, path, b"").await
+    pub async fn get(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        user: &str,
+        path: &str,
+    ) -> Result<Response, CallError> {
+        self.call(tenant, plugin, user, Method::Get, path, b"")
+            .await
     }
 
     /// `POST path` with `body` as `user`.
@@ -151,6 +185,7 @@ impl Harness {
         path: &str,
         body: &[u8],
     ) -> Result<Response, CallError> {
-        self.call(tenant, plugin, user, Method::Post, path, body).await
+        self.call(tenant, plugin, user, Method::Post, path, body)
+            .await
     }
 }

@@ -13,6 +13,7 @@
 // authenticated compile-cache entry (`runtime::cache`), with its SAFETY
 // argument beside it.
 #![deny(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod capability;
 pub mod cli;

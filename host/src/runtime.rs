@@ -29,11 +29,13 @@ use std::time::{Duration, Instant};
 use switchboard_signing::{Capability, Manifest, component_digest};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
+use wasmtime::{
+    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
+};
 
 pub use self::cache::CacheOutcome;
 pub use self::error::{AdminError, CallError};
-use self::state::HostState;
+use self::state::{CallSpec, HostState};
 use self::txn::{CommitError, CommitLocks, Txn};
 pub use self::types::{Event, Kind, Method, Principal, Request, Response, Role};
 use crate::capability::{self, CapError, timers};
@@ -143,6 +145,9 @@ impl std::fmt::Display for DeadlineExceeded {
 
 impl std::error::Error for DeadlineExceeded {}
 
+/// Installed plugins by (name, version), with how each was loaded.
+type PluginTable = HashMap<(String, semver::Version), (Arc<LoadedPlugin>, CacheOutcome)>;
+
 /// The runtime. Cheap to clone; all clones share one engine and store.
 #[derive(Clone)]
 pub struct Runtime {
@@ -154,7 +159,7 @@ pub(crate) struct Inner {
     pub(crate) store: Arc<dyn Backend>,
     cache: cache::CompileCache,
     config: RuntimeConfig,
-    plugins: RwLock<HashMap<(String, semver::Version), (Arc<LoadedPlugin>, CacheOutcome)>>,
+    plugins: RwLock<PluginTable>,
     tenants: RwLock<HashMap<String, Arc<TenantState>>>,
     linkers: Mutex<HashMap<BTreeSet<Capability>, Arc<Linker<HostState>>>>,
     pres: Mutex<HashMap<(String, BTreeSet<Capability>), v0_1::Pre>>,
@@ -206,9 +211,13 @@ impl Runtime {
     pub fn open(config: RuntimeConfig) -> anyhow::Result<Runtime> {
         use anyhow::Context as _;
         std::fs::create_dir_all(&config.data_dir).with_context(|| {
-            format!("cannot create the data folder {}", config.data_dir.display())
+            format!(
+                "cannot create the data folder {}",
+                config.data_dir.display()
+            )
         })?;
-        let engine = engine(&config).map_err(|e| anyhow::anyhow!("{e:#}"))
+        let engine = engine(&config)
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
             .context("cannot configure the WebAssembly engine")?;
         let store = SledBackend::open(&config.data_dir.join("store"))?;
         let cache = cache::CompileCache::open(
@@ -273,7 +282,10 @@ impl Runtime {
     ) -> Result<PluginInfo, AdminError> {
         let _admin = self.inner.admin.lock().await;
         let manifest_parsed = Manifest::parse(manifest)?;
-        let key = (manifest_parsed.name.clone(), manifest_parsed.version.clone());
+        let key = (
+            manifest_parsed.name.clone(),
+            manifest_parsed.version.clone(),
+        );
         if self.inner.read_plugins().contains_key(&key) {
             return Err(AdminError::AlreadyInstalled {
                 name: key.0,
@@ -334,7 +346,9 @@ impl Runtime {
             plugins: Default::default(),
         };
         let state = self.inner.tenant_state(record.clone(), None)?;
-        self.inner.store.apply(&[(keys::tenant(id), Some(encode(&record)?))])?;
+        self.inner
+            .store
+            .apply(&[(keys::tenant(id), Some(encode(&record)?))])?;
         self.inner.publish_tenant(state);
         tracing::info!(tenant = id, "tenant created");
         Ok(())
@@ -386,11 +400,15 @@ impl Runtime {
     ) -> Result<(), AdminError> {
         let _admin = self.inner.admin.lock().await;
         let current = self.inner.tenant_or_admin_err(tenant)?;
-        let plugin = self.inner.plugin(name, version).ok_or_else(|| AdminError::PluginNotFound {
-            name: name.to_string(),
-            version: version.to_string(),
-        })?;
-        let grants = grants.unwrap_or_else(|| plugin.manifest.capabilities.iter().copied().collect());
+        let plugin =
+            self.inner
+                .plugin(name, version)
+                .ok_or_else(|| AdminError::PluginNotFound {
+                    name: name.to_string(),
+                    version: version.to_string(),
+                })?;
+        let grants =
+            grants.unwrap_or_else(|| plugin.manifest.capabilities.iter().copied().collect());
         let previous = current.record.plugins.get(name).map(|e| e.version.clone());
         let mut record = current.record.clone();
         record.plugins.insert(
@@ -483,7 +501,10 @@ impl Runtime {
         if request.request_id.is_empty() {
             request.request_id = crate::fsutil::random_hex(8);
         }
-        let t = self.inner.tenant(tenant).ok_or_else(|| CallError::TenantNotFound(tenant.into()))?;
+        let t = self
+            .inner
+            .tenant(tenant)
+            .ok_or_else(|| CallError::TenantNotFound(tenant.into()))?;
         let principal = request.principal.clone();
         match self
             .inner
@@ -496,10 +517,20 @@ impl Runtime {
     }
 
     /// Delivers an event to a plugin's `on-event`.
-    pub async fn deliver_event(&self, tenant: &str, plugin: &str, event: Event) -> Result<(), CallError> {
-        let t = self.inner.tenant(tenant).ok_or_else(|| CallError::TenantNotFound(tenant.into()))?;
+    pub async fn deliver_event(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        event: Event,
+    ) -> Result<(), CallError> {
+        let t = self
+            .inner
+            .tenant(tenant)
+            .ok_or_else(|| CallError::TenantNotFound(tenant.into()))?;
         self.inner
-            .call_top(t, plugin, Principal::system(tenant), || Invocation::Event(event.clone()))
+            .call_top(t, plugin, Principal::system(tenant), || {
+                Invocation::Event(event.clone())
+            })
             .await
             .map(|_| ())
     }
@@ -554,10 +585,7 @@ async fn timer_loop(weak: Weak<Inner>) {
 }
 
 impl Inner {
-    fn read_plugins(
-        &self,
-    ) -> std::sync::RwLockReadGuard<'_, HashMap<(String, semver::Version), (Arc<LoadedPlugin>, CacheOutcome)>>
-    {
+    fn read_plugins(&self) -> std::sync::RwLockReadGuard<'_, PluginTable> {
         self.plugins.read().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -576,7 +604,8 @@ impl Inner {
     }
 
     fn tenant_or_admin_err(&self, id: &str) -> Result<Arc<TenantState>, AdminError> {
-        self.tenant(id).ok_or_else(|| AdminError::TenantNotFound(id.to_string()))
+        self.tenant(id)
+            .ok_or_else(|| AdminError::TenantNotFound(id.to_string()))
     }
 
     fn publish_tenant(&self, state: TenantState) {
@@ -608,22 +637,34 @@ impl Inner {
             ));
         }
         let digest = component_digest(component);
-        let (compiled, outcome) = self
-            .cache
-            .load_or_compile(&self.engine, &digest, component)
-            .map_err(|e| AdminError::MalformedComponent(format!("{e:#}")))?;
+        let (cached, outcome) = self.cache.lookup(&self.engine, &digest);
+        let compiled = match cached {
+            Some(c) => c,
+            None => Component::new(&self.engine, component)
+                .map_err(|e| AdminError::MalformedComponent(format!("{e:#}")))?,
+        };
         let imports = self.check_imports(&manifest, &compiled)?;
         // Link against everything implemented to check the exports.
         let all: BTreeSet<Capability> = capability::IMPLEMENTED.iter().copied().collect();
-        let linker = self.linker(&all).map_err(|e| AdminError::Internal(format!("{e:#}")))?;
-        let pre = linker.instantiate_pre(&compiled).map_err(|e| AdminError::WrongWorld {
-            api: manifest.api_version.to_string(),
-            reason: format!("{e:#}"),
-        })?;
+        let linker = self
+            .linker(&all)
+            .map_err(|e| AdminError::Internal(format!("{e:#}")))?;
+        let pre = linker
+            .instantiate_pre(&compiled)
+            .map_err(|e| AdminError::WrongWorld {
+                api: manifest.api_version.to_string(),
+                reason: format!("{e:#}"),
+            })?;
         v0_1::pre(pre).map_err(|e| AdminError::WrongWorld {
             api: manifest.api_version.to_string(),
             reason: format!("{e:#}"),
         })?;
+        // Only a component that passed every check is cached.
+        if outcome != CacheOutcome::Hit
+            && let Err(e) = self.cache.store(&digest, &compiled)
+        {
+            tracing::warn!(digest, error = %format!("{e:#}"), "could not write the compile cache");
+        }
         Ok((
             LoadedPlugin {
                 manifest,
@@ -652,7 +693,8 @@ impl Inner {
                 return Err(AdminError::ForeignImport(name.to_string()));
             };
             let (iface, version) = rest.split_once('@').unwrap_or((rest, ""));
-            if version != v0_1::API_VERSION || manifest.api_version.to_string() != v0_1::API_VERSION {
+            if version != v0_1::API_VERSION || manifest.api_version.to_string() != v0_1::API_VERSION
+            {
                 return Err(AdminError::UnsupportedApiVersion(format!(
                     "the component imports {name}, built against switchboard:host@{version}; this host links switchboard:host@{} for plugin API {}",
                     v0_1::API_VERSION,
@@ -698,7 +740,11 @@ impl Inner {
 
     /// The instantiable form of `plugin` under `grants`, shared by every
     /// tenant with the same plugin version and grants.
-    fn pre_for(&self, plugin: &LoadedPlugin, grants: &BTreeSet<Capability>) -> Result<v0_1::Pre, AdminError> {
+    fn pre_for(
+        &self,
+        plugin: &LoadedPlugin,
+        grants: &BTreeSet<Capability>,
+    ) -> Result<v0_1::Pre, AdminError> {
         for cap in &plugin.imports {
             if !grants.contains(cap) {
                 return Err(AdminError::ImportNotGranted {
@@ -708,10 +754,17 @@ impl Inner {
             }
         }
         let key = (plugin.digest.clone(), grants.clone());
-        if let Some(pre) = self.pres.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        if let Some(pre) = self
+            .pres
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
             return Ok(pre.clone());
         }
-        let linker = self.linker(grants).map_err(|e| AdminError::Internal(format!("{e:#}")))?;
+        let linker = self
+            .linker(grants)
+            .map_err(|e| AdminError::Internal(format!("{e:#}")))?;
         let pre = linker
             .instantiate_pre(&plugin.component)
             .and_then(v0_1::pre)
@@ -733,10 +786,12 @@ impl Inner {
     ) -> Result<TenantState, AdminError> {
         let mut enabled = HashMap::new();
         for (name, en) in &record.plugins {
-            let plugin = self.plugin(name, &en.version).ok_or_else(|| AdminError::PluginNotFound {
-                name: name.clone(),
-                version: en.version.to_string(),
-            })?;
+            let plugin =
+                self.plugin(name, &en.version)
+                    .ok_or_else(|| AdminError::PluginNotFound {
+                        name: name.clone(),
+                        version: en.version.to_string(),
+                    })?;
             for cap in &en.grants {
                 if !plugin.manifest.capabilities.contains(cap) {
                     return Err(AdminError::GrantNotRequested(cap.to_string()));
@@ -779,9 +834,10 @@ impl Inner {
             let loaded = Manifest::parse(&bytes)
                 .map_err(AdminError::from)
                 .and_then(|m| {
-                    let component = self.store.get(&component_key)?.ok_or_else(|| {
-                        AdminError::Internal("component record missing".into())
-                    })?;
+                    let component = self
+                        .store
+                        .get(&component_key)?
+                        .ok_or_else(|| AdminError::Internal("component record missing".into()))?;
                     self.load_plugin(m, &component)
                 });
             match loaded {
@@ -792,7 +848,9 @@ impl Inner {
                         .unwrap_or_else(|p| p.into_inner())
                         .insert(k, (Arc::new(p), outcome));
                 }
-                Err(e) => tracing::error!(key = %String::from_utf8_lossy(&key), error = %e, "installed plugin cannot be loaded; skipping it"),
+                Err(e) => {
+                    tracing::error!(key = %String::from_utf8_lossy(&key), error = %e, "installed plugin cannot be loaded; skipping it")
+                }
             }
         }
         Ok(())
@@ -830,7 +888,10 @@ impl Inner {
         Ok(())
     }
 
-    async fn acquire(&self, tenant: &TenantState) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), CallError> {
+    async fn acquire(
+        &self,
+        tenant: &TenantState,
+    ) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), CallError> {
         let wait = Duration::from_millis(tenant.record.limits.queue_timeout_ms);
         let busy = || CallError::Busy(tenant.record.id.clone());
         let local = tokio::time::timeout(wait, tenant.slots.clone().acquire_owned())
@@ -853,7 +914,8 @@ impl Inner {
         principal: Principal,
         invocation: impl Fn() -> Invocation,
     ) -> Result<Outcome, CallError> {
-        self.call_top_with(tenant, plugin, principal, invocation, |_| {}).await
+        self.call_top_with(tenant, plugin, principal, invocation, |_| {})
+            .await
     }
 
     /// `call_top` with `prepare` run on each attempt's fresh transaction.
@@ -865,26 +927,31 @@ impl Inner {
         invocation: impl Fn() -> Invocation,
         prepare: impl Fn(&mut Txn),
     ) -> Result<Outcome, CallError> {
-        let enabled = tenant.enabled.get(plugin).cloned().ok_or_else(|| CallError::PluginNotEnabled {
-            tenant: tenant.record.id.clone(),
-            plugin: plugin.to_string(),
-        })?;
+        let enabled =
+            tenant
+                .enabled
+                .get(plugin)
+                .cloned()
+                .ok_or_else(|| CallError::PluginNotEnabled {
+                    tenant: tenant.record.id.clone(),
+                    plugin: plugin.to_string(),
+                })?;
         let _permits = self.acquire(&tenant).await?;
         for attempt in 0..MAX_COMMIT_ATTEMPTS {
             let deadline = Instant::now() + Duration::from_millis(tenant.record.limits.deadline_ms);
             let mut txn = Txn::default();
             prepare(&mut txn);
-            let (result, txn) = self
-                .run(
-                    tenant.clone(),
-                    enabled.clone(),
-                    principal.clone(),
-                    invocation(),
-                    txn,
-                    deadline,
-                    0,
-                )
-                .await;
+            let invocation = invocation();
+            let spec = CallSpec {
+                tenant: tenant.clone(),
+                plugin: enabled.clone(),
+                principal: principal.clone(),
+                txn,
+                deadline,
+                depth: 0,
+                request_id: request_id_of(&invocation),
+            };
+            let (result, txn) = self.run(spec, invocation).await;
             let outcome = result?;
             if let Outcome::Response(r) = &outcome
                 && r.status >= 500
@@ -893,7 +960,10 @@ impl Inner {
                 return Ok(outcome);
             }
             let timers_changed = txn.timers_changed();
-            match self.commits.commit(&tenant.record.id, self.store.as_ref(), txn) {
+            match self
+                .commits
+                .commit(&tenant.record.id, self.store.as_ref(), txn)
+            {
                 Ok(()) => {
                     if timers_changed {
                         self.timer_wake.notify_one();
@@ -919,14 +989,27 @@ impl Inner {
         invocation: Invocation,
         txn: Txn,
     ) -> Result<(), CallError> {
-        let enabled = tenant.enabled.get(plugin).cloned().ok_or_else(|| CallError::PluginNotEnabled {
-            tenant: tenant.record.id.clone(),
-            plugin: plugin.to_string(),
-        })?;
+        let enabled =
+            tenant
+                .enabled
+                .get(plugin)
+                .cloned()
+                .ok_or_else(|| CallError::PluginNotEnabled {
+                    tenant: tenant.record.id.clone(),
+                    plugin: plugin.to_string(),
+                })?;
         let _permits = self.acquire(&tenant).await?;
         let deadline = Instant::now() + Duration::from_millis(tenant.record.limits.deadline_ms);
-        let principal = Principal::system(&tenant.record.id);
-        let (result, txn) = self.run(tenant.clone(), enabled, principal, invocation, txn, deadline, 0).await;
+        let spec = CallSpec {
+            tenant: tenant.clone(),
+            plugin: enabled,
+            principal: Principal::system(&tenant.record.id),
+            txn,
+            deadline,
+            depth: 0,
+            request_id: request_id_of(&invocation),
+        };
+        let (result, txn) = self.run(spec, invocation).await;
         result?;
         self.commits
             .commit(&tenant.record.id, self.store.as_ref(), txn)
@@ -938,26 +1021,16 @@ impl Inner {
 
     /// One attempt: a fresh store, instantiate, invoke, classify. Returns
     /// the transaction for the caller to commit or drop.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn run(
         self: &Arc<Self>,
-        tenant: Arc<TenantState>,
-        plugin: Arc<EnabledPlugin>,
-        principal: Principal,
+        spec: CallSpec,
         invocation: Invocation,
-        txn: Txn,
-        deadline: Instant,
-        depth: u32,
     ) -> (Result<Outcome, CallError>, Txn) {
-        let limits = tenant.record.limits.clone();
-        let tenant_id = tenant.record.id.clone();
-        let plugin_name = plugin.plugin.manifest.name.clone();
-        let request_id = match &invocation {
-            Invocation::Handle(r) => r.request_id.clone(),
-            _ => crate::fsutil::random_hex(8),
-        };
-        let pre = plugin.pre.clone();
-        let state = HostState::new(self.clone(), tenant, plugin, principal, txn, deadline, depth, request_id);
+        let limits = spec.tenant.record.limits.clone();
+        let tenant_id = spec.tenant.record.id.clone();
+        let plugin_name = spec.plugin.plugin.manifest.name.clone();
+        let pre = spec.plugin.pre.clone();
+        let state = HostState::new(self.clone(), spec);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(1);
@@ -1008,18 +1081,16 @@ impl state::CallCtx {
     ) -> Result<Response, CapError> {
         let name = callee.plugin.manifest.name.clone();
         let rt = self.rt.clone();
-        let fut = {
-            let rt = rt.clone();
-            let tenant = self.tenant.clone();
-            let principal = self.principal.clone();
-            let txn = self.txn.clone();
-            let deadline = self.deadline;
-            let depth = self.depth + 1;
-            async move {
-                rt.run(tenant, callee, principal, Invocation::Handle(request), txn, deadline, depth)
-                    .await
-            }
+        let spec = CallSpec {
+            tenant: self.tenant.clone(),
+            plugin: callee,
+            principal: self.principal.clone(),
+            txn: self.txn.clone(),
+            deadline: self.deadline,
+            depth: self.depth + 1,
+            request_id: request.request_id.clone(),
         };
+        let fut = async move { rt.run(spec, Invocation::Handle(request)).await };
         // Run on its own task: the callee gets its own fiber and store.
         let (result, txn) = tokio::spawn(fut)
             .await
@@ -1033,8 +1104,19 @@ impl state::CallCtx {
             }
             Ok(Outcome::Done) => Err(CapError::Internal("callee returned no response".into())),
             Err(CallError::Timeout(_)) => Err(CapError::Timeout),
-            Err(e) => Err(CapError::Internal(format!("plugin {name} failed: {} ({})", e, e.code()))),
+            Err(e) => Err(CapError::Internal(format!(
+                "plugin {name} failed: {} ({})",
+                e,
+                e.code()
+            ))),
         }
+    }
+}
+
+fn request_id_of(invocation: &Invocation) -> String {
+    match invocation {
+        Invocation::Handle(r) if !r.request_id.is_empty() => r.request_id.clone(),
+        _ => crate::fsutil::random_hex(8),
     }
 }
 
@@ -1119,7 +1201,10 @@ impl Inner {
         let record_key = keys::timer(tenant, plugin, id);
         let drop_timer = |why: &str| {
             tracing::warn!(tenant, plugin, timer = id, "dropping timer: {why}");
-            self.apply_locked(tenant, vec![(queue_key.to_vec(), None), (record_key.clone(), None)]);
+            self.apply_locked(
+                tenant,
+                vec![(queue_key.to_vec(), None), (record_key.clone(), None)],
+            );
         };
         let Some(t) = self.tenant(tenant) else {
             return drop_timer("tenant no longer exists");
@@ -1127,36 +1212,61 @@ impl Inner {
         if !t.enabled.contains_key(plugin) {
             return drop_timer("plugin no longer enabled");
         }
-        let record: timers::TimerRecord = match self.store.get(&record_key).ok().flatten().map(|raw| serde_json::from_slice(&raw)) {
+        let record: timers::TimerRecord = match self
+            .store
+            .get(&record_key)
+            .ok()
+            .flatten()
+            .map(|raw| serde_json::from_slice(&raw))
+        {
             Some(Ok(r)) => r,
             _ => return drop_timer("timer record missing or unreadable"),
         };
         let payload = hex::decode(&record.payload).unwrap_or_default();
         let store = self.store.clone();
         let result = self
-            .call_top_with(t.clone(), plugin, Principal::system(tenant), || Invocation::Timer {
-                id: record.id.clone(),
-                name: record.name.clone(),
-                payload: payload.clone(),
-            }, |txn| {
-                // Claim the timer in the same transaction as its effects.
-                let _ = txn.delete(store.as_ref(), &record_key);
-                let _ = txn.delete(store.as_ref(), queue_key);
-            })
+            .call_top_with(
+                t.clone(),
+                plugin,
+                Principal::system(tenant),
+                || Invocation::Timer {
+                    id: record.id.clone(),
+                    name: record.name.clone(),
+                    payload: payload.clone(),
+                },
+                |txn| {
+                    // Claim the timer in the same transaction as its effects.
+                    let _ = txn.delete(store.as_ref(), &record_key);
+                    let _ = txn.delete(store.as_ref(), queue_key);
+                },
+            )
             .await;
         if let Err(e) = result {
             let attempts = record.attempts + 1;
             if attempts >= timers::MAX_ATTEMPTS {
-                tracing::error!(tenant, plugin, timer = id, code = e.code(), "timer failed {attempts} times; dropped");
+                tracing::error!(
+                    tenant,
+                    plugin,
+                    timer = id,
+                    code = e.code(),
+                    "timer failed {attempts} times; dropped"
+                );
                 self.apply_locked(tenant, vec![(queue_key.to_vec(), None), (record_key, None)]);
                 return;
             }
             let due_ms = timers::now_ms() + 1000 * (1u64 << attempts);
-            let retry = timers::TimerRecord { attempts, due_ms, ..record };
+            let retry = timers::TimerRecord {
+                attempts,
+                due_ms,
+                ..record
+            };
             let writes = match serde_json::to_vec(&retry) {
                 Ok(raw) => vec![
                     (queue_key.to_vec(), None),
-                    (keys::timer_queue(due_ms, tenant, plugin, id), Some(Vec::new())),
+                    (
+                        keys::timer_queue(due_ms, tenant, plugin, id),
+                        Some(Vec::new()),
+                    ),
                     (record_key, Some(raw)),
                 ],
                 Err(_) => vec![(queue_key.to_vec(), None), (record_key, None)],

@@ -38,7 +38,8 @@ impl ServerConfig {
         use anyhow::Context as _;
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {}", path.display(), e.message()))
+        toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("config file {}: {}", path.display(), e.message()))
     }
 
     /// The runtime configuration this file describes, rooted at `data`.
@@ -63,9 +64,14 @@ pub async fn serve(runtime: Runtime, listen: SocketAddr) -> anyhow::Result<()> {
     runtime.start_background();
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("cannot listen on {listen}; is another server running there? pass --listen"))?;
+        .with_context(|| {
+            format!("cannot listen on {listen}; is another server running there? pass --listen")
+        })?;
     let local = listener.local_addr()?;
-    println!("switchboard: serving on http://{local} (data folder {})", runtime.data_dir().display());
+    println!(
+        "switchboard: serving on http://{local} (data folder {})",
+        runtime.data_dir().display()
+    );
     println!("switchboard: health at http://{local}/healthz");
     let shutdown = tokio::signal::ctrl_c();
     tokio::pin!(shutdown);

@@ -8,7 +8,10 @@ use crate::bindings::switchboard::host::config as raw;
 
 /// The setting `key` decoded as `T`; `None` when it does not exist.
 pub fn get<T: DeserializeOwned>(key: &str) -> Option<T> {
-    raw::get(key).ok().flatten().and_then(|json| serde_json::from_str(&json).ok())
+    raw::get(key)
+        .ok()
+        .flatten()
+        .and_then(|json| serde_json::from_str(&json).ok())
 }
 
 /// All settings as a JSON object.

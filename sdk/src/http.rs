@@ -97,7 +97,10 @@ pub fn empty(status: u16) -> Response {
 
 /// The error shape every Switchboard API uses.
 pub fn error(status: u16, code: &str, message: &str) -> Response {
-    json(status, &serde_json::json!({ "code": code, "message": message }))
+    json(
+        status,
+        &serde_json::json!({ "code": code, "message": message }),
+    )
 }
 
 /// Accessors on a request.
@@ -123,8 +126,12 @@ impl RequestExt for Request {
                 format!("request bodies are limited to {MAX_JSON_BODY_BYTES} bytes"),
             ));
         }
-        serde_json::from_slice(&self.body)
-            .map_err(|e| ApiError::bad_request("invalid_json", format!("the body is not valid JSON for this route: {e}")))
+        serde_json::from_slice(&self.body).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_json",
+                format!("the body is not valid JSON for this route: {e}"),
+            )
+        })
     }
 
     fn user(&self) -> Result<&str, ApiError> {
@@ -187,7 +194,10 @@ pub struct Params(Vec<(String, String)>);
 impl Params {
     /// The value captured for `name`.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -264,7 +274,9 @@ impl Router {
         let path: Vec<&str> = request.path.split('/').filter(|s| !s.is_empty()).collect();
         let mut path_matched = false;
         for (method, pattern, handler) in &self.routes {
-            let Some(params) = match_path(pattern, &path) else { continue };
+            let Some(params) = match_path(pattern, &path) else {
+                continue;
+            };
             path_matched = true;
             if *method != request.method {
                 continue;
@@ -272,7 +284,11 @@ impl Router {
             return handler(request, &params).unwrap_or_else(ApiError::into_response);
         }
         if path_matched {
-            error(405, "method_not_allowed", "this path does not accept that method")
+            error(
+                405,
+                "method_not_allowed",
+                "this path does not accept that method",
+            )
         } else {
             error(404, "not_found", &format!("no route for {}", request.path))
         }
@@ -327,7 +343,9 @@ mod tests {
 
     #[test]
     fn routes_by_path_and_method() {
-        let r = Router::new().get("/items/:id", echo).get("/files/*rest", echo);
+        let r = Router::new()
+            .get("/items/:id", echo)
+            .get("/files/*rest", echo);
         assert_eq!(r.handle(&req(Method::Get, "/items/a%2Fb")).body, b"a/b");
         assert_eq!(r.handle(&req(Method::Get, "/files/x/y")).body, b"x/y");
         assert_eq!(r.handle(&req(Method::Post, "/items/1")).status, 405);

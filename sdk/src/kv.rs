@@ -27,7 +27,11 @@ pub fn delete(key: impl AsRef<[u8]>) -> Result<bool, Error> {
 
 /// Up to `limit` (≤ 1000) entries whose keys start with `prefix`, after
 /// `start_after`. `Page::next` is the cursor of the following page.
-pub fn scan(prefix: impl AsRef<[u8]>, start_after: Option<&[u8]>, limit: u32) -> Result<Page, Error> {
+pub fn scan(
+    prefix: impl AsRef<[u8]>,
+    start_after: Option<&[u8]>,
+    limit: u32,
+) -> Result<Page, Error> {
     raw::scan(prefix.as_ref(), start_after, limit)
 }
 

@@ -32,7 +32,9 @@ pub mod timers;
 #[cfg(all(feature = "harness", not(target_arch = "wasm32")))]
 pub use switchboard::harness;
 
-pub use bindings::switchboard::host::types::{Error, Method, Principal, PrincipalKind, Request, Response, Role};
+pub use bindings::switchboard::host::types::{
+    Error, Method, Principal, PrincipalKind, Request, Response, Role,
+};
 pub use bindings::{Event, TimerEvent};
 
 /// What a plugin implements. Only `handle` is required; the hooks default
@@ -102,7 +104,7 @@ macro_rules! export_plugin {
                     <$plugin as $crate::Plugin>::on_timer(timer)
                 }
             }
-            $crate::bindings::__export_feature!(__SwitchboardExport with_types_in $crate::bindings);
+    $crate::bindings::__export_feature!(__SwitchboardExport with_types_in $crate::bindings);
         };
     };
 }

@@ -250,8 +250,7 @@ impl Manifest {
                 "dependencies are declared but the `plugins` capability is not requested".into(),
             ));
         }
-        if !self.outbound_hosts.is_empty() && !self.capabilities.contains(&Capability::HttpClient)
-        {
+        if !self.outbound_hosts.is_empty() && !self.capabilities.contains(&Capability::HttpClient) {
             return Err(ManifestError::Invalid(
                 "outbound-hosts are declared but the `http-client` capability is not requested"
                     .into(),
@@ -395,7 +394,9 @@ impl FromStr for PublicRoute {
         };
         let (method, path) = s.split_once(' ').ok_or_else(bad)?;
         let methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
-        if !methods.contains(&method) || !path.starts_with('/') || path.contains(char::is_whitespace)
+        if !methods.contains(&method)
+            || !path.starts_with('/')
+            || path.contains(char::is_whitespace)
         {
             return Err(bad());
         }
@@ -502,7 +503,10 @@ max = 100000
     #[test]
     fn refuses_oversized_and_non_utf8() {
         let big = vec![b'#'; MAX_MANIFEST_BYTES + 1];
-        assert_eq!(Manifest::parse(&big).unwrap_err().code(), "manifest_too_large");
+        assert_eq!(
+            Manifest::parse(&big).unwrap_err().code(),
+            "manifest_too_large"
+        );
         assert_eq!(
             Manifest::parse(&[0xff, 0xfe, 0x00]).unwrap_err().code(),
             "manifest_malformed"
@@ -537,12 +541,21 @@ max = 100000
         assert_eq!(cfg["edit-enabled"], serde_json::json!(true));
         let mut given = serde_json::Map::new();
         given.insert("edit-enabled".into(), serde_json::json!("no"));
-        assert_eq!(m.resolve_config(&given).unwrap_err().code(), "invalid_setting");
+        assert_eq!(
+            m.resolve_config(&given).unwrap_err().code(),
+            "invalid_setting"
+        );
         let mut given = serde_json::Map::new();
         given.insert("nope".into(), serde_json::json!(1));
-        assert_eq!(m.resolve_config(&given).unwrap_err().code(), "invalid_setting");
+        assert_eq!(
+            m.resolve_config(&given).unwrap_err().code(),
+            "invalid_setting"
+        );
         let mut given = serde_json::Map::new();
         given.insert("max-len".into(), serde_json::json!(100001));
-        assert_eq!(m.resolve_config(&given).unwrap_err().code(), "invalid_setting");
+        assert_eq!(
+            m.resolve_config(&given).unwrap_err().code(),
+            "invalid_setting"
+        );
     }
 }

@@ -10,7 +10,11 @@ use switchboard::tenant::Limits;
 /// The folder of plugin `name`'s sources (first-party or fixture).
 pub fn plugin_dir(name: &str) -> PathBuf {
     let src = PathBuf::from(env!("SB_PLUGIN_SRC_DIR"));
-    if name == "example" { src.join(name) } else { src.join("fixtures").join(name) }
+    if name == "example" {
+        src.join(name)
+    } else {
+        src.join("fixtures").join(name)
+    }
 }
 
 /// The manifest of plugin `name`.
@@ -29,7 +33,10 @@ pub fn component(name: &str) -> Vec<u8> {
 pub async fn harness(plugins: &[&str]) -> Harness {
     let h = Harness::new().expect("harness");
     for p in plugins {
-        h.runtime().install_plugin(&manifest(p), &component(p)).await.unwrap_or_else(|e| panic!("install {p}: {e}"));
+        h.runtime()
+            .install_plugin(&manifest(p), &component(p))
+            .await
+            .unwrap_or_else(|e| panic!("install {p}: {e}"));
     }
     h
 }
@@ -38,7 +45,9 @@ pub async fn harness(plugins: &[&str]) -> Harness {
 pub async fn tenant(h: &Harness, tenant: &str, limits: Limits, plugins: &[&str]) {
     h.tenant_with_limits(tenant, limits).await.expect("tenant");
     for p in plugins {
-        h.enable(tenant, p).await.unwrap_or_else(|e| panic!("enable {p}: {e}"));
+        h.enable(tenant, p)
+            .await
+            .unwrap_or_else(|e| panic!("enable {p}: {e}"));
     }
 }
 
@@ -46,7 +55,9 @@ pub async fn tenant(h: &Harness, tenant: &str, limits: Limits, plugins: &[&str])
 /// otherwise.
 pub fn ok_json(result: Result<Response, CallError>) -> serde_json::Value {
     match result {
-        Ok(r) => r.json().unwrap_or_else(|_| serde_json::Value::String(r.text())),
+        Ok(r) => r
+            .json()
+            .unwrap_or_else(|_| serde_json::Value::String(r.text())),
         Err(e) => panic!("call failed: {e} ({})", e.code()),
     }
 }

@@ -11,13 +11,32 @@ async fn k4_the_same_key_in_two_tenants_is_independent() {
         tenant(&h, t, Limits::default(), &["ledger", "example"]).await;
     }
     for _ in 0..3 {
-        ok_json(h.post("alpha", "example", "ann", "/counter/hits/increment", b"").await);
+        ok_json(
+            h.post("alpha", "example", "ann", "/counter/hits/increment", b"")
+                .await,
+        );
     }
-    let beta = ok_json(h.post("beta", "example", "bob", "/counter/hits/increment", b"").await);
+    let beta = ok_json(
+        h.post("beta", "example", "bob", "/counter/hits/increment", b"")
+            .await,
+    );
     assert_eq!(beta["value"], 1);
-    assert_eq!(ok_json(h.get("alpha", "example", "ann", "/counter/hits").await)["value"], 3);
+    assert_eq!(
+        ok_json(h.get("alpha", "example", "ann", "/counter/hits").await)["value"],
+        3
+    );
 
-    ok_json(h.call("alpha", "example", "ann", switchboard::runtime::Method::Put, "/notes/1", br#"{"text":"alpha only"}"#).await);
+    ok_json(
+        h.call(
+            "alpha",
+            "example",
+            "ann",
+            switchboard::runtime::Method::Put,
+            "/notes/1",
+            br#"{"text":"alpha only"}"#,
+        )
+        .await,
+    );
     let r = h.get("beta", "example", "bob", "/notes/1").await.unwrap();
     assert_eq!(r.status, 404);
     // The same plugin's other tenant and another plugin of the same tenant
@@ -28,28 +47,74 @@ async fn k4_the_same_key_in_two_tenants_is_independent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn k4_crafted_keys_cannot_reach_another_tenant_or_plugin() {
     let h = harness(&["hostile", "ledger", "example"]).await;
-    tenant(&h, "victim", Limits::default(), &["hostile", "ledger", "example"]).await;
+    tenant(
+        &h,
+        "victim",
+        Limits::default(),
+        &["hostile", "ledger", "example"],
+    )
+    .await;
     tenant(&h, "attacker", Limits::default(), &["hostile"]).await;
-    let planted = h.post("victim", "hostile", "v", "/plant", b"VICTIM-SECRET").await.unwrap();
+    let planted = h
+        .post("victim", "hostile", "v", "/plant", b"VICTIM-SECRET")
+        .await
+        .unwrap();
     assert_eq!(planted.status, 204);
-    ok_json(h.call("victim", "example", "v", switchboard::runtime::Method::Put, "/notes/x", br#"{"text":"VICTIM-NOTE"}"#).await);
+    ok_json(
+        h.call(
+            "victim",
+            "example",
+            "v",
+            switchboard::runtime::Method::Put,
+            "/notes/x",
+            br#"{"text":"VICTIM-NOTE"}"#,
+        )
+        .await,
+    );
 
     // Sanity: the probe does find data that is in its own namespace, so the
     // checks below can fail.
-    let own = h.get("victim", "hostile", "v", "/probe").await.unwrap().text();
+    let own = h
+        .get("victim", "hostile", "v", "/probe")
+        .await
+        .unwrap()
+        .text();
     assert!(own.contains("VICTIM-SECRET"), "{own}");
 
     let report = ok_json(h.get("attacker", "hostile", "eve", "/probe").await);
     let text = report.to_string();
     assert!(!text.contains("VICTIM"), "attacker saw victim data: {text}");
-    for probe in ["dotdot", "dotdot-tenant", "absolute", "sys", "nul", "non-utf8", "plain"] {
+    for probe in [
+        "dotdot",
+        "dotdot-tenant",
+        "absolute",
+        "sys",
+        "nul",
+        "non-utf8",
+        "plain",
+    ] {
         assert_eq!(report[probe]["ok"], "None", "{probe}: {}", report[probe]);
     }
-    assert!(report["empty"]["err"].as_str().unwrap().contains("InvalidArgument"));
+    assert!(
+        report["empty"]["err"]
+            .as_str()
+            .unwrap()
+            .contains("InvalidArgument")
+    );
     assert!(report["long"]["err"].as_str().unwrap().contains("TooLarge"));
-    assert!(report["set-long"]["err"].as_str().unwrap().contains("TooLarge"));
+    assert!(
+        report["set-long"]["err"]
+            .as_str()
+            .unwrap()
+            .contains("TooLarge")
+    );
     // Non-UTF-8 keys are legal and stay in the plugin's own namespace.
-    assert!(report["get-non-utf8"]["ok"].as_str().unwrap().contains("mine"));
+    assert!(
+        report["get-non-utf8"]["ok"]
+            .as_str()
+            .unwrap()
+            .contains("mine")
+    );
     assert_eq!(report["scan-dotdot"]["ok"], "0");
 }
 
@@ -67,12 +132,23 @@ async fn k6_no_state_survives_between_calls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn k3_calling_a_plugin_not_declared_in_the_manifest_is_denied() {
     let h = harness(&["hostile", "ledger", "example"]).await;
-    tenant(&h, "acme", Limits::default(), &["hostile", "ledger", "example"]).await;
+    tenant(
+        &h,
+        "acme",
+        Limits::default(),
+        &["hostile", "ledger", "example"],
+    )
+    .await;
     let r = h.get("acme", "hostile", "u", "/undeclared").await.unwrap();
     assert_eq!(r.status, 403, "{}", r.text());
     let body = r.json().unwrap();
     assert_eq!(body["code"], "denied");
-    assert!(body["message"].as_str().unwrap().contains("does not declare"));
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not declare")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,8 +173,18 @@ async fn k4_a_principal_of_another_tenant_is_refused() {
         "/counter/x",
         switchboard::runtime::Principal::user("other", "mallory"),
     );
-    let err = h.runtime().handle("acme", "example", req).await.unwrap_err();
+    let err = h
+        .runtime()
+        .handle("acme", "example", req)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), "internal");
-    assert_eq!(err_code(h.get("nope", "example", "u", "/counter/x").await), "tenant_not_found");
-    assert_eq!(err_code(h.get("acme", "hostile", "u", "/global").await), "plugin_not_enabled");
+    assert_eq!(
+        err_code(h.get("nope", "example", "u", "/counter/x").await),
+        "tenant_not_found"
+    );
+    assert_eq!(
+        err_code(h.get("acme", "hostile", "u", "/global").await),
+        "plugin_not_enabled"
+    );
 }

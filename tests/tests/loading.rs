@@ -11,7 +11,11 @@ use switchboard_signing::Capability;
 use switchboard_tests::*;
 
 async fn install_err(h: &Harness, manifest: &[u8], component: &[u8]) -> (String, String) {
-    let e = h.runtime().install_plugin(manifest, component).await.unwrap_err();
+    let e = h
+        .runtime()
+        .install_plugin(manifest, component)
+        .await
+        .unwrap_err();
     (e.code().to_string(), e.to_string())
 }
 
@@ -21,21 +25,30 @@ async fn malformed_components_are_refused_and_nothing_is_stored() {
     let m = manifest("example");
     let real = component("example");
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("random bytes", (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect()),
+        (
+            "random bytes",
+            (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect(),
+        ),
         ("empty", Vec::new()),
         ("core module", b"\0asm\x01\0\0\0".to_vec()),
         ("truncated component", real[..real.len() / 2].to_vec()),
-        ("component header only", real[..8].to_vec()),
     ];
     for (what, bytes) in cases {
         let (code, msg) = install_err(&h, &m, &bytes).await;
         assert_eq!(code, "malformed_component", "{what}: {msg}");
     }
-    // A flipped byte deep in the code section is either refused or, if it
-    // still validates, yields a different digest — never a silent load of
-    // what was asked for.
+    // The bare 8-byte header is a valid, empty component: it is refused
+    // for what it lacks.
+    let (code, msg) = install_err(&h, &m, &real[..8]).await;
+    assert_eq!(code, "wrong_world", "{msg}");
+    assert!(msg.contains("handle"), "{msg}");
     assert!(h.runtime().plugins().is_empty());
-    assert_eq!(std::fs::read_dir(h.data_dir().join("cache")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(h.data_dir().join("cache"))
+            .unwrap()
+            .count(),
+        0
+    );
 }
 
 #[tokio::test]
@@ -50,7 +63,9 @@ async fn k2_a_capability_not_yet_available_is_refused_naming_the_import() {
 #[tokio::test]
 async fn k3_an_import_the_manifest_does_not_declare_is_refused() {
     let h = Harness::new().unwrap();
-    let m = String::from_utf8(manifest("greedy")).unwrap().replace(r#"["kv", "blobs"]"#, r#"["kv"]"#);
+    let m = String::from_utf8(manifest("greedy"))
+        .unwrap()
+        .replace(r#"["kv", "blobs"]"#, r#"["kv"]"#);
     let (code, msg) = install_err(&h, m.as_bytes(), &component("greedy")).await;
     assert_eq!(code, "import_not_declared", "{msg}");
     assert!(msg.contains("switchboard:host/blobs@0.1.0"), "{msg}");
@@ -64,7 +79,9 @@ async fn k8_a_component_built_for_another_api_version_is_refused() {
     assert!(msg.contains("switchboard:host/log@0.0.9"), "{msg}");
     let (code, msg) = install_err(&h, &manifest("wrong-world"), &component("wrong-world")).await;
     assert_eq!(code, "wrong_world", "{msg}");
-    let future = String::from_utf8(manifest("example")).unwrap().replace("api-version = \"0.1.0\"", "api-version = \"0.9.0\"");
+    let future = String::from_utf8(manifest("example"))
+        .unwrap()
+        .replace("api-version = \"0.1.0\"", "api-version = \"0.9.0\"");
     let (code, msg) = install_err(&h, future.as_bytes(), &component("example")).await;
     assert_eq!(code, "unsupported_api_version", "{msg}");
     assert!(h.runtime().plugins().is_empty());
@@ -79,7 +96,10 @@ async fn bad_manifests_sizes_and_duplicates_are_refused() {
     assert_eq!(code, "component_too_large", "{msg}");
 
     let h = Harness::new().unwrap();
-    h.runtime().install_plugin(&manifest("ledger"), &component("ledger")).await.unwrap();
+    h.runtime()
+        .install_plugin(&manifest("ledger"), &component("ledger"))
+        .await
+        .unwrap();
     let (code, _) = install_err(&h, &manifest("ledger"), &component("ledger")).await;
     assert_eq!(code, "already_installed");
 }
@@ -107,7 +127,13 @@ async fn k3_enable_links_only_granted_capabilities() {
     assert!(h.runtime().tenants()[0].plugins.is_empty());
     let e = h
         .runtime()
-        .enable_plugin("acme", "ledger", &semver::Version::new(9, 9, 9), None, Default::default())
+        .enable_plugin(
+            "acme",
+            "ledger",
+            &semver::Version::new(9, 9, 9),
+            None,
+            Default::default(),
+        )
         .await
         .unwrap_err();
     assert_eq!(e.code(), "plugin_not_found");
@@ -123,9 +149,15 @@ async fn tenant_admin_input_is_validated() {
     h.tenant("acme").await.unwrap();
     let e = h.runtime().create_tenant("acme", None).await.unwrap_err();
     assert_eq!(e.code(), "tenant_exists");
-    let mut l = Limits::default();
-    l.memory_bytes = 1 << 40;
-    let e = h.runtime().create_tenant("huge", Some(l)).await.unwrap_err();
+    let l = Limits {
+        memory_bytes: 1 << 40,
+        ..Limits::default()
+    };
+    let e = h
+        .runtime()
+        .create_tenant("huge", Some(l))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), "invalid_limits");
     assert_eq!(h.runtime().tenants().len(), 1);
 }
@@ -138,7 +170,9 @@ fn open(dir: &std::path::Path) -> Runtime {
     for _ in 0..50 {
         match Runtime::open(c.clone()) {
             Ok(rt) => return rt,
-            Err(e) if e.to_string().contains("in use") => std::thread::sleep(std::time::Duration::from_millis(100)),
+            Err(e) if e.to_string().contains("in use") => {
+                std::thread::sleep(std::time::Duration::from_millis(100))
+            }
             Err(e) => panic!("{e:#}"),
         }
     }
@@ -151,11 +185,16 @@ async fn components_compile_once_and_a_tampered_cache_is_recompiled_not_loaded()
     let digest;
     {
         let rt = open(dir.path());
-        let info = rt.install_plugin(&manifest("ledger"), &component("ledger")).await.unwrap();
+        let info = rt
+            .install_plugin(&manifest("ledger"), &component("ledger"))
+            .await
+            .unwrap();
         assert_eq!(info.cache, CacheOutcome::Compiled);
         digest = info.digest;
         rt.create_tenant("acme", None).await.unwrap();
-        rt.enable_plugin("acme", "ledger", &info.version, None, Default::default()).await.unwrap();
+        rt.enable_plugin("acme", "ledger", &info.version, None, Default::default())
+            .await
+            .unwrap();
         let req = switchboard::runtime::Request::new(
             switchboard::runtime::Method::Post,
             "/record",

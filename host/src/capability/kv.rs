@@ -5,7 +5,7 @@
 
 use super::CapError;
 use crate::runtime::state::CallCtx;
-use crate::store::keys;
+use crate::store::{Entry, keys};
 
 /// Longest key accepted.
 pub const MAX_KEY_BYTES: usize = 1024;
@@ -74,14 +74,21 @@ pub fn delete(ctx: &mut CallCtx, key: &[u8]) -> Result<bool, CapError> {
     Ok(ctx.txn.delete(store.as_ref(), &full)?)
 }
 
-/// One page of a prefix scan: entries with plugin-relative keys, and the
-/// cursor of the next page.
+/// One page of a scan.
+pub struct ScanPage {
+    /// Entries, with keys relative to the plugin's namespace.
+    pub entries: Vec<Entry>,
+    /// Cursor of the next page, if there may be one.
+    pub next: Option<Vec<u8>>,
+}
+
+/// One page of a prefix scan.
 pub fn scan(
     ctx: &mut CallCtx,
     prefix: &[u8],
     start_after: Option<&[u8]>,
     limit: u32,
-) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>), CapError> {
+) -> Result<ScanPage, CapError> {
     let _span = tracing::trace_span!("sb.kv.scan").entered();
     ctx.charge(prefix.len() + start_after.map_or(0, <[u8]>::len))?;
     if prefix.len() > MAX_KEY_BYTES || start_after.is_some_and(|s| s.len() > MAX_KEY_BYTES) {
@@ -102,7 +109,7 @@ pub fn scan(
     let (page, more) = ctx
         .txn
         .scan(store.as_ref(), &full_prefix, full_after.as_deref(), limit)?;
-    let entries: Vec<(Vec<u8>, Vec<u8>)> = page
+    let entries: Vec<Entry> = page
         .into_iter()
         .map(|(k, v)| (k[ns.len()..].to_vec(), v))
         .collect();
@@ -113,5 +120,5 @@ pub fn scan(
     } else {
         None
     };
-    Ok((entries, next))
+    Ok(ScanPage { entries, next })
 }

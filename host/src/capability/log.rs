@@ -23,7 +23,11 @@ pub fn log(ctx: &mut CallCtx, level: Level, message: &str) {
     ctx.log_lines = ctx.log_lines.saturating_add(1);
     if ctx.log_lines > MAX_LINES_PER_CALL {
         if ctx.log_lines == MAX_LINES_PER_CALL + 1 {
-            tracing::warn!(tenant = ctx.tenant_id(), plugin = ctx.plugin_name(), "plugin log limit reached; dropping further lines of this call");
+            tracing::warn!(
+                tenant = ctx.tenant_id(),
+                plugin = ctx.plugin_name(),
+                "plugin log limit reached; dropping further lines of this call"
+            );
         }
         return;
     }

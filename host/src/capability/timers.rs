@@ -71,8 +71,7 @@ pub fn schedule(
         attempts: 0,
     };
     let (tenant, plugin) = (ctx.tenant_id().to_string(), ctx.plugin_name().to_string());
-    let encoded =
-        serde_json::to_vec(&record).map_err(|e| CapError::Internal(e.to_string()))?;
+    let encoded = serde_json::to_vec(&record).map_err(|e| CapError::Internal(e.to_string()))?;
     ctx.txn.set(keys::timer(&tenant, &plugin, &id), encoded);
     ctx.txn.set(
         keys::timer_queue(record.due_ms, &tenant, &plugin, &id),
@@ -86,7 +85,9 @@ pub fn cancel(ctx: &mut CallCtx, id: &str) -> Result<bool, CapError> {
     let _span = tracing::trace_span!("sb.timers.cancel").entered();
     ctx.charge(id.len())?;
     if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(CapError::InvalidArgument(format!("{id:?} is not a timer id")));
+        return Err(CapError::InvalidArgument(format!(
+            "{id:?} is not a timer id"
+        )));
     }
     let (tenant, plugin) = (ctx.tenant_id().to_string(), ctx.plugin_name().to_string());
     let key = keys::timer(&tenant, &plugin, id);

@@ -52,7 +52,8 @@ impl CompileCache {
     }
 
     fn path(&self, digest: &str) -> PathBuf {
-        self.dir.join(format!("{digest}-{}.cwasm", self.fingerprint))
+        self.dir
+            .join(format!("{digest}-{}.cwasm", self.fingerprint))
     }
 
     fn tag(&self, digest: &str, payload: &[u8]) -> Hmac<Sha256> {
@@ -67,46 +68,32 @@ impl CompileCache {
         mac
     }
 
-    /// Loads the component for `digest` from the cache, or compiles `wasm`
-    /// and stores the result.
-    pub fn load_or_compile(
-        &self,
-        engine: &Engine,
-        digest: &str,
-        wasm: &[u8],
-    ) -> wasmtime::Result<(Component, CacheOutcome)> {
+    /// The component for `digest` from the cache, if an entry exists and
+    /// verifies. `Compiled` means no entry; `Rejected` means an entry
+    /// failed authentication or loading (and must be overwritten).
+    pub fn lookup(&self, engine: &Engine, digest: &str) -> (Option<Component>, CacheOutcome) {
         let path = self.path(digest);
-        let mut outcome = CacheOutcome::Compiled;
-        if let Ok(bytes) = fs::read(&path) {
-            match self.verified_payload(digest, &bytes) {
-                Some(payload) => {
-                    // SAFETY: `Component::deserialize` requires bytes produced
-                    // by `Engine::precompile_*`/`serialize` of a compatible
-                    // engine. The payload's HMAC, under a key only this host
-                    // holds, proves we wrote it with an engine of this exact
-                    // fingerprint; the bytes were read into memory before the
-                    // check, so the file cannot change underneath.
-                    #[allow(unsafe_code)]
-                    let loaded = unsafe { Component::deserialize(engine, payload) };
-                    match loaded {
-                        Ok(component) => return Ok((component, CacheOutcome::Hit)),
-                        Err(e) => {
-                            tracing::warn!(digest, error = %e, "cached component failed to load; recompiling");
-                            outcome = CacheOutcome::Rejected;
-                        }
-                    }
-                }
-                None => {
-                    tracing::warn!(digest, path = %path.display(), "compile cache entry failed authentication; recompiling");
-                    outcome = CacheOutcome::Rejected;
-                }
+        let Ok(bytes) = fs::read(&path) else {
+            return (None, CacheOutcome::Compiled);
+        };
+        let Some(payload) = self.verified_payload(digest, &bytes) else {
+            tracing::warn!(digest, path = %path.display(), "compile cache entry failed authentication; recompiling");
+            return (None, CacheOutcome::Rejected);
+        };
+        // SAFETY: `Component::deserialize` requires bytes produced by
+        // `Component::serialize` of a compatible engine. The payload's HMAC,
+        // under a key only this host holds, proves we wrote it with an engine
+        // of this exact fingerprint; the bytes were read into memory before
+        // the check, so the file cannot change underneath.
+        #[allow(unsafe_code)]
+        let loaded = unsafe { Component::deserialize(engine, payload) };
+        match loaded {
+            Ok(component) => (Some(component), CacheOutcome::Hit),
+            Err(e) => {
+                tracing::warn!(digest, error = %e, "cached component failed to load; recompiling");
+                (None, CacheOutcome::Rejected)
             }
         }
-        let component = Component::new(engine, wasm)?;
-        if let Err(e) = self.store(digest, &component) {
-            tracing::warn!(digest, error = %e, "could not write the compile cache");
-        }
-        Ok((component, outcome))
     }
 
     fn verified_payload<'a>(&self, digest: &str, bytes: &'a [u8]) -> Option<&'a [u8]> {
@@ -119,7 +106,8 @@ impl CompileCache {
         Some(payload)
     }
 
-    fn store(&self, digest: &str, component: &Component) -> wasmtime::Result<()> {
+    /// Writes `component` (already validated) as the entry of `digest`.
+    pub fn store(&self, digest: &str, component: &Component) -> wasmtime::Result<()> {
         let payload = component.serialize()?;
         let tag = self.tag(digest, &payload).finalize().into_bytes();
         let path = self.path(digest);

@@ -104,10 +104,14 @@ pub enum AdminError {
     #[error("the component does not implement switchboard:plugin/feature@{api}: {reason}")]
     WrongWorld { api: String, reason: String },
     /// The component imports a capability its manifest does not declare.
-    #[error("the component imports {import}, but its manifest does not request the `{capability}` capability")]
+    #[error(
+        "the component imports {import}, but its manifest does not request the `{capability}` capability"
+    )]
     ImportNotDeclared { import: String, capability: String },
     /// The component imports a capability this host does not provide yet.
-    #[error("the component imports {import}: capability `{capability}` is not available on this host yet")]
+    #[error(
+        "the component imports {import}: capability `{capability}` is not available on this host yet"
+    )]
     CapabilityUnavailable { import: String, capability: String },
     /// The component imports something outside WASI and `switchboard:host`.
     #[error("the component imports {0}, which is not a Switchboard capability or WASI interface")]
@@ -125,7 +129,9 @@ pub enum AdminError {
     #[error("plugin {name} {version} is not installed")]
     PluginNotFound { name: String, version: String },
     /// The tenant id is malformed.
-    #[error("tenant id {0:?} is invalid: use 1-63 lower-case letters, digits or '-', starting with a letter or digit")]
+    #[error(
+        "tenant id {0:?} is invalid: use 1-63 lower-case letters, digits or '-', starting with a letter or digit"
+    )]
     InvalidTenantId(String),
     /// The tenant exists already.
     #[error("tenant {0:?} already exists")]

@@ -35,6 +35,18 @@ pub struct HostState {
     pub(crate) stderr: StderrSink,
 }
 
+/// Everything that defines one call attempt, before its store exists.
+pub struct CallSpec {
+    pub(crate) tenant: Arc<TenantState>,
+    pub(crate) plugin: Arc<EnabledPlugin>,
+    pub(crate) principal: Principal,
+    pub(crate) txn: Txn,
+    pub(crate) deadline: Instant,
+    /// 0 for a top-level call; +1 per nested plugin call.
+    pub(crate) depth: u32,
+    pub(crate) request_id: String,
+}
+
 /// What capabilities know about the call they serve.
 pub struct CallCtx {
     pub(crate) rt: Arc<Inner>,
@@ -50,21 +62,12 @@ pub struct CallCtx {
 }
 
 impl HostState {
-    pub(crate) fn new(
-        rt: Arc<Inner>,
-        tenant: Arc<TenantState>,
-        plugin: Arc<EnabledPlugin>,
-        principal: Principal,
-        txn: Txn,
-        deadline: Instant,
-        depth: u32,
-        request_id: String,
-    ) -> HostState {
+    pub(crate) fn new(rt: Arc<Inner>, spec: CallSpec) -> HostState {
         let stderr = StderrSink::default();
         // SPEC K2 / issue 2 item 3: no preopens, no sockets, no environment,
         // no inherited stdio. Clocks and random come from the defaults.
         let wasi = WasiCtxBuilder::new().stderr(stderr.clone()).build();
-        let memory_cap = tenant.record.limits.memory_bytes;
+        let memory_cap = spec.tenant.record.limits.memory_bytes;
         HostState {
             wasi,
             table: ResourceTable::new(),
@@ -74,13 +77,13 @@ impl HostState {
             },
             call: CallCtx {
                 rt,
-                tenant,
-                plugin,
-                principal,
-                txn,
-                deadline,
-                depth,
-                request_id,
+                tenant: spec.tenant,
+                plugin: spec.plugin,
+                principal: spec.principal,
+                txn: spec.txn,
+                deadline: spec.deadline,
+                depth: spec.depth,
+                request_id: spec.request_id,
                 host_bytes: 0,
                 log_lines: 0,
             },
@@ -228,7 +231,11 @@ impl Pollable for StderrSink {
 }
 
 impl AsyncWrite for StderrSink {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         self.keep(buf);
         Poll::Ready(Ok(buf.len()))
     }

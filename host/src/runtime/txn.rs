@@ -103,7 +103,8 @@ impl Txn {
         start_after: Option<&[u8]>,
         limit: usize,
     ) -> Result<(Vec<Entry>, bool), StoreError> {
-        let in_range = |k: &Vec<u8>| k.starts_with(prefix) && start_after.is_none_or(|a| k.as_slice() > a);
+        let in_range =
+            |k: &Vec<u8>| k.starts_with(prefix) && start_after.is_none_or(|a| k.as_slice() > a);
         // Own deletes can hide stored entries, so fetch that many more.
         let hidden = self
             .writes

@@ -46,8 +46,12 @@ pub fn add_to_linker(
     wit::types::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?;
     for cap in grants {
         match cap {
-            Capability::Kv => wit::kv::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?,
-            Capability::Log => wit::log::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?,
+            Capability::Kv => {
+                wit::kv::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?
+            }
+            Capability::Log => {
+                wit::log::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?
+            }
             Capability::Config => {
                 wit::config::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?
             }
@@ -75,13 +79,19 @@ pub async fn invoke(
     store: &mut Store<HostState>,
     invocation: Invocation,
 ) -> Result<Result<Outcome, String>, Stage> {
-    let feature = pre.instantiate_async(&mut *store).await.map_err(Stage::Instantiate)?;
+    let feature = pre
+        .instantiate_async(&mut *store)
+        .await
+        .map_err(Stage::Instantiate)?;
     let result = match invocation {
         Invocation::Handle(request) => feature
             .call_handle(&mut *store, &request.into())
             .await
             .map(|r| Ok(Outcome::Response(r.into()))),
-        Invocation::Init => feature.call_init(&mut *store).await.map(|r| r.map(|()| Outcome::Done)),
+        Invocation::Init => feature
+            .call_init(&mut *store)
+            .await
+            .map(|r| r.map(|()| Outcome::Done)),
         Invocation::Migrate(from) => feature
             .call_migrate(&mut *store, &from)
             .await
@@ -239,12 +249,13 @@ impl wit::kv::Host for HostState {
     ) -> WitResult<wit::kv::Page> {
         wrap(
             capability::kv::scan(&mut self.call, &prefix, start_after.as_deref(), limit).map(
-                |(entries, next)| wit::kv::Page {
-                    entries: entries
+                |page| wit::kv::Page {
+                    entries: page
+                        .entries
                         .into_iter()
                         .map(|(key, value)| wit::kv::Entry { key, value })
                         .collect(),
-                    next,
+                    next: page.next,
                 },
             ),
         )
@@ -279,7 +290,12 @@ impl wit::config::Host for HostState {
 
 impl wit::timers::Host for HostState {
     fn schedule(&mut self, delay_ms: u64, name: String, payload: Vec<u8>) -> WitResult<String> {
-        wrap(capability::timers::schedule(&mut self.call, delay_ms, &name, &payload))
+        wrap(capability::timers::schedule(
+            &mut self.call,
+            delay_ms,
+            &name,
+            &payload,
+        ))
     }
 
     fn cancel(&mut self, id: String) -> WitResult<bool> {

@@ -4,7 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 use switchboard_sdk::http::{self, ApiError, Params, RequestExt, Router};
-use switchboard_sdk::{Event, Method, Plugin, Request, Response, TimerEvent, config, kv, log, plugins, timers};
+use switchboard_sdk::{
+    Event, Method, Plugin, Request, Response, TimerEvent, config, kv, log, plugins, timers,
+};
 
 struct Example;
 
@@ -38,7 +40,11 @@ impl Plugin for Example {
             .get("/raw/:key", raw_get)
             .get("/ledger-whoami", |_, _| {
                 let resp = plugins::call("ledger", Method::Get, "/whoami", b"")?;
-                Ok(Response { status: resp.status, headers: resp.headers, body: resp.body })
+                Ok(Response {
+                    status: resp.status,
+                    headers: resp.headers,
+                    body: resp.body,
+                })
             })
             .handle(&request)
     }
@@ -107,7 +113,10 @@ fn note_put(req: &Request, p: &Params) -> Result<Response, ApiError> {
     }
     let mut note: Note = req.json()?;
     if note.text.is_empty() || note.text.len() > 4000 {
-        return Err(ApiError::bad_request("invalid_note", "note text must be 1-4000 bytes"));
+        return Err(ApiError::bad_request(
+            "invalid_note",
+            "note text must be 1-4000 bytes",
+        ));
     }
     note.author = Some(req.user()?.to_string());
     kv::set_json(format!("note/{}", p.get("id").unwrap_or_default()), &note)?;
@@ -127,7 +136,10 @@ fn note_delete(_: &Request, p: &Params) -> Result<Response, ApiError> {
 }
 
 fn note_list(req: &Request, _: &Params) -> Result<Response, ApiError> {
-    let limit: u32 = req.query_param("limit").and_then(|l| l.parse().ok()).unwrap_or(50);
+    let limit: u32 = req
+        .query_param("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(50);
     let after = req.query_param("after").map(|a| format!("note/{a}"));
     let page = kv::scan("note/", after.as_deref().map(str::as_bytes), limit)?;
     let ids: Vec<String> = page
@@ -135,8 +147,13 @@ fn note_list(req: &Request, _: &Params) -> Result<Response, ApiError> {
         .iter()
         .map(|e| String::from_utf8_lossy(&e.key["note/".len()..]).into_owned())
         .collect();
-    let next = page.next.map(|k| String::from_utf8_lossy(&k["note/".len()..]).into_owned());
-    Ok(http::json(200, &serde_json::json!({ "ids": ids, "next": next })))
+    let next = page
+        .next
+        .map(|k| String::from_utf8_lossy(&k["note/".len()..]).into_owned());
+    Ok(http::json(
+        200,
+        &serde_json::json!({ "ids": ids, "next": next }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -164,7 +181,10 @@ fn timer_schedule(req: &Request, _: &Params) -> Result<Response, ApiError> {
 
 fn timer_cancel(_: &Request, p: &Params) -> Result<Response, ApiError> {
     let cancelled = timers::cancel(p.get("id").unwrap_or_default())?;
-    Ok(http::json(200, &serde_json::json!({ "cancelled": cancelled })))
+    Ok(http::json(
+        200,
+        &serde_json::json!({ "cancelled": cancelled }),
+    ))
 }
 
 fn fired_get(_: &Request, p: &Params) -> Result<Response, ApiError> {
@@ -190,7 +210,10 @@ fn raw_get(_: &Request, p: &Params) -> Result<Response, ApiError> {
 
 /// `n` reads of one key: the benchmark of a host call.
 fn kv_loop(req: &Request, _: &Params) -> Result<Response, ApiError> {
-    let n: u32 = req.query_param("n").and_then(|n| n.parse().ok()).unwrap_or(1);
+    let n: u32 = req
+        .query_param("n")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
     let mut found = 0u32;
     for _ in 0..n {
         if kv::get("bench")?.is_some() {
@@ -206,7 +229,11 @@ fn transfer(req: &Request, _: &Params) -> Result<Response, ApiError> {
     let n: u64 = kv::get_json("transfers")?.unwrap_or(0) + 1;
     kv::set_json("transfers", &n)?;
     let fail = req.query_param("fail");
-    let path = if fail.as_deref() == Some("callee") { "/record-then-panic" } else { "/record" };
+    let path = if fail.as_deref() == Some("callee") {
+        "/record-then-panic"
+    } else {
+        "/record"
+    };
     let resp = plugins::call("ledger", Method::Post, path, b"{}")?;
     if fail.as_deref() == Some("after") {
         panic!("failing after the ledger call, on request");
