@@ -53,3 +53,14 @@ pub fn random_hex(len: usize) -> String {
     }
     hex::encode(bytes)
 }
+
+/// A process-unique id for correlating logs: a random per-process prefix and
+/// a counter. Cheap (no system call per id); not a secret.
+pub fn request_id() -> String {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| random_hex(4));
+    format!("{prefix}-{:x}", COUNTER.fetch_add(1, Ordering::Relaxed))
+}

@@ -62,8 +62,20 @@ impl Harness {
     /// Builds the plugin crate in `dir` for `wasm32-wasip2` (release) and
     /// returns the component's path.
     pub fn build_plugin(dir: &Path) -> anyhow::Result<PathBuf> {
+        Harness::build_plugin_into(dir, None)
+    }
+
+    /// `build_plugin` with an explicit cargo target folder (to share one
+    /// with other builds).
+    pub fn build_plugin_into(dir: &Path, target_dir: Option<&Path>) -> anyhow::Result<PathBuf> {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let out = std::process::Command::new(cargo)
+        let mut command = std::process::Command::new(cargo);
+        if let Some(t) = target_dir {
+            command
+                .arg("--config")
+                .arg(format!("build.target-dir={:?}", t.display().to_string()));
+        }
+        let out = command
             .args([
                 "build",
                 "--release",

@@ -13,7 +13,10 @@
 // authenticated compile-cache entry (`runtime::cache`), with its SAFETY
 // argument beside it.
 #![deny(unsafe_code)]
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod capability;
 pub mod cli;

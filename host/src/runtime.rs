@@ -179,8 +179,9 @@ impl Drop for Inner {
     }
 }
 
-/// Builds the one engine of a host.
-fn engine(config: &RuntimeConfig) -> wasmtime::Result<Engine> {
+/// Builds the one engine of a host (public so benchmarks can compare a
+/// bare wasmtime setup with identical settings).
+pub fn build_engine(config: &RuntimeConfig) -> wasmtime::Result<Engine> {
     let calls = config.max_concurrent_calls.max(1);
     // Nested plugin calls each hold an instance, so size for the depth.
     let instances = calls.saturating_mul(capability::plugins::MAX_DEPTH);
@@ -191,6 +192,11 @@ fn engine(config: &RuntimeConfig) -> wasmtime::Result<Engine> {
         .total_tables(instances.saturating_mul(4))
         .total_stacks(instances)
         .max_memory_size(config.max_memory_bytes as usize);
+    if let Ok(v) = std::env::var("SB_EXPERIMENT_KEEP") {
+        let n: usize = v.parse().unwrap_or(0);
+        pool.linear_memory_keep_resident(n)
+            .table_keep_resident(n.min(1 << 16));
+    }
     let mut cfg = wasmtime::Config::new();
     cfg.wasm_component_model(true)
         // Component-model async costs ~2.5x per call and is unused.
@@ -216,7 +222,7 @@ impl Runtime {
                 config.data_dir.display()
             )
         })?;
-        let engine = engine(&config)
+        let engine = build_engine(&config)
             .map_err(|e| anyhow::anyhow!("{e:#}"))
             .context("cannot configure the WebAssembly engine")?;
         let store = SledBackend::open(&config.data_dir.join("store"))?;
@@ -499,7 +505,7 @@ impl Runtime {
             )));
         }
         if request.request_id.is_empty() {
-            request.request_id = crate::fsutil::random_hex(8);
+            request.request_id = crate::fsutil::request_id();
         }
         let t = self
             .inner
@@ -1116,7 +1122,7 @@ impl state::CallCtx {
 fn request_id_of(invocation: &Invocation) -> String {
     match invocation {
         Invocation::Handle(r) if !r.request_id.is_empty() => r.request_id.clone(),
-        _ => crate::fsutil::random_hex(8),
+        _ => crate::fsutil::request_id(),
     }
 }
 

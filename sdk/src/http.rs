@@ -204,77 +204,60 @@ impl Params {
 /// A route handler.
 pub type Handler = fn(&Request, &Params) -> Result<Response, ApiError>;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Segment {
-    Literal(String),
-    Param(String),
-    Rest(String),
-}
-
 /// Routes requests by method and path pattern (`/items/:id`,
 /// `/files/*path`). Unknown paths answer 404 `not_found`; known paths with
-/// another method answer 405 `method_not_allowed`.
+/// another method answer 405 `method_not_allowed`. Patterns are matched in
+/// place, without allocating, because a router is built on every call (each
+/// call runs in a fresh instance).
 #[derive(Default)]
 pub struct Router {
-    routes: Vec<(Method, Vec<Segment>, Handler)>,
+    routes: Vec<(Method, &'static str, Handler)>,
 }
 
 impl Router {
     /// An empty router.
     pub fn new() -> Router {
-        Router::default()
+        Router {
+            routes: Vec::with_capacity(16),
+        }
     }
 
     /// Adds a route.
-    pub fn route(mut self, method: Method, pattern: &str, handler: Handler) -> Router {
-        let segments = pattern
-            .split('/')
-            .filter(|s| !s.is_empty())
-            .map(|s| {
-                if let Some(name) = s.strip_prefix(':') {
-                    Segment::Param(name.to_string())
-                } else if let Some(name) = s.strip_prefix('*') {
-                    Segment::Rest(name.to_string())
-                } else {
-                    Segment::Literal(s.to_string())
-                }
-            })
-            .collect();
-        self.routes.push((method, segments, handler));
+    pub fn route(mut self, method: Method, pattern: &'static str, handler: Handler) -> Router {
+        self.routes.push((method, pattern, handler));
         self
     }
 
     /// Adds a GET route.
-    pub fn get(self, pattern: &str, handler: Handler) -> Router {
+    pub fn get(self, pattern: &'static str, handler: Handler) -> Router {
         self.route(Method::Get, pattern, handler)
     }
 
     /// Adds a POST route.
-    pub fn post(self, pattern: &str, handler: Handler) -> Router {
+    pub fn post(self, pattern: &'static str, handler: Handler) -> Router {
         self.route(Method::Post, pattern, handler)
     }
 
     /// Adds a PUT route.
-    pub fn put(self, pattern: &str, handler: Handler) -> Router {
+    pub fn put(self, pattern: &'static str, handler: Handler) -> Router {
         self.route(Method::Put, pattern, handler)
     }
 
     /// Adds a PATCH route.
-    pub fn patch(self, pattern: &str, handler: Handler) -> Router {
+    pub fn patch(self, pattern: &'static str, handler: Handler) -> Router {
         self.route(Method::Patch, pattern, handler)
     }
 
     /// Adds a DELETE route.
-    pub fn delete(self, pattern: &str, handler: Handler) -> Router {
+    pub fn delete(self, pattern: &'static str, handler: Handler) -> Router {
         self.route(Method::Delete, pattern, handler)
     }
 
     /// Dispatches `request` to its route.
     pub fn handle(&self, request: &Request) -> Response {
-        let path: Vec<&str> = request.path.split('/').filter(|s| !s.is_empty()).collect();
         let mut path_matched = false;
         for (method, pattern, handler) in &self.routes {
-            let Some(params) = match_path(pattern, &path) else {
+            let Some(params) = match_path(pattern, &request.path) else {
                 continue;
             };
             path_matched = true;
@@ -295,23 +278,27 @@ impl Router {
     }
 }
 
-fn match_path(pattern: &[Segment], path: &[&str]) -> Option<Params> {
+fn match_path(pattern: &str, path: &str) -> Option<Params> {
     let mut params = Vec::new();
-    for (i, seg) in pattern.iter().enumerate() {
-        match seg {
-            Segment::Rest(name) => {
-                params.push((name.clone(), path.get(i..)?.join("/")));
-                return Some(Params(params));
-            }
-            Segment::Literal(l) => {
-                if path.get(i) != Some(&l.as_str()) {
-                    return None;
-                }
-            }
-            Segment::Param(name) => params.push((name.clone(), percent_decode(path.get(i)?))),
+    let mut pat = pattern.split('/').filter(|s| !s.is_empty());
+    let mut rest = path.trim_start_matches('/');
+    for seg in pat.by_ref() {
+        if let Some(name) = seg.strip_prefix('*') {
+            params.push((name.to_string(), rest.trim_end_matches('/').to_string()));
+            return Some(Params(params));
         }
+        let (head, tail) = rest.split_once('/').unwrap_or((rest, ""));
+        if head.is_empty() {
+            return None;
+        }
+        match seg.strip_prefix(':') {
+            Some(name) => params.push((name.to_string(), percent_decode(head))),
+            None if seg == head => {}
+            None => return None,
+        }
+        rest = tail.trim_start_matches('/');
     }
-    (pattern.len() == path.len()).then_some(Params(params))
+    rest.is_empty().then_some(Params(params))
 }
 
 #[cfg(test)]

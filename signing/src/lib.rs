@@ -3,7 +3,10 @@
 //! the trust-chain issue (SPEC S1–S4). The host and the partner CLI share it.
 
 #![forbid(unsafe_code)]
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod manifest;
 

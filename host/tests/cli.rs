@@ -1,0 +1,209 @@
+//! The `switchboard` binary as an operator uses it: offline tenant and
+//! plugin administration, one-off calls, and `serve` answering health.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+fn run(args: &[&str], data: &Path) -> Output {
+    bin()
+        .args(args)
+        .arg("--data")
+        .arg(data)
+        .output()
+        .expect("run switchboard")
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The ledger fixture, built from source (a no-op when the test build
+/// already did it).
+fn ledger_wasm(name: &str) -> PathBuf {
+    let target = root().join("target").join("plugins");
+    switchboard::harness::Harness::build_plugin_into(
+        &root().join("plugins").join("fixtures").join(name),
+        Some(&target),
+    )
+    .expect("build fixture")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn k1_offline_admin_calls_and_bad_input() {
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path();
+    let o = run(&["tenant", "create", "acme"], d);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let o = run(&["tenant", "create", "ACME/../x"], d);
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("invalid_tenant_id"), "{:?}", text(&o));
+
+    let manifest = root().join("plugins/fixtures/ledger/plugin.toml");
+    let wasm = ledger_wasm("ledger");
+    let o = bin()
+        .args(["plugin", "install", "--manifest"])
+        .arg(&manifest)
+        .arg("--component")
+        .arg(&wasm)
+        .arg("--data")
+        .arg(d)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert!(text(&o).0.contains("installed ledger 0.1.0"));
+
+    // A corrupt component is refused with its code, and nothing changes.
+    let junk = d.join("junk.wasm");
+    std::fs::write(&junk, b"\0asm\x0d\0\x01\0garbage").unwrap();
+    let o = bin()
+        .args(["plugin", "install", "--manifest"])
+        .arg(root().join("plugins/fixtures/hostile/plugin.toml"))
+        .arg("--component")
+        .arg(&junk)
+        .arg("--data")
+        .arg(d)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("malformed_component"), "{:?}", text(&o));
+
+    let o = run(
+        &[
+            "plugin",
+            "enable",
+            "--tenant",
+            "acme",
+            "--name",
+            "ledger",
+            "--version",
+            "0.1.0",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{:?}", text(&o));
+    let o = run(
+        &[
+            "call", "--tenant", "acme", "--plugin", "ledger", "POST", "/record",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert_eq!(text(&o).0, "200\n1\n");
+    let o = run(
+        &[
+            "call", "--tenant", "acme", "--plugin", "ledger", "GET", "/count",
+        ],
+        d,
+    );
+    assert_eq!(text(&o).0, "200\n1\n", "state persists across processes");
+    let o = run(
+        &[
+            "call", "--tenant", "acme", "--plugin", "nope", "GET", "/count",
+        ],
+        d,
+    );
+    assert!(text(&o).1.contains("plugin_not_enabled"), "{:?}", text(&o));
+    let o = run(
+        &[
+            "call", "--tenant", "acme", "--plugin", "ledger", "FETCH", "/count",
+        ],
+        d,
+    );
+    assert!(
+        text(&o).1.contains("unsupported HTTP method"),
+        "{:?}",
+        text(&o)
+    );
+    let o = run(&["plugin", "list"], d);
+    assert!(
+        text(&o).0.starts_with("ledger 0.1.0 sha256:"),
+        "{:?}",
+        text(&o)
+    );
+}
+
+#[test]
+fn k1_serve_starts_on_an_empty_folder_and_answers_health() {
+    let data = tempfile::tempdir().unwrap();
+    let mut child = bin()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("switchboard: serving on http://") {
+                let addr = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(a) => a,
+        Err(_) => {
+            child.kill().ok();
+            let mut err = String::new();
+            child.stderr.take().unwrap().read_to_string(&mut err).ok();
+            panic!("serve did not start: {err}");
+        }
+    };
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains(r#""status":"ok""#), "{resp}");
+
+    // A second server on the same folder is refused with a clear message.
+    let o = bin()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("in use"),
+        "{:?}",
+        text(&o)
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The first run created the host keys with owner-only permissions.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(data.path().join("keys/cache.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
