@@ -290,7 +290,7 @@ async fn run() {
             .map(|(n, s)| format!("{n} {:.2} µs", us(s.p50)))
             .collect();
         println!(
-            "| {plugin} | bare split (p50; the rest is dropping the store) | {} | | | |",
+            "| {plugin} | bare split, p50 | {} | | | |",
             split.join(", ")
         );
     }

@@ -222,3 +222,21 @@ async fn components_compile_once_and_a_tampered_cache_is_recompiled_not_loaded()
     let count = rt.handle("acme", "ledger", req).await.unwrap();
     assert_eq!(count.text(), "1");
 }
+
+#[tokio::test]
+async fn k3_a_plugin_that_asks_for_nothing_runs_with_nothing_granted() {
+    let h = harness(&["noop"]).await;
+    h.tenant("acme").await.unwrap();
+    h.runtime()
+        .enable_plugin(
+            "acme",
+            "noop",
+            &semver::Version::new(0, 1, 0),
+            Some(BTreeSet::new()),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let r = h.get("acme", "noop", "u", "/anything").await.unwrap();
+    assert_eq!(r.status, 204);
+}
