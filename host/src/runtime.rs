@@ -103,7 +103,21 @@ pub struct TenantState {
     pub(crate) enabled: HashMap<String, Arc<EnabledPlugin>>,
 }
 
+impl TenantState {
+    /// The enabled plugin `name`, or `plugin_not_enabled`.
+    fn enabled_plugin(&self, name: &str) -> Result<Arc<EnabledPlugin>, CallError> {
+        self.enabled
+            .get(name)
+            .cloned()
+            .ok_or_else(|| CallError::PluginNotEnabled {
+                tenant: self.record.id.clone(),
+                plugin: name.to_string(),
+            })
+    }
+}
+
 /// What a plugin was asked to do.
+#[derive(Clone)]
 pub enum Invocation {
     Handle(Request),
     Init,
@@ -432,32 +446,37 @@ impl Runtime {
             Some(v) if v != version => Some(Invocation::Migrate(v.to_string())),
             Some(_) => None,
         };
-        let mut txn = Txn::default();
-        txn.set(keys::tenant(tenant), encode(&record)?);
+        let encoded = encode(&record)?;
+        let state = Arc::new(state);
         match hook {
             Some(invocation) => {
                 let hook_name = match invocation {
                     Invocation::Init => "init",
                     _ => "migrate",
                 };
-                let state = Arc::new(state);
+                // The hook and the switch to the new record commit as one:
+                // if the hook fails, neither happens.
+                let principal = Principal::system(tenant);
                 self.inner
-                    .run_system(state.clone(), name, invocation, txn)
+                    .call_top_with(
+                        state.clone(),
+                        name,
+                        principal,
+                        || invocation.clone(),
+                        |txn| txn.set(keys::tenant(tenant), encoded.clone()),
+                    )
                     .await
                     .map_err(|source| AdminError::Hook {
                         hook: hook_name,
                         source,
                     })?;
-                self.inner.publish_tenant_arc(state);
             }
             None => {
                 self.inner
-                    .commits
-                    .commit(tenant, self.inner.store.as_ref(), txn)
-                    .map_err(|e| AdminError::Internal(e.to_string()))?;
-                self.inner.publish_tenant(state);
+                    .apply_locked(tenant, vec![(keys::tenant(tenant), Some(encoded))])?;
             }
         }
+        self.inner.publish_tenant_arc(state);
         tracing::info!(tenant, plugin = name, %version, "plugin enabled");
         Ok(())
     }
@@ -933,15 +952,7 @@ impl Inner {
         invocation: impl Fn() -> Invocation,
         prepare: impl Fn(&mut Txn),
     ) -> Result<Outcome, CallError> {
-        let enabled =
-            tenant
-                .enabled
-                .get(plugin)
-                .cloned()
-                .ok_or_else(|| CallError::PluginNotEnabled {
-                    tenant: tenant.record.id.clone(),
-                    plugin: plugin.to_string(),
-                })?;
+        let enabled = tenant.enabled_plugin(plugin)?;
         let _permits = self.acquire(&tenant).await?;
         for attempt in 0..MAX_COMMIT_ATTEMPTS {
             let deadline = Instant::now() + Duration::from_millis(tenant.record.limits.deadline_ms);
@@ -984,45 +995,6 @@ impl Inner {
             }
         }
         Err(CallError::Conflict(MAX_COMMIT_ATTEMPTS))
-    }
-
-    /// Runs a lifecycle hook with `txn` for `tenant` (not yet published)
-    /// and commits it.
-    async fn run_system(
-        self: &Arc<Self>,
-        tenant: Arc<TenantState>,
-        plugin: &str,
-        invocation: Invocation,
-        txn: Txn,
-    ) -> Result<(), CallError> {
-        let enabled =
-            tenant
-                .enabled
-                .get(plugin)
-                .cloned()
-                .ok_or_else(|| CallError::PluginNotEnabled {
-                    tenant: tenant.record.id.clone(),
-                    plugin: plugin.to_string(),
-                })?;
-        let _permits = self.acquire(&tenant).await?;
-        let deadline = Instant::now() + Duration::from_millis(tenant.record.limits.deadline_ms);
-        let spec = CallSpec {
-            tenant: tenant.clone(),
-            plugin: enabled,
-            principal: Principal::system(&tenant.record.id),
-            txn,
-            deadline,
-            depth: 0,
-            request_id: request_id_of(&invocation),
-        };
-        let (result, txn) = self.run(spec, invocation).await;
-        result?;
-        self.commits
-            .commit(&tenant.record.id, self.store.as_ref(), txn)
-            .map_err(|e| match e {
-                CommitError::Conflict => CallError::Conflict(1),
-                CommitError::Store(s) => CallError::Store(s),
-            })
     }
 
     /// One attempt: a fresh store, instantiate, invoke, classify. Returns
@@ -1207,7 +1179,7 @@ impl Inner {
         let record_key = keys::timer(tenant, plugin, id);
         let drop_timer = |why: &str| {
             tracing::warn!(tenant, plugin, timer = id, "dropping timer: {why}");
-            self.apply_locked(
+            self.apply_logged(
                 tenant,
                 vec![(queue_key.to_vec(), None), (record_key.clone(), None)],
             );
@@ -1257,7 +1229,7 @@ impl Inner {
                     code = e.code(),
                     "timer failed {attempts} times; dropped"
                 );
-                self.apply_locked(tenant, vec![(queue_key.to_vec(), None), (record_key, None)]);
+                self.apply_logged(tenant, vec![(queue_key.to_vec(), None), (record_key, None)]);
                 return;
             }
             let due_ms = timers::now_ms() + 1000 * (1u64 << attempts);
@@ -1277,12 +1249,16 @@ impl Inner {
                 ],
                 Err(_) => vec![(queue_key.to_vec(), None), (record_key, None)],
             };
-            self.apply_locked(tenant, writes);
+            self.apply_logged(tenant, writes);
         }
     }
 
     /// Applies host-side writes under the tenant's commit lock.
-    fn apply_locked(&self, tenant: &str, writes: Vec<crate::store::Write>) {
+    fn apply_locked(
+        &self,
+        tenant: &str,
+        writes: Vec<crate::store::Write>,
+    ) -> Result<(), StoreError> {
         let mut txn = Txn::default();
         for (k, v) in writes {
             match v {
@@ -1290,7 +1266,17 @@ impl Inner {
                 None => txn.set_delete(k),
             }
         }
-        if let Err(e) = self.commits.commit(tenant, self.store.as_ref(), txn) {
+        match self.commits.commit(tenant, self.store.as_ref(), txn) {
+            Ok(()) => Ok(()),
+            Err(CommitError::Store(e)) => Err(e),
+            // Blind writes record no reads, so they cannot conflict.
+            Err(CommitError::Conflict) => Ok(()),
+        }
+    }
+
+    /// `apply_locked` for bookkeeping whose failure can only be logged.
+    fn apply_logged(&self, tenant: &str, writes: Vec<crate::store::Write>) {
+        if let Err(e) = self.apply_locked(tenant, writes) {
             tracing::error!(tenant, error = %e, "host bookkeeping write failed");
         }
     }

@@ -188,3 +188,50 @@ async fn k4_a_principal_of_another_tenant_is_refused() {
         "plugin_not_enabled"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k2_wasi_gives_clocks_and_random_but_no_files_sockets_or_environment() {
+    let h = harness(&["hostile"]).await;
+    tenant(&h, "acme", Limits::default(), &["hostile"]).await;
+    let r = ok_json(h.get("acme", "hostile", "u", "/escape").await);
+    for denied in [
+        "read-file",
+        "list-dir",
+        "write-file",
+        "tcp-connect",
+        "udp-bind",
+        "dns",
+    ] {
+        let outcome = r[denied].as_str().unwrap();
+        assert!(
+            outcome.starts_with("Err("),
+            "{denied} escaped the sandbox: {outcome}"
+        );
+    }
+    assert_eq!(r["env"], 0);
+    assert_eq!(r["args"], 0);
+    assert!(
+        r["clock"].as_u64().unwrap() > 1_700_000_000,
+        "wall clock works: {r}"
+    );
+    assert_eq!(r["random"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_utf8_where_a_string_is_expected_traps_the_call_and_stores_nothing() {
+    let h = harness(&["hostile"]).await;
+    tenant(&h, "acme", Limits::default(), &["hostile"]).await;
+    assert_eq!(
+        err_code(h.get("acme", "hostile", "u", "/bad-utf8").await),
+        "plugin_trap"
+    );
+    let report = ok_json(h.get("acme", "hostile", "u", "/probe").await);
+    assert!(
+        !report["scan-all"]["ok"]
+            .as_str()
+            .unwrap()
+            .contains("before-bad-utf8")
+    );
+    let huge = report["set-huge-value"]["err"].as_str().unwrap_or_default();
+    assert!(huge.contains("TooLarge"), "{report}");
+}
