@@ -39,6 +39,16 @@ fn ledger_wasm(name: &str) -> PathBuf {
     .expect("build fixture")
 }
 
+/// Kills the server when the test ends, even if an assertion failed first.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn text(o: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -143,14 +153,16 @@ fn k1_offline_admin_calls_and_bad_input() {
 #[test]
 fn k1_serve_starts_on_an_empty_folder_and_answers_health() {
     let data = tempfile::tempdir().unwrap();
-    let mut child = bin()
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(data.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
+    let mut child = KillOnDrop(
+        bin()
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -167,9 +179,9 @@ fn k1_serve_starts_on_an_empty_folder_and_answers_health() {
     let addr = match rx.recv_timeout(Duration::from_secs(60)) {
         Ok(a) => a,
         Err(_) => {
-            child.kill().ok();
+            child.0.kill().ok();
             let mut err = String::new();
-            child.stderr.take().unwrap().read_to_string(&mut err).ok();
+            child.0.stderr.take().unwrap().read_to_string(&mut err).ok();
             panic!("serve did not start: {err}");
         }
     };
@@ -194,8 +206,7 @@ fn k1_serve_starts_on_an_empty_folder_and_answers_health() {
         "{:?}",
         text(&o)
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(child);
     // The first run created the host keys with owner-only permissions.
     #[cfg(unix)]
     {

@@ -95,82 +95,130 @@ fn bare_request() -> bare::switchboard::host::types::Request {
     }
 }
 
-async fn bare_baseline(engine: &Engine, wasm: &[u8]) -> (Stats, [Stats; 5]) {
-    let component = Component::new(engine, wasm).unwrap();
-    let mut linker: Linker<BareState> = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
-    // The switchboard imports exist but are never called on /noop.
-    linker.define_unknown_imports_as_traps(&component).unwrap();
-    let pre = bare::FeaturePre::new(linker.instantiate_pre(&component).unwrap()).unwrap();
-    let request = bare_request();
-    let mut samples = Vec::with_capacity(SAMPLES);
-    let mut parts: [Vec<Duration>; 5] = Default::default();
-    for i in 0..WARMUP + SAMPLES {
-        let start = Instant::now();
+/// A bare wasmtime setup of one component: same engine settings, empty
+/// WASI, no runtime around it.
+struct Bare {
+    engine: Engine,
+    pre: bare::FeaturePre<BareState>,
+    request: bare::switchboard::host::types::Request,
+}
+
+impl Bare {
+    fn new(engine: &Engine, wasm: &[u8]) -> Bare {
+        let component = Component::new(engine, wasm).unwrap();
+        let mut linker: Linker<BareState> = Linker::new(engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+        // The switchboard imports exist but are never called on /noop.
+        linker.define_unknown_imports_as_traps(&component).unwrap();
+        let pre = bare::FeaturePre::new(linker.instantiate_pre(&component).unwrap()).unwrap();
+        Bare {
+            engine: engine.clone(),
+            pre,
+            request: bare_request(),
+        }
+    }
+
+    fn store(&self) -> Store<BareState> {
         let mut store = Store::new(
-            engine,
+            &self.engine,
             BareState {
                 wasi: WasiCtxBuilder::new().build(),
                 table: ResourceTable::new(),
             },
         );
         store.set_epoch_deadline(u64::MAX / 2);
-        let t1 = Instant::now();
-        let feature = pre.instantiate_async(&mut store).await.unwrap();
-        let t2 = Instant::now();
-        let resp = feature.call_handle(&mut store, &request).await.unwrap();
-        let t3 = Instant::now();
-        drop(store);
-        let t4 = Instant::now();
-        assert_eq!(resp.status, 204);
-        if i >= WARMUP {
-            samples.push(t4 - start);
+        store
+    }
+
+    /// `n` fresh-instance calls; totals and the split into new store,
+    /// instantiate, call, drop.
+    async fn round(&self, n: usize, totals: &mut Vec<Duration>, parts: &mut [Vec<Duration>; 4]) {
+        for _ in 0..n {
+            let start = Instant::now();
+            let mut store = self.store();
+            let t1 = Instant::now();
+            let feature = self.pre.instantiate_async(&mut store).await.unwrap();
+            let t2 = Instant::now();
+            let resp = feature
+                .call_handle(&mut store, &self.request)
+                .await
+                .unwrap();
+            let t3 = Instant::now();
+            drop(store);
+            let t4 = Instant::now();
+            assert_eq!(resp.status, 204);
+            totals.push(t4 - start);
             parts[0].push(t1 - start);
             parts[1].push(t2 - t1);
             parts[2].push(t3 - t2);
             parts[3].push(t4 - t3);
         }
     }
-    // Diagnostic: a second call into the same instance, i.e. what the call
-    // costs once the guest's first-call initialisation and page faults are
-    // paid. (Switchboard never reuses instances across calls.)
-    let mut store = Store::new(
-        engine,
-        BareState {
-            wasi: WasiCtxBuilder::new().build(),
-            table: ResourceTable::new(),
-        },
-    );
-    store.set_epoch_deadline(u64::MAX / 2);
-    let feature = pre.instantiate_async(&mut store).await.unwrap();
-    for i in 0..WARMUP + SAMPLES {
-        let t = Instant::now();
-        let resp = feature.call_handle(&mut store, &request).await.unwrap();
-        if i >= WARMUP {
-            parts[4].push(t.elapsed());
+
+    /// Diagnostic: repeat calls into one instance, i.e. the call once the
+    /// guest's first-call start-up and page faults are paid. (Switchboard
+    /// never reuses instances across calls.)
+    async fn warm_repeat(&self, n: usize) -> Stats {
+        let mut store = self.store();
+        let feature = self.pre.instantiate_async(&mut store).await.unwrap();
+        let mut samples = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            let resp = feature
+                .call_handle(&mut store, &self.request)
+                .await
+                .unwrap();
+            samples.push(t.elapsed());
+            assert_eq!(resp.status, 204);
         }
-        assert_eq!(resp.status, 204);
+        stats(samples)
     }
-    let [a, b, c, d, e] = parts;
-    (
-        stats(samples),
-        [stats(a), stats(b), stats(c), stats(d), stats(e)],
-    )
 }
 
-async fn ours(rt: &Runtime, plugin: &str, path: &str, samples_n: usize) -> Stats {
-    let mut samples = Vec::with_capacity(samples_n);
-    for i in 0..WARMUP + samples_n {
+async fn ours_round(rt: &Runtime, plugin: &str, path: &str, n: usize, samples: &mut Vec<Duration>) {
+    for _ in 0..n {
         let req = Request::new(Method::Get, path, Principal::user("bench", "u"));
         let start = Instant::now();
         let resp = rt.handle("bench", plugin, req).await.unwrap();
         let elapsed = start.elapsed();
         assert!(resp.status < 300, "{}", resp.text());
-        if i >= WARMUP {
-            samples.push(elapsed);
-        }
+        samples.push(elapsed);
     }
+}
+
+async fn ours(rt: &Runtime, plugin: &str, path: &str, n: usize) -> Stats {
+    ours_round(rt, plugin, path, WARMUP, &mut Vec::new()).await;
+    let mut samples = Vec::with_capacity(n);
+    ours_round(rt, plugin, path, n, &mut samples).await;
     stats(samples)
+}
+
+/// Bare and ours measured in alternating rounds, so drift in the machine's
+/// load affects both alike.
+async fn compare(
+    bare: &Bare,
+    rt: &Runtime,
+    plugin: &str,
+    path: &str,
+) -> (Stats, [Stats; 5], Stats) {
+    const ROUNDS: usize = 10;
+    let mut scratch: [Vec<Duration>; 4] = Default::default();
+    bare.round(WARMUP, &mut Vec::new(), &mut scratch).await;
+    ours_round(rt, plugin, path, WARMUP, &mut Vec::new()).await;
+    let mut totals = Vec::new();
+    let mut parts: [Vec<Duration>; 4] = Default::default();
+    let mut ours = Vec::new();
+    for _ in 0..ROUNDS {
+        bare.round(SAMPLES / ROUNDS, &mut totals, &mut parts).await;
+        ours_round(rt, plugin, path, SAMPLES / ROUNDS, &mut ours).await;
+    }
+    let [a, b, c, d] = parts;
+    let warm = bare.warm_repeat(SAMPLES).await;
+    (
+        stats(totals),
+        [stats(a), stats(b), stats(c), stats(d), warm],
+        stats(ours),
+    )
 }
 
 fn main() {
@@ -230,10 +278,8 @@ async fn run() {
     );
 
     // --- per-call latency ----------------------------------------------------
-    let noop_wasm = component("noop");
-    let bare_noop = bare_baseline(&engine, &noop_wasm).await;
-    let bare_example = bare_baseline(&engine, &wasm).await;
-    drop(engine);
+    let bare_noop = Bare::new(&engine, &component("noop"));
+    let bare_example = Bare::new(&engine, &wasm);
     let rt = Runtime::open(config).unwrap();
     for p in ["ledger", "example", "noop"] {
         rt.install_plugin(&manifest(p), &component(p))
@@ -249,8 +295,11 @@ async fn run() {
             .await
             .unwrap();
     }
-    let ours_noop = ours(&rt, "noop", "/", SAMPLES).await;
-    let ours_example = ours(&rt, "example", "/noop", SAMPLES).await;
+    let (bare_n, parts_n, ours_noop) = compare(&bare_noop, &rt, "noop", "/").await;
+    let (bare_e, parts_e, ours_example) = compare(&bare_example, &rt, "example", "/noop").await;
+    let bare_noop_pre = bare_noop;
+    let bare_noop = (bare_n, parts_n);
+    let bare_example = (bare_e, parts_e);
     println!();
     println!("## Fresh instance + trivial call");
     println!("| plugin | path | p50 | p99 | mean | ratio p50 / p99 |");
@@ -337,9 +386,11 @@ async fn run() {
         "| create + enable (2 plugins, init hooks run) per tenant | {:.2} ms |",
         setup.as_secs_f64() * 1e3 / TENANTS as f64
     );
-    let spread = ours(&rt, "noop", "/", 2_000).await;
+    let (bare_after, _, ours_after) = compare(&bare_noop_pre, &rt, "noop", "/").await;
     println!(
-        "| noop call p50 with {TENANTS} tenants configured | {:.2} µs |",
-        us(spread.p50)
+        "| noop call p50 with {TENANTS} tenants configured (bare alongside) | {:.2} µs ({:.2} µs bare, {:.2}x) |",
+        us(ours_after.p50),
+        us(bare_after.p50),
+        us(ours_after.p50) / us(bare_after.p50)
     );
 }
