@@ -8,7 +8,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use switchboard_signing::Capability;
+use switchboard_signing::package::Trust;
+use switchboard_signing::{Capability, KeyId, Package, PackageError, keys};
 
 use crate::runtime::{Method, Principal, Request, Runtime};
 use crate::server::{self, ServerConfig};
@@ -47,9 +48,13 @@ pub enum Command {
     /// Manage tenants (offline: the server must not be running).
     #[command(subcommand)]
     Tenant(TenantCmd),
-    /// Manage plugins (offline: the server must not be running).
+    /// Sign, verify and manage plugins (offline: the server must not be
+    /// running).
     #[command(subcommand)]
     Plugin(PluginCmd),
+    /// The operator's trust store of publisher keys (offline).
+    #[command(subcommand)]
+    Trust(TrustCmd),
     /// Call a plugin route once, as a user of a tenant, and print the
     /// response (offline).
     Call {
@@ -89,22 +94,43 @@ pub enum TenantCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum PluginCmd {
-    /// Install a plugin version (unsigned development install; signed
-    /// packages come with the trust-chain work).
-    Install {
-        #[command(flatten)]
-        data: DataArgs,
+    /// Generate a publisher key pair: KEY (mode 0600) and KEY.pub.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Build and sign a package from a manifest and a component.
+    Sign {
+        #[arg(long)]
+        key: PathBuf,
         #[arg(long)]
         manifest: PathBuf,
         #[arg(long)]
         component: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Verify a package against a publisher's public key.
+    Verify {
+        package: PathBuf,
+        /// The publisher's KEY.pub.
+        #[arg(long)]
+        trust: PathBuf,
+    },
+    /// Print a package's manifest, signers and digest as JSON.
+    Inspect { package: PathBuf },
+    /// Install a signed package (its publisher must be trusted).
+    Install {
+        #[command(flatten)]
+        data: DataArgs,
+        package: PathBuf,
     },
     /// List installed plugins.
     List {
         #[command(flatten)]
         data: DataArgs,
     },
-    /// Enable a plugin version for a tenant.
+    /// Enable (or upgrade, or roll back) a plugin version for a tenant.
     Enable {
         #[command(flatten)]
         data: DataArgs,
@@ -114,12 +140,49 @@ pub enum PluginCmd {
         name: String,
         #[arg(long)]
         version: semver::Version,
-        /// Capability to grant (repeat); default: all the manifest requests.
+        /// Capability to grant (repeat). Default: on first enable all the
+        /// manifest requests; on upgrade the grants already given.
         #[arg(long = "grant")]
         grants: Vec<String>,
-        /// Settings as a JSON object.
+        /// Settings as a JSON object (default: keep the current ones).
         #[arg(long, default_value = "{}")]
         config: String,
+        /// Operator override: allow a version lower than the tenant has run.
+        #[arg(long)]
+        allow_rollback: bool,
+    },
+    /// Disable a plugin for a tenant (its data is kept).
+    Disable {
+        #[command(flatten)]
+        data: DataArgs,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TrustCmd {
+    /// Trust a publisher key (KEY.pub).
+    Add {
+        #[command(flatten)]
+        data: DataArgs,
+        key: PathBuf,
+        /// A label for the publisher.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// List trusted and revoked keys.
+    List {
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Revoke a key: its packages stop running and new ones are refused.
+    Revoke {
+        #[command(flatten)]
+        data: DataArgs,
+        key_id: String,
     },
 }
 
@@ -155,20 +218,76 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&rt.tenants())?);
             Ok(())
         }
-        Command::Plugin(PluginCmd::Install {
-            data,
+        Command::Plugin(PluginCmd::Keygen { out }) => {
+            let key = keys::generate()?;
+            keys::write_key_pair(&key, &out)?;
+            println!(
+                "wrote {} (secret, mode 0600) and {}.pub; key id {}",
+                out.display(),
+                out.display(),
+                KeyId::of(&key.verifying_key())
+            );
+            Ok(())
+        }
+        Command::Plugin(PluginCmd::Sign {
+            key,
             manifest,
             component,
+            out,
         }) => {
-            let rt = open(&data)?;
-            let m = std::fs::read(&manifest)
-                .with_context(|| format!("cannot read {}", manifest.display()))?;
-            let c = std::fs::read(&component)
-                .with_context(|| format!("cannot read {}", component.display()))?;
-            let info = rt.install_plugin(&m, &c).await.map_err(admin)?;
+            let key = keys::read_secret(&key)?;
+            let m = read(&manifest)?;
+            let c = read(&component)?;
+            let bytes = crate::harness::sign(&key, &m, &c).map_err(admin)?;
+            std::fs::write(&out, &bytes)
+                .with_context(|| format!("cannot write {}", out.display()))?;
             println!(
-                "installed {} {} (sha256 {})",
-                info.name, info.version, info.digest
+                "wrote {} ({} bytes), signed by {}",
+                out.display(),
+                bytes.len(),
+                KeyId::of(&key.verifying_key())
+            );
+            Ok(())
+        }
+        Command::Plugin(PluginCmd::Verify { package, trust }) => {
+            let public = keys::read_public(&trust)?;
+            let pkg = Package::parse(&read(&package)?).map_err(pkg_err)?;
+            let id = pkg
+                .verify(|id| {
+                    if *id == KeyId::of(&public) {
+                        Trust::Trusted(public)
+                    } else {
+                        Trust::Unknown
+                    }
+                })
+                .map_err(pkg_err)?;
+            let m = pkg.manifest();
+            println!(
+                "ok: {} {} signed by {id}, sha256 {}",
+                m.name,
+                m.version,
+                pkg.digest()
+            );
+            Ok(())
+        }
+        Command::Plugin(PluginCmd::Inspect { package }) => {
+            let pkg = Package::parse(&read(&package)?).map_err(pkg_err)?;
+            let signers: Vec<String> = pkg.signers().iter().map(ToString::to_string).collect();
+            let out = serde_json::json!({
+                "manifest": pkg.manifest(),
+                "component_sha256": pkg.digest(),
+                "component_bytes": pkg.component().len(),
+                "signers": signers,
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(())
+        }
+        Command::Plugin(PluginCmd::Install { data, package }) => {
+            let rt = open(&data)?;
+            let info = rt.install_package(&read(&package)?).await.map_err(admin)?;
+            println!(
+                "installed {} {} (sha256 {}, publisher {})",
+                info.name, info.version, info.digest, info.publisher
             );
             Ok(())
         }
@@ -176,11 +295,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let rt = open(&data)?;
             for p in rt.plugins() {
                 let caps: Vec<String> = p.capabilities.iter().map(ToString::to_string).collect();
+                let state = if p.revoked { " REVOKED" } else { "" };
                 println!(
-                    "{} {} sha256:{} [{}]",
+                    "{} {} sha256:{} publisher:{} [{}]{state}",
                     p.name,
                     p.version,
                     p.digest,
+                    p.publisher,
                     caps.join(", ")
                 );
             }
@@ -193,6 +314,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             version,
             grants,
             config,
+            allow_rollback,
         }) => {
             let rt = open(&data)?;
             let grants = if grants.is_empty() {
@@ -208,10 +330,44 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let config: serde_json::Map<String, serde_json::Value> =
                 serde_json::from_str(&config).context("--config must be a JSON object")?;
-            rt.enable_plugin(&tenant, &name, &version, grants, config)
-                .await
-                .map_err(admin)?;
+            if allow_rollback {
+                rt.enable_plugin_overriding_rollback(&tenant, &name, &version, grants, config)
+                    .await
+                    .map_err(admin)?;
+            } else {
+                rt.enable_plugin(&tenant, &name, &version, grants, config)
+                    .await
+                    .map_err(admin)?;
+            }
             println!("{name} {version} enabled for {tenant}");
+            Ok(())
+        }
+        Command::Plugin(PluginCmd::Disable { data, tenant, name }) => {
+            let rt = open(&data)?;
+            rt.disable_plugin(&tenant, &name).await.map_err(admin)?;
+            println!("{name} disabled for {tenant}");
+            Ok(())
+        }
+        Command::Trust(TrustCmd::Add { data, key, label }) => {
+            let rt = open(&data)?;
+            let public = keys::read_public(&key)?;
+            let id = rt.trust_add(&public, &label).await.map_err(admin)?;
+            println!("trusted key {id}");
+            Ok(())
+        }
+        Command::Trust(TrustCmd::List { data }) => {
+            let rt = open(&data)?;
+            println!("{}", serde_json::to_string_pretty(&rt.trusted_keys())?);
+            Ok(())
+        }
+        Command::Trust(TrustCmd::Revoke { data, key_id }) => {
+            let rt = open(&data)?;
+            let id: KeyId = key_id.parse()?;
+            let disabled = rt.trust_revoke(&id).await.map_err(admin)?;
+            println!("revoked {id}; packages disabled: {}", disabled.len());
+            for (n, v) in disabled {
+                println!("  {n} {v}");
+            }
             Ok(())
         }
         Command::Call {
@@ -251,4 +407,12 @@ fn open(data: &DataArgs) -> anyhow::Result<Runtime> {
 
 fn admin(e: crate::runtime::AdminError) -> anyhow::Error {
     anyhow::anyhow!("{e} ({})", e.code())
+}
+
+fn pkg_err(e: PackageError) -> anyhow::Error {
+    anyhow::anyhow!("{e} ({})", e.code())
+}
+
+fn read(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }

@@ -19,16 +19,21 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use ed25519_dalek::SigningKey;
+use switchboard_signing::{Manifest, Package};
 
 use crate::runtime::{
-    CallError, Method, PluginInfo, Principal, Request, Response, Runtime, RuntimeConfig,
+    AdminError, CallError, Method, PluginInfo, Principal, Request, Response, Runtime, RuntimeConfig,
 };
 use crate::tenant::Limits;
 
-/// A runtime over a temporary data folder, removed on drop.
+/// A runtime over a temporary data folder, removed on drop. It signs what
+/// it installs with a key of its own that its runtime trusts, so plugins go
+/// through the same verification as in production.
 pub struct Harness {
     runtime: Runtime,
     dir: tempfile::TempDir,
+    key: SigningKey,
 }
 
 impl Harness {
@@ -46,7 +51,8 @@ impl Harness {
         config.max_memory_bytes = 128 << 20;
         adjust(&mut config);
         let runtime = Runtime::open(config)?;
-        Ok(Harness { runtime, dir })
+        let key = switchboard_signing::keys::generate()?;
+        Ok(Harness { runtime, dir, key })
     }
 
     /// The runtime under test.
@@ -114,6 +120,30 @@ impl Harness {
         )
     }
 
+    /// The harness's publisher key.
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.key
+    }
+
+    /// A package of `component` with `manifest` (plugin.toml text), signed
+    /// with the harness key.
+    pub fn package(&self, manifest: &[u8], component: &[u8]) -> Result<Vec<u8>, AdminError> {
+        sign(&self.key, manifest, component)
+    }
+
+    /// Signs and installs a plugin (trusting the harness key first).
+    pub async fn install(
+        &self,
+        manifest: &[u8],
+        component: &[u8],
+    ) -> Result<PluginInfo, AdminError> {
+        self.runtime
+            .trust_add(&self.key.verifying_key(), "test harness")
+            .await?;
+        let package = self.package(manifest, component)?;
+        self.runtime.install_package(&package).await
+    }
+
     /// Installs a plugin from its manifest and component files.
     pub async fn install_files(
         &self,
@@ -125,8 +155,7 @@ impl Harness {
         let c = std::fs::read(component)
             .with_context(|| format!("cannot read {}", component.display()))?;
         let info = self
-            .runtime
-            .install_plugin(&m, &c)
+            .install(&m, &c)
             .await
             .map_err(|e| anyhow::anyhow!("{} ({})", e, e.code()))?;
         Ok(info)
@@ -200,4 +229,13 @@ impl Harness {
         self.call(tenant, plugin, user, Method::Post, path, body)
             .await
     }
+}
+
+/// A signed package of `component` described by `manifest` (plugin.toml
+/// text), published and signed by `key`.
+pub fn sign(key: &SigningKey, manifest: &[u8], component: &[u8]) -> Result<Vec<u8>, AdminError> {
+    let manifest = Manifest::parse(manifest)?;
+    let mut package = Package::new(manifest, component.to_vec(), &key.verifying_key())?;
+    package.sign(key);
+    Ok(package.to_bytes())
 }

@@ -26,5 +26,6 @@ pub mod runtime;
 pub mod server;
 pub mod store;
 pub mod tenant;
+pub mod trust;
 
 pub use runtime::{Runtime, RuntimeConfig};

@@ -26,7 +26,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use switchboard_signing::{Capability, Manifest, component_digest};
+use switchboard_signing::package::Trust;
+use switchboard_signing::{Capability, KeyId, Manifest, Package, component_digest};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{
@@ -41,6 +42,7 @@ pub use self::types::{Event, Kind, Method, Principal, Request, Response, Role};
 use crate::capability::{self, CapError, timers};
 use crate::store::{Backend, SledBackend, StoreError, keys};
 use crate::tenant::{Enablement, Limits, TenantRecord, is_valid_tenant_id};
+use crate::trust::TrustedKey;
 
 /// Epoch tick: deadlines are checked, and a busy guest yields its thread,
 /// this often.
@@ -82,6 +84,10 @@ impl RuntimeConfig {
 pub struct LoadedPlugin {
     pub manifest: Manifest,
     pub digest: String,
+    /// The publisher key that signed the package.
+    pub publisher: KeyId,
+    /// Set when the publisher key is revoked: the package no longer runs.
+    pub(crate) revoked: AtomicBool,
     component: Component,
     /// Capabilities its component imports.
     imports: BTreeSet<Capability>,
@@ -142,6 +148,10 @@ pub struct PluginInfo {
     pub name: String,
     pub version: semver::Version,
     pub digest: String,
+    /// Key id of the publisher that signed it.
+    pub publisher: String,
+    /// Whether its publisher key has been revoked.
+    pub revoked: bool,
     pub capabilities: Vec<Capability>,
     /// How the component was obtained when this host loaded it.
     pub cache: CacheOutcome,
@@ -175,6 +185,7 @@ pub(crate) struct Inner {
     config: RuntimeConfig,
     plugins: RwLock<PluginTable>,
     tenants: RwLock<HashMap<String, Arc<TenantState>>>,
+    trust: RwLock<HashMap<KeyId, TrustedKey>>,
     linkers: Mutex<HashMap<BTreeSet<Capability>, Arc<Linker<HostState>>>>,
     pres: Mutex<HashMap<(String, BTreeSet<Capability>), v0_1::Pre>>,
     commits: CommitLocks,
@@ -263,6 +274,7 @@ impl Runtime {
             config,
             plugins: RwLock::default(),
             tenants: RwLock::default(),
+            trust: RwLock::default(),
             linkers: Mutex::default(),
             pres: Mutex::default(),
             commits: CommitLocks::default(),
@@ -270,6 +282,7 @@ impl Runtime {
             timer_wake: Arc::new(tokio::sync::Notify::new()),
             stop,
         });
+        inner.load_trust()?;
         inner.load_plugins()?;
         inner.load_tenants()?;
         Ok(Runtime { inner })
@@ -299,46 +312,26 @@ impl Runtime {
 
     // ---- admin ----------------------------------------------------------
 
-    /// Installs a plugin version from its manifest and component. Checks
-    /// the manifest, size, the component's validity, world and imports
-    /// before storing anything.
-    pub async fn install_plugin(
-        &self,
-        manifest: &[u8],
-        component: &[u8],
-    ) -> Result<PluginInfo, AdminError> {
+    /// Installs a signed plugin package (SPEC S1). Checks format, sizes,
+    /// digest, the publisher's trust and revocation, and its signature
+    /// before compiling anything; then the component's validity, world and
+    /// imports. Nothing is stored unless every check passes. Installing the
+    /// same package again is a no-op (deduplicated by digest).
+    pub async fn install_package(&self, package: &[u8]) -> Result<PluginInfo, AdminError> {
         let _admin = self.inner.admin.lock().await;
-        let manifest_parsed = Manifest::parse(manifest)?;
-        let key = (
-            manifest_parsed.name.clone(),
-            manifest_parsed.version.clone(),
-        );
-        if self.inner.read_plugins().contains_key(&key) {
-            return Err(AdminError::AlreadyInstalled {
-                name: key.0,
-                version: key.1.to_string(),
-            });
+        let result = self.inner.install_package(package);
+        match &result {
+            Ok(info) => audit(
+                "plugin.install",
+                "ok",
+                &format!(
+                    "{} {} sha256:{} publisher {}",
+                    info.name, info.version, info.digest, info.publisher
+                ),
+            ),
+            Err(e) => audit("plugin.install", e.code(), &e.to_string()),
         }
-        let (plugin, outcome) = self.inner.load_plugin(manifest_parsed, component)?;
-        let version = plugin.manifest.version.to_string();
-        self.inner.store.apply(&[
-            (
-                keys::plugin_manifest(&plugin.manifest.name, &version),
-                Some(manifest.to_vec()),
-            ),
-            (
-                keys::plugin_component(&plugin.manifest.name, &version),
-                Some(component.to_vec()),
-            ),
-        ])?;
-        tracing::info!(plugin = %plugin.manifest.name, version, digest = %plugin.digest, "plugin installed");
-        let info = plugin_info(&plugin, outcome);
-        self.inner
-            .plugins
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, (Arc::new(plugin), outcome));
-        Ok(info)
+        result
     }
 
     /// Installed plugins, sorted by name and version.
@@ -371,6 +364,8 @@ impl Runtime {
             region: "local".into(),
             limits,
             plugins: Default::default(),
+            publishers: None,
+            highest: Default::default(),
         };
         let state = self.inner.tenant_state(record.clone(), None)?;
         self.inner
@@ -395,6 +390,134 @@ impl Runtime {
             .store
             .apply(&[(keys::tenant(tenant), Some(encode(&record)?))])?;
         self.inner.publish_tenant(state);
+        Ok(())
+    }
+
+    /// Adds a publisher key to the operator's trust store (SPEC S2). Adding
+    /// a key again updates its label; a revoked key cannot come back.
+    pub async fn trust_add(
+        &self,
+        key: &ed25519_dalek::VerifyingKey,
+        label: &str,
+    ) -> Result<KeyId, AdminError> {
+        let _admin = self.inner.admin.lock().await;
+        let id = KeyId::of(key);
+        let existing = self
+            .inner
+            .trust
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned();
+        if existing.as_ref().is_some_and(|k| k.revoked_ms.is_some()) {
+            return Err(AdminError::KeyRevoked(id.to_string()));
+        }
+        let record = TrustedKey {
+            key_id: id.to_string(),
+            public_key: hex::encode(key.as_bytes()),
+            label: label.to_string(),
+            added_ms: existing.map_or_else(timers::now_ms, |k| k.added_ms),
+            revoked_ms: None,
+        };
+        self.inner.put_trust(&id, record)?;
+        audit("trust.add", "ok", &format!("key {id} ({label})"));
+        Ok(id)
+    }
+
+    /// The trust store, sorted by key id.
+    pub fn trusted_keys(&self) -> Vec<TrustedKey> {
+        let mut out: Vec<TrustedKey> = self
+            .inner
+            .trust
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| a.key_id.cmp(&b.key_id));
+        out
+    }
+
+    /// Revokes a publisher key: new packages it signed are refused, and
+    /// every installed package it signed stops running at once (calls fail
+    /// with `publisher_revoked`). Returns those packages.
+    pub async fn trust_revoke(
+        &self,
+        id: &KeyId,
+    ) -> Result<Vec<(String, semver::Version)>, AdminError> {
+        let _admin = self.inner.admin.lock().await;
+        let Some(mut record) = self
+            .inner
+            .trust
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+        else {
+            return Err(AdminError::UnknownKey(id.to_string()));
+        };
+        if record.revoked_ms.is_none() {
+            record.revoked_ms = Some(timers::now_ms());
+            self.inner.put_trust(id, record)?;
+        }
+        let mut disabled = Vec::new();
+        for (p, _) in self.inner.read_plugins().values() {
+            if p.publisher == *id {
+                p.revoked.store(true, Ordering::Relaxed);
+                disabled.push((p.manifest.name.clone(), p.manifest.version.clone()));
+            }
+        }
+        disabled.sort();
+        let names: Vec<String> = disabled.iter().map(|(n, v)| format!("{n} {v}")).collect();
+        audit(
+            "trust.revoke",
+            "ok",
+            &format!("key {id}; disabled packages: [{}]", names.join(", ")),
+        );
+        Ok(disabled)
+    }
+
+    /// Narrows the publishers a tenant accepts (`None`: all the operator
+    /// trusts). Refused while an enabled plugin's publisher would fall
+    /// outside the new set.
+    pub async fn set_publishers(
+        &self,
+        tenant: &str,
+        publishers: Option<BTreeSet<KeyId>>,
+    ) -> Result<(), AdminError> {
+        let _admin = self.inner.admin.lock().await;
+        let current = self.inner.tenant_or_admin_err(tenant)?;
+        let mut record = current.record.clone();
+        record.publishers = publishers.map(|set| set.iter().map(ToString::to_string).collect());
+        let state = self.inner.tenant_state(record.clone(), Some(&current))?;
+        self.inner
+            .apply_locked(tenant, vec![(keys::tenant(tenant), Some(encode(&record)?))])?;
+        self.inner.publish_tenant(state);
+        audit(
+            "tenant.publishers",
+            "ok",
+            &format!("tenant {tenant}: {:?}", record.publishers),
+        );
+        Ok(())
+    }
+
+    /// Disables a plugin for a tenant. Its data stays; enabling it again
+    /// brings it back.
+    pub async fn disable_plugin(&self, tenant: &str, name: &str) -> Result<(), AdminError> {
+        let _admin = self.inner.admin.lock().await;
+        let current = self.inner.tenant_or_admin_err(tenant)?;
+        let mut record = current.record.clone();
+        if record.plugins.remove(name).is_none() {
+            return Err(AdminError::PluginNotEnabled {
+                tenant: tenant.to_string(),
+                plugin: name.to_string(),
+            });
+        }
+        let state = self.inner.tenant_state(record.clone(), Some(&current))?;
+        self.inner
+            .apply_locked(tenant, vec![(keys::tenant(tenant), Some(encode(&record)?))])?;
+        self.inner.publish_tenant(state);
+        audit("plugin.disable", "ok", &format!("tenant {tenant}: {name}"));
         Ok(())
     }
 
@@ -425,6 +548,34 @@ impl Runtime {
         grants: Option<BTreeSet<Capability>>,
         config: serde_json::Map<String, serde_json::Value>,
     ) -> Result<(), AdminError> {
+        self.enable(tenant, name, version, grants, config, false)
+            .await
+    }
+
+    /// `enable_plugin` for a version lower than the tenant has run: the
+    /// operator's explicit, audited override of rollback protection
+    /// (SPEC S3).
+    pub async fn enable_plugin_overriding_rollback(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: &semver::Version,
+        grants: Option<BTreeSet<Capability>>,
+        config: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), AdminError> {
+        self.enable(tenant, name, version, grants, config, true)
+            .await
+    }
+
+    async fn enable(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: &semver::Version,
+        grants: Option<BTreeSet<Capability>>,
+        config: serde_json::Map<String, serde_json::Value>,
+        allow_rollback: bool,
+    ) -> Result<(), AdminError> {
         let _admin = self.inner.admin.lock().await;
         let current = self.inner.tenant_or_admin_err(tenant)?;
         let plugin =
@@ -434,10 +585,67 @@ impl Runtime {
                     name: name.to_string(),
                     version: version.to_string(),
                 })?;
-        let grants =
-            grants.unwrap_or_else(|| plugin.manifest.capabilities.iter().copied().collect());
-        let previous = current.record.plugins.get(name).map(|e| e.version.clone());
+        if plugin.revoked.load(Ordering::Relaxed) {
+            return Err(AdminError::PublisherRevoked {
+                name: name.to_string(),
+                version: version.to_string(),
+                key: plugin.publisher.to_string(),
+            });
+        }
+        let previous_enablement = current.record.plugins.get(name).cloned();
+        let previous = previous_enablement.as_ref().map(|e| e.version.clone());
+        if let Some(highest) = current.record.highest.get(name)
+            && version < highest
+        {
+            if !allow_rollback {
+                return Err(AdminError::RollbackRefused {
+                    tenant: tenant.to_string(),
+                    plugin: name.to_string(),
+                    version: version.to_string(),
+                    highest: highest.to_string(),
+                });
+            }
+            audit(
+                "plugin.rollback-override",
+                "ok",
+                &format!("tenant {tenant}: {name} {highest} -> {version}"),
+            );
+        }
+        let requested: BTreeSet<Capability> =
+            plugin.manifest.capabilities.iter().copied().collect();
+        let grants = match (grants, &previous_enablement) {
+            (Some(g), _) => g,
+            (None, None) => requested,
+            // An upgrade keeps the grants the admin gave; anything the new
+            // version asks for beyond them must be granted explicitly.
+            (None, Some(prev)) => {
+                let added: Vec<String> = requested
+                    .difference(&prev.grants)
+                    .map(ToString::to_string)
+                    .collect();
+                if !added.is_empty() {
+                    return Err(AdminError::GrantsRequired {
+                        plugin: name.to_string(),
+                        version: version.to_string(),
+                        added: added.join(", "),
+                    });
+                }
+                prev.grants.intersection(&requested).copied().collect()
+            }
+        };
+        let config = if config.is_empty() {
+            previous_enablement.map(|e| e.config).unwrap_or_default()
+        } else {
+            config
+        };
         let mut record = current.record.clone();
+        let highest = record
+            .highest
+            .entry(name.to_string())
+            .or_insert_with(|| version.clone());
+        if version > highest {
+            *highest = version.clone();
+        }
         record.plugins.insert(
             name.to_string(),
             Enablement {
@@ -579,9 +787,17 @@ fn plugin_info(p: &LoadedPlugin, cache: CacheOutcome) -> PluginInfo {
         name: p.manifest.name.clone(),
         version: p.manifest.version.clone(),
         digest: p.digest.clone(),
+        publisher: p.publisher.to_string(),
+        revoked: p.revoked.load(Ordering::Relaxed),
         capabilities: p.manifest.capabilities.clone(),
         cache,
     }
+}
+
+/// An operator-level audit event. Until the hash-chained audit trail lands
+/// (identity issue) these go to the log under target `audit`.
+fn audit(action: &str, outcome: &str, detail: &str) {
+    tracing::info!(target: "audit", action, outcome, "{detail}");
 }
 
 fn encode(record: &TenantRecord) -> Result<Vec<u8>, AdminError> {
@@ -627,6 +843,54 @@ impl Inner {
             .map(|(p, _)| p.clone())
     }
 
+    /// What the trust store says about `id`.
+    fn trust_of(&self, id: &KeyId) -> Trust {
+        match self.trust.read().unwrap_or_else(|p| p.into_inner()).get(id) {
+            Some(k) => k.trust(),
+            None => Trust::Unknown,
+        }
+    }
+
+    fn put_trust(&self, id: &KeyId, record: TrustedKey) -> Result<(), AdminError> {
+        let encoded =
+            serde_json::to_vec(&record).map_err(|e| AdminError::Internal(e.to_string()))?;
+        self.store
+            .apply(&[(keys::trusted_key(&record.key_id), Some(encoded))])?;
+        self.trust
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(*id, record);
+        Ok(())
+    }
+
+    fn install_package(&self, bytes: &[u8]) -> Result<PluginInfo, AdminError> {
+        let package = Package::parse(bytes)?;
+        let publisher = package.verify(|id| self.trust_of(id))?;
+        let manifest = package.manifest().clone();
+        let key = (manifest.name.clone(), manifest.version.clone());
+        if let Some((existing, outcome)) = self.read_plugins().get(&key) {
+            if existing.digest == package.digest() {
+                return Ok(plugin_info(existing, *outcome));
+            }
+            return Err(AdminError::AlreadyInstalled {
+                name: key.0,
+                version: key.1.to_string(),
+            });
+        }
+        let (plugin, outcome) = self.load_plugin(manifest, package.component(), publisher)?;
+        let version = plugin.manifest.version.to_string();
+        self.store.apply(&[(
+            keys::plugin_package(&plugin.manifest.name, &version),
+            Some(bytes.to_vec()),
+        )])?;
+        let info = plugin_info(&plugin, outcome);
+        self.plugins
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, (Arc::new(plugin), outcome));
+        Ok(info)
+    }
+
     fn tenant(&self, id: &str) -> Option<Arc<TenantState>> {
         self.tenants
             .read()
@@ -656,6 +920,7 @@ impl Inner {
         &self,
         manifest: Manifest,
         component: &[u8],
+        publisher: KeyId,
     ) -> Result<(LoadedPlugin, CacheOutcome), AdminError> {
         if component.len() > self.config.max_component_bytes {
             return Err(AdminError::ComponentTooLarge {
@@ -701,6 +966,8 @@ impl Inner {
             LoadedPlugin {
                 manifest,
                 digest,
+                publisher,
+                revoked: AtomicBool::new(false),
                 component: compiled,
                 imports,
             },
@@ -824,6 +1091,15 @@ impl Inner {
                         name: name.clone(),
                         version: en.version.to_string(),
                     })?;
+            if let Some(accepted) = &record.publishers
+                && !accepted.contains(&plugin.publisher.to_string())
+            {
+                return Err(AdminError::PublisherNotAccepted {
+                    tenant: record.id.clone(),
+                    plugin: name.clone(),
+                    key: plugin.publisher.to_string(),
+                });
+            }
             for cap in &en.grants {
                 if !plugin.manifest.capabilities.contains(cap) {
                     return Err(AdminError::GrantNotRequested(cap.to_string()));
@@ -852,28 +1128,74 @@ impl Inner {
         })
     }
 
-    fn load_plugins(&self) -> anyhow::Result<()> {
+    fn load_trust(&self) -> anyhow::Result<()> {
+        for (key, bytes) in self.scan_all(keys::TRUST)? {
+            match serde_json::from_slice::<TrustedKey>(&bytes)
+                .ok()
+                .and_then(|k| Some((k.id()?, k)))
+            {
+                Some((id, record)) => {
+                    self.trust
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(id, record);
+                }
+                None => {
+                    tracing::error!(key = %String::from_utf8_lossy(&key), "trust record unreadable; ignoring it")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every entry under `prefix`, page by page.
+    fn scan_all(&self, prefix: &[u8]) -> Result<Vec<crate::store::Entry>, StoreError> {
         let mut cursor: Option<Vec<u8>> = None;
-        let mut manifests = Vec::new();
+        let mut out = Vec::new();
         loop {
-            let page = self.store.scan(keys::PLUGINS, cursor.as_deref(), 256)?;
+            let page = self.store.scan(prefix, cursor.as_deref(), 256)?;
             let Some(last) = page.last() else { break };
             cursor = Some(last.0.clone());
-            manifests.extend(page.into_iter().filter(|(k, _)| k.ends_with(b"/manifest")));
+            out.extend(page);
         }
-        for (key, bytes) in manifests {
-            let component_key = [&key[..key.len() - b"manifest".len()], b"component"].concat();
-            let loaded = Manifest::parse(&bytes)
+        Ok(out)
+    }
+
+    /// Loads every installed package, verifying it again: a package whose
+    /// publisher was revoked still loads (so its tenants' other plugins keep
+    /// running) but is marked revoked and refuses calls.
+    fn load_plugins(&self) -> anyhow::Result<()> {
+        for (key, bytes) in self.scan_all(keys::PLUGINS)? {
+            if !key.ends_with(b"/package") {
+                continue;
+            }
+            let revoked = std::cell::Cell::new(false);
+            let loaded = Package::parse(&bytes)
                 .map_err(AdminError::from)
-                .and_then(|m| {
-                    let component = self
-                        .store
-                        .get(&component_key)?
-                        .ok_or_else(|| AdminError::Internal("component record missing".into()))?;
-                    self.load_plugin(m, &component)
+                .and_then(|package| {
+                    let publisher = package.verify(|id| match self.trust_of(id) {
+                        Trust::Revoked => {
+                            revoked.set(true);
+                            self.trust
+                                .read()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .get(id)
+                                .map(|k| {
+                                    TrustedKey {
+                                        revoked_ms: None,
+                                        ..k.clone()
+                                    }
+                                    .trust()
+                                })
+                                .unwrap_or(Trust::Unknown)
+                        }
+                        other => other,
+                    })?;
+                    self.load_plugin(package.manifest().clone(), package.component(), publisher)
                 });
             match loaded {
                 Ok((p, outcome)) => {
+                    p.revoked.store(revoked.get(), Ordering::Relaxed);
                     let k = (p.manifest.name.clone(), p.manifest.version.clone());
                     self.plugins
                         .write()
@@ -881,7 +1203,7 @@ impl Inner {
                         .insert(k, (Arc::new(p), outcome));
                 }
                 Err(e) => {
-                    tracing::error!(key = %String::from_utf8_lossy(&key), error = %e, "installed plugin cannot be loaded; skipping it")
+                    tracing::error!(key = %String::from_utf8_lossy(&key), code = e.code(), error = %e, "installed package cannot be loaded; skipping it")
                 }
             }
         }
@@ -902,6 +1224,14 @@ impl Inner {
                         continue;
                     }
                 };
+                let mut record = record;
+                record.plugins.retain(|name, en| {
+                    let present = self.plugin(name, &en.version).is_some();
+                    if !present {
+                        tracing::error!(tenant = %record.id, plugin = %name, version = %en.version, "enabled plugin is not loaded; the tenant starts without it");
+                    }
+                    present
+                });
                 match self.tenant_state(record.clone(), None) {
                     Ok(state) => self.publish_tenant(state),
                     Err(e) => {
@@ -960,6 +1290,9 @@ impl Inner {
         prepare: impl Fn(&mut Txn),
     ) -> Result<Outcome, CallError> {
         let enabled = tenant.enabled_plugin(plugin)?;
+        if enabled.plugin.revoked.load(Ordering::Relaxed) {
+            return Err(CallError::PublisherRevoked(plugin.to_string()));
+        }
         let _permits = self.acquire(&tenant).await?;
         for attempt in 0..MAX_COMMIT_ATTEMPTS {
             let deadline = Instant::now() + Duration::from_millis(tenant.record.limits.deadline_ms);

@@ -79,6 +79,14 @@ pub struct TenantRecord {
     pub region: String,
     pub limits: Limits,
     pub plugins: BTreeMap<String, Enablement>,
+    /// Publisher key ids this tenant accepts (SPEC S2); `None`: every key
+    /// the operator trusts.
+    #[serde(default)]
+    pub publishers: Option<BTreeSet<String>>,
+    /// The highest version of each plugin this tenant has run, for rollback
+    /// protection (SPEC S3).
+    #[serde(default)]
+    pub highest: BTreeMap<String, semver::Version>,
 }
 
 /// Tenant ids: `^[a-z0-9][a-z0-9-]{0,62}$` — they appear in URLs and keys.

@@ -57,7 +57,7 @@ fn text(o: &Output) -> (String, String) {
 }
 
 #[test]
-fn k1_offline_admin_calls_and_bad_input() {
+fn k1_s4_keys_packages_trust_and_offline_admin() {
     let data = tempfile::tempdir().unwrap();
     let d = data.path();
     let o = run(&["tenant", "create", "acme"], d);
@@ -68,11 +68,66 @@ fn k1_offline_admin_calls_and_bad_input() {
 
     let manifest = root().join("plugins/fixtures/ledger/plugin.toml");
     let wasm = ledger_wasm("ledger");
+    let key = d.join("partner.key");
+    let public = d.join("partner.key.pub");
+    let pkg = d.join("ledger.swpkg");
     let o = bin()
-        .args(["plugin", "install", "--manifest"])
+        .args(["plugin", "keygen", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{:?}", text(&o));
+    let o = bin()
+        .args(["plugin", "sign", "--key"])
+        .arg(&key)
+        .arg("--manifest")
         .arg(&manifest)
         .arg("--component")
         .arg(&wasm)
+        .arg("--out")
+        .arg(&pkg)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{:?}", text(&o));
+    let o = bin()
+        .args(["plugin", "verify"])
+        .arg(&pkg)
+        .arg("--trust")
+        .arg(&public)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert!(text(&o).0.starts_with("ok: ledger 0.1.0 signed by"));
+    let o = bin()
+        .args(["plugin", "inspect"])
+        .arg(&pkg)
+        .output()
+        .unwrap();
+    let inspected: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(inspected["manifest"]["name"], "ledger");
+    let key_id = inspected["signers"][0].as_str().unwrap().to_string();
+
+    // Not trusted yet: refused, nothing installed.
+    let o = bin()
+        .args(["plugin", "install"])
+        .arg(&pkg)
+        .arg("--data")
+        .arg(d)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("publisher_unknown"), "{:?}", text(&o));
+    let o = bin()
+        .args(["trust", "add"])
+        .arg(&public)
+        .args(["--label", "partner", "--data"])
+        .arg(d)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{:?}", text(&o));
+    let o = bin()
+        .args(["plugin", "install"])
+        .arg(&pkg)
         .arg("--data")
         .arg(d)
         .output()
@@ -80,20 +135,32 @@ fn k1_offline_admin_calls_and_bad_input() {
     assert!(o.status.success(), "{:?}", text(&o));
     assert!(text(&o).0.contains("installed ledger 0.1.0"));
 
-    // A corrupt component is refused with its code, and nothing changes.
-    let junk = d.join("junk.wasm");
+    // A bit-flipped package fails verification; junk is malformed.
+    let mut bytes = std::fs::read(&pkg).unwrap();
+    let last = bytes.len() - 3;
+    bytes[last] ^= 0x40;
+    let bad = d.join("bad.swpkg");
+    std::fs::write(&bad, &bytes).unwrap();
+    let o = bin()
+        .args(["plugin", "verify"])
+        .arg(&bad)
+        .arg("--trust")
+        .arg(&public)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("signature_invalid"), "{:?}", text(&o));
+    let junk = d.join("junk.swpkg");
     std::fs::write(&junk, b"\0asm\x0d\0\x01\0garbage").unwrap();
     let o = bin()
-        .args(["plugin", "install", "--manifest"])
-        .arg(root().join("plugins/fixtures/hostile/plugin.toml"))
-        .arg("--component")
+        .args(["plugin", "install"])
         .arg(&junk)
         .arg("--data")
         .arg(d)
         .output()
         .unwrap();
     assert!(!o.status.success());
-    assert!(text(&o).1.contains("malformed_component"), "{:?}", text(&o));
+    assert!(text(&o).1.contains("package_malformed"), "{:?}", text(&o));
 
     let o = run(
         &[
@@ -148,6 +215,26 @@ fn k1_offline_admin_calls_and_bad_input() {
         "{:?}",
         text(&o)
     );
+
+    // Revoking the publisher stops its package at once, across restarts.
+    let o = run(&["trust", "revoke", &key_id], d);
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert!(text(&o).0.contains("ledger 0.1.0"), "{:?}", text(&o));
+    let o = run(
+        &[
+            "call", "--tenant", "acme", "--plugin", "ledger", "GET", "/count",
+        ],
+        d,
+    );
+    assert!(text(&o).1.contains("publisher_revoked"), "{:?}", text(&o));
+    let o = bin()
+        .args(["trust", "add"])
+        .arg(&public)
+        .arg("--data")
+        .arg(d)
+        .output()
+        .unwrap();
+    assert!(text(&o).1.contains("key_revoked"), "{:?}", text(&o));
 }
 
 #[test]

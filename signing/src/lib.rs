@@ -1,6 +1,7 @@
-//! Switchboard's supply-chain library: the plugin manifest today; the signed
-//! package format, Ed25519 signatures, trust store and revocation arrive with
-//! the trust-chain issue (SPEC S1–S4). The host and the partner CLI share it.
+//! Switchboard's supply-chain library (SPEC S1–S4): the plugin manifest,
+//! publisher keys, and the signed package format with its verification.
+//! The host and the partner CLI share it; the trust store itself (which keys
+//! an operator accepts) lives in the host.
 
 #![forbid(unsafe_code)]
 #![cfg_attr(
@@ -8,9 +9,13 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod keys;
 pub mod manifest;
+pub mod package;
 
+pub use keys::{KeyError, KeyId};
 pub use manifest::{Capability, Manifest, ManifestError, Setting, SettingKind};
+pub use package::{Package, PackageError, Trust};
 
 /// SHA-256 of a component, hex-encoded: the digest that keys compile caches
 /// and (later) that signatures bind.

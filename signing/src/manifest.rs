@@ -57,6 +57,13 @@ pub struct Manifest {
     /// Settings a tenant admin may give the plugin (the `config` capability).
     #[serde(default)]
     pub config: BTreeMap<String, Setting>,
+    /// Key id of the publisher that signs the package. Set by `sign`; a
+    /// `plugin.toml` leaves it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publisher: Option<String>,
+    /// SHA-256 of the component, hex. Set by `sign`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component_sha256: Option<String>,
 }
 
 /// A host capability, one per `switchboard:host` interface.

@@ -281,10 +281,11 @@ async fn run() {
     let bare_noop = Bare::new(&engine, &component("noop"));
     let bare_example = Bare::new(&engine, &wasm);
     let rt = Runtime::open(config).unwrap();
+    let key = switchboard_signing::keys::generate().unwrap();
+    rt.trust_add(&key.verifying_key(), "bench").await.unwrap();
     for p in ["ledger", "example", "noop"] {
-        rt.install_plugin(&manifest(p), &component(p))
-            .await
-            .unwrap();
+        let package = switchboard::harness::sign(&key, &manifest(p), &component(p)).unwrap();
+        rt.install_package(&package).await.unwrap();
     }
     rt.create_tenant("bench", Some(Limits::default()))
         .await

@@ -33,8 +33,7 @@ pub fn component(name: &str) -> Vec<u8> {
 pub async fn harness(plugins: &[&str]) -> Harness {
     let h = Harness::new().expect("harness");
     for p in plugins {
-        h.runtime()
-            .install_plugin(&manifest(p), &component(p))
+        h.install(&manifest(p), &component(p))
             .await
             .unwrap_or_else(|e| panic!("install {p}: {e}"));
     }

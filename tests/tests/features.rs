@@ -244,8 +244,7 @@ async fn k7_init_runs_on_enable_migrate_on_upgrade_and_a_failed_migration_change
     let v2 = String::from_utf8(manifest("example"))
         .unwrap()
         .replace("version = \"0.1.0\"\napi", "version = \"0.2.0\"\napi");
-    h.runtime()
-        .install_plugin(v2.as_bytes(), &component("example"))
+    h.install(v2.as_bytes(), &component("example"))
         .await
         .unwrap();
     h.runtime()
@@ -278,8 +277,7 @@ async fn k7_init_runs_on_enable_migrate_on_upgrade_and_a_failed_migration_change
     let hv2 = String::from_utf8(manifest("hostile"))
         .unwrap()
         .replace("version = \"0.1.0\"\napi", "version = \"0.2.0\"\napi");
-    h.runtime()
-        .install_plugin(hv2.as_bytes(), &component("hostile"))
+    h.install(hv2.as_bytes(), &component("hostile"))
         .await
         .unwrap();
     let e = h

@@ -11,11 +11,7 @@ use switchboard_signing::Capability;
 use switchboard_tests::*;
 
 async fn install_err(h: &Harness, manifest: &[u8], component: &[u8]) -> (String, String) {
-    let e = h
-        .runtime()
-        .install_plugin(manifest, component)
-        .await
-        .unwrap_err();
+    let e = h.install(manifest, component).await.unwrap_err();
     (e.code().to_string(), e.to_string())
 }
 
@@ -96,12 +92,20 @@ async fn bad_manifests_sizes_and_duplicates_are_refused() {
     assert_eq!(code, "component_too_large", "{msg}");
 
     let h = Harness::new().unwrap();
-    h.runtime()
-        .install_plugin(&manifest("ledger"), &component("ledger"))
+    let first = h
+        .install(&manifest("ledger"), &component("ledger"))
         .await
         .unwrap();
-    let (code, _) = install_err(&h, &manifest("ledger"), &component("ledger")).await;
+    // The same package again is deduplicated by digest.
+    let again = h
+        .install(&manifest("ledger"), &component("ledger"))
+        .await
+        .unwrap();
+    assert_eq!(first.digest, again.digest);
+    // Another component under the same name and version is refused.
+    let (code, _) = install_err(&h, &manifest("ledger"), &component("noop")).await;
     assert_eq!(code, "already_installed");
+    assert_eq!(h.runtime().plugins().len(), 1);
 }
 
 #[tokio::test]
@@ -185,10 +189,11 @@ async fn components_compile_once_and_a_tampered_cache_is_recompiled_not_loaded()
     let digest;
     {
         let rt = open(dir.path());
-        let info = rt
-            .install_plugin(&manifest("ledger"), &component("ledger"))
-            .await
-            .unwrap();
+        let key = switchboard_signing::keys::generate().unwrap();
+        rt.trust_add(&key.verifying_key(), "test").await.unwrap();
+        let package =
+            switchboard::harness::sign(&key, &manifest("ledger"), &component("ledger")).unwrap();
+        let info = rt.install_package(&package).await.unwrap();
         assert_eq!(info.cache, CacheOutcome::Compiled);
         digest = info.digest;
         rt.create_tenant("acme", None).await.unwrap();

@@ -29,6 +29,15 @@ pub fn resolve(ctx: &CallCtx, name: &str) -> Result<Arc<EnabledPlugin>, CapError
             ctx.tenant_id()
         )));
     };
+    if callee
+        .plugin
+        .revoked
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        return Err(CapError::Denied(format!(
+            "plugin {name:?} was signed by a revoked publisher key"
+        )));
+    }
     let version = &callee.plugin.manifest.version;
     if !range.matches(version) {
         return Err(CapError::Denied(format!(

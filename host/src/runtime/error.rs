@@ -1,6 +1,6 @@
 //! Errors of the runtime, each with a stable code for API responses.
 
-use switchboard_signing::ManifestError;
+use switchboard_signing::{ManifestError, PackageError};
 
 use crate::store::StoreError;
 
@@ -32,6 +32,9 @@ pub enum CallError {
     /// A lifecycle hook (init, migrate, on-event, on-timer) returned an error.
     #[error("the plugin reported an error: {0}")]
     Plugin(String),
+    /// The plugin's publisher key was revoked; the package no longer runs.
+    #[error("plugin {0} was signed by a revoked publisher key and is disabled")]
+    PublisherRevoked(String),
     /// The tenant (or the host) has no free call slot.
     #[error("too many calls in flight for tenant {0}; retry shortly")]
     Busy(String),
@@ -58,6 +61,7 @@ impl CallError {
             CallError::ResponseTooLarge { .. } => "plugin_response_too_large",
             CallError::BadStatus(_) => "plugin_bad_response",
             CallError::Plugin(_) => "plugin_error",
+            CallError::PublisherRevoked(_) => "publisher_revoked",
             CallError::Busy(_) => "tenant_busy",
             CallError::Conflict(_) => "conflict",
             CallError::Store(_) => "storage_unavailable",
@@ -69,6 +73,7 @@ impl CallError {
     pub fn http_status(&self) -> u16 {
         match self {
             CallError::TenantNotFound(_) | CallError::PluginNotEnabled { .. } => 404,
+            CallError::PublisherRevoked(_) => 403,
             CallError::Busy(_) => 429,
             CallError::Conflict(_) => 409,
             CallError::Timeout(_) => 504,
@@ -91,6 +96,48 @@ pub enum AdminError {
     /// The manifest is invalid.
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    /// The package is malformed, unsigned, untrusted or tampered with.
+    #[error(transparent)]
+    Package(#[from] PackageError),
+    /// The package's publisher key was revoked.
+    #[error("{name} {version} was signed by revoked key {key}; it can no longer be enabled")]
+    PublisherRevoked {
+        name: String,
+        version: String,
+        key: String,
+    },
+    /// The tenant does not accept this publisher.
+    #[error("tenant {tenant} does not accept packages of publisher {key} (plugin {plugin})")]
+    PublisherNotAccepted {
+        tenant: String,
+        plugin: String,
+        key: String,
+    },
+    /// Enabling a lower version than the tenant has run (SPEC S3).
+    #[error(
+        "tenant {tenant} has run {plugin} {highest}; enabling {version} is a rollback and needs the operator's override"
+    )]
+    RollbackRefused {
+        tenant: String,
+        plugin: String,
+        version: String,
+        highest: String,
+    },
+    /// The new version asks for capabilities the tenant has not granted.
+    #[error(
+        "{plugin} {version} asks for capabilities the tenant has not granted: {added}; enable it again granting them"
+    )]
+    GrantsRequired {
+        plugin: String,
+        version: String,
+        added: String,
+    },
+    /// A revoked key cannot be trusted again.
+    #[error("key {0} was revoked; revocation is permanent — publish with a new key")]
+    KeyRevoked(String),
+    /// No such key in the trust store.
+    #[error("key {0} is not in the trust store")]
+    UnknownKey(String),
     /// The component is larger than the host accepts.
     #[error("component is {size} bytes; the limit is {limit}")]
     ComponentTooLarge { size: usize, limit: usize },
@@ -165,6 +212,13 @@ impl AdminError {
     pub fn code(&self) -> &'static str {
         match self {
             AdminError::Manifest(e) => e.code(),
+            AdminError::Package(e) => e.code(),
+            AdminError::PublisherRevoked { .. } => "publisher_revoked",
+            AdminError::PublisherNotAccepted { .. } => "publisher_not_accepted",
+            AdminError::RollbackRefused { .. } => "rollback_refused",
+            AdminError::GrantsRequired { .. } => "grants_required",
+            AdminError::KeyRevoked(_) => "key_revoked",
+            AdminError::UnknownKey(_) => "key_unknown",
             AdminError::ComponentTooLarge { .. } => "component_too_large",
             AdminError::MalformedComponent(_) => "malformed_component",
             AdminError::UnsupportedApiVersion(_) => "unsupported_api_version",

@@ -10,7 +10,8 @@
 //! t/{tenant}/tm/{plugin}/{timer id}   pending timer record
 //! q/{due ms, 16 hex}/{tenant}/{plugin}/{timer id}   timer queue
 //! sys/tenant/{tenant}                 tenant record
-//! sys/plugin/{name}/{version}/manifest|component   installed plugin
+//! sys/plugin/{name}/{version}/package   installed signed package
+//! sys/trust/{key id}                   trusted publisher key
 //! ```
 
 /// Prefix of a plugin's kv namespace within a tenant.
@@ -62,15 +63,18 @@ pub fn tenant(id: &str) -> Vec<u8> {
 /// Prefix of all tenant records.
 pub const TENANTS: &[u8] = b"sys/tenant/";
 
-/// An installed plugin's manifest.
-pub fn plugin_manifest(name: &str, version: &str) -> Vec<u8> {
-    format!("sys/plugin/{name}/{version}/manifest").into_bytes()
+/// An installed plugin's signed package.
+pub fn plugin_package(name: &str, version: &str) -> Vec<u8> {
+    format!("sys/plugin/{name}/{version}/package").into_bytes()
 }
 
-/// An installed plugin's component bytes.
-pub fn plugin_component(name: &str, version: &str) -> Vec<u8> {
-    format!("sys/plugin/{name}/{version}/component").into_bytes()
+/// A trust-store record.
+pub fn trusted_key(key_id: &str) -> Vec<u8> {
+    format!("sys/trust/{key_id}").into_bytes()
 }
+
+/// Prefix of all trust-store records.
+pub const TRUST: &[u8] = b"sys/trust/";
 
 /// Prefix of all installed plugins.
 pub const PLUGINS: &[u8] = b"sys/plugin/";
