@@ -205,6 +205,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .or(file.listen)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
             let runtime = Runtime::open(file.runtime_config(data))?;
+            crate::bundle::install(&runtime, file.trust_bundled.unwrap_or(true)).await;
             server::serve(runtime, listen).await
         }
         Command::Tenant(TenantCmd::Create { data, id }) => {

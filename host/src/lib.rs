@@ -18,6 +18,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod bundle;
 pub mod capability;
 pub mod cli;
 mod fsutil;

@@ -30,6 +30,8 @@ pub struct ServerConfig {
     pub max_memory_bytes: Option<u64>,
     /// Limits of tenants created without their own.
     pub default_limits: Option<Limits>,
+    /// Whether to trust this build's first-party bundle key (default true).
+    pub trust_bundled: Option<bool>,
 }
 
 impl ServerConfig {

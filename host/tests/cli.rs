@@ -280,6 +280,8 @@ fn k1_serve_starts_on_an_empty_folder_and_answers_health() {
     s.read_to_string(&mut resp).unwrap();
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert!(resp.contains(r#""status":"ok""#), "{resp}");
+    // The first-party bundle was verified and installed on first run.
+    assert!(resp.contains(r#""plugins":1"#), "{resp}");
 
     // A second server on the same folder is refused with a clear message.
     let o = bin()
