@@ -19,6 +19,7 @@ pub mod state;
 pub mod txn;
 pub mod types;
 pub mod v0_1;
+pub mod v0_2;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -99,7 +100,7 @@ pub struct EnabledPlugin {
     pub(crate) grants: BTreeSet<Capability>,
     /// Settings resolved against the schema (defaults filled in).
     pub(crate) config: Arc<serde_json::Map<String, serde_json::Value>>,
-    pre: v0_1::Pre,
+    pre: Linked,
 }
 
 /// A tenant as the call path sees it: immutable; admin changes swap it.
@@ -134,13 +135,46 @@ pub enum Invocation {
         name: String,
         payload: Vec<u8>,
     },
+    /// API ≥ 0.2.0: the plugin's self-description.
+    Describe,
 }
 
 /// What a plugin returned.
 pub enum Outcome {
     Response(Response),
     Done,
+    /// `describe`'s answer; `None` for API versions without it.
+    Description(Option<String>),
 }
+
+/// A component linked for one grant set, through the adapter of the plugin
+/// API version it was built against (SPEC K8).
+#[derive(Clone)]
+pub enum Linked {
+    V0_1(v0_1::Pre),
+    V0_2(v0_2::Pre),
+}
+
+impl Linked {
+    /// Checks the exports against the world of `api` and wraps them.
+    fn new(
+        api: &semver::Version,
+        pre: wasmtime::component::InstancePre<HostState>,
+    ) -> wasmtime::Result<Linked> {
+        match (api.major, api.minor) {
+            (0, 1) => v0_1::pre(pre).map(Linked::V0_1),
+            (0, 2) => v0_2::pre(pre).map(Linked::V0_2),
+            _ => Err(wasmtime::format_err!(
+                "plugin API {api} is not supported by this host"
+            )),
+        }
+    }
+}
+
+/// Plugin API versions this host links.
+pub const SUPPORTED_API_VERSIONS: &[&str] = &[v0_1::API_VERSION, v0_2::API_VERSION];
+/// The capability package version every supported API version imports.
+pub const HOST_API_VERSION: &str = "0.1.0";
 
 /// A plugin as listed by `Runtime::plugins`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,7 +221,7 @@ pub(crate) struct Inner {
     tenants: RwLock<HashMap<String, Arc<TenantState>>>,
     trust: RwLock<HashMap<KeyId, TrustedKey>>,
     linkers: Mutex<HashMap<BTreeSet<Capability>, Arc<Linker<HostState>>>>,
-    pres: Mutex<HashMap<(String, BTreeSet<Capability>), v0_1::Pre>>,
+    pres: Mutex<HashMap<(String, BTreeSet<Capability>), Linked>>,
     commits: CommitLocks,
     global_slots: Arc<Semaphore>,
     admin: tokio::sync::Mutex<()>,
@@ -752,7 +786,26 @@ impl Runtime {
             .await?
         {
             Outcome::Response(r) => Ok(r),
-            Outcome::Done => Err(CallError::Internal("handle returned no response".into())),
+            _ => Err(CallError::Internal("handle returned no response".into())),
+        }
+    }
+
+    /// The plugin's self-description (plugin API ≥ 0.2.0); `None` for
+    /// plugins built against 0.1.0.
+    pub async fn describe(&self, tenant: &str, plugin: &str) -> Result<Option<String>, CallError> {
+        let t = self
+            .inner
+            .tenant(tenant)
+            .ok_or_else(|| CallError::TenantNotFound(tenant.into()))?;
+        match self
+            .inner
+            .call_top(t, plugin, Principal::system(tenant), || {
+                Invocation::Describe
+            })
+            .await?
+        {
+            Outcome::Description(d) => Ok(d),
+            _ => Ok(None),
         }
     }
 
@@ -952,7 +1005,7 @@ impl Inner {
                 api: manifest.api_version.to_string(),
                 reason: format!("{e:#}"),
             })?;
-        v0_1::pre(pre).map_err(|e| AdminError::WrongWorld {
+        Linked::new(&manifest.api_version, pre).map_err(|e| AdminError::WrongWorld {
             api: manifest.api_version.to_string(),
             reason: format!("{e:#}"),
         })?;
@@ -992,12 +1045,11 @@ impl Inner {
                 return Err(AdminError::ForeignImport(name.to_string()));
             };
             let (iface, version) = rest.split_once('@').unwrap_or((rest, ""));
-            if version != v0_1::API_VERSION || manifest.api_version.to_string() != v0_1::API_VERSION
-            {
+            let api = manifest.api_version.to_string();
+            if version != HOST_API_VERSION || !SUPPORTED_API_VERSIONS.contains(&api.as_str()) {
                 return Err(AdminError::UnsupportedApiVersion(format!(
-                    "the component imports {name}, built against switchboard:host@{version}; this host links switchboard:host@{} for plugin API {}",
-                    v0_1::API_VERSION,
-                    v0_1::API_VERSION
+                    "the component imports {name}, built against switchboard:host@{version}; this host links switchboard:host@{HOST_API_VERSION} for plugin API {}",
+                    SUPPORTED_API_VERSIONS.join(" and ")
                 )));
             }
             if iface == "types" {
@@ -1043,11 +1095,11 @@ impl Inner {
         &self,
         plugin: &LoadedPlugin,
         grants: &BTreeSet<Capability>,
-    ) -> Result<v0_1::Pre, AdminError> {
+    ) -> Result<Linked, AdminError> {
         for cap in &plugin.imports {
             if !grants.contains(cap) {
                 return Err(AdminError::ImportNotGranted {
-                    import: format!("switchboard:host/{}@{}", cap.interface(), v0_1::API_VERSION),
+                    import: format!("switchboard:host/{}@{HOST_API_VERSION}", cap.interface()),
                     capability: cap.to_string(),
                 });
             }
@@ -1066,7 +1118,7 @@ impl Inner {
             .map_err(|e| AdminError::Internal(format!("{e:#}")))?;
         let pre = linker
             .instantiate_pre(&plugin.component)
-            .and_then(v0_1::pre)
+            .and_then(|pre| Linked::new(&plugin.manifest.api_version, pre))
             .map_err(|e| AdminError::Internal(format!("{e:#}")))?;
         self.pres
             .lock()
@@ -1360,7 +1412,10 @@ impl Inner {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
-        let result = v0_1::invoke(&pre, &mut store, invocation).await;
+        let result = match &pre {
+            Linked::V0_1(p) => v0_1::invoke(p, &mut store, invocation).await,
+            Linked::V0_2(p) => v0_2::invoke(p, &mut store, invocation).await,
+        };
         let state = store.into_data();
         let (stderr, dropped) = state.stderr.take();
         if !stderr.is_empty() {
@@ -1420,7 +1475,7 @@ impl state::CallCtx {
                 }
                 Ok(r)
             }
-            Ok(Outcome::Done) => Err(CapError::Internal("callee returned no response".into())),
+            Ok(_) => Err(CapError::Internal("callee returned no response".into())),
             Err(CallError::Timeout(_)) => Err(CapError::Timeout),
             Err(e) => Err(CapError::Internal(format!(
                 "plugin {name} failed: {} ({})",

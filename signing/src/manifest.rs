@@ -24,7 +24,7 @@ pub const MAX_PUBLIC_ROUTES: usize = 64;
 
 /// Plugin API versions (`switchboard:plugin@X`) this crate knows. The host
 /// decides which of them it can link (SPEC K8).
-pub const KNOWN_API_VERSIONS: &[&str] = &["0.1.0"];
+pub const KNOWN_API_VERSIONS: &[&str] = &["0.1.0", "0.2.0"];
 
 /// A parsed, validated plugin manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -379,3 +379,49 @@ async fn k7_two_tenants_run_different_versions_side_by_side() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k8_plugins_of_two_api_versions_run_side_by_side() {
+    // ledger and example are built against 0.1.0, next-api against 0.2.0.
+    let h = harness(&["ledger", "example", "next-api"]).await;
+    tenant(
+        &h,
+        "acme",
+        Limits::default(),
+        &["ledger", "example", "next-api"],
+    )
+    .await;
+    assert_eq!(
+        h.get("acme", "next-api", "u", "/").await.unwrap().text(),
+        "api 0.2.0 call 1"
+    );
+    assert_eq!(
+        h.get("acme", "next-api", "u", "/").await.unwrap().text(),
+        "api 0.2.0 call 2"
+    );
+    // The older plugin keeps working beside it, with the same capabilities.
+    let v = ok_json(
+        h.post("acme", "example", "u", "/counter/x/increment", b"")
+            .await,
+    );
+    assert_eq!(v["value"], 1);
+    // `describe` exists only from 0.2.0 on.
+    let d = h
+        .runtime()
+        .describe("acme", "next-api")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(d.contains("\"next-api\""), "{d}");
+    assert_eq!(h.runtime().describe("acme", "example").await.unwrap(), None);
+    // A 0.1.0 component claiming to be 0.2.0 lacks `describe`: refused.
+    let claims_newer = String::from_utf8(bump("ledger", "0.3.0"))
+        .unwrap()
+        .replace("api-version = \"0.1.0\"", "api-version = \"0.2.0\"");
+    let e = h
+        .install(claims_newer.as_bytes(), &component("ledger"))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("describe"), "{e}");
+    assert_eq!(e.code(), "wrong_world", "{e}");
+}

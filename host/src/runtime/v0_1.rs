@@ -16,7 +16,7 @@ use super::types as rt;
 use super::{Invocation, Outcome};
 use crate::capability::{self, CapError};
 
-mod bindings {
+pub(super) mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit/0.1.0",
         world: "switchboard:plugin/feature",
@@ -73,46 +73,63 @@ pub fn pre(instance_pre: wasmtime::component::InstancePre<HostState>) -> wasmtim
     bindings::FeaturePre::new(instance_pre)
 }
 
+/// Instantiates `pre` in `store` and runs one invocation through the
+/// generated bindings at `$b` (a `bindgen!` module of some plugin API
+/// version). `$describe` answers `Invocation::Describe` given the instance
+/// (`$feature`), since only newer worlds export `describe`.
+macro_rules! invoke_feature {
+    ($b:path, $pre:expr, $store:expr, $invocation:expr, |$feature:ident, $st:ident| $describe:expr) => {{
+        use $b as b;
+        let $st = $store;
+        let $feature = $pre
+            .instantiate_async(&mut *$st)
+            .await
+            .map_err(Stage::Instantiate)?;
+        let result = match $invocation {
+            Invocation::Handle(request) => $feature
+                .call_handle(&mut *$st, &request.into())
+                .await
+                .map(|r| Ok(Outcome::Response(r.into()))),
+            Invocation::Init => $feature
+                .call_init(&mut *$st)
+                .await
+                .map(|r| r.map(|()| Outcome::Done)),
+            Invocation::Migrate(from) => $feature
+                .call_migrate(&mut *$st, &from)
+                .await
+                .map(|r| r.map(|()| Outcome::Done)),
+            Invocation::Event(e) => $feature
+                .call_on_event(
+                    &mut *$st,
+                    &b::Event {
+                        source: e.source,
+                        kind: e.kind,
+                        data: e.data,
+                    },
+                )
+                .await
+                .map(|r| r.map(|()| Outcome::Done)),
+            Invocation::Timer { id, name, payload } => $feature
+                .call_on_timer(&mut *$st, &b::TimerEvent { id, name, payload })
+                .await
+                .map(|r| r.map(|()| Outcome::Done)),
+            Invocation::Describe => $describe,
+        };
+        result.map_err(Stage::Call)
+    }};
+}
+pub(crate) use invoke_feature;
+
 /// Instantiates and runs one invocation.
 pub async fn invoke(
     pre: &Pre,
     store: &mut Store<HostState>,
     invocation: Invocation,
 ) -> Result<Result<Outcome, String>, Stage> {
-    let feature = pre
-        .instantiate_async(&mut *store)
-        .await
-        .map_err(Stage::Instantiate)?;
-    let result = match invocation {
-        Invocation::Handle(request) => feature
-            .call_handle(&mut *store, &request.into())
-            .await
-            .map(|r| Ok(Outcome::Response(r.into()))),
-        Invocation::Init => feature
-            .call_init(&mut *store)
-            .await
-            .map(|r| r.map(|()| Outcome::Done)),
-        Invocation::Migrate(from) => feature
-            .call_migrate(&mut *store, &from)
-            .await
-            .map(|r| r.map(|()| Outcome::Done)),
-        Invocation::Event(e) => feature
-            .call_on_event(
-                &mut *store,
-                &bindings::Event {
-                    source: e.source,
-                    kind: e.kind,
-                    data: e.data,
-                },
-            )
-            .await
-            .map(|r| r.map(|()| Outcome::Done)),
-        Invocation::Timer { id, name, payload } => feature
-            .call_on_timer(&mut *store, &bindings::TimerEvent { id, name, payload })
-            .await
-            .map(|r| r.map(|()| Outcome::Done)),
-    };
-    result.map_err(Stage::Call)
+    invoke_feature!(bindings, pre, store, invocation, |_feature, _store| {
+        // API 0.1.0 has no `describe` export.
+        Ok(Ok(Outcome::Description(None)))
+    })
 }
 
 /// Where a failed invocation failed.
