@@ -98,11 +98,18 @@ pub enum PluginCmd {
     Keygen {
         #[arg(long)]
         out: PathBuf,
+        /// Seal the secret key with the passphrase in this environment
+        /// variable (argon2id + AES-256-GCM).
+        #[arg(long)]
+        passphrase_env: Option<String>,
     },
     /// Build and sign a package from a manifest and a component.
     Sign {
         #[arg(long)]
         key: PathBuf,
+        /// Environment variable holding the key's passphrase, if sealed.
+        #[arg(long)]
+        passphrase_env: Option<String>,
         #[arg(long)]
         manifest: PathBuf,
         #[arg(long)]
@@ -219,9 +226,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&rt.tenants())?);
             Ok(())
         }
-        Command::Plugin(PluginCmd::Keygen { out }) => {
-            let key = keys::generate()?;
-            keys::write_key_pair(&key, &out)?;
+        Command::Plugin(PluginCmd::Keygen {
+            out,
+            passphrase_env,
+        }) => {
+            let passphrase = passphrase(passphrase_env.as_deref())?;
+            let key = keys::generate().map_err(key_err)?;
+            keys::write_key_pair_sealed(&key, &out, passphrase.as_deref()).map_err(key_err)?;
             println!(
                 "wrote {} (secret, mode 0600) and {}.pub; key id {}",
                 out.display(),
@@ -251,7 +262,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Plugin(PluginCmd::Verify { package, trust }) => {
-            let public = keys::read_public(&trust)?;
+            let public = keys::read_public(&trust).map_err(key_err)?;
             let pkg = Package::parse(&read(&package)?).map_err(pkg_err)?;
             let id = pkg
                 .verify(|id| {
@@ -351,7 +362,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Trust(TrustCmd::Add { data, key, label }) => {
             let rt = open(&data)?;
-            let public = keys::read_public(&key)?;
+            let public = keys::read_public(&key).map_err(key_err)?;
             let id = rt.trust_add(&public, &label).await.map_err(admin)?;
             println!("trusted key {id}");
             Ok(())
@@ -408,6 +419,20 @@ fn open(data: &DataArgs) -> anyhow::Result<Runtime> {
 
 fn admin(e: crate::runtime::AdminError) -> anyhow::Error {
     anyhow::anyhow!("{e} ({})", e.code())
+}
+
+fn key_err(e: keys::KeyError) -> anyhow::Error {
+    anyhow::anyhow!("{e} ({})", e.code())
+}
+
+/// The passphrase in environment variable `var`, if one was named.
+fn passphrase(var: Option<&str>) -> anyhow::Result<Option<String>> {
+    let Some(var) = var else { return Ok(None) };
+    match std::env::var(var) {
+        Ok(p) if p.len() >= 8 => Ok(Some(p)),
+        Ok(_) => bail!("the passphrase in ${var} is shorter than 8 characters"),
+        Err(_) => bail!("environment variable {var} is not set (or not UTF-8)"),
+    }
 }
 
 fn pkg_err(e: PackageError) -> anyhow::Error {

@@ -307,3 +307,56 @@ fn k1_serve_starts_on_an_empty_folder_and_answers_health() {
         assert_eq!(mode & 0o777, 0o600);
     }
 }
+
+#[test]
+fn s4_a_passphrase_sealed_key_signs_only_with_its_passphrase() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("sealed.key");
+    let o = bin()
+        .args([
+            "plugin",
+            "keygen",
+            "--passphrase-env",
+            "SB_TEST_PASS",
+            "--out",
+        ])
+        .arg(&key)
+        .env("SB_TEST_PASS", "a long passphrase")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{:?}", text(&o));
+    let component = dir.path().join("c.wasm");
+    std::fs::write(&component, b"\0asm\x0d\0\x01\0").unwrap();
+    let sign = |pass: Option<&str>| {
+        let mut c = bin();
+        c.args(["plugin", "sign", "--key"])
+            .arg(&key)
+            .arg("--manifest")
+            .arg(root().join("plugins/fixtures/noop/plugin.toml"))
+            .arg("--component")
+            .arg(&component)
+            .arg("--out")
+            .arg(dir.path().join("p.swpkg"));
+        if let Some(p) = pass {
+            c.args(["--passphrase-env", "SB_TEST_PASS"])
+                .env("SB_TEST_PASS", p);
+        }
+        c.output().unwrap()
+    };
+    assert!(text(&sign(None)).1.contains("key_passphrase_required"));
+    assert!(
+        text(&sign(Some("the wrong one")))
+            .1
+            .contains("key_bad_passphrase")
+    );
+    let o = sign(Some("a long passphrase"));
+    assert!(o.status.success(), "{:?}", text(&o));
+    let o = bin()
+        .args(["plugin", "verify"])
+        .arg(dir.path().join("p.swpkg"))
+        .arg("--trust")
+        .arg(dir.path().join("sealed.key.pub"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{:?}", text(&o));
+}

@@ -2,6 +2,9 @@
 //!
 //! ```text
 //! secret file (mode 0600):  SWKEY-ED25519-SECRET-1\n<64 hex: 32-byte seed>\n
+//! or, with a passphrase:    SWKEY-ED25519-SECRET-ENC-1\n
+//!                           argon2id m=19456 t=2 p=1 <32 hex: salt>\n
+//!                           <24 hex: AES-256-GCM nonce>\n<96 hex: sealed seed + tag>\n
 //! public file:              SWKEY-ED25519-PUBLIC-1 <key id>\n<64 hex: 32-byte key>\n
 //! key id:                   first 16 bytes of SHA-256(public key), 32 hex
 //! ```
@@ -15,6 +18,12 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 
 const SECRET_HEADER: &str = "SWKEY-ED25519-SECRET-1";
+const SEALED_HEADER: &str = "SWKEY-ED25519-SECRET-ENC-1";
+/// Argon2id parameters for sealing secret keys (OWASP's minimum for
+/// argon2id: 19 MiB, 2 passes, 1 lane).
+const KDF_M_KIB: u32 = 19_456;
+const KDF_T: u32 = 2;
+const KDF_P: u32 = 1;
 const PUBLIC_HEADER: &str = "SWKEY-ED25519-PUBLIC-1";
 
 /// Identifies a publisher key: the first 16 bytes of SHA-256 of the
@@ -77,6 +86,12 @@ pub enum KeyError {
     /// The OS random source failed.
     #[error("cannot draw random bytes: {0}")]
     Random(String),
+    /// The key file is sealed with a passphrase and none was given.
+    #[error("{0} is protected by a passphrase; pass --passphrase-env VAR")]
+    PassphraseRequired(String),
+    /// The passphrase does not open the key file.
+    #[error("the passphrase does not open {0}")]
+    BadPassphrase(String),
 }
 
 impl KeyError {
@@ -87,6 +102,8 @@ impl KeyError {
             KeyError::Malformed(_) => "key_malformed",
             KeyError::Exposed(_) => "key_exposed",
             KeyError::Random(_) => "key_random",
+            KeyError::PassphraseRequired(_) => "key_passphrase_required",
+            KeyError::BadPassphrase(_) => "key_bad_passphrase",
         }
     }
 }
@@ -114,15 +131,105 @@ pub fn public_key_text(key: &VerifyingKey) -> String {
     )
 }
 
+fn kdf(passphrase: &str, salt: &[u8]) -> Result<[u8; 32], KeyError> {
+    let params = argon2::Params::new(KDF_M_KIB, KDF_T, KDF_P, Some(32))
+        .map_err(|e| KeyError::Malformed(format!("argon2 parameters: {e}")))?;
+    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let mut out = [0u8; 32];
+    argon
+        .hash_password_into(passphrase.as_bytes(), salt, &mut out)
+        .map_err(|e| KeyError::Malformed(format!("argon2: {e}")))?;
+    Ok(out)
+}
+
+fn seal(seed: &[u8; 32], passphrase: &str) -> Result<String, KeyError> {
+    use aes_gcm::aead::{Aead, KeyInit, Payload};
+    let mut salt = [0u8; 16];
+    let mut nonce = [0u8; 12];
+    getrandom::fill(&mut salt).map_err(|e| KeyError::Random(e.to_string()))?;
+    getrandom::fill(&mut nonce).map_err(|e| KeyError::Random(e.to_string()))?;
+    let params = format!(
+        "argon2id m={KDF_M_KIB} t={KDF_T} p={KDF_P} {}",
+        hex::encode(salt)
+    );
+    let key = kdf(passphrase, &salt)?;
+    let cipher = aes_gcm::Aes256Gcm::new(&key.into());
+    let sealed = cipher
+        .encrypt(
+            &nonce.into(),
+            Payload {
+                msg: seed,
+                aad: params.as_bytes(),
+            },
+        )
+        .map_err(|_| KeyError::Malformed("sealing the key failed".into()))?;
+    Ok(format!(
+        "{SEALED_HEADER}\n{params}\n{}\n{}\n",
+        hex::encode(nonce),
+        hex::encode(sealed)
+    ))
+}
+
+fn open_sealed(
+    path: &Path,
+    mut lines: std::str::Lines<'_>,
+    passphrase: Option<&str>,
+) -> Result<[u8; 32], KeyError> {
+    use aes_gcm::aead::{Aead, KeyInit, Payload};
+    let bad = || KeyError::Malformed(format!("{}: damaged sealed key file", path.display()));
+    let params = lines.next().ok_or_else(bad)?;
+    let salt_hex = params
+        .strip_prefix(&format!("argon2id m={KDF_M_KIB} t={KDF_T} p={KDF_P} "))
+        .ok_or_else(bad)?;
+    let salt = hex::decode(salt_hex).map_err(|_| bad())?;
+    let nonce: [u8; 12] = lines
+        .next()
+        .and_then(|l| hex::decode(l.trim()).ok())
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(bad)?;
+    let sealed = lines
+        .next()
+        .and_then(|l| hex::decode(l.trim()).ok())
+        .ok_or_else(bad)?;
+    let Some(passphrase) = passphrase else {
+        return Err(KeyError::PassphraseRequired(path.display().to_string()));
+    };
+    let key = kdf(passphrase, &salt)?;
+    let cipher = aes_gcm::Aes256Gcm::new(&key.into());
+    let seed = cipher
+        .decrypt(
+            &nonce.into(),
+            Payload {
+                msg: &sealed,
+                aad: params.as_bytes(),
+            },
+        )
+        .map_err(|_| KeyError::BadPassphrase(path.display().to_string()))?;
+    seed.try_into().map_err(|_| bad())
+}
+
 /// Writes `key` to `path` (mode 0600, refusing to overwrite) and its public
 /// half to `path.pub`.
 pub fn write_key_pair(key: &SigningKey, path: &Path) -> Result<(), KeyError> {
+    write_key_pair_sealed(key, path, None)
+}
+
+/// `write_key_pair`, sealing the secret with `passphrase` (argon2id +
+/// AES-256-GCM) when one is given.
+pub fn write_key_pair_sealed(
+    key: &SigningKey,
+    path: &Path,
+    passphrase: Option<&str>,
+) -> Result<(), KeyError> {
+    let text = match passphrase {
+        Some(p) => seal(&key.to_bytes(), p)?,
+        None => format!("{SECRET_HEADER}\n{}\n", hex::encode(key.to_bytes())),
+    };
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(path).map_err(io(path))?;
-    let text = format!("{SECRET_HEADER}\n{}\n", hex::encode(key.to_bytes()));
     file.write_all(text.as_bytes()).map_err(io(path))?;
     file.sync_all().map_err(io(path))?;
     let public = path.with_file_name(format!(
@@ -137,6 +244,11 @@ pub fn write_key_pair(key: &SigningKey, path: &Path) -> Result<(), KeyError> {
 
 /// Reads a secret key file; refuses one that others can read.
 pub fn read_secret(path: &Path) -> Result<SigningKey, KeyError> {
+    read_secret_sealed(path, None)
+}
+
+/// `read_secret` for a file that may be sealed with `passphrase`.
+pub fn read_secret_sealed(path: &Path, passphrase: Option<&str>) -> Result<SigningKey, KeyError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -150,7 +262,11 @@ pub fn read_secret(path: &Path) -> Result<SigningKey, KeyError> {
     }
     let text = std::fs::read_to_string(path).map_err(io(path))?;
     let mut lines = text.lines();
-    if lines.next() != Some(SECRET_HEADER) {
+    let header = lines.next();
+    if header == Some(SEALED_HEADER) {
+        return open_sealed(path, lines, passphrase).map(|seed| SigningKey::from_bytes(&seed));
+    }
+    if header != Some(SECRET_HEADER) {
         return Err(KeyError::Malformed(format!(
             "{} is not a Switchboard secret key (expected {SECRET_HEADER})",
             path.display()
@@ -227,6 +343,37 @@ mod tests {
         }
         // Never overwrite an existing key.
         assert_eq!(write_key_pair(&key, &path).unwrap_err().code(), "key_io");
+    }
+
+    #[test]
+    fn passphrase_sealed_keys_open_only_with_the_passphrase() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sealed.key");
+        let key = generate().unwrap();
+        write_key_pair_sealed(&key, &path, Some("correct horse")).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            !text.contains(&hex::encode(key.to_bytes())),
+            "the seed must not appear"
+        );
+        assert_eq!(
+            read_secret_sealed(&path, Some("correct horse"))
+                .unwrap()
+                .to_bytes(),
+            key.to_bytes()
+        );
+        assert_eq!(
+            read_secret(&path).unwrap_err().code(),
+            "key_passphrase_required"
+        );
+        assert_eq!(
+            read_secret_sealed(&path, Some("wrong")).unwrap_err().code(),
+            "key_bad_passphrase"
+        );
+        // A tampered parameter line fails authentication too.
+        let tampered = text.replacen("t=2", "t=3", 1);
+        std::fs::write(&path, tampered).unwrap();
+        assert!(read_secret_sealed(&path, Some("correct horse")).is_err());
     }
 
     #[test]
