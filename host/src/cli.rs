@@ -243,11 +243,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Plugin(PluginCmd::Sign {
             key,
+            passphrase_env,
             manifest,
             component,
             out,
         }) => {
-            let key = keys::read_secret(&key)?;
+            let passphrase = passphrase(passphrase_env.as_deref())?;
+            let key = keys::read_secret_sealed(&key, passphrase.as_deref()).map_err(key_err)?;
             let m = read(&manifest)?;
             let c = read(&component)?;
             let bytes = crate::harness::sign(&key, &m, &c).map_err(admin)?;
