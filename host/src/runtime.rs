@@ -401,11 +401,7 @@ impl Runtime {
             publishers: None,
             highest: Default::default(),
         };
-        let state = self.inner.tenant_state(record.clone(), None)?;
-        self.inner
-            .store
-            .apply(&[(keys::tenant(id), Some(encode(&record)?))])?;
-        self.inner.publish_tenant(state);
+        self.inner.save_tenant(record, None)?;
         tracing::info!(tenant = id, "tenant created");
         Ok(())
     }
@@ -419,11 +415,7 @@ impl Runtime {
             .map_err(AdminError::InvalidLimits)?;
         let mut record = current.record.clone();
         record.limits = limits;
-        let state = self.inner.tenant_state(record.clone(), Some(&current))?;
-        self.inner
-            .store
-            .apply(&[(keys::tenant(tenant), Some(encode(&record)?))])?;
-        self.inner.publish_tenant(state);
+        self.inner.save_tenant(record.clone(), Some(&current))?;
         Ok(())
     }
 
@@ -523,10 +515,7 @@ impl Runtime {
         let current = self.inner.tenant_or_admin_err(tenant)?;
         let mut record = current.record.clone();
         record.publishers = publishers.map(|set| set.iter().map(ToString::to_string).collect());
-        let state = self.inner.tenant_state(record.clone(), Some(&current))?;
-        self.inner
-            .apply_locked(tenant, vec![(keys::tenant(tenant), Some(encode(&record)?))])?;
-        self.inner.publish_tenant(state);
+        self.inner.save_tenant(record.clone(), Some(&current))?;
         audit(
             "tenant.publishers",
             "ok",
@@ -547,10 +536,7 @@ impl Runtime {
                 plugin: name.to_string(),
             });
         }
-        let state = self.inner.tenant_state(record.clone(), Some(&current))?;
-        self.inner
-            .apply_locked(tenant, vec![(keys::tenant(tenant), Some(encode(&record)?))])?;
-        self.inner.publish_tenant(state);
+        self.inner.save_tenant(record.clone(), Some(&current))?;
         audit("plugin.disable", "ok", &format!("tenant {tenant}: {name}"));
         Ok(())
     }
@@ -748,11 +734,7 @@ impl Runtime {
             });
         };
         enabled.config = config;
-        let state = self.inner.tenant_state(record.clone(), Some(&current))?;
-        self.inner
-            .store
-            .apply(&[(keys::tenant(tenant), Some(encode(&record)?))])?;
-        self.inner.publish_tenant(state);
+        self.inner.save_tenant(record.clone(), Some(&current))?;
         Ok(())
     }
 
@@ -955,6 +937,22 @@ impl Inner {
     fn tenant_or_admin_err(&self, id: &str) -> Result<Arc<TenantState>, AdminError> {
         self.tenant(id)
             .ok_or_else(|| AdminError::TenantNotFound(id.to_string()))
+    }
+
+    /// Validates and links `record`, stores it, and makes it the tenant's
+    /// live state.
+    fn save_tenant(
+        &self,
+        record: TenantRecord,
+        previous: Option<&TenantState>,
+    ) -> Result<(), AdminError> {
+        let state = self.tenant_state(record.clone(), previous)?;
+        self.apply_locked(
+            &record.id,
+            vec![(keys::tenant(&record.id), Some(encode(&record)?))],
+        )?;
+        self.publish_tenant(state);
+        Ok(())
     }
 
     fn publish_tenant(&self, state: TenantState) {
