@@ -555,11 +555,15 @@ impl Runtime {
         out
     }
 
-    /// Enables (or moves to) `version` of plugin `name` for `tenant`,
-    /// granting `grants` (`None`: everything the manifest requests) with
-    /// the admin's `config`. Runs the plugin's `init` (first enable) or
-    /// `migrate` (version change) in the same transaction as the switch:
-    /// if the hook fails, the tenant keeps what it had (SPEC K7).
+    /// Enables (or moves to) `version` of plugin `name` for `tenant`.
+    /// `grants`: `None` grants everything the manifest requests on a first
+    /// enable, and keeps the tenant's grants on an upgrade — refusing with
+    /// `grants_required` (and the diff) if the new version asks for more.
+    /// An empty `config` keeps the current settings. Runs the plugin's
+    /// `init` (first enable) or `migrate` (version change) in the same
+    /// transaction as the switch: if the hook fails, the tenant keeps what
+    /// it had (SPEC K7). Refuses revoked or unaccepted publishers and
+    /// rollbacks (SPEC S2, S3).
     pub async fn enable_plugin(
         &self,
         tenant: &str,
