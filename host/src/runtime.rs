@@ -1441,7 +1441,7 @@ impl Inner {
         if let Err(e) = &result {
             tracing::warn!(tenant = %tenant_id, plugin = %plugin_name, code = e.code(), error = %e, "plugin call failed");
         }
-        (result, state.call.txn)
+        (result, state.call.into_txn())
     }
 }
 

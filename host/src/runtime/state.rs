@@ -47,18 +47,34 @@ pub struct CallSpec {
     pub(crate) request_id: String,
 }
 
-/// What capabilities know about the call they serve.
+/// What capabilities know about the call they serve: its `CallSpec`
+/// (reached through `Deref`) plus the runtime and the call's budgets.
 pub struct CallCtx {
     pub(crate) rt: Arc<Inner>,
-    pub(crate) tenant: Arc<TenantState>,
-    pub(crate) plugin: Arc<EnabledPlugin>,
-    pub(crate) principal: Principal,
-    pub(crate) txn: Txn,
-    pub(crate) deadline: Instant,
-    pub(crate) depth: u32,
-    pub(crate) request_id: String,
+    spec: CallSpec,
     host_bytes: u64,
     pub(crate) log_lines: u32,
+}
+
+impl CallCtx {
+    /// The call's transaction, for the runtime to commit or drop.
+    pub(crate) fn into_txn(self) -> Txn {
+        self.spec.txn
+    }
+}
+
+impl std::ops::Deref for CallCtx {
+    type Target = CallSpec;
+
+    fn deref(&self) -> &CallSpec {
+        &self.spec
+    }
+}
+
+impl std::ops::DerefMut for CallCtx {
+    fn deref_mut(&mut self) -> &mut CallSpec {
+        &mut self.spec
+    }
 }
 
 impl HostState {
@@ -77,13 +93,7 @@ impl HostState {
             },
             call: CallCtx {
                 rt,
-                tenant: spec.tenant,
-                plugin: spec.plugin,
-                principal: spec.principal,
-                txn: spec.txn,
-                deadline: spec.deadline,
-                depth: spec.depth,
-                request_id: spec.request_id,
+                spec,
                 host_bytes: 0,
                 log_lines: 0,
             },
