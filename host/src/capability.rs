@@ -4,7 +4,9 @@
 //! check is not repeated here: an ungranted capability is never linked
 //! (SPEC K3), so a call can only reach what the tenant granted.
 
+pub mod blobs;
 pub mod config;
+pub mod crypto;
 pub mod kv;
 pub mod log;
 pub mod plugins;
@@ -20,6 +22,8 @@ pub const IMPLEMENTED: &[Capability] = &[
     Capability::Config,
     Capability::Timers,
     Capability::Plugins,
+    Capability::Blobs,
+    Capability::Crypto,
 ];
 
 /// Whether this host can link `cap`.

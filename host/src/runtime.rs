@@ -14,6 +14,7 @@
 //! spawns the timer scheduler; the epoch ticker thread starts with `open`.
 
 pub mod cache;
+pub mod data;
 pub mod error;
 pub mod state;
 pub mod txn;
@@ -38,10 +39,11 @@ use wasmtime::{
 pub use self::cache::CacheOutcome;
 pub use self::error::{AdminError, CallError};
 use self::state::{CallSpec, HostState};
-use self::txn::{CommitError, CommitLocks, Txn};
+use self::txn::{CommitError, CommitLocks, Quota, Txn};
 pub use self::types::{Event, Kind, Method, Principal, Request, Response, Role};
 use crate::capability::{self, CapError, timers};
-use crate::store::{Backend, SledBackend, StoreError, keys};
+use crate::store::crypt::{MasterKey, MasterKeySource};
+use crate::store::{Store as DataStore, StoreConfig, StoreError, keys};
 use crate::tenant::{Enablement, Limits, TenantRecord, is_valid_tenant_id};
 use crate::trust::TrustedKey;
 
@@ -66,6 +68,14 @@ pub struct RuntimeConfig {
     pub max_component_bytes: usize,
     /// Limits of tenants created without their own.
     pub default_limits: Limits,
+    /// Regions, each its own database (SPEC D3); the first is the default.
+    pub regions: Vec<String>,
+    /// Where the master key comes from (SPEC D2).
+    pub master_key: MasterKeySource,
+    /// Record changed keys so backups can be incremental (SPEC D5).
+    pub track_changes: bool,
+    /// How often expired objects are deleted (SPEC D4).
+    pub retention_sweep_interval: Duration,
 }
 
 impl RuntimeConfig {
@@ -77,6 +87,26 @@ impl RuntimeConfig {
             max_memory_bytes: 256 << 20,
             max_component_bytes: 32 << 20,
             default_limits: Limits::default(),
+            regions: vec!["local".into()],
+            master_key: MasterKeySource::File(PathBuf::new()),
+            track_changes: true,
+            retention_sweep_interval: Duration::from_secs(3600),
+        }
+    }
+
+    /// The master key file of the default source.
+    pub fn master_key_file(&self) -> PathBuf {
+        match &self.master_key {
+            MasterKeySource::File(p) if !p.as_os_str().is_empty() => p.clone(),
+            _ => self.data_dir.join("keys").join("master.key"),
+        }
+    }
+
+    /// The master key source with the default file resolved.
+    fn master_source(&self) -> MasterKeySource {
+        match &self.master_key {
+            MasterKeySource::File(_) => MasterKeySource::File(self.master_key_file()),
+            other => other.clone(),
         }
     }
 }
@@ -214,7 +244,7 @@ pub struct Runtime {
 
 pub(crate) struct Inner {
     engine: Engine,
-    pub(crate) store: Arc<dyn Backend>,
+    pub(crate) store: Arc<DataStore>,
     cache: cache::CompileCache,
     config: RuntimeConfig,
     plugins: RwLock<PluginTable>,
@@ -222,7 +252,7 @@ pub(crate) struct Inner {
     trust: RwLock<HashMap<KeyId, TrustedKey>>,
     linkers: Mutex<HashMap<BTreeSet<Capability>, Arc<Linker<HostState>>>>,
     pres: Mutex<HashMap<(String, BTreeSet<Capability>), Linked>>,
-    commits: CommitLocks,
+    pub(crate) commits: CommitLocks,
     global_slots: Arc<Semaphore>,
     admin: tokio::sync::Mutex<()>,
     timer_wake: Arc<tokio::sync::Notify>,
@@ -232,9 +262,6 @@ pub(crate) struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Err(e) = self.store.flush() {
-            tracing::error!(error = %e, "flushing the store at shutdown failed");
-        }
     }
 }
 
@@ -291,7 +318,30 @@ impl Runtime {
         let engine = build_engine(&config)
             .map_err(|e| anyhow::anyhow!("{e:#}"))
             .context("cannot configure the WebAssembly engine")?;
-        let store = SledBackend::open(&config.data_dir.join("store"))?;
+        let source = config.master_source();
+        let master = source.load(true).context("cannot load the master key")?;
+        // A rotation that stopped half-way left its new key next to the old.
+        let next_file = next_key_file(&config);
+        let next_master = match &source {
+            MasterKeySource::File(_) if next_file.exists() => Some(
+                crate::store::crypt::load_key_file(&next_file, false)
+                    .context("cannot load the master key of an interrupted rotation")?,
+            ),
+            _ => None,
+        };
+        let finishing = next_master.is_some();
+        let store = DataStore::open(StoreConfig {
+            dir: config.data_dir.join("store"),
+            regions: config.regions.clone(),
+            master,
+            next_master,
+            track_changes: config.track_changes,
+        })?;
+        if finishing {
+            std::fs::rename(&next_file, config.master_key_file())
+                .context("cannot finish the interrupted master key rotation")?;
+            tracing::warn!("finished an interrupted master key rotation");
+        }
         let cache = cache::CompileCache::open(
             &engine,
             &config.data_dir.join("cache"),
@@ -319,6 +369,7 @@ impl Runtime {
         inner.load_trust()?;
         inner.load_plugins()?;
         inner.load_tenants()?;
+        inner.resume_reclaims()?;
         Ok(Runtime { inner })
     }
 
@@ -336,7 +387,11 @@ impl Runtime {
     /// when the last `Runtime` clone is dropped.
     pub fn start_background(&self) {
         let weak = Arc::downgrade(&self.inner);
-        tokio::spawn(timer_loop(weak));
+        tokio::spawn(timer_loop(weak.clone()));
+        tokio::spawn(data::maintenance_loop(
+            weak,
+            self.inner.config.retention_sweep_interval,
+        ));
     }
 
     /// Makes everything committed so far durable.
@@ -380,8 +435,20 @@ impl Runtime {
         out
     }
 
-    /// Creates a tenant with the given limits (or the defaults).
+    /// Creates a tenant in the default region with the given limits (or
+    /// the defaults).
     pub async fn create_tenant(&self, id: &str, limits: Option<Limits>) -> Result<(), AdminError> {
+        self.create_tenant_in(id, None, limits).await
+    }
+
+    /// Creates a tenant in `region` (SPEC D3; the default region when
+    /// `None`) with its own key (SPEC D2).
+    pub async fn create_tenant_in(
+        &self,
+        id: &str,
+        region: Option<&str>,
+        limits: Option<Limits>,
+    ) -> Result<(), AdminError> {
         let _admin = self.inner.admin.lock().await;
         if !is_valid_tenant_id(id) {
             return Err(AdminError::InvalidTenantId(id.to_string()));
@@ -393,17 +460,119 @@ impl Runtime {
         limits
             .validate(self.inner.config.max_memory_bytes)
             .map_err(AdminError::InvalidLimits)?;
+        let store = &self.inner.store;
+        let region = match region {
+            Some(r) => r.to_string(),
+            None => store.regions().first().cloned().unwrap_or_default(),
+        };
+        store
+            .place(id, &region)
+            .map_err(|e| AdminError::InvalidRegion(e.to_string()))?;
+        let key = store.new_tenant_key(id)?;
         let record = TenantRecord {
             id: id.to_string(),
-            region: "local".into(),
+            region: region.clone(),
             limits,
             plugins: Default::default(),
             publishers: None,
             highest: Default::default(),
+            retention: Default::default(),
+            legal_hold: false,
         };
-        self.inner.save_tenant(record, None)?;
-        tracing::info!(tenant = id, "tenant created");
+        let state = self.inner.tenant_state(record.clone(), None)?;
+        // The record first (region database), then the directory entry and
+        // key (system database): a crash in between leaves only an orphan
+        // record no key can open, overwritten if the id is created again.
+        self.inner.write_record(&record)?;
+        let entry = serde_json::to_vec(&TenantDirectory { region })
+            .map_err(|e| AdminError::Internal(e.to_string()))?;
+        store.apply(&[(keys::tenant(id), Some(entry)), key])?;
+        store.flush()?;
+        self.inner.publish_tenant(state);
+        audit("tenant.create", "ok", id);
         Ok(())
+    }
+
+    /// Deletes a tenant: its key is destroyed at once (crypto-shredding,
+    /// SPEC D2), so every byte of it left on disk or in backups is
+    /// unreadable; the bytes themselves are reclaimed in the background.
+    /// Refused while the tenant is under legal hold.
+    pub async fn delete_tenant(&self, id: &str) -> Result<(), AdminError> {
+        let _admin = self.inner.admin.lock().await;
+        let current = self.inner.tenant_or_admin_err(id)?;
+        if current.record.legal_hold {
+            return Err(AdminError::LegalHold(format!("tenant {id}")));
+        }
+        let store = &self.inner.store;
+        let shred = store.shred_tenant_key(id);
+        let marker = serde_json::to_vec(&TenantDirectory {
+            region: current.record.region.clone(),
+        })
+        .map_err(|e| AdminError::Internal(e.to_string()))?;
+        store.apply(&[
+            (keys::tenant(id), None),
+            shred,
+            (keys::deleted_tenant(id), Some(marker)),
+        ])?;
+        store.flush()?;
+        self.inner
+            .tenants
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        self.inner.commits.forget(id);
+        audit("tenant.delete", "ok", &format!("{id}: key destroyed"));
+        let inner = self.inner.clone();
+        let id = id.to_string();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = inner.reclaim_tenant(&id) {
+                tracing::error!(tenant = %id, error = %e, "reclaiming a deleted tenant's storage failed; it is retried at the next start");
+            }
+        });
+        Ok(())
+    }
+
+    /// Rotates the master key online (SPEC D2): every scope key is rewrapped
+    /// under a new key in one batch; no data is rewritten and calls go on.
+    /// With the file source the new key replaces the file (crash-safe: the
+    /// new key is written first as `master.key.next`). With an env or
+    /// command source, `next` must be supplied and the operator updates the
+    /// source afterwards. Returns the new key's id.
+    pub async fn rotate_master_key(&self, next: Option<MasterKey>) -> Result<String, AdminError> {
+        let _admin = self.inner.admin.lock().await;
+        let config = &self.inner.config;
+        let file_source = matches!(config.master_key, MasterKeySource::File(_));
+        let next = match (next, file_source) {
+            (Some(k), _) => k,
+            (None, true) => MasterKey::generate().map_err(|e| AdminError::Key(e.to_string()))?,
+            (None, false) => {
+                return Err(AdminError::Key(
+                    "the master key comes from an environment variable or command; supply the new key".into(),
+                ));
+            }
+        };
+        let next_file = next_key_file(config);
+        if file_source {
+            let _ = std::fs::remove_file(&next_file);
+            crate::store::crypt::write_key_file(&next_file, &next)
+                .map_err(|e| AdminError::Key(e.to_string()))?;
+        }
+        let old = self.inner.store.master_key_id();
+        let n = self.inner.store.rotate_master(next.clone())?;
+        if file_source {
+            std::fs::rename(&next_file, config.master_key_file()).map_err(|e| {
+                AdminError::Key(format!(
+                    "the keys were rewrapped but {} could not replace the key file: {e}; the next start finishes the rotation",
+                    next_file.display()
+                ))
+            })?;
+        }
+        audit(
+            "key.rotate-master",
+            "ok",
+            &format!("{old} -> {} ({n} scope keys rewrapped)", next.id()),
+        );
+        Ok(next.id().to_string())
     }
 
     /// Changes a tenant's limits; running calls finish under the old ones.
@@ -702,7 +871,7 @@ impl Runtime {
                         name,
                         principal,
                         || invocation.clone(),
-                        |txn| txn.set(keys::tenant(tenant), encoded.clone()),
+                        |txn| txn.set(keys::tenant_record(tenant), encoded.clone()),
                     )
                     .await
                     .map_err(|source| AdminError::Hook {
@@ -712,7 +881,7 @@ impl Runtime {
             }
             None => {
                 self.inner
-                    .apply_locked(tenant, vec![(keys::tenant(tenant), Some(encoded))])?;
+                    .apply_locked(tenant, vec![(keys::tenant_record(tenant), Some(encoded))])?;
             }
         }
         self.inner.publish_tenant_arc(state);
@@ -835,7 +1004,28 @@ fn plugin_info(p: &LoadedPlugin, cache: CacheOutcome) -> PluginInfo {
 
 /// An operator-level audit event. Until the hash-chained audit trail lands
 /// (identity issue) these go to the log under target `audit`.
-fn audit(action: &str, outcome: &str, detail: &str) {
+/// A tenant's entry in the system database's directory.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TenantDirectory {
+    region: String,
+}
+
+/// The storage quotas of a tenant.
+fn quota_of(record: &TenantRecord) -> Quota {
+    Quota {
+        tenant_bytes: record.limits.storage_bytes,
+        owner_bytes: record.limits.owner_storage_bytes,
+    }
+}
+
+/// Where a master key rotation writes the new key first.
+fn next_key_file(config: &RuntimeConfig) -> PathBuf {
+    let mut name = config.master_key_file().into_os_string();
+    name.push(".next");
+    PathBuf::from(name)
+}
+
+pub(crate) fn audit(action: &str, outcome: &str, detail: &str) {
     tracing::info!(target: "audit", action, outcome, "{detail}");
 }
 
@@ -951,11 +1141,18 @@ impl Inner {
         previous: Option<&TenantState>,
     ) -> Result<(), AdminError> {
         let state = self.tenant_state(record.clone(), previous)?;
+        self.write_record(&record)?;
+        self.publish_tenant(state);
+        Ok(())
+    }
+
+    /// Writes a tenant's record (in its region) durably.
+    fn write_record(&self, record: &TenantRecord) -> Result<(), AdminError> {
         self.apply_locked(
             &record.id,
-            vec![(keys::tenant(&record.id), Some(encode(&record)?))],
+            vec![(keys::tenant_record(&record.id), Some(encode(record)?))],
         )?;
-        self.publish_tenant(state);
+        self.store.flush()?;
         Ok(())
     }
 
@@ -1271,10 +1468,23 @@ impl Inner {
             let Some(last) = page.last() else { break };
             cursor = Some(last.0.clone());
             for (key, bytes) in page {
-                let record: TenantRecord = match serde_json::from_slice(&bytes) {
+                let id = String::from_utf8_lossy(&key[keys::TENANTS.len()..]).into_owned();
+                let record = serde_json::from_slice::<TenantDirectory>(&bytes)
+                    .map_err(|e| e.to_string())
+                    .and_then(|d| self.store.place(&id, &d.region).map_err(|e| e.to_string()))
+                    .and_then(|()| {
+                        self.store
+                            .get(&keys::tenant_record(&id))
+                            .map_err(|e| e.to_string())?
+                            .ok_or_else(|| "its record is missing".to_string())
+                    })
+                    .and_then(|raw| {
+                        serde_json::from_slice::<TenantRecord>(&raw).map_err(|e| e.to_string())
+                    });
+                let record = match record {
                     Ok(r) => r,
                     Err(e) => {
-                        tracing::error!(key = %String::from_utf8_lossy(&key), error = %e, "tenant record unreadable; skipping it");
+                        tracing::error!(tenant = %id, error = %e, "tenant unreadable; skipping it");
                         continue;
                     }
                 };
@@ -1371,16 +1581,23 @@ impl Inner {
                 return Ok(outcome);
             }
             let timers_changed = txn.timers_changed();
-            match self
-                .commits
-                .commit(&tenant.record.id, self.store.as_ref(), txn)
-            {
-                Ok(()) => {
+            match self.commits.commit(
+                &tenant.record.id,
+                &self.store,
+                txn,
+                quota_of(&tenant.record),
+            ) {
+                Ok(seq) => {
                     if timers_changed {
                         self.timer_wake.notify_one();
                     }
+                    // Acknowledge only what is on disk (group commit).
+                    if seq > 0 {
+                        self.store.durable(seq).await?;
+                    }
                     return Ok(outcome);
                 }
+                Err(CommitError::Quota(m)) => return Err(CallError::QuotaExceeded(m)),
                 Err(CommitError::Conflict) => {
                     tracing::debug!(tenant = %tenant.record.id, plugin, attempt, "transaction conflict; re-running the call");
                     backoff(attempt).await;
@@ -1611,8 +1828,8 @@ impl Inner {
                 },
                 |txn| {
                     // Claim the timer in the same transaction as its effects.
-                    let _ = txn.delete(store.as_ref(), &record_key);
-                    let _ = txn.delete(store.as_ref(), queue_key);
+                    let _ = txn.delete(&store, &record_key);
+                    let _ = txn.delete(&store, queue_key);
                 },
             )
             .await;
@@ -1650,6 +1867,51 @@ impl Inner {
         }
     }
 
+    /// Deletes what a deleted tenant left in its region (already unreadable:
+    /// its key is gone), then its deletion marker.
+    fn reclaim_tenant(&self, id: &str) -> Result<(), StoreError> {
+        let prefix = keys::tenant_prefix(id);
+        loop {
+            let page = self.store.scan_raw(&prefix, None, 1024)?;
+            if page.is_empty() {
+                break;
+            }
+            let deletes: Vec<crate::store::Write> =
+                page.into_iter().map(|(k, _)| (k, None)).collect();
+            self.store.apply(&deletes)?;
+        }
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self
+                .store
+                .scan_raw(keys::TIMER_QUEUE, after.as_deref(), 1024)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.0.clone());
+            for (k, _) in page {
+                if keys::tenant_of(&k) == Some(id) {
+                    self.store.apply(&[(k, None)])?;
+                }
+            }
+        }
+        self.store.apply(&[(keys::deleted_tenant(id), None)])?;
+        self.store.flush()?;
+        tracing::info!(tenant = id, "deleted tenant's storage reclaimed");
+        Ok(())
+    }
+
+    /// Resumes reclaiming tenants deleted before a restart.
+    fn resume_reclaims(&self) -> Result<(), StoreError> {
+        for (key, raw) in self.scan_all(keys::DELETED_TENANTS)? {
+            let id = String::from_utf8_lossy(&key[keys::DELETED_TENANTS.len()..]).into_owned();
+            if let Ok(d) = serde_json::from_slice::<TenantDirectory>(&raw)
+                && self.store.place(&id, &d.region).is_ok()
+            {
+                self.reclaim_tenant(&id)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Applies host-side writes under the tenant's commit lock.
     fn apply_locked(
         &self,
@@ -1663,11 +1925,17 @@ impl Inner {
                 None => txn.set_delete(k),
             }
         }
-        match self.commits.commit(tenant, self.store.as_ref(), txn) {
-            Ok(()) => Ok(()),
+        // Host bookkeeping is never refused for quota: it only shrinks
+        // data or records the tenant's own settings.
+        let quota = Quota {
+            tenant_bytes: u64::MAX,
+            owner_bytes: u64::MAX,
+        };
+        match self.commits.commit(tenant, &self.store, txn, quota) {
+            Ok(_) => Ok(()),
             Err(CommitError::Store(e)) => Err(e),
             // Blind writes record no reads, so they cannot conflict.
-            Err(CommitError::Conflict) => Ok(()),
+            Err(CommitError::Conflict) | Err(CommitError::Quota(_)) => Ok(()),
         }
     }
 

@@ -3,11 +3,20 @@
 //! machine"). The runtime builds every key through `keys`, which is where
 //! tenant and plugin namespaces are enforced (SPEC K4).
 //!
-//! Wiring: `Runtime::open` opens a `SledBackend` in the data folder and
-//! shares it (`Arc<dyn Backend>`) with the transaction layer
-//! (`runtime::txn`), the tenant registry and the timer scheduler.
+//! Two layers:
+//! - `Backend`: raw ordered bytes, one per database (`SledBackend`);
+//! - `Store`: what the rest of the host uses — one system database plus one
+//!   database per region (SPEC D3), every value sealed on the way in and
+//!   authenticated on the way out (`crypt`, SPEC D2), group commit for
+//!   durability, a changelog and online snapshots for backups (SPEC D5).
 
+pub mod crypt;
 pub mod keys;
+mod sealed;
+
+#[cfg(test)]
+pub(crate) use sealed::tests as sealed_tests;
+pub use sealed::{SnapshotPage, Store, StoreConfig};
 
 use std::ops::Bound;
 use std::path::Path;
@@ -29,9 +38,16 @@ pub enum StoreError {
     /// The backend reported an I/O or corruption error.
     #[error("storage failed: {0}")]
     Backend(String),
-    /// A stored record could not be decoded.
+    /// A stored record could not be decoded or failed authentication.
     #[error("stored record {key} is unreadable: {reason}")]
     Corrupt { key: String, reason: String },
+    /// A key belongs to no configured database (e.g. a tenant in an
+    /// unknown region).
+    #[error("{0}")]
+    Routing(String),
+    /// Encryption could not be applied.
+    #[error("encryption failed: {0}")]
+    Crypt(#[from] crypt::CryptError),
 }
 
 /// An ordered byte-key store with atomic batches.
@@ -64,7 +80,9 @@ impl SledBackend {
         let db = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
-            .flush_every_ms(Some(200))
+            // Durability comes from the store's group commit; this only
+            // bounds how much a crash can lose of unacknowledged writes.
+            .flush_every_ms(Some(500))
             .open()
             .map_err(|e| match e {
                 sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {

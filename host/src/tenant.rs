@@ -24,6 +24,10 @@ pub struct Limits {
     pub concurrency: u32,
     /// How long a call waits for a free slot before `tenant_busy`.
     pub queue_timeout_ms: u64,
+    /// Bytes the tenant may store: keys plus sealed values and blob chunks.
+    pub storage_bytes: u64,
+    /// Blob bytes one owner (user) may store, e.g. their recordings.
+    pub owner_storage_bytes: u64,
 }
 
 impl Default for Limits {
@@ -35,6 +39,8 @@ impl Default for Limits {
             response_bytes: 16 << 20,
             concurrency: 32,
             queue_timeout_ms: 2_000,
+            storage_bytes: 100 << 30,
+            owner_storage_bytes: 5 << 30,
         }
     }
 }
@@ -55,6 +61,9 @@ impl Limits {
         }
         if self.response_bytes == 0 || self.host_bytes_per_call == 0 {
             return Err("response_bytes and host_bytes_per_call must be positive".into());
+        }
+        if self.storage_bytes == 0 || self.owner_storage_bytes == 0 {
+            return Err("storage_bytes and owner_storage_bytes must be positive".into());
         }
         if self.queue_timeout_ms > 60_000 {
             return Err("queue_timeout_ms must be at most 60000".into());
@@ -87,6 +96,51 @@ pub struct TenantRecord {
     /// protection (SPEC S3).
     #[serde(default)]
     pub highest: BTreeMap<String, semver::Version>,
+    /// Retention per class in days, overriding the defaults (SPEC D4);
+    /// `None` keeps objects of that class until they are deleted.
+    #[serde(default)]
+    pub retention: BTreeMap<String, Option<u32>>,
+    /// A legal hold on the whole tenant: nothing of it is deleted.
+    #[serde(default)]
+    pub legal_hold: bool,
+}
+
+/// Default retention in days per class (SPEC D4). Classes not listed keep
+/// their objects until deleted (meeting content lives as long as the
+/// meeting).
+pub const DEFAULT_RETENTION: &[(&str, u32)] = &[("recording", 365), ("audit", 7 * 365 + 2)];
+
+impl TenantRecord {
+    /// Days objects of `class` are kept, `None` for "until deleted".
+    pub fn retention_days(&self, class: &str) -> Option<u32> {
+        match self.retention.get(class) {
+            Some(days) => *days,
+            None => DEFAULT_RETENTION
+                .iter()
+                .find(|(c, _)| *c == class)
+                .map(|(_, d)| *d),
+        }
+    }
+
+    /// Every class with a retention period, defaults included.
+    pub fn retention_policy(&self) -> BTreeMap<String, Option<u32>> {
+        let mut policy: BTreeMap<String, Option<u32>> = DEFAULT_RETENTION
+            .iter()
+            .map(|(c, d)| (c.to_string(), Some(*d)))
+            .collect();
+        policy.extend(self.retention.clone());
+        policy
+    }
+}
+
+/// Retention classes: `^[a-z][a-z0-9-]{0,31}$`.
+pub fn is_valid_class(class: &str) -> bool {
+    let b = class.as_bytes();
+    !b.is_empty()
+        && b.len() <= 32
+        && b[0].is_ascii_lowercase()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
 /// Tenant ids: `^[a-z0-9][a-z0-9-]{0,62}$` — they appear in URLs and keys.

@@ -41,6 +41,10 @@ pub enum CallError {
     /// The transaction kept conflicting with concurrent calls.
     #[error("the call conflicted with concurrent calls {0} times; retry")]
     Conflict(u32),
+    /// Committing the call's writes would exceed a storage quota; nothing
+    /// was written.
+    #[error("storage quota exceeded: {0}; nothing this call wrote was kept")]
+    QuotaExceeded(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -64,6 +68,8 @@ impl CallError {
             CallError::PublisherRevoked(_) => "publisher_revoked",
             CallError::Busy(_) => "tenant_busy",
             CallError::Conflict(_) => "conflict",
+            CallError::QuotaExceeded(_) => "quota_exceeded",
+            CallError::Store(StoreError::Corrupt { .. }) => "storage_corrupt",
             CallError::Store(_) => "storage_unavailable",
             CallError::Internal(_) => "internal",
         }
@@ -82,6 +88,7 @@ impl CallError {
             | CallError::ResponseTooLarge { .. }
             | CallError::BadStatus(_)
             | CallError::Plugin(_) => 502,
+            CallError::QuotaExceeded(_) => 507,
             CallError::Store(_) => 503,
             CallError::Internal(_) => 500,
         }
@@ -199,6 +206,21 @@ pub enum AdminError {
         #[source]
         source: CallError,
     },
+    /// No such region on this server.
+    #[error("{0}")]
+    InvalidRegion(String),
+    /// Deletion is suspended by a legal hold (SPEC D4).
+    #[error("{0} is under legal hold; release the hold first")]
+    LegalHold(String),
+    /// A retention policy or class is malformed.
+    #[error("invalid retention policy: {0}")]
+    InvalidRetention(String),
+    /// No such object.
+    #[error("{0} does not exist")]
+    NotFound(String),
+    /// A key operation failed (master key rotation).
+    #[error("{0}")]
+    Key(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -236,6 +258,11 @@ impl AdminError {
             AdminError::PluginNotEnabled { .. } => "plugin_not_enabled",
             AdminError::InvalidLimits(_) => "invalid_limits",
             AdminError::Hook { .. } => "plugin_hook_failed",
+            AdminError::InvalidRegion(_) => "invalid_region",
+            AdminError::LegalHold(_) => "legal_hold",
+            AdminError::InvalidRetention(_) => "invalid_retention",
+            AdminError::NotFound(_) => "not_found",
+            AdminError::Key(_) => "key_error",
             AdminError::Store(_) => "storage_unavailable",
             AdminError::Internal(_) => "internal",
         }

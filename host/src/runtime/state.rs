@@ -128,7 +128,7 @@ impl CallCtx {
     }
 
     /// The storage backend.
-    pub fn store(&self) -> &dyn crate::store::Backend {
+    pub fn store(&self) -> &crate::store::Store {
         self.rt.store.as_ref()
     }
 

@@ -18,7 +18,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::store::{Backend, Entry, StoreError, Write};
+use std::collections::HashMap;
+
+use crate::store::{Entry, Store, StoreError, Write, keys};
 
 /// The buffered state of one call.
 #[derive(Clone, Default)]
@@ -31,6 +33,8 @@ pub struct Txn {
     scans: Vec<ScanRecord>,
     /// Whether any write touched the timer queue.
     timers_changed: bool,
+    /// Change of each blob owner's bytes (quota per user, SPEC K5).
+    owner_deltas: BTreeMap<String, i64>,
 }
 
 #[derive(Clone)]
@@ -47,14 +51,66 @@ pub enum CommitError {
     /// A value this call read has changed since; re-run the call.
     #[error("a concurrent call changed data this call read")]
     Conflict,
+    /// Committing would exceed a storage quota; nothing was written.
+    #[error("{0}")]
+    Quota(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
+/// Storage quotas of one tenant.
+#[derive(Debug, Clone, Copy)]
+pub struct Quota {
+    /// Bytes the tenant may store (keys and sealed values).
+    pub tenant_bytes: u64,
+    /// Blob bytes one owner may store.
+    pub owner_bytes: u64,
+}
+
+/// A tenant's usage as last committed, cached under its commit lock.
+#[derive(Default)]
+pub struct Ledger {
+    bytes: Option<u64>,
+    owners: HashMap<String, u64>,
+}
+
+fn read_counter(store: &Store, key: &[u8]) -> Result<u64, StoreError> {
+    match store.get(key)? {
+        None => Ok(0),
+        Some(raw) => std::str::from_utf8(&raw)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| StoreError::Corrupt {
+                key: String::from_utf8_lossy(key).into_owned(),
+                reason: "not a byte counter".into(),
+            }),
+    }
+}
+
+impl Ledger {
+    fn bytes(&mut self, store: &Store, tenant: &str) -> Result<u64, StoreError> {
+        if let Some(b) = self.bytes {
+            return Ok(b);
+        }
+        let b = read_counter(store, &keys::usage(tenant))?;
+        self.bytes = Some(b);
+        Ok(b)
+    }
+
+    fn owner(&mut self, store: &Store, tenant: &str, owner: &str) -> Result<u64, StoreError> {
+        if let Some(b) = self.owners.get(owner) {
+            return Ok(*b);
+        }
+        let b = read_counter(store, &keys::owner_usage(tenant, owner))?;
+        self.owners.insert(owner.to_string(), b);
+        Ok(b)
+    }
+}
+
 impl Txn {
     /// Reads a key, seeing this call's own writes first.
-    pub fn get(&mut self, store: &dyn Backend, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    pub fn get(&mut self, store: &Store, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         if let Some(pending) = self.writes.get(key) {
             return Ok(pending.clone());
         }
@@ -81,7 +137,7 @@ impl Txn {
 
     /// Buffers a delete; returns whether the key existed (as this call sees
     /// it).
-    pub fn delete(&mut self, store: &dyn Backend, key: &[u8]) -> Result<bool, StoreError> {
+    pub fn delete(&mut self, store: &Store, key: &[u8]) -> Result<bool, StoreError> {
         let existed = self.get(store, key)?.is_some();
         self.note_timer_key(key);
         self.writes.insert(key.to_vec(), None);
@@ -98,7 +154,7 @@ impl Txn {
     /// writes. Returns the page and whether more entries may follow.
     pub fn scan(
         &mut self,
-        store: &dyn Backend,
+        store: &Store,
         prefix: &[u8],
         start_after: Option<&[u8]>,
         limit: usize,
@@ -147,6 +203,16 @@ impl Txn {
         Ok((merged.into_iter().take(limit).collect(), more))
     }
 
+    /// Records that `owner`'s blobs grow (or shrink) by `delta` bytes.
+    pub fn add_owner_delta(&mut self, owner: &str, delta: i64) {
+        *self.owner_deltas.entry(owner.to_string()).or_default() += delta;
+    }
+
+    /// The change to `owner`'s bytes buffered so far.
+    pub fn owner_delta(&self, owner: &str) -> i64 {
+        self.owner_deltas.get(owner).copied().unwrap_or(0)
+    }
+
     /// Whether the call wrote anything.
     pub fn is_read_only(&self) -> bool {
         self.writes.is_empty()
@@ -162,13 +228,14 @@ impl Txn {
         self.writes.len()
     }
 
-    /// Validates every read and applies every write atomically. The caller
-    /// holds the tenant's commit lock, so no other commit of the tenant
-    /// interleaves.
-    pub fn commit(self, store: &dyn Backend) -> Result<(), CommitError> {
+    /// Validates every read, checks quotas and applies every write
+    /// atomically. The caller holds the tenant's commit lock, so no other
+    /// commit of the tenant interleaves. Returns the store's sequence
+    /// number for `Store::durable`.
+    pub fn commit(self, store: &Store, account: Option<Account<'_>>) -> Result<u64, CommitError> {
         if self.writes.is_empty() {
             // A read-only call is serializable at the moment it read.
-            return Ok(());
+            return Ok(0);
         }
         for (key, seen) in &self.reads {
             if store.get(key)? != *seen {
@@ -181,9 +248,62 @@ impl Txn {
                 return Err(CommitError::Conflict);
             }
         }
-        let writes: Vec<Write> = self.writes.into_iter().collect();
-        store.apply(&writes)?;
-        Ok(())
+        let mut writes: Vec<Write> = self.writes.into_iter().collect();
+        let Some(Account {
+            tenant,
+            ledger,
+            quota,
+        }) = account
+        else {
+            return Ok(store.apply(&writes)?);
+        };
+        // Quotas (SPEC K5): computed from what is on disk, under the lock.
+        let mut delta: i64 = 0;
+        for (k, v) in &writes {
+            if !k.starts_with(b"t/") || keys::is_usage(tenant, k) {
+                continue;
+            }
+            let old = store.raw_len(k)?.map_or(0, |n| n + k.len()) as i64;
+            let new =
+                v.as_ref()
+                    .map_or(0, |v| Store::stored_len(k, v.len()) + k.len()) as i64;
+            delta += new - old;
+        }
+        let used = ledger.bytes(store, tenant)?;
+        let total = (used as i64).saturating_add(delta).max(0) as u64;
+        if delta > 0 && total > quota.tenant_bytes {
+            return Err(CommitError::Quota(format!(
+                "tenant {tenant} would store {total} bytes; its quota is {} bytes",
+                quota.tenant_bytes
+            )));
+        }
+        let mut owners = Vec::new();
+        for (owner, d) in &self.owner_deltas {
+            let used = ledger.owner(store, tenant, owner)?;
+            let next = (used as i64).saturating_add(*d).max(0) as u64;
+            if *d > 0 && next > quota.owner_bytes {
+                return Err(CommitError::Quota(format!(
+                    "user {owner} would store {next} bytes of files; the per-user quota is {} bytes",
+                    quota.owner_bytes
+                )));
+            }
+            owners.push((owner.clone(), next));
+        }
+        if delta != 0 {
+            writes.push((keys::usage(tenant), Some(total.to_string().into_bytes())));
+        }
+        for (owner, next) in &owners {
+            writes.push((
+                keys::owner_usage(tenant, owner),
+                Some(next.to_string().into_bytes()),
+            ));
+        }
+        let seq = store.apply(&writes)?;
+        ledger.bytes = Some(total);
+        for (owner, next) in owners {
+            ledger.owners.insert(owner, next);
+        }
+        Ok(seq)
     }
 
     /// Merges a nested call's successful transaction back (it started as a
@@ -193,27 +313,75 @@ impl Txn {
     }
 }
 
-/// A commit lock per tenant: validation and apply of one tenant's commits
-/// never interleave; tenants never wait on each other.
+/// Usage accounting of one commit.
+pub struct Account<'a> {
+    pub tenant: &'a str,
+    pub ledger: &'a mut Ledger,
+    pub quota: Quota,
+}
+
+/// A commit lock per tenant, guarding its usage ledger: validation and
+/// apply of one tenant's commits never interleave; tenants never wait on
+/// each other.
 #[derive(Default)]
 pub struct CommitLocks {
-    locks: std::sync::Mutex<std::collections::HashMap<String, Arc<std::sync::Mutex<()>>>>,
+    locks: std::sync::Mutex<HashMap<String, Arc<std::sync::Mutex<Ledger>>>>,
 }
 
 impl CommitLocks {
-    /// Commits `txn` for `tenant`.
-    pub fn commit(&self, tenant: &str, store: &dyn Backend, txn: Txn) -> Result<(), CommitError> {
+    fn ledger(&self, tenant: &str) -> Arc<std::sync::Mutex<Ledger>> {
+        // Poisoning only happens if a commit panicked; the map itself is
+        // still consistent, so keep going with its contents.
+        let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(tenant.to_string()).or_default().clone()
+    }
+
+    /// Commits `txn` for `tenant` under its quota.
+    pub fn commit(
+        &self,
+        tenant: &str,
+        store: &Store,
+        txn: Txn,
+        quota: Quota,
+    ) -> Result<u64, CommitError> {
         if txn.is_read_only() {
-            return Ok(());
+            return Ok(0);
         }
-        let lock = {
-            // Poisoning only happens if a commit panicked; the map itself is
-            // still consistent, so keep going with its contents.
-            let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
-            map.entry(tenant.to_string()).or_default().clone()
+        let lock = self.ledger(tenant);
+        let mut ledger = lock.lock().unwrap_or_else(|p| p.into_inner());
+        txn.commit(
+            store,
+            Some(Account {
+                tenant,
+                ledger: &mut ledger,
+                quota,
+            }),
+        )
+    }
+
+    /// (tenant bytes, `owner`'s bytes) as last committed.
+    pub fn usage(
+        &self,
+        tenant: &str,
+        owner: Option<&str>,
+        store: &Store,
+    ) -> Result<(u64, u64), StoreError> {
+        let lock = self.ledger(tenant);
+        let mut ledger = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let bytes = ledger.bytes(store, tenant)?;
+        let owner = match owner {
+            Some(o) => ledger.owner(store, tenant, o)?,
+            None => 0,
         };
-        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
-        txn.commit(store)
+        Ok((bytes, owner))
+    }
+
+    /// Forgets a tenant's cached usage (after it is deleted).
+    pub fn forget(&self, tenant: &str) {
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(tenant);
     }
 }
 
@@ -222,44 +390,48 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::store::SledBackend;
+    use crate::store::crypt::MasterKey;
+
+    fn temp_store(dir: &std::path::Path) -> Store {
+        crate::store::sealed_tests::open_temp(dir, &MasterKey::generate().unwrap())
+    }
 
     #[test]
     fn reads_see_own_writes_and_others_see_nothing_before_commit() {
         let dir = tempfile::tempdir().unwrap();
-        let db = SledBackend::open(dir.path()).unwrap();
+        let db = temp_store(dir.path());
         let mut t = Txn::default();
         t.set(b"k".to_vec(), b"1".to_vec());
         assert_eq!(t.get(&db, b"k").unwrap(), Some(b"1".to_vec()));
         assert_eq!(db.get(b"k").unwrap(), None);
-        t.commit(&db).unwrap();
+        t.commit(&db, None).unwrap();
         assert_eq!(db.get(b"k").unwrap(), Some(b"1".to_vec()));
     }
 
     #[test]
     fn a_stale_read_conflicts_instead_of_losing_an_update() {
         let dir = tempfile::tempdir().unwrap();
-        let db = SledBackend::open(dir.path()).unwrap();
+        let db = temp_store(dir.path());
         let mut a = Txn::default();
         let mut b = Txn::default();
         assert_eq!(a.get(&db, b"n").unwrap(), None);
         assert_eq!(b.get(&db, b"n").unwrap(), None);
         a.set(b"n".to_vec(), b"1".to_vec());
         b.set(b"n".to_vec(), b"1".to_vec());
-        a.commit(&db).unwrap();
-        assert!(matches!(b.commit(&db), Err(CommitError::Conflict)));
+        a.commit(&db, None).unwrap();
+        assert!(matches!(b.commit(&db, None), Err(CommitError::Conflict)));
     }
 
     #[test]
     fn a_phantom_in_a_scanned_range_conflicts() {
         let dir = tempfile::tempdir().unwrap();
-        let db = SledBackend::open(dir.path()).unwrap();
+        let db = temp_store(dir.path());
         let mut a = Txn::default();
         let (page, _) = a.scan(&db, b"p/", None, 10).unwrap();
         assert!(page.is_empty());
         a.set(b"count".to_vec(), b"0".to_vec());
         db.apply(&[(b"p/x".to_vec(), Some(b"1".to_vec()))]).unwrap();
-        assert!(matches!(a.commit(&db), Err(CommitError::Conflict)));
+        assert!(matches!(a.commit(&db, None), Err(CommitError::Conflict)));
     }
 
     /// Model test: random operations through transactions against a
@@ -268,6 +440,7 @@ mod tests {
     #[test]
     fn model_matches_btreemap_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
+        let master = MasterKey::generate().unwrap();
         let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         let mut seed = 0x2545_f491_4f6c_dd1du64;
         let mut next = move || {
@@ -277,7 +450,7 @@ mod tests {
             seed
         };
         for _round in 0..4 {
-            let db = SledBackend::open(dir.path()).unwrap();
+            let db = crate::store::sealed_tests::open_temp(dir.path(), &master);
             for (k, v) in &model {
                 assert_eq!(db.get(k).unwrap().as_ref(), Some(v));
             }
@@ -305,7 +478,7 @@ mod tests {
                 if next() % 4 == 0 {
                     drop(t); // abandoned: nothing may change
                 } else {
-                    t.commit(&db).unwrap();
+                    t.commit(&db, None).unwrap();
                     model = shadow;
                 }
             }

@@ -61,6 +61,12 @@ pub fn add_to_linker(
             Capability::Plugins => {
                 wit::plugins::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?
             }
+            Capability::Blobs => {
+                wit::blobs::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?
+            }
+            Capability::Crypto => {
+                wit::crypto::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?
+            }
             // Not implemented yet: never linked (install refuses importers).
             _ => {}
         }
@@ -351,5 +357,86 @@ impl wit::plugins::Host for HostState {
             headers: r.headers,
             body: r.body,
         }))
+    }
+}
+
+impl wit::blobs::Host for HostState {
+    fn create(&mut self, owner: Option<String>, retention_class: String) -> WitResult<String> {
+        wrap(capability::blobs::create(
+            &mut self.call,
+            owner.as_deref(),
+            &retention_class,
+        ))
+    }
+
+    fn append(&mut self, id: String, chunk: Vec<u8>) -> WitResult<u64> {
+        wrap(capability::blobs::append(&mut self.call, &id, &chunk))
+    }
+
+    fn read(&mut self, id: String, offset: u64, len: u32) -> WitResult<Vec<u8>> {
+        wrap(capability::blobs::read(&mut self.call, &id, offset, len))
+    }
+
+    fn size(&mut self, id: String) -> WitResult<u64> {
+        wrap(capability::blobs::size(&mut self.call, &id))
+    }
+
+    fn delete(&mut self, id: String) -> WitResult<bool> {
+        wrap(capability::blobs::delete(&mut self.call, &id))
+    }
+}
+
+impl wit::crypto::Host for HostState {
+    fn random_bytes(&mut self, len: u32) -> wasmtime::Result<Vec<u8>> {
+        // The interface has no error case: a budget or entropy failure is
+        // fatal to the call.
+        capability::crypto::random_bytes(&mut self.call, len).map_err(wasmtime::Error::msg)
+    }
+
+    fn sha256(&mut self, data: Vec<u8>) -> wasmtime::Result<Vec<u8>> {
+        capability::crypto::sha256(&mut self.call, &data).map_err(wasmtime::Error::msg)
+    }
+
+    fn hmac_sha256(&mut self, key_name: String, data: Vec<u8>) -> WitResult<Vec<u8>> {
+        wrap(capability::crypto::hmac_sha256(
+            &mut self.call,
+            &key_name,
+            &data,
+        ))
+    }
+
+    fn sign(&mut self, key_name: String, data: Vec<u8>) -> WitResult<Vec<u8>> {
+        wrap(capability::crypto::sign(&mut self.call, &key_name, &data))
+    }
+
+    fn verify(&mut self, key_name: String, data: Vec<u8>, signature: Vec<u8>) -> WitResult<bool> {
+        wrap(capability::crypto::verify(
+            &mut self.call,
+            &key_name,
+            &data,
+            &signature,
+        ))
+    }
+
+    fn public_key(&mut self, key_name: String) -> WitResult<Vec<u8>> {
+        wrap(capability::crypto::public_key(&mut self.call, &key_name))
+    }
+
+    fn seal(&mut self, key_name: String, plaintext: Vec<u8>, aad: Vec<u8>) -> WitResult<Vec<u8>> {
+        wrap(capability::crypto::seal(
+            &mut self.call,
+            &key_name,
+            &plaintext,
+            &aad,
+        ))
+    }
+
+    fn open(&mut self, key_name: String, sealed: Vec<u8>, aad: Vec<u8>) -> WitResult<Vec<u8>> {
+        wrap(capability::crypto::open(
+            &mut self.call,
+            &key_name,
+            &sealed,
+            &aad,
+        ))
     }
 }

@@ -9,10 +9,23 @@
 //! t/{tenant}/k/{plugin}/{key bytes}   plugin kv
 //! t/{tenant}/tm/{plugin}/{timer id}   pending timer record
 //! q/{due ms, 16 hex}/{tenant}/{plugin}/{timer id}   timer queue
-//! sys/tenant/{tenant}                 tenant record
+//! sys/tenant/{tenant}                 tenant directory entry: its region
+//! t/{tenant}/record                   tenant record (limits, plugins...)
 //! sys/plugin/{name}/{version}/package   installed signed package
 //! sys/trust/{key id}                   trusted publisher key
+//! sys/keyring/{scope}                  scope key wrapped by the master key
+//! t/{tenant}/bm/{plugin}/{blob}       blob metadata (owner, class, size, key)
+//! t/{tenant}/bc/{plugin}/{blob}/{n}   blob chunk n, sealed by the blob's key
+//! t/{tenant}/rx/{class}/{created}/{plugin}/{blob}   retention index
+//! t/{tenant}/gc/{plugin}/{blob}       chunks of a deleted blob to reclaim
+//! t/{tenant}/usage                    bytes the tenant stores (quota)
+//! t/{tenant}/uo/{owner}               blob bytes one owner stores (quota)
+//! cl/{gen, 8 hex}/{key}               changed since backup generation gen
+//! cl/state                            backup bookkeeping (never backed up)
 //! ```
+//!
+//! Tenant keys (`t/` and `q/`) live in the tenant's region database; all
+//! other keys in the system database.
 
 /// Prefix of a plugin's kv namespace within a tenant.
 pub fn kv_prefix(tenant: &str, plugin: &str) -> Vec<u8> {
@@ -55,10 +68,23 @@ pub fn parse_timer_queue(key: &[u8]) -> Option<(u64, String, String, String)> {
     Some((due, tenant, plugin, id))
 }
 
-/// A tenant's record.
+/// A tenant's directory entry (its region), in the system database.
 pub fn tenant(id: &str) -> Vec<u8> {
     format!("sys/tenant/{id}").into_bytes()
 }
+
+/// A tenant's full record (limits, plugins, policies), in its region.
+pub fn tenant_record(id: &str) -> Vec<u8> {
+    format!("t/{id}/record").into_bytes()
+}
+
+/// A deleted tenant whose storage is still being reclaimed.
+pub fn deleted_tenant(id: &str) -> Vec<u8> {
+    format!("sys/deleted/{id}").into_bytes()
+}
+
+/// Prefix of deleted tenants awaiting reclamation.
+pub const DELETED_TENANTS: &[u8] = b"sys/deleted/";
 
 /// Prefix of all tenant records.
 pub const TENANTS: &[u8] = b"sys/tenant/";
@@ -78,6 +104,151 @@ pub const TRUST: &[u8] = b"sys/trust/";
 
 /// Prefix of all installed plugins.
 pub const PLUGINS: &[u8] = b"sys/plugin/";
+
+/// The tenant a key belongs to, if any.
+pub fn tenant_of(key: &[u8]) -> Option<&str> {
+    let rest = if let Some(rest) = key.strip_prefix(b"t/") {
+        rest
+    } else {
+        // q/{16 hex}/{tenant}/...
+        let rest = key.strip_prefix(b"q/")?;
+        rest.get(17..).filter(|_| rest.get(16) == Some(&b'/'))?
+    };
+    let end = rest.iter().position(|b| *b == b'/')?;
+    std::str::from_utf8(&rest[..end]).ok()
+}
+
+/// How a key's value is protected at rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class<'a> {
+    /// A scope key already wrapped by the master key.
+    Keyring,
+    /// Backup bookkeeping: key names only, never backed up.
+    Changelog,
+    /// A blob chunk already sealed under its blob's key.
+    Chunk(&'a str),
+    /// Sealed under this tenant's key.
+    Tenant(&'a str),
+    /// Sealed under the system key.
+    System,
+}
+
+/// Classifies a store key.
+pub fn classify(key: &[u8]) -> Class<'_> {
+    if key.starts_with(KEYRING) {
+        return Class::Keyring;
+    }
+    if key.starts_with(CHANGELOG) {
+        return Class::Changelog;
+    }
+    match tenant_of(key) {
+        Some(t) => {
+            let chunk =
+                key.len() > 2 + t.len() + 4 && &key[2 + t.len()..2 + t.len() + 4] == b"/bc/";
+            if chunk && key.starts_with(b"t/") {
+                Class::Chunk(t)
+            } else {
+                Class::Tenant(t)
+            }
+        }
+        None => Class::System,
+    }
+}
+
+/// Prefix of the keyring.
+pub const KEYRING: &[u8] = b"sys/keyring/";
+
+/// A keyring record.
+pub fn keyring(scope: &str) -> Vec<u8> {
+    format!("sys/keyring/{scope}").into_bytes()
+}
+
+/// Prefix of the changelog and backup bookkeeping.
+pub const CHANGELOG: &[u8] = b"cl/";
+
+/// Backup bookkeeping record.
+pub const BACKUP_STATE: &[u8] = b"cl/state";
+
+/// A changelog marker.
+pub fn changelog(generation: u32, key: &[u8]) -> Vec<u8> {
+    let mut k = format!("cl/{generation:08x}/").into_bytes();
+    k.extend_from_slice(key);
+    k
+}
+
+/// Parses a changelog marker into (generation, key).
+pub fn parse_changelog(marker: &[u8]) -> Option<(u32, &[u8])> {
+    let rest = marker.strip_prefix(CHANGELOG)?;
+    if rest.len() < 9 || rest[8] != b'/' {
+        return None;
+    }
+    let generation = u32::from_str_radix(std::str::from_utf8(&rest[..8]).ok()?, 16).ok()?;
+    Some((generation, &rest[9..]))
+}
+
+/// Metadata of a blob.
+pub fn blob_meta(tenant: &str, plugin: &str, id: &str) -> Vec<u8> {
+    format!("t/{tenant}/bm/{plugin}/{id}").into_bytes()
+}
+
+/// Prefix of a blob's chunks.
+pub fn blob_chunks(tenant: &str, plugin: &str, id: &str) -> Vec<u8> {
+    format!("t/{tenant}/bc/{plugin}/{id}/").into_bytes()
+}
+
+/// Chunk `n` of a blob.
+pub fn blob_chunk(tenant: &str, plugin: &str, id: &str, n: u64) -> Vec<u8> {
+    format!("t/{tenant}/bc/{plugin}/{id}/{n:010x}").into_bytes()
+}
+
+/// Prefix of a tenant's retention index for one class.
+pub fn retention_prefix(tenant: &str, class: &str) -> Vec<u8> {
+    format!("t/{tenant}/rx/{class}/").into_bytes()
+}
+
+/// A blob's retention index entry.
+pub fn retention(tenant: &str, class: &str, created_ms: u64, plugin: &str, id: &str) -> Vec<u8> {
+    format!("t/{tenant}/rx/{class}/{created_ms:016x}/{plugin}/{id}").into_bytes()
+}
+
+/// Parses the part of a retention entry after its class prefix into
+/// (created ms, plugin, blob id).
+pub fn parse_retention(rest: &[u8]) -> Option<(u64, String, String)> {
+    let text = std::str::from_utf8(rest).ok()?;
+    let mut parts = text.splitn(3, '/');
+    let created = u64::from_str_radix(parts.next()?, 16).ok()?;
+    Some((
+        created,
+        parts.next()?.to_string(),
+        parts.next()?.to_string(),
+    ))
+}
+
+/// Prefix of a tenant's pending chunk reclamation.
+pub fn blob_gc_prefix(tenant: &str) -> Vec<u8> {
+    format!("t/{tenant}/gc/").into_bytes()
+}
+
+/// A deleted blob whose chunks remain to be reclaimed.
+pub fn blob_gc(tenant: &str, plugin: &str, id: &str) -> Vec<u8> {
+    format!("t/{tenant}/gc/{plugin}/{id}").into_bytes()
+}
+
+/// A tenant's stored-bytes counter.
+pub fn usage(tenant: &str) -> Vec<u8> {
+    format!("t/{tenant}/usage").into_bytes()
+}
+
+/// One owner's blob-bytes counter.
+pub fn owner_usage(tenant: &str, owner: &str) -> Vec<u8> {
+    format!("t/{tenant}/uo/{owner}").into_bytes()
+}
+
+/// Whether a key is a usage counter (not itself counted).
+pub fn is_usage(tenant: &str, key: &[u8]) -> bool {
+    let rest = &key[(2 + tenant.len()).min(key.len())..];
+    rest == b"/usage" || rest.starts_with(b"/uo/")
+}
 
 #[cfg(test)]
 mod tests {
@@ -106,5 +277,31 @@ mod tests {
             parse_timer_queue(&b),
             Some((300, "acme".into(), "chat".into(), "x0".into()))
         );
+    }
+
+    #[test]
+    fn keys_classify_by_owner() {
+        assert_eq!(classify(b"t/acme/k/chat/x"), Class::Tenant("acme"));
+        assert_eq!(
+            classify(&blob_chunk("acme", "rec", "ab", 3)),
+            Class::Chunk("acme")
+        );
+        assert_eq!(
+            classify(&timer_queue(9, "acme", "chat", "i")),
+            Class::Tenant("acme")
+        );
+        assert_eq!(classify(b"sys/tenant/acme"), Class::System);
+        assert_eq!(classify(&keyring("tenant/acme")), Class::Keyring);
+        assert_eq!(classify(&changelog(3, b"t/a/k")), Class::Changelog);
+        assert_eq!(classify(b"q/zz"), Class::System);
+        // A plugin key that looks like a chunk path is still plain kv.
+        assert_eq!(classify(&kv("acme", "p", b"/bc/x")), Class::Tenant("acme"));
+        assert_eq!(
+            parse_changelog(&changelog(7, b"t/a/k/p/x")),
+            Some((7, &b"t/a/k/p/x"[..]))
+        );
+        assert!(is_usage("acme", &usage("acme")));
+        assert!(is_usage("acme", &owner_usage("acme", "u1")));
+        assert!(!is_usage("acme", &kv("acme", "usage", b"x")));
     }
 }

@@ -1,0 +1,354 @@
+//! Data protection on the runtime (SPEC D2, D4, K5): legal holds,
+//! retention policies and their sweeper, reclaiming the chunks of deleted
+//! blobs, and storage usage. Every change here is audited.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use super::txn::{Quota, Txn};
+use super::{AdminError, Inner, Runtime, audit};
+use crate::capability::blobs::{self, BlobMeta};
+use crate::capability::timers::now_ms;
+use crate::store::{StoreError, keys};
+
+/// What one retention sweep did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Blobs deleted because their retention ended.
+    pub deleted: u64,
+    /// Expired blobs kept because of an object hold.
+    pub held_objects: u64,
+    /// Tenants skipped entirely because of a tenant hold.
+    pub held_tenants: u64,
+}
+
+/// A tenant's storage use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Usage {
+    /// Bytes stored (keys and sealed values and chunks).
+    pub bytes: u64,
+    /// The tenant's quota.
+    pub quota_bytes: u64,
+}
+
+const DAY_MS: u64 = 86_400_000;
+/// Longest retention period accepted (100 years).
+const MAX_RETENTION_DAYS: u32 = 36_500;
+
+impl Runtime {
+    /// Puts a tenant under legal hold (or releases it): while held nothing
+    /// of it is deleted — not by retention, not by its plugins, not by
+    /// deleting the tenant.
+    pub async fn set_legal_hold(&self, tenant: &str, on: bool) -> Result<(), AdminError> {
+        let _admin = self.inner.admin.lock().await;
+        let current = self.inner.tenant_or_admin_err(tenant)?;
+        let mut record = current.record.clone();
+        record.legal_hold = on;
+        self.inner.save_tenant(record, Some(&current))?;
+        audit(
+            if on {
+                "hold.tenant.set"
+            } else {
+                "hold.tenant.release"
+            },
+            "ok",
+            tenant,
+        );
+        Ok(())
+    }
+
+    /// Puts one blob under legal hold (or releases it).
+    pub async fn set_blob_hold(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        blob: &str,
+        on: bool,
+    ) -> Result<(), AdminError> {
+        let _admin = self.inner.admin.lock().await;
+        self.inner.tenant_or_admin_err(tenant)?;
+        let what = format!("blob {blob} of plugin {plugin} in tenant {tenant}");
+        if !blobs::is_valid_id(blob) || !crate::tenant::is_valid_tenant_id(plugin) {
+            return Err(AdminError::NotFound(what));
+        }
+        let key = keys::blob_meta(tenant, plugin, blob);
+        let Some(raw) = self.inner.store.get(&key)? else {
+            return Err(AdminError::NotFound(what));
+        };
+        let mut meta: BlobMeta =
+            serde_json::from_slice(&raw).map_err(|e| AdminError::Internal(e.to_string()))?;
+        meta.hold = on;
+        let raw = serde_json::to_vec(&meta).map_err(|e| AdminError::Internal(e.to_string()))?;
+        self.inner.apply_locked(tenant, vec![(key, Some(raw))])?;
+        self.inner.store.flush()?;
+        audit(
+            if on {
+                "hold.object.set"
+            } else {
+                "hold.object.release"
+            },
+            "ok",
+            &what,
+        );
+        Ok(())
+    }
+
+    /// Sets how long objects of `class` are kept: `Some(days)`, or `None`
+    /// to keep them until deleted. Overrides the default of SPEC D4.
+    pub async fn set_retention(
+        &self,
+        tenant: &str,
+        class: &str,
+        days: Option<u32>,
+    ) -> Result<(), AdminError> {
+        let _admin = self.inner.admin.lock().await;
+        let current = self.inner.tenant_or_admin_err(tenant)?;
+        if !crate::tenant::is_valid_class(class) {
+            return Err(AdminError::InvalidRetention(format!(
+                "class {class:?} must be 1-32 of [a-z0-9-], starting with a letter"
+            )));
+        }
+        if let Some(d) = days
+            && (d == 0 || d > MAX_RETENTION_DAYS)
+        {
+            return Err(AdminError::InvalidRetention(format!(
+                "days must be between 1 and {MAX_RETENTION_DAYS}"
+            )));
+        }
+        let mut record = current.record.clone();
+        record.retention.insert(class.to_string(), days);
+        self.inner.save_tenant(record, Some(&current))?;
+        audit(
+            "retention.policy",
+            "ok",
+            &format!(
+                "{tenant}: {class} = {}",
+                days.map_or("keep".to_string(), |d| format!("{d} days"))
+            ),
+        );
+        Ok(())
+    }
+
+    /// The effective retention policy (defaults included) and hold.
+    pub fn retention_policy(
+        &self,
+        tenant: &str,
+    ) -> Result<(std::collections::BTreeMap<String, Option<u32>>, bool), AdminError> {
+        let t = self.inner.tenant_or_admin_err(tenant)?;
+        Ok((t.record.retention_policy(), t.record.legal_hold))
+    }
+
+    /// A tenant's storage use.
+    pub fn storage_usage(&self, tenant: &str) -> Result<Usage, AdminError> {
+        let t = self.inner.tenant_or_admin_err(tenant)?;
+        let (bytes, _) = self.inner.commits.usage(tenant, None, &self.inner.store)?;
+        Ok(Usage {
+            bytes,
+            quota_bytes: t.record.limits.storage_bytes,
+        })
+    }
+
+    /// Bytes of blobs `owner` stores in `tenant`.
+    pub fn owner_usage(&self, tenant: &str, owner: &str) -> Result<u64, AdminError> {
+        self.inner.tenant_or_admin_err(tenant)?;
+        Ok(self
+            .inner
+            .commits
+            .usage(tenant, Some(owner), &self.inner.store)?
+            .1)
+    }
+
+    /// Deletes every blob whose retention ended at `now_ms`, except under
+    /// hold, then reclaims deleted blobs' chunks.
+    pub async fn sweep_retention(&self, now_ms: u64) -> Result<SweepReport, StoreError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.sweep_retention(now_ms))
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))?
+    }
+
+    /// Reclaims the chunks of deleted blobs now (normally done in the
+    /// background); returns how many chunks were deleted.
+    pub async fn reclaim_blobs(&self) -> Result<u64, StoreError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut n = 0;
+            for t in inner.tenant_ids() {
+                n += inner.reclaim_blobs(&t)?;
+            }
+            Ok(n)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(e.to_string()))?
+    }
+}
+
+impl Inner {
+    fn tenant_ids(&self) -> Vec<String> {
+        self.tenants
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    fn sweep_retention(&self, now: u64) -> Result<SweepReport, StoreError> {
+        let mut report = SweepReport::default();
+        for id in self.tenant_ids() {
+            let Some(t) = self.tenant(&id) else { continue };
+            if t.record.legal_hold {
+                report.held_tenants += 1;
+                continue;
+            }
+            for (class, days) in t.record.retention_policy() {
+                let Some(days) = days else { continue };
+                let cutoff = now.saturating_sub(u64::from(days) * DAY_MS);
+                self.sweep_class(&id, &class, cutoff, &mut report)?;
+            }
+            self.reclaim_blobs(&id)?;
+        }
+        Ok(report)
+    }
+
+    fn sweep_class(
+        &self,
+        tenant: &str,
+        class: &str,
+        cutoff: u64,
+        report: &mut SweepReport,
+    ) -> Result<(), StoreError> {
+        let prefix = keys::retention_prefix(tenant, class);
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self.store.scan_raw(&prefix, after.as_deref(), 256)?;
+            let Some(last) = page.last() else {
+                return Ok(());
+            };
+            after = Some(last.0.clone());
+            for (index_key, _) in page {
+                let Some((created, plugin, id)) = keys::parse_retention(&index_key[prefix.len()..])
+                else {
+                    continue;
+                };
+                if created > cutoff {
+                    return Ok(());
+                }
+                let meta_key = keys::blob_meta(tenant, &plugin, &id);
+                let meta: Option<BlobMeta> = self
+                    .store
+                    .get(&meta_key)?
+                    .and_then(|raw| serde_json::from_slice(&raw).ok());
+                let Some(meta) = meta else {
+                    // A stale index entry: its blob is gone already.
+                    self.apply_locked(tenant, vec![(index_key, None)])?;
+                    continue;
+                };
+                if meta.hold {
+                    report.held_objects += 1;
+                    continue;
+                }
+                let mut txn = Txn::default();
+                for (k, v) in blobs::deletion_writes(tenant, &plugin, &id, meta_key, &meta) {
+                    match v {
+                        Some(v) => txn.set(k, v),
+                        None => txn.set_delete(k),
+                    }
+                }
+                if let Some(owner) = &meta.owner {
+                    txn.add_owner_delta(owner, -(meta.size as i64));
+                }
+                self.commit_host(tenant, txn)?;
+                report.deleted += 1;
+                audit(
+                    "retention.delete",
+                    "ok",
+                    &format!(
+                        "{tenant}: blob {id} of {plugin}, class {class}, {} bytes, created {created}",
+                        meta.size
+                    ),
+                );
+            }
+        }
+    }
+
+    /// Commits host bookkeeping for `tenant` (never refused for quota).
+    fn commit_host(&self, tenant: &str, txn: Txn) -> Result<(), StoreError> {
+        let quota = Quota {
+            tenant_bytes: u64::MAX,
+            owner_bytes: u64::MAX,
+        };
+        match self.commits.commit(tenant, &self.store, txn, quota) {
+            Ok(_) => Ok(()),
+            Err(super::txn::CommitError::Store(e)) => Err(e),
+            Err(other) => Err(StoreError::Backend(other.to_string())),
+        }
+    }
+
+    /// Deletes the chunks of this tenant's deleted blobs.
+    pub(super) fn reclaim_blobs(&self, tenant: &str) -> Result<u64, StoreError> {
+        let mut reclaimed = 0;
+        let prefix = keys::blob_gc_prefix(tenant);
+        loop {
+            let page = self.store.scan_raw(&prefix, None, 64)?;
+            if page.is_empty() {
+                return Ok(reclaimed);
+            }
+            for (marker, _) in page {
+                let rest = String::from_utf8_lossy(&marker[prefix.len()..]).into_owned();
+                let Some((plugin, id)) = rest.split_once('/') else {
+                    self.apply_locked(tenant, vec![(marker, None)])?;
+                    continue;
+                };
+                let chunks = keys::blob_chunks(tenant, plugin, id);
+                loop {
+                    let page = self.store.scan_raw(&chunks, None, 512)?;
+                    if page.is_empty() {
+                        break;
+                    }
+                    reclaimed += page.len() as u64;
+                    self.apply_locked(tenant, page.into_iter().map(|(k, _)| (k, None)).collect())?;
+                }
+                self.apply_locked(tenant, vec![(marker, None)])?;
+            }
+        }
+    }
+}
+
+/// Reclaims deleted blobs every minute and sweeps retention every
+/// `interval`, until the runtime is dropped.
+pub(super) async fn maintenance_loop(weak: Weak<Inner>, interval: Duration) {
+    let mut last_sweep = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_secs(60).min(interval)).await;
+        let Some(inner) = weak.upgrade() else { return };
+        let sweep = last_sweep.elapsed() >= interval;
+        let job = {
+            let inner: Arc<Inner> = inner.clone();
+            tokio::task::spawn_blocking(move || {
+                if sweep {
+                    inner.sweep_retention(now_ms()).map(|r| {
+                        if r.deleted > 0 {
+                            tracing::info!(
+                                deleted = r.deleted,
+                                held = r.held_objects,
+                                "retention sweep"
+                            );
+                        }
+                    })
+                } else {
+                    inner
+                        .tenant_ids()
+                        .iter()
+                        .try_for_each(|t| inner.reclaim_blobs(t).map(|_| ()))
+                }
+            })
+        };
+        if let Ok(Err(e)) = job.await {
+            tracing::error!(error = %e, "storage maintenance failed; retrying later");
+        }
+        if sweep {
+            last_sweep = tokio::time::Instant::now();
+        }
+    }
+}
