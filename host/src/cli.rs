@@ -55,6 +55,13 @@ pub enum Command {
     /// The operator's trust store of publisher keys (offline).
     #[command(subcommand)]
     Trust(TrustCmd),
+    /// Backups: create (online through a running server, or offline),
+    /// verify, restore.
+    #[command(subcommand)]
+    Backup(BackupCmd),
+    /// Master key management.
+    #[command(subcommand)]
+    Keys(KeysCmd),
     /// Call a plugin route once, as a user of a tenant, and print the
     /// response (offline).
     Call {
@@ -78,9 +85,100 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum BackupCmd {
+    /// Make a backup. Talks to the running server when there is one (the
+    /// backup is then online: calls go on), else opens the folder.
+    Create {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Destination folder (default `{data}/backups`).
+        #[arg(long)]
+        to: Option<PathBuf>,
+        /// `full` or `incremental` (default: incremental when a previous
+        /// backup is in the destination).
+        #[arg(long)]
+        kind: Option<String>,
+    },
+    /// Authenticate a backup and its chain and replay them into a scratch
+    /// folder, comparing the result with the recorded digest.
+    Verify {
+        file: PathBuf,
+        /// The backup key file (default `{data}/keys/backup.key`).
+        #[arg(long)]
+        backup_key: Option<PathBuf>,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Restore a backup (and its chain) into a fresh data folder.
+    Restore {
+        file: PathBuf,
+        /// The backup key file of the server that made it.
+        #[arg(long)]
+        backup_key: PathBuf,
+        /// The fresh data folder to restore into.
+        #[arg(long)]
+        data: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCmd {
+    /// Rotate the master key: every tenant key is rewrapped, no data is
+    /// rewritten. Online through a running server, or offline.
+    RotateMaster {
+        #[command(flatten)]
+        data: DataArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum TenantCmd {
     /// Create a tenant.
     Create {
+        #[command(flatten)]
+        data: DataArgs,
+        id: String,
+        /// Region to store it in (default: the server's first region).
+        #[arg(long)]
+        region: Option<String>,
+    },
+    /// Delete a tenant: its key is destroyed at once (crypto-shredding).
+    Delete {
+        #[command(flatten)]
+        data: DataArgs,
+        id: String,
+        /// Confirms the deletion (it cannot be undone).
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Set or release a legal hold on a tenant, or on one blob with
+    /// --plugin and --blob.
+    Hold {
+        #[command(flatten)]
+        data: DataArgs,
+        id: String,
+        #[arg(long)]
+        release: bool,
+        #[arg(long, requires = "blob")]
+        plugin: Option<String>,
+        #[arg(long, requires = "plugin")]
+        blob: Option<String>,
+    },
+    /// Set how long a content class is kept (`--days N` or `--keep`), or
+    /// show the policy when neither is given.
+    Retention {
+        #[command(flatten)]
+        data: DataArgs,
+        id: String,
+        #[arg(long, requires = "class")]
+        days: Option<u32>,
+        #[arg(long, requires = "class", conflicts_with = "days")]
+        keep: bool,
+        #[arg(long)]
+        class: Option<String>,
+    },
+    /// Show a tenant's storage use.
+    Usage {
         #[command(flatten)]
         data: DataArgs,
         id: String,
@@ -213,12 +311,139 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
             let runtime = Runtime::open(file.runtime_config(data))?;
             crate::bundle::install(&runtime, file.trust_bundled.unwrap_or(true)).await;
-            server::serve(runtime, listen).await
+            server::serve(runtime, listen, file.backup.clone()).await
         }
-        Command::Tenant(TenantCmd::Create { data, id }) => {
+        Command::Tenant(TenantCmd::Create { data, id, region }) => {
             let rt = open(&data)?;
-            rt.create_tenant(&id, None).await.map_err(admin)?;
+            rt.create_tenant_in(&id, region.as_deref(), None)
+                .await
+                .map_err(admin)?;
             println!("tenant {id} created");
+            Ok(())
+        }
+        Command::Tenant(TenantCmd::Delete { data, id, yes }) => {
+            if !yes {
+                bail!("deleting tenant {id} destroys its key and cannot be undone; pass --yes");
+            }
+            let rt = open(&data)?;
+            rt.delete_tenant(&id).await.map_err(admin)?;
+            println!("tenant {id} deleted; its key is destroyed");
+            Ok(())
+        }
+        Command::Tenant(TenantCmd::Hold {
+            data,
+            id,
+            release,
+            plugin,
+            blob,
+        }) => {
+            let rt = open(&data)?;
+            match (plugin, blob) {
+                (Some(p), Some(b)) => rt.set_blob_hold(&id, &p, &b, !release).await,
+                _ => rt.set_legal_hold(&id, !release).await,
+            }
+            .map_err(admin)?;
+            println!("legal hold {}", if release { "released" } else { "set" });
+            Ok(())
+        }
+        Command::Tenant(TenantCmd::Retention {
+            data,
+            id,
+            days,
+            keep,
+            class,
+        }) => {
+            let rt = open(&data)?;
+            if let Some(class) = class {
+                if days.is_none() && !keep {
+                    bail!("give --days N or --keep for class {class}");
+                }
+                rt.set_retention(&id, &class, days).await.map_err(admin)?;
+            }
+            let (policy, hold) = rt.retention_policy(&id).map_err(admin)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &serde_json::json!({"days": policy, "legal_hold": hold})
+                )?
+            );
+            Ok(())
+        }
+        Command::Tenant(TenantCmd::Usage { data, id }) => {
+            let rt = open(&data)?;
+            let u = rt.storage_usage(&id).map_err(admin)?;
+            println!("{} of {} bytes", u.bytes, u.quota_bytes);
+            Ok(())
+        }
+        Command::Backup(BackupCmd::Create { data, to, kind }) => {
+            let kind = match kind.as_deref() {
+                None => None,
+                Some("full") => Some(crate::backup::Kind::Full),
+                Some("incremental") => Some(crate::backup::Kind::Incremental),
+                Some(other) => bail!("--kind must be full or incremental, not {other:?}"),
+            };
+            let dir = to.unwrap_or_else(|| data.data.join("backups"));
+            let dir = std::path::absolute(&dir).unwrap_or(dir);
+            let req = crate::control::ControlRequest::Backup {
+                dir: dir.clone(),
+                kind,
+            };
+            if let Some(answer) = crate::control::send(&data.data, &req).await {
+                return control_answer(answer?);
+            }
+            let rt = open(&data)?;
+            let info = rt
+                .backup(&dir, kind)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e} ({})", e.code()))?;
+            println!("{}", crate::control::describe_backup(&info));
+            Ok(())
+        }
+        Command::Backup(BackupCmd::Verify {
+            file,
+            backup_key,
+            data,
+        }) => {
+            let key = load_backup_key(backup_key.as_deref(), &data.data)?;
+            let r = crate::backup::verify(&file, &key).map_err(backup_err)?;
+            println!(
+                "ok: {} backup(s) authenticated and replayed; {} entries, digest {}",
+                r.chain.len(),
+                r.live,
+                r.digest
+            );
+            Ok(())
+        }
+        Command::Backup(BackupCmd::Restore {
+            file,
+            backup_key,
+            data,
+        }) => {
+            let key = load_backup_key(Some(&backup_key), &data)?;
+            let r = crate::backup::restore(&file, &key, &data).map_err(backup_err)?;
+            // The restored folder uses the same backup key for its backups.
+            let target = data.join("keys").join("backup.key");
+            if !target.exists() {
+                crate::store::crypt::write_key_file(&target, &key)?;
+            }
+            println!(
+                "restored {} backup(s) into {}: {} entries, digest {} verified; master key {}",
+                r.chain.len(),
+                data.display(),
+                r.live,
+                r.digest,
+                r.master_key_id
+            );
+            Ok(())
+        }
+        Command::Keys(KeysCmd::RotateMaster { data }) => {
+            let req = crate::control::ControlRequest::RotateMaster;
+            if let Some(answer) = crate::control::send(&data.data, &req).await {
+                return control_answer(answer?);
+            }
+            let rt = open(&data)?;
+            let id = rt.rotate_master_key(None).await.map_err(admin)?;
+            println!("master key rotated; new key id {id}");
             Ok(())
         }
         Command::Tenant(TenantCmd::List { data }) => {
@@ -417,6 +642,30 @@ fn open(data: &DataArgs) -> anyhow::Result<Runtime> {
     // One-off commands need few slots.
     config.max_concurrent_calls = 16;
     Runtime::open(config)
+}
+
+fn control_answer(answer: crate::control::ControlResponse) -> anyhow::Result<()> {
+    if answer.ok {
+        println!("{}", answer.message);
+        Ok(())
+    } else {
+        bail!("{} ({})", answer.message, answer.code)
+    }
+}
+
+fn backup_err(e: crate::backup::BackupError) -> anyhow::Error {
+    anyhow::anyhow!("{e} ({})", e.code())
+}
+
+fn load_backup_key(
+    file: Option<&std::path::Path>,
+    data: &std::path::Path,
+) -> anyhow::Result<crate::store::crypt::MasterKey> {
+    let default = data.join("keys").join("backup.key");
+    let path = file.unwrap_or(&default);
+    crate::store::crypt::load_key_file(path, false).map_err(|e| {
+        anyhow::anyhow!("{e}; pass --backup-key with the key of the server that made the backup")
+    })
 }
 
 fn admin(e: crate::runtime::AdminError) -> anyhow::Error {

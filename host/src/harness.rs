@@ -65,6 +65,14 @@ impl Harness {
         self.dir.path()
     }
 
+    /// Closes the runtime (flushing and releasing the folder) and hands
+    /// over the data folder, e.g. to reopen it as a restarted server would.
+    pub fn into_dir(self) -> tempfile::TempDir {
+        let Harness { runtime, dir, .. } = self;
+        drop(runtime);
+        dir
+    }
+
     /// Builds the plugin crate in `dir` for `wasm32-wasip2` (release) and
     /// returns the component's path.
     pub fn build_plugin(dir: &Path) -> anyhow::Result<PathBuf> {

@@ -18,9 +18,11 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod backup;
 pub mod bundle;
 pub mod capability;
 pub mod cli;
+pub mod control;
 mod fsutil;
 pub mod harness;
 pub mod runtime;

@@ -255,6 +255,7 @@ pub(crate) struct Inner {
     pub(crate) commits: CommitLocks,
     global_slots: Arc<Semaphore>,
     admin: tokio::sync::Mutex<()>,
+    backup_lock: tokio::sync::Mutex<()>,
     timer_wake: Arc<tokio::sync::Notify>,
     stop: Arc<AtomicBool>,
 }
@@ -363,6 +364,7 @@ impl Runtime {
             pres: Mutex::default(),
             commits: CommitLocks::default(),
             admin: tokio::sync::Mutex::new(()),
+            backup_lock: tokio::sync::Mutex::new(()),
             timer_wake: Arc::new(tokio::sync::Notify::new()),
             stop,
         });
@@ -493,9 +495,9 @@ impl Runtime {
         Ok(())
     }
 
-    /// Deletes a tenant: its key is destroyed at once (crypto-shredding,
+    /// Deletes a tenant: its key is destroyed first (crypto-shredding,
     /// SPEC D2), so every byte of it left on disk or in backups is
-    /// unreadable; the bytes themselves are reclaimed in the background.
+    /// unreadable; then its bytes are deleted from its region.
     /// Refused while the tenant is under legal hold.
     pub async fn delete_tenant(&self, id: &str) -> Result<(), AdminError> {
         let _admin = self.inner.admin.lock().await;
@@ -522,13 +524,13 @@ impl Runtime {
             .remove(id);
         self.inner.commits.forget(id);
         audit("tenant.delete", "ok", &format!("{id}: key destroyed"));
+        // Reclaim the (already unreadable) bytes before the id can be
+        // reused; a crash midway resumes at the next start.
         let inner = self.inner.clone();
-        let id = id.to_string();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = inner.reclaim_tenant(&id) {
-                tracing::error!(tenant = %id, error = %e, "reclaiming a deleted tenant's storage failed; it is retried at the next start");
-            }
-        });
+        let tenant = id.to_string();
+        tokio::task::spawn_blocking(move || inner.reclaim_tenant(&tenant))
+            .await
+            .map_err(|e| AdminError::Internal(e.to_string()))??;
         Ok(())
     }
 

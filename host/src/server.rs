@@ -13,6 +13,7 @@ use hyper::{Request, Response, StatusCode};
 use serde::Deserialize;
 
 use crate::runtime::{Runtime, RuntimeConfig};
+use crate::store::crypt::MasterKeySource;
 use crate::tenant::Limits;
 
 /// The server configuration file (`--config FILE`, TOML). Every field is
@@ -32,6 +33,46 @@ pub struct ServerConfig {
     pub default_limits: Option<Limits>,
     /// Whether to trust this build's first-party bundle key (default true).
     pub trust_bundled: Option<bool>,
+    /// Regions, each its own database (default `["local"]`); the first is
+    /// where tenants go unless told otherwise.
+    pub regions: Option<Vec<String>>,
+    /// Environment variable holding the master key (64 hex digits) instead
+    /// of the key file `keys/master.key`.
+    pub master_key_env: Option<String>,
+    /// Command printing the master key (e.g. a KMS client), instead of the
+    /// key file.
+    pub master_key_command: Option<String>,
+    /// Scheduled backups.
+    pub backup: BackupSchedule,
+}
+
+/// When `serve` makes backups (SPEC D5): by default an incremental every
+/// day and a full one every week, into `{data}/backups`, keeping four
+/// weekly chains.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackupSchedule {
+    pub enabled: bool,
+    /// Destination folder (default `{data}/backups`).
+    pub dir: Option<PathBuf>,
+    /// Hours between backups.
+    pub every_hours: u64,
+    /// Days between full backups.
+    pub full_every_days: u64,
+    /// Full backups (with their incrementals) to keep.
+    pub keep_full: usize,
+}
+
+impl Default for BackupSchedule {
+    fn default() -> Self {
+        BackupSchedule {
+            enabled: true,
+            dir: None,
+            every_hours: 24,
+            full_every_days: 7,
+            keep_full: 4,
+        }
+    }
 }
 
 impl ServerConfig {
@@ -56,14 +97,31 @@ impl ServerConfig {
         if let Some(l) = &self.default_limits {
             rc.default_limits = l.clone();
         }
+        if let Some(r) = &self.regions {
+            rc.regions = r.clone();
+        }
+        if let Some(var) = &self.master_key_env {
+            rc.master_key = MasterKeySource::Env(var.clone());
+        } else if let Some(cmd) = &self.master_key_command {
+            rc.master_key = MasterKeySource::Command(cmd.clone());
+        }
+        rc.track_changes = self.backup.enabled;
         rc
     }
 }
 
 /// Runs the server until Ctrl-C.
-pub async fn serve(runtime: Runtime, listen: SocketAddr) -> anyhow::Result<()> {
+pub async fn serve(
+    runtime: Runtime,
+    listen: SocketAddr,
+    schedule: BackupSchedule,
+) -> anyhow::Result<()> {
     use anyhow::Context as _;
     runtime.start_background();
+    crate::control::start(&runtime)?;
+    if schedule.enabled {
+        tokio::spawn(backup_loop(runtime.clone(), schedule));
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| {
@@ -130,4 +188,34 @@ async fn health(
         hyper::header::HeaderValue::from_static("application/json"),
     );
     Ok(resp)
+}
+
+/// Makes scheduled backups: checks every few minutes whether one is due.
+async fn backup_loop(runtime: Runtime, schedule: BackupSchedule) {
+    let dir = schedule
+        .dir
+        .clone()
+        .unwrap_or_else(|| runtime.data_dir().join("backups"));
+    let hour = 3_600_000u64;
+    loop {
+        let now = crate::capability::timers::now_ms();
+        let (last, last_full) = runtime.last_backup_times().unwrap_or((0, 0));
+        if now.saturating_sub(last) >= schedule.every_hours.max(1) * hour {
+            let full_due =
+                now.saturating_sub(last_full) >= schedule.full_every_days.max(1) * 24 * hour;
+            let kind = full_due.then_some(crate::backup::Kind::Full);
+            match runtime.backup(&dir, kind).await {
+                Ok(info) => {
+                    tracing::info!(file = %info.file.display(), kind = ?info.header.kind, "scheduled backup made");
+                    if let Err(e) = crate::backup::prune(&dir, schedule.keep_full) {
+                        tracing::warn!(error = %e, "pruning old backups failed");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(code = e.code(), error = %e, "scheduled backup failed; retrying later")
+                }
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(300)).await;
+    }
 }

@@ -352,3 +352,45 @@ pub(super) async fn maintenance_loop(weak: Weak<Inner>, interval: Duration) {
         }
     }
 }
+
+impl Runtime {
+    /// Makes a backup into `dir` while calls go on (SPEC D5). `kind` `None`:
+    /// incremental when a previous backup is in `dir`, full otherwise.
+    pub async fn backup(
+        &self,
+        dir: &std::path::Path,
+        kind: Option<crate::backup::Kind>,
+    ) -> Result<crate::backup::BackupInfo, crate::backup::BackupError> {
+        let inner = self.inner.clone();
+        let dir = dir.to_path_buf();
+        let _one_at_a_time = self.inner.backup_lock.lock().await;
+        let info = tokio::task::spawn_blocking(move || {
+            let key = crate::backup::backup_key(&inner.config.data_dir, true)?;
+            crate::backup::create(&inner.store, &key, &dir, kind)
+        })
+        .await
+        .map_err(|e| crate::backup::BackupError::Io(e.to_string()))?;
+        match &info {
+            Ok(i) => audit(
+                "backup.create",
+                "ok",
+                &format!(
+                    "{:?} {} to {} ({} entries written, {} bytes)",
+                    i.header.kind,
+                    i.header.id,
+                    i.file.display(),
+                    i.trailer.puts,
+                    i.bytes
+                ),
+            ),
+            Err(e) => audit("backup.create", e.code(), &e.to_string()),
+        }
+        info
+    }
+
+    /// When the last backup and the last full backup were made (ms since
+    /// the epoch), if any.
+    pub fn last_backup_times(&self) -> Option<(u64, u64)> {
+        crate::backup::last_times(&self.inner.store).ok().flatten()
+    }
+}

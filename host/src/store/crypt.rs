@@ -170,6 +170,11 @@ impl MasterKey {
         hex::encode(self.key)
     }
 
+    /// A key derived from this one for one purpose (HMAC-SHA256).
+    pub fn derive(&self, label: &[u8]) -> [u8; KEY_LEN] {
+        hmac_sha256(&self.key, label)
+    }
+
     /// A short public identifier (first 8 bytes of a hash of the key).
     pub fn id(&self) -> &str {
         &self.id

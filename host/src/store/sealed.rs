@@ -387,6 +387,11 @@ impl Store {
 
     // ---- keyring -----------------------------------------------------------
 
+    /// The current master key (backups carry it, sealed by the backup key).
+    pub fn master_key(&self) -> MasterKey {
+        read_lock(&self.keyring).master.clone()
+    }
+
     /// The current master key's id.
     pub fn master_key_id(&self) -> String {
         read_lock(&self.keyring).master.id().to_string()

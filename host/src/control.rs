@@ -1,0 +1,137 @@
+//! The local control socket of a running server: `{data}/control.sock`,
+//! mode 0600, so only the operator's account can use it. The CLI sends one
+//! JSON request per connection for the verbs that must run inside the
+//! server while it serves (an online backup, a master key rotation) and
+//! gets one JSON answer.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+use crate::runtime::Runtime;
+
+/// A request on the control socket.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum ControlRequest {
+    Backup {
+        dir: PathBuf,
+        kind: Option<crate::backup::Kind>,
+    },
+    RotateMaster,
+}
+
+/// The answer: `ok` with a message, or an error code and message.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ControlResponse {
+    pub ok: bool,
+    pub code: String,
+    pub message: String,
+}
+
+/// The socket's path in a data folder.
+pub fn socket_path(data: &Path) -> PathBuf {
+    data.join("control.sock")
+}
+
+/// Starts listening (replacing a stale socket file).
+pub fn start(runtime: &Runtime) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let path = socket_path(runtime.data_dir());
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path)
+        .with_context(|| format!("cannot create the control socket {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    let rt = runtime.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let rt = rt.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut line = String::new();
+                let mut reader = BufReader::new(read).take(64 << 10);
+                let response = match reader.read_line(&mut line).await {
+                    Ok(_) => match serde_json::from_str::<ControlRequest>(&line) {
+                        Ok(req) => handle(&rt, req).await,
+                        Err(e) => fail("bad_request", format!("malformed control request: {e}")),
+                    },
+                    Err(e) => fail("bad_request", e.to_string()),
+                };
+                let mut out = serde_json::to_vec(&response).unwrap_or_default();
+                out.push(b'\n');
+                let _ = write.write_all(&out).await;
+            });
+        }
+    });
+    Ok(())
+}
+
+fn fail(code: &str, message: String) -> ControlResponse {
+    ControlResponse {
+        ok: false,
+        code: code.into(),
+        message,
+    }
+}
+
+async fn handle(rt: &Runtime, req: ControlRequest) -> ControlResponse {
+    match req {
+        ControlRequest::Backup { dir, kind } => match rt.backup(&dir, kind).await {
+            Ok(info) => ControlResponse {
+                ok: true,
+                code: "ok".into(),
+                message: describe_backup(&info),
+            },
+            Err(e) => fail(e.code(), e.to_string()),
+        },
+        ControlRequest::RotateMaster => match rt.rotate_master_key(None).await {
+            Ok(id) => ControlResponse {
+                ok: true,
+                code: "ok".into(),
+                message: format!("master key rotated; new key id {id}"),
+            },
+            Err(e) => fail(e.code(), e.to_string()),
+        },
+    }
+}
+
+/// One line describing a backup.
+pub fn describe_backup(info: &crate::backup::BackupInfo) -> String {
+    format!(
+        "{:?} backup {} written to {}: {} entries, {} deletions, {} bytes; store digest {}",
+        info.header.kind,
+        info.header.id,
+        info.file.display(),
+        info.trailer.puts,
+        info.trailer.deletes,
+        info.bytes,
+        info.trailer.digest
+    )
+}
+
+/// Sends `req` to the server running on `data`, if one is.
+pub async fn send(data: &Path, req: &ControlRequest) -> Option<anyhow::Result<ControlResponse>> {
+    let stream = tokio::net::UnixStream::connect(socket_path(data))
+        .await
+        .ok()?;
+    Some(
+        async {
+            let (read, mut write) = stream.into_split();
+            let mut line = serde_json::to_vec(req)?;
+            line.push(b'\n');
+            write.write_all(&line).await?;
+            let mut answer = String::new();
+            BufReader::new(read).read_line(&mut answer).await?;
+            Ok(serde_json::from_str(&answer)?)
+        }
+        .await,
+    )
+}

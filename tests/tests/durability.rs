@@ -1,0 +1,94 @@
+//! Durability (issue 4 item 8): a write acknowledged to a caller survives
+//! SIGKILL at any moment. A writer process is killed at random points over
+//! many cycles; after each restart the store must open and hold every
+//! acknowledged write.
+
+use std::io::BufRead as _;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use switchboard::runtime::{Method, Principal, Request, Runtime, RuntimeConfig};
+use switchboard::tenant::Limits;
+use switchboard_tests::*;
+
+const CYCLES: u32 = 30;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_sigkill_at_random_points() {
+    let h = harness(&["vault"]).await;
+    tenant(&h, "acme", Limits::default(), &["vault"]).await;
+    let dir = h.into_dir();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(std::process::id());
+    let mut total_acked = 0usize;
+    for cycle in 0..CYCLES {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_crash_writer"))
+            .arg(dir.path())
+            .arg(format!("c{cycle}"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        // Wait until it is writing, then kill it after a random delay.
+        let start = Instant::now();
+        let mut acked = Vec::new();
+        let mut writing = false;
+        while start.elapsed() < Duration::from_secs(120) && !writing {
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+                writing = line.starts_with("ack ");
+                if let Some(k) = line.strip_prefix("ack ") {
+                    acked.push(k.to_string());
+                }
+            }
+        }
+        assert!(
+            writing,
+            "cycle {cycle}: the writer never acknowledged a write"
+        );
+        std::thread::sleep(Duration::from_millis(20 + seed % 400));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        reader.join().unwrap();
+        acked.extend(
+            rx.try_iter()
+                .filter_map(|l| l.strip_prefix("ack ").map(str::to_string)),
+        );
+        // Restart and check every acknowledged key.
+        let rt = Runtime::open(RuntimeConfig::new(dir.path()))
+            .unwrap_or_else(|e| panic!("cycle {cycle}: the store does not open: {e:#}"));
+        for key in &acked {
+            let r = rt
+                .handle(
+                    "acme",
+                    "vault",
+                    Request::new(
+                        Method::Get,
+                        &format!("/kv/{key}"),
+                        Principal::user("acme", "r"),
+                    ),
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.status, 200, "cycle {cycle}: acknowledged {key} was lost");
+            assert_eq!(r.body, key.as_bytes());
+        }
+        total_acked += acked.len();
+        drop(rt);
+    }
+    println!(
+        "{CYCLES} SIGKILL cycles, {total_acked} acknowledged writes, all present after restart"
+    );
+    assert!(total_acked > CYCLES as usize);
+}
