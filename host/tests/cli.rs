@@ -65,6 +65,36 @@ fn k1_s4_keys_packages_trust_and_offline_admin() {
     let o = run(&["tenant", "create", "ACME/../x"], d);
     assert!(!o.status.success());
     assert!(text(&o).1.contains("invalid_tenant_id"), "{:?}", text(&o));
+    let o = run(&["tenant", "create", "beta", "--region", "mars"], d);
+    assert!(text(&o).1.contains("invalid_region"), "{:?}", text(&o));
+    let o = run(&["tenant", "create", "gone"], d);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let o = run(&["tenant", "delete", "gone"], d);
+    assert!(text(&o).1.contains("--yes"), "{:?}", text(&o));
+    let o = run(
+        &[
+            "tenant",
+            "retention",
+            "gone",
+            "--class",
+            "recording",
+            "--days",
+            "90",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert!(text(&o).0.contains("\"recording\": 90"), "{:?}", text(&o));
+    let o = run(&["tenant", "hold", "gone"], d);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let o = run(&["tenant", "delete", "gone", "--yes"], d);
+    assert!(text(&o).1.contains("legal_hold"), "{:?}", text(&o));
+    let o = run(&["tenant", "hold", "gone", "--release"], d);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let o = run(&["tenant", "delete", "gone", "--yes"], d);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let o = run(&["tenant", "usage", "gone"], d);
+    assert!(text(&o).1.contains("tenant_not_found"), "{:?}", text(&o));
 
     let manifest = root().join("plugins/fixtures/ledger/plugin.toml");
     let wasm = ledger_wasm("ledger");
@@ -283,6 +313,20 @@ fn k1_serve_starts_on_an_empty_folder_and_answers_health() {
     // The first-party bundle was verified and installed on first run.
     assert!(resp.contains(r#""plugins":1"#), "{resp}");
 
+    // Online verbs reach the running server through its control socket.
+    let o = run(&["backup", "create", "--kind", "full"], data.path());
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert!(text(&o).0.contains("Full backup"), "{:?}", text(&o));
+    let o = run(&["backup", "create"], data.path());
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert!(text(&o).0.contains("Incremental backup"), "{:?}", text(&o));
+    let o = run(&["backup", "create", "--kind", "weekly"], data.path());
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("full or incremental"), "{:?}", text(&o));
+    let o = run(&["keys", "rotate-master"], data.path());
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert!(text(&o).0.contains("new key id"), "{:?}", text(&o));
+
     // A second server on the same folder is refused with a clear message.
     let o = bin()
         .args(["serve", "--listen", "127.0.0.1:0", "--data"])
@@ -296,6 +340,51 @@ fn k1_serve_starts_on_an_empty_folder_and_answers_health() {
         text(&o)
     );
     drop(child);
+
+    // Verify and restore the newest backup chain offline.
+    let mut files: Vec<PathBuf> = std::fs::read_dir(data.path().join("backups"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sbbak"))
+        .collect();
+    files.sort();
+    let newest = files.last().unwrap().clone();
+    let o = bin()
+        .args(["backup", "verify"])
+        .arg(&newest)
+        .arg("--data")
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{:?}", text(&o));
+    let fresh = tempfile::tempdir().unwrap();
+    let target = fresh.path().join("restored");
+    let restore = |target: &Path| {
+        bin()
+            .args(["backup", "restore"])
+            .arg(&newest)
+            .arg("--backup-key")
+            .arg(data.path().join("keys/backup.key"))
+            .arg("--data")
+            .arg(target)
+            .output()
+            .unwrap()
+    };
+    let o = restore(&target);
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert!(text(&o).0.contains("verified"), "{:?}", text(&o));
+    let o = restore(&target);
+    assert!(
+        text(&o).1.contains("restore_target_not_empty"),
+        "{:?}",
+        text(&o)
+    );
+    // The restored folder opens with the rotated master key it was given.
+    let o = run(&["plugin", "list"], &target);
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert!(text(&o).0.contains("example"), "{:?}", text(&o));
+
     // The first run created the host keys with owner-only permissions.
     #[cfg(unix)]
     {
