@@ -1768,7 +1768,7 @@ fn wasmparser_is_component(bytes: &[u8]) -> bool {
 impl Inner {
     async fn fire_due_timers(self: &Arc<Self>) -> usize {
         let now = timers::now_ms();
-        let page = match self.store.scan(keys::TIMER_QUEUE, None, 256) {
+        let page = match self.store.scan_raw(keys::TIMER_QUEUE, None, 256) {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the timer queue");

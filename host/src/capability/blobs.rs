@@ -154,10 +154,11 @@ pub fn append(ctx: &mut CallCtx, id: &str, data: &[u8]) -> Result<u64, CapError>
     let (tenant, plugin) = (ctx.tenant_id().to_string(), ctx.plugin_name().to_string());
     let blob_key = meta.data_key()?;
     let store = ctx.rt.store.clone();
-    let mut index = meta.size / CHUNK_BYTES;
+    let first = meta.size / CHUNK_BYTES;
     let within = (meta.size % CHUNK_BYTES) as usize;
     let mut pending: Vec<u8> = Vec::with_capacity(within + data.len());
     if within > 0 {
+        let index = first;
         let chunk_key = keys::blob_chunk(&tenant, &plugin, id, index);
         let sealed = ctx
             .txn
@@ -169,12 +170,11 @@ pub fn append(ctx: &mut CallCtx, id: &str, data: &[u8]) -> Result<u64, CapError>
         pending.extend(head);
     }
     pending.extend_from_slice(data);
-    for piece in pending.chunks(CHUNK_BYTES as usize) {
+    for (index, piece) in (first..).zip(pending.chunks(CHUNK_BYTES as usize)) {
         let chunk_key = keys::blob_chunk(&tenant, &plugin, id, index);
         let sealed = crypt::seal_chunk(&blob_key, &chunk_key, piece)
             .map_err(|e| CapError::Internal(e.to_string()))?;
         ctx.txn.set(chunk_key, sealed);
-        index += 1;
     }
     meta.size = new_size;
     if let Some(owner) = &meta.owner {
