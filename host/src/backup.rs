@@ -535,39 +535,17 @@ impl Reader {
         Ok(None)
     }
 
-    fn parse_records(&self, mut b: &[u8]) -> Result<Vec<Record>, BackupError> {
+    fn parse_records(&self, b: &[u8]) -> Result<Vec<Record>, BackupError> {
         let mut out = Vec::new();
         let bad = || self.corrupt("malformed record");
-        let take = |b: &mut &[u8], n: usize| -> Option<Vec<u8>> {
-            if b.len() < n {
-                return None;
-            }
-            let (h, t) = b.split_at(n);
-            *b = t;
-            Some(h.to_vec())
-        };
-        while !b.is_empty() {
-            let op = take(&mut b, 1).ok_or_else(bad)?[0];
-            let db = u16::from_be_bytes(
-                take(&mut b, 2)
-                    .ok_or_else(bad)?
-                    .try_into()
-                    .map_err(|_| bad())?,
-            );
-            let klen = u32::from_be_bytes(
-                take(&mut b, 4)
-                    .ok_or_else(bad)?
-                    .try_into()
-                    .map_err(|_| bad())?,
-            );
-            let key = take(&mut b, klen as usize).ok_or_else(bad)?;
-            let vlen = u32::from_be_bytes(
-                take(&mut b, 4)
-                    .ok_or_else(bad)?
-                    .try_into()
-                    .map_err(|_| bad())?,
-            );
-            let value = take(&mut b, vlen as usize).ok_or_else(bad)?;
+        let mut r = Bytes(b);
+        while !r.0.is_empty() {
+            let op = r.take(1).ok_or_else(bad)?[0];
+            let db = r.u16().ok_or_else(bad)?;
+            let klen = r.u32().ok_or_else(bad)?;
+            let key = r.take(klen as usize).ok_or_else(bad)?.to_vec();
+            let vlen = r.u32().ok_or_else(bad)?;
+            let value = r.take(vlen as usize).ok_or_else(bad)?.to_vec();
             if op != OP_MASTER && usize::from(db) >= self.header.databases.len() {
                 return Err(bad());
             }
@@ -579,6 +557,28 @@ impl Reader {
             });
         }
         Ok(out)
+    }
+}
+
+/// A reader over a frame's records.
+struct Bytes<'a>(&'a [u8]);
+
+impl<'a> Bytes<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Some(head)
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_be_bytes(self.take(2)?.try_into().ok()?))
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
     }
 }
 

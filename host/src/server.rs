@@ -81,8 +81,15 @@ impl ServerConfig {
         use anyhow::Context as _;
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
-        toml::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("config file {}: {}", path.display(), e.message()))
+        let config: ServerConfig = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("config file {}: {}", path.display(), e.message()))?;
+        if config.master_key_env.is_some() && config.master_key_command.is_some() {
+            anyhow::bail!(
+                "config file {}: set master_key_env or master_key_command, not both",
+                path.display()
+            );
+        }
+        Ok(config)
     }
 
     /// The runtime configuration this file describes, rooted at `data`.

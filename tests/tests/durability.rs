@@ -13,6 +13,21 @@ use switchboard_tests::*;
 
 const CYCLES: u32 = 30;
 
+/// Reads every key back through the plugin; each must hold its own name.
+async fn assert_all_present(rt: &Runtime, keys: &[impl AsRef<str>], when: &str) {
+    for key in keys {
+        let key = key.as_ref();
+        let req = Request::new(
+            Method::Get,
+            &format!("/kv/{key}"),
+            Principal::user("acme", "r"),
+        );
+        let r = rt.handle("acme", "vault", req).await.unwrap();
+        assert_eq!(r.status, 200, "{when}: acknowledged {key} was lost");
+        assert_eq!(r.body, key.as_bytes(), "{when}: {key} holds other data");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_sigkill_at_random_points() {
     let h = harness(&["vault"]).await;
@@ -68,22 +83,7 @@ async fn acknowledged_writes_survive_sigkill_at_random_points() {
         // Restart and check every acknowledged key.
         let rt = Runtime::open(RuntimeConfig::new(dir.path()))
             .unwrap_or_else(|e| panic!("cycle {cycle}: the store does not open: {e:#}"));
-        for key in &acked {
-            let r = rt
-                .handle(
-                    "acme",
-                    "vault",
-                    Request::new(
-                        Method::Get,
-                        &format!("/kv/{key}"),
-                        Principal::user("acme", "r"),
-                    ),
-                )
-                .await
-                .unwrap();
-            assert_eq!(r.status, 200, "cycle {cycle}: acknowledged {key} was lost");
-            assert_eq!(r.body, key.as_bytes());
-        }
+        assert_all_present(&rt, &acked, &format!("cycle {cycle}")).await;
         total_acked += acked.len();
         drop(rt);
     }
@@ -143,21 +143,7 @@ async fn a_full_disk_fails_writes_without_losing_acknowledged_ones() {
         acked.len()
     );
     let rt = Runtime::open(RuntimeConfig::new(dir.path())).unwrap();
-    for key in &acked {
-        let r = rt
-            .handle(
-                "acme",
-                "vault",
-                Request::new(
-                    Method::Get,
-                    &format!("/kv/{key}"),
-                    Principal::user("acme", "r"),
-                ),
-            )
-            .await
-            .unwrap();
-        assert_eq!(r.status, 200, "acknowledged {key} was lost");
-    }
+    assert_all_present(&rt, &acked, "full disk").await;
     // And the store takes writes again once there is room.
     let r = rt
         .handle(

@@ -187,6 +187,24 @@ async fn blobs_read_by_range_and_a_trapping_call_leaves_no_blob_behind() {
     let after = h.runtime().storage_usage("acme").unwrap();
     assert!(after.bytes < before.bytes, "{after:?} vs {before:?}");
 
+    // Malformed classes, owners and oversized reads are refused clearly.
+    for path in ["/blobs?class=Bad%20Class", "/blobs?owner=a%2Fb"] {
+        let r = h.post("acme", "vault", "u1", path, b"x").await.unwrap();
+        assert_eq!(r.status, 400, "{path}: {}", r.text());
+        assert!(r.text().contains("invalid_argument"), "{}", r.text());
+    }
+    let id2 = ok_json(h.post("acme", "vault", "u1", "/blobs", b"small").await);
+    let r = h
+        .get(
+            "acme",
+            "vault",
+            "u1",
+            &format!("/blobs/{}?offset=0&len=5000000", id2.as_str().unwrap()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 413, "{}", r.text());
+
     // Malformed ids are refused clearly.
     let bad = h
         .get("acme", "vault", "u1", "/blobs/..%2F..%2Fx/size")

@@ -117,7 +117,12 @@ impl Store {
         let mut backends: Vec<Arc<dyn Backend>> =
             vec![Arc::new(SledBackend::open(&config.dir.join("system"))?)];
         let mut names = vec!["system".to_string()];
-        for region in &config.regions {
+        for (i, region) in config.regions.iter().enumerate() {
+            if config.regions[..i].contains(region) {
+                return Err(StoreError::Routing(format!(
+                    "region {region:?} is listed twice"
+                )));
+            }
             if !crate::tenant::is_valid_tenant_id(region) {
                 return Err(StoreError::Routing(format!(
                     "region name {region:?} must match [a-z0-9][a-z0-9-]*"
@@ -1001,6 +1006,29 @@ pub(crate) mod tests {
                 .all(|(k, _)| keys::parse_changelog(k).unwrap().0 == closes)
         );
         assert!(!left.is_empty());
+    }
+
+    #[test]
+    fn bad_region_lists_are_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let master = MasterKey::generate().unwrap();
+        for (regions, want) in [
+            (vec![], "at least one region"),
+            (vec!["eu".to_string(), "eu".to_string()], "listed twice"),
+            (vec!["EU/../x".to_string()], "must match"),
+        ] {
+            let err = Store::open(StoreConfig {
+                dir: dir.path().to_path_buf(),
+                regions,
+                master: master.clone(),
+                next_master: None,
+                track_changes: false,
+            })
+            .err()
+            .unwrap()
+            .to_string();
+            assert!(err.contains(want), "{err}");
+        }
     }
 
     #[tokio::test]
