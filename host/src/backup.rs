@@ -247,6 +247,9 @@ pub fn create(
     std::fs::create_dir_all(dir).map_err(|e| io(&format!("creating {}", dir.display()), e))?;
     let last = last_backup(store)?;
     let parent = last.filter(|l| dir.join(&l.file).exists());
+    // Without a complete changelog (tracking off now or at some point
+    // since the last backup) an incremental would miss changes.
+    let complete = store.changes_complete()?;
     let kind = match (kind, &parent) {
         (Some(Kind::Incremental), None) => {
             return Err(BackupError::Chain(format!(
@@ -254,9 +257,14 @@ pub fn create(
                 dir.display()
             )));
         }
+        (Some(Kind::Incremental), Some(_)) if !complete => {
+            return Err(BackupError::Chain(
+                "change tracking was off (backups disabled) since the last backup, so an incremental would miss changes; make a full backup".into(),
+            ));
+        }
         (Some(k), _) => k,
-        (None, Some(_)) => Kind::Incremental,
-        (None, None) => Kind::Full,
+        (None, Some(_)) if complete => Kind::Incremental,
+        (None, _) => Kind::Full,
     };
     let created_ms = crate::capability::timers::now_ms();
     let id = crate::fsutil::random_hex(8);
@@ -302,6 +310,9 @@ pub fn create(
         "last": LastBackup { id: id.clone(), file: name, kind: Some(kind), created_ms, full_ms }
     }))?;
     store.clear_changelog(closes)?;
+    if kind == Kind::Full {
+        store.mark_changes_complete()?;
+    }
     Ok(BackupInfo {
         header,
         trailer,
@@ -753,6 +764,24 @@ fn replay(
     for backend in dbs.values() {
         backend.flush()?;
     }
+    // The keyring must be wrapped by the master key the backup carries,
+    // or the restored folder would not open.
+    let master_id = MasterKey::parse(&master)
+        .map(|m| m.id().to_string())
+        .map_err(|e| BackupError::Corrupt {
+            file: file.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    if let Some(system) = dbs.get("system") {
+        for (k, v) in system.scan(keys::KEYRING, None, usize::MAX)? {
+            if crypt::wrapped_by(&v).ok().as_deref() != Some(master_id.as_str()) {
+                return Err(BackupError::Mismatch(format!(
+                    "{} is not wrapped by the master key the backup carries",
+                    String::from_utf8_lossy(&k)
+                )));
+            }
+        }
+    }
     let (live, digest) = digest.finish();
     if live != trailer.live || digest != trailer.digest {
         return Err(BackupError::Mismatch(format!(
@@ -760,9 +789,7 @@ fn replay(
             trailer.live, trailer.digest
         )));
     }
-    let master_key_id = MasterKey::parse(&master)
-        .map(|m| m.id().to_string())
-        .unwrap_or_default();
+    let master_key_id = master_id;
     Ok((
         Restored {
             chain,

@@ -26,9 +26,32 @@ pub struct Cli {
 /// Options every verb that opens a data folder takes.
 #[derive(Debug, clap::Args)]
 pub struct DataArgs {
-    /// Data folder (store, compile cache, host keys).
-    #[arg(long, default_value = "switchboard-data")]
-    pub data: PathBuf,
+    /// Data folder (store, compile cache, host keys); default: the config
+    /// file's `data`, else `./switchboard-data`.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// The server's config file (as `serve --config`), for its regions and
+    /// master key source.
+    #[arg(long = "server-config")]
+    pub server_config: Option<PathBuf>,
+}
+
+impl DataArgs {
+    fn file(&self) -> anyhow::Result<ServerConfig> {
+        match &self.server_config {
+            Some(path) => ServerConfig::load(path),
+            None => Ok(ServerConfig::default()),
+        }
+    }
+
+    /// The data folder.
+    pub fn dir(&self) -> anyhow::Result<PathBuf> {
+        Ok(self
+            .data
+            .clone()
+            .or(self.file()?.data)
+            .unwrap_or_else(|| PathBuf::from("switchboard-data")))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -382,13 +405,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some("incremental") => Some(crate::backup::Kind::Incremental),
                 Some(other) => bail!("--kind must be full or incremental, not {other:?}"),
             };
-            let dir = to.unwrap_or_else(|| data.data.join("backups"));
+            let folder = data.dir()?;
+            let dir = to.unwrap_or_else(|| folder.join("backups"));
             let dir = std::path::absolute(&dir).unwrap_or(dir);
             let req = crate::control::ControlRequest::Backup {
                 dir: dir.clone(),
                 kind,
             };
-            if let Some(answer) = crate::control::send(&data.data, &req).await {
+            if let Some(answer) = crate::control::send(&folder, &req).await {
                 return control_answer(answer?);
             }
             let rt = open(&data)?;
@@ -404,7 +428,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             backup_key,
             data,
         }) => {
-            let key = load_backup_key(backup_key.as_deref(), &data.data)?;
+            let key = load_backup_key(backup_key.as_deref(), &data.dir()?)?;
             let r = crate::backup::verify(&file, &key).map_err(backup_err)?;
             println!(
                 "ok: {} backup(s) authenticated and replayed; {} entries, digest {}",
@@ -438,7 +462,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Keys(KeysCmd::RotateMaster { data }) => {
             let req = crate::control::ControlRequest::RotateMaster;
-            if let Some(answer) = crate::control::send(&data.data, &req).await {
+            if let Some(answer) = crate::control::send(&data.dir()?, &req).await {
                 return control_answer(answer?);
             }
             let rt = open(&data)?;
@@ -638,7 +662,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn open(data: &DataArgs) -> anyhow::Result<Runtime> {
-    let mut config = crate::runtime::RuntimeConfig::new(&data.data);
+    // The same regions and master key source as the server.
+    let mut config = data.file()?.runtime_config(data.dir()?);
     // One-off commands need few slots.
     config.max_concurrent_calls = 16;
     Runtime::open(config)
@@ -692,4 +717,13 @@ fn pkg_err(e: PackageError) -> anyhow::Error {
 
 fn read(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory as _;
+        super::Cli::command().debug_assert();
+    }
 }

@@ -455,7 +455,10 @@ impl Runtime {
         if !is_valid_tenant_id(id) {
             return Err(AdminError::InvalidTenantId(id.to_string()));
         }
-        if self.inner.tenant(id).is_some() {
+        if self.inner.tenant(id).is_some() || self.inner.store.tenant_traces(id)? {
+            // Also when it exists only on disk (its region is not
+            // configured, or its deletion is not finished): creating it
+            // again would overwrite its key.
             return Err(AdminError::TenantExists(id.to_string()));
         }
         let limits = limits.unwrap_or_else(|| self.inner.config.default_limits.clone());
@@ -470,6 +473,10 @@ impl Runtime {
         store
             .place(id, &region)
             .map_err(|e| AdminError::InvalidRegion(e.to_string()))?;
+        // Leftovers of a creation that crashed before its key was saved are
+        // unreadable; clear them so the new tenant starts empty.
+        self.inner.reclaim_data(id)?;
+        self.inner.commits.forget(id);
         let key = store.new_tenant_key(id)?;
         let record = TenantRecord {
             id: id.to_string(),
@@ -517,6 +524,7 @@ impl Runtime {
             (keys::deleted_tenant(id), Some(marker)),
         ])?;
         store.flush()?;
+        store.forget_tenant_key(id);
         self.inner
             .tenants
             .write()
@@ -542,6 +550,9 @@ impl Runtime {
     /// source afterwards. Returns the new key's id.
     pub async fn rotate_master_key(&self, next: Option<MasterKey>) -> Result<String, AdminError> {
         let _admin = self.inner.admin.lock().await;
+        // A backup carries the master key of its snapshot: never rotate
+        // while one runs.
+        let _no_backup = self.inner.backup_lock.lock().await;
         let config = &self.inner.config;
         let file_source = matches!(config.master_key, MasterKeySource::File(_));
         let next = match (next, file_source) {
@@ -1872,16 +1883,7 @@ impl Inner {
     /// Deletes what a deleted tenant left in its region (already unreadable:
     /// its key is gone), then its deletion marker.
     fn reclaim_tenant(&self, id: &str) -> Result<(), StoreError> {
-        let prefix = keys::tenant_prefix(id);
-        loop {
-            let page = self.store.scan_raw(&prefix, None, 1024)?;
-            if page.is_empty() {
-                break;
-            }
-            let deletes: Vec<crate::store::Write> =
-                page.into_iter().map(|(k, _)| (k, None)).collect();
-            self.store.apply(&deletes)?;
-        }
+        self.reclaim_data(id)?;
         let mut after: Option<Vec<u8>> = None;
         loop {
             let page = self
@@ -1899,6 +1901,20 @@ impl Inner {
         self.store.flush()?;
         tracing::info!(tenant = id, "deleted tenant's storage reclaimed");
         Ok(())
+    }
+
+    /// Deletes every key under `t/{id}/` in the tenant's region.
+    fn reclaim_data(&self, id: &str) -> Result<(), StoreError> {
+        let prefix = keys::tenant_prefix(id);
+        loop {
+            let page = self.store.scan_raw(&prefix, None, 1024)?;
+            if page.is_empty() {
+                return Ok(());
+            }
+            let deletes: Vec<crate::store::Write> =
+                page.into_iter().map(|(k, _)| (k, None)).collect();
+            self.store.apply(&deletes)?;
+        }
     }
 
     /// Resumes reclaiming tenants deleted before a restart.

@@ -184,3 +184,34 @@ async fn corrupt_truncated_or_foreign_backups_are_refused() {
         .unwrap_err();
     assert_eq!(e.code(), "backup_chain_broken");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_change_tracking_every_backup_is_full_until_a_full_one_resumes_the_chain() {
+    let h = switchboard::harness::Harness::with_config(|c| c.track_changes = false).unwrap();
+    h.install(&manifest("vault"), &component("vault"))
+        .await
+        .unwrap();
+    tenant(&h, "acme", Limits::default(), &["vault"]).await;
+    let rt = h.runtime().clone();
+    put(&rt, "acme", "a", b"1").await;
+    let dir = h.data_dir().join("backups");
+    assert_eq!(rt.backup(&dir, None).await.unwrap().header.kind, Kind::Full);
+    put(&rt, "acme", "b", b"2").await;
+    // An incremental would miss the untracked change to `b`.
+    let e = rt.backup(&dir, Some(Kind::Incremental)).await.unwrap_err();
+    assert_eq!(e.code(), "backup_chain_broken", "{e}");
+    assert_eq!(rt.backup(&dir, None).await.unwrap().header.kind, Kind::Full);
+    drop(rt);
+    // Reopened with tracking: the first backup is still full (changes made
+    // while untracked are unknown), then incrementals resume.
+    let data = h.into_dir();
+    let rt = Runtime::open(RuntimeConfig::new(data.path())).unwrap();
+    put(&rt, "acme", "c", b"3").await;
+    let dir = data.path().join("backups");
+    assert_eq!(rt.backup(&dir, None).await.unwrap().header.kind, Kind::Full);
+    put(&rt, "acme", "d", b"4").await;
+    let incr = rt.backup(&dir, None).await.unwrap();
+    assert_eq!(incr.header.kind, Kind::Incremental);
+    let key = backup::backup_key(data.path(), false).unwrap();
+    backup::verify(&incr.file, &key).unwrap();
+}

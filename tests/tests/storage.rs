@@ -507,6 +507,29 @@ async fn tenants_live_in_their_region_and_unknown_regions_are_refused() {
     };
     assert!(size("us") > 100_000, "us holds {}", size("us"));
     assert!(size("eu") < 100_000, "eu holds {}", size("eu"));
+
+    // Started without its region, the tenant is not served — and its id
+    // cannot be taken over (that would overwrite its key).
+    let dir = h.into_dir();
+    let mut only_eu = RuntimeConfig::new(dir.path());
+    only_eu.regions = vec!["eu".into()];
+    let rt = Runtime::open(only_eu).unwrap();
+    assert!(rt.tenants().is_empty());
+    let e = rt.create_tenant("acme", None).await.unwrap_err();
+    assert_eq!(e.code(), "tenant_exists", "{e}");
+    drop(rt);
+    let mut both = RuntimeConfig::new(dir.path());
+    both.regions = vec!["eu".into(), "us".into()];
+    let rt = Runtime::open(both).unwrap();
+    let req = switchboard::runtime::Request::new(
+        Method::Get,
+        "/kv/x",
+        switchboard::runtime::Principal::user("acme", "u"),
+    );
+    assert_eq!(
+        rt.handle("acme", "vault", req).await.unwrap().body.len(),
+        100_000
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

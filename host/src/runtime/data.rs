@@ -72,14 +72,26 @@ impl Runtime {
             return Err(AdminError::NotFound(what));
         }
         let key = keys::blob_meta(tenant, plugin, blob);
-        let Some(raw) = self.inner.store.get(&key)? else {
-            return Err(AdminError::NotFound(what));
-        };
-        let mut meta: BlobMeta =
-            serde_json::from_slice(&raw).map_err(|e| AdminError::Internal(e.to_string()))?;
-        meta.hold = on;
-        let raw = serde_json::to_vec(&meta).map_err(|e| AdminError::Internal(e.to_string()))?;
-        self.inner.apply_locked(tenant, vec![(key, Some(raw))])?;
+        // Read and write in one transaction, so a concurrent append or
+        // delete is never overwritten (a conflict re-reads).
+        let mut attempts = 0;
+        loop {
+            let mut txn = Txn::default();
+            let Some(raw) = txn.get(&self.inner.store, &key)? else {
+                return Err(AdminError::NotFound(what));
+            };
+            let mut meta: BlobMeta =
+                serde_json::from_slice(&raw).map_err(|e| AdminError::Internal(e.to_string()))?;
+            meta.hold = on;
+            let raw = serde_json::to_vec(&meta).map_err(|e| AdminError::Internal(e.to_string()))?;
+            txn.set(key.clone(), raw);
+            match self.inner.commit_host(tenant, txn) {
+                Ok(true) => break,
+                Ok(false) if attempts < 16 => attempts += 1,
+                Ok(false) => return Err(AdminError::Internal("the blob kept changing".into())),
+                Err(e) => return Err(e.into()),
+            }
+        }
         self.inner.store.flush()?;
         audit(
             if on {
@@ -234,52 +246,75 @@ impl Inner {
                 if created > cutoff {
                     return Ok(());
                 }
-                let meta_key = keys::blob_meta(tenant, &plugin, &id);
-                let meta: Option<BlobMeta> = self
-                    .store
-                    .get(&meta_key)?
-                    .and_then(|raw| serde_json::from_slice(&raw).ok());
-                let Some(meta) = meta else {
-                    // A stale index entry: its blob is gone already.
-                    self.apply_locked(tenant, vec![(index_key, None)])?;
-                    continue;
-                };
-                if meta.hold {
-                    report.held_objects += 1;
-                    continue;
+                // One bad object must not stop retention for everyone.
+                if let Err(e) = self.expire(tenant, class, index_key, &plugin, &id, report) {
+                    tracing::error!(tenant, plugin = %plugin, blob = %id, error = %e, "cannot expire blob; skipping it");
                 }
-                let mut txn = Txn::default();
-                for (k, v) in blobs::deletion_writes(tenant, &plugin, &id, meta_key, &meta) {
-                    match v {
-                        Some(v) => txn.set(k, v),
-                        None => txn.set_delete(k),
-                    }
-                }
-                if let Some(owner) = &meta.owner {
-                    txn.add_owner_delta(owner, -(meta.size as i64));
-                }
-                self.commit_host(tenant, txn)?;
-                report.deleted += 1;
-                audit(
-                    "retention.delete",
-                    "ok",
-                    &format!(
-                        "{tenant}: blob {id} of {plugin}, class {class}, {} bytes, created {created}",
-                        meta.size
-                    ),
-                );
             }
         }
     }
 
+    /// Deletes one expired blob unless held. The metadata is read inside
+    /// the deleting transaction, so a hold set or a delete made meanwhile
+    /// conflicts instead of being overridden (it is retried next sweep).
+    fn expire(
+        &self,
+        tenant: &str,
+        class: &str,
+        index_key: Vec<u8>,
+        plugin: &str,
+        id: &str,
+        report: &mut SweepReport,
+    ) -> Result<(), StoreError> {
+        let meta_key = keys::blob_meta(tenant, plugin, id);
+        let mut txn = Txn::default();
+        let Some(raw) = txn.get(&self.store, &meta_key)? else {
+            // A stale index entry: its blob is gone already.
+            txn.set_delete(index_key);
+            self.commit_host(tenant, txn)?;
+            return Ok(());
+        };
+        let meta: BlobMeta = serde_json::from_slice(&raw).map_err(|e| StoreError::Corrupt {
+            key: String::from_utf8_lossy(&meta_key).into_owned(),
+            reason: e.to_string(),
+        })?;
+        if meta.hold {
+            report.held_objects += 1;
+            return Ok(());
+        }
+        for (k, v) in blobs::deletion_writes(tenant, plugin, id, meta_key, &meta) {
+            match v {
+                Some(v) => txn.set(k, v),
+                None => txn.set_delete(k),
+            }
+        }
+        if let Some(owner) = &meta.owner {
+            txn.add_owner_delta(owner, -(meta.size as i64));
+        }
+        if self.commit_host(tenant, txn)? {
+            report.deleted += 1;
+            audit(
+                "retention.delete",
+                "ok",
+                &format!(
+                    "{tenant}: blob {id} of {plugin}, class {class}, {} bytes, created {}",
+                    meta.size, meta.created_ms
+                ),
+            );
+        }
+        Ok(())
+    }
+
     /// Commits host bookkeeping for `tenant` (never refused for quota).
-    fn commit_host(&self, tenant: &str, txn: Txn) -> Result<(), StoreError> {
+    /// Returns false when a concurrent call changed what it read.
+    fn commit_host(&self, tenant: &str, txn: Txn) -> Result<bool, StoreError> {
         let quota = Quota {
             tenant_bytes: u64::MAX,
             owner_bytes: u64::MAX,
         };
         match self.commits.commit(tenant, &self.store, txn, quota) {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(true),
+            Err(super::txn::CommitError::Conflict) => Ok(false),
             Err(super::txn::CommitError::Store(e)) => Err(e),
             Err(other) => Err(StoreError::Backend(other.to_string())),
         }

@@ -133,12 +133,22 @@ impl Store {
             )?));
             names.push(format!("region/{region}"));
         }
+        let mut state = read_state(backends[SYSTEM].as_ref())?;
         let generation = if config.track_changes {
-            Some(read_state(backends[SYSTEM].as_ref())?.generation)
+            Some(state.generation)
         } else {
+            if !state.untracked {
+                state.untracked = true;
+                backends[SYSTEM].apply(&[(keys::BACKUP_STATE.to_vec(), Some(state.encode()))])?;
+            }
             None
         };
-        let keyring = load_keyring(backends[SYSTEM].as_ref(), config.master, config.next_master)?;
+        let keyring = load_keyring(
+            backends[SYSTEM].as_ref(),
+            config.master,
+            config.next_master,
+            generation,
+        )?;
         let (sync, flusher) = GroupCommit::start(backends.clone());
         Ok(Store {
             flusher: Mutex::new(flusher),
@@ -414,12 +424,26 @@ impl Store {
         Ok((record_key, Some(wrapped)))
     }
 
-    /// The write that destroys `tenant`'s key (crypto-shredding) and drops
-    /// it from memory.
+    /// The write that destroys `tenant`'s key (crypto-shredding). Call
+    /// `forget_tenant_key` once it is applied.
     pub fn shred_tenant_key(&self, tenant: &str) -> Write {
-        let scope = tenant_scope(tenant);
-        write_lock(&self.keyring).scopes.remove(&scope);
-        (keys::keyring(&scope), None)
+        (keys::keyring(&tenant_scope(tenant)), None)
+    }
+
+    /// Drops `tenant`'s key from memory (after its shredding is applied).
+    pub fn forget_tenant_key(&self, tenant: &str) {
+        write_lock(&self.keyring)
+            .scopes
+            .remove(&tenant_scope(tenant));
+    }
+
+    /// Whether anything of `tenant` is on disk: a directory entry, a key,
+    /// a pending reclamation or data in `region`.
+    pub fn tenant_traces(&self, tenant: &str) -> Result<bool, StoreError> {
+        let system = &self.backends[SYSTEM];
+        Ok(system.get(&keys::tenant(tenant))?.is_some()
+            || system.get(&keys::deleted_tenant(tenant))?.is_some()
+            || system.get(&keys::keyring(&tenant_scope(tenant)))?.is_some())
     }
 
     /// Whether `tenant` has a key.
@@ -562,6 +586,28 @@ impl Store {
         Ok(())
     }
 
+    /// Whether the changelog holds every change since the last backup (so
+    /// an incremental backup is complete).
+    pub fn changes_complete(&self) -> Result<bool, StoreError> {
+        let tracking = lock(&self.gate).generation.is_some();
+        Ok(tracking && !read_state(self.backends[SYSTEM].as_ref())?.untracked)
+    }
+
+    /// Records that a full backup covered everything: the changelog is
+    /// complete from here on (when tracking is on).
+    pub fn mark_changes_complete(&self) -> Result<(), StoreError> {
+        let gate = lock(&self.gate);
+        if gate.generation.is_none() {
+            return Ok(());
+        }
+        let mut state = read_state(self.backends[SYSTEM].as_ref())?;
+        if state.untracked {
+            state.untracked = false;
+            self.backends[SYSTEM].apply(&[(keys::BACKUP_STATE.to_vec(), Some(state.encode()))])?;
+        }
+        Ok(())
+    }
+
     /// Backup bookkeeping, raw (never backed up).
     pub fn backup_state(&self) -> Result<Vec<u8>, StoreError> {
         Ok(self.backends[SYSTEM]
@@ -606,7 +652,7 @@ impl Store {
     /// Reloads the keyring from the system database (after a restore).
     pub fn reload_keyring(&self) -> Result<(), StoreError> {
         let master = read_lock(&self.keyring).master.clone();
-        let ring = load_keyring(self.backends[SYSTEM].as_ref(), master, None)?;
+        let ring = load_keyring(self.backends[SYSTEM].as_ref(), master, None, None)?;
         *write_lock(&self.keyring) = ring;
         Ok(())
     }
@@ -654,6 +700,10 @@ fn write_lock<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 #[derive(serde::Serialize, serde::Deserialize, Default)]
 struct State {
     generation: u32,
+    /// Set when the store ran without change tracking: the changelog may
+    /// miss changes, so the next backup must be full.
+    #[serde(default)]
+    untracked: bool,
     #[serde(default)]
     extra: serde_json::Value,
 }
@@ -681,6 +731,7 @@ fn load_keyring(
     system: &dyn Backend,
     master: MasterKey,
     next: Option<MasterKey>,
+    generation: Option<u32>,
 ) -> Result<Keyring, StoreError> {
     let mut scopes = HashMap::new();
     let mut after: Option<Vec<u8>> = None;
@@ -728,6 +779,14 @@ fn load_keyring(
         }
     }
     if !rewrap.is_empty() {
+        // Changed keyring records must reach the next incremental backup.
+        if let Some(g) = generation {
+            let markers: Vec<Write> = rewrap
+                .iter()
+                .map(|(k, _)| (keys::changelog(g, k), Some(Vec::new())))
+                .collect();
+            rewrap.extend(markers);
+        }
         system.apply(&rewrap)?;
         system.flush()?;
     }
@@ -897,6 +956,7 @@ pub(crate) mod tests {
                 .unwrap();
             let shred = store.shred_tenant_key("acme");
             store.apply(&[shred]).unwrap();
+            store.forget_tenant_key("acme");
             assert!(store.get(b"t/acme/k/p/x").is_err());
         }
         let store = Store::open(StoreConfig {
