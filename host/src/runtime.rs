@@ -487,6 +487,7 @@ impl Runtime {
             highest: Default::default(),
             retention: Default::default(),
             legal_hold: false,
+            incarnation: crate::fsutil::random_hex(8),
         };
         let state = self.inner.tenant_state(record.clone(), None)?;
         // The record first (region database), then the directory entry and
@@ -518,18 +519,25 @@ impl Runtime {
             region: current.record.region.clone(),
         })
         .map_err(|e| AdminError::Internal(e.to_string()))?;
-        store.apply(&[
-            (keys::tenant(id), None),
-            shred,
-            (keys::deleted_tenant(id), Some(marker)),
-        ])?;
-        store.flush()?;
-        store.forget_tenant_key(id);
+        // Under the tenant's commit lock: a call still running for it can
+        // no longer commit once this returns.
         self.inner
-            .tenants
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
+            .commits
+            .exclusive(id, || -> Result<(), StoreError> {
+                store.apply(&[
+                    (keys::tenant(id), None),
+                    shred,
+                    (keys::deleted_tenant(id), Some(marker)),
+                ])?;
+                store.flush()?;
+                store.forget_tenant_key(id);
+                self.inner
+                    .tenants
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(id);
+                Ok(())
+            })?;
         self.inner.commits.forget(id);
         audit("tenant.delete", "ok", &format!("{id}: key destroyed"));
         // Reclaim the (already unreadable) bytes before the id can be
@@ -1594,11 +1602,16 @@ impl Inner {
                 return Ok(outcome);
             }
             let timers_changed = txn.timers_changed();
+            let still_there = || {
+                self.tenant(&tenant.record.id)
+                    .is_some_and(|now| now.record.incarnation == tenant.record.incarnation)
+            };
             match self.commits.commit(
                 &tenant.record.id,
                 &self.store,
                 txn,
                 quota_of(&tenant.record),
+                still_there,
             ) {
                 Ok(seq) => {
                     if timers_changed {
@@ -1611,6 +1624,9 @@ impl Inner {
                     return Ok(outcome);
                 }
                 Err(CommitError::Quota(m)) => return Err(CallError::QuotaExceeded(m)),
+                Err(CommitError::Gone) => {
+                    return Err(CallError::TenantNotFound(tenant.record.id.clone()));
+                }
                 Err(CommitError::Conflict) => {
                     tracing::debug!(tenant = %tenant.record.id, plugin, attempt, "transaction conflict; re-running the call");
                     backoff(attempt).await;
@@ -1949,11 +1965,14 @@ impl Inner {
             tenant_bytes: u64::MAX,
             owner_bytes: u64::MAX,
         };
-        match self.commits.commit(tenant, &self.store, txn, quota) {
+        match self
+            .commits
+            .commit(tenant, &self.store, txn, quota, || true)
+        {
             Ok(_) => Ok(()),
             Err(CommitError::Store(e)) => Err(e),
             // Blind writes record no reads, so they cannot conflict.
-            Err(CommitError::Conflict) | Err(CommitError::Quota(_)) => Ok(()),
+            Err(CommitError::Conflict | CommitError::Quota(_) | CommitError::Gone) => Ok(()),
         }
     }
 

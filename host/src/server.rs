@@ -197,20 +197,33 @@ async fn health(
     Ok(resp)
 }
 
+/// Whether a backup is due at `now` (ms) given when the last one and the
+/// last full one were made: `Some(Some(Full))` for a full one, `Some(None)`
+/// for an incremental (or a full one when no chain can be extended).
+fn due(
+    schedule: &BackupSchedule,
+    now: u64,
+    last: u64,
+    last_full: u64,
+) -> Option<Option<crate::backup::Kind>> {
+    let hour = 3_600_000u64;
+    if now.saturating_sub(last) < schedule.every_hours.max(1) * hour {
+        return None;
+    }
+    let full_due = now.saturating_sub(last_full) >= schedule.full_every_days.max(1) * 24 * hour;
+    Some(full_due.then_some(crate::backup::Kind::Full))
+}
+
 /// Makes scheduled backups: checks every few minutes whether one is due.
 async fn backup_loop(runtime: Runtime, schedule: BackupSchedule) {
     let dir = schedule
         .dir
         .clone()
         .unwrap_or_else(|| runtime.data_dir().join("backups"));
-    let hour = 3_600_000u64;
     loop {
         let now = crate::capability::timers::now_ms();
         let (last, last_full) = runtime.last_backup_times().unwrap_or((0, 0));
-        if now.saturating_sub(last) >= schedule.every_hours.max(1) * hour {
-            let full_due =
-                now.saturating_sub(last_full) >= schedule.full_every_days.max(1) * 24 * hour;
-            let kind = full_due.then_some(crate::backup::Kind::Full);
+        if let Some(kind) = due(&schedule, now, last, last_full) {
             match runtime.backup(&dir, kind).await {
                 Ok(info) => {
                     tracing::info!(file = %info.file.display(), kind = ?info.header.kind, "scheduled backup made");
@@ -224,5 +237,46 @@ async fn backup_loop(runtime: Runtime, schedule: BackupSchedule) {
             }
         }
         tokio::time::sleep(std::time::Duration::from_secs(300)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backup::Kind;
+
+    #[test]
+    fn the_default_schedule_is_daily_incremental_and_weekly_full() {
+        let s = BackupSchedule::default();
+        let h = 3_600_000u64;
+        let t0 = 1_000 * 24 * h;
+        // Never backed up: a full one.
+        assert_eq!(due(&s, t0, 0, 0), Some(Some(Kind::Full)));
+        // An hour after a full one: nothing.
+        assert_eq!(due(&s, t0 + h, t0, t0), None);
+        // A day later: an incremental.
+        assert_eq!(due(&s, t0 + 24 * h, t0, t0), Some(None));
+        // A week after the full one: a full one again.
+        assert_eq!(
+            due(&s, t0 + 7 * 24 * h, t0 + 6 * 24 * h, t0),
+            Some(Some(Kind::Full))
+        );
+        // A clock that went backwards does not trigger anything.
+        assert_eq!(due(&s, t0 - h, t0, t0), None);
+    }
+
+    #[test]
+    fn config_files_with_two_master_key_sources_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "master_key_env = \"K\"\nmaster_key_command = \"cat k\"\n",
+        )
+        .unwrap();
+        let err = ServerConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("not both"), "{err}");
+        std::fs::write(&path, "[backup]\nevery_hours = \"daily\"\n").unwrap();
+        assert!(ServerConfig::load(&path).is_err());
     }
 }

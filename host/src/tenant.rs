@@ -103,6 +103,10 @@ pub struct TenantRecord {
     /// A legal hold on the whole tenant: nothing of it is deleted.
     #[serde(default)]
     pub legal_hold: bool,
+    /// Random per creation: a call that ran for a deleted tenant cannot
+    /// commit into a new tenant of the same id.
+    #[serde(default)]
+    pub incarnation: String,
 }
 
 /// Default retention in days per class (SPEC D4). Classes not listed keep

@@ -215,3 +215,28 @@ async fn without_change_tracking_every_backup_is_full_until_a_full_one_resumes_t
     let key = backup::backup_key(data.path(), false).unwrap();
     backup::verify(&incr.file, &key).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruning_keeps_the_newest_full_backups_with_their_incrementals() {
+    let h = harness(&["vault"]).await;
+    tenant(&h, "acme", Limits::default(), &["vault"]).await;
+    let rt = h.runtime().clone();
+    let dir = h.data_dir().join("backups");
+    let mut made = Vec::new();
+    for round in 0..3 {
+        put(&rt, "acme", &format!("r{round}"), b"x").await;
+        made.push(rt.backup(&dir, Some(Kind::Full)).await.unwrap());
+        put(&rt, "acme", &format!("i{round}"), b"y").await;
+        made.push(rt.backup(&dir, None).await.unwrap());
+        // Distinct creation times.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(backup::prune(&dir, 2).unwrap(), 2);
+    for (i, b) in made.iter().enumerate() {
+        assert_eq!(b.file.exists(), i >= 2, "backup {i}");
+    }
+    // What is kept still verifies.
+    let key = backup::backup_key(h.data_dir(), false).unwrap();
+    backup::verify(&made[5].file, &key).unwrap();
+    assert_eq!(backup::prune(&dir, 2).unwrap(), 0);
+}

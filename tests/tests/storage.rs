@@ -471,6 +471,29 @@ async fn deleting_a_tenant_destroys_its_key_and_leaves_others_alone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_in_flight_for_a_deleted_tenant_never_commits_into_its_successor() {
+    let h = vault(&[("acme", Limits::default())]).await;
+    let rt = h.runtime().clone();
+    let slow = tokio::spawn(async move {
+        let req = switchboard::runtime::Request::new(
+            Method::Put,
+            "/kv/ghost/slowly?ms=600",
+            switchboard::runtime::Principal::user("acme", "u"),
+        )
+        .with_body(b"from the old tenant".to_vec());
+        rt.handle("acme", "vault", req).await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    h.runtime().delete_tenant("acme").await.unwrap();
+    h.tenant("acme").await.unwrap();
+    h.enable("acme", "vault").await.unwrap();
+    let e = slow.await.unwrap().unwrap_err();
+    assert_eq!(e.code(), "tenant_not_found", "{e}");
+    let r = h.get("acme", "vault", "u", "/kv/ghost").await.unwrap();
+    assert_eq!(r.status, 404, "the old tenant's write reached the new one");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_live_in_their_region_and_unknown_regions_are_refused() {
     let h = switchboard::harness::Harness::with_config(|c| {
         c.regions = vec!["eu".into(), "us".into()];

@@ -312,7 +312,11 @@ impl Inner {
             tenant_bytes: u64::MAX,
             owner_bytes: u64::MAX,
         };
-        match self.commits.commit(tenant, &self.store, txn, quota) {
+        let still_there = || self.tenant(tenant).is_some();
+        match self
+            .commits
+            .commit(tenant, &self.store, txn, quota, still_there)
+        {
             Ok(_) => Ok(true),
             Err(super::txn::CommitError::Conflict) => Ok(false),
             Err(super::txn::CommitError::Store(e)) => Err(e),

@@ -54,6 +54,10 @@ pub enum CommitError {
     /// Committing would exceed a storage quota; nothing was written.
     #[error("{0}")]
     Quota(String),
+    /// The tenant was deleted (and perhaps created again) while the call
+    /// ran; nothing was written.
+    #[error("the tenant was deleted during the call")]
+    Gone,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -336,19 +340,24 @@ impl CommitLocks {
         map.entry(tenant.to_string()).or_default().clone()
     }
 
-    /// Commits `txn` for `tenant` under its quota.
+    /// Commits `txn` for `tenant` under its quota, if `still_valid` (checked
+    /// under the lock) says the tenant the call ran for still exists.
     pub fn commit(
         &self,
         tenant: &str,
         store: &Store,
         txn: Txn,
         quota: Quota,
+        still_valid: impl FnOnce() -> bool,
     ) -> Result<u64, CommitError> {
         if txn.is_read_only() {
             return Ok(0);
         }
         let lock = self.ledger(tenant);
         let mut ledger = lock.lock().unwrap_or_else(|p| p.into_inner());
+        if !still_valid() {
+            return Err(CommitError::Gone);
+        }
         txn.commit(
             store,
             Some(Account {
@@ -374,6 +383,14 @@ impl CommitLocks {
             None => 0,
         };
         Ok((bytes, owner))
+    }
+
+    /// Runs `f` holding `tenant`'s commit lock: no commit of the tenant
+    /// interleaves (used to delete a tenant).
+    pub fn exclusive<R>(&self, tenant: &str, f: impl FnOnce() -> R) -> R {
+        let lock = self.ledger(tenant);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        f()
     }
 
     /// Forgets a tenant's cached usage (after it is deleted).
