@@ -18,6 +18,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod audit;
 pub mod backup;
 pub mod bundle;
 pub mod capability;
@@ -25,6 +26,8 @@ pub mod cli;
 pub mod control;
 mod fsutil;
 pub mod harness;
+pub mod identity;
+pub mod metrics;
 pub mod runtime;
 pub mod server;
 pub mod store;

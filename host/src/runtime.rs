@@ -41,7 +41,9 @@ pub use self::error::{AdminError, CallError};
 use self::state::{CallSpec, HostState};
 use self::txn::{CommitError, CommitLocks, Quota, Txn};
 pub use self::types::{Event, Kind, Method, Principal, Request, Response, Role};
+use crate::audit::{AuditLog, Scope, outcome};
 use crate::capability::{self, CapError, timers};
+use crate::identity::{Identity, IdentityConfig};
 use crate::store::crypt::{MasterKey, MasterKeySource};
 use crate::store::{Store as DataStore, StoreConfig, StoreError, keys};
 use crate::tenant::{Enablement, Limits, TenantRecord, is_valid_tenant_id};
@@ -76,6 +78,8 @@ pub struct RuntimeConfig {
     pub track_changes: bool,
     /// How often expired objects are deleted (SPEC D4).
     pub retention_sweep_interval: Duration,
+    /// Sign-in throttling and locking (SPEC I3).
+    pub identity: IdentityConfig,
 }
 
 impl RuntimeConfig {
@@ -91,6 +95,7 @@ impl RuntimeConfig {
             master_key: MasterKeySource::File(PathBuf::new()),
             track_changes: true,
             retention_sweep_interval: Duration::from_secs(3600),
+            identity: IdentityConfig::default(),
         }
     }
 
@@ -253,6 +258,8 @@ pub(crate) struct Inner {
     linkers: Mutex<HashMap<BTreeSet<Capability>, Arc<Linker<HostState>>>>,
     pres: Mutex<HashMap<(String, BTreeSet<Capability>), Linked>>,
     pub(crate) commits: CommitLocks,
+    pub(crate) trail: Arc<AuditLog>,
+    pub(crate) identity: Identity,
     global_slots: Arc<Semaphore>,
     admin: tokio::sync::Mutex<()>,
     backup_lock: tokio::sync::Mutex<()>,
@@ -349,12 +356,20 @@ impl Runtime {
             &config.data_dir.join("keys").join("cache.key"),
         )
         .context("cannot open the compile cache")?;
+        let store = Arc::new(store);
+        let trail = Arc::new(
+            AuditLog::open(store.clone(), &config.data_dir.join("keys").join("audit.key"))
+                .context("cannot open the audit trail")?,
+        );
+        let identity = Identity::new(store.clone(), trail.clone(), config.identity.clone());
         let stop = Arc::new(AtomicBool::new(false));
         spawn_epoch_ticker(engine.clone(), stop.clone());
         let inner = Arc::new(Inner {
             global_slots: Arc::new(Semaphore::new(config.max_concurrent_calls as usize)),
             engine,
-            store: Arc::new(store),
+            store,
+            trail,
+            identity,
             cache,
             config,
             plugins: RwLock::default(),
@@ -396,6 +411,16 @@ impl Runtime {
         ));
     }
 
+    /// The identity service (accounts, sign-in, sessions).
+    pub fn identity(&self) -> &Identity {
+        &self.inner.identity
+    }
+
+    /// The audit trails.
+    pub fn audit_log(&self) -> &AuditLog {
+        &self.inner.trail
+    }
+
     /// Makes everything committed so far durable.
     pub fn flush(&self) -> Result<(), StoreError> {
         self.inner.store.flush()
@@ -412,15 +437,20 @@ impl Runtime {
         let _admin = self.inner.admin.lock().await;
         let result = self.inner.install_package(package);
         match &result {
-            Ok(info) => audit(
+            Ok(info) => self.inner.audit(
+                &Scope::System,
                 "plugin.install",
-                "ok",
-                &format!(
-                    "{} {} sha256:{} publisher {}",
-                    info.name, info.version, info.digest, info.publisher
-                ),
+                &format!("{}@{}", info.name, info.version),
+                outcome::SUCCESS,
+                &format!("sha256:{} publisher {}", info.digest, info.publisher),
             ),
-            Err(e) => audit("plugin.install", e.code(), &e.to_string()),
+            Err(e) => self.inner.audit(
+                &Scope::System,
+                "plugin.install",
+                "package",
+                outcome::FAILURE,
+                &format!("{}: {e}", e.code()),
+            ),
         }
         result
     }
@@ -494,12 +524,27 @@ impl Runtime {
         // key (system database): a crash in between leaves only an orphan
         // record no key can open, overwritten if the id is created again.
         self.inner.write_record(&record)?;
-        let entry = serde_json::to_vec(&TenantDirectory { region })
+        let entry = serde_json::to_vec(&TenantDirectory {
+            region: region.clone(),
+        })
             .map_err(|e| AdminError::Internal(e.to_string()))?;
         store.apply(&[(keys::tenant(id), Some(entry)), key])?;
         store.flush()?;
         self.inner.publish_tenant(state);
-        audit("tenant.create", "ok", id);
+        self.inner.audit(
+            &Scope::System,
+            "tenant.create",
+            id,
+            outcome::SUCCESS,
+            &format!("region {region}"),
+        );
+        self.inner.audit(
+            &Scope::tenant(id),
+            "tenant.create",
+            id,
+            outcome::SUCCESS,
+            &format!("region {region}"),
+        );
         Ok(())
     }
 
@@ -539,7 +584,14 @@ impl Runtime {
                 Ok(())
             })?;
         self.inner.commits.forget(id);
-        audit("tenant.delete", "ok", &format!("{id}: key destroyed"));
+        self.inner.trail.forget(id);
+        self.inner.audit(
+            &Scope::System,
+            "tenant.delete",
+            id,
+            outcome::SUCCESS,
+            "tenant key destroyed; its data and audit trail are unreadable",
+        );
         // Reclaim the (already unreadable) bytes before the id can be
         // reused; a crash midway resumes at the next start.
         let inner = self.inner.clone();
@@ -588,9 +640,11 @@ impl Runtime {
                 ))
             })?;
         }
-        audit(
+        self.inner.audit(
+            &Scope::System,
             "key.rotate-master",
-            "ok",
+            next.id(),
+            outcome::SUCCESS,
             &format!("{old} -> {} ({n} scope keys rewrapped)", next.id()),
         );
         Ok(next.id().to_string())
@@ -636,7 +690,13 @@ impl Runtime {
             revoked_ms: None,
         };
         self.inner.put_trust(&id, record)?;
-        audit("trust.add", "ok", &format!("key {id} ({label})"));
+        self.inner.audit(
+            &Scope::System,
+            "trust.add",
+            &id.to_string(),
+            outcome::SUCCESS,
+            label,
+        );
         Ok(id)
     }
 
@@ -685,10 +745,12 @@ impl Runtime {
         }
         disabled.sort();
         let names: Vec<String> = disabled.iter().map(|(n, v)| format!("{n} {v}")).collect();
-        audit(
+        self.inner.audit(
+            &Scope::System,
             "trust.revoke",
-            "ok",
-            &format!("key {id}; disabled packages: [{}]", names.join(", ")),
+            &id.to_string(),
+            outcome::SUCCESS,
+            &format!("disabled packages: [{}]", names.join(", ")),
         );
         Ok(disabled)
     }
@@ -706,10 +768,12 @@ impl Runtime {
         let mut record = current.record.clone();
         record.publishers = publishers.map(|set| set.iter().map(ToString::to_string).collect());
         self.inner.save_tenant(record.clone(), Some(&current))?;
-        audit(
+        self.inner.audit(
+            &Scope::tenant(tenant),
             "tenant.publishers",
-            "ok",
-            &format!("tenant {tenant}: {:?}", record.publishers),
+            tenant,
+            outcome::SUCCESS,
+            &format!("{:?}", record.publishers),
         );
         Ok(())
     }
@@ -727,7 +791,13 @@ impl Runtime {
             });
         }
         self.inner.save_tenant(record.clone(), Some(&current))?;
-        audit("plugin.disable", "ok", &format!("tenant {tenant}: {name}"));
+        self.inner.audit(
+            &Scope::tenant(tenant),
+            "plugin.disable",
+            name,
+            outcome::SUCCESS,
+            "",
+        );
         Ok(())
     }
 
@@ -819,10 +889,12 @@ impl Runtime {
                     highest: highest.to_string(),
                 });
             }
-            audit(
+            self.inner.audit(
+                &Scope::tenant(tenant),
                 "plugin.rollback-override",
-                "ok",
-                &format!("tenant {tenant}: {name} {highest} -> {version}"),
+                name,
+                outcome::SUCCESS,
+                &format!("{highest} -> {version}"),
             );
         }
         let requested: BTreeSet<Capability> =
@@ -1046,8 +1118,29 @@ fn next_key_file(config: &RuntimeConfig) -> PathBuf {
     PathBuf::from(name)
 }
 
-pub(crate) fn audit(action: &str, outcome: &str, detail: &str) {
-    tracing::info!(target: "audit", action, outcome, "{detail}");
+
+impl Inner {
+    /// Records an action in a trail, attributed to the acting context
+    /// (SPEC I9). A trail that cannot be written is logged loudly; the
+    /// action itself has already happened.
+    pub(crate) fn audit(
+        &self,
+        scope: &Scope,
+        action: &str,
+        target: &str,
+        outcome: &str,
+        details: &str,
+    ) {
+        let record = crate::audit::Record {
+            action,
+            target,
+            outcome,
+            details,
+        };
+        if let Err(e) = self.trail.append(scope, record) {
+            tracing::error!(target: "audit", action, error = %e, "audit entry lost");
+        }
+    }
 }
 
 fn encode(record: &TenantRecord) -> Result<Vec<u8>, AdminError> {

@@ -6,7 +6,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::txn::{Quota, Txn};
-use super::{AdminError, Inner, Runtime, audit};
+use super::{AdminError, Inner, Runtime};
+use crate::audit::{Scope, outcome};
 use crate::capability::blobs::{self, BlobMeta};
 use crate::capability::timers::now_ms;
 use crate::store::{StoreError, keys};
@@ -45,14 +46,16 @@ impl Runtime {
         let mut record = current.record.clone();
         record.legal_hold = on;
         self.inner.save_tenant(record, Some(&current))?;
-        audit(
+        self.inner.audit(
+            &Scope::tenant(tenant),
             if on {
                 "hold.tenant.set"
             } else {
                 "hold.tenant.release"
             },
-            "ok",
             tenant,
+            outcome::SUCCESS,
+            "",
         );
         Ok(())
     }
@@ -93,14 +96,16 @@ impl Runtime {
             }
         }
         self.inner.store.flush()?;
-        audit(
+        self.inner.audit(
+            &Scope::tenant(tenant),
             if on {
                 "hold.object.set"
             } else {
                 "hold.object.release"
             },
-            "ok",
             &what,
+            outcome::SUCCESS,
+            "",
         );
         Ok(())
     }
@@ -130,13 +135,12 @@ impl Runtime {
         let mut record = current.record.clone();
         record.retention.insert(class.to_string(), days);
         self.inner.save_tenant(record, Some(&current))?;
-        audit(
+        self.inner.audit(
+            &Scope::tenant(tenant),
             "retention.policy",
-            "ok",
-            &format!(
-                "{tenant}: {class} = {}",
-                days.map_or("keep".to_string(), |d| format!("{d} days"))
-            ),
+            class,
+            outcome::SUCCESS,
+            &days.map_or("keep".to_string(), |d| format!("{d} days")),
         );
         Ok(())
     }
@@ -293,13 +297,12 @@ impl Inner {
         }
         if self.commit_host(tenant, txn)? {
             report.deleted += 1;
-            audit(
+            self.audit(
+                &Scope::tenant(tenant),
                 "retention.delete",
-                "ok",
-                &format!(
-                    "{tenant}: blob {id} of {plugin}, class {class}, {} bytes, created {}",
-                    meta.size, meta.created_ms
-                ),
+                &format!("blob {plugin}/{id}"),
+                outcome::SUCCESS,
+                &format!("class {class}, {} bytes, created {}", meta.size, meta.created_ms),
             );
         }
         Ok(())
@@ -402,6 +405,7 @@ impl Runtime {
     ) -> Result<crate::backup::BackupInfo, crate::backup::BackupError> {
         let inner = self.inner.clone();
         let dir = dir.to_path_buf();
+        let shown = dir.display().to_string();
         let _one_at_a_time = self.inner.backup_lock.lock().await;
         let info = tokio::task::spawn_blocking(move || {
             let key = crate::backup::backup_key(&inner.config.data_dir, true)?;
@@ -410,19 +414,26 @@ impl Runtime {
         .await
         .map_err(|e| crate::backup::BackupError::Io(e.to_string()))?;
         match &info {
-            Ok(i) => audit(
+            Ok(i) => self.inner.audit(
+                &Scope::System,
                 "backup.create",
-                "ok",
+                &i.header.id,
+                outcome::SUCCESS,
                 &format!(
-                    "{:?} {} to {} ({} entries written, {} bytes)",
+                    "{:?} to {} ({} entries written, {} bytes)",
                     i.header.kind,
-                    i.header.id,
                     i.file.display(),
                     i.trailer.puts,
                     i.bytes
                 ),
             ),
-            Err(e) => audit("backup.create", e.code(), &e.to_string()),
+            Err(e) => self.inner.audit(
+                &Scope::System,
+                "backup.create",
+                &shown,
+                outcome::FAILURE,
+                &format!("{}: {e}", e.code()),
+            ),
         }
         info
     }
