@@ -4,9 +4,11 @@
 //! check is not repeated here: an ungranted capability is never linked
 //! (SPEC K3), so a call can only reach what the tenant granted.
 
+pub mod audit;
 pub mod blobs;
 pub mod config;
 pub mod crypto;
+pub mod identity;
 pub mod kv;
 pub mod log;
 pub mod plugins;
@@ -24,6 +26,8 @@ pub const IMPLEMENTED: &[Capability] = &[
     Capability::Plugins,
     Capability::Blobs,
     Capability::Crypto,
+    Capability::Identity,
+    Capability::Audit,
 ];
 
 /// Whether this host can link `cap`.

@@ -12,6 +12,7 @@ use switchboard_signing::package::Trust;
 use switchboard_signing::{Capability, KeyId, Package, PackageError, keys};
 
 use crate::runtime::{Method, Principal, Request, Runtime};
+use crate::admin::Op;
 use crate::server::{self, ServerConfig};
 
 /// Switchboard: a unified-communications server built as a WebAssembly
@@ -85,6 +86,30 @@ pub enum Command {
     /// Master key management.
     #[command(subcommand)]
     Keys(KeysCmd),
+    /// Accounts of the system realm (operators, partners) or a tenant
+    /// (admins, users). Online through a running server, or offline.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// A user's sessions.
+    #[command(subcommand)]
+    Session(SessionCmd),
+    /// A tenant's sign-in policy (MFA, session lifetimes).
+    Policy {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Tenant id.
+        tenant: String,
+        /// Who must use a second factor: optional, admins or all.
+        #[arg(long)]
+        mfa: Option<String>,
+        #[arg(long)]
+        idle_minutes: Option<u32>,
+        #[arg(long)]
+        absolute_hours: Option<u32>,
+    },
+    /// The audit trails: verify, export, the checkpoint key.
+    #[command(subcommand)]
+    Audit(AuditCmd),
     /// Call a plugin route once, as a user of a tenant, and print the
     /// response (offline).
     Call {
@@ -290,6 +315,162 @@ pub enum PluginCmd {
     },
 }
 
+/// Options naming a realm: `--tenant ID`, or the system realm.
+#[derive(Debug, clap::Args)]
+pub struct RealmArgs {
+    /// The tenant; without it, the system realm (operators, partners).
+    #[arg(long)]
+    pub tenant: Option<String>,
+}
+
+impl RealmArgs {
+    fn name(&self) -> String {
+        self.tenant.clone().unwrap_or_else(|| "system".into())
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCmd {
+    /// Create an account; prints its welcome password, which must be
+    /// changed at first sign-in.
+    Create {
+        #[command(flatten)]
+        data: DataArgs,
+        #[command(flatten)]
+        realm: RealmArgs,
+        username: String,
+        /// operator or partner (system realm); tenant-admin or user.
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        display_name: Option<String>,
+        #[arg(long)]
+        email: Option<String>,
+        /// Tenants a partner manages (repeat).
+        #[arg(long = "assign")]
+        tenants: Vec<String>,
+    },
+    /// List accounts.
+    List {
+        #[command(flatten)]
+        data: DataArgs,
+        #[command(flatten)]
+        realm: RealmArgs,
+    },
+    /// Change an account's role, state or profile.
+    Update {
+        #[command(flatten)]
+        data: DataArgs,
+        #[command(flatten)]
+        realm: RealmArgs,
+        /// User id or login name.
+        user: String,
+        #[arg(long)]
+        role: Option<String>,
+        #[arg(long, conflicts_with = "enable")]
+        disable: bool,
+        #[arg(long)]
+        enable: bool,
+        #[arg(long)]
+        display_name: Option<String>,
+        #[arg(long)]
+        email: Option<String>,
+    },
+    /// Delete an account and end its sessions.
+    Delete {
+        #[command(flatten)]
+        data: DataArgs,
+        #[command(flatten)]
+        realm: RealmArgs,
+        user: String,
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Set a new welcome password (printed) and end the sessions.
+    ResetPassword {
+        #[command(flatten)]
+        data: DataArgs,
+        #[command(flatten)]
+        realm: RealmArgs,
+        user: String,
+    },
+    /// Lift a lock after failed sign-ins.
+    Unlock {
+        #[command(flatten)]
+        data: DataArgs,
+        #[command(flatten)]
+        realm: RealmArgs,
+        user: String,
+    },
+    /// Remove the second factor (the user enrols again).
+    ResetMfa {
+        #[command(flatten)]
+        data: DataArgs,
+        #[command(flatten)]
+        realm: RealmArgs,
+        user: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionCmd {
+    /// A user's live sessions.
+    List {
+        #[command(flatten)]
+        data: DataArgs,
+        #[command(flatten)]
+        realm: RealmArgs,
+        user: String,
+    },
+    /// End one session (`--id`) or all of a user's.
+    Revoke {
+        #[command(flatten)]
+        data: DataArgs,
+        #[command(flatten)]
+        realm: RealmArgs,
+        user: String,
+        #[arg(long)]
+        id: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// Check a trail (or every trail with --all), or an exported file
+    /// with --file; exits non-zero when anything does not hold.
+    Verify {
+        #[command(flatten)]
+        data: DataArgs,
+        #[command(flatten)]
+        realm: RealmArgs,
+        /// Verify every trail: the system's and each tenant's.
+        #[arg(long, conflicts_with = "file")]
+        all: bool,
+        /// An export to verify instead of the store.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// The audit public key (hex) to check checkpoints against; by
+        /// default the key named in the export.
+        #[arg(long, requires = "file")]
+        public_key: Option<String>,
+    },
+    /// Write a trail as JSON lines (header, entries, checkpoints).
+    Export {
+        #[command(flatten)]
+        data: DataArgs,
+        #[command(flatten)]
+        realm: RealmArgs,
+        /// Output file (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print the public key that signs checkpoints.
+    Key {
+        #[command(flatten)]
+        data: DataArgs,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum TrustCmd {
     /// Trust a publisher key (KEY.pub).
@@ -336,6 +517,44 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::bundle::install(&runtime, file.trust_bundled.unwrap_or(true)).await;
             server::serve(runtime, listen, file.backup.clone()).await
         }
+        Command::User(cmd) => user_cmd(cmd).await,
+        Command::Session(SessionCmd::List { data, realm, user }) => {
+            let user = resolve_user(&data, &realm, &user).await?;
+            let v = admin_op(&data, Op::SessionList { realm: realm.name(), user }).await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
+        }
+        Command::Session(SessionCmd::Revoke { data, realm, user, id }) => {
+            let user = resolve_user(&data, &realm, &user).await?;
+            let v = admin_op(&data, Op::SessionRevoke { realm: realm.name(), user, session: id }).await?;
+            println!("sessions revoked: {}", v["revoked"]);
+            Ok(())
+        }
+        Command::Policy { data, tenant, mfa, idle_minutes, absolute_hours } => {
+            let current = admin_op(&data, Op::PolicyShow { realm: tenant.clone() }).await?;
+            let mut policy: crate::identity::Policy = serde_json::from_value(current)?;
+            let changed = mfa.is_some() || idle_minutes.is_some() || absolute_hours.is_some();
+            if let Some(m) = mfa {
+                policy.mfa = match m.as_str() {
+                    "optional" | "off" => crate::identity::MfaPolicy::Optional,
+                    "admins" => crate::identity::MfaPolicy::Admins,
+                    "all" => crate::identity::MfaPolicy::All,
+                    other => bail!("--mfa must be optional, admins or all, not {other:?}"),
+                };
+            }
+            if let Some(m) = idle_minutes {
+                policy.session_idle_minutes = m;
+            }
+            if let Some(h) = absolute_hours {
+                policy.session_absolute_hours = h;
+            }
+            if changed {
+                admin_op(&data, Op::PolicySet { realm: tenant, policy: policy.clone() }).await?;
+            }
+            println!("{}", serde_json::to_string_pretty(&policy)?);
+            Ok(())
+        }
+        Command::Audit(cmd) => audit_cmd(cmd).await,
         Command::Tenant(TenantCmd::Create { data, id, region }) => {
             let rt = open(&data)?;
             rt.create_tenant_in(&id, region.as_deref(), None)
@@ -656,6 +875,212 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", resp.status);
             println!("{}", resp.text());
             rt.flush()?;
+            Ok(())
+        }
+    }
+}
+
+/// Runs an administrative operation as the console: through the running
+/// server's control socket when there is one, else on the folder itself.
+async fn admin_op(data: &DataArgs, op: Op) -> anyhow::Result<serde_json::Value> {
+    let folder = data.dir()?;
+    let req = crate::control::ControlRequest::Admin { admin: op.clone() };
+    if let Some(answer) = crate::control::send(&folder, &req).await {
+        let answer = answer?;
+        if !answer.ok {
+            bail!("{} ({})", answer.message, answer.code);
+        }
+        return Ok(serde_json::from_str(&answer.message)?);
+    }
+    let rt = open(data)?;
+    let value = crate::audit::with_context(
+        crate::audit::Context::console(),
+        crate::admin::execute(&rt, &crate::admin::Actor::Console, op),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{} ({})", e.message, e.code))?;
+    rt.flush()?;
+    Ok(value)
+}
+
+/// A user id from an id or a login name.
+async fn resolve_user(data: &DataArgs, realm: &RealmArgs, user: &str) -> anyhow::Result<String> {
+    let list = admin_op(data, Op::UserList { realm: realm.name() }).await?;
+    let users = list["users"].as_array().cloned().unwrap_or_default();
+    let wanted = user.to_lowercase();
+    users
+        .iter()
+        .find(|u| u["id"] == user || u["username"] == wanted.as_str())
+        .and_then(|u| u["id"].as_str().map(str::to_string))
+        .ok_or_else(|| anyhow::anyhow!("no user {user:?} in {} (not_found)", realm.name()))
+}
+
+async fn user_cmd(cmd: UserCmd) -> anyhow::Result<()> {
+    match cmd {
+        UserCmd::Create { data, realm, username, role, display_name, email, tenants } => {
+            let account = crate::identity::NewAccount {
+                username,
+                display_name,
+                email,
+                role,
+                password: None,
+                tenants,
+            };
+            let v = admin_op(&data, Op::UserCreate { realm: realm.name(), account }).await?;
+            println!(
+                "user {} ({}) created in {}",
+                v["user"]["username"].as_str().unwrap_or_default(),
+                v["user"]["id"].as_str().unwrap_or_default(),
+                realm.name()
+            );
+            println!(
+                "welcome password (must be changed at first sign-in): {}",
+                v["welcome_password"].as_str().unwrap_or_default()
+            );
+        }
+        UserCmd::List { data, realm } => {
+            let v = admin_op(&data, Op::UserList { realm: realm.name() }).await?;
+            for u in v["users"].as_array().cloned().unwrap_or_default() {
+                println!(
+                    "{}  {:<24} {:<13} {}{}{}",
+                    u["id"].as_str().unwrap_or_default(),
+                    u["username"].as_str().unwrap_or_default(),
+                    u["role"].as_str().unwrap_or_default(),
+                    if u["active"] == true { "active" } else { "disabled" },
+                    if u["locked"] == true { ", locked" } else { "" },
+                    if u["mfa"] == true { ", mfa" } else { "" },
+                );
+            }
+        }
+        UserCmd::Update { data, realm, user, role, disable, enable, display_name, email } => {
+            let id = resolve_user(&data, &realm, &user).await?;
+            let change = crate::identity::AccountChange {
+                display_name,
+                email,
+                role,
+                active: if disable { Some(false) } else if enable { Some(true) } else { None },
+                tenants: None,
+            };
+            let v = admin_op(&data, Op::UserUpdate { realm: realm.name(), user: id, change }).await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        UserCmd::Delete { data, realm, user, yes } => {
+            if !yes {
+                bail!("deleting user {user} cannot be undone; pass --yes");
+            }
+            let id = resolve_user(&data, &realm, &user).await?;
+            admin_op(&data, Op::UserDelete { realm: realm.name(), user: id }).await?;
+            println!("user {user} deleted");
+        }
+        UserCmd::ResetPassword { data, realm, user } => {
+            let id = resolve_user(&data, &realm, &user).await?;
+            let v = admin_op(&data, Op::UserResetPassword { realm: realm.name(), user: id }).await?;
+            println!(
+                "welcome password (must be changed at first sign-in): {}",
+                v["welcome_password"].as_str().unwrap_or_default()
+            );
+        }
+        UserCmd::Unlock { data, realm, user } => {
+            let id = resolve_user(&data, &realm, &user).await?;
+            admin_op(&data, Op::UserUnlock { realm: realm.name(), user: id }).await?;
+            println!("user {user} unlocked");
+        }
+        UserCmd::ResetMfa { data, realm, user } => {
+            let id = resolve_user(&data, &realm, &user).await?;
+            admin_op(&data, Op::UserResetMfa { realm: realm.name(), user: id }).await?;
+            println!("second factor of {user} removed; sessions ended");
+        }
+    }
+    Ok(())
+}
+
+fn print_report(r: &crate::audit::Report) -> bool {
+    if r.is_intact() {
+        println!(
+            "{}: intact: {} entries ({}-{}), {} signed checkpoints, last at {}",
+            r.scope,
+            r.entries,
+            r.first_seq.unwrap_or(0),
+            r.last_seq.unwrap_or(0),
+            r.checkpoints,
+            r.last_checkpoint.map_or("none".into(), |c| c.to_string())
+        );
+        true
+    } else {
+        println!("{}: TAMPERED ({} problems)", r.scope, r.problems.len());
+        for p in &r.problems {
+            println!("  entry {}: {:?}: {}", p.seq, p.kind, p.message);
+        }
+        false
+    }
+}
+
+async fn audit_cmd(cmd: AuditCmd) -> anyhow::Result<()> {
+    match cmd {
+        AuditCmd::Verify { data, realm, all, file, public_key } => {
+            let intact = if let Some(file) = file {
+                let key = public_key
+                    .map(|k| crate::audit::parse_public_key(&k))
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!(e))?;
+                let f = std::fs::File::open(&file)
+                    .with_context(|| format!("cannot open {}", file.display()))?;
+                let report = crate::audit::verify_export(std::io::BufReader::new(f), key)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+                print_report(&report)
+            } else {
+                let realms: Vec<String> = if all {
+                    let v = admin_op(&data, Op::TenantList).await?;
+                    std::iter::once("system".to_string())
+                        .chain(
+                            v["tenants"]
+                                .as_array()
+                                .cloned()
+                                .unwrap_or_default()
+                                .iter()
+                                .filter_map(|t| t["id"].as_str().map(str::to_string)),
+                        )
+                        .collect()
+                } else {
+                    vec![realm.name()]
+                };
+                let mut ok = true;
+                for r in realms {
+                    let v = admin_op(&data, Op::AuditVerify { realm: r }).await?;
+                    let report: crate::audit::Report = serde_json::from_value(v)?;
+                    ok &= print_report(&report);
+                }
+                ok
+            };
+            if !intact {
+                bail!("the audit trail does not verify (audit_tampered)");
+            }
+            Ok(())
+        }
+        AuditCmd::Export { data, realm, out } => {
+            // The server writes the file itself (same machine, console
+            // only), so a long trail never passes through memory.
+            let scratch;
+            let path = match &out {
+                Some(p) => std::path::absolute(p)?,
+                None => {
+                    scratch = tempfile::Builder::new().prefix("sb-audit-").tempdir()?;
+                    scratch.path().join("export.jsonl")
+                }
+            };
+            let v = admin_op(&data, Op::AuditWrite { realm: realm.name(), path: path.clone() }).await?;
+            match &out {
+                Some(p) => eprintln!("{} entries written to {}", v["entries"], p.display()),
+                None => {
+                    let mut f = std::fs::File::open(&path)?;
+                    std::io::copy(&mut f, &mut std::io::stdout().lock())?;
+                }
+            }
+            Ok(())
+        }
+        AuditCmd::Key { data } => {
+            let v = admin_op(&data, Op::AuditKey).await?;
+            println!("{} (key id {})", v["public_key"].as_str().unwrap_or_default(), v["key_id"].as_str().unwrap_or_default());
             Ok(())
         }
     }

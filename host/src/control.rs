@@ -20,6 +20,8 @@ pub enum ControlRequest {
         kind: Option<crate::backup::Kind>,
     },
     RotateMaster,
+    /// An administrative operation, run as the console.
+    Admin { admin: crate::admin::Op },
 }
 
 /// The answer: `ok` with a message, or an error code and message.
@@ -92,6 +94,18 @@ async fn handle(rt: &Runtime, req: ControlRequest) -> ControlResponse {
             },
             Err(e) => fail(e.code(), e.to_string()),
         },
+        ControlRequest::Admin { admin: op } => {
+            let actor = crate::admin::Actor::Console;
+            let ctx = crate::audit::Context::console();
+            match crate::audit::with_context(ctx, crate::admin::execute(rt, &actor, op)).await {
+                Ok(v) => ControlResponse {
+                    ok: true,
+                    code: "ok".into(),
+                    message: v.to_string(),
+                },
+                Err(e) => fail(&e.code, e.message),
+            }
+        }
         ControlRequest::RotateMaster => match rt.rotate_master_key(None).await {
             Ok(id) => ControlResponse {
                 ok: true,

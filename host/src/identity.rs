@@ -389,7 +389,7 @@ pub struct Issued {
 }
 
 /// A new account.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewAccount {
     pub username: String,
@@ -408,7 +408,7 @@ pub struct NewAccount {
 }
 
 /// Changes to an account; absent fields stay.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccountChange {
     #[serde(default)]
@@ -1034,7 +1034,8 @@ impl Identity {
             source: source.clone(),
             ..audit::context()
         };
-        if let Gate::Wait(ms) = lock(&self.throttle).gate(&track, req.source, now) {
+        let gate = lock(&self.throttle).gate(&track, req.source, now);
+        if let Gate::Wait(ms) = gate {
             metrics::LOGIN_THROTTLED.inc();
             audit::with_context(ctx.clone(), async {
                 self.audit(realm, "auth.login", &name, outcome::DENIED, "throttled");
@@ -1519,16 +1520,17 @@ impl Identity {
         Ok(codes)
     }
 
-    /// A guest session for one resource (the `identity` capability), at
-    /// most 24 hours. Returns the token.
-    pub async fn guest_session(
+    /// The writes creating a guest session for one resource (the
+    /// `identity` capability puts them in its call's transaction), at most
+    /// 24 hours. Returns (token, guest id, writes).
+    pub fn guest_session_writes(
         &self,
         tenant: &str,
         plugin: &str,
         display_name: &str,
         resource: &str,
         ttl_ms: u64,
-    ) -> Result<String, AuthError> {
+    ) -> Result<(String, String, Vec<Write>), AuthError> {
         let realm = Scope::tenant(tenant);
         self.require_realm(&realm)?;
         check_display_name(display_name)?;
@@ -1537,7 +1539,7 @@ impl Identity {
         }
         if resource.is_empty() || resource.len() > 256 || resource.chars().any(char::is_control) {
             return Err(AuthError::InvalidArgument(
-                "the guest's resource scope must be 1-256 characters without control characters".into(),
+                "the guest's resource scope must be 1-256 bytes without control characters".into(),
             ));
         }
         let ttl_ms = ttl_ms.clamp(60_000, 24 * 3_600_000);
@@ -1562,16 +1564,14 @@ impl Identity {
             }),
             via: "guest".into(),
         };
-        let seq = self.store.apply(&[
+        let writes = vec![
             (session_key(&realm, &hash), Some(json(&session))),
             (
                 [user_sessions_prefix(&realm, &id), session.id.clone().into_bytes()].concat(),
                 Some(hash.into_bytes()),
             ),
-        ])?;
-        self.store.durable(seq).await?;
-        self.audit(&realm, "guest.session", &id, outcome::SUCCESS, &format!("resource {resource}, {} s", ttl_ms / 1000));
-        Ok(token)
+        ];
+        Ok((token, id, writes))
     }
 }
 

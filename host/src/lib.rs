@@ -18,6 +18,8 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod admin;
+pub mod api;
 pub mod audit;
 pub mod backup;
 pub mod bundle;

@@ -482,7 +482,8 @@ impl Runtime {
         limits: Option<Limits>,
     ) -> Result<(), AdminError> {
         let _admin = self.inner.admin.lock().await;
-        if !is_valid_tenant_id(id) {
+        // `system` names the host's own realm (accounts, audit trail).
+        if !is_valid_tenant_id(id) || id == "system" {
             return Err(AdminError::InvalidTenantId(id.to_string()));
         }
         if self.inner.tenant(id).is_some() || self.inner.store.tenant_traces(id)? {
@@ -1143,6 +1144,39 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// Appends the audit entries a committed call queued, attributed to
+    /// the plugin acting for its caller.
+    fn append_plugin_audit(&self, tenant: &str, drafts: Vec<txn::AuditDraft>) {
+        if drafts.is_empty() {
+            return;
+        }
+        let outer = crate::audit::context();
+        let scope = Scope::tenant(tenant);
+        for d in drafts {
+            let ctx = crate::audit::Context {
+                actor: crate::audit::Actor {
+                    kind: crate::audit::ActorKind::Plugin,
+                    id: Some(d.plugin.clone()),
+                    name: None,
+                    tenant: None,
+                    on_behalf_of: d.user.clone(),
+                },
+                ..outer.clone()
+            };
+            let record = crate::audit::Record {
+                action: &d.action,
+                target: &d.target,
+                outcome: &d.outcome,
+                details: &d.details,
+            };
+            if let Err(e) = self.trail.append_as(&scope, &ctx, record) {
+                tracing::error!(target: "audit", tenant, plugin = %d.plugin, error = %e, "plugin audit entry lost");
+            }
+        }
+    }
+}
+
 fn encode(record: &TenantRecord) -> Result<Vec<u8>, AdminError> {
     serde_json::to_vec(record).map_err(|e| AdminError::Internal(e.to_string()))
 }
@@ -1695,6 +1729,8 @@ impl Inner {
                 return Ok(outcome);
             }
             let timers_changed = txn.timers_changed();
+            let mut txn = txn;
+            let drafts = txn.take_audit();
             let still_there = || {
                 self.tenant(&tenant.record.id)
                     .is_some_and(|now| now.record.incarnation == tenant.record.incarnation)
@@ -1710,6 +1746,7 @@ impl Inner {
                     if timers_changed {
                         self.timer_wake.notify_one();
                     }
+                    self.append_plugin_audit(&tenant.record.id, drafts);
                     // Acknowledge only what is on disk (group commit).
                     if seq > 0 {
                         self.store.durable(seq).await?;

@@ -139,21 +139,39 @@ pub async fn serve(
         "switchboard: serving on http://{local} (data folder {})",
         runtime.data_dir().display()
     );
-    println!("switchboard: health at http://{local}/healthz");
-    let shutdown = tokio::signal::ctrl_c();
+    println!("switchboard: health at http://{local}/healthz, API under http://{local}/api/v1/");
+    run(runtime.clone(), listener, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await;
+    println!("switchboard: shutting down");
+    runtime.flush()?;
+    Ok(())
+}
+
+/// Answers connections on `listener` until `shutdown` completes. Tests
+/// and embedders start a server this way on a loopback port.
+pub async fn run(
+    runtime: Runtime,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => {
-                let (stream, _) = match accepted {
+                let (stream, peer) = match accepted {
                     Ok(a) => a,
                     Err(e) => { tracing::warn!(error = %e, "accept failed"); continue; }
                 };
                 let rt = runtime.clone();
                 tokio::spawn(async move {
                     let io = hyper_util::rt::TokioIo::new(stream);
-                    let service = hyper::service::service_fn(move |req| health(rt.clone(), req));
+                    let service = hyper::service::service_fn(move |req| {
+                        let rt = rt.clone();
+                        async move { Ok::<_, Infallible>(respond(&rt, req, peer).await) }
+                    });
                     let conn = hyper::server::conn::http1::Builder::new()
                         .timer(hyper_util::rt::TokioTimer::new())
                         .header_read_timeout(std::time::Duration::from_secs(10))
@@ -165,36 +183,21 @@ pub async fn serve(
             }
         }
     }
-    println!("switchboard: shutting down");
-    runtime.flush()?;
-    Ok(())
 }
 
-async fn health(
-    runtime: Runtime,
+async fn respond(
+    runtime: &Runtime,
     req: Request<hyper::body::Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let (status, body) = match req.uri().path() {
-        "/healthz" => (
-            StatusCode::OK,
-            serde_json::json!({
-                "status": "ok",
-                "tenants": runtime.tenants().len(),
-                "plugins": runtime.plugins().len(),
-            }),
-        ),
-        _ => (
-            StatusCode::NOT_FOUND,
-            serde_json::json!({"code": "not_found", "message": "only /healthz is served until the gateway lands"}),
-        ),
-    };
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    Ok(resp)
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
+    match crate::api::route(runtime, req, peer.into()).await {
+        Some(resp) => resp,
+        None => crate::api::error_response(&crate::admin::ApiError::new(
+            StatusCode::NOT_FOUND.as_u16(),
+            "not_found",
+            "no such route",
+        )),
+    }
 }
 
 /// Whether a backup is due at `now` (ms) given when the last one and the

@@ -22,10 +22,12 @@ pub mod bindings {
     });
 }
 
+pub mod audit;
 pub mod blobs;
 pub mod config;
 pub mod crypto;
 pub mod http;
+pub mod identity;
 pub mod kv;
 pub mod log;
 pub mod plugins;

@@ -1,6 +1,8 @@
 //! Shared helpers of the integration tests: where the fixture components
 //! built by `build.rs` are, and a harness with fixtures installed.
 
+pub mod http;
+
 use std::path::PathBuf;
 
 use switchboard::harness::Harness;

@@ -52,7 +52,7 @@ async fn k2_a_capability_not_yet_available_is_refused_naming_the_import() {
     let h = Harness::new().unwrap();
     let (code, msg) = install_err(&h, &manifest("greedy"), &component("greedy")).await;
     assert_eq!(code, "capability_unavailable", "{msg}");
-    assert!(msg.contains("switchboard:host/audit@0.1.0"), "{msg}");
+    assert!(msg.contains("switchboard:host/events@0.1.0"), "{msg}");
     assert!(h.runtime().plugins().is_empty());
 }
 
@@ -61,10 +61,10 @@ async fn k3_an_import_the_manifest_does_not_declare_is_refused() {
     let h = Harness::new().unwrap();
     let m = String::from_utf8(manifest("greedy"))
         .unwrap()
-        .replace(r#"["kv", "audit"]"#, r#"["kv"]"#);
+        .replace(r#"["kv", "events"]"#, r#"["kv"]"#);
     let (code, msg) = install_err(&h, m.as_bytes(), &component("greedy")).await;
     assert_eq!(code, "import_not_declared", "{msg}");
-    assert!(msg.contains("switchboard:host/audit@0.1.0"), "{msg}");
+    assert!(msg.contains("switchboard:host/events@0.1.0"), "{msg}");
 }
 
 #[tokio::test]

@@ -79,7 +79,7 @@ async fn s1_every_refusal_has_its_code_and_stores_nothing() {
     assert_eq!(refused(&h, &old).await, "unsupported_api_version");
     let greedy = String::from_utf8(manifest("greedy"))
         .unwrap()
-        .replace(r#"["kv", "audit"]"#, r#"["kv"]"#);
+        .replace(r#"["kv", "events"]"#, r#"["kv"]"#);
     let undeclared = sign(&trusted, greedy.as_bytes(), &component("greedy")).unwrap();
     assert_eq!(refused(&h, &undeclared).await, "import_not_declared");
 

@@ -220,9 +220,28 @@ impl Inner {
             for (class, days) in t.record.retention_policy() {
                 let Some(days) = days else { continue };
                 let cutoff = now.saturating_sub(u64::from(days) * DAY_MS);
+                if class == "audit" {
+                    // The tenant's trail, pruned to a signed checkpoint
+                    // (SPEC I9: default 7 years).
+                    match self.trail.prune(&Scope::tenant(&id), cutoff) {
+                        Ok(n) => report.deleted += n,
+                        Err(e) => tracing::error!(tenant = %id, error = %e, "audit pruning failed"),
+                    }
+                    continue;
+                }
                 self.sweep_class(&id, &class, cutoff, &mut report)?;
             }
             self.reclaim_blobs(&id)?;
+        }
+        let audit_days = crate::tenant::DEFAULT_RETENTION
+            .iter()
+            .find(|(c, _)| *c == "audit")
+            .map_or(7 * 365 + 2, |(_, d)| *d);
+        if let Err(e) = self
+            .trail
+            .prune(&Scope::System, now.saturating_sub(u64::from(audit_days) * DAY_MS))
+        {
+            tracing::error!(error = %e, "pruning the system audit trail failed");
         }
         Ok(report)
     }
@@ -365,6 +384,10 @@ pub(super) async fn maintenance_loop(weak: Weak<Inner>, interval: Duration) {
         tokio::time::sleep(Duration::from_secs(60).min(interval)).await;
         let Some(inner) = weak.upgrade() else { return };
         let sweep = last_sweep.elapsed() >= interval;
+        // Sign whatever the trails gained since the last minute.
+        if let Err(e) = inner.trail.checkpoint_all() {
+            tracing::error!(error = %e, "cannot sign audit checkpoints");
+        }
         let job = {
             let inner: Arc<Inner> = inner.clone();
             tokio::task::spawn_blocking(move || {

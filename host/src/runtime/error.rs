@@ -184,7 +184,7 @@ pub enum AdminError {
     PluginNotFound { name: String, version: String },
     /// The tenant id is malformed.
     #[error(
-        "tenant id {0:?} is invalid: use 1-63 lower-case letters, digits or '-', starting with a letter or digit"
+        "tenant id {0:?} is invalid: use 1-63 lower-case letters, digits or '-', starting with a letter or digit; \"system\" is reserved"
     )]
     InvalidTenantId(String),
     /// The tenant exists already.

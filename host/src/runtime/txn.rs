@@ -35,6 +35,20 @@ pub struct Txn {
     timers_changed: bool,
     /// Change of each blob owner's bytes (quota per user, SPEC K5).
     owner_deltas: BTreeMap<String, i64>,
+    /// Audit entries to append once the call has committed.
+    audit: Vec<AuditDraft>,
+}
+
+/// An audit entry a plugin asked for, appended only if its call commits.
+#[derive(Clone, Debug)]
+pub struct AuditDraft {
+    pub plugin: String,
+    /// The user the plugin acted for.
+    pub user: Option<String>,
+    pub action: String,
+    pub target: String,
+    pub outcome: String,
+    pub details: String,
 }
 
 #[derive(Clone)]
@@ -308,6 +322,21 @@ impl Txn {
             ledger.owners.insert(owner, next);
         }
         Ok(seq)
+    }
+
+    /// Queues an audit entry for after the commit.
+    pub fn push_audit(&mut self, draft: AuditDraft) {
+        self.audit.push(draft);
+    }
+
+    /// The queued audit entries.
+    pub fn audit_drafts(&self) -> &[AuditDraft] {
+        &self.audit
+    }
+
+    /// Takes the queued audit entries (before committing).
+    pub fn take_audit(&mut self) -> Vec<AuditDraft> {
+        std::mem::take(&mut self.audit)
     }
 
     /// Merges a nested call's successful transaction back (it started as a

@@ -67,6 +67,12 @@ pub fn add_to_linker(
             Capability::Crypto => {
                 wit::crypto::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?
             }
+            Capability::Identity => {
+                wit::identity::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?
+            }
+            Capability::Audit => {
+                wit::audit::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?
+            }
             // Not implemented yet: never linked (install refuses importers).
             _ => {}
         }
@@ -383,6 +389,53 @@ impl wit::blobs::Host for HostState {
 
     fn delete(&mut self, id: String) -> WitResult<bool> {
         wrap(capability::blobs::delete(&mut self.call, &id))
+    }
+}
+
+impl wit::identity::Host for HostState {
+    fn lookup_user(&mut self, id: String) -> WitResult<Option<wit::identity::UserInfo>> {
+        wrap(
+            capability::identity::lookup_user(&mut self.call, &id).map(|found| {
+                found.map(|u| wit::identity::UserInfo {
+                    id: u.id,
+                    display_name: u.display_name,
+                    email: u.email,
+                    active: u.active,
+                })
+            }),
+        )
+    }
+
+    fn create_guest_session(
+        &mut self,
+        display_name: String,
+        scope: String,
+        ttl_ms: u64,
+    ) -> WitResult<String> {
+        wrap(capability::identity::create_guest_session(
+            &mut self.call,
+            &display_name,
+            &scope,
+            ttl_ms,
+        ))
+    }
+}
+
+impl wit::audit::Host for HostState {
+    fn append(
+        &mut self,
+        action: String,
+        target: String,
+        outcome: String,
+        details: String,
+    ) -> WitResult<()> {
+        wrap(capability::audit::append(
+            &mut self.call,
+            &action,
+            &target,
+            &outcome,
+            &details,
+        ))
     }
 }
 

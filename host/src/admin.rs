@@ -1,0 +1,547 @@
+//! Administration: one set of operations (`Op`) behind the admin HTTP API,
+//! the CLI and the control socket, each authorised against the acting
+//! party's role and tenant (SPEC I1, I8) before it runs, and audited.
+//!
+//! Who may do what:
+//!
+//! | operation                         | console | operator | partner        | tenant admin |
+//! |-----------------------------------|---------|----------|----------------|--------------|
+//! | tenants: list, create, delete     | yes     | yes      | list assigned  | no           |
+//! | trust store, plugin packages      | yes     | yes      | list packages  | no           |
+//! | enable / disable plugins          | yes     | yes      | assigned       | own tenant   |
+//! | system accounts (operators...)    | yes     | yes      | no             | no           |
+//! | tenant admins' accounts           | yes     | yes      | no             | own tenant   |
+//! | other tenant users                | yes     | no       | no             | own tenant   |
+//! | sign-in policy                    | yes     | read     | no             | own tenant   |
+//! | audit: verify                     | yes     | yes      | no             | own tenant   |
+//! | audit: export (content)           | yes     | system   | no             | own tenant   |
+//!
+//! "Console" is the machine's operator on the local CLI or control socket
+//! (file-system permissions are the credential). Operators manage only the
+//! tenant-admin accounts of a tenant — enough to bootstrap and support it —
+//! and see no user directory, audit content or plugin data (SPEC I8).
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use switchboard_signing::Capability;
+
+use crate::audit::{self, Scope};
+use crate::identity::{AccountChange, AuthError, Caller, NewAccount, Policy, Role};
+use crate::runtime::{AdminError, Runtime};
+
+/// One administrative operation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Op {
+    TenantList,
+    TenantCreate { id: String, region: Option<String> },
+    TenantDelete { id: String },
+    UserList { realm: String },
+    UserShow { realm: String, user: String },
+    UserCreate { realm: String, account: NewAccount },
+    UserUpdate { realm: String, user: String, change: AccountChange },
+    UserDelete { realm: String, user: String },
+    UserResetPassword { realm: String, user: String },
+    UserUnlock { realm: String, user: String },
+    UserResetMfa { realm: String, user: String },
+    SessionList { realm: String, user: String },
+    /// One session by id, or all of the user's when `session` is absent.
+    SessionRevoke { realm: String, user: String, session: Option<String> },
+    PolicyShow { realm: String },
+    PolicySet { realm: String, policy: Policy },
+    AuditVerify { realm: String },
+    /// Entries after `after`, at most `limit`, as JSON lines.
+    AuditExport { realm: String, after: u64, limit: usize },
+    /// Writes the whole export to a file on the server's machine (console
+    /// only).
+    AuditWrite { realm: String, path: std::path::PathBuf },
+    AuditKey,
+    TrustList,
+    TrustAdd { public_key: String, label: String },
+    TrustRevoke { key_id: String },
+    PluginList,
+    PluginEnable {
+        tenant: String,
+        name: String,
+        version: String,
+        grants: Option<Vec<String>>,
+    },
+    PluginDisable { tenant: String, name: String },
+}
+
+/// Who is asking.
+#[derive(Debug, Clone)]
+pub enum Actor {
+    /// The local CLI or control socket.
+    Console,
+    /// A signed-in caller of the HTTP API.
+    Caller(Caller),
+}
+
+/// An administrative failure: HTTP status, stable code, message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error with `status`, `code` and `message`.
+    pub fn new(status: u16, code: &str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(403, "forbidden", message)
+    }
+
+    fn bad(message: impl Into<String>) -> ApiError {
+        ApiError::new(400, "invalid_argument", message)
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        ApiError::new(e.status(), e.code(), e.to_string())
+    }
+}
+
+impl From<AdminError> for ApiError {
+    fn from(e: AdminError) -> Self {
+        let code = e.code();
+        let status = match code {
+            "tenant_not_found" | "plugin_not_found" | "not_found" | "plugin_not_enabled" => 404,
+            "tenant_exists" | "already_installed" | "legal_hold" => 409,
+            "storage_unavailable" => 503,
+            "internal" | "key_error" => 500,
+            _ => 400,
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl From<audit::AuditError> for ApiError {
+    fn from(e: audit::AuditError) -> Self {
+        ApiError::new(503, "audit_unavailable", e.to_string())
+    }
+}
+
+/// Parses a realm name: `system` or a tenant id.
+pub fn realm(text: &str) -> Result<Scope, ApiError> {
+    Scope::parse(text).ok_or_else(|| {
+        ApiError::bad(format!(
+            "{:?} is neither `system` nor a tenant id ([a-z0-9-], at most 63)",
+            text.chars().take(80).collect::<String>()
+        ))
+    })
+}
+
+fn deny(what: &str) -> Result<(), ApiError> {
+    Err(ApiError::forbidden(format!("your role may not {what}")))
+}
+
+/// Whether `actor` may run `op`. `target_role` is the role of the account
+/// an account operation touches (read before authorising).
+fn authorize(actor: &Actor, op: &Op, target_role: Option<Role>) -> Result<(), ApiError> {
+    let Actor::Caller(c) = actor else {
+        return Ok(());
+    };
+    if let Some(r) = c.restriction {
+        return Err(AuthError::Restricted(r).into());
+    }
+    let own_tenant = |realm: &str| c.role == Role::TenantAdmin && c.tenant() == Some(realm);
+    let assigned = |tenant: &str| c.role == Role::Partner && c.tenants.iter().any(|t| t == tenant);
+    let operator = c.role == Role::Operator;
+    use Op::*;
+    match op {
+        TenantList => {
+            if operator || c.role == Role::Partner {
+                Ok(())
+            } else {
+                deny("list tenants")
+            }
+        }
+        TenantCreate { .. } | TenantDelete { .. } | TrustAdd { .. } | TrustRevoke { .. } => {
+            if operator {
+                Ok(())
+            } else {
+                deny("manage tenants or the trust store")
+            }
+        }
+        TrustList | AuditKey | PluginList => {
+            if operator || c.role == Role::Partner || c.role == Role::TenantAdmin {
+                Ok(())
+            } else {
+                deny("see the plugin catalogue")
+            }
+        }
+        PluginEnable { tenant, .. } | PluginDisable { tenant, .. } => {
+            if operator || own_tenant(tenant) || assigned(tenant) {
+                Ok(())
+            } else {
+                deny("configure this tenant's plugins")
+            }
+        }
+        UserList { realm } | PolicyShow { realm } | AuditVerify { realm } => {
+            if own_tenant(realm) || (operator && matches!(op, PolicyShow { .. } | AuditVerify { .. })) {
+                Ok(())
+            } else if operator && matches!(op, UserList { .. }) && realm == "system" {
+                Ok(())
+            } else if operator && matches!(op, UserList { .. }) {
+                // Operators see a tenant's admins only (filtered below).
+                Ok(())
+            } else {
+                deny("read this realm")
+            }
+        }
+        PolicySet { realm, .. } => {
+            if own_tenant(realm) {
+                Ok(())
+            } else {
+                deny("change this tenant's sign-in policy (only its admins may)")
+            }
+        }
+        AuditWrite { .. } => deny("write files on the server (console only)"),
+        AuditExport { realm, .. } => {
+            if own_tenant(realm) || (operator && realm == "system") {
+                Ok(())
+            } else {
+                deny("read this tenant's audit trail (its admins may; operators need approved just-in-time access)")
+            }
+        }
+        UserShow { realm, .. }
+        | UserUpdate { realm, .. }
+        | UserDelete { realm, .. }
+        | UserResetPassword { realm, .. }
+        | UserUnlock { realm, .. }
+        | UserResetMfa { realm, .. }
+        | SessionList { realm, .. }
+        | SessionRevoke { realm, .. }
+        | UserCreate { realm, .. } => {
+            let role = match op {
+                UserCreate { account, .. } => Role::parse(&account.role),
+                _ => target_role,
+            };
+            if own_tenant(realm) {
+                return Ok(());
+            }
+            if operator && (realm == "system" || role == Some(Role::TenantAdmin)) {
+                return Ok(());
+            }
+            deny("manage this account (operators manage system accounts and tenant admins; tenant admins their own tenant)")
+        }
+    }
+}
+
+fn target_of(op: &Op) -> Option<(&str, &str)> {
+    use Op::*;
+    match op {
+        UserShow { realm, user }
+        | UserUpdate { realm, user, .. }
+        | UserDelete { realm, user }
+        | UserResetPassword { realm, user }
+        | UserUnlock { realm, user }
+        | UserResetMfa { realm, user }
+        | SessionList { realm, user }
+        | SessionRevoke { realm, user, .. } => Some((realm, user)),
+        _ => None,
+    }
+}
+
+/// Runs `op` for `actor`: authorises, executes, and returns the result as
+/// JSON. Refusals are audited in the realm they aimed at.
+pub async fn execute(rt: &Runtime, actor: &Actor, op: Op) -> Result<Value, ApiError> {
+    let ids = rt.identity();
+    // The role of the account an operation touches decides whether an
+    // operator may (tenant admins only); an unknown account is a 404 only
+    // for those allowed to look.
+    let mut target_role = None;
+    if let Some((r, u)) = target_of(&op) {
+        let scope = realm(r)?;
+        target_role = ids.user(&scope, u)?.map(|v| v.role);
+    }
+    if let Err(e) = authorize(actor, &op, target_role) {
+        let scope = op_realm(&op).unwrap_or(Scope::System);
+        let scope = match &scope {
+            Scope::Tenant(t) if !rt.tenants().iter().any(|r| &r.id == t) => Scope::System,
+            _ => scope,
+        };
+        rt.audit_log()
+            .append(
+                &scope,
+                audit::Record {
+                    action: "admin.denied",
+                    target: op_name(&op),
+                    outcome: audit::outcome::DENIED,
+                    details: &e.message,
+                },
+            )
+            .ok();
+        return Err(e);
+    }
+    if let Some((r, u)) = target_of(&op)
+        && target_role.is_none()
+    {
+        return Err(ApiError::new(404, "not_found", format!("user {u} not found in {r}")));
+    }
+    run(rt, actor, op).await
+}
+
+fn op_name(op: &Op) -> &'static str {
+    use Op::*;
+    match op {
+        TenantList => "tenant-list",
+        TenantCreate { .. } => "tenant-create",
+        TenantDelete { .. } => "tenant-delete",
+        UserList { .. } => "user-list",
+        UserShow { .. } => "user-show",
+        UserCreate { .. } => "user-create",
+        UserUpdate { .. } => "user-update",
+        UserDelete { .. } => "user-delete",
+        UserResetPassword { .. } => "user-reset-password",
+        UserUnlock { .. } => "user-unlock",
+        UserResetMfa { .. } => "user-reset-mfa",
+        SessionList { .. } => "session-list",
+        SessionRevoke { .. } => "session-revoke",
+        PolicyShow { .. } => "policy-show",
+        PolicySet { .. } => "policy-set",
+        AuditVerify { .. } => "audit-verify",
+        AuditExport { .. } => "audit-export",
+        AuditKey => "audit-key",
+        AuditWrite { .. } => "audit-write",
+        TrustList => "trust-list",
+        TrustAdd { .. } => "trust-add",
+        TrustRevoke { .. } => "trust-revoke",
+        PluginList => "plugin-list",
+        PluginEnable { .. } => "plugin-enable",
+        PluginDisable { .. } => "plugin-disable",
+    }
+}
+
+fn op_realm(op: &Op) -> Option<Scope> {
+    use Op::*;
+    match op {
+        UserList { realm }
+        | UserShow { realm, .. }
+        | UserCreate { realm, .. }
+        | UserUpdate { realm, .. }
+        | UserDelete { realm, .. }
+        | UserResetPassword { realm, .. }
+        | UserUnlock { realm, .. }
+        | UserResetMfa { realm, .. }
+        | SessionList { realm, .. }
+        | SessionRevoke { realm, .. }
+        | PolicyShow { realm }
+        | PolicySet { realm, .. }
+        | AuditVerify { realm }
+        | AuditExport { realm, .. }
+        | AuditWrite { realm, .. } => Scope::parse(realm),
+        PluginEnable { tenant, .. } | PluginDisable { tenant, .. } => Scope::parse(tenant),
+        TenantDelete { id } => Scope::parse(id),
+        _ => None,
+    }
+}
+
+async fn run(rt: &Runtime, actor: &Actor, op: Op) -> Result<Value, ApiError> {
+    let ids = rt.identity();
+    let is_operator = matches!(actor, Actor::Caller(c) if c.role == Role::Operator);
+    let partner_tenants = match actor {
+        Actor::Caller(c) if c.role == Role::Partner => Some(c.tenants.clone()),
+        _ => None,
+    };
+    use Op::*;
+    Ok(match op {
+        TenantList => {
+            let list: Vec<Value> = rt
+                .tenants()
+                .into_iter()
+                .filter(|t| partner_tenants.as_ref().is_none_or(|p| p.contains(&t.id)))
+                .map(|t| {
+                    json!({
+                        "id": t.id,
+                        "region": t.region,
+                        "legal_hold": t.legal_hold,
+                        "plugins": t.plugins.iter().map(|(n, e)| json!({"name": n, "version": e.version.to_string()})).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            json!({ "tenants": list })
+        }
+        TenantCreate { id, region } => {
+            rt.create_tenant_in(&id, region.as_deref(), None).await?;
+            json!({ "id": id })
+        }
+        TenantDelete { id } => {
+            rt.delete_tenant(&id).await?;
+            json!({ "deleted": id })
+        }
+        UserList { realm: r } => {
+            let scope = realm(&r)?;
+            let mut users = ids.users(&scope)?;
+            if is_operator && scope != Scope::System {
+                users.retain(|u| u.role == Role::TenantAdmin);
+            }
+            json!({ "users": users })
+        }
+        UserShow { realm: r, user } => {
+            let scope = realm(&r)?;
+            json!(ids.user(&scope, &user)?)
+        }
+        UserCreate { realm: r, account } => {
+            let scope = realm(&r)?;
+            let (user, welcome) = ids.create_user(&scope, account).await?;
+            json!({ "user": user, "welcome_password": welcome })
+        }
+        UserUpdate { realm: r, user, change } => {
+            let scope = realm(&r)?;
+            if is_operator
+                && scope != Scope::System
+                && change.role.as_deref().and_then(Role::parse).is_some_and(|r| r != Role::TenantAdmin)
+            {
+                return deny("turn a tenant admin into a user").map(|_| Value::Null);
+            }
+            json!(ids.update_user(&scope, &user, change).await?)
+        }
+        UserDelete { realm: r, user } => {
+            let scope = realm(&r)?;
+            ids.delete_user(&scope, &user).await?;
+            json!({ "deleted": user })
+        }
+        UserResetPassword { realm: r, user } => {
+            let scope = realm(&r)?;
+            let welcome = ids.reset_password(&scope, &user).await?;
+            json!({ "user": user, "welcome_password": welcome })
+        }
+        UserUnlock { realm: r, user } => {
+            ids.unlock(&realm(&r)?, &user).await?;
+            json!({ "unlocked": user })
+        }
+        UserResetMfa { realm: r, user } => {
+            ids.reset_mfa(&realm(&r)?, &user).await?;
+            json!({ "mfa_reset": user })
+        }
+        SessionList { realm: r, user } => {
+            json!({ "sessions": ids.sessions(&realm(&r)?, &user, None)? })
+        }
+        SessionRevoke { realm: r, user, session } => {
+            let scope = realm(&r)?;
+            match session {
+                Some(id) => {
+                    ids.revoke_session(&scope, &user, &id).await?;
+                    json!({ "revoked": 1 })
+                }
+                None => json!({ "revoked": ids.revoke_all(&scope, &user).await? }),
+            }
+        }
+        PolicyShow { realm: r } => json!(ids.policy(&realm(&r)?)?),
+        PolicySet { realm: r, policy } => {
+            ids.set_policy(&realm(&r)?, policy.clone()).await?;
+            json!(policy)
+        }
+        AuditVerify { realm: r } => {
+            let scope = realm(&r)?;
+            require_trail(rt, &scope)?;
+            let log = rt.audit_log();
+            json!(log.verify(&scope)?)
+        }
+        AuditExport { realm: r, after, limit } => {
+            let scope = realm(&r)?;
+            require_trail(rt, &scope)?;
+            let entries = rt.audit_log().entries(&scope, after, limit.clamp(1, 10_000))?;
+            json!({ "entries": entries })
+        }
+        AuditWrite { realm: r, path } => {
+            let scope = realm(&r)?;
+            require_trail(rt, &scope)?;
+            let file = std::fs::File::create(&path).map_err(|e| {
+                ApiError::new(400, "io_error", format!("cannot create {}: {e}", path.display()))
+            })?;
+            let mut w = std::io::BufWriter::new(file);
+            let n = rt.audit_log().export(&scope, &mut w)?;
+            std::io::Write::flush(&mut w)
+                .map_err(|e| ApiError::new(500, "io_error", format!("cannot write {}: {e}", path.display())))?;
+            json!({ "entries": n, "path": path })
+        }
+        AuditKey => {
+            let key = rt.audit_log().public_key();
+            json!({ "public_key": hex::encode(key.as_bytes()), "key_id": audit::key_id(&key) })
+        }
+        TrustList => json!({ "keys": rt.trusted_keys() }),
+        TrustAdd { public_key, label } => {
+            let key = crate::audit::parse_public_key(&public_key)
+                .map_err(|e| ApiError::new(400, "key_malformed", e))?;
+            let id = rt.trust_add(&key, &label).await?;
+            json!({ "key_id": id.to_string() })
+        }
+        TrustRevoke { key_id } => {
+            let id: switchboard_signing::KeyId = key_id
+                .parse()
+                .map_err(|_| ApiError::new(400, "key_malformed", format!("{key_id:?} is not a key id (32 hex digits)")))?;
+            let disabled = rt.trust_revoke(&id).await?;
+            json!({ "revoked": key_id, "disabled": disabled.iter().map(|(n, v)| format!("{n}@{v}")).collect::<Vec<_>>() })
+        }
+        PluginList => {
+            let list: Vec<Value> = rt
+                .plugins()
+                .into_iter()
+                .map(|p| {
+                    json!({
+                        "name": p.name,
+                        "version": p.version.to_string(),
+                        "digest": p.digest,
+                        "publisher": p.publisher,
+                        "revoked": p.revoked,
+                        "capabilities": p.capabilities.iter().map(|c| c.interface()).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            json!({ "plugins": list })
+        }
+        PluginEnable { tenant, name, version, grants } => {
+            let version = semver::Version::parse(&version)
+                .map_err(|e| ApiError::bad(format!("version {version:?}: {e}")))?;
+            let grants = match grants {
+                Some(list) => Some(
+                    list.iter()
+                        .map(|g| {
+                            Capability::from_interface(g).ok_or_else(|| ApiError::bad(format!("unknown capability {g:?}")))
+                        })
+                        .collect::<Result<BTreeSet<_>, _>>()?,
+                ),
+                None => None,
+            };
+            rt.enable_plugin(&tenant, &name, &version, grants, Default::default())
+                .await?;
+            json!({ "enabled": name, "version": version.to_string() })
+        }
+        PluginDisable { tenant, name } => {
+            rt.disable_plugin(&tenant, &name).await?;
+            json!({ "disabled": name })
+        }
+    })
+}
+
+fn require_trail(rt: &Runtime, scope: &Scope) -> Result<(), ApiError> {
+    match scope {
+        Scope::Tenant(t) if !rt.tenants().iter().any(|r| &r.id == t) => {
+            Err(ApiError::new(404, "tenant_not_found", format!("tenant {t:?} does not exist")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The audit context for `actor`.
+pub fn context_of(actor: &Actor, source: Option<String>, request_id: Option<String>) -> audit::Context {
+    match actor {
+        Actor::Console => audit::Context::console(),
+        Actor::Caller(c) => c.audit_context(source, request_id),
+    }
+}

@@ -1,0 +1,381 @@
+//! The HTTP API of the host itself: sign-in and self-service under
+//! `/api/v1/auth/…`, administration under `/api/v1/admin/…` (one route per
+//! `admin::Op`), `/healthz` and `/metrics`. Every answer is JSON; every
+//! error has the shape `{"code": …, "message": …}` with a stable code.
+//!
+//! Bodies are limited to 64 KiB (plugin packages to 64 MiB), parsed
+//! strictly (unknown fields refused), and every request runs inside an
+//! audit context naming the caller and source address, so whatever it
+//! changes is attributed in the trail.
+
+use std::net::{IpAddr, SocketAddr};
+
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::admin::{self, Actor, ApiError, Op};
+use crate::audit;
+use crate::identity::{AuthError, Caller, Login, Restriction};
+use crate::runtime::Runtime;
+
+/// Largest JSON body.
+pub const MAX_BODY_BYTES: usize = 64 << 10;
+
+/// A response with a JSON body.
+pub type HttpResponse = Response<Full<Bytes>>;
+
+/// What the router knows about the connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub addr: IpAddr,
+}
+
+impl From<SocketAddr> for Peer {
+    fn from(a: SocketAddr) -> Self {
+        Peer { addr: a.ip() }
+    }
+}
+
+/// A JSON response.
+pub fn json_response(status: u16, body: &Value) -> HttpResponse {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let h = resp.headers_mut();
+    h.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        hyper::header::CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-store"),
+    );
+    resp
+}
+
+/// The error shape of every API.
+pub fn error_response(e: &ApiError) -> HttpResponse {
+    let mut resp = json_response(e.status, &json!({ "code": e.code, "message": e.message }));
+    if e.code == "unauthenticated" {
+        resp.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            hyper::header::HeaderValue::from_static("Bearer"),
+        );
+    }
+    resp
+}
+
+/// Reads a body of at most `limit` bytes.
+pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
+            413,
+            "body_too_large",
+            format!("the request body exceeds {limit} bytes"),
+        )),
+        Err(e) => Err(ApiError::new(400, "bad_request", format!("cannot read the body: {e}"))),
+    }
+}
+
+/// Parses a JSON body strictly.
+pub fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::new(400, "bad_request", "a JSON body is required"));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::new(400, "bad_request", format!("malformed JSON body: {e}")))
+}
+
+/// The bearer token of a request (`Authorization: Bearer …`).
+pub fn bearer(req: &Request<Incoming>) -> Option<String> {
+    let h = req.headers().get(hyper::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = h.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string())
+}
+
+fn user_agent(req: &Request<Incoming>) -> Option<String> {
+    req.headers()
+        .get(hyper::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.chars().take(256).collect())
+}
+
+/// Authenticates the request's bearer token.
+pub fn caller(rt: &Runtime, req: &Request<Incoming>) -> Result<Caller, ApiError> {
+    let token = bearer(req).ok_or(AuthError::Unauthenticated)?;
+    Ok(rt.identity().authenticate(&token)?)
+}
+
+/// Answers one request to the host API (paths under `/api/v1/auth`,
+/// `/api/v1/admin`, `/healthz`, `/metrics`); `None` for other paths.
+pub async fn route(rt: &Runtime, req: Request<Incoming>, peer: Peer) -> Option<HttpResponse> {
+    let path = req.uri().path().to_string();
+    let request_id = crate::fsutil::request_id();
+    let result = match path.as_str() {
+        "/healthz" => Ok(json_response(
+            200,
+            &json!({ "status": "ok", "tenants": rt.tenants().len(), "plugins": rt.plugins().len() }),
+        )),
+        "/metrics" => {
+            let mut resp = Response::new(Full::new(Bytes::from(crate::metrics::render())));
+            resp.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            Ok(resp)
+        }
+        p if p.starts_with("/api/v1/auth/") => auth(rt, req, peer, &request_id).await,
+        p if p.starts_with("/api/v1/admin/") => admin_route(rt, req, peer, &request_id).await,
+        _ => return None,
+    };
+    Some(match result {
+        Ok(r) => r,
+        Err(e) => error_response(&e),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginBody {
+    /// Absent for operators and partners (the system realm).
+    #[serde(default)]
+    tenant: Option<String>,
+    username: String,
+    password: String,
+    #[serde(default)]
+    totp: Option<String>,
+    #[serde(default)]
+    recovery_code: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PasswordBody {
+    current: String,
+    new: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CodeBody {
+    code: String,
+}
+
+async fn auth(rt: &Runtime, req: Request<Incoming>, peer: Peer, request_id: &str) -> Result<HttpResponse, ApiError> {
+    let ids = rt.identity();
+    let method = req.method().clone();
+    let path = req.uri().path().trim_start_matches("/api/v1/auth/").to_string();
+    let ua = user_agent(&req);
+    let source = Some(peer.addr.to_string());
+    if (method.clone(), path.as_str()) == (Method::POST, "login") {
+        let body: LoginBody = parse(&read_body(req.into_body(), MAX_BODY_BYTES).await?)?;
+        let realm = match &body.tenant {
+            None => audit::Scope::System,
+            Some(t) => audit::Scope::parse(t)
+                .filter(|s| *s != audit::Scope::System)
+                // An invalid tenant id answers like a wrong password.
+                .unwrap_or_else(|| audit::Scope::tenant("-")),
+        };
+        let login = Login {
+            username: &body.username,
+            password: &body.password,
+            totp: body.totp.as_deref(),
+            recovery_code: body.recovery_code.as_deref(),
+            source: Some(peer.addr),
+            user_agent: ua.as_deref(),
+        };
+        let ctx = audit::Context {
+            source: source.clone(),
+            request_id: Some(request_id.to_string()),
+            ..audit::Context::system()
+        };
+        return match audit::with_context(ctx, ids.login(&realm, login)).await {
+            Ok(issued) => Ok(json_response(200, &json!(issued))),
+            Err(AuthError::Throttled { retry_after_ms }) => {
+                let e = AuthError::Throttled { retry_after_ms };
+                let mut resp = error_response(&e.into());
+                resp.headers_mut().insert(
+                    hyper::header::RETRY_AFTER,
+                    hyper::header::HeaderValue::from(retry_after_ms.div_ceil(1000)),
+                );
+                Ok(resp)
+            }
+            Err(e) => Err(e.into()),
+        };
+    }
+    let caller = caller(rt, &req)?;
+    let ctx = caller.audit_context(source.clone(), Some(request_id.to_string()));
+    audit::with_context(ctx, async {
+        match (method, path.as_str()) {
+            (Method::GET, "me") => {
+                let user = ids.user(&caller.realm, &caller.user)?;
+                Ok(json_response(
+                    200,
+                    &json!({
+                        "realm": caller.realm.label(),
+                        "tenant": caller.tenant(),
+                        "user": user,
+                        "role": caller.role.as_str(),
+                        "session": caller.session,
+                        "restriction": caller.restriction,
+                        "guest": caller.guest,
+                    }),
+                ))
+            }
+            (Method::POST, "logout") => {
+                ids.logout(&caller).await?;
+                Ok(json_response(200, &json!({ "signed_out": true })))
+            }
+            (Method::POST, "password") => {
+                let body: PasswordBody = parse(&read_body(req.into_body(), MAX_BODY_BYTES).await?)?;
+                let issued = ids
+                    .change_password(&caller, &body.current, &body.new, source, ua.as_deref())
+                    .await?;
+                Ok(json_response(200, &json!(issued)))
+            }
+            (Method::POST, "mfa/enroll") => {
+                if caller.restriction == Some(Restriction::ChangePassword) {
+                    return Err(AuthError::Restricted(Restriction::ChangePassword).into());
+                }
+                let (secret, uri) = ids.mfa_enroll(&caller).await?;
+                Ok(json_response(200, &json!({ "secret": secret, "otpauth_uri": uri })))
+            }
+            (Method::POST, "mfa/confirm") => {
+                let body: CodeBody = parse(&read_body(req.into_body(), MAX_BODY_BYTES).await?)?;
+                let codes = ids.mfa_confirm(&caller, &body.code).await?;
+                Ok(json_response(200, &json!({ "recovery_codes": codes })))
+            }
+            (m, p) => {
+                if let Some(r) = caller.restriction {
+                    return Err(AuthError::Restricted(r).into());
+                }
+                match (m, p) {
+                    (Method::GET, "sessions") => Ok(json_response(
+                        200,
+                        &json!({ "sessions": ids.sessions(&caller.realm, &caller.user, Some(&caller.session))? }),
+                    )),
+                    (Method::DELETE, p) if p.starts_with("sessions/") => {
+                        let id = &p["sessions/".len()..];
+                        ids.revoke_session(&caller.realm, &caller.user, id).await?;
+                        Ok(json_response(200, &json!({ "revoked": id })))
+                    }
+                    _ => Err(not_found()),
+                }
+            }
+        }
+    })
+    .await
+}
+
+fn not_found() -> ApiError {
+    ApiError::new(404, "not_found", "no such API route")
+}
+
+fn query_u64(query: &str, name: &str) -> Result<Option<u64>, ApiError> {
+    for pair in query.split('&') {
+        if let Some((k, v)) = pair.split_once('=')
+            && k == name
+        {
+            return v
+                .parse()
+                .map(Some)
+                .map_err(|_| ApiError::new(400, "bad_request", format!("query parameter {name} must be a number")));
+        }
+    }
+    Ok(None)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantBody {
+    id: String,
+    #[serde(default)]
+    region: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TrustBody {
+    public_key: String,
+    label: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnableBody {
+    version: String,
+    #[serde(default)]
+    grants: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody {
+    #[serde(default)]
+    session: Option<String>,
+}
+
+/// Maps `/api/v1/admin/…` onto an `Op`.
+async fn admin_route(rt: &Runtime, req: Request<Incoming>, peer: Peer, request_id: &str) -> Result<HttpResponse, ApiError> {
+    let caller = caller(rt, &req)?;
+    let method = req.method().clone();
+    let path = req.uri().path().trim_start_matches("/api/v1/admin/").to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let seg: Vec<&str> = path.split('/').collect();
+    let s = |x: &str| x.to_string();
+    let body = || async { read_body(req.into_body(), MAX_BODY_BYTES).await };
+    use Method as M;
+    let op = match (&method, seg.as_slice()) {
+        (&M::GET, ["tenants"]) => Op::TenantList,
+        (&M::POST, ["tenants"]) => {
+            let b: TenantBody = parse(&body().await?)?;
+            Op::TenantCreate { id: b.id, region: b.region }
+        }
+        (&M::DELETE, ["tenants", t]) => Op::TenantDelete { id: s(t) },
+        (&M::PUT, ["tenants", t, "plugins", name]) => {
+            let b: EnableBody = parse(&body().await?)?;
+            Op::PluginEnable { tenant: s(t), name: s(name), version: b.version, grants: b.grants }
+        }
+        (&M::DELETE, ["tenants", t, "plugins", name]) => Op::PluginDisable { tenant: s(t), name: s(name) },
+        (&M::GET, ["realms", r, "users"]) => Op::UserList { realm: s(r) },
+        (&M::POST, ["realms", r, "users"]) => Op::UserCreate { realm: s(r), account: parse(&body().await?)? },
+        (&M::GET, ["realms", r, "users", u]) => Op::UserShow { realm: s(r), user: s(u) },
+        (&M::PATCH, ["realms", r, "users", u]) => Op::UserUpdate { realm: s(r), user: s(u), change: parse(&body().await?)? },
+        (&M::DELETE, ["realms", r, "users", u]) => Op::UserDelete { realm: s(r), user: s(u) },
+        (&M::POST, ["realms", r, "users", u, "reset-password"]) => Op::UserResetPassword { realm: s(r), user: s(u) },
+        (&M::POST, ["realms", r, "users", u, "unlock"]) => Op::UserUnlock { realm: s(r), user: s(u) },
+        (&M::POST, ["realms", r, "users", u, "reset-mfa"]) => Op::UserResetMfa { realm: s(r), user: s(u) },
+        (&M::GET, ["realms", r, "users", u, "sessions"]) => Op::SessionList { realm: s(r), user: s(u) },
+        (&M::DELETE, ["realms", r, "users", u, "sessions"]) => {
+            let raw = body().await?;
+            let session = if raw.is_empty() { None } else { parse::<RevokeBody>(&raw)?.session };
+            Op::SessionRevoke { realm: s(r), user: s(u), session }
+        }
+        (&M::DELETE, ["realms", r, "users", u, "sessions", id]) => {
+            Op::SessionRevoke { realm: s(r), user: s(u), session: Some(s(id)) }
+        }
+        (&M::GET, ["realms", r, "policy"]) => Op::PolicyShow { realm: s(r) },
+        (&M::PUT, ["realms", r, "policy"]) => Op::PolicySet { realm: s(r), policy: parse(&body().await?)? },
+        (&M::GET, ["realms", r, "audit"]) => Op::AuditExport {
+            realm: s(r),
+            after: query_u64(&query, "after")?.unwrap_or(0),
+            limit: query_u64(&query, "limit")?.unwrap_or(1000) as usize,
+        },
+        (&M::GET, ["realms", r, "audit", "verify"]) => Op::AuditVerify { realm: s(r) },
+        (&M::GET, ["audit-key"]) => Op::AuditKey,
+        (&M::GET, ["trust"]) => Op::TrustList,
+        (&M::POST, ["trust"]) => {
+            let b: TrustBody = parse(&body().await?)?;
+            Op::TrustAdd { public_key: b.public_key, label: b.label }
+        }
+        (&M::DELETE, ["trust", id]) => Op::TrustRevoke { key_id: s(id) },
+        (&M::GET, ["plugins"]) => Op::PluginList,
+        _ => return Err(not_found()),
+    };
+    let actor = Actor::Caller(caller);
+    let ctx = admin::context_of(&actor, Some(peer.addr.to_string()), Some(request_id.to_string()));
+    let value = audit::with_context(ctx, admin::execute(rt, &actor, op)).await?;
+    Ok(json_response(200, &value))
+}

@@ -1,0 +1,69 @@
+//! `identity`: who is who inside the plugin's own tenant (SPEC I1). A
+//! plugin may look up a user of its tenant (never another tenant's, never
+//! secrets) and mint a guest session scoped to one resource — the token a
+//! meeting's waiting room hands to an invited guest. The guest session is
+//! written in the call's transaction, so it exists only if the call
+//! commits.
+
+use super::CapError;
+use crate::audit::Scope;
+use crate::identity::{AuthError, UserView};
+use crate::runtime::state::CallCtx;
+use crate::runtime::txn::AuditDraft;
+
+/// Looks a user of the calling tenant up by id or login name.
+pub fn lookup_user(ctx: &mut CallCtx, id: &str) -> Result<Option<UserView>, CapError> {
+    if id.is_empty() || id.len() > 256 {
+        return Err(CapError::InvalidArgument("user id must be 1-256 bytes".into()));
+    }
+    let realm = Scope::tenant(ctx.tenant_id());
+    let ids = &ctx.rt.identity;
+    let found = match ids.user(&realm, id).map_err(cap)? {
+        Some(u) => Some(u),
+        None => ids.user_by_name(&realm, id).map_err(cap)?,
+    };
+    Ok(found)
+}
+
+/// A guest session for `resource`, valid `ttl_ms` (clamped to 1 min–24 h).
+pub fn create_guest_session(
+    ctx: &mut CallCtx,
+    display_name: &str,
+    resource: &str,
+    ttl_ms: u64,
+) -> Result<String, CapError> {
+    let tenant = ctx.tenant_id().to_string();
+    let plugin = ctx.plugin_name().to_string();
+    let (token, guest, writes) = ctx
+        .rt
+        .identity
+        .guest_session_writes(&tenant, &plugin, display_name, resource, ttl_ms)
+        .map_err(cap)?;
+    for (k, v) in writes {
+        match v {
+            Some(v) => ctx.txn.set(k, v),
+            None => ctx.txn.set_delete(k),
+        }
+    }
+    let draft = AuditDraft {
+        plugin,
+        user: ctx.principal.user.clone(),
+        action: "guest.session".into(),
+        target: guest,
+        outcome: "success".into(),
+        details: format!("resource {resource}"),
+    };
+    ctx.txn.push_audit(draft);
+    Ok(token)
+}
+
+fn cap(e: AuthError) -> CapError {
+    match e {
+        AuthError::InvalidArgument(m) => CapError::InvalidArgument(m),
+        AuthError::NotFound(m) => CapError::NotFound(m),
+        other => {
+            tracing::error!(error = %other, "identity capability failed");
+            CapError::Internal("identity is unavailable".into())
+        }
+    }
+}
