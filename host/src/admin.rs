@@ -69,6 +69,14 @@ pub enum Op {
         grants: Option<Vec<String>>,
     },
     PluginDisable { tenant: String, name: String },
+    OidcClientList { tenant: String },
+    OidcClientAdd {
+        tenant: String,
+        name: String,
+        redirect_uris: Vec<String>,
+        public: bool,
+    },
+    OidcClientRemove { tenant: String, id: String },
 }
 
 /// Who is asking.
@@ -202,6 +210,13 @@ fn authorize(actor: &Actor, op: &Op, target_role: Option<Role>) -> Result<(), Ap
                 deny("read this realm")
             }
         }
+        OidcClientList { tenant } | OidcClientAdd { tenant, .. } | OidcClientRemove { tenant, .. } => {
+            if own_tenant(tenant) {
+                Ok(())
+            } else {
+                deny("manage this tenant's OpenID Connect clients (its admins may)")
+            }
+        }
         PolicySet { realm, .. } => {
             if own_tenant(realm) {
                 Ok(())
@@ -323,6 +338,9 @@ fn op_name(op: &Op) -> &'static str {
         PluginList => "plugin-list",
         PluginEnable { .. } => "plugin-enable",
         PluginDisable { .. } => "plugin-disable",
+        OidcClientList { .. } => "oidc-client-list",
+        OidcClientAdd { .. } => "oidc-client-add",
+        OidcClientRemove { .. } => "oidc-client-remove",
     }
 }
 
@@ -344,7 +362,11 @@ fn op_realm(op: &Op) -> Option<Scope> {
         | AuditVerify { realm }
         | AuditExport { realm, .. }
         | AuditWrite { realm, .. } => Scope::parse(realm),
-        PluginEnable { tenant, .. } | PluginDisable { tenant, .. } => Scope::parse(tenant),
+        PluginEnable { tenant, .. }
+        | PluginDisable { tenant, .. }
+        | OidcClientList { tenant }
+        | OidcClientAdd { tenant, .. }
+        | OidcClientRemove { tenant, .. } => Scope::parse(tenant),
         TenantDelete { id } => Scope::parse(id),
         _ => None,
     }
@@ -525,6 +547,15 @@ async fn run(rt: &Runtime, actor: &Actor, op: Op) -> Result<Value, ApiError> {
         PluginDisable { tenant, name } => {
             rt.disable_plugin(&tenant, &name).await?;
             json!({ "disabled": name })
+        }
+        OidcClientList { tenant } => json!({ "clients": crate::oidc::clients(rt, &tenant)? }),
+        OidcClientAdd { tenant, name, redirect_uris, public } => {
+            let (client, secret) = crate::oidc::add_client(rt, &tenant, &name, redirect_uris, public).await?;
+            json!({ "client": client, "client_secret": secret })
+        }
+        OidcClientRemove { tenant, id } => {
+            crate::oidc::remove_client(rt, &tenant, &id).await?;
+            json!({ "removed": id })
         }
     })
 }

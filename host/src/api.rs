@@ -128,6 +128,7 @@ pub async fn route(rt: &Runtime, req: Request<Incoming>, peer: Peer) -> Option<H
         }
         p if p.starts_with("/api/v1/auth/") => auth(rt, req, peer, &request_id).await,
         p if p.starts_with("/api/v1/admin/") => admin_route(rt, req, peer, &request_id).await,
+        p if p.starts_with("/oidc/") => Ok(crate::oidc::route(rt, req, peer).await),
         _ => return None,
     };
     Some(match result {
@@ -312,6 +313,15 @@ struct EnableBody {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct ClientBody {
+    name: String,
+    redirect_uris: Vec<String>,
+    #[serde(default)]
+    public: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RevokeBody {
     #[serde(default)]
     session: Option<String>,
@@ -372,6 +382,12 @@ async fn admin_route(rt: &Runtime, req: Request<Incoming>, peer: Peer, request_i
         }
         (&M::DELETE, ["trust", id]) => Op::TrustRevoke { key_id: s(id) },
         (&M::GET, ["plugins"]) => Op::PluginList,
+        (&M::GET, ["tenants", t, "oidc-clients"]) => Op::OidcClientList { tenant: s(t) },
+        (&M::POST, ["tenants", t, "oidc-clients"]) => {
+            let b: ClientBody = parse(&body().await?)?;
+            Op::OidcClientAdd { tenant: s(t), name: b.name, redirect_uris: b.redirect_uris, public: b.public }
+        }
+        (&M::DELETE, ["tenants", t, "oidc-clients", id]) => Op::OidcClientRemove { tenant: s(t), id: s(id) },
         _ => return Err(not_found()),
     };
     let actor = Actor::Caller(caller);

@@ -30,6 +30,7 @@ mod fsutil;
 pub mod harness;
 pub mod identity;
 pub mod metrics;
+pub mod oidc;
 pub mod runtime;
 pub mod server;
 pub mod store;

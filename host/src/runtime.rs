@@ -260,6 +260,7 @@ pub(crate) struct Inner {
     pub(crate) commits: CommitLocks,
     pub(crate) trail: Arc<AuditLog>,
     pub(crate) identity: Identity,
+    public_url: RwLock<String>,
     global_slots: Arc<Semaphore>,
     admin: tokio::sync::Mutex<()>,
     backup_lock: tokio::sync::Mutex<()>,
@@ -370,6 +371,7 @@ impl Runtime {
             store,
             trail,
             identity,
+            public_url: RwLock::new(String::from("http://127.0.0.1:8080")),
             cache,
             config,
             plugins: RwLock::default(),
@@ -419,6 +421,27 @@ impl Runtime {
     /// The audit trails.
     pub fn audit_log(&self) -> &AuditLog {
         &self.inner.trail
+    }
+
+    /// The encrypted store (for host services such as the OIDC provider).
+    pub fn data_store(&self) -> &DataStore {
+        &self.inner.store
+    }
+
+    /// The URL clients reach this server at (issuers, redirects).
+    pub fn public_url(&self) -> String {
+        self.inner
+            .public_url
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Sets the public URL (the server sets it from its listener unless
+    /// configured).
+    pub fn set_public_url(&self, url: &str) {
+        *self.inner.public_url.write().unwrap_or_else(|p| p.into_inner()) =
+            url.trim_end_matches('/').to_string();
     }
 
     /// Makes everything committed so far durable.

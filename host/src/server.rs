@@ -156,6 +156,11 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    if let Ok(local) = listener.local_addr()
+        && runtime.public_url() == "http://127.0.0.1:8080"
+    {
+        runtime.set_public_url(&format!("http://{local}"));
+    }
     tokio::pin!(shutdown);
     loop {
         tokio::select! {

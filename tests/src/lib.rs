@@ -1,6 +1,7 @@
 //! Shared helpers of the integration tests: where the fixture components
 //! built by `build.rs` are, and a harness with fixtures installed.
 
+pub mod accounts;
 pub mod http;
 
 use std::path::PathBuf;

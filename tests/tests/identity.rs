@@ -3,14 +3,12 @@
 //! throttling and locks without enumeration, sessions, TOTP, roles and
 //! separation of duties, guest sessions and cross-tenant isolation.
 
-use serde_json::{Value, json};
+use serde_json::json;
 use switchboard::admin::{self, Actor, Op};
 use switchboard::harness::Harness;
-use switchboard::identity::totp;
-use switchboard_tests::http::{Reply, Server};
+use switchboard_tests::accounts::{STRONG, activate, code_now, console, create_user, enrol_mfa, login};
+use switchboard_tests::http::Server;
 use switchboard_tests::{component, manifest};
-
-const STRONG: &str = "Tr4il-Blazer#2026";
 
 async fn setup(adjust: impl FnOnce(&mut switchboard::RuntimeConfig)) -> (Harness, Server) {
     let h = Harness::with_config(adjust).unwrap();
@@ -18,60 +16,8 @@ async fn setup(adjust: impl FnOnce(&mut switchboard::RuntimeConfig)) -> (Harness
     (h, s)
 }
 
-async fn console(h: &Harness, op: Op) -> Value {
-    admin::execute(h.runtime(), &Actor::Console, op)
-        .await
-        .unwrap_or_else(|e| panic!("{} ({})", e.message, e.code))
-}
-
-async fn create_user(h: &Harness, realm: &str, name: &str, role: &str) -> (String, String) {
-    let v = console(
-        h,
-        Op::UserCreate {
-            realm: realm.into(),
-            account: serde_json::from_value(json!({"username": name, "role": role})).unwrap(),
-        },
-    )
-    .await;
-    (
-        v["user"]["id"].as_str().unwrap().to_string(),
-        v["welcome_password"].as_str().unwrap().to_string(),
-    )
-}
-
-async fn login(s: &Server, tenant: Option<&str>, name: &str, password: &str) -> Reply {
-    let mut body = json!({"username": name, "password": password});
-    if let Some(t) = tenant {
-        body["tenant"] = json!(t);
-    }
-    s.call("POST", "/api/v1/auth/login", None, Some(&body)).await
-}
-
-/// Signs in with the welcome password and changes it; returns a full
-/// session's token.
-async fn activate(s: &Server, tenant: Option<&str>, name: &str, welcome: &str) -> String {
-    let r = login(s, tenant, name, welcome).await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let restricted = r.json()["token"].as_str().unwrap().to_string();
-    let r = s
-        .call("POST", "/api/v1/auth/password", Some(&restricted), Some(&json!({"current": welcome, "new": STRONG})))
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()["token"].as_str().unwrap().to_string()
-}
-
 async fn tenant(h: &Harness, id: &str) {
     h.runtime().create_tenant(id, None).await.unwrap();
-}
-
-fn code_now(secret_b32: &str, offset_steps: i64) -> String {
-    let secret = totp::base32_decode(secret_b32).unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let step = (totp::step(now) as i64 + offset_steps) as u64;
-    format!("{:06}", totp::hotp(&secret, step))
 }
 
 #[tokio::test]
@@ -408,11 +354,7 @@ async fn i1_i8_roles_are_enforced_and_operators_see_no_tenant_content() {
     // sees neither the user directory nor the tenant's audit content.
     let (_, w) = create_user(&h, "system", "opal", "operator").await;
     let op = activate(&s, None, "opal", &w).await;
-    let secret = s.call("POST", "/api/v1/auth/mfa/enroll", Some(&op), None).await.json()["secret"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    s.call("POST", "/api/v1/auth/mfa/confirm", Some(&op), Some(&json!({"code": code_now(&secret, 0)}))).await;
+    enrol_mfa(&s, &op).await;
     let r = s.call("POST", "/api/v1/admin/tenants", Some(&op), Some(&json!({"id": "gamma"}))).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let r = s.call("POST", "/api/v1/admin/tenants", Some(&op), Some(&json!({"id": "system"}))).await;
@@ -459,11 +401,7 @@ async fn i1_partners_configure_only_their_assigned_tenants() {
     )
     .await;
     let p = activate(&s, None, "pat", v["welcome_password"].as_str().unwrap()).await;
-    let secret = s.call("POST", "/api/v1/auth/mfa/enroll", Some(&p), None).await.json()["secret"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    s.call("POST", "/api/v1/auth/mfa/confirm", Some(&p), Some(&json!({"code": code_now(&secret, 0)}))).await;
+    enrol_mfa(&s, &p).await;
     let body = json!({"version": "0.1.0"});
     let r = s.call("PUT", "/api/v1/admin/tenants/acme/plugins/directory", Some(&p), Some(&body)).await;
     assert_eq!(r.status, 200, "{}", r.text());

@@ -1,0 +1,886 @@
+//! The OpenID Connect 1.0 / OAuth 2.0 provider (SPEC I5): every tenant is
+//! its own issuer at `{public url}/oidc/{tenant}`, so applications can sign
+//! a tenant's users in with Switchboard accounts.
+//!
+//! Only what current best practice (RFC 9700, OAuth 2.0 Security BCP)
+//! leaves standing is offered: the authorization code flow with PKCE
+//! (S256 only, required of every client), exact redirect-URI matching,
+//! single-use codes valid 60 s (a replayed code also revokes the tokens
+//! issued for it), Ed25519-signed ID tokens (`EdDSA`, RFC 8037), opaque
+//! access tokens stored only as hashes. The implicit and password grants,
+//! `plain` PKCE and `response_type` other than `code` are refused.
+//!
+//! Wiring: `api::route` hands `/oidc/{tenant}/…` here. Clients are
+//! registered by the tenant's admins (`admin::Op::OidcClient*`). Sign-in
+//! at the authorization endpoint goes through `identity::login`, so the
+//! password policy, throttling, locks, MFA and the audit trail all apply.
+//!
+//! ```text
+//! t/{tenant}/oidc/c/{client id}        client (secret hash, redirect URIs)
+//! t/{tenant}/oidc/code/{sha256(code)}  pending authorization code
+//! t/{tenant}/oidc/at/{sha256(token)}   access token
+//! t/{tenant}/oidc/used/{sha256(code)}  a redeemed code (replay detection)
+//! ```
+
+use std::collections::HashMap;
+
+use base64::Engine as _;
+use ed25519_dalek::Signer as _;
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::admin::ApiError;
+use crate::api::{self, HttpResponse, Peer};
+use crate::audit::{self, Scope, outcome};
+use crate::capability::timers::now_ms;
+use crate::identity::{AuthError, Login};
+use crate::runtime::Runtime;
+
+/// How long an authorization code lives.
+const CODE_TTL_MS: u64 = 60_000;
+/// How long an access token lives.
+const ACCESS_TTL_MS: u64 = 3_600_000;
+/// How long an ID token is valid.
+const ID_TOKEN_TTL_SECS: u64 = 600;
+/// Most redirect URIs per client.
+const MAX_REDIRECT_URIS: usize = 16;
+/// The cookie holding a sign-in session at the provider.
+const COOKIE: &str = "sb_oidc";
+
+/// A registered client (relying party).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Client {
+    pub id: String,
+    pub name: String,
+    /// SHA-256 (hex) of the secret; `None` for public clients (PKCE only).
+    pub secret_hash: Option<String>,
+    pub redirect_uris: Vec<String>,
+    pub created_ms: u64,
+}
+
+/// A client as admins see it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientView {
+    pub id: String,
+    pub name: String,
+    pub public: bool,
+    pub redirect_uris: Vec<String>,
+    pub created_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Grant {
+    client: String,
+    user: String,
+    redirect_uri: String,
+    challenge: String,
+    nonce: Option<String>,
+    scope: String,
+    auth_time_s: u64,
+    expires_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct AccessToken {
+    client: String,
+    user: String,
+    scope: String,
+    expires_ms: u64,
+    /// The code it was issued for (revoked if that code is replayed).
+    code: String,
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+fn b64(data: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
+}
+
+fn client_key(tenant: &str, id: &str) -> Vec<u8> {
+    format!("t/{tenant}/oidc/c/{id}").into_bytes()
+}
+
+fn code_key(tenant: &str, hash: &str) -> Vec<u8> {
+    format!("t/{tenant}/oidc/code/{hash}").into_bytes()
+}
+
+fn used_key(tenant: &str, hash: &str) -> Vec<u8> {
+    format!("t/{tenant}/oidc/used/{hash}").into_bytes()
+}
+
+fn token_key(tenant: &str, hash: &str) -> Vec<u8> {
+    format!("t/{tenant}/oidc/at/{hash}").into_bytes()
+}
+
+fn random_b64(n: usize) -> String {
+    let mut bytes = vec![0u8; n];
+    if getrandom::fill(&mut bytes).is_err() {
+        return crate::fsutil::random_hex(n);
+    }
+    b64(&bytes)
+}
+
+/// Checks a redirect URI at registration: absolute, no fragment, `https`,
+/// or `http` to a loopback host (RFC 8252 native apps).
+pub fn check_redirect_uri(uri: &str) -> Result<(), String> {
+    if uri.len() > 2048 || uri.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(format!("redirect URI {uri:?} is too long or has spaces or control characters"));
+    }
+    let parsed: hyper::Uri = uri
+        .parse()
+        .map_err(|_| format!("redirect URI {uri:?} is not an absolute URI"))?;
+    if uri.contains('#') {
+        return Err(format!("redirect URI {uri:?} must not have a fragment"));
+    }
+    let host = parsed.host().unwrap_or_default();
+    match parsed.scheme_str() {
+        Some("https") if !host.is_empty() => Ok(()),
+        Some("http") if matches!(host, "127.0.0.1" | "localhost" | "[::1]") => Ok(()),
+        _ => Err(format!(
+            "redirect URI {uri:?} must use https (or http to 127.0.0.1, localhost or [::1])"
+        )),
+    }
+}
+
+/// Registers a client; returns it and its secret (shown once) unless
+/// public.
+pub async fn add_client(
+    rt: &Runtime,
+    tenant: &str,
+    name: &str,
+    redirect_uris: Vec<String>,
+    public: bool,
+) -> Result<(ClientView, Option<String>), ApiError> {
+    require_tenant(rt, tenant)?;
+    if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+        return Err(ApiError::new(400, "invalid_argument", "client name must be 1-128 characters"));
+    }
+    if redirect_uris.is_empty() || redirect_uris.len() > MAX_REDIRECT_URIS {
+        return Err(ApiError::new(
+            400,
+            "invalid_argument",
+            format!("a client needs 1-{MAX_REDIRECT_URIS} redirect URIs"),
+        ));
+    }
+    for u in &redirect_uris {
+        check_redirect_uri(u).map_err(|m| ApiError::new(400, "invalid_redirect_uri", m))?;
+    }
+    let secret = (!public).then(|| random_b64(32));
+    let client = Client {
+        id: format!("c{}", crate::fsutil::random_hex(12)),
+        name: name.to_string(),
+        secret_hash: secret.as_ref().map(|s| sha256_hex(s.as_bytes())),
+        redirect_uris,
+        created_ms: now_ms(),
+    };
+    let store = rt.data_store();
+    let seq = store
+        .apply(&[(client_key(tenant, &client.id), Some(serde_json::to_vec(&client).unwrap_or_default()))])
+        .map_err(AuthError::from)?;
+    store.durable(seq).await.map_err(AuthError::from)?;
+    rt.audit_log()
+        .append(
+            &Scope::tenant(tenant),
+            audit::Record {
+                action: "oidc.client.add",
+                target: &client.id,
+                outcome: outcome::SUCCESS,
+                details: &format!("{} ({}), redirect URIs {:?}", client.name, if public { "public" } else { "confidential" }, client.redirect_uris),
+            },
+        )
+        .ok();
+    Ok((view(&client), secret))
+}
+
+fn view(c: &Client) -> ClientView {
+    ClientView {
+        id: c.id.clone(),
+        name: c.name.clone(),
+        public: c.secret_hash.is_none(),
+        redirect_uris: c.redirect_uris.clone(),
+        created_ms: c.created_ms,
+    }
+}
+
+/// The tenant's clients.
+pub fn clients(rt: &Runtime, tenant: &str) -> Result<Vec<ClientView>, ApiError> {
+    require_tenant(rt, tenant)?;
+    let prefix = format!("t/{tenant}/oidc/c/").into_bytes();
+    let page = rt
+        .data_store()
+        .scan(&prefix, None, 10_000)
+        .map_err(AuthError::from)?;
+    Ok(page
+        .iter()
+        .filter_map(|(_, v)| serde_json::from_slice::<Client>(v).ok())
+        .map(|c| view(&c))
+        .collect())
+}
+
+/// Removes a client; its tokens stop working.
+pub async fn remove_client(rt: &Runtime, tenant: &str, id: &str) -> Result<(), ApiError> {
+    require_tenant(rt, tenant)?;
+    let store = rt.data_store();
+    if store.get(&client_key(tenant, id)).map_err(AuthError::from)?.is_none() {
+        return Err(ApiError::new(404, "not_found", format!("client {id} not found")));
+    }
+    let seq = store.apply(&[(client_key(tenant, id), None)]).map_err(AuthError::from)?;
+    store.durable(seq).await.map_err(AuthError::from)?;
+    rt.audit_log()
+        .append(
+            &Scope::tenant(tenant),
+            audit::Record { action: "oidc.client.remove", target: id, outcome: outcome::SUCCESS, details: "" },
+        )
+        .ok();
+    Ok(())
+}
+
+fn require_tenant(rt: &Runtime, tenant: &str) -> Result<(), ApiError> {
+    if rt.tenants().iter().any(|t| t.id == tenant) {
+        Ok(())
+    } else {
+        Err(ApiError::new(404, "tenant_not_found", format!("tenant {tenant:?} does not exist")))
+    }
+}
+
+fn client(rt: &Runtime, tenant: &str, id: &str) -> Option<Client> {
+    if id.is_empty() || id.len() > 64 {
+        return None;
+    }
+    let raw = rt.data_store().get(&client_key(tenant, id)).ok()??;
+    serde_json::from_slice(&raw).ok()
+}
+
+/// The tenant's ID-token signing key (derived from its tenant key: nothing
+/// stored, destroyed with the tenant).
+fn signing_key(rt: &Runtime, tenant: &str) -> Result<ed25519_dalek::SigningKey, ApiError> {
+    let key = rt.data_store().tenant_key(tenant).map_err(AuthError::from)?;
+    Ok(ed25519_dalek::SigningKey::from_bytes(&key.derive(b"oidc\0id-token\0ed25519")))
+}
+
+fn kid(key: &ed25519_dalek::VerifyingKey) -> String {
+    hex::encode(&Sha256::digest(key.as_bytes())[..8])
+}
+
+/// Decodes `application/x-www-form-urlencoded` text.
+pub fn form(text: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for pair in text.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        // A repeated parameter is ambiguous: keep none (RFC 6749 3.1).
+        let (k, v) = (decode(k), decode(v));
+        if out.contains_key(&k) {
+            out.insert(k, "\u{0}repeated".into());
+        } else {
+            out.insert(k, v);
+        }
+    }
+    out
+}
+
+fn decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match (hex_digit(bytes[i + 1]), hex_digit(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex_digit(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+fn issuer(rt: &Runtime, tenant: &str) -> String {
+    format!("{}/oidc/{tenant}", rt.public_url())
+}
+
+/// Answers `/oidc/{tenant}/…`.
+pub async fn route(rt: &Runtime, req: Request<Incoming>, peer: Peer) -> HttpResponse {
+    let path = req.uri().path().to_string();
+    let rest = path.trim_start_matches("/oidc/");
+    let (tenant, endpoint) = rest.split_once('/').unwrap_or((rest, ""));
+    let tenant = tenant.to_string();
+    if require_tenant(rt, &tenant).is_err() {
+        return api::error_response(&ApiError::new(404, "not_found", "no such issuer"));
+    }
+    let ctx = audit::Context {
+        source: Some(peer.addr.to_string()),
+        request_id: Some(crate::fsutil::request_id()),
+        ..audit::Context::system()
+    };
+    let method = req.method().clone();
+    audit::with_context(ctx, async {
+        match (method, endpoint) {
+            (Method::GET, ".well-known/openid-configuration") => discovery(rt, &tenant),
+            (Method::GET, "jwks") => match signing_key(rt, &tenant) {
+                Ok(k) => {
+                    let vk = k.verifying_key();
+                    api::json_response(
+                        200,
+                        &json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": b64(vk.as_bytes()), "kid": kid(&vk), "use": "sig", "alg": "EdDSA"}]}),
+                    )
+                }
+                Err(e) => api::error_response(&e),
+            },
+            (Method::GET, "authorize") => {
+                let query = req.uri().query().unwrap_or("").to_string();
+                let cookie = session_cookie(&req);
+                authorize(rt, &tenant, &query, cookie, None, peer).await
+            }
+            (Method::POST, "authorize") => {
+                let body = match api::read_body(req.into_body(), api::MAX_BODY_BYTES).await {
+                    Ok(b) => b,
+                    Err(e) => return api::error_response(&e),
+                };
+                let f = form(&String::from_utf8_lossy(&body));
+                let query = f.get("request").cloned().unwrap_or_default();
+                authorize(rt, &tenant, &query, None, Some(&f), peer).await
+            }
+            (Method::POST, "token") => token(rt, &tenant, req).await,
+            (Method::GET | Method::POST, "userinfo") => userinfo(rt, &tenant, &req),
+            _ => api::error_response(&ApiError::new(404, "not_found", "no such OpenID Connect endpoint")),
+        }
+    })
+    .await
+}
+
+fn discovery(rt: &Runtime, tenant: &str) -> HttpResponse {
+    let iss = issuer(rt, tenant);
+    api::json_response(
+        200,
+        &json!({
+            "issuer": iss,
+            "authorization_endpoint": format!("{iss}/authorize"),
+            "token_endpoint": format!("{iss}/token"),
+            "userinfo_endpoint": format!("{iss}/userinfo"),
+            "jwks_uri": format!("{iss}/jwks"),
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
+            "grant_types_supported": ["authorization_code"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["EdDSA"],
+            "scopes_supported": ["openid", "profile", "email"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+            "code_challenge_methods_supported": ["S256"],
+            "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "name", "preferred_username", "email"],
+            "authorization_response_iss_parameter_supported": true,
+        }),
+    )
+}
+
+fn session_cookie(req: &Request<Incoming>) -> Option<String> {
+    let header = req.headers().get(hyper::header::COOKIE)?.to_str().ok()?;
+    header
+        .split(';')
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_string())
+}
+
+/// An error shown to the user agent (never redirected: the redirect URI
+/// or client could not be trusted).
+fn page_error(status: u16, code: &str, message: &str) -> HttpResponse {
+    let body = format!(
+        "<!doctype html><meta charset=utf-8><title>Sign-in error</title><h1>Sign-in cannot continue</h1><p>{}</p><p><code>{}</code></p>",
+        html_escape(message),
+        html_escape(code)
+    );
+    html(status, body)
+}
+
+fn html(status: u16, body: String) -> HttpResponse {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    let h = resp.headers_mut();
+    h.insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/html; charset=utf-8"));
+    h.insert(hyper::header::CACHE_CONTROL, hyper::header::HeaderValue::from_static("no-store"));
+    h.insert("x-frame-options", hyper::header::HeaderValue::from_static("DENY"));
+    h.insert(
+        "content-security-policy",
+        hyper::header::HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"),
+    );
+    resp
+}
+
+fn redirect(location: &str, cookie: Option<String>) -> HttpResponse {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SEE_OTHER;
+    if let Ok(v) = hyper::header::HeaderValue::from_str(location) {
+        resp.headers_mut().insert(hyper::header::LOCATION, v);
+    }
+    if let Some(c) = cookie
+        && let Ok(v) = hyper::header::HeaderValue::from_str(&c)
+    {
+        resp.headers_mut().insert(hyper::header::SET_COOKIE, v);
+    }
+    resp.headers_mut()
+        .insert(hyper::header::CACHE_CONTROL, hyper::header::HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// Redirects an error to the (verified) client (RFC 6749 4.1.2.1).
+fn redirect_error(redirect_uri: &str, state: Option<&String>, iss: &str, error: &str, description: &str) -> HttpResponse {
+    let sep = if redirect_uri.contains('?') { '&' } else { '?' };
+    let mut loc = format!(
+        "{redirect_uri}{sep}error={}&error_description={}&iss={}",
+        encode(error),
+        encode(description),
+        encode(iss)
+    );
+    if let Some(s) = state {
+        loc.push_str(&format!("&state={}", encode(s)));
+    }
+    redirect(&loc, None)
+}
+
+fn login_form(tenant: &str, client: &Client, query: &str, message: Option<&str>) -> HttpResponse {
+    let status = if message.is_some() { 401 } else { 200 };
+    let body = format!(
+        "<!doctype html><meta charset=utf-8><title>Sign in</title>\
+<h1>Sign in to {client_name}</h1><p>with your {tenant} account</p>{msg}\
+<form method=post action=\"/oidc/{tenant}/authorize\">\
+<input type=hidden name=request value=\"{query}\">\
+<label>User name <input name=username autocomplete=username required></label>\
+<label>Password <input name=password type=password autocomplete=current-password required></label>\
+<label>Authenticator code (if enrolled) <input name=totp inputmode=numeric autocomplete=one-time-code></label>\
+<button>Sign in</button></form>",
+        client_name = html_escape(&client.name),
+        tenant = html_escape(tenant),
+        msg = message.map(|m| format!("<p role=alert>{}</p>", html_escape(m))).unwrap_or_default(),
+        query = html_escape(query),
+    );
+    html(status, body)
+}
+
+/// The authorization endpoint (GET: from the client; POST: the sign-in
+/// form).
+async fn authorize(
+    rt: &Runtime,
+    tenant: &str,
+    query: &str,
+    cookie: Option<String>,
+    login: Option<&HashMap<String, String>>,
+    peer: Peer,
+) -> HttpResponse {
+    if query.len() > 8192 {
+        return page_error(400, "invalid_request", "the authorization request is too long");
+    }
+    let q = form(query);
+    let iss = issuer(rt, tenant);
+    let get = |k: &str| q.get(k).filter(|v| !v.starts_with('\u{0}'));
+    // 1. The client and redirect URI must be trusted before anything is
+    //    redirected anywhere (RFC 6749 4.1.2.1, RFC 9700 4.1).
+    let Some(client) = get("client_id").and_then(|id| client(rt, tenant, id)) else {
+        return page_error(400, "invalid_client", "unknown client_id");
+    };
+    let Some(redirect_uri) = get("redirect_uri") else {
+        return page_error(400, "invalid_request", "redirect_uri is required");
+    };
+    if !client.redirect_uris.iter().any(|r| r == redirect_uri) {
+        rt.audit_log()
+            .append(
+                &Scope::tenant(tenant),
+                audit::Record {
+                    action: "oidc.authorize",
+                    target: &client.id,
+                    outcome: outcome::DENIED,
+                    details: &format!("unregistered redirect_uri {:?}", redirect_uri.chars().take(200).collect::<String>()),
+                },
+            )
+            .ok();
+        return page_error(400, "invalid_request", "redirect_uri does not exactly match a URI registered for this client");
+    }
+    let state = get("state");
+    // 2. The rest is reported to the client.
+    match get("response_type").map(String::as_str) {
+        Some("code") => {}
+        Some(_) => {
+            return redirect_error(redirect_uri, state, &iss, "unsupported_response_type", "only the authorization code flow (response_type=code) is supported");
+        }
+        None => return redirect_error(redirect_uri, state, &iss, "invalid_request", "response_type is required"),
+    }
+    let scope = get("scope").cloned().unwrap_or_default();
+    if !scope.split(' ').any(|s| s == "openid") {
+        return redirect_error(redirect_uri, state, &iss, "invalid_scope", "the openid scope is required");
+    }
+    let challenge = get("code_challenge").cloned().unwrap_or_default();
+    match get("code_challenge_method").map(String::as_str) {
+        Some("S256") => {}
+        Some(m) => {
+            let m = m.chars().take(20).collect::<String>();
+            return redirect_error(redirect_uri, state, &iss, "invalid_request", &format!("code_challenge_method {m} is not supported; use S256"));
+        }
+        None => {
+            return redirect_error(redirect_uri, state, &iss, "invalid_request", "PKCE is required: send code_challenge with code_challenge_method=S256");
+        }
+    }
+    if challenge.len() != 43 || !challenge.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        return redirect_error(redirect_uri, state, &iss, "invalid_request", "code_challenge must be the base64url SHA-256 of the verifier (43 characters)");
+    }
+    let nonce = get("nonce").cloned();
+    if nonce.as_ref().is_some_and(|n| n.len() > 512) {
+        return redirect_error(redirect_uri, state, &iss, "invalid_request", "nonce is too long");
+    }
+    // 3. Who is signing in: an existing provider session, or the form.
+    let ids = rt.identity();
+    let realm = Scope::tenant(tenant);
+    let (user, set_cookie) = if let Some(form) = login {
+        let attempt = Login {
+            username: form.get("username").map(String::as_str).unwrap_or_default(),
+            password: form.get("password").map(String::as_str).unwrap_or_default(),
+            totp: form.get("totp").map(String::as_str).filter(|t| !t.is_empty()),
+            recovery_code: None,
+            source: Some(peer.addr),
+            user_agent: None,
+        };
+        match ids.login(&realm, attempt).await {
+            Ok(issued) if issued.session.restriction.is_none() => {
+                let cookie = format!(
+                    "{COOKIE}={}; Path=/oidc/{tenant}/; HttpOnly; SameSite=Lax; Max-Age=43200",
+                    issued.token
+                );
+                (issued.user.id, Some(cookie))
+            }
+            Ok(_) => {
+                return login_form(tenant, &client, query, Some("Your account needs a new password or a second factor first: sign in to Switchboard directly to finish setting it up."));
+            }
+            Err(e) => return login_form(tenant, &client, query, Some(&e.to_string())),
+        }
+    } else {
+        match cookie.and_then(|c| ids.authenticate(&c).ok()) {
+            Some(c) if c.realm == realm && c.restriction.is_none() && c.guest.is_none() => (c.user, None),
+            _ => return login_form(tenant, &client, query, None),
+        }
+    };
+    // 4. A single-use code bound to client, redirect URI, PKCE and nonce.
+    let code = random_b64(32);
+    let grant = Grant {
+        client: client.id.clone(),
+        user: user.clone(),
+        redirect_uri: redirect_uri.clone(),
+        challenge,
+        nonce,
+        scope,
+        auth_time_s: now_ms() / 1000,
+        expires_ms: now_ms() + CODE_TTL_MS,
+    };
+    let store = rt.data_store();
+    let write = store.apply(&[(code_key(tenant, &sha256_hex(code.as_bytes())), Some(serde_json::to_vec(&grant).unwrap_or_default()))]);
+    match write {
+        Ok(seq) => {
+            if store.durable(seq).await.is_err() {
+                return page_error(503, "temporarily_unavailable", "storage is unavailable");
+            }
+        }
+        Err(_) => return page_error(503, "temporarily_unavailable", "storage is unavailable"),
+    }
+    rt.audit_log()
+        .append(
+            &realm,
+            audit::Record { action: "oidc.authorize", target: &client.id, outcome: outcome::SUCCESS, details: &format!("code issued for user {user}") },
+        )
+        .ok();
+    let sep = if redirect_uri.contains('?') { '&' } else { '?' };
+    let mut loc = format!("{redirect_uri}{sep}code={}&iss={}", encode(&code), encode(&iss));
+    if let Some(s) = state {
+        loc.push_str(&format!("&state={}", encode(s)));
+    }
+    redirect(&loc, set_cookie)
+}
+
+/// A token endpoint error (RFC 6749 5.2).
+fn token_error(status: u16, error: &str, description: &str) -> HttpResponse {
+    let mut resp = api::json_response(status, &json!({"error": error, "error_description": description}));
+    if status == 401 {
+        resp.headers_mut()
+            .insert(hyper::header::WWW_AUTHENTICATE, hyper::header::HeaderValue::from_static("Basic"));
+    }
+    resp
+}
+
+/// Client credentials from `Authorization: Basic` or the form.
+fn client_credentials(req_auth: Option<&str>, f: &HashMap<String, String>) -> Result<(String, Option<String>), &'static str> {
+    let basic = req_auth.and_then(|h| h.strip_prefix("Basic ").or_else(|| h.strip_prefix("basic ")));
+    match (basic, f.get("client_secret")) {
+        (Some(_), Some(_)) => Err("use one client authentication method, not two"),
+        (Some(b), None) => {
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .map_err(|_| "malformed Basic credentials")?;
+            let text = String::from_utf8(raw).map_err(|_| "malformed Basic credentials")?;
+            let (id, secret) = text.split_once(':').ok_or("malformed Basic credentials")?;
+            Ok((decode(id), Some(decode(secret))))
+        }
+        (None, secret) => {
+            let id = f.get("client_id").cloned().ok_or("client authentication is required")?;
+            Ok((id, secret.cloned()))
+        }
+    }
+}
+
+async fn token(rt: &Runtime, tenant: &str, req: Request<Incoming>) -> HttpResponse {
+    let auth = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = match api::read_body(req.into_body(), api::MAX_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(e) => return token_error(400, "invalid_request", &e.message),
+    };
+    let f = form(&String::from_utf8_lossy(&body));
+    if f.values().any(|v| v.starts_with('\u{0}')) {
+        return token_error(400, "invalid_request", "a parameter was repeated");
+    }
+    match f.get("grant_type").map(String::as_str) {
+        Some("authorization_code") => {}
+        Some(g) => {
+            let g = g.chars().take(40).collect::<String>();
+            return token_error(400, "unsupported_grant_type", &format!("grant_type {g} is not supported; only authorization_code is"));
+        }
+        None => return token_error(400, "invalid_request", "grant_type is required"),
+    }
+    let (client_id, secret) = match client_credentials(auth.as_deref(), &f) {
+        Ok(c) => c,
+        Err(m) => return token_error(401, "invalid_client", m),
+    };
+    let Some(client) = client(rt, tenant, &client_id) else {
+        return token_error(401, "invalid_client", "client authentication failed");
+    };
+    let authenticated = match (&client.secret_hash, &secret) {
+        (Some(h), Some(s)) => {
+            let given = sha256_hex(s.as_bytes());
+            // Equal-length hex strings: compare without early exit.
+            given.len() == h.len() && given.bytes().zip(h.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        }
+        (None, None) => true,
+        _ => false,
+    };
+    if !authenticated {
+        return token_error(401, "invalid_client", "client authentication failed");
+    }
+    let store = rt.data_store();
+    let realm = Scope::tenant(tenant);
+    let code = f.get("code").cloned().unwrap_or_default();
+    let hash = sha256_hex(code.as_bytes());
+    // Single use: the code is deleted as it is redeemed; a second use is a
+    // replay, and the tokens issued for it are revoked (RFC 6749 4.1.2).
+    let grant: Option<Grant> = store
+        .get(&code_key(tenant, &hash))
+        .ok()
+        .flatten()
+        .and_then(|raw| serde_json::from_slice(&raw).ok());
+    let Some(grant) = grant else {
+        if store.get(&used_key(tenant, &hash)).ok().flatten().is_some() {
+            revoke_tokens_of(rt, tenant, &hash);
+            rt.audit_log()
+                .append(&realm, audit::Record { action: "oidc.token", target: &client.id, outcome: outcome::DENIED, details: "authorization code replayed; its tokens are revoked" })
+                .ok();
+        }
+        return token_error(400, "invalid_grant", "the authorization code is invalid, expired or already used");
+    };
+    let used = store.apply(&[(code_key(tenant, &hash), None), (used_key(tenant, &hash), Some(now_ms().to_string().into_bytes()))]);
+    if used.is_err() {
+        return token_error(503, "temporarily_unavailable", "storage is unavailable");
+    }
+    if grant.expires_ms < now_ms() {
+        return token_error(400, "invalid_grant", "the authorization code expired");
+    }
+    if grant.client != client.id {
+        return token_error(400, "invalid_grant", "the authorization code was issued to another client");
+    }
+    if f.get("redirect_uri") != Some(&grant.redirect_uri) {
+        return token_error(400, "invalid_grant", "redirect_uri differs from the authorization request");
+    }
+    let verifier = f.get("code_verifier").cloned().unwrap_or_default();
+    let verifier_ok = (43..=128).contains(&verifier.len())
+        && verifier.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
+    if !verifier_ok || b64(&Sha256::digest(verifier.as_bytes())) != grant.challenge {
+        rt.audit_log()
+            .append(&realm, audit::Record { action: "oidc.token", target: &client.id, outcome: outcome::DENIED, details: "PKCE verification failed" })
+            .ok();
+        return token_error(400, "invalid_grant", "code_verifier does not match the code_challenge");
+    }
+    let Ok(Some(user)) = rt.identity().user(&realm, &grant.user) else {
+        return token_error(400, "invalid_grant", "the user no longer exists");
+    };
+    if !user.active {
+        return token_error(400, "invalid_grant", "the user's account is disabled");
+    }
+    let access = random_b64(32);
+    let record = AccessToken {
+        client: client.id.clone(),
+        user: user.id.clone(),
+        scope: grant.scope.clone(),
+        expires_ms: now_ms() + ACCESS_TTL_MS,
+        code: hash.clone(),
+    };
+    let key = match signing_key(rt, tenant) {
+        Ok(k) => k,
+        Err(_) => return token_error(503, "temporarily_unavailable", "the signing key is unavailable"),
+    };
+    let now_s = now_ms() / 1000;
+    let mut claims = json!({
+        "iss": issuer(rt, tenant),
+        "sub": user.id,
+        "aud": client.id,
+        "iat": now_s,
+        "exp": now_s + ID_TOKEN_TTL_SECS,
+        "auth_time": grant.auth_time_s,
+    });
+    if let Some(n) = &grant.nonce {
+        claims["nonce"] = json!(n);
+    }
+    let scopes: Vec<&str> = grant.scope.split(' ').collect();
+    if scopes.contains(&"profile") {
+        claims["name"] = json!(user.display_name);
+        claims["preferred_username"] = json!(user.username);
+    }
+    if scopes.contains(&"email")
+        && let Some(e) = &user.email
+    {
+        claims["email"] = json!(e);
+    }
+    let vk = key.verifying_key();
+    let header = json!({"alg": "EdDSA", "typ": "JWT", "kid": kid(&vk)});
+    let signing_input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
+    let sig = key.sign(signing_input.as_bytes());
+    let id_token = format!("{signing_input}.{}", b64(&sig.to_bytes()));
+    let stored = store.apply(&[(token_key(tenant, &sha256_hex(access.as_bytes())), Some(serde_json::to_vec(&record).unwrap_or_default()))]);
+    match stored {
+        Ok(seq) if store.durable(seq).await.is_ok() => {}
+        _ => return token_error(503, "temporarily_unavailable", "storage is unavailable"),
+    }
+    rt.audit_log()
+        .append(&realm, audit::Record { action: "oidc.token", target: &client.id, outcome: outcome::SUCCESS, details: &format!("tokens issued for user {}", user.id) })
+        .ok();
+    api::json_response(
+        200,
+        &json!({
+            "access_token": access,
+            "token_type": "Bearer",
+            "expires_in": ACCESS_TTL_MS / 1000,
+            "id_token": id_token,
+            "scope": grant.scope,
+        }),
+    )
+}
+
+fn revoke_tokens_of(rt: &Runtime, tenant: &str, code_hash: &str) {
+    let store = rt.data_store();
+    let prefix = format!("t/{tenant}/oidc/at/").into_bytes();
+    let Ok(page) = store.scan(&prefix, None, 100_000) else { return };
+    let writes: Vec<crate::store::Write> = page
+        .into_iter()
+        .filter(|(_, v)| serde_json::from_slice::<AccessToken>(v).is_ok_and(|t| t.code == code_hash))
+        .map(|(k, _)| (k, None))
+        .collect();
+    let _ = store.apply(&writes);
+}
+
+fn userinfo(rt: &Runtime, tenant: &str, req: &Request<Incoming>) -> HttpResponse {
+    let unauthorized = || {
+        let mut r = api::json_response(401, &json!({"error": "invalid_token", "error_description": "the access token is missing, invalid or expired"}));
+        r.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            hyper::header::HeaderValue::from_static("Bearer error=\"invalid_token\""),
+        );
+        r
+    };
+    let Some(token) = api::bearer(req) else { return unauthorized() };
+    let store = rt.data_store();
+    let record: Option<AccessToken> = store
+        .get(&token_key(tenant, &sha256_hex(token.as_bytes())))
+        .ok()
+        .flatten()
+        .and_then(|raw| serde_json::from_slice(&raw).ok());
+    let Some(record) = record.filter(|r| r.expires_ms > now_ms()) else {
+        return unauthorized();
+    };
+    if client(rt, tenant, &record.client).is_none() {
+        return unauthorized();
+    }
+    let Ok(Some(user)) = rt.identity().user(&Scope::tenant(tenant), &record.user) else {
+        return unauthorized();
+    };
+    if !user.active {
+        return unauthorized();
+    }
+    let mut out = json!({"sub": user.id});
+    let scopes: Vec<&str> = record.scope.split(' ').collect();
+    if scopes.contains(&"profile") {
+        out["name"] = json!(user.display_name);
+        out["preferred_username"] = json!(user.username);
+    }
+    if scopes.contains(&"email")
+        && let Some(e) = &user.email
+    {
+        out["email"] = json!(e);
+    }
+    api::json_response(200, &out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forms_decode_and_repeats_are_poisoned() {
+        let f = form("a=1&b=x+y%2Fz&c=%ZZ&a=2");
+        assert!(f["a"].starts_with('\u{0}'));
+        assert_eq!(f["b"], "x y/z");
+        assert_eq!(f["c"], "%ZZ");
+        assert_eq!(decode("%"), "%");
+        assert_eq!(decode("%4"), "%4");
+        assert_eq!(decode("%41"), "A");
+        assert_eq!(decode("%é1"), "%é1");
+    }
+
+    #[test]
+    fn redirect_uris_are_checked_at_registration() {
+        assert!(check_redirect_uri("https://app.example/cb").is_ok());
+        assert!(check_redirect_uri("http://127.0.0.1:9000/cb").is_ok());
+        for bad in ["http://app.example/cb", "https://app.example/cb#x", "/cb", "javascript:alert(1)", "https://a b/"] {
+            assert!(check_redirect_uri(bad).is_err(), "{bad}");
+        }
+    }
+}

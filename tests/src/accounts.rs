@@ -1,0 +1,88 @@
+//! Account helpers shared by the identity, OIDC and SSO tests: run admin
+//! operations as the console, create accounts, and take them through the
+//! welcome-password change over the HTTP API.
+
+use serde_json::{Value, json};
+use switchboard::admin::{self, Actor, Op};
+use switchboard::harness::Harness;
+use switchboard::identity::totp;
+
+use crate::http::{Reply, Server};
+
+/// A password that meets the policy.
+pub const STRONG: &str = "Tr4il-Blazer#2026";
+
+/// Runs `op` as the local console; panics with the error code on failure.
+pub async fn console(h: &Harness, op: Op) -> Value {
+    admin::execute(h.runtime(), &Actor::Console, op)
+        .await
+        .unwrap_or_else(|e| panic!("{} ({})", e.message, e.code))
+}
+
+/// Creates `name` with `role` in `realm`; returns (id, welcome password).
+pub async fn create_user(h: &Harness, realm: &str, name: &str, role: &str) -> (String, String) {
+    let v = console(
+        h,
+        Op::UserCreate {
+            realm: realm.into(),
+            account: serde_json::from_value(json!({"username": name, "role": role})).unwrap(),
+        },
+    )
+    .await;
+    (
+        v["user"]["id"].as_str().unwrap().to_string(),
+        v["welcome_password"].as_str().unwrap().to_string(),
+    )
+}
+
+/// `POST /api/v1/auth/login`.
+pub async fn login(s: &Server, tenant: Option<&str>, name: &str, password: &str) -> Reply {
+    let mut body = json!({"username": name, "password": password});
+    if let Some(t) = tenant {
+        body["tenant"] = json!(t);
+    }
+    s.call("POST", "/api/v1/auth/login", None, Some(&body)).await
+}
+
+/// Signs in with the welcome password and changes it to `STRONG`;
+/// returns the token of the resulting session.
+pub async fn activate(s: &Server, tenant: Option<&str>, name: &str, welcome: &str) -> String {
+    let r = login(s, tenant, name, welcome).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let restricted = r.json()["token"].as_str().unwrap().to_string();
+    let r = s
+        .call(
+            "POST",
+            "/api/v1/auth/password",
+            Some(&restricted),
+            Some(&json!({"current": welcome, "new": STRONG})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["token"].as_str().unwrap().to_string()
+}
+
+/// The TOTP code of `secret_b32` at now + `offset_steps` steps.
+pub fn code_now(secret_b32: &str, offset_steps: i64) -> String {
+    let secret = totp::base32_decode(secret_b32).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let step = (totp::step(now) as i64 + offset_steps) as u64;
+    format!("{:06}", totp::hotp(&secret, step))
+}
+
+/// Enrols a TOTP second factor for the session `token`; returns the
+/// secret.
+pub async fn enrol_mfa(s: &Server, token: &str) -> String {
+    let secret = s.call("POST", "/api/v1/auth/mfa/enroll", Some(token), None).await.json()["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = s
+        .call("POST", "/api/v1/auth/mfa/confirm", Some(token), Some(&json!({"code": code_now(&secret, 0)})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    secret
+}

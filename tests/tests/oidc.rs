@@ -1,0 +1,343 @@
+//! The OpenID Connect provider (SPEC I5), driven end to end by the
+//! `openidconnect` crate as a relying party (discovery, PKCE S256, code
+//! exchange, ID token signature and nonce, userinfo), then the negative
+//! cases of RFC 9700 with raw requests: unregistered, prefixed and encoded
+//! redirect URIs, a reused code, missing and `plain` PKCE, implicit and
+//! password grants, wrong verifiers, clients and tenants.
+
+use std::collections::HashMap;
+
+use openidconnect::core::{
+    CoreAuthenticationFlow, CoreClient, CoreJwsSigningAlgorithm, CoreProviderMetadata,
+    CoreUserInfoClaims,
+};
+use openidconnect::{
+    AuthorizationCode, ClientId, ClientSecret, CsrfToken, IssuerUrl, Nonce, OAuth2TokenResponse,
+    PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope, TokenResponse,
+};
+use serde_json::{Value, json};
+use switchboard::admin::Op;
+use switchboard::harness::Harness;
+use switchboard_tests::accounts::{STRONG, activate, console, create_user};
+use switchboard_tests::http::{Reply, Server, request};
+
+const REDIRECT: &str = "http://127.0.0.1:9/callback";
+
+/// The relying party's HTTP client: requests go to the test server over
+/// real sockets.
+async fn http_client(req: openidconnect::HttpRequest) -> Result<openidconnect::HttpResponse, std::io::Error> {
+    let uri = req.uri().clone();
+    let addr = format!("{}:{}", uri.host().unwrap(), uri.port_u16().unwrap()).parse().unwrap();
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+        .collect();
+    let target = uri.path_and_query().map(|p| p.to_string()).unwrap_or("/".into());
+    let reply = request(addr, req.method().as_str(), &target, &headers, req.body()).await;
+    let mut resp = http::Response::builder().status(reply.status);
+    for (k, v) in &reply.headers {
+        resp = resp.header(k, v);
+    }
+    Ok(resp.body(reply.body).unwrap())
+}
+
+struct Provider {
+    h: Harness,
+    s: Server,
+    client_id: String,
+    secret: String,
+}
+
+async fn provider() -> Provider {
+    let h = Harness::new().unwrap();
+    let s = Server::start(h.runtime().clone()).await;
+    for t in ["acme", "beta"] {
+        h.runtime().create_tenant(t, None).await.unwrap();
+    }
+    let (_, welcome) = create_user(&h, "acme", "alice", "user").await;
+    activate(&s, Some("acme"), "alice", &welcome).await;
+    console(
+        &h,
+        Op::UserUpdate {
+            realm: "acme".into(),
+            user: h.runtime().identity().user_by_name(&switchboard::audit::Scope::tenant("acme"), "alice").unwrap().unwrap().id,
+            change: serde_json::from_value(json!({"email": "alice@acme.example", "display_name": "Alice A."})).unwrap(),
+        },
+    )
+    .await;
+    let v = console(
+        &h,
+        Op::OidcClientAdd { tenant: "acme".into(), name: "Wiki".into(), redirect_uris: vec![REDIRECT.into()], public: false },
+    )
+    .await;
+    Provider {
+        client_id: v["client"]["id"].as_str().unwrap().to_string(),
+        secret: v["client_secret"].as_str().unwrap().to_string(),
+        h,
+        s,
+    }
+}
+
+fn issuer(p: &Provider, tenant: &str) -> String {
+    p.s.url(&format!("/oidc/{tenant}"))
+}
+
+fn query_of(url: &str) -> HashMap<String, String> {
+    let q = url.split_once('?').map(|(_, q)| q).unwrap_or("");
+    switchboard::oidc::form(q)
+}
+
+fn path_of(url: &str) -> String {
+    let after = url.split_once("://").unwrap().1;
+    after[after.find('/').unwrap()..].to_string()
+}
+
+/// Plays the browser: opens the authorization URL, fills in the sign-in
+/// form, and returns the redirect's Location.
+async fn sign_in(p: &Provider, auth_url: &str, password: &str) -> Reply {
+    let page = p.s.call("GET", &path_of(auth_url), None, None).await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    let html = page.text();
+    let start = html.find("name=request value=\"").expect("the sign-in form") + "name=request value=\"".len();
+    let request_field = html[start..start + html[start..].find('"').unwrap()].replace("&amp;", "&");
+    let body = format!(
+        "request={}&username=alice&password={}",
+        urlencode(&request_field),
+        urlencode(password)
+    );
+    let headers = vec![("content-type".to_string(), "application/x-www-form-urlencoded".to_string())];
+    let tenant_path = path_of(auth_url);
+    let target = tenant_path.split('?').next().unwrap().to_string();
+    request(p.s.addr, "POST", &target, &headers, body.as_bytes()).await
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn i5_a_mainstream_client_signs_in_with_pkce_and_verifies_the_id_token() {
+    let p = provider().await;
+    let metadata = CoreProviderMetadata::discover_async(IssuerUrl::new(issuer(&p, "acme")).unwrap(), &http_client)
+        .await
+        .expect("discovery");
+    let client = CoreClient::from_provider_metadata(
+        metadata,
+        ClientId::new(p.client_id.clone()),
+        Some(ClientSecret::new(p.secret.clone())),
+    )
+    .set_redirect_uri(RedirectUrl::new(REDIRECT.into()).unwrap());
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let (auth_url, csrf, nonce) = client
+        .authorize_url(CoreAuthenticationFlow::AuthorizationCode, CsrfToken::new_random, Nonce::new_random)
+        .add_scope(Scope::new("profile".into()))
+        .add_scope(Scope::new("email".into()))
+        .set_pkce_challenge(challenge)
+        .url();
+
+    // A wrong password re-shows the form; no code is issued.
+    let r = sign_in(&p, auth_url.as_str(), "Wrong-pass1").await;
+    assert_eq!(r.status, 401);
+    assert!(r.text().contains("sign-in failed"));
+
+    let r = sign_in(&p, auth_url.as_str(), STRONG).await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    let location = r.header("location").unwrap().to_string();
+    assert!(location.starts_with(REDIRECT));
+    let q = query_of(&location);
+    assert_eq!(q["state"], *csrf.secret());
+    assert_eq!(q["iss"], issuer(&p, "acme"));
+    let code = q["code"].clone();
+
+    let tokens = client
+        .exchange_code(AuthorizationCode::new(code.clone()))
+        .unwrap()
+        .set_pkce_verifier(verifier)
+        .request_async(&http_client)
+        .await
+        .expect("code exchange");
+    let id_token = tokens.id_token().expect("an ID token");
+    let verifier = client
+        .id_token_verifier()
+        .set_allowed_algs(vec![CoreJwsSigningAlgorithm::EdDsa]);
+    let claims = id_token.claims(&verifier, &nonce).expect("a valid, signed ID token");
+    assert_eq!(claims.issuer().as_str(), issuer(&p, "acme"));
+    assert_eq!(claims.preferred_username().unwrap().as_str(), "alice");
+    assert_eq!(claims.email().unwrap().as_str(), "alice@acme.example");
+    // A wrong nonce is caught by the client.
+    assert!(id_token.claims(&verifier, &Nonce::new("other".into())).is_err());
+
+    let info: CoreUserInfoClaims = client
+        .user_info(tokens.access_token().to_owned(), None)
+        .unwrap()
+        .request_async(&http_client)
+        .await
+        .expect("userinfo");
+    assert_eq!(info.subject().as_str(), claims.subject().as_str());
+
+    // A second authorization reuses the provider session (cookie-less
+    // here: the form again), and the code cannot be replayed: its tokens
+    // are revoked when someone tries.
+    let replay = token_request(&p, &[("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT), ("code_verifier", &"a".repeat(43))], true).await;
+    assert_eq!(replay.json()["error"], "invalid_grant");
+    let r = p.s.call("GET", "/oidc/acme/userinfo", Some(tokens.access_token().secret()), None).await;
+    assert_eq!(r.status, 401, "the replayed code's tokens are revoked");
+
+    // The ID token does not verify against another tenant's keys.
+    let beta = CoreProviderMetadata::discover_async(IssuerUrl::new(issuer(&p, "beta")).unwrap(), &http_client)
+        .await
+        .unwrap();
+    let beta_client = CoreClient::from_provider_metadata(beta, ClientId::new(p.client_id.clone()), None);
+    let beta_verifier = beta_client
+        .id_token_verifier()
+        .set_allowed_algs(vec![CoreJwsSigningAlgorithm::EdDsa])
+        .require_issuer_match(false);
+    assert!(id_token.claims(&beta_verifier, &nonce).is_err());
+    let trail = console(&p.h, Op::AuditExport { realm: "acme".into(), after: 0, limit: 1000 }).await;
+    let actions: Vec<&str> = trail["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    for a in ["oidc.authorize", "oidc.token"] {
+        assert!(actions.contains(&a), "{actions:?}");
+    }
+}
+
+async fn token_request(p: &Provider, fields: &[(&str, &str)], basic: bool) -> Reply {
+    let body: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={}", urlencode(v))).collect();
+    let mut headers = vec![("content-type".to_string(), "application/x-www-form-urlencoded".to_string())];
+    if basic {
+        use base64::Engine as _;
+        let cred = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", p.client_id, p.secret));
+        headers.push(("authorization".into(), format!("Basic {cred}")));
+    }
+    request(p.s.addr, "POST", "/oidc/acme/token", &headers, body.join("&").as_bytes()).await
+}
+
+/// A fixed PKCE verifier for the raw requests.
+const VERIFIER: &str = "dBjftJeZ4CVP-mJ92IgGMeEt6rE-0wI0t3cz5RzEo7Y";
+
+fn authorize_path(client: &str, redirect: &str, extra: &str) -> String {
+    let challenge = PkceCodeChallenge::from_code_verifier_sha256(&PkceCodeVerifier::new(VERIFIER.into()));
+    format!(
+        "/oidc/acme/authorize?response_type=code&client_id={client}&redirect_uri={}&scope=openid&state=s1&code_challenge={}&code_challenge_method=S256{extra}",
+        urlencode(redirect),
+        challenge.as_str()
+    )
+}
+
+/// Signs in through the form for `path` and returns the code.
+async fn code_for(p: &Provider, path: &str) -> String {
+    let url = p.s.url(path);
+    let r = sign_in(p, &url, STRONG).await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    query_of(r.header("location").unwrap())["code"].clone()
+}
+
+#[tokio::test]
+async fn i5_rfc9700_negative_cases_are_refused() {
+    let p = provider().await;
+    // Redirect URIs must match exactly: never redirect to anything else.
+    for bad in [
+        "http://127.0.0.1:9/callback/evil",
+        "http://127.0.0.1:9/callbackx",
+        "http://127.0.0.1:9/callback?x=1",
+        "http://127.0.0.1:9/%63allback",
+        "http://127.0.0.1:9/Callback",
+        "http://127.0.0.1:10/callback",
+        "http://attacker.example/callback",
+    ] {
+        let r = p.s.call("GET", &authorize_path(&p.client_id, bad, ""), None, None).await;
+        assert_eq!(r.status, 400, "{bad}");
+        assert!(r.header("location").is_none(), "{bad}: never redirected");
+    }
+    let r = p.s.call("GET", &authorize_path("cunknown", REDIRECT, ""), None, None).await;
+    assert_eq!((r.status, r.header("location")), (400, None));
+
+    // Implicit flow, missing and plain PKCE: errors go back to the client.
+    let implicit = authorize_path(&p.client_id, REDIRECT, "").replace("response_type=code", "response_type=token");
+    let r = p.s.call("GET", &implicit, None, None).await;
+    assert_eq!(r.status, 303);
+    assert_eq!(query_of(r.header("location").unwrap())["error"], "unsupported_response_type");
+    let no_pkce = authorize_path(&p.client_id, REDIRECT, "").replace("&code_challenge_method=S256", "");
+    let r = p.s.call("GET", &no_pkce, None, None).await;
+    assert_eq!(query_of(r.header("location").unwrap())["error"], "invalid_request");
+    let plain = authorize_path(&p.client_id, REDIRECT, "").replace("method=S256", "method=plain");
+    let r = p.s.call("GET", &plain, None, None).await;
+    let q = query_of(r.header("location").unwrap());
+    assert_eq!(q["error"], "invalid_request");
+    assert!(q["error_description"].contains("S256"));
+    let no_openid = authorize_path(&p.client_id, REDIRECT, "").replace("scope=openid", "scope=email");
+    let r = p.s.call("GET", &no_openid, None, None).await;
+    assert_eq!(query_of(r.header("location").unwrap())["error"], "invalid_scope");
+
+    // Token endpoint: password, client-credentials and implicit-style
+    // grants are refused.
+    for grant in ["password", "client_credentials", "implicit", "refresh_token"] {
+        let r = token_request(&p, &[("grant_type", grant), ("username", "alice"), ("password", STRONG)], true).await;
+        assert_eq!((r.status, r.json()["error"].as_str().unwrap()), (400, "unsupported_grant_type"), "{grant}");
+    }
+
+    let verifier = VERIFIER;
+    // A wrong verifier, a wrong redirect URI, a wrong secret, another
+    // client: each is refused, and the code is then spent.
+    let code = code_for(&p, &authorize_path(&p.client_id, REDIRECT, "")).await;
+    let r = token_request(&p, &[("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT), ("code_verifier", &"x".repeat(43))], true).await;
+    assert_eq!(r.json()["error"], "invalid_grant");
+    let r = token_request(&p, &[("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT), ("code_verifier", verifier)], true).await;
+    assert_eq!(r.json()["error"], "invalid_grant", "a code is single-use, even after a failed redemption");
+
+    let code = code_for(&p, &authorize_path(&p.client_id, REDIRECT, "")).await;
+    let r = token_request(&p, &[("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", "http://127.0.0.1:9/other"), ("code_verifier", verifier)], true).await;
+    assert_eq!(r.json()["error"], "invalid_grant");
+
+    let code = code_for(&p, &authorize_path(&p.client_id, REDIRECT, "")).await;
+    let r = token_request(&p, &[("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT), ("code_verifier", verifier), ("client_id", &p.client_id), ("client_secret", "wrong")], false).await;
+    assert_eq!((r.status, r.json()["error"].as_str().unwrap()), (401, "invalid_client"));
+    // Missing verifier entirely.
+    let r = token_request(&p, &[("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT)], true).await;
+    assert_eq!(r.json()["error"], "invalid_grant");
+
+    let other = console(
+        &p.h,
+        Op::OidcClientAdd { tenant: "acme".into(), name: "Other".into(), redirect_uris: vec![REDIRECT.into()], public: true },
+    )
+    .await;
+    let other_id = other["client"]["id"].as_str().unwrap().to_string();
+    let code = code_for(&p, &authorize_path(&p.client_id, REDIRECT, "")).await;
+    let r = token_request(&p, &[("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT), ("code_verifier", verifier), ("client_id", &other_id)], false).await;
+    assert_eq!(r.json()["error"], "invalid_grant", "a code is bound to its client");
+
+    // The right everything works once.
+    let code = code_for(&p, &authorize_path(&p.client_id, REDIRECT, "")).await;
+    let ok = token_request(&p, &[("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT), ("code_verifier", verifier)], true).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    // The same code at another tenant's token endpoint: unknown client.
+    let body = format!("grant_type=authorization_code&code={code}&redirect_uri={}&code_verifier={verifier}&client_id={}", urlencode(REDIRECT), p.client_id);
+    let headers = vec![("content-type".to_string(), "application/x-www-form-urlencoded".to_string())];
+    let r = request(p.s.addr, "POST", "/oidc/beta/token", &headers, body.as_bytes()).await;
+    assert_eq!(r.json()["error"], "invalid_client");
+    // Garbage and oversized inputs.
+    let r = p.s.call("GET", "/oidc/acme/userinfo", Some("not-a-token"), None).await;
+    assert_eq!(r.status, 401);
+    let huge = format!("/oidc/acme/authorize?x={}", "a".repeat(9000));
+    assert_eq!(p.s.call("GET", &huge, None, None).await.status, 400);
+    let r = p.s.call("GET", "/oidc/nope/.well-known/openid-configuration", None, None).await;
+    assert_eq!(r.status, 404);
+    // Registration refuses unsafe redirect URIs.
+    let err = switchboard::admin::execute(
+        p.h.runtime(),
+        &switchboard::admin::Actor::Console,
+        Op::OidcClientAdd { tenant: "acme".into(), name: "Bad".into(), redirect_uris: vec!["http://attacker.example/cb".into()], public: true },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code, "invalid_redirect_uri");
+    let _: Value = ok.json();
+}
