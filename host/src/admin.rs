@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use switchboard_signing::Capability;
 
+use crate::access::{self, AccessScope, Person};
 use crate::audit::{self, Scope};
 use crate::identity::{AccountChange, AuthError, Caller, NewAccount, Policy, Role};
 use crate::runtime::{AdminError, Runtime};
@@ -77,6 +78,17 @@ pub enum Op {
         public: bool,
     },
     OidcClientRemove { tenant: String, id: String },
+    /// Just-in-time access (SPEC I8).
+    AccessList { tenant: Option<String> },
+    AccessRequest {
+        tenant: String,
+        ticket: String,
+        reason: String,
+        scope: AccessScope,
+        minutes: u32,
+    },
+    AccessDecide { id: String, approve: bool },
+    AccessRevoke { id: String },
 }
 
 /// Who is asking.
@@ -217,6 +229,17 @@ fn authorize(actor: &Actor, op: &Op, target_role: Option<Role>) -> Result<(), Ap
                 deny("manage this tenant's OpenID Connect clients (its admins may)")
             }
         }
+        // Who may request, decide or revoke is checked by `access` itself
+        // (it depends on the request); listing is for operators and a
+        // tenant's admins (their own tenant's requests).
+        AccessRequest { .. } | AccessDecide { .. } | AccessRevoke { .. } => Ok(()),
+        AccessList { tenant } => {
+            if operator || tenant.as_deref().is_some_and(own_tenant) {
+                Ok(())
+            } else {
+                deny("list access requests (operators, or a tenant admin for their tenant)")
+            }
+        }
         PolicySet { realm, .. } => {
             if own_tenant(realm) {
                 Ok(())
@@ -283,7 +306,18 @@ pub async fn execute(rt: &Runtime, actor: &Actor, op: Op) -> Result<Value, ApiEr
         let scope = realm(r)?;
         target_role = ids.user(&scope, u)?.map(|v| v.role);
     }
-    if let Err(e) = authorize(actor, &op, target_role) {
+    // Operators list a tenant's admins without a grant; with one, the
+    // whole directory (and the listing is recorded as access).
+    let mut grant = match op {
+        Op::UserList { .. } => jit_grant(rt, actor, &op, target_role),
+        _ => None,
+    };
+    if grant.is_none() && authorize(actor, &op, target_role).is_err() {
+        grant = jit_grant(rt, actor, &op, target_role);
+    }
+    if grant.is_none()
+        && let Err(e) = authorize(actor, &op, target_role)
+    {
         let scope = op_realm(&op).unwrap_or(Scope::System);
         let scope = match &scope {
             Scope::Tenant(t) if !rt.tenants().iter().any(|r| &r.id == t) => Scope::System,
@@ -307,7 +341,77 @@ pub async fn execute(rt: &Runtime, actor: &Actor, op: Op) -> Result<Value, ApiEr
     {
         return Err(ApiError::new(404, "not_found", format!("user {u} not found in {r}")));
     }
-    run(rt, actor, op).await
+    match grant {
+        None => run(rt, actor, op, false).await,
+        Some(g) => {
+            // Every operation under a grant is recorded, reads included,
+            // in both trails, and everything it changes carries its id.
+            let what = op_name(&op);
+            for scope in [Scope::System, Scope::tenant(&g.tenant)] {
+                rt.audit_log()
+                    .append(
+                        &scope,
+                        audit::Record {
+                            action: "access.use",
+                            target: what,
+                            outcome: audit::outcome::SUCCESS,
+                            details: &format!("grant {} ({:?}), ticket {}", g.id, g.scope, g.ticket),
+                        },
+                    )
+                    .ok();
+            }
+            let ctx = audit::Context {
+                access: Some(g.id.clone()),
+                ..audit::context()
+            };
+            audit::with_context(ctx, run(rt, actor, op, true)).await
+        }
+    }
+}
+
+/// The scope of just-in-time access an operator needs for `op`, and the
+/// tenant it concerns.
+fn needed_scope(op: &Op, target_role: Option<Role>) -> Option<(&str, AccessScope)> {
+    use Op::*;
+    let (realm, scope) = match op {
+        AuditExport { realm, .. } => (realm, AccessScope::AuditRead),
+        UserList { realm } | UserShow { realm, .. } | SessionList { realm, .. } => {
+            (realm, AccessScope::DirectoryRead)
+        }
+        UserUpdate { realm, .. }
+        | UserDelete { realm, .. }
+        | UserResetPassword { realm, .. }
+        | UserUnlock { realm, .. }
+        | UserResetMfa { realm, .. }
+        | SessionRevoke { realm, .. } => (realm, AccessScope::DirectoryManage),
+        _ => return None,
+    };
+    let _ = target_role;
+    (realm != "system").then_some((realm.as_str(), scope))
+}
+
+/// An active grant letting operator `actor` run `op`, if any.
+fn jit_grant(rt: &Runtime, actor: &Actor, op: &Op, target_role: Option<Role>) -> Option<access::Grant> {
+    let Actor::Caller(c) = actor else { return None };
+    if c.role != Role::Operator || c.restriction.is_some() {
+        return None;
+    }
+    let (tenant, scope) = needed_scope(op, target_role)?;
+    access::active(rt, &c.user, tenant)
+        .into_iter()
+        .find(|g| g.covers(scope))
+}
+
+fn person(actor: &Actor) -> Option<Person> {
+    match actor {
+        Actor::Console => None,
+        Actor::Caller(c) => Some(Person {
+            user: c.user.clone(),
+            name: c.username.clone(),
+            role: c.role,
+            tenant: c.tenant().map(str::to_string),
+        }),
+    }
 }
 
 fn op_name(op: &Op) -> &'static str {
@@ -341,6 +445,10 @@ fn op_name(op: &Op) -> &'static str {
         OidcClientList { .. } => "oidc-client-list",
         OidcClientAdd { .. } => "oidc-client-add",
         OidcClientRemove { .. } => "oidc-client-remove",
+        AccessList { .. } => "access-list",
+        AccessRequest { .. } => "access-request",
+        AccessDecide { .. } => "access-decide",
+        AccessRevoke { .. } => "access-revoke",
     }
 }
 
@@ -368,13 +476,14 @@ fn op_realm(op: &Op) -> Option<Scope> {
         | OidcClientAdd { tenant, .. }
         | OidcClientRemove { tenant, .. } => Scope::parse(tenant),
         TenantDelete { id } => Scope::parse(id),
+        AccessRequest { tenant, .. } => Scope::parse(tenant),
         _ => None,
     }
 }
 
-async fn run(rt: &Runtime, actor: &Actor, op: Op) -> Result<Value, ApiError> {
+async fn run(rt: &Runtime, actor: &Actor, op: Op, granted: bool) -> Result<Value, ApiError> {
     let ids = rt.identity();
-    let is_operator = matches!(actor, Actor::Caller(c) if c.role == Role::Operator);
+    let is_operator = !granted && matches!(actor, Actor::Caller(c) if c.role == Role::Operator);
     let partner_tenants = match actor {
         Actor::Caller(c) if c.role == Role::Partner => Some(c.tenants.clone()),
         _ => None,
@@ -557,6 +666,32 @@ async fn run(rt: &Runtime, actor: &Actor, op: Op) -> Result<Value, ApiError> {
             crate::oidc::remove_client(rt, &tenant, &id).await?;
             json!({ "removed": id })
         }
+        AccessList { tenant } => {
+            let now = crate::capability::timers::now_ms();
+            let list: Vec<Value> = access::list(rt, tenant.as_deref())?
+                .into_iter()
+                .map(|g| {
+                    let status = g.status(now);
+                    let mut v = json!(g);
+                    v["status"] = json!(status);
+                    v
+                })
+                .collect();
+            json!({ "requests": list })
+        }
+        AccessRequest { tenant, ticket, reason, scope, minutes } => {
+            let who = person(actor).ok_or_else(|| {
+                ApiError::forbidden("just-in-time access is requested by a signed-in operator, not the console")
+            })?;
+            json!(access::request(rt, &who, &tenant, &ticket, &reason, scope, minutes).await?)
+        }
+        AccessDecide { id, approve } => {
+            let who = person(actor).ok_or_else(|| {
+                ApiError::forbidden("a signed-in operator or tenant admin decides, not the console")
+            })?;
+            json!(access::decide(rt, &who, &id, approve).await?)
+        }
+        AccessRevoke { id } => json!(access::revoke(rt, person(actor).as_ref(), &id).await?),
     })
 }
 

@@ -274,6 +274,14 @@ fn not_found() -> ApiError {
     ApiError::new(404, "not_found", "no such API route")
 }
 
+fn query_str(query: &str, name: &str) -> Option<String> {
+    query
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| crate::oidc::form(&format!("v={v}")).remove("v").unwrap_or_default())
+}
+
 fn query_u64(query: &str, name: &str) -> Result<Option<u64>, ApiError> {
     for pair in query.split('&') {
         if let Some((k, v)) = pair.split_once('=')
@@ -309,6 +317,17 @@ struct EnableBody {
     version: String,
     #[serde(default)]
     grants: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccessBody {
+    tenant: String,
+    ticket: String,
+    reason: String,
+    scope: crate::access::AccessScope,
+    #[serde(default)]
+    minutes: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -388,6 +407,14 @@ async fn admin_route(rt: &Runtime, req: Request<Incoming>, peer: Peer, request_i
             Op::OidcClientAdd { tenant: s(t), name: b.name, redirect_uris: b.redirect_uris, public: b.public }
         }
         (&M::DELETE, ["tenants", t, "oidc-clients", id]) => Op::OidcClientRemove { tenant: s(t), id: s(id) },
+        (&M::GET, ["access"]) => Op::AccessList { tenant: query_str(&query, "tenant") },
+        (&M::POST, ["access"]) => {
+            let b: AccessBody = parse(&body().await?)?;
+            Op::AccessRequest { tenant: b.tenant, ticket: b.ticket, reason: b.reason, scope: b.scope, minutes: b.minutes.unwrap_or(60) }
+        }
+        (&M::POST, ["access", id, "approve"]) => Op::AccessDecide { id: s(id), approve: true },
+        (&M::POST, ["access", id, "deny"]) => Op::AccessDecide { id: s(id), approve: false },
+        (&M::DELETE, ["access", id]) => Op::AccessRevoke { id: s(id) },
         _ => return Err(not_found()),
     };
     let actor = Actor::Caller(caller);

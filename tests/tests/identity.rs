@@ -449,3 +449,96 @@ async fn i1_plugins_see_their_tenant_only_and_mint_scoped_guest_sessions() {
     let r = h.post("acme", "directory", "u1", "/guests?name=&resource=m", b"").await.unwrap();
     assert_eq!(r.status, 400, "{}", r.text());
 }
+
+/// An operator with a second factor, signed in; returns the token.
+async fn operator(h: &Harness, s: &Server, name: &str) -> String {
+    let (_, w) = create_user(h, "system", name, "operator").await;
+    let token = activate(s, None, name, &w).await;
+    enrol_mfa(s, &token).await;
+    token
+}
+
+#[tokio::test]
+async fn i8_just_in_time_access_needs_a_second_person_and_is_audited() {
+    let (h, s) = setup(|_| {}).await;
+    tenant(&h, "acme").await;
+    let opal = operator(&h, &s, "opal").await;
+    let oscar = operator(&h, &s, "oscar").await;
+    let (_, w) = create_user(&h, "acme", "acme-admin", "tenant-admin").await;
+    let admin = activate(&s, Some("acme"), "acme-admin", &w).await;
+    let (_, _) = create_user(&h, "acme", "locked-out", "user").await;
+
+    // Without a grant: no audit content.
+    assert_eq!(s.call("GET", "/api/v1/admin/realms/acme/audit", Some(&opal), None).await.code(), "forbidden");
+
+    // Bad requests are refused with reasons.
+    for (body, code) in [
+        (json!({"tenant": "acme", "ticket": "", "reason": "customer reports lost messages", "scope": "audit-read"}), "invalid_argument"),
+        (json!({"tenant": "acme", "ticket": "T-1", "reason": "short", "scope": "audit-read"}), "invalid_argument"),
+        (json!({"tenant": "acme", "ticket": "T-1", "reason": "customer reports lost messages", "scope": "audit-read", "minutes": 0}), "invalid_argument"),
+        (json!({"tenant": "acme", "ticket": "T-1", "reason": "customer reports lost messages", "scope": "audit-read", "minutes": 100000}), "invalid_argument"),
+        (json!({"tenant": "nope", "ticket": "T-1", "reason": "customer reports lost messages", "scope": "audit-read"}), "tenant_not_found"),
+        (json!({"tenant": "acme", "ticket": "T-1", "reason": "customer reports lost messages", "scope": "everything"}), "bad_request"),
+    ] {
+        let r = s.call("POST", "/api/v1/admin/access", Some(&opal), Some(&body)).await;
+        assert_eq!(r.code(), code, "{body}: {}", r.text());
+    }
+    // Tenant admins do not request; they approve.
+    let body = json!({"tenant": "acme", "ticket": "T-1", "reason": "customer reports lost messages", "scope": "audit-read", "minutes": 30});
+    assert_eq!(s.call("POST", "/api/v1/admin/access", Some(&admin), Some(&body)).await.code(), "forbidden");
+
+    let r = s.call("POST", "/api/v1/admin/access", Some(&opal), Some(&body)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    // Still nothing while pending; the requester cannot approve.
+    assert_eq!(s.call("GET", "/api/v1/admin/realms/acme/audit", Some(&opal), None).await.code(), "forbidden");
+    let r = s.call("POST", &format!("/api/v1/admin/access/{id}/approve"), Some(&opal), None).await;
+    assert_eq!(r.code(), "forbidden");
+    // A second operator approves: the grant works, for its scope only.
+    let r = s.call("POST", &format!("/api/v1/admin/access/{id}/approve"), Some(&oscar), None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.json()["expires_ms"].as_u64().unwrap() > 0);
+    let r = s.call("POST", &format!("/api/v1/admin/access/{id}/approve"), Some(&oscar), None).await;
+    assert_eq!(r.code(), "not_pending");
+    let r = s.call("GET", "/api/v1/admin/realms/acme/audit", Some(&opal), None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = s.call("GET", "/api/v1/admin/realms/acme/users", Some(&opal), None).await.json();
+    assert!(r["users"].as_array().unwrap().iter().all(|u| u["role"] == "tenant-admin"), "audit-read does not open the directory");
+    // The other operator has no grant of their own.
+    assert_eq!(s.call("GET", "/api/v1/admin/realms/acme/audit", Some(&oscar), None).await.code(), "forbidden");
+
+    // Directory management, approved by the tenant's admin; what is done
+    // under it carries the grant's id.
+    let manage = json!({"tenant": "acme", "ticket": "T-2", "reason": "user locked out before a board meeting", "scope": "directory-manage", "minutes": 15});
+    let id2 = s.call("POST", "/api/v1/admin/access", Some(&opal), Some(&manage)).await.json()["id"].as_str().unwrap().to_string();
+    let r = s.call("POST", &format!("/api/v1/admin/access/{id2}/approve"), Some(&admin), None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let users = s.call("GET", "/api/v1/admin/realms/acme/users", Some(&opal), None).await.json();
+    let target = users["users"].as_array().unwrap().iter().find(|u| u["username"] == "locked-out").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = s.call("POST", &format!("/api/v1/admin/realms/acme/users/{target}/unlock"), Some(&opal), None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // Revoked: closed again at once.
+    let r = s.call("DELETE", &format!("/api/v1/admin/access/{id}"), Some(&admin), None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(s.call("GET", "/api/v1/admin/realms/acme/audit", Some(&opal), None).await.code(), "forbidden");
+
+    // Every step is in the tenant's trail (and the system's).
+    let trail = console(&h, Op::AuditExport { realm: "acme".into(), after: 0, limit: 10_000 }).await;
+    let entries = trail["entries"].as_array().unwrap();
+    for a in ["access.request", "access.approve", "access.use", "access.revoke"] {
+        assert!(entries.iter().any(|e| e["action"] == a), "{a} missing");
+    }
+    let unlock = entries.iter().find(|e| e["action"] == "user.unlock").unwrap();
+    assert_eq!(unlock["access"], id2.as_str());
+    assert_eq!(unlock["actor"]["kind"], "operator");
+    let sys = console(&h, Op::AuditExport { realm: "system".into(), after: 0, limit: 10_000 }).await;
+    assert!(sys["entries"].as_array().unwrap().iter().any(|e| e["action"] == "access.use"));
+    // The tenant's admin sees the requests about their tenant only.
+    let list = s.call("GET", "/api/v1/admin/access?tenant=acme", Some(&admin), None).await.json();
+    assert_eq!(list["requests"].as_array().unwrap().len(), 2);
+    assert_eq!(s.call("GET", "/api/v1/admin/access", Some(&admin), None).await.code(), "forbidden");
+}
