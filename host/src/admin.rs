@@ -89,6 +89,10 @@ pub enum Op {
     },
     AccessDecide { id: String, approve: bool },
     AccessRevoke { id: String },
+    /// Single sign-on through the tenant's identity provider (SPEC I6).
+    SsoShow { tenant: String },
+    SsoSet { tenant: String, config: crate::sso::SsoConfig },
+    SsoRemove { tenant: String },
 }
 
 /// Who is asking.
@@ -222,11 +226,16 @@ fn authorize(actor: &Actor, op: &Op, target_role: Option<Role>) -> Result<(), Ap
                 deny("read this realm")
             }
         }
-        OidcClientList { tenant } | OidcClientAdd { tenant, .. } | OidcClientRemove { tenant, .. } => {
+        OidcClientList { tenant }
+        | OidcClientAdd { tenant, .. }
+        | OidcClientRemove { tenant, .. }
+        | SsoShow { tenant }
+        | SsoSet { tenant, .. }
+        | SsoRemove { tenant } => {
             if own_tenant(tenant) {
                 Ok(())
             } else {
-                deny("manage this tenant's OpenID Connect clients (its admins may)")
+                deny("manage this tenant's OpenID Connect clients or single sign-on (its admins may)")
             }
         }
         // Who may request, decide or revoke is checked by `access` itself
@@ -449,6 +458,9 @@ fn op_name(op: &Op) -> &'static str {
         AccessRequest { .. } => "access-request",
         AccessDecide { .. } => "access-decide",
         AccessRevoke { .. } => "access-revoke",
+        SsoShow { .. } => "sso-show",
+        SsoSet { .. } => "sso-set",
+        SsoRemove { .. } => "sso-remove",
     }
 }
 
@@ -474,7 +486,10 @@ fn op_realm(op: &Op) -> Option<Scope> {
         | PluginDisable { tenant, .. }
         | OidcClientList { tenant }
         | OidcClientAdd { tenant, .. }
-        | OidcClientRemove { tenant, .. } => Scope::parse(tenant),
+        | OidcClientRemove { tenant, .. }
+        | SsoShow { tenant }
+        | SsoSet { tenant, .. }
+        | SsoRemove { tenant } => Scope::parse(tenant),
         TenantDelete { id } => Scope::parse(id),
         AccessRequest { tenant, .. } => Scope::parse(tenant),
         _ => None,
@@ -692,6 +707,15 @@ async fn run(rt: &Runtime, actor: &Actor, op: Op, granted: bool) -> Result<Value
             json!(access::decide(rt, &who, &id, approve).await?)
         }
         AccessRevoke { id } => json!(access::revoke(rt, person(actor).as_ref(), &id).await?),
+        SsoShow { tenant } => crate::sso::show(rt, &tenant)?,
+        SsoSet { tenant, config } => {
+            crate::sso::set(rt, &tenant, config).await?;
+            crate::sso::show(rt, &tenant)?
+        }
+        SsoRemove { tenant } => {
+            crate::sso::remove(rt, &tenant).await?;
+            json!({ "removed": tenant })
+        }
     })
 }
 

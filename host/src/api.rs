@@ -206,6 +206,35 @@ async fn auth(rt: &Runtime, req: Request<Incoming>, peer: Peer, request_id: &str
             Err(e) => Err(e.into()),
         };
     }
+    if let Some(rest) = path.strip_prefix("sso/")
+        && method == Method::GET
+    {
+        let (tenant, step) = rest.split_once('/').unwrap_or((rest, ""));
+        let ctx = audit::Context {
+            source: source.clone(),
+            request_id: Some(request_id.to_string()),
+            ..audit::Context::system()
+        };
+        return audit::with_context(ctx, async {
+            match step {
+                "start" => {
+                    let url = crate::sso::start(rt, tenant).await?;
+                    let mut resp = json_response(303, &json!({ "location": url }));
+                    if let Ok(v) = hyper::header::HeaderValue::from_str(&url) {
+                        resp.headers_mut().insert(hyper::header::LOCATION, v);
+                    }
+                    Ok(resp)
+                }
+                "callback" => {
+                    let query = req.uri().query().unwrap_or("");
+                    let issued = crate::sso::callback(rt, tenant, query, source.clone()).await?;
+                    Ok(json_response(200, &json!(issued)))
+                }
+                _ => Err(not_found()),
+            }
+        })
+        .await;
+    }
     let caller = caller(rt, &req)?;
     let ctx = caller.audit_context(source.clone(), Some(request_id.to_string()));
     audit::with_context(ctx, async {
@@ -407,6 +436,9 @@ async fn admin_route(rt: &Runtime, req: Request<Incoming>, peer: Peer, request_i
             Op::OidcClientAdd { tenant: s(t), name: b.name, redirect_uris: b.redirect_uris, public: b.public }
         }
         (&M::DELETE, ["tenants", t, "oidc-clients", id]) => Op::OidcClientRemove { tenant: s(t), id: s(id) },
+        (&M::GET, ["tenants", t, "sso"]) => Op::SsoShow { tenant: s(t) },
+        (&M::PUT, ["tenants", t, "sso"]) => Op::SsoSet { tenant: s(t), config: parse(&body().await?)? },
+        (&M::DELETE, ["tenants", t, "sso"]) => Op::SsoRemove { tenant: s(t) },
         (&M::GET, ["access"]) => Op::AccessList { tenant: query_str(&query, "tenant") },
         (&M::POST, ["access"]) => {
             let b: AccessBody = parse(&body().await?)?;

@@ -1520,6 +1520,88 @@ impl Identity {
         Ok(codes)
     }
 
+    /// Signs in an account federated from an external identity provider
+    /// (SPEC I6): the account linked to (issuer, subject), or — when the
+    /// tenant allows it — a new one provisioned under the provider's user
+    /// name. A local account of the same name is never taken over.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn sso_sign_in(
+        &self,
+        realm: &Scope,
+        issuer: &str,
+        subject: &str,
+        username: &str,
+        display_name: Option<&str>,
+        email: Option<&str>,
+        provision: bool,
+        source: Option<String>,
+    ) -> Result<Issued, AuthError> {
+        self.require_realm(realm)?;
+        let link = format!("{}x/{}", prefix(realm), sha256_hex(format!("{issuer}\0{subject}").as_bytes())).into_bytes();
+        let _w = self.writes.lock().await;
+        let account = match self.store.get(&link)? {
+            Some(id) => self.account(realm, &String::from_utf8_lossy(&id))?,
+            None => None,
+        };
+        let account = match account {
+            Some(a) => a,
+            None if !provision => {
+                self.audit(realm, "auth.sso", username, outcome::DENIED, "no linked account and provisioning is off");
+                return Err(AuthError::Forbidden(
+                    "no account is linked to this identity and the tenant does not create accounts on first sign-in".into(),
+                ));
+            }
+            None => {
+                let name = normalize_username(username)?;
+                if self.store.get(&name_key(realm, &name))?.is_some() {
+                    self.audit(realm, "auth.sso", &name, outcome::DENIED, "a local account of that name exists and is not linked");
+                    return Err(AuthError::AlreadyExists(format!(
+                        "a local account named {name} (not linked to the identity provider; an admin must rename or delete it)"
+                    )));
+                }
+                let display = display_name.unwrap_or(&name).chars().take(MAX_DISPLAY_NAME_LEN).collect::<String>();
+                let a = Account {
+                    id: format!("u{}", crate::fsutil::random_hex(8)),
+                    username: name.clone(),
+                    display_name: display,
+                    email: email.filter(|e| check_email(e).is_ok()).map(str::to_string),
+                    role: Role::User,
+                    active: true,
+                    password_hash: None,
+                    must_change_password: false,
+                    mfa: None,
+                    locked_until_ms: 0,
+                    tenants: Vec::new(),
+                    external: Some((issuer.to_string(), subject.to_string())),
+                    created_ms: now_ms(),
+                };
+                self.save(
+                    realm,
+                    &a,
+                    vec![
+                        (name_key(realm, &name), Some(a.id.clone().into_bytes())),
+                        (link.clone(), Some(a.id.clone().into_bytes())),
+                    ],
+                )
+                .await?;
+                self.audit(realm, "user.create", &format!("{} ({name})", a.id), outcome::SUCCESS, &format!("provisioned on first sign-in through {issuer}"));
+                a
+            }
+        };
+        drop(_w);
+        if !account.active {
+            self.audit(realm, "auth.sso", &account.username, outcome::DENIED, "account disabled");
+            return Err(AuthError::InvalidCredentials);
+        }
+        let policy = self.policy(realm)?;
+        // The identity provider authenticated the user, second factor
+        // included: no local restriction applies.
+        let issued = self.issue(realm, &account, &policy, None, source, None, "sso").await?;
+        metrics::LOGINS.inc();
+        self.audit(realm, "auth.sso", &account.username, outcome::SUCCESS, &format!("through {issuer}, session {}", issued.session.id));
+        Ok(issued)
+    }
+
     /// The writes creating a guest session for one resource (the
     /// `identity` capability puts them in its call's transaction), at most
     /// 24 hours. Returns (token, guest id, writes).

@@ -341,3 +341,92 @@ async fn i5_rfc9700_negative_cases_are_refused() {
     assert_eq!(err.code, "invalid_redirect_uri");
     let _: Value = ok.json();
 }
+
+/// Follows a `/api/v1/auth/sso/{tenant}/start` redirect through the
+/// provider's sign-in form; returns the callback path and query.
+async fn federate(p: &Provider, tenant: &str, user: &str) -> String {
+    let r = p.s.call("GET", &format!("/api/v1/auth/sso/{tenant}/start"), None, None).await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    let to_idp = r.header("location").unwrap().to_string();
+    assert!(to_idp.starts_with(&issuer(p, "idp")), "{to_idp}");
+    let page = p.s.call("GET", &path_of(&to_idp), None, None).await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    let html = page.text();
+    let start = html.find("name=request value=\"").unwrap() + "name=request value=\"".len();
+    let request_field = html[start..start + html[start..].find('"').unwrap()].replace("&amp;", "&");
+    let body = format!("request={}&username={user}&password={}", urlencode(&request_field), urlencode(STRONG));
+    let headers = vec![("content-type".to_string(), "application/x-www-form-urlencoded".to_string())];
+    let r = request(p.s.addr, "POST", "/oidc/idp/authorize", &headers, body.as_bytes()).await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    path_of(r.header("location").unwrap())
+}
+
+#[tokio::test]
+async fn i6_a_tenant_signs_its_users_in_through_an_external_provider() {
+    let p = provider().await;
+    // The external provider: another tenant of a Switchboard server.
+    p.h.runtime().create_tenant("idp", None).await.unwrap();
+    let (_, w) = create_user(&p.h, "idp", "bob", "user").await;
+    activate(&p.s, Some("idp"), "bob", &w).await;
+    let callback = p.s.url("/api/v1/auth/sso/acme/callback");
+    let client = console(
+        &p.h,
+        Op::OidcClientAdd { tenant: "idp".into(), name: "Acme Switchboard".into(), redirect_uris: vec![callback], public: false },
+    )
+    .await;
+    let config = json!({
+        "issuer": issuer(&p, "idp"),
+        "client_id": client["client"]["id"],
+        "client_secret": client["client_secret"],
+    });
+    // Tenant admins configure it; a user cannot.
+    let (_, w) = create_user(&p.h, "acme", "acme-admin", "tenant-admin").await;
+    let admin = activate(&p.s, Some("acme"), "acme-admin", &w).await;
+    let r = p.s.call("PUT", "/api/v1/admin/tenants/acme/sso", Some(&admin), Some(&config)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["client_secret"], "(set)", "the secret is never shown again");
+    let bad = json!({"issuer": "https://idp.example", "client_id": "x", "client_secret": "y"});
+    let r = p.s.call("PUT", "/api/v1/admin/tenants/acme/sso", Some(&admin), Some(&bad)).await;
+    assert_eq!(r.code(), "invalid_issuer");
+
+    // Bob of the provider signs in to acme: an account is provisioned and
+    // linked; the session is acme's.
+    let back = federate(&p, "acme", "bob").await;
+    let r = p.s.call("GET", &back, None, None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let token = r.json()["token"].as_str().unwrap().to_string();
+    assert!(token.starts_with("sb1.acme."));
+    let me = p.s.call("GET", "/api/v1/auth/me", Some(&token), None).await.json();
+    assert_eq!(me["user"]["username"], "bob");
+    assert_eq!(me["user"]["federated"], true);
+    let first_id = me["user"]["id"].clone();
+    // The callback cannot be replayed.
+    let r = p.s.call("GET", &back, None, None).await;
+    assert_eq!(r.code(), "sso_failed");
+    // A second sign-in reaches the same account.
+    let back = federate(&p, "acme", "bob").await;
+    let token = p.s.call("GET", &back, None, None).await.json()["token"].as_str().unwrap().to_string();
+    let me = p.s.call("GET", "/api/v1/auth/me", Some(&token), None).await.json();
+    assert_eq!(me["user"]["id"], first_id);
+    // The federated account has no password to guess.
+    assert_eq!(switchboard_tests::accounts::login(&p.s, Some("acme"), "bob", STRONG).await.code(), "invalid_credentials");
+
+    // A forged state, a mix-up issuer and a tampered code are refused.
+    let back = federate(&p, "acme", "bob").await;
+    let forged = back.replace("state=", "state=x");
+    assert_eq!(p.s.call("GET", &forged, None, None).await.code(), "sso_failed");
+    let mixed = format!("{back}&iss=http%3A%2F%2Fevil.example");
+    assert_eq!(p.s.call("GET", &mixed, None, None).await.code(), "sso_failed");
+    // An existing local account of the same name is never taken over.
+    let (_, w) = create_user(&p.h, "idp", "alice", "user").await;
+    activate(&p.s, Some("idp"), "alice", &w).await;
+    let back = federate(&p, "acme", "alice").await;
+    let r = p.s.call("GET", &back, None, None).await;
+    assert_eq!((r.status, r.code().as_str()), (409, "already_exists"), "{}", r.text());
+    // Tenants without a provider say so.
+    let r = p.s.call("GET", "/api/v1/auth/sso/beta/start", None, None).await;
+    assert_eq!(r.code(), "sso_not_configured");
+    let trail = console(&p.h, Op::AuditExport { realm: "acme".into(), after: 0, limit: 10_000 }).await;
+    let sso: Vec<&Value> = trail["entries"].as_array().unwrap().iter().filter(|e| e["action"] == "auth.sso").collect();
+    assert!(sso.iter().any(|e| e["outcome"] == "success") && sso.iter().any(|e| e["outcome"] != "success"));
+}
