@@ -104,7 +104,14 @@ pub struct Person {
     pub tenant: Option<String>,
 }
 
-fn both_trails(rt: &Runtime, tenant: &str, action: &str, target: &str, outcome: &str, details: &str) {
+fn both_trails(
+    rt: &Runtime,
+    tenant: &str,
+    action: &str,
+    target: &str,
+    outcome: &str,
+    details: &str,
+) {
     for scope in [Scope::System, Scope::tenant(tenant)] {
         let r = rt.audit_log().append(
             &scope,
@@ -152,7 +159,7 @@ pub fn list(rt: &Runtime, tenant: Option<&str>) -> Result<Vec<Grant>, ApiError> 
         .filter_map(|(_, v)| serde_json::from_slice::<Grant>(v).ok())
         .filter(|g| tenant.is_none_or(|t| g.tenant == t))
         .collect();
-    out.sort_by(|a, b| b.created_ms.cmp(&a.created_ms));
+    out.sort_by_key(|g| std::cmp::Reverse(g.created_ms));
     Ok(out)
 }
 
@@ -177,20 +184,44 @@ pub async fn request(
     minutes: u32,
 ) -> Result<Grant, ApiError> {
     if who.role != Role::Operator {
-        return Err(ApiError::new(403, "forbidden", "only operators request just-in-time access"));
+        return Err(ApiError::new(
+            403,
+            "forbidden",
+            "only operators request just-in-time access",
+        ));
     }
     if !rt.tenants().iter().any(|t| t.id == tenant) {
-        return Err(ApiError::new(404, "tenant_not_found", format!("tenant {tenant:?} does not exist")));
+        return Err(ApiError::new(
+            404,
+            "tenant_not_found",
+            format!("tenant {tenant:?} does not exist"),
+        ));
     }
-    let ticket_ok = !ticket.trim().is_empty() && ticket.len() <= 64 && !ticket.chars().any(char::is_control);
+    let ticket_ok =
+        !ticket.trim().is_empty() && ticket.len() <= 64 && !ticket.chars().any(char::is_control);
     if !ticket_ok {
-        return Err(ApiError::new(400, "invalid_argument", "a ticket reference (1-64 characters) is required"));
+        return Err(ApiError::new(
+            400,
+            "invalid_argument",
+            "a ticket reference (1-64 characters) is required",
+        ));
     }
-    if reason.trim().len() < 10 || reason.len() > 1000 || reason.chars().any(|c| c.is_control() && c != '\n') {
-        return Err(ApiError::new(400, "invalid_argument", "a reason of 10-1000 characters is required"));
+    if reason.trim().len() < 10
+        || reason.len() > 1000
+        || reason.chars().any(|c| c.is_control() && c != '\n')
+    {
+        return Err(ApiError::new(
+            400,
+            "invalid_argument",
+            "a reason of 10-1000 characters is required",
+        ));
     }
     if !(1..=MAX_MINUTES).contains(&minutes) {
-        return Err(ApiError::new(400, "invalid_argument", format!("minutes must be 1-{MAX_MINUTES}")));
+        return Err(ApiError::new(
+            400,
+            "invalid_argument",
+            format!("minutes must be 1-{MAX_MINUTES}"),
+        ));
     }
     let g = Grant {
         id: format!("a{}", crate::fsutil::random_hex(8)),
@@ -228,7 +259,12 @@ fn describe(p: &Person) -> String {
 
 /// Approves or denies a pending request: by another operator, or by the
 /// tenant's admin — never by the requester.
-pub async fn decide(rt: &Runtime, who: &Person, id: &str, approve: bool) -> Result<Grant, ApiError> {
+pub async fn decide(
+    rt: &Runtime,
+    who: &Person,
+    id: &str,
+    approve: bool,
+) -> Result<Grant, ApiError> {
     let mut g = get(rt, id)?;
     let may = match who.role {
         Role::Operator => who.user != g.requester,
@@ -236,7 +272,14 @@ pub async fn decide(rt: &Runtime, who: &Person, id: &str, approve: bool) -> Resu
         _ => false,
     };
     if !may {
-        both_trails(rt, &g.tenant, "access.decide", &g.id, outcome::DENIED, "not allowed to decide (the requester cannot approve their own request)");
+        both_trails(
+            rt,
+            &g.tenant,
+            "access.decide",
+            &g.id,
+            outcome::DENIED,
+            "not allowed to decide (the requester cannot approve their own request)",
+        );
         return Err(ApiError::new(
             403,
             "forbidden",
@@ -245,9 +288,17 @@ pub async fn decide(rt: &Runtime, who: &Person, id: &str, approve: bool) -> Resu
     }
     let now = now_ms();
     if g.status(now) != "pending" {
-        return Err(ApiError::new(409, "not_pending", format!("access request {id} is {}", g.status(now))));
+        return Err(ApiError::new(
+            409,
+            "not_pending",
+            format!("access request {id} is {}", g.status(now)),
+        ));
     }
-    g.state = if approve { State::Approved } else { State::Denied };
+    g.state = if approve {
+        State::Approved
+    } else {
+        State::Denied
+    };
     g.decided_by = Some(describe(who));
     g.decided_ms = Some(now);
     if approve {
@@ -257,14 +308,20 @@ pub async fn decide(rt: &Runtime, who: &Person, id: &str, approve: bool) -> Resu
     both_trails(
         rt,
         &g.tenant,
-        if approve { "access.approve" } else { "access.deny" },
+        if approve {
+            "access.approve"
+        } else {
+            "access.deny"
+        },
         &g.id,
         outcome::SUCCESS,
         &format!(
             "requested by {} for ticket {}{}",
             g.requester_name,
             g.ticket,
-            g.expires_ms.map(|e| format!(", until {}", audit::rfc3339(e))).unwrap_or_default()
+            g.expires_ms
+                .map(|e| format!(", until {}", audit::rfc3339(e)))
+                .unwrap_or_default()
         ),
     );
     Ok(g)
@@ -282,10 +339,18 @@ pub async fn revoke(rt: &Runtime, who: Option<&Person>, id: &str) -> Result<Gran
         },
     };
     if !may {
-        return Err(ApiError::new(403, "forbidden", "only operators and the tenant's admins revoke access"));
+        return Err(ApiError::new(
+            403,
+            "forbidden",
+            "only operators and the tenant's admins revoke access",
+        ));
     }
     if !matches!(g.state, State::Pending | State::Approved) {
-        return Err(ApiError::new(409, "not_pending", format!("access request {id} is already {:?}", g.state)));
+        return Err(ApiError::new(
+            409,
+            "not_pending",
+            format!("access request {id} is already {:?}", g.state),
+        ));
     }
     g.state = State::Revoked;
     g.decided_by = Some(who.map(describe).unwrap_or_else(|| "console".into()));
@@ -326,7 +391,10 @@ mod tests {
         assert_eq!(g.status(601_000), "expired");
         assert!(!grant(State::Revoked, Some(601_000)).is_active(2_000));
         assert!(!grant(State::Pending, None).is_active(2_000));
-        assert_eq!(grant(State::Pending, None).status(1_000 + PENDING_TTL_MS + 1), "expired");
+        assert_eq!(
+            grant(State::Pending, None).status(1_000 + PENDING_TTL_MS + 1),
+            "expired"
+        );
     }
 
     #[test]

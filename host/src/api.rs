@@ -76,7 +76,11 @@ pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ApiError> 
             "body_too_large",
             format!("the request body exceeds {limit} bytes"),
         )),
-        Err(e) => Err(ApiError::new(400, "bad_request", format!("cannot read the body: {e}"))),
+        Err(e) => Err(ApiError::new(
+            400,
+            "bad_request",
+            format!("cannot read the body: {e}"),
+        )),
     }
 }
 
@@ -85,14 +89,21 @@ pub fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
     if body.is_empty() {
         return Err(ApiError::new(400, "bad_request", "a JSON body is required"));
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::new(400, "bad_request", format!("malformed JSON body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(400, "bad_request", format!("malformed JSON body: {e}")))
 }
 
 /// The bearer token of a request (`Authorization: Bearer …`).
 pub fn bearer(req: &Request<Incoming>) -> Option<String> {
-    let h = req.headers().get(hyper::header::AUTHORIZATION)?.to_str().ok()?;
+    let h = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, token) = h.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_string())
 }
 
 fn user_agent(req: &Request<Incoming>) -> Option<String> {
@@ -164,10 +175,19 @@ struct CodeBody {
     code: String,
 }
 
-async fn auth(rt: &Runtime, req: Request<Incoming>, peer: Peer, request_id: &str) -> Result<HttpResponse, ApiError> {
+async fn auth(
+    rt: &Runtime,
+    req: Request<Incoming>,
+    peer: Peer,
+    request_id: &str,
+) -> Result<HttpResponse, ApiError> {
     let ids = rt.identity();
     let method = req.method().clone();
-    let path = req.uri().path().trim_start_matches("/api/v1/auth/").to_string();
+    let path = req
+        .uri()
+        .path()
+        .trim_start_matches("/api/v1/auth/")
+        .to_string();
     let ua = user_agent(&req);
     let source = Some(peer.addr.to_string());
     if (method.clone(), path.as_str()) == (Method::POST, "login") {
@@ -308,7 +328,11 @@ fn query_str(query: &str, name: &str) -> Option<String> {
         .split('&')
         .filter_map(|p| p.split_once('='))
         .find(|(k, _)| *k == name)
-        .map(|(_, v)| crate::oidc::form(&format!("v={v}")).remove("v").unwrap_or_default())
+        .map(|(_, v)| {
+            crate::oidc::form(&format!("v={v}"))
+                .remove("v")
+                .unwrap_or_default()
+        })
 }
 
 fn query_u64(query: &str, name: &str) -> Result<Option<u64>, ApiError> {
@@ -316,10 +340,13 @@ fn query_u64(query: &str, name: &str) -> Result<Option<u64>, ApiError> {
         if let Some((k, v)) = pair.split_once('=')
             && k == name
         {
-            return v
-                .parse()
-                .map(Some)
-                .map_err(|_| ApiError::new(400, "bad_request", format!("query parameter {name} must be a number")));
+            return v.parse().map(Some).map_err(|_| {
+                ApiError::new(
+                    400,
+                    "bad_request",
+                    format!("query parameter {name} must be a number"),
+                )
+            });
         }
     }
     Ok(None)
@@ -376,10 +403,19 @@ struct RevokeBody {
 }
 
 /// Maps `/api/v1/admin/…` onto an `Op`.
-async fn admin_route(rt: &Runtime, req: Request<Incoming>, peer: Peer, request_id: &str) -> Result<HttpResponse, ApiError> {
+async fn admin_route(
+    rt: &Runtime,
+    req: Request<Incoming>,
+    peer: Peer,
+    request_id: &str,
+) -> Result<HttpResponse, ApiError> {
     let caller = caller(rt, &req)?;
     let method = req.method().clone();
-    let path = req.uri().path().trim_start_matches("/api/v1/admin/").to_string();
+    let path = req
+        .uri()
+        .path()
+        .trim_start_matches("/api/v1/admin/")
+        .to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let seg: Vec<&str> = path.split('/').collect();
     let s = |x: &str| x.to_string();
@@ -389,33 +425,82 @@ async fn admin_route(rt: &Runtime, req: Request<Incoming>, peer: Peer, request_i
         (&M::GET, ["tenants"]) => Op::TenantList,
         (&M::POST, ["tenants"]) => {
             let b: TenantBody = parse(&body().await?)?;
-            Op::TenantCreate { id: b.id, region: b.region }
+            Op::TenantCreate {
+                id: b.id,
+                region: b.region,
+            }
         }
         (&M::DELETE, ["tenants", t]) => Op::TenantDelete { id: s(t) },
         (&M::PUT, ["tenants", t, "plugins", name]) => {
             let b: EnableBody = parse(&body().await?)?;
-            Op::PluginEnable { tenant: s(t), name: s(name), version: b.version, grants: b.grants }
+            Op::PluginEnable {
+                tenant: s(t),
+                name: s(name),
+                version: b.version,
+                grants: b.grants,
+            }
         }
-        (&M::DELETE, ["tenants", t, "plugins", name]) => Op::PluginDisable { tenant: s(t), name: s(name) },
+        (&M::DELETE, ["tenants", t, "plugins", name]) => Op::PluginDisable {
+            tenant: s(t),
+            name: s(name),
+        },
         (&M::GET, ["realms", r, "users"]) => Op::UserList { realm: s(r) },
-        (&M::POST, ["realms", r, "users"]) => Op::UserCreate { realm: s(r), account: parse(&body().await?)? },
-        (&M::GET, ["realms", r, "users", u]) => Op::UserShow { realm: s(r), user: s(u) },
-        (&M::PATCH, ["realms", r, "users", u]) => Op::UserUpdate { realm: s(r), user: s(u), change: parse(&body().await?)? },
-        (&M::DELETE, ["realms", r, "users", u]) => Op::UserDelete { realm: s(r), user: s(u) },
-        (&M::POST, ["realms", r, "users", u, "reset-password"]) => Op::UserResetPassword { realm: s(r), user: s(u) },
-        (&M::POST, ["realms", r, "users", u, "unlock"]) => Op::UserUnlock { realm: s(r), user: s(u) },
-        (&M::POST, ["realms", r, "users", u, "reset-mfa"]) => Op::UserResetMfa { realm: s(r), user: s(u) },
-        (&M::GET, ["realms", r, "users", u, "sessions"]) => Op::SessionList { realm: s(r), user: s(u) },
+        (&M::POST, ["realms", r, "users"]) => Op::UserCreate {
+            realm: s(r),
+            account: parse(&body().await?)?,
+        },
+        (&M::GET, ["realms", r, "users", u]) => Op::UserShow {
+            realm: s(r),
+            user: s(u),
+        },
+        (&M::PATCH, ["realms", r, "users", u]) => Op::UserUpdate {
+            realm: s(r),
+            user: s(u),
+            change: parse(&body().await?)?,
+        },
+        (&M::DELETE, ["realms", r, "users", u]) => Op::UserDelete {
+            realm: s(r),
+            user: s(u),
+        },
+        (&M::POST, ["realms", r, "users", u, "reset-password"]) => Op::UserResetPassword {
+            realm: s(r),
+            user: s(u),
+        },
+        (&M::POST, ["realms", r, "users", u, "unlock"]) => Op::UserUnlock {
+            realm: s(r),
+            user: s(u),
+        },
+        (&M::POST, ["realms", r, "users", u, "reset-mfa"]) => Op::UserResetMfa {
+            realm: s(r),
+            user: s(u),
+        },
+        (&M::GET, ["realms", r, "users", u, "sessions"]) => Op::SessionList {
+            realm: s(r),
+            user: s(u),
+        },
         (&M::DELETE, ["realms", r, "users", u, "sessions"]) => {
             let raw = body().await?;
-            let session = if raw.is_empty() { None } else { parse::<RevokeBody>(&raw)?.session };
-            Op::SessionRevoke { realm: s(r), user: s(u), session }
+            let session = if raw.is_empty() {
+                None
+            } else {
+                parse::<RevokeBody>(&raw)?.session
+            };
+            Op::SessionRevoke {
+                realm: s(r),
+                user: s(u),
+                session,
+            }
         }
-        (&M::DELETE, ["realms", r, "users", u, "sessions", id]) => {
-            Op::SessionRevoke { realm: s(r), user: s(u), session: Some(s(id)) }
-        }
+        (&M::DELETE, ["realms", r, "users", u, "sessions", id]) => Op::SessionRevoke {
+            realm: s(r),
+            user: s(u),
+            session: Some(s(id)),
+        },
         (&M::GET, ["realms", r, "policy"]) => Op::PolicyShow { realm: s(r) },
-        (&M::PUT, ["realms", r, "policy"]) => Op::PolicySet { realm: s(r), policy: parse(&body().await?)? },
+        (&M::PUT, ["realms", r, "policy"]) => Op::PolicySet {
+            realm: s(r),
+            policy: parse(&body().await?)?,
+        },
         (&M::GET, ["realms", r, "audit"]) => Op::AuditExport {
             realm: s(r),
             after: query_u64(&query, "after")?.unwrap_or(0),
@@ -426,31 +511,63 @@ async fn admin_route(rt: &Runtime, req: Request<Incoming>, peer: Peer, request_i
         (&M::GET, ["trust"]) => Op::TrustList,
         (&M::POST, ["trust"]) => {
             let b: TrustBody = parse(&body().await?)?;
-            Op::TrustAdd { public_key: b.public_key, label: b.label }
+            Op::TrustAdd {
+                public_key: b.public_key,
+                label: b.label,
+            }
         }
         (&M::DELETE, ["trust", id]) => Op::TrustRevoke { key_id: s(id) },
         (&M::GET, ["plugins"]) => Op::PluginList,
         (&M::GET, ["tenants", t, "oidc-clients"]) => Op::OidcClientList { tenant: s(t) },
         (&M::POST, ["tenants", t, "oidc-clients"]) => {
             let b: ClientBody = parse(&body().await?)?;
-            Op::OidcClientAdd { tenant: s(t), name: b.name, redirect_uris: b.redirect_uris, public: b.public }
+            Op::OidcClientAdd {
+                tenant: s(t),
+                name: b.name,
+                redirect_uris: b.redirect_uris,
+                public: b.public,
+            }
         }
-        (&M::DELETE, ["tenants", t, "oidc-clients", id]) => Op::OidcClientRemove { tenant: s(t), id: s(id) },
+        (&M::DELETE, ["tenants", t, "oidc-clients", id]) => Op::OidcClientRemove {
+            tenant: s(t),
+            id: s(id),
+        },
         (&M::GET, ["tenants", t, "sso"]) => Op::SsoShow { tenant: s(t) },
-        (&M::PUT, ["tenants", t, "sso"]) => Op::SsoSet { tenant: s(t), config: parse(&body().await?)? },
+        (&M::PUT, ["tenants", t, "sso"]) => Op::SsoSet {
+            tenant: s(t),
+            config: parse(&body().await?)?,
+        },
         (&M::DELETE, ["tenants", t, "sso"]) => Op::SsoRemove { tenant: s(t) },
-        (&M::GET, ["access"]) => Op::AccessList { tenant: query_str(&query, "tenant") },
+        (&M::GET, ["access"]) => Op::AccessList {
+            tenant: query_str(&query, "tenant"),
+        },
         (&M::POST, ["access"]) => {
             let b: AccessBody = parse(&body().await?)?;
-            Op::AccessRequest { tenant: b.tenant, ticket: b.ticket, reason: b.reason, scope: b.scope, minutes: b.minutes.unwrap_or(60) }
+            Op::AccessRequest {
+                tenant: b.tenant,
+                ticket: b.ticket,
+                reason: b.reason,
+                scope: b.scope,
+                minutes: b.minutes.unwrap_or(60),
+            }
         }
-        (&M::POST, ["access", id, "approve"]) => Op::AccessDecide { id: s(id), approve: true },
-        (&M::POST, ["access", id, "deny"]) => Op::AccessDecide { id: s(id), approve: false },
+        (&M::POST, ["access", id, "approve"]) => Op::AccessDecide {
+            id: s(id),
+            approve: true,
+        },
+        (&M::POST, ["access", id, "deny"]) => Op::AccessDecide {
+            id: s(id),
+            approve: false,
+        },
         (&M::DELETE, ["access", id]) => Op::AccessRevoke { id: s(id) },
         _ => return Err(not_found()),
     };
-    let actor = Actor::Caller(caller);
-    let ctx = admin::context_of(&actor, Some(peer.addr.to_string()), Some(request_id.to_string()));
+    let actor = Actor::Caller(Box::new(caller));
+    let ctx = admin::context_of(
+        &actor,
+        Some(peer.addr.to_string()),
+        Some(request_id.to_string()),
+    );
     let value = audit::with_context(ctx, admin::execute(rt, &actor, op)).await?;
     Ok(json_response(200, &value))
 }

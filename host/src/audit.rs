@@ -209,7 +209,9 @@ pub async fn with_context<F: std::future::Future>(ctx: Context, fut: F) -> F::Ou
 
 /// The acting context (the system when none was set).
 pub fn context() -> Context {
-    CONTEXT.try_with(Clone::clone).unwrap_or_else(|_| Context::system())
+    CONTEXT
+        .try_with(Clone::clone)
+        .unwrap_or_else(|_| Context::system())
 }
 
 /// How an action ended.
@@ -426,7 +428,11 @@ impl AuditLog {
     }
 
     /// Appends and waits until the entry is durable.
-    pub async fn append_durable(&self, scope: &Scope, record: Record<'_>) -> Result<(), AuditError> {
+    pub async fn append_durable(
+        &self,
+        scope: &Scope,
+        record: Record<'_>,
+    ) -> Result<(), AuditError> {
         let seq = self.append(scope, record)?;
         self.store.durable(seq).await?;
         Ok(())
@@ -488,7 +494,12 @@ impl AuditLog {
     }
 
     /// Entries of `scope` with `seq > after`, at most `limit`.
-    pub fn entries(&self, scope: &Scope, after: u64, limit: usize) -> Result<Vec<Entry>, AuditError> {
+    pub fn entries(
+        &self,
+        scope: &Scope,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Entry>, AuditError> {
         let prefix = format!("{}e/", scope.prefix()).into_bytes();
         let start = (after > 0).then(|| scope.entry_key(after));
         let page = self.store.scan(&prefix, start.as_deref(), limit)?;
@@ -580,11 +591,7 @@ impl AuditLog {
     /// Writes `scope` as JSON lines: a header naming the scope, public key
     /// and base, every entry, then every checkpoint. Returns entries
     /// written.
-    pub fn export(
-        &self,
-        scope: &Scope,
-        out: &mut dyn std::io::Write,
-    ) -> Result<u64, AuditError> {
+    pub fn export(&self, scope: &Scope, out: &mut dyn std::io::Write) -> Result<u64, AuditError> {
         let header = ExportHeader {
             scope: scope.label(),
             public_key: hex::encode(self.public_key().as_bytes()),
@@ -629,8 +636,7 @@ impl AuditLog {
             }
         }
         let Some(base) = target else { return Ok(0) };
-        self.store
-            .apply(&[(scope.base_key(), Some(json(&base)))])?;
+        self.store.apply(&[(scope.base_key(), Some(json(&base)))])?;
         let mut removed = 0;
         for part in ["e/", "cp/"] {
             let prefix = format!("{}{part}", scope.prefix()).into_bytes();
@@ -638,7 +644,10 @@ impl AuditLog {
                 let page = self.store.scan_raw(&prefix, None, 512)?;
                 let writes: Vec<Write> = page
                     .iter()
-                    .filter(|(k, _)| parse_seq(k).is_some_and(|s| s < base.seq || (part == "e/" && s == base.seq)))
+                    .filter(|(k, _)| {
+                        parse_seq(k)
+                            .is_some_and(|s| s < base.seq || (part == "e/" && s == base.seq))
+                    })
                     .map(|(k, _)| (k.clone(), None))
                     .collect();
                 if writes.is_empty() {
@@ -757,7 +766,10 @@ impl Verifier {
             self.problem(
                 base.seq,
                 ProblemKind::BadCheckpoint,
-                format!("the base (pruned to entry {}) is not signed by the audit key", base.seq),
+                format!(
+                    "the base (pruned to entry {}) is not signed by the audit key",
+                    base.seq
+                ),
             );
         }
         self.expected = base.seq + 1;
@@ -783,7 +795,11 @@ impl Verifier {
                     self.scope
                 ),
             ),
-            Err(e) => self.problem(0, ProblemKind::BadCheckpoint, format!("unreadable checkpoint: {e}")),
+            Err(e) => self.problem(
+                0,
+                ProblemKind::BadCheckpoint,
+                format!("unreadable checkpoint: {e}"),
+            ),
         }
     }
 
@@ -817,7 +833,10 @@ impl Verifier {
             self.problem(
                 k,
                 ProblemKind::Reordered,
-                format!("the entry stored at position {k} says it is entry {}", e.seq),
+                format!(
+                    "the entry stored at position {k} says it is entry {}",
+                    e.seq
+                ),
             );
         }
         if e.seq > self.expected {
@@ -852,7 +871,10 @@ impl Verifier {
             self.problem(
                 e.seq,
                 ProblemKind::Edited,
-                format!("entry {} was edited: its content does not match its hash", e.seq),
+                format!(
+                    "entry {} was edited: its content does not match its hash",
+                    e.seq
+                ),
             );
         }
         if let Some(signed) = self.checkpoints.get(&e.seq)
@@ -861,7 +883,10 @@ impl Verifier {
             self.problem(
                 e.seq,
                 ProblemKind::Edited,
-                format!("entry {} differs from what checkpoint {} signed", e.seq, e.seq),
+                format!(
+                    "entry {} differs from what checkpoint {} signed",
+                    e.seq, e.seq
+                ),
             );
         }
         self.report.last_seq = Some(e.seq);
@@ -937,8 +962,8 @@ pub fn verify_export(
         if line.trim().is_empty() {
             continue;
         }
-        let value: serde_json::Value = serde_json::from_str(&line)
-            .map_err(|e| format!("line {}: not JSON: {e}", i + 2))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&line).map_err(|e| format!("line {}: not JSON: {e}", i + 2))?;
         if let Some(cp) = value.get("checkpoint") {
             cps.push(serde_json::from_value::<Checkpoint>(cp.clone()).map_err(|e| e.to_string()));
         } else {
@@ -969,7 +994,8 @@ pub fn verify_export(
 
 /// Parses a hex Ed25519 public key.
 pub fn parse_public_key(text: &str) -> Result<VerifyingKey, String> {
-    let bytes = hex::decode(text.trim()).map_err(|_| "the audit public key must be 64 hex digits")?;
+    let bytes =
+        hex::decode(text.trim()).map_err(|_| "the audit public key must be 64 hex digits")?;
     let arr: [u8; 32] = bytes
         .try_into()
         .map_err(|_| "the audit public key must be 64 hex digits")?;

@@ -11,8 +11,8 @@ use clap::{Parser, Subcommand};
 use switchboard_signing::package::Trust;
 use switchboard_signing::{Capability, KeyId, Package, PackageError, keys};
 
-use crate::runtime::{Method, Principal, Request, Runtime};
 use crate::admin::Op;
+use crate::runtime::{Method, Principal, Request, Runtime};
 use crate::server::{self, ServerConfig};
 
 /// Switchboard: a unified-communications server built as a WebAssembly
@@ -520,18 +520,50 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::User(cmd) => user_cmd(cmd).await,
         Command::Session(SessionCmd::List { data, realm, user }) => {
             let user = resolve_user(&data, &realm, &user).await?;
-            let v = admin_op(&data, Op::SessionList { realm: realm.name(), user }).await?;
+            let v = admin_op(
+                &data,
+                Op::SessionList {
+                    realm: realm.name(),
+                    user,
+                },
+            )
+            .await?;
             println!("{}", serde_json::to_string_pretty(&v)?);
             Ok(())
         }
-        Command::Session(SessionCmd::Revoke { data, realm, user, id }) => {
+        Command::Session(SessionCmd::Revoke {
+            data,
+            realm,
+            user,
+            id,
+        }) => {
             let user = resolve_user(&data, &realm, &user).await?;
-            let v = admin_op(&data, Op::SessionRevoke { realm: realm.name(), user, session: id }).await?;
+            let v = admin_op(
+                &data,
+                Op::SessionRevoke {
+                    realm: realm.name(),
+                    user,
+                    session: id,
+                },
+            )
+            .await?;
             println!("sessions revoked: {}", v["revoked"]);
             Ok(())
         }
-        Command::Policy { data, tenant, mfa, idle_minutes, absolute_hours } => {
-            let current = admin_op(&data, Op::PolicyShow { realm: tenant.clone() }).await?;
+        Command::Policy {
+            data,
+            tenant,
+            mfa,
+            idle_minutes,
+            absolute_hours,
+        } => {
+            let current = admin_op(
+                &data,
+                Op::PolicyShow {
+                    realm: tenant.clone(),
+                },
+            )
+            .await?;
             let mut policy: crate::identity::Policy = serde_json::from_value(current)?;
             let changed = mfa.is_some() || idle_minutes.is_some() || absolute_hours.is_some();
             if let Some(m) = mfa {
@@ -549,7 +581,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 policy.session_absolute_hours = h;
             }
             if changed {
-                admin_op(&data, Op::PolicySet { realm: tenant, policy: policy.clone() }).await?;
+                admin_op(
+                    &data,
+                    Op::PolicySet {
+                        realm: tenant,
+                        policy: policy.clone(),
+                    },
+                )
+                .await?;
             }
             println!("{}", serde_json::to_string_pretty(&policy)?);
             Ok(())
@@ -905,7 +944,13 @@ async fn admin_op(data: &DataArgs, op: Op) -> anyhow::Result<serde_json::Value> 
 
 /// A user id from an id or a login name.
 async fn resolve_user(data: &DataArgs, realm: &RealmArgs, user: &str) -> anyhow::Result<String> {
-    let list = admin_op(data, Op::UserList { realm: realm.name() }).await?;
+    let list = admin_op(
+        data,
+        Op::UserList {
+            realm: realm.name(),
+        },
+    )
+    .await?;
     let users = list["users"].as_array().cloned().unwrap_or_default();
     let wanted = user.to_lowercase();
     users
@@ -917,7 +962,15 @@ async fn resolve_user(data: &DataArgs, realm: &RealmArgs, user: &str) -> anyhow:
 
 async fn user_cmd(cmd: UserCmd) -> anyhow::Result<()> {
     match cmd {
-        UserCmd::Create { data, realm, username, role, display_name, email, tenants } => {
+        UserCmd::Create {
+            data,
+            realm,
+            username,
+            role,
+            display_name,
+            email,
+            tenants,
+        } => {
             let account = crate::identity::NewAccount {
                 username,
                 display_name,
@@ -926,7 +979,14 @@ async fn user_cmd(cmd: UserCmd) -> anyhow::Result<()> {
                 password: None,
                 tenants,
             };
-            let v = admin_op(&data, Op::UserCreate { realm: realm.name(), account }).await?;
+            let v = admin_op(
+                &data,
+                Op::UserCreate {
+                    realm: realm.name(),
+                    account,
+                },
+            )
+            .await?;
             println!(
                 "user {} ({}) created in {}",
                 v["user"]["username"].as_str().unwrap_or_default(),
@@ -939,42 +999,94 @@ async fn user_cmd(cmd: UserCmd) -> anyhow::Result<()> {
             );
         }
         UserCmd::List { data, realm } => {
-            let v = admin_op(&data, Op::UserList { realm: realm.name() }).await?;
+            let v = admin_op(
+                &data,
+                Op::UserList {
+                    realm: realm.name(),
+                },
+            )
+            .await?;
             for u in v["users"].as_array().cloned().unwrap_or_default() {
                 println!(
                     "{}  {:<24} {:<13} {}{}{}",
                     u["id"].as_str().unwrap_or_default(),
                     u["username"].as_str().unwrap_or_default(),
                     u["role"].as_str().unwrap_or_default(),
-                    if u["active"] == true { "active" } else { "disabled" },
+                    if u["active"] == true {
+                        "active"
+                    } else {
+                        "disabled"
+                    },
                     if u["locked"] == true { ", locked" } else { "" },
                     if u["mfa"] == true { ", mfa" } else { "" },
                 );
             }
         }
-        UserCmd::Update { data, realm, user, role, disable, enable, display_name, email } => {
+        UserCmd::Update {
+            data,
+            realm,
+            user,
+            role,
+            disable,
+            enable,
+            display_name,
+            email,
+        } => {
             let id = resolve_user(&data, &realm, &user).await?;
             let change = crate::identity::AccountChange {
                 display_name,
                 email,
                 role,
-                active: if disable { Some(false) } else if enable { Some(true) } else { None },
+                active: if disable {
+                    Some(false)
+                } else if enable {
+                    Some(true)
+                } else {
+                    None
+                },
                 tenants: None,
             };
-            let v = admin_op(&data, Op::UserUpdate { realm: realm.name(), user: id, change }).await?;
+            let v = admin_op(
+                &data,
+                Op::UserUpdate {
+                    realm: realm.name(),
+                    user: id,
+                    change,
+                },
+            )
+            .await?;
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
-        UserCmd::Delete { data, realm, user, yes } => {
+        UserCmd::Delete {
+            data,
+            realm,
+            user,
+            yes,
+        } => {
             if !yes {
                 bail!("deleting user {user} cannot be undone; pass --yes");
             }
             let id = resolve_user(&data, &realm, &user).await?;
-            admin_op(&data, Op::UserDelete { realm: realm.name(), user: id }).await?;
+            admin_op(
+                &data,
+                Op::UserDelete {
+                    realm: realm.name(),
+                    user: id,
+                },
+            )
+            .await?;
             println!("user {user} deleted");
         }
         UserCmd::ResetPassword { data, realm, user } => {
             let id = resolve_user(&data, &realm, &user).await?;
-            let v = admin_op(&data, Op::UserResetPassword { realm: realm.name(), user: id }).await?;
+            let v = admin_op(
+                &data,
+                Op::UserResetPassword {
+                    realm: realm.name(),
+                    user: id,
+                },
+            )
+            .await?;
             println!(
                 "welcome password (must be changed at first sign-in): {}",
                 v["welcome_password"].as_str().unwrap_or_default()
@@ -982,12 +1094,26 @@ async fn user_cmd(cmd: UserCmd) -> anyhow::Result<()> {
         }
         UserCmd::Unlock { data, realm, user } => {
             let id = resolve_user(&data, &realm, &user).await?;
-            admin_op(&data, Op::UserUnlock { realm: realm.name(), user: id }).await?;
+            admin_op(
+                &data,
+                Op::UserUnlock {
+                    realm: realm.name(),
+                    user: id,
+                },
+            )
+            .await?;
             println!("user {user} unlocked");
         }
         UserCmd::ResetMfa { data, realm, user } => {
             let id = resolve_user(&data, &realm, &user).await?;
-            admin_op(&data, Op::UserResetMfa { realm: realm.name(), user: id }).await?;
+            admin_op(
+                &data,
+                Op::UserResetMfa {
+                    realm: realm.name(),
+                    user: id,
+                },
+            )
+            .await?;
             println!("second factor of {user} removed; sessions ended");
         }
     }
@@ -1017,7 +1143,13 @@ fn print_report(r: &crate::audit::Report) -> bool {
 
 async fn audit_cmd(cmd: AuditCmd) -> anyhow::Result<()> {
     match cmd {
-        AuditCmd::Verify { data, realm, all, file, public_key } => {
+        AuditCmd::Verify {
+            data,
+            realm,
+            all,
+            file,
+            public_key,
+        } => {
             let intact = if let Some(file) = file {
                 let key = public_key
                     .map(|k| crate::audit::parse_public_key(&k))
@@ -1068,7 +1200,14 @@ async fn audit_cmd(cmd: AuditCmd) -> anyhow::Result<()> {
                     scratch.path().join("export.jsonl")
                 }
             };
-            let v = admin_op(&data, Op::AuditWrite { realm: realm.name(), path: path.clone() }).await?;
+            let v = admin_op(
+                &data,
+                Op::AuditWrite {
+                    realm: realm.name(),
+                    path: path.clone(),
+                },
+            )
+            .await?;
             match &out {
                 Some(p) => eprintln!("{} entries written to {}", v["entries"], p.display()),
                 None => {
@@ -1080,7 +1219,11 @@ async fn audit_cmd(cmd: AuditCmd) -> anyhow::Result<()> {
         }
         AuditCmd::Key { data } => {
             let v = admin_op(&data, Op::AuditKey).await?;
-            println!("{} (key id {})", v["public_key"].as_str().unwrap_or_default(), v["key_id"].as_str().unwrap_or_default());
+            println!(
+                "{} (key id {})",
+                v["public_key"].as_str().unwrap_or_default(),
+                v["key_id"].as_str().unwrap_or_default()
+            );
             Ok(())
         }
     }

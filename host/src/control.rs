@@ -21,7 +21,9 @@ pub enum ControlRequest {
     },
     RotateMaster,
     /// An administrative operation, run as the console.
-    Admin { admin: crate::admin::Op },
+    Admin {
+        admin: crate::admin::Op,
+    },
 }
 
 /// The answer: `ok` with a message, or an error code and message.

@@ -352,7 +352,11 @@ impl Caller {
     }
 
     /// The audit context of this caller.
-    pub fn audit_context(&self, source: Option<String>, request_id: Option<String>) -> audit::Context {
+    pub fn audit_context(
+        &self,
+        source: Option<String>,
+        request_id: Option<String>,
+    ) -> audit::Context {
         audit::Context {
             actor: Actor {
                 kind: self.role.actor_kind(),
@@ -429,19 +433,25 @@ pub struct AccountChange {
 pub enum AuthError {
     /// Wrong or unknown name, wrong password, locked or disabled: one
     /// answer for all, so nothing says which (SPEC I3).
-    #[error("sign-in failed: the user name or password is wrong, or the account is locked or disabled")]
+    #[error(
+        "sign-in failed: the user name or password is wrong, or the account is locked or disabled"
+    )]
     InvalidCredentials,
     /// Too many recent failures for this name or address.
     #[error("too many failed sign-ins; try again in {} s", retry_after_ms.div_ceil(1000))]
     Throttled { retry_after_ms: u64 },
     /// The password was right; a TOTP or recovery code is needed too.
-    #[error("a second factor is required: send a 6-digit authenticator code as `totp` or a recovery code as `recovery_code`")]
+    #[error(
+        "a second factor is required: send a 6-digit authenticator code as `totp` or a recovery code as `recovery_code`"
+    )]
     MfaRequired,
     /// The second factor was wrong, expired or already used.
     #[error("the authenticator or recovery code is wrong, expired or already used")]
     MfaInvalid,
     /// No valid session.
-    #[error("not signed in: the session token is missing, malformed, expired or revoked; sign in again")]
+    #[error(
+        "not signed in: the session token is missing, malformed, expired or revoked; sign in again"
+    )]
     Unauthenticated,
     /// The session may only change its password or enrol MFA first.
     #[error("{}", match .0 {
@@ -603,8 +613,7 @@ pub fn normalize_username(name: &str) -> Result<String, AuthError> {
     let ok = !n.is_empty()
         && n.len() <= MAX_USERNAME_LEN
         && n.as_bytes()[0].is_ascii_alphanumeric()
-        && n
-            .bytes()
+        && n.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._@+-".contains(&b));
     if ok {
         Ok(n)
@@ -715,7 +724,9 @@ impl Identity {
             ));
         }
         policy.validate()?;
-        let seq = self.store.apply(&[(policy_key(realm), Some(json(&policy)))])?;
+        let seq = self
+            .store
+            .apply(&[(policy_key(realm), Some(json(&policy)))])?;
         self.store.durable(seq).await?;
         self.audit(
             realm,
@@ -751,7 +762,12 @@ impl Identity {
             .ok_or_else(|| AuthError::NotFound(format!("user {id}")))
     }
 
-    async fn save(&self, realm: &Scope, account: &Account, extra: Vec<Write>) -> Result<(), AuthError> {
+    async fn save(
+        &self,
+        realm: &Scope,
+        account: &Account,
+        extra: Vec<Write>,
+    ) -> Result<(), AuthError> {
         let mut writes = vec![(user_key(realm, &account.id), Some(json(account)))];
         writes.extend(extra);
         let seq = self.store.apply(&writes)?;
@@ -769,7 +785,9 @@ impl Identity {
         let Ok(name) = normalize_username(name) else {
             return Ok(None);
         };
-        Ok(self.account_by_name(realm, &name)?.map(|a| a.view(now_ms())))
+        Ok(self
+            .account_by_name(realm, &name)?
+            .map(|a| a.view(now_ms())))
     }
 
     /// Every account of a realm, by login name.
@@ -869,7 +887,10 @@ impl Identity {
         self.save(
             realm,
             &account,
-            vec![(name_key(realm, &username), Some(account.id.clone().into_bytes()))],
+            vec![(
+                name_key(realm, &username),
+                Some(account.id.clone().into_bytes()),
+            )],
         )
         .await?;
         self.audit(
@@ -927,7 +948,9 @@ impl Identity {
         }
         if let Some(tenants) = change.tenants {
             if a.role != Role::Partner {
-                return Err(AuthError::InvalidArgument("only partners are assigned tenants".into()));
+                return Err(AuthError::InvalidArgument(
+                    "only partners are assigned tenants".into(),
+                ));
             }
             for t in &tenants {
                 self.require_realm(&Scope::tenant(t))?;
@@ -953,7 +976,13 @@ impl Identity {
         writes.push((name_key(realm, &a.username), None));
         let seq = self.store.apply(&writes)?;
         self.store.durable(seq).await?;
-        self.audit(realm, "user.delete", &format!("{id} ({})", a.username), outcome::SUCCESS, "");
+        self.audit(
+            realm,
+            "user.delete",
+            &format!("{id} ({})", a.username),
+            outcome::SUCCESS,
+            "",
+        );
         Ok(())
     }
 
@@ -968,7 +997,13 @@ impl Identity {
         a.must_change_password = true;
         let revoke = self.session_deletes(realm, id)?;
         self.save(realm, &a, revoke).await?;
-        self.audit(realm, "user.password-reset", id, outcome::SUCCESS, "welcome password set; sessions ended");
+        self.audit(
+            realm,
+            "user.password-reset",
+            id,
+            outcome::SUCCESS,
+            "welcome password set; sessions ended",
+        );
         Ok(welcome)
     }
 
@@ -991,7 +1026,13 @@ impl Identity {
         a.mfa = None;
         let revoke = self.session_deletes(realm, id)?;
         self.save(realm, &a, revoke).await?;
-        self.audit(realm, "user.mfa-reset", id, outcome::SUCCESS, "second factor removed; sessions ended");
+        self.audit(
+            realm,
+            "user.mfa-reset",
+            id,
+            outcome::SUCCESS,
+            "second factor removed; sessions ended",
+        );
         Ok(())
     }
 
@@ -1020,7 +1061,9 @@ impl Identity {
             )));
         }
         if req.username.len() > 256 {
-            return Err(AuthError::InvalidArgument("user name longer than 256 bytes".into()));
+            return Err(AuthError::InvalidArgument(
+                "user name longer than 256 bytes".into(),
+            ));
         }
         let name = req.username.trim().to_lowercase();
         let track = format!("{}/{name}", realm.label());
@@ -1057,7 +1100,9 @@ impl Identity {
             || lock(&self.throttle).is_locked(&track, now);
         let reason = match &account {
             None => Some("unknown user"),
-            Some(a) if a.password_hash.is_none() => Some("account signs in through single sign-on only"),
+            Some(a) if a.password_hash.is_none() => {
+                Some("account signs in through single sign-on only")
+            }
             Some(_) if locked => Some("account locked"),
             Some(a) if !a.active => Some("account disabled"),
             Some(_) if !password_ok => Some("wrong password"),
@@ -1074,8 +1119,15 @@ impl Identity {
             }
         };
         if let Some(reason) = reason {
-            self.record_failure(realm, &track, account.as_ref(), req.source, now, &realm_audit)
-                .await?;
+            self.record_failure(
+                realm,
+                &track,
+                account.as_ref(),
+                req.source,
+                now,
+                &realm_audit,
+            )
+            .await?;
             realm_audit("auth.login", outcome::FAILURE, reason.to_string()).await;
             return Err(AuthError::InvalidCredentials);
         }
@@ -1086,7 +1138,12 @@ impl Identity {
         if account.mfa_enrolled() {
             match (req.totp, req.recovery_code) {
                 (None, None) => {
-                    realm_audit("auth.login", outcome::FAILURE, "second factor missing".into()).await;
+                    realm_audit(
+                        "auth.login",
+                        outcome::FAILURE,
+                        "second factor missing".into(),
+                    )
+                    .await;
                     return Err(AuthError::MfaRequired);
                 }
                 (totp, recovery) => {
@@ -1099,9 +1156,17 @@ impl Identity {
                     let used = self.use_second_factor(&mut account, totp, recovery, now);
                     if !used {
                         drop(_w);
-                        self.record_failure(realm, &track, Some(&account), req.source, now, &realm_audit)
-                            .await?;
-                        realm_audit("auth.login", outcome::FAILURE, "wrong second factor".into()).await;
+                        self.record_failure(
+                            realm,
+                            &track,
+                            Some(&account),
+                            req.source,
+                            now,
+                            &realm_audit,
+                        )
+                        .await?;
+                        realm_audit("auth.login", outcome::FAILURE, "wrong second factor".into())
+                            .await;
                         return Err(AuthError::MfaInvalid);
                     }
                     self.save(realm, &account, Vec::new()).await?;
@@ -1118,7 +1183,15 @@ impl Identity {
             None
         };
         let issued = self
-            .issue(realm, &account, &policy, restriction, source, req.user_agent, "password")
+            .issue(
+                realm,
+                &account,
+                &policy,
+                restriction,
+                source,
+                req.user_agent,
+                "password",
+            )
             .await?;
         metrics::LOGINS.inc();
         let caller_ctx = audit::Context {
@@ -1199,7 +1272,9 @@ impl Identity {
             let Some(secret) = totp::base32_decode(&mfa.secret) else {
                 return false;
             };
-            if let Some(step) = totp::check(&secret, code.trim(), totp::step(now / 1000), mfa.last_step) {
+            if let Some(step) =
+                totp::check(&secret, code.trim(), totp::step(now / 1000), mfa.last_step)
+            {
                 mfa.last_step = step;
                 return true;
             }
@@ -1254,7 +1329,11 @@ impl Identity {
         let seq = self.store.apply(&[
             (session_key(realm, &hash), Some(json(&session))),
             (
-                [user_sessions_prefix(realm, &account.id), session.id.clone().into_bytes()].concat(),
+                [
+                    user_sessions_prefix(realm, &account.id),
+                    session.id.clone().into_bytes(),
+                ]
+                .concat(),
                 Some(hash.into_bytes()),
             ),
         ])?;
@@ -1293,7 +1372,11 @@ impl Identity {
             let _ = self.store.apply(&[
                 (key, None),
                 (
-                    [user_sessions_prefix(&realm, &session.user), session.id.clone().into_bytes()].concat(),
+                    [
+                        user_sessions_prefix(&realm, &session.user),
+                        session.id.clone().into_bytes(),
+                    ]
+                    .concat(),
                     None,
                 ),
             ]);
@@ -1341,7 +1424,13 @@ impl Identity {
     pub async fn logout(&self, caller: &Caller) -> Result<(), AuthError> {
         self.revoke_session(&caller.realm, &caller.user, &caller.session)
             .await?;
-        self.audit(&caller.realm, "auth.logout", &caller.username, outcome::SUCCESS, &format!("session {}", caller.session));
+        self.audit(
+            &caller.realm,
+            "auth.logout",
+            &caller.username,
+            outcome::SUCCESS,
+            &format!("session {}", caller.session),
+        );
         Ok(())
     }
 
@@ -1356,11 +1445,21 @@ impl Identity {
     }
 
     /// A user's live sessions, newest first.
-    pub fn sessions(&self, realm: &Scope, user: &str, current: Option<&str>) -> Result<Vec<SessionView>, AuthError> {
+    pub fn sessions(
+        &self,
+        realm: &Scope,
+        user: &str,
+        current: Option<&str>,
+    ) -> Result<Vec<SessionView>, AuthError> {
         let now = now_ms();
         let mut out = Vec::new();
-        for (_, hash) in self.store.scan(&user_sessions_prefix(realm, user), None, usize::MAX)? {
-            if let Some(raw) = self.store.get(&session_key(realm, &String::from_utf8_lossy(&hash)))?
+        for (_, hash) in self
+            .store
+            .scan(&user_sessions_prefix(realm, user), None, usize::MAX)?
+        {
+            if let Some(raw) = self
+                .store
+                .get(&session_key(realm, &String::from_utf8_lossy(&hash)))?
                 && let Ok(s) = serde_json::from_slice::<Session>(&raw)
                 && now < s.expires_ms
                 && now < s.last_seen_ms + s.idle_ms
@@ -1368,12 +1467,17 @@ impl Identity {
                 out.push(s.view(current));
             }
         }
-        out.sort_by(|a, b| b.created_ms.cmp(&a.created_ms));
+        out.sort_by_key(|s| std::cmp::Reverse(s.created_ms));
         Ok(out)
     }
 
     /// Ends one of a user's sessions by its public id.
-    pub async fn revoke_session(&self, realm: &Scope, user: &str, id: &str) -> Result<(), AuthError> {
+    pub async fn revoke_session(
+        &self,
+        realm: &Scope,
+        user: &str,
+        id: &str,
+    ) -> Result<(), AuthError> {
         let index = [user_sessions_prefix(realm, user), id.as_bytes().to_vec()].concat();
         let Some(hash) = self.store.get(&index)? else {
             return Err(AuthError::NotFound(format!("session {id}")));
@@ -1383,7 +1487,13 @@ impl Identity {
             (index, None),
         ])?;
         self.store.durable(seq).await?;
-        self.audit(realm, "session.revoke", &format!("{user}/{id}"), outcome::SUCCESS, "");
+        self.audit(
+            realm,
+            "session.revoke",
+            &format!("{user}/{id}"),
+            outcome::SUCCESS,
+            "",
+        );
         Ok(())
     }
 
@@ -1393,7 +1503,13 @@ impl Identity {
         let n = writes.len() / 2;
         let seq = self.store.apply(&writes)?;
         self.store.durable(seq).await?;
-        self.audit(realm, "session.revoke-all", user, outcome::SUCCESS, &format!("{n} sessions"));
+        self.audit(
+            realm,
+            "session.revoke-all",
+            user,
+            outcome::SUCCESS,
+            &format!("{n} sessions"),
+        );
         Ok(n)
     }
 
@@ -1419,13 +1535,23 @@ impl Identity {
         let realm = &caller.realm;
         let account = self.existing(realm, &caller.user)?;
         let phc = account.password_hash.clone().ok_or_else(|| {
-            AuthError::Forbidden("this account signs in through single sign-on and has no password".into())
+            AuthError::Forbidden(
+                "this account signs in through single sign-on and has no password".into(),
+            )
         })?;
         if !self.verify_password(current.to_string(), phc.clone()).await {
-            self.audit(realm, "auth.password-change", &caller.username, outcome::FAILURE, "current password wrong");
+            self.audit(
+                realm,
+                "auth.password-change",
+                &caller.username,
+                outcome::FAILURE,
+                "current password wrong",
+            );
             return Err(AuthError::InvalidCredentials);
         }
-        let mut unmet = password::check(new, &account.username).err().unwrap_or_default();
+        let mut unmet = password::check(new, &account.username)
+            .err()
+            .unwrap_or_default();
         if unmet.is_empty() && self.verify_password(new.to_string(), phc).await {
             unmet.push("choose a password different from the current one".into());
         }
@@ -1440,19 +1566,35 @@ impl Identity {
         let revoke = self.session_deletes(realm, &account.id)?;
         self.save(realm, &account, revoke).await?;
         drop(_w);
-        self.audit(realm, "auth.password-change", &caller.username, outcome::SUCCESS, "every session ended");
+        self.audit(
+            realm,
+            "auth.password-change",
+            &caller.username,
+            outcome::SUCCESS,
+            "every session ended",
+        );
         let policy = self.policy(realm)?;
         let restriction = (policy.requires_mfa(account.role) && !account.mfa_enrolled())
             .then_some(Restriction::EnrolMfa);
-        self.issue(realm, &account, &policy, restriction, source, user_agent, "password")
-            .await
+        self.issue(
+            realm,
+            &account,
+            &policy,
+            restriction,
+            source,
+            user_agent,
+            "password",
+        )
+        .await
     }
 
     /// Starts TOTP enrolment: a new secret the caller's app must prove it
     /// holds (`mfa_confirm`). Returns (base32 secret, otpauth URI).
     pub async fn mfa_enroll(&self, caller: &Caller) -> Result<(String, String), AuthError> {
         if caller.role == Role::Guest {
-            return Err(AuthError::Forbidden("guests cannot enrol a second factor".into()));
+            return Err(AuthError::Forbidden(
+                "guests cannot enrol a second factor".into(),
+            ));
         }
         let _w = self.writes.lock().await;
         let mut account = self.existing(&caller.realm, &caller.user)?;
@@ -1472,7 +1614,13 @@ impl Identity {
         });
         self.save(&caller.realm, &account, Vec::new()).await?;
         let issuer = format!("Switchboard {}", caller.realm.label());
-        self.audit(&caller.realm, "auth.mfa-enroll", &caller.username, outcome::SUCCESS, "secret issued, awaiting confirmation");
+        self.audit(
+            &caller.realm,
+            "auth.mfa-enroll",
+            &caller.username,
+            outcome::SUCCESS,
+            "secret issued, awaiting confirmation",
+        );
         Ok((b32, totp::uri(&issuer, &account.username, &secret)))
     }
 
@@ -1488,7 +1636,13 @@ impl Identity {
         };
         let secret = totp::base32_decode(&mfa.secret).unwrap_or_default();
         let Some(step) = totp::check(&secret, code.trim(), totp::step(now_ms() / 1000), 0) else {
-            self.audit(&caller.realm, "auth.mfa-confirm", &caller.username, outcome::FAILURE, "wrong code");
+            self.audit(
+                &caller.realm,
+                "auth.mfa-confirm",
+                &caller.username,
+                outcome::FAILURE,
+                "wrong code",
+            );
             return Err(AuthError::MfaInvalid);
         };
         let mut codes = Vec::new();
@@ -1504,7 +1658,11 @@ impl Identity {
             .collect();
         let mut extra = Vec::new();
         // Lift the restriction on the session that enrolled.
-        let index = [user_sessions_prefix(&caller.realm, &caller.user), caller.session.as_bytes().to_vec()].concat();
+        let index = [
+            user_sessions_prefix(&caller.realm, &caller.user),
+            caller.session.as_bytes().to_vec(),
+        ]
+        .concat();
         if let Some(hash) = self.store.get(&index)? {
             let skey = session_key(&caller.realm, &String::from_utf8_lossy(&hash));
             if let Some(raw) = self.store.get(&skey)?
@@ -1516,7 +1674,13 @@ impl Identity {
             }
         }
         self.save(&caller.realm, &account, extra).await?;
-        self.audit(&caller.realm, "auth.mfa-confirm", &caller.username, outcome::SUCCESS, "second factor enrolled");
+        self.audit(
+            &caller.realm,
+            "auth.mfa-confirm",
+            &caller.username,
+            outcome::SUCCESS,
+            "second factor enrolled",
+        );
         Ok(codes)
     }
 
@@ -1537,7 +1701,12 @@ impl Identity {
         source: Option<String>,
     ) -> Result<Issued, AuthError> {
         self.require_realm(realm)?;
-        let link = format!("{}x/{}", prefix(realm), sha256_hex(format!("{issuer}\0{subject}").as_bytes())).into_bytes();
+        let link = format!(
+            "{}x/{}",
+            prefix(realm),
+            sha256_hex(format!("{issuer}\0{subject}").as_bytes())
+        )
+        .into_bytes();
         let _w = self.writes.lock().await;
         let account = match self.store.get(&link)? {
             Some(id) => self.account(realm, &String::from_utf8_lossy(&id))?,
@@ -1546,7 +1715,13 @@ impl Identity {
         let account = match account {
             Some(a) => a,
             None if !provision => {
-                self.audit(realm, "auth.sso", username, outcome::DENIED, "no linked account and provisioning is off");
+                self.audit(
+                    realm,
+                    "auth.sso",
+                    username,
+                    outcome::DENIED,
+                    "no linked account and provisioning is off",
+                );
                 return Err(AuthError::Forbidden(
                     "no account is linked to this identity and the tenant does not create accounts on first sign-in".into(),
                 ));
@@ -1554,12 +1729,22 @@ impl Identity {
             None => {
                 let name = normalize_username(username)?;
                 if self.store.get(&name_key(realm, &name))?.is_some() {
-                    self.audit(realm, "auth.sso", &name, outcome::DENIED, "a local account of that name exists and is not linked");
+                    self.audit(
+                        realm,
+                        "auth.sso",
+                        &name,
+                        outcome::DENIED,
+                        "a local account of that name exists and is not linked",
+                    );
                     return Err(AuthError::AlreadyExists(format!(
                         "a local account named {name} (not linked to the identity provider; an admin must rename or delete it)"
                     )));
                 }
-                let display = display_name.unwrap_or(&name).chars().take(MAX_DISPLAY_NAME_LEN).collect::<String>();
+                let display = display_name
+                    .unwrap_or(&name)
+                    .chars()
+                    .take(MAX_DISPLAY_NAME_LEN)
+                    .collect::<String>();
                 let a = Account {
                     id: format!("u{}", crate::fsutil::random_hex(8)),
                     username: name.clone(),
@@ -1584,21 +1769,41 @@ impl Identity {
                     ],
                 )
                 .await?;
-                self.audit(realm, "user.create", &format!("{} ({name})", a.id), outcome::SUCCESS, &format!("provisioned on first sign-in through {issuer}"));
+                self.audit(
+                    realm,
+                    "user.create",
+                    &format!("{} ({name})", a.id),
+                    outcome::SUCCESS,
+                    &format!("provisioned on first sign-in through {issuer}"),
+                );
                 a
             }
         };
         drop(_w);
         if !account.active {
-            self.audit(realm, "auth.sso", &account.username, outcome::DENIED, "account disabled");
+            self.audit(
+                realm,
+                "auth.sso",
+                &account.username,
+                outcome::DENIED,
+                "account disabled",
+            );
             return Err(AuthError::InvalidCredentials);
         }
         let policy = self.policy(realm)?;
         // The identity provider authenticated the user, second factor
         // included: no local restriction applies.
-        let issued = self.issue(realm, &account, &policy, None, source, None, "sso").await?;
+        let issued = self
+            .issue(realm, &account, &policy, None, source, None, "sso")
+            .await?;
         metrics::LOGINS.inc();
-        self.audit(realm, "auth.sso", &account.username, outcome::SUCCESS, &format!("through {issuer}, session {}", issued.session.id));
+        self.audit(
+            realm,
+            "auth.sso",
+            &account.username,
+            outcome::SUCCESS,
+            &format!("through {issuer}, session {}", issued.session.id),
+        );
         Ok(issued)
     }
 
@@ -1617,7 +1822,9 @@ impl Identity {
         self.require_realm(&realm)?;
         check_display_name(display_name)?;
         if display_name.trim().is_empty() {
-            return Err(AuthError::InvalidArgument("a guest needs a display name".into()));
+            return Err(AuthError::InvalidArgument(
+                "a guest needs a display name".into(),
+            ));
         }
         if resource.is_empty() || resource.len() > 256 || resource.chars().any(char::is_control) {
             return Err(AuthError::InvalidArgument(
@@ -1649,7 +1856,11 @@ impl Identity {
         let writes = vec![
             (session_key(&realm, &hash), Some(json(&session))),
             (
-                [user_sessions_prefix(&realm, &id), session.id.clone().into_bytes()].concat(),
+                [
+                    user_sessions_prefix(&realm, &id),
+                    session.id.clone().into_bytes(),
+                ]
+                .concat(),
                 Some(hash.into_bytes()),
             ),
         ];
@@ -1685,7 +1896,10 @@ mod tests {
 
     #[test]
     fn usernames_are_normalised_and_checked() {
-        assert_eq!(normalize_username(" Alice@Example.com ").unwrap(), "alice@example.com");
+        assert_eq!(
+            normalize_username(" Alice@Example.com ").unwrap(),
+            "alice@example.com"
+        );
         for bad in ["", "-x", "a b", "a/b", &"x".repeat(65), "ümlaut"] {
             assert!(normalize_username(bad).is_err(), "{bad}");
         }

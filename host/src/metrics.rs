@@ -32,10 +32,7 @@ impl Counter {
 }
 
 /// Successful sign-ins.
-pub static LOGINS: Counter = Counter::new(
-    "switchboard_auth_logins_total",
-    "Successful sign-ins.",
-);
+pub static LOGINS: Counter = Counter::new("switchboard_auth_logins_total", "Successful sign-ins.");
 /// Failed sign-ins (wrong or unknown name, wrong password or code, locked).
 pub static LOGIN_FAILURES: Counter = Counter::new(
     "switchboard_auth_login_failures_total",
@@ -57,7 +54,13 @@ pub static BAD_TOKENS: Counter = Counter::new(
     "Requests refused for a missing, malformed, expired or revoked token.",
 );
 
-const ALL: &[&Counter] = &[&LOGINS, &LOGIN_FAILURES, &LOGIN_THROTTLED, &LOCKOUTS, &BAD_TOKENS];
+const ALL: &[&Counter] = &[
+    &LOGINS,
+    &LOGIN_FAILURES,
+    &LOGIN_THROTTLED,
+    &LOCKOUTS,
+    &BAD_TOKENS,
+];
 
 /// Every counter in Prometheus text exposition format.
 pub fn render() -> String {

@@ -130,7 +130,9 @@ fn random_b64(n: usize) -> String {
 /// or `http` to a loopback host (RFC 8252 native apps).
 pub fn check_redirect_uri(uri: &str) -> Result<(), String> {
     if uri.len() > 2048 || uri.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(format!("redirect URI {uri:?} is too long or has spaces or control characters"));
+        return Err(format!(
+            "redirect URI {uri:?} is too long or has spaces or control characters"
+        ));
     }
     let parsed: hyper::Uri = uri
         .parse()
@@ -159,7 +161,11 @@ pub async fn add_client(
 ) -> Result<(ClientView, Option<String>), ApiError> {
     require_tenant(rt, tenant)?;
     if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
-        return Err(ApiError::new(400, "invalid_argument", "client name must be 1-128 characters"));
+        return Err(ApiError::new(
+            400,
+            "invalid_argument",
+            "client name must be 1-128 characters",
+        ));
     }
     if redirect_uris.is_empty() || redirect_uris.len() > MAX_REDIRECT_URIS {
         return Err(ApiError::new(
@@ -181,7 +187,10 @@ pub async fn add_client(
     };
     let store = rt.data_store();
     let seq = store
-        .apply(&[(client_key(tenant, &client.id), Some(serde_json::to_vec(&client).unwrap_or_default()))])
+        .apply(&[(
+            client_key(tenant, &client.id),
+            Some(serde_json::to_vec(&client).unwrap_or_default()),
+        )])
         .map_err(AuthError::from)?;
     store.durable(seq).await.map_err(AuthError::from)?;
     rt.audit_log()
@@ -191,7 +200,12 @@ pub async fn add_client(
                 action: "oidc.client.add",
                 target: &client.id,
                 outcome: outcome::SUCCESS,
-                details: &format!("{} ({}), redirect URIs {:?}", client.name, if public { "public" } else { "confidential" }, client.redirect_uris),
+                details: &format!(
+                    "{} ({}), redirect URIs {:?}",
+                    client.name,
+                    if public { "public" } else { "confidential" },
+                    client.redirect_uris
+                ),
             },
         )
         .ok();
@@ -227,15 +241,30 @@ pub fn clients(rt: &Runtime, tenant: &str) -> Result<Vec<ClientView>, ApiError> 
 pub async fn remove_client(rt: &Runtime, tenant: &str, id: &str) -> Result<(), ApiError> {
     require_tenant(rt, tenant)?;
     let store = rt.data_store();
-    if store.get(&client_key(tenant, id)).map_err(AuthError::from)?.is_none() {
-        return Err(ApiError::new(404, "not_found", format!("client {id} not found")));
+    if store
+        .get(&client_key(tenant, id))
+        .map_err(AuthError::from)?
+        .is_none()
+    {
+        return Err(ApiError::new(
+            404,
+            "not_found",
+            format!("client {id} not found"),
+        ));
     }
-    let seq = store.apply(&[(client_key(tenant, id), None)]).map_err(AuthError::from)?;
+    let seq = store
+        .apply(&[(client_key(tenant, id), None)])
+        .map_err(AuthError::from)?;
     store.durable(seq).await.map_err(AuthError::from)?;
     rt.audit_log()
         .append(
             &Scope::tenant(tenant),
-            audit::Record { action: "oidc.client.remove", target: id, outcome: outcome::SUCCESS, details: "" },
+            audit::Record {
+                action: "oidc.client.remove",
+                target: id,
+                outcome: outcome::SUCCESS,
+                details: "",
+            },
         )
         .ok();
     Ok(())
@@ -245,7 +274,11 @@ fn require_tenant(rt: &Runtime, tenant: &str) -> Result<(), ApiError> {
     if rt.tenants().iter().any(|t| t.id == tenant) {
         Ok(())
     } else {
-        Err(ApiError::new(404, "tenant_not_found", format!("tenant {tenant:?} does not exist")))
+        Err(ApiError::new(
+            404,
+            "tenant_not_found",
+            format!("tenant {tenant:?} does not exist"),
+        ))
     }
 }
 
@@ -260,8 +293,13 @@ fn client(rt: &Runtime, tenant: &str, id: &str) -> Option<Client> {
 /// The tenant's ID-token signing key (derived from its tenant key: nothing
 /// stored, destroyed with the tenant).
 fn signing_key(rt: &Runtime, tenant: &str) -> Result<ed25519_dalek::SigningKey, ApiError> {
-    let key = rt.data_store().tenant_key(tenant).map_err(AuthError::from)?;
-    Ok(ed25519_dalek::SigningKey::from_bytes(&key.derive(b"oidc\0id-token\0ed25519")))
+    let key = rt
+        .data_store()
+        .tenant_key(tenant)
+        .map_err(AuthError::from)?;
+    Ok(ed25519_dalek::SigningKey::from_bytes(
+        &key.derive(b"oidc\0id-token\0ed25519"),
+    ))
 }
 
 fn kid(key: &ed25519_dalek::VerifyingKey) -> String {
@@ -275,11 +313,9 @@ pub fn form(text: &str) -> HashMap<String, String> {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         // A repeated parameter is ambiguous: keep none (RFC 6749 3.1).
         let (k, v) = (decode(k), decode(v));
-        if out.contains_key(&k) {
-            out.insert(k, "\u{0}repeated".into());
-        } else {
-            out.insert(k, v);
-        }
+        out.entry(k)
+            .and_modify(|e: &mut String| *e = "\u{0}repeated".into())
+            .or_insert(v);
     }
     out
 }
@@ -291,7 +327,8 @@ fn decode(s: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match (hex_digit(bytes[i + 1]), hex_digit(bytes[i + 2])) {
+            b'%' if i + 2 < bytes.len() => match (hex_digit(bytes[i + 1]), hex_digit(bytes[i + 2]))
+            {
                 (Some(h), Some(l)) => {
                     out.push(h << 4 | l);
                     i += 2;
@@ -431,9 +468,18 @@ fn html(status: u16, body: String) -> HttpResponse {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
     let h = resp.headers_mut();
-    h.insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/html; charset=utf-8"));
-    h.insert(hyper::header::CACHE_CONTROL, hyper::header::HeaderValue::from_static("no-store"));
-    h.insert("x-frame-options", hyper::header::HeaderValue::from_static("DENY"));
+    h.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(
+        hyper::header::CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-store"),
+    );
+    h.insert(
+        "x-frame-options",
+        hyper::header::HeaderValue::from_static("DENY"),
+    );
     h.insert(
         "content-security-policy",
         hyper::header::HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"),
@@ -452,13 +498,21 @@ fn redirect(location: &str, cookie: Option<String>) -> HttpResponse {
     {
         resp.headers_mut().insert(hyper::header::SET_COOKIE, v);
     }
-    resp.headers_mut()
-        .insert(hyper::header::CACHE_CONTROL, hyper::header::HeaderValue::from_static("no-store"));
+    resp.headers_mut().insert(
+        hyper::header::CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-store"),
+    );
     resp
 }
 
 /// Redirects an error to the (verified) client (RFC 6749 4.1.2.1).
-fn redirect_error(redirect_uri: &str, state: Option<&String>, iss: &str, error: &str, description: &str) -> HttpResponse {
+fn redirect_error(
+    redirect_uri: &str,
+    state: Option<&String>,
+    iss: &str,
+    error: &str,
+    description: &str,
+) -> HttpResponse {
     let sep = if redirect_uri.contains('?') { '&' } else { '?' };
     let mut loc = format!(
         "{redirect_uri}{sep}error={}&error_description={}&iss={}",
@@ -485,7 +539,9 @@ fn login_form(tenant: &str, client: &Client, query: &str, message: Option<&str>)
 <button>Sign in</button></form>",
         client_name = html_escape(&client.name),
         tenant = html_escape(tenant),
-        msg = message.map(|m| format!("<p role=alert>{}</p>", html_escape(m))).unwrap_or_default(),
+        msg = message
+            .map(|m| format!("<p role=alert>{}</p>", html_escape(m)))
+            .unwrap_or_default(),
         query = html_escape(query),
     );
     html(status, body)
@@ -502,7 +558,11 @@ async fn authorize(
     peer: Peer,
 ) -> HttpResponse {
     if query.len() > 8192 {
-        return page_error(400, "invalid_request", "the authorization request is too long");
+        return page_error(
+            400,
+            "invalid_request",
+            "the authorization request is too long",
+        );
     }
     let q = form(query);
     let iss = issuer(rt, tenant);
@@ -523,42 +583,97 @@ async fn authorize(
                     action: "oidc.authorize",
                     target: &client.id,
                     outcome: outcome::DENIED,
-                    details: &format!("unregistered redirect_uri {:?}", redirect_uri.chars().take(200).collect::<String>()),
+                    details: &format!(
+                        "unregistered redirect_uri {:?}",
+                        redirect_uri.chars().take(200).collect::<String>()
+                    ),
                 },
             )
             .ok();
-        return page_error(400, "invalid_request", "redirect_uri does not exactly match a URI registered for this client");
+        return page_error(
+            400,
+            "invalid_request",
+            "redirect_uri does not exactly match a URI registered for this client",
+        );
     }
     let state = get("state");
     // 2. The rest is reported to the client.
     match get("response_type").map(String::as_str) {
         Some("code") => {}
         Some(_) => {
-            return redirect_error(redirect_uri, state, &iss, "unsupported_response_type", "only the authorization code flow (response_type=code) is supported");
+            return redirect_error(
+                redirect_uri,
+                state,
+                &iss,
+                "unsupported_response_type",
+                "only the authorization code flow (response_type=code) is supported",
+            );
         }
-        None => return redirect_error(redirect_uri, state, &iss, "invalid_request", "response_type is required"),
+        None => {
+            return redirect_error(
+                redirect_uri,
+                state,
+                &iss,
+                "invalid_request",
+                "response_type is required",
+            );
+        }
     }
     let scope = get("scope").cloned().unwrap_or_default();
     if !scope.split(' ').any(|s| s == "openid") {
-        return redirect_error(redirect_uri, state, &iss, "invalid_scope", "the openid scope is required");
+        return redirect_error(
+            redirect_uri,
+            state,
+            &iss,
+            "invalid_scope",
+            "the openid scope is required",
+        );
     }
     let challenge = get("code_challenge").cloned().unwrap_or_default();
     match get("code_challenge_method").map(String::as_str) {
         Some("S256") => {}
         Some(m) => {
             let m = m.chars().take(20).collect::<String>();
-            return redirect_error(redirect_uri, state, &iss, "invalid_request", &format!("code_challenge_method {m} is not supported; use S256"));
+            return redirect_error(
+                redirect_uri,
+                state,
+                &iss,
+                "invalid_request",
+                &format!("code_challenge_method {m} is not supported; use S256"),
+            );
         }
         None => {
-            return redirect_error(redirect_uri, state, &iss, "invalid_request", "PKCE is required: send code_challenge with code_challenge_method=S256");
+            return redirect_error(
+                redirect_uri,
+                state,
+                &iss,
+                "invalid_request",
+                "PKCE is required: send code_challenge with code_challenge_method=S256",
+            );
         }
     }
-    if challenge.len() != 43 || !challenge.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-        return redirect_error(redirect_uri, state, &iss, "invalid_request", "code_challenge must be the base64url SHA-256 of the verifier (43 characters)");
+    if challenge.len() != 43
+        || !challenge
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return redirect_error(
+            redirect_uri,
+            state,
+            &iss,
+            "invalid_request",
+            "code_challenge must be the base64url SHA-256 of the verifier (43 characters)",
+        );
     }
     let nonce = get("nonce").cloned();
     if nonce.as_ref().is_some_and(|n| n.len() > 512) {
-        return redirect_error(redirect_uri, state, &iss, "invalid_request", "nonce is too long");
+        return redirect_error(
+            redirect_uri,
+            state,
+            &iss,
+            "invalid_request",
+            "nonce is too long",
+        );
     }
     // 3. Who is signing in: an existing provider session, or the form.
     let ids = rt.identity();
@@ -567,7 +682,10 @@ async fn authorize(
         let attempt = Login {
             username: form.get("username").map(String::as_str).unwrap_or_default(),
             password: form.get("password").map(String::as_str).unwrap_or_default(),
-            totp: form.get("totp").map(String::as_str).filter(|t| !t.is_empty()),
+            totp: form
+                .get("totp")
+                .map(String::as_str)
+                .filter(|t| !t.is_empty()),
             recovery_code: None,
             source: Some(peer.addr),
             user_agent: None,
@@ -581,13 +699,22 @@ async fn authorize(
                 (issued.user.id, Some(cookie))
             }
             Ok(_) => {
-                return login_form(tenant, &client, query, Some("Your account needs a new password or a second factor first: sign in to Switchboard directly to finish setting it up."));
+                return login_form(
+                    tenant,
+                    &client,
+                    query,
+                    Some(
+                        "Your account needs a new password or a second factor first: sign in to Switchboard directly to finish setting it up.",
+                    ),
+                );
             }
             Err(e) => return login_form(tenant, &client, query, Some(&e.to_string())),
         }
     } else {
         match cookie.and_then(|c| ids.authenticate(&c).ok()) {
-            Some(c) if c.realm == realm && c.restriction.is_none() && c.guest.is_none() => (c.user, None),
+            Some(c) if c.realm == realm && c.restriction.is_none() && c.guest.is_none() => {
+                (c.user, None)
+            }
             _ => return login_form(tenant, &client, query, None),
         }
     };
@@ -604,7 +731,10 @@ async fn authorize(
         expires_ms: now_ms() + CODE_TTL_MS,
     };
     let store = rt.data_store();
-    let write = store.apply(&[(code_key(tenant, &sha256_hex(code.as_bytes())), Some(serde_json::to_vec(&grant).unwrap_or_default()))]);
+    let write = store.apply(&[(
+        code_key(tenant, &sha256_hex(code.as_bytes())),
+        Some(serde_json::to_vec(&grant).unwrap_or_default()),
+    )]);
     match write {
         Ok(seq) => {
             if store.durable(seq).await.is_err() {
@@ -616,11 +746,20 @@ async fn authorize(
     rt.audit_log()
         .append(
             &realm,
-            audit::Record { action: "oidc.authorize", target: &client.id, outcome: outcome::SUCCESS, details: &format!("code issued for user {user}") },
+            audit::Record {
+                action: "oidc.authorize",
+                target: &client.id,
+                outcome: outcome::SUCCESS,
+                details: &format!("code issued for user {user}"),
+            },
         )
         .ok();
     let sep = if redirect_uri.contains('?') { '&' } else { '?' };
-    let mut loc = format!("{redirect_uri}{sep}code={}&iss={}", encode(&code), encode(&iss));
+    let mut loc = format!(
+        "{redirect_uri}{sep}code={}&iss={}",
+        encode(&code),
+        encode(&iss)
+    );
     if let Some(s) = state {
         loc.push_str(&format!("&state={}", encode(s)));
     }
@@ -629,17 +768,28 @@ async fn authorize(
 
 /// A token endpoint error (RFC 6749 5.2).
 fn token_error(status: u16, error: &str, description: &str) -> HttpResponse {
-    let mut resp = api::json_response(status, &json!({"error": error, "error_description": description}));
+    let mut resp = api::json_response(
+        status,
+        &json!({"error": error, "error_description": description}),
+    );
     if status == 401 {
-        resp.headers_mut()
-            .insert(hyper::header::WWW_AUTHENTICATE, hyper::header::HeaderValue::from_static("Basic"));
+        resp.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            hyper::header::HeaderValue::from_static("Basic"),
+        );
     }
     resp
 }
 
 /// Client credentials from `Authorization: Basic` or the form.
-fn client_credentials(req_auth: Option<&str>, f: &HashMap<String, String>) -> Result<(String, Option<String>), &'static str> {
-    let basic = req_auth.and_then(|h| h.strip_prefix("Basic ").or_else(|| h.strip_prefix("basic ")));
+fn client_credentials(
+    req_auth: Option<&str>,
+    f: &HashMap<String, String>,
+) -> Result<(String, Option<String>), &'static str> {
+    let basic = req_auth.and_then(|h| {
+        h.strip_prefix("Basic ")
+            .or_else(|| h.strip_prefix("basic "))
+    });
     match (basic, f.get("client_secret")) {
         (Some(_), Some(_)) => Err("use one client authentication method, not two"),
         (Some(b), None) => {
@@ -651,7 +801,10 @@ fn client_credentials(req_auth: Option<&str>, f: &HashMap<String, String>) -> Re
             Ok((decode(id), Some(decode(secret))))
         }
         (None, secret) => {
-            let id = f.get("client_id").cloned().ok_or("client authentication is required")?;
+            let id = f
+                .get("client_id")
+                .cloned()
+                .ok_or("client authentication is required")?;
             Ok((id, secret.cloned()))
         }
     }
@@ -675,7 +828,11 @@ async fn token(rt: &Runtime, tenant: &str, req: Request<Incoming>) -> HttpRespon
         Some("authorization_code") => {}
         Some(g) => {
             let g = g.chars().take(40).collect::<String>();
-            return token_error(400, "unsupported_grant_type", &format!("grant_type {g} is not supported; only authorization_code is"));
+            return token_error(
+                400,
+                "unsupported_grant_type",
+                &format!("grant_type {g} is not supported; only authorization_code is"),
+            );
         }
         None => return token_error(400, "invalid_request", "grant_type is required"),
     }
@@ -690,7 +847,12 @@ async fn token(rt: &Runtime, tenant: &str, req: Request<Incoming>) -> HttpRespon
         (Some(h), Some(s)) => {
             let given = sha256_hex(s.as_bytes());
             // Equal-length hex strings: compare without early exit.
-            given.len() == h.len() && given.bytes().zip(h.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+            given.len() == h.len()
+                && given
+                    .bytes()
+                    .zip(h.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
         }
         (None, None) => true,
         _ => false,
@@ -713,12 +875,30 @@ async fn token(rt: &Runtime, tenant: &str, req: Request<Incoming>) -> HttpRespon
         if store.get(&used_key(tenant, &hash)).ok().flatten().is_some() {
             revoke_tokens_of(rt, tenant, &hash);
             rt.audit_log()
-                .append(&realm, audit::Record { action: "oidc.token", target: &client.id, outcome: outcome::DENIED, details: "authorization code replayed; its tokens are revoked" })
+                .append(
+                    &realm,
+                    audit::Record {
+                        action: "oidc.token",
+                        target: &client.id,
+                        outcome: outcome::DENIED,
+                        details: "authorization code replayed; its tokens are revoked",
+                    },
+                )
                 .ok();
         }
-        return token_error(400, "invalid_grant", "the authorization code is invalid, expired or already used");
+        return token_error(
+            400,
+            "invalid_grant",
+            "the authorization code is invalid, expired or already used",
+        );
     };
-    let used = store.apply(&[(code_key(tenant, &hash), None), (used_key(tenant, &hash), Some(now_ms().to_string().into_bytes()))]);
+    let used = store.apply(&[
+        (code_key(tenant, &hash), None),
+        (
+            used_key(tenant, &hash),
+            Some(now_ms().to_string().into_bytes()),
+        ),
+    ]);
     if used.is_err() {
         return token_error(503, "temporarily_unavailable", "storage is unavailable");
     }
@@ -726,19 +906,41 @@ async fn token(rt: &Runtime, tenant: &str, req: Request<Incoming>) -> HttpRespon
         return token_error(400, "invalid_grant", "the authorization code expired");
     }
     if grant.client != client.id {
-        return token_error(400, "invalid_grant", "the authorization code was issued to another client");
+        return token_error(
+            400,
+            "invalid_grant",
+            "the authorization code was issued to another client",
+        );
     }
     if f.get("redirect_uri") != Some(&grant.redirect_uri) {
-        return token_error(400, "invalid_grant", "redirect_uri differs from the authorization request");
+        return token_error(
+            400,
+            "invalid_grant",
+            "redirect_uri differs from the authorization request",
+        );
     }
     let verifier = f.get("code_verifier").cloned().unwrap_or_default();
     let verifier_ok = (43..=128).contains(&verifier.len())
-        && verifier.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
+        && verifier
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
     if !verifier_ok || b64(&Sha256::digest(verifier.as_bytes())) != grant.challenge {
         rt.audit_log()
-            .append(&realm, audit::Record { action: "oidc.token", target: &client.id, outcome: outcome::DENIED, details: "PKCE verification failed" })
+            .append(
+                &realm,
+                audit::Record {
+                    action: "oidc.token",
+                    target: &client.id,
+                    outcome: outcome::DENIED,
+                    details: "PKCE verification failed",
+                },
+            )
             .ok();
-        return token_error(400, "invalid_grant", "code_verifier does not match the code_challenge");
+        return token_error(
+            400,
+            "invalid_grant",
+            "code_verifier does not match the code_challenge",
+        );
     }
     let Ok(Some(user)) = rt.identity().user(&realm, &grant.user) else {
         return token_error(400, "invalid_grant", "the user no longer exists");
@@ -756,7 +958,13 @@ async fn token(rt: &Runtime, tenant: &str, req: Request<Incoming>) -> HttpRespon
     };
     let key = match signing_key(rt, tenant) {
         Ok(k) => k,
-        Err(_) => return token_error(503, "temporarily_unavailable", "the signing key is unavailable"),
+        Err(_) => {
+            return token_error(
+                503,
+                "temporarily_unavailable",
+                "the signing key is unavailable",
+            );
+        }
     };
     let now_s = now_ms() / 1000;
     let mut claims = json!({
@@ -782,16 +990,31 @@ async fn token(rt: &Runtime, tenant: &str, req: Request<Incoming>) -> HttpRespon
     }
     let vk = key.verifying_key();
     let header = json!({"alg": "EdDSA", "typ": "JWT", "kid": kid(&vk)});
-    let signing_input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
+    let signing_input = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
     let sig = key.sign(signing_input.as_bytes());
     let id_token = format!("{signing_input}.{}", b64(&sig.to_bytes()));
-    let stored = store.apply(&[(token_key(tenant, &sha256_hex(access.as_bytes())), Some(serde_json::to_vec(&record).unwrap_or_default()))]);
+    let stored = store.apply(&[(
+        token_key(tenant, &sha256_hex(access.as_bytes())),
+        Some(serde_json::to_vec(&record).unwrap_or_default()),
+    )]);
     match stored {
         Ok(seq) if store.durable(seq).await.is_ok() => {}
         _ => return token_error(503, "temporarily_unavailable", "storage is unavailable"),
     }
     rt.audit_log()
-        .append(&realm, audit::Record { action: "oidc.token", target: &client.id, outcome: outcome::SUCCESS, details: &format!("tokens issued for user {}", user.id) })
+        .append(
+            &realm,
+            audit::Record {
+                action: "oidc.token",
+                target: &client.id,
+                outcome: outcome::SUCCESS,
+                details: &format!("tokens issued for user {}", user.id),
+            },
+        )
         .ok();
     api::json_response(
         200,
@@ -808,10 +1031,14 @@ async fn token(rt: &Runtime, tenant: &str, req: Request<Incoming>) -> HttpRespon
 fn revoke_tokens_of(rt: &Runtime, tenant: &str, code_hash: &str) {
     let store = rt.data_store();
     let prefix = format!("t/{tenant}/oidc/at/").into_bytes();
-    let Ok(page) = store.scan(&prefix, None, 100_000) else { return };
+    let Ok(page) = store.scan(&prefix, None, 100_000) else {
+        return;
+    };
     let writes: Vec<crate::store::Write> = page
         .into_iter()
-        .filter(|(_, v)| serde_json::from_slice::<AccessToken>(v).is_ok_and(|t| t.code == code_hash))
+        .filter(|(_, v)| {
+            serde_json::from_slice::<AccessToken>(v).is_ok_and(|t| t.code == code_hash)
+        })
         .map(|(k, _)| (k, None))
         .collect();
     let _ = store.apply(&writes);
@@ -819,14 +1046,19 @@ fn revoke_tokens_of(rt: &Runtime, tenant: &str, code_hash: &str) {
 
 fn userinfo(rt: &Runtime, tenant: &str, req: &Request<Incoming>) -> HttpResponse {
     let unauthorized = || {
-        let mut r = api::json_response(401, &json!({"error": "invalid_token", "error_description": "the access token is missing, invalid or expired"}));
+        let mut r = api::json_response(
+            401,
+            &json!({"error": "invalid_token", "error_description": "the access token is missing, invalid or expired"}),
+        );
         r.headers_mut().insert(
             hyper::header::WWW_AUTHENTICATE,
             hyper::header::HeaderValue::from_static("Bearer error=\"invalid_token\""),
         );
         r
     };
-    let Some(token) = api::bearer(req) else { return unauthorized() };
+    let Some(token) = api::bearer(req) else {
+        return unauthorized();
+    };
     let store = rt.data_store();
     let record: Option<AccessToken> = store
         .get(&token_key(tenant, &sha256_hex(token.as_bytes())))
@@ -879,7 +1111,13 @@ mod tests {
     fn redirect_uris_are_checked_at_registration() {
         assert!(check_redirect_uri("https://app.example/cb").is_ok());
         assert!(check_redirect_uri("http://127.0.0.1:9000/cb").is_ok());
-        for bad in ["http://app.example/cb", "https://app.example/cb#x", "/cb", "javascript:alert(1)", "https://a b/"] {
+        for bad in [
+            "http://app.example/cb",
+            "https://app.example/cb#x",
+            "/cb",
+            "javascript:alert(1)",
+            "https://a b/",
+        ] {
             assert!(check_redirect_uri(bad).is_err(), "{bad}");
         }
     }

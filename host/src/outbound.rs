@@ -48,10 +48,15 @@ pub fn target(url: &str) -> Result<(SocketAddr, String, String), OutboundError> 
             .map_err(|_| OutboundError(format!("{url:?}: the host must be a loopback address")))?,
     };
     if !ip.is_loopback() {
-        return Err(OutboundError(format!("{url:?}: the host must be a loopback address")));
+        return Err(OutboundError(format!(
+            "{url:?}: the host must be a loopback address"
+        )));
     }
     let addr = SocketAddr::new(ip, uri.port_u16().unwrap_or(80));
-    let path = uri.path_and_query().map(|p| p.to_string()).unwrap_or_else(|| "/".into());
+    let path = uri
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| "/".into());
     Ok((addr, host.to_string(), path))
 }
 
@@ -109,7 +114,13 @@ mod tests {
         assert!(target("http://127.0.0.1:8080/x").is_ok());
         assert!(target("http://[::1]:8080/x").is_ok());
         assert!(target("http://localhost/x").is_ok());
-        for bad in ["https://idp.example/", "http://10.0.0.1/", "http://idp.example/", "ftp://127.0.0.1/", "nonsense"] {
+        for bad in [
+            "https://idp.example/",
+            "http://10.0.0.1/",
+            "http://idp.example/",
+            "ftp://127.0.0.1/",
+            "nonsense",
+        ] {
             assert!(target(bad).is_err(), "{bad}");
         }
     }

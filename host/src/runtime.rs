@@ -359,8 +359,11 @@ impl Runtime {
         .context("cannot open the compile cache")?;
         let store = Arc::new(store);
         let trail = Arc::new(
-            AuditLog::open(store.clone(), &config.data_dir.join("keys").join("audit.key"))
-                .context("cannot open the audit trail")?,
+            AuditLog::open(
+                store.clone(),
+                &config.data_dir.join("keys").join("audit.key"),
+            )
+            .context("cannot open the audit trail")?,
         );
         let identity = Identity::new(store.clone(), trail.clone(), config.identity.clone());
         let stop = Arc::new(AtomicBool::new(false));
@@ -440,8 +443,11 @@ impl Runtime {
     /// Sets the public URL (the server sets it from its listener unless
     /// configured).
     pub fn set_public_url(&self, url: &str) {
-        *self.inner.public_url.write().unwrap_or_else(|p| p.into_inner()) =
-            url.trim_end_matches('/').to_string();
+        *self
+            .inner
+            .public_url
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = url.trim_end_matches('/').to_string();
     }
 
     /// Makes everything committed so far durable.
@@ -551,7 +557,7 @@ impl Runtime {
         let entry = serde_json::to_vec(&TenantDirectory {
             region: region.clone(),
         })
-            .map_err(|e| AdminError::Internal(e.to_string()))?;
+        .map_err(|e| AdminError::Internal(e.to_string()))?;
         store.apply(&[(keys::tenant(id), Some(entry)), key])?;
         store.flush()?;
         self.inner.publish_tenant(state);
@@ -1141,7 +1147,6 @@ fn next_key_file(config: &RuntimeConfig) -> PathBuf {
     name.push(".next");
     PathBuf::from(name)
 }
-
 
 impl Inner {
     /// Records an action in a trail, attributed to the acting context

@@ -78,7 +78,9 @@ fn b64(data: &[u8]) -> String {
 }
 
 fn unb64(text: &str) -> Option<Vec<u8>> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).ok()
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .ok()
 }
 
 fn store_err(e: crate::store::StoreError) -> ApiError {
@@ -94,17 +96,32 @@ pub async fn set(rt: &Runtime, tenant: &str, config: SsoConfig) -> Result<(), Ap
     require_tenant(rt, tenant)?;
     outbound::target(&config.issuer).map_err(|e| fail("invalid_issuer", e.0))?;
     if config.client_id.is_empty() || config.client_id.len() > 256 {
-        return Err(fail("invalid_argument", "client_id must be 1-256 characters"));
+        return Err(fail(
+            "invalid_argument",
+            "client_id must be 1-256 characters",
+        ));
     }
     if config.client_secret.len() > 512 {
-        return Err(fail("invalid_argument", "client_secret is longer than 512 characters"));
+        return Err(fail(
+            "invalid_argument",
+            "client_secret is longer than 512 characters",
+        ));
     }
-    if !matches!(config.username_claim.as_str(), "preferred_username" | "email" | "sub") {
-        return Err(fail("invalid_argument", "username_claim must be preferred_username, email or sub"));
+    if !matches!(
+        config.username_claim.as_str(),
+        "preferred_username" | "email" | "sub"
+    ) {
+        return Err(fail(
+            "invalid_argument",
+            "username_claim must be preferred_username, email or sub",
+        ));
     }
     let store = rt.data_store();
     let seq = store
-        .apply(&[(config_key(tenant), Some(serde_json::to_vec(&config).unwrap_or_default()))])
+        .apply(&[(
+            config_key(tenant),
+            Some(serde_json::to_vec(&config).unwrap_or_default()),
+        )])
         .map_err(store_err)?;
     store.durable(seq).await.map_err(store_err)?;
     rt.audit_log()
@@ -114,7 +131,10 @@ pub async fn set(rt: &Runtime, tenant: &str, config: SsoConfig) -> Result<(), Ap
                 action: "sso.configure",
                 target: &config.issuer,
                 outcome: outcome::SUCCESS,
-                details: &format!("client {}, user name from {}, provision {}", config.client_id, config.username_claim, config.provision),
+                details: &format!(
+                    "client {}, user name from {}, provision {}",
+                    config.client_id, config.username_claim, config.provision
+                ),
             },
         )
         .ok();
@@ -137,10 +157,20 @@ pub fn show(rt: &Runtime, tenant: &str) -> Result<Value, ApiError> {
 pub async fn remove(rt: &Runtime, tenant: &str) -> Result<(), ApiError> {
     load(rt, tenant)?;
     let store = rt.data_store();
-    let seq = store.apply(&[(config_key(tenant), None)]).map_err(store_err)?;
+    let seq = store
+        .apply(&[(config_key(tenant), None)])
+        .map_err(store_err)?;
     store.durable(seq).await.map_err(store_err)?;
     rt.audit_log()
-        .append(&Scope::tenant(tenant), audit::Record { action: "sso.remove", target: tenant, outcome: outcome::SUCCESS, details: "" })
+        .append(
+            &Scope::tenant(tenant),
+            audit::Record {
+                action: "sso.remove",
+                target: tenant,
+                outcome: outcome::SUCCESS,
+                details: "",
+            },
+        )
         .ok();
     Ok(())
 }
@@ -149,15 +179,28 @@ fn require_tenant(rt: &Runtime, tenant: &str) -> Result<(), ApiError> {
     if rt.tenants().iter().any(|t| t.id == tenant) {
         Ok(())
     } else {
-        Err(ApiError::new(404, "tenant_not_found", format!("tenant {tenant:?} does not exist")))
+        Err(ApiError::new(
+            404,
+            "tenant_not_found",
+            format!("tenant {tenant:?} does not exist"),
+        ))
     }
 }
 
 fn load(rt: &Runtime, tenant: &str) -> Result<SsoConfig, ApiError> {
     require_tenant(rt, tenant)?;
-    let raw = rt.data_store().get(&config_key(tenant)).map_err(store_err)?;
+    let raw = rt
+        .data_store()
+        .get(&config_key(tenant))
+        .map_err(store_err)?;
     raw.and_then(|r| serde_json::from_slice(&r).ok())
-        .ok_or_else(|| ApiError::new(404, "sso_not_configured", format!("tenant {tenant} has no single sign-on provider")))
+        .ok_or_else(|| {
+            ApiError::new(
+                404,
+                "sso_not_configured",
+                format!("tenant {tenant} has no single sign-on provider"),
+            )
+        })
 }
 
 /// The provider's endpoints, from discovery.
@@ -168,20 +211,34 @@ struct Endpoints {
 }
 
 async fn get_json(url: &str) -> Result<Value, ApiError> {
-    let r = outbound::send("GET", url, &[("accept", "application/json".into())], Vec::new())
-        .await
-        .map_err(|e| ApiError::new(502, "idp_unreachable", e.0))?;
+    let r = outbound::send(
+        "GET",
+        url,
+        &[("accept", "application/json".into())],
+        Vec::new(),
+    )
+    .await
+    .map_err(|e| ApiError::new(502, "idp_unreachable", e.0))?;
     if r.status != 200 {
-        return Err(ApiError::new(502, "idp_error", format!("{url} answered {}", r.status)));
+        return Err(ApiError::new(
+            502,
+            "idp_error",
+            format!("{url} answered {}", r.status),
+        ));
     }
-    serde_json::from_slice(&r.body).map_err(|e| ApiError::new(502, "idp_error", format!("{url}: not JSON: {e}")))
+    serde_json::from_slice(&r.body)
+        .map_err(|e| ApiError::new(502, "idp_error", format!("{url}: not JSON: {e}")))
 }
 
 async fn discover(config: &SsoConfig) -> Result<Endpoints, ApiError> {
     let issuer = config.issuer.trim_end_matches('/');
     let doc = get_json(&format!("{issuer}/.well-known/openid-configuration")).await?;
     if doc["issuer"].as_str() != Some(config.issuer.as_str()) {
-        return Err(ApiError::new(502, "idp_error", "the provider's discovery document names another issuer"));
+        return Err(ApiError::new(
+            502,
+            "idp_error",
+            "the provider's discovery document names another issuer",
+        ));
     }
     let field = |name: &str| -> Result<String, ApiError> {
         let v = doc[name]
@@ -241,10 +298,17 @@ pub async fn start(rt: &Runtime, tenant: &str) -> Result<String, ApiError> {
     };
     let store = rt.data_store();
     let seq = store
-        .apply(&[(state_key(tenant, &sha256_hex(state.as_bytes())), Some(serde_json::to_vec(&pending).unwrap_or_default()))])
+        .apply(&[(
+            state_key(tenant, &sha256_hex(state.as_bytes())),
+            Some(serde_json::to_vec(&pending).unwrap_or_default()),
+        )])
         .map_err(store_err)?;
     store.durable(seq).await.map_err(store_err)?;
-    let sep = if endpoints.authorize.contains('?') { '&' } else { '?' };
+    let sep = if endpoints.authorize.contains('?') {
+        '&'
+    } else {
+        '?'
+    };
     Ok(format!(
         "{}{sep}response_type=code&client_id={}&redirect_uri={}&scope=openid%20profile%20email&state={}&nonce={}&code_challenge={challenge}&code_challenge_method=S256",
         endpoints.authorize,
@@ -256,18 +320,37 @@ pub async fn start(rt: &Runtime, tenant: &str) -> Result<String, ApiError> {
 }
 
 /// Finishes a sign-in from the provider's redirect (its query string).
-pub async fn callback(rt: &Runtime, tenant: &str, query: &str, source: Option<String>) -> Result<Issued, ApiError> {
+pub async fn callback(
+    rt: &Runtime,
+    tenant: &str,
+    query: &str,
+    source: Option<String>,
+) -> Result<Issued, ApiError> {
     let realm = Scope::tenant(tenant);
     let denied = |why: &str| {
         rt.audit_log()
-            .append(&realm, audit::Record { action: "auth.sso", target: tenant, outcome: outcome::FAILURE, details: why })
+            .append(
+                &realm,
+                audit::Record {
+                    action: "auth.sso",
+                    target: tenant,
+                    outcome: outcome::FAILURE,
+                    details: why,
+                },
+            )
             .ok();
     };
     let config = load(rt, tenant)?;
     let q = crate::oidc::form(query);
     if let Some(err) = q.get("error") {
         denied(&format!("the provider answered {err}"));
-        return Err(fail("sso_failed", format!("the identity provider refused the sign-in: {}", err.chars().take(100).collect::<String>())));
+        return Err(fail(
+            "sso_failed",
+            format!(
+                "the identity provider refused the sign-in: {}",
+                err.chars().take(100).collect::<String>()
+            ),
+        ));
     }
     let state = q.get("state").cloned().unwrap_or_default();
     let code = q.get("code").cloned().unwrap_or_default();
@@ -291,12 +374,18 @@ pub async fn callback(rt: &Runtime, tenant: &str, query: &str, source: Option<St
         .and_then(|r| serde_json::from_slice(&r).ok());
     let Some(pending) = pending.filter(|p| p.expires_ms > now_ms()) else {
         denied("unknown, used or expired state");
-        return Err(fail("sso_failed", "this sign-in is unknown, already finished or expired; start again"));
+        return Err(fail(
+            "sso_failed",
+            "this sign-in is unknown, already finished or expired; start again",
+        ));
     };
     store.apply(&[(skey, None)]).map_err(store_err)?;
     let endpoints = discover(&config).await?;
-    let basic = base64::engine::general_purpose::STANDARD
-        .encode(format!("{}:{}", enc(&config.client_id), enc(&config.client_secret)));
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+        "{}:{}",
+        enc(&config.client_id),
+        enc(&config.client_secret)
+    ));
     let body = format!(
         "grant_type=authorization_code&code={}&redirect_uri={}&code_verifier={}",
         enc(&code),
@@ -318,7 +407,14 @@ pub async fn callback(rt: &Runtime, tenant: &str, query: &str, source: Option<St
     let tokens: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
     if r.status != 200 {
         denied(&format!("token endpoint answered {}", r.status));
-        return Err(ApiError::new(502, "sso_failed", format!("the provider refused the code: {}", tokens["error"].as_str().unwrap_or("error"))));
+        return Err(ApiError::new(
+            502,
+            "sso_failed",
+            format!(
+                "the provider refused the code: {}",
+                tokens["error"].as_str().unwrap_or("error")
+            ),
+        ));
     }
     let id_token = tokens["id_token"]
         .as_str()
@@ -328,13 +424,22 @@ pub async fn callback(rt: &Runtime, tenant: &str, query: &str, source: Option<St
         Ok(c) => c,
         Err(why) => {
             denied(&why);
-            return Err(ApiError::new(401, "sso_failed", format!("the ID token was refused: {why}")));
+            return Err(ApiError::new(
+                401,
+                "sso_failed",
+                format!("the ID token was refused: {why}"),
+            ));
         }
     };
     let subject = claims["sub"].as_str().unwrap_or_default();
     let username = claims[config.username_claim.as_str()]
         .as_str()
-        .ok_or_else(|| fail("sso_failed", format!("the ID token has no {} claim", config.username_claim)))?;
+        .ok_or_else(|| {
+            fail(
+                "sso_failed",
+                format!("the ID token has no {} claim", config.username_claim),
+            )
+        })?;
     Ok(rt
         .identity()
         .sso_sign_in(
@@ -352,19 +457,32 @@ pub async fn callback(rt: &Runtime, tenant: &str, query: &str, source: Option<St
 
 /// Checks an ID token (compact JWS) against the provider's JWKS and the
 /// expected issuer, audience, time and nonce; returns its claims.
-pub fn verify_id_token(token: &str, jwks: &Value, config: &SsoConfig, nonce: &str, now_s: u64) -> Result<Value, String> {
+pub fn verify_id_token(
+    token: &str,
+    jwks: &Value,
+    config: &SsoConfig,
+    nonce: &str,
+    now_s: u64,
+) -> Result<Value, String> {
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err("not a compact JWS".into());
     };
     let header: Value = unb64(h)
         .and_then(|b| serde_json::from_slice(&b).ok())
         .ok_or("malformed header")?;
     if header["alg"] != "EdDSA" {
-        return Err(format!("signature algorithm {} is not supported (EdDSA is)", header["alg"]));
+        return Err(format!(
+            "signature algorithm {} is not supported (EdDSA is)",
+            header["alg"]
+        ));
     }
     let kid = header["kid"].as_str();
-    let keys = jwks["keys"].as_array().ok_or("the provider's JWKS has no keys")?;
+    let keys = jwks["keys"]
+        .as_array()
+        .ok_or("the provider's JWKS has no keys")?;
     let key = keys
         .iter()
         .filter(|k| k["kty"] == "OKP" && k["crv"] == "Ed25519")
@@ -376,9 +494,14 @@ pub fn verify_id_token(token: &str, jwks: &Value, config: &SsoConfig, nonce: &st
         .and_then(|b| b.try_into().ok())
         .ok_or("malformed key")?;
     let vk = ed25519_dalek::VerifyingKey::from_bytes(&x).map_err(|_| "invalid key")?;
-    let sig: [u8; 64] = unb64(s).and_then(|b| b.try_into().ok()).ok_or("malformed signature")?;
-    vk.verify(format!("{h}.{p}").as_bytes(), &ed25519_dalek::Signature::from_bytes(&sig))
-        .map_err(|_| "bad signature")?;
+    let sig: [u8; 64] = unb64(s)
+        .and_then(|b| b.try_into().ok())
+        .ok_or("malformed signature")?;
+    vk.verify(
+        format!("{h}.{p}").as_bytes(),
+        &ed25519_dalek::Signature::from_bytes(&sig),
+    )
+    .map_err(|_| "bad signature")?;
     let claims: Value = unb64(p)
         .and_then(|b| serde_json::from_slice(&b).ok())
         .ok_or("malformed claims")?;
@@ -387,7 +510,9 @@ pub fn verify_id_token(token: &str, jwks: &Value, config: &SsoConfig, nonce: &st
     }
     let aud_ok = match &claims["aud"] {
         Value::String(a) => *a == config.client_id,
-        Value::Array(list) => list.iter().any(|a| a.as_str() == Some(config.client_id.as_str())),
+        Value::Array(list) => list
+            .iter()
+            .any(|a| a.as_str() == Some(config.client_id.as_str())),
         _ => false,
     };
     if !aud_ok {
@@ -397,7 +522,10 @@ pub fn verify_id_token(token: &str, jwks: &Value, config: &SsoConfig, nonce: &st
     if exp + SKEW_SECS < now_s {
         return Err("expired".into());
     }
-    if claims["iat"].as_u64().is_some_and(|iat| iat > now_s + SKEW_SECS) {
+    if claims["iat"]
+        .as_u64()
+        .is_some_and(|iat| iat > now_s + SKEW_SECS)
+    {
         return Err("issued in the future".into());
     }
     if claims["nonce"].as_str() != Some(nonce) {
@@ -435,17 +563,33 @@ mod tests {
         let good = json!({"iss": config.issuer, "aud": "c1", "exp": 2000, "iat": 1000, "nonce": "n", "sub": "u1"});
         assert!(verify_id_token(&token(&key, good.clone()), &jwks, &config, "n", 1500).is_ok());
         let mut cases = Vec::new();
-        for (field, value) in [("iss", json!("http://other")), ("aud", json!("c2")), ("exp", json!(100)), ("nonce", json!("x")), ("sub", json!(""))] {
+        for (field, value) in [
+            ("iss", json!("http://other")),
+            ("aud", json!("c2")),
+            ("exp", json!(100)),
+            ("nonce", json!("x")),
+            ("sub", json!("")),
+        ] {
             let mut c = good.clone();
             c[field] = value;
             cases.push(c);
         }
         for c in cases {
-            assert!(verify_id_token(&token(&key, c.clone()), &jwks, &config, "n", 1500).is_err(), "{c}");
+            assert!(
+                verify_id_token(&token(&key, c.clone()), &jwks, &config, "n", 1500).is_err(),
+                "{c}"
+            );
         }
         let other = ed25519_dalek::SigningKey::from_bytes(&[4; 32]);
-        assert_eq!(verify_id_token(&token(&other, good.clone()), &jwks, &config, "n", 1500).unwrap_err(), "bad signature");
-        let none = format!("{}.{}.", b64(br#"{"alg":"none"}"#), b64(good.to_string().as_bytes()));
+        assert_eq!(
+            verify_id_token(&token(&other, good.clone()), &jwks, &config, "n", 1500).unwrap_err(),
+            "bad signature"
+        );
+        let none = format!(
+            "{}.{}.",
+            b64(br#"{"alg":"none"}"#),
+            b64(good.to_string().as_bytes())
+        );
         assert!(verify_id_token(&none, &jwks, &config, "n", 1500).is_err());
         assert!(verify_id_token("a.b", &jwks, &config, "n", 1500).is_err());
     }

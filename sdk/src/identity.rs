@@ -16,6 +16,10 @@ pub fn lookup_user(id_or_name: &str) -> Result<Option<UserInfo>, Error> {
 /// A bearer token for a guest named `display_name`, valid for `resource`
 /// only, for `ttl_ms` (clamped to 1 minute–24 hours). The session exists
 /// only if this call succeeds.
-pub fn create_guest_session(display_name: &str, resource: &str, ttl_ms: u64) -> Result<String, Error> {
+pub fn create_guest_session(
+    display_name: &str,
+    resource: &str,
+    ttl_ms: u64,
+) -> Result<String, Error> {
     raw::create_guest_session(display_name, resource, ttl_ms)
 }

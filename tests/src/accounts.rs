@@ -41,7 +41,8 @@ pub async fn login(s: &Server, tenant: Option<&str>, name: &str, password: &str)
     if let Some(t) = tenant {
         body["tenant"] = json!(t);
     }
-    s.call("POST", "/api/v1/auth/login", None, Some(&body)).await
+    s.call("POST", "/api/v1/auth/login", None, Some(&body))
+        .await
 }
 
 /// Signs in with the welcome password and changes it to `STRONG`;
@@ -76,12 +77,20 @@ pub fn code_now(secret_b32: &str, offset_steps: i64) -> String {
 /// Enrols a TOTP second factor for the session `token`; returns the
 /// secret.
 pub async fn enrol_mfa(s: &Server, token: &str) -> String {
-    let secret = s.call("POST", "/api/v1/auth/mfa/enroll", Some(token), None).await.json()["secret"]
+    let secret = s
+        .call("POST", "/api/v1/auth/mfa/enroll", Some(token), None)
+        .await
+        .json()["secret"]
         .as_str()
         .unwrap()
         .to_string();
     let r = s
-        .call("POST", "/api/v1/auth/mfa/confirm", Some(token), Some(&json!({"code": code_now(&secret, 0)})))
+        .call(
+            "POST",
+            "/api/v1/auth/mfa/confirm",
+            Some(token),
+            Some(&json!({"code": code_now(&secret, 0)})),
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
     secret

@@ -20,12 +20,20 @@ use switchboard_tests::{component, manifest};
 /// audit entries appended through it.
 async fn trail(n: usize) -> Harness {
     let h = Harness::new().unwrap();
-    h.install(&manifest("directory"), &component("directory")).await.unwrap();
+    h.install(&manifest("directory"), &component("directory"))
+        .await
+        .unwrap();
     h.tenant("acme").await.unwrap();
     h.enable("acme", "directory").await.unwrap();
     for i in 0..n {
         let r = h
-            .post("acme", "directory", "u7", &format!("/audit?action=doc.read&target=doc-{i}"), b"")
+            .post(
+                "acme",
+                "directory",
+                "u7",
+                &format!("/audit?action=doc.read&target=doc-{i}"),
+                b"",
+            )
             .await
             .unwrap();
         assert_eq!(r.status, 200, "{}", r.text());
@@ -51,21 +59,47 @@ async fn i9_plugin_entries_are_attributed_and_written_only_when_the_call_commits
     assert!(e.time_ms > 1_700_000_000_000);
     // A trapped call leaves no entry; malformed entries are refused.
     let before = entries(&h, &Scope::tenant("acme")).len();
-    assert!(h.post("acme", "directory", "u7", "/audit?action=doc.read&trap=1", b"").await.is_err());
+    assert!(
+        h.post(
+            "acme",
+            "directory",
+            "u7",
+            "/audit?action=doc.read&trap=1",
+            b""
+        )
+        .await
+        .is_err()
+    );
     for bad in ["/audit?action=Bad%20Action", "/audit?action="] {
         let r = h.post("acme", "directory", "u7", bad, b"").await.unwrap();
         assert_ne!(r.status, 200, "{bad}");
     }
     let r = h
-        .post("acme", "directory", "u7", "/audit?action=x", &vec![b'd'; 5000])
+        .post(
+            "acme",
+            "directory",
+            "u7",
+            "/audit?action=x",
+            &vec![b'd'; 5000],
+        )
         .await
         .unwrap();
     assert_ne!(r.status, 200, "details over 4 KiB");
     assert_eq!(entries(&h, &Scope::tenant("acme")).len(), before);
     // Another tenant's trail does not see them.
     h.tenant("beta").await.unwrap();
-    assert!(entries(&h, &Scope::tenant("beta")).iter().all(|e| e.action != "doc.read"));
-    assert!(h.runtime().audit_log().verify(&Scope::tenant("acme")).unwrap().is_intact());
+    assert!(
+        entries(&h, &Scope::tenant("beta"))
+            .iter()
+            .all(|e| e.action != "doc.read")
+    );
+    assert!(
+        h.runtime()
+            .audit_log()
+            .verify(&Scope::tenant("acme"))
+            .unwrap()
+            .is_intact()
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -104,7 +138,9 @@ fn read(store: &Store, seq: u64) -> Entry {
 }
 
 fn put(store: &Store, seq: u64, e: &Entry) {
-    store.apply(&[(key(seq), Some(serde_json::to_vec(e).unwrap()))]).unwrap();
+    store
+        .apply(&[(key(seq), Some(serde_json::to_vec(e).unwrap()))])
+        .unwrap();
     store.flush().unwrap();
 }
 
@@ -141,7 +177,11 @@ async fn i9_verify_names_edited_removed_reordered_and_truncated_entries() {
         put(s, 5, &e);
     })
     .await;
-    assert_eq!((r.problems[0].seq, r.problems[0].kind), (5, ProblemKind::Edited), "{r:?}");
+    assert_eq!(
+        (r.problems[0].seq, r.problems[0].kind),
+        (5, ProblemKind::Edited),
+        "{r:?}"
+    );
 
     // Edited with its hash recomputed: the next link breaks.
     let r = verify_copy(&data, |s| {
@@ -159,7 +199,11 @@ async fn i9_verify_names_edited_removed_reordered_and_truncated_entries() {
         s.flush().unwrap();
     })
     .await;
-    assert_eq!((r.problems[0].seq, r.problems[0].kind), (3, ProblemKind::Removed), "{r:?}");
+    assert_eq!(
+        (r.problems[0].seq, r.problems[0].kind),
+        (3, ProblemKind::Removed),
+        "{r:?}"
+    );
 
     // Reordered: two entries swapped.
     let r = verify_copy(&data, |s| {
@@ -168,19 +212,30 @@ async fn i9_verify_names_edited_removed_reordered_and_truncated_entries() {
         put(s, 3, &a);
     })
     .await;
-    assert!(r.problems.iter().any(|p| p.kind == ProblemKind::Reordered), "{r:?}");
+    assert!(
+        r.problems.iter().any(|p| p.kind == ProblemKind::Reordered),
+        "{r:?}"
+    );
 
     // Truncated, with the head rewritten to match: the signed checkpoint
     // still names the lost entries.
     let r = verify_copy(&data, |s| {
         let new_last = read(s, last - 2);
-        s.apply(&[(key(last), None), (key(last - 1), None)]).unwrap();
+        s.apply(&[(key(last), None), (key(last - 1), None)])
+            .unwrap();
         let head = json!({"seq": new_last.seq, "hash": new_last.hash, "signed": new_last.seq});
-        s.apply(&[(b"t/acme/au/head".to_vec(), Some(head.to_string().into_bytes()))]).unwrap();
+        s.apply(&[(
+            b"t/acme/au/head".to_vec(),
+            Some(head.to_string().into_bytes()),
+        )])
+        .unwrap();
         s.flush().unwrap();
     })
     .await;
-    assert!(r.problems.iter().any(|p| p.kind == ProblemKind::Truncated), "{r:?}");
+    assert!(
+        r.problems.iter().any(|p| p.kind == ProblemKind::Truncated),
+        "{r:?}"
+    );
 
     // A forged checkpoint (signed by another key) is refused.
     let r = verify_copy(&data, |s| {
@@ -192,7 +247,12 @@ async fn i9_verify_names_edited_removed_reordered_and_truncated_entries() {
         s.flush().unwrap();
     })
     .await;
-    assert!(r.problems.iter().any(|p| p.kind == ProblemKind::BadCheckpoint), "{r:?}");
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::BadCheckpoint),
+        "{r:?}"
+    );
 }
 
 async fn cli(args: &[&str]) -> anyhow::Result<()> {
@@ -209,34 +269,68 @@ async fn i9_cli_verifies_exports_and_checks_exports_offline() {
     let data = h.data_dir().to_path_buf();
     let _keep = h.into_dir();
     let d = data.to_str().unwrap();
-    cli(&["audit", "verify", "--data", d, "--tenant", "acme"]).await.unwrap();
-    cli(&["audit", "verify", "--data", d, "--all"]).await.unwrap();
-    let out = data.parent().unwrap().join("acme-audit.jsonl");
-    cli(&["audit", "export", "--data", d, "--tenant", "acme", "--out", out.to_str().unwrap()])
+    cli(&["audit", "verify", "--data", d, "--tenant", "acme"])
         .await
         .unwrap();
+    cli(&["audit", "verify", "--data", d, "--all"])
+        .await
+        .unwrap();
+    let out = data.parent().unwrap().join("acme-audit.jsonl");
+    cli(&[
+        "audit",
+        "export",
+        "--data",
+        d,
+        "--tenant",
+        "acme",
+        "--out",
+        out.to_str().unwrap(),
+    ])
+    .await
+    .unwrap();
     let text = std::fs::read_to_string(&out).unwrap();
     assert!(text.lines().next().unwrap().contains("audit_export"));
     assert!(text.contains("\"action\":\"doc.read\"") && text.contains("\"checkpoint\""));
-    cli(&["audit", "verify", "--file", out.to_str().unwrap()]).await.unwrap();
+    cli(&["audit", "verify", "--file", out.to_str().unwrap()])
+        .await
+        .unwrap();
 
     // The export, edited: one changed character is found.
     let edited = text.replacen("doc-2", "doc-9", 1);
     let bad = data.parent().unwrap().join("edited.jsonl");
     std::fs::write(&bad, edited).unwrap();
-    let err = cli(&["audit", "verify", "--file", bad.to_str().unwrap()]).await.unwrap_err();
-    assert!(err.to_string().contains("audit_tampered"), "{err}");
-    // Pinned to another key, the genuine export's checkpoints do not hold.
-    let other = hex::encode(ed25519_dalek::SigningKey::from_bytes(&[9; 32]).verifying_key().as_bytes());
-    let err = cli(&["audit", "verify", "--file", out.to_str().unwrap(), "--public-key", &other])
+    let err = cli(&["audit", "verify", "--file", bad.to_str().unwrap()])
         .await
         .unwrap_err();
     assert!(err.to_string().contains("audit_tampered"), "{err}");
+    // Pinned to another key, the genuine export's checkpoints do not hold.
+    let other = hex::encode(
+        ed25519_dalek::SigningKey::from_bytes(&[9; 32])
+            .verifying_key()
+            .as_bytes(),
+    );
+    let err = cli(&[
+        "audit",
+        "verify",
+        "--file",
+        out.to_str().unwrap(),
+        "--public-key",
+        &other,
+    ])
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("audit_tampered"), "{err}");
     // Hostile input: not an export at all.
     std::fs::write(&bad, "{not json").unwrap();
-    assert!(cli(&["audit", "verify", "--file", bad.to_str().unwrap()]).await.is_err());
+    assert!(
+        cli(&["audit", "verify", "--file", bad.to_str().unwrap()])
+            .await
+            .is_err()
+    );
     // An unknown tenant is a clear error.
-    let err = cli(&["audit", "verify", "--data", d, "--tenant", "nope"]).await.unwrap_err();
+    let err = cli(&["audit", "verify", "--data", d, "--tenant", "nope"])
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("tenant_not_found"), "{err}");
 }
 
@@ -248,7 +342,9 @@ async fn i9_pruning_keeps_a_verifiable_trail_from_a_signed_base() {
     log.checkpoint_all().unwrap();
     let signed = entries(&h, &scope).last().unwrap().seq;
     // Newer entries after the checkpoint stay.
-    h.post("acme", "directory", "u7", "/audit?action=doc.write", b"").await.unwrap();
+    h.post("acme", "directory", "u7", "/audit?action=doc.write", b"")
+        .await
+        .unwrap();
     let removed = log.prune(&scope, u64::MAX).unwrap();
     assert_eq!(removed, signed);
     let left = entries(&h, &scope);
@@ -270,12 +366,24 @@ async fn i9_admin_actions_land_in_the_system_and_tenant_trails() {
     for a in ["plugin.install", "tenant.create", "tenant.delete"] {
         assert!(actions.contains(&a), "{actions:?}");
     }
-    assert!(h.runtime().audit_log().verify(&Scope::System).unwrap().is_intact());
+    assert!(
+        h.runtime()
+            .audit_log()
+            .verify(&Scope::System)
+            .unwrap()
+            .is_intact()
+    );
     // The deleted tenant's trail went with its key; a new tenant of the
     // same id starts a fresh, intact trail.
     h.tenant("acme").await.unwrap();
     let fresh = entries(&h, &Scope::tenant("acme"));
     assert_eq!(fresh[0].seq, 1);
     assert_eq!(fresh[0].action, "tenant.create");
-    assert!(h.runtime().audit_log().verify(&Scope::tenant("acme")).unwrap().is_intact());
+    assert!(
+        h.runtime()
+            .audit_log()
+            .verify(&Scope::tenant("acme"))
+            .unwrap()
+            .is_intact()
+    );
 }

@@ -25,15 +25,22 @@ const REDIRECT: &str = "http://127.0.0.1:9/callback";
 
 /// The relying party's HTTP client: requests go to the test server over
 /// real sockets.
-async fn http_client(req: openidconnect::HttpRequest) -> Result<openidconnect::HttpResponse, std::io::Error> {
+async fn http_client(
+    req: openidconnect::HttpRequest,
+) -> Result<openidconnect::HttpResponse, std::io::Error> {
     let uri = req.uri().clone();
-    let addr = format!("{}:{}", uri.host().unwrap(), uri.port_u16().unwrap()).parse().unwrap();
+    let addr = format!("{}:{}", uri.host().unwrap(), uri.port_u16().unwrap())
+        .parse()
+        .unwrap();
     let headers: Vec<(String, String)> = req
         .headers()
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
         .collect();
-    let target = uri.path_and_query().map(|p| p.to_string()).unwrap_or("/".into());
+    let target = uri
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or("/".into());
     let reply = request(addr, req.method().as_str(), &target, &headers, req.body()).await;
     let mut resp = http::Response::builder().status(reply.status);
     for (k, v) in &reply.headers {
@@ -61,14 +68,28 @@ async fn provider() -> Provider {
         &h,
         Op::UserUpdate {
             realm: "acme".into(),
-            user: h.runtime().identity().user_by_name(&switchboard::audit::Scope::tenant("acme"), "alice").unwrap().unwrap().id,
-            change: serde_json::from_value(json!({"email": "alice@acme.example", "display_name": "Alice A."})).unwrap(),
+            user: h
+                .runtime()
+                .identity()
+                .user_by_name(&switchboard::audit::Scope::tenant("acme"), "alice")
+                .unwrap()
+                .unwrap()
+                .id,
+            change: serde_json::from_value(
+                json!({"email": "alice@acme.example", "display_name": "Alice A."}),
+            )
+            .unwrap(),
         },
     )
     .await;
     let v = console(
         &h,
-        Op::OidcClientAdd { tenant: "acme".into(), name: "Wiki".into(), redirect_uris: vec![REDIRECT.into()], public: false },
+        Op::OidcClientAdd {
+            tenant: "acme".into(),
+            name: "Wiki".into(),
+            redirect_uris: vec![REDIRECT.into()],
+            public: false,
+        },
     )
     .await;
     Provider {
@@ -99,14 +120,20 @@ async fn sign_in(p: &Provider, auth_url: &str, password: &str) -> Reply {
     let page = p.s.call("GET", &path_of(auth_url), None, None).await;
     assert_eq!(page.status, 200, "{}", page.text());
     let html = page.text();
-    let start = html.find("name=request value=\"").expect("the sign-in form") + "name=request value=\"".len();
+    let start = html
+        .find("name=request value=\"")
+        .expect("the sign-in form")
+        + "name=request value=\"".len();
     let request_field = html[start..start + html[start..].find('"').unwrap()].replace("&amp;", "&");
     let body = format!(
         "request={}&username=alice&password={}",
         urlencode(&request_field),
         urlencode(password)
     );
-    let headers = vec![("content-type".to_string(), "application/x-www-form-urlencoded".to_string())];
+    let headers = vec![(
+        "content-type".to_string(),
+        "application/x-www-form-urlencoded".to_string(),
+    )];
     let tenant_path = path_of(auth_url);
     let target = tenant_path.split('?').next().unwrap().to_string();
     request(p.s.addr, "POST", &target, &headers, body.as_bytes()).await
@@ -127,9 +154,12 @@ fn urlencode(s: &str) -> String {
 #[tokio::test]
 async fn i5_a_mainstream_client_signs_in_with_pkce_and_verifies_the_id_token() {
     let p = provider().await;
-    let metadata = CoreProviderMetadata::discover_async(IssuerUrl::new(issuer(&p, "acme")).unwrap(), &http_client)
-        .await
-        .expect("discovery");
+    let metadata = CoreProviderMetadata::discover_async(
+        IssuerUrl::new(issuer(&p, "acme")).unwrap(),
+        &http_client,
+    )
+    .await
+    .expect("discovery");
     let client = CoreClient::from_provider_metadata(
         metadata,
         ClientId::new(p.client_id.clone()),
@@ -138,7 +168,11 @@ async fn i5_a_mainstream_client_signs_in_with_pkce_and_verifies_the_id_token() {
     .set_redirect_uri(RedirectUrl::new(REDIRECT.into()).unwrap());
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
     let (auth_url, csrf, nonce) = client
-        .authorize_url(CoreAuthenticationFlow::AuthorizationCode, CsrfToken::new_random, Nonce::new_random)
+        .authorize_url(
+            CoreAuthenticationFlow::AuthorizationCode,
+            CsrfToken::new_random,
+            Nonce::new_random,
+        )
         .add_scope(Scope::new("profile".into()))
         .add_scope(Scope::new("email".into()))
         .set_pkce_challenge(challenge)
@@ -169,12 +203,18 @@ async fn i5_a_mainstream_client_signs_in_with_pkce_and_verifies_the_id_token() {
     let verifier = client
         .id_token_verifier()
         .set_allowed_algs(vec![CoreJwsSigningAlgorithm::EdDsa]);
-    let claims = id_token.claims(&verifier, &nonce).expect("a valid, signed ID token");
+    let claims = id_token
+        .claims(&verifier, &nonce)
+        .expect("a valid, signed ID token");
     assert_eq!(claims.issuer().as_str(), issuer(&p, "acme"));
     assert_eq!(claims.preferred_username().unwrap().as_str(), "alice");
     assert_eq!(claims.email().unwrap().as_str(), "alice@acme.example");
     // A wrong nonce is caught by the client.
-    assert!(id_token.claims(&verifier, &Nonce::new("other".into())).is_err());
+    assert!(
+        id_token
+            .claims(&verifier, &Nonce::new("other".into()))
+            .is_err()
+    );
 
     let info: CoreUserInfoClaims = client
         .user_info(tokens.access_token().to_owned(), None)
@@ -187,44 +227,93 @@ async fn i5_a_mainstream_client_signs_in_with_pkce_and_verifies_the_id_token() {
     // A second authorization reuses the provider session (cookie-less
     // here: the form again), and the code cannot be replayed: its tokens
     // are revoked when someone tries.
-    let replay = token_request(&p, &[("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT), ("code_verifier", &"a".repeat(43))], true).await;
+    let replay = token_request(
+        &p,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", &"a".repeat(43)),
+        ],
+        true,
+    )
+    .await;
     assert_eq!(replay.json()["error"], "invalid_grant");
-    let r = p.s.call("GET", "/oidc/acme/userinfo", Some(tokens.access_token().secret()), None).await;
+    let r =
+        p.s.call(
+            "GET",
+            "/oidc/acme/userinfo",
+            Some(tokens.access_token().secret()),
+            None,
+        )
+        .await;
     assert_eq!(r.status, 401, "the replayed code's tokens are revoked");
 
     // The ID token does not verify against another tenant's keys.
-    let beta = CoreProviderMetadata::discover_async(IssuerUrl::new(issuer(&p, "beta")).unwrap(), &http_client)
-        .await
-        .unwrap();
-    let beta_client = CoreClient::from_provider_metadata(beta, ClientId::new(p.client_id.clone()), None);
+    let beta = CoreProviderMetadata::discover_async(
+        IssuerUrl::new(issuer(&p, "beta")).unwrap(),
+        &http_client,
+    )
+    .await
+    .unwrap();
+    let beta_client =
+        CoreClient::from_provider_metadata(beta, ClientId::new(p.client_id.clone()), None);
     let beta_verifier = beta_client
         .id_token_verifier()
         .set_allowed_algs(vec![CoreJwsSigningAlgorithm::EdDsa])
         .require_issuer_match(false);
     assert!(id_token.claims(&beta_verifier, &nonce).is_err());
-    let trail = console(&p.h, Op::AuditExport { realm: "acme".into(), after: 0, limit: 1000 }).await;
-    let actions: Vec<&str> = trail["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    let trail = console(
+        &p.h,
+        Op::AuditExport {
+            realm: "acme".into(),
+            after: 0,
+            limit: 1000,
+        },
+    )
+    .await;
+    let actions: Vec<&str> = trail["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
     for a in ["oidc.authorize", "oidc.token"] {
         assert!(actions.contains(&a), "{actions:?}");
     }
 }
 
 async fn token_request(p: &Provider, fields: &[(&str, &str)], basic: bool) -> Reply {
-    let body: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={}", urlencode(v))).collect();
-    let mut headers = vec![("content-type".to_string(), "application/x-www-form-urlencoded".to_string())];
+    let body: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| format!("{k}={}", urlencode(v)))
+        .collect();
+    let mut headers = vec![(
+        "content-type".to_string(),
+        "application/x-www-form-urlencoded".to_string(),
+    )];
     if basic {
         use base64::Engine as _;
-        let cred = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", p.client_id, p.secret));
+        let cred = base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{}", p.client_id, p.secret));
         headers.push(("authorization".into(), format!("Basic {cred}")));
     }
-    request(p.s.addr, "POST", "/oidc/acme/token", &headers, body.join("&").as_bytes()).await
+    request(
+        p.s.addr,
+        "POST",
+        "/oidc/acme/token",
+        &headers,
+        body.join("&").as_bytes(),
+    )
+    .await
 }
 
 /// A fixed PKCE verifier for the raw requests.
 const VERIFIER: &str = "dBjftJeZ4CVP-mJ92IgGMeEt6rE-0wI0t3cz5RzEo7Y";
 
 fn authorize_path(client: &str, redirect: &str, extra: &str) -> String {
-    let challenge = PkceCodeChallenge::from_code_verifier_sha256(&PkceCodeVerifier::new(VERIFIER.into()));
+    let challenge =
+        PkceCodeChallenge::from_code_verifier_sha256(&PkceCodeVerifier::new(VERIFIER.into()));
     format!(
         "/oidc/acme/authorize?response_type=code&client_id={client}&redirect_uri={}&scope=openid&state=s1&code_challenge={}&code_challenge_method=S256{extra}",
         urlencode(redirect),
@@ -253,88 +342,238 @@ async fn i5_rfc9700_negative_cases_are_refused() {
         "http://127.0.0.1:10/callback",
         "http://attacker.example/callback",
     ] {
-        let r = p.s.call("GET", &authorize_path(&p.client_id, bad, ""), None, None).await;
+        let r =
+            p.s.call("GET", &authorize_path(&p.client_id, bad, ""), None, None)
+                .await;
         assert_eq!(r.status, 400, "{bad}");
         assert!(r.header("location").is_none(), "{bad}: never redirected");
     }
-    let r = p.s.call("GET", &authorize_path("cunknown", REDIRECT, ""), None, None).await;
+    let r =
+        p.s.call("GET", &authorize_path("cunknown", REDIRECT, ""), None, None)
+            .await;
     assert_eq!((r.status, r.header("location")), (400, None));
 
     // Implicit flow, missing and plain PKCE: errors go back to the client.
-    let implicit = authorize_path(&p.client_id, REDIRECT, "").replace("response_type=code", "response_type=token");
+    let implicit = authorize_path(&p.client_id, REDIRECT, "")
+        .replace("response_type=code", "response_type=token");
     let r = p.s.call("GET", &implicit, None, None).await;
     assert_eq!(r.status, 303);
-    assert_eq!(query_of(r.header("location").unwrap())["error"], "unsupported_response_type");
-    let no_pkce = authorize_path(&p.client_id, REDIRECT, "").replace("&code_challenge_method=S256", "");
+    assert_eq!(
+        query_of(r.header("location").unwrap())["error"],
+        "unsupported_response_type"
+    );
+    let no_pkce =
+        authorize_path(&p.client_id, REDIRECT, "").replace("&code_challenge_method=S256", "");
     let r = p.s.call("GET", &no_pkce, None, None).await;
-    assert_eq!(query_of(r.header("location").unwrap())["error"], "invalid_request");
+    assert_eq!(
+        query_of(r.header("location").unwrap())["error"],
+        "invalid_request"
+    );
     let plain = authorize_path(&p.client_id, REDIRECT, "").replace("method=S256", "method=plain");
     let r = p.s.call("GET", &plain, None, None).await;
     let q = query_of(r.header("location").unwrap());
     assert_eq!(q["error"], "invalid_request");
     assert!(q["error_description"].contains("S256"));
-    let no_openid = authorize_path(&p.client_id, REDIRECT, "").replace("scope=openid", "scope=email");
+    let no_openid =
+        authorize_path(&p.client_id, REDIRECT, "").replace("scope=openid", "scope=email");
     let r = p.s.call("GET", &no_openid, None, None).await;
-    assert_eq!(query_of(r.header("location").unwrap())["error"], "invalid_scope");
+    assert_eq!(
+        query_of(r.header("location").unwrap())["error"],
+        "invalid_scope"
+    );
 
     // Token endpoint: password, client-credentials and implicit-style
     // grants are refused.
-    for grant in ["password", "client_credentials", "implicit", "refresh_token"] {
-        let r = token_request(&p, &[("grant_type", grant), ("username", "alice"), ("password", STRONG)], true).await;
-        assert_eq!((r.status, r.json()["error"].as_str().unwrap()), (400, "unsupported_grant_type"), "{grant}");
+    for grant in [
+        "password",
+        "client_credentials",
+        "implicit",
+        "refresh_token",
+    ] {
+        let r = token_request(
+            &p,
+            &[
+                ("grant_type", grant),
+                ("username", "alice"),
+                ("password", STRONG),
+            ],
+            true,
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.json()["error"].as_str().unwrap()),
+            (400, "unsupported_grant_type"),
+            "{grant}"
+        );
     }
 
     let verifier = VERIFIER;
     // A wrong verifier, a wrong redirect URI, a wrong secret, another
     // client: each is refused, and the code is then spent.
     let code = code_for(&p, &authorize_path(&p.client_id, REDIRECT, "")).await;
-    let r = token_request(&p, &[("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT), ("code_verifier", &"x".repeat(43))], true).await;
+    let r = token_request(
+        &p,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", &"x".repeat(43)),
+        ],
+        true,
+    )
+    .await;
     assert_eq!(r.json()["error"], "invalid_grant");
-    let r = token_request(&p, &[("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT), ("code_verifier", verifier)], true).await;
-    assert_eq!(r.json()["error"], "invalid_grant", "a code is single-use, even after a failed redemption");
+    let r = token_request(
+        &p,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", verifier),
+        ],
+        true,
+    )
+    .await;
+    assert_eq!(
+        r.json()["error"],
+        "invalid_grant",
+        "a code is single-use, even after a failed redemption"
+    );
 
     let code = code_for(&p, &authorize_path(&p.client_id, REDIRECT, "")).await;
-    let r = token_request(&p, &[("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", "http://127.0.0.1:9/other"), ("code_verifier", verifier)], true).await;
+    let r = token_request(
+        &p,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", "http://127.0.0.1:9/other"),
+            ("code_verifier", verifier),
+        ],
+        true,
+    )
+    .await;
     assert_eq!(r.json()["error"], "invalid_grant");
 
     let code = code_for(&p, &authorize_path(&p.client_id, REDIRECT, "")).await;
-    let r = token_request(&p, &[("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT), ("code_verifier", verifier), ("client_id", &p.client_id), ("client_secret", "wrong")], false).await;
-    assert_eq!((r.status, r.json()["error"].as_str().unwrap()), (401, "invalid_client"));
+    let r = token_request(
+        &p,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", verifier),
+            ("client_id", &p.client_id),
+            ("client_secret", "wrong"),
+        ],
+        false,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json()["error"].as_str().unwrap()),
+        (401, "invalid_client")
+    );
     // Missing verifier entirely.
-    let r = token_request(&p, &[("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT)], true).await;
+    let r = token_request(
+        &p,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT),
+        ],
+        true,
+    )
+    .await;
     assert_eq!(r.json()["error"], "invalid_grant");
 
     let other = console(
         &p.h,
-        Op::OidcClientAdd { tenant: "acme".into(), name: "Other".into(), redirect_uris: vec![REDIRECT.into()], public: true },
+        Op::OidcClientAdd {
+            tenant: "acme".into(),
+            name: "Other".into(),
+            redirect_uris: vec![REDIRECT.into()],
+            public: true,
+        },
     )
     .await;
     let other_id = other["client"]["id"].as_str().unwrap().to_string();
     let code = code_for(&p, &authorize_path(&p.client_id, REDIRECT, "")).await;
-    let r = token_request(&p, &[("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT), ("code_verifier", verifier), ("client_id", &other_id)], false).await;
-    assert_eq!(r.json()["error"], "invalid_grant", "a code is bound to its client");
+    let r = token_request(
+        &p,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", verifier),
+            ("client_id", &other_id),
+        ],
+        false,
+    )
+    .await;
+    assert_eq!(
+        r.json()["error"],
+        "invalid_grant",
+        "a code is bound to its client"
+    );
 
     // The right everything works once.
     let code = code_for(&p, &authorize_path(&p.client_id, REDIRECT, "")).await;
-    let ok = token_request(&p, &[("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT), ("code_verifier", verifier)], true).await;
+    let ok = token_request(
+        &p,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", verifier),
+        ],
+        true,
+    )
+    .await;
     assert_eq!(ok.status, 200, "{}", ok.text());
     // The same code at another tenant's token endpoint: unknown client.
-    let body = format!("grant_type=authorization_code&code={code}&redirect_uri={}&code_verifier={verifier}&client_id={}", urlencode(REDIRECT), p.client_id);
-    let headers = vec![("content-type".to_string(), "application/x-www-form-urlencoded".to_string())];
-    let r = request(p.s.addr, "POST", "/oidc/beta/token", &headers, body.as_bytes()).await;
+    let body = format!(
+        "grant_type=authorization_code&code={code}&redirect_uri={}&code_verifier={verifier}&client_id={}",
+        urlencode(REDIRECT),
+        p.client_id
+    );
+    let headers = vec![(
+        "content-type".to_string(),
+        "application/x-www-form-urlencoded".to_string(),
+    )];
+    let r = request(
+        p.s.addr,
+        "POST",
+        "/oidc/beta/token",
+        &headers,
+        body.as_bytes(),
+    )
+    .await;
     assert_eq!(r.json()["error"], "invalid_client");
     // Garbage and oversized inputs.
-    let r = p.s.call("GET", "/oidc/acme/userinfo", Some("not-a-token"), None).await;
+    let r =
+        p.s.call("GET", "/oidc/acme/userinfo", Some("not-a-token"), None)
+            .await;
     assert_eq!(r.status, 401);
     let huge = format!("/oidc/acme/authorize?x={}", "a".repeat(9000));
     assert_eq!(p.s.call("GET", &huge, None, None).await.status, 400);
-    let r = p.s.call("GET", "/oidc/nope/.well-known/openid-configuration", None, None).await;
+    let r =
+        p.s.call(
+            "GET",
+            "/oidc/nope/.well-known/openid-configuration",
+            None,
+            None,
+        )
+        .await;
     assert_eq!(r.status, 404);
     // Registration refuses unsafe redirect URIs.
     let err = switchboard::admin::execute(
         p.h.runtime(),
         &switchboard::admin::Actor::Console,
-        Op::OidcClientAdd { tenant: "acme".into(), name: "Bad".into(), redirect_uris: vec!["http://attacker.example/cb".into()], public: true },
+        Op::OidcClientAdd {
+            tenant: "acme".into(),
+            name: "Bad".into(),
+            redirect_uris: vec!["http://attacker.example/cb".into()],
+            public: true,
+        },
     )
     .await
     .unwrap_err();
@@ -345,7 +584,14 @@ async fn i5_rfc9700_negative_cases_are_refused() {
 /// Follows a `/api/v1/auth/sso/{tenant}/start` redirect through the
 /// provider's sign-in form; returns the callback path and query.
 async fn federate(p: &Provider, tenant: &str, user: &str) -> String {
-    let r = p.s.call("GET", &format!("/api/v1/auth/sso/{tenant}/start"), None, None).await;
+    let r =
+        p.s.call(
+            "GET",
+            &format!("/api/v1/auth/sso/{tenant}/start"),
+            None,
+            None,
+        )
+        .await;
     assert_eq!(r.status, 303, "{}", r.text());
     let to_idp = r.header("location").unwrap().to_string();
     assert!(to_idp.starts_with(&issuer(p, "idp")), "{to_idp}");
@@ -354,9 +600,23 @@ async fn federate(p: &Provider, tenant: &str, user: &str) -> String {
     let html = page.text();
     let start = html.find("name=request value=\"").unwrap() + "name=request value=\"".len();
     let request_field = html[start..start + html[start..].find('"').unwrap()].replace("&amp;", "&");
-    let body = format!("request={}&username={user}&password={}", urlencode(&request_field), urlencode(STRONG));
-    let headers = vec![("content-type".to_string(), "application/x-www-form-urlencoded".to_string())];
-    let r = request(p.s.addr, "POST", "/oidc/idp/authorize", &headers, body.as_bytes()).await;
+    let body = format!(
+        "request={}&username={user}&password={}",
+        urlencode(&request_field),
+        urlencode(STRONG)
+    );
+    let headers = vec![(
+        "content-type".to_string(),
+        "application/x-www-form-urlencoded".to_string(),
+    )];
+    let r = request(
+        p.s.addr,
+        "POST",
+        "/oidc/idp/authorize",
+        &headers,
+        body.as_bytes(),
+    )
+    .await;
     assert_eq!(r.status, 303, "{}", r.text());
     path_of(r.header("location").unwrap())
 }
@@ -371,7 +631,12 @@ async fn i6_a_tenant_signs_its_users_in_through_an_external_provider() {
     let callback = p.s.url("/api/v1/auth/sso/acme/callback");
     let client = console(
         &p.h,
-        Op::OidcClientAdd { tenant: "idp".into(), name: "Acme Switchboard".into(), redirect_uris: vec![callback], public: false },
+        Op::OidcClientAdd {
+            tenant: "idp".into(),
+            name: "Acme Switchboard".into(),
+            redirect_uris: vec![callback],
+            public: false,
+        },
     )
     .await;
     let config = json!({
@@ -382,11 +647,29 @@ async fn i6_a_tenant_signs_its_users_in_through_an_external_provider() {
     // Tenant admins configure it; a user cannot.
     let (_, w) = create_user(&p.h, "acme", "acme-admin", "tenant-admin").await;
     let admin = activate(&p.s, Some("acme"), "acme-admin", &w).await;
-    let r = p.s.call("PUT", "/api/v1/admin/tenants/acme/sso", Some(&admin), Some(&config)).await;
+    let r =
+        p.s.call(
+            "PUT",
+            "/api/v1/admin/tenants/acme/sso",
+            Some(&admin),
+            Some(&config),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.json()["client_secret"], "(set)", "the secret is never shown again");
+    assert_eq!(
+        r.json()["client_secret"],
+        "(set)",
+        "the secret is never shown again"
+    );
     let bad = json!({"issuer": "https://idp.example", "client_id": "x", "client_secret": "y"});
-    let r = p.s.call("PUT", "/api/v1/admin/tenants/acme/sso", Some(&admin), Some(&bad)).await;
+    let r =
+        p.s.call(
+            "PUT",
+            "/api/v1/admin/tenants/acme/sso",
+            Some(&admin),
+            Some(&bad),
+        )
+        .await;
     assert_eq!(r.code(), "invalid_issuer");
 
     // Bob of the provider signs in to acme: an account is provisioned and
@@ -396,7 +679,10 @@ async fn i6_a_tenant_signs_its_users_in_through_an_external_provider() {
     assert_eq!(r.status, 200, "{}", r.text());
     let token = r.json()["token"].as_str().unwrap().to_string();
     assert!(token.starts_with("sb1.acme."));
-    let me = p.s.call("GET", "/api/v1/auth/me", Some(&token), None).await.json();
+    let me =
+        p.s.call("GET", "/api/v1/auth/me", Some(&token), None)
+            .await
+            .json();
     assert_eq!(me["user"]["username"], "bob");
     assert_eq!(me["user"]["federated"], true);
     let first_id = me["user"]["id"].clone();
@@ -405,28 +691,68 @@ async fn i6_a_tenant_signs_its_users_in_through_an_external_provider() {
     assert_eq!(r.code(), "sso_failed");
     // A second sign-in reaches the same account.
     let back = federate(&p, "acme", "bob").await;
-    let token = p.s.call("GET", &back, None, None).await.json()["token"].as_str().unwrap().to_string();
-    let me = p.s.call("GET", "/api/v1/auth/me", Some(&token), None).await.json();
+    let token = p.s.call("GET", &back, None, None).await.json()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let me =
+        p.s.call("GET", "/api/v1/auth/me", Some(&token), None)
+            .await
+            .json();
     assert_eq!(me["user"]["id"], first_id);
     // The federated account has no password to guess.
-    assert_eq!(switchboard_tests::accounts::login(&p.s, Some("acme"), "bob", STRONG).await.code(), "invalid_credentials");
+    assert_eq!(
+        switchboard_tests::accounts::login(&p.s, Some("acme"), "bob", STRONG)
+            .await
+            .code(),
+        "invalid_credentials"
+    );
 
     // A forged state, a mix-up issuer and a tampered code are refused.
     let back = federate(&p, "acme", "bob").await;
     let forged = back.replace("state=", "state=x");
-    assert_eq!(p.s.call("GET", &forged, None, None).await.code(), "sso_failed");
+    assert_eq!(
+        p.s.call("GET", &forged, None, None).await.code(),
+        "sso_failed"
+    );
     let mixed = format!("{back}&iss=http%3A%2F%2Fevil.example");
-    assert_eq!(p.s.call("GET", &mixed, None, None).await.code(), "sso_failed");
+    assert_eq!(
+        p.s.call("GET", &mixed, None, None).await.code(),
+        "sso_failed"
+    );
     // An existing local account of the same name is never taken over.
     let (_, w) = create_user(&p.h, "idp", "alice", "user").await;
     activate(&p.s, Some("idp"), "alice", &w).await;
     let back = federate(&p, "acme", "alice").await;
     let r = p.s.call("GET", &back, None, None).await;
-    assert_eq!((r.status, r.code().as_str()), (409, "already_exists"), "{}", r.text());
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (409, "already_exists"),
+        "{}",
+        r.text()
+    );
     // Tenants without a provider say so.
-    let r = p.s.call("GET", "/api/v1/auth/sso/beta/start", None, None).await;
+    let r =
+        p.s.call("GET", "/api/v1/auth/sso/beta/start", None, None)
+            .await;
     assert_eq!(r.code(), "sso_not_configured");
-    let trail = console(&p.h, Op::AuditExport { realm: "acme".into(), after: 0, limit: 10_000 }).await;
-    let sso: Vec<&Value> = trail["entries"].as_array().unwrap().iter().filter(|e| e["action"] == "auth.sso").collect();
-    assert!(sso.iter().any(|e| e["outcome"] == "success") && sso.iter().any(|e| e["outcome"] != "success"));
+    let trail = console(
+        &p.h,
+        Op::AuditExport {
+            realm: "acme".into(),
+            after: 0,
+            limit: 10_000,
+        },
+    )
+    .await;
+    let sso: Vec<&Value> = trail["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "auth.sso")
+        .collect();
+    assert!(
+        sso.iter().any(|e| e["outcome"] == "success")
+            && sso.iter().any(|e| e["outcome"] != "success")
+    );
 }

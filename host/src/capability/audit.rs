@@ -36,13 +36,19 @@ pub fn append(
         ));
     }
     if target.len() > MAX_TARGET_LEN {
-        return Err(CapError::TooLarge(format!("target over {MAX_TARGET_LEN} bytes")));
+        return Err(CapError::TooLarge(format!(
+            "target over {MAX_TARGET_LEN} bytes"
+        )));
     }
     if details.len() > MAX_DETAILS_LEN {
-        return Err(CapError::TooLarge(format!("details over {MAX_DETAILS_LEN} bytes")));
+        return Err(CapError::TooLarge(format!(
+            "details over {MAX_DETAILS_LEN} bytes"
+        )));
     }
     if target.chars().chain(action.chars()).any(char::is_control) {
-        return Err(CapError::InvalidArgument("control characters in target".into()));
+        return Err(CapError::InvalidArgument(
+            "control characters in target".into(),
+        ));
     }
     if ctx.txn.audit_drafts().len() >= MAX_ENTRIES_PER_CALL {
         return Err(CapError::TooLarge(format!(

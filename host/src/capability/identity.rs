@@ -14,7 +14,9 @@ use crate::runtime::txn::AuditDraft;
 /// Looks a user of the calling tenant up by id or login name.
 pub fn lookup_user(ctx: &mut CallCtx, id: &str) -> Result<Option<UserView>, CapError> {
     if id.is_empty() || id.len() > 256 {
-        return Err(CapError::InvalidArgument("user id must be 1-256 bytes".into()));
+        return Err(CapError::InvalidArgument(
+            "user id must be 1-256 bytes".into(),
+        ));
     }
     let realm = Scope::tenant(ctx.tenant_id());
     let ids = &ctx.rt.identity;

@@ -35,15 +35,23 @@ pub fn check(candidate: &str, username: &str) -> Result<(), Vec<String>> {
     let mut unmet = Vec::new();
     let chars = candidate.chars().count();
     if chars < MIN_CHARS {
-        unmet.push(format!("use at least {MIN_CHARS} characters (this has {chars})"));
+        unmet.push(format!(
+            "use at least {MIN_CHARS} characters (this has {chars})"
+        ));
     }
     if chars > MAX_CHARS {
-        unmet.push(format!("use at most {MAX_CHARS} characters (this has {chars})"));
+        unmet.push(format!(
+            "use at most {MAX_CHARS} characters (this has {chars})"
+        ));
     }
     if !candidate.chars().any(|c| SPECIALS.contains(c)) {
         unmet.push(format!(
             "include at least one of these characters: {}",
-            SPECIALS.chars().map(String::from).collect::<Vec<_>>().join(" ")
+            SPECIALS
+                .chars()
+                .map(String::from)
+                .collect::<Vec<_>>()
+                .join(" ")
         ));
     }
     if !candidate.chars().any(|c| c.is_ascii_digit()) {
@@ -63,11 +71,7 @@ pub fn check(candidate: &str, username: &str) -> Result<(), Vec<String>> {
             "choose a less common password: this one is on the list of commonly used or easily guessed passwords".into(),
         );
     }
-    if unmet.is_empty() {
-        Ok(())
-    } else {
-        Err(unmet)
-    }
+    if unmet.is_empty() { Ok(()) } else { Err(unmet) }
 }
 
 /// Whether `candidate` is a common password or a decorated form of one (or
@@ -78,16 +82,18 @@ fn is_common(candidate: &str, username: &str) -> bool {
     if set.contains(lower.as_str()) {
         return true;
     }
-    let core_of = |s: &str| -> String {
-        s.trim_matches(|c: char| !c.is_alphabetic()).to_string()
-    };
+    let core_of = |s: &str| -> String { s.trim_matches(|c: char| !c.is_alphabetic()).to_string() };
     // Trim the decoration (digits and symbols at the ends) before and
     // after undoing substitutions: `!Dragon99` and `P@ssw0rd1!` both fold.
     let trimmed = core_of(&lower);
     let core = unleet(&trimmed);
     let folded = core_of(&unleet(&lower));
     let name = username.to_lowercase();
-    let name_core = name.split(['@', '.']).next().unwrap_or_default().to_string();
+    let name_core = name
+        .split(['@', '.'])
+        .next()
+        .unwrap_or_default()
+        .to_string();
     [core.as_str(), trimmed.as_str(), folded.as_str()]
         .iter()
         .any(|c| {
@@ -132,7 +138,9 @@ pub fn hash(password: &str) -> Result<String, String> {
 /// matches.
 pub fn verify(password: &str, phc: &str) -> bool {
     match PasswordHash::new(phc) {
-        Ok(parsed) => argon2().verify_password(password.as_bytes(), &parsed).is_ok(),
+        Ok(parsed) => argon2()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok(),
         Err(_) => false,
     }
 }
@@ -194,9 +202,19 @@ mod tests {
 
     #[test]
     fn common_and_decorated_common_passwords_are_refused() {
-        for p in ["Password1!", "P@ssw0rd1!", "Summer2026!", "Welcome123#", "Qwerty123!", "!Dragon99"] {
+        for p in [
+            "Password1!",
+            "P@ssw0rd1!",
+            "Summer2026!",
+            "Welcome123#",
+            "Qwerty123!",
+            "!Dragon99",
+        ] {
             let unmet = check(p, "alice").unwrap_err();
-            assert!(unmet.iter().any(|m| m.contains("less common")), "{p}: {unmet:?}");
+            assert!(
+                unmet.iter().any(|m| m.contains("less common")),
+                "{p}: {unmet:?}"
+            );
         }
         let unmet = check("Alice2026!", "alice").unwrap_err();
         assert!(unmet.iter().any(|m| m.contains("less common")));

@@ -210,7 +210,10 @@ mod tests {
         assert!(t.is_locked("acme/alice", now));
         assert!(!t.is_locked("acme/alice", now + 15 * 60_000 + 1));
         // Another name from another address is unaffected.
-        assert_eq!(t.gate("acme/bob", Some("192.0.2.2".parse().unwrap()), now), Gate::Open);
+        assert_eq!(
+            t.gate("acme/bob", Some("192.0.2.2".parse().unwrap()), now),
+            Gate::Open
+        );
     }
 
     #[test]

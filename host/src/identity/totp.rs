@@ -158,6 +158,9 @@ mod tests {
             assert_eq!(base32_decode(&base32(&bytes)).unwrap(), bytes);
         }
         assert!(base32_decode("not base32!").is_none());
-        assert!(uri("Switchboard acme", "alice", b"12345").starts_with("otpauth://totp/Switchboard%20acme:alice?secret="));
+        assert!(
+            uri("Switchboard acme", "alice", b"12345")
+                .starts_with("otpauth://totp/Switchboard%20acme:alice?secret=")
+        );
     }
 }

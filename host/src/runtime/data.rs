@@ -237,10 +237,10 @@ impl Inner {
             .iter()
             .find(|(c, _)| *c == "audit")
             .map_or(7 * 365 + 2, |(_, d)| *d);
-        if let Err(e) = self
-            .trail
-            .prune(&Scope::System, now.saturating_sub(u64::from(audit_days) * DAY_MS))
-        {
+        if let Err(e) = self.trail.prune(
+            &Scope::System,
+            now.saturating_sub(u64::from(audit_days) * DAY_MS),
+        ) {
             tracing::error!(error = %e, "pruning the system audit trail failed");
         }
         Ok(report)
@@ -321,7 +321,10 @@ impl Inner {
                 "retention.delete",
                 &format!("blob {plugin}/{id}"),
                 outcome::SUCCESS,
-                &format!("class {class}, {} bytes, created {}", meta.size, meta.created_ms),
+                &format!(
+                    "class {class}, {} bytes, created {}",
+                    meta.size, meta.created_ms
+                ),
             );
         }
         Ok(())
