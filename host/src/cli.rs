@@ -514,6 +514,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .or(file.listen)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
             let runtime = Runtime::open(file.runtime_config(data))?;
+            if let Some(url) = &file.public_url {
+                runtime.set_public_url(url);
+            }
             crate::bundle::install(&runtime, file.trust_bundled.unwrap_or(true)).await;
             server::serve(runtime, listen, file.backup.clone()).await
         }

@@ -44,6 +44,11 @@ pub struct ServerConfig {
     pub master_key_command: Option<String>,
     /// Scheduled backups.
     pub backup: BackupSchedule,
+    /// The URL clients reach this server at (OpenID Connect issuers, SSO
+    /// callbacks); default `http://{listen}`.
+    pub public_url: Option<String>,
+    /// Sign-in throttling and locking (SPEC I3).
+    pub identity: crate::identity::IdentityConfig,
 }
 
 /// When `serve` makes backups (SPEC D5): by default an incremental every
@@ -113,6 +118,7 @@ impl ServerConfig {
             rc.master_key = MasterKeySource::Command(cmd.clone());
         }
         rc.track_changes = self.backup.enabled;
+        rc.identity = self.identity.clone();
         rc
     }
 }
