@@ -91,6 +91,10 @@ impl Grant {
     }
 }
 
+/// Decisions and revocations are read-modify-write of one record: one at a
+/// time, so a late approval cannot resurrect a revoked request.
+static DECISIONS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn key(id: &str) -> Vec<u8> {
     format!("sys/jit/{id}").into_bytes()
 }
@@ -265,10 +269,20 @@ pub async fn decide(
     id: &str,
     approve: bool,
 ) -> Result<Grant, ApiError> {
+    let _one = DECISIONS.lock().await;
     let mut g = get(rt, id)?;
     let may = match who.role {
         Role::Operator => who.user != g.requester,
-        Role::TenantAdmin => who.tenant.as_deref() == Some(g.tenant.as_str()),
+        // A tenant admin the requester created (a tenant's first admin is
+        // made by an operator) is not a second person.
+        Role::TenantAdmin => {
+            who.tenant.as_deref() == Some(g.tenant.as_str())
+                && rt
+                    .identity()
+                    .created_by(&Scope::tenant(&g.tenant), &who.user)
+                    .as_deref()
+                    != Some(g.requester.as_str())
+        }
         _ => false,
     };
     if !may {
@@ -329,6 +343,7 @@ pub async fn decide(
 
 /// Ends a grant early (the requester, any operator, the tenant's admin).
 pub async fn revoke(rt: &Runtime, who: Option<&Person>, id: &str) -> Result<Grant, ApiError> {
+    let _one = DECISIONS.lock().await;
     let mut g = get(rt, id)?;
     let may = match who {
         None => true,

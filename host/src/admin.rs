@@ -251,7 +251,19 @@ fn deny(what: &str) -> Result<(), ApiError> {
 
 /// Whether `actor` may run `op`. `target_role` is the role of the account
 /// an account operation touches (read before authorising).
-fn authorize(actor: &Actor, op: &Op, target_role: Option<Role>) -> Result<(), ApiError> {
+/// Facts about the target an authorisation decision needs.
+#[derive(Debug, Clone, Copy, Default)]
+struct Facts {
+    /// Whether the tenant an account operation aims at has an admin.
+    tenant_has_admin: bool,
+}
+
+fn authorize(
+    actor: &Actor,
+    op: &Op,
+    target_role: Option<Role>,
+    ctx: Facts,
+) -> Result<(), ApiError> {
     let Actor::Caller(c) = actor else {
         return Ok(());
     };
@@ -359,11 +371,25 @@ fn authorize(actor: &Actor, op: &Op, target_role: Option<Role>) -> Result<(), Ap
             if own_tenant(realm) {
                 return Ok(());
             }
-            if operator && (realm == "system" || role == Some(Role::TenantAdmin)) {
+            let reads = matches!(op, UserShow { .. } | SessionList { .. });
+            // Operators read system accounts and tenant admins; they create
+            // a tenant's first admin (bootstrap). Creating or changing
+            // operators and partners is the console's (the machine owner's),
+            // so no operator can mint a second identity to approve their
+            // own access; changing a tenant's accounts needs a grant.
+            if operator && reads && (realm == "system" || role == Some(Role::TenantAdmin)) {
+                return Ok(());
+            }
+            if operator
+                && matches!(op, UserCreate { .. })
+                && realm != "system"
+                && role == Some(Role::TenantAdmin)
+                && !ctx.tenant_has_admin
+            {
                 return Ok(());
             }
             deny(
-                "manage this account (operators manage system accounts and tenant admins; tenant admins their own tenant)",
+                "manage this account (system accounts are managed from the console; a tenant's accounts by its admins, or by an operator with approved just-in-time access; operators create only a tenant's first admin)",
             )
         }
     }
@@ -392,9 +418,23 @@ pub async fn execute(rt: &Runtime, actor: &Actor, op: Op) -> Result<Value, ApiEr
     // operator may (tenant admins only); an unknown account is a 404 only
     // for those allowed to look.
     let mut target_role = None;
+    let mut facts = Facts::default();
     if let Some((r, u)) = target_of(&op) {
         let scope = realm(r)?;
-        target_role = ids.user(&scope, u)?.map(|v| v.role);
+        // An unknown tenant must look like an unknown user, not leak
+        // through a storage error.
+        if realm_exists(rt, &scope) {
+            target_role = ids.user(&scope, u)?.map(|v| v.role);
+        }
+    }
+    if let Op::UserCreate { realm: r, .. } = &op {
+        let scope = realm(r)?;
+        if scope != Scope::System && realm_exists(rt, &scope) {
+            facts.tenant_has_admin = ids
+                .users(&scope)?
+                .iter()
+                .any(|u| u.role == Role::TenantAdmin);
+        }
     }
     // Operators list a tenant's admins without a grant; with one, the
     // whole directory (and the listing is recorded as access).
@@ -402,11 +442,11 @@ pub async fn execute(rt: &Runtime, actor: &Actor, op: Op) -> Result<Value, ApiEr
         Op::UserList { .. } => jit_grant(rt, actor, &op, target_role),
         _ => None,
     };
-    if grant.is_none() && authorize(actor, &op, target_role).is_err() {
+    if grant.is_none() && authorize(actor, &op, target_role, facts).is_err() {
         grant = jit_grant(rt, actor, &op, target_role);
     }
     if grant.is_none()
-        && let Err(e) = authorize(actor, &op, target_role)
+        && let Err(e) = authorize(actor, &op, target_role, facts)
     {
         let scope = op_realm(&op).unwrap_or(Scope::System);
         let scope = match &scope {
@@ -513,6 +553,13 @@ fn person(actor: &Actor) -> Option<Person> {
             role: c.role,
             tenant: c.tenant().map(str::to_string),
         }),
+    }
+}
+
+fn realm_exists(rt: &Runtime, scope: &Scope) -> bool {
+    match scope {
+        Scope::System => true,
+        Scope::Tenant(t) => rt.tenants().iter().any(|r| &r.id == t),
     }
 }
 

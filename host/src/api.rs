@@ -106,6 +106,16 @@ pub fn bearer(req: &Request<Incoming>) -> Option<String> {
         .then(|| token.trim().to_string())
 }
 
+/// The value of cookie `name`, if sent.
+pub fn cookie_value(req: &Request<Incoming>, name: &str) -> Option<String> {
+    let header = req.headers().get(hyper::header::COOKIE)?.to_str().ok()?;
+    header
+        .split(';')
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
 fn user_agent(req: &Request<Incoming>) -> Option<String> {
     req.headers()
         .get(hyper::header::USER_AGENT)
@@ -116,7 +126,12 @@ fn user_agent(req: &Request<Incoming>) -> Option<String> {
 /// Authenticates the request's bearer token.
 pub fn caller(rt: &Runtime, req: &Request<Incoming>) -> Result<Caller, ApiError> {
     let token = bearer(req).ok_or(AuthError::Unauthenticated)?;
-    Ok(rt.identity().authenticate(&token)?)
+    let caller = rt.identity().authenticate(&token)?;
+    // The OpenID Connect provider's browser session is not an API token.
+    if caller.via == "oidc" {
+        return Err(AuthError::Unauthenticated.into());
+    }
+    Ok(caller)
 }
 
 /// Answers one request to the host API (paths under `/api/v1/auth`,
@@ -206,6 +221,7 @@ async fn auth(
             recovery_code: body.recovery_code.as_deref(),
             source: Some(peer.addr),
             user_agent: ua.as_deref(),
+            via: "password",
         };
         let ctx = audit::Context {
             source: source.clone(),
@@ -238,16 +254,25 @@ async fn auth(
         return audit::with_context(ctx, async {
             match step {
                 "start" => {
-                    let url = crate::sso::start(rt, tenant).await?;
+                    let (url, state) = crate::sso::start(rt, tenant).await?;
                     let mut resp = json_response(303, &json!({ "location": url }));
-                    if let Ok(v) = hyper::header::HeaderValue::from_str(&url) {
-                        resp.headers_mut().insert(hyper::header::LOCATION, v);
+                    let secure = if rt.public_url().starts_with("https://") { "; Secure" } else { "" };
+                    let cookie = format!(
+                        "{}={state}; Path=/api/v1/auth/sso/{tenant}/; HttpOnly; SameSite=Lax; Max-Age=600{secure}",
+                        crate::sso::state_cookie_name(tenant)
+                    );
+                    for (name, value) in [(hyper::header::LOCATION, url), (hyper::header::SET_COOKIE, cookie)] {
+                        if let Ok(v) = hyper::header::HeaderValue::from_str(&value) {
+                            resp.headers_mut().insert(name, v);
+                        }
                     }
                     Ok(resp)
                 }
                 "callback" => {
                     let query = req.uri().query().unwrap_or("");
-                    let issued = crate::sso::callback(rt, tenant, query, source.clone()).await?;
+                    let cookie = cookie_value(&req, &crate::sso::state_cookie_name(tenant));
+                    let issued =
+                        crate::sso::callback(rt, tenant, query, cookie.as_deref(), source.clone()).await?;
                     Ok(json_response(200, &json!(issued)))
                 }
                 _ => Err(not_found()),

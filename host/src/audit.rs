@@ -335,6 +335,11 @@ pub struct AuditLog {
     key: SigningKey,
     key_id: String,
     heads: Mutex<HashMap<Scope, Head>>,
+    /// The newest signed (seq, hash) of each trail, kept beside the audit
+    /// key outside the store: deleting entries, checkpoints and the head
+    /// from the store together still shows (`keys/audit-anchors.json`).
+    anchors_file: std::path::PathBuf,
+    anchors: Mutex<BTreeMap<String, (u64, String)>>,
 }
 
 /// The audit public key's id: hex of the first 16 bytes of its SHA-256.
@@ -350,12 +355,37 @@ impl AuditLog {
             .map_err(|e| AuditError::Key(format!("{}: {e}", key_file.display())))?;
         let key = SigningKey::from_bytes(&seed);
         let key_id = key_id(&key.verifying_key());
+        let anchors_file = key_file.with_file_name("audit-anchors.json");
+        let anchors = match std::fs::read(&anchors_file) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+                AuditError::Key(format!("{} is unreadable: {e}", anchors_file.display()))
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(AuditError::Key(format!("{}: {e}", anchors_file.display()))),
+        };
         Ok(AuditLog {
             store,
             key,
             key_id,
             heads: Mutex::default(),
+            anchors_file,
+            anchors: Mutex::new(anchors),
         })
+    }
+
+    /// Records the newest checkpoints outside the store (write to a
+    /// temporary file, then rename).
+    fn anchor(&self, signed: &[(String, u64, String)]) {
+        let mut anchors = lock(&self.anchors);
+        for (label, seq, hash) in signed {
+            anchors.insert(label.clone(), (*seq, hash.clone()));
+        }
+        let tmp = self.anchors_file.with_extension("json.tmp");
+        let written = std::fs::write(&tmp, json(&*anchors))
+            .and_then(|()| std::fs::rename(&tmp, &self.anchors_file));
+        if let Err(e) = written {
+            tracing::error!(target: "audit", error = %e, "cannot record audit anchors");
+        }
     }
 
     /// The key checkpoints are verified with.
@@ -413,16 +443,21 @@ impl AuditLog {
             signed: head.signed,
         };
         let mut writes: Vec<Write> = vec![(scope.entry_key(entry.seq), Some(json(&entry)))];
+        let mut signed = None;
         if next.seq - next.signed >= CHECKPOINT_EVERY {
             let cp = self.sign(scope, next.seq, &next.hash);
             writes.push((scope.checkpoint_key(cp.seq), Some(json(&cp))));
             next.signed = next.seq;
+            signed = Some((cp.scope, cp.seq, cp.hash));
         }
         writes.push((scope.head_key(), Some(json(&next))));
         let seq = self.store.apply(&writes).inspect_err(|e| {
             tracing::error!(target: "audit", scope = %scope.label(), action = record.action, error = %e, "cannot append to the audit trail");
         })?;
         heads.insert(scope.clone(), next);
+        if let Some(s) = signed {
+            self.anchor(&[s]);
+        }
         tracing::info!(target: "audit", scope = %scope.label(), action = record.action, outcome = record.outcome, actor = ?ctx.actor.kind, "{}", record.target);
         Ok(seq)
     }
@@ -458,7 +493,7 @@ impl AuditLog {
     /// maintenance loop calls this once a minute). Returns how many.
     pub fn checkpoint_all(&self) -> Result<usize, AuditError> {
         let mut heads = lock(&self.heads);
-        let mut signed = 0;
+        let mut anchored = Vec::new();
         let scopes: Vec<Scope> = heads
             .iter()
             .filter(|(_, h)| h.seq > h.signed)
@@ -483,14 +518,22 @@ impl AuditLog {
                 (scope.head_key(), Some(json(&next))),
             ])?;
             heads.insert(scope, next);
-            signed += 1;
+            anchored.push((cp.scope, cp.seq, cp.hash));
         }
-        Ok(signed)
+        if !anchored.is_empty() {
+            self.anchor(&anchored);
+        }
+        Ok(anchored.len())
     }
 
     /// Forgets the cached head of a deleted tenant's trail.
     pub fn forget(&self, tenant: &str) {
         lock(&self.heads).remove(&Scope::tenant(tenant));
+        let label = Scope::tenant(tenant).label();
+        let known = lock(&self.anchors).remove(&label).is_some();
+        if known {
+            self.anchor(&[]);
+        }
     }
 
     /// Entries of `scope` with `seq > after`, at most `limit`.
@@ -584,8 +627,56 @@ impl AuditLog {
                 }
             }
         }
+        if let Some((seq, hash)) = lock(&self.anchors).get(&scope.label()).cloned() {
+            v.anchor(seq, hash);
+        }
         let head = self.stored_head(scope)?;
-        Ok(v.finish(head.map(|h| (h.seq, h.hash))))
+        let mut report = v.finish(head.map(|h| (h.seq, h.hash)));
+        if let (Scope::Tenant(t), Some(base)) = (scope, report.pruned_to)
+            && !self.prune_recorded(&Scope::tenant(t).label(), base)?
+        {
+            report.problems.push(Problem {
+                seq: base,
+                kind: ProblemKind::Removed,
+                message: format!(
+                    "entries up to {base} are gone, but the system trail records no pruning of this trail to {base}"
+                ),
+            });
+        }
+        if report.entries == 0 && report.pruned_to.is_none() && self.expects_entries(scope) {
+            report.problems.push(Problem {
+                seq: 1,
+                kind: ProblemKind::Removed,
+                message: "the trail is empty, but every tenant's trail starts with its creation"
+                    .into(),
+            });
+        }
+        Ok(report)
+    }
+
+    fn expects_entries(&self, scope: &Scope) -> bool {
+        match scope {
+            Scope::Tenant(t) => self.store.has_tenant_key(t),
+            Scope::System => false,
+        }
+    }
+
+    /// Whether the system trail records pruning `label` to `seq`.
+    fn prune_recorded(&self, label: &str, seq: u64) -> Result<bool, AuditError> {
+        let wanted = format!("to {seq} ");
+        let mut after = 0;
+        loop {
+            let page = self.entries(&Scope::System, after, 512)?;
+            let Some(last) = page.last() else {
+                return Ok(false);
+            };
+            after = last.seq;
+            if page.iter().any(|e| {
+                e.action == "audit.prune" && e.target == label && e.details.starts_with(&wanted)
+            }) {
+                return Ok(true);
+            }
+        }
     }
 
     /// Writes `scope` as JSON lines: a header naming the scope, public key
@@ -623,6 +714,28 @@ impl AuditLog {
     /// (written first, so an interrupted prune leaves a verifiable trail).
     /// Returns entries removed.
     pub fn prune(&self, scope: &Scope, cutoff_ms: u64) -> Result<u64, AuditError> {
+        let pruned = self.prune_locked(scope, cutoff_ms)?;
+        if let Some((seq, removed)) = pruned {
+            self.append_as(
+                &Scope::System,
+                &Context::system(),
+                Record {
+                    action: "audit.prune",
+                    target: &scope.label(),
+                    outcome: outcome::SUCCESS,
+                    details: &format!("to {seq} ({removed} entries past retention removed)"),
+                },
+            )?;
+            return Ok(removed);
+        }
+        Ok(0)
+    }
+
+    fn prune_locked(
+        &self,
+        scope: &Scope,
+        cutoff_ms: u64,
+    ) -> Result<Option<(u64, u64)>, AuditError> {
         let _writers = lock(&self.heads);
         let mut target: Option<Checkpoint> = None;
         for cp in self.checkpoints(scope)?.into_iter().flatten() {
@@ -635,7 +748,7 @@ impl AuditLog {
                 _ => break,
             }
         }
-        let Some(base) = target else { return Ok(0) };
+        let Some(base) = target else { return Ok(None) };
         self.store.apply(&[(scope.base_key(), Some(json(&base)))])?;
         let mut removed = 0;
         for part in ["e/", "cp/"] {
@@ -659,7 +772,7 @@ impl AuditLog {
                 self.store.apply(&writes)?;
             }
         }
-        Ok(removed)
+        Ok(Some((base.seq, removed)))
     }
 }
 
@@ -709,6 +822,9 @@ pub struct Report {
     pub last_seq: Option<u64>,
     pub checkpoints: u64,
     pub last_checkpoint: Option<u64>,
+    /// The signed checkpoint the trail was pruned to (retention).
+    #[serde(default)]
+    pub pruned_to: Option<u64>,
     pub problems: Vec<Problem>,
 }
 
@@ -727,7 +843,9 @@ pub struct Verifier {
     prev: String,
     /// Valid checkpoints by seq, with their hash.
     checkpoints: BTreeMap<u64, String>,
-    base: Option<u64>,
+    base: Option<(u64, String)>,
+    anchor: Option<(u64, String)>,
+    first: bool,
     report: Report,
 }
 
@@ -742,6 +860,7 @@ impl Verifier {
                 last_seq: None,
                 checkpoints: 0,
                 last_checkpoint: None,
+                pruned_to: None,
                 problems: Vec::new(),
             },
             scope,
@@ -750,6 +869,8 @@ impl Verifier {
             prev: GENESIS.into(),
             checkpoints: BTreeMap::new(),
             base: None,
+            anchor: None,
+            first: true,
         }
     }
 
@@ -772,8 +893,9 @@ impl Verifier {
                 ),
             );
         }
-        self.expected = base.seq + 1;
-        self.base = Some(base.seq);
+        self.expected = base.seq.saturating_add(1);
+        self.report.pruned_to = Some(base.seq);
+        self.base = Some((base.seq, base.hash.clone()));
         self.prev = base.hash;
     }
 
@@ -820,10 +942,25 @@ impl Verifier {
     /// The next entry in order. `key_seq` is the sequence its storage key
     /// names, when read from the store.
     pub fn entry(&mut self, key_seq: Option<u64>, e: Entry) {
-        if self.base.is_some_and(|b| e.seq <= b) {
-            // Left behind by an interrupted prune; the signed base vouches
-            // for everything up to it.
-            return;
+        if std::mem::take(&mut self.first)
+            && let Some((b, _)) = &self.base
+            && e.seq <= *b
+        {
+            // Left behind by an interrupted prune: checked as a chain of
+            // its own that must end exactly at the signed base.
+            self.expected = e.seq;
+            self.prev = e.prev.clone();
+        }
+        if let Some((b, h)) = &self.base
+            && e.seq == *b
+            && e.hash != *h
+        {
+            let b = *b;
+            self.problem(
+                b,
+                ProblemKind::Edited,
+                format!("entry {b} differs from the signed base the trail was pruned to"),
+            );
         }
         self.report.entries += 1;
         self.report.first_seq.get_or_insert(e.seq);
@@ -890,13 +1027,47 @@ impl Verifier {
             );
         }
         self.report.last_seq = Some(e.seq);
-        self.expected = e.seq + 1;
+        self.expected = e.seq.saturating_add(1);
         self.prev = e.hash;
+    }
+
+    /// The newest checkpoint recorded outside the store.
+    pub fn anchor(&mut self, seq: u64, hash: String) {
+        self.anchor = Some((seq, hash));
     }
 
     /// The verdict, given the stored head (seq, hash) if any.
     pub fn finish(mut self, head: Option<(u64, String)>) -> Report {
-        let last = self.expected - 1;
+        let last = self.expected.saturating_sub(1);
+        if let Some((seq, hash)) = self.anchor.clone() {
+            let pruned_past = self.base.as_ref().is_some_and(|(b, _)| *b >= seq);
+            if !pruned_past && seq > last {
+                self.problem(
+                    last + 1,
+                    ProblemKind::Truncated,
+                    format!("entries after {last} are gone: the audit key's anchor records entry {seq} as signed"),
+                );
+            } else if !pruned_past && self.checkpoints.get(&seq).is_some_and(|h| *h != hash) {
+                self.problem(
+                    seq,
+                    ProblemKind::BadCheckpoint,
+                    format!("the checkpoint at entry {seq} differs from the anchor"),
+                );
+            } else if !pruned_past && !self.checkpoints.contains_key(&seq) {
+                self.problem(
+                    seq,
+                    ProblemKind::Truncated,
+                    format!("the checkpoint at entry {seq} recorded by the anchor is gone"),
+                );
+            }
+        }
+        if head.is_none() && (self.report.entries > 0 || !self.checkpoints.is_empty()) {
+            self.problem(
+                last,
+                ProblemKind::Truncated,
+                "the trail's head record is gone".into(),
+            );
+        }
         if let Some((&cp, _)) = self.checkpoints.range(last + 1..).next() {
             let newest = *self.checkpoints.keys().next_back().unwrap_or(&cp);
             self.problem(

@@ -213,6 +213,9 @@ struct Account {
     #[serde(default)]
     external: Option<(String, String)>,
     created_ms: u64,
+    /// Who created the account (user id of the acting admin or operator).
+    #[serde(default)]
+    created_by: Option<String>,
 }
 
 /// An account as admins and APIs see it (no secrets).
@@ -340,6 +343,8 @@ pub struct Caller {
     pub tenants: Vec<String>,
     /// Set for guests.
     pub guest: Option<Guest>,
+    /// How the session was made (`password`, `sso`, `guest`, `oidc`).
+    pub via: String,
 }
 
 impl Caller {
@@ -381,6 +386,9 @@ pub struct Login<'a> {
     pub recovery_code: Option<&'a str>,
     pub source: Option<IpAddr>,
     pub user_agent: Option<&'a str>,
+    /// What the session is for: `password` (default, the API) or `oidc`
+    /// (the provider's own sign-in session, refused by the API).
+    pub via: &'a str,
 }
 
 /// A new session.
@@ -477,7 +485,8 @@ pub enum AuthError {
     /// Storage failed.
     #[error("storage is unavailable: {0}")]
     Store(#[from] StoreError),
-    /// The audit trail could not be written; the action was not taken.
+    /// A host service the operation needs (audit trail, randomness,
+    /// hashing) failed.
     #[error("the audit trail cannot be written: {0}")]
     Audit(String),
 }
@@ -531,6 +540,11 @@ impl From<audit::AuditError> for AuthError {
 #[serde(default, deny_unknown_fields)]
 pub struct IdentityConfig {
     pub throttle: ThrottleConfig,
+    /// Let tenants use an identity provider on this machine's loopback
+    /// interface over plain HTTP (federating tenants of one server, and
+    /// tests). Off by default: until the host has a TLS client, single
+    /// sign-on is otherwise unavailable.
+    pub allow_loopback_idp: bool,
 }
 
 /// The identity service.
@@ -540,6 +554,7 @@ pub struct Identity {
     throttle: Mutex<Throttle>,
     writes: tokio::sync::Mutex<()>,
     hashing: tokio::sync::Semaphore,
+    allow_loopback_idp: bool,
 }
 
 fn prefix(realm: &Scope) -> String {
@@ -660,10 +675,16 @@ impl Identity {
         Identity {
             store,
             trail,
+            allow_loopback_idp: config.allow_loopback_idp,
             throttle: Mutex::new(Throttle::new(config.throttle)),
             writes: tokio::sync::Mutex::new(()),
             hashing: tokio::sync::Semaphore::new(HASHING_SLOTS),
         }
+    }
+
+    /// Whether single sign-on may use a loopback identity provider.
+    pub fn allows_loopback_idp(&self) -> bool {
+        self.allow_loopback_idp
     }
 
     fn realm_exists(&self, realm: &Scope) -> bool {
@@ -780,6 +801,14 @@ impl Identity {
         Ok(self.account(realm, id)?.map(|a| a.view(now_ms())))
     }
 
+    /// Who created an account (the acting user's id), if recorded.
+    pub fn created_by(&self, realm: &Scope, id: &str) -> Option<String> {
+        self.account(realm, id)
+            .ok()
+            .flatten()
+            .and_then(|a| a.created_by)
+    }
+
     /// A user by login name.
     pub fn user_by_name(&self, realm: &Scope, name: &str) -> Result<Option<UserView>, AuthError> {
         let Ok(name) = normalize_username(name) else {
@@ -883,6 +912,7 @@ impl Identity {
             tenants: new.tenants,
             external: None,
             created_ms: now_ms(),
+            created_by: audit::context().actor.id,
         };
         self.save(
             realm,
@@ -1182,6 +1212,11 @@ impl Identity {
         } else {
             None
         };
+        let via = if req.via.is_empty() {
+            "password"
+        } else {
+            req.via
+        };
         let issued = self
             .issue(
                 realm,
@@ -1190,7 +1225,7 @@ impl Identity {
                 restriction,
                 source,
                 req.user_agent,
-                "password",
+                via,
             )
             .await?;
         metrics::LOGINS.inc();
@@ -1368,7 +1403,8 @@ impl Identity {
         let mut session: Session =
             serde_json::from_slice(&raw).map_err(|_| AuthError::Unauthenticated)?;
         let now = now_ms();
-        if now >= session.expires_ms || now >= session.last_seen_ms + session.idle_ms {
+        if now >= session.expires_ms || now >= session.last_seen_ms.saturating_add(session.idle_ms)
+        {
             let _ = self.store.apply(&[
                 (key, None),
                 (
@@ -1393,6 +1429,7 @@ impl Identity {
                 restriction: None,
                 tenants: Vec::new(),
                 guest: Some(g.clone()),
+                via: session.via.clone(),
             },
             None => {
                 let account = self
@@ -1409,10 +1446,11 @@ impl Identity {
                     restriction: session.restriction,
                     tenants: account.tenants,
                     guest: None,
+                    via: session.via.clone(),
                 }
             }
         };
-        if now - session.last_seen_ms >= TOUCH_EVERY_MS {
+        if now.saturating_sub(session.last_seen_ms) >= TOUCH_EVERY_MS {
             session.last_seen_ms = now;
             // Durable soon enough: losing a touch only shortens idle time.
             let _ = self.store.apply(&[(key, Some(json(&session)))]);
@@ -1539,13 +1577,27 @@ impl Identity {
                 "this account signs in through single sign-on and has no password".into(),
             )
         })?;
+        // Guessing the current password through a stolen session is
+        // throttled like a sign-in.
+        let track = format!("{}/{}", realm.label(), account.username);
+        let now = now_ms();
+        let gate = lock(&self.throttle).gate(&track, None, now);
+        if let Gate::Wait(ms) = gate {
+            return Err(AuthError::Throttled { retry_after_ms: ms });
+        }
         if !self.verify_password(current.to_string(), phc.clone()).await {
+            let locked_until = lock(&self.throttle).failure(&track, None, now);
+            metrics::LOGIN_FAILURES.inc();
             self.audit(
                 realm,
                 "auth.password-change",
                 &caller.username,
                 outcome::FAILURE,
-                "current password wrong",
+                if locked_until.is_some() {
+                    "current password wrong; attempts now throttled"
+                } else {
+                    "current password wrong"
+                },
             );
             return Err(AuthError::InvalidCredentials);
         }
@@ -1759,6 +1811,7 @@ impl Identity {
                     tenants: Vec::new(),
                     external: Some((issuer.to_string(), subject.to_string())),
                     created_ms: now_ms(),
+                    created_by: None,
                 };
                 self.save(
                     realm,
@@ -1780,13 +1833,13 @@ impl Identity {
             }
         };
         drop(_w);
-        if !account.active {
+        if !account.active || account.locked_until_ms > now_ms() {
             self.audit(
                 realm,
                 "auth.sso",
                 &account.username,
                 outcome::DENIED,
-                "account disabled",
+                "account disabled or locked",
             );
             return Err(AuthError::InvalidCredentials);
         }

@@ -42,6 +42,11 @@ use crate::runtime::Runtime;
 
 /// How long an authorization code lives.
 const CODE_TTL_MS: u64 = 60_000;
+/// How long a redeemed code is remembered (to detect replays).
+const USED_TTL_MS: u64 = 24 * 3_600_000;
+
+/// Code redemption is one at a time (read, check, consume).
+static REDEEM: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// How long an access token lives.
 const ACCESS_TTL_MS: u64 = 3_600_000;
 /// How long an ID token is valid.
@@ -50,6 +55,8 @@ const ID_TOKEN_TTL_SECS: u64 = 600;
 const MAX_REDIRECT_URIS: usize = 16;
 /// The cookie holding a sign-in session at the provider.
 const COOKIE: &str = "sb_oidc";
+/// The cookie pairing the sign-in form with the browser that asked for it.
+const CSRF_COOKIE: &str = "sb_oidc_csrf";
 
 /// A registered client (relying party).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -116,6 +123,10 @@ fn used_key(tenant: &str, hash: &str) -> Vec<u8> {
 
 fn token_key(tenant: &str, hash: &str) -> Vec<u8> {
     format!("t/{tenant}/oidc/at/{hash}").into_bytes()
+}
+
+fn by_code_key(tenant: &str, code_hash: &str) -> Vec<u8> {
+    format!("t/{tenant}/oidc/bycode/{code_hash}").into_bytes()
 }
 
 fn random_b64(n: usize) -> String {
@@ -400,17 +411,18 @@ pub async fn route(rt: &Runtime, req: Request<Incoming>, peer: Peer) -> HttpResp
             },
             (Method::GET, "authorize") => {
                 let query = req.uri().query().unwrap_or("").to_string();
-                let cookie = session_cookie(&req);
-                authorize(rt, &tenant, &query, cookie, None, peer).await
+                let cookies = Cookies::of(&req);
+                authorize(rt, &tenant, &query, &cookies, None, peer).await
             }
             (Method::POST, "authorize") => {
+                let cookies = Cookies::of(&req);
                 let body = match api::read_body(req.into_body(), api::MAX_BODY_BYTES).await {
                     Ok(b) => b,
                     Err(e) => return api::error_response(&e),
                 };
                 let f = form(&String::from_utf8_lossy(&body));
                 let query = f.get("request").cloned().unwrap_or_default();
-                authorize(rt, &tenant, &query, None, Some(&f), peer).await
+                authorize(rt, &tenant, &query, &cookies, Some(&f), peer).await
             }
             (Method::POST, "token") => token(rt, &tenant, req).await,
             (Method::GET | Method::POST, "userinfo") => userinfo(rt, &tenant, &req),
@@ -444,13 +456,42 @@ fn discovery(rt: &Runtime, tenant: &str) -> HttpResponse {
     )
 }
 
-fn session_cookie(req: &Request<Incoming>) -> Option<String> {
-    let header = req.headers().get(hyper::header::COOKIE)?.to_str().ok()?;
-    header
-        .split(';')
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| v.to_string())
+/// The provider's cookies on a request.
+struct Cookies {
+    /// The provider sign-in session (a session usable only here).
+    session: Option<String>,
+    /// The double-submit token of the sign-in form (login CSRF).
+    csrf: Option<String>,
+}
+
+impl Cookies {
+    fn of(req: &Request<Incoming>) -> Cookies {
+        let header = req
+            .headers()
+            .get(hyper::header::COOKIE)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        let find = |name: &str| {
+            header
+                .split(';')
+                .filter_map(|c| c.trim().split_once('='))
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        };
+        Cookies {
+            session: find(COOKIE),
+            csrf: find(CSRF_COOKIE),
+        }
+    }
+}
+
+/// `; Secure` when the server is reached over https.
+fn secure(rt: &Runtime) -> &'static str {
+    if rt.public_url().starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    }
 }
 
 /// An error shown to the user agent (never redirected: the redirect URI
@@ -526,13 +567,21 @@ fn redirect_error(
     redirect(&loc, None)
 }
 
-fn login_form(tenant: &str, client: &Client, query: &str, message: Option<&str>) -> HttpResponse {
+fn login_form(
+    rt: &Runtime,
+    tenant: &str,
+    client: &Client,
+    query: &str,
+    message: Option<&str>,
+) -> HttpResponse {
     let status = if message.is_some() { 401 } else { 200 };
+    let csrf = random_b64(16);
     let body = format!(
         "<!doctype html><meta charset=utf-8><title>Sign in</title>\
 <h1>Sign in to {client_name}</h1><p>with your {tenant} account</p>{msg}\
 <form method=post action=\"/oidc/{tenant}/authorize\">\
 <input type=hidden name=request value=\"{query}\">\
+<input type=hidden name=csrf value=\"{csrf}\">\
 <label>User name <input name=username autocomplete=username required></label>\
 <label>Password <input name=password type=password autocomplete=current-password required></label>\
 <label>Authenticator code (if enrolled) <input name=totp inputmode=numeric autocomplete=one-time-code></label>\
@@ -544,7 +593,15 @@ fn login_form(tenant: &str, client: &Client, query: &str, message: Option<&str>)
             .unwrap_or_default(),
         query = html_escape(query),
     );
-    html(status, body)
+    let mut resp = html(status, body);
+    let cookie = format!(
+        "{CSRF_COOKIE}={csrf}; Path=/oidc/{tenant}/; HttpOnly; SameSite=Strict; Max-Age=1800{}",
+        secure(rt)
+    );
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&cookie) {
+        resp.headers_mut().insert(hyper::header::SET_COOKIE, v);
+    }
+    resp
 }
 
 /// The authorization endpoint (GET: from the client; POST: the sign-in
@@ -553,7 +610,7 @@ async fn authorize(
     rt: &Runtime,
     tenant: &str,
     query: &str,
-    cookie: Option<String>,
+    cookies: &Cookies,
     login: Option<&HashMap<String, String>>,
     peer: Peer,
 ) -> HttpResponse {
@@ -679,6 +736,23 @@ async fn authorize(
     let ids = rt.identity();
     let realm = Scope::tenant(tenant);
     let (user, set_cookie) = if let Some(form) = login {
+        // The form must come from a page this browser was given (a
+        // cross-site post cannot know the cookie's value).
+        let paired = match (form.get("csrf"), &cookies.csrf) {
+            (Some(f), Some(c)) => !f.is_empty() && f == c,
+            _ => false,
+        };
+        if !paired {
+            return login_form(
+                rt,
+                tenant,
+                &client,
+                query,
+                Some(
+                    "This sign-in form has expired or did not come from this site; please sign in again.",
+                ),
+            );
+        }
         let attempt = Login {
             username: form.get("username").map(String::as_str).unwrap_or_default(),
             password: form.get("password").map(String::as_str).unwrap_or_default(),
@@ -689,17 +763,21 @@ async fn authorize(
             recovery_code: None,
             source: Some(peer.addr),
             user_agent: None,
+            // A session good only for this provider, not for the API.
+            via: "oidc",
         };
         match ids.login(&realm, attempt).await {
             Ok(issued) if issued.session.restriction.is_none() => {
                 let cookie = format!(
-                    "{COOKIE}={}; Path=/oidc/{tenant}/; HttpOnly; SameSite=Lax; Max-Age=43200",
-                    issued.token
+                    "{COOKIE}={}; Path=/oidc/{tenant}/; HttpOnly; SameSite=Lax; Max-Age=43200{}",
+                    issued.token,
+                    secure(rt)
                 );
                 (issued.user.id, Some(cookie))
             }
             Ok(_) => {
                 return login_form(
+                    rt,
                     tenant,
                     &client,
                     query,
@@ -708,14 +786,23 @@ async fn authorize(
                     ),
                 );
             }
-            Err(e) => return login_form(tenant, &client, query, Some(&e.to_string())),
+            Err(e) => return login_form(rt, tenant, &client, query, Some(&e.to_string())),
         }
     } else {
-        match cookie.and_then(|c| ids.authenticate(&c).ok()) {
-            Some(c) if c.realm == realm && c.restriction.is_none() && c.guest.is_none() => {
+        match cookies
+            .session
+            .as_deref()
+            .and_then(|c| ids.authenticate(c).ok())
+        {
+            Some(c)
+                if c.realm == realm
+                    && c.restriction.is_none()
+                    && c.guest.is_none()
+                    && c.via == "oidc" =>
+            {
                 (c.user, None)
             }
-            _ => return login_form(tenant, &client, query, None),
+            _ => return login_form(rt, tenant, &client, query, None),
         }
     };
     // 4. A single-use code bound to client, redirect URI, PKCE and nonce.
@@ -866,6 +953,8 @@ async fn token(rt: &Runtime, tenant: &str, req: Request<Incoming>) -> HttpRespon
     let hash = sha256_hex(code.as_bytes());
     // Single use: the code is deleted as it is redeemed; a second use is a
     // replay, and the tokens issued for it are revoked (RFC 6749 4.1.2).
+    // Redemption is serialised so two parallel requests cannot both win.
+    let redeeming = REDEEM.lock().await;
     let grant: Option<Grant> = store
         .get(&code_key(tenant, &hash))
         .ok()
@@ -892,19 +981,7 @@ async fn token(rt: &Runtime, tenant: &str, req: Request<Incoming>) -> HttpRespon
             "the authorization code is invalid, expired or already used",
         );
     };
-    let used = store.apply(&[
-        (code_key(tenant, &hash), None),
-        (
-            used_key(tenant, &hash),
-            Some(now_ms().to_string().into_bytes()),
-        ),
-    ]);
-    if used.is_err() {
-        return token_error(503, "temporarily_unavailable", "storage is unavailable");
-    }
-    if grant.expires_ms < now_ms() {
-        return token_error(400, "invalid_grant", "the authorization code expired");
-    }
+    // Another client (or a wrong redirect URI) cannot burn the code.
     if grant.client != client.id {
         return token_error(
             400,
@@ -918,6 +995,20 @@ async fn token(rt: &Runtime, tenant: &str, req: Request<Incoming>) -> HttpRespon
             "invalid_grant",
             "redirect_uri differs from the authorization request",
         );
+    }
+    let used = store.apply(&[
+        (code_key(tenant, &hash), None),
+        (
+            used_key(tenant, &hash),
+            Some(now_ms().to_string().into_bytes()),
+        ),
+    ]);
+    drop(redeeming);
+    if used.is_err() {
+        return token_error(503, "temporarily_unavailable", "storage is unavailable");
+    }
+    if grant.expires_ms < now_ms() {
+        return token_error(400, "invalid_grant", "the authorization code expired");
     }
     let verifier = f.get("code_verifier").cloned().unwrap_or_default();
     let verifier_ok = (43..=128).contains(&verifier.len())
@@ -997,10 +1088,17 @@ async fn token(rt: &Runtime, tenant: &str, req: Request<Incoming>) -> HttpRespon
     );
     let sig = key.sign(signing_input.as_bytes());
     let id_token = format!("{signing_input}.{}", b64(&sig.to_bytes()));
-    let stored = store.apply(&[(
-        token_key(tenant, &sha256_hex(access.as_bytes())),
-        Some(serde_json::to_vec(&record).unwrap_or_default()),
-    )]);
+    let access_hash = sha256_hex(access.as_bytes());
+    let stored = store.apply(&[
+        (
+            by_code_key(tenant, &hash),
+            Some(access_hash.clone().into_bytes()),
+        ),
+        (
+            token_key(tenant, &access_hash),
+            Some(serde_json::to_vec(&record).unwrap_or_default()),
+        ),
+    ]);
     match stored {
         Ok(seq) if store.durable(seq).await.is_ok() => {}
         _ => return token_error(503, "temporarily_unavailable", "storage is unavailable"),
@@ -1030,18 +1128,54 @@ async fn token(rt: &Runtime, tenant: &str, req: Request<Incoming>) -> HttpRespon
 
 fn revoke_tokens_of(rt: &Runtime, tenant: &str, code_hash: &str) {
     let store = rt.data_store();
-    let prefix = format!("t/{tenant}/oidc/at/").into_bytes();
-    let Ok(page) = store.scan(&prefix, None, 100_000) else {
-        return;
-    };
-    let writes: Vec<crate::store::Write> = page
-        .into_iter()
-        .filter(|(_, v)| {
-            serde_json::from_slice::<AccessToken>(v).is_ok_and(|t| t.code == code_hash)
-        })
-        .map(|(k, _)| (k, None))
-        .collect();
-    let _ = store.apply(&writes);
+    if let Ok(Some(token_hash)) = store.get(&by_code_key(tenant, code_hash)) {
+        let token = token_key(tenant, &String::from_utf8_lossy(&token_hash));
+        let _ = store.apply(&[(token, None), (by_code_key(tenant, code_hash), None)]);
+    }
+}
+
+/// Deletes a tenant's expired codes, replay markers, access tokens and
+/// pending single sign-ons (the maintenance loop, hourly). Returns how
+/// many records went.
+pub fn sweep_expired(
+    store: &crate::store::Store,
+    tenant: &str,
+    now: u64,
+) -> Result<usize, crate::store::StoreError> {
+    let mut gone = 0;
+    for part in ["oidc/code/", "oidc/used/", "oidc/at/", "sso/state/"] {
+        let prefix = format!("t/{tenant}/{part}").into_bytes();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = store.scan(&prefix, after.as_deref(), 512)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.0.clone());
+            let mut writes: Vec<crate::store::Write> = Vec::new();
+            for (k, v) in &page {
+                let expires = match part {
+                    "oidc/used/" => String::from_utf8_lossy(v)
+                        .parse::<u64>()
+                        .map(|t| t.saturating_add(USED_TTL_MS))
+                        .unwrap_or(0),
+                    _ => serde_json::from_slice::<serde_json::Value>(v)
+                        .ok()
+                        .and_then(|j| j["expires_ms"].as_u64())
+                        .unwrap_or(0),
+                };
+                if expires <= now {
+                    gone += 1;
+                    writes.push((k.clone(), None));
+                    if part == "oidc/at/"
+                        && let Ok(t) = serde_json::from_slice::<AccessToken>(v)
+                    {
+                        writes.push((by_code_key(tenant, &t.code), None));
+                    }
+                }
+            }
+            store.apply(&writes)?;
+        }
+    }
+    Ok(gone)
 }
 
 fn userinfo(rt: &Runtime, tenant: &str, req: &Request<Incoming>) -> HttpResponse {

@@ -94,6 +94,19 @@ fn fail(code: &str, message: impl Into<String>) -> ApiError {
 /// Sets a tenant's provider (validated).
 pub async fn set(rt: &Runtime, tenant: &str, config: SsoConfig) -> Result<(), ApiError> {
     require_tenant(rt, tenant)?;
+    if !rt.identity().allows_loopback_idp() {
+        return Err(ApiError::new(
+            409,
+            "sso_unavailable",
+            "single sign-on needs the host's TLS client (gateway issue); until then only an identity provider on this machine's loopback interface can be used, and the operator has not allowed that ([identity] allow_loopback_idp)",
+        ));
+    }
+    if config.issuer.contains(['?', '#']) {
+        return Err(fail(
+            "invalid_issuer",
+            "the issuer URL must not have a query or fragment",
+        ));
+    }
     outbound::target(&config.issuer).map_err(|e| fail("invalid_issuer", e.0))?;
     if config.client_id.is_empty() || config.client_id.len() > 256 {
         return Err(fail(
@@ -283,8 +296,14 @@ fn random_b64(n: usize) -> Result<String, ApiError> {
     Ok(b64(&bytes))
 }
 
-/// Starts a sign-in: the URL to send the user agent to.
-pub async fn start(rt: &Runtime, tenant: &str) -> Result<String, ApiError> {
+/// The cookie binding a sign-in to the browser that started it.
+pub fn state_cookie_name(tenant: &str) -> String {
+    format!("sb_sso_{}", tenant.replace('-', "_"))
+}
+
+/// Starts a sign-in: the URL to send the user agent to, and the `state`
+/// the caller must set as the browser's cookie (`state_cookie_name`).
+pub async fn start(rt: &Runtime, tenant: &str) -> Result<(String, String), ApiError> {
     let config = load(rt, tenant)?;
     let endpoints = discover(&config).await?;
     let state = random_b64(32)?;
@@ -309,14 +328,15 @@ pub async fn start(rt: &Runtime, tenant: &str) -> Result<String, ApiError> {
     } else {
         '?'
     };
-    Ok(format!(
+    let url = format!(
         "{}{sep}response_type=code&client_id={}&redirect_uri={}&scope=openid%20profile%20email&state={}&nonce={}&code_challenge={challenge}&code_challenge_method=S256",
         endpoints.authorize,
         enc(&config.client_id),
         enc(&callback_url(rt, tenant)),
         enc(&state),
         enc(&nonce),
-    ))
+    );
+    Ok((url, state))
 }
 
 /// Finishes a sign-in from the provider's redirect (its query string).
@@ -324,6 +344,7 @@ pub async fn callback(
     rt: &Runtime,
     tenant: &str,
     query: &str,
+    browser_state: Option<&str>,
     source: Option<String>,
 ) -> Result<Issued, ApiError> {
     let realm = Scope::tenant(tenant);
@@ -357,6 +378,14 @@ pub async fn callback(
     if state.is_empty() || code.is_empty() || state.len() > 256 || code.len() > 2048 {
         denied("callback without a valid state and code");
         return Err(fail("sso_failed", "the callback needs state and code"));
+    }
+    // The browser finishing must be the one that started (login CSRF).
+    if browser_state != Some(state.as_str()) {
+        denied("callback from a browser that did not start this sign-in");
+        return Err(fail(
+            "sso_failed",
+            "this sign-in was started in another browser or its cookie is missing; start again",
+        ));
     }
     // RFC 9207: when the provider names itself, it must be ours.
     if let Some(iss) = q.get("iss")
@@ -519,7 +548,7 @@ pub fn verify_id_token(
         return Err("issued for another client".into());
     }
     let exp = claims["exp"].as_u64().ok_or("no expiry")?;
-    if exp + SKEW_SECS < now_s {
+    if exp.saturating_add(SKEW_SECS) < now_s {
         return Err("expired".into());
     }
     if claims["iat"]

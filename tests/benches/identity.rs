@@ -30,7 +30,10 @@ async fn main() {
         &Actor::Console,
         Op::UserCreate {
             realm: "acme".into(),
-            account: serde_json::from_value(json!({"username": "bench", "role": "user", "password": "Tr4il-Blazer#2026"})).unwrap(),
+            account: serde_json::from_value(
+                json!({"username": "bench", "role": "user", "password": "Tr4il-Blazer#2026"}),
+            )
+            .unwrap(),
         },
     )
     .await
@@ -44,7 +47,14 @@ async fn main() {
     for _ in 0..20 {
         let t = Instant::now();
         let issued = ids
-            .login(&realm, Login { username: "bench", password: "Tr4il-Blazer#2026", ..Login::default() })
+            .login(
+                &realm,
+                Login {
+                    username: "bench",
+                    password: "Tr4il-Blazer#2026",
+                    ..Login::default()
+                },
+            )
             .await
             .unwrap();
         login_ms.push(t.elapsed().as_secs_f64() * 1e3);
@@ -74,7 +84,10 @@ async fn main() {
         let _ = ids.authenticate(&forged);
         bad_us.push(t.elapsed().as_secs_f64() * 1e6);
     }
-    println!("unknown token rejected: p50 {:.1} µs (n=20000)", pct(bad_us, 0.5));
+    println!(
+        "unknown token rejected: p50 {:.1} µs (n=20000)",
+        pct(bad_us, 0.5)
+    );
 
     let log = rt.audit_log();
     let n = 20_000;
@@ -82,12 +95,23 @@ async fn main() {
     let mut last = 0;
     for i in 0..n {
         last = log
-            .append(&realm, Record { action: "bench.append", target: &format!("t{i}"), outcome: "success", details: "" })
+            .append(
+                &realm,
+                Record {
+                    action: "bench.append",
+                    target: &format!("t{i}"),
+                    outcome: "success",
+                    details: "",
+                },
+            )
             .unwrap();
     }
     rt.data_store().durable(last).await.unwrap();
     let secs = t.elapsed().as_secs_f64();
-    println!("audit appends: {:.0}/s ({n} entries, durable at the end)", n as f64 / secs);
+    println!(
+        "audit appends: {:.0}/s ({n} entries, durable at the end)",
+        n as f64 / secs
+    );
     log.checkpoint_all().unwrap();
     let t = Instant::now();
     let report = log.verify(&realm).unwrap();

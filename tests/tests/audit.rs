@@ -237,6 +237,52 @@ async fn i9_verify_names_edited_removed_reordered_and_truncated_entries() {
         "{r:?}"
     );
 
+    // Entries, checkpoints and head deleted together: the anchor kept
+    // beside the audit key still names the last signed entry.
+    let r = verify_copy(&data, |s| {
+        let mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)> =
+            (6..=last).map(|q| (key(q), None)).collect();
+        for (k, _) in s.scan(b"t/acme/au/cp/", None, 1000).unwrap() {
+            writes.push((k, None));
+        }
+        writes.push((b"t/acme/au/head".to_vec(), None));
+        s.apply(&writes).unwrap();
+        s.flush().unwrap();
+    })
+    .await;
+    assert!(
+        r.problems
+            .iter()
+            .filter(|p| p.kind == ProblemKind::Truncated)
+            .count()
+            >= 2,
+        "{r:?}"
+    );
+
+    // A signed checkpoint replayed as the "pruned" base, with an edit
+    // before it: the entries before the base are still checked, and the
+    // system trail never recorded such a pruning.
+    let r = verify_copy(&data, |s| {
+        let (_, cp) = s.scan(b"t/acme/au/cp/", None, 1).unwrap().remove(0);
+        s.apply(&[(b"t/acme/au/base".to_vec(), Some(cp))]).unwrap();
+        let mut e = read(s, 2);
+        e.outcome = "denied".into();
+        put(s, 2, &e);
+    })
+    .await;
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::Edited && p.seq == 2),
+        "{r:?}"
+    );
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| p.message.contains("records no pruning")),
+        "{r:?}"
+    );
+
     // A forged checkpoint (signed by another key) is refused.
     let r = verify_copy(&data, |s| {
         let prefix = b"t/acme/au/cp/".to_vec();

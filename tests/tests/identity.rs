@@ -625,6 +625,17 @@ async fn i1_i8_roles_are_enforced_and_operators_see_no_tenant_content() {
         )
         .await;
     assert_eq!(r.code(), "invalid_tenant_id");
+    // Operators do not mint operators (the console does): no second
+    // identity to approve one's own access with.
+    let r = s
+        .call(
+            "POST",
+            "/api/v1/admin/realms/system/users",
+            Some(&op),
+            Some(&json!({"username": "puppet", "role": "operator"})),
+        )
+        .await;
+    assert_eq!(r.code(), "forbidden");
     let r = s
         .call(
             "POST",

@@ -57,7 +57,7 @@ struct Provider {
 }
 
 async fn provider() -> Provider {
-    let h = Harness::new().unwrap();
+    let h = Harness::with_config(|c| c.identity.allow_loopback_idp = true).unwrap();
     let s = Server::start(h.runtime().clone()).await;
     for t in ["acme", "beta"] {
         h.runtime().create_tenant(t, None).await.unwrap();
@@ -126,17 +126,38 @@ async fn sign_in(p: &Provider, auth_url: &str, password: &str) -> Reply {
         + "name=request value=\"".len();
     let request_field = html[start..start + html[start..].find('"').unwrap()].replace("&amp;", "&");
     let body = format!(
-        "request={}&username=alice&password={}",
+        "request={}&username=alice&password={}&csrf={}",
         urlencode(&request_field),
-        urlencode(password)
+        urlencode(password),
+        form_field(&html, "csrf")
     );
-    let headers = vec![(
-        "content-type".to_string(),
-        "application/x-www-form-urlencoded".to_string(),
-    )];
+    let headers = vec![
+        (
+            "content-type".to_string(),
+            "application/x-www-form-urlencoded".to_string(),
+        ),
+        ("cookie".to_string(), cookie_of(&page)),
+    ];
     let tenant_path = path_of(auth_url);
     let target = tenant_path.split('?').next().unwrap().to_string();
     request(p.s.addr, "POST", &target, &headers, body.as_bytes()).await
+}
+
+/// A hidden form field's value.
+fn form_field(html: &str, name: &str) -> String {
+    let marker = format!("name={name} value=\"");
+    let start = html.find(&marker).expect("the field") + marker.len();
+    html[start..start + html[start..].find('"').unwrap()].replace("&amp;", "&")
+}
+
+/// The `name=value` part of a response's Set-Cookie.
+fn cookie_of(r: &Reply) -> String {
+    r.header("set-cookie")
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 fn urlencode(s: &str) -> String {
@@ -187,6 +208,12 @@ async fn i5_a_mainstream_client_signs_in_with_pkce_and_verifies_the_id_token() {
     assert_eq!(r.status, 303, "{}", r.text());
     let location = r.header("location").unwrap().to_string();
     assert!(location.starts_with(REDIRECT));
+    // The provider's browser session is no API token.
+    let provider_session = cookie_of(&r);
+    let (name, value) = provider_session.split_once('=').unwrap();
+    assert_eq!(name, "sb_oidc");
+    let me = p.s.call("GET", "/api/v1/auth/me", Some(value), None).await;
+    assert_eq!(me.code(), "unauthenticated");
     let q = query_of(&location);
     assert_eq!(q["state"], *csrf.secret());
     assert_eq!(q["iss"], issuer(&p, "acme"));
@@ -583,7 +610,7 @@ async fn i5_rfc9700_negative_cases_are_refused() {
 
 /// Follows a `/api/v1/auth/sso/{tenant}/start` redirect through the
 /// provider's sign-in form; returns the callback path and query.
-async fn federate(p: &Provider, tenant: &str, user: &str) -> String {
+async fn federate(p: &Provider, tenant: &str, user: &str) -> (String, String) {
     let r =
         p.s.call(
             "GET",
@@ -593,22 +620,26 @@ async fn federate(p: &Provider, tenant: &str, user: &str) -> String {
         )
         .await;
     assert_eq!(r.status, 303, "{}", r.text());
+    let browser = cookie_of(&r);
+    assert!(browser.starts_with("sb_sso_"), "{browser}");
     let to_idp = r.header("location").unwrap().to_string();
     assert!(to_idp.starts_with(&issuer(p, "idp")), "{to_idp}");
     let page = p.s.call("GET", &path_of(&to_idp), None, None).await;
     assert_eq!(page.status, 200, "{}", page.text());
     let html = page.text();
-    let start = html.find("name=request value=\"").unwrap() + "name=request value=\"".len();
-    let request_field = html[start..start + html[start..].find('"').unwrap()].replace("&amp;", "&");
     let body = format!(
-        "request={}&username={user}&password={}",
-        urlencode(&request_field),
-        urlencode(STRONG)
+        "request={}&username={user}&password={}&csrf={}",
+        urlencode(&form_field(&html, "request")),
+        urlencode(STRONG),
+        form_field(&html, "csrf")
     );
-    let headers = vec![(
-        "content-type".to_string(),
-        "application/x-www-form-urlencoded".to_string(),
-    )];
+    let headers = vec![
+        (
+            "content-type".to_string(),
+            "application/x-www-form-urlencoded".to_string(),
+        ),
+        ("cookie".to_string(), cookie_of(&page)),
+    ];
     let r = request(
         p.s.addr,
         "POST",
@@ -618,7 +649,13 @@ async fn federate(p: &Provider, tenant: &str, user: &str) -> String {
     )
     .await;
     assert_eq!(r.status, 303, "{}", r.text());
-    path_of(r.header("location").unwrap())
+    (path_of(r.header("location").unwrap()), browser)
+}
+
+/// Finishes an SSO sign-in as the browser holding `cookie`.
+async fn finish(p: &Provider, back: &str, cookie: &str) -> Reply {
+    let headers = vec![("cookie".to_string(), cookie.to_string())];
+    request(p.s.addr, "GET", back, &headers, b"").await
 }
 
 #[tokio::test]
@@ -674,8 +711,19 @@ async fn i6_a_tenant_signs_its_users_in_through_an_external_provider() {
 
     // Bob of the provider signs in to acme: an account is provisioned and
     // linked; the session is acme's.
-    let back = federate(&p, "acme", "bob").await;
-    let r = p.s.call("GET", &back, None, None).await;
+    let (back, browser) = federate(&p, "acme", "bob").await;
+    // Another browser (no cookie) cannot finish it: no login CSRF.
+    assert_eq!(
+        p.s.call("GET", &back, None, None).await.code(),
+        "sso_failed"
+    );
+    let (back, browser2) = federate(&p, "acme", "bob").await;
+    assert_eq!(
+        finish(&p, &back, &browser).await.code(),
+        "sso_failed",
+        "another sign-in's cookie"
+    );
+    let r = finish(&p, &back, &browser2).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let token = r.json()["token"].as_str().unwrap().to_string();
     assert!(token.starts_with("sb1.acme."));
@@ -687,11 +735,10 @@ async fn i6_a_tenant_signs_its_users_in_through_an_external_provider() {
     assert_eq!(me["user"]["federated"], true);
     let first_id = me["user"]["id"].clone();
     // The callback cannot be replayed.
-    let r = p.s.call("GET", &back, None, None).await;
-    assert_eq!(r.code(), "sso_failed");
+    assert_eq!(finish(&p, &back, &browser2).await.code(), "sso_failed");
     // A second sign-in reaches the same account.
-    let back = federate(&p, "acme", "bob").await;
-    let token = p.s.call("GET", &back, None, None).await.json()["token"]
+    let (back, browser) = federate(&p, "acme", "bob").await;
+    let token = finish(&p, &back, &browser).await.json()["token"]
         .as_str()
         .unwrap()
         .to_string();
@@ -708,23 +755,17 @@ async fn i6_a_tenant_signs_its_users_in_through_an_external_provider() {
         "invalid_credentials"
     );
 
-    // A forged state, a mix-up issuer and a tampered code are refused.
-    let back = federate(&p, "acme", "bob").await;
+    // A forged state and a mix-up issuer are refused.
+    let (back, browser) = federate(&p, "acme", "bob").await;
     let forged = back.replace("state=", "state=x");
-    assert_eq!(
-        p.s.call("GET", &forged, None, None).await.code(),
-        "sso_failed"
-    );
+    assert_eq!(finish(&p, &forged, &browser).await.code(), "sso_failed");
     let mixed = format!("{back}&iss=http%3A%2F%2Fevil.example");
-    assert_eq!(
-        p.s.call("GET", &mixed, None, None).await.code(),
-        "sso_failed"
-    );
+    assert_eq!(finish(&p, &mixed, &browser).await.code(), "sso_failed");
     // An existing local account of the same name is never taken over.
     let (_, w) = create_user(&p.h, "idp", "alice", "user").await;
     activate(&p.s, Some("idp"), "alice", &w).await;
-    let back = federate(&p, "acme", "alice").await;
-    let r = p.s.call("GET", &back, None, None).await;
+    let (back, browser) = federate(&p, "acme", "alice").await;
+    let r = finish(&p, &back, &browser).await;
     assert_eq!(
         (r.status, r.code().as_str()),
         (409, "already_exists"),
@@ -755,4 +796,54 @@ async fn i6_a_tenant_signs_its_users_in_through_an_external_provider() {
         sso.iter().any(|e| e["outcome"] == "success")
             && sso.iter().any(|e| e["outcome"] != "success")
     );
+}
+
+#[tokio::test]
+async fn i5_a_cross_site_form_post_signs_no_one_in() {
+    let p = provider().await;
+    let path = authorize_path(&p.client_id, REDIRECT, "");
+    let query = path.split_once('?').unwrap().1.to_string();
+    // A post that did not come from the provider's own page (no CSRF
+    // cookie, or a mismatching one) is refused with the form again.
+    for (cookie, field) in [("", ""), ("sb_oidc_csrf=aaaa", "bbbb")] {
+        let body = format!(
+            "request={}&username=alice&password={}&csrf={field}",
+            urlencode(&query),
+            urlencode(STRONG)
+        );
+        let headers = vec![
+            (
+                "content-type".to_string(),
+                "application/x-www-form-urlencoded".to_string(),
+            ),
+            ("cookie".to_string(), cookie.to_string()),
+        ];
+        let r = request(
+            p.s.addr,
+            "POST",
+            "/oidc/acme/authorize",
+            &headers,
+            body.as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, 401, "{}", r.text());
+        assert!(r.header("location").is_none());
+    }
+}
+
+#[tokio::test]
+async fn i6_single_sign_on_is_off_until_allowed_or_tls_exists() {
+    let h = Harness::new().unwrap();
+    h.runtime().create_tenant("acme", None).await.unwrap();
+    let err = switchboard::admin::execute(
+        h.runtime(),
+        &switchboard::admin::Actor::Console,
+        Op::SsoSet {
+            tenant: "acme".into(),
+            config: serde_json::from_value(json!({"issuer": "http://127.0.0.1:1/oidc/x", "client_id": "c", "client_secret": "s"})).unwrap(),
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code, "sso_unavailable");
 }

@@ -74,6 +74,42 @@ impl Track {
     }
 }
 
+/// The unit an address is counted by: the address for IPv4, its /64 for
+/// IPv6 (one host usually holds a whole /64).
+fn network(a: IpAddr) -> IpAddr {
+    match a {
+        IpAddr::V4(_) => a,
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
+        }
+    }
+}
+
+/// Keeps a table under `MAX_TRACKED`: drops what has expired, then (rarely,
+/// in one pass) the tenth with the oldest last failure, keeping locks.
+fn make_room<K: Clone + Eq + std::hash::Hash>(table: &mut HashMap<K, Track>, now: u64) {
+    if table.len() < MAX_TRACKED {
+        return;
+    }
+    table.retain(|_, t| {
+        t.expire(now);
+        !t.failures.is_empty() || t.locked_until_ms > now
+    });
+    if table.len() < MAX_TRACKED * 9 / 10 {
+        return;
+    }
+    let mut by_age: Vec<(u64, K)> = table
+        .iter()
+        .filter(|(_, t)| t.locked_until_ms <= now)
+        .map(|(k, t)| (t.failures.back().copied().unwrap_or(0), k.clone()))
+        .collect();
+    by_age.sort_by_key(|(last, _)| *last);
+    for (_, k) in by_age.into_iter().take(MAX_TRACKED / 10) {
+        table.remove(&k);
+    }
+}
+
 /// Whether an attempt may go ahead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gate {
@@ -113,7 +149,7 @@ impl Throttle {
             until = until.max(t.next_allowed(self.config.free_failures, max));
         }
         if let Some(a) = addr
-            && let Some(t) = self.addresses.get_mut(&a)
+            && let Some(t) = self.addresses.get_mut(&network(a))
         {
             t.expire(now);
             until = until.max(t.next_allowed(self.config.address_free_failures, max));
@@ -135,27 +171,14 @@ impl Throttle {
     /// Records a failure; returns the lock's end when this failure locked
     /// the name.
     pub fn failure(&mut self, name: &str, addr: Option<IpAddr>, now: u64) -> Option<u64> {
-        if self.names.len() >= MAX_TRACKED {
-            self.names.retain(|_, t| {
-                t.expire(now);
-                !t.failures.is_empty() || t.locked_until_ms > now
-            });
-        }
-        if self.addresses.len() >= MAX_TRACKED {
-            self.addresses.retain(|_, t| {
-                t.expire(now);
-                !t.failures.is_empty()
-            });
-        }
-        if let Some(a) = addr
-            && (self.addresses.len() < MAX_TRACKED || self.addresses.contains_key(&a))
-        {
-            let t = self.addresses.entry(a).or_default();
+        // Full tables make room (never stop tracking: a flood of names
+        // must not switch the defence off for the next one).
+        make_room(&mut self.names, now);
+        make_room(&mut self.addresses, now);
+        if let Some(a) = addr {
+            let t = self.addresses.entry(network(a)).or_default();
             t.expire(now);
             t.failures.push_back(now);
-        }
-        if self.names.len() >= MAX_TRACKED && !self.names.contains_key(name) {
-            return None;
         }
         let t = self.names.entry(name.to_string()).or_default();
         t.expire(now);
@@ -228,5 +251,26 @@ mod tests {
         assert_eq!(t.gate("acme/fresh", None, now), Gate::Open);
         // Failures older than an hour are forgotten.
         assert_eq!(t.gate("acme/fresh", addr, now + HOUR_MS), Gate::Open);
+        // Other addresses of the same IPv6 /64 count together.
+        let a1: Option<IpAddr> = Some("2001:db8:1:2::1".parse().unwrap());
+        let a2: Option<IpAddr> = Some("2001:db8:1:2:ffff::9".parse().unwrap());
+        for i in 0..20 {
+            t.failure(&format!("acme/v6-{i}"), a1, now);
+        }
+        assert!(matches!(t.gate("acme/other", a2, now), Gate::Wait(_)));
+    }
+
+    #[test]
+    fn a_flood_of_names_does_not_switch_tracking_off() {
+        let mut t = Throttle::new(ThrottleConfig::default());
+        let now = 9_000_000;
+        for i in 0..MAX_TRACKED + 10 {
+            t.failure(&format!("flood-{i}"), None, now);
+        }
+        assert!(t.names.len() <= MAX_TRACKED);
+        for _ in 0..10 {
+            t.failure("acme/victim", None, now);
+        }
+        assert!(t.is_locked("acme/victim", now));
     }
 }

@@ -233,6 +233,12 @@ impl Inner {
             }
             self.reclaim_blobs(&id)?;
         }
+        for id in self.tenant_ids() {
+            // Expired sign-in codes, tokens and pending sign-ons.
+            if let Err(e) = crate::oidc::sweep_expired(&self.store, &id, now) {
+                tracing::error!(tenant = %id, error = %e, "sweeping expired sign-in records failed");
+            }
+        }
         let audit_days = crate::tenant::DEFAULT_RETENTION
             .iter()
             .find(|(c, _)| *c == "audit")
