@@ -280,6 +280,28 @@ mod tests {
     }
 
     #[test]
+    fn identity_settings_are_read_and_typos_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "public_url = \"https://uc.example\"\n[identity]\nallow_loopback_idp = true\n[identity.throttle]\nlock_after = 5\n",
+        )
+        .unwrap();
+        let c = ServerConfig::load(&path).unwrap();
+        assert!(c.identity.allow_loopback_idp);
+        assert_eq!(c.identity.throttle.lock_after, 5);
+        assert_eq!(
+            c.identity.throttle.lock_minutes, 15,
+            "defaults fill the rest"
+        );
+        let rc = c.runtime_config(dir.path().into());
+        assert_eq!(rc.identity.throttle.lock_after, 5);
+        std::fs::write(&path, "[identity.throttle]\nlock_afterr = 5\n").unwrap();
+        assert!(ServerConfig::load(&path).is_err());
+    }
+
+    #[test]
     fn config_files_with_two_master_key_sources_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
