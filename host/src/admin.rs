@@ -912,12 +912,21 @@ async fn run(rt: &Runtime, actor: &Actor, op: Op, granted: bool) -> Result<Value
 
 fn require_trail(rt: &Runtime, scope: &Scope) -> Result<(), ApiError> {
     match scope {
-        Scope::Tenant(t) if !rt.tenants().iter().any(|r| &r.id == t) => Err(ApiError::new(
+        Scope::Tenant(t) => require_tenant(rt, t),
+        Scope::System => Ok(()),
+    }
+}
+
+/// `tenant_not_found` unless `tenant` exists.
+pub(crate) fn require_tenant(rt: &Runtime, tenant: &str) -> Result<(), ApiError> {
+    if rt.tenants().iter().any(|t| t.id == tenant) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
             404,
             "tenant_not_found",
-            format!("tenant {t:?} does not exist"),
-        )),
-        _ => Ok(()),
+            format!("tenant {tenant:?} does not exist"),
+        ))
     }
 }
 

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::admin::ApiError;
+use crate::admin::{ApiError, require_tenant};
 use crate::api::{self, HttpResponse, Peer};
 use crate::audit::{self, Scope, outcome};
 use crate::capability::timers::now_ms;
@@ -279,18 +279,6 @@ pub async fn remove_client(rt: &Runtime, tenant: &str, id: &str) -> Result<(), A
         )
         .ok();
     Ok(())
-}
-
-fn require_tenant(rt: &Runtime, tenant: &str) -> Result<(), ApiError> {
-    if rt.tenants().iter().any(|t| t.id == tenant) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            404,
-            "tenant_not_found",
-            format!("tenant {tenant:?} does not exist"),
-        ))
-    }
 }
 
 fn client(rt: &Runtime, tenant: &str, id: &str) -> Option<Client> {
@@ -1069,16 +1057,7 @@ async fn token(rt: &Runtime, tenant: &str, req: Request<Incoming>) -> HttpRespon
     if let Some(n) = &grant.nonce {
         claims["nonce"] = json!(n);
     }
-    let scopes: Vec<&str> = grant.scope.split(' ').collect();
-    if scopes.contains(&"profile") {
-        claims["name"] = json!(user.display_name);
-        claims["preferred_username"] = json!(user.username);
-    }
-    if scopes.contains(&"email")
-        && let Some(e) = &user.email
-    {
-        claims["email"] = json!(e);
-    }
+    profile_claims(&grant.scope, &user, &mut claims);
     let vk = key.verifying_key();
     let header = json!({"alg": "EdDSA", "typ": "JWT", "kid": kid(&vk)});
     let signing_input = format!(
@@ -1124,6 +1103,20 @@ async fn token(rt: &Runtime, tenant: &str, req: Request<Incoming>) -> HttpRespon
             "scope": grant.scope,
         }),
     )
+}
+
+/// The profile and e-mail claims the granted scopes allow.
+fn profile_claims(scope: &str, user: &crate::identity::UserView, out: &mut serde_json::Value) {
+    let scopes: Vec<&str> = scope.split(' ').collect();
+    if scopes.contains(&"profile") {
+        out["name"] = json!(user.display_name);
+        out["preferred_username"] = json!(user.username);
+    }
+    if scopes.contains(&"email")
+        && let Some(e) = &user.email
+    {
+        out["email"] = json!(e);
+    }
 }
 
 fn revoke_tokens_of(rt: &Runtime, tenant: &str, code_hash: &str) {
@@ -1212,16 +1205,7 @@ fn userinfo(rt: &Runtime, tenant: &str, req: &Request<Incoming>) -> HttpResponse
         return unauthorized();
     }
     let mut out = json!({"sub": user.id});
-    let scopes: Vec<&str> = record.scope.split(' ').collect();
-    if scopes.contains(&"profile") {
-        out["name"] = json!(user.display_name);
-        out["preferred_username"] = json!(user.username);
-    }
-    if scopes.contains(&"email")
-        && let Some(e) = &user.email
-    {
-        out["email"] = json!(e);
-    }
+    profile_claims(&record.scope, &user, &mut out);
     api::json_response(200, &out)
 }
 

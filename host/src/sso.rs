@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::admin::ApiError;
+use crate::admin::{ApiError, require_tenant};
 use crate::audit::{self, Scope, outcome};
 use crate::capability::timers::now_ms;
 use crate::identity::{AuthError, Issued};
@@ -186,18 +186,6 @@ pub async fn remove(rt: &Runtime, tenant: &str) -> Result<(), ApiError> {
         )
         .ok();
     Ok(())
-}
-
-fn require_tenant(rt: &Runtime, tenant: &str) -> Result<(), ApiError> {
-    if rt.tenants().iter().any(|t| t.id == tenant) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            404,
-            "tenant_not_found",
-            format!("tenant {tenant:?} does not exist"),
-        ))
-    }
 }
 
 fn load(rt: &Runtime, tenant: &str) -> Result<SsoConfig, ApiError> {

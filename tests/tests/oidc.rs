@@ -117,17 +117,18 @@ fn path_of(url: &str) -> String {
 /// Plays the browser: opens the authorization URL, fills in the sign-in
 /// form, and returns the redirect's Location.
 async fn sign_in(p: &Provider, auth_url: &str, password: &str) -> Reply {
-    let page = p.s.call("GET", &path_of(auth_url), None, None).await;
+    submit(p, &path_of(auth_url), "alice", password).await
+}
+
+/// Plays the browser at the provider: opens the authorization `path`,
+/// fills in the sign-in form (with its CSRF pairing) and posts it.
+async fn submit(p: &Provider, path: &str, user: &str, password: &str) -> Reply {
+    let page = p.s.call("GET", path, None, None).await;
     assert_eq!(page.status, 200, "{}", page.text());
     let html = page.text();
-    let start = html
-        .find("name=request value=\"")
-        .expect("the sign-in form")
-        + "name=request value=\"".len();
-    let request_field = html[start..start + html[start..].find('"').unwrap()].replace("&amp;", "&");
     let body = format!(
-        "request={}&username=alice&password={}&csrf={}",
-        urlencode(&request_field),
+        "request={}&username={user}&password={}&csrf={}",
+        urlencode(&form_field(&html, "request")),
         urlencode(password),
         form_field(&html, "csrf")
     );
@@ -138,8 +139,7 @@ async fn sign_in(p: &Provider, auth_url: &str, password: &str) -> Reply {
         ),
         ("cookie".to_string(), cookie_of(&page)),
     ];
-    let tenant_path = path_of(auth_url);
-    let target = tenant_path.split('?').next().unwrap().to_string();
+    let target = path.split('?').next().unwrap().to_string();
     request(p.s.addr, "POST", &target, &headers, body.as_bytes()).await
 }
 
@@ -624,30 +624,7 @@ async fn federate(p: &Provider, tenant: &str, user: &str) -> (String, String) {
     assert!(browser.starts_with("sb_sso_"), "{browser}");
     let to_idp = r.header("location").unwrap().to_string();
     assert!(to_idp.starts_with(&issuer(p, "idp")), "{to_idp}");
-    let page = p.s.call("GET", &path_of(&to_idp), None, None).await;
-    assert_eq!(page.status, 200, "{}", page.text());
-    let html = page.text();
-    let body = format!(
-        "request={}&username={user}&password={}&csrf={}",
-        urlencode(&form_field(&html, "request")),
-        urlencode(STRONG),
-        form_field(&html, "csrf")
-    );
-    let headers = vec![
-        (
-            "content-type".to_string(),
-            "application/x-www-form-urlencoded".to_string(),
-        ),
-        ("cookie".to_string(), cookie_of(&page)),
-    ];
-    let r = request(
-        p.s.addr,
-        "POST",
-        "/oidc/idp/authorize",
-        &headers,
-        body.as_bytes(),
-    )
-    .await;
+    let r = submit(p, &path_of(&to_idp), user, STRONG).await;
     assert_eq!(r.status, 303, "{}", r.text());
     (path_of(r.header("location").unwrap()), browser)
 }
