@@ -541,10 +541,12 @@ impl From<audit::AuditError> for AuthError {
 pub struct IdentityConfig {
     pub throttle: ThrottleConfig,
     /// Let tenants use an identity provider on this machine's loopback
-    /// interface over plain HTTP (federating tenants of one server, and
-    /// tests). Off by default: until the host has a TLS client, single
-    /// sign-on is otherwise unavailable.
+    /// interface (federating tenants of one server, and tests). Off by
+    /// default: a tenant admin must not make the host call local services.
     pub allow_loopback_idp: bool,
+    /// Extra CA certificates (PEM) trusted for identity providers, beside
+    /// Mozilla's roots (a private corporate CA).
+    pub idp_ca_file: Option<std::path::PathBuf>,
 }
 
 /// The identity service.
@@ -554,7 +556,7 @@ pub struct Identity {
     throttle: Mutex<Throttle>,
     writes: tokio::sync::Mutex<()>,
     hashing: tokio::sync::Semaphore,
-    allow_loopback_idp: bool,
+    outbound: crate::outbound::Outbound,
 }
 
 fn prefix(realm: &Scope) -> String {
@@ -671,20 +673,28 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Identity {
     /// The identity service over `store`, auditing to `trail`.
-    pub fn new(store: Arc<Store>, trail: Arc<AuditLog>, config: IdentityConfig) -> Identity {
-        Identity {
+    pub fn new(
+        store: Arc<Store>,
+        trail: Arc<AuditLog>,
+        config: IdentityConfig,
+    ) -> Result<Identity, crate::outbound::OutboundError> {
+        let outbound = crate::outbound::Outbound::new(
+            config.idp_ca_file.as_deref(),
+            config.allow_loopback_idp,
+        )?;
+        Ok(Identity {
             store,
             trail,
-            allow_loopback_idp: config.allow_loopback_idp,
             throttle: Mutex::new(Throttle::new(config.throttle)),
             writes: tokio::sync::Mutex::new(()),
             hashing: tokio::sync::Semaphore::new(HASHING_SLOTS),
-        }
+            outbound,
+        })
     }
 
-    /// Whether single sign-on may use a loopback identity provider.
-    pub fn allows_loopback_idp(&self) -> bool {
-        self.allow_loopback_idp
+    /// The client single sign-on reaches identity providers with.
+    pub fn outbound(&self) -> &crate::outbound::Outbound {
+        &self.outbound
     }
 
     fn realm_exists(&self, realm: &Scope) -> bool {

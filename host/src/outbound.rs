@@ -1,14 +1,22 @@
-//! Outbound HTTP for host services (single sign-on talks to a tenant's
+//! Outbound HTTP(S) for host services (single sign-on talks to a tenant's
 //! identity provider). One request per connection, bounded in time and
-//! size. Until the host gains its TLS stack (the gateway issue), only
-//! `http://` to loopback addresses is allowed — the policy sits here, in
-//! front of the client, so nothing else can widen it.
+//! size. The policy sits here, in front of the client:
+//! - `https://` to hosts whose every address is public, verified against
+//!   Mozilla's roots (plus an operator-supplied CA file), TLS 1.2/1.3;
+//! - loopback (`http://` or `https://`) only when the operator allows it
+//!   (`[identity] allow_loopback_idp`, to federate tenants of one server);
+//! - nothing else: private, link-local and unspecified addresses are
+//!   refused so a tenant admin cannot make the host probe its network.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Bytes;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, ServerName};
 
 /// Largest response body read.
 pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
@@ -27,82 +35,233 @@ pub struct Reply {
 #[error("{0}")]
 pub struct OutboundError(pub String);
 
-/// Where `url` points, if this host may call it: `http` to a loopback
-/// address (`127.0.0.0/8`, `::1`, `localhost`).
-pub fn target(url: &str) -> Result<(SocketAddr, String, String), OutboundError> {
-    let uri: hyper::Uri = url
-        .parse()
-        .map_err(|_| OutboundError(format!("{url:?} is not an absolute URL")))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(OutboundError(format!(
-            "{url:?}: only http:// to a loopback address is supported until the host's TLS client lands"
-        )));
-    }
-    let host = uri.host().unwrap_or_default();
-    let ip: IpAddr = match host {
-        "localhost" => IpAddr::from([127, 0, 0, 1]),
-        h => h
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse()
-            .map_err(|_| OutboundError(format!("{url:?}: the host must be a loopback address")))?,
-    };
-    if !ip.is_loopback() {
-        return Err(OutboundError(format!(
-            "{url:?}: the host must be a loopback address"
-        )));
-    }
-    let addr = SocketAddr::new(ip, uri.port_u16().unwrap_or(80));
-    let path = uri
-        .path_and_query()
-        .map(|p| p.to_string())
-        .unwrap_or_else(|| "/".into());
-    Ok((addr, host.to_string(), path))
+/// Where a URL points.
+#[derive(Debug, Clone)]
+struct Target {
+    tls: bool,
+    host: String,
+    port: u16,
+    path: String,
 }
 
-/// Sends one request.
-pub async fn send(
+/// The outbound client and its policy.
+pub struct Outbound {
+    tls: tokio_rustls::TlsConnector,
+    allow_loopback: bool,
+}
+
+fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            !(v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                // 100.64.0.0/10, carrier-grade NAT.
+                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64))
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00 // unique local
+                || (first & 0xffc0) == 0xfe80) // link local
+                && v6.to_ipv4_mapped().is_none_or(|v4| is_public(IpAddr::V4(v4)))
+        }
+    }
+}
+
+impl Outbound {
+    /// A client trusting Mozilla's roots and the certificates in
+    /// `extra_ca` (PEM), allowing loopback targets when `allow_loopback`.
+    pub fn new(extra_ca: Option<&Path>, allow_loopback: bool) -> Result<Outbound, OutboundError> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(path) = extra_ca {
+            let certs = CertificateDer::pem_file_iter(path).map_err(|e| {
+                OutboundError(format!("cannot read the CA file {}: {e}", path.display()))
+            })?;
+            let mut n = 0;
+            for cert in certs {
+                let cert = cert.map_err(|e| OutboundError(format!("{}: {e}", path.display())))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| OutboundError(format!("{}: {e}", path.display())))?;
+                n += 1;
+            }
+            if n == 0 {
+                return Err(OutboundError(format!(
+                    "{} holds no certificate",
+                    path.display()
+                )));
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| OutboundError(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Outbound {
+            tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            allow_loopback,
+        })
+    }
+
+    fn parse(&self, url: &str) -> Result<Target, OutboundError> {
+        let uri: hyper::Uri = url
+            .parse()
+            .map_err(|_| OutboundError(format!("{url:?} is not an absolute URL")))?;
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(OutboundError(format!("{url:?}: use an https:// URL"))),
+        };
+        let host = uri
+            .host()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| OutboundError(format!("{url:?} has no host")))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let path = uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "/".into());
+        Ok(Target {
+            tls,
+            host,
+            port,
+            path,
+        })
+    }
+
+    /// Checks `url` against the policy without connecting (host names are
+    /// checked again, after resolution, by `send`).
+    pub fn check(&self, url: &str) -> Result<(), OutboundError> {
+        let t = self.parse(url)?;
+        let literal: Option<IpAddr> = if t.host == "localhost" {
+            Some(IpAddr::from([127, 0, 0, 1]))
+        } else {
+            t.host.parse().ok()
+        };
+        if let Some(ip) = literal {
+            self.allowed(ip, url)?;
+        }
+        if !t.tls && literal.is_none_or(|ip| !ip.is_loopback()) {
+            return Err(OutboundError(format!(
+                "{url:?}: use https:// (plain http only to loopback)"
+            )));
+        }
+        Ok(())
+    }
+
+    fn allowed(&self, ip: IpAddr, url: &str) -> Result<(), OutboundError> {
+        if is_public(ip) || (self.allow_loopback && ip.is_loopback()) {
+            Ok(())
+        } else if ip.is_loopback() {
+            Err(OutboundError(format!(
+                "{url:?} is on this machine's loopback interface, which the operator has not allowed ([identity] allow_loopback_idp)"
+            )))
+        } else {
+            Err(OutboundError(format!(
+                "{url:?} resolves to a non-public address ({ip})"
+            )))
+        }
+    }
+
+    /// Sends one request.
+    pub async fn send(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, String)],
+        body: Vec<u8>,
+    ) -> Result<Reply, OutboundError> {
+        self.check(url)?;
+        let t = self.parse(url)?;
+        tokio::time::timeout(TIMEOUT, async move {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((t.host.as_str(), t.port))
+                .await
+                .map_err(|e| OutboundError(format!("cannot resolve {}: {e}", t.host)))?
+                .collect();
+            // Every address must pass, so DNS cannot smuggle an internal one.
+            for a in &addrs {
+                self.allowed(a.ip(), url)?;
+            }
+            let addr = *addrs
+                .first()
+                .ok_or_else(|| OutboundError(format!("{} has no address", t.host)))?;
+            let stream = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| OutboundError(format!("cannot connect to {addr}: {e}")))?;
+            if t.tls {
+                let name = ServerName::try_from(t.host.clone()).map_err(|_| {
+                    OutboundError(format!("{:?} is not a valid server name", t.host))
+                })?;
+                let tls = self
+                    .tls
+                    .connect(name, stream)
+                    .await
+                    .map_err(|e| OutboundError(format!("TLS with {}: {e}", t.host)))?;
+                exchange(tls, &t, method, headers, body).await
+            } else {
+                exchange(stream, &t, method, headers, body).await
+            }
+        })
+        .await
+        .map_err(|_| OutboundError(format!("{url}: no answer within {} s", TIMEOUT.as_secs())))?
+    }
+}
+
+async fn exchange<S>(
+    stream: S,
+    t: &Target,
     method: &str,
-    url: &str,
     headers: &[(&str, String)],
     body: Vec<u8>,
-) -> Result<Reply, OutboundError> {
-    let (addr, host, path) = target(url)?;
-    tokio::time::timeout(TIMEOUT, async move {
-        let stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| OutboundError(format!("cannot connect to {addr}: {e}")))?;
-        let io = hyper_util::rt::TokioIo::new(stream);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-            .await
-            .map_err(|e| OutboundError(format!("HTTP handshake with {addr} failed: {e}")))?;
-        tokio::spawn(conn);
-        let mut req = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header(hyper::header::HOST, host)
-            .header(hyper::header::USER_AGENT, "switchboard");
-        for (k, v) in headers {
-            req = req.header(*k, v);
-        }
-        let req = req
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| OutboundError(format!("bad request: {e}")))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| OutboundError(format!("request to {addr} failed: {e}")))?;
-        let status = resp.status().as_u16();
-        let body = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
-            .collect()
-            .await
-            .map_err(|e| OutboundError(format!("reading the response from {addr} failed: {e}")))?
-            .to_bytes()
-            .to_vec();
-        Ok(Reply { status, body })
-    })
-    .await
-    .map_err(|_| OutboundError(format!("{url}: no answer within {} s", TIMEOUT.as_secs())))?
+) -> Result<Reply, OutboundError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| OutboundError(format!("HTTP handshake with {} failed: {e}", t.host)))?;
+    tokio::spawn(conn);
+    let host = if (t.tls && t.port == 443) || (!t.tls && t.port == 80) {
+        t.host.clone()
+    } else {
+        format!("{}:{}", t.host, t.port)
+    };
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(t.path.as_str())
+        .header(hyper::header::HOST, host)
+        .header(hyper::header::USER_AGENT, "switchboard");
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| OutboundError(format!("bad request: {e}")))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| OutboundError(format!("request to {} failed: {e}", t.host)))?;
+    let status = resp.status().as_u16();
+    let body = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
+        .collect()
+        .await
+        .map_err(|e| OutboundError(format!("reading the response from {} failed: {e}", t.host)))?
+        .to_bytes()
+        .to_vec();
+    Ok(Reply { status, body })
 }
 
 #[cfg(test)]
@@ -110,18 +269,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_loopback_http_is_allowed() {
-        assert!(target("http://127.0.0.1:8080/x").is_ok());
-        assert!(target("http://[::1]:8080/x").is_ok());
-        assert!(target("http://localhost/x").is_ok());
+    fn the_policy_allows_public_https_and_opt_in_loopback_only() {
+        let strict = Outbound::new(None, false).unwrap();
+        assert!(strict.check("https://idp.example.com/x").is_ok());
+        assert!(strict.check("https://8.8.8.8/x").is_ok());
         for bad in [
-            "https://idp.example/",
-            "http://10.0.0.1/",
-            "http://idp.example/",
-            "ftp://127.0.0.1/",
+            "http://idp.example.com/",
+            "https://127.0.0.1/",
+            "https://localhost/",
+            "https://10.0.0.1/",
+            "https://192.168.1.1/",
+            "https://169.254.169.254/latest/meta-data",
+            "https://[::1]/",
+            "https://[fd00::1]/",
+            "https://[::ffff:10.0.0.1]/",
+            "https://100.64.0.1/",
+            "ftp://idp.example.com/",
             "nonsense",
         ] {
-            assert!(target(bad).is_err(), "{bad}");
+            assert!(strict.check(bad).is_err(), "{bad}");
         }
+        let lenient = Outbound::new(None, true).unwrap();
+        assert!(lenient.check("http://127.0.0.1:8080/x").is_ok());
+        assert!(lenient.check("https://localhost:8443/x").is_ok());
+        assert!(lenient.check("http://10.0.0.1/").is_err());
+        assert!(lenient.check("http://idp.example.com/").is_err());
+    }
+
+    #[test]
+    fn a_bad_ca_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, "not a certificate").unwrap();
+        let err = Outbound::new(Some(&path), false).err().unwrap();
+        assert!(err.0.contains("no certificate"), "{err}");
+        assert!(Outbound::new(Some(&dir.path().join("missing.pem")), false).is_err());
     }
 }

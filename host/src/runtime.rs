@@ -365,7 +365,9 @@ impl Runtime {
             )
             .context("cannot open the audit trail")?,
         );
-        let identity = Identity::new(store.clone(), trail.clone(), config.identity.clone());
+        let identity = Identity::new(store.clone(), trail.clone(), config.identity.clone())
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .context("cannot set up the identity service ([identity] idp_ca_file)")?;
         let stop = Arc::new(AtomicBool::new(false));
         spawn_epoch_ticker(engine.clone(), stop.clone());
         let inner = Arc::new(Inner {

@@ -3,7 +3,7 @@
 //! client id and secret Switchboard was registered with, and which claim
 //! becomes the user name. Sign-in is the authorization code flow with
 //! PKCE (S256), `state` and `nonce`, all single-use and short-lived; the
-//! ID token's signature (EdDSA, from the provider's JWKS), issuer,
+//! ID token's signature (EdDSA or RS256, from the provider's JWKS), issuer,
 //! audience, expiry and nonce are checked before anyone is signed in. A
 //! first sign-in may provision an account linked to (issuer, subject);
 //! an existing local account is never taken over by name.
@@ -27,7 +27,7 @@ use crate::admin::{ApiError, require_tenant};
 use crate::audit::{self, Scope, outcome};
 use crate::capability::timers::now_ms;
 use crate::identity::{AuthError, Issued};
-use crate::outbound;
+use crate::outbound::Outbound;
 use crate::runtime::Runtime;
 
 /// How long a started sign-in may take.
@@ -94,20 +94,16 @@ fn fail(code: &str, message: impl Into<String>) -> ApiError {
 /// Sets a tenant's provider (validated).
 pub async fn set(rt: &Runtime, tenant: &str, config: SsoConfig) -> Result<(), ApiError> {
     require_tenant(rt, tenant)?;
-    if !rt.identity().allows_loopback_idp() {
-        return Err(ApiError::new(
-            409,
-            "sso_unavailable",
-            "single sign-on needs the host's TLS client (gateway issue); until then only an identity provider on this machine's loopback interface can be used, and the operator has not allowed that ([identity] allow_loopback_idp)",
-        ));
-    }
     if config.issuer.contains(['?', '#']) {
         return Err(fail(
             "invalid_issuer",
             "the issuer URL must not have a query or fragment",
         ));
     }
-    outbound::target(&config.issuer).map_err(|e| fail("invalid_issuer", e.0))?;
+    rt.identity()
+        .outbound()
+        .check(&config.issuer)
+        .map_err(|e| fail("invalid_issuer", e.0))?;
     if config.client_id.is_empty() || config.client_id.len() > 256 {
         return Err(fail(
             "invalid_argument",
@@ -211,15 +207,16 @@ struct Endpoints {
     jwks: String,
 }
 
-async fn get_json(url: &str) -> Result<Value, ApiError> {
-    let r = outbound::send(
-        "GET",
-        url,
-        &[("accept", "application/json".into())],
-        Vec::new(),
-    )
-    .await
-    .map_err(|e| ApiError::new(502, "idp_unreachable", e.0))?;
+async fn get_json(out: &Outbound, url: &str) -> Result<Value, ApiError> {
+    let r = out
+        .send(
+            "GET",
+            url,
+            &[("accept", "application/json".into())],
+            Vec::new(),
+        )
+        .await
+        .map_err(|e| ApiError::new(502, "idp_unreachable", e.0))?;
     if r.status != 200 {
         return Err(ApiError::new(
             502,
@@ -231,9 +228,9 @@ async fn get_json(url: &str) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::new(502, "idp_error", format!("{url}: not JSON: {e}")))
 }
 
-async fn discover(config: &SsoConfig) -> Result<Endpoints, ApiError> {
+async fn discover(out: &Outbound, config: &SsoConfig) -> Result<Endpoints, ApiError> {
     let issuer = config.issuer.trim_end_matches('/');
-    let doc = get_json(&format!("{issuer}/.well-known/openid-configuration")).await?;
+    let doc = get_json(out, &format!("{issuer}/.well-known/openid-configuration")).await?;
     if doc["issuer"].as_str() != Some(config.issuer.as_str()) {
         return Err(ApiError::new(
             502,
@@ -245,7 +242,8 @@ async fn discover(config: &SsoConfig) -> Result<Endpoints, ApiError> {
         let v = doc[name]
             .as_str()
             .ok_or_else(|| ApiError::new(502, "idp_error", format!("discovery lacks {name}")))?;
-        outbound::target(v).map_err(|e| ApiError::new(502, "idp_error", e.0))?;
+        out.check(v)
+            .map_err(|e| ApiError::new(502, "idp_error", e.0))?;
         Ok(v.to_string())
     };
     Ok(Endpoints {
@@ -293,7 +291,7 @@ pub fn state_cookie_name(tenant: &str) -> String {
 /// the caller must set as the browser's cookie (`state_cookie_name`).
 pub async fn start(rt: &Runtime, tenant: &str) -> Result<(String, String), ApiError> {
     let config = load(rt, tenant)?;
-    let endpoints = discover(&config).await?;
+    let endpoints = discover(rt.identity().outbound(), &config).await?;
     let state = random_b64(32)?;
     let verifier = random_b64(32)?;
     let nonce = random_b64(16)?;
@@ -397,7 +395,7 @@ pub async fn callback(
         ));
     };
     store.apply(&[(skey, None)]).map_err(store_err)?;
-    let endpoints = discover(&config).await?;
+    let endpoints = discover(rt.identity().outbound(), &config).await?;
     let basic = base64::engine::general_purpose::STANDARD.encode(format!(
         "{}:{}",
         enc(&config.client_id),
@@ -409,18 +407,21 @@ pub async fn callback(
         enc(&callback_url(rt, tenant)),
         enc(&pending.verifier)
     );
-    let r = outbound::send(
-        "POST",
-        &endpoints.token,
-        &[
-            ("content-type", "application/x-www-form-urlencoded".into()),
-            ("authorization", format!("Basic {basic}")),
-            ("accept", "application/json".into()),
-        ],
-        body.into_bytes(),
-    )
-    .await
-    .map_err(|e| ApiError::new(502, "idp_unreachable", e.0))?;
+    let r = rt
+        .identity()
+        .outbound()
+        .send(
+            "POST",
+            &endpoints.token,
+            &[
+                ("content-type", "application/x-www-form-urlencoded".into()),
+                ("authorization", format!("Basic {basic}")),
+                ("accept", "application/json".into()),
+            ],
+            body.into_bytes(),
+        )
+        .await
+        .map_err(|e| ApiError::new(502, "idp_unreachable", e.0))?;
     let tokens: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
     if r.status != 200 {
         denied(&format!("token endpoint answered {}", r.status));
@@ -436,7 +437,7 @@ pub async fn callback(
     let id_token = tokens["id_token"]
         .as_str()
         .ok_or_else(|| ApiError::new(502, "sso_failed", "the provider returned no ID token"))?;
-    let jwks = get_json(&endpoints.jwks).await?;
+    let jwks = get_json(rt.identity().outbound(), &endpoints.jwks).await?;
     let claims = match verify_id_token(id_token, &jwks, &config, &pending.nonce, now_ms() / 1000) {
         Ok(c) => c,
         Err(why) => {
@@ -490,35 +491,22 @@ pub fn verify_id_token(
     let header: Value = unb64(h)
         .and_then(|b| serde_json::from_slice(&b).ok())
         .ok_or("malformed header")?;
-    if header["alg"] != "EdDSA" {
-        return Err(format!(
-            "signature algorithm {} is not supported (EdDSA is)",
-            header["alg"]
-        ));
-    }
     let kid = header["kid"].as_str();
     let keys = jwks["keys"]
         .as_array()
         .ok_or("the provider's JWKS has no keys")?;
-    let key = keys
-        .iter()
-        .filter(|k| k["kty"] == "OKP" && k["crv"] == "Ed25519")
-        .find(|k| kid.is_none() || k["kid"].as_str() == kid)
-        .ok_or("no Ed25519 key in the provider's JWKS matches the token")?;
-    let x: [u8; 32] = key["x"]
-        .as_str()
-        .and_then(unb64)
-        .and_then(|b| b.try_into().ok())
-        .ok_or("malformed key")?;
-    let vk = ed25519_dalek::VerifyingKey::from_bytes(&x).map_err(|_| "invalid key")?;
-    let sig: [u8; 64] = unb64(s)
-        .and_then(|b| b.try_into().ok())
-        .ok_or("malformed signature")?;
-    vk.verify(
-        format!("{h}.{p}").as_bytes(),
-        &ed25519_dalek::Signature::from_bytes(&sig),
-    )
-    .map_err(|_| "bad signature")?;
+    let signed = format!("{h}.{p}");
+    let sig = unb64(s).ok_or("malformed signature")?;
+    match header["alg"].as_str() {
+        Some("EdDSA") => verify_eddsa(keys, kid, signed.as_bytes(), &sig)?,
+        Some("RS256") => verify_rs256(keys, kid, signed.as_bytes(), &sig)?,
+        other => {
+            return Err(format!(
+                "signature algorithm {} is not accepted (EdDSA and RS256 are)",
+                other.unwrap_or("(none)")
+            ));
+        }
+    }
     let claims: Value = unb64(p)
         .and_then(|b| serde_json::from_slice(&b).ok())
         .ok_or("malformed claims")?;
@@ -552,6 +540,68 @@ pub fn verify_id_token(
         return Err("no subject".into());
     }
     Ok(claims)
+}
+
+fn matching_key<'a>(keys: &'a [Value], kid: Option<&str>, kty: &str) -> Result<&'a Value, String> {
+    keys.iter()
+        .filter(|k| k["kty"] == kty && k["use"].as_str().is_none_or(|u| u == "sig"))
+        .find(|k| kid.is_none() || k["kid"].as_str() == kid)
+        .ok_or_else(|| format!("no {kty} key in the provider's JWKS matches the token"))
+}
+
+fn verify_eddsa(
+    keys: &[Value],
+    kid: Option<&str>,
+    signed: &[u8],
+    sig: &[u8],
+) -> Result<(), String> {
+    let key = matching_key(keys, kid, "OKP")?;
+    if key["crv"] != "Ed25519" {
+        return Err("the provider's OKP key is not Ed25519".into());
+    }
+    let x: [u8; 32] = key["x"]
+        .as_str()
+        .and_then(unb64)
+        .and_then(|b| b.try_into().ok())
+        .ok_or("malformed key")?;
+    let vk = ed25519_dalek::VerifyingKey::from_bytes(&x).map_err(|_| "invalid key")?;
+    let sig: [u8; 64] = sig.try_into().map_err(|_| "malformed signature")?;
+    vk.verify(signed, &ed25519_dalek::Signature::from_bytes(&sig))
+        .map_err(|_| "bad signature".to_string())
+}
+
+/// RSASSA-PKCS1-v1_5 with SHA-256 (what most identity providers sign
+/// with), keys of 2048-8192 bits.
+fn verify_rs256(
+    keys: &[Value],
+    kid: Option<&str>,
+    signed: &[u8],
+    sig: &[u8],
+) -> Result<(), String> {
+    use rsa::signature::Verifier as _;
+    use rsa::traits::PublicKeyParts as _;
+    let key = matching_key(keys, kid, "RSA")?;
+    let n = key["n"]
+        .as_str()
+        .and_then(unb64)
+        .ok_or("malformed RSA modulus")?;
+    let e = key["e"]
+        .as_str()
+        .and_then(unb64)
+        .ok_or("malformed RSA exponent")?;
+    let public = rsa::RsaPublicKey::new_with_max_size(
+        rsa::BigUint::from_bytes_be(&n),
+        rsa::BigUint::from_bytes_be(&e),
+        8192,
+    )
+    .map_err(|e| format!("invalid RSA key: {e}"))?;
+    if public.size() < 256 {
+        return Err("RSA keys under 2048 bits are not accepted".into());
+    }
+    let vk = rsa::pkcs1v15::VerifyingKey::<rsa::sha2::Sha256>::new(public);
+    let sig = rsa::pkcs1v15::Signature::try_from(sig).map_err(|_| "malformed signature")?;
+    vk.verify(signed, &sig)
+        .map_err(|_| "bad signature".to_string())
 }
 
 #[cfg(test)]

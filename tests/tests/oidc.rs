@@ -675,7 +675,7 @@ async fn i6_a_tenant_signs_its_users_in_through_an_external_provider() {
         "(set)",
         "the secret is never shown again"
     );
-    let bad = json!({"issuer": "https://idp.example", "client_id": "x", "client_secret": "y"});
+    let bad = json!({"issuer": "http://idp.example", "client_id": "x", "client_secret": "y"});
     let r =
         p.s.call(
             "PUT",
@@ -809,18 +809,233 @@ async fn i5_a_cross_site_form_post_signs_no_one_in() {
 }
 
 #[tokio::test]
-async fn i6_single_sign_on_is_off_until_allowed_or_tls_exists() {
+async fn i6_providers_on_this_machine_or_network_need_the_operator() {
     let h = Harness::new().unwrap();
     h.runtime().create_tenant("acme", None).await.unwrap();
-    let err = switchboard::admin::execute(
-        h.runtime(),
-        &switchboard::admin::Actor::Console,
-        Op::SsoSet {
-            tenant: "acme".into(),
-            config: serde_json::from_value(json!({"issuer": "http://127.0.0.1:1/oidc/x", "client_id": "c", "client_secret": "s"})).unwrap(),
+    for (issuer, why) in [
+        ("http://127.0.0.1:1/oidc/x", "loopback"),
+        ("https://10.1.2.3/oidc/x", "non-public"),
+        ("https://169.254.169.254/x", "non-public"),
+        ("http://idp.example/x", "https"),
+    ] {
+        let err = switchboard::admin::execute(
+            h.runtime(),
+            &switchboard::admin::Actor::Console,
+            Op::SsoSet {
+                tenant: "acme".into(),
+                config: serde_json::from_value(
+                    json!({"issuer": issuer, "client_id": "c", "client_secret": "s"}),
+                )
+                .unwrap(),
+            },
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.code, "invalid_issuer", "{issuer}");
+        assert!(err.message.contains(why), "{issuer}: {}", err.message);
+    }
+}
+
+/// A certificate authority and a `localhost` certificate it signed:
+/// (CA PEM, certificate chain, key) for a test TLS front.
+fn test_pki() -> (
+    String,
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap();
+    (ca.pem(), vec![leaf.der().clone()], key)
+}
+
+/// A TLS front on 127.0.0.1 forwarding to `backend` (plain HTTP).
+async fn tls_front(
+    backend: std::net::SocketAddr,
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+) -> u16 {
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn i6_single_sign_on_reaches_the_provider_over_verified_tls() {
+    let (ca_pem, chain, key) = test_pki();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("corporate-ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let h = Harness::with_config(|c| {
+        c.identity.allow_loopback_idp = true;
+        c.identity.idp_ca_file = Some(ca_file.clone());
+    })
+    .unwrap();
+    let s = Server::start(h.runtime().clone()).await;
+    let port = tls_front(s.addr, chain, key).await;
+    let public = format!("https://localhost:{port}");
+    h.runtime().set_public_url(&public);
+    for t in ["acme", "idp"] {
+        h.runtime().create_tenant(t, None).await.unwrap();
+    }
+    let (_, w) = create_user(&h, "idp", "bob", "user").await;
+    activate(&s, Some("idp"), "bob", &w).await;
+    let client = console(
+        &h,
+        Op::OidcClientAdd {
+            tenant: "idp".into(),
+            name: "Acme".into(),
+            redirect_uris: vec![format!("{public}/api/v1/auth/sso/acme/callback")],
+            public: false,
         },
     )
-    .await
-    .unwrap_err();
-    assert_eq!(err.code, "sso_unavailable");
+    .await;
+    console(
+        &h,
+        Op::SsoSet {
+            tenant: "acme".into(),
+            config: serde_json::from_value(json!({
+                "issuer": format!("{public}/oidc/idp"),
+                "client_id": client["client"]["id"],
+                "client_secret": client["client_secret"],
+            }))
+            .unwrap(),
+        },
+    )
+    .await;
+    let p = Provider {
+        h,
+        s,
+        client_id: String::new(),
+        secret: String::new(),
+    };
+    // Discovery, the code exchange and the JWKS all go through TLS,
+    // verified against the operator's CA file.
+    let r =
+        p.s.call("GET", "/api/v1/auth/sso/acme/start", None, None)
+            .await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    let browser = cookie_of(&r);
+    let to_idp = r.header("location").unwrap().to_string();
+    assert!(
+        to_idp.starts_with(&format!("{public}/oidc/idp/authorize")),
+        "{to_idp}"
+    );
+    let r = submit(&p, &path_of(&to_idp), "bob", STRONG).await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    let back = path_of(r.header("location").unwrap());
+    let r = finish(&p, &back, &browser).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.json()["token"].as_str().unwrap().starts_with("sb1.acme."));
+}
+
+#[tokio::test]
+async fn i6_a_provider_certificate_outside_the_trusted_roots_is_refused() {
+    let (_, chain, key) = test_pki();
+    let h = Harness::with_config(|c| c.identity.allow_loopback_idp = true).unwrap();
+    let s = Server::start(h.runtime().clone()).await;
+    let port = tls_front(s.addr, chain, key).await;
+    h.runtime().create_tenant("acme", None).await.unwrap();
+    console(
+        &h,
+        Op::SsoSet {
+            tenant: "acme".into(),
+            config: serde_json::from_value(json!({
+                "issuer": format!("https://localhost:{port}/oidc/acme"),
+                "client_id": "c",
+                "client_secret": "s",
+            }))
+            .unwrap(),
+        },
+    )
+    .await;
+    let r = s
+        .call("GET", "/api/v1/auth/sso/acme/start", None, None)
+        .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (502, "idp_unreachable"),
+        "{}",
+        r.text()
+    );
+    assert!(
+        r.json()["message"].as_str().unwrap().contains("TLS"),
+        "{}",
+        r.text()
+    );
+}
+
+#[test]
+fn i6_rs256_id_tokens_from_mainstream_providers_verify() {
+    use base64::Engine as _;
+    use rsa::pkcs1v15::SigningKey;
+    use rsa::signature::{SignatureEncoding as _, Signer as _};
+    use rsa::traits::PublicKeyParts as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let mut rng = rand::thread_rng();
+    let private = rsa::RsaPrivateKey::new(&mut rng, 2048).unwrap();
+    let public = private.to_public_key();
+    let jwks = json!({"keys": [{"kty": "RSA", "kid": "r1", "use": "sig", "n": b64(&public.n().to_bytes_be()), "e": b64(&public.e().to_bytes_be())}]});
+    let config: switchboard::sso::SsoConfig = serde_json::from_value(
+        json!({"issuer": "https://login.example.com", "client_id": "c1", "client_secret": "s"}),
+    )
+    .unwrap();
+    let claims = json!({"iss": "https://login.example.com", "aud": ["c1", "other"], "exp": 2000, "iat": 1000, "nonce": "n", "sub": "u1", "email": "a@example.com"});
+    let sign = |key: &rsa::RsaPrivateKey, claims: &Value| {
+        let h = b64(json!({"alg": "RS256", "kid": "r1"}).to_string().as_bytes());
+        let p = b64(claims.to_string().as_bytes());
+        let sig =
+            SigningKey::<rsa::sha2::Sha256>::new(key.clone()).sign(format!("{h}.{p}").as_bytes());
+        format!("{h}.{p}.{}", b64(&sig.to_bytes()))
+    };
+    let token = sign(&private, &claims);
+    let ok = switchboard::sso::verify_id_token(&token, &jwks, &config, "n", 1500).unwrap();
+    assert_eq!(ok["email"], "a@example.com");
+    let other = rsa::RsaPrivateKey::new(&mut rng, 2048).unwrap();
+    let forged = sign(&other, &claims);
+    assert_eq!(
+        switchboard::sso::verify_id_token(&forged, &jwks, &config, "n", 1500).unwrap_err(),
+        "bad signature"
+    );
+    // HS256 with the public key as secret (algorithm confusion): refused.
+    let confused = token.replacen(
+        &b64(json!({"alg": "RS256", "kid": "r1"}).to_string().as_bytes()),
+        &b64(br#"{"alg":"HS256","kid":"r1"}"#),
+        1,
+    );
+    assert!(
+        switchboard::sso::verify_id_token(&confused, &jwks, &config, "n", 1500)
+            .unwrap_err()
+            .contains("not accepted")
+    );
 }
