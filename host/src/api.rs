@@ -95,11 +95,12 @@ pub fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
 
 /// The bearer token of a request (`Authorization: Bearer …`).
 pub fn bearer(req: &Request<Incoming>) -> Option<String> {
-    let h = req
-        .headers()
-        .get(hyper::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
+    bearer_header(req.headers())
+}
+
+/// The bearer token in `headers`.
+pub fn bearer_header(headers: &hyper::HeaderMap) -> Option<String> {
+    let h = headers.get(hyper::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = h.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
@@ -140,18 +141,6 @@ pub async fn route(rt: &Runtime, req: Request<Incoming>, peer: Peer) -> Option<H
     let path = req.uri().path().to_string();
     let request_id = crate::fsutil::request_id();
     let result = match path.as_str() {
-        "/healthz" => Ok(json_response(
-            200,
-            &json!({ "status": "ok", "tenants": rt.tenants().len(), "plugins": rt.plugins().len() }),
-        )),
-        "/metrics" => {
-            let mut resp = Response::new(Full::new(Bytes::from(crate::metrics::render())));
-            resp.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
-            );
-            Ok(resp)
-        }
         p if p.starts_with("/api/v1/auth/") => auth(rt, req, peer, &request_id).await,
         p if p.starts_with("/api/v1/admin/") => admin_route(rt, req, peer, &request_id).await,
         p if p.starts_with("/oidc/") => Ok(crate::oidc::route(rt, req, peer).await),

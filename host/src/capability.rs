@@ -8,6 +8,8 @@ pub mod audit;
 pub mod blobs;
 pub mod config;
 pub mod crypto;
+pub mod events;
+pub mod http_client;
 pub mod identity;
 pub mod kv;
 pub mod log;
@@ -28,6 +30,8 @@ pub const IMPLEMENTED: &[Capability] = &[
     Capability::Crypto,
     Capability::Identity,
     Capability::Audit,
+    Capability::Events,
+    Capability::HttpClient,
 ];
 
 /// Whether this host can link `cap`.

@@ -20,6 +20,10 @@ use crate::server::{self, ServerConfig};
 #[derive(Debug, Parser)]
 #[command(name = "switchboard", version)]
 pub struct Cli {
+    /// Log format on stderr: `text` for people, `json` (one object per
+    /// line) for log collectors. The level comes from `RUST_LOG`.
+    #[arg(long = "log-format", global = true, default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -512,13 +516,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .unwrap_or_else(|| PathBuf::from("switchboard-data"));
             let listen = listen
                 .or(file.listen)
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8443)));
             let runtime = Runtime::open(file.runtime_config(data))?;
             if let Some(url) = &file.public_url {
                 runtime.set_public_url(url);
             }
             crate::bundle::install(&runtime, file.trust_bundled.unwrap_or(true)).await;
-            server::serve(runtime, listen, file.backup.clone()).await
+            server::serve(runtime, &file, listen).await
         }
         Command::User(cmd) => user_cmd(cmd).await,
         Command::Session(SessionCmd::List { data, realm, user }) => {

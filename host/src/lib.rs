@@ -26,6 +26,8 @@ pub mod backup;
 pub mod bundle;
 pub mod capability;
 pub mod cli;
+pub mod events;
+pub mod gateway;
 pub mod control;
 mod fsutil;
 pub mod harness;

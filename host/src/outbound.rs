@@ -1,12 +1,16 @@
 //! Outbound HTTP(S) for host services (single sign-on talks to a tenant's
-//! identity provider). One request per connection, bounded in time and
-//! size. The policy sits here, in front of the client:
+//! identity provider) and for plugins (the `http-client` capability). One
+//! request per connection, bounded in time and size. The policy sits here,
+//! in front of the client:
 //! - `https://` to hosts whose every address is public, verified against
 //!   Mozilla's roots (plus an operator-supplied CA file), TLS 1.2/1.3;
 //! - loopback (`http://` or `https://`) only when the operator allows it
-//!   (`[identity] allow_loopback_idp`, to federate tenants of one server);
-//! - nothing else: private, link-local and unspecified addresses are
-//!   refused so a tenant admin cannot make the host probe its network.
+//!   (`[identity] allow_loopback_idp`, `[http_client] allow_loopback`);
+//! - private and link-local addresses only when the operator allows them
+//!   for plugins (`[http_client] allow_private`), never for SSO; cloud
+//!   metadata (169.254.169.254), unspecified, broadcast and multicast
+//!   addresses never. The client connects to the very address it checked,
+//!   so DNS cannot swap in another between check and connect.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -44,10 +48,60 @@ struct Target {
     path: String,
 }
 
+/// Which non-public targets an operator allows.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub allow_loopback: bool,
+    pub allow_private: bool,
+    /// The setting to name when a loopback target is refused.
+    pub loopback_setting: &'static str,
+}
+
 /// The outbound client and its policy.
 pub struct Outbound {
     tls: tokio_rustls::TlsConnector,
-    allow_loopback: bool,
+    policy: Policy,
+}
+
+/// A response with its headers.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// Why a request failed, by what the caller can do about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("{0}")]
+    Denied(String),
+    #[error("no answer in time")]
+    Timeout,
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Addresses that are never reachable, whatever the operator allows:
+/// cloud metadata endpoints, unspecified, broadcast, multicast.
+fn is_forbidden(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.octets() == [169, 254, 169, 254]
+                || v4.octets() == [100, 100, 100, 200]
+        }
+        IpAddr::V6(v6) => {
+            v6.is_unspecified()
+                || v6.is_multicast()
+                || v6.segments() == [0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254]
+                || v6.to_ipv4_mapped().is_some_and(|v4| is_forbidden(IpAddr::V4(v4)))
+        }
+    }
 }
 
 fn is_public(ip: IpAddr) -> bool {
@@ -79,6 +133,18 @@ impl Outbound {
     /// A client trusting Mozilla's roots and the certificates in
     /// `extra_ca` (PEM), allowing loopback targets when `allow_loopback`.
     pub fn new(extra_ca: Option<&Path>, allow_loopback: bool) -> Result<Outbound, OutboundError> {
+        Outbound::with_policy(
+            extra_ca,
+            Policy {
+                allow_loopback,
+                allow_private: false,
+                loopback_setting: "[identity] allow_loopback_idp",
+            },
+        )
+    }
+
+    /// A client with an explicit policy.
+    pub fn with_policy(extra_ca: Option<&Path>, policy: Policy) -> Result<Outbound, OutboundError> {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         if let Some(path) = extra_ca {
@@ -108,7 +174,7 @@ impl Outbound {
             .with_no_client_auth();
         Ok(Outbound {
             tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
-            allow_loopback,
+            policy,
         })
     }
 
@@ -153,7 +219,7 @@ impl Outbound {
         if let Some(ip) = literal {
             self.allowed(ip, url)?;
         }
-        if !t.tls && literal.is_none_or(|ip| !ip.is_loopback()) {
+        if !t.tls && literal.is_none_or(|ip| !(ip.is_loopback() && self.policy.allow_loopback)) {
             return Err(OutboundError(format!(
                 "{url:?}: use https:// (plain http only to loopback)"
             )));
@@ -162,11 +228,19 @@ impl Outbound {
     }
 
     fn allowed(&self, ip: IpAddr, url: &str) -> Result<(), OutboundError> {
-        if is_public(ip) || (self.allow_loopback && ip.is_loopback()) {
+        if is_forbidden(ip) {
+            Err(OutboundError(format!(
+                "{url:?} resolves to {ip}, which is never reachable from this server"
+            )))
+        } else if is_public(ip)
+            || (self.policy.allow_loopback && ip.is_loopback())
+            || (self.policy.allow_private && !ip.is_loopback())
+        {
             Ok(())
         } else if ip.is_loopback() {
             Err(OutboundError(format!(
-                "{url:?} is on this machine's loopback interface, which the operator has not allowed ([identity] allow_loopback_idp)"
+                "{url:?} is on this machine's loopback interface, which the operator has not allowed ({})",
+                self.policy.loopback_setting
             )))
         } else {
             Err(OutboundError(format!(
@@ -175,7 +249,7 @@ impl Outbound {
         }
     }
 
-    /// Sends one request.
+    /// Sends one request (for host services: 10 s, 1 MiB answers).
     pub async fn send(
         &self,
         method: &str,
@@ -183,39 +257,69 @@ impl Outbound {
         headers: &[(&str, String)],
         body: Vec<u8>,
     ) -> Result<Reply, OutboundError> {
-        self.check(url)?;
-        let t = self.parse(url)?;
-        tokio::time::timeout(TIMEOUT, async move {
+        let headers: Vec<(String, String)> =
+            headers.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        self.request(method, url, &headers, body, TIMEOUT, MAX_RESPONSE_BYTES)
+            .await
+            .map(|r| Reply {
+                status: r.status,
+                body: r.body,
+            })
+            .map_err(|e| match e {
+                RequestError::Timeout => OutboundError(format!(
+                    "{url}: no answer within {} s",
+                    TIMEOUT.as_secs()
+                )),
+                other => OutboundError(other.to_string()),
+            })
+    }
+
+    /// Sends one request within `timeout`, reading at most `max_body`
+    /// bytes of the answer.
+    pub async fn request(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(String, String)],
+        body: Vec<u8>,
+        timeout: Duration,
+        max_body: usize,
+    ) -> Result<Response, RequestError> {
+        self.check(url).map_err(|e| RequestError::Denied(e.0))?;
+        let t = self.parse(url).map_err(|e| RequestError::Denied(e.0))?;
+        let work = async move {
             let addrs: Vec<SocketAddr> = tokio::net::lookup_host((t.host.as_str(), t.port))
                 .await
-                .map_err(|e| OutboundError(format!("cannot resolve {}: {e}", t.host)))?
+                .map_err(|e| RequestError::Failed(format!("cannot resolve {}: {e}", t.host)))?
                 .collect();
             // Every address must pass, so DNS cannot smuggle an internal one.
             for a in &addrs {
-                self.allowed(a.ip(), url)?;
+                self.allowed(a.ip(), url)
+                    .map_err(|e| RequestError::Denied(e.0))?;
             }
             let addr = *addrs
                 .first()
-                .ok_or_else(|| OutboundError(format!("{} has no address", t.host)))?;
+                .ok_or_else(|| RequestError::Failed(format!("{} has no address", t.host)))?;
             let stream = tokio::net::TcpStream::connect(addr)
                 .await
-                .map_err(|e| OutboundError(format!("cannot connect to {addr}: {e}")))?;
+                .map_err(|e| RequestError::Failed(format!("cannot connect to {addr}: {e}")))?;
             if t.tls {
                 let name = ServerName::try_from(t.host.clone()).map_err(|_| {
-                    OutboundError(format!("{:?} is not a valid server name", t.host))
+                    RequestError::Failed(format!("{:?} is not a valid server name", t.host))
                 })?;
                 let tls = self
                     .tls
                     .connect(name, stream)
                     .await
-                    .map_err(|e| OutboundError(format!("TLS with {}: {e}", t.host)))?;
-                exchange(tls, &t, method, headers, body).await
+                    .map_err(|e| RequestError::Failed(format!("TLS with {}: {e}", t.host)))?;
+                exchange(tls, &t, method, headers, body, max_body).await
             } else {
-                exchange(stream, &t, method, headers, body).await
+                exchange(stream, &t, method, headers, body, max_body).await
             }
-        })
-        .await
-        .map_err(|_| OutboundError(format!("{url}: no answer within {} s", TIMEOUT.as_secs())))?
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| RequestError::Timeout)?
     }
 }
 
@@ -223,16 +327,17 @@ async fn exchange<S>(
     stream: S,
     t: &Target,
     method: &str,
-    headers: &[(&str, String)],
+    headers: &[(String, String)],
     body: Vec<u8>,
-) -> Result<Reply, OutboundError>
+    max_body: usize,
+) -> Result<Response, RequestError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let io = hyper_util::rt::TokioIo::new(stream);
     let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
         .await
-        .map_err(|e| OutboundError(format!("HTTP handshake with {} failed: {e}", t.host)))?;
+        .map_err(|e| RequestError::Failed(format!("HTTP handshake with {} failed: {e}", t.host)))?;
     tokio::spawn(conn);
     let host = if (t.tls && t.port == 443) || (!t.tls && t.port == 80) {
         t.host.clone()
@@ -245,23 +350,41 @@ where
         .header(hyper::header::HOST, host)
         .header(hyper::header::USER_AGENT, "switchboard");
     for (k, v) in headers {
-        req = req.header(*k, v);
+        req = req.header(k.as_str(), v.as_str());
     }
     let req = req
         .body(Full::new(Bytes::from(body)))
-        .map_err(|e| OutboundError(format!("bad request: {e}")))?;
+        .map_err(|e| RequestError::Failed(format!("bad request: {e}")))?;
     let resp = sender
         .send_request(req)
         .await
-        .map_err(|e| OutboundError(format!("request to {} failed: {e}", t.host)))?;
+        .map_err(|e| RequestError::Failed(format!("request to {} failed: {e}", t.host)))?;
     let status = resp.status().as_u16();
-    let body = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
-        .collect()
-        .await
-        .map_err(|e| OutboundError(format!("reading the response from {} failed: {e}", t.host)))?
-        .to_bytes()
-        .to_vec();
-    Ok(Reply { status, body })
+    let headers = resp
+        .headers()
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let body = match Limited::new(resp.into_body(), max_body).collect().await {
+        Ok(b) => b.to_bytes().to_vec(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(RequestError::TooLarge(format!(
+                "the answer from {} exceeds {max_body} bytes",
+                t.host
+            )));
+        }
+        Err(e) => {
+            return Err(RequestError::Failed(format!(
+                "reading the response from {} failed: {e}",
+                t.host
+            )));
+        }
+    };
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
 }
 
 #[cfg(test)]
@@ -294,6 +417,25 @@ mod tests {
         assert!(lenient.check("https://localhost:8443/x").is_ok());
         assert!(lenient.check("http://10.0.0.1/").is_err());
         assert!(lenient.check("http://idp.example.com/").is_err());
+    }
+
+    #[test]
+    fn private_targets_need_their_own_switch_and_metadata_never_passes() {
+        let intranet = Outbound::with_policy(
+            None,
+            Policy {
+                allow_loopback: false,
+                allow_private: true,
+                loopback_setting: "x",
+            },
+        )
+        .unwrap();
+        assert!(intranet.check("https://10.0.0.1/hook").is_ok());
+        assert!(intranet.check("https://127.0.0.1/").is_err());
+        assert!(intranet.check("https://169.254.169.254/latest").is_err());
+        assert!(intranet.check("https://[::ffff:169.254.169.254]/").is_err());
+        assert!(intranet.check("https://0.0.0.0/").is_err());
+        assert!(intranet.check("http://10.0.0.1/").is_err(), "plain http stays loopback-only");
     }
 
     #[test]

@@ -55,6 +55,9 @@ const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// Attempts of a call whose transaction keeps conflicting.
 const MAX_COMMIT_ATTEMPTS: u32 = 32;
 
+/// The public URL until the server or the operator sets one.
+pub const DEFAULT_PUBLIC_URL: &str = "https://127.0.0.1:8443";
+
 /// How the runtime is set up. `Default` gives the embedded defaults.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -80,6 +83,10 @@ pub struct RuntimeConfig {
     pub retention_sweep_interval: Duration,
     /// Sign-in throttling and locking (SPEC I3).
     pub identity: IdentityConfig,
+    /// The event hub's queues and resume window.
+    pub events: crate::events::EventsConfig,
+    /// What plugins may reach through `http-client`.
+    pub http_client: crate::capability::http_client::HttpClientConfig,
 }
 
 impl RuntimeConfig {
@@ -96,6 +103,8 @@ impl RuntimeConfig {
             track_changes: true,
             retention_sweep_interval: Duration::from_secs(3600),
             identity: IdentityConfig::default(),
+            events: Default::default(),
+            http_client: Default::default(),
         }
     }
 
@@ -261,6 +270,8 @@ pub(crate) struct Inner {
     pub(crate) trail: Arc<AuditLog>,
     pub(crate) identity: Identity,
     public_url: RwLock<String>,
+    pub(crate) events: Arc<crate::events::EventHub>,
+    http_client: Arc<crate::outbound::Outbound>,
     global_slots: Arc<Semaphore>,
     admin: tokio::sync::Mutex<()>,
     backup_lock: tokio::sync::Mutex<()>,
@@ -368,6 +379,14 @@ impl Runtime {
         let identity = Identity::new(store.clone(), trail.clone(), config.identity.clone())
             .map_err(|e| anyhow::anyhow!("{e}"))
             .context("cannot set up the identity service ([identity] idp_ca_file)")?;
+        let http_client = Arc::new(
+            config
+                .http_client
+                .client()
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .context("cannot set up the plugins' HTTP client ([http_client] ca_file)")?,
+        );
+        let events = Arc::new(crate::events::EventHub::new(config.events.clone()));
         let stop = Arc::new(AtomicBool::new(false));
         spawn_epoch_ticker(engine.clone(), stop.clone());
         let inner = Arc::new(Inner {
@@ -376,7 +395,9 @@ impl Runtime {
             store,
             trail,
             identity,
-            public_url: RwLock::new(String::from("http://127.0.0.1:8080")),
+            public_url: RwLock::new(String::from(DEFAULT_PUBLIC_URL)),
+            events,
+            http_client,
             cache,
             config,
             plugins: RwLock::default(),
@@ -395,6 +416,11 @@ impl Runtime {
         inner.load_tenants()?;
         inner.resume_reclaims()?;
         Ok(Runtime { inner })
+    }
+
+    /// The event hub behind the `events` capability and the streams.
+    pub fn events(&self) -> &Arc<crate::events::EventHub> {
+        &self.inner.events
     }
 
     /// The data folder.
@@ -1070,6 +1096,27 @@ impl Runtime {
         }
     }
 
+    /// What the gateway needs before calling `plugin` of `tenant` at
+    /// `method path`: whether it is a public route of the enabled
+    /// version's manifest, and the tenant's request rate.
+    pub fn plugin_route(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        method: &str,
+        path: &str,
+    ) -> Result<crate::gateway::RouteInfo, CallError> {
+        let t = self
+            .inner
+            .tenant(tenant)
+            .ok_or_else(|| CallError::TenantNotFound(tenant.into()))?;
+        let enabled = t.enabled_plugin(plugin)?;
+        Ok(crate::gateway::RouteInfo {
+            public: enabled.plugin.manifest.is_public_route(method, path),
+            requests_per_second: t.record.limits.requests_per_second,
+        })
+    }
+
     /// The plugin's self-description (plugin API ≥ 0.2.0); `None` for
     /// plugins built against 0.1.0.
     pub async fn describe(&self, tenant: &str, plugin: &str) -> Result<Option<String>, CallError> {
@@ -1177,6 +1224,47 @@ impl Inner {
 impl Inner {
     /// Appends the audit entries a committed call queued, attributed to
     /// the plugin acting for its caller.
+    /// Sends what a committed call published: to the named users, or to
+    /// the members of the plugin's group as stored now.
+    fn publish_events(&self, tenant: &str, drafts: Vec<crate::events::EventDraft>) {
+        for d in drafts {
+            let users = match d.audience {
+                crate::events::Audience::Users(u) => u,
+                crate::events::Audience::Group(g) => {
+                    let prefix = keys::event_group_prefix(tenant, &d.plugin, &g);
+                    match self
+                        .store
+                        .scan_raw(&prefix, None, crate::events::MAX_GROUP_MEMBERS)
+                    {
+                        Ok(entries) => entries
+                            .into_iter()
+                            .filter_map(|(k, _)| {
+                                String::from_utf8(k[prefix.len()..].to_vec()).ok()
+                            })
+                            .collect(),
+                        Err(e) => {
+                            tracing::error!(tenant, plugin = %d.plugin, group = %g, error = %e, "cannot read an event group; event dropped");
+                            continue;
+                        }
+                    }
+                }
+            };
+            self.events.deliver(tenant, &d.plugin, &users, &d.kind, &d.data);
+        }
+    }
+
+    /// The operator's settings for plugins' outbound HTTP.
+    pub(crate) fn http_client_config(&self) -> &crate::capability::http_client::HttpClientConfig {
+        &self.config.http_client
+    }
+
+    /// The plugins' outbound HTTP client.
+    pub(crate) fn http_client(
+        &self,
+    ) -> Result<Arc<crate::outbound::Outbound>, crate::capability::CapError> {
+        Ok(self.http_client.clone())
+    }
+
     fn append_plugin_audit(&self, tenant: &str, drafts: Vec<txn::AuditDraft>) {
         if drafts.is_empty() {
             return;
@@ -1761,6 +1849,7 @@ impl Inner {
             let timers_changed = txn.timers_changed();
             let mut txn = txn;
             let drafts = txn.take_audit();
+            let events = txn.take_events();
             let still_there = || {
                 self.tenant(&tenant.record.id)
                     .is_some_and(|now| now.record.incarnation == tenant.record.incarnation)
@@ -1777,6 +1866,7 @@ impl Inner {
                         self.timer_wake.notify_one();
                     }
                     self.append_plugin_audit(&tenant.record.id, drafts);
+                    self.publish_events(&tenant.record.id, events);
                     // Acknowledge only what is on disk (group commit).
                     if seq > 0 {
                         self.store.durable(seq).await?;

@@ -1,7 +1,7 @@
 //! `switchboard serve`: opens the runtime on the data folder, starts the
-//! background work (epoch ticker, timer scheduler) and answers health
-//! checks. The HTTPS/WebSocket gateway that routes to plugins is built by
-//! its own issue; until then this listener serves `/healthz` only.
+//! background work (epoch ticker, timer scheduler, backups) and runs the
+//! gateway (`crate::gateway`) on a TLS listener until Ctrl-C or SIGTERM,
+//! then drains in-flight requests.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,6 +12,11 @@ use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
 use serde::Deserialize;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::gateway::tls::TlsIdentity;
+use crate::gateway::{Gateway, GatewayConfig};
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::store::crypt::MasterKeySource;
 use crate::tenant::Limits;
@@ -23,7 +28,7 @@ use crate::tenant::Limits;
 pub struct ServerConfig {
     /// Data folder (default `./switchboard-data`).
     pub data: Option<PathBuf>,
-    /// Listen address (default `127.0.0.1:8080`).
+    /// Listen address (default `127.0.0.1:8443`).
     pub listen: Option<SocketAddr>,
     /// Calls running at once across all tenants.
     pub max_concurrent_calls: Option<u32>,
@@ -49,6 +54,22 @@ pub struct ServerConfig {
     pub public_url: Option<String>,
     /// Sign-in throttling and locking (SPEC I3).
     pub identity: crate::identity::IdentityConfig,
+    /// The certificate and key (default: self-signed in `{data}/tls`).
+    pub tls: TlsConfig,
+    /// Limits, timeouts and rate limits of the front door.
+    pub gateway: GatewayConfig,
+    /// Event streams: queues and the resume window.
+    pub events: crate::events::EventsConfig,
+    /// What plugins may reach through `http-client`.
+    pub http_client: crate::capability::http_client::HttpClientConfig,
+}
+
+/// `[tls]`: PEM files; both or neither.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
 }
 
 /// When `serve` makes backups (SPEC D5): by default an incremental every
@@ -119,21 +140,34 @@ impl ServerConfig {
         }
         rc.track_changes = self.backup.enabled;
         rc.identity = self.identity.clone();
+        rc.events = self.events.clone();
+        rc.http_client = self.http_client.clone();
         rc
     }
 }
 
-/// Runs the server until Ctrl-C.
-pub async fn serve(
-    runtime: Runtime,
-    listen: SocketAddr,
-    schedule: BackupSchedule,
-) -> anyhow::Result<()> {
+/// Runs the server until Ctrl-C or SIGTERM, then drains in-flight
+/// requests.
+pub async fn serve(runtime: Runtime, file: &ServerConfig, listen: SocketAddr) -> anyhow::Result<()> {
     use anyhow::Context as _;
+    let tls = match (&file.tls.cert_file, &file.tls.key_file) {
+        (Some(cert), Some(key)) => TlsIdentity::load(cert, key)?,
+        (None, None) => {
+            let mut names = Vec::new();
+            if let Some(url) = &file.public_url
+                && let Ok(uri) = url.parse::<hyper::Uri>()
+                && let Some(host) = uri.host()
+            {
+                names.push(host.trim_matches(|c| c == '[' || c == ']').to_string());
+            }
+            TlsIdentity::load_or_generate(&runtime.data_dir().join("tls"), &names)?
+        }
+        _ => anyhow::bail!("[tls] needs both cert_file and key_file, or neither (self-signed)"),
+    };
     runtime.start_background();
     crate::control::start(&runtime)?;
-    if schedule.enabled {
-        tokio::spawn(backup_loop(runtime.clone(), schedule));
+    if file.backup.enabled {
+        tokio::spawn(backup_loop(runtime.clone(), file.backup.clone()));
     }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -141,32 +175,89 @@ pub async fn serve(
             format!("cannot listen on {listen}; is another server running there? pass --listen")
         })?;
     let local = listener.local_addr()?;
+    if let Some(redirect) = file.gateway.redirect_listen {
+        let plain = tokio::net::TcpListener::bind(redirect)
+            .await
+            .with_context(|| format!("cannot listen on {redirect} ([gateway] redirect_listen)"))?;
+        tokio::spawn(redirect_loop(runtime.clone(), plain));
+        println!("switchboard: plain HTTP on {redirect} redirects to HTTPS");
+    }
     println!(
-        "switchboard: serving on http://{local} (data folder {})",
+        "switchboard: serving on https://{local} (data folder {})",
         runtime.data_dir().display()
     );
-    println!("switchboard: health at http://{local}/healthz, API under http://{local}/api/v1/");
-    run(runtime.clone(), listener, async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await;
-    println!("switchboard: shutting down");
+    println!(
+        "switchboard: TLS certificate {}{} SHA-256 {}",
+        tls.cert_file.display(),
+        if tls.generated { " (self-signed, generated now)" } else { "" },
+        tls.fingerprint
+    );
+    println!(
+        "switchboard: health at https://{local}/healthz, status at /status, API under /api/v1/"
+    );
+    run(runtime.clone(), listener, tls, file.gateway.clone(), shutdown_signal()).await;
+    println!("switchboard: stopped");
     runtime.flush()?;
     Ok(())
 }
 
-/// Answers connections on `listener` until `shutdown` completes. Tests
-/// and embedders start a server this way on a loopback port.
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch for SIGTERM");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Answers TLS connections on `listener` until `shutdown` completes, then
+/// closes the event streams and waits (up to `drain_timeout_s`) for
+/// in-flight requests. Tests and embedders start a server this way on a
+/// loopback port.
 pub async fn run(
     runtime: Runtime,
     listener: tokio::net::TcpListener,
+    tls: TlsIdentity,
+    config: GatewayConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     if let Ok(local) = listener.local_addr()
-        && runtime.public_url() == "http://127.0.0.1:8080"
+        && runtime.public_url() == crate::runtime::DEFAULT_PUBLIC_URL
     {
-        runtime.set_public_url(&format!("http://{local}"));
+        runtime.set_public_url(&format!("https://{local}"));
     }
+    let gateway = Arc::new(Gateway::new(runtime.clone(), config.clone(), tls.fingerprint.clone()));
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+    let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(config.header_timeout_s.max(1)))
+        .max_buf_size(config.max_header_bytes.max(8192))
+        .max_headers(100);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(config.max_streams_per_connection)
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let handshake_timeout = Duration::from_secs(config.handshake_timeout_s.max(1));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -174,41 +265,96 @@ pub async fn run(
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(a) => a,
-                    Err(e) => { tracing::warn!(error = %e, "accept failed"); continue; }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        // Out of file descriptors and the like: do not spin.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
                 };
-                let rt = runtime.clone();
+                let Ok(permit) = connections.clone().try_acquire_owned() else {
+                    crate::metrics::CONNECTIONS_REFUSED.inc();
+                    drop(stream);
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let acceptor = acceptor.clone();
+                let gateway = gateway.clone();
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
                 tokio::spawn(async move {
-                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _permit = permit;
+                    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            crate::metrics::TLS_FAILURES.inc();
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            crate::metrics::TLS_FAILURES.inc();
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
                     let service = hyper::service::service_fn(move |req| {
-                        let rt = rt.clone();
-                        async move { Ok::<_, Infallible>(respond(&rt, req, peer).await) }
+                        let gateway = gateway.clone();
+                        async move { Ok::<_, Infallible>(gateway.respond(req, peer).await) }
                     });
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .timer(hyper_util::rt::TokioTimer::new())
-                        .header_read_timeout(std::time::Duration::from_secs(10))
-                        .serve_connection(io, service);
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+                    if let Err(e) = watcher.watch(conn.into_owned()).await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
                 });
             }
         }
     }
+    drop(listener);
+    runtime.events().close_all();
+    let drain = Duration::from_secs(config.drain_timeout_s);
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("all connections drained"),
+        _ = tokio::time::sleep(drain) => tracing::warn!(seconds = drain.as_secs(), "connections still open after the drain timeout; closing"),
+    }
 }
 
-async fn respond(
-    runtime: &Runtime,
-    req: Request<hyper::body::Incoming>,
-    peer: SocketAddr,
-) -> Response<Full<Bytes>> {
-    match crate::api::route(runtime, req, peer.into()).await {
-        Some(resp) => resp,
-        None => crate::api::error_response(&crate::admin::ApiError::new(
-            StatusCode::NOT_FOUND.as_u16(),
-            "not_found",
-            "no such route",
-        )),
+/// The plain-HTTP port: every request is redirected to the public HTTPS
+/// URL (built from the configured public URL, never from the client's
+/// `Host`, so it cannot be turned into an open redirect).
+async fn redirect_loop(runtime: Runtime, listener: tokio::net::TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let rt = runtime.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let base = rt.public_url();
+                async move { Ok::<_, Infallible>(redirect(&base, &req)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = conn.await;
+        });
     }
+}
+
+fn redirect(base: &str, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let location = format!("{}{path}", base.trim_end_matches('/'));
+    let mut resp = Response::new(Full::new(Bytes::from_static(b"use HTTPS\n")));
+    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(hyper::header::LOCATION, v);
+    }
+    resp
 }
 
 /// Whether a backup is due at `now` (ms) given when the last one and the

@@ -28,6 +28,9 @@ pub struct Limits {
     pub storage_bytes: u64,
     /// Blob bytes one owner (user) may store, e.g. their recordings.
     pub owner_storage_bytes: u64,
+    /// Plugin requests per second the gateway admits for the tenant
+    /// (bursts of twice that); more are answered 429 with `Retry-After`.
+    pub requests_per_second: u32,
 }
 
 impl Default for Limits {
@@ -41,6 +44,7 @@ impl Default for Limits {
             queue_timeout_ms: 2_000,
             storage_bytes: 100 << 30,
             owner_storage_bytes: 5 << 30,
+            requests_per_second: 500,
         }
     }
 }
@@ -64,6 +68,9 @@ impl Limits {
         }
         if self.storage_bytes == 0 || self.owner_storage_bytes == 0 {
             return Err("storage_bytes and owner_storage_bytes must be positive".into());
+        }
+        if self.requests_per_second == 0 || self.requests_per_second > 1_000_000 {
+            return Err("requests_per_second must be between 1 and 1000000".into());
         }
         if self.queue_timeout_ms > 60_000 {
             return Err("queue_timeout_ms must be at most 60000".into());

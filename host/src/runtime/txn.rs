@@ -37,6 +37,8 @@ pub struct Txn {
     owner_deltas: BTreeMap<String, i64>,
     /// Audit entries to append once the call has committed.
     audit: Vec<AuditDraft>,
+    /// Events to publish after the commit.
+    events: Vec<crate::events::EventDraft>,
 }
 
 /// An audit entry a plugin asked for, appended only if its call commits.
@@ -337,6 +339,21 @@ impl Txn {
     /// Takes the queued audit entries (before committing).
     pub fn take_audit(&mut self) -> Vec<AuditDraft> {
         std::mem::take(&mut self.audit)
+    }
+
+    /// Queues an event for after the commit.
+    pub fn push_event(&mut self, draft: crate::events::EventDraft) {
+        self.events.push(draft);
+    }
+
+    /// How many events are queued.
+    pub fn event_count(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Takes the queued events (before committing).
+    pub fn take_events(&mut self) -> Vec<crate::events::EventDraft> {
+        std::mem::take(&mut self.events)
     }
 
     /// Merges a nested call's successful transaction back (it started as a

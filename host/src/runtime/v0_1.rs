@@ -22,6 +22,7 @@ pub(super) mod bindings {
         world: "switchboard:plugin/feature",
         imports: {
             "switchboard:host/plugins.call": async | trappable,
+            "switchboard:host/http-client.send": async | trappable,
             default: trappable,
         },
         exports: { default: async },
@@ -73,7 +74,13 @@ pub fn add_to_linker(
             Capability::Audit => {
                 wit::audit::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?
             }
-            // Not implemented yet: never linked (install refuses importers).
+            Capability::Events => {
+                wit::events::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?
+            }
+            Capability::HttpClient => {
+                wit::http_client::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?
+            }
+            // Not implemented: never linked (install refuses importers).
             _ => {}
         }
     }
@@ -436,6 +443,63 @@ impl wit::audit::Host for HostState {
             &outcome,
             &details,
         ))
+    }
+}
+
+impl wit::events::Host for HostState {
+    fn publish(
+        &mut self,
+        audience: wit::events::Audience,
+        kind: String,
+        data: Vec<u8>,
+    ) -> WitResult<()> {
+        let audience = match audience {
+            wit::events::Audience::Users(u) => crate::events::Audience::Users(u),
+            wit::events::Audience::Group(g) => crate::events::Audience::Group(g),
+        };
+        wrap(capability::events::publish(
+            &mut self.call,
+            audience,
+            &kind,
+            data,
+        ))
+    }
+
+    fn join_group(&mut self, group: String, user: String) -> WitResult<()> {
+        wrap(capability::events::join_group(&mut self.call, &group, &user))
+    }
+
+    fn leave_group(&mut self, group: String, user: String) -> WitResult<()> {
+        wrap(capability::events::leave_group(
+            &mut self.call,
+            &group,
+            &user,
+        ))
+    }
+}
+
+impl wit::http_client::Host for HostState {
+    async fn send(
+        &mut self,
+        request: wit::http_client::Outgoing,
+    ) -> WitResult<wit::http_client::Incoming> {
+        let method = rt::Method::from(request.method).as_str();
+        let outgoing = capability::http_client::Outgoing {
+            method,
+            url: request.url,
+            headers: request.headers,
+            body: request.body,
+            timeout_ms: request.timeout_ms,
+        };
+        wrap(
+            capability::http_client::send(&mut self.call, outgoing)
+                .await
+                .map(|r| wit::http_client::Incoming {
+                    status: r.status,
+                    headers: r.headers,
+                    body: r.body,
+                }),
+        )
     }
 }
 

@@ -20,6 +20,7 @@
 //! t/{tenant}/gc/{plugin}/{blob}       chunks of a deleted blob to reclaim
 //! t/{tenant}/usage                    bytes the tenant stores (quota)
 //! t/{tenant}/uo/{owner}               blob bytes one owner stores (quota)
+//! t/{tenant}/eg/{plugin}/{group}/{user}   event group membership
 //! cl/{gen, 8 hex}/{key}               changed since backup generation gen
 //! cl/state                            backup bookkeeping (never backed up)
 //! ```
@@ -42,6 +43,19 @@ pub fn kv(tenant: &str, plugin: &str, key: &[u8]) -> Vec<u8> {
 /// Prefix of everything a tenant owns.
 pub fn tenant_prefix(tenant: &str) -> Vec<u8> {
     format!("t/{tenant}/").into_bytes()
+}
+
+/// Prefix of the members of a plugin's event group (group names are
+/// `[A-Za-z0-9._:-]`, so they cannot contain the separator).
+pub fn event_group_prefix(tenant: &str, plugin: &str, group: &str) -> Vec<u8> {
+    format!("t/{tenant}/eg/{plugin}/{group}/").into_bytes()
+}
+
+/// One member of a plugin's event group.
+pub fn event_group_member(tenant: &str, plugin: &str, group: &str, user: &str) -> Vec<u8> {
+    let mut k = event_group_prefix(tenant, plugin, group);
+    k.extend_from_slice(user.as_bytes());
+    k
 }
 
 /// A pending timer's record.

@@ -258,6 +258,11 @@ impl Store {
 
     // ---- reads and writes ------------------------------------------------
 
+    /// Checks that the system database answers reads (for `/status`).
+    pub fn probe(&self) -> Result<(), StoreError> {
+        self.get(b"sys/probe").map(|_| ())
+    }
+
     /// The value of `key`, authenticated and opened.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let b = self.route(key)?;

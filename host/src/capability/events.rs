@@ -1,0 +1,102 @@
+//! `events`: a plugin publishes to the event streams of users of its own
+//! tenant, or to a group it keeps (e.g. a live meeting's participants).
+//! Publishing and group changes belong to the call's transaction: nothing
+//! goes out, and no membership changes, unless the call commits. Groups are
+//! the plugin's own (another plugin's group of the same name is another
+//! group) and are stored, so they survive restarts.
+
+use super::CapError;
+use crate::events::{
+    Audience, EventDraft, MAX_AUDIENCE, MAX_EVENT_BYTES, MAX_PUBLISHES_PER_CALL, valid_group,
+    valid_kind, valid_user,
+};
+use crate::runtime::state::CallCtx;
+use crate::store::keys;
+
+fn check_group(group: &str) -> Result<(), CapError> {
+    if valid_group(group) {
+        Ok(())
+    } else {
+        Err(CapError::InvalidArgument(
+            "group names are 1-128 of [A-Za-z0-9._:-]".into(),
+        ))
+    }
+}
+
+fn check_user(user: &str) -> Result<(), CapError> {
+    if valid_user(user) {
+        Ok(())
+    } else {
+        Err(CapError::InvalidArgument(format!(
+            "{user:?} is not a user id (1-64 of [A-Za-z0-9._-])"
+        )))
+    }
+}
+
+/// Queues `kind`/`data` for `audience`.
+pub fn publish(
+    ctx: &mut CallCtx,
+    audience: Audience,
+    kind: &str,
+    data: Vec<u8>,
+) -> Result<(), CapError> {
+    ctx.charge(data.len() + kind.len())?;
+    if !valid_kind(kind) {
+        return Err(CapError::InvalidArgument(
+            "event kinds are 1-64 of [a-z0-9._-]".into(),
+        ));
+    }
+    if data.len() > MAX_EVENT_BYTES {
+        return Err(CapError::TooLarge(format!(
+            "event data of {} bytes exceeds {MAX_EVENT_BYTES}",
+            data.len()
+        )));
+    }
+    match &audience {
+        Audience::Users(users) => {
+            if users.len() > MAX_AUDIENCE {
+                return Err(CapError::TooLarge(format!(
+                    "at most {MAX_AUDIENCE} users per event; use a group"
+                )));
+            }
+            ctx.charge(users.iter().map(String::len).sum())?;
+            for u in users {
+                check_user(u)?;
+            }
+        }
+        Audience::Group(g) => check_group(g)?,
+    }
+    if ctx.txn.event_count() >= MAX_PUBLISHES_PER_CALL {
+        return Err(CapError::TooLarge(format!(
+            "at most {MAX_PUBLISHES_PER_CALL} events per call"
+        )));
+    }
+    let draft = EventDraft {
+        plugin: ctx.plugin_name().to_string(),
+        audience,
+        kind: kind.to_string(),
+        data,
+    };
+    ctx.txn.push_event(draft);
+    Ok(())
+}
+
+/// Adds `user` to the plugin's `group`.
+pub fn join_group(ctx: &mut CallCtx, group: &str, user: &str) -> Result<(), CapError> {
+    ctx.charge(group.len() + user.len())?;
+    check_group(group)?;
+    check_user(user)?;
+    let key = keys::event_group_member(ctx.tenant_id(), ctx.plugin_name(), group, user);
+    ctx.txn.set(key, Vec::new());
+    Ok(())
+}
+
+/// Removes `user` from the plugin's `group`.
+pub fn leave_group(ctx: &mut CallCtx, group: &str, user: &str) -> Result<(), CapError> {
+    ctx.charge(group.len() + user.len())?;
+    check_group(group)?;
+    check_user(user)?;
+    let key = keys::event_group_member(ctx.tenant_id(), ctx.plugin_name(), group, user);
+    ctx.txn.set_delete(key);
+    Ok(())
+}
