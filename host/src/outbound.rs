@@ -230,7 +230,7 @@ impl Outbound {
     fn allowed(&self, ip: IpAddr, url: &str) -> Result<(), OutboundError> {
         if is_forbidden(ip) {
             Err(OutboundError(format!(
-                "{url:?} resolves to {ip}, which is never reachable from this server"
+                "{url:?} resolves to a non-public address ({ip}) that is never reachable from this server"
             )))
         } else if is_public(ip)
             || (self.policy.allow_loopback && ip.is_loopback())

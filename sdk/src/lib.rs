@@ -3,7 +3,8 @@
 //! A plugin is a `cdylib` crate built for `wasm32-wasip2`. It implements
 //! [`Plugin`] and exports it with one line, [`export_plugin!`]; it reaches
 //! the host through the typed helpers here ([`kv`], [`blobs`], [`crypto`],
-//! [`log`], [`config`], [`timers`], [`plugins`]) and answers HTTP-shaped requests, usually
+//! [`log`], [`config`], [`timers`], [`plugins`], [`events`], [`http_client`],
+//! [`identity`], [`audit`]) and answers HTTP-shaped requests, usually
 //! through the small [`http::Router`]. With the `harness` feature (native
 //! targets only), [`harness`] runs plugins in the real host runtime from
 //! ordinary `cargo test`s. See `sdk/README.md` for a complete example.
@@ -26,7 +27,9 @@ pub mod audit;
 pub mod blobs;
 pub mod config;
 pub mod crypto;
+pub mod events;
 pub mod http;
+pub mod http_client;
 pub mod identity;
 pub mod kv;
 pub mod log;

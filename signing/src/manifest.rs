@@ -264,14 +264,20 @@ impl Manifest {
             ));
         }
         for host in &self.outbound_hosts {
-            if host.is_empty()
-                || host.len() > 253
-                || !host
+            // `name`, `name:port` or `name:*` (any port of that host).
+            let (name, port) = match host.rsplit_once(':') {
+                Some((n, p)) => (n, Some(p)),
+                None => (host.as_str(), None),
+            };
+            let name_ok = !name.is_empty()
+                && name.len() <= 253
+                && name
                     .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'))
-            {
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'));
+            let port_ok = port.is_none_or(|p| p == "*" || p.parse::<u16>().is_ok_and(|n| n > 0));
+            if !name_ok || !port_ok {
                 return Err(ManifestError::Invalid(format!(
-                    "outbound host {host:?} is not a host name or host:port"
+                    "outbound host {host:?} is not a host name, host:port or host:*"
                 )));
             }
         }

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use switchboard::admin::Op;
 use switchboard::harness::Harness;
 use switchboard_tests::accounts::{STRONG, activate, console, create_user};
-use switchboard_tests::http::{Reply, Server, request};
+use switchboard_tests::http::{Reply, Server, request, test_pki};
 
 const REDIRECT: &str = "http://127.0.0.1:9/callback";
 
@@ -57,7 +57,11 @@ struct Provider {
 }
 
 async fn provider() -> Provider {
-    let h = Harness::with_config(|c| c.identity.allow_loopback_idp = true).unwrap();
+    let h = Harness::with_config(|c| {
+        c.identity.allow_loopback_idp = true;
+        c.identity.idp_ca_file = Some(test_pki().ca_file.clone());
+    })
+    .unwrap();
     let s = Server::start(h.runtime().clone()).await;
     for t in ["acme", "beta"] {
         h.runtime().create_tenant(t, None).await.unwrap();
@@ -836,74 +840,17 @@ async fn i6_providers_on_this_machine_or_network_need_the_operator() {
     }
 }
 
-/// A certificate authority and a `localhost` certificate it signed:
-/// (CA PEM, certificate chain, key) for a test TLS front.
-fn test_pki() -> (
-    String,
-    Vec<rustls::pki_types::CertificateDer<'static>>,
-    rustls::pki_types::PrivateKeyDer<'static>,
-) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &ca)
-        .unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap();
-    (ca.pem(), vec![leaf.der().clone()], key)
-}
-
-/// A TLS front on 127.0.0.1 forwarding to `backend` (plain HTTP).
-async fn tls_front(
-    backend: std::net::SocketAddr,
-    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
-    key: rustls::pki_types::PrivateKeyDer<'static>,
-) -> u16 {
-    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(stream).await else {
-                    return;
-                };
-                let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await else {
-                    return;
-                };
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
-            });
-        }
-    });
-    port
-}
-
 #[tokio::test]
 async fn i6_single_sign_on_reaches_the_provider_over_verified_tls() {
-    let (ca_pem, chain, key) = test_pki();
-    let dir = tempfile::tempdir().unwrap();
-    let ca_file = dir.path().join("corporate-ca.pem");
-    std::fs::write(&ca_file, ca_pem).unwrap();
+    // The server's certificate is signed by a private CA that only the
+    // operator's CA file vouches for; the issuer is reached by name.
     let h = Harness::with_config(|c| {
         c.identity.allow_loopback_idp = true;
-        c.identity.idp_ca_file = Some(ca_file.clone());
+        c.identity.idp_ca_file = Some(test_pki().ca_file.clone());
     })
     .unwrap();
     let s = Server::start(h.runtime().clone()).await;
-    let port = tls_front(s.addr, chain, key).await;
-    let public = format!("https://localhost:{port}");
+    let public = format!("https://localhost:{}", s.addr.port());
     h.runtime().set_public_url(&public);
     for t in ["acme", "idp"] {
         h.runtime().create_tenant(t, None).await.unwrap();
@@ -961,10 +908,10 @@ async fn i6_single_sign_on_reaches_the_provider_over_verified_tls() {
 
 #[tokio::test]
 async fn i6_a_provider_certificate_outside_the_trusted_roots_is_refused() {
-    let (_, chain, key) = test_pki();
+    // No CA file: the test CA is not among Mozilla's roots.
     let h = Harness::with_config(|c| c.identity.allow_loopback_idp = true).unwrap();
     let s = Server::start(h.runtime().clone()).await;
-    let port = tls_front(s.addr, chain, key).await;
+    let port = s.addr.port();
     h.runtime().create_tenant("acme", None).await.unwrap();
     console(
         &h,

@@ -96,8 +96,9 @@ const FORBIDDEN_HEADERS: &[&str] = &[
 ];
 
 /// Whether `url`'s host (and port) is in the manifest's allow-list.
-/// Entries are `name` (the scheme's default port) or `name:port`; names
-/// compare case-insensitively and exactly (no wildcards, no suffixes).
+/// Entries are `name` (the scheme's default port), `name:port` or
+/// `name:*` (any port); names compare case-insensitively and exactly (no
+/// wildcard names, no suffix matches).
 pub fn allowed_by_manifest(allow: &[String], url: &str) -> Result<(), CapError> {
     let uri: hyper::Uri = url
         .parse()
@@ -124,7 +125,8 @@ pub fn allowed_by_manifest(allow: &[String], url: &str) -> Result<(), CapError> 
     let port = uri.port_u16().unwrap_or(default_port);
     let ok = allow.iter().any(|entry| {
         let entry = entry.to_ascii_lowercase();
-        match entry.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok()) {
+        match entry.rsplit_once(':') {
+            Some((name, "*")) => name == host,
             Some((name, p)) => name == host && p.parse::<u16>().ok() == Some(port),
             None => entry == host && port == default_port,
         }
@@ -212,7 +214,13 @@ mod tests {
 
     #[test]
     fn the_manifest_allow_list_matches_exact_hosts_and_ports() {
-        let allow = vec!["api.example.com".to_string(), "hooks.example.org:8443".into()];
+        let allow = vec![
+            "api.example.com".to_string(),
+            "hooks.example.org:8443".into(),
+            "localhost:*".into(),
+        ];
+        assert!(allowed_by_manifest(&allow, "https://localhost:4431/x").is_ok());
+        assert!(allowed_by_manifest(&allow, "https://127.0.0.1:4431/x").is_err());
         assert!(allowed_by_manifest(&allow, "https://api.example.com/v1").is_ok());
         assert!(allowed_by_manifest(&allow, "https://API.example.com/v1").is_ok());
         assert!(allowed_by_manifest(&allow, "https://hooks.example.org:8443/x").is_ok());
