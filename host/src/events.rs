@@ -38,6 +38,9 @@ pub struct EventsConfig {
     pub streams_per_user: usize,
     /// Largest frame a client may send (pings, closes), bytes.
     pub max_client_frame: usize,
+    /// How often an open stream re-checks its session (expiry, sign-out,
+    /// revocation), seconds.
+    pub recheck_s: u64,
 }
 
 impl Default for EventsConfig {
@@ -48,6 +51,7 @@ impl Default for EventsConfig {
             backlog: 512,
             streams_per_user: 16,
             max_client_frame: 4096,
+            recheck_s: 30,
         }
     }
 }
@@ -302,7 +306,7 @@ impl EventHub {
 
     /// Time between session re-checks of open streams.
     pub fn recheck_every(&self) -> Duration {
-        Duration::from_secs(30)
+        Duration::from_secs(self.config.recheck_s.max(1))
     }
 }
 

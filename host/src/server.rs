@@ -321,7 +321,7 @@ pub async fn run(
 /// The plain-HTTP port: every request is redirected to the public HTTPS
 /// URL (built from the configured public URL, never from the client's
 /// `Host`, so it cannot be turned into an open redirect).
-async fn redirect_loop(runtime: Runtime, listener: tokio::net::TcpListener) {
+pub async fn redirect_loop(runtime: Runtime, listener: tokio::net::TcpListener) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
