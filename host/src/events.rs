@@ -248,7 +248,14 @@ impl EventHub {
 
     /// Delivers one event from `plugin` to `users` of `tenant`. Returns how
     /// many streams it was queued on.
-    pub fn deliver(&self, tenant: &str, plugin: &str, users: &[String], kind: &str, data: &[u8]) -> usize {
+    pub fn deliver(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        users: &[String],
+        kind: &str,
+        data: &[u8],
+    ) -> usize {
         let mut users_map = self.lock();
         // Ids grow with time as well as with count, so they stay ahead of
         // any id handed out before a restart. (Assigned under the lock, so
@@ -267,23 +274,25 @@ impl EventHub {
             });
             entry.backlog.push_back((id, event.clone()));
             self.expire(entry);
-            entry.streams.retain(|s| match s.tx.try_send(event.clone()) {
-                Ok(()) => {
-                    queued += 1;
-                    true
-                }
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    // Dropping the sender ends the stream: the connection
-                    // closes with "try again later" and may resume.
-                    crate::metrics::SLOW_CONSUMERS.inc();
-                    ACTIVE_STREAMS.fetch_sub(1, Ordering::Relaxed);
-                    false
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    ACTIVE_STREAMS.fetch_sub(1, Ordering::Relaxed);
-                    false
-                }
-            });
+            entry
+                .streams
+                .retain(|s| match s.tx.try_send(event.clone()) {
+                    Ok(()) => {
+                        queued += 1;
+                        true
+                    }
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        // Dropping the sender ends the stream: the connection
+                        // closes with "try again later" and may resume.
+                        crate::metrics::SLOW_CONSUMERS.inc();
+                        ACTIVE_STREAMS.fetch_sub(1, Ordering::Relaxed);
+                        false
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        ACTIVE_STREAMS.fetch_sub(1, Ordering::Relaxed);
+                        false
+                    }
+                });
         }
         crate::metrics::EVENTS_DELIVERED.add(queued as u64);
         queued
@@ -371,12 +380,18 @@ mod tests {
         let hub = EventHub::new(EventsConfig::default());
         let mut a = hub.subscribe("t1", "alice", None).unwrap();
         let mut other = hub.subscribe("t2", "alice", None).unwrap();
-        assert_eq!(hub.deliver("t1", "chat", &users(&["alice", "bob"]), "x", b"{\"n\":1}"), 1);
+        assert_eq!(
+            hub.deliver("t1", "chat", &users(&["alice", "bob"]), "x", b"{\"n\":1}"),
+            1
+        );
         let got = a.rx.recv().await.unwrap();
         let v: serde_json::Value = serde_json::from_str(&got.frame).unwrap();
         assert_eq!(v["data"]["n"], 1);
         assert_eq!(v["plugin"], "chat");
-        assert!(other.rx.try_recv().is_err(), "another tenant's alice got nothing");
+        assert!(
+            other.rx.try_recv().is_err(),
+            "another tenant's alice got nothing"
+        );
     }
 
     #[tokio::test]

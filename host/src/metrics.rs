@@ -53,7 +53,11 @@ pub struct Family {
 pub const MAX_SERIES: usize = 4096;
 
 impl Family {
-    const fn new(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Family {
+    const fn new(
+        name: &'static str,
+        help: &'static str,
+        labels: &'static [&'static str],
+    ) -> Family {
         Family {
             name,
             help,
@@ -86,7 +90,11 @@ impl Family {
     }
 
     fn render(&self, out: &mut String) {
-        let _ = writeln!(out, "# HELP {} {}\n# TYPE {} counter", self.name, self.help, self.name);
+        let _ = writeln!(
+            out,
+            "# HELP {} {}\n# TYPE {} counter",
+            self.name, self.help, self.name
+        );
         let series = self.series.lock().unwrap_or_else(|p| p.into_inner());
         for (values, n) in series.iter() {
             let _ = writeln!(out, "{}{{{}}} {n}", self.name, labels(self.labels, values));
@@ -151,7 +159,11 @@ impl Histogram {
     }
 
     fn render(&self, out: &mut String) {
-        let _ = writeln!(out, "# HELP {} {}\n# TYPE {} histogram", self.name, self.help, self.name);
+        let _ = writeln!(
+            out,
+            "# HELP {} {}\n# TYPE {} histogram",
+            self.name, self.help, self.name
+        );
         let series = self.series.lock().unwrap_or_else(|p| p.into_inner());
         for (class, s) in series.iter() {
             for (i, bound) in BUCKETS.iter().enumerate() {
@@ -161,7 +173,11 @@ impl Histogram {
                     self.name, s.counts[i]
                 );
             }
-            let _ = writeln!(out, "{}_bucket{{route=\"{class}\",le=\"+Inf\"}} {}", self.name, s.count);
+            let _ = writeln!(
+                out,
+                "{}_bucket{{route=\"{class}\",le=\"+Inf\"}} {}",
+                self.name, s.count
+            );
             let _ = writeln!(out, "{}_sum{{route=\"{class}\"}} {}", self.name, s.sum);
             let _ = writeln!(out, "{}_count{{route=\"{class}\"}} {}", self.name, s.count);
         }
@@ -297,8 +313,14 @@ mod tests {
         H.observe("plugin", 0.003);
         let mut out = String::new();
         H.render(&mut out);
-        assert!(out.contains("h_seconds_bucket{route=\"plugin\",le=\"0.0025\"} 0"), "{out}");
-        assert!(out.contains("h_seconds_bucket{route=\"plugin\",le=\"0.005\"} 1"), "{out}");
+        assert!(
+            out.contains("h_seconds_bucket{route=\"plugin\",le=\"0.0025\"} 0"),
+            "{out}"
+        );
+        assert!(
+            out.contains("h_seconds_bucket{route=\"plugin\",le=\"0.005\"} 1"),
+            "{out}"
+        );
         assert!(out.contains("h_seconds_count{route=\"plugin\"} 1"), "{out}");
     }
 }

@@ -99,7 +99,9 @@ fn is_forbidden(ip: IpAddr) -> bool {
             v6.is_unspecified()
                 || v6.is_multicast()
                 || v6.segments() == [0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254]
-                || v6.to_ipv4_mapped().is_some_and(|v4| is_forbidden(IpAddr::V4(v4)))
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| is_forbidden(IpAddr::V4(v4)))
         }
     }
 }
@@ -257,8 +259,10 @@ impl Outbound {
         headers: &[(&str, String)],
         body: Vec<u8>,
     ) -> Result<Reply, OutboundError> {
-        let headers: Vec<(String, String)> =
-            headers.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
         self.request(method, url, &headers, body, TIMEOUT, MAX_RESPONSE_BYTES)
             .await
             .map(|r| Reply {
@@ -266,10 +270,9 @@ impl Outbound {
                 body: r.body,
             })
             .map_err(|e| match e {
-                RequestError::Timeout => OutboundError(format!(
-                    "{url}: no answer within {} s",
-                    TIMEOUT.as_secs()
-                )),
+                RequestError::Timeout => {
+                    OutboundError(format!("{url}: no answer within {} s", TIMEOUT.as_secs()))
+                }
                 other => OutboundError(other.to_string()),
             })
     }
@@ -435,7 +438,10 @@ mod tests {
         assert!(intranet.check("https://169.254.169.254/latest").is_err());
         assert!(intranet.check("https://[::ffff:169.254.169.254]/").is_err());
         assert!(intranet.check("https://0.0.0.0/").is_err());
-        assert!(intranet.check("http://10.0.0.1/").is_err(), "plain http stays loopback-only");
+        assert!(
+            intranet.check("http://10.0.0.1/").is_err(),
+            "plain http stays loopback-only"
+        );
     }
 
     #[test]

@@ -1238,9 +1238,7 @@ impl Inner {
                     {
                         Ok(entries) => entries
                             .into_iter()
-                            .filter_map(|(k, _)| {
-                                String::from_utf8(k[prefix.len()..].to_vec()).ok()
-                            })
+                            .filter_map(|(k, _)| String::from_utf8(k[prefix.len()..].to_vec()).ok())
                             .collect(),
                         Err(e) => {
                             tracing::error!(tenant, plugin = %d.plugin, group = %g, error = %e, "cannot read an event group; event dropped");
@@ -1249,7 +1247,8 @@ impl Inner {
                     }
                 }
             };
-            self.events.deliver(tenant, &d.plugin, &users, &d.kind, &d.data);
+            self.events
+                .deliver(tenant, &d.plugin, &users, &d.kind, &d.data);
         }
     }
 
@@ -1259,10 +1258,8 @@ impl Inner {
     }
 
     /// The plugins' outbound HTTP client.
-    pub(crate) fn http_client(
-        &self,
-    ) -> Result<Arc<crate::outbound::Outbound>, crate::capability::CapError> {
-        Ok(self.http_client.clone())
+    pub(crate) fn http_client(&self) -> Arc<crate::outbound::Outbound> {
+        self.http_client.clone()
     }
 
     fn append_plugin_audit(&self, tenant: &str, drafts: Vec<txn::AuditDraft>) {

@@ -148,7 +148,11 @@ impl ServerConfig {
 
 /// Runs the server until Ctrl-C or SIGTERM, then drains in-flight
 /// requests.
-pub async fn serve(runtime: Runtime, file: &ServerConfig, listen: SocketAddr) -> anyhow::Result<()> {
+pub async fn serve(
+    runtime: Runtime,
+    file: &ServerConfig,
+    listen: SocketAddr,
+) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let tls = match (&file.tls.cert_file, &file.tls.key_file) {
         (Some(cert), Some(key)) => TlsIdentity::load(cert, key)?,
@@ -189,13 +193,24 @@ pub async fn serve(runtime: Runtime, file: &ServerConfig, listen: SocketAddr) ->
     println!(
         "switchboard: TLS certificate {}{} SHA-256 {}",
         tls.cert_file.display(),
-        if tls.generated { " (self-signed, generated now)" } else { "" },
+        if tls.generated {
+            " (self-signed, generated now)"
+        } else {
+            ""
+        },
         tls.fingerprint
     );
     println!(
         "switchboard: health at https://{local}/healthz, status at /status, API under /api/v1/"
     );
-    run(runtime.clone(), listener, tls, file.gateway.clone(), shutdown_signal()).await;
+    run(
+        runtime.clone(),
+        listener,
+        tls,
+        file.gateway.clone(),
+        shutdown_signal(),
+    )
+    .await;
     println!("switchboard: stopped");
     runtime.flush()?;
     Ok(())
@@ -205,14 +220,15 @@ pub async fn serve(runtime: Runtime, file: &ServerConfig, listen: SocketAddr) ->
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch for SIGTERM");
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch for SIGTERM");
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -239,7 +255,11 @@ pub async fn run(
     {
         runtime.set_public_url(&format!("https://{local}"));
     }
-    let gateway = Arc::new(Gateway::new(runtime.clone(), config.clone(), tls.fingerprint.clone()));
+    let gateway = Arc::new(Gateway::new(
+        runtime.clone(),
+        config.clone(),
+        tls.fingerprint.clone(),
+    ));
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
     let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1)));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();

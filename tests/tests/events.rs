@@ -14,9 +14,8 @@ use switchboard_tests::{component, manifest};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
-type Ws = tokio_tungstenite::WebSocketStream<
-    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
->;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
 struct World {
     h: Harness,
@@ -30,7 +29,9 @@ struct World {
 /// running `relay`; `adjust` tunes the runtime (event queues...).
 async fn world(adjust: impl FnOnce(&mut switchboard::RuntimeConfig)) -> World {
     let h = Harness::with_config(adjust).unwrap();
-    h.install(&manifest("relay"), &component("relay")).await.unwrap();
+    h.install(&manifest("relay"), &component("relay"))
+        .await
+        .unwrap();
     for t in ["acme", "globex"] {
         h.tenant(t).await.unwrap();
         h.enable(t, "relay").await.unwrap();
@@ -44,7 +45,13 @@ async fn world(adjust: impl FnOnce(&mut switchboard::RuntimeConfig)) -> World {
     let gina = users.pop().unwrap();
     let bob = users.pop().unwrap();
     let alice = users.pop().unwrap();
-    World { h, s, alice, bob, gina }
+    World {
+        h,
+        s,
+        alice,
+        bob,
+        gina,
+    }
 }
 
 /// Opens a stream with `Authorization: Bearer` (or a `?query`).
@@ -61,7 +68,11 @@ async fn connect(s: &Server, token: Option<&str>, query: &str) -> Result<Ws, Str
         Ok((ws, _)) => Ok(ws),
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
             let body = resp.body().clone().unwrap_or_default();
-            Err(format!("{} {}", resp.status().as_u16(), String::from_utf8_lossy(&body)))
+            Err(format!(
+                "{} {}",
+                resp.status().as_u16(),
+                String::from_utf8_lossy(&body)
+            ))
         }
         Err(e) => Err(e.to_string()),
     }
@@ -115,7 +126,10 @@ async fn n2_events_reach_the_named_users_of_the_tenant_and_nobody_else() {
     let mut bob = ready(&w.s, &w.bob.1).await;
     let mut gina = ready(&w.s, &w.gina.1).await;
     let q = format!("to={}&kind=chat.message.new", w.alice.0);
-    assert_eq!(publish(&w, &w.bob.1, "acme", &q, r#"{"text":"hi"}"#).await, 200);
+    assert_eq!(
+        publish(&w, &w.bob.1, "acme", &q, r#"{"text":"hi"}"#).await,
+        200
+    );
     let e = next(&mut alice, WAIT).await.unwrap();
     assert_eq!(e["type"], "event");
     assert_eq!(e["plugin"], "relay");
@@ -126,15 +140,31 @@ async fn n2_events_reach_the_named_users_of_the_tenant_and_nobody_else() {
     // Another tenant's plugin naming alice's id reaches nobody in acme.
     let q = format!("to={},{}", w.alice.0, w.gina.0);
     assert_eq!(publish(&w, &w.gina.1, "globex", &q, "x").await, 200);
-    assert!(next(&mut alice, QUIET).await.is_none(), "no event crosses tenants");
+    assert!(
+        next(&mut alice, QUIET).await.is_none(),
+        "no event crosses tenants"
+    );
     assert_eq!(next(&mut gina, WAIT).await.unwrap()["data"], "x");
     // Published, then the call trapped: nothing goes out.
     let q = format!("to={}&trap=1", w.alice.0);
     assert_eq!(publish(&w, &w.bob.1, "acme", &q, "never").await, 502);
-    assert!(next(&mut alice, QUIET).await.is_none(), "events of a failed call are dropped");
+    assert!(
+        next(&mut alice, QUIET).await.is_none(),
+        "events of a failed call are dropped"
+    );
     // Bad events are refused, with the plugin's error shape.
     assert_eq!(publish(&w, &w.bob.1, "acme", "to=a%20b", "x").await, 400);
-    assert_eq!(publish(&w, &w.bob.1, "acme", &format!("to={}&kind=Bad!", w.alice.0), "x").await, 400);
+    assert_eq!(
+        publish(
+            &w,
+            &w.bob.1,
+            "acme",
+            &format!("to={}&kind=Bad!", w.alice.0),
+            "x"
+        )
+        .await,
+        400
+    );
     let big = format!("to={}&size=70000", w.alice.0);
     assert_eq!(publish(&w, &w.bob.1, "acme", &big, "").await, 413);
 }
@@ -148,21 +178,44 @@ async fn n2_groups_are_the_plugins_own_and_survive_until_left() {
         "/api/v1/t/acme/p/relay/groups/meeting:42/join?users={},{}",
         w.alice.0, w.bob.0
     );
-    assert_eq!(w.s.call("POST", &join, Some(&w.alice.1), None).await.status, 200);
-    assert_eq!(publish(&w, &w.alice.1, "acme", "group=meeting:42&kind=roster", "{}").await, 200);
+    assert_eq!(
+        w.s.call("POST", &join, Some(&w.alice.1), None).await.status,
+        200
+    );
+    assert_eq!(
+        publish(&w, &w.alice.1, "acme", "group=meeting:42&kind=roster", "{}").await,
+        200
+    );
     assert_eq!(next(&mut alice, WAIT).await.unwrap()["kind"], "roster");
     assert_eq!(next(&mut bob, WAIT).await.unwrap()["kind"], "roster");
-    let leave = format!("/api/v1/t/acme/p/relay/groups/meeting:42/leave?users={}", w.bob.0);
-    assert_eq!(w.s.call("POST", &leave, Some(&w.alice.1), None).await.status, 200);
-    assert_eq!(publish(&w, &w.alice.1, "acme", "group=meeting:42", "2").await, 200);
+    let leave = format!(
+        "/api/v1/t/acme/p/relay/groups/meeting:42/leave?users={}",
+        w.bob.0
+    );
+    assert_eq!(
+        w.s.call("POST", &leave, Some(&w.alice.1), None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        publish(&w, &w.alice.1, "acme", "group=meeting:42", "2").await,
+        200
+    );
     assert_eq!(next(&mut alice, WAIT).await.unwrap()["data"], 2);
     assert!(next(&mut bob, QUIET).await.is_none(), "bob left the group");
     // globex's relay has its own groups: the same name reaches nobody.
-    assert_eq!(publish(&w, &w.gina.1, "globex", "group=meeting:42", "3").await, 200);
+    assert_eq!(
+        publish(&w, &w.gina.1, "globex", "group=meeting:42", "3").await,
+        200
+    );
     assert!(next(&mut alice, QUIET).await.is_none());
     // Malformed group names.
     let bad = "/api/v1/t/acme/p/relay/groups/a%2Fb/join?users=x";
-    assert_eq!(w.s.call("POST", bad, Some(&w.alice.1), None).await.status, 400);
+    assert_eq!(
+        w.s.call("POST", bad, Some(&w.alice.1), None).await.status,
+        400
+    );
 }
 
 #[tokio::test]
@@ -175,7 +228,10 @@ async fn n2_a_client_reconnecting_with_its_last_id_gets_what_it_missed() {
     let last = first["id"].as_str().unwrap().to_string();
     drop(alice);
     for n in 2..=3 {
-        assert_eq!(publish(&w, &w.bob.1, "acme", &to, &n.to_string()).await, 200);
+        assert_eq!(
+            publish(&w, &w.bob.1, "acme", &to, &n.to_string()).await,
+            200
+        );
     }
     let mut again = connect(&w.s, Some(&w.alice.1), &format!("?last_event_id={last}"))
         .await
@@ -187,11 +243,15 @@ async fn n2_a_client_reconnecting_with_its_last_id_gets_what_it_missed() {
     assert_eq!(publish(&w, &w.bob.1, "acme", &to, "4").await, 200);
     assert_eq!(next(&mut again, WAIT).await.unwrap()["data"], 4);
     // An id from before this server started: told to reload.
-    let mut old = connect(&w.s, Some(&w.alice.1), "?last_event_id=1").await.unwrap();
+    let mut old = connect(&w.s, Some(&w.alice.1), "?last_event_id=1")
+        .await
+        .unwrap();
     assert_eq!(next(&mut old, WAIT).await.unwrap()["type"], "ready");
     assert_eq!(next(&mut old, WAIT).await.unwrap()["type"], "reset");
     // Malformed ids are refused.
-    let err = connect(&w.s, Some(&w.alice.1), "?last_event_id=abc").await.unwrap_err();
+    let err = connect(&w.s, Some(&w.alice.1), "?last_event_id=abc")
+        .await
+        .unwrap_err();
     assert!(err.starts_with("400"), "{err}");
 }
 
@@ -217,7 +277,10 @@ async fn n2_a_slow_consumer_is_cut_off_and_can_resume() {
     };
     assert_eq!(code, Some(1013), "cut off with try-again-later");
     let metrics = w.s.call("GET", "/metrics", None, None).await.text();
-    assert!(!metrics.contains("switchboard_events_slow_consumers_total 0"), "{metrics}");
+    assert!(
+        !metrics.contains("switchboard_events_slow_consumers_total 0"),
+        "{metrics}"
+    );
     // Resuming from the last event it got delivers the rest.
     let last = last.expect("some events arrived before the cut");
     let mut again = connect(&w.s, Some(&w.alice.1), &format!("?last_event_id={last}"))
@@ -232,12 +295,18 @@ async fn n2_a_slow_consumer_is_cut_off_and_can_resume() {
 async fn n2_tickets_guests_and_refusals() {
     let w = world(|c| c.events.recheck_s = 1).await;
     // Browsers: a single-use ticket instead of a header.
-    let r = w.s.call("POST", "/api/v1/auth/stream-ticket", Some(&w.alice.1), None).await;
+    let r =
+        w.s.call("POST", "/api/v1/auth/stream-ticket", Some(&w.alice.1), None)
+            .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let ticket = r.json()["ticket"].as_str().unwrap().to_string();
-    let mut ws = connect(&w.s, None, &format!("?ticket={ticket}")).await.unwrap();
+    let mut ws = connect(&w.s, None, &format!("?ticket={ticket}"))
+        .await
+        .unwrap();
     assert_eq!(next(&mut ws, WAIT).await.unwrap()["type"], "ready");
-    let err = connect(&w.s, None, &format!("?ticket={ticket}")).await.unwrap_err();
+    let err = connect(&w.s, None, &format!("?ticket={ticket}"))
+        .await
+        .unwrap_err();
     assert!(err.starts_with("401"), "a ticket opens one stream: {err}");
     drop(ws);
     // Refusals before any upgrade.
@@ -249,20 +318,32 @@ async fn n2_tickets_guests_and_refusals() {
         let err = connect(&w.s, token, query).await.unwrap_err();
         assert!(err.starts_with(want), "{query}: {err}");
     }
-    let r = w.s.call("GET", "/api/v1/events", Some(&w.alice.1), None).await;
+    let r =
+        w.s.call("GET", "/api/v1/events", Some(&w.alice.1), None)
+            .await;
     assert_eq!((r.status, r.code().as_str()), (426, "upgrade_required"));
     // A guest's stream is keyed by the guest id.
-    let r = w
-        .s
-        .call("POST", "/api/v1/t/acme/p/relay/guests?name=Gus&resource=meeting:1", Some(&w.alice.1), None)
+    let r =
+        w.s.call(
+            "POST",
+            "/api/v1/t/acme/p/relay/guests?name=Gus&resource=meeting:1",
+            Some(&w.alice.1),
+            None,
+        )
         .await;
     let guest = r.json().as_str().unwrap().to_string();
-    let guest_id = w.s.call("GET", "/api/v1/t/acme/p/relay/hello", Some(&guest), None).await.json()["user"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let guest_id =
+        w.s.call("GET", "/api/v1/t/acme/p/relay/hello", Some(&guest), None)
+            .await
+            .json()["user"]
+            .as_str()
+            .unwrap()
+            .to_string();
     let mut gus = ready(&w.s, &guest).await;
-    assert_eq!(publish(&w, &w.alice.1, "acme", &format!("to={guest_id}"), "welcome").await, 200);
+    assert_eq!(
+        publish(&w, &w.alice.1, "acme", &format!("to={guest_id}"), "welcome").await,
+        200
+    );
     assert_eq!(next(&mut gus, WAIT).await.unwrap()["data"], "welcome");
     // Clients only send control frames: data frames close the stream.
     let mut alice = ready(&w.s, &w.alice.1).await;
@@ -276,7 +357,12 @@ async fn n2_tickets_guests_and_refusals() {
     assert!(matches!(code, Some(1009) | Some(1003)), "{code:?}");
     // Signing out ends open streams within the re-check interval.
     let mut bob = ready(&w.s, &w.bob.1).await;
-    assert!(w.s.call("POST", "/api/v1/auth/logout", Some(&w.bob.1), None).await.status < 300);
+    assert!(
+        w.s.call("POST", "/api/v1/auth/logout", Some(&w.bob.1), None)
+            .await
+            .status
+            < 300
+    );
     assert_eq!(close_code(&mut bob).await, Some(4001));
     // The server keeps serving.
     let _ = &w.h;

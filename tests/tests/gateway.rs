@@ -19,7 +19,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// signed-in user in each: (harness, server, acme token, globex token).
 async fn setup(config: GatewayConfig, acme_limits: Limits) -> (Harness, Server, String, String) {
     let h = Harness::new().unwrap();
-    h.install(&manifest("relay"), &component("relay")).await.unwrap();
+    h.install(&manifest("relay"), &component("relay"))
+        .await
+        .unwrap();
     h.tenant_with_limits("acme", acme_limits).await.unwrap();
     h.tenant("globex").await.unwrap();
     for t in ["acme", "globex"] {
@@ -37,7 +39,10 @@ async fn default_setup() -> (Harness, Server, String, String) {
     setup(test_gateway(), Limits::default()).await
 }
 
-fn client_for(versions: &[&'static rustls::SupportedProtocolVersion], alpn: &[&[u8]]) -> rustls::ClientConfig {
+fn client_for(
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: &[&[u8]],
+) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls::pki_types::CertificateDer::pem_file_iter(&test_pki().ca_file).unwrap() {
         roots.add(cert.unwrap()).unwrap();
@@ -81,10 +86,18 @@ async fn d1_tls_1_1_is_refused_and_1_2_and_1_3_are_served_with_h2_by_alpn() {
         .await
         .unwrap()
         .unwrap_or(0);
-    assert!(n == 0 || answer[0] == 0x15, "TLS 1.1 got {:?}", &answer[..n]);
+    assert!(
+        n == 0 || answer[0] == 0x15,
+        "TLS 1.1 got {:?}",
+        &answer[..n]
+    );
     if n >= 7 {
         // protocol_version, or handshake_failure from older rustls paths.
-        assert!([70, 40].contains(&answer[6]), "fatal alert, got {}", answer[6]);
+        assert!(
+            [70, 40].contains(&answer[6]),
+            "fatal alert, got {}",
+            answer[6]
+        );
     }
     // TLS 1.2 and 1.3 each work on their own.
     for (version, name) in [
@@ -110,7 +123,10 @@ async fn d1_tls_1_1_is_refused_and_1_2_and_1_3_are_served_with_h2_by_alpn() {
         let reply = switchboard_tests::http::parse_response(&raw);
         assert_eq!(reply.status, 200);
         assert!(
-            reply.header("strict-transport-security").unwrap().starts_with("max-age="),
+            reply
+                .header("strict-transport-security")
+                .unwrap()
+                .starts_with("max-age="),
             "HSTS on every answer"
         );
     }
@@ -121,7 +137,10 @@ async fn d1_tls_1_1_is_refused_and_1_2_and_1_3_are_served_with_h2_by_alpn() {
     )));
     let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
     let tls = connector
-        .connect(rustls::pki_types::ServerName::IpAddress(s.addr.ip().into()), tcp)
+        .connect(
+            rustls::pki_types::ServerName::IpAddress(s.addr.ip().into()),
+            tcp,
+        )
         .await
         .unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
@@ -140,7 +159,9 @@ async fn d1_tls_1_1_is_refused_and_1_2_and_1_3_are_served_with_h2_by_alpn() {
     assert_eq!(resp.version(), hyper::Version::HTTP_2);
     // Plain HTTP on the TLS port gets nothing served.
     let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
-    tcp.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut raw = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut raw)).await;
     assert!(!String::from_utf8_lossy(&raw).contains("200 OK"), "{raw:?}");
@@ -149,7 +170,9 @@ async fn d1_tls_1_1_is_refused_and_1_2_and_1_3_are_served_with_h2_by_alpn() {
 #[tokio::test]
 async fn n1_plugin_routes_carry_the_session_principal_and_refuse_everyone_else() {
     let (h, s, alice, gina) = default_setup().await;
-    let r = s.call("GET", "/api/v1/t/acme/p/relay/hello", Some(&alice), None).await;
+    let r = s
+        .call("GET", "/api/v1/t/acme/p/relay/hello", Some(&alice), None)
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let who = r.json();
     assert_eq!(who["tenant"], "acme");
@@ -157,45 +180,127 @@ async fn n1_plugin_routes_carry_the_session_principal_and_refuse_everyone_else()
     assert_eq!(who["kind"], "PrincipalKind::Registered");
     assert!(r.header("x-request-id").is_some());
     // Public routes need no session and see an anonymous principal.
-    let r = s.call("GET", "/api/v1/t/acme/p/relay/public/hello", None, None).await;
+    let r = s
+        .call("GET", "/api/v1/t/acme/p/relay/public/hello", None, None)
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["role"], "Role::Anonymous");
     assert_eq!(r.json()["user"], Value::Null);
     // A public GET does not make the same path public for POST.
-    let r = s.call("POST", "/api/v1/t/acme/p/relay/public/hello", None, None).await;
+    let r = s
+        .call("POST", "/api/v1/t/acme/p/relay/public/hello", None, None)
+        .await;
     assert_eq!((r.status, r.code().as_str()), (401, "unauthenticated"));
     // Refusals, one error shape each.
     let cases: Vec<(&str, &str, Option<&str>, u16, &str)> = vec![
-        ("GET", "/api/v1/t/acme/p/relay/hello", None, 401, "unauthenticated"),
-        ("GET", "/api/v1/t/acme/p/relay/hello", Some("sb1.acme.forged"), 401, "unauthenticated"),
-        ("GET", "/api/v1/t/acme/p/relay/hello", Some(&gina), 403, "wrong_tenant"),
-        ("GET", "/api/v1/t/globex/p/relay/hello", Some(&alice), 403, "wrong_tenant"),
-        ("GET", "/api/v1/t/nosuch/p/relay/hello", Some(&alice), 404, "tenant_not_found"),
-        ("GET", "/api/v1/t/acme/p/nosuch/hello", Some(&alice), 404, "plugin_not_enabled"),
-        ("GET", "/api/v1/t/acme/x/relay/hello", Some(&alice), 404, "not_found"),
-        ("GET", "/api/v1/t/ACME/p/relay/hello", Some(&alice), 404, "not_found"),
-        ("GET", "/api/v1/t/acme/p/relay/no-such-route", Some(&alice), 404, "not_found"),
-        ("TRACE", "/api/v1/t/acme/p/relay/hello", Some(&alice), 405, "method_not_allowed"),
+        (
+            "GET",
+            "/api/v1/t/acme/p/relay/hello",
+            None,
+            401,
+            "unauthenticated",
+        ),
+        (
+            "GET",
+            "/api/v1/t/acme/p/relay/hello",
+            Some("sb1.acme.forged"),
+            401,
+            "unauthenticated",
+        ),
+        (
+            "GET",
+            "/api/v1/t/acme/p/relay/hello",
+            Some(&gina),
+            403,
+            "wrong_tenant",
+        ),
+        (
+            "GET",
+            "/api/v1/t/globex/p/relay/hello",
+            Some(&alice),
+            403,
+            "wrong_tenant",
+        ),
+        (
+            "GET",
+            "/api/v1/t/nosuch/p/relay/hello",
+            Some(&alice),
+            404,
+            "tenant_not_found",
+        ),
+        (
+            "GET",
+            "/api/v1/t/acme/p/nosuch/hello",
+            Some(&alice),
+            404,
+            "plugin_not_enabled",
+        ),
+        (
+            "GET",
+            "/api/v1/t/acme/x/relay/hello",
+            Some(&alice),
+            404,
+            "not_found",
+        ),
+        (
+            "GET",
+            "/api/v1/t/ACME/p/relay/hello",
+            Some(&alice),
+            404,
+            "not_found",
+        ),
+        (
+            "GET",
+            "/api/v1/t/acme/p/relay/no-such-route",
+            Some(&alice),
+            404,
+            "not_found",
+        ),
+        (
+            "TRACE",
+            "/api/v1/t/acme/p/relay/hello",
+            Some(&alice),
+            405,
+            "method_not_allowed",
+        ),
         ("GET", "/nowhere", None, 404, "not_found"),
     ];
     for (method, path, token, status, code) in cases {
         let r = s.call(method, path, token, None).await;
-        assert_eq!((r.status, r.code()), (status, code.to_string()), "{method} {path}: {}", r.text());
+        assert_eq!(
+            (r.status, r.code()),
+            (status, code.to_string()),
+            "{method} {path}: {}",
+            r.text()
+        );
         assert!(r.json()["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
     // Operators administer; they do not use tenants' plugins.
     let (_, w) = create_user(&h, "system", "root", "operator").await;
     let restricted = activate(&s, None, "root", &w).await;
-    let r = s.call("GET", "/api/v1/t/acme/p/relay/hello", Some(&restricted), None).await;
+    let r = s
+        .call(
+            "GET",
+            "/api/v1/t/acme/p/relay/hello",
+            Some(&restricted),
+            None,
+        )
+        .await;
     assert_eq!(r.status, 403, "{}", r.text());
     // A disabled plugin is gone at once.
     h.runtime().disable_plugin("acme", "relay").await.unwrap();
-    let r = s.call("GET", "/api/v1/t/acme/p/relay/hello", Some(&alice), None).await;
+    let r = s
+        .call("GET", "/api/v1/t/acme/p/relay/hello", Some(&alice), None)
+        .await;
     assert_eq!((r.status, r.code().as_str()), (404, "plugin_not_enabled"));
     // A signed-out session is refused.
-    let r = s.call("POST", "/api/v1/auth/logout", Some(&gina), None).await;
+    let r = s
+        .call("POST", "/api/v1/auth/logout", Some(&gina), None)
+        .await;
     assert!(r.status < 300, "{}", r.text());
-    let r = s.call("GET", "/api/v1/t/globex/p/relay/hello", Some(&gina), None).await;
+    let r = s
+        .call("GET", "/api/v1/t/globex/p/relay/hello", Some(&gina), None)
+        .await;
     assert_eq!(r.status, 401);
 }
 
@@ -205,19 +310,42 @@ async fn n1_credentials_stay_with_the_host_and_plugins_cannot_set_cookies_or_hst
     let headers = vec![
         ("authorization".to_string(), format!("Bearer {alice}")),
         ("cookie".to_string(), "sb_oidc=secret".to_string()),
-        ("x-switchboard-guest-resource".to_string(), "forged".to_string()),
+        (
+            "x-switchboard-guest-resource".to_string(),
+            "forged".to_string(),
+        ),
         ("x-custom".to_string(), "kept".to_string()),
     ];
-    let r = request(s.addr, "GET", "/api/v1/t/acme/p/relay/headers", &headers, b"").await;
+    let r = request(
+        s.addr,
+        "GET",
+        "/api/v1/t/acme/p/relay/headers",
+        &headers,
+        b"",
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let seen: Vec<(String, String)> = serde_json::from_slice(&r.body).unwrap();
     let get = |k: &str| seen.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    assert_eq!(get("authorization"), None, "the session token never reaches a plugin");
+    assert_eq!(
+        get("authorization"),
+        None,
+        "the session token never reaches a plugin"
+    );
     assert_eq!(get("cookie"), None);
-    assert_eq!(get("x-switchboard-guest-resource"), None, "host headers cannot be forged");
+    assert_eq!(
+        get("x-switchboard-guest-resource"),
+        None,
+        "host headers cannot be forged"
+    );
     assert_eq!(get("x-custom").as_deref(), Some("kept"));
-    assert_eq!(get("x-switchboard-source-address").as_deref(), Some("127.0.0.1"));
-    let r = s.call("GET", "/api/v1/t/acme/p/relay/cookie", Some(&alice), None).await;
+    assert_eq!(
+        get("x-switchboard-source-address").as_deref(),
+        Some("127.0.0.1")
+    );
+    let r = s
+        .call("GET", "/api/v1/t/acme/p/relay/cookie", Some(&alice), None)
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("set-cookie"), None);
     assert_eq!(r.header("x-plugin"), Some("yes"));
@@ -228,22 +356,45 @@ async fn n1_credentials_stay_with_the_host_and_plugins_cannot_set_cookies_or_hst
 #[tokio::test]
 async fn n1_guests_reach_only_the_plugin_that_invited_them_and_learn_their_scope() {
     let (h, s, alice, _) = default_setup().await;
-    h.install(&manifest("directory"), &component("directory")).await.unwrap();
+    h.install(&manifest("directory"), &component("directory"))
+        .await
+        .unwrap();
     h.enable("acme", "directory").await.unwrap();
     let r = s
-        .call("POST", "/api/v1/t/acme/p/relay/guests?name=Gus&resource=meeting:7", Some(&alice), None)
+        .call(
+            "POST",
+            "/api/v1/t/acme/p/relay/guests?name=Gus&resource=meeting:7",
+            Some(&alice),
+            None,
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let guest = r.json().as_str().unwrap().to_string();
-    let r = s.call("GET", "/api/v1/t/acme/p/relay/headers", Some(&guest), None).await;
+    let r = s
+        .call("GET", "/api/v1/t/acme/p/relay/headers", Some(&guest), None)
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let seen: Vec<(String, String)> = serde_json::from_slice(&r.body).unwrap();
     assert!(seen.contains(&("x-switchboard-guest-resource".into(), "meeting:7".into())));
     assert!(seen.contains(&("x-switchboard-guest-name".into(), "Gus".into())));
-    let r = s.call("GET", "/api/v1/t/acme/p/relay/hello", Some(&guest), None).await;
+    let r = s
+        .call("GET", "/api/v1/t/acme/p/relay/hello", Some(&guest), None)
+        .await;
     assert_eq!(r.json()["role"], "Role::Guest");
-    let r = s.call("GET", "/api/v1/t/acme/p/directory/whoami", Some(&guest), None).await;
-    assert_eq!((r.status, r.code().as_str()), (403, "guest_scope"), "{}", r.text());
+    let r = s
+        .call(
+            "GET",
+            "/api/v1/t/acme/p/directory/whoami",
+            Some(&guest),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (403, "guest_scope"),
+        "{}",
+        r.text()
+    );
 }
 
 #[tokio::test]
@@ -257,9 +408,23 @@ async fn k5_bodies_heads_and_slow_clients_are_bounded_and_others_keep_being_serv
     let (_h, s, alice, _) = setup(config, Limits::default()).await;
     let auth = vec![("authorization".to_string(), format!("Bearer {alice}"))];
     // Oversized body.
-    let r = request(s.addr, "POST", "/api/v1/t/acme/p/relay/kv/k", &auth, &[b'a'; 4096]).await;
+    let r = request(
+        s.addr,
+        "POST",
+        "/api/v1/t/acme/p/relay/kv/k",
+        &auth,
+        &[b'a'; 4096],
+    )
+    .await;
     assert_eq!((r.status, r.code().as_str()), (413, "body_too_large"));
-    let r = request(s.addr, "POST", "/api/v1/t/acme/p/relay/kv/k", &auth, &[b'a'; 1000]).await;
+    let r = request(
+        s.addr,
+        "POST",
+        "/api/v1/t/acme/p/relay/kv/k",
+        &auth,
+        &[b'a'; 1000],
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     // Oversized head.
     let huge = vec![("x-big".to_string(), "b".repeat(40_000))];
@@ -273,14 +438,22 @@ async fn k5_bodies_heads_and_slow_clients_are_bounded_and_others_keep_being_serv
     let mut raw = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut raw)).await;
     let text = String::from_utf8_lossy(&raw);
-    assert!(text.is_empty() || text.starts_with("HTTP/1.1 431"), "{text}");
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 431"),
+        "{text}"
+    );
     // Slowloris: a head that never finishes is cut off.
     let mut tls = tls_connect(s.addr).await;
-    tls.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-slow: ").await.unwrap();
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-slow: ")
+        .await
+        .unwrap();
     let started = Instant::now();
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(20), tls.read_to_end(&mut buf)).await;
-    assert!(started.elapsed() < Duration::from_secs(15), "the server hung up on the slow head");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the server hung up on the slow head"
+    );
     // A body that never finishes: 408.
     let mut tls = tls_connect(s.addr).await;
     let head = format!(
@@ -295,19 +468,30 @@ async fn k5_bodies_heads_and_slow_clients_are_bounded_and_others_keep_being_serv
     let reply = switchboard_tests::http::parse_response(&raw[..n]);
     assert_eq!(reply.status, 408, "{}", reply.text());
     // Malformed HTTP: 400 and the connection closed.
-    for garbage in [&b"NOT-HTTP\r\n\r\n"[..], b"GET /\xff\xfe HTTP/1.1\r\nhost: x\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n"] {
+    for garbage in [
+        &b"NOT-HTTP\r\n\r\n"[..],
+        b"GET /\xff\xfe HTTP/1.1\r\nhost: x\r\n\r\n",
+        b"GET / HTTP/9.9\r\n\r\n",
+    ] {
         let mut tls = tls_connect(s.addr).await;
         tls.write_all(garbage).await.unwrap();
         let mut raw = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut raw)).await;
         let text = String::from_utf8_lossy(&raw);
-        assert!(text.is_empty() || text.starts_with("HTTP/1.1 400") || text.starts_with("HTTP/1.1 505"), "{text}");
+        assert!(
+            text.is_empty() || text.starts_with("HTTP/1.1 400") || text.starts_with("HTTP/1.1 505"),
+            "{text}"
+        );
     }
     // Everyone else is still served.
-    let r = s.call("GET", "/api/v1/t/acme/p/relay/hello", Some(&alice), None).await;
+    let r = s
+        .call("GET", "/api/v1/t/acme/p/relay/hello", Some(&alice), None)
+        .await;
     assert_eq!(r.status, 200);
     // Nothing of the refused writes was stored.
-    let r = s.call("GET", "/api/v1/t/acme/p/relay/hello", Some(&alice), None).await;
+    let r = s
+        .call("GET", "/api/v1/t/acme/p/relay/hello", Some(&alice), None)
+        .await;
     assert_eq!(r.status, 200);
 }
 
@@ -322,7 +506,9 @@ async fn k5_rate_limits_answer_429_with_retry_after_per_address_and_per_tenant()
     let (_h, s, alice, gina) = setup(test_gateway(), limits).await;
     let mut limited = None;
     for i in 0..20 {
-        let r = s.call("GET", "/api/v1/t/acme/p/relay/hello", Some(&alice), None).await;
+        let r = s
+            .call("GET", "/api/v1/t/acme/p/relay/hello", Some(&alice), None)
+            .await;
         if r.status == 429 {
             limited = Some((i, r));
             break;
@@ -330,16 +516,23 @@ async fn k5_rate_limits_answer_429_with_retry_after_per_address_and_per_tenant()
         assert_eq!(r.status, 200, "{}", r.text());
     }
     let (i, r) = limited.expect("acme was limited");
-    assert!((3..=6).contains(&i), "limited after the burst, at request {i}");
+    assert!(
+        (3..=6).contains(&i),
+        "limited after the burst, at request {i}"
+    );
     assert_eq!(r.code(), "rate_limited");
     let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=2).contains(&retry), "{retry}");
     for _ in 0..10 {
-        let r = s.call("GET", "/api/v1/t/globex/p/relay/hello", Some(&gina), None).await;
+        let r = s
+            .call("GET", "/api/v1/t/globex/p/relay/hello", Some(&gina), None)
+            .await;
         assert_eq!(r.status, 200, "globex is unaffected: {}", r.text());
     }
     tokio::time::sleep(Duration::from_secs(retry)).await;
-    let r = s.call("GET", "/api/v1/t/acme/p/relay/hello", Some(&alice), None).await;
+    let r = s
+        .call("GET", "/api/v1/t/acme/p/relay/hello", Some(&alice), None)
+        .await;
     assert_eq!(r.status, 200, "after Retry-After acme is served again");
     // Per address.
     let config = GatewayConfig {
@@ -360,14 +553,18 @@ async fn k5_rate_limits_answer_429_with_retry_after_per_address_and_per_tenant()
     // /metrics is limited too: wait for a token.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let text = s.call("GET", "/metrics", None, None).await.text();
-    assert!(text.contains("switchboard_rate_limited_total{limit=\"address\""), "{text}");
+    assert!(
+        text.contains("switchboard_rate_limited_total{limit=\"address\""),
+        "{text}"
+    );
 }
 
 #[tokio::test]
 async fn n3_metrics_status_and_health_describe_the_server() {
     let (h, s, alice, _) = default_setup().await;
     for _ in 0..3 {
-        s.call("GET", "/api/v1/t/acme/p/relay/hello", Some(&alice), None).await;
+        s.call("GET", "/api/v1/t/acme/p/relay/hello", Some(&alice), None)
+            .await;
     }
     let text = s.call("GET", "/metrics", None, None).await.text();
     for needle in [
@@ -388,18 +585,35 @@ async fn n3_metrics_status_and_health_describe_the_server() {
     assert_eq!(r.status, 200, "{}", r.text());
     let doc = r.json();
     assert_eq!(doc["status"], "ok");
-    let names: Vec<&str> = doc["services"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert!(names.contains(&"storage") && names.contains(&"events"), "{names:?}");
-    assert!(doc.get("plugins").is_none(), "anonymous callers do not see what runs");
+    let names: Vec<&str> = doc["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"storage") && names.contains(&"events"),
+        "{names:?}"
+    );
+    assert!(
+        doc.get("plugins").is_none(),
+        "anonymous callers do not see what runs"
+    );
     let r = request(s.addr, "GET", "/status", &[], b"").await;
     assert!(r.header("content-type").unwrap().starts_with("text/html"));
-    assert!(r.text().contains("<h1>Switchboard: ok</h1>"), "{}", r.text());
+    assert!(
+        r.text().contains("<h1>Switchboard: ok</h1>"),
+        "{}",
+        r.text()
+    );
     // A tenant admin sees their tenant's plugins.
     let (_, w) = create_user(&h, "acme", "boss", "tenant-admin").await;
     let boss = activate(&s, Some("acme"), "boss", &w).await;
     let mut headers = headers.clone();
     headers.push(("authorization".into(), format!("Bearer {boss}")));
-    let doc = request(s.addr, "GET", "/status", &headers, b"").await.json();
+    let doc = request(s.addr, "GET", "/status", &headers, b"")
+        .await
+        .json();
     assert_eq!(doc["tenant"], "acme");
     assert_eq!(doc["plugins"][0]["name"], "relay");
     assert_eq!(doc["plugins"][0]["state"], "enabled");
@@ -411,7 +625,10 @@ async fn n1_the_plain_http_port_only_redirects_to_the_public_https_url() {
     h.runtime().set_public_url("https://uc.example.com");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(switchboard::server::redirect_loop(h.runtime().clone(), listener));
+    tokio::spawn(switchboard::server::redirect_loop(
+        h.runtime().clone(),
+        listener,
+    ));
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     tcp.write_all(b"GET /api/v1/t/acme/p/chat/x?y=1 HTTP/1.1\r\nhost: evil.example\r\nconnection: close\r\n\r\n")
         .await
@@ -434,12 +651,24 @@ async fn n3_shutdown_drains_requests_in_flight() {
     let token = alice.clone();
     let slow = tokio::spawn(async move {
         let headers = vec![("authorization".to_string(), format!("Bearer {token}"))];
-        request(addr, "GET", "/api/v1/t/acme/p/relay/busy?ms=700", &headers, b"").await
+        request(
+            addr,
+            "GET",
+            "/api/v1/t/acme/p/relay/busy?ms=700",
+            &headers,
+            b"",
+        )
+        .await
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     s.stop();
     let r = slow.await.unwrap();
-    assert_eq!(r.status, 200, "the request in flight completed: {}", r.text());
+    assert_eq!(
+        r.status,
+        200,
+        "the request in flight completed: {}",
+        r.text()
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
         tokio::net::TcpStream::connect(addr).await.is_err(),

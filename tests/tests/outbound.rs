@@ -28,24 +28,48 @@ async fn web_service() -> u16 {
         while let Ok((tcp, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
-                let service = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
-                    let path = req.uri().path().to_string();
-                    let host = req.headers().get("host").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-                    let custom = req.headers().get("x-k").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-                    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                    let out = match path.as_str() {
-                        "/big" => vec![b'z'; 2 << 20],
-                        "/slow" => {
-                            tokio::time::sleep(Duration::from_secs(5)).await;
-                            b"late".to_vec()
-                        }
-                        _ => format!("host={host} x-k={custom} body={}", String::from_utf8_lossy(&body)).into_bytes(),
-                    };
-                    let mut resp = hyper::Response::new(Full::new(Bytes::from(out)));
-                    resp.headers_mut().insert("x-served-by", "test".parse().unwrap());
-                    Ok::<_, Infallible>(resp)
-                });
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let path = req.uri().path().to_string();
+                        let host = req
+                            .headers()
+                            .get("host")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_string();
+                        let custom = req
+                            .headers()
+                            .get("x-k")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_string();
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let out = match path.as_str() {
+                            "/big" => vec![b'z'; 2 << 20],
+                            "/slow" => {
+                                tokio::time::sleep(Duration::from_secs(5)).await;
+                                b"late".to_vec()
+                            }
+                            _ => format!(
+                                "host={host} x-k={custom} body={}",
+                                String::from_utf8_lossy(&body)
+                            )
+                            .into_bytes(),
+                        };
+                        let mut resp = hyper::Response::new(Full::new(Bytes::from(out)));
+                        resp.headers_mut()
+                            .insert("x-served-by", "test".parse().unwrap());
+                        Ok::<_, Infallible>(resp)
+                    },
+                );
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
                     .await;
@@ -62,7 +86,9 @@ async fn world(allow_loopback: bool) -> (Harness, Server, String) {
         c.http_client.max_response_bytes = 1 << 20;
     })
     .unwrap();
-    h.install(&manifest("relay"), &component("relay")).await.unwrap();
+    h.install(&manifest("relay"), &component("relay"))
+        .await
+        .unwrap();
     h.tenant("acme").await.unwrap();
     h.enable("acme", "relay").await.unwrap();
     let s = Server::start(h.runtime().clone()).await;
@@ -72,20 +98,36 @@ async fn world(allow_loopback: bool) -> (Harness, Server, String) {
 }
 
 async fn fetch(s: &Server, token: &str, query: &str) -> switchboard_tests::http::Reply {
-    s.call("POST", &format!("/api/v1/t/acme/p/relay/fetch?{query}"), Some(token), None)
-        .await
+    s.call(
+        "POST",
+        &format!("/api/v1/t/acme/p/relay/fetch?{query}"),
+        Some(token),
+        None,
+    )
+    .await
 }
 
 #[tokio::test]
 async fn n2_plugins_reach_the_hosts_their_manifest_allows_and_nothing_else() {
     let port = web_service().await;
     let (_h, s, alice) = world(true).await;
-    let r = fetch(&s, &alice, &format!("url=https://localhost:{port}/echo&header=x-k:v1")).await;
+    let r = fetch(
+        &s,
+        &alice,
+        &format!("url=https://localhost:{port}/echo&header=x-k:v1"),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
     assert_eq!(v["status"], 200);
     assert_eq!(v["body"], format!("host=localhost:{port} x-k=v1 body="));
-    assert!(v["headers"].as_array().unwrap().iter().any(|h| h[0] == "x-served-by"));
+    assert!(
+        v["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h[0] == "x-served-by")
+    );
     // Not in the manifest: the same server by address, another port of an
     // allowed name, a look-alike name.
     for url in [
@@ -94,16 +136,46 @@ async fn n2_plugins_reach_the_hosts_their_manifest_allows_and_nothing_else() {
         "https://api.example.com.evil.test/".to_string(),
     ] {
         let r = fetch(&s, &alice, &format!("url={url}")).await;
-        assert_eq!((r.status, r.code().as_str()), (403, "denied"), "{url}: {}", r.text());
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (403, "denied"),
+            "{url}: {}",
+            r.text()
+        );
     }
     // Framing headers are the host's.
-    let r = fetch(&s, &alice, &format!("url=https://localhost:{port}/echo&header=host:evil")).await;
-    assert_eq!((r.status, r.code().as_str()), (400, "invalid_argument"), "{}", r.text());
+    let r = fetch(
+        &s,
+        &alice,
+        &format!("url=https://localhost:{port}/echo&header=host:evil"),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (400, "invalid_argument"),
+        "{}",
+        r.text()
+    );
     // Answers over the operator's cap, and servers that do not answer.
     let r = fetch(&s, &alice, &format!("url=https://localhost:{port}/big")).await;
-    assert_eq!((r.status, r.code().as_str()), (413, "too_large"), "{}", r.text());
-    let r = fetch(&s, &alice, &format!("url=https://localhost:{port}/slow&timeout_ms=300")).await;
-    assert_eq!((r.status, r.code().as_str()), (504, "timeout"), "{}", r.text());
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (413, "too_large"),
+        "{}",
+        r.text()
+    );
+    let r = fetch(
+        &s,
+        &alice,
+        &format!("url=https://localhost:{port}/slow&timeout_ms=300"),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (504, "timeout"),
+        "{}",
+        r.text()
+    );
     // Plain http and other schemes.
     let r = fetch(&s, &alice, "url=ftp://localhost/x").await;
     assert_eq!(r.status, 400, "{}", r.text());
@@ -114,14 +186,21 @@ async fn n2_loopback_needs_the_operator_and_private_ranges_stay_closed() {
     let port = web_service().await;
     let (_h, s, alice) = world(false).await;
     let r = fetch(&s, &alice, &format!("url=https://localhost:{port}/echo")).await;
-    assert_eq!((r.status, r.code().as_str()), (403, "denied"), "{}", r.text());
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (403, "denied"),
+        "{}",
+        r.text()
+    );
     assert!(r.text().contains("allow_loopback"), "{}", r.text());
 }
 
 #[tokio::test]
 async fn n2_a_tenant_that_does_not_grant_http_client_cannot_enable_a_plugin_that_needs_it() {
     let h = Harness::new().unwrap();
-    h.install(&manifest("relay"), &component("relay")).await.unwrap();
+    h.install(&manifest("relay"), &component("relay"))
+        .await
+        .unwrap();
     h.tenant("acme").await.unwrap();
     let grants: BTreeSet<switchboard_signing::Capability> = [
         switchboard_signing::Capability::Kv,

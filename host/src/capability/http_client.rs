@@ -177,7 +177,7 @@ pub async fn send(ctx: &mut CallCtx, req: Outgoing) -> Result<Incoming, CapError
     if timeout.is_zero() {
         return Err(CapError::Timeout);
     }
-    let client = ctx.rt.http_client()?;
+    let client = ctx.rt.http_client();
     let tenant = ctx.tenant_id().to_string();
     let plugin = ctx.plugin_name().to_string();
     let started = Instant::now();

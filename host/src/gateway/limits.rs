@@ -65,10 +65,16 @@ impl<K: std::hash::Hash + Eq + Clone> RateLimiter<K> {
         if table.len() >= MAX_KEYS {
             drop(table);
             let mut o = self.overflow.lock().unwrap_or_else(|p| p.into_inner());
-            let b = o.get_or_insert(Bucket { tokens: burst, at: now });
+            let b = o.get_or_insert(Bucket {
+                tokens: burst,
+                at: now,
+            });
             return take(b, rate, burst, now);
         }
-        let b = table.entry(key.clone()).or_insert(Bucket { tokens: burst, at: now });
+        let b = table.entry(key.clone()).or_insert(Bucket {
+            tokens: burst,
+            at: now,
+        });
         take(b, rate, burst, now)
     }
 }
@@ -104,10 +110,22 @@ mod tests {
             assert!(l.check(&1, 5.0, 10.0, t0).is_ok());
         }
         let wait = l.check(&1, 5.0, 10.0, t0).unwrap_err();
-        assert!(wait > Duration::from_millis(150) && wait <= Duration::from_millis(200), "{wait:?}");
-        assert!(l.check(&2, 5.0, 10.0, t0).is_ok(), "other keys are unaffected");
-        assert!(l.check(&1, 5.0, 10.0, t0 + Duration::from_millis(200)).is_ok());
-        assert!(l.check(&1, 5.0, 10.0, t0 + Duration::from_millis(200)).is_err());
+        assert!(
+            wait > Duration::from_millis(150) && wait <= Duration::from_millis(200),
+            "{wait:?}"
+        );
+        assert!(
+            l.check(&2, 5.0, 10.0, t0).is_ok(),
+            "other keys are unaffected"
+        );
+        assert!(
+            l.check(&1, 5.0, 10.0, t0 + Duration::from_millis(200))
+                .is_ok()
+        );
+        assert!(
+            l.check(&1, 5.0, 10.0, t0 + Duration::from_millis(200))
+                .is_err()
+        );
     }
 
     #[test]

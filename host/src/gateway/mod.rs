@@ -96,8 +96,15 @@ impl Default for GatewayConfig {
 fn hidden_from_plugins(name: &str) -> bool {
     matches!(
         name,
-        "authorization" | "cookie" | "connection" | "keep-alive" | "upgrade" | "te" | "trailer"
-            | "transfer-encoding" | "proxy-authorization"
+        "authorization"
+            | "cookie"
+            | "connection"
+            | "keep-alive"
+            | "upgrade"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "proxy-authorization"
     ) || name.starts_with("x-switchboard-")
 }
 
@@ -107,8 +114,16 @@ fn hidden_from_plugins(name: &str) -> bool {
 fn hidden_from_clients(name: &str) -> bool {
     matches!(
         name,
-        "connection" | "keep-alive" | "upgrade" | "te" | "trailer" | "transfer-encoding"
-            | "content-length" | "strict-transport-security" | "set-cookie" | "alt-svc"
+        "connection"
+            | "keep-alive"
+            | "upgrade"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "content-length"
+            | "strict-transport-security"
+            | "set-cookie"
+            | "alt-svc"
     )
 }
 
@@ -151,11 +166,10 @@ impl Gateway {
             Err(e) => error_response(&e),
         };
         let h = resp.headers_mut();
-        if self.config.hsts_max_age_s > 0 {
-            if let Ok(v) = HeaderValue::from_str(&format!("max-age={}", self.config.hsts_max_age_s))
-            {
-                h.insert(hyper::header::STRICT_TRANSPORT_SECURITY, v);
-            }
+        if self.config.hsts_max_age_s > 0
+            && let Ok(v) = HeaderValue::from_str(&format!("max-age={}", self.config.hsts_max_age_s))
+        {
+            h.insert(hyper::header::STRICT_TRANSPORT_SECURITY, v);
         }
         h.entry(hyper::header::X_CONTENT_TYPE_OPTIONS)
             .or_insert(HeaderValue::from_static("nosniff"));
@@ -185,7 +199,10 @@ impl Gateway {
             let burst = f64::from(self.config.per_address_burst.max(1));
             if let Err(wait) = self.by_address.check(&key, rate, burst, Instant::now()) {
                 crate::metrics::RATE_LIMITED.inc(&["address", ""]);
-                return Ok(rate_limited(wait, "this address is sending too many requests"));
+                return Ok(rate_limited(
+                    wait,
+                    "this address is sending too many requests",
+                ));
             }
         }
         if path == "/api/v1/auth/stream-ticket" {
@@ -199,7 +216,11 @@ impl Gateway {
             "status" => status::route(self, &req).await,
             _ => match crate::api::route(&self.rt, req, Peer::from(peer)).await {
                 Some(r) => Ok(r),
-                None => Err(ApiError::new(404, "not_found", format!("no route for {path}"))),
+                None => Err(ApiError::new(
+                    404,
+                    "not_found",
+                    format!("no route for {path}"),
+                )),
             },
         }
     }
@@ -243,10 +264,8 @@ impl Gateway {
             .rt
             .plugin_route(&tenant, &plugin, method.as_str(), &rest)
             .map_err(call_error)?;
-        let mut host_headers: Vec<(String, String)> = vec![(
-            "x-switchboard-source-address".into(),
-            peer.ip().to_string(),
-        )];
+        let mut host_headers: Vec<(String, String)> =
+            vec![("x-switchboard-source-address".into(), peer.ip().to_string())];
         let principal = if route.public {
             Principal {
                 tenant: tenant.clone(),
@@ -259,9 +278,15 @@ impl Gateway {
             principal_for(&caller, &tenant, &plugin, &mut host_headers)?
         };
         let rate = f64::from(route.requests_per_second);
-        if let Err(wait) = self.by_tenant.check(&tenant, rate, rate * 2.0, Instant::now()) {
+        if let Err(wait) = self
+            .by_tenant
+            .check(&tenant, rate, rate * 2.0, Instant::now())
+        {
             crate::metrics::RATE_LIMITED.inc(&["tenant", &tenant]);
-            return Ok(rate_limited(wait, "this tenant is sending too many requests"));
+            return Ok(rate_limited(
+                wait,
+                "this tenant is sending too many requests",
+            ));
         }
         crate::metrics::TENANT_REQUESTS.inc(&[&tenant, &plugin]);
         let query = req.uri().query().unwrap_or("").to_string();
@@ -408,14 +433,17 @@ fn principal_for(
                 return Err(ApiError::new(
                     403,
                     "guest_scope",
-                    format!(
-                        "this guest session is for the {} plugin only",
-                        guest.plugin
-                    ),
+                    format!("this guest session is for the {} plugin only", guest.plugin),
                 ));
             }
-            host_headers.push(("x-switchboard-guest-resource".into(), guest.resource.clone()));
-            host_headers.push(("x-switchboard-guest-name".into(), guest.display_name.clone()));
+            host_headers.push((
+                "x-switchboard-guest-resource".into(),
+                guest.resource.clone(),
+            ));
+            host_headers.push((
+                "x-switchboard-guest-name".into(),
+                guest.display_name.clone(),
+            ));
             (Role::Guest, Kind::Guest)
         }
         (None, crate::identity::Role::TenantAdmin) => (Role::TenantAdmin, Kind::Registered),
@@ -529,10 +557,7 @@ mod tests {
             split_plugin_path("/api/v1/t/acme/p/chat/rooms/1").unwrap(),
             ("acme".into(), "chat".into(), "/rooms/1".into())
         );
-        assert_eq!(
-            split_plugin_path("/api/v1/t/acme/p/chat").unwrap().2,
-            "/"
-        );
+        assert_eq!(split_plugin_path("/api/v1/t/acme/p/chat").unwrap().2, "/");
         for bad in [
             "/api/v1/t/",
             "/api/v1/t/acme",
@@ -548,11 +573,20 @@ mod tests {
 
     #[test]
     fn credentials_and_host_headers_never_reach_plugins() {
-        for h in ["authorization", "cookie", "x-switchboard-guest-resource", "connection"] {
+        for h in [
+            "authorization",
+            "cookie",
+            "x-switchboard-guest-resource",
+            "connection",
+        ] {
             assert!(hidden_from_plugins(h), "{h}");
         }
         assert!(!hidden_from_plugins("content-type"));
-        for h in ["set-cookie", "strict-transport-security", "transfer-encoding"] {
+        for h in [
+            "set-cookie",
+            "strict-transport-security",
+            "transfer-encoding",
+        ] {
             assert!(hidden_from_clients(h), "{h}");
         }
         assert!(!hidden_from_clients("content-disposition"));

@@ -107,7 +107,10 @@ pub async fn route(gw: &Gateway, req: &Request<Incoming>) -> Result<HttpResponse
         hyper::header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
     );
-    h.insert(hyper::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        hyper::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
     Ok(resp)
 }
 
@@ -140,7 +143,9 @@ fn html(doc: &Value) -> String {
     }
     let mut plugins = String::new();
     if let Some(list) = doc["plugins"].as_array() {
-        plugins.push_str("<h2>Plugins</h2><table><tr><th>Plugin</th><th>Version</th><th>State</th></tr>");
+        plugins.push_str(
+            "<h2>Plugins</h2><table><tr><th>Plugin</th><th>Version</th><th>State</th></tr>",
+        );
         for p in list {
             plugins.push_str(&format!(
                 "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",

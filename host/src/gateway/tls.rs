@@ -49,7 +49,10 @@ impl TlsIdentity {
             .collect::<Result<_, _>>()
             .map_err(|e| anyhow::anyhow!("certificate {}: {e}", cert_file.display()))?;
         let leaf = certs.first().ok_or_else(|| {
-            anyhow::anyhow!("certificate file {} holds no certificate", cert_file.display())
+            anyhow::anyhow!(
+                "certificate file {} holds no certificate",
+                cert_file.display()
+            )
         })?;
         let fingerprint = fingerprint(leaf);
         let key = PrivateKeyDer::from_pem_file(key_file)

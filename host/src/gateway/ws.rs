@@ -162,13 +162,15 @@ pub async fn events_route(
     };
     let hub = gw.rt.events().clone();
     let user = caller.user.clone();
-    let sub = hub.subscribe(&tenant, &user, last_id).map_err(|e| match e {
-        crate::events::SubscribeError::TooManyStreams(n) => ApiError::new(
-            429,
-            "too_many_streams",
-            format!("at most {n} event streams per user are open at once"),
-        ),
-    })?;
+    let sub = hub
+        .subscribe(&tenant, &user, last_id)
+        .map_err(|e| match e {
+            crate::events::SubscribeError::TooManyStreams(n) => ApiError::new(
+                429,
+                "too_many_streams",
+                format!("at most {n} event streams per user are open at once"),
+            ),
+        })?;
     let on_upgrade = hyper::upgrade::on(&mut req);
     let rt = gw.rt.clone();
     let max_frame = hub.config().max_client_frame;
@@ -202,8 +204,14 @@ pub async fn events_route(
     let mut resp = Response::new(http_body_util::Full::new(hyper::body::Bytes::new()));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
-    h.insert(hyper::header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(hyper::header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(
+        hyper::header::UPGRADE,
+        HeaderValue::from_static("websocket"),
+    );
+    h.insert(
+        hyper::header::CONNECTION,
+        HeaderValue::from_static("Upgrade"),
+    );
     h.insert(
         "sec-websocket-accept",
         HeaderValue::from_str(&accept).map_err(|_| ApiError::new(500, "internal", "accept key"))?,

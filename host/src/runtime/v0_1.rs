@@ -466,7 +466,11 @@ impl wit::events::Host for HostState {
     }
 
     fn join_group(&mut self, group: String, user: String) -> WitResult<()> {
-        wrap(capability::events::join_group(&mut self.call, &group, &user))
+        wrap(capability::events::join_group(
+            &mut self.call,
+            &group,
+            &user,
+        ))
     }
 
     fn leave_group(&mut self, group: String, user: String) -> WitResult<()> {

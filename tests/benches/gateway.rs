@@ -1,0 +1,387 @@
+//! Gateway benchmarks (issue 6). Prints figures; asserts nothing.
+//!
+//!     cargo bench -p switchboard-tests --bench gateway
+//!
+//! - HTTPS keep-alive requests/s and p50/p99 latency, 16 connections:
+//!   a trivial plugin route, a plugin route writing to `kv`, and a native
+//!   hyper handler behind the same TLS listener settings (the ratio is the
+//!   cost of the sandbox, the session check and the gateway);
+//! - tenant isolation under load: one tenant's latency alone and while
+//!   another tenant floods the server;
+//! - WebSocket fan-out: one publish to 1,000 connected streams, latency
+//!   to each receiver, p50/p99;
+//! - memory per idle WebSocket (RSS growth over 1,000 streams; client and
+//!   server run in this one process, so this is an upper bound).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Bytes;
+use serde_json::json;
+use switchboard::admin::{self, Actor, Op};
+use switchboard::harness::Harness;
+use switchboard::tenant::Limits;
+use switchboard_tests::http::{Server, test_pki, tls_connect};
+use switchboard_tests::{component, manifest};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+
+const PASSWORD: &str = "Tr4il-Blazer#2026";
+const CONNECTIONS: usize = 16;
+
+fn pct(mut v: Vec<f64>, p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() as f64 - 1.0) * p) as usize]
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn keep_alive(addr: SocketAddr) -> Sender {
+    let tls = tls_connect(addr).await;
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// `CONNECTIONS` keep-alive connections each sending `per_conn` requests
+/// built by `make(i)`; returns (requests/s, latencies in ms).
+async fn load(
+    addr: SocketAddr,
+    per_conn: usize,
+    make: Arc<dyn Fn(usize) -> hyper::Request<Full<Bytes>> + Send + Sync>,
+) -> (f64, Vec<f64>) {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..CONNECTIONS {
+        let make = make.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut sender = keep_alive(addr).await;
+            let mut lat = Vec::with_capacity(per_conn);
+            for i in 0..per_conn {
+                let req = make(c * per_conn + i);
+                let t = Instant::now();
+                let resp = sender.send_request(req).await.unwrap();
+                let status = resp.status();
+                let _ = resp.into_body().collect().await.unwrap();
+                assert!(status.is_success(), "{status}");
+                lat.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let rps = all.len() as f64 / started.elapsed().as_secs_f64();
+    (rps, all)
+}
+
+fn line(name: &str, rps: f64, lat: Vec<f64>) {
+    println!(
+        "{name:<38} {rps:>9.0} req/s   p50 {:>6.2} ms   p99 {:>6.2} ms",
+        pct(lat.clone(), 0.5),
+        pct(lat, 0.99)
+    );
+}
+
+/// A plain hyper handler behind a TLS listener configured like the
+/// gateway's (same certificate, same ALPN, same rustls provider).
+async fn native_server() -> SocketAddr {
+    let pki = test_pki();
+    let tls = switchboard::gateway::tls::TlsIdentity::load(&pki.cert_file, &pki.key_file).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(|_req| async {
+                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
+                        br#"{"tenant":"acme","user":"u","role":"Role::User"}"#,
+                    ))))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
+            });
+        }
+    });
+    addr
+}
+
+async fn sign_in(h: &Harness, s: &Server, tenant: &str, name: &str) -> String {
+    admin::execute(
+        h.runtime(),
+        &Actor::Console,
+        Op::UserCreate {
+            realm: tenant.into(),
+            account: serde_json::from_value(
+                json!({"username": name, "role": "user", "password": PASSWORD}),
+            )
+            .unwrap(),
+        },
+    )
+    .await
+    .unwrap();
+    let r = s
+        .call(
+            "POST",
+            "/api/v1/auth/login",
+            None,
+            Some(&json!({"tenant": tenant, "username": name, "password": PASSWORD})),
+        )
+        .await;
+    r.json()["token"].as_str().unwrap().to_string()
+}
+
+fn get(addr: SocketAddr, path: &str, token: &str) -> hyper::Request<Full<Bytes>> {
+    hyper::Request::get(path)
+        .header("host", addr.to_string())
+        .header("authorization", format!("Bearer {token}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+#[tokio::main]
+async fn main() {
+    let h = Harness::new().unwrap();
+    h.install(&manifest("relay"), &component("relay"))
+        .await
+        .unwrap();
+    let generous = Limits {
+        requests_per_second: 1_000_000,
+        ..Limits::default()
+    };
+    for t in ["acme", "globex"] {
+        h.tenant_with_limits(t, generous.clone()).await.unwrap();
+        h.enable(t, "relay").await.unwrap();
+    }
+    let s = Server::start(h.runtime().clone()).await;
+    let addr = s.addr;
+    let alice = sign_in(&h, &s, "acme", "alice").await;
+    let gina = sign_in(&h, &s, "globex", "gina").await;
+    let native = native_server().await;
+
+    println!("HTTPS keep-alive, {CONNECTIONS} connections (TLS 1.3, HTTP/1.1)");
+    // Warm up the instance pool and the session path.
+    let token = alice.clone();
+    load(
+        addr,
+        50,
+        Arc::new(move |_| get(addr, "/api/v1/t/acme/p/relay/hello", &token)),
+    )
+    .await;
+    let token = alice.clone();
+    let (rps, lat) = load(
+        addr,
+        1000,
+        Arc::new(move |_| get(addr, "/api/v1/t/acme/p/relay/hello", &token)),
+    )
+    .await;
+    line("plugin route (trivial)", rps, lat);
+    let plugin_rps = rps;
+    let token = alice.clone();
+    let (rps, lat) = load(
+        addr,
+        500,
+        Arc::new(move |i| {
+            hyper::Request::post(format!("/api/v1/t/acme/p/relay/kv/key{i}"))
+                .header("host", addr.to_string())
+                .header("authorization", format!("Bearer {token}"))
+                .body(Full::new(Bytes::from(vec![b'v'; 256])))
+                .unwrap()
+        }),
+    )
+    .await;
+    line("plugin route writing 256 B to kv", rps, lat);
+    load(native, 50, Arc::new(move |_| get(native, "/hello", ""))).await;
+    let (rps, lat) = load(native, 1000, Arc::new(move |_| get(native, "/hello", ""))).await;
+    line("native hyper handler (same TLS)", rps, lat);
+    println!(
+        "  plugin route / native handler throughput: {:.2}",
+        plugin_rps / rps
+    );
+
+    // Isolation: globex alone, then while acme floods with CPU-bound calls.
+    println!("\nTenant isolation (globex, one connection, sequential)");
+    let probe = |token: String| async move {
+        let mut sender = keep_alive(addr).await;
+        let mut lat = Vec::new();
+        for _ in 0..300 {
+            let t = Instant::now();
+            let resp = sender
+                .send_request(get(addr, "/api/v1/t/globex/p/relay/hello", &token))
+                .await
+                .unwrap();
+            let _ = resp.into_body().collect().await;
+            lat.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        lat
+    };
+    let quiet = probe(gina.clone()).await;
+    println!(
+        "{:<38} p50 {:>6.2} ms   p99 {:>6.2} ms",
+        "globex alone",
+        pct(quiet.clone(), 0.5),
+        pct(quiet, 0.99)
+    );
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut flood = Vec::new();
+    for _ in 0..64 {
+        let token = alice.clone();
+        let stop = stop.clone();
+        flood.push(tokio::spawn(async move {
+            let mut sender = keep_alive(addr).await;
+            let (mut ok, mut refused) = (0u64, 0u64);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let resp = sender
+                    .send_request(get(addr, "/api/v1/t/acme/p/relay/busy?ms=5", &token))
+                    .await
+                    .unwrap();
+                if resp.status().is_success() {
+                    ok += 1;
+                } else {
+                    refused += 1;
+                }
+                let _ = resp.into_body().collect().await;
+            }
+            (ok, refused)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let loaded = probe(gina.clone()).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut refused) = (0, 0);
+    for f in flood {
+        let (o, r) = f.await.unwrap();
+        ok += o;
+        refused += r;
+    }
+    println!(
+        "{:<38} p50 {:>6.2} ms   p99 {:>6.2} ms",
+        "globex while acme floods (64 conns)",
+        pct(loaded.clone(), 0.5),
+        pct(loaded, 0.99)
+    );
+    println!("  acme's flood: {ok} served, {refused} refused (tenant_busy / rate limits)");
+
+    // WebSocket fan-out to 1,000 guests.
+    println!("\nWebSocket fan-out (1,000 streams over TLS)");
+    let mut guests = Vec::new();
+    for i in 0..1000 {
+        let r = s
+            .call(
+                "POST",
+                &format!("/api/v1/t/acme/p/relay/guests?name=g{i}&resource=bench"),
+                Some(&alice),
+                None,
+            )
+            .await;
+        let token = r.json().as_str().unwrap().to_string();
+        let id = s
+            .call("GET", "/api/v1/t/acme/p/relay/hello", Some(&token), None)
+            .await
+            .json()["user"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        guests.push((token, id));
+    }
+    let before = rss_kib();
+    let mut streams = Vec::new();
+    for (token, _) in &guests {
+        let mut req = format!("wss://{addr}/api/v1/events")
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let (mut ws, _) = tokio_tungstenite::client_async(req, tls_connect(addr).await)
+            .await
+            .unwrap();
+        let _ready = ws.next().await;
+        streams.push(ws);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss_kib();
+    println!(
+        "memory per idle stream (client + server, upper bound): {:.1} KiB",
+        (after.saturating_sub(before)) as f64 / 1000.0
+    );
+    // The receivers form a group, as a live meeting's participants do.
+    let ids: Vec<String> = guests.iter().map(|(_, id)| id.clone()).collect();
+    for batch in ids.chunks(100) {
+        let r = s
+            .call(
+                "POST",
+                &format!(
+                    "/api/v1/t/acme/p/relay/groups/bench/join?users={}",
+                    batch.join(",")
+                ),
+                Some(&alice),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    for mut ws in streams {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = ws.next().await {
+                if msg.is_text() {
+                    let _ = tx.send(Instant::now());
+                }
+            }
+        });
+    }
+    let mut lat = Vec::new();
+    let mut sender = keep_alive(addr).await;
+    for _ in 0..20 {
+        let req = hyper::Request::post("/api/v1/t/acme/p/relay/publish?group=bench&kind=bench")
+            .header("host", addr.to_string())
+            .header("authorization", format!("Bearer {alice}"))
+            .body(Full::new(Bytes::from_static(b"{\"n\":1}")))
+            .unwrap();
+        let t = Instant::now();
+        let resp = sender.send_request(req).await.unwrap();
+        assert!(resp.status().is_success(), "{}", resp.status());
+        let _ = resp.into_body().collect().await;
+        for _ in 0..1000 {
+            let at = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            lat.push(at.duration_since(t).as_secs_f64() * 1e3);
+        }
+    }
+    println!(
+        "{:<38} p50 {:>6.2} ms   p99 {:>6.2} ms   ({} deliveries)",
+        "publish -> receipt, 1,000 receivers",
+        pct(lat.clone(), 0.5),
+        pct(lat.clone(), 0.99),
+        lat.len()
+    );
+}
