@@ -1,7 +1,8 @@
 //! The HTTP API of the host itself: sign-in and self-service under
 //! `/api/v1/auth/…`, administration under `/api/v1/admin/…` (one route per
-//! `admin::Op`), `/healthz` and `/metrics`. Every answer is JSON; every
-//! error has the shape `{"code": …, "message": …}` with a stable code.
+//! `admin::Op`) and the OpenID Connect provider under `/oidc/…`, behind the
+//! gateway (`crate::gateway`). Every answer is JSON; every error has the
+//! shape `{"code": …, "message": …}` with a stable code.
 //!
 //! Bodies are limited to 64 KiB (plugin packages to 64 MiB), parsed
 //! strictly (unknown fields refused), and every request runs inside an
@@ -136,7 +137,7 @@ pub fn caller(rt: &Runtime, req: &Request<Incoming>) -> Result<Caller, ApiError>
 }
 
 /// Answers one request to the host API (paths under `/api/v1/auth`,
-/// `/api/v1/admin`, `/healthz`, `/metrics`); `None` for other paths.
+/// `/api/v1/admin`, `/oidc`); `None` for other paths.
 pub async fn route(rt: &Runtime, req: Request<Incoming>, peer: Peer) -> Option<HttpResponse> {
     let path = req.uri().path().to_string();
     let request_id = crate::fsutil::request_id();

@@ -21,15 +21,13 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt as _;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
-use serde_json::json;
-use switchboard::admin::{self, Actor, Op};
 use switchboard::harness::Harness;
 use switchboard::tenant::Limits;
+use switchboard_tests::accounts::{activate, create_user};
 use switchboard_tests::http::{Server, test_pki, tls_connect};
 use switchboard_tests::{component, manifest};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
-const PASSWORD: &str = "Tr4il-Blazer#2026";
 const CONNECTIONS: usize = 16;
 
 fn pct(mut v: Vec<f64>, p: f64) -> f64 {
@@ -133,28 +131,8 @@ async fn native_server() -> SocketAddr {
 }
 
 async fn sign_in(h: &Harness, s: &Server, tenant: &str, name: &str) -> String {
-    admin::execute(
-        h.runtime(),
-        &Actor::Console,
-        Op::UserCreate {
-            realm: tenant.into(),
-            account: serde_json::from_value(
-                json!({"username": name, "role": "user", "password": PASSWORD}),
-            )
-            .unwrap(),
-        },
-    )
-    .await
-    .unwrap();
-    let r = s
-        .call(
-            "POST",
-            "/api/v1/auth/login",
-            None,
-            Some(&json!({"tenant": tenant, "username": name, "password": PASSWORD})),
-        )
-        .await;
-    r.json()["token"].as_str().unwrap().to_string()
+    let (_, welcome) = create_user(h, tenant, name, "user").await;
+    activate(s, Some(tenant), name, &welcome).await
 }
 
 fn get(addr: SocketAddr, path: &str, token: &str) -> hyper::Request<Full<Bytes>> {
