@@ -51,7 +51,10 @@ use crate::trust::TrustedKey;
 
 /// Epoch tick: deadlines are checked, and a busy guest yields its thread,
 /// this often.
-const EPOCH_TICK: Duration = Duration::from_millis(5);
+/// The time slice of a plugin call: at each tick a running call checks
+/// its deadline and passes its CPU turn on (`state::CpuTurn`), so other
+/// calls (and other tenants) wait at most a few ticks for a thread.
+const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// Attempts of a call whose transaction keeps conflicting.
 const MAX_COMMIT_ATTEMPTS: u32 = 32;
 
@@ -151,6 +154,8 @@ pub struct EnabledPlugin {
 pub struct TenantState {
     pub(crate) record: TenantRecord,
     slots: Arc<Semaphore>,
+    /// CPU turns (`state::CpuTurn`): one per core.
+    cpu: Arc<Semaphore>,
     pub(crate) enabled: HashMap<String, Arc<EnabledPlugin>>,
 }
 
@@ -1635,9 +1640,16 @@ impl Inner {
             Some(p) if p.record.limits.concurrency == record.limits.concurrency => p.slots.clone(),
             _ => Arc::new(Semaphore::new(record.limits.concurrency as usize)),
         };
+        let cpu = match previous {
+            Some(p) => p.cpu.clone(),
+            None => Arc::new(Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            )),
+        };
         Ok(TenantState {
             record,
             slots,
+            cpu,
             enabled,
         })
     }
@@ -1834,7 +1846,9 @@ impl Inner {
                 deadline,
                 depth: 0,
                 request_id: request_id_of(&invocation),
+                cpu: state::CpuTurn::new(tenant.cpu.clone()),
             };
+            spec.cpu.take().await;
             let (result, txn) = self.run(spec, invocation).await;
             let outcome = result?;
             if let Outcome::Response(r) = &outcome
@@ -1903,8 +1917,9 @@ impl Inner {
             if Instant::now() >= ctx.data().call.deadline {
                 Err(wasmtime::Error::new(DeadlineExceeded))
             } else {
-                // Share the thread with other calls every tick.
-                Ok(UpdateDeadline::Yield(1))
+                // Every tick: give the CPU turn to the tenant's next call
+                // and the thread to other calls.
+                Ok(UpdateDeadline::YieldCustom(1, ctx.data().call.cpu.pass()))
             }
         });
         let result = match &pre {
@@ -1957,6 +1972,8 @@ impl state::CallCtx {
             deadline: self.deadline,
             depth: self.depth + 1,
             request_id: request.request_id.clone(),
+            // The caller waits for the callee: one turn for both.
+            cpu: self.cpu.clone(),
         };
         let fut = async move { rt.run(spec, Invocation::Handle(request)).await };
         // Run on its own task: the callee gets its own fiber and store.

@@ -74,6 +74,7 @@ async fn load(
             for i in 0..per_conn {
                 let req = make(c * per_conn + i);
                 let t = Instant::now();
+                sender.ready().await.unwrap();
                 let resp = sender.send_request(req).await.unwrap();
                 let status = resp.status();
                 let _ = resp.into_body().collect().await.unwrap();
@@ -143,25 +144,43 @@ fn get(addr: SocketAddr, path: &str, token: &str) -> hyper::Request<Full<Bytes>>
         .unwrap()
 }
 
-#[tokio::main]
-async fn main() {
-    let h = Harness::new().unwrap();
-    h.install(&manifest("relay"), &component("relay"))
-        .await
+fn main() {
+    // The server runs on the runtime `switchboard serve` uses; the load
+    // generator on a runtime of its own (its own threads), as a remote
+    // client would, so client-side scheduling does not count as server
+    // latency. Both share the machine's cores.
+    let server_rt = switchboard::server::tokio_runtime().unwrap();
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
         .unwrap();
-    let generous = Limits {
-        requests_per_second: 1_000_000,
-        ..Limits::default()
-    };
-    for t in ["acme", "globex"] {
-        h.tenant_with_limits(t, generous.clone()).await.unwrap();
-        h.enable(t, "relay").await.unwrap();
-    }
-    let s = Server::start(h.runtime().clone()).await;
+    let (h, s, native) = server_rt.block_on(async {
+        let h = Harness::new().unwrap();
+        h.install(&manifest("relay"), &component("relay"))
+            .await
+            .unwrap();
+        let generous = Limits {
+            requests_per_second: 1_000_000,
+            ..Limits::default()
+        };
+        for t in ["acme", "globex"] {
+            h.tenant_with_limits(t, generous.clone()).await.unwrap();
+            h.enable(t, "relay").await.unwrap();
+        }
+        let s = Server::start(h.runtime().clone()).await;
+        let native = native_server().await;
+        (h, s, native)
+    });
+    client_rt.block_on(bench(&h, &s, native));
+    drop(s);
+    server_rt.shutdown_background();
+}
+
+async fn bench(h: &Harness, s: &Server, native: SocketAddr) {
     let addr = s.addr;
-    let alice = sign_in(&h, &s, "acme", "alice").await;
-    let gina = sign_in(&h, &s, "globex", "gina").await;
-    let native = native_server().await;
+    let alice = sign_in(h, s, "acme", "alice").await;
+    let gina = sign_in(h, s, "globex", "gina").await;
 
     println!("HTTPS keep-alive, {CONNECTIONS} connections (TLS 1.3, HTTP/1.1)");
     // Warm up the instance pool and the session path.
@@ -210,6 +229,7 @@ async fn main() {
         let mut lat = Vec::new();
         for _ in 0..300 {
             let t = Instant::now();
+            sender.ready().await.unwrap();
             let resp = sender
                 .send_request(get(addr, "/api/v1/t/globex/p/relay/hello", &token))
                 .await
@@ -235,6 +255,7 @@ async fn main() {
             let mut sender = keep_alive(addr).await;
             let (mut ok, mut refused) = (0u64, 0u64);
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                sender.ready().await.unwrap();
                 let resp = sender
                     .send_request(get(addr, "/api/v1/t/acme/p/relay/busy?ms=5", &token))
                     .await
@@ -344,6 +365,7 @@ async fn main() {
             .body(Full::new(Bytes::from_static(b"{\"n\":1}")))
             .unwrap();
         let t = Instant::now();
+        sender.ready().await.unwrap();
         let resp = sender.send_request(req).await.unwrap();
         assert!(resp.status().is_success(), "{}", resp.status());
         let _ = resp.into_body().collect().await;

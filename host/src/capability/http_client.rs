@@ -181,6 +181,9 @@ pub async fn send(ctx: &mut CallCtx, req: Outgoing) -> Result<Incoming, CapError
     let tenant = ctx.tenant_id().to_string();
     let plugin = ctx.plugin_name().to_string();
     let started = Instant::now();
+    // Waiting on the network is not using the CPU: give the turn back.
+    let cpu = ctx.cpu.clone();
+    cpu.release();
     let result = client
         .request(
             req.method,
@@ -191,6 +194,7 @@ pub async fn send(ctx: &mut CallCtx, req: Outgoing) -> Result<Incoming, CapError
             config.max_response_bytes,
         )
         .await;
+    cpu.take().await;
     tracing::debug!(%tenant, %plugin, url = %req.url, elapsed_ms = started.elapsed().as_millis() as u64, ok = result.is_ok(), "outbound request");
     match result {
         Ok(r) => {

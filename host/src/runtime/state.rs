@@ -45,6 +45,51 @@ pub struct CallSpec {
     /// 0 for a top-level call; +1 per nested plugin call.
     pub(crate) depth: u32,
     pub(crate) request_id: String,
+    /// The call's turn on the CPU, shared with its nested calls.
+    pub(crate) cpu: CpuTurn,
+}
+
+/// A call's turn on the CPU (SPEC K5: one tenant cannot starve another).
+/// Each tenant has as many turns as the machine has cores; a call holds one
+/// while its WebAssembly runs and gives it back at every epoch tick (and
+/// while it waits on the network), queueing fairly behind the tenant's
+/// other calls. So however many calls one tenant floods the host with, at
+/// most `cores` of them compete for the CPU with other tenants' calls.
+#[derive(Clone)]
+pub struct CpuTurn {
+    turns: Arc<tokio::sync::Semaphore>,
+    held: Arc<Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>,
+}
+
+impl CpuTurn {
+    pub(crate) fn new(turns: Arc<tokio::sync::Semaphore>) -> CpuTurn {
+        CpuTurn {
+            turns,
+            held: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Waits for a turn.
+    pub(crate) async fn take(&self) {
+        let permit = self.turns.clone().acquire_owned().await.ok();
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = permit;
+    }
+
+    /// Gives the turn back (before waiting on something other than CPU).
+    pub(crate) fn release(&self) {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    /// What a running call does at an epoch tick: give the turn to the
+    /// next call of the tenant, let the executor run others, queue again.
+    pub(crate) fn pass(&self) -> Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        let me = self.clone();
+        Box::pin(async move {
+            me.release();
+            tokio::task::yield_now().await;
+            me.take().await;
+        })
+    }
 }
 
 /// What capabilities know about the call they serve: its `CallSpec`
