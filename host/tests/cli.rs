@@ -274,6 +274,7 @@ fn k1_serve_starts_on_an_empty_folder_and_answers_health() {
         bin()
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(data.path())
+            .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -283,7 +284,7 @@ fn k1_serve_starts_on_an_empty_folder_and_answers_health() {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.strip_prefix("switchboard: serving on http://") {
+            if let Some(rest) = line.strip_prefix("switchboard: serving on https://") {
                 let addr = rest
                     .split_whitespace()
                     .next()
@@ -291,27 +292,46 @@ fn k1_serve_starts_on_an_empty_folder_and_answers_health() {
                     .to_string();
                 let _ = tx.send(addr);
             }
+            if let Some((_, fp)) = line.split_once(" SHA-256 ") {
+                let _ = tx.send(fp.trim().to_string());
+            }
         }
     });
-    let addr = match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(a) => a,
-        Err(_) => {
-            child.0.kill().ok();
-            let mut err = String::new();
-            child.0.stderr.take().unwrap().read_to_string(&mut err).ok();
-            panic!("serve did not start: {err}");
+    let mut banner = Vec::new();
+    while banner.len() < 2 {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => banner.push(line),
+            Err(_) => {
+                child.0.kill().ok();
+                let mut err = String::new();
+                child.0.stderr.take().unwrap().read_to_string(&mut err).ok();
+                panic!("serve did not start: {err}");
+            }
         }
-    };
-    let mut s = std::net::TcpStream::connect(&addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    }
+    // HTTPS only, with the self-signed certificate whose fingerprint the
+    // banner printed.
+    let (addr, fingerprint) = (&banner[0], &banner[1]);
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let tls = rustls::ClientConnection::new(
+        std::sync::Arc::new(switchboard::gateway::tls::pinned_client(fingerprint)),
+        "localhost".try_into().unwrap(),
+    )
+    .unwrap();
+    let mut s = rustls::StreamOwned::new(tls, tcp);
     s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let resp = String::from_utf8_lossy(&raw);
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert!(resp.contains(r#""status":"ok""#), "{resp}");
-    // The first-party bundle was verified and installed on first run.
-    assert!(resp.contains(r#""plugins":1"#), "{resp}");
+    assert!(
+        resp.to_ascii_lowercase()
+            .contains("strict-transport-security"),
+        "{resp}"
+    );
 
     // Online verbs reach the running server through its control socket.
     let o = run(&["backup", "create", "--kind", "full"], data.path());
@@ -339,6 +359,18 @@ fn k1_serve_starts_on_an_empty_folder_and_answers_health() {
         "{:?}",
         text(&o)
     );
+    child.0.kill().ok();
+    let _ = child.0.wait();
+    // The first-party bundle was verified and installed on first run.
+    let mut logs = String::new();
+    child
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .ok();
+    assert!(logs.contains("bundled plugin available"), "{logs}");
     drop(child);
 
     // Verify and restore the newest backup chain offline.
