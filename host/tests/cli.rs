@@ -315,7 +315,7 @@ fn k1_serve_starts_on_an_empty_folder_and_answers_health() {
     let tcp = std::net::TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let tls = rustls::ClientConnection::new(
-        std::sync::Arc::new(switchboard::gateway::tls::pinned_client(fingerprint)),
+        std::sync::Arc::new(switchboard::gateway::tls::pinned_client(fingerprint).unwrap()),
         "localhost".try_into().unwrap(),
     )
     .unwrap();

@@ -13,7 +13,6 @@
 //! - memory per idle WebSocket (RSS growth over 1,000 streams; client and
 //!   server run in this one process, so this is an upper bound).
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +23,7 @@ use hyper::body::Bytes;
 use switchboard::harness::Harness;
 use switchboard::tenant::Limits;
 use switchboard_tests::accounts::{activate, create_user};
-use switchboard_tests::http::{Server, test_pki, tls_connect};
+use switchboard_tests::http::{Server, serve_tls, tls_connect};
 use switchboard_tests::{component, manifest};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
@@ -103,32 +102,12 @@ fn line(name: &str, rps: f64, lat: Vec<f64>) {
 /// A plain hyper handler behind a TLS listener configured like the
 /// gateway's (same certificate, same ALPN, same rustls provider).
 async fn native_server() -> SocketAddr {
-    let pki = test_pki();
-    let tls = switchboard::gateway::tls::TlsIdentity::load(&pki.cert_file, &pki.key_file).unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let service = hyper::service::service_fn(|_req| async {
-                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
-                        br#"{"tenant":"acme","user":"u","role":"Role::User"}"#,
-                    ))))
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                )
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                .await;
-            });
-        }
-    });
-    addr
+    serve_tls(|_req| async {
+        hyper::Response::new(Full::new(Bytes::from_static(
+            br#"{"tenant":"acme","user":"u","role":"Role::User"}"#,
+        )))
+    })
+    .await
 }
 
 async fn sign_in(h: &Harness, s: &Server, tenant: &str, name: &str) -> String {

@@ -86,6 +86,44 @@ pub async fn tls_connect(
     connector.connect(name, tcp).await.unwrap()
 }
 
+/// A plain HTTP response body, as test services answer.
+pub type Body = http_body_util::Full<hyper::body::Bytes>;
+
+/// Serves `handler` over TLS (the test certificate; HTTP/1.1, or h2 by
+/// ALPN) on a loopback port: a stand-in for services a server talks to.
+pub async fn serve_tls<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = hyper::Response<Body>> + Send + 'static,
+{
+    let pki = test_pki();
+    let tls = TlsIdentity::load(&pki.cert_file, &pki.key_file).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |req| {
+                    let handler = handler.clone();
+                    async move { Ok::<_, std::convert::Infallible>(handler(req).await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
+            });
+        }
+    });
+    addr
+}
+
 /// The gateway settings tests run with: the defaults, but without the
 /// per-address rate limit (every test client is 127.0.0.1).
 pub fn test_gateway() -> GatewayConfig {

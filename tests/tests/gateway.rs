@@ -717,7 +717,7 @@ async fn d1_serve_on_defaults_generates_a_certificate_prints_its_fingerprint_and
     }
     let (addr, fingerprint) = (addr.unwrap(), fingerprint.unwrap());
     assert!(dir.path().join("data/tls/key.pem").exists());
-    let config = switchboard::gateway::tls::pinned_client(&fingerprint);
+    let config = switchboard::gateway::tls::pinned_client(&fingerprint).unwrap();
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(

@@ -3,80 +3,53 @@
 //! policy, the tenant's grant, forbidden headers, timeouts and size caps.
 
 use std::collections::BTreeSet;
-use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use switchboard::harness::Harness;
 use switchboard_tests::accounts::{activate, create_user};
-use switchboard_tests::http::{Server, test_pki};
+use switchboard_tests::http::{Server, serve_tls, test_pki};
 use switchboard_tests::{component, manifest};
 
 /// A TLS web service on 127.0.0.1 with the test certificate: `/echo`
 /// answers what it got, `/big` 2 MiB, `/slow` after 5 s.
 async fn web_service() -> u16 {
-    let pki = test_pki();
-    let tls = switchboard::gateway::tls::TlsIdentity::load(&pki.cert_file, &pki.key_file).unwrap();
-    let mut config = (*tls.config).clone();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let service = hyper::service::service_fn(
-                    |req: hyper::Request<hyper::body::Incoming>| async move {
-                        let path = req.uri().path().to_string();
-                        let host = req
-                            .headers()
-                            .get("host")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("")
-                            .to_string();
-                        let custom = req
-                            .headers()
-                            .get("x-k")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("")
-                            .to_string();
-                        let body = req
-                            .into_body()
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
-                        let out = match path.as_str() {
-                            "/big" => vec![b'z'; 2 << 20],
-                            "/slow" => {
-                                tokio::time::sleep(Duration::from_secs(5)).await;
-                                b"late".to_vec()
-                            }
-                            _ => format!(
-                                "host={host} x-k={custom} body={}",
-                                String::from_utf8_lossy(&body)
-                            )
-                            .into_bytes(),
-                        };
-                        let mut resp = hyper::Response::new(Full::new(Bytes::from(out)));
-                        resp.headers_mut()
-                            .insert("x-served-by", "test".parse().unwrap());
-                        Ok::<_, Infallible>(resp)
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                    .await;
-            });
-        }
-    });
-    port
+    let addr = serve_tls(|req: hyper::Request<hyper::body::Incoming>| async move {
+        let path = req.uri().path().to_string();
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        let (host, custom) = (header("host"), header("x-k"));
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let out = match path.as_str() {
+            "/big" => vec![b'z'; 2 << 20],
+            "/slow" => {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                b"late".to_vec()
+            }
+            _ => format!(
+                "host={host} x-k={custom} body={}",
+                String::from_utf8_lossy(&body)
+            )
+            .into_bytes(),
+        };
+        let mut resp = hyper::Response::new(Full::new(Bytes::from(out)));
+        resp.headers_mut()
+            .insert("x-served-by", "test".parse().unwrap());
+        resp
+    })
+    .await;
+    addr.port()
 }
 
 async fn world(allow_loopback: bool) -> (Harness, Server, String) {

@@ -44,11 +44,10 @@ pub fn fingerprint(der: &[u8]) -> String {
 /// with SHA-256 `fingerprint` (as `serve` prints it): how an operator's
 /// script talks to a server with a self-signed certificate without
 /// turning verification off.
-pub fn pinned_client(fingerprint: &str) -> rustls::ClientConfig {
+pub fn pinned_client(fingerprint: &str) -> Result<rustls::ClientConfig, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default versions")
+        .with_safe_default_protocol_versions()?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(Pinned {
             fingerprint: fingerprint.to_ascii_uppercase(),
@@ -56,7 +55,7 @@ pub fn pinned_client(fingerprint: &str) -> rustls::ClientConfig {
         }))
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    config
+    Ok(config)
 }
 
 #[derive(Debug)]

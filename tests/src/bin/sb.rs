@@ -4,9 +4,15 @@
 
 use clap::Parser as _;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    switchboard::server::tokio_runtime()
+        .expect("an async runtime")
+        .block_on(run())
+}
+
+async fn run() -> std::process::ExitCode {
     let cli = switchboard::cli::Cli::parse();
+    switchboard::cli::init_logging(&cli);
     match switchboard::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
