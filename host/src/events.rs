@@ -60,7 +60,7 @@ impl Default for EventsConfig {
 pub const MAX_EVENT_BYTES: usize = 64 << 10;
 /// Events one call may publish.
 pub const MAX_PUBLISHES_PER_CALL: usize = 256;
-/// Users one publish may name.
+/// Users the publishes of one call may name, together.
 pub const MAX_AUDIENCE: usize = 10_000;
 /// Members one group may have.
 pub const MAX_GROUP_MEMBERS: usize = 10_000;
@@ -118,10 +118,15 @@ struct UserStreams {
     dropped_through: u64,
 }
 
-/// The hub. One per runtime.
+/// The hub. One per runtime. Entries exist only for users who have a
+/// stream open or closed one within the resume window, so memory follows
+/// connections, not what plugins publish.
 pub struct EventHub {
     config: EventsConfig,
     boot_id: u64,
+    /// Highest id that may have been dropped with a forgotten entry: a new
+    /// entry cannot vouch for anything before it.
+    forgotten_through: AtomicU64,
     next_id: AtomicU64,
     next_stream: AtomicU64,
     users: Mutex<HashMap<(String, String), UserStreams>>,
@@ -141,6 +146,7 @@ impl EventHub {
         EventHub {
             config,
             boot_id,
+            forgotten_through: AtomicU64::new(boot_id),
             next_id: AtomicU64::new(boot_id + 1),
             next_stream: AtomicU64::new(1),
             users: Mutex::new(HashMap::new()),
@@ -177,10 +183,11 @@ impl EventHub {
         let (tx, rx) = mpsc::channel(self.config.queue.max(1));
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let mut users = self.lock();
+        let floor = self.forgotten_through.load(Ordering::Relaxed);
         let entry = users
             .entry((tenant.to_string(), user.to_string()))
             .or_insert_with(|| UserStreams {
-                dropped_through: self.boot_id,
+                dropped_through: floor,
                 ..UserStreams::default()
             });
         self.expire(entry);
@@ -221,8 +228,16 @@ impl EventHub {
             self.expire(entry);
             if entry.streams.is_empty() && entry.backlog.is_empty() {
                 users.remove(&key);
+                self.forget();
             }
         }
+    }
+
+    /// Records that an entry was forgotten: ids up to now may be missing
+    /// from any entry created later.
+    fn forget(&self) {
+        let through = self.next_id.load(Ordering::Relaxed).saturating_sub(1);
+        self.forgotten_through.fetch_max(through, Ordering::Relaxed);
     }
 
     /// Whether `user` of `tenant` has a stream open.
@@ -266,12 +281,17 @@ impl EventHub {
         let frame = frame(id, plugin, kind, data);
         let event = Arc::new(Delivered { id, frame });
         let mut queued = 0;
+        let mut seen = std::collections::HashSet::new();
         for user in users {
+            if !seen.insert(user.as_str()) {
+                continue;
+            }
+            // Users without a stream (now or within the resume window)
+            // have nothing to resume: no entry is made for them.
             let key = (tenant.to_string(), user.clone());
-            let entry = users_map.entry(key).or_insert_with(|| UserStreams {
-                dropped_through: self.boot_id,
-                ..UserStreams::default()
-            });
+            let Some(entry) = users_map.get_mut(&key) else {
+                continue;
+            };
             entry.backlog.push_back((id, event.clone()));
             self.expire(entry);
             entry
@@ -301,10 +321,19 @@ impl EventHub {
     /// Drops backlogs nobody can resume any more (called periodically).
     pub fn sweep(&self) {
         let mut users = self.lock();
+        let before = users.len();
         users.retain(|_, entry| {
             self.expire(entry);
             !(entry.streams.is_empty() && entry.backlog.is_empty())
         });
+        if users.len() < before {
+            self.forget();
+        }
+    }
+
+    /// Entries held (connected users and recently disconnected ones).
+    pub fn entries(&self) -> usize {
+        self.lock().len()
     }
 
     /// The id of events delivered before this process started: a client
@@ -410,6 +439,36 @@ mod tests {
         // An id from before this process started: a reset.
         let old = hub.subscribe("t", "u", Some(hub.boot_id() - 5)).unwrap();
         assert!(old.gap);
+    }
+
+    #[tokio::test]
+    async fn publishing_to_users_who_never_connected_holds_no_memory() {
+        let hub = EventHub::new(EventsConfig::default());
+        let many: Vec<String> = (0..10_000).map(|i| format!("u{i}")).collect();
+        assert_eq!(hub.deliver("t", "p", &many, "k", b"x"), 0);
+        assert_eq!(hub.entries(), 0);
+        // Duplicates reach a stream once.
+        let mut s = hub.subscribe("t", "u1", None).unwrap();
+        let twice = users(&["u1", "u1"]);
+        assert_eq!(hub.deliver("t", "p", &twice, "k", b"x"), 1);
+        assert!(s.rx.try_recv().is_ok());
+        assert!(s.rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_entry_cannot_claim_a_gap_free_resume() {
+        let hub = EventHub::new(EventsConfig::default());
+        let a = hub.subscribe("t", "u", None).unwrap();
+        hub.deliver("t", "p", &users(&["u"]), "k", b"1");
+        let first = hub.lock()[&("t".into(), "u".into())].backlog[0].0;
+        hub.deliver("t", "p", &users(&["u"]), "k", b"2");
+        // The entry goes away (window passed, swept), then someone
+        // resumes from before the second event.
+        hub.unsubscribe("t", "u", a.id);
+        hub.lock().clear();
+        hub.forget();
+        let again = hub.subscribe("t", "u", Some(first)).unwrap();
+        assert!(again.gap, "events after {first} may be lost: reset");
     }
 
     #[tokio::test]

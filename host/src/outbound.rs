@@ -12,7 +12,7 @@
 //!   addresses never. The client connects to the very address it checked,
 //!   so DNS cannot swap in another between check and connect.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,6 +84,31 @@ pub enum RequestError {
     Failed(String),
 }
 
+/// The IPv4 address an IPv6 address stands for: IPv4-mapped
+/// (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`), NAT64
+/// (`64:ff9b::a.b.c.d`) and 6to4 (`2002:aabb:ccdd::`). The IPv4 rules
+/// apply to those, so no encoding smuggles a private address through.
+fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = v6.segments();
+    let tail = || Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        Some(v4)
+    } else if (s[..6] == [0, 0, 0, 0, 0, 0] && !(s[6] == 0 && s[7] <= 1))
+        || s[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+    {
+        Some(tail())
+    } else if s[0] == 0x2002 {
+        Some(Ipv4Addr::new(
+            (s[1] >> 8) as u8,
+            s[1] as u8,
+            (s[2] >> 8) as u8,
+            s[2] as u8,
+        ))
+    } else {
+        None
+    }
+}
+
 /// Addresses that are never reachable, whatever the operator allows:
 /// cloud metadata endpoints, unspecified, broadcast, multicast.
 fn is_forbidden(ip: IpAddr) -> bool {
@@ -99,9 +124,7 @@ fn is_forbidden(ip: IpAddr) -> bool {
             v6.is_unspecified()
                 || v6.is_multicast()
                 || v6.segments() == [0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254]
-                || v6
-                    .to_ipv4_mapped()
-                    .is_some_and(|v4| is_forbidden(IpAddr::V4(v4)))
+                || embedded_v4(v6).is_some_and(|v4| is_forbidden(IpAddr::V4(v4)))
         }
     }
 }
@@ -109,6 +132,7 @@ fn is_forbidden(ip: IpAddr) -> bool {
 fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
+            let o = v4.octets();
             !(v4.is_private()
                 || v4.is_loopback()
                 || v4.is_link_local()
@@ -116,17 +140,30 @@ fn is_public(ip: IpAddr) -> bool {
                 || v4.is_broadcast()
                 || v4.is_multicast()
                 || v4.is_documentation()
+                // 0.0.0.0/8 "this network".
+                || o[0] == 0
                 // 100.64.0.0/10, carrier-grade NAT.
-                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64))
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                // 192.0.0.0/24 protocol assignments.
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
+                // 198.18.0.0/15 benchmarking.
+                || (o[0] == 198 && (o[1] & 0xfe) == 18)
+                // 240.0.0.0/4 reserved.
+                || o[0] >= 240)
         }
         IpAddr::V6(v6) => {
             let first = v6.segments()[0];
+            if let Some(v4) = embedded_v4(v6) {
+                return is_public(IpAddr::V4(v4));
+            }
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 || (first & 0xfe00) == 0xfc00 // unique local
-                || (first & 0xffc0) == 0xfe80) // link local
-                && v6.to_ipv4_mapped().is_none_or(|v4| is_public(IpAddr::V4(v4)))
+                || (first & 0xffc0) == 0xfe80 // link local
+                || (first & 0xffc0) == 0xfec0 // site local (deprecated)
+                // 64:ff9b:1::/48, local-use NAT64.
+                || v6.segments()[..3] == [0x64, 0xff9b, 1])
         }
     }
 }
@@ -438,6 +475,27 @@ mod tests {
         assert!(intranet.check("https://169.254.169.254/latest").is_err());
         assert!(intranet.check("https://[::ffff:169.254.169.254]/").is_err());
         assert!(intranet.check("https://0.0.0.0/").is_err());
+        // Encodings of private and metadata addresses inside IPv6.
+        let strict = Outbound::new(None, false).unwrap();
+        for bad in [
+            "https://[64:ff9b::a00:5]/",
+            "https://[64:ff9b::a9fe:a9fe]/",
+            "https://[2002:a00:1::1]/",
+            "https://[::10.0.0.1]/",
+            "https://[fec0::1]/",
+            "https://[64:ff9b:1::1]/",
+            "https://0.1.2.3/",
+            "https://198.18.0.1/",
+            "https://240.0.0.1/",
+            "https://192.0.0.8/",
+        ] {
+            assert!(strict.check(bad).is_err(), "{bad}");
+        }
+        assert!(
+            strict.check("https://[64:ff9b::808:808]/").is_ok(),
+            "NAT64 of a public address"
+        );
+        assert!(strict.check("https://[2606:4700::1111]/").is_ok());
         assert!(
             intranet.check("http://10.0.0.1/").is_err(),
             "plain http stays loopback-only"

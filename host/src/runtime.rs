@@ -240,6 +240,21 @@ pub struct PluginInfo {
     pub cache: CacheOutcome,
 }
 
+/// A spawned task that is aborted when its handle is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> AbortOnDrop<T> {
+    async fn wait(mut self) -> Result<T, tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The raised epoch deadline: the call ran past its wall-clock deadline.
 #[derive(Debug)]
 struct DeadlineExceeded;
@@ -1877,11 +1892,12 @@ impl Inner {
                         self.timer_wake.notify_one();
                     }
                     self.append_plugin_audit(&tenant.record.id, drafts);
-                    self.publish_events(&tenant.record.id, events);
-                    // Acknowledge only what is on disk (group commit).
+                    // Acknowledge only what is on disk (group commit), and
+                    // tell clients only about what is.
                     if seq > 0 {
                         self.store.durable(seq).await?;
                     }
+                    self.publish_events(&tenant.record.id, events);
                     return Ok(outcome);
                 }
                 Err(CommitError::Quota(m)) => return Err(CallError::QuotaExceeded(m)),
@@ -1977,7 +1993,11 @@ impl state::CallCtx {
         };
         let fut = async move { rt.run(spec, Invocation::Handle(request)).await };
         // Run on its own task: the callee gets its own fiber and store.
-        let (result, txn) = tokio::spawn(fut)
+        // Aborted if the caller goes away (a client hanging up), so a
+        // callee never outlives the slots its caller held.
+        let task = AbortOnDrop(tokio::spawn(fut));
+        let (result, txn) = task
+            .wait()
             .await
             .map_err(|e| CapError::Internal(format!("nested call aborted: {e}")))?;
         match result {

@@ -277,6 +277,7 @@ pub async fn run(
     ));
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
     let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1)));
+    let per_address = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
@@ -307,18 +308,23 @@ pub async fn run(
                         continue;
                     }
                 };
-                let Ok(permit) = connections.clone().try_acquire_owned() else {
+                let Some(slot) = crate::gateway::ConnectionSlot::take(
+                    &connections,
+                    &per_address,
+                    peer.ip(),
+                    config.max_connections_per_address,
+                ) else {
                     crate::metrics::CONNECTIONS_REFUSED.inc();
                     drop(stream);
                     continue;
                 };
+                let slot = crate::gateway::OnConnection(Arc::new(slot));
                 let _ = stream.set_nodelay(true);
                 let acceptor = acceptor.clone();
                 let gateway = gateway.clone();
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
-                    let _permit = permit;
                     let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
@@ -332,8 +338,9 @@ pub async fn run(
                             return;
                         }
                     };
-                    let service = hyper::service::service_fn(move |req| {
+                    let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
                         let gateway = gateway.clone();
+                        req.extensions_mut().insert(slot.clone());
                         async move { Ok::<_, Infallible>(gateway.respond(req, peer).await) }
                     });
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
@@ -357,13 +364,19 @@ pub async fn run(
 /// URL (built from the configured public URL, never from the client's
 /// `Host`, so it cannot be turned into an open redirect).
 pub async fn redirect_loop(runtime: Runtime, listener: tokio::net::TcpListener) {
+    let open = Arc::new(tokio::sync::Semaphore::new(1024));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            crate::metrics::CONNECTIONS_REFUSED.inc();
+            continue;
+        };
         let rt = runtime.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let base = rt.public_url();
                 async move { Ok::<_, Infallible>(redirect(&base, &req)) }
@@ -371,6 +384,7 @@ pub async fn redirect_loop(runtime: Runtime, listener: tokio::net::TcpListener) 
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
+                .keep_alive(false)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
             let _ = conn.await;
         });

@@ -309,6 +309,17 @@ async fn n2_tickets_guests_and_refusals() {
         .unwrap_err();
     assert!(err.starts_with("401"), "a ticket opens one stream: {err}");
     drop(ws);
+    // Unused tickets are capped per session.
+    for _ in 0..8 {
+        let r =
+            w.s.call("POST", "/api/v1/auth/stream-ticket", Some(&w.bob.1), None)
+                .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let r =
+        w.s.call("POST", "/api/v1/auth/stream-ticket", Some(&w.bob.1), None)
+            .await;
+    assert_eq!((r.status, r.code().as_str()), (429, "rate_limited"));
     // Refusals before any upgrade.
     for (token, query, want) in [
         (None, "", "401"),

@@ -350,6 +350,11 @@ async fn n1_credentials_stay_with_the_host_and_plugins_cannot_set_cookies_or_hst
     assert_eq!(r.header("set-cookie"), None);
     assert_eq!(r.header("x-plugin"), Some("yes"));
     assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(
+        r.header("content-security-policy"),
+        Some("sandbox"),
+        "plugin content never runs with the shared origin"
+    );
     assert_ne!(r.header("strict-transport-security"), Some("max-age=0"));
 }
 

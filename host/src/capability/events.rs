@@ -63,6 +63,13 @@ pub fn publish(
             for u in users {
                 check_user(u)?;
             }
+            // Across the whole call, not per publish.
+            let named: usize = users.len() + ctx.txn.event_recipients();
+            if named > MAX_AUDIENCE {
+                return Err(CapError::TooLarge(format!(
+                    "at most {MAX_AUDIENCE} recipients named per call; use a group"
+                )));
+            }
         }
         Audience::Group(g) => check_group(g)?,
     }

@@ -54,6 +54,9 @@ pub struct GatewayConfig {
     pub handshake_timeout_s: u64,
     /// Connections open at once; more are closed at once.
     pub max_connections: usize,
+    /// Connections one source address (IPv6: /64) may hold open, event
+    /// streams included.
+    pub max_connections_per_address: usize,
     /// Requests per second one source address (IPv6: /64) may make.
     pub per_address_rps: u32,
     /// Burst above that rate.
@@ -79,6 +82,7 @@ impl Default for GatewayConfig {
             body_timeout_s: 30,
             handshake_timeout_s: 10,
             max_connections: 10_000,
+            max_connections_per_address: 256,
             per_address_rps: 100,
             per_address_burst: 200,
             hsts_max_age_s: 31_536_000,
@@ -109,8 +113,9 @@ fn hidden_from_plugins(name: &str) -> bool {
 }
 
 /// Headers a plugin may not set on its answer: framing and connection
-/// headers are the server's, HSTS is the operator's, and cookies on the
-/// shared origin could reach other plugins and tenants.
+/// headers are the server's, HSTS is the operator's, and cookies, service
+/// workers and site-data clearing on the shared origin would reach other
+/// plugins and tenants.
 fn hidden_from_clients(name: &str) -> bool {
     matches!(
         name,
@@ -124,8 +129,60 @@ fn hidden_from_clients(name: &str) -> bool {
             | "strict-transport-security"
             | "set-cookie"
             | "alt-svc"
+            | "service-worker-allowed"
+            | "clear-site-data"
     )
 }
+
+/// A connection's place in the server's limits (total and per address).
+/// Requests carry it so an upgraded event stream keeps holding it after
+/// hyper lets go of the connection.
+pub struct ConnectionSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    counts: std::sync::Arc<Mutex<HashMap<IpAddr, usize>>>,
+    key: IpAddr,
+}
+
+impl ConnectionSlot {
+    /// Takes a slot for `peer`, or `None` when the server or the address
+    /// is at its limit.
+    pub fn take(
+        total: &std::sync::Arc<tokio::sync::Semaphore>,
+        counts: &std::sync::Arc<Mutex<HashMap<IpAddr, usize>>>,
+        peer: IpAddr,
+        per_address: usize,
+    ) -> Option<ConnectionSlot> {
+        let key = limits::address_key(peer);
+        let permit = total.clone().try_acquire_owned().ok()?;
+        let mut map = counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(key).or_default();
+        if *n >= per_address.max(1) {
+            return None;
+        }
+        *n += 1;
+        Some(ConnectionSlot {
+            _permit: permit,
+            counts: counts.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// The slot of the connection a request came on (a request extension).
+#[derive(Clone)]
+pub struct OnConnection(pub std::sync::Arc<ConnectionSlot>);
 
 /// The gateway's state, shared by every connection.
 pub struct Gateway {
@@ -142,6 +199,8 @@ pub struct Gateway {
 pub const TICKET_TTL: Duration = Duration::from_secs(30);
 /// Tickets outstanding at once.
 const MAX_TICKETS: usize = 100_000;
+/// Unused tickets one session may hold.
+const MAX_TICKETS_PER_SESSION: usize = 8;
 
 impl Gateway {
     pub fn new(rt: Runtime, config: GatewayConfig, fingerprint: String) -> Gateway {
@@ -277,10 +336,19 @@ impl Gateway {
             let caller = crate::api::caller(&self.rt, &req)?;
             principal_for(&caller, &tenant, &plugin, &mut host_headers)?
         };
-        let rate = f64::from(route.requests_per_second);
+        // Anonymous callers of public routes share a quarter of the
+        // tenant's rate, so they cannot use up what its users need.
+        let (bucket, rate) = if route.public {
+            (
+                format!("{tenant}#public"),
+                f64::from(route.requests_per_second) / 4.0,
+            )
+        } else {
+            (tenant.clone(), f64::from(route.requests_per_second))
+        };
         if let Err(wait) = self
             .by_tenant
-            .check(&tenant, rate, rate * 2.0, Instant::now())
+            .check(&bucket, rate, rate * 2.0, Instant::now())
         {
             crate::metrics::RATE_LIMITED.inc(&["tenant", &tenant]);
             return Ok(rate_limited(
@@ -371,7 +439,19 @@ impl Gateway {
         let ticket = format!("st1.{}", crate::fsutil::random_hex(24));
         let now = Instant::now();
         let mut tickets = self.tickets.lock().unwrap_or_else(|p| p.into_inner());
-        tickets.retain(|_, (_, at)| now.duration_since(*at) < TICKET_TTL);
+        let mut mine = 0;
+        tickets.retain(|_, (t, at)| {
+            let live = now.duration_since(*at) < TICKET_TTL;
+            mine += usize::from(live && t.as_str() == token);
+            live
+        });
+        if mine >= MAX_TICKETS_PER_SESSION {
+            return Err(ApiError::new(
+                429,
+                "rate_limited",
+                format!("at most {MAX_TICKETS_PER_SESSION} unused stream tickets per session"),
+            ));
+        }
         if tickets.len() >= MAX_TICKETS {
             return Err(ApiError::new(
                 503,
@@ -544,6 +624,14 @@ fn plugin_response(r: crate::runtime::types::Response, request_id: &str) -> Http
     if let Ok(v) = HeaderValue::from_str(request_id) {
         h.insert("x-request-id", v);
     }
+    // Whatever a plugin serves (its own pages, a user's upload) runs with
+    // no origin of its own: no scripts against the shared origin, no
+    // cookies, no storage. Browsers apply every CSP header sent, so a
+    // plugin's own policy can only narrow this one.
+    h.append(
+        hyper::header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("sandbox"),
+    );
     resp
 }
 
@@ -586,6 +674,8 @@ mod tests {
             "set-cookie",
             "strict-transport-security",
             "transfer-encoding",
+            "service-worker-allowed",
+            "clear-site-data",
         ] {
             assert!(hidden_from_clients(h), "{h}");
         }

@@ -16,10 +16,17 @@ use crate::api::{HttpResponse, json_response};
 /// The status document.
 pub async fn route(gw: &Gateway, req: &Request<Incoming>) -> Result<HttpResponse, ApiError> {
     let rt = &gw.rt;
-    let caller = crate::api::bearer(req).and_then(|t| rt.identity().authenticate(&t).ok());
+    // The same checks as the API: no provider-only browser sessions, no
+    // restricted sessions (welcome password, MFA enrolment pending).
+    let caller = crate::api::caller(rt, req)
+        .ok()
+        .filter(|c| c.restriction.is_none());
     let store = match rt.data_store().probe() {
         Ok(()) => json!({ "name": "storage", "state": "up" }),
-        Err(e) => json!({ "name": "storage", "state": "down", "detail": e.to_string() }),
+        Err(e) => {
+            tracing::error!(error = %e, "status: the storage probe failed");
+            json!({ "name": "storage", "state": "down", "detail": "see the server log" })
+        }
     };
     let last_backup = rt.last_backup_times().map(|(last, _)| last);
     let services = vec![

@@ -161,6 +161,10 @@ pub async fn events_route(
         })?),
     };
     let hub = gw.rt.events().clone();
+    // Before subscribing, so a shutdown in between is not missed.
+    let shutdown = hub.shutdown_signal();
+    // The stream keeps its connection's place in the server's limits.
+    let slot = req.extensions_mut().remove::<super::OnConnection>();
     let user = caller.user.clone();
     let sub = hub
         .subscribe(&tenant, &user, last_id)
@@ -175,6 +179,7 @@ pub async fn events_route(
     let rt = gw.rt.clone();
     let max_frame = hub.config().max_client_frame;
     tokio::spawn(async move {
+        let _slot = slot;
         let stream_id = sub.id;
         match on_upgrade.await {
             Ok(upgraded) => {
@@ -187,7 +192,7 @@ pub async fn events_route(
                     Some(config),
                 )
                 .await;
-                run_stream(ws, rt.clone(), token, sub).await;
+                run_stream(ws, rt.clone(), token, sub, shutdown).await;
             }
             Err(e) => tracing::debug!(error = %e, "event stream upgrade failed"),
         }
@@ -219,6 +224,24 @@ pub async fn events_route(
     Ok(resp)
 }
 
+/// Time a client has to take one frame before it counts as gone.
+const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Sends one frame; false when the client is gone or does not read.
+async fn send<S>(ws: &mut WebSocketStream<S>, msg: Message) -> bool
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(SEND_TIMEOUT, ws.send(msg)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            crate::metrics::SLOW_CONSUMERS.inc();
+            false
+        }
+    }
+}
+
 fn close(code: CloseCode, reason: &str) -> Message {
     Message::Close(Some(CloseFrame {
         code,
@@ -232,29 +255,29 @@ async fn run_stream<S>(
     rt: crate::runtime::Runtime,
     token: String,
     mut sub: crate::events::Subscription,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let hello = json!({ "type": "ready", "resumed": !sub.gap && !sub.replay.is_empty() });
-    if ws.send(Message::text(hello.to_string())).await.is_err() {
+    if !send(&mut ws, Message::text(hello.to_string())).await {
         return;
     }
-    if sub.gap && ws.send(Message::text(r#"{"type":"reset"}"#)).await.is_err() {
+    if sub.gap && !send(&mut ws, Message::text(r#"{"type":"reset"}"#)).await {
         return;
     }
     for event in std::mem::take(&mut sub.replay) {
-        if ws.send(Message::text(event.frame.clone())).await.is_err() {
+        if !send(&mut ws, Message::text(event.frame.clone())).await {
             return;
         }
     }
-    let mut shutdown = rt.events().shutdown_signal();
     let mut recheck = tokio::time::interval(rt.events().recheck_every());
     recheck.tick().await;
     let reason = loop {
         tokio::select! {
             event = sub.rx.recv() => match event {
                 Some(e) => {
-                    if ws.send(Message::text(e.frame.clone())).await.is_err() {
+                    if !send(&mut ws, Message::text(e.frame.clone())).await {
                         return;
                     }
                 }
@@ -286,7 +309,7 @@ async fn run_stream<S>(
                     break close(CloseCode::Library(4001), "session ended: sign in again");
                 }
             }
-            _ = shutdown.changed() => break close(CloseCode::Away, "server shutting down"),
+            _ = async { shutdown.wait_for(|stopping| *stopping).await.is_ok() } => break close(CloseCode::Away, "server shutting down"),
         }
     };
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {

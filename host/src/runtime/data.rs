@@ -397,6 +397,8 @@ pub(super) async fn maintenance_loop(weak: Weak<Inner>, interval: Duration) {
         if let Err(e) = inner.trail.checkpoint_all() {
             tracing::error!(error = %e, "cannot sign audit checkpoints");
         }
+        // Forget event backlogs nobody can resume any more.
+        inner.events.sweep();
         let job = {
             let inner: Arc<Inner> = inner.clone();
             tokio::task::spawn_blocking(move || {

@@ -351,6 +351,17 @@ impl Txn {
         self.events.len()
     }
 
+    /// Users named by the queued events.
+    pub fn event_recipients(&self) -> usize {
+        self.events
+            .iter()
+            .map(|e| match &e.audience {
+                crate::events::Audience::Users(u) => u.len(),
+                crate::events::Audience::Group(_) => 0,
+            })
+            .sum()
+    }
+
     /// Takes the queued events (before committing).
     pub fn take_events(&mut self) -> Vec<crate::events::EventDraft> {
         std::mem::take(&mut self.events)
