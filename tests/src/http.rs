@@ -125,11 +125,12 @@ where
 }
 
 /// The gateway settings tests run with: the defaults, but without the
-/// per-address rate limit (every test client is 127.0.0.1).
+/// per-address limits (every test client is 127.0.0.1).
 pub fn test_gateway() -> GatewayConfig {
     GatewayConfig {
         per_address_rps: 1_000_000,
         per_address_burst: 1_000_000,
+        max_connections_per_address: 100_000,
         ..GatewayConfig::default()
     }
 }

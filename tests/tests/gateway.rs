@@ -766,3 +766,46 @@ async fn d1_serve_on_defaults_generates_a_certificate_prints_its_fingerprint_and
     let v: Value = serde_json::from_str(first).unwrap_or_else(|e| panic!("{e}: {first}"));
     assert!(v["level"].is_string() && v["fields"].is_object(), "{first}");
 }
+
+#[tokio::test]
+async fn k5_one_address_cannot_hold_every_connection() {
+    let config = GatewayConfig {
+        max_connections_per_address: 3,
+        ..test_gateway()
+    };
+    let h = Harness::new().unwrap();
+    let s = Server::start_with(h.runtime().clone(), config).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(tls_connect(s.addr).await);
+    }
+    // The fourth is closed before its handshake completes.
+    let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_for(
+        &[&rustls::version::TLS13],
+        &[b"http/1.1"],
+    )));
+    let refused = tokio::time::timeout(
+        Duration::from_secs(10),
+        connector.connect(
+            rustls::pki_types::ServerName::IpAddress(s.addr.ip().into()),
+            tcp,
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(
+        refused.is_err(),
+        "a fourth connection from the address is refused"
+    );
+    // Closing one frees its place.
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(s.call("GET", "/healthz", None, None).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let metrics = s.call("GET", "/metrics", None, None).await.text();
+    assert!(
+        !metrics.contains("switchboard_connections_refused_total 0"),
+        "{metrics}"
+    );
+}
