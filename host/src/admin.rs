@@ -128,6 +128,18 @@ pub enum Op {
         tenant: String,
         name: String,
     },
+    /// The settings of an enabled plugin, defaults filled in.
+    PluginConfigShow {
+        tenant: String,
+        name: String,
+    },
+    /// Replaces the settings of an enabled plugin (validated against its
+    /// manifest's schema); in force from the next call.
+    PluginConfigSet {
+        tenant: String,
+        name: String,
+        config: serde_json::Map<String, Value>,
+    },
     OidcClientList {
         tenant: String,
     },
@@ -296,7 +308,10 @@ fn authorize(
                 deny("see the plugin catalogue")
             }
         }
-        PluginEnable { tenant, .. } | PluginDisable { tenant, .. } => {
+        PluginEnable { tenant, .. }
+        | PluginDisable { tenant, .. }
+        | PluginConfigShow { tenant, .. }
+        | PluginConfigSet { tenant, .. } => {
             if operator || own_tenant(tenant) || assigned(tenant) {
                 Ok(())
             } else {
@@ -591,6 +606,8 @@ fn op_name(op: &Op) -> &'static str {
         PluginList => "plugin-list",
         PluginEnable { .. } => "plugin-enable",
         PluginDisable { .. } => "plugin-disable",
+        PluginConfigShow { .. } => "plugin-config-show",
+        PluginConfigSet { .. } => "plugin-config-set",
         OidcClientList { .. } => "oidc-client-list",
         OidcClientAdd { .. } => "oidc-client-add",
         OidcClientRemove { .. } => "oidc-client-remove",
@@ -624,6 +641,8 @@ fn op_realm(op: &Op) -> Option<Scope> {
         | AuditWrite { realm, .. } => Scope::parse(realm),
         PluginEnable { tenant, .. }
         | PluginDisable { tenant, .. }
+        | PluginConfigShow { tenant, .. }
+        | PluginConfigSet { tenant, .. }
         | OidcClientList { tenant }
         | OidcClientAdd { tenant, .. }
         | OidcClientRemove { tenant, .. }
@@ -848,6 +867,17 @@ async fn run(rt: &Runtime, actor: &Actor, op: Op, granted: bool) -> Result<Value
         PluginDisable { tenant, name } => {
             rt.disable_plugin(&tenant, &name).await?;
             json!({ "disabled": name })
+        }
+        PluginConfigShow { tenant, name } => {
+            json!({ "plugin": name, "config": rt.plugin_config(&tenant, &name)? })
+        }
+        PluginConfigSet {
+            tenant,
+            name,
+            config,
+        } => {
+            rt.set_config(&tenant, &name, config).await?;
+            json!({ "plugin": name, "config": rt.plugin_config(&tenant, &name)? })
         }
         OidcClientList { tenant } => json!({ "clients": crate::oidc::clients(rt, &tenant)? }),
         OidcClientAdd {

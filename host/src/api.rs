@@ -455,6 +455,15 @@ async fn admin_route(
                 grants: b.grants,
             }
         }
+        (&M::GET, ["tenants", t, "plugins", name, "config"]) => Op::PluginConfigShow {
+            tenant: s(t),
+            name: s(name),
+        },
+        (&M::PUT, ["tenants", t, "plugins", name, "config"]) => Op::PluginConfigSet {
+            tenant: s(t),
+            name: s(name),
+            config: parse(&body().await?)?,
+        },
         (&M::DELETE, ["tenants", t, "plugins", name]) => Op::PluginDisable {
             tenant: s(t),
             name: s(name),

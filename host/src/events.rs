@@ -131,6 +131,11 @@ pub struct EventHub {
     next_stream: AtomicU64,
     users: Mutex<HashMap<(String, String), UserStreams>>,
     shutdown: tokio::sync::watch::Sender<bool>,
+    /// Users whose first stream opened or last stream closed since the
+    /// presence loop last looked: (tenant, user) -> online. Only the latest
+    /// state of a user is kept, so flapping connections coalesce.
+    presence: Mutex<HashMap<(String, String), bool>>,
+    presence_changed: tokio::sync::Notify,
 }
 
 /// Process-wide counters the hub keeps for `/metrics`.
@@ -151,6 +156,8 @@ impl EventHub {
             next_stream: AtomicU64::new(1),
             users: Mutex::new(HashMap::new()),
             shutdown: tokio::sync::watch::channel(false).0,
+            presence: Mutex::new(HashMap::new()),
+            presence_changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -206,6 +213,9 @@ impl EventHub {
                 (replay, last < entry.dropped_through)
             }
         };
+        if entry.streams.is_empty() {
+            self.note_presence(tenant, user, true);
+        }
         entry.streams.push(Stream { id, tx });
         ACTIVE_STREAMS.fetch_add(1, Ordering::Relaxed);
         Ok(Subscription {
@@ -225,12 +235,42 @@ impl EventHub {
             entry.streams.retain(|s| s.id != id);
             let removed = before - entry.streams.len();
             ACTIVE_STREAMS.fetch_sub(removed as u64, Ordering::Relaxed);
+            if removed > 0 && entry.streams.is_empty() {
+                self.note_presence(tenant, user, false);
+            }
             self.expire(entry);
             if entry.streams.is_empty() && entry.backlog.is_empty() {
                 users.remove(&key);
                 self.forget();
             }
         }
+    }
+
+    /// Records that `user` went online (first stream) or offline (last
+    /// stream closed). Called with the users lock held, so the order of
+    /// notes matches the order of the transitions.
+    fn note_presence(&self, tenant: &str, user: &str, online: bool) {
+        self.presence
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((tenant.to_string(), user.to_string()), online);
+        self.presence_changed.notify_one();
+    }
+
+    /// Takes the presence transitions noted since the last call: (tenant,
+    /// user, online), the latest state per user.
+    pub fn take_presence(&self) -> Vec<(String, String, bool)> {
+        let mut pending = self.presence.lock().unwrap_or_else(|p| p.into_inner());
+        pending
+            .drain()
+            .map(|((tenant, user), online)| (tenant, user, online))
+            .collect()
+    }
+
+    /// Resolves when a presence transition was noted (or already had been
+    /// since the last `take_presence`).
+    pub async fn presence_changed(&self) {
+        self.presence_changed.notified().await
     }
 
     /// Records that an entry was forgotten: ids up to now may be missing
@@ -469,6 +509,28 @@ mod tests {
         hub.forget();
         let again = hub.subscribe("t", "u", Some(first)).unwrap();
         assert!(again.gap, "events after {first} may be lost: reset");
+    }
+
+    #[tokio::test]
+    async fn presence_notes_the_first_stream_and_the_last_only() {
+        let hub = EventHub::new(EventsConfig::default());
+        let a = hub.subscribe("t", "u1", None).unwrap();
+        let b = hub.subscribe("t", "u1", None).unwrap();
+        assert_eq!(hub.take_presence(), vec![("t".into(), "u1".into(), true)]);
+        hub.unsubscribe("t", "u1", a.id);
+        assert!(hub.take_presence().is_empty(), "one stream is still open");
+        hub.unsubscribe("t", "u1", b.id);
+        hub.unsubscribe("t", "u1", b.id);
+        assert_eq!(hub.take_presence(), vec![("t".into(), "u1".into(), false)]);
+        // Flapping between two looks coalesces to the latest state.
+        let c = hub.subscribe("t", "u2", None).unwrap();
+        hub.unsubscribe("t", "u2", c.id);
+        let _d = hub.subscribe("t", "u2", None).unwrap();
+        assert_eq!(hub.take_presence(), vec![("t".into(), "u2".into(), true)]);
+        // The notification is kept for a waiter that arrives later.
+        tokio::time::timeout(Duration::from_secs(1), hub.presence_changed())
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

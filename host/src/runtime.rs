@@ -458,6 +458,7 @@ impl Runtime {
     pub fn start_background(&self) {
         let weak = Arc::downgrade(&self.inner);
         tokio::spawn(timer_loop(weak.clone()));
+        tokio::spawn(presence_loop(weak.clone()));
         tokio::spawn(data::maintenance_loop(
             weak,
             self.inner.config.retention_sweep_interval,
@@ -1060,6 +1061,24 @@ impl Runtime {
         Ok(())
     }
 
+    /// The settings of an enabled plugin as its calls see them (defaults
+    /// filled in).
+    pub fn plugin_config(
+        &self,
+        tenant: &str,
+        name: &str,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, AdminError> {
+        let t = self.inner.tenant_or_admin_err(tenant)?;
+        let enabled = t
+            .enabled
+            .get(name)
+            .ok_or_else(|| AdminError::PluginNotEnabled {
+                tenant: tenant.to_string(),
+                plugin: name.to_string(),
+            })?;
+        Ok((*enabled.config).clone())
+    }
+
     /// Replaces the admin's settings of an enabled plugin. Takes effect on
     /// the next call.
     pub async fn set_config(
@@ -1344,7 +1363,80 @@ async fn timer_loop(weak: Weak<Inner>) {
     }
 }
 
+/// Tells plugins when users come online (their first event stream opened)
+/// and go offline (their last one closed), as host events on `on-event`
+/// (SPEC C6): kind `presence.changed`, data `{"user", "online", "boot"}`,
+/// to every enabled plugin of the user's tenant granted `events`. At start
+/// each such plugin first gets `presence.reset` (`{"boot"}`): nobody is
+/// connected to a process that just started, whatever a plugin stored.
+async fn presence_loop(weak: Weak<Inner>) {
+    let boot = match weak.upgrade() {
+        Some(inner) => inner.events.boot_id(),
+        None => return,
+    };
+    let reset = serde_json::json!({ "boot": boot }).to_string();
+    if let Some(inner) = weak.upgrade() {
+        let tenants: Vec<Arc<TenantState>> = inner
+            .tenants
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for t in tenants {
+            inner
+                .host_event(&t, "presence.reset", reset.as_bytes())
+                .await;
+        }
+    }
+    loop {
+        let hub = match weak.upgrade() {
+            Some(inner) => inner.events.clone(),
+            None => return,
+        };
+        hub.presence_changed().await;
+        let Some(inner) = weak.upgrade() else { return };
+        for (tenant, user, online) in hub.take_presence() {
+            let Some(t) = inner.tenant(&tenant) else {
+                continue;
+            };
+            let data = serde_json::json!({ "user": user, "online": online, "boot": boot });
+            inner
+                .host_event(&t, "presence.changed", data.to_string().as_bytes())
+                .await;
+        }
+    }
+}
+
 impl Inner {
+    /// Delivers a host event to every enabled plugin of `tenant` granted
+    /// `events`; failures are logged, not retried (presence is a hint).
+    async fn host_event(self: &Arc<Self>, tenant: &Arc<TenantState>, kind: &str, data: &[u8]) {
+        let mut names: Vec<&String> = tenant
+            .enabled
+            .iter()
+            .filter(|(_, e)| e.grants.contains(&Capability::Events))
+            .map(|(name, _)| name)
+            .collect();
+        names.sort();
+        for name in names {
+            let event = Event {
+                source: "host".into(),
+                kind: kind.into(),
+                data: data.to_vec(),
+            };
+            let principal = Principal::system(&tenant.record.id);
+            if let Err(e) = self
+                .call_top(tenant.clone(), name, principal, || {
+                    Invocation::Event(event.clone())
+                })
+                .await
+            {
+                tracing::debug!(tenant = %tenant.record.id, plugin = %name, kind, error = %e, "host event not taken");
+            }
+        }
+    }
+
     fn read_plugins(&self) -> std::sync::RwLockReadGuard<'_, PluginTable> {
         self.plugins.read().unwrap_or_else(|p| p.into_inner())
     }

@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod http;
+pub mod stream;
 
 use std::path::PathBuf;
 
@@ -10,10 +11,11 @@ use switchboard::harness::Harness;
 use switchboard::runtime::{CallError, Response};
 use switchboard::tenant::Limits;
 
-/// The folder of plugin `name`'s sources (first-party or fixture).
+/// The folder of plugin `name`'s sources: a first-party plugin at the top
+/// of `plugins/`, else a fixture.
 pub fn plugin_dir(name: &str) -> PathBuf {
     let src = PathBuf::from(env!("SB_PLUGIN_SRC_DIR"));
-    if name == "example" {
+    if src.join(name).join("plugin.toml").exists() {
         src.join(name)
     } else {
         src.join("fixtures").join(name)

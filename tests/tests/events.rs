@@ -9,13 +9,10 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::Value;
 use switchboard::harness::Harness;
 use switchboard_tests::accounts::{activate, create_user};
-use switchboard_tests::http::{Server, tls_connect};
+use switchboard_tests::http::Server;
+use switchboard_tests::stream::{close_code, connect, next, ready};
 use switchboard_tests::{component, manifest};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
 struct World {
     h: Harness,
@@ -52,60 +49,6 @@ async fn world(adjust: impl FnOnce(&mut switchboard::RuntimeConfig)) -> World {
         bob,
         gina,
     }
-}
-
-/// Opens a stream with `Authorization: Bearer` (or a `?query`).
-async fn connect(s: &Server, token: Option<&str>, query: &str) -> Result<Ws, String> {
-    let mut req = format!("wss://{}/api/v1/events{query}", s.addr)
-        .into_client_request()
-        .unwrap();
-    if let Some(t) = token {
-        req.headers_mut()
-            .insert("authorization", format!("Bearer {t}").parse().unwrap());
-    }
-    let tls = tls_connect(s.addr).await;
-    match tokio_tungstenite::client_async(req, tls).await {
-        Ok((ws, _)) => Ok(ws),
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-            let body = resp.body().clone().unwrap_or_default();
-            Err(format!(
-                "{} {}",
-                resp.status().as_u16(),
-                String::from_utf8_lossy(&body)
-            ))
-        }
-        Err(e) => Err(e.to_string()),
-    }
-}
-
-/// The next JSON frame within `wait`, or `None`.
-async fn next(ws: &mut Ws, wait: Duration) -> Option<Value> {
-    loop {
-        match tokio::time::timeout(wait, ws.next()).await {
-            Ok(Some(Ok(Message::Text(t)))) => return Some(serde_json::from_str(&t).unwrap()),
-            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-            _ => return None,
-        }
-    }
-}
-
-/// The close code the server ended the stream with.
-async fn close_code(ws: &mut Ws) -> Option<u16> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        match tokio::time::timeout_at(deadline, ws.next()).await {
-            Ok(Some(Ok(Message::Close(Some(f))))) => return Some(f.code.into()),
-            Ok(Some(Ok(_))) => continue,
-            _ => return None,
-        }
-    }
-}
-
-async fn ready(s: &Server, token: &str) -> Ws {
-    let mut ws = connect(s, Some(token), "").await.unwrap();
-    let hello = next(&mut ws, Duration::from_secs(10)).await.unwrap();
-    assert_eq!(hello["type"], "ready");
-    ws
 }
 
 async fn publish(w: &World, token: &str, tenant: &str, query: &str, body: &str) -> u16 {
