@@ -22,17 +22,12 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use switchboard::harness::Harness;
 use switchboard::tenant::Limits;
-use switchboard_tests::accounts::{activate, create_user};
 use switchboard_tests::http::{Server, serve_tls, tls_connect};
+use switchboard_tests::load::{keep_alive, line, pct, sign_in};
 use switchboard_tests::{component, manifest};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
 const CONNECTIONS: usize = 16;
-
-fn pct(mut v: Vec<f64>, p: f64) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((v.len() as f64 - 1.0) * p) as usize]
-}
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -43,17 +38,6 @@ fn rss_kib() -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
-}
-
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
-
-async fn keep_alive(addr: SocketAddr) -> Sender {
-    let tls = tls_connect(addr).await;
-    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    sender
 }
 
 /// `CONNECTIONS` keep-alive connections each sending `per_conn` requests
@@ -91,14 +75,6 @@ async fn load(
     (rps, all)
 }
 
-fn line(name: &str, rps: f64, lat: Vec<f64>) {
-    println!(
-        "{name:<38} {rps:>9.0} req/s   p50 {:>6.2} ms   p99 {:>6.2} ms",
-        pct(lat.clone(), 0.5),
-        pct(lat, 0.99)
-    );
-}
-
 /// A plain hyper handler behind a TLS listener configured like the
 /// gateway's (same certificate, same ALPN, same rustls provider).
 async fn native_server() -> SocketAddr {
@@ -108,11 +84,6 @@ async fn native_server() -> SocketAddr {
         )))
     })
     .await
-}
-
-async fn sign_in(h: &Harness, s: &Server, tenant: &str, name: &str) -> String {
-    let (_, welcome) = create_user(h, tenant, name, "user").await;
-    activate(s, Some(tenant), name, &welcome).await
 }
 
 fn get(addr: SocketAddr, path: &str, token: &str) -> hyper::Request<Full<Bytes>> {

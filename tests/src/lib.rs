@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod http;
+pub mod load;
 pub mod stream;
 
 use std::path::PathBuf;

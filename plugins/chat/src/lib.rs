@@ -469,7 +469,7 @@ fn list_conversations(req: &Request, _: &Params) -> Reply {
         }
         out.push((conv.last_at, conversation_view(&conv, member.as_ref())?));
     }
-    out.sort_by(|a, b| b.0.cmp(&a.0));
+    out.sort_by_key(|c| std::cmp::Reverse(c.0));
     let next = page
         .next
         .map(|k| String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
@@ -642,7 +642,7 @@ fn remove_member(req: &Request, p: &Params) -> Reply {
     let conv = load_conversation(cid)?;
     let is_member = kv::get(model::member(cid, &me))?.is_some();
     // Anyone may leave; members and tenant admins may remove others.
-    if !is_member && !(req.is_admin() && req.principal.kind != PrincipalKind::Guest) {
+    if !(is_member || req.is_admin() && req.principal.kind != PrincipalKind::Guest) {
         return Err(not_found_conversation());
     }
     text::user_id(target)?;
@@ -674,12 +674,10 @@ fn list_messages(req: &Request, p: &Params) -> Reply {
     let after = seq_param("after")?;
     let mut messages = Vec::new();
     match (before, after) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::bad_request(
-                "invalid_cursor",
-                "give before (newest first) or after (oldest first), not both",
-            ));
-        }
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "invalid_cursor",
+            "give before (newest first) or after (oldest first), not both",
+        )),
         (_, Some(after)) => {
             // Oldest first from a cursor: seqs are dense, so fetch them.
             let end = conv.last_seq.min(after.saturating_add(limit as u64));
@@ -689,10 +687,10 @@ fn list_messages(req: &Request, p: &Params) -> Reply {
                 }
             }
             let next = (end < conv.last_seq).then_some(end);
-            return Ok(http::json(
+            Ok(http::json(
                 200,
                 &json!({ "messages": messages, "next_after": next }),
-            ));
+            ))
         }
         (before, None) => {
             let start = before.map(|b| model::message(&conv.id, b).into_bytes());
@@ -1585,15 +1583,16 @@ fn purge(cid: &str) -> Result<(), ApiError> {
     for prefix in model::purge_prefixes(cid) {
         let page = kv::scan(&prefix, None, budget)?;
         for e in &page.entries {
-            if prefix.starts_with("a/") {
-                if let Ok(a) = serde_json::from_slice::<Attachment>(&e.value) {
-                    blobs::delete(&a.blob)?;
-                }
-            } else if prefix.starts_with("cm/") {
-                if let Ok(m) = serde_json::from_slice::<Member>(&e.value) {
-                    kv::delete(model::user_conversation(&m.user, cid))?;
-                    events::leave_group(&model::group(cid), &m.user)?;
-                }
+            if prefix.starts_with("a/")
+                && let Ok(a) = serde_json::from_slice::<Attachment>(&e.value)
+            {
+                blobs::delete(&a.blob)?;
+            }
+            if prefix.starts_with("cm/")
+                && let Ok(m) = serde_json::from_slice::<Member>(&e.value)
+            {
+                kv::delete(model::user_conversation(&m.user, cid))?;
+                events::leave_group(&model::group(cid), &m.user)?;
             }
             kv::delete(&e.key)?;
         }

@@ -1,0 +1,45 @@
+//! Load-generation helpers shared by the benchmarks: keep-alive HTTPS
+//! clients, percentiles, one-line reports, signed-in users.
+
+use std::net::SocketAddr;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use switchboard::harness::Harness;
+
+use crate::accounts::{activate, create_user};
+use crate::http::{Server, tls_connect};
+
+/// The `p` quantile (0-1) of `v`.
+pub fn pct(mut v: Vec<f64>, p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() as f64 - 1.0) * p) as usize]
+}
+
+/// One report line: rate and p50/p99 latency.
+pub fn line(name: &str, rps: f64, lat: Vec<f64>) {
+    println!(
+        "{name:<38} {rps:>9.0} req/s   p50 {:>6.2} ms   p99 {:>6.2} ms",
+        pct(lat.clone(), 0.5),
+        pct(lat, 0.99)
+    );
+}
+
+/// An HTTP/1.1 sender over one keep-alive TLS connection.
+pub type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// A keep-alive TLS connection to `addr`.
+pub async fn keep_alive(addr: SocketAddr) -> Sender {
+    let tls = tls_connect(addr).await;
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// Creates `name` in `tenant` and returns a session token.
+pub async fn sign_in(h: &Harness, s: &Server, tenant: &str, name: &str) -> String {
+    let (_, welcome) = create_user(h, tenant, name, "user").await;
+    activate(s, Some(tenant), name, &welcome).await
+}
