@@ -1202,6 +1202,19 @@ async fn c8_search_finds_words_in_my_conversations_only() {
     )
     .await;
     assert_eq!(r.code(), "conversation_not_found");
+    // Key names are not encrypted at rest: no word of a message is in one.
+    let keys =
+        w.h.runtime()
+            .data_store()
+            .scan_raw(b"t/acme/k/chat/", None, 100_000)
+            .unwrap();
+    assert!(keys.len() > 20);
+    for (k, _) in &keys {
+        let k = String::from_utf8_lossy(k).to_lowercase();
+        for word in ["budget", "bud", "quarterly", "dinner", "secret", "search"] {
+            assert!(!k.contains(word), "{word} in key {k}");
+        }
+    }
     for q in ["", "a", "%21%21", &"x".repeat(201)] {
         let r = chat(&w, &w.alice.1, "GET", &format!("/search?q={q}"), None).await;
         assert_eq!(r.code(), "invalid_query", "{q}");

@@ -297,16 +297,31 @@ fn message_target(cid: &str, seq: u64) -> String {
     format!("conversation/{cid}/message/{seq}")
 }
 
+/// The index tag of a word: a keyed hash (HMAC-SHA-256 under a key the
+/// host holds for this tenant's chat) of its first three characters. Key
+/// names are not encrypted at rest, so words never appear in them; several
+/// words share a tag, and search checks each candidate message.
+fn index_tag(word: &str) -> Result<String, ApiError> {
+    let head: String = word.chars().take(text::TAG_CHARS).collect();
+    let mac = crypto::hmac_sha256("search-index", head.as_bytes())?;
+    Ok(mac[..12].iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The distinct index tags of a text.
+fn index_tags(body: &str) -> Result<BTreeSet<String>, ApiError> {
+    text::tokens(body).iter().map(|t| index_tag(t)).collect()
+}
+
 fn index_message(cid: &str, seq: u64, body: &str) -> Result<(), ApiError> {
-    for t in text::tokens(body) {
-        kv::set(model::index(cid, &t, seq), b"")?;
+    for tag in index_tags(body)? {
+        kv::set(model::index(cid, &tag, seq), b"")?;
     }
     Ok(())
 }
 
 fn unindex_message(cid: &str, seq: u64, body: &str) -> Result<(), ApiError> {
-    for t in text::tokens(body) {
-        kv::delete(model::index(cid, &t, seq))?;
+    for tag in index_tags(body)? {
+        kv::delete(model::index(cid, &tag, seq))?;
     }
     Ok(())
 }
@@ -777,7 +792,9 @@ fn post_message(req: &Request, p: &Params) -> Reply {
                     "client_id is 1-64 of [A-Za-z0-9._-]",
                 ));
             }
-            let key = model::client_id(&cid, &me, c);
+            let mac = crypto::hmac_sha256("client-id", c.as_bytes())?;
+            let hashed: String = mac[..16].iter().map(|b| format!("{b:02x}")).collect();
+            let key = model::client_id(&cid, &me, &hashed);
             if let Some(seq) = kv::get(&key)? {
                 let seq = String::from_utf8_lossy(&seq).parse::<u64>().unwrap_or(0);
                 return Ok(http::json(200, &load_message(&cid, seq)?));
@@ -1201,6 +1218,8 @@ fn parse_range(header: &str, size: u64) -> Option<(u64, u64)> {
 
 /// Most index entries read per query word and conversation.
 const SEARCH_SCAN: u32 = 500;
+/// Most candidate messages checked per conversation.
+const SEARCH_CHECK: usize = 200;
 
 fn search(req: &Request, _: &Params) -> Reply {
     let me = req.user()?.to_string();
@@ -1243,12 +1262,17 @@ fn search(req: &Request, _: &Params) -> Reply {
             out
         }
     };
+    let mut tags = Vec::new();
+    for w in &words {
+        tags.push(index_tag(w)?);
+    }
     let mut hits: Vec<Message> = Vec::new();
     for cid in &conversations {
-        // Every word must start a word of the message (prefix match).
+        // Candidates carry every word's tag; a candidate matches when each
+        // query word begins a word of its text.
         let mut found: Option<BTreeSet<u64>> = None;
-        for w in &words {
-            let page = kv::scan(model::index_prefix(cid, w), None, SEARCH_SCAN)?;
+        for tag in &tags {
+            let page = kv::scan(model::index_prefix(cid, tag), None, SEARCH_SCAN)?;
             let seqs: BTreeSet<u64> = page
                 .entries
                 .iter()
@@ -1262,11 +1286,26 @@ fn search(req: &Request, _: &Params) -> Reply {
                 break;
             }
         }
-        for seq in found.unwrap_or_default().into_iter().rev().take(limit) {
-            if let Some(m) = kv::get_json::<Message>(model::message(cid, seq))?
-                && m.deleted.is_none()
-            {
+        let mut matched = 0;
+        for seq in found
+            .unwrap_or_default()
+            .into_iter()
+            .rev()
+            .take(SEARCH_CHECK)
+        {
+            let Some(m) = kv::get_json::<Message>(model::message(cid, seq))? else {
+                continue;
+            };
+            let have = text::tokens(&m.text);
+            let all = words
+                .iter()
+                .all(|w| have.iter().any(|t| t.starts_with(w.as_str())));
+            if m.deleted.is_none() && all {
                 hits.push(m);
+                matched += 1;
+                if matched == limit {
+                    break;
+                }
             }
         }
     }

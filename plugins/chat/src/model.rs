@@ -11,13 +11,15 @@
 //! | `m/{cid}/{!seq}`                 | [`Message`] (newest first)           |
 //! | `h/{cid}/{seq}/{n}`              | [`Revision`]: an earlier text        |
 //! | `a/{cid}/{aid}`                  | [`Attachment`]                       |
-//! | `i/{cid}/{token}/{!seq}`         | empty: search index                  |
-//! | `ci/{cid}/{user}/{client id}`    | seq of an idempotent post            |
+//! | `i/{cid}/{tag}/{!seq}`           | empty: search index (tag: keyed hash of a word's first letters) |
+//! | `ci/{cid}/{user}/{client hash}`  | seq of an idempotent post            |
 //! | `p/{user}`                       | [`Presence`]                         |
 //! | `pb`                             | boot id of the running host          |
 //!
 //! `{!seq}` is `u64::MAX - seq` in 16 hex digits, so a forward scan lists
 //! the newest message first; `{seq}` and `{n}` are fixed-width hex too.
+//! Key names are not encrypted at rest (values are), so keys hold only
+//! random ids, user ids and hashes — never message text, names or titles.
 
 use serde::{Deserialize, Serialize};
 
@@ -212,12 +214,12 @@ pub fn attachment(cid: &str, aid: &str) -> String {
     format!("a/{cid}/{aid}")
 }
 
-pub fn index(cid: &str, token: &str, seq: u64) -> String {
-    format!("i/{cid}/{token}/{}", inv(seq))
+pub fn index(cid: &str, tag: &str, seq: u64) -> String {
+    format!("i/{cid}/{tag}/{}", inv(seq))
 }
 
-pub fn index_prefix(cid: &str, token_prefix: &str) -> String {
-    format!("i/{cid}/{token_prefix}")
+pub fn index_prefix(cid: &str, tag: &str) -> String {
+    format!("i/{cid}/{tag}/")
 }
 
 /// The seq at the end of an index key.

@@ -161,6 +161,10 @@ pub fn resource(r: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Characters of a word its index tag is made from: a query word of at
+/// least this many characters finds every word it begins.
+pub const TAG_CHARS: usize = 3;
+
 /// Most tokens indexed per message.
 pub const MAX_TOKENS: usize = 64;
 /// Longest token kept (characters); longer words are cut.
