@@ -305,6 +305,53 @@ async fn c1_direct_and_group_conversations_with_their_members_only() {
     )
     .await;
     assert_eq!(r.code(), "member_not_found");
+    // Past the member cap a change is refused whole.
+    let mut cfg = serde_json::Map::new();
+    cfg.insert("max-group-members".into(), 3.into());
+    w.h.runtime().set_config("acme", "chat", cfg).await.unwrap();
+    let r = chat(
+        &w,
+        &w.alice.1,
+        "POST",
+        &format!("/conversations/{g}/members"),
+        Some(json!({"users": ["carol", "boss"]})),
+    )
+    .await;
+    assert_eq!((r.status, r.code().as_str()), (413, "too_many_members"));
+    let r = chat(&w, &w.carol.1, "GET", &format!("/conversations/{g}"), None).await;
+    assert_eq!(r.status, 404, "nothing of the refused change was kept");
+    // A tenant admin who is not a member manages members but cannot read
+    // the group by adding themselves.
+    let r = chat(
+        &w,
+        &w.admin.1,
+        "POST",
+        &format!("/conversations/{g}/members"),
+        Some(json!({"users": ["boss"]})),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = chat(
+        &w,
+        &w.admin.1,
+        "POST",
+        &format!("/conversations/{g}/members"),
+        Some(json!({"users": ["carol"]})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        chat(
+            &w,
+            &w.admin.1,
+            "GET",
+            &format!("/conversations/{g}/messages"),
+            None
+        )
+        .await
+        .status,
+        404
+    );
     // The membership changes are in the tenant's audit trail.
     let actions = audit_actions(&w);
     assert!(actions.iter().any(|(a, _)| a == "chat.member.add"));

@@ -572,9 +572,22 @@ fn add_members(req: &Request, p: &Params) -> Reply {
     }
     let body: Users = req.json()?;
     group_only(&conv)?;
+    if body.users.is_empty() || body.users.len() > 1000 {
+        return Err(ApiError::bad_request(
+            "invalid_users",
+            "name 1-1000 users to add",
+        ));
+    }
     let mut users = BTreeSet::new();
     for u in &body.users {
         users.insert(resolve_user(u)?);
+    }
+    // An admin who is not a member manages the group but cannot read it
+    // by joining it.
+    if !is_member && users.contains(&me) {
+        return Err(ApiError::forbidden(
+            "tenant admins who are not members may not add themselves",
+        ));
     }
     change_members(conv, &me, &users, &BTreeSet::new())
 }
@@ -611,18 +624,25 @@ fn change_members(
     } else {
         setting_int("max-group-members", 1000) as u32
     };
-    let mut added = Vec::new();
+    // Count first: a refused change writes nothing.
+    let mut new = 0u32;
     for u in add {
-        if add_member(&mut conv, u, by, now)? {
-            added.push(u.clone());
+        if kv::get(model::member(&conv.id, u))?.is_none() {
+            new += 1;
         }
     }
-    if conv.members > max {
+    if conv.members.saturating_add(new) > max {
         return Err(ApiError::new(
             413,
             "too_many_members",
             format!("this conversation has at most {max} members"),
         ));
+    }
+    let mut added = Vec::new();
+    for u in add {
+        if add_member(&mut conv, u, by, now)? {
+            added.push(u.clone());
+        }
     }
     let mut removed = Vec::new();
     for u in remove {
@@ -1564,6 +1584,12 @@ fn owned_add_members(req: &Request, p: &Params) -> Reply {
     let plugin = owner(req)?;
     let conv = owned_conversation(&plugin, param(p, "resource"))?;
     let body: Users = req.json()?;
+    if body.users.is_empty() || body.users.len() > 10_000 {
+        return Err(ApiError::bad_request(
+            "invalid_users",
+            "name 1-10000 users to add",
+        ));
+    }
     body.users.iter().try_for_each(|u| text::user_id(u))?;
     let by = req.principal.user.clone().unwrap_or(plugin);
     change_members(
