@@ -22,7 +22,7 @@ use serde_json::json;
 use switchboard::harness::Harness;
 use switchboard::tenant::Limits;
 use switchboard_tests::http::Server;
-use switchboard_tests::load::{keep_alive, line, pct, sign_in};
+use switchboard_tests::load::{MakeRequest, keep_alive, line, load, pct, sign_in};
 use switchboard_tests::stream::{next, ready};
 use switchboard_tests::{component, manifest};
 
@@ -70,9 +70,9 @@ fn post_request(
     .unwrap()
 }
 
-/// `CONNECTIONS` posters, poster `c` as `tokens[c]` into `cids[c]`, each
-/// posting `per_conn` messages; records send instants; returns (posts/s,
-/// request latencies in ms).
+/// `CONNECTIONS` posters, poster `c` as `tokens[c]` into `cids[c]` (both
+/// cycled), each posting `per_conn` messages; records send instants;
+/// returns (posts/s, request latencies in ms).
 async fn post_load(
     s: &Server,
     tokens: &[String],
@@ -82,36 +82,20 @@ async fn post_load(
     d: &Arc<Deliveries>,
 ) -> (f64, Vec<f64>) {
     let addr = s.addr;
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..CONNECTIONS {
-        let token = tokens[c % tokens.len()].clone();
-        let cid = cids[c % cids.len()].clone();
-        let d = d.clone();
-        let tag = tag.to_string();
-        tasks.push(tokio::spawn(async move {
-            let mut sender = keep_alive(addr).await;
-            let mut lat = Vec::with_capacity(per_conn);
-            for i in 0..per_conn {
-                let text = format!("{tag}-{c}-{i}");
-                let req = post_request(addr, &cid, &token, &text);
-                let t = Instant::now();
-                d.sent.lock().unwrap().insert(text, t);
-                sender.ready().await.unwrap();
-                let resp = sender.send_request(req).await.unwrap();
-                let status = resp.status();
-                let body = resp.into_body().collect().await.unwrap().to_bytes();
-                assert!(status.is_success(), "{status} {body:?}");
-                lat.push(t.elapsed().as_secs_f64() * 1e3);
-            }
-            lat
-        }));
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    (all.len() as f64 / started.elapsed().as_secs_f64(), all)
+    let (tokens, cids, d, tag) = (tokens.to_vec(), cids.to_vec(), d.clone(), tag.to_string());
+    let make: MakeRequest = Arc::new(move |n| {
+        let c = n / per_conn;
+        let text = format!("{tag}-{n}");
+        let req = post_request(
+            addr,
+            &cids[c % cids.len()],
+            &tokens[c % tokens.len()],
+            &text,
+        );
+        d.sent.lock().unwrap().insert(text, Instant::now());
+        req
+    });
+    load(addr, CONNECTIONS, per_conn, make).await
 }
 
 fn main() {

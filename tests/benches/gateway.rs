@@ -23,7 +23,7 @@ use hyper::body::Bytes;
 use switchboard::harness::Harness;
 use switchboard::tenant::Limits;
 use switchboard_tests::http::{Server, serve_tls, tls_connect};
-use switchboard_tests::load::{keep_alive, line, pct, sign_in};
+use switchboard_tests::load::{line, load, pct, sign_in};
 use switchboard_tests::{component, manifest};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
@@ -38,41 +38,6 @@ fn rss_kib() -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
-}
-
-/// `CONNECTIONS` keep-alive connections each sending `per_conn` requests
-/// built by `make(i)`; returns (requests/s, latencies in ms).
-async fn load(
-    addr: SocketAddr,
-    per_conn: usize,
-    make: Arc<dyn Fn(usize) -> hyper::Request<Full<Bytes>> + Send + Sync>,
-) -> (f64, Vec<f64>) {
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..CONNECTIONS {
-        let make = make.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut sender = keep_alive(addr).await;
-            let mut lat = Vec::with_capacity(per_conn);
-            for i in 0..per_conn {
-                let req = make(c * per_conn + i);
-                let t = Instant::now();
-                sender.ready().await.unwrap();
-                let resp = sender.send_request(req).await.unwrap();
-                let status = resp.status();
-                let _ = resp.into_body().collect().await.unwrap();
-                assert!(status.is_success(), "{status}");
-                lat.push(t.elapsed().as_secs_f64() * 1e3);
-            }
-            lat
-        }));
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    let rps = all.len() as f64 / started.elapsed().as_secs_f64();
-    (rps, all)
 }
 
 /// A plain hyper handler behind a TLS listener configured like the
@@ -137,6 +102,7 @@ async fn bench(h: &Harness, s: &Server, native: SocketAddr) {
     let token = alice.clone();
     load(
         addr,
+        CONNECTIONS,
         50,
         Arc::new(move |_| get(addr, "/api/v1/t/acme/p/relay/hello", &token)),
     )
@@ -144,6 +110,7 @@ async fn bench(h: &Harness, s: &Server, native: SocketAddr) {
     let token = alice.clone();
     let (rps, lat) = load(
         addr,
+        CONNECTIONS,
         1000,
         Arc::new(move |_| get(addr, "/api/v1/t/acme/p/relay/hello", &token)),
     )
@@ -153,6 +120,7 @@ async fn bench(h: &Harness, s: &Server, native: SocketAddr) {
     let token = alice.clone();
     let (rps, lat) = load(
         addr,
+        CONNECTIONS,
         500,
         Arc::new(move |i| {
             hyper::Request::post(format!("/api/v1/t/acme/p/relay/kv/key{i}"))
@@ -164,8 +132,20 @@ async fn bench(h: &Harness, s: &Server, native: SocketAddr) {
     )
     .await;
     line("plugin route writing 256 B to kv", rps, lat);
-    load(native, 50, Arc::new(move |_| get(native, "/hello", ""))).await;
-    let (rps, lat) = load(native, 1000, Arc::new(move |_| get(native, "/hello", ""))).await;
+    load(
+        native,
+        CONNECTIONS,
+        50,
+        Arc::new(move |_| get(native, "/hello", "")),
+    )
+    .await;
+    let (rps, lat) = load(
+        native,
+        CONNECTIONS,
+        1000,
+        Arc::new(move |_| get(native, "/hello", "")),
+    )
+    .await;
     line("native hyper handler (same TLS)", rps, lat);
     println!(
         "  plugin route / native handler throughput: {:.2}",

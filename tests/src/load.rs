@@ -2,8 +2,10 @@
 //! clients, percentiles, one-line reports, signed-in users.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
 
-use http_body_util::Full;
+use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use switchboard::harness::Harness;
 
@@ -42,4 +44,43 @@ pub async fn keep_alive(addr: SocketAddr) -> Sender {
 pub async fn sign_in(h: &Harness, s: &Server, tenant: &str, name: &str) -> String {
     let (_, welcome) = create_user(h, tenant, name, "user").await;
     activate(s, Some(tenant), name, &welcome).await
+}
+
+/// Builds request number `n` (connection `n / per_conn`, its `n % per_conn`th).
+pub type MakeRequest = Arc<dyn Fn(usize) -> hyper::Request<Full<Bytes>> + Send + Sync>;
+
+/// `connections` keep-alive connections each sending `per_conn` requests
+/// built by `make`, one after another; every answer must be a success.
+/// Returns (requests/s, latencies in ms).
+pub async fn load(
+    addr: SocketAddr,
+    connections: usize,
+    per_conn: usize,
+    make: MakeRequest,
+) -> (f64, Vec<f64>) {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let make = make.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut sender = keep_alive(addr).await;
+            let mut lat = Vec::with_capacity(per_conn);
+            for i in 0..per_conn {
+                let req = make(c * per_conn + i);
+                let t = Instant::now();
+                sender.ready().await.unwrap();
+                let resp = sender.send_request(req).await.unwrap();
+                let status = resp.status();
+                let body = resp.into_body().collect().await.unwrap().to_bytes();
+                assert!(status.is_success(), "{status} {body:?}");
+                lat.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    (all.len() as f64 / started.elapsed().as_secs_f64(), all)
 }

@@ -120,6 +120,32 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+impl Conversation {
+    /// A new conversation with no members yet, id drawn at random.
+    fn new(
+        kind: Kind,
+        title: Option<String>,
+        created_by: &str,
+        now: u64,
+        owner: Option<String>,
+        resource: Option<String>,
+    ) -> Conversation {
+        Conversation {
+            id: new_id(),
+            kind,
+            title,
+            created_by: created_by.to_string(),
+            created_at: now,
+            last_seq: 0,
+            last_at: now,
+            members: 0,
+            owner,
+            resource,
+            deleted: false,
+        }
+    }
+}
+
 fn new_id() -> String {
     crypto::random_bytes(16)
         .iter()
@@ -382,19 +408,7 @@ fn create_conversation(req: &Request, _: &Params) -> Reply {
                 let member = kv::get_json::<Member>(model::member(&cid, &me))?;
                 return Ok(http::json(200, &conversation_view(&conv, member.as_ref())?));
             }
-            let mut conv = Conversation {
-                id: new_id(),
-                kind: Kind::Direct,
-                title: None,
-                created_by: me.clone(),
-                created_at: now,
-                last_seq: 0,
-                last_at: now,
-                members: 0,
-                owner: None,
-                resource: None,
-                deleted: false,
-            };
+            let mut conv = Conversation::new(Kind::Direct, None, &me, now, None, None);
             add_member(&mut conv, &me, &me, now)?;
             add_member(&mut conv, &other, &me, now)?;
             kv::set(&pair, conv.id.as_bytes())?;
@@ -422,19 +436,7 @@ fn create_conversation(req: &Request, _: &Params) -> Reply {
                 }
             }
             users.remove(&me);
-            let mut conv = Conversation {
-                id: new_id(),
-                kind: Kind::Group,
-                title: Some(title),
-                created_by: me.clone(),
-                created_at: now,
-                last_seq: 0,
-                last_at: now,
-                members: 0,
-                owner: None,
-                resource: None,
-                deleted: false,
-            };
+            let mut conv = Conversation::new(Kind::Group, Some(title), &me, now, None, None);
             add_member(&mut conv, &me, &me, now)?;
             for u in &users {
                 add_member(&mut conv, u, &me, now)?;
@@ -1546,19 +1548,14 @@ fn owned_create(req: &Request, _: &Params) -> Reply {
     }
     let now = now_ms();
     let by = req.principal.user.clone().unwrap_or_else(|| plugin.clone());
-    let mut conv = Conversation {
-        id: new_id(),
-        kind: Kind::Owned,
-        title: Some(title),
-        created_by: by.clone(),
-        created_at: now,
-        last_seq: 0,
-        last_at: now,
-        members: 0,
-        owner: Some(plugin),
-        resource: Some(body.resource),
-        deleted: false,
-    };
+    let mut conv = Conversation::new(
+        Kind::Owned,
+        Some(title),
+        &by,
+        now,
+        Some(plugin),
+        Some(body.resource),
+    );
     for u in &members {
         add_member(&mut conv, u, &by, now)?;
     }
