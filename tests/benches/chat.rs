@@ -207,7 +207,15 @@ async fn bench(h: &Harness, s: &Server) {
     d.reset();
     let per_conn = 40;
     let started = Instant::now();
-    let (rps, lat) = post_load(s, &tokens, &[group.clone()], per_conn, "load", &d).await;
+    let (rps, lat) = post_load(
+        s,
+        &tokens,
+        std::slice::from_ref(&group),
+        per_conn,
+        "load",
+        &d,
+    )
+    .await;
     line("posts into one 100-member group", rps, lat);
     let expected = CONNECTIONS * per_conn * MEMBERS;
     d.wait_for(expected).await;
@@ -225,12 +233,12 @@ async fn bench(h: &Harness, s: &Server) {
     // Separate conversations: member c talks to member c+16, whose
     // stream is open too.
     let mut cids = Vec::new();
-    for c in 0..CONNECTIONS {
+    for (c, token) in tokens.iter().enumerate().take(CONNECTIONS) {
         let r = s
             .call(
                 "POST",
                 "/api/v1/t/acme/p/chat/conversations",
-                Some(&tokens[c]),
+                Some(token),
                 Some(&json!({"kind": "direct", "user": format!("member{}", c + CONNECTIONS)})),
             )
             .await;

@@ -23,7 +23,7 @@ use hyper::body::Bytes;
 use switchboard::harness::Harness;
 use switchboard::tenant::Limits;
 use switchboard_tests::http::{Server, serve_tls, tls_connect};
-use switchboard_tests::load::{line, load, pct, sign_in};
+use switchboard_tests::load::{keep_alive, line, load, pct, sign_in};
 use switchboard_tests::{component, manifest};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
