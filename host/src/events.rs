@@ -257,6 +257,17 @@ impl EventHub {
         self.presence_changed.notify_one();
     }
 
+    /// Puts back a transition whose delivery failed, unless a newer one
+    /// was noted meanwhile.
+    pub fn retry_presence(&self, tenant: &str, user: &str, online: bool) {
+        self.presence
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((tenant.to_string(), user.to_string()))
+            .or_insert(online);
+        self.presence_changed.notify_one();
+    }
+
     /// Takes the presence transitions noted since the last call: (tenant,
     /// user, online), the latest state per user.
     pub fn take_presence(&self) -> Vec<(String, String, bool)> {
@@ -334,6 +345,7 @@ impl EventHub {
             };
             entry.backlog.push_back((id, event.clone()));
             self.expire(entry);
+            let had_streams = !entry.streams.is_empty();
             entry
                 .streams
                 .retain(|s| match s.tx.try_send(event.clone()) {
@@ -353,6 +365,11 @@ impl EventHub {
                         false
                     }
                 });
+            // Cutting off the last stream here is going offline: the
+            // stream's own unsubscribe will find nothing left to remove.
+            if had_streams && entry.streams.is_empty() {
+                self.note_presence(tenant, user, false);
+            }
         }
         crate::metrics::EVENTS_DELIVERED.add(queued as u64);
         queued
@@ -531,6 +548,24 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(1), hub.presence_changed())
             .await
             .unwrap();
+        // A last stream cut off as a slow consumer is going offline too.
+        let slow = EventHub::new(EventsConfig {
+            queue: 1,
+            ..EventsConfig::default()
+        });
+        let s = slow.subscribe("t", "u3", None).unwrap();
+        slow.take_presence();
+        let users = vec!["u3".to_string()];
+        slow.deliver("t", "p", &users, "k", b"1");
+        slow.deliver("t", "p", &users, "k", b"2");
+        assert_eq!(slow.take_presence(), vec![("t".into(), "u3".into(), false)]);
+        slow.unsubscribe("t", "u3", s.id);
+        assert!(slow.take_presence().is_empty());
+        // A failed delivery is put back unless something newer came.
+        slow.retry_presence("t", "u3", false);
+        let _again = slow.subscribe("t", "u3", None).unwrap();
+        slow.retry_presence("t", "u3", false);
+        assert_eq!(slow.take_presence(), vec![("t".into(), "u3".into(), true)]);
     }
 
     #[tokio::test]

@@ -1096,8 +1096,25 @@ impl Runtime {
                 plugin: name.to_string(),
             });
         };
-        enabled.config = config;
+        // What changed, by key (values may be sensitive; names are not).
+        let mut changed: Vec<&String> = config
+            .iter()
+            .filter(|(k, v)| enabled.config.get(*k) != Some(*v))
+            .map(|(k, _)| k)
+            .chain(enabled.config.keys().filter(|k| !config.contains_key(*k)))
+            .collect();
+        changed.sort();
+        changed.dedup();
+        let details = serde_json::json!({ "changed": changed }).to_string();
+        enabled.config = config.clone();
         self.inner.save_tenant(record.clone(), Some(&current))?;
+        self.inner.audit(
+            &Scope::tenant(tenant),
+            "plugin.config.set",
+            name,
+            outcome::SUCCESS,
+            &details,
+        );
         Ok(())
     }
 
@@ -1396,22 +1413,39 @@ async fn presence_loop(weak: Weak<Inner>) {
         };
         hub.presence_changed().await;
         let Some(inner) = weak.upgrade() else { return };
+        let mut failed = false;
         for (tenant, user, online) in hub.take_presence() {
             let Some(t) = inner.tenant(&tenant) else {
                 continue;
             };
             let data = serde_json::json!({ "user": user, "online": online, "boot": boot });
-            inner
+            if !inner
                 .host_event(&t, "presence.changed", data.to_string().as_bytes())
-                .await;
+                .await
+            {
+                // Busy or failing plugin: try again shortly, unless a newer
+                // transition of this user arrives first.
+                hub.retry_presence(&tenant, &user, online);
+                failed = true;
+            }
+        }
+        drop(inner);
+        if failed {
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 }
 
 impl Inner {
     /// Delivers a host event to every enabled plugin of `tenant` granted
-    /// `events`; failures are logged, not retried (presence is a hint).
-    async fn host_event(self: &Arc<Self>, tenant: &Arc<TenantState>, kind: &str, data: &[u8]) {
+    /// `events`; returns whether every one took it (failures are logged).
+    async fn host_event(
+        self: &Arc<Self>,
+        tenant: &Arc<TenantState>,
+        kind: &str,
+        data: &[u8],
+    ) -> bool {
+        let mut all = true;
         let mut names: Vec<&String> = tenant
             .enabled
             .iter()
@@ -1433,8 +1467,10 @@ impl Inner {
                 .await
             {
                 tracing::debug!(tenant = %tenant.record.id, plugin = %name, kind, error = %e, "host event not taken");
+                all = false;
             }
         }
+        all
     }
 
     fn read_plugins(&self) -> std::sync::RwLockReadGuard<'_, PluginTable> {

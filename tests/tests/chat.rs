@@ -352,6 +352,19 @@ async fn c1_direct_and_group_conversations_with_their_members_only() {
         .status,
         404
     );
+    // Lowering the cap below a group's size still lets members leave.
+    let mut cfg = serde_json::Map::new();
+    cfg.insert("max-group-members".into(), 2.into());
+    w.h.runtime().set_config("acme", "chat", cfg).await.unwrap();
+    let r = chat(
+        &w,
+        &w.carol.1,
+        "DELETE",
+        &format!("/conversations/{g}/members/{}", w.carol.0),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
     // The membership changes are in the tenant's audit trail.
     let actions = audit_actions(&w);
     assert!(actions.iter().any(|(a, _)| a == "chat.member.add"));
@@ -549,6 +562,22 @@ async fn c2_messages_page_and_bad_input_stores_nothing() {
     assert_eq!(again.status, 200);
     assert_eq!(first.json()["seq"], again.json()["seq"]);
     assert_eq!(last_seq(&w, &g).await, 127);
+    // Also when the first post took an attachment with it.
+    let up = raw(
+        &w,
+        &w.alice.1,
+        "POST",
+        &format!("/conversations/{g}/attachments?name=a.txt"),
+        &[],
+        b"data",
+    )
+    .await;
+    let aid = up.json()["id"].as_str().unwrap().to_string();
+    let body = json!({"text": "with file", "attachments": [aid], "client_id": "c-2"});
+    let first = post(&w, &w.alice.1, &g, body.clone()).await;
+    let again = post(&w, &w.alice.1, &g, body).await;
+    assert_eq!((first.status, again.status), (201, 200), "{}", again.text());
+    assert_eq!(first.json()["seq"], again.json()["seq"]);
 }
 
 async fn set_policy(w: &World, edit: bool, delete: bool) {
@@ -630,6 +659,11 @@ async fn c3_senders_edit_and_delete_under_the_tenant_policy_with_history_and_aud
     )
     .await;
     assert_eq!(r.code(), "message_not_found");
+    let m = chat(&w, &w.bob.1, "GET", &path, None).await.json();
+    assert_eq!(
+        (m["text"].as_str(), m["edits"].as_u64()),
+        (Some("final"), Some(2))
+    );
     // The admin turns editing and deleting off: in force from the next
     // request, no restart.
     set_policy(&w, false, false).await;
@@ -708,6 +742,12 @@ async fn c3_senders_edit_and_delete_under_the_tenant_policy_with_history_and_aud
     assert!(
         !entries.contains("second draft"),
         "message text in the audit trail"
+    );
+    assert!(
+        actions
+            .iter()
+            .any(|(a, t)| a == "plugin.config.set" && t == "chat"),
+        "settings changes are audited"
     );
 }
 
@@ -836,6 +876,17 @@ async fn c5_attachments_are_downloads_for_members_within_size_and_quota() {
     assert_eq!(part.header("content-range"), Some(range.as_str()));
     let r = raw(&w, &w.bob.1, "GET", &file, &[("range", "bytes=900-")], b"").await;
     assert_eq!(r.status, 416);
+    let r = raw(&w, &w.bob.1, "GET", &file, &[("range", "bytes=-0")], b"").await;
+    assert_eq!(r.status, 416);
+    // Malformed or multiple ranges are ignored: the whole file.
+    for range in ["bytes=9-2", "bytes=a-b", "bytes=0-1,4-5", "items=0-1"] {
+        let r = raw(&w, &w.bob.1, "GET", &file, &[("range", range)], b"").await;
+        assert_eq!((r.status, r.body.len()), (200, html.len()), "{range}");
+    }
+    // Empty files are refused; so is a flood of uploads never posted.
+    let r = raw(&w, &w.alice.1, "POST", &up("empty.txt"), &[], b"").await;
+    assert_eq!(r.code(), "empty_part");
+
     // Not for non-members, nor other tenants, nor forged ids.
     assert_eq!(
         raw(&w, &w.carol.1, "GET", &file, &[], b"").await.status,
@@ -887,6 +938,7 @@ async fn c5_attachments_are_downloads_for_members_within_size_and_quota() {
         ("a%2Fb", "invalid_name"),
         ("..", "invalid_name"),
         ("a%0Ab", "invalid_name"),
+        ("invoice%E2%80%AEfdp.exe", "invalid_name"),
     ] {
         let r = raw(
             &w,
@@ -938,6 +990,7 @@ async fn c5_attachments_are_downloads_for_members_within_size_and_quota() {
     )
     .await;
     assert_eq!(r.status, 201, "{}", r.text());
+    let blobs_before = blob_count(&w);
     let r = raw(
         &w,
         &w.alice.1,
@@ -947,6 +1000,11 @@ async fn c5_attachments_are_downloads_for_members_within_size_and_quota() {
         &vec![0u8; 2 << 20],
     )
     .await;
+    assert_eq!(
+        blob_count(&w),
+        blobs_before,
+        "the refused upload kept nothing"
+    );
     assert_eq!(
         (r.status, r.code().as_str()),
         (507, "quota_exceeded"),
@@ -969,6 +1027,27 @@ async fn c5_attachments_are_downloads_for_members_within_size_and_quota() {
         raw(&w, &w.alice.1, "GET", &file, &[], b"").await.status,
         404
     );
+    // Bob has one upload waiting (b.bin); 49 more, then no more.
+    let mut refused_at = None;
+    for i in 0..60 {
+        let path = format!("/conversations/{g}/attachments?name=f{i}");
+        let r = raw(&w, &w.bob.1, "POST", &path, &[], b"x").await;
+        if r.status != 201 {
+            assert_eq!((r.status, r.code().as_str()), (429, "too_many_uploads"));
+            refused_at = Some(i);
+            break;
+        }
+    }
+    assert_eq!(refused_at, Some(49));
+}
+
+/// Blobs the chat plugin of acme holds (their metadata records).
+fn blob_count(w: &World) -> usize {
+    w.h.runtime()
+        .data_store()
+        .scan_raw(b"t/acme/bm/chat/", None, 100_000)
+        .unwrap()
+        .len()
 }
 
 /// The next presence event about `user`.
@@ -1064,11 +1143,32 @@ async fn c6_members_get_messages_edits_deletes_reads_and_presence_in_real_time()
         .await
         .unwrap();
     assert_eq!(e["data"]["seq"], seq);
-    // Carol (not a member) hears only about her own presence.
+    // Carol (not a member) hears only about her own presence — and does
+    // hear that, so her stream works.
+    let mut own = 0;
     while let Some(e) = next(&mut carol, QUIET).await {
         assert_eq!(e["kind"], "chat.presence", "carol is not a member: {e}");
         assert_eq!(e["data"]["user"], w.carol.0.as_str());
+        own += 1;
     }
+    assert!(own >= 1, "carol's own presence reached her");
+    // A message too big for one event is announced by id for clients to
+    // fetch.
+    let mut cfg = serde_json::Map::new();
+    cfg.insert("max-message-chars".into(), 16000.into());
+    w.h.runtime().set_config("acme", "chat", cfg).await.unwrap();
+    let big = "𝄞".repeat(16000);
+    let r = post(&w, &w.bob.1, &g, json!({"text": big})).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let e = next_of(&mut alice, "chat.message.created", WAIT)
+        .await
+        .unwrap();
+    assert_eq!(e["data"]["truncated"], true);
+    assert_eq!(e["data"]["message"]["seq"], r.json()["seq"]);
+    w.h.runtime()
+        .set_config("acme", "chat", serde_json::Map::new())
+        .await
+        .unwrap();
     // Read state: unread counts and read events.
     for i in 0..3 {
         post(&w, &w.bob.1, &g, json!({"text": format!("unread {i}")})).await;
@@ -1076,11 +1176,11 @@ async fn c6_members_get_messages_edits_deletes_reads_and_presence_in_real_time()
     let conv = chat(&w, &w.alice.1, "GET", &format!("/conversations/{g}"), None)
         .await
         .json();
-    assert_eq!(conv["unread"], 4, "{conv}");
+    assert_eq!(conv["unread"], 5, "{conv}");
     let list = chat(&w, &w.alice.1, "GET", "/conversations", None)
         .await
         .json();
-    assert_eq!(list["unread"], 4);
+    assert_eq!(list["unread"], 5);
     let last = conv["last_seq"].as_u64().unwrap();
     let r = chat(
         &w,
@@ -1397,7 +1497,22 @@ async fn c1_a_plugin_owns_its_conversations_and_their_deletion() {
     )
     .await;
     assert_eq!(r.code(), "conversation_not_found");
+    let r = owner(
+        &w.alice.1,
+        "POST",
+        "/owned",
+        Some(json!({"resource": "space:44", "title": "Other", "members": [w.bob.0]})),
+    )
+    .await;
+    let other = r.json()["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        post(&w, &w.bob.1, &other, json!({"text": "still here"}))
+            .await
+            .status,
+        201
+    );
     // Deleting ends access at once; the purge removes every key and blob.
+    let blobs_before = blob_count(&w);
     let r = owner(&w.alice.1, "DELETE", "/owned/space:42", None).await;
     assert_eq!(r.status, 204, "{}", r.text());
     let r = chat(
@@ -1432,6 +1547,30 @@ async fn c1_a_plugin_owns_its_conversations_and_their_deletion() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(purged, "the deleted conversation's keys are gone");
+    assert_eq!(
+        blob_count(&w),
+        blobs_before - 1,
+        "its attachment's blob is gone"
+    );
+    let keys =
+        w.h.runtime()
+            .data_store()
+            .scan_raw(b"t/acme/k/chat/", None, 100_000)
+            .unwrap();
+    assert!(
+        keys.iter()
+            .any(|(k, _)| k.windows(other.len()).any(|s| s == other.as_bytes())),
+        "another conversation's keys stay"
+    );
+    let r = chat(
+        &w,
+        &w.bob.1,
+        "GET",
+        &format!("/conversations/{other}/messages"),
+        None,
+    )
+    .await;
+    assert_eq!(r.json()["messages"][0]["text"], "still here");
     assert!(
         audit_actions(&w)
             .iter()

@@ -12,6 +12,7 @@
 
 mod model;
 mod text;
+mod w;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -21,7 +22,7 @@ use serde_json::{Value, json};
 use switchboard_sdk::http::{self, ApiError, Params, RequestExt as _, Router};
 use switchboard_sdk::{
     Event, Plugin, PrincipalKind, Request, Response, TimerEvent, audit, blobs, config, crypto,
-    events, identity, kv, timers,
+    events, identity, kv,
 };
 
 use model::{
@@ -42,6 +43,8 @@ const CHUNK: usize = 4 << 20;
 const PENDING_UPLOAD_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Keys the purge of a deleted conversation removes per timer run.
 const PURGE_BATCH: u32 = 400;
+/// Uploads one user may have waiting to be posted.
+const MAX_PENDING_UPLOADS: u32 = 50;
 /// The quote kept in a reply is cut to this many characters.
 const MAX_QUOTE_CHARS: usize = 1000;
 
@@ -49,7 +52,7 @@ const OPENAPI: &str = include_str!("../openapi.json");
 
 impl Plugin for Chat {
     fn handle(request: Request) -> Response {
-        Router::new()
+        let mut response = Router::new()
             .get("/openapi.json", openapi)
             .get("/conversations", list_conversations)
             .post("/conversations", create_conversation)
@@ -81,7 +84,14 @@ impl Plugin for Chat {
             .delete("/owned/:resource", owned_delete)
             .post("/owned/:resource/members", owned_add_members)
             .delete("/owned/:resource/members/:user", owned_remove_member)
-            .handle(&request)
+            .handle(&request);
+        // Handlers check before they write; if a host call still fails
+        // after a write (a limit, legal hold...), answering 4xx would keep
+        // the half-done change. A 5xx makes the host drop all of it.
+        if w::wrote() && (400..500).contains(&response.status) {
+            response.status = 500;
+        }
+        response
     }
 
     fn on_event(event: Event) -> Result<(), String> {
@@ -174,6 +184,24 @@ fn publish_group(cid: &str, kind: &str, data: &Value) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Largest event the plugin sends whole; an event carries at most 64 KiB.
+const MAX_EVENT_BYTES: usize = 60 << 10;
+
+/// Publishes a message to the conversation's members: the whole message,
+/// or, when that is too big for an event, its id and sender with
+/// `"truncated": true` for clients to fetch it.
+fn publish_message(cid: &str, kind: &str, message: &Message) -> Result<(), ApiError> {
+    let full = json!({ "message": message });
+    if full.to_string().len() <= MAX_EVENT_BYTES {
+        return publish_group(cid, kind, &full);
+    }
+    let slim = json!({ "message": {
+        "conversation": message.conversation, "seq": message.seq, "sender": message.sender,
+        "sent_at": message.sent_at, "edited_at": message.edited_at, "edits": message.edits,
+    }, "truncated": true });
+    publish_group(cid, kind, &slim)
+}
+
 fn limit_param(req: &Request, default: u32, max: u32) -> Result<u32, ApiError> {
     match req.query_param("limit") {
         None => Ok(default),
@@ -262,7 +290,7 @@ fn add_member(conv: &mut Conversation, user: &str, by: &str, now: u64) -> Result
     if kv::get(model::member(&conv.id, user))?.is_some() {
         return Ok(false);
     }
-    kv::set_json(
+    w::set_json(
         model::member(&conv.id, user),
         &Member {
             user: user.to_string(),
@@ -271,18 +299,18 @@ fn add_member(conv: &mut Conversation, user: &str, by: &str, now: u64) -> Result
             last_read: 0,
         },
     )?;
-    kv::set(model::user_conversation(user, &conv.id), b"")?;
-    events::join_group(&model::group(&conv.id), user)?;
+    w::set(model::user_conversation(user, &conv.id), b"")?;
+    w::join_group(&model::group(&conv.id), user)?;
     conv.members += 1;
     Ok(true)
 }
 
 fn drop_member(conv: &mut Conversation, user: &str) -> Result<bool, ApiError> {
-    if !kv::delete(model::member(&conv.id, user))? {
+    if !w::delete(model::member(&conv.id, user))? {
         return Ok(false);
     }
-    kv::delete(model::user_conversation(user, &conv.id))?;
-    events::leave_group(&model::group(&conv.id), user)?;
+    w::delete(model::user_conversation(user, &conv.id))?;
+    w::leave_group(&model::group(&conv.id), user)?;
     conv.members = conv.members.saturating_sub(1);
     Ok(true)
 }
@@ -295,6 +323,26 @@ fn member_ids(cid: &str, limit: u32) -> Result<Vec<String>, ApiError> {
         .filter_map(|e| serde_json::from_slice::<Member>(&e.value).ok())
         .map(|m| m.user)
         .collect())
+}
+
+/// Every member id, page by page.
+fn all_member_ids(cid: &str) -> Result<Vec<String>, ApiError> {
+    let prefix = model::members_prefix(cid);
+    let mut out = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = kv::scan(&prefix, after.as_deref(), 1000)?;
+        out.extend(
+            page.entries
+                .iter()
+                .filter_map(|e| serde_json::from_slice::<Member>(&e.value).ok())
+                .map(|m| m.user),
+        );
+        match page.next {
+            Some(n) => after = Some(n),
+            None => return Ok(out),
+        }
+    }
 }
 
 fn conversation_view(conv: &Conversation, member: Option<&Member>) -> Result<Value, ApiError> {
@@ -340,14 +388,14 @@ fn index_tags(body: &str) -> Result<BTreeSet<String>, ApiError> {
 
 fn index_message(cid: &str, seq: u64, body: &str) -> Result<(), ApiError> {
     for tag in index_tags(body)? {
-        kv::set(model::index(cid, &tag, seq), b"")?;
+        w::set(model::index(cid, &tag, seq), b"")?;
     }
     Ok(())
 }
 
 fn unindex_message(cid: &str, seq: u64, body: &str) -> Result<(), ApiError> {
     for tag in index_tags(body)? {
-        kv::delete(model::index(cid, &tag, seq))?;
+        w::delete(model::index(cid, &tag, seq))?;
     }
     Ok(())
 }
@@ -411,8 +459,8 @@ fn create_conversation(req: &Request, _: &Params) -> Reply {
             let mut conv = Conversation::new(Kind::Direct, None, &me, now, None, None);
             add_member(&mut conv, &me, &me, now)?;
             add_member(&mut conv, &other, &me, now)?;
-            kv::set(&pair, conv.id.as_bytes())?;
-            kv::set_json(model::conversation(&conv.id), &conv)?;
+            w::set(&pair, conv.id.as_bytes())?;
+            w::set_json(model::conversation(&conv.id), &conv)?;
             created(&conv, &me)
         }
         Kind::Group => {
@@ -424,6 +472,13 @@ fn create_conversation(req: &Request, _: &Params) -> Reply {
                 ));
             }
             let max = setting_int("max-group-members", 1000) as usize;
+            if body.members.len() > max {
+                return Err(ApiError::new(
+                    413,
+                    "too_many_members",
+                    format!("a group has at most {max} members"),
+                ));
+            }
             let mut users = BTreeSet::new();
             for m in &body.members {
                 users.insert(resolve_user(m)?);
@@ -441,7 +496,7 @@ fn create_conversation(req: &Request, _: &Params) -> Reply {
             for u in &users {
                 add_member(&mut conv, u, &me, now)?;
             }
-            kv::set_json(model::conversation(&conv.id), &conv)?;
+            w::set_json(model::conversation(&conv.id), &conv)?;
             created(&conv, &me)
         }
         Kind::Owned => Err(ApiError::bad_request(
@@ -452,6 +507,8 @@ fn create_conversation(req: &Request, _: &Params) -> Reply {
 }
 
 fn created(conv: &Conversation, me: &str) -> Reply {
+    let members = all_member_ids(&conv.id)?;
+    audit_ids("chat.conversation.create", conv, me, &members)?;
     publish_group(
         &conv.id,
         "chat.conversation.created",
@@ -522,7 +579,7 @@ fn rename_conversation(req: &Request, p: &Params) -> Reply {
         ));
     }
     conv.title = Some(title);
-    kv::set_json(model::conversation(&conv.id), &conv)?;
+    w::set_json(model::conversation(&conv.id), &conv)?;
     publish_group(
         &conv.id,
         "chat.conversation.updated",
@@ -633,7 +690,7 @@ fn change_members(
             new += 1;
         }
     }
-    if conv.members.saturating_add(new) > max {
+    if new > 0 && conv.members.saturating_add(new) > max {
         return Err(ApiError::new(
             413,
             "too_many_members",
@@ -652,24 +709,57 @@ fn change_members(
             removed.push(u.clone());
         }
     }
-    kv::set_json(model::conversation(&conv.id), &conv)?;
-    let target = format!("conversation/{}", conv.id);
-    if !added.is_empty() {
-        publish_group(
-            &conv.id,
-            "chat.member.added",
-            &json!({ "conversation": conv.id, "users": added, "by": by }),
-        )?;
-        audit_ok("chat.member.add", &target, json!({ "users": added }))?;
-    }
-    if !removed.is_empty() {
-        let data = json!({ "conversation": conv.id, "users": removed, "by": by });
-        publish_group(&conv.id, "chat.member.removed", &data)?;
-        // The removed are out of the group already: tell them directly.
-        events::publish_to_users(&removed, "chat.member.removed", data.to_string().as_bytes())?;
-        audit_ok("chat.member.remove", &target, json!({ "users": removed }))?;
-    }
+    w::set_json(model::conversation(&conv.id), &conv)?;
+    announce_members(&conv, by, "added", &added)?;
+    announce_members(&conv, by, "removed", &removed)?;
     Ok(http::json(200, &conv))
+}
+
+/// Ids per membership event (an event carries at most 64 KiB).
+const IDS_PER_EVENT: usize = 1000;
+/// Ids named in one audit entry (its details carry at most 4 KiB).
+const IDS_PER_AUDIT: usize = 100;
+
+/// Tells the members (and the removed) about a membership change and
+/// audits it: `change` is `added` or `removed`.
+fn announce_members(
+    conv: &Conversation,
+    by: &str,
+    change: &str,
+    users: &[String],
+) -> Result<(), ApiError> {
+    if users.is_empty() {
+        return Ok(());
+    }
+    let kind = format!("chat.member.{change}");
+    for part in users.chunks(IDS_PER_EVENT) {
+        let data = json!({ "conversation": conv.id, "users": part, "by": by });
+        publish_group(&conv.id, &kind, &data)?;
+        if change == "removed" {
+            // The removed are out of the group already: tell them directly.
+            events::publish_to_users(part, &kind, data.to_string().as_bytes())?;
+        }
+    }
+    let action = if change == "added" {
+        "chat.member.add"
+    } else {
+        "chat.member.remove"
+    };
+    audit_ids(action, conv, by, users)
+}
+
+/// Audit entries naming `users` (as many entries as their number needs).
+fn audit_ids(
+    action: &str,
+    conv: &Conversation,
+    by: &str,
+    users: &[String],
+) -> Result<(), ApiError> {
+    let target = format!("conversation/{}", conv.id);
+    for part in users.chunks(IDS_PER_AUDIT) {
+        audit_ok(action, &target, json!({ "by": by, "users": part }))?;
+    }
+    Ok(())
 }
 
 fn remove_member(req: &Request, p: &Params) -> Reply {
@@ -771,7 +861,32 @@ fn post_message(req: &Request, p: &Params) -> Reply {
     let (me, mut conv, mut member) = membership(req, param(p, "cid"))?;
     let body: Post = req.json()?;
     let cid = conv.id.clone();
-    // Checks first: nothing is written unless all pass.
+    // Checks first: nothing is written unless all pass. A retry of a post
+    // that went through returns it, whatever else changed since.
+    let client_key = match &body.client_id {
+        Some(c) => {
+            if c.is_empty()
+                || c.len() > 64
+                || !c
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            {
+                return Err(ApiError::bad_request(
+                    "invalid_client_id",
+                    "client_id is 1-64 of [A-Za-z0-9._-]",
+                ));
+            }
+            let mac = crypto::hmac_sha256("client-id", c.as_bytes())?;
+            let hashed: String = mac[..16].iter().map(|b| format!("{b:02x}")).collect();
+            let key = model::client_id(&cid, &me, &hashed);
+            if let Some(seq) = kv::get(&key)? {
+                let seq = String::from_utf8_lossy(&seq).parse::<u64>().unwrap_or(0);
+                return Ok(http::json(200, &load_message(&cid, seq)?));
+            }
+            Some(key)
+        }
+        None => None,
+    };
     if body.attachments.len() > MAX_ATTACHMENTS {
         return Err(ApiError::bad_request(
             "too_many_attachments",
@@ -801,30 +916,6 @@ fn post_message(req: &Request, p: &Params) -> Reply {
     }
     let max_chars = setting_int("max-message-chars", 4000) as usize;
     text::message(&body.text, max_chars, !attachments.is_empty())?;
-    let client_key = match &body.client_id {
-        Some(c) => {
-            if c.is_empty()
-                || c.len() > 64
-                || !c
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-            {
-                return Err(ApiError::bad_request(
-                    "invalid_client_id",
-                    "client_id is 1-64 of [A-Za-z0-9._-]",
-                ));
-            }
-            let mac = crypto::hmac_sha256("client-id", c.as_bytes())?;
-            let hashed: String = mac[..16].iter().map(|b| format!("{b:02x}")).collect();
-            let key = model::client_id(&cid, &me, &hashed);
-            if let Some(seq) = kv::get(&key)? {
-                let seq = String::from_utf8_lossy(&seq).parse::<u64>().unwrap_or(0);
-                return Ok(http::json(200, &load_message(&cid, seq)?));
-            }
-            Some(key)
-        }
-        None => None,
-    };
     let reply_to = match body.reply_to {
         None => None,
         Some(seq) => {
@@ -850,7 +941,8 @@ fn post_message(req: &Request, p: &Params) -> Reply {
     let seq = conv.last_seq + 1;
     for a in &mut attachments {
         a.message = Some(seq);
-        kv::set_json(model::attachment(&cid, &a.id), a)?;
+        w::set_json(model::attachment(&cid, &a.id), a)?;
+        w::delete(model::pending(&me, &a.id))?;
     }
     let message = Message {
         conversation: cid.clone(),
@@ -864,17 +956,17 @@ fn post_message(req: &Request, p: &Params) -> Reply {
         edits: 0,
         deleted: None,
     };
-    kv::set_json(model::message(&cid, seq), &message)?;
+    w::set_json(model::message(&cid, seq), &message)?;
     index_message(&cid, seq, &message.text)?;
     conv.last_seq = seq;
     conv.last_at = now;
-    kv::set_json(model::conversation(&cid), &conv)?;
+    w::set_json(model::conversation(&cid), &conv)?;
     member.last_read = seq;
-    kv::set_json(model::member(&cid, &me), &member)?;
+    w::set_json(model::member(&cid, &me), &member)?;
     if let Some(key) = client_key {
-        kv::set(key, seq.to_string())?;
+        w::set(key, seq.to_string())?;
     }
-    publish_group(&cid, "chat.message.created", &json!({ "message": message }))?;
+    publish_message(&cid, "chat.message.created", &message)?;
     Ok(http::json(201, &message))
 }
 
@@ -937,7 +1029,7 @@ fn edit_message(req: &Request, p: &Params) -> Reply {
         ));
     }
     let now = now_ms();
-    kv::set_json(
+    w::set_json(
         model::revision(&cid, message.seq, message.edits),
         &Revision {
             text: message.text.clone(),
@@ -949,13 +1041,13 @@ fn edit_message(req: &Request, p: &Params) -> Reply {
     message.text = body.text;
     message.edits += 1;
     message.edited_at = Some(now);
-    kv::set_json(model::message(&cid, message.seq), &message)?;
+    w::set_json(model::message(&cid, message.seq), &message)?;
     audit_ok(
         "chat.message.edit",
         &message_target(&cid, message.seq),
         json!({ "sender": me, "edits": message.edits }),
     )?;
-    publish_group(&cid, "chat.message.edited", &json!({ "message": message }))?;
+    publish_message(&cid, "chat.message.edited", &message)?;
     Ok(http::json(200, &message))
 }
 
@@ -966,15 +1058,27 @@ fn delete_message(req: &Request, p: &Params) -> Reply {
         return Ok(http::json(200, &message));
     }
     let now = now_ms();
-    unindex_message(&cid, message.seq, &message.text)?;
-    for n in 0..message.edits {
-        kv::delete(model::revision(&cid, message.seq, n))?;
-    }
+    // Attachments first: one under legal hold refuses the delete before
+    // anything else changed.
     for a in &message.attachments {
         if let Some(att) = kv::get_json::<Attachment>(model::attachment(&cid, &a.id))? {
-            blobs::delete(&att.blob)?;
-            kv::delete(model::attachment(&cid, &a.id))?;
+            match w::blob_delete(&att.blob) {
+                Ok(_) => {}
+                Err(switchboard_sdk::Error::Denied(m)) => {
+                    return Err(ApiError::new(
+                        409,
+                        "legal_hold",
+                        format!("an attachment of this message is under legal hold: {m}"),
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            }
+            w::delete(model::attachment(&cid, &a.id))?;
         }
+    }
+    unindex_message(&cid, message.seq, &message.text)?;
+    for n in 0..message.edits {
+        w::delete(model::revision(&cid, message.seq, n))?;
     }
     let removed_attachments = message.attachments.len();
     message.text.clear();
@@ -984,7 +1088,7 @@ fn delete_message(req: &Request, p: &Params) -> Reply {
         at: now,
         by: me.clone(),
     });
-    kv::set_json(model::message(&cid, message.seq), &message)?;
+    w::set_json(model::message(&cid, message.seq), &message)?;
     audit_ok(
         "chat.message.delete",
         &message_target(&cid, message.seq),
@@ -1031,7 +1135,7 @@ fn mark_read(req: &Request, p: &Params) -> Reply {
     }
     if body.seq > member.last_read {
         member.last_read = body.seq;
-        kv::set_json(model::member(&conv.id, &me), &member)?;
+        w::set_json(model::member(&conv.id, &me), &member)?;
         publish_group(
             &conv.id,
             "chat.read",
@@ -1047,13 +1151,13 @@ fn mark_read(req: &Request, p: &Params) -> Reply {
 // ---- attachments ---------------------------------------------------------------
 
 fn max_attachment_bytes() -> u64 {
-    setting_int("max-attachment-mib", 16) << 20
+    setting_int("max-attachment-mib", 15) << 20
 }
 
 fn append_chunks(blob: &str, data: &[u8]) -> Result<u64, ApiError> {
     let mut size = 0;
     for chunk in data.chunks(CHUNK) {
-        size = blobs::append(blob, chunk)?;
+        size = w::blob_append(blob, chunk)?;
     }
     Ok(size)
 }
@@ -1069,7 +1173,23 @@ fn upload_attachment(req: &Request, p: &Params) -> Reply {
     if req.body.len() as u64 > max {
         return Err(too_big(max));
     }
-    let blob = blobs::create(Some(&me), "chat")?;
+    if req.body.is_empty() {
+        return Err(ApiError::bad_request(
+            "empty_part",
+            "a file has at least one byte",
+        ));
+    }
+    let pending = kv::scan(model::pending_prefix(&me), None, MAX_PENDING_UPLOADS)?;
+    if pending.entries.len() as u32 >= MAX_PENDING_UPLOADS {
+        return Err(ApiError::new(
+            429,
+            "too_many_uploads",
+            format!(
+                "at most {MAX_PENDING_UPLOADS} uploads wait to be posted; post or let them expire"
+            ),
+        ));
+    }
+    let blob = w::blob_create(Some(&me), "chat")?;
     let size = append_chunks(&blob, &req.body)?;
     let attachment = Attachment {
         id: new_id(),
@@ -1082,8 +1202,12 @@ fn upload_attachment(req: &Request, p: &Params) -> Reply {
         created_at: now_ms(),
         message: None,
     };
-    kv::set_json(model::attachment(&conv.id, &attachment.id), &attachment)?;
-    timers::schedule(
+    w::set_json(model::attachment(&conv.id, &attachment.id), &attachment)?;
+    w::set(
+        model::pending(&attachment.uploader, &attachment.id),
+        conv.id.as_bytes(),
+    )?;
+    w::schedule(
         PENDING_UPLOAD_TTL,
         "expire-upload",
         format!("{}/{}", conv.id, attachment.id).as_bytes(),
@@ -1151,7 +1275,7 @@ fn append_attachment(req: &Request, p: &Params) -> Reply {
         return Err(too_big(max));
     }
     a.size = append_chunks(&a.blob, &req.body)?;
-    kv::set_json(model::attachment(&conv.id, aid), &a)?;
+    w::set_json(model::attachment(&conv.id, aid), &a)?;
     Ok(http::json(200, &attachment_view(&a)))
 }
 
@@ -1165,18 +1289,16 @@ fn download_attachment(req: &Request, p: &Params) -> Reply {
     let a = kv::get_json::<Attachment>(model::attachment(&conv.id, aid))?
         .filter(|a| a.message.is_some() || a.uploader == me)
         .ok_or_else(|| ApiError::new(404, "attachment_not_found", "no such attachment"))?;
-    let (status, start, end) = match req.header("range") {
-        Some(r) => match parse_range(r, a.size) {
-            Some((s, e)) => (206, s, e),
-            None => {
-                return Ok(Response {
-                    status: 416,
-                    headers: vec![("content-range".into(), format!("bytes */{}", a.size))],
-                    body: Vec::new(),
-                });
-            }
-        },
-        None => (200, 0, a.size),
+    let (status, start, end) = match parse_range(req.header("range"), a.size) {
+        Range::Whole => (200, 0, a.size),
+        Range::Part(s, e) => (206, s, e),
+        Range::Unsatisfiable => {
+            return Ok(Response {
+                status: 416,
+                headers: vec![("content-range".into(), format!("bytes */{}", a.size))],
+                body: Vec::new(),
+            });
+        }
     };
     let mut body = Vec::with_capacity((end - start) as usize);
     let mut at = start;
@@ -1216,24 +1338,48 @@ fn download_attachment(req: &Request, p: &Params) -> Reply {
 }
 
 /// One `bytes=` range of a file of `size` bytes as [start, end).
-fn parse_range(header: &str, size: u64) -> Option<(u64, u64)> {
-    let spec = header.trim().strip_prefix("bytes=")?;
-    if spec.contains(',') || size == 0 {
-        return None;
-    }
-    let (a, b) = spec.split_once('-')?;
-    let (start, end) = match (a.trim(), b.trim()) {
-        ("", n) => {
-            let n: u64 = n.parse().ok()?;
-            (size.saturating_sub(n), size)
-        }
-        (s, "") => (s.parse().ok()?, size),
-        (s, e) => (
-            s.parse().ok()?,
-            e.parse::<u64>().ok()?.saturating_add(1).min(size),
-        ),
+enum Range {
+    /// Serve the whole file (no header, or one that is malformed or asks
+    /// for several ranges: RFC 9110 lets a server ignore those).
+    Whole,
+    /// [start, end).
+    Part(u64, u64),
+    /// A well-formed range outside the file.
+    Unsatisfiable,
+}
+
+/// One `bytes=` range of a file of `size` bytes.
+fn parse_range(header: Option<&str>, size: u64) -> Range {
+    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
+        return Range::Whole;
     };
-    (start < end && start < size).then_some((start, end))
+    let Some((a, b)) = spec.split_once('-') else {
+        return Range::Whole;
+    };
+    if spec.contains(',') {
+        return Range::Whole;
+    }
+    let num = |x: &str| x.trim().parse::<u64>().ok();
+    let (start, end) = match (a.trim(), b.trim()) {
+        ("", n) => match num(n) {
+            Some(n) if n > 0 => (size.saturating_sub(n), size),
+            Some(_) => return Range::Unsatisfiable,
+            None => return Range::Whole,
+        },
+        (s, "") => match num(s) {
+            Some(s) => (s, size),
+            None => return Range::Whole,
+        },
+        (s, e) => match (num(s), num(e)) {
+            (Some(s), Some(e)) if s <= e => (s, e.saturating_add(1).min(size)),
+            _ => return Range::Whole,
+        },
+    };
+    if start < end {
+        Range::Part(start, end)
+    } else {
+        Range::Unsatisfiable
+    }
 }
 
 // ---- search --------------------------------------------------------------------
@@ -1242,6 +1388,11 @@ fn parse_range(header: &str, size: u64) -> Option<(u64, u64)> {
 const SEARCH_SCAN: u32 = 500;
 /// Most candidate messages checked per conversation.
 const SEARCH_CHECK: usize = 200;
+/// Most words in a query.
+const MAX_QUERY_WORDS: usize = 8;
+/// Most conversations one search looks through (the newest-joined first
+/// is not guaranteed: conversations are visited in id order).
+const SEARCH_CONVERSATIONS: usize = 2000;
 
 fn search(req: &Request, _: &Params) -> Reply {
     let me = req.user()?.to_string();
@@ -1252,13 +1403,15 @@ fn search(req: &Request, _: &Params) -> Reply {
             "a query has at most 200 characters",
         ));
     }
-    let words = text::tokens(&q);
-    if words.is_empty() {
+    let mut words = text::tokens(&q);
+    if words.is_empty() || words.len() > MAX_QUERY_WORDS {
         return Err(ApiError::bad_request(
             "invalid_query",
-            "search for at least one word of two or more letters or digits",
+            format!("search for 1-{MAX_QUERY_WORDS} words of two or more letters or digits"),
         ));
     }
+    // The longest word leads: its tag is likely the rarest.
+    words.sort_by_key(|w| std::cmp::Reverse(w.chars().count()));
     let limit = limit_param(req, 20, 50)? as usize;
     let conversations: Vec<String> = match req.query_param("conversation") {
         Some(cid) => {
@@ -1277,7 +1430,7 @@ fn search(req: &Request, _: &Params) -> Reply {
                         .map(|e| String::from_utf8_lossy(&e.key[prefix.len()..]).into_owned()),
                 );
                 match page.next {
-                    Some(n) if out.len() < 5000 => after = Some(n),
+                    Some(n) if out.len() < SEARCH_CONVERSATIONS => after = Some(n),
                     _ => break,
                 }
             }
@@ -1290,31 +1443,31 @@ fn search(req: &Request, _: &Params) -> Reply {
     }
     let mut hits: Vec<Message> = Vec::new();
     for cid in &conversations {
-        // Candidates carry every word's tag; a candidate matches when each
+        // A conversation being purged is gone for its members already.
+        if load_conversation(cid).is_err() {
+            continue;
+        }
+        // Candidates: the newest messages with the leading word's tag that
+        // carry every other word's tag too; a candidate matches when each
         // query word begins a word of its text.
-        let mut found: Option<BTreeSet<u64>> = None;
-        for tag in &tags {
-            let page = kv::scan(model::index_prefix(cid, tag), None, SEARCH_SCAN)?;
-            let seqs: BTreeSet<u64> = page
-                .entries
-                .iter()
-                .filter_map(|e| model::index_seq(&e.key))
-                .collect();
-            found = Some(match found {
-                None => seqs,
-                Some(prev) => prev.intersection(&seqs).copied().collect(),
-            });
-            if found.as_ref().is_some_and(BTreeSet::is_empty) {
+        let page = kv::scan(model::index_prefix(cid, &tags[0]), None, SEARCH_SCAN)?;
+        let mut matched = 0;
+        let mut checked = 0;
+        for seq in page.entries.iter().filter_map(|e| model::index_seq(&e.key)) {
+            let mut has_all = true;
+            for tag in &tags[1..] {
+                if kv::get(model::index(cid, tag, seq))?.is_none() {
+                    has_all = false;
+                    break;
+                }
+            }
+            if !has_all {
+                continue;
+            }
+            checked += 1;
+            if checked > SEARCH_CHECK {
                 break;
             }
-        }
-        let mut matched = 0;
-        for seq in found
-            .unwrap_or_default()
-            .into_iter()
-            .rev()
-            .take(SEARCH_CHECK)
-        {
             let Some(m) = kv::get_json::<Message>(model::message(cid, seq))? else {
                 continue;
             };
@@ -1376,7 +1529,7 @@ fn presence_reset(data: &[u8]) -> Result<(), ApiError> {
     let v: Value = serde_json::from_slice(data)
         .map_err(|e| ApiError::bad_request("invalid_event", e.to_string()))?;
     let boot = v["boot"].as_u64().unwrap_or(0);
-    kv::set(model::BOOT, boot.to_string())?;
+    w::set(model::BOOT, boot.to_string())?;
     Ok(())
 }
 
@@ -1388,14 +1541,14 @@ fn presence_changed(data: &[u8]) -> Result<(), ApiError> {
     }
     let boot = current_boot()?;
     if e.boot != boot {
-        kv::set(model::BOOT, e.boot.to_string())?;
+        w::set(model::BOOT, e.boot.to_string())?;
     }
     let mut p = presence_of(&e.user)?;
     let before = effective(&p, boot);
     p.online = e.online;
     p.boot = e.boot;
     p.since = now_ms();
-    kv::set_json(model::presence(&e.user), &p)?;
+    w::set_json(model::presence(&e.user), &p)?;
     let after = effective(&p, e.boot);
     if before != after {
         announce(&e.user, after)?;
@@ -1459,7 +1612,7 @@ fn set_presence(req: &Request, _: &Params) -> Reply {
     let mut p = presence_of(&me)?;
     let before = effective(&p, boot);
     p.status = body.status;
-    kv::set_json(model::presence(&me), &p)?;
+    w::set_json(model::presence(&me), &p)?;
     let after = effective(&p, boot);
     if before != after {
         announce(&me, after)?;
@@ -1475,7 +1628,7 @@ fn watch_presence(req: &Request, _: &Params) -> Reply {
     let body: Users = req.json()?;
     check_users(&body.users)?;
     for u in &body.users {
-        events::join_group(&model::watchers(u), &me)?;
+        w::join_group(&model::watchers(u), &me)?;
     }
     Ok(http::json(200, &presence_list(&body.users)?))
 }
@@ -1485,7 +1638,7 @@ fn unwatch_presence(req: &Request, _: &Params) -> Reply {
     let body: Users = req.json()?;
     check_users(&body.users)?;
     for u in &body.users {
-        events::leave_group(&model::watchers(u), &me)?;
+        w::leave_group(&model::watchers(u), &me)?;
     }
     Ok(http::empty(204))
 }
@@ -1559,8 +1712,10 @@ fn owned_create(req: &Request, _: &Params) -> Reply {
     for u in &members {
         add_member(&mut conv, u, &by, now)?;
     }
-    kv::set(&key, conv.id.as_bytes())?;
-    kv::set_json(model::conversation(&conv.id), &conv)?;
+    w::set(&key, conv.id.as_bytes())?;
+    w::set_json(model::conversation(&conv.id), &conv)?;
+    let members: Vec<String> = members.into_iter().collect();
+    audit_ids("chat.conversation.create", &conv, &by, &members)?;
     publish_group(
         &conv.id,
         "chat.conversation.created",
@@ -1618,20 +1773,21 @@ fn owned_delete(req: &Request, p: &Params) -> Reply {
     let plugin = owner(req)?;
     let resource = param(p, "resource");
     let mut conv = owned_conversation(&plugin, resource)?;
+    // Named now: the purge may empty the event group before delivery.
+    let members = all_member_ids(&conv.id)?;
     conv.deleted = true;
-    kv::set_json(model::conversation(&conv.id), &conv)?;
-    kv::delete(model::owned(&plugin, resource))?;
-    timers::schedule(Duration::ZERO, "purge", conv.id.as_bytes())?;
+    w::set_json(model::conversation(&conv.id), &conv)?;
+    w::delete(model::owned(&plugin, resource))?;
+    w::schedule(Duration::ZERO, "purge", conv.id.as_bytes())?;
     audit_ok(
         "chat.conversation.delete",
         &format!("conversation/{}", conv.id),
         json!({ "owner": plugin, "resource": resource, "messages": conv.last_seq }),
     )?;
-    publish_group(
-        &conv.id,
-        "chat.conversation.deleted",
-        &json!({ "conversation": conv.id }),
-    )?;
+    let data = json!({ "conversation": conv.id }).to_string();
+    for part in members.chunks(10_000) {
+        events::publish_to_users(part, "chat.conversation.deleted", data.as_bytes())?;
+    }
     Ok(http::empty(204))
 }
 
@@ -1648,23 +1804,26 @@ fn purge(cid: &str) -> Result<(), ApiError> {
             if prefix.starts_with("a/")
                 && let Ok(a) = serde_json::from_slice::<Attachment>(&e.value)
             {
-                blobs::delete(&a.blob)?;
+                w::blob_delete(&a.blob)?;
+                if a.message.is_none() {
+                    w::delete(model::pending(&a.uploader, &a.id))?;
+                }
             }
             if prefix.starts_with("cm/")
                 && let Ok(m) = serde_json::from_slice::<Member>(&e.value)
             {
-                kv::delete(model::user_conversation(&m.user, cid))?;
-                events::leave_group(&model::group(cid), &m.user)?;
+                w::delete(model::user_conversation(&m.user, cid))?;
+                w::leave_group(&model::group(cid), &m.user)?;
             }
-            kv::delete(&e.key)?;
+            w::delete(&e.key)?;
         }
         budget -= page.entries.len() as u32;
         if budget == 0 {
-            timers::schedule(Duration::ZERO, "purge", cid.as_bytes())?;
+            w::schedule(Duration::ZERO, "purge", cid.as_bytes())?;
             return Ok(());
         }
     }
-    kv::delete(model::conversation(cid))?;
+    w::delete(model::conversation(cid))?;
     Ok(())
 }
 
@@ -1676,8 +1835,9 @@ fn expire_upload(payload: &str) -> Result<(), ApiError> {
     if let Some(a) = kv::get_json::<Attachment>(model::attachment(cid, aid))?
         && a.message.is_none()
     {
-        blobs::delete(&a.blob)?;
-        kv::delete(model::attachment(cid, aid))?;
+        w::blob_delete(&a.blob)?;
+        w::delete(model::attachment(cid, aid))?;
+        w::delete(model::pending(&a.uploader, aid))?;
     }
     Ok(())
 }

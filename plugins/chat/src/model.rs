@@ -14,6 +14,7 @@
 //! | `i/{cid}/{tag}/{!seq}`           | empty: search index (tag: keyed hash of a word's first letters) |
 //! | `ci/{cid}/{user}/{client hash}`  | seq of an idempotent post            |
 //! | `p/{user}`                       | [`Presence`]                         |
+//! | `up/{user}/{aid}`                | cid of an upload not yet posted      |
 //! | `pb`                             | boot id of the running host          |
 //!
 //! `{!seq}` is `u64::MAX - seq` in 16 hex digits, so a forward scan lists
@@ -230,6 +231,14 @@ pub fn index_seq(key: &[u8]) -> Option<u64> {
 
 pub fn client_id(cid: &str, user: &str, client: &str) -> String {
     format!("ci/{cid}/{user}/{client}")
+}
+
+pub fn pending(user: &str, aid: &str) -> String {
+    format!("up/{user}/{aid}")
+}
+
+pub fn pending_prefix(user: &str) -> String {
+    format!("up/{user}/")
 }
 
 pub fn presence(user: &str) -> String {

@@ -106,8 +106,17 @@ pub fn seq(s: &str) -> Result<u64, ApiError> {
     }
 }
 
-/// An attachment's file name: 1-255 characters, no path separators or
-/// control characters, not `.` or `..`.
+/// Characters that reorder how text displays: in a file name they make
+/// `invoice\u{202E}fdp.exe` look like `invoiceexe.pdf`.
+fn bidi_control(c: char) -> bool {
+    matches!(
+        c,
+        '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+    )
+}
+
+/// An attachment's file name: 1-255 characters, no path separators,
+/// control or bidirectional formatting characters, not `.` or `..`.
 pub fn file_name(name: &str) -> Result<(), ApiError> {
     let bad = name.is_empty()
         || name.chars().count() > 255
@@ -115,7 +124,7 @@ pub fn file_name(name: &str) -> Result<(), ApiError> {
         || name == ".."
         || name
             .chars()
-            .any(|c| c.is_control() || c == '/' || c == '\\');
+            .any(|c| c.is_control() || c == '/' || c == '\\' || bidi_control(c));
     if bad {
         return Err(ApiError::bad_request(
             "invalid_name",
