@@ -317,6 +317,19 @@ pub enum PluginCmd {
         #[arg(long)]
         name: String,
     },
+    /// Show a plugin's settings for a tenant, or change some (`--set
+    /// key=value`, the value as JSON or else as a string); online through
+    /// the control socket when the server runs.
+    Config {
+        #[command(flatten)]
+        data: DataArgs,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long = "set")]
+        set: Vec<String>,
+    },
 }
 
 /// Options naming a realm: `--tenant ID`, or the system realm.
@@ -883,6 +896,48 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     .map_err(admin)?;
             }
             println!("{name} {version} enabled for {tenant}");
+            Ok(())
+        }
+        Command::Plugin(PluginCmd::Config {
+            data,
+            tenant,
+            name,
+            set,
+        }) => {
+            let current = admin_op(
+                &data,
+                Op::PluginConfigShow {
+                    tenant: tenant.clone(),
+                    name: name.clone(),
+                },
+            )
+            .await?;
+            let mut config = match current.get("config") {
+                Some(serde_json::Value::Object(m)) => m.clone(),
+                _ => serde_json::Map::new(),
+            };
+            let shown = if set.is_empty() {
+                current
+            } else {
+                for pair in &set {
+                    let Some((key, value)) = pair.split_once('=') else {
+                        bail!("--set takes key=value, not {pair:?}");
+                    };
+                    let value = serde_json::from_str(value)
+                        .unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
+                    config.insert(key.to_string(), value);
+                }
+                admin_op(
+                    &data,
+                    Op::PluginConfigSet {
+                        tenant,
+                        name,
+                        config,
+                    },
+                )
+                .await?
+            };
+            println!("{}", serde_json::to_string_pretty(&shown)?);
             Ok(())
         }
         Command::Plugin(PluginCmd::Disable { data, tenant, name }) => {

@@ -1577,3 +1577,53 @@ async fn c1_a_plugin_owns_its_conversations_and_their_deletion() {
             .any(|(a, t)| a == "chat.conversation.delete" && *t == format!("conversation/{cid}"))
     );
 }
+
+#[tokio::test]
+async fn c3_the_cli_shows_and_changes_a_tenant_setting() {
+    use clap::Parser as _;
+    let h = Harness::new().unwrap();
+    h.install(&manifest("chat"), &component("chat"))
+        .await
+        .unwrap();
+    h.tenant("acme").await.unwrap();
+    h.enable("acme", "chat").await.unwrap();
+    h.runtime().flush().unwrap();
+    let data = h.data_dir().to_path_buf();
+    let _keep = h.into_dir();
+    let d = data.to_str().unwrap();
+    let cli = |args: &[&str]| {
+        let mut argv = vec!["switchboard", "plugin", "config", "--data", d];
+        argv.extend_from_slice(args);
+        switchboard::cli::Cli::try_parse_from(argv).unwrap()
+    };
+    let base = ["--tenant", "acme", "--name", "chat"];
+    switchboard::cli::run(cli(&base)).await.unwrap();
+    let mut set = base.to_vec();
+    set.extend([
+        "--set",
+        "allow-edit=false",
+        "--set",
+        "max-message-chars=500",
+    ]);
+    switchboard::cli::run(cli(&set)).await.unwrap();
+    for bad in [
+        "allow-edit=maybe",
+        "max-message-chars=0",
+        "colour=red",
+        "no-equals",
+    ] {
+        let mut args = base.to_vec();
+        args.extend(["--set", bad]);
+        let e = switchboard::cli::run(cli(&args)).await.unwrap_err();
+        assert!(!e.to_string().is_empty(), "{bad}");
+    }
+    let e = switchboard::cli::run(cli(&["--tenant", "nope", "--name", "chat"]))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("nope"), "{e}");
+    let rt = switchboard::Runtime::open(switchboard::RuntimeConfig::new(&data)).unwrap();
+    let cfg = rt.plugin_config("acme", "chat").unwrap();
+    assert_eq!(cfg["allow-edit"], false);
+    assert_eq!(cfg["max-message-chars"], 500);
+    assert_eq!(cfg["allow-delete"], true, "unchanged settings stay");
+}
