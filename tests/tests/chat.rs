@@ -30,12 +30,20 @@ async fn world_with(limits: Limits) -> World {
     for p in ["chat", "owner"] {
         h.install(&manifest(p), &component(p)).await.unwrap();
     }
+    // A second owning plugin: the same code under another name.
+    let rival = String::from_utf8(manifest("owner"))
+        .unwrap()
+        .replace("name = \"owner\"", "name = \"rival\"");
+    h.install(rival.as_bytes(), &component("owner"))
+        .await
+        .unwrap();
     h.tenant_with_limits("acme", limits).await.unwrap();
     h.tenant("globex").await.unwrap();
     for t in ["acme", "globex"] {
         h.enable(t, "chat").await.unwrap();
         h.enable(t, "owner").await.unwrap();
     }
+    h.enable("acme", "rival").await.unwrap();
     h.runtime().start_background();
     let s = Server::start(h.runtime().clone()).await;
     let mut users = Vec::new();
@@ -1404,6 +1412,33 @@ async fn c1_a_plugin_owns_its_conversations_and_their_deletion() {
         (r.status, r.json()["id"].as_str()),
         (200, Some(cid.as_str()))
     );
+    // Another plugin cannot see, change or delete it: its resources are
+    // its own.
+    for (method, path, body) in [
+        ("GET", "/owned/space:42", None),
+        ("DELETE", "/owned/space:42", None),
+        (
+            "POST",
+            "/owned/space:42/members",
+            Some(json!({"users": [w.carol.0]})),
+        ),
+    ] {
+        let r = call_in(&w, "acme", "rival", &w.alice.1, method, path, body).await;
+        assert_eq!(r.code(), "conversation_not_found", "{method} {path}");
+    }
+    let r = call_in(
+        &w,
+        "acme",
+        "rival",
+        &w.alice.1,
+        "POST",
+        "/owned",
+        Some(json!({"resource": "space:42", "title": "Mine"})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_ne!(r.json()["id"], cid.as_str());
+    assert_eq!(r.json()["owner"], "rival");
     // Users cannot reach the owner's routes directly, nor manage members.
     let r = chat(
         &w,
