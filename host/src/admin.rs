@@ -128,6 +128,26 @@ pub enum Op {
         tenant: String,
         name: String,
     },
+    /// A tenant's retention periods per class and its legal hold.
+    RetentionShow {
+        tenant: String,
+    },
+    /// Sets the retention of one class: `days`, or `None` to keep.
+    RetentionSet {
+        tenant: String,
+        class: String,
+        days: Option<u32>,
+    },
+    /// Sets or releases a legal hold on the tenant, or on one blob of one
+    /// plugin (e.g. a recording's media).
+    HoldSet {
+        tenant: String,
+        on: bool,
+        #[serde(default)]
+        plugin: Option<String>,
+        #[serde(default)]
+        blob: Option<String>,
+    },
     /// The settings of an enabled plugin, defaults filled in.
     PluginConfigShow {
         tenant: String,
@@ -306,6 +326,13 @@ fn authorize(
                 Ok(())
             } else {
                 deny("see the plugin catalogue")
+            }
+        }
+        RetentionShow { tenant } | RetentionSet { tenant, .. } | HoldSet { tenant, .. } => {
+            if operator || own_tenant(tenant) {
+                Ok(())
+            } else {
+                deny("set this tenant's retention or legal holds (its admins and operators may)")
             }
         }
         PluginEnable { tenant, .. }
@@ -606,6 +633,9 @@ fn op_name(op: &Op) -> &'static str {
         PluginList => "plugin-list",
         PluginEnable { .. } => "plugin-enable",
         PluginDisable { .. } => "plugin-disable",
+        RetentionShow { .. } => "retention-show",
+        RetentionSet { .. } => "retention-set",
+        HoldSet { .. } => "hold-set",
         PluginConfigShow { .. } => "plugin-config-show",
         PluginConfigSet { .. } => "plugin-config-set",
         OidcClientList { .. } => "oidc-client-list",
@@ -643,6 +673,9 @@ fn op_realm(op: &Op) -> Option<Scope> {
         | PluginDisable { tenant, .. }
         | PluginConfigShow { tenant, .. }
         | PluginConfigSet { tenant, .. }
+        | RetentionShow { tenant }
+        | RetentionSet { tenant, .. }
+        | HoldSet { tenant, .. }
         | OidcClientList { tenant }
         | OidcClientAdd { tenant, .. }
         | OidcClientRemove { tenant, .. }
@@ -867,6 +900,36 @@ async fn run(rt: &Runtime, actor: &Actor, op: Op, granted: bool) -> Result<Value
         PluginDisable { tenant, name } => {
             rt.disable_plugin(&tenant, &name).await?;
             json!({ "disabled": name })
+        }
+        RetentionShow { tenant } => {
+            let (days, hold) = rt.retention_policy(&tenant)?;
+            json!({ "days": days, "legal_hold": hold })
+        }
+        RetentionSet {
+            tenant,
+            class,
+            days,
+        } => {
+            rt.set_retention(&tenant, &class, days).await?;
+            let (days, hold) = rt.retention_policy(&tenant)?;
+            json!({ "days": days, "legal_hold": hold })
+        }
+        HoldSet {
+            tenant,
+            on,
+            plugin,
+            blob,
+        } => {
+            match (plugin, blob) {
+                (Some(p), Some(b)) => rt.set_blob_hold(&tenant, &p, &b, on).await?,
+                (None, None) => rt.set_legal_hold(&tenant, on).await?,
+                _ => {
+                    return Err(ApiError::bad(
+                        "a hold on one object names both plugin and blob".to_string(),
+                    ));
+                }
+            }
+            json!({ "legal_hold": on })
         }
         PluginConfigShow { tenant, name } => {
             json!({ "plugin": name, "config": rt.plugin_config(&tenant, &name)? })

@@ -390,6 +390,30 @@ struct EnableBody {
     grants: Option<Vec<String>>,
 }
 
+/// `{"class": "recording", "days": 90}`, or `{"class": …, "keep": true}`
+/// to keep forever.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetentionBody {
+    class: String,
+    #[serde(default)]
+    days: Option<u32>,
+    #[serde(default)]
+    keep: bool,
+}
+
+/// `{"on": true}` for the tenant, plus `"plugin"` and `"blob"` for one
+/// object.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HoldBody {
+    on: bool,
+    #[serde(default)]
+    plugin: Option<String>,
+    #[serde(default)]
+    blob: Option<String>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AccessBody {
@@ -453,6 +477,31 @@ async fn admin_route(
                 name: s(name),
                 version: b.version,
                 grants: b.grants,
+            }
+        }
+        (&M::GET, ["tenants", t, "retention"]) => Op::RetentionShow { tenant: s(t) },
+        (&M::PUT, ["tenants", t, "retention"]) => {
+            let b: RetentionBody = parse(&body().await?)?;
+            if b.days.is_some() == b.keep {
+                return Err(ApiError::new(
+                    400,
+                    "bad_request",
+                    "give either \"days\" (1-36500) or \"keep\": true",
+                ));
+            }
+            Op::RetentionSet {
+                tenant: s(t),
+                class: b.class,
+                days: b.days,
+            }
+        }
+        (&M::PUT, ["tenants", t, "hold"]) => {
+            let b: HoldBody = parse(&body().await?)?;
+            Op::HoldSet {
+                tenant: s(t),
+                on: b.on,
+                plugin: b.plugin,
+                blob: b.blob,
             }
         }
         (&M::GET, ["tenants", t, "plugins", name, "config"]) => Op::PluginConfigShow {

@@ -12,7 +12,7 @@ use switchboard_signing::package::Trust;
 use switchboard_signing::{Capability, KeyId, Package, PackageError, keys};
 
 use crate::admin::Op;
-use crate::runtime::{Method, Principal, Request, Runtime};
+use crate::runtime::Runtime;
 use crate::server::{self, ServerConfig};
 
 /// Switchboard: a unified-communications server built as a WebAssembly
@@ -124,8 +124,15 @@ pub enum Command {
         #[arg(long)]
         plugin: String,
         /// User id the call is made as.
-        #[arg(long, default_value = "cli")]
+        #[arg(long, default_value = "cli", conflicts_with = "system")]
         user: String,
+        /// Call as the host itself (role system: what an admin may do).
+        #[arg(long)]
+        system: bool,
+        /// Repeat the call with `cursor=` while the JSON answer says
+        /// `"done": false` and carries a `cursor` (long verifications).
+        #[arg(long)]
+        follow: bool,
         /// HTTP method.
         method: String,
         /// Path below the plugin, e.g. `/counter/hits`.
@@ -973,27 +980,88 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             tenant,
             plugin,
             user,
+            system,
+            follow,
             method,
             path,
             body,
         } => {
-            let rt = open(&data)?;
-            let method: Method = method.parse().map_err(anyhow::Error::msg)?;
-            if !path.starts_with('/') {
-                bail!("the path must start with '/'");
+            let user = (!system).then_some(user);
+            let folder = data.dir()?;
+            let mut offline: Option<Runtime> = None;
+            let mut path = path;
+            loop {
+                let req = crate::control::ControlRequest::Call {
+                    tenant: tenant.clone(),
+                    plugin: plugin.clone(),
+                    user: user.clone(),
+                    method: method.clone(),
+                    path: path.clone(),
+                    body: body.clone(),
+                };
+                let (status, text) = match crate::control::send(&folder, &req).await {
+                    Some(answer) => {
+                        let answer = answer?;
+                        if !answer.ok {
+                            bail!("{} ({})", answer.message, answer.code);
+                        }
+                        let v: serde_json::Value = serde_json::from_str(&answer.message)?;
+                        (
+                            v["status"].as_u64().unwrap_or(0) as u16,
+                            v["body"].as_str().unwrap_or_default().to_string(),
+                        )
+                    }
+                    None => {
+                        if offline.is_none() {
+                            offline = Some(open(&data)?);
+                        }
+                        let rt = offline.as_ref().context("runtime")?;
+                        crate::control::call_plugin(
+                            rt,
+                            &tenant,
+                            &plugin,
+                            user.as_deref(),
+                            &method,
+                            &path,
+                            body.clone(),
+                        )
+                        .await
+                        .map_err(|(code, message)| anyhow::anyhow!("{message} ({code})"))?
+                    }
+                };
+                let cursor = serde_json::from_str::<serde_json::Value>(&text)
+                    .ok()
+                    .filter(|v| follow && status == 200 && v["done"] == false)
+                    .and_then(|v| v["cursor"].as_str().map(str::to_string));
+                match cursor {
+                    Some(c) => path = with_query(&path, "cursor", &c),
+                    None => {
+                        println!("{status}");
+                        println!("{text}");
+                        if let Some(rt) = &offline {
+                            rt.flush()?;
+                        }
+                        if status >= 400 {
+                            bail!("the plugin answered {status}");
+                        }
+                        return Ok(());
+                    }
+                }
             }
-            let req = Request::new(method, &path, Principal::user(&tenant, &user))
-                .with_body(body.into_bytes());
-            let resp = rt
-                .handle(&tenant, &plugin, req)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e} ({})", e.code()))?;
-            println!("{}", resp.status);
-            println!("{}", resp.text());
-            rt.flush()?;
-            Ok(())
         }
     }
+}
+
+/// `path` with query parameter `name` set to `value` (replacing it).
+fn with_query(path: &str, name: &str, value: &str) -> String {
+    let (base, query) = path.split_once('?').unwrap_or((path, ""));
+    let mut pairs: Vec<String> = query
+        .split('&')
+        .filter(|p| !p.is_empty() && !p.starts_with(&format!("{name}=")))
+        .map(str::to_string)
+        .collect();
+    pairs.push(format!("{name}={value}"));
+    format!("{base}?{}", pairs.join("&"))
 }
 
 /// Runs an administrative operation as the console: through the running

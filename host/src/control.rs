@@ -20,6 +20,15 @@ pub enum ControlRequest {
         kind: Option<crate::backup::Kind>,
     },
     RotateMaster,
+    /// A call to a plugin of a tenant, as `user` or (none) as the host.
+    Call {
+        tenant: String,
+        plugin: String,
+        user: Option<String>,
+        method: String,
+        path: String,
+        body: String,
+    },
     /// An administrative operation, run as the console.
     Admin {
         admin: crate::admin::Op,
@@ -108,6 +117,21 @@ async fn handle(rt: &Runtime, req: ControlRequest) -> ControlResponse {
                 Err(e) => fail(&e.code, e.message),
             }
         }
+        ControlRequest::Call {
+            tenant,
+            plugin,
+            user,
+            method,
+            path,
+            body,
+        } => match call_plugin(rt, &tenant, &plugin, user.as_deref(), &method, &path, body).await {
+            Ok((status, text)) => ControlResponse {
+                ok: true,
+                code: "ok".into(),
+                message: serde_json::json!({ "status": status, "body": text }).to_string(),
+            },
+            Err((code, message)) => fail(&code, message),
+        },
         ControlRequest::RotateMaster => match rt.rotate_master_key(None).await {
             Ok(id) => ControlResponse {
                 ok: true,
@@ -116,6 +140,35 @@ async fn handle(rt: &Runtime, req: ControlRequest) -> ControlResponse {
             },
             Err(e) => fail(e.code(), e.to_string()),
         },
+    }
+}
+
+/// Calls `plugin` of `tenant` as `user` (or as the host when `None`);
+/// returns the answer's status and body, or an error code and message.
+pub async fn call_plugin(
+    rt: &Runtime,
+    tenant: &str,
+    plugin: &str,
+    user: Option<&str>,
+    method: &str,
+    path: &str,
+    body: String,
+) -> Result<(u16, String), (String, String)> {
+    use crate::runtime::{Method, Principal, Request};
+    let method: Method = method
+        .parse()
+        .map_err(|e: String| ("bad_request".to_string(), e))?;
+    if !path.starts_with('/') {
+        return Err(("bad_request".into(), "the path must start with '/'".into()));
+    }
+    let principal = match user {
+        Some(u) => Principal::user(tenant, u),
+        None => Principal::system(tenant),
+    };
+    let req = Request::new(method, path, principal).with_body(body.into_bytes());
+    match rt.handle(tenant, plugin, req).await {
+        Ok(resp) => Ok((resp.status, resp.text())),
+        Err(e) => Err((e.code().to_string(), e.to_string())),
     }
 }
 

@@ -1454,23 +1454,41 @@ impl Inner {
             .collect();
         names.sort();
         for name in names {
-            let event = Event {
-                source: "host".into(),
-                kind: kind.into(),
-                data: data.to_vec(),
-            };
-            let principal = Principal::system(&tenant.record.id);
-            if let Err(e) = self
-                .call_top(tenant.clone(), name, principal, || {
-                    Invocation::Event(event.clone())
-                })
-                .await
-            {
-                tracing::debug!(tenant = %tenant.record.id, plugin = %name, kind, error = %e, "host event not taken");
-                all = false;
-            }
+            all &= self.host_event_to(tenant, name, kind, data).await;
         }
         all
+    }
+
+    /// Delivers a host event to one enabled plugin of `tenant`; returns
+    /// whether it took it (a plugin not enabled has nothing to take).
+    pub(crate) async fn host_event_to(
+        self: &Arc<Self>,
+        tenant: &Arc<TenantState>,
+        plugin: &str,
+        kind: &str,
+        data: &[u8],
+    ) -> bool {
+        if !tenant.enabled.contains_key(plugin) {
+            return true;
+        }
+        let event = Event {
+            source: "host".into(),
+            kind: kind.into(),
+            data: data.to_vec(),
+        };
+        let principal = Principal::system(&tenant.record.id);
+        match self
+            .call_top(tenant.clone(), plugin, principal, || {
+                Invocation::Event(event.clone())
+            })
+            .await
+        {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::debug!(tenant = %tenant.record.id, plugin, kind, error = %e, "host event not taken");
+                false
+            }
+        }
     }
 
     fn read_plugins(&self) -> std::sync::RwLockReadGuard<'_, PluginTable> {

@@ -15,7 +15,7 @@ pub const MAX_READ_BYTES: u32 = 4 << 20;
 
 /// Starts an empty blob; returns its id.
 pub fn create(owner: Option<&str>, retention_class: &str) -> Result<String, Error> {
-    raw::create(owner, retention_class)
+    crate::tx::note(raw::create(owner, retention_class))
 }
 
 /// Appends `data` (split into [`MAX_APPEND_BYTES`] pieces); returns the
@@ -23,7 +23,7 @@ pub fn create(owner: Option<&str>, retention_class: &str) -> Result<String, Erro
 pub fn append(id: &str, data: &[u8]) -> Result<u64, Error> {
     let mut size = raw::size(id)?;
     for piece in data.chunks(MAX_APPEND_BYTES) {
-        size = raw::append(id, piece)?;
+        size = crate::tx::note(raw::append(id, piece))?;
     }
     Ok(size)
 }
@@ -55,5 +55,5 @@ pub fn size(id: &str) -> Result<u64, Error> {
 /// Deletes a blob; returns whether it existed. Refused (`denied`) while
 /// the blob or the tenant is under legal hold.
 pub fn delete(id: &str) -> Result<bool, Error> {
-    raw::delete(id)
+    crate::tx::note(raw::delete(id))
 }

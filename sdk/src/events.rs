@@ -36,10 +36,10 @@ pub fn publish_json<T: serde::Serialize>(
 
 /// Adds `user` to `group`.
 pub fn join_group(group: &str, user: &str) -> Result<(), Error> {
-    raw::join_group(group, user)
+    crate::tx::note(raw::join_group(group, user))
 }
 
 /// Removes `user` from `group`.
 pub fn leave_group(group: &str, user: &str) -> Result<(), Error> {
-    raw::leave_group(group, user)
+    crate::tx::note(raw::leave_group(group, user))
 }

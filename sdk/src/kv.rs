@@ -17,12 +17,12 @@ pub fn get(key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, Error> {
 
 /// Sets `key` to `value` (at most 1 MiB; keys 1–1024 bytes).
 pub fn set(key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<(), Error> {
-    raw::set(key.as_ref(), value.as_ref())
+    crate::tx::note(raw::set(key.as_ref(), value.as_ref()))
 }
 
 /// Deletes `key`; returns whether it existed.
 pub fn delete(key: impl AsRef<[u8]>) -> Result<bool, Error> {
-    raw::delete(key.as_ref())
+    crate::tx::note(raw::delete(key.as_ref()))
 }
 
 /// Up to `limit` (≤ 1000) entries whose keys start with `prefix`, after

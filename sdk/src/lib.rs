@@ -35,6 +35,7 @@ pub mod kv;
 pub mod log;
 pub mod plugins;
 pub mod timers;
+pub mod tx;
 
 #[cfg(all(feature = "harness", not(target_arch = "wasm32")))]
 pub use switchboard::harness;

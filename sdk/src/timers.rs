@@ -9,10 +9,10 @@ use crate::bindings::switchboard::host::timers as raw;
 /// Schedules `name` with `payload` after `delay`; returns the timer id.
 pub fn schedule(delay: Duration, name: &str, payload: &[u8]) -> Result<String, Error> {
     let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-    raw::schedule(ms, name, payload)
+    crate::tx::note(raw::schedule(ms, name, payload))
 }
 
 /// Cancels a pending timer of this plugin; returns whether one was pending.
 pub fn cancel(id: &str) -> Result<bool, Error> {
-    raw::cancel(id)
+    crate::tx::note(raw::cancel(id))
 }

@@ -95,3 +95,14 @@ pub async fn enrol_mfa(s: &Server, token: &str) -> String {
     assert_eq!(r.status, 200, "{}", r.text());
     secret
 }
+
+/// Creates and activates each (realm, name, role); returns (id, token) of
+/// each, in order.
+pub async fn people(h: &Harness, s: &Server, who: &[(&str, &str, &str)]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (realm, name, role) in who {
+        let (id, welcome) = create_user(h, realm, name, role).await;
+        out.push((id, activate(s, Some(realm), name, &welcome).await));
+    }
+    out
+}

@@ -11,8 +11,8 @@ use serde_json::json;
 use switchboard::audit::{Entry, ProblemKind, Scope};
 use switchboard::cli::Cli;
 use switchboard::harness::Harness;
-use switchboard::store::crypt::load_key_file;
-use switchboard::store::{Store, StoreConfig};
+use switchboard::store::Store;
+use switchboard_tests::tamper::{copy_dir, raw_store};
 use switchboard::{Runtime, RuntimeConfig};
 use switchboard_tests::{component, manifest};
 
@@ -102,33 +102,6 @@ async fn i9_plugin_entries_are_attributed_and_written_only_when_the_call_commits
     );
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        let p = e.path();
-        let dest = to.join(e.file_name());
-        if p.is_dir() {
-            copy_dir(&p, &dest);
-        } else if e.file_name() != "control.sock" {
-            std::fs::copy(&p, &dest).unwrap();
-        }
-    }
-}
-
-/// Opens a copy of `data` as an attacker with the master key would.
-fn raw_store(data: &Path) -> Store {
-    let store = Store::open(StoreConfig {
-        dir: data.join("store"),
-        regions: vec!["local".into()],
-        master: load_key_file(&data.join("keys").join("master.key"), false).unwrap(),
-        next_master: None,
-        track_changes: false,
-    })
-    .unwrap();
-    store.place("acme", "local").unwrap();
-    store
-}
-
 fn key(seq: u64) -> Vec<u8> {
     format!("t/acme/au/e/{seq:016x}").into_bytes()
 }
@@ -149,7 +122,7 @@ async fn verify_copy(original: &Path, tamper: impl FnOnce(&Store)) -> switchboar
     let copy: PathBuf = scratch.path().join("data");
     copy_dir(original, &copy);
     {
-        let store = raw_store(&copy);
+        let store = raw_store(&copy, "acme");
         tamper(&store);
     }
     let rt = Runtime::open(RuntimeConfig::new(&copy)).unwrap();

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use switchboard::harness::Harness;
 use switchboard::tenant::Limits;
-use switchboard_tests::accounts::{activate, create_user};
+use switchboard_tests::accounts::people;
 use switchboard_tests::http::{Reply, Server, request};
 use switchboard_tests::stream::{next, next_of, ready};
 use switchboard_tests::{component, manifest};
@@ -46,17 +46,18 @@ async fn world_with(limits: Limits) -> World {
     h.enable("acme", "rival").await.unwrap();
     h.runtime().start_background();
     let s = Server::start(h.runtime().clone()).await;
-    let mut users = Vec::new();
-    for (t, name, role) in [
-        ("acme", "alice", "user"),
-        ("acme", "bob", "user"),
-        ("acme", "carol", "user"),
-        ("acme", "boss", "tenant-admin"),
-        ("globex", "gina", "user"),
-    ] {
-        let (id, w) = create_user(&h, t, name, role).await;
-        users.push((id, activate(&s, Some(t), name, &w).await));
-    }
+    let users = people(
+        &h,
+        &s,
+        &[
+            ("acme", "alice", "user"),
+            ("acme", "bob", "user"),
+            ("acme", "carol", "user"),
+            ("acme", "boss", "tenant-admin"),
+            ("globex", "gina", "user"),
+        ],
+    )
+    .await;
     let mut u = users.into_iter();
     World {
         alice: u.next().unwrap(),
@@ -1384,7 +1385,7 @@ async fn c1_a_plugin_owns_its_conversations_and_their_deletion() {
         let method = method.to_string();
         let path = path.to_string();
         let w = &w;
-        async move { call_in(w, "acme", "owner", &token, &method, &path, body).await }
+        async move { call_in(w, "acme", "owner", &token, &method, &format!("/chat{path}"), body).await }
     };
     let guest_id = "guest-1234";
     let r = owner(
@@ -1423,7 +1424,7 @@ async fn c1_a_plugin_owns_its_conversations_and_their_deletion() {
             Some(json!({"users": [w.carol.0]})),
         ),
     ] {
-        let r = call_in(&w, "acme", "rival", &w.alice.1, method, path, body).await;
+        let r = call_in(&w, "acme", "rival", &w.alice.1, method, &format!("/chat{path}"), body).await;
         assert_eq!(r.code(), "conversation_not_found", "{method} {path}");
     }
     let r = call_in(
@@ -1432,7 +1433,7 @@ async fn c1_a_plugin_owns_its_conversations_and_their_deletion() {
         "rival",
         &w.alice.1,
         "POST",
-        "/owned",
+        "/chat/owned",
         Some(json!({"resource": "space:42", "title": "Mine"})),
     )
     .await;
@@ -1527,7 +1528,7 @@ async fn c1_a_plugin_owns_its_conversations_and_their_deletion() {
         "owner",
         &w.gina.1,
         "GET",
-        "/owned/space:42",
+        "/chat/owned/space:42",
         None,
     )
     .await;

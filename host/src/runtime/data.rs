@@ -21,6 +21,9 @@ pub struct SweepReport {
     pub held_objects: u64,
     /// Tenants skipped entirely because of a tenant hold.
     pub held_tenants: u64,
+    /// What was deleted: (tenant, plugin, blob id, class). Each owning
+    /// plugin is told (host event `blob.expired`).
+    pub expired: Vec<(String, String, String, String)>,
 }
 
 /// A tenant's storage use.
@@ -177,10 +180,7 @@ impl Runtime {
     /// Deletes every blob whose retention ended at `now_ms`, except under
     /// hold, then reclaims deleted blobs' chunks.
     pub async fn sweep_retention(&self, now_ms: u64) -> Result<SweepReport, StoreError> {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.sweep_retention(now_ms))
-            .await
-            .map_err(|e| StoreError::Backend(e.to_string()))?
+        sweep_and_tell(&self.inner, now_ms).await
     }
 
     /// Reclaims the chunks of deleted blobs now (normally done in the
@@ -322,6 +322,12 @@ impl Inner {
         }
         if self.commit_host(tenant, txn)? {
             report.deleted += 1;
+            report.expired.push((
+                tenant.to_string(),
+                plugin.to_string(),
+                id.to_string(),
+                class.to_string(),
+            ));
             self.audit(
                 &Scope::tenant(tenant),
                 "retention.delete",
@@ -387,6 +393,26 @@ impl Inner {
 
 /// Reclaims deleted blobs every minute and sweeps retention every
 /// `interval`, until the runtime is dropped.
+/// Sweeps retention (on a blocking thread), then tells each plugin whose
+/// blobs expired: host event `blob.expired` with `{"blob", "class"}`
+/// (SPEC D4: a recording plugin marks the recording shredded).
+async fn sweep_and_tell(inner: &Arc<Inner>, now: u64) -> Result<SweepReport, StoreError> {
+    let job = inner.clone();
+    let report = tokio::task::spawn_blocking(move || job.sweep_retention(now))
+        .await
+        .map_err(|e| StoreError::Backend(e.to_string()))??;
+    for (tenant, plugin, blob, class) in &report.expired {
+        let Some(t) = inner.tenant(tenant) else {
+            continue;
+        };
+        let data = serde_json::json!({ "blob": blob, "class": class }).to_string();
+        inner
+            .host_event_to(&t, plugin, "blob.expired", data.as_bytes())
+            .await;
+    }
+    Ok(report)
+}
+
 pub(super) async fn maintenance_loop(weak: Weak<Inner>, interval: Duration) {
     let mut last_sweep = tokio::time::Instant::now();
     loop {
@@ -399,28 +425,27 @@ pub(super) async fn maintenance_loop(weak: Weak<Inner>, interval: Duration) {
         }
         // Forget event backlogs nobody can resume any more.
         inner.events.sweep();
-        let job = {
-            let inner: Arc<Inner> = inner.clone();
-            tokio::task::spawn_blocking(move || {
-                if sweep {
-                    inner.sweep_retention(now_ms()).map(|r| {
-                        if r.deleted > 0 {
-                            tracing::info!(
-                                deleted = r.deleted,
-                                held = r.held_objects,
-                                "retention sweep"
-                            );
-                        }
-                    })
-                } else {
-                    inner
-                        .tenant_ids()
-                        .iter()
-                        .try_for_each(|t| inner.reclaim_blobs(t).map(|_| ()))
+        let result = if sweep {
+            sweep_and_tell(&inner, now_ms()).await.map(|r| {
+                if r.deleted > 0 {
+                    tracing::info!(
+                        deleted = r.deleted,
+                        held = r.held_objects,
+                        "retention sweep"
+                    );
                 }
             })
+        } else {
+            let job: Arc<Inner> = inner.clone();
+            tokio::task::spawn_blocking(move || {
+                job.tenant_ids()
+                    .iter()
+                    .try_for_each(|t| job.reclaim_blobs(t).map(|_| ()))
+            })
+            .await
+            .unwrap_or(Ok(()))
         };
-        if let Ok(Err(e)) = job.await {
+        if let Err(e) = result {
             tracing::error!(error = %e, "storage maintenance failed; retrying later");
         }
         if sweep {

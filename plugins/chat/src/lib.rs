@@ -12,7 +12,6 @@
 
 mod model;
 mod text;
-mod w;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -22,7 +21,7 @@ use serde_json::{Value, json};
 use switchboard_sdk::http::{self, ApiError, Params, RequestExt as _, Router};
 use switchboard_sdk::{
     Event, Plugin, PrincipalKind, Request, Response, TimerEvent, audit, blobs, config, crypto,
-    events, identity, kv,
+    events, identity, kv, timers,
 };
 
 use model::{
@@ -85,12 +84,9 @@ impl Plugin for Chat {
             .post("/owned/:resource/members", owned_add_members)
             .delete("/owned/:resource/members/:user", owned_remove_member)
             .handle(&request);
-        // Handlers check before they write; if a host call still fails
-        // after a write (a limit, legal hold...), answering 4xx would keep
-        // the half-done change. A 5xx makes the host drop all of it.
-        if w::wrote() && (400..500).contains(&response.status) {
-            response.status = 500;
-        }
+        // Handlers check before they write; should a host call still fail
+        // after a write, a 5xx makes the host drop the half-done change.
+        switchboard_sdk::tx::finish(&mut response);
         response
     }
 
@@ -290,7 +286,7 @@ fn add_member(conv: &mut Conversation, user: &str, by: &str, now: u64) -> Result
     if kv::get(model::member(&conv.id, user))?.is_some() {
         return Ok(false);
     }
-    w::set_json(
+    kv::set_json(
         model::member(&conv.id, user),
         &Member {
             user: user.to_string(),
@@ -299,18 +295,18 @@ fn add_member(conv: &mut Conversation, user: &str, by: &str, now: u64) -> Result
             last_read: 0,
         },
     )?;
-    w::set(model::user_conversation(user, &conv.id), b"")?;
-    w::join_group(&model::group(&conv.id), user)?;
+    kv::set(model::user_conversation(user, &conv.id), b"")?;
+    events::join_group(&model::group(&conv.id), user)?;
     conv.members += 1;
     Ok(true)
 }
 
 fn drop_member(conv: &mut Conversation, user: &str) -> Result<bool, ApiError> {
-    if !w::delete(model::member(&conv.id, user))? {
+    if !kv::delete(model::member(&conv.id, user))? {
         return Ok(false);
     }
-    w::delete(model::user_conversation(user, &conv.id))?;
-    w::leave_group(&model::group(&conv.id), user)?;
+    kv::delete(model::user_conversation(user, &conv.id))?;
+    events::leave_group(&model::group(&conv.id), user)?;
     conv.members = conv.members.saturating_sub(1);
     Ok(true)
 }
@@ -388,14 +384,14 @@ fn index_tags(body: &str) -> Result<BTreeSet<String>, ApiError> {
 
 fn index_message(cid: &str, seq: u64, body: &str) -> Result<(), ApiError> {
     for tag in index_tags(body)? {
-        w::set(model::index(cid, &tag, seq), b"")?;
+        kv::set(model::index(cid, &tag, seq), b"")?;
     }
     Ok(())
 }
 
 fn unindex_message(cid: &str, seq: u64, body: &str) -> Result<(), ApiError> {
     for tag in index_tags(body)? {
-        w::delete(model::index(cid, &tag, seq))?;
+        kv::delete(model::index(cid, &tag, seq))?;
     }
     Ok(())
 }
@@ -459,8 +455,8 @@ fn create_conversation(req: &Request, _: &Params) -> Reply {
             let mut conv = Conversation::new(Kind::Direct, None, &me, now, None, None);
             add_member(&mut conv, &me, &me, now)?;
             add_member(&mut conv, &other, &me, now)?;
-            w::set(&pair, conv.id.as_bytes())?;
-            w::set_json(model::conversation(&conv.id), &conv)?;
+            kv::set(&pair, conv.id.as_bytes())?;
+            kv::set_json(model::conversation(&conv.id), &conv)?;
             created(&conv, &me)
         }
         Kind::Group => {
@@ -496,7 +492,7 @@ fn create_conversation(req: &Request, _: &Params) -> Reply {
             for u in &users {
                 add_member(&mut conv, u, &me, now)?;
             }
-            w::set_json(model::conversation(&conv.id), &conv)?;
+            kv::set_json(model::conversation(&conv.id), &conv)?;
             created(&conv, &me)
         }
         Kind::Owned => Err(ApiError::bad_request(
@@ -579,7 +575,7 @@ fn rename_conversation(req: &Request, p: &Params) -> Reply {
         ));
     }
     conv.title = Some(title);
-    w::set_json(model::conversation(&conv.id), &conv)?;
+    kv::set_json(model::conversation(&conv.id), &conv)?;
     publish_group(
         &conv.id,
         "chat.conversation.updated",
@@ -709,7 +705,7 @@ fn change_members(
             removed.push(u.clone());
         }
     }
-    w::set_json(model::conversation(&conv.id), &conv)?;
+    kv::set_json(model::conversation(&conv.id), &conv)?;
     announce_members(&conv, by, "added", &added)?;
     announce_members(&conv, by, "removed", &removed)?;
     Ok(http::json(200, &conv))
@@ -941,8 +937,8 @@ fn post_message(req: &Request, p: &Params) -> Reply {
     let seq = conv.last_seq + 1;
     for a in &mut attachments {
         a.message = Some(seq);
-        w::set_json(model::attachment(&cid, &a.id), a)?;
-        w::delete(model::pending(&me, &a.id))?;
+        kv::set_json(model::attachment(&cid, &a.id), a)?;
+        kv::delete(model::pending(&me, &a.id))?;
     }
     let message = Message {
         conversation: cid.clone(),
@@ -956,15 +952,15 @@ fn post_message(req: &Request, p: &Params) -> Reply {
         edits: 0,
         deleted: None,
     };
-    w::set_json(model::message(&cid, seq), &message)?;
+    kv::set_json(model::message(&cid, seq), &message)?;
     index_message(&cid, seq, &message.text)?;
     conv.last_seq = seq;
     conv.last_at = now;
-    w::set_json(model::conversation(&cid), &conv)?;
+    kv::set_json(model::conversation(&cid), &conv)?;
     member.last_read = seq;
-    w::set_json(model::member(&cid, &me), &member)?;
+    kv::set_json(model::member(&cid, &me), &member)?;
     if let Some(key) = client_key {
-        w::set(key, seq.to_string())?;
+        kv::set(key, seq.to_string())?;
     }
     publish_message(&cid, "chat.message.created", &message)?;
     Ok(http::json(201, &message))
@@ -1029,7 +1025,7 @@ fn edit_message(req: &Request, p: &Params) -> Reply {
         ));
     }
     let now = now_ms();
-    w::set_json(
+    kv::set_json(
         model::revision(&cid, message.seq, message.edits),
         &Revision {
             text: message.text.clone(),
@@ -1041,7 +1037,7 @@ fn edit_message(req: &Request, p: &Params) -> Reply {
     message.text = body.text;
     message.edits += 1;
     message.edited_at = Some(now);
-    w::set_json(model::message(&cid, message.seq), &message)?;
+    kv::set_json(model::message(&cid, message.seq), &message)?;
     audit_ok(
         "chat.message.edit",
         &message_target(&cid, message.seq),
@@ -1062,7 +1058,7 @@ fn delete_message(req: &Request, p: &Params) -> Reply {
     // anything else changed.
     for a in &message.attachments {
         if let Some(att) = kv::get_json::<Attachment>(model::attachment(&cid, &a.id))? {
-            match w::blob_delete(&att.blob) {
+            match blobs::delete(&att.blob) {
                 Ok(_) => {}
                 Err(switchboard_sdk::Error::Denied(m)) => {
                     return Err(ApiError::new(
@@ -1073,12 +1069,12 @@ fn delete_message(req: &Request, p: &Params) -> Reply {
                 }
                 Err(e) => return Err(e.into()),
             }
-            w::delete(model::attachment(&cid, &a.id))?;
+            kv::delete(model::attachment(&cid, &a.id))?;
         }
     }
     unindex_message(&cid, message.seq, &message.text)?;
     for n in 0..message.edits {
-        w::delete(model::revision(&cid, message.seq, n))?;
+        kv::delete(model::revision(&cid, message.seq, n))?;
     }
     let removed_attachments = message.attachments.len();
     message.text.clear();
@@ -1088,7 +1084,7 @@ fn delete_message(req: &Request, p: &Params) -> Reply {
         at: now,
         by: me.clone(),
     });
-    w::set_json(model::message(&cid, message.seq), &message)?;
+    kv::set_json(model::message(&cid, message.seq), &message)?;
     audit_ok(
         "chat.message.delete",
         &message_target(&cid, message.seq),
@@ -1135,7 +1131,7 @@ fn mark_read(req: &Request, p: &Params) -> Reply {
     }
     if body.seq > member.last_read {
         member.last_read = body.seq;
-        w::set_json(model::member(&conv.id, &me), &member)?;
+        kv::set_json(model::member(&conv.id, &me), &member)?;
         publish_group(
             &conv.id,
             "chat.read",
@@ -1154,13 +1150,6 @@ fn max_attachment_bytes() -> u64 {
     setting_int("max-attachment-mib", 15) << 20
 }
 
-fn append_chunks(blob: &str, data: &[u8]) -> Result<u64, ApiError> {
-    let mut size = 0;
-    for chunk in data.chunks(CHUNK) {
-        size = w::blob_append(blob, chunk)?;
-    }
-    Ok(size)
-}
 
 /// `POST /conversations/:cid/attachments?name=&type=`: the body is the
 /// file, or its first part (more with `.../content?offset=`).
@@ -1189,8 +1178,8 @@ fn upload_attachment(req: &Request, p: &Params) -> Reply {
             ),
         ));
     }
-    let blob = w::blob_create(Some(&me), "chat")?;
-    let size = append_chunks(&blob, &req.body)?;
+    let blob = blobs::create(Some(&me), "chat")?;
+    let size = blobs::append(&blob, &req.body)?;
     let attachment = Attachment {
         id: new_id(),
         conversation: conv.id.clone(),
@@ -1202,12 +1191,12 @@ fn upload_attachment(req: &Request, p: &Params) -> Reply {
         created_at: now_ms(),
         message: None,
     };
-    w::set_json(model::attachment(&conv.id, &attachment.id), &attachment)?;
-    w::set(
+    kv::set_json(model::attachment(&conv.id, &attachment.id), &attachment)?;
+    kv::set(
         model::pending(&attachment.uploader, &attachment.id),
         conv.id.as_bytes(),
     )?;
-    w::schedule(
+    timers::schedule(
         PENDING_UPLOAD_TTL,
         "expire-upload",
         format!("{}/{}", conv.id, attachment.id).as_bytes(),
@@ -1274,8 +1263,8 @@ fn append_attachment(req: &Request, p: &Params) -> Reply {
     if a.size + req.body.len() as u64 > max {
         return Err(too_big(max));
     }
-    a.size = append_chunks(&a.blob, &req.body)?;
-    w::set_json(model::attachment(&conv.id, aid), &a)?;
+    a.size = blobs::append(&a.blob, &req.body)?;
+    kv::set_json(model::attachment(&conv.id, aid), &a)?;
     Ok(http::json(200, &attachment_view(&a)))
 }
 
@@ -1529,7 +1518,7 @@ fn presence_reset(data: &[u8]) -> Result<(), ApiError> {
     let v: Value = serde_json::from_slice(data)
         .map_err(|e| ApiError::bad_request("invalid_event", e.to_string()))?;
     let boot = v["boot"].as_u64().unwrap_or(0);
-    w::set(model::BOOT, boot.to_string())?;
+    kv::set(model::BOOT, boot.to_string())?;
     Ok(())
 }
 
@@ -1541,14 +1530,14 @@ fn presence_changed(data: &[u8]) -> Result<(), ApiError> {
     }
     let boot = current_boot()?;
     if e.boot != boot {
-        w::set(model::BOOT, e.boot.to_string())?;
+        kv::set(model::BOOT, e.boot.to_string())?;
     }
     let mut p = presence_of(&e.user)?;
     let before = effective(&p, boot);
     p.online = e.online;
     p.boot = e.boot;
     p.since = now_ms();
-    w::set_json(model::presence(&e.user), &p)?;
+    kv::set_json(model::presence(&e.user), &p)?;
     let after = effective(&p, e.boot);
     if before != after {
         announce(&e.user, after)?;
@@ -1612,7 +1601,7 @@ fn set_presence(req: &Request, _: &Params) -> Reply {
     let mut p = presence_of(&me)?;
     let before = effective(&p, boot);
     p.status = body.status;
-    w::set_json(model::presence(&me), &p)?;
+    kv::set_json(model::presence(&me), &p)?;
     let after = effective(&p, boot);
     if before != after {
         announce(&me, after)?;
@@ -1628,7 +1617,7 @@ fn watch_presence(req: &Request, _: &Params) -> Reply {
     let body: Users = req.json()?;
     check_users(&body.users)?;
     for u in &body.users {
-        w::join_group(&model::watchers(u), &me)?;
+        events::join_group(&model::watchers(u), &me)?;
     }
     Ok(http::json(200, &presence_list(&body.users)?))
 }
@@ -1638,7 +1627,7 @@ fn unwatch_presence(req: &Request, _: &Params) -> Reply {
     let body: Users = req.json()?;
     check_users(&body.users)?;
     for u in &body.users {
-        w::leave_group(&model::watchers(u), &me)?;
+        events::leave_group(&model::watchers(u), &me)?;
     }
     Ok(http::empty(204))
 }
@@ -1712,8 +1701,8 @@ fn owned_create(req: &Request, _: &Params) -> Reply {
     for u in &members {
         add_member(&mut conv, u, &by, now)?;
     }
-    w::set(&key, conv.id.as_bytes())?;
-    w::set_json(model::conversation(&conv.id), &conv)?;
+    kv::set(&key, conv.id.as_bytes())?;
+    kv::set_json(model::conversation(&conv.id), &conv)?;
     let members: Vec<String> = members.into_iter().collect();
     audit_ids("chat.conversation.create", &conv, &by, &members)?;
     publish_group(
@@ -1776,9 +1765,9 @@ fn owned_delete(req: &Request, p: &Params) -> Reply {
     // Named now: the purge may empty the event group before delivery.
     let members = all_member_ids(&conv.id)?;
     conv.deleted = true;
-    w::set_json(model::conversation(&conv.id), &conv)?;
-    w::delete(model::owned(&plugin, resource))?;
-    w::schedule(Duration::ZERO, "purge", conv.id.as_bytes())?;
+    kv::set_json(model::conversation(&conv.id), &conv)?;
+    kv::delete(model::owned(&plugin, resource))?;
+    timers::schedule(Duration::ZERO, "purge", conv.id.as_bytes())?;
     audit_ok(
         "chat.conversation.delete",
         &format!("conversation/{}", conv.id),
@@ -1804,26 +1793,26 @@ fn purge(cid: &str) -> Result<(), ApiError> {
             if prefix.starts_with("a/")
                 && let Ok(a) = serde_json::from_slice::<Attachment>(&e.value)
             {
-                w::blob_delete(&a.blob)?;
+                blobs::delete(&a.blob)?;
                 if a.message.is_none() {
-                    w::delete(model::pending(&a.uploader, &a.id))?;
+                    kv::delete(model::pending(&a.uploader, &a.id))?;
                 }
             }
             if prefix.starts_with("cm/")
                 && let Ok(m) = serde_json::from_slice::<Member>(&e.value)
             {
-                w::delete(model::user_conversation(&m.user, cid))?;
-                w::leave_group(&model::group(cid), &m.user)?;
+                kv::delete(model::user_conversation(&m.user, cid))?;
+                events::leave_group(&model::group(cid), &m.user)?;
             }
-            w::delete(&e.key)?;
+            kv::delete(&e.key)?;
         }
         budget -= page.entries.len() as u32;
         if budget == 0 {
-            w::schedule(Duration::ZERO, "purge", cid.as_bytes())?;
+            timers::schedule(Duration::ZERO, "purge", cid.as_bytes())?;
             return Ok(());
         }
     }
-    w::delete(model::conversation(cid))?;
+    kv::delete(model::conversation(cid))?;
     Ok(())
 }
 
@@ -1835,9 +1824,9 @@ fn expire_upload(payload: &str) -> Result<(), ApiError> {
     if let Some(a) = kv::get_json::<Attachment>(model::attachment(cid, aid))?
         && a.message.is_none()
     {
-        w::blob_delete(&a.blob)?;
-        w::delete(model::attachment(cid, aid))?;
-        w::delete(model::pending(&a.uploader, aid))?;
+        blobs::delete(&a.blob)?;
+        kv::delete(model::attachment(cid, aid))?;
+        kv::delete(model::pending(&a.uploader, aid))?;
     }
     Ok(())
 }
