@@ -38,11 +38,7 @@ async fn start(s: &Server, token: &str, source: &str) -> String {
 /// Uploads `chunks` chunks to `rid` over one keep-alive connection.
 async fn upload(addr: SocketAddr, token: &str, rid: &str, chunks: u64) {
     let mut sender = keep_alive(addr).await;
-    let data = Bytes::from(
-        (0..CHUNK)
-            .map(|i| (i % 251) as u8)
-            .collect::<Vec<u8>>(),
-    );
+    let data = Bytes::from((0..CHUNK).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
     for n in 1..=chunks {
         let req = hyper::Request::put(format!(
             "/api/v1/t/acme/p/recording/recordings/{rid}/chunks/{n}"
@@ -127,7 +123,8 @@ async fn bench(h: &Harness, s: &Server) {
     let mib = (chunks * 4) as f64;
     println!(
         "{:<44} {:>8.1} MiB/s  ({mib:.0} MiB in {secs:.2} s)",
-        "one recorder", mib / secs
+        "one recorder",
+        mib / secs
     );
     stop(s, &tokens[0], &rid).await;
 
@@ -147,7 +144,8 @@ async fn bench(h: &Harness, s: &Server) {
     let secs = t.elapsed().as_secs_f64();
     println!(
         "{:<44} {:>8.1} MiB/s  (256 MiB in {secs:.2} s)",
-        "four recorders at once", 256.0 / secs
+        "four recorders at once",
+        256.0 / secs
     );
 
     // Verification of the 256 MiB recording.

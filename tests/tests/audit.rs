@@ -12,8 +12,8 @@ use switchboard::audit::{Entry, ProblemKind, Scope};
 use switchboard::cli::Cli;
 use switchboard::harness::Harness;
 use switchboard::store::Store;
-use switchboard_tests::tamper::{copy_dir, raw_store};
 use switchboard::{Runtime, RuntimeConfig};
+use switchboard_tests::tamper::{copy_dir, raw_store};
 use switchboard_tests::{component, manifest};
 
 /// A harness with tenant `acme` running the directory fixture, and `n`

@@ -1385,7 +1385,18 @@ async fn c1_a_plugin_owns_its_conversations_and_their_deletion() {
         let method = method.to_string();
         let path = path.to_string();
         let w = &w;
-        async move { call_in(w, "acme", "owner", &token, &method, &format!("/chat{path}"), body).await }
+        async move {
+            call_in(
+                w,
+                "acme",
+                "owner",
+                &token,
+                &method,
+                &format!("/chat{path}"),
+                body,
+            )
+            .await
+        }
     };
     let guest_id = "guest-1234";
     let r = owner(
@@ -1424,7 +1435,16 @@ async fn c1_a_plugin_owns_its_conversations_and_their_deletion() {
             Some(json!({"users": [w.carol.0]})),
         ),
     ] {
-        let r = call_in(&w, "acme", "rival", &w.alice.1, method, &format!("/chat{path}"), body).await;
+        let r = call_in(
+            &w,
+            "acme",
+            "rival",
+            &w.alice.1,
+            method,
+            &format!("/chat{path}"),
+            body,
+        )
+        .await;
         assert_eq!(r.code(), "conversation_not_found", "{method} {path}");
     }
     let r = call_in(

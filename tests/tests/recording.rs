@@ -119,7 +119,9 @@ async fn start(w: &World, source: &str) -> String {
 
 /// Chunk `n`'s deterministic content.
 fn chunk(n: u64, len: usize) -> Vec<u8> {
-    (0..len).map(|i| ((i as u64 * 31 + n * 7) % 251) as u8).collect()
+    (0..len)
+        .map(|i| ((i as u64 * 31 + n * 7) % 251) as u8)
+        .collect()
 }
 
 async fn put_chunk(w: &World, token: &str, rid: &str, seq: u64, data: &[u8]) -> Reply {
@@ -142,7 +144,14 @@ async fn upload(w: &World, rid: &str, seqs: std::ops::RangeInclusive<u64>, len: 
 }
 
 async fn stop(w: &World, rid: &str) -> Value {
-    let r = rec(w, &w.alice.1, "POST", &format!("/recordings/{rid}/stop"), None).await;
+    let r = rec(
+        w,
+        &w.alice.1,
+        "POST",
+        &format!("/recordings/{rid}/stop"),
+        None,
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     r.json()
 }
@@ -169,17 +178,41 @@ async fn r1_r3_chunks_arrive_in_order_resume_pause_and_seal() {
     let w = world().await;
     let mut bob_stream = ready(&w.s, &w.bob.1).await;
     let rid = start(&w, "c1").await;
-    let e = next_of(&mut bob_stream, "recording.started", WAIT).await.unwrap();
+    let e = next_of(&mut bob_stream, "recording.started", WAIT)
+        .await
+        .unwrap();
     assert_eq!(e["data"]["recording"], rid.as_str());
     // One recording per source at a time.
-    let r = rec(&w, &w.alice.1, "POST", "/recordings", Some(json!({"source": {"kind": "call", "id": "c1"}}))).await;
+    let r = rec(
+        &w,
+        &w.alice.1,
+        "POST",
+        "/recordings",
+        Some(json!({"source": {"kind": "call", "id": "c1"}})),
+    )
+    .await;
     assert_eq!((r.status, r.code().as_str()), (409, "already_recording"));
     for (body, code) in [
-        (json!({"source": {"kind": "fax", "id": "x"}}), "invalid_json"),
-        (json!({"source": {"kind": "call", "id": "a/b"}}), "invalid_source"),
-        (json!({"source": {"kind": "call", "id": "c9"}, "participants": ["nobody"]}), "unknown_user"),
-        (json!({"source": {"kind": "call", "id": "c9"}, "participants": ["gina"]}), "unknown_user"),
-        (json!({"source": {"kind": "call", "id": "c9"}, "content_type": "audio"}), "invalid_type"),
+        (
+            json!({"source": {"kind": "fax", "id": "x"}}),
+            "invalid_json",
+        ),
+        (
+            json!({"source": {"kind": "call", "id": "a/b"}}),
+            "invalid_source",
+        ),
+        (
+            json!({"source": {"kind": "call", "id": "c9"}, "participants": ["nobody"]}),
+            "unknown_user",
+        ),
+        (
+            json!({"source": {"kind": "call", "id": "c9"}, "participants": ["gina"]}),
+            "unknown_user",
+        ),
+        (
+            json!({"source": {"kind": "call", "id": "c9"}, "content_type": "audio"}),
+            "invalid_type",
+        ),
     ] {
         let r = rec(&w, &w.alice.1, "POST", "/recordings", Some(body.clone())).await;
         assert_eq!(r.code(), code, "{body}");
@@ -203,7 +236,15 @@ async fn r1_r3_chunks_arrive_in_order_resume_pause_and_seal() {
         ("4", big, 413, "chunk_too_large"),
         ("2", chunk(9, 50_000), 409, "chunk_conflict"),
     ] {
-        let r = raw(&w, &w.alice.1, "PUT", &format!("/recordings/{rid}/chunks/{seq}"), &[], &body).await;
+        let r = raw(
+            &w,
+            &w.alice.1,
+            "PUT",
+            &format!("/recordings/{rid}/chunks/{seq}"),
+            &[],
+            &body,
+        )
+        .await;
         assert_eq!((r.status, r.code().as_str()), (status, code), "chunk {seq}");
     }
     let r = raw(
@@ -216,11 +257,23 @@ async fn r1_r3_chunks_arrive_in_order_resume_pause_and_seal() {
     )
     .await;
     assert_eq!(r.code(), "checksum_mismatch");
-    let r = rec(&w, &w.alice.1, "GET", &format!("/recordings/{rid}"), None).await.json();
-    assert_eq!((r["chunks"].as_u64(), r["bytes"].as_u64(), r["next_chunk"].as_u64()), (Some(3), Some(150_000), Some(4)));
+    let r = rec(&w, &w.alice.1, "GET", &format!("/recordings/{rid}"), None)
+        .await
+        .json();
+    assert_eq!(
+        (
+            r["chunks"].as_u64(),
+            r["bytes"].as_u64(),
+            r["next_chunk"].as_u64()
+        ),
+        (Some(3), Some(150_000), Some(4))
+    );
     // A retried chunk (its answer was lost) is acknowledged, not doubled.
     let r = put_chunk(&w, &w.alice.1, &rid, 3, &chunk(3, 50_000)).await;
-    assert_eq!((r.status, r.json()["duplicate"].as_bool()), (200, Some(true)));
+    assert_eq!(
+        (r.status, r.json()["duplicate"].as_bool()),
+        (200, Some(true))
+    );
     let r = raw(
         &w,
         &w.alice.1,
@@ -233,26 +286,65 @@ async fn r1_r3_chunks_arrive_in_order_resume_pause_and_seal() {
     assert_eq!(r.status, 201, "{}", r.text());
     // Pause for card data: nothing is accepted until resumed; only the
     // initiator pauses, resumes and stops (SPEC M9).
-    let r = rec(&w, &w.bob.1, "POST", &format!("/recordings/{rid}/pause"), None).await;
+    let r = rec(
+        &w,
+        &w.bob.1,
+        "POST",
+        &format!("/recordings/{rid}/pause"),
+        None,
+    )
+    .await;
     assert_eq!(r.code(), "not_initiator");
-    let r = rec(&w, &w.alice.1, "POST", &format!("/recordings/{rid}/pause"), None).await;
+    let r = rec(
+        &w,
+        &w.alice.1,
+        "POST",
+        &format!("/recordings/{rid}/pause"),
+        None,
+    )
+    .await;
     assert_eq!(r.json()["state"], "paused");
-    next_of(&mut bob_stream, "recording.paused", WAIT).await.unwrap();
+    next_of(&mut bob_stream, "recording.paused", WAIT)
+        .await
+        .unwrap();
     let r = put_chunk(&w, &w.alice.1, &rid, 5, &chunk(5, 10)).await;
     assert_eq!((r.status, r.code().as_str()), (409, "recording_paused"));
-    let r = rec(&w, &w.alice.1, "POST", &format!("/recordings/{rid}/resume"), None).await;
+    let r = rec(
+        &w,
+        &w.alice.1,
+        "POST",
+        &format!("/recordings/{rid}/resume"),
+        None,
+    )
+    .await;
     assert_eq!(r.json()["state"], "recording");
     upload(&w, &rid, 5..=5, 50_000).await;
-    let r = rec(&w, &w.bob.1, "POST", &format!("/recordings/{rid}/stop"), None).await;
+    let r = rec(
+        &w,
+        &w.bob.1,
+        "POST",
+        &format!("/recordings/{rid}/stop"),
+        None,
+    )
+    .await;
     assert_eq!((r.status, r.code().as_str()), (403, "not_initiator"));
     let sealed = stop(&w, &rid).await;
-    next_of(&mut bob_stream, "recording.stopped", WAIT).await.unwrap();
+    next_of(&mut bob_stream, "recording.stopped", WAIT)
+        .await
+        .unwrap();
     // After the stop: nothing more, but a retry of the last chunk is fine.
     let r = put_chunk(&w, &w.alice.1, &rid, 6, &chunk(6, 10)).await;
     assert_eq!((r.status, r.code().as_str()), (409, "recording_stopped"));
     let r = put_chunk(&w, &w.alice.1, &rid, 5, &chunk(5, 50_000)).await;
     assert_eq!(r.status, 200);
-    let r = rec(&w, &w.alice.1, "POST", &format!("/recordings/{rid}/stop"), None).await;
+    let r = rec(
+        &w,
+        &w.alice.1,
+        "POST",
+        &format!("/recordings/{rid}/stop"),
+        None,
+    )
+    .await;
     assert_eq!(r.code(), "recording_stopped");
     // The seal states chunks, bytes, head, times, initiator and the pause,
     // and its Ed25519 signature checks out with the published key.
@@ -266,14 +358,37 @@ async fn r1_r3_chunks_arrive_in_order_resume_pause_and_seal() {
     assert_eq!(payload["head"], sealed["head"]);
     let key = rec(&w, &w.bob.1, "GET", "/seal-key", None).await.json();
     assert_eq!(key["public_key"], seal["public_key"]);
-    let vk = VerifyingKey::from_bytes(&hex::decode(key["public_key"].as_str().unwrap()).unwrap().try_into().unwrap()).unwrap();
-    let sig = Signature::from_slice(&hex::decode(seal["signature"].as_str().unwrap()).unwrap()).unwrap();
-    vk.verify(seal["payload"].as_str().unwrap().as_bytes(), &sig).unwrap();
+    let vk = VerifyingKey::from_bytes(
+        &hex::decode(key["public_key"].as_str().unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap(),
+    )
+    .unwrap();
+    let sig =
+        Signature::from_slice(&hex::decode(seal["signature"].as_str().unwrap()).unwrap()).unwrap();
+    vk.verify(seal["payload"].as_str().unwrap().as_bytes(), &sig)
+        .unwrap();
     // Verified intact through the API; the media plays back byte for byte.
-    let v = rec(&w, &w.bob.1, "GET", &format!("/recordings/{rid}/verify"), None).await;
+    let v = rec(
+        &w,
+        &w.bob.1,
+        "GET",
+        &format!("/recordings/{rid}/verify"),
+        None,
+    )
+    .await;
     assert_eq!(v.status, 200, "{}", v.text());
     assert_eq!(v.json()["intact"], true);
-    let m = raw(&w, &w.bob.1, "GET", &format!("/recordings/{rid}/media"), &[], b"").await;
+    let m = raw(
+        &w,
+        &w.bob.1,
+        "GET",
+        &format!("/recordings/{rid}/media"),
+        &[],
+        b"",
+    )
+    .await;
     let expected: Vec<u8> = (1..=5).flat_map(|n| chunk(n, 50_000)).collect();
     assert_eq!(m.body, expected);
 }
@@ -355,7 +470,10 @@ async fn r2_verify_finds_changed_missing_reordered_added_and_truncated_chunks() 
     })
     .await;
     assert_eq!((status, v["code"].as_str()), (409, Some("tampered")));
-    assert!(problems(&v).contains("chunk 3: its media was changed"), "{v}");
+    assert!(
+        problems(&v).contains("chunk 3: its media was changed"),
+        "{v}"
+    );
     // Changed without the keys: the media no longer opens.
     let (_, v) = verify_copy(&data, &rid, |s| {
         let prefix = format!("t/acme/bc/recording/{blob}/").into_bytes();
@@ -365,7 +483,10 @@ async fn r2_verify_finds_changed_missing_reordered_added_and_truncated_chunks() 
         s.apply(&[(k, Some(sealed))]).unwrap();
     })
     .await;
-    assert!(problems(&v).contains("chunk 1: its media cannot be read"), "{v}");
+    assert!(
+        problems(&v).contains("chunk 1: its media cannot be read"),
+        "{v}"
+    );
 
     // A chunk record removed.
     let (_, v) = verify_copy(&data, &rid, |s| {
@@ -419,17 +540,20 @@ async fn r2_verify_finds_changed_missing_reordered_added_and_truncated_chunks() 
     let (_, v) = verify_copy(&data, &rid, |s| {
         let key = format!("t/acme/k/recording/r/{rid}").into_bytes();
         let mut r: Value = serde_json::from_slice(&s.get(&key).unwrap().unwrap()).unwrap();
-        let forged = r["seal"]["payload"]
-            .as_str()
-            .unwrap()
-            .replace(&format!("\"initiator\":\"{}\"", w.alice.0), "\"initiator\":\"someone\"");
+        let forged = r["seal"]["payload"].as_str().unwrap().replace(
+            &format!("\"initiator\":\"{}\"", w.alice.0),
+            "\"initiator\":\"someone\"",
+        );
         r["seal"]["payload"] = json!(forged);
         s.apply(&[(key, Some(serde_json::to_vec(&r).unwrap()))])
             .unwrap();
     })
     .await;
     assert_eq!(v["signature_valid"], false, "{v}");
-    assert_eq!(sealed["seal"]["public_key"].as_str().map(str::len), Some(64));
+    assert_eq!(
+        sealed["seal"]["public_key"].as_str().map(str::len),
+        Some(64)
+    );
 }
 
 #[tokio::test]
@@ -447,17 +571,39 @@ async fn r4_access_is_checked_and_every_play_and_download_audited() {
     assert_eq!(r.json()["recordings"].as_array().unwrap().len(), 1);
     let r = rec(&w, &w.bob.1, "GET", "/recordings?all=true", None).await;
     assert_eq!(r.status, 403);
-    let r = rec(&w, &w.bob.1, "GET", "/recordings?source=call:c-access", None).await;
+    let r = rec(
+        &w,
+        &w.bob.1,
+        "GET",
+        "/recordings?source=call:c-access",
+        None,
+    )
+    .await;
     assert_eq!(r.json()["recordings"][0]["id"], rid.as_str());
     for path in ["", "/media", "/verify"] {
-        let r = rec(&w, &w.carol.1, "GET", &format!("/recordings/{rid}{path}"), None).await;
-        assert_eq!((r.status, r.code().as_str()), (404, "recording_not_found"), "{path}");
+        let r = rec(
+            &w,
+            &w.carol.1,
+            "GET",
+            &format!("/recordings/{rid}{path}"),
+            None,
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (404, "recording_not_found"),
+            "{path}"
+        );
     }
     let r = rec(&w, &w.gina.1, "GET", &format!("/recordings/{rid}"), None).await;
     assert_eq!(r.code(), "wrong_tenant");
-    let r = w
-        .s
-        .call("GET", &format!("/api/v1/t/globex/p/recording/recordings/{rid}"), Some(&w.gina.1), None)
+    let r =
+        w.s.call(
+            "GET",
+            &format!("/api/v1/t/globex/p/recording/recordings/{rid}"),
+            Some(&w.gina.1),
+            None,
+        )
         .await;
     assert_eq!(r.code(), "recording_not_found");
     for bad in ["x", &"A".repeat(32), &"0".repeat(31)] {
@@ -466,45 +612,88 @@ async fn r4_access_is_checked_and_every_play_and_download_audited() {
     }
     // Play: inline for audio; download: an attachment; both audited with
     // who, when and from where.
-    let play = raw(&w, &w.bob.1, "GET", &format!("/recordings/{rid}/media"), &[("range", "bytes=0-99")], b"").await;
+    let play = raw(
+        &w,
+        &w.bob.1,
+        "GET",
+        &format!("/recordings/{rid}/media"),
+        &[("range", "bytes=0-99")],
+        b"",
+    )
+    .await;
     assert_eq!(play.status, 206);
     assert_eq!(play.body, chunk(1, 20_000)[..100].to_vec());
     assert_eq!(play.header("content-type"), Some("audio/webm"));
     assert_eq!(play.header("content-disposition"), Some("inline"));
     assert_eq!(play.header("x-content-type-options"), Some("nosniff"));
-    let dl = raw(&w, &w.admin.1, "GET", &format!("/recordings/{rid}/media?download=true"), &[], b"").await;
+    let dl = raw(
+        &w,
+        &w.admin.1,
+        "GET",
+        &format!("/recordings/{rid}/media?download=true"),
+        &[],
+        b"",
+    )
+    .await;
     assert_eq!(dl.status, 200);
     assert_eq!(dl.body.len(), 40_000);
     assert_eq!(dl.header("content-type"), Some("application/octet-stream"));
-    assert!(dl.header("content-disposition").unwrap().starts_with("attachment; filename=\"recording-"));
+    assert!(
+        dl.header("content-disposition")
+            .unwrap()
+            .starts_with("attachment; filename=\"recording-")
+    );
     let audited = actions(&w);
     let plays: Vec<&(String, String, String)> = audited
         .iter()
         .filter(|(a, t, _)| a == "recording.play" && *t == format!("recording/{rid}"))
         .collect();
     assert_eq!(plays.len(), 1);
-    assert!(plays[0].2.contains("127.0.0.1"), "from where: {}", plays[0].2);
+    assert!(
+        plays[0].2.contains("127.0.0.1"),
+        "from where: {}",
+        plays[0].2
+    );
     assert!(plays[0].2.contains("0-99"));
     assert!(audited.iter().any(|(a, _, _)| a == "recording.download"));
-    let entries = w
-        .h
-        .runtime()
-        .audit_log()
-        .entries(&switchboard::audit::Scope::tenant("acme"), 0, 100_000)
+    let entries =
+        w.h.runtime()
+            .audit_log()
+            .entries(&switchboard::audit::Scope::tenant("acme"), 0, 100_000)
+            .unwrap();
+    let play_entry = entries
+        .iter()
+        .find(|e| e.action == "recording.play")
         .unwrap();
-    let play_entry = entries.iter().find(|e| e.action == "recording.play").unwrap();
-    assert!(format!("{:?}", play_entry.actor).contains(&w.bob.0), "who: {:?}", play_entry.actor);
+    assert!(
+        format!("{:?}", play_entry.actor).contains(&w.bob.0),
+        "who: {:?}",
+        play_entry.actor
+    );
     // The tenant's policy: participants, then admins, lose access.
     let mut cfg = serde_json::Map::new();
     cfg.insert("participants-may-access".into(), false.into());
-    w.h.runtime().set_config("acme", "recording", cfg).await.unwrap();
-    let r = rec(&w, &w.bob.1, "GET", &format!("/recordings/{rid}/media"), None).await;
+    w.h.runtime()
+        .set_config("acme", "recording", cfg)
+        .await
+        .unwrap();
+    let r = rec(
+        &w,
+        &w.bob.1,
+        "GET",
+        &format!("/recordings/{rid}/media"),
+        None,
+    )
+    .await;
     assert_eq!(r.status, 404);
     let r = rec(&w, &w.admin.1, "GET", &format!("/recordings/{rid}"), None).await;
     assert_eq!(r.status, 200);
     let mut cfg = serde_json::Map::new();
     cfg.insert("admins-may-access".into(), false.into());
-    w.h.runtime().set_config("acme", "recording", cfg).await.unwrap();
+    w.h.runtime()
+        .set_config("acme", "recording", cfg)
+        .await
+        .unwrap();
     let r = rec(&w, &w.admin.1, "GET", &format!("/recordings/{rid}"), None).await;
     assert_eq!(r.status, 404);
     let r = rec(&w, &w.alice.1, "GET", &format!("/recordings/{rid}"), None).await;
@@ -512,8 +701,13 @@ async fn r4_access_is_checked_and_every_play_and_download_audited() {
 }
 
 async fn admin(w: &World, method: &str, path: &str, body: Value) -> Reply {
-    w.s.call(method, &format!("/api/v1/admin/tenants/acme{path}"), Some(&w.admin.1), Some(&body))
-        .await
+    w.s.call(
+        method,
+        &format!("/api/v1/admin/tenants/acme{path}"),
+        Some(&w.admin.1),
+        Some(&body),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -521,39 +715,97 @@ async fn r5_legal_hold_suspends_deletion_and_retention_shreds_on_time() {
     let w = world().await;
     let rid = start(&w, "c-keep").await;
     upload(&w, &rid, 1..=2, 10_000).await;
-    let r = rec(&w, &w.alice.1, "DELETE", &format!("/recordings/{rid}"), None).await;
+    let r = rec(
+        &w,
+        &w.alice.1,
+        "DELETE",
+        &format!("/recordings/{rid}"),
+        None,
+    )
+    .await;
     assert_eq!((r.status, r.code().as_str()), (409, "recording_active"));
     stop(&w, &rid).await;
-    let blob = rec(&w, &w.admin.1, "GET", &format!("/recordings/{rid}"), None).await.json()["blob"]
+    let blob = rec(&w, &w.admin.1, "GET", &format!("/recordings/{rid}"), None)
+        .await
+        .json()["blob"]
         .as_str()
         .unwrap()
         .to_string();
     // A legal hold on this recording's media (tenant admin, admin API).
-    let r = admin(&w, "PUT", "/hold", json!({"on": true, "plugin": "recording", "blob": blob})).await;
+    let r = admin(
+        &w,
+        "PUT",
+        "/hold",
+        json!({"on": true, "plugin": "recording", "blob": blob}),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let r = rec(&w, &w.bob.1, "DELETE", &format!("/recordings/{rid}"), None).await;
     assert_eq!(r.status, 403, "participants do not delete");
-    let r = rec(&w, &w.alice.1, "DELETE", &format!("/recordings/{rid}"), None).await;
+    let r = rec(
+        &w,
+        &w.alice.1,
+        "DELETE",
+        &format!("/recordings/{rid}"),
+        None,
+    )
+    .await;
     assert_eq!((r.status, r.code().as_str()), (409, "legal_hold"));
     // Users cannot place or lift holds, nor change retention.
-    let r = w
-        .s
-        .call("PUT", "/api/v1/admin/tenants/acme/hold", Some(&w.alice.1), Some(&json!({"on": false, "plugin": "recording", "blob": blob})))
+    let r =
+        w.s.call(
+            "PUT",
+            "/api/v1/admin/tenants/acme/hold",
+            Some(&w.alice.1),
+            Some(&json!({"on": false, "plugin": "recording", "blob": blob})),
+        )
         .await;
     assert_eq!(r.status, 403);
-    let r = w
-        .s
-        .call("PUT", "/api/v1/admin/tenants/acme/retention", Some(&w.gina.1), Some(&json!({"class": "recording", "days": 1})))
+    let r =
+        w.s.call(
+            "PUT",
+            "/api/v1/admin/tenants/acme/retention",
+            Some(&w.gina.1),
+            Some(&json!({"class": "recording", "days": 1})),
+        )
         .await;
     assert_eq!(r.status, 403);
-    let r = admin(&w, "PUT", "/hold", json!({"on": false, "plugin": "recording", "blob": blob})).await;
+    let r = admin(
+        &w,
+        "PUT",
+        "/hold",
+        json!({"on": false, "plugin": "recording", "blob": blob}),
+    )
+    .await;
     assert_eq!(r.status, 200);
-    let r = rec(&w, &w.alice.1, "DELETE", &format!("/recordings/{rid}"), None).await;
+    let r = rec(
+        &w,
+        &w.alice.1,
+        "DELETE",
+        &format!("/recordings/{rid}"),
+        None,
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["state"], "shredded");
-    let r = rec(&w, &w.bob.1, "GET", &format!("/recordings/{rid}/media"), None).await;
+    let r = rec(
+        &w,
+        &w.bob.1,
+        "GET",
+        &format!("/recordings/{rid}/media"),
+        None,
+    )
+    .await;
     assert_eq!((r.status, r.code().as_str()), (410, "recording_shredded"));
-    let v = rec(&w, &w.alice.1, "GET", &format!("/recordings/{rid}/verify"), None).await.json();
+    let v = rec(
+        &w,
+        &w.alice.1,
+        "GET",
+        &format!("/recordings/{rid}/verify"),
+        None,
+    )
+    .await
+    .json();
     assert_eq!(v["media_shredded"], true);
 
     // Retention: 12 months by default (the host's class `recording`);
@@ -561,9 +813,19 @@ async fn r5_legal_hold_suspends_deletion_and_retention_shreds_on_time() {
     // shredded and the plugin told.
     let r = admin(&w, "GET", "/retention", json!(null)).await;
     assert_eq!(r.json()["days"]["recording"], 365, "{}", r.text());
-    let r = admin(&w, "PUT", "/retention", json!({"class": "recording", "days": 30})).await;
+    let r = admin(
+        &w,
+        "PUT",
+        "/retention",
+        json!({"class": "recording", "days": 30}),
+    )
+    .await;
     assert_eq!(r.json()["days"]["recording"], 30);
-    for bad in [json!({"class": "Recording!", "days": 1}), json!({"class": "recording", "days": 0}), json!({"class": "recording"})] {
+    for bad in [
+        json!({"class": "Recording!", "days": 1}),
+        json!({"class": "recording", "days": 0}),
+        json!({"class": "recording"}),
+    ] {
         let r = admin(&w, "PUT", "/retention", bad.clone()).await;
         assert_eq!(r.status, 400, "{bad}: {}", r.text());
     }
@@ -573,24 +835,49 @@ async fn r5_legal_hold_suspends_deletion_and_retention_shreds_on_time() {
     let held = start(&w, "c-held").await;
     upload(&w, &held, 1..=1, 1000).await;
     stop(&w, &held).await;
-    let held_blob = rec(&w, &w.admin.1, "GET", &format!("/recordings/{held}"), None).await.json()["blob"]
+    let held_blob = rec(&w, &w.admin.1, "GET", &format!("/recordings/{held}"), None)
+        .await
+        .json()["blob"]
         .as_str()
         .unwrap()
         .to_string();
-    admin(&w, "PUT", "/hold", json!({"on": true, "plugin": "recording", "blob": held_blob})).await;
+    admin(
+        &w,
+        "PUT",
+        "/hold",
+        json!({"on": true, "plugin": "recording", "blob": held_blob}),
+    )
+    .await;
     let now = switchboard::capability::timers::now_ms();
-    let report = w.h.runtime().sweep_retention(now + 29 * 86_400_000).await.unwrap();
+    let report =
+        w.h.runtime()
+            .sweep_retention(now + 29 * 86_400_000)
+            .await
+            .unwrap();
     assert_eq!(report.deleted, 0, "nothing expired before 30 days");
-    let report = w.h.runtime().sweep_retention(now + 31 * 86_400_000).await.unwrap();
+    let report =
+        w.h.runtime()
+            .sweep_retention(now + 31 * 86_400_000)
+            .await
+            .unwrap();
     assert_eq!(report.deleted, 1);
     assert_eq!(report.held_objects, 1);
-    let r = rec(&w, &w.alice.1, "GET", &format!("/recordings/{old}"), None).await.json();
+    let r = rec(&w, &w.alice.1, "GET", &format!("/recordings/{old}"), None)
+        .await
+        .json();
     assert_eq!(r["state"], "shredded");
     assert_eq!(r["shredded"]["reason"], "retention");
-    let r = rec(&w, &w.alice.1, "GET", &format!("/recordings/{held}"), None).await.json();
+    let r = rec(&w, &w.alice.1, "GET", &format!("/recordings/{held}"), None)
+        .await
+        .json();
     assert_eq!(r["state"], "stopped");
     let audited = actions(&w);
-    for a in ["recording.delete", "recording.expire", "retention.delete", "retention.policy"] {
+    for a in [
+        "recording.delete",
+        "recording.expire",
+        "retention.delete",
+        "retention.policy",
+    ] {
         assert!(audited.iter().any(|(x, _, _)| x == a), "{a} audited");
     }
 }
@@ -605,18 +892,41 @@ async fn r5_the_owners_quota_ends_a_recording_cleanly_and_sealed() {
     let rid = start(&w, "c-quota").await;
     upload(&w, &rid, 1..=2, 100_000).await;
     let r = put_chunk(&w, &w.alice.1, &rid, 3, &chunk(3, 100_000)).await;
-    assert_eq!((r.status, r.code().as_str()), (409, "quota_exceeded"), "{}", r.text());
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (409, "quota_exceeded"),
+        "{}",
+        r.text()
+    );
     let body = r.json();
     assert_eq!(body["recording"]["state"], "stopped");
     assert_eq!(body["recording"]["chunks"], 2);
-    let payload: Value = serde_json::from_str(body["recording"]["seal"]["payload"].as_str().unwrap()).unwrap();
-    assert_eq!((payload["chunks"].as_u64(), payload["bytes"].as_u64()), (Some(2), Some(200_000)));
-    let v = rec(&w, &w.alice.1, "GET", &format!("/recordings/{rid}/verify"), None).await;
+    let payload: Value =
+        serde_json::from_str(body["recording"]["seal"]["payload"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (payload["chunks"].as_u64(), payload["bytes"].as_u64()),
+        (Some(2), Some(200_000))
+    );
+    let v = rec(
+        &w,
+        &w.alice.1,
+        "GET",
+        &format!("/recordings/{rid}/verify"),
+        None,
+    )
+    .await;
     assert_eq!(v.json()["intact"], true, "{}", v.text());
     let r = put_chunk(&w, &w.alice.1, &rid, 3, &chunk(3, 10)).await;
     assert_eq!(r.code(), "recording_stopped");
     // The quota is alice's: bob records on.
-    let r = rec(&w, &w.bob.1, "POST", "/recordings", Some(json!({"source": {"kind": "screen", "id": "s1"}}))).await;
+    let r = rec(
+        &w,
+        &w.bob.1,
+        "POST",
+        "/recordings",
+        Some(json!({"source": {"kind": "screen", "id": "s1"}})),
+    )
+    .await;
     let bobs = r.json()["id"].as_str().unwrap().to_string();
     let r = put_chunk(&w, &w.bob.1, &bobs, 1, &chunk(1, 100_000)).await;
     assert_eq!(r.status, 201, "{}", r.text());
@@ -629,8 +939,13 @@ async fn m9_the_meetings_api_starts_and_only_the_initiator_stops() {
         let (token, method, path) = (token.to_string(), method.to_string(), path.to_string());
         let w = &w;
         async move {
-            w.s.call(&method, &format!("/api/v1/t/acme/p/owner/recording{path}"), Some(&token), body.as_ref())
-                .await
+            w.s.call(
+                &method,
+                &format!("/api/v1/t/acme/p/owner/recording{path}"),
+                Some(&token),
+                body.as_ref(),
+            )
+            .await
         }
     };
     // Started through the owning plugin for bob, with a guest taking part.
@@ -649,12 +964,27 @@ async fn m9_the_meetings_api_starts_and_only_the_initiator_stops() {
     let r = via(&w.alice.1, "GET", &format!("/recordings/{rid}"), None).await;
     assert_eq!(r.json()["state"], "recording");
     let mut carol = ready(&w.s, &w.carol.1).await;
-    let r = via(&w.alice.1, "POST", &format!("/recordings/{rid}/participants"), Some(json!({"users": [w.carol.0]}))).await;
+    let r = via(
+        &w.alice.1,
+        "POST",
+        &format!("/recordings/{rid}/participants"),
+        Some(json!({"users": [w.carol.0]})),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let e = next_of(&mut carol, "recording.started", WAIT).await.unwrap();
+    let e = next_of(&mut carol, "recording.started", WAIT)
+        .await
+        .unwrap();
     assert_eq!(e["data"]["recording"], rid.as_str());
     // A user cannot add participants directly (not the initiator).
-    let r = rec(&w, &w.alice.1, "POST", &format!("/recordings/{rid}/participants"), Some(json!({"users": ["guest-9"]}))).await;
+    let r = rec(
+        &w,
+        &w.alice.1,
+        "POST",
+        &format!("/recordings/{rid}/participants"),
+        Some(json!({"users": ["guest-9"]})),
+    )
+    .await;
     assert_eq!(r.code(), "not_initiator");
     // Only the initiator stops, through the plugin or directly.
     let r = via(&w.alice.1, "POST", &format!("/recordings/{rid}/stop"), None).await;
@@ -662,7 +992,14 @@ async fn m9_the_meetings_api_starts_and_only_the_initiator_stops() {
     let r = via(&w.bob.1, "POST", &format!("/recordings/{rid}/stop"), None).await;
     assert_eq!(r.status, 200, "{}", r.text());
     // Guests are refused as initiators.
-    let r = rec(&w, &w.alice.1, "GET", "/recordings?source=meeting:space-42:live-1", None).await;
+    let r = rec(
+        &w,
+        &w.alice.1,
+        "GET",
+        "/recordings?source=meeting:space-42:live-1",
+        None,
+    )
+    .await;
     assert_eq!(r.json()["recordings"].as_array().unwrap().len(), 1);
     let r = rec(&w, &w.alice.1, "GET", "/recordings?source=fax:1", None).await;
     assert_eq!(r.code(), "invalid_source");

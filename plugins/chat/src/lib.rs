@@ -1150,7 +1150,6 @@ fn max_attachment_bytes() -> u64 {
     setting_int("max-attachment-mib", 15) << 20
 }
 
-
 /// `POST /conversations/:cid/attachments?name=&type=`: the body is the
 /// file, or its first part (more with `.../content?offset=`).
 fn upload_attachment(req: &Request, p: &Params) -> Reply {

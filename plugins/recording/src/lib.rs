@@ -24,9 +24,7 @@ use switchboard_sdk::{
     identity, kv, tx,
 };
 
-use model::{
-    Chunk, Pause, Recording, Seal, SealPayload, Shredded, Source, SourceKind, State,
-};
+use model::{Chunk, Pause, Recording, Seal, SealPayload, Shredded, Source, SourceKind, State};
 
 struct Rec;
 
@@ -38,6 +36,8 @@ const VERIFY_BUDGET: u64 = 32 << 20;
 const VERIFY_CHUNKS: u32 = 256;
 /// Participants of one recording.
 const MAX_PARTICIPANTS: usize = 1000;
+/// Problems one verification lists (they travel in the cursor).
+const MAX_PROBLEMS: usize = 20;
 /// The seal key's name (per tenant and plugin, held by the host).
 const SEAL_KEY: &str = "seal";
 
@@ -164,6 +164,29 @@ fn valid_source(source: &Source) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// A participant's id: a plugin calling for its user vouches for ids
+/// (users or guests); a user names active users of the tenant (by id or
+/// login name).
+fn participant(req: &Request, p: &str) -> Result<String, ApiError> {
+    if req.caller_plugin.is_some() {
+        valid_user(p)?;
+        return Ok(p.to_string());
+    }
+    if p.is_empty() || p.len() > 256 {
+        return Err(ApiError::bad_request(
+            "invalid_user",
+            "a participant is a user id or login name",
+        ));
+    }
+    match identity::lookup_user(p)? {
+        Some(u) if u.active => Ok(u.id),
+        _ => Err(ApiError::bad_request(
+            "unknown_user",
+            format!("no active user {p:?} in this tenant"),
+        )),
+    }
 }
 
 fn not_found() -> ApiError {
@@ -317,22 +340,7 @@ fn start(req: &Request, _: &Params) -> Reply {
     }
     let mut participants = BTreeSet::new();
     for p in &body.participants {
-        if req.caller_plugin.is_some() {
-            valid_user(p)?;
-            participants.insert(p.clone());
-        } else {
-            match identity::lookup_user(p)? {
-                Some(u) if u.active => {
-                    participants.insert(u.id);
-                }
-                _ => {
-                    return Err(ApiError::bad_request(
-                        "unknown_user",
-                        format!("no active user {p:?} in this tenant"),
-                    ));
-                }
-            }
-        }
+        participants.insert(participant(req, p)?);
     }
     participants.remove(&me);
     let title = match body.title {
@@ -458,7 +466,10 @@ fn list(req: &Request, _: &Params) -> Reply {
                     ));
                 }
             };
-            let source = Source { kind, id: id.to_string() };
+            let source = Source {
+                kind,
+                id: id.to_string(),
+            };
             valid_source(&source)?;
             Some(source)
         }
@@ -503,10 +514,20 @@ fn add_participants(req: &Request, p: &Params) -> Reply {
         ));
     }
     let body: Users = req.json()?;
-    body.users.iter().try_for_each(|u| valid_user(u))?;
+    if body.users.len() > MAX_PARTICIPANTS {
+        return Err(ApiError::new(
+            413,
+            "too_many_participants",
+            format!("at most {MAX_PARTICIPANTS} participants"),
+        ));
+    }
+    let mut users = Vec::new();
+    for u in &body.users {
+        users.push(participant(req, u)?);
+    }
     let mut set: BTreeSet<String> = rec.participants.iter().cloned().collect();
     let before = set.len();
-    set.extend(body.users.iter().cloned());
+    set.extend(users);
     set.remove(&rec.initiator);
     if set.len() > MAX_PARTICIPANTS {
         return Err(ApiError::new(
@@ -550,7 +571,11 @@ fn pause(req: &Request, p: &Params) -> Reply {
         after_chunk: rec.chunks,
     });
     save(&rec)?;
-    audit_ok("recording.pause", &rec, json!({ "after_chunk": rec.chunks }))?;
+    audit_ok(
+        "recording.pause",
+        &rec,
+        json!({ "after_chunk": rec.chunks }),
+    )?;
     announce(&rec, "recording.paused")?;
     Ok(http::json(200, &view(req, &rec)))
 }
@@ -560,7 +585,11 @@ fn resume(req: &Request, p: &Params) -> Reply {
     match rec.state {
         State::Paused => {}
         State::Recording => {
-            return Err(ApiError::new(409, "not_paused", "the recording is not paused"));
+            return Err(ApiError::new(
+                409,
+                "not_paused",
+                "the recording is not paused",
+            ));
         }
         _ => return Err(stopped_error()),
     }
@@ -569,7 +598,11 @@ fn resume(req: &Request, p: &Params) -> Reply {
         last.to = Some(now_ms());
     }
     save(&rec)?;
-    audit_ok("recording.resume", &rec, json!({ "after_chunk": rec.chunks }))?;
+    audit_ok(
+        "recording.resume",
+        &rec,
+        json!({ "after_chunk": rec.chunks }),
+    )?;
     announce(&rec, "recording.resumed")?;
     Ok(http::json(200, &view(req, &rec)))
 }
@@ -665,7 +698,10 @@ fn upload_chunk(req: &Request, p: &Params) -> Reply {
     };
     let max = config::get::<u64>("max-chunk-kib").unwrap_or(4096) << 10;
     if req.body.is_empty() {
-        return Err(ApiError::bad_request("empty_chunk", "a chunk has at least one byte"));
+        return Err(ApiError::bad_request(
+            "empty_chunk",
+            "a chunk has at least one byte",
+        ));
     }
     if req.body.len() as u64 > max {
         return Err(ApiError::new(
@@ -694,7 +730,10 @@ fn upload_chunk(req: &Request, p: &Params) -> Reply {
             _ => Err(ApiError::new(
                 409,
                 "chunk_conflict",
-                format!("chunk {seq} was stored with other content; the next chunk is {}", rec.chunks + 1),
+                format!(
+                    "chunk {seq} was stored with other content; the next chunk is {}",
+                    rec.chunks + 1
+                ),
             )),
         };
     }
@@ -818,7 +857,10 @@ fn media(req: &Request, p: &Params) -> Reply {
             return Err(ApiError::new(
                 413,
                 "range_required",
-                format!("recordings over {} MiB are fetched in ranges (Range: bytes=...)", MAX_MEDIA_ANSWER >> 20),
+                format!(
+                    "recordings over {} MiB are fetched in ranges (Range: bytes=...)",
+                    MAX_MEDIA_ANSWER >> 20
+                ),
             ));
         }
         Range::Part(s, e) => (206, s, e.min(s + MAX_MEDIA_ANSWER)),
@@ -854,7 +896,11 @@ fn media(req: &Request, p: &Params) -> Reply {
             ),
         )
     };
-    let action = if download { "recording.download" } else { "recording.play" };
+    let action = if download {
+        "recording.download"
+    } else {
+        "recording.play"
+    };
     audit_ok(
         action,
         &rec,
@@ -864,7 +910,10 @@ fn media(req: &Request, p: &Params) -> Reply {
         ("content-type".to_string(), content_type),
         ("content-disposition".into(), disposition),
         ("x-content-type-options".into(), "nosniff".into()),
-        ("content-security-policy".into(), "sandbox; default-src 'none'".into()),
+        (
+            "content-security-policy".into(),
+            "sandbox; default-src 'none'".into(),
+        ),
         ("cache-control".into(), "private, no-store".into()),
         ("accept-ranges".into(), "bytes".into()),
     ];
@@ -892,7 +941,11 @@ fn extension(content_type: &str) -> String {
         .take_while(|c| c.is_ascii_alphanumeric())
         .take(8)
         .collect();
-    if ext.is_empty() { "bin".into() } else { ext.to_ascii_lowercase() }
+    if ext.is_empty() {
+        "bin".into()
+    } else {
+        ext.to_ascii_lowercase()
+    }
 }
 
 /// Deletes a recording: its media is crypto-shredded at once (unless
@@ -1041,7 +1094,9 @@ fn verify(req: &Request, p: &Params) -> Reply {
                     }
                     read += data.len() as u64;
                 }
-                Err(e) => problems.push(format!("chunk {key_seq}: its media cannot be read ({e:?})")),
+                Err(e) => {
+                    problems.push(format!("chunk {key_seq}: its media cannot be read ({e:?})"))
+                }
             }
         }
         let hash = unhex(&chunk.hash).unwrap_or_default();
@@ -1052,9 +1107,9 @@ fn verify(req: &Request, p: &Params) -> Reply {
         head = expected;
         bytes = chunk.offset.saturating_add(chunk.len);
         next = key_seq + 1;
-        if problems.len() > 100 {
-            problems.truncate(100);
-            problems.push("more problems not listed".into());
+        if problems.len() > MAX_PROBLEMS {
+            problems.truncate(MAX_PROBLEMS);
+            problems.push("more problems not listed: verification stopped".into());
             break;
         }
         if read >= VERIFY_BUDGET {
@@ -1063,7 +1118,7 @@ fn verify(req: &Request, p: &Params) -> Reply {
         }
     }
     let more = stopped_early || page.next.is_some();
-    if more && problems.len() <= 100 {
+    if more && problems.len() <= MAX_PROBLEMS {
         return Ok(http::json(
             200,
             &json!({
@@ -1153,15 +1208,26 @@ fn read_all(blob: &str, offset: u64, len: u64) -> Result<Vec<u8>, Error> {
 
 /// Problems found so far travel in the cursor (hex of their JSON).
 fn encode_problems(problems: &[String]) -> String {
-    hex(serde_json::to_string(problems).unwrap_or_default().as_bytes())
+    hex(serde_json::to_string(problems)
+        .unwrap_or_default()
+        .as_bytes())
 }
 
 fn parse_cursor(c: &str) -> Result<(u64, String, u64, Vec<String>), ApiError> {
     let bad = || ApiError::bad_request("invalid_cursor", "pass the cursor as received");
     let mut parts = c.split('.');
-    let next = parts.next().and_then(|s| s.parse::<u64>().ok()).ok_or_else(bad)?;
-    let head = parts.next().filter(|h| h.len() == 64 && unhex(h).is_some()).ok_or_else(bad)?;
-    let bytes = parts.next().and_then(|s| s.parse::<u64>().ok()).ok_or_else(bad)?;
+    let next = parts
+        .next()
+        .and_then(|s| s.parse::<u64>().ok())
+        .ok_or_else(bad)?;
+    let head = parts
+        .next()
+        .filter(|h| h.len() == 64 && unhex(h).is_some())
+        .ok_or_else(bad)?;
+    let bytes = parts
+        .next()
+        .and_then(|s| s.parse::<u64>().ok())
+        .ok_or_else(bad)?;
     let problems = parts
         .next()
         .and_then(unhex)
