@@ -87,7 +87,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -292,10 +292,10 @@ fn view(req: &Request, rec: &Recording) -> Value {
     let mut v = serde_json::to_value(rec).unwrap_or(Value::Null);
     // The blob id lets an admin place a legal hold on this recording's
     // media through the host's admin API; nobody else needs it.
-    if !req.is_admin() {
-        if let Some(o) = v.as_object_mut() {
-            o.remove("blob");
-        }
+    if !req.is_admin()
+        && let Some(o) = v.as_object_mut()
+    {
+        o.remove("blob");
     }
     v["next_chunk"] = json!(rec.chunks + 1);
     v
