@@ -1051,3 +1051,43 @@ async fn r2_the_cli_verifies_a_recording() {
     let e = switchboard::cli::run(cli(&bad, &rid)).await.unwrap_err();
     assert!(e.to_string().contains("409"), "{e}");
 }
+
+#[tokio::test]
+async fn r2_a_long_recording_verifies_over_several_calls() {
+    // Unoptimised test builds of the host hash and decrypt far slower than
+    // a release build (docs/benchmarks.md: ~400 MiB/s); a longer deadline
+    // keeps this test about cursors, not about the machine's speed.
+    let w = world_with(Limits {
+        deadline_ms: 10_000,
+        ..Limits::default()
+    })
+    .await;
+    let rid = start(&w, "c-long").await;
+    upload(&w, &rid, 1..=5, 4 << 20).await;
+    stop(&w, &rid).await;
+    let mut path = format!("/recordings/{rid}/verify");
+    let mut calls = 0;
+    let last = loop {
+        calls += 1;
+        let v = rec(&w, &w.alice.1, "GET", &path, None).await.json();
+        match v["cursor"].as_str() {
+            Some(c) if v["done"] == false => path = format!("/recordings/{rid}/verify?cursor={c}"),
+            _ => break v,
+        }
+    };
+    assert!(calls >= 2, "20 MiB takes more than one call: {last}");
+    assert_eq!(last["intact"], true, "{last}");
+    assert_eq!(last["bytes"], 20 << 20);
+    // A cursor is checked, and cannot vouch for more than was checked.
+    for bad in ["x", "1.zz.0.5b5d", "0.00.0.5b5d"] {
+        let r = rec(
+            &w,
+            &w.alice.1,
+            "GET",
+            &format!("/recordings/{rid}/verify?cursor={bad}"),
+            None,
+        )
+        .await;
+        assert_eq!(r.code(), "invalid_cursor", "{bad}");
+    }
+}

@@ -30,8 +30,10 @@ struct Rec;
 
 /// Largest answer of media, in bytes (a plugin answers with one body).
 const MAX_MEDIA_ANSWER: u64 = 8 << 20;
-/// Bytes of media one verify call re-reads before handing back a cursor.
-const VERIFY_BUDGET: u64 = 32 << 20;
+/// Bytes of media one verify call re-reads before handing back a cursor
+/// (each byte crosses to the host twice, read and hashed, within the
+/// per-call budget of host bytes, 64 MiB by default).
+const VERIFY_BUDGET: u64 = 8 << 20;
 /// Chunk records one verify call reads at most.
 const VERIFY_CHUNKS: u32 = 256;
 /// Participants of one recording.
