@@ -328,11 +328,30 @@ fn authorize(
                 deny("see the plugin catalogue")
             }
         }
-        RetentionShow { tenant } | RetentionSet { tenant, .. } | HoldSet { tenant, .. } => {
+        RetentionShow { tenant } => {
             if operator || own_tenant(tenant) {
                 Ok(())
             } else {
-                deny("set this tenant's retention or legal holds (its admins and operators may)")
+                deny("see this tenant's retention (its admins and operators may)")
+            }
+        }
+        // The audit trail's retention and a tenant-wide hold are the
+        // operator's: a tenant admin could otherwise prune the record of
+        // their own actions or lift a hold placed on the tenant.
+        RetentionSet { tenant, class, .. } => {
+            if operator || (own_tenant(tenant) && class != "audit") {
+                Ok(())
+            } else {
+                deny("set this retention (the audit trail's is the operator's)")
+            }
+        }
+        HoldSet {
+            tenant, blob, on, ..
+        } => {
+            if operator || (own_tenant(tenant) && (blob.is_some() || *on)) {
+                Ok(())
+            } else {
+                deny("lift a hold on the whole tenant (operators may)")
             }
         }
         PluginEnable { tenant, .. }

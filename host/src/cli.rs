@@ -990,7 +990,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let folder = data.dir()?;
             let mut offline: Option<Runtime> = None;
             let mut path = path;
-            loop {
+            for _ in 0..1_000_000 {
                 let req = crate::control::ControlRequest::Call {
                     tenant: tenant.clone(),
                     plugin: plugin.clone(),
@@ -1048,6 +1048,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
             }
+            bail!("--follow gave up after a million calls")
         }
     }
 }

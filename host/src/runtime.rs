@@ -2007,6 +2007,7 @@ impl Inner {
                 deadline,
                 depth: 0,
                 request_id: request_id_of(&invocation),
+                host_headers: Arc::new(host_headers_of(&invocation)),
                 cpu: state::CpuTurn::new(tenant.cpu.clone()),
             };
             spec.cpu.take().await;
@@ -2134,6 +2135,7 @@ impl state::CallCtx {
             deadline: self.deadline,
             depth: self.depth + 1,
             request_id: request.request_id.clone(),
+            host_headers: self.host_headers.clone(),
             // The caller waits for the callee: one turn for both.
             cpu: self.cpu.clone(),
         };
@@ -2161,6 +2163,23 @@ impl state::CallCtx {
                 e.code()
             ))),
         }
+    }
+}
+
+/// Whether a header is one only the host sets.
+pub(crate) fn is_host_header(name: &str) -> bool {
+    name.len() > 14 && name[..14].eq_ignore_ascii_case("x-switchboard-")
+}
+
+fn host_headers_of(invocation: &Invocation) -> Vec<(String, String)> {
+    match invocation {
+        Invocation::Handle(r) => r
+            .headers
+            .iter()
+            .filter(|(k, _)| is_host_header(k))
+            .cloned()
+            .collect(),
+        _ => Vec::new(),
     }
 }
 

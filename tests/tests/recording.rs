@@ -192,6 +192,11 @@ async fn r1_r3_chunks_arrive_in_order_resume_pause_and_seal() {
     )
     .await;
     assert_eq!((r.status, r.code().as_str()), (409, "already_recording"));
+    // Meeting recordings start through the meetings plugin only, so no
+    // user can squat a meeting's recording slot.
+    let body = json!({"source": {"kind": "meeting", "id": "m1"}});
+    let r = rec(&w, &w.carol.1, "POST", "/recordings", Some(body)).await;
+    assert_eq!((r.status, r.code().as_str()), (403, "meeting_via_plugin"));
     for (body, code) in [
         (
             json!({"source": {"kind": "fax", "id": "x"}}),
@@ -770,6 +775,29 @@ async fn r5_legal_hold_suspends_deletion_and_retention_shreds_on_time() {
         )
         .await;
     assert_eq!(r.status, 403);
+    // The audit trail's retention and lifting a tenant-wide hold are the
+    // operator's, not the tenant admin's.
+    let r = admin(
+        &w,
+        "PUT",
+        "/retention",
+        json!({"class": "audit", "days": 1}),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(
+        admin(&w, "PUT", "/hold", json!({"on": true})).await.status,
+        200
+    );
+    let r = admin(&w, "PUT", "/hold", json!({"on": false})).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    let release = switchboard::admin::Op::HoldSet {
+        tenant: "acme".into(),
+        on: false,
+        plugin: None,
+        blob: None,
+    };
+    switchboard_tests::accounts::console(&w.h, release).await;
     let r = admin(
         &w,
         "PUT",
@@ -960,6 +988,9 @@ async fn m9_the_meetings_api_starts_and_only_the_initiator_stops() {
     let rid = r.json()["id"].as_str().unwrap().to_string();
     assert_eq!(r.json()["owner_plugin"], "owner");
     assert_eq!(r.json()["initiator"], w.bob.0.as_str());
+    // Through the plugin a user still needs access of their own.
+    let r = via(&w.carol.1, "GET", &format!("/recordings/{rid}"), None).await;
+    assert_eq!(r.status, 404);
     // Status through the plugin; later joiners are added and told.
     let r = via(&w.alice.1, "GET", &format!("/recordings/{rid}"), None).await;
     assert_eq!(r.json()["state"], "recording");
@@ -986,12 +1017,30 @@ async fn m9_the_meetings_api_starts_and_only_the_initiator_stops() {
     )
     .await;
     assert_eq!(r.code(), "not_initiator");
+    // Through the plugin, users still pass the recording's own checks: a
+    // non-participant sees nothing, only the initiator uploads, and plays
+    // are audited with the client's address.
+    let chunk_path = format!("/api/v1/t/acme/p/owner/recording/recordings/{rid}/chunks/1");
+    let r = w.s.call("PUT", &chunk_path, Some(&w.alice.1), None).await;
+    assert_eq!(r.code(), "not_initiator");
+    let r = w.s.call("PUT", &chunk_path, Some(&w.bob.1), None).await;
+    assert_eq!(
+        r.code(),
+        "empty_chunk",
+        "the initiator gets past the checks"
+    );
+    let r = via(&w.alice.1, "GET", &format!("/recordings/{rid}/media"), None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let play = actions(&w)
+        .into_iter()
+        .find(|(a, _, _)| a == "recording.play")
+        .unwrap();
+    assert!(play.2.contains("127.0.0.1"), "{}", play.2);
     // Only the initiator stops, through the plugin or directly.
     let r = via(&w.alice.1, "POST", &format!("/recordings/{rid}/stop"), None).await;
     assert_eq!((r.status, r.code().as_str()), (403, "not_initiator"));
     let r = via(&w.bob.1, "POST", &format!("/recordings/{rid}/stop"), None).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    // Guests are refused as initiators.
     let r = rec(
         &w,
         &w.alice.1,
@@ -1078,7 +1127,23 @@ async fn r2_a_long_recording_verifies_over_several_calls() {
     assert!(calls >= 2, "20 MiB takes more than one call: {last}");
     assert_eq!(last["intact"], true, "{last}");
     assert_eq!(last["bytes"], 20 << 20);
-    // A cursor is checked, and cannot vouch for more than was checked.
+    // A cursor is checked, and cannot vouch for more than was checked:
+    // one pointing past the media (with the right head) is refused.
+    let path = format!("/recordings/{rid}/verify");
+    let first = rec(&w, &w.alice.1, "GET", &path, None).await.json();
+    let cursor = first["cursor"].as_str().unwrap().to_string();
+    let mut parts: Vec<String> = cursor.split('.').map(str::to_string).collect();
+    parts[0] = "6".into();
+    let forged = parts.join(".");
+    let r = rec(
+        &w,
+        &w.alice.1,
+        "GET",
+        &format!("{path}?cursor={forged}"),
+        None,
+    )
+    .await;
+    assert_eq!(r.code(), "invalid_cursor", "{}", r.text());
     for bad in ["x", "1.zz.0.5b5d", "0.00.0.5b5d"] {
         let r = rec(
             &w,

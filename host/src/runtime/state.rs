@@ -45,6 +45,10 @@ pub struct CallSpec {
     /// 0 for a top-level call; +1 per nested plugin call.
     pub(crate) depth: u32,
     pub(crate) request_id: String,
+    /// The `x-switchboard-*` headers the gateway set on the top-level
+    /// request (client address, guest scope): nested calls see these,
+    /// never what a calling plugin wrote.
+    pub(crate) host_headers: Arc<Vec<(String, String)>>,
     /// The call's turn on the CPU, shared with its nested calls.
     pub(crate) cpu: CpuTurn,
 }

@@ -354,7 +354,14 @@ impl wit::plugins::Host for HostState {
             method: request.method.into(),
             path: request.path,
             query: request.query,
-            headers: request.headers,
+            // Host headers (client address, guest scope) are the top-level
+            // request's, never what the calling plugin wrote.
+            headers: request
+                .headers
+                .into_iter()
+                .filter(|(k, _)| !crate::runtime::is_host_header(k))
+                .chain(ctx.host_headers.iter().cloned())
+                .collect(),
             body: request.body,
             // The callee sees who really called, never what the caller wrote.
             principal: ctx.principal.clone(),

@@ -191,6 +191,14 @@ fn participant(req: &Request, p: &str) -> Result<String, ApiError> {
     }
 }
 
+/// Whose namespace a recording's "one per source" rule lives in: the
+/// starting plugin's, or the starting user's own.
+fn active_ns(rec: &Recording) -> String {
+    rec.owner_plugin
+        .clone()
+        .unwrap_or_else(|| format!("user.{}", rec.initiator))
+}
+
 fn not_found() -> ApiError {
     ApiError::new(
         404,
@@ -211,12 +219,12 @@ fn save(rec: &Recording) -> Result<(), ApiError> {
 
 /// Whether the caller may list, play and download `rec` (SPEC R4): its
 /// initiator; its participants and the tenant's admins as the tenant's
-/// settings allow; the plugin that started it; the host itself.
+/// settings allow; the host itself. A plugin calling in (meetings) does so
+/// for its user, who must pass the same checks.
 fn may_access(req: &Request, rec: &Recording) -> bool {
-    if req.caller_plugin.is_some() && req.caller_plugin == rec.owner_plugin {
-        return true;
-    }
-    if matches!(req.principal.role, switchboard_sdk::Role::System) {
+    // The host itself (the CLI, the console) — never another plugin's
+    // timer or hook calling in.
+    if matches!(req.principal.role, switchboard_sdk::Role::System) && req.caller_plugin.is_none() {
         return true;
     }
     let Some(user) = req.principal.user.as_deref() else {
@@ -242,6 +250,21 @@ fn visible(req: &Request, rid: &str) -> Result<Recording, ApiError> {
         return Err(not_found());
     }
     Ok(rec)
+}
+
+/// Whether the calling plugin started `rec` (and so manages it).
+fn by_owner(req: &Request, rec: &Recording) -> bool {
+    req.caller_plugin.is_some() && req.caller_plugin == rec.owner_plugin
+}
+
+/// The recording, for the plugin that started it or a caller who may see it.
+fn managed(req: &Request, rid: &str) -> Result<Recording, ApiError> {
+    let rec = load(rid)?;
+    if by_owner(req, &rec) || may_access(req, &rec) {
+        Ok(rec)
+    } else {
+        Err(not_found())
+    }
 }
 
 /// The recording, for its initiator only (pause, resume, stop: SPEC M9).
@@ -333,6 +356,17 @@ fn start(req: &Request, _: &Params) -> Reply {
     let body: Start = req.json()?;
     let source = body.source;
     valid_source(&source)?;
+    if source.kind == SourceKind::Meeting && req.caller_plugin.is_none() {
+        return Err(ApiError::new(
+            403,
+            "meeting_via_plugin",
+            "meeting recordings are started through the meetings plugin",
+        ));
+    }
+    let owner_ns = req
+        .caller_plugin
+        .clone()
+        .unwrap_or_else(|| format!("user.{me}"));
     if body.participants.len() > MAX_PARTICIPANTS {
         return Err(ApiError::new(
             413,
@@ -371,7 +405,7 @@ fn start(req: &Request, _: &Params) -> Reply {
             ));
         }
     }
-    if let Some(running) = kv::get(model::active(&source))? {
+    if let Some(running) = kv::get(model::active(&owner_ns, &source))? {
         return Err(ApiError::new(
             409,
             "already_recording",
@@ -403,7 +437,10 @@ fn start(req: &Request, _: &Params) -> Reply {
         shredded: None,
     };
     save(&rec)?;
-    kv::set(model::active(&rec.source), rec.id.as_bytes())?;
+    kv::set(
+        model::active(&active_ns(&rec), &rec.source),
+        rec.id.as_bytes(),
+    )?;
     kv::set(model::source_index(&rec.source, &rec.id), b"")?;
     kv::set(model::blob(&rec.blob), rec.id.as_bytes())?;
     for u in audience(&rec) {
@@ -428,11 +465,11 @@ fn list(req: &Request, _: &Params) -> Reply {
     let limit = match req.query_param("limit") {
         None => 100,
         Some(l) => match l.parse::<u32>() {
-            Ok(n) if (1..=500).contains(&n) => n,
+            Ok(n) if (1..=200).contains(&n) => n,
             _ => {
                 return Err(ApiError::bad_request(
                     "invalid_limit",
-                    "limit is a number from 1 to 500",
+                    "limit is a number from 1 to 200",
                 ));
             }
         },
@@ -489,7 +526,15 @@ fn list(req: &Request, _: &Params) -> Reply {
         if let Ok(rec) = load(&rid)
             && may_access(req, &rec)
         {
-            out.push(view(req, &rec));
+            // Lists stay small: participants and the seal are in the
+            // recording itself.
+            let mut v = view(req, &rec);
+            if let Some(o) = v.as_object_mut() {
+                o.remove("participants");
+                o.remove("seal");
+                o.insert("participant_count".into(), json!(rec.participants.len()));
+            }
+            out.push(v);
         }
     }
     let next = page
@@ -506,9 +551,8 @@ struct Users {
 
 /// Adds participants (later joiners): the initiator or the starting plugin.
 fn add_participants(req: &Request, p: &Params) -> Reply {
-    let mut rec = visible(req, param(p, "rid"))?;
-    let by_owner = req.caller_plugin.is_some() && req.caller_plugin == rec.owner_plugin;
-    if !by_owner && req.principal.user.as_deref() != Some(rec.initiator.as_str()) {
+    let mut rec = managed(req, param(p, "rid"))?;
+    if !by_owner(req, &rec) && req.principal.user.as_deref() != Some(rec.initiator.as_str()) {
         return Err(ApiError::new(
             403,
             "not_initiator",
@@ -652,7 +696,7 @@ fn seal(req: &Request, rec: &mut Recording) -> Result<(), ApiError> {
         pauses: rec
             .pauses
             .iter()
-            .map(|p| (p.from, p.to.unwrap_or(now)))
+            .map(|p| (p.from, p.to.unwrap_or(now), p.after_chunk))
             .collect(),
     };
     let payload = serde_json::to_string(&payload)
@@ -665,7 +709,7 @@ fn seal(req: &Request, rec: &mut Recording) -> Result<(), ApiError> {
         public_key: hex(&public_key),
     });
     save(rec)?;
-    kv::delete(model::active(&rec.source))?;
+    kv::delete(model::active(&active_ns(&rec), &rec.source))?;
     audit_ok(
         "recording.stop",
         rec,
@@ -681,12 +725,11 @@ fn seal(req: &Request, rec: &mut Recording) -> Result<(), ApiError> {
 /// optional `X-Chunk-SHA256` header is checked against the body.
 fn upload_chunk(req: &Request, p: &Params) -> Reply {
     let mut rec = visible(req, param(p, "rid"))?;
-    let by_owner = req.caller_plugin.is_some() && req.caller_plugin == rec.owner_plugin;
-    if !by_owner && req.principal.user.as_deref() != Some(rec.initiator.as_str()) {
+    if req.principal.user.as_deref() != Some(rec.initiator.as_str()) {
         return Err(ApiError::new(
             403,
             "not_initiator",
-            "media is uploaded by the recording's initiator (or the plugin that started it)",
+            "media is uploaded by the recording's initiator (directly or through the plugin that started it)",
         ));
     }
     let seq = match param(p, "seq").parse::<u64>() {
@@ -844,7 +887,8 @@ fn parse_range(header: Option<&str>, size: u64) -> Range {
 /// per answer: players ask in ranges; an open range is answered in part.
 fn media(req: &Request, p: &Params) -> Reply {
     let rec = visible(req, param(p, "rid"))?;
-    if rec.state == State::Shredded {
+    if shredded_by_host(&rec)? {
+        tx::keep_writes();
         return Err(ApiError::new(
             410,
             "recording_shredded",
@@ -919,6 +963,13 @@ fn media(req: &Request, p: &Params) -> Reply {
         ("cache-control".into(), "private, no-store".into()),
         ("accept-ranges".into(), "bytes".into()),
     ];
+    if status == 206 && body.is_empty() {
+        return Ok(Response {
+            status: 416,
+            headers: vec![("content-range".into(), format!("bytes */{size}"))],
+            body: Vec::new(),
+        });
+    }
     if status == 206 {
         headers.push((
             "content-range".into(),
@@ -955,11 +1006,12 @@ fn extension(content_type: &str) -> String {
 /// initiator, a tenant admin (as the tenant allows) or the plugin that
 /// started it.
 fn delete(req: &Request, p: &Params) -> Reply {
-    let mut rec = visible(req, param(p, "rid"))?;
-    let by_owner = req.caller_plugin.is_some() && req.caller_plugin == rec.owner_plugin;
+    let mut rec = managed(req, param(p, "rid"))?;
     let is_initiator = req.principal.user.as_deref() == Some(rec.initiator.as_str());
-    let is_admin = req.is_admin() && setting_bool("admins-may-access");
-    if !(by_owner || is_initiator || is_admin) {
+    let is_admin = req.is_admin()
+        && req.principal.kind == PrincipalKind::Registered
+        && setting_bool("admins-may-access");
+    if !(by_owner(req, &rec) || is_initiator || is_admin) {
         return Err(ApiError::forbidden(
             "recordings are deleted by their initiator, a tenant admin or the plugin that started them",
         ));
@@ -1017,7 +1069,7 @@ fn expired(data: &[u8]) -> Result<(), ApiError> {
         return Ok(());
     };
     if matches!(rec.state, State::Recording | State::Paused) {
-        kv::delete(model::active(&rec.source))?;
+        kv::delete(model::active(&active_ns(&rec), &rec.source))?;
     }
     rec.state = State::Shredded;
     rec.shredded = Some(Shredded {
@@ -1042,13 +1094,13 @@ fn verify(req: &Request, p: &Params) -> Reply {
     let rec = visible(req, param(p, "rid"))?;
     let (mut next, mut head, mut bytes, mut problems) = match req.query_param("cursor") {
         None => (1u64, genesis(&rec.id), 0u64, Vec::<String>::new()),
-        Some(c) => parse_cursor(&c)?,
+        Some(c) => parse_cursor(&rec.id, &c)?,
     };
     let prefix = model::chunks_prefix(&rec.id);
     let start = (next > 1).then(|| model::chunk(&rec.id, next - 1).into_bytes());
     let page = kv::scan(&prefix, start.as_deref(), VERIFY_CHUNKS)?;
     let mut read = 0u64;
-    let media_gone = rec.state == State::Shredded;
+    let media_gone = rec.state == State::Shredded || shredded_by_host(&rec)?;
     let mut stopped_early = false;
     for e in &page.entries {
         let key_seq = std::str::from_utf8(&e.key[prefix.len()..])
@@ -1125,7 +1177,7 @@ fn verify(req: &Request, p: &Params) -> Reply {
             200,
             &json!({
                 "done": false,
-                "cursor": format!("{next}.{head}.{bytes}.{}", encode_problems(&problems)),
+                "cursor": make_cursor(&rec.id, next, &head, bytes, &problems)?,
                 "checked_chunks": next - 1,
             }),
         ));
@@ -1136,6 +1188,9 @@ fn verify(req: &Request, p: &Params) -> Reply {
     }
     if head != rec.head {
         problems.push("the chain head differs from the recording's".into());
+    }
+    if !media_gone && blobs::size(&rec.blob)? != bytes {
+        problems.push("the media holds bytes beyond the last chunk".into());
     }
     let mut signature_valid = None;
     if let Some(seal) = &rec.seal {
@@ -1149,6 +1204,33 @@ fn verify(req: &Request, p: &Params) -> Reply {
             Ok(s) => {
                 if s.recording != rec.id || s.tenant != req.principal.tenant {
                     problems.push("the seal is for another recording".into());
+                }
+                let pauses: Vec<(u64, u64, u64)> = rec
+                    .pauses
+                    .iter()
+                    .map(|p| (p.from, p.to.unwrap_or(0), p.after_chunk))
+                    .collect();
+                let stated = (
+                    &s.source,
+                    &s.initiator,
+                    &s.content_type,
+                    s.started_at,
+                    Some(s.stopped_at),
+                    &s.pauses,
+                );
+                let recorded = (
+                    &rec.source,
+                    &rec.initiator,
+                    &rec.content_type,
+                    rec.started_at,
+                    rec.stopped_at,
+                    &pauses,
+                );
+                if stated != recorded {
+                    problems.push(
+                        "the recording's source, initiator, type, times or pauses differ from the sealed ones"
+                            .into(),
+                    );
                 }
                 if s.head != head {
                     problems.push("the chain head differs from the sealed one".into());
@@ -1194,6 +1276,39 @@ fn verify(req: &Request, p: &Params) -> Reply {
     ))
 }
 
+/// Whether the host removed the media behind the plugin's back (a
+/// retention expiry whose notice was lost): then the recording is marked
+/// shredded now.
+fn shredded_by_host(rec: &Recording) -> Result<bool, ApiError> {
+    if rec.state == State::Shredded {
+        return Ok(true);
+    }
+    match blobs::size(&rec.blob) {
+        Ok(_) => Ok(false),
+        Err(Error::NotFound(_)) => {
+            let mut gone = rec.clone();
+            if matches!(gone.state, State::Recording | State::Paused) {
+                kv::delete(model::active(&active_ns(&gone), &gone.source))?;
+            }
+            gone.state = State::Shredded;
+            gone.shredded = Some(Shredded {
+                at: now_ms(),
+                reason: "retention".into(),
+                by: None,
+            });
+            save(&gone)?;
+            kv::delete(model::blob(&gone.blob))?;
+            audit_ok(
+                "recording.expire",
+                &gone,
+                json!({ "bytes": gone.bytes, "noticed": "on access" }),
+            )?;
+            Ok(true)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn read_all(blob: &str, offset: u64, len: u64) -> Result<Vec<u8>, Error> {
     let mut out = Vec::with_capacity(len as usize);
     let mut at = offset;
@@ -1208,16 +1323,34 @@ fn read_all(blob: &str, offset: u64, len: u64) -> Result<Vec<u8>, Error> {
     Ok(out)
 }
 
-/// Problems found so far travel in the cursor (hex of their JSON).
-fn encode_problems(problems: &[String]) -> String {
-    hex(serde_json::to_string(problems)
-        .unwrap_or_default()
-        .as_bytes())
+/// The state of a verification between calls: next chunk, chain head,
+/// bytes and problems so far, with an HMAC (a key the host holds for this
+/// plugin) so that a caller cannot skip chunks or forge findings.
+fn make_cursor(
+    rid: &str,
+    next: u64,
+    head: &str,
+    bytes: u64,
+    problems: &[String],
+) -> Result<String, ApiError> {
+    let body = format!(
+        "{next}.{head}.{bytes}.{}",
+        hex(serde_json::to_string(problems)
+            .unwrap_or_default()
+            .as_bytes())
+    );
+    let mac = crypto::hmac_sha256("verify-cursor", format!("{rid}:{body}").as_bytes())?;
+    Ok(format!("{body}.{}", hex(&mac)))
 }
 
-fn parse_cursor(c: &str) -> Result<(u64, String, u64, Vec<String>), ApiError> {
+fn parse_cursor(rid: &str, c: &str) -> Result<(u64, String, u64, Vec<String>), ApiError> {
     let bad = || ApiError::bad_request("invalid_cursor", "pass the cursor as received");
-    let mut parts = c.split('.');
+    let (body, mac) = c.rsplit_once('.').ok_or_else(bad)?;
+    let expected = crypto::hmac_sha256("verify-cursor", format!("{rid}:{body}").as_bytes())?;
+    if unhex(mac).as_deref() != Some(&expected[..]) {
+        return Err(bad());
+    }
+    let mut parts = body.split('.');
     let next = parts
         .next()
         .and_then(|s| s.parse::<u64>().ok())

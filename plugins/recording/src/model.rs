@@ -82,7 +82,8 @@ pub struct SealPayload {
     pub bytes: u64,
     /// The chain head after the last chunk, hex.
     pub head: String,
-    pub pauses: Vec<(u64, u64)>,
+    /// (from, to, chunks accepted before the pause).
+    pub pauses: Vec<(u64, u64, u64)>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -165,8 +166,8 @@ pub fn source_prefix(source: &Source) -> String {
     format!("s/{}/{}/", source.kind.as_str(), source.id)
 }
 
-pub fn active(source: &Source) -> String {
-    format!("a/{}/{}", source.kind.as_str(), source.id)
+pub fn active(namespace: &str, source: &Source) -> String {
+    format!("a/{namespace}/{}/{}", source.kind.as_str(), source.id)
 }
 
 pub fn blob(blob: &str) -> String {
