@@ -709,7 +709,7 @@ fn seal(req: &Request, rec: &mut Recording) -> Result<(), ApiError> {
         public_key: hex(&public_key),
     });
     save(rec)?;
-    kv::delete(model::active(&active_ns(&rec), &rec.source))?;
+    kv::delete(model::active(&active_ns(rec), &rec.source))?;
     audit_ok(
         "recording.stop",
         rec,
