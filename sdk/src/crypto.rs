@@ -46,3 +46,13 @@ pub fn seal(key: &str, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, Error> {
 pub fn open(key: &str, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, Error> {
     raw::open(key, sealed, aad)
 }
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A random id: 32 lower-case hex digits (128 bits from the host's CSPRNG).
+pub fn random_id() -> String {
+    hex(&random_bytes(16))
+}

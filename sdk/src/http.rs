@@ -187,6 +187,52 @@ pub fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// What a `Range` header asks of a body of known size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteRange {
+    /// The whole body: no header, or one that is malformed or asks for
+    /// several ranges (RFC 9110 lets a server ignore those).
+    Whole,
+    /// Bytes `[start, end)`.
+    Part(u64, u64),
+    /// A well-formed range outside the body: answer 416.
+    Unsatisfiable,
+}
+
+/// Reads one `bytes=` range (`a-b`, `a-`, `-n`) against `size` bytes.
+pub fn byte_range(header: Option<&str>, size: u64) -> ByteRange {
+    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
+        return ByteRange::Whole;
+    };
+    let Some((a, b)) = spec.split_once('-') else {
+        return ByteRange::Whole;
+    };
+    if spec.contains(',') {
+        return ByteRange::Whole;
+    }
+    let num = |x: &str| x.trim().parse::<u64>().ok();
+    let (start, end) = match (a.trim(), b.trim()) {
+        ("", n) => match num(n) {
+            Some(n) if n > 0 => (size.saturating_sub(n), size),
+            Some(_) => return ByteRange::Unsatisfiable,
+            None => return ByteRange::Whole,
+        },
+        (s, "") => match num(s) {
+            Some(s) => (s, size),
+            None => return ByteRange::Whole,
+        },
+        (s, e) => match (num(s), num(e)) {
+            (Some(s), Some(e)) if s <= e => (s, e.saturating_add(1).min(size)),
+            _ => return ByteRange::Whole,
+        },
+    };
+    if start < end {
+        ByteRange::Part(start, end)
+    } else {
+        ByteRange::Unsatisfiable
+    }
+}
+
 /// Path parameters captured by a route (`:name` segments, `*rest`).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Params(Vec<(String, String)>);
@@ -338,6 +384,27 @@ mod tests {
         assert_eq!(r.handle(&req(Method::Post, "/items/1")).status, 405);
         assert_eq!(r.handle(&req(Method::Get, "/items/1/extra")).status, 404);
         assert_eq!(r.handle(&req(Method::Get, "/nope")).status, 404);
+    }
+
+    #[test]
+    fn byte_ranges() {
+        use ByteRange::*;
+        assert_eq!(byte_range(None, 10), Whole);
+        assert_eq!(byte_range(Some("bytes=2-4"), 10), Part(2, 5));
+        assert_eq!(byte_range(Some("bytes=7-"), 10), Part(7, 10));
+        assert_eq!(byte_range(Some("bytes=-3"), 10), Part(7, 10));
+        assert_eq!(byte_range(Some("bytes=5-100"), 10), Part(5, 10));
+        assert_eq!(byte_range(Some("bytes=10-"), 10), Unsatisfiable);
+        assert_eq!(byte_range(Some("bytes=-0"), 10), Unsatisfiable);
+        for ignored in [
+            "bytes=4-2",
+            "bytes=a-b",
+            "bytes=0-1,3-4",
+            "items=0-1",
+            "bytes=5",
+        ] {
+            assert_eq!(byte_range(Some(ignored), 10), Whole, "{ignored}");
+        }
     }
 
     #[test]

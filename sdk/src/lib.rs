@@ -45,6 +45,14 @@ pub use bindings::switchboard::host::types::{
 };
 pub use bindings::{Event, TimerEvent};
 
+/// Milliseconds since the Unix epoch, by the host's clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// What a plugin implements. Only `handle` is required; the hooks default
 /// to doing nothing successfully.
 pub trait Plugin {

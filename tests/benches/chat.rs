@@ -22,7 +22,7 @@ use serde_json::json;
 use switchboard::harness::Harness;
 use switchboard::tenant::Limits;
 use switchboard_tests::http::Server;
-use switchboard_tests::load::{MakeRequest, keep_alive, line, load, pct, sign_in};
+use switchboard_tests::load::{MakeRequest, keep_alive, line, load, pct, runtimes, sign_in};
 use switchboard_tests::stream::{next, ready};
 use switchboard_tests::{component, manifest};
 
@@ -99,12 +99,7 @@ async fn post_load(
 }
 
 fn main() {
-    let server_rt = switchboard::server::tokio_runtime().unwrap();
-    let client_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let (server_rt, client_rt) = runtimes();
     let (h, s) = server_rt.block_on(async {
         let h = Harness::new().unwrap();
         h.install(&manifest("chat"), &component("chat"))

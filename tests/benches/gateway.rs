@@ -23,7 +23,7 @@ use hyper::body::Bytes;
 use switchboard::harness::Harness;
 use switchboard::tenant::Limits;
 use switchboard_tests::http::{Server, serve_tls, tls_connect};
-use switchboard_tests::load::{keep_alive, line, load, pct, sign_in};
+use switchboard_tests::load::{keep_alive, line, load, pct, runtimes, sign_in};
 use switchboard_tests::{component, manifest};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
@@ -60,16 +60,7 @@ fn get(addr: SocketAddr, path: &str, token: &str) -> hyper::Request<Full<Bytes>>
 }
 
 fn main() {
-    // The server runs on the runtime `switchboard serve` uses; the load
-    // generator on a runtime of its own (its own threads), as a remote
-    // client would, so client-side scheduling does not count as server
-    // latency. Both share the machine's cores.
-    let server_rt = switchboard::server::tokio_runtime().unwrap();
-    let client_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let (server_rt, client_rt) = runtimes();
     let (h, s, native) = server_rt.block_on(async {
         let h = Harness::new().unwrap();
         h.install(&manifest("relay"), &component("relay"))

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use switchboard::harness::Harness;
 use switchboard::tenant::Limits;
 use switchboard_tests::http::Server;
-use switchboard_tests::load::{keep_alive, sign_in};
+use switchboard_tests::load::{keep_alive, runtimes, sign_in};
 use switchboard_tests::{component, manifest};
 
 const CHUNK: usize = 4 << 20;
@@ -83,12 +83,7 @@ async fn verify(s: &Server, token: &str, rid: &str) -> Value {
 }
 
 fn main() {
-    let server_rt = switchboard::server::tokio_runtime().unwrap();
-    let client_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let (server_rt, client_rt) = runtimes();
     let (h, s) = server_rt.block_on(async {
         let h = Harness::new().unwrap();
         h.install(&manifest("recording"), &component("recording"))

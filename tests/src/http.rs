@@ -191,6 +191,20 @@ impl Server {
         request(self.addr, method, path, &headers, &body).await
     }
 
+    /// A request with a raw body and extra headers, as `token`.
+    pub async fn raw(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        extra: &[(&str, &str)],
+        body: &[u8],
+    ) -> Reply {
+        let mut headers = vec![("authorization".to_string(), format!("Bearer {token}"))];
+        headers.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        request(self.addr, method, path, &headers, body).await
+    }
+
     /// Stops accepting and drains (what SIGTERM does).
     pub fn stop(&mut self) {
         if let Some(tx) = self.stop.take() {

@@ -84,3 +84,17 @@ pub async fn load(
     }
     (all.len() as f64 / started.elapsed().as_secs_f64(), all)
 }
+
+/// The two runtimes of a bench: the server on the runtime `switchboard
+/// serve` uses; the load generator on one of its own (its own threads), as
+/// a remote client would, so client-side scheduling does not count as
+/// server latency. Both share the machine's cores.
+pub fn runtimes() -> (tokio::runtime::Runtime, tokio::runtime::Runtime) {
+    let server = switchboard::server::tokio_runtime().unwrap();
+    let client = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    (server, client)
+}

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use switchboard::harness::Harness;
 use switchboard::tenant::Limits;
 use switchboard_tests::accounts::people;
-use switchboard_tests::http::{Reply, Server, request};
+use switchboard_tests::http::{Reply, Server};
 use switchboard_tests::stream::{next, next_of, ready};
 use switchboard_tests::{component, manifest};
 
@@ -106,16 +106,8 @@ async fn raw(
     extra: &[(&str, &str)],
     body: &[u8],
 ) -> Reply {
-    let mut headers = vec![("authorization".to_string(), format!("Bearer {token}"))];
-    headers.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    request(
-        w.s.addr,
-        method,
-        &format!("/api/v1/t/acme/p/chat{path}"),
-        &headers,
-        body,
-    )
-    .await
+    let path = format!("/api/v1/t/acme/p/chat{path}");
+    w.s.raw(token, method, &path, extra, body).await
 }
 
 async fn group(w: &World, title: &str, members: &[&str]) -> String {

@@ -15,7 +15,7 @@ use switchboard::store::{Store, crypt};
 use switchboard::tenant::Limits;
 use switchboard::{Runtime, RuntimeConfig};
 use switchboard_tests::accounts::people;
-use switchboard_tests::http::{Reply, Server, request};
+use switchboard_tests::http::{Reply, Server};
 use switchboard_tests::stream::{next_of, ready};
 use switchboard_tests::tamper::{copy_dir, raw_store};
 use switchboard_tests::{component, manifest};
@@ -91,16 +91,8 @@ async fn raw(
     extra: &[(&str, &str)],
     body: &[u8],
 ) -> Reply {
-    let mut headers = vec![("authorization".to_string(), format!("Bearer {token}"))];
-    headers.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    request(
-        w.s.addr,
-        method,
-        &format!("/api/v1/t/acme/p/recording{path}"),
-        &headers,
-        body,
-    )
-    .await
+    let path = format!("/api/v1/t/acme/p/recording{path}");
+    w.s.raw(token, method, &path, extra, body).await
 }
 
 /// Starts a recording of `call:{source}` by alice with bob taking part.

@@ -119,13 +119,6 @@ type Reply = Result<Response, ApiError>;
 
 // ---- helpers ---------------------------------------------------------------
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 impl Conversation {
     /// A new conversation with no members yet, id drawn at random.
     fn new(
@@ -137,7 +130,7 @@ impl Conversation {
         resource: Option<String>,
     ) -> Conversation {
         Conversation {
-            id: new_id(),
+            id: crypto::random_id(),
             kind,
             title,
             created_by: created_by.to_string(),
@@ -150,13 +143,6 @@ impl Conversation {
             deleted: false,
         }
     }
-}
-
-fn new_id() -> String {
-    crypto::random_bytes(16)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 fn setting_bool(key: &str) -> bool {
@@ -374,7 +360,7 @@ fn message_target(cid: &str, seq: u64) -> String {
 fn index_tag(word: &str) -> Result<String, ApiError> {
     let head: String = word.chars().take(text::TAG_CHARS).collect();
     let mac = crypto::hmac_sha256("search-index", head.as_bytes())?;
-    Ok(mac[..12].iter().map(|b| format!("{b:02x}")).collect())
+    Ok(crypto::hex(&mac[..12]))
 }
 
 /// The distinct index tags of a text.
@@ -423,7 +409,7 @@ struct CreateConversation {
 fn create_conversation(req: &Request, _: &Params) -> Reply {
     let me = registered(req)?;
     let body: CreateConversation = req.json()?;
-    let now = now_ms();
+    let now = switchboard_sdk::now_ms();
     match body.kind {
         Kind::Direct => {
             let Some(other) = body.user.as_deref() else {
@@ -673,7 +659,7 @@ fn change_members(
     add: &BTreeSet<String>,
     remove: &BTreeSet<String>,
 ) -> Reply {
-    let now = now_ms();
+    let now = switchboard_sdk::now_ms();
     let max = if conv.kind == Kind::Owned {
         10_000
     } else {
@@ -873,7 +859,7 @@ fn post_message(req: &Request, p: &Params) -> Reply {
                 ));
             }
             let mac = crypto::hmac_sha256("client-id", c.as_bytes())?;
-            let hashed: String = mac[..16].iter().map(|b| format!("{b:02x}")).collect();
+            let hashed = crypto::hex(&mac[..16]);
             let key = model::client_id(&cid, &me, &hashed);
             if let Some(seq) = kv::get(&key)? {
                 let seq = String::from_utf8_lossy(&seq).parse::<u64>().unwrap_or(0);
@@ -933,7 +919,7 @@ fn post_message(req: &Request, p: &Params) -> Reply {
         }
     };
     // Writes.
-    let now = now_ms();
+    let now = switchboard_sdk::now_ms();
     let seq = conv.last_seq + 1;
     for a in &mut attachments {
         a.message = Some(seq);
@@ -1024,7 +1010,7 @@ fn edit_message(req: &Request, p: &Params) -> Reply {
             format!("a message can be edited at most {MAX_EDITS} times"),
         ));
     }
-    let now = now_ms();
+    let now = switchboard_sdk::now_ms();
     kv::set_json(
         model::revision(&cid, message.seq, message.edits),
         &Revision {
@@ -1053,7 +1039,7 @@ fn delete_message(req: &Request, p: &Params) -> Reply {
     if message.deleted.is_some() {
         return Ok(http::json(200, &message));
     }
-    let now = now_ms();
+    let now = switchboard_sdk::now_ms();
     // Attachments first: one under legal hold refuses the delete before
     // anything else changed.
     for a in &message.attachments {
@@ -1180,14 +1166,14 @@ fn upload_attachment(req: &Request, p: &Params) -> Reply {
     let blob = blobs::create(Some(&me), "chat")?;
     let size = blobs::append(&blob, &req.body)?;
     let attachment = Attachment {
-        id: new_id(),
+        id: crypto::random_id(),
         conversation: conv.id.clone(),
         uploader: me,
         name,
         content_type,
         size,
         blob,
-        created_at: now_ms(),
+        created_at: switchboard_sdk::now_ms(),
         message: None,
     };
     kv::set_json(model::attachment(&conv.id, &attachment.id), &attachment)?;
@@ -1277,10 +1263,10 @@ fn download_attachment(req: &Request, p: &Params) -> Reply {
     let a = kv::get_json::<Attachment>(model::attachment(&conv.id, aid))?
         .filter(|a| a.message.is_some() || a.uploader == me)
         .ok_or_else(|| ApiError::new(404, "attachment_not_found", "no such attachment"))?;
-    let (status, start, end) = match parse_range(req.header("range"), a.size) {
-        Range::Whole => (200, 0, a.size),
-        Range::Part(s, e) => (206, s, e),
-        Range::Unsatisfiable => {
+    let (status, start, end) = match http::byte_range(req.header("range"), a.size) {
+        http::ByteRange::Whole => (200, 0, a.size),
+        http::ByteRange::Part(s, e) => (206, s, e),
+        http::ByteRange::Unsatisfiable => {
             return Ok(Response {
                 status: 416,
                 headers: vec![("content-range".into(), format!("bytes */{}", a.size))],
@@ -1323,51 +1309,6 @@ fn download_attachment(req: &Request, p: &Params) -> Reply {
         headers,
         body,
     })
-}
-
-/// One `bytes=` range of a file of `size` bytes as [start, end).
-enum Range {
-    /// Serve the whole file (no header, or one that is malformed or asks
-    /// for several ranges: RFC 9110 lets a server ignore those).
-    Whole,
-    /// [start, end).
-    Part(u64, u64),
-    /// A well-formed range outside the file.
-    Unsatisfiable,
-}
-
-/// One `bytes=` range of a file of `size` bytes.
-fn parse_range(header: Option<&str>, size: u64) -> Range {
-    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
-        return Range::Whole;
-    };
-    let Some((a, b)) = spec.split_once('-') else {
-        return Range::Whole;
-    };
-    if spec.contains(',') {
-        return Range::Whole;
-    }
-    let num = |x: &str| x.trim().parse::<u64>().ok();
-    let (start, end) = match (a.trim(), b.trim()) {
-        ("", n) => match num(n) {
-            Some(n) if n > 0 => (size.saturating_sub(n), size),
-            Some(_) => return Range::Unsatisfiable,
-            None => return Range::Whole,
-        },
-        (s, "") => match num(s) {
-            Some(s) => (s, size),
-            None => return Range::Whole,
-        },
-        (s, e) => match (num(s), num(e)) {
-            (Some(s), Some(e)) if s <= e => (s, e.saturating_add(1).min(size)),
-            _ => return Range::Whole,
-        },
-    };
-    if start < end {
-        Range::Part(start, end)
-    } else {
-        Range::Unsatisfiable
-    }
 }
 
 // ---- search --------------------------------------------------------------------
@@ -1535,7 +1476,7 @@ fn presence_changed(data: &[u8]) -> Result<(), ApiError> {
     let before = effective(&p, boot);
     p.online = e.online;
     p.boot = e.boot;
-    p.since = now_ms();
+    p.since = switchboard_sdk::now_ms();
     kv::set_json(model::presence(&e.user), &p)?;
     let after = effective(&p, e.boot);
     if before != after {
@@ -1687,7 +1628,7 @@ fn owned_create(req: &Request, _: &Params) -> Reply {
         let conv = owned_conversation(&plugin, &body.resource)?;
         return Ok(http::json(200, &conv));
     }
-    let now = now_ms();
+    let now = switchboard_sdk::now_ms();
     let by = req.principal.user.clone().unwrap_or_else(|| plugin.clone());
     let mut conv = Conversation::new(
         Kind::Owned,

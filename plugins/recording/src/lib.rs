@@ -77,17 +77,6 @@ type Reply = Result<Response, ApiError>;
 
 // ---- helpers -------------------------------------------------------------------
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn unhex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
@@ -96,10 +85,6 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
         .collect()
-}
-
-fn new_id() -> String {
-    hex(&crypto::random_bytes(16))
 }
 
 fn setting_bool(key: &str) -> bool {
@@ -112,7 +97,7 @@ fn param<'a>(p: &'a Params, name: &str) -> &'a str {
 
 /// The chain head before the first chunk of `rid`.
 fn genesis(rid: &str) -> String {
-    hex(&crypto::sha256(
+    crypto::hex(&crypto::sha256(
         format!("switchboard-recording-v1:{rid}").as_bytes(),
     ))
 }
@@ -124,7 +109,7 @@ fn chain_next(previous: &str, seq: u64, hash: &[u8]) -> String {
     buf.extend_from_slice(previous.as_bytes());
     buf.extend_from_slice(&seq.to_be_bytes());
     buf.extend_from_slice(hash);
-    hex(&crypto::sha256(&buf))
+    crypto::hex(&crypto::sha256(&buf))
 }
 
 fn valid_id(id: &str, what: &str) -> Result<(), ApiError> {
@@ -415,7 +400,7 @@ fn start(req: &Request, _: &Params) -> Reply {
             ),
         ));
     }
-    let id = new_id();
+    let id = crypto::random_id();
     let blob = blobs::create(Some(&me), "recording")?;
     let rec = Recording {
         head: genesis(&id),
@@ -427,7 +412,7 @@ fn start(req: &Request, _: &Params) -> Reply {
         participants: participants.into_iter().collect(),
         content_type: content_type.to_ascii_lowercase(),
         state: State::Recording,
-        started_at: now_ms(),
+        started_at: switchboard_sdk::now_ms(),
         stopped_at: None,
         pauses: Vec::new(),
         chunks: 0,
@@ -612,7 +597,7 @@ fn pause(req: &Request, p: &Params) -> Reply {
     }
     rec.state = State::Paused;
     rec.pauses.push(Pause {
-        from: now_ms(),
+        from: switchboard_sdk::now_ms(),
         to: None,
         after_chunk: rec.chunks,
     });
@@ -641,7 +626,7 @@ fn resume(req: &Request, p: &Params) -> Reply {
     }
     rec.state = State::Recording;
     if let Some(last) = rec.pauses.last_mut() {
-        last.to = Some(now_ms());
+        last.to = Some(switchboard_sdk::now_ms());
     }
     save(&rec)?;
     audit_ok(
@@ -673,7 +658,7 @@ fn stop(req: &Request, p: &Params) -> Reply {
 
 /// Ends the recording and signs what it holds. Writes the recording.
 fn seal(req: &Request, rec: &mut Recording) -> Result<(), ApiError> {
-    let now = now_ms();
+    let now = switchboard_sdk::now_ms();
     if let Some(last) = rec.pauses.last_mut()
         && last.to.is_none()
     {
@@ -705,8 +690,8 @@ fn seal(req: &Request, rec: &mut Recording) -> Result<(), ApiError> {
     let public_key = crypto::public_key(SEAL_KEY)?;
     rec.seal = Some(Seal {
         payload,
-        signature: hex(&signature),
-        public_key: hex(&public_key),
+        signature: crypto::hex(&signature),
+        public_key: crypto::hex(&public_key),
     });
     save(rec)?;
     kv::delete(model::active(&active_ns(rec), &rec.source))?;
@@ -768,7 +753,7 @@ fn upload_chunk(req: &Request, p: &Params) -> Reply {
         // A retry of a chunk already taken: fine if identical.
         let stored = kv::get_json::<Chunk>(model::chunk(&rec.id, seq))?;
         return match stored {
-            Some(c) if c.hash == hex(&hash) => Ok(http::json(
+            Some(c) if c.hash == crypto::hex(&hash) => Ok(http::json(
                 200,
                 &json!({ "seq": seq, "duplicate": true, "next_chunk": rec.chunks + 1 }),
             )),
@@ -826,7 +811,7 @@ fn upload_chunk(req: &Request, p: &Params) -> Reply {
             seq,
             offset,
             len: req.body.len() as u64,
-            hash: hex(&hash),
+            hash: crypto::hex(&hash),
             chain: chain.clone(),
         },
     )?;
@@ -841,45 +826,6 @@ fn upload_chunk(req: &Request, p: &Params) -> Reply {
 }
 
 // ---- access -----------------------------------------------------------------------
-
-enum Range {
-    Whole,
-    Part(u64, u64),
-    Unsatisfiable,
-}
-
-fn parse_range(header: Option<&str>, size: u64) -> Range {
-    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
-        return Range::Whole;
-    };
-    let Some((a, b)) = spec.split_once('-') else {
-        return Range::Whole;
-    };
-    if spec.contains(',') {
-        return Range::Whole;
-    }
-    let num = |x: &str| x.trim().parse::<u64>().ok();
-    let (start, end) = match (a.trim(), b.trim()) {
-        ("", n) => match num(n) {
-            Some(n) if n > 0 => (size.saturating_sub(n), size),
-            Some(_) => return Range::Unsatisfiable,
-            None => return Range::Whole,
-        },
-        (s, "") => match num(s) {
-            Some(s) => (s, size),
-            None => return Range::Whole,
-        },
-        (s, e) => match (num(s), num(e)) {
-            (Some(s), Some(e)) if s <= e => (s, e.saturating_add(1).min(size)),
-            _ => return Range::Whole,
-        },
-    };
-    if start < end {
-        Range::Part(start, end)
-    } else {
-        Range::Unsatisfiable
-    }
-}
 
 /// `GET /recordings/:rid/media[?download=true]` with `Range`: plays (inline
 /// for audio and video types) or downloads (always as an attachment).
@@ -897,9 +843,9 @@ fn media(req: &Request, p: &Params) -> Reply {
     }
     let download = req.query_param("download").as_deref() == Some("true");
     let size = rec.bytes;
-    let (status, start, end) = match parse_range(req.header("range"), size) {
-        Range::Whole if size <= MAX_MEDIA_ANSWER => (200, 0, size),
-        Range::Whole => {
+    let (status, start, end) = match http::byte_range(req.header("range"), size) {
+        http::ByteRange::Whole if size <= MAX_MEDIA_ANSWER => (200, 0, size),
+        http::ByteRange::Whole => {
             return Err(ApiError::new(
                 413,
                 "range_required",
@@ -909,8 +855,8 @@ fn media(req: &Request, p: &Params) -> Reply {
                 ),
             ));
         }
-        Range::Part(s, e) => (206, s, e.min(s + MAX_MEDIA_ANSWER)),
-        Range::Unsatisfiable => {
+        http::ByteRange::Part(s, e) => (206, s, e.min(s + MAX_MEDIA_ANSWER)),
+        http::ByteRange::Unsatisfiable => {
             return Ok(Response {
                 status: 416,
                 headers: vec![("content-range".into(), format!("bytes */{size}"))],
@@ -1040,7 +986,7 @@ fn delete(req: &Request, p: &Params) -> Reply {
     }
     rec.state = State::Shredded;
     rec.shredded = Some(Shredded {
-        at: now_ms(),
+        at: switchboard_sdk::now_ms(),
         reason: "deleted".into(),
         by: req.principal.user.clone(),
     });
@@ -1073,7 +1019,7 @@ fn expired(data: &[u8]) -> Result<(), ApiError> {
     }
     rec.state = State::Shredded;
     rec.shredded = Some(Shredded {
-        at: now_ms(),
+        at: switchboard_sdk::now_ms(),
         reason: "retention".into(),
         by: None,
     });
@@ -1142,7 +1088,7 @@ fn verify(req: &Request, p: &Params) -> Reply {
         if !media_gone {
             match read_all(&rec.blob, chunk.offset, chunk.len) {
                 Ok(data) => {
-                    let actual = hex(&crypto::sha256(&data));
+                    let actual = crypto::hex(&crypto::sha256(&data));
                     if actual != chunk.hash {
                         problems.push(format!("chunk {key_seq}: its media was changed"));
                     }
@@ -1292,7 +1238,7 @@ fn shredded_by_host(rec: &Recording) -> Result<bool, ApiError> {
             }
             gone.state = State::Shredded;
             gone.shredded = Some(Shredded {
-                at: now_ms(),
+                at: switchboard_sdk::now_ms(),
                 reason: "retention".into(),
                 by: None,
             });
@@ -1335,12 +1281,14 @@ fn make_cursor(
 ) -> Result<String, ApiError> {
     let body = format!(
         "{next}.{head}.{bytes}.{}",
-        hex(serde_json::to_string(problems)
-            .unwrap_or_default()
-            .as_bytes())
+        crypto::hex(
+            serde_json::to_string(problems)
+                .unwrap_or_default()
+                .as_bytes()
+        )
     );
     let mac = crypto::hmac_sha256("verify-cursor", format!("{rid}:{body}").as_bytes())?;
-    Ok(format!("{body}.{}", hex(&mac)))
+    Ok(format!("{body}.{}", crypto::hex(&mac)))
 }
 
 fn parse_cursor(rid: &str, c: &str) -> Result<(u64, String, u64, Vec<String>), ApiError> {
@@ -1379,6 +1327,6 @@ fn seal_key(req: &Request, _: &Params) -> Reply {
     req.user()?;
     Ok(http::json(
         200,
-        &json!({ "algorithm": "Ed25519", "public_key": hex(&crypto::public_key(SEAL_KEY)?) }),
+        &json!({ "algorithm": "Ed25519", "public_key": crypto::hex(&crypto::public_key(SEAL_KEY)?) }),
     ))
 }
