@@ -1214,7 +1214,13 @@ impl Runtime {
     /// Delivers every timer due now; returns how many were attempted. The
     /// background scheduler calls this; tests may call it directly.
     pub async fn fire_due_timers(&self) -> usize {
-        self.inner.fire_due_timers().await
+        self.inner.fire_due_timers(timers::now_ms()).await
+    }
+
+    /// Delivers every timer due by `now_ms` (a time in the future lets
+    /// tests see what a long timer does without waiting for it).
+    pub async fn fire_timers_due_by(&self, now_ms: u64) -> usize {
+        self.inner.fire_due_timers(now_ms).await
     }
 }
 
@@ -1370,7 +1376,7 @@ fn spawn_epoch_ticker(engine: Engine, stop: Arc<AtomicBool>) {
 async fn timer_loop(weak: Weak<Inner>) {
     loop {
         let Some(inner) = weak.upgrade() else { return };
-        inner.fire_due_timers().await;
+        inner.fire_due_timers(timers::now_ms()).await;
         let wake = inner.timer_wake.clone();
         drop(inner);
         tokio::select! {
@@ -2242,8 +2248,7 @@ fn wasmparser_is_component(bytes: &[u8]) -> bool {
 }
 
 impl Inner {
-    async fn fire_due_timers(self: &Arc<Self>) -> usize {
-        let now = timers::now_ms();
+    async fn fire_due_timers(self: &Arc<Self>, now: u64) -> usize {
         let page = match self.store.scan_raw(keys::TIMER_QUEUE, None, 256) {
             Ok(p) => p,
             Err(e) => {

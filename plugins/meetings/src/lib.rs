@@ -6,21 +6,29 @@
 //! listed for their organizer and invitees, hidden per user, and deleted
 //! (with their chat) by the organizer only.
 //!
-//! Not built yet (issue 9): live sessions, joining by code with throttled
-//! guessing, the waiting room for guests, recording rules, WebRTC
-//! signalling. This plugin is not bundled until they are.
+//! Live sessions (M5): started by the organizer or an invitee, one at a
+//! time per space, joined by registered users of the tenant with the code
+//! (guessing throttled per address and per code, failures audited), left,
+//! ended by a participant who may or by the server at 24 hours (a durable
+//! timer); the roster reaches every participant's stream.
 //!
-//! Keys: `s/{sid}` space; `c/{code}` → sid; `u/{user}/{sid}` → role;
-//! `h/{user}/{sid}` hidden.
+//! Not built yet (issue 9): the waiting room for guests, removing and
+//! inviting during a session, recording rules, WebRTC signalling. This
+//! plugin is not bundled until they are.
+//!
+//! Keys: `s/{sid}` space; `c/{hmac(code)}` → sid; `u/{user}/{sid}` → role;
+//! `h/{user}/{sid}` hidden; `l/{lid}` live session; `g/{hmac}` guess
+//! counters.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use switchboard_sdk::http::{self, ApiError, Params, RequestExt as _, Router};
 use switchboard_sdk::{
-    Method, Plugin, PrincipalKind, Request, Response, audit, config, crypto, identity, kv, plugins,
-    tx,
+    Method, Plugin, PrincipalKind, Request, Response, TimerEvent, audit, config, crypto, events,
+    identity, kv, plugins, timers, tx,
 };
 
 struct Meetings;
@@ -39,11 +47,35 @@ impl Plugin for Meetings {
             .delete("/spaces/:sid", delete)
             .post("/spaces/:sid/hide", hide)
             .post("/spaces/:sid/unhide", unhide)
+            .post("/spaces/:sid/live", start_live)
+            .post("/join", join)
+            .get("/live/:lid", show_live)
+            .post("/live/:lid/leave", leave)
+            .post("/live/:lid/end", end)
             .handle(&request);
         tx::finish(&mut response);
         response
     }
+
+    fn on_timer(timer: TimerEvent) -> Result<(), String> {
+        if timer.name != "end-live" {
+            return Ok(());
+        }
+        let lid = String::from_utf8_lossy(&timer.payload).into_owned();
+        end_session(&lid, None)
+            .map(|_| ())
+            .map_err(|e| format!("{}: {}", e.code, e.message))
+    }
 }
+
+/// The longest a live session runs (M5).
+const MAX_LIVE: Duration = Duration::from_secs(24 * 3600);
+/// Failed code attempts allowed per window, per source address and per
+/// code (M2: guessing is throttled).
+const GUESSES_PER_ADDRESS: u32 = 10;
+const GUESSES_PER_CODE: u32 = 20;
+/// The throttling window.
+const GUESS_WINDOW_MS: u64 = 15 * 60 * 1000;
 
 switchboard_sdk::export_plugin!(Meetings);
 
@@ -71,14 +103,53 @@ struct Space {
     code: String,
     /// The space's conversation in the chat plugin.
     conversation: String,
+    /// The running live session, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    live: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct Presence {
+    joined_at: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    left_at: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct Live {
+    id: String,
+    space: String,
+    started_by: String,
+    started_at: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ended_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ended_by: Option<String>,
+    end_timer: String,
+    /// Everyone who joined, with their latest stay.
+    participants: BTreeMap<String, Presence>,
+}
+
+impl Live {
+    fn present(&self) -> Vec<String> {
+        self.participants
+            .iter()
+            .filter(|(_, p)| p.left_at.is_none())
+            .map(|(u, _)| u.clone())
+            .collect()
+    }
 }
 
 fn space_key(sid: &str) -> String {
     format!("s/{sid}")
 }
 
-fn code_key(code: &str) -> String {
-    format!("c/{code}")
+/// Access codes are credentials: their index key holds an HMAC (a key the
+/// host holds for this plugin), never the digits (key names are not
+/// encrypted at rest).
+fn code_key(code: &str) -> Result<String, ApiError> {
+    let mac = crypto::hmac_sha256("code-index", code.as_bytes())?;
+    Ok(format!("c/{}", crypto::hex(&mac[..16])))
 }
 
 fn role_key(user: &str, sid: &str) -> String {
@@ -87,6 +158,50 @@ fn role_key(user: &str, sid: &str) -> String {
 
 fn hidden_key(user: &str, sid: &str) -> String {
     format!("h/{user}/{sid}")
+}
+
+fn live_key(lid: &str) -> String {
+    format!("l/{lid}")
+}
+
+fn source_address(req: &Request) -> String {
+    req.header("x-switchboard-source-address")
+        .unwrap_or("")
+        .to_string()
+}
+
+fn load_live(lid: &str) -> Result<Live, ApiError> {
+    if lid.len() != 32 || !lid.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(ApiError::bad_request(
+            "invalid_id",
+            "a live session id is 32 lower-case hex digits",
+        ));
+    }
+    kv::get_json::<Live>(live_key(lid))?.ok_or_else(|| {
+        ApiError::new(
+            404,
+            "live_not_found",
+            "no such live session, or you are not in it",
+        )
+    })
+}
+
+/// Tells everyone present who is in the session now.
+fn roster(live: &Live) -> Result<(), ApiError> {
+    let present = live.present();
+    let data = json!({ "live": live.id, "space": live.space, "participants": present });
+    events::publish_to_users(&present, "meeting.roster", data.to_string().as_bytes())?;
+    Ok(())
+}
+
+fn audit_ok(action: &str, target: &str, details: Value) -> Result<(), ApiError> {
+    audit::append(
+        action,
+        target,
+        audit::Outcome::Success,
+        &details.to_string(),
+    )?;
+    Ok(())
 }
 
 fn not_found() -> ApiError {
@@ -210,7 +325,7 @@ fn create(req: &Request, _: &Params) -> Reply {
     let mut code = None;
     for _ in 0..CODE_ATTEMPTS {
         let candidate = draw_code(digits);
-        if kv::get(code_key(&candidate))?.is_none() {
+        if kv::get(code_key(&candidate)?)?.is_none() {
             code = Some(candidate);
             break;
         }
@@ -239,9 +354,10 @@ fn create(req: &Request, _: &Params) -> Reply {
         created_at: switchboard_sdk::now_ms(),
         code: code.clone(),
         conversation: conv["id"].as_str().unwrap_or_default().to_string(),
+        live: None,
     };
     kv::set_json(space_key(&id), &space)?;
-    kv::set(code_key(&code), id.as_bytes())?;
+    kv::set(code_key(&code)?, id.as_bytes())?;
     kv::set_json(role_key(&me, &id), &Role::Organizer)?;
     for u in &invited {
         kv::set_json(role_key(u, &id), &Role::Invited)?;
@@ -312,6 +428,10 @@ fn delete(req: &Request, p: &Params) -> Reply {
             "only the organizer deletes a space",
         ));
     }
+    if let Some(lid) = &space.live {
+        let live = end_session(lid, Some(&me))?;
+        timers::cancel(&live.end_timer)?;
+    }
     call_chat(
         Method::Delete,
         &format!("/owned/space:{}", space.id),
@@ -323,7 +443,7 @@ fn delete(req: &Request, p: &Params) -> Reply {
         kv::delete(role_key(u, &space.id))?;
         kv::delete(hidden_key(u, &space.id))?;
     }
-    kv::delete(code_key(&space.code))?;
+    kv::delete(code_key(&space.code)?)?;
     kv::delete(space_key(&space.id))?;
     audit::append(
         "meeting.space.delete",
@@ -332,4 +452,268 @@ fn delete(req: &Request, p: &Params) -> Reply {
         &json!({ "by": me }).to_string(),
     )?;
     Ok(http::empty(204))
+}
+
+// ---- live sessions ---------------------------------------------------------------
+
+/// Starts the space's live session (organizer or invitee); one at a time.
+fn start_live(req: &Request, p: &Params) -> Reply {
+    let (me, mut space, _) = membership(req, p.get("sid").unwrap_or_default())?;
+    if let Some(lid) = &space.live {
+        return Err(ApiError::new(
+            409,
+            "live_exists",
+            format!("this space's live session {lid} is running"),
+        ));
+    }
+    let now = switchboard_sdk::now_ms();
+    let id = crypto::random_id();
+    let end_timer = timers::schedule(MAX_LIVE, "end-live", id.as_bytes())?;
+    let mut participants = BTreeMap::new();
+    participants.insert(
+        me.clone(),
+        Presence {
+            joined_at: now,
+            left_at: None,
+        },
+    );
+    let live = Live {
+        id: id.clone(),
+        space: space.id.clone(),
+        started_by: me.clone(),
+        started_at: now,
+        ended_at: None,
+        ended_by: None,
+        end_timer,
+        participants,
+    };
+    kv::set_json(live_key(&id), &live)?;
+    space.live = Some(id.clone());
+    kv::set_json(space_key(&space.id), &space)?;
+    audit_ok(
+        "meeting.live.start",
+        &format!("space/{}", space.id),
+        json!({ "live": id, "from": source_address(req) }),
+    )?;
+    roster(&live)?;
+    Ok(http::json(201, &live))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Join {
+    code: String,
+}
+
+/// One guess counter: failures within the current window.
+#[derive(Serialize, Deserialize, Default)]
+struct Guesses {
+    window_start: u64,
+    failures: u32,
+}
+
+fn guess_key(kind: &str, value: &str) -> Result<String, ApiError> {
+    let mac = crypto::hmac_sha256("guess", format!("{kind}:{value}").as_bytes())?;
+    Ok(format!("g/{kind}/{}", crypto::hex(&mac[..16])))
+}
+
+fn guesses(key: &str, now: u64) -> Result<Guesses, ApiError> {
+    Ok(kv::get_json::<Guesses>(key)?
+        .filter(|g| now < g.window_start + GUESS_WINDOW_MS)
+        .unwrap_or(Guesses {
+            window_start: now,
+            failures: 0,
+        }))
+}
+
+/// `POST /join {"code"}`: a registered user of the tenant with the code
+/// enters the space's live session directly (M7). Wrong codes count
+/// against the caller's address and the code tried; past the limits the
+/// answer is 429 with `Retry-After`, whether the code is right or not.
+fn join(req: &Request, _: &Params) -> Reply {
+    let me = registered(req)?;
+    let body: Join = req.json()?;
+    let code = body.code.trim().to_string();
+    let now = switchboard_sdk::now_ms();
+    let address = source_address(req);
+    let by_address = guess_key("a", &address)?;
+    let by_code = guess_key("c", &code)?;
+    let (mut a, mut c) = (guesses(&by_address, now)?, guesses(&by_code, now)?);
+    if a.failures >= GUESSES_PER_ADDRESS || c.failures >= GUESSES_PER_CODE {
+        let until = if a.failures >= GUESSES_PER_ADDRESS {
+            a.window_start
+        } else {
+            c.window_start
+        } + GUESS_WINDOW_MS;
+        let mut r = http::error(
+            429,
+            "too_many_attempts",
+            "too many wrong codes; try again later",
+        );
+        r.headers.push((
+            "retry-after".into(),
+            (until.saturating_sub(now) / 1000 + 1).to_string(),
+        ));
+        return Ok(r);
+    }
+    let well_formed = (9..=12).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_digit());
+    let sid = if well_formed {
+        kv::get(code_key(&code)?)?
+    } else {
+        None
+    };
+    let Some(sid) = sid else {
+        a.failures += 1;
+        c.failures += 1;
+        kv::set_json(&by_address, &a)?;
+        kv::set_json(&by_code, &c)?;
+        audit::append(
+            "meeting.code.guess",
+            "meetings",
+            audit::Outcome::Failure,
+            &json!({ "from": address, "failures": a.failures }).to_string(),
+        )?;
+        // The counters and the audit entry stand although the answer is 4xx.
+        tx::keep_writes();
+        return Err(ApiError::new(
+            404,
+            "code_not_found",
+            "no space has this code",
+        ));
+    };
+    let sid = String::from_utf8_lossy(&sid).into_owned();
+    let space = kv::get_json::<Space>(space_key(&sid))?.ok_or_else(not_found)?;
+    let Some(lid) = space.live.clone() else {
+        return Err(ApiError::new(
+            409,
+            "no_live_session",
+            "this space has no live session now",
+        ));
+    };
+    let mut live = load_live(&lid)?;
+    live.participants.insert(
+        me.clone(),
+        Presence {
+            joined_at: now,
+            left_at: None,
+        },
+    );
+    kv::set_json(live_key(&lid), &live)?;
+    if kv::get(role_key(&me, &sid))?.is_none() {
+        kv::set_json(role_key(&me, &sid), &Role::Attended)?;
+    }
+    audit_ok(
+        "meeting.join",
+        &format!("space/{sid}"),
+        json!({ "live": lid, "from": address }),
+    )?;
+    roster(&live)?;
+    let role = kv::get_json::<Role>(role_key(&me, &sid))?.unwrap_or(Role::Attended);
+    Ok(http::json(
+        200,
+        &json!({ "space": view(&space, role), "live": live }),
+    ))
+}
+
+/// The live session, for those with a role in its space.
+fn show_live(req: &Request, p: &Params) -> Reply {
+    let live = load_live(p.get("lid").unwrap_or_default())?;
+    membership(req, &live.space).map_err(|_| {
+        ApiError::new(
+            404,
+            "live_not_found",
+            "no such live session, or you are not in it",
+        )
+    })?;
+    Ok(http::json(200, &live))
+}
+
+fn leave(req: &Request, p: &Params) -> Reply {
+    let me = req.user()?.to_string();
+    let mut live = load_live(p.get("lid").unwrap_or_default())?;
+    let present = live
+        .participants
+        .get(&me)
+        .is_some_and(|p| p.left_at.is_none());
+    if !present || live.ended_at.is_some() {
+        return Err(ApiError::new(
+            409,
+            "not_in_session",
+            "you are not in this live session",
+        ));
+    }
+    if let Some(pr) = live.participants.get_mut(&me) {
+        pr.left_at = Some(switchboard_sdk::now_ms());
+    }
+    kv::set_json(live_key(&live.id), &live)?;
+    audit_ok(
+        "meeting.leave",
+        &format!("space/{}", live.space),
+        json!({ "live": live.id, "from": source_address(req) }),
+    )?;
+    roster(&live)?;
+    events::publish_to_users(
+        &[me],
+        "meeting.left",
+        json!({ "live": live.id }).to_string().as_bytes(),
+    )?;
+    Ok(http::json(200, &live))
+}
+
+/// Ends the live session (the organizer or whoever started it); the space
+/// stays (M5).
+fn end(req: &Request, p: &Params) -> Reply {
+    let me = registered(req)?;
+    let live = load_live(p.get("lid").unwrap_or_default())?;
+    let space = kv::get_json::<Space>(space_key(&live.space))?.ok_or_else(not_found)?;
+    if me != space.organizer && me != live.started_by {
+        return Err(ApiError::new(
+            403,
+            "not_allowed",
+            "the organizer or whoever started the session ends it",
+        ));
+    }
+    if live.ended_at.is_some() {
+        return Err(ApiError::new(
+            409,
+            "live_ended",
+            "this live session has ended",
+        ));
+    }
+    let ended = end_session(&live.id, Some(&me))?;
+    timers::cancel(&live.end_timer)?;
+    Ok(http::json(200, &ended))
+}
+
+/// Ends session `lid` (by `by`, or by the server at the limit): everyone
+/// present leaves, the space has no live session any more, all are told.
+fn end_session(lid: &str, by: Option<&str>) -> Result<Live, ApiError> {
+    let mut live = load_live(lid)?;
+    if live.ended_at.is_some() {
+        return Ok(live);
+    }
+    let now = switchboard_sdk::now_ms();
+    let present = live.present();
+    for u in &present {
+        if let Some(p) = live.participants.get_mut(u) {
+            p.left_at = Some(now);
+        }
+    }
+    live.ended_at = Some(now);
+    live.ended_by = by.map(str::to_string);
+    kv::set_json(live_key(lid), &live)?;
+    if let Some(mut space) = kv::get_json::<Space>(space_key(&live.space))?
+        && space.live.as_deref() == Some(lid)
+    {
+        space.live = None;
+        kv::set_json(space_key(&space.id), &space)?;
+    }
+    audit_ok(
+        "meeting.live.end",
+        &format!("space/{}", live.space),
+        json!({ "live": lid, "by": by.unwrap_or("the 24-hour limit") }),
+    )?;
+    let data = json!({ "live": lid, "space": live.space, "by": by });
+    events::publish_to_users(&present, "meeting.ended", data.to_string().as_bytes())?;
+    Ok(live)
 }
