@@ -187,6 +187,38 @@ pub fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Checks an id as [`crate::crypto::random_id`] makes them (32 lower-case
+/// hex digits); `what` names it in the 400 `invalid_id` answer.
+pub fn check_id(id: &str, what: &str) -> Result<(), ApiError> {
+    if id.len() != 32 || !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(ApiError::bad_request(
+            "invalid_id",
+            format!("a {what} id is 32 lower-case hex digits"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a user or guest id as the host issues them (1-64 of
+/// `[A-Za-z0-9._-]`, safe in keys and event groups); 400 `invalid_user`.
+pub fn check_user_id(id: &str) -> Result<(), ApiError> {
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Err(ApiError::bad_request(
+            "invalid_user",
+            format!(
+                "{:?} is not a user id",
+                id.chars().take(80).collect::<String>()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// What a `Range` header asks of a body of known size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ByteRange {

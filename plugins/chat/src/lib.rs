@@ -207,7 +207,7 @@ fn not_found_conversation() -> ApiError {
 
 /// A live conversation by id (404 when deleted or unknown).
 fn load_conversation(cid: &str) -> Result<Conversation, ApiError> {
-    text::hex_id(cid, "conversation")?;
+    http::check_id(cid, "conversation")?;
     match kv::get_json::<Conversation>(model::conversation(cid))? {
         Some(c) if !c.deleted => Ok(c),
         _ => Err(not_found_conversation()),
@@ -505,7 +505,7 @@ fn list_conversations(req: &Request, _: &Params) -> Reply {
     let limit = limit_param(req, 100, 500)?;
     let after = match req.query_param("after") {
         Some(a) => {
-            text::hex_id(&a, "conversation")?;
+            http::check_id(&a, "conversation")?;
             Some(model::user_conversation(&me, &a).into_bytes())
         }
         None => None,
@@ -574,7 +574,7 @@ fn list_members(req: &Request, p: &Params) -> Reply {
     let (_, conv, _) = membership(req, param(p, "cid"))?;
     let after = match req.query_param("after") {
         Some(u) => {
-            text::user_id(&u)?;
+            http::check_user_id(&u)?;
             Some(model::member(&conv.id, &u).into_bytes())
         }
         None => None,
@@ -754,7 +754,7 @@ fn remove_member(req: &Request, p: &Params) -> Reply {
     if !(is_member || req.is_admin() && req.principal.kind != PrincipalKind::Guest) {
         return Err(not_found_conversation());
     }
-    text::user_id(target)?;
+    http::check_user_id(target)?;
     group_only(&conv)?;
     if kv::get(model::member(cid, target))?.is_none() {
         return Err(ApiError::new(
@@ -877,7 +877,7 @@ fn post_message(req: &Request, p: &Params) -> Reply {
     }
     let mut attachments = Vec::new();
     for aid in &body.attachments {
-        text::hex_id(aid, "attachment")?;
+        http::check_id(aid, "attachment")?;
         let a = kv::get_json::<Attachment>(model::attachment(&cid, aid))?
             .filter(|a| a.uploader == me && a.message.is_none())
             .ok_or_else(|| {
@@ -1211,7 +1211,7 @@ fn attachment_view(a: &Attachment) -> Value {
 fn append_attachment(req: &Request, p: &Params) -> Reply {
     let (me, conv, _) = membership(req, param(p, "cid"))?;
     let aid = param(p, "aid");
-    text::hex_id(aid, "attachment")?;
+    http::check_id(aid, "attachment")?;
     let mut a = kv::get_json::<Attachment>(model::attachment(&conv.id, aid))?
         .filter(|a| a.uploader == me)
         .ok_or_else(|| ApiError::new(404, "attachment_not_found", "no such upload of yours"))?;
@@ -1259,7 +1259,7 @@ fn append_attachment(req: &Request, p: &Params) -> Reply {
 fn download_attachment(req: &Request, p: &Params) -> Reply {
     let (me, conv, _) = membership(req, param(p, "cid"))?;
     let aid = param(p, "aid");
-    text::hex_id(aid, "attachment")?;
+    http::check_id(aid, "attachment")?;
     let a = kv::get_json::<Attachment>(model::attachment(&conv.id, aid))?
         .filter(|a| a.message.is_some() || a.uploader == me)
         .ok_or_else(|| ApiError::new(404, "attachment_not_found", "no such attachment"))?;
@@ -1465,7 +1465,7 @@ fn presence_reset(data: &[u8]) -> Result<(), ApiError> {
 fn presence_changed(data: &[u8]) -> Result<(), ApiError> {
     let e: HostPresence = serde_json::from_slice(data)
         .map_err(|e| ApiError::bad_request("invalid_event", e.to_string()))?;
-    if text::user_id(&e.user).is_err() {
+    if http::check_user_id(&e.user).is_err() {
         return Ok(());
     }
     let boot = current_boot()?;
@@ -1503,7 +1503,7 @@ fn check_users(users: &[String]) -> Result<(), ApiError> {
             format!("name 1-{MAX_PRESENCE_USERS} user ids"),
         ));
     }
-    users.iter().try_for_each(|u| text::user_id(u))
+    users.iter().try_for_each(|u| http::check_user_id(u))
 }
 
 fn presence_list(users: &[String]) -> Result<Value, ApiError> {
@@ -1622,7 +1622,7 @@ fn owned_create(req: &Request, _: &Params) -> Reply {
             "at most 10000 members",
         ));
     }
-    members.iter().try_for_each(|u| text::user_id(u))?;
+    members.iter().try_for_each(|u| http::check_user_id(u))?;
     let key = model::owned(&plugin, &body.resource);
     if kv::get(&key)?.is_some() {
         let conv = owned_conversation(&plugin, &body.resource)?;
@@ -1671,7 +1671,7 @@ fn owned_add_members(req: &Request, p: &Params) -> Reply {
             "name 1-10000 users to add",
         ));
     }
-    body.users.iter().try_for_each(|u| text::user_id(u))?;
+    body.users.iter().try_for_each(|u| http::check_user_id(u))?;
     let by = req.principal.user.clone().unwrap_or(plugin);
     change_members(
         conv,
@@ -1685,7 +1685,7 @@ fn owned_remove_member(req: &Request, p: &Params) -> Reply {
     let plugin = owner(req)?;
     let conv = owned_conversation(&plugin, param(p, "resource"))?;
     let user = param(p, "user");
-    text::user_id(user)?;
+    http::check_user_id(user)?;
     let by = req.principal.user.clone().unwrap_or(plugin);
     change_members(
         conv,
@@ -1725,7 +1725,7 @@ fn owned_delete(req: &Request, p: &Params) -> Reply {
 /// Removes up to [`PURGE_BATCH`] keys of a deleted conversation and
 /// schedules itself again until nothing is left.
 fn purge(cid: &str) -> Result<(), ApiError> {
-    text::hex_id(cid, "conversation")?;
+    http::check_id(cid, "conversation")?;
     let mut budget = PURGE_BATCH;
     for prefix in model::purge_prefixes(cid) {
         let page = kv::scan(&prefix, None, budget)?;

@@ -65,36 +65,6 @@ pub fn title(title: &str) -> Result<String, ApiError> {
     Ok(t.to_string())
 }
 
-/// A user id as the host issues them (and as event groups accept them).
-pub fn user_id(id: &str) -> Result<(), ApiError> {
-    if id.is_empty()
-        || id.len() > 64
-        || !id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-    {
-        return Err(ApiError::bad_request(
-            "invalid_user",
-            format!(
-                "{:?} is not a user id",
-                id.chars().take(80).collect::<String>()
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// A 32-hex-digit id (conversations, attachments).
-pub fn hex_id(id: &str, what: &str) -> Result<(), ApiError> {
-    if id.len() != 32 || !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-        return Err(ApiError::bad_request(
-            "invalid_id",
-            format!("a {what} id is 32 lower-case hex digits"),
-        ));
-    }
-    Ok(())
-}
-
 /// A message seq: a decimal number from 1.
 pub fn seq(s: &str) -> Result<u64, ApiError> {
     match s.parse::<u64>() {

@@ -171,12 +171,7 @@ fn source_address(req: &Request) -> String {
 }
 
 fn load_live(lid: &str) -> Result<Live, ApiError> {
-    if lid.len() != 32 || !lid.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-        return Err(ApiError::bad_request(
-            "invalid_id",
-            "a live session id is 32 lower-case hex digits",
-        ));
-    }
+    http::check_id(lid, "live session")?;
     kv::get_json::<Live>(live_key(lid))?.ok_or_else(|| {
         ApiError::new(
             404,
@@ -227,12 +222,7 @@ fn registered(req: &Request) -> Result<String, ApiError> {
 /// The space and the caller's role in it (404 for anyone without one).
 fn membership(req: &Request, sid: &str) -> Result<(String, Space, Role), ApiError> {
     let me = registered(req)?;
-    if sid.len() != 32 || !sid.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-        return Err(ApiError::bad_request(
-            "invalid_id",
-            "a space id is 32 lower-case hex digits",
-        ));
-    }
+    http::check_id(sid, "space")?;
     let space = kv::get_json::<Space>(space_key(sid))?.ok_or_else(not_found)?;
     let role = kv::get_json::<Role>(role_key(&me, sid))?.ok_or_else(not_found)?;
     Ok((me, space, role))

@@ -112,31 +112,6 @@ fn chain_next(previous: &str, seq: u64, hash: &[u8]) -> String {
     crypto::hex(&crypto::sha256(&buf))
 }
 
-fn valid_id(id: &str, what: &str) -> Result<(), ApiError> {
-    if id.len() != 32 || !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-        return Err(ApiError::bad_request(
-            "invalid_id",
-            format!("a {what} id is 32 lower-case hex digits"),
-        ));
-    }
-    Ok(())
-}
-
-fn valid_user(id: &str) -> Result<(), ApiError> {
-    if id.is_empty()
-        || id.len() > 64
-        || !id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-    {
-        return Err(ApiError::bad_request(
-            "invalid_user",
-            "a participant is a user or guest id",
-        ));
-    }
-    Ok(())
-}
-
 fn valid_source(source: &Source) -> Result<(), ApiError> {
     let id = &source.id;
     if id.is_empty()
@@ -158,7 +133,7 @@ fn valid_source(source: &Source) -> Result<(), ApiError> {
 /// login name).
 fn participant(req: &Request, p: &str) -> Result<String, ApiError> {
     if req.caller_plugin.is_some() {
-        valid_user(p)?;
+        http::check_user_id(p)?;
         return Ok(p.to_string());
     }
     if p.is_empty() || p.len() > 256 {
@@ -193,7 +168,7 @@ fn not_found() -> ApiError {
 }
 
 fn load(rid: &str) -> Result<Recording, ApiError> {
-    valid_id(rid, "recording")?;
+    http::check_id(rid, "recording")?;
     kv::get_json::<Recording>(model::recording(rid))?.ok_or_else(not_found)
 }
 
@@ -461,7 +436,7 @@ fn list(req: &Request, _: &Params) -> Reply {
     };
     let after = req.query_param("after");
     if let Some(a) = &after {
-        valid_id(a, "recording")?;
+        http::check_id(a, "recording")?;
     }
     // Admins (as the tenant allows) list everything; others what they
     // initiated or took part in.
