@@ -25,5 +25,6 @@ pub fn call(plugin: &str, method: Method, path: &str, body: &[u8]) -> Result<Res
         caller_plugin: None,
         request_id: String::new(),
     };
-    raw::call(plugin, &request)
+    // The callee may have written in this request's transaction.
+    crate::tx::note(raw::call(plugin, &request))
 }

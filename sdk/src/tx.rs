@@ -10,8 +10,9 @@
 //! writes with a 4xx answer (say, "refused, but the recording was sealed")
 //! calls [`keep_writes`] first.
 //!
-//! The SDK's `kv`, `blobs`, `events` (groups) and `timers` helpers record
-//! their successful writes here; a failed host call changed nothing.
+//! The SDK's `kv`, `blobs`, `events` (groups), `timers` and `plugins`
+//! helpers record their successful writes here (a call into another plugin
+//! counts: it may have written); a failed host call changed nothing.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

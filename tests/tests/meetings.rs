@@ -354,6 +354,16 @@ async fn m5_m7_live_sessions_start_join_by_code_leave_end_and_stop_at_24_hours()
     assert!(present.contains(&w.olga.0), "{present:?}");
     let r = call(&w, &w.nina.1, "GET", "/meetings/spaces", None).await;
     assert_eq!(r.json()["spaces"][0]["role"], "attended");
+    // Having attended does not make one an organizer or invitee.
+    let r = call(
+        &w,
+        &w.nina.1,
+        "POST",
+        &format!("/meetings/spaces/{sid}/live"),
+        None,
+    )
+    .await;
+    assert_eq!((r.status, r.code().as_str()), (403, "organizer_or_invitee"));
     // Another tenant's user with the code gets nowhere.
     let r =
         w.s.call(

@@ -448,7 +448,14 @@ fn delete(req: &Request, p: &Params) -> Reply {
 
 /// Starts the space's live session (organizer or invitee); one at a time.
 fn start_live(req: &Request, p: &Params) -> Reply {
-    let (me, mut space, _) = membership(req, p.get("sid").unwrap_or_default())?;
+    let (me, mut space, role) = membership(req, p.get("sid").unwrap_or_default())?;
+    if role == Role::Attended {
+        return Err(ApiError::new(
+            403,
+            "organizer_or_invitee",
+            "live sessions are started by the organizer or an invitee",
+        ));
+    }
     if let Some(lid) = &space.live {
         return Err(ApiError::new(
             409,
