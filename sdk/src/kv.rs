@@ -35,6 +35,25 @@ pub fn scan(
     raw::scan(prefix.as_ref(), start_after, limit)
 }
 
+/// The entries under `prefix`, page after page, at most `max` of them
+/// (the first `max` in key order when there are more).
+pub fn scan_all(prefix: impl AsRef<[u8]>, max: usize) -> Result<Vec<Entry>, Error> {
+    let prefix = prefix.as_ref();
+    let mut out: Vec<Entry> = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    while out.len() < max {
+        let want = u32::try_from((max - out.len()).min(1000)).unwrap_or(1000);
+        let page = raw::scan(prefix, after.as_deref(), want)?;
+        out.extend(page.entries);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    out.truncate(max);
+    Ok(out)
+}
+
 /// The value of `key` decoded from JSON.
 pub fn get_json<T: DeserializeOwned>(key: impl AsRef<[u8]>) -> Result<Option<T>, Error> {
     match get(key)? {

@@ -948,6 +948,20 @@ fn post_message(req: &Request, p: &Params) -> Reply {
     if let Some(key) = client_key {
         kv::set(key, seq.to_string())?;
     }
+    if !message.attachments.is_empty() {
+        // Files shared are audited (SPEC M11) by id and size, never by
+        // name or content.
+        let files: Vec<Value> = message
+            .attachments
+            .iter()
+            .map(|a| json!({ "id": a.id, "bytes": a.size }))
+            .collect();
+        audit_ok(
+            "chat.file.add",
+            &message_target(&cid, seq),
+            json!({ "sender": me, "files": files }),
+        )?;
+    }
     publish_message(&cid, "chat.message.created", &message)?;
     Ok(http::json(201, &message))
 }
@@ -1057,6 +1071,14 @@ fn delete_message(req: &Request, p: &Params) -> Reply {
             }
             kv::delete(model::attachment(&cid, &a.id))?;
         }
+    }
+    if !message.attachments.is_empty() {
+        let files: Vec<&str> = message.attachments.iter().map(|a| a.id.as_str()).collect();
+        audit_ok(
+            "chat.file.remove",
+            &message_target(&cid, message.seq),
+            json!({ "by": me, "files": files }),
+        )?;
     }
     unindex_message(&cid, message.seq, &message.text)?;
     for n in 0..message.edits {

@@ -621,9 +621,25 @@ fn stopped_error() -> ApiError {
     )
 }
 
-/// Stops and seals (only the initiator: SPEC M9).
+/// Stops and seals (only the initiator: SPEC M9). The plugin that started
+/// a recording may also stop it with `?reason=source_ended` when what was
+/// recorded is over (a meeting's live session ended); that is audited
+/// with the reason.
 fn stop(req: &Request, p: &Params) -> Reply {
-    let mut rec = initiator_only(req, param(p, "rid"), "stop")?;
+    let source_ended = req.query_param("reason").as_deref() == Some("source_ended");
+    let mut rec = if source_ended {
+        let rec = managed(req, param(p, "rid"))?;
+        if !by_owner(req, &rec) {
+            return Err(ApiError::new(
+                403,
+                "not_initiator",
+                "only the plugin that started a recording stops it when its source ends",
+            ));
+        }
+        rec
+    } else {
+        initiator_only(req, param(p, "rid"), "stop")?
+    };
     if !matches!(rec.state, State::Recording | State::Paused) {
         return Err(stopped_error());
     }
@@ -673,7 +689,8 @@ fn seal(req: &Request, rec: &mut Recording) -> Result<(), ApiError> {
     audit_ok(
         "recording.stop",
         rec,
-        json!({ "chunks": rec.chunks, "bytes": rec.bytes, "head": rec.head }),
+        json!({ "chunks": rec.chunks, "bytes": rec.bytes, "head": rec.head,
+                "reason": req.query_param("reason").filter(|r| r == "source_ended") }),
     )?;
     announce(rec, "recording.stopped")?;
     Ok(())
