@@ -47,9 +47,12 @@ pub fn call_with_headers(
     };
     // The callee may have written in this request's transaction when it
     // accepted the call; a refusal (4xx or 5xx) from a callee built with
-    // this SDK wrote nothing (its own `tx::finish` sees to that).
+    // this SDK wrote nothing (its own `tx::finish` sees to that), and GET
+    // and HEAD are safe methods (RFC 9110): what a callee writes while
+    // answering one (an audit entry of a read) is meant to stand.
+    let safe = matches!(method, Method::Get | Method::Head);
     let response = raw::call(plugin, &request)?;
-    if response.status < 400 {
+    if response.status < 400 && !safe {
         crate::tx::note(Ok(()))?;
     }
     Ok(response)

@@ -12,7 +12,9 @@
 //!
 //! The SDK's `kv`, `blobs`, `events` (groups), `timers` and `plugins`
 //! helpers record their successful writes here (a call into another plugin
-//! counts: it may have written); a failed host call changed nothing.
+//! that accepts a POST, PUT, PATCH or DELETE counts: it may have written;
+//! GET and HEAD do not, being safe methods); a failed host call changed
+//! nothing.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -37,6 +37,16 @@ async fn world() -> World {
             h.enable(t, p).await.unwrap();
         }
     }
+    // acme names `owner` as its telephony plugin; globex names none.
+    switchboard_tests::accounts::console(
+        &h,
+        switchboard::admin::Op::PluginConfigSet {
+            tenant: "acme".into(),
+            name: "meetings".into(),
+            config: serde_json::from_value(json!({"telephony-plugins": "owner"})).unwrap(),
+        },
+    )
+    .await;
     let s = Server::start(h.runtime().clone()).await;
     let mut u = people(
         &h,
@@ -247,7 +257,15 @@ async fn m1_m3_a_space_has_a_code_invitees_and_a_chat_usable_before_any_session(
     }
     let r = call(&w, &w.olga.1, "GET", "/meetings/spaces", None).await;
     assert_eq!(r.json()["spaces"].as_array().unwrap().len(), 31);
-    let _ = sid;
+    let r = call(
+        &w,
+        &w.olga.1,
+        "GET",
+        &format!("/meetings/spaces/{sid}"),
+        None,
+    )
+    .await;
+    assert_eq!(r.json()["code"], code);
 }
 
 #[tokio::test]
@@ -962,6 +980,7 @@ async fn m7_guests_wait_until_a_registered_participant_admits_them_and_cannot_ge
         "search?q=hello".to_string(),
         format!("../../conversations/{cid}/messages"),
         "messages/../members".to_string(),
+        "members".to_string(),
     ] {
         let r = call(
             &w,
@@ -1276,6 +1295,16 @@ async fn m6_m8_m10_participants_are_removed_invited_and_signal_only_to_each_othe
     )
     .await;
     assert_eq!((r.status, r.code().as_str()), (403, "plugins_only"));
+    // globex has named no telephony plugin: the same fixture is refused.
+    let r =
+        w.s.call(
+            "POST",
+            "/api/v1/t/globex/p/owner/meetings/pstn/join",
+            Some(&w.gina.1),
+            Some(&json!({"code": code, "caller": "+1 555 0100"})),
+        )
+        .await;
+    assert_eq!((r.status, r.code().as_str()), (403, "not_telephony"));
     let r = call(
         &w,
         &w.ivan.1,
@@ -1387,7 +1416,9 @@ async fn m6_m8_m10_participants_are_removed_invited_and_signal_only_to_each_othe
     )
     .await;
     assert_eq!(r.code(), "participant_not_found");
-    assert_eq!(join(&w, &w.nina.1, &code).await.status, 200);
+    // Removed from this session means out of it, code or not.
+    let r = join(&w, &w.nina.1, &code).await;
+    assert_eq!((r.status, r.code().as_str()), (403, "removed"));
     let entries = audited(&w);
     let removal = entries
         .iter()
@@ -1554,6 +1585,36 @@ async fn m9_any_registered_participant_records_only_the_initiator_stops_and_ever
     assert_eq!(r.json()["state"], "stopped");
     let e = event_until(&mut olga_ws, "meeting.recording", |e| e["on"] == false).await;
     assert_eq!(e["recording"], rid.as_str());
+    // olga records and stops it herself through the recording plugin:
+    // meetings notices, and recording can start again.
+    let r = call(
+        &w,
+        &w.olga.1,
+        "POST",
+        &format!("/meetings/live/{lid}/recording"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let rid_direct = r.json()["id"].as_str().unwrap().to_string();
+    let r = call(
+        &w,
+        &w.olga.1,
+        "POST",
+        &format!("/recording/recordings/{rid_direct}/stop"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = call(
+        &w,
+        &w.olga.1,
+        "POST",
+        &format!("/meetings/live/{lid}/recording/stop"),
+        None,
+    )
+    .await;
+    assert_eq!((r.status, r.code().as_str()), (409, "not_recording"));
     // olga records again; ending the session stops and seals it.
     let r = call(
         &w,
@@ -1603,7 +1664,11 @@ async fn m9_any_registered_participant_records_only_the_initiator_stops_and_ever
     )
     .await;
     assert_eq!(r.status, 204, "{}", r.text());
-    for (token, rid) in [(&w.nina.1, &rid), (&w.olga.1, &rid2)] {
+    for (token, rid) in [
+        (&w.nina.1, &rid),
+        (&w.olga.1, &rid_direct),
+        (&w.olga.1, &rid2),
+    ] {
         let r = call(
             &w,
             token,

@@ -64,9 +64,14 @@ impl Plugin for Meetings {
         let result = match timer.name.as_str() {
             "end-live" => {
                 let lid = String::from_utf8_lossy(&timer.payload).into_owned();
-                live::end_session(&lid, None).map(|_| ())
+                match live::end_session(&lid, None) {
+                    // The space (and the session) were deleted meanwhile.
+                    Err(e) if e.status == 404 => Ok(()),
+                    other => other.map(|_| ()),
+                }
             }
             "sweep-guesses" => guess::sweep(),
+            "stop-recording" => live::retry_stop(&String::from_utf8_lossy(&timer.payload)),
             _ => Ok(()),
         };
         result.map_err(|e| format!("{}: {}", e.code, e.message))

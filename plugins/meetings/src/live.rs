@@ -13,7 +13,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use switchboard_sdk::http::{self, ApiError, Params, RequestExt as _};
-use switchboard_sdk::{Method, PrincipalKind, Request, crypto, events, identity, kv, log, timers};
+use switchboard_sdk::{
+    Method, PrincipalKind, Request, config, crypto, events, identity, kv, log, timers, tx,
+};
 
 use crate::guess::Attempt;
 use crate::model::{self, Kind, Live, Participant, Role, Space, State};
@@ -56,7 +58,11 @@ pub fn load(lid: &str) -> Result<Live, ApiError> {
     if live.ended_at.is_none()
         && switchboard_sdk::now_ms() >= live.started_at.saturating_add(max_live_ms())
     {
-        return end_session(lid, None);
+        let ended = end_session(lid, None)?;
+        // The end stands whatever this request answers next (callers
+        // refuse ended sessions with a 4xx before writing anything).
+        tx::keep_writes();
+        return Ok(ended);
     }
     Ok(live)
 }
@@ -248,17 +254,22 @@ fn chat_remove(sid: &str, user: &str) -> Result<(), ApiError> {
 }
 
 /// Tells `who` (a later joiner) that the session is being recorded and
-/// adds them to the recording's participants (M9).
+/// adds them to the recording's participants (M9). A recording that has
+/// stopped meanwhile (its initiator stopped it through the recording
+/// plugin, or their quota ran out) is forgotten instead.
 fn tell_recording(live: &Live, who: &str) -> Result<(), ApiError> {
     let Some(rec) = &live.recording else {
         return Ok(());
     };
-    call_ok(
+    let state = call_ok(
         "recording",
         Method::Post,
         &format!("/recordings/{}/participants", rec.id),
         &json!({ "users": [who] }),
     )?;
+    if !running(&state) {
+        return forget_recording(live);
+    }
     tell(
         &[who.to_string()],
         "meeting.recording",
@@ -266,8 +277,39 @@ fn tell_recording(live: &Live, who: &str) -> Result<(), ApiError> {
     )
 }
 
+fn running(recording: &Value) -> bool {
+    matches!(recording["state"].as_str(), Some("recording" | "paused"))
+}
+
+fn forget_recording(live: &Live) -> Result<(), ApiError> {
+    let mut fresh = kv::get_json::<Live>(model::live(&live.id))?.ok_or_else(not_found)?;
+    fresh.recording = None;
+    save(&fresh)
+}
+
+/// The session's recording if it is still running, as far as the caller
+/// can see it; one that has stopped outside meetings is forgotten here.
+pub fn current_recording(live: &Live) -> Result<Option<model::Recording>, ApiError> {
+    let Some(rec) = live.recording.clone() else {
+        return Ok(None);
+    };
+    let (status, v) = call_json(
+        "recording",
+        Method::Get,
+        &format!("/recordings/{}", rec.id),
+        &Value::Null,
+    )?;
+    if status < 400 && !running(&v) {
+        forget_recording(live)?;
+        return Ok(None);
+    }
+    Ok(Some(rec))
+}
+
 fn check_capacity(all: &[Participant]) -> Result<(), ApiError> {
-    if all.iter().filter(|p| p.state == State::Present).count() >= MAX_PRESENT {
+    if all.iter().filter(|p| p.state == State::Present).count() >= MAX_PRESENT
+        || all.len() >= MAX_RECORDS
+    {
         return Err(ApiError::new(
             409,
             "session_full",
@@ -388,6 +430,13 @@ pub fn join(req: &Request, _: &Params) -> Reply {
     let (space, live) = by_code(attempt, &code)?;
     let all = participants(&live.id)?;
     let existing = all.iter().find(|p| p.id == me).cloned();
+    if existing.as_ref().is_some_and(|p| p.state == State::Removed) {
+        return Err(ApiError::new(
+            403,
+            "removed",
+            "you were removed from this live session",
+        ));
+    }
     if existing.as_ref().is_some_and(|p| p.state == State::Present) {
         let role = spaces::role_of(&me, &space.id)?.unwrap_or(Role::Attended);
         return Ok(http::json(
@@ -541,7 +590,9 @@ pub fn knock(req: &Request, p: &Params) -> Reply {
         Some(State::Left) | None => {}
     }
     let all = participants(&live.id)?;
-    if all.iter().filter(|p| p.state == State::Waiting).count() >= MAX_WAITING {
+    if all.iter().filter(|p| p.state == State::Waiting).count() >= MAX_WAITING
+        || all.len() >= MAX_RECORDS
+    {
         return Err(ApiError::new(
             409,
             "lobby_full",
@@ -872,21 +923,13 @@ pub fn end_session(lid: &str, by: Option<&str>) -> Result<Live, ApiError> {
     if live.ended_at.is_some() {
         return Ok(live);
     }
+    // Each participant's leave is audited like a leave (M11).
     let now = switchboard_sdk::now_ms();
-    if let Some(rec) = live.recording.take() {
-        let (status, v) = call_json(
-            "recording",
-            Method::Post,
-            &format!("/recordings/{}/stop?reason=source_ended", rec.id),
-            &Value::Null,
-        )?;
-        // 409: it had stopped already (its initiator's quota ran out).
-        if status >= 400 && status != 409 {
-            log::warn(&format!(
-                "recording {} was not stopped at the end of session {lid}: {} {}",
-                rec.id, status, v["code"]
-            ));
-        }
+    if let Some(rec) = live.recording.take()
+        && !stop_recording(&rec.id)
+    {
+        // Ending does not wait for the recording plugin: a timer retries.
+        timers::schedule(RETRY_STOP, "stop-recording", rec.id.as_bytes())?;
     }
     let all = participants(lid)?;
     let mut told = Vec::new();
@@ -894,12 +937,25 @@ pub fn end_session(lid: &str, by: Option<&str>) -> Result<Live, ApiError> {
         if !matches!(p.state, State::Present | State::Waiting) {
             continue;
         }
-        if p.kind == Kind::Guest && p.state == State::Present {
-            chat_remove(&live.space, &p.id)?;
+        if p.kind == Kind::Guest
+            && p.state == State::Present
+            && let Err(e) = chat_remove(&live.space, &p.id)
+        {
+            // The chat plugin is unavailable; the guest's session cannot
+            // reach it anyway once this one has ended.
+            log::warn(&format!(
+                "guest {} kept in the chat of space {}: {}",
+                p.id, live.space, e.message
+            ));
         }
         p.state = State::Left;
         p.since = now;
         put(lid, &p)?;
+        audit_ok(
+            "meeting.leave",
+            &format!("space/{}", live.space),
+            json!({ "live": lid, "participant": p.id, "kind": p.kind, "reason": "session ended" }),
+        )?;
         told.push(p.id);
     }
     live.ended_at = Some(now);
@@ -925,6 +981,44 @@ pub fn end_session(lid: &str, by: Option<&str>) -> Result<Live, ApiError> {
     Ok(live)
 }
 
+/// How long before a failed stop of a recording is tried again.
+const RETRY_STOP: Duration = Duration::from_secs(60);
+
+/// Stops recording `rid` because its session ended; whether it is stopped
+/// (a 409 means it had stopped already, a 404 that it is gone).
+pub fn stop_recording(rid: &str) -> bool {
+    match call_json(
+        "recording",
+        Method::Post,
+        &format!("/recordings/{rid}/stop?reason=source_ended"),
+        &Value::Null,
+    ) {
+        Ok((status, _)) if status < 400 || status == 409 || status == 404 => true,
+        Ok((status, v)) => {
+            log::warn(&format!(
+                "recording {rid} not stopped at the end of its session: {status} {}",
+                v["code"]
+            ));
+            false
+        }
+        Err(e) => {
+            log::warn(&format!(
+                "recording {rid} not stopped at the end of its session: {}",
+                e.message
+            ));
+            false
+        }
+    }
+}
+
+/// The `stop-recording` timer: tries again, and again later if need be.
+pub fn retry_stop(rid: &str) -> Result<(), ApiError> {
+    if !stop_recording(rid) {
+        timers::schedule(RETRY_STOP, "stop-recording", rid.as_bytes())?;
+    }
+    Ok(())
+}
+
 // ---- PSTN callers (M6) -------------------------------------------------------------
 
 #[derive(Deserialize)]
@@ -935,14 +1029,29 @@ struct PstnJoin {
     caller: String,
 }
 
+/// The calling plugin, which the tenant must have named as a telephony
+/// plugin (setting `telephony-plugins`; none by default): PSTN callers
+/// enter without an account, so only a plugin the tenant trusts to check
+/// the code brings them in. Guests never reach these routes.
 fn plugin_caller(req: &Request) -> Result<String, ApiError> {
-    req.caller_plugin.clone().ok_or_else(|| {
+    let via = req.caller_plugin.clone().ok_or_else(|| {
         ApiError::new(
             403,
             "plugins_only",
             "PSTN callers are brought in by a telephony plugin",
         )
-    })
+    })?;
+    let trusted = config::get::<String>("telephony-plugins").unwrap_or_default();
+    if req.principal.kind == PrincipalKind::Guest
+        || !trusted.split(',').any(|name| name.trim() == via)
+    {
+        return Err(ApiError::new(
+            403,
+            "not_telephony",
+            format!("plugin {via} is not one of this tenant's telephony plugins"),
+        ));
+    }
+    Ok(via)
 }
 
 /// `POST /pstn/join {"code", "caller"}` — for a telephony plugin (through

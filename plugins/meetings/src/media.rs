@@ -6,7 +6,7 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 use switchboard_sdk::http::{self, ApiError, Params, RequestExt as _};
-use switchboard_sdk::{Method, Request, Response, events, kv, plugins};
+use switchboard_sdk::{Method, PrincipalKind, Request, Response, events, kv, plugins, tx};
 
 use crate::live::{self, in_session, registered_in_session};
 use crate::model::{self, Kind, Recording, State};
@@ -89,7 +89,7 @@ pub fn record_start(req: &Request, p: &Params) -> Reply {
     } else {
         req.json()?
     };
-    if let Some(rec) = &live.recording {
+    if let Some(rec) = live::current_recording(&live)? {
         return Err(ApiError::new(
             409,
             "already_recording",
@@ -153,12 +153,34 @@ pub fn record_stop(req: &Request, p: &Params) -> Reply {
             "only the participant who started the recording stops it",
         ));
     }
-    let stopped = call_ok(
+    let (status, stopped) = crate::call_json(
         "recording",
         Method::Post,
         &format!("/recordings/{}/stop", rec.id),
         &Value::Null,
     )?;
+    if status == 409 {
+        // It had stopped already (through the recording plugin, or the
+        // quota ran out): forget it, and say so.
+        live.recording = None;
+        kv::set_json(model::live(&live.id), &live)?;
+        tx::keep_writes();
+        return Err(ApiError::new(
+            409,
+            "not_recording",
+            "the recording had stopped already",
+        ));
+    }
+    if status >= 400 {
+        return Err(ApiError::new(
+            502,
+            "recording_failed",
+            format!(
+                "the recording plugin refused: {}",
+                stopped["message"].as_str().unwrap_or("no reason given")
+            ),
+        ));
+    }
     live.recording = None;
     kv::set_json(model::live(&live.id), &live)?;
     audit_ok(
@@ -197,7 +219,9 @@ pub fn chat_proxy(req: &Request, p: &Params) -> Reply {
                 && s.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         });
-    if !allowed {
+    // Guests see the conversation, not who else is a member of the space.
+    let guest_barred = req.principal.kind == PrincipalKind::Guest && segments[0] == "members";
+    if !allowed || guest_barred {
         return Err(ApiError::not_found("no such route in the meeting's chat"));
     }
     let space = kv::get_json::<model::Space>(model::space(&live.space))?
