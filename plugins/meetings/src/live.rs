@@ -87,6 +87,20 @@ fn participant(lid: &str, pid: &str) -> Result<Option<Participant>, ApiError> {
     Ok(kv::get_json::<Participant>(model::participant(lid, pid))?)
 }
 
+/// Participant `pid` (checked) of session `lid` when `keep` holds for
+/// them; `404 participant_not_found` otherwise, saying `who`.
+pub fn participant_where(
+    lid: &str,
+    pid: &str,
+    keep: impl Fn(&Participant) -> bool,
+    who: &str,
+) -> Result<Participant, ApiError> {
+    http::check_user_id(pid)?;
+    participant(lid, pid)?
+        .filter(keep)
+        .ok_or_else(|| ApiError::new(404, "participant_not_found", who))
+}
+
 fn put(lid: &str, p: &Participant) -> Result<(), ApiError> {
     kv::set_json(model::participant(lid, &p.id), p)?;
     Ok(())
@@ -633,14 +647,12 @@ fn waiting_guest(req: &Request, p: &Params) -> Result<(Live, Participant, Partic
     let live = load(p.get("lid").unwrap_or_default())?;
     let me = registered_in_session(req, &live)?;
     let pid = p.get("pid").unwrap_or_default();
-    http::check_user_id(pid)?;
-    let guest = participant(&live.id, pid)?.ok_or_else(|| {
-        ApiError::new(
-            404,
-            "participant_not_found",
-            "nobody with this id is in this session or its waiting room",
-        )
-    })?;
+    let guest = participant_where(
+        &live.id,
+        pid,
+        |_| true,
+        "nobody with this id is in this session or its waiting room",
+    )?;
     if guest.state != State::Waiting {
         return Err(ApiError::new(
             409,
@@ -712,18 +724,13 @@ pub fn reject(req: &Request, p: &Params) -> Reply {
 pub fn remove(req: &Request, p: &Params) -> Reply {
     let live = load(p.get("lid").unwrap_or_default())?;
     let me = registered_in_session(req, &live)?;
-    let pid = p.get("pid").unwrap_or_default();
-    http::check_user_id(pid)?;
     let space = space_of(&live)?;
-    let mut target = participant(&live.id, pid)?
-        .filter(|t| t.state == State::Present)
-        .ok_or_else(|| {
-            ApiError::new(
-                404,
-                "participant_not_found",
-                "nobody with this id is present in this session",
-            )
-        })?;
+    let mut target = participant_where(
+        &live.id,
+        p.get("pid").unwrap_or_default(),
+        |t| t.state == State::Present,
+        NOT_PRESENT,
+    )?;
     if target.id == me.id {
         return Err(ApiError::bad_request(
             "use_leave",
@@ -981,6 +988,9 @@ pub fn end_session(lid: &str, by: Option<&str>) -> Result<Live, ApiError> {
     Ok(live)
 }
 
+/// The answer for someone who is not present.
+pub const NOT_PRESENT: &str = "nobody with this id is present in this session";
+
 /// How long before a failed stop of a recording is tried again.
 const RETRY_STOP: Duration = Duration::from_secs(60);
 
@@ -1105,17 +1115,17 @@ pub fn pstn_leave(req: &Request, p: &Params) -> Reply {
     let via = plugin_caller(req)?;
     let live = load(p.get("lid").unwrap_or_default())?;
     let pid = p.get("pid").unwrap_or_default();
-    http::check_user_id(pid)?;
-    let mut caller = participant(&live.id, pid)?
-        .filter(|c| c.kind == Kind::Pstn && c.via.as_deref() == Some(via.as_str()))
-        .filter(|c| c.state == State::Present && live.ended_at.is_none())
-        .ok_or_else(|| {
-            ApiError::new(
-                404,
-                "participant_not_found",
-                "no such PSTN caller of yours is in this session",
-            )
-        })?;
+    let mut caller = participant_where(
+        &live.id,
+        pid,
+        |c| {
+            c.kind == Kind::Pstn
+                && c.via.as_deref() == Some(via.as_str())
+                && c.state == State::Present
+                && live.ended_at.is_none()
+        },
+        "no such PSTN caller of yours is in this session",
+    )?;
     caller.state = State::Left;
     caller.since = switchboard_sdk::now_ms();
     put(&live.id, &caller)?;

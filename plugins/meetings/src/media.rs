@@ -56,15 +56,12 @@ pub fn signal(req: &Request, p: &Params) -> Reply {
             "signal another participant, not yourself",
         ));
     }
-    let target = kv::get_json::<model::Participant>(model::participant(&live.id, &body.to))?
-        .filter(|t| t.state == State::Present && t.kind != Kind::Pstn)
-        .ok_or_else(|| {
-            ApiError::new(
-                404,
-                "participant_not_found",
-                "nobody with this id is present in this session",
-            )
-        })?;
+    let target = live::participant_where(
+        &live.id,
+        &body.to,
+        |t| t.state == State::Present && t.kind != Kind::Pstn,
+        live::NOT_PRESENT,
+    )?;
     let data = json!({ "live": live.id, "from": me.id, "type": body.kind, "data": body.data });
     events::publish_to_users(&[target.id], "meeting.signal", data.to_string().as_bytes())?;
     Ok(http::empty(202))
