@@ -320,17 +320,29 @@ pub fn current_recording(live: &Live) -> Result<Option<model::Recording>, ApiErr
     Ok(Some(rec))
 }
 
-fn check_capacity(all: &[Participant]) -> Result<(), ApiError> {
-    if all.iter().filter(|p| p.state == State::Present).count() >= MAX_PRESENT
-        || all.len() >= MAX_RECORDS
-    {
-        return Err(ApiError::new(
-            409,
-            "session_full",
-            format!("at most {MAX_PRESENT} people take part at once"),
-        ));
+/// Refuses one more participant in `state` when `max` are in it already,
+/// or the session holds as many records as it may.
+fn check_room(
+    all: &[Participant],
+    state: State,
+    max: usize,
+    code: &str,
+    message: String,
+) -> Result<(), ApiError> {
+    if all.iter().filter(|p| p.state == state).count() >= max || all.len() >= MAX_RECORDS {
+        return Err(ApiError::new(409, code, message));
     }
     Ok(())
+}
+
+fn check_capacity(all: &[Participant]) -> Result<(), ApiError> {
+    check_room(
+        all,
+        State::Present,
+        MAX_PRESENT,
+        "session_full",
+        format!("at most {MAX_PRESENT} people take part at once"),
+    )
 }
 
 // ---- start, join ------------------------------------------------------------------
@@ -603,16 +615,13 @@ pub fn knock(req: &Request, p: &Params) -> Reply {
         }
         Some(State::Left) | None => {}
     }
-    let all = participants(&live.id)?;
-    if all.iter().filter(|p| p.state == State::Waiting).count() >= MAX_WAITING
-        || all.len() >= MAX_RECORDS
-    {
-        return Err(ApiError::new(
-            409,
-            "lobby_full",
-            format!("at most {MAX_WAITING} guests wait at once"),
-        ));
-    }
+    check_room(
+        &participants(&live.id)?,
+        State::Waiting,
+        MAX_WAITING,
+        "lobby_full",
+        format!("at most {MAX_WAITING} guests wait at once"),
+    )?;
     let name = req
         .header("x-switchboard-guest-name")
         .unwrap_or("Guest")
