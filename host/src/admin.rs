@@ -27,10 +27,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use switchboard_signing::Capability;
 
-use crate::access::{self, AccessScope, Person};
 use crate::audit::{self, Scope};
+pub use crate::error::ApiError;
+use crate::identity::access::{self, AccessScope, Person};
 use crate::identity::{AccountChange, AuthError, Caller, NewAccount, Policy, Role};
-use crate::runtime::{AdminError, Runtime};
+use crate::identity::{oidc, sso};
+use crate::runtime::Runtime;
 
 /// One administrative operation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -197,7 +199,7 @@ pub enum Op {
     },
     SsoSet {
         tenant: String,
-        config: crate::sso::SsoConfig,
+        config: sso::SsoConfig,
     },
     SsoRemove {
         tenant: String,
@@ -211,60 +213,6 @@ pub enum Actor {
     Console,
     /// A signed-in caller of the HTTP API.
     Caller(Box<Caller>),
-}
-
-/// An administrative failure: HTTP status, stable code, message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[error("{message}")]
-pub struct ApiError {
-    pub status: u16,
-    pub code: String,
-    pub message: String,
-}
-
-impl ApiError {
-    /// An error with `status`, `code` and `message`.
-    pub fn new(status: u16, code: &str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            code: code.into(),
-            message: message.into(),
-        }
-    }
-
-    fn forbidden(message: impl Into<String>) -> ApiError {
-        ApiError::new(403, "forbidden", message)
-    }
-
-    fn bad(message: impl Into<String>) -> ApiError {
-        ApiError::new(400, "invalid_argument", message)
-    }
-}
-
-impl From<AuthError> for ApiError {
-    fn from(e: AuthError) -> Self {
-        ApiError::new(e.status(), e.code(), e.to_string())
-    }
-}
-
-impl From<AdminError> for ApiError {
-    fn from(e: AdminError) -> Self {
-        let code = e.code();
-        let status = match code {
-            "tenant_not_found" | "plugin_not_found" | "not_found" | "plugin_not_enabled" => 404,
-            "tenant_exists" | "already_installed" | "legal_hold" => 409,
-            "storage_unavailable" => 503,
-            "internal" | "key_error" => 500,
-            _ => 400,
-        };
-        ApiError::new(status, code, e.to_string())
-    }
-}
-
-impl From<audit::AuditError> for ApiError {
-    fn from(e: audit::AuditError) -> Self {
-        ApiError::new(503, "audit_unavailable", e.to_string())
-    }
 }
 
 /// Parses a realm name: `system` or a tenant id.
@@ -600,7 +548,7 @@ fn jit_grant(
         return None;
     }
     let (tenant, scope) = needed_scope(op, target_role)?;
-    access::active(rt, &c.user, tenant)
+    access::active(rt.identity(), &c.user, tenant)
         .into_iter()
         .find(|g| g.covers(scope))
 }
@@ -961,24 +909,30 @@ async fn run(rt: &Runtime, actor: &Actor, op: Op, granted: bool) -> Result<Value
             rt.set_config(&tenant, &name, config).await?;
             json!({ "plugin": name, "config": rt.plugin_config(&tenant, &name)? })
         }
-        OidcClientList { tenant } => json!({ "clients": crate::oidc::clients(rt, &tenant)? }),
+        OidcClientList { tenant } => {
+            require_tenant(rt, &tenant)?;
+            json!({ "clients": oidc::clients(rt.identity(), &tenant)? })
+        }
         OidcClientAdd {
             tenant,
             name,
             redirect_uris,
             public,
         } => {
-            let (client, secret) =
-                crate::oidc::add_client(rt, &tenant, &name, redirect_uris, public).await?;
+            let (client, secret) = {
+                require_tenant(rt, &tenant)?;
+                oidc::add_client(rt.identity(), &tenant, &name, redirect_uris, public).await?
+            };
             json!({ "client": client, "client_secret": secret })
         }
         OidcClientRemove { tenant, id } => {
-            crate::oidc::remove_client(rt, &tenant, &id).await?;
+            require_tenant(rt, &tenant)?;
+            oidc::remove_client(rt.identity(), &tenant, &id).await?;
             json!({ "removed": id })
         }
         AccessList { tenant } => {
-            let now = crate::capability::timers::now_ms();
-            let list: Vec<Value> = access::list(rt, tenant.as_deref())?
+            let now = crate::support::clock::now_ms();
+            let list: Vec<Value> = access::list(rt.identity(), tenant.as_deref())?
                 .into_iter()
                 .map(|g| {
                     let status = g.status(now);
@@ -1001,22 +955,44 @@ async fn run(rt: &Runtime, actor: &Actor, op: Op, granted: bool) -> Result<Value
                     "just-in-time access is requested by a signed-in operator, not the console",
                 )
             })?;
-            json!(access::request(rt, &who, &tenant, &ticket, &reason, scope, minutes).await?)
+            {
+                let exists = rt.tenants().iter().any(|t| t.id == tenant);
+                json!(
+                    access::request(
+                        rt.identity(),
+                        &who,
+                        &tenant,
+                        &ticket,
+                        &reason,
+                        scope,
+                        minutes,
+                        exists
+                    )
+                    .await?
+                )
+            }
         }
         AccessDecide { id, approve } => {
             let who = person(actor).ok_or_else(|| {
                 ApiError::forbidden("a signed-in operator or tenant admin decides, not the console")
             })?;
-            json!(access::decide(rt, &who, &id, approve).await?)
+            json!(access::decide(rt.identity(), &who, &id, approve).await?)
         }
-        AccessRevoke { id } => json!(access::revoke(rt, person(actor).as_ref(), &id).await?),
-        SsoShow { tenant } => crate::sso::show(rt, &tenant)?,
+        AccessRevoke { id } => {
+            json!(access::revoke(rt.identity(), person(actor).as_ref(), &id).await?)
+        }
+        SsoShow { tenant } => {
+            require_tenant(rt, &tenant)?;
+            sso::show(rt.identity(), &tenant)?
+        }
         SsoSet { tenant, config } => {
-            crate::sso::set(rt, &tenant, config).await?;
-            crate::sso::show(rt, &tenant)?
+            require_tenant(rt, &tenant)?;
+            sso::set(rt.identity(), &tenant, config).await?;
+            sso::show(rt.identity(), &tenant)?
         }
         SsoRemove { tenant } => {
-            crate::sso::remove(rt, &tenant).await?;
+            require_tenant(rt, &tenant)?;
+            sso::remove(rt.identity(), &tenant).await?;
             json!({ "removed": tenant })
         }
     })

@@ -31,8 +31,9 @@ use ed25519_dalek::{Signer as _, SigningKey, Verifier as _, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::capability::timers::now_ms;
 use crate::store::{Store, StoreError, Write};
+use crate::support::clock::now_ms;
+use crate::support::sync::Recover as _;
 
 /// The hash before the first entry of a trail.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -351,7 +352,7 @@ impl AuditLog {
     /// Opens the trails of `store`, signing with the key in `key_file`
     /// (created on first use, mode 0600).
     pub fn open(store: Arc<Store>, key_file: &std::path::Path) -> Result<AuditLog, AuditError> {
-        let seed = crate::fsutil::secret_key_file(key_file)
+        let seed = crate::support::fsutil::secret_key_file(key_file)
             .map_err(|e| AuditError::Key(format!("{}: {e}", key_file.display())))?;
         let key = SigningKey::from_bytes(&seed);
         let key_id = key_id(&key.verifying_key());
@@ -1195,7 +1196,7 @@ fn clip(s: &str, max: usize) -> String {
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    m.lock().recover()
 }
 
 /// `time_ms` as RFC 3339 UTC with milliseconds (for people and exports).
@@ -1220,6 +1221,12 @@ pub fn rfc3339(time_ms: u64) -> String {
         rem % 60,
         time_ms % 1000
     )
+}
+
+impl From<AuditError> for crate::error::ApiError {
+    fn from(e: AuditError) -> Self {
+        crate::error::ApiError::new(503, "audit_unavailable", e.to_string())
+    }
 }
 
 #[cfg(test)]

@@ -266,8 +266,8 @@ pub fn create(
         (None, Some(_)) if complete => Kind::Incremental,
         (None, _) => Kind::Full,
     };
-    let created_ms = crate::capability::timers::now_ms();
-    let id = crate::fsutil::random_hex(8);
+    let created_ms = crate::support::clock::now_ms();
+    let id = crate::support::encoding::random_hex(8);
     let header = Header {
         format: 1,
         id: id.clone(),

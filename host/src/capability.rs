@@ -1,5 +1,6 @@
 //! Host capabilities: one module per `switchboard:host` interface, each a
-//! narrow door of plain functions over `CallCtx`. They know nothing of WIT
+//! narrow door of plain functions over `call::CallCtx` (and, where it
+//! keeps host-wide state, its part of `States`). They know nothing of WIT
 //! versions; `runtime::v0_1` adapts them to the 0.1.0 bindings. The grant
 //! check is not repeated here: an ungranted capability is never linked
 //! (SPEC K3), so a call can only reach what the tenant granted.
@@ -39,39 +40,15 @@ pub fn is_implemented(cap: Capability) -> bool {
     IMPLEMENTED.contains(&cap)
 }
 
-/// A capability call's failure, handed to the plugin to deal with.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum CapError {
-    /// An argument was malformed.
-    #[error("invalid argument: {0}")]
-    InvalidArgument(String),
-    /// A key, value or budget exceeded a limit.
-    #[error("too large: {0}")]
-    TooLarge(String),
-    /// Not allowed for this plugin or tenant.
-    #[error("denied: {0}")]
-    Denied(String),
-    /// The named thing does not exist.
-    #[error("not found: {0}")]
-    NotFound(String),
-    /// A quota is exhausted.
-    #[error("quota exceeded: {0}")]
-    QuotaExceeded(String),
-    /// The transaction lost a race.
-    #[error("conflict")]
-    Conflict,
-    /// The host could not finish in time.
-    #[error("timeout")]
-    Timeout,
-    /// The host failed.
-    #[error("internal: {0}")]
-    Internal(String),
-}
+pub use crate::call::error::CapError;
 
-impl From<crate::store::StoreError> for CapError {
-    fn from(e: crate::store::StoreError) -> Self {
-        tracing::error!(error = %e, "storage failed inside a capability call");
-        CapError::Internal("storage is unavailable".into())
-    }
+/// What capabilities keep for the whole host, built once when the host
+/// opens and shared by every call (Spin's factor state): the
+/// audit trail, the event hub, the timer scheduler's wake-up and the
+/// outbound HTTP client with its operator settings.
+pub struct States {
+    pub audit: audit::State,
+    pub events: events::State,
+    pub http_client: http_client::State,
+    pub timers: timers::State,
 }

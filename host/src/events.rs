@@ -24,6 +24,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
+use crate::support::clock::now_ms;
+use crate::support::sync::Recover as _;
+
 /// Tuning of the hub (`[events]` in the server config).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -138,13 +141,6 @@ pub struct EventHub {
     presence_changed: tokio::sync::Notify,
 }
 
-/// Process-wide counters the hub keeps for `/metrics`.
-pub static ACTIVE_STREAMS: AtomicU64 = AtomicU64::new(0);
-
-fn now_ms() -> u64 {
-    crate::capability::timers::now_ms()
-}
-
 impl EventHub {
     pub fn new(config: EventsConfig) -> EventHub {
         let boot_id = now_ms().saturating_mul(1000);
@@ -166,7 +162,7 @@ impl EventHub {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), UserStreams>> {
-        self.users.lock().unwrap_or_else(|p| p.into_inner())
+        self.users.lock().recover()
     }
 
     /// A receiver that turns true when the server shuts down.
@@ -217,7 +213,7 @@ impl EventHub {
             self.note_presence(tenant, user, true);
         }
         entry.streams.push(Stream { id, tx });
-        ACTIVE_STREAMS.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::ACTIVE_STREAMS.fetch_add(1, Ordering::Relaxed);
         Ok(Subscription {
             id,
             rx,
@@ -234,7 +230,7 @@ impl EventHub {
             let before = entry.streams.len();
             entry.streams.retain(|s| s.id != id);
             let removed = before - entry.streams.len();
-            ACTIVE_STREAMS.fetch_sub(removed as u64, Ordering::Relaxed);
+            crate::metrics::ACTIVE_STREAMS.fetch_sub(removed as u64, Ordering::Relaxed);
             if removed > 0 && entry.streams.is_empty() {
                 self.note_presence(tenant, user, false);
             }
@@ -252,7 +248,7 @@ impl EventHub {
     fn note_presence(&self, tenant: &str, user: &str, online: bool) {
         self.presence
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .recover()
             .insert((tenant.to_string(), user.to_string()), online);
         self.presence_changed.notify_one();
     }
@@ -262,7 +258,7 @@ impl EventHub {
     pub fn retry_presence(&self, tenant: &str, user: &str, online: bool) {
         self.presence
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .recover()
             .entry((tenant.to_string(), user.to_string()))
             .or_insert(online);
         self.presence_changed.notify_one();
@@ -271,7 +267,7 @@ impl EventHub {
     /// Takes the presence transitions noted since the last call: (tenant,
     /// user, online), the latest state per user.
     pub fn take_presence(&self) -> Vec<(String, String, bool)> {
-        let mut pending = self.presence.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = self.presence.lock().recover();
         pending
             .drain()
             .map(|((tenant, user), online)| (tenant, user, online))
@@ -357,11 +353,11 @@ impl EventHub {
                         // Dropping the sender ends the stream: the connection
                         // closes with "try again later" and may resume.
                         crate::metrics::SLOW_CONSUMERS.inc();
-                        ACTIVE_STREAMS.fetch_sub(1, Ordering::Relaxed);
+                        crate::metrics::ACTIVE_STREAMS.fetch_sub(1, Ordering::Relaxed);
                         false
                     }
                     Err(mpsc::error::TrySendError::Closed(_)) => {
-                        ACTIVE_STREAMS.fetch_sub(1, Ordering::Relaxed);
+                        crate::metrics::ACTIVE_STREAMS.fetch_sub(1, Ordering::Relaxed);
                         false
                     }
                 });

@@ -25,22 +25,26 @@
 //! failure, lock, session and account change goes to the realm's audit
 //! trail.
 
+pub mod access;
+pub mod oidc;
 pub mod password;
+pub mod sso;
 pub mod throttle;
 pub mod totp;
 
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use self::throttle::{Gate, Throttle, ThrottleConfig};
 use crate::audit::{self, Actor, ActorKind, AuditLog, Record, Scope, outcome};
-use crate::capability::timers::now_ms;
 use crate::metrics;
 use crate::store::{Store, StoreError, Write};
+use crate::support::clock::now_ms;
+use crate::support::encoding::sha256_hex;
+use crate::support::sync::Recover as _;
 
 /// Longest login name.
 pub const MAX_USERNAME_LEN: usize = 64;
@@ -557,7 +561,12 @@ pub struct Identity {
     writes: tokio::sync::Mutex<()>,
     hashing: tokio::sync::Semaphore,
     outbound: crate::outbound::Outbound,
+    /// The URL clients reach this server at (issuers, redirects).
+    public_url: RwLock<String>,
 }
+
+/// The public URL until the server sets its own.
+pub const DEFAULT_PUBLIC_URL: &str = "https://127.0.0.1:8443";
 
 fn prefix(realm: &Scope) -> String {
     match realm {
@@ -584,10 +593,6 @@ fn user_sessions_prefix(realm: &Scope, user: &str) -> Vec<u8> {
 
 fn policy_key(realm: &Scope) -> Vec<u8> {
     format!("{}policy", prefix(realm)).into_bytes()
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
 }
 
 fn json<T: Serialize>(v: &T) -> Vec<u8> {
@@ -668,7 +673,7 @@ fn check_email(email: &str) -> Result<(), AuthError> {
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    m.lock().recover()
 }
 
 impl Identity {
@@ -689,7 +694,47 @@ impl Identity {
             writes: tokio::sync::Mutex::new(()),
             hashing: tokio::sync::Semaphore::new(HASHING_SLOTS),
             outbound,
+            public_url: RwLock::new(String::from(DEFAULT_PUBLIC_URL)),
         })
+    }
+
+    /// The store the identity records live in (the OpenID Connect
+    /// provider, single sign-on and just-in-time access keep theirs there
+    /// too).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The audit trail sign-ins and identity changes are written to.
+    pub fn trail(&self) -> &AuditLog {
+        &self.trail
+    }
+
+    /// Applies `writes` atomically, waits until they are durable, then
+    /// appends `record` to `realm`'s trail (an entry that cannot be written
+    /// does not undo the change). The one sequence behind the OpenID
+    /// Connect clients and single sign-on settings.
+    pub async fn commit_audited(
+        &self,
+        writes: &[Write],
+        realm: &Scope,
+        record: Record<'_>,
+    ) -> Result<(), AuthError> {
+        let seq = self.store.apply(writes)?;
+        self.store.durable(seq).await?;
+        self.trail.append(realm, record).ok();
+        Ok(())
+    }
+
+    /// The URL clients reach this server at (issuers, redirects).
+    pub fn public_url(&self) -> String {
+        self.public_url.read().recover().clone()
+    }
+
+    /// Sets the public URL (the server sets it from its listener unless
+    /// configured); a trailing `/` is dropped.
+    pub fn set_public_url(&self, url: &str) {
+        *self.public_url.write().recover() = url.trim_end_matches('/').to_string();
     }
 
     /// The client single sign-on reaches identity providers with.
@@ -909,7 +954,7 @@ impl Identity {
             return Err(AuthError::AlreadyExists(format!("user {username}")));
         }
         let account = Account {
-            id: format!("u{}", crate::fsutil::random_hex(8)),
+            id: format!("u{}", crate::support::encoding::random_hex(8)),
             username: username.clone(),
             display_name,
             email: new.email,
@@ -1709,7 +1754,7 @@ impl Identity {
         };
         let mut codes = Vec::new();
         for _ in 0..RECOVERY_CODES {
-            let raw = crate::fsutil::random_hex(5);
+            let raw = crate::support::encoding::random_hex(5);
             codes.push(format!("{}-{}", &raw[..5], &raw[5..]));
         }
         mfa.confirmed = true;
@@ -1808,7 +1853,7 @@ impl Identity {
                     .take(MAX_DISPLAY_NAME_LEN)
                     .collect::<String>();
                 let a = Account {
-                    id: format!("u{}", crate::fsutil::random_hex(8)),
+                    id: format!("u{}", crate::support::encoding::random_hex(8)),
                     username: name.clone(),
                     display_name: display,
                     email: email.filter(|e| check_email(e).is_ok()).map(str::to_string),
@@ -1928,6 +1973,12 @@ impl Identity {
             ),
         ];
         Ok((token, id, writes))
+    }
+}
+
+impl From<AuthError> for crate::error::ApiError {
+    fn from(e: AuthError) -> Self {
+        crate::error::ApiError::new(e.status(), e.code(), e.to_string())
     }
 }
 

@@ -18,27 +18,25 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
-pub mod access;
 pub mod admin;
-pub mod api;
 pub mod audit;
 pub mod backup;
 pub mod bundle;
+pub mod call;
 pub mod capability;
 pub mod cli;
 pub mod control;
+pub mod error;
 pub mod events;
-mod fsutil;
 pub mod gateway;
 pub mod harness;
 pub mod identity;
 pub mod metrics;
-pub mod oidc;
 pub mod outbound;
 pub mod runtime;
 pub mod server;
-pub mod sso;
 pub mod store;
+pub mod support;
 pub mod tenant;
 pub mod trust;
 

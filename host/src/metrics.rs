@@ -2,6 +2,7 @@
 //! statics so any module can count without plumbing; `render` lists them
 //! all for `/metrics`.
 
+use crate::support::sync::Recover as _;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
@@ -68,7 +69,7 @@ impl Family {
 
     /// Adds one to the series `values` (one per label).
     pub fn inc(&self, values: &[&str]) {
-        let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let mut series = self.series.lock().recover();
         let key: Vec<String> = values.iter().map(|v| v.to_string()).collect();
         if let Some(n) = series.get_mut(&key) {
             *n += 1;
@@ -85,7 +86,7 @@ impl Family {
     /// The value of one series (0 when never counted).
     pub fn value(&self, values: &[&str]) -> u64 {
         let key: Vec<String> = values.iter().map(|v| v.to_string()).collect();
-        let series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let series = self.series.lock().recover();
         series.get(&key).copied().unwrap_or(0)
     }
 
@@ -95,7 +96,7 @@ impl Family {
             "# HELP {} {}\n# TYPE {} counter",
             self.name, self.help, self.name
         );
-        let series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let series = self.series.lock().recover();
         for (values, n) in series.iter() {
             let _ = writeln!(out, "{}{{{}}} {n}", self.name, labels(self.labels, values));
         }
@@ -147,7 +148,7 @@ impl Histogram {
 
     /// Records one observation for `class`.
     pub fn observe(&self, class: &'static str, seconds: f64) {
-        let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let mut series = self.series.lock().recover();
         let s = series.entry(class).or_default();
         for (i, bound) in BUCKETS.iter().enumerate() {
             if seconds <= *bound {
@@ -164,7 +165,7 @@ impl Histogram {
             "# HELP {} {}\n# TYPE {} histogram",
             self.name, self.help, self.name
         );
-        let series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let series = self.series.lock().recover();
         for (class, s) in series.iter() {
             for (i, bound) in BUCKETS.iter().enumerate() {
                 let _ = writeln!(
@@ -185,6 +186,9 @@ impl Histogram {
 }
 
 /// Successful sign-ins.
+/// Event streams open now (a gauge the event hub keeps).
+pub static ACTIVE_STREAMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 pub static LOGINS: Counter = Counter::new("switchboard_auth_logins_total", "Successful sign-ins.");
 /// Failed sign-ins (wrong or unknown name, wrong password or code, locked).
 pub static LOGIN_FAILURES: Counter = Counter::new(
@@ -292,7 +296,7 @@ pub fn render() -> String {
     let _ = writeln!(
         out,
         "# HELP switchboard_websockets_active Event streams open now.\n# TYPE switchboard_websockets_active gauge\nswitchboard_websockets_active {}",
-        crate::events::ACTIVE_STREAMS.load(Ordering::Relaxed)
+        ACTIVE_STREAMS.load(Ordering::Relaxed)
     );
     out
 }

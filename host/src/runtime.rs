@@ -17,8 +17,6 @@ pub mod cache;
 pub mod data;
 pub mod error;
 pub mod state;
-pub mod txn;
-pub mod types;
 pub mod v0_1;
 pub mod v0_2;
 
@@ -38,11 +36,16 @@ use wasmtime::{
 
 pub use self::cache::CacheOutcome;
 pub use self::error::{AdminError, CallError};
-use self::state::{CallSpec, HostState};
-use self::txn::{CommitError, CommitLocks, Quota, Txn};
-pub use self::types::{Event, Kind, Method, Principal, Request, Response, Role};
+use self::state::HostState;
 use crate::audit::{AuditLog, Scope, outcome};
-use crate::capability::{self, CapError, timers};
+use crate::call::txn::{CommitError, CommitLocks, Quota, Txn};
+use crate::call::types::is_host_header;
+pub use crate::call::types::{
+    Event, Invocation, Kind, Method, Outcome, Principal, Request, Response, Role, RouteInfo,
+};
+use crate::call::{CallSpec, CpuTurn, PreHandle, Services};
+pub use crate::call::{EnabledPlugin, LoadedPlugin, TenantState};
+use crate::capability::{self, timers};
 use crate::identity::{Identity, IdentityConfig};
 use crate::store::crypt::{MasterKey, MasterKeySource};
 use crate::store::{Store as DataStore, StoreConfig, StoreError, keys};
@@ -52,14 +55,14 @@ use crate::trust::TrustedKey;
 /// Epoch tick: deadlines are checked, and a busy guest yields its thread,
 /// this often.
 /// The time slice of a plugin call: at each tick a running call checks
-/// its deadline and passes its CPU turn on (`state::CpuTurn`), so other
+/// its deadline and passes its CPU turn on (`call::CpuTurn`), so other
 /// calls (and other tenants) wait at most a few ticks for a thread.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// Attempts of a call whose transaction keeps conflicting.
 const MAX_COMMIT_ATTEMPTS: u32 = 32;
 
-/// The public URL until the server or the operator sets one.
-pub const DEFAULT_PUBLIC_URL: &str = "https://127.0.0.1:8443";
+pub use crate::identity::DEFAULT_PUBLIC_URL;
+use crate::support::sync::Recover as _;
 
 /// How the runtime is set up. `Default` gives the embedded defaults.
 #[derive(Debug, Clone)]
@@ -128,74 +131,6 @@ impl RuntimeConfig {
     }
 }
 
-/// An installed plugin version, compiled.
-pub struct LoadedPlugin {
-    pub manifest: Manifest,
-    pub digest: String,
-    /// The publisher key that signed the package.
-    pub publisher: KeyId,
-    /// Set when the publisher key is revoked: the package no longer runs.
-    pub(crate) revoked: AtomicBool,
-    component: Component,
-    /// Capabilities its component imports.
-    imports: BTreeSet<Capability>,
-}
-
-/// A plugin as one tenant enabled it: linked for its grants.
-pub struct EnabledPlugin {
-    pub(crate) plugin: Arc<LoadedPlugin>,
-    pub(crate) grants: BTreeSet<Capability>,
-    /// Settings resolved against the schema (defaults filled in).
-    pub(crate) config: Arc<serde_json::Map<String, serde_json::Value>>,
-    pre: Linked,
-}
-
-/// A tenant as the call path sees it: immutable; admin changes swap it.
-pub struct TenantState {
-    pub(crate) record: TenantRecord,
-    slots: Arc<Semaphore>,
-    /// CPU turns (`state::CpuTurn`): one per core.
-    cpu: Arc<Semaphore>,
-    pub(crate) enabled: HashMap<String, Arc<EnabledPlugin>>,
-}
-
-impl TenantState {
-    /// The enabled plugin `name`, or `plugin_not_enabled`.
-    fn enabled_plugin(&self, name: &str) -> Result<Arc<EnabledPlugin>, CallError> {
-        self.enabled
-            .get(name)
-            .cloned()
-            .ok_or_else(|| CallError::PluginNotEnabled {
-                tenant: self.record.id.clone(),
-                plugin: name.to_string(),
-            })
-    }
-}
-
-/// What a plugin was asked to do.
-#[derive(Clone)]
-pub enum Invocation {
-    Handle(Request),
-    Init,
-    Migrate(String),
-    Event(Event),
-    Timer {
-        id: String,
-        name: String,
-        payload: Vec<u8>,
-    },
-    /// API ≥ 0.2.0: the plugin's self-description.
-    Describe,
-}
-
-/// What a plugin returned.
-pub enum Outcome {
-    Response(Response),
-    Done,
-    /// `describe`'s answer; `None` for API versions without it.
-    Description(Option<String>),
-}
-
 /// A component linked for one grant set, through the adapter of the plugin
 /// API version it was built against (SPEC K8).
 #[derive(Clone)]
@@ -240,21 +175,6 @@ pub struct PluginInfo {
     pub cache: CacheOutcome,
 }
 
-/// A spawned task that is aborted when its handle is dropped.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> AbortOnDrop<T> {
-    async fn wait(mut self) -> Result<T, tokio::task::JoinError> {
-        (&mut self.0).await
-    }
-}
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// The raised epoch deadline: the call ran past its wall-clock deadline.
 #[derive(Debug)]
 struct DeadlineExceeded;
@@ -286,12 +206,14 @@ pub(crate) struct Inner {
     trust: RwLock<HashMap<KeyId, TrustedKey>>,
     linkers: Mutex<HashMap<BTreeSet<Capability>, Arc<Linker<HostState>>>>,
     pres: Mutex<HashMap<(String, BTreeSet<Capability>), Linked>>,
-    pub(crate) commits: CommitLocks,
+    pub(crate) commits: Arc<CommitLocks>,
     pub(crate) trail: Arc<AuditLog>,
-    pub(crate) identity: Identity,
-    public_url: RwLock<String>,
+    pub(crate) identity: Arc<Identity>,
     pub(crate) events: Arc<crate::events::EventHub>,
-    http_client: Arc<crate::outbound::Outbound>,
+    /// The handles calls get (the same store, identity and commit locks).
+    services: Arc<Services>,
+    /// The capabilities' host-wide state.
+    caps: Arc<capability::States>,
     global_slots: Arc<Semaphore>,
     admin: tokio::sync::Mutex<()>,
     backup_lock: tokio::sync::Mutex<()>,
@@ -399,14 +321,24 @@ impl Runtime {
         let identity = Identity::new(store.clone(), trail.clone(), config.identity.clone())
             .map_err(|e| anyhow::anyhow!("{e}"))
             .context("cannot set up the identity service ([identity] idp_ca_file)")?;
-        let http_client = Arc::new(
-            config
-                .http_client
-                .client()
-                .map_err(|e| anyhow::anyhow!("{e}"))
-                .context("cannot set up the plugins' HTTP client ([http_client] ca_file)")?,
-        );
+        let identity = Arc::new(identity);
         let events = Arc::new(crate::events::EventHub::new(config.events.clone()));
+        let http_client = capability::http_client::State::new(config.http_client.clone())
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .context("cannot set up the plugins' HTTP client ([http_client] ca_file)")?;
+        let timer_wake = Arc::new(tokio::sync::Notify::new());
+        let caps = Arc::new(capability::States {
+            audit: capability::audit::State::new(trail.clone()),
+            events: capability::events::State::new(events.clone()),
+            http_client,
+            timers: capability::timers::State::new(timer_wake.clone()),
+        });
+        let commits = Arc::new(CommitLocks::default());
+        let services = Arc::new(Services {
+            store: store.clone(),
+            identity: identity.clone(),
+            commits: commits.clone(),
+        });
         let stop = Arc::new(AtomicBool::new(false));
         spawn_epoch_ticker(engine.clone(), stop.clone());
         let inner = Arc::new(Inner {
@@ -415,9 +347,9 @@ impl Runtime {
             store,
             trail,
             identity,
-            public_url: RwLock::new(String::from(DEFAULT_PUBLIC_URL)),
             events,
-            http_client,
+            services,
+            caps,
             cache,
             config,
             plugins: RwLock::default(),
@@ -425,10 +357,10 @@ impl Runtime {
             trust: RwLock::default(),
             linkers: Mutex::default(),
             pres: Mutex::default(),
-            commits: CommitLocks::default(),
+            commits,
             admin: tokio::sync::Mutex::new(()),
             backup_lock: tokio::sync::Mutex::new(()),
-            timer_wake: Arc::new(tokio::sync::Notify::new()),
+            timer_wake,
             stop,
         });
         inner.load_trust()?;
@@ -482,21 +414,13 @@ impl Runtime {
 
     /// The URL clients reach this server at (issuers, redirects).
     pub fn public_url(&self) -> String {
-        self.inner
-            .public_url
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.inner.identity.public_url()
     }
 
     /// Sets the public URL (the server sets it from its listener unless
     /// configured).
     pub fn set_public_url(&self, url: &str) {
-        *self
-            .inner
-            .public_url
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = url.trim_end_matches('/').to_string();
+        self.inner.identity.set_public_url(url)
     }
 
     /// Makes everything committed so far durable.
@@ -596,7 +520,7 @@ impl Runtime {
             highest: Default::default(),
             retention: Default::default(),
             legal_hold: false,
-            incarnation: crate::fsutil::random_hex(8),
+            incarnation: crate::support::encoding::random_hex(8),
         };
         let state = self.inner.tenant_state(record.clone(), None)?;
         // The record first (region database), then the directory entry and
@@ -655,11 +579,7 @@ impl Runtime {
                 ])?;
                 store.flush()?;
                 store.forget_tenant_key(id);
-                self.inner
-                    .tenants
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(id);
+                self.inner.tenants.write().recover().remove(id);
                 Ok(())
             })?;
         self.inner.commits.forget(id);
@@ -731,15 +651,31 @@ impl Runtime {
 
     /// Changes a tenant's limits; running calls finish under the old ones.
     pub async fn set_limits(&self, tenant: &str, limits: Limits) -> Result<(), AdminError> {
+        let max_memory_bytes = self.inner.config.max_memory_bytes;
+        self.update_tenant(tenant, |record| {
+            limits
+                .validate(max_memory_bytes)
+                .map_err(AdminError::InvalidLimits)?;
+            record.limits = limits;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Under the admin lock: lets `change` edit a copy of `tenant`'s record,
+    /// then validates, relinks and stores it, and makes it the live state.
+    /// Returns what `change` returned; nothing is saved if it fails.
+    async fn update_tenant<R>(
+        &self,
+        tenant: &str,
+        change: impl FnOnce(&mut TenantRecord) -> Result<R, AdminError>,
+    ) -> Result<R, AdminError> {
         let _admin = self.inner.admin.lock().await;
         let current = self.inner.tenant_or_admin_err(tenant)?;
-        limits
-            .validate(self.inner.config.max_memory_bytes)
-            .map_err(AdminError::InvalidLimits)?;
         let mut record = current.record.clone();
-        record.limits = limits;
-        self.inner.save_tenant(record.clone(), Some(&current))?;
-        Ok(())
+        let out = change(&mut record)?;
+        self.inner.save_tenant(record, Some(&current))?;
+        Ok(out)
     }
 
     /// Adds a publisher key to the operator's trust store (SPEC S2). Adding
@@ -751,13 +687,7 @@ impl Runtime {
     ) -> Result<KeyId, AdminError> {
         let _admin = self.inner.admin.lock().await;
         let id = KeyId::of(key);
-        let existing = self
-            .inner
-            .trust
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-            .cloned();
+        let existing = self.inner.trust.read().recover().get(&id).cloned();
         if existing.as_ref().is_some_and(|k| k.revoked_ms.is_some()) {
             return Err(AdminError::KeyRevoked(id.to_string()));
         }
@@ -765,7 +695,7 @@ impl Runtime {
             key_id: id.to_string(),
             public_key: hex::encode(key.as_bytes()),
             label: label.to_string(),
-            added_ms: existing.map_or_else(timers::now_ms, |k| k.added_ms),
+            added_ms: existing.map_or_else(crate::support::clock::now_ms, |k| k.added_ms),
             revoked_ms: None,
         };
         self.inner.put_trust(&id, record)?;
@@ -785,7 +715,7 @@ impl Runtime {
             .inner
             .trust
             .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .recover()
             .values()
             .cloned()
             .collect();
@@ -801,18 +731,11 @@ impl Runtime {
         id: &KeyId,
     ) -> Result<Vec<(String, semver::Version)>, AdminError> {
         let _admin = self.inner.admin.lock().await;
-        let Some(mut record) = self
-            .inner
-            .trust
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .cloned()
-        else {
+        let Some(mut record) = self.inner.trust.read().recover().get(id).cloned() else {
             return Err(AdminError::UnknownKey(id.to_string()));
         };
         if record.revoked_ms.is_none() {
-            record.revoked_ms = Some(timers::now_ms());
+            record.revoked_ms = Some(crate::support::clock::now_ms());
             self.inner.put_trust(id, record)?;
         }
         let mut disabled = Vec::new();
@@ -842,17 +765,19 @@ impl Runtime {
         tenant: &str,
         publishers: Option<BTreeSet<KeyId>>,
     ) -> Result<(), AdminError> {
-        let _admin = self.inner.admin.lock().await;
-        let current = self.inner.tenant_or_admin_err(tenant)?;
-        let mut record = current.record.clone();
-        record.publishers = publishers.map(|set| set.iter().map(ToString::to_string).collect());
-        self.inner.save_tenant(record.clone(), Some(&current))?;
+        let publishers: Option<BTreeSet<String>> =
+            publishers.map(|set| set.iter().map(ToString::to_string).collect());
+        self.update_tenant(tenant, |record| {
+            record.publishers = publishers.clone();
+            Ok(())
+        })
+        .await?;
         self.inner.audit(
             &Scope::tenant(tenant),
             "tenant.publishers",
             tenant,
             outcome::SUCCESS,
-            &format!("{:?}", record.publishers),
+            &format!("{publishers:?}"),
         );
         Ok(())
     }
@@ -860,16 +785,14 @@ impl Runtime {
     /// Disables a plugin for a tenant. Its data stays; enabling it again
     /// brings it back.
     pub async fn disable_plugin(&self, tenant: &str, name: &str) -> Result<(), AdminError> {
-        let _admin = self.inner.admin.lock().await;
-        let current = self.inner.tenant_or_admin_err(tenant)?;
-        let mut record = current.record.clone();
-        if record.plugins.remove(name).is_none() {
-            return Err(AdminError::PluginNotEnabled {
+        self.update_tenant(tenant, |record| match record.plugins.remove(name) {
+            Some(_) => Ok(()),
+            None => Err(AdminError::PluginNotEnabled {
                 tenant: tenant.to_string(),
                 plugin: name.to_string(),
-            });
-        }
-        self.inner.save_tenant(record.clone(), Some(&current))?;
+            }),
+        })
+        .await?;
         self.inner.audit(
             &Scope::tenant(tenant),
             "plugin.disable",
@@ -886,7 +809,7 @@ impl Runtime {
             .inner
             .tenants
             .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .recover()
             .values()
             .map(|t| t.record.clone())
             .collect();
@@ -1087,27 +1010,28 @@ impl Runtime {
         name: &str,
         config: serde_json::Map<String, serde_json::Value>,
     ) -> Result<(), AdminError> {
-        let _admin = self.inner.admin.lock().await;
-        let current = self.inner.tenant_or_admin_err(tenant)?;
-        let mut record = current.record.clone();
-        let Some(enabled) = record.plugins.get_mut(name) else {
-            return Err(AdminError::PluginNotEnabled {
-                tenant: tenant.to_string(),
-                plugin: name.to_string(),
-            });
-        };
-        // What changed, by key (values may be sensitive; names are not).
-        let mut changed: Vec<&String> = config
-            .iter()
-            .filter(|(k, v)| enabled.config.get(*k) != Some(*v))
-            .map(|(k, _)| k)
-            .chain(enabled.config.keys().filter(|k| !config.contains_key(*k)))
-            .collect();
-        changed.sort();
-        changed.dedup();
-        let details = serde_json::json!({ "changed": changed }).to_string();
-        enabled.config = config.clone();
-        self.inner.save_tenant(record.clone(), Some(&current))?;
+        let details = self
+            .update_tenant(tenant, |record| {
+                let Some(enabled) = record.plugins.get_mut(name) else {
+                    return Err(AdminError::PluginNotEnabled {
+                        tenant: tenant.to_string(),
+                        plugin: name.to_string(),
+                    });
+                };
+                // What changed, by key (values may be sensitive; names are not).
+                let mut changed: Vec<&String> = config
+                    .iter()
+                    .filter(|(k, v)| enabled.config.get(*k) != Some(*v))
+                    .map(|(k, _)| k)
+                    .chain(enabled.config.keys().filter(|k| !config.contains_key(*k)))
+                    .collect();
+                changed.sort();
+                changed.dedup();
+                let details = serde_json::json!({ "changed": changed }).to_string();
+                enabled.config = config.clone();
+                Ok(details)
+            })
+            .await?;
         self.inner.audit(
             &Scope::tenant(tenant),
             "plugin.config.set",
@@ -1135,7 +1059,7 @@ impl Runtime {
             )));
         }
         if request.request_id.is_empty() {
-            request.request_id = crate::fsutil::request_id();
+            request.request_id = crate::support::encoding::request_id();
         }
         let t = self
             .inner
@@ -1161,13 +1085,13 @@ impl Runtime {
         plugin: &str,
         method: &str,
         path: &str,
-    ) -> Result<crate::gateway::RouteInfo, CallError> {
+    ) -> Result<RouteInfo, CallError> {
         let t = self
             .inner
             .tenant(tenant)
             .ok_or_else(|| CallError::TenantNotFound(tenant.into()))?;
         let enabled = t.enabled_plugin(plugin)?;
-        Ok(crate::gateway::RouteInfo {
+        Ok(RouteInfo {
             public: enabled.plugin.manifest.is_public_route(method, path),
             requests_per_second: t.record.limits.requests_per_second,
         })
@@ -1214,7 +1138,9 @@ impl Runtime {
     /// Delivers every timer due now; returns how many were attempted. The
     /// background scheduler calls this; tests may call it directly.
     pub async fn fire_due_timers(&self) -> usize {
-        self.inner.fire_due_timers(timers::now_ms()).await
+        self.inner
+            .fire_due_timers(crate::support::clock::now_ms())
+            .await
     }
 
     /// Delivers every timer due by `now_ms` (a time in the future lets
@@ -1283,77 +1209,6 @@ impl Inner {
     }
 }
 
-impl Inner {
-    /// Appends the audit entries a committed call queued, attributed to
-    /// the plugin acting for its caller.
-    /// Sends what a committed call published: to the named users, or to
-    /// the members of the plugin's group as stored now.
-    fn publish_events(&self, tenant: &str, drafts: Vec<crate::events::EventDraft>) {
-        for d in drafts {
-            let users = match d.audience {
-                crate::events::Audience::Users(u) => u,
-                crate::events::Audience::Group(g) => {
-                    let prefix = keys::event_group_prefix(tenant, &d.plugin, &g);
-                    match self
-                        .store
-                        .scan_raw(&prefix, None, crate::events::MAX_GROUP_MEMBERS)
-                    {
-                        Ok(entries) => entries
-                            .into_iter()
-                            .filter_map(|(k, _)| String::from_utf8(k[prefix.len()..].to_vec()).ok())
-                            .collect(),
-                        Err(e) => {
-                            tracing::error!(tenant, plugin = %d.plugin, group = %g, error = %e, "cannot read an event group; event dropped");
-                            continue;
-                        }
-                    }
-                }
-            };
-            self.events
-                .deliver(tenant, &d.plugin, &users, &d.kind, &d.data);
-        }
-    }
-
-    /// The operator's settings for plugins' outbound HTTP.
-    pub(crate) fn http_client_config(&self) -> &crate::capability::http_client::HttpClientConfig {
-        &self.config.http_client
-    }
-
-    /// The plugins' outbound HTTP client.
-    pub(crate) fn http_client(&self) -> Arc<crate::outbound::Outbound> {
-        self.http_client.clone()
-    }
-
-    fn append_plugin_audit(&self, tenant: &str, drafts: Vec<txn::AuditDraft>) {
-        if drafts.is_empty() {
-            return;
-        }
-        let outer = crate::audit::context();
-        let scope = Scope::tenant(tenant);
-        for d in drafts {
-            let ctx = crate::audit::Context {
-                actor: crate::audit::Actor {
-                    kind: crate::audit::ActorKind::Plugin,
-                    id: Some(d.plugin.clone()),
-                    name: None,
-                    tenant: None,
-                    on_behalf_of: d.user.clone(),
-                },
-                ..outer.clone()
-            };
-            let record = crate::audit::Record {
-                action: &d.action,
-                target: &d.target,
-                outcome: &d.outcome,
-                details: &d.details,
-            };
-            if let Err(e) = self.trail.append_as(&scope, &ctx, record) {
-                tracing::error!(target: "audit", tenant, plugin = %d.plugin, error = %e, "plugin audit entry lost");
-            }
-        }
-    }
-}
-
 fn encode(record: &TenantRecord) -> Result<Vec<u8>, AdminError> {
     serde_json::to_vec(record).map_err(|e| AdminError::Internal(e.to_string()))
 }
@@ -1376,7 +1231,7 @@ fn spawn_epoch_ticker(engine: Engine, stop: Arc<AtomicBool>) {
 async fn timer_loop(weak: Weak<Inner>) {
     loop {
         let Some(inner) = weak.upgrade() else { return };
-        inner.fire_due_timers(timers::now_ms()).await;
+        inner.fire_due_timers(crate::support::clock::now_ms()).await;
         let wake = inner.timer_wake.clone();
         drop(inner);
         tokio::select! {
@@ -1399,13 +1254,8 @@ async fn presence_loop(weak: Weak<Inner>) {
     };
     let reset = serde_json::json!({ "boot": boot }).to_string();
     if let Some(inner) = weak.upgrade() {
-        let tenants: Vec<Arc<TenantState>> = inner
-            .tenants
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let tenants: Vec<Arc<TenantState>> =
+            inner.tenants.read().recover().values().cloned().collect();
         for t in tenants {
             inner
                 .host_event(&t, "presence.reset", reset.as_bytes())
@@ -1498,7 +1348,7 @@ impl Inner {
     }
 
     fn read_plugins(&self) -> std::sync::RwLockReadGuard<'_, PluginTable> {
-        self.plugins.read().unwrap_or_else(|p| p.into_inner())
+        self.plugins.read().recover()
     }
 
     fn plugin(&self, name: &str, version: &semver::Version) -> Option<Arc<LoadedPlugin>> {
@@ -1509,7 +1359,7 @@ impl Inner {
 
     /// What the trust store says about `id`.
     fn trust_of(&self, id: &KeyId) -> Trust {
-        match self.trust.read().unwrap_or_else(|p| p.into_inner()).get(id) {
+        match self.trust.read().recover().get(id) {
             Some(k) => k.trust(),
             None => Trust::Unknown,
         }
@@ -1520,10 +1370,7 @@ impl Inner {
             serde_json::to_vec(&record).map_err(|e| AdminError::Internal(e.to_string()))?;
         self.store
             .apply(&[(keys::trusted_key(&record.key_id), Some(encoded))])?;
-        self.trust
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(*id, record);
+        self.trust.write().recover().insert(*id, record);
         Ok(())
     }
 
@@ -1550,17 +1397,13 @@ impl Inner {
         let info = plugin_info(&plugin, outcome);
         self.plugins
             .write()
-            .unwrap_or_else(|p| p.into_inner())
+            .recover()
             .insert(key, (Arc::new(plugin), outcome));
         Ok(info)
     }
 
     fn tenant(&self, id: &str) -> Option<Arc<TenantState>> {
-        self.tenants
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .cloned()
+        self.tenants.read().recover().get(id).cloned()
     }
 
     fn tenant_or_admin_err(&self, id: &str) -> Result<Arc<TenantState>, AdminError> {
@@ -1598,7 +1441,7 @@ impl Inner {
     fn publish_tenant_arc(&self, state: Arc<TenantState>) {
         self.tenants
             .write()
-            .unwrap_or_else(|p| p.into_inner())
+            .recover()
             .insert(state.record.id.clone(), state);
     }
 
@@ -1711,7 +1554,7 @@ impl Inner {
 
     /// The linker for one grant set (cached: few distinct sets exist).
     fn linker(&self, grants: &BTreeSet<Capability>) -> wasmtime::Result<Arc<Linker<HostState>>> {
-        let mut linkers = self.linkers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut linkers = self.linkers.lock().recover();
         if let Some(l) = linkers.get(grants) {
             return Ok(l.clone());
         }
@@ -1739,12 +1582,7 @@ impl Inner {
             }
         }
         let key = (plugin.digest.clone(), grants.clone());
-        if let Some(pre) = self
-            .pres
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
+        if let Some(pre) = self.pres.lock().recover().get(&key) {
             return Ok(pre.clone());
         }
         let linker = self
@@ -1754,10 +1592,7 @@ impl Inner {
             .instantiate_pre(&plugin.component)
             .and_then(|pre| Linked::new(&plugin.manifest.api_version, pre))
             .map_err(|e| AdminError::Internal(format!("{e:#}")))?;
-        self.pres
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, pre.clone());
+        self.pres.lock().recover().insert(key, pre.clone());
         Ok(pre)
     }
 
@@ -1799,7 +1634,7 @@ impl Inner {
                     plugin,
                     grants: en.grants.clone(),
                     config: Arc::new(config),
-                    pre,
+                    pre: PreHandle::new(pre),
                 }),
             );
         }
@@ -1828,10 +1663,7 @@ impl Inner {
                 .and_then(|k| Some((k.id()?, k)))
             {
                 Some((id, record)) => {
-                    self.trust
-                        .write()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(id, record);
+                    self.trust.write().recover().insert(id, record);
                 }
                 None => {
                     tracing::error!(key = %String::from_utf8_lossy(&key), "trust record unreadable; ignoring it")
@@ -1871,7 +1703,7 @@ impl Inner {
                             revoked.set(true);
                             self.trust
                                 .read()
-                                .unwrap_or_else(|p| p.into_inner())
+                                .recover()
                                 .get(id)
                                 .map(|k| {
                                     TrustedKey {
@@ -1892,7 +1724,7 @@ impl Inner {
                     let k = (p.manifest.name.clone(), p.manifest.version.clone());
                     self.plugins
                         .write()
-                        .unwrap_or_else(|p| p.into_inner())
+                        .recover()
                         .insert(k, (Arc::new(p), outcome));
                 }
                 Err(e) => {
@@ -2014,7 +1846,7 @@ impl Inner {
                 depth: 0,
                 request_id: request_id_of(&invocation),
                 host_headers: Arc::new(host_headers_of(&invocation)),
-                cpu: state::CpuTurn::new(tenant.cpu.clone()),
+                cpu: CpuTurn::new(tenant.cpu.clone()),
             };
             spec.cpu.take().await;
             let (result, txn) = self.run(spec, invocation).await;
@@ -2025,10 +1857,6 @@ impl Inner {
                 // A server error from the plugin rolls its writes back.
                 return Ok(outcome);
             }
-            let timers_changed = txn.timers_changed();
-            let mut txn = txn;
-            let drafts = txn.take_audit();
-            let events = txn.take_events();
             let still_there = || {
                 self.tenant(&tenant.record.id)
                     .is_some_and(|now| now.record.incarnation == tenant.record.incarnation)
@@ -2040,17 +1868,13 @@ impl Inner {
                 quota_of(&tenant.record),
                 still_there,
             ) {
-                Ok(seq) => {
-                    if timers_changed {
-                        self.timer_wake.notify_one();
-                    }
-                    self.append_plugin_audit(&tenant.record.id, drafts);
+                Ok((seq, effects)) => {
                     // Acknowledge only what is on disk (group commit), and
-                    // tell clients only about what is.
+                    // let effects (audit, events, timers) follow only what is.
                     if seq > 0 {
                         self.store.durable(seq).await?;
                     }
-                    self.publish_events(&tenant.record.id, events);
+                    effects.apply(&tenant.record.id);
                     return Ok(outcome);
                 }
                 Err(CommitError::Quota(m)) => return Err(CallError::QuotaExceeded(m)),
@@ -2077,8 +1901,16 @@ impl Inner {
         let limits = spec.tenant.record.limits.clone();
         let tenant_id = spec.tenant.record.id.clone();
         let plugin_name = spec.plugin.plugin.manifest.name.clone();
-        let pre = spec.plugin.pre.clone();
-        let state = HostState::new(self.clone(), spec);
+        let Some(pre) = spec.plugin.pre.get::<Linked>().cloned() else {
+            // Only this kernel makes `EnabledPlugin`s, always with a `Linked`.
+            return (
+                Err(CallError::Internal(
+                    "plugin is not linked by this kernel".into(),
+                )),
+                spec.txn,
+            );
+        };
+        let state = HostState::new(self.services.clone(), self.clone(), self.caps.clone(), spec);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(1);
@@ -2122,59 +1954,16 @@ impl Inner {
     }
 }
 
-impl state::CallCtx {
-    /// Runs `request` in `callee` inside this call's transaction. The
-    /// callee's writes join the caller's on success and are dropped on
-    /// failure; the caller's own writes are untouched either way.
-    pub(crate) async fn nested_call(
-        &mut self,
-        callee: Arc<EnabledPlugin>,
-        request: Request,
-    ) -> Result<Response, CapError> {
-        let name = callee.plugin.manifest.name.clone();
-        let rt = self.rt.clone();
-        let spec = CallSpec {
-            tenant: self.tenant.clone(),
-            plugin: callee,
-            principal: self.principal.clone(),
-            txn: self.txn.clone(),
-            deadline: self.deadline,
-            depth: self.depth + 1,
-            request_id: request.request_id.clone(),
-            host_headers: self.host_headers.clone(),
-            // The caller waits for the callee: one turn for both.
-            cpu: self.cpu.clone(),
-        };
-        let fut = async move { rt.run(spec, Invocation::Handle(request)).await };
-        // Run on its own task: the callee gets its own fiber and store.
-        // Aborted if the caller goes away (a client hanging up), so a
-        // callee never outlives the slots its caller held.
-        let task = AbortOnDrop(tokio::spawn(fut));
-        let (result, txn) = task
-            .wait()
-            .await
-            .map_err(|e| CapError::Internal(format!("nested call aborted: {e}")))?;
-        match result {
-            Ok(Outcome::Response(r)) => {
-                if r.status < 500 {
-                    self.txn = txn;
-                }
-                Ok(r)
-            }
-            Ok(_) => Err(CapError::Internal("callee returned no response".into())),
-            Err(CallError::Timeout(_)) => Err(CapError::Timeout),
-            Err(e) => Err(CapError::Internal(format!(
-                "plugin {name} failed: {} ({})",
-                e,
-                e.code()
-            ))),
-        }
+impl crate::call::Kernel for Inner {
+    fn run(
+        self: Arc<Self>,
+        spec: CallSpec,
+        invocation: Invocation,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = (Result<Outcome, CallError>, Txn)> + Send>,
+    > {
+        Box::pin(async move { Inner::run(&self, spec, invocation).await })
     }
-}
-
-/// Whether a header is one only the host sets.
-pub(crate) fn is_host_header(name: &str) -> bool {
-    name.len() > 14 && name[..14].eq_ignore_ascii_case("x-switchboard-")
 }
 
 fn host_headers_of(invocation: &Invocation) -> Vec<(String, String)> {
@@ -2192,7 +1981,7 @@ fn host_headers_of(invocation: &Invocation) -> Vec<(String, String)> {
 fn request_id_of(invocation: &Invocation) -> String {
     match invocation {
         Invocation::Handle(r) if !r.request_id.is_empty() => r.request_id.clone(),
-        _ => crate::fsutil::request_id(),
+        _ => crate::support::encoding::request_id(),
     }
 }
 
@@ -2329,7 +2118,7 @@ impl Inner {
                 self.apply_logged(tenant, vec![(queue_key.to_vec(), None), (record_key, None)]);
                 return;
             }
-            let due_ms = timers::now_ms() + 1000 * (1u64 << attempts);
+            let due_ms = crate::support::clock::now_ms() + 1000 * (1u64 << attempts);
             let retry = timers::TimerRecord {
                 attempts,
                 due_ms,

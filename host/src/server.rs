@@ -430,7 +430,7 @@ async fn backup_loop(runtime: Runtime, schedule: BackupSchedule) {
         .clone()
         .unwrap_or_else(|| runtime.data_dir().join("backups"));
     loop {
-        let now = crate::capability::timers::now_ms();
+        let now = crate::support::clock::now_ms();
         let (last, last_full) = runtime.last_backup_times().unwrap_or((0, 0));
         if let Some(kind) = due(&schedule, now, last, last_full) {
             match runtime.backup(&dir, kind).await {

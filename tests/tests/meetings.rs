@@ -565,7 +565,7 @@ async fn m5_m7_live_sessions_start_join_by_code_leave_end_and_stop_at_24_hours()
     let data = scratch.path().join("data");
     switchboard_tests::tamper::copy_dir(w.h.data_dir(), &data);
     let rt = switchboard::Runtime::open(switchboard::RuntimeConfig::new(&data)).unwrap();
-    let now = switchboard::capability::timers::now_ms();
+    let now = switchboard::support::clock::now_ms();
     let stored = |rt: &switchboard::Runtime| -> Value {
         let raw = rt
             .data_store()

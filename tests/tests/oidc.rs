@@ -110,7 +110,7 @@ fn issuer(p: &Provider, tenant: &str) -> String {
 
 fn query_of(url: &str) -> HashMap<String, String> {
     let q = url.split_once('?').map(|(_, q)| q).unwrap_or("");
-    switchboard::oidc::form(q)
+    switchboard::support::encoding::form_decode(q)
 }
 
 fn path_of(url: &str) -> String {
@@ -953,7 +953,7 @@ fn i6_rs256_id_tokens_from_mainstream_providers_verify() {
     let private = rsa::RsaPrivateKey::new(&mut rng, 2048).unwrap();
     let public = private.to_public_key();
     let jwks = json!({"keys": [{"kty": "RSA", "kid": "r1", "use": "sig", "n": b64(&public.n().to_bytes_be()), "e": b64(&public.e().to_bytes_be())}]});
-    let config: switchboard::sso::SsoConfig = serde_json::from_value(
+    let config: switchboard::identity::sso::SsoConfig = serde_json::from_value(
         json!({"issuer": "https://login.example.com", "client_id": "c1", "client_secret": "s"}),
     )
     .unwrap();
@@ -966,12 +966,12 @@ fn i6_rs256_id_tokens_from_mainstream_providers_verify() {
         format!("{h}.{p}.{}", b64(&sig.to_bytes()))
     };
     let token = sign(&private, &claims);
-    let ok = switchboard::sso::verify_id_token(&token, &jwks, &config, "n", 1500).unwrap();
+    let ok = switchboard::identity::sso::verify_id_token(&token, &jwks, &config, "n", 1500).unwrap();
     assert_eq!(ok["email"], "a@example.com");
     let other = rsa::RsaPrivateKey::new(&mut rng, 2048).unwrap();
     let forged = sign(&other, &claims);
     assert_eq!(
-        switchboard::sso::verify_id_token(&forged, &jwks, &config, "n", 1500).unwrap_err(),
+        switchboard::identity::sso::verify_id_token(&forged, &jwks, &config, "n", 1500).unwrap_err(),
         "bad signature"
     );
     // HS256 with the public key as secret (algorithm confusion): refused.
@@ -981,7 +981,7 @@ fn i6_rs256_id_tokens_from_mainstream_providers_verify() {
         1,
     );
     assert!(
-        switchboard::sso::verify_id_token(&confused, &jwks, &config, "n", 1500)
+        switchboard::identity::sso::verify_id_token(&confused, &jwks, &config, "n", 1500)
             .unwrap_err()
             .contains("not accepted")
     );

@@ -868,7 +868,7 @@ async fn r5_legal_hold_suspends_deletion_and_retention_shreds_on_time() {
         json!({"on": true, "plugin": "recording", "blob": held_blob}),
     )
     .await;
-    let now = switchboard::capability::timers::now_ms();
+    let now = switchboard::support::clock::now_ms();
     let report =
         w.h.runtime()
             .sweep_retention(now + 29 * 86_400_000)

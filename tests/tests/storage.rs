@@ -370,7 +370,7 @@ async fn retention_deletes_what_expired_except_under_legal_hold() {
         )
         .await,
     );
-    let now = switchboard::capability::timers::now_ms();
+    let now = switchboard::support::clock::now_ms();
     let day = 86_400_000u64;
     // Nothing has expired yet.
     assert_eq!(

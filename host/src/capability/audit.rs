@@ -4,10 +4,78 @@
 //! commits (like every other effect of a call), so a trapped call leaves
 //! no entry claiming something happened.
 
+use std::sync::Arc;
+
 use super::CapError;
-use crate::audit::{MAX_ACTION_LEN, MAX_DETAILS_LEN, MAX_TARGET_LEN};
-use crate::runtime::state::CallCtx;
-use crate::runtime::txn::AuditDraft;
+use crate::audit::{self, AuditLog, MAX_ACTION_LEN, MAX_DETAILS_LEN, MAX_TARGET_LEN, Scope};
+use crate::call::CallCtx;
+use crate::call::txn::Effect;
+
+/// The capability's host-wide state: the trail entries go to.
+pub struct State {
+    pub(crate) trail: Arc<AuditLog>,
+}
+
+impl State {
+    /// Entries go to `trail`.
+    pub fn new(trail: Arc<AuditLog>) -> State {
+        State { trail }
+    }
+
+    /// The effect appending `draft` once the call commits.
+    pub(crate) fn append(&self, draft: AuditDraft) -> Append {
+        Append {
+            trail: self.trail.clone(),
+            draft,
+        }
+    }
+}
+
+/// An audit entry a plugin asked for (or the host wrote for it, e.g. a
+/// guest session), appended only if its call commits.
+#[derive(Clone, Debug)]
+pub struct AuditDraft {
+    pub plugin: String,
+    /// The user the plugin acted for.
+    pub user: Option<String>,
+    pub action: String,
+    pub target: String,
+    pub outcome: String,
+    pub details: String,
+}
+
+/// The effect of an `AuditDraft`: the entry is appended to the tenant's
+/// trail, attributed to the plugin on behalf of its user, in the request's
+/// audit context.
+pub struct Append {
+    trail: Arc<AuditLog>,
+    pub(crate) draft: AuditDraft,
+}
+
+impl Effect for Append {
+    fn apply(&self, tenant: &str) {
+        let d = &self.draft;
+        let ctx = audit::Context {
+            actor: audit::Actor {
+                kind: audit::ActorKind::Plugin,
+                id: Some(d.plugin.clone()),
+                name: None,
+                tenant: None,
+                on_behalf_of: d.user.clone(),
+            },
+            ..audit::context()
+        };
+        let record = audit::Record {
+            action: &d.action,
+            target: &d.target,
+            outcome: &d.outcome,
+            details: &d.details,
+        };
+        if let Err(e) = self.trail.append_as(&Scope::tenant(tenant), &ctx, record) {
+            tracing::error!(target: "audit", tenant, plugin = %d.plugin, error = %e, "plugin audit entry lost");
+        }
+    }
+}
 
 /// Entries one call may append.
 pub const MAX_ENTRIES_PER_CALL: usize = 64;
@@ -15,6 +83,7 @@ pub const MAX_ENTRIES_PER_CALL: usize = 64;
 /// Queues an entry for the call's commit.
 pub fn append(
     ctx: &mut CallCtx,
+    state: &State,
     action: &str,
     target: &str,
     outcome: &str,
@@ -50,7 +119,7 @@ pub fn append(
             "control characters in target".into(),
         ));
     }
-    if ctx.txn.audit_drafts().len() >= MAX_ENTRIES_PER_CALL {
+    if ctx.txn.effects_of::<Append>().count() >= MAX_ENTRIES_PER_CALL {
         return Err(CapError::TooLarge(format!(
             "at most {MAX_ENTRIES_PER_CALL} audit entries per call"
         )));
@@ -63,6 +132,6 @@ pub fn append(
         outcome: outcome.to_string(),
         details: details.to_string(),
     };
-    ctx.txn.push_audit(draft);
+    ctx.txn.push_effect(state.append(draft));
     Ok(())
 }

@@ -14,7 +14,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::CapError;
-use crate::runtime::state::CallCtx;
+use crate::call::CallCtx;
 use crate::store::crypt;
 use crate::store::keys;
 
@@ -84,7 +84,7 @@ fn check_owner(owner: &str) -> Result<(), CapError> {
 fn load(ctx: &mut CallCtx, id: &str) -> Result<(Vec<u8>, BlobMeta), CapError> {
     check_id(id)?;
     let key = keys::blob_meta(ctx.tenant_id(), ctx.plugin_name(), id);
-    let store = ctx.rt.store.clone();
+    let store = ctx.services.store.clone();
     let raw = ctx
         .txn
         .get(&store, &key)?
@@ -112,10 +112,10 @@ pub fn create(ctx: &mut CallCtx, owner: Option<&str>, class: &str) -> Result<Str
             "retention class {class:?} must be 1-32 of [a-z0-9-], starting with a letter"
         )));
     }
-    let id = crate::fsutil::random_hex(16);
+    let id = crate::support::encoding::random_hex(16);
     let key: [u8; crypt::KEY_LEN] =
         crypt::random().map_err(|e| CapError::Internal(e.to_string()))?;
-    let created_ms = super::timers::now_ms();
+    let created_ms = crate::support::clock::now_ms();
     let meta = BlobMeta {
         owner: owner.map(str::to_string),
         class: class.to_string(),
@@ -153,7 +153,7 @@ pub fn append(ctx: &mut CallCtx, id: &str, data: &[u8]) -> Result<u64, CapError>
     check_quota(ctx, meta.owner.as_deref(), data.len() as u64)?;
     let (tenant, plugin) = (ctx.tenant_id().to_string(), ctx.plugin_name().to_string());
     let blob_key = meta.data_key()?;
-    let store = ctx.rt.store.clone();
+    let store = ctx.services.store.clone();
     let first = meta.size / CHUNK_BYTES;
     let within = (meta.size % CHUNK_BYTES) as usize;
     let mut pending: Vec<u8> = Vec::with_capacity(within + data.len());
@@ -187,8 +187,8 @@ pub fn append(ctx: &mut CallCtx, id: &str, data: &[u8]) -> Result<u64, CapError>
 /// Refuses early (with a clear error the plugin can act on) what the
 /// commit would refuse anyway.
 fn check_quota(ctx: &mut CallCtx, owner: Option<&str>, adding: u64) -> Result<(), CapError> {
-    let store = ctx.rt.store.clone();
-    let (tenant_bytes, owner_bytes) = ctx.rt.commits.usage(ctx.tenant_id(), owner, &store)?;
+    let store = ctx.services.store.clone();
+    let (tenant_bytes, owner_bytes) = ctx.services.commits.usage(ctx.tenant_id(), owner, &store)?;
     let limits = &ctx.tenant.record.limits;
     if let Some(o) = owner {
         let pending = ctx.txn.owner_delta(o).max(0) as u64;
@@ -228,7 +228,7 @@ pub fn read(ctx: &mut CallCtx, id: &str, offset: u64, len: u32) -> Result<Vec<u8
     ctx.charge((end - offset) as usize)?;
     let (tenant, plugin) = (ctx.tenant_id().to_string(), ctx.plugin_name().to_string());
     let blob_key = meta.data_key()?;
-    let store = ctx.rt.store.clone();
+    let store = ctx.services.store.clone();
     let mut out = Vec::with_capacity((end - offset) as usize);
     let mut pos = offset;
     while pos < end {

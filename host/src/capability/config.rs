@@ -4,7 +4,7 @@
 //! restart.
 
 use super::CapError;
-use crate::runtime::state::CallCtx;
+use crate::call::CallCtx;
 
 /// One setting as JSON text.
 pub fn get(ctx: &mut CallCtx, key: &str) -> Result<Option<String>, CapError> {

@@ -8,7 +8,7 @@ use ed25519_dalek::{Signer, Verifier};
 use sha2::{Digest, Sha256};
 
 use super::CapError;
-use crate::runtime::state::CallCtx;
+use crate::call::CallCtx;
 use crate::store::crypt;
 
 /// Most random bytes one call returns.
@@ -31,7 +31,7 @@ fn check_name(name: &str) -> Result<(), CapError> {
 
 fn derive(ctx: &CallCtx, purpose: &str, name: &str) -> Result<[u8; 32], CapError> {
     check_name(name)?;
-    let key = ctx.rt.store.tenant_key(ctx.tenant_id())?;
+    let key = ctx.services.store.tenant_key(ctx.tenant_id())?;
     let label = format!("crypto\0{}\0{purpose}\0{name}", ctx.plugin_name());
     Ok(key.derive(label.as_bytes()))
 }

@@ -5,13 +5,61 @@
 //! the plugin's own (another plugin's group of the same name is another
 //! group) and are stored, so they survive restarts.
 
+use std::sync::Arc;
+
 use super::CapError;
+use crate::call::CallCtx;
+use crate::call::txn::Effect;
 use crate::events::{
-    Audience, EventDraft, MAX_AUDIENCE, MAX_EVENT_BYTES, MAX_PUBLISHES_PER_CALL, valid_group,
-    valid_kind, valid_user,
+    Audience, EventDraft, EventHub, MAX_AUDIENCE, MAX_EVENT_BYTES, MAX_GROUP_MEMBERS,
+    MAX_PUBLISHES_PER_CALL, valid_group, valid_kind, valid_user,
 };
-use crate::runtime::state::CallCtx;
-use crate::store::keys;
+use crate::store::{Store, keys};
+
+/// The capability's host-wide state: the hub that fans events out to the
+/// streams.
+pub struct State {
+    pub(crate) hub: Arc<EventHub>,
+}
+
+impl State {
+    /// Events go out through `hub`.
+    pub fn new(hub: Arc<EventHub>) -> State {
+        State { hub }
+    }
+}
+
+/// The effect of a publish: after the commit, the event goes to the
+/// users named, or to the group's members as stored then.
+pub struct Publish {
+    hub: Arc<EventHub>,
+    store: Arc<Store>,
+    draft: EventDraft,
+}
+
+impl Effect for Publish {
+    fn apply(&self, tenant: &str) {
+        let d = &self.draft;
+        let users = match &d.audience {
+            Audience::Users(u) => u.clone(),
+            Audience::Group(g) => {
+                let prefix = keys::event_group_prefix(tenant, &d.plugin, g);
+                match self.store.scan_raw(&prefix, None, MAX_GROUP_MEMBERS) {
+                    Ok(entries) => entries
+                        .into_iter()
+                        .filter_map(|(k, _)| String::from_utf8(k[prefix.len()..].to_vec()).ok())
+                        .collect(),
+                    Err(e) => {
+                        tracing::error!(tenant, plugin = %d.plugin, group = %g, error = %e, "cannot read an event group; event dropped");
+                        return;
+                    }
+                }
+            }
+        };
+        self.hub
+            .deliver(tenant, &d.plugin, &users, &d.kind, &d.data);
+    }
+}
 
 fn check_group(group: &str) -> Result<(), CapError> {
     if valid_group(group) {
@@ -36,6 +84,7 @@ fn check_user(user: &str) -> Result<(), CapError> {
 /// Queues `kind`/`data` for `audience`.
 pub fn publish(
     ctx: &mut CallCtx,
+    state: &State,
     audience: Audience,
     kind: &str,
     data: Vec<u8>,
@@ -64,7 +113,15 @@ pub fn publish(
                 check_user(u)?;
             }
             // Across the whole call, not per publish.
-            let named: usize = users.len() + ctx.txn.event_recipients();
+            let named: usize = users.len()
+                + ctx
+                    .txn
+                    .effects_of::<Publish>()
+                    .map(|p| match &p.draft.audience {
+                        Audience::Users(u) => u.len(),
+                        Audience::Group(_) => 0,
+                    })
+                    .sum::<usize>();
             if named > MAX_AUDIENCE {
                 return Err(CapError::TooLarge(format!(
                     "at most {MAX_AUDIENCE} recipients named per call; use a group"
@@ -73,7 +130,7 @@ pub fn publish(
         }
         Audience::Group(g) => check_group(g)?,
     }
-    if ctx.txn.event_count() >= MAX_PUBLISHES_PER_CALL {
+    if ctx.txn.effects_of::<Publish>().count() >= MAX_PUBLISHES_PER_CALL {
         return Err(CapError::TooLarge(format!(
             "at most {MAX_PUBLISHES_PER_CALL} events per call"
         )));
@@ -84,7 +141,12 @@ pub fn publish(
         kind: kind.to_string(),
         data,
     };
-    ctx.txn.push_event(draft);
+    let publish = Publish {
+        hub: state.hub.clone(),
+        store: ctx.services.store.clone(),
+        draft,
+    };
+    ctx.txn.push_effect(publish);
     Ok(())
 }
 

@@ -10,13 +10,14 @@
 //! a response size cap.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
 use super::CapError;
+use crate::call::CallCtx;
 use crate::outbound::{Outbound, Policy};
-use crate::runtime::state::CallCtx;
 
 /// Operator settings (`[http_client]` in the server config).
 #[derive(Debug, Clone, Deserialize)]
@@ -140,10 +141,25 @@ pub fn allowed_by_manifest(allow: &[String], url: &str) -> Result<(), CapError> 
     }
 }
 
+/// The capability's host-wide state: the operator's settings and the
+/// client built from them.
+pub struct State {
+    pub(crate) config: HttpClientConfig,
+    pub(crate) client: Arc<Outbound>,
+}
+
+impl State {
+    /// The state `config` describes.
+    pub fn new(config: HttpClientConfig) -> Result<State, String> {
+        let client = Arc::new(config.client()?);
+        Ok(State { config, client })
+    }
+}
+
 /// Sends `req` for the calling plugin.
-pub async fn send(ctx: &mut CallCtx, req: Outgoing) -> Result<Incoming, CapError> {
+pub async fn send(ctx: &mut CallCtx, state: &State, req: Outgoing) -> Result<Incoming, CapError> {
     ctx.charge(req.url.len() + req.body.len())?;
-    let config = ctx.rt.http_client_config().clone();
+    let config = &state.config;
     if req.body.len() > config.max_request_bytes {
         return Err(CapError::TooLarge(format!(
             "request body over {} bytes",
@@ -177,7 +193,7 @@ pub async fn send(ctx: &mut CallCtx, req: Outgoing) -> Result<Incoming, CapError
     if timeout.is_zero() {
         return Err(CapError::Timeout);
     }
-    let client = ctx.rt.http_client();
+    let client = state.client.clone();
     let tenant = ctx.tenant_id().to_string();
     let plugin = ctx.plugin_name().to_string();
     let started = Instant::now();

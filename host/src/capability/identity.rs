@@ -7,9 +7,8 @@
 
 use super::CapError;
 use crate::audit::Scope;
+use crate::call::CallCtx;
 use crate::identity::{AuthError, UserView};
-use crate::runtime::state::CallCtx;
-use crate::runtime::txn::AuditDraft;
 
 /// Looks a user of the calling tenant up by id or login name.
 pub fn lookup_user(ctx: &mut CallCtx, id: &str) -> Result<Option<UserView>, CapError> {
@@ -19,7 +18,7 @@ pub fn lookup_user(ctx: &mut CallCtx, id: &str) -> Result<Option<UserView>, CapE
         ));
     }
     let realm = Scope::tenant(ctx.tenant_id());
-    let ids = &ctx.rt.identity;
+    let ids = &ctx.services.identity;
     let found = match ids.user(&realm, id).map_err(cap)? {
         Some(u) => Some(u),
         None => ids.user_by_name(&realm, id).map_err(cap)?,
@@ -30,6 +29,7 @@ pub fn lookup_user(ctx: &mut CallCtx, id: &str) -> Result<Option<UserView>, CapE
 /// A guest session for `resource`, valid `ttl_ms` (clamped to 1 min–24 h).
 pub fn create_guest_session(
     ctx: &mut CallCtx,
+    audit: &super::audit::State,
     display_name: &str,
     resource: &str,
     ttl_ms: u64,
@@ -37,7 +37,7 @@ pub fn create_guest_session(
     let tenant = ctx.tenant_id().to_string();
     let plugin = ctx.plugin_name().to_string();
     let (token, guest, writes) = ctx
-        .rt
+        .services
         .identity
         .guest_session_writes(&tenant, &plugin, display_name, resource, ttl_ms)
         .map_err(cap)?;
@@ -47,7 +47,7 @@ pub fn create_guest_session(
             None => ctx.txn.set_delete(k),
         }
     }
-    let draft = AuditDraft {
+    let draft = super::audit::AuditDraft {
         plugin,
         user: ctx.principal.user.clone(),
         action: "guest.session".into(),
@@ -55,7 +55,7 @@ pub fn create_guest_session(
         outcome: "success".into(),
         details: format!("resource {resource}"),
     };
-    ctx.txn.push_audit(draft);
+    ctx.txn.push_effect(audit.append(draft));
     Ok(token)
 }
 

@@ -4,7 +4,7 @@
 //! key can reach another plugin or tenant (SPEC K4).
 
 use super::CapError;
-use crate::runtime::state::CallCtx;
+use crate::call::CallCtx;
 use crate::store::{Entry, keys};
 
 /// Longest key accepted.
@@ -39,7 +39,7 @@ pub fn get(ctx: &mut CallCtx, key: &[u8]) -> Result<Option<Vec<u8>>, CapError> {
     ctx.charge(key.len())?;
     check_key(key)?;
     let full = full_key(ctx, key);
-    let store = ctx.rt.store.clone();
+    let store = ctx.services.store.clone();
     Ok(ctx.txn.get(store.as_ref(), &full)?)
 }
 
@@ -70,7 +70,7 @@ pub fn delete(ctx: &mut CallCtx, key: &[u8]) -> Result<bool, CapError> {
     ctx.charge(key.len())?;
     check_key(key)?;
     let full = full_key(ctx, key);
-    let store = ctx.rt.store.clone();
+    let store = ctx.services.store.clone();
     Ok(ctx.txn.delete(store.as_ref(), &full)?)
 }
 
@@ -105,7 +105,7 @@ pub fn scan(
         k.extend_from_slice(a);
         k
     });
-    let store = ctx.rt.store.clone();
+    let store = ctx.services.store.clone();
     let (page, more) = ctx
         .txn
         .scan(store.as_ref(), &full_prefix, full_after.as_deref(), limit)?;

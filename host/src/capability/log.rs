@@ -1,7 +1,7 @@
 //! `log`: plugin log lines into the host's log, tagged with tenant and
 //! plugin, bounded per line and per call so a plugin cannot flood the log.
 
-use crate::runtime::state::CallCtx;
+use crate::call::CallCtx;
 
 /// Longest message kept, in bytes.
 pub const MAX_MESSAGE_BYTES: usize = 4096;

@@ -8,8 +8,9 @@
 use std::sync::Arc;
 
 use super::CapError;
-use crate::runtime::EnabledPlugin;
-use crate::runtime::state::CallCtx;
+use crate::call::error::CallError;
+use crate::call::types::{Invocation, Outcome, Request, Response};
+use crate::call::{CallCtx, CallSpec, EnabledPlugin};
 
 /// Deepest chain of nested plugin calls.
 pub const MAX_DEPTH: u32 = 4;
@@ -51,4 +52,67 @@ pub fn resolve(ctx: &CallCtx, name: &str) -> Result<Arc<EnabledPlugin>, CapError
         )));
     }
     Ok(callee.clone())
+}
+
+/// Runs `request` in `callee` inside this call's transaction. The callee's
+/// writes join the caller's on success and are dropped on failure; the
+/// caller's own writes are untouched either way.
+pub async fn call(
+    ctx: &mut CallCtx,
+    callee: Arc<EnabledPlugin>,
+    request: Request,
+) -> Result<Response, CapError> {
+    let name = callee.plugin.manifest.name.clone();
+    let kernel = ctx.kernel.clone();
+    let spec = CallSpec {
+        tenant: ctx.tenant.clone(),
+        plugin: callee,
+        principal: ctx.principal.clone(),
+        txn: ctx.txn.clone(),
+        deadline: ctx.deadline,
+        depth: ctx.depth + 1,
+        request_id: request.request_id.clone(),
+        host_headers: ctx.host_headers.clone(),
+        // The caller waits for the callee: one turn for both.
+        cpu: ctx.cpu.clone(),
+    };
+    let fut = kernel.run(spec, Invocation::Handle(request));
+    // Run on its own task: the callee gets its own fiber and store.
+    // Aborted if the caller goes away (a client hanging up), so a callee
+    // never outlives the slots its caller held.
+    let task = AbortOnDrop(tokio::spawn(fut));
+    let (result, txn) = task
+        .wait()
+        .await
+        .map_err(|e| CapError::Internal(format!("nested call aborted: {e}")))?;
+    match result {
+        Ok(Outcome::Response(r)) => {
+            if r.status < 500 {
+                ctx.txn = txn;
+            }
+            Ok(r)
+        }
+        Ok(_) => Err(CapError::Internal("callee returned no response".into())),
+        Err(CallError::Timeout(_)) => Err(CapError::Timeout),
+        Err(e) => Err(CapError::Internal(format!(
+            "plugin {name} failed: {} ({})",
+            e,
+            e.code()
+        ))),
+    }
+}
+
+/// A spawned task that is aborted when its handle is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> AbortOnDrop<T> {
+    async fn wait(mut self) -> Result<T, tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -3,11 +3,16 @@
 //! fires); the runtime's scheduler (`Runtime::fire_due_timers`) delivers due
 //! timers to the plugin's `on-timer`, retrying a failing one with backoff.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 
 use super::CapError;
-use crate::runtime::state::CallCtx;
+use crate::call::CallCtx;
+use crate::call::txn::Effect;
 use crate::store::keys;
+use crate::support::clock::now_ms;
 
 /// Longest timer name.
 pub const MAX_NAME_BYTES: usize = 128;
@@ -17,6 +22,28 @@ pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
 pub const MAX_DELAY_MS: u64 = 366 * 24 * 3600 * 1000;
 /// Delivery attempts before a failing timer is dropped (and logged).
 pub const MAX_ATTEMPTS: u32 = 5;
+
+/// The capability's host-wide state: how to wake the scheduler.
+pub struct State {
+    pub(crate) wake: Arc<Notify>,
+}
+
+impl State {
+    /// Changes to the queue wake the scheduler waiting on `wake`.
+    pub fn new(wake: Arc<Notify>) -> State {
+        State { wake }
+    }
+}
+
+/// The effect of scheduling or cancelling: the scheduler looks at the
+/// queue again once the change is committed.
+pub struct Wake(Arc<Notify>);
+
+impl Effect for Wake {
+    fn apply(&self, _tenant: &str) {
+        self.0.notify_one();
+    }
+}
 
 /// A pending timer as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,17 +56,10 @@ pub struct TimerRecord {
     pub attempts: u32,
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
-}
-
 /// Schedules a timer; returns its id.
 pub fn schedule(
     ctx: &mut CallCtx,
+    state: &State,
     delay_ms: u64,
     name: &str,
     payload: &[u8],
@@ -62,7 +82,7 @@ pub fn schedule(
             "delay of {delay_ms} ms exceeds the maximum of {MAX_DELAY_MS} ms"
         )));
     }
-    let id = crate::fsutil::random_hex(16);
+    let id = crate::support::encoding::random_hex(16);
     let record = TimerRecord {
         id: id.clone(),
         name: name.to_string(),
@@ -77,11 +97,12 @@ pub fn schedule(
         keys::timer_queue(record.due_ms, &tenant, &plugin, &id),
         Vec::new(),
     );
+    ctx.txn.push_effect(Wake(state.wake.clone()));
     Ok(id)
 }
 
 /// Cancels one of the calling plugin's pending timers.
-pub fn cancel(ctx: &mut CallCtx, id: &str) -> Result<bool, CapError> {
+pub fn cancel(ctx: &mut CallCtx, state: &State, id: &str) -> Result<bool, CapError> {
     let _span = tracing::trace_span!("sb.timers.cancel").entered();
     ctx.charge(id.len())?;
     if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -91,7 +112,7 @@ pub fn cancel(ctx: &mut CallCtx, id: &str) -> Result<bool, CapError> {
     }
     let (tenant, plugin) = (ctx.tenant_id().to_string(), ctx.plugin_name().to_string());
     let key = keys::timer(&tenant, &plugin, id);
-    let store = ctx.rt.store.clone();
+    let store = ctx.services.store.clone();
     let Some(raw) = ctx.txn.get(store.as_ref(), &key)? else {
         return Ok(false);
     };
@@ -102,5 +123,6 @@ pub fn cancel(ctx: &mut CallCtx, id: &str) -> Result<bool, CapError> {
         store.as_ref(),
         &keys::timer_queue(record.due_ms, &tenant, &plugin, id),
     )?;
+    ctx.txn.push_effect(Wake(state.wake.clone()));
     Ok(true)
 }

@@ -5,6 +5,7 @@
 //! first; when even that is not enough, new keys share one overflow bucket
 //! (strict, never fail-open).
 
+use crate::support::sync::Recover as _;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -52,7 +53,7 @@ impl<K: std::hash::Hash + Eq + Clone> RateLimiter<K> {
     pub fn check(&self, key: &K, rate: f64, burst: f64, now: Instant) -> Result<(), Duration> {
         let rate = rate.max(0.001);
         let burst = burst.max(1.0);
-        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let mut table = self.table.lock().recover();
         if let Some(b) = table.get_mut(key) {
             return take(b, rate, burst, now);
         }
@@ -64,7 +65,7 @@ impl<K: std::hash::Hash + Eq + Clone> RateLimiter<K> {
         }
         if table.len() >= MAX_KEYS {
             drop(table);
-            let mut o = self.overflow.lock().unwrap_or_else(|p| p.into_inner());
+            let mut o = self.overflow.lock().recover();
             let b = o.get_or_insert(Bucket {
                 tokens: burst,
                 at: now,

@@ -10,15 +10,15 @@ use hyper::{Request, Response};
 use serde_json::{Value, json};
 
 use super::Gateway;
-use crate::admin::ApiError;
-use crate::api::{HttpResponse, json_response};
+use super::reply::{HttpResponse, json_response};
+use crate::error::ApiError;
 
 /// The status document.
 pub async fn route(gw: &Gateway, req: &Request<Incoming>) -> Result<HttpResponse, ApiError> {
     let rt = &gw.rt;
     // The same checks as the API: no provider-only browser sessions, no
     // restricted sessions (welcome password, MFA enrolment pending).
-    let caller = crate::api::caller(rt, req)
+    let caller = super::reply::caller(rt, req)
         .ok()
         .filter(|c| c.restriction.is_none());
     let store = match rt.data_store().probe() {
@@ -35,7 +35,7 @@ pub async fn route(gw: &Gateway, req: &Request<Incoming>) -> Result<HttpResponse
         store,
         json!({ "name": "events", "state": "up",
                 "detail": format!("{} streams open",
-                    crate::events::ACTIVE_STREAMS.load(std::sync::atomic::Ordering::Relaxed)) }),
+                    crate::metrics::ACTIVE_STREAMS.load(std::sync::atomic::Ordering::Relaxed)) }),
         json!({ "name": "audit", "state": "up" }),
         json!({ "name": "backups",
                 "state": if last_backup.is_some_and(|t| t > 0) { "up" } else { "none yet" },

@@ -194,15 +194,15 @@ fn generate(dir: &Path, names: &[String]) -> anyhow::Result<()> {
     // From yesterday (clock skew) for 397 days: browsers cap leaf
     // validity at 398.
     let day = 86_400_000u64;
-    let today = crate::capability::timers::now_ms();
+    let today = crate::support::clock::now_ms();
     let (y, m, d) = ymd(today - day);
     params.not_before = rcgen::date_time_ymd(y, m, d);
     let (y, m, d) = ymd(today + 397 * day);
     params.not_after = rcgen::date_time_ymd(y, m, d);
     let cert = params.self_signed(&key)?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    crate::fsutil::write_secret(&dir.join("key.pem"), key.serialize_pem().as_bytes())?;
-    crate::fsutil::write_secret(&dir.join("cert.pem"), cert.pem().as_bytes())?;
+    crate::support::fsutil::write_secret(&dir.join("key.pem"), key.serialize_pem().as_bytes())?;
+    crate::support::fsutil::write_secret(&dir.join("cert.pem"), cert.pem().as_bytes())?;
     Ok(())
 }
 

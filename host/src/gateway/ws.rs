@@ -30,8 +30,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
 use super::Gateway;
-use crate::admin::ApiError;
-use crate::api::{HttpResponse, json_response};
+use super::reply::{HttpResponse, json_response};
+use crate::error::ApiError;
 use crate::identity::AuthError;
 
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -46,11 +46,11 @@ pub fn ticket_route(gw: &Gateway, req: &Request<Incoming>) -> Result<HttpRespons
             "use POST /api/v1/auth/stream-ticket",
         ));
     }
-    let caller = crate::api::caller(&gw.rt, req)?;
+    let caller = super::reply::caller(&gw.rt, req)?;
     if caller.tenant().is_none() {
         return Err(no_stream_for_system());
     }
-    let token = crate::api::bearer(req).ok_or(AuthError::Unauthenticated)?;
+    let token = super::reply::bearer(req).ok_or(AuthError::Unauthenticated)?;
     let ticket = gw.issue_ticket(&token)?;
     Ok(json_response(
         200,
@@ -99,7 +99,7 @@ pub async fn events_route(
                 "the stream ticket is unknown, used or expired; get a new one",
             )
         })?,
-        None => crate::api::bearer(&req).ok_or(AuthError::Unauthenticated)?,
+        None => super::reply::bearer(&req).ok_or(AuthError::Unauthenticated)?,
     };
     let caller = gw.rt.identity().authenticate(&token)?;
     if caller.via == "oidc" {
@@ -124,7 +124,7 @@ pub async fn events_route(
         ));
     }
     if header(&req, "sec-websocket-version") != Some("13") {
-        let mut resp = crate::api::error_response(&ApiError::new(
+        let mut resp = super::reply::error_response(&ApiError::new(
             426,
             "upgrade_required",
             "only WebSocket version 13 is supported",

@@ -150,7 +150,7 @@ pub fn verify(password: &str, phc: &str) -> bool {
 pub fn decoy_hash() -> &'static str {
     static DECOY: OnceLock<String> = OnceLock::new();
     DECOY.get_or_init(|| {
-        hash(&crate::fsutil::random_hex(16)).unwrap_or_else(|_| {
+        hash(&crate::support::encoding::random_hex(16)).unwrap_or_else(|_| {
             // Same parameters, fixed salt: still a full-cost verification.
             "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$kXW2u1o3z6Ns7JycN8zZjt1Nvm8zPqTj9wzH2Yq9S1Q".into()
         })
@@ -162,7 +162,7 @@ pub fn generate() -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnpqrstuvwxyz23456789";
     let mut bytes = [0u8; 16];
     if getrandom::fill(&mut bytes).is_err() {
-        let hex = crate::fsutil::random_hex(16);
+        let hex = crate::support::encoding::random_hex(16);
         bytes.copy_from_slice(&hex.as_bytes()[..16]);
     }
     let body: String = bytes

@@ -96,17 +96,7 @@ pub fn base32_decode(text: &str) -> Option<Vec<u8>> {
 
 /// The `otpauth://` URI an authenticator app scans.
 pub fn uri(issuer: &str, account: &str, secret: &[u8]) -> String {
-    let enc = |s: &str| -> String {
-        s.bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect()
-    };
+    let enc = crate::support::encoding::percent_encode;
     format!(
         "otpauth://totp/{}:{}?secret={}&issuer={}&algorithm=SHA1&digits={DIGITS}&period={STEP_SECS}",
         enc(issuer),

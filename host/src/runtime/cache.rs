@@ -43,7 +43,7 @@ impl CompileCache {
     /// mode 0600, when missing).
     pub fn open(engine: &Engine, dir: &Path, key_path: &Path) -> std::io::Result<CompileCache> {
         fs::create_dir_all(dir)?;
-        let key = crate::fsutil::secret_key_file(key_path)?;
+        let key = crate::support::fsutil::secret_key_file(key_path)?;
         Ok(CompileCache {
             dir: dir.to_path_buf(),
             key,

@@ -5,12 +5,13 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use super::txn::{Quota, Txn};
 use super::{AdminError, Inner, Runtime};
 use crate::audit::{Scope, outcome};
+use crate::call::txn::{Quota, Txn};
 use crate::capability::blobs::{self, BlobMeta};
-use crate::capability::timers::now_ms;
 use crate::store::{StoreError, keys};
+use crate::support::clock::now_ms;
+use crate::support::sync::Recover as _;
 
 /// What one retention sweep did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -201,12 +202,7 @@ impl Runtime {
 
 impl Inner {
     fn tenant_ids(&self) -> Vec<String> {
-        self.tenants
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect()
+        self.tenants.read().recover().keys().cloned().collect()
     }
 
     fn sweep_retention(&self, now: u64) -> Result<SweepReport, StoreError> {
@@ -235,7 +231,7 @@ impl Inner {
         }
         for id in self.tenant_ids() {
             // Expired sign-in codes, tokens and pending sign-ons.
-            if let Err(e) = crate::oidc::sweep_expired(&self.store, &id, now) {
+            if let Err(e) = crate::identity::oidc::sweep_expired(&self.store, &id, now) {
                 tracing::error!(tenant = %id, error = %e, "sweeping expired sign-in records failed");
             }
         }
@@ -355,8 +351,8 @@ impl Inner {
             .commit(tenant, &self.store, txn, quota, still_there)
         {
             Ok(_) => Ok(true),
-            Err(super::txn::CommitError::Conflict) => Ok(false),
-            Err(super::txn::CommitError::Store(e)) => Err(e),
+            Err(crate::call::txn::CommitError::Conflict) => Ok(false),
+            Err(crate::call::txn::CommitError::Store(e)) => Err(e),
             Err(other) => Err(StoreError::Backend(other.to_string())),
         }
     }

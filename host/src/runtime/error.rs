@@ -1,99 +1,11 @@
-//! Errors of the runtime, each with a stable code for API responses.
+//! Errors of the registry and admin operations, each with a stable code
+//! for API responses. `CallError` (a plugin call) lives in `call::error`.
+
+pub use crate::call::error::CallError;
 
 use switchboard_signing::{ManifestError, PackageError};
 
 use crate::store::StoreError;
-
-/// Why a plugin call failed. Only the caller of that call sees it (K6).
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum CallError {
-    /// No such tenant.
-    #[error("tenant {0:?} does not exist")]
-    TenantNotFound(String),
-    /// The tenant has not enabled the plugin.
-    #[error("plugin {plugin:?} is not enabled for tenant {tenant:?}")]
-    PluginNotEnabled { tenant: String, plugin: String },
-    /// The plugin trapped (panic, stack overflow, unreachable...).
-    #[error("the plugin failed while handling this call ({0}); nothing it wrote was kept")]
-    Trap(String),
-    /// The plugin ran past its deadline.
-    #[error("the plugin did not finish within its {0} ms deadline; nothing it wrote was kept")]
-    Timeout(u64),
-    /// The plugin needed more memory than the tenant's cap.
-    #[error("the plugin exceeded its {0}-byte memory limit; nothing it wrote was kept")]
-    Memory(u64),
-    /// The plugin's response is larger than allowed.
-    #[error("the plugin's response of {size} bytes exceeds the {limit}-byte limit")]
-    ResponseTooLarge { size: usize, limit: u64 },
-    /// The plugin returned an invalid status code.
-    #[error("the plugin returned invalid HTTP status {0}")]
-    BadStatus(u16),
-    /// A lifecycle hook (init, migrate, on-event, on-timer) returned an error.
-    #[error("the plugin reported an error: {0}")]
-    Plugin(String),
-    /// The plugin's publisher key was revoked; the package no longer runs.
-    #[error("plugin {0} was signed by a revoked publisher key and is disabled")]
-    PublisherRevoked(String),
-    /// The tenant (or the host) has no free call slot.
-    #[error("too many calls in flight for tenant {0}; retry shortly")]
-    Busy(String),
-    /// The transaction kept conflicting with concurrent calls.
-    #[error("the call conflicted with concurrent calls {0} times; retry")]
-    Conflict(u32),
-    /// Committing the call's writes would exceed a storage quota; nothing
-    /// was written.
-    #[error("storage quota exceeded: {0}; nothing this call wrote was kept")]
-    QuotaExceeded(String),
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The host failed.
-    #[error("internal error: {0}")]
-    Internal(String),
-}
-
-impl CallError {
-    /// Stable machine-readable code.
-    pub fn code(&self) -> &'static str {
-        match self {
-            CallError::TenantNotFound(_) => "tenant_not_found",
-            CallError::PluginNotEnabled { .. } => "plugin_not_enabled",
-            CallError::Trap(_) => "plugin_trap",
-            CallError::Timeout(_) => "plugin_timeout",
-            CallError::Memory(_) => "plugin_memory",
-            CallError::ResponseTooLarge { .. } => "plugin_response_too_large",
-            CallError::BadStatus(_) => "plugin_bad_response",
-            CallError::Plugin(_) => "plugin_error",
-            CallError::PublisherRevoked(_) => "publisher_revoked",
-            CallError::Busy(_) => "tenant_busy",
-            CallError::Conflict(_) => "conflict",
-            CallError::QuotaExceeded(_) => "quota_exceeded",
-            CallError::Store(StoreError::Corrupt { .. }) => "storage_corrupt",
-            CallError::Store(_) => "storage_unavailable",
-            CallError::Internal(_) => "internal",
-        }
-    }
-
-    /// The HTTP status a gateway answers with.
-    pub fn http_status(&self) -> u16 {
-        match self {
-            CallError::TenantNotFound(_) | CallError::PluginNotEnabled { .. } => 404,
-            CallError::PublisherRevoked(_) => 403,
-            CallError::Busy(_) => 429,
-            CallError::Conflict(_) => 409,
-            CallError::Timeout(_) => 504,
-            CallError::Trap(_)
-            | CallError::Memory(_)
-            | CallError::ResponseTooLarge { .. }
-            | CallError::BadStatus(_)
-            | CallError::Plugin(_) => 502,
-            CallError::QuotaExceeded(_) => 507,
-            CallError::Store(_) => 503,
-            CallError::Internal(_) => 500,
-        }
-    }
-}
 
 /// Why an administrative operation (install, create tenant, enable) was
 /// refused. Nothing is stored when one of these is returned.
@@ -266,5 +178,19 @@ impl AdminError {
             AdminError::Store(_) => "storage_unavailable",
             AdminError::Internal(_) => "internal",
         }
+    }
+}
+
+impl From<AdminError> for crate::error::ApiError {
+    fn from(e: AdminError) -> Self {
+        let code = e.code();
+        let status = match code {
+            "tenant_not_found" | "plugin_not_found" | "not_found" | "plugin_not_enabled" => 404,
+            "tenant_exists" | "already_installed" | "legal_hold" => 409,
+            "storage_unavailable" => 503,
+            "internal" | "key_error" => 500,
+            _ => 400,
+        };
+        crate::error::ApiError::new(status, code, e.to_string())
     }
 }

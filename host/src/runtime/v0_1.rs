@@ -1,7 +1,7 @@
 //! Adapter for plugin API `switchboard:plugin@0.1.0`: the generated
 //! bindings stay private here; this module links the granted interfaces,
 //! converts between the generated types and the runtime's own
-//! (`runtime::types`), and forwards each host call to its capability
+//! (`call::types`), and forwards each host call to its capability
 //! module. A later API version gets a sibling module that does the same, so
 //! plugins of both versions run side by side (SPEC K8).
 
@@ -12,8 +12,7 @@ use wasmtime::Store;
 use wasmtime::component::{HasSelf, Linker};
 
 use super::state::HostState;
-use super::types as rt;
-use super::{Invocation, Outcome};
+use crate::call::types::{self as rt, Invocation, Outcome};
 use crate::capability::{self, CapError};
 
 pub(super) mod bindings {
@@ -328,6 +327,7 @@ impl wit::timers::Host for HostState {
     fn schedule(&mut self, delay_ms: u64, name: String, payload: Vec<u8>) -> WitResult<String> {
         wrap(capability::timers::schedule(
             &mut self.call,
+            &self.caps.timers,
             delay_ms,
             &name,
             &payload,
@@ -335,7 +335,11 @@ impl wit::timers::Host for HostState {
     }
 
     fn cancel(&mut self, id: String) -> WitResult<bool> {
-        wrap(capability::timers::cancel(&mut self.call, &id))
+        wrap(capability::timers::cancel(
+            &mut self.call,
+            &self.caps.timers,
+            &id,
+        ))
     }
 }
 
@@ -359,7 +363,7 @@ impl wit::plugins::Host for HostState {
             headers: request
                 .headers
                 .into_iter()
-                .filter(|(k, _)| !crate::runtime::is_host_header(k))
+                .filter(|(k, _)| !crate::call::types::is_host_header(k))
                 .chain(ctx.host_headers.iter().cloned())
                 .collect(),
             body: request.body,
@@ -371,7 +375,7 @@ impl wit::plugins::Host for HostState {
         if let Err(e) = ctx.charge(request.size_bytes()) {
             return wrap(Err(e));
         }
-        let result = ctx.nested_call(callee, request).await;
+        let result = capability::plugins::call(ctx, callee, request).await;
         wrap(result.map(|r| wit::types::Response {
             status: r.status,
             headers: r.headers,
@@ -428,6 +432,7 @@ impl wit::identity::Host for HostState {
     ) -> WitResult<String> {
         wrap(capability::identity::create_guest_session(
             &mut self.call,
+            &self.caps.audit,
             &display_name,
             &scope,
             ttl_ms,
@@ -445,6 +450,7 @@ impl wit::audit::Host for HostState {
     ) -> WitResult<()> {
         wrap(capability::audit::append(
             &mut self.call,
+            &self.caps.audit,
             &action,
             &target,
             &outcome,
@@ -466,6 +472,7 @@ impl wit::events::Host for HostState {
         };
         wrap(capability::events::publish(
             &mut self.call,
+            &self.caps.events,
             audience,
             &kind,
             data,
@@ -503,7 +510,7 @@ impl wit::http_client::Host for HostState {
             timeout_ms: request.timeout_ms,
         };
         wrap(
-            capability::http_client::send(&mut self.call, outgoing)
+            capability::http_client::send(&mut self.call, &self.caps.http_client, outgoing)
                 .await
                 .map(|r| wit::http_client::Incoming {
                     status: r.status,

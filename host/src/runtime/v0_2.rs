@@ -8,7 +8,7 @@ use wasmtime::Store;
 
 use super::state::HostState;
 use super::v0_1::{Stage, invoke_feature};
-use super::{Invocation, Outcome};
+use crate::call::types::{Invocation, Outcome};
 
 mod bindings {
     wasmtime::component::bindgen!({

@@ -267,7 +267,7 @@ pub fn load_key_file(path: &Path, create: bool) -> Result<MasterKey, CryptError>
 
 /// Writes `key` to a new file (mode 0600, synced); refuses to overwrite.
 pub fn write_key_file(path: &Path, key: &MasterKey) -> Result<(), CryptError> {
-    crate::fsutil::write_secret(path, format!("{}\n", key.to_hex()).as_bytes())
+    crate::support::fsutil::write_secret(path, format!("{}\n", key.to_hex()).as_bytes())
         .map_err(|e| CryptError::MasterKey(format!("cannot write {}: {e}", path.display())))
 }
 

@@ -27,6 +27,7 @@ use std::time::Duration;
 use super::crypt::{self, CryptError, MasterKey, ScopeKey};
 use super::keys::{self, Class};
 use super::{Backend, Entry, SledBackend, StoreError, Write};
+use crate::support::sync::Recover as _;
 
 /// How to open a `Store`.
 pub struct StoreConfig {
@@ -690,15 +691,15 @@ fn corrupt(key: &[u8], e: CryptError) -> StoreError {
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    m.lock().recover()
 }
 
 fn read_lock<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    m.read().unwrap_or_else(|p| p.into_inner())
+    m.read().recover()
 }
 
 fn write_lock<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    m.write().unwrap_or_else(|p| p.into_inner())
+    m.write().recover()
 }
 
 /// `cl/state`: the changelog generation and the backup module's notes.
@@ -857,7 +858,7 @@ fn flusher(gc: std::sync::Weak<GroupCommit>, backends: Vec<Arc<dyn Backend>>) {
                 let (w, _) = gc
                     .cv
                     .wait_timeout(wake, Duration::from_millis(100))
-                    .unwrap_or_else(|p| p.into_inner());
+                    .recover();
                 wake = w;
             }
             *wake = false;

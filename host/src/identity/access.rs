@@ -13,11 +13,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::admin::ApiError;
 use crate::audit::{self, Scope, outcome};
-use crate::capability::timers::now_ms;
-use crate::identity::{AuthError, Role};
-use crate::runtime::Runtime;
+use crate::error::ApiError;
+use crate::identity::{AuthError, Identity, Role};
+use crate::support::clock::now_ms;
 
 /// Longest a grant may last.
 pub const MAX_MINUTES: u32 = 8 * 60;
@@ -109,7 +108,7 @@ pub struct Person {
 }
 
 fn both_trails(
-    rt: &Runtime,
+    identity: &Identity,
     tenant: &str,
     action: &str,
     target: &str,
@@ -117,7 +116,7 @@ fn both_trails(
     details: &str,
 ) {
     for scope in [Scope::System, Scope::tenant(tenant)] {
-        let r = rt.audit_log().append(
+        let r = identity.trail().append(
             &scope,
             audit::Record {
                 action,
@@ -132,8 +131,8 @@ fn both_trails(
     }
 }
 
-async fn save(rt: &Runtime, g: &Grant) -> Result<(), ApiError> {
-    let store = rt.data_store();
+async fn save(identity: &Identity, g: &Grant) -> Result<(), ApiError> {
+    let store = identity.store();
     let seq = store
         .apply(&[(key(&g.id), Some(serde_json::to_vec(g).unwrap_or_default()))])
         .map_err(AuthError::from)?;
@@ -142,20 +141,20 @@ async fn save(rt: &Runtime, g: &Grant) -> Result<(), ApiError> {
 }
 
 /// A grant by id.
-pub fn get(rt: &Runtime, id: &str) -> Result<Grant, ApiError> {
+pub fn get(identity: &Identity, id: &str) -> Result<Grant, ApiError> {
     let raw = if id.is_empty() || id.len() > 64 || id.contains('/') {
         None
     } else {
-        rt.data_store().get(&key(id)).map_err(AuthError::from)?
+        identity.store().get(&key(id)).map_err(AuthError::from)?
     };
     raw.and_then(|r| serde_json::from_slice(&r).ok())
         .ok_or_else(|| ApiError::new(404, "not_found", format!("access request {id} not found")))
 }
 
 /// Every request, newest first; only `tenant`'s when given.
-pub fn list(rt: &Runtime, tenant: Option<&str>) -> Result<Vec<Grant>, ApiError> {
-    let page = rt
-        .data_store()
+pub fn list(identity: &Identity, tenant: Option<&str>) -> Result<Vec<Grant>, ApiError> {
+    let page = identity
+        .store()
         .scan(b"sys/jit/", None, 100_000)
         .map_err(AuthError::from)?;
     let mut out: Vec<Grant> = page
@@ -168,24 +167,27 @@ pub fn list(rt: &Runtime, tenant: Option<&str>) -> Result<Vec<Grant>, ApiError> 
 }
 
 /// The active grants of operator `user` on `tenant`.
-pub fn active(rt: &Runtime, user: &str, tenant: &str) -> Vec<Grant> {
+pub fn active(identity: &Identity, user: &str, tenant: &str) -> Vec<Grant> {
     let now = now_ms();
-    list(rt, Some(tenant))
+    list(identity, Some(tenant))
         .unwrap_or_default()
         .into_iter()
         .filter(|g| g.requester == user && g.is_active(now))
         .collect()
 }
 
-/// Files a request.
+/// Files a request. `tenant_exists` is the registry's answer, which this
+/// layer cannot see (it is checked after the requester's role).
+#[allow(clippy::too_many_arguments)]
 pub async fn request(
-    rt: &Runtime,
+    identity: &Identity,
     who: &Person,
     tenant: &str,
     ticket: &str,
     reason: &str,
     scope: AccessScope,
     minutes: u32,
+    tenant_exists: bool,
 ) -> Result<Grant, ApiError> {
     if who.role != Role::Operator {
         return Err(ApiError::new(
@@ -194,7 +196,7 @@ pub async fn request(
             "only operators request just-in-time access",
         ));
     }
-    if !rt.tenants().iter().any(|t| t.id == tenant) {
+    if !tenant_exists {
         return Err(ApiError::new(
             404,
             "tenant_not_found",
@@ -228,7 +230,7 @@ pub async fn request(
         ));
     }
     let g = Grant {
-        id: format!("a{}", crate::fsutil::random_hex(8)),
+        id: format!("a{}", crate::support::encoding::random_hex(8)),
         tenant: tenant.to_string(),
         requester: who.user.clone(),
         requester_name: who.name.clone(),
@@ -242,9 +244,9 @@ pub async fn request(
         decided_ms: None,
         expires_ms: None,
     };
-    save(rt, &g).await?;
+    save(identity, &g).await?;
     both_trails(
-        rt,
+        identity,
         tenant,
         "access.request",
         &g.id,
@@ -264,21 +266,20 @@ fn describe(p: &Person) -> String {
 /// Approves or denies a pending request: by another operator, or by the
 /// tenant's admin — never by the requester.
 pub async fn decide(
-    rt: &Runtime,
+    identity: &Identity,
     who: &Person,
     id: &str,
     approve: bool,
 ) -> Result<Grant, ApiError> {
     let _one = DECISIONS.lock().await;
-    let mut g = get(rt, id)?;
+    let mut g = get(identity, id)?;
     let may = match who.role {
         Role::Operator => who.user != g.requester,
         // A tenant admin the requester created (a tenant's first admin is
         // made by an operator) is not a second person.
         Role::TenantAdmin => {
             who.tenant.as_deref() == Some(g.tenant.as_str())
-                && rt
-                    .identity()
+                && identity
                     .created_by(&Scope::tenant(&g.tenant), &who.user)
                     .as_deref()
                     != Some(g.requester.as_str())
@@ -287,7 +288,7 @@ pub async fn decide(
     };
     if !may {
         both_trails(
-            rt,
+            identity,
             &g.tenant,
             "access.decide",
             &g.id,
@@ -318,9 +319,9 @@ pub async fn decide(
     if approve {
         g.expires_ms = Some(now + u64::from(g.minutes) * 60_000);
     }
-    save(rt, &g).await?;
+    save(identity, &g).await?;
     both_trails(
-        rt,
+        identity,
         &g.tenant,
         if approve {
             "access.approve"
@@ -342,9 +343,13 @@ pub async fn decide(
 }
 
 /// Ends a grant early (the requester, any operator, the tenant's admin).
-pub async fn revoke(rt: &Runtime, who: Option<&Person>, id: &str) -> Result<Grant, ApiError> {
+pub async fn revoke(
+    identity: &Identity,
+    who: Option<&Person>,
+    id: &str,
+) -> Result<Grant, ApiError> {
     let _one = DECISIONS.lock().await;
-    let mut g = get(rt, id)?;
+    let mut g = get(identity, id)?;
     let may = match who {
         None => true,
         Some(p) => match p.role {
@@ -370,8 +375,15 @@ pub async fn revoke(rt: &Runtime, who: Option<&Person>, id: &str) -> Result<Gran
     g.state = State::Revoked;
     g.decided_by = Some(who.map(describe).unwrap_or_else(|| "console".into()));
     g.decided_ms = Some(now_ms());
-    save(rt, &g).await?;
-    both_trails(rt, &g.tenant, "access.revoke", &g.id, outcome::SUCCESS, "");
+    save(identity, &g).await?;
+    both_trails(
+        identity,
+        &g.tenant,
+        "access.revoke",
+        &g.id,
+        outcome::SUCCESS,
+        "",
+    );
     Ok(g)
 }
 

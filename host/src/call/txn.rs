@@ -14,13 +14,22 @@
 //! A call into a dependency (`plugins` capability) carries the same `Txn`
 //! into the callee's store and back, so work spanning two plugins commits or
 //! vanishes as one.
+//!
+//! What a call does beyond its writes — an audit entry, an event to the
+//! streams, waking the timer scheduler, later a call-control command — is
+//! an [`Effect`] a capability queues here. The kernel takes a successful
+//! attempt's effects, commits its writes, waits until they are durable and
+//! then applies each effect once, in the order they were queued. An
+//! attempt that conflicts and re-runs, traps, answers 5xx or fails its
+//! commit is dropped with its effects, so none ever happens twice or for
+//! writes that were not kept.
 
-use std::collections::BTreeMap;
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use std::collections::HashMap;
-
 use crate::store::{Entry, Store, StoreError, Write, keys};
+use crate::support::sync::Recover as _;
 
 /// The buffered state of one call.
 #[derive(Clone, Default)]
@@ -31,26 +40,34 @@ pub struct Txn {
     reads: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// Scans as (prefix, start_after, limit) and what the store returned.
     scans: Vec<ScanRecord>,
-    /// Whether any write touched the timer queue.
-    timers_changed: bool,
-    /// Change of each blob owner's bytes (quota per user, SPEC K5).
+    /// Change of each blob owner's bytes (quota per user, SPEC K5). Not an
+    /// effect: it is checked against the quota and written atomically with
+    /// the commit, under the tenant's commit lock.
     owner_deltas: BTreeMap<String, i64>,
-    /// Audit entries to append once the call has committed.
-    audit: Vec<AuditDraft>,
-    /// Events to publish after the commit.
-    events: Vec<crate::events::EventDraft>,
+    /// What happens once the writes are durable, in queue order.
+    effects: Vec<Arc<dyn Effect>>,
 }
 
-/// An audit entry a plugin asked for, appended only if its call commits.
-#[derive(Clone, Debug)]
-pub struct AuditDraft {
-    pub plugin: String,
-    /// The user the plugin acted for.
-    pub user: Option<String>,
-    pub action: String,
-    pub target: String,
-    pub outcome: String,
-    pub details: String,
+/// Something a capability asks to happen after the call's writes are
+/// durable, once. A capability defines its effects (holding the handles
+/// they need) and queues them with [`Txn::push_effect`].
+pub trait Effect: Any + Send + Sync {
+    /// Carries the effect out for `tenant`, whose call committed.
+    fn apply(&self, tenant: &str);
+}
+
+/// A committed attempt's effects, taken from its transaction before the
+/// commit and applied after it is durable.
+#[must_use = "effects are applied with `apply` once the commit is durable"]
+pub struct Effects(Vec<Arc<dyn Effect>>);
+
+impl Effects {
+    /// Applies every effect once, in the order queued.
+    pub fn apply(self, tenant: &str) {
+        for effect in self.0 {
+            effect.apply(tenant);
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -145,13 +162,11 @@ impl Txn {
 
     /// Buffers a write.
     pub fn set(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.note_timer_key(&key);
         self.writes.insert(key, Some(value));
     }
 
     /// Buffers a delete without reading the key first.
     pub fn set_delete(&mut self, key: Vec<u8>) {
-        self.note_timer_key(&key);
         self.writes.insert(key, None);
     }
 
@@ -159,15 +174,8 @@ impl Txn {
     /// it).
     pub fn delete(&mut self, store: &Store, key: &[u8]) -> Result<bool, StoreError> {
         let existed = self.get(store, key)?.is_some();
-        self.note_timer_key(key);
         self.writes.insert(key.to_vec(), None);
         Ok(existed)
-    }
-
-    fn note_timer_key(&mut self, key: &[u8]) {
-        if key.starts_with(crate::store::keys::TIMER_QUEUE) {
-            self.timers_changed = true;
-        }
     }
 
     /// Keys under `prefix` after `start_after`, merged with this call's own
@@ -236,11 +244,6 @@ impl Txn {
     /// Whether the call wrote anything.
     pub fn is_read_only(&self) -> bool {
         self.writes.is_empty()
-    }
-
-    /// Whether committing this changes the timer queue.
-    pub fn timers_changed(&self) -> bool {
-        self.timers_changed
     }
 
     /// Number of buffered writes.
@@ -326,45 +329,23 @@ impl Txn {
         Ok(seq)
     }
 
-    /// Queues an audit entry for after the commit.
-    pub fn push_audit(&mut self, draft: AuditDraft) {
-        self.audit.push(draft);
+    /// Queues `effect` for after the commit.
+    pub fn push_effect(&mut self, effect: impl Effect) {
+        self.effects.push(Arc::new(effect));
     }
 
-    /// The queued audit entries.
-    pub fn audit_drafts(&self) -> &[AuditDraft] {
-        &self.audit
+    /// The queued effects of type `T`, in queue order (capabilities bound
+    /// what one call may queue).
+    pub fn effects_of<T: Effect>(&self) -> impl Iterator<Item = &T> {
+        self.effects.iter().filter_map(|e| {
+            let any: &dyn Any = e.as_ref();
+            any.downcast_ref::<T>()
+        })
     }
 
-    /// Takes the queued audit entries (before committing).
-    pub fn take_audit(&mut self) -> Vec<AuditDraft> {
-        std::mem::take(&mut self.audit)
-    }
-
-    /// Queues an event for after the commit.
-    pub fn push_event(&mut self, draft: crate::events::EventDraft) {
-        self.events.push(draft);
-    }
-
-    /// How many events are queued.
-    pub fn event_count(&self) -> usize {
-        self.events.len()
-    }
-
-    /// Users named by the queued events.
-    pub fn event_recipients(&self) -> usize {
-        self.events
-            .iter()
-            .map(|e| match &e.audience {
-                crate::events::Audience::Users(u) => u.len(),
-                crate::events::Audience::Group(_) => 0,
-            })
-            .sum()
-    }
-
-    /// Takes the queued events (before committing).
-    pub fn take_events(&mut self) -> Vec<crate::events::EventDraft> {
-        std::mem::take(&mut self.events)
+    /// Takes the queued effects (before committing).
+    pub fn take_effects(&mut self) -> Effects {
+        Effects(std::mem::take(&mut self.effects))
     }
 
     /// Merges a nested call's successful transaction back (it started as a
@@ -393,36 +374,41 @@ impl CommitLocks {
     fn ledger(&self, tenant: &str) -> Arc<std::sync::Mutex<Ledger>> {
         // Poisoning only happens if a commit panicked; the map itself is
         // still consistent, so keep going with its contents.
-        let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.locks.lock().recover();
         map.entry(tenant.to_string()).or_default().clone()
     }
 
     /// Commits `txn` for `tenant` under its quota, if `still_valid` (checked
     /// under the lock) says the tenant the call ran for still exists.
+    /// Returns the store's sequence number (0: nothing written) and the
+    /// effects the call queued, for the caller to apply once that sequence
+    /// is durable; a commit that fails drops them.
     pub fn commit(
         &self,
         tenant: &str,
         store: &Store,
-        txn: Txn,
+        mut txn: Txn,
         quota: Quota,
         still_valid: impl FnOnce() -> bool,
-    ) -> Result<u64, CommitError> {
+    ) -> Result<(u64, Effects), CommitError> {
+        let effects = txn.take_effects();
         if txn.is_read_only() {
-            return Ok(0);
+            return Ok((0, effects));
         }
         let lock = self.ledger(tenant);
-        let mut ledger = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ledger = lock.lock().recover();
         if !still_valid() {
             return Err(CommitError::Gone);
         }
-        txn.commit(
+        let seq = txn.commit(
             store,
             Some(Account {
                 tenant,
                 ledger: &mut ledger,
                 quota,
             }),
-        )
+        )?;
+        Ok((seq, effects))
     }
 
     /// (tenant bytes, `owner`'s bytes) as last committed.
@@ -433,7 +419,7 @@ impl CommitLocks {
         store: &Store,
     ) -> Result<(u64, u64), StoreError> {
         let lock = self.ledger(tenant);
-        let mut ledger = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ledger = lock.lock().recover();
         let bytes = ledger.bytes(store, tenant)?;
         let owner = match owner {
             Some(o) => ledger.owner(store, tenant, o)?,
@@ -446,16 +432,13 @@ impl CommitLocks {
     /// interleaves (used to delete a tenant).
     pub fn exclusive<R>(&self, tenant: &str, f: impl FnOnce() -> R) -> R {
         let lock = self.ledger(tenant);
-        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = lock.lock().recover();
         f()
     }
 
     /// Forgets a tenant's cached usage (after it is deleted).
     pub fn forget(&self, tenant: &str) {
-        self.locks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(tenant);
+        self.locks.lock().recover().remove(tenant);
     }
 }
 
@@ -506,6 +489,145 @@ mod tests {
         a.set(b"count".to_vec(), b"0".to_vec());
         db.apply(&[(b"p/x".to_vec(), Some(b"1".to_vec()))]).unwrap();
         assert!(matches!(a.commit(&db, None), Err(CommitError::Conflict)));
+    }
+
+    /// Records its label in a shared log when applied.
+    struct Note(&'static str, Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl Effect for Note {
+        fn apply(&self, tenant: &str) {
+            self.1.lock().unwrap().push(format!("{tenant}:{}", self.0));
+        }
+    }
+
+    fn unlimited() -> Quota {
+        Quota {
+            tenant_bytes: u64::MAX,
+            owner_bytes: u64::MAX,
+        }
+    }
+
+    #[test]
+    fn effects_apply_once_in_queue_order_after_the_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = temp_store(dir.path());
+        let locks = CommitLocks::default();
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut t = Txn::default();
+        t.set(b"t/acme/k/p/a".to_vec(), b"1".to_vec());
+        for label in ["audit", "event", "wake"] {
+            t.push_effect(Note(label, log.clone()));
+        }
+        assert_eq!(t.effects_of::<Note>().count(), 3);
+        let (seq, effects) = locks.commit("acme", &db, t, unlimited(), || true).unwrap();
+        assert!(seq > 0);
+        assert!(log.lock().unwrap().is_empty(), "nothing before apply");
+        effects.apply("acme");
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["acme:audit", "acme:event", "acme:wake"]
+        );
+    }
+
+    #[test]
+    fn a_read_only_call_still_gets_its_effects() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = temp_store(dir.path());
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut t = Txn::default();
+        t.push_effect(Note("event", log.clone()));
+        let (seq, effects) = CommitLocks::default()
+            .commit("acme", &db, t, unlimited(), || true)
+            .unwrap();
+        assert_eq!(seq, 0);
+        effects.apply("acme");
+        assert_eq!(*log.lock().unwrap(), ["acme:event"]);
+    }
+
+    #[test]
+    fn a_conflicting_attempt_leaves_no_effect_and_its_rerun_applies_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = temp_store(dir.path());
+        let locks = CommitLocks::default();
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let key = b"t/acme/k/p/n".to_vec();
+        // The kernel's attempt loop: each attempt starts a fresh `Txn`.
+        let attempt = |label: &'static str| {
+            let mut t = Txn::default();
+            let seen = t.get(&db, &key).unwrap();
+            t.set(
+                key.clone(),
+                [seen.unwrap_or_default(), b"+".to_vec()].concat(),
+            );
+            t.push_effect(Note(label, log.clone()));
+            t
+        };
+        let first = attempt("first");
+        // A concurrent call commits in between.
+        let (_, other) = locks
+            .commit("acme", &db, attempt("other"), unlimited(), || true)
+            .unwrap();
+        other.apply("acme");
+        assert!(matches!(
+            locks.commit("acme", &db, first, unlimited(), || true),
+            Err(CommitError::Conflict)
+        ));
+        let (_, rerun) = locks
+            .commit("acme", &db, attempt("rerun"), unlimited(), || true)
+            .unwrap();
+        rerun.apply("acme");
+        assert_eq!(*log.lock().unwrap(), ["acme:other", "acme:rerun"]);
+        assert_eq!(db.get(&key).unwrap(), Some(b"++".to_vec()));
+    }
+
+    #[test]
+    fn a_trapped_or_refused_attempt_leaves_no_effect() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = temp_store(dir.path());
+        let locks = CommitLocks::default();
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        // A trap: the kernel drops the attempt's transaction uncommitted.
+        let mut trapped = Txn::default();
+        trapped.set(b"t/acme/k/p/x".to_vec(), b"1".to_vec());
+        trapped.push_effect(Note("trapped", log.clone()));
+        drop(trapped);
+        // Over quota: the commit refuses, the effects go with it.
+        let mut over = Txn::default();
+        over.set(b"t/acme/k/p/y".to_vec(), vec![0; 4096]);
+        over.push_effect(Note("over-quota", log.clone()));
+        let quota = Quota {
+            tenant_bytes: 16,
+            owner_bytes: 16,
+        };
+        assert!(matches!(
+            locks.commit("acme", &db, over, quota, || true),
+            Err(CommitError::Quota(_))
+        ));
+        // The tenant went away during the call.
+        let mut gone = Txn::default();
+        gone.set(b"t/acme/k/p/z".to_vec(), b"1".to_vec());
+        gone.push_effect(Note("gone", log.clone()));
+        assert!(matches!(
+            locks.commit("acme", &db, gone, unlimited(), || false),
+            Err(CommitError::Gone)
+        ));
+        assert!(log.lock().unwrap().is_empty());
+        assert_eq!(db.get(b"t/acme/k/p/x").unwrap(), None);
+    }
+
+    #[test]
+    fn a_nested_call_carries_the_callers_effects_and_adds_its_own() {
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut caller = Txn::default();
+        caller.push_effect(Note("caller", log.clone()));
+        // A nested call runs on a clone and, on success, replaces it.
+        let mut callee = caller.clone();
+        callee.push_effect(Note("callee", log.clone()));
+        let failed = callee.clone();
+        drop(failed);
+        caller.absorb(callee);
+        caller.take_effects().apply("acme");
+        assert_eq!(*log.lock().unwrap(), ["acme:caller", "acme:callee"]);
     }
 
     #[derive(Debug, Clone)]

@@ -23,12 +23,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::admin::{ApiError, require_tenant};
 use crate::audit::{self, Scope, outcome};
-use crate::capability::timers::now_ms;
+use crate::error::ApiError;
+use crate::identity::Identity;
 use crate::identity::{AuthError, Issued};
 use crate::outbound::Outbound;
-use crate::runtime::Runtime;
+use crate::support::clock::now_ms;
+use crate::support::encoding::{
+    b64url, form_decode, percent_encode, random_b64url, sha256_hex, unb64url,
+};
 
 /// How long a started sign-in may take.
 const STATE_TTL_MS: u64 = 600_000;
@@ -69,20 +72,6 @@ fn state_key(tenant: &str, hash: &str) -> Vec<u8> {
     format!("t/{tenant}/sso/state/{hash}").into_bytes()
 }
 
-fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
-}
-
-fn b64(data: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
-}
-
-fn unb64(text: &str) -> Option<Vec<u8>> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(text)
-        .ok()
-}
-
 fn store_err(e: crate::store::StoreError) -> ApiError {
     AuthError::from(e).into()
 }
@@ -92,15 +81,14 @@ fn fail(code: &str, message: impl Into<String>) -> ApiError {
 }
 
 /// Sets a tenant's provider (validated).
-pub async fn set(rt: &Runtime, tenant: &str, config: SsoConfig) -> Result<(), ApiError> {
-    require_tenant(rt, tenant)?;
+pub async fn set(identity: &Identity, tenant: &str, config: SsoConfig) -> Result<(), ApiError> {
     if config.issuer.contains(['?', '#']) {
         return Err(fail(
             "invalid_issuer",
             "the issuer URL must not have a query or fragment",
         ));
     }
-    rt.identity()
+    identity
         .outbound()
         .check(&config.issuer)
         .map_err(|e| fail("invalid_issuer", e.0))?;
@@ -125,16 +113,12 @@ pub async fn set(rt: &Runtime, tenant: &str, config: SsoConfig) -> Result<(), Ap
             "username_claim must be preferred_username, email or sub",
         ));
     }
-    let store = rt.data_store();
-    let seq = store
-        .apply(&[(
-            config_key(tenant),
-            Some(serde_json::to_vec(&config).unwrap_or_default()),
-        )])
-        .map_err(store_err)?;
-    store.durable(seq).await.map_err(store_err)?;
-    rt.audit_log()
-        .append(
+    identity
+        .commit_audited(
+            &[(
+                config_key(tenant),
+                Some(serde_json::to_vec(&config).unwrap_or_default()),
+            )],
             &Scope::tenant(tenant),
             audit::Record {
                 action: "sso.configure",
@@ -146,13 +130,13 @@ pub async fn set(rt: &Runtime, tenant: &str, config: SsoConfig) -> Result<(), Ap
                 ),
             },
         )
-        .ok();
+        .await?;
     Ok(())
 }
 
 /// The provider of a tenant, secret redacted.
-pub fn show(rt: &Runtime, tenant: &str) -> Result<Value, ApiError> {
-    let c = load(rt, tenant)?;
+pub fn show(identity: &Identity, tenant: &str) -> Result<Value, ApiError> {
+    let c = load(identity, tenant)?;
     Ok(json!({
         "issuer": c.issuer,
         "client_id": c.client_id,
@@ -163,15 +147,11 @@ pub fn show(rt: &Runtime, tenant: &str) -> Result<Value, ApiError> {
 }
 
 /// Removes a tenant's provider.
-pub async fn remove(rt: &Runtime, tenant: &str) -> Result<(), ApiError> {
-    load(rt, tenant)?;
-    let store = rt.data_store();
-    let seq = store
-        .apply(&[(config_key(tenant), None)])
-        .map_err(store_err)?;
-    store.durable(seq).await.map_err(store_err)?;
-    rt.audit_log()
-        .append(
+pub async fn remove(identity: &Identity, tenant: &str) -> Result<(), ApiError> {
+    load(identity, tenant)?;
+    identity
+        .commit_audited(
+            &[(config_key(tenant), None)],
             &Scope::tenant(tenant),
             audit::Record {
                 action: "sso.remove",
@@ -180,14 +160,13 @@ pub async fn remove(rt: &Runtime, tenant: &str) -> Result<(), ApiError> {
                 details: "",
             },
         )
-        .ok();
+        .await?;
     Ok(())
 }
 
-fn load(rt: &Runtime, tenant: &str) -> Result<SsoConfig, ApiError> {
-    require_tenant(rt, tenant)?;
-    let raw = rt
-        .data_store()
+fn load(identity: &Identity, tenant: &str) -> Result<SsoConfig, ApiError> {
+    let raw = identity
+        .store()
         .get(&config_key(tenant))
         .map_err(store_err)?;
     raw.and_then(|r| serde_json::from_slice(&r).ok())
@@ -253,20 +232,11 @@ async fn discover(out: &Outbound, config: &SsoConfig) -> Result<Endpoints, ApiEr
     })
 }
 
-fn callback_url(rt: &Runtime, tenant: &str) -> String {
-    format!("{}/api/v1/auth/sso/{tenant}/callback", rt.public_url())
-}
-
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
+fn callback_url(identity: &Identity, tenant: &str) -> String {
+    format!(
+        "{}/api/v1/auth/sso/{tenant}/callback",
+        identity.public_url()
+    )
 }
 
 #[derive(Serialize, Deserialize)]
@@ -277,9 +247,7 @@ struct Pending {
 }
 
 fn random_b64(n: usize) -> Result<String, ApiError> {
-    let mut bytes = vec![0u8; n];
-    getrandom::fill(&mut bytes).map_err(|e| ApiError::new(500, "internal", e.to_string()))?;
-    Ok(b64(&bytes))
+    random_b64url(n).map_err(|e| ApiError::new(500, "internal", e.to_string()))
 }
 
 /// The cookie binding a sign-in to the browser that started it.
@@ -289,19 +257,19 @@ pub fn state_cookie_name(tenant: &str) -> String {
 
 /// Starts a sign-in: the URL to send the user agent to, and the `state`
 /// the caller must set as the browser's cookie (`state_cookie_name`).
-pub async fn start(rt: &Runtime, tenant: &str) -> Result<(String, String), ApiError> {
-    let config = load(rt, tenant)?;
-    let endpoints = discover(rt.identity().outbound(), &config).await?;
+pub async fn start(identity: &Identity, tenant: &str) -> Result<(String, String), ApiError> {
+    let config = load(identity, tenant)?;
+    let endpoints = discover(identity.outbound(), &config).await?;
     let state = random_b64(32)?;
     let verifier = random_b64(32)?;
     let nonce = random_b64(16)?;
-    let challenge = b64(&Sha256::digest(verifier.as_bytes()));
+    let challenge = b64url(&Sha256::digest(verifier.as_bytes()));
     let pending = Pending {
         verifier,
         nonce: nonce.clone(),
         expires_ms: now_ms() + STATE_TTL_MS,
     };
-    let store = rt.data_store();
+    let store = identity.store();
     let seq = store
         .apply(&[(
             state_key(tenant, &sha256_hex(state.as_bytes())),
@@ -317,17 +285,17 @@ pub async fn start(rt: &Runtime, tenant: &str) -> Result<(String, String), ApiEr
     let url = format!(
         "{}{sep}response_type=code&client_id={}&redirect_uri={}&scope=openid%20profile%20email&state={}&nonce={}&code_challenge={challenge}&code_challenge_method=S256",
         endpoints.authorize,
-        enc(&config.client_id),
-        enc(&callback_url(rt, tenant)),
-        enc(&state),
-        enc(&nonce),
+        percent_encode(&config.client_id),
+        percent_encode(&callback_url(identity, tenant)),
+        percent_encode(&state),
+        percent_encode(&nonce),
     );
     Ok((url, state))
 }
 
 /// Finishes a sign-in from the provider's redirect (its query string).
 pub async fn callback(
-    rt: &Runtime,
+    identity: &Identity,
     tenant: &str,
     query: &str,
     browser_state: Option<&str>,
@@ -335,7 +303,8 @@ pub async fn callback(
 ) -> Result<Issued, ApiError> {
     let realm = Scope::tenant(tenant);
     let denied = |why: &str| {
-        rt.audit_log()
+        identity
+            .trail()
             .append(
                 &realm,
                 audit::Record {
@@ -347,8 +316,8 @@ pub async fn callback(
             )
             .ok();
     };
-    let config = load(rt, tenant)?;
-    let q = crate::oidc::form(query);
+    let config = load(identity, tenant)?;
+    let q = form_decode(query);
     if let Some(err) = q.get("error") {
         denied(&format!("the provider answered {err}"));
         return Err(fail(
@@ -381,7 +350,7 @@ pub async fn callback(
         return Err(fail("sso_failed", "the callback came from another issuer"));
     }
     // The state is single-use: taken before anything else happens.
-    let store = rt.data_store();
+    let store = identity.store();
     let skey = state_key(tenant, &sha256_hex(state.as_bytes()));
     let pending: Option<Pending> = store
         .get(&skey)
@@ -395,20 +364,19 @@ pub async fn callback(
         ));
     };
     store.apply(&[(skey, None)]).map_err(store_err)?;
-    let endpoints = discover(rt.identity().outbound(), &config).await?;
+    let endpoints = discover(identity.outbound(), &config).await?;
     let basic = base64::engine::general_purpose::STANDARD.encode(format!(
         "{}:{}",
-        enc(&config.client_id),
-        enc(&config.client_secret)
+        percent_encode(&config.client_id),
+        percent_encode(&config.client_secret)
     ));
     let body = format!(
         "grant_type=authorization_code&code={}&redirect_uri={}&code_verifier={}",
-        enc(&code),
-        enc(&callback_url(rt, tenant)),
-        enc(&pending.verifier)
+        percent_encode(&code),
+        percent_encode(&callback_url(identity, tenant)),
+        percent_encode(&pending.verifier)
     );
-    let r = rt
-        .identity()
+    let r = identity
         .outbound()
         .send(
             "POST",
@@ -437,7 +405,7 @@ pub async fn callback(
     let id_token = tokens["id_token"]
         .as_str()
         .ok_or_else(|| ApiError::new(502, "sso_failed", "the provider returned no ID token"))?;
-    let jwks = get_json(rt.identity().outbound(), &endpoints.jwks).await?;
+    let jwks = get_json(identity.outbound(), &endpoints.jwks).await?;
     let claims = match verify_id_token(id_token, &jwks, &config, &pending.nonce, now_ms() / 1000) {
         Ok(c) => c,
         Err(why) => {
@@ -458,8 +426,7 @@ pub async fn callback(
                 format!("the ID token has no {} claim", config.username_claim),
             )
         })?;
-    Ok(rt
-        .identity()
+    Ok(identity
         .sso_sign_in(
             &realm,
             &config.issuer,
@@ -488,7 +455,7 @@ pub fn verify_id_token(
     else {
         return Err("not a compact JWS".into());
     };
-    let header: Value = unb64(h)
+    let header: Value = unb64url(h)
         .and_then(|b| serde_json::from_slice(&b).ok())
         .ok_or("malformed header")?;
     let kid = header["kid"].as_str();
@@ -496,7 +463,7 @@ pub fn verify_id_token(
         .as_array()
         .ok_or("the provider's JWKS has no keys")?;
     let signed = format!("{h}.{p}");
-    let sig = unb64(s).ok_or("malformed signature")?;
+    let sig = unb64url(s).ok_or("malformed signature")?;
     match header["alg"].as_str() {
         Some("EdDSA") => verify_eddsa(keys, kid, signed.as_bytes(), &sig)?,
         Some("RS256") => verify_rs256(keys, kid, signed.as_bytes(), &sig)?,
@@ -507,7 +474,7 @@ pub fn verify_id_token(
             ));
         }
     }
-    let claims: Value = unb64(p)
+    let claims: Value = unb64url(p)
         .and_then(|b| serde_json::from_slice(&b).ok())
         .ok_or("malformed claims")?;
     if claims["iss"].as_str() != Some(config.issuer.as_str()) {
@@ -561,7 +528,7 @@ fn verify_eddsa(
     }
     let x: [u8; 32] = key["x"]
         .as_str()
-        .and_then(unb64)
+        .and_then(unb64url)
         .and_then(|b| b.try_into().ok())
         .ok_or("malformed key")?;
     let vk = ed25519_dalek::VerifyingKey::from_bytes(&x).map_err(|_| "invalid key")?;
@@ -583,11 +550,11 @@ fn verify_rs256(
     let key = matching_key(keys, kid, "RSA")?;
     let n = key["n"]
         .as_str()
-        .and_then(unb64)
+        .and_then(unb64url)
         .ok_or("malformed RSA modulus")?;
     let e = key["e"]
         .as_str()
-        .and_then(unb64)
+        .and_then(unb64url)
         .ok_or("malformed RSA exponent")?;
     let public = rsa::RsaPublicKey::new_with_max_size(
         rsa::BigUint::from_bytes_be(&n),
@@ -610,16 +577,16 @@ mod tests {
     use ed25519_dalek::Signer as _;
 
     fn token(key: &ed25519_dalek::SigningKey, claims: Value) -> String {
-        let h = b64(json!({"alg": "EdDSA", "kid": "k1"}).to_string().as_bytes());
-        let p = b64(claims.to_string().as_bytes());
+        let h = b64url(json!({"alg": "EdDSA", "kid": "k1"}).to_string().as_bytes());
+        let p = b64url(claims.to_string().as_bytes());
         let sig = key.sign(format!("{h}.{p}").as_bytes());
-        format!("{h}.{p}.{}", b64(&sig.to_bytes()))
+        format!("{h}.{p}.{}", b64url(&sig.to_bytes()))
     }
 
     #[test]
     fn id_tokens_are_checked_claim_by_claim() {
         let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
-        let jwks = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k1", "x": b64(key.verifying_key().as_bytes())}]});
+        let jwks = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k1", "x": b64url(key.verifying_key().as_bytes())}]});
         let config = SsoConfig {
             issuer: "http://127.0.0.1:1/oidc/idp".into(),
             client_id: "c1".into(),
@@ -654,8 +621,8 @@ mod tests {
         );
         let none = format!(
             "{}.{}.",
-            b64(br#"{"alg":"none"}"#),
-            b64(good.to_string().as_bytes())
+            b64url(br#"{"alg":"none"}"#),
+            b64url(good.to_string().as_bytes())
         );
         assert!(verify_id_token(&none, &jwks, &config, "n", 1500).is_err());
         assert!(verify_id_token("a.b", &jwks, &config, "n", 1500).is_err());

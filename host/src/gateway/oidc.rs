@@ -10,7 +10,8 @@
 //! access tokens stored only as hashes. The implicit and password grants,
 //! `plain` PKCE and `response_type` other than `code` are refused.
 //!
-//! Wiring: `api::route` hands `/oidc/{tenant}/…` here. Clients are
+//! Wiring: the gateway hands `/oidc/{tenant}/…` here; the records live in
+//! `identity::oidc`. Clients are
 //! registered by the tenant's admins (`admin::Op::OidcClient*`). Sign-in
 //! at the authorization endpoint goes through `identity::login`, so the
 //! password policy, throttling, locks, MFA and the audit trail all apply.
@@ -29,333 +30,41 @@ use ed25519_dalek::Signer as _;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::admin::{ApiError, require_tenant};
-use crate::api::{self, HttpResponse, Peer};
+use super::reply::{self, HttpResponse, Peer};
+use crate::admin::require_tenant;
 use crate::audit::{self, Scope, outcome};
-use crate::capability::timers::now_ms;
-use crate::identity::{AuthError, Login};
+use crate::error::ApiError;
+use crate::identity::Login;
+use crate::identity::oidc::{
+    AccessToken, Client, Grant, by_code_key, client, code_key, issuer, kid, profile_claims,
+    random_b64, revoke_tokens_of, signing_key, token_key, used_key,
+};
 use crate::runtime::Runtime;
+use crate::support::clock::now_ms;
+use crate::support::encoding::{
+    b64url, form_decode, percent_decode_plus, percent_encode, sha256_hex,
+};
 
 /// How long an authorization code lives.
 const CODE_TTL_MS: u64 = 60_000;
-/// How long a redeemed code is remembered (to detect replays).
-const USED_TTL_MS: u64 = 24 * 3_600_000;
 
 /// Code redemption is one at a time (read, check, consume).
 static REDEEM: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// How long an access token lives.
 const ACCESS_TTL_MS: u64 = 3_600_000;
+
 /// How long an ID token is valid.
 const ID_TOKEN_TTL_SECS: u64 = 600;
-/// Most redirect URIs per client.
-const MAX_REDIRECT_URIS: usize = 16;
+
 /// The cookie holding a sign-in session at the provider.
 const COOKIE: &str = "sb_oidc";
+
 /// The cookie pairing the sign-in form with the browser that asked for it.
 const CSRF_COOKIE: &str = "sb_oidc_csrf";
-
-/// A registered client (relying party).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Client {
-    pub id: String,
-    pub name: String,
-    /// SHA-256 (hex) of the secret; `None` for public clients (PKCE only).
-    pub secret_hash: Option<String>,
-    pub redirect_uris: Vec<String>,
-    pub created_ms: u64,
-}
-
-/// A client as admins see it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ClientView {
-    pub id: String,
-    pub name: String,
-    pub public: bool,
-    pub redirect_uris: Vec<String>,
-    pub created_ms: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Grant {
-    client: String,
-    user: String,
-    redirect_uri: String,
-    challenge: String,
-    nonce: Option<String>,
-    scope: String,
-    auth_time_s: u64,
-    expires_ms: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct AccessToken {
-    client: String,
-    user: String,
-    scope: String,
-    expires_ms: u64,
-    /// The code it was issued for (revoked if that code is replayed).
-    code: String,
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
-}
-
-fn b64(data: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
-}
-
-fn client_key(tenant: &str, id: &str) -> Vec<u8> {
-    format!("t/{tenant}/oidc/c/{id}").into_bytes()
-}
-
-fn code_key(tenant: &str, hash: &str) -> Vec<u8> {
-    format!("t/{tenant}/oidc/code/{hash}").into_bytes()
-}
-
-fn used_key(tenant: &str, hash: &str) -> Vec<u8> {
-    format!("t/{tenant}/oidc/used/{hash}").into_bytes()
-}
-
-fn token_key(tenant: &str, hash: &str) -> Vec<u8> {
-    format!("t/{tenant}/oidc/at/{hash}").into_bytes()
-}
-
-fn by_code_key(tenant: &str, code_hash: &str) -> Vec<u8> {
-    format!("t/{tenant}/oidc/bycode/{code_hash}").into_bytes()
-}
-
-fn random_b64(n: usize) -> String {
-    let mut bytes = vec![0u8; n];
-    if getrandom::fill(&mut bytes).is_err() {
-        return crate::fsutil::random_hex(n);
-    }
-    b64(&bytes)
-}
-
-/// Checks a redirect URI at registration: absolute, no fragment, `https`,
-/// or `http` to a loopback host (RFC 8252 native apps).
-pub fn check_redirect_uri(uri: &str) -> Result<(), String> {
-    if uri.len() > 2048 || uri.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(format!(
-            "redirect URI {uri:?} is too long or has spaces or control characters"
-        ));
-    }
-    let parsed: hyper::Uri = uri
-        .parse()
-        .map_err(|_| format!("redirect URI {uri:?} is not an absolute URI"))?;
-    if uri.contains('#') {
-        return Err(format!("redirect URI {uri:?} must not have a fragment"));
-    }
-    let host = parsed.host().unwrap_or_default();
-    match parsed.scheme_str() {
-        Some("https") if !host.is_empty() => Ok(()),
-        Some("http") if matches!(host, "127.0.0.1" | "localhost" | "[::1]") => Ok(()),
-        _ => Err(format!(
-            "redirect URI {uri:?} must use https (or http to 127.0.0.1, localhost or [::1])"
-        )),
-    }
-}
-
-/// Registers a client; returns it and its secret (shown once) unless
-/// public.
-pub async fn add_client(
-    rt: &Runtime,
-    tenant: &str,
-    name: &str,
-    redirect_uris: Vec<String>,
-    public: bool,
-) -> Result<(ClientView, Option<String>), ApiError> {
-    require_tenant(rt, tenant)?;
-    if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
-        return Err(ApiError::new(
-            400,
-            "invalid_argument",
-            "client name must be 1-128 characters",
-        ));
-    }
-    if redirect_uris.is_empty() || redirect_uris.len() > MAX_REDIRECT_URIS {
-        return Err(ApiError::new(
-            400,
-            "invalid_argument",
-            format!("a client needs 1-{MAX_REDIRECT_URIS} redirect URIs"),
-        ));
-    }
-    for u in &redirect_uris {
-        check_redirect_uri(u).map_err(|m| ApiError::new(400, "invalid_redirect_uri", m))?;
-    }
-    let secret = (!public).then(|| random_b64(32));
-    let client = Client {
-        id: format!("c{}", crate::fsutil::random_hex(12)),
-        name: name.to_string(),
-        secret_hash: secret.as_ref().map(|s| sha256_hex(s.as_bytes())),
-        redirect_uris,
-        created_ms: now_ms(),
-    };
-    let store = rt.data_store();
-    let seq = store
-        .apply(&[(
-            client_key(tenant, &client.id),
-            Some(serde_json::to_vec(&client).unwrap_or_default()),
-        )])
-        .map_err(AuthError::from)?;
-    store.durable(seq).await.map_err(AuthError::from)?;
-    rt.audit_log()
-        .append(
-            &Scope::tenant(tenant),
-            audit::Record {
-                action: "oidc.client.add",
-                target: &client.id,
-                outcome: outcome::SUCCESS,
-                details: &format!(
-                    "{} ({}), redirect URIs {:?}",
-                    client.name,
-                    if public { "public" } else { "confidential" },
-                    client.redirect_uris
-                ),
-            },
-        )
-        .ok();
-    Ok((view(&client), secret))
-}
-
-fn view(c: &Client) -> ClientView {
-    ClientView {
-        id: c.id.clone(),
-        name: c.name.clone(),
-        public: c.secret_hash.is_none(),
-        redirect_uris: c.redirect_uris.clone(),
-        created_ms: c.created_ms,
-    }
-}
-
-/// The tenant's clients.
-pub fn clients(rt: &Runtime, tenant: &str) -> Result<Vec<ClientView>, ApiError> {
-    require_tenant(rt, tenant)?;
-    let prefix = format!("t/{tenant}/oidc/c/").into_bytes();
-    let page = rt
-        .data_store()
-        .scan(&prefix, None, 10_000)
-        .map_err(AuthError::from)?;
-    Ok(page
-        .iter()
-        .filter_map(|(_, v)| serde_json::from_slice::<Client>(v).ok())
-        .map(|c| view(&c))
-        .collect())
-}
-
-/// Removes a client; its tokens stop working.
-pub async fn remove_client(rt: &Runtime, tenant: &str, id: &str) -> Result<(), ApiError> {
-    require_tenant(rt, tenant)?;
-    let store = rt.data_store();
-    if store
-        .get(&client_key(tenant, id))
-        .map_err(AuthError::from)?
-        .is_none()
-    {
-        return Err(ApiError::new(
-            404,
-            "not_found",
-            format!("client {id} not found"),
-        ));
-    }
-    let seq = store
-        .apply(&[(client_key(tenant, id), None)])
-        .map_err(AuthError::from)?;
-    store.durable(seq).await.map_err(AuthError::from)?;
-    rt.audit_log()
-        .append(
-            &Scope::tenant(tenant),
-            audit::Record {
-                action: "oidc.client.remove",
-                target: id,
-                outcome: outcome::SUCCESS,
-                details: "",
-            },
-        )
-        .ok();
-    Ok(())
-}
-
-fn client(rt: &Runtime, tenant: &str, id: &str) -> Option<Client> {
-    if id.is_empty() || id.len() > 64 {
-        return None;
-    }
-    let raw = rt.data_store().get(&client_key(tenant, id)).ok()??;
-    serde_json::from_slice(&raw).ok()
-}
-
-/// The tenant's ID-token signing key (derived from its tenant key: nothing
-/// stored, destroyed with the tenant).
-fn signing_key(rt: &Runtime, tenant: &str) -> Result<ed25519_dalek::SigningKey, ApiError> {
-    let key = rt
-        .data_store()
-        .tenant_key(tenant)
-        .map_err(AuthError::from)?;
-    Ok(ed25519_dalek::SigningKey::from_bytes(
-        &key.derive(b"oidc\0id-token\0ed25519"),
-    ))
-}
-
-fn kid(key: &ed25519_dalek::VerifyingKey) -> String {
-    hex::encode(&Sha256::digest(key.as_bytes())[..8])
-}
-
-/// Decodes `application/x-www-form-urlencoded` text.
-pub fn form(text: &str) -> HashMap<String, String> {
-    let mut out = HashMap::new();
-    for pair in text.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        // A repeated parameter is ambiguous: keep none (RFC 6749 3.1).
-        let (k, v) = (decode(k), decode(v));
-        out.entry(k)
-            .and_modify(|e: &mut String| *e = "\u{0}repeated".into())
-            .or_insert(v);
-    }
-    out
-}
-
-fn decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match (hex_digit(bytes[i + 1]), hex_digit(bytes[i + 2]))
-            {
-                (Some(h), Some(l)) => {
-                    out.push(h << 4 | l);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex_digit(b: u8) -> Option<u8> {
-    (b as char).to_digit(16).map(|d| d as u8)
-}
-
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
 
 fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -365,10 +74,6 @@ fn html_escape(s: &str) -> String {
         .replace('\'', "&#39;")
 }
 
-fn issuer(rt: &Runtime, tenant: &str) -> String {
-    format!("{}/oidc/{tenant}", rt.public_url())
-}
-
 /// Answers `/oidc/{tenant}/…`.
 pub async fn route(rt: &Runtime, req: Request<Incoming>, peer: Peer) -> HttpResponse {
     let path = req.uri().path().to_string();
@@ -376,26 +81,26 @@ pub async fn route(rt: &Runtime, req: Request<Incoming>, peer: Peer) -> HttpResp
     let (tenant, endpoint) = rest.split_once('/').unwrap_or((rest, ""));
     let tenant = tenant.to_string();
     if require_tenant(rt, &tenant).is_err() {
-        return api::error_response(&ApiError::new(404, "not_found", "no such issuer"));
+        return reply::error_response(&ApiError::new(404, "not_found", "no such issuer"));
     }
     let ctx = audit::Context {
         source: Some(peer.addr.to_string()),
-        request_id: Some(crate::fsutil::request_id()),
+        request_id: Some(crate::support::encoding::request_id()),
         ..audit::Context::system()
     };
     let method = req.method().clone();
     audit::with_context(ctx, async {
         match (method, endpoint) {
             (Method::GET, ".well-known/openid-configuration") => discovery(rt, &tenant),
-            (Method::GET, "jwks") => match signing_key(rt, &tenant) {
+            (Method::GET, "jwks") => match signing_key(rt.identity(), &tenant) {
                 Ok(k) => {
                     let vk = k.verifying_key();
-                    api::json_response(
+                    reply::json_response(
                         200,
-                        &json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": b64(vk.as_bytes()), "kid": kid(&vk), "use": "sig", "alg": "EdDSA"}]}),
+                        &json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": b64url(vk.as_bytes()), "kid": kid(&vk), "use": "sig", "alg": "EdDSA"}]}),
                     )
                 }
-                Err(e) => api::error_response(&e),
+                Err(e) => reply::error_response(&e),
             },
             (Method::GET, "authorize") => {
                 let query = req.uri().query().unwrap_or("").to_string();
@@ -404,25 +109,25 @@ pub async fn route(rt: &Runtime, req: Request<Incoming>, peer: Peer) -> HttpResp
             }
             (Method::POST, "authorize") => {
                 let cookies = Cookies::of(&req);
-                let body = match api::read_body(req.into_body(), api::MAX_BODY_BYTES).await {
+                let body = match reply::read_body(req.into_body(), reply::MAX_BODY_BYTES).await {
                     Ok(b) => b,
-                    Err(e) => return api::error_response(&e),
+                    Err(e) => return reply::error_response(&e),
                 };
-                let f = form(&String::from_utf8_lossy(&body));
+                let f = form_decode(&String::from_utf8_lossy(&body));
                 let query = f.get("request").cloned().unwrap_or_default();
                 authorize(rt, &tenant, &query, &cookies, Some(&f), peer).await
             }
             (Method::POST, "token") => token(rt, &tenant, req).await,
             (Method::GET | Method::POST, "userinfo") => userinfo(rt, &tenant, &req),
-            _ => api::error_response(&ApiError::new(404, "not_found", "no such OpenID Connect endpoint")),
+            _ => reply::error_response(&ApiError::new(404, "not_found", "no such OpenID Connect endpoint")),
         }
     })
     .await
 }
 
 fn discovery(rt: &Runtime, tenant: &str) -> HttpResponse {
-    let iss = issuer(rt, tenant);
-    api::json_response(
+    let iss = issuer(rt.identity(), tenant);
+    reply::json_response(
         200,
         &json!({
             "issuer": iss,
@@ -545,12 +250,12 @@ fn redirect_error(
     let sep = if redirect_uri.contains('?') { '&' } else { '?' };
     let mut loc = format!(
         "{redirect_uri}{sep}error={}&error_description={}&iss={}",
-        encode(error),
-        encode(description),
-        encode(iss)
+        percent_encode(error),
+        percent_encode(description),
+        percent_encode(iss)
     );
     if let Some(s) = state {
-        loc.push_str(&format!("&state={}", encode(s)));
+        loc.push_str(&format!("&state={}", percent_encode(s)));
     }
     redirect(&loc, None)
 }
@@ -609,12 +314,12 @@ async fn authorize(
             "the authorization request is too long",
         );
     }
-    let q = form(query);
-    let iss = issuer(rt, tenant);
+    let q = form_decode(query);
+    let iss = issuer(rt.identity(), tenant);
     let get = |k: &str| q.get(k).filter(|v| !v.starts_with('\u{0}'));
     // 1. The client and redirect URI must be trusted before anything is
     //    redirected anywhere (RFC 6749 4.1.2.1, RFC 9700 4.1).
-    let Some(client) = get("client_id").and_then(|id| client(rt, tenant, id)) else {
+    let Some(client) = get("client_id").and_then(|id| client(rt.identity(), tenant, id)) else {
         return page_error(400, "invalid_client", "unknown client_id");
     };
     let Some(redirect_uri) = get("redirect_uri") else {
@@ -832,18 +537,18 @@ async fn authorize(
     let sep = if redirect_uri.contains('?') { '&' } else { '?' };
     let mut loc = format!(
         "{redirect_uri}{sep}code={}&iss={}",
-        encode(&code),
-        encode(&iss)
+        percent_encode(&code),
+        percent_encode(&iss)
     );
     if let Some(s) = state {
-        loc.push_str(&format!("&state={}", encode(s)));
+        loc.push_str(&format!("&state={}", percent_encode(s)));
     }
     redirect(&loc, set_cookie)
 }
 
 /// A token endpoint error (RFC 6749 5.2).
 fn token_error(status: u16, error: &str, description: &str) -> HttpResponse {
-    let mut resp = api::json_response(
+    let mut resp = reply::json_response(
         status,
         &json!({"error": error, "error_description": description}),
     );
@@ -873,7 +578,7 @@ fn client_credentials(
                 .map_err(|_| "malformed Basic credentials")?;
             let text = String::from_utf8(raw).map_err(|_| "malformed Basic credentials")?;
             let (id, secret) = text.split_once(':').ok_or("malformed Basic credentials")?;
-            Ok((decode(id), Some(decode(secret))))
+            Ok((percent_decode_plus(id), Some(percent_decode_plus(secret))))
         }
         (None, secret) => {
             let id = f
@@ -891,11 +596,11 @@ async fn token(rt: &Runtime, tenant: &str, req: Request<Incoming>) -> HttpRespon
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let body = match api::read_body(req.into_body(), api::MAX_BODY_BYTES).await {
+    let body = match reply::read_body(req.into_body(), reply::MAX_BODY_BYTES).await {
         Ok(b) => b,
         Err(e) => return token_error(400, "invalid_request", &e.message),
     };
-    let f = form(&String::from_utf8_lossy(&body));
+    let f = form_decode(&String::from_utf8_lossy(&body));
     if f.values().any(|v| v.starts_with('\u{0}')) {
         return token_error(400, "invalid_request", "a parameter was repeated");
     }
@@ -915,7 +620,7 @@ async fn token(rt: &Runtime, tenant: &str, req: Request<Incoming>) -> HttpRespon
         Ok(c) => c,
         Err(m) => return token_error(401, "invalid_client", m),
     };
-    let Some(client) = client(rt, tenant, &client_id) else {
+    let Some(client) = client(rt.identity(), tenant, &client_id) else {
         return token_error(401, "invalid_client", "client authentication failed");
     };
     let authenticated = match (&client.secret_hash, &secret) {
@@ -950,7 +655,7 @@ async fn token(rt: &Runtime, tenant: &str, req: Request<Incoming>) -> HttpRespon
         .and_then(|raw| serde_json::from_slice(&raw).ok());
     let Some(grant) = grant else {
         if store.get(&used_key(tenant, &hash)).ok().flatten().is_some() {
-            revoke_tokens_of(rt, tenant, &hash);
+            revoke_tokens_of(rt.identity(), tenant, &hash);
             rt.audit_log()
                 .append(
                     &realm,
@@ -1003,7 +708,7 @@ async fn token(rt: &Runtime, tenant: &str, req: Request<Incoming>) -> HttpRespon
         && verifier
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
-    if !verifier_ok || b64(&Sha256::digest(verifier.as_bytes())) != grant.challenge {
+    if !verifier_ok || b64url(&Sha256::digest(verifier.as_bytes())) != grant.challenge {
         rt.audit_log()
             .append(
                 &realm,
@@ -1035,7 +740,7 @@ async fn token(rt: &Runtime, tenant: &str, req: Request<Incoming>) -> HttpRespon
         expires_ms: now_ms() + ACCESS_TTL_MS,
         code: hash.clone(),
     };
-    let key = match signing_key(rt, tenant) {
+    let key = match signing_key(rt.identity(), tenant) {
         Ok(k) => k,
         Err(_) => {
             return token_error(
@@ -1047,7 +752,7 @@ async fn token(rt: &Runtime, tenant: &str, req: Request<Incoming>) -> HttpRespon
     };
     let now_s = now_ms() / 1000;
     let mut claims = json!({
-        "iss": issuer(rt, tenant),
+        "iss": issuer(rt.identity(), tenant),
         "sub": user.id,
         "aud": client.id,
         "iat": now_s,
@@ -1062,11 +767,11 @@ async fn token(rt: &Runtime, tenant: &str, req: Request<Incoming>) -> HttpRespon
     let header = json!({"alg": "EdDSA", "typ": "JWT", "kid": kid(&vk)});
     let signing_input = format!(
         "{}.{}",
-        b64(header.to_string().as_bytes()),
-        b64(claims.to_string().as_bytes())
+        b64url(header.to_string().as_bytes()),
+        b64url(claims.to_string().as_bytes())
     );
     let sig = key.sign(signing_input.as_bytes());
-    let id_token = format!("{signing_input}.{}", b64(&sig.to_bytes()));
+    let id_token = format!("{signing_input}.{}", b64url(&sig.to_bytes()));
     let access_hash = sha256_hex(access.as_bytes());
     let stored = store.apply(&[
         (
@@ -1093,7 +798,7 @@ async fn token(rt: &Runtime, tenant: &str, req: Request<Incoming>) -> HttpRespon
             },
         )
         .ok();
-    api::json_response(
+    reply::json_response(
         200,
         &json!({
             "access_token": access,
@@ -1105,75 +810,9 @@ async fn token(rt: &Runtime, tenant: &str, req: Request<Incoming>) -> HttpRespon
     )
 }
 
-/// The profile and e-mail claims the granted scopes allow.
-fn profile_claims(scope: &str, user: &crate::identity::UserView, out: &mut serde_json::Value) {
-    let scopes: Vec<&str> = scope.split(' ').collect();
-    if scopes.contains(&"profile") {
-        out["name"] = json!(user.display_name);
-        out["preferred_username"] = json!(user.username);
-    }
-    if scopes.contains(&"email")
-        && let Some(e) = &user.email
-    {
-        out["email"] = json!(e);
-    }
-}
-
-fn revoke_tokens_of(rt: &Runtime, tenant: &str, code_hash: &str) {
-    let store = rt.data_store();
-    if let Ok(Some(token_hash)) = store.get(&by_code_key(tenant, code_hash)) {
-        let token = token_key(tenant, &String::from_utf8_lossy(&token_hash));
-        let _ = store.apply(&[(token, None), (by_code_key(tenant, code_hash), None)]);
-    }
-}
-
-/// Deletes a tenant's expired codes, replay markers, access tokens and
-/// pending single sign-ons (the maintenance loop, hourly). Returns how
-/// many records went.
-pub fn sweep_expired(
-    store: &crate::store::Store,
-    tenant: &str,
-    now: u64,
-) -> Result<usize, crate::store::StoreError> {
-    let mut gone = 0;
-    for part in ["oidc/code/", "oidc/used/", "oidc/at/", "sso/state/"] {
-        let prefix = format!("t/{tenant}/{part}").into_bytes();
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let page = store.scan(&prefix, after.as_deref(), 512)?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.0.clone());
-            let mut writes: Vec<crate::store::Write> = Vec::new();
-            for (k, v) in &page {
-                let expires = match part {
-                    "oidc/used/" => String::from_utf8_lossy(v)
-                        .parse::<u64>()
-                        .map(|t| t.saturating_add(USED_TTL_MS))
-                        .unwrap_or(0),
-                    _ => serde_json::from_slice::<serde_json::Value>(v)
-                        .ok()
-                        .and_then(|j| j["expires_ms"].as_u64())
-                        .unwrap_or(0),
-                };
-                if expires <= now {
-                    gone += 1;
-                    writes.push((k.clone(), None));
-                    if part == "oidc/at/"
-                        && let Ok(t) = serde_json::from_slice::<AccessToken>(v)
-                    {
-                        writes.push((by_code_key(tenant, &t.code), None));
-                    }
-                }
-            }
-            store.apply(&writes)?;
-        }
-    }
-    Ok(gone)
-}
-
 fn userinfo(rt: &Runtime, tenant: &str, req: &Request<Incoming>) -> HttpResponse {
     let unauthorized = || {
-        let mut r = api::json_response(
+        let mut r = reply::json_response(
             401,
             &json!({"error": "invalid_token", "error_description": "the access token is missing, invalid or expired"}),
         );
@@ -1183,7 +822,7 @@ fn userinfo(rt: &Runtime, tenant: &str, req: &Request<Incoming>) -> HttpResponse
         );
         r
     };
-    let Some(token) = api::bearer(req) else {
+    let Some(token) = reply::bearer(req) else {
         return unauthorized();
     };
     let store = rt.data_store();
@@ -1195,7 +834,7 @@ fn userinfo(rt: &Runtime, tenant: &str, req: &Request<Incoming>) -> HttpResponse
     let Some(record) = record.filter(|r| r.expires_ms > now_ms()) else {
         return unauthorized();
     };
-    if client(rt, tenant, &record.client).is_none() {
+    if client(rt.identity(), tenant, &record.client).is_none() {
         return unauthorized();
     }
     let Ok(Some(user)) = rt.identity().user(&Scope::tenant(tenant), &record.user) else {
@@ -1206,37 +845,5 @@ fn userinfo(rt: &Runtime, tenant: &str, req: &Request<Incoming>) -> HttpResponse
     }
     let mut out = json!({"sub": user.id});
     profile_claims(&record.scope, &user, &mut out);
-    api::json_response(200, &out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn forms_decode_and_repeats_are_poisoned() {
-        let f = form("a=1&b=x+y%2Fz&c=%ZZ&a=2");
-        assert!(f["a"].starts_with('\u{0}'));
-        assert_eq!(f["b"], "x y/z");
-        assert_eq!(f["c"], "%ZZ");
-        assert_eq!(decode("%"), "%");
-        assert_eq!(decode("%4"), "%4");
-        assert_eq!(decode("%41"), "A");
-        assert_eq!(decode("%é1"), "%é1");
-    }
-
-    #[test]
-    fn redirect_uris_are_checked_at_registration() {
-        assert!(check_redirect_uri("https://app.example/cb").is_ok());
-        assert!(check_redirect_uri("http://127.0.0.1:9000/cb").is_ok());
-        for bad in [
-            "http://app.example/cb",
-            "https://app.example/cb#x",
-            "/cb",
-            "javascript:alert(1)",
-            "https://a b/",
-        ] {
-            assert!(check_redirect_uri(bad).is_err(), "{bad}");
-        }
-    }
+    reply::json_response(200, &out)
 }

@@ -195,3 +195,39 @@ pub struct Event {
     pub kind: String,
     pub data: Vec<u8>,
 }
+
+/// What the runtime knows about a plugin route before calling it.
+pub struct RouteInfo {
+    /// A public route of the manifest: no session needed.
+    pub public: bool,
+    pub requests_per_second: u32,
+}
+
+/// What a plugin was asked to do.
+#[derive(Clone)]
+pub enum Invocation {
+    Handle(Request),
+    Init,
+    Migrate(String),
+    Event(Event),
+    Timer {
+        id: String,
+        name: String,
+        payload: Vec<u8>,
+    },
+    /// API ≥ 0.2.0: the plugin's self-description.
+    Describe,
+}
+
+/// What a plugin returned.
+pub enum Outcome {
+    Response(Response),
+    Done,
+    /// `describe`'s answer; `None` for API versions without it.
+    Description(Option<String>),
+}
+
+/// Whether a header is one only the host sets.
+pub(crate) fn is_host_header(name: &str) -> bool {
+    name.len() > 14 && name[..14].eq_ignore_ascii_case("x-switchboard-")
+}

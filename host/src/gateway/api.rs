@@ -1,7 +1,6 @@
 //! The HTTP API of the host itself: sign-in and self-service under
 //! `/api/v1/auth/…`, administration under `/api/v1/admin/…` (one route per
-//! `admin::Op`) and the OpenID Connect provider under `/oidc/…`, behind the
-//! gateway (`crate::gateway`). Every answer is JSON; every error has the
+//! `admin::Op`), behind the gateway (`crate::gateway`). Every answer is JSON; every error has the
 //! shape `{"code": …, "message": …}` with a stable code.
 //!
 //! Bodies are limited to 64 KiB (plugin packages to 64 MiB), parsed
@@ -9,114 +8,21 @@
 //! audit context naming the caller and source address, so whatever it
 //! changes is attributed in the trail.
 
-use std::net::{IpAddr, SocketAddr};
-
-use http_body_util::{BodyExt as _, Full, Limited};
-use hyper::body::{Bytes, Incoming};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::{Method, Request};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::admin::{self, Actor, ApiError, Op};
+use super::reply::{
+    HttpResponse, MAX_BODY_BYTES, Peer, caller, cookie_value, error_response, json_response, parse,
+    read_body,
+};
+use crate::admin::{self, Actor, Op, require_tenant};
 use crate::audit;
-use crate::identity::{AuthError, Caller, Login, Restriction};
+use crate::error::ApiError;
+use crate::identity::access::AccessScope;
+use crate::identity::{AuthError, Login, Restriction, sso};
 use crate::runtime::Runtime;
-
-/// Largest JSON body.
-pub const MAX_BODY_BYTES: usize = 64 << 10;
-
-/// A response with a JSON body.
-pub type HttpResponse = Response<Full<Bytes>>;
-
-/// What the router knows about the connection.
-#[derive(Debug, Clone, Copy)]
-pub struct Peer {
-    pub addr: IpAddr,
-}
-
-impl From<SocketAddr> for Peer {
-    fn from(a: SocketAddr) -> Self {
-        Peer { addr: a.ip() }
-    }
-}
-
-/// A JSON response.
-pub fn json_response(status: u16, body: &Value) -> HttpResponse {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
-    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let h = resp.headers_mut();
-    h.insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    h.insert(
-        hyper::header::CACHE_CONTROL,
-        hyper::header::HeaderValue::from_static("no-store"),
-    );
-    resp
-}
-
-/// The error shape of every API.
-pub fn error_response(e: &ApiError) -> HttpResponse {
-    let mut resp = json_response(e.status, &json!({ "code": e.code, "message": e.message }));
-    if e.code == "unauthenticated" {
-        resp.headers_mut().insert(
-            hyper::header::WWW_AUTHENTICATE,
-            hyper::header::HeaderValue::from_static("Bearer"),
-        );
-    }
-    resp
-}
-
-/// Reads a body of at most `limit` bytes.
-pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
-    match Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
-            413,
-            "body_too_large",
-            format!("the request body exceeds {limit} bytes"),
-        )),
-        Err(e) => Err(ApiError::new(
-            400,
-            "bad_request",
-            format!("cannot read the body: {e}"),
-        )),
-    }
-}
-
-/// Parses a JSON body strictly.
-pub fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
-    if body.is_empty() {
-        return Err(ApiError::new(400, "bad_request", "a JSON body is required"));
-    }
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::new(400, "bad_request", format!("malformed JSON body: {e}")))
-}
-
-/// The bearer token of a request (`Authorization: Bearer …`).
-pub fn bearer(req: &Request<Incoming>) -> Option<String> {
-    bearer_header(req.headers())
-}
-
-/// The bearer token in `headers`.
-pub fn bearer_header(headers: &hyper::HeaderMap) -> Option<String> {
-    let h = headers.get(hyper::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = h.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim().to_string())
-}
-
-/// The value of cookie `name`, if sent.
-pub fn cookie_value(req: &Request<Incoming>, name: &str) -> Option<String> {
-    let header = req.headers().get(hyper::header::COOKIE)?.to_str().ok()?;
-    header
-        .split(';')
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_string())
-}
 
 fn user_agent(req: &Request<Incoming>) -> Option<String> {
     req.headers()
@@ -125,26 +31,14 @@ fn user_agent(req: &Request<Incoming>) -> Option<String> {
         .map(|s| s.chars().take(256).collect())
 }
 
-/// Authenticates the request's bearer token.
-pub fn caller(rt: &Runtime, req: &Request<Incoming>) -> Result<Caller, ApiError> {
-    let token = bearer(req).ok_or(AuthError::Unauthenticated)?;
-    let caller = rt.identity().authenticate(&token)?;
-    // The OpenID Connect provider's browser session is not an API token.
-    if caller.via == "oidc" {
-        return Err(AuthError::Unauthenticated.into());
-    }
-    Ok(caller)
-}
-
-/// Answers one request to the host API (paths under `/api/v1/auth`,
-/// `/api/v1/admin`, `/oidc`); `None` for other paths.
+/// Answers one request to the host API (paths under `/api/v1/auth` and
+/// `/api/v1/admin`); `None` for other paths.
 pub async fn route(rt: &Runtime, req: Request<Incoming>, peer: Peer) -> Option<HttpResponse> {
     let path = req.uri().path().to_string();
-    let request_id = crate::fsutil::request_id();
+    let request_id = crate::support::encoding::request_id();
     let result = match path.as_str() {
         p if p.starts_with("/api/v1/auth/") => auth(rt, req, peer, &request_id).await,
         p if p.starts_with("/api/v1/admin/") => admin_route(rt, req, peer, &request_id).await,
-        p if p.starts_with("/oidc/") => Ok(crate::oidc::route(rt, req, peer).await),
         _ => return None,
     };
     Some(match result {
@@ -244,12 +138,13 @@ async fn auth(
         return audit::with_context(ctx, async {
             match step {
                 "start" => {
-                    let (url, state) = crate::sso::start(rt, tenant).await?;
+                    require_tenant(rt, tenant)?;
+                    let (url, state) = sso::start(rt.identity(), tenant).await?;
                     let mut resp = json_response(303, &json!({ "location": url }));
                     let secure = if rt.public_url().starts_with("https://") { "; Secure" } else { "" };
                     let cookie = format!(
                         "{}={state}; Path=/api/v1/auth/sso/{tenant}/; HttpOnly; SameSite=Lax; Max-Age=600{secure}",
-                        crate::sso::state_cookie_name(tenant)
+                        sso::state_cookie_name(tenant)
                     );
                     for (name, value) in [(hyper::header::LOCATION, url), (hyper::header::SET_COOKIE, cookie)] {
                         if let Ok(v) = hyper::header::HeaderValue::from_str(&value) {
@@ -260,9 +155,10 @@ async fn auth(
                 }
                 "callback" => {
                     let query = req.uri().query().unwrap_or("");
-                    let cookie = cookie_value(&req, &crate::sso::state_cookie_name(tenant));
+                    let cookie = cookie_value(&req, &sso::state_cookie_name(tenant));
+                    require_tenant(rt, tenant)?;
                     let issued =
-                        crate::sso::callback(rt, tenant, query, cookie.as_deref(), source.clone()).await?;
+                        sso::callback(rt.identity(), tenant, query, cookie.as_deref(), source.clone()).await?;
                     Ok(json_response(200, &json!(issued)))
                 }
                 _ => Err(not_found()),
@@ -344,7 +240,7 @@ fn query_str(query: &str, name: &str) -> Option<String> {
         .filter_map(|p| p.split_once('='))
         .find(|(k, _)| *k == name)
         .map(|(_, v)| {
-            crate::oidc::form(&format!("v={v}"))
+            crate::support::encoding::form_decode(&format!("v={v}"))
                 .remove("v")
                 .unwrap_or_default()
         })
@@ -420,7 +316,7 @@ struct AccessBody {
     tenant: String,
     ticket: String,
     reason: String,
-    scope: crate::access::AccessScope,
+    scope: AccessScope,
     #[serde(default)]
     minutes: Option<u32>,
 }

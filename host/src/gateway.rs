@@ -13,7 +13,10 @@
 //! 4. one error shape, `{"code": …, "message": …}`, with stable codes;
 //!    HSTS and `nosniff` on every answer; latency and counts in `/metrics`.
 
+pub mod api;
 pub mod limits;
+pub mod oidc;
+pub mod reply;
 pub mod status;
 pub mod tls;
 pub mod ws;
@@ -30,11 +33,13 @@ use hyper::{Request, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::admin::ApiError;
-use crate::api::{HttpResponse, Peer, error_response, json_response};
+use self::reply::{HttpResponse, Peer, error_response, json_response};
+use crate::call::types::{Kind, Method, Principal, Request as PluginRequest, Role};
+use crate::error::ApiError;
 use crate::identity::{AuthError, Caller};
 use crate::runtime::Runtime;
-use crate::runtime::types::{Kind, Method, Principal, Request as PluginRequest, Role};
+use crate::support::encoding::{constant_time_eq, sha256_hex};
+use crate::support::sync::Recover as _;
 use limits::RateLimiter;
 
 /// Gateway settings (`[gateway]` in the server config).
@@ -154,7 +159,7 @@ impl ConnectionSlot {
     ) -> Option<ConnectionSlot> {
         let key = limits::address_key(peer);
         let permit = total.clone().try_acquire_owned().ok()?;
-        let mut map = counts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = counts.lock().recover();
         let n = map.entry(key).or_default();
         if *n >= per_address.max(1) {
             return None;
@@ -170,7 +175,7 @@ impl ConnectionSlot {
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        let mut map = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.counts.lock().recover();
         if let Some(n) = map.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
@@ -273,7 +278,10 @@ impl Gateway {
             "health" => Ok(json_response(200, &json!({ "status": "ok" }))),
             "metrics" => self.metrics(&req, peer),
             "status" => status::route(self, &req).await,
-            _ => match crate::api::route(&self.rt, req, Peer::from(peer)).await {
+            _ if path.starts_with("/oidc/") => {
+                Ok(oidc::route(&self.rt, req, Peer::from(peer)).await)
+            }
+            _ => match api::route(&self.rt, req, Peer::from(peer)).await {
                 Some(r) => Ok(r),
                 None => Err(ApiError::new(
                     404,
@@ -287,7 +295,7 @@ impl Gateway {
     fn metrics(&self, req: &Request<Incoming>, peer: SocketAddr) -> Result<HttpResponse, ApiError> {
         let allowed = peer.ip().is_loopback()
             || self.config.metrics_token.as_deref().is_some_and(|want| {
-                crate::api::bearer_header(req.headers())
+                reply::bearer_header(req.headers())
                     .is_some_and(|got| constant_time_eq(got.as_bytes(), want.as_bytes()))
             });
         if !allowed {
@@ -333,7 +341,7 @@ impl Gateway {
                 kind: Kind::Anonymous,
             }
         } else {
-            let caller = crate::api::caller(&self.rt, &req)?;
+            let caller = reply::caller(&self.rt, &req)?;
             principal_for(&caller, &tenant, &plugin, &mut host_headers)?
         };
         // Anonymous callers of public routes share a quarter of the
@@ -370,7 +378,7 @@ impl Gateway {
         }
         headers.extend(host_headers);
         let body = self.read_body(req.into_body()).await?;
-        let request_id = crate::fsutil::request_id();
+        let request_id = crate::support::encoding::request_id();
         let request = PluginRequest {
             method,
             path: rest,
@@ -436,9 +444,9 @@ impl Gateway {
     /// session `token` within `TICKET_TTL` (browsers cannot set headers on
     /// a WebSocket, and a session token in a URL would end up in logs).
     pub(crate) fn issue_ticket(&self, token: &str) -> Result<String, ApiError> {
-        let ticket = format!("st1.{}", crate::fsutil::random_hex(24));
+        let ticket = format!("st1.{}", crate::support::encoding::random_hex(24));
         let now = Instant::now();
-        let mut tickets = self.tickets.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tickets = self.tickets.lock().recover();
         let mut mine = 0;
         tickets.retain(|_, (t, at)| {
             let live = now.duration_since(*at) < TICKET_TTL;
@@ -465,26 +473,10 @@ impl Gateway {
 
     /// Redeems a ticket once: the session token it stands for.
     pub(crate) fn redeem_ticket(&self, ticket: &str) -> Option<String> {
-        let mut tickets = self.tickets.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tickets = self.tickets.lock().recover();
         let (token, at) = tickets.remove(&sha256_hex(ticket))?;
         (at.elapsed() < TICKET_TTL).then_some(token)
     }
-}
-
-fn sha256_hex(s: &str) -> String {
-    use sha2::Digest as _;
-    hex::encode(sha2::Sha256::digest(s.as_bytes()))
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// What the runtime knows about a plugin route before calling it.
-pub struct RouteInfo {
-    /// A public route of the manifest: no session needed.
-    pub public: bool,
-    pub requests_per_second: u32,
 }
 
 /// The principal of `caller` for a call to `plugin` of `tenant`, or why
@@ -606,7 +598,7 @@ fn rate_limited(wait: Duration, message: &str) -> HttpResponse {
 }
 
 /// A plugin's answer as an HTTP response.
-fn plugin_response(r: crate::runtime::types::Response, request_id: &str) -> HttpResponse {
+fn plugin_response(r: crate::call::types::Response, request_id: &str) -> HttpResponse {
     let mut resp = Response::new(Full::new(Bytes::from(r.body)));
     *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let h = resp.headers_mut();

@@ -1,4 +1,4 @@
-//! Small file-system helpers for secrets kept in the data folder.
+//! Small file-system helpers for secrets kept in the data folder (leaf).
 
 use std::fs;
 use std::io::Write;
@@ -35,34 +35,6 @@ pub fn secret_key_file(path: &Path) -> std::io::Result<[u8; 32]> {
         }
         Err(e) => Err(e),
     }
-}
-
-/// `len` random bytes as lower-case hex.
-pub fn random_hex(len: usize) -> String {
-    let mut bytes = vec![0u8; len];
-    // The OS random source failing is unrecoverable for a server that mints
-    // ids and keys; fall back to a time-derived value rather than panic.
-    if getrandom::fill(&mut bytes).is_err() {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        for (i, b) in bytes.iter_mut().enumerate() {
-            *b = (nanos >> ((i % 16) * 8)) as u8;
-        }
-    }
-    hex::encode(bytes)
-}
-
-/// A process-unique id for correlating logs: a random per-process prefix and
-/// a counter. Cheap (no system call per id); not a secret.
-pub fn request_id() -> String {
-    use std::sync::OnceLock;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static PREFIX: OnceLock<String> = OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let prefix = PREFIX.get_or_init(|| random_hex(4));
-    format!("{prefix}-{:x}", COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Writes a new secret file (mode 0600) and syncs it; refuses to overwrite.

@@ -1,0 +1,253 @@
+//! The call context: what one plugin call runs against and what the
+//! capabilities serving it see. A layer below the capabilities and above
+//! the services: it knows the tenant and plugin as the registry published
+//! them (`TenantState`, `EnabledPlugin`), the call's transaction
+//! (`txn`), the version-independent request types (`types`), the errors
+//! (`error`), and the host services a capability may reach, as handles
+//! (`Services`), never the host itself. Nested plugin calls go back to the
+//! kernel through the `Kernel` trait, which the kernel implements.
+
+pub mod error;
+pub mod txn;
+pub mod types;
+
+use std::any::Any;
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use switchboard_signing::{Capability, KeyId, Manifest};
+use tokio::sync::Semaphore;
+use wasmtime::component::Component;
+
+use self::error::{CallError, CapError};
+use self::txn::{CommitLocks, Txn};
+use self::types::{Invocation, Outcome, Principal};
+use crate::identity::Identity;
+use crate::store::Store;
+use crate::support::sync::Recover as _;
+use crate::tenant::TenantRecord;
+
+/// The host services a call's capabilities may use.
+pub struct Services {
+    /// The data store (plugin data, blobs, timers).
+    pub(crate) store: Arc<Store>,
+    /// Accounts and sessions (the `identity` capability).
+    pub(crate) identity: Arc<Identity>,
+    /// Per-tenant commit locks and usage (quota checks).
+    pub(crate) commits: Arc<CommitLocks>,
+}
+
+/// What a call needs of the kernel: running a nested call.
+pub trait Kernel: Send + Sync {
+    /// Runs `invocation` as the call `spec` describes; the transaction it
+    /// ends with is handed back whether it succeeded or not.
+    fn run(
+        self: Arc<Self>,
+        spec: CallSpec,
+        invocation: Invocation,
+    ) -> Pin<Box<dyn Future<Output = (Result<Outcome, CallError>, Txn)> + Send>>;
+}
+
+/// The kernel's pre-instantiated component, opaque to this layer: only
+/// the kernel knows (and asks for) its type.
+#[derive(Clone)]
+pub struct PreHandle(Arc<dyn Any + Send + Sync>);
+
+impl PreHandle {
+    /// Wraps the kernel's handle.
+    pub(crate) fn new<T: Any + Send + Sync>(pre: T) -> PreHandle {
+        PreHandle(Arc::new(pre))
+    }
+
+    /// The handle, if it is a `T`.
+    pub(crate) fn get<T: Any>(&self) -> Option<&T> {
+        self.0.downcast_ref()
+    }
+}
+
+/// An installed plugin version, compiled.
+pub struct LoadedPlugin {
+    pub manifest: Manifest,
+    pub digest: String,
+    /// The publisher key that signed the package.
+    pub publisher: KeyId,
+    /// Set when the publisher key is revoked: the package no longer runs.
+    pub(crate) revoked: AtomicBool,
+    pub(crate) component: Component,
+    /// Capabilities its component imports.
+    pub(crate) imports: BTreeSet<Capability>,
+}
+
+/// A plugin as one tenant enabled it: linked for its grants.
+pub struct EnabledPlugin {
+    pub(crate) plugin: Arc<LoadedPlugin>,
+    pub(crate) grants: BTreeSet<Capability>,
+    /// Settings resolved against the schema (defaults filled in).
+    pub(crate) config: Arc<serde_json::Map<String, serde_json::Value>>,
+    /// The kernel's pre-instantiated component for these grants.
+    pub(crate) pre: PreHandle,
+}
+
+/// A tenant as the call path sees it: immutable; admin changes swap it.
+pub struct TenantState {
+    pub(crate) record: TenantRecord,
+    pub(crate) slots: Arc<Semaphore>,
+    /// CPU turns (`CpuTurn`): one per core.
+    pub(crate) cpu: Arc<Semaphore>,
+    pub(crate) enabled: HashMap<String, Arc<EnabledPlugin>>,
+}
+
+impl TenantState {
+    /// The enabled plugin `name`, or `plugin_not_enabled`.
+    pub(crate) fn enabled_plugin(&self, name: &str) -> Result<Arc<EnabledPlugin>, CallError> {
+        self.enabled
+            .get(name)
+            .cloned()
+            .ok_or_else(|| CallError::PluginNotEnabled {
+                tenant: self.record.id.clone(),
+                plugin: name.to_string(),
+            })
+    }
+}
+
+/// Everything that defines one call attempt, before its store exists.
+pub struct CallSpec {
+    pub(crate) tenant: Arc<TenantState>,
+    pub(crate) plugin: Arc<EnabledPlugin>,
+    pub(crate) principal: Principal,
+    pub(crate) txn: Txn,
+    pub(crate) deadline: Instant,
+    /// 0 for a top-level call; +1 per nested plugin call.
+    pub(crate) depth: u32,
+    pub(crate) request_id: String,
+    /// The `x-switchboard-*` headers the gateway set on the top-level
+    /// request (client address, guest scope): nested calls see these,
+    /// never what a calling plugin wrote.
+    pub(crate) host_headers: Arc<Vec<(String, String)>>,
+    /// The call's turn on the CPU, shared with its nested calls.
+    pub(crate) cpu: CpuTurn,
+}
+
+/// A call's turn on the CPU (SPEC K5: one tenant cannot starve another).
+/// Each tenant has as many turns as the machine has cores; a call holds one
+/// while its WebAssembly runs and gives it back at every epoch tick (and
+/// while it waits on the network), queueing fairly behind the tenant's
+/// other calls. So however many calls one tenant floods the host with, at
+/// most `cores` of them compete for the CPU with other tenants' calls.
+#[derive(Clone)]
+pub struct CpuTurn {
+    turns: Arc<tokio::sync::Semaphore>,
+    held: Arc<Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>,
+}
+
+impl CpuTurn {
+    pub(crate) fn new(turns: Arc<tokio::sync::Semaphore>) -> CpuTurn {
+        CpuTurn {
+            turns,
+            held: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Waits for a turn.
+    pub(crate) async fn take(&self) {
+        let permit = self.turns.clone().acquire_owned().await.ok();
+        *self.held.lock().recover() = permit;
+    }
+
+    /// Gives the turn back (before waiting on something other than CPU).
+    pub(crate) fn release(&self) {
+        self.held.lock().recover().take();
+    }
+
+    /// What a running call does at an epoch tick: give the turn to the
+    /// next call of the tenant, let the executor run others, queue again.
+    pub(crate) fn pass(&self) -> Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        let me = self.clone();
+        Box::pin(async move {
+            me.release();
+            tokio::task::yield_now().await;
+            me.take().await;
+        })
+    }
+}
+
+/// What capabilities know about the call they serve: its `CallSpec`
+/// (reached through `Deref`), the host services it may use, the kernel
+/// (for nested calls) and the call's budgets.
+pub struct CallCtx {
+    pub(crate) services: Arc<Services>,
+    pub(crate) kernel: Arc<dyn Kernel>,
+    spec: CallSpec,
+    host_bytes: u64,
+    pub(crate) log_lines: u32,
+}
+
+impl CallCtx {
+    /// The context of a call attempt described by `spec`.
+    pub(crate) fn new(services: Arc<Services>, kernel: Arc<dyn Kernel>, spec: CallSpec) -> CallCtx {
+        CallCtx {
+            services,
+            kernel,
+            spec,
+            host_bytes: 0,
+            log_lines: 0,
+        }
+    }
+
+    /// The call's transaction, for the runtime to commit or drop.
+    pub(crate) fn into_txn(self) -> Txn {
+        self.spec.txn
+    }
+}
+
+impl std::ops::Deref for CallCtx {
+    type Target = CallSpec;
+
+    fn deref(&self) -> &CallSpec {
+        &self.spec
+    }
+}
+
+impl std::ops::DerefMut for CallCtx {
+    fn deref_mut(&mut self) -> &mut CallSpec {
+        &mut self.spec
+    }
+}
+
+impl CallCtx {
+    /// The calling tenant's id.
+    pub fn tenant_id(&self) -> &str {
+        &self.tenant.record.id
+    }
+
+    /// The called plugin's name.
+    pub fn plugin_name(&self) -> &str {
+        &self.plugin.plugin.manifest.name
+    }
+
+    /// Grants of the called plugin in this tenant.
+    pub fn grants(&self) -> &BTreeSet<Capability> {
+        &self.plugin.grants
+    }
+
+    /// The storage backend.
+    pub fn store(&self) -> &crate::store::Store {
+        self.services.store.as_ref()
+    }
+
+    /// Charges `bytes` against the call's host-bytes budget (SPEC K5).
+    pub fn charge(&mut self, bytes: usize) -> Result<(), CapError> {
+        self.host_bytes = self.host_bytes.saturating_add(bytes as u64);
+        let limit = self.tenant.record.limits.host_bytes_per_call;
+        if self.host_bytes > limit {
+            return Err(CapError::TooLarge(format!(
+                "this call has passed more than {limit} bytes to the host"
+            )));
+        }
+        Ok(())
+    }
+}
