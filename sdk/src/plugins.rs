@@ -127,3 +127,29 @@ fn refusal(plugin: &str, status: u16, v: &Value) -> ApiError {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn refusals_keep_the_callee_code_and_hide_its_failures() {
+        let e = refusal("chat", 409, &json!({"code": "busy", "message": "later"}));
+        assert_eq!(
+            e,
+            ApiError::new(409, "busy", "the chat plugin refused: later")
+        );
+        let e = refusal("chat", 403, &Value::Null);
+        assert_eq!(
+            e,
+            ApiError::new(403, "refused", "the chat plugin refused: no reason given")
+        );
+        let e = refusal("recording", 503, &json!({"code": "x", "message": "down"}));
+        assert_eq!(
+            e,
+            ApiError::new(502, "recording_failed", "the recording plugin failed: down")
+        );
+    }
+}
