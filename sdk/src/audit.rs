@@ -2,8 +2,11 @@
 //! plugin acting for the request's caller and are written only if the call
 //! succeeds. `action` is `[a-z0-9._-]{1,64}` (e.g. `chat.message.delete`).
 
+use serde_json::Value;
+
 use crate::Error;
 use crate::bindings::switchboard::host::audit as raw;
+use crate::http::ApiError;
 
 /// How the audited action ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,4 +30,11 @@ impl Outcome {
 /// ended, and free-form `details` (at most 4 KiB; never message content).
 pub fn append(action: &str, target: &str, outcome: Outcome, details: &str) -> Result<(), Error> {
     raw::append(action, target, outcome.as_str(), details)
+}
+
+/// Appends a [`Outcome::Success`] entry with JSON `details`, failing as an
+/// [`ApiError`] a handler can pass on with `?`.
+pub fn success(action: &str, target: &str, details: Value) -> Result<(), ApiError> {
+    append(action, target, Outcome::Success, &details.to_string())?;
+    Ok(())
 }

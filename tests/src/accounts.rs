@@ -96,6 +96,20 @@ pub async fn enrol_mfa(s: &Server, token: &str) -> String {
     secret
 }
 
+/// Creates `name` with `role` in `realm` and activates it; returns (id,
+/// token). Operators (realm `system`) sign in without a tenant.
+pub async fn person(
+    h: &Harness,
+    s: &Server,
+    realm: &str,
+    name: &str,
+    role: &str,
+) -> (String, String) {
+    let (id, welcome) = create_user(h, realm, name, role).await;
+    let tenant = (realm != "system").then_some(realm);
+    (id, activate(s, tenant, name, &welcome).await)
+}
+
 /// Creates and activates each (realm, name, role); returns (id, token) of
 /// each, in order.
 pub async fn people(h: &Harness, s: &Server, who: &[(&str, &str, &str)]) -> Vec<(String, String)> {

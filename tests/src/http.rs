@@ -205,6 +205,21 @@ impl Server {
         request(self.addr, method, path, &headers, body).await
     }
 
+    /// A JSON request to `plugin`'s API in `tenant`
+    /// (`/api/v1/t/{tenant}/p/{plugin}{path}`) as `token`.
+    pub async fn plugin_call(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Reply {
+        let path = format!("/api/v1/t/{tenant}/p/{plugin}{path}");
+        self.call(method, &path, Some(token), body).await
+    }
+
     /// Stops accepting and drains (what SIGTERM does).
     pub fn stop(&mut self) {
         if let Some(tx) = self.stop.take() {

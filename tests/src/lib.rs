@@ -1,11 +1,13 @@
 //! Shared helpers of the integration tests: where the fixture components
-//! built by `build.rs` are, and a harness with fixtures installed.
+//! built by `build.rs` are, a harness with fixtures installed, and the
+//! usual two-tenant world of the plugin tests ([`world`]).
 
 pub mod accounts;
 pub mod http;
 pub mod load;
 pub mod stream;
 pub mod tamper;
+pub mod world;
 
 use std::path::PathBuf;
 
@@ -55,6 +57,15 @@ pub async fn tenant(h: &Harness, tenant: &str, limits: Limits, plugins: &[&str])
             .await
             .unwrap_or_else(|e| panic!("enable {p}: {e}"));
     }
+}
+
+/// A harness with `plugins` installed and enabled for two tenants: `acme`
+/// (with `acme_limits`) and `globex`.
+pub async fn two_tenants(plugins: &[&str], acme_limits: Limits) -> Harness {
+    let h = harness(plugins).await;
+    tenant(&h, "acme", acme_limits, plugins).await;
+    tenant(&h, "globex", Limits::default(), plugins).await;
+    h
 }
 
 /// The JSON body of a successful response; panics with the error code

@@ -9,27 +9,13 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use switchboard::harness::Harness;
 use switchboard::tenant::Limits;
-use switchboard_tests::accounts::people;
-use switchboard_tests::http::{Reply, Server};
+use switchboard_tests::http::Reply;
 use switchboard_tests::stream::{next, next_of, ready};
-use switchboard_tests::{component, manifest};
-
-struct World {
-    h: Harness,
-    s: Server,
-    /// (id, token) of acme's alice, bob, carol and admin, and globex's gina.
-    alice: (String, String),
-    bob: (String, String),
-    carol: (String, String),
-    admin: (String, String),
-    gina: (String, String),
-}
+use switchboard_tests::world::World;
+use switchboard_tests::{component, manifest, two_tenants};
 
 async fn world_with(limits: Limits) -> World {
-    let h = Harness::new().unwrap();
-    for p in ["chat", "owner"] {
-        h.install(&manifest(p), &component(p)).await.unwrap();
-    }
+    let h = two_tenants(&["chat", "owner"], limits).await;
     // A second owning plugin: the same code under another name.
     let rival = String::from_utf8(manifest("owner"))
         .unwrap()
@@ -37,37 +23,8 @@ async fn world_with(limits: Limits) -> World {
     h.install(rival.as_bytes(), &component("owner"))
         .await
         .unwrap();
-    h.tenant_with_limits("acme", limits).await.unwrap();
-    h.tenant("globex").await.unwrap();
-    for t in ["acme", "globex"] {
-        h.enable(t, "chat").await.unwrap();
-        h.enable(t, "owner").await.unwrap();
-    }
     h.enable("acme", "rival").await.unwrap();
-    h.runtime().start_background();
-    let s = Server::start(h.runtime().clone()).await;
-    let users = people(
-        &h,
-        &s,
-        &[
-            ("acme", "alice", "user"),
-            ("acme", "bob", "user"),
-            ("acme", "carol", "user"),
-            ("acme", "boss", "tenant-admin"),
-            ("globex", "gina", "user"),
-        ],
-    )
-    .await;
-    let mut u = users.into_iter();
-    World {
-        alice: u.next().unwrap(),
-        bob: u.next().unwrap(),
-        carol: u.next().unwrap(),
-        admin: u.next().unwrap(),
-        gina: u.next().unwrap(),
-        h,
-        s,
-    }
+    World::start(h).await
 }
 
 async fn world() -> World {
@@ -88,13 +45,8 @@ async fn call_in(
     path: &str,
     body: Option<Value>,
 ) -> Reply {
-    w.s.call(
-        method,
-        &format!("/api/v1/t/{tenant}/p/{plugin}{path}"),
-        Some(token),
-        body.as_ref(),
-    )
-    .await
+    w.s.plugin_call(tenant, plugin, token, method, path, body.as_ref())
+        .await
 }
 
 /// A raw-body call (uploads, malformed JSON, ranges).

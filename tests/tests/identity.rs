@@ -7,7 +7,7 @@ use serde_json::json;
 use switchboard::admin::{self, Actor, Op};
 use switchboard::harness::Harness;
 use switchboard_tests::accounts::{
-    STRONG, activate, code_now, console, create_user, enrol_mfa, login,
+    STRONG, activate, code_now, console, create_user, enrol_mfa, login, person,
 };
 use switchboard_tests::http::Server;
 use switchboard_tests::{component, manifest};
@@ -142,8 +142,7 @@ async fn i3_failures_lock_with_one_answer_for_unknown_wrong_and_locked() {
     })
     .await;
     tenant(&h, "acme").await;
-    let (_, welcome) = create_user(&h, "acme", "bob", "user").await;
-    let _ = activate(&s, Some("acme"), "bob", &welcome).await;
+    person(&h, &s, "acme", "bob", "user").await;
 
     let unknown = login(&s, Some("acme"), "nobody", "Wrong-pass1").await;
     let wrong = login(&s, Some("acme"), "bob", "Wrong-pass1").await;
@@ -247,8 +246,7 @@ async fn i3_attempts_are_throttled_with_growing_delays() {
 async fn i4_sessions_are_listed_revoked_and_stored_only_as_hashes() {
     let (h, s) = setup(|_| {}).await;
     tenant(&h, "acme").await;
-    let (_, welcome) = create_user(&h, "acme", "erin", "user").await;
-    let first = activate(&s, Some("acme"), "erin", &welcome).await;
+    let (_, first) = person(&h, &s, "acme", "erin", "user").await;
     let second = login(&s, Some("acme"), "erin", STRONG).await.json()["token"]
         .as_str()
         .unwrap()
@@ -350,8 +348,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 async fn i7_totp_enrolment_login_replay_and_recovery_codes() {
     let (h, s) = setup(|_| {}).await;
     tenant(&h, "acme").await;
-    let (_, welcome) = create_user(&h, "acme", "frank", "user").await;
-    let token = activate(&s, Some("acme"), "frank", &welcome).await;
+    let (_, token) = person(&h, &s, "acme", "frank", "user").await;
 
     let r = s
         .call("POST", "/api/v1/auth/mfa/enroll", Some(&token), None)
@@ -440,8 +437,7 @@ async fn i7_mfa_is_required_for_operators_and_by_tenant_policy() {
     let (h, s) = setup(|_| {}).await;
     tenant(&h, "acme").await;
     // An operator: welcome password first, then enrolment, before anything.
-    let (_, welcome) = create_user(&h, "system", "olga", "operator").await;
-    let token = activate(&s, None, "olga", &welcome).await;
+    let (_, token) = person(&h, &s, "system", "olga", "operator").await;
     let me = s
         .call("GET", "/api/v1/auth/me", Some(&token), None)
         .await
@@ -509,12 +505,9 @@ async fn i1_i8_roles_are_enforced_and_operators_see_no_tenant_content() {
     let (h, s) = setup(|_| {}).await;
     tenant(&h, "acme").await;
     tenant(&h, "beta").await;
-    let (_, w) = create_user(&h, "acme", "root-of-acme", "tenant-admin").await;
-    let acme_admin = activate(&s, Some("acme"), "root-of-acme", &w).await;
-    let (_, w) = create_user(&h, "acme", "plain", "user").await;
-    let user = activate(&s, Some("acme"), "plain", &w).await;
-    let (_, w) = create_user(&h, "beta", "root-of-beta", "tenant-admin").await;
-    let beta_admin = activate(&s, Some("beta"), "root-of-beta", &w).await;
+    let (_, acme_admin) = person(&h, &s, "acme", "root-of-acme", "tenant-admin").await;
+    let (_, user) = person(&h, &s, "acme", "plain", "user").await;
+    let (_, beta_admin) = person(&h, &s, "beta", "root-of-beta", "tenant-admin").await;
 
     // The tenant admin manages its own tenant...
     let r = s
@@ -604,8 +597,7 @@ async fn i1_i8_roles_are_enforced_and_operators_see_no_tenant_content() {
 
     // An operator (MFA enrolled) bootstraps tenants and their admins but
     // sees neither the user directory nor the tenant's audit content.
-    let (_, w) = create_user(&h, "system", "opal", "operator").await;
-    let op = activate(&s, None, "opal", &w).await;
+    let (_, op) = person(&h, &s, "system", "opal", "operator").await;
     enrol_mfa(&s, &op).await;
     let r = s
         .call(
@@ -844,8 +836,7 @@ async fn i1_plugins_see_their_tenant_only_and_mint_scoped_guest_sessions() {
 
 /// An operator with a second factor, signed in; returns the token.
 async fn operator(h: &Harness, s: &Server, name: &str) -> String {
-    let (_, w) = create_user(h, "system", name, "operator").await;
-    let token = activate(s, None, name, &w).await;
+    let (_, token) = person(h, s, "system", name, "operator").await;
     enrol_mfa(s, &token).await;
     token
 }
@@ -856,8 +847,7 @@ async fn i8_just_in_time_access_needs_a_second_person_and_is_audited() {
     tenant(&h, "acme").await;
     let opal = operator(&h, &s, "opal").await;
     let oscar = operator(&h, &s, "oscar").await;
-    let (_, w) = create_user(&h, "acme", "acme-admin", "tenant-admin").await;
-    let admin = activate(&s, Some("acme"), "acme-admin", &w).await;
+    let (_, admin) = person(&h, &s, "acme", "acme-admin", "tenant-admin").await;
     let (_, _) = create_user(&h, "acme", "locked-out", "user").await;
 
     // Without a grant: no audit content.

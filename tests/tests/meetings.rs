@@ -7,10 +7,11 @@ use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 use switchboard::harness::Harness;
+use switchboard::tenant::Limits;
 use switchboard_tests::accounts::people;
 use switchboard_tests::http::{Reply, Server};
 use switchboard_tests::stream::{Ws, next_of, ready};
-use switchboard_tests::{component, manifest};
+use switchboard_tests::two_tenants;
 
 struct World {
     h: Harness,
@@ -26,17 +27,12 @@ struct World {
 }
 
 async fn world() -> World {
-    let h = Harness::new().unwrap();
     // `owner` stands in for a telephony plugin calling meetings.
-    for p in ["chat", "recording", "meetings", "owner"] {
-        h.install(&manifest(p), &component(p)).await.unwrap();
-    }
-    for t in ["acme", "globex"] {
-        h.tenant(t).await.unwrap();
-        for p in ["chat", "recording", "meetings", "owner"] {
-            h.enable(t, p).await.unwrap();
-        }
-    }
+    let h = two_tenants(
+        &["chat", "recording", "meetings", "owner"],
+        Limits::default(),
+    )
+    .await;
     // acme names `owner` as its telephony plugin; globex names none.
     switchboard_tests::accounts::console(
         &h,

@@ -9,64 +9,20 @@ use std::time::Duration;
 
 use ed25519_dalek::{Signature, Verifier as _, VerifyingKey};
 use serde_json::{Value, json};
-use switchboard::harness::Harness;
 use switchboard::runtime::{Method, Principal, Request};
 use switchboard::store::{Store, crypt};
 use switchboard::tenant::Limits;
 use switchboard::{Runtime, RuntimeConfig};
-use switchboard_tests::accounts::people;
-use switchboard_tests::http::{Reply, Server};
+use switchboard_tests::http::Reply;
 use switchboard_tests::stream::{next_of, ready};
 use switchboard_tests::tamper::{copy_dir, raw_store};
-use switchboard_tests::{component, manifest};
+use switchboard_tests::two_tenants;
+use switchboard_tests::world::World;
 
-struct World {
-    h: Harness,
-    s: Server,
-    /// (id, token): acme's alice (initiator), bob (participant), carol
-    /// (neither) and boss (tenant admin); globex's gina.
-    alice: (String, String),
-    bob: (String, String),
-    carol: (String, String),
-    admin: (String, String),
-    gina: (String, String),
-}
-
+/// acme's alice is the usual initiator, bob a participant, carol
+/// neither, boss the tenant admin; globex's gina is elsewhere.
 async fn world_with(limits: Limits) -> World {
-    let h = Harness::new().unwrap();
-    for p in ["recording", "owner"] {
-        h.install(&manifest(p), &component(p)).await.unwrap();
-    }
-    h.tenant_with_limits("acme", limits).await.unwrap();
-    h.tenant("globex").await.unwrap();
-    for t in ["acme", "globex"] {
-        h.enable(t, "recording").await.unwrap();
-        h.enable(t, "owner").await.unwrap();
-    }
-    h.runtime().start_background();
-    let s = Server::start(h.runtime().clone()).await;
-    let mut u = people(
-        &h,
-        &s,
-        &[
-            ("acme", "alice", "user"),
-            ("acme", "bob", "user"),
-            ("acme", "carol", "user"),
-            ("acme", "boss", "tenant-admin"),
-            ("globex", "gina", "user"),
-        ],
-    )
-    .await
-    .into_iter();
-    World {
-        alice: u.next().unwrap(),
-        bob: u.next().unwrap(),
-        carol: u.next().unwrap(),
-        admin: u.next().unwrap(),
-        gina: u.next().unwrap(),
-        h,
-        s,
-    }
+    World::start(two_tenants(&["recording", "owner"], limits).await).await
 }
 
 async fn world() -> World {
@@ -74,13 +30,8 @@ async fn world() -> World {
 }
 
 async fn rec(w: &World, token: &str, method: &str, path: &str, body: Option<Value>) -> Reply {
-    w.s.call(
-        method,
-        &format!("/api/v1/t/acme/p/recording{path}"),
-        Some(token),
-        body.as_ref(),
-    )
-    .await
+    w.s.plugin_call("acme", "recording", token, method, path, body.as_ref())
+        .await
 }
 
 async fn raw(

@@ -21,6 +21,8 @@
 //! the newest message first; `{seq}` and `{n}` are fixed-width hex too.
 //! Key names are not encrypted at rest (values are), so keys hold only
 //! random ids, user ids and hashes — never message text, names or titles.
+//!
+//! A leaf: every area builds its keys here; it uses no other module.
 
 use serde::{Deserialize, Serialize};
 

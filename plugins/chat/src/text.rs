@@ -1,4 +1,5 @@
-//! Checks on what users send, and the search tokenizer.
+//! Checks on what users send, and the search tokenizer. A leaf: the
+//! areas call it; it uses no other module of the plugin.
 
 use switchboard_sdk::http::ApiError;
 

@@ -6,6 +6,9 @@
 //! wrong code is audited with the address. Counter keys are HMACs (the
 //! addresses and codes are not in key names); stale counters are swept by
 //! a timer.
+//!
+//! A leaf: `live.rs` counts attempts through [`Attempt`]; `lib.rs` sends
+//! the `sweep-guesses` timer to [`sweep`].
 
 use std::net::IpAddr;
 use std::time::Duration;

@@ -9,18 +9,35 @@
 //! `/owned` API) and its sessions' recordings (the recording plugin)
 //! through the `plugins` capability, and proxies chat for guests, whose
 //! sessions reach this plugin only. See `docs/meetings.md`.
+//!
+//! This file is the door: the router in `Meetings::handle` and the timer
+//! dispatch, plus a little glue the areas share (`Reply`, `registered`,
+//! `source_address`, `to_value`). One module per area, each importing
+//! only those below it:
+//!
+//! | module | what |
+//! |---|---|
+//! | `spaces` | the `/spaces` routes: create, list, show, hide, delete |
+//! | `media` | inside a session: signalling, recording, chat for guests |
+//! | `live` | live sessions: start, join, waiting room, roster, end |
+//! | `members` | a space and the roles users hold in it |
+//! | `guess` | throttling of access-code guessing |
+//! | `model` | what is stored, under which keys |
+//!
+//! `spaces` and `media` use `live`; `live` uses `members` and `guess`;
+//! all but `guess` use `model`. Calls into the chat and recording
+//! plugins go through the SDK's `plugins::call_ok` and friends.
 
 mod guess;
 mod live;
 mod media;
+mod members;
 mod model;
 mod spaces;
 
 use serde_json::Value;
 use switchboard_sdk::http::{ApiError, RequestExt as _, Router};
-use switchboard_sdk::{
-    Method, Plugin, PrincipalKind, Request, Response, TimerEvent, audit, plugins, tx,
-};
+use switchboard_sdk::{Plugin, PrincipalKind, Request, Response, TimerEvent, tx};
 
 struct Meetings;
 
@@ -87,16 +104,6 @@ pub(crate) fn source_address(req: &Request) -> String {
         .to_string()
 }
 
-pub(crate) fn audit_ok(action: &str, target: &str, details: Value) -> Result<(), ApiError> {
-    audit::append(
-        action,
-        target,
-        audit::Outcome::Success,
-        &details.to_string(),
-    )?;
-    Ok(())
-}
-
 /// The caller, who must be a registered user of the tenant.
 pub(crate) fn registered(req: &Request) -> Result<String, ApiError> {
     let user = req.user()?.to_string();
@@ -108,78 +115,6 @@ pub(crate) fn registered(req: &Request) -> Result<String, ApiError> {
         ));
     }
     Ok(user)
-}
-
-/// Calls another plugin with a JSON body; its answer's status and JSON.
-pub(crate) fn call_json(
-    plugin: &str,
-    method: Method,
-    path: &str,
-    body: &Value,
-) -> Result<(u16, Value), ApiError> {
-    let body = if body.is_null() {
-        Vec::new()
-    } else {
-        body.to_string().into_bytes()
-    };
-    let r = plugins::call(plugin, method, path, &body)?;
-    let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
-    Ok((r.status, v))
-}
-
-/// Like [`call_json`], but a refusal becomes this plugin's error: the
-/// callee's 4xx code is passed on, a 5xx is a 502 `{plugin}_failed`.
-pub(crate) fn call_ok(
-    plugin: &str,
-    method: Method,
-    path: &str,
-    body: &Value,
-) -> Result<Value, ApiError> {
-    let (status, v) = call_json(plugin, method, path, body)?;
-    if status < 400 {
-        return Ok(v);
-    }
-    let why = v["message"].as_str().unwrap_or("no reason given");
-    Err(if status < 500 {
-        ApiError::new(
-            status,
-            v["code"].as_str().unwrap_or("refused"),
-            format!("the {plugin} plugin refused: {why}"),
-        )
-    } else {
-        ApiError::new(
-            502,
-            &format!("{plugin}_failed"),
-            format!("the {plugin} plugin failed: {why}"),
-        )
-    })
-}
-
-/// Like [`call_ok`], but "it is not there" counts as done (deleting what
-/// is already gone, or what a disabled plugin no longer holds).
-pub(crate) fn call_gone_ok(plugin: &str, method: Method, path: &str) -> Result<(), ApiError> {
-    match call_json(plugin, method, path, &Value::Null) {
-        Ok((status, _)) if status < 400 || status == 404 => Ok(()),
-        Ok((status, v)) if status < 500 => Err(ApiError::new(
-            status,
-            v["code"].as_str().unwrap_or("refused"),
-            format!(
-                "the {plugin} plugin refused: {}",
-                v["message"].as_str().unwrap_or("no reason given")
-            ),
-        )),
-        Ok((_, v)) => Err(ApiError::new(
-            502,
-            &format!("{plugin}_failed"),
-            format!(
-                "the {plugin} plugin failed: {}",
-                v["message"].as_str().unwrap_or("no reason given")
-            ),
-        )),
-        // The plugin is not enabled any more: it holds nothing to delete.
-        Err(e) if e.status == 404 => Ok(()),
-        Err(e) => Err(e),
-    }
 }
 
 pub(crate) fn to_value<T: serde::Serialize>(v: &T) -> Value {

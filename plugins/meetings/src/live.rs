@@ -7,20 +7,25 @@
 //! PSTN callers are brought in by a telephony plugin. Registered
 //! participants remove others and invite more; the roster reaches
 //! everyone present in real time.
+//!
+//! Below `spaces.rs` (deleting a space ends its session here) and
+//! `media.rs` (which acts inside the sessions loaded here); above
+//! `members.rs`, for the space and its roles, and `guess.rs`.
 
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
 use switchboard_sdk::http::{self, ApiError, Params, RequestExt as _};
+use switchboard_sdk::plugins::{call_gone_ok, call_json, call_ok};
 use switchboard_sdk::{
-    Method, PrincipalKind, Request, config, crypto, events, identity, kv, log, timers, tx,
+    Method, PrincipalKind, Request, audit, config, crypto, events, identity, kv, log, timers, tx,
 };
 
 use crate::guess::Attempt;
+use crate::members::{self, MAX_INVITEES};
 use crate::model::{self, Kind, Live, Participant, Role, Space, State};
-use crate::spaces::{self, MAX_INVITEES};
-use crate::{Reply, audit_ok, call_gone_ok, call_json, call_ok, registered, source_address};
+use crate::{Reply, registered, source_address};
 
 /// The longest a live session runs (M5).
 pub const MAX_LIVE: Duration = Duration::from_secs(24 * 3600);
@@ -243,7 +248,7 @@ fn display_name(user: &str) -> Result<String, ApiError> {
 }
 
 fn space_of(live: &Live) -> Result<Space, ApiError> {
-    kv::get_json::<Space>(model::space(&live.space))?.ok_or_else(spaces::not_found)
+    kv::get_json::<Space>(model::space(&live.space))?.ok_or_else(members::not_found)
 }
 
 fn chat_members(sid: &str, add: &[String]) -> Result<(), ApiError> {
@@ -351,8 +356,8 @@ fn check_capacity(all: &[Participant]) -> Result<(), ApiError> {
 /// or invitee); one at a time.
 pub fn start(req: &Request, p: &Params) -> Reply {
     let me = registered(req)?;
-    let mut space = spaces::load(p.get("sid").unwrap_or_default())?;
-    let role = spaces::role_of(&me, &space.id)?.ok_or_else(spaces::not_found)?;
+    let mut space = members::load(p.get("sid").unwrap_or_default())?;
+    let role = members::role_of(&me, &space.id)?.ok_or_else(members::not_found)?;
     if role == Role::Attended {
         return Err(ApiError::new(
             403,
@@ -369,7 +374,7 @@ pub fn start(req: &Request, p: &Params) -> Reply {
                 format!("this space's live session {lid} is running"),
             ));
         }
-        space = spaces::load(&space.id)?;
+        space = members::load(&space.id)?;
     }
     let now = switchboard_sdk::now_ms();
     let id = crypto::random_id();
@@ -400,7 +405,7 @@ pub fn start(req: &Request, p: &Params) -> Reply {
     put(&id, &me_p)?;
     space.live = Some(id.clone());
     kv::set_json(model::space(&space.id), &space)?;
-    audit_ok(
+    audit::success(
         "meeting.live.start",
         &format!("space/{}", space.id),
         json!({ "live": id, "from": source_address(req) }),
@@ -431,7 +436,7 @@ fn by_code(attempt: Attempt, code: &str) -> Result<(Space, Live), ApiError> {
     let Some(sid) = sid else {
         return Err(attempt.failed());
     };
-    let space = spaces::load(&String::from_utf8_lossy(&sid))?;
+    let space = members::load(&String::from_utf8_lossy(&sid))?;
     let no_session = || ApiError::new(409, "no_live_session", "this space has no live session now");
     let lid = space.live.clone().ok_or_else(no_session)?;
     let live = load(&lid)?;
@@ -464,17 +469,17 @@ pub fn join(req: &Request, _: &Params) -> Reply {
         ));
     }
     if existing.as_ref().is_some_and(|p| p.state == State::Present) {
-        let role = spaces::role_of(&me, &space.id)?.unwrap_or(Role::Attended);
+        let role = members::role_of(&me, &space.id)?.unwrap_or(Role::Attended);
         return Ok(http::json(
             200,
-            &json!({ "space": spaces::view(&space, role), "live": view(&live, &all, true) }),
+            &json!({ "space": members::view(&space, role), "live": view(&live, &all, true) }),
         ));
     }
     check_capacity(&all)?;
-    let role = match spaces::role_of(&me, &space.id)? {
+    let role = match members::role_of(&me, &space.id)? {
         Some(r) => r,
         None => {
-            spaces::set_role(&me, &space.id, Role::Attended)?;
+            members::set_role(&me, &space.id, Role::Attended)?;
             // Attendees keep the space's chat (M4: the space is theirs
             // to come back to).
             chat_members(&space.id, std::slice::from_ref(&me))?;
@@ -492,7 +497,7 @@ pub fn join(req: &Request, _: &Params) -> Reply {
         via: None,
     };
     put(&live.id, &me_p)?;
-    audit_ok(
+    audit::success(
         "meeting.join",
         &format!("space/{}", space.id),
         json!({ "live": live.id, "kind": "registered", "from": address }),
@@ -505,7 +510,7 @@ pub fn join(req: &Request, _: &Params) -> Reply {
     }
     Ok(http::json(
         200,
-        &json!({ "space": spaces::view(&space, role), "live": view(&live, &all, true) }),
+        &json!({ "space": members::view(&space, role), "live": view(&live, &all, true) }),
     ))
 }
 
@@ -571,7 +576,7 @@ pub fn guest_join(req: &Request, _: &Params) -> Reply {
     let token = identity::create_guest_session(&name, &model::guest_scope(&live.id), ttl)?;
     live.guest_sessions += 1;
     save(&live)?;
-    audit_ok(
+    audit::success(
         "meeting.guest.session",
         &format!("space/{}", space.id),
         json!({ "live": live.id, "from": address }),
@@ -637,7 +642,7 @@ pub fn knock(req: &Request, p: &Params) -> Reply {
         via: None,
     };
     put(&live.id, &guest)?;
-    audit_ok(
+    audit::success(
         "meeting.knock",
         &format!("space/{}", live.space),
         json!({ "live": live.id, "guest": me, "from": source_address(req) }),
@@ -683,7 +688,7 @@ pub fn admit(req: &Request, p: &Params) -> Reply {
     guest.by = Some(me.id.clone());
     put(&live.id, &guest)?;
     chat_members(&live.space, std::slice::from_ref(&guest.id))?;
-    audit_ok(
+    audit::success(
         "meeting.admit",
         &format!("space/{}", live.space),
         json!({ "live": live.id, "guest": guest.id, "name": guest.name, "by": me.id, "from": source_address(req) }),
@@ -709,7 +714,7 @@ pub fn reject(req: &Request, p: &Params) -> Reply {
     guest.since = switchboard_sdk::now_ms();
     guest.by = Some(me.id.clone());
     put(&live.id, &guest)?;
-    audit_ok(
+    audit::success(
         "meeting.reject",
         &format!("space/{}", live.space),
         json!({ "live": live.id, "guest": guest.id, "name": guest.name, "by": me.id, "from": source_address(req) }),
@@ -760,7 +765,7 @@ pub fn remove(req: &Request, p: &Params) -> Reply {
     if target.kind == Kind::Guest {
         chat_remove(&live.space, &target.id)?;
     }
-    audit_ok(
+    audit::success(
         "meeting.remove",
         &format!("space/{}", live.space),
         json!({ "live": live.id, "participant": target.id, "kind": target.kind, "by": me.id, "from": source_address(req) }),
@@ -797,8 +802,8 @@ pub fn invite(req: &Request, p: &Params) -> Reply {
     let mut space = space_of(&live)?;
     let mut fresh = Vec::new();
     for name in &body.users {
-        let id = spaces::resolve_user(name)?;
-        if !fresh.contains(&id) && spaces::role_of(&id, &space.id)?.is_none() {
+        let id = members::resolve_user(name)?;
+        if !fresh.contains(&id) && members::role_of(&id, &space.id)?.is_none() {
             fresh.push(id);
         }
     }
@@ -810,13 +815,13 @@ pub fn invite(req: &Request, p: &Params) -> Reply {
         ));
     }
     for u in &fresh {
-        spaces::set_role(u, &space.id, Role::Invited)?;
+        members::set_role(u, &space.id, Role::Invited)?;
         space.invited.push(u.clone());
     }
     if !fresh.is_empty() {
         kv::set_json(model::space(&space.id), &space)?;
         chat_members(&space.id, &fresh)?;
-        audit_ok(
+        audit::success(
             "meeting.invite",
             &format!("space/{}", space.id),
             json!({ "live": live.id, "users": fresh, "by": me.id }),
@@ -856,7 +861,7 @@ pub fn leave(req: &Request, p: &Params) -> Reply {
     if left.kind == Kind::Guest && was_present {
         chat_remove(&live.space, &me)?;
     }
-    audit_ok(
+    audit::success(
         "meeting.leave",
         &format!("space/{}", live.space),
         json!({ "live": live.id, "participant": me, "kind": left.kind, "from": source_address(req) }),
@@ -890,7 +895,7 @@ pub fn show(req: &Request, p: &Params) -> Reply {
         }
     })?;
     let registered = req.principal.kind == PrincipalKind::Registered;
-    let has_role = registered && spaces::role_of(&me, &live.space)?.is_some();
+    let has_role = registered && members::role_of(&me, &live.space)?.is_some();
     let present = mine.as_ref().is_some_and(|p| p.state == State::Present);
     if !has_role && !present {
         return match mine {
@@ -913,7 +918,7 @@ pub fn end(req: &Request, p: &Params) -> Reply {
     let me = registered(req)?;
     let live = load(p.get("lid").unwrap_or_default())?;
     let space = kv::get_json::<Space>(model::space(&live.space))?.ok_or_else(not_found)?;
-    if spaces::role_of(&me, &space.id)?.is_none() {
+    if members::role_of(&me, &space.id)?.is_none() {
         return Err(not_found());
     }
     if me != space.organizer && me != live.started_by {
@@ -967,7 +972,7 @@ pub fn end_session(lid: &str, by: Option<&str>) -> Result<Live, ApiError> {
         p.state = State::Left;
         p.since = now;
         put(lid, &p)?;
-        audit_ok(
+        audit::success(
             "meeting.leave",
             &format!("space/{}", live.space),
             json!({ "live": lid, "participant": p.id, "kind": p.kind, "reason": "session ended" }),
@@ -984,7 +989,7 @@ pub fn end_session(lid: &str, by: Option<&str>) -> Result<Live, ApiError> {
         space.live = None;
         kv::set_json(model::space(&space.id), &space)?;
     }
-    audit_ok(
+    audit::success(
         "meeting.live.end",
         &format!("space/{}", live.space),
         json!({ "live": lid, "by": by.unwrap_or("the 24-hour limit") }),
@@ -1103,7 +1108,7 @@ pub fn pstn_join(req: &Request, _: &Params) -> Reply {
         via: Some(via.clone()),
     };
     put(&live.id, &caller)?;
-    audit_ok(
+    audit::success(
         "meeting.join",
         &format!("space/{}", space.id),
         json!({ "live": live.id, "kind": "pstn", "participant": caller.id, "via": via }),
@@ -1138,7 +1143,7 @@ pub fn pstn_leave(req: &Request, p: &Params) -> Reply {
     caller.state = State::Left;
     caller.since = switchboard_sdk::now_ms();
     put(&live.id, &caller)?;
-    audit_ok(
+    audit::success(
         "meeting.leave",
         &format!("space/{}", live.space),
         json!({ "live": live.id, "participant": caller.id, "kind": "pstn", "via": via }),

@@ -2,15 +2,21 @@
 //! between admitted participants (M10), recording under the rule that any
 //! registered participant starts it and only its initiator stops it (M9),
 //! and the space's chat for guests, whose sessions reach this plugin only.
+//!
+//! Sessions and their participants come from `live.rs`; recordings are
+//! the recording plugin's and the chat the chat plugin's, reached through
+//! the SDK's `plugins` helpers.
 
 use serde::Deserialize;
 use serde_json::{Value, json};
 use switchboard_sdk::http::{self, ApiError, Params, RequestExt as _};
-use switchboard_sdk::{Method, PrincipalKind, Request, Response, events, kv, plugins, tx};
+use switchboard_sdk::plugins::{call_json, call_ok};
+use switchboard_sdk::{Method, PrincipalKind, Request, Response, audit, events, kv, plugins, tx};
 
+use crate::Reply;
 use crate::live::{self, in_session, registered_in_session};
+use crate::members;
 use crate::model::{self, Kind, Recording, State};
-use crate::{Reply, audit_ok, call_ok};
 
 /// Signalling messages a client may relay.
 const SIGNAL_TYPES: [&str; 5] = ["offer", "answer", "candidate", "end-of-candidates", "bye"];
@@ -99,8 +105,8 @@ pub fn record_start(req: &Request, p: &Params) -> Reply {
         .filter(|p| p.state == State::Present)
         .map(|p| p.id.clone())
         .collect();
-    let space = kv::get_json::<model::Space>(model::space(&live.space))?
-        .ok_or_else(crate::spaces::not_found)?;
+    let space =
+        kv::get_json::<model::Space>(model::space(&live.space))?.ok_or_else(members::not_found)?;
     let rec = call_ok(
         "recording",
         Method::Post,
@@ -121,7 +127,7 @@ pub fn record_start(req: &Request, p: &Params) -> Reply {
     });
     kv::set_json(model::live(&live.id), &live)?;
     kv::set(model::recording_of(&live.space, &rid), b"")?;
-    audit_ok(
+    audit::success(
         "meeting.recording.start",
         &format!("space/{}", live.space),
         json!({ "live": live.id, "recording": rid, "by": me.id }),
@@ -150,7 +156,7 @@ pub fn record_stop(req: &Request, p: &Params) -> Reply {
             "only the participant who started the recording stops it",
         ));
     }
-    let (status, stopped) = crate::call_json(
+    let (status, stopped) = call_json(
         "recording",
         Method::Post,
         &format!("/recordings/{}/stop", rec.id),
@@ -180,7 +186,7 @@ pub fn record_stop(req: &Request, p: &Params) -> Reply {
     }
     live.recording = None;
     kv::set_json(model::live(&live.id), &live)?;
-    audit_ok(
+    audit::success(
         "meeting.recording.stop",
         &format!("space/{}", live.space),
         json!({ "live": live.id, "recording": rec.id, "by": me.id }),
@@ -221,8 +227,8 @@ pub fn chat_proxy(req: &Request, p: &Params) -> Reply {
     if !allowed || guest_barred {
         return Err(ApiError::not_found("no such route in the meeting's chat"));
     }
-    let space = kv::get_json::<model::Space>(model::space(&live.space))?
-        .ok_or_else(crate::spaces::not_found)?;
+    let space =
+        kv::get_json::<model::Space>(model::space(&live.space))?.ok_or_else(members::not_found)?;
     let mut path = format!("/conversations/{}/{rest}", space.conversation);
     if !req.query.is_empty() {
         path.push('?');

@@ -1,4 +1,5 @@
-//! What the meetings plugin stores, and under which keys.
+//! What the meetings plugin stores, and under which keys. A leaf: every
+//! area builds its keys here; it uses no other module.
 //!
 //! | key | value |
 //! |---|---|

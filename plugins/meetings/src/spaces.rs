@@ -5,48 +5,28 @@
 //! files before any live session. Listed for their organizer, invitees
 //! and attendees, hidden per user, deleted by the organizer only —
 //! with their chat, files and recordings.
+//!
+//! The routes under `/spaces`. A space's record and its members' roles
+//! are read and written through `members.rs`; deleting a space ends its
+//! running session through `live.rs` (spaces sit above live sessions).
 
 use std::collections::BTreeSet;
 
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use switchboard_sdk::http::{self, ApiError, Params, RequestExt as _};
-use switchboard_sdk::{Method, Request, config, crypto, identity, kv};
+use switchboard_sdk::plugins::{call_gone_ok, call_ok};
+use switchboard_sdk::{Method, Request, audit, config, crypto, kv};
 
+use crate::live;
+use crate::members::{MAX_INVITEES, load, not_found, resolve_user, role_of, set_role, view};
 use crate::model::{self, Role, Space};
-use crate::{Reply, audit_ok, call_gone_ok, call_ok, registered};
+use crate::{Reply, registered};
 
-/// Invitees of one space.
-pub const MAX_INVITEES: usize = 1000;
 /// Attempts at drawing an unused code before giving up.
 const CODE_ATTEMPTS: u32 = 16;
 /// Everyone with a role in one space (invitees and attendees).
 const MAX_MEMBERS: usize = 20_000;
-
-pub fn not_found() -> ApiError {
-    ApiError::new(
-        404,
-        "space_not_found",
-        "no such space, or you are not in it",
-    )
-}
-
-pub fn load(sid: &str) -> Result<Space, ApiError> {
-    http::check_id(sid, "space")?;
-    kv::get_json::<Space>(model::space(sid))?.ok_or_else(not_found)
-}
-
-/// The caller's role in space `sid`, if any.
-pub fn role_of(user: &str, sid: &str) -> Result<Option<Role>, ApiError> {
-    Ok(kv::get_json::<Role>(model::role(user, sid))?)
-}
-
-/// Gives `user` `role` in the space (both index keys).
-pub fn set_role(user: &str, sid: &str, role: Role) -> Result<(), ApiError> {
-    kv::set_json(model::role(user, sid), &role)?;
-    kv::set_json(model::member(sid, user), &role)?;
-    Ok(())
-}
 
 /// The space and the caller's role in it (404 for anyone without one).
 fn membership(req: &Request, sid: &str) -> Result<(String, Space, Role), ApiError> {
@@ -70,31 +50,6 @@ fn draw_code(digits: u32) -> String {
             return (10u64.pow(digits - 1) + n % span).to_string();
         }
     }
-}
-
-/// The id of an active user of the tenant named by id or login name.
-pub fn resolve_user(name: &str) -> Result<String, ApiError> {
-    let found = if name.is_empty() || name.len() > 256 {
-        None
-    } else {
-        identity::lookup_user(name)?
-    };
-    match found {
-        Some(u) if u.active => Ok(u.id),
-        _ => Err(ApiError::bad_request(
-            "unknown_user",
-            format!(
-                "no active user {:?} in this tenant",
-                name.chars().take(80).collect::<String>()
-            ),
-        )),
-    }
-}
-
-pub fn view(space: &Space, role: Role) -> Value {
-    let mut v = crate::to_value(space);
-    v["role"] = json!(role);
-    v
 }
 
 #[derive(Deserialize)]
@@ -171,7 +126,7 @@ pub fn create(req: &Request, _: &Params) -> Reply {
     for u in &invited {
         set_role(u, &id, Role::Invited)?;
     }
-    audit_ok(
+    audit::success(
         "meeting.space.create",
         &format!("space/{id}"),
         json!({ "invited": invited.len(), "scheduled": space.starts_at.is_some() }),
@@ -240,7 +195,7 @@ pub fn delete(req: &Request, p: &Params) -> Reply {
         ));
     }
     if let Some(lid) = &space.live {
-        crate::live::end_session(lid, Some(&me))?;
+        live::end_session(lid, Some(&me))?;
     }
     let recordings = kv::scan_all(model::recordings_prefix(&space.id), 10_000)?;
     let prefix_len = model::recordings_prefix(&space.id).len();
@@ -274,7 +229,7 @@ pub fn delete(req: &Request, p: &Params) -> Reply {
     }
     kv::delete(model::code(&space.code)?)?;
     kv::delete(model::space(&space.id))?;
-    audit_ok(
+    audit::success(
         "meeting.space.delete",
         &format!("space/{}", space.id),
         json!({ "by": me, "recordings": recordings.len(), "sessions": sessions.len() }),

@@ -9,6 +9,8 @@
 //! | `s/{kind}/{source}/{rid}`   | empty: recordings of a source           |
 //! | `a/{kind}/{source}`         | rid of the source's running recording   |
 //! | `b/{blob}`                  | rid whose media the blob holds          |
+//!
+//! A leaf: every area builds its keys here; it uses no other module.
 
 use serde::{Deserialize, Serialize};
 
