@@ -34,6 +34,7 @@ pub mod identity;
 pub mod metrics;
 pub mod outbound;
 pub mod runtime;
+pub mod scheduler;
 pub mod server;
 pub mod store;
 pub mod support;

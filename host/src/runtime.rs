@@ -10,8 +10,9 @@
 //! concurrency slots; all calls by the host's pool.
 //!
 //! Wiring: `main` and the test harness call `Runtime::open`, then the admin
-//! methods (install, tenants, enable) and `handle`. `start_background`
-//! spawns the timer scheduler; the epoch ticker thread starts with `open`.
+//! methods (install, tenants, enable) and `handle`. `scheduler::start`
+//! runs the background loops over a `WeakRuntime`; the epoch ticker thread
+//! starts with `open`.
 
 pub mod cache;
 pub mod data;
@@ -85,8 +86,6 @@ pub struct RuntimeConfig {
     pub master_key: MasterKeySource,
     /// Record changed keys so backups can be incremental (SPEC D5).
     pub track_changes: bool,
-    /// How often expired objects are deleted (SPEC D4).
-    pub retention_sweep_interval: Duration,
     /// Sign-in throttling and locking (SPEC I3).
     pub identity: IdentityConfig,
     /// The event hub's queues and resume window.
@@ -107,7 +106,6 @@ impl RuntimeConfig {
             regions: vec!["local".into()],
             master_key: MasterKeySource::File(PathBuf::new()),
             track_changes: true,
-            retention_sweep_interval: Duration::from_secs(3600),
             identity: IdentityConfig::default(),
             events: Default::default(),
             http_client: Default::default(),
@@ -194,6 +192,18 @@ type PluginTable = HashMap<(String, semver::Version), (Arc<LoadedPlugin>, CacheO
 #[derive(Clone)]
 pub struct Runtime {
     inner: Arc<Inner>,
+}
+
+/// A handle that does not keep the host open (the scheduler's loops hold
+/// one and stop when the host goes).
+#[derive(Clone)]
+pub struct WeakRuntime(Weak<Inner>);
+
+impl WeakRuntime {
+    /// The host, while it is open.
+    pub fn upgrade(&self) -> Option<Runtime> {
+        self.0.upgrade().map(|inner| Runtime { inner })
+    }
 }
 
 pub(crate) struct Inner {
@@ -385,16 +395,25 @@ impl Runtime {
         self.inner.cache.file_for(digest)
     }
 
-    /// Starts the timer scheduler on the current tokio runtime. It stops
-    /// when the last `Runtime` clone is dropped.
-    pub fn start_background(&self) {
-        let weak = Arc::downgrade(&self.inner);
-        tokio::spawn(timer_loop(weak.clone()));
-        tokio::spawn(presence_loop(weak.clone()));
-        tokio::spawn(data::maintenance_loop(
-            weak,
-            self.inner.config.retention_sweep_interval,
-        ));
+    /// A handle that does not keep the host open.
+    pub fn downgrade(&self) -> WeakRuntime {
+        WeakRuntime(Arc::downgrade(&self.inner))
+    }
+
+    /// What commits that change the timer queue notify (the scheduler
+    /// waits on it).
+    pub(crate) fn timer_wake(&self) -> Arc<tokio::sync::Notify> {
+        self.inner.timer_wake.clone()
+    }
+
+    /// Delivers a host event to every enabled plugin of `tenant` granted
+    /// `events`; returns whether every one took it (failures are logged; a
+    /// tenant that is gone has nothing to take).
+    pub async fn host_event(&self, tenant: &str, kind: &str, data: &[u8]) -> bool {
+        match self.inner.tenant(tenant) {
+            Some(t) => self.inner.host_event(&t, kind, data).await,
+            None => true,
+        }
     }
 
     /// The identity service (accounts, sign-in, sessions).
@@ -1225,70 +1244,6 @@ fn spawn_epoch_ticker(engine: Engine, stop: Arc<AtomicBool>) {
     if let Err(e) = spawned {
         // Without the ticker no deadline fires; refuse to run blind.
         tracing::error!(error = %e, "cannot start the epoch thread; plugin deadlines will not fire");
-    }
-}
-
-async fn timer_loop(weak: Weak<Inner>) {
-    loop {
-        let Some(inner) = weak.upgrade() else { return };
-        inner.fire_due_timers(crate::support::clock::now_ms()).await;
-        let wake = inner.timer_wake.clone();
-        drop(inner);
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-            _ = wake.notified() => {}
-        }
-    }
-}
-
-/// Tells plugins when users come online (their first event stream opened)
-/// and go offline (their last one closed), as host events on `on-event`
-/// (SPEC C6): kind `presence.changed`, data `{"user", "online", "boot"}`,
-/// to every enabled plugin of the user's tenant granted `events`. At start
-/// each such plugin first gets `presence.reset` (`{"boot"}`): nobody is
-/// connected to a process that just started, whatever a plugin stored.
-async fn presence_loop(weak: Weak<Inner>) {
-    let boot = match weak.upgrade() {
-        Some(inner) => inner.events.boot_id(),
-        None => return,
-    };
-    let reset = serde_json::json!({ "boot": boot }).to_string();
-    if let Some(inner) = weak.upgrade() {
-        let tenants: Vec<Arc<TenantState>> =
-            inner.tenants.read().recover().values().cloned().collect();
-        for t in tenants {
-            inner
-                .host_event(&t, "presence.reset", reset.as_bytes())
-                .await;
-        }
-    }
-    loop {
-        let hub = match weak.upgrade() {
-            Some(inner) => inner.events.clone(),
-            None => return,
-        };
-        hub.presence_changed().await;
-        let Some(inner) = weak.upgrade() else { return };
-        let mut failed = false;
-        for (tenant, user, online) in hub.take_presence() {
-            let Some(t) = inner.tenant(&tenant) else {
-                continue;
-            };
-            let data = serde_json::json!({ "user": user, "online": online, "boot": boot });
-            if !inner
-                .host_event(&t, "presence.changed", data.to_string().as_bytes())
-                .await
-            {
-                // Busy or failing plugin: try again shortly, unless a newer
-                // transition of this user arrives first.
-                hub.retry_presence(&tenant, &user, online);
-                failed = true;
-            }
-        }
-        drop(inner);
-        if failed {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
     }
 }
 

@@ -15,7 +15,7 @@ const LAYERS: &[&[&str]] = &[
     &["cli"],
     &["server"],
     &["control", "gateway"],
-    &["admin", "harness", "bundle"],
+    &["admin", "scheduler", "harness", "bundle"],
     &["runtime"],
     &["capability"],
     &["call"],

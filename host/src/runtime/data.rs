@@ -2,15 +2,13 @@
 //! retention policies and their sweeper, reclaiming the chunks of deleted
 //! blobs, and storage usage. Every change here is audited.
 
-use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::sync::Arc;
 
 use super::{AdminError, Inner, Runtime};
 use crate::audit::{Scope, outcome};
 use crate::call::txn::{Quota, Txn};
 use crate::capability::blobs::{self, BlobMeta};
 use crate::store::{StoreError, keys};
-use crate::support::clock::now_ms;
 use crate::support::sync::Recover as _;
 
 /// What one retention sweep did.
@@ -407,47 +405,6 @@ async fn sweep_and_tell(inner: &Arc<Inner>, now: u64) -> Result<SweepReport, Sto
             .await;
     }
     Ok(report)
-}
-
-pub(super) async fn maintenance_loop(weak: Weak<Inner>, interval: Duration) {
-    let mut last_sweep = tokio::time::Instant::now();
-    loop {
-        tokio::time::sleep(Duration::from_secs(60).min(interval)).await;
-        let Some(inner) = weak.upgrade() else { return };
-        let sweep = last_sweep.elapsed() >= interval;
-        // Sign whatever the trails gained since the last minute.
-        if let Err(e) = inner.trail.checkpoint_all() {
-            tracing::error!(error = %e, "cannot sign audit checkpoints");
-        }
-        // Forget event backlogs nobody can resume any more.
-        inner.events.sweep();
-        let result = if sweep {
-            sweep_and_tell(&inner, now_ms()).await.map(|r| {
-                if r.deleted > 0 {
-                    tracing::info!(
-                        deleted = r.deleted,
-                        held = r.held_objects,
-                        "retention sweep"
-                    );
-                }
-            })
-        } else {
-            let job: Arc<Inner> = inner.clone();
-            tokio::task::spawn_blocking(move || {
-                job.tenant_ids()
-                    .iter()
-                    .try_for_each(|t| job.reclaim_blobs(t).map(|_| ()))
-            })
-            .await
-            .unwrap_or(Ok(()))
-        };
-        if let Err(e) = result {
-            tracing::error!(error = %e, "storage maintenance failed; retrying later");
-        }
-        if sweep {
-            last_sweep = tokio::time::Instant::now();
-        }
-    }
 }
 
 impl Runtime {
