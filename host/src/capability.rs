@@ -1,9 +1,11 @@
 //! Host capabilities: one module per `switchboard:host` interface, each a
-//! narrow door of plain functions over `call::CallCtx` (and, where it
-//! keeps host-wide state, its part of `States`). They know nothing of WIT
-//! versions; `runtime::v0_1` adapts them to the 0.1.0 bindings. The grant
-//! check is not repeated here: an ungranted capability is never linked
-//! (SPEC K3), so a call can only reach what the tenant granted.
+//! narrow door: plain functions over `call::CallCtx` (and, where it keeps
+//! host-wide state, its part of `States`), its `add_to_linker`, and its
+//! `Host` impls against the newest host bindings (`world::host`) on a
+//! `View` of the call. The kernel's store data reaches them only through
+//! `CapHost`. The grant check is the link: an ungranted capability is
+//! never linked (SPEC K3), so a call can only reach what the tenant
+//! granted.
 
 pub mod audit;
 pub mod blobs;
@@ -16,31 +18,111 @@ pub mod kv;
 pub mod log;
 pub mod plugins;
 pub mod timers;
+pub mod types;
+
+use std::collections::BTreeSet;
+use std::marker::PhantomData;
 
 use switchboard_signing::Capability;
+use wasmtime::component::{HasData, Linker};
 
-/// Capabilities this host implements. A component importing any other
-/// `switchboard:host` interface is refused at install, naming it.
-pub const IMPLEMENTED: &[Capability] = &[
-    Capability::Kv,
-    Capability::Log,
-    Capability::Config,
-    Capability::Timers,
-    Capability::Plugins,
-    Capability::Blobs,
-    Capability::Crypto,
-    Capability::Identity,
-    Capability::Audit,
-    Capability::Events,
-    Capability::HttpClient,
-];
+use crate::call::CallCtx;
+pub use crate::call::error::CapError;
+pub(crate) use crate::world::host as wit;
+
+/// The one list: each implemented capability and the module serving it
+/// (its state, link function and `Host` impls). The names themselves are
+/// the manifest vocabulary, `switchboard_signing::Capability`. Adding a
+/// capability: its WIT, its module, one line here.
+macro_rules! capabilities {
+    ($($cap:ident => $module:ident),* $(,)?) => {
+        /// Capabilities this host implements. A component importing any
+        /// other `switchboard:host` interface is refused at install,
+        /// naming it.
+        pub const IMPLEMENTED: &[Capability] = &[$(Capability::$cap),*];
+
+        /// Adds `types` and the granted, implemented interfaces to
+        /// `linker`. Interfaces not granted are simply absent: a component
+        /// that imports one fails to link (SPEC K3).
+        pub fn add_to_linker<T: CapHost>(
+            linker: &mut Linker<T>,
+            grants: &BTreeSet<Capability>,
+        ) -> wasmtime::Result<()> {
+            types::add_to_linker(linker)?;
+            for cap in grants {
+                match cap {
+                    $(Capability::$cap => $module::add_to_linker(linker)?,)*
+                    // Not implemented: never linked (install refuses importers).
+                    _ => {}
+                }
+            }
+            Ok(())
+        }
+    };
+}
+
+capabilities! {
+    Kv => kv,
+    Log => log,
+    Config => config,
+    Timers => timers,
+    Plugins => plugins,
+    Blobs => blobs,
+    Crypto => crypto,
+    Identity => identity,
+    Audit => audit,
+    Events => events,
+    HttpClient => http_client,
+}
 
 /// Whether this host can link `cap`.
 pub fn is_implemented(cap: Capability) -> bool {
     IMPLEMENTED.contains(&cap)
 }
 
-pub use crate::call::error::CapError;
+/// A call's store data as the capabilities see it; the kernel's
+/// `HostState` implements it, so no capability names the kernel.
+pub trait CapHost: Send + 'static {
+    /// The call being served and the capabilities' host-wide state.
+    fn parts(&mut self) -> (&mut CallCtx, &States);
+}
+
+/// What one capability's `Host` impls work on: the call and that
+/// capability's host-wide state (`()` for none).
+pub struct View<'a, S: 'static> {
+    pub(crate) call: &'a mut CallCtx,
+    pub(crate) state: &'a S,
+}
+
+/// The `HasData` marker linking an interface to `View<'_, S>`.
+pub struct ViewOf<S>(PhantomData<fn() -> S>);
+
+impl<S: 'static> HasData for ViewOf<S> {
+    type Data<'a> = View<'a, S>;
+}
+
+/// A host function's result: the outer error traps the guest, the inner one
+/// is the plugin's to handle.
+pub(crate) type WitResult<T> = wasmtime::Result<Result<T, wit::types::Error>>;
+
+/// A capability's result as the plugin sees it.
+pub(crate) fn wrap<T>(r: Result<T, CapError>) -> WitResult<T> {
+    Ok(r.map_err(wit_error))
+}
+
+fn wit_error(e: CapError) -> wit::types::Error {
+    use wit::types::Error as E;
+    match e {
+        CapError::InvalidArgument(m) => E::InvalidArgument(m),
+        CapError::TooLarge(m) => E::TooLarge(m),
+        CapError::Denied(m) => E::Denied(m),
+        CapError::NotFound(m) => E::NotFound(m),
+        CapError::QuotaExceeded(m) => E::QuotaExceeded(m),
+        CapError::Conflict => E::Conflict,
+        CapError::Timeout => E::Timeout,
+        CapError::Internal(m) => E::Internal(m),
+    }
+}
 
 /// What capabilities keep for the whole host, built once when the host
 /// opens and shared by every call (Spin's factor state): the

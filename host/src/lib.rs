@@ -40,5 +40,6 @@ pub mod store;
 pub mod support;
 pub mod tenant;
 pub mod trust;
+pub mod world;
 
 pub use runtime::{Runtime, RuntimeConfig};

@@ -157,6 +157,11 @@ impl Linked {
 pub const SUPPORTED_API_VERSIONS: &[&str] = &[v0_1::API_VERSION, v0_2::API_VERSION];
 /// The capability package version every supported API version imports.
 pub const HOST_API_VERSION: &str = "0.1.0";
+/// The host-side WIT packages a component may import, each with the
+/// versions this host serves (the next calls issue adds
+/// `switchboard:telephony`).
+pub const HOST_PACKAGES: &[(&str, &[&str])] =
+    &[("switchboard:host", crate::world::HOST_PACKAGE_VERSIONS)];
 
 /// A plugin as listed by `Runtime::plugins`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1473,14 +1478,19 @@ impl Inner {
             if name.starts_with("wasi:") {
                 continue;
             }
-            let Some(rest) = name.strip_prefix("switchboard:host/") else {
+            let Some((package, versions, rest)) = HOST_PACKAGES.iter().find_map(|(p, v)| {
+                name.strip_prefix(p)
+                    .and_then(|r| r.strip_prefix('/'))
+                    .map(|r| (p, v, r))
+            }) else {
                 return Err(AdminError::ForeignImport(name.to_string()));
             };
             let (iface, version) = rest.split_once('@').unwrap_or((rest, ""));
             let api = manifest.api_version.to_string();
-            if version != HOST_API_VERSION || !SUPPORTED_API_VERSIONS.contains(&api.as_str()) {
+            if !versions.contains(&version) || !SUPPORTED_API_VERSIONS.contains(&api.as_str()) {
                 return Err(AdminError::UnsupportedApiVersion(format!(
-                    "the component imports {name}, built against switchboard:host@{version}; this host links switchboard:host@{HOST_API_VERSION} for plugin API {}",
+                    "the component imports {name}, built against {package}@{version}; this host links {package}@{} for plugin API {}",
+                    versions.join(" and "),
                     SUPPORTED_API_VERSIONS.join(" and ")
                 )));
             }

@@ -22,7 +22,7 @@ const LAYERS: &[&[&str]] = &[
     &["identity"],
     &["audit", "backup", "events", "outbound"],
     &["store"],
-    &["error", "metrics", "tenant", "trust"],
+    &["error", "metrics", "tenant", "trust", "world"],
     &["support"],
 ];
 

@@ -6,7 +6,9 @@
 
 use std::sync::Arc;
 
-use super::CapError;
+use wasmtime::component::Linker;
+
+use super::{CapError, CapHost, View, ViewOf, WitResult, wit, wrap};
 use crate::audit::{self, AuditLog, MAX_ACTION_LEN, MAX_DETAILS_LEN, MAX_TARGET_LEN, Scope};
 use crate::call::CallCtx;
 use crate::call::txn::Effect;
@@ -134,4 +136,29 @@ pub fn append(
     };
     ctx.txn.push_effect(state.append(draft));
     Ok(())
+}
+
+/// Links the `audit` interface, served by this module.
+pub(crate) fn add_to_linker<T: CapHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    wit::audit::add_to_linker::<T, ViewOf<State>>(linker, |t| {
+        let (call, caps) = t.parts();
+        View {
+            call,
+            state: &caps.audit,
+        }
+    })
+}
+
+impl wit::audit::Host for View<'_, State> {
+    fn append(
+        &mut self,
+        action: String,
+        target: String,
+        outcome: String,
+        details: String,
+    ) -> WitResult<()> {
+        wrap(append(
+            self.call, self.state, &action, &target, &outcome, &details,
+        ))
+    }
 }

@@ -12,8 +12,9 @@
 //! retention period are deleted when it ends (SPEC D4).
 
 use serde::{Deserialize, Serialize};
+use wasmtime::component::Linker;
 
-use super::CapError;
+use super::{CapError, CapHost, View, ViewOf, WitResult, wit, wrap};
 use crate::call::CallCtx;
 use crate::store::crypt;
 use crate::store::keys;
@@ -301,4 +302,34 @@ pub(crate) fn deletion_writes(
         ),
         (keys::blob_gc(tenant, plugin, id), Some(Vec::new())),
     ]
+}
+
+/// Links the `blobs` interface, served by this module.
+pub(crate) fn add_to_linker<T: CapHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    wit::blobs::add_to_linker::<T, ViewOf<()>>(linker, |t| {
+        let (call, _) = t.parts();
+        View { call, state: &() }
+    })
+}
+
+impl wit::blobs::Host for View<'_, ()> {
+    fn create(&mut self, owner: Option<String>, retention_class: String) -> WitResult<String> {
+        wrap(create(self.call, owner.as_deref(), &retention_class))
+    }
+
+    fn append(&mut self, id: String, chunk: Vec<u8>) -> WitResult<u64> {
+        wrap(append(self.call, &id, &chunk))
+    }
+
+    fn read(&mut self, id: String, offset: u64, len: u32) -> WitResult<Vec<u8>> {
+        wrap(read(self.call, &id, offset, len))
+    }
+
+    fn size(&mut self, id: String) -> WitResult<u64> {
+        wrap(size(self.call, &id))
+    }
+
+    fn delete(&mut self, id: String) -> WitResult<bool> {
+        wrap(delete(self.call, &id))
+    }
 }

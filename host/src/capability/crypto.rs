@@ -6,8 +6,9 @@
 
 use ed25519_dalek::{Signer, Verifier};
 use sha2::{Digest, Sha256};
+use wasmtime::component::Linker;
 
-use super::CapError;
+use super::{CapError, CapHost, View, ViewOf, WitResult, wit, wrap};
 use crate::call::CallCtx;
 use crate::store::crypt;
 
@@ -108,4 +109,48 @@ pub fn open(ctx: &mut CallCtx, name: &str, sealed: &[u8], aad: &[u8]) -> Result<
     ctx.charge(sealed.len() + aad.len())?;
     crypt::open(&derive(ctx, "aead", name)?, sealed, aad)
         .map_err(|e| CapError::InvalidArgument(format!("cannot open sealed data: {e}")))
+}
+
+/// Links the `crypto` interface, served by this module.
+pub(crate) fn add_to_linker<T: CapHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    wit::crypto::add_to_linker::<T, ViewOf<()>>(linker, |t| {
+        let (call, _) = t.parts();
+        View { call, state: &() }
+    })
+}
+
+impl wit::crypto::Host for View<'_, ()> {
+    fn random_bytes(&mut self, len: u32) -> wasmtime::Result<Vec<u8>> {
+        // The interface has no error case: a budget or entropy failure is
+        // fatal to the call.
+        random_bytes(self.call, len).map_err(wasmtime::Error::msg)
+    }
+
+    fn sha256(&mut self, data: Vec<u8>) -> wasmtime::Result<Vec<u8>> {
+        sha256(self.call, &data).map_err(wasmtime::Error::msg)
+    }
+
+    fn hmac_sha256(&mut self, key_name: String, data: Vec<u8>) -> WitResult<Vec<u8>> {
+        wrap(hmac_sha256(self.call, &key_name, &data))
+    }
+
+    fn sign(&mut self, key_name: String, data: Vec<u8>) -> WitResult<Vec<u8>> {
+        wrap(sign(self.call, &key_name, &data))
+    }
+
+    fn verify(&mut self, key_name: String, data: Vec<u8>, signature: Vec<u8>) -> WitResult<bool> {
+        wrap(verify(self.call, &key_name, &data, &signature))
+    }
+
+    fn public_key(&mut self, key_name: String) -> WitResult<Vec<u8>> {
+        wrap(public_key(self.call, &key_name))
+    }
+
+    fn seal(&mut self, key_name: String, plaintext: Vec<u8>, aad: Vec<u8>) -> WitResult<Vec<u8>> {
+        wrap(seal(self.call, &key_name, &plaintext, &aad))
+    }
+
+    fn open(&mut self, key_name: String, sealed: Vec<u8>, aad: Vec<u8>) -> WitResult<Vec<u8>> {
+        wrap(open(self.call, &key_name, &sealed, &aad))
+    }
 }

@@ -7,7 +7,9 @@
 
 use std::sync::Arc;
 
-use super::CapError;
+use wasmtime::component::Linker;
+
+use super::{CapError, CapHost, View, ViewOf, WitResult, wit, wrap};
 use crate::call::CallCtx;
 use crate::call::txn::Effect;
 use crate::events::{
@@ -168,4 +170,38 @@ pub fn leave_group(ctx: &mut CallCtx, group: &str, user: &str) -> Result<(), Cap
     let key = keys::event_group_member(ctx.tenant_id(), ctx.plugin_name(), group, user);
     ctx.txn.set_delete(key);
     Ok(())
+}
+
+/// Links the `events` interface, served by this module.
+pub(crate) fn add_to_linker<T: CapHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    wit::events::add_to_linker::<T, ViewOf<State>>(linker, |t| {
+        let (call, caps) = t.parts();
+        View {
+            call,
+            state: &caps.events,
+        }
+    })
+}
+
+impl wit::events::Host for View<'_, State> {
+    fn publish(
+        &mut self,
+        audience: wit::events::Audience,
+        kind: String,
+        data: Vec<u8>,
+    ) -> WitResult<()> {
+        let audience = match audience {
+            wit::events::Audience::Users(u) => crate::events::Audience::Users(u),
+            wit::events::Audience::Group(g) => crate::events::Audience::Group(g),
+        };
+        wrap(publish(self.call, self.state, audience, &kind, data))
+    }
+
+    fn join_group(&mut self, group: String, user: String) -> WitResult<()> {
+        wrap(join_group(self.call, &group, &user))
+    }
+
+    fn leave_group(&mut self, group: String, user: String) -> WitResult<()> {
+        wrap(leave_group(self.call, &group, &user))
+    }
 }

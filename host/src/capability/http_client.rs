@@ -14,8 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
+use wasmtime::component::Linker;
 
-use super::CapError;
+use super::{CapError, CapHost, View, ViewOf, WitResult, wit, wrap};
 use crate::call::CallCtx;
 use crate::outbound::{Outbound, Policy};
 
@@ -225,6 +226,42 @@ pub async fn send(ctx: &mut CallCtx, state: &State, req: Outgoing) -> Result<Inc
         Err(crate::outbound::RequestError::TooLarge(m)) => Err(CapError::TooLarge(m)),
         Err(crate::outbound::RequestError::Denied(m)) => Err(CapError::Denied(m)),
         Err(crate::outbound::RequestError::Failed(m)) => Err(CapError::Internal(m)),
+    }
+}
+
+/// Links the `http-client` interface, served by this module.
+pub(crate) fn add_to_linker<T: CapHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    wit::http_client::add_to_linker::<T, ViewOf<State>>(linker, |t| {
+        let (call, caps) = t.parts();
+        View {
+            call,
+            state: &caps.http_client,
+        }
+    })
+}
+
+impl wit::http_client::Host for View<'_, State> {
+    async fn send(
+        &mut self,
+        request: wit::http_client::Outgoing,
+    ) -> WitResult<wit::http_client::Incoming> {
+        let method = crate::call::types::Method::from(request.method).as_str();
+        let outgoing = Outgoing {
+            method,
+            url: request.url,
+            headers: request.headers,
+            body: request.body,
+            timeout_ms: request.timeout_ms,
+        };
+        wrap(
+            send(self.call, self.state, outgoing)
+                .await
+                .map(|r| wit::http_client::Incoming {
+                    status: r.status,
+                    headers: r.headers,
+                    body: r.body,
+                }),
+        )
     }
 }
 

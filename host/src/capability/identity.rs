@@ -5,7 +5,9 @@
 //! written in the call's transaction, so it exists only if the call
 //! commits.
 
-use super::CapError;
+use wasmtime::component::Linker;
+
+use super::{CapError, CapHost, View, ViewOf, WitResult, wit, wrap};
 use crate::audit::Scope;
 use crate::call::CallCtx;
 use crate::identity::{AuthError, UserView};
@@ -67,5 +69,44 @@ fn cap(e: AuthError) -> CapError {
             tracing::error!(error = %other, "identity capability failed");
             CapError::Internal("identity is unavailable".into())
         }
+    }
+}
+
+/// Links the `identity` interface, served by this module.
+pub(crate) fn add_to_linker<T: CapHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    wit::identity::add_to_linker::<T, ViewOf<super::audit::State>>(linker, |t| {
+        let (call, caps) = t.parts();
+        View {
+            call,
+            state: &caps.audit,
+        }
+    })
+}
+
+impl wit::identity::Host for View<'_, super::audit::State> {
+    fn lookup_user(&mut self, id: String) -> WitResult<Option<wit::identity::UserInfo>> {
+        wrap(lookup_user(self.call, &id).map(|found| {
+            found.map(|u| wit::identity::UserInfo {
+                id: u.id,
+                display_name: u.display_name,
+                email: u.email,
+                active: u.active,
+            })
+        }))
+    }
+
+    fn create_guest_session(
+        &mut self,
+        display_name: String,
+        scope: String,
+        ttl_ms: u64,
+    ) -> WitResult<String> {
+        wrap(create_guest_session(
+            self.call,
+            self.state,
+            &display_name,
+            &scope,
+            ttl_ms,
+        ))
     }
 }

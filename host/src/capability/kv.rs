@@ -3,7 +3,9 @@
 //! plugin may use any encoding; the namespace prefix is the host's, so no
 //! key can reach another plugin or tenant (SPEC K4).
 
-use super::CapError;
+use wasmtime::component::Linker;
+
+use super::{CapError, CapHost, View, ViewOf, WitResult, wit, wrap};
 use crate::call::CallCtx;
 use crate::store::{Entry, keys};
 
@@ -121,4 +123,44 @@ pub fn scan(
         None
     };
     Ok(ScanPage { entries, next })
+}
+
+/// Links the `kv` interface, served by this module.
+pub(crate) fn add_to_linker<T: CapHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    wit::kv::add_to_linker::<T, ViewOf<()>>(linker, |t| View {
+        call: t.parts().0,
+        state: &(),
+    })
+}
+
+impl wit::kv::Host for View<'_, ()> {
+    fn get(&mut self, key: Vec<u8>) -> WitResult<Option<Vec<u8>>> {
+        wrap(get(self.call, &key))
+    }
+
+    fn set(&mut self, key: Vec<u8>, value: Vec<u8>) -> WitResult<()> {
+        wrap(set(self.call, &key, value))
+    }
+
+    fn delete(&mut self, key: Vec<u8>) -> WitResult<bool> {
+        wrap(delete(self.call, &key))
+    }
+
+    fn scan(
+        &mut self,
+        prefix: Vec<u8>,
+        start_after: Option<Vec<u8>>,
+        limit: u32,
+    ) -> WitResult<wit::kv::Page> {
+        wrap(
+            scan(self.call, &prefix, start_after.as_deref(), limit).map(|page| wit::kv::Page {
+                entries: page
+                    .entries
+                    .into_iter()
+                    .map(|(key, value)| wit::kv::Entry { key, value })
+                    .collect(),
+                next: page.next,
+            }),
+        )
+    }
 }

@@ -1,6 +1,9 @@
 //! `log`: plugin log lines into the host's log, tagged with tenant and
 //! plugin, bounded per line and per call so a plugin cannot flood the log.
 
+use wasmtime::component::Linker;
+
+use super::{CapHost, View, ViewOf, wit};
 use crate::call::CallCtx;
 
 /// Longest message kept, in bytes.
@@ -43,5 +46,29 @@ pub fn log(ctx: &mut CallCtx, level: Level, message: &str) {
         Level::Info => tracing::info!(target: "plugin", tenant, plugin, "{msg}"),
         Level::Warn => tracing::warn!(target: "plugin", tenant, plugin, "{msg}"),
         Level::Error => tracing::error!(target: "plugin", tenant, plugin, "{msg}"),
+    }
+}
+
+/// Links the `log` interface, served by this module.
+pub(crate) fn add_to_linker<T: CapHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    wit::log::add_to_linker::<T, ViewOf<()>>(linker, |t| {
+        let (call, _) = t.parts();
+        View { call, state: &() }
+    })
+}
+
+impl wit::log::Host for View<'_, ()> {
+    fn log(&mut self, level: wit::log::Level, message: String) -> wasmtime::Result<()> {
+        use Level as L;
+        use wit::log::Level as W;
+        let level = match level {
+            W::Trace => L::Trace,
+            W::Debug => L::Debug,
+            W::Info => L::Info,
+            W::Warn => L::Warn,
+            W::Error => L::Error,
+        };
+        log(self.call, level, &message);
+        Ok(())
     }
 }

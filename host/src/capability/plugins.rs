@@ -7,7 +7,9 @@
 
 use std::sync::Arc;
 
-use super::CapError;
+use wasmtime::component::Linker;
+
+use super::{CapError, CapHost, View, ViewOf, WitResult, wit, wrap};
 use crate::call::error::CallError;
 use crate::call::types::{Invocation, Outcome, Request, Response};
 use crate::call::{CallCtx, CallSpec, EnabledPlugin};
@@ -114,5 +116,54 @@ impl<T> AbortOnDrop<T> {
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// Links the `plugins` interface, served by this module.
+pub(crate) fn add_to_linker<T: CapHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    wit::plugins::add_to_linker::<T, ViewOf<()>>(linker, |t| {
+        let (call, _) = t.parts();
+        View { call, state: &() }
+    })
+}
+
+impl wit::plugins::Host for View<'_, ()> {
+    async fn call(
+        &mut self,
+        plugin: String,
+        request: wit::types::Request,
+    ) -> WitResult<wit::types::Response> {
+        let ctx = &mut *self.call;
+        let callee = match resolve(ctx, &plugin) {
+            Ok(c) => c,
+            Err(e) => return wrap(Err(e)),
+        };
+        let request = crate::call::types::Request {
+            method: request.method.into(),
+            path: request.path,
+            query: request.query,
+            // Host headers (client address, guest scope) are the top-level
+            // request's, never what the calling plugin wrote.
+            headers: request
+                .headers
+                .into_iter()
+                .filter(|(k, _)| !crate::call::types::is_host_header(k))
+                .chain(ctx.host_headers.iter().cloned())
+                .collect(),
+            body: request.body,
+            // The callee sees who really called, never what the caller wrote.
+            principal: ctx.principal.clone(),
+            caller_plugin: Some(ctx.plugin_name().to_string()),
+            request_id: ctx.request_id.clone(),
+        };
+        if let Err(e) = ctx.charge(request.size_bytes()) {
+            return wrap(Err(e));
+        }
+        let result = call(ctx, callee, request).await;
+        wrap(result.map(|r| wit::types::Response {
+            status: r.status,
+            headers: r.headers,
+            body: r.body,
+        }))
     }
 }

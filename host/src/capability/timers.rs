@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
+use wasmtime::component::Linker;
 
-use super::CapError;
+use super::{CapError, CapHost, View, ViewOf, WitResult, wit, wrap};
 use crate::call::CallCtx;
 use crate::call::txn::Effect;
 use crate::store::keys;
@@ -125,4 +126,25 @@ pub fn cancel(ctx: &mut CallCtx, state: &State, id: &str) -> Result<bool, CapErr
     )?;
     ctx.txn.push_effect(Wake(state.wake.clone()));
     Ok(true)
+}
+
+/// Links the `timers` interface, served by this module.
+pub(crate) fn add_to_linker<T: CapHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    wit::timers::add_to_linker::<T, ViewOf<State>>(linker, |t| {
+        let (call, caps) = t.parts();
+        View {
+            call,
+            state: &caps.timers,
+        }
+    })
+}
+
+impl wit::timers::Host for View<'_, State> {
+    fn schedule(&mut self, delay_ms: u64, name: String, payload: Vec<u8>) -> WitResult<String> {
+        wrap(schedule(self.call, self.state, delay_ms, &name, &payload))
+    }
+
+    fn cancel(&mut self, id: String) -> WitResult<bool> {
+        wrap(cancel(self.call, self.state, &id))
+    }
 }

@@ -61,6 +61,12 @@ impl HostState {
     }
 }
 
+impl capability::CapHost for HostState {
+    fn parts(&mut self) -> (&mut CallCtx, &capability::States) {
+        (&mut self.call, &self.caps)
+    }
+}
+
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {

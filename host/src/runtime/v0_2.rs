@@ -1,8 +1,9 @@
 //! Adapter for plugin API `switchboard:plugin@0.2.0`: the 0.1.0 world plus
 //! a `describe` export. Its capability imports are still
 //! `switchboard:host@0.1.0`, so the generated host interfaces (and their
-//! implementations in `v0_1`) are shared rather than generated again; only
-//! the exports differ. Plugins of both versions run side by side (SPEC K8).
+//! implementations in the capability modules) are shared rather than
+//! generated again (`world::v0_2` binds them `with` 0.1's); only the
+//! exports differ. Plugins of both versions run side by side (SPEC K8).
 
 use wasmtime::Store;
 
@@ -10,16 +11,7 @@ use super::state::HostState;
 use super::v0_1::{Stage, invoke_feature};
 use crate::call::types::{Invocation, Outcome};
 
-mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../wit/0.2.0",
-        world: "switchboard:plugin/feature",
-        exports: { default: async },
-        with: {
-            "switchboard:host": crate::runtime::v0_1::bindings::switchboard::host,
-        },
-    });
-}
+use crate::world::v0_2 as bindings;
 
 /// The API version this adapter serves.
 pub const API_VERSION: &str = "0.2.0";
