@@ -21,17 +21,22 @@
 //! tenant-admin accounts of a tenant — enough to bootstrap and support it —
 //! and see no user directory, audit content or plugin data (SPEC I8).
 
-use std::collections::BTreeSet;
+mod accounts;
+mod data;
+mod jit;
+mod plugins;
+mod providers;
+mod tenants;
+mod trail;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
-use switchboard_signing::Capability;
+use serde_json::Value;
 
 use crate::audit::{self, Scope};
 pub use crate::error::ApiError;
 use crate::identity::access::{self, AccessScope, Person};
+use crate::identity::sso;
 use crate::identity::{AccountChange, AuthError, Caller, NewAccount, Policy, Role};
-use crate::identity::{oidc, sso};
 use crate::runtime::Runtime;
 
 /// One administrative operation.
@@ -225,183 +230,15 @@ pub fn realm(text: &str) -> Result<Scope, ApiError> {
     })
 }
 
-fn deny(what: &str) -> Result<(), ApiError> {
+pub(super) fn deny(what: &str) -> Result<(), ApiError> {
     Err(ApiError::forbidden(format!("your role may not {what}")))
 }
 
-/// Whether `actor` may run `op`. `target_role` is the role of the account
-/// an account operation touches (read before authorising).
 /// Facts about the target an authorisation decision needs.
 #[derive(Debug, Clone, Copy, Default)]
-struct Facts {
+pub(super) struct Facts {
     /// Whether the tenant an account operation aims at has an admin.
-    tenant_has_admin: bool,
-}
-
-fn authorize(
-    actor: &Actor,
-    op: &Op,
-    target_role: Option<Role>,
-    ctx: Facts,
-) -> Result<(), ApiError> {
-    let Actor::Caller(c) = actor else {
-        return Ok(());
-    };
-    if let Some(r) = c.restriction {
-        return Err(AuthError::Restricted(r).into());
-    }
-    let own_tenant = |realm: &str| c.role == Role::TenantAdmin && c.tenant() == Some(realm);
-    let assigned = |tenant: &str| c.role == Role::Partner && c.tenants.iter().any(|t| t == tenant);
-    let operator = c.role == Role::Operator;
-    use Op::*;
-    match op {
-        TenantList => {
-            if operator || c.role == Role::Partner {
-                Ok(())
-            } else {
-                deny("list tenants")
-            }
-        }
-        TenantCreate { .. } | TenantDelete { .. } | TrustAdd { .. } | TrustRevoke { .. } => {
-            if operator {
-                Ok(())
-            } else {
-                deny("manage tenants or the trust store")
-            }
-        }
-        TrustList | AuditKey | PluginList => {
-            if operator || c.role == Role::Partner || c.role == Role::TenantAdmin {
-                Ok(())
-            } else {
-                deny("see the plugin catalogue")
-            }
-        }
-        RetentionShow { tenant } => {
-            if operator || own_tenant(tenant) {
-                Ok(())
-            } else {
-                deny("see this tenant's retention (its admins and operators may)")
-            }
-        }
-        // The audit trail's retention and a tenant-wide hold are the
-        // operator's: a tenant admin could otherwise prune the record of
-        // their own actions or lift a hold placed on the tenant.
-        RetentionSet { tenant, class, .. } => {
-            if operator || (own_tenant(tenant) && class != "audit") {
-                Ok(())
-            } else {
-                deny("set this retention (the audit trail's is the operator's)")
-            }
-        }
-        HoldSet {
-            tenant, blob, on, ..
-        } => {
-            if operator || (own_tenant(tenant) && (blob.is_some() || *on)) {
-                Ok(())
-            } else {
-                deny("lift a hold on the whole tenant (operators may)")
-            }
-        }
-        PluginEnable { tenant, .. }
-        | PluginDisable { tenant, .. }
-        | PluginConfigShow { tenant, .. }
-        | PluginConfigSet { tenant, .. } => {
-            if operator || own_tenant(tenant) || assigned(tenant) {
-                Ok(())
-            } else {
-                deny("configure this tenant's plugins")
-            }
-        }
-        UserList { realm } | PolicyShow { realm } | AuditVerify { realm } => {
-            // Operators may read policies and verify trails anywhere, and
-            // list users: all of the system realm, only the admins of a
-            // tenant (filtered in `run`).
-            if own_tenant(realm) || operator {
-                Ok(())
-            } else {
-                deny("read this realm")
-            }
-        }
-        OidcClientList { tenant }
-        | OidcClientAdd { tenant, .. }
-        | OidcClientRemove { tenant, .. }
-        | SsoShow { tenant }
-        | SsoSet { tenant, .. }
-        | SsoRemove { tenant } => {
-            if own_tenant(tenant) {
-                Ok(())
-            } else {
-                deny(
-                    "manage this tenant's OpenID Connect clients or single sign-on (its admins may)",
-                )
-            }
-        }
-        // Who may request, decide or revoke is checked by `access` itself
-        // (it depends on the request); listing is for operators and a
-        // tenant's admins (their own tenant's requests).
-        AccessRequest { .. } | AccessDecide { .. } | AccessRevoke { .. } => Ok(()),
-        AccessList { tenant } => {
-            if operator || tenant.as_deref().is_some_and(own_tenant) {
-                Ok(())
-            } else {
-                deny("list access requests (operators, or a tenant admin for their tenant)")
-            }
-        }
-        PolicySet { realm, .. } => {
-            if own_tenant(realm) {
-                Ok(())
-            } else {
-                deny("change this tenant's sign-in policy (only its admins may)")
-            }
-        }
-        AuditWrite { .. } => deny("write files on the server (console only)"),
-        AuditExport { realm, .. } => {
-            if own_tenant(realm) || (operator && realm == "system") {
-                Ok(())
-            } else {
-                deny(
-                    "read this tenant's audit trail (its admins may; operators need approved just-in-time access)",
-                )
-            }
-        }
-        UserShow { realm, .. }
-        | UserUpdate { realm, .. }
-        | UserDelete { realm, .. }
-        | UserResetPassword { realm, .. }
-        | UserUnlock { realm, .. }
-        | UserResetMfa { realm, .. }
-        | SessionList { realm, .. }
-        | SessionRevoke { realm, .. }
-        | UserCreate { realm, .. } => {
-            let role = match op {
-                UserCreate { account, .. } => Role::parse(&account.role),
-                _ => target_role,
-            };
-            if own_tenant(realm) {
-                return Ok(());
-            }
-            let reads = matches!(op, UserShow { .. } | SessionList { .. });
-            // Operators read system accounts and tenant admins; they create
-            // a tenant's first admin (bootstrap). Creating or changing
-            // operators and partners is the console's (the machine owner's),
-            // so no operator can mint a second identity to approve their
-            // own access; changing a tenant's accounts needs a grant.
-            if operator && reads && (realm == "system" || role == Some(Role::TenantAdmin)) {
-                return Ok(());
-            }
-            if operator
-                && matches!(op, UserCreate { .. })
-                && realm != "system"
-                && role == Some(Role::TenantAdmin)
-                && !ctx.tenant_has_admin
-            {
-                return Ok(());
-            }
-            deny(
-                "manage this account (system accounts are managed from the console; a tenant's accounts by its admins, or by an operator with approved just-in-time access; operators create only a tenant's first admin)",
-            )
-        }
-    }
+    pub(super) tenant_has_admin: bool,
 }
 
 fn target_of(op: &Op) -> Option<(&str, &str)> {
@@ -418,6 +255,113 @@ fn target_of(op: &Op) -> Option<(&str, &str)> {
         _ => None,
     }
 }
+
+/// Who asks, as an area's authorisation sees a signed-in caller.
+pub(super) struct Who<'a> {
+    pub(super) caller: &'a Caller,
+    /// Whether the caller is an operator.
+    pub(super) operator: bool,
+    /// The role of the account an account operation touches (read before
+    /// authorising).
+    pub(super) target_role: Option<Role>,
+    pub(super) facts: Facts,
+}
+
+impl Who<'_> {
+    /// Whether the caller is an admin of `tenant`.
+    pub(super) fn own_tenant(&self, tenant: &str) -> bool {
+        self.caller.role == Role::TenantAdmin && self.caller.tenant() == Some(tenant)
+    }
+
+    /// Whether the caller is a partner assigned to `tenant`.
+    pub(super) fn assigned(&self, tenant: &str) -> bool {
+        self.caller.role == Role::Partner && self.caller.tenants.iter().any(|t| t == tenant)
+    }
+}
+
+/// What an area's `run` gets besides the op.
+pub(super) struct Runner<'a> {
+    pub(super) rt: &'a Runtime,
+    pub(super) actor: &'a Actor,
+    /// An operator acting without a just-in-time grant.
+    pub(super) is_operator: bool,
+    /// A partner's assigned tenants (what it may list).
+    pub(super) partner_tenants: Option<Vec<String>>,
+}
+
+/// An op handed to an area that does not own it (a bug, never input).
+fn misrouted(op: &Op) -> ApiError {
+    ApiError::new(
+        500,
+        "internal",
+        format!("admin operation {op:?} reached the wrong area"),
+    )
+}
+
+/// The areas, each owning its ops' names, realms, authorisation and
+/// execution in its own file. Adding an area: its ops in `Op`, its file,
+/// its name here.
+macro_rules! areas {
+    ($($area:ident),* $(,)?) => {
+        fn op_name(op: &Op) -> &'static str {
+            $(if $area::owns(op) {
+                return $area::op_name(op);
+            })*
+            "unknown"
+        }
+
+        fn op_realm(op: &Op) -> Option<Scope> {
+            $(if $area::owns(op) {
+                return $area::op_realm(op);
+            })*
+            None
+        }
+
+        /// Whether `actor` may run `op` (the console always may).
+        fn authorize(
+            actor: &Actor,
+            op: &Op,
+            target_role: Option<Role>,
+            facts: Facts,
+        ) -> Result<(), ApiError> {
+            let Actor::Caller(c) = actor else {
+                return Ok(());
+            };
+            if let Some(r) = c.restriction {
+                return Err(AuthError::Restricted(r).into());
+            }
+            let who = Who {
+                caller: c,
+                operator: c.role == Role::Operator,
+                target_role,
+                facts,
+            };
+            $(if $area::owns(op) {
+                return $area::authorize(&who, op);
+            })*
+            Err(misrouted(op))
+        }
+
+        async fn run(rt: &Runtime, actor: &Actor, op: Op, granted: bool) -> Result<Value, ApiError> {
+            let runner = Runner {
+                rt,
+                actor,
+                is_operator: !granted
+                    && matches!(actor, Actor::Caller(c) if c.role == Role::Operator),
+                partner_tenants: match actor {
+                    Actor::Caller(c) if c.role == Role::Partner => Some(c.tenants.clone()),
+                    _ => None,
+                },
+            };
+            $(if $area::owns(&op) {
+                return $area::run(&runner, op).await;
+            })*
+            Err(misrouted(&op))
+        }
+    };
+}
+
+areas!(tenants, accounts, trail, plugins, data, providers, jit);
 
 /// Runs `op` for `actor`: authorises, executes, and returns the result as
 /// JSON. Refusals are audited in the realm they aimed at.
@@ -553,7 +497,7 @@ fn jit_grant(
         .find(|g| g.covers(scope))
 }
 
-fn person(actor: &Actor) -> Option<Person> {
+pub(super) fn person(actor: &Actor) -> Option<Person> {
     match actor {
         Actor::Console => None,
         Actor::Caller(c) => Some(Person {
@@ -572,433 +516,7 @@ fn realm_exists(rt: &Runtime, scope: &Scope) -> bool {
     }
 }
 
-fn op_name(op: &Op) -> &'static str {
-    use Op::*;
-    match op {
-        TenantList => "tenant-list",
-        TenantCreate { .. } => "tenant-create",
-        TenantDelete { .. } => "tenant-delete",
-        UserList { .. } => "user-list",
-        UserShow { .. } => "user-show",
-        UserCreate { .. } => "user-create",
-        UserUpdate { .. } => "user-update",
-        UserDelete { .. } => "user-delete",
-        UserResetPassword { .. } => "user-reset-password",
-        UserUnlock { .. } => "user-unlock",
-        UserResetMfa { .. } => "user-reset-mfa",
-        SessionList { .. } => "session-list",
-        SessionRevoke { .. } => "session-revoke",
-        PolicyShow { .. } => "policy-show",
-        PolicySet { .. } => "policy-set",
-        AuditVerify { .. } => "audit-verify",
-        AuditExport { .. } => "audit-export",
-        AuditKey => "audit-key",
-        AuditWrite { .. } => "audit-write",
-        TrustList => "trust-list",
-        TrustAdd { .. } => "trust-add",
-        TrustRevoke { .. } => "trust-revoke",
-        PluginList => "plugin-list",
-        PluginEnable { .. } => "plugin-enable",
-        PluginDisable { .. } => "plugin-disable",
-        RetentionShow { .. } => "retention-show",
-        RetentionSet { .. } => "retention-set",
-        HoldSet { .. } => "hold-set",
-        PluginConfigShow { .. } => "plugin-config-show",
-        PluginConfigSet { .. } => "plugin-config-set",
-        OidcClientList { .. } => "oidc-client-list",
-        OidcClientAdd { .. } => "oidc-client-add",
-        OidcClientRemove { .. } => "oidc-client-remove",
-        AccessList { .. } => "access-list",
-        AccessRequest { .. } => "access-request",
-        AccessDecide { .. } => "access-decide",
-        AccessRevoke { .. } => "access-revoke",
-        SsoShow { .. } => "sso-show",
-        SsoSet { .. } => "sso-set",
-        SsoRemove { .. } => "sso-remove",
-    }
-}
-
-fn op_realm(op: &Op) -> Option<Scope> {
-    use Op::*;
-    match op {
-        UserList { realm }
-        | UserShow { realm, .. }
-        | UserCreate { realm, .. }
-        | UserUpdate { realm, .. }
-        | UserDelete { realm, .. }
-        | UserResetPassword { realm, .. }
-        | UserUnlock { realm, .. }
-        | UserResetMfa { realm, .. }
-        | SessionList { realm, .. }
-        | SessionRevoke { realm, .. }
-        | PolicyShow { realm }
-        | PolicySet { realm, .. }
-        | AuditVerify { realm }
-        | AuditExport { realm, .. }
-        | AuditWrite { realm, .. } => Scope::parse(realm),
-        PluginEnable { tenant, .. }
-        | PluginDisable { tenant, .. }
-        | PluginConfigShow { tenant, .. }
-        | PluginConfigSet { tenant, .. }
-        | RetentionShow { tenant }
-        | RetentionSet { tenant, .. }
-        | HoldSet { tenant, .. }
-        | OidcClientList { tenant }
-        | OidcClientAdd { tenant, .. }
-        | OidcClientRemove { tenant, .. }
-        | SsoShow { tenant }
-        | SsoSet { tenant, .. }
-        | SsoRemove { tenant } => Scope::parse(tenant),
-        TenantDelete { id } => Scope::parse(id),
-        AccessRequest { tenant, .. } => Scope::parse(tenant),
-        _ => None,
-    }
-}
-
-async fn run(rt: &Runtime, actor: &Actor, op: Op, granted: bool) -> Result<Value, ApiError> {
-    let ids = rt.identity();
-    let is_operator = !granted && matches!(actor, Actor::Caller(c) if c.role == Role::Operator);
-    let partner_tenants = match actor {
-        Actor::Caller(c) if c.role == Role::Partner => Some(c.tenants.clone()),
-        _ => None,
-    };
-    use Op::*;
-    Ok(match op {
-        TenantList => {
-            let list: Vec<Value> = rt
-                .tenants()
-                .into_iter()
-                .filter(|t| partner_tenants.as_ref().is_none_or(|p| p.contains(&t.id)))
-                .map(|t| {
-                    json!({
-                        "id": t.id,
-                        "region": t.region,
-                        "legal_hold": t.legal_hold,
-                        "plugins": t.plugins.iter().map(|(n, e)| json!({"name": n, "version": e.version.to_string()})).collect::<Vec<_>>(),
-                    })
-                })
-                .collect();
-            json!({ "tenants": list })
-        }
-        TenantCreate { id, region } => {
-            rt.create_tenant_in(&id, region.as_deref(), None).await?;
-            json!({ "id": id })
-        }
-        TenantDelete { id } => {
-            rt.delete_tenant(&id).await?;
-            json!({ "deleted": id })
-        }
-        UserList { realm: r } => {
-            let scope = realm(&r)?;
-            let mut users = ids.users(&scope)?;
-            if is_operator && scope != Scope::System {
-                users.retain(|u| u.role == Role::TenantAdmin);
-            }
-            json!({ "users": users })
-        }
-        UserShow { realm: r, user } => {
-            let scope = realm(&r)?;
-            json!(ids.user(&scope, &user)?)
-        }
-        UserCreate { realm: r, account } => {
-            let scope = realm(&r)?;
-            let (user, welcome) = ids.create_user(&scope, account).await?;
-            json!({ "user": user, "welcome_password": welcome })
-        }
-        UserUpdate {
-            realm: r,
-            user,
-            change,
-        } => {
-            let scope = realm(&r)?;
-            if is_operator
-                && scope != Scope::System
-                && change
-                    .role
-                    .as_deref()
-                    .and_then(Role::parse)
-                    .is_some_and(|r| r != Role::TenantAdmin)
-            {
-                return deny("turn a tenant admin into a user").map(|_| Value::Null);
-            }
-            json!(ids.update_user(&scope, &user, change).await?)
-        }
-        UserDelete { realm: r, user } => {
-            let scope = realm(&r)?;
-            ids.delete_user(&scope, &user).await?;
-            json!({ "deleted": user })
-        }
-        UserResetPassword { realm: r, user } => {
-            let scope = realm(&r)?;
-            let welcome = ids.reset_password(&scope, &user).await?;
-            json!({ "user": user, "welcome_password": welcome })
-        }
-        UserUnlock { realm: r, user } => {
-            ids.unlock(&realm(&r)?, &user).await?;
-            json!({ "unlocked": user })
-        }
-        UserResetMfa { realm: r, user } => {
-            ids.reset_mfa(&realm(&r)?, &user).await?;
-            json!({ "mfa_reset": user })
-        }
-        SessionList { realm: r, user } => {
-            json!({ "sessions": ids.sessions(&realm(&r)?, &user, None)? })
-        }
-        SessionRevoke {
-            realm: r,
-            user,
-            session,
-        } => {
-            let scope = realm(&r)?;
-            match session {
-                Some(id) => {
-                    ids.revoke_session(&scope, &user, &id).await?;
-                    json!({ "revoked": 1 })
-                }
-                None => json!({ "revoked": ids.revoke_all(&scope, &user).await? }),
-            }
-        }
-        PolicyShow { realm: r } => json!(ids.policy(&realm(&r)?)?),
-        PolicySet { realm: r, policy } => {
-            ids.set_policy(&realm(&r)?, policy.clone()).await?;
-            json!(policy)
-        }
-        AuditVerify { realm: r } => {
-            let scope = realm(&r)?;
-            require_trail(rt, &scope)?;
-            let log = rt.audit_log();
-            json!(log.verify(&scope)?)
-        }
-        AuditExport {
-            realm: r,
-            after,
-            limit,
-        } => {
-            let scope = realm(&r)?;
-            require_trail(rt, &scope)?;
-            let entries = rt
-                .audit_log()
-                .entries(&scope, after, limit.clamp(1, 10_000))?;
-            json!({ "entries": entries })
-        }
-        AuditWrite { realm: r, path } => {
-            let scope = realm(&r)?;
-            require_trail(rt, &scope)?;
-            let file = std::fs::File::create(&path).map_err(|e| {
-                ApiError::new(
-                    400,
-                    "io_error",
-                    format!("cannot create {}: {e}", path.display()),
-                )
-            })?;
-            let mut w = std::io::BufWriter::new(file);
-            let n = rt.audit_log().export(&scope, &mut w)?;
-            std::io::Write::flush(&mut w).map_err(|e| {
-                ApiError::new(
-                    500,
-                    "io_error",
-                    format!("cannot write {}: {e}", path.display()),
-                )
-            })?;
-            json!({ "entries": n, "path": path })
-        }
-        AuditKey => {
-            let key = rt.audit_log().public_key();
-            json!({ "public_key": hex::encode(key.as_bytes()), "key_id": audit::key_id(&key) })
-        }
-        TrustList => json!({ "keys": rt.trusted_keys() }),
-        TrustAdd { public_key, label } => {
-            let key = crate::audit::parse_public_key(&public_key)
-                .map_err(|e| ApiError::new(400, "key_malformed", e))?;
-            let id = rt.trust_add(&key, &label).await?;
-            json!({ "key_id": id.to_string() })
-        }
-        TrustRevoke { key_id } => {
-            let id: switchboard_signing::KeyId = key_id.parse().map_err(|_| {
-                ApiError::new(
-                    400,
-                    "key_malformed",
-                    format!("{key_id:?} is not a key id (32 hex digits)"),
-                )
-            })?;
-            let disabled = rt.trust_revoke(&id).await?;
-            json!({ "revoked": key_id, "disabled": disabled.iter().map(|(n, v)| format!("{n}@{v}")).collect::<Vec<_>>() })
-        }
-        PluginList => {
-            let list: Vec<Value> = rt
-                .plugins()
-                .into_iter()
-                .map(|p| {
-                    json!({
-                        "name": p.name,
-                        "version": p.version.to_string(),
-                        "digest": p.digest,
-                        "publisher": p.publisher,
-                        "revoked": p.revoked,
-                        "capabilities": p.capabilities.iter().map(|c| c.interface()).collect::<Vec<_>>(),
-                    })
-                })
-                .collect();
-            json!({ "plugins": list })
-        }
-        PluginEnable {
-            tenant,
-            name,
-            version,
-            grants,
-        } => {
-            let version = semver::Version::parse(&version)
-                .map_err(|e| ApiError::bad(format!("version {version:?}: {e}")))?;
-            let grants = match grants {
-                Some(list) => Some(
-                    list.iter()
-                        .map(|g| {
-                            Capability::from_interface(g)
-                                .ok_or_else(|| ApiError::bad(format!("unknown capability {g:?}")))
-                        })
-                        .collect::<Result<BTreeSet<_>, _>>()?,
-                ),
-                None => None,
-            };
-            rt.enable_plugin(&tenant, &name, &version, grants, Default::default())
-                .await?;
-            json!({ "enabled": name, "version": version.to_string() })
-        }
-        PluginDisable { tenant, name } => {
-            rt.disable_plugin(&tenant, &name).await?;
-            json!({ "disabled": name })
-        }
-        RetentionShow { tenant } => {
-            let (days, hold) = rt.retention_policy(&tenant)?;
-            json!({ "days": days, "legal_hold": hold })
-        }
-        RetentionSet {
-            tenant,
-            class,
-            days,
-        } => {
-            rt.set_retention(&tenant, &class, days).await?;
-            let (days, hold) = rt.retention_policy(&tenant)?;
-            json!({ "days": days, "legal_hold": hold })
-        }
-        HoldSet {
-            tenant,
-            on,
-            plugin,
-            blob,
-        } => {
-            match (plugin, blob) {
-                (Some(p), Some(b)) => rt.set_blob_hold(&tenant, &p, &b, on).await?,
-                (None, None) => rt.set_legal_hold(&tenant, on).await?,
-                _ => {
-                    return Err(ApiError::bad(
-                        "a hold on one object names both plugin and blob".to_string(),
-                    ));
-                }
-            }
-            json!({ "legal_hold": on })
-        }
-        PluginConfigShow { tenant, name } => {
-            json!({ "plugin": name, "config": rt.plugin_config(&tenant, &name)? })
-        }
-        PluginConfigSet {
-            tenant,
-            name,
-            config,
-        } => {
-            rt.set_config(&tenant, &name, config).await?;
-            json!({ "plugin": name, "config": rt.plugin_config(&tenant, &name)? })
-        }
-        OidcClientList { tenant } => {
-            require_tenant(rt, &tenant)?;
-            json!({ "clients": oidc::clients(rt.identity(), &tenant)? })
-        }
-        OidcClientAdd {
-            tenant,
-            name,
-            redirect_uris,
-            public,
-        } => {
-            let (client, secret) = {
-                require_tenant(rt, &tenant)?;
-                oidc::add_client(rt.identity(), &tenant, &name, redirect_uris, public).await?
-            };
-            json!({ "client": client, "client_secret": secret })
-        }
-        OidcClientRemove { tenant, id } => {
-            require_tenant(rt, &tenant)?;
-            oidc::remove_client(rt.identity(), &tenant, &id).await?;
-            json!({ "removed": id })
-        }
-        AccessList { tenant } => {
-            let now = crate::support::clock::now_ms();
-            let list: Vec<Value> = access::list(rt.identity(), tenant.as_deref())?
-                .into_iter()
-                .map(|g| {
-                    let status = g.status(now);
-                    let mut v = json!(g);
-                    v["status"] = json!(status);
-                    v
-                })
-                .collect();
-            json!({ "requests": list })
-        }
-        AccessRequest {
-            tenant,
-            ticket,
-            reason,
-            scope,
-            minutes,
-        } => {
-            let who = person(actor).ok_or_else(|| {
-                ApiError::forbidden(
-                    "just-in-time access is requested by a signed-in operator, not the console",
-                )
-            })?;
-            {
-                let exists = rt.tenants().iter().any(|t| t.id == tenant);
-                json!(
-                    access::request(
-                        rt.identity(),
-                        &who,
-                        &tenant,
-                        &ticket,
-                        &reason,
-                        scope,
-                        minutes,
-                        exists
-                    )
-                    .await?
-                )
-            }
-        }
-        AccessDecide { id, approve } => {
-            let who = person(actor).ok_or_else(|| {
-                ApiError::forbidden("a signed-in operator or tenant admin decides, not the console")
-            })?;
-            json!(access::decide(rt.identity(), &who, &id, approve).await?)
-        }
-        AccessRevoke { id } => {
-            json!(access::revoke(rt.identity(), person(actor).as_ref(), &id).await?)
-        }
-        SsoShow { tenant } => {
-            require_tenant(rt, &tenant)?;
-            sso::show(rt.identity(), &tenant)?
-        }
-        SsoSet { tenant, config } => {
-            require_tenant(rt, &tenant)?;
-            sso::set(rt.identity(), &tenant, config).await?;
-            sso::show(rt.identity(), &tenant)?
-        }
-        SsoRemove { tenant } => {
-            require_tenant(rt, &tenant)?;
-            sso::remove(rt.identity(), &tenant).await?;
-            json!({ "removed": tenant })
-        }
-    })
-}
-
-fn require_trail(rt: &Runtime, scope: &Scope) -> Result<(), ApiError> {
+pub(super) fn require_trail(rt: &Runtime, scope: &Scope) -> Result<(), ApiError> {
     match scope {
         Scope::Tenant(t) => require_tenant(rt, t),
         Scope::System => Ok(()),

@@ -111,7 +111,7 @@ fn main() {
         };
         h.tenant_with_limits("acme", generous).await.unwrap();
         h.enable("acme", "chat").await.unwrap();
-        h.runtime().start_background();
+        switchboard::scheduler::start(h.runtime(), Default::default());
         let s = Server::start(h.runtime().clone()).await;
         (h, s)
     });

@@ -47,7 +47,7 @@ fn main() {
         for p in ["chat", "recording", "meetings"] {
             h.enable("acme", p).await.unwrap();
         }
-        h.runtime().start_background();
+        switchboard::scheduler::start(h.runtime(), Default::default());
         let s = Server::start(h.runtime().clone()).await;
         (h, s)
     });

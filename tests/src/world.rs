@@ -26,7 +26,7 @@ impl World {
     /// Starts the background work (timers, sweeps) and a server over `h`,
     /// then creates and signs in the cast.
     pub async fn start(h: Harness) -> World {
-        h.runtime().start_background();
+        switchboard::scheduler::start(h.runtime(), Default::default());
         let s = Server::start(h.runtime().clone()).await;
         let mut u = people(
             &h,

@@ -966,12 +966,14 @@ fn i6_rs256_id_tokens_from_mainstream_providers_verify() {
         format!("{h}.{p}.{}", b64(&sig.to_bytes()))
     };
     let token = sign(&private, &claims);
-    let ok = switchboard::identity::sso::verify_id_token(&token, &jwks, &config, "n", 1500).unwrap();
+    let ok =
+        switchboard::identity::sso::verify_id_token(&token, &jwks, &config, "n", 1500).unwrap();
     assert_eq!(ok["email"], "a@example.com");
     let other = rsa::RsaPrivateKey::new(&mut rng, 2048).unwrap();
     let forged = sign(&other, &claims);
     assert_eq!(
-        switchboard::identity::sso::verify_id_token(&forged, &jwks, &config, "n", 1500).unwrap_err(),
+        switchboard::identity::sso::verify_id_token(&forged, &jwks, &config, "n", 1500)
+            .unwrap_err(),
         "bad signature"
     );
     // HS256 with the public key as secret (algorithm confusion): refused.

@@ -1,0 +1,115 @@
+//! Data and retention (SPEC D4): retention by class and legal holds on a
+//! tenant or one object.
+//!
+//! This area's part of the one admin vocabulary (`admin::Op`): which ops
+//! are its own, their names and realms for the audit trail, who may run
+//! them (given the caller), and running them.
+
+use serde_json::{Value, json};
+
+use super::{Op, Runner, Who, deny, misrouted};
+use crate::audit::Scope;
+use crate::error::ApiError;
+
+/// Whether `op` is one of this area's.
+pub(super) fn owns(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::RetentionShow { .. } | Op::RetentionSet { .. } | Op::HoldSet { .. }
+    )
+}
+
+/// The op's name in the audit trail.
+pub(super) fn op_name(op: &Op) -> &'static str {
+    use Op::*;
+    match op {
+        RetentionShow { .. } => "retention-show",
+        RetentionSet { .. } => "retention-set",
+        HoldSet { .. } => "hold-set",
+        _ => "unknown",
+    }
+}
+
+/// The realm the op aims at (where a refusal is audited).
+pub(super) fn op_realm(op: &Op) -> Option<Scope> {
+    use Op::*;
+    match op {
+        RetentionShow { tenant } | RetentionSet { tenant, .. } | HoldSet { tenant, .. } => {
+            Scope::parse(tenant)
+        }
+        _ => None,
+    }
+}
+
+/// Whether the signed-in caller may run `op`.
+pub(super) fn authorize(who: &Who<'_>, op: &Op) -> Result<(), ApiError> {
+    use Op::*;
+    match op {
+        RetentionShow { tenant } => {
+            if who.operator || who.own_tenant(tenant) {
+                Ok(())
+            } else {
+                deny("see this tenant's retention (its admins and operators may)")
+            }
+        }
+        // The audit trail's retention and a tenant-wide hold are the
+        // who.operator's: a tenant admin could otherwise prune the record of
+        // their own actions or lift a hold placed on the tenant.
+        RetentionSet { tenant, class, .. } => {
+            if who.operator || (who.own_tenant(tenant) && class != "audit") {
+                Ok(())
+            } else {
+                deny("set this retention (the audit trail's is the operator's)")
+            }
+        }
+        HoldSet {
+            tenant, blob, on, ..
+        } => {
+            if who.operator || (who.own_tenant(tenant) && (blob.is_some() || *on)) {
+                Ok(())
+            } else {
+                deny("lift a hold on the whole tenant (operators may)")
+            }
+        }
+        _ => Err(misrouted(op)),
+    }
+}
+
+/// Runs `op` (already authorised).
+pub(super) async fn run(r: &Runner<'_>, op: Op) -> Result<Value, ApiError> {
+    let rt = r.rt;
+    use Op::*;
+    Ok(match op {
+        RetentionShow { tenant } => {
+            let (days, hold) = rt.retention_policy(&tenant)?;
+            json!({ "days": days, "legal_hold": hold })
+        }
+        RetentionSet {
+            tenant,
+            class,
+            days,
+        } => {
+            rt.set_retention(&tenant, &class, days).await?;
+            let (days, hold) = rt.retention_policy(&tenant)?;
+            json!({ "days": days, "legal_hold": hold })
+        }
+        HoldSet {
+            tenant,
+            on,
+            plugin,
+            blob,
+        } => {
+            match (plugin, blob) {
+                (Some(p), Some(b)) => rt.set_blob_hold(&tenant, &p, &b, on).await?,
+                (None, None) => rt.set_legal_hold(&tenant, on).await?,
+                _ => {
+                    return Err(ApiError::bad(
+                        "a hold on one object names both plugin and blob".to_string(),
+                    ));
+                }
+            }
+            json!({ "legal_hold": on })
+        }
+        other => return Err(misrouted(&other)),
+    })
+}

@@ -1,0 +1,96 @@
+//! Tenants: list (partners see their assigned ones), create, delete.
+//!
+//! This area's part of the one admin vocabulary (`admin::Op`): which ops
+//! are its own, their names and realms for the audit trail, who may run
+//! them (given the caller), and running them.
+
+use serde_json::{Value, json};
+
+use super::{Op, Runner, Who, deny, misrouted};
+use crate::audit::Scope;
+use crate::error::ApiError;
+use crate::identity::Role;
+
+/// Whether `op` is one of this area's.
+pub(super) fn owns(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::TenantList | Op::TenantCreate { .. } | Op::TenantDelete { .. }
+    )
+}
+
+/// The op's name in the audit trail.
+pub(super) fn op_name(op: &Op) -> &'static str {
+    use Op::*;
+    match op {
+        TenantList => "tenant-list",
+        TenantCreate { .. } => "tenant-create",
+        TenantDelete { .. } => "tenant-delete",
+        _ => "unknown",
+    }
+}
+
+/// The realm the op aims at (where a refusal is audited).
+pub(super) fn op_realm(op: &Op) -> Option<Scope> {
+    use Op::*;
+    match op {
+        TenantDelete { id } => Scope::parse(id),
+        _ => None,
+    }
+}
+
+/// Whether the signed-in caller may run `op`.
+pub(super) fn authorize(who: &Who<'_>, op: &Op) -> Result<(), ApiError> {
+    use Op::*;
+    match op {
+        TenantList => {
+            if who.operator || who.caller.role == Role::Partner {
+                Ok(())
+            } else {
+                deny("list tenants")
+            }
+        }
+        TenantCreate { .. } | TenantDelete { .. } => {
+            if who.operator {
+                Ok(())
+            } else {
+                deny("manage tenants or the trust store")
+            }
+        }
+        _ => Err(misrouted(op)),
+    }
+}
+
+/// Runs `op` (already authorised).
+pub(super) async fn run(r: &Runner<'_>, op: Op) -> Result<Value, ApiError> {
+    let rt = r.rt;
+    let partner_tenants = &r.partner_tenants;
+    use Op::*;
+    Ok(match op {
+        TenantList => {
+            let list: Vec<Value> = rt
+                .tenants()
+                .into_iter()
+                .filter(|t| partner_tenants.as_ref().is_none_or(|p| p.contains(&t.id)))
+                .map(|t| {
+                    json!({
+                        "id": t.id,
+                        "region": t.region,
+                        "legal_hold": t.legal_hold,
+                        "plugins": t.plugins.iter().map(|(n, e)| json!({"name": n, "version": e.version.to_string()})).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            json!({ "tenants": list })
+        }
+        TenantCreate { id, region } => {
+            rt.create_tenant_in(&id, region.as_deref(), None).await?;
+            json!({ "id": id })
+        }
+        TenantDelete { id } => {
+            rt.delete_tenant(&id).await?;
+            json!({ "deleted": id })
+        }
+        other => return Err(misrouted(&other)),
+    })
+}
