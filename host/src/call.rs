@@ -41,15 +41,14 @@ pub struct Services {
     pub(crate) commits: Arc<CommitLocks>,
 }
 
+/// A call attempt in flight: its result and the transaction it ended with.
+pub type Attempt = Pin<Box<dyn Future<Output = (Result<Outcome, CallError>, Txn)> + Send>>;
+
 /// What a call needs of the kernel: running a nested call.
 pub trait Kernel: Send + Sync {
     /// Runs `invocation` as the call `spec` describes; the transaction it
     /// ends with is handed back whether it succeeded or not.
-    fn run(
-        self: Arc<Self>,
-        spec: CallSpec,
-        invocation: Invocation,
-    ) -> Pin<Box<dyn Future<Output = (Result<Outcome, CallError>, Txn)> + Send>>;
+    fn run(self: Arc<Self>, spec: CallSpec, invocation: Invocation) -> Attempt;
 }
 
 /// The kernel's pre-instantiated component, opaque to this layer: only

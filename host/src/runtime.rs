@@ -1920,13 +1920,7 @@ impl Inner {
 }
 
 impl crate::call::Kernel for Inner {
-    fn run(
-        self: Arc<Self>,
-        spec: CallSpec,
-        invocation: Invocation,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = (Result<Outcome, CallError>, Txn)> + Send>,
-    > {
+    fn run(self: Arc<Self>, spec: CallSpec, invocation: Invocation) -> crate::call::Attempt {
         Box::pin(async move { Inner::run(&self, spec, invocation).await })
     }
 }

@@ -1,7 +1,7 @@
 //! The host's one wall clock: milliseconds since the Unix epoch.
 //!
 //! Every module that stamps, expires or schedules reads the time here, so
-//! unit tests can pin it (per thread, [`set_for_test`]) without touching the
+//! unit tests can pin it (per thread, `set_for_test`) without touching the
 //! system clock. Black-box tests move time by passing it explicitly
 //! (`Runtime::fire_timers_due_by`).
 

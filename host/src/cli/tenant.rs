@@ -1,0 +1,140 @@
+//! `switchboard tenant …`: create, delete, list, legal holds, retention and
+//! usage of tenants. Each verb turns into admin operations through the
+//! control socket when the server runs, else on the data folder.
+
+use anyhow::bail;
+use clap::Subcommand;
+
+use super::{DataArgs, admin, open};
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCmd {
+    /// Create a tenant.
+    Create {
+        #[command(flatten)]
+        data: DataArgs,
+        id: String,
+        /// Region to store it in (default: the server's first region).
+        #[arg(long)]
+        region: Option<String>,
+    },
+    /// Delete a tenant: its key is destroyed at once (crypto-shredding).
+    Delete {
+        #[command(flatten)]
+        data: DataArgs,
+        id: String,
+        /// Confirms the deletion (it cannot be undone).
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Set or release a legal hold on a tenant, or on one blob with
+    /// --plugin and --blob.
+    Hold {
+        #[command(flatten)]
+        data: DataArgs,
+        id: String,
+        #[arg(long)]
+        release: bool,
+        #[arg(long, requires = "blob")]
+        plugin: Option<String>,
+        #[arg(long, requires = "plugin")]
+        blob: Option<String>,
+    },
+    /// Set how long a content class is kept (`--days N` or `--keep`), or
+    /// show the policy when neither is given.
+    Retention {
+        #[command(flatten)]
+        data: DataArgs,
+        id: String,
+        #[arg(long, requires = "class")]
+        days: Option<u32>,
+        #[arg(long, requires = "class", conflicts_with = "days")]
+        keep: bool,
+        #[arg(long)]
+        class: Option<String>,
+    },
+    /// Show a tenant's storage use.
+    Usage {
+        #[command(flatten)]
+        data: DataArgs,
+        id: String,
+    },
+    /// List tenants and what they enabled.
+    List {
+        #[command(flatten)]
+        data: DataArgs,
+    },
+}
+
+/// Runs a `TenantCmd` verb.
+pub(super) async fn run(cmd: TenantCmd) -> anyhow::Result<()> {
+    match cmd {
+        TenantCmd::Create { data, id, region } => {
+            let rt = open(&data)?;
+            rt.create_tenant_in(&id, region.as_deref(), None)
+                .await
+                .map_err(admin)?;
+            println!("tenant {id} created");
+            Ok(())
+        }
+        TenantCmd::Delete { data, id, yes } => {
+            if !yes {
+                bail!("deleting tenant {id} destroys its key and cannot be undone; pass --yes");
+            }
+            let rt = open(&data)?;
+            rt.delete_tenant(&id).await.map_err(admin)?;
+            println!("tenant {id} deleted; its key is destroyed");
+            Ok(())
+        }
+        TenantCmd::Hold {
+            data,
+            id,
+            release,
+            plugin,
+            blob,
+        } => {
+            let rt = open(&data)?;
+            match (plugin, blob) {
+                (Some(p), Some(b)) => rt.set_blob_hold(&id, &p, &b, !release).await,
+                _ => rt.set_legal_hold(&id, !release).await,
+            }
+            .map_err(admin)?;
+            println!("legal hold {}", if release { "released" } else { "set" });
+            Ok(())
+        }
+        TenantCmd::Retention {
+            data,
+            id,
+            days,
+            keep,
+            class,
+        } => {
+            let rt = open(&data)?;
+            if let Some(class) = class {
+                if days.is_none() && !keep {
+                    bail!("give --days N or --keep for class {class}");
+                }
+                rt.set_retention(&id, &class, days).await.map_err(admin)?;
+            }
+            let (policy, hold) = rt.retention_policy(&id).map_err(admin)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &serde_json::json!({"days": policy, "legal_hold": hold})
+                )?
+            );
+            Ok(())
+        }
+        TenantCmd::Usage { data, id } => {
+            let rt = open(&data)?;
+            let u = rt.storage_usage(&id).map_err(admin)?;
+            println!("{} of {} bytes", u.bytes, u.quota_bytes);
+            Ok(())
+        }
+        TenantCmd::List { data } => {
+            let rt = open(&data)?;
+            println!("{}", serde_json::to_string_pretty(&rt.tenants())?);
+            Ok(())
+        }
+    }
+}
