@@ -273,6 +273,20 @@ impl Who<'_> {
         self.caller.role == Role::TenantAdmin && self.caller.tenant() == Some(tenant)
     }
 
+    /// Operators, partners and tenant admins see the plugin catalogue, the
+    /// trust store and the audit signing key (what a tenant may enable and
+    /// how to check its trail).
+    pub(super) fn may_see_catalogue(&self) -> Result<(), ApiError> {
+        if self.operator
+            || self.caller.role == Role::Partner
+            || self.caller.role == Role::TenantAdmin
+        {
+            Ok(())
+        } else {
+            deny("see the plugin catalogue")
+        }
+    }
+
     /// Whether the caller is a partner assigned to `tenant`.
     pub(super) fn assigned(&self, tenant: &str) -> bool {
         self.caller.role == Role::Partner && self.caller.tenants.iter().any(|t| t == tenant)

@@ -13,7 +13,6 @@ use switchboard_signing::Capability;
 use super::{Op, Runner, Who, deny, misrouted};
 use crate::audit::Scope;
 use crate::error::ApiError;
-use crate::identity::Role;
 
 /// Whether `op` is one of this area's.
 pub(super) fn owns(op: &Op) -> bool {
@@ -69,16 +68,7 @@ pub(super) fn authorize(who: &Who<'_>, op: &Op) -> Result<(), ApiError> {
                 deny("manage tenants or the trust store")
             }
         }
-        TrustList | PluginList => {
-            if who.operator
-                || who.caller.role == Role::Partner
-                || who.caller.role == Role::TenantAdmin
-            {
-                Ok(())
-            } else {
-                deny("see the plugin catalogue")
-            }
-        }
+        TrustList | PluginList => who.may_see_catalogue(),
         PluginEnable { tenant, .. }
         | PluginDisable { tenant, .. }
         | PluginConfigShow { tenant, .. }

@@ -42,6 +42,11 @@ pub(super) fn op_name(op: &Op) -> &'static str {
 
 /// The realm the op aims at (where a refusal is audited).
 pub(super) fn op_realm(op: &Op) -> Option<Scope> {
+    tenant_of(op).and_then(Scope::parse)
+}
+
+/// The tenant every op of this area names.
+fn tenant_of(op: &Op) -> Option<&str> {
     use Op::*;
     match op {
         OidcClientList { tenant }
@@ -49,30 +54,19 @@ pub(super) fn op_realm(op: &Op) -> Option<Scope> {
         | OidcClientRemove { tenant, .. }
         | SsoShow { tenant }
         | SsoSet { tenant, .. }
-        | SsoRemove { tenant } => Scope::parse(tenant),
+        | SsoRemove { tenant } => Some(tenant),
         _ => None,
     }
 }
 
 /// Whether the signed-in caller may run `op`.
 pub(super) fn authorize(who: &Who<'_>, op: &Op) -> Result<(), ApiError> {
-    use Op::*;
-    match op {
-        OidcClientList { tenant }
-        | OidcClientAdd { tenant, .. }
-        | OidcClientRemove { tenant, .. }
-        | SsoShow { tenant }
-        | SsoSet { tenant, .. }
-        | SsoRemove { tenant } => {
-            if who.own_tenant(tenant) {
-                Ok(())
-            } else {
-                deny(
-                    "manage this tenant's OpenID Connect clients or single sign-on (its admins may)",
-                )
-            }
+    match tenant_of(op) {
+        Some(tenant) if who.own_tenant(tenant) => Ok(()),
+        Some(_) => {
+            deny("manage this tenant's OpenID Connect clients or single sign-on (its admins may)")
         }
-        _ => Err(misrouted(op)),
+        None => Err(misrouted(op)),
     }
 }
 
@@ -80,9 +74,11 @@ pub(super) fn authorize(who: &Who<'_>, op: &Op) -> Result<(), ApiError> {
 pub(super) async fn run(r: &Runner<'_>, op: Op) -> Result<Value, ApiError> {
     let rt = r.rt;
     use Op::*;
+    // Every op here names a tenant, which must exist (checked first).
+    let tenant = tenant_of(&op).ok_or_else(|| misrouted(&op))?;
+    require_tenant(rt, tenant)?;
     Ok(match op {
         OidcClientList { tenant } => {
-            require_tenant(rt, &tenant)?;
             json!({ "clients": oidc::clients(rt.identity(), &tenant)? })
         }
         OidcClientAdd {
@@ -91,28 +87,20 @@ pub(super) async fn run(r: &Runner<'_>, op: Op) -> Result<Value, ApiError> {
             redirect_uris,
             public,
         } => {
-            let (client, secret) = {
-                require_tenant(rt, &tenant)?;
-                oidc::add_client(rt.identity(), &tenant, &name, redirect_uris, public).await?
-            };
+            let (client, secret) =
+                oidc::add_client(rt.identity(), &tenant, &name, redirect_uris, public).await?;
             json!({ "client": client, "client_secret": secret })
         }
         OidcClientRemove { tenant, id } => {
-            require_tenant(rt, &tenant)?;
             oidc::remove_client(rt.identity(), &tenant, &id).await?;
             json!({ "removed": id })
         }
-        SsoShow { tenant } => {
-            require_tenant(rt, &tenant)?;
-            sso::show(rt.identity(), &tenant)?
-        }
+        SsoShow { tenant } => sso::show(rt.identity(), &tenant)?,
         SsoSet { tenant, config } => {
-            require_tenant(rt, &tenant)?;
             sso::set(rt.identity(), &tenant, config).await?;
             sso::show(rt.identity(), &tenant)?
         }
         SsoRemove { tenant } => {
-            require_tenant(rt, &tenant)?;
             sso::remove(rt.identity(), &tenant).await?;
             json!({ "removed": tenant })
         }

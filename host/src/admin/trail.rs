@@ -11,7 +11,6 @@ use super::{Op, Runner, Who, deny, misrouted, realm, require_trail};
 use crate::audit;
 use crate::audit::Scope;
 use crate::error::ApiError;
-use crate::identity::Role;
 
 /// Whether `op` is one of this area's.
 pub(super) fn owns(op: &Op) -> bool {
@@ -48,16 +47,7 @@ pub(super) fn op_realm(op: &Op) -> Option<Scope> {
 pub(super) fn authorize(who: &Who<'_>, op: &Op) -> Result<(), ApiError> {
     use Op::*;
     match op {
-        AuditKey => {
-            if who.operator
-                || who.caller.role == Role::Partner
-                || who.caller.role == Role::TenantAdmin
-            {
-                Ok(())
-            } else {
-                deny("see the plugin catalogue")
-            }
-        }
+        AuditKey => who.may_see_catalogue(),
         AuditVerify { realm } => {
             // Operators may read policies and verify trails anywhere, and
             // list users: all of the system realm, only the admins of a
