@@ -51,7 +51,7 @@ use crate::identity::{Identity, IdentityConfig};
 use crate::store::crypt::{MasterKey, MasterKeySource};
 use crate::store::{Store as DataStore, StoreConfig, StoreError, keys};
 use crate::tenant::{Enablement, Limits, TenantRecord, is_valid_tenant_id};
-use crate::trust::TrustedKey;
+use crate::trust::{TrustStore, TrustedKey};
 
 /// Epoch tick: deadlines are checked, and a busy guest yields its thread,
 /// this often.
@@ -218,7 +218,7 @@ pub(crate) struct Inner {
     config: RuntimeConfig,
     plugins: RwLock<PluginTable>,
     tenants: RwLock<HashMap<String, Arc<TenantState>>>,
-    trust: RwLock<HashMap<KeyId, TrustedKey>>,
+    trust: TrustStore,
     linkers: Mutex<HashMap<BTreeSet<Capability>, Arc<Linker<HostState>>>>,
     pres: Mutex<HashMap<(String, BTreeSet<Capability>), Linked>>,
     pub(crate) commits: Arc<CommitLocks>,
@@ -369,7 +369,7 @@ impl Runtime {
             config,
             plugins: RwLock::default(),
             tenants: RwLock::default(),
-            trust: RwLock::default(),
+            trust: TrustStore::default(),
             linkers: Mutex::default(),
             pres: Mutex::default(),
             commits,
@@ -711,7 +711,7 @@ impl Runtime {
     ) -> Result<KeyId, AdminError> {
         let _admin = self.inner.admin.lock().await;
         let id = KeyId::of(key);
-        let existing = self.inner.trust.read().recover().get(&id).cloned();
+        let existing = self.inner.trust.get(&id);
         if existing.as_ref().is_some_and(|k| k.revoked_ms.is_some()) {
             return Err(AdminError::KeyRevoked(id.to_string()));
         }
@@ -735,16 +735,7 @@ impl Runtime {
 
     /// The trust store, sorted by key id.
     pub fn trusted_keys(&self) -> Vec<TrustedKey> {
-        let mut out: Vec<TrustedKey> = self
-            .inner
-            .trust
-            .read()
-            .recover()
-            .values()
-            .cloned()
-            .collect();
-        out.sort_by(|a, b| a.key_id.cmp(&b.key_id));
-        out
+        self.inner.trust.all()
     }
 
     /// Revokes a publisher key: new packages it signed are refused, and
@@ -755,7 +746,7 @@ impl Runtime {
         id: &KeyId,
     ) -> Result<Vec<(String, semver::Version)>, AdminError> {
         let _admin = self.inner.admin.lock().await;
-        let Some(mut record) = self.inner.trust.read().recover().get(id).cloned() else {
+        let Some(mut record) = self.inner.trust.get(id) else {
             return Err(AdminError::UnknownKey(id.to_string()));
         };
         if record.revoked_ms.is_none() {
@@ -1317,26 +1308,18 @@ impl Inner {
             .map(|(p, _)| p.clone())
     }
 
-    /// What the trust store says about `id`.
-    fn trust_of(&self, id: &KeyId) -> Trust {
-        match self.trust.read().recover().get(id) {
-            Some(k) => k.trust(),
-            None => Trust::Unknown,
-        }
-    }
-
     fn put_trust(&self, id: &KeyId, record: TrustedKey) -> Result<(), AdminError> {
         let encoded =
             serde_json::to_vec(&record).map_err(|e| AdminError::Internal(e.to_string()))?;
         self.store
             .apply(&[(keys::trusted_key(&record.key_id), Some(encoded))])?;
-        self.trust.write().recover().insert(*id, record);
+        self.trust.insert(*id, record);
         Ok(())
     }
 
     fn install_package(&self, bytes: &[u8]) -> Result<PluginInfo, AdminError> {
         let package = Package::parse(bytes)?;
-        let publisher = package.verify(|id| self.trust_of(id))?;
+        let publisher = package.verify(|id| self.trust.of(id))?;
         let manifest = package.manifest().clone();
         let key = (manifest.name.clone(), manifest.version.clone());
         if let Some((existing, outcome)) = self.read_plugins().get(&key) {
@@ -1628,7 +1611,7 @@ impl Inner {
                 .and_then(|k| Some((k.id()?, k)))
             {
                 Some((id, record)) => {
-                    self.trust.write().recover().insert(id, record);
+                    self.trust.insert(id, record);
                 }
                 None => {
                     tracing::error!(key = %String::from_utf8_lossy(&key), "trust record unreadable; ignoring it")
@@ -1663,21 +1646,10 @@ impl Inner {
             let loaded = Package::parse(&bytes)
                 .map_err(AdminError::from)
                 .and_then(|package| {
-                    let publisher = package.verify(|id| match self.trust_of(id) {
+                    let publisher = package.verify(|id| match self.trust.of(id) {
                         Trust::Revoked => {
                             revoked.set(true);
-                            self.trust
-                                .read()
-                                .recover()
-                                .get(id)
-                                .map(|k| {
-                                    TrustedKey {
-                                        revoked_ms: None,
-                                        ..k.clone()
-                                    }
-                                    .trust()
-                                })
-                                .unwrap_or(Trust::Unknown)
+                            self.trust.ignoring_revocation(id)
                         }
                         other => other,
                     })?;
