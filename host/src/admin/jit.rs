@@ -94,22 +94,22 @@ pub(super) async fn run(r: &Runner<'_>, op: Op) -> Result<Value, ApiError> {
                     "just-in-time access is requested by a signed-in operator, not the console",
                 )
             })?;
-            {
-                let exists = rt.tenants().iter().any(|t| t.id == tenant);
-                json!(
-                    access::request(
-                        rt.identity(),
-                        &who,
-                        &tenant,
-                        &ticket,
-                        &reason,
+            let exists = rt.tenants().iter().any(|t| t.id == tenant);
+            json!(
+                access::request(
+                    rt.identity(),
+                    &who,
+                    &tenant,
+                    exists,
+                    access::Ask {
+                        ticket: &ticket,
+                        reason: &reason,
                         scope,
                         minutes,
-                        exists
-                    )
-                    .await?
+                    },
                 )
-            }
+                .await?
+            )
         }
         AccessDecide { id, approve } => {
             let who = person(actor).ok_or_else(|| {

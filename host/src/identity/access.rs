@@ -176,19 +176,32 @@ pub fn active(identity: &Identity, user: &str, tenant: &str) -> Vec<Grant> {
         .collect()
 }
 
+/// What an operator asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    /// The support case it is for (1-64 characters).
+    pub ticket: &'a str,
+    /// Why (10-1000 characters).
+    pub reason: &'a str,
+    pub scope: AccessScope,
+    pub minutes: u32,
+}
+
 /// Files a request. `tenant_exists` is the registry's answer, which this
 /// layer cannot see (it is checked after the requester's role).
-#[allow(clippy::too_many_arguments)]
 pub async fn request(
     identity: &Identity,
     who: &Person,
     tenant: &str,
-    ticket: &str,
-    reason: &str,
-    scope: AccessScope,
-    minutes: u32,
     tenant_exists: bool,
+    ask: Ask<'_>,
 ) -> Result<Grant, ApiError> {
+    let Ask {
+        ticket,
+        reason,
+        scope,
+        minutes,
+    } = ask;
     if who.role != Role::Operator {
         return Err(ApiError::new(
             403,
