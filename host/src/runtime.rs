@@ -676,29 +676,37 @@ impl Runtime {
     /// Changes a tenant's limits; running calls finish under the old ones.
     pub async fn set_limits(&self, tenant: &str, limits: Limits) -> Result<(), AdminError> {
         let max_memory_bytes = self.inner.config.max_memory_bytes;
-        self.update_tenant(tenant, |record| {
-            limits
-                .validate(max_memory_bytes)
-                .map_err(AdminError::InvalidLimits)?;
-            record.limits = limits;
-            Ok(())
-        })
+        self.update_tenant(
+            tenant,
+            |record| {
+                limits
+                    .validate(max_memory_bytes)
+                    .map_err(AdminError::InvalidLimits)?;
+                record.limits = limits;
+                Ok(())
+            },
+            |_| {},
+        )
         .await
     }
 
     /// Under the admin lock: lets `change` edit a copy of `tenant`'s record,
-    /// then validates, relinks and stores it, and makes it the live state.
-    /// Returns what `change` returned; nothing is saved if it fails.
+    /// then validates, relinks and stores it, makes it the live state and
+    /// runs `after` with what `change` returned (the audit entry, still
+    /// under the lock, so entries follow the order of the changes).
+    /// Nothing is saved if `change` fails.
     async fn update_tenant<R>(
         &self,
         tenant: &str,
         change: impl FnOnce(&mut TenantRecord) -> Result<R, AdminError>,
+        after: impl FnOnce(&R),
     ) -> Result<R, AdminError> {
         let _admin = self.inner.admin.lock().await;
         let current = self.inner.tenant_or_admin_err(tenant)?;
         let mut record = current.record.clone();
         let out = change(&mut record)?;
         self.inner.save_tenant(record, Some(&current))?;
+        after(&out);
         Ok(out)
     }
 
@@ -782,40 +790,48 @@ impl Runtime {
     ) -> Result<(), AdminError> {
         let publishers: Option<BTreeSet<String>> =
             publishers.map(|set| set.iter().map(ToString::to_string).collect());
-        self.update_tenant(tenant, |record| {
-            record.publishers = publishers.clone();
-            Ok(())
-        })
-        .await?;
-        self.inner.audit(
-            &Scope::tenant(tenant),
-            "tenant.publishers",
+        self.update_tenant(
             tenant,
-            outcome::SUCCESS,
-            &format!("{publishers:?}"),
-        );
-        Ok(())
+            |record| {
+                record.publishers = publishers.clone();
+                Ok(())
+            },
+            |_| {
+                self.inner.audit(
+                    &Scope::tenant(tenant),
+                    "tenant.publishers",
+                    tenant,
+                    outcome::SUCCESS,
+                    &format!("{publishers:?}"),
+                )
+            },
+        )
+        .await
     }
 
     /// Disables a plugin for a tenant. Its data stays; enabling it again
     /// brings it back.
     pub async fn disable_plugin(&self, tenant: &str, name: &str) -> Result<(), AdminError> {
-        self.update_tenant(tenant, |record| match record.plugins.remove(name) {
-            Some(_) => Ok(()),
-            None => Err(AdminError::PluginNotEnabled {
-                tenant: tenant.to_string(),
-                plugin: name.to_string(),
-            }),
-        })
-        .await?;
-        self.inner.audit(
-            &Scope::tenant(tenant),
-            "plugin.disable",
-            name,
-            outcome::SUCCESS,
-            "",
-        );
-        Ok(())
+        self.update_tenant(
+            tenant,
+            |record| match record.plugins.remove(name) {
+                Some(_) => Ok(()),
+                None => Err(AdminError::PluginNotEnabled {
+                    tenant: tenant.to_string(),
+                    plugin: name.to_string(),
+                }),
+            },
+            |_| {
+                self.inner.audit(
+                    &Scope::tenant(tenant),
+                    "plugin.disable",
+                    name,
+                    outcome::SUCCESS,
+                    "",
+                )
+            },
+        )
+        .await
     }
 
     /// Tenant records, sorted by id.
@@ -1025,8 +1041,9 @@ impl Runtime {
         name: &str,
         config: serde_json::Map<String, serde_json::Value>,
     ) -> Result<(), AdminError> {
-        let details = self
-            .update_tenant(tenant, |record| {
+        self.update_tenant(
+            tenant,
+            |record| {
                 let Some(enabled) = record.plugins.get_mut(name) else {
                     return Err(AdminError::PluginNotEnabled {
                         tenant: tenant.to_string(),
@@ -1045,16 +1062,19 @@ impl Runtime {
                 let details = serde_json::json!({ "changed": changed }).to_string();
                 enabled.config = config.clone();
                 Ok(details)
-            })
-            .await?;
-        self.inner.audit(
-            &Scope::tenant(tenant),
-            "plugin.config.set",
-            name,
-            outcome::SUCCESS,
-            &details,
-        );
-        Ok(())
+            },
+            |details| {
+                self.inner.audit(
+                    &Scope::tenant(tenant),
+                    "plugin.config.set",
+                    name,
+                    outcome::SUCCESS,
+                    details,
+                )
+            },
+        )
+        .await
+        .map(|_| ())
     }
 
     // ---- calls ----------------------------------------------------------
@@ -1807,11 +1827,29 @@ impl Inner {
             ) {
                 Ok((seq, effects)) => {
                     // Acknowledge only what is on disk (group commit), and
-                    // let effects (audit, events, timers) follow only what is.
-                    if seq > 0 {
-                        self.store.durable(seq).await?;
+                    // let effects (audit, events, timers) follow only what
+                    // is.
+                    if effects.is_empty() {
+                        if seq > 0 {
+                            self.store.durable(seq).await?;
+                        }
+                        return Ok(outcome);
                     }
-                    effects.apply(&tenant.record.id);
+                    // On its own task, in the request's audit context: a
+                    // client hanging up (the request future dropped) cannot
+                    // lose the effects of writes that were kept.
+                    let store = self.store.clone();
+                    let tenant_id = tenant.record.id.clone();
+                    let finish = crate::audit::with_context(crate::audit::context(), async move {
+                        if seq > 0 {
+                            store.durable(seq).await?;
+                        }
+                        effects.apply(&tenant_id);
+                        Ok::<(), StoreError>(())
+                    });
+                    tokio::spawn(finish).await.map_err(|e| {
+                        CallError::Internal(format!("commit follow-up failed: {e}"))
+                    })??;
                     return Ok(outcome);
                 }
                 Err(CommitError::Quota(m)) => return Err(CallError::QuotaExceeded(m)),
@@ -2019,6 +2057,7 @@ impl Inner {
         };
         let payload = hex::decode(&record.payload).unwrap_or_default();
         let store = self.store.clone();
+        let timers = &self.caps.timers;
         let result = self
             .call_top_with(
                 t.clone(),
@@ -2033,6 +2072,7 @@ impl Inner {
                     // Claim the timer in the same transaction as its effects.
                     let _ = txn.delete(&store, &record_key);
                     let _ = txn.delete(&store, queue_key);
+                    txn.push_effect(timers.wake());
                 },
             )
             .await;

@@ -62,6 +62,11 @@ pub trait Effect: Any + Send + Sync {
 pub struct Effects(Vec<Arc<dyn Effect>>);
 
 impl Effects {
+    /// Whether nothing was queued.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Applies every effect once, in the order queued.
     pub fn apply(self, tenant: &str) {
         for effect in self.0 {

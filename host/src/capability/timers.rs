@@ -34,6 +34,13 @@ impl State {
     pub fn new(wake: Arc<Notify>) -> State {
         State { wake }
     }
+
+    /// The effect waking the scheduler once a change to the queue commits
+    /// (the kernel queues it when a fired timer is claimed, so a backlog
+    /// drains page after page).
+    pub fn wake(&self) -> Wake {
+        Wake(self.wake.clone())
+    }
 }
 
 /// The effect of scheduling or cancelling: the scheduler looks at the
@@ -98,7 +105,7 @@ pub fn schedule(
         keys::timer_queue(record.due_ms, &tenant, &plugin, &id),
         Vec::new(),
     );
-    ctx.txn.push_effect(Wake(state.wake.clone()));
+    ctx.txn.push_effect(state.wake());
     Ok(id)
 }
 
@@ -124,7 +131,7 @@ pub fn cancel(ctx: &mut CallCtx, state: &State, id: &str) -> Result<bool, CapErr
         store.as_ref(),
         &keys::timer_queue(record.due_ms, &tenant, &plugin, id),
     )?;
-    ctx.txn.push_effect(Wake(state.wake.clone()));
+    ctx.txn.push_effect(state.wake());
     Ok(true)
 }
 

@@ -385,8 +385,6 @@ impl Inner {
     }
 }
 
-/// Reclaims deleted blobs every minute and sweeps retention every
-/// `interval`, until the runtime is dropped.
 /// Sweeps retention (on a blocking thread), then tells each plugin whose
 /// blobs expired: host event `blob.expired` with `{"blob", "class"}`
 /// (SPEC D4: a recording plugin marks the recording shredded).
