@@ -16,6 +16,7 @@
 
 pub mod cache;
 pub mod data;
+pub mod engine;
 pub mod error;
 pub mod state;
 pub mod v0_1;
@@ -31,11 +32,10 @@ use switchboard_signing::package::Trust;
 use switchboard_signing::{Capability, KeyId, Manifest, Package, component_digest};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::{Component, Linker};
-use wasmtime::{
-    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
-};
+use wasmtime::{Engine, Store, UpdateDeadline};
 
 pub use self::cache::CacheOutcome;
+use self::engine::EngineConfig;
 pub use self::error::{AdminError, CallError};
 use self::state::HostState;
 use crate::audit::{AuditLog, Scope, outcome};
@@ -53,12 +53,6 @@ use crate::store::{Store as DataStore, StoreConfig, StoreError, keys};
 use crate::tenant::{Enablement, Limits, TenantRecord, is_valid_tenant_id};
 use crate::trust::{TrustStore, TrustedKey};
 
-/// Epoch tick: deadlines are checked, and a busy guest yields its thread,
-/// this often.
-/// The time slice of a plugin call: at each tick a running call checks
-/// its deadline and passes its CPU turn on (`call::CpuTurn`), so other
-/// calls (and other tenants) wait at most a few ticks for a thread.
-const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// Attempts of a call whose transaction keeps conflicting.
 const MAX_COMMIT_ATTEMPTS: u32 = 32;
 
@@ -245,39 +239,10 @@ impl Drop for Inner {
 /// Builds the one engine of a host (public so benchmarks can compare a
 /// bare wasmtime setup with identical settings).
 pub fn build_engine(config: &RuntimeConfig) -> wasmtime::Result<Engine> {
-    let calls = config.max_concurrent_calls.max(1);
-    // Nested plugin calls each hold an instance, so size for the depth.
-    let instances = calls.saturating_mul(capability::plugins::MAX_DEPTH);
-    let mut pool = PoolingAllocationConfig::new();
-    pool.total_component_instances(instances)
-        .total_core_instances(instances.saturating_mul(8))
-        .total_memories(instances.saturating_mul(2))
-        .total_tables(instances.saturating_mul(4))
-        .total_stacks(instances)
-        .max_memory_size(config.max_memory_bytes as usize);
-    // Reset the first 64 KiB of a reused slot with memset instead of
-    // madvise: fewer page faults on the next instantiation. Measured over
-    // three runs each: the example plugin's p50 went from 39-44 µs to
-    // 31-35 µs, the noop plugin's from ~30 µs to 27-30 µs.
-    pool.linear_memory_keep_resident(64 << 10)
-        .table_keep_resident(64 << 10);
-    if let Ok(v) = std::env::var("SB_EXPERIMENT_KEEP") {
-        let n: usize = v.parse().unwrap_or(0);
-        pool.linear_memory_keep_resident(n)
-            .table_keep_resident(n.min(1 << 16));
-    }
-    let mut cfg = wasmtime::Config::new();
-    cfg.wasm_component_model(true)
-        // Component-model async costs ~2.5x per call and is unused.
-        .concurrency_support(false)
-        .epoch_interruption(true)
-        .max_wasm_stack(1 << 20)
-        .async_stack_size(2 << 20)
-        .memory_reservation(config.max_memory_bytes)
-        .memory_guard_size(64 << 10)
-        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-
-    Engine::new(&cfg)
+    engine::build(&EngineConfig {
+        max_concurrent_calls: config.max_concurrent_calls,
+        max_memory_bytes: config.max_memory_bytes,
+    })
 }
 
 impl Runtime {
@@ -355,7 +320,7 @@ impl Runtime {
             commits: commits.clone(),
         });
         let stop = Arc::new(AtomicBool::new(false));
-        spawn_epoch_ticker(engine.clone(), stop.clone());
+        engine::spawn_epoch_ticker(engine.clone(), stop.clone());
         let inner = Arc::new(Inner {
             global_slots: Arc::new(Semaphore::new(config.max_concurrent_calls as usize)),
             engine,
@@ -1246,21 +1211,6 @@ impl Inner {
 
 fn encode(record: &TenantRecord) -> Result<Vec<u8>, AdminError> {
     serde_json::to_vec(record).map_err(|e| AdminError::Internal(e.to_string()))
-}
-
-fn spawn_epoch_ticker(engine: Engine, stop: Arc<AtomicBool>) {
-    let spawned = std::thread::Builder::new()
-        .name("sb-epoch".into())
-        .spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(EPOCH_TICK);
-                engine.increment_epoch();
-            }
-        });
-    if let Err(e) = spawned {
-        // Without the ticker no deadline fires; refuse to run blind.
-        tracing::error!(error = %e, "cannot start the epoch thread; plugin deadlines will not fire");
-    }
 }
 
 impl Inner {
