@@ -409,6 +409,20 @@ impl AuditLog {
         self.append_as(scope, &context(), record)
     }
 
+    /// `append` for an action that has already happened: a trail that
+    /// cannot be written is logged loudly (SPEC I9), never returned.
+    pub fn note(&self, scope: &Scope, action: &str, target: &str, outcome: &str, details: &str) {
+        let record = Record {
+            action,
+            target,
+            outcome,
+            details,
+        };
+        if let Err(e) = self.append(scope, record) {
+            tracing::error!(target: "audit", action, error = %e, "audit entry lost");
+        }
+    }
+
     /// `append` with an explicit context.
     pub fn append_as(
         &self,

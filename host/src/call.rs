@@ -16,7 +16,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use switchboard_signing::{Capability, KeyId, Manifest};
@@ -24,10 +24,10 @@ use tokio::sync::Semaphore;
 use wasmtime::component::Component;
 
 use self::error::{CallError, CapError};
-use self::txn::{CommitLocks, Txn};
+use self::txn::{CommitError, CommitLocks, Quota, Txn};
 use self::types::{Invocation, Outcome, Principal};
 use crate::identity::Identity;
-use crate::store::Store;
+use crate::store::{Store, StoreError, Write};
 use crate::support::sync::Recover as _;
 use crate::tenant::TenantRecord;
 
@@ -39,6 +39,97 @@ pub struct Services {
     pub(crate) identity: Arc<Identity>,
     /// Per-tenant commit locks and usage (quota checks).
     pub(crate) commits: Arc<CommitLocks>,
+}
+
+impl Services {
+    /// Commits host bookkeeping for `tenant` under its commit lock, never
+    /// refused for quota (it only shrinks data or records the tenant's own
+    /// settings). Returns false when a concurrent call changed what `txn`
+    /// read; `still_there` is asked under the lock.
+    pub(crate) fn commit_host(
+        &self,
+        tenant: &str,
+        txn: Txn,
+        still_there: impl FnOnce() -> bool,
+    ) -> Result<bool, StoreError> {
+        let quota = Quota {
+            tenant_bytes: u64::MAX,
+            owner_bytes: u64::MAX,
+        };
+        match self
+            .commits
+            .commit(tenant, &self.store, txn, quota, still_there)
+        {
+            Ok(_) => Ok(true),
+            Err(CommitError::Conflict) => Ok(false),
+            Err(CommitError::Store(e)) => Err(e),
+            Err(other) => Err(StoreError::Backend(other.to_string())),
+        }
+    }
+
+    /// Blind host writes for `tenant` under its commit lock (they record
+    /// no reads, so they cannot conflict).
+    pub(crate) fn apply_locked(&self, tenant: &str, writes: Vec<Write>) -> Result<(), StoreError> {
+        let mut txn = Txn::default();
+        for (k, v) in writes {
+            match v {
+                Some(v) => txn.set(k, v),
+                None => txn.set_delete(k),
+            }
+        }
+        self.commit_host(tenant, txn, || true).map(drop)
+    }
+
+    /// `apply_locked` for bookkeeping whose failure can only be logged.
+    pub(crate) fn apply_logged(&self, tenant: &str, writes: Vec<Write>) {
+        if let Err(e) = self.apply_locked(tenant, writes) {
+            tracing::error!(tenant, error = %e, "host bookkeeping write failed");
+        }
+    }
+}
+
+/// The live tenants as the registry published them. The registry writes
+/// (an admin change swaps a tenant's whole state); the kernel and the
+/// host read (is a tenant still there when its call commits?).
+#[derive(Default)]
+pub struct Tenants(RwLock<HashMap<String, Arc<TenantState>>>);
+
+impl Tenants {
+    /// The tenant `id`, if it exists.
+    pub(crate) fn get(&self, id: &str) -> Option<Arc<TenantState>> {
+        self.0.read().recover().get(id).cloned()
+    }
+
+    /// Makes `state` the tenant's live state.
+    pub(crate) fn publish(&self, state: Arc<TenantState>) {
+        self.0
+            .write()
+            .recover()
+            .insert(state.record.id.clone(), state);
+    }
+
+    /// Forgets the tenant `id`.
+    pub(crate) fn remove(&self, id: &str) {
+        self.0.write().recover().remove(id);
+    }
+
+    /// Every tenant's id, in no order.
+    pub(crate) fn ids(&self) -> Vec<String> {
+        self.0.read().recover().keys().cloned().collect()
+    }
+
+    /// Every tenant's record, sorted by id.
+    pub(crate) fn records(&self) -> Vec<TenantRecord> {
+        let mut out: Vec<TenantRecord> = self
+            .0
+            .read()
+            .recover()
+            .values()
+            .map(|t| t.record.clone())
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
 }
 
 /// A call attempt in flight: its result and the transaction it ended with.

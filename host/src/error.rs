@@ -1,7 +1,7 @@
 //! The error every door renders: an HTTP status, a stable code and a
 //! message that says what was wrong and what to do. The services' own
 //! error types convert into it beside their definitions (`identity`,
-//! `audit`, `runtime::error`), so this module stays a leaf.
+//! `audit`, `kernel::error`), so this module stays a leaf.
 
 use serde::{Deserialize, Serialize};
 

@@ -765,18 +765,7 @@ impl Identity {
         } else {
             Scope::System
         };
-        let r = self.trail.append(
-            &scope,
-            Record {
-                action,
-                target,
-                outcome,
-                details,
-            },
-        );
-        if let Err(e) = r {
-            tracing::error!(target: "audit", action, error = %e, "audit entry lost");
-        }
+        self.trail.note(&scope, action, target, outcome, details);
     }
 
     /// The realm's sign-in policy.

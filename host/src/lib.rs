@@ -10,7 +10,7 @@
 //! without a server), `cli` (the command line).
 
 // Unsafe code is denied everywhere; the single exception is loading an
-// authenticated compile-cache entry (`runtime::cache`), with its SAFETY
+// authenticated compile-cache entry (`kernel::cache`), with its SAFETY
 // argument beside it.
 #![deny(unsafe_code)]
 #![cfg_attr(
@@ -31,8 +31,10 @@ pub mod events;
 pub mod gateway;
 pub mod harness;
 pub mod identity;
+pub mod kernel;
 pub mod metrics;
 pub mod outbound;
+pub mod registry;
 pub mod runtime;
 pub mod scheduler;
 pub mod server;

@@ -3,7 +3,7 @@
 //! (`switchboard:plugin@0.1.0`, `@0.2.0`), both importing
 //! `switchboard:host@0.1.0`, generated once in `v0_1` and shared by `with`.
 //! `host` names the newest host package: the capability modules implement
-//! its interfaces, and the plugin-world adapters (`runtime::v0_x`) only
+//! its interfaces, and the plugin-world adapters (`kernel::v0_x`) only
 //! invoke exports. A new host package version is bound here beside the
 //! old, becomes `host`, and the older one's interfaces convert and forward
 //! to it (`wit/README.md`).

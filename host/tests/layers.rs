@@ -17,6 +17,8 @@ const LAYERS: &[&[&str]] = &[
     &["control", "gateway"],
     &["admin", "scheduler", "harness", "bundle"],
     &["runtime"],
+    &["registry"],
+    &["kernel"],
     &["capability"],
     &["call"],
     &["identity"],

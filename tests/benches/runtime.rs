@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use switchboard::runtime::cache::CompileCache;
+use switchboard::kernel::cache::CompileCache;
 use switchboard::runtime::{Method, Principal, Request, Runtime, RuntimeConfig, build_engine};
 use switchboard::tenant::Limits;
 use switchboard_tests::{component, manifest};

@@ -116,18 +116,9 @@ fn both_trails(
     details: &str,
 ) {
     for scope in [Scope::System, Scope::tenant(tenant)] {
-        let r = identity.trail().append(
-            &scope,
-            audit::Record {
-                action,
-                target,
-                outcome,
-                details,
-            },
-        );
-        if let Err(e) = r {
-            tracing::error!(target: "audit", action, error = %e, "audit entry lost");
-        }
+        identity
+            .trail()
+            .note(&scope, action, target, outcome, details);
     }
 }
 

@@ -6,10 +6,9 @@ use std::sync::Arc;
 
 use super::{AdminError, Inner, Runtime};
 use crate::audit::{Scope, outcome};
-use crate::call::txn::{Quota, Txn};
+use crate::call::txn::Txn;
 use crate::capability::blobs::{self, BlobMeta};
 use crate::store::{StoreError, keys};
-use crate::support::sync::Recover as _;
 
 /// What one retention sweep did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -43,23 +42,29 @@ impl Runtime {
     /// of it is deleted — not by retention, not by its plugins, not by
     /// deleting the tenant.
     pub async fn set_legal_hold(&self, tenant: &str, on: bool) -> Result<(), AdminError> {
-        let _admin = self.inner.admin.lock().await;
-        let current = self.inner.tenant_or_admin_err(tenant)?;
-        let mut record = current.record.clone();
-        record.legal_hold = on;
-        self.inner.save_tenant(record, Some(&current))?;
-        self.inner.audit(
-            &Scope::tenant(tenant),
-            if on {
-                "hold.tenant.set"
-            } else {
-                "hold.tenant.release"
-            },
-            tenant,
-            outcome::SUCCESS,
-            "",
-        );
-        Ok(())
+        self.inner
+            .registry
+            .update_tenant(
+                tenant,
+                |record| {
+                    record.legal_hold = on;
+                    Ok(())
+                },
+                |_| {
+                    self.inner.trail.note(
+                        &Scope::tenant(tenant),
+                        if on {
+                            "hold.tenant.set"
+                        } else {
+                            "hold.tenant.release"
+                        },
+                        tenant,
+                        outcome::SUCCESS,
+                        "",
+                    )
+                },
+            )
+            .await
     }
 
     /// Puts one blob under legal hold (or releases it).
@@ -70,8 +75,8 @@ impl Runtime {
         blob: &str,
         on: bool,
     ) -> Result<(), AdminError> {
-        let _admin = self.inner.admin.lock().await;
-        self.inner.tenant_or_admin_err(tenant)?;
+        let _admin = self.inner.registry.lock().await;
+        self.inner.registry.tenant_or_err(tenant)?;
         let what = format!("blob {blob} of plugin {plugin} in tenant {tenant}");
         if !blobs::is_valid_id(blob) || !crate::tenant::is_valid_tenant_id(plugin) {
             return Err(AdminError::NotFound(what));
@@ -82,7 +87,7 @@ impl Runtime {
         let mut attempts = 0;
         loop {
             let mut txn = Txn::default();
-            let Some(raw) = txn.get(&self.inner.store, &key)? else {
+            let Some(raw) = txn.get(self.inner.store(), &key)? else {
                 return Err(AdminError::NotFound(what));
             };
             let mut meta: BlobMeta =
@@ -97,8 +102,8 @@ impl Runtime {
                 Err(e) => return Err(e.into()),
             }
         }
-        self.inner.store.flush()?;
-        self.inner.audit(
+        self.inner.store().flush()?;
+        self.inner.trail.note(
             &Scope::tenant(tenant),
             if on {
                 "hold.object.set"
@@ -120,31 +125,37 @@ impl Runtime {
         class: &str,
         days: Option<u32>,
     ) -> Result<(), AdminError> {
-        let _admin = self.inner.admin.lock().await;
-        let current = self.inner.tenant_or_admin_err(tenant)?;
-        if !crate::tenant::is_valid_class(class) {
-            return Err(AdminError::InvalidRetention(format!(
-                "class {class:?} must be 1-32 of [a-z0-9-], starting with a letter"
-            )));
-        }
-        if let Some(d) = days
-            && (d == 0 || d > MAX_RETENTION_DAYS)
-        {
-            return Err(AdminError::InvalidRetention(format!(
-                "days must be between 1 and {MAX_RETENTION_DAYS}"
-            )));
-        }
-        let mut record = current.record.clone();
-        record.retention.insert(class.to_string(), days);
-        self.inner.save_tenant(record, Some(&current))?;
-        self.inner.audit(
-            &Scope::tenant(tenant),
-            "retention.policy",
-            class,
-            outcome::SUCCESS,
-            &days.map_or("keep".to_string(), |d| format!("{d} days")),
-        );
-        Ok(())
+        self.inner
+            .registry
+            .update_tenant(
+                tenant,
+                |record| {
+                    if !crate::tenant::is_valid_class(class) {
+                        return Err(AdminError::InvalidRetention(format!(
+                            "class {class:?} must be 1-32 of [a-z0-9-], starting with a letter"
+                        )));
+                    }
+                    if let Some(d) = days
+                        && (d == 0 || d > MAX_RETENTION_DAYS)
+                    {
+                        return Err(AdminError::InvalidRetention(format!(
+                            "days must be between 1 and {MAX_RETENTION_DAYS}"
+                        )));
+                    }
+                    record.retention.insert(class.to_string(), days);
+                    Ok(())
+                },
+                |_| {
+                    self.inner.trail.note(
+                        &Scope::tenant(tenant),
+                        "retention.policy",
+                        class,
+                        outcome::SUCCESS,
+                        &days.map_or("keep".to_string(), |d| format!("{d} days")),
+                    )
+                },
+            )
+            .await
     }
 
     /// The effective retention policy (defaults included) and hold.
@@ -152,14 +163,18 @@ impl Runtime {
         &self,
         tenant: &str,
     ) -> Result<(std::collections::BTreeMap<String, Option<u32>>, bool), AdminError> {
-        let t = self.inner.tenant_or_admin_err(tenant)?;
+        let t = self.inner.registry.tenant_or_err(tenant)?;
         Ok((t.record.retention_policy(), t.record.legal_hold))
     }
 
     /// A tenant's storage use.
     pub fn storage_usage(&self, tenant: &str) -> Result<Usage, AdminError> {
-        let t = self.inner.tenant_or_admin_err(tenant)?;
-        let (bytes, _) = self.inner.commits.usage(tenant, None, &self.inner.store)?;
+        let t = self.inner.registry.tenant_or_err(tenant)?;
+        let (bytes, _) = self
+            .inner
+            .services()
+            .commits
+            .usage(tenant, None, self.inner.store())?;
         Ok(Usage {
             bytes,
             quota_bytes: t.record.limits.storage_bytes,
@@ -168,11 +183,12 @@ impl Runtime {
 
     /// Bytes of blobs `owner` stores in `tenant`.
     pub fn owner_usage(&self, tenant: &str, owner: &str) -> Result<u64, AdminError> {
-        self.inner.tenant_or_admin_err(tenant)?;
+        self.inner.registry.tenant_or_err(tenant)?;
         Ok(self
             .inner
+            .services()
             .commits
-            .usage(tenant, Some(owner), &self.inner.store)?
+            .usage(tenant, Some(owner), self.inner.store())?
             .1)
     }
 
@@ -200,13 +216,15 @@ impl Runtime {
 
 impl Inner {
     fn tenant_ids(&self) -> Vec<String> {
-        self.tenants.read().recover().keys().cloned().collect()
+        self.tenants.ids()
     }
 
     fn sweep_retention(&self, now: u64) -> Result<SweepReport, StoreError> {
         let mut report = SweepReport::default();
         for id in self.tenant_ids() {
-            let Some(t) = self.tenant(&id) else { continue };
+            let Some(t) = self.tenants.get(&id) else {
+                continue;
+            };
             if t.record.legal_hold {
                 report.held_tenants += 1;
                 continue;
@@ -229,7 +247,7 @@ impl Inner {
         }
         for id in self.tenant_ids() {
             // Expired sign-in codes, tokens and pending sign-ons.
-            if let Err(e) = crate::identity::oidc::sweep_expired(&self.store, &id, now) {
+            if let Err(e) = crate::identity::oidc::sweep_expired(self.store(), &id, now) {
                 tracing::error!(tenant = %id, error = %e, "sweeping expired sign-in records failed");
             }
         }
@@ -256,7 +274,7 @@ impl Inner {
         let prefix = keys::retention_prefix(tenant, class);
         let mut after: Option<Vec<u8>> = None;
         loop {
-            let page = self.store.scan_raw(&prefix, after.as_deref(), 256)?;
+            let page = self.store().scan_raw(&prefix, after.as_deref(), 256)?;
             let Some(last) = page.last() else {
                 return Ok(());
             };
@@ -291,7 +309,7 @@ impl Inner {
     ) -> Result<(), StoreError> {
         let meta_key = keys::blob_meta(tenant, plugin, id);
         let mut txn = Txn::default();
-        let Some(raw) = txn.get(&self.store, &meta_key)? else {
+        let Some(raw) = txn.get(self.store(), &meta_key)? else {
             // A stale index entry: its blob is gone already.
             txn.set_delete(index_key);
             self.commit_host(tenant, txn)?;
@@ -322,7 +340,7 @@ impl Inner {
                 id.to_string(),
                 class.to_string(),
             ));
-            self.audit(
+            self.trail.note(
                 &Scope::tenant(tenant),
                 "retention.delete",
                 &format!("blob {plugin}/{id}"),
@@ -339,20 +357,8 @@ impl Inner {
     /// Commits host bookkeeping for `tenant` (never refused for quota).
     /// Returns false when a concurrent call changed what it read.
     fn commit_host(&self, tenant: &str, txn: Txn) -> Result<bool, StoreError> {
-        let quota = Quota {
-            tenant_bytes: u64::MAX,
-            owner_bytes: u64::MAX,
-        };
-        let still_there = || self.tenant(tenant).is_some();
-        match self
-            .commits
-            .commit(tenant, &self.store, txn, quota, still_there)
-        {
-            Ok(_) => Ok(true),
-            Err(crate::call::txn::CommitError::Conflict) => Ok(false),
-            Err(crate::call::txn::CommitError::Store(e)) => Err(e),
-            Err(other) => Err(StoreError::Backend(other.to_string())),
-        }
+        self.services()
+            .commit_host(tenant, txn, || self.tenants.get(tenant).is_some())
     }
 
     /// Deletes the chunks of this tenant's deleted blobs.
@@ -360,26 +366,27 @@ impl Inner {
         let mut reclaimed = 0;
         let prefix = keys::blob_gc_prefix(tenant);
         loop {
-            let page = self.store.scan_raw(&prefix, None, 64)?;
+            let page = self.store().scan_raw(&prefix, None, 64)?;
             if page.is_empty() {
                 return Ok(reclaimed);
             }
             for (marker, _) in page {
                 let rest = String::from_utf8_lossy(&marker[prefix.len()..]).into_owned();
                 let Some((plugin, id)) = rest.split_once('/') else {
-                    self.apply_locked(tenant, vec![(marker, None)])?;
+                    self.services().apply_locked(tenant, vec![(marker, None)])?;
                     continue;
                 };
                 let chunks = keys::blob_chunks(tenant, plugin, id);
                 loop {
-                    let page = self.store.scan_raw(&chunks, None, 512)?;
+                    let page = self.store().scan_raw(&chunks, None, 512)?;
                     if page.is_empty() {
                         break;
                     }
                     reclaimed += page.len() as u64;
-                    self.apply_locked(tenant, page.into_iter().map(|(k, _)| (k, None)).collect())?;
+                    self.services()
+                        .apply_locked(tenant, page.into_iter().map(|(k, _)| (k, None)).collect())?;
                 }
-                self.apply_locked(tenant, vec![(marker, None)])?;
+                self.services().apply_locked(tenant, vec![(marker, None)])?;
             }
         }
     }
@@ -394,7 +401,7 @@ async fn sweep_and_tell(inner: &Arc<Inner>, now: u64) -> Result<SweepReport, Sto
         .await
         .map_err(|e| StoreError::Backend(e.to_string()))??;
     for (tenant, plugin, blob, class) in &report.expired {
-        let Some(t) = inner.tenant(tenant) else {
+        let Some(t) = inner.tenants.get(tenant) else {
             continue;
         };
         let data = serde_json::json!({ "blob": blob, "class": class }).to_string();
@@ -419,12 +426,12 @@ impl Runtime {
         let _one_at_a_time = self.inner.backup_lock.lock().await;
         let info = tokio::task::spawn_blocking(move || {
             let key = crate::backup::backup_key(&inner.config.data_dir, true)?;
-            crate::backup::create(&inner.store, &key, &dir, kind)
+            crate::backup::create(inner.store(), &key, &dir, kind)
         })
         .await
         .map_err(|e| crate::backup::BackupError::Io(e.to_string()))?;
         match &info {
-            Ok(i) => self.inner.audit(
+            Ok(i) => self.inner.trail.note(
                 &Scope::System,
                 "backup.create",
                 &i.header.id,
@@ -437,7 +444,7 @@ impl Runtime {
                     i.bytes
                 ),
             ),
-            Err(e) => self.inner.audit(
+            Err(e) => self.inner.trail.note(
                 &Scope::System,
                 "backup.create",
                 &shown,
@@ -451,6 +458,6 @@ impl Runtime {
     /// When the last backup and the last full backup were made (ms since
     /// the epoch), if any.
     pub fn last_backup_times(&self) -> Option<(u64, u64)> {
-        crate::backup::last_times(&self.inner.store).ok().flatten()
+        crate::backup::last_times(self.inner.store()).ok().flatten()
     }
 }
