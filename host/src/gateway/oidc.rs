@@ -26,39 +26,20 @@
 use std::collections::HashMap;
 
 use base64::Engine as _;
-use ed25519_dalek::Signer as _;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use super::reply::{self, HttpResponse, Peer};
 use crate::admin::require_tenant;
 use crate::audit::{self, Scope, outcome};
 use crate::error::ApiError;
 use crate::identity::Login;
-use crate::identity::oidc::{
-    AccessToken, Client, Grant, by_code_key, client, code_key, issuer, kid, profile_claims,
-    random_b64, revoke_tokens_of, signing_key, token_key, used_key,
-};
+use crate::identity::oidc::{self, Client, Redeem, client, issuer, kid, random_b64, signing_key};
 use crate::runtime::Runtime;
 use crate::support::clock::now_ms;
-use crate::support::encoding::{
-    b64url, form_decode, percent_decode_plus, percent_encode, sha256_hex,
-};
-
-/// How long an authorization code lives.
-const CODE_TTL_MS: u64 = 60_000;
-
-/// Code redemption is one at a time (read, check, consume).
-static REDEEM: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// How long an access token lives.
-const ACCESS_TTL_MS: u64 = 3_600_000;
-
-/// How long an ID token is valid.
-const ID_TOKEN_TTL_SECS: u64 = 600;
+use crate::support::encoding::{b64url, form_decode, percent_decode_plus, percent_encode};
 
 /// The cookie holding a sign-in session at the provider.
 const COOKIE: &str = "sb_oidc";
@@ -499,41 +480,19 @@ async fn authorize(
         }
     };
     // 4. A single-use code bound to client, redirect URI, PKCE and nonce.
-    let code = random_b64(32);
-    let grant = Grant {
+    let grant = oidc::Grant {
         client: client.id.clone(),
-        user: user.clone(),
+        user,
         redirect_uri: redirect_uri.clone(),
         challenge,
         nonce,
         scope,
         auth_time_s: now_ms() / 1000,
-        expires_ms: now_ms() + CODE_TTL_MS,
+        expires_ms: now_ms() + oidc::CODE_TTL_MS,
     };
-    let store = rt.data_store();
-    let write = store.apply(&[(
-        code_key(tenant, &sha256_hex(code.as_bytes())),
-        Some(serde_json::to_vec(&grant).unwrap_or_default()),
-    )]);
-    match write {
-        Ok(seq) => {
-            if store.durable(seq).await.is_err() {
-                return page_error(503, "temporarily_unavailable", "storage is unavailable");
-            }
-        }
-        Err(_) => return page_error(503, "temporarily_unavailable", "storage is unavailable"),
-    }
-    rt.audit_log()
-        .append(
-            &realm,
-            audit::Record {
-                action: "oidc.authorize",
-                target: &client.id,
-                outcome: outcome::SUCCESS,
-                details: &format!("code issued for user {user}"),
-            },
-        )
-        .ok();
+    let Ok(code) = oidc::issue_code(rt.identity(), tenant, grant).await else {
+        return page_error(503, "temporarily_unavailable", "storage is unavailable");
+    };
     let sep = if redirect_uri.contains('?') { '&' } else { '?' };
     let mut loc = format!(
         "{redirect_uri}{sep}code={}&iss={}",
@@ -620,194 +579,26 @@ async fn token(rt: &Runtime, tenant: &str, req: Request<Incoming>) -> HttpRespon
         Ok(c) => c,
         Err(m) => return token_error(401, "invalid_client", m),
     };
-    let Some(client) = client(rt.identity(), tenant, &client_id) else {
-        return token_error(401, "invalid_client", "client authentication failed");
+    let redeem = Redeem {
+        client_id: &client_id,
+        secret: secret.as_deref(),
+        code: f.get("code").map_or("", String::as_str),
+        redirect_uri: f.get("redirect_uri").map(String::as_str),
+        code_verifier: f.get("code_verifier").map_or("", String::as_str),
     };
-    let authenticated = match (&client.secret_hash, &secret) {
-        (Some(h), Some(s)) => {
-            let given = sha256_hex(s.as_bytes());
-            // Equal-length hex strings: compare without early exit.
-            given.len() == h.len()
-                && given
-                    .bytes()
-                    .zip(h.bytes())
-                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                    == 0
-        }
-        (None, None) => true,
-        _ => false,
-    };
-    if !authenticated {
-        return token_error(401, "invalid_client", "client authentication failed");
-    }
-    let store = rt.data_store();
-    let realm = Scope::tenant(tenant);
-    let code = f.get("code").cloned().unwrap_or_default();
-    let hash = sha256_hex(code.as_bytes());
-    // Single use: the code is deleted as it is redeemed; a second use is a
-    // replay, and the tokens issued for it are revoked (RFC 6749 4.1.2).
-    // Redemption is serialised so two parallel requests cannot both win.
-    let redeeming = REDEEM.lock().await;
-    let grant: Option<Grant> = store
-        .get(&code_key(tenant, &hash))
-        .ok()
-        .flatten()
-        .and_then(|raw| serde_json::from_slice(&raw).ok());
-    let Some(grant) = grant else {
-        if store.get(&used_key(tenant, &hash)).ok().flatten().is_some() {
-            revoke_tokens_of(rt.identity(), tenant, &hash);
-            rt.audit_log()
-                .append(
-                    &realm,
-                    audit::Record {
-                        action: "oidc.token",
-                        target: &client.id,
-                        outcome: outcome::DENIED,
-                        details: "authorization code replayed; its tokens are revoked",
-                    },
-                )
-                .ok();
-        }
-        return token_error(
-            400,
-            "invalid_grant",
-            "the authorization code is invalid, expired or already used",
-        );
-    };
-    // Another client (or a wrong redirect URI) cannot burn the code.
-    if grant.client != client.id {
-        return token_error(
-            400,
-            "invalid_grant",
-            "the authorization code was issued to another client",
-        );
-    }
-    if f.get("redirect_uri") != Some(&grant.redirect_uri) {
-        return token_error(
-            400,
-            "invalid_grant",
-            "redirect_uri differs from the authorization request",
-        );
-    }
-    let used = store.apply(&[
-        (code_key(tenant, &hash), None),
-        (
-            used_key(tenant, &hash),
-            Some(now_ms().to_string().into_bytes()),
+    match oidc::redeem(rt.identity(), tenant, redeem).await {
+        Ok(t) => reply::json_response(
+            200,
+            &json!({
+                "access_token": t.access_token,
+                "token_type": "Bearer",
+                "expires_in": t.expires_in_s,
+                "id_token": t.id_token,
+                "scope": t.scope,
+            }),
         ),
-    ]);
-    drop(redeeming);
-    if used.is_err() {
-        return token_error(503, "temporarily_unavailable", "storage is unavailable");
+        Err(e) => token_error(e.status, e.error, &e.description),
     }
-    if grant.expires_ms < now_ms() {
-        return token_error(400, "invalid_grant", "the authorization code expired");
-    }
-    let verifier = f.get("code_verifier").cloned().unwrap_or_default();
-    let verifier_ok = (43..=128).contains(&verifier.len())
-        && verifier
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
-    if !verifier_ok || b64url(&Sha256::digest(verifier.as_bytes())) != grant.challenge {
-        rt.audit_log()
-            .append(
-                &realm,
-                audit::Record {
-                    action: "oidc.token",
-                    target: &client.id,
-                    outcome: outcome::DENIED,
-                    details: "PKCE verification failed",
-                },
-            )
-            .ok();
-        return token_error(
-            400,
-            "invalid_grant",
-            "code_verifier does not match the code_challenge",
-        );
-    }
-    let Ok(Some(user)) = rt.identity().user(&realm, &grant.user) else {
-        return token_error(400, "invalid_grant", "the user no longer exists");
-    };
-    if !user.active {
-        return token_error(400, "invalid_grant", "the user's account is disabled");
-    }
-    let access = random_b64(32);
-    let record = AccessToken {
-        client: client.id.clone(),
-        user: user.id.clone(),
-        scope: grant.scope.clone(),
-        expires_ms: now_ms() + ACCESS_TTL_MS,
-        code: hash.clone(),
-    };
-    let key = match signing_key(rt.identity(), tenant) {
-        Ok(k) => k,
-        Err(_) => {
-            return token_error(
-                503,
-                "temporarily_unavailable",
-                "the signing key is unavailable",
-            );
-        }
-    };
-    let now_s = now_ms() / 1000;
-    let mut claims = json!({
-        "iss": issuer(rt.identity(), tenant),
-        "sub": user.id,
-        "aud": client.id,
-        "iat": now_s,
-        "exp": now_s + ID_TOKEN_TTL_SECS,
-        "auth_time": grant.auth_time_s,
-    });
-    if let Some(n) = &grant.nonce {
-        claims["nonce"] = json!(n);
-    }
-    profile_claims(&grant.scope, &user, &mut claims);
-    let vk = key.verifying_key();
-    let header = json!({"alg": "EdDSA", "typ": "JWT", "kid": kid(&vk)});
-    let signing_input = format!(
-        "{}.{}",
-        b64url(header.to_string().as_bytes()),
-        b64url(claims.to_string().as_bytes())
-    );
-    let sig = key.sign(signing_input.as_bytes());
-    let id_token = format!("{signing_input}.{}", b64url(&sig.to_bytes()));
-    let access_hash = sha256_hex(access.as_bytes());
-    let stored = store.apply(&[
-        (
-            by_code_key(tenant, &hash),
-            Some(access_hash.clone().into_bytes()),
-        ),
-        (
-            token_key(tenant, &access_hash),
-            Some(serde_json::to_vec(&record).unwrap_or_default()),
-        ),
-    ]);
-    match stored {
-        Ok(seq) if store.durable(seq).await.is_ok() => {}
-        _ => return token_error(503, "temporarily_unavailable", "storage is unavailable"),
-    }
-    rt.audit_log()
-        .append(
-            &realm,
-            audit::Record {
-                action: "oidc.token",
-                target: &client.id,
-                outcome: outcome::SUCCESS,
-                details: &format!("tokens issued for user {}", user.id),
-            },
-        )
-        .ok();
-    reply::json_response(
-        200,
-        &json!({
-            "access_token": access,
-            "token_type": "Bearer",
-            "expires_in": ACCESS_TTL_MS / 1000,
-            "id_token": id_token,
-            "scope": grant.scope,
-        }),
-    )
 }
 
 fn userinfo(rt: &Runtime, tenant: &str, req: &Request<Incoming>) -> HttpResponse {
@@ -825,25 +616,8 @@ fn userinfo(rt: &Runtime, tenant: &str, req: &Request<Incoming>) -> HttpResponse
     let Some(token) = reply::bearer(req) else {
         return unauthorized();
     };
-    let store = rt.data_store();
-    let record: Option<AccessToken> = store
-        .get(&token_key(tenant, &sha256_hex(token.as_bytes())))
-        .ok()
-        .flatten()
-        .and_then(|raw| serde_json::from_slice(&raw).ok());
-    let Some(record) = record.filter(|r| r.expires_ms > now_ms()) else {
-        return unauthorized();
-    };
-    if client(rt.identity(), tenant, &record.client).is_none() {
-        return unauthorized();
+    match oidc::userinfo(rt.identity(), tenant, &token) {
+        Some(out) => reply::json_response(200, &out),
+        None => unauthorized(),
     }
-    let Ok(Some(user)) = rt.identity().user(&Scope::tenant(tenant), &record.user) else {
-        return unauthorized();
-    };
-    if !user.active {
-        return unauthorized();
-    }
-    let mut out = json!({"sub": user.id});
-    profile_claims(&record.scope, &user, &mut out);
-    reply::json_response(200, &out)
 }

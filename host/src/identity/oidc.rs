@@ -12,6 +12,7 @@
 //! t/{tenant}/oidc/used/{sha256(code)}  a redeemed code (replay detection)
 //! ```
 
+use ed25519_dalek::Signer as _;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -20,7 +21,19 @@ use crate::audit::{self, Scope, outcome};
 use crate::error::ApiError;
 use crate::identity::{AuthError, Identity};
 use crate::support::clock::now_ms;
-use crate::support::encoding::{random_b64url, random_hex, sha256_hex};
+use crate::support::encoding::{b64url, random_b64url, random_hex, sha256_hex};
+
+/// How long an authorization code lives.
+pub(crate) const CODE_TTL_MS: u64 = 60_000;
+
+/// How long an access token lives.
+const ACCESS_TTL_MS: u64 = 3_600_000;
+
+/// How long an ID token is valid.
+const ID_TOKEN_TTL_SECS: u64 = 600;
+
+/// Code redemption is one at a time (read, check, consume).
+static REDEEM: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// How long a redeemed code is remembered (to detect replays).
 pub(crate) const USED_TTL_MS: u64 = 24 * 3_600_000;
@@ -284,6 +297,278 @@ pub(crate) fn revoke_tokens_of(identity: &Identity, tenant: &str, code_hash: &st
         let token = token_key(tenant, &String::from_utf8_lossy(&token_hash));
         let _ = store.apply(&[(token, None), (by_code_key(tenant, code_hash), None)]);
     }
+}
+
+/// Stores a single-use authorization code for `grant` durably and audits
+/// it; returns the code (only its hash is stored).
+pub(crate) async fn issue_code(
+    identity: &Identity,
+    tenant: &str,
+    grant: Grant,
+) -> Result<String, crate::store::StoreError> {
+    let code = random_b64(32);
+    let store = identity.store();
+    let seq = store.apply(&[(
+        code_key(tenant, &sha256_hex(code.as_bytes())),
+        Some(serde_json::to_vec(&grant).unwrap_or_default()),
+    )])?;
+    store.durable(seq).await?;
+    identity.trail().note(
+        &Scope::tenant(tenant),
+        "oidc.authorize",
+        &grant.client,
+        outcome::SUCCESS,
+        &format!("code issued for user {}", grant.user),
+    );
+    Ok(code)
+}
+
+/// A token request (RFC 6749 4.1.3), as the token endpoint parsed it.
+pub(crate) struct Redeem<'a> {
+    pub(crate) client_id: &'a str,
+    pub(crate) secret: Option<&'a str>,
+    pub(crate) code: &'a str,
+    pub(crate) redirect_uri: Option<&'a str>,
+    pub(crate) code_verifier: &'a str,
+}
+
+/// What a redeemed code yields.
+pub(crate) struct Tokens {
+    pub(crate) access_token: String,
+    pub(crate) expires_in_s: u64,
+    pub(crate) id_token: String,
+    pub(crate) scope: String,
+}
+
+/// A token endpoint refusal (RFC 6749 5.2): HTTP status, error code and
+/// description.
+#[derive(Debug)]
+pub(crate) struct TokenError {
+    pub(crate) status: u16,
+    pub(crate) error: &'static str,
+    pub(crate) description: String,
+}
+
+fn refuse(status: u16, error: &'static str, description: &str) -> TokenError {
+    TokenError {
+        status,
+        error,
+        description: description.to_string(),
+    }
+}
+
+/// Redeems an authorization code (SPEC I5): authenticates the client,
+/// consumes the code exactly once (a replay revokes the tokens issued for
+/// it), checks the redirect URI and PKCE, and issues an access token and
+/// an Ed25519-signed ID token.
+pub(crate) async fn redeem(
+    identity: &Identity,
+    tenant: &str,
+    req: Redeem<'_>,
+) -> Result<Tokens, TokenError> {
+    let client_failed = || refuse(401, "invalid_client", "client authentication failed");
+    let client = client(identity, tenant, req.client_id).ok_or_else(client_failed)?;
+    let authenticated = match (&client.secret_hash, req.secret) {
+        (Some(h), Some(s)) => {
+            let given = sha256_hex(s.as_bytes());
+            // Equal-length hex strings: compare without early exit.
+            given.len() == h.len()
+                && given
+                    .bytes()
+                    .zip(h.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
+        }
+        (None, None) => true,
+        _ => false,
+    };
+    if !authenticated {
+        return Err(client_failed());
+    }
+    let store = identity.store();
+    let trail = identity.trail();
+    let realm = Scope::tenant(tenant);
+    let hash = sha256_hex(req.code.as_bytes());
+    let unavailable = || refuse(503, "temporarily_unavailable", "storage is unavailable");
+    // Single use: the code is deleted as it is redeemed; a second use is a
+    // replay, and the tokens issued for it are revoked (RFC 6749 4.1.2).
+    // Redemption is serialised so two parallel requests cannot both win.
+    let redeeming = REDEEM.lock().await;
+    let grant: Option<Grant> = store
+        .get(&code_key(tenant, &hash))
+        .ok()
+        .flatten()
+        .and_then(|raw| serde_json::from_slice(&raw).ok());
+    let Some(grant) = grant else {
+        if store.get(&used_key(tenant, &hash)).ok().flatten().is_some() {
+            revoke_tokens_of(identity, tenant, &hash);
+            trail.note(
+                &realm,
+                "oidc.token",
+                &client.id,
+                outcome::DENIED,
+                "authorization code replayed; its tokens are revoked",
+            );
+        }
+        return Err(refuse(
+            400,
+            "invalid_grant",
+            "the authorization code is invalid, expired or already used",
+        ));
+    };
+    // Another client (or a wrong redirect URI) cannot burn the code.
+    if grant.client != client.id {
+        return Err(refuse(
+            400,
+            "invalid_grant",
+            "the authorization code was issued to another client",
+        ));
+    }
+    if req.redirect_uri != Some(grant.redirect_uri.as_str()) {
+        return Err(refuse(
+            400,
+            "invalid_grant",
+            "redirect_uri differs from the authorization request",
+        ));
+    }
+    let used = store.apply(&[
+        (code_key(tenant, &hash), None),
+        (
+            used_key(tenant, &hash),
+            Some(now_ms().to_string().into_bytes()),
+        ),
+    ]);
+    drop(redeeming);
+    used.map_err(|_| unavailable())?;
+    if grant.expires_ms < now_ms() {
+        return Err(refuse(
+            400,
+            "invalid_grant",
+            "the authorization code expired",
+        ));
+    }
+    let verifier = req.code_verifier;
+    let verifier_ok = (43..=128).contains(&verifier.len())
+        && verifier
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
+    if !verifier_ok || b64url(&Sha256::digest(verifier.as_bytes())) != grant.challenge {
+        trail.note(
+            &realm,
+            "oidc.token",
+            &client.id,
+            outcome::DENIED,
+            "PKCE verification failed",
+        );
+        return Err(refuse(
+            400,
+            "invalid_grant",
+            "code_verifier does not match the code_challenge",
+        ));
+    }
+    let Ok(Some(user)) = identity.user(&realm, &grant.user) else {
+        return Err(refuse(400, "invalid_grant", "the user no longer exists"));
+    };
+    if !user.active {
+        return Err(refuse(
+            400,
+            "invalid_grant",
+            "the user's account is disabled",
+        ));
+    }
+    let access = random_b64(32);
+    let record = AccessToken {
+        client: client.id.clone(),
+        user: user.id.clone(),
+        scope: grant.scope.clone(),
+        expires_ms: now_ms() + ACCESS_TTL_MS,
+        code: hash.clone(),
+    };
+    let key = signing_key(identity, tenant).map_err(|_| {
+        refuse(
+            503,
+            "temporarily_unavailable",
+            "the signing key is unavailable",
+        )
+    })?;
+    let now_s = now_ms() / 1000;
+    let mut claims = json!({
+        "iss": issuer(identity, tenant),
+        "sub": user.id,
+        "aud": client.id,
+        "iat": now_s,
+        "exp": now_s + ID_TOKEN_TTL_SECS,
+        "auth_time": grant.auth_time_s,
+    });
+    if let Some(n) = &grant.nonce {
+        claims["nonce"] = json!(n);
+    }
+    profile_claims(&grant.scope, &user, &mut claims);
+    let vk = key.verifying_key();
+    let header = json!({"alg": "EdDSA", "typ": "JWT", "kid": kid(&vk)});
+    let signing_input = format!(
+        "{}.{}",
+        b64url(header.to_string().as_bytes()),
+        b64url(claims.to_string().as_bytes())
+    );
+    let sig = key.sign(signing_input.as_bytes());
+    let id_token = format!("{signing_input}.{}", b64url(&sig.to_bytes()));
+    let access_hash = sha256_hex(access.as_bytes());
+    let seq = store
+        .apply(&[
+            (
+                by_code_key(tenant, &hash),
+                Some(access_hash.clone().into_bytes()),
+            ),
+            (
+                token_key(tenant, &access_hash),
+                Some(serde_json::to_vec(&record).unwrap_or_default()),
+            ),
+        ])
+        .map_err(|_| unavailable())?;
+    store.durable(seq).await.map_err(|_| unavailable())?;
+    trail.note(
+        &realm,
+        "oidc.token",
+        &client.id,
+        outcome::SUCCESS,
+        &format!("tokens issued for user {}", user.id),
+    );
+    Ok(Tokens {
+        access_token: access,
+        expires_in_s: ACCESS_TTL_MS / 1000,
+        id_token,
+        scope: grant.scope,
+    })
+}
+
+/// The claims an access token may read (OIDC Core 5.3): `None` when the
+/// token is missing, expired, its client gone or its user disabled.
+pub(crate) fn userinfo(
+    identity: &Identity,
+    tenant: &str,
+    token: &str,
+) -> Option<serde_json::Value> {
+    let record: AccessToken = identity
+        .store()
+        .get(&token_key(tenant, &sha256_hex(token.as_bytes())))
+        .ok()
+        .flatten()
+        .and_then(|raw| serde_json::from_slice(&raw).ok())?;
+    if record.expires_ms <= now_ms() {
+        return None;
+    }
+    client(identity, tenant, &record.client)?;
+    let user = identity
+        .user(&Scope::tenant(tenant), &record.user)
+        .ok()
+        .flatten()?;
+    if !user.active {
+        return None;
+    }
+    let mut out = json!({"sub": user.id});
+    profile_claims(&record.scope, &user, &mut out);
+    Some(out)
 }
 
 /// Deletes a tenant's expired codes, replay markers, access tokens and
