@@ -9,7 +9,7 @@
 //! backups (`data`), and delivering timers and host events (`deliver`).
 //!
 //! Wiring: `main` and the test harness call `Runtime::open`, then the admin
-//! methods (install, tenants, enable) and `handle`. `scheduler::start`
+//! methods (install, tenants, enable) and `handle`. `scheduler::Scheduler::start`
 //! runs the background loops over a `WeakRuntime`; the epoch ticker thread
 //! starts with `open` and stops when the last handle goes.
 

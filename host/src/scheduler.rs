@@ -35,14 +35,35 @@ impl Default for SchedulerConfig {
     }
 }
 
-/// Spawns the loops on the current tokio runtime.
-pub fn start(rt: &Runtime, config: SchedulerConfig) {
-    tokio::spawn(timer_loop(rt.downgrade()));
-    tokio::spawn(presence_loop(rt.downgrade()));
-    tokio::spawn(maintenance_loop(
-        rt.downgrade(),
-        config.retention_sweep_interval,
-    ));
+/// The running loops. They stop when the host goes or when this handle is
+/// dropped, whichever comes first.
+#[must_use = "dropping the scheduler stops its loops"]
+pub struct Scheduler {
+    loops: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Scheduler {
+    /// Spawns the loops on the current tokio runtime.
+    pub fn start(rt: &Runtime, config: SchedulerConfig) -> Scheduler {
+        Scheduler {
+            loops: vec![
+                tokio::spawn(timer_loop(rt.downgrade())),
+                tokio::spawn(presence_loop(rt.downgrade())),
+                tokio::spawn(maintenance_loop(
+                    rt.downgrade(),
+                    config.retention_sweep_interval,
+                )),
+            ],
+        }
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        for task in &self.loops {
+            task.abort();
+        }
+    }
 }
 
 async fn timer_loop(weak: WeakRuntime) {

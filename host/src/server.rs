@@ -183,7 +183,7 @@ pub async fn serve(
         }
         _ => anyhow::bail!("[tls] needs both cert_file and key_file, or neither (self-signed)"),
     };
-    crate::scheduler::start(&runtime, crate::scheduler::SchedulerConfig::default());
+    let _scheduler = crate::scheduler::Scheduler::start(&runtime, Default::default());
     crate::control::start(&runtime)?;
     if file.backup.enabled {
         tokio::spawn(backup_loop(runtime.clone(), file.backup.clone()));

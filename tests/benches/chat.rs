@@ -100,7 +100,7 @@ async fn post_load(
 
 fn main() {
     let (server_rt, client_rt) = runtimes();
-    let (h, s) = server_rt.block_on(async {
+    let (h, s, _scheduler) = server_rt.block_on(async {
         let h = Harness::new().unwrap();
         h.install(&manifest("chat"), &component("chat"))
             .await
@@ -111,9 +111,9 @@ fn main() {
         };
         h.tenant_with_limits("acme", generous).await.unwrap();
         h.enable("acme", "chat").await.unwrap();
-        switchboard::scheduler::start(h.runtime(), Default::default());
+        let scheduler = switchboard::scheduler::Scheduler::start(h.runtime(), Default::default());
         let s = Server::start(h.runtime().clone()).await;
-        (h, s)
+        (h, s, scheduler)
     });
     client_rt.block_on(bench(&h, &s));
     drop(s);

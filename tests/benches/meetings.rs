@@ -34,7 +34,7 @@ const WAIT: Duration = Duration::from_secs(60);
 
 fn main() {
     let (server_rt, client_rt) = runtimes();
-    let (h, s) = server_rt.block_on(async {
+    let (h, s, _scheduler) = server_rt.block_on(async {
         let h = Harness::new().unwrap();
         for p in ["chat", "recording", "meetings"] {
             h.install(&manifest(p), &component(p)).await.unwrap();
@@ -47,9 +47,9 @@ fn main() {
         for p in ["chat", "recording", "meetings"] {
             h.enable("acme", p).await.unwrap();
         }
-        switchboard::scheduler::start(h.runtime(), Default::default());
+        let scheduler = switchboard::scheduler::Scheduler::start(h.runtime(), Default::default());
         let s = Server::start(h.runtime().clone()).await;
-        (h, s)
+        (h, s, scheduler)
     });
     client_rt.block_on(bench(&h, &s));
     drop(s);

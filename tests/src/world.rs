@@ -20,13 +20,15 @@ pub struct World {
     pub carol: (String, String),
     pub admin: (String, String),
     pub gina: (String, String),
+    /// The background loops, stopped with the world.
+    pub scheduler: switchboard::scheduler::Scheduler,
 }
 
 impl World {
     /// Starts the background work (timers, sweeps) and a server over `h`,
     /// then creates and signs in the cast.
     pub async fn start(h: Harness) -> World {
-        switchboard::scheduler::start(h.runtime(), Default::default());
+        let scheduler = switchboard::scheduler::Scheduler::start(h.runtime(), Default::default());
         let s = Server::start(h.runtime().clone()).await;
         let mut u = people(
             &h,
@@ -42,6 +44,7 @@ impl World {
         .await
         .into_iter();
         World {
+            scheduler,
             alice: u.next().unwrap(),
             bob: u.next().unwrap(),
             carol: u.next().unwrap(),

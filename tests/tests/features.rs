@@ -179,7 +179,7 @@ async fn timers_fire_once_can_be_cancelled_and_are_not_set_by_failed_calls() {
 async fn the_background_scheduler_delivers_due_timers() {
     let h = harness(&["ledger", "example"]).await;
     tenant(&h, "acme", Limits::default(), &["ledger", "example"]).await;
-    switchboard::scheduler::start(h.runtime(), Default::default());
+    let _scheduler = switchboard::scheduler::Scheduler::start(h.runtime(), Default::default());
     let body = serde_json::json!({"delay_ms": 50, "name": "bg", "payload": "x"}).to_string();
     ok_json(
         h.post("acme", "example", "u", "/timers", body.as_bytes())
