@@ -51,6 +51,16 @@ pub enum Op {
     TenantDelete {
         id: String,
     },
+    /// A tenant's limits (SPEC K5).
+    TenantLimits {
+        id: String,
+    },
+    /// Changes some of a tenant's limits, online: the fields given replace
+    /// the current ones; calls already running finish under the old.
+    TenantLimitsSet {
+        id: String,
+        set: serde_json::Map<String, serde_json::Value>,
+    },
     UserList {
         realm: String,
     },

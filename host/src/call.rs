@@ -8,6 +8,7 @@
 //! kernel through the `Kernel` trait, which the kernel implements.
 
 pub mod error;
+pub mod fair;
 pub mod txn;
 pub mod types;
 
@@ -15,7 +16,7 @@ use std::any::Any;
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -102,6 +103,7 @@ impl Tenants {
 
     /// Makes `state` the tenant's live state.
     pub(crate) fn publish(&self, state: Arc<TenantState>) {
+        state.share.set_weight(state.record.limits.cpu_share);
         self.0
             .write()
             .recover()
@@ -186,8 +188,8 @@ pub struct EnabledPlugin {
 pub struct TenantState {
     pub(crate) record: TenantRecord,
     pub(crate) slots: Arc<Semaphore>,
-    /// CPU turns (`CpuTurn`): one per core.
-    pub(crate) cpu: Arc<Semaphore>,
+    /// Its share of the plugin executor's turns (`CpuTurn`).
+    pub(crate) share: Arc<fair::Share>,
     pub(crate) enabled: HashMap<String, Arc<EnabledPlugin>>,
 }
 
@@ -222,39 +224,51 @@ pub struct CallSpec {
     pub(crate) cpu: CpuTurn,
 }
 
-/// A call's turn on the CPU (SPEC K5: one tenant cannot starve another).
-/// Each tenant has as many turns as the machine has cores; a call holds one
-/// while its WebAssembly runs and gives it back at every epoch tick (and
-/// while it waits on the network), queueing fairly behind the tenant's
-/// other calls. So however many calls one tenant floods the host with, at
-/// most `cores` of them compete for the CPU with other tenants' calls.
+/// A call's turn on the plugin executor (SPEC K5; `fair`): held while its
+/// WebAssembly runs, given back at every epoch tick (and while it waits on
+/// the network) and queued for again behind the other tenants' calls.
+/// Shared with the call's nested calls (the caller waits for its callee:
+/// one turn for both). It counts what the call ran and waited.
 #[derive(Clone)]
 pub struct CpuTurn {
-    turns: Arc<tokio::sync::Semaphore>,
-    held: Arc<Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>,
+    share: Arc<fair::Share>,
+    held: Arc<Mutex<Option<fair::Turn>>>,
+    /// Nanoseconds run holding a turn, and waited for one.
+    ran_ns: Arc<AtomicU64>,
+    waited_ns: Arc<AtomicU64>,
 }
 
 impl CpuTurn {
-    pub(crate) fn new(turns: Arc<tokio::sync::Semaphore>) -> CpuTurn {
+    pub(crate) fn new(share: Arc<fair::Share>) -> CpuTurn {
         CpuTurn {
-            turns,
+            share,
             held: Arc::new(Mutex::new(None)),
+            ran_ns: Arc::new(AtomicU64::new(0)),
+            waited_ns: Arc::new(AtomicU64::new(0)),
         }
     }
 
     /// Waits for a turn.
     pub(crate) async fn take(&self) {
-        let permit = self.turns.clone().acquire_owned().await.ok();
-        *self.held.lock().recover() = permit;
+        let asked = Instant::now();
+        let turn = self.share.acquire().await;
+        self.waited_ns
+            .fetch_add(asked.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        *self.held.lock().recover() = Some(turn);
     }
 
-    /// Gives the turn back (before waiting on something other than CPU).
+    /// Gives the turn back (before waiting on something other than CPU,
+    /// and when the call ends).
     pub(crate) fn release(&self) {
-        self.held.lock().recover().take();
+        let turn = self.held.lock().recover().take();
+        if let Some(turn) = turn {
+            self.ran_ns
+                .fetch_add(turn.held_ns() as u64, Ordering::Relaxed);
+        }
     }
 
     /// What a running call does at an epoch tick: give the turn to the
-    /// next call of the tenant, let the executor run others, queue again.
+    /// call owed it most, let the executor run others, queue again.
     pub(crate) fn pass(&self) -> Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
         let me = self.clone();
         Box::pin(async move {
@@ -262,6 +276,14 @@ impl CpuTurn {
             tokio::task::yield_now().await;
             me.take().await;
         })
+    }
+
+    /// Nanoseconds run holding a turn and waited for one, so far.
+    pub(crate) fn totals(&self) -> (u64, u64) {
+        (
+            self.ran_ns.load(Ordering::Relaxed),
+            self.waited_ns.load(Ordering::Relaxed),
+        )
     }
 }
 

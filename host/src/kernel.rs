@@ -17,6 +17,7 @@
 pub mod cache;
 pub mod engine;
 pub mod error;
+pub mod executor;
 pub mod link;
 pub mod state;
 pub mod v0_1;
@@ -35,13 +36,17 @@ use wasmtime::{Engine, Store, UpdateDeadline};
 
 use self::cache::CompileCache;
 pub use self::error::{AdminError, CallError};
+use self::executor::{Executor, ExecutorConfig};
 use self::link::Linked;
 use self::state::HostState;
+use crate::call::fair::Fair;
 use crate::call::txn::{CommitError, Quota, Txn};
 use crate::call::types::{Invocation, Outcome, Principal, is_host_header};
 use crate::call::{CallSpec, CpuTurn, Services, TenantState, Tenants};
 use crate::capability;
+use crate::metrics;
 use crate::store::StoreError;
+use crate::support::task::AbortOnDrop;
 use crate::tenant::{Limits, TenantRecord};
 
 /// Attempts of a call whose transaction keeps conflicting.
@@ -58,6 +63,8 @@ pub struct KernelConfig {
     pub cache_dir: PathBuf,
     /// The key that authenticates cache entries.
     pub cache_key_file: PathBuf,
+    /// The plugin executor's threads.
+    pub executor: ExecutorConfig,
 }
 
 /// The kernel. Shared as `Arc<Kernel>` by the registry and the host.
@@ -73,6 +80,7 @@ pub struct Kernel {
     caps: Arc<capability::States>,
     tenants: Arc<Tenants>,
     global_slots: Arc<Semaphore>,
+    executor: Executor,
     stop: Arc<AtomicBool>,
 }
 
@@ -105,6 +113,7 @@ impl Kernel {
         tenants: Arc<Tenants>,
     ) -> std::io::Result<Kernel> {
         let cache = CompileCache::open(&engine, &config.cache_dir, &config.cache_key_file)?;
+        let executor = Executor::new(&config.executor)?;
         let stop = Arc::new(AtomicBool::new(false));
         engine::spawn_epoch_ticker(engine.clone(), stop.clone());
         Ok(Kernel {
@@ -117,8 +126,14 @@ impl Kernel {
             services,
             caps,
             tenants,
+            executor,
             stop,
         })
+    }
+
+    /// The plugin executor's turns, which tenants share (`call::fair`).
+    pub(crate) fn fair(&self) -> &Arc<Fair> {
+        self.executor.fair()
     }
 
     /// The handles calls get.
@@ -194,10 +209,9 @@ impl Kernel {
                 depth: 0,
                 request_id: request_id_of(&invocation),
                 host_headers: Arc::new(host_headers_of(&invocation)),
-                cpu: CpuTurn::new(tenant.cpu.clone()),
+                cpu: CpuTurn::new(tenant.share.clone()),
             };
-            spec.cpu.take().await;
-            let (result, txn) = self.run(spec, invocation).await;
+            let (result, txn) = self.run_on_executor(spec, invocation).await;
             let outcome = result?;
             if let Outcome::Response(r) = &outcome
                 && r.status >= 500
@@ -257,6 +271,50 @@ impl Kernel {
             }
         }
         Err(CallError::Conflict(MAX_COMMIT_ATTEMPTS))
+    }
+
+    /// One attempt on the plugin executor: waits for a turn there, runs,
+    /// gives the turn back, and counts the tenant's CPU time. The attempt
+    /// is aborted if the caller goes away (a client hanging up).
+    async fn run_on_executor(
+        self: &Arc<Self>,
+        spec: CallSpec,
+        invocation: Invocation,
+    ) -> (Result<Outcome, CallError>, Txn) {
+        let cpu = spec.cpu.clone();
+        let tenant = spec.tenant.record.id.clone();
+        let kernel = self.clone();
+        let attempt = async move {
+            spec.cpu.take().await;
+            if Instant::now() >= spec.deadline {
+                // Its deadline passed while it queued: do not start it.
+                let limit = spec.tenant.record.limits.deadline_ms;
+                spec.cpu.release();
+                return (Err(CallError::Timeout(limit)), spec.txn);
+            }
+            let cpu = spec.cpu.clone();
+            let out = kernel.run(spec, invocation).await;
+            cpu.release();
+            out
+        };
+        let out = match self.executor.spawn(attempt) {
+            Some(task) => AbortOnDrop::new(task).wait().await.unwrap_or_else(|e| {
+                (
+                    Err(CallError::Internal(format!("plugin task failed: {e}"))),
+                    Txn::default(),
+                )
+            }),
+            None => (
+                Err(CallError::Internal(
+                    "the plugin executor is stopping".into(),
+                )),
+                Txn::default(),
+            ),
+        };
+        let (ran, waited) = cpu.totals();
+        metrics::TENANT_CPU.add(&[&tenant], ran / 1000);
+        metrics::TENANT_CPU_WAIT.add(&[&tenant], waited / 1000);
+        out
     }
 
     /// One attempt: a fresh store, instantiate, invoke, classify. Returns

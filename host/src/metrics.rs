@@ -83,6 +83,25 @@ impl Family {
         *series.entry(key).or_default() += 1;
     }
 
+    /// Adds `n` to the series `values`.
+    pub fn add(&self, values: &[&str], n: u64) {
+        if n == 0 {
+            return;
+        }
+        let mut series = self.series.lock().recover();
+        let key: Vec<String> = values.iter().map(|v| v.to_string()).collect();
+        if let Some(v) = series.get_mut(&key) {
+            *v += n;
+            return;
+        }
+        let key = if series.len() >= MAX_SERIES {
+            vec!["other".to_string(); values.len()]
+        } else {
+            key
+        };
+        *series.entry(key).or_default() += n;
+    }
+
     /// The value of one series (0 when never counted).
     pub fn value(&self, values: &[&str]) -> u64 {
         let key: Vec<String> = values.iter().map(|v| v.to_string()).collect();
@@ -250,6 +269,18 @@ pub static REQUESTS: Family = Family::new(
     "HTTP requests by route class and status class.",
     &["route", "status"],
 );
+/// Plugin CPU time per tenant on the executor (SPEC K5).
+pub static TENANT_CPU: Family = Family::new(
+    "switchboard_tenant_cpu_microseconds_total",
+    "Microseconds plugin calls of a tenant ran on the plugin executor.",
+    &["tenant"],
+);
+/// Time plugin calls of a tenant waited for their turn on the executor.
+pub static TENANT_CPU_WAIT: Family = Family::new(
+    "switchboard_tenant_cpu_wait_microseconds_total",
+    "Microseconds plugin calls of a tenant waited for a turn on the plugin executor.",
+    &["tenant"],
+);
 /// Plugin requests per tenant and plugin.
 pub static TENANT_REQUESTS: Family = Family::new(
     "switchboard_tenant_requests_total",
@@ -274,7 +305,14 @@ pub static LATENCY: Histogram = Histogram::new(
     "Time from request head to response head, by route class.",
 );
 
-const FAMILIES: &[&Family] = &[&REQUESTS, &TENANT_REQUESTS, &RATE_LIMITED, &PLUGIN_FAILURES];
+const FAMILIES: &[&Family] = &[
+    &REQUESTS,
+    &TENANT_REQUESTS,
+    &RATE_LIMITED,
+    &PLUGIN_FAILURES,
+    &TENANT_CPU,
+    &TENANT_CPU_WAIT,
+];
 
 /// Every counter in Prometheus text exposition format.
 pub fn render() -> String {

@@ -35,6 +35,7 @@ pub use crate::identity::DEFAULT_PUBLIC_URL;
 use crate::identity::{Identity, IdentityConfig};
 pub use crate::kernel::cache::CacheOutcome;
 use crate::kernel::engine::{self, EngineConfig};
+use crate::kernel::executor::ExecutorConfig;
 pub use crate::kernel::link::{HOST_API_VERSION, HOST_PACKAGES, SUPPORTED_API_VERSIONS};
 pub use crate::kernel::{AdminError, CallError};
 use crate::kernel::{Kernel, KernelConfig};
@@ -53,6 +54,9 @@ pub struct RuntimeConfig {
     /// Calls running at once across all tenants (nested calls included
     /// in the pool below, not here).
     pub max_concurrent_calls: u32,
+    /// Threads running plugin code, apart from the network's (SPEC K5);
+    /// 0: one per core.
+    pub plugin_workers: usize,
     /// Linear memory one instance may ever use (the pool's slot size); a
     /// tenant's `memory_bytes` must not exceed it.
     pub max_memory_bytes: u64,
@@ -80,6 +84,7 @@ impl RuntimeConfig {
         RuntimeConfig {
             data_dir: data_dir.into(),
             max_concurrent_calls: 256,
+            plugin_workers: 0,
             max_memory_bytes: 256 << 20,
             max_component_bytes: 32 << 20,
             default_limits: Limits::default(),
@@ -207,12 +212,15 @@ impl Runtime {
                 max_component_bytes: config.max_component_bytes,
                 cache_dir: config.data_dir.join("cache"),
                 cache_key_file: keys.join("cache.key"),
+                executor: ExecutorConfig {
+                    workers: config.plugin_workers,
+                },
             },
             services,
             caps,
             tenants.clone(),
         )
-        .context("cannot open the compile cache")?;
+        .context("cannot open the compile cache or start the plugin executor")?;
         let kernel = Arc::new(kernel);
         let registry = Registry::open(
             RegistryConfig {
@@ -376,6 +384,21 @@ impl Runtime {
     /// Changes a tenant's limits; running calls finish under the old ones.
     pub async fn set_limits(&self, tenant: &str, limits: Limits) -> Result<(), AdminError> {
         self.inner.registry.set_limits(tenant, limits).await
+    }
+
+    /// A tenant's limits.
+    pub fn limits(&self, tenant: &str) -> Result<Limits, AdminError> {
+        self.inner.registry.limits(tenant)
+    }
+
+    /// Changes the limits named in `set`, online
+    /// (`Registry::update_limits`).
+    pub async fn update_limits(
+        &self,
+        tenant: &str,
+        set: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Limits, AdminError> {
+        self.inner.registry.update_limits(tenant, set).await
     }
 
     /// Adds a publisher key to the trust store (`Registry::trust_add`).

@@ -32,6 +32,9 @@ pub struct ServerConfig {
     pub listen: Option<SocketAddr>,
     /// Calls running at once across all tenants.
     pub max_concurrent_calls: Option<u32>,
+    /// Threads running plugin code, apart from the network's (default:
+    /// one per core).
+    pub plugin_workers: Option<usize>,
     /// Largest linear memory one plugin instance may use, in bytes.
     pub max_memory_bytes: Option<u64>,
     /// Limits of tenants created without their own.
@@ -123,6 +126,9 @@ impl ServerConfig {
         let mut rc = RuntimeConfig::new(data);
         if let Some(n) = self.max_concurrent_calls {
             rc.max_concurrent_calls = n;
+        }
+        if let Some(n) = self.plugin_workers {
+            rc.plugin_workers = n;
         }
         if let Some(m) = self.max_memory_bytes {
             rc.max_memory_bytes = m;

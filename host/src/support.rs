@@ -6,3 +6,4 @@ pub mod clock;
 pub mod encoding;
 pub(crate) mod fsutil;
 pub mod sync;
+pub mod task;

@@ -31,6 +31,9 @@ pub struct Limits {
     /// Plugin requests per second the gateway admits for the tenant
     /// (bursts of twice that); more are answered 429 with `Retry-After`.
     pub requests_per_second: u32,
+    /// The tenant's weight on the plugin executor when tenants compete for
+    /// it (SPEC K5): a tenant with 200 gets twice the CPU of one with 100.
+    pub cpu_share: u32,
 }
 
 impl Default for Limits {
@@ -45,6 +48,7 @@ impl Default for Limits {
             storage_bytes: 100 << 30,
             owner_storage_bytes: 5 << 30,
             requests_per_second: 500,
+            cpu_share: 100,
         }
     }
 }
@@ -71,6 +75,9 @@ impl Limits {
         }
         if self.requests_per_second == 0 || self.requests_per_second > 1_000_000 {
             return Err("requests_per_second must be between 1 and 1000000".into());
+        }
+        if self.cpu_share == 0 || self.cpu_share > 10_000 {
+            return Err("cpu_share must be between 1 and 10000".into());
         }
         if self.queue_timeout_ms > 60_000 {
             return Err("queue_timeout_ms must be at most 60000".into());

@@ -6,8 +6,10 @@
 //!   a trivial plugin route, a plugin route writing to `kv`, and a native
 //!   hyper handler behind the same TLS listener settings (the ratio is the
 //!   cost of the sandbox, the session check and the gateway);
-//! - tenant isolation under load: one tenant's latency alone and while
-//!   another tenant floods the server;
+//! - tenant isolation under load (SPEC K5): one tenant's latency and the
+//!   host's `/healthz` alone, and while another tenant floods the server
+//!   with CPU-bound calls, with calls that loop to their deadline, and
+//!   with calls that hoard memory to their cap;
 //! - WebSocket fan-out: one publish to 1,000 connected streams, latency
 //!   to each receiver, p50/p99;
 //! - memory per idle WebSocket (RSS growth over 1,000 streams; client and
@@ -63,9 +65,9 @@ fn main() {
     let (server_rt, client_rt) = runtimes();
     let (h, s, native) = server_rt.block_on(async {
         let h = Harness::new().unwrap();
-        h.install(&manifest("relay"), &component("relay"))
-            .await
-            .unwrap();
+        for p in ["relay", "hostile"] {
+            h.install(&manifest(p), &component(p)).await.unwrap();
+        }
         let generous = Limits {
             requests_per_second: 1_000_000,
             ..Limits::default()
@@ -74,6 +76,8 @@ fn main() {
             h.tenant_with_limits(t, generous.clone()).await.unwrap();
             h.enable(t, "relay").await.unwrap();
         }
+        // The noisy tenant also runs the plugin that loops and hoards.
+        h.enable("acme", "hostile").await.unwrap();
         let s = Server::start(h.runtime().clone()).await;
         let native = native_server().await;
         (h, s, native)
@@ -143,70 +147,45 @@ async fn bench(h: &Harness, s: &Server, native: SocketAddr) {
         plugin_rps / rps
     );
 
-    // Isolation: globex alone, then while acme floods with CPU-bound calls.
-    println!("\nTenant isolation (globex, one connection, sequential)");
-    let probe = |token: String| async move {
-        let mut sender = keep_alive(addr).await;
-        let mut lat = Vec::new();
-        for _ in 0..300 {
-            let t = Instant::now();
-            sender.ready().await.unwrap();
-            let resp = sender
-                .send_request(get(addr, "/api/v1/t/globex/p/relay/hello", &token))
-                .await
-                .unwrap();
-            let _ = resp.into_body().collect().await;
-            lat.push(t.elapsed().as_secs_f64() * 1e3);
-        }
-        lat
-    };
-    let quiet = probe(gina.clone()).await;
+    // Isolation: globex (and the host's own /healthz) alone, then while
+    // acme floods in three ways (SPEC K5).
+    println!("\nTenant isolation (globex, one connection, sequential; p50 / p99)");
+    let quiet = probe(addr, "/api/v1/t/globex/p/relay/hello", &gina).await;
+    let quiet_health = probe(addr, "/healthz", "").await;
     println!(
-        "{:<38} p50 {:>6.2} ms   p99 {:>6.2} ms",
-        "globex alone",
-        pct(quiet.clone(), 0.5),
-        pct(quiet, 0.99)
+        "{:<44} globex {}   /healthz {}",
+        "alone",
+        p50_p99(&quiet),
+        p50_p99(&quiet_health)
     );
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut flood = Vec::new();
-    for _ in 0..64 {
-        let token = alice.clone();
-        let stop = stop.clone();
-        flood.push(tokio::spawn(async move {
-            let mut sender = keep_alive(addr).await;
-            let (mut ok, mut refused) = (0u64, 0u64);
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                sender.ready().await.unwrap();
-                let resp = sender
-                    .send_request(get(addr, "/api/v1/t/acme/p/relay/busy?ms=5", &token))
-                    .await
-                    .unwrap();
-                if resp.status().is_success() {
-                    ok += 1;
-                } else {
-                    refused += 1;
-                }
-                let _ = resp.into_body().collect().await;
-            }
-            (ok, refused)
-        }));
+    let floods = [
+        (
+            "CPU-bound 5 ms calls, 64 conns",
+            "/api/v1/t/acme/p/relay/busy?ms=5",
+            64,
+        ),
+        (
+            "calls looping to their deadline, 16 conns",
+            "/api/v1/t/acme/p/hostile/loop",
+            16,
+        ),
+        (
+            "calls hoarding to their memory cap, 32 conns",
+            "/api/v1/t/acme/p/hostile/alloc",
+            32,
+        ),
+    ];
+    for (label, path, conns) in floods {
+        let (loaded, health, served, refused) = under_flood(addr, &alice, &gina, path, conns).await;
+        println!(
+            "{:<44} globex {} ({:.1}x p99)   /healthz {}",
+            format!("acme floods: {label}"),
+            p50_p99(&loaded),
+            pct(loaded.clone(), 0.99) / pct(quiet.clone(), 0.99),
+            p50_p99(&health),
+        );
+        println!("  acme's flood: {served} answered 2xx, {refused} refused or failed");
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let loaded = probe(gina.clone()).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (mut ok, mut refused) = (0, 0);
-    for f in flood {
-        let (o, r) = f.await.unwrap();
-        ok += o;
-        refused += r;
-    }
-    println!(
-        "{:<38} p50 {:>6.2} ms   p99 {:>6.2} ms",
-        "globex while acme floods (64 conns)",
-        pct(loaded.clone(), 0.5),
-        pct(loaded, 0.99)
-    );
-    println!("  acme's flood: {ok} served, {refused} refused (tenant_busy / rate limits)");
 
     // WebSocket fan-out to 1,000 guests.
     println!("\nWebSocket fan-out (1,000 streams over TLS)");
@@ -305,4 +284,77 @@ async fn bench(h: &Harness, s: &Server, native: SocketAddr) {
         pct(lat.clone(), 0.99),
         lat.len()
     );
+}
+
+/// Latencies (ms) of 300 sequential requests to `path` on one keep-alive
+/// connection.
+async fn probe(addr: SocketAddr, path: &str, token: &str) -> Vec<f64> {
+    let mut sender = keep_alive(addr).await;
+    let mut lat = Vec::new();
+    for _ in 0..300 {
+        let t = Instant::now();
+        sender.ready().await.unwrap();
+        let resp = sender.send_request(get(addr, path, token)).await.unwrap();
+        let _ = resp.into_body().collect().await;
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    lat
+}
+
+fn p50_p99(lat: &[f64]) -> String {
+    format!(
+        "{:>6.2} / {:>6.2} ms",
+        pct(lat.to_vec(), 0.5),
+        pct(lat.to_vec(), 0.99)
+    )
+}
+
+/// Globex's and /healthz's latencies while acme's `conns` connections
+/// send `path` back to back; and how many of acme's calls were answered
+/// 2xx and otherwise.
+async fn under_flood(
+    addr: SocketAddr,
+    alice: &str,
+    gina: &str,
+    path: &'static str,
+    conns: usize,
+) -> (Vec<f64>, Vec<f64>, u64, u64) {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut flood = Vec::new();
+    for _ in 0..conns {
+        let token = alice.to_string();
+        let stop = stop.clone();
+        flood.push(tokio::spawn(async move {
+            let mut sender = keep_alive(addr).await;
+            let (mut ok, mut refused) = (0u64, 0u64);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if sender.ready().await.is_err() {
+                    sender = keep_alive(addr).await;
+                    continue;
+                }
+                let Ok(resp) = sender.send_request(get(addr, path, &token)).await else {
+                    refused += 1;
+                    continue;
+                };
+                if resp.status().is_success() {
+                    ok += 1;
+                } else {
+                    refused += 1;
+                }
+                let _ = resp.into_body().collect().await;
+            }
+            (ok, refused)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let loaded = probe(addr, "/api/v1/t/globex/p/relay/hello", gina).await;
+    let health = probe(addr, "/healthz", "").await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut refused) = (0, 0);
+    for f in flood {
+        let (o, r) = f.await.unwrap();
+        ok += o;
+        refused += r;
+    }
+    (loaded, health, ok, refused)
 }

@@ -1,4 +1,6 @@
-//! Tenants: list (partners see their assigned ones), create, delete.
+//! Tenants: list (partners see their assigned ones), create, delete, and
+//! their limits (shown to the operator and the tenant's admins, changed by
+//! the operator only).
 //!
 //! This area's part of the one admin vocabulary (`admin::Op`): which ops
 //! are its own, their names and realms for the audit trail, who may run
@@ -15,7 +17,11 @@ use crate::identity::Role;
 pub(super) fn owns(op: &Op) -> bool {
     matches!(
         op,
-        Op::TenantList | Op::TenantCreate { .. } | Op::TenantDelete { .. }
+        Op::TenantList
+            | Op::TenantCreate { .. }
+            | Op::TenantDelete { .. }
+            | Op::TenantLimits { .. }
+            | Op::TenantLimitsSet { .. }
     )
 }
 
@@ -26,6 +32,8 @@ pub(super) fn op_name(op: &Op) -> &'static str {
         TenantList => "tenant-list",
         TenantCreate { .. } => "tenant-create",
         TenantDelete { .. } => "tenant-delete",
+        TenantLimits { .. } => "tenant-limits",
+        TenantLimitsSet { .. } => "tenant-limits-set",
         _ => "unknown",
     }
 }
@@ -34,7 +42,7 @@ pub(super) fn op_name(op: &Op) -> &'static str {
 pub(super) fn op_realm(op: &Op) -> Option<Scope> {
     use Op::*;
     match op {
-        TenantDelete { id } => Scope::parse(id),
+        TenantDelete { id } | TenantLimits { id } | TenantLimitsSet { id, .. } => Scope::parse(id),
         _ => None,
     }
 }
@@ -50,7 +58,14 @@ pub(super) fn authorize(who: &Who<'_>, op: &Op) -> Result<(), ApiError> {
                 deny("list tenants")
             }
         }
-        TenantCreate { .. } | TenantDelete { .. } => {
+        TenantLimits { id } => {
+            if who.operator || who.own_tenant(id) || who.assigned(id) {
+                Ok(())
+            } else {
+                deny("see this tenant's limits")
+            }
+        }
+        TenantCreate { .. } | TenantDelete { .. } | TenantLimitsSet { .. } => {
             if who.operator {
                 Ok(())
             } else {
@@ -90,6 +105,11 @@ pub(super) async fn run(r: &Runner<'_>, op: Op) -> Result<Value, ApiError> {
         TenantDelete { id } => {
             rt.delete_tenant(&id).await?;
             json!({ "deleted": id })
+        }
+        TenantLimits { id } => json!({ "id": id, "limits": rt.limits(&id)? }),
+        TenantLimitsSet { id, set } => {
+            let limits = rt.update_limits(&id, set).await?;
+            json!({ "id": id, "limits": limits })
         }
         other => return Err(misrouted(&other)),
     })

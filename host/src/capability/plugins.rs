@@ -13,6 +13,7 @@ use super::{CapError, CapHost, View, ViewOf, WitResult, wit, wrap};
 use crate::call::error::CallError;
 use crate::call::types::{Invocation, Outcome, Request, Response};
 use crate::call::{CallCtx, CallSpec, EnabledPlugin};
+use crate::support::task::AbortOnDrop;
 
 /// Deepest chain of nested plugin calls.
 pub const MAX_DEPTH: u32 = 4;
@@ -82,7 +83,7 @@ pub async fn call(
     // Run on its own task: the callee gets its own fiber and store.
     // Aborted if the caller goes away (a client hanging up), so a callee
     // never outlives the slots its caller held.
-    let task = AbortOnDrop(tokio::spawn(fut));
+    let task = AbortOnDrop::new(tokio::spawn(fut));
     let (result, txn) = task
         .wait()
         .await
@@ -101,21 +102,6 @@ pub async fn call(
             e,
             e.code()
         ))),
-    }
-}
-
-/// A spawned task that is aborted when its handle is dropped.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> AbortOnDrop<T> {
-    async fn wait(mut self) -> Result<T, tokio::task::JoinError> {
-        (&mut self.0).await
-    }
-}
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

@@ -5,7 +5,8 @@
 use anyhow::bail;
 use clap::Subcommand;
 
-use super::{DataArgs, admin, open};
+use super::{DataArgs, admin, admin_op, open};
+use crate::admin::Op;
 
 #[derive(Debug, Subcommand)]
 pub enum TenantCmd {
@@ -52,6 +53,16 @@ pub enum TenantCmd {
         keep: bool,
         #[arg(long)]
         class: Option<String>,
+    },
+    /// Show a tenant's limits, or change some of them online with
+    /// `--set name=value` (e.g. `--set cpu_share=200 --set concurrency=8`).
+    Limits {
+        #[command(flatten)]
+        data: DataArgs,
+        id: String,
+        /// A limit to change, as `name=value` (repeatable).
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<String>,
     },
     /// Show a tenant's storage use.
     Usage {
@@ -125,6 +136,19 @@ pub(super) async fn run(cmd: TenantCmd) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        TenantCmd::Limits { data, id, set } => {
+            let op = if set.is_empty() {
+                Op::TenantLimits { id }
+            } else {
+                Op::TenantLimitsSet {
+                    id,
+                    set: limit_changes(&set)?,
+                }
+            };
+            let answer = admin_op(&data, op).await?;
+            println!("{}", serde_json::to_string_pretty(&answer)?);
+            Ok(())
+        }
         TenantCmd::Usage { data, id } => {
             let rt = open(&data)?;
             let u = rt.storage_usage(&id).map_err(admin)?;
@@ -137,4 +161,19 @@ pub(super) async fn run(cmd: TenantCmd) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `name=value` pairs as a JSON object; values are JSON (numbers), or
+/// strings when they do not parse as JSON.
+fn limit_changes(pairs: &[String]) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    let mut out = serde_json::Map::new();
+    for pair in pairs {
+        let Some((name, value)) = pair.split_once('=') else {
+            bail!("--set takes name=value, not {pair:?}");
+        };
+        let value = serde_json::from_str(value)
+            .unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
+        out.insert(name.trim().to_string(), value);
+    }
+    Ok(out)
 }

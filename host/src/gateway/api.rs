@@ -366,6 +366,11 @@ async fn admin_route(
             }
         }
         (&M::DELETE, ["tenants", t]) => Op::TenantDelete { id: s(t) },
+        (&M::GET, ["tenants", t, "limits"]) => Op::TenantLimits { id: s(t) },
+        (&M::PATCH, ["tenants", t, "limits"]) => Op::TenantLimitsSet {
+            id: s(t),
+            set: parse(&body().await?)?,
+        },
         (&M::PUT, ["tenants", t, "plugins", name]) => {
             let b: EnableBody = parse(&body().await?)?;
             Op::PluginEnable {

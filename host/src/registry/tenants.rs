@@ -154,19 +154,83 @@ impl Registry {
 
     /// Changes a tenant's limits; running calls finish under the old ones.
     pub async fn set_limits(&self, tenant: &str, limits: Limits) -> Result<(), AdminError> {
+        self.change_limits(tenant, |current| {
+            *current = limits;
+            Ok(())
+        })
+        .await
+        .map(drop)
+    }
+
+    /// A tenant's limits.
+    pub fn limits(&self, tenant: &str) -> Result<Limits, AdminError> {
+        Ok(self.tenant_or_err(tenant)?.record.limits.clone())
+    }
+
+    /// Changes the limits named in `set` (the others stay), online: the
+    /// next call runs under them. Unknown names and values out of range
+    /// are refused with `invalid_limits`, and nothing changes.
+    pub async fn update_limits(
+        &self,
+        tenant: &str,
+        set: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Limits, AdminError> {
+        self.change_limits(tenant, |current| {
+            let mut merged = match serde_json::to_value(&*current) {
+                Ok(serde_json::Value::Object(m)) => m,
+                _ => return Err(AdminError::Internal("limits are not an object".into())),
+            };
+            for (name, value) in set {
+                if !merged.contains_key(&name) {
+                    return Err(AdminError::InvalidLimits(format!(
+                        "unknown limit {name:?}; known: {}",
+                        merged.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )));
+                }
+                merged.insert(name, value);
+            }
+            *current = serde_json::from_value(serde_json::Value::Object(merged))
+                .map_err(|e| AdminError::InvalidLimits(e.to_string()))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Lets `change` edit the tenant's limits, validates them and saves
+    /// them; audits what changed (in the system's and the tenant's trail).
+    async fn change_limits(
+        &self,
+        tenant: &str,
+        change: impl FnOnce(&mut Limits) -> Result<(), AdminError>,
+    ) -> Result<Limits, AdminError> {
         let max_memory_bytes = self.config.max_memory_bytes;
         self.update_tenant(
             tenant,
             |record| {
-                limits
+                let before = serde_json::to_value(&record.limits).unwrap_or_default();
+                change(&mut record.limits)?;
+                record
+                    .limits
                     .validate(max_memory_bytes)
                     .map_err(AdminError::InvalidLimits)?;
-                record.limits = limits;
-                Ok(())
+                let after = serde_json::to_value(&record.limits).unwrap_or_default();
+                let changed: Vec<String> = after
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(k, v)| before.get(k.as_str()) != Some(v))
+                    .map(|(k, v)| format!("{k} {} -> {v}", before[k.as_str()]))
+                    .collect();
+                Ok((record.limits.clone(), changed.join(", ")))
             },
-            |_| {},
+            |(_, changed)| {
+                for scope in [Scope::System, Scope::tenant(tenant)] {
+                    self.audit(&scope, "tenant.limits", tenant, outcome::SUCCESS, changed);
+                }
+            },
         )
         .await
+        .map(|(limits, _)| limits)
     }
 
     /// Narrows the publishers a tenant accepts (`None`: all the operator
@@ -499,16 +563,19 @@ impl Registry {
             Some(p) if p.record.limits.concurrency == record.limits.concurrency => p.slots.clone(),
             _ => Arc::new(Semaphore::new(record.limits.concurrency as usize)),
         };
-        let cpu = match previous {
-            Some(p) => p.cpu.clone(),
-            None => Arc::new(Semaphore::new(
-                std::thread::available_parallelism().map_or(1, |n| n.get()),
-            )),
+        // The executor share survives changes, so the tenant's standing
+        // carries over; its weight follows the record when published.
+        let share = match previous {
+            Some(p) => p.share.clone(),
+            None => self
+                .kernel
+                .fair()
+                .share(&record.id, record.limits.cpu_share),
         };
         Ok(TenantState {
             record,
             slots,
-            cpu,
+            share,
             enabled,
         })
     }

@@ -1,0 +1,401 @@
+//! Fair turns on the plugin executor's threads (SPEC K5): one tenant's
+//! flood cannot slow another beyond one slice.
+//!
+//! There are as many turns as executor threads. A call holds a turn while
+//! its WebAssembly runs and gives it back at every epoch tick (a slice of
+//! at most one tick) and while it waits on the network. Turns go to the
+//! tenant with the least *virtual time* among those waiting — start-time
+//! fair queueing: each slice a tenant runs adds `elapsed / weight` to its
+//! virtual time, weights come from `Limits::cpu_share` (equal by default),
+//! and a tenant that was idle starts again at the current virtual time,
+//! so it banks no credit. Within a tenant, calls are served first come,
+//! first served. The queue is work-conserving: a lone tenant may use every
+//! turn.
+//!
+//! So a tenant that floods the host with a thousand calls competes as
+//! *one* queue: another tenant's call waits at most for the slices already
+//! running to end (one epoch tick), then runs.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use crate::support::sync::Recover as _;
+
+/// The weight of a tenant with the default CPU share.
+pub const DEFAULT_SHARE: u32 = 100;
+
+/// The turns of one executor, shared by every tenant.
+pub struct Fair {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Turns no call holds.
+    free: usize,
+    /// The virtual time of the last turn granted (never decreases).
+    now: u128,
+    /// Orders tenants in `ready` with equal virtual time by arrival.
+    seq: u64,
+    /// Tenants with calls waiting, by (virtual time, arrival).
+    ready: BTreeMap<(u128, u64), Arc<str>>,
+    /// Tenants that wait or that ran ahead of the others.
+    tenants: HashMap<Arc<str>, Queue>,
+}
+
+#[derive(Default)]
+struct Queue {
+    /// Virtual time: CPU nanoseconds used, scaled by the share.
+    vtime: u128,
+    /// Its key in `ready` while calls wait.
+    ready_key: Option<(u128, u64)>,
+    waiting: VecDeque<oneshot::Sender<()>>,
+}
+
+/// One tenant's handle on the executor's turns.
+pub struct Share {
+    fair: Arc<Fair>,
+    tenant: Arc<str>,
+    weight: AtomicU32,
+}
+
+/// A turn: held while the call's WebAssembly runs; giving it back (drop)
+/// charges the slice to the tenant.
+pub struct Turn {
+    share: Arc<Share>,
+    since: Instant,
+}
+
+impl Fair {
+    /// An executor with `turns` turns (its thread count).
+    pub fn new(turns: usize) -> Arc<Fair> {
+        Arc::new(Fair {
+            state: Mutex::new(State {
+                free: turns.max(1),
+                ..State::default()
+            }),
+        })
+    }
+
+    /// The handle of `tenant`, weighted by `weight` (its CPU share).
+    pub fn share(self: &Arc<Self>, tenant: &str, weight: u32) -> Arc<Share> {
+        Arc::new(Share {
+            fair: self.clone(),
+            tenant: Arc::from(tenant),
+            weight: AtomicU32::new(weight.max(1)),
+        })
+    }
+
+    /// Turns held or free, and tenants with calls waiting (for tests and
+    /// `/status`).
+    pub fn load(&self) -> (usize, usize) {
+        let state = self.state.lock().recover();
+        (state.free, state.ready.len())
+    }
+
+    /// Gives a turn back after `elapsed_ns` of running for `tenant`, and
+    /// hands it to the next waiting call, if any.
+    fn give_back(&self, tenant: &Arc<str>, weight: u32, elapsed_ns: u128) {
+        let mut state = self.state.lock().recover();
+        let State {
+            ready,
+            tenants,
+            now,
+            ..
+        } = &mut *state;
+        if let Some(q) = tenants.get_mut(tenant) {
+            q.vtime += elapsed_ns * u128::from(DEFAULT_SHARE) / u128::from(weight.max(1));
+            // Re-key it if it waits: it ran, so it goes later.
+            if let Some(key) = q.ready_key.take() {
+                ready.remove(&key);
+                let key = (q.vtime.max(key.0), key.1);
+                ready.insert(key, tenant.clone());
+                q.ready_key = Some(key);
+            }
+            if q.waiting.is_empty() && q.vtime <= *now {
+                tenants.remove(tenant);
+            }
+        }
+        // Forget tenants that neither wait nor ran ahead (amortised).
+        if tenants.len() > 2 * ready.len() + 1024 {
+            let now = *now;
+            tenants.retain(|_, q| !q.waiting.is_empty() || q.vtime > now);
+        }
+        state.grant_next();
+    }
+}
+
+impl State {
+    /// Hands a free turn (or the one just given back) to the waiting call
+    /// of the tenant with the least virtual time; keeps it free if none.
+    fn grant_next(&mut self) {
+        while let Some((&key, tenant)) = self.ready.iter().next() {
+            let tenant = tenant.clone();
+            let Some(q) = self.tenants.get_mut(&tenant) else {
+                self.ready.remove(&key);
+                continue;
+            };
+            let Some(waiter) = q.waiting.pop_front() else {
+                self.ready.remove(&key);
+                q.ready_key = None;
+                continue;
+            };
+            if q.waiting.is_empty() {
+                self.ready.remove(&key);
+                q.ready_key = None;
+            }
+            self.now = self.now.max(key.0);
+            if waiter.send(()).is_ok() {
+                return;
+            }
+            // That call went away while it waited: try the next.
+        }
+        self.free += 1;
+    }
+}
+
+impl Share {
+    /// Sets the weight (the tenant's CPU share changed).
+    pub fn set_weight(&self, weight: u32) {
+        self.weight.store(weight.max(1), Ordering::Relaxed);
+    }
+
+    /// The tenant's weight.
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    /// Waits for a turn: at once when one is free and nobody waits, else
+    /// in the tenant's queue.
+    pub fn acquire(self: &Arc<Self>) -> Acquire {
+        let mut state = self.fair.state.lock().recover();
+        let State {
+            free,
+            now,
+            seq,
+            ready,
+            tenants,
+        } = &mut *state;
+        let q = tenants.entry(self.tenant.clone()).or_default();
+        if q.ready_key.is_none() {
+            // Idle until now: no credit banked.
+            q.vtime = q.vtime.max(*now);
+        }
+        if *free > 0 && ready.is_empty() {
+            *free -= 1;
+            // The turn starts at its tenant's virtual time.
+            *now = q.vtime;
+            return Acquire {
+                share: self.clone(),
+                rx: None,
+            };
+        }
+        let (tx, rx) = oneshot::channel();
+        if q.ready_key.is_none() {
+            *seq += 1;
+            let key = (q.vtime, *seq);
+            ready.insert(key, self.tenant.clone());
+            q.ready_key = Some(key);
+        }
+        q.waiting.push_back(tx);
+        Acquire {
+            share: self.clone(),
+            rx: Some(rx),
+        }
+    }
+}
+
+/// A call waiting for its turn. Dropping it before it resolves gives a
+/// turn granted meanwhile back.
+pub struct Acquire {
+    share: Arc<Share>,
+    rx: Option<oneshot::Receiver<()>>,
+}
+
+impl std::future::Future for Acquire {
+    type Output = Turn;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Turn> {
+        if let Some(rx) = &mut self.rx {
+            match Pin::new(rx).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                // The executor never drops a waiter without granting it.
+                Poll::Ready(_) => {}
+            }
+        }
+        self.rx = None;
+        Poll::Ready(Turn {
+            share: self.share.clone(),
+            since: Instant::now(),
+        })
+    }
+}
+
+impl Drop for Acquire {
+    fn drop(&mut self) {
+        if let Some(mut rx) = self.rx.take() {
+            rx.close();
+            if rx.try_recv().is_ok() {
+                // Granted after all: hand it on, nothing ran.
+                let share = &self.share;
+                share.fair.give_back(&share.tenant, share.weight(), 0);
+            }
+        }
+    }
+}
+
+impl Turn {
+    /// How long this turn has been held.
+    pub fn held_ns(&self) -> u128 {
+        self.since.elapsed().as_nanos()
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let share = &self.share;
+        share
+            .fair
+            .give_back(&share.tenant, share.weight(), self.held_ns());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Polls `f` once without a runtime: the turn, if granted.
+    fn ready_now(f: &mut Acquire) -> Option<Turn> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match Pin::new(f).poll(&mut cx) {
+            Poll::Ready(t) => Some(t),
+            Poll::Pending => None,
+        }
+    }
+
+    /// Gives `turn` back as if it had run for `us` microseconds.
+    fn ran(mut turn: Turn, us: u64) {
+        turn.since -= Duration::from_micros(us);
+    }
+
+    #[test]
+    fn a_lone_tenant_gets_every_turn_and_waits_beyond() {
+        let fair = Fair::new(2);
+        let a = fair.share("a", DEFAULT_SHARE);
+        let t1 = ready_now(&mut a.acquire()).unwrap();
+        let t2 = ready_now(&mut a.acquire()).unwrap();
+        let mut third = a.acquire();
+        assert!(ready_now(&mut third).is_none());
+        ran(t1, 100);
+        let t3 = ready_now(&mut third).expect("the turn given back goes to the waiter");
+        drop((t2, t3));
+        assert_eq!(fair.load(), (2, 0));
+    }
+
+    #[test]
+    fn a_waiting_tenant_goes_before_a_flooding_one() {
+        let fair = Fair::new(1);
+        let a = fair.share("a", DEFAULT_SHARE);
+        let b = fair.share("b", DEFAULT_SHARE);
+        let running = ready_now(&mut a.acquire()).unwrap();
+        // A queues 100 calls, then B one.
+        let mut a_queue: Vec<Acquire> = (0..100).map(|_| a.acquire()).collect();
+        let mut b_call = b.acquire();
+        ran(running, 1000);
+        // A ran a slice, B used nothing: B is next, ahead of A's 100.
+        let b_turn = ready_now(&mut b_call).expect("B is served next");
+        assert!(a_queue.iter_mut().all(|f| ready_now(f).is_none()));
+        ran(b_turn, 50);
+        assert!(ready_now(&mut a_queue[0]).is_some());
+    }
+
+    #[test]
+    fn weights_split_turns_in_proportion() {
+        let fair = Fair::new(1);
+        let heavy = fair.share("heavy", 300);
+        let light = fair.share("light", 100);
+        let mut holder = ready_now(&mut heavy.acquire()).unwrap();
+        let mut waits: Vec<(bool, Acquire)> =
+            vec![(true, heavy.acquire()), (false, light.acquire())];
+        let (mut h, mut l) = (0u32, 0u32);
+        for _ in 0..400 {
+            // Every slice is 1 ms; the turn goes to whoever is owed most.
+            ran(holder, 1000);
+            let granted: Vec<(usize, Turn)> = waits
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(i, (_, f))| ready_now(f).map(|t| (i, t)))
+                .collect();
+            assert_eq!(granted.len(), 1, "one turn, one grant");
+            let Some((i, turn)) = granted.into_iter().next() else {
+                unreachable!()
+            };
+            holder = turn;
+            let (is_heavy, _) = waits.swap_remove(i);
+            let share = if is_heavy { &heavy } else { &light };
+            if is_heavy {
+                h += 1
+            } else {
+                l += 1
+            }
+            waits.push((is_heavy, share.acquire()));
+        }
+        let ratio = f64::from(h) / f64::from(l);
+        assert!((2.5..3.5).contains(&ratio), "heavy {h}, light {l}");
+    }
+
+    #[test]
+    fn an_idle_tenant_banks_no_credit() {
+        let fair = Fair::new(1);
+        let a = fair.share("a", DEFAULT_SHARE);
+        let b = fair.share("b", DEFAULT_SHARE);
+        // A alone runs 100 slices.
+        for _ in 0..100 {
+            ran(ready_now(&mut a.acquire()).unwrap(), 1000);
+        }
+        // Now both compete: B must not get 100 slices in a row.
+        let mut holder = ready_now(&mut a.acquire()).unwrap();
+        let mut a_next = a.acquire();
+        let mut b_next = b.acquire();
+        let mut b_streak = 0;
+        loop {
+            ran(holder, 1000);
+            match ready_now(&mut b_next) {
+                Some(t) => {
+                    b_streak += 1;
+                    assert!(b_streak <= 2, "B ran {b_streak} slices in a row");
+                    holder = t;
+                    b_next = b.acquire();
+                }
+                None => {
+                    assert!(ready_now(&mut a_next).is_some(), "A is served");
+                    break;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_call_that_goes_away_while_granted_passes_the_turn_on() {
+        let fair = Fair::new(1);
+        let a = fair.share("a", DEFAULT_SHARE);
+        let b = fair.share("b", DEFAULT_SHARE);
+        let running = ready_now(&mut a.acquire()).unwrap();
+        let gone = b.acquire();
+        let mut next = a.acquire();
+        ran(running, 10); // granted to `gone`, which never polls
+        drop(gone); // so the turn moves on
+        let t = ready_now(&mut next).expect("the turn moved on");
+        assert_eq!(fair.load(), (0, 0));
+        drop(t);
+        assert_eq!(fair.load(), (1, 0));
+    }
+}
