@@ -248,13 +248,24 @@ impl CpuTurn {
         }
     }
 
-    /// Waits for a turn.
-    pub(crate) async fn take(&self) {
+    /// Queues for a turn now (in the caller's thread, so the call has its
+    /// place before its task first runs); `hold` waits for it.
+    pub(crate) fn queue(&self) -> fair::Acquire {
+        self.share.acquire()
+    }
+
+    /// Waits for the turn `queued` and holds it.
+    pub(crate) async fn hold(&self, queued: fair::Acquire) {
         let asked = Instant::now();
-        let turn = self.share.acquire().await;
+        let turn = queued.await;
         self.waited_ns
             .fetch_add(asked.elapsed().as_nanos() as u64, Ordering::Relaxed);
         *self.held.lock().recover() = Some(turn);
+    }
+
+    /// Waits for a turn.
+    pub(crate) async fn take(&self) {
+        self.hold(self.queue()).await;
     }
 
     /// Gives the turn back (before waiting on something other than CPU,
@@ -267,14 +278,23 @@ impl CpuTurn {
         }
     }
 
-    /// What a running call does at an epoch tick: give the turn to the
-    /// call owed it most, let the executor run others, queue again.
+    /// What a running call does at an epoch tick: end its slice (the turn
+    /// goes to the call owed it most, which may be this one), let the
+    /// thread's other tasks run once, and wait for its next turn.
     pub(crate) fn pass(&self) -> Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        let held = self.held.lock().recover().take();
+        let next = match held {
+            Some(turn) => {
+                self.ran_ns
+                    .fetch_add(turn.held_ns() as u64, Ordering::Relaxed);
+                self.share.pass(turn)
+            }
+            None => self.share.acquire(),
+        };
         let me = self.clone();
         Box::pin(async move {
-            me.release();
-            tokio::task::yield_now().await;
-            me.take().await;
+            fair::yield_once().await;
+            me.hold(next).await;
         })
     }
 

@@ -284,8 +284,11 @@ impl Kernel {
         let cpu = spec.cpu.clone();
         let tenant = spec.tenant.record.id.clone();
         let kernel = self.clone();
+        // Queued here, before the task first runs on a busy executor: the
+        // call's place is kept from the moment it arrives.
+        let queued = cpu.queue();
         let attempt = async move {
-            spec.cpu.take().await;
+            spec.cpu.hold(queued).await;
             if Instant::now() >= spec.deadline {
                 // Its deadline passed while it queued: do not start it.
                 let limit = spec.tenant.record.limits.deadline_ms;

@@ -3,14 +3,17 @@
 //! to sandboxed WebAssembly feature plugins over the `switchboard:host` WIT
 //! interfaces, per tenant and only as granted.
 //!
-//! Layout: `runtime` (engine, compile cache, per-call stores, limits,
-//! transactions), `capability` (one module per host interface), `store`
-//! (backend trait + sled), `tenant` (registry records and limits),
-//! `server` (the `serve` front door), `harness` (run plugins in tests
-//! without a server), `cli` (the command line).
+//! Layout (`docs/architecture.md`, checked by `tests/layers.rs`): the doors
+//! (`cli`, `server`, `control`, `gateway`), `admin` and `scheduler`, the
+//! host facade `runtime`, the `registry` of packages and tenants, the
+//! `kernel` (engine, plugin executor, linking, call path), `capability`
+//! (one module per host interface), `call` (the call context), the
+//! services (`identity`, `audit`, `events`, `backup`, `outbound`), `store`,
+//! and the leaves.
 
-// Unsafe code is denied everywhere; the single exception is loading an
-// authenticated compile-cache entry (`kernel::cache`), with its SAFETY
+// Unsafe code is denied everywhere; the exceptions are loading an
+// authenticated compile-cache entry (`kernel::cache`) and lowering the
+// plugin threads' priority (`kernel::executor`), each with its SAFETY
 // argument beside it.
 #![deny(unsafe_code)]
 #![cfg_attr(

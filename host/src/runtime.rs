@@ -57,6 +57,8 @@ pub struct RuntimeConfig {
     /// Threads running plugin code, apart from the network's (SPEC K5);
     /// 0: one per core.
     pub plugin_workers: usize,
+    /// Their nice value (0-19): the network threads go first.
+    pub plugin_nice: i32,
     /// Linear memory one instance may ever use (the pool's slot size); a
     /// tenant's `memory_bytes` must not exceed it.
     pub max_memory_bytes: u64,
@@ -85,6 +87,7 @@ impl RuntimeConfig {
             data_dir: data_dir.into(),
             max_concurrent_calls: 256,
             plugin_workers: 0,
+            plugin_nice: ExecutorConfig::default().nice,
             max_memory_bytes: 256 << 20,
             max_component_bytes: 32 << 20,
             default_limits: Limits::default(),
@@ -214,6 +217,7 @@ impl Runtime {
                 cache_key_file: keys.join("cache.key"),
                 executor: ExecutorConfig {
                     workers: config.plugin_workers,
+                    nice: config.plugin_nice,
                 },
             },
             services,

@@ -35,6 +35,8 @@ pub struct ServerConfig {
     /// Threads running plugin code, apart from the network's (default:
     /// one per core).
     pub plugin_workers: Option<usize>,
+    /// Their nice value, 0-19 (default 10: the network threads go first).
+    pub plugin_nice: Option<i32>,
     /// Largest linear memory one plugin instance may use, in bytes.
     pub max_memory_bytes: Option<u64>,
     /// Limits of tenants created without their own.
@@ -129,6 +131,9 @@ impl ServerConfig {
         }
         if let Some(n) = self.plugin_workers {
             rc.plugin_workers = n;
+        }
+        if let Some(n) = self.plugin_nice {
+            rc.plugin_nice = n;
         }
         if let Some(m) = self.max_memory_bytes {
             rc.max_memory_bytes = m;

@@ -53,6 +53,8 @@ struct State {
 struct Queue {
     /// Virtual time: CPU nanoseconds used, scaled by the share.
     vtime: u128,
+    /// Turns its calls hold now.
+    running: usize,
     /// Its key in `ready` while calls wait.
     ready_key: Option<(u128, u64)>,
     waiting: VecDeque<oneshot::Sender<()>>,
@@ -70,6 +72,8 @@ pub struct Share {
 pub struct Turn {
     share: Arc<Share>,
     since: Instant,
+    /// Already handed on by `Share::pass`.
+    passed: bool,
 }
 
 impl Fair {
@@ -103,13 +107,23 @@ impl Fair {
     /// hands it to the next waiting call, if any.
     fn give_back(&self, tenant: &Arc<str>, weight: u32, elapsed_ns: u128) {
         let mut state = self.state.lock().recover();
+        state.charge(tenant, weight, elapsed_ns);
+        state.grant_next();
+    }
+}
+
+impl State {
+    /// Charges a slice of `elapsed_ns` to `tenant` and counts its turn as
+    /// given back.
+    fn charge(&mut self, tenant: &Arc<str>, weight: u32, elapsed_ns: u128) {
         let State {
             ready,
             tenants,
             now,
             ..
-        } = &mut *state;
+        } = self;
         if let Some(q) = tenants.get_mut(tenant) {
+            q.running = q.running.saturating_sub(1);
             q.vtime += elapsed_ns * u128::from(DEFAULT_SHARE) / u128::from(weight.max(1));
             // Re-key it if it waits: it ran, so it goes later.
             if let Some(key) = q.ready_key.take() {
@@ -118,20 +132,42 @@ impl Fair {
                 ready.insert(key, tenant.clone());
                 q.ready_key = Some(key);
             }
-            if q.waiting.is_empty() && q.vtime <= *now {
+            if q.waiting.is_empty() && q.running == 0 && q.vtime <= *now {
                 tenants.remove(tenant);
             }
         }
-        // Forget tenants that neither wait nor ran ahead (amortised).
+        // Forget tenants that neither wait nor run nor ran ahead (amortised).
         if tenants.len() > 2 * ready.len() + 1024 {
             let now = *now;
-            tenants.retain(|_, q| !q.waiting.is_empty() || q.vtime > now);
+            tenants.retain(|_, q| !q.waiting.is_empty() || q.running > 0 || q.vtime > now);
         }
-        state.grant_next();
     }
-}
 
-impl State {
+    /// Queues a call of `tenant` for a turn (none is free, or others wait).
+    fn enqueue(&mut self, tenant: &Arc<str>) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let State {
+            now,
+            seq,
+            ready,
+            tenants,
+            ..
+        } = self;
+        let q = tenants.entry(tenant.clone()).or_default();
+        if q.ready_key.is_none() {
+            if q.running == 0 {
+                // Idle until now (nothing running, nothing waiting): no
+                // credit banked.
+                q.vtime = q.vtime.max(*now);
+            }
+            *seq += 1;
+            let key = (q.vtime, *seq);
+            ready.insert(key, tenant.clone());
+            q.ready_key = Some(key);
+        }
+        q.waiting.push_back(tx);
+        rx
+    }
     /// Hands a free turn (or the one just given back) to the waiting call
     /// of the tenant with the least virtual time; keeps it free if none.
     fn grant_next(&mut self) {
@@ -152,6 +188,7 @@ impl State {
             }
             self.now = self.now.max(key.0);
             if waiter.send(()).is_ok() {
+                q.running += 1;
                 return;
             }
             // That call went away while it waited: try the next.
@@ -175,35 +212,39 @@ impl Share {
     /// in the tenant's queue.
     pub fn acquire(self: &Arc<Self>) -> Acquire {
         let mut state = self.fair.state.lock().recover();
-        let State {
-            free,
-            now,
-            seq,
-            ready,
-            tenants,
-        } = &mut *state;
-        let q = tenants.entry(self.tenant.clone()).or_default();
-        if q.ready_key.is_none() {
-            // Idle until now: no credit banked.
-            q.vtime = q.vtime.max(*now);
-        }
-        if *free > 0 && ready.is_empty() {
-            *free -= 1;
+        if state.free > 0 && state.ready.is_empty() {
+            state.free -= 1;
+            let now = state.now;
+            let q = state.tenants.entry(self.tenant.clone()).or_default();
+            if q.running == 0 {
+                q.vtime = q.vtime.max(now);
+            }
+            q.running += 1;
             // The turn starts at its tenant's virtual time.
-            *now = q.vtime;
+            let vtime = q.vtime;
+            state.now = now.max(vtime);
             return Acquire {
                 share: self.clone(),
                 rx: None,
             };
         }
-        let (tx, rx) = oneshot::channel();
-        if q.ready_key.is_none() {
-            *seq += 1;
-            let key = (q.vtime, *seq);
-            ready.insert(key, self.tenant.clone());
-            q.ready_key = Some(key);
+        let rx = state.enqueue(&self.tenant);
+        Acquire {
+            share: self.clone(),
+            rx: Some(rx),
         }
-        q.waiting.push_back(tx);
+    }
+
+    /// Ends a slice: charges `turn`, queues the call for its next turn and
+    /// hands the turn to whoever is owed it most — possibly this call, if
+    /// nobody is owed more. One step, so no call can slip in between.
+    pub fn pass(self: &Arc<Self>, mut turn: Turn) -> Acquire {
+        turn.passed = true;
+        let elapsed = turn.held_ns();
+        let mut state = self.fair.state.lock().recover();
+        state.charge(&self.tenant, self.weight(), elapsed);
+        let rx = state.enqueue(&self.tenant);
+        state.grant_next();
         Acquire {
             share: self.clone(),
             rx: Some(rx),
@@ -233,6 +274,7 @@ impl std::future::Future for Acquire {
         Poll::Ready(Turn {
             share: self.share.clone(),
             since: Instant::now(),
+            passed: false,
         })
     }
 }
@@ -259,10 +301,37 @@ impl Turn {
 
 impl Drop for Turn {
     fn drop(&mut self) {
+        if self.passed {
+            return;
+        }
         let share = &self.share;
         share
             .fair
             .give_back(&share.tenant, share.weight(), self.held_ns());
+    }
+}
+
+/// Lets the other tasks of this thread run once: the task goes to the back
+/// of its thread's run queue. (`tokio::task::yield_now` would defer it until
+/// the thread has nothing else to do, which on a busy executor holds a call
+/// back far longer than one slice.)
+pub fn yield_once() -> YieldOnce {
+    YieldOnce(false)
+}
+
+/// See `yield_once`.
+pub struct YieldOnce(bool);
+
+impl std::future::Future for YieldOnce {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
@@ -397,5 +466,50 @@ mod tests {
         assert_eq!(fair.load(), (0, 0));
         drop(t);
         assert_eq!(fair.load(), (1, 0));
+    }
+
+    #[test]
+    fn threads_competing_for_turns_split_by_weight() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let fair = Fair::new(2);
+        let heavy = fair.share("heavy", 300);
+        let light = fair.share("light", 100);
+        let order = Arc::new(Mutex::new(Vec::new()));
+        rt.block_on(async {
+            let mut tasks = Vec::new();
+            for (i, share) in [heavy, light].into_iter().enumerate() {
+                for _ in 0..8 {
+                    let (share, order) = (share.clone(), order.clone());
+                    tasks.push(tokio::spawn(async move {
+                        // As the kernel does: queue once, then pass the
+                        // turn on at the end of every slice.
+                        let mut next = share.acquire();
+                        for _ in 0..40 {
+                            let turn = next.await;
+                            order.lock().recover().push(i);
+                            let t = Instant::now();
+                            while t.elapsed() < Duration::from_micros(300) {
+                                std::hint::spin_loop();
+                            }
+                            next = share.pass(turn);
+                            yield_once().await;
+                        }
+                    }));
+                }
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+        });
+        // While both compete (the first 200 of 640 turns), heavy gets ~3x.
+        let order = order.lock().recover();
+        let heavy_turns = order[..200].iter().filter(|&&i| i == 0).count();
+        assert!(
+            (130..=175).contains(&heavy_turns),
+            "heavy got {heavy_turns} of the first 200 turns"
+        );
     }
 }

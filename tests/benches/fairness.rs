@@ -1,0 +1,158 @@
+//! The plugin executor's fairness (SPEC K5), in process (no TLS, no HTTP):
+//! prints figures, asserts nothing.
+//!
+//!     cargo bench -p switchboard-tests --bench fairness
+//!
+//! - a quiet tenant's `Runtime::handle` latency alone, then while a noisy
+//!   tenant floods the executor with CPU-bound 5 ms calls, with calls
+//!   looping to their deadline, and with calls hoarding memory to their
+//!   cap (p50 / p99 / max of 1,000 sequential calls);
+//! - two tenants flooding at once with CPU shares 300 and 100: the CPU
+//!   each got over two seconds (from the executor's own accounting).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use switchboard::harness::Harness;
+use switchboard::metrics::TENANT_CPU;
+use switchboard::tenant::Limits;
+use switchboard_tests::load::pct;
+use switchboard_tests::{component, manifest};
+
+const SAMPLES: usize = 1000;
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(bench());
+}
+
+async fn bench() {
+    let h = Arc::new(Harness::new().unwrap());
+    for p in ["relay", "hostile"] {
+        h.install(&manifest(p), &component(p)).await.unwrap();
+    }
+    let noisy = Limits {
+        concurrency: 64,
+        requests_per_second: 1_000_000,
+        ..Limits::default()
+    };
+    for t in ["quiet", "noisy", "heavy", "light"] {
+        h.tenant_with_limits(t, noisy.clone()).await.unwrap();
+        h.enable(t, "relay").await.unwrap();
+        h.enable(t, "hostile").await.unwrap();
+    }
+    h.runtime()
+        .update_limits(
+            "heavy",
+            serde_json::from_str(r#"{"cpu_share": 300}"#).unwrap(),
+        )
+        .await
+        .unwrap();
+    println!("# Plugin executor fairness (in process, {SAMPLES} sequential calls each)");
+    println!("| quiet tenant's `/hello` | p50 | p99 | max |\n|---|---|---|---|");
+    let alone = probe(&h).await;
+    row("alone", &alone, None);
+    let floods = [
+        (
+            "noisy floods: CPU-bound 5 ms calls, 64 at once",
+            "/busy?ms=5",
+            "relay",
+            64,
+        ),
+        (
+            "noisy floods: calls looping to their deadline, 16 at once",
+            "/loop",
+            "hostile",
+            16,
+        ),
+        (
+            "noisy floods: calls hoarding to their memory cap, 32 at once",
+            "/alloc",
+            "hostile",
+            32,
+        ),
+    ];
+    for (label, path, plugin, n) in floods {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = flood(&h, "noisy", plugin, path, n, &stop);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let loaded = probe(&h).await;
+        stop.store(true, Ordering::Relaxed);
+        for t in tasks {
+            let _ = t.await;
+        }
+        row(label, &loaded, Some(&alone));
+    }
+
+    // Weights: both flood the same way; the executor splits by share.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = flood(&h, "heavy", "relay", "/busy?ms=5", 32, &stop);
+    tasks.extend(flood(&h, "light", "relay", "/busy?ms=5", 32, &stop));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = (TENANT_CPU.value(&["heavy"]), TENANT_CPU.value(&["light"]));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = (TENANT_CPU.value(&["heavy"]), TENANT_CPU.value(&["light"]));
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let (heavy, light) = (after.0 - before.0, after.1 - before.1);
+    println!(
+        "\nCPU shares 300 : 100, both flooding for 2 s: heavy {:.0} ms, light {:.0} ms of executor time ({:.2} : 1)",
+        heavy as f64 / 1e3,
+        light as f64 / 1e3,
+        heavy as f64 / light.max(1) as f64
+    );
+}
+
+/// Latencies (ms) of sequential `/hello` calls of the quiet tenant.
+async fn probe(h: &Harness) -> Vec<f64> {
+    let mut lat = Vec::with_capacity(SAMPLES);
+    for _ in 0..SAMPLES {
+        let t = Instant::now();
+        let r = h.get("quiet", "relay", "q", "/hello").await;
+        assert!(r.is_ok());
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    lat
+}
+
+fn row(label: &str, lat: &[f64], alone: Option<&[f64]>) {
+    let p99 = pct(lat.to_vec(), 0.99);
+    let ratio = alone.map_or(String::new(), |a| {
+        format!(" ({:.1}x alone)", p99 / pct(a.to_vec(), 0.99))
+    });
+    println!(
+        "| {label} | {:.3} ms | {:.3} ms{ratio} | {:.2} ms |",
+        pct(lat.to_vec(), 0.5),
+        p99,
+        lat.iter().cloned().fold(0.0, f64::max)
+    );
+}
+
+/// `n` tasks calling `path` of `tenant`'s `plugin` back to back until
+/// `stop`.
+fn flood(
+    h: &Arc<Harness>,
+    tenant: &'static str,
+    plugin: &'static str,
+    path: &'static str,
+    n: usize,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..n)
+        .map(|i| {
+            let (h, stop) = (h.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = h.get(tenant, plugin, &format!("u{i}"), path).await;
+                }
+            })
+        })
+        .collect()
+}
