@@ -52,6 +52,10 @@ use crate::tenant::{Limits, TenantRecord};
 /// Attempts of a call whose transaction keeps conflicting.
 const MAX_COMMIT_ATTEMPTS: u32 = 32;
 
+/// The shortest and longest time slice accepted.
+const MIN_TICK: Duration = Duration::from_micros(100);
+const MAX_TICK: Duration = Duration::from_millis(10);
+
 /// How the kernel is set up (the host's `RuntimeConfig` fills it in).
 #[derive(Debug, Clone)]
 pub struct KernelConfig {
@@ -65,6 +69,9 @@ pub struct KernelConfig {
     pub cache_key_file: PathBuf,
     /// The plugin executor's threads.
     pub executor: ExecutorConfig,
+    /// The time slice: how often a running call checks its deadline and
+    /// passes its turn on.
+    pub epoch_tick: std::time::Duration,
 }
 
 /// The kernel. Shared as `Arc<Kernel>` by the registry and the host.
@@ -112,10 +119,19 @@ impl Kernel {
         caps: Arc<capability::States>,
         tenants: Arc<Tenants>,
     ) -> std::io::Result<Kernel> {
+        if !(MIN_TICK..=MAX_TICK).contains(&config.epoch_tick) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "the epoch tick must be between {MIN_TICK:?} and {MAX_TICK:?}, not {:?}",
+                    config.epoch_tick
+                ),
+            ));
+        }
         let cache = CompileCache::open(&engine, &config.cache_dir, &config.cache_key_file)?;
         let executor = Executor::new(&config.executor)?;
         let stop = Arc::new(AtomicBool::new(false));
-        engine::spawn_epoch_ticker(engine.clone(), stop.clone());
+        engine::spawn_epoch_ticker(engine.clone(), config.epoch_tick, stop.clone());
         Ok(Kernel {
             global_slots: Arc::new(Semaphore::new(config.max_concurrent_calls as usize)),
             engine,

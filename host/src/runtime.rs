@@ -59,6 +59,8 @@ pub struct RuntimeConfig {
     pub plugin_workers: usize,
     /// Their nice value (0-19): the network threads go first.
     pub plugin_nice: i32,
+    /// The time slice of plugin calls (100 µs to 10 ms).
+    pub epoch_tick: std::time::Duration,
     /// Linear memory one instance may ever use (the pool's slot size); a
     /// tenant's `memory_bytes` must not exceed it.
     pub max_memory_bytes: u64,
@@ -88,6 +90,7 @@ impl RuntimeConfig {
             max_concurrent_calls: 256,
             plugin_workers: 0,
             plugin_nice: ExecutorConfig::default().nice,
+            epoch_tick: crate::kernel::engine::EPOCH_TICK,
             max_memory_bytes: 256 << 20,
             max_component_bytes: 32 << 20,
             default_limits: Limits::default(),
@@ -219,6 +222,7 @@ impl Runtime {
                     workers: config.plugin_workers,
                     nice: config.plugin_nice,
                 },
+                epoch_tick: config.epoch_tick,
             },
             services,
             caps,

@@ -37,6 +37,8 @@ pub struct ServerConfig {
     pub plugin_workers: Option<usize>,
     /// Their nice value, 0-19 (default 10: the network threads go first).
     pub plugin_nice: Option<i32>,
+    /// The time slice of plugin calls in microseconds (100-10000).
+    pub epoch_tick_us: Option<u64>,
     /// Largest linear memory one plugin instance may use, in bytes.
     pub max_memory_bytes: Option<u64>,
     /// Limits of tenants created without their own.
@@ -134,6 +136,9 @@ impl ServerConfig {
         }
         if let Some(n) = self.plugin_nice {
             rc.plugin_nice = n;
+        }
+        if let Some(us) = self.epoch_tick_us {
+            rc.epoch_tick = std::time::Duration::from_micros(us);
         }
         if let Some(m) = self.max_memory_bytes {
             rc.max_memory_bytes = m;

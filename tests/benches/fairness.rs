@@ -8,10 +8,13 @@
 //!   looping to their deadline, and with calls hoarding memory to their
 //!   cap (p50 / p99 / max of 1,000 sequential calls);
 //! - two tenants flooding at once with CPU shares 300 and 100: the CPU
-//!   each got over two seconds (from the executor's own accounting).
+//!   each got over two seconds (from the executor's own accounting);
+//! - all of it at the default time slice (1 ms) and at 250 µs, in the same
+//!   run, with how many of the noisy tenant's calls were answered per
+//!   second meanwhile (what a shorter slice costs).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use switchboard::harness::Harness;
@@ -32,8 +35,18 @@ fn main() {
 }
 
 async fn bench() {
-    let h = Arc::new(Harness::new().unwrap());
-    for p in ["relay", "hostile"] {
+    println!("# Plugin executor fairness (in process, {SAMPLES} sequential calls each)");
+    // The same scenarios at two time slices, one after the other.
+    for tick_us in [1000u64, 250] {
+        let h = Arc::new(
+            Harness::with_config(|c| c.epoch_tick = Duration::from_micros(tick_us)).unwrap(),
+        );
+        scenarios(&h, tick_us).await;
+    }
+}
+
+async fn scenarios(h: &Arc<Harness>, tick_us: u64) {
+    for p in ["relay", "hostile", "example"] {
         h.install(&manifest(p), &component(p)).await.unwrap();
     }
     let noisy = Limits {
@@ -41,22 +54,41 @@ async fn bench() {
         requests_per_second: 1_000_000,
         ..Limits::default()
     };
+    let tag = |t: &str| format!("{t}-{tick_us}");
     for t in ["quiet", "noisy", "heavy", "light"] {
-        h.tenant_with_limits(t, noisy.clone()).await.unwrap();
-        h.enable(t, "relay").await.unwrap();
-        h.enable(t, "hostile").await.unwrap();
+        h.tenant_with_limits(&tag(t), noisy.clone()).await.unwrap();
+        h.enable(&tag(t), "relay").await.unwrap();
+        h.enable(&tag(t), "hostile").await.unwrap();
+        h.enable(&tag(t), "example").await.unwrap();
     }
     h.runtime()
         .update_limits(
-            "heavy",
+            &tag("heavy"),
             serde_json::from_str(r#"{"cpu_share": 300}"#).unwrap(),
         )
         .await
         .unwrap();
-    println!("# Plugin executor fairness (in process, {SAMPLES} sequential calls each)");
-    println!("| quiet tenant's `/hello` | p50 | p99 | max |\n|---|---|---|---|");
-    let alone = probe(&h).await;
-    row("alone", &alone, None);
+    println!("\n## Time slice {tick_us} µs\n");
+    // What slicing costs a long call: a fixed amount of guest work (200,000
+    // `kv.get` calls in one plugin call), alone on the host.
+    let quiet = tag("quiet");
+    let mut work = Vec::new();
+    for _ in 0..15 {
+        let t = Instant::now();
+        let r = h.get(&quiet, "example", "q", "/kv-loop?n=200000").await;
+        assert!(r.is_ok());
+        work.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    println!(
+        "fixed work (200,000 host calls in one call), alone: p50 {:.2} ms, min {:.2} ms\n",
+        pct(work.clone(), 0.5),
+        work.iter().cloned().fold(f64::MAX, f64::min)
+    );
+    println!(
+        "| quiet tenant's `/hello` | p50 | p99 | max | noisy calls answered/s |\n|---|---|---|---|---|"
+    );
+    let alone = probe(h, &quiet).await;
+    row("alone", &alone, None, None);
     let floods = [
         (
             "noisy floods: CPU-bound 5 ms calls, 64 at once",
@@ -77,61 +109,71 @@ async fn bench() {
             32,
         ),
     ];
+    let noisy = Box::leak(tag("noisy").into_boxed_str());
     for (label, path, plugin, n) in floods {
         let stop = Arc::new(AtomicBool::new(false));
-        let tasks = flood(&h, "noisy", plugin, path, n, &stop);
+        let answered = Arc::new(AtomicU64::new(0));
+        let tasks = flood(h, noisy, plugin, path, n, &stop, &answered);
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let loaded = probe(&h).await;
+        let (before, t0) = (answered.load(Ordering::Relaxed), Instant::now());
+        let loaded = probe(h, &quiet).await;
+        let rate = (answered.load(Ordering::Relaxed) - before) as f64 / t0.elapsed().as_secs_f64();
         stop.store(true, Ordering::Relaxed);
         for t in tasks {
             let _ = t.await;
         }
-        row(label, &loaded, Some(&alone));
+        row(label, &loaded, Some(&alone), Some(rate));
     }
 
     // Weights: both flood the same way; the executor splits by share.
+    let (heavy, light) = (
+        Box::leak(tag("heavy").into_boxed_str()) as &'static str,
+        Box::leak(tag("light").into_boxed_str()) as &'static str,
+    );
     let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = flood(&h, "heavy", "relay", "/busy?ms=5", 32, &stop);
-    tasks.extend(flood(&h, "light", "relay", "/busy?ms=5", 32, &stop));
+    let answered = Arc::new(AtomicU64::new(0));
+    let mut tasks = flood(h, heavy, "relay", "/busy?ms=5", 32, &stop, &answered);
+    tasks.extend(flood(h, light, "relay", "/busy?ms=5", 32, &stop, &answered));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = (TENANT_CPU.value(&["heavy"]), TENANT_CPU.value(&["light"]));
+    let before = (TENANT_CPU.value(&[heavy]), TENANT_CPU.value(&[light]));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = (TENANT_CPU.value(&["heavy"]), TENANT_CPU.value(&["light"]));
+    let after = (TENANT_CPU.value(&[heavy]), TENANT_CPU.value(&[light]));
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         let _ = t.await;
     }
-    let (heavy, light) = (after.0 - before.0, after.1 - before.1);
+    let (hv, lt) = (after.0 - before.0, after.1 - before.1);
     println!(
         "\nCPU shares 300 : 100, both flooding for 2 s: heavy {:.0} ms, light {:.0} ms of executor time ({:.2} : 1)",
-        heavy as f64 / 1e3,
-        light as f64 / 1e3,
-        heavy as f64 / light.max(1) as f64
+        hv as f64 / 1e3,
+        lt as f64 / 1e3,
+        hv as f64 / lt.max(1) as f64
     );
 }
 
 /// Latencies (ms) of sequential `/hello` calls of the quiet tenant.
-async fn probe(h: &Harness) -> Vec<f64> {
+async fn probe(h: &Harness, tenant: &str) -> Vec<f64> {
     let mut lat = Vec::with_capacity(SAMPLES);
     for _ in 0..SAMPLES {
         let t = Instant::now();
-        let r = h.get("quiet", "relay", "q", "/hello").await;
+        let r = h.get(tenant, "relay", "q", "/hello").await;
         assert!(r.is_ok());
         lat.push(t.elapsed().as_secs_f64() * 1e3);
     }
     lat
 }
 
-fn row(label: &str, lat: &[f64], alone: Option<&[f64]>) {
+fn row(label: &str, lat: &[f64], alone: Option<&[f64]>, rate: Option<f64>) {
     let p99 = pct(lat.to_vec(), 0.99);
     let ratio = alone.map_or(String::new(), |a| {
         format!(" ({:.1}x alone)", p99 / pct(a.to_vec(), 0.99))
     });
     println!(
-        "| {label} | {:.3} ms | {:.3} ms{ratio} | {:.2} ms |",
+        "| {label} | {:.3} ms | {:.3} ms{ratio} | {:.2} ms | {} |",
         pct(lat.to_vec(), 0.5),
         p99,
-        lat.iter().cloned().fold(0.0, f64::max)
+        lat.iter().cloned().fold(0.0, f64::max),
+        rate.map_or("—".to_string(), |r| format!("{r:.0}"))
     );
 }
 
@@ -144,13 +186,15 @@ fn flood(
     path: &'static str,
     n: usize,
     stop: &Arc<AtomicBool>,
+    answered: &Arc<AtomicU64>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     (0..n)
         .map(|i| {
-            let (h, stop) = (h.clone(), stop.clone());
+            let (h, stop, answered) = (h.clone(), stop.clone(), answered.clone());
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
                     let _ = h.get(tenant, plugin, &format!("u{i}"), path).await;
+                    answered.fetch_add(1, Ordering::Relaxed);
                 }
             })
         })
