@@ -236,6 +236,8 @@ pub struct CpuTurn {
     /// Nanoseconds run holding a turn, and waited for one.
     ran_ns: Arc<AtomicU64>,
     waited_ns: Arc<AtomicU64>,
+    /// Slices ended so far.
+    slices: Arc<AtomicU64>,
 }
 
 impl CpuTurn {
@@ -245,6 +247,7 @@ impl CpuTurn {
             held: Arc::new(Mutex::new(None)),
             ran_ns: Arc::new(AtomicU64::new(0)),
             waited_ns: Arc::new(AtomicU64::new(0)),
+            slices: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -280,10 +283,14 @@ impl CpuTurn {
 
     /// What a running call does at an epoch tick: end its slice (the turn
     /// goes to the call owed it most, which may be this one), let the
-    /// thread's other tasks run once, and wait for its next turn.
+    /// thread's other tasks run once, and wait for its next turn. At its
+    /// first tick a call that nobody else waits for goes on at once: the
+    /// tick came early in its slice (ticks are not aligned to calls), and a
+    /// short call should not pay a trip through the run queue for it.
     pub(crate) fn pass(&self) -> Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        let first = self.slices.fetch_add(1, Ordering::Relaxed) == 0;
         let held = self.held.lock().recover().take();
-        let next = match held {
+        let mut next = match held {
             Some(turn) => {
                 self.ran_ns
                     .fetch_add(turn.held_ns() as u64, Ordering::Relaxed);
@@ -292,6 +299,9 @@ impl CpuTurn {
             None => self.share.acquire(),
         };
         let me = self.clone();
+        if first && next.granted() {
+            return Box::pin(async move { me.hold(next).await });
+        }
         Box::pin(async move {
             fair::yield_once().await;
             me.hold(next).await;
@@ -330,9 +340,10 @@ impl CallCtx {
         }
     }
 
-    /// The call's transaction, for the runtime to commit or drop.
-    pub(crate) fn into_txn(self) -> Txn {
-        self.spec.txn
+    /// The call's transaction, for the kernel to commit or drop (the
+    /// context is left with an empty one).
+    pub(crate) fn take_txn(&mut self) -> Txn {
+        std::mem::take(&mut self.spec.txn)
     }
 }
 

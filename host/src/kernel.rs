@@ -372,8 +372,10 @@ impl Kernel {
             Linked::V0_1(p) => v0_1::invoke(p, &mut store, invocation).await,
             Linked::V0_2(p) => v0_2::invoke(p, &mut store, invocation).await,
         };
-        let state = store.into_data();
-        let (stderr, dropped) = state.stderr.take();
+        let (stderr, dropped) = store.data().stderr.take();
+        let memory_exceeded = store.data().limiter.exceeded;
+        let txn = store.data_mut().call.take_txn();
+        drop(store);
         if !stderr.is_empty() {
             tracing::warn!(
                 tenant = %tenant_id,
@@ -390,12 +392,12 @@ impl Kernel {
                 tracing::error!(tenant = %tenant_id, plugin = %plugin_name, error = %format!("{e:#}"), "instantiation failed");
                 Err(CallError::Busy(tenant_id.clone()))
             }
-            Err(v0_1::Stage::Call(e)) => Err(classify(e, state.limiter.exceeded, &limits)),
+            Err(v0_1::Stage::Call(e)) => Err(classify(e, memory_exceeded, &limits)),
         };
         if let Err(e) = &result {
             tracing::warn!(tenant = %tenant_id, plugin = %plugin_name, code = e.code(), error = %e, "plugin call failed");
         }
-        (result, state.call.into_txn())
+        (result, txn)
     }
 }
 

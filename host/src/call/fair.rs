@@ -259,6 +259,24 @@ pub struct Acquire {
     rx: Option<oneshot::Receiver<()>>,
 }
 
+impl Acquire {
+    /// Whether the turn is granted already (then awaiting it is ready at
+    /// once).
+    pub fn granted(&mut self) -> bool {
+        match &mut self.rx {
+            None => true,
+            Some(rx) => {
+                if rx.try_recv().is_ok() {
+                    self.rx = None;
+                    true
+                } else {
+                    false
+                }
+            }
+        }
+    }
+}
+
 impl std::future::Future for Acquire {
     type Output = Turn;
 
