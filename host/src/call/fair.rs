@@ -96,8 +96,7 @@ impl Fair {
         })
     }
 
-    /// Turns held or free, and tenants with calls waiting (for tests and
-    /// `/status`).
+    /// Free turns, and tenants with calls waiting.
     pub fn load(&self) -> (usize, usize) {
         let state = self.state.lock().recover();
         (state.free, state.ready.len())
@@ -522,11 +521,13 @@ mod tests {
                 t.await.unwrap();
             }
         });
-        // While both compete (the first 200 of 640 turns), heavy gets ~3x.
+        // While both compete (the first 200 of 640 turns), heavy gets ~3x
+        // (150); equal turns would be 100. The range allows for a busy
+        // machine stretching some slices.
         let order = order.lock().recover();
         let heavy_turns = order[..200].iter().filter(|&&i| i == 0).count();
         assert!(
-            (130..=175).contains(&heavy_turns),
+            (125..=185).contains(&heavy_turns),
             "heavy got {heavy_turns} of the first 200 turns"
         );
     }
