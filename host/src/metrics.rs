@@ -69,18 +69,7 @@ impl Family {
 
     /// Adds one to the series `values` (one per label).
     pub fn inc(&self, values: &[&str]) {
-        let mut series = self.series.lock().recover();
-        let key: Vec<String> = values.iter().map(|v| v.to_string()).collect();
-        if let Some(n) = series.get_mut(&key) {
-            *n += 1;
-            return;
-        }
-        let key = if series.len() >= MAX_SERIES {
-            vec!["other".to_string(); values.len()]
-        } else {
-            key
-        };
-        *series.entry(key).or_default() += 1;
+        self.add(values, 1);
     }
 
     /// Adds `n` to the series `values`.

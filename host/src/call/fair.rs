@@ -97,7 +97,8 @@ impl Fair {
     }
 
     /// Free turns, and tenants with calls waiting.
-    pub fn load(&self) -> (usize, usize) {
+    #[cfg(test)]
+    fn load(&self) -> (usize, usize) {
         let state = self.state.lock().recover();
         (state.free, state.ready.len())
     }

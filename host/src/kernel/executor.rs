@@ -39,7 +39,6 @@ impl Default for ExecutorConfig {
 pub struct Executor {
     runtime: Option<tokio::runtime::Runtime>,
     fair: Arc<Fair>,
-    workers: usize,
 }
 
 impl Executor {
@@ -76,18 +75,12 @@ impl Executor {
         Ok(Executor {
             runtime: Some(runtime),
             fair: Fair::new(workers),
-            workers,
         })
     }
 
     /// The turns tenants share.
     pub fn fair(&self) -> &Arc<Fair> {
         &self.fair
-    }
-
-    /// Threads running plugin code.
-    pub fn workers(&self) -> usize {
-        self.workers
     }
 
     /// Runs `task` on the executor's threads.
