@@ -257,6 +257,15 @@ impl CpuTurn {
         self.share.acquire()
     }
 
+    /// A turn at once if the executor is idle (no call holds or waits for
+    /// one), for a call that runs its first slice on the caller's thread;
+    /// that slice ends at the first epoch tick, whoever waits.
+    pub(crate) fn queue_if_idle(&self) -> Option<fair::Acquire> {
+        let acquire = self.share.acquire_if_idle()?;
+        self.slices.store(1, Ordering::Relaxed);
+        Some(acquire)
+    }
+
     /// Waits for the turn `queued` and holds it.
     pub(crate) async fn hold(&self, queued: fair::Acquire) {
         let asked = Instant::now();

@@ -27,6 +27,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use switchboard_signing::Capability;
@@ -301,8 +302,12 @@ impl Kernel {
         let tenant = spec.tenant.record.id.clone();
         let kernel = self.clone();
         // Queued here, before the task first runs on a busy executor: the
-        // call's place is kept from the moment it arrives.
-        let queued = cpu.queue();
+        // call's place is kept from the moment it arrives. When the
+        // executor is idle the call starts here instead (`inline`).
+        let (queued, inline) = match cpu.queue_if_idle() {
+            Some(granted) => (granted, true),
+            None => (cpu.queue(), false),
+        };
         let attempt = async move {
             spec.cpu.hold(queued).await;
             if Instant::now() >= spec.deadline {
@@ -316,19 +321,34 @@ impl Kernel {
             cpu.release();
             out
         };
-        let out = match self.executor.spawn(attempt) {
-            Some(task) => AbortOnDrop::new(task).wait().await.unwrap_or_else(|e| {
-                (
-                    Err(CallError::Internal(format!("plugin task failed: {e}"))),
+        let mut attempt = Box::pin(attempt);
+        // An idle executor: the call's first slice runs on this thread,
+        // sparing it the hand-over to an executor thread (which costs more
+        // than a trivial call: a parked thread is woken). Only one call can
+        // do this at a time (it holds a turn, so the executor is no longer
+        // idle), and only for one epoch tick: then it yields and moves to
+        // the executor like any other call.
+        let first = if inline {
+            std::future::poll_fn(|cx| Poll::Ready(attempt.as_mut().poll(cx))).await
+        } else {
+            Poll::Pending
+        };
+        let out = match first {
+            Poll::Ready(out) => out,
+            Poll::Pending => match self.executor.spawn(attempt) {
+                Some(task) => AbortOnDrop::new(task).wait().await.unwrap_or_else(|e| {
+                    (
+                        Err(CallError::Internal(format!("plugin task failed: {e}"))),
+                        Txn::default(),
+                    )
+                }),
+                None => (
+                    Err(CallError::Internal(
+                        "the plugin executor is stopping".into(),
+                    )),
                     Txn::default(),
-                )
-            }),
-            None => (
-                Err(CallError::Internal(
-                    "the plugin executor is stopping".into(),
-                )),
-                Txn::default(),
-            ),
+                ),
+            },
         };
         let (ran, waited) = cpu.totals();
         metrics::TENANT_CPU.add(&[&tenant], ran / 1000);
@@ -402,8 +422,31 @@ impl Kernel {
 }
 
 impl crate::call::Kernel for Kernel {
+    /// A nested call: on its own task (its own fiber and store) on the
+    /// plugin executor, whichever thread its caller runs on; aborted if the
+    /// caller goes away, so a callee never outlives the slots its caller
+    /// held.
     fn run(self: Arc<Self>, spec: CallSpec, invocation: Invocation) -> crate::call::Attempt {
-        Box::pin(async move { Kernel::run(&self, spec, invocation).await })
+        let kernel = self.clone();
+        let task = self
+            .executor
+            .spawn(async move { Kernel::run(&kernel, spec, invocation).await });
+        Box::pin(async move {
+            let Some(task) = task else {
+                return (
+                    Err(CallError::Internal(
+                        "the plugin executor is stopping".into(),
+                    )),
+                    Txn::default(),
+                );
+            };
+            AbortOnDrop::new(task).wait().await.unwrap_or_else(|e| {
+                (
+                    Err(CallError::Internal(format!("nested call aborted: {e}"))),
+                    Txn::default(),
+                )
+            })
+        })
     }
 }
 

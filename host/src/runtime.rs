@@ -166,6 +166,7 @@ pub fn build_engine(config: &RuntimeConfig) -> wasmtime::Result<Engine> {
     engine::build(&EngineConfig {
         max_concurrent_calls: config.max_concurrent_calls,
         max_memory_bytes: config.max_memory_bytes,
+        reset: engine::SlotReset::SCAN,
     })
 }
 

@@ -14,6 +14,7 @@
 use std::time::{Duration, Instant};
 
 use switchboard::kernel::cache::CompileCache;
+use switchboard::kernel::engine::{EngineConfig, SlotReset};
 use switchboard::runtime::{Method, Principal, Request, Runtime, RuntimeConfig, build_engine};
 use switchboard::tenant::Limits;
 use switchboard_tests::{component, manifest};
@@ -221,6 +222,11 @@ async fn compare(
     )
 }
 
+/// The host's default concurrency, which sizes its engine's pool.
+fn config_calls() -> u32 {
+    RuntimeConfig::new("unused").max_concurrent_calls
+}
+
 fn main() {
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -343,6 +349,41 @@ async fn run() {
             "| {plugin} | bare split, p50 | {} | | | |",
             split.join(", ")
         );
+    }
+
+    // --- slot reset: madvise vs written pages reset in place -----------------
+    let madvise = switchboard::kernel::engine::build(&EngineConfig {
+        max_concurrent_calls: config_calls(),
+        max_memory_bytes: 256 << 20,
+        reset: SlotReset::MADVISE,
+    })
+    .unwrap();
+    println!();
+    println!("## Slot reset (bare wasmtime, same run, alternating rounds)");
+    println!("| plugin | reset | p50 | p99 | mean |");
+    println!("|---|---|---|---|---|");
+    for (name, plugin) in [("noop", "noop"), ("example", "example")] {
+        let old = Bare::new(&madvise, &component(plugin));
+        let new = Bare::new(&engine, &component(plugin));
+        let mut scratch: [Vec<Duration>; 4] = Default::default();
+        old.round(WARMUP, &mut Vec::new(), &mut scratch).await;
+        new.round(WARMUP, &mut Vec::new(), &mut scratch).await;
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..10 {
+            old.round(SAMPLES / 10, &mut a, &mut scratch).await;
+            new.round(SAMPLES / 10, &mut b, &mut scratch).await;
+        }
+        for (label, s) in [
+            ("first 64 KiB memset, rest madvise (before)", stats(a)),
+            ("written pages found by PAGEMAP_SCAN, reset in place (host)", stats(b)),
+        ] {
+            println!(
+                "| {name} | {label} | {:.2} µs | {:.2} µs | {:.2} µs |",
+                us(s.p50),
+                us(s.p99),
+                us(s.mean)
+            );
+        }
     }
 
     // --- host call overhead --------------------------------------------------

@@ -4,7 +4,10 @@
 //!
 //! Through the real `vault` plugin, on an encrypted store with group
 //! commit (every acknowledged write is on disk):
-//! - durable kv writes/s with 1 and 32 concurrent callers, reads/s;
+//! - durable kv writes/s with 1, 32 and 64 concurrent callers, reads/s;
+//!   beside them, in the same run, the raw store's rate for the same
+//!   writes (seal, apply, wait for the group commit; no plugin call): the
+//!   limit the plugin path can approach;
 //! - blob write and read throughput (MB/s) in 1 MiB appends/reads;
 //! - online backup (full, then incremental after 1% churn) and restore
 //!   time for the resulting data size;
@@ -67,12 +70,41 @@ async fn concurrent_writes(rt: &Runtime, callers: usize, per: usize, tag: &str) 
     (callers * per) as f64 / start.elapsed().as_secs_f64()
 }
 
+/// The same writes straight into the encrypted store: seal, apply, wait
+/// until a group commit covers them.
+async fn raw_writes(rt: &Runtime, callers: usize, per: usize, tag: &str) -> f64 {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..callers {
+        let rt = rt.clone();
+        let tag = tag.to_string();
+        tasks.push(tokio::spawn(async move {
+            let store = rt.data_store();
+            for i in 0..per {
+                let key = switchboard::store::keys::kv(
+                    "acme",
+                    "vault",
+                    format!("{tag}-{c}-{i}").as_bytes(),
+                );
+                let seq = store.apply(&[(key, Some(vec![b'v'; 100]))]).unwrap();
+                store.durable(seq).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    (callers * per) as f64 / start.elapsed().as_secs_f64()
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let h = harness(&["vault"]).await;
     let limits = Limits {
         storage_bytes: 1 << 40,
         owner_storage_bytes: 1 << 40,
+        concurrency: 64,
+        requests_per_second: 1_000_000,
         ..Limits::default()
     };
     tenant(&h, "acme", limits, &["vault"]).await;
@@ -83,6 +115,20 @@ async fn main() {
     println!("  1 caller:   {w1:>9.0} writes/s");
     let w32 = concurrent_writes(&rt, 32, 100, "c").await;
     println!("  32 callers: {w32:>9.0} writes/s (group commit)");
+    // Plugin path and raw store in alternating rounds (the machine drifts).
+    let (mut plugin, mut raw) = (Vec::new(), Vec::new());
+    for round in 0..3 {
+        plugin.push(concurrent_writes(&rt, 64, 100, &format!("p{round}")).await);
+        raw.push(raw_writes(&rt, 64, 100, &format!("r{round}")).await);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (w64, r64) = (median(plugin.clone()), median(raw.clone()));
+    println!("  64 callers: {w64:>9.0} writes/s through plugin calls (median of 3 rounds: {plugin:.0?})");
+    println!("  64 callers: {r64:>9.0} writes/s raw store, same writes (median of 3: {raw:.0?})");
+    println!("  plugin path / raw store: {:.2}", w64 / r64);
 
     let n = 5_000;
     let start = Instant::now();

@@ -37,6 +37,8 @@ pub struct Fair {
 
 #[derive(Default)]
 struct State {
+    /// All turns (the executor's threads).
+    turns: usize,
     /// Turns no call holds.
     free: usize,
     /// The virtual time of the last turn granted (never decreases).
@@ -81,6 +83,7 @@ impl Fair {
     pub fn new(turns: usize) -> Arc<Fair> {
         Arc::new(Fair {
             state: Mutex::new(State {
+                turns: turns.max(1),
                 free: turns.max(1),
                 ..State::default()
             }),
@@ -213,25 +216,39 @@ impl Share {
     pub fn acquire(self: &Arc<Self>) -> Acquire {
         let mut state = self.fair.state.lock().recover();
         if state.free > 0 && state.ready.is_empty() {
-            state.free -= 1;
-            let now = state.now;
-            let q = state.tenants.entry(self.tenant.clone()).or_default();
-            if q.running == 0 {
-                q.vtime = q.vtime.max(now);
-            }
-            q.running += 1;
-            // The turn starts at its tenant's virtual time.
-            let vtime = q.vtime;
-            state.now = now.max(vtime);
-            return Acquire {
-                share: self.clone(),
-                rx: None,
-            };
+            return self.grant_now(&mut state);
         }
         let rx = state.enqueue(&self.tenant);
         Acquire {
             share: self.clone(),
             rx: Some(rx),
+            taken: false,
+        }
+    }
+
+    /// A turn at once if no call of any tenant holds one or waits for one
+    /// (the executor is idle); else `None`, and nothing is queued.
+    pub fn acquire_if_idle(self: &Arc<Self>) -> Option<Acquire> {
+        let mut state = self.fair.state.lock().recover();
+        (state.free == state.turns && state.ready.is_empty()).then(|| self.grant_now(&mut state))
+    }
+
+    /// Takes a free turn for this tenant.
+    fn grant_now(self: &Arc<Self>, state: &mut State) -> Acquire {
+        state.free -= 1;
+        let now = state.now;
+        let q = state.tenants.entry(self.tenant.clone()).or_default();
+        if q.running == 0 {
+            q.vtime = q.vtime.max(now);
+        }
+        q.running += 1;
+        // The turn starts at its tenant's virtual time.
+        let vtime = q.vtime;
+        state.now = now.max(vtime);
+        Acquire {
+            share: self.clone(),
+            rx: None,
+            taken: false,
         }
     }
 
@@ -248,6 +265,7 @@ impl Share {
         Acquire {
             share: self.clone(),
             rx: Some(rx),
+            taken: false,
         }
     }
 }
@@ -256,7 +274,10 @@ impl Share {
 /// turn granted meanwhile back.
 pub struct Acquire {
     share: Arc<Share>,
+    /// `None` once granted (at once, or the grant received).
     rx: Option<oneshot::Receiver<()>>,
+    /// The turn was handed out (the future resolved).
+    taken: bool,
 }
 
 impl Acquire {
@@ -289,6 +310,7 @@ impl std::future::Future for Acquire {
             }
         }
         self.rx = None;
+        self.taken = true;
         Poll::Ready(Turn {
             share: self.share.clone(),
             since: Instant::now(),
@@ -299,13 +321,18 @@ impl std::future::Future for Acquire {
 
 impl Drop for Acquire {
     fn drop(&mut self) {
-        if let Some(mut rx) = self.rx.take() {
-            rx.close();
-            if rx.try_recv().is_ok() {
-                // Granted after all: hand it on, nothing ran.
-                let share = &self.share;
-                share.fair.give_back(&share.tenant, share.weight(), 0);
+        let granted = match self.rx.take() {
+            Some(mut rx) => {
+                rx.close();
+                rx.try_recv().is_ok()
             }
+            None => !self.taken,
+        };
+        if granted {
+            // Granted but never taken (the call went away first): hand it
+            // on, nothing ran.
+            let share = &self.share;
+            share.fair.give_back(&share.tenant, share.weight(), 0);
         }
     }
 }
@@ -385,6 +412,27 @@ mod tests {
         let t3 = ready_now(&mut third).expect("the turn given back goes to the waiter");
         drop((t2, t3));
         assert_eq!(fair.load(), (2, 0));
+    }
+
+    #[test]
+    fn only_an_idle_executor_lets_a_call_start_on_its_callers_thread() {
+        let fair = Fair::new(2);
+        let a = fair.share("a", DEFAULT_SHARE);
+        let b = fair.share("b", DEFAULT_SHARE);
+        let mut first = a.acquire_if_idle().expect("nothing runs or waits");
+        let t1 = ready_now(&mut first).unwrap();
+        // One turn is held: not idle, though a turn is free; and nothing
+        // was queued by asking.
+        assert!(b.acquire_if_idle().is_none());
+        assert_eq!(fair.load(), (1, 0));
+        let t2 = ready_now(&mut b.acquire()).unwrap();
+        let mut waiting = a.acquire();
+        assert!(a.acquire_if_idle().is_none());
+        drop(t1);
+        let t3 = ready_now(&mut waiting).unwrap();
+        drop((t2, t3));
+        assert_eq!(fair.load(), (2, 0));
+        assert!(b.acquire_if_idle().is_some());
     }
 
     #[test]
@@ -483,6 +531,22 @@ mod tests {
         let t = ready_now(&mut next).expect("the turn moved on");
         assert_eq!(fair.load(), (0, 0));
         drop(t);
+        assert_eq!(fair.load(), (1, 0));
+    }
+
+    #[test]
+    fn a_call_granted_at_once_that_never_runs_gives_the_turn_back() {
+        let fair = Fair::new(1);
+        let a = fair.share("a", DEFAULT_SHARE);
+        drop(a.acquire()); // granted at once, dropped unpolled
+        assert_eq!(fair.load(), (1, 0));
+        drop(a.acquire_if_idle().unwrap());
+        assert_eq!(fair.load(), (1, 0));
+        let mut taken = a.acquire();
+        let turn = ready_now(&mut taken).unwrap();
+        drop(taken); // resolved: the turn is the Turn's to give back
+        assert_eq!(fair.load(), (0, 0));
+        drop(turn);
         assert_eq!(fair.load(), (1, 0));
     }
 

@@ -13,7 +13,6 @@ use super::{CapError, CapHost, View, ViewOf, WitResult, wit, wrap};
 use crate::call::error::CallError;
 use crate::call::types::{Invocation, Outcome, Request, Response};
 use crate::call::{CallCtx, CallSpec, EnabledPlugin};
-use crate::support::task::AbortOnDrop;
 
 /// Deepest chain of nested plugin calls.
 pub const MAX_DEPTH: u32 = 4;
@@ -79,15 +78,9 @@ pub async fn call(
         // The caller waits for the callee: one turn for both.
         cpu: ctx.cpu.clone(),
     };
-    let fut = kernel.run(spec, Invocation::Handle(request));
-    // Run on its own task: the callee gets its own fiber and store.
-    // Aborted if the caller goes away (a client hanging up), so a callee
-    // never outlives the slots its caller held.
-    let task = AbortOnDrop::new(tokio::spawn(fut));
-    let (result, txn) = task
-        .wait()
-        .await
-        .map_err(|e| CapError::Internal(format!("nested call aborted: {e}")))?;
+    // The kernel runs the callee on a task of its own (its own fiber and
+    // store) and aborts it if this call goes away.
+    let (result, txn) = kernel.run(spec, Invocation::Handle(request)).await;
     match result {
         Ok(Outcome::Response(r)) => {
             if r.status < 500 {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::capability;
 
@@ -28,6 +28,41 @@ pub struct EngineConfig {
     pub max_concurrent_calls: u32,
     /// The largest linear memory a plugin may have (the pool's slot size).
     pub max_memory_bytes: u64,
+    /// How a returned instance slot is reset for the next call.
+    pub reset: SlotReset,
+}
+
+/// How an instance's memory slot is made clean for the next call. Either
+/// way nothing of one call survives into the next (the isolation tests
+/// hold for both); they differ in what the kernel's page tables go through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotReset {
+    /// Up to this many bytes of a slot's written pages are copied back from
+    /// the plugin's memory image (or zeroed) in place and stay resident;
+    /// the rest is handed back to the OS with `madvise`, which on a
+    /// multi-core host costs a TLB shoot-down of every core.
+    pub keep_resident: u64,
+    /// Find the written pages with Linux's `PAGEMAP_SCAN` (6.7 and later)
+    /// instead of resetting the first `keep_resident` bytes blindly. Off,
+    /// or on an older kernel, the slot's low bytes are reset with memset.
+    pub scan_written_pages: bool,
+}
+
+impl SlotReset {
+    /// What the host uses: written pages found by `PAGEMAP_SCAN` and reset
+    /// in place, up to 1 MiB of them per slot. Measured in
+    /// `benches/runtime.rs` against [`SlotReset::MADVISE`] in the same run.
+    pub const SCAN: SlotReset = SlotReset {
+        keep_resident: 1 << 20,
+        scan_written_pages: true,
+    };
+
+    /// The reset before issue 18: the first 64 KiB memset, the rest
+    /// `madvise`d on every call (kept for the benchmark's comparison).
+    pub const MADVISE: SlotReset = SlotReset {
+        keep_resident: 64 << 10,
+        scan_written_pages: false,
+    };
 }
 
 /// Builds the one engine of a host: Cranelift, the pooling allocator sized
@@ -43,12 +78,17 @@ pub fn build(config: &EngineConfig) -> wasmtime::Result<Engine> {
         .total_tables(instances.saturating_mul(4))
         .total_stacks(instances)
         .max_memory_size(config.max_memory_bytes as usize);
-    // Reset the first 64 KiB of a reused slot with memset instead of
-    // madvise: fewer page faults on the next instantiation. Measured over
-    // three runs each: the example plugin's p50 went from 39-44 µs to
-    // 31-35 µs, the noop plugin's from ~30 µs to 27-30 µs.
-    pool.linear_memory_keep_resident(64 << 10)
-        .table_keep_resident(64 << 10);
+    // Reset written pages in place rather than madvise them away: no page
+    // faults on the next instantiation and no TLB shoot-down per call
+    // (`SlotReset`).
+    let keep = usize::try_from(config.reset.keep_resident).unwrap_or(usize::MAX);
+    pool.linear_memory_keep_resident(keep)
+        .table_keep_resident(keep.min(64 << 10))
+        .pagemap_scan(if config.reset.scan_written_pages {
+            Enabled::Auto
+        } else {
+            Enabled::No
+        });
     let mut cfg = wasmtime::Config::new();
     cfg.wasm_component_model(true)
         // Component-model async costs ~2.5x per call and is unused.
