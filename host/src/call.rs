@@ -258,12 +258,9 @@ impl CpuTurn {
     }
 
     /// A turn at once if the executor is idle (no call holds or waits for
-    /// one), for a call that runs its first slice on the caller's thread;
-    /// that slice ends at the first epoch tick, whoever waits.
+    /// one), for a call that runs its first slice on the caller's thread.
     pub(crate) fn queue_if_idle(&self) -> Option<fair::Acquire> {
-        let acquire = self.share.acquire_if_idle()?;
-        self.slices.store(1, Ordering::Relaxed);
-        Some(acquire)
+        self.share.acquire_if_idle()
     }
 
     /// Waits for the turn `queued` and holds it.

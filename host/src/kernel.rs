@@ -326,8 +326,10 @@ impl Kernel {
         // sparing it the hand-over to an executor thread (which costs more
         // than a trivial call: a parked thread is woken). Only one call can
         // do this at a time (it holds a turn, so the executor is no longer
-        // idle), and only for one epoch tick: then it yields and moves to
-        // the executor like any other call.
+        // idle), and only until it first yields: at its second epoch tick
+        // at the latest (the first is skipped if nobody waits, `CpuTurn::
+        // pass`), so at most two ticks (0.5 ms by default) on a network
+        // thread. Then it moves to the executor like any other call.
         let first = if inline {
             std::future::poll_fn(|cx| Poll::Ready(attempt.as_mut().poll(cx))).await
         } else {

@@ -203,7 +203,8 @@ fn main() {
     if let Ok(file) = std::env::var("SB_PERF") {
         let pid = std::process::id().to_string();
         match Command::new("perf")
-            .args(["record", "-F", "4999", "-g", "-o", &file, "-p", &pid])
+            .args(["record", "-F", "999", "--call-graph", "dwarf,16384"])
+            .args(["-o", &file, "-p", &pid])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
