@@ -263,6 +263,11 @@ impl CpuTurn {
         self.share.acquire_if_idle()
     }
 
+    /// The call started on its caller's thread did not finish there.
+    pub(crate) fn inline_overran(&self) {
+        self.share.inline_overran();
+    }
+
     /// Waits for the turn `queued` and holds it.
     pub(crate) async fn hold(&self, queued: fair::Acquire) {
         let asked = Instant::now();

@@ -567,6 +567,8 @@ pub struct Identity {
     store: Arc<Store>,
     trail: Arc<AuditLog>,
     throttle: Mutex<Throttle>,
+    /// Tokens that authenticated recently (`sessions`).
+    verified: sessions::Verified,
     writes: tokio::sync::Mutex<()>,
     hashing: tokio::sync::Semaphore,
     outbound: crate::outbound::Outbound,
@@ -700,6 +702,7 @@ impl Identity {
             store,
             trail,
             throttle: Mutex::new(Throttle::new(config.throttle)),
+            verified: sessions::Verified::default(),
             writes: tokio::sync::Mutex::new(()),
             hashing: tokio::sync::Semaphore::new(HASHING_SLOTS),
             outbound,

@@ -330,8 +330,14 @@ impl Kernel {
         // at the latest (the first is skipped if nobody waits, `CpuTurn::
         // pass`), so at most two ticks (0.5 ms by default) on a network
         // thread. Then it moves to the executor like any other call.
+        // A tenant whose call does not finish there starts its next calls on
+        // the executor for a while (`fair::INLINE_BACKOFF`).
         let first = if inline {
-            std::future::poll_fn(|cx| Poll::Ready(attempt.as_mut().poll(cx))).await
+            let first = std::future::poll_fn(|cx| Poll::Ready(attempt.as_mut().poll(cx))).await;
+            if first.is_pending() {
+                cpu.inline_overran();
+            }
+            first
         } else {
             Poll::Pending
         };

@@ -331,6 +331,66 @@ async fn i4_sessions_are_listed_revoked_and_stored_only_as_hashes() {
     }
 }
 
+/// A token that authenticated is remembered with the stored bytes of its
+/// session and account (the fast session check); every change to either
+/// must be seen by the very next request, as without the cache.
+#[tokio::test]
+async fn i4_a_remembered_token_sees_every_change_at_once() {
+    use switchboard::audit::Scope;
+    use switchboard::identity::AccountChange;
+    let (h, s) = setup(|_| {}).await;
+    tenant(&h, "acme").await;
+    tenant(&h, "beta").await;
+    let ids = h.runtime().identity();
+    let acme = Scope::tenant("acme");
+    let (erin, token) = person(&h, &s, "acme", "erin", "user").await;
+    for _ in 0..3 {
+        let caller = ids.authenticate(&token).unwrap();
+        assert_eq!(caller.display_name, "erin");
+    }
+    // A change that keeps the session: seen at once.
+    let rename = AccountChange {
+        display_name: Some("Erin B".into()),
+        ..Default::default()
+    };
+    ids.update_user(&acme, &erin, rename).await.unwrap();
+    assert_eq!(ids.authenticate(&token).unwrap().display_name, "Erin B");
+    assert_eq!(ids.authenticate(&token).unwrap().display_name, "Erin B");
+
+    // A role change and a disabled account end the session.
+    let promote = AccountChange {
+        role: Some("tenant-admin".into()),
+        ..Default::default()
+    };
+    ids.update_user(&acme, &erin, promote).await.unwrap();
+    assert!(ids.authenticate(&token).is_err());
+    let token = login(&s, Some("acme"), "erin", STRONG).await.json()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(ids.authenticate(&token).unwrap().role.as_str(), "tenant-admin");
+    let disable = AccountChange {
+        active: Some(false),
+        ..Default::default()
+    };
+    ids.update_user(&acme, &erin, disable).await.unwrap();
+    assert!(ids.authenticate(&token).is_err());
+
+    // Signing out, and a deleted tenant recreated under the same id.
+    let (_, fay) = person(&h, &s, "beta", "fay", "user").await;
+    ids.authenticate(&fay).unwrap();
+    ids.authenticate(&fay).unwrap();
+    let caller = ids.authenticate(&fay).unwrap();
+    ids.logout(&caller).await.unwrap();
+    assert!(ids.authenticate(&fay).is_err());
+    let (_, fay) = person(&h, &s, "beta", "fay2", "user").await;
+    ids.authenticate(&fay).unwrap();
+    h.runtime().delete_tenant("beta").await.unwrap();
+    assert!(ids.authenticate(&fay).is_err());
+    tenant(&h, "beta").await;
+    assert!(ids.authenticate(&fay).is_err());
+}
+
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap().flatten() {

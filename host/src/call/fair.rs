@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -33,6 +33,8 @@ pub const DEFAULT_SHARE: u32 = 100;
 /// The turns of one executor, shared by every tenant.
 pub struct Fair {
     state: Mutex<State>,
+    /// The clock of `Share::no_inline_until_ms`.
+    started: Instant,
 }
 
 #[derive(Default)]
@@ -67,7 +69,15 @@ pub struct Share {
     fair: Arc<Fair>,
     tenant: Arc<str>,
     weight: AtomicU32,
+    /// Until when (ms on `Fair::started`'s clock) this tenant's calls may
+    /// not start on their caller's thread: one of them did not finish
+    /// there (`inline_overran`).
+    no_inline_until_ms: AtomicU64,
 }
+
+/// How long a tenant whose call overran its start on the caller's thread
+/// waits before another of its calls may start there.
+pub const INLINE_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A turn: held while the call's WebAssembly runs; giving it back (drop)
 /// charges the slice to the tenant.
@@ -87,6 +97,7 @@ impl Fair {
                 free: turns.max(1),
                 ..State::default()
             }),
+            started: Instant::now(),
         })
     }
 
@@ -96,6 +107,7 @@ impl Fair {
             fair: self.clone(),
             tenant: Arc::from(tenant),
             weight: AtomicU32::new(weight.max(1)),
+            no_inline_until_ms: AtomicU64::new(0),
         })
     }
 
@@ -104,6 +116,10 @@ impl Fair {
     fn load(&self) -> (usize, usize) {
         let state = self.state.lock().recover();
         (state.free, state.ready.len())
+    }
+
+    fn clock_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 
     /// Gives a turn back after `elapsed_ns` of running for `tenant`, and
@@ -227,10 +243,24 @@ impl Share {
     }
 
     /// A turn at once if no call of any tenant holds one or waits for one
-    /// (the executor is idle); else `None`, and nothing is queued.
+    /// (the executor is idle) and none of this tenant's calls overran its
+    /// start on the caller's thread lately; else `None`, and nothing is
+    /// queued.
     pub fn acquire_if_idle(self: &Arc<Self>) -> Option<Acquire> {
+        if self.fair.clock_ms() < self.no_inline_until_ms.load(Ordering::Relaxed) {
+            return None;
+        }
         let mut state = self.fair.state.lock().recover();
         (state.free == state.turns && state.ready.is_empty()).then(|| self.grant_now(&mut state))
+    }
+
+    /// A call of this tenant that started on its caller's thread did not
+    /// finish in its first slice: its next calls start on the executor for
+    /// `INLINE_BACKOFF`. So a tenant of long calls gets at most one slice a
+    /// second on a network thread, and only when the executor is idle.
+    pub fn inline_overran(&self) {
+        let until = self.fair.clock_ms() + INLINE_BACKOFF.as_millis() as u64;
+        self.no_inline_until_ms.store(until, Ordering::Relaxed);
     }
 
     /// Takes a free turn for this tenant.
@@ -432,6 +462,11 @@ mod tests {
         let t3 = ready_now(&mut waiting).unwrap();
         drop((t2, t3));
         assert_eq!(fair.load(), (2, 0));
+        assert!(b.acquire_if_idle().is_some());
+        // A tenant whose call overran its inline start waits its turn on
+        // the executor for a while; the others do not.
+        a.inline_overran();
+        assert!(a.acquire_if_idle().is_none());
         assert!(b.acquire_if_idle().is_some());
     }
 

@@ -1,16 +1,74 @@
 //! Sessions (SPEC I4): authenticating a token on every request (the
-//! session and the account re-read, so revocation is immediate), signing
-//! out, listing and revoking a user's sessions, and guest sessions.
+//! session and the account re-checked against the store, so revocation is
+//! immediate), signing out, listing and revoking a user's sessions, and
+//! guest sessions.
+//!
+//! A recently authenticated token is remembered with the sealed bytes of
+//! its session and account records (`Verified`). The next request with it
+//! reads those two records' stored bytes and compares them: equal bytes
+//! mean neither was written since (every write seals under a fresh data
+//! key), so the decoded caller is still right, without opening and
+//! parsing both records again. Any change — sign-out, revocation, a
+//! disabled account, a role change, a deleted tenant — changes or removes
+//! the bytes, and the token goes the full way again.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use super::{
-    AuthError, Caller, Guest, Identity, Role, Session, SessionView, TOUCH_EVERY_MS,
-    check_display_name, json, random_token_part, session_key, token_realm, user_sessions_prefix,
+    Account, AuthError, Caller, Guest, Identity, Role, Session, SessionView, TOUCH_EVERY_MS,
+    check_display_name, json, random_token_part, session_key, token_realm, user_key,
+    user_sessions_prefix,
 };
 use crate::audit::{Scope, outcome};
 use crate::metrics;
 use crate::store::Write;
 use crate::support::clock::now_ms;
 use crate::support::encoding::sha256_hex;
+use crate::support::sync::Recover as _;
+
+/// Tokens remembered at most; the table is emptied when it is full (only
+/// tokens that authenticated get in, so guessing cannot fill it).
+const VERIFIED_MAX: usize = 16_384;
+
+/// Tokens that authenticated recently, by token hash.
+#[derive(Default)]
+pub(super) struct Verified(Mutex<HashMap<String, Entry>>);
+
+struct Entry {
+    caller: Caller,
+    session: Session,
+    /// The stored bytes of the session and (for accounts) account records
+    /// it was decoded from.
+    session_sealed: Vec<u8>,
+    account_sealed: Option<Vec<u8>>,
+}
+
+impl Verified {
+    fn get(&self, hash: &str) -> Option<(Caller, Session, Vec<u8>, Option<Vec<u8>>)> {
+        let map = self.0.lock().recover();
+        map.get(hash).map(|e| {
+            (
+                e.caller.clone(),
+                e.session.clone(),
+                e.session_sealed.clone(),
+                e.account_sealed.clone(),
+            )
+        })
+    }
+
+    fn put(&self, hash: String, entry: Entry) {
+        let mut map = self.0.lock().recover();
+        if map.len() >= VERIFIED_MAX {
+            map.clear();
+        }
+        map.insert(hash, entry);
+    }
+
+    fn forget(&self, hash: &str) {
+        self.0.lock().recover().remove(hash);
+    }
+}
 
 impl Identity {
     /// Resolves a bearer token to its caller, or `Unauthenticated` for a
@@ -30,9 +88,14 @@ impl Identity {
         }
         let hash = sha256_hex(token.as_bytes());
         let key = session_key(&realm, &hash);
-        let Some(raw) = self.store.get(&key)? else {
+        if let Some(caller) = self.verified_again(&realm, &hash, &key)? {
+            return Ok(caller);
+        }
+        self.verified.forget(&hash);
+        let Some(session_sealed) = self.store.sealed(&key)? else {
             return Err(AuthError::Unauthenticated);
         };
+        let raw = self.store.open_sealed(&key, session_sealed.clone())?;
         let mut session: Session =
             serde_json::from_slice(&raw).map_err(|_| AuthError::Unauthenticated)?;
         let now = now_ms();
@@ -51,6 +114,7 @@ impl Identity {
             ]);
             return Err(AuthError::Unauthenticated);
         }
+        let mut account_sealed = None;
         let caller = match &session.guest {
             Some(g) => Caller {
                 realm: realm.clone(),
@@ -65,10 +129,19 @@ impl Identity {
                 via: session.via.clone(),
             },
             None => {
-                let account = self
-                    .account(&realm, &session.user)?
-                    .filter(|a| a.active)
+                let account_key = user_key(&realm, &session.user);
+                let sealed = self
+                    .store
+                    .sealed(&account_key)?
                     .ok_or(AuthError::Unauthenticated)?;
+                account_sealed = Some(sealed.clone());
+                let account: Account =
+                    serde_json::from_slice(&self.store.open_sealed(&account_key, sealed)?).map_err(
+                        |e| AuthError::Audit(format!("stored account {} unreadable: {e}", session.user)),
+                    )?;
+                if !account.active {
+                    return Err(AuthError::Unauthenticated);
+                }
                 Caller {
                     realm: realm.clone(),
                     user: account.id,
@@ -86,9 +159,52 @@ impl Identity {
         if now.saturating_sub(session.last_seen_ms) >= TOUCH_EVERY_MS {
             session.last_seen_ms = now;
             // Durable soon enough: losing a touch only shortens idle time.
+            // Not remembered: the next request reads what was written.
             let _ = self.store.apply(&[(key, Some(json(&session)))]);
+            return Ok(caller);
         }
+        self.verified.put(
+            hash,
+            Entry {
+                caller: caller.clone(),
+                session,
+                session_sealed,
+                account_sealed,
+            },
+        );
         Ok(caller)
+    }
+
+    /// The caller of a remembered token if its session and account records
+    /// are stored exactly as when it was remembered, the session has not
+    /// expired and no touch is due; else `None` (the full check follows).
+    fn verified_again(
+        &self,
+        realm: &Scope,
+        hash: &str,
+        key: &[u8],
+    ) -> Result<Option<Caller>, AuthError> {
+        let Some((caller, session, session_sealed, account_sealed)) = self.verified.get(hash)
+        else {
+            return Ok(None);
+        };
+        let now = now_ms();
+        if now >= session.expires_ms
+            || now >= session.last_seen_ms.saturating_add(session.idle_ms)
+            || now.saturating_sub(session.last_seen_ms) >= TOUCH_EVERY_MS
+        {
+            return Ok(None);
+        }
+        if self.store.sealed(key)?.as_deref() != Some(&session_sealed[..]) {
+            return Ok(None);
+        }
+        if let Some(account_sealed) = account_sealed {
+            let account_key = user_key(realm, &session.user);
+            if self.store.sealed(&account_key)?.as_deref() != Some(&account_sealed[..]) {
+                return Ok(None);
+            }
+        }
+        Ok(Some(caller))
     }
 
     /// Ends the session of `token`.

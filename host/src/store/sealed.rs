@@ -273,6 +273,19 @@ impl Store {
         }
     }
 
+    /// The stored (sealed) bytes of `key`, unopened: every write seals under
+    /// a fresh data key, so equal bytes mean the value was not written
+    /// since (what the session check's cache compares).
+    pub fn sealed(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let b = self.route(key)?;
+        self.backends[b].get(key)
+    }
+
+    /// Opens `sealed`, the stored bytes of `key` (from `sealed`).
+    pub fn open_sealed(&self, key: &[u8], sealed: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+        self.open_value(key, sealed)
+    }
+
     /// Length of the stored (sealed) value of `key`.
     pub fn raw_len(&self, key: &[u8]) -> Result<Option<usize>, StoreError> {
         let b = self.route(key)?;
