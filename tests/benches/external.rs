@@ -62,8 +62,14 @@ struct Run {
 fn h2load(url: &str, token: Option<&str>, requests: usize) -> Option<Run> {
     let log = tempfile::NamedTempFile::new().ok()?;
     let mut cmd = Command::new("h2load");
-    cmd.args(["--h1", "-c", &CONNECTIONS.to_string(), "-n", &requests.to_string()])
-        .arg(format!("--log-file={}", log.path().display()));
+    cmd.args([
+        "--h1",
+        "-c",
+        &CONNECTIONS.to_string(),
+        "-n",
+        &requests.to_string(),
+    ])
+    .arg(format!("--log-file={}", log.path().display()));
     if let Some(t) = token {
         cmd.args(["-H", &format!("authorization: Bearer {t}")]);
     }
@@ -126,7 +132,9 @@ async fn native_server() -> SocketAddr {
 
 fn main() {
     if Command::new("h2load").arg("--version").output().is_err() {
-        println!("h2load is not installed (Debian: apt-get install nghttp2-client); nothing measured");
+        println!(
+            "h2load is not installed (Debian: apt-get install nghttp2-client); nothing measured"
+        );
         return;
     }
     let (server_rt, client_rt) = runtimes();

@@ -375,7 +375,10 @@ async fn run() {
         }
         for (label, s) in [
             ("first 64 KiB memset, rest madvise (before)", stats(a)),
-            ("written pages found by PAGEMAP_SCAN, reset in place (host)", stats(b)),
+            (
+                "written pages found by PAGEMAP_SCAN, reset in place (host)",
+                stats(b),
+            ),
         ] {
             println!(
                 "| {name} | {label} | {:.2} µs | {:.2} µs | {:.2} µs |",

@@ -126,7 +126,9 @@ async fn main() {
         v[v.len() / 2]
     };
     let (w64, r64) = (median(plugin.clone()), median(raw.clone()));
-    println!("  64 callers: {w64:>9.0} writes/s through plugin calls (median of 3 rounds: {plugin:.0?})");
+    println!(
+        "  64 callers: {w64:>9.0} writes/s through plugin calls (median of 3 rounds: {plugin:.0?})"
+    );
     println!("  64 callers: {r64:>9.0} writes/s raw store, same writes (median of 3: {raw:.0?})");
     println!("  plugin path / raw store: {:.2}", w64 / r64);
 

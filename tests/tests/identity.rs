@@ -368,7 +368,10 @@ async fn i4_a_remembered_token_sees_every_change_at_once() {
         .as_str()
         .unwrap()
         .to_string();
-    assert_eq!(ids.authenticate(&token).unwrap().role.as_str(), "tenant-admin");
+    assert_eq!(
+        ids.authenticate(&token).unwrap().role.as_str(),
+        "tenant-admin"
+    );
     let disable = AccountChange {
         active: Some(false),
         ..Default::default()

@@ -35,6 +35,7 @@ const VERIFIED_MAX: usize = 16_384;
 #[derive(Default)]
 pub(super) struct Verified(Mutex<HashMap<String, Entry>>);
 
+#[derive(Clone)]
 struct Entry {
     caller: Caller,
     session: Session,
@@ -45,16 +46,8 @@ struct Entry {
 }
 
 impl Verified {
-    fn get(&self, hash: &str) -> Option<(Caller, Session, Vec<u8>, Option<Vec<u8>>)> {
-        let map = self.0.lock().recover();
-        map.get(hash).map(|e| {
-            (
-                e.caller.clone(),
-                e.session.clone(),
-                e.session_sealed.clone(),
-                e.account_sealed.clone(),
-            )
-        })
+    fn get(&self, hash: &str) -> Option<Entry> {
+        self.0.lock().recover().get(hash).cloned()
     }
 
     fn put(&self, hash: String, entry: Entry) {
@@ -136,9 +129,13 @@ impl Identity {
                     .ok_or(AuthError::Unauthenticated)?;
                 account_sealed = Some(sealed.clone());
                 let account: Account =
-                    serde_json::from_slice(&self.store.open_sealed(&account_key, sealed)?).map_err(
-                        |e| AuthError::Audit(format!("stored account {} unreadable: {e}", session.user)),
-                    )?;
+                    serde_json::from_slice(&self.store.open_sealed(&account_key, sealed)?)
+                        .map_err(|e| {
+                            AuthError::Audit(format!(
+                                "stored account {} unreadable: {e}",
+                                session.user
+                            ))
+                        })?;
                 if !account.active {
                     return Err(AuthError::Unauthenticated);
                 }
@@ -184,7 +181,12 @@ impl Identity {
         hash: &str,
         key: &[u8],
     ) -> Result<Option<Caller>, AuthError> {
-        let Some((caller, session, session_sealed, account_sealed)) = self.verified.get(hash)
+        let Some(Entry {
+            caller,
+            session,
+            session_sealed,
+            account_sealed,
+        }) = self.verified.get(hash)
         else {
             return Ok(None);
         };
