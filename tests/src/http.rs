@@ -151,7 +151,18 @@ impl Server {
     /// Serves `runtime` with `config`.
     pub async fn start_with(runtime: Runtime, config: GatewayConfig) -> Server {
         let pki = test_pki();
-        let tls = TlsIdentity::load(&pki.cert_file, &pki.key_file).unwrap();
+        Server::start_tls(runtime, config, &pki.cert_file, &pki.key_file).await
+    }
+
+    /// Serves `runtime` with `config` and the certificate in `cert_file`
+    /// (e.g. another process's `test_pki`).
+    pub async fn start_tls(
+        runtime: Runtime,
+        config: GatewayConfig,
+        cert_file: &std::path::Path,
+        key_file: &std::path::Path,
+    ) -> Server {
+        let tls = TlsIdentity::load(cert_file, key_file).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

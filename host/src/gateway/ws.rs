@@ -186,6 +186,10 @@ pub async fn events_route(
                 let mut config = WebSocketConfig::default();
                 config.max_message_size = Some(max_frame);
                 config.max_frame_size = Some(max_frame);
+                // Clients send only small frames (pings, closes): a read
+                // buffer of one such frame, not tungstenite's 128 KiB per
+                // stream (an idle stream's memory, `docs/benchmarks.md`).
+                config.read_buffer_size = max_frame.clamp(1024, 16 << 10);
                 let ws = WebSocketStream::from_raw_socket(
                     hyper_util::rt::TokioIo::new(upgraded),
                     Role::Server,
