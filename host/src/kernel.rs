@@ -343,25 +343,29 @@ impl Kernel {
         };
         let out = match first {
             Poll::Ready(out) => out,
-            Poll::Pending => match self.executor.spawn(attempt) {
-                Some(task) => AbortOnDrop::new(task).wait().await.unwrap_or_else(|e| {
-                    (
-                        Err(CallError::Internal(format!("plugin task failed: {e}"))),
-                        Txn::default(),
-                    )
-                }),
-                None => (
-                    Err(CallError::Internal(
-                        "the plugin executor is stopping".into(),
-                    )),
-                    Txn::default(),
-                ),
-            },
+            Poll::Pending => self.on_executor(attempt).await,
         };
         let (ran, waited) = cpu.totals();
         metrics::TENANT_CPU.add(&[&tenant], ran / 1000);
         metrics::TENANT_CPU_WAIT.add(&[&tenant], waited / 1000);
         out
+    }
+
+    /// Runs `attempt` as a task of the plugin executor and waits for it;
+    /// the task is aborted if this future is dropped (a client hanging up),
+    /// so an attempt never outlives the slots its caller holds.
+    async fn on_executor(
+        &self,
+        attempt: impl std::future::Future<Output = (Result<Outcome, CallError>, Txn)> + Send + 'static,
+    ) -> (Result<Outcome, CallError>, Txn) {
+        let failed = |why: String| (Err(CallError::Internal(why)), Txn::default());
+        match self.executor.spawn(attempt) {
+            Some(task) => AbortOnDrop::new(task)
+                .wait()
+                .await
+                .unwrap_or_else(|e| failed(format!("plugin task failed: {e}"))),
+            None => failed("the plugin executor is stopping".into()),
+        }
     }
 
     /// One attempt: a fresh store, instantiate, invoke, classify. Returns
@@ -436,24 +440,9 @@ impl crate::call::Kernel for Kernel {
     /// held.
     fn run(self: Arc<Self>, spec: CallSpec, invocation: Invocation) -> crate::call::Attempt {
         let kernel = self.clone();
-        let task = self
-            .executor
-            .spawn(async move { Kernel::run(&kernel, spec, invocation).await });
         Box::pin(async move {
-            let Some(task) = task else {
-                return (
-                    Err(CallError::Internal(
-                        "the plugin executor is stopping".into(),
-                    )),
-                    Txn::default(),
-                );
-            };
-            AbortOnDrop::new(task).wait().await.unwrap_or_else(|e| {
-                (
-                    Err(CallError::Internal(format!("nested call aborted: {e}"))),
-                    Txn::default(),
-                )
-            })
+            self.on_executor(async move { Kernel::run(&kernel, spec, invocation).await })
+                .await
         })
     }
 }
