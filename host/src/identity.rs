@@ -586,6 +586,12 @@ fn prefix(realm: &Scope) -> String {
     }
 }
 
+/// Account `id`'s record from its stored (opened) bytes.
+fn decode_account(id: &str, bytes: &[u8]) -> Result<Account, AuthError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| AuthError::Audit(format!("stored account {id} unreadable: {e}")))
+}
+
 fn user_key(realm: &Scope, id: &str) -> Vec<u8> {
     format!("{}u/{id}", prefix(realm)).into_bytes()
 }
@@ -820,9 +826,7 @@ impl Identity {
 
     fn account(&self, realm: &Scope, id: &str) -> Result<Option<Account>, AuthError> {
         match self.store.get(&user_key(realm, id))? {
-            Some(b) => Ok(Some(serde_json::from_slice(&b).map_err(|e| {
-                AuthError::Audit(format!("stored account {id} unreadable: {e}"))
-            })?)),
+            Some(b) => Ok(Some(decode_account(id, &b)?)),
             None => Ok(None),
         }
     }

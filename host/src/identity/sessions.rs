@@ -16,9 +16,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use super::{
-    Account, AuthError, Caller, Guest, Identity, Role, Session, SessionView, TOUCH_EVERY_MS,
-    check_display_name, json, random_token_part, session_key, token_realm, user_key,
-    user_sessions_prefix,
+    AuthError, Caller, Guest, Identity, Role, Session, SessionView, TOUCH_EVERY_MS,
+    check_display_name, decode_account, json, random_token_part, session_key, token_realm,
+    user_key, user_sessions_prefix,
 };
 use crate::audit::{Scope, outcome};
 use crate::metrics;
@@ -128,14 +128,10 @@ impl Identity {
                     .sealed(&account_key)?
                     .ok_or(AuthError::Unauthenticated)?;
                 account_sealed = Some(sealed.clone());
-                let account: Account =
-                    serde_json::from_slice(&self.store.open_sealed(&account_key, sealed)?)
-                        .map_err(|e| {
-                            AuthError::Audit(format!(
-                                "stored account {} unreadable: {e}",
-                                session.user
-                            ))
-                        })?;
+                let account = decode_account(
+                    &session.user,
+                    &self.store.open_sealed(&account_key, sealed)?,
+                )?;
                 if !account.active {
                     return Err(AuthError::Unauthenticated);
                 }
