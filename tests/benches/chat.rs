@@ -20,11 +20,11 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use serde_json::json;
 use switchboard::harness::Harness;
-use switchboard::tenant::Limits;
 use switchboard_tests::http::Server;
-use switchboard_tests::load::{MakeRequest, keep_alive, line, load, pct, runtimes, sign_in};
+use switchboard_tests::load::{
+    MakeRequest, bench_tenant, keep_alive, line, load, pct, runtimes, sign_in,
+};
 use switchboard_tests::stream::{next, ready};
-use switchboard_tests::{component, manifest};
 
 const MEMBERS: usize = 100;
 const CONNECTIONS: usize = 16;
@@ -101,16 +101,7 @@ async fn post_load(
 fn main() {
     let (server_rt, client_rt) = runtimes();
     let (h, s, _scheduler) = server_rt.block_on(async {
-        let h = Harness::new().unwrap();
-        h.install(&manifest("chat"), &component("chat"))
-            .await
-            .unwrap();
-        let generous = Limits {
-            requests_per_second: 1_000_000,
-            ..Limits::default()
-        };
-        h.tenant_with_limits("acme", generous).await.unwrap();
-        h.enable("acme", "chat").await.unwrap();
+        let h = bench_tenant("chat").await;
         let scheduler = switchboard::scheduler::Scheduler::start(h.runtime(), Default::default());
         let s = Server::start(h.runtime().clone()).await;
         (h, s, scheduler)

@@ -29,11 +29,8 @@ use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::Bytes;
-use switchboard::harness::Harness;
-use switchboard::tenant::Limits;
 use switchboard_tests::http::{Server, serve_tls};
-use switchboard_tests::load::{pct, runtimes, sign_in};
-use switchboard_tests::{component, manifest};
+use switchboard_tests::load::{bench_tenant, pct, runtimes, sign_in};
 
 const CONNECTIONS: usize = 16;
 const REQUESTS: usize = 40_000;
@@ -139,16 +136,7 @@ fn main() {
     }
     let (server_rt, client_rt) = runtimes();
     let (h, s, native) = server_rt.block_on(async {
-        let h = Harness::new().unwrap();
-        h.install(&manifest("relay"), &component("relay"))
-            .await
-            .unwrap();
-        let generous = Limits {
-            requests_per_second: 1_000_000,
-            ..Limits::default()
-        };
-        h.tenant_with_limits("acme", generous).await.unwrap();
-        h.enable("acme", "relay").await.unwrap();
+        let h = bench_tenant("relay").await;
         let s = Server::start(h.runtime().clone()).await;
         let native = native_server().await;
         (h, s, native)

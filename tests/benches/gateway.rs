@@ -19,28 +19,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt as _;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use switchboard::harness::Harness;
 use switchboard::tenant::Limits;
-use switchboard_tests::http::{Server, serve_tls, tls_connect};
-use switchboard_tests::load::{keep_alive, line, load, pct, runtimes, sign_in};
+use switchboard_tests::http::{Server, serve_tls};
+use switchboard_tests::load::{
+    guest_streams, keep_alive, line, load, pct, publish_latencies, relay_guests, rss_kib, runtimes,
+    sign_in,
+};
 use switchboard_tests::{component, manifest};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
 const CONNECTIONS: usize = 16;
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 /// A plain hyper handler behind a TLS listener configured like the
 /// gateway's (same certificate, same ALPN, same rustls provider).
@@ -189,94 +179,17 @@ async fn bench(h: &Harness, s: &Server, native: SocketAddr) {
 
     // WebSocket fan-out to 1,000 guests.
     println!("\nWebSocket fan-out (1,000 streams over TLS)");
-    let mut guests = Vec::new();
-    for i in 0..1000 {
-        let r = s
-            .call(
-                "POST",
-                &format!("/api/v1/t/acme/p/relay/guests?name=g{i}&resource=bench"),
-                Some(&alice),
-                None,
-            )
-            .await;
-        let token = r.json().as_str().unwrap().to_string();
-        let id = s
-            .call("GET", "/api/v1/t/acme/p/relay/hello", Some(&token), None)
-            .await
-            .json()["user"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        guests.push((token, id));
-    }
-    let before = rss_kib();
-    let mut streams = Vec::new();
-    for (token, _) in &guests {
-        let mut req = format!("wss://{addr}/api/v1/events")
-            .into_client_request()
-            .unwrap();
-        req.headers_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
-        let (mut ws, _) = tokio_tungstenite::client_async(req, tls_connect(addr).await)
-            .await
-            .unwrap();
-        let _ready = ws.next().await;
-        streams.push(ws);
-    }
+    let guests = relay_guests(s, &alice, 1000).await;
+    let before = rss_kib(std::process::id());
+    let streams = guest_streams(addr, &guests).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = rss_kib();
+    let after = rss_kib(std::process::id());
     println!(
         "memory per idle stream (client + server, upper bound): {:.1} KiB",
         (after.saturating_sub(before)) as f64 / 1000.0
     );
     // The receivers form a group, as a live meeting's participants do.
-    let ids: Vec<String> = guests.iter().map(|(_, id)| id.clone()).collect();
-    for batch in ids.chunks(100) {
-        let r = s
-            .call(
-                "POST",
-                &format!(
-                    "/api/v1/t/acme/p/relay/groups/bench/join?users={}",
-                    batch.join(",")
-                ),
-                Some(&alice),
-                None,
-            )
-            .await;
-        assert_eq!(r.status, 200, "{}", r.text());
-    }
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
-    for mut ws in streams {
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            while let Some(Ok(msg)) = ws.next().await {
-                if msg.is_text() {
-                    let _ = tx.send(Instant::now());
-                }
-            }
-        });
-    }
-    let mut lat = Vec::new();
-    let mut sender = keep_alive(addr).await;
-    for _ in 0..20 {
-        let req = hyper::Request::post("/api/v1/t/acme/p/relay/publish?group=bench&kind=bench")
-            .header("host", addr.to_string())
-            .header("authorization", format!("Bearer {alice}"))
-            .body(Full::new(Bytes::from_static(b"{\"n\":1}")))
-            .unwrap();
-        let t = Instant::now();
-        sender.ready().await.unwrap();
-        let resp = sender.send_request(req).await.unwrap();
-        assert!(resp.status().is_success(), "{}", resp.status());
-        let _ = resp.into_body().collect().await;
-        for _ in 0..1000 {
-            let at = tokio::time::timeout(Duration::from_secs(30), rx.recv())
-                .await
-                .unwrap()
-                .unwrap();
-            lat.push(at.duration_since(t).as_secs_f64() * 1e3);
-        }
-    }
+    let lat = publish_latencies(addr, &alice, streams, 20).await;
     println!(
         "{:<38} p50 {:>6.2} ms   p99 {:>6.2} ms   ({} deliveries)",
         "publish -> receipt, 1,000 receivers",

@@ -15,10 +15,8 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use serde_json::{Value, json};
 use switchboard::harness::Harness;
-use switchboard::tenant::Limits;
 use switchboard_tests::http::Server;
-use switchboard_tests::load::{keep_alive, runtimes, sign_in};
-use switchboard_tests::{component, manifest};
+use switchboard_tests::load::{bench_tenant, keep_alive, runtimes, sign_in};
 
 const CHUNK: usize = 4 << 20;
 
@@ -85,16 +83,7 @@ async fn verify(s: &Server, token: &str, rid: &str) -> Value {
 fn main() {
     let (server_rt, client_rt) = runtimes();
     let (h, s) = server_rt.block_on(async {
-        let h = Harness::new().unwrap();
-        h.install(&manifest("recording"), &component("recording"))
-            .await
-            .unwrap();
-        let generous = Limits {
-            requests_per_second: 1_000_000,
-            ..Limits::default()
-        };
-        h.tenant_with_limits("acme", generous).await.unwrap();
-        h.enable("acme", "recording").await.unwrap();
+        let h = bench_tenant("recording").await;
         let s = Server::start(h.runtime().clone()).await;
         (h, s)
     });

@@ -23,17 +23,14 @@ use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt as _;
-use http_body_util::{BodyExt as _, Full};
-use hyper::body::Bytes;
 use switchboard::gateway::GatewayConfig;
 use switchboard::harness::Harness;
 use switchboard::runtime::{Method, Principal, Request, Runtime, RuntimeConfig};
-use switchboard::tenant::Limits;
-use switchboard_tests::http::{Server, test_gateway, test_pki, tls_connect};
-use switchboard_tests::load::{keep_alive, pct, sign_in};
+use switchboard_tests::http::{Server, test_gateway, test_pki};
+use switchboard_tests::load::{
+    bench_tenant, guest_streams, pct, publish_latencies, relay_guests, rss_kib, sign_in,
+};
 use switchboard_tests::{component, manifest};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
 const PLUGINS: [&str; 5] = ["chat", "meetings", "recording", "example", "relay"];
 
@@ -42,17 +39,6 @@ fn count(var: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn main() {
@@ -237,54 +223,11 @@ fn child_serve() {
 
 async fn streams() {
     let n = count("SB_SCALE_STREAMS", 10_000);
-    // Prepare: a tenant with the relay plugin, a user, n guests.
-    let h = Harness::new().unwrap();
-    h.install(&manifest("relay"), &component("relay"))
-        .await
-        .unwrap();
-    let generous = Limits {
-        requests_per_second: 1_000_000,
-        ..Limits::default()
-    };
-    h.tenant_with_limits("acme", generous).await.unwrap();
-    h.enable("acme", "relay").await.unwrap();
+    // Prepare: a tenant with the relay plugin, a user, n guests in a group.
+    let h = bench_tenant("relay").await;
     let s = Server::start(h.runtime().clone()).await;
     let alice = sign_in(&h, &s, "acme", "alice").await;
-    let mut guests = Vec::with_capacity(n);
-    for i in 0..n {
-        let r = s
-            .call(
-                "POST",
-                &format!("/api/v1/t/acme/p/relay/guests?name=g{i}&resource=bench"),
-                Some(&alice),
-                None,
-            )
-            .await;
-        let token = r.json().as_str().unwrap().to_string();
-        let id = s
-            .call("GET", "/api/v1/t/acme/p/relay/hello", Some(&token), None)
-            .await
-            .json()["user"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        guests.push((token, id));
-    }
-    for batch in guests.chunks(100) {
-        let ids: Vec<&str> = batch.iter().map(|(_, id)| id.as_str()).collect();
-        let r = s
-            .call(
-                "POST",
-                &format!(
-                    "/api/v1/t/acme/p/relay/groups/bench/join?users={}",
-                    ids.join(",")
-                ),
-                Some(&alice),
-                None,
-            )
-            .await;
-        assert_eq!(r.status, 200, "{}", r.text());
-    }
+    let guests = relay_guests(&s, &alice, n).await;
     drop(s);
     // Let the server's connections wind down: they hold the runtime.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -310,54 +253,11 @@ async fn streams() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = rss_kib(pid);
     let t = Instant::now();
-    let mut streams = Vec::with_capacity(n);
-    for (token, _) in &guests {
-        let mut req = format!("wss://{addr}/api/v1/events")
-            .into_client_request()
-            .unwrap();
-        req.headers_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
-        let (mut ws, _) = tokio_tungstenite::client_async(req, tls_connect(addr).await)
-            .await
-            .unwrap();
-        let _ready = ws.next().await;
-        streams.push(ws);
-    }
+    let streams = guest_streams(addr, &guests).await;
     let connect = t.elapsed();
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let after = rss_kib(pid);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
-    for mut ws in streams {
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            while let Some(Ok(msg)) = ws.next().await {
-                if msg.is_text() {
-                    let _ = tx.send(Instant::now());
-                }
-            }
-        });
-    }
-    let mut lat = Vec::new();
-    let mut sender = keep_alive(addr).await;
-    for _ in 0..5 {
-        let req = hyper::Request::post("/api/v1/t/acme/p/relay/publish?group=bench&kind=bench")
-            .header("host", addr.to_string())
-            .header("authorization", format!("Bearer {alice}"))
-            .body(Full::new(Bytes::from_static(b"{\"n\":1}")))
-            .unwrap();
-        let t = Instant::now();
-        sender.ready().await.unwrap();
-        let resp = sender.send_request(req).await.unwrap();
-        assert!(resp.status().is_success(), "{}", resp.status());
-        let _ = resp.into_body().collect().await;
-        for _ in 0..n {
-            let at = tokio::time::timeout(Duration::from_secs(60), rx.recv())
-                .await
-                .unwrap()
-                .unwrap();
-            lat.push(at.duration_since(t).as_secs_f64() * 1e3);
-        }
-    }
+    let lat = publish_latencies(addr, &alice, streams, 5).await;
     let during = rss_kib(pid);
     println!();
     println!("## {n} event streams, server in its own process");

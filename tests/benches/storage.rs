@@ -52,15 +52,28 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
     total
 }
 
-async fn concurrent_writes(rt: &Runtime, callers: usize, per: usize, tag: &str) -> f64 {
+/// `callers` tasks each making `per` writes with `write(rt, key)`, one
+/// after another; writes per second over all.
+async fn writes_per_second<F, Fut>(
+    rt: &Runtime,
+    callers: usize,
+    per: usize,
+    tag: &str,
+    write: F,
+) -> f64
+where
+    F: Fn(Runtime, String) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..callers {
         let rt = rt.clone();
         let tag = tag.to_string();
+        let write = write.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..per {
-                put(&rt, format!("{tag}-{c}-{i}"), vec![b'v'; 100]).await;
+                write(rt.clone(), format!("{tag}-{c}-{i}")).await;
             }
         }));
     }
@@ -70,31 +83,24 @@ async fn concurrent_writes(rt: &Runtime, callers: usize, per: usize, tag: &str) 
     (callers * per) as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Durable 100-byte writes through `vault` plugin calls.
+async fn concurrent_writes(rt: &Runtime, callers: usize, per: usize, tag: &str) -> f64 {
+    writes_per_second(rt, callers, per, tag, |rt, key| async move {
+        put(&rt, key, vec![b'v'; 100]).await;
+    })
+    .await
+}
+
 /// The same writes straight into the encrypted store: seal, apply, wait
 /// until a group commit covers them.
 async fn raw_writes(rt: &Runtime, callers: usize, per: usize, tag: &str) -> f64 {
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..callers {
-        let rt = rt.clone();
-        let tag = tag.to_string();
-        tasks.push(tokio::spawn(async move {
-            let store = rt.data_store();
-            for i in 0..per {
-                let key = switchboard::store::keys::kv(
-                    "acme",
-                    "vault",
-                    format!("{tag}-{c}-{i}").as_bytes(),
-                );
-                let seq = store.apply(&[(key, Some(vec![b'v'; 100]))]).unwrap();
-                store.durable(seq).await.unwrap();
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    (callers * per) as f64 / start.elapsed().as_secs_f64()
+    writes_per_second(rt, callers, per, tag, |rt, key| async move {
+        let store = rt.data_store();
+        let key = switchboard::store::keys::kv("acme", "vault", key.as_bytes());
+        let seq = store.apply(&[(key, Some(vec![b'v'; 100]))]).unwrap();
+        store.durable(seq).await.unwrap();
+    })
+    .await
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

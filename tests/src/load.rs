@@ -3,14 +3,30 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use futures_util::StreamExt as _;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use switchboard::harness::Harness;
+use switchboard::tenant::Limits;
 
 use crate::accounts::{activate, create_user};
 use crate::http::{Server, tls_connect};
+use crate::stream::{Ws, ready_at};
+use crate::{component, manifest};
+
+/// The resident memory of process `pid`, KiB (0 if unreadable).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
 
 /// The `p` quantile (0-1) of `v`.
 pub fn pct(mut v: Vec<f64>, p: f64) -> f64 {
@@ -97,4 +113,114 @@ pub fn runtimes() -> (tokio::runtime::Runtime, tokio::runtime::Runtime) {
         .build()
         .unwrap();
     (server, client)
+}
+
+/// A harness with `plugin` installed and enabled for tenant `acme`, whose
+/// request rate is out of the way of a load test.
+pub async fn bench_tenant(plugin: &str) -> Harness {
+    let h = Harness::new().unwrap();
+    h.install(&manifest(plugin), &component(plugin))
+        .await
+        .unwrap();
+    let generous = Limits {
+        requests_per_second: 1_000_000,
+        ..Limits::default()
+    };
+    h.tenant_with_limits("acme", generous).await.unwrap();
+    h.enable("acme", plugin).await.unwrap();
+    h
+}
+
+/// `n` guests of the `relay` fixture in `acme`, made by `token`'s user,
+/// all in the group `bench`: (session token, user id) each.
+pub async fn relay_guests(s: &Server, token: &str, n: usize) -> Vec<(String, String)> {
+    let mut guests = Vec::with_capacity(n);
+    for i in 0..n {
+        let r = s
+            .call(
+                "POST",
+                &format!("/api/v1/t/acme/p/relay/guests?name=g{i}&resource=bench"),
+                Some(token),
+                None,
+            )
+            .await;
+        let guest = r.json().as_str().unwrap().to_string();
+        let id = s
+            .call("GET", "/api/v1/t/acme/p/relay/hello", Some(&guest), None)
+            .await
+            .json()["user"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        guests.push((guest, id));
+    }
+    for batch in guests.chunks(100) {
+        let ids: Vec<&str> = batch.iter().map(|(_, id)| id.as_str()).collect();
+        let r = s
+            .call(
+                "POST",
+                &format!(
+                    "/api/v1/t/acme/p/relay/groups/bench/join?users={}",
+                    ids.join(",")
+                ),
+                Some(token),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    guests
+}
+
+/// One ready event stream per guest, opened one after another.
+pub async fn guest_streams(addr: SocketAddr, guests: &[(String, String)]) -> Vec<Ws> {
+    let mut streams = Vec::with_capacity(guests.len());
+    for (token, _) in guests {
+        streams.push(ready_at(addr, token).await);
+    }
+    streams
+}
+
+/// Publishes to the `relay` group `bench` `rounds` times as `token`'s user
+/// and returns each delivery's publish → receipt time (ms) at `streams`.
+pub async fn publish_latencies(
+    addr: SocketAddr,
+    token: &str,
+    streams: Vec<Ws>,
+    rounds: usize,
+) -> Vec<f64> {
+    let n = streams.len();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    for mut ws in streams {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = ws.next().await {
+                if msg.is_text() {
+                    let _ = tx.send(Instant::now());
+                }
+            }
+        });
+    }
+    let mut lat = Vec::with_capacity(n * rounds);
+    let mut sender = keep_alive(addr).await;
+    for _ in 0..rounds {
+        let req = hyper::Request::post("/api/v1/t/acme/p/relay/publish?group=bench&kind=bench")
+            .header("host", addr.to_string())
+            .header("authorization", format!("Bearer {token}"))
+            .body(Full::new(Bytes::from_static(b"{\"n\":1}")))
+            .unwrap();
+        let t = Instant::now();
+        sender.ready().await.unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert!(resp.status().is_success(), "{}", resp.status());
+        let _ = resp.into_body().collect().await;
+        for _ in 0..n {
+            let at = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            lat.push(at.duration_since(t).as_secs_f64() * 1e3);
+        }
+    }
+    lat
 }

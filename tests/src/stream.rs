@@ -1,6 +1,7 @@
 //! Event-stream clients for the tests: real WebSockets over TLS to
 //! `GET /api/v1/events`.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
@@ -17,14 +18,19 @@ pub type Ws =
 /// Opens a stream with `Authorization: Bearer` (or a `?query`); an HTTP
 /// refusal comes back as "status body".
 pub async fn connect(s: &Server, token: Option<&str>, query: &str) -> Result<Ws, String> {
-    let mut req = format!("wss://{}/api/v1/events{query}", s.addr)
+    connect_to(s.addr, token, query).await
+}
+
+/// `connect` to a server at `addr` (e.g. in another process).
+pub async fn connect_to(addr: SocketAddr, token: Option<&str>, query: &str) -> Result<Ws, String> {
+    let mut req = format!("wss://{addr}/api/v1/events{query}")
         .into_client_request()
         .unwrap();
     if let Some(t) = token {
         req.headers_mut()
             .insert("authorization", format!("Bearer {t}").parse().unwrap());
     }
-    let tls = tls_connect(s.addr).await;
+    let tls = tls_connect(addr).await;
     match tokio_tungstenite::client_async(req, tls).await {
         Ok((ws, _)) => Ok(ws),
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
@@ -76,7 +82,12 @@ pub async fn close_code(ws: &mut Ws) -> Option<u16> {
 
 /// A stream that said `ready`.
 pub async fn ready(s: &Server, token: &str) -> Ws {
-    let mut ws = connect(s, Some(token), "").await.unwrap();
+    ready_at(s.addr, token).await
+}
+
+/// `ready` on a server at `addr`.
+pub async fn ready_at(addr: SocketAddr, token: &str) -> Ws {
+    let mut ws = connect_to(addr, Some(token), "").await.unwrap();
     let hello = next(&mut ws, Duration::from_secs(10)).await.unwrap();
     assert_eq!(hello["type"], "ready");
     ws
