@@ -55,6 +55,10 @@ pub enum Op {
     TenantLimits {
         id: String,
     },
+    /// A tenant's storage use against its quota.
+    TenantUsage {
+        id: String,
+    },
     /// Changes some of a tenant's limits, online: the fields given replace
     /// the current ones; calls already running finish under the old.
     TenantLimitsSet {
@@ -135,11 +139,23 @@ pub enum Op {
         key_id: String,
     },
     PluginList,
+    /// Installs a signed package (SPEC S1): verified before anything is
+    /// compiled, stored only if every check passes; online.
+    PluginInstall {
+        package: crate::support::encoding::Base64Bytes,
+    },
     PluginEnable {
         tenant: String,
         name: String,
         version: String,
         grants: Option<Vec<String>>,
+        /// Settings replacing the current ones (default: keep them).
+        #[serde(default)]
+        config: Option<serde_json::Map<String, Value>>,
+        /// Allow a version lower than the tenant has run (operators and
+        /// the console only; audited as such).
+        #[serde(default)]
+        allow_rollback: bool,
     },
     PluginDisable {
         tenant: String,
@@ -386,6 +402,13 @@ macro_rules! areas {
 }
 
 areas!(tenants, accounts, trail, plugins, data, providers, jit);
+
+/// Whether `actor` may run `op` as far as its role and tenant tell, before
+/// anything about the target is read (e.g. before an upload's body is).
+/// `execute` decides again, and audits a refusal.
+pub fn may(actor: &Actor, op: &Op) -> Result<(), ApiError> {
+    authorize(actor, op, None, Facts::default())
+}
 
 /// Runs `op` for `actor`: authorises, executes, and returns the result as
 /// JSON. Refusals are audited in the realm they aimed at.

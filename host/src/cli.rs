@@ -1,6 +1,7 @@
 //! The command line: `serve`, one-off plugin calls and administration of
-//! a data folder, through the running server's control socket when there
-//! is one. The binary's `main` only parses and dispatches here; the verbs
+//! a data folder. Every verb that reads or changes what a server holds goes
+//! through the running server's control socket when there is one, and
+//! opens the folder itself only when no server runs. The binary's `main` only parses and dispatches here; the verbs
 //! of each area live in their own file (`tenant`, `plugin` with `trust`,
 //! `accounts` with `session`, `audit`, `backup` with `keys`), as the admin
 //! vocabulary does.
@@ -84,14 +85,16 @@ pub enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Manage tenants (offline: the server must not be running).
+    /// Manage tenants. Online through a running server, or offline.
     #[command(subcommand)]
     Tenant(TenantCmd),
-    /// Sign, verify and manage plugins (offline: the server must not be
-    /// running).
+    /// Sign, verify and inspect packages (local files); install, list,
+    /// enable, disable and configure plugins online through a running
+    /// server, or offline.
     #[command(subcommand)]
     Plugin(PluginCmd),
-    /// The operator's trust store of publisher keys (offline).
+    /// The operator's trust store of publisher keys. Online through a
+    /// running server, or offline.
     #[command(subcommand)]
     Trust(TrustCmd),
     /// Backups: create (online through a running server, or offline),
@@ -126,7 +129,7 @@ pub enum Command {
     #[command(subcommand)]
     Audit(AuditCmd),
     /// Call a plugin route once, as a user of a tenant, and print the
-    /// response (offline).
+    /// response. Online through a running server, or offline.
     Call {
         #[command(flatten)]
         data: DataArgs,

@@ -1,8 +1,8 @@
 //! The local control socket of a running server: `{data}/control.sock`,
 //! mode 0600, so only the operator's account can use it. The CLI sends one
-//! JSON request per connection for the verbs that must run inside the
-//! server while it serves (an online backup, a master key rotation) and
-//! gets one JSON answer.
+//! JSON request per connection for every verb that changes or reads what
+//! the server holds (tenants, plugins and their packages, trust, accounts,
+//! backups, the master key) and gets one JSON answer.
 
 use std::path::{Path, PathBuf};
 
@@ -43,6 +43,11 @@ pub struct ControlResponse {
     pub message: String,
 }
 
+/// The longest request line: a package at its largest, in base64, and
+/// room for the rest of the request.
+const MAX_REQUEST_BYTES: u64 =
+    (switchboard_signing::package::MAX_PACKAGE_BYTES as u64).div_ceil(3) * 4 + (64 << 10);
+
 /// The socket's path in a data folder.
 pub fn socket_path(data: &Path) -> PathBuf {
     data.join("control.sock")
@@ -70,7 +75,7 @@ pub fn start(runtime: &Runtime) -> anyhow::Result<()> {
             tokio::spawn(async move {
                 let (read, mut write) = stream.into_split();
                 let mut line = String::new();
-                let mut reader = BufReader::new(read).take(64 << 10);
+                let mut reader = BufReader::new(read).take(MAX_REQUEST_BYTES);
                 let response = match reader.read_line(&mut line).await {
                     Ok(_) => match serde_json::from_str::<ControlRequest>(&line) {
                         Ok(req) => handle(&rt, req).await,

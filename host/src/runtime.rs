@@ -310,7 +310,26 @@ impl Runtime {
 
     /// Installs a signed plugin package (`Registry::install_package`).
     pub async fn install_package(&self, package: &[u8]) -> Result<PluginInfo, AdminError> {
+        if package.len() > self.max_package_bytes() {
+            return Err(AdminError::Package(
+                switchboard_signing::PackageError::TooLarge(format!(
+                    "{} bytes; this server takes packages of at most {}",
+                    package.len(),
+                    self.max_package_bytes()
+                )),
+            ));
+        }
         self.inner.registry.install_package(package).await
+    }
+
+    /// The largest package accepted for install: the component limit
+    /// plus room for the manifest and signatures.
+    pub fn max_package_bytes(&self) -> usize {
+        self.inner
+            .config
+            .max_component_bytes
+            .saturating_add(1 << 20)
+            .min(switchboard_signing::package::MAX_PACKAGE_BYTES)
     }
 
     /// Installed plugins, sorted by name and version.

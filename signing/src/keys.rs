@@ -311,6 +311,33 @@ pub fn parse_public(text: &str) -> Result<VerifyingKey, KeyError> {
     Ok(key)
 }
 
+/// Parses a publisher key as an operator is handed it: the whole text of
+/// a `KEY.pub` file (header line and key line), or the 64 hex digits of
+/// its key line alone. Errors name the publisher key and both forms.
+pub fn parse_publisher_key(text: &str) -> Result<VerifyingKey, KeyError> {
+    let text = text.trim();
+    let forms = format!(
+        "give the content of the publisher's KEY.pub file (a line \"{PUBLIC_HEADER} <key id>\" then 64 hex digits) or the 64 hex digits alone"
+    );
+    if text.starts_with(PUBLIC_HEADER) {
+        return parse_public(text).map_err(|e| match e {
+            KeyError::Malformed(m) => {
+                KeyError::Malformed(format!("the publisher key file is malformed: {m}"))
+            }
+            other => other,
+        });
+    }
+    let bytes = hex::decode(text)
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or_else(|| KeyError::Malformed(format!("not a publisher key: {forms}")))?;
+    VerifyingKey::from_bytes(&bytes).map_err(|_| {
+        KeyError::Malformed(
+            "the publisher key's 64 hex digits are not an Ed25519 public key".into(),
+        )
+    })
+}
+
 /// Reads a public key file.
 pub fn read_public(path: &Path) -> Result<VerifyingKey, KeyError> {
     let text = std::fs::read_to_string(path).map_err(io(path))?;
@@ -323,6 +350,29 @@ pub fn read_public(path: &Path) -> Result<VerifyingKey, KeyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_publisher_key_is_taken_as_its_file_or_its_hex() {
+        let key = generate().unwrap();
+        let public = key.verifying_key();
+        let file = public_key_text(&public);
+        assert_eq!(parse_publisher_key(&file).unwrap(), public);
+        assert_eq!(
+            parse_publisher_key(&format!("  {file}\n\n")).unwrap(),
+            public
+        );
+        let hex_line = hex::encode(public.to_bytes());
+        assert_eq!(parse_publisher_key(&hex_line).unwrap(), public);
+        for bad in ["", "xyz", &hex_line[..62], &format!("{hex_line}00")] {
+            let e = parse_publisher_key(bad).unwrap_err().to_string();
+            assert!(e.contains("KEY.pub") && e.contains("64 hex digits"), "{e}");
+        }
+        // A file whose header names another key is refused.
+        let other = KeyId::of(&generate().unwrap().verifying_key());
+        let forged = format!("{PUBLIC_HEADER} {other}\n{hex_line}\n");
+        let e = parse_publisher_key(&forged).unwrap_err().to_string();
+        assert!(e.contains("publisher key file"), "{e}");
+    }
 
     #[test]
     fn key_pairs_round_trip_and_secret_files_are_private() {

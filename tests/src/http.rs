@@ -302,7 +302,9 @@ pub async fn request(
     }
     head.push_str("\r\n");
     stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(body).await.unwrap();
+    // A server may answer and close before it reads a body it refuses
+    // (e.g. an upload by someone who may not upload): read its answer.
+    let _ = stream.write_all(body).await;
     let mut raw = Vec::new();
     tokio::time::timeout(
         std::time::Duration::from_secs(60),

@@ -905,6 +905,84 @@ async fn operator(h: &Harness, s: &Server, name: &str) -> String {
 }
 
 #[tokio::test]
+async fn i8_an_access_request_answers_those_who_may_not_see_it_as_an_unknown_id() {
+    let (h, s) = setup(|_| {}).await;
+    tenant(&h, "acme").await;
+    tenant(&h, "globex").await;
+    let opal = operator(&h, &s, "opal").await;
+    let (_, acme_admin) = person(&h, &s, "acme", "acme-admin", "tenant-admin").await;
+    let (_, globex_admin) = person(&h, &s, "globex", "globex-admin", "tenant-admin").await;
+    let (_, acme_user) = person(&h, &s, "acme", "ann", "user").await;
+    let body = json!({"tenant": "acme", "ticket": "T-9", "reason": "customer reports lost messages", "scope": "audit-read", "minutes": 30});
+    let r = s
+        .call("POST", "/api/v1/admin/access", Some(&opal), Some(&body))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let random = "0123456789abcdef0123456789abcdef";
+    let answer = |r: &switchboard_tests::http::Reply, of: &str| {
+        (
+            r.status,
+            r.code(),
+            r.json()["message"].as_str().unwrap_or("").replace(of, "ID"),
+        )
+    };
+    for token in [&globex_admin, &acme_user] {
+        for (method, suffix) in [("POST", "/approve"), ("POST", "/deny"), ("DELETE", "")] {
+            let real = s
+                .call(
+                    method,
+                    &format!("/api/v1/admin/access/{id}{suffix}"),
+                    Some(token),
+                    None,
+                )
+                .await;
+            let unknown = s
+                .call(
+                    method,
+                    &format!("/api/v1/admin/access/{random}{suffix}"),
+                    Some(token),
+                    None,
+                )
+                .await;
+            assert_eq!(real.status, 404, "{}", real.text());
+            assert_eq!(
+                answer(&real, &id),
+                answer(&unknown, random),
+                "{method} {suffix}"
+            );
+        }
+    }
+    // Nothing changed, and the request's own tenant admin may decide it.
+    let r = s
+        .call(
+            "POST",
+            &format!("/api/v1/admin/access/{id}/approve"),
+            Some(&acme_admin),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The attempts are on the tenant's trail.
+    let trail = console(
+        &h,
+        Op::AuditExport {
+            realm: "acme".into(),
+            after: 0,
+            limit: 10_000,
+        },
+    )
+    .await;
+    let denied = trail["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "access.decide" && e["outcome"] == "denied")
+        .count();
+    assert_eq!(denied, 4, "two strangers, approve and deny each");
+}
+
+#[tokio::test]
 async fn i8_just_in_time_access_needs_a_second_person_and_is_audited() {
     let (h, s) = setup(|_| {}).await;
     tenant(&h, "acme").await;

@@ -22,6 +22,7 @@ pub(super) fn owns(op: &Op) -> bool {
             | Op::TrustAdd { .. }
             | Op::TrustRevoke { .. }
             | Op::PluginList
+            | Op::PluginInstall { .. }
             | Op::PluginEnable { .. }
             | Op::PluginDisable { .. }
             | Op::PluginConfigShow { .. }
@@ -37,6 +38,7 @@ pub(super) fn op_name(op: &Op) -> &'static str {
         TrustAdd { .. } => "trust-add",
         TrustRevoke { .. } => "trust-revoke",
         PluginList => "plugin-list",
+        PluginInstall { .. } => "plugin-install",
         PluginEnable { .. } => "plugin-enable",
         PluginDisable { .. } => "plugin-disable",
         PluginConfigShow { .. } => "plugin-config-show",
@@ -61,13 +63,17 @@ pub(super) fn op_realm(op: &Op) -> Option<Scope> {
 pub(super) fn authorize(who: &Who<'_>, op: &Op) -> Result<(), ApiError> {
     use Op::*;
     match op {
-        TrustAdd { .. } | TrustRevoke { .. } => {
+        TrustAdd { .. } | TrustRevoke { .. } | PluginInstall { .. } => {
             if who.operator {
                 Ok(())
             } else {
-                deny("manage tenants or the trust store")
+                deny("manage the trust store or install plugins")
             }
         }
+        PluginEnable {
+            allow_rollback: true,
+            ..
+        } if !who.operator => deny("roll a tenant back to an older plugin version"),
         TrustList | PluginList => who.may_see_catalogue(),
         PluginEnable { tenant, .. }
         | PluginDisable { tenant, .. }
@@ -90,8 +96,8 @@ pub(super) async fn run(r: &Runner<'_>, op: Op) -> Result<Value, ApiError> {
     Ok(match op {
         TrustList => json!({ "keys": rt.trusted_keys() }),
         TrustAdd { public_key, label } => {
-            let key = crate::audit::parse_public_key(&public_key)
-                .map_err(|e| ApiError::new(400, "key_malformed", e))?;
+            let key = switchboard_signing::keys::parse_publisher_key(&public_key)
+                .map_err(|e| ApiError::new(400, "key_malformed", e.to_string()))?;
             let id = rt.trust_add(&key, &label).await?;
             json!({ "key_id": id.to_string() })
         }
@@ -123,11 +129,23 @@ pub(super) async fn run(r: &Runner<'_>, op: Op) -> Result<Value, ApiError> {
                 .collect();
             json!({ "plugins": list })
         }
+        PluginInstall { package } => {
+            let info = rt.install_package(&package.0).await?;
+            json!({
+                "name": info.name,
+                "version": info.version.to_string(),
+                "digest": info.digest,
+                "publisher": info.publisher,
+                "capabilities": info.capabilities.iter().map(|c| c.interface()).collect::<Vec<_>>(),
+            })
+        }
         PluginEnable {
             tenant,
             name,
             version,
             grants,
+            config,
+            allow_rollback,
         } => {
             let version = semver::Version::parse(&version)
                 .map_err(|e| ApiError::bad(format!("version {version:?}: {e}")))?;
@@ -142,8 +160,14 @@ pub(super) async fn run(r: &Runner<'_>, op: Op) -> Result<Value, ApiError> {
                 ),
                 None => None,
             };
-            rt.enable_plugin(&tenant, &name, &version, grants, Default::default())
-                .await?;
+            let config = config.unwrap_or_default();
+            if allow_rollback {
+                rt.enable_plugin_overriding_rollback(&tenant, &name, &version, grants, config)
+                    .await?;
+            } else {
+                rt.enable_plugin(&tenant, &name, &version, grants, config)
+                    .await?;
+            }
             json!({ "enabled": name, "version": version.to_string() })
         }
         PluginDisable { tenant, name } => {

@@ -22,6 +22,7 @@ pub(super) fn owns(op: &Op) -> bool {
             | Op::TenantDelete { .. }
             | Op::TenantLimits { .. }
             | Op::TenantLimitsSet { .. }
+            | Op::TenantUsage { .. }
     )
 }
 
@@ -34,6 +35,7 @@ pub(super) fn op_name(op: &Op) -> &'static str {
         TenantDelete { .. } => "tenant-delete",
         TenantLimits { .. } => "tenant-limits",
         TenantLimitsSet { .. } => "tenant-limits-set",
+        TenantUsage { .. } => "tenant-usage",
         _ => "unknown",
     }
 }
@@ -42,7 +44,10 @@ pub(super) fn op_name(op: &Op) -> &'static str {
 pub(super) fn op_realm(op: &Op) -> Option<Scope> {
     use Op::*;
     match op {
-        TenantDelete { id } | TenantLimits { id } | TenantLimitsSet { id, .. } => Scope::parse(id),
+        TenantDelete { id }
+        | TenantLimits { id }
+        | TenantLimitsSet { id, .. }
+        | TenantUsage { id } => Scope::parse(id),
         _ => None,
     }
 }
@@ -58,7 +63,7 @@ pub(super) fn authorize(who: &Who<'_>, op: &Op) -> Result<(), ApiError> {
                 deny("list tenants")
             }
         }
-        TenantLimits { id } => {
+        TenantLimits { id } | TenantUsage { id } => {
             if who.operator || who.own_tenant(id) || who.assigned(id) {
                 Ok(())
             } else {
@@ -107,6 +112,10 @@ pub(super) async fn run(r: &Runner<'_>, op: Op) -> Result<Value, ApiError> {
             json!({ "deleted": id })
         }
         TenantLimits { id } => json!({ "id": id, "limits": rt.limits(&id)? }),
+        TenantUsage { id } => {
+            let u = rt.storage_usage(&id)?;
+            json!({ "id": id, "bytes": u.bytes, "quota_bytes": u.quota_bytes })
+        }
         TenantLimitsSet { id, set } => {
             let limits = rt.update_limits(&id, set).await?;
             json!({ "id": id, "limits": limits })

@@ -2,7 +2,6 @@
 //! signing and verifying packages, installing, listing, enabling, disabling
 //! and configuring plugins, and the trust store.
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
@@ -10,8 +9,9 @@ use clap::Subcommand;
 use switchboard_signing::package::Trust;
 use switchboard_signing::{Capability, KeyId, Package, PackageError, keys};
 
-use super::{DataArgs, admin, admin_op, open, read};
+use super::{DataArgs, admin, admin_op, read};
 use crate::admin::Op;
+use crate::support::encoding::Base64Bytes;
 
 #[derive(Debug, Subcommand)]
 pub enum PluginCmd {
@@ -219,25 +219,35 @@ pub(super) async fn run(cmd: PluginCmd) -> anyhow::Result<()> {
             Ok(())
         }
         PluginCmd::Install { data, package } => {
-            let rt = open(&data)?;
-            let info = rt.install_package(&read(&package)?).await.map_err(admin)?;
+            let op = Op::PluginInstall {
+                package: Base64Bytes(read(&package)?),
+            };
+            let v = admin_op(&data, op).await?;
             println!(
                 "installed {} {} (sha256 {}, publisher {})",
-                info.name, info.version, info.digest, info.publisher
+                text(&v["name"]),
+                text(&v["version"]),
+                text(&v["digest"]),
+                text(&v["publisher"])
             );
             Ok(())
         }
         PluginCmd::List { data } => {
-            let rt = open(&data)?;
-            for p in rt.plugins() {
-                let caps: Vec<String> = p.capabilities.iter().map(ToString::to_string).collect();
-                let state = if p.revoked { " REVOKED" } else { "" };
+            let v = admin_op(&data, Op::PluginList).await?;
+            for p in v["plugins"].as_array().into_iter().flatten() {
+                let caps: Vec<&str> = p["capabilities"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c.as_str())
+                    .collect();
+                let state = if p["revoked"] == true { " REVOKED" } else { "" };
                 println!(
                     "{} {} sha256:{} publisher:{} [{}]{state}",
-                    p.name,
-                    p.version,
-                    p.digest,
-                    p.publisher,
+                    text(&p["name"]),
+                    text(&p["version"]),
+                    text(&p["digest"]),
+                    text(&p["publisher"]),
                     caps.join(", ")
                 );
             }
@@ -252,29 +262,22 @@ pub(super) async fn run(cmd: PluginCmd) -> anyhow::Result<()> {
             config,
             allow_rollback,
         } => {
-            let rt = open(&data)?;
-            let grants = if grants.is_empty() {
-                None
-            } else {
-                let mut set = BTreeSet::new();
-                for g in &grants {
-                    let cap = Capability::from_interface(g)
-                        .with_context(|| format!("unknown capability {g:?}"))?;
-                    set.insert(cap);
+            for g in &grants {
+                if Capability::from_interface(g).is_none() {
+                    bail!("unknown capability {g:?}");
                 }
-                Some(set)
-            };
+            }
             let config: serde_json::Map<String, serde_json::Value> =
                 serde_json::from_str(&config).context("--config must be a JSON object")?;
-            if allow_rollback {
-                rt.enable_plugin_overriding_rollback(&tenant, &name, &version, grants, config)
-                    .await
-                    .map_err(admin)?;
-            } else {
-                rt.enable_plugin(&tenant, &name, &version, grants, config)
-                    .await
-                    .map_err(admin)?;
-            }
+            let op = Op::PluginEnable {
+                tenant: tenant.clone(),
+                name: name.clone(),
+                version: version.to_string(),
+                grants: (!grants.is_empty()).then_some(grants),
+                config: (!config.is_empty()).then_some(config),
+                allow_rollback,
+            };
+            admin_op(&data, op).await?;
             println!("{name} {version} enabled for {tenant}");
             Ok(())
         }
@@ -321,36 +324,48 @@ pub(super) async fn run(cmd: PluginCmd) -> anyhow::Result<()> {
             Ok(())
         }
         PluginCmd::Disable { data, tenant, name } => {
-            let rt = open(&data)?;
-            rt.disable_plugin(&tenant, &name).await.map_err(admin)?;
+            let op = Op::PluginDisable {
+                tenant: tenant.clone(),
+                name: name.clone(),
+            };
+            admin_op(&data, op).await?;
             println!("{name} disabled for {tenant}");
             Ok(())
         }
     }
 }
 
+/// A JSON value as plain text (strings without quotes).
+fn text(v: &serde_json::Value) -> String {
+    v.as_str().map_or_else(|| v.to_string(), str::to_string)
+}
+
 /// Runs a `TrustCmd` verb.
 pub(super) async fn trust(cmd: TrustCmd) -> anyhow::Result<()> {
     match cmd {
         TrustCmd::Add { data, key, label } => {
-            let rt = open(&data)?;
-            let public = keys::read_public(&key).map_err(key_err)?;
-            let id = rt.trust_add(&public, &label).await.map_err(admin)?;
-            println!("trusted key {id}");
+            // The file goes as it was handed over; the server parses it.
+            let public_key = std::fs::read_to_string(&key)
+                .with_context(|| format!("cannot read {}", key.display()))?;
+            let v = admin_op(&data, Op::TrustAdd { public_key, label }).await?;
+            println!("trusted key {}", text(&v["key_id"]));
             Ok(())
         }
         TrustCmd::List { data } => {
-            let rt = open(&data)?;
-            println!("{}", serde_json::to_string_pretty(&rt.trusted_keys())?);
+            let v = admin_op(&data, Op::TrustList).await?;
+            println!("{}", serde_json::to_string_pretty(&v["keys"])?);
             Ok(())
         }
         TrustCmd::Revoke { data, key_id } => {
-            let rt = open(&data)?;
-            let id: KeyId = key_id.parse()?;
-            let disabled = rt.trust_revoke(&id).await.map_err(admin)?;
-            println!("revoked {id}; packages disabled: {}", disabled.len());
-            for (n, v) in disabled {
-                println!("  {n} {v}");
+            let v = admin_op(&data, Op::TrustRevoke { key_id }).await?;
+            let disabled = v["disabled"].as_array().cloned().unwrap_or_default();
+            println!(
+                "revoked {}; packages disabled: {}",
+                text(&v["revoked"]),
+                disabled.len()
+            );
+            for p in disabled {
+                println!("  {}", text(&p));
             }
             Ok(())
         }

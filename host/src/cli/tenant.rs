@@ -5,7 +5,7 @@
 use anyhow::bail;
 use clap::Subcommand;
 
-use super::{DataArgs, admin, admin_op, open};
+use super::{DataArgs, admin_op};
 use crate::admin::Op;
 
 #[derive(Debug, Subcommand)]
@@ -79,23 +79,13 @@ pub enum TenantCmd {
 
 /// Runs a `TenantCmd` verb.
 pub(super) async fn run(cmd: TenantCmd) -> anyhow::Result<()> {
-    match cmd {
-        TenantCmd::Create { data, id, region } => {
-            let rt = open(&data)?;
-            rt.create_tenant_in(&id, region.as_deref(), None)
-                .await
-                .map_err(admin)?;
-            println!("tenant {id} created");
-            Ok(())
-        }
+    let (data, op) = match cmd {
+        TenantCmd::Create { data, id, region } => (data, Op::TenantCreate { id, region }),
         TenantCmd::Delete { data, id, yes } => {
             if !yes {
                 bail!("deleting tenant {id} destroys its key and cannot be undone; pass --yes");
             }
-            let rt = open(&data)?;
-            rt.delete_tenant(&id).await.map_err(admin)?;
-            println!("tenant {id} deleted; its key is destroyed");
-            Ok(())
+            (data, Op::TenantDelete { id })
         }
         TenantCmd::Hold {
             data,
@@ -103,39 +93,35 @@ pub(super) async fn run(cmd: TenantCmd) -> anyhow::Result<()> {
             release,
             plugin,
             blob,
-        } => {
-            let rt = open(&data)?;
-            match (plugin, blob) {
-                (Some(p), Some(b)) => rt.set_blob_hold(&id, &p, &b, !release).await,
-                _ => rt.set_legal_hold(&id, !release).await,
-            }
-            .map_err(admin)?;
-            println!("legal hold {}", if release { "released" } else { "set" });
-            Ok(())
-        }
+        } => (
+            data,
+            Op::HoldSet {
+                tenant: id,
+                on: !release,
+                plugin,
+                blob,
+            },
+        ),
         TenantCmd::Retention {
             data,
             id,
             days,
             keep,
             class,
-        } => {
-            let rt = open(&data)?;
-            if let Some(class) = class {
+        } => match class {
+            Some(class) => {
                 if days.is_none() && !keep {
                     bail!("give --days N or --keep for class {class}");
                 }
-                rt.set_retention(&id, &class, days).await.map_err(admin)?;
+                let op = Op::RetentionSet {
+                    tenant: id,
+                    class,
+                    days,
+                };
+                (data, op)
             }
-            let (policy, hold) = rt.retention_policy(&id).map_err(admin)?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(
-                    &serde_json::json!({"days": policy, "legal_hold": hold})
-                )?
-            );
-            Ok(())
-        }
+            None => (data, Op::RetentionShow { tenant: id }),
+        },
         TenantCmd::Limits { data, id, set } => {
             let op = if set.is_empty() {
                 Op::TenantLimits { id }
@@ -145,22 +131,14 @@ pub(super) async fn run(cmd: TenantCmd) -> anyhow::Result<()> {
                     set: limit_changes(&set)?,
                 }
             };
-            let answer = admin_op(&data, op).await?;
-            println!("{}", serde_json::to_string_pretty(&answer)?);
-            Ok(())
+            (data, op)
         }
-        TenantCmd::Usage { data, id } => {
-            let rt = open(&data)?;
-            let u = rt.storage_usage(&id).map_err(admin)?;
-            println!("{} of {} bytes", u.bytes, u.quota_bytes);
-            Ok(())
-        }
-        TenantCmd::List { data } => {
-            let rt = open(&data)?;
-            println!("{}", serde_json::to_string_pretty(&rt.tenants())?);
-            Ok(())
-        }
-    }
+        TenantCmd::Usage { data, id } => (data, Op::TenantUsage { id }),
+        TenantCmd::List { data } => (data, Op::TenantList),
+    };
+    let answer = admin_op(&data, op).await?;
+    println!("{}", serde_json::to_string_pretty(&answer)?);
+    Ok(())
 }
 
 /// `name=value` pairs as a JSON object; values are JSON (numbers), or

@@ -284,6 +284,10 @@ struct EnableBody {
     version: String,
     #[serde(default)]
     grants: Option<Vec<String>>,
+    #[serde(default)]
+    config: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    allow_rollback: bool,
 }
 
 /// `{"class": "recording", "days": 90}`, or `{"class": …, "keep": true}`
@@ -354,12 +358,13 @@ async fn admin_route(
     let query = req.uri().query().unwrap_or("").to_string();
     let seg: Vec<&str> = path.split('/').collect();
     let s = |x: &str| x.to_string();
-    let body = || async { read_body(req.into_body(), MAX_BODY_BYTES).await };
+    let body = |limit| async move { read_body(req.into_body(), limit).await };
+    let actor = Actor::Caller(Box::new(caller));
     use Method as M;
     let op = match (&method, seg.as_slice()) {
         (&M::GET, ["tenants"]) => Op::TenantList,
         (&M::POST, ["tenants"]) => {
-            let b: TenantBody = parse(&body().await?)?;
+            let b: TenantBody = parse(&body(MAX_BODY_BYTES).await?)?;
             Op::TenantCreate {
                 id: b.id,
                 region: b.region,
@@ -369,20 +374,22 @@ async fn admin_route(
         (&M::GET, ["tenants", t, "limits"]) => Op::TenantLimits { id: s(t) },
         (&M::PATCH, ["tenants", t, "limits"]) => Op::TenantLimitsSet {
             id: s(t),
-            set: parse(&body().await?)?,
+            set: parse(&body(MAX_BODY_BYTES).await?)?,
         },
         (&M::PUT, ["tenants", t, "plugins", name]) => {
-            let b: EnableBody = parse(&body().await?)?;
+            let b: EnableBody = parse(&body(MAX_BODY_BYTES).await?)?;
             Op::PluginEnable {
                 tenant: s(t),
                 name: s(name),
                 version: b.version,
                 grants: b.grants,
+                config: b.config,
+                allow_rollback: b.allow_rollback,
             }
         }
         (&M::GET, ["tenants", t, "retention"]) => Op::RetentionShow { tenant: s(t) },
         (&M::PUT, ["tenants", t, "retention"]) => {
-            let b: RetentionBody = parse(&body().await?)?;
+            let b: RetentionBody = parse(&body(MAX_BODY_BYTES).await?)?;
             if b.days.is_some() == b.keep {
                 return Err(ApiError::new(
                     400,
@@ -397,7 +404,7 @@ async fn admin_route(
             }
         }
         (&M::PUT, ["tenants", t, "hold"]) => {
-            let b: HoldBody = parse(&body().await?)?;
+            let b: HoldBody = parse(&body(MAX_BODY_BYTES).await?)?;
             Op::HoldSet {
                 tenant: s(t),
                 on: b.on,
@@ -412,7 +419,7 @@ async fn admin_route(
         (&M::PUT, ["tenants", t, "plugins", name, "config"]) => Op::PluginConfigSet {
             tenant: s(t),
             name: s(name),
-            config: parse(&body().await?)?,
+            config: parse(&body(MAX_BODY_BYTES).await?)?,
         },
         (&M::DELETE, ["tenants", t, "plugins", name]) => Op::PluginDisable {
             tenant: s(t),
@@ -421,7 +428,7 @@ async fn admin_route(
         (&M::GET, ["realms", r, "users"]) => Op::UserList { realm: s(r) },
         (&M::POST, ["realms", r, "users"]) => Op::UserCreate {
             realm: s(r),
-            account: parse(&body().await?)?,
+            account: parse(&body(MAX_BODY_BYTES).await?)?,
         },
         (&M::GET, ["realms", r, "users", u]) => Op::UserShow {
             realm: s(r),
@@ -430,7 +437,7 @@ async fn admin_route(
         (&M::PATCH, ["realms", r, "users", u]) => Op::UserUpdate {
             realm: s(r),
             user: s(u),
-            change: parse(&body().await?)?,
+            change: parse(&body(MAX_BODY_BYTES).await?)?,
         },
         (&M::DELETE, ["realms", r, "users", u]) => Op::UserDelete {
             realm: s(r),
@@ -453,7 +460,7 @@ async fn admin_route(
             user: s(u),
         },
         (&M::DELETE, ["realms", r, "users", u, "sessions"]) => {
-            let raw = body().await?;
+            let raw = body(MAX_BODY_BYTES).await?;
             let session = if raw.is_empty() {
                 None
             } else {
@@ -473,7 +480,7 @@ async fn admin_route(
         (&M::GET, ["realms", r, "policy"]) => Op::PolicyShow { realm: s(r) },
         (&M::PUT, ["realms", r, "policy"]) => Op::PolicySet {
             realm: s(r),
-            policy: parse(&body().await?)?,
+            policy: parse(&body(MAX_BODY_BYTES).await?)?,
         },
         (&M::GET, ["realms", r, "audit"]) => Op::AuditExport {
             realm: s(r),
@@ -484,7 +491,7 @@ async fn admin_route(
         (&M::GET, ["audit-key"]) => Op::AuditKey,
         (&M::GET, ["trust"]) => Op::TrustList,
         (&M::POST, ["trust"]) => {
-            let b: TrustBody = parse(&body().await?)?;
+            let b: TrustBody = parse(&body(MAX_BODY_BYTES).await?)?;
             Op::TrustAdd {
                 public_key: b.public_key,
                 label: b.label,
@@ -492,9 +499,38 @@ async fn admin_route(
         }
         (&M::DELETE, ["trust", id]) => Op::TrustRevoke { key_id: s(id) },
         (&M::GET, ["plugins"]) => Op::PluginList,
+        (&M::POST, ["plugins"]) => {
+            // Authorised before the body is read: only those who may
+            // install send tens of megabytes. A refusal goes through
+            // `execute` with no package, so it is audited as any other.
+            let refused = Op::PluginInstall {
+                package: Default::default(),
+            };
+            if admin::may(&actor, &refused).is_err() {
+                refused
+            } else {
+                let bytes = body(rt.max_package_bytes()).await.map_err(|e| {
+                    if e.code == "body_too_large" {
+                        ApiError::new(
+                            413,
+                            "package_too_large",
+                            format!(
+                                "a package may have at most {} bytes",
+                                rt.max_package_bytes()
+                            ),
+                        )
+                    } else {
+                        e
+                    }
+                })?;
+                Op::PluginInstall {
+                    package: crate::support::encoding::Base64Bytes(bytes.to_vec()),
+                }
+            }
+        }
         (&M::GET, ["tenants", t, "oidc-clients"]) => Op::OidcClientList { tenant: s(t) },
         (&M::POST, ["tenants", t, "oidc-clients"]) => {
-            let b: ClientBody = parse(&body().await?)?;
+            let b: ClientBody = parse(&body(MAX_BODY_BYTES).await?)?;
             Op::OidcClientAdd {
                 tenant: s(t),
                 name: b.name,
@@ -509,14 +545,14 @@ async fn admin_route(
         (&M::GET, ["tenants", t, "sso"]) => Op::SsoShow { tenant: s(t) },
         (&M::PUT, ["tenants", t, "sso"]) => Op::SsoSet {
             tenant: s(t),
-            config: parse(&body().await?)?,
+            config: parse(&body(MAX_BODY_BYTES).await?)?,
         },
         (&M::DELETE, ["tenants", t, "sso"]) => Op::SsoRemove { tenant: s(t) },
         (&M::GET, ["access"]) => Op::AccessList {
             tenant: query_str(&query, "tenant"),
         },
         (&M::POST, ["access"]) => {
-            let b: AccessBody = parse(&body().await?)?;
+            let b: AccessBody = parse(&body(MAX_BODY_BYTES).await?)?;
             Op::AccessRequest {
                 tenant: b.tenant,
                 ticket: b.ticket,
@@ -536,7 +572,6 @@ async fn admin_route(
         (&M::DELETE, ["access", id]) => Op::AccessRevoke { id: s(id) },
         _ => return Err(not_found()),
     };
-    let actor = Actor::Caller(Box::new(caller));
     let ctx = admin::context_of(
         &actor,
         Some(peer.addr.to_string()),

@@ -139,7 +139,7 @@ pub fn get(identity: &Identity, id: &str) -> Result<Grant, ApiError> {
         identity.store().get(&key(id)).map_err(AuthError::from)?
     };
     raw.and_then(|r| serde_json::from_slice(&r).ok())
-        .ok_or_else(|| ApiError::new(404, "not_found", format!("access request {id} not found")))
+        .ok_or_else(|| not_found(id))
 }
 
 /// Every request, newest first; only `tenant`'s when given.
@@ -260,6 +260,51 @@ pub async fn request(
     Ok(g)
 }
 
+/// Whether `who` may see request `g` at all: the console and operators
+/// see every request, a tenant's admins those on their tenant. To anyone
+/// else a request answers exactly as an unknown id does (no existence
+/// oracle).
+fn visible(who: Option<&Person>, g: &Grant) -> bool {
+    match who {
+        None => true,
+        Some(p) => match p.role {
+            Role::Operator => true,
+            Role::TenantAdmin => p.tenant.as_deref() == Some(g.tenant.as_str()),
+            _ => false,
+        },
+    }
+}
+
+/// `get`, answering a request `who` may not see as `get` answers an
+/// unknown id; the attempt is recorded in both trails.
+fn get_visible(
+    identity: &Identity,
+    who: Option<&Person>,
+    id: &str,
+    action: &str,
+) -> Result<Grant, ApiError> {
+    let g = get(identity, id)?;
+    if visible(who, &g) {
+        return Ok(g);
+    }
+    both_trails(
+        identity,
+        &g.tenant,
+        action,
+        &g.id,
+        outcome::DENIED,
+        &format!(
+            "by {}, who may not see this request",
+            who.map(describe).unwrap_or_default()
+        ),
+    );
+    Err(not_found(id))
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::new(404, "not_found", format!("access request {id} not found"))
+}
+
 fn describe(p: &Person) -> String {
     match &p.tenant {
         Some(t) => format!("{t}/{} ({})", p.user, p.name),
@@ -276,7 +321,7 @@ pub async fn decide(
     approve: bool,
 ) -> Result<Grant, ApiError> {
     let _one = DECISIONS.lock().await;
-    let mut g = get(identity, id)?;
+    let mut g = get_visible(identity, Some(who), id, "access.decide")?;
     let may = match who.role {
         Role::Operator => who.user != g.requester,
         // A tenant admin the requester created (a tenant's first admin is
@@ -353,7 +398,7 @@ pub async fn revoke(
     id: &str,
 ) -> Result<Grant, ApiError> {
     let _one = DECISIONS.lock().await;
-    let mut g = get(identity, id)?;
+    let mut g = get_visible(identity, who, id, "access.revoke")?;
     let may = match who {
         None => true,
         Some(p) => match p.role {

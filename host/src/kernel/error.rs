@@ -187,6 +187,7 @@ impl From<AdminError> for crate::error::ApiError {
         let status = match code {
             "tenant_not_found" | "plugin_not_found" | "not_found" | "plugin_not_enabled" => 404,
             "tenant_exists" | "already_installed" | "legal_hold" => 409,
+            "package_too_large" | "component_too_large" => 413,
             "storage_unavailable" => 503,
             "internal" | "key_error" => 500,
             _ => 400,

@@ -98,7 +98,7 @@ impl Executor {
 /// executor still works, with less headroom for the network threads.
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
-fn lower_priority(nice: i32) {
+pub(super) fn lower_priority(nice: i32) {
     if nice == 0 {
         return;
     }
@@ -111,7 +111,7 @@ fn lower_priority(nice: i32) {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn lower_priority(_nice: i32) {}
+pub(super) fn lower_priority(_nice: i32) {}
 
 impl Drop for Executor {
     fn drop(&mut self) {

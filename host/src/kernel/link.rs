@@ -109,6 +109,30 @@ impl Kernel {
         ))
     }
 
+    /// `compile` on a thread of its own, at the plugin threads' priority
+    /// (a Cranelift compile takes from a fraction of a second to seconds):
+    /// an install while the server runs holds no network or plugin thread.
+    pub(crate) async fn compile_apart(
+        self: &Arc<Self>,
+        manifest: Manifest,
+        component: Vec<u8>,
+        publisher: KeyId,
+    ) -> Result<(LoadedPlugin, CacheOutcome), AdminError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let kernel = self.clone();
+        let nice = self.config.executor.nice;
+        std::thread::Builder::new()
+            .name("sb-compile".into())
+            .spawn(move || {
+                super::executor::lower_priority(nice);
+                let _ = tx.send(kernel.compile(manifest, &component, publisher));
+            })
+            .map_err(|e| AdminError::Internal(format!("cannot start a compile thread: {e}")))?;
+        rx.await.map_err(|_| {
+            AdminError::Internal("the compile thread ended without an answer".into())
+        })?
+    }
+
     /// SPEC K3: every import must be WASI (linked with an empty context) or
     /// a `switchboard:host` capability the manifest declares and this host
     /// implements.

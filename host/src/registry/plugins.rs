@@ -56,7 +56,7 @@ impl Registry {
     /// same package again is a no-op (deduplicated by digest).
     pub async fn install_package(&self, package: &[u8]) -> Result<PluginInfo, AdminError> {
         let _admin = self.lock().await;
-        let result = self.install(package);
+        let result = self.install(package).await;
         match &result {
             Ok(info) => self.audit(
                 &Scope::System,
@@ -76,7 +76,7 @@ impl Registry {
         result
     }
 
-    fn install(&self, bytes: &[u8]) -> Result<PluginInfo, AdminError> {
+    async fn install(&self, bytes: &[u8]) -> Result<PluginInfo, AdminError> {
         let package = Package::parse(bytes)?;
         let publisher = package.verify(|id| self.trust.of(id))?;
         let manifest = package.manifest().clone();
@@ -90,9 +90,12 @@ impl Registry {
                 version: key.1.to_string(),
             });
         }
+        // Compiled on a thread of its own: an install while the server
+        // runs never holds a network or plugin thread.
         let (plugin, outcome) = self
             .kernel
-            .compile(manifest, package.component(), publisher)?;
+            .compile_apart(manifest, package.component().to_vec(), publisher)
+            .await?;
         let version = plugin.manifest.version.to_string();
         self.services().store.apply(&[(
             keys::plugin_package(&plugin.manifest.name, &version),

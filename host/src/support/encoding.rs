@@ -25,6 +25,33 @@ pub fn unb64url(text: &str) -> Option<Vec<u8>> {
         .ok()
 }
 
+/// Bytes that travel in JSON as standard base64 (a package on the control
+/// socket) and show only their length in `Debug` (logs never carry them).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Base64Bytes(pub Vec<u8>);
+
+impl std::fmt::Debug for Base64Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} bytes>", self.0.len())
+    }
+}
+
+impl serde::Serialize for Base64Bytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Base64Bytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map(Base64Bytes)
+            .map_err(|e| serde::de::Error::custom(format!("not standard base64: {e}")))
+    }
+}
+
 /// `n` random bytes as unpadded base64url.
 pub fn random_b64url(n: usize) -> Result<String, getrandom::Error> {
     let mut bytes = vec![0u8; n];
