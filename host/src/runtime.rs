@@ -68,6 +68,11 @@ pub struct RuntimeConfig {
     pub max_component_bytes: usize,
     /// Limits of tenants created without their own.
     pub default_limits: Limits,
+    /// Plugins enabled for every new tenant (newest installed version,
+    /// every capability its manifest requests, default settings), in this
+    /// order; a tenant admin may disable them. `serve` defaults to the
+    /// first-party bundle (`server::DEFAULT_PLUGINS`); empty here.
+    pub default_plugins: Vec<String>,
     /// Regions, each its own database (SPEC D3); the first is the default.
     pub regions: Vec<String>,
     /// Where the master key comes from (SPEC D2).
@@ -94,6 +99,7 @@ impl RuntimeConfig {
             max_memory_bytes: 256 << 20,
             max_component_bytes: 32 << 20,
             default_limits: Limits::default(),
+            default_plugins: Vec::new(),
             regions: vec!["local".into()],
             master_key: MasterKeySource::File(PathBuf::new()),
             track_changes: true,
@@ -343,7 +349,11 @@ impl Runtime {
         self.create_tenant_in(id, None, limits).await
     }
 
-    /// Creates a tenant in `region` (`Registry::create_tenant_in`).
+    /// Creates a tenant in `region` (`Registry::create_tenant_in`) and
+    /// enables the default plugins for it. A default that cannot be enabled
+    /// (not installed, its publisher revoked, a hook failing) is logged and
+    /// skipped: the tenant exists either way, and its admin sees what is
+    /// enabled.
     pub async fn create_tenant_in(
         &self,
         id: &str,
@@ -353,7 +363,29 @@ impl Runtime {
         self.inner
             .registry
             .create_tenant_in(id, region, limits)
-            .await
+            .await?;
+        for name in &self.inner.config.default_plugins {
+            let newest = self
+                .plugins()
+                .into_iter()
+                .filter(|p| &p.name == name && !p.revoked)
+                .map(|p| p.version)
+                .max();
+            let result = match newest {
+                Some(v) => {
+                    self.enable_plugin(id, name, &v, None, Default::default())
+                        .await
+                }
+                None => Err(AdminError::PluginNotFound {
+                    name: name.clone(),
+                    version: "any".into(),
+                }),
+            };
+            if let Err(e) = result {
+                tracing::warn!(tenant = id, plugin = %name, code = e.code(), error = %e, "default plugin not enabled for the new tenant");
+            }
+        }
+        Ok(())
     }
 
     /// Deletes a tenant by destroying its key (`Registry::delete_tenant`).

@@ -45,6 +45,9 @@ pub struct ServerConfig {
     pub default_limits: Option<Limits>,
     /// Whether to trust this build's first-party bundle key (default true).
     pub trust_bundled: Option<bool>,
+    /// Plugins enabled for every new tenant, in order (default
+    /// `DEFAULT_PLUGINS`; `[]` for none).
+    pub default_plugins: Option<Vec<String>>,
     /// Regions, each its own database (default `["local"]`); the first is
     /// where tenants go unless told otherwise.
     pub regions: Option<Vec<String>>,
@@ -70,6 +73,10 @@ pub struct ServerConfig {
     /// What plugins may reach through `http-client`.
     pub http_client: crate::capability::http_client::HttpClientConfig,
 }
+
+/// The first-party plugins a new tenant has enabled unless the operator
+/// says otherwise (`default_plugins`); meetings needs the other two.
+pub const DEFAULT_PLUGINS: [&str; 3] = ["chat", "recording", "meetings"];
 
 /// `[tls]`: PEM files; both or neither.
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -146,6 +153,10 @@ impl ServerConfig {
         if let Some(l) = &self.default_limits {
             rc.default_limits = l.clone();
         }
+        rc.default_plugins = self
+            .default_plugins
+            .clone()
+            .unwrap_or_else(|| DEFAULT_PLUGINS.iter().map(|p| p.to_string()).collect());
         if let Some(r) = &self.regions {
             rc.regions = r.clone();
         }

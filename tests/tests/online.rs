@@ -389,3 +389,62 @@ async fn k1_the_cli_manages_tenants_plugins_and_trust_of_a_running_server() {
     let acme = rt.tenants().into_iter().find(|t| t.id == "acme").unwrap();
     assert!(!acme.plugins.contains_key("ledger"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k1_a_new_tenant_has_the_default_plugins_enabled_and_its_admin_may_disable_them() {
+    let h = Harness::with_config(|c| {
+        c.default_plugins = ["chat", "recording", "meetings", "not-installed"]
+            .map(String::from)
+            .to_vec();
+    })
+    .unwrap();
+    for p in ["chat", "recording", "meetings"] {
+        h.install(&manifest(p), &component(p)).await.unwrap();
+    }
+    let s = Server::start(h.runtime().clone()).await;
+    let op = operator(&h, &s).await;
+    let r = s
+        .call(
+            "POST",
+            "/api/v1/admin/tenants",
+            Some(&op),
+            Some(&json!({"id": "acme"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut names: Vec<String> = r.json()["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    // The three installed defaults; the one not installed is skipped.
+    assert_eq!(names, ["chat", "meetings", "recording"]);
+
+    // The tenant's users use chat at once; no admin step first.
+    let (_, admin) = person(&h, &s, "acme", "acme-admin", "tenant-admin").await;
+    let (_, ann) = person(&h, &s, "acme", "ann", "user").await;
+    let r = s
+        .plugin_call("acme", "chat", &ann, "GET", "/conversations", None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // Its admin may turn one off.
+    let r = s
+        .call(
+            "DELETE",
+            "/api/v1/admin/tenants/acme/plugins/meetings",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let acme = h
+        .runtime()
+        .tenants()
+        .into_iter()
+        .find(|t| t.id == "acme")
+        .unwrap();
+    assert!(!acme.plugins.contains_key("meetings") && acme.plugins.contains_key("chat"));
+}

@@ -105,7 +105,14 @@ pub(super) async fn run(r: &Runner<'_>, op: Op) -> Result<Value, ApiError> {
         }
         TenantCreate { id, region } => {
             rt.create_tenant_in(&id, region.as_deref(), None).await?;
-            json!({ "id": id })
+            let plugins: Vec<Value> = rt
+                .tenants()
+                .into_iter()
+                .filter(|t| t.id == id)
+                .flat_map(|t| t.plugins.into_iter())
+                .map(|(n, e)| json!({"name": n, "version": e.version.to_string()}))
+                .collect();
+            json!({ "id": id, "plugins": plugins })
         }
         TenantDelete { id } => {
             rt.delete_tenant(&id).await?;
