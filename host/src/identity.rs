@@ -35,6 +35,7 @@
 
 pub mod access;
 mod accounts;
+pub mod bootstrap;
 mod credentials;
 mod login;
 pub mod oidc;
@@ -495,6 +496,12 @@ pub enum AuthError {
     /// The name is taken.
     #[error("{0} already exists")]
     AlreadyExists(String),
+    /// The first-run bootstrap secret is wrong, already used or expired
+    /// (one answer for all).
+    #[error(
+        "the bootstrap secret is wrong, already used or expired; while no operator exists, each start of the server prints a new one"
+    )]
+    BootstrapRefused,
     /// Storage failed.
     #[error("storage is unavailable: {0}")]
     Store(#[from] StoreError),
@@ -520,6 +527,7 @@ impl AuthError {
             AuthError::InvalidArgument(_) => "invalid_argument",
             AuthError::NotFound(_) => "not_found",
             AuthError::AlreadyExists(_) => "already_exists",
+            AuthError::BootstrapRefused => "bootstrap_refused",
             AuthError::Store(_) => "storage_unavailable",
             AuthError::Audit(_) => "audit_unavailable",
         }
@@ -533,7 +541,7 @@ impl AuthError {
             | AuthError::MfaInvalid
             | AuthError::Unauthenticated => 401,
             AuthError::Throttled { .. } => 429,
-            AuthError::Restricted(_) | AuthError::Forbidden(_) => 403,
+            AuthError::Restricted(_) | AuthError::Forbidden(_) | AuthError::BootstrapRefused => 403,
             AuthError::PasswordPolicy(_) | AuthError::InvalidArgument(_) => 400,
             AuthError::NotFound(_) => 404,
             AuthError::AlreadyExists(_) => 409,

@@ -173,6 +173,26 @@ impl ServerConfig {
     }
 }
 
+/// First run (SPEC K1): with no operator yet, prints a one-time secret
+/// that creates the first one, and how to use it. Printed only here and
+/// only now; the store keeps its hash.
+async fn print_bootstrap(runtime: &Runtime, local: SocketAddr) {
+    match runtime.identity().bootstrap_secret().await {
+        Ok(None) => {}
+        Ok(Some(b)) => {
+            println!(
+                "switchboard: no operator exists yet. One-time bootstrap secret, valid until {} or until an operator exists (shown only now):\n\n    {}\n\n  create the first operator with it (then sign in, change the welcome password, enrol TOTP):\n    curl -k -X POST https://{local}/api/v1/auth/bootstrap -H 'content-type: application/json' -d '{{\"secret\": \"{}\", \"username\": \"admin\"}}'\n  or on this machine: switchboard user create --role operator admin",
+                crate::audit::rfc3339(b.expires_ms),
+                b.secret,
+                b.secret
+            );
+        }
+        Err(e) => {
+            tracing::error!(code = e.code(), error = %e, "cannot issue the bootstrap secret");
+        }
+    }
+}
+
 /// Scheduler ticks between polls for I/O. Plugin calls run in slices of
 /// one epoch tick (5 ms); with tokio's default of 61, a flood of busy calls
 /// from one tenant would leave other tenants' sockets unpolled for up to
@@ -245,6 +265,7 @@ pub async fn serve(
     println!(
         "switchboard: health at https://{local}/healthz, status at /status, API under /api/v1/"
     );
+    print_bootstrap(&runtime, local).await;
     run(
         runtime.clone(),
         listener,

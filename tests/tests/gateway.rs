@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use switchboard::gateway::GatewayConfig;
 use switchboard::harness::Harness;
 use switchboard::tenant::Limits;
@@ -722,21 +722,60 @@ async fn d1_serve_on_defaults_generates_a_certificate_prints_its_fingerprint_and
     }
     let (addr, fingerprint) = (addr.unwrap(), fingerprint.unwrap());
     assert!(dir.path().join("data/tls/key.pem").exists());
-    let config = switchboard::gateway::tls::pinned_client(&fingerprint).unwrap();
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(
-            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap();
-    tls.write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut raw = Vec::new();
-    let _ = tls.read_to_end(&mut raw).await;
-    assert_eq!(switchboard_tests::http::parse_response(&raw).status, 200);
+    // First run: no operator, so a one-time bootstrap secret is printed.
+    let mut secret = None;
+    let mut seen_notice = false;
+    while secret.is_none() {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("bootstrap notice within 60 s")
+            .unwrap()
+            .expect("the server printed a bootstrap secret");
+        seen_notice |= line.contains("One-time bootstrap secret");
+        if seen_notice && line.starts_with("    ") && !line.trim().is_empty() {
+            secret = Some(line.trim().to_string());
+        }
+    }
+    let secret = secret.unwrap();
+    let pinned = |method: &'static str, path: &'static str, body: String| {
+        let fingerprint = fingerprint.clone();
+        async move {
+            let config = switchboard::gateway::tls::pinned_client(&fingerprint).unwrap();
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(
+                    rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+                    tcp,
+                )
+                .await
+                .unwrap();
+            let head = format!(
+                "{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            );
+            tls.write_all(head.as_bytes()).await.unwrap();
+            tls.write_all(body.as_bytes()).await.unwrap();
+            let mut raw = Vec::new();
+            let _ = tls.read_to_end(&mut raw).await;
+            switchboard_tests::http::parse_response(&raw)
+        }
+    };
+    assert_eq!(pinned("GET", "/healthz", String::new()).await.status, 200);
+    let use_secret = |secret: &str| json!({"secret": secret, "username": "admin"}).to_string();
+    let r = pinned("POST", "/api/v1/auth/bootstrap", use_secret("guessed")).await;
+    assert_eq!((r.status, r.code().as_str()), (403, "bootstrap_refused"));
+    let r = pinned("POST", "/api/v1/auth/bootstrap", use_secret(&secret)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let welcome = r.json()["welcome_password"].as_str().unwrap().to_string();
+    // Used once: refused the second time, with the same answer as a guess.
+    let r = pinned("POST", "/api/v1/auth/bootstrap", use_secret(&secret)).await;
+    assert_eq!((r.status, r.code().as_str()), (403, "bootstrap_refused"));
+    // The first operator signs in, and must change the password first.
+    let login = json!({"username": "admin", "password": welcome}).to_string();
+    let r = pinned("POST", "/api/v1/auth/login", login).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let token = r.json()["token"].as_str().unwrap().to_string();
+    assert!(!token.is_empty());
     let pid = child.id().unwrap().to_string();
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &pid])
@@ -765,6 +804,13 @@ async fn d1_serve_on_defaults_generates_a_certificate_prints_its_fingerprint_and
     let first = logs.lines().next().expect("some log lines");
     let v: Value = serde_json::from_str(first).unwrap_or_else(|e| panic!("{e}: {first}"));
     assert!(v["level"].is_string() && v["fields"].is_object(), "{first}");
+    assert!(!logs.contains(&secret), "the secret is never logged");
+    // Only in its notice (the secret, and the curl line that uses it).
+    let again: Vec<&String> = rest
+        .iter()
+        .filter(|l| l.contains(&secret) && !l.contains("curl"))
+        .collect();
+    assert!(again.is_empty(), "printed only in its notice: {again:?}");
 }
 
 #[tokio::test]

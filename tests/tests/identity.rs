@@ -905,6 +905,83 @@ async fn operator(h: &Harness, s: &Server, name: &str) -> String {
 }
 
 #[tokio::test]
+async fn k1_the_bootstrap_secret_makes_one_operator_once_and_guesses_are_throttled() {
+    let (h, s) = setup(|_| {}).await;
+    let ids = h.runtime().identity();
+    let first = ids
+        .bootstrap_secret()
+        .await
+        .unwrap()
+        .expect("no operator yet");
+    // A second start before anyone used it prints a new secret, and the
+    // first no longer works.
+    let second = ids.bootstrap_secret().await.unwrap().expect("still none");
+    assert_ne!(first.secret, second.secret);
+    let body = |secret: &str| json!({"secret": secret, "username": "root"});
+    let url = "/api/v1/auth/bootstrap";
+    let r = s.call("POST", url, None, Some(&body(&first.secret))).await;
+    assert_eq!((r.status, r.code().as_str()), (403, "bootstrap_refused"));
+    let r = s.call("POST", url, None, Some(&body(&second.secret))).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["username"], "root");
+    assert!(r.json()["welcome_password"].as_str().unwrap().len() >= 12);
+    let r = s.call("POST", url, None, Some(&body(&second.secret))).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (403, "bootstrap_refused"),
+        "used once"
+    );
+    // An operator exists: no secret at the next start.
+    assert!(ids.bootstrap_secret().await.unwrap().is_none());
+    let operators = ids
+        .users(&switchboard::audit::Scope::System)
+        .unwrap()
+        .into_iter()
+        .filter(|u| u.role == switchboard::identity::Role::Operator)
+        .count();
+    assert_eq!(operators, 1);
+    // Malformed bodies are refused as such.
+    let r = s.call("POST", url, None, Some(&json!({"secret": 1}))).await;
+    assert_eq!(r.code(), "bad_request");
+    // Guessing slows down, then stops, for the guessing address.
+    let mut throttled = None;
+    for i in 0..40 {
+        let r = s
+            .call("POST", url, None, Some(&body(&format!("guess-{i}"))))
+            .await;
+        if r.status == 429 {
+            throttled = Some(r);
+            break;
+        }
+        assert_eq!(r.code(), "bootstrap_refused");
+    }
+    let r = throttled.expect("guesses were throttled");
+    assert_eq!(r.code(), "throttled");
+    assert!(r.header("retry-after").is_some());
+    // Every step is in the system trail.
+    let trail = console(
+        &h,
+        Op::AuditExport {
+            realm: "system".into(),
+            after: 0,
+            limit: 10_000,
+        },
+    )
+    .await;
+    let count = |action: &str, outcome: &str| {
+        trail["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == action && e["outcome"] == outcome)
+            .count()
+    };
+    assert_eq!(count("bootstrap.issue", "success"), 2);
+    assert_eq!(count("bootstrap.use", "success"), 1);
+    assert!(count("bootstrap.use", "denied") >= 4);
+}
+
+#[tokio::test]
 async fn i8_an_access_request_answers_those_who_may_not_see_it_as_an_unknown_id() {
     let (h, s) = setup(|_| {}).await;
     tenant(&h, "acme").await;

@@ -112,19 +112,30 @@ async fn auth(
             request_id: Some(request_id.to_string()),
             ..audit::Context::system()
         };
-        return match audit::with_context(ctx, ids.login(&realm, login)).await {
-            Ok(issued) => Ok(json_response(200, &json!(issued))),
-            Err(AuthError::Throttled { retry_after_ms }) => {
-                let e = AuthError::Throttled { retry_after_ms };
-                let mut resp = error_response(&e.into());
-                resp.headers_mut().insert(
-                    hyper::header::RETRY_AFTER,
-                    hyper::header::HeaderValue::from(retry_after_ms.div_ceil(1000)),
-                );
-                Ok(resp)
-            }
-            Err(e) => Err(e.into()),
+        let issued = audit::with_context(ctx, ids.login(&realm, login)).await;
+        return throttled_or(issued.map(|i| json!(i)));
+    }
+    if (method.clone(), path.as_str()) == (Method::POST, "bootstrap") {
+        // The first operator, with the secret `serve` printed (SPEC K1).
+        let body: BootstrapBody = parse(&read_body(req.into_body(), MAX_BODY_BYTES).await?)?;
+        let ctx = audit::Context {
+            source: source.clone(),
+            request_id: Some(request_id.to_string()),
+            ..audit::Context::system()
         };
+        let made = audit::with_context(
+            ctx,
+            ids.bootstrap(&body.secret, &body.username, Some(peer.addr)),
+        )
+        .await;
+        return throttled_or(made.map(|op| {
+            json!({
+                "id": op.id,
+                "username": op.username,
+                "welcome_password": op.welcome_password,
+                "next": "sign in with POST /api/v1/auth/login (no tenant), change the welcome password with POST /api/v1/auth/password, then enrol TOTP with POST /api/v1/auth/mfa/enroll and /mfa/confirm",
+            })
+        }));
     }
     if let Some(rest) = path.strip_prefix("sso/")
         && method == Method::GET
@@ -230,6 +241,24 @@ async fn auth(
     .await
 }
 
+/// A sign-in style answer: 200 with `value`, or the error — a throttled
+/// one with `Retry-After`.
+fn throttled_or(result: Result<serde_json::Value, AuthError>) -> Result<HttpResponse, ApiError> {
+    match result {
+        Ok(value) => Ok(json_response(200, &value)),
+        Err(AuthError::Throttled { retry_after_ms }) => {
+            let e = AuthError::Throttled { retry_after_ms };
+            let mut resp = error_response(&e.into());
+            resp.headers_mut().insert(
+                hyper::header::RETRY_AFTER,
+                hyper::header::HeaderValue::from(retry_after_ms.div_ceil(1000)),
+            );
+            Ok(resp)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn not_found() -> ApiError {
     ApiError::new(404, "not_found", "no such API route")
 }
@@ -269,6 +298,13 @@ struct TenantBody {
     id: String,
     #[serde(default)]
     region: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BootstrapBody {
+    secret: String,
+    username: String,
 }
 
 #[derive(Deserialize)]
