@@ -9,6 +9,7 @@
 mod accounts;
 mod audit;
 mod backup;
+mod dev;
 mod plugin;
 mod tenant;
 

@@ -33,6 +33,8 @@ pub enum ControlRequest {
     Admin {
         admin: crate::admin::Op,
     },
+    /// The URL clients reach this server at (its answer's message).
+    Info,
 }
 
 /// The answer: `ok` with a message, or an error code and message.
@@ -136,6 +138,11 @@ async fn handle(rt: &Runtime, req: ControlRequest) -> ControlResponse {
                 message: serde_json::json!({ "status": status, "body": text }).to_string(),
             },
             Err((code, message)) => fail(&code, message),
+        },
+        ControlRequest::Info => ControlResponse {
+            ok: true,
+            code: "ok".into(),
+            message: rt.public_url(),
         },
         ControlRequest::RotateMaster => match rt.rotate_master_key(None).await {
             Ok(id) => ControlResponse {

@@ -47,6 +47,46 @@ pub enum PluginCmd {
     },
     /// Print a package's manifest, signers and digest as JSON.
     Inspect { package: PathBuf },
+    /// Scaffold a plugin crate NAME (manifest, a router with two routes, a
+    /// harness test, a README naming the next command); refuses an
+    /// existing folder.
+    New {
+        name: String,
+        /// The folder to create it in (default: the current one).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The SDK as a path: the `sdk/` folder of a Switchboard checkout
+        /// (default: the one this binary was built from).
+        #[arg(long, conflicts_with = "sdk_git")]
+        sdk: Option<PathBuf>,
+        /// The SDK from a git repository instead.
+        #[arg(long)]
+        sdk_git: Option<String>,
+    },
+    /// In a plugin crate: build it for wasm32-wasip2, sign it with your
+    /// development key, install it into the running server as a dev build
+    /// (`VERSION-dev.N`), enable it for a tenant and print its URL.
+    Dev {
+        #[command(flatten)]
+        data: DataArgs,
+        /// The tenant to enable it for.
+        #[arg(long)]
+        tenant: String,
+        /// The plugin crate (default: the current folder).
+        #[arg(long, default_value = ".")]
+        path: PathBuf,
+        /// The development key (default: ~/.config/switchboard/dev.key,
+        /// created 0600 on first use).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Trust the development key on the server if it does not yet (the
+        /// operator's consent; audited).
+        #[arg(long)]
+        trust_dev_key: bool,
+        /// Cargo's target folder for the build.
+        #[arg(long)]
+        target_dir: Option<PathBuf>,
+    },
     /// Install a signed package (its publisher must be trusted).
     Install {
         #[command(flatten)]
@@ -217,6 +257,37 @@ pub(super) async fn run(cmd: PluginCmd) -> anyhow::Result<()> {
             });
             println!("{}", serde_json::to_string_pretty(&out)?);
             Ok(())
+        }
+        PluginCmd::New {
+            name,
+            dir,
+            sdk,
+            sdk_git,
+        } => {
+            let source = match (sdk, sdk_git) {
+                (Some(p), _) => Some(super::dev::SdkSource::Path(p)),
+                (None, Some(url)) => Some(super::dev::SdkSource::Git(url)),
+                (None, None) => None,
+            };
+            super::dev::new_plugin(&name, &dir, source)
+        }
+        PluginCmd::Dev {
+            data,
+            tenant,
+            path,
+            key,
+            trust_dev_key,
+            target_dir,
+        } => {
+            super::dev::dev(super::dev::DevArgs {
+                data,
+                path,
+                tenant,
+                key,
+                trust_dev_key,
+                target_dir,
+            })
+            .await
         }
         PluginCmd::Install { data, package } => {
             let op = Op::PluginInstall {
