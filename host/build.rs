@@ -63,4 +63,62 @@ fn main() {
     }
     writeln!(rs, "];").ok();
     std::fs::write(out.join("bundle.rs"), rs).expect("write bundle.rs");
+
+    let bundle: Vec<String> = names
+        .iter()
+        .map(|n| {
+            let text =
+                std::fs::read_to_string(plugins.join(n).join("plugin.toml")).unwrap_or_default();
+            let version = Manifest::parse(text.as_bytes())
+                .map(|m| m.version.to_string())
+                .unwrap_or_default();
+            format!("{n} {version}")
+        })
+        .collect();
+    let key_id = switchboard_signing::KeyId::of(&key.verifying_key());
+    std::fs::write(
+        out.join("build_info.txt"),
+        build_info(
+            &root,
+            &format!(
+                "{} (signed by this build's key {key_id})",
+                bundle.join(", ")
+            ),
+        ),
+    )
+    .expect("write build_info.txt");
+}
+
+/// What `switchboard --version` prints below the version line: the commit
+/// (when the builder records it), profile, target, compiler, the wasmtime
+/// version from the lock file, and the bundled plugins.
+fn build_info(root: &std::path::Path, bundle: &str) -> String {
+    println!("cargo:rerun-if-env-changed=SWITCHBOARD_GIT_COMMIT");
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("Cargo.lock").display()
+    );
+    let commit = env::var("SWITCHBOARD_GIT_COMMIT")
+        .ok()
+        .filter(|c| !c.trim().is_empty())
+        .unwrap_or_else(|| "not recorded (set SWITCHBOARD_GIT_COMMIT when building)".into());
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let rustc = std::process::Command::new(rustc)
+        .arg("-V")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown rustc".into());
+    let lock = std::fs::read_to_string(root.join("Cargo.lock")).unwrap_or_default();
+    let wasmtime = lock
+        .split("[[package]]")
+        .find(|p| p.contains("\nname = \"wasmtime\"\n"))
+        .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = ")))
+        .map(|v| v.trim_matches('"').to_string())
+        .unwrap_or_else(|| "unknown".into());
+    format!(
+        "commit: {commit}\nbuild: {} profile for {}, {rustc}\nwasmtime {wasmtime}\nfirst-party bundle: {bundle}",
+        env::var("PROFILE").unwrap_or_default(),
+        env::var("TARGET").unwrap_or_default(),
+    )
 }

@@ -30,8 +30,16 @@ use crate::server::{self, ServerConfig};
 
 /// Switchboard: a unified-communications server built as a WebAssembly
 /// microkernel.
+/// `--version`: the version, then how this binary was built.
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "\n",
+    include_str!(concat!(env!("OUT_DIR"), "/build_info.txt")),
+    "\nplugin APIs: 0.1.0, 0.2.0"
+);
+
 #[derive(Debug, Parser)]
-#[command(name = "switchboard", version)]
+#[command(name = "switchboard", version, long_version = LONG_VERSION)]
 pub struct Cli {
     /// Log format on stderr: `text` for people, `json` (one object per
     /// line) for log collectors. The level comes from `RUST_LOG`.
@@ -407,5 +415,50 @@ mod tests {
     fn the_command_line_definition_is_consistent() {
         use clap::CommandFactory as _;
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_plugin_apis_named_in_the_version_are_the_supported_ones() {
+        let listed = super::LONG_VERSION
+            .lines()
+            .find_map(|l| l.strip_prefix("plugin APIs: "))
+            .unwrap();
+        assert_eq!(
+            listed,
+            crate::kernel::link::SUPPORTED_API_VERSIONS.join(", ")
+        );
+    }
+
+    /// Every verb works with the server running (through the control
+    /// socket) or never touches a server; no help text may claim a verb
+    /// needs the server stopped.
+    #[test]
+    fn no_verb_claims_it_needs_the_server_stopped() {
+        use clap::CommandFactory as _;
+        fn walk(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+            let help = format!(
+                "{} {}",
+                cmd.get_about().map(|a| a.to_string()).unwrap_or_default(),
+                cmd.get_long_about()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default()
+            );
+            for claim in [
+                "must not be running",
+                "(offline)",
+                "offline:",
+                "stop the server",
+            ] {
+                if help.contains(claim) {
+                    out.push(format!("{path}: {claim:?}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), out);
+            }
+        }
+        let mut wrong = Vec::new();
+        walk(&super::Cli::command(), "switchboard", &mut wrong);
+        assert!(wrong.is_empty(), "{wrong:?}");
     }
 }
