@@ -401,6 +401,11 @@ fn control_answer(answer: crate::control::ControlResponse) -> anyhow::Result<()>
     }
 }
 
+/// A key file's error with its code.
+fn key_err(e: switchboard_signing::keys::KeyError) -> anyhow::Error {
+    anyhow::anyhow!("{e} ({})", e.code())
+}
+
 fn admin(e: crate::runtime::AdminError) -> anyhow::Error {
     anyhow::anyhow!("{e} ({})", e.code())
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use switchboard_signing::{KeyId, Manifest, keys};
 
-use super::{DataArgs, admin_op, read};
+use super::{DataArgs, admin_op, key_err, read};
 use crate::admin::Op;
 use crate::support::encoding::Base64Bytes;
 
@@ -186,7 +186,7 @@ fn default_key() -> anyhow::Result<PathBuf> {
 /// first use.
 fn dev_key(path: &Path) -> anyhow::Result<ed25519_dalek::SigningKey> {
     if path.exists() {
-        return keys::read_secret(path).map_err(super::plugin::key_err);
+        return keys::read_secret(path).map_err(key_err);
     }
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)
@@ -197,8 +197,8 @@ fn dev_key(path: &Path) -> anyhow::Result<ed25519_dalek::SigningKey> {
             std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700))?;
         }
     }
-    let key = keys::generate().map_err(super::plugin::key_err)?;
-    keys::write_key_pair(&key, path).map_err(super::plugin::key_err)?;
+    let key = keys::generate().map_err(key_err)?;
+    keys::write_key_pair(&key, path).map_err(key_err)?;
     println!(
         "created development key {} (key id {})",
         path.display(),

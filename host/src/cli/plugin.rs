@@ -9,7 +9,7 @@ use clap::Subcommand;
 use switchboard_signing::package::Trust;
 use switchboard_signing::{Capability, KeyId, Package, PackageError, keys};
 
-use super::{DataArgs, admin, admin_op, read};
+use super::{DataArgs, admin, admin_op, key_err, read};
 use crate::admin::Op;
 use crate::support::encoding::Base64Bytes;
 
@@ -165,10 +165,6 @@ pub enum TrustCmd {
         data: DataArgs,
         key_id: String,
     },
-}
-
-pub(super) fn key_err(e: keys::KeyError) -> anyhow::Error {
-    anyhow::anyhow!("{e} ({})", e.code())
 }
 
 pub(super) fn pkg_err(e: PackageError) -> anyhow::Error {
@@ -436,7 +432,8 @@ pub(super) async fn trust(cmd: TrustCmd) -> anyhow::Result<()> {
                 disabled.len()
             );
             for p in disabled {
-                println!("  {}", text(&p));
+                // "name@version", printed as "name version".
+                println!("  {}", text(&p).replacen('@', " ", 1));
             }
             Ok(())
         }
