@@ -4,17 +4,17 @@
 //!
 //! Who may do what:
 //!
-//! | operation                         | console | operator | partner        | tenant admin |
-//! |-----------------------------------|---------|----------|----------------|--------------|
-//! | tenants: list, create, delete     | yes     | yes      | list assigned  | no           |
-//! | trust store, plugin packages      | yes     | yes      | list packages  | no           |
-//! | enable / disable plugins          | yes     | yes      | assigned       | own tenant   |
-//! | system accounts (operators...)    | yes     | yes      | no             | no           |
-//! | tenant admins' accounts           | yes     | yes      | no             | own tenant   |
-//! | other tenant users                | yes     | no       | no             | own tenant   |
-//! | sign-in policy                    | yes     | read     | no             | own tenant   |
-//! | audit: verify                     | yes     | yes      | no             | own tenant   |
-//! | audit: export (content)           | yes     | system   | no             | own tenant   |
+//! | operation                         | console | operator          | partner        | tenant admin |
+//! |-----------------------------------|---------|-------------------|----------------|--------------|
+//! | tenants: list, create, delete     | yes     | yes               | list assigned  | no           |
+//! | trust store, install packages     | yes     | yes               | list           | list         |
+//! | enable / disable plugins          | yes     | yes               | assigned       | own tenant   |
+//! | system accounts (operators...)    | yes     | read              | no             | no           |
+//! | tenant admins' accounts           | yes     | read; create the first (more: JIT grant) | no | own tenant |
+//! | other tenant users                | yes     | JIT grant         | no             | own tenant   |
+//! | sign-in policy                    | yes     | read              | no             | own tenant   |
+//! | audit: verify                     | yes     | yes               | no             | own tenant   |
+//! | audit: export (content)           | yes     | system; a tenant's with a JIT grant | no | own tenant |
 //!
 //! "Console" is the machine's operator on the local CLI or control socket
 //! (file-system permissions are the credential). Operators manage only the

@@ -44,6 +44,30 @@ async fn i2_welcome_password_must_be_changed_first_and_policy_names_every_rule()
         .call("GET", "/api/v1/admin/tenants", Some(&restricted), None)
         .await;
     assert_eq!(r.code(), "password_change_required");
+    // Neither a second factor nor an event stream (not even its ticket).
+    for path in [
+        "/api/v1/auth/mfa/enroll",
+        "/api/v1/auth/mfa/confirm",
+        "/api/v1/auth/stream-ticket",
+    ] {
+        let r = s
+            .call(
+                "POST",
+                path,
+                Some(&restricted),
+                Some(&json!({"code": "123456"})),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (403, "password_change_required"),
+            "{path}"
+        );
+    }
+    let r = s
+        .call("GET", "/api/v1/auth/me", Some(&restricted), None)
+        .await;
+    assert_eq!(r.json()["restriction"], "change-password");
 
     // A weak password: one message per unmet rule, nothing changed.
     let r = s

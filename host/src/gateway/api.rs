@@ -204,13 +204,15 @@ async fn auth(
                 let body: PasswordBody = parse(&read_body(req.into_body(), MAX_BODY_BYTES).await?)?;
                 let issued = ids
                     .change_password(&caller, &body.current, &body.new, source, ua.as_deref())
-                    .await?;
-                Ok(json_response(200, &json!(issued)))
+                    .await;
+                throttled_or(issued.map(|i| json!(i)))
+            }
+            (Method::POST, "mfa/enroll" | "mfa/confirm")
+                if caller.restriction == Some(Restriction::ChangePassword) =>
+            {
+                Err(AuthError::Restricted(Restriction::ChangePassword).into())
             }
             (Method::POST, "mfa/enroll") => {
-                if caller.restriction == Some(Restriction::ChangePassword) {
-                    return Err(AuthError::Restricted(Restriction::ChangePassword).into());
-                }
                 let (secret, uri) = ids.mfa_enroll(&caller).await?;
                 Ok(json_response(200, &json!({ "secret": secret, "otpauth_uri": uri })))
             }

@@ -50,6 +50,10 @@ pub fn ticket_route(gw: &Gateway, req: &Request<Incoming>) -> Result<HttpRespons
     if caller.tenant().is_none() {
         return Err(no_stream_for_system());
     }
+    // The stream would refuse it: refuse the ticket the same way.
+    if let Some(r) = caller.restriction {
+        return Err(AuthError::Restricted(r).into());
+    }
     let token = super::reply::bearer(req).ok_or(AuthError::Unauthenticated)?;
     let ticket = gw.issue_ticket(&token)?;
     Ok(json_response(
