@@ -272,6 +272,9 @@ impl Gateway {
         if path == "/api/v1/auth/stream-ticket" {
             return ws::ticket_route(self, &req);
         }
+        if path == "/api/v1/openapi.json" {
+            return openapi(&req);
+        }
         match class {
             "plugin" => self.plugin_route(req, peer).await,
             "events" => ws::events_route(self, req, peer).await,
@@ -530,6 +533,27 @@ fn principal_for(
 }
 
 /// The route class of a path, for metrics.
+/// The host API's description (`host/openapi.json`), public.
+const OPENAPI: &str = include_str!("../openapi.json");
+
+/// `GET /api/v1/openapi.json`: the OpenAPI 3.1 description of the host's
+/// own routes (each plugin serves its own).
+fn openapi(req: &Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    if req.method() != hyper::Method::GET {
+        return Err(ApiError::new(
+            405,
+            "method_not_allowed",
+            "use GET /api/v1/openapi.json",
+        ));
+    }
+    let mut resp = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
+}
+
 fn route_class(path: &str) -> &'static str {
     if path.starts_with("/api/v1/t/") {
         "plugin"

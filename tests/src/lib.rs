@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod http;
 pub mod load;
+pub mod schema;
 pub mod stream;
 pub mod tamper;
 pub mod world;

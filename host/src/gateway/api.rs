@@ -410,6 +410,7 @@ async fn admin_route(
         }
         (&M::DELETE, ["tenants", t]) => Op::TenantDelete { id: s(t) },
         (&M::GET, ["tenants", t, "limits"]) => Op::TenantLimits { id: s(t) },
+        (&M::GET, ["tenants", t, "usage"]) => Op::TenantUsage { id: s(t) },
         (&M::PATCH, ["tenants", t, "limits"]) => Op::TenantLimitsSet {
             id: s(t),
             set: parse(&body(MAX_BODY_BYTES).await?)?,
