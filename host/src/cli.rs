@@ -365,7 +365,7 @@ fn with_query(path: &str, name: &str, value: &str) -> String {
 /// server's control socket when there is one, else on the folder itself.
 async fn admin_op(data: &DataArgs, op: Op) -> anyhow::Result<serde_json::Value> {
     let folder = data.dir()?;
-    let req = crate::control::ControlRequest::Admin { admin: op.clone() };
+    let req = crate::control::ControlRequest::Admin { admin: op };
     if let Some(answer) = crate::control::send(&folder, &req).await {
         let answer = answer?;
         if !answer.ok {
@@ -373,6 +373,9 @@ async fn admin_op(data: &DataArgs, op: Op) -> anyhow::Result<serde_json::Value> 
         }
         return Ok(serde_json::from_str(&answer.message)?);
     }
+    let crate::control::ControlRequest::Admin { admin: op } = req else {
+        unreachable!("built as Admin above")
+    };
     let rt = open(data)?;
     let value = crate::audit::with_context(
         crate::audit::Context::console(),

@@ -89,6 +89,8 @@ pub struct Kernel {
     tenants: Arc<Tenants>,
     global_slots: Arc<Semaphore>,
     executor: Executor,
+    /// One install compile at a time (`compile_apart`).
+    compiles: Arc<Semaphore>,
     stop: Arc<AtomicBool>,
 }
 
@@ -144,6 +146,7 @@ impl Kernel {
             caps,
             tenants,
             executor,
+            compiles: Arc::new(Semaphore::new(1)),
             stop,
         })
     }

@@ -68,9 +68,10 @@ pub struct RuntimeConfig {
     pub max_component_bytes: usize,
     /// Limits of tenants created without their own.
     pub default_limits: Limits,
-    /// Plugins enabled for every new tenant (newest installed version,
-    /// every capability its manifest requests, default settings), in this
-    /// order; a tenant admin may disable them. `serve` defaults to the
+    /// Plugins enabled for every new tenant, in this order: `name` (its
+    /// newest installed release; never a pre-release or dev build) or
+    /// `name@version`, with every capability its manifest requests and
+    /// default settings; a tenant admin may disable them. `serve` defaults to the
     /// first-party bundle (`server::DEFAULT_PLUGINS`); empty here.
     pub default_plugins: Vec<String>,
     /// Regions, each its own database (SPEC D3); the first is the default.
@@ -364,12 +365,22 @@ impl Runtime {
             .registry
             .create_tenant_in(id, region, limits)
             .await?;
-        for name in &self.inner.config.default_plugins {
+        for entry in &self.inner.config.default_plugins {
+            // `name` (its newest released version) or `name@version`.
+            let (name, pinned) = match entry.split_once('@') {
+                Some((n, v)) => (n, v.parse::<semver::Version>().ok()),
+                None => (entry.as_str(), None),
+            };
             let newest = self
                 .plugins()
                 .into_iter()
-                .filter(|p| &p.name == name && !p.revoked)
+                .filter(|p| p.name == name && !p.revoked)
                 .map(|p| p.version)
+                .filter(|v| match &pinned {
+                    Some(want) => v == want,
+                    // Dev builds and pre-releases are never a default.
+                    None => v.pre.is_empty(),
+                })
                 .max();
             let result = match newest {
                 Some(v) => {
@@ -377,12 +388,12 @@ impl Runtime {
                         .await
                 }
                 None => Err(AdminError::PluginNotFound {
-                    name: name.clone(),
-                    version: "any".into(),
+                    name: name.to_string(),
+                    version: pinned.map_or("any release".into(), |v| v.to_string()),
                 }),
             };
             if let Err(e) = result {
-                tracing::warn!(tenant = id, plugin = %name, code = e.code(), error = %e, "default plugin not enabled for the new tenant");
+                tracing::warn!(tenant = id, plugin = %entry, code = e.code(), error = %e, "default plugin not enabled for the new tenant");
             }
         }
         Ok(())

@@ -173,22 +173,50 @@ impl ServerConfig {
     }
 }
 
-/// First run (SPEC K1): with no operator yet, prints a one-time secret
-/// that creates the first one, and how to use it. Printed only here and
-/// only now; the store keeps its hash.
-async fn print_bootstrap(runtime: &Runtime, local: SocketAddr) {
-    match runtime.identity().bootstrap_secret().await {
-        Ok(None) => {}
-        Ok(Some(b)) => {
-            println!(
-                "switchboard: no operator exists yet. One-time bootstrap secret, valid until {} or until an operator exists (shown only now):\n\n    {}\n\n  create the first operator with it (then sign in, change the welcome password, enrol TOTP):\n    curl -k -X POST https://{local}/api/v1/auth/bootstrap -H 'content-type: application/json' -d '{{\"secret\": \"{}\", \"username\": \"admin\"}}'\n  or on this machine: switchboard user create --role operator admin",
-                crate::audit::rfc3339(b.expires_ms),
-                b.secret,
-                b.secret
-            );
+/// First run (SPEC K1): with no operator yet, a one-time secret that
+/// creates the first one. On a terminal it is printed; otherwise (a
+/// service, whose output goes to a journal others may read) it is written
+/// to `{data}/bootstrap.secret`, mode 0600, and only the file is named.
+/// The store keeps its hash; the file goes when the secret is used or an
+/// operator exists.
+async fn print_bootstrap(runtime: &Runtime, local: SocketAddr, cert: &std::path::Path) {
+    use std::io::IsTerminal as _;
+    let file = runtime
+        .data_dir()
+        .join(crate::identity::bootstrap::SECRET_FILE);
+    let b = match runtime.identity().bootstrap_secret().await {
+        Ok(Some(b)) => b,
+        Ok(None) => {
+            let _ = std::fs::remove_file(&file);
+            return;
         }
         Err(e) => {
             tracing::error!(code = e.code(), error = %e, "cannot issue the bootstrap secret");
+            return;
+        }
+    };
+    let until = crate::audit::rfc3339(b.expires_ms);
+    let how = format!(
+        "create the first operator with it (then sign in, change the welcome password, enrol TOTP):\n    curl --cacert {} -X POST https://{local}/api/v1/auth/bootstrap -H 'content-type: application/json' -d '{{\"secret\": \"SECRET\", \"username\": \"admin\"}}'\n  or on this machine: switchboard user create --role operator admin",
+        cert.display()
+    );
+    if std::io::stdout().is_terminal() {
+        let _ = std::fs::remove_file(&file);
+        println!(
+            "switchboard: no operator exists yet. One-time bootstrap secret, valid until {until} or until an operator exists (shown only now):\n\n    {}\n\n  {how}",
+            b.secret
+        );
+        return;
+    }
+    // A new secret replaces the last one's file.
+    let _ = std::fs::remove_file(&file);
+    match crate::support::fsutil::write_secret(&file, format!("{}\n", b.secret).as_bytes()) {
+        Ok(()) => println!(
+            "switchboard: no operator exists yet. A one-time bootstrap secret, valid until {until} or until an operator exists, is in {} (mode 0600)\n  {how}",
+            file.display()
+        ),
+        Err(e) => {
+            tracing::error!(file = %file.display(), error = %e, "cannot write the bootstrap secret")
         }
     }
 }
@@ -265,7 +293,7 @@ pub async fn serve(
     println!(
         "switchboard: health at https://{local}/healthz, status at /status, API under /api/v1/"
     );
-    print_bootstrap(&runtime, local).await;
+    print_bootstrap(&runtime, local, &tls.cert_file).await;
     run(
         runtime.clone(),
         listener,

@@ -300,7 +300,11 @@ pub fn parse_public(text: &str) -> Result<VerifyingKey, KeyError> {
         .and_then(|b| <[u8; 32]>::try_from(b).ok())
         .ok_or_else(|| KeyError::Malformed("the key line is not 64 hex digits".into()))?;
     let key = VerifyingKey::from_bytes(&bytes)
-        .map_err(|_| KeyError::Malformed("the bytes are not an Ed25519 public key".into()))?;
+        .ok()
+        .filter(|k| !k.is_weak())
+        .ok_or_else(|| {
+            KeyError::Malformed("the bytes are not a usable Ed25519 public key".into())
+        })?;
     let declared: KeyId = id.trim().parse()?;
     if declared != KeyId::of(&key) {
         return Err(KeyError::Malformed(format!(
@@ -331,11 +335,14 @@ pub fn parse_publisher_key(text: &str) -> Result<VerifyingKey, KeyError> {
         .ok()
         .and_then(|b| <[u8; 32]>::try_from(b).ok())
         .ok_or_else(|| KeyError::Malformed(format!("not a publisher key: {forms}")))?;
-    VerifyingKey::from_bytes(&bytes).map_err(|_| {
-        KeyError::Malformed(
-            "the publisher key's 64 hex digits are not an Ed25519 public key".into(),
-        )
-    })
+    VerifyingKey::from_bytes(&bytes)
+        .ok()
+        .filter(|k| !k.is_weak())
+        .ok_or_else(|| {
+            KeyError::Malformed(
+                "the publisher key's 64 hex digits are not a usable Ed25519 public key (a small-order key signs nothing)".into(),
+            )
+        })
 }
 
 /// Reads a public key file.
@@ -367,6 +374,13 @@ mod tests {
             let e = parse_publisher_key(bad).unwrap_err().to_string();
             assert!(e.contains("KEY.pub") && e.contains("64 hex digits"), "{e}");
         }
+        // A small-order key, for which any signature would do, is refused.
+        let mut weak = [0u8; 32];
+        weak[0] = 1;
+        let e = parse_publisher_key(&hex::encode(weak))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("small-order"), "{e}");
         // A file whose header names another key is refused.
         let other = KeyId::of(&generate().unwrap().verifying_key());
         let forged = format!("{PUBLIC_HEADER} {other}\n{hex_line}\n");

@@ -7,7 +7,7 @@
 //! and the digest; `verify` then checks the publisher's trust and
 //! signature. Nothing here compiles or runs the component.
 
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 
 use crate::keys::KeyId;
@@ -298,7 +298,8 @@ impl Package {
         let Some((_, sig)) = self.signatures.iter().find(|(k, _)| *k == publisher) else {
             return Err(PackageError::Unsigned(publisher));
         };
-        key.verify(
+        // Strict: no small-order keys or malleable signatures.
+        key.verify_strict(
             &signed_bytes(&self.manifest_bytes),
             &Signature::from_bytes(sig),
         )

@@ -1064,11 +1064,12 @@ async fn i8_an_access_request_answers_those_who_may_not_see_it_as_an_unknown_id(
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    // The attempts are on the tenant's trail.
+    // The attempts are on the system's trail (not the tenant's: strangers
+    // cannot write into it).
     let trail = console(
         &h,
         Op::AuditExport {
-            realm: "acme".into(),
+            realm: "system".into(),
             after: 0,
             limit: 10_000,
         },

@@ -401,6 +401,10 @@ async fn k1_a_new_tenant_has_the_default_plugins_enabled_and_its_admin_may_disab
     for p in ["chat", "recording", "meetings"] {
         h.install(&manifest(p), &component(p)).await.unwrap();
     }
+    // A dev build of chat is never a default, however high its version.
+    h.install(&with_version("chat", "9.0.0-dev.1"), &component("chat"))
+        .await
+        .unwrap();
     let s = Server::start(h.runtime().clone()).await;
     let op = operator(&h, &s).await;
     let r = s
@@ -421,6 +425,14 @@ async fn k1_a_new_tenant_has_the_default_plugins_enabled_and_its_admin_may_disab
     names.sort();
     // The three installed defaults; the one not installed is skipped.
     assert_eq!(names, ["chat", "meetings", "recording"]);
+    let chat = r.json()["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "chat")
+        .unwrap()["version"]
+        .clone();
+    assert_eq!(chat, "0.1.0", "the newest release, not the dev build");
 
     // The tenant's users use chat at once; no admin step first.
     let (_, admin) = person(&h, &s, "acme", "acme-admin", "tenant-admin").await;

@@ -69,8 +69,33 @@ async fn p2_plugin_new_then_dev_then_a_call_and_the_scaffolds_own_test() {
         .unwrap_err();
     assert!(e.to_string().contains("not a plugin name"), "{e}");
 
-    // 2. dev: the development key is trusted only when told to.
+    // 2. dev finds the running server: the nearest switchboard-data with a
+    // control socket at or above the crate (here a link to the harness's
+    // folder, beside the crate as `plugin new` leaves it); with none
+    // running it refuses rather than open a folder on the side.
+    std::os::unix::fs::symlink(&data, work.path().join("switchboard-data")).unwrap();
     let path = crate_dir.to_str().unwrap().to_string();
+    let empty = tempfile::tempdir().unwrap();
+    let e = cli(&[
+        "plugin",
+        "dev",
+        "--tenant",
+        "acme",
+        "--path",
+        &path,
+        "--key",
+        &key,
+        "--data",
+        empty.path().to_str().unwrap(),
+    ])
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("no server runs on"), "{e}");
+    assert!(
+        !empty.path().join("store").exists(),
+        "nothing opened on the side"
+    );
+    // The development key is trusted only when told to.
     let dev = |trust: bool| {
         let mut args = vec![
             "plugin",
@@ -83,8 +108,6 @@ async fn p2_plugin_new_then_dev_then_a_call_and_the_scaffolds_own_test() {
             &key,
             "--target-dir",
             &target,
-            "--data",
-            &data,
         ];
         if trust {
             args.push("--trust-dev-key");

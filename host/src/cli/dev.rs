@@ -80,14 +80,16 @@ pub(super) fn new_plugin(name: &str, dir: &Path, sdk: Option<SdkSource>) -> anyh
             )
         }
     };
-    let fill = |template: &str| {
-        template
-            .replace("{{name}}", name)
-            .replace("{{api}}", crate::kernel::v0_1::API_VERSION)
-            .replace("{{sdk_harness}}", &dep_harness)
-            .replace("{{sdk_note}}", &note)
-            .replace("{{sdk}}", &dep)
-    };
+    // Notes go into comments and Markdown: one line, no control characters.
+    let note: String = note.chars().filter(|c| !c.is_control()).collect();
+    let values = [
+        ("name", name),
+        ("api", crate::kernel::v0_1::API_VERSION),
+        ("sdk_harness", dep_harness.as_str()),
+        ("sdk_note", note.as_str()),
+        ("sdk", dep.as_str()),
+    ];
+    let fill = |template: &str| fill(template, &values);
     let files: [(&str, &str); 6] = [
         (
             "Cargo.toml",
@@ -136,6 +138,35 @@ pub(super) fn new_plugin(name: &str, dir: &Path, sdk: Option<SdkSource>) -> anyh
         root.display()
     );
     Ok(())
+}
+
+/// `template` with each `{{key}}` replaced by its value, in one pass (a
+/// value is never read as a template).
+fn fill(template: &str, values: &[(&str, &str)]) -> String {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        match after.find("}}").and_then(|end| {
+            let key = &after[..end];
+            values
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| (end, *v))
+        }) {
+            Some((end, value)) => {
+                out.push_str(value);
+                rest = &after[end + 2..];
+            }
+            None => {
+                out.push_str("{{");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// 1-32 of [a-z0-9-], starting with a letter (the manifest's rule).
@@ -188,7 +219,10 @@ fn dev_key(path: &Path) -> anyhow::Result<ed25519_dalek::SigningKey> {
     if path.exists() {
         return keys::read_secret(path).map_err(key_err);
     }
-    if let Some(parent) = path.parent() {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+        && !parent.exists()
+    {
+        // A folder made here is private; an existing one is left alone.
         std::fs::create_dir_all(parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;
         #[cfg(unix)]
@@ -207,8 +241,43 @@ fn dev_key(path: &Path) -> anyhow::Result<ed25519_dalek::SigningKey> {
     Ok(key)
 }
 
+/// The data folder of the server `plugin dev` talks to: `--data` (or the
+/// config file's), else the nearest `switchboard-data` with a control
+/// socket in the crate's folder or above it (`plugin new` runs where the
+/// server's folder is; `plugin dev` in the crate below). A server must be
+/// running on it: a dev build goes into the running server, never into a
+/// folder opened on the side.
+async fn running_server(data: &DataArgs, crate_dir: &Path) -> anyhow::Result<PathBuf> {
+    let folder = if data.data.is_some() || data.server_config.is_some() {
+        data.dir()?
+    } else {
+        let start = crate_dir
+            .canonicalize()
+            .unwrap_or_else(|_| crate_dir.to_path_buf());
+        start
+            .ancestors()
+            .map(|d| d.join("switchboard-data"))
+            .find(|d| crate::control::socket_path(d).exists())
+            .with_context(|| {
+                format!(
+                    "no running server found: no switchboard-data/control.sock in {} or above it; start `switchboard serve` or pass --data with the running server's data folder",
+                    start.display()
+                )
+            })?
+    };
+    match crate::control::send(&folder, &crate::control::ControlRequest::Info).await {
+        Some(Ok(_)) => Ok(folder),
+        _ => bail!(
+            "no server runs on {}: start `switchboard serve` there (plugin dev installs into the running server)",
+            folder.display()
+        ),
+    }
+}
+
 /// `plugin dev`.
-pub(super) async fn dev(args: DevArgs) -> anyhow::Result<()> {
+pub(super) async fn dev(mut args: DevArgs) -> anyhow::Result<()> {
+    let folder = running_server(&args.data, &args.path).await?;
+    args.data.data = Some(folder);
     let manifest_file = args.path.join("plugin.toml");
     let manifest_text = String::from_utf8(read(&manifest_file)?)
         .with_context(|| format!("{} is not UTF-8", manifest_file.display()))?;
@@ -412,6 +481,15 @@ mod tests {
             "name = \"p\"\nversion = \"0.1.0-dev.2\"\n[config.version]\nversion = \"x\"\n"
         );
         assert!(with_version("name = \"p\"\n", &v).is_err());
+    }
+
+    #[test]
+    fn templates_are_filled_in_one_pass() {
+        let values = [("a", "{{b}}"), ("b", "x")];
+        assert_eq!(
+            fill("[{{a}}] {{b}} {{c}} {{", &values),
+            "[{{b}}] x {{c}} {{"
+        );
     }
 
     #[test]

@@ -286,8 +286,17 @@ pub(super) async fn run(cmd: PluginCmd) -> anyhow::Result<()> {
             .await
         }
         PluginCmd::Install { data, package } => {
+            let bytes = read(&package)?;
+            let limit = switchboard_signing::package::MAX_PACKAGE_BYTES;
+            if bytes.len() > limit {
+                bail!(
+                    "{} has {} bytes; a package has at most {limit} (package_too_large)",
+                    package.display(),
+                    bytes.len()
+                );
+            }
             let op = Op::PluginInstall {
-                package: Base64Bytes(read(&package)?),
+                package: Base64Bytes(bytes),
             };
             let v = admin_op(&data, op).await?;
             println!(

@@ -128,6 +128,10 @@ async fn auth(
             ids.bootstrap(&body.secret, &body.username, Some(peer.addr)),
         )
         .await;
+        if made.is_ok() {
+            let file = rt.data_dir().join(crate::identity::bootstrap::SECRET_FILE);
+            let _ = std::fs::remove_file(file);
+        }
         return throttled_or(made.map(|op| {
             json!({
                 "id": op.id,

@@ -276,7 +276,7 @@ fn visible(who: Option<&Person>, g: &Grant) -> bool {
 }
 
 /// `get`, answering a request `who` may not see as `get` answers an
-/// unknown id; the attempt is recorded in both trails.
+/// unknown id; the attempt is recorded in the system trail.
 fn get_visible(
     identity: &Identity,
     who: Option<&Person>,
@@ -287,9 +287,10 @@ fn get_visible(
     if visible(who, &g) {
         return Ok(g);
     }
-    both_trails(
-        identity,
-        &g.tenant,
+    // The system trail only: a stranger must not be able to write into
+    // another tenant's trail by guessing at ids.
+    identity.trail().note(
+        &Scope::System,
         action,
         &g.id,
         outcome::DENIED,

@@ -21,6 +21,10 @@ use crate::audit::{self, Actor, ActorKind, Scope, outcome};
 use crate::support::clock::now_ms;
 use crate::support::encoding::{constant_time_eq, random_b64url, sha256_hex};
 
+/// Where `serve` leaves the secret when its output is not a terminal
+/// (in the data folder, mode 0600).
+pub const SECRET_FILE: &str = "bootstrap.secret";
+
 /// How long a printed secret stays valid.
 pub const VALID_FOR_MS: u64 = 24 * 3600 * 1000;
 
@@ -169,7 +173,11 @@ impl Identity {
                     },
                 )
                 .await?;
-            self.put_bootstrap(None).await?;
+            // The operator exists, which alone closes the bootstrap; a
+            // failure to forget the secret must not lose its password.
+            if let Err(e) = self.put_bootstrap(None).await {
+                tracing::warn!(code = e.code(), error = %e, "cannot forget the used bootstrap secret");
+            }
             lock(&self.throttle).success(&track);
             self.audit(
                 &Scope::System,

@@ -110,14 +110,24 @@ impl Kernel {
     }
 
     /// `compile` on a thread of its own, at the plugin threads' priority
-    /// (a Cranelift compile takes from a fraction of a second to seconds):
-    /// an install while the server runs holds no network or plugin thread.
+    /// (a Cranelift compile takes from a fraction of a second to seconds),
+    /// one at a time: an install while the server runs holds no network
+    /// or plugin thread.
     pub(crate) async fn compile_apart(
         self: &Arc<Self>,
         manifest: Manifest,
         component: Vec<u8>,
         publisher: KeyId,
     ) -> Result<(LoadedPlugin, CacheOutcome), AdminError> {
+        // One compile at a time; the thread holds the permit, so a caller
+        // that goes away (a client hanging up) cannot start another before
+        // this one ends.
+        let permit = self
+            .compiles
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| AdminError::Internal("the kernel is stopping".into()))?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let kernel = self.clone();
         let nice = self.config.executor.nice;
@@ -126,6 +136,7 @@ impl Kernel {
             .spawn(move || {
                 super::executor::lower_priority(nice);
                 let _ = tx.send(kernel.compile(manifest, &component, publisher));
+                drop(permit);
             })
             .map_err(|e| AdminError::Internal(format!("cannot start a compile thread: {e}")))?;
         rx.await.map_err(|_| {

@@ -55,7 +55,6 @@ impl Registry {
     /// imports. Nothing is stored unless every check passes. Installing the
     /// same package again is a no-op (deduplicated by digest).
     pub async fn install_package(&self, package: &[u8]) -> Result<PluginInfo, AdminError> {
-        let _admin = self.lock().await;
         let result = self.install(package).await;
         match &result {
             Ok(info) => self.audit(
@@ -76,26 +75,28 @@ impl Registry {
         result
     }
 
+    /// Verifies, compiles without the admin lock (a compile takes seconds,
+    /// and revocations, enables and tenant changes must not wait for it;
+    /// compiles run one at a time, `Kernel::compile_apart`), then under the
+    /// lock verifies again — the publisher may have been revoked, or the
+    /// same name and version installed, meanwhile — and stores.
     async fn install(&self, bytes: &[u8]) -> Result<PluginInfo, AdminError> {
         let package = Package::parse(bytes)?;
         let publisher = package.verify(|id| self.trust.of(id))?;
+        if let Some(done) = self.installed_as(&package)? {
+            return Ok(done);
+        }
         let manifest = package.manifest().clone();
         let key = (manifest.name.clone(), manifest.version.clone());
-        if let Some((existing, outcome)) = self.read_plugins().get(&key) {
-            if existing.digest == package.digest() {
-                return Ok(plugin_info(existing, *outcome));
-            }
-            return Err(AdminError::AlreadyInstalled {
-                name: key.0,
-                version: key.1.to_string(),
-            });
-        }
-        // Compiled on a thread of its own: an install while the server
-        // runs never holds a network or plugin thread.
         let (plugin, outcome) = self
             .kernel
             .compile_apart(manifest, package.component().to_vec(), publisher)
             .await?;
+        let _admin = self.lock().await;
+        package.verify(|id| self.trust.of(id))?;
+        if let Some(done) = self.installed_as(&package)? {
+            return Ok(done);
+        }
         let version = plugin.manifest.version.to_string();
         self.services().store.apply(&[(
             keys::plugin_package(&plugin.manifest.name, &version),
@@ -107,6 +108,25 @@ impl Registry {
             .recover()
             .insert(key, (Arc::new(plugin), outcome));
         Ok(info)
+    }
+
+    /// `package`'s name and version if installed: the same component (a
+    /// no-op install), or `AlreadyInstalled` for another; `None` if not.
+    fn installed_as(&self, package: &Package) -> Result<Option<PluginInfo>, AdminError> {
+        let m = package.manifest();
+        match self
+            .read_plugins()
+            .get(&(m.name.clone(), m.version.clone()))
+        {
+            Some((existing, outcome)) if existing.digest == package.digest() => {
+                Ok(Some(plugin_info(existing, *outcome)))
+            }
+            Some(_) => Err(AdminError::AlreadyInstalled {
+                name: m.name.clone(),
+                version: m.version.to_string(),
+            }),
+            None => Ok(None),
+        }
     }
 
     /// Installed plugins, sorted by name and version.
