@@ -133,6 +133,7 @@ impl Kernel {
         }
         let cache = CompileCache::open(&engine, &config.cache_dir, &config.cache_key_file)?;
         let executor = Executor::new(&config.executor)?;
+        executor::init_compile_pool(config.executor.nice);
         let stop = Arc::new(AtomicBool::new(false));
         engine::spawn_epoch_ticker(engine.clone(), config.epoch_tick, stop.clone());
         Ok(Kernel {

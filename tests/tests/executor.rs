@@ -221,3 +221,31 @@ async fn k5_a_flooding_tenant_waits_in_its_own_queue() {
     let text = switchboard::metrics::render();
     assert!(text.contains("switchboard_tenant_cpu_microseconds_total{tenant=\"looper\"}"));
 }
+
+/// Cranelift's compile threads run at the plugin threads' priority (nice
+/// 10 by default), so a package compiled while the server runs competes
+/// with plugin code, not with the network threads.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k5_compiles_run_on_low_priority_threads() {
+    // A fresh data folder has an empty compile cache: this compiles.
+    let _h = harness(&["example"]).await;
+    let mut found = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !comm.trim().starts_with("sb-cranelift-") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
+        // Fields after the command's closing parenthesis start at field 3
+        // (state); nice is field 19.
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let nice = after.split_whitespace().nth(16).unwrap();
+        assert_eq!(nice, "10", "{}: {stat}", comm.trim());
+        found += 1;
+    }
+    assert!(
+        found > 0,
+        "no sb-cranelift-* threads: the compile pool was not built by the kernel"
+    );
+}

@@ -93,6 +93,22 @@ impl Executor {
     }
 }
 
+/// Builds rayon's global pool, on which Cranelift compiles functions in
+/// parallel, with threads named `sb-cranelift-N` at `nice`: compiling a
+/// package installed while the server runs then competes with plugin code,
+/// not with the network threads. The pool is per process, so only the
+/// first call has an effect (later kernels in the same process, e.g. in
+/// tests, share it).
+pub fn init_compile_pool(nice: i32) {
+    let built = rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("sb-cranelift-{i}"))
+        .start_handler(move |_| lower_priority(nice))
+        .build_global();
+    if let Err(e) = built {
+        tracing::debug!(error = %e, "the compile pool exists already");
+    }
+}
+
 /// Sets the calling thread's nice value (on Linux, per thread). A failure
 /// (e.g. the process already runs at a higher nice value) is logged; the
 /// executor still works, with less headroom for the network threads.
