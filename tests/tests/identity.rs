@@ -18,6 +18,19 @@ async fn setup(adjust: impl FnOnce(&mut switchboard::RuntimeConfig)) -> (Harness
     (h, s)
 }
 
+/// The whole audit trail of `realm`, as the console exports it.
+async fn audit_trail(h: &Harness, realm: &str) -> serde_json::Value {
+    console(
+        h,
+        Op::AuditExport {
+            realm: realm.into(),
+            after: 0,
+            limit: 10_000,
+        },
+    )
+    .await
+}
+
 async fn tenant(h: &Harness, id: &str) {
     h.runtime().create_tenant(id, None).await.unwrap();
 }
@@ -191,15 +204,7 @@ async fn i3_failures_lock_with_one_answer_for_unknown_wrong_and_locked() {
     );
 
     // The lock is audited, counted, shown to admins and liftable.
-    let trail = console(
-        &h,
-        Op::AuditExport {
-            realm: "acme".into(),
-            after: 0,
-            limit: 1000,
-        },
-    )
-    .await;
+    let trail = audit_trail(&h, "acme").await;
     let entries = trail["entries"].as_array().unwrap();
     assert!(
         entries
@@ -770,15 +775,7 @@ async fn i1_i8_roles_are_enforced_and_operators_see_no_tenant_content() {
     );
 
     // Every refusal is in the trail of the tenant it aimed at.
-    let trail = console(
-        &h,
-        Op::AuditExport {
-            realm: "acme".into(),
-            after: 0,
-            limit: 1000,
-        },
-    )
-    .await;
+    let trail = audit_trail(&h, "acme").await;
     assert!(
         trail["entries"]
             .as_array()
@@ -983,15 +980,7 @@ async fn k1_the_bootstrap_secret_makes_one_operator_once_and_guesses_are_throttl
     assert_eq!(r.code(), "throttled");
     assert!(r.header("retry-after").is_some());
     // Every step is in the system trail.
-    let trail = console(
-        &h,
-        Op::AuditExport {
-            realm: "system".into(),
-            after: 0,
-            limit: 10_000,
-        },
-    )
-    .await;
+    let trail = audit_trail(&h, "system").await;
     let count = |action: &str, outcome: &str| {
         trail["entries"]
             .as_array()
@@ -1066,15 +1055,7 @@ async fn i8_an_access_request_answers_those_who_may_not_see_it_as_an_unknown_id(
     assert_eq!(r.status, 200, "{}", r.text());
     // The attempts are on the system's trail (not the tenant's: strangers
     // cannot write into it).
-    let trail = console(
-        &h,
-        Op::AuditExport {
-            realm: "system".into(),
-            after: 0,
-            limit: 10_000,
-        },
-    )
-    .await;
+    let trail = audit_trail(&h, "system").await;
     let denied = trail["entries"]
         .as_array()
         .unwrap()
@@ -1267,15 +1248,7 @@ async fn i8_just_in_time_access_needs_a_second_person_and_is_audited() {
     );
 
     // Every step is in the tenant's trail (and the system's).
-    let trail = console(
-        &h,
-        Op::AuditExport {
-            realm: "acme".into(),
-            after: 0,
-            limit: 10_000,
-        },
-    )
-    .await;
+    let trail = audit_trail(&h, "acme").await;
     let entries = trail["entries"].as_array().unwrap();
     for a in [
         "access.request",
@@ -1291,15 +1264,7 @@ async fn i8_just_in_time_access_needs_a_second_person_and_is_audited() {
         .unwrap();
     assert_eq!(unlock["access"], id2.as_str());
     assert_eq!(unlock["actor"]["kind"], "operator");
-    let sys = console(
-        &h,
-        Op::AuditExport {
-            realm: "system".into(),
-            after: 0,
-            limit: 10_000,
-        },
-    )
-    .await;
+    let sys = audit_trail(&h, "system").await;
     assert!(
         sys["entries"]
             .as_array()

@@ -134,8 +134,8 @@ async fn p2_plugin_new_then_dev_then_a_call_and_the_scaffolds_own_test() {
     let r = request(s.addr, "GET", "/api/v1/t/acme/p/greeter/hello", &[], b"").await;
     assert_eq!((r.status, r.text().as_str()), (200, "hello from greeter"));
     let (_, ann) = person(&h, &s, "acme", "ann", "user").await;
-    let r = s
-        .plugin_call(
+    let increment = || {
+        s.plugin_call(
             "acme",
             "greeter",
             &ann,
@@ -143,32 +143,22 @@ async fn p2_plugin_new_then_dev_then_a_call_and_the_scaffolds_own_test() {
             "/counter/visits/increment",
             None,
         )
-        .await;
+    };
+    let r = increment().await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["value"], 1);
 
     // Again: an upgrade in place to the next dev build; data kept.
-    std::fs::write(
-        crate_dir.join("src/lib.rs"),
-        std::fs::read_to_string(crate_dir.join("src/lib.rs"))
-            .unwrap()
-            .replace("hello from greeter", "hello again from greeter"),
-    )
-    .unwrap();
+    edit(
+        &crate_dir.join("src/lib.rs"),
+        "hello from greeter",
+        "hello again from greeter",
+    );
     run(dev(false)).await.unwrap();
     assert_eq!(enabled(h.runtime()).as_deref(), Some("0.1.0-dev.2"));
     let r = request(s.addr, "GET", "/api/v1/t/acme/p/greeter/hello", &[], b"").await;
     assert_eq!(r.text(), "hello again from greeter");
-    let r = s
-        .plugin_call(
-            "acme",
-            "greeter",
-            &ann,
-            "POST",
-            "/counter/visits/increment",
-            None,
-        )
-        .await;
+    let r = increment().await;
     assert_eq!(r.json()["value"], 2);
 
     // A released version ran: a dev build of it would roll back, and is
@@ -191,13 +181,11 @@ async fn p2_plugin_new_then_dev_then_a_call_and_the_scaffolds_own_test() {
     assert_eq!(enabled(h.runtime()).as_deref(), Some("0.1.0"));
 
     // The scaffold's own harness test passes (on the scaffold as made).
-    std::fs::write(
-        crate_dir.join("src/lib.rs"),
-        std::fs::read_to_string(crate_dir.join("src/lib.rs"))
-            .unwrap()
-            .replace("hello again from greeter", "hello from greeter"),
-    )
-    .unwrap();
+    edit(
+        &crate_dir.join("src/lib.rs"),
+        "hello again from greeter",
+        "hello from greeter",
+    );
     let status = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
         .args(["test", "--manifest-path"])
         .arg(crate_dir.join("Cargo.toml"))
@@ -205,6 +193,12 @@ async fn p2_plugin_new_then_dev_then_a_call_and_the_scaffolds_own_test() {
         .status()
         .unwrap();
     assert!(status.success(), "the scaffold's harness test failed");
+}
+
+/// Replaces `from` with `to` in the file at `path`.
+fn edit(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    std::fs::write(path, text.replace(from, to)).unwrap();
 }
 
 fn target_wasm(target: &str, name: &str) -> PathBuf {
