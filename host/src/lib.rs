@@ -35,6 +35,7 @@ pub mod gateway;
 pub mod harness;
 pub mod identity;
 pub mod kernel;
+pub mod media;
 pub mod metrics;
 pub mod outbound;
 pub mod registry;

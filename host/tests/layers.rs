@@ -22,7 +22,7 @@ const LAYERS: &[&[&str]] = &[
     &["capability"],
     &["call"],
     &["identity"],
-    &["audit", "backup", "events", "outbound"],
+    &["audit", "backup", "events", "media", "outbound"],
     &["store"],
     &["error", "metrics", "tenant", "trust", "world"],
     &["support"],
