@@ -42,6 +42,7 @@ pub mod registry;
 pub mod runtime;
 pub mod scheduler;
 pub mod server;
+pub mod sip;
 pub mod store;
 pub mod support;
 pub mod tenant;

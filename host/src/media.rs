@@ -11,3 +11,48 @@
 
 pub mod g711;
 pub mod srtp;
+
+/// Hostile-input generation for the parsers' tests: deterministic byte
+/// mutations (flips, cuts, splices, repeats) of a valid input.
+#[cfg(test)]
+pub(crate) mod hostile {
+    /// `n` mutations of `base` from `seed`, the same on every run.
+    pub(crate) fn mutations(base: &[u8], seed: u64, n: usize) -> impl Iterator<Item = Vec<u8>> {
+        let mut state = seed | 1;
+        let mut next = move || {
+            // xorshift64*
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        };
+        let base = base.to_vec();
+        (0..n).map(move |_| {
+            let mut v = base.clone();
+            for _ in 0..1 + next() % 4 {
+                let len = v.len().max(1) as u64;
+                let at = (next() % len) as usize;
+                match next() % 5 {
+                    0 if !v.is_empty() => {
+                        let i = at.min(v.len() - 1);
+                        v[i] ^= 1 << (next() % 8);
+                    }
+                    1 => v.truncate(at),
+                    2 => v.insert(at.min(v.len()), next() as u8),
+                    3 if !v.is_empty() => {
+                        let from = (next() % len) as usize;
+                        let chunk: Vec<u8> = v[from.min(v.len() - 1)..]
+                            .iter()
+                            .take(64)
+                            .copied()
+                            .collect();
+                        let at = at.min(v.len());
+                        v.splice(at..at, chunk);
+                    }
+                    _ => v.extend(std::iter::repeat_n(next() as u8, (next() % 300) as usize)),
+                }
+            }
+            v
+        })
+    }
+}

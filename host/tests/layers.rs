@@ -14,7 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["main"],
     &["cli"],
     &["server"],
-    &["control", "gateway"],
+    &["control", "gateway", "sip"],
     &["admin", "scheduler", "harness", "bundle"],
     &["runtime"],
     &["registry"],

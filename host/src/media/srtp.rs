@@ -830,4 +830,25 @@ mod tests {
         );
         assert_eq!(Suite::from_name("F8_128_HMAC_SHA1_80"), None);
     }
+
+    /// 50,000 mutated packets of every kind: each is refused or accepted
+    /// without a panic, and none that was changed is accepted.
+    #[test]
+    fn mutated_packets_never_panic_and_never_pass() {
+        let key = reference_key();
+        for (base, rtcp) in [(hex(SRTP_80), false), (hex(SRTCP), true)] {
+            for (i, mut p) in
+                crate::media::hostile::mutations(&base, 7 + u64::from(rtcp), 25_000).enumerate()
+            {
+                let mut rx = Srtp::new(Suite::AesCm128HmacSha1_80, &key);
+                let changed = p != base;
+                let result = if rtcp {
+                    rx.unprotect_rtcp(&mut p)
+                } else {
+                    rx.unprotect_rtp(&mut p)
+                };
+                assert!(result.is_err() || !changed, "mutation {i} was accepted");
+            }
+        }
+    }
 }

@@ -1,0 +1,713 @@
+//! SDP (RFC 8866) offers and answers (RFC 3264) for one audio stream with
+//! G.711 and RFC 4733 telephone events, secured with SDES (RFC 4568).
+//!
+//! The parser keeps what a call needs and refuses what it cannot trust:
+//! at most [`MAX_SDP_BYTES`], [`MAX_MEDIA`] media lines, [`MAX_FORMATS`]
+//! formats and [`MAX_CRYPTO`] crypto lines; every number is range-checked.
+//! [`answer`] applies the leg's [`Policy`]: SRTP required unless the admin
+//! allows plain RTP; keys accepted and offered only when the signalling
+//! runs over TLS; the first audio stream with an acceptable codec and
+//! suite is taken, every other media line is declined with port 0 in the
+//! same order. Each refusal is an [`SdpError`] whose code maps to SIP 488.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+
+use crate::media::srtp::{MasterKey, Suite};
+
+/// Largest SDP body parsed.
+pub const MAX_SDP_BYTES: usize = 16 * 1024;
+/// Most media lines in one body.
+pub const MAX_MEDIA: usize = 16;
+/// Most formats on one media line.
+pub const MAX_FORMATS: usize = 64;
+/// Most `a=crypto` lines on one media line.
+pub const MAX_CRYPTO: usize = 16;
+
+/// Why an SDP body was refused (SIP 488 Not Acceptable Here, or 400 for
+/// `sdp_malformed`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SdpError {
+    /// Not parseable SDP, or over a limit.
+    #[error("malformed SDP: {0}")]
+    Malformed(String),
+    /// No audio stream this host can take (codec, transport, address).
+    #[error("no acceptable audio stream: {0}")]
+    NotAcceptable(String),
+    /// SRTP is required for this leg and the offer has none this host
+    /// supports.
+    #[error("SRTP is required: {0}")]
+    SrtpRequired(String),
+    /// Keys offered over signalling that is not encrypted.
+    #[error("SRTP keys are accepted only over TLS")]
+    KeysInClear,
+}
+
+impl SdpError {
+    /// A stable code for logs, metrics and call records.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SdpError::Malformed(_) => "sdp_malformed",
+            SdpError::NotAcceptable(_) => "sdp_not_acceptable",
+            SdpError::SrtpRequired(_) => "sdp_srtp_required",
+            SdpError::KeysInClear => "sdp_keys_in_clear",
+        }
+    }
+
+    /// The SIP status to answer with.
+    pub fn sip_status(&self) -> u16 {
+        match self {
+            SdpError::Malformed(_) => 400,
+            _ => 488,
+        }
+    }
+}
+
+/// A G.711 codec with its static payload type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// µ-law, payload type 0.
+    Pcmu,
+    /// A-law, payload type 8.
+    Pcma,
+}
+
+impl Codec {
+    /// The static payload type.
+    pub fn payload_type(self) -> u8 {
+        match self {
+            Codec::Pcmu => 0,
+            Codec::Pcma => 8,
+        }
+    }
+
+    /// The encoding name in `a=rtpmap`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::Pcmu => "PCMU",
+            Codec::Pcma => "PCMA",
+        }
+    }
+}
+
+/// Stream direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    SendRecv,
+    SendOnly,
+    RecvOnly,
+    Inactive,
+}
+
+impl Direction {
+    fn attribute(self) -> &'static str {
+        match self {
+            Direction::SendRecv => "sendrecv",
+            Direction::SendOnly => "sendonly",
+            Direction::RecvOnly => "recvonly",
+            Direction::Inactive => "inactive",
+        }
+    }
+
+    /// The direction that answers this one (RFC 3264 §6.1).
+    fn answer(self) -> Direction {
+        match self {
+            Direction::SendOnly => Direction::RecvOnly,
+            Direction::RecvOnly => Direction::SendOnly,
+            d => d,
+        }
+    }
+}
+
+/// One `a=crypto` line (RFC 4568 §9.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Crypto {
+    pub tag: u32,
+    pub suite: String,
+    pub key_params: String,
+}
+
+/// One media line with its attributes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Media {
+    pub kind: String,
+    pub port: u16,
+    pub proto: String,
+    pub formats: Vec<String>,
+    /// Payload type → (encoding name, clock rate), from `a=rtpmap`.
+    pub rtpmap: HashMap<u8, (String, u32)>,
+    pub connection: Option<IpAddr>,
+    pub crypto: Vec<Crypto>,
+    pub direction: Direction,
+    pub ptime: Option<u32>,
+}
+
+/// A parsed session description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub connection: Option<IpAddr>,
+    pub media: Vec<Media>,
+}
+
+/// Parses an SDP body.
+pub fn parse(text: &str) -> Result<Session, SdpError> {
+    let bad = |why: String| SdpError::Malformed(why);
+    if text.len() > MAX_SDP_BYTES {
+        return Err(bad(format!("over {MAX_SDP_BYTES} bytes")));
+    }
+    let mut session = Session {
+        connection: None,
+        media: Vec::new(),
+    };
+    let mut saw_version = false;
+    let mut session_direction = Direction::SendRecv;
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim_end_matches('\r');
+        if line.is_empty() {
+            continue;
+        }
+        let (kind, value) = line
+            .split_once('=')
+            .filter(|(k, _)| k.len() == 1)
+            .ok_or_else(|| bad(format!("line {} is not type=value", n + 1)))?;
+        if n == 0 && (kind, value) != ("v", "0") {
+            return Err(bad("the first line must be v=0".into()));
+        }
+        match (kind, session.media.last_mut()) {
+            ("v", _) => saw_version = true,
+            ("m", _) => {
+                if session.media.len() >= MAX_MEDIA {
+                    return Err(bad(format!("more than {MAX_MEDIA} media lines")));
+                }
+                session
+                    .media
+                    .push(parse_media_line(value, session_direction)?);
+            }
+            ("c", None) => session.connection = Some(parse_connection(value)?),
+            ("c", Some(m)) => m.connection = Some(parse_connection(value)?),
+            ("a", None) => {
+                if let Some(d) = parse_direction(value) {
+                    session_direction = d;
+                }
+            }
+            ("a", Some(m)) => parse_attribute(m, value)?,
+            _ => {}
+        }
+    }
+    if !saw_version {
+        return Err(bad("no v=0 line".into()));
+    }
+    Ok(session)
+}
+
+fn parse_media_line(value: &str, direction: Direction) -> Result<Media, SdpError> {
+    let bad = |why: &str| SdpError::Malformed(format!("m= line: {why}"));
+    let mut parts = value.split(' ');
+    let kind = parts
+        .next()
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| bad("no media"))?;
+    let port = parts.next().ok_or_else(|| bad("no port"))?;
+    // A port count (`49170/2`) is not used for audio; take the first port.
+    let port = port.split('/').next().unwrap_or_default();
+    let port: u16 = port.parse().map_err(|_| bad("bad port"))?;
+    let proto = parts.next().ok_or_else(|| bad("no protocol"))?;
+    let formats: Vec<String> = parts
+        .filter(|f| !f.is_empty())
+        .map(str::to_string)
+        .collect();
+    if formats.len() > MAX_FORMATS {
+        return Err(bad("too many formats"));
+    }
+    Ok(Media {
+        kind: kind.to_string(),
+        port,
+        proto: proto.to_string(),
+        formats,
+        rtpmap: HashMap::new(),
+        connection: None,
+        crypto: Vec::new(),
+        direction,
+        ptime: None,
+    })
+}
+
+fn parse_connection(value: &str) -> Result<IpAddr, SdpError> {
+    let bad = || SdpError::Malformed(format!("bad c= line {value:?}"));
+    let mut parts = value.split(' ');
+    let (net, family, addr) = (parts.next(), parts.next(), parts.next());
+    if net != Some("IN") || !matches!(family, Some("IP4" | "IP6")) {
+        return Err(bad());
+    }
+    // A multicast TTL suffix (`/127`) is not for calls; refuse it by parse.
+    let addr: IpAddr = addr.ok_or_else(bad)?.parse().map_err(|_| bad())?;
+    if (family == Some("IP4")) != addr.is_ipv4() {
+        return Err(bad());
+    }
+    Ok(addr)
+}
+
+fn parse_direction(value: &str) -> Option<Direction> {
+    match value {
+        "sendrecv" => Some(Direction::SendRecv),
+        "sendonly" => Some(Direction::SendOnly),
+        "recvonly" => Some(Direction::RecvOnly),
+        "inactive" => Some(Direction::Inactive),
+        _ => None,
+    }
+}
+
+fn parse_attribute(m: &mut Media, value: &str) -> Result<(), SdpError> {
+    if let Some(d) = parse_direction(value) {
+        m.direction = d;
+        return Ok(());
+    }
+    let (name, rest) = value.split_once(':').unwrap_or((value, ""));
+    match name {
+        "rtpmap" => {
+            let bad = || SdpError::Malformed(format!("bad a=rtpmap:{rest}"));
+            let (pt, enc) = rest.split_once(' ').ok_or_else(bad)?;
+            let pt: u8 = pt.parse().ok().filter(|p| *p < 128).ok_or_else(bad)?;
+            let mut enc = enc.split('/');
+            let name = enc.next().filter(|n| !n.is_empty()).ok_or_else(bad)?;
+            let rate: u32 = enc.next().and_then(|r| r.parse().ok()).ok_or_else(bad)?;
+            if m.rtpmap.len() >= MAX_FORMATS {
+                return Err(SdpError::Malformed("too many a=rtpmap lines".into()));
+            }
+            m.rtpmap.insert(pt, (name.to_string(), rate));
+        }
+        "crypto" => {
+            let bad = || SdpError::Malformed(format!("bad a=crypto:{rest}"));
+            let mut parts = rest.split(' ');
+            let tag: u32 = parts
+                .next()
+                .and_then(|t| t.parse().ok())
+                .filter(|t| *t < 1_000_000_000)
+                .ok_or_else(bad)?;
+            let suite = parts.next().filter(|s| !s.is_empty()).ok_or_else(bad)?;
+            let key_params = parts.next().filter(|s| !s.is_empty()).ok_or_else(bad)?;
+            if m.crypto.len() >= MAX_CRYPTO {
+                return Err(SdpError::Malformed("too many a=crypto lines".into()));
+            }
+            m.crypto.push(Crypto {
+                tag,
+                suite: suite.to_string(),
+                key_params: key_params.to_string(),
+            });
+        }
+        "ptime" => {
+            let ptime: u32 = rest
+                .parse()
+                .ok()
+                .filter(|p| (10..=200).contains(p))
+                .ok_or_else(|| SdpError::Malformed(format!("bad a=ptime:{rest}")))?;
+            m.ptime = Some(ptime);
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// What a leg accepts.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// SRTP is required (devices, by default); plain RTP only where the
+    /// admin allowed it.
+    pub srtp_required: bool,
+    /// The signalling runs over TLS, so keys may be exchanged.
+    pub over_tls: bool,
+    /// Codecs in order of preference.
+    pub codecs: Vec<Codec>,
+}
+
+/// The outcome of an answer: what media flows and how.
+#[derive(Debug, Clone)]
+pub struct Agreed {
+    pub codec: Codec,
+    /// RFC 4733 payload type, if both sides do telephone events.
+    pub dtmf: Option<u8>,
+    /// Where the peer wants media sent (until symmetric RTP latches).
+    pub remote: SocketAddr,
+    pub direction: Direction,
+    pub ptime: u32,
+    /// The SDES keys; `None` for plain RTP.
+    pub srtp: Option<Sdes>,
+    /// The answer's body.
+    pub sdp: String,
+}
+
+/// The SDES outcome: one suite, a key per direction.
+#[derive(Debug, Clone)]
+pub struct Sdes {
+    pub suite: Suite,
+    /// The offer's crypto tag, echoed in the answer.
+    pub tag: u32,
+    /// The peer's key, for what it sends.
+    pub theirs: MasterKey,
+    /// Our fresh key, for what we send.
+    pub ours: MasterKey,
+}
+
+/// Where this side receives, for the answer.
+#[derive(Debug, Clone, Copy)]
+pub struct Local {
+    pub addr: SocketAddr,
+    /// Origin session id and version (fresh per leg).
+    pub session_id: u64,
+}
+
+/// Answers `offer` under `policy`, receiving at `local`.
+pub fn answer(offer: &Session, policy: &Policy, local: Local) -> Result<Agreed, SdpError> {
+    let mut chosen: Option<(usize, Agreed)> = None;
+    let mut last_refusal = SdpError::NotAcceptable("the offer has no audio stream".into());
+    for (i, m) in offer.media.iter().enumerate() {
+        if chosen.is_some() || m.kind != "audio" || m.port == 0 {
+            continue;
+        }
+        match accept(offer, m, policy) {
+            Ok(a) => chosen = Some((i, a)),
+            Err(e) => last_refusal = e,
+        }
+    }
+    let Some((index, mut agreed)) = chosen else {
+        return Err(last_refusal);
+    };
+    agreed.sdp = write_answer(offer, index, &agreed, local);
+    Ok(agreed)
+}
+
+/// Accepts one audio media line, or says why not.
+fn accept(offer: &Session, m: &Media, policy: &Policy) -> Result<Agreed, SdpError> {
+    let secure = match m.proto.as_str() {
+        "RTP/SAVP" => true,
+        "RTP/AVP" => false,
+        other => {
+            return Err(SdpError::NotAcceptable(format!("transport {other}")));
+        }
+    };
+    if policy.srtp_required && !secure {
+        return Err(SdpError::SrtpRequired("the offer is plain RTP/AVP".into()));
+    }
+    if secure && !policy.over_tls {
+        return Err(SdpError::KeysInClear);
+    }
+    let addr = m
+        .connection
+        .or(offer.connection)
+        .ok_or_else(|| SdpError::Malformed("no c= line for the audio stream".into()))?;
+    if addr.is_unspecified() || addr.is_multicast() {
+        return Err(SdpError::NotAcceptable(format!("media address {addr}")));
+    }
+    let payload_types: Vec<u8> = m.formats.iter().filter_map(|f| f.parse().ok()).collect();
+    let named = |pt: u8| m.rtpmap.get(&pt).map(|(n, r)| (n.to_ascii_uppercase(), *r));
+    let codec = policy
+        .codecs
+        .iter()
+        .copied()
+        .find(|c| {
+            let pt = c.payload_type();
+            payload_types.contains(&pt) && named(pt).is_none_or(|(n, r)| n == c.name() && r == 8000)
+        })
+        .ok_or_else(|| SdpError::NotAcceptable("no G.711 codec in common".into()))?;
+    let dtmf = payload_types
+        .iter()
+        .copied()
+        .find(|pt| named(*pt).is_some_and(|(n, r)| n == "TELEPHONE-EVENT" && r == 8000));
+    let srtp = if secure { Some(sdes(m)?) } else { None };
+    Ok(Agreed {
+        codec,
+        dtmf,
+        remote: SocketAddr::new(addr, m.port),
+        direction: m.direction.answer(),
+        ptime: m.ptime.unwrap_or(20),
+        srtp,
+        sdp: String::new(),
+    })
+}
+
+/// The first offered crypto line with a supported suite and a usable key,
+/// and a fresh key of ours.
+fn sdes(m: &Media) -> Result<Sdes, SdpError> {
+    let mut refusal = SdpError::SrtpRequired("no supported crypto suite".into());
+    for c in &m.crypto {
+        let Some(suite) = Suite::from_name(&c.suite) else {
+            continue;
+        };
+        match MasterKey::from_key_params(&c.key_params) {
+            Ok(theirs) => {
+                let ours =
+                    MasterKey::generate().map_err(|e| SdpError::SrtpRequired(e.to_string()))?;
+                return Ok(Sdes {
+                    suite,
+                    tag: c.tag,
+                    theirs,
+                    ours,
+                });
+            }
+            Err(e) => refusal = SdpError::SrtpRequired(e.to_string()),
+        }
+    }
+    Err(refusal)
+}
+
+/// Writes the answer: every media line of the offer in order, the chosen
+/// one accepted, the rest declined with port 0.
+fn write_answer(offer: &Session, index: usize, agreed: &Agreed, local: Local) -> String {
+    let family = if local.addr.is_ipv4() { "IP4" } else { "IP6" };
+    let ip = local.addr.ip();
+    let mut out = format!(
+        "v=0\r\no=switchboard {id} {id} IN {family} {ip}\r\ns=-\r\nc=IN {family} {ip}\r\nt=0 0\r\n",
+        id = local.session_id
+    );
+    for (i, m) in offer.media.iter().enumerate() {
+        if i != index {
+            let first = m.formats.first().map_or("0", String::as_str);
+            out.push_str(&format!("m={} 0 {} {first}\r\n", m.kind, m.proto));
+            continue;
+        }
+        let pt = agreed.codec.payload_type();
+        let proto = if agreed.srtp.is_some() {
+            "RTP/SAVP"
+        } else {
+            "RTP/AVP"
+        };
+        let dtmf = agreed.dtmf.map(|d| format!(" {d}")).unwrap_or_default();
+        out.push_str(&format!(
+            "m=audio {} {proto} {pt}{dtmf}\r\n",
+            local.addr.port()
+        ));
+        out.push_str(&format!("a=rtpmap:{pt} {}/8000\r\n", agreed.codec.name()));
+        if let Some(d) = agreed.dtmf {
+            out.push_str(&format!(
+                "a=rtpmap:{d} telephone-event/8000\r\na=fmtp:{d} 0-16\r\n"
+            ));
+        }
+        out.push_str(&format!("a=ptime:{}\r\n", agreed.ptime));
+        if let Some(k) = &agreed.srtp {
+            out.push_str(&format!(
+                "a=crypto:{} {} {}\r\n",
+                k.tag,
+                k.suite.name(),
+                k.ours.to_key_params()
+            ));
+        }
+        out.push_str(&format!("a={}\r\n", agreed.direction.attribute()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An offer as baresip sends it with `mediaenc=srtp-mand`.
+    const BARESIP: &str = "v=0\r\n\
+        o=- 1432153234 2816381029 IN IP4 127.0.0.1\r\n\
+        s=-\r\n\
+        c=IN IP4 127.0.0.1\r\n\
+        t=0 0\r\n\
+        m=audio 10002 RTP/SAVP 0 8 101\r\n\
+        b=AS:64\r\n\
+        a=rtpmap:0 PCMU/8000\r\n\
+        a=rtpmap:8 PCMA/8000\r\n\
+        a=rtpmap:101 telephone-event/8000\r\n\
+        a=fmtp:101 0-15\r\n\
+        a=sendrecv\r\n\
+        a=label:1\r\n\
+        a=ssrc:1234 cname:x\r\n\
+        a=ptime:20\r\n\
+        a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:4fl6DT4Bi+DWT6MsBt5BOQ7Gda1Jiv7rtpYLOqvm\r\n\
+        a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:4fl6DT4Bi+DWT6MsBt5BOQ7Gda1Jiv7rtpYLOqvm\r\n";
+
+    fn device() -> Policy {
+        Policy {
+            srtp_required: true,
+            over_tls: true,
+            codecs: vec![Codec::Pcmu, Codec::Pcma],
+        }
+    }
+
+    fn local() -> Local {
+        Local {
+            addr: "127.0.0.1:30000".parse().unwrap(),
+            session_id: 42,
+        }
+    }
+
+    #[test]
+    fn a_baresip_offer_gets_a_fresh_key_and_the_first_suite() {
+        let offer = parse(BARESIP).unwrap();
+        let a = answer(&offer, &device(), local()).unwrap();
+        assert_eq!(a.codec, Codec::Pcmu);
+        assert_eq!(a.dtmf, Some(101));
+        assert_eq!(a.remote, "127.0.0.1:10002".parse().unwrap());
+        let k = a.srtp.as_ref().unwrap();
+        let (theirs, ours) = (&k.theirs, &k.ours);
+        assert_eq!((k.suite, k.tag), (Suite::AesCm128HmacSha1_80, 1));
+        assert_eq!(
+            theirs.to_key_params(),
+            "inline:4fl6DT4Bi+DWT6MsBt5BOQ7Gda1Jiv7rtpYLOqvm"
+        );
+        assert_ne!(
+            ours.to_key_params(),
+            theirs.to_key_params(),
+            "our key is fresh"
+        );
+        assert!(
+            a.sdp.contains("m=audio 30000 RTP/SAVP 0 101\r\n"),
+            "{}",
+            a.sdp
+        );
+        let line = format!(
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 {}\r\n",
+            ours.to_key_params()
+        );
+        assert!(
+            a.sdp.contains(&line),
+            "the offer's tag is echoed: {}",
+            a.sdp
+        );
+        assert!(a.sdp.contains("a=sendrecv"));
+        assert!(
+            !a.sdp.contains("4fl6DT4B"),
+            "the peer's key never goes back out"
+        );
+        // The answer parses as SDP and names our address.
+        let back = parse(&a.sdp).unwrap();
+        assert_eq!(back.connection, Some("127.0.0.1".parse().unwrap()));
+        // Two answers to the same offer carry different keys.
+        let b = answer(&offer, &device(), local()).unwrap();
+        assert_ne!(b.srtp.unwrap().ours.to_key_params(), ours.to_key_params());
+    }
+
+    #[test]
+    fn other_streams_are_declined_in_order_and_hold_is_mirrored() {
+        let offer = BARESIP.replace(
+            "m=audio 10002",
+            "m=video 10004 RTP/SAVP 96\r\na=rtpmap:96 H264/90000\r\nm=audio 10002",
+        );
+        let offer = offer.replace("a=sendrecv", "a=sendonly");
+        let a = answer(&parse(&offer).unwrap(), &device(), local()).unwrap();
+        let video = a.sdp.find("m=video 0 RTP/SAVP 96").expect("video declined");
+        let audio = a.sdp.find("m=audio 30000").expect("audio accepted");
+        assert!(video < audio, "media lines keep the offer's order");
+        assert_eq!(a.direction, Direction::RecvOnly);
+        assert!(a.sdp.contains("a=recvonly"));
+    }
+
+    #[test]
+    fn policy_refusals_say_why() {
+        let plain = BARESIP.replace("RTP/SAVP", "RTP/AVP");
+        let err = answer(&parse(&plain).unwrap(), &device(), local()).unwrap_err();
+        assert_eq!((err.code(), err.sip_status()), ("sdp_srtp_required", 488));
+        // Allowed plain RTP (a trunk on a private link): no crypto answered.
+        let trunk = Policy {
+            srtp_required: false,
+            over_tls: false,
+            ..device()
+        };
+        let a = answer(&parse(&plain).unwrap(), &trunk, local()).unwrap();
+        assert!(a.srtp.is_none() && !a.sdp.contains("a=crypto"));
+        // Keys over UDP/TCP: refused, even where SRTP is optional.
+        let err = answer(&parse(BARESIP).unwrap(), &trunk, local()).unwrap_err();
+        assert_eq!(err, SdpError::KeysInClear);
+        // Only unsupported suites, or a key with an MKI.
+        let f8 = BARESIP
+            .replace("AES_CM_128_HMAC_SHA1_80", "F8_128_HMAC_SHA1_80")
+            .replace("AES_CM_128_HMAC_SHA1_32", "AEAD_AES_256_GCM");
+        let err = answer(&parse(&f8).unwrap(), &device(), local()).unwrap_err();
+        assert_eq!(err.code(), "sdp_srtp_required");
+        // A key with an MKI is skipped for the next usable line; alone, it
+        // is refused with the reason.
+        let mki = BARESIP.replace("rtpYLOqvm\r\na=crypto:2", "rtpYLOqvm|1:4\r\na=crypto:2");
+        let a = answer(&parse(&mki).unwrap(), &device(), local()).unwrap();
+        let k = a.srtp.unwrap();
+        assert_eq!((k.suite, k.tag), (Suite::AesCm128HmacSha1_32, 2));
+        let mki = mki.replace("AES_CM_128_HMAC_SHA1_32", "F8_128_HMAC_SHA1_80");
+        let err = answer(&parse(&mki).unwrap(), &device(), local()).unwrap_err();
+        assert!(err.to_string().contains("MKI"), "{err}");
+        // No codec in common.
+        let opus = BARESIP.replace("RTP/SAVP 0 8 101", "RTP/SAVP 111 101");
+        let err = answer(&parse(&opus).unwrap(), &device(), local()).unwrap_err();
+        assert_eq!(err.code(), "sdp_not_acceptable");
+        // PT 0 remapped to something that is not PCMU is not PCMU.
+        let lying = BARESIP.replace("a=rtpmap:0 PCMU/8000", "a=rtpmap:0 opus/48000");
+        let a = answer(&parse(&lying).unwrap(), &device(), local()).unwrap();
+        assert_eq!(a.codec, Codec::Pcma);
+        // A multicast or unspecified media address.
+        for addr in ["224.0.0.1", "0.0.0.0"] {
+            let odd = BARESIP.replace("c=IN IP4 127.0.0.1", &format!("c=IN IP4 {addr}"));
+            let err = answer(&parse(&odd).unwrap(), &device(), local()).unwrap_err();
+            assert_eq!(err.code(), "sdp_not_acceptable", "{addr}");
+        }
+        // No audio at all.
+        let none = "v=0\r\nc=IN IP4 127.0.0.1\r\nm=video 1 RTP/AVP 96\r\n";
+        let err = answer(&parse(none).unwrap(), &device(), local()).unwrap_err();
+        assert_eq!(err.code(), "sdp_not_acceptable");
+    }
+
+    #[test]
+    fn malformed_and_oversized_bodies_are_refused() {
+        let cases: Vec<String> = vec![
+            String::new(),
+            "hello".into(),
+            "v=1\r\n".into(),
+            "o=x\r\nv=0\r\n".into(),
+            BARESIP.replace("m=audio 10002", "m=audio 70000"),
+            BARESIP.replace("m=audio 10002 RTP/SAVP 0 8 101", "m=audio"),
+            BARESIP.replace("c=IN IP4 127.0.0.1", "c=IN IP4 ::1"),
+            BARESIP.replace("c=IN IP4 127.0.0.1", "c=IN IP4 224.2.1.1/127"),
+            BARESIP.replace("a=rtpmap:0 PCMU/8000", "a=rtpmap:300 PCMU/8000"),
+            BARESIP.replace("a=rtpmap:0 PCMU/8000", "a=rtpmap:0 PCMU"),
+            BARESIP.replace("a=ptime:20", "a=ptime:0"),
+            BARESIP.replace("a=crypto:1 ", "a=crypto:x "),
+            BARESIP.replace(
+                "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline",
+                "a=crypto:1 AES",
+            ),
+            format!("{BARESIP}{}", "m=audio 1 RTP/AVP 0\r\n".repeat(MAX_MEDIA)),
+            format!(
+                "{BARESIP}{}",
+                "a=crypto:9 AES_CM_128_HMAC_SHA1_80 inline:x\r\n".repeat(MAX_CRYPTO)
+            ),
+            format!(
+                "v=0\r\nm=audio 1 RTP/AVP{}\r\n",
+                " 0".repeat(MAX_FORMATS + 1)
+            ),
+            format!("{BARESIP}a=x:{}\r\n", "y".repeat(MAX_SDP_BYTES)),
+            "v=0\r\nxx=1\r\n".into(),
+        ];
+        for body in cases {
+            let err = parse(&body).unwrap_err();
+            assert_eq!(
+                (err.code(), err.sip_status()),
+                ("sdp_malformed", 400),
+                "{body:.120}"
+            );
+        }
+        // A media line without its own c= and no session c= is malformed
+        // at answer time (nowhere to send).
+        let no_c = BARESIP.replace("c=IN IP4 127.0.0.1\r\n", "");
+        let err = answer(&parse(&no_c).unwrap(), &device(), local()).unwrap_err();
+        assert_eq!(err.code(), "sdp_malformed");
+    }
+
+    /// 30,000 mutated offers: each parses or is refused, and each parsed
+    /// one is answered or refused, without a panic; every answer parses.
+    #[test]
+    fn mutated_offers_never_panic() {
+        let mut answered = 0;
+        for bytes in crate::media::hostile::mutations(BARESIP.as_bytes(), 11, 30_000) {
+            let text = String::from_utf8_lossy(&bytes);
+            if let Ok(a) = parse(&text).and_then(|offer| answer(&offer, &device(), local())) {
+                parse(&a.sdp).unwrap();
+                answered += 1;
+            }
+        }
+        assert!(
+            answered > 1_000,
+            "the mutations should leave many offers usable: {answered}"
+        );
+    }
+}
