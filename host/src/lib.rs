@@ -45,6 +45,7 @@ pub mod server;
 pub mod sip;
 pub mod store;
 pub mod support;
+pub mod telephony;
 pub mod tenant;
 pub mod trust;
 pub mod world;

@@ -20,6 +20,7 @@ const LAYERS: &[&[&str]] = &[
     &["registry"],
     &["kernel"],
     &["capability"],
+    &["telephony"],
     &["call"],
     &["identity"],
     &["audit", "backup", "events", "media", "outbound"],

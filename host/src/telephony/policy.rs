@@ -1,0 +1,645 @@
+//! The dialing policy (SPEC T1): one decision for every outbound leg,
+//! whatever asks for it (a dial, a transfer, a forward a user set, a
+//! callback, a plugin dialing on a user's behalf).
+//!
+//! 1. **Normalise.** What was dialled is stripped of visual separators and
+//!    of the tenant's outside-line prefix (e.g. `9`), then read as a short
+//!    extension, an emergency number, or a phone number in the tenant's
+//!    region, which becomes E.164 with libphonenumber's data (national
+//!    prefixes, international access codes).
+//! 2. **Classify** ([`Class`]): emergency, internal, national, mobile,
+//!    toll-free, international, premium, shared-cost, or unknown.
+//! 3. **Decide** ([`Rules::decide`]), in this order:
+//!    - emergency numbers are always allowed, only on an exact match of the
+//!      region's table after the outside-line prefix ([`EMERGENCY`]), so
+//!      `1120` or `9111` are never emergency calls;
+//!    - the tenant's deny patterns refuse;
+//!    - the tenant's allow patterns allow (a number, or a prefix ending in
+//!      `*`, on the E.164 form), within the caller's class of restriction;
+//!    - otherwise the class must be one the tenant allows, by default
+//!      internal, national, mobile and toll-free: **international,
+//!      premium-rate, shared-cost and unknown numbers are denied by
+//!      default**;
+//!    - and one the caller's class of restriction allows.
+//!
+//! A refusal is a [`Refusal`] with a stable code (`restricted`) and the
+//! reason, for the SIP answer, the audit entry and the metric. An allowed
+//! leg dials the [`Dialled::number`] that was classified (E.164), never
+//! the string the user typed, so what is checked is what is dialled.
+
+use std::collections::BTreeSet;
+
+use phonenumber::Type;
+use phonenumber::country::Id as Region;
+
+/// Longest dial string read.
+pub const MAX_DIALLED: usize = 64;
+/// Most allow or deny patterns a tenant may set.
+pub const MAX_PATTERNS: usize = 256;
+
+/// Emergency numbers per region (ISO 3166 alpha-2), exact matches. Every
+/// region also has 112 (GSM and EU standard) and 911 where listed.
+/// Sources: national numbering plans as published by each regulator.
+pub const EMERGENCY: &[(&str, &[&str])] = &[
+    ("US", &["911"]),
+    ("CA", &["911"]),
+    ("GB", &["999"]),
+    ("IE", &["999"]),
+    ("AU", &["000"]),
+    ("NZ", &["111"]),
+    ("DE", &["110"]),
+    ("AT", &["122", "133", "144"]),
+    ("CH", &["117", "118", "144"]),
+    (
+        "FR",
+        &["15", "17", "18", "114", "115", "119", "191", "196", "197"],
+    ),
+    ("BE", &["100", "101"]),
+    ("NL", &[]),
+    ("ES", &["061", "062", "080", "085", "088", "091", "092"]),
+    ("IT", &["113", "115", "118"]),
+    ("SE", &[]),
+    ("NO", &["110", "113"]),
+    ("DK", &[]),
+    ("FI", &[]),
+    ("PL", &["997", "998", "999"]),
+    ("JP", &["110", "118", "119"]),
+    ("IN", &["100", "101", "102", "108"]),
+    ("BR", &["190", "192", "193"]),
+    ("MX", &["911"]),
+];
+
+/// What a dialled number is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Class {
+    /// A short number of the region's emergency services.
+    Emergency,
+    /// An extension inside the tenant.
+    Internal,
+    /// A fixed line in the tenant's own country.
+    National,
+    /// A mobile number in the tenant's own country.
+    Mobile,
+    /// A freephone number in the tenant's own country.
+    TollFree,
+    /// Any number in another country.
+    International,
+    /// A premium-rate number.
+    Premium,
+    /// A shared-cost number.
+    SharedCost,
+    /// Valid-looking but not classifiable (personal, UAN, pager, VoIP,
+    /// voicemail access, or unknown to the numbering plan).
+    Unknown,
+}
+
+impl Class {
+    /// The name in settings, audit entries and refusals.
+    pub fn name(self) -> &'static str {
+        match self {
+            Class::Emergency => "emergency",
+            Class::Internal => "internal",
+            Class::National => "national",
+            Class::Mobile => "mobile",
+            Class::TollFree => "toll-free",
+            Class::International => "international",
+            Class::Premium => "premium",
+            Class::SharedCost => "shared-cost",
+            Class::Unknown => "unknown",
+        }
+    }
+
+    /// The class a name in settings stands for.
+    pub fn from_name(name: &str) -> Option<Class> {
+        [
+            Class::Emergency,
+            Class::Internal,
+            Class::National,
+            Class::Mobile,
+            Class::TollFree,
+            Class::International,
+            Class::Premium,
+            Class::SharedCost,
+            Class::Unknown,
+        ]
+        .into_iter()
+        .find(|c| c.name() == name)
+    }
+}
+
+/// A tenant's numbering: its region and how its users dial.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// ISO 3166 alpha-2 region, e.g. `GB`.
+    pub region: String,
+    /// The outside-line prefix users dial first, if any (e.g. `9`).
+    pub outside_line: Option<String>,
+    /// Extensions are all-digit and this many digits long.
+    pub extension_digits: std::ops::RangeInclusive<usize>,
+}
+
+/// A dialled number, read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dialled {
+    pub class: Class,
+    /// The E.164 form (`+442079460018`), or the extension or emergency
+    /// digits as dialled.
+    pub number: String,
+}
+
+/// Why a number may not be dialled: code `restricted`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("restricted: {reason}")]
+pub struct Refusal {
+    pub reason: String,
+    /// The class of the number, when it could be read.
+    pub class: Option<Class>,
+}
+
+impl Refusal {
+    /// The stable code of every refusal.
+    pub const CODE: &'static str = "restricted";
+
+    fn new(reason: impl Into<String>, class: Option<Class>) -> Refusal {
+        Refusal {
+            reason: reason.into(),
+            class,
+        }
+    }
+}
+
+/// Why a plan or a rule set cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// The region is not an ISO 3166 alpha-2 code libphonenumber knows.
+    #[error("unknown region {0:?} (an ISO 3166 code such as GB or US)")]
+    Region(String),
+    /// A pattern is not `+digits` optionally ending in `*`.
+    #[error("bad pattern {0:?} (+ then digits, optionally ending in *)")]
+    Pattern(String),
+    /// A class name that does not exist.
+    #[error("unknown number class {0:?}")]
+    Class(String),
+    /// Over a limit.
+    #[error("{0}")]
+    TooMany(String),
+}
+
+impl Plan {
+    fn region_id(&self) -> Result<Region, PolicyError> {
+        self.region
+            .parse::<Region>()
+            .map_err(|_| PolicyError::Region(self.region.clone()))
+    }
+
+    /// Checks the plan once, when it is set.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        self.region_id().map(|_| ())
+    }
+
+    /// Reads what a user dialled.
+    pub fn read(&self, dialled: &str) -> Result<Dialled, Refusal> {
+        if dialled.len() > MAX_DIALLED {
+            return Err(Refusal::new("the number is too long", None));
+        }
+        // Visual separators only; anything else is not a number.
+        let mut digits: String = dialled
+            .chars()
+            .filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')'))
+            .collect();
+        let plus = digits.starts_with('+');
+        if plus {
+            digits.remove(0);
+        }
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(Refusal::new("not a dialable number", None));
+        }
+        let region = self
+            .region_id()
+            .map_err(|e| Refusal::new(e.to_string(), None))?;
+        if !plus {
+            // Emergency numbers as dialled (999 behind an outside line 9
+            // stays 999), then behind the outside-line prefix (9 112).
+            if self.is_emergency(&digits) {
+                return Ok(Dialled {
+                    class: Class::Emergency,
+                    number: digits,
+                });
+            }
+            // A number behind the outside-line prefix is never an extension.
+            let outside = self
+                .outside_line
+                .as_deref()
+                .and_then(|p| digits.strip_prefix(p));
+            let external = outside.is_some();
+            if let Some(rest) = outside {
+                digits = rest.to_string();
+                if self.is_emergency(&digits) {
+                    return Ok(Dialled {
+                        class: Class::Emergency,
+                        number: digits,
+                    });
+                }
+            }
+            if !external && self.extension_digits.contains(&digits.len()) {
+                return Ok(Dialled {
+                    class: Class::Internal,
+                    number: digits,
+                });
+            }
+        }
+        // International numbers (`+`, or the region's international access
+        // code such as 00 or 011) are parsed with no home region: with one,
+        // phonenumber 0.3.10 strips the home region's national prefix from
+        // the foreign number (+44 1212… read in the US loses its 1).
+        let mut international = plus;
+        if !plus {
+            let idd = phonenumber::metadata::DATABASE
+                .by_id(self.region.as_str())
+                .and_then(|m| m.international_prefix())
+                .and_then(|re| re.find(&digits))
+                .filter(|m| m.start() == 0 && m.end() < digits.len())
+                .map(|m| m.end());
+            if let Some(end) = idd {
+                digits = digits[end..].to_string();
+                international = true;
+            }
+        }
+        let parsed = if international {
+            phonenumber::parse(None, format!("+{digits}"))
+        } else {
+            phonenumber::parse(Some(region), &digits)
+        };
+        let number = parsed.map_err(|_| {
+            Refusal::new("not a number of the numbering plan", Some(Class::Unknown))
+        })?;
+        let e164 = number.format().mode(phonenumber::Mode::E164).to_string();
+        if !phonenumber::is_valid(&number) {
+            return Err(Refusal::new(
+                format!("{e164} is not a valid number"),
+                Some(Class::Unknown),
+            ));
+        }
+        let home = number.country().id() == Some(region);
+        let class = match number.number_type(&phonenumber::metadata::DATABASE) {
+            Type::PremiumRate => Class::Premium,
+            Type::SharedCost => Class::SharedCost,
+            _ if !home => Class::International,
+            Type::FixedLine | Type::FixedLineOrMobile => Class::National,
+            Type::Mobile => Class::Mobile,
+            Type::TollFree => Class::TollFree,
+            _ => Class::Unknown,
+        };
+        Ok(Dialled {
+            class,
+            number: e164,
+        })
+    }
+
+    fn is_emergency(&self, digits: &str) -> bool {
+        digits == "112"
+            || EMERGENCY
+                .iter()
+                .any(|(r, list)| *r == self.region && list.contains(&digits))
+    }
+}
+
+/// A prefix or exact pattern on E.164 numbers: `+4420*`, `+18005550100`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern {
+    digits: String,
+    prefix: bool,
+}
+
+impl Pattern {
+    /// Parses `+digits` or `+digits*`.
+    pub fn parse(s: &str) -> Result<Pattern, PolicyError> {
+        let bad = || PolicyError::Pattern(s.to_string());
+        let body = s.strip_prefix('+').ok_or_else(bad)?;
+        let (digits, prefix) = match body.strip_suffix('*') {
+            Some(d) => (d, true),
+            None => (body, false),
+        };
+        if digits.is_empty() || digits.len() > 15 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        Ok(Pattern {
+            digits: format!("+{digits}"),
+            prefix,
+        })
+    }
+
+    fn matches(&self, e164: &str) -> bool {
+        if self.prefix {
+            e164.starts_with(&self.digits)
+        } else {
+            e164 == self.digits
+        }
+    }
+}
+
+/// A tenant's rules, and the caller's class of restriction.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// Classes the tenant lets anyone dial.
+    pub classes: BTreeSet<Class>,
+    pub allow: Vec<Pattern>,
+    pub deny: Vec<Pattern>,
+}
+
+impl Default for Rules {
+    /// International, premium, shared-cost and unknown denied.
+    fn default() -> Rules {
+        Rules {
+            classes: [
+                Class::Internal,
+                Class::National,
+                Class::Mobile,
+                Class::TollFree,
+            ]
+            .into_iter()
+            .collect(),
+            allow: Vec::new(),
+            deny: Vec::new(),
+        }
+    }
+}
+
+impl Rules {
+    /// Rules from settings: class names and pattern strings.
+    pub fn from_settings(
+        classes: &[String],
+        allow: &[String],
+        deny: &[String],
+    ) -> Result<Rules, PolicyError> {
+        if allow.len() + deny.len() > MAX_PATTERNS {
+            return Err(PolicyError::TooMany(format!(
+                "at most {MAX_PATTERNS} allow and deny patterns"
+            )));
+        }
+        let classes = classes
+            .iter()
+            .map(|c| Class::from_name(c).ok_or_else(|| PolicyError::Class(c.clone())))
+            .collect::<Result<_, _>>()?;
+        let patterns = |list: &[String]| {
+            list.iter()
+                .map(|p| Pattern::parse(p))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(Rules {
+            classes,
+            allow: patterns(allow)?,
+            deny: patterns(deny)?,
+        })
+    }
+
+    /// Whether a caller whose class of restriction is `cor` (the classes
+    /// they may dial) may dial `dialled`.
+    pub fn decide(&self, dialled: &Dialled, cor: &BTreeSet<Class>) -> Result<(), Refusal> {
+        let class = dialled.class;
+        if class == Class::Emergency {
+            return Ok(());
+        }
+        let refuse = |why: String| Err(Refusal::new(why, Some(class)));
+        let e164 = dialled.number.starts_with('+');
+        if e164 && self.deny.iter().any(|p| p.matches(&dialled.number)) {
+            return refuse(format!("{} is on the tenant's deny list", dialled.number));
+        }
+        if !cor.contains(&class) {
+            return refuse(format!(
+                "{} numbers are not allowed for this caller",
+                class.name()
+            ));
+        }
+        if e164 && self.allow.iter().any(|p| p.matches(&dialled.number)) {
+            return Ok(());
+        }
+        if !self.classes.contains(&class) {
+            return refuse(format!(
+                "{} numbers are not allowed in this tenant",
+                class.name()
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(region: &str) -> Plan {
+        Plan {
+            region: region.into(),
+            outside_line: Some("9".into()),
+            extension_digits: 3..=4,
+        }
+    }
+
+    fn everything() -> BTreeSet<Class> {
+        [
+            Class::Internal,
+            Class::National,
+            Class::Mobile,
+            Class::TollFree,
+            Class::International,
+            Class::Premium,
+            Class::SharedCost,
+            Class::Unknown,
+        ]
+        .into_iter()
+        .collect()
+    }
+
+    fn class(p: &Plan, dialled: &str) -> Class {
+        p.read(dialled)
+            .unwrap_or_else(|e| panic!("{dialled}: {e}"))
+            .class
+    }
+
+    #[test]
+    fn numbers_are_classified_in_their_region() {
+        let gb = plan("GB");
+        assert_eq!(class(&gb, "201"), Class::Internal);
+        assert_eq!(class(&gb, "9 01212 345678"), Class::National);
+        assert_eq!(gb.read("9 01212 345678").unwrap().number, "+441212345678");
+        assert_eq!(class(&gb, "907400 123456"), Class::Mobile);
+        assert_eq!(class(&gb, "90800 123 4567"), Class::TollFree);
+        assert_eq!(class(&gb, "909012345678"), Class::Premium);
+        // GB's 084x are premium-rate in libphonenumber's data; shared cost
+        // exists in France (08 84).
+        assert_eq!(class(&gb, "908431234567"), Class::Premium);
+        assert_eq!(class(&plan("FR"), "9 08 84 01 23 45"), Class::SharedCost);
+        assert_eq!(class(&gb, "90012015550123"), Class::International);
+        assert_eq!(class(&gb, "+1 201 555 0123"), Class::International);
+        let us = plan("US");
+        assert_eq!(class(&us, "9 (201) 555-0123"), Class::National);
+        assert_eq!(class(&us, "9 1 900 234 5678"), Class::Premium);
+        assert_eq!(class(&us, "9 011 44 1212 345678"), Class::International);
+        // The foreign number keeps every digit (phonenumber 0.3.10 drops the
+        // 1 when it parses +44 1212… with US as the home region).
+        assert_eq!(
+            us.read("9 011 44 1212 345678").unwrap().number,
+            "+441212345678"
+        );
+        assert_eq!(us.read("+44 1212 345678").unwrap().number, "+441212345678");
+        let au = Plan {
+            region: "AU".into(),
+            outside_line: Some("0".into()),
+            ..plan("AU")
+        };
+        assert_eq!(
+            au.read("0 0011 44 1212 345678").unwrap().number,
+            "+441212345678"
+        );
+        assert_eq!(class(&us, "9 1 800 234 5678"), Class::TollFree);
+    }
+
+    #[test]
+    fn emergency_numbers_match_exactly_and_look_alikes_do_not() {
+        for (region, number) in [
+            ("GB", "999"),
+            ("GB", "9999"),
+            ("GB", "112"),
+            ("US", "911"),
+            ("US", "9911"),
+            ("GB", "9112"),
+        ] {
+            let d = plan(region).read(number).unwrap();
+            assert_eq!(d.class, Class::Emergency, "{region} {number}");
+            // Allowed even with no classes and an empty CoR.
+            let none = Rules {
+                classes: BTreeSet::new(),
+                ..Rules::default()
+            };
+            none.decide(&d, &BTreeSet::new()).unwrap();
+        }
+        // Look-alikes: not emergency, and not allowed by default.
+        let us = plan("US");
+        for number in ["1120", "9111", "91120", "99111", "0911", "+1911"] {
+            let d = us.read(number);
+            assert!(
+                d.as_ref().is_err() || d.as_ref().unwrap().class != Class::Emergency,
+                "{number} read as emergency"
+            );
+            // An extension (1120 with 3–4 digit extensions) stays inside.
+            if let Some(d) = d.ok().filter(|d| d.class != Class::Internal) {
+                let got = Rules::default().decide(&d, &everything());
+                assert!(got.is_err(), "{number}: {d:?}");
+            }
+        }
+        // 999 is not an emergency number in the US.
+        assert!(
+            us.read("9999")
+                .map_or(true, |d| d.class != Class::Emergency)
+        );
+    }
+
+    #[test]
+    fn the_defaults_deny_international_premium_and_shared_cost() {
+        let gb = plan("GB");
+        let rules = Rules::default();
+        for (number, allowed) in [
+            ("201", true),
+            ("901212345678", true),
+            ("907400123456", true),
+            ("908001234567", true),
+            ("909012345678", false),
+            ("908431234567", false),
+            ("+33884012345", false),
+            ("90012015550123", false),
+            ("+8613123456789", false),
+        ] {
+            let d = gb.read(number).unwrap();
+            let got = rules.decide(&d, &everything());
+            assert_eq!(got.is_ok(), allowed, "{number}: {got:?}");
+            if let Err(r) = got {
+                assert!(r.to_string().starts_with("restricted: "), "{r}");
+                assert_eq!(r.class, Some(d.class));
+            }
+        }
+    }
+
+    #[test]
+    fn patterns_and_the_callers_class_of_restriction_apply() {
+        let gb = plan("GB");
+        let rules = Rules::from_settings(
+            &["internal".into(), "national".into(), "mobile".into()],
+            &["+1201*".into()],
+            &["+44121234*".into()],
+        )
+        .unwrap();
+        let all = everything();
+        // Allowed by pattern though international is not a tenant class.
+        rules
+            .decide(&gb.read("+12015550123").unwrap(), &all)
+            .unwrap();
+        // Not by another US prefix.
+        assert!(
+            rules
+                .decide(&gb.read("+12125550123").unwrap(), &all)
+                .is_err()
+        );
+        // Denied by pattern though national is allowed.
+        let err = rules
+            .decide(&gb.read("901212345678").unwrap(), &all)
+            .unwrap_err();
+        assert!(err.reason.contains("deny list"), "{err}");
+        // A caller restricted to internal calls cannot use the allow list.
+        let internal: BTreeSet<Class> = [Class::Internal].into_iter().collect();
+        let err = rules
+            .decide(&gb.read("+12015550123").unwrap(), &internal)
+            .unwrap_err();
+        assert!(err.reason.contains("this caller"), "{err}");
+        rules.decide(&gb.read("201").unwrap(), &internal).unwrap();
+        assert!(
+            rules
+                .decide(&gb.read("907400123456").unwrap(), &internal)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn bad_input_is_refused_precisely() {
+        let gb = plan("GB");
+        for bad in [
+            "",
+            "+",
+            "12a4",
+            "*72",
+            "sip:alice@example.com",
+            "9#",
+            &"1".repeat(65),
+        ] {
+            let err = gb.read(bad).unwrap_err();
+            assert!(err.to_string().starts_with("restricted: "), "{bad}: {err}");
+        }
+        // Not valid in the numbering plan.
+        assert!(gb.read("900000").is_err());
+        assert_eq!(
+            Plan {
+                region: "XX".into(),
+                ..plan("GB")
+            }
+            .validate(),
+            Err(PolicyError::Region("XX".into()))
+        );
+        for bad in ["4420*", "+", "+*", "+44a", "+1234567890123456", "+44*1"] {
+            assert_eq!(
+                Pattern::parse(bad),
+                Err(PolicyError::Pattern(bad.into())),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            Rules::from_settings(&["posh".into()], &[], &[]),
+            Err(PolicyError::Class(_))
+        ));
+        let many: Vec<String> = (0..=MAX_PATTERNS).map(|i| format!("+44{i}")).collect();
+        assert!(matches!(
+            Rules::from_settings(&[], &many, &[]),
+            Err(PolicyError::TooMany(_))
+        ));
+    }
+}
