@@ -13,9 +13,13 @@
 //! - **Replay.** Each nonce's highest `nc` is remembered (only after a
 //!   correct answer, so forged requests cannot fill the table); a request
 //!   must carry a higher one.
-//! - **No user oracle.** An unknown user is checked against a dummy HA1
-//!   with the same work and fails with the same [`DigestError::Refused`] as
-//!   a wrong password; responses are compared in constant time.
+//! - **No user oracle.** An unknown user is checked against a random dummy
+//!   HA1 made at start, with the same hashing, and fails with the same
+//!   [`DigestError::Refused`] as a wrong password; responses are compared
+//!   in constant time. The SIP door must do the same store work (look up
+//!   and unseal a record) for unknown users as for known ones.
+//! - **Restarts.** Nonces issued before this process started are answered
+//!   as stale, since their `nc` history is gone.
 //!
 //! Throttling, lockout and audit belong to the SIP door that calls this.
 
@@ -36,9 +40,9 @@ pub const NONCE_TTL_MS: u64 = 5 * 60 * 1000;
 pub const MAX_HEADER_BYTES: usize = 4096;
 /// Most parameters in one header.
 const MAX_PARAMS: usize = 24;
-/// Nonces whose `nc` is remembered at once (each answered correctly within
-/// the last [`NONCE_TTL_MS`]); at the cap a request is told its nonce is
-/// stale and gets a fresh one once older entries expire.
+/// Nonces whose `nc` is remembered at once. At the cap the oldest is
+/// forgotten, and every nonce issued up to it is answered as stale from
+/// then on (a fresh nonce follows), so forgetting never opens a replay.
 const MAX_TRACKED_NONCES: usize = 65_536;
 /// Bytes of a nonce: time (8), random (8), MAC (16).
 const NONCE_BYTES: usize = 32;
@@ -66,6 +70,12 @@ pub enum DigestError {
     /// A nonce count not above the last one accepted for this nonce.
     #[error("the nonce count was already used")]
     Replayed,
+    /// A realm that cannot be put in a header (a configuration error).
+    #[error("realm {0:?} cannot be used in a challenge")]
+    BadRealm(String),
+    /// The host cannot make a nonce or key right now (no randomness).
+    #[error("digest authentication is unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl DigestError {
@@ -77,6 +87,8 @@ impl DigestError {
             DigestError::Refused => "digest_refused",
             DigestError::Stale => "digest_stale",
             DigestError::Replayed => "digest_replayed",
+            DigestError::BadRealm(_) => "digest_bad_realm",
+            DigestError::Unavailable(_) => "digest_unavailable",
         }
     }
 }
@@ -224,7 +236,7 @@ impl Credentials {
             Some(a) => return Err(DigestError::Unsupported(format!("algorithm {a:?}"))),
         };
         match get("qop") {
-            Some("auth") => {}
+            Some(q) if q.eq_ignore_ascii_case("auth") => {}
             None => return Err(DigestError::Unsupported("no qop (RFC 2069 digest)".into())),
             Some(q) => return Err(DigestError::Unsupported(format!("qop {q:?}"))),
         }
@@ -303,18 +315,40 @@ fn parse_params(s: &str) -> Result<HashMap<String, String>, DigestError> {
 /// Issues and checks digest challenges under one host key.
 pub struct Digest {
     key: Zeroizing<[u8; 32]>,
-    /// Highest `nc` accepted per nonce MAC, and when the nonce expires.
-    counts: Mutex<HashMap<[u8; 16], (u32, u64)>>,
+    /// Nonces issued before this are stale: their `nc` history was not
+    /// kept (another process, or evicted below).
+    started_ms: u64,
+    /// The HA1 an unknown user is checked against (random, per process).
+    dummy: Ha1,
+    counts: Mutex<Counts>,
+    /// [`MAX_TRACKED_NONCES`], smaller in tests.
+    max_tracked: usize,
+}
+
+/// Highest `nc` accepted per nonce, oldest nonces first for eviction.
+#[derive(Default)]
+struct Counts {
+    by_mac: HashMap<[u8; 16], (u32, u64)>,
+    by_age: std::collections::BTreeSet<(u64, [u8; 16])>,
+    /// Nonces issued at or before this lost their history to eviction.
+    evicted_up_to: Option<u64>,
 }
 
 impl Digest {
-    /// A verifier whose nonces are keyed with `key` (kept by the caller so
-    /// nonces survive a restart, or fresh per process).
-    pub fn new(key: [u8; 32]) -> Digest {
-        Digest {
+    /// A verifier whose nonces are keyed with `key`, started at `now_ms`.
+    /// Nonces from before `now_ms` (a previous process with the same key)
+    /// are answered as stale, since their `nc` history is gone.
+    pub fn new(key: [u8; 32], now_ms: u64) -> Result<Digest, DigestError> {
+        let mut secret = Zeroizing::new([0u8; 32]);
+        getrandom::fill(secret.as_mut_slice())
+            .map_err(|e| DigestError::Unavailable(format!("no randomness: {e}")))?;
+        Ok(Digest {
             key: Zeroizing::new(key),
-            counts: Mutex::new(HashMap::new()),
-        }
+            started_ms: now_ms,
+            dummy: Ha1::derive("", "", &hex::encode(secret.as_slice())),
+            counts: Mutex::new(Counts::default()),
+            max_tracked: MAX_TRACKED_NONCES,
+        })
     }
 
     /// `WWW-Authenticate` values for `realm`: SHA-256 first (RFC 7616
@@ -325,8 +359,15 @@ impl Digest {
         now_ms: u64,
         stale: bool,
     ) -> Result<Vec<String>, DigestError> {
+        if realm.is_empty()
+            || realm.len() > 253
+            || !realm
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        {
+            return Err(DigestError::BadRealm(realm.chars().take(64).collect()));
+        }
         let nonce = self.nonce(realm, now_ms)?;
-        let realm = realm.replace(['\\', '"'], "");
         let stale = if stale { ", stale=true" } else { "" };
         Ok([Algorithm::Sha256, Algorithm::Md5]
             .iter()
@@ -343,7 +384,7 @@ impl Digest {
         let mut raw = [0u8; NONCE_BYTES];
         raw[..8].copy_from_slice(&now_ms.to_be_bytes());
         getrandom::fill(&mut raw[8..16])
-            .map_err(|e| DigestError::Malformed(format!("no randomness for a nonce: {e}")))?;
+            .map_err(|e| DigestError::Unavailable(format!("no randomness for a nonce: {e}")))?;
         let mac = self.mac(realm, &raw[..16]);
         raw[16..].copy_from_slice(&mac);
         Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw))
@@ -374,14 +415,11 @@ impl Digest {
         ha1: Option<&Ha1>,
         now_ms: u64,
     ) -> Result<(), DigestError> {
-        // Same work for an unknown user as for a known one.
-        let dummy;
+        // Same work for an unknown user as for a known one: a stored-like
+        // HA1 nobody knows the password of.
         let (ha1, known) = match ha1 {
             Some(h) => (h, true),
-            None => {
-                dummy = Ha1::derive(&creds.username, realm, "");
-                (&dummy, false)
-            }
+            None => (&self.dummy, false),
         };
         let expected = response(
             creds.algorithm,
@@ -400,21 +438,42 @@ impl Digest {
             return Err(DigestError::Refused);
         };
         let expires = issued.saturating_add(NONCE_TTL_MS);
-        if now_ms >= expires || issued > now_ms.saturating_add(60_000) {
+        if now_ms >= expires || issued > now_ms.saturating_add(60_000) || issued < self.started_ms {
             return Err(DigestError::Stale);
         }
         let mut counts = self.counts.lock().recover();
-        if let Some((last, _)) = counts.get(&mac) {
-            if creds.nc <= *last {
-                return Err(DigestError::Replayed);
+        let Counts {
+            by_mac,
+            by_age,
+            evicted_up_to,
+        } = &mut *counts;
+        match by_mac.get_mut(&mac) {
+            Some((last, _)) if creds.nc <= *last => return Err(DigestError::Replayed),
+            Some((last, _)) => {
+                *last = creds.nc;
+                return Ok(());
             }
-        } else if counts.len() >= MAX_TRACKED_NONCES {
-            counts.retain(|_, (_, exp)| *exp > now_ms);
-            if counts.len() >= MAX_TRACKED_NONCES {
-                return Err(DigestError::Stale);
+            None => {}
+        }
+        // A nonce with no history: fresh, unless its history was evicted.
+        if evicted_up_to.is_some_and(|up_to| issued <= up_to) {
+            return Err(DigestError::Stale);
+        }
+        while by_mac.len() >= self.max_tracked {
+            let Some((oldest, old_mac)) = by_age.pop_first() else {
+                break;
+            };
+            by_mac.remove(&old_mac);
+            // An expired nonce is stale anyway; only live ones raise the mark.
+            if oldest.saturating_add(NONCE_TTL_MS) > now_ms {
+                *evicted_up_to = Some(evicted_up_to.map_or(oldest, |u| u.max(oldest)));
             }
         }
-        counts.insert(mac, (creds.nc, expires));
+        if evicted_up_to.is_some_and(|up_to| issued <= up_to) {
+            return Err(DigestError::Stale);
+        }
+        by_mac.insert(mac, (creds.nc, issued));
+        by_age.insert((issued, mac));
         Ok(())
     }
 
@@ -555,7 +614,7 @@ mod tests {
 
     #[test]
     fn a_right_answer_passes_once_per_count_in_both_algorithms() {
-        let d = Digest::new([7; 32]);
+        let d = Digest::new([7; 32], T0 - 1_000).unwrap();
         let stored = Ha1::from_stored(&Ha1::derive("alice", REALM, "pw").to_stored()).unwrap();
         for algorithm in [Algorithm::Sha256, Algorithm::Md5] {
             let creds = answer(&d, algorithm, "alice", "pw", 1);
@@ -578,7 +637,7 @@ mod tests {
 
     #[test]
     fn an_unknown_user_looks_exactly_like_a_wrong_password() {
-        let d = Digest::new([7; 32]);
+        let d = Digest::new([7; 32], T0 - 1_000).unwrap();
         let alice = Ha1::derive("alice", REALM, "pw");
         let wrong = answer(&d, Algorithm::Sha256, "alice", "guess", 1);
         let unknown = answer(&d, Algorithm::Sha256, "mallory", "pw", 1);
@@ -616,10 +675,10 @@ mod tests {
 
     #[test]
     fn nonces_are_bound_to_their_host_key_realm_and_time() {
-        let d = Digest::new([7; 32]);
+        let d = Digest::new([7; 32], T0 - 1_000).unwrap();
         let alice = Ha1::derive("alice", REALM, "pw");
         // Another host key (or a forged nonce): refused, not stale.
-        let other = Digest::new([8; 32]);
+        let other = Digest::new([8; 32], T0 - 1_000).unwrap();
         let foreign = answer(&other, Algorithm::Sha256, "alice", "pw", 1);
         assert_eq!(
             d.verify(&foreign, "REGISTER", REALM, Some(&alice), T0),
@@ -650,11 +709,83 @@ mod tests {
     }
 
     #[test]
+    fn a_restart_or_an_eviction_never_opens_a_replay() {
+        let alice = Ha1::derive("alice", REALM, "pw");
+        let before = Digest::new([7; 32], T0 - 1_000).unwrap();
+        let creds = answer(&before, Algorithm::Sha256, "alice", "pw", 1);
+        before
+            .verify(&creds, "REGISTER", REALM, Some(&alice), T0)
+            .unwrap();
+        // The same key in a process started after the nonce was issued.
+        let after = Digest::new([7; 32], T0 + 1).unwrap();
+        assert_eq!(
+            after.verify(&creds, "REGISTER", REALM, Some(&alice), T0 + 2),
+            Err(DigestError::Stale)
+        );
+        // A table of two: a third nonce evicts the oldest, whose replays
+        // are then stale, never accepted.
+        let mut d = Digest::new([7; 32], T0 - 1_000).unwrap();
+        d.max_tracked = 2;
+        let nonce_at = |d: &Digest, t: u64| {
+            let ch = d.challenge(REALM, t, false).unwrap();
+            ch[0]
+                .split("nonce=\"")
+                .nth(1)
+                .unwrap()
+                .trim_end_matches('"')
+                .to_string()
+        };
+        let (n1, n2, n3) = (nonce_at(&d, T0), nonce_at(&d, T0 + 1), nonce_at(&d, T0 + 2));
+        for n in [&n1, &n2, &n3] {
+            let c = answer_to(n, Algorithm::Sha256, "alice", "pw", 1);
+            d.verify(&c, "REGISTER", REALM, Some(&alice), T0 + 10)
+                .unwrap();
+        }
+        let replay = answer_to(&n1, Algorithm::Sha256, "alice", "pw", 1);
+        assert_eq!(
+            d.verify(&replay, "REGISTER", REALM, Some(&alice), T0 + 11),
+            Err(DigestError::Stale)
+        );
+        let next = answer_to(&n1, Algorithm::Sha256, "alice", "pw", 2);
+        assert_eq!(
+            d.verify(&next, "REGISTER", REALM, Some(&alice), T0 + 11),
+            Err(DigestError::Stale)
+        );
+        // The tracked ones still refuse their replays and take higher nc.
+        let replay = answer_to(&n3, Algorithm::Sha256, "alice", "pw", 1);
+        assert_eq!(
+            d.verify(&replay, "REGISTER", REALM, Some(&alice), T0 + 12),
+            Err(DigestError::Replayed)
+        );
+        let next = answer_to(&n3, Algorithm::Sha256, "alice", "pw", 2);
+        d.verify(&next, "REGISTER", REALM, Some(&alice), T0 + 12)
+            .unwrap();
+    }
+
+    #[test]
+    fn the_realm_must_match_and_be_fit_for_a_header() {
+        let d = Digest::new([7; 32], T0 - 1_000).unwrap();
+        let alice = Ha1::derive("alice", REALM, "pw");
+        // Right nonce and response, but the header names another realm.
+        let mut creds = answer(&d, Algorithm::Sha256, "alice", "pw", 1);
+        creds.realm = "globex.sip.example".into();
+        assert_eq!(
+            d.verify(&creds, "REGISTER", REALM, Some(&alice), T0),
+            Err(DigestError::Refused)
+        );
+        for bad in ["", "a\"b", "a\r\nX-Injected: 1", "a b", &"x".repeat(300)] {
+            let err = d.challenge(bad, T0, false).unwrap_err();
+            assert_eq!(err.code(), "digest_bad_realm", "{bad:?}");
+        }
+    }
+
+    #[test]
     fn malformed_and_unsupported_headers_are_refused_precisely() {
         let ok = "username=\"a\", realm=\"r\", nonce=\"n\", uri=\"u\", response=\"x\", \
                   cnonce=\"c\", qop=auth, nc=00000001";
         Credentials::parse(&format!("Digest {ok}")).unwrap();
         Credentials::parse(&format!("digest {ok}, extra=\"ignored\"")).unwrap();
+        Credentials::parse(&format!("Digest {ok}").replace("qop=auth", "qop=AUTH")).unwrap();
         let cases = [
             (format!("Basic {ok}"), "digest_unsupported"),
             (

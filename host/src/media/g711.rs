@@ -24,10 +24,11 @@ pub fn alaw_to_linear(code: u8) -> i16 {
 }
 
 /// The µ-law code of a 16-bit linear sample (G.191: on the sample's
-/// 14-bit value, arithmetic shift, so -1..-4 round like the reference).
+/// 14-bit value; a negative one's magnitude is its one's complement, so
+/// -1..-4 encode as the negative zero).
 pub fn linear_to_ulaw(sample: i16) -> u8 {
     let s = i32::from(sample) >> 2;
-    let (mask, magnitude) = if s < 0 { (0x7f, -s) } else { (0xff, s) };
+    let (mask, magnitude) = if s < 0 { (0x7f, !s) } else { (0xff, s) };
     let m = magnitude.min(ULAW_CLIP) + ULAW_BIAS;
     // m is 33..=8192, so m >> 5 is 1..=256 and the segment 0..=8.
     let segment = (m >> 5).ilog2() as i32;
@@ -41,7 +42,7 @@ pub fn linear_to_ulaw(sample: i16) -> u8 {
 /// The A-law code of a 16-bit linear sample (G.191, on its 13-bit value).
 pub fn linear_to_alaw(sample: i16) -> u8 {
     let s = i32::from(sample) >> 3;
-    let (mask, magnitude) = if s >= 0 { (0xd5, s) } else { (0x55, -s - 1) };
+    let (mask, magnitude) = if s >= 0 { (0xd5, s) } else { (0x55, !s) };
     // magnitude is 0..=4095, so magnitude >> 5 is 0..=127.
     let code = match (magnitude >> 5).checked_ilog2() {
         None => magnitude >> 1,
@@ -167,30 +168,37 @@ mod tests {
         }
     }
 
-    /// Every 16-bit sample encodes to the code whose value is nearest
-    /// within its segment: the error is at most half a step of that
-    /// segment (µ-law steps are 2^(seg+3), A-law 2^(seg+4) from segment
-    /// 1, 16 in segment 0), plus the clipping at the ends.
+    /// Every 16-bit sample encodes to the code whose value is nearest:
+    /// G.191 quantises the 14-bit (µ-law) or 13-bit (A-law) value, so the
+    /// error is at most half a step of the segment plus what the shift
+    /// drops (3 or 7), inside the clipping range. µ-law steps are
+    /// 2^(seg+3) in 16-bit units; A-law's 16 in segments 0 and 1, then
+    /// 2^(seg+3). Small negatives round to the negative zero (G.191).
     #[test]
     fn every_sample_encodes_within_half_a_step() {
         for s in i16::MIN..=i16::MAX {
-            let u = ulaw_to_linear(linear_to_ulaw(s));
-            let seg = (!linear_to_ulaw(s) & 0x70) >> 4;
-            let step = 1i32 << (seg + 3);
+            let code = linear_to_ulaw(s);
+            let u = i32::from(ulaw_to_linear(code));
+            let step = 1i32 << (((!code & 0x70) >> 4) + 3);
             let clipped = i32::from(s).clamp(-32124, 32124);
             assert!(
-                (i32::from(u) - clipped).abs() <= step,
+                2 * (u - clipped).abs() <= step + 2 * 3,
                 "µ-law {s} -> {u} (step {step})"
             );
-            let a = alaw_to_linear(linear_to_alaw(s));
-            let seg = ((linear_to_alaw(s) ^ 0x55) & 0x70) >> 4;
-            let step = if seg == 0 { 16 } else { 1i32 << (seg + 3) };
+            let code = linear_to_alaw(s);
+            let a = i32::from(alaw_to_linear(code));
+            let seg = ((code ^ 0x55) & 0x70) >> 4;
+            let step = if seg <= 1 { 16 } else { 1i32 << (seg + 3) };
             let clipped = i32::from(s).clamp(-32256, 32256);
             assert!(
-                (i32::from(a) - clipped).abs() <= step,
+                2 * (a - clipped).abs() <= step + 2 * 7,
                 "A-law {s} -> {a} (step {step})"
             );
         }
+        for s in -4..0 {
+            assert_eq!(linear_to_ulaw(s), 0x7f, "{s}");
+        }
+        assert_eq!(linear_to_ulaw(-113), 0x71);
     }
 
     #[test]

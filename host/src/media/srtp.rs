@@ -14,8 +14,20 @@
 //! the tag compared in constant time over the packet and its rollover
 //! counter, then decryption. Nothing about the stream changes unless the
 //! tag is right. The key derivation rate is 0 (RFC 4568's default), so
-//! session keys are derived once; a key is refused after 2^48 RTP or
-//! 2^31 RTCP packets.
+//! session keys are derived once. A key is refused after its SDES lifetime
+//! (RTP and RTCP packets together), and anyway after 2^48 RTP or 2^31 RTCP
+//! packets.
+//!
+//! Sending follows the same index rules: a packet index is never
+//! encrypted twice (that would reuse keystream), so a repeated or
+//! too-late sequence number is refused rather than sent. The media engine
+//! renumbers what it sends, so this only trips on a bug.
+//!
+//! Key material: master keys, the derived encryption key and salt live in
+//! `Zeroizing` buffers or AES key schedules wiped on drop (aes's `zeroize`
+//! feature). The keyed HMAC-SHA1 state (from which the authentication key
+//! cannot be read back but which is as good as it) comes from `hmac` 0.12,
+//! which does not wipe; it lives as long as the leg.
 
 use std::collections::HashMap;
 
@@ -43,7 +55,6 @@ const RTCP_HEADER: usize = 8;
 const RTCP_INDEX_LEN: usize = 4;
 /// SRTCP's tag is 80 bits in both suites (RFC 4568 §6.2).
 const RTCP_TAG_LEN: usize = 10;
-const MAX_RTP_INDEX: u64 = (1 << 48) - 1;
 const MAX_RTCP_INDEX: u32 = (1 << 31) - 1;
 
 type HmacSha1 = Hmac<Sha1>;
@@ -132,6 +143,8 @@ impl Suite {
 #[derive(Clone)]
 pub struct MasterKey {
     bytes: Zeroizing<[u8; KEY_LEN + SALT_LEN]>,
+    /// Packets the key may protect (SDES lifetime), if limited.
+    lifetime: Option<u64>,
 }
 
 impl std::fmt::Debug for MasterKey {
@@ -146,7 +159,10 @@ impl MasterKey {
         let mut bytes = Zeroizing::new([0u8; KEY_LEN + SALT_LEN]);
         getrandom::fill(bytes.as_mut_slice())
             .map_err(|e| SrtpError::BadKey(format!("no randomness for a key: {e}")))?;
-        Ok(MasterKey { bytes })
+        Ok(MasterKey {
+            bytes,
+            lifetime: None,
+        })
     }
 
     /// Key then salt, 30 bytes.
@@ -160,13 +176,17 @@ impl MasterKey {
             )));
         }
         bytes.copy_from_slice(raw);
-        Ok(MasterKey { bytes })
+        Ok(MasterKey {
+            bytes,
+            lifetime: None,
+        })
     }
 
     /// Parses SDES key parameters (RFC 4568 §6.1):
     /// `inline:<base64 key||salt>[|<lifetime>][|<MKI>:<length>]`.
-    /// A lifetime is accepted (keys here are replaced per call, far sooner);
-    /// an MKI is refused, since one key per direction never needs one.
+    /// A lifetime is kept and enforced (packets past it are refused with
+    /// `KeyExhausted`); an MKI is refused, since one key per direction
+    /// never needs one.
     pub fn from_key_params(params: &str) -> Result<MasterKey, SrtpError> {
         let rest = params
             .strip_prefix("inline:")
@@ -181,28 +201,33 @@ impl MasterKey {
                 .decode(b64)
                 .map_err(|_| SrtpError::BadKey("the inline key is not base64".into()))?,
         );
-        let key = MasterKey::from_bytes(&raw)?;
-        for field in fields {
+        let mut key = MasterKey::from_bytes(&raw)?;
+        for (n, field) in fields.enumerate() {
             if field.contains(':') {
                 return Err(SrtpError::BadKey("an MKI is not supported".into()));
             }
-            let lifetime_ok = match field.strip_prefix("2^") {
-                Some(exp) => exp.parse::<u8>().is_ok_and(|e| e <= 48),
-                None => field.parse::<u64>().is_ok(),
+            let lifetime = match field.strip_prefix("2^") {
+                Some(exp) => exp
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|e| *e <= 48)
+                    .map(|e| 1u64 << e),
+                None => field.parse::<u64>().ok(),
             };
-            if !lifetime_ok {
-                return Err(SrtpError::BadKey(format!("bad key lifetime {field:?}")));
+            match lifetime {
+                Some(l) if n == 0 && l > 0 => key.lifetime = Some(l),
+                _ => return Err(SrtpError::BadKey(format!("bad key lifetime {field:?}"))),
             }
         }
         Ok(key)
     }
 
     /// The key parameters to put in SDP: `inline:<base64>`.
-    pub fn to_key_params(&self) -> String {
-        format!(
+    pub fn to_key_params(&self) -> Zeroizing<String> {
+        Zeroizing::new(format!(
             "inline:{}",
             base64::engine::general_purpose::STANDARD.encode(self.bytes.as_slice())
-        )
+        ))
     }
 
     fn key(&self) -> &[u8] {
@@ -326,16 +351,29 @@ impl Window {
     }
 }
 
-/// Receive state of one RTP stream.
+/// The index state of one RTP stream, sent or received: rollover counter,
+/// highest sequence number (s_l) and the replay window.
 #[derive(Debug, Clone, Copy)]
-struct RtpIn {
-    /// Rollover counter and highest sequence number (s_l) so far.
+struct RtpState {
     roc: u32,
     s_l: u16,
     window: Window,
 }
 
-impl RtpIn {
+impl RtpState {
+    /// The state before a stream's first packet (RFC 3711 §3.3.1: ROC 0,
+    /// s_l = its sequence number; nothing seen yet).
+    fn first(seq: u16) -> RtpState {
+        RtpState {
+            roc: 0,
+            s_l: seq,
+            window: Window {
+                top: u64::from(seq),
+                seen: 0,
+            },
+        }
+    }
+
     /// RFC 3711 Appendix A: the index a sequence number most likely has.
     fn estimate(&self, seq: u16) -> Option<u64> {
         let (roc, s_l, seq32) = (self.roc, u32::from(self.s_l), u32::from(seq));
@@ -352,13 +390,27 @@ impl RtpIn {
         };
         Some((u64::from(v) << 16) | u64::from(seq))
     }
-}
 
-/// Send state of one RTP stream.
-#[derive(Debug, Clone, Copy)]
-struct RtpOut {
-    roc: u32,
-    last: u16,
+    /// The index of `seq`, if it is neither used nor behind the window.
+    fn index(&self, seq: u16) -> Result<u64, SrtpError> {
+        let index = self
+            .estimate(seq)
+            .ok_or(SrtpError::TooOld(u64::from(seq)))?;
+        self.window.check(index)?;
+        Ok(index)
+    }
+
+    /// The state once `index` was sent or received.
+    fn after(mut self, index: u64) -> RtpState {
+        let (roc, seq) = ((index >> 16) as u32, index as u16);
+        if roc > self.roc {
+            (self.roc, self.s_l) = (roc, seq);
+        } else if roc == self.roc && seq > self.s_l {
+            self.s_l = seq;
+        }
+        self.window.mark(index);
+        self
+    }
 }
 
 /// SRTP and SRTCP for one direction of one leg under one master key.
@@ -366,10 +418,13 @@ pub struct Srtp {
     suite: Suite,
     rtp: SessionKeys,
     rtcp: SessionKeys,
-    rtp_in: HashMap<u32, RtpIn>,
-    rtp_out: HashMap<u32, RtpOut>,
+    rtp_in: HashMap<u32, RtpState>,
+    rtp_out: HashMap<u32, RtpState>,
     rtcp_in: HashMap<u32, Window>,
     rtcp_out: HashMap<u32, u32>,
+    /// Packets processed under this key, against its lifetime.
+    packets: u64,
+    lifetime: Option<u64>,
 }
 
 impl Srtp {
@@ -383,6 +438,8 @@ impl Srtp {
             rtp_out: HashMap::new(),
             rtcp_in: HashMap::new(),
             rtcp_out: HashMap::new(),
+            packets: 0,
+            lifetime: master.lifetime,
         }
     }
 
@@ -391,34 +448,42 @@ impl Srtp {
         self.suite
     }
 
-    /// Encrypts an RTP packet's payload and appends its tag.
+    /// Counts one more packet under the key, if its lifetime allows.
+    fn spend(&mut self) -> Result<(), SrtpError> {
+        if self.lifetime.is_some_and(|l| self.packets >= l) {
+            return Err(SrtpError::KeyExhausted);
+        }
+        self.packets += 1;
+        Ok(())
+    }
+
+    fn rtp_state(
+        streams: &HashMap<u32, RtpState>,
+        ssrc: u32,
+        seq: u16,
+    ) -> Result<RtpState, SrtpError> {
+        match streams.get(&ssrc) {
+            Some(s) => Ok(*s),
+            None if streams.len() >= MAX_STREAMS => Err(SrtpError::TooManyStreams),
+            None => Ok(RtpState::first(seq)),
+        }
+    }
+
+    /// Encrypts an RTP packet's payload and appends its tag. A sequence
+    /// number already sent (or too far behind) is refused: its keystream
+    /// was used.
     pub fn protect_rtp(&mut self, packet: &mut Vec<u8>) -> Result<(), SrtpError> {
         let header = rtp_header_len(packet)?;
         let (ssrc, seq) = rtp_ssrc_seq(packet);
-        let known = self.rtp_out.len();
-        let state = match self.rtp_out.get_mut(&ssrc) {
-            Some(s) => {
-                // A sequence number far below the last one wrapped around.
-                if seq < s.last && s.last - seq > 32768 {
-                    s.roc = s.roc.checked_add(1).ok_or(SrtpError::KeyExhausted)?;
-                }
-                s.last = seq;
-                *s
-            }
-            None if known >= MAX_STREAMS => return Err(SrtpError::TooManyStreams),
-            None => *self
-                .rtp_out
-                .entry(ssrc)
-                .or_insert(RtpOut { roc: 0, last: seq }),
-        };
-        let index = (u64::from(state.roc) << 16) | u64::from(seq);
-        if index > MAX_RTP_INDEX {
-            return Err(SrtpError::KeyExhausted);
-        }
+        let state = Self::rtp_state(&self.rtp_out, ssrc, seq)?;
+        let index = state.index(seq)?;
+        self.spend()?;
         self.rtp.crypt(ssrc, index, &mut packet[header..]);
+        let roc = (index >> 16) as u32;
         let n = self.suite.rtp_tag_len();
-        let tag = self.rtp.tag(&[packet, &state.roc.to_be_bytes()], n);
+        let tag = self.rtp.tag(&[packet, &roc.to_be_bytes()], n);
         packet.extend_from_slice(&tag[..n]);
+        self.rtp_out.insert(ssrc, state.after(index));
         Ok(())
     }
 
@@ -432,37 +497,17 @@ impl Srtp {
         let body = packet.len() - n;
         let header = rtp_header_len(&packet[..body])?;
         let (ssrc, seq) = rtp_ssrc_seq(packet);
-        let state = match self.rtp_in.get(&ssrc) {
-            Some(s) => *s,
-            None if self.rtp_in.len() >= MAX_STREAMS => return Err(SrtpError::TooManyStreams),
-            // RFC 3711 §3.3.1: a receiver starts at ROC 0 with s_l = seq.
-            None => RtpIn {
-                roc: 0,
-                s_l: seq,
-                window: Window::default(),
-            },
-        };
-        let index = state
-            .estimate(seq)
-            .ok_or(SrtpError::TooOld(u64::from(seq)))?;
-        if self.rtp_in.contains_key(&ssrc) {
-            state.window.check(index)?;
-        }
+        let state = Self::rtp_state(&self.rtp_in, ssrc, seq)?;
+        let index = state.index(seq)?;
         let roc = (index >> 16) as u32;
         let want = self.rtp.tag(&[&packet[..body], &roc.to_be_bytes()], n);
         if !bool::from(want[..n].ct_eq(&packet[body..])) {
             return Err(SrtpError::AuthFailed);
         }
+        self.spend()?;
         packet.truncate(body);
         self.rtp.crypt(ssrc, index, &mut packet[header..]);
-        let mut next = state;
-        if roc > state.roc {
-            (next.roc, next.s_l) = (roc, seq);
-        } else if roc == state.roc && seq > state.s_l {
-            next.s_l = seq;
-        }
-        next.window.mark(index);
-        self.rtp_in.insert(ssrc, next);
+        self.rtp_in.insert(ssrc, state.after(index));
         Ok(())
     }
 
@@ -471,18 +516,15 @@ impl Srtp {
     pub fn protect_rtcp(&mut self, packet: &mut Vec<u8>) -> Result<(), SrtpError> {
         rtcp_check(packet)?;
         let ssrc = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
-        let known = self.rtcp_out.len();
-        let index = match self.rtcp_out.get_mut(&ssrc) {
-            Some(i) => {
-                if *i >= MAX_RTCP_INDEX {
-                    return Err(SrtpError::KeyExhausted);
-                }
-                *i += 1;
-                *i
-            }
-            None if known >= MAX_STREAMS => return Err(SrtpError::TooManyStreams),
-            None => *self.rtcp_out.entry(ssrc).or_insert(1),
+        // The index starts at 1, as libSRTP's does (any start is valid).
+        let index = match self.rtcp_out.get(&ssrc) {
+            Some(i) if *i >= MAX_RTCP_INDEX => return Err(SrtpError::KeyExhausted),
+            Some(i) => i + 1,
+            None if self.rtcp_out.len() >= MAX_STREAMS => return Err(SrtpError::TooManyStreams),
+            None => 1,
         };
+        self.spend()?;
+        self.rtcp_out.insert(ssrc, index);
         self.rtcp
             .crypt(ssrc, u64::from(index), &mut packet[RTCP_HEADER..]);
         packet.extend_from_slice(&(index | 0x8000_0000).to_be_bytes());
@@ -520,11 +562,14 @@ impl Srtp {
         if !bool::from(want.ct_eq(&packet[signed..])) {
             return Err(SrtpError::AuthFailed);
         }
-        packet.truncate(body);
-        if encrypted {
-            self.rtcp
-                .crypt(ssrc, u64::from(index), &mut packet[RTCP_HEADER..]);
+        // Unencrypted SRTCP (E = 0) is never negotiated here.
+        if !encrypted {
+            return Err(SrtpError::Malformed);
         }
+        self.spend()?;
+        packet.truncate(body);
+        self.rtcp
+            .crypt(ssrc, u64::from(index), &mut packet[RTCP_HEADER..]);
         let mut next = window;
         next.mark(u64::from(index));
         self.rtcp_in.insert(ssrc, next);
@@ -707,10 +752,15 @@ mod tests {
                     (s, p)
                 })
                 .collect();
-            // Swap neighbours so some post-wrap packets come first.
-            for i in (0..wire.len() - 1).step_by(3) {
-                wire.swap(i, i + 1);
+            // Post-wrap packets first, then late pre-wrap ones, interleaved:
+            // 65500.., then 0, 65533, 1, 65534, 2, 65535, 3.. (the receiver
+            // must take ROC - 1 for the late ones).
+            let wrap = wire.iter().position(|(s, _)| *s == 0).unwrap();
+            for k in 0..3 {
+                wire.swap(wrap - 3 + k, wrap + k);
             }
+            let order: Vec<u16> = wire.iter().map(|(s, _)| *s).collect();
+            assert_eq!(order[wrap - 3..wrap + 3], [0, 1, 2, 65533, 65534, 65535]);
             for (s, mut p) in wire {
                 rx.unprotect_rtp(&mut p)
                     .unwrap_or_else(|e| panic!("seq {s}: {e}"));
@@ -801,23 +851,94 @@ mod tests {
         }
         let mut p = rtp(1, 99, b"one too many");
         assert_eq!(tx.protect_rtp(&mut p), Err(SrtpError::TooManyStreams));
+        // The receiver's table is capped too, even for authentic packets
+        // (a sender with a fresh table of its own).
+        let mut other = Srtp::new(Suite::AesCm128HmacSha1_80, &key);
+        let mut p = rtp(1, 99, b"one too many");
+        other.protect_rtp(&mut p).unwrap();
+        assert_eq!(rx.unprotect_rtp(&mut p), Err(SrtpError::TooManyStreams));
+        assert_eq!(rx.rtp_in.len(), MAX_STREAMS);
+    }
+
+    /// A sender never encrypts two packets under one index, even across a
+    /// wrap with a late packet (65535, 0, 65534, 1): each gets its own
+    /// index and the receiver opens all four.
+    #[test]
+    fn a_sender_never_reuses_an_index() {
+        let key = MasterKey::generate().unwrap();
+        let (mut tx, mut rx) = (
+            Srtp::new(Suite::AesCm128HmacSha1_80, &key),
+            Srtp::new(Suite::AesCm128HmacSha1_80, &key),
+        );
+        for seq in [65535u16, 0, 65534, 1] {
+            let mut p = rtp(seq, 3, b"audio");
+            tx.protect_rtp(&mut p).unwrap();
+            rx.unprotect_rtp(&mut p)
+                .unwrap_or_else(|e| panic!("{seq}: {e}"));
+        }
+        assert_eq!((tx.rtp_out[&3].roc, rx.rtp_in[&3].roc), (1, 1));
+        let mut again = rtp(0, 3, b"again");
+        assert_eq!(tx.protect_rtp(&mut again), Err(SrtpError::Replayed(65536)));
+        assert_eq!(
+            again,
+            rtp(0, 3, b"again"),
+            "a refused packet is not touched"
+        );
+    }
+
+    #[test]
+    fn a_key_is_refused_past_its_lifetime() {
+        let raw = reference_key().to_key_params();
+        let key = MasterKey::from_key_params(&format!("{}|2^2", raw.as_str())).unwrap();
+        let (mut tx, mut rx) = (
+            Srtp::new(Suite::AesCm128HmacSha1_32, &key),
+            Srtp::new(Suite::AesCm128HmacSha1_32, &key),
+        );
+        for seq in 0..4u16 {
+            let mut p = rtp(seq, 1, b"x");
+            tx.protect_rtp(&mut p).unwrap();
+            rx.unprotect_rtp(&mut p).unwrap();
+        }
+        let mut p = rtp(4, 1, b"x");
+        assert_eq!(tx.protect_rtp(&mut p), Err(SrtpError::KeyExhausted));
+        let mut rtcp = hex(RTCP_PLAIN);
+        assert_eq!(tx.protect_rtcp(&mut rtcp), Err(SrtpError::KeyExhausted));
+    }
+
+    #[test]
+    fn unencrypted_srtcp_is_refused_though_authentic() {
+        let key = reference_key();
+        let mut rx = Srtp::new(Suite::AesCm128HmacSha1_80, &key);
+        // E = 0, plaintext body, tag over it under the RTCP session key.
+        let mut p = hex(RTCP_PLAIN);
+        p.extend_from_slice(&1u32.to_be_bytes());
+        let tag = rx.rtcp.tag(&[&p], RTCP_TAG_LEN);
+        p.extend_from_slice(&tag);
+        let before = p.clone();
+        assert_eq!(rx.unprotect_rtcp(&mut p), Err(SrtpError::Malformed));
+        assert_eq!(p, before);
+        assert!(rx.rtcp_in.is_empty());
     }
 
     #[test]
     fn sdes_key_params_parse_and_refuse_precisely() {
         let key = reference_key();
-        let params = key.to_key_params();
+        let params = key.to_key_params().to_string();
         assert_eq!(params, "inline:4fl6DT4Bi+DWT6MsBt5BOQ7Gda1Jiv7rtpYLOqvm");
         let back = MasterKey::from_key_params(&params).unwrap();
         assert_eq!(back.bytes.as_slice(), key.bytes.as_slice());
-        MasterKey::from_key_params(&format!("{params}|2^20")).unwrap();
-        MasterKey::from_key_params(&format!("{params}|1048576")).unwrap();
+        let k = MasterKey::from_key_params(&format!("{params}|2^20")).unwrap();
+        assert_eq!(k.lifetime, Some(1 << 20));
+        let k = MasterKey::from_key_params(&format!("{params}|1048576")).unwrap();
+        assert_eq!(k.lifetime, Some(1 << 20));
         for (bad, why) in [
             ("4fl6DT4Bi+DWT6MsBt5BOQ7Gda1Jiv7rtpYLOqvm", "inline"),
             ("inline:not base64!", "base64"),
             ("inline:AAAA", "30 bytes"),
             (&format!("{params}|1:4"), "MKI"),
             (&format!("{params}|2^99"), "lifetime"),
+            (&format!("{params}|0"), "lifetime"),
+            (&format!("{params}|2^20|2^20"), "lifetime"),
             (&format!("inline:{}", "A".repeat(200)), "too long"),
         ] {
             let err = MasterKey::from_key_params(bad).unwrap_err();
@@ -831,24 +952,35 @@ mod tests {
         assert_eq!(Suite::from_name("F8_128_HMAC_SHA1_80"), None);
     }
 
-    /// 50,000 mutated packets of every kind: each is refused or accepted
-    /// without a panic, and none that was changed is accepted.
+    /// 50,000 mutated packets of every kind, each offered to a receiver
+    /// that already took the original: none is accepted (a mutation that
+    /// leaves the packet as it was is a replay), none panics, and a refused
+    /// packet and the receiver's state are left exactly as they were.
     #[test]
     fn mutated_packets_never_panic_and_never_pass() {
         let key = reference_key();
         for (base, rtcp) in [(hex(SRTP_80), false), (hex(SRTCP), true)] {
-            for (i, mut p) in
-                crate::media::hostile::mutations(&base, 7 + u64::from(rtcp), 25_000).enumerate()
-            {
-                let mut rx = Srtp::new(Suite::AesCm128HmacSha1_80, &key);
-                let changed = p != base;
+            let mut rx = Srtp::new(Suite::AesCm128HmacSha1_80, &key);
+            let mut original = base.clone();
+            if rtcp {
+                rx.unprotect_rtcp(&mut original).unwrap();
+            } else {
+                rx.unprotect_rtp(&mut original).unwrap();
+            }
+            let state = format!("{:?} {:?} {}", rx.rtp_in, rx.rtcp_in, rx.packets);
+            let seed = 7 + u64::from(rtcp);
+            for (i, mut p) in crate::media::hostile::mutations(&base, seed, 25_000).enumerate() {
+                let before = p.clone();
                 let result = if rtcp {
                     rx.unprotect_rtcp(&mut p)
                 } else {
                     rx.unprotect_rtp(&mut p)
                 };
-                assert!(result.is_err() || !changed, "mutation {i} was accepted");
+                assert!(result.is_err(), "mutation {i} was accepted");
+                assert_eq!(p, before, "mutation {i}: a refused packet was changed");
             }
+            let after = format!("{:?} {:?} {}", rx.rtp_in, rx.rtcp_in, rx.packets);
+            assert_eq!(state, after, "refused packets changed the state");
         }
     }
 }

@@ -123,9 +123,30 @@ impl Direction {
 /// One `a=crypto` line (RFC 4568 §9.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Crypto {
-    pub tag: u32,
+    /// 1 to 9 digits, as sent.
+    pub tag: String,
     pub suite: String,
     pub key_params: String,
+    /// SDES session parameters (§6.3), as sent.
+    pub session_params: Vec<String>,
+}
+
+impl Crypto {
+    /// Why this line's session parameters cannot be honoured, if so. Only
+    /// those that change nothing on the wire here are accepted: `KDR=0`,
+    /// a replay window `WSH` of at least 64, and `-`-prefixed ones (which
+    /// may be ignored, RFC 4568 §6.3.7). Unencrypted or unauthenticated
+    /// SRTP, FEC and other key derivation rates are refused.
+    fn unusable_param(&self) -> Option<&str> {
+        self.session_params.iter().map(String::as_str).find(|p| {
+            let fine = p.starts_with('-')
+                || *p == "KDR=0"
+                || p.strip_prefix("WSH=")
+                    .and_then(|w| w.parse::<u32>().ok())
+                    .is_some_and(|w| w >= 64);
+            !fine
+        })
+    }
 }
 
 /// One media line with its attributes.
@@ -163,15 +184,19 @@ pub fn parse(text: &str) -> Result<Session, SdpError> {
     let mut saw_version = false;
     let mut session_direction = Direction::SendRecv;
     for (n, line) in text.lines().enumerate() {
-        let line = line.trim_end_matches('\r');
+        let line = line.strip_suffix('\r').unwrap_or(line);
         if line.is_empty() {
             continue;
+        }
+        // Nothing that could end a line or a header when echoed.
+        if line.chars().any(|c| c.is_control() && c != '\t') {
+            return Err(bad(format!("line {} has control characters", n + 1)));
         }
         let (kind, value) = line
             .split_once('=')
             .filter(|(k, _)| k.len() == 1)
             .ok_or_else(|| bad(format!("line {} is not type=value", n + 1)))?;
-        if n == 0 && (kind, value) != ("v", "0") {
+        if !saw_version && (kind, value) != ("v", "0") {
             return Err(bad("the first line must be v=0".into()));
         }
         match (kind, session.media.last_mut()) {
@@ -219,6 +244,18 @@ fn parse_media_line(value: &str, direction: Direction) -> Result<Media, SdpError
         .collect();
     if formats.len() > MAX_FORMATS {
         return Err(bad("too many formats"));
+    }
+    // Media, protocol and formats are echoed in the answer: tokens only
+    // (RFC 8866 §9; the protocol may have `/`).
+    let token = |t: &str, slash: bool| {
+        !t.is_empty()
+            && t.len() <= 64
+            && t.chars().all(|c| {
+                c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`{|}~".contains(c) || (slash && c == '/')
+            })
+    };
+    if !token(kind, false) || !token(proto, true) || !formats.iter().all(|f| token(f, false)) {
+        return Err(bad("not a token"));
     }
     Ok(Media {
         kind: kind.to_string(),
@@ -280,20 +317,32 @@ fn parse_attribute(m: &mut Media, value: &str) -> Result<(), SdpError> {
         "crypto" => {
             let bad = || SdpError::Malformed(format!("bad a=crypto:{rest}"));
             let mut parts = rest.split(' ');
-            let tag: u32 = parts
+            // RFC 4568 §9.1: tag = 1*9DIGIT, echoed as sent.
+            let tag = parts
                 .next()
-                .and_then(|t| t.parse().ok())
-                .filter(|t| *t < 1_000_000_000)
+                .filter(|t| (1..=9).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_digit()))
                 .ok_or_else(bad)?;
             let suite = parts.next().filter(|s| !s.is_empty()).ok_or_else(bad)?;
             let key_params = parts.next().filter(|s| !s.is_empty()).ok_or_else(bad)?;
-            if m.crypto.len() >= MAX_CRYPTO {
-                return Err(SdpError::Malformed("too many a=crypto lines".into()));
+            let session_params: Vec<String> = parts
+                .filter(|p| !p.is_empty())
+                .map(str::to_string)
+                .collect();
+            if m.crypto.len() >= MAX_CRYPTO || session_params.len() > 8 {
+                return Err(SdpError::Malformed(
+                    "too many a=crypto lines or parameters".into(),
+                ));
+            }
+            if m.crypto.iter().any(|c| c.tag == tag) {
+                return Err(SdpError::Malformed(format!(
+                    "a=crypto tag {tag} given twice"
+                )));
             }
             m.crypto.push(Crypto {
-                tag,
+                tag: tag.to_string(),
                 suite: suite.to_string(),
                 key_params: key_params.to_string(),
+                session_params,
             });
         }
         "ptime" => {
@@ -317,6 +366,9 @@ pub struct Policy {
     pub srtp_required: bool,
     /// The signalling runs over TLS, so keys may be exchanged.
     pub over_tls: bool,
+    /// Media may go to loopback addresses (tests and single-host setups
+    /// only; a caller could otherwise aim our RTP at local services).
+    pub allow_loopback: bool,
     /// Codecs in order of preference.
     pub codecs: Vec<Codec>,
 }
@@ -342,7 +394,7 @@ pub struct Agreed {
 pub struct Sdes {
     pub suite: Suite,
     /// The offer's crypto tag, echoed in the answer.
-    pub tag: u32,
+    pub tag: String,
     /// The peer's key, for what it sends.
     pub theirs: MasterKey,
     /// Our fresh key, for what we send.
@@ -355,6 +407,9 @@ pub struct Local {
     pub addr: SocketAddr,
     /// Origin session id and version (fresh per leg).
     pub session_id: u64,
+    /// Origin version: higher with every new SDP of the dialog (RFC 3264
+    /// §8).
+    pub session_version: u64,
 }
 
 /// Answers `offer` under `policy`, receiving at `local`.
@@ -386,17 +441,17 @@ fn accept(offer: &Session, m: &Media, policy: &Policy) -> Result<Agreed, SdpErro
             return Err(SdpError::NotAcceptable(format!("transport {other}")));
         }
     };
+    if (secure || !m.crypto.is_empty()) && !policy.over_tls {
+        return Err(SdpError::KeysInClear);
+    }
     if policy.srtp_required && !secure {
         return Err(SdpError::SrtpRequired("the offer is plain RTP/AVP".into()));
-    }
-    if secure && !policy.over_tls {
-        return Err(SdpError::KeysInClear);
     }
     let addr = m
         .connection
         .or(offer.connection)
         .ok_or_else(|| SdpError::Malformed("no c= line for the audio stream".into()))?;
-    if addr.is_unspecified() || addr.is_multicast() {
+    if !media_address_ok(addr, policy.allow_loopback) {
         return Err(SdpError::NotAcceptable(format!("media address {addr}")));
     }
     let payload_types: Vec<u8> = m.formats.iter().filter_map(|f| f.parse().ok()).collect();
@@ -426,6 +481,21 @@ fn accept(offer: &Session, m: &Media, policy: &Policy) -> Result<Agreed, SdpErro
     })
 }
 
+/// Whether media may be sent to `addr`: never to unspecified, multicast,
+/// broadcast or link-local addresses (also written as IPv4-mapped IPv6),
+/// to loopback only where allowed. Private addresses are normal (phones
+/// behind NAT); symmetric RTP latching decides where media really goes.
+fn media_address_ok(addr: IpAddr, allow_loopback: bool) -> bool {
+    let addr = addr.to_canonical();
+    if addr.is_unspecified() || addr.is_multicast() || (addr.is_loopback() && !allow_loopback) {
+        return false;
+    }
+    match addr {
+        IpAddr::V4(v4) => !v4.is_broadcast() && !v4.is_link_local(),
+        IpAddr::V6(v6) => !v6.is_unicast_link_local(),
+    }
+}
+
 /// The first offered crypto line with a supported suite and a usable key,
 /// and a fresh key of ours.
 fn sdes(m: &Media) -> Result<Sdes, SdpError> {
@@ -434,13 +504,17 @@ fn sdes(m: &Media) -> Result<Sdes, SdpError> {
         let Some(suite) = Suite::from_name(&c.suite) else {
             continue;
         };
+        if let Some(p) = c.unusable_param() {
+            refusal = SdpError::SrtpRequired(format!("session parameter {p} is not supported"));
+            continue;
+        }
         match MasterKey::from_key_params(&c.key_params) {
             Ok(theirs) => {
                 let ours =
                     MasterKey::generate().map_err(|e| SdpError::SrtpRequired(e.to_string()))?;
                 return Ok(Sdes {
                     suite,
-                    tag: c.tag,
+                    tag: c.tag.clone(),
                     theirs,
                     ours,
                 });
@@ -457,8 +531,9 @@ fn write_answer(offer: &Session, index: usize, agreed: &Agreed, local: Local) ->
     let family = if local.addr.is_ipv4() { "IP4" } else { "IP6" };
     let ip = local.addr.ip();
     let mut out = format!(
-        "v=0\r\no=switchboard {id} {id} IN {family} {ip}\r\ns=-\r\nc=IN {family} {ip}\r\nt=0 0\r\n",
-        id = local.session_id
+        "v=0\r\no=switchboard {id} {version} IN {family} {ip}\r\ns=-\r\nc=IN {family} {ip}\r\nt=0 0\r\n",
+        id = local.session_id,
+        version = local.session_version
     );
     for (i, m) in offer.media.iter().enumerate() {
         if i != index {
@@ -480,7 +555,7 @@ fn write_answer(offer: &Session, index: usize, agreed: &Agreed, local: Local) ->
         out.push_str(&format!("a=rtpmap:{pt} {}/8000\r\n", agreed.codec.name()));
         if let Some(d) = agreed.dtmf {
             out.push_str(&format!(
-                "a=rtpmap:{d} telephone-event/8000\r\na=fmtp:{d} 0-16\r\n"
+                "a=rtpmap:{d} telephone-event/8000\r\na=fmtp:{d} 0-15\r\n"
             ));
         }
         out.push_str(&format!("a=ptime:{}\r\n", agreed.ptime));
@@ -489,7 +564,7 @@ fn write_answer(offer: &Session, index: usize, agreed: &Agreed, local: Local) ->
                 "a=crypto:{} {} {}\r\n",
                 k.tag,
                 k.suite.name(),
-                k.ours.to_key_params()
+                k.ours.to_key_params().as_str()
             ));
         }
         out.push_str(&format!("a={}\r\n", agreed.direction.attribute()));
@@ -524,6 +599,7 @@ mod tests {
         Policy {
             srtp_required: true,
             over_tls: true,
+            allow_loopback: true,
             codecs: vec![Codec::Pcmu, Codec::Pcma],
         }
     }
@@ -532,53 +608,67 @@ mod tests {
         Local {
             addr: "127.0.0.1:30000".parse().unwrap(),
             session_id: 42,
+            session_version: 43,
         }
+    }
+
+    /// Media lines in an SDP body.
+    fn m_lines(sdp: &str) -> usize {
+        sdp.lines().filter(|l| l.starts_with("m=")).count()
+    }
+
+    fn answered(offer: &str) -> Result<Agreed, SdpError> {
+        answer(&parse(offer)?, &device(), local())
+    }
+
+    /// The offer with extra session parameters on its first crypto line.
+    fn with_param(param: &str) -> String {
+        BARESIP.replace(
+            "rtpYLOqvm\r\na=crypto:2",
+            &format!("rtpYLOqvm {param}\r\na=crypto:2"),
+        )
     }
 
     #[test]
     fn a_baresip_offer_gets_a_fresh_key_and_the_first_suite() {
-        let offer = parse(BARESIP).unwrap();
-        let a = answer(&offer, &device(), local()).unwrap();
+        let a = answered(BARESIP).unwrap();
         assert_eq!(a.codec, Codec::Pcmu);
         assert_eq!(a.dtmf, Some(101));
         assert_eq!(a.remote, "127.0.0.1:10002".parse().unwrap());
         let k = a.srtp.as_ref().unwrap();
-        let (theirs, ours) = (&k.theirs, &k.ours);
-        assert_eq!((k.suite, k.tag), (Suite::AesCm128HmacSha1_80, 1));
+        let theirs = k.theirs.to_key_params();
+        let ours = k.ours.to_key_params();
+        assert_eq!((k.suite, k.tag.as_str()), (Suite::AesCm128HmacSha1_80, "1"));
         assert_eq!(
-            theirs.to_key_params(),
+            theirs.as_str(),
             "inline:4fl6DT4Bi+DWT6MsBt5BOQ7Gda1Jiv7rtpYLOqvm"
         );
-        assert_ne!(
-            ours.to_key_params(),
-            theirs.to_key_params(),
-            "our key is fresh"
-        );
+        assert_ne!(ours.as_str(), theirs.as_str(), "our key is fresh");
+        let sdp = a.sdp.as_str();
+        assert!(sdp.contains("m=audio 30000 RTP/SAVP 0 101\r\n"), "{sdp}");
+        let line = format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 {}\r\n", ours.as_str());
+        assert!(sdp.contains(&line), "the offer's tag is echoed: {sdp}");
+        assert!(sdp.contains("a=sendrecv"));
+        assert!(sdp.contains("o=switchboard 42 43 IN IP4 127.0.0.1\r\n"));
+        assert!(sdp.contains("a=fmtp:101 0-15\r\n"), "DTMF digits only");
         assert!(
-            a.sdp.contains("m=audio 30000 RTP/SAVP 0 101\r\n"),
+            !sdp.contains("4fl6DT4B"),
+            "the peer's key never goes back out"
+        );
+        assert_eq!(m_lines(sdp), 1);
+        // The answer parses as SDP and names our address.
+        let back = parse(sdp).unwrap();
+        assert_eq!(back.connection, Some("127.0.0.1".parse().unwrap()));
+        // Two answers to the same offer carry different keys.
+        let b = answered(BARESIP).unwrap();
+        assert_ne!(b.srtp.unwrap().ours.to_key_params().as_str(), ours.as_str());
+        // The tag is echoed as sent.
+        let a = answered(&BARESIP.replace("a=crypto:1 ", "a=crypto:01 ")).unwrap();
+        assert!(
+            a.sdp.contains("a=crypto:01 AES_CM_128_HMAC_SHA1_80"),
             "{}",
             a.sdp
         );
-        let line = format!(
-            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 {}\r\n",
-            ours.to_key_params()
-        );
-        assert!(
-            a.sdp.contains(&line),
-            "the offer's tag is echoed: {}",
-            a.sdp
-        );
-        assert!(a.sdp.contains("a=sendrecv"));
-        assert!(
-            !a.sdp.contains("4fl6DT4B"),
-            "the peer's key never goes back out"
-        );
-        // The answer parses as SDP and names our address.
-        let back = parse(&a.sdp).unwrap();
-        assert_eq!(back.connection, Some("127.0.0.1".parse().unwrap()));
-        // Two answers to the same offer carry different keys.
-        let b = answer(&offer, &device(), local()).unwrap();
-        assert_ne!(b.srtp.unwrap().ours.to_key_params(), ours.to_key_params());
     }
 
     #[test]
@@ -588,18 +678,26 @@ mod tests {
             "m=video 10004 RTP/SAVP 96\r\na=rtpmap:96 H264/90000\r\nm=audio 10002",
         );
         let offer = offer.replace("a=sendrecv", "a=sendonly");
-        let a = answer(&parse(&offer).unwrap(), &device(), local()).unwrap();
+        let a = answered(&offer).unwrap();
         let video = a.sdp.find("m=video 0 RTP/SAVP 96").expect("video declined");
         let audio = a.sdp.find("m=audio 30000").expect("audio accepted");
         assert!(video < audio, "media lines keep the offer's order");
+        assert_eq!(
+            m_lines(&a.sdp),
+            m_lines(&offer),
+            "one answer line per offer line"
+        );
         assert_eq!(a.direction, Direction::RecvOnly);
         assert!(a.sdp.contains("a=recvonly"));
     }
 
     #[test]
     fn policy_refusals_say_why() {
-        let plain = BARESIP.replace("RTP/SAVP", "RTP/AVP");
-        let err = answer(&parse(&plain).unwrap(), &device(), local()).unwrap_err();
+        let plain = BARESIP
+            .replace("RTP/SAVP", "RTP/AVP")
+            .replace("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:4fl6DT4Bi+DWT6MsBt5BOQ7Gda1Jiv7rtpYLOqvm\r\n", "")
+            .replace("a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:4fl6DT4Bi+DWT6MsBt5BOQ7Gda1Jiv7rtpYLOqvm\r\n", "");
+        let err = answered(&plain).unwrap_err();
         assert_eq!((err.code(), err.sip_status()), ("sdp_srtp_required", 488));
         // Allowed plain RTP (a trunk on a private link): no crypto answered.
         let trunk = Policy {
@@ -609,42 +707,85 @@ mod tests {
         };
         let a = answer(&parse(&plain).unwrap(), &trunk, local()).unwrap();
         assert!(a.srtp.is_none() && !a.sdp.contains("a=crypto"));
-        // Keys over UDP/TCP: refused, even where SRTP is optional.
+        // Keys over UDP/TCP: refused, even where SRTP is optional and even
+        // on an RTP/AVP line.
         let err = answer(&parse(BARESIP).unwrap(), &trunk, local()).unwrap_err();
         assert_eq!(err, SdpError::KeysInClear);
-        // Only unsupported suites, or a key with an MKI.
+        let avp_with_keys = BARESIP.replace("RTP/SAVP", "RTP/AVP");
+        let err = answer(&parse(&avp_with_keys).unwrap(), &trunk, local()).unwrap_err();
+        assert_eq!(err, SdpError::KeysInClear);
+        // Only unsupported suites.
         let f8 = BARESIP
             .replace("AES_CM_128_HMAC_SHA1_80", "F8_128_HMAC_SHA1_80")
             .replace("AES_CM_128_HMAC_SHA1_32", "AEAD_AES_256_GCM");
-        let err = answer(&parse(&f8).unwrap(), &device(), local()).unwrap_err();
-        assert_eq!(err.code(), "sdp_srtp_required");
+        assert_eq!(answered(&f8).unwrap_err().code(), "sdp_srtp_required");
         // A key with an MKI is skipped for the next usable line; alone, it
         // is refused with the reason.
         let mki = BARESIP.replace("rtpYLOqvm\r\na=crypto:2", "rtpYLOqvm|1:4\r\na=crypto:2");
-        let a = answer(&parse(&mki).unwrap(), &device(), local()).unwrap();
-        let k = a.srtp.unwrap();
-        assert_eq!((k.suite, k.tag), (Suite::AesCm128HmacSha1_32, 2));
+        let k = answered(&mki).unwrap().srtp.unwrap();
+        assert_eq!((k.suite, k.tag.as_str()), (Suite::AesCm128HmacSha1_32, "2"));
         let mki = mki.replace("AES_CM_128_HMAC_SHA1_32", "F8_128_HMAC_SHA1_80");
-        let err = answer(&parse(&mki).unwrap(), &device(), local()).unwrap_err();
+        let err = answered(&mki).unwrap_err();
         assert!(err.to_string().contains("MKI"), "{err}");
+        // Session parameters that change the wire format skip the line;
+        // harmless ones are accepted.
+        for param in [
+            "UNENCRYPTED_SRTP",
+            "UNAUTHENTICATED_SRTP",
+            "KDR=1",
+            "FEC_ORDER=FEC_SRTP",
+            "WSH=32",
+            "FOO=1",
+        ] {
+            let k = answered(&with_param(param)).unwrap().srtp.unwrap();
+            assert_eq!(k.tag, "2", "{param}: the first line is skipped");
+            let only = with_param(param).replace("AES_CM_128_HMAC_SHA1_32", "F8_128_HMAC_SHA1_80");
+            let err = answered(&only).unwrap_err();
+            assert!(err.to_string().contains(param), "{param}: {err}");
+        }
+        for param in ["KDR=0", "WSH=128", "-FOO=1"] {
+            let k = answered(&with_param(param)).unwrap().srtp.unwrap();
+            assert_eq!(k.tag, "1", "{param}");
+        }
         // No codec in common.
         let opus = BARESIP.replace("RTP/SAVP 0 8 101", "RTP/SAVP 111 101");
-        let err = answer(&parse(&opus).unwrap(), &device(), local()).unwrap_err();
-        assert_eq!(err.code(), "sdp_not_acceptable");
-        // PT 0 remapped to something that is not PCMU is not PCMU.
+        assert_eq!(answered(&opus).unwrap_err().code(), "sdp_not_acceptable");
+        // PT 0 remapped to something that is not PCMU is not taken as PCMU.
         let lying = BARESIP.replace("a=rtpmap:0 PCMU/8000", "a=rtpmap:0 opus/48000");
-        let a = answer(&parse(&lying).unwrap(), &device(), local()).unwrap();
-        assert_eq!(a.codec, Codec::Pcma);
-        // A multicast or unspecified media address.
-        for addr in ["224.0.0.1", "0.0.0.0"] {
-            let odd = BARESIP.replace("c=IN IP4 127.0.0.1", &format!("c=IN IP4 {addr}"));
-            let err = answer(&parse(&odd).unwrap(), &device(), local()).unwrap_err();
-            assert_eq!(err.code(), "sdp_not_acceptable", "{addr}");
+        assert_eq!(answered(&lying).unwrap().codec, Codec::Pcma);
+        // Media addresses we never send to, also as IPv4-mapped IPv6.
+        for c in [
+            "IP4 224.0.0.1",
+            "IP4 0.0.0.0",
+            "IP4 255.255.255.255",
+            "IP4 169.254.169.254",
+            "IP6 ::ffff:224.0.0.1",
+            "IP6 ::ffff:0.0.0.0",
+            "IP6 fe80::1",
+            "IP6 ::",
+        ] {
+            let odd = BARESIP.replace("c=IN IP4 127.0.0.1", &format!("c=IN {c}"));
+            assert_eq!(
+                answered(&odd).unwrap_err().code(),
+                "sdp_not_acceptable",
+                "{c}"
+            );
         }
+        // Loopback only where allowed; private addresses are normal.
+        let strict = Policy {
+            allow_loopback: false,
+            ..device()
+        };
+        for c in ["IP4 127.0.0.1", "IP6 ::1", "IP6 ::ffff:127.0.0.1"] {
+            let odd = BARESIP.replace("c=IN IP4 127.0.0.1", &format!("c=IN {c}"));
+            let err = answer(&parse(&odd).unwrap(), &strict, local()).unwrap_err();
+            assert_eq!(err.code(), "sdp_not_acceptable", "{c}");
+        }
+        let nat = BARESIP.replace("c=IN IP4 127.0.0.1", "c=IN IP4 192.168.1.20");
+        answer(&parse(&nat).unwrap(), &strict, local()).unwrap();
         // No audio at all.
         let none = "v=0\r\nc=IN IP4 127.0.0.1\r\nm=video 1 RTP/AVP 96\r\n";
-        let err = answer(&parse(none).unwrap(), &device(), local()).unwrap_err();
-        assert_eq!(err.code(), "sdp_not_acceptable");
+        assert_eq!(answered(none).unwrap_err().code(), "sdp_not_acceptable");
     }
 
     #[test]
@@ -654,14 +795,23 @@ mod tests {
             "hello".into(),
             "v=1\r\n".into(),
             "o=x\r\nv=0\r\n".into(),
+            "\r\nv=1\r\n".into(),
+            "\r\n\r\no=x\r\n".into(),
+            "v=0\r\nxx=1\r\n".into(),
             BARESIP.replace("m=audio 10002", "m=audio 70000"),
             BARESIP.replace("m=audio 10002 RTP/SAVP 0 8 101", "m=audio"),
+            BARESIP.replace("m=audio 10002 RTP/SAVP", "m=audio\r 10002 RTP/SAVP"),
+            BARESIP.replace("RTP/SAVP 0 8 101", "RTP/SAVP 0 8 1\u{7f}01"),
+            BARESIP.replace("RTP/SAVP 0 8 101", "RTP/SAVP\"x 0 8 101"),
             BARESIP.replace("c=IN IP4 127.0.0.1", "c=IN IP4 ::1"),
             BARESIP.replace("c=IN IP4 127.0.0.1", "c=IN IP4 224.2.1.1/127"),
             BARESIP.replace("a=rtpmap:0 PCMU/8000", "a=rtpmap:300 PCMU/8000"),
             BARESIP.replace("a=rtpmap:0 PCMU/8000", "a=rtpmap:0 PCMU"),
             BARESIP.replace("a=ptime:20", "a=ptime:0"),
             BARESIP.replace("a=crypto:1 ", "a=crypto:x "),
+            BARESIP.replace("a=crypto:1 ", "a=crypto:+1 "),
+            BARESIP.replace("a=crypto:1 ", "a=crypto:1234567890 "),
+            BARESIP.replace("a=crypto:2 ", "a=crypto:1 "),
             BARESIP.replace(
                 "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline",
                 "a=crypto:1 AES",
@@ -669,14 +819,15 @@ mod tests {
             format!("{BARESIP}{}", "m=audio 1 RTP/AVP 0\r\n".repeat(MAX_MEDIA)),
             format!(
                 "{BARESIP}{}",
-                "a=crypto:9 AES_CM_128_HMAC_SHA1_80 inline:x\r\n".repeat(MAX_CRYPTO)
+                (10..10 + MAX_CRYPTO)
+                    .map(|t| format!("a=crypto:{t} AES_CM_128_HMAC_SHA1_80 inline:x\r\n"))
+                    .collect::<String>()
             ),
             format!(
                 "v=0\r\nm=audio 1 RTP/AVP{}\r\n",
                 " 0".repeat(MAX_FORMATS + 1)
             ),
             format!("{BARESIP}a=x:{}\r\n", "y".repeat(MAX_SDP_BYTES)),
-            "v=0\r\nxx=1\r\n".into(),
         ];
         for body in cases {
             let err = parse(&body).unwrap_err();
@@ -689,19 +840,22 @@ mod tests {
         // A media line without its own c= and no session c= is malformed
         // at answer time (nowhere to send).
         let no_c = BARESIP.replace("c=IN IP4 127.0.0.1\r\n", "");
-        let err = answer(&parse(&no_c).unwrap(), &device(), local()).unwrap_err();
-        assert_eq!(err.code(), "sdp_malformed");
+        assert_eq!(answered(&no_c).unwrap_err().code(), "sdp_malformed");
     }
 
     /// 30,000 mutated offers: each parses or is refused, and each parsed
-    /// one is answered or refused, without a panic; every answer parses.
+    /// one is answered or refused, without a panic; every answer parses,
+    /// has one media line per offered one and no control characters.
     #[test]
     fn mutated_offers_never_panic() {
         let mut answered = 0;
         for bytes in crate::media::hostile::mutations(BARESIP.as_bytes(), 11, 30_000) {
             let text = String::from_utf8_lossy(&bytes);
-            if let Ok(a) = parse(&text).and_then(|offer| answer(&offer, &device(), local())) {
+            let Ok(offer) = parse(&text) else { continue };
+            if let Ok(a) = answer(&offer, &device(), local()) {
                 parse(&a.sdp).unwrap();
+                assert_eq!(m_lines(&a.sdp), offer.media.len());
+                assert!(!a.sdp.replace("\r\n", "").chars().any(char::is_control));
                 answered += 1;
             }
         }
