@@ -8,9 +8,21 @@
 //! - [`srtp`]: SRTP and SRTCP (RFC 3711) with the SDES suites
 //!   `AES_CM_128_HMAC_SHA1_80` and `_32` (RFC 4568): key derivation,
 //!   protect, and unprotect with a replay window and constant-time tags.
+//! - [`rtp`]: RTP packets read without copying, and the re-origination of
+//!   a stream (our SSRC, sequence numbers and timestamps per leg).
+//! - [`dtmf`]: RFC 4733 telephone events, detected once per key press and
+//!   generated with the end packet three times.
+//! - [`jitter`]: the reorder buffer of the decoding paths, bounded.
+//! - [`mix`]: conference mixing, each leg hearing all but itself.
+//! - [`tone`]: DTMF and call-progress tones as 20 ms PCM frames.
 
+pub mod dtmf;
 pub mod g711;
+pub mod jitter;
+pub mod mix;
+pub mod rtp;
 pub mod srtp;
+pub mod tone;
 
 /// Hostile-input generation for the parsers' tests: deterministic byte
 /// mutations (flips, cuts, splices, repeats) of a valid input.
