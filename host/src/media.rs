@@ -17,6 +17,7 @@
 //! - [`tone`]: DTMF and call-progress tones as 20 ms PCM frames.
 
 pub mod dtmf;
+pub mod engine;
 pub mod g711;
 pub mod jitter;
 pub mod mix;

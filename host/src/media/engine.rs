@@ -1,0 +1,816 @@
+//! The media engine: call audio on threads of its own (SPEC T2, K5), apart
+//! from the network runtime and from the plugin executor. Each worker
+//! thread (`sb-media-N`) runs a single-threaded runtime that owns the UDP
+//! sockets of its legs and every piece of their state, so a packet goes
+//! from socket to socket without a lock or a thread hand-over:
+//!
+//! `recv → SRTP unprotect → latch → RTP parse → (DTMF detect) →
+//!  other leg's renumbering → SRTP protect → send`
+//!
+//! Legs that will be bridged are opened in the same group (one call), and
+//! a group lives on one worker. Commands come in and events go out on
+//! bounded channels; a full event channel drops the event and counts it,
+//! so the engine never waits on its consumer.
+//!
+//! Symmetric RTP (latching): a leg first sends where the SDP said; the
+//! first packet that authenticates (SRTP), or for plain RTP the first from
+//! the signalled IP address, moves the leg's destination to the packet's
+//! source (phones behind NAT). Packets that fail are counted and dropped;
+//! they never move anything.
+//!
+//! This part relays bridges of two legs with the same codec, detects
+//! RFC 4733 digits and plays tones. Transcoding, conferences, prompts,
+//! recording and RTCP reports come with the rest of the calls issue.
+
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+use super::dtmf::Detector;
+use super::g711;
+use super::rtp::{self, Rewriter};
+use super::srtp::{MasterKey, Srtp, SrtpError, Suite};
+use super::tone::{FRAME, Tone};
+use crate::support::sync::Recover as _;
+
+/// Commands queued to one worker before senders wait.
+const COMMANDS: usize = 1024;
+/// Events queued before new ones are dropped (and counted).
+const EVENTS: usize = 4096;
+
+/// Why the engine refused a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MediaError {
+    /// No free port pair in the configured range.
+    #[error("no free media port in {0}")]
+    NoPorts(String),
+    /// A socket could not be opened.
+    #[error("media socket: {0}")]
+    Socket(String),
+    /// The leg does not exist (closed, or never opened here).
+    #[error("no such media leg")]
+    NoLeg,
+    /// Legs of different groups (calls) cannot be bridged.
+    #[error("the legs are not in one group")]
+    NotSameGroup,
+    /// The legs' codecs differ (transcoding comes later).
+    #[error("the legs' codecs differ")]
+    CodecMismatch,
+    /// The engine has stopped.
+    #[error("the media engine has stopped")]
+    Stopped,
+}
+
+/// How the engine runs.
+#[derive(Debug, Clone)]
+pub struct MediaConfig {
+    /// Worker threads (at least 1).
+    pub workers: usize,
+    /// Address the sockets bind to.
+    pub bind: IpAddr,
+    /// Ports for RTP (even) and RTCP (the odd one above).
+    pub ports: std::ops::RangeInclusive<u16>,
+}
+
+/// A leg's media, as agreed in SDP.
+#[derive(Debug, Clone)]
+pub struct LegSetup {
+    /// The call the leg belongs to: legs bridged together share it.
+    pub group: u64,
+    /// Where the peer asked for media.
+    pub remote: SocketAddr,
+    /// Static payload type of the codec (0 PCMU, 8 PCMA).
+    pub payload_type: u8,
+    /// RFC 4733 payload type, if agreed.
+    pub dtmf: Option<u8>,
+    /// (suite, the peer's key, our key), or plain RTP.
+    pub srtp: Option<(Suite, MasterKey, MasterKey)>,
+}
+
+/// What the engine reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaEvent {
+    /// A key pressed on a leg (RFC 4733).
+    Digit { leg: u64, key: char },
+    /// The leg's media now goes to `to` (symmetric RTP).
+    Latched { leg: u64, to: SocketAddr },
+    /// A tone ended.
+    PlayDone { leg: u64 },
+}
+
+/// Packet counters of the whole engine.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub received: AtomicU64,
+    pub relayed: AtomicU64,
+    pub refused: AtomicU64,
+    pub events_dropped: AtomicU64,
+}
+
+enum Cmd {
+    Open(
+        Box<LegSetup>,
+        u64,
+        oneshot::Sender<Result<SocketAddr, MediaError>>,
+    ),
+    Bridge(u64, u64, oneshot::Sender<Result<(), MediaError>>),
+    Unbridge(u64),
+    Play(u64, Tone, Duration),
+    Close(u64),
+}
+
+/// The engine: its workers, port pool and event stream.
+pub struct Engine {
+    workers: Vec<mpsc::Sender<Cmd>>,
+    /// Leg id → worker index.
+    legs: Mutex<HashMap<u64, usize>>,
+    next_leg: AtomicU64,
+    ports: Arc<Mutex<Ports>>,
+    pub counters: Arc<Counters>,
+}
+
+struct Ports {
+    range: std::ops::RangeInclusive<u16>,
+    used: BTreeSet<u16>,
+    next: u16,
+}
+
+impl Ports {
+    /// An even port whose pair is free, round-robin so a closed port is
+    /// not reused at once (late packets of the last call).
+    fn take(&mut self) -> Option<u16> {
+        let (lo, hi) = (*self.range.start(), *self.range.end());
+        let first = lo + (lo & 1);
+        if first >= hi {
+            return None;
+        }
+        let pairs = (hi - first).div_ceil(2);
+        for _ in 0..pairs {
+            let p = self.next.max(first);
+            self.next = if p + 2 >= hi { first } else { p + 2 };
+            if p < hi && !self.used.contains(&p) {
+                self.used.insert(p);
+                return Some(p);
+            }
+        }
+        None
+    }
+}
+
+impl Engine {
+    /// Starts the workers; events arrive on the returned receiver.
+    pub fn start(config: MediaConfig) -> Result<(Engine, mpsc::Receiver<MediaEvent>), MediaError> {
+        let (events_tx, events) = mpsc::channel(EVENTS);
+        let counters = Arc::new(Counters::default());
+        let ports = Arc::new(Mutex::new(Ports {
+            next: *config.ports.start(),
+            range: config.ports.clone(),
+            used: BTreeSet::new(),
+        }));
+        let mut workers = Vec::new();
+        for n in 0..config.workers.max(1) {
+            let (tx, rx) = mpsc::channel(COMMANDS);
+            let (bind, events, counters, ports) = (
+                config.bind,
+                events_tx.clone(),
+                counters.clone(),
+                ports.clone(),
+            );
+            std::thread::Builder::new()
+                .name(format!("sb-media-{n}"))
+                .spawn(move || {
+                    // The worker's state never leaves its thread.
+                    let worker = Worker {
+                        bind,
+                        events,
+                        counters,
+                        ports,
+                        legs: Rc::default(),
+                    };
+                    worker.run(rx)
+                })
+                .map_err(|e| MediaError::Socket(format!("cannot start a media thread: {e}")))?;
+            workers.push(tx);
+        }
+        let engine = Engine {
+            workers,
+            legs: Mutex::new(HashMap::new()),
+            next_leg: AtomicU64::new(1),
+            ports,
+            counters,
+        };
+        Ok((engine, events))
+    }
+
+    fn worker_of(&self, leg: u64) -> Result<&mpsc::Sender<Cmd>, MediaError> {
+        let index = *self
+            .legs
+            .lock()
+            .recover()
+            .get(&leg)
+            .ok_or(MediaError::NoLeg)?;
+        self.workers.get(index).ok_or(MediaError::Stopped)
+    }
+
+    /// Opens a leg; returns its id and the local RTP address for the SDP.
+    pub async fn open(&self, setup: LegSetup) -> Result<(u64, SocketAddr), MediaError> {
+        let index = (setup.group % self.workers.len() as u64) as usize;
+        let id = self.next_leg.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let worker = self.workers.get(index).ok_or(MediaError::Stopped)?;
+        worker
+            .send(Cmd::Open(Box::new(setup), id, tx))
+            .await
+            .map_err(|_| MediaError::Stopped)?;
+        let addr = rx.await.map_err(|_| MediaError::Stopped)??;
+        self.legs.lock().recover().insert(id, index);
+        Ok((id, addr))
+    }
+
+    /// Relays two legs to each other.
+    pub async fn bridge(&self, a: u64, b: u64) -> Result<(), MediaError> {
+        let worker = self.worker_of(a)?;
+        if !std::ptr::eq(worker, self.worker_of(b)?) {
+            return Err(MediaError::NotSameGroup);
+        }
+        let (tx, rx) = oneshot::channel();
+        worker
+            .send(Cmd::Bridge(a, b, tx))
+            .await
+            .map_err(|_| MediaError::Stopped)?;
+        rx.await.map_err(|_| MediaError::Stopped)?
+    }
+
+    /// Ends a leg's bridge (both directions).
+    pub async fn unbridge(&self, leg: u64) -> Result<(), MediaError> {
+        self.worker_of(leg)?
+            .send(Cmd::Unbridge(leg))
+            .await
+            .map_err(|_| MediaError::Stopped)
+    }
+
+    /// Plays `tone` into a leg for `length` (then `PlayDone`).
+    pub async fn play(&self, leg: u64, tone: Tone, length: Duration) -> Result<(), MediaError> {
+        self.worker_of(leg)?
+            .send(Cmd::Play(leg, tone, length))
+            .await
+            .map_err(|_| MediaError::Stopped)
+    }
+
+    /// Closes a leg and frees its ports.
+    pub async fn close(&self, leg: u64) -> Result<(), MediaError> {
+        let worker = self.worker_of(leg)?.clone();
+        self.legs.lock().recover().remove(&leg);
+        worker
+            .send(Cmd::Close(leg))
+            .await
+            .map_err(|_| MediaError::Stopped)
+    }
+
+    /// Ports in use (two per leg).
+    pub fn ports_in_use(&self) -> usize {
+        self.ports.lock().recover().used.len() * 2
+    }
+}
+
+/// One leg's state, owned by its worker.
+struct Leg {
+    setup: LegSetup,
+    socket: Rc<UdpSocket>,
+    port: u16,
+    /// Where media goes now (the SDP's address until latched).
+    remote: SocketAddr,
+    latched: bool,
+    rx: Option<Srtp>,
+    tx: Option<Srtp>,
+    out: Rewriter,
+    detector: Detector,
+    peer: Option<u64>,
+    /// Bumped to stop a running tone.
+    play_gen: u64,
+    task: tokio::task::JoinHandle<()>,
+}
+
+type Legs = Rc<RefCell<HashMap<u64, Leg>>>;
+
+struct Worker {
+    bind: IpAddr,
+    events: mpsc::Sender<MediaEvent>,
+    counters: Arc<Counters>,
+    ports: Arc<Mutex<Ports>>,
+    legs: Legs,
+}
+
+impl Worker {
+    fn run(self, mut commands: mpsc::Receiver<Cmd>) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start a media worker");
+                return;
+            }
+        };
+        let local = tokio::task::LocalSet::new();
+        let me = Rc::new(self);
+        local.block_on(&runtime, async move {
+            while let Some(cmd) = commands.recv().await {
+                me.command(cmd).await;
+            }
+        });
+    }
+
+    fn emit(&self, event: MediaEvent) {
+        if self.events.try_send(event).is_err() {
+            self.counters.events_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    async fn command(self: &Rc<Self>, cmd: Cmd) {
+        match cmd {
+            Cmd::Open(setup, id, reply) => {
+                let _ = reply.send(self.open(*setup, id).await);
+            }
+            Cmd::Bridge(a, b, reply) => {
+                let _ = reply.send(self.bridge(a, b));
+            }
+            Cmd::Unbridge(leg) => {
+                let mut legs = self.legs.borrow_mut();
+                let peer = legs.get_mut(&leg).and_then(|l| l.peer.take());
+                if let Some(p) = peer.and_then(|p| legs.get_mut(&p)) {
+                    p.peer = None;
+                }
+            }
+            Cmd::Play(leg, tone, length) => self.play(leg, tone, length),
+            Cmd::Close(leg) => {
+                let mut legs = self.legs.borrow_mut();
+                if let Some(l) = legs.remove(&leg) {
+                    l.task.abort();
+                    self.ports.lock().recover().used.remove(&l.port);
+                    if let Some(p) = l.peer.and_then(|p| legs.get_mut(&p)) {
+                        p.peer = None;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn open(self: &Rc<Self>, setup: LegSetup, id: u64) -> Result<SocketAddr, MediaError> {
+        let mut tries = 0;
+        let (socket, port) = loop {
+            let port = self
+                .ports
+                .lock()
+                .recover()
+                .take()
+                .ok_or_else(|| MediaError::NoPorts("the media port range".into()))?;
+            match UdpSocket::bind(SocketAddr::new(self.bind, port)).await {
+                Ok(s) => break (s, port),
+                Err(e) => {
+                    // Taken by someone else: leave it marked and try another.
+                    tries += 1;
+                    if tries > 16 {
+                        return Err(MediaError::Socket(e.to_string()));
+                    }
+                }
+            }
+        };
+        let local = socket
+            .local_addr()
+            .map_err(|e| MediaError::Socket(e.to_string()))?;
+        let socket = Rc::new(socket);
+        let (rx, tx) = match &setup.srtp {
+            Some((suite, theirs, ours)) => (
+                Some(Srtp::new(*suite, theirs)),
+                Some(Srtp::new(*suite, ours)),
+            ),
+            None => (None, None),
+        };
+        let mut seed = [0u8; 10];
+        getrandom::fill(&mut seed)
+            .map_err(|e| MediaError::Socket(format!("no randomness: {e}")))?;
+        let out = Rewriter::new(
+            u32::from_be_bytes([seed[0], seed[1], seed[2], seed[3]]),
+            u16::from_be_bytes([seed[4], seed[5]]),
+            u32::from_be_bytes([seed[6], seed[7], seed[8], seed[9]]),
+        );
+        let task = tokio::task::spawn_local(receive(self.clone(), id, socket.clone()));
+        self.legs.borrow_mut().insert(
+            id,
+            Leg {
+                remote: setup.remote,
+                setup,
+                socket,
+                port,
+                latched: false,
+                rx,
+                tx,
+                out,
+                detector: Detector::default(),
+                peer: None,
+                play_gen: 0,
+                task,
+            },
+        );
+        Ok(local)
+    }
+
+    fn bridge(&self, a: u64, b: u64) -> Result<(), MediaError> {
+        let mut legs = self.legs.borrow_mut();
+        let (la, lb) = match (legs.get(&a), legs.get(&b)) {
+            (Some(la), Some(lb)) if a != b => (la, lb),
+            _ => return Err(MediaError::NoLeg),
+        };
+        if la.setup.group != lb.setup.group {
+            return Err(MediaError::NotSameGroup);
+        }
+        if la.setup.payload_type != lb.setup.payload_type {
+            return Err(MediaError::CodecMismatch);
+        }
+        for (leg, peer) in [(a, b), (b, a)] {
+            if let Some(l) = legs.get_mut(&leg) {
+                l.peer = Some(peer);
+                l.play_gen += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn play(self: &Rc<Self>, leg: u64, tone: Tone, length: Duration) {
+        let generation = {
+            let mut legs = self.legs.borrow_mut();
+            let Some(l) = legs.get_mut(&leg) else { return };
+            l.play_gen += 1;
+            l.play_gen
+        };
+        let me = self.clone();
+        tokio::task::spawn_local(async move {
+            let mut frames = tone.frames();
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            let count = (length.as_millis() / 20).max(1);
+            let mut packet = Vec::with_capacity(rtp::HEADER + FRAME + 10);
+            for _ in 0..count {
+                tick.tick().await;
+                let pcm = frames.next_frame();
+                let mut legs = me.legs.borrow_mut();
+                let Some(l) = legs.get_mut(&leg).filter(|l| l.play_gen == generation) else {
+                    return;
+                };
+                let payload: Vec<u8> = match l.setup.payload_type {
+                    8 => pcm.iter().map(|s| g711::linear_to_alaw(*s)).collect(),
+                    _ => pcm.iter().map(|s| g711::linear_to_ulaw(*s)).collect(),
+                };
+                let (seq, ts) = l.out.next_own(FRAME as u32);
+                rtp::write(
+                    &mut packet,
+                    false,
+                    l.setup.payload_type,
+                    seq,
+                    ts,
+                    l.out.ssrc(),
+                    &payload,
+                );
+                if let Some(tx) = l.tx.as_mut()
+                    && tx.protect_rtp(&mut packet).is_err()
+                {
+                    continue;
+                }
+                let _ = l.socket.try_send_to(&packet, l.remote);
+            }
+            me.emit(MediaEvent::PlayDone { leg });
+        });
+    }
+}
+
+/// A leg's receive loop: every packet through the pipeline above.
+async fn receive(worker: Rc<Worker>, id: u64, socket: Rc<UdpSocket>) {
+    let mut buf = vec![0u8; rtp::MAX_PACKET + 64];
+    let mut packet = Vec::with_capacity(rtp::MAX_PACKET + 64);
+    loop {
+        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+            continue;
+        };
+        worker.counters.received.fetch_add(1, Ordering::Relaxed);
+        packet.clear();
+        packet.extend_from_slice(&buf[..n.min(buf.len())]);
+        if let Err(e) = handle(&worker, id, from, &mut packet) {
+            worker.counters.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::trace!(leg = id, code = e.code(), "media packet dropped");
+        }
+    }
+}
+
+/// One received packet.
+fn handle(
+    worker: &Worker,
+    id: u64,
+    from: SocketAddr,
+    packet: &mut Vec<u8>,
+) -> Result<(), SrtpError> {
+    if rtp::is_rtcp(packet) {
+        // RTCP reports are not used yet; they are dropped unread.
+        return Ok(());
+    }
+    let mut legs = worker.legs.borrow_mut();
+    let Some(leg) = legs.get_mut(&id) else {
+        return Ok(());
+    };
+    match leg.rx.as_mut() {
+        Some(rx) => rx.unprotect_rtp(packet)?,
+        // Plain RTP: only from the signalled address (anyone could send).
+        None if from.ip() != leg.setup.remote.ip() => return Err(SrtpError::AuthFailed),
+        None => {}
+    }
+    if !leg.latched || leg.remote != from {
+        leg.latched = true;
+        if leg.remote != from {
+            leg.remote = from;
+            worker.emit(MediaEvent::Latched { leg: id, to: from });
+        }
+    }
+    let p = rtp::parse(packet).map_err(|_| SrtpError::Malformed)?;
+    if Some(p.payload_type) == leg.setup.dtmf
+        && let Ok(Some(key)) = leg.detector.feed(p.timestamp, p.payload)
+    {
+        worker.emit(MediaEvent::Digit {
+            leg: id,
+            key: key.to_char(),
+        });
+    }
+    let Some(peer_id) = leg.peer else {
+        return Ok(());
+    };
+    let (marker, payload_type, payload) = (p.marker, p.payload_type, p.payload.to_vec());
+    let Some(peer) = legs.get_mut(&peer_id) else {
+        return Ok(());
+    };
+    let Some((marker, seq, ts)) = peer.out.map(&p_with(marker, payload_type, &payload, &p)) else {
+        return Ok(());
+    };
+    rtp::write(
+        packet,
+        marker,
+        payload_type,
+        seq,
+        ts,
+        peer.out.ssrc(),
+        &payload,
+    );
+    if let Some(tx) = peer.tx.as_mut() {
+        tx.protect_rtp(packet)?;
+    }
+    let _ = peer.socket.try_send_to(packet, peer.remote);
+    worker.counters.relayed.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// A copy of `p`'s header fields over an owned payload (the packet buffer
+/// is rewritten in place).
+fn p_with<'a>(
+    marker: bool,
+    payload_type: u8,
+    payload: &'a [u8],
+    p: &rtp::Packet<'_>,
+) -> rtp::Packet<'a> {
+    rtp::Packet {
+        marker,
+        payload_type,
+        seq: p.seq,
+        timestamp: p.timestamp,
+        ssrc: p.ssrc,
+        payload,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SUITE: Suite = Suite::AesCm128HmacSha1_80;
+
+    /// A test phone: a socket and its own SRTP contexts.
+    struct Phone {
+        socket: UdpSocket,
+        tx: Option<Srtp>,
+        rx: Option<Srtp>,
+    }
+
+    impl Phone {
+        async fn at(ip: &str, keys: Option<(&MasterKey, &MasterKey)>) -> Phone {
+            Phone {
+                socket: UdpSocket::bind(format!("{ip}:0")).await.unwrap(),
+                tx: keys.map(|(send, _)| Srtp::new(SUITE, send)),
+                rx: keys.map(|(_, recv)| Srtp::new(SUITE, recv)),
+            }
+        }
+
+        async fn send(&mut self, to: SocketAddr, pt: u8, seq: u16, ts: u32, payload: &[u8]) {
+            let mut p = Vec::new();
+            rtp::write(&mut p, false, pt, seq, ts, 0xaaaa_0001, payload);
+            if let Some(tx) = self.tx.as_mut() {
+                tx.protect_rtp(&mut p).unwrap();
+            }
+            self.socket.send_to(&p, to).await.unwrap();
+        }
+
+        /// The next packet, decrypted: (seq, ssrc, pt, payload).
+        async fn recv(&mut self) -> Option<(u16, u32, u8, Vec<u8>)> {
+            let mut buf = vec![0u8; 2048];
+            let got =
+                tokio::time::timeout(Duration::from_secs(2), self.socket.recv_from(&mut buf)).await;
+            let (n, _) = got.ok()?.ok()?;
+            let mut p = buf[..n].to_vec();
+            if let Some(rx) = self.rx.as_mut() {
+                rx.unprotect_rtp(&mut p).ok()?;
+            }
+            let parsed = rtp::parse(&p).ok()?;
+            Some((
+                parsed.seq,
+                parsed.ssrc,
+                parsed.payload_type,
+                parsed.payload.to_vec(),
+            ))
+        }
+    }
+
+    fn engine(ports: std::ops::RangeInclusive<u16>) -> (Engine, mpsc::Receiver<MediaEvent>) {
+        Engine::start(MediaConfig {
+            workers: 2,
+            bind: "127.0.0.1".parse().unwrap(),
+            ports,
+        })
+        .unwrap()
+    }
+
+    async fn next_event(
+        events: &mut mpsc::Receiver<MediaEvent>,
+        want: impl Fn(&MediaEvent) -> bool,
+    ) -> MediaEvent {
+        loop {
+            let e = tokio::time::timeout(Duration::from_secs(2), events.recv())
+                .await
+                .expect("no event in time")
+                .expect("engine stopped");
+            if want(&e) {
+                return e;
+            }
+        }
+    }
+
+    /// Two SRTP phones bridged: audio arrives byte-identical, renumbered
+    /// under the other leg's SSRC and key; digits are reported; forged
+    /// packets neither pass nor move the leg.
+    #[tokio::test]
+    async fn t2_a_bridge_relays_srtp_byte_identical_and_reports_digits() {
+        let (engine, mut events) = engine(41_000..=41_199);
+        let keys: Vec<MasterKey> = (0..4).map(|_| MasterKey::generate().unwrap()).collect();
+        // Phone A sends with keys[0], receives with keys[1]; B with 2 and 3.
+        let mut a = Phone::at("127.0.0.1", Some((&keys[0], &keys[1]))).await;
+        let mut b = Phone::at("127.0.0.1", Some((&keys[2], &keys[3]))).await;
+        let setup = |phone: &Phone, theirs: &MasterKey, ours: &MasterKey| LegSetup {
+            group: 7,
+            remote: phone.socket.local_addr().unwrap(),
+            payload_type: 0,
+            dtmf: Some(101),
+            srtp: Some((SUITE, theirs.clone(), ours.clone())),
+        };
+        let (leg_a, addr_a) = engine.open(setup(&a, &keys[0], &keys[1])).await.unwrap();
+        let (leg_b, addr_b) = engine.open(setup(&b, &keys[2], &keys[3])).await.unwrap();
+        engine.bridge(leg_a, leg_b).await.unwrap();
+
+        let frames: Vec<Vec<u8>> = (0..50u8)
+            .map(|n| (0..160u8).map(|i| i.wrapping_mul(n)).collect())
+            .collect();
+        let mut got = Vec::new();
+        for (n, f) in frames.iter().enumerate() {
+            a.send(addr_a, 0, 60_000 + n as u16, n as u32 * 160, f)
+                .await;
+            got.push(b.recv().await.expect("relayed packet"));
+        }
+        let payloads: Vec<Vec<u8>> = got.iter().map(|g| g.3.clone()).collect();
+        assert_eq!(payloads, frames, "byte-identical µ-law");
+        assert!(
+            got.iter().all(|g| g.1 != 0xaaaa_0001),
+            "B sees our SSRC, not A's"
+        );
+        assert!(
+            got.windows(2).all(|w| w[1].0 == w[0].0.wrapping_add(1)),
+            "contiguous"
+        );
+
+        // Digits from B are reported on B's leg (and relayed to A).
+        for (marker_ts, payload) in
+            super::super::dtmf::press(super::super::dtmf::Key::from_char('5').unwrap(), 60, 10)
+                .into_iter()
+                .enumerate()
+        {
+            b.send(addr_b, 101, 500 + marker_ts as u16, 8_000, &payload.1)
+                .await;
+        }
+        let digit = next_event(&mut events, |e| matches!(e, MediaEvent::Digit { .. })).await;
+        assert_eq!(
+            digit,
+            MediaEvent::Digit {
+                leg: leg_b,
+                key: '5'
+            }
+        );
+
+        // A forger with the wrong key: refused, counted, nothing latched.
+        let refused = engine.counters.refused.load(Ordering::Relaxed);
+        let mut forger = Phone::at("127.0.0.1", Some((&keys[3], &keys[3]))).await;
+        for n in 0..20u16 {
+            forger.send(addr_a, 0, 61_000 + n, 0, &[1; 160]).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(engine.counters.refused.load(Ordering::Relaxed) >= refused + 20);
+        // B's audio still reaches A, not the forger.
+        while a.recv().await.is_some_and(|p| p.2 == 101) {}
+        b.send(addr_b, 0, 600, 9_000, &[7; 160]).await;
+        let back = a.recv().await.expect("B to A");
+        assert_eq!(back.3, vec![7; 160]);
+
+        // A tone into A: 10 packets of audible µ-law, then PlayDone.
+        engine.unbridge(leg_a).await.unwrap();
+        engine
+            .play(leg_a, Tone::dtmf('1').unwrap(), Duration::from_millis(200))
+            .await
+            .unwrap();
+        let mut tone = Vec::new();
+        for _ in 0..10 {
+            tone.push(a.recv().await.expect("tone packet"));
+        }
+        assert!(tone.iter().all(|p| p.3.iter().any(|c| *c != 0xff)));
+        next_event(&mut events, |e| *e == MediaEvent::PlayDone { leg: leg_a }).await;
+
+        assert_eq!(engine.ports_in_use(), 4);
+        engine.close(leg_a).await.unwrap();
+        engine.close(leg_b).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(engine.ports_in_use(), 0);
+        assert_eq!(engine.bridge(leg_a, leg_b).await, Err(MediaError::NoLeg));
+    }
+
+    /// Plain RTP (a trunk the admin allowed): only from the signalled IP;
+    /// a leg of another call cannot be bridged in; a codec mismatch is
+    /// refused until transcoding exists.
+    #[tokio::test]
+    async fn plain_rtp_only_from_the_signalled_address_and_bridges_stay_in_their_call() {
+        let (engine, _events) = engine(41_200..=41_399);
+        let mut trunk = Phone::at("127.0.0.1", None).await;
+        let mut other = Phone::at("127.0.0.1", None).await;
+        let plain = |phone: &Phone, group: u64, payload_type: u8| LegSetup {
+            group,
+            remote: phone.socket.local_addr().unwrap(),
+            payload_type,
+            dtmf: None,
+            srtp: None,
+        };
+        let (t, addr_t) = engine.open(plain(&trunk, 1, 0)).await.unwrap();
+        let (o, _) = engine.open(plain(&other, 1, 0)).await.unwrap();
+        let (elsewhere, _) = engine.open(plain(&other, 2, 0)).await.unwrap();
+        let (alaw, _) = engine.open(plain(&other, 1, 8)).await.unwrap();
+        assert_eq!(
+            engine.bridge(t, elsewhere).await,
+            Err(MediaError::NotSameGroup)
+        );
+        assert_eq!(engine.bridge(t, alaw).await, Err(MediaError::CodecMismatch));
+        assert_eq!(engine.bridge(t, t).await, Err(MediaError::NoLeg));
+        engine.bridge(t, o).await.unwrap();
+        // From another address: dropped.
+        let mut spoof = Phone::at("127.0.0.2", None).await;
+        spoof.send(addr_t, 0, 1, 0, &[9; 160]).await;
+        trunk.send(addr_t, 0, 2, 160, &[3; 160]).await;
+        let p = other.recv().await.expect("the trunk's packet");
+        assert_eq!(
+            p.3,
+            vec![3; 160],
+            "the spoofed packet was not relayed first"
+        );
+        assert!(engine.counters.refused.load(Ordering::Relaxed) >= 1);
+    }
+
+    #[test]
+    fn the_port_pool_hands_out_even_pairs_and_runs_dry() {
+        let mut ports = Ports {
+            range: 10_001..=10_008,
+            used: BTreeSet::new(),
+            next: 0,
+        };
+        let got: Vec<u16> = std::iter::from_fn(|| ports.take()).collect();
+        assert_eq!(got, vec![10_002, 10_004, 10_006]);
+        ports.used.remove(&10_004);
+        assert_eq!(ports.take(), Some(10_004));
+        assert_eq!(ports.take(), None);
+    }
+}
