@@ -61,9 +61,9 @@ pub enum MediaError {
     /// Legs of different groups (calls) cannot be bridged.
     #[error("the legs are not in one group")]
     NotSameGroup,
-    /// The legs' codecs differ (transcoding comes later).
-    #[error("the legs' codecs differ")]
-    CodecMismatch,
+    /// A leg's codec is not one the engine carries (G.711 only).
+    #[error("payload type {0} is not G.711 (0 or 8)")]
+    Codec(u8),
     /// The engine has stopped.
     #[error("the media engine has stopped")]
     Stopped,
@@ -434,8 +434,10 @@ impl Worker {
         if la.setup.group != lb.setup.group {
             return Err(MediaError::NotSameGroup);
         }
-        if la.setup.payload_type != lb.setup.payload_type {
-            return Err(MediaError::CodecMismatch);
+        for l in [la, lb] {
+            if !matches!(l.setup.payload_type, 0 | 8) {
+                return Err(MediaError::Codec(l.setup.payload_type));
+            }
         }
         for (leg, peer) in [(a, b), (b, a)] {
             if let Some(l) = legs.get_mut(&leg) {
@@ -550,8 +552,29 @@ fn handle(
     let Some(peer_id) = leg.peer else {
         return Ok(());
     };
-    let (marker, payload_type, payload) = (p.marker, p.payload_type, p.payload.to_vec());
+    let (leg_codec, leg_dtmf) = (leg.setup.payload_type, leg.setup.dtmf);
+    let (marker, payload_type, mut payload) = (p.marker, p.payload_type, p.payload.to_vec());
     let Some(peer) = legs.get_mut(&peer_id) else {
+        return Ok(());
+    };
+    // Audio in the leg's codec goes out in the peer's: relayed as is when
+    // they match, transcoded code by code (µ-law ↔ A-law) when not. Events
+    // keep their payload under the peer's event type, or are dropped if the
+    // peer has none.
+    let payload_type = if Some(payload_type) == leg_dtmf {
+        match peer.setup.dtmf {
+            Some(pt) => pt,
+            None => return Ok(()),
+        }
+    } else if payload_type == leg_codec {
+        match (leg_codec, peer.setup.payload_type) {
+            (0, 8) => g711::ulaw_to_alaw_in_place(&mut payload),
+            (8, 0) => g711::alaw_to_ulaw_in_place(&mut payload),
+            _ => {}
+        }
+        peer.setup.payload_type
+    } else {
+        // Neither the agreed codec nor events (comfort noise, …).
         return Ok(());
     };
     let Some((marker, seq, ts)) = peer.out.map(&p_with(marker, payload_type, &payload, &p)) else {
@@ -779,12 +802,12 @@ mod tests {
         let (t, addr_t) = engine.open(plain(&trunk, 1, 0)).await.unwrap();
         let (o, _) = engine.open(plain(&other, 1, 0)).await.unwrap();
         let (elsewhere, _) = engine.open(plain(&other, 2, 0)).await.unwrap();
-        let (alaw, _) = engine.open(plain(&other, 1, 8)).await.unwrap();
         assert_eq!(
             engine.bridge(t, elsewhere).await,
             Err(MediaError::NotSameGroup)
         );
-        assert_eq!(engine.bridge(t, alaw).await, Err(MediaError::CodecMismatch));
+        let (opus, _) = engine.open(plain(&other, 1, 111)).await.unwrap();
+        assert_eq!(engine.bridge(t, opus).await, Err(MediaError::Codec(111)));
         assert_eq!(engine.bridge(t, t).await, Err(MediaError::NoLeg));
         engine.bridge(t, o).await.unwrap();
         // From another address: dropped.
@@ -798,6 +821,55 @@ mod tests {
             "the spoofed packet was not relayed first"
         );
         assert!(engine.counters.refused.load(Ordering::Relaxed) >= 1);
+    }
+
+    /// A µ-law phone bridged to an A-law phone: each hears the other's
+    /// audio transcoded code by code; payload types are each leg's own;
+    /// events keep their payload under the peer's event type.
+    #[tokio::test]
+    async fn a_bridge_transcodes_between_mu_law_and_a_law() {
+        let (engine, _events) = engine(41_400..=41_599);
+        let mut mu = Phone::at("127.0.0.1", None).await;
+        let mut a = Phone::at("127.0.0.1", None).await;
+        let plain = |phone: &Phone, payload_type: u8, dtmf: u8| LegSetup {
+            group: 3,
+            remote: phone.socket.local_addr().unwrap(),
+            payload_type,
+            dtmf: Some(dtmf),
+            srtp: None,
+        };
+        let (leg_mu, addr_mu) = engine.open(plain(&mu, 0, 101)).await.unwrap();
+        let (leg_a, addr_a) = engine.open(plain(&a, 8, 96)).await.unwrap();
+        engine.bridge(leg_mu, leg_a).await.unwrap();
+        let speech: Vec<u8> = (0..=255u8).collect();
+        mu.send(addr_mu, 0, 10, 0, &speech[..160]).await;
+        let got = a.recv().await.expect("transcoded to A-law");
+        assert_eq!(got.2, 8);
+        let want: Vec<u8> = speech[..160]
+            .iter()
+            .map(|c| g711::ulaw_to_alaw(*c))
+            .collect();
+        assert_eq!(got.3, want);
+        a.send(addr_a, 8, 20, 0, &speech[96..]).await;
+        let got = mu.recv().await.expect("transcoded to µ-law");
+        assert_eq!(got.2, 0);
+        let want: Vec<u8> = speech[96..]
+            .iter()
+            .map(|c| g711::alaw_to_ulaw(*c))
+            .collect();
+        assert_eq!(got.3, want);
+        // An event: same payload, the A-law leg's event type.
+        mu.send(addr_mu, 101, 11, 160, &[5, 0x0a, 0, 160]).await;
+        let got = a.recv().await.expect("event relayed");
+        assert_eq!((got.2, got.3), (96, vec![5, 0x0a, 0, 160]));
+        // Anything else (comfort noise, PT 13) is not relayed.
+        mu.send(addr_mu, 13, 12, 320, &[40]).await;
+        mu.send(addr_mu, 0, 13, 480, &[0xff; 160]).await;
+        assert_eq!(
+            a.recv().await.expect("audio").2,
+            8,
+            "the CN packet was skipped"
+        );
     }
 
     #[test]
