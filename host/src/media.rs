@@ -13,6 +13,9 @@
 //! - [`dtmf`]: RFC 4733 telephone events, detected once per key press and
 //!   generated with the end packet three times.
 //! - [`jitter`]: the reorder buffer of the decoding paths, bounded.
+//! - [`rtcp`]: reception statistics (loss, jitter) and sender/receiver
+//!   reports, for call records.
+//! - [`engine`]: the media threads that own the sockets and relay legs.
 //! - [`mix`]: conference mixing, each leg hearing all but itself.
 //! - [`tone`]: DTMF and call-progress tones as 20 ms PCM frames.
 
@@ -21,6 +24,7 @@ pub mod engine;
 pub mod g711;
 pub mod jitter;
 pub mod mix;
+pub mod rtcp;
 pub mod rtp;
 pub mod srtp;
 pub mod tone;
