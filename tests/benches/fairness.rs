@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use switchboard::harness::Harness;
 use switchboard::metrics::TENANT_CPU;
 use switchboard::tenant::Limits;
-use switchboard_tests::load::pct;
+use switchboard_tests::load::{flood, pct};
 use switchboard_tests::{component, manifest};
 
 const SAMPLES: usize = 1000;
@@ -175,28 +175,4 @@ fn row(label: &str, lat: &[f64], alone: Option<&[f64]>, rate: Option<f64>) {
         lat.iter().cloned().fold(0.0, f64::max),
         rate.map_or("—".to_string(), |r| format!("{r:.0}"))
     );
-}
-
-/// `n` tasks calling `path` of `tenant`'s `plugin` back to back until
-/// `stop`.
-fn flood(
-    h: &Arc<Harness>,
-    tenant: &'static str,
-    plugin: &'static str,
-    path: &'static str,
-    n: usize,
-    stop: &Arc<AtomicBool>,
-    answered: &Arc<AtomicU64>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    (0..n)
-        .map(|i| {
-            let (h, stop, answered) = (h.clone(), stop.clone(), answered.clone());
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    let _ = h.get(tenant, plugin, &format!("u{i}"), path).await;
-                    answered.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect()
 }

@@ -224,3 +224,28 @@ pub async fn publish_latencies(
     }
     lat
 }
+
+/// `n` tasks calling `path` of `tenant`'s `plugin` back to back until
+/// `stop`, counting answers in `answered`.
+pub fn flood(
+    h: &Arc<Harness>,
+    tenant: &'static str,
+    plugin: &'static str,
+    path: &'static str,
+    n: usize,
+    stop: &Arc<std::sync::atomic::AtomicBool>,
+    answered: &Arc<std::sync::atomic::AtomicU64>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    use std::sync::atomic::Ordering;
+    (0..n)
+        .map(|i| {
+            let (h, stop, answered) = (h.clone(), stop.clone(), answered.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = h.get(tenant, plugin, &format!("u{i}"), path).await;
+                    answered.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect()
+}
