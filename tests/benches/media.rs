@@ -217,6 +217,7 @@ async fn main() {
         workers: 1,
         bind: "127.0.0.1".parse().unwrap(),
         ports: 20_000..=29_999,
+        report_interval: Duration::from_secs(5),
     })
     .unwrap();
     println!(

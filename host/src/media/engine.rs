@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::dtmf::Detector;
 use super::g711;
+use super::rtcp::{self, Block, Reception};
 use super::rtp::{self, Rewriter};
 use super::srtp::{MasterKey, Srtp, SrtpError, Suite};
 use super::tone::{FRAME, Tone};
@@ -78,6 +79,8 @@ pub struct MediaConfig {
     pub bind: IpAddr,
     /// Ports for RTP (even) and RTCP (the odd one above).
     pub ports: std::ops::RangeInclusive<u16>,
+    /// How often each leg sends an RTCP report (RFC 3550 suggests 5 s).
+    pub report_interval: Duration,
 }
 
 /// A leg's media, as agreed in SDP.
@@ -115,12 +118,30 @@ pub struct Counters {
     pub events_dropped: AtomicU64,
 }
 
+/// A leg's media statistics, for call records.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LegStats {
+    /// RTP packets and payload bytes the host sent on the leg.
+    pub sent_packets: u32,
+    pub sent_octets: u32,
+    /// RTP packets expected and received from the peer (authentic ones).
+    pub expected: u32,
+    pub received: u32,
+    /// Interarrival jitter of what the peer sends, ms.
+    pub jitter_ms: u32,
+    /// What the peer's last RTCP report said of our stream: fraction
+    /// lost (of 256) and jitter (ms).
+    pub peer_fraction_lost: Option<u8>,
+    pub peer_jitter_ms: Option<u32>,
+}
+
 enum Cmd {
     Open(
         Box<LegSetup>,
         u64,
         oneshot::Sender<Result<SocketAddr, MediaError>>,
     ),
+    Stats(u64, oneshot::Sender<Option<LegStats>>),
     Bridge(u64, u64, oneshot::Sender<Result<(), MediaError>>),
     Unbridge(u64),
     Play(u64, Tone, Duration),
@@ -178,11 +199,12 @@ impl Engine {
         let mut workers = Vec::new();
         for n in 0..config.workers.max(1) {
             let (tx, rx) = mpsc::channel(COMMANDS);
-            let (bind, events, counters, ports) = (
+            let (bind, events, counters, ports, interval) = (
                 config.bind,
                 events_tx.clone(),
                 counters.clone(),
                 ports.clone(),
+                config.report_interval,
             );
             std::thread::Builder::new()
                 .name(format!("sb-media-{n}"))
@@ -194,6 +216,8 @@ impl Engine {
                         counters,
                         ports,
                         legs: Rc::default(),
+                        interval,
+                        epoch: std::time::Instant::now(),
                     };
                     worker.run(rx)
                 })
@@ -265,6 +289,18 @@ impl Engine {
             .map_err(|_| MediaError::Stopped)
     }
 
+    /// The leg's statistics so far.
+    pub async fn stats(&self, leg: u64) -> Result<LegStats, MediaError> {
+        let (tx, rx) = oneshot::channel();
+        self.worker_of(leg)?
+            .send(Cmd::Stats(leg, tx))
+            .await
+            .map_err(|_| MediaError::Stopped)?;
+        rx.await
+            .map_err(|_| MediaError::Stopped)?
+            .ok_or(MediaError::NoLeg)
+    }
+
     /// Closes a leg and frees its ports.
     pub async fn close(&self, leg: u64) -> Result<(), MediaError> {
         let worker = self.worker_of(leg)?.clone();
@@ -297,11 +333,48 @@ struct Leg {
     /// Bumped to stop a running tone.
     play_gen: u64,
     task: tokio::task::JoinHandle<()>,
+    /// RTCP: our socket (RTP port + 1), where reports go (latched like
+    /// RTP), its receive task, and the statistics both ways.
+    rtcp_socket: Rc<UdpSocket>,
+    rtcp_remote: SocketAddr,
+    rtcp_task: tokio::task::JoinHandle<()>,
+    reception: Reception,
+    /// SSRC of the peer's stream, once seen.
+    peer_ssrc: Option<u32>,
+    sent_packets: u32,
+    sent_octets: u32,
+    last_sent_ts: u32,
+    peer_report: Option<Block>,
+}
+
+impl Leg {
+    /// Counts a packet sent with `payload` bytes at RTP time `ts`.
+    fn sent(&mut self, payload: usize, ts: u32) {
+        self.sent_packets = self.sent_packets.wrapping_add(1);
+        self.sent_octets = self.sent_octets.wrapping_add(payload as u32);
+        self.last_sent_ts = ts;
+    }
+
+    fn stats(&self) -> LegStats {
+        let (expected, received) = self.reception.counts();
+        LegStats {
+            sent_packets: self.sent_packets,
+            sent_octets: self.sent_octets,
+            expected,
+            received,
+            jitter_ms: self.reception.jitter() / 8,
+            peer_fraction_lost: self.peer_report.map(|b| b.fraction_lost),
+            peer_jitter_ms: self.peer_report.map(|b| b.jitter / 8),
+        }
+    }
 }
 
 type Legs = Rc<RefCell<HashMap<u64, Leg>>>;
 
 struct Worker {
+    /// RTCP report period, and the clock reception statistics use.
+    interval: Duration,
+    epoch: std::time::Instant,
     bind: IpAddr,
     events: mpsc::Sender<MediaEvent>,
     counters: Arc<Counters>,
@@ -324,6 +397,7 @@ impl Worker {
         let local = tokio::task::LocalSet::new();
         let me = Rc::new(self);
         local.block_on(&runtime, async move {
+            tokio::task::spawn_local(reports(me.clone()));
             while let Some(cmd) = commands.recv().await {
                 me.command(cmd).await;
             }
@@ -341,6 +415,9 @@ impl Worker {
             Cmd::Open(setup, id, reply) => {
                 let _ = reply.send(self.open(*setup, id).await);
             }
+            Cmd::Stats(leg, reply) => {
+                let _ = reply.send(self.legs.borrow().get(&leg).map(Leg::stats));
+            }
             Cmd::Bridge(a, b, reply) => {
                 let _ = reply.send(self.bridge(a, b));
             }
@@ -356,6 +433,7 @@ impl Worker {
                 let mut legs = self.legs.borrow_mut();
                 if let Some(l) = legs.remove(&leg) {
                     l.task.abort();
+                    l.rtcp_task.abort();
                     self.ports.lock().recover().used.remove(&l.port);
                     if let Some(p) = l.peer.and_then(|p| legs.get_mut(&p)) {
                         p.peer = None;
@@ -367,15 +445,20 @@ impl Worker {
 
     async fn open(self: &Rc<Self>, setup: LegSetup, id: u64) -> Result<SocketAddr, MediaError> {
         let mut tries = 0;
-        let (socket, port) = loop {
+        let (socket, rtcp_socket, port) = loop {
             let port = self
                 .ports
                 .lock()
                 .recover()
                 .take()
                 .ok_or_else(|| MediaError::NoPorts("the media port range".into()))?;
-            match UdpSocket::bind(SocketAddr::new(self.bind, port)).await {
-                Ok(s) => break (s, port),
+            let pair = async {
+                let rtp = UdpSocket::bind(SocketAddr::new(self.bind, port)).await?;
+                let rtcp = UdpSocket::bind(SocketAddr::new(self.bind, port + 1)).await?;
+                Ok::<_, std::io::Error>((rtp, rtcp))
+            };
+            match pair.await {
+                Ok((rtp, rtcp)) => break (rtp, rtcp, port),
                 Err(e) => {
                     // Taken by someone else: leave it marked and try another.
                     tries += 1;
@@ -405,9 +488,22 @@ impl Worker {
             u32::from_be_bytes([seed[6], seed[7], seed[8], seed[9]]),
         );
         let task = tokio::task::spawn_local(receive(self.clone(), id, socket.clone()));
+        let rtcp_socket = Rc::new(rtcp_socket);
+        let rtcp_task =
+            tokio::task::spawn_local(receive_rtcp(self.clone(), id, rtcp_socket.clone()));
+        let rtcp_remote = SocketAddr::new(setup.remote.ip(), setup.remote.port().wrapping_add(1));
         self.legs.borrow_mut().insert(
             id,
             Leg {
+                rtcp_socket,
+                rtcp_remote,
+                rtcp_task,
+                reception: Reception::default(),
+                peer_ssrc: None,
+                sent_packets: 0,
+                sent_octets: 0,
+                last_sent_ts: 0,
+                peer_report: None,
                 remote: setup.remote,
                 setup,
                 socket,
@@ -487,7 +583,9 @@ impl Worker {
                 {
                     continue;
                 }
-                let _ = l.socket.try_send_to(&packet, l.remote);
+                if l.socket.try_send_to(&packet, l.remote).is_ok() {
+                    l.sent(FRAME, ts);
+                }
             }
             me.emit(MediaEvent::PlayDone { leg });
         });
@@ -541,6 +639,13 @@ fn handle(
         }
     }
     let p = rtp::parse(packet).map_err(|_| SrtpError::Malformed)?;
+    // Reception statistics follow the peer's current stream.
+    if leg.peer_ssrc != Some(p.ssrc) {
+        leg.peer_ssrc = Some(p.ssrc);
+        leg.reception = Reception::default();
+    }
+    let arrival = (worker.epoch.elapsed().as_micros() / 125) as u32;
+    leg.reception.packet(p.seq, p.timestamp, arrival);
     if Some(p.payload_type) == leg.setup.dtmf
         && let Ok(Some(key)) = leg.detector.feed(p.timestamp, p.payload)
     {
@@ -592,9 +697,88 @@ fn handle(
     if let Some(tx) = peer.tx.as_mut() {
         tx.protect_rtp(packet)?;
     }
-    let _ = peer.socket.try_send_to(packet, peer.remote);
-    worker.counters.relayed.fetch_add(1, Ordering::Relaxed);
+    if peer.socket.try_send_to(packet, peer.remote).is_ok() {
+        peer.sent(payload.len(), ts);
+        worker.counters.relayed.fetch_add(1, Ordering::Relaxed);
+    }
     Ok(())
+}
+
+/// A leg's RTCP receive loop: authentic reports update what the peer says
+/// of our stream and latch where reports go.
+async fn receive_rtcp(worker: Rc<Worker>, id: u64, socket: Rc<UdpSocket>) {
+    let mut buf = vec![0u8; rtcp::MAX_PACKET + 64];
+    loop {
+        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+            continue;
+        };
+        let mut packet = buf[..n.min(buf.len())].to_vec();
+        let mut legs = worker.legs.borrow_mut();
+        let Some(leg) = legs.get_mut(&id) else {
+            return;
+        };
+        let authentic = match leg.rx.as_mut() {
+            Some(rx) => rx.unprotect_rtcp(&mut packet).is_ok(),
+            None => from.ip() == leg.setup.remote.ip(),
+        };
+        let reports = authentic.then(|| rtcp::parse(&packet).ok()).flatten();
+        let Some(reports) = reports else {
+            worker.counters.refused.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        leg.rtcp_remote = from;
+        let ours = leg.out.ssrc();
+        if let Some(b) = reports.blocks.iter().find(|b| b.ssrc == ours) {
+            leg.peer_report = Some(*b);
+        }
+    }
+}
+
+/// Every report interval, an SR (or RR, before we sent anything) from each
+/// leg, with a block on what its peer sends.
+async fn reports(worker: Rc<Worker>) {
+    let mut tick = tokio::time::interval(worker.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let ntp = ntp_now();
+        let mut legs = worker.legs.borrow_mut();
+        for leg in legs.values_mut() {
+            let ssrc = leg.out.ssrc();
+            let block = leg.peer_ssrc.map(|peer| leg.reception.block(peer, 0, 0));
+            let mut packet = if leg.sent_packets > 0 {
+                rtcp::sender_report(
+                    ssrc,
+                    ntp,
+                    leg.last_sent_ts,
+                    leg.sent_packets,
+                    leg.sent_octets,
+                    block.as_ref(),
+                )
+            } else if let Some(b) = block {
+                rtcp::receiver_report(ssrc, &b)
+            } else {
+                continue;
+            };
+            if let Some(tx) = leg.tx.as_mut()
+                && tx.protect_rtcp(&mut packet).is_err()
+            {
+                continue;
+            }
+            let _ = leg.rtcp_socket.try_send_to(&packet, leg.rtcp_remote);
+        }
+    }
+}
+
+/// Wall-clock time as a 64-bit NTP timestamp.
+fn ntp_now() -> u64 {
+    const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs().wrapping_add(NTP_UNIX_OFFSET);
+    let frac = (u64::from(now.subsec_nanos()) << 32) / 1_000_000_000;
+    (secs << 32) | frac
 }
 
 /// A copy of `p`'s header fields over an owned payload (the packet buffer
@@ -671,6 +855,7 @@ mod tests {
             workers: 2,
             bind: "127.0.0.1".parse().unwrap(),
             ports,
+            report_interval: Duration::from_millis(200),
         })
         .unwrap()
     }
@@ -870,6 +1055,126 @@ mod tests {
             8,
             "the CN packet was skipped"
         );
+    }
+
+    /// A phone with an RTCP socket on its RTP port + 1.
+    async fn phone_with_rtcp(keys: (&MasterKey, &MasterKey)) -> (Phone, UdpSocket) {
+        for _ in 0..50 {
+            let phone = Phone::at("127.0.0.1", Some(keys)).await;
+            let port = phone.socket.local_addr().unwrap().port();
+            if let Ok(rtcp) = UdpSocket::bind(("127.0.0.1", port.wrapping_add(1))).await {
+                return (phone, rtcp);
+            }
+        }
+        panic!("no free port pair");
+    }
+
+    /// Loss and jitter counted from what a phone sends, SRTCP reports sent
+    /// to the phone with them, and the phone's own report taken in.
+    #[tokio::test]
+    async fn statistics_and_srtcp_reports_flow_both_ways() {
+        let (engine, mut events) = engine(41_600..=41_799);
+        let keys: Vec<MasterKey> = (0..2).map(|_| MasterKey::generate().unwrap()).collect();
+        let (mut phone, rtcp) = phone_with_rtcp((&keys[0], &keys[1])).await;
+        let setup = LegSetup {
+            group: 9,
+            remote: phone.socket.local_addr().unwrap(),
+            payload_type: 0,
+            dtmf: None,
+            srtp: Some((SUITE, keys[0].clone(), keys[1].clone())),
+        };
+        let (leg, addr) = engine.open(setup).await.unwrap();
+        // 20 packets with 5 missing (seq 3, 6, 9, 12, 15).
+        for seq in (0..20u16).filter(|s| *s == 0 || s % 3 != 0) {
+            phone
+                .send(addr, 0, seq, u32::from(seq) * 160, &[0xff; 160])
+                .await;
+        }
+        engine
+            .play(leg, Tone::BUSY_US, Duration::from_millis(100))
+            .await
+            .unwrap();
+        next_event(&mut events, |e| *e == MediaEvent::PlayDone { leg }).await;
+        // Wait (bounded) until the engine has read all 14 packets.
+        let mut stats = engine.stats(leg).await.unwrap();
+        for _ in 0..100 {
+            if stats.received >= 14 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            stats = engine.stats(leg).await.unwrap();
+        }
+        assert_eq!((stats.expected, stats.received), (20, 14));
+        assert_eq!(stats.sent_packets, 5, "five 20 ms tone frames");
+        assert_eq!(stats.sent_octets, 5 * 160);
+        // The leg's SRTCP sender report reaches the phone's RTCP port and
+        // reports the phone's loss.
+        // (A receiver report may come first, from before the tone.)
+        let mut rx = Srtp::new(SUITE, &keys[1]);
+        let mut buf = vec![0u8; 1500];
+        let mut parsed = rtcp::Reports::default();
+        for _ in 0..10 {
+            let (n, _) = tokio::time::timeout(Duration::from_secs(2), rtcp.recv_from(&mut buf))
+                .await
+                .expect("a report in time")
+                .unwrap();
+            let mut report = buf[..n].to_vec();
+            rx.unprotect_rtcp(&mut report).unwrap();
+            parsed = rtcp::parse(&report).unwrap();
+            if parsed.ntp.is_some() {
+                break;
+            }
+        }
+        assert!(parsed.ntp.is_some(), "a sender report");
+        let block = parsed
+            .blocks
+            .first()
+            .expect("a block on the phone's stream");
+        assert_eq!(block.ssrc, 0xaaaa_0001);
+        assert_eq!(block.cumulative_lost, 6);
+        // The phone's receiver report on our stream is taken in.
+        let ours = parsed.sender.unwrap();
+        let mut tx = Srtp::new(SUITE, &keys[0]);
+        let mut rr = rtcp::receiver_report(
+            0xaaaa_0001,
+            &Block {
+                ssrc: ours,
+                fraction_lost: 64,
+                cumulative_lost: 2,
+                highest_seq: 5,
+                jitter: 80,
+                last_sr: 0,
+                delay_since_last_sr: 0,
+            },
+        );
+        tx.protect_rtcp(&mut rr).unwrap();
+        let rtcp_addr = SocketAddr::new(addr.ip(), addr.port() + 1);
+        rtcp.send_to(&rr, rtcp_addr).await.unwrap();
+        // A forged report (wrong key) is not.
+        let mut forged = rtcp::receiver_report(
+            1,
+            &Block {
+                fraction_lost: 255,
+                ..*block
+            },
+        );
+        Srtp::new(SUITE, &keys[1])
+            .protect_rtcp(&mut forged)
+            .unwrap();
+        rtcp.send_to(&forged, rtcp_addr).await.unwrap();
+        let mut stats = engine.stats(leg).await.unwrap();
+        for _ in 0..100 {
+            if stats.peer_fraction_lost.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            stats = engine.stats(leg).await.unwrap();
+        }
+        // Give the forged report time to arrive too, then look again.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let stats = engine.stats(leg).await.unwrap();
+        assert_eq!(stats.peer_fraction_lost, Some(64));
+        assert_eq!(stats.peer_jitter_ms, Some(10));
     }
 
     #[test]
