@@ -187,6 +187,11 @@ async fn receive(
             continue;
         };
         let now = start.elapsed().as_micros() as u64;
+        // RTCP reports for a neighbouring phone (its RTP port + 1 may be
+        // this socket) are not audio.
+        if rtp::is_rtcp(&buf[..n]) {
+            continue;
+        }
         let mut p = buf[..n].to_vec();
         if let Some(rx) = rx.as_mut()
             && rx.unprotect_rtp(&mut p).is_err()
