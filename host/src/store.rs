@@ -68,6 +68,9 @@ pub trait Backend: Send + Sync + 'static {
     fn flush(&self) -> Result<(), StoreError>;
 }
 
+/// How long opening waits for a lock this process may just have released.
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The embedded backend: one sled database, one tree for all records.
 pub struct SledBackend {
     db: sled::Db,
@@ -75,8 +78,23 @@ pub struct SledBackend {
 }
 
 impl SledBackend {
-    /// Opens (or creates) the database in `dir`.
+    /// Opens (or creates) the database in `dir`. A database this process
+    /// released a moment ago may still be locked while sled's I/O threads
+    /// finish their last write after the handle is dropped, so a lock
+    /// conflict is retried for up to [`LOCK_RETRY`] before it is reported.
     pub fn open(dir: &Path) -> Result<SledBackend, StoreError> {
+        let deadline = std::time::Instant::now() + LOCK_RETRY;
+        loop {
+            match Self::open_once(dir) {
+                Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(25));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_once(dir: &Path) -> Result<SledBackend, StoreError> {
         let db = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
