@@ -81,7 +81,7 @@ impl SledBackend {
     /// Opens (or creates) the database in `dir`. A database this process
     /// released a moment ago may still be locked while sled's I/O threads
     /// finish their last write after the handle is dropped, so a lock
-    /// conflict is retried for up to [`LOCK_RETRY`] before it is reported.
+    /// conflict is retried for up to a second before it is reported.
     pub fn open(dir: &Path) -> Result<SledBackend, StoreError> {
         let deadline = std::time::Instant::now() + LOCK_RETRY;
         loop {
