@@ -658,7 +658,7 @@ fn handle(
         return Ok(());
     };
     let (leg_codec, leg_dtmf) = (leg.setup.payload_type, leg.setup.dtmf);
-    let (marker, payload_type, mut payload) = (p.marker, p.payload_type, p.payload.to_vec());
+    let (payload_type, mut payload) = (p.payload_type, p.payload.to_vec());
     let Some(peer) = legs.get_mut(&peer_id) else {
         return Ok(());
     };
@@ -682,7 +682,7 @@ fn handle(
         // Neither the agreed codec nor events (comfort noise, …).
         return Ok(());
     };
-    let Some((marker, seq, ts)) = peer.out.map(&p_with(marker, payload_type, &payload, &p)) else {
+    let Some((marker, seq, ts)) = peer.out.map(&p) else {
         return Ok(());
     };
     rtp::write(
@@ -779,24 +779,6 @@ fn ntp_now() -> u64 {
     let secs = now.as_secs().wrapping_add(NTP_UNIX_OFFSET);
     let frac = (u64::from(now.subsec_nanos()) << 32) / 1_000_000_000;
     (secs << 32) | frac
-}
-
-/// A copy of `p`'s header fields over an owned payload (the packet buffer
-/// is rewritten in place).
-fn p_with<'a>(
-    marker: bool,
-    payload_type: u8,
-    payload: &'a [u8],
-    p: &rtp::Packet<'_>,
-) -> rtp::Packet<'a> {
-    rtp::Packet {
-        marker,
-        payload_type,
-        seq: p.seq,
-        timestamp: p.timestamp,
-        ssrc: p.ssrc,
-        payload,
-    }
 }
 
 #[cfg(test)]

@@ -102,28 +102,23 @@ const fn alaw_decode(code: u8) -> i16 {
     (if a & 0x80 != 0 { t } else { -t }) as i16
 }
 
-const fn ulaw_table() -> [i16; 256] {
+/// The decode table of one law (`alaw`: A-law, else µ-law).
+const fn decode_table(alaw: bool) -> [i16; 256] {
     let mut out = [0i16; 256];
     let mut i = 0;
     while i < 256 {
-        out[i] = ulaw_decode(i as u8);
+        out[i] = if alaw {
+            alaw_decode(i as u8)
+        } else {
+            ulaw_decode(i as u8)
+        };
         i += 1;
     }
     out
 }
 
-const fn alaw_table() -> [i16; 256] {
-    let mut out = [0i16; 256];
-    let mut i = 0;
-    while i < 256 {
-        out[i] = alaw_decode(i as u8);
-        i += 1;
-    }
-    out
-}
-
-static ULAW_TABLE: [i16; 256] = ulaw_table();
-static ALAW_TABLE: [i16; 256] = alaw_table();
+static ULAW_TABLE: [i16; 256] = decode_table(false);
+static ALAW_TABLE: [i16; 256] = decode_table(true);
 
 static ULAW_TO_ALAW: std::sync::LazyLock<[u8; 256]> =
     std::sync::LazyLock::new(|| std::array::from_fn(|i| linear_to_alaw(ulaw_to_linear(i as u8))));

@@ -111,20 +111,21 @@ impl Class {
 
     /// The class a name in settings stands for.
     pub fn from_name(name: &str) -> Option<Class> {
-        [
-            Class::Emergency,
-            Class::Internal,
-            Class::National,
-            Class::Mobile,
-            Class::TollFree,
-            Class::International,
-            Class::Premium,
-            Class::SharedCost,
-            Class::Unknown,
-        ]
-        .into_iter()
-        .find(|c| c.name() == name)
+        Class::ALL.into_iter().find(|c| c.name() == name)
     }
+
+    /// Every class.
+    pub const ALL: [Class; 9] = [
+        Class::Emergency,
+        Class::Internal,
+        Class::National,
+        Class::Mobile,
+        Class::TollFree,
+        Class::International,
+        Class::Premium,
+        Class::SharedCost,
+        Class::Unknown,
+    ];
 }
 
 /// A tenant's numbering: its region and how its users dial.
@@ -437,19 +438,12 @@ mod tests {
         }
     }
 
+    /// Every class a caller can be allowed (emergency needs no allowing).
     fn everything() -> BTreeSet<Class> {
-        [
-            Class::Internal,
-            Class::National,
-            Class::Mobile,
-            Class::TollFree,
-            Class::International,
-            Class::Premium,
-            Class::SharedCost,
-            Class::Unknown,
-        ]
-        .into_iter()
-        .collect()
+        Class::ALL
+            .into_iter()
+            .filter(|c| *c != Class::Emergency)
+            .collect()
     }
 
     fn class(p: &Plan, dialled: &str) -> Class {
