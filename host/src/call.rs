@@ -9,6 +9,7 @@
 
 pub mod error;
 pub mod fair;
+pub mod legs;
 pub mod txn;
 pub mod types;
 

@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod blobs;
+pub mod calls;
 pub mod config;
 pub mod crypto;
 pub mod events;
@@ -29,13 +30,14 @@ use wasmtime::component::{HasData, Linker};
 use crate::call::CallCtx;
 pub use crate::call::error::CapError;
 pub(crate) use crate::world::host as wit;
+pub(crate) use crate::world::telephony as twit;
 
-/// The one list: each implemented capability and the module serving it
-/// (its state, link function and `Host` impls). The names themselves are
+/// The one list: each implemented capability and the function linking it
+/// (in the module holding its state and `Host` impls). The names themselves are
 /// the manifest vocabulary, `switchboard_signing::Capability`. Adding a
 /// capability: its WIT, its module, one line here.
 macro_rules! capabilities {
-    ($($cap:ident => $module:ident),* $(,)?) => {
+    ($($cap:ident => $module:path),* $(,)?) => {
         /// Capabilities this host implements. A component importing any
         /// other `switchboard:host` interface is refused at install,
         /// naming it.
@@ -49,9 +51,10 @@ macro_rules! capabilities {
             grants: &BTreeSet<Capability>,
         ) -> wasmtime::Result<()> {
             types::add_to_linker(linker)?;
+            calls::add_types_to_linker(linker)?;
             for cap in grants {
                 match cap {
-                    $(Capability::$cap => $module::add_to_linker(linker)?,)*
+                    $(Capability::$cap => $module(linker)?,)*
                     // Not implemented: never linked (install refuses importers).
                     _ => {}
                 }
@@ -62,17 +65,20 @@ macro_rules! capabilities {
 }
 
 capabilities! {
-    Kv => kv,
-    Log => log,
-    Config => config,
-    Timers => timers,
-    Plugins => plugins,
-    Blobs => blobs,
-    Crypto => crypto,
-    Identity => identity,
-    Audit => audit,
-    Events => events,
-    HttpClient => http_client,
+    Kv => kv::add_to_linker,
+    Log => log::add_to_linker,
+    Config => config::add_to_linker,
+    Timers => timers::add_to_linker,
+    Plugins => plugins::add_to_linker,
+    Blobs => blobs::add_to_linker,
+    Crypto => crypto::add_to_linker,
+    Identity => identity::add_to_linker,
+    Audit => audit::add_to_linker,
+    Events => events::add_to_linker,
+    HttpClient => http_client::add_to_linker,
+    Calls => calls::add_to_linker,
+    Dial => calls::add_dial_to_linker,
+    Mwi => calls::add_mwi_to_linker,
 }
 
 /// Whether this host can link `cap`.
@@ -133,4 +139,6 @@ pub struct States {
     pub events: events::State,
     pub http_client: http_client::State,
     pub timers: timers::State,
+    /// Call control (`calls`, `dial`).
+    pub telephony: calls::State,
 }

@@ -22,6 +22,7 @@ pub mod link;
 pub mod state;
 pub mod v0_1;
 pub mod v0_2;
+pub mod v0_3;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -407,6 +408,7 @@ impl Kernel {
         let result = match &pre {
             Linked::V0_1(p) => v0_1::invoke(p, &mut store, invocation).await,
             Linked::V0_2(p) => v0_2::invoke(p, &mut store, invocation).await,
+            Linked::V0_3(p) => v0_3::invoke(p, &mut store, invocation).await,
         };
         let (stderr, dropped) = store.data().stderr.take();
         let memory_exceeded = store.data().limiter.exceeded;

@@ -86,6 +86,8 @@ pub struct RuntimeConfig {
     pub events: crate::events::EventsConfig,
     /// What plugins may reach through `http-client`.
     pub http_client: crate::capability::http_client::HttpClientConfig,
+    /// Call control and its media engine.
+    pub telephony: crate::telephony::TelephonyConfig,
 }
 
 impl RuntimeConfig {
@@ -107,6 +109,7 @@ impl RuntimeConfig {
             identity: IdentityConfig::default(),
             events: Default::default(),
             http_client: Default::default(),
+            telephony: Default::default(),
         }
     }
 
@@ -155,6 +158,7 @@ struct Inner {
     config: RuntimeConfig,
     backup_lock: tokio::sync::Mutex<()>,
     timer_wake: Arc<tokio::sync::Notify>,
+    telephony: Arc<crate::telephony::Telephony>,
 }
 
 impl Inner {
@@ -207,7 +211,9 @@ impl Runtime {
             .map_err(|e| anyhow::anyhow!("{e}"))
             .context("cannot set up the plugins' HTTP client ([http_client] ca_file)")?;
         let timer_wake = Arc::new(tokio::sync::Notify::new());
+        let telephony = crate::telephony::Telephony::new(config.telephony.clone(), trail.clone());
         let caps = Arc::new(capability::States {
+            telephony: telephony.clone(),
             audit: capability::audit::State::new(trail.clone()),
             events: capability::events::State::new(events.clone()),
             http_client,
@@ -258,6 +264,7 @@ impl Runtime {
                 config,
                 backup_lock: tokio::sync::Mutex::new(()),
                 timer_wake,
+                telephony,
             }),
         })
     }

@@ -1,6 +1,6 @@
 //! The host's clock- and signal-driven work, started by `server.rs` beside
 //! the doors: delivering due timers (woken early by commits that change the
-//! timer queue), telling plugins when users come online and go offline
+//! timer queue), delivering call-leg events (woken by call control), telling plugins when users come online and go offline
 //! (host events from the event hub), and storage maintenance (audit
 //! checkpoints, event backlogs, the retention sweep, reclaiming deleted
 //! blobs). It decides *when*; what each step does belongs to the host
@@ -48,6 +48,7 @@ impl Scheduler {
         Scheduler {
             loops: vec![
                 tokio::spawn(timer_loop(rt.downgrade())),
+                tokio::spawn(call_event_loop(rt.downgrade())),
                 tokio::spawn(presence_loop(rt.downgrade())),
                 tokio::spawn(maintenance_loop(
                     rt.downgrade(),
@@ -62,6 +63,23 @@ impl Drop for Scheduler {
     fn drop(&mut self) {
         for task in &self.loops {
             task.abort();
+        }
+    }
+}
+
+/// How often call-leg events are looked for when nothing wakes the loop
+/// (a re-delivery after backoff is found this way).
+const CALL_EVENT_POLL: Duration = Duration::from_millis(50);
+
+async fn call_event_loop(weak: WeakRuntime) {
+    loop {
+        let Some(rt) = weak.upgrade() else { return };
+        rt.deliver_call_events();
+        let wake = rt.telephony().ready();
+        drop(rt);
+        tokio::select! {
+            _ = tokio::time::sleep(CALL_EVENT_POLL) => {}
+            _ = wake.notified() => {}
         }
     }
 }

@@ -24,7 +24,7 @@ pub const MAX_PUBLIC_ROUTES: usize = 64;
 
 /// Plugin API versions (`switchboard:plugin@X`) this crate knows. The host
 /// decides which of them it can link (SPEC K8).
-pub const KNOWN_API_VERSIONS: &[&str] = &["0.1.0", "0.2.0"];
+pub const KNOWN_API_VERSIONS: &[&str] = &["0.1.0", "0.2.0", "0.3.0"];
 
 /// A parsed, validated plugin manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,7 +66,9 @@ pub struct Manifest {
     pub component_sha256: Option<String>,
 }
 
-/// A host capability, one per `switchboard:host` interface.
+/// A host capability, one per `switchboard:host` or
+/// `switchboard:telephony` interface (the manifest name is the interface
+/// name; [`Capability::package`] tells the package).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 #[non_exhaustive]
@@ -82,11 +84,18 @@ pub enum Capability {
     Events,
     HttpClient,
     Audit,
+    /// `switchboard:telephony/calls`: the plugin's own call legs.
+    Calls,
+    /// `switchboard:telephony/dial`: placing calls (every one through the
+    /// dialing policy, SPEC T1).
+    Dial,
+    /// `switchboard:telephony/mwi`: message-waiting counts.
+    Mwi,
 }
 
 impl Capability {
     /// Every capability, in WIT order.
-    pub const ALL: [Capability; 11] = [
+    pub const ALL: [Capability; 14] = [
         Capability::Kv,
         Capability::Log,
         Capability::Config,
@@ -98,6 +107,9 @@ impl Capability {
         Capability::Events,
         Capability::HttpClient,
         Capability::Audit,
+        Capability::Calls,
+        Capability::Dial,
+        Capability::Mwi,
     ];
 
     /// The WIT interface name (`kv`, `http-client`, ...).
@@ -114,12 +126,28 @@ impl Capability {
             Capability::Events => "events",
             Capability::HttpClient => "http-client",
             Capability::Audit => "audit",
+            Capability::Calls => "calls",
+            Capability::Dial => "dial",
+            Capability::Mwi => "mwi",
+        }
+    }
+
+    /// The WIT package of the interface.
+    pub fn package(self) -> &'static str {
+        match self {
+            Capability::Calls | Capability::Dial | Capability::Mwi => "switchboard:telephony",
+            _ => "switchboard:host",
         }
     }
 
     /// The capability whose WIT interface is called `name`.
     pub fn from_interface(name: &str) -> Option<Capability> {
         Capability::ALL.into_iter().find(|c| c.interface() == name)
+    }
+
+    /// The capability whose interface is `name` in `package`.
+    pub fn from_package_interface(package: &str, name: &str) -> Option<Capability> {
+        Capability::from_interface(name).filter(|c| c.package() == package)
     }
 }
 

@@ -217,6 +217,8 @@ pub enum Invocation {
     },
     /// API ≥ 0.2.0: the plugin's self-description.
     Describe,
+    /// API ≥ 0.3.0: an event of one of the plugin's call legs.
+    Call(super::legs::CallEvent),
 }
 
 /// What a plugin returned.

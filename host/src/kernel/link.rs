@@ -15,20 +15,30 @@ use wasmtime::component::{Component, InstancePre, Linker};
 use super::cache::CacheOutcome;
 use super::error::AdminError;
 use super::state::HostState;
-use super::{Kernel, v0_1, v0_2};
+use super::{Kernel, v0_1, v0_2, v0_3};
 use crate::call::{LoadedPlugin, PreHandle};
 use crate::capability;
 use crate::support::sync::Recover as _;
 
 /// Plugin API versions this host links.
-pub const SUPPORTED_API_VERSIONS: &[&str] = &[v0_1::API_VERSION, v0_2::API_VERSION];
+pub const SUPPORTED_API_VERSIONS: &[&str] =
+    &[v0_1::API_VERSION, v0_2::API_VERSION, v0_3::API_VERSION];
 /// The capability package version every supported API version imports.
 pub const HOST_API_VERSION: &str = "0.1.0";
 /// The host-side WIT packages a component may import, each with the
-/// versions this host serves (the next calls issue adds
-/// `switchboard:telephony`).
-pub const HOST_PACKAGES: &[(&str, &[&str])] =
-    &[("switchboard:host", crate::world::HOST_PACKAGE_VERSIONS)];
+/// versions this host serves and the oldest plugin API that may import it.
+pub const HOST_PACKAGES: &[(&str, &[&str], semver::Version)] = &[
+    (
+        "switchboard:host",
+        crate::world::HOST_PACKAGE_VERSIONS,
+        semver::Version::new(0, 1, 0),
+    ),
+    (
+        "switchboard:telephony",
+        crate::world::TELEPHONY_PACKAGE_VERSIONS,
+        semver::Version::new(0, 3, 0),
+    ),
+];
 
 /// A component linked for one grant set, through the adapter of the plugin
 /// API version it was built against (SPEC K8).
@@ -36,6 +46,7 @@ pub const HOST_PACKAGES: &[(&str, &[&str])] =
 pub enum Linked {
     V0_1(v0_1::Pre),
     V0_2(v0_2::Pre),
+    V0_3(v0_3::Pre),
 }
 
 impl Linked {
@@ -44,6 +55,7 @@ impl Linked {
         match (api.major, api.minor) {
             (0, 1) => v0_1::pre(pre).map(Linked::V0_1),
             (0, 2) => v0_2::pre(pre).map(Linked::V0_2),
+            (0, 3) => v0_3::pre(pre).map(Linked::V0_3),
             _ => Err(wasmtime::format_err!(
                 "plugin API {api} is not supported by this host"
             )),
@@ -157,16 +169,21 @@ impl Kernel {
             if name.starts_with("wasi:") {
                 continue;
             }
-            let Some((package, versions, rest)) = HOST_PACKAGES.iter().find_map(|(p, v)| {
-                name.strip_prefix(p)
-                    .and_then(|r| r.strip_prefix('/'))
-                    .map(|r| (p, v, r))
-            }) else {
+            let Some((package, versions, since, rest)) =
+                HOST_PACKAGES.iter().find_map(|(p, v, since)| {
+                    name.strip_prefix(p)
+                        .and_then(|r| r.strip_prefix('/'))
+                        .map(|r| (p, v, since, r))
+                })
+            else {
                 return Err(AdminError::ForeignImport(name.to_string()));
             };
             let (iface, version) = rest.split_once('@').unwrap_or((rest, ""));
             let api = manifest.api_version.to_string();
-            if !versions.contains(&version) || !SUPPORTED_API_VERSIONS.contains(&api.as_str()) {
+            if !versions.contains(&version)
+                || !SUPPORTED_API_VERSIONS.contains(&api.as_str())
+                || manifest.api_version < *since
+            {
                 return Err(AdminError::UnsupportedApiVersion(format!(
                     "the component imports {name}, built against {package}@{version}; this host links {package}@{} for plugin API {}",
                     versions.join(" and "),
@@ -176,7 +193,7 @@ impl Kernel {
             if iface == "types" {
                 continue;
             }
-            let Some(cap) = Capability::from_interface(iface) else {
+            let Some(cap) = Capability::from_package_interface(package, iface) else {
                 return Err(AdminError::ForeignImport(name.to_string()));
             };
             if !manifest.capabilities.contains(&cap) {
@@ -221,7 +238,7 @@ impl Kernel {
         for cap in &plugin.imports {
             if !grants.contains(cap) {
                 return Err(AdminError::ImportNotGranted {
-                    import: format!("switchboard:host/{}@{HOST_API_VERSION}", cap.interface()),
+                    import: format!("{}/{}", cap.package(), cap.interface()),
                     capability: cap.to_string(),
                 });
             }

@@ -41,10 +41,11 @@ pub fn pre(instance_pre: wasmtime::component::InstancePre<HostState>) -> wasmtim
 
 /// Instantiates `pre` in `store` and runs one invocation through the
 /// generated bindings at `$b` (a `bindgen!` module of some plugin API
-/// version). `$describe` answers `Invocation::Describe` given the instance
-/// (`$feature`), since only newer worlds export `describe`.
+/// version). `$describe` answers `Invocation::Describe` and `$on_call`
+/// `Invocation::Call` (`$event`) given the instance (`$feature`), since
+/// only newer worlds export `describe` and `on-call`.
 macro_rules! invoke_feature {
-    ($b:path, $pre:expr, $store:expr, $invocation:expr, |$feature:ident, $st:ident| $describe:expr) => {{
+    ($b:path, $pre:expr, $store:expr, $invocation:expr, |$feature:ident, $st:ident| $describe:expr, |$event:ident| $on_call:expr) => {{
         use $b as b;
         let $st = $store;
         let $feature = $pre
@@ -80,6 +81,7 @@ macro_rules! invoke_feature {
                 .await
                 .map(|r| r.map(|()| Outcome::Done)),
             Invocation::Describe => $describe,
+            Invocation::Call($event) => $on_call,
         };
         result.map_err(Stage::Call)
     }};
@@ -92,11 +94,21 @@ pub async fn invoke(
     store: &mut Store<HostState>,
     invocation: Invocation,
 ) -> Result<Result<Outcome, String>, Stage> {
-    invoke_feature!(bindings, pre, store, invocation, |_feature, _store| {
-        // API 0.1.0 has no `describe` export.
-        Ok(Ok(Outcome::Description(None)))
-    })
+    invoke_feature!(
+        bindings,
+        pre,
+        store,
+        invocation,
+        |_feature, _store| {
+            // API 0.1.0 has no `describe` export.
+            Ok(Ok(Outcome::Description(None)))
+        },
+        |_event| Ok(Err(NO_CALLS.to_string()))
+    )
 }
+
+/// What a plugin of an API version before 0.3.0 answers a call event.
+pub(crate) const NO_CALLS: &str = "this plugin's API version takes no calls (0.3.0 or later)";
 
 /// Where a failed invocation failed.
 pub enum Stage {

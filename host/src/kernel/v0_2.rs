@@ -8,7 +8,7 @@
 use wasmtime::Store;
 
 use super::state::HostState;
-use super::v0_1::{Stage, invoke_feature};
+use super::v0_1::{NO_CALLS, Stage, invoke_feature};
 use crate::call::types::{Invocation, Outcome};
 
 use crate::world::v0_2 as bindings;
@@ -30,10 +30,17 @@ pub async fn invoke(
     store: &mut Store<HostState>,
     invocation: Invocation,
 ) -> Result<Result<Outcome, String>, Stage> {
-    invoke_feature!(bindings, pre, store, invocation, |feature, st| {
-        feature
-            .call_describe(&mut *st)
-            .await
-            .map(|d| Ok(Outcome::Description(Some(d))))
-    })
+    invoke_feature!(
+        bindings,
+        pre,
+        store,
+        invocation,
+        |feature, st| {
+            feature
+                .call_describe(&mut *st)
+                .await
+                .map(|d| Ok(Outcome::Description(Some(d))))
+        },
+        |_event| Ok(Err(NO_CALLS.to_string()))
+    )
 }

@@ -105,8 +105,9 @@ pub enum MediaEvent {
     Digit { leg: u64, key: char },
     /// The leg's media now goes to `to` (symmetric RTP).
     Latched { leg: u64, to: SocketAddr },
-    /// A tone ended.
-    PlayDone { leg: u64 },
+    /// A tone ended (the `tag` given to [`Engine::play`]); a play
+    /// stopped, replaced or cut by a bridge reports nothing.
+    PlayDone { leg: u64, tag: u64 },
 }
 
 /// Packet counters of the whole engine.
@@ -144,7 +145,8 @@ enum Cmd {
     Stats(u64, oneshot::Sender<Option<LegStats>>),
     Bridge(u64, u64, oneshot::Sender<Result<(), MediaError>>),
     Unbridge(u64),
-    Play(u64, Tone, Duration),
+    Play(u64, Tone, Duration, u64),
+    StopPlay(u64),
     Close(u64),
 }
 
@@ -281,10 +283,25 @@ impl Engine {
             .map_err(|_| MediaError::Stopped)
     }
 
-    /// Plays `tone` into a leg for `length` (then `PlayDone`).
-    pub async fn play(&self, leg: u64, tone: Tone, length: Duration) -> Result<(), MediaError> {
+    /// Plays `tone` into a leg for `length` (then `PlayDone` with `tag`),
+    /// replacing any tone playing.
+    pub async fn play(
+        &self,
+        leg: u64,
+        tone: Tone,
+        length: Duration,
+        tag: u64,
+    ) -> Result<(), MediaError> {
         self.worker_of(leg)?
-            .send(Cmd::Play(leg, tone, length))
+            .send(Cmd::Play(leg, tone, length, tag))
+            .await
+            .map_err(|_| MediaError::Stopped)
+    }
+
+    /// Stops the tone playing into a leg (no `PlayDone`).
+    pub async fn stop_play(&self, leg: u64) -> Result<(), MediaError> {
+        self.worker_of(leg)?
+            .send(Cmd::StopPlay(leg))
             .await
             .map_err(|_| MediaError::Stopped)
     }
@@ -428,7 +445,12 @@ impl Worker {
                     p.peer = None;
                 }
             }
-            Cmd::Play(leg, tone, length) => self.play(leg, tone, length),
+            Cmd::Play(leg, tone, length, tag) => self.play(leg, tone, length, tag),
+            Cmd::StopPlay(leg) => {
+                if let Some(l) = self.legs.borrow_mut().get_mut(&leg) {
+                    l.play_gen += 1;
+                }
+            }
             Cmd::Close(leg) => {
                 let mut legs = self.legs.borrow_mut();
                 if let Some(l) = legs.remove(&leg) {
@@ -544,7 +566,7 @@ impl Worker {
         Ok(())
     }
 
-    fn play(self: &Rc<Self>, leg: u64, tone: Tone, length: Duration) {
+    fn play(self: &Rc<Self>, leg: u64, tone: Tone, length: Duration, tag: u64) {
         let generation = {
             let mut legs = self.legs.borrow_mut();
             let Some(l) = legs.get_mut(&leg) else { return };
@@ -587,7 +609,7 @@ impl Worker {
                     l.sent(FRAME, ts);
                 }
             }
-            me.emit(MediaEvent::PlayDone { leg });
+            me.emit(MediaEvent::PlayDone { leg, tag });
         });
     }
 }
@@ -933,7 +955,7 @@ mod tests {
         // A tone into A: 10 packets of audible µ-law, then PlayDone.
         engine.unbridge(leg_a).await.unwrap();
         engine
-            .play(leg_a, Tone::dtmf('1').unwrap(), Duration::from_millis(200))
+            .play(leg_a, Tone::dtmf('1').unwrap(), Duration::from_millis(200), 7)
             .await
             .unwrap();
         let mut tone = Vec::new();
@@ -941,7 +963,13 @@ mod tests {
             tone.push(a.recv().await.expect("tone packet"));
         }
         assert!(tone.iter().all(|p| p.3.iter().any(|c| *c != 0xff)));
-        next_event(&mut events, |e| *e == MediaEvent::PlayDone { leg: leg_a }).await;
+        next_event(&mut events, |e| {
+            *e == MediaEvent::PlayDone {
+                leg: leg_a,
+                tag: 7,
+            }
+        })
+        .await;
 
         assert_eq!(engine.ports_in_use(), 4);
         engine.close(leg_a).await.unwrap();
@@ -1073,10 +1101,10 @@ mod tests {
                 .await;
         }
         engine
-            .play(leg, Tone::BUSY_US, Duration::from_millis(100))
+            .play(leg, Tone::BUSY_US, Duration::from_millis(100), 1)
             .await
             .unwrap();
-        next_event(&mut events, |e| *e == MediaEvent::PlayDone { leg }).await;
+        next_event(&mut events, |e| *e == MediaEvent::PlayDone { leg, tag: 1 }).await;
         // Wait (bounded) until the engine has read all 14 packets.
         let mut stats = engine.stats(leg).await.unwrap();
         for _ in 0..100 {

@@ -52,6 +52,12 @@ impl Tone {
         cadence: &[(500, 500)],
     };
 
+    /// Silence: no "on" period at all.
+    pub const SILENCE: Tone = Tone {
+        freqs: (0.0, 0.0),
+        cadence: &[(0, 1000)],
+    };
+
     /// A generator of this tone's frames.
     pub fn frames(&self) -> Frames {
         Frames {

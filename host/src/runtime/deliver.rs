@@ -1,6 +1,7 @@
 //! What the scheduler's loops do at each step: deliver due timers (SPEC
-//! K4) and host events (presence, expired blobs) to plugins. The scheduler
-//! (`scheduler.rs`) decides when; this file decides what.
+//! K4), host events (presence, expired blobs) and call-leg events to
+//! plugins. The scheduler (`scheduler.rs`) decides when; this file decides
+//! what.
 
 use std::sync::Arc;
 
@@ -38,6 +39,57 @@ impl Runtime {
             all &= self.inner.host_event_to(&t, name, kind, data).await;
         }
         all
+    }
+
+    /// Call control: legs, their media and signalling.
+    pub fn telephony(&self) -> &Arc<crate::telephony::Telephony> {
+        &self.inner.telephony
+    }
+
+    /// Delivers the call-leg events ready now, each to its plugin's
+    /// `on-call` as an ordinary call (fair turns, deadline, transaction),
+    /// concurrently across legs and one at a time per leg; reports each
+    /// outcome to call control. Returns how many were started.
+    pub fn deliver_call_events(&self) -> usize {
+        /// Deliveries started per round (more wait for the next).
+        const BATCH: usize = 256;
+        let ready = self.inner.telephony.take_ready(BATCH);
+        let started = ready.len();
+        for d in ready {
+            let rt = self.clone();
+            tokio::spawn(async move {
+                let (leg, seq) = (d.event.leg.clone(), d.event.seq);
+                let ok = rt.deliver_call_event(&d.tenant, &d.plugin, d.event).await;
+                rt.inner.telephony.delivered(&leg, seq, ok);
+            });
+        }
+        started
+    }
+
+    /// Delivers one call-leg event; returns whether the plugin took it.
+    async fn deliver_call_event(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        event: crate::call::legs::CallEvent,
+    ) -> bool {
+        let Some(t) = self.inner.tenants.get(tenant) else {
+            return false;
+        };
+        let result = self
+            .inner
+            .kernel
+            .call(t, plugin, Principal::system(tenant), || {
+                Invocation::Call(event.clone())
+            })
+            .await;
+        match result {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::debug!(tenant, plugin, code = e.code(), error = %e, "call event not taken");
+                false
+            }
+        }
     }
 
     /// Delivers every timer due now; returns how many were attempted. The

@@ -58,6 +58,11 @@ pub fn event_group_member(tenant: &str, plugin: &str, group: &str, user: &str) -
     k
 }
 
+/// A user's message-waiting counts (`mwi` capability), JSON.
+pub fn mwi(tenant: &str, user: &str) -> Vec<u8> {
+    format!("t/{tenant}/mw/{user}").into_bytes()
+}
+
 /// A pending timer's record.
 pub fn timer(tenant: &str, plugin: &str, id: &str) -> Vec<u8> {
     format!("t/{tenant}/tm/{plugin}/{id}").into_bytes()

@@ -1,0 +1,132 @@
+//! Call legs as a plugin sees them, apart from any WIT version: the
+//! events `on-call` receives and the snapshot `get-leg` answers. The
+//! telephony service produces them; the kernel's adapters convert them
+//! for the plugin API version they serve.
+
+/// Where a leg is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LegState {
+    /// Inbound, waiting for `answer`.
+    Offered,
+    /// Outbound, not answered yet.
+    Ringing,
+    Answered,
+    Ended,
+}
+
+/// Who started the leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+/// Why a leg ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    Normal,
+    Busy,
+    NoAnswer,
+    Rejected,
+    /// The plugin did not take the leg's events; the host ended it.
+    Failed,
+    /// The dialing policy refused the number.
+    Restricted,
+    Unavailable,
+    /// A host limit on the leg's lifetime or idleness.
+    Timeout,
+}
+
+impl Cause {
+    /// The name in call records and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cause::Normal => "normal",
+            Cause::Busy => "busy",
+            Cause::NoAnswer => "no-answer",
+            Cause::Rejected => "rejected",
+            Cause::Failed => "failed",
+            Cause::Restricted => "restricted",
+            Cause::Unavailable => "unavailable",
+            Cause::Timeout => "timeout",
+        }
+    }
+}
+
+/// How a play or a collect ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpEnd {
+    Done,
+    Stopped,
+    Barged,
+    Timeout,
+    Hangup,
+}
+
+/// A tone a plugin may play.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToneName {
+    Ringback,
+    Busy,
+    Silence,
+}
+
+/// One item of a play.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prompt {
+    Tone { tone: ToneName, ms: u32 },
+    Digits(String),
+}
+
+/// What a collect waits for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollectOpts {
+    pub max_digits: u8,
+    pub terminators: String,
+    pub first_ms: u32,
+    pub between_ms: u32,
+}
+
+/// A leg as it is at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LegSnapshot {
+    pub id: String,
+    pub state: LegState,
+    pub direction: Direction,
+    pub caller: String,
+    pub callee: String,
+    /// `pcmu`, `pcma`, or empty before media is agreed.
+    pub codec: String,
+    pub secure: bool,
+    pub bridged_with: Option<String>,
+    pub started_ms: u64,
+    pub answered_ms: Option<u64>,
+}
+
+/// What happened on a leg.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallEventKind {
+    /// A new inbound leg, with its route's arguments.
+    Offered(Vec<u8>),
+    Ringing,
+    Answered,
+    Digit(char),
+    Played { op: String, end: OpEnd },
+    Collected { op: String, digits: String, end: OpEnd },
+    Bridged(String),
+    Unbridged,
+    Ended(Cause),
+}
+
+/// One event for a plugin's `on-call`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallEvent {
+    pub leg: String,
+    /// 1, 2, 3 … per leg; a re-delivery keeps its number.
+    pub seq: u64,
+    pub at_ms: u64,
+    /// The leg's client state when the event is delivered.
+    pub state: Vec<u8>,
+    pub snapshot: LegSnapshot,
+    pub kind: CallEventKind,
+}

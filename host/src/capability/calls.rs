@@ -1,0 +1,546 @@
+//! `calls`, `dial` and `mwi` (`switchboard:telephony@0.1.0`): a plugin
+//! works its own call legs. Every command is checked now (the leg is the
+//! plugin's and in a state that allows it, arguments within bounds) and
+//! carried out only once the call commits, in issue order (a call that
+//! traps or conflicts issues nothing): the effect hands it to call
+//! control. `get-leg` is a read. A leg or operation of another plugin or
+//! tenant answers `not-found`, as an unknown id does (no existence
+//! oracle). Dialing passes the dialing policy first (SPEC T1): a refusal
+//! is `denied("restricted: …")`, counted and audited.
+
+use std::sync::Arc;
+
+use wasmtime::component::Linker;
+
+use super::{CapError, CapHost, View, ViewOf, WitResult, twit, wrap};
+use crate::call::CallCtx;
+use crate::call::legs::{
+    self, CallEvent, CallEventKind, CollectOpts, LegSnapshot, LegState, Prompt, ToneName,
+};
+use crate::call::txn::Effect;
+use crate::telephony::Telephony;
+use crate::telephony::legs::Command;
+
+/// Largest `set-state`.
+pub const MAX_STATE_BYTES: usize = 4096;
+/// Most commands one plugin call may issue.
+pub const MAX_COMMANDS_PER_CALL: usize = 64;
+/// Most items in one play.
+pub const MAX_PLAY_ITEMS: usize = 64;
+/// Longest tone item, and longest collect wait.
+pub const MAX_WAIT_MS: u32 = 60_000;
+/// Most digits a collect gathers, and keys in a `digits` item.
+pub const MAX_DIGITS: usize = 32;
+/// A dial's ring time bounds.
+pub const RING_MS: std::ops::RangeInclusive<u32> = 1_000..=300_000;
+/// Longest dial string.
+pub const MAX_DIAL_BYTES: usize = 64;
+
+/// The capability's host-wide state: call control.
+pub type State = Arc<Telephony>;
+
+/// The effect of one command: after the commit, call control gets it.
+struct Submit {
+    telephony: Arc<Telephony>,
+    plugin: String,
+    command: Command,
+}
+
+impl Effect for Submit {
+    fn apply(&self, tenant: &str) {
+        self.telephony
+            .submit(tenant, &self.plugin, self.command.clone());
+    }
+}
+
+fn queue(ctx: &mut CallCtx, telephony: &State, command: Command) -> Result<(), CapError> {
+    if ctx.txn.effects_of::<Submit>().count() >= MAX_COMMANDS_PER_CALL {
+        return Err(CapError::TooLarge(format!(
+            "at most {MAX_COMMANDS_PER_CALL} call commands per plugin call"
+        )));
+    }
+    let plugin = ctx.plugin_name().to_string();
+    ctx.txn.push_effect(Submit {
+        telephony: telephony.clone(),
+        plugin,
+        command,
+    });
+    Ok(())
+}
+
+fn is_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+/// The plugin's leg `id`, or `not-found` whatever the reason.
+fn leg(ctx: &mut CallCtx, telephony: &State, id: &str) -> Result<LegSnapshot, CapError> {
+    ctx.charge(id.len())?;
+    let not_found = || CapError::NotFound(format!("no call leg {id:?}"));
+    if !is_id(id) {
+        return Err(not_found());
+    }
+    telephony
+        .lookup(ctx.tenant_id(), ctx.plugin_name(), id)
+        .ok_or_else(not_found)
+}
+
+fn in_state(snapshot: &LegSnapshot, want: LegState, what: &str) -> Result<(), CapError> {
+    if snapshot.state == want {
+        Ok(())
+    } else {
+        Err(CapError::InvalidArgument(format!(
+            "{what} needs a leg that is {}, this one is {}",
+            state_name(want),
+            state_name(snapshot.state)
+        )))
+    }
+}
+
+fn check_keys(keys: &str, allowed: &str) -> Result<(), CapError> {
+    if keys.len() > MAX_DIGITS {
+        return Err(CapError::TooLarge(format!("at most {MAX_DIGITS} keys")));
+    }
+    if let Some(bad) = keys.chars().find(|c| !allowed.contains(*c)) {
+        return Err(CapError::InvalidArgument(format!(
+            "{bad:?} is not a telephone key ({allowed})"
+        )));
+    }
+    Ok(())
+}
+
+fn state_name(s: LegState) -> &'static str {
+    match s {
+        LegState::Offered => "offered",
+        LegState::Ringing => "ringing",
+        LegState::Answered => "answered",
+        LegState::Ended => "ended",
+    }
+}
+
+const KEYS: &str = "0123456789*#ABCD";
+
+/// Answers an offered leg.
+pub fn answer(ctx: &mut CallCtx, t: &State, id: &str) -> Result<(), CapError> {
+    let l = leg(ctx, t, id)?;
+    in_state(&l, LegState::Offered, "answer")?;
+    queue(ctx, t, Command::Answer(id.to_string()))
+}
+
+/// Ends a leg.
+pub fn hangup(ctx: &mut CallCtx, t: &State, id: &str, cause: legs::Cause) -> Result<(), CapError> {
+    let l = leg(ctx, t, id)?;
+    if l.state == LegState::Ended {
+        return Ok(());
+    }
+    queue(ctx, t, Command::Hangup(id.to_string(), cause))
+}
+
+/// Plays prompts into an answered leg; returns the operation's id.
+pub fn play(
+    ctx: &mut CallCtx,
+    t: &State,
+    id: &str,
+    items: Vec<Prompt>,
+    barge_in: bool,
+) -> Result<String, CapError> {
+    let l = leg(ctx, t, id)?;
+    in_state(&l, LegState::Answered, "play")?;
+    if items.is_empty() || items.len() > MAX_PLAY_ITEMS {
+        return Err(CapError::InvalidArgument(format!(
+            "a play has 1-{MAX_PLAY_ITEMS} items"
+        )));
+    }
+    for item in &items {
+        match item {
+            Prompt::Tone { ms, .. } if *ms == 0 || *ms > MAX_WAIT_MS => {
+                return Err(CapError::InvalidArgument(format!(
+                    "a tone lasts 1-{MAX_WAIT_MS} ms"
+                )));
+            }
+            Prompt::Digits(keys) => {
+                ctx.charge(keys.len())?;
+                check_keys(keys, KEYS)?;
+            }
+            Prompt::Tone { .. } => {}
+        }
+    }
+    let op = crate::support::encoding::random_hex(16);
+    queue(
+        ctx,
+        t,
+        Command::Play {
+            leg: id.to_string(),
+            op: op.clone(),
+            items,
+            barge_in,
+        },
+    )?;
+    Ok(op)
+}
+
+/// Collects digits on an answered leg; returns the operation's id.
+pub fn collect(ctx: &mut CallCtx, t: &State, id: &str, opts: CollectOpts) -> Result<String, CapError> {
+    let l = leg(ctx, t, id)?;
+    in_state(&l, LegState::Answered, "collect")?;
+    if opts.max_digits == 0 || usize::from(opts.max_digits) > MAX_DIGITS {
+        return Err(CapError::InvalidArgument(format!(
+            "max-digits is 1-{MAX_DIGITS}"
+        )));
+    }
+    check_keys(&opts.terminators, KEYS)?;
+    for (name, ms) in [("first-ms", opts.first_ms), ("between-ms", opts.between_ms)] {
+        if ms == 0 || ms > MAX_WAIT_MS {
+            return Err(CapError::InvalidArgument(format!(
+                "{name} is 1-{MAX_WAIT_MS}"
+            )));
+        }
+    }
+    let op = crate::support::encoding::random_hex(16);
+    queue(
+        ctx,
+        t,
+        Command::Collect {
+            leg: id.to_string(),
+            op: op.clone(),
+            opts,
+        },
+    )?;
+    Ok(op)
+}
+
+/// Stops a play or a collect.
+pub fn stop(ctx: &mut CallCtx, t: &State, op: &str) -> Result<(), CapError> {
+    ctx.charge(op.len())?;
+    let not_found = || CapError::NotFound(format!("no operation {op:?}"));
+    if !is_id(op) {
+        return Err(not_found());
+    }
+    t.lookup_op(ctx.tenant_id(), ctx.plugin_name(), op)
+        .ok_or_else(not_found)?;
+    queue(ctx, t, Command::Stop(op.to_string()))
+}
+
+/// Bridges two answered legs of the plugin.
+pub fn bridge(ctx: &mut CallCtx, t: &State, a: &str, b: &str) -> Result<(), CapError> {
+    if a == b {
+        return Err(CapError::InvalidArgument(
+            "a leg cannot be bridged with itself".into(),
+        ));
+    }
+    for id in [a, b] {
+        let l = leg(ctx, t, id)?;
+        in_state(&l, LegState::Answered, "bridge")?;
+    }
+    queue(ctx, t, Command::Bridge(a.to_string(), b.to_string()))
+}
+
+/// Ends a leg's bridge.
+pub fn unbridge(ctx: &mut CallCtx, t: &State, id: &str) -> Result<(), CapError> {
+    leg(ctx, t, id)?;
+    queue(ctx, t, Command::Unbridge(id.to_string()))
+}
+
+/// Keeps `state` with the leg.
+pub fn set_state(ctx: &mut CallCtx, t: &State, id: &str, state: Vec<u8>) -> Result<(), CapError> {
+    ctx.charge(state.len())?;
+    if state.len() > MAX_STATE_BYTES {
+        return Err(CapError::TooLarge(format!(
+            "leg state of {} bytes exceeds {MAX_STATE_BYTES}",
+            state.len()
+        )));
+    }
+    leg(ctx, t, id)?;
+    queue(ctx, t, Command::SetState(id.to_string(), state))
+}
+
+/// The leg as it is now.
+pub fn get_leg(ctx: &mut CallCtx, t: &State, id: &str) -> Result<LegSnapshot, CapError> {
+    leg(ctx, t, id)
+}
+
+/// How a plugin asks for a call.
+pub struct DialRequest {
+    pub to: String,
+    pub on_behalf_of: Option<String>,
+    pub ring_ms: u32,
+    pub state: Vec<u8>,
+}
+
+/// Places a call through the dialing policy; returns the new leg's id
+/// (the leg exists once the call commits).
+pub fn dial(ctx: &mut CallCtx, t: &State, req: DialRequest) -> Result<String, CapError> {
+    ctx.charge(req.to.len() + req.state.len())?;
+    if req.to.is_empty() || req.to.len() > MAX_DIAL_BYTES {
+        return Err(CapError::InvalidArgument(format!(
+            "a number is 1-{MAX_DIAL_BYTES} bytes"
+        )));
+    }
+    if !RING_MS.contains(&req.ring_ms) {
+        return Err(CapError::InvalidArgument(format!(
+            "ring-ms is {}-{}",
+            RING_MS.start(),
+            RING_MS.end()
+        )));
+    }
+    if req.state.len() > MAX_STATE_BYTES {
+        return Err(CapError::TooLarge(format!(
+            "leg state exceeds {MAX_STATE_BYTES} bytes"
+        )));
+    }
+    let caller = match &req.on_behalf_of {
+        Some(user) if crate::events::valid_user(user) => user.clone(),
+        Some(user) => {
+            return Err(CapError::InvalidArgument(format!(
+                "{user:?} is not a user id"
+            )));
+        }
+        None => String::new(),
+    };
+    let to = t
+        .check_dial(ctx.tenant_id(), ctx.plugin_name(), &req.to)
+        .map_err(|r| CapError::Denied(r.to_string()))?;
+    if !t.has_room(ctx.tenant_id()) {
+        return Err(CapError::QuotaExceeded(
+            "the tenant has too many live call legs".into(),
+        ));
+    }
+    let id = crate::support::encoding::random_hex(16);
+    queue(
+        ctx,
+        t,
+        Command::Dial {
+            leg: id.clone(),
+            caller,
+            to,
+            ring_ms: req.ring_ms,
+            state: req.state,
+        },
+    )?;
+    Ok(id)
+}
+
+/// Message-waiting counts a user's devices show (kept for the SIP door).
+pub fn set_mwi(ctx: &mut CallCtx, user: &str, new: u32, old: u32) -> Result<(), CapError> {
+    ctx.charge(user.len())?;
+    if !crate::events::valid_user(user) {
+        return Err(CapError::InvalidArgument(format!(
+            "{user:?} is not a user id"
+        )));
+    }
+    let key = crate::store::keys::mwi(ctx.tenant_id(), user);
+    let value = serde_json::to_vec(&serde_json::json!({ "new": new, "old": old }))
+        .map_err(|e| CapError::Internal(e.to_string()))?;
+    ctx.txn.set(key, value);
+    Ok(())
+}
+
+/// Links the telephony `types` interface (types only).
+pub(crate) fn add_types_to_linker<T: CapHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    twit::types::add_to_linker::<T, ViewOf<()>>(linker, |t| View {
+        call: t.parts().0,
+        state: &(),
+    })
+}
+
+impl twit::types::Host for View<'_, ()> {}
+
+/// Links the `calls` interface.
+pub(crate) fn add_to_linker<T: CapHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    twit::calls::add_to_linker::<T, ViewOf<State>>(linker, |t| {
+        let (call, caps) = t.parts();
+        View {
+            call,
+            state: &caps.telephony,
+        }
+    })
+}
+
+/// Links the `dial` interface.
+pub(crate) fn add_dial_to_linker<T: CapHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    twit::dial::add_to_linker::<T, ViewOf<State>>(linker, |t| {
+        let (call, caps) = t.parts();
+        View {
+            call,
+            state: &caps.telephony,
+        }
+    })
+}
+
+/// Links the `mwi` interface.
+pub(crate) fn add_mwi_to_linker<T: CapHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    twit::mwi::add_to_linker::<T, ViewOf<()>>(linker, |t| View {
+        call: t.parts().0,
+        state: &(),
+    })
+}
+
+use twit::types as t;
+
+impl twit::calls::Host for View<'_, State> {
+    fn answer(&mut self, leg: String) -> WitResult<()> {
+        wrap(answer(self.call, self.state, &leg))
+    }
+
+    fn hangup(&mut self, leg: String, cause: t::Cause) -> WitResult<()> {
+        wrap(hangup(self.call, self.state, &leg, cause_of(cause)))
+    }
+
+    fn play(&mut self, leg: String, items: Vec<t::Prompt>, barge_in: bool) -> WitResult<String> {
+        let items = items
+            .into_iter()
+            .map(|p| match p {
+                t::Prompt::Tone(item) => Prompt::Tone {
+                    tone: match item.tone {
+                        t::Tone::Ringback => ToneName::Ringback,
+                        t::Tone::Busy => ToneName::Busy,
+                        t::Tone::Silence => ToneName::Silence,
+                    },
+                    ms: item.ms,
+                },
+                t::Prompt::Digits(keys) => Prompt::Digits(keys),
+            })
+            .collect();
+        wrap(play(self.call, self.state, &leg, items, barge_in))
+    }
+
+    fn collect(&mut self, leg: String, opts: t::CollectOpts) -> WitResult<String> {
+        let opts = CollectOpts {
+            max_digits: opts.max_digits,
+            terminators: opts.terminators,
+            first_ms: opts.first_ms,
+            between_ms: opts.between_ms,
+        };
+        wrap(collect(self.call, self.state, &leg, opts))
+    }
+
+    fn stop(&mut self, op: String) -> WitResult<()> {
+        wrap(stop(self.call, self.state, &op))
+    }
+
+    fn bridge(&mut self, a: String, b: String) -> WitResult<()> {
+        wrap(bridge(self.call, self.state, &a, &b))
+    }
+
+    fn unbridge(&mut self, leg: String) -> WitResult<()> {
+        wrap(unbridge(self.call, self.state, &leg))
+    }
+
+    fn set_state(&mut self, leg: String, state: Vec<u8>) -> WitResult<()> {
+        wrap(set_state(self.call, self.state, &leg, state))
+    }
+
+    fn get_leg(&mut self, leg: String) -> WitResult<t::LegSnapshot> {
+        wrap(get_leg(self.call, self.state, &leg).map(wit_snapshot))
+    }
+}
+
+impl twit::dial::Host for View<'_, State> {
+    fn dial(&mut self, to: String, opts: twit::dial::DialOpts) -> WitResult<String> {
+        let req = DialRequest {
+            to,
+            on_behalf_of: opts.on_behalf_of,
+            ring_ms: opts.ring_ms,
+            state: opts.state,
+        };
+        wrap(dial(self.call, self.state, req))
+    }
+}
+
+impl twit::mwi::Host for View<'_, ()> {
+    fn set_mwi(&mut self, user: String, new_messages: u32, old_messages: u32) -> WitResult<()> {
+        wrap(set_mwi(self.call, &user, new_messages, old_messages))
+    }
+}
+
+fn cause_of(c: t::Cause) -> legs::Cause {
+    match c {
+        t::Cause::Normal => legs::Cause::Normal,
+        t::Cause::Busy => legs::Cause::Busy,
+        t::Cause::NoAnswer => legs::Cause::NoAnswer,
+        t::Cause::Rejected => legs::Cause::Rejected,
+        t::Cause::Failed => legs::Cause::Failed,
+        t::Cause::Restricted => legs::Cause::Restricted,
+        t::Cause::Unavailable => legs::Cause::Unavailable,
+        t::Cause::Timeout => legs::Cause::Timeout,
+    }
+}
+
+/// An event as API 0.3.0's `on-call` receives it.
+pub(crate) fn wit_event(e: CallEvent) -> t::CallEvent {
+    let kind = match e.kind {
+        CallEventKind::Offered(args) => t::CallEventKind::Offered(args),
+        CallEventKind::Ringing => t::CallEventKind::Ringing,
+        CallEventKind::Answered => t::CallEventKind::Answered,
+        CallEventKind::Digit(k) => t::CallEventKind::Digit(k.to_string()),
+        CallEventKind::Played { op, end } => t::CallEventKind::Played(t::Played {
+            op,
+            end: wit_op_end(end),
+        }),
+        CallEventKind::Collected { op, digits, end } => {
+            t::CallEventKind::Collected(t::Collected {
+                op,
+                digits,
+                end: wit_op_end(end),
+            })
+        }
+        CallEventKind::Bridged(other) => t::CallEventKind::Bridged(other),
+        CallEventKind::Unbridged => t::CallEventKind::Unbridged,
+        CallEventKind::Ended(cause) => t::CallEventKind::Ended(wit_cause(cause)),
+    };
+    t::CallEvent {
+        leg: e.leg,
+        seq: e.seq,
+        at_ms: e.at_ms,
+        state: e.state,
+        snapshot: wit_snapshot(e.snapshot),
+        kind,
+    }
+}
+
+/// A leg snapshot as API 0.3.0 shows it.
+pub(crate) fn wit_snapshot(s: legs::LegSnapshot) -> t::LegSnapshot {
+    t::LegSnapshot {
+        id: s.id,
+        state: match s.state {
+            legs::LegState::Offered => t::LegState::Offered,
+            legs::LegState::Ringing => t::LegState::Ringing,
+            legs::LegState::Answered => t::LegState::Answered,
+            legs::LegState::Ended => t::LegState::Ended,
+        },
+        direction: match s.direction {
+            legs::Direction::Inbound => t::Direction::Inbound,
+            legs::Direction::Outbound => t::Direction::Outbound,
+        },
+        caller: s.caller,
+        callee: s.callee,
+        codec: s.codec,
+        secure: s.secure,
+        bridged_with: s.bridged_with,
+        started_ms: s.started_ms,
+        answered_ms: s.answered_ms,
+    }
+}
+
+fn wit_op_end(end: legs::OpEnd) -> t::OpEnd {
+    match end {
+        legs::OpEnd::Done => t::OpEnd::Done,
+        legs::OpEnd::Stopped => t::OpEnd::Stopped,
+        legs::OpEnd::Barged => t::OpEnd::Barged,
+        legs::OpEnd::Timeout => t::OpEnd::Timeout,
+        legs::OpEnd::Hangup => t::OpEnd::Hangup,
+    }
+}
+
+/// A cause as API 0.3.0 shows it.
+pub(crate) fn wit_cause(c: legs::Cause) -> t::Cause {
+    match c {
+        legs::Cause::Normal => t::Cause::Normal,
+        legs::Cause::Busy => t::Cause::Busy,
+        legs::Cause::NoAnswer => t::Cause::NoAnswer,
+        legs::Cause::Rejected => t::Cause::Rejected,
+        legs::Cause::Failed => t::Cause::Failed,
+        legs::Cause::Restricted => t::Cause::Restricted,
+        legs::Cause::Unavailable => t::Cause::Unavailable,
+        legs::Cause::Timeout => t::Cause::Timeout,
+    }
+}

@@ -1,0 +1,910 @@
+//! The leg table: every live call leg, its owner, its operations and its
+//! event queue, as a state machine without I/O. Call control's thread
+//! (`switch.rs`) feeds it commands, media events, signalling and clock
+//! ticks, and carries out the [`Action`]s it returns (media and
+//! signalling); the event dispatcher takes its ready events and reports
+//! each delivery.
+//!
+//! Rules kept here:
+//! - a leg belongs to one (tenant, plugin); any other asker finds nothing
+//!   (`lookup` answers `None` exactly as for an unknown id);
+//! - a leg's events are delivered one at a time, in order, each with its
+//!   `seq`; a failed delivery is retried with backoff, and after
+//!   [`MAX_DELIVERY_ATTEMPTS`] the leg gets its fallback: it is ended
+//!   (`failed`) and its plugin hears nothing more of it;
+//! - every wait has a limit (the watchdog in [`Table::tick`]): an offered
+//!   or ringing leg, a collect, an idle answered leg, a leg's whole life;
+//! - `ended` is a leg's last event; the leg leaves the table once it is
+//!   delivered.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use super::policy::Dialled;
+use super::signalling::Outbound;
+use crate::call::legs::{
+    CallEvent, CallEventKind, Cause, CollectOpts, Direction, LegSnapshot, LegState, OpEnd, Prompt,
+    ToneName,
+};
+use crate::media::tone::Tone;
+
+/// Deliveries of one event before the leg gets its fallback.
+pub const MAX_DELIVERY_ATTEMPTS: u32 = 3;
+/// Wait before the first re-delivery; it doubles each time.
+pub const RETRY_BASE_MS: u64 = 200;
+/// How long an inbound leg may wait for `answer`.
+pub const OFFER_LIMIT_MS: u64 = 120_000;
+/// How long an answered leg may sit with nothing happening on it: no
+/// bridge, no play, no collect, no key and no command.
+pub const IDLE_LIMIT_MS: u64 = 60_000;
+/// Longest life of any leg.
+pub const MAX_LEG_MS: u64 = 24 * 3600 * 1000;
+/// Keys remembered for the next collect (type-ahead).
+pub const MAX_TYPEAHEAD: usize = 32;
+/// Events queued on one leg; beyond it the oldest undelivered digit
+/// events are dropped (a key-mashing caller cannot grow memory).
+pub const MAX_QUEUED_EVENTS: usize = 64;
+/// A DTMF key tone and the gap after it, as played.
+const KEY_TONE: Duration = Duration::from_millis(100);
+const KEY_GAP: Duration = Duration::from_millis(60);
+
+/// A plugin's command, applied after its call committed, in issue order.
+#[derive(Debug, Clone)]
+pub enum Command {
+    Answer(String),
+    Hangup(String, Cause),
+    Play {
+        leg: String,
+        op: String,
+        items: Vec<Prompt>,
+        barge_in: bool,
+    },
+    Collect {
+        leg: String,
+        op: String,
+        opts: CollectOpts,
+    },
+    Stop(String),
+    Bridge(String, String),
+    Unbridge(String),
+    SetState(String, Vec<u8>),
+    Dial {
+        leg: String,
+        caller: String,
+        to: Dialled,
+        ring_ms: u32,
+        state: Vec<u8>,
+    },
+}
+
+/// What the table asks call control to carry out.
+#[derive(Debug, Clone)]
+pub enum Action {
+    Play {
+        media: u64,
+        tone: Tone,
+        length: Duration,
+        tag: u64,
+    },
+    StopPlay(u64),
+    Bridge {
+        a: String,
+        b: String,
+        media: (u64, u64),
+    },
+    Unbridge(u64),
+    Close(u64),
+    Answer(String),
+    End(String, Cause),
+    Originate(Outbound),
+}
+
+/// An event to deliver to a plugin's `on-call`.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub tenant: String,
+    pub plugin: String,
+    pub event: CallEvent,
+}
+
+#[derive(Debug)]
+struct Playing {
+    op: String,
+    segments: VecDeque<(Tone, Duration)>,
+    barge_in: bool,
+    tag: u64,
+}
+
+#[derive(Debug)]
+struct Collect {
+    op: String,
+    opts: CollectOpts,
+    digits: String,
+    deadline_ms: u64,
+}
+
+#[derive(Debug)]
+struct Leg {
+    tenant: String,
+    plugin: String,
+    snapshot: LegSnapshot,
+    media: Option<u64>,
+    /// When an offered or ringing leg gives up.
+    deadline_ms: Option<u64>,
+    last_activity_ms: u64,
+    client_state: Vec<u8>,
+    seq: u64,
+    queue: VecDeque<CallEvent>,
+    in_flight: bool,
+    attempts: u32,
+    not_before_ms: u64,
+    /// The plugin failed the leg's events: it hears nothing more.
+    dead: bool,
+    playing: Option<Playing>,
+    plays: VecDeque<Playing>,
+    collect: Option<Collect>,
+    typeahead: String,
+}
+
+/// Every live leg.
+#[derive(Default)]
+pub struct Table {
+    legs: HashMap<String, Leg>,
+    by_media: HashMap<u64, String>,
+    /// Operation id → its leg.
+    ops: HashMap<String, String>,
+    next_tag: u64,
+}
+
+/// The codec name of a static payload type.
+pub fn codec_name(payload_type: u8) -> &'static str {
+    match payload_type {
+        0 => "pcmu",
+        8 => "pcma",
+        _ => "",
+    }
+}
+
+fn segments(items: &[Prompt]) -> VecDeque<(Tone, Duration)> {
+    let mut out = VecDeque::new();
+    for item in items {
+        match item {
+            Prompt::Tone { tone, ms } => {
+                let tone = match tone {
+                    ToneName::Ringback => Tone::RINGBACK_US,
+                    ToneName::Busy => Tone::BUSY_US,
+                    ToneName::Silence => Tone::SILENCE,
+                };
+                out.push_back((tone, Duration::from_millis(u64::from(*ms))));
+            }
+            Prompt::Digits(keys) => {
+                for key in keys.chars() {
+                    if let Some(tone) = Tone::dtmf(key) {
+                        out.push_back((tone, KEY_TONE));
+                        out.push_back((Tone::SILENCE, KEY_GAP));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+impl Leg {
+    fn push(&mut self, kind: CallEventKind, now: u64) {
+        if self.dead {
+            return;
+        }
+        if self.queue.len() >= MAX_QUEUED_EVENTS {
+            // Drop the oldest waiting digit (never the one in flight).
+            let skip = usize::from(self.in_flight);
+            if let Some(i) = self
+                .queue
+                .iter()
+                .skip(skip)
+                .position(|e| matches!(e.kind, CallEventKind::Digit(_)))
+            {
+                self.queue.remove(i + skip);
+            } else if matches!(kind, CallEventKind::Digit(_)) {
+                return;
+            }
+        }
+        self.seq += 1;
+        self.queue.push_back(CallEvent {
+            leg: self.snapshot.id.clone(),
+            seq: self.seq,
+            at_ms: now,
+            state: Vec::new(),
+            snapshot: self.snapshot.clone(),
+            kind,
+        });
+    }
+
+    fn idle(&self) -> bool {
+        self.snapshot.bridged_with.is_none() && self.playing.is_none() && self.collect.is_none()
+    }
+
+    /// Feeds a key to the running collect; returns how it ended, if it did.
+    fn feed(&mut self, key: char, now: u64) -> Option<(String, String, OpEnd)> {
+        let c = self.collect.as_mut()?;
+        if c.opts.terminators.contains(key) {
+            return self.finish_collect(OpEnd::Done);
+        }
+        c.digits.push(key);
+        c.deadline_ms = now + u64::from(c.opts.between_ms);
+        if c.digits.len() >= usize::from(c.opts.max_digits.max(1)) {
+            return self.finish_collect(OpEnd::Done);
+        }
+        None
+    }
+
+    fn finish_collect(&mut self, end: OpEnd) -> Option<(String, String, OpEnd)> {
+        self.collect.take().map(|c| (c.op, c.digits, end))
+    }
+}
+
+impl Table {
+    /// The leg `id` if it belongs to `tenant`'s `plugin`; otherwise `None`,
+    /// exactly as for an id that never existed.
+    pub fn lookup(&self, tenant: &str, plugin: &str, id: &str) -> Option<LegSnapshot> {
+        self.legs
+            .get(id)
+            .filter(|l| l.tenant == tenant && l.plugin == plugin)
+            .map(|l| l.snapshot.clone())
+    }
+
+    /// The leg of operation `op` if it belongs to `tenant`'s `plugin`.
+    pub fn lookup_op(&self, tenant: &str, plugin: &str, op: &str) -> Option<LegSnapshot> {
+        let leg = self.ops.get(op)?;
+        self.lookup(tenant, plugin, leg)
+    }
+
+    /// The tenant of leg `id`.
+    pub fn tenant_of(&self, id: &str) -> Option<String> {
+        self.legs.get(id).map(|l| l.tenant.clone())
+    }
+
+    /// Legs of `tenant` in the table.
+    pub fn count(&self, tenant: &str) -> usize {
+        self.legs.values().filter(|l| l.tenant == tenant).count()
+    }
+
+    /// Legs in the table.
+    pub fn len(&self) -> usize {
+        self.legs.len()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.legs.is_empty()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn insert(
+        &mut self,
+        id: String,
+        tenant: &str,
+        plugin: &str,
+        direction: Direction,
+        state: LegState,
+        caller: &str,
+        callee: &str,
+        now: u64,
+    ) -> &mut Leg {
+        let leg = Leg {
+            tenant: tenant.to_string(),
+            plugin: plugin.to_string(),
+            snapshot: LegSnapshot {
+                id: id.clone(),
+                state,
+                direction,
+                caller: caller.to_string(),
+                callee: callee.to_string(),
+                codec: String::new(),
+                secure: false,
+                bridged_with: None,
+                started_ms: now,
+                answered_ms: None,
+            },
+            media: None,
+            deadline_ms: None,
+            last_activity_ms: now,
+            client_state: Vec::new(),
+            seq: 0,
+            queue: VecDeque::new(),
+            in_flight: false,
+            attempts: 0,
+            not_before_ms: 0,
+            dead: false,
+            playing: None,
+            plays: VecDeque::new(),
+            collect: None,
+            typeahead: String::new(),
+        };
+        self.legs.entry(id).or_insert(leg)
+    }
+
+    fn attach_media(&mut self, id: &str, media: u64, payload_type: u8, secure: bool) {
+        if let Some(l) = self.legs.get_mut(id) {
+            l.media = Some(media);
+            l.snapshot.codec = codec_name(payload_type).to_string();
+            l.snapshot.secure = secure;
+            self.by_media.insert(media, id.to_string());
+        }
+    }
+
+    /// A new inbound leg with its media open: `offered` goes to the plugin.
+    #[allow(clippy::too_many_arguments)]
+    pub fn offer(
+        &mut self,
+        id: String,
+        inbound: &super::signalling::Inbound,
+        media: u64,
+        now: u64,
+    ) {
+        let leg = self.insert(
+            id.clone(),
+            &inbound.tenant,
+            &inbound.plugin,
+            Direction::Inbound,
+            LegState::Offered,
+            &inbound.caller,
+            &inbound.callee,
+            now,
+        );
+        leg.deadline_ms = Some(now + OFFER_LIMIT_MS);
+        self.attach_media(
+            &id,
+            media,
+            inbound.media.payload_type,
+            inbound.media.srtp.is_some(),
+        );
+        if let Some(l) = self.legs.get_mut(&id) {
+            l.push(CallEventKind::Offered(inbound.args.clone()), now);
+        }
+    }
+
+    /// An outbound leg rings at the far end.
+    pub fn ringing(&mut self, id: &str, now: u64) {
+        if let Some(l) = self.legs.get_mut(id)
+            && l.snapshot.state == LegState::Ringing
+        {
+            l.push(CallEventKind::Ringing, now);
+        }
+    }
+
+    /// An outbound leg was answered and its media opened; false if the
+    /// leg is no longer waiting for an answer (the media must be closed).
+    pub fn answered(&mut self, id: &str, media: u64, payload_type: u8, secure: bool, now: u64) -> bool {
+        let waiting = self
+            .legs
+            .get(id)
+            .is_some_and(|l| l.snapshot.state == LegState::Ringing);
+        if !waiting {
+            return false;
+        }
+        self.attach_media(id, media, payload_type, secure);
+        if let Some(l) = self.legs.get_mut(id) {
+            l.snapshot.state = LegState::Answered;
+            l.snapshot.answered_ms = Some(now);
+            l.deadline_ms = None;
+            l.last_activity_ms = now;
+            l.push(CallEventKind::Answered, now);
+        }
+        true
+    }
+
+    /// Ends a leg: its operations end (`hangup`), its bridge partner hears
+    /// `unbridged`, its media closes, and `ended` is its last event.
+    /// `tell` asks the signalling side to end it too.
+    pub fn end(&mut self, id: &str, cause: Cause, tell: bool, now: u64) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let Some(l) = self.legs.get_mut(id) else {
+            return actions;
+        };
+        if l.snapshot.state == LegState::Ended {
+            return actions;
+        }
+        let mut ops = Vec::new();
+        let plays: Vec<Playing> = l.playing.take().into_iter().chain(l.plays.drain(..)).collect();
+        for p in plays {
+            ops.push(p.op.clone());
+            l.push(
+                CallEventKind::Played {
+                    op: p.op,
+                    end: OpEnd::Hangup,
+                },
+                now,
+            );
+        }
+        if let Some((op, digits, end)) = l.finish_collect(OpEnd::Hangup) {
+            ops.push(op.clone());
+            l.push(CallEventKind::Collected { op, digits, end }, now);
+        }
+        let partner = l.snapshot.bridged_with.take();
+        l.snapshot.state = LegState::Ended;
+        l.deadline_ms = None;
+        l.push(CallEventKind::Ended(cause), now);
+        if let Some(m) = l.media.take() {
+            self.by_media.remove(&m);
+            actions.push(Action::Close(m));
+        }
+        if tell {
+            actions.push(Action::End(id.to_string(), cause));
+        }
+        for op in ops {
+            self.ops.remove(&op);
+        }
+        if let Some(p) = partner.and_then(|p| self.legs.get_mut(&p)) {
+            p.snapshot.bridged_with = None;
+            p.last_activity_ms = now;
+            p.push(CallEventKind::Unbridged, now);
+        }
+        self.forget_if_done(id);
+        actions
+    }
+
+    fn forget_if_done(&mut self, id: &str) {
+        let done = self.legs.get(id).is_some_and(|l| {
+            l.snapshot.state == LegState::Ended && l.queue.is_empty() && !l.in_flight
+        });
+        if done {
+            self.legs.remove(id);
+        }
+    }
+
+    /// The signalling side ended a leg.
+    pub fn ended(&mut self, id: &str, cause: Cause, now: u64) -> Vec<Action> {
+        self.end(id, cause, false, now)
+    }
+
+    fn owned(&self, tenant: &str, plugin: &str, id: &str, state: LegState) -> bool {
+        self.legs
+            .get(id)
+            .is_some_and(|l| l.tenant == tenant && l.plugin == plugin && l.snapshot.state == state)
+    }
+
+    /// Starts the next queued play of a leg, if none is playing.
+    fn next_play(&mut self, id: &str, now: u64) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let Some(l) = self.legs.get_mut(id) else {
+            return actions;
+        };
+        let Some(media) = l.media else {
+            return actions;
+        };
+        while l.playing.is_none() {
+            let Some(mut p) = l.plays.pop_front() else {
+                break;
+            };
+            match p.segments.pop_front() {
+                Some((tone, length)) => {
+                    self.next_tag += 1;
+                    p.tag = self.next_tag;
+                    actions.push(Action::Play {
+                        media,
+                        tone,
+                        length,
+                        tag: p.tag,
+                    });
+                    l.playing = Some(p);
+                }
+                None => {
+                    self.ops.remove(&p.op);
+                    l.push(
+                        CallEventKind::Played {
+                            op: p.op,
+                            end: OpEnd::Done,
+                        },
+                        now,
+                    );
+                }
+            }
+        }
+        l.last_activity_ms = now;
+        actions
+    }
+
+    /// Ends the running play of a leg (and, with `all`, the queued ones).
+    fn stop_plays(&mut self, id: &str, end: OpEnd, all: bool, now: u64) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let Some(l) = self.legs.get_mut(id) else {
+            return actions;
+        };
+        let mut stopped = Vec::new();
+        if let Some(p) = l.playing.take() {
+            if let Some(m) = l.media {
+                actions.push(Action::StopPlay(m));
+            }
+            stopped.push(p.op);
+        }
+        if all {
+            stopped.extend(l.plays.drain(..).map(|p| p.op));
+        }
+        for op in stopped {
+            self.ops.remove(&op);
+            l.push(CallEventKind::Played { op, end }, now);
+        }
+        actions
+    }
+
+    /// Applies one of `tenant`'s `plugin`'s commands (checked when it was
+    /// issued; a leg that has ended since makes it a no-op).
+    pub fn command(&mut self, tenant: &str, plugin: &str, cmd: Command, now: u64) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let touch = |t: &mut Table, id: &str| {
+            if let Some(l) = t.legs.get_mut(id) {
+                l.last_activity_ms = now;
+            }
+        };
+        match cmd {
+            Command::Answer(id) => {
+                if self.owned(tenant, plugin, &id, LegState::Offered)
+                    && let Some(l) = self.legs.get_mut(&id)
+                {
+                    l.snapshot.state = LegState::Answered;
+                    l.snapshot.answered_ms = Some(now);
+                    l.deadline_ms = None;
+                    l.last_activity_ms = now;
+                    actions.push(Action::Answer(id));
+                }
+            }
+            Command::Hangup(id, cause) => {
+                if self.lookup(tenant, plugin, &id).is_some() {
+                    actions = self.end(&id, cause, true, now);
+                }
+            }
+            Command::Play {
+                leg,
+                op,
+                items,
+                barge_in,
+            } => {
+                if self.owned(tenant, plugin, &leg, LegState::Answered)
+                    && let Some(l) = self.legs.get_mut(&leg)
+                {
+                    l.plays.push_back(Playing {
+                        op: op.clone(),
+                        segments: segments(&items),
+                        barge_in,
+                        tag: 0,
+                    });
+                    self.ops.insert(op, leg.clone());
+                    actions = self.next_play(&leg, now);
+                }
+            }
+            Command::Collect { leg, op, opts } => {
+                if self.owned(tenant, plugin, &leg, LegState::Answered)
+                    && let Some(l) = self.legs.get_mut(&leg)
+                {
+                    if let Some((old, digits, end)) = l.finish_collect(OpEnd::Stopped) {
+                        self.ops.remove(&old);
+                        l.push(CallEventKind::Collected { op: old, digits, end }, now);
+                    }
+                    l.collect = Some(Collect {
+                        op: op.clone(),
+                        deadline_ms: now + u64::from(opts.first_ms),
+                        opts,
+                        digits: String::new(),
+                    });
+                    l.last_activity_ms = now;
+                    let typed: Vec<char> = l.typeahead.chars().collect();
+                    let mut used = 0;
+                    let mut finished = None;
+                    for key in typed.iter().copied() {
+                        used += 1;
+                        if let Some(done) = l.feed(key, now) {
+                            finished = Some(done);
+                            break;
+                        }
+                    }
+                    l.typeahead = typed[used..].iter().collect();
+                    if let Some((op, digits, end)) = finished {
+                        l.push(CallEventKind::Collected { op, digits, end }, now);
+                    } else {
+                        self.ops.insert(op, leg.clone());
+                    }
+                }
+            }
+            Command::Stop(op) => {
+                let Some(id) = self.ops.get(&op).cloned() else {
+                    return actions;
+                };
+                if self.lookup(tenant, plugin, &id).is_none() {
+                    return actions;
+                }
+                touch(self, &id);
+                let Some(l) = self.legs.get_mut(&id) else {
+                    return actions;
+                };
+                if l.playing.as_ref().is_some_and(|p| p.op == op) {
+                    actions = self.stop_plays(&id, OpEnd::Stopped, false, now);
+                    actions.extend(self.next_play(&id, now));
+                } else if let Some(i) = l.plays.iter().position(|p| p.op == op) {
+                    l.plays.remove(i);
+                    self.ops.remove(&op);
+                    l.push(
+                        CallEventKind::Played {
+                            op,
+                            end: OpEnd::Stopped,
+                        },
+                        now,
+                    );
+                } else if l.collect.as_ref().is_some_and(|c| c.op == op)
+                    && let Some((op, digits, end)) = l.finish_collect(OpEnd::Stopped)
+                {
+                    self.ops.remove(&op);
+                    l.push(CallEventKind::Collected { op, digits, end }, now);
+                }
+            }
+            Command::Bridge(a, b) => {
+                if a == b
+                    || !self.owned(tenant, plugin, &a, LegState::Answered)
+                    || !self.owned(tenant, plugin, &b, LegState::Answered)
+                {
+                    return actions;
+                }
+                for id in [&a, &b] {
+                    actions.extend(self.unbridge(id, now));
+                    actions.extend(self.stop_plays(id, OpEnd::Stopped, true, now));
+                }
+                let media = (
+                    self.legs.get(&a).and_then(|l| l.media),
+                    self.legs.get(&b).and_then(|l| l.media),
+                );
+                if let (Some(ma), Some(mb)) = media {
+                    actions.push(Action::Bridge {
+                        a,
+                        b,
+                        media: (ma, mb),
+                    });
+                }
+            }
+            Command::Unbridge(id) => {
+                if self.lookup(tenant, plugin, &id).is_some() {
+                    actions = self.unbridge(&id, now);
+                }
+            }
+            Command::SetState(id, state) => {
+                if self.lookup(tenant, plugin, &id).is_some()
+                    && let Some(l) = self.legs.get_mut(&id)
+                {
+                    l.client_state = state;
+                }
+            }
+            Command::Dial {
+                leg,
+                caller,
+                to,
+                ring_ms,
+                state,
+            } => {
+                if self.legs.contains_key(&leg) {
+                    return actions;
+                }
+                let l = self.insert(
+                    leg.clone(),
+                    tenant,
+                    plugin,
+                    Direction::Outbound,
+                    LegState::Ringing,
+                    &caller,
+                    &to.number,
+                    now,
+                );
+                l.deadline_ms = Some(now + u64::from(ring_ms));
+                l.client_state = state;
+                actions.push(Action::Originate(Outbound {
+                    leg,
+                    tenant: tenant.to_string(),
+                    caller,
+                    to,
+                }));
+            }
+        }
+        actions
+    }
+
+    fn unbridge(&mut self, id: &str, now: u64) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let Some(partner) = self
+            .legs
+            .get_mut(id)
+            .and_then(|l| l.snapshot.bridged_with.take())
+        else {
+            return actions;
+        };
+        for leg in [id, partner.as_str()] {
+            if let Some(l) = self.legs.get_mut(leg) {
+                l.snapshot.bridged_with = None;
+                l.last_activity_ms = now;
+                l.push(CallEventKind::Unbridged, now);
+                if let Some(m) = l.media {
+                    actions.push(Action::Unbridge(m));
+                }
+            }
+        }
+        actions
+    }
+
+    /// The media engine bridged (or failed to bridge) `a` and `b`.
+    pub fn bridge_done(&mut self, a: &str, b: &str, ok: bool, now: u64) {
+        let both_up = [a, b].iter().all(|id| {
+            self.legs
+                .get(*id)
+                .is_some_and(|l| l.snapshot.state == LegState::Answered)
+        });
+        for (me, other) in [(a, b), (b, a)] {
+            if let Some(l) = self.legs.get_mut(me) {
+                l.last_activity_ms = now;
+                if ok && both_up {
+                    l.snapshot.bridged_with = Some(other.to_string());
+                    l.push(CallEventKind::Bridged(other.to_string()), now);
+                } else if l.snapshot.state == LegState::Answered {
+                    l.push(CallEventKind::Unbridged, now);
+                }
+            }
+        }
+    }
+
+    /// A key pressed on a leg's media.
+    pub fn digit(&mut self, media: u64, key: char, now: u64) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let Some(id) = self.by_media.get(&media).cloned() else {
+            return actions;
+        };
+        let barge = self
+            .legs
+            .get(&id)
+            .and_then(|l| l.playing.as_ref())
+            .is_some_and(|p| p.barge_in);
+        if barge {
+            actions = self.stop_plays(&id, OpEnd::Barged, true, now);
+        }
+        let Some(l) = self.legs.get_mut(&id) else {
+            return actions;
+        };
+        l.last_activity_ms = now;
+        if l.collect.is_some() {
+            if let Some((op, digits, end)) = l.feed(key, now) {
+                self.ops.remove(&op);
+                l.push(CallEventKind::Collected { op, digits, end }, now);
+            }
+        } else {
+            if l.typeahead.len() >= MAX_TYPEAHEAD {
+                l.typeahead.remove(0);
+            }
+            l.typeahead.push(key);
+            l.push(CallEventKind::Digit(key), now);
+        }
+        actions
+    }
+
+    /// A tone of a play ended: the next segment, or the next play.
+    pub fn play_done(&mut self, media: u64, tag: u64, now: u64) -> Vec<Action> {
+        let Some(id) = self.by_media.get(&media).cloned() else {
+            return Vec::new();
+        };
+        let Some(l) = self.legs.get_mut(&id) else {
+            return Vec::new();
+        };
+        let Some(p) = l.playing.as_mut().filter(|p| p.tag == tag) else {
+            return Vec::new();
+        };
+        if let Some((tone, length)) = p.segments.pop_front() {
+            self.next_tag += 1;
+            p.tag = self.next_tag;
+            return vec![Action::Play {
+                media,
+                tone,
+                length,
+                tag: p.tag,
+            }];
+        }
+        if let Some(p) = l.playing.take() {
+            self.ops.remove(&p.op);
+            l.push(
+                CallEventKind::Played {
+                    op: p.op,
+                    end: OpEnd::Done,
+                },
+                now,
+            );
+        }
+        self.next_play(&id, now)
+    }
+
+    /// The watchdog: every wait that ran out.
+    pub fn tick(&mut self, now: u64) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let mut expired = Vec::new();
+        for (id, l) in &mut self.legs {
+            match l.snapshot.state {
+                LegState::Offered | LegState::Ringing
+                    if l.deadline_ms.is_some_and(|d| d <= now) =>
+                {
+                    expired.push((id.clone(), Cause::NoAnswer));
+                }
+                LegState::Answered => {
+                    if now.saturating_sub(l.snapshot.started_ms) >= MAX_LEG_MS
+                        || (l.idle() && now.saturating_sub(l.last_activity_ms) >= IDLE_LIMIT_MS)
+                    {
+                        expired.push((id.clone(), Cause::Timeout));
+                    } else if l.collect.as_ref().is_some_and(|c| c.deadline_ms <= now)
+                        && let Some((op, digits, end)) = l.finish_collect(OpEnd::Timeout)
+                    {
+                        l.last_activity_ms = now;
+                        self.ops.remove(&op);
+                        l.push(CallEventKind::Collected { op, digits, end }, now);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (id, cause) in expired {
+            actions.extend(self.end(&id, cause, true, now));
+        }
+        actions
+    }
+
+    /// Events ready to deliver now: the first waiting event of each leg
+    /// with none in flight. They are marked in flight.
+    pub fn take_ready(&mut self, now: u64, max: usize) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        for l in self.legs.values_mut() {
+            if out.len() >= max {
+                break;
+            }
+            if l.in_flight || l.dead || l.not_before_ms > now {
+                continue;
+            }
+            let Some(front) = l.queue.front() else {
+                continue;
+            };
+            let mut event = front.clone();
+            event.state = l.client_state.clone();
+            l.in_flight = true;
+            out.push(Delivery {
+                tenant: l.tenant.clone(),
+                plugin: l.plugin.clone(),
+                event,
+            });
+        }
+        out
+    }
+
+    /// Whether any leg has an event waiting that is not in flight.
+    pub fn has_ready(&self) -> bool {
+        self.legs
+            .values()
+            .any(|l| !l.in_flight && !l.dead && !l.queue.is_empty())
+    }
+
+    /// How the delivery of event `seq` of leg `id` went. After the last
+    /// failed attempt the leg is ended (`failed`) and its events dropped.
+    pub fn delivered(&mut self, id: &str, seq: u64, ok: bool, now: u64) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let Some(l) = self.legs.get_mut(id) else {
+            return actions;
+        };
+        l.in_flight = false;
+        if ok {
+            if l.queue.front().is_some_and(|e| e.seq == seq) {
+                l.queue.pop_front();
+            }
+            l.attempts = 0;
+        } else {
+            l.attempts += 1;
+            if l.attempts >= MAX_DELIVERY_ATTEMPTS {
+                tracing::warn!(tenant = %l.tenant, plugin = %l.plugin, leg = id, seq, "the plugin failed a call event {MAX_DELIVERY_ATTEMPTS} times; ending the leg");
+                l.dead = true;
+                l.queue.clear();
+                actions = self.end(id, Cause::Failed, true, now);
+            } else {
+                l.not_before_ms = now + RETRY_BASE_MS * (1 << (l.attempts - 1));
+            }
+        }
+        self.forget_if_done(id);
+        actions
+    }
+}

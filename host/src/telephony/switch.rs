@@ -1,0 +1,473 @@
+//! The telephony service: the leg table, the media engine and the
+//! signalling side, driven by one thread of its own (`sb-telephony`), apart
+//! from the network runtime, the plugin executor and the media workers.
+//! Plugins' commands (after their calls commit), media events, signalling
+//! and a 100 ms watchdog tick arrive there as messages, in order; the
+//! table decides, and the thread carries out its actions. Reads (a
+//! snapshot for a capability's check, the dispatcher's ready events) take
+//! the table's lock briefly and never wait on I/O.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use super::legs::{Action, Command, Delivery, Table};
+use super::policy::{Class, Dialled, Plan, Refusal, Rules};
+use super::signalling::{Inbound, MediaOffer, Signalling, Unreachable};
+use crate::audit::{AuditLog, Scope};
+use crate::call::legs::{Cause, LegSnapshot};
+use crate::media::engine::{Engine, LegSetup, MediaConfig, MediaEvent};
+use crate::support::clock::now_ms;
+use crate::support::sync::Recover as _;
+
+/// The watchdog's period.
+const TICK: Duration = Duration::from_millis(100);
+/// Most live legs of one tenant (inbound and outbound).
+pub const MAX_LEGS_PER_TENANT: usize = 2000;
+
+/// Why telephony refused something.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TelephonyError {
+    /// The media engine could not give the leg its media.
+    #[error("media: {0}")]
+    Media(String),
+    /// The leg is gone or not waiting for this.
+    #[error("no such leg waiting")]
+    NoLeg,
+    /// A tenant's leg limit.
+    #[error("the tenant has {MAX_LEGS_PER_TENANT} live legs")]
+    TooManyLegs,
+    /// Call control is not running (its thread could not start).
+    #[error("call control is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Telephony settings.
+#[derive(Debug, Clone)]
+pub struct TelephonyConfig {
+    pub media: MediaConfig,
+    /// The region of tenants that set none (ISO 3166, e.g. `US`).
+    pub region: String,
+}
+
+impl Default for TelephonyConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        TelephonyConfig {
+            media: MediaConfig {
+                workers: (cores / 2).max(1),
+                bind: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+                ports: 20000..=29999,
+                report_interval: Duration::from_secs(5),
+            },
+            region: "US".into(),
+        }
+    }
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Dials the policy refused (SPEC T1).
+    pub restricted: AtomicU64,
+    pub legs_started: AtomicU64,
+    /// Legs ended because their plugin failed their events.
+    pub legs_failed: AtomicU64,
+}
+
+/// A tenant's dialing policy.
+#[derive(Debug, Clone)]
+pub struct TenantPolicy {
+    pub plan: Plan,
+    pub rules: Rules,
+}
+
+enum Msg {
+    Command(String, String, Command),
+    Offer(
+        Box<Inbound>,
+        oneshot::Sender<Result<(String, SocketAddr), TelephonyError>>,
+    ),
+    Ringing(String),
+    Answered(
+        String,
+        Box<MediaOffer>,
+        oneshot::Sender<Result<SocketAddr, TelephonyError>>,
+    ),
+    Ended(String, Cause),
+    Delivered(String, u64, bool),
+}
+
+/// Call control.
+pub struct Telephony {
+    config: TelephonyConfig,
+    table: Mutex<Table>,
+    /// Wakes the event dispatcher.
+    ready: Arc<Notify>,
+    control: OnceLock<Result<mpsc::UnboundedSender<Msg>, String>>,
+    signalling: RwLock<Option<Arc<dyn Signalling>>>,
+    policies: RwLock<HashMap<String, TenantPolicy>>,
+    audit: Arc<AuditLog>,
+    me: Weak<Telephony>,
+    pub counters: Counters,
+}
+
+impl Telephony {
+    /// Call control for a host; its thread and media start on first use.
+    pub fn new(config: TelephonyConfig, audit: Arc<AuditLog>) -> Arc<Telephony> {
+        Arc::new_cyclic(|me| Telephony {
+            config,
+            table: Mutex::default(),
+            ready: Arc::new(Notify::new()),
+            control: OnceLock::new(),
+            signalling: RwLock::new(None),
+            policies: RwLock::default(),
+            audit,
+            me: me.clone(),
+            counters: Counters::default(),
+        })
+    }
+
+    /// Makes `signalling` the side that answers, ends and places calls.
+    pub fn set_signalling(&self, signalling: Arc<dyn Signalling>) {
+        *self.signalling.write().recover() = Some(signalling);
+    }
+
+    fn signalling(&self) -> Arc<dyn Signalling> {
+        match &*self.signalling.read().recover() {
+            Some(s) => s.clone(),
+            None => Arc::new(Unreachable(self.me.clone())),
+        }
+    }
+
+    /// Sets a tenant's dialing policy (checked by the caller).
+    pub fn set_policy(&self, tenant: &str, policy: TenantPolicy) {
+        self.policies
+            .write()
+            .recover()
+            .insert(tenant.to_string(), policy);
+    }
+
+    fn policy(&self, tenant: &str) -> TenantPolicy {
+        self.policies
+            .read()
+            .recover()
+            .get(tenant)
+            .cloned()
+            .unwrap_or_else(|| TenantPolicy {
+                plan: Plan {
+                    region: self.config.region.clone(),
+                    outside_line: None,
+                    extension_digits: 2..=6,
+                },
+                rules: Rules::default(),
+            })
+    }
+
+    /// SPEC T1: reads `to` in the tenant's plan and decides. A refusal is
+    /// counted and audited (`call.dial`, outcome `restricted`).
+    pub fn check_dial(&self, tenant: &str, plugin: &str, to: &str) -> Result<Dialled, Refusal> {
+        let policy = self.policy(tenant);
+        let all: std::collections::BTreeSet<Class> = Class::ALL.into_iter().collect();
+        let decided = policy
+            .plan
+            .read(to)
+            .and_then(|d| policy.rules.decide(&d, &all).map(|()| d));
+        if let Err(refusal) = &decided {
+            self.counters.restricted.fetch_add(1, Ordering::Relaxed);
+            let class = refusal.class.map_or("unreadable", Class::name);
+            self.audit.note(
+                &Scope::tenant(tenant),
+                "call.dial",
+                to,
+                Refusal::CODE,
+                &format!("plugin {plugin}; class {class}; {}", refusal.reason),
+            );
+        }
+        decided
+    }
+
+    /// The leg `id` if `tenant`'s `plugin` owns it (else `None`, as for an
+    /// unknown id).
+    pub fn lookup(&self, tenant: &str, plugin: &str, id: &str) -> Option<LegSnapshot> {
+        self.table.lock().recover().lookup(tenant, plugin, id)
+    }
+
+    /// The leg of operation `op` if `tenant`'s `plugin` owns it.
+    pub fn lookup_op(&self, tenant: &str, plugin: &str, op: &str) -> Option<LegSnapshot> {
+        self.table.lock().recover().lookup_op(tenant, plugin, op)
+    }
+
+    /// Whether `tenant` may have another leg.
+    pub fn has_room(&self, tenant: &str) -> bool {
+        self.table.lock().recover().count(tenant) < MAX_LEGS_PER_TENANT
+    }
+
+    /// Live legs of every tenant.
+    pub fn legs(&self) -> usize {
+        self.table.lock().recover().len()
+    }
+
+    /// What wakes the event dispatcher.
+    pub fn ready(&self) -> Arc<Notify> {
+        self.ready.clone()
+    }
+
+    /// Events to deliver now (marked in flight until `delivered`).
+    pub fn take_ready(&self, max: usize) -> Vec<Delivery> {
+        self.table.lock().recover().take_ready(now_ms(), max)
+    }
+
+    /// How a delivery went.
+    pub fn delivered(&self, leg: &str, seq: u64, ok: bool) {
+        self.send(Msg::Delivered(leg.to_string(), seq, ok));
+    }
+
+    /// Queues a plugin's committed command.
+    pub fn submit(&self, tenant: &str, plugin: &str, cmd: Command) {
+        self.send(Msg::Command(tenant.to_string(), plugin.to_string(), cmd));
+    }
+
+    /// A call arrives for a plugin: its media opens and `offered` goes to
+    /// the plugin. Returns the leg and the local media address (for SDP).
+    pub async fn offer(&self, inbound: Inbound) -> Result<(String, SocketAddr), TelephonyError> {
+        if !self.has_room(&inbound.tenant) {
+            return Err(TelephonyError::TooManyLegs);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.control()?
+            .send(Msg::Offer(Box::new(inbound), tx))
+            .map_err(|_| TelephonyError::Unavailable("call control stopped".into()))?;
+        rx.await
+            .map_err(|_| TelephonyError::Unavailable("call control stopped".into()))?
+    }
+
+    /// An outbound leg rings at the far end.
+    pub fn ringing(&self, leg: &str) {
+        self.send(Msg::Ringing(leg.to_string()));
+    }
+
+    /// An outbound leg was answered with `media`; returns the local media
+    /// address.
+    pub async fn answered(&self, leg: &str, media: MediaOffer) -> Result<SocketAddr, TelephonyError> {
+        let (tx, rx) = oneshot::channel();
+        self.control()?
+            .send(Msg::Answered(leg.to_string(), Box::new(media), tx))
+            .map_err(|_| TelephonyError::Unavailable("call control stopped".into()))?;
+        rx.await
+            .map_err(|_| TelephonyError::Unavailable("call control stopped".into()))?
+    }
+
+    /// The far end ended a leg.
+    pub fn ended(&self, leg: &str, cause: Cause) {
+        self.send(Msg::Ended(leg.to_string(), cause));
+    }
+
+    fn send(&self, msg: Msg) {
+        match self.control() {
+            Ok(tx) => {
+                let _ = tx.send(msg);
+            }
+            Err(e) => tracing::error!(error = %e, "call control is unavailable; message dropped"),
+        }
+    }
+
+    /// The control thread's queue, starting the thread on first use.
+    fn control(&self) -> Result<&mpsc::UnboundedSender<Msg>, TelephonyError> {
+        self.control
+            .get_or_init(|| self.start())
+            .as_ref()
+            .map_err(|e| TelephonyError::Unavailable(e.clone()))
+    }
+
+    fn start(&self) -> Result<mpsc::UnboundedSender<Msg>, String> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let me = self.me.clone();
+        let media = self.config.media.clone();
+        std::thread::Builder::new()
+            .name("sb-telephony".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "call control cannot start its runtime");
+                        return;
+                    }
+                };
+                rt.block_on(run(me, media, rx));
+            })
+            .map_err(|e| format!("cannot start the call control thread: {e}"))?;
+        Ok(tx)
+    }
+}
+
+/// The control thread's loop; ends when the service is dropped.
+async fn run(me: Weak<Telephony>, media: MediaConfig, mut rx: mpsc::UnboundedReceiver<Msg>) {
+    let (engine, mut media_events) = match Engine::start(media) {
+        Ok(started) => started,
+        Err(e) => {
+            tracing::error!(error = %e, "the media engine cannot start; calls are unavailable");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        let step = tokio::select! {
+            msg = rx.recv() => Step::Msg(msg),
+            Some(e) = media_events.recv() => Step::Media(e),
+            _ = tick.tick() => Step::Tick,
+        };
+        let Some(t) = me.upgrade() else { return };
+        let now = now_ms();
+        let actions = match step {
+            Step::Msg(None) => return,
+            Step::Msg(Some(msg)) => match msg {
+                Msg::Command(tenant, plugin, cmd) => {
+                    t.table.lock().recover().command(&tenant, &plugin, cmd, now)
+                }
+                Msg::Offer(inbound, reply) => {
+                    let opened = open(&engine, &inbound.media, group_of(&inbound.tenant)).await;
+                    let _ = reply.send(match opened {
+                        Ok((media, addr)) => {
+                            let id = crate::support::encoding::random_hex(16);
+                            t.table.lock().recover().offer(id.clone(), &inbound, media, now);
+                            t.counters.legs_started.fetch_add(1, Ordering::Relaxed);
+                            Ok((id, addr))
+                        }
+                        Err(e) => Err(e),
+                    });
+                    Vec::new()
+                }
+                Msg::Ringing(leg) => {
+                    t.table.lock().recover().ringing(&leg, now);
+                    Vec::new()
+                }
+                Msg::Answered(leg, offer, reply) => {
+                    let tenant = t
+                        .table
+                        .lock()
+                        .recover()
+                        .tenant_of(&leg)
+                        .unwrap_or_default();
+                    let result = match open(&engine, &offer, group_of(&tenant)).await {
+                        Ok((media, addr)) => {
+                            let taken = t.table.lock().recover().answered(
+                                &leg,
+                                media,
+                                offer.payload_type,
+                                offer.srtp.is_some(),
+                                now,
+                            );
+                            if taken {
+                                t.counters.legs_started.fetch_add(1, Ordering::Relaxed);
+                                Ok(addr)
+                            } else {
+                                let _ = engine.close(media).await;
+                                Err(TelephonyError::NoLeg)
+                            }
+                        }
+                        Err(e) => Err(e),
+                    };
+                    let _ = reply.send(result);
+                    Vec::new()
+                }
+                Msg::Ended(leg, cause) => t.table.lock().recover().ended(&leg, cause, now),
+                Msg::Delivered(leg, seq, ok) => {
+                    let actions = t.table.lock().recover().delivered(&leg, seq, ok, now);
+                    if actions.iter().any(|a| matches!(a, Action::End(_, Cause::Failed))) {
+                        t.counters.legs_failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    actions
+                }
+            },
+            Step::Media(MediaEvent::Digit { leg, key }) => t.table.lock().recover().digit(leg, key, now),
+            Step::Media(MediaEvent::PlayDone { leg, tag }) => {
+                t.table.lock().recover().play_done(leg, tag, now)
+            }
+            Step::Media(MediaEvent::Latched { .. }) => Vec::new(),
+            Step::Tick => t.table.lock().recover().tick(now),
+        };
+        carry_out(&t, &engine, actions).await;
+        if t.table.lock().recover().has_ready() {
+            t.ready.notify_one();
+        }
+    }
+}
+
+enum Step {
+    Msg(Option<Msg>),
+    Media(MediaEvent),
+    Tick,
+}
+
+/// The media group of a tenant's legs: every leg of a tenant runs on one
+/// media worker, so any two of them can be bridged.
+fn group_of(tenant: &str) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    tenant.hash(&mut h);
+    h.finish()
+}
+
+async fn open(
+    engine: &Engine,
+    offer: &MediaOffer,
+    group: u64,
+) -> Result<(u64, SocketAddr), TelephonyError> {
+    engine
+        .open(LegSetup {
+            group,
+            remote: offer.remote,
+            payload_type: offer.payload_type,
+            dtmf: offer.dtmf,
+            srtp: offer.srtp.clone(),
+        })
+        .await
+        .map_err(|e| TelephonyError::Media(e.to_string()))
+}
+
+async fn carry_out(t: &Telephony, engine: &Engine, actions: Vec<Action>) {
+    let mut queue: std::collections::VecDeque<Action> = actions.into();
+    while let Some(action) = queue.pop_front() {
+        let result = match action {
+            Action::Play {
+                media,
+                tone,
+                length,
+                tag,
+            } => engine.play(media, tone, length, tag).await,
+            Action::StopPlay(media) => engine.stop_play(media).await,
+            Action::Bridge { a, b, media } => {
+                let ok = engine.bridge(media.0, media.1).await.is_ok();
+                t.table.lock().recover().bridge_done(&a, &b, ok, now_ms());
+                Ok(())
+            }
+            Action::Unbridge(media) => engine.unbridge(media).await,
+            Action::Close(media) => engine.close(media).await,
+            Action::Answer(leg) => {
+                t.signalling().answer(&leg);
+                Ok(())
+            }
+            Action::End(leg, cause) => {
+                t.signalling().end(&leg, cause);
+                Ok(())
+            }
+            Action::Originate(call) => {
+                t.signalling().originate(call);
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "a media action found its leg gone");
+        }
+    }
+}
