@@ -16,6 +16,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod calls;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;

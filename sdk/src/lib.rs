@@ -4,17 +4,18 @@
 //! [`Plugin`] and exports it with one line, [`export_plugin!`]; it reaches
 //! the host through the typed helpers here ([`kv`], [`blobs`], [`crypto`],
 //! [`log`], [`config`], [`timers`], [`plugins`], [`events`], [`http_client`],
-//! [`identity`], [`audit`]) and answers HTTP-shaped requests, usually
-//! through the small [`http::Router`]. With the `harness` feature (native
+//! [`identity`], [`audit`], and for calls [`calls`]) and answers
+//! HTTP-shaped requests, usually through the small [`http::Router`], and
+//! the events of its call legs through [`Plugin::on_call`]. With the `harness` feature (native
 //! targets only), [`harness`] runs plugins in the real host runtime from
 //! ordinary `cargo test`s. See `sdk/README.md` for a complete example.
 
-/// The generated bindings of `switchboard:plugin@0.1.0`. Prefer the typed
+/// The generated bindings of `switchboard:plugin@0.3.0`. Prefer the typed
 /// helpers; the raw bindings are here for what they do not cover.
 #[allow(missing_docs, clippy::all)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../wit/0.1.0",
+        path: "../wit/0.3.0",
         world: "switchboard:plugin/feature",
         pub_export_macro: true,
         export_macro_name: "__export_feature",
@@ -25,6 +26,7 @@ pub mod bindings {
 
 pub mod audit;
 pub mod blobs;
+pub mod calls;
 pub mod config;
 pub mod crypto;
 pub mod events;
@@ -85,6 +87,21 @@ pub trait Plugin {
         let _ = timer;
         Ok(())
     }
+
+    /// A short JSON description of the plugin for admins (routes and
+    /// purpose).
+    fn describe() -> String {
+        "{}".to_string()
+    }
+
+    /// Receives an event of one of this plugin's call legs (see
+    /// [`calls`]). Events of one leg come one at a time, in order; an
+    /// error (or a trap) has the host deliver the event again, a few
+    /// times, then end the leg. The default takes no calls.
+    fn on_call(event: calls::CallEvent) -> Result<(), String> {
+        let _ = event;
+        Err("this plugin takes no calls".into())
+    }
 }
 
 /// Exports a [`Plugin`] implementation as the component's `feature` world:
@@ -118,6 +135,12 @@ macro_rules! export_plugin {
                 }
                 fn on_timer(timer: $crate::TimerEvent) -> Result<(), String> {
                     <$plugin as $crate::Plugin>::on_timer(timer)
+                }
+                fn describe() -> String {
+                    <$plugin as $crate::Plugin>::describe()
+                }
+                fn on_call(event: $crate::calls::CallEvent) -> Result<(), String> {
+                    <$plugin as $crate::Plugin>::on_call(event)
                 }
             }
     $crate::bindings::__export_feature!(__SwitchboardExport with_types_in $crate::bindings);

@@ -72,16 +72,47 @@ fn is_id(id: &str) -> bool {
     id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
-/// The plugin's leg `id`, or `not-found` whatever the reason.
+/// The plugin's leg `id` as the commands this call has already issued
+/// will leave it (an `answer` earlier in the call lets a `play` follow; a
+/// leg dialled earlier in the call exists), or `not-found` whatever the
+/// reason.
 fn leg(ctx: &mut CallCtx, telephony: &State, id: &str) -> Result<LegSnapshot, CapError> {
     ctx.charge(id.len())?;
     let not_found = || CapError::NotFound(format!("no call leg {id:?}"));
     if !is_id(id) {
         return Err(not_found());
     }
-    telephony
-        .lookup(ctx.tenant_id(), ctx.plugin_name(), id)
-        .ok_or_else(not_found)
+    let mut snapshot = telephony.lookup(ctx.tenant_id(), ctx.plugin_name(), id);
+    for submit in ctx.txn.effects_of::<Submit>() {
+        match &submit.command {
+            Command::Answer(leg) if leg == id => {
+                if let Some(s) = snapshot.as_mut() {
+                    s.state = LegState::Answered;
+                }
+            }
+            Command::Hangup(leg, _) if leg == id => {
+                if let Some(s) = snapshot.as_mut() {
+                    s.state = LegState::Ended;
+                }
+            }
+            Command::Dial { leg, caller, to, .. } if leg == id => {
+                snapshot = Some(LegSnapshot {
+                    id: id.to_string(),
+                    state: LegState::Ringing,
+                    direction: legs::Direction::Outbound,
+                    caller: caller.clone(),
+                    callee: to.number.clone(),
+                    codec: String::new(),
+                    secure: false,
+                    bridged_with: None,
+                    started_ms: crate::support::clock::now_ms(),
+                    answered_ms: None,
+                });
+            }
+            _ => {}
+        }
+    }
+    snapshot.ok_or_else(not_found)
 }
 
 fn in_state(snapshot: &LegSnapshot, want: LegState, what: &str) -> Result<(), CapError> {

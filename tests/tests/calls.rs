@@ -1,0 +1,356 @@
+//! The calls capability end to end, without SIP (issue 20, part 2): a
+//! plugin (`callflow`) works legs over the real kernel and call control,
+//! with media through the real engine on loopback and the harness's
+//! synthetic signalling standing in for SIP. SPEC T1 (dialing policy), T2
+//! (legs, bridges, digits), K4 (isolation), K6 (a failing plugin).
+
+use std::time::Duration;
+
+use switchboard::audit::Scope;
+use switchboard::harness::Harness;
+use switchboard::harness::calls::{CallRig, Phone, Signal};
+use switchboard::call::legs::Cause;
+use switchboard::tenant::Limits;
+use switchboard_tests::{harness, ok_json, tenant};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn events(h: &Harness, t: &str, leg: &str) -> Vec<String> {
+    let v = ok_json(h.get(t, "callflow", "u", &format!("/events/{leg}")).await);
+    serde_json::from_value(v).unwrap()
+}
+
+/// Waits until the plugin has logged `want` as the last event of `leg`.
+async fn wait_event(h: &Harness, t: &str, leg: &str, want: &str) -> Vec<String> {
+    let end = std::time::Instant::now() + WAIT;
+    loop {
+        let got = events(h, t, leg).await;
+        if got.iter().any(|e| e == want) {
+            return got;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "no {want:?} on {leg}: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn ended(signals: &[Signal], leg: &str) -> Option<Cause> {
+    signals.iter().find_map(|s| match s {
+        Signal::Ended(l, c) if l == leg => Some(*c),
+        _ => None,
+    })
+}
+
+async fn rig(tenants: &[&str]) -> (Harness, CallRig) {
+    let h = harness(&["callflow"]).await;
+    for t in tenants {
+        tenant(&h, t, Limits::default(), &["callflow"]).await;
+    }
+    let rig = CallRig::start(h.runtime());
+    (h, rig)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t2_a_plugin_answers_collects_dials_and_bridges_in_order() {
+    let (h, rig) = rig(&["acme"]).await;
+    let mut alice = Phone::new().unwrap();
+    let mut bob = Phone::new().unwrap();
+    rig.directory("1001", &bob).unwrap();
+    let a = rig
+        .ring("acme", "callflow", "alice", "100", b"ivr", &mut alice)
+        .await
+        .unwrap();
+    rig.wait_for(WAIT, |s| s.contains(&Signal::Answered(a.clone())))
+        .await
+        .unwrap();
+    // The key tone `1`, µ-law: 100 ms of tone and the gap after it.
+    let heard = alice.listen(Duration::from_millis(600), 0);
+    assert!(heard.len() >= 5, "{} packets of the key tone", heard.len());
+    assert!(
+        heard.iter().any(|p| p.iter().any(|&b| b != 0xFF && b != 0x7F)),
+        "the tone is not silence"
+    );
+    wait_event(&h, "acme", &a, "played:done").await;
+    // Alice keys Bob's extension; the plugin dials it and bridges.
+    alice.dial_keys("1001").unwrap();
+    let signals = rig
+        .wait_for(WAIT, |s| {
+            s.iter()
+                .any(|x| matches!(x, Signal::Dialled(_, n) if n == "1001"))
+        })
+        .await
+        .unwrap();
+    let b = signals
+        .iter()
+        .find_map(|x| match x {
+            Signal::Dialled(l, _) => Some(l.clone()),
+            _ => None,
+        })
+        .unwrap();
+    wait_event(&h, "acme", &a, "bridged").await;
+    wait_event(&h, "acme", &b, "bridged").await;
+    bob.connect(rig.host_media_of(&b).expect("bob's leg has media"));
+    // Audio crosses the bridge unchanged, both ways.
+    let frames: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i.wrapping_mul(7); 160]).collect();
+    for f in &frames {
+        alice.send_audio(f).unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let at_bob = bob.listen(Duration::from_millis(300), 0);
+    assert_eq!(at_bob, frames, "alice → bob");
+    for f in &frames {
+        bob.send_audio(f).unwrap();
+    }
+    let at_alice = alice.listen(Duration::from_millis(300), 0);
+    assert_eq!(at_alice, frames, "bob → alice");
+    // Bob hangs up; the plugin ends Alice's leg.
+    rig.hang_up(&b);
+    let signals = rig
+        .wait_for(WAIT, |s| ended(s, &a).is_some())
+        .await
+        .unwrap();
+    assert_eq!(ended(&signals, &a), Some(Cause::Normal));
+    assert_eq!(
+        wait_event(&h, "acme", &a, "ended:normal").await,
+        [
+            "offered:ivr",
+            "played:done",
+            "collected:1001:done",
+            "bridged",
+            "unbridged",
+            "ended:normal"
+        ]
+    );
+    assert_eq!(
+        wait_event(&h, "acme", &b, "ended:normal").await,
+        ["ringing", "answered", "bridged", "ended:normal"]
+    );
+    // Every leg has left call control.
+    for _ in 0..200 {
+        if rig.live_legs() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(rig.live_legs(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t2_a_collect_that_hears_nothing_times_out() {
+    let (h, rig) = rig(&["acme"]).await;
+    let mut alice = Phone::new().unwrap();
+    let a = rig
+        .ring("acme", "callflow", "alice", "100", b"ivr", &mut alice)
+        .await
+        .unwrap();
+    // The collect waits 3 s for a first key, then the plugin hangs up.
+    let signals = rig
+        .wait_for(WAIT, |s| ended(s, &a).is_some())
+        .await
+        .unwrap();
+    assert_eq!(ended(&signals, &a), Some(Cause::Normal));
+    assert_eq!(
+        wait_event(&h, "acme", &a, "ended:normal").await,
+        [
+            "offered:ivr",
+            "played:done",
+            "collected::timeout",
+            "ended:normal"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t2_keys_pressed_during_a_play_barge_in_and_count_as_type_ahead() {
+    let (h, rig) = rig(&["acme"]).await;
+    let mut alice = Phone::new().unwrap();
+    let a = rig
+        .ring("acme", "callflow", "alice", "100", b"ivr", &mut alice)
+        .await
+        .unwrap();
+    rig.wait_for(WAIT, |s| s.contains(&Signal::Answered(a.clone())))
+        .await
+        .unwrap();
+    // `0#` at once: the key cuts the key tone short, and both keys reach
+    // the collect, which `#` ends.
+    alice.dial_keys("0#").unwrap();
+    let log = wait_event(&h, "acme", &a, "ended:normal").await;
+    assert_eq!(
+        log,
+        [
+            "offered:ivr",
+            "played:barged",
+            "collected:0:done",
+            "ended:normal"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t1_the_dialing_policy_refuses_toll_numbers_counts_and_audits() {
+    let (h, rig) = rig(&["acme"]).await;
+    let dial = |n: &'static str| {
+        let h = &h;
+        async move {
+            let r = h
+                .post("acme", "callflow", "u", &format!("/dial/{n}"), b"")
+                .await
+                .unwrap();
+            (r.status, r.json().unwrap())
+        }
+    };
+    // Premium rate and international: refused before anything is placed.
+    for n in ["%2B19005550100", "011442079460018", "%2B442079460018"] {
+        let (status, body) = dial(n).await;
+        assert_eq!(status, 403, "{n}: {body}");
+        let e = body["error"].as_str().unwrap();
+        assert!(e.starts_with("denied: restricted: "), "{n}: {e}");
+    }
+    assert_eq!(
+        h.runtime()
+            .telephony()
+            .counters
+            .restricted
+            .load(std::sync::atomic::Ordering::Relaxed),
+        3
+    );
+    let audited: Vec<_> = h
+        .runtime()
+        .audit_log()
+        .entries(&Scope::tenant("acme"), 0, 1000)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == "call.dial" && e.outcome == "restricted")
+        .collect();
+    assert_eq!(audited.len(), 3, "{audited:?}");
+    assert!(audited[0].details.contains("premium"), "{audited:?}");
+    // Emergency is always allowed, and a national number by default; with
+    // nothing to carry them here, they end `unavailable`.
+    for n in ["911", "%2B12025550123"] {
+        let (status, body) = dial(n).await;
+        assert_eq!(status, 200, "{n}: {body}");
+        let leg = body["leg"].as_str().unwrap().to_string();
+        let signals = rig
+            .wait_for(WAIT, |s| dialled(s, &leg))
+            .await
+            .unwrap();
+        assert!(
+            signals
+                .iter()
+                .any(|s| matches!(s, Signal::Dialled(l, _) if *l == leg)),
+            "{signals:?}"
+        );
+        wait_event(&h, "acme", &leg, "ended:unavailable").await;
+    }
+    // Look-alikes of emergency numbers are not emergency calls.
+    for n in ["9111", "1120"] {
+        let (status, body) = dial(n).await;
+        // Read as extensions: allowed as internal calls, never as 911/112.
+        assert_eq!(status, 200, "{n}: {body}");
+        let leg = body["leg"].as_str().unwrap().to_string();
+        let signals = rig
+            .wait_for(WAIT, |s| {
+                s.iter()
+                    .any(|x| matches!(x, Signal::Dialled(l, _) if *l == leg))
+            })
+            .await
+            .unwrap();
+        let number = signals
+            .iter()
+            .find_map(|x| match x {
+                Signal::Dialled(l, num) if *l == leg => Some(num.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(number, n, "dialled as typed, as an extension");
+    }
+}
+
+fn dialled(s: &[Signal], leg: &str) -> bool {
+    s.iter()
+        .any(|x| matches!(x, Signal::Dialled(l, _) if l == leg))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k4_a_leg_is_invisible_to_other_tenants_exactly_as_an_unknown_one() {
+    let (h, rig) = rig(&["acme", "globex"]).await;
+    let mut alice = Phone::new().unwrap();
+    let a = rig
+        .ring("acme", "callflow", "alice", "100", b"answer", &mut alice)
+        .await
+        .unwrap();
+    rig.wait_for(WAIT, |s| s.contains(&Signal::Answered(a.clone())))
+        .await
+        .unwrap();
+    let poke = |t: &'static str, leg: String| {
+        let h = &h;
+        async move { ok_json(h.post(t, "callflow", "u", &format!("/poke/{leg}"), b"").await) }
+    };
+    // Another tenant's plugin of the same name: not-found for everything,
+    // the same answers as for an id that never existed.
+    let stolen = poke("globex", a.clone()).await;
+    let unknown_id = "0123456789abcdef0123456789abcdef".to_string();
+    let unknown = poke("globex", unknown_id.clone()).await;
+    for op in ["get", "answer", "hangup", "state", "play"] {
+        let s = stolen[op].as_str().unwrap().replace(&a, "ID");
+        let u = unknown[op].as_str().unwrap().replace(&unknown_id, "ID");
+        assert!(s.starts_with("not-found"), "{op}: {s}");
+        assert_eq!(s, u, "{op}");
+    }
+    // Malformed ids are not-found too, never a parse error that differs.
+    let odd = poke("globex", "..%2F..%2Fx".into()).await;
+    assert!(odd["get"].as_str().unwrap().starts_with("not-found"), "{odd}");
+    // Nothing happened to the leg.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(ended(&rig.signals(), &a), None);
+    assert_eq!(events(&h, "acme", &a).await, ["offered:answer"]);
+    // The owner reaches it: `answer` is refused (it is answered already),
+    // the rest are accepted, and its hangup ends the leg.
+    let own = poke("acme", a.clone()).await;
+    assert_eq!(own["get"], "ok", "{own}");
+    assert!(
+        own["answer"].as_str().unwrap().starts_with("invalid-argument"),
+        "{own}"
+    );
+    assert_eq!(own["hangup"], "ok", "{own}");
+    let signals = rig
+        .wait_for(WAIT, |s| ended(s, &a).is_some())
+        .await
+        .unwrap();
+    assert_eq!(ended(&signals, &a), Some(Cause::Normal));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k6_a_plugin_that_traps_on_its_calls_gets_the_fallback() {
+    let (h, rig) = rig(&["acme"]).await;
+    let mut alice = Phone::new().unwrap();
+    let a = rig
+        .ring("acme", "callflow", "alice", "100", b"trap", &mut alice)
+        .await
+        .unwrap();
+    let signals = rig
+        .wait_for(WAIT, |s| ended(s, &a).is_some())
+        .await
+        .unwrap();
+    assert_eq!(ended(&signals, &a), Some(Cause::Failed));
+    assert!(!signals.contains(&Signal::Answered(a.clone())));
+    // The trapping calls kept nothing.
+    assert!(events(&h, "acme", &a).await.is_empty());
+    assert_eq!(
+        h.runtime()
+            .telephony()
+            .counters
+            .legs_failed
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    for _ in 0..200 {
+        if rig.live_legs() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(rig.live_legs(), 0);
+}
