@@ -35,7 +35,7 @@ const LONG_VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     "\n",
     include_str!(concat!(env!("OUT_DIR"), "/build_info.txt")),
-    "\nplugin APIs: 0.1.0, 0.2.0"
+    "\nplugin APIs: 0.1.0, 0.2.0, 0.3.0"
 );
 
 #[derive(Debug, Parser)]

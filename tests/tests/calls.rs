@@ -7,9 +7,9 @@
 use std::time::Duration;
 
 use switchboard::audit::Scope;
+use switchboard::call::legs::Cause;
 use switchboard::harness::Harness;
 use switchboard::harness::calls::{CallRig, Phone, Signal};
-use switchboard::call::legs::Cause;
 use switchboard::tenant::Limits;
 use switchboard_tests::{harness, ok_json, tenant};
 
@@ -69,7 +69,9 @@ async fn t2_a_plugin_answers_collects_dials_and_bridges_in_order() {
     let heard = alice.listen(Duration::from_millis(600), 0);
     assert!(heard.len() >= 5, "{} packets of the key tone", heard.len());
     assert!(
-        heard.iter().any(|p| p.iter().any(|&b| b != 0xFF && b != 0x7F)),
+        heard
+            .iter()
+            .any(|p| p.iter().any(|&b| b != 0xFF && b != 0x7F)),
         "the tone is not silence"
     );
     wait_event(&h, "acme", &a, "played:done").await;
@@ -232,10 +234,7 @@ async fn t1_the_dialing_policy_refuses_toll_numbers_counts_and_audits() {
         let (status, body) = dial(n).await;
         assert_eq!(status, 200, "{n}: {body}");
         let leg = body["leg"].as_str().unwrap().to_string();
-        let signals = rig
-            .wait_for(WAIT, |s| dialled(s, &leg))
-            .await
-            .unwrap();
+        let signals = rig.wait_for(WAIT, |s| dialled(s, &leg)).await.unwrap();
         assert!(
             signals
                 .iter()
@@ -286,7 +285,12 @@ async fn k4_a_leg_is_invisible_to_other_tenants_exactly_as_an_unknown_one() {
         .unwrap();
     let poke = |t: &'static str, leg: String| {
         let h = &h;
-        async move { ok_json(h.post(t, "callflow", "u", &format!("/poke/{leg}"), b"").await) }
+        async move {
+            ok_json(
+                h.post(t, "callflow", "u", &format!("/poke/{leg}"), b"")
+                    .await,
+            )
+        }
     };
     // Another tenant's plugin of the same name: not-found for everything,
     // the same answers as for an id that never existed.
@@ -301,7 +305,10 @@ async fn k4_a_leg_is_invisible_to_other_tenants_exactly_as_an_unknown_one() {
     }
     // Malformed ids are not-found too, never a parse error that differs.
     let odd = poke("globex", "..%2F..%2Fx".into()).await;
-    assert!(odd["get"].as_str().unwrap().starts_with("not-found"), "{odd}");
+    assert!(
+        odd["get"].as_str().unwrap().starts_with("not-found"),
+        "{odd}"
+    );
     // Nothing happened to the leg.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(ended(&rig.signals(), &a), None);
@@ -311,7 +318,10 @@ async fn k4_a_leg_is_invisible_to_other_tenants_exactly_as_an_unknown_one() {
     let own = poke("acme", a.clone()).await;
     assert_eq!(own["get"], "ok", "{own}");
     assert!(
-        own["answer"].as_str().unwrap().starts_with("invalid-argument"),
+        own["answer"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid-argument"),
         "{own}"
     );
     assert_eq!(own["hangup"], "ok", "{own}");

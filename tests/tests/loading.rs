@@ -37,7 +37,7 @@ async fn malformed_components_are_refused_and_nothing_is_stored() {
     // for what it lacks.
     let (code, msg) = install_err(&h, &m, &real[..8]).await;
     assert_eq!(code, "wrong_world", "{msg}");
-    assert!(msg.contains("handle"), "{msg}");
+    assert!(msg.contains("no export"), "{msg}");
     assert!(h.runtime().plugins().is_empty());
     assert_eq!(
         std::fs::read_dir(h.data_dir().join("cache"))
@@ -84,7 +84,7 @@ async fn k8_a_component_built_for_another_api_version_is_refused() {
     assert_eq!(code, "wrong_world", "{msg}");
     let future = String::from_utf8(manifest("example"))
         .unwrap()
-        .replace("api-version = \"0.1.0\"", "api-version = \"0.9.0\"");
+        .replace("api-version = \"0.3.0\"", "api-version = \"0.9.0\"");
     let (code, msg) = install_err(&h, future.as_bytes(), &component("example")).await;
     assert_eq!(code, "unsupported_api_version", "{msg}");
     assert!(h.runtime().plugins().is_empty());

@@ -381,25 +381,28 @@ async fn k7_two_tenants_run_different_versions_side_by_side() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn k8_plugins_of_two_api_versions_run_side_by_side() {
-    // ledger and example are built against 0.1.0, next-api against 0.2.0.
-    let h = harness(&["ledger", "example", "next-api"]).await;
+async fn k8_plugins_of_every_api_version_run_side_by_side() {
+    // first-api is built against 0.1.0, next-api against 0.2.0, ledger
+    // and example (the SDK) against 0.3.0.
+    let h = harness(&["first-api", "next-api", "ledger", "example"]).await;
     tenant(
         &h,
         "acme",
         Limits::default(),
-        &["ledger", "example", "next-api"],
+        &["first-api", "next-api", "ledger", "example"],
     )
     .await;
-    assert_eq!(
-        h.get("acme", "next-api", "u", "/").await.unwrap().text(),
-        "api 0.2.0 call 1"
-    );
-    assert_eq!(
-        h.get("acme", "next-api", "u", "/").await.unwrap().text(),
-        "api 0.2.0 call 2"
-    );
-    // The older plugin keeps working beside it, with the same capabilities.
+    for n in 1..=2 {
+        assert_eq!(
+            h.get("acme", "first-api", "u", "/").await.unwrap().text(),
+            format!("api 0.1.0 call {n}")
+        );
+        assert_eq!(
+            h.get("acme", "next-api", "u", "/").await.unwrap().text(),
+            format!("api 0.2.0 call {n}")
+        );
+    }
+    // The newest keeps working beside them, with the same capabilities.
     let v = ok_json(
         h.post("acme", "example", "u", "/counter/x/increment", b"")
             .await,
@@ -413,15 +416,36 @@ async fn k8_plugins_of_two_api_versions_run_side_by_side() {
         .unwrap()
         .unwrap();
     assert!(d.contains("\"next-api\""), "{d}");
-    assert_eq!(h.runtime().describe("acme", "example").await.unwrap(), None);
+    assert_eq!(
+        h.runtime().describe("acme", "first-api").await.unwrap(),
+        None
+    );
+    assert!(
+        h.runtime()
+            .describe("acme", "example")
+            .await
+            .unwrap()
+            .is_some()
+    );
     // A 0.1.0 component claiming to be 0.2.0 lacks `describe`: refused.
-    let claims_newer = String::from_utf8(bump("ledger", "0.3.0"))
+    let claims_newer = String::from_utf8(bump("first-api", "0.3.0"))
         .unwrap()
         .replace("api-version = \"0.1.0\"", "api-version = \"0.2.0\"");
     let e = h
-        .install(claims_newer.as_bytes(), &component("ledger"))
+        .install(claims_newer.as_bytes(), &component("first-api"))
         .await
         .unwrap_err();
     assert!(e.to_string().contains("describe"), "{e}");
     assert_eq!(e.code(), "wrong_world", "{e}");
+    // A 0.3.0 component claiming to be 0.2.0 imports the telephony
+    // package, which only 0.3.0 plugins may: refused.
+    let older = String::from_utf8(bump("ledger", "0.3.0"))
+        .unwrap()
+        .replace("api-version = \"0.3.0\"", "api-version = \"0.2.0\"");
+    let e = h
+        .install(older.as_bytes(), &component("ledger"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "unsupported_api_version", "{e}");
+    assert!(e.to_string().contains("switchboard:telephony"), "{e}");
 }

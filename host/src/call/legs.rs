@@ -111,8 +111,15 @@ pub enum CallEventKind {
     Ringing,
     Answered,
     Digit(char),
-    Played { op: String, end: OpEnd },
-    Collected { op: String, digits: String, end: OpEnd },
+    Played {
+        op: String,
+        end: OpEnd,
+    },
+    Collected {
+        op: String,
+        digits: String,
+        end: OpEnd,
+    },
     Bridged(String),
     Unbridged,
     Ended(Cause),

@@ -69,7 +69,10 @@ fn queue(ctx: &mut CallCtx, telephony: &State, command: Command) -> Result<(), C
 }
 
 fn is_id(id: &str) -> bool {
-    id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 /// The plugin's leg `id` as the commands this call has already issued
@@ -95,7 +98,9 @@ fn leg(ctx: &mut CallCtx, telephony: &State, id: &str) -> Result<LegSnapshot, Ca
                     s.state = LegState::Ended;
                 }
             }
-            Command::Dial { leg, caller, to, .. } if leg == id => {
+            Command::Dial {
+                leg, caller, to, ..
+            } if leg == id => {
                 snapshot = Some(LegSnapshot {
                     id: id.to_string(),
                     state: LegState::Ringing,
@@ -210,7 +215,12 @@ pub fn play(
 }
 
 /// Collects digits on an answered leg; returns the operation's id.
-pub fn collect(ctx: &mut CallCtx, t: &State, id: &str, opts: CollectOpts) -> Result<String, CapError> {
+pub fn collect(
+    ctx: &mut CallCtx,
+    t: &State,
+    id: &str,
+    opts: CollectOpts,
+) -> Result<String, CapError> {
     let l = leg(ctx, t, id)?;
     in_state(&l, LegState::Answered, "collect")?;
     if opts.max_digits == 0 || usize::from(opts.max_digits) > MAX_DIGITS {
@@ -507,13 +517,11 @@ pub(crate) fn wit_event(e: CallEvent) -> t::CallEvent {
             op,
             end: wit_op_end(end),
         }),
-        CallEventKind::Collected { op, digits, end } => {
-            t::CallEventKind::Collected(t::Collected {
-                op,
-                digits,
-                end: wit_op_end(end),
-            })
-        }
+        CallEventKind::Collected { op, digits, end } => t::CallEventKind::Collected(t::Collected {
+            op,
+            digits,
+            end: wit_op_end(end),
+        }),
         CallEventKind::Bridged(other) => t::CallEventKind::Bridged(other),
         CallEventKind::Unbridged => t::CallEventKind::Unbridged,
         CallEventKind::Ended(cause) => t::CallEventKind::Ended(wit_cause(cause)),

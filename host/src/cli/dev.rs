@@ -84,7 +84,7 @@ pub(super) fn new_plugin(name: &str, dir: &Path, sdk: Option<SdkSource>) -> anyh
     let note: String = note.chars().filter(|c| !c.is_control()).collect();
     let values = [
         ("name", name),
-        ("api", crate::kernel::v0_1::API_VERSION),
+        ("api", crate::kernel::v0_3::API_VERSION),
         ("sdk_harness", dep_harness.as_str()),
         ("sdk_note", note.as_str()),
         ("sdk", dep.as_str()),

@@ -165,7 +165,13 @@ impl Signalling for Side {
         let Some(t) = self.telephony.upgrade() else {
             return;
         };
-        let Some(offer) = self.directory.lock().recover().get(&call.to.number).cloned() else {
+        let Some(offer) = self
+            .directory
+            .lock()
+            .recover()
+            .get(&call.to.number)
+            .cloned()
+        else {
             t.ended(&call.leg, Cause::Unavailable);
             return;
         };

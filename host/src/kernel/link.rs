@@ -23,7 +23,7 @@ use crate::support::sync::Recover as _;
 /// Plugin API versions this host links.
 pub const SUPPORTED_API_VERSIONS: &[&str] =
     &[v0_1::API_VERSION, v0_2::API_VERSION, v0_3::API_VERSION];
-/// The capability package version every supported API version imports.
+/// The `switchboard:host` version every supported API version imports.
 pub const HOST_API_VERSION: &str = "0.1.0";
 /// The host-side WIT packages a component may import, each with the
 /// versions this host serves and the oldest plugin API that may import it.
@@ -61,6 +61,16 @@ impl Linked {
             )),
         }
     }
+}
+
+/// The import a capability stands for, at the newest version served.
+fn import_name(cap: Capability) -> String {
+    let version = HOST_PACKAGES
+        .iter()
+        .find(|(p, _, _)| *p == cap.package())
+        .and_then(|(_, v, _)| v.last())
+        .unwrap_or(&"");
+    format!("{}/{}@{version}", cap.package(), cap.interface())
 }
 
 impl Kernel {
@@ -238,7 +248,7 @@ impl Kernel {
         for cap in &plugin.imports {
             if !grants.contains(cap) {
                 return Err(AdminError::ImportNotGranted {
-                    import: format!("{}/{}", cap.package(), cap.interface()),
+                    import: import_name(*cap),
                     capability: cap.to_string(),
                 });
             }

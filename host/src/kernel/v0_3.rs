@@ -8,8 +8,8 @@ use wasmtime::Store;
 
 use super::state::HostState;
 use super::v0_1::{Stage, invoke_feature};
-use crate::capability::calls::wit_event;
 use crate::call::types::{Invocation, Outcome};
+use crate::capability::calls::wit_event;
 
 use crate::world::v0_3 as bindings;
 
@@ -49,4 +49,3 @@ pub async fn invoke(
         }
     )
 }
-

@@ -955,7 +955,12 @@ mod tests {
         // A tone into A: 10 packets of audible µ-law, then PlayDone.
         engine.unbridge(leg_a).await.unwrap();
         engine
-            .play(leg_a, Tone::dtmf('1').unwrap(), Duration::from_millis(200), 7)
+            .play(
+                leg_a,
+                Tone::dtmf('1').unwrap(),
+                Duration::from_millis(200),
+                7,
+            )
             .await
             .unwrap();
         let mut tone = Vec::new();
@@ -964,10 +969,7 @@ mod tests {
         }
         assert!(tone.iter().all(|p| p.3.iter().any(|c| *c != 0xff)));
         next_event(&mut events, |e| {
-            *e == MediaEvent::PlayDone {
-                leg: leg_a,
-                tag: 7,
-            }
+            *e == MediaEvent::PlayDone { leg: leg_a, tag: 7 }
         })
         .await;
 

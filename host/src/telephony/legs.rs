@@ -334,7 +334,6 @@ impl Table {
     }
 
     /// A new inbound leg with its media open: `offered` goes to the plugin.
-    #[allow(clippy::too_many_arguments)]
     pub fn offer(
         &mut self,
         id: String,
@@ -375,7 +374,14 @@ impl Table {
 
     /// An outbound leg was answered and its media opened; false if the
     /// leg is no longer waiting for an answer (the media must be closed).
-    pub fn answered(&mut self, id: &str, media: u64, payload_type: u8, secure: bool, now: u64) -> bool {
+    pub fn answered(
+        &mut self,
+        id: &str,
+        media: u64,
+        payload_type: u8,
+        secure: bool,
+        now: u64,
+    ) -> bool {
         let waiting = self
             .legs
             .get(id)
@@ -406,7 +412,12 @@ impl Table {
             return actions;
         }
         let mut ops = Vec::new();
-        let plays: Vec<Playing> = l.playing.take().into_iter().chain(l.plays.drain(..)).collect();
+        let plays: Vec<Playing> = l
+            .playing
+            .take()
+            .into_iter()
+            .chain(l.plays.drain(..))
+            .collect();
         for p in plays {
             ops.push(p.op.clone());
             l.push(
@@ -579,7 +590,14 @@ impl Table {
                 {
                     if let Some((old, digits, end)) = l.finish_collect(OpEnd::Stopped) {
                         self.ops.remove(&old);
-                        l.push(CallEventKind::Collected { op: old, digits, end }, now);
+                        l.push(
+                            CallEventKind::Collected {
+                                op: old,
+                                digits,
+                                end,
+                            },
+                            now,
+                        );
                     }
                     l.collect = Some(Collect {
                         op: op.clone(),
@@ -906,5 +924,318 @@ impl Table {
         }
         self.forget_if_done(id);
         actions
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telephony::signalling::{Inbound, MediaOffer};
+
+    const T: &str = "acme";
+    const P: &str = "pbx";
+
+    fn inbound() -> Inbound {
+        Inbound {
+            tenant: T.into(),
+            plugin: P.into(),
+            args: b"a".to_vec(),
+            caller: "alice".into(),
+            callee: "100".into(),
+            media: MediaOffer {
+                remote: "127.0.0.1:4000".parse().unwrap(),
+                payload_type: 0,
+                dtmf: Some(101),
+                srtp: None,
+            },
+        }
+    }
+
+    /// Delivers every waiting event successfully, in order; returns the
+    /// kinds of `id`'s.
+    fn kinds(t: &mut Table, id: &str, now: u64) -> Vec<CallEventKind> {
+        let mut out = Vec::new();
+        loop {
+            let ready = t.take_ready(now, 100);
+            if ready.is_empty() {
+                return out;
+            }
+            for d in ready {
+                if d.event.leg == id {
+                    out.push(d.event.kind.clone());
+                }
+                t.delivered(&d.event.leg, d.event.seq, true, now);
+            }
+        }
+    }
+
+    fn answered(t: &mut Table, id: &str, now: u64) {
+        t.command(T, P, Command::Answer(id.into()), now);
+    }
+
+    #[test]
+    fn a_leg_is_found_only_by_its_owner() {
+        let mut t = Table::default();
+        t.offer("l1".into(), &inbound(), 1, 0);
+        assert!(t.lookup(T, P, "l1").is_some());
+        assert!(t.lookup(T, "other", "l1").is_none());
+        assert!(t.lookup("globex", P, "l1").is_none());
+        // Another owner's commands do nothing.
+        assert!(
+            t.command("globex", P, Command::Hangup("l1".into(), Cause::Normal), 1)
+                .is_empty()
+        );
+        assert!(
+            t.command(T, "other", Command::Answer("l1".into()), 1)
+                .is_empty()
+        );
+        assert_eq!(t.lookup(T, P, "l1").unwrap().state, LegState::Offered);
+    }
+
+    #[test]
+    fn events_go_one_at_a_time_in_order_and_a_failure_is_retried_then_ends_the_leg() {
+        let mut t = Table::default();
+        t.offer("l1".into(), &inbound(), 1, 0);
+        answered(&mut t, "l1", 0);
+        t.digit(1, '5', 0);
+        t.digit(1, '6', 0);
+        let first = t.take_ready(0, 10);
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].event.seq, 1);
+        // Nothing more of that leg while one is in flight.
+        assert!(t.take_ready(0, 10).is_empty());
+        // A failure: the same event again, after the backoff.
+        t.delivered("l1", 1, false, 0);
+        assert!(t.take_ready(RETRY_BASE_MS - 1, 10).is_empty());
+        let again = t.take_ready(RETRY_BASE_MS, 10);
+        assert_eq!(again[0].event.seq, 1);
+        t.delivered("l1", 1, true, RETRY_BASE_MS);
+        let next = t.take_ready(RETRY_BASE_MS, 10);
+        assert_eq!(next[0].event.kind, CallEventKind::Digit('5'));
+        assert_eq!(next[0].event.seq, 2);
+        // Three failures in a row: the leg ends `failed`, told to signalling.
+        let mut now = RETRY_BASE_MS;
+        let mut actions = t.delivered("l1", 2, false, now);
+        for _ in 1..MAX_DELIVERY_ATTEMPTS {
+            now += 10_000;
+            let d = t.take_ready(now, 10);
+            assert_eq!(d[0].event.seq, 2);
+            actions = t.delivered("l1", 2, false, now);
+        }
+        assert!(
+            matches!(actions[..], [Action::Close(1), Action::End(ref l, Cause::Failed)] if l == "l1")
+        );
+        assert!(t.is_empty(), "the failed leg is gone, its events dropped");
+    }
+
+    #[test]
+    fn the_state_kept_is_handed_back_with_each_event() {
+        let mut t = Table::default();
+        t.offer("l1".into(), &inbound(), 1, 0);
+        t.command(T, P, Command::SetState("l1".into(), b"menu-2".to_vec()), 0);
+        let d = t.take_ready(0, 10);
+        assert_eq!(d[0].event.state, b"menu-2");
+        assert_eq!(d[0].event.kind, CallEventKind::Offered(b"a".to_vec()));
+    }
+
+    #[test]
+    fn the_watchdog_ends_unanswered_and_idle_legs_and_times_out_collects() {
+        let mut t = Table::default();
+        t.offer("offered".into(), &inbound(), 1, 0);
+        t.offer("idle".into(), &inbound(), 2, 0);
+        answered(&mut t, "idle", 0);
+        t.offer("collecting".into(), &inbound(), 3, 0);
+        answered(&mut t, "collecting", 0);
+        let opts = CollectOpts {
+            max_digits: 4,
+            terminators: "#".into(),
+            first_ms: 5000,
+            between_ms: 1000,
+        };
+        t.command(
+            T,
+            P,
+            Command::Collect {
+                leg: "collecting".into(),
+                op: "c1".into(),
+                opts,
+            },
+            0,
+        );
+        t.digit(3, '7', 4000);
+        assert!(t.tick(4999).is_empty(), "the digit reset the wait");
+        t.tick(5000);
+        assert_eq!(
+            kinds(&mut t, "collecting", 5000),
+            [
+                CallEventKind::Offered(b"a".to_vec()),
+                CallEventKind::Collected {
+                    op: "c1".into(),
+                    digits: "7".into(),
+                    end: OpEnd::Timeout
+                }
+            ]
+        );
+        let idle_end = t.tick(IDLE_LIMIT_MS);
+        assert!(
+            idle_end
+                .iter()
+                .any(|a| matches!(a, Action::End(l, Cause::Timeout) if l == "idle"))
+        );
+        let offer_end = t.tick(OFFER_LIMIT_MS);
+        assert!(
+            offer_end
+                .iter()
+                .any(|a| matches!(a, Action::End(l, Cause::NoAnswer) if l == "offered"))
+        );
+        assert_eq!(
+            kinds(&mut t, "offered", OFFER_LIMIT_MS).last(),
+            Some(&CallEventKind::Ended(Cause::NoAnswer))
+        );
+    }
+
+    #[test]
+    fn keys_before_a_collect_are_type_ahead_and_barge_in_stops_the_prompts() {
+        let mut t = Table::default();
+        t.offer("l".into(), &inbound(), 1, 0);
+        answered(&mut t, "l", 0);
+        let play = |op: &str| Command::Play {
+            leg: "l".into(),
+            op: op.into(),
+            items: vec![Prompt::Tone {
+                tone: ToneName::Ringback,
+                ms: 1000,
+            }],
+            barge_in: true,
+        };
+        let started = t.command(T, P, play("p1"), 0);
+        assert!(matches!(started[..], [Action::Play { media: 1, .. }]));
+        assert!(t.command(T, P, play("p2"), 0).is_empty(), "queued");
+        let stop = t.digit(1, '4', 10);
+        assert!(matches!(stop[..], [Action::StopPlay(1)]));
+        t.digit(1, '2', 20);
+        t.command(
+            T,
+            P,
+            Command::Collect {
+                leg: "l".into(),
+                op: "c".into(),
+                opts: CollectOpts {
+                    max_digits: 2,
+                    terminators: String::new(),
+                    first_ms: 1000,
+                    between_ms: 1000,
+                },
+            },
+            30,
+        );
+        let got = kinds(&mut t, "l", 30);
+        assert_eq!(
+            got[1..],
+            [
+                CallEventKind::Played {
+                    op: "p1".into(),
+                    end: OpEnd::Barged
+                },
+                CallEventKind::Played {
+                    op: "p2".into(),
+                    end: OpEnd::Barged
+                },
+                CallEventKind::Digit('4'),
+                CallEventKind::Digit('2'),
+                CallEventKind::Collected {
+                    op: "c".into(),
+                    digits: "42".into(),
+                    end: OpEnd::Done
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_stale_play_done_is_ignored_and_segments_play_in_order() {
+        let mut t = Table::default();
+        t.offer("l".into(), &inbound(), 1, 0);
+        answered(&mut t, "l", 0);
+        let a = t.command(
+            T,
+            P,
+            Command::Play {
+                leg: "l".into(),
+                op: "p".into(),
+                items: vec![Prompt::Digits("12".into())],
+                barge_in: false,
+            },
+            0,
+        );
+        let Action::Play { tag, .. } = a[0] else {
+            panic!("{a:?}")
+        };
+        assert!(
+            t.play_done(1, tag + 100, 1).is_empty(),
+            "not the tag playing"
+        );
+        // Key, gap, key, gap: four segments, then `played`.
+        let mut tag = tag;
+        for _ in 0..3 {
+            let next = t.play_done(1, tag, 1);
+            let [Action::Play { tag: n, .. }] = next[..] else {
+                panic!("{next:?}")
+            };
+            tag = n;
+        }
+        assert!(t.play_done(1, tag, 1).is_empty());
+        assert_eq!(
+            kinds(&mut t, "l", 1).last(),
+            Some(&CallEventKind::Played {
+                op: "p".into(),
+                end: OpEnd::Done
+            })
+        );
+    }
+
+    #[test]
+    fn a_key_masher_cannot_grow_a_legs_queue() {
+        let mut t = Table::default();
+        t.offer("l".into(), &inbound(), 1, 0);
+        answered(&mut t, "l", 0);
+        for i in 0..10_000u32 {
+            t.digit(1, char::from(b'0' + (i % 10) as u8), u64::from(i));
+        }
+        let got = kinds(&mut t, "l", 20_000);
+        assert!(got.len() <= MAX_QUEUED_EVENTS, "{}", got.len());
+        assert_eq!(got[0], CallEventKind::Offered(b"a".to_vec()));
+        // The newest keys are kept.
+        assert_eq!(got.last(), Some(&CallEventKind::Digit('9')));
+    }
+
+    #[test]
+    fn ending_a_bridged_leg_unbridges_its_partner() {
+        let mut t = Table::default();
+        t.offer("a".into(), &inbound(), 1, 0);
+        t.offer("b".into(), &inbound(), 2, 0);
+        answered(&mut t, "a", 0);
+        answered(&mut t, "b", 0);
+        let acts = t.command(T, P, Command::Bridge("a".into(), "b".into()), 0);
+        assert!(matches!(
+            acts.last(),
+            Some(Action::Bridge { media: (1, 2), .. })
+        ));
+        t.bridge_done("a", "b", true, 0);
+        assert_eq!(
+            t.lookup(T, P, "b").unwrap().bridged_with.as_deref(),
+            Some("a")
+        );
+        t.ended("a", Cause::Normal, 1);
+        assert_eq!(t.lookup(T, P, "b").unwrap().bridged_with, None);
+        assert_eq!(
+            kinds(&mut t, "b", 1)[1..],
+            [CallEventKind::Bridged("a".into()), CallEventKind::Unbridged]
+        );
+        // A failed bridge says `unbridged` on both.
+        t.offer("c".into(), &inbound(), 3, 0);
+        answered(&mut t, "c", 0);
+        t.bridge_done("b", "c", false, 2);
+        assert_eq!(kinds(&mut t, "c", 2)[1..], [CallEventKind::Unbridged]);
     }
 }

@@ -254,7 +254,11 @@ impl Telephony {
 
     /// An outbound leg was answered with `media`; returns the local media
     /// address.
-    pub async fn answered(&self, leg: &str, media: MediaOffer) -> Result<SocketAddr, TelephonyError> {
+    pub async fn answered(
+        &self,
+        leg: &str,
+        media: MediaOffer,
+    ) -> Result<SocketAddr, TelephonyError> {
         let (tx, rx) = oneshot::channel();
         self.control()?
             .send(Msg::Answered(leg.to_string(), Box::new(media), tx))
@@ -339,7 +343,10 @@ async fn run(me: Weak<Telephony>, media: MediaConfig, mut rx: mpsc::UnboundedRec
                     let _ = reply.send(match opened {
                         Ok((media, addr)) => {
                             let id = crate::support::encoding::random_hex(16);
-                            t.table.lock().recover().offer(id.clone(), &inbound, media, now);
+                            t.table
+                                .lock()
+                                .recover()
+                                .offer(id.clone(), &inbound, media, now);
                             t.counters.legs_started.fetch_add(1, Ordering::Relaxed);
                             Ok((id, addr))
                         }
@@ -352,12 +359,7 @@ async fn run(me: Weak<Telephony>, media: MediaConfig, mut rx: mpsc::UnboundedRec
                     Vec::new()
                 }
                 Msg::Answered(leg, offer, reply) => {
-                    let tenant = t
-                        .table
-                        .lock()
-                        .recover()
-                        .tenant_of(&leg)
-                        .unwrap_or_default();
+                    let tenant = t.table.lock().recover().tenant_of(&leg).unwrap_or_default();
                     let result = match open(&engine, &offer, group_of(&tenant)).await {
                         Ok((media, addr)) => {
                             let taken = t.table.lock().recover().answered(
@@ -383,13 +385,18 @@ async fn run(me: Weak<Telephony>, media: MediaConfig, mut rx: mpsc::UnboundedRec
                 Msg::Ended(leg, cause) => t.table.lock().recover().ended(&leg, cause, now),
                 Msg::Delivered(leg, seq, ok) => {
                     let actions = t.table.lock().recover().delivered(&leg, seq, ok, now);
-                    if actions.iter().any(|a| matches!(a, Action::End(_, Cause::Failed))) {
+                    if actions
+                        .iter()
+                        .any(|a| matches!(a, Action::End(_, Cause::Failed)))
+                    {
                         t.counters.legs_failed.fetch_add(1, Ordering::Relaxed);
                     }
                     actions
                 }
             },
-            Step::Media(MediaEvent::Digit { leg, key }) => t.table.lock().recover().digit(leg, key, now),
+            Step::Media(MediaEvent::Digit { leg, key }) => {
+                t.table.lock().recover().digit(leg, key, now)
+            }
             Step::Media(MediaEvent::PlayDone { leg, tag }) => {
                 t.table.lock().recover().play_done(leg, tag, now)
             }
