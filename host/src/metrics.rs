@@ -288,6 +288,27 @@ pub static PLUGIN_FAILURES: Family = Family::new(
     "Plugin calls that failed in the sandbox, by tenant, plugin and reason.",
     &["tenant", "plugin", "reason"],
 );
+/// Outbound calls the dialing policy refused (SPEC T1).
+pub static CALLS_RESTRICTED: Family = Family::new(
+    "switchboard_calls_restricted_total",
+    "Dials refused by the dialing policy, by tenant and number class.",
+    &["tenant", "class"],
+);
+/// Call legs that got media, by tenant and direction.
+pub static CALL_LEGS: Family = Family::new(
+    "switchboard_call_legs_total",
+    "Call legs started (inbound offered or outbound answered), by tenant and direction.",
+    &["tenant", "direction"],
+);
+/// Call legs ended because their plugin failed their events.
+pub static CALL_LEGS_FAILED: Family = Family::new(
+    "switchboard_call_legs_failed_total",
+    "Call legs ended by the host because their plugin failed to take their events.",
+    &["tenant", "plugin"],
+);
+/// Call legs live now (a gauge call control keeps).
+pub static LIVE_CALL_LEGS: AtomicU64 = AtomicU64::new(0);
+
 /// Request latency by route class.
 pub static LATENCY: Histogram = Histogram::new(
     "switchboard_http_request_duration_seconds",
@@ -301,6 +322,9 @@ const FAMILIES: &[&Family] = &[
     &PLUGIN_FAILURES,
     &TENANT_CPU,
     &TENANT_CPU_WAIT,
+    &CALLS_RESTRICTED,
+    &CALL_LEGS,
+    &CALL_LEGS_FAILED,
 ];
 
 /// Every counter in Prometheus text exposition format.
@@ -324,6 +348,11 @@ pub fn render() -> String {
         out,
         "# HELP switchboard_websockets_active Event streams open now.\n# TYPE switchboard_websockets_active gauge\nswitchboard_websockets_active {}",
         ACTIVE_STREAMS.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP switchboard_call_legs_live Call legs live now.\n# TYPE switchboard_call_legs_live gauge\nswitchboard_call_legs_live {}",
+        LIVE_CALL_LEGS.load(Ordering::Relaxed)
     );
     out
 }

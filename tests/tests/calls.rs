@@ -227,6 +227,12 @@ async fn t1_the_dialing_policy_refuses_toll_numbers_counts_and_audits() {
         .filter(|e| e.action == "call.dial" && e.outcome == "restricted")
         .collect();
     assert_eq!(audited.len(), 3, "{audited:?}");
+    let metrics = switchboard::metrics::render();
+    for class in ["premium", "international"] {
+        let line =
+            format!("switchboard_calls_restricted_total{{tenant=\"acme\",class=\"{class}\"}}");
+        assert!(metrics.contains(&line), "{line} missing:\n{metrics}");
+    }
     assert!(audited[0].details.contains("premium"), "{audited:?}");
     // Emergency is always allowed, and a national number by default; with
     // nothing to carry them here, they end `unavailable`.
@@ -355,6 +361,12 @@ async fn k6_a_plugin_that_traps_on_its_calls_gets_the_fallback() {
             .legs_failed
             .load(std::sync::atomic::Ordering::Relaxed),
         1
+    );
+    let metrics = switchboard::metrics::render();
+    assert!(
+        metrics
+            .contains("switchboard_call_legs_failed_total{tenant=\"acme\",plugin=\"callflow\"} 1"),
+        "{metrics}"
     );
     for _ in 0..200 {
         if rig.live_legs() == 0 {

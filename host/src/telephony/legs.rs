@@ -259,6 +259,13 @@ impl Table {
         self.lookup(tenant, plugin, leg)
     }
 
+    /// The (tenant, plugin) owning leg `id`.
+    pub fn owner_of(&self, id: &str) -> Option<(String, String)> {
+        self.legs
+            .get(id)
+            .map(|l| (l.tenant.clone(), l.plugin.clone()))
+    }
+
     /// The tenant of leg `id`.
     pub fn tenant_of(&self, id: &str) -> Option<String> {
         self.legs.get(id).map(|l| l.tenant.clone())

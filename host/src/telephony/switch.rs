@@ -21,6 +21,7 @@ use super::signalling::{Inbound, MediaOffer, Signalling, Unreachable};
 use crate::audit::{AuditLog, Scope};
 use crate::call::legs::{Cause, LegSnapshot};
 use crate::media::engine::{Engine, LegSetup, MediaConfig, MediaEvent};
+use crate::metrics;
 use crate::support::clock::now_ms;
 use crate::support::sync::Recover as _;
 
@@ -114,6 +115,8 @@ pub struct Telephony {
     policies: RwLock<HashMap<String, TenantPolicy>>,
     audit: Arc<AuditLog>,
     me: Weak<Telephony>,
+    /// Live legs as the control thread last counted them.
+    live: AtomicU64,
     pub counters: Counters,
 }
 
@@ -129,6 +132,7 @@ impl Telephony {
             policies: RwLock::default(),
             audit,
             me: me.clone(),
+            live: AtomicU64::new(0),
             counters: Counters::default(),
         })
     }
@@ -181,6 +185,7 @@ impl Telephony {
         if let Err(refusal) = &decided {
             self.counters.restricted.fetch_add(1, Ordering::Relaxed);
             let class = refusal.class.map_or("unreadable", Class::name);
+            metrics::CALLS_RESTRICTED.inc(&[tenant, class]);
             self.audit.note(
                 &Scope::tenant(tenant),
                 "call.dial",
@@ -348,6 +353,7 @@ async fn run(me: Weak<Telephony>, media: MediaConfig, mut rx: mpsc::UnboundedRec
                                 .recover()
                                 .offer(id.clone(), &inbound, media, now);
                             t.counters.legs_started.fetch_add(1, Ordering::Relaxed);
+                            metrics::CALL_LEGS.inc(&[&inbound.tenant, "inbound"]);
                             Ok((id, addr))
                         }
                         Err(e) => Err(e),
@@ -371,6 +377,7 @@ async fn run(me: Weak<Telephony>, media: MediaConfig, mut rx: mpsc::UnboundedRec
                             );
                             if taken {
                                 t.counters.legs_started.fetch_add(1, Ordering::Relaxed);
+                                metrics::CALL_LEGS.inc(&[&tenant, "outbound"]);
                                 Ok(addr)
                             } else {
                                 let _ = engine.close(media).await;
@@ -384,12 +391,18 @@ async fn run(me: Weak<Telephony>, media: MediaConfig, mut rx: mpsc::UnboundedRec
                 }
                 Msg::Ended(leg, cause) => t.table.lock().recover().ended(&leg, cause, now),
                 Msg::Delivered(leg, seq, ok) => {
-                    let actions = t.table.lock().recover().delivered(&leg, seq, ok, now);
-                    if actions
+                    let mut table = t.table.lock().recover();
+                    let owner = table.owner_of(&leg);
+                    let actions = table.delivered(&leg, seq, ok, now);
+                    drop(table);
+                    let failed = actions
                         .iter()
-                        .any(|a| matches!(a, Action::End(_, Cause::Failed)))
-                    {
+                        .any(|a| matches!(a, Action::End(_, Cause::Failed)));
+                    if failed {
                         t.counters.legs_failed.fetch_add(1, Ordering::Relaxed);
+                        if let Some((tenant, plugin)) = owner {
+                            metrics::CALL_LEGS_FAILED.inc(&[&tenant, &plugin]);
+                        }
                     }
                     actions
                 }
@@ -404,7 +417,17 @@ async fn run(me: Weak<Telephony>, media: MediaConfig, mut rx: mpsc::UnboundedRec
             Step::Tick => t.table.lock().recover().tick(now),
         };
         carry_out(&t, &engine, actions).await;
-        if t.table.lock().recover().has_ready() {
+        let table = t.table.lock().recover();
+        let (ready, live) = (table.has_ready(), table.len());
+        drop(table);
+        // The process-wide gauge moves by this host's change.
+        let old = t.live.swap(live as u64, Ordering::Relaxed);
+        if live as u64 >= old {
+            metrics::LIVE_CALL_LEGS.fetch_add(live as u64 - old, Ordering::Relaxed);
+        } else {
+            metrics::LIVE_CALL_LEGS.fetch_sub(old - live as u64, Ordering::Relaxed);
+        }
+        if ready {
             t.ready.notify_one();
         }
     }
