@@ -171,6 +171,16 @@ pub enum Op {
         class: String,
         days: Option<u32>,
     },
+    /// A tenant's dialing policy, as set and as it applies (SPEC T1).
+    DialingShow {
+        tenant: String,
+    },
+    /// Replaces a tenant's dialing policy. Premium-rate, shared-cost and
+    /// unknown numbers only an operator may open.
+    DialingSet {
+        tenant: String,
+        dialing: crate::tenant::Dialing,
+    },
     /// Sets or releases a legal hold on the tenant, or on one blob of one
     /// plugin (e.g. a recording's media).
     HoldSet {

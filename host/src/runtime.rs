@@ -15,6 +15,7 @@
 
 pub mod data;
 pub mod deliver;
+pub mod dialing;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

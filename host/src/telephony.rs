@@ -18,4 +18,4 @@ pub mod policy;
 pub mod signalling;
 pub mod switch;
 
-pub use switch::{Telephony, TelephonyConfig, TelephonyError, TenantPolicy};
+pub use switch::{Telephony, TelephonyConfig, TelephonyError};

@@ -121,6 +121,55 @@ pub struct TenantRecord {
     /// commit into a new tenant of the same id.
     #[serde(default)]
     pub incarnation: String,
+    /// How the tenant's users dial and what they may reach (SPEC T1).
+    #[serde(default)]
+    pub dialing: Dialing,
+}
+
+/// A tenant's numbering plan and dialing rules as set (SPEC T1); checked
+/// by `telephony::policy` when set, applied to every outbound leg.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dialing {
+    /// ISO 3166 alpha-2 region numbers are read in (`GB`); `None`: the
+    /// server's default region.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// What users dial for an outside line first (`9`), if anything.
+    #[serde(default)]
+    pub outside_line: Option<String>,
+    /// Shortest and longest extension, in digits.
+    #[serde(default = "Dialing::default_extension_digits")]
+    pub extension_digits: [usize; 2],
+    /// Number classes anyone may dial; `None`: internal, national, mobile
+    /// and toll-free.
+    #[serde(default)]
+    pub classes: Option<Vec<String>>,
+    /// E.164 numbers or prefixes (`+4420*`) allowed beyond the classes.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// E.164 numbers or prefixes refused whatever else allows them.
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
+
+impl Dialing {
+    fn default_extension_digits() -> [usize; 2] {
+        [2, 6]
+    }
+}
+
+impl Default for Dialing {
+    fn default() -> Self {
+        Dialing {
+            region: None,
+            outside_line: None,
+            extension_digits: Dialing::default_extension_digits(),
+            classes: None,
+            allow: Vec::new(),
+            deny: Vec::new(),
+        }
+    }
 }
 
 /// Default retention in days per class (SPEC D4). Classes not listed keep

@@ -85,6 +85,41 @@ fn k1_s4_keys_packages_trust_and_offline_admin() {
     );
     assert!(o.status.success(), "{:?}", text(&o));
     assert!(text(&o).0.contains("\"recording\": 90"), "{:?}", text(&o));
+    let o = run(
+        &[
+            "tenant",
+            "dialing",
+            "gone",
+            "--set",
+            r#"{"region": "GB", "outside_line": "9"}"#,
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert!(text(&o).0.contains("\"GB\""), "{:?}", text(&o));
+    let o = run(
+        &[
+            "tenant",
+            "dialing",
+            "gone",
+            "--set",
+            r#"{"region": "GB", "oops": 1}"#,
+        ],
+        d,
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("oops"), "{:?}", text(&o));
+    let o = run(
+        &[
+            "tenant",
+            "dialing",
+            "gone",
+            "--set",
+            r#"{"classes": ["lunar"]}"#,
+        ],
+        d,
+    );
+    assert!(text(&o).1.contains("invalid_dialing"), "{:?}", text(&o));
     let o = run(&["tenant", "hold", "gone"], d);
     assert!(o.status.success(), "{:?}", text(&o));
     let o = run(&["tenant", "delete", "gone", "--yes"], d);

@@ -10,7 +10,7 @@ use switchboard::audit::Scope;
 use switchboard::call::legs::Cause;
 use switchboard::harness::Harness;
 use switchboard::harness::calls::{CallRig, Phone, Signal};
-use switchboard::tenant::Limits;
+use switchboard::tenant::{Dialing, Limits};
 use switchboard_tests::{harness, ok_json, tenant};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -375,4 +375,72 @@ async fn k6_a_plugin_that_traps_on_its_calls_gets_the_fallback() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(rig.live_legs(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t1_a_tenants_own_plan_and_rules_apply_to_its_dials() {
+    let (h, rig) = rig(&["acme"]).await;
+    let gb = Dialing {
+        region: Some("GB".into()),
+        outside_line: Some("9".into()),
+        extension_digits: [3, 4],
+        classes: None,
+        allow: Vec::new(),
+        deny: vec!["+447911*".into()],
+    };
+    h.runtime().set_dialing("acme", gb.clone()).await.unwrap();
+    // A policy that does not read is refused and changes nothing.
+    let bad = Dialing {
+        region: Some("XX".into()),
+        ..gb.clone()
+    };
+    let e = h.runtime().set_dialing("acme", bad).await.unwrap_err();
+    assert_eq!(e.code(), "invalid_dialing", "{e}");
+    let shown = h.runtime().dialing("acme").unwrap();
+    assert_eq!(shown["effective"]["region"], "GB", "{shown}");
+    let dial = |n: &'static str| {
+        let h = &h;
+        async move {
+            let r = h
+                .post("acme", "callflow", "u", &format!("/dial/{n}"), b"")
+                .await
+                .unwrap();
+            (r.status, r.json().unwrap())
+        }
+    };
+    // A London number behind the outside line: dialled as E.164.
+    let (status, body) = dial("902079460018").await;
+    assert_eq!(status, 200, "{body}");
+    let leg = body["leg"].as_str().unwrap().to_string();
+    let signals = rig.wait_for(WAIT, |s| dialled(s, &leg)).await.unwrap();
+    assert!(
+        signals.contains(&Signal::Dialled(leg.clone(), "+442079460018".into())),
+        "{signals:?}"
+    );
+    // The tenant's deny list wins over the mobile class it allows.
+    let (status, body) = dial("907911123456").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("deny list"),
+        "{body}"
+    );
+    // 999 behind the outside line is the emergency number, dialled as
+    // such; 9111 is not an emergency call whatever it becomes.
+    for (n, emergency) in [("9999", true), ("9111", false)] {
+        let (status, body) = dial(n).await;
+        if !emergency && status != 200 {
+            continue;
+        }
+        assert_eq!(status, 200, "{n}: {body}");
+        let leg = body["leg"].as_str().unwrap().to_string();
+        let signals = rig.wait_for(WAIT, |s| dialled(s, &leg)).await.unwrap();
+        let number = signals
+            .iter()
+            .find_map(|x| match x {
+                Signal::Dialled(l, num) if *l == leg => Some(num.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(number == "999", emergency, "{n} became {number}");
+    }
 }

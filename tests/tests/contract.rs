@@ -435,6 +435,52 @@ async fn the_host_api_keeps_to_its_openapi_document() {
         Body::Json(json!({"class": "recording", "days": 0})),
     )
     .await;
+    // The dialing policy (SPEC T1): admins keep it within the operator's
+    // bounds; premium-rate numbers are the operator's to open.
+    let dial = "/api/v1/admin/tenants/{tenant}/dialing";
+    let r = c.call("GET", dial, &["acme"], Some(&ada), Body::None).await;
+    assert_eq!(
+        r.json()["effective"]["classes"].as_array().unwrap().len(),
+        4
+    );
+    let gb = json!({"region": "GB", "outside_line": "9", "extension_digits": [3, 4],
+        "classes": ["internal", "national", "mobile", "toll-free", "international"],
+        "allow": [], "deny": ["+44909*"]});
+    let r = c
+        .call("PUT", dial, &["acme"], Some(&ada), Body::Json(gb.clone()))
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["effective"]["region"], "GB");
+    let r = c
+        .call(
+            "PUT",
+            dial,
+            &["acme"],
+            Some(&ada),
+            Body::Json(json!({"region": "XX"})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()["code"].clone()),
+        (400, json!("invalid_dialing"))
+    );
+    let premium = json!({"classes": ["internal", "premium"]});
+    let r = c
+        .call(
+            "PUT",
+            dial,
+            &["acme"],
+            Some(&ada),
+            Body::Json(premium.clone()),
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    let r = c
+        .call("PUT", dial, &["acme"], Some(&root), Body::Json(premium))
+        .await;
+    assert_eq!(r.status, 200);
+    c.call("PUT", dial, &["acme"], Some(&ada), Body::Json(gb))
+        .await;
     let hold = "/api/v1/admin/tenants/{tenant}/hold";
     c.call(
         "PUT",

@@ -1,5 +1,7 @@
 //! Data and retention (SPEC D4): retention by class and legal holds on a
-//! tenant or one object.
+//! tenant or one object; and a tenant's dialing policy (SPEC T1), which
+//! like retention is a tenant's rule its admins keep within the
+//! operator's bounds.
 //!
 //! This area's part of the one admin vocabulary (`admin::Op`): which ops
 //! are its own, their names and realms for the audit trail, who may run
@@ -15,7 +17,11 @@ use crate::error::ApiError;
 pub(super) fn owns(op: &Op) -> bool {
     matches!(
         op,
-        Op::RetentionShow { .. } | Op::RetentionSet { .. } | Op::HoldSet { .. }
+        Op::RetentionShow { .. }
+            | Op::RetentionSet { .. }
+            | Op::HoldSet { .. }
+            | Op::DialingShow { .. }
+            | Op::DialingSet { .. }
     )
 }
 
@@ -26,6 +32,8 @@ pub(super) fn op_name(op: &Op) -> &'static str {
         RetentionShow { .. } => "retention-show",
         RetentionSet { .. } => "retention-set",
         HoldSet { .. } => "hold-set",
+        DialingShow { .. } => "dialing-show",
+        DialingSet { .. } => "dialing-set",
         _ => "unknown",
     }
 }
@@ -34,12 +42,17 @@ pub(super) fn op_name(op: &Op) -> &'static str {
 pub(super) fn op_realm(op: &Op) -> Option<Scope> {
     use Op::*;
     match op {
-        RetentionShow { tenant } | RetentionSet { tenant, .. } | HoldSet { tenant, .. } => {
-            Scope::parse(tenant)
-        }
+        RetentionShow { tenant }
+        | RetentionSet { tenant, .. }
+        | HoldSet { tenant, .. }
+        | DialingShow { tenant }
+        | DialingSet { tenant, .. } => Scope::parse(tenant),
         _ => None,
     }
 }
+
+/// Number classes only an operator may let a tenant dial.
+const OPERATOR_CLASSES: &[&str] = &["premium", "shared-cost", "unknown"];
 
 /// Whether the signed-in caller may run `op`.
 pub(super) fn authorize(who: &Who<'_>, op: &Op) -> Result<(), ApiError> {
@@ -69,6 +82,29 @@ pub(super) fn authorize(who: &Who<'_>, op: &Op) -> Result<(), ApiError> {
                 Ok(())
             } else {
                 deny("lift a hold on the whole tenant (operators may)")
+            }
+        }
+        DialingShow { tenant } => {
+            if who.operator || who.own_tenant(tenant) {
+                Ok(())
+            } else {
+                deny("see this tenant's dialing policy (its admins and operators may)")
+            }
+        }
+        // Toll fraud: numbers that bill the caller at a premium rate, or
+        // that cannot be classified, are the operator's to open.
+        DialingSet { tenant, dialing } => {
+            let opens_toll = dialing
+                .classes
+                .iter()
+                .flatten()
+                .any(|c| OPERATOR_CLASSES.contains(&c.as_str()));
+            if who.operator || (who.own_tenant(tenant) && !opens_toll) {
+                Ok(())
+            } else if who.own_tenant(tenant) {
+                deny("open premium-rate, shared-cost or unknown numbers (operators may)")
+            } else {
+                deny("set this tenant's dialing policy (its admins and operators may)")
             }
         }
         _ => Err(misrouted(op)),
@@ -109,6 +145,11 @@ pub(super) async fn run(r: &Runner<'_>, op: Op) -> Result<Value, ApiError> {
                 }
             }
             json!({ "legal_hold": on })
+        }
+        DialingShow { tenant } => rt.dialing(&tenant)?,
+        DialingSet { tenant, dialing } => {
+            rt.set_dialing(&tenant, dialing).await?;
+            rt.dialing(&tenant)?
         }
         other => return Err(misrouted(&other)),
     })

@@ -338,7 +338,12 @@ pub fn dial(ctx: &mut CallCtx, t: &State, req: DialRequest) -> Result<String, Ca
         None => String::new(),
     };
     let to = t
-        .check_dial(ctx.tenant_id(), ctx.plugin_name(), &req.to)
+        .check_dial(
+            ctx.tenant_id(),
+            ctx.plugin_name(),
+            &ctx.tenant.record.dialing,
+            &req.to,
+        )
         .map_err(|r| CapError::Denied(r.to_string()))?;
     if !t.has_room(ctx.tenant_id()) {
         return Err(CapError::QuotaExceeded(

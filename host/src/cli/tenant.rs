@@ -1,5 +1,5 @@
-//! `switchboard tenant …`: create, delete, list, legal holds, retention and
-//! usage of tenants. Each verb turns into admin operations through the
+//! `switchboard tenant …`: create, delete, list, legal holds, retention,
+//! dialing policy and usage of tenants. Each verb turns into admin operations through the
 //! control socket when the server runs, else on the data folder.
 
 use anyhow::bail;
@@ -63,6 +63,17 @@ pub enum TenantCmd {
         /// A limit to change, as `name=value` (repeatable).
         #[arg(long = "set", value_name = "NAME=VALUE")]
         set: Vec<String>,
+    },
+    /// Show a tenant's dialing policy, or replace it with `--set` and a
+    /// JSON policy (`{"region": "GB", "outside_line": "9", "classes":
+    /// [...], "allow": ["+4420*"], "deny": [...]}`; docs/telephony.md).
+    Dialing {
+        #[command(flatten)]
+        data: DataArgs,
+        id: String,
+        /// The whole policy, as JSON.
+        #[arg(long, value_name = "JSON")]
+        set: Option<String>,
     },
     /// Show a tenant's storage use.
     Usage {
@@ -133,6 +144,20 @@ pub(super) async fn run(cmd: TenantCmd) -> anyhow::Result<()> {
             };
             (data, op)
         }
+        TenantCmd::Dialing { data, id, set } => match set {
+            Some(json) => {
+                let dialing = serde_json::from_str(&json)
+                    .map_err(|e| anyhow::anyhow!("--set is not a dialing policy: {e}"))?;
+                (
+                    data,
+                    Op::DialingSet {
+                        tenant: id,
+                        dialing,
+                    },
+                )
+            }
+            None => (data, Op::DialingShow { tenant: id }),
+        },
         TenantCmd::Usage { data, id } => (data, Op::TenantUsage { id }),
         TenantCmd::List { data } => (data, Op::TenantList),
     };

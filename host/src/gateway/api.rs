@@ -446,6 +446,11 @@ async fn admin_route(
                 days: b.days,
             }
         }
+        (&M::GET, ["tenants", t, "dialing"]) => Op::DialingShow { tenant: s(t) },
+        (&M::PUT, ["tenants", t, "dialing"]) => Op::DialingSet {
+            tenant: s(t),
+            dialing: parse(&body(MAX_BODY_BYTES).await?)?,
+        },
         (&M::PUT, ["tenants", t, "hold"]) => {
             let b: HoldBody = parse(&body(MAX_BODY_BYTES).await?)?;
             Op::HoldSet {

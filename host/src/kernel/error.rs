@@ -127,6 +127,9 @@ pub enum AdminError {
     /// A retention policy or class is malformed.
     #[error("invalid retention policy: {0}")]
     InvalidRetention(String),
+    /// A dialing policy (numbering plan or rules) is malformed.
+    #[error("invalid dialing policy: {0}")]
+    InvalidDialing(String),
     /// No such object.
     #[error("{0} does not exist")]
     NotFound(String),
@@ -173,6 +176,7 @@ impl AdminError {
             AdminError::InvalidRegion(_) => "invalid_region",
             AdminError::LegalHold(_) => "legal_hold",
             AdminError::InvalidRetention(_) => "invalid_retention",
+            AdminError::InvalidDialing(_) => "invalid_dialing",
             AdminError::NotFound(_) => "not_found",
             AdminError::Key(_) => "key_error",
             AdminError::Store(_) => "storage_unavailable",

@@ -76,6 +76,7 @@ impl Registry {
             retention: Default::default(),
             legal_hold: false,
             incarnation: crate::support::encoding::random_hex(8),
+            dialing: Default::default(),
         };
         let state = self.tenant_state(record.clone(), None)?;
         // The record first (region database), then the directory entry and

@@ -185,6 +185,9 @@ pub enum PolicyError {
     /// Over a limit.
     #[error("{0}")]
     TooMany(String),
+    /// The numbering plan is not usable.
+    #[error("{0}")]
+    Plan(String),
 }
 
 impl Plan {
@@ -338,6 +341,52 @@ impl Pattern {
             e164 == self.digits
         }
     }
+}
+
+/// Longest outside-line prefix.
+pub const MAX_OUTSIDE_LINE: usize = 4;
+/// Longest extension.
+pub const MAX_EXTENSION_DIGITS: usize = 15;
+
+/// A tenant's plan and rules from its settings (`region` when it sets
+/// none), checked: the answer to an admin who sets them.
+pub fn from_dialing(
+    d: &crate::tenant::Dialing,
+    default_region: &str,
+) -> Result<(Plan, Rules), PolicyError> {
+    if let Some(prefix) = &d.outside_line
+        && (prefix.is_empty()
+            || prefix.len() > MAX_OUTSIDE_LINE
+            || !prefix.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(PolicyError::Plan(format!(
+            "the outside-line prefix is 1-{MAX_OUTSIDE_LINE} digits"
+        )));
+    }
+    let [min, max] = d.extension_digits;
+    if min == 0 || min > max || max > MAX_EXTENSION_DIGITS {
+        return Err(PolicyError::Plan(format!(
+            "extension digits are [min, max] with 1 <= min <= max <= {MAX_EXTENSION_DIGITS}"
+        )));
+    }
+    let plan = Plan {
+        region: d
+            .region
+            .clone()
+            .unwrap_or_else(|| default_region.to_string()),
+        outside_line: d.outside_line.clone(),
+        extension_digits: min..=max,
+    };
+    plan.validate()?;
+    let rules = match &d.classes {
+        Some(classes) => Rules::from_settings(classes, &d.allow, &d.deny)?,
+        None => {
+            let mut rules = Rules::from_settings(&[], &d.allow, &d.deny)?;
+            rules.classes = Rules::default().classes;
+            rules
+        }
+    };
+    Ok((plan, rules))
 }
 
 /// A tenant's rules, and the caller's class of restriction.
@@ -635,5 +684,75 @@ mod tests {
             Rules::from_settings(&[], &many, &[]),
             Err(PolicyError::TooMany(_))
         ));
+    }
+
+    #[test]
+    fn a_tenants_settings_are_checked_before_they_apply() {
+        use crate::tenant::Dialing;
+        let ok = Dialing::default();
+        let (plan, rules) = from_dialing(&ok, "GB").unwrap();
+        assert_eq!(plan.region, "GB");
+        assert_eq!(rules.classes, Rules::default().classes);
+        let bad = [
+            Dialing {
+                region: Some("XX".into()),
+                ..ok.clone()
+            },
+            Dialing {
+                outside_line: Some("9a".into()),
+                ..ok.clone()
+            },
+            Dialing {
+                outside_line: Some(String::new()),
+                ..ok.clone()
+            },
+            Dialing {
+                outside_line: Some("99999".into()),
+                ..ok.clone()
+            },
+            Dialing {
+                extension_digits: [0, 4],
+                ..ok.clone()
+            },
+            Dialing {
+                extension_digits: [5, 3],
+                ..ok.clone()
+            },
+            Dialing {
+                extension_digits: [1, 16],
+                ..ok.clone()
+            },
+            Dialing {
+                classes: Some(vec!["lunar".into()]),
+                ..ok.clone()
+            },
+            Dialing {
+                allow: vec!["44*".into()],
+                ..ok.clone()
+            },
+            Dialing {
+                deny: vec!["+44*9".into()],
+                ..ok.clone()
+            },
+            Dialing {
+                deny: vec!["+1".into(); MAX_PATTERNS + 1],
+                ..ok.clone()
+            },
+        ];
+        for d in bad {
+            assert!(from_dialing(&d, "GB").is_err(), "{d:?}");
+        }
+        // Classes as set replace the defaults.
+        let open = Dialing {
+            classes: Some(vec!["internal".into(), "international".into()]),
+            ..ok
+        };
+        let (_, rules) = from_dialing(&open, "US").unwrap();
+        assert_eq!(
+            rules.classes,
+            [Class::Internal, Class::International]
+                .into_iter()
+                .collect()
+        );
     }
 }

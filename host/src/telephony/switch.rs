@@ -7,7 +7,6 @@
 //! snapshot for a capability's check, the dispatcher's ready events) take
 //! the table's lock briefly and never wait on I/O.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
@@ -16,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::legs::{Action, Command, Delivery, Table};
-use super::policy::{Class, Dialled, Plan, Refusal, Rules};
+use super::policy::{self, Class, Dialled, Refusal};
 use super::signalling::{Inbound, MediaOffer, Signalling, Unreachable};
 use crate::audit::{AuditLog, Scope};
 use crate::call::legs::{Cause, LegSnapshot};
@@ -24,6 +23,7 @@ use crate::media::engine::{Engine, LegSetup, MediaConfig, MediaEvent};
 use crate::metrics;
 use crate::support::clock::now_ms;
 use crate::support::sync::Recover as _;
+use crate::tenant::Dialing;
 
 /// The watchdog's period.
 const TICK: Duration = Duration::from_millis(100);
@@ -81,13 +81,6 @@ pub struct Counters {
     pub legs_failed: AtomicU64,
 }
 
-/// A tenant's dialing policy.
-#[derive(Debug, Clone)]
-pub struct TenantPolicy {
-    pub plan: Plan,
-    pub rules: Rules,
-}
-
 enum Msg {
     Command(String, String, Command),
     Offer(
@@ -112,7 +105,6 @@ pub struct Telephony {
     ready: Arc<Notify>,
     control: OnceLock<Result<mpsc::UnboundedSender<Msg>, String>>,
     signalling: RwLock<Option<Arc<dyn Signalling>>>,
-    policies: RwLock<HashMap<String, TenantPolicy>>,
     audit: Arc<AuditLog>,
     me: Weak<Telephony>,
     /// Live legs as the control thread last counted them.
@@ -129,7 +121,6 @@ impl Telephony {
             ready: Arc::new(Notify::new()),
             control: OnceLock::new(),
             signalling: RwLock::new(None),
-            policies: RwLock::default(),
             audit,
             me: me.clone(),
             live: AtomicU64::new(0),
@@ -149,39 +140,32 @@ impl Telephony {
         }
     }
 
-    /// Sets a tenant's dialing policy (checked by the caller).
-    pub fn set_policy(&self, tenant: &str, policy: TenantPolicy) {
-        self.policies
-            .write()
-            .recover()
-            .insert(tenant.to_string(), policy);
+    /// The default region of tenants that set none.
+    pub fn default_region(&self) -> &str {
+        &self.config.region
     }
 
-    fn policy(&self, tenant: &str) -> TenantPolicy {
-        self.policies
-            .read()
-            .recover()
-            .get(tenant)
-            .cloned()
-            .unwrap_or_else(|| TenantPolicy {
-                plan: Plan {
-                    region: self.config.region.clone(),
-                    outside_line: None,
-                    extension_digits: 2..=6,
-                },
-                rules: Rules::default(),
-            })
-    }
-
-    /// SPEC T1: reads `to` in the tenant's plan and decides. A refusal is
-    /// counted and audited (`call.dial`, outcome `restricted`).
-    pub fn check_dial(&self, tenant: &str, plugin: &str, to: &str) -> Result<Dialled, Refusal> {
-        let policy = self.policy(tenant);
+    /// SPEC T1: reads `to` in the tenant's plan and decides by its rules
+    /// (`dialing`, from its record). A refusal is counted and audited
+    /// (`call.dial`, outcome `restricted`).
+    pub fn check_dial(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        dialing: &Dialing,
+        to: &str,
+    ) -> Result<Dialled, Refusal> {
         let all: std::collections::BTreeSet<Class> = Class::ALL.into_iter().collect();
-        let decided = policy
-            .plan
-            .read(to)
-            .and_then(|d| policy.rules.decide(&d, &all).map(|()| d));
+        let decided = match policy::from_dialing(dialing, &self.config.region) {
+            Ok((plan, rules)) => plan
+                .read(to)
+                .and_then(|d| rules.decide(&d, &all).map(|()| d)),
+            // Checked when set; a record that no longer reads refuses all.
+            Err(e) => Err(Refusal {
+                reason: format!("the tenant's dialing policy is unusable: {e}"),
+                class: None,
+            }),
+        };
         if let Err(refusal) = &decided {
             self.counters.restricted.fetch_add(1, Ordering::Relaxed);
             let class = refusal.class.map_or("unreadable", Class::name);
