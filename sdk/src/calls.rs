@@ -3,7 +3,8 @@
 //! The host owns every leg's signalling and media; a plugin decides. An
 //! inbound call arrives at [`crate::Plugin::on_call`] as
 //! [`CallEventKind::Offered`]; the plugin answers, plays tones, collects
-//! digits, dials other legs and bridges them. Commands take effect only
+//! digits, dials other legs, bridges two of them or joins any number into
+//! a conference room. Commands take effect only
 //! when the plugin's call commits, in the order issued (a call that fails
 //! issues none). Events of one leg arrive one at a time, in order, each
 //! with its `seq` and the state kept with [`set_state`]. Grants: `calls`
@@ -73,6 +74,17 @@ pub fn bridge(a: &str, b: &str) -> Result<(), Error> {
 /// Ends a leg's bridge.
 pub fn unbridge(leg: &str) -> Result<(), Error> {
     crate::tx::note(raw::unbridge(leg))
+}
+
+/// Puts an answered leg into this plugin's conference room `room` (made
+/// on first join): each member hears the others, never itself.
+pub fn join(leg: &str, room: &str) -> Result<(), Error> {
+    crate::tx::note(raw::join(leg, room))
+}
+
+/// Takes a leg out of its room.
+pub fn leave(leg: &str) -> Result<(), Error> {
+    crate::tx::note(raw::leave(leg))
 }
 
 /// Keeps up to 4 KiB with the leg, handed back with each of its events.

@@ -444,3 +444,55 @@ async fn t1_a_tenants_own_plan_and_rules_apply_to_its_dials() {
         assert_eq!(number == "999", emergency, "{n} became {number}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t2_a_room_mixes_its_members_and_rooms_are_the_tenants_own() {
+    let (h, rig) = rig(&["acme", "globex"]).await;
+    let mut phones = Vec::new();
+    let mut legs = Vec::new();
+    for (tenant, caller) in [("acme", "a"), ("acme", "b"), ("acme", "c"), ("globex", "g")] {
+        let mut phone = Phone::new().unwrap();
+        let leg = rig
+            .ring(tenant, "callflow", caller, "800", b"room:r1", &mut phone)
+            .await
+            .unwrap();
+        wait_event(&h, tenant, &leg, "joined:r1").await;
+        phones.push(phone);
+        legs.push(leg);
+    }
+    // a says 1000 and b says 3000, in µ-law, for half a second.
+    let loud = |v: i16| vec![switchboard::media::g711::linear_to_ulaw(v); 160];
+    for _ in 0..25 {
+        phones[0].send_audio(&loud(1000)).unwrap();
+        phones[1].send_audio(&loud(3000)).unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let level = |p: &Phone| {
+        let mut peaks: Vec<i16> = p
+            .listen(Duration::from_millis(200), 0)
+            .iter()
+            .map(|f| {
+                f.iter()
+                    .map(|c| switchboard::media::g711::ulaw_to_linear(*c))
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        peaks.sort_unstable();
+        peaks.last().copied().unwrap_or(0)
+    };
+    let (c, g) = (level(&phones[2]), level(&phones[3]));
+    assert!((c - 4000).abs() <= 250, "c hears a and b: {c}");
+    assert!(g.abs() <= 16, "globex's room r1 is another room: {g}");
+    // A member who hangs up leaves; the others stay.
+    rig.hang_up(&legs[2]);
+    wait_event(&h, "acme", &legs[2], "ended:normal").await;
+    let log = events(&h, "acme", &legs[0]).await;
+    assert_eq!(log, ["offered:room:r1", "joined:r1"]);
+    assert_eq!(
+        h.runtime()
+            .telephony()
+            .room_members("acme", "callflow", "r1"),
+        2
+    );
+}

@@ -99,6 +99,8 @@ pub struct LegSnapshot {
     pub codec: String,
     pub secure: bool,
     pub bridged_with: Option<String>,
+    /// The conference room the leg is in.
+    pub room: Option<String>,
     pub started_ms: u64,
     pub answered_ms: Option<u64>,
 }
@@ -122,6 +124,8 @@ pub enum CallEventKind {
     },
     Bridged(String),
     Unbridged,
+    Joined(String),
+    Left(String),
     Ended(Cause),
 }
 

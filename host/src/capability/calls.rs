@@ -110,6 +110,7 @@ fn leg(ctx: &mut CallCtx, telephony: &State, id: &str) -> Result<LegSnapshot, Ca
                     codec: String::new(),
                     secure: false,
                     bridged_with: None,
+                    room: None,
                     started_ms: crate::support::clock::now_ms(),
                     answered_ms: None,
                 });
@@ -181,6 +182,11 @@ pub fn play(
 ) -> Result<String, CapError> {
     let l = leg(ctx, t, id)?;
     in_state(&l, LegState::Answered, "play")?;
+    if l.bridged_with.is_some() || l.room.is_some() {
+        return Err(CapError::InvalidArgument(
+            "the leg hears its peers (a bridge or a room): unbridge or leave first".into(),
+        ));
+    }
     if items.is_empty() || items.len() > MAX_PLAY_ITEMS {
         return Err(CapError::InvalidArgument(format!(
             "a play has 1-{MAX_PLAY_ITEMS} items"
@@ -279,6 +285,49 @@ pub fn bridge(ctx: &mut CallCtx, t: &State, a: &str, b: &str) -> Result<(), CapE
 pub fn unbridge(ctx: &mut CallCtx, t: &State, id: &str) -> Result<(), CapError> {
     leg(ctx, t, id)?;
     queue(ctx, t, Command::Unbridge(id.to_string()))
+}
+
+/// Longest room name.
+pub const MAX_ROOM_NAME: usize = 64;
+
+/// Puts an answered leg into the plugin's conference room `room`.
+pub fn join(ctx: &mut CallCtx, t: &State, id: &str, room: &str) -> Result<(), CapError> {
+    ctx.charge(room.len())?;
+    let valid = !room.is_empty()
+        && room.len() <= MAX_ROOM_NAME
+        && room
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !valid {
+        return Err(CapError::InvalidArgument(format!(
+            "room names are 1-{MAX_ROOM_NAME} of [A-Za-z0-9._-]"
+        )));
+    }
+    let l = leg(ctx, t, id)?;
+    in_state(&l, LegState::Answered, "join")?;
+    if l.room.as_deref() != Some(room)
+        && t.room_members(ctx.tenant_id(), ctx.plugin_name(), room)
+            >= crate::media::engine::MAX_ROOM_MEMBERS
+    {
+        return Err(CapError::QuotaExceeded(format!(
+            "room {room:?} has {} members",
+            crate::media::engine::MAX_ROOM_MEMBERS
+        )));
+    }
+    queue(
+        ctx,
+        t,
+        Command::Join {
+            leg: id.to_string(),
+            room: room.to_string(),
+        },
+    )
+}
+
+/// Takes a leg out of its room.
+pub fn leave(ctx: &mut CallCtx, t: &State, id: &str) -> Result<(), CapError> {
+    leg(ctx, t, id)?;
+    queue(ctx, t, Command::Leave(id.to_string()))
 }
 
 /// Keeps `state` with the leg.
@@ -471,6 +520,14 @@ impl twit::calls::Host for View<'_, State> {
         wrap(unbridge(self.call, self.state, &leg))
     }
 
+    fn join(&mut self, leg: String, room: String) -> WitResult<()> {
+        wrap(join(self.call, self.state, &leg, &room))
+    }
+
+    fn leave(&mut self, leg: String) -> WitResult<()> {
+        wrap(leave(self.call, self.state, &leg))
+    }
+
     fn set_state(&mut self, leg: String, state: Vec<u8>) -> WitResult<()> {
         wrap(set_state(self.call, self.state, &leg, state))
     }
@@ -529,6 +586,8 @@ pub(crate) fn wit_event(e: CallEvent) -> t::CallEvent {
         }),
         CallEventKind::Bridged(other) => t::CallEventKind::Bridged(other),
         CallEventKind::Unbridged => t::CallEventKind::Unbridged,
+        CallEventKind::Joined(room) => t::CallEventKind::Joined(room),
+        CallEventKind::Left(room) => t::CallEventKind::Left(room),
         CallEventKind::Ended(cause) => t::CallEventKind::Ended(wit_cause(cause)),
     };
     t::CallEvent {
@@ -560,6 +619,7 @@ pub(crate) fn wit_snapshot(s: legs::LegSnapshot) -> t::LegSnapshot {
         codec: s.codec,
         secure: s.secure,
         bridged_with: s.bridged_with,
+        room: s.room,
         started_ms: s.started_ms,
         answered_ms: s.answered_ms,
     }

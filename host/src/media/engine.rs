@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::dtmf::Detector;
 use super::g711;
+use super::mix;
 use super::rtcp::{self, Block, Reception};
 use super::rtp::{self, Rewriter};
 use super::srtp::{MasterKey, Srtp, SrtpError, Suite};
@@ -45,6 +46,11 @@ use crate::support::sync::Recover as _;
 const COMMANDS: usize = 1024;
 /// Events queued before new ones are dropped (and counted).
 const EVENTS: usize = 4096;
+/// Frames a conference member may have waiting for the mixer (60 ms): a
+/// burst beyond it drops the oldest, so delay never builds up.
+const ROOM_INBOX: usize = 3;
+/// Most legs in one conference room.
+pub const MAX_ROOM_MEMBERS: usize = 64;
 
 /// Why the engine refused a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -68,6 +74,9 @@ pub enum MediaError {
     /// The engine has stopped.
     #[error("the media engine has stopped")]
     Stopped,
+    /// A conference room is full.
+    #[error("the room has {MAX_ROOM_MEMBERS} members")]
+    RoomFull,
 }
 
 /// How the engine runs.
@@ -147,6 +156,8 @@ enum Cmd {
     Unbridge(u64),
     Play(u64, Tone, Duration, u64),
     StopPlay(u64),
+    Join(u64, u64, oneshot::Sender<Result<(), MediaError>>),
+    Leave(u64),
     Close(u64),
 }
 
@@ -218,6 +229,7 @@ impl Engine {
                         counters,
                         ports,
                         legs: Rc::default(),
+                        rooms: RefCell::default(),
                         interval,
                         epoch: std::time::Instant::now(),
                     };
@@ -298,6 +310,28 @@ impl Engine {
             .map_err(|_| MediaError::Stopped)
     }
 
+    /// Puts a leg into conference room `room` (rooms are the engine
+    /// caller's numbers; legs of one group share a worker, and so can
+    /// share a room): every 20 ms each member hears the sum of the others
+    /// (mix-minus), decoded and encoded in its own codec. A bridge or a
+    /// tone of the leg ends; a leg in another room leaves it first.
+    pub async fn join(&self, leg: u64, room: u64) -> Result<(), MediaError> {
+        let (tx, rx) = oneshot::channel();
+        self.worker_of(leg)?
+            .send(Cmd::Join(leg, room, tx))
+            .await
+            .map_err(|_| MediaError::Stopped)?;
+        rx.await.map_err(|_| MediaError::Stopped)?
+    }
+
+    /// Takes a leg out of its room.
+    pub async fn leave(&self, leg: u64) -> Result<(), MediaError> {
+        self.worker_of(leg)?
+            .send(Cmd::Leave(leg))
+            .await
+            .map_err(|_| MediaError::Stopped)
+    }
+
     /// Stops the tone playing into a leg (no `PlayDone`).
     pub async fn stop_play(&self, leg: u64) -> Result<(), MediaError> {
         self.worker_of(leg)?
@@ -347,6 +381,10 @@ struct Leg {
     out: Rewriter,
     detector: Detector,
     peer: Option<u64>,
+    /// The conference room the leg is in, and its decoded frames waiting
+    /// for the room's mixer.
+    room: Option<u64>,
+    inbox: std::collections::VecDeque<[i16; FRAME]>,
     /// Bumped to stop a running tone.
     play_gen: u64,
     task: tokio::task::JoinHandle<()>,
@@ -397,6 +435,8 @@ struct Worker {
     counters: Arc<Counters>,
     ports: Arc<Mutex<Ports>>,
     legs: Legs,
+    /// Conference rooms: their members, in join order.
+    rooms: RefCell<HashMap<u64, Vec<u64>>>,
 }
 
 impl Worker {
@@ -451,7 +491,12 @@ impl Worker {
                     l.play_gen += 1;
                 }
             }
+            Cmd::Join(leg, room, reply) => {
+                let _ = reply.send(self.join(leg, room));
+            }
+            Cmd::Leave(leg) => self.leave(leg),
             Cmd::Close(leg) => {
+                self.leave(leg);
                 let mut legs = self.legs.borrow_mut();
                 if let Some(l) = legs.remove(&leg) {
                     l.task.abort();
@@ -527,6 +572,8 @@ impl Worker {
                 last_sent_ts: 0,
                 peer_report: None,
                 remote: setup.remote,
+                room: None,
+                inbox: std::collections::VecDeque::new(),
                 setup,
                 socket,
                 port,
@@ -543,8 +590,67 @@ impl Worker {
         Ok(local)
     }
 
+    fn join(self: &Rc<Self>, leg: u64, room: u64) -> Result<(), MediaError> {
+        {
+            let legs = self.legs.borrow();
+            let l = legs.get(&leg).ok_or(MediaError::NoLeg)?;
+            if !matches!(l.setup.payload_type, 0 | 8) {
+                return Err(MediaError::Codec(l.setup.payload_type));
+            }
+            if l.room == Some(room) {
+                return Ok(());
+            }
+        }
+        let full = self
+            .rooms
+            .borrow()
+            .get(&room)
+            .is_some_and(|m| m.len() >= MAX_ROOM_MEMBERS);
+        if full {
+            return Err(MediaError::RoomFull);
+        }
+        self.leave(leg);
+        {
+            let mut legs = self.legs.borrow_mut();
+            let peer = legs.get_mut(&leg).and_then(|l| l.peer.take());
+            if let Some(p) = peer.and_then(|p| legs.get_mut(&p)) {
+                p.peer = None;
+            }
+            if let Some(l) = legs.get_mut(&leg) {
+                l.room = Some(room);
+                l.inbox.clear();
+                l.play_gen += 1;
+            }
+        }
+        let mut rooms = self.rooms.borrow_mut();
+        let members = rooms.entry(room).or_default();
+        members.push(leg);
+        if members.len() == 1 {
+            tokio::task::spawn_local(mixer(self.clone(), room));
+        }
+        Ok(())
+    }
+
+    fn leave(&self, leg: u64) {
+        let room = {
+            let mut legs = self.legs.borrow_mut();
+            let Some(l) = legs.get_mut(&leg) else { return };
+            l.inbox.clear();
+            l.room.take()
+        };
+        if let Some(room) = room {
+            let mut rooms = self.rooms.borrow_mut();
+            if let Some(members) = rooms.get_mut(&room) {
+                members.retain(|m| *m != leg);
+                if members.is_empty() {
+                    rooms.remove(&room);
+                }
+            }
+        }
+    }
+
     fn bridge(&self, a: u64, b: u64) -> Result<(), MediaError> {
-        let mut legs = self.legs.borrow_mut();
+        let legs = self.legs.borrow();
         let (la, lb) = match (legs.get(&a), legs.get(&b)) {
             (Some(la), Some(lb)) if a != b => (la, lb),
             _ => return Err(MediaError::NoLeg),
@@ -557,6 +663,15 @@ impl Worker {
                 return Err(MediaError::Codec(l.setup.payload_type));
             }
         }
+        let in_rooms: Vec<u64> = [a, b]
+            .into_iter()
+            .filter(|id| legs.get(id).is_some_and(|l| l.room.is_some()))
+            .collect();
+        drop(legs);
+        for id in in_rooms {
+            self.leave(id);
+        }
+        let mut legs = self.legs.borrow_mut();
         for (leg, peer) in [(a, b), (b, a)] {
             if let Some(l) = legs.get_mut(&leg) {
                 l.peer = Some(peer);
@@ -676,6 +791,27 @@ fn handle(
             key: key.to_char(),
         });
     }
+    if leg.room.is_some() {
+        // A conference member: its audio, decoded, waits for the mixer.
+        if p.payload_type == leg.setup.payload_type {
+            let decode = if leg.setup.payload_type == 8 {
+                g711::alaw_to_linear
+            } else {
+                g711::ulaw_to_linear
+            };
+            for chunk in p.payload.chunks(FRAME) {
+                let mut frame = [0i16; FRAME];
+                for (s, c) in frame.iter_mut().zip(chunk) {
+                    *s = decode(*c);
+                }
+                if leg.inbox.len() >= ROOM_INBOX {
+                    leg.inbox.pop_front();
+                }
+                leg.inbox.push_back(frame);
+            }
+        }
+        return Ok(());
+    }
     let Some(peer_id) = leg.peer else {
         return Ok(());
     };
@@ -724,6 +860,60 @@ fn handle(
         worker.counters.relayed.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
+}
+
+/// A conference room's mixer: every 20 ms, one frame from each member (or
+/// silence), and to each member the sum of the others in its own codec,
+/// numbered and protected as its own stream. Ends when the room empties.
+async fn mixer(worker: Rc<Worker>, room: u64) {
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut outs: Vec<Vec<i16>> = Vec::new();
+    let mut packet = Vec::with_capacity(rtp::HEADER + FRAME + 16);
+    let mut payload = Vec::with_capacity(FRAME);
+    loop {
+        tick.tick().await;
+        let Some(members) = worker.rooms.borrow().get(&room).cloned() else {
+            return;
+        };
+        let mut legs = worker.legs.borrow_mut();
+        let frames: Vec<[i16; FRAME]> = members
+            .iter()
+            .map(|m| {
+                legs.get_mut(m)
+                    .and_then(|l| l.inbox.pop_front())
+                    .unwrap_or([0; FRAME])
+            })
+            .collect();
+        let inputs: Vec<&[i16]> = frames.iter().map(|f| &f[..]).collect();
+        mix::mix_minus(&inputs, &mut outs);
+        for (m, pcm) in members.iter().zip(&outs) {
+            let Some(l) = legs.get_mut(m) else { continue };
+            payload.clear();
+            match l.setup.payload_type {
+                8 => payload.extend(pcm.iter().map(|s| g711::linear_to_alaw(*s))),
+                _ => payload.extend(pcm.iter().map(|s| g711::linear_to_ulaw(*s))),
+            }
+            let (seq, ts) = l.out.next_own(FRAME as u32);
+            rtp::write(
+                &mut packet,
+                false,
+                l.setup.payload_type,
+                seq,
+                ts,
+                l.out.ssrc(),
+                &payload,
+            );
+            if let Some(tx) = l.tx.as_mut()
+                && tx.protect_rtp(&mut packet).is_err()
+            {
+                continue;
+            }
+            if l.socket.try_send_to(&packet, l.remote).is_ok() {
+                l.sent(FRAME, ts);
+            }
+        }
+    }
 }
 
 /// A leg's RTCP receive loop: authentic reports update what the peer says
@@ -1066,6 +1256,76 @@ mod tests {
             a.recv().await.expect("audio").2,
             8,
             "the CN packet was skipped"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_room_mixes_each_member_the_others_in_its_own_codec() {
+        let (engine, _events) = engine(41_600..=41_799);
+        let mut phones = Vec::new();
+        let mut legs = Vec::new();
+        for pt in [0u8, 0, 8] {
+            let phone = Phone::at("127.0.0.1", None).await;
+            let (leg, addr) = engine
+                .open(LegSetup {
+                    group: 5,
+                    remote: phone.socket.local_addr().unwrap(),
+                    payload_type: pt,
+                    dtmf: None,
+                    srtp: None,
+                })
+                .await
+                .unwrap();
+            engine.join(leg, 77).await.unwrap();
+            phones.push((phone, addr));
+            legs.push(leg);
+        }
+        // A says 1000, B says 3000 (steady µ-law), C (A-law) is silent.
+        let loud = |v: i16| vec![g711::linear_to_ulaw(v); FRAME];
+        for n in 0..25u16 {
+            for (i, v) in [(0usize, 1000i16), (1, 3000)] {
+                let (phone, addr) = &mut phones[i];
+                let addr = *addr;
+                phone.send(addr, 0, n, u32::from(n) * 160, &loud(v)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // What each hears, decoded in its codec, past the first frames.
+        let mut heard = Vec::new();
+        for (i, (phone, _)) in phones.iter_mut().enumerate() {
+            let mut peak = Vec::new();
+            // The mixer sends every 20 ms for as long as the room lives:
+            // what came during the talk (the socket kept it), and no more.
+            for _ in 0..25 {
+                let Some(p) = phone.recv().await else { break };
+                let decode = if p.2 == 8 {
+                    g711::alaw_to_linear
+                } else {
+                    g711::ulaw_to_linear
+                };
+                assert_eq!(p.2, if i == 2 { 8 } else { 0 }, "own codec");
+                peak.push(p.3.iter().map(|c| decode(*c)).max().unwrap_or(0));
+            }
+            peak.sort_unstable();
+            heard.push(peak[peak.len() / 2]);
+        }
+        let near = |got: i16, want: i16| (got - want).abs() <= want / 16;
+        assert!(near(heard[0], 3000), "A hears B: {heard:?}");
+        assert!(near(heard[1], 1000), "B hears A: {heard:?}");
+        assert!(near(heard[2], 4000), "C hears both: {heard:?}");
+        // A bridge takes two members out; the last one leaves alone.
+        engine.bridge(legs[0], legs[1]).await.unwrap();
+        engine.leave(legs[2]).await.unwrap();
+        let (phone, addr) = &mut phones[0];
+        let addr = *addr;
+        phone.send(addr, 0, 100, 16_000, &loud(1000)).await;
+        let got = phones[1].0.recv().await.expect("relayed over the bridge");
+        assert_eq!(got.3, loud(1000), "relayed as is, not mixed");
+        engine.join(legs[2], 77).await.unwrap();
+        assert_eq!(
+            engine.join(legs[2], 77).await,
+            Ok(()),
+            "joining twice is no change"
         );
     }
 

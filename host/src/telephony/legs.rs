@@ -67,6 +67,11 @@ pub enum Command {
     Stop(String),
     Bridge(String, String),
     Unbridge(String),
+    Join {
+        leg: String,
+        room: String,
+    },
+    Leave(String),
     SetState(String, Vec<u8>),
     Dial {
         leg: String,
@@ -93,6 +98,12 @@ pub enum Action {
         media: (u64, u64),
     },
     Unbridge(u64),
+    Join {
+        leg: String,
+        media: u64,
+        room: u64,
+    },
+    Leave(u64),
     Close(u64),
     Answer(String),
     End(String, Cause),
@@ -154,6 +165,10 @@ pub struct Table {
     /// Operation id → its leg.
     ops: HashMap<String, String>,
     next_tag: u64,
+    /// Conference rooms by (tenant, plugin, name): the engine's number for
+    /// the room and its members; a room is forgotten when it empties.
+    rooms: HashMap<(String, String, String), (u64, usize)>,
+    next_room: u64,
 }
 
 /// The codec name of a static payload type.
@@ -221,7 +236,16 @@ impl Leg {
     }
 
     fn idle(&self) -> bool {
-        self.snapshot.bridged_with.is_none() && self.playing.is_none() && self.collect.is_none()
+        self.snapshot.bridged_with.is_none()
+            && self.snapshot.room.is_none()
+            && self.playing.is_none()
+            && self.collect.is_none()
+    }
+
+    /// Whether the leg hears peers (a bridge or a room), so a play would
+    /// talk over them.
+    fn connected(&self) -> bool {
+        self.snapshot.bridged_with.is_some() || self.snapshot.room.is_some()
     }
 
     /// Feeds a key to the running collect; returns how it ended, if it did.
@@ -310,6 +334,7 @@ impl Table {
                 codec: String::new(),
                 secure: false,
                 bridged_with: None,
+                room: None,
                 started_ms: now,
                 answered_ms: None,
             },
@@ -440,6 +465,8 @@ impl Table {
             l.push(CallEventKind::Collected { op, digits, end }, now);
         }
         let partner = l.snapshot.bridged_with.take();
+        let room = l.snapshot.room.take();
+        let owner = (l.tenant.clone(), l.plugin.clone());
         l.snapshot.state = LegState::Ended;
         l.deadline_ms = None;
         l.push(CallEventKind::Ended(cause), now);
@@ -452,6 +479,9 @@ impl Table {
         }
         for op in ops {
             self.ops.remove(&op);
+        }
+        if let Some(name) = room {
+            self.room_left(&owner.0, &owner.1, &name);
         }
         if let Some(p) = partner.and_then(|p| self.legs.get_mut(&p)) {
             p.snapshot.bridged_with = None;
@@ -581,6 +611,16 @@ impl Table {
                 if self.owned(tenant, plugin, &leg, LegState::Answered)
                     && let Some(l) = self.legs.get_mut(&leg)
                 {
+                    if l.connected() {
+                        l.push(
+                            CallEventKind::Played {
+                                op,
+                                end: OpEnd::Stopped,
+                            },
+                            now,
+                        );
+                        return actions;
+                    }
                     l.plays.push_back(Playing {
                         op: op.clone(),
                         segments: segments(&items),
@@ -671,6 +711,7 @@ impl Table {
                 }
                 for id in [&a, &b] {
                     actions.extend(self.unbridge(id, now));
+                    actions.extend(self.leave(id, now));
                     actions.extend(self.stop_plays(id, OpEnd::Stopped, true, now));
                 }
                 let media = (
@@ -688,6 +729,42 @@ impl Table {
             Command::Unbridge(id) => {
                 if self.lookup(tenant, plugin, &id).is_some() {
                     actions = self.unbridge(&id, now);
+                }
+            }
+            Command::Join { leg, room } => {
+                if !self.owned(tenant, plugin, &leg, LegState::Answered) {
+                    return actions;
+                }
+                let here = self.legs.get(&leg).and_then(|l| l.snapshot.room.clone());
+                if here.as_deref() == Some(room.as_str()) {
+                    return actions;
+                }
+                actions.extend(self.unbridge(&leg, now));
+                actions.extend(self.leave(&leg, now));
+                actions.extend(self.stop_plays(&leg, OpEnd::Stopped, true, now));
+                let key = (tenant.to_string(), plugin.to_string(), room.clone());
+                let next = self.next_room + 1;
+                let entry = self.rooms.entry(key).or_insert((next, 0));
+                if entry.0 == next {
+                    self.next_room = next;
+                }
+                entry.1 += 1;
+                let number = entry.0;
+                if let Some(l) = self.legs.get_mut(&leg) {
+                    l.snapshot.room = Some(room);
+                    l.last_activity_ms = now;
+                    if let Some(media) = l.media {
+                        actions.push(Action::Join {
+                            leg: leg.clone(),
+                            media,
+                            room: number,
+                        });
+                    }
+                }
+            }
+            Command::Leave(id) => {
+                if self.lookup(tenant, plugin, &id).is_some() {
+                    actions = self.leave(&id, now);
                 }
             }
             Command::SetState(id, state) => {
@@ -750,6 +827,56 @@ impl Table {
             }
         }
         actions
+    }
+
+    /// Takes a leg out of its room (`left`).
+    fn leave(&mut self, id: &str, now: u64) -> Vec<Action> {
+        let Some(l) = self.legs.get_mut(id) else {
+            return Vec::new();
+        };
+        let Some(name) = l.snapshot.room.take() else {
+            return Vec::new();
+        };
+        l.last_activity_ms = now;
+        l.push(CallEventKind::Left(name.clone()), now);
+        let media = l.media;
+        let (tenant, plugin) = (l.tenant.clone(), l.plugin.clone());
+        self.room_left(&tenant, &plugin, &name);
+        media.map(Action::Leave).into_iter().collect()
+    }
+
+    fn room_left(&mut self, tenant: &str, plugin: &str, name: &str) {
+        let key = (tenant.to_string(), plugin.to_string(), name.to_string());
+        if let Some(entry) = self.rooms.get_mut(&key) {
+            entry.1 = entry.1.saturating_sub(1);
+            if entry.1 == 0 {
+                self.rooms.remove(&key);
+            }
+        }
+    }
+
+    /// The media engine put (or failed to put) leg `id` into its room.
+    pub fn join_done(&mut self, id: &str, ok: bool, now: u64) {
+        let Some(l) = self.legs.get_mut(id) else {
+            return;
+        };
+        let Some(name) = l.snapshot.room.clone() else {
+            return;
+        };
+        if ok {
+            l.push(CallEventKind::Joined(name), now);
+        } else {
+            l.snapshot.room = None;
+            l.push(CallEventKind::Left(name.clone()), now);
+            let (tenant, plugin) = (l.tenant.clone(), l.plugin.clone());
+            self.room_left(&tenant, &plugin, &name);
+        }
+    }
+
+    /// Members of `tenant`'s `plugin`'s room `name`.
+    pub fn room_members(&self, tenant: &str, plugin: &str, name: &str) -> usize {
+        let key = (tenant.to_string(), plugin.to_string(), name.to_string());
+        self.rooms.get(&key).map_or(0, |r| r.1)
     }
 
     /// The media engine bridged (or failed to bridge) `a` and `b`.
@@ -1244,5 +1371,74 @@ mod tests {
         answered(&mut t, "c", 0);
         t.bridge_done("b", "c", false, 2);
         assert_eq!(kinds(&mut t, "c", 2)[1..], [CallEventKind::Unbridged]);
+    }
+
+    #[test]
+    fn rooms_are_counted_left_on_failure_and_forgotten_when_empty() {
+        let mut t = Table::default();
+        for (id, media) in [("a", 1), ("b", 2)] {
+            t.offer(id.into(), &inbound(), media, 0);
+            answered(&mut t, id, 0);
+        }
+        let join = |t: &mut Table, id: &str| {
+            t.command(
+                T,
+                P,
+                Command::Join {
+                    leg: id.into(),
+                    room: "r".into(),
+                },
+                1,
+            )
+        };
+        let acts = join(&mut t, "a");
+        assert!(matches!(acts[..], [Action::Join { media: 1, .. }]));
+        t.join_done("a", true, 1);
+        join(&mut t, "b");
+        t.join_done("b", false, 1);
+        assert_eq!(t.room_members(T, P, "r"), 1, "b could not join");
+        // No play talks over a room.
+        t.command(
+            T,
+            P,
+            Command::Play {
+                leg: "a".into(),
+                op: "p".into(),
+                items: vec![Prompt::Digits("1".into())],
+                barge_in: false,
+            },
+            2,
+        );
+        let mut all = Vec::new();
+        loop {
+            let ready = t.take_ready(2, 100);
+            if ready.is_empty() {
+                break;
+            }
+            for d in ready {
+                t.delivered(&d.event.leg, d.event.seq, true, 2);
+                all.push((d.event.leg, d.event.kind));
+            }
+        }
+        let of = |id: &str| -> Vec<CallEventKind> {
+            all.iter()
+                .filter(|(l, _)| l == id)
+                .map(|(_, k)| k.clone())
+                .collect()
+        };
+        assert_eq!(
+            of("a")[1..],
+            [
+                CallEventKind::Joined("r".into()),
+                CallEventKind::Played {
+                    op: "p".into(),
+                    end: OpEnd::Stopped
+                }
+            ]
+        );
+        assert_eq!(of("b").last(), Some(&CallEventKind::Left("r".into())));
+        t.ended("a", Cause::Normal, 3);
+        assert_eq!(t.room_members(T, P, "r"), 0);
+        assert!(t.rooms.is_empty(), "the empty room is forgotten");
     }
 }

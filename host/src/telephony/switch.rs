@@ -192,6 +192,14 @@ impl Telephony {
         self.table.lock().recover().lookup_op(tenant, plugin, op)
     }
 
+    /// Members of a plugin's conference room.
+    pub fn room_members(&self, tenant: &str, plugin: &str, room: &str) -> usize {
+        self.table
+            .lock()
+            .recover()
+            .room_members(tenant, plugin, room)
+    }
+
     /// Whether `tenant` may have another leg.
     pub fn has_room(&self, tenant: &str) -> bool {
         self.table.lock().recover().count(tenant) < MAX_LEGS_PER_TENANT
@@ -466,6 +474,12 @@ async fn carry_out(t: &Telephony, engine: &Engine, actions: Vec<Action>) {
                 Ok(())
             }
             Action::Unbridge(media) => engine.unbridge(media).await,
+            Action::Join { leg, media, room } => {
+                let ok = engine.join(media, room).await.is_ok();
+                t.table.lock().recover().join_done(&leg, ok, now_ms());
+                Ok(())
+            }
+            Action::Leave(media) => engine.leave(media).await,
             Action::Close(media) => engine.close(media).await,
             Action::Answer(leg) => {
                 t.signalling().answer(&leg);
