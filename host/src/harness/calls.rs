@@ -21,8 +21,9 @@ use crate::telephony::signalling::{Inbound, MediaOffer, Outbound, Signalling};
 
 /// RFC 4733 payload type the phones use.
 pub const DTMF_PT: u8 = 101;
-/// How often the rig's delivery loop looks for call events.
-const POLL: Duration = Duration::from_millis(10);
+/// How often the rig's delivery loop looks for call events when nothing
+/// wakes it (re-deliveries after a backoff).
+const POLL: Duration = Duration::from_millis(50);
 
 /// What the signalling side was told, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,6 +111,22 @@ impl Phone {
         Ok(())
     }
 
+    /// Waits (blocking, up to `limit`) for the next RTP payload of
+    /// `payload_type`.
+    pub fn next_audio(&self, limit: Duration, payload_type: u8) -> Option<Vec<u8>> {
+        let end = Instant::now() + limit;
+        let mut buf = [0u8; 2048];
+        while Instant::now() < end {
+            if let Ok((n, _)) = self.socket.recv_from(&mut buf)
+                && let Ok(p) = rtp::parse(&buf[..n])
+                && p.payload_type == payload_type
+            {
+                return Some(p.payload.to_vec());
+            }
+        }
+        None
+    }
+
     /// The RTP payloads (of `payload_type`) received within `window`.
     pub fn listen(&self, window: Duration, payload_type: u8) -> Vec<Vec<u8>> {
         let end = Instant::now() + window;
@@ -140,28 +157,28 @@ struct Side {
     /// Where the host takes media of legs the directory answered.
     answered: Arc<Mutex<HashMap<String, SocketAddr>>>,
     signals: Mutex<Vec<Signal>>,
+    /// Woken at every new signal.
+    signalled: tokio::sync::Notify,
+}
+
+impl Side {
+    fn signal(&self, s: Signal) {
+        self.signals.lock().recover().push(s);
+        self.signalled.notify_waiters();
+    }
 }
 
 impl Signalling for Side {
     fn answer(&self, leg: &str) {
-        self.signals
-            .lock()
-            .recover()
-            .push(Signal::Answered(leg.to_string()));
+        self.signal(Signal::Answered(leg.to_string()));
     }
 
     fn end(&self, leg: &str, cause: Cause) {
-        self.signals
-            .lock()
-            .recover()
-            .push(Signal::Ended(leg.to_string(), cause));
+        self.signal(Signal::Ended(leg.to_string(), cause));
     }
 
     fn originate(&self, call: Outbound) {
-        self.signals
-            .lock()
-            .recover()
-            .push(Signal::Dialled(call.leg.clone(), call.to.number.clone()));
+        self.signal(Signal::Dialled(call.leg.clone(), call.to.number.clone()));
         let Some(t) = self.telephony.upgrade() else {
             return;
         };
@@ -198,6 +215,7 @@ impl CallRig {
             directory: Mutex::default(),
             answered: Arc::default(),
             signals: Mutex::default(),
+            signalled: tokio::sync::Notify::new(),
         });
         telephony.set_signalling(side.clone());
         let loop_task = tokio::spawn(deliver(rt.downgrade()));
@@ -268,14 +286,18 @@ impl CallRig {
     ) -> anyhow::Result<Vec<Signal>> {
         let end = Instant::now() + limit;
         loop {
+            let woken = self.side.signalled.notified();
             let signals = self.signals();
             if pred(&signals) {
                 return Ok(signals);
             }
-            if Instant::now() >= end {
+            let now = Instant::now();
+            if now >= end {
                 anyhow::bail!("signals after {limit:?}: {signals:?}");
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            // Woken by the next signal (or a short poll, in case one came
+            // between the look and the wait).
+            let _ = tokio::time::timeout((end - now).min(Duration::from_millis(50)), woken).await;
         }
     }
 
@@ -291,11 +313,14 @@ impl Drop for CallRig {
     }
 }
 
+/// The scheduler's call-event loop, for a harness without a scheduler:
+/// woken by call control, with a short poll for re-deliveries.
 async fn deliver(weak: WeakRuntime) {
     loop {
         let Some(rt) = weak.upgrade() else { return };
         rt.deliver_call_events();
+        let wake = rt.telephony().ready();
         drop(rt);
-        tokio::time::sleep(POLL).await;
+        let _ = tokio::time::timeout(POLL, wake.notified()).await;
     }
 }
