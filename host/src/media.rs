@@ -24,6 +24,7 @@ pub mod engine;
 pub mod g711;
 pub mod jitter;
 pub mod mix;
+pub mod prompts;
 pub mod rtcp;
 pub mod rtp;
 pub mod srtp;

@@ -496,3 +496,29 @@ async fn t2_a_room_mixes_its_members_and_rooms_are_the_tenants_own() {
         2
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t2_a_library_prompt_arrives_byte_for_byte() {
+    let (h, rig) = rig(&["acme"]).await;
+    let mut alice = Phone::new().unwrap();
+    let a = rig
+        .ring(
+            "acme",
+            "callflow",
+            "alice",
+            "100",
+            b"prompt:goodbye",
+            &mut alice,
+        )
+        .await
+        .unwrap();
+    let clip = switchboard::media::prompts::get("goodbye").unwrap();
+    let frames = clip.len() / 160;
+    let mut heard = Vec::new();
+    for _ in 0..frames {
+        let f = tokio::task::block_in_place(|| alice.next_audio(WAIT, 0)).expect("a frame");
+        heard.extend(f);
+    }
+    assert_eq!(heard, clip, "the µ-law clip, frame by frame");
+    wait_event(&h, "acme", &a, "played:done").await;
+}

@@ -74,8 +74,13 @@ pub enum ToneName {
 /// One item of a play.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Prompt {
-    Tone { tone: ToneName, ms: u32 },
+    Tone {
+        tone: ToneName,
+        ms: u32,
+    },
     Digits(String),
+    /// A prompt of the built-in library, by name.
+    Library(String),
 }
 
 /// What a collect waits for.

@@ -203,6 +203,14 @@ pub fn play(
                 ctx.charge(keys.len())?;
                 check_keys(keys, KEYS)?;
             }
+            Prompt::Library(name) => {
+                ctx.charge(name.len())?;
+                if crate::media::prompts::get(name).is_none() {
+                    return Err(CapError::NotFound(format!(
+                        "no prompt {name:?} in the library (docs/telephony.md lists them)"
+                    )));
+                }
+            }
             Prompt::Tone { .. } => {}
         }
     }
@@ -493,6 +501,7 @@ impl twit::calls::Host for View<'_, State> {
                     ms: item.ms,
                 },
                 t::Prompt::Digits(keys) => Prompt::Digits(keys),
+                t::Prompt::Library(name) => Prompt::Library(name),
             })
             .collect();
         wrap(play(self.call, self.state, &leg, items, barge_in))

@@ -79,6 +79,14 @@ pub enum MediaError {
     RoomFull,
 }
 
+/// What a play sends: a generated tone for a while, or a clip of µ-law
+/// samples (the prompt library), transcoded for A-law legs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Sound {
+    Tone(Tone, Duration),
+    Clip(&'static [u8]),
+}
+
 /// How the engine runs.
 #[derive(Debug, Clone)]
 pub struct MediaConfig {
@@ -154,7 +162,7 @@ enum Cmd {
     Stats(u64, oneshot::Sender<Option<LegStats>>),
     Bridge(u64, u64, oneshot::Sender<Result<(), MediaError>>),
     Unbridge(u64),
-    Play(u64, Tone, Duration, u64),
+    Play(u64, Sound, u64),
     StopPlay(u64),
     Join(u64, u64, oneshot::Sender<Result<(), MediaError>>),
     Leave(u64),
@@ -295,17 +303,11 @@ impl Engine {
             .map_err(|_| MediaError::Stopped)
     }
 
-    /// Plays `tone` into a leg for `length` (then `PlayDone` with `tag`),
-    /// replacing any tone playing.
-    pub async fn play(
-        &self,
-        leg: u64,
-        tone: Tone,
-        length: Duration,
-        tag: u64,
-    ) -> Result<(), MediaError> {
+    /// Plays `sound` into a leg (then `PlayDone` with `tag`), replacing
+    /// anything playing.
+    pub async fn play(&self, leg: u64, sound: Sound, tag: u64) -> Result<(), MediaError> {
         self.worker_of(leg)?
-            .send(Cmd::Play(leg, tone, length, tag))
+            .send(Cmd::Play(leg, sound, tag))
             .await
             .map_err(|_| MediaError::Stopped)
     }
@@ -485,7 +487,7 @@ impl Worker {
                     p.peer = None;
                 }
             }
-            Cmd::Play(leg, tone, length, tag) => self.play(leg, tone, length, tag),
+            Cmd::Play(leg, sound, tag) => self.play(leg, sound, tag),
             Cmd::StopPlay(leg) => {
                 if let Some(l) = self.legs.borrow_mut().get_mut(&leg) {
                     l.play_gen += 1;
@@ -681,7 +683,7 @@ impl Worker {
         Ok(())
     }
 
-    fn play(self: &Rc<Self>, leg: u64, tone: Tone, length: Duration, tag: u64) {
+    fn play(self: &Rc<Self>, leg: u64, sound: Sound, tag: u64) {
         let generation = {
             let mut legs = self.legs.borrow_mut();
             let Some(l) = legs.get_mut(&leg) else { return };
@@ -690,20 +692,42 @@ impl Worker {
         };
         let me = self.clone();
         tokio::task::spawn_local(async move {
-            let mut frames = tone.frames();
+            let (mut frames, count) = match &sound {
+                Sound::Tone(tone, length) => {
+                    (Some(tone.frames()), (length.as_millis() / 20).max(1))
+                }
+                Sound::Clip(clip) => (None, clip.len().div_ceil(FRAME) as u128),
+            };
             let mut tick = tokio::time::interval(Duration::from_millis(20));
-            let count = (length.as_millis() / 20).max(1);
             let mut packet = Vec::with_capacity(rtp::HEADER + FRAME + 10);
-            for _ in 0..count {
+            for i in 0..count {
                 tick.tick().await;
-                let pcm = frames.next_frame();
                 let mut legs = me.legs.borrow_mut();
                 let Some(l) = legs.get_mut(&leg).filter(|l| l.play_gen == generation) else {
                     return;
                 };
-                let payload: Vec<u8> = match l.setup.payload_type {
-                    8 => pcm.iter().map(|s| g711::linear_to_alaw(*s)).collect(),
-                    _ => pcm.iter().map(|s| g711::linear_to_ulaw(*s)).collect(),
+                let alaw = l.setup.payload_type == 8;
+                let payload: Vec<u8> = match (&sound, frames.as_mut()) {
+                    (Sound::Tone(..), Some(f)) => {
+                        let pcm = f.next_frame();
+                        if alaw {
+                            pcm.iter().map(|s| g711::linear_to_alaw(*s)).collect()
+                        } else {
+                            pcm.iter().map(|s| g711::linear_to_ulaw(*s)).collect()
+                        }
+                    }
+                    (Sound::Clip(clip), _) => {
+                        let at = i as usize * FRAME;
+                        let chunk = &clip[at..(at + FRAME).min(clip.len())];
+                        // µ-law silence pads a short last frame.
+                        let frame = chunk.iter().copied().chain(std::iter::repeat(0xFF));
+                        if alaw {
+                            frame.take(FRAME).map(g711::ulaw_to_alaw).collect()
+                        } else {
+                            frame.take(FRAME).collect()
+                        }
+                    }
+                    (Sound::Tone(..), None) => return,
                 };
                 let (seq, ts) = l.out.next_own(FRAME as u32);
                 rtp::write(
@@ -1147,8 +1171,7 @@ mod tests {
         engine
             .play(
                 leg_a,
-                Tone::dtmf('1').unwrap(),
-                Duration::from_millis(200),
+                Sound::Tone(Tone::dtmf('1').unwrap(), Duration::from_millis(200)),
                 7,
             )
             .await
@@ -1329,6 +1352,33 @@ mod tests {
         );
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_library_clip_plays_frame_by_frame_and_transcoded_for_a_law() {
+        let (engine, mut events) = engine(41_800..=41_999);
+        let mut a = Phone::at("127.0.0.1", None).await;
+        let (leg, _) = engine
+            .open(LegSetup {
+                group: 1,
+                remote: a.socket.local_addr().unwrap(),
+                payload_type: 8,
+                dtmf: None,
+                srtp: None,
+            })
+            .await
+            .unwrap();
+        let clip = super::super::prompts::get("digit-7").unwrap();
+        engine.play(leg, Sound::Clip(clip), 3).await.unwrap();
+        let mut heard = Vec::new();
+        while heard.len() < clip.len() {
+            let p = a.recv().await.expect("a frame");
+            assert_eq!(p.2, 8);
+            heard.extend(p.3);
+        }
+        let want: Vec<u8> = clip.iter().map(|c| g711::ulaw_to_alaw(*c)).collect();
+        assert_eq!(heard, want);
+        next_event(&mut events, |e| *e == MediaEvent::PlayDone { leg, tag: 3 }).await;
+    }
+
     /// A phone with an RTCP socket on its RTP port + 1.
     async fn phone_with_rtcp(keys: (&MasterKey, &MasterKey)) -> (Phone, UdpSocket) {
         for _ in 0..50 {
@@ -1363,7 +1413,11 @@ mod tests {
                 .await;
         }
         engine
-            .play(leg, Tone::BUSY_US, Duration::from_millis(100), 1)
+            .play(
+                leg,
+                Sound::Tone(Tone::BUSY_US, Duration::from_millis(100)),
+                1,
+            )
             .await
             .unwrap();
         next_event(&mut events, |e| *e == MediaEvent::PlayDone { leg, tag: 1 }).await;

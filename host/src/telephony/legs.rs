@@ -26,6 +26,7 @@ use crate::call::legs::{
     CallEvent, CallEventKind, Cause, CollectOpts, Direction, LegSnapshot, LegState, OpEnd, Prompt,
     ToneName,
 };
+use crate::media::engine::Sound;
 use crate::media::tone::Tone;
 
 /// Deliveries of one event before the leg gets its fallback.
@@ -87,8 +88,7 @@ pub enum Command {
 pub enum Action {
     Play {
         media: u64,
-        tone: Tone,
-        length: Duration,
+        sound: Sound,
         tag: u64,
     },
     StopPlay(u64),
@@ -121,7 +121,7 @@ pub struct Delivery {
 #[derive(Debug)]
 struct Playing {
     op: String,
-    segments: VecDeque<(Tone, Duration)>,
+    segments: VecDeque<Sound>,
     barge_in: bool,
     tag: u64,
 }
@@ -180,7 +180,7 @@ pub fn codec_name(payload_type: u8) -> &'static str {
     }
 }
 
-fn segments(items: &[Prompt]) -> VecDeque<(Tone, Duration)> {
+fn segments(items: &[Prompt]) -> VecDeque<Sound> {
     let mut out = VecDeque::new();
     for item in items {
         match item {
@@ -190,14 +190,20 @@ fn segments(items: &[Prompt]) -> VecDeque<(Tone, Duration)> {
                     ToneName::Busy => Tone::BUSY_US,
                     ToneName::Silence => Tone::SILENCE,
                 };
-                out.push_back((tone, Duration::from_millis(u64::from(*ms))));
+                out.push_back(Sound::Tone(tone, Duration::from_millis(u64::from(*ms))));
             }
             Prompt::Digits(keys) => {
                 for key in keys.chars() {
                     if let Some(tone) = Tone::dtmf(key) {
-                        out.push_back((tone, KEY_TONE));
-                        out.push_back((Tone::SILENCE, KEY_GAP));
+                        out.push_back(Sound::Tone(tone, KEY_TONE));
+                        out.push_back(Sound::Tone(Tone::SILENCE, KEY_GAP));
                     }
+                }
+            }
+            Prompt::Library(name) => {
+                // Checked when issued; an unknown name plays nothing.
+                if let Some(clip) = crate::media::prompts::get(name) {
+                    out.push_back(Sound::Clip(clip));
                 }
             }
         }
@@ -526,13 +532,12 @@ impl Table {
                 break;
             };
             match p.segments.pop_front() {
-                Some((tone, length)) => {
+                Some(sound) => {
                     self.next_tag += 1;
                     p.tag = self.next_tag;
                     actions.push(Action::Play {
                         media,
-                        tone,
-                        length,
+                        sound,
                         tag: p.tag,
                     });
                     l.playing = Some(p);
@@ -943,13 +948,12 @@ impl Table {
         let Some(p) = l.playing.as_mut().filter(|p| p.tag == tag) else {
             return Vec::new();
         };
-        if let Some((tone, length)) = p.segments.pop_front() {
+        if let Some(sound) = p.segments.pop_front() {
             self.next_tag += 1;
             p.tag = self.next_tag;
             return vec![Action::Play {
                 media,
-                tone,
-                length,
+                sound,
                 tag: p.tag,
             }];
         }

@@ -461,12 +461,7 @@ async fn carry_out(t: &Telephony, engine: &Engine, actions: Vec<Action>) {
     let mut queue: std::collections::VecDeque<Action> = actions.into();
     while let Some(action) = queue.pop_front() {
         let result = match action {
-            Action::Play {
-                media,
-                tone,
-                length,
-                tag,
-            } => engine.play(media, tone, length, tag).await,
+            Action::Play { media, sound, tag } => engine.play(media, sound, tag).await,
             Action::StopPlay(media) => engine.stop_play(media).await,
             Action::Bridge { a, b, media } => {
                 let ok = engine.bridge(media.0, media.1).await.is_ok();
