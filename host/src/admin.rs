@@ -15,6 +15,7 @@
 //! | sign-in policy                    | yes     | read              | no             | own tenant   |
 //! | audit: verify                     | yes     | yes               | no             | own tenant   |
 //! | audit: export (content)           | yes     | system; a tenant's with a JIT grant | no | own tenant |
+//! | call records (numbers)            | yes     | no (counts only)  | no             | own tenant   |
 //!
 //! "Console" is the machine's operator on the local CLI or control socket
 //! (file-system permissions are the credential). Operators manage only the
@@ -170,6 +171,28 @@ pub enum Op {
         tenant: String,
         class: String,
         days: Option<u32>,
+    },
+    /// A tenant's call records (CDRs) that ended in `[from_ms, to_ms)`,
+    /// oldest first, a page at a time (the tenant's admins only).
+    CallRecords {
+        tenant: String,
+        #[serde(default)]
+        from_ms: u64,
+        #[serde(default)]
+        to_ms: Option<u64>,
+        #[serde(default)]
+        after: Option<String>,
+        #[serde(default)]
+        limit: Option<usize>,
+    },
+    /// Counts of a tenant's calls per day, without numbers (operators and
+    /// the tenant's admins).
+    CallCounts {
+        tenant: String,
+        #[serde(default)]
+        from_ms: u64,
+        #[serde(default)]
+        to_ms: Option<u64>,
     },
     /// A tenant's dialing policy, as set and as it applies (SPEC T1).
     DialingShow {

@@ -15,7 +15,7 @@
 
 pub mod data;
 pub mod deliver;
-pub mod dialing;
+pub mod telephony;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -225,6 +225,7 @@ impl Runtime {
             identity: identity.clone(),
             commits: Arc::new(CommitLocks::default()),
         });
+        telephony.set_services(services.clone());
         let tenants = Arc::new(Tenants::default());
         let kernel = Kernel::new(
             engine,

@@ -8,6 +8,7 @@
 //! - [`legs`]: the leg table, a state machine without I/O: owners,
 //!   operations (plays, collects, bridges), per-leg event queues with
 //!   in-order, one-at-a-time delivery, and the watchdog.
+//! - [`records`]: the call record (CDR) of each leg, written as it ends.
 //! - [`signalling`]: what call control asks of SIP (or of the harness's
 //!   synthetic peers) and what they tell it.
 //! - [`switch`]: the service, [`Telephony`]: its own thread drives the
@@ -15,6 +16,7 @@
 
 pub mod legs;
 pub mod policy;
+pub mod records;
 pub mod signalling;
 pub mod switch;
 

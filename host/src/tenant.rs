@@ -175,7 +175,8 @@ impl Default for Dialing {
 /// Default retention in days per class (SPEC D4). Classes not listed keep
 /// their objects until deleted (meeting content lives as long as the
 /// meeting).
-pub const DEFAULT_RETENTION: &[(&str, u32)] = &[("recording", 365), ("audit", 7 * 365 + 2)];
+pub const DEFAULT_RETENTION: &[(&str, u32)] =
+    &[("recording", 365), ("audit", 7 * 365 + 2), ("cdr", 400)];
 
 impl TenantRecord {
     /// Days objects of `class` are kept, `None` for "until deleted".

@@ -175,8 +175,9 @@ async fn t2_keys_pressed_during_a_play_barge_in_and_count_as_type_ahead() {
     rig.wait_for(WAIT, |s| s.contains(&Signal::Answered(a.clone())))
         .await
         .unwrap();
-    // `0#` at once: the key cuts the key tone short, and both keys reach
-    // the collect, which `#` ends.
+    // Once the key tone is heard, `0#`: the key cuts the tone short, and
+    // both keys reach the collect, which `#` ends.
+    tokio::task::block_in_place(|| alice.next_audio(WAIT, 0)).expect("the key tone");
     alice.dial_keys("0#").unwrap();
     let log = wait_event(&h, "acme", &a, "ended:normal").await;
     assert_eq!(
@@ -521,4 +522,65 @@ async fn t2_a_library_prompt_arrives_byte_for_byte() {
     }
     assert_eq!(heard, clip, "the µ-law clip, frame by frame");
     wait_event(&h, "acme", &a, "played:done").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t2_every_leg_leaves_a_call_record_for_its_tenant_only() {
+    let (h, rig) = rig(&["acme", "globex"]).await;
+    let mut alice = Phone::new().unwrap();
+    let a = rig
+        .ring("acme", "callflow", "alice", "100", b"answer", &mut alice)
+        .await
+        .unwrap();
+    rig.wait_for(WAIT, |s| s.contains(&Signal::Answered(a.clone())))
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        alice.send_audio(&[0x55; 160]).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    rig.hang_up(&a);
+    wait_event(&h, "acme", &a, "ended:normal").await;
+    let rt = h.runtime();
+    let mut page = rt.call_records("acme", 0, u64::MAX, None, 10).unwrap();
+    for _ in 0..200 {
+        if !page.records.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        page = rt.call_records("acme", 0, u64::MAX, None, 10).unwrap();
+    }
+    assert_eq!(page.records.len(), 1, "{page:?}");
+    let r = &page.records[0];
+    assert_eq!(
+        (r.leg.as_str(), r.direction.as_str(), r.cause.as_str()),
+        (a.as_str(), "inbound", "normal")
+    );
+    assert_eq!((r.caller.as_str(), r.callee.as_str()), ("alice", "100"));
+    assert_eq!((r.codec.as_str(), r.secure), ("pcmu", false));
+    assert!(r.answered_ms.is_some() && r.talk_ms >= 100, "{r:?}");
+    let m = r.media.as_ref().expect("media figures");
+    assert_eq!(m.received_packets, 10, "{m:?}");
+    assert!(
+        r.csv_row()
+            .starts_with(&format!("{a},callflow,inbound,alice,100,"))
+    );
+    // Another tenant has none, and time bounds hold.
+    assert!(
+        rt.call_records("globex", 0, u64::MAX, None, 10)
+            .unwrap()
+            .records
+            .is_empty()
+    );
+    assert!(
+        rt.call_records("acme", r.ended_ms + 1, u64::MAX, None, 10)
+            .unwrap()
+            .records
+            .is_empty()
+    );
+    // What an operator may see: counts, no numbers.
+    let counts = rt.call_counts("acme", 0, u64::MAX).unwrap();
+    assert_eq!(counts["days"][0]["legs"], 1, "{counts}");
+    assert_eq!(counts["days"][0]["answered"], 1, "{counts}");
+    assert!(!counts.to_string().contains("alice"));
 }

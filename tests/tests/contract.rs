@@ -481,6 +481,45 @@ async fn the_host_api_keeps_to_its_openapi_document() {
     assert_eq!(r.status, 200);
     c.call("PUT", dial, &["acme"], Some(&ada), Body::Json(gb))
         .await;
+    // Call records are the tenant's; operators see counts only (I8).
+    let calls = "/api/v1/admin/tenants/{tenant}/calls";
+    let r = c
+        .call(
+            "GET",
+            &format!("{calls}?from=0&limit=10"),
+            &["acme"],
+            Some(&ada),
+            Body::None,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let r = c
+        .call("GET", calls, &["acme"], Some(&root), Body::None)
+        .await;
+    assert_eq!(r.status, 403);
+    let r = c
+        .call(
+            "GET",
+            &format!("{calls}?after=zz"),
+            &["acme"],
+            Some(&ada),
+            Body::None,
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    let counts = "/api/v1/admin/tenants/{tenant}/calls/counts";
+    let r = c
+        .call("GET", counts, &["acme"], Some(&root), Body::None)
+        .await;
+    assert_eq!(r.status, 200);
+    c.call(
+        "GET",
+        &format!("{counts}?to=x"),
+        &["acme"],
+        Some(&ada),
+        Body::None,
+    )
+    .await;
     let hold = "/api/v1/admin/tenants/{tenant}/hold";
     c.call(
         "PUT",

@@ -22,6 +22,8 @@ pub(super) fn owns(op: &Op) -> bool {
             | Op::HoldSet { .. }
             | Op::DialingShow { .. }
             | Op::DialingSet { .. }
+            | Op::CallRecords { .. }
+            | Op::CallCounts { .. }
     )
 }
 
@@ -34,6 +36,8 @@ pub(super) fn op_name(op: &Op) -> &'static str {
         HoldSet { .. } => "hold-set",
         DialingShow { .. } => "dialing-show",
         DialingSet { .. } => "dialing-set",
+        CallRecords { .. } => "call-records",
+        CallCounts { .. } => "call-counts",
         _ => "unknown",
     }
 }
@@ -46,7 +50,9 @@ pub(super) fn op_realm(op: &Op) -> Option<Scope> {
         | RetentionSet { tenant, .. }
         | HoldSet { tenant, .. }
         | DialingShow { tenant }
-        | DialingSet { tenant, .. } => Scope::parse(tenant),
+        | DialingSet { tenant, .. }
+        | CallRecords { tenant, .. }
+        | CallCounts { tenant, .. } => Scope::parse(tenant),
         _ => None,
     }
 }
@@ -82,6 +88,21 @@ pub(super) fn authorize(who: &Who<'_>, op: &Op) -> Result<(), ApiError> {
                 Ok(())
             } else {
                 deny("lift a hold on the whole tenant (operators may)")
+            }
+        }
+        // Who called whom is the tenant's; operators see counts (SPEC I8).
+        CallRecords { tenant, .. } => {
+            if who.own_tenant(tenant) {
+                Ok(())
+            } else {
+                deny("read this tenant's call records (its admins may; operators see counts)")
+            }
+        }
+        CallCounts { tenant, .. } => {
+            if who.operator || who.own_tenant(tenant) {
+                Ok(())
+            } else {
+                deny("see this tenant's call counts (its admins and operators may)")
             }
         }
         DialingShow { tenant } => {
@@ -146,6 +167,27 @@ pub(super) async fn run(r: &Runner<'_>, op: Op) -> Result<Value, ApiError> {
             }
             json!({ "legal_hold": on })
         }
+        CallRecords {
+            tenant,
+            from_ms,
+            to_ms,
+            after,
+            limit,
+        } => {
+            let page = rt.call_records(
+                &tenant,
+                from_ms,
+                to_ms.unwrap_or(u64::MAX),
+                after.as_deref(),
+                limit.unwrap_or(crate::runtime::telephony::MAX_RECORDS_PAGE),
+            )?;
+            serde_json::to_value(page).map_err(|e| ApiError::new(500, "internal", e.to_string()))?
+        }
+        CallCounts {
+            tenant,
+            from_ms,
+            to_ms,
+        } => rt.call_counts(&tenant, from_ms, to_ms.unwrap_or(u64::MAX))?,
         DialingShow { tenant } => rt.dialing(&tenant)?,
         DialingSet { tenant, dialing } => {
             rt.set_dialing(&tenant, dialing).await?;

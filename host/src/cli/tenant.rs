@@ -1,5 +1,5 @@
 //! `switchboard tenant …`: create, delete, list, legal holds, retention,
-//! dialing policy and usage of tenants. Each verb turns into admin operations through the
+//! dialing policy, call records and usage of tenants. Each verb turns into admin operations through the
 //! control socket when the server runs, else on the data folder.
 
 use anyhow::bail;
@@ -74,6 +74,25 @@ pub enum TenantCmd {
         /// The whole policy, as JSON.
         #[arg(long, value_name = "JSON")]
         set: Option<String>,
+    },
+    /// Export a tenant's call records (every page), or with --counts the
+    /// calls per day without numbers (what an operator may see).
+    Calls {
+        #[command(flatten)]
+        data: DataArgs,
+        id: String,
+        /// Records that ended at or after this time (ms since the epoch).
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Records that ended before this time (ms since the epoch).
+        #[arg(long)]
+        to: Option<u64>,
+        /// `json` (one array), `jsonl` (one record a line) or `csv`.
+        #[arg(long, default_value = "json", value_parser = ["json", "jsonl", "csv"])]
+        format: String,
+        /// Counts per day instead of records.
+        #[arg(long)]
+        counts: bool,
     },
     /// Show a tenant's storage use.
     Usage {
@@ -158,6 +177,25 @@ pub(super) async fn run(cmd: TenantCmd) -> anyhow::Result<()> {
             }
             None => (data, Op::DialingShow { tenant: id }),
         },
+        TenantCmd::Calls {
+            data,
+            id,
+            from,
+            to,
+            format,
+            counts,
+        } => {
+            if counts {
+                let op = Op::CallCounts {
+                    tenant: id,
+                    from_ms: from,
+                    to_ms: to,
+                };
+                (data, op)
+            } else {
+                return export_calls(&data, &id, from, to, &format).await;
+            }
+        }
         TenantCmd::Usage { data, id } => (data, Op::TenantUsage { id }),
         TenantCmd::List { data } => (data, Op::TenantList),
     };
@@ -179,4 +217,51 @@ fn limit_changes(pairs: &[String]) -> anyhow::Result<serde_json::Map<String, ser
         out.insert(name.trim().to_string(), value);
     }
     Ok(out)
+}
+
+/// Prints every call record of `tenant` in `[from, to)`, page by page.
+async fn export_calls(
+    data: &DataArgs,
+    tenant: &str,
+    from: u64,
+    to: Option<u64>,
+    format: &str,
+) -> anyhow::Result<()> {
+    use crate::telephony::records::{CSV_HEADER, CallRecord};
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let mut after: Option<String> = None;
+    let mut all = Vec::new();
+    if format == "csv" {
+        writeln!(out, "{CSV_HEADER}")?;
+    }
+    loop {
+        let page = admin_op(
+            data,
+            Op::CallRecords {
+                tenant: tenant.to_string(),
+                from_ms: from,
+                to_ms: to,
+                after: after.clone(),
+                limit: None,
+            },
+        )
+        .await?;
+        let records: Vec<CallRecord> = serde_json::from_value(page["records"].clone())?;
+        for r in records {
+            match format {
+                "csv" => writeln!(out, "{}", r.csv_row())?,
+                "jsonl" => writeln!(out, "{}", serde_json::to_string(&r)?)?,
+                _ => all.push(r),
+            }
+        }
+        match page["next"].as_str() {
+            Some(n) => after = Some(n.to_string()),
+            None => break,
+        }
+    }
+    if format == "json" {
+        writeln!(out, "{}", serde_json::to_string_pretty(&all)?)?;
+    }
+    Ok(())
 }

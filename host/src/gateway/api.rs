@@ -446,6 +446,18 @@ async fn admin_route(
                 days: b.days,
             }
         }
+        (&M::GET, ["tenants", t, "calls"]) => Op::CallRecords {
+            tenant: s(t),
+            from_ms: query_u64(&query, "from")?.unwrap_or(0),
+            to_ms: query_u64(&query, "to")?,
+            after: query_str(&query, "after"),
+            limit: query_u64(&query, "limit")?.map(|l| l as usize),
+        },
+        (&M::GET, ["tenants", t, "calls", "counts"]) => Op::CallCounts {
+            tenant: s(t),
+            from_ms: query_u64(&query, "from")?.unwrap_or(0),
+            to_ms: query_u64(&query, "to")?,
+        },
         (&M::GET, ["tenants", t, "dialing"]) => Op::DialingShow { tenant: s(t) },
         (&M::PUT, ["tenants", t, "dialing"]) => Op::DialingSet {
             tenant: s(t),

@@ -241,6 +241,11 @@ impl Inner {
                     }
                     continue;
                 }
+                if class == "cdr" {
+                    // Call records: plain entries ordered by end time.
+                    report.deleted += self.prune_call_records(&id, cutoff)?;
+                    continue;
+                }
                 self.sweep_class(&id, &class, cutoff, &mut report)?;
             }
             self.reclaim_blobs(&id)?;
@@ -262,6 +267,28 @@ impl Inner {
             tracing::error!(error = %e, "pruning the system audit trail failed");
         }
         Ok(report)
+    }
+
+    /// Deletes a tenant's call records that ended before `cutoff`.
+    fn prune_call_records(&self, tenant: &str, cutoff: u64) -> Result<u64, StoreError> {
+        let prefix = keys::call_record_prefix(tenant);
+        let mut deleted = 0;
+        loop {
+            let page = self.store().scan_raw(&prefix, None, 256)?;
+            let old: Vec<Vec<u8>> = page
+                .into_iter()
+                .map(|(k, _)| k)
+                .take_while(|k| {
+                    keys::parse_call_record(&k[prefix.len()..]).is_some_and(|ended| ended < cutoff)
+                })
+                .collect();
+            if old.is_empty() {
+                return Ok(deleted);
+            }
+            deleted += old.len() as u64;
+            self.services()
+                .apply_locked(tenant, old.into_iter().map(|k| (k, None)).collect())?;
+        }
     }
 
     fn sweep_class(

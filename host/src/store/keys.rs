@@ -58,6 +58,23 @@ pub fn event_group_member(tenant: &str, plugin: &str, group: &str, user: &str) -
     k
 }
 
+/// Prefix of a tenant's call records, ordered by end time.
+pub fn call_record_prefix(tenant: &str) -> Vec<u8> {
+    format!("t/{tenant}/cdr/").into_bytes()
+}
+
+/// A call record: one leg, by the time it ended (16 hex digits, so keys
+/// sort by time) and its id.
+pub fn call_record(tenant: &str, ended_ms: u64, leg: &str) -> Vec<u8> {
+    format!("t/{tenant}/cdr/{ended_ms:016x}/{leg}").into_bytes()
+}
+
+/// The end time of a call record's key (after its prefix).
+pub fn parse_call_record(rest: &[u8]) -> Option<u64> {
+    let rest = std::str::from_utf8(rest).ok()?;
+    u64::from_str_radix(rest.get(..16)?, 16).ok()
+}
+
 /// A user's message-waiting counts (`mwi` capability), JSON.
 pub fn mwi(tenant: &str, user: &str) -> Vec<u8> {
     format!("t/{tenant}/mw/{user}").into_bytes()

@@ -21,6 +21,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use super::policy::Dialled;
+use super::records::CallRecord;
 use super::signalling::Outbound;
 use crate::call::legs::{
     CallEvent, CallEventKind, Cause, CollectOpts, Direction, LegSnapshot, LegState, OpEnd, Prompt,
@@ -104,6 +105,13 @@ pub enum Action {
         room: u64,
     },
     Leave(u64),
+    /// Write a leg's call record (with the media's figures, read before
+    /// the media closes).
+    Record {
+        tenant: String,
+        record: Box<CallRecord>,
+        media: Option<u64>,
+    },
     Close(u64),
     Answer(String),
     End(String, Cause),
@@ -473,6 +481,11 @@ impl Table {
         let partner = l.snapshot.bridged_with.take();
         let room = l.snapshot.room.take();
         let owner = (l.tenant.clone(), l.plugin.clone());
+        actions.push(Action::Record {
+            tenant: l.tenant.clone(),
+            record: Box::new(CallRecord::of(&l.plugin, &l.snapshot, cause.name(), now)),
+            media: l.media,
+        });
         l.snapshot.state = LegState::Ended;
         l.deadline_ms = None;
         l.push(CallEventKind::Ended(cause), now);
@@ -1161,7 +1174,12 @@ mod tests {
             actions = t.delivered("l1", 2, false, now);
         }
         assert!(
-            matches!(actions[..], [Action::Close(1), Action::End(ref l, Cause::Failed)] if l == "l1")
+            matches!(
+                actions[..],
+                [Action::Record { ref record, .. }, Action::Close(1), Action::End(ref l, Cause::Failed)]
+                    if l == "l1" && record.cause == "failed"
+            ),
+            "{actions:?}"
         );
         assert!(t.is_empty(), "the failed leg is gone, its events dropped");
     }

@@ -16,11 +16,14 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::legs::{Action, Command, Delivery, Table};
 use super::policy::{self, Class, Dialled, Refusal};
+use super::records::CallRecord;
 use super::signalling::{Inbound, MediaOffer, Signalling, Unreachable};
 use crate::audit::{AuditLog, Scope};
+use crate::call::Services;
 use crate::call::legs::{Cause, LegSnapshot};
 use crate::media::engine::{Engine, LegSetup, MediaConfig, MediaEvent};
 use crate::metrics;
+use crate::store::keys;
 use crate::support::clock::now_ms;
 use crate::support::sync::Recover as _;
 use crate::tenant::Dialing;
@@ -106,6 +109,8 @@ pub struct Telephony {
     control: OnceLock<Result<mpsc::UnboundedSender<Msg>, String>>,
     signalling: RwLock<Option<Arc<dyn Signalling>>>,
     audit: Arc<AuditLog>,
+    /// The store, for call records (set once the host's services exist).
+    services: OnceLock<Arc<Services>>,
     me: Weak<Telephony>,
     /// Live legs as the control thread last counted them.
     live: AtomicU64,
@@ -122,6 +127,7 @@ impl Telephony {
             control: OnceLock::new(),
             signalling: RwLock::new(None),
             audit,
+            services: OnceLock::new(),
             me: me.clone(),
             live: AtomicU64::new(0),
             counters: Counters::default(),
@@ -138,6 +144,26 @@ impl Telephony {
             Some(s) => s.clone(),
             None => Arc::new(Unreachable(self.me.clone())),
         }
+    }
+
+    /// Writes a call record to the tenant's store, off call control's
+    /// thread (a slow disk never holds up calls); a failure is logged.
+    fn write_record(&self, tenant: String, record: CallRecord) {
+        let Some(services) = self.services.get().cloned() else {
+            return;
+        };
+        let key = keys::call_record(&tenant, record.ended_ms, &record.leg);
+        let Ok(value) = serde_json::to_vec(&record) else {
+            return;
+        };
+        tokio::task::spawn_blocking(move || {
+            services.apply_logged(&tenant, vec![(key, Some(value))])
+        });
+    }
+
+    /// Gives call control the store, for call records.
+    pub(crate) fn set_services(&self, services: Arc<Services>) {
+        let _ = self.services.set(services);
     }
 
     /// The default region of tenants that set none.
@@ -475,6 +501,21 @@ async fn carry_out(t: &Telephony, engine: &Engine, actions: Vec<Action>) {
                 Ok(())
             }
             Action::Leave(media) => engine.leave(media).await,
+            Action::Record {
+                tenant,
+                record,
+                media,
+            } => {
+                let record = match media {
+                    Some(m) => match engine.stats(m).await {
+                        Ok(st) => record.with_stats(&st),
+                        Err(_) => *record,
+                    },
+                    None => *record,
+                };
+                t.write_record(tenant, record);
+                Ok(())
+            }
             Action::Close(media) => engine.close(media).await,
             Action::Answer(leg) => {
                 t.signalling().answer(&leg);

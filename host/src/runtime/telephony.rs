@@ -1,0 +1,178 @@
+//! What the host keeps about calls for admins: a tenant's dialing policy
+//! (SPEC T1: its numbering plan and rules, kept in its record, checked
+//! when set, applied by call control to every outbound leg) and its call
+//! records (read by its admins; operators see counts only, SPEC I8).
+
+use serde_json::{Value, json};
+
+use super::Runtime;
+use crate::audit::{Scope, outcome};
+use crate::kernel::error::AdminError;
+use crate::store::keys;
+use crate::telephony::policy;
+use crate::telephony::records::CallRecord;
+use crate::tenant::Dialing;
+
+impl Runtime {
+    /// Replaces a tenant's dialing policy, checked first (a policy that
+    /// does not read changes nothing); audited in the tenant's and the
+    /// system's trail.
+    pub async fn set_dialing(&self, tenant: &str, dialing: Dialing) -> Result<(), AdminError> {
+        policy::from_dialing(&dialing, self.inner.telephony.default_region())
+            .map_err(|e| AdminError::InvalidDialing(e.to_string()))?;
+        let summary = serde_json::to_string(&dialing).unwrap_or_default();
+        self.inner
+            .registry
+            .update_tenant(
+                tenant,
+                |record| {
+                    record.dialing = dialing.clone();
+                    Ok(())
+                },
+                |_| {
+                    for scope in [Scope::System, Scope::tenant(tenant)] {
+                        self.inner.trail.note(
+                            &scope,
+                            "tenant.dialing",
+                            tenant,
+                            outcome::SUCCESS,
+                            &summary,
+                        );
+                    }
+                },
+            )
+            .await
+    }
+
+    /// A tenant's dialing policy as set, and as it applies (defaults
+    /// filled in: the region, the classes anyone may dial).
+    pub fn dialing(&self, tenant: &str) -> Result<Value, AdminError> {
+        let t = self.inner.registry.tenant_or_err(tenant)?;
+        let set = &t.record.dialing;
+        let (plan, rules) = policy::from_dialing(set, self.inner.telephony.default_region())
+            .map_err(|e| AdminError::InvalidDialing(e.to_string()))?;
+        let classes: Vec<&str> = rules.classes.iter().map(|c| c.name()).collect();
+        Ok(json!({
+            "set": set,
+            "effective": {
+                "region": plan.region,
+                "outside_line": plan.outside_line,
+                "extension_digits": [plan.extension_digits.start(), plan.extension_digits.end()],
+                "classes": classes,
+                "allow": set.allow,
+                "deny": set.deny,
+            },
+        }))
+    }
+}
+
+/// Most call records one page answers.
+pub const MAX_RECORDS_PAGE: usize = 1000;
+
+/// A page of call records.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RecordPage {
+    pub records: Vec<CallRecord>,
+    /// Pass as `after` for the next page; `None` at the end.
+    pub next: Option<String>,
+}
+
+impl Runtime {
+    /// A tenant's call records that ended in `[from_ms, to_ms)`, oldest
+    /// first, at most `limit` (≤ 1000), after the cursor `after`.
+    pub fn call_records(
+        &self,
+        tenant: &str,
+        from_ms: u64,
+        to_ms: u64,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<RecordPage, AdminError> {
+        self.inner.registry.tenant_or_err(tenant)?;
+        let limit = limit.clamp(1, MAX_RECORDS_PAGE);
+        let prefix = keys::call_record_prefix(tenant);
+        let start = match after {
+            Some(cursor) => {
+                let valid = cursor.len() <= 64
+                    && cursor.bytes().all(|b| b.is_ascii_hexdigit() || b == b'/');
+                if !valid {
+                    return Err(AdminError::NotFound(format!("cursor {cursor:?}")));
+                }
+                let mut k = prefix.clone();
+                k.extend_from_slice(cursor.as_bytes());
+                k
+            }
+            None => {
+                // Just before the first key at `from_ms`.
+                let mut k = keys::call_record(tenant, from_ms, "");
+                k.pop();
+                k
+            }
+        };
+        let store = self.inner.store();
+        let page = store
+            .scan_raw(&prefix, Some(&start), limit + 1)
+            .map_err(AdminError::Store)?;
+        let mut records = Vec::new();
+        let mut next = None;
+        for (key, _) in page {
+            let rest = &key[prefix.len()..];
+            let Some(ended) = keys::parse_call_record(rest) else {
+                continue;
+            };
+            if ended < from_ms {
+                continue;
+            }
+            if ended >= to_ms {
+                break;
+            }
+            if records.len() == limit {
+                break;
+            }
+            let raw = store.get(&key).map_err(AdminError::Store)?;
+            if let Some(r) = raw.and_then(|v| serde_json::from_slice::<CallRecord>(&v).ok()) {
+                records.push(r);
+                next = Some(String::from_utf8_lossy(rest).into_owned());
+            }
+        }
+        if records.len() < limit {
+            next = None;
+        }
+        Ok(RecordPage { records, next })
+    }
+
+    /// Counts of a tenant's calls per UTC day in `[from_ms, to_ms)`: legs,
+    /// answered legs and talk minutes, no numbers (what an operator may
+    /// see of a tenant's calls, SPEC I8).
+    pub fn call_counts(&self, tenant: &str, from_ms: u64, to_ms: u64) -> Result<Value, AdminError> {
+        const DAY_MS: u64 = 86_400_000;
+        let mut days: std::collections::BTreeMap<u64, (u64, u64, u64)> = Default::default();
+        let mut after: Option<String> = None;
+        loop {
+            let page =
+                self.call_records(tenant, from_ms, to_ms, after.as_deref(), MAX_RECORDS_PAGE)?;
+            for r in &page.records {
+                let d = days.entry(r.ended_ms / DAY_MS).or_default();
+                d.0 += 1;
+                d.1 += u64::from(r.answered_ms.is_some());
+                d.2 += r.talk_ms;
+            }
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        let list: Vec<Value> = days
+            .into_iter()
+            .map(|(day, (legs, answered, talk))| {
+                json!({
+                    "day_start_ms": day * DAY_MS,
+                    "legs": legs,
+                    "answered": answered,
+                    "talk_minutes": talk.div_ceil(60_000),
+                })
+            })
+            .collect();
+        Ok(json!({ "days": list }))
+    }
+}
