@@ -151,6 +151,11 @@ pub struct Dialing {
     /// E.164 numbers or prefixes refused whatever else allows them.
     #[serde(default)]
     pub deny: Vec<String>,
+    /// Outbound calls the tenant may have ringing or answered at once
+    /// (toll fraud runs many calls in parallel); `None`: no cap.
+    /// Emergency calls are never refused for it.
+    #[serde(default)]
+    pub max_outbound_calls: Option<u32>,
 }
 
 impl Dialing {
@@ -168,6 +173,7 @@ impl Default for Dialing {
             classes: None,
             allow: Vec::new(),
             deny: Vec::new(),
+            max_outbound_calls: None,
         }
     }
 }

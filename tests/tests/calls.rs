@@ -194,16 +194,7 @@ async fn t2_keys_pressed_during_a_play_barge_in_and_count_as_type_ahead() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t1_the_dialing_policy_refuses_toll_numbers_counts_and_audits() {
     let (h, rig) = rig(&["acme"]).await;
-    let dial = |n: &'static str| {
-        let h = &h;
-        async move {
-            let r = h
-                .post("acme", "callflow", "u", &format!("/dial/{n}"), b"")
-                .await
-                .unwrap();
-            (r.status, r.json().unwrap())
-        }
-    };
+    let dial = |n: &'static str| dial_from(&h, "acme", n);
     // Premium rate and international: refused before anything is placed.
     for n in ["%2B19005550100", "011442079460018", "%2B442079460018"] {
         let (status, body) = dial(n).await;
@@ -219,14 +210,7 @@ async fn t1_the_dialing_policy_refuses_toll_numbers_counts_and_audits() {
             .load(std::sync::atomic::Ordering::Relaxed),
         3
     );
-    let audited: Vec<_> = h
-        .runtime()
-        .audit_log()
-        .entries(&Scope::tenant("acme"), 0, 1000)
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.action == "call.dial" && e.outcome == "restricted")
-        .collect();
+    let audited = dial_audits(&h, "restricted");
     assert_eq!(audited.len(), 3, "{audited:?}");
     let metrics = switchboard::metrics::render();
     for class in ["premium", "international"] {
@@ -272,6 +256,27 @@ async fn t1_the_dialing_policy_refuses_toll_numbers_counts_and_audits() {
             .unwrap();
         assert_eq!(number, n, "dialled as typed, as an extension");
     }
+}
+
+/// acme's audit entries of dials with `outcome`.
+fn dial_audits(h: &Harness, outcome: &str) -> Vec<switchboard::audit::Entry> {
+    h.runtime()
+        .audit_log()
+        .entries(&Scope::tenant("acme"), 0, 1000)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == "call.dial" && e.outcome == outcome)
+        .collect()
+}
+
+/// The callflow plugin of `tenant` dials `number` (URL-encoded) from an
+/// HTTP request: (status, body).
+async fn dial_from(h: &Harness, tenant: &str, number: &str) -> (u16, serde_json::Value) {
+    let r = h
+        .post(tenant, "callflow", "u", &format!("/dial/{number}"), b"")
+        .await
+        .unwrap();
+    (r.status, r.json().unwrap())
 }
 
 fn dialled(s: &[Signal], leg: &str) -> bool {
@@ -388,6 +393,7 @@ async fn t1_a_tenants_own_plan_and_rules_apply_to_its_dials() {
         classes: None,
         allow: Vec::new(),
         deny: vec!["+447911*".into()],
+        max_outbound_calls: None,
     };
     h.runtime().set_dialing("acme", gb.clone()).await.unwrap();
     // A policy that does not read is refused and changes nothing.
@@ -399,16 +405,7 @@ async fn t1_a_tenants_own_plan_and_rules_apply_to_its_dials() {
     assert_eq!(e.code(), "invalid_dialing", "{e}");
     let shown = h.runtime().dialing("acme").unwrap();
     assert_eq!(shown["effective"]["region"], "GB", "{shown}");
-    let dial = |n: &'static str| {
-        let h = &h;
-        async move {
-            let r = h
-                .post("acme", "callflow", "u", &format!("/dial/{n}"), b"")
-                .await
-                .unwrap();
-            (r.status, r.json().unwrap())
-        }
-    };
+    let dial = |n: &'static str| dial_from(&h, "acme", n);
     // A London number behind the outside line: dialled as E.164.
     let (status, body) = dial("902079460018").await;
     assert_eq!(status, 200, "{body}");
@@ -583,4 +580,40 @@ async fn t2_every_leg_leaves_a_call_record_for_its_tenant_only() {
     assert_eq!(counts["days"][0]["legs"], 1, "{counts}");
     assert_eq!(counts["days"][0]["answered"], 1, "{counts}");
     assert!(!counts.to_string().contains("alice"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t1_a_cap_on_concurrent_outbound_calls_spares_emergency_calls() {
+    let (h, rig) = rig(&["acme"]).await;
+    let capped = Dialing {
+        max_outbound_calls: Some(1),
+        ..Dialing::default()
+    };
+    h.runtime().set_dialing("acme", capped).await.unwrap();
+    let bob = Phone::new().unwrap();
+    rig.directory("+12025550123", &bob).unwrap();
+    let dial = |n: &'static str| dial_from(&h, "acme", n);
+    let (status, body) = dial("%2B12025550123").await;
+    assert_eq!(status, 200, "{body}");
+    let first = body["leg"].as_str().unwrap().to_string();
+    wait_event(&h, "acme", &first, "answered").await;
+    // The second at once is refused, audited and counted.
+    let (status, body) = dial("%2B12025550124").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("concurrent outbound"),
+        "{body}"
+    );
+    assert_eq!(dial_audits(&h, "over_cap").len(), 1);
+    // An emergency call is never refused for the cap.
+    let (status, body) = dial("911").await;
+    assert_eq!(status, 200, "{body}");
+    // Once the first call ends, the next one may go.
+    rig.hang_up(&first);
+    wait_event(&h, "acme", &first, "ended:normal").await;
+    let (status, body) = dial("%2B12025550124").await;
+    assert_eq!(status, 200, "{body}");
 }

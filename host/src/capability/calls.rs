@@ -407,6 +407,24 @@ pub fn dial(ctx: &mut CallCtx, t: &State, req: DialRequest) -> Result<String, Ca
             "the tenant has too many live call legs".into(),
         ));
     }
+    // The tenant's cap on concurrent outbound calls (emergency calls are
+    // never refused), counting the dials this call already issued.
+    let max_outbound = ctx.tenant.record.dialing.max_outbound_calls;
+    if let Some(cap) = max_outbound
+        && to.class != crate::telephony::policy::Class::Emergency
+    {
+        let issued = ctx
+            .txn
+            .effects_of::<Submit>()
+            .filter(|s| matches!(s.command, Command::Dial { .. }))
+            .count();
+        if t.outbound_live(ctx.tenant_id()) + issued >= cap as usize {
+            t.refuse_over_cap(ctx.tenant_id(), ctx.plugin_name(), &req.to, cap);
+            return Err(CapError::QuotaExceeded(format!(
+                "the tenant's {cap} concurrent outbound calls are in use"
+            )));
+        }
+    }
     let id = crate::support::encoding::random_hex(16);
     queue(
         ctx,
@@ -417,6 +435,7 @@ pub fn dial(ctx: &mut CallCtx, t: &State, req: DialRequest) -> Result<String, Ca
             to,
             ring_ms: req.ring_ms,
             state: req.state,
+            max_outbound,
         },
     )?;
     Ok(id)

@@ -61,6 +61,7 @@ impl Runtime {
                 "classes": classes,
                 "allow": set.allow,
                 "deny": set.deny,
+                "max_outbound_calls": set.max_outbound_calls,
             },
         }))
     }

@@ -20,7 +20,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use super::policy::Dialled;
+use super::policy::{Class, Dialled};
 use super::records::CallRecord;
 use super::signalling::Outbound;
 use crate::call::legs::{
@@ -81,6 +81,9 @@ pub enum Command {
         to: Dialled,
         ring_ms: u32,
         state: Vec<u8>,
+        /// The tenant's cap on concurrent outbound legs, checked again
+        /// here (dials committed at once may pass the issue-time check).
+        max_outbound: Option<u32>,
     },
 }
 
@@ -307,6 +310,19 @@ impl Table {
     /// The tenant of leg `id`.
     pub fn tenant_of(&self, id: &str) -> Option<String> {
         self.legs.get(id).map(|l| l.tenant.clone())
+    }
+
+    /// Outbound legs of `tenant` ringing or answered (emergency calls
+    /// count too: they occupy a trunk).
+    pub fn outbound_live(&self, tenant: &str) -> usize {
+        self.legs
+            .values()
+            .filter(|l| {
+                l.tenant == tenant
+                    && l.snapshot.direction == Direction::Outbound
+                    && l.snapshot.state != LegState::Ended
+            })
+            .count()
     }
 
     /// Legs of `tenant` in the table.
@@ -798,10 +814,13 @@ impl Table {
                 to,
                 ring_ms,
                 state,
+                max_outbound,
             } => {
                 if self.legs.contains_key(&leg) {
                     return actions;
                 }
+                let over_cap = to.class != Class::Emergency
+                    && max_outbound.is_some_and(|cap| self.outbound_live(tenant) >= cap as usize);
                 let l = self.insert(
                     leg.clone(),
                     tenant,
@@ -814,6 +833,10 @@ impl Table {
                 );
                 l.deadline_ms = Some(now + u64::from(ring_ms));
                 l.client_state = state;
+                if over_cap {
+                    // Never placed: the leg ends at once, `restricted`.
+                    return self.end(&leg, Cause::Restricted, false, now);
+                }
                 actions.push(Action::Originate(Outbound {
                     leg,
                     tenant: tenant.to_string(),
@@ -1462,5 +1485,37 @@ mod tests {
         t.ended("a", Cause::Normal, 3);
         assert_eq!(t.room_members(T, P, "r"), 0);
         assert!(t.rooms.is_empty(), "the empty room is forgotten");
+    }
+
+    #[test]
+    fn the_outbound_cap_holds_when_it_is_carried_out_and_spares_emergency() {
+        let mut t = Table::default();
+        let dial = |leg: &str, class: Class| Command::Dial {
+            leg: leg.into(),
+            caller: String::new(),
+            to: Dialled {
+                class,
+                number: "+12025550123".into(),
+            },
+            ring_ms: 5000,
+            state: Vec::new(),
+            max_outbound: Some(1),
+        };
+        let first = t.command(T, P, dial("d1", Class::National), 0);
+        assert!(matches!(first[..], [Action::Originate(_)]));
+        // Passed the issue-time check with the first, but is over the cap
+        // when carried out: never placed, ended `restricted`.
+        let second = t.command(T, P, dial("d2", Class::National), 0);
+        assert!(
+            second.iter().all(|a| !matches!(a, Action::Originate(_))),
+            "{second:?}"
+        );
+        assert_eq!(
+            kinds(&mut t, "d2", 0),
+            [CallEventKind::Ended(Cause::Restricted)]
+        );
+        let sos = t.command(T, P, dial("d3", Class::Emergency), 0);
+        assert!(matches!(sos[..], [Action::Originate(_)]));
+        assert_eq!(t.outbound_live(T), 2);
     }
 }

@@ -363,6 +363,11 @@ pub fn from_dialing(
             "the outside-line prefix is 1-{MAX_OUTSIDE_LINE} digits"
         )));
     }
+    if d.max_outbound_calls == Some(0) {
+        return Err(PolicyError::Plan(
+            "max_outbound_calls is at least 1 (leave it out for no cap)".into(),
+        ));
+    }
     let [min, max] = d.extension_digits;
     if min == 0 || min > max || max > MAX_EXTENSION_DIGITS {
         return Err(PolicyError::Plan(format!(
@@ -736,6 +741,10 @@ mod tests {
             },
             Dialing {
                 deny: vec!["+1".into(); MAX_PATTERNS + 1],
+                ..ok.clone()
+            },
+            Dialing {
+                max_outbound_calls: Some(0),
                 ..ok.clone()
             },
         ];

@@ -218,6 +218,25 @@ impl Telephony {
         self.table.lock().recover().lookup_op(tenant, plugin, op)
     }
 
+    /// Outbound legs of `tenant` ringing or answered.
+    pub fn outbound_live(&self, tenant: &str) -> usize {
+        self.table.lock().recover().outbound_live(tenant)
+    }
+
+    /// Counts and audits a dial refused for the tenant's cap on
+    /// concurrent outbound calls.
+    pub fn refuse_over_cap(&self, tenant: &str, plugin: &str, to: &str, cap: u32) {
+        self.counters.restricted.fetch_add(1, Ordering::Relaxed);
+        metrics::CALLS_RESTRICTED.inc(&[tenant, "over-cap"]);
+        self.audit.note(
+            &Scope::tenant(tenant),
+            "call.dial",
+            to,
+            "over_cap",
+            &format!("plugin {plugin}; {cap} concurrent outbound calls in use"),
+        );
+    }
+
     /// Members of a plugin's conference room.
     pub fn room_members(&self, tenant: &str, plugin: &str, room: &str) -> usize {
         self.table
