@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use super::{Op, Runner, Who, deny, misrouted};
 use crate::audit::Scope;
 use crate::error::ApiError;
+use crate::telephony::policy::Class;
 
 /// Whether `op` is one of this area's.
 pub(super) fn owns(op: &Op) -> bool {
@@ -56,9 +57,6 @@ pub(super) fn op_realm(op: &Op) -> Option<Scope> {
         _ => None,
     }
 }
-
-/// Number classes only an operator may let a tenant dial.
-const OPERATOR_CLASSES: &[&str] = &["premium", "shared-cost", "unknown"];
 
 /// Whether the signed-in caller may run `op`.
 pub(super) fn authorize(who: &Who<'_>, op: &Op) -> Result<(), ApiError> {
@@ -119,7 +117,8 @@ pub(super) fn authorize(who: &Who<'_>, op: &Op) -> Result<(), ApiError> {
                 .classes
                 .iter()
                 .flatten()
-                .any(|c| OPERATOR_CLASSES.contains(&c.as_str()));
+                .filter_map(|c| Class::from_name(c))
+                .any(|c| Class::OPERATOR_ONLY.contains(&c));
             if who.operator || (who.own_tenant(tenant) && !opens_toll) {
                 Ok(())
             } else if who.own_tenant(tenant) {

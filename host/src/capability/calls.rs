@@ -27,6 +27,8 @@ pub const MAX_STATE_BYTES: usize = 4096;
 pub const MAX_COMMANDS_PER_CALL: usize = 64;
 /// Most items in one play.
 pub const MAX_PLAY_ITEMS: usize = 64;
+/// Most keys in one play (over all its `digits` items).
+pub const MAX_PLAY_KEYS: usize = 64;
 /// Longest tone item, and longest collect wait.
 pub const MAX_WAIT_MS: u32 = 60_000;
 /// Most digits a collect gathers, and keys in a `digits` item.
@@ -192,6 +194,29 @@ pub fn play(
             "a play has 1-{MAX_PLAY_ITEMS} items"
         )));
     }
+    let keys: usize = items
+        .iter()
+        .map(|i| match i {
+            Prompt::Digits(k) => k.len(),
+            _ => 0,
+        })
+        .sum();
+    if keys > MAX_PLAY_KEYS {
+        return Err(CapError::TooLarge(format!(
+            "at most {MAX_PLAY_KEYS} keys in one play"
+        )));
+    }
+    let issued = ctx
+        .txn
+        .effects_of::<Submit>()
+        .filter(|s| matches!(&s.command, Command::Play { leg, .. } if leg == id))
+        .count();
+    if issued >= crate::telephony::legs::MAX_QUEUED_PLAYS {
+        return Err(CapError::TooLarge(format!(
+            "at most {} plays queued on a leg",
+            crate::telephony::legs::MAX_QUEUED_PLAYS
+        )));
+    }
     for item in &items {
         match item {
             Prompt::Tone { ms, .. } if *ms == 0 || *ms > MAX_WAIT_MS => {
@@ -270,8 +295,15 @@ pub fn stop(ctx: &mut CallCtx, t: &State, op: &str) -> Result<(), CapError> {
     if !is_id(op) {
         return Err(not_found());
     }
-    t.lookup_op(ctx.tenant_id(), ctx.plugin_name(), op)
-        .ok_or_else(not_found)?;
+    // An operation of this call's own (issued before, not yet applied)
+    // counts too.
+    let pending = ctx.txn.effects_of::<Submit>().any(|s| {
+        matches!(&s.command, Command::Play { op: o, .. } | Command::Collect { op: o, .. } if o == op)
+    });
+    if !pending {
+        t.lookup_op(ctx.tenant_id(), ctx.plugin_name(), op)
+            .ok_or_else(not_found)?;
+    }
     queue(ctx, t, Command::Stop(op.to_string()))
 }
 
@@ -402,7 +434,12 @@ pub fn dial(ctx: &mut CallCtx, t: &State, req: DialRequest) -> Result<String, Ca
             &req.to,
         )
         .map_err(|r| CapError::Denied(r.to_string()))?;
-    if !t.has_room(ctx.tenant_id()) {
+    let dials_issued = ctx
+        .txn
+        .effects_of::<Submit>()
+        .filter(|s| matches!(s.command, Command::Dial { .. }))
+        .count();
+    if t.legs_of(ctx.tenant_id()) + dials_issued >= crate::telephony::legs::MAX_LEGS_PER_TENANT {
         return Err(CapError::QuotaExceeded(
             "the tenant has too many live call legs".into(),
         ));
@@ -412,18 +449,12 @@ pub fn dial(ctx: &mut CallCtx, t: &State, req: DialRequest) -> Result<String, Ca
     let max_outbound = ctx.tenant.record.dialing.max_outbound_calls;
     if let Some(cap) = max_outbound
         && to.class != crate::telephony::policy::Class::Emergency
+        && t.outbound_live(ctx.tenant_id()) + dials_issued >= cap as usize
     {
-        let issued = ctx
-            .txn
-            .effects_of::<Submit>()
-            .filter(|s| matches!(s.command, Command::Dial { .. }))
-            .count();
-        if t.outbound_live(ctx.tenant_id()) + issued >= cap as usize {
-            t.refuse_over_cap(ctx.tenant_id(), ctx.plugin_name(), &req.to, cap);
-            return Err(CapError::QuotaExceeded(format!(
-                "the tenant's {cap} concurrent outbound calls are in use"
-            )));
-        }
+        t.refuse_over_cap(ctx.tenant_id(), ctx.plugin_name(), &req.to, cap);
+        return Err(CapError::QuotaExceeded(format!(
+            "the tenant's {cap} concurrent outbound calls are in use"
+        )));
     }
     let id = crate::support::encoding::random_hex(16);
     queue(

@@ -116,27 +116,37 @@ impl Runtime {
             .map_err(AdminError::Store)?;
         let mut records = Vec::new();
         let mut next = None;
+        // A full scan window may have more beyond it even when some keys
+        // were skipped.
+        let mut more = page.len() > limit;
         for (key, _) in page {
             let rest = &key[prefix.len()..];
             let Some(ended) = keys::parse_call_record(rest) else {
                 continue;
             };
-            if ended < from_ms {
-                continue;
-            }
             if ended >= to_ms {
+                more = false;
                 break;
             }
             if records.len() == limit {
+                more = true;
                 break;
             }
+            // The cursor moves past every key read, readable or not, so a
+            // damaged record never ends a listing early.
+            next = Some(String::from_utf8_lossy(rest).into_owned());
+            if ended < from_ms {
+                continue;
+            }
             let raw = store.get(&key).map_err(AdminError::Store)?;
-            if let Some(r) = raw.and_then(|v| serde_json::from_slice::<CallRecord>(&v).ok()) {
-                records.push(r);
-                next = Some(String::from_utf8_lossy(rest).into_owned());
+            match raw.and_then(|v| serde_json::from_slice::<CallRecord>(&v).ok()) {
+                Some(r) => records.push(r),
+                None => {
+                    tracing::warn!(tenant, key = %String::from_utf8_lossy(&key), "an unreadable call record was skipped")
+                }
             }
         }
-        if records.len() < limit {
+        if !more {
             next = None;
         }
         Ok(RecordPage { records, next })

@@ -46,6 +46,18 @@ pub const MAX_TYPEAHEAD: usize = 32;
 /// Events queued on one leg; beyond it the oldest undelivered digit
 /// events are dropped (a key-mashing caller cannot grow memory).
 pub const MAX_QUEUED_EVENTS: usize = 64;
+/// Plays queued on one leg (the one playing included); more answer
+/// `stopped` at once.
+pub const MAX_QUEUED_PLAYS: usize = 8;
+/// Events waiting on one leg whatever their kind; a leg whose plugin lets
+/// more pile up is ended (`failed`).
+pub const MAX_EVENTS_HARD: usize = 4 * MAX_QUEUED_EVENTS;
+/// How long past its length a sound may go without the media engine's
+/// `PlayDone` before the watchdog takes it as done (an event lost to a
+/// full channel must not freeze a leg's prompts).
+pub const PLAY_DONE_GRACE_MS: u64 = 2_000;
+/// Most live legs of one tenant (inbound and outbound).
+pub const MAX_LEGS_PER_TENANT: usize = 2000;
 /// A DTMF key tone and the gap after it, as played.
 const KEY_TONE: Duration = Duration::from_millis(100);
 const KEY_GAP: Duration = Duration::from_millis(60);
@@ -108,6 +120,14 @@ pub enum Action {
         room: u64,
     },
     Leave(u64),
+    /// A dial refused when carried out for the tenant's outbound cap:
+    /// counted and audited like one refused when issued.
+    RefusedOverCap {
+        tenant: String,
+        plugin: String,
+        to: String,
+        cap: u32,
+    },
     /// Write a leg's call record (with the media's figures, read before
     /// the media closes).
     Record {
@@ -135,6 +155,16 @@ struct Playing {
     segments: VecDeque<Sound>,
     barge_in: bool,
     tag: u64,
+    /// When the sound playing now should have ended.
+    due_ms: u64,
+}
+
+/// How long a sound plays.
+fn length_ms(sound: &Sound) -> u64 {
+    match sound {
+        Sound::Tone(_, length) => length.as_millis() as u64,
+        Sound::Clip(clip) => clip.len() as u64 / 8,
+    }
 }
 
 #[derive(Debug)]
@@ -225,6 +255,14 @@ fn segments(items: &[Prompt]) -> VecDeque<Sound> {
 impl Leg {
     fn push(&mut self, kind: CallEventKind, now: u64) {
         if self.dead {
+            return;
+        }
+        if self.queue.len() >= MAX_EVENTS_HARD {
+            // The plugin lets events pile up: it hears nothing more of
+            // this leg, which the watchdog ends (`failed`).
+            tracing::warn!(tenant = %self.tenant, plugin = %self.plugin, leg = %self.snapshot.id, "a call leg's events piled up; ending it");
+            self.dead = true;
+            self.queue.clear();
             return;
         }
         if self.queue.len() >= MAX_QUEUED_EVENTS {
@@ -564,6 +602,7 @@ impl Table {
                 Some(sound) => {
                     self.next_tag += 1;
                     p.tag = self.next_tag;
+                    p.due_ms = now + length_ms(&sound) + PLAY_DONE_GRACE_MS;
                     actions.push(Action::Play {
                         media,
                         sound,
@@ -645,7 +684,8 @@ impl Table {
                 if self.owned(tenant, plugin, &leg, LegState::Answered)
                     && let Some(l) = self.legs.get_mut(&leg)
                 {
-                    if l.connected() {
+                    let queued = l.plays.len() + usize::from(l.playing.is_some());
+                    if l.connected() || queued >= MAX_QUEUED_PLAYS {
                         l.push(
                             CallEventKind::Played {
                                 op,
@@ -660,6 +700,7 @@ impl Table {
                         segments: segments(&items),
                         barge_in,
                         tag: 0,
+                        due_ms: 0,
                     });
                     self.ops.insert(op, leg.clone());
                     actions = self.next_play(&leg, now);
@@ -821,6 +862,8 @@ impl Table {
                 }
                 let over_cap = to.class != Class::Emergency
                     && max_outbound.is_some_and(|cap| self.outbound_live(tenant) >= cap as usize);
+                let full = self.count(tenant) >= MAX_LEGS_PER_TENANT;
+                let number = to.number.clone();
                 let l = self.insert(
                     leg.clone(),
                     tenant,
@@ -835,7 +878,17 @@ impl Table {
                 l.client_state = state;
                 if over_cap {
                     // Never placed: the leg ends at once, `restricted`.
-                    return self.end(&leg, Cause::Restricted, false, now);
+                    let mut actions = self.end(&leg, Cause::Restricted, false, now);
+                    actions.push(Action::RefusedOverCap {
+                        tenant: tenant.to_string(),
+                        plugin: plugin.to_string(),
+                        to: number,
+                        cap: max_outbound.unwrap_or(0),
+                    });
+                    return actions;
+                }
+                if full {
+                    return self.end(&leg, Cause::Unavailable, false, now);
                 }
                 actions.push(Action::Originate(Outbound {
                     leg,
@@ -987,6 +1040,7 @@ impl Table {
         if let Some(sound) = p.segments.pop_front() {
             self.next_tag += 1;
             p.tag = self.next_tag;
+            p.due_ms = now + length_ms(&sound) + PLAY_DONE_GRACE_MS;
             return vec![Action::Play {
                 media,
                 sound,
@@ -1010,7 +1064,17 @@ impl Table {
     pub fn tick(&mut self, now: u64) -> Vec<Action> {
         let mut actions = Vec::new();
         let mut expired = Vec::new();
+        let mut overdue = Vec::new();
         for (id, l) in &mut self.legs {
+            if l.dead && l.snapshot.state != LegState::Ended {
+                expired.push((id.clone(), Cause::Failed));
+                continue;
+            }
+            if let (Some(p), Some(media)) = (&l.playing, l.media)
+                && p.due_ms <= now
+            {
+                overdue.push((media, p.tag));
+            }
             match l.snapshot.state {
                 LegState::Offered | LegState::Ringing
                     if l.deadline_ms.is_some_and(|d| d <= now) =>
@@ -1032,6 +1096,9 @@ impl Table {
                 }
                 _ => {}
             }
+        }
+        for (media, tag) in overdue {
+            actions.extend(self.play_done(media, tag, now));
         }
         for (id, cause) in expired {
             actions.extend(self.end(&id, cause, true, now));
@@ -1510,6 +1577,12 @@ mod tests {
             second.iter().all(|a| !matches!(a, Action::Originate(_))),
             "{second:?}"
         );
+        assert!(
+            second
+                .iter()
+                .any(|a| matches!(a, Action::RefusedOverCap { cap: 1, .. })),
+            "audited and counted like a refusal when issued: {second:?}"
+        );
         assert_eq!(
             kinds(&mut t, "d2", 0),
             [CallEventKind::Ended(Cause::Restricted)]
@@ -1517,5 +1590,69 @@ mod tests {
         let sos = t.command(T, P, dial("d3", Class::Emergency), 0);
         assert!(matches!(sos[..], [Action::Originate(_)]));
         assert_eq!(t.outbound_live(T), 2);
+    }
+
+    #[test]
+    fn a_plugin_cannot_pile_up_plays_or_events_and_a_lost_play_done_is_not_waited_for() {
+        let mut t = Table::default();
+        t.offer("l".into(), &inbound(), 1, 0);
+        answered(&mut t, "l", 0);
+        let play = |op: String| Command::Play {
+            leg: "l".into(),
+            op,
+            items: vec![Prompt::Tone {
+                tone: ToneName::Busy,
+                ms: 1000,
+            }],
+            barge_in: false,
+        };
+        for i in 0..MAX_QUEUED_PLAYS + 3 {
+            t.command(T, P, play(format!("p{i}")), 0);
+        }
+        let stopped = kinds(&mut t, "l", 0)
+            .iter()
+            .filter(|k| {
+                matches!(
+                    k,
+                    CallEventKind::Played {
+                        end: OpEnd::Stopped,
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert_eq!(stopped, 3, "plays beyond the queue answer `stopped`");
+        // The engine's PlayDone for p0 never comes: after its length and
+        // the grace, the watchdog moves on to p1.
+        assert!(t.tick(1000 + PLAY_DONE_GRACE_MS - 1).is_empty());
+        let next = t.tick(1000 + PLAY_DONE_GRACE_MS);
+        assert!(matches!(next[..], [Action::Play { .. }]), "{next:?}");
+        assert_eq!(
+            kinds(&mut t, "l", 3100),
+            [CallEventKind::Played {
+                op: "p0".into(),
+                end: OpEnd::Done
+            }]
+        );
+        // Events nobody takes pile up to the hard limit; then the leg is
+        // ended `failed`.
+        for i in 0..MAX_EVENTS_HARD as u64 {
+            t.command(
+                T,
+                P,
+                Command::Join {
+                    leg: "l".into(),
+                    room: format!("r{}", i % 2),
+                },
+                4000 + i,
+            );
+            t.join_done("l", true, 4000 + i);
+        }
+        let acts = t.tick(10_000);
+        assert!(
+            acts.iter()
+                .any(|a| matches!(a, Action::End(l, Cause::Failed) if l == "l")),
+            "{acts:?}"
+        );
     }
 }

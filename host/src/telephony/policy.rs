@@ -128,6 +128,13 @@ impl Class {
     ];
 }
 
+impl Class {
+    /// Classes only an operator may open for a tenant (the caller pays a
+    /// premium, or nobody knows what it costs): a tenant admin's allow
+    /// pattern never reaches them.
+    pub const OPERATOR_ONLY: [Class; 3] = [Class::Premium, Class::SharedCost, Class::Unknown];
+}
+
 /// A tenant's numbering: its region and how its users dial.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -467,7 +474,12 @@ impl Rules {
                 class.name()
             ));
         }
-        if e164 && self.allow.iter().any(|p| p.matches(&dialled.number)) {
+        // An allow pattern widens the tenant's classes, but never to the
+        // numbers only an operator may open: those need their class.
+        if e164
+            && !Class::OPERATOR_ONLY.contains(&class)
+            && self.allow.iter().any(|p| p.matches(&dialled.number))
+        {
             return Ok(());
         }
         if !self.classes.contains(&class) {
@@ -751,6 +763,17 @@ mod tests {
         for d in bad {
             assert!(from_dialing(&d, "GB").is_err(), "{d:?}");
         }
+        // An allow pattern never opens a premium-rate number: that class is
+        // an operator's to open (toll fraud).
+        let sneaky = Dialing {
+            allow: vec!["+1900*".into(), "+1*".into()],
+            ..ok.clone()
+        };
+        let (plan, rules) = from_dialing(&sneaky, "US").unwrap();
+        let all: BTreeSet<Class> = Class::ALL.into_iter().collect();
+        let premium = plan.read("+19005550100").unwrap();
+        assert_eq!(premium.class, Class::Premium);
+        assert!(rules.decide(&premium, &all).is_err());
         // Classes as set replace the defaults.
         let open = Dialing {
             classes: Some(vec!["internal".into(), "international".into()]),

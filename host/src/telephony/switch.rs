@@ -30,8 +30,7 @@ use crate::tenant::Dialing;
 
 /// The watchdog's period.
 const TICK: Duration = Duration::from_millis(100);
-/// Most live legs of one tenant (inbound and outbound).
-pub const MAX_LEGS_PER_TENANT: usize = 2000;
+pub use super::legs::MAX_LEGS_PER_TENANT;
 
 /// Why telephony refused something.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -247,7 +246,12 @@ impl Telephony {
 
     /// Whether `tenant` may have another leg.
     pub fn has_room(&self, tenant: &str) -> bool {
-        self.table.lock().recover().count(tenant) < MAX_LEGS_PER_TENANT
+        self.legs_of(tenant) < MAX_LEGS_PER_TENANT
+    }
+
+    /// Live legs of `tenant`.
+    pub fn legs_of(&self, tenant: &str) -> usize {
+        self.table.lock().recover().count(tenant)
     }
 
     /// Live legs of every tenant.
@@ -381,6 +385,11 @@ async fn run(me: Weak<Telephony>, media: MediaConfig, mut rx: mpsc::UnboundedRec
                     t.table.lock().recover().command(&tenant, &plugin, cmd, now)
                 }
                 Msg::Offer(inbound, reply) => {
+                    if t.table.lock().recover().count(&inbound.tenant) >= MAX_LEGS_PER_TENANT {
+                        let _ = reply.send(Err(TelephonyError::TooManyLegs));
+                        carry_out(&t, &engine, Vec::new()).await;
+                        continue;
+                    }
                     let opened = open(&engine, &inbound.media, group_of(&inbound.tenant)).await;
                     let _ = reply.send(match opened {
                         Ok((media, addr)) => {
@@ -533,6 +542,15 @@ async fn carry_out(t: &Telephony, engine: &Engine, actions: Vec<Action>) {
                     None => *record,
                 };
                 t.write_record(tenant, record);
+                Ok(())
+            }
+            Action::RefusedOverCap {
+                tenant,
+                plugin,
+                to,
+                cap,
+            } => {
+                t.refuse_over_cap(&tenant, &plugin, &to, cap);
                 Ok(())
             }
             Action::Close(media) => engine.close(media).await,
