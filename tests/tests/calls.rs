@@ -36,6 +36,17 @@ async fn wait_event(h: &Harness, t: &str, leg: &str, want: &str) -> Vec<String> 
     }
 }
 
+/// Live legs once call control has had up to 2 s to let them go.
+async fn settled(rig: &CallRig) -> usize {
+    for _ in 0..200 {
+        if rig.live_legs() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    rig.live_legs()
+}
+
 fn ended(signals: &[Signal], leg: &str) -> Option<Cause> {
     signals.iter().find_map(|s| match s {
         Signal::Ended(l, c) if l == leg => Some(*c),
@@ -130,13 +141,7 @@ async fn t2_a_plugin_answers_collects_dials_and_bridges_in_order() {
         ["ringing", "answered", "bridged", "ended:normal"]
     );
     // Every leg has left call control.
-    for _ in 0..200 {
-        if rig.live_legs() == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(rig.live_legs(), 0);
+    assert_eq!(settled(&rig).await, 0, "every leg has left call control");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,13 +379,7 @@ async fn k6_a_plugin_that_traps_on_its_calls_gets_the_fallback() {
             .contains("switchboard_call_legs_failed_total{tenant=\"acme\",plugin=\"callflow\"} 1"),
         "{metrics}"
     );
-    for _ in 0..200 {
-        if rig.live_legs() == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(rig.live_legs(), 0);
+    assert_eq!(settled(&rig).await, 0, "every leg has left call control");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

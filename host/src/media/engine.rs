@@ -412,6 +412,30 @@ impl Leg {
         self.last_sent_ts = ts;
     }
 
+    /// Sends one frame the host makes itself (a tone, a prompt, a room's
+    /// mix) on the leg's own stream: renumbered, protected, counted. A
+    /// frame that cannot be protected or sent is dropped.
+    fn send_own(&mut self, packet: &mut Vec<u8>, payload: &[u8]) {
+        let (seq, ts) = self.out.next_own(FRAME as u32);
+        rtp::write(
+            packet,
+            false,
+            self.setup.payload_type,
+            seq,
+            ts,
+            self.out.ssrc(),
+            payload,
+        );
+        if let Some(tx) = self.tx.as_mut()
+            && tx.protect_rtp(packet).is_err()
+        {
+            return;
+        }
+        if self.socket.try_send_to(packet, self.remote).is_ok() {
+            self.sent(FRAME, ts);
+        }
+    }
+
     fn stats(&self) -> LegStats {
         let (expected, received) = self.reception.counts();
         LegStats {
@@ -729,24 +753,7 @@ impl Worker {
                     }
                     (Sound::Tone(..), None) => return,
                 };
-                let (seq, ts) = l.out.next_own(FRAME as u32);
-                rtp::write(
-                    &mut packet,
-                    false,
-                    l.setup.payload_type,
-                    seq,
-                    ts,
-                    l.out.ssrc(),
-                    &payload,
-                );
-                if let Some(tx) = l.tx.as_mut()
-                    && tx.protect_rtp(&mut packet).is_err()
-                {
-                    continue;
-                }
-                if l.socket.try_send_to(&packet, l.remote).is_ok() {
-                    l.sent(FRAME, ts);
-                }
+                l.send_own(&mut packet, &payload);
             }
             me.emit(MediaEvent::PlayDone { leg, tag });
         });
@@ -918,24 +925,7 @@ async fn mixer(worker: Rc<Worker>, room: u64) {
                 8 => payload.extend(pcm.iter().map(|s| g711::linear_to_alaw(*s))),
                 _ => payload.extend(pcm.iter().map(|s| g711::linear_to_ulaw(*s))),
             }
-            let (seq, ts) = l.out.next_own(FRAME as u32);
-            rtp::write(
-                &mut packet,
-                false,
-                l.setup.payload_type,
-                seq,
-                ts,
-                l.out.ssrc(),
-                &payload,
-            );
-            if let Some(tx) = l.tx.as_mut()
-                && tx.protect_rtp(&mut packet).is_err()
-            {
-                continue;
-            }
-            if l.socket.try_send_to(&packet, l.remote).is_ok() {
-                l.sent(FRAME, ts);
-            }
+            l.send_own(&mut packet, &payload);
         }
     }
 }
