@@ -16,6 +16,7 @@
 //! | audit: verify                     | yes     | yes               | no             | own tenant   |
 //! | audit: export (content)           | yes     | system; a tenant's with a JIT grant | no | own tenant |
 //! | call records (numbers)            | yes     | no (counts only)  | no             | own tenant   |
+//! | routes, SIP devices               | yes     | no                | no             | own tenant   |
 //!
 //! "Console" is the machine's operator on the local CLI or control socket
 //! (file-system permissions are the credential). Operators manage only the
@@ -27,6 +28,7 @@ mod data;
 mod jit;
 mod plugins;
 mod providers;
+mod telephony;
 mod tenants;
 mod trail;
 
@@ -203,6 +205,41 @@ pub enum Op {
     DialingSet {
         tenant: String,
         dialing: crate::tenant::Dialing,
+    },
+    /// A tenant's routes: numbers and the plugins that take their calls.
+    RoutesShow {
+        tenant: String,
+    },
+    /// Replaces a tenant's routes (each plugin enabled with `calls`).
+    RoutesSet {
+        tenant: String,
+        routes: Vec<crate::tenant::Route>,
+    },
+    /// A tenant's SIP devices (of one user, by id, if given).
+    DeviceList {
+        tenant: String,
+        #[serde(default)]
+        user: Option<String>,
+    },
+    /// Adds a SIP device for a user (login name or id); the answer holds
+    /// its password, shown this once.
+    DeviceAdd {
+        tenant: String,
+        name: String,
+        user: String,
+        /// Allow SIP over UDP/TCP for it (default: TLS only).
+        #[serde(default)]
+        udp: bool,
+    },
+    DeviceRemove {
+        tenant: String,
+        name: String,
+    },
+    /// Gives a device a new password (shown this once); the old one
+    /// stops working at once.
+    DevicePassword {
+        tenant: String,
+        name: String,
     },
     /// Sets or releases a legal hold on the tenant, or on one blob of one
     /// plugin (e.g. a recording's media).
@@ -434,7 +471,9 @@ macro_rules! areas {
     };
 }
 
-areas!(tenants, accounts, trail, plugins, data, providers, jit);
+areas!(
+    tenants, accounts, trail, plugins, data, providers, jit, telephony
+);
 
 /// Whether `actor` may run `op` as far as its role and tenant tell, before
 /// anything about the target is read (e.g. before an upload's body is).

@@ -90,6 +90,10 @@ pub enum Command {
         /// Address to listen on; overrides the config file.
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Address for SIP over TLS; overrides the config file's `[sip]
+        /// listen` (default 127.0.0.1:5061).
+        #[arg(long)]
+        sip_listen: Option<SocketAddr>,
         /// TOML configuration file.
         #[arg(long)]
         config: Option<PathBuf>,
@@ -201,12 +205,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve {
             data,
             listen,
+            sip_listen,
             config,
         } => {
-            let file = match &config {
+            let mut file = match &config {
                 Some(path) => ServerConfig::load(path)?,
                 None => ServerConfig::default(),
             };
+            if let Some(sip) = sip_listen {
+                file.sip.listen = sip;
+            }
             let data = data
                 .or(file.data.clone())
                 .unwrap_or_else(|| PathBuf::from("switchboard-data"));

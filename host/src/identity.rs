@@ -37,6 +37,7 @@ pub mod access;
 mod accounts;
 pub mod bootstrap;
 mod credentials;
+pub mod devices;
 pub mod digest;
 mod login;
 pub mod oidc;

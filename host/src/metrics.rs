@@ -306,6 +306,18 @@ pub static CALL_LEGS_FAILED: Family = Family::new(
     "Call legs ended by the host because their plugin failed to take their events.",
     &["tenant", "plugin"],
 );
+/// SIP messages and connections the door dropped, by reason.
+pub static SIP_DROPPED: Family = Family::new(
+    "switchboard_sip_dropped_total",
+    "SIP connections refused and messages dropped by the SIP door, by reason.",
+    &["reason"],
+);
+/// SIP digest authentications, by method and outcome.
+pub static SIP_AUTH: Family = Family::new(
+    "switchboard_sip_auth_total",
+    "SIP digest authentications by method (REGISTER, INVITE) and outcome (ok, refused, stale, throttled).",
+    &["method", "outcome"],
+);
 /// Call legs live now (a gauge call control keeps).
 pub static LIVE_CALL_LEGS: AtomicU64 = AtomicU64::new(0);
 
@@ -325,6 +337,8 @@ const FAMILIES: &[&Family] = &[
     &CALLS_RESTRICTED,
     &CALL_LEGS,
     &CALL_LEGS_FAILED,
+    &SIP_DROPPED,
+    &SIP_AUTH,
 ];
 
 /// Every counter in Prometheus text exposition format.

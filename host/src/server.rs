@@ -72,6 +72,8 @@ pub struct ServerConfig {
     pub events: crate::events::EventsConfig,
     /// What plugins may reach through `http-client`.
     pub http_client: crate::capability::http_client::HttpClientConfig,
+    /// The SIP door: devices, their domain, media addresses (SPEC T2).
+    pub sip: crate::sip::SipConfig,
 }
 
 /// The first-party plugins a new tenant has enabled unless the operator
@@ -169,6 +171,9 @@ impl ServerConfig {
         rc.identity = self.identity.clone();
         rc.events = self.events.clone();
         rc.http_client = self.http_client.clone();
+        rc.telephony.sip_domain = self.sip.domain.to_ascii_lowercase();
+        rc.telephony.media.bind = self.sip.media_bind;
+        rc.telephony.media.ports = self.sip.media_ports[0]..=self.sip.media_ports[1];
         rc
     }
 }
@@ -293,6 +298,29 @@ pub async fn serve(
     println!(
         "switchboard: health at https://{local}/healthz, status at /status, API under /api/v1/"
     );
+    if file.sip.enabled {
+        let sip = tokio::net::TcpListener::bind(file.sip.listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen for SIP on {}; set [sip] listen, or enabled = false",
+                    file.sip.listen
+                )
+            })?;
+        println!(
+            "switchboard: SIP over TLS on {} (tenant domains *.{})",
+            sip.local_addr()?,
+            file.sip.domain
+        );
+        tokio::spawn(crate::sip::run(
+            runtime.clone(),
+            sip,
+            sip_tls(&tls),
+            file.sip.clone(),
+            file.identity.throttle.clone(),
+            std::future::pending(),
+        ));
+    }
     print_bootstrap(&runtime, local, &tls.cert_file).await;
     run(
         runtime.clone(),
@@ -305,6 +333,14 @@ pub async fn serve(
     println!("switchboard: stopped");
     runtime.flush()?;
     Ok(())
+}
+
+/// The HTTPS certificate for the SIP door: the same identity, no ALPN
+/// (SIP over TLS negotiates none).
+pub fn sip_tls(tls: &TlsIdentity) -> Arc<rustls::ServerConfig> {
+    let mut config = (*tls.config).clone();
+    config.alpn_protocols.clear();
+    Arc::new(config)
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -1,13 +1,628 @@
-//! The SIP door (SPEC T2): how devices and trunks reach the host's
-//! telephony. This first part is its SDP offer/answer: the transports,
-//! registrar and B2BUA come with the rest of the calls issue.
+//! The SIP door (SPEC T2): how devices reach the host's telephony. It
+//! listens for SIP over TLS (default port 5061, the HTTPS certificate),
+//! authenticates devices by digest, keeps their registrations, and is the
+//! B2BUA's signalling side: a device's INVITE becomes an inbound leg of
+//! the plugin its tenant routed the dialled number to, with SDP always
+//! re-originated and SRTP (SDES) required. It never runs plugin code:
+//! call control (`telephony`) does that, and tells the door what to
+//! answer through `telephony::signalling::Signalling`.
 //!
-//! - [`frame`]: cut a TLS/TCP byte stream into SIP messages, with limits
-//!   and keep-alives (the door owns its sockets and hands whole messages
-//!   to the transaction layer).
-//! - [`sdp`]: parse an offer, choose a codec and an SRTP suite under the
-//!   leg's policy, and write a fresh answer with a fresh key (the B2BUA
-//!   re-originates every SDP; no key crosses legs).
+//! Each tenant has its own SIP domain, `{tenant}.{sip_domain}`, which is
+//! also its devices' digest realm. A request for a domain that is no
+//! tenant's is challenged and refused like any wrong password, so the
+//! door does not tell which tenants exist.
+//!
+//! - [`transport`]: TLS flows (caps, deadlines, framing, parsing).
+//! - [`frame`], [`message`]: cutting streams into messages and reading them.
+//! - [`auth`]: digest, throttles, lockout, audit.
+//! - [`registrar`]: where devices are (in memory, per flow).
+//! - [`dialogs`]: the B2BUA's dialogs with devices.
+//! - [`sdp`]: offer/answer with fresh keys per leg.
+//!
+//! Not yet: calls from the host to devices (ringing a user's phones),
+//! trunks over UDP/TCP, re-INVITEs (answered 488, the call goes on
+//! unchanged), MWI subscriptions.
 
+pub mod auth;
+mod dialogs;
 pub mod frame;
+pub mod message;
+mod registrar;
 pub mod sdp;
+mod transport;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use self::auth::{Auth, Verdict};
+use self::dialogs::{Dialog, Dialogs, Early, State};
+use self::message::{Message, NameAddr, Uri, param};
+use self::registrar::Registrar;
+use self::transport::{Flow, Flows};
+use crate::call::legs::Cause;
+use crate::identity::throttle::ThrottleConfig;
+use crate::runtime::Runtime;
+use crate::support::encoding::random_hex;
+use crate::telephony::signalling::{Inbound, MediaOffer, Outbound, Signalling};
+
+/// Methods the door answers.
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER";
+
+/// `[sip]` in the server configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SipConfig {
+    /// Listen for SIP over TLS at all.
+    pub enabled: bool,
+    /// Each tenant's SIP domain is `{tenant}.{domain}` (default
+    /// `localhost`: `acme.localhost`). Changing it needs new device
+    /// passwords (the digest realm is part of their stored secret).
+    pub domain: String,
+    /// Where the media engine binds its RTP ports (default 127.0.0.1;
+    /// phones on a network need `0.0.0.0` or the host's address).
+    pub media_bind: IpAddr,
+    /// The RTP port range, both ends included (two ports per call leg at
+    /// most).
+    pub media_ports: [u16; 2],
+    /// Where (default `127.0.0.1:5061`; phones on a network need
+    /// `0.0.0.0:5061`).
+    pub listen: SocketAddr,
+    pub handshake_timeout_s: u64,
+    /// A connection with nothing to read for this long is closed (phones
+    /// send keep-alives or re-register well within it).
+    pub idle_timeout_s: u64,
+    pub max_connections: usize,
+    pub max_connections_per_address: usize,
+    /// Registrations shorter than this are refused (423), longer ones
+    /// shortened to `max_expires_s`.
+    pub min_expires_s: u32,
+    pub max_expires_s: u32,
+    /// The address put in SDP for media (default: the address the device
+    /// reached the door at, when the media engine listens on all).
+    pub media_address: Option<IpAddr>,
+    /// Accept media addresses on loopback (single-host setups and tests;
+    /// otherwise a caller could aim the host's RTP at local services).
+    pub allow_loopback_media: bool,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        SipConfig {
+            enabled: true,
+            domain: "localhost".into(),
+            media_bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            media_ports: [20000, 29999],
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 5061),
+            handshake_timeout_s: 10,
+            idle_timeout_s: 600,
+            max_connections: 10_000,
+            max_connections_per_address: 64,
+            min_expires_s: 60,
+            max_expires_s: 3600,
+            media_address: None,
+            allow_loopback_media: false,
+        }
+    }
+}
+
+/// Why the door cannot start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SipError {
+    /// No randomness for digest nonces.
+    #[error("SIP digest: {0}")]
+    Digest(#[from] crate::identity::digest::DigestError),
+}
+
+/// The door.
+pub struct Door {
+    rt: Runtime,
+    config: SipConfig,
+    auth: Auth,
+    registrar: Registrar,
+    dialogs: Dialogs,
+    flows: Arc<Flows>,
+    tokio: tokio::runtime::Handle,
+    me: Weak<Door>,
+}
+
+/// Runs the SIP door on `listener` until `shutdown` completes. `tls` is
+/// the server's certificate without ALPN. The door becomes call
+/// control's signalling side.
+pub async fn run(
+    rt: Runtime,
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    config: SipConfig,
+    throttle: ThrottleConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), SipError> {
+    let flows = Arc::new(Flows::default());
+    let limits = transport::Limits {
+        handshake_timeout: Duration::from_secs(config.handshake_timeout_s.max(1)),
+        idle_timeout: Duration::from_secs(config.idle_timeout_s.max(1)),
+        max_connections: config.max_connections.max(1),
+        max_connections_per_address: config.max_connections_per_address.max(1),
+    };
+    let auth = Auth::new(throttle)?;
+    let door = Arc::new_cyclic(|me| Door {
+        rt: rt.clone(),
+        config,
+        auth,
+        registrar: Registrar::default(),
+        dialogs: Dialogs::default(),
+        flows: flows.clone(),
+        tokio: tokio::runtime::Handle::current(),
+        me: me.clone(),
+    });
+    rt.telephony()
+        .set_signalling(Arc::new(SipSignalling(Arc::downgrade(&door))));
+    transport::serve(listener, tls, flows, door, limits, shutdown).await;
+    Ok(())
+}
+
+impl transport::Handler for Door {
+    async fn message(self: Arc<Self>, flow: Arc<Flow>, m: Message) {
+        if m.method().is_some() {
+            self.request(&flow, m).await;
+        }
+        // Responses: only to our BYEs so far, nothing waits for them.
+    }
+
+    fn dropped(&self, _flow: &Flow, code: &'static str) {
+        crate::metrics::SIP_DROPPED.inc(&[code]);
+    }
+
+    fn closed(&self, flow: &Flow) {
+        self.registrar.flow_closed(flow.id);
+        // An offered call can no longer be answered; an answered one goes
+        // on (its media does not need the flow) until either side ends it.
+        for (leg, state) in self.dialogs.on_flow(flow.id) {
+            if state == State::Offered {
+                self.dialogs.remove(&leg);
+                self.rt.telephony().ended(&leg, Cause::Normal);
+            }
+        }
+    }
+}
+
+/// A response to `req` with a fresh To tag.
+fn answer(req: &Message, code: u16, reason: &str) -> Message {
+    req.response(code, reason, Some(&random_hex(8)))
+}
+
+impl Door {
+    async fn request(&self, flow: &Arc<Flow>, m: Message) {
+        let method = m.method().unwrap_or_default().to_string();
+        if method == "ACK" {
+            return self.ack(&m);
+        }
+        if m.header("Max-Forwards").map(str::trim) == Some("0") {
+            flow.send(&answer(&m, 483, "Too Many Hops"));
+            return;
+        }
+        if method != "CANCEL"
+            && let Some(required) = m.header("Require")
+        {
+            let mut r = answer(&m, 420, "Bad Extension");
+            r.push("Unsupported", required);
+            flow.send(&r);
+            return;
+        }
+        match method.as_str() {
+            "REGISTER" => self.register(flow, &m),
+            "INVITE" if m.to().ok().and_then(|t| t.tag()).is_some() => {
+                // A re-INVITE: the session goes on unchanged (RFC 3261
+                // §14.2); one for no dialog of ours is 481.
+                let known = self.known_dialog(&m);
+                flow.send(&if known {
+                    answer(&m, 488, "Not Acceptable Here")
+                } else {
+                    answer(&m, 481, "Call/Transaction Does Not Exist")
+                });
+            }
+            "INVITE" => self.invite(flow, &m).await,
+            "CANCEL" => self.cancel(flow, &m),
+            "BYE" => self.bye(flow, &m),
+            "OPTIONS" => {
+                let mut r = answer(&m, 200, "OK");
+                r.push("Allow", ALLOW);
+                r.push("Accept", "application/sdp");
+                flow.send(&r);
+            }
+            "SUBSCRIBE" => {
+                flow.send(&answer(&m, 489, "Bad Event"));
+            }
+            _ => {
+                let mut r = answer(&m, 405, "Method Not Allowed");
+                r.push("Allow", ALLOW);
+                flow.send(&r);
+            }
+        }
+    }
+
+    /// The domain a request was sent to, and that domain's tenant.
+    fn domain_of(&self, m: &Message) -> Option<(String, Option<String>)> {
+        let uri = Uri::parse(m.uri()?).ok()?;
+        let tenant = self.rt.tenant_of_sip_domain(&uri.host);
+        Some((uri.host, tenant))
+    }
+
+    /// Sends a challenge or refusal for a verdict that is not `Ok`.
+    fn refuse(flow: &Flow, m: &Message, verdict: Verdict, proxy: bool) {
+        let r = match verdict {
+            Verdict::Challenge(challenges) => {
+                let (code, reason, header) = if proxy {
+                    (407, "Proxy Authentication Required", "Proxy-Authenticate")
+                } else {
+                    (401, "Unauthorized", "WWW-Authenticate")
+                };
+                let mut r = answer(m, code, reason);
+                for c in challenges {
+                    r.push(header, c);
+                }
+                r
+            }
+            Verdict::Refuse(retry) => {
+                let mut r = answer(m, 403, "Forbidden");
+                if let Some(s) = retry {
+                    r.push("Retry-After", s.to_string());
+                }
+                r
+            }
+            Verdict::Ok(_) => return,
+        };
+        flow.send(&r);
+    }
+
+    // ---- REGISTER (RFC 3261 §10.3) ----------------------------------------
+
+    fn register(&self, flow: &Flow, m: &Message) {
+        let Some((realm, tenant)) = self.domain_of(m) else {
+            flow.send(&answer(m, 400, "Bad Request"));
+            return;
+        };
+        let to = match m.to() {
+            Ok(to) if to.uri.host == realm && to.uri.user.is_some() => to,
+            _ => {
+                flow.send(&answer(
+                    m,
+                    400,
+                    "Bad Request (To is not a device of this domain)",
+                ));
+                return;
+            }
+        };
+        let device_name = to.uri.user.clone().unwrap_or_default();
+        let verdict = self.auth.check(
+            &self.rt,
+            m,
+            "Authorization",
+            &realm,
+            tenant.as_deref(),
+            &device_name,
+            flow.peer.ip(),
+        );
+        let Verdict::Ok(device) = verdict else {
+            return Self::refuse(flow, m, verdict, false);
+        };
+        let contacts = m.list("Contact");
+        let default_expires = m
+            .header("Expires")
+            .and_then(|e| e.trim().parse::<u32>().ok())
+            .unwrap_or(3600);
+        if contacts == ["*"] {
+            if default_expires != 0 {
+                flow.send(&answer(m, 400, "Bad Request (Contact: * needs Expires: 0)"));
+                return;
+            }
+            self.registrar.clear(&device.tenant, &device.name);
+        }
+        let mut bindings = self.registrar.lookup(&device.tenant, &device.name);
+        for c in contacts.iter().filter(|c| **c != "*") {
+            let Ok(contact) = NameAddr::parse(c) else {
+                flow.send(&answer(m, 400, "Bad Request (Contact)"));
+                return;
+            };
+            let expires = param(&contact.params, "expires")
+                .and_then(|e| e.parse::<u32>().ok())
+                .unwrap_or(default_expires);
+            if expires > 0 && expires < self.config.min_expires_s {
+                let mut r = answer(m, 423, "Interval Too Brief");
+                r.push("Min-Expires", self.config.min_expires_s.to_string());
+                flow.send(&r);
+                return;
+            }
+            bindings = self.registrar.register(
+                &device.tenant,
+                &device.name,
+                &contact.uri_text,
+                flow.id,
+                expires.min(self.config.max_expires_s),
+            );
+        }
+        let mut r = answer(m, 200, "OK");
+        let now = crate::support::clock::now_ms();
+        for b in bindings {
+            let left = b.expires_at_ms.saturating_sub(now).div_ceil(1000);
+            r.push("Contact", format!("<{}>;expires={left}", b.contact));
+        }
+        flow.send(&r);
+    }
+
+    // ---- INVITE from a device (the B2BUA's inbound legs) --------------------
+
+    async fn invite(&self, flow: &Arc<Flow>, m: &Message) {
+        let Some((realm, tenant)) = self.domain_of(m) else {
+            flow.send(&answer(m, 400, "Bad Request"));
+            return;
+        };
+        let from_user = m.from().ok().and_then(|f| f.uri.user).unwrap_or_default();
+        let verdict = self.auth.check(
+            &self.rt,
+            m,
+            "Proxy-Authorization",
+            &realm,
+            tenant.as_deref(),
+            &from_user,
+            flow.peer.ip(),
+        );
+        let Verdict::Ok(device) = verdict else {
+            return Self::refuse(flow, m, verdict, true);
+        };
+        flow.send(&answer(m, 100, "Trying"));
+        let number = Uri::parse(m.uri().unwrap_or_default())
+            .ok()
+            .and_then(|u| u.user)
+            .unwrap_or_default();
+        let Some(route) = self.rt.route(&device.tenant, &number) else {
+            flow.send(&answer(m, 404, "Not Found"));
+            return;
+        };
+        let is_sdp = m
+            .header("Content-Type")
+            .is_some_and(|c| c.trim().eq_ignore_ascii_case("application/sdp"));
+        let offer = match std::str::from_utf8(&m.body) {
+            Ok(text) if is_sdp && !text.is_empty() => sdp::parse(text),
+            _ => {
+                // A late offer (no SDP in the INVITE) is not supported.
+                flow.send(&answer(
+                    m,
+                    488,
+                    "Not Acceptable Here (an SDP offer is required)",
+                ));
+                return;
+            }
+        };
+        let policy = sdp::Policy {
+            srtp_required: true,
+            over_tls: true,
+            allow_loopback: self.config.allow_loopback_media,
+            codecs: vec![sdp::Codec::Pcmu, sdp::Codec::Pcma],
+        };
+        let choice = match offer.and_then(|o| sdp::choose(&o, &policy).map(|c| (o, c))) {
+            Ok(c) => c,
+            Err(e) => {
+                crate::metrics::SIP_DROPPED.inc(&[e.code()]);
+                let mut r = answer(m, e.sip_status(), "Not Acceptable Here");
+                r.push("Warning", format!("399 switchboard \"{}\"", e.code()));
+                flow.send(&r);
+                return;
+            }
+        };
+        let (offer, choice) = choice;
+        let agreed = &choice.agreed;
+        let inbound = Inbound {
+            tenant: device.tenant.clone(),
+            plugin: route.plugin.clone(),
+            args: route.args.clone().into_bytes(),
+            caller: device.name.clone(),
+            callee: number.clone(),
+            media: MediaOffer {
+                remote: agreed.remote,
+                payload_type: agreed.codec.payload_type(),
+                dtmf: agreed.dtmf,
+                srtp: agreed
+                    .srtp
+                    .as_ref()
+                    .map(|s| (s.suite, s.theirs.clone(), s.ours.clone())),
+            },
+        };
+        let (leg, media) = match self.rt.telephony().offer(inbound).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::info!(tenant = %device.tenant, error = %e, "SIP call refused");
+                flow.send(&answer(m, 503, "Service Unavailable"));
+                return;
+            }
+        };
+        let ip = match (self.config.media_address, media.ip()) {
+            (Some(a), _) => a,
+            (None, ip) if ip.is_unspecified() => flow.local.ip(),
+            (None, ip) => ip,
+        };
+        let mut ids = [0u8; 8];
+        let _ = getrandom::fill(&mut ids);
+        let agreed = choice.answer(
+            &offer,
+            sdp::Local {
+                addr: SocketAddr::new(ip, media.port()),
+                session_id: u64::from_be_bytes(ids) >> 1,
+                session_version: 1,
+            },
+        );
+        let early = self.dialogs.insert(Dialog {
+            leg: leg.clone(),
+            tenant: device.tenant,
+            device: device.name,
+            flow: flow.id,
+            invite: m.clone(),
+            tag: random_hex(8),
+            state: State::Offered,
+            answer: agreed.sdp,
+            contact: format!("sip:{number}@{};transport=tls", flow.local),
+            cseq: 0,
+        });
+        // The plugin may have answered or ended the leg before its dialog
+        // was filed.
+        match early {
+            Some(Early::Answer) => self.answer_leg(&leg),
+            Some(Early::End(cause)) => self.end_leg(&leg, cause),
+            None => {}
+        }
+    }
+
+    fn ack(&self, m: &Message) {
+        let tag = m.from().ok().and_then(|f| f.tag()).unwrap_or_default();
+        if let Some(leg) = self.dialogs.leg_of(m.call_id(), &tag) {
+            self.dialogs.with(&leg, |d| {
+                if d.state == (State::Answered { acked: false }) {
+                    d.state = State::Answered { acked: true };
+                }
+            });
+        }
+    }
+
+    fn cancel(&self, flow: &Flow, m: &Message) {
+        let tag = m.from().ok().and_then(|f| f.tag()).unwrap_or_default();
+        let leg = self.dialogs.leg_of(m.call_id(), &tag);
+        // Only the INVITE's own transaction (same branch) may cancel it,
+        // and only before its final answer.
+        let offered = leg.as_ref().and_then(|leg| {
+            self.dialogs.with(leg, |d| {
+                d.state == State::Offered && d.invite.branch() == m.branch()
+            })
+        });
+        let (Some(leg), Some(true)) = (leg, offered) else {
+            flow.send(&answer(m, 481, "Call/Transaction Does Not Exist"));
+            return;
+        };
+        flow.send(&m.response(200, "OK", None));
+        if let Some(d) = self.dialogs.remove(&leg) {
+            flow.send(&d.response(487, "Request Terminated"));
+        }
+        self.rt.telephony().ended(&leg, Cause::Normal);
+    }
+
+    fn bye(&self, flow: &Flow, m: &Message) {
+        let tag = m.from().ok().and_then(|f| f.tag()).unwrap_or_default();
+        let ours = m.to().ok().and_then(|t| t.tag());
+        let leg = self.dialogs.leg_of(m.call_id(), &tag).filter(|leg| {
+            self.dialogs
+                .with(leg, |d| Some(&d.tag) == ours.as_ref())
+                .unwrap_or(false)
+        });
+        let Some(leg) = leg else {
+            flow.send(&answer(m, 481, "Call/Transaction Does Not Exist"));
+            return;
+        };
+        flow.send(&m.response(200, "OK", None));
+        self.dialogs.remove(&leg);
+        self.rt.telephony().ended(&leg, Cause::Normal);
+    }
+
+    fn known_dialog(&self, m: &Message) -> bool {
+        let tag = m.from().ok().and_then(|f| f.tag()).unwrap_or_default();
+        self.dialogs.leg_of(m.call_id(), &tag).is_some()
+    }
+
+    /// The flow to reach a dialog's device on: its own, else the device's
+    /// newest registration.
+    fn flow_for(&self, d: &Dialog) -> Option<Arc<Flow>> {
+        self.flows.get(d.flow).or_else(|| {
+            self.registrar
+                .lookup(&d.tenant, &d.device)
+                .iter()
+                .rev()
+                .find_map(|b| self.flows.get(b.flow))
+        })
+    }
+
+    // ---- what call control asks ----------------------------------------------
+
+    fn answer_leg(&self, leg: &str) {
+        if self.dialogs.early(leg, Early::Answer) {
+            return;
+        }
+        let Some(d) = self.dialogs.with(leg, |d| {
+            (d.state == State::Offered).then(|| {
+                d.state = State::Answered { acked: false };
+                d.clone()
+            })
+        }) else {
+            return;
+        };
+        let Some(d) = d else { return };
+        match self.flow_for(&d) {
+            Some(flow) if flow.send(&d.ok()) => {}
+            _ => {
+                self.dialogs.remove(leg);
+                self.rt.telephony().ended(leg, Cause::Normal);
+                return;
+            }
+        }
+        // No ACK, no call (RFC 3261 §13.3.1.4).
+        let me = self.me.clone();
+        let leg = leg.to_string();
+        self.tokio.spawn(async move {
+            tokio::time::sleep(dialogs::ACK_TIMEOUT).await;
+            let Some(door) = me.upgrade() else { return };
+            let unacked = door
+                .dialogs
+                .with(&leg, |d| d.state == State::Answered { acked: false })
+                .unwrap_or(false);
+            if unacked {
+                door.end_leg(&leg, Cause::Timeout);
+                door.rt.telephony().ended(&leg, Cause::Timeout);
+            }
+        });
+    }
+
+    fn end_leg(&self, leg: &str, cause: Cause) {
+        if self.dialogs.early(leg, Early::End(cause)) {
+            return;
+        }
+        let Some(mut d) = self.dialogs.remove(leg) else {
+            return;
+        };
+        let Some(flow) = self.flow_for(&d) else {
+            return;
+        };
+        let m = match d.state {
+            State::Offered => {
+                let (code, reason) = dialogs::refusal(cause);
+                d.response(code, reason)
+            }
+            State::Answered { .. } => d.bye(&flow.local.to_string()),
+        };
+        flow.send(&m);
+    }
+}
+
+/// Call control's view of the door.
+struct SipSignalling(Weak<Door>);
+
+impl Signalling for SipSignalling {
+    fn answer(&self, leg: &str) {
+        if let Some(door) = self.0.upgrade() {
+            door.answer_leg(leg);
+        }
+    }
+
+    fn end(&self, leg: &str, cause: Cause) {
+        if let Some(door) = self.0.upgrade() {
+            door.end_leg(leg, cause);
+        }
+    }
+
+    fn originate(&self, call: Outbound) {
+        // Calls out to devices and trunks are not carried yet: the leg
+        // ends unavailable, as on a host without a SIP door.
+        if let Some(door) = self.0.upgrade() {
+            door.rt.telephony().ended(&call.leg, Cause::Unavailable);
+        }
+    }
+}

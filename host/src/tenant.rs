@@ -124,6 +124,75 @@ pub struct TenantRecord {
     /// How the tenant's users dial and what they may reach (SPEC T1).
     #[serde(default)]
     pub dialing: Dialing,
+    /// The numbers callers reach and the plugins that take their calls
+    /// (SPEC T2).
+    #[serde(default)]
+    pub routes: Vec<Route>,
+}
+
+/// Most routes a tenant has.
+pub const MAX_ROUTES: usize = 1000;
+/// Longest route arguments, in bytes.
+pub const MAX_ROUTE_ARGS: usize = 1024;
+
+/// A number (an extension, a DID in E.164, a feature code) and the plugin
+/// that takes the calls to it, with arguments for that plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// What the caller dials: 1-32 of `0-9 * #`, or `+` and digits.
+    pub number: String,
+    /// The plugin (enabled, granted `calls`) that gets the call.
+    pub plugin: String,
+    /// Handed to the plugin with the call (e.g. the menu or mailbox).
+    #[serde(default)]
+    pub args: String,
+}
+
+impl Route {
+    /// Checks a tenant's whole route list: well-formed numbers, each once,
+    /// within the bounds.
+    pub fn check_all(routes: &[Route]) -> Result<(), String> {
+        if routes.len() > MAX_ROUTES {
+            return Err(format!("a tenant has at most {MAX_ROUTES} routes"));
+        }
+        let mut seen = BTreeSet::new();
+        for r in routes {
+            let n = r.number.as_str();
+            let digits = n.strip_prefix('+').unwrap_or(n);
+            let ok = !digits.is_empty()
+                && n.len() <= 32
+                && if n.starts_with('+') {
+                    digits.bytes().all(|b| b.is_ascii_digit())
+                } else {
+                    digits
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || b == b'*' || b == b'#')
+                };
+            if !ok {
+                return Err(format!(
+                    "route number {:?}: 1-32 of 0-9 * #, or + and digits",
+                    n.chars().take(40).collect::<String>()
+                ));
+            }
+            if !seen.insert(n) {
+                return Err(format!("route number {n} is given twice"));
+            }
+            if r.plugin.is_empty()
+                || r.plugin.len() > 64
+                || !r
+                    .plugin
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                return Err(format!("route {n}: plugin name {:?}", r.plugin));
+            }
+            if r.args.len() > MAX_ROUTE_ARGS {
+                return Err(format!("route {n}: args over {MAX_ROUTE_ARGS} bytes"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A tenant's numbering plan and dialing rules as set (SPEC T1); checked

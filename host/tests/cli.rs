@@ -307,7 +307,14 @@ fn k1_serve_starts_on_an_empty_folder_and_answers_health() {
     let data = tempfile::tempdir().unwrap();
     let mut child = KillOnDrop(
         bin()
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--sip-listen",
+                "127.0.0.1:0",
+                "--data",
+            ])
             .arg(data.path())
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
@@ -384,7 +391,14 @@ fn k1_serve_starts_on_an_empty_folder_and_answers_health() {
 
     // A second server on the same folder is refused with a clear message.
     let o = bin()
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--sip-listen",
+            "127.0.0.1:0",
+            "--data",
+        ])
         .arg(data.path())
         .output()
         .unwrap();

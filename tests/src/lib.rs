@@ -6,6 +6,7 @@ pub mod accounts;
 pub mod http;
 pub mod load;
 pub mod schema;
+pub mod sip;
 pub mod stream;
 pub mod tamper;
 pub mod world;

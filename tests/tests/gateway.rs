@@ -693,6 +693,8 @@ async fn d1_serve_on_defaults_generates_a_certificate_prints_its_fingerprint_and
             "serve",
             "--listen",
             "127.0.0.1:0",
+            "--sip-listen",
+            "127.0.0.1:0",
             "--data",
         ])
         .arg(dir.path().join("data"))

@@ -358,6 +358,21 @@ struct HoldBody {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RoutesBody {
+    routes: Vec<crate::tenant::Route>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceBody {
+    name: String,
+    user: String,
+    #[serde(default)]
+    udp: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct AccessBody {
     tenant: String,
     ticket: String,
@@ -462,6 +477,35 @@ async fn admin_route(
         (&M::PUT, ["tenants", t, "dialing"]) => Op::DialingSet {
             tenant: s(t),
             dialing: parse(&body(MAX_BODY_BYTES).await?)?,
+        },
+        (&M::GET, ["tenants", t, "routes"]) => Op::RoutesShow { tenant: s(t) },
+        (&M::PUT, ["tenants", t, "routes"]) => {
+            let b: RoutesBody = parse(&body(MAX_BODY_BYTES).await?)?;
+            Op::RoutesSet {
+                tenant: s(t),
+                routes: b.routes,
+            }
+        }
+        (&M::GET, ["tenants", t, "devices"]) => Op::DeviceList {
+            tenant: s(t),
+            user: query_str(&query, "user"),
+        },
+        (&M::POST, ["tenants", t, "devices"]) => {
+            let b: DeviceBody = parse(&body(MAX_BODY_BYTES).await?)?;
+            Op::DeviceAdd {
+                tenant: s(t),
+                name: b.name,
+                user: b.user,
+                udp: b.udp,
+            }
+        }
+        (&M::DELETE, ["tenants", t, "devices", d]) => Op::DeviceRemove {
+            tenant: s(t),
+            name: s(d),
+        },
+        (&M::POST, ["tenants", t, "devices", d, "password"]) => Op::DevicePassword {
+            tenant: s(t),
+            name: s(d),
         },
         (&M::PUT, ["tenants", t, "hold"]) => {
             let b: HoldBody = parse(&body(MAX_BODY_BYTES).await?)?;

@@ -130,6 +130,9 @@ pub enum AdminError {
     /// A dialing policy (numbering plan or rules) is malformed.
     #[error("invalid dialing policy: {0}")]
     InvalidDialing(String),
+    /// A route list is malformed or names a plugin that cannot take calls.
+    #[error("invalid routes: {0}")]
+    InvalidRoutes(String),
     /// No such object.
     #[error("{0} does not exist")]
     NotFound(String),
@@ -177,6 +180,7 @@ impl AdminError {
             AdminError::LegalHold(_) => "legal_hold",
             AdminError::InvalidRetention(_) => "invalid_retention",
             AdminError::InvalidDialing(_) => "invalid_dialing",
+            AdminError::InvalidRoutes(_) => "invalid_routes",
             AdminError::NotFound(_) => "not_found",
             AdminError::Key(_) => "key_error",
             AdminError::Store(_) => "storage_unavailable",

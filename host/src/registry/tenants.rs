@@ -77,6 +77,7 @@ impl Registry {
             legal_hold: false,
             incarnation: crate::support::encoding::random_hex(8),
             dialing: Default::default(),
+            routes: Vec::new(),
         };
         let state = self.tenant_state(record.clone(), None)?;
         // The record first (region database), then the directory entry and

@@ -11,7 +11,8 @@ use crate::kernel::error::AdminError;
 use crate::store::keys;
 use crate::telephony::policy;
 use crate::telephony::records::CallRecord;
-use crate::tenant::Dialing;
+use crate::tenant::{Dialing, Route};
+use switchboard_signing::Capability;
 
 impl Runtime {
     /// Replaces a tenant's dialing policy, checked first (a policy that
@@ -42,6 +43,86 @@ impl Runtime {
                 },
             )
             .await
+    }
+
+    /// Replaces a tenant's routes (SPEC T2), checked first: well-formed,
+    /// each number once, and every plugin enabled for the tenant with the
+    /// `calls` grant. Audited in the tenant's trail.
+    pub async fn set_routes(&self, tenant: &str, routes: Vec<Route>) -> Result<(), AdminError> {
+        Route::check_all(&routes).map_err(AdminError::InvalidRoutes)?;
+        let t = self.inner.registry.tenant_or_err(tenant)?;
+        for r in &routes {
+            let granted = t
+                .record
+                .plugins
+                .get(&r.plugin)
+                .is_some_and(|e| e.grants.contains(&Capability::Calls));
+            if !granted {
+                return Err(AdminError::InvalidRoutes(format!(
+                    "route {}: plugin {} is not enabled for this tenant with the calls grant",
+                    r.number, r.plugin
+                )));
+            }
+        }
+        let summary = format!("{} routes", routes.len());
+        self.inner
+            .registry
+            .update_tenant(
+                tenant,
+                |record| {
+                    record.routes = routes.clone();
+                    Ok(())
+                },
+                |_| {
+                    self.inner.trail.note(
+                        &Scope::tenant(tenant),
+                        "tenant.routes",
+                        tenant,
+                        outcome::SUCCESS,
+                        &summary,
+                    );
+                },
+            )
+            .await
+    }
+
+    /// Whether tenant `tenant` exists (`tenant_not_found` if not).
+    pub fn tenant_exists(&self, tenant: &str) -> Result<(), AdminError> {
+        self.inner.registry.tenant_or_err(tenant).map(|_| ())
+    }
+
+    /// A tenant's SIP domain, which is also its devices' digest realm.
+    pub fn sip_realm(&self, tenant: &str) -> String {
+        format!("{tenant}.{}", self.inner.telephony.sip_domain())
+    }
+
+    /// The tenant whose SIP domain is `host`, if it exists.
+    pub fn tenant_of_sip_domain(&self, host: &str) -> Option<String> {
+        let host = host.to_ascii_lowercase();
+        let tenant = host
+            .strip_suffix(self.inner.telephony.sip_domain())?
+            .strip_suffix('.')?;
+        self.inner
+            .registry
+            .tenant(tenant)
+            .map(|_| tenant.to_string())
+    }
+
+    /// A tenant's routes.
+    pub fn routes(&self, tenant: &str) -> Result<Vec<Route>, AdminError> {
+        Ok(self
+            .inner
+            .registry
+            .tenant_or_err(tenant)?
+            .record
+            .routes
+            .clone())
+    }
+
+    /// The route of `number` in `tenant`, if the tenant exists and has one.
+    pub fn route(&self, tenant: &str, number: &str) -> Option<Route> {
+        let t = self.inner.registry.tenant(tenant)?;
+        t.record.routes.iter().find(|r| r.number == number).cloned()
     }
 
     /// A tenant's dialing policy as set, and as it applies (defaults

@@ -414,6 +414,30 @@ pub struct Local {
 
 /// Answers `offer` under `policy`, receiving at `local`.
 pub fn answer(offer: &Session, policy: &Policy, local: Local) -> Result<Agreed, SdpError> {
+    Ok(choose(offer, policy)?.answer(offer, local))
+}
+
+/// The audio stream of an offer that `policy` accepts and how, before
+/// the local address is known (the media opens once the offer is known
+/// to be acceptable).
+#[derive(Debug, Clone)]
+pub struct Choice {
+    index: usize,
+    /// Everything but the answer's body.
+    pub agreed: Agreed,
+}
+
+impl Choice {
+    /// The agreement with its answer, receiving at `local`.
+    pub fn answer(self, offer: &Session, local: Local) -> Agreed {
+        let mut agreed = self.agreed;
+        agreed.sdp = write_answer(offer, self.index, &agreed, local);
+        agreed
+    }
+}
+
+/// Chooses the first audio stream of `offer` that `policy` accepts.
+pub fn choose(offer: &Session, policy: &Policy) -> Result<Choice, SdpError> {
     let mut chosen: Option<(usize, Agreed)> = None;
     let mut last_refusal = SdpError::NotAcceptable("the offer has no audio stream".into());
     for (i, m) in offer.media.iter().enumerate() {
@@ -425,11 +449,10 @@ pub fn answer(offer: &Session, policy: &Policy, local: Local) -> Result<Agreed, 
             Err(e) => last_refusal = e,
         }
     }
-    let Some((index, mut agreed)) = chosen else {
+    let Some((index, agreed)) = chosen else {
         return Err(last_refusal);
     };
-    agreed.sdp = write_answer(offer, index, &agreed, local);
-    Ok(agreed)
+    Ok(Choice { index, agreed })
 }
 
 /// Accepts one audio media line, or says why not.

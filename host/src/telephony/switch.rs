@@ -56,6 +56,9 @@ pub struct TelephonyConfig {
     pub media: MediaConfig,
     /// The region of tenants that set none (ISO 3166, e.g. `US`).
     pub region: String,
+    /// The SIP domain under which each tenant has its own,
+    /// `{tenant}.{sip_domain}` (also the digest realm of its devices).
+    pub sip_domain: String,
 }
 
 impl Default for TelephonyConfig {
@@ -69,6 +72,7 @@ impl Default for TelephonyConfig {
                 report_interval: Duration::from_secs(5),
             },
             region: "US".into(),
+            sip_domain: "localhost".into(),
         }
     }
 }
@@ -166,6 +170,11 @@ impl Telephony {
     }
 
     /// The default region of tenants that set none.
+    pub fn sip_domain(&self) -> &str {
+        &self.config.sip_domain
+    }
+
+    /// The region of tenants that set none.
     pub fn default_region(&self) -> &str {
         &self.config.region
     }

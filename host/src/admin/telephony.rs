@@ -1,0 +1,127 @@
+//! Telephony (SPEC T2): a tenant's routes (which plugin takes the calls
+//! to which number) and its SIP devices (each with its own credentials,
+//! the password shown once). Both are the tenant's: its admins (and the
+//! console) manage them; operators see neither (the directory of who has
+//! which phone is tenant content, SPEC I8).
+//!
+//! This area's part of the one admin vocabulary (`admin::Op`).
+
+use serde_json::{Value, json};
+
+use super::{Op, Runner, Who, deny, misrouted};
+use crate::audit::Scope;
+use crate::error::ApiError;
+
+/// Whether `op` is one of this area's.
+pub(super) fn owns(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::RoutesShow { .. }
+            | Op::RoutesSet { .. }
+            | Op::DeviceList { .. }
+            | Op::DeviceAdd { .. }
+            | Op::DeviceRemove { .. }
+            | Op::DevicePassword { .. }
+    )
+}
+
+/// The op's name in the audit trail.
+pub(super) fn op_name(op: &Op) -> &'static str {
+    match op {
+        Op::RoutesShow { .. } => "routes-show",
+        Op::RoutesSet { .. } => "routes-set",
+        Op::DeviceList { .. } => "device-list",
+        Op::DeviceAdd { .. } => "device-add",
+        Op::DeviceRemove { .. } => "device-remove",
+        Op::DevicePassword { .. } => "device-password",
+        _ => "unknown",
+    }
+}
+
+/// The realm the op aims at (where a refusal is audited).
+pub(super) fn op_realm(op: &Op) -> Option<Scope> {
+    match op {
+        Op::RoutesShow { tenant }
+        | Op::RoutesSet { tenant, .. }
+        | Op::DeviceList { tenant, .. }
+        | Op::DeviceAdd { tenant, .. }
+        | Op::DeviceRemove { tenant, .. }
+        | Op::DevicePassword { tenant, .. } => Scope::parse(tenant),
+        _ => None,
+    }
+}
+
+/// Whether the signed-in caller may run `op`: the tenant's own admins.
+pub(super) fn authorize(who: &Who<'_>, op: &Op) -> Result<(), ApiError> {
+    let Some(Scope::Tenant(tenant)) = op_realm(op) else {
+        return Err(misrouted(op));
+    };
+    if who.own_tenant(&tenant) {
+        Ok(())
+    } else {
+        deny("manage this tenant's routes and devices (its admins may)")
+    }
+}
+
+/// Runs `op` (already authorised).
+pub(super) async fn run(r: &Runner<'_>, op: Op) -> Result<Value, ApiError> {
+    let rt = r.rt;
+    Ok(match op {
+        Op::RoutesShow { tenant } => json!({ "routes": rt.routes(&tenant)? }),
+        Op::RoutesSet { tenant, routes } => {
+            rt.set_routes(&tenant, routes).await?;
+            json!({ "routes": rt.routes(&tenant)? })
+        }
+        Op::DeviceList { tenant, user } => {
+            rt.tenant_exists(&tenant)?;
+            json!({ "devices": rt.identity().devices(&tenant, user.as_deref())? })
+        }
+        Op::DeviceAdd {
+            tenant,
+            name,
+            user,
+            udp,
+        } => {
+            rt.tenant_exists(&tenant)?;
+            let realm = rt.sip_realm(&tenant);
+            let (device, password) = rt
+                .identity()
+                .add_device(&tenant, &name, &user, &realm, udp)
+                .await?;
+            json!({
+                "device": device,
+                "password": password.as_str(),
+                "register": register_hint(&realm, &device.name),
+            })
+        }
+        Op::DeviceRemove { tenant, name } => {
+            rt.tenant_exists(&tenant)?;
+            rt.identity().remove_device(&tenant, &name).await?;
+            json!({ "removed": name })
+        }
+        Op::DevicePassword { tenant, name } => {
+            rt.tenant_exists(&tenant)?;
+            let realm = rt.sip_realm(&tenant);
+            let password = rt
+                .identity()
+                .reset_device_password(&tenant, &name, &realm)
+                .await?;
+            json!({
+                "name": name,
+                "password": password.as_str(),
+                "register": register_hint(&realm, &name),
+            })
+        }
+        other => return Err(misrouted(&other)),
+    })
+}
+
+/// How a phone is set up for this device.
+fn register_hint(realm: &str, name: &str) -> Value {
+    json!({
+        "aor": format!("sips:{name}@{realm}"),
+        "username": name,
+        "realm": realm,
+        "transport": "tls",
+    })
+}

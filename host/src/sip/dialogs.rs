@@ -1,0 +1,221 @@
+//! The B2BUA's SIP dialogs (RFC 3261 §12-15): each call leg the door
+//! carries is one dialog with a device, kept here by leg id and by the
+//! device's (Call-ID, tag). Call control owns the leg; this table only
+//! knows what the dialog has said so far, and writes the messages that
+//! move it on: the final answer to the INVITE, the BYE that ends it.
+//!
+//! Over TLS nothing is retransmitted (the transport is reliable); a 2xx
+//! that gets no ACK within [`ACK_TIMEOUT`] ends the leg (RFC 3261
+//! §13.3.1.4, Timer H's span).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::message::{Message, NameAddr, Start};
+use crate::call::legs::Cause;
+use crate::support::encoding::random_hex;
+use crate::support::sync::Recover as _;
+
+/// How long an answered dialog waits for the ACK of its 200.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(32);
+
+/// Where a dialog is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// The INVITE has no final answer yet.
+    Offered,
+    /// 200 sent; `acked` once the ACK came.
+    Answered { acked: bool },
+}
+
+/// One dialog with a device, the UAS side.
+#[derive(Debug, Clone)]
+pub struct Dialog {
+    pub leg: String,
+    pub tenant: String,
+    pub device: String,
+    pub flow: u64,
+    /// The INVITE, to answer it.
+    pub invite: Message,
+    /// Our tag (To of the dialog's responses).
+    pub tag: String,
+    pub state: State,
+    /// Our SDP answer, sent with the 200.
+    pub answer: String,
+    /// Our Contact URI (without brackets).
+    pub contact: String,
+    /// Our CSeq for requests we send in the dialog.
+    pub cseq: u32,
+}
+
+impl Dialog {
+    /// The device's (Call-ID, From tag) of the INVITE.
+    fn key(invite: &Message) -> (String, String) {
+        let tag = invite.from().ok().and_then(|f| f.tag()).unwrap_or_default();
+        (invite.call_id().to_string(), tag)
+    }
+
+    /// A response to the INVITE.
+    pub fn response(&self, code: u16, reason: &str) -> Message {
+        let mut r = self.invite.response(code, reason, Some(&self.tag));
+        if (101..300).contains(&code) {
+            r.push("Contact", format!("<{}>", self.contact));
+        }
+        r
+    }
+
+    /// The 200 OK with our SDP.
+    pub fn ok(&self) -> Message {
+        let mut r = self.response(200, "OK");
+        r.push("Allow", super::ALLOW);
+        r.push("Content-Type", "application/sdp");
+        r.body = self.answer.clone().into_bytes();
+        r
+    }
+
+    /// A BYE to the device (we are the dialog's UAS: our From is the
+    /// INVITE's To with our tag, our To its From, sent to its Contact).
+    pub fn bye(&mut self, via_host: &str) -> Message {
+        self.cseq += 1;
+        let invite = &self.invite;
+        let target = invite
+            .header("Contact")
+            .and_then(|c| NameAddr::parse(c).ok())
+            .map(|c| c.uri_text)
+            .or_else(|| invite.from().ok().map(|f| f.uri_text))
+            .unwrap_or_default();
+        let mut to_side = invite.header("To").unwrap_or_default().to_string();
+        if !to_side.contains(";tag=") {
+            to_side = format!("{to_side};tag={}", self.tag);
+        }
+        let mut m = Message {
+            start: Start::Request {
+                method: "BYE".into(),
+                uri: target,
+            },
+            headers: Vec::new(),
+            body: Vec::new(),
+        };
+        m.push(
+            "Via",
+            format!("SIP/2.0/TLS {via_host};branch=z9hG4bK{}", random_hex(12)),
+        );
+        m.push("Max-Forwards", "70");
+        m.push("From", to_side);
+        m.push("To", invite.header("From").unwrap_or_default());
+        m.push("Call-ID", invite.call_id());
+        m.push("CSeq", format!("{} BYE", self.cseq));
+        m
+    }
+}
+
+/// The SIP status that refuses an offered leg ended for `cause`.
+pub fn refusal(cause: Cause) -> (u16, &'static str) {
+    match cause {
+        Cause::Busy => (486, "Busy Here"),
+        Cause::Rejected => (603, "Decline"),
+        Cause::Restricted => (403, "Forbidden"),
+        Cause::Timeout => (408, "Request Timeout"),
+        Cause::Failed => (500, "Server Internal Error"),
+        Cause::Normal | Cause::NoAnswer | Cause::Unavailable => (480, "Temporarily Unavailable"),
+    }
+}
+
+/// What call control asked of a leg whose dialog is not filed yet (the
+/// plugin acted between the offer and the filing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Early {
+    Answer,
+    End(Cause),
+}
+
+/// Requests kept for legs without a dialog, at most, and for how long
+/// (legs ended by the device are never filed again; their late requests
+/// age out).
+const MAX_UNFILED: usize = 10_000;
+const UNFILED_FOR: Duration = Duration::from_secs(60);
+
+#[derive(Default)]
+struct Table {
+    by_leg: HashMap<String, Dialog>,
+    by_key: HashMap<(String, String), String>,
+    /// What call control asked of legs without a dialog, and when.
+    unfiled: HashMap<String, (Early, std::time::Instant)>,
+}
+
+/// The door's dialogs.
+#[derive(Default)]
+pub struct Dialogs {
+    table: Mutex<Table>,
+}
+
+impl Dialogs {
+    /// Keeps `what` for a leg that has no dialog yet (call control may
+    /// act on a leg in the moment between its offer and its filing);
+    /// `false` if the leg has its dialog.
+    pub fn early(&self, leg: &str, what: Early) -> bool {
+        let mut t = self.table.lock().recover();
+        if t.by_leg.contains_key(leg) {
+            return false;
+        }
+        let now = std::time::Instant::now();
+        if t.unfiled.len() >= MAX_UNFILED {
+            t.unfiled
+                .retain(|_, (_, at)| now.duration_since(*at) < UNFILED_FOR);
+        }
+        if t.unfiled.len() < MAX_UNFILED {
+            let slot = t.unfiled.entry(leg.to_string()).or_insert((what, now));
+            // An end overrides an answer; the first end wins.
+            if !matches!(slot.0, Early::End(_)) {
+                slot.0 = what;
+            }
+        }
+        true
+    }
+
+    /// Adds the dialog of an offered leg; returns what call control
+    /// asked of it before.
+    pub fn insert(&self, d: Dialog) -> Option<Early> {
+        let mut t = self.table.lock().recover();
+        let early = t.unfiled.remove(&d.leg).map(|(e, _)| e);
+        t.by_key.insert(Dialog::key(&d.invite), d.leg.clone());
+        t.by_leg.insert(d.leg.clone(), d);
+        early
+    }
+
+    /// The leg of the device's dialog `(call_id, tag)`.
+    pub fn leg_of(&self, call_id: &str, tag: &str) -> Option<String> {
+        self.table
+            .lock()
+            .recover()
+            .by_key
+            .get(&(call_id.to_string(), tag.to_string()))
+            .cloned()
+    }
+
+    /// Runs `f` on leg `leg`'s dialog.
+    pub fn with<T>(&self, leg: &str, f: impl FnOnce(&mut Dialog) -> T) -> Option<T> {
+        self.table.lock().recover().by_leg.get_mut(leg).map(f)
+    }
+
+    /// Removes leg `leg`'s dialog.
+    pub fn remove(&self, leg: &str) -> Option<Dialog> {
+        let mut t = self.table.lock().recover();
+        let d = t.by_leg.remove(leg)?;
+        t.by_key.remove(&Dialog::key(&d.invite));
+        Some(d)
+    }
+
+    /// The legs whose dialogs run over `flow`.
+    pub fn on_flow(&self, flow: u64) -> Vec<(String, State)> {
+        self.table
+            .lock()
+            .recover()
+            .by_leg
+            .values()
+            .filter(|d| d.flow == flow)
+            .map(|d| (d.leg.clone(), d.state))
+            .collect()
+    }
+}

@@ -1,0 +1,219 @@
+//! A minimal SIP user agent over TLS for black-box tests of the SIP door:
+//! it writes requests by hand (so tests can also write broken ones),
+//! reads responses with the host's own parser, and answers digest
+//! challenges (RFC 7616, SHA-256 or MD5) like a phone. Real phones are
+//! `baresip`'s job (`crate::baresip`); this one reaches the corners.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sha2::Digest as _;
+use switchboard::sip::frame::{Frame, Framer};
+use switchboard::sip::message::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How long a test waits for one message.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A device's connection to the door.
+pub struct Ua {
+    stream: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    framer: Framer,
+    /// Device name and its tenant's SIP domain.
+    pub user: String,
+    pub domain: String,
+    pub password: String,
+    /// Our address on the connection (Via, Contact).
+    pub local: SocketAddr,
+    cseq: u32,
+    nc: u32,
+    pub call_id: String,
+    pub tag: String,
+}
+
+/// The value of `name="..."` or `name=token` in a challenge.
+pub fn challenge_param(challenge: &str, name: &str) -> Option<String> {
+    let at = challenge.find(&format!("{name}="))? + name.len() + 1;
+    let rest = &challenge[at..];
+    Some(if let Some(q) = rest.strip_prefix('"') {
+        q[..q.find('"')?].to_string()
+    } else {
+        rest.split([',', ' ']).next()?.to_string()
+    })
+}
+
+fn hash(algorithm: &str, text: &str) -> String {
+    if algorithm == "MD5" {
+        hex::encode(md5::Md5::digest(text.as_bytes()))
+    } else {
+        hex::encode(sha2::Sha256::digest(text.as_bytes()))
+    }
+}
+
+/// The `Digest ...` credentials answering `challenge` for `method uri`.
+#[allow(clippy::too_many_arguments)]
+pub fn digest_answer(
+    challenge: &str,
+    user: &str,
+    password: &str,
+    method: &str,
+    uri: &str,
+    nc: u32,
+) -> String {
+    let algorithm = challenge_param(challenge, "algorithm").unwrap_or_else(|| "MD5".into());
+    let realm = challenge_param(challenge, "realm").unwrap_or_default();
+    let nonce = challenge_param(challenge, "nonce").unwrap_or_default();
+    let cnonce = format!("c{nc:08x}");
+    let nc_text = format!("{nc:08x}");
+    let ha1 = hash(&algorithm, &format!("{user}:{realm}:{password}"));
+    let ha2 = hash(&algorithm, &format!("{method}:{uri}"));
+    let response = hash(
+        &algorithm,
+        &format!("{ha1}:{nonce}:{nc_text}:{cnonce}:auth:{ha2}"),
+    );
+    format!(
+        "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{response}\", algorithm={algorithm}, cnonce=\"{cnonce}\", qop=auth, nc={nc_text}"
+    )
+}
+
+impl Ua {
+    /// Connects to the door at `addr` as device `user` of `domain`.
+    pub async fn connect(addr: SocketAddr, user: &str, domain: &str, password: &str) -> Ua {
+        let stream = crate::http::tls_connect(addr).await;
+        let local = stream.get_ref().0.local_addr().unwrap();
+        Ua {
+            stream,
+            framer: Framer::default(),
+            user: user.into(),
+            domain: domain.into(),
+            password: password.into(),
+            local,
+            cseq: 0,
+            nc: 0,
+            call_id: format!("{}@test", switchboard::support::encoding::random_hex(8)),
+            tag: switchboard::support::encoding::random_hex(4),
+        }
+    }
+
+    /// Sends raw bytes.
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// Sends a request or response.
+    pub async fn send(&mut self, m: &Message) {
+        self.send_raw(&m.to_bytes()).await;
+    }
+
+    /// The next message, or `None` if none comes within 10 s or the
+    /// connection closes.
+    pub async fn recv(&mut self) -> Option<Message> {
+        let end = tokio::time::Instant::now() + WAIT;
+        let mut buf = [0u8; 8192];
+        loop {
+            while let Ok(Some(f)) = self.framer.next_frame() {
+                if let Frame::Message(bytes) = f {
+                    return Some(Message::parse(&bytes).expect("the door writes valid SIP"));
+                }
+            }
+            let n = tokio::time::timeout_at(end, self.stream.read(&mut buf))
+                .await
+                .ok()?
+                .ok()?;
+            if n == 0 {
+                return None;
+            }
+            self.framer.push(&buf[..n]);
+        }
+    }
+
+    /// The next final response (skipping 1xx).
+    pub async fn final_response(&mut self) -> Option<Message> {
+        loop {
+            let m = self.recv().await?;
+            if m.status().is_none_or(|s| s >= 200) {
+                return Some(m);
+            }
+        }
+    }
+
+    /// A request of ours in a fresh transaction, with `extra` headers.
+    pub fn request(&mut self, method: &str, uri: &str, extra: &[(&str, String)]) -> Message {
+        self.cseq += 1;
+        let mut text = format!(
+            "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/TLS {};branch=z9hG4bK{}\r\nMax-Forwards: 70\r\n\
+             From: <sip:{}@{}>;tag={}\r\nTo: <{}>\r\nCall-ID: {}\r\nCSeq: {} {method}\r\n\
+             Contact: <sip:{}@{};transport=tls>\r\n",
+            self.local,
+            switchboard::support::encoding::random_hex(6),
+            self.user,
+            self.domain,
+            self.tag,
+            if method == "REGISTER" {
+                format!("sip:{}@{}", self.user, self.domain)
+            } else {
+                uri.to_string()
+            },
+            self.call_id,
+            self.cseq,
+            self.user,
+            self.local,
+        );
+        let mut body = String::new();
+        for (n, v) in extra {
+            if *n == "body" {
+                body = v.clone();
+            } else {
+                text.push_str(&format!("{n}: {v}\r\n"));
+            }
+        }
+        text.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+        Message::parse(text.as_bytes()).expect("test requests parse")
+    }
+
+    /// Answers the challenge in `challenged` (401 or 407; the first,
+    /// SHA-256, or the one of `algorithm`) for `method uri`.
+    pub fn answer(
+        &mut self,
+        challenged: &Message,
+        algorithm: &str,
+        method: &str,
+        uri: &str,
+    ) -> (String, String) {
+        let (ask, give) = if challenged.status() == Some(407) {
+            ("Proxy-Authenticate", "Proxy-Authorization")
+        } else {
+            ("WWW-Authenticate", "Authorization")
+        };
+        let challenge = challenged
+            .all(ask)
+            .find(|c| challenge_param(c, "algorithm").as_deref() == Some(algorithm))
+            .expect("a challenge for the algorithm")
+            .to_string();
+        self.nc += 1;
+        (
+            give.to_string(),
+            digest_answer(&challenge, &self.user, &self.password, method, uri, self.nc),
+        )
+    }
+
+    /// Registers (challenge, then answer with `algorithm`); the final
+    /// response.
+    pub async fn register(&mut self, algorithm: &str, expires: u32) -> Message {
+        let uri = format!("sip:{}", self.domain);
+        let first = self.request("REGISTER", &uri, &[("Expires", expires.to_string())]);
+        self.send(&first).await;
+        let challenged = self.final_response().await.expect("a challenge");
+        if challenged.status() != Some(401) {
+            return challenged;
+        }
+        let (h, v) = self.answer(&challenged, algorithm, "REGISTER", &uri);
+        let second = self.request(
+            "REGISTER",
+            &uri,
+            &[("Expires", expires.to_string()), (&h, v)],
+        );
+        self.send(&second).await;
+        self.final_response().await.expect("an answer")
+    }
+}

@@ -1,0 +1,514 @@
+//! The SIP door end to end over real TLS (issue 20, part 3): devices
+//! register with digest, call a number their tenant routed to a plugin,
+//! and the B2BUA carries the dialog (SDP re-originated, SRTP required).
+//! A hand-written user agent (`switchboard_tests::sip`) reaches the
+//! corners: digest negatives, replays, lockout, races, garbage, other
+//! tenants. SPEC T2, I3, K4.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::Value;
+use switchboard::admin::Op;
+use switchboard::audit::Scope;
+use switchboard::harness::Harness;
+use switchboard::identity::throttle::ThrottleConfig;
+use switchboard::sip::SipConfig;
+use switchboard::sip::message::Message;
+use switchboard::tenant::{Limits, Route};
+use switchboard_tests::accounts::{console, create_user};
+use switchboard_tests::sip::Ua;
+use switchboard_tests::{harness, ok_json, tenant};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Rig {
+    h: Harness,
+    sip: SocketAddr,
+    /// acme's device `alice-desk` and its password.
+    password: String,
+    _stop: tokio::sync::oneshot::Sender<()>,
+    /// Delivers call events to plugins, as in a running server.
+    _scheduler: switchboard::scheduler::Scheduler,
+}
+
+fn route(number: &str, args: &str) -> Route {
+    Route {
+        number: number.into(),
+        plugin: "callflow".into(),
+        args: args.into(),
+    }
+}
+
+async fn rig() -> Rig {
+    let h = harness(&["callflow"]).await;
+    for t in ["acme", "globex"] {
+        tenant(&h, t, Limits::default(), &["callflow"]).await;
+        create_user(&h, t, "alice", "user").await;
+        console(
+            &h,
+            Op::RoutesSet {
+                tenant: t.into(),
+                routes: vec![
+                    route("100", "answer"),
+                    route("101", "ring"),
+                    route("102", "trap"),
+                ],
+            },
+        )
+        .await;
+    }
+    let added = console(
+        &h,
+        Op::DeviceAdd {
+            tenant: "acme".into(),
+            name: "alice-desk".into(),
+            user: "alice".into(),
+            udp: false,
+        },
+    )
+    .await;
+    let password = added["password"].as_str().unwrap().to_string();
+    assert_eq!(added["register"]["realm"], "acme.localhost");
+    let pki = switchboard_tests::http::test_pki();
+    let tls = switchboard::gateway::tls::TlsIdentity::load(&pki.cert_file, &pki.key_file).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sip = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(switchboard::sip::run(
+        h.runtime().clone(),
+        listener,
+        switchboard::server::sip_tls(&tls),
+        SipConfig {
+            allow_loopback_media: true,
+            ..SipConfig::default()
+        },
+        ThrottleConfig::default(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let scheduler = switchboard::scheduler::Scheduler::start(h.runtime(), Default::default());
+    Rig {
+        h,
+        sip,
+        password,
+        _stop: stop,
+        _scheduler: scheduler,
+    }
+}
+
+impl Rig {
+    async fn alice(&self) -> Ua {
+        Ua::connect(self.sip, "alice-desk", "acme.localhost", &self.password).await
+    }
+
+    async fn legs(&self, t: &str) -> Vec<String> {
+        let v = ok_json(self.h.get(t, "callflow", "u", "/legs").await);
+        serde_json::from_value(v.clone()).unwrap_or_else(|_| panic!("/legs: {v}"))
+    }
+
+    async fn events(&self, t: &str, leg: &str) -> Vec<String> {
+        serde_json::from_value(ok_json(
+            self.h
+                .get(t, "callflow", "u", &format!("/events/{leg}"))
+                .await,
+        ))
+        .unwrap()
+    }
+
+    /// Waits for the plugin to log `want` on `leg`.
+    async fn wait_event(&self, t: &str, leg: &str, want: &str) -> Vec<String> {
+        let end = std::time::Instant::now() + WAIT;
+        loop {
+            let got = self.events(t, leg).await;
+            if got.iter().any(|e| e == want) {
+                return got;
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "no {want} on {leg}: {got:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The only leg the plugin has heard of, once it has.
+    async fn only_leg(&self, t: &str) -> String {
+        let end = std::time::Instant::now() + WAIT;
+        loop {
+            let legs = self.legs(t).await;
+            if let [leg] = legs.as_slice() {
+                return leg.clone();
+            }
+            assert!(std::time::Instant::now() < end, "legs: {legs:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn audits(&self, action: &str) -> Vec<switchboard::audit::Entry> {
+        self.h
+            .runtime()
+            .audit_log()
+            .entries(&Scope::tenant("acme"), 0, 10_000)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.action == action)
+            .collect()
+    }
+}
+
+/// An SDP offer receiving at `port`, SRTP (SDES) or plain.
+fn offer(port: u16, srtp: bool) -> String {
+    let (proto, crypto) = if srtp {
+        (
+            "RTP/SAVP",
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n",
+        )
+    } else {
+        ("RTP/AVP", "")
+    };
+    format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=audio {port} {proto} 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n{crypto}"
+    )
+}
+
+/// Sends an INVITE for `number` with `sdp`, answers the proxy challenge,
+/// and returns the authenticated INVITE and the first response after 100.
+async fn invite(ua: &mut Ua, number: &str, sdp: &str) -> (Message, Message) {
+    let uri = format!("sip:{number}@{}", ua.domain);
+    let body = vec![
+        ("Content-Type", "application/sdp".to_string()),
+        ("body", sdp.to_string()),
+    ];
+    let first = ua.request("INVITE", &uri, &body);
+    ua.send(&first).await;
+    let challenged = ua.final_response().await.expect("a challenge");
+    assert_eq!(challenged.status(), Some(407), "{challenged:?}");
+    let (h, v) = ua.answer(&challenged, "SHA-256", "INVITE", &uri);
+    let mut extra = body.clone();
+    extra.insert(0, (h.as_str(), v));
+    let second = ua.request("INVITE", &uri, &extra);
+    ua.send(&second).await;
+    let response = ua.final_response().await.expect("an answer");
+    (second, response)
+}
+
+/// The ACK for a 2xx (a new transaction, RFC 3261 §13.2.2.4).
+fn ack(invite: &Message, ok: &Message) -> Message {
+    let mut m = invite.clone();
+    m.start = switchboard::sip::message::Start::Request {
+        method: "ACK".into(),
+        uri: invite.uri().unwrap().to_string(),
+    };
+    m.headers.retain(|(n, _)| {
+        !matches!(
+            n.as_str(),
+            "To" | "CSeq" | "Content-Type" | "Proxy-Authorization"
+        )
+    });
+    m.push("To", ok.header("To").unwrap());
+    m.push("CSeq", format!("{} ACK", invite.cseq().unwrap().0));
+    m.body.clear();
+    m
+}
+
+/// An in-dialog request (`BYE`) from the device.
+fn in_dialog(ua: &mut Ua, method: &str, invite: &Message, ok: &Message) -> Message {
+    let mut m = ua.request(method, invite.uri().unwrap(), &[]);
+    m.headers.retain(|(n, _)| n != "To");
+    m.push("To", ok.header("To").unwrap());
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t2_devices_register_with_digest_sha256_or_md5() {
+    let r = rig().await;
+    let mut ua = r.alice().await;
+    // The challenge offers SHA-256 first, then MD5, one nonce.
+    let uri = "sip:acme.localhost";
+    let req = ua.request("REGISTER", uri, &[("Expires", "600".into())]);
+    ua.send(&req).await;
+    let challenged = ua.final_response().await.unwrap();
+    assert_eq!(challenged.status(), Some(401));
+    let algorithms: Vec<String> = challenged
+        .all("WWW-Authenticate")
+        .map(|c| switchboard_tests::sip::challenge_param(c, "algorithm").unwrap())
+        .collect();
+    assert_eq!(algorithms, ["SHA-256", "MD5"]);
+    let ok = ua.register("SHA-256", 600).await;
+    assert_eq!(ok.status(), Some(200), "{ok:?}");
+    let contact = ok.header("Contact").unwrap();
+    assert!(contact.ends_with(";expires=600"), "{contact}");
+    // MD5 (old phones) on another connection; long registrations are
+    // shortened, too short ones refused with the minimum.
+    let mut old = r.alice().await;
+    let ok = old.register("MD5", 999_999).await;
+    assert_eq!(ok.status(), Some(200));
+    assert_eq!(ok.all("Contact").count(), 2, "both bindings: {ok:?}");
+    assert!(ok.all("Contact").any(|c| c.ends_with(";expires=3600")));
+    let brief = old.register("MD5", 10).await;
+    assert_eq!(brief.status(), Some(423));
+    assert_eq!(brief.header("Min-Expires"), Some("60"));
+    // Unregistering one binding leaves the other.
+    let gone = old.register("MD5", 0).await;
+    assert_eq!(gone.status(), Some(200));
+    assert_eq!(gone.all("Contact").count(), 1, "{gone:?}");
+}
+
+/// What a refusal looks like, without what differs per request.
+fn shape(m: &Message) -> (Option<u16>, Vec<String>) {
+    let mut names: Vec<String> = m.headers.iter().map(|(n, _)| n.clone()).collect();
+    names.sort();
+    (m.status(), names)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn i3_unknown_devices_wrong_passwords_and_unknown_domains_look_alike() {
+    let r = rig().await;
+    let mut wrong = Ua::connect(r.sip, "alice-desk", "acme.localhost", "not-the-password").await;
+    let mut unknown = Ua::connect(r.sip, "bob-desk", "acme.localhost", "whatever").await;
+    let mut nowhere = Ua::connect(r.sip, "alice-desk", "initech.localhost", "x").await;
+    let a = wrong.register("SHA-256", 600).await;
+    let b = unknown.register("SHA-256", 600).await;
+    let c = nowhere.register("SHA-256", 600).await;
+    assert_eq!(a.status(), Some(403));
+    assert_eq!(shape(&a), shape(&b));
+    assert_eq!(shape(&a), shape(&c));
+    assert_eq!(a.start, b.start, "same reason phrase");
+    // The right password for another tenant's domain: refused too.
+    let mut astray = Ua::connect(r.sip, "alice-desk", "globex.localhost", &r.password).await;
+    assert_eq!(astray.register("SHA-256", 600).await.status(), Some(403));
+    // Each failure is audited in the tenant it aimed at.
+    let audited = r.audits("sip.auth");
+    assert_eq!(audited.len(), 2, "{audited:?}");
+    assert!(audited.iter().all(|e| e.outcome == "failure"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn i3_replayed_answers_are_refused_and_failures_lock_the_name() {
+    let r = rig().await;
+    let mut ua = r.alice().await;
+    let uri = "sip:acme.localhost";
+    let first = ua.request("REGISTER", uri, &[]);
+    ua.send(&first).await;
+    let challenged = ua.final_response().await.unwrap();
+    let (h, v) = ua.answer(&challenged, "SHA-256", "REGISTER", uri);
+    let signed = ua.request("REGISTER", uri, &[(&h, v.clone())]);
+    ua.send(&signed).await;
+    assert_eq!(ua.final_response().await.unwrap().status(), Some(200));
+    // The same nonce count again: a replay.
+    let replay = ua.request("REGISTER", uri, &[(&h, v)]);
+    ua.send(&replay).await;
+    assert_eq!(ua.final_response().await.unwrap().status(), Some(403));
+    // Wrong passwords: delays after the free failures, then a lock, with
+    // Retry-After; the lock is audited.
+    let mut bad = Ua::connect(r.sip, "alice-desk", "acme.localhost", "guess").await;
+    let mut retry_after = None;
+    for _ in 0..12 {
+        let m = bad.register("SHA-256", 600).await;
+        assert_eq!(m.status(), Some(403));
+        if let Some(s) = m.header("Retry-After") {
+            retry_after = Some(s.to_string());
+            break;
+        }
+    }
+    assert!(retry_after.is_some(), "throttled within 12 attempts");
+    // While throttled even the right password waits.
+    let throttled = r.alice().await.register("SHA-256", 600).await;
+    assert_eq!(throttled.status(), Some(403));
+    assert!(throttled.header("Retry-After").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t2_a_device_calls_a_plugin_over_srtp_and_hangs_up() {
+    let r = rig().await;
+    let mut ua = r.alice().await;
+    assert_eq!(ua.register("SHA-256", 600).await.status(), Some(200));
+    let (inv, ok) = invite(&mut ua, "100", &offer(40_000, true)).await;
+    assert_eq!(ok.status(), Some(200), "{ok:?}");
+    assert_eq!(ok.header("Content-Type"), Some("application/sdp"));
+    let answer = String::from_utf8(ok.body.clone()).unwrap();
+    assert!(answer.contains("m=audio "), "{answer}");
+    assert!(answer.contains("RTP/SAVP 0"), "{answer}");
+    assert!(
+        answer.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"),
+        "{answer}"
+    );
+    assert!(
+        !answer.contains("WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz"),
+        "our key is fresh: {answer}"
+    );
+    assert!(ok.header("Contact").is_some());
+    ua.send(&ack(&inv, &ok)).await;
+    let leg = r.only_leg("acme").await;
+    let events = r.wait_event("acme", &leg, "offered:answer").await;
+    assert_eq!(events, ["offered:answer"]);
+    assert_eq!(r.h.runtime().telephony().legs_of("acme"), 1);
+    // The device hangs up.
+    let bye = in_dialog(&mut ua, "BYE", &inv, &ok);
+    ua.send(&bye).await;
+    let done = ua.final_response().await.unwrap();
+    assert_eq!(done.status(), Some(200));
+    r.wait_event("acme", &leg, "ended:normal").await;
+    // A second BYE finds no dialog.
+    let again = in_dialog(&mut ua, "BYE", &inv, &ok);
+    ua.send(&again).await;
+    assert_eq!(ua.final_response().await.unwrap().status(), Some(481));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t2_a_plugin_hanging_up_sends_bye_and_a_cancel_ends_a_ringing_call() {
+    let r = rig().await;
+    let mut ua = r.alice().await;
+    // `ring` leaves the call offered: the device cancels it.
+    let uri = format!("sip:101@{}", ua.domain);
+    let sdp = offer(40_002, true);
+    let (inv, _) = {
+        let body = vec![
+            ("Content-Type", "application/sdp".to_string()),
+            ("body", sdp.clone()),
+        ];
+        let first = ua.request("INVITE", &uri, &body);
+        ua.send(&first).await;
+        let challenged = ua.final_response().await.unwrap();
+        let (h, v) = ua.answer(&challenged, "SHA-256", "INVITE", &uri);
+        let mut extra = body.clone();
+        extra.insert(0, (h.as_str(), v));
+        let second = ua.request("INVITE", &uri, &extra);
+        ua.send(&second).await;
+        let trying = ua.recv().await.unwrap();
+        assert_eq!(trying.status(), Some(100));
+        (second, trying)
+    };
+    let leg = r.only_leg("acme").await;
+    r.wait_event("acme", &leg, "offered:ring").await;
+    let mut cancel = inv.clone();
+    cancel.start = switchboard::sip::message::Start::Request {
+        method: "CANCEL".into(),
+        uri: uri.clone(),
+    };
+    cancel
+        .headers
+        .retain(|(n, _)| !matches!(n.as_str(), "CSeq" | "Content-Type" | "Proxy-Authorization"));
+    cancel.push("CSeq", format!("{} CANCEL", inv.cseq().unwrap().0));
+    cancel.body.clear();
+    ua.send(&cancel).await;
+    let mut statuses = vec![
+        ua.recv().await.unwrap().status().unwrap(),
+        ua.recv().await.unwrap().status().unwrap(),
+    ];
+    statuses.sort();
+    assert_eq!(statuses, [200, 487]);
+    r.wait_event("acme", &leg, "ended:normal").await;
+    // The plugin ends an answered call: the device gets a BYE.
+    let leg_count = r.legs("acme").await.len();
+    let (inv, ok) = invite(&mut ua, "100", &offer(40_004, true)).await;
+    assert_eq!(ok.status(), Some(200));
+    ua.send(&ack(&inv, &ok)).await;
+    let end = std::time::Instant::now() + WAIT;
+    let leg = loop {
+        let legs = r.legs("acme").await;
+        if legs.len() > leg_count {
+            break legs.into_iter().find(|l| *l != leg).unwrap();
+        }
+        assert!(std::time::Instant::now() < end);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    r.wait_event("acme", &leg, "offered:answer").await;
+    let poked = ok_json(
+        r.h.post("acme", "callflow", "u", &format!("/poke/{leg}"), b"")
+            .await,
+    );
+    assert_eq!(poked["hangup"], "ok", "{poked}");
+    let bye = ua.recv().await.expect("a BYE");
+    assert_eq!(bye.method(), Some("BYE"), "{bye:?}");
+    assert_eq!(bye.call_id(), inv.call_id());
+    assert_eq!(bye.to().unwrap().tag(), inv.from().unwrap().tag());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t2_calls_without_srtp_a_route_or_a_dialog_are_refused() {
+    let r = rig().await;
+    let mut ua = r.alice().await;
+    let (_, plain) = invite(&mut ua, "100", &offer(40_010, false)).await;
+    assert_eq!(plain.status(), Some(488), "SRTP is required: {plain:?}");
+    assert!(
+        plain
+            .header("Warning")
+            .unwrap()
+            .contains("sdp_srtp_required")
+    );
+    let (_, nowhere) = invite(&mut ua, "555", &offer(40_012, true)).await;
+    assert_eq!(nowhere.status(), Some(404));
+    let (_, trap) = invite(&mut ua, "102", &offer(40_014, true)).await;
+    assert_eq!(trap.status(), Some(500), "the plugin trapped: {trap:?}");
+    // Methods the door does not take, and a stray re-INVITE.
+    let info = ua.request("INFO", "sip:100@acme.localhost", &[]);
+    ua.send(&info).await;
+    let refused = ua.final_response().await.unwrap();
+    assert_eq!(refused.status(), Some(405));
+    assert!(refused.header("Allow").unwrap().contains("INVITE"));
+    let mut reinvite = ua.request("INVITE", "sip:100@acme.localhost", &[]);
+    reinvite.headers.retain(|(n, _)| n != "To");
+    reinvite.push("To", "<sip:100@acme.localhost>;tag=nosuch");
+    ua.send(&reinvite).await;
+    assert_eq!(ua.final_response().await.unwrap().status(), Some(481));
+    // Nothing leaked.
+    assert_eq!(r.h.runtime().telephony().legs_of("acme"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k4_a_device_cannot_call_into_another_tenant() {
+    let r = rig().await;
+    let mut ua = Ua::connect(r.sip, "alice-desk", "globex.localhost", &r.password).await;
+    let uri = "sip:100@globex.localhost";
+    let body = vec![
+        ("Content-Type", "application/sdp".to_string()),
+        ("body", offer(40_020, true)),
+    ];
+    let first = ua.request("INVITE", uri, &body);
+    ua.send(&first).await;
+    let challenged = ua.final_response().await.unwrap();
+    assert_eq!(challenged.status(), Some(407));
+    let (h, v) = ua.answer(&challenged, "SHA-256", "INVITE", uri);
+    let mut extra = body.clone();
+    extra.insert(0, (h.as_str(), v));
+    let second = ua.request("INVITE", uri, &extra);
+    ua.send(&second).await;
+    assert_eq!(ua.final_response().await.unwrap().status(), Some(403));
+    assert!(r.legs("globex").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t2_garbage_closes_its_connection_and_the_door_keeps_serving() {
+    let r = rig().await;
+    let cases: Vec<Vec<u8>> = vec![
+        // No Content-Length on a stream.
+        b"REGISTER sip:acme.localhost SIP/2.0\r\nVia: x\r\n\r\n".to_vec(),
+        // A header section that never ends.
+        vec![b'A'; 20_000],
+        // A length past the limit, and an absurd one.
+        b"OPTIONS sip:x SIP/2.0\r\nContent-Length: 99999999\r\n\r\n".to_vec(),
+        b"OPTIONS sip:x SIP/2.0\r\nContent-Length: 18446744073709551615\r\n\r\n".to_vec(),
+    ];
+    for bytes in cases {
+        let mut ua = r.alice().await;
+        ua.send_raw(&bytes).await;
+        assert!(ua.recv().await.is_none(), "closed without an answer");
+    }
+    // A message that frames but does not parse is dropped; the flow stays.
+    let mut ua = r.alice().await;
+    ua.send_raw(b"HELLO\r\nContent-Length: 0\r\n\r\n").await;
+    let mut ping = ua.request("OPTIONS", "sip:acme.localhost", &[]);
+    ping.headers.retain(|(n, _)| n != "Contact");
+    ua.send(&ping).await;
+    assert_eq!(ua.final_response().await.unwrap().status(), Some(200));
+    assert_eq!(ua.register("SHA-256", 600).await.status(), Some(200));
+    let dropped: Value = serde_json::json!(
+        switchboard::metrics::render()
+            .contains("switchboard_sip_dropped_total{reason=\"sip_malformed\"}")
+    );
+    assert_eq!(dropped, true);
+}
