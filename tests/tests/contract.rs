@@ -481,6 +481,128 @@ async fn the_host_api_keeps_to_its_openapi_document() {
     assert_eq!(r.status, 200);
     c.call("PUT", dial, &["acme"], Some(&ada), Body::Json(gb))
         .await;
+    // Routes and SIP devices (SPEC T2) are the tenant's.
+    let routes = "/api/v1/admin/tenants/{tenant}/routes";
+    let r = c
+        .call("GET", routes, &["acme"], Some(&ada), Body::None)
+        .await;
+    assert_eq!(r.json()["routes"], json!([]));
+    let r = c
+        .call(
+            "PUT",
+            routes,
+            &["acme"],
+            Some(&ada),
+            Body::Json(json!({"routes": [{"number": "100", "plugin": "example"}]})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()["code"].clone()),
+        (400, json!("invalid_routes")),
+        "example holds no calls grant"
+    );
+    let r = c
+        .call(
+            "PUT",
+            routes,
+            &["acme"],
+            Some(&ada),
+            Body::Json(json!({"routes": [{"number": "1x", "plugin": "example"}]})),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    let r = c
+        .call(
+            "PUT",
+            routes,
+            &["acme"],
+            Some(&ada),
+            Body::Json(json!({"routes": []})),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let r = c
+        .call("GET", routes, &["acme"], Some(&root), Body::None)
+        .await;
+    assert_eq!(r.status, 403);
+    let devices = "/api/v1/admin/tenants/{tenant}/devices";
+    let r = c
+        .call(
+            "POST",
+            devices,
+            &["acme"],
+            Some(&ada),
+            Body::Json(json!({"name": "bob-desk", "user": "bob"})),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["register"]["aor"], "sips:bob-desk@acme.localhost");
+    assert_eq!(r.json()["password"].as_str().unwrap().len(), 24);
+    let r = c
+        .call(
+            "POST",
+            devices,
+            &["acme"],
+            Some(&ada),
+            Body::Json(json!({"name": "bob-desk", "user": "bob"})),
+        )
+        .await;
+    assert_eq!(r.status, 409);
+    let r = c
+        .call(
+            "POST",
+            devices,
+            &["acme"],
+            Some(&ada),
+            Body::Json(json!({"name": "Bob Desk", "user": "bob"})),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    let r = c
+        .call(
+            "GET",
+            &format!("{devices}?user={bob_id}"),
+            &["acme"],
+            Some(&ada),
+            Body::None,
+        )
+        .await;
+    assert_eq!(r.json()["devices"][0]["username"], "bob");
+    assert!(!r.text().contains("ha1"), "no secret in the list");
+    let r = c
+        .call("GET", devices, &["acme"], Some(&root), Body::None)
+        .await;
+    assert_eq!(r.status, 403);
+    let device = "/api/v1/admin/tenants/{tenant}/devices/{device}";
+    let reset = "/api/v1/admin/tenants/{tenant}/devices/{device}/password";
+    let r = c
+        .call("POST", reset, &["acme", "bob-desk"], Some(&ada), Body::None)
+        .await;
+    assert_eq!(r.status, 200);
+    let r = c
+        .call(
+            "DELETE",
+            device,
+            &["acme", "bob-desk"],
+            Some(&ada),
+            Body::None,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let r = c
+        .call(
+            "DELETE",
+            device,
+            &["acme", "bob-desk"],
+            Some(&ada),
+            Body::None,
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    let r = c
+        .call("POST", reset, &["acme", "bob-desk"], Some(&ada), Body::None)
+        .await;
+    assert_eq!(r.status, 404);
     // Call records are the tenant's; operators see counts only (I8).
     let calls = "/api/v1/admin/tenants/{tenant}/calls";
     let r = c

@@ -75,6 +75,21 @@ pub enum TenantCmd {
         #[arg(long, value_name = "JSON")]
         set: Option<String>,
     },
+    /// Show a tenant's routes (numbers and the plugins that take their
+    /// calls), or replace them with `--set` and a JSON list
+    /// (`[{"number": "100", "plugin": "pbx", "args": ""}]`).
+    Routes {
+        #[command(flatten)]
+        data: DataArgs,
+        id: String,
+        /// Every route, as a JSON list.
+        #[arg(long, value_name = "JSON")]
+        set: Option<String>,
+    },
+    /// A tenant's SIP devices: list, add (the password is printed once),
+    /// remove, or give one a new password.
+    #[command(subcommand)]
+    Device(DeviceCmd),
     /// Export a tenant's call records (every page), or with --counts the
     /// calls per day without numbers (what an operator may see).
     Calls {
@@ -104,6 +119,46 @@ pub enum TenantCmd {
     List {
         #[command(flatten)]
         data: DataArgs,
+    },
+}
+
+/// `switchboard tenant device ...`.
+#[derive(Debug, Subcommand)]
+pub enum DeviceCmd {
+    /// List the tenant's devices (of one user id with `--user`).
+    List {
+        #[command(flatten)]
+        data: DataArgs,
+        tenant: String,
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Add device NAME (its SIP user name) for a user (login name or id).
+    Add {
+        #[command(flatten)]
+        data: DataArgs,
+        tenant: String,
+        name: String,
+        #[arg(long)]
+        user: String,
+        /// Also allow SIP over UDP/TCP for it (default: TLS only).
+        #[arg(long)]
+        udp: bool,
+    },
+    /// Remove device NAME.
+    Remove {
+        #[command(flatten)]
+        data: DataArgs,
+        tenant: String,
+        name: String,
+    },
+    /// Give device NAME a new password (printed once; the old one stops
+    /// working at once).
+    Password {
+        #[command(flatten)]
+        data: DataArgs,
+        tenant: String,
+        name: String,
     },
 }
 
@@ -176,6 +231,36 @@ pub(super) async fn run(cmd: TenantCmd) -> anyhow::Result<()> {
                 )
             }
             None => (data, Op::DialingShow { tenant: id }),
+        },
+        TenantCmd::Routes { data, id, set } => match set {
+            Some(json) => {
+                let routes = serde_json::from_str(&json)
+                    .map_err(|e| anyhow::anyhow!("--set is not a list of routes: {e}"))?;
+                (data, Op::RoutesSet { tenant: id, routes })
+            }
+            None => (data, Op::RoutesShow { tenant: id }),
+        },
+        TenantCmd::Device(cmd) => match cmd {
+            DeviceCmd::List { data, tenant, user } => (data, Op::DeviceList { tenant, user }),
+            DeviceCmd::Add {
+                data,
+                tenant,
+                name,
+                user,
+                udp,
+            } => (
+                data,
+                Op::DeviceAdd {
+                    tenant,
+                    name,
+                    user,
+                    udp,
+                },
+            ),
+            DeviceCmd::Remove { data, tenant, name } => (data, Op::DeviceRemove { tenant, name }),
+            DeviceCmd::Password { data, tenant, name } => {
+                (data, Op::DevicePassword { tenant, name })
+            }
         },
         TenantCmd::Calls {
             data,
