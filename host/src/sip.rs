@@ -27,6 +27,7 @@ pub mod auth;
 mod dialogs;
 pub mod frame;
 pub mod message;
+mod outbound;
 mod registrar;
 pub mod sdp;
 mod transport;
@@ -124,6 +125,7 @@ pub struct Door {
     auth: Auth,
     registrar: Registrar,
     dialogs: Dialogs,
+    forks: std::sync::Mutex<outbound::Forks>,
     flows: Arc<Flows>,
     tokio: tokio::runtime::Handle,
     me: Weak<Door>,
@@ -154,6 +156,7 @@ pub async fn run(
         auth,
         registrar: Registrar::default(),
         dialogs: Dialogs::default(),
+        forks: Default::default(),
         flows: flows.clone(),
         tokio: tokio::runtime::Handle::current(),
         me: me.clone(),
@@ -168,8 +171,9 @@ impl transport::Handler for Door {
     async fn message(self: Arc<Self>, flow: Arc<Flow>, m: Message) {
         if m.method().is_some() {
             self.request(&flow, m).await;
+        } else {
+            self.response(&flow, m).await;
         }
-        // Responses: only to our BYEs so far, nothing waits for them.
     }
 
     fn dropped(&self, _flow: &Flow, code: &'static str) {
@@ -178,6 +182,7 @@ impl transport::Handler for Door {
 
     fn closed(&self, flow: &Flow) {
         self.registrar.flow_closed(flow.id);
+        self.flow_gone(flow.id);
         // An offered call can no longer be answered; an answered one goes
         // on (its media does not need the flow) until either side ends it.
         for (leg, state) in self.dialogs.on_flow(flow.id) {
@@ -454,18 +459,16 @@ impl Door {
                 session_version: 1,
             },
         );
-        let early = self.dialogs.insert(Dialog {
-            leg: leg.clone(),
-            tenant: device.tenant,
-            device: device.name,
-            flow: flow.id,
-            invite: m.clone(),
-            tag: random_hex(8),
-            state: State::Offered,
-            answer: agreed.sdp,
-            contact: format!("sip:{number}@{};transport=tls", flow.local),
-            cseq: 0,
-        });
+        let early = self.dialogs.insert(Dialog::uas(
+            leg.clone(),
+            device.tenant,
+            device.name,
+            flow.id,
+            m,
+            random_hex(8),
+            agreed.sdp,
+            format!("sip:{number}@{};transport=tls", flow.local),
+        ));
         // The plugin may have answered or ended the leg before its dialog
         // was filed.
         match early {
@@ -493,7 +496,8 @@ impl Door {
         // and only before its final answer.
         let offered = leg.as_ref().and_then(|leg| {
             self.dialogs.with(leg, |d| {
-                d.state == State::Offered && d.invite.branch() == m.branch()
+                d.state == State::Offered
+                    && d.invite.as_ref().and_then(Message::branch) == m.branch()
             })
         });
         let (Some(leg), Some(true)) = (leg, offered) else {
@@ -501,8 +505,12 @@ impl Door {
             return;
         };
         flow.send(&m.response(200, "OK", None));
-        if let Some(d) = self.dialogs.remove(&leg) {
-            flow.send(&d.response(487, "Request Terminated"));
+        if let Some(r) = self
+            .dialogs
+            .remove(&leg)
+            .and_then(|d| d.response(487, "Request Terminated"))
+        {
+            flow.send(&r);
         }
         self.rt.telephony().ended(&leg, Cause::Normal);
     }
@@ -556,8 +564,8 @@ impl Door {
             return;
         };
         let Some(d) = d else { return };
-        match self.flow_for(&d) {
-            Some(flow) if flow.send(&d.ok()) => {}
+        match (self.flow_for(&d), d.ok()) {
+            (Some(flow), Some(ok)) if flow.send(&ok) => {}
             _ => {
                 self.dialogs.remove(leg);
                 self.rt.telephony().ended(leg, Cause::Normal);
@@ -582,6 +590,9 @@ impl Door {
     }
 
     fn end_leg(&self, leg: &str, cause: Cause) {
+        if self.cancel_fork(leg) {
+            return;
+        }
         if self.dialogs.early(leg, Early::End(cause)) {
             return;
         }
@@ -596,9 +607,11 @@ impl Door {
                 let (code, reason) = dialogs::refusal(cause);
                 d.response(code, reason)
             }
-            State::Answered { .. } => d.bye(&flow.local.to_string()),
+            State::Answered { .. } => Some(d.bye(&flow.local.to_string())),
         };
-        flow.send(&m);
+        if let Some(m) = m {
+            flow.send(&m);
+        }
     }
 }
 
@@ -619,10 +632,8 @@ impl Signalling for SipSignalling {
     }
 
     fn originate(&self, call: Outbound) {
-        // Calls out to devices and trunks are not carried yet: the leg
-        // ends unavailable, as on a host without a SIP door.
         if let Some(door) = self.0.upgrade() {
-            door.rt.telephony().ended(&call.leg, Cause::Unavailable);
+            door.originate(call);
         }
     }
 }

@@ -127,6 +127,14 @@ impl Ua {
         }
     }
 
+    /// The next message within `limit`.
+    pub async fn recv_within(&mut self, limit: Duration) -> Option<Message> {
+        tokio::time::timeout(limit, self.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
     /// The next final response (skipping 1xx).
     pub async fn final_response(&mut self) -> Option<Message> {
         loop {

@@ -27,6 +27,8 @@ struct Rig {
     sip: SocketAddr,
     /// acme's device `alice-desk` and its password.
     password: String,
+    /// acme's `bob-desk` (user bob) and its password.
+    bob_password: String,
     _stop: tokio::sync::oneshot::Sender<()>,
     /// Delivers call events to plugins, as in a running server.
     _scheduler: switchboard::scheduler::Scheduler,
@@ -69,6 +71,18 @@ async fn rig() -> Rig {
     )
     .await;
     let password = added["password"].as_str().unwrap().to_string();
+    create_user(&h, "acme", "bob", "user").await;
+    let bob = console(
+        &h,
+        Op::DeviceAdd {
+            tenant: "acme".into(),
+            name: "bob-desk".into(),
+            user: "bob".into(),
+            udp: false,
+        },
+    )
+    .await;
+    let bob_password = bob["password"].as_str().unwrap().to_string();
     assert_eq!(added["register"]["realm"], "acme.localhost");
     let pki = switchboard_tests::http::test_pki();
     let tls = switchboard::gateway::tls::TlsIdentity::load(&pki.cert_file, &pki.key_file).unwrap();
@@ -93,6 +107,7 @@ async fn rig() -> Rig {
         h,
         sip,
         password,
+        bob_password,
         _stop: stop,
         _scheduler: scheduler,
     }
@@ -101,6 +116,10 @@ async fn rig() -> Rig {
 impl Rig {
     async fn alice(&self) -> Ua {
         Ua::connect(self.sip, "alice-desk", "acme.localhost", &self.password).await
+    }
+
+    async fn bob(&self) -> Ua {
+        Ua::connect(self.sip, "bob-desk", "acme.localhost", &self.bob_password).await
     }
 
     async fn legs(&self, t: &str) -> Vec<String> {
@@ -511,4 +530,130 @@ async fn t2_garbage_closes_its_connection_and_the_door_keeps_serving() {
             .contains("switchboard_sip_dropped_total{reason=\"sip_malformed\"}")
     );
     assert_eq!(dropped, true);
+}
+
+/// Our answer to an INVITE from the door, receiving at `port`.
+fn answer_to(invite: &Message, code: u16, port: u16) -> Message {
+    let mut r = invite.response(code, "OK", Some("dev1"));
+    r.push("Contact", "<sip:bob-desk@127.0.0.1:5999;transport=tls>");
+    if code == 200 {
+        r.push("Content-Type", "application/sdp");
+        r.body = format!(
+            "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+             m=audio {port} RTP/SAVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n\
+             a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n"
+        )
+        .into_bytes();
+    }
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t2_a_plugin_rings_all_of_a_users_devices_and_the_first_answer_wins() {
+    let r = rig().await;
+    // Bob's phone on two connections (two bindings), Alice's not dialled.
+    let mut desk = r.bob().await;
+    let mut soft = r.bob().await;
+    assert_eq!(desk.register("SHA-256", 600).await.status(), Some(200));
+    assert_eq!(soft.register("MD5", 600).await.status(), Some(200));
+    let dialled = ok_json(
+        r.h.post("acme", "callflow", "u", "/dial/user%3Abob", b"")
+            .await,
+    );
+    let leg = dialled["leg"].as_str().expect("a leg").to_string();
+    let a = desk.recv().await.expect("an INVITE on the desk phone");
+    let b = soft.recv().await.expect("an INVITE on the soft phone");
+    assert_eq!((a.method(), b.method()), (Some("INVITE"), Some("INVITE")));
+    let (sa, sb) = (
+        String::from_utf8(a.body.clone()).unwrap(),
+        String::from_utf8(b.body.clone()).unwrap(),
+    );
+    let key = |s: &str| {
+        s.lines()
+            .find(|l| l.starts_with("a=crypto:1 "))
+            .map(str::to_string)
+    };
+    assert!(key(&sa).is_some() && key(&sb).is_some(), "{sa}");
+    assert_ne!(key(&sa), key(&sb), "each device its own key");
+    assert!(sa.contains("RTP/SAVP 0 8 101"), "{sa}");
+    assert!(a.header("From").unwrap().contains("@acme.localhost"));
+    // The desk phone rings, then answers; the soft phone is cancelled.
+    desk.send(&{
+        let mut ringing = a.response(180, "Ringing", Some("dev1"));
+        ringing.push("Contact", "<sip:bob-desk@127.0.0.1:5999;transport=tls>");
+        ringing
+    })
+    .await;
+    r.wait_event("acme", &leg, "ringing").await;
+    desk.send(&answer_to(&a, 200, 40_100)).await;
+    let ack = desk.recv().await.expect("an ACK");
+    assert_eq!(ack.method(), Some("ACK"));
+    assert_eq!(ack.uri(), Some("sip:bob-desk@127.0.0.1:5999;transport=tls"));
+    r.wait_event("acme", &leg, "answered").await;
+    let cancel = soft.recv().await.expect("a CANCEL");
+    assert_eq!(cancel.method(), Some("CANCEL"));
+    assert_eq!(cancel.branch(), b.branch());
+    soft.send(&cancel.response(200, "OK", Some("dev2"))).await;
+    soft.send(&b.response(487, "Request Terminated", Some("dev2")))
+        .await;
+    let ack = soft.recv().await.expect("an ACK of the 487");
+    assert_eq!((ack.method(), ack.branch()), (Some("ACK"), b.branch()));
+    // The plugin hangs up: the desk phone gets the BYE of its dialog.
+    let poked = ok_json(
+        r.h.post("acme", "callflow", "u", &format!("/poke/{leg}"), b"")
+            .await,
+    );
+    assert_eq!(poked["hangup"], "ok", "{poked}");
+    let bye = desk.recv().await.expect("a BYE");
+    assert_eq!(bye.method(), Some("BYE"));
+    assert_eq!(bye.call_id(), a.call_id());
+    assert_eq!(bye.to().unwrap().tag().as_deref(), Some("dev1"));
+    assert_eq!(bye.from().unwrap().tag(), a.from().unwrap().tag());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t2_a_user_whose_devices_are_busy_or_absent_is_not_reached() {
+    let r = rig().await;
+    // Nobody registered: the dial ends unavailable.
+    let dialled = ok_json(
+        r.h.post("acme", "callflow", "u", "/dial/user%3Abob", b"")
+            .await,
+    );
+    let leg = dialled["leg"].as_str().unwrap().to_string();
+    r.wait_event("acme", &leg, "ended:unavailable").await;
+    // Registered and busy.
+    let mut desk = r.bob().await;
+    assert_eq!(desk.register("SHA-256", 600).await.status(), Some(200));
+    let dialled = ok_json(
+        r.h.post("acme", "callflow", "u", "/dial/user%3Abob", b"")
+            .await,
+    );
+    let leg = dialled["leg"].as_str().unwrap().to_string();
+    let invite = desk.recv().await.unwrap();
+    desk.send(&invite.response(486, "Busy Here", Some("dev1")))
+        .await;
+    assert_eq!(desk.recv().await.unwrap().method(), Some("ACK"));
+    r.wait_event("acme", &leg, "ended:busy").await;
+    // Unanswered: the ring time (2 s) ends it and the phone is cancelled.
+    let dialled = ok_json(
+        r.h.post("acme", "callflow", "u", "/dial/user%3Abob", b"")
+            .await,
+    );
+    let leg = dialled["leg"].as_str().unwrap().to_string();
+    let invite = desk.recv().await.unwrap();
+    let cancel = desk.recv().await.expect("a CANCEL after the ring time");
+    assert_eq!(cancel.method(), Some("CANCEL"));
+    assert_eq!(cancel.branch(), invite.branch());
+    r.wait_event("acme", &leg, "ended:no-answer").await;
+    // A user or device of another tenant is not found in this one.
+    let dialled = ok_json(
+        r.h.post("globex", "callflow", "u", "/dial/device%3Abob-desk", b"")
+            .await,
+    );
+    let leg = dialled["leg"].as_str().unwrap().to_string();
+    r.wait_event("globex", &leg, "ended:unavailable").await;
+    assert!(
+        desk.recv_within(Duration::from_millis(300)).await.is_none(),
+        "no INVITE across tenants"
+    );
 }

@@ -167,6 +167,7 @@ enum Cmd {
     Join(u64, u64, oneshot::Sender<Result<(), MediaError>>),
     Leave(u64),
     Close(u64),
+    Retarget(u64, Box<LegSetup>),
 }
 
 /// The engine: its workers, port pool and event stream.
@@ -279,6 +280,16 @@ impl Engine {
         let addr = rx.await.map_err(|_| MediaError::Stopped)??;
         self.legs.lock().recover().insert(id, index);
         Ok((id, addr))
+    }
+
+    /// Points an open leg at the far end its answer named: where media
+    /// goes, the codec, telephone events and both SRTP keys (a leg opened
+    /// for an offer of ours before the answer came; its group stays).
+    pub async fn retarget(&self, leg: u64, setup: LegSetup) -> Result<(), MediaError> {
+        self.worker_of(leg)?
+            .send(Cmd::Retarget(leg, Box::new(setup)))
+            .await
+            .map_err(|_| MediaError::Stopped)
     }
 
     /// Relays two legs to each other.
@@ -521,6 +532,25 @@ impl Worker {
                 let _ = reply.send(self.join(leg, room));
             }
             Cmd::Leave(leg) => self.leave(leg),
+            Cmd::Retarget(leg, setup) => {
+                if let Some(l) = self.legs.borrow_mut().get_mut(&leg) {
+                    l.remote = setup.remote;
+                    l.rtcp_remote =
+                        SocketAddr::new(setup.remote.ip(), setup.remote.port().wrapping_add(1));
+                    l.latched = false;
+                    (l.rx, l.tx) = match &setup.srtp {
+                        Some((suite, theirs, ours)) => (
+                            Some(Srtp::new(*suite, theirs)),
+                            Some(Srtp::new(*suite, ours)),
+                        ),
+                        None => (None, None),
+                    };
+                    l.setup = LegSetup {
+                        group: l.setup.group,
+                        ..*setup
+                    };
+                }
+            }
             Cmd::Close(leg) => {
                 self.leave(leg);
                 let mut legs = self.legs.borrow_mut();

@@ -9,6 +9,7 @@
 //! §13.3.1.4, Timer H's span).
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -29,19 +30,28 @@ pub enum State {
     Answered { acked: bool },
 }
 
-/// One dialog with a device, the UAS side.
+/// One dialog with a device: the UAS side of the device's INVITE, or
+/// the UAC side of ours.
 #[derive(Debug, Clone)]
 pub struct Dialog {
     pub leg: String,
     pub tenant: String,
     pub device: String,
     pub flow: u64,
-    /// The INVITE, to answer it.
-    pub invite: Message,
-    /// Our tag (To of the dialog's responses).
+    /// The device's INVITE, to answer it (UAS dialogs only).
+    pub invite: Option<Message>,
+    pub call_id: String,
+    /// The device's tag and ours.
+    pub their_tag: String,
     pub tag: String,
+    /// Our side and the device's, as written in our requests' From and
+    /// To (with their tags).
+    pub local: String,
+    pub remote: String,
+    /// Where our requests in the dialog go (the device's Contact).
+    pub target: String,
     pub state: State,
-    /// Our SDP answer, sent with the 200.
+    /// Our SDP answer, sent with the 200 (UAS dialogs).
     pub answer: String,
     /// Our Contact URI (without brackets).
     pub contact: String,
@@ -50,64 +60,96 @@ pub struct Dialog {
 }
 
 impl Dialog {
-    /// The device's (Call-ID, From tag) of the INVITE.
-    fn key(invite: &Message) -> (String, String) {
-        let tag = invite.from().ok().and_then(|f| f.tag()).unwrap_or_default();
-        (invite.call_id().to_string(), tag)
+    /// The UAS dialog of the device's `invite`, with our new `tag`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn uas(
+        leg: String,
+        tenant: String,
+        device: String,
+        flow: u64,
+        invite: &Message,
+        tag: String,
+        answer: String,
+        contact: String,
+    ) -> Dialog {
+        let mut local = invite.header("To").unwrap_or_default().to_string();
+        let _ = write!(local, ";tag={tag}");
+        Dialog {
+            leg,
+            tenant,
+            device,
+            flow,
+            call_id: invite.call_id().to_string(),
+            their_tag: invite.from().ok().and_then(|f| f.tag()).unwrap_or_default(),
+            tag,
+            local,
+            remote: invite.header("From").unwrap_or_default().to_string(),
+            target: contact_uri(invite).unwrap_or_default(),
+            invite: Some(invite.clone()),
+            state: State::Offered,
+            answer,
+            contact,
+            cseq: 0,
+        }
     }
 
-    /// A response to the INVITE.
-    pub fn response(&self, code: u16, reason: &str) -> Message {
-        let mut r = self.invite.response(code, reason, Some(&self.tag));
+    /// A response to the device's INVITE (`None` for our own dialogs).
+    pub fn response(&self, code: u16, reason: &str) -> Option<Message> {
+        let mut r = self
+            .invite
+            .as_ref()?
+            .response(code, reason, Some(&self.tag));
         if (101..300).contains(&code) {
             r.push("Contact", format!("<{}>", self.contact));
         }
-        r
+        Some(r)
     }
 
     /// The 200 OK with our SDP.
-    pub fn ok(&self) -> Message {
-        let mut r = self.response(200, "OK");
+    pub fn ok(&self) -> Option<Message> {
+        let mut r = self.response(200, "OK")?;
         r.push("Allow", super::ALLOW);
         r.push("Content-Type", "application/sdp");
         r.body = self.answer.clone().into_bytes();
-        r
+        Some(r)
     }
 
-    /// A BYE to the device (we are the dialog's UAS: our From is the
-    /// INVITE's To with our tag, our To its From, sent to its Contact).
+    /// A BYE to the device.
     pub fn bye(&mut self, via_host: &str) -> Message {
         self.cseq += 1;
-        let invite = &self.invite;
-        let target = invite
-            .header("Contact")
-            .and_then(|c| NameAddr::parse(c).ok())
-            .map(|c| c.uri_text)
-            .or_else(|| invite.from().ok().map(|f| f.uri_text))
-            .unwrap_or_default();
-        let mut to_side = invite.header("To").unwrap_or_default().to_string();
-        if !to_side.contains(";tag=") {
-            to_side = format!("{to_side};tag={}", self.tag);
-        }
-        let mut m = Message {
-            start: Start::Request {
-                method: "BYE".into(),
-                uri: target,
-            },
-            headers: Vec::new(),
-            body: Vec::new(),
-        };
-        m.push(
-            "Via",
-            format!("SIP/2.0/TLS {via_host};branch=z9hG4bK{}", random_hex(12)),
-        );
-        m.push("Max-Forwards", "70");
-        m.push("From", to_side);
-        m.push("To", invite.header("From").unwrap_or_default());
-        m.push("Call-ID", invite.call_id());
+        let mut m = request("BYE", &self.target, via_host);
+        m.push("From", self.local.clone());
+        m.push("To", self.remote.clone());
+        m.push("Call-ID", self.call_id.clone());
         m.push("CSeq", format!("{} BYE", self.cseq));
         m
     }
+}
+
+/// The Contact URI of a message.
+pub fn contact_uri(m: &Message) -> Option<String> {
+    m.header("Contact")
+        .and_then(|c| NameAddr::parse(c).ok())
+        .map(|c| c.uri_text)
+}
+
+/// A request of ours to `uri` with a fresh Via branch and Max-Forwards;
+/// the caller adds From, To, Call-ID and CSeq.
+pub fn request(method: &str, uri: &str, via_host: &str) -> Message {
+    let mut m = Message {
+        start: Start::Request {
+            method: method.into(),
+            uri: uri.into(),
+        },
+        headers: Vec::new(),
+        body: Vec::new(),
+    };
+    m.push(
+        "Via",
+        format!("SIP/2.0/TLS {via_host};branch=z9hG4bK{}", random_hex(12)),
+    );
+    m.push("Max-Forwards", "70");
+    m
 }
 
 /// The SIP status that refuses an offered leg ended for `cause`.
@@ -174,12 +216,23 @@ impl Dialogs {
         true
     }
 
+    /// What call control asked of `leg` before it had a dialog, once.
+    pub fn take_early(&self, leg: &str) -> Option<Early> {
+        self.table
+            .lock()
+            .recover()
+            .unfiled
+            .remove(leg)
+            .map(|(e, _)| e)
+    }
+
     /// Adds the dialog of an offered leg; returns what call control
     /// asked of it before.
     pub fn insert(&self, d: Dialog) -> Option<Early> {
         let mut t = self.table.lock().recover();
         let early = t.unfiled.remove(&d.leg).map(|(e, _)| e);
-        t.by_key.insert(Dialog::key(&d.invite), d.leg.clone());
+        t.by_key
+            .insert((d.call_id.clone(), d.their_tag.clone()), d.leg.clone());
         t.by_leg.insert(d.leg.clone(), d);
         early
     }
@@ -203,7 +256,7 @@ impl Dialogs {
     pub fn remove(&self, leg: &str) -> Option<Dialog> {
         let mut t = self.table.lock().recover();
         let d = t.by_leg.remove(leg)?;
-        t.by_key.remove(&Dialog::key(&d.invite));
+        t.by_key.remove(&(d.call_id.clone(), d.their_tag.clone()));
         Some(d)
     }
 

@@ -550,6 +550,71 @@ fn sdes(m: &Media) -> Result<Sdes, SdpError> {
 
 /// Writes the answer: every media line of the offer in order, the chosen
 /// one accepted, the rest declined with port 0.
+/// Our offer for a call we place (the B2BUA's outbound legs): G.711 µ-law
+/// and A-law, RFC 4733 on 101, and with `srtp` one SDES line (tag 1) with
+/// our fresh key for what we send.
+pub fn offer(local: Local, srtp: Option<(Suite, &MasterKey)>) -> String {
+    let family = if local.addr.is_ipv4() { "IP4" } else { "IP6" };
+    let ip = local.addr.ip();
+    let proto = if srtp.is_some() {
+        "RTP/SAVP"
+    } else {
+        "RTP/AVP"
+    };
+    let mut out = format!(
+        "v=0\r\no=switchboard {id} {version} IN {family} {ip}\r\ns=-\r\nc=IN {family} {ip}\r\nt=0 0\r\n\
+         m=audio {port} {proto} 0 8 {DTMF_PT}\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n\
+         a=rtpmap:{DTMF_PT} telephone-event/8000\r\na=fmtp:{DTMF_PT} 0-15\r\na=ptime:20\r\n",
+        id = local.session_id,
+        version = local.session_version,
+        port = local.addr.port(),
+    );
+    if let Some((suite, key)) = srtp {
+        out.push_str(&format!(
+            "a=crypto:1 {} {}\r\n",
+            suite.name(),
+            key.to_key_params().as_str()
+        ));
+    }
+    out.push_str("a=sendrecv\r\n");
+    out
+}
+
+/// The telephone-event payload type we offer.
+pub const DTMF_PT: u8 = 101;
+
+/// Reads the answer to our [`offer`]: the far end's address, codec,
+/// telephone events and (if we offered SDES with `suite`) its key, which
+/// must be for our suite and our tag. `ours` stays our key.
+pub fn read_answer(
+    answer: &Session,
+    policy: &Policy,
+    suite: Option<Suite>,
+    ours: Option<&MasterKey>,
+) -> Result<Agreed, SdpError> {
+    let mut agreed = choose(answer, policy)?.agreed;
+    match (&mut agreed.srtp, suite, ours) {
+        (Some(sdes), Some(suite), Some(ours)) => {
+            if sdes.suite != suite || sdes.tag != "1" {
+                return Err(SdpError::NotAcceptable(
+                    "the answer's crypto is not the one offered".into(),
+                ));
+            }
+            sdes.ours = ours.clone();
+        }
+        (None, None, _) => {}
+        _ => {
+            return Err(SdpError::NotAcceptable(
+                "the answer's media protection is not the one offered".into(),
+            ));
+        }
+    }
+    if !policy.codecs.contains(&agreed.codec) {
+        return Err(SdpError::NotAcceptable("a codec not offered".into()));
+    }
+    Ok(agreed)
+}
+
 fn write_answer(offer: &Session, index: usize, agreed: &Agreed, local: Local) -> String {
     let family = if local.addr.is_ipv4() { "IP4" } else { "IP6" };
     let ip = local.addr.ip();

@@ -346,6 +346,35 @@ impl Table {
     }
 
     /// The tenant of leg `id`.
+    /// The tenant of outbound leg `id` if it rings and has no media yet
+    /// (the signalling side may prepare its media for an offer).
+    pub fn ringing_without_media(&self, id: &str) -> Option<String> {
+        self.legs
+            .get(id)
+            .filter(|l| l.snapshot.state == LegState::Ringing && l.media.is_none())
+            .map(|l| l.tenant.clone())
+    }
+
+    /// Attaches media opened before the answer; `false` if the leg no
+    /// longer waits for it (the caller closes the media).
+    pub fn prepared(&mut self, id: &str, media: u64) -> bool {
+        let waiting = self
+            .legs
+            .get(id)
+            .is_some_and(|l| l.snapshot.state == LegState::Ringing && l.media.is_none());
+        if waiting && let Some(l) = self.legs.get_mut(id) {
+            l.media = Some(media);
+            self.by_media.insert(media, id.to_string());
+        }
+        waiting
+    }
+
+    /// The media of leg `id`, if open.
+    pub fn media_of(&self, id: &str) -> Option<u64> {
+        self.legs.get(id).and_then(|l| l.media)
+    }
+
+    /// The tenant of leg `id`.
     pub fn tenant_of(&self, id: &str) -> Option<String> {
         self.legs.get(id).map(|l| l.tenant.clone())
     }

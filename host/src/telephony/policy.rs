@@ -209,10 +209,26 @@ impl Plan {
         self.region_id().map(|_| ())
     }
 
-    /// Reads what a user dialled.
+    /// Reads what a user dialled: a number, or a user (`user:{login or
+    /// id}`, all of their devices) or one device (`device:{name}`) of the
+    /// tenant, which are internal.
     pub fn read(&self, dialled: &str) -> Result<Dialled, Refusal> {
         if dialled.len() > MAX_DIALLED {
             return Err(Refusal::new("the number is too long", None));
+        }
+        if let Some((kind, name)) = dialled.split_once(':') {
+            let name_ok = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+            return match kind {
+                "user" | "device" if name_ok => Ok(Dialled {
+                    class: Class::Internal,
+                    number: dialled.to_string(),
+                }),
+                _ => Err(Refusal::new("not a dialable number, user or device", None)),
+            };
         }
         // Visual separators only; anything else is not a number.
         let mut digits: String = dialled

@@ -99,6 +99,11 @@ enum Msg {
         Box<MediaOffer>,
         oneshot::Sender<Result<SocketAddr, TelephonyError>>,
     ),
+    Prepare(
+        String,
+        Box<MediaOffer>,
+        oneshot::Sender<Result<SocketAddr, TelephonyError>>,
+    ),
     Ended(String, Cause),
     Delivered(String, u64, bool),
 }
@@ -169,7 +174,7 @@ impl Telephony {
         let _ = self.services.set(services);
     }
 
-    /// The default region of tenants that set none.
+    /// The SIP domain under which each tenant has its own.
     pub fn sip_domain(&self) -> &str {
         &self.config.sip_domain
     }
@@ -322,6 +327,23 @@ impl Telephony {
             .map_err(|_| TelephonyError::Unavailable("call control stopped".into()))?
     }
 
+    /// Opens the media of an outbound leg before its answer, so the
+    /// signalling side can offer its address (SIP: the INVITE's SDP);
+    /// `media` holds our key, and a placeholder for the far end's until
+    /// `answered` names it. Returns the local media address.
+    pub async fn prepare(
+        &self,
+        leg: &str,
+        media: MediaOffer,
+    ) -> Result<SocketAddr, TelephonyError> {
+        let (tx, rx) = oneshot::channel();
+        self.control()?
+            .send(Msg::Prepare(leg.to_string(), Box::new(media), tx))
+            .map_err(|_| TelephonyError::Unavailable("call control stopped".into()))?;
+        rx.await
+            .map_err(|_| TelephonyError::Unavailable("call control stopped".into()))?
+    }
+
     /// The far end ended a leg.
     pub fn ended(&self, leg: &str, cause: Cause) {
         self.send(Msg::Ended(leg.to_string(), cause));
@@ -419,9 +441,44 @@ async fn run(me: Weak<Telephony>, media: MediaConfig, mut rx: mpsc::UnboundedRec
                     t.table.lock().recover().ringing(&leg, now);
                     Vec::new()
                 }
+                Msg::Prepare(leg, offer, reply) => {
+                    let tenant = t.table.lock().recover().ringing_without_media(&leg);
+                    let result = match tenant {
+                        Some(tenant) => match open(&engine, &offer, group_of(&tenant)).await {
+                            Ok((media, addr)) => {
+                                if t.table.lock().recover().prepared(&leg, media) {
+                                    Ok(addr)
+                                } else {
+                                    let _ = engine.close(media).await;
+                                    Err(TelephonyError::NoLeg)
+                                }
+                            }
+                            Err(e) => Err(e),
+                        },
+                        None => Err(TelephonyError::NoLeg),
+                    };
+                    let _ = reply.send(result);
+                    Vec::new()
+                }
                 Msg::Answered(leg, offer, reply) => {
-                    let tenant = t.table.lock().recover().tenant_of(&leg).unwrap_or_default();
-                    let result = match open(&engine, &offer, group_of(&tenant)).await {
+                    let (tenant, prepared) = {
+                        let table = t.table.lock().recover();
+                        (
+                            table.tenant_of(&leg).unwrap_or_default(),
+                            table.media_of(&leg),
+                        )
+                    };
+                    let opened = match prepared {
+                        Some(media) => engine
+                            .retarget(media, setup(&offer, group_of(&tenant)))
+                            .await
+                            .map(|()| (media, None))
+                            .map_err(|e| TelephonyError::Media(e.to_string())),
+                        None => open(&engine, &offer, group_of(&tenant))
+                            .await
+                            .map(|(m, a)| (m, Some(a))),
+                    };
+                    let result = match opened {
                         Ok((media, addr)) => {
                             let taken = t.table.lock().recover().answered(
                                 &leg,
@@ -433,9 +490,11 @@ async fn run(me: Weak<Telephony>, media: MediaConfig, mut rx: mpsc::UnboundedRec
                             if taken {
                                 t.counters.legs_started.fetch_add(1, Ordering::Relaxed);
                                 metrics::CALL_LEGS.inc(&[&tenant, "outbound"]);
-                                Ok(addr)
+                                Ok(addr.unwrap_or(offer.remote))
                             } else {
-                                let _ = engine.close(media).await;
+                                if addr.is_some() {
+                                    let _ = engine.close(media).await;
+                                }
                                 Err(TelephonyError::NoLeg)
                             }
                         }
@@ -503,19 +562,23 @@ fn group_of(tenant: &str) -> u64 {
     h.finish()
 }
 
+fn setup(offer: &MediaOffer, group: u64) -> LegSetup {
+    LegSetup {
+        group,
+        remote: offer.remote,
+        payload_type: offer.payload_type,
+        dtmf: offer.dtmf,
+        srtp: offer.srtp.clone(),
+    }
+}
+
 async fn open(
     engine: &Engine,
     offer: &MediaOffer,
     group: u64,
 ) -> Result<(u64, SocketAddr), TelephonyError> {
     engine
-        .open(LegSetup {
-            group,
-            remote: offer.remote,
-            payload_type: offer.payload_type,
-            dtmf: offer.dtmf,
-            srtp: offer.srtp.clone(),
-        })
+        .open(setup(offer, group))
         .await
         .map_err(|e| TelephonyError::Media(e.to_string()))
 }

@@ -1,0 +1,585 @@
+//! Calls the host places to devices (the B2BUA's outbound legs): a plugin
+//! dials `user:{name}` (every registered device of the user rings) or
+//! `device:{name}`, the dialing policy allowed it, and call control asks
+//! the door to originate. Each device gets its own INVITE over the flow
+//! it registered on, with its own fresh SRTP key; the first to answer
+//! wins and the others are cancelled (RFC 3261 §9; a 200 that crosses
+//! our CANCEL is acknowledged and hung up). Media opens before the
+//! INVITEs go out (the offer names its port) and is pointed at the winner
+//! by its answer.
+//!
+//! Numbers outside the tenant need trunks, which are not carried yet:
+//! those legs end `unavailable`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::dialogs::{self, Dialog, State};
+use super::message::Message;
+use super::transport::Flow;
+use super::{Door, sdp};
+use crate::audit::Scope;
+use crate::call::legs::Cause;
+use crate::media::srtp::{MasterKey, Suite};
+use crate::support::encoding::random_hex;
+use crate::telephony::signalling::{MediaOffer, Outbound};
+
+/// The suite we offer devices.
+const SUITE: Suite = Suite::AesCm128HmacSha1_80;
+
+/// One device being rung.
+pub(super) struct Branch {
+    device: String,
+    flow: u64,
+    invite: Message,
+    /// Our key for what we send, if this device answers.
+    key: MasterKey,
+    /// Its final status, once it gave one.
+    done: Option<u16>,
+}
+
+/// An outbound leg ringing one or more devices.
+pub(super) struct Fork {
+    leg: String,
+    tenant: String,
+    branches: Vec<Branch>,
+    /// A device answered (its dialog is filed).
+    answered: bool,
+    /// Answered or given up: a later 2xx is hung up.
+    settled: bool,
+    rang: bool,
+}
+
+/// Forks by leg, and each branch's Call-ID to (leg, branch).
+#[derive(Default)]
+pub(super) struct Forks {
+    by_leg: HashMap<String, Fork>,
+    by_call: HashMap<String, (String, usize)>,
+}
+
+impl Door {
+    /// Places `call` (on the door's runtime; call control does not wait).
+    pub(super) fn originate(self: &Arc<Self>, call: Outbound) {
+        let door = self.clone();
+        self.tokio.spawn(async move {
+            if !door.ring(&call).await {
+                door.rt.telephony().ended(&call.leg, Cause::Unavailable);
+            }
+        });
+    }
+
+    /// The devices `to` names in `tenant`.
+    fn devices_of(&self, tenant: &str, to: &str) -> Vec<String> {
+        let identity = self.rt.identity();
+        match to.split_once(':') {
+            Some(("device", name)) => identity
+                .device_secret(tenant, name)
+                .ok()
+                .flatten()
+                .map(|_| vec![name.to_string()])
+                .unwrap_or_default(),
+            Some(("user", name)) => {
+                let realm = Scope::tenant(tenant);
+                let user = identity
+                    .user(&realm, name)
+                    .ok()
+                    .flatten()
+                    .or_else(|| identity.user_by_name(&realm, name).ok().flatten());
+                match user {
+                    Some(u) => identity
+                        .devices(tenant, Some(&u.id))
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|d| d.name)
+                        .collect(),
+                    None => Vec::new(),
+                }
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Sends the INVITEs; `false` if no device could be rung.
+    async fn ring(&self, call: &Outbound) -> bool {
+        let mut targets: Vec<(String, Arc<Flow>, String)> = Vec::new();
+        for device in self.devices_of(&call.tenant, &call.to.number) {
+            for b in self.registrar.lookup(&call.tenant, &device) {
+                if let Some(flow) = self.flows.get(b.flow) {
+                    targets.push((device.clone(), flow, b.contact));
+                }
+            }
+        }
+        let Some(first) = targets.first() else {
+            return false;
+        };
+        // Media first: the offers name its port. The far end's key is a
+        // stand-in until the answer names it.
+        let (Ok(stand_in), Ok(ours)) = (MasterKey::generate(), MasterKey::generate()) else {
+            return false;
+        };
+        let prepared = self
+            .rt
+            .telephony()
+            .prepare(
+                &call.leg,
+                MediaOffer {
+                    remote: SocketAddr::from(([0, 0, 0, 0], 9)),
+                    payload_type: 0,
+                    dtmf: Some(sdp::DTMF_PT),
+                    srtp: Some((SUITE, stand_in, ours)),
+                },
+            )
+            .await;
+        let Ok(media) = prepared else {
+            return false;
+        };
+        let realm = self.rt.sip_realm(&call.tenant);
+        let ip = self.media_ip(media, &first.1);
+        let mut fork = Fork {
+            leg: call.leg.clone(),
+            tenant: call.tenant.clone(),
+            branches: Vec::new(),
+            answered: false,
+            settled: false,
+            rang: false,
+        };
+        // Who calls, as the device shows it: the caller's user part if it
+        // has one that SIP can carry, else anonymous (RFC 3323).
+        let user: String = call
+            .caller
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || "+-._".contains(*c))
+            .take(64)
+            .collect();
+        let caller = if user.is_empty() {
+            format!("\"Anonymous\" <sip:anonymous@{realm}>")
+        } else {
+            format!("\"{user}\" <sip:{user}@{realm}>")
+        };
+        let mut ids = [0u8; 8];
+        let _ = getrandom::fill(&mut ids);
+        let session_id = u64::from_be_bytes(ids) >> 1;
+        for (device, flow, contact) in targets {
+            let Ok(key) = MasterKey::generate() else {
+                continue;
+            };
+            let offer = sdp::offer(
+                sdp::Local {
+                    addr: SocketAddr::new(ip, media.port()),
+                    session_id,
+                    session_version: 1,
+                },
+                Some((SUITE, &key)),
+            );
+            let via = flow.local.to_string();
+            let mut m = dialogs::request("INVITE", &contact, &via);
+            m.push("From", format!("{caller};tag={}", random_hex(8)));
+            m.push("To", format!("<sip:{device}@{realm}>"));
+            m.push("Call-ID", format!("{}@{realm}", random_hex(16)));
+            m.push("CSeq", "1 INVITE");
+            m.push("Contact", format!("<sip:switchboard@{via};transport=tls>"));
+            m.push("Allow", super::ALLOW);
+            m.push("Content-Type", "application/sdp");
+            m.body = offer.into_bytes();
+            if flow.send(&m) {
+                fork.branches.push(Branch {
+                    device,
+                    flow: flow.id,
+                    invite: m,
+                    key,
+                    done: None,
+                });
+            }
+        }
+        if fork.branches.is_empty() {
+            return false;
+        }
+        let mut forks = self.forks.lock().unwrap_or_else(|p| p.into_inner());
+        for (i, b) in fork.branches.iter().enumerate() {
+            forks
+                .by_call
+                .insert(b.invite.call_id().to_string(), (call.leg.clone(), i));
+        }
+        forks.by_leg.insert(call.leg.clone(), fork);
+        drop(forks);
+        // Call control may have ended the leg while the INVITEs went out.
+        if let Some(super::Early::End(_)) = self.dialogs.take_early(&call.leg) {
+            self.cancel_fork(&call.leg);
+        }
+        true
+    }
+
+    /// The address our SDP names for media on `flow`.
+    pub(super) fn media_ip(&self, media: SocketAddr, flow: &Flow) -> std::net::IpAddr {
+        match (self.config.media_address, media.ip()) {
+            (Some(a), _) => a,
+            (None, ip) if ip.is_unspecified() => flow.local.ip(),
+            (None, ip) => ip,
+        }
+    }
+
+    /// A response from a device to a request of ours.
+    pub(super) async fn response(&self, flow: &Arc<Flow>, m: Message) {
+        let Some(status) = m.status() else { return };
+        let Ok((_, method)) = m.cseq() else { return };
+        if method != "INVITE" {
+            return; // 200s to our BYEs and CANCELs.
+        }
+        let found = {
+            let forks = self.forks.lock().unwrap_or_else(|p| p.into_inner());
+            forks
+                .by_call
+                .get(m.call_id())
+                .cloned()
+                .and_then(|(leg, i)| {
+                    let fork = forks.by_leg.get(&leg)?;
+                    let b = fork.branches.get(i)?;
+                    (b.flow == flow.id)
+                        .then(|| (leg, i, b.invite.clone(), fork.answered, fork.rang))
+                })
+        };
+        let Some((leg, i, invite, settled, rang)) = found else {
+            // A late answer to an INVITE we gave up on: acknowledged, and
+            // a 2xx hung up at once.
+            return;
+        };
+        match status {
+            100 => {}
+            101..=199 => {
+                if !rang {
+                    self.with_fork(&leg, |f| f.rang = true);
+                    self.rt.telephony().ringing(&leg);
+                }
+            }
+            200..=299 => {
+                let ack = ack_2xx(&invite, &m, &flow.local.to_string());
+                flow.send(&ack);
+                if settled {
+                    self.hang_up_branch(flow, &invite, &m);
+                    self.finish_branch(&leg, i, 200);
+                    return;
+                }
+                self.answered_branch(flow, &leg, i, &invite, &m).await;
+            }
+            _ => {
+                flow.send(&ack_failure(&invite, &m));
+                self.finish_branch(&leg, i, status);
+            }
+        }
+    }
+
+    fn with_fork<T>(&self, leg: &str, f: impl FnOnce(&mut Fork) -> T) -> Option<T> {
+        let mut forks = self.forks.lock().unwrap_or_else(|p| p.into_inner());
+        forks.by_leg.get_mut(leg).map(f)
+    }
+
+    /// A device answered first: its SDP names where media goes.
+    async fn answered_branch(
+        &self,
+        flow: &Arc<Flow>,
+        leg: &str,
+        i: usize,
+        invite: &Message,
+        ok: &Message,
+    ) {
+        let key = self.with_fork(leg, |f| {
+            f.settled = true;
+            f.branches.get(i).map(|b| (b.key.clone(), b.device.clone()))
+        });
+        let Some(Some((key, device))) = key else {
+            return;
+        };
+        let policy = sdp::Policy {
+            srtp_required: true,
+            over_tls: true,
+            allow_loopback: self.config.allow_loopback_media,
+            codecs: vec![sdp::Codec::Pcmu, sdp::Codec::Pcma],
+        };
+        let agreed = std::str::from_utf8(&ok.body)
+            .map_err(|_| sdp::SdpError::Malformed("not UTF-8".into()))
+            .and_then(sdp::parse)
+            .and_then(|a| sdp::read_answer(&a, &policy, Some(SUITE), Some(&key)));
+        let offer = agreed.map(|a| MediaOffer {
+            remote: a.remote,
+            payload_type: a.codec.payload_type(),
+            dtmf: a.dtmf,
+            srtp: a.srtp.map(|s| (s.suite, s.theirs, s.ours)),
+        });
+        let taken = match offer {
+            Ok(offer) => self.rt.telephony().answered(leg, offer).await.is_ok(),
+            Err(e) => {
+                crate::metrics::SIP_DROPPED.inc(&[e.code()]);
+                false
+            }
+        };
+        if !taken {
+            self.hang_up_branch(flow, invite, ok);
+            self.with_fork(leg, |f| f.settled = false);
+            self.finish_branch(leg, i, 488);
+            return;
+        }
+        // The others stop ringing.
+        let (tenant, others) = self
+            .with_fork(leg, |f| {
+                let others: Vec<(u64, Message)> = f
+                    .branches
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, b)| *j != i && b.done.is_none())
+                    .map(|(_, b)| (b.flow, b.invite.clone()))
+                    .collect();
+                f.answered = true;
+                (f.tenant.clone(), others)
+            })
+            .unwrap_or_default();
+        for (flow_id, inv) in others {
+            if let Some(f) = self.flows.get(flow_id) {
+                f.send(&cancel(&inv));
+            }
+        }
+        let our_tag = invite.from().ok().and_then(|f| f.tag()).unwrap_or_default();
+        let their_tag = ok.to().ok().and_then(|t| t.tag()).unwrap_or_default();
+        let early = self.dialogs.insert(Dialog {
+            leg: leg.to_string(),
+            tenant,
+            device,
+            flow: flow.id,
+            invite: None,
+            call_id: invite.call_id().to_string(),
+            their_tag,
+            tag: our_tag,
+            local: invite.header("From").unwrap_or_default().to_string(),
+            remote: ok.header("To").unwrap_or_default().to_string(),
+            target: dialogs::contact_uri(ok)
+                .unwrap_or_else(|| invite.uri().unwrap_or_default().to_string()),
+            state: State::Answered { acked: true },
+            answer: String::new(),
+            contact: String::new(),
+            cseq: 1,
+        });
+        // The cancelled devices' final answers still find the fork for
+        // their ACKs for a while.
+        self.forget_fork_later(leg);
+        if let Some(super::Early::End(cause)) = early {
+            self.end_leg(leg, cause);
+        }
+    }
+
+    /// Acknowledged a 2xx we do not want: hang it up.
+    fn hang_up_branch(&self, flow: &Flow, invite: &Message, ok: &Message) {
+        let mut bye = dialogs::request(
+            "BYE",
+            &dialogs::contact_uri(ok).unwrap_or_else(|| invite.uri().unwrap_or_default().into()),
+            &flow.local.to_string(),
+        );
+        bye.push("From", invite.header("From").unwrap_or_default());
+        bye.push("To", ok.header("To").unwrap_or_default());
+        bye.push("Call-ID", invite.call_id());
+        bye.push("CSeq", "2 BYE");
+        flow.send(&bye);
+    }
+
+    /// A device gave its final answer; when all have and none answered,
+    /// the leg ends with the most telling cause.
+    fn finish_branch(&self, leg: &str, i: usize, status: u16) {
+        let ended = self
+            .with_fork(leg, |f| {
+                if let Some(b) = f.branches.get_mut(i) {
+                    b.done = Some(status);
+                }
+                let all = f.branches.iter().all(|b| b.done.is_some());
+                (all && !f.settled).then(|| {
+                    let codes: Vec<u16> = f.branches.iter().filter_map(|b| b.done).collect();
+                    cause_of(&codes)
+                })
+            })
+            .flatten();
+        if let Some(cause) = ended {
+            self.forget_fork(leg);
+            self.rt.telephony().ended(leg, cause);
+        }
+    }
+
+    fn forget_fork(&self, leg: &str) {
+        let mut forks = self.forks.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = forks.by_leg.remove(leg) {
+            for b in f.branches {
+                forks.by_call.remove(b.invite.call_id());
+            }
+        }
+    }
+
+    /// Call control ended a leg still ringing: every device still
+    /// ringing gets a CANCEL. `false` if the leg is no fork.
+    pub(super) fn cancel_fork(&self, leg: &str) -> bool {
+        let pending = self
+            .with_fork(leg, |f| {
+                if f.answered {
+                    return None; // Its dialog ends it.
+                }
+                let first = !f.settled;
+                f.settled = true;
+                Some(if first {
+                    f.branches
+                        .iter()
+                        .filter(|b| b.done.is_none())
+                        .map(|b| (b.flow, b.invite.clone()))
+                        .collect::<Vec<_>>()
+                } else {
+                    Vec::new()
+                })
+            })
+            .flatten();
+        let Some(pending) = pending else {
+            return false;
+        };
+        for (flow_id, inv) in pending {
+            if let Some(flow) = self.flows.get(flow_id) {
+                flow.send(&cancel(&inv));
+            }
+        }
+        self.forget_fork_later(leg);
+        true
+    }
+
+    /// Forgets a settled fork once late final answers (acknowledged
+    /// meanwhile) have had their time.
+    fn forget_fork_later(&self, leg: &str) {
+        let me = self.me.clone();
+        let leg = leg.to_string();
+        self.tokio.spawn(async move {
+            tokio::time::sleep(dialogs::ACK_TIMEOUT).await;
+            if let Some(door) = me.upgrade() {
+                door.forget_fork(&leg);
+            }
+        });
+    }
+
+    /// A flow closed: its branches fail.
+    pub(super) fn flow_gone(&self, flow: u64) {
+        let hit: Vec<(String, usize)> = {
+            let forks = self.forks.lock().unwrap_or_else(|p| p.into_inner());
+            forks
+                .by_leg
+                .values()
+                .flat_map(|f| {
+                    f.branches
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, b)| b.flow == flow && b.done.is_none())
+                        .map(|(i, _)| (f.leg.clone(), i))
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        for (leg, i) in hit {
+            self.finish_branch(&leg, i, 480);
+        }
+    }
+}
+
+/// The cause of a leg none of whose devices answered.
+fn cause_of(codes: &[u16]) -> Cause {
+    if codes.iter().any(|c| matches!(c, 486 | 600)) {
+        Cause::Busy
+    } else if codes.iter().any(|c| matches!(c, 603)) {
+        Cause::Rejected
+    } else if codes.iter().any(|c| matches!(c, 408 | 480 | 487)) {
+        Cause::NoAnswer
+    } else {
+        Cause::Unavailable
+    }
+}
+
+/// The ACK of a non-2xx final answer: part of the INVITE's transaction
+/// (same Via branch, RFC 3261 §17.1.1.3).
+fn ack_failure(invite: &Message, response: &Message) -> Message {
+    let mut m = Message {
+        start: super::message::Start::Request {
+            method: "ACK".into(),
+            uri: invite.uri().unwrap_or_default().into(),
+        },
+        headers: Vec::new(),
+        body: Vec::new(),
+    };
+    if let Some(via) = invite.via().first() {
+        m.push("Via", *via);
+    }
+    m.push("Max-Forwards", "70");
+    m.push("From", invite.header("From").unwrap_or_default());
+    m.push("To", response.header("To").unwrap_or_default());
+    m.push("Call-ID", invite.call_id());
+    m.push("CSeq", "1 ACK");
+    m
+}
+
+/// The ACK of a 2xx: its own transaction, to the device's Contact.
+fn ack_2xx(invite: &Message, ok: &Message, via_host: &str) -> Message {
+    let target =
+        dialogs::contact_uri(ok).unwrap_or_else(|| invite.uri().unwrap_or_default().into());
+    let mut m = dialogs::request("ACK", &target, via_host);
+    m.push("From", invite.header("From").unwrap_or_default());
+    m.push("To", ok.header("To").unwrap_or_default());
+    m.push("Call-ID", invite.call_id());
+    m.push("CSeq", "1 ACK");
+    m
+}
+
+/// The CANCEL of one of our INVITEs (same Via branch, RFC 3261 §9.1).
+fn cancel(invite: &Message) -> Message {
+    let mut m = Message {
+        start: super::message::Start::Request {
+            method: "CANCEL".into(),
+            uri: invite.uri().unwrap_or_default().into(),
+        },
+        headers: Vec::new(),
+        body: Vec::new(),
+    };
+    if let Some(via) = invite.via().first() {
+        m.push("Via", *via);
+    }
+    m.push("Max-Forwards", "70");
+    m.push("From", invite.header("From").unwrap_or_default());
+    m.push("To", invite.header("To").unwrap_or_default());
+    m.push("Call-ID", invite.call_id());
+    m.push("CSeq", "1 CANCEL");
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_most_telling_cause_wins() {
+        assert_eq!(cause_of(&[480, 486]), Cause::Busy);
+        assert_eq!(cause_of(&[603, 480]), Cause::Rejected);
+        assert_eq!(cause_of(&[487, 500]), Cause::NoAnswer);
+        assert_eq!(cause_of(&[500]), Cause::Unavailable);
+    }
+
+    #[test]
+    fn acks_and_cancels_keep_to_the_invite() {
+        let invite = Message::parse(
+            b"INVITE sip:d@10.0.0.2:5061;transport=tls SIP/2.0\r\nVia: SIP/2.0/TLS 10.0.0.1:5061;branch=z9hG4bKabc\r\n\
+              From: <sip:a@acme.localhost>;tag=1\r\nTo: <sip:d@acme.localhost>\r\nCall-ID: c@x\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
+        )
+        .unwrap();
+        let busy = Message::parse(
+            b"SIP/2.0 486 Busy Here\r\nVia: SIP/2.0/TLS 10.0.0.1:5061;branch=z9hG4bKabc\r\n\
+              From: <sip:a@acme.localhost>;tag=1\r\nTo: <sip:d@acme.localhost>;tag=9\r\nCall-ID: c@x\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
+        )
+        .unwrap();
+        let ack = ack_failure(&invite, &busy);
+        assert_eq!(ack.branch(), invite.branch());
+        assert_eq!(ack.to().unwrap().tag().as_deref(), Some("9"));
+        let c = cancel(&invite);
+        assert_eq!(c.branch(), invite.branch());
+        assert_eq!(c.cseq().unwrap(), (1, "CANCEL".into()));
+        assert_eq!(c.to().unwrap().tag(), None);
+        // Both parse back as valid requests.
+        Message::parse(&ack.to_bytes()).unwrap();
+        Message::parse(&c.to_bytes()).unwrap();
+    }
+}
