@@ -29,6 +29,7 @@ struct Rig {
     password: String,
     /// acme's `bob-desk` (user bob) and its password.
     bob_password: String,
+    bob_id: String,
     _stop: tokio::sync::oneshot::Sender<()>,
     /// Delivers call events to plugins, as in a running server.
     _scheduler: switchboard::scheduler::Scheduler,
@@ -43,9 +44,9 @@ fn route(number: &str, args: &str) -> Route {
 }
 
 async fn rig() -> Rig {
-    let h = harness(&["callflow"]).await;
+    let h = harness(&["callflow", "pbx"]).await;
     for t in ["acme", "globex"] {
-        tenant(&h, t, Limits::default(), &["callflow"]).await;
+        tenant(&h, t, Limits::default(), &["callflow", "pbx"]).await;
         create_user(&h, t, "alice", "user").await;
         console(
             &h,
@@ -55,6 +56,11 @@ async fn rig() -> Rig {
                     route("100", "answer"),
                     route("101", "ring"),
                     route("102", "trap"),
+                    Route {
+                        number: "201".into(),
+                        plugin: "pbx".into(),
+                        args: "bob".into(),
+                    },
                 ],
             },
         )
@@ -71,7 +77,7 @@ async fn rig() -> Rig {
     )
     .await;
     let password = added["password"].as_str().unwrap().to_string();
-    create_user(&h, "acme", "bob", "user").await;
+    let (bob_id, _) = create_user(&h, "acme", "bob", "user").await;
     let bob = console(
         &h,
         Op::DeviceAdd {
@@ -108,6 +114,7 @@ async fn rig() -> Rig {
         sip,
         password,
         bob_password,
+        bob_id,
         _stop: stop,
         _scheduler: scheduler,
     }
@@ -656,4 +663,149 @@ async fn t2_a_user_whose_devices_are_busy_or_absent_is_not_reached() {
         desk.recv_within(Duration::from_millis(300)).await.is_none(),
         "no INVITE across tenants"
     );
+}
+
+/// The device's side of a call from the door: rings, answers with SDP,
+/// takes the ACK; returns the INVITE and our 200.
+async fn pick_up(ua: &mut Ua, port: u16) -> (Message, Message) {
+    let invite = ua.recv().await.expect("an INVITE");
+    assert_eq!(invite.method(), Some("INVITE"), "{invite:?}");
+    let ok = answer_to(&invite, 200, port);
+    ua.send(&ok).await;
+    let ack = ua.recv().await.expect("an ACK");
+    assert_eq!(ack.method(), Some("ACK"));
+    (invite, ok)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t2_alice_calls_bobs_extension_through_the_pbx_and_either_hangs_up() {
+    let r = rig().await;
+    let mut alice = r.alice().await;
+    let mut bob = r.bob().await;
+    assert_eq!(alice.register("SHA-256", 600).await.status(), Some(200));
+    assert_eq!(bob.register("SHA-256", 600).await.status(), Some(200));
+    // Alice dials 201 (Bob's extension): the pbx answers her (ringback)
+    // and rings Bob, showing Alice's name.
+    let (a_inv, a_ok) = invite(&mut alice, "201", &offer(40_200, true)).await;
+    assert_eq!(a_ok.status(), Some(200), "{a_ok:?}");
+    alice.send(&ack(&a_inv, &a_ok)).await;
+    let (b_inv, b_ok) = pick_up(&mut bob, 40_202).await;
+    assert!(
+        b_inv.header("From").unwrap().contains("\"alice-desk\""),
+        "{b_inv:?}"
+    );
+    // Two dialogs, re-originated: different Call-IDs and keys.
+    assert_ne!(a_inv.call_id(), b_inv.call_id());
+    // Bob hangs up: Alice's call ends with a BYE from the host.
+    let bye = in_dialog_uac(&mut bob, &b_inv, &b_ok);
+    bob.send(&bye).await;
+    assert_eq!(bob.final_response().await.unwrap().status(), Some(200));
+    let to_alice = alice.recv().await.expect("a BYE to Alice");
+    assert_eq!(to_alice.method(), Some("BYE"));
+    assert_eq!(to_alice.call_id(), a_inv.call_id());
+    alice.send(&to_alice.response(200, "OK", None)).await;
+    // Again, and this time Alice hangs up: Bob gets the BYE.
+    let (a_inv, a_ok) = invite(&mut alice, "201", &offer(40_204, true)).await;
+    alice.send(&ack(&a_inv, &a_ok)).await;
+    let (b_inv, _) = pick_up(&mut bob, 40_206).await;
+    let bye = in_dialog(&mut alice, "BYE", &a_inv, &a_ok);
+    alice.send(&bye).await;
+    assert_eq!(alice.final_response().await.unwrap().status(), Some(200));
+    let to_bob = bob.recv().await.expect("a BYE to Bob");
+    assert_eq!(
+        (to_bob.method(), to_bob.call_id()),
+        (Some("BYE"), b_inv.call_id())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_a_busy_user_forwards_and_the_dialing_policy_decides_the_forward() {
+    let r = rig().await;
+    let mut alice = r.alice().await;
+    let mut bob = r.bob().await;
+    assert_eq!(alice.register("SHA-256", 600).await.status(), Some(200));
+    assert_eq!(bob.register("SHA-256", 600).await.status(), Some(200));
+    // Bob forwards busy calls to Alice's desk phone, unanswered ones to a
+    // premium-rate number (the policy refuses that forward).
+    let fwd = serde_json::json!({"busy": "device:alice-desk", "no_answer": "+19005550100"});
+    let set =
+        r.h.call(
+            "acme",
+            "pbx",
+            &r.bob_id,
+            switchboard::call::types::Method::Put,
+            "/forward",
+            fwd.to_string().as_bytes(),
+        )
+        .await;
+    assert_eq!(ok_json(set), fwd);
+    let bad =
+        r.h.call(
+            "acme",
+            "pbx",
+            &r.bob_id,
+            switchboard::call::types::Method::Put,
+            "/forward",
+            br#"{"busy": "sip:evil@example.com;x"}"#,
+        )
+        .await;
+    let bad = bad.unwrap();
+    assert_eq!(bad.status, 400);
+    assert!(String::from_utf8_lossy(&bad.body).contains("invalid_forward"));
+    // Alice calls Bob from another line; Bob is busy: her desk phone rings.
+    let mut line2 = r.alice().await;
+    let (a_inv, a_ok) = invite(&mut line2, "201", &offer(40_210, true)).await;
+    line2.send(&ack(&a_inv, &a_ok)).await;
+    let b_inv = bob.recv().await.expect("an INVITE to Bob");
+    bob.send(&b_inv.response(486, "Busy Here", Some("b1")))
+        .await;
+    assert_eq!(bob.recv().await.unwrap().method(), Some("ACK"));
+    let forwarded = alice.recv().await.expect("the forward rings Alice's desk");
+    assert_eq!(forwarded.method(), Some("INVITE"));
+    alice
+        .send(&forwarded.response(486, "Busy Here", Some("a1")))
+        .await;
+    assert_eq!(alice.recv().await.unwrap().method(), Some("ACK"));
+    // A forward is not forwarded again: the caller hears busy and is
+    // hung up.
+    let bye = line2.recv().await.expect("a BYE after the busy tone");
+    assert_eq!(bye.method(), Some("BYE"));
+    // Unanswered: the forward to a premium number is refused by policy
+    // (audited as restricted), the caller hung up.
+    let (a_inv, a_ok) = invite(&mut line2, "201", &offer(40_212, true)).await;
+    line2.send(&ack(&a_inv, &a_ok)).await;
+    let b_inv = bob.recv().await.expect("an INVITE to Bob");
+    bob.send(&b_inv.response(480, "Temporarily Unavailable", Some("b2")))
+        .await;
+    assert_eq!(bob.recv().await.unwrap().method(), Some("ACK"));
+    let bye = line2.recv().await.expect("a BYE after the refused forward");
+    assert_eq!(bye.method(), Some("BYE"));
+    let refused: Vec<_> =
+        r.h.runtime()
+            .audit_log()
+            .entries(&Scope::tenant("acme"), 0, 10_000)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.action == "call.dial" && e.target == "+19005550100")
+            .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+}
+
+/// An in-dialog request from the device that answered our INVITE (it is
+/// the dialog's UAS: its From is the INVITE's To with its tag).
+fn in_dialog_uac(ua: &mut Ua, invite: &Message, ok: &Message) -> Message {
+    let mut m = ua.request(
+        "BYE",
+        invite
+            .header("Contact")
+            .map(|c| c.trim_matches(['<', '>']))
+            .unwrap(),
+        &[],
+    );
+    m.headers
+        .retain(|(n, _)| !matches!(n.as_str(), "From" | "To" | "Call-ID"));
+    m.push("From", ok.header("To").unwrap());
+    m.push("To", invite.header("From").unwrap());
+    m.push("Call-ID", invite.call_id());
+    m
 }
