@@ -80,6 +80,8 @@ impl Ua {
     /// Connects to the door at `addr` as device `user` of `domain`.
     pub async fn connect(addr: SocketAddr, user: &str, domain: &str, password: &str) -> Ua {
         let stream = crate::http::tls_connect(addr).await;
+        // Phones send small messages back to back (ACK, then BYE).
+        stream.get_ref().0.set_nodelay(true).unwrap();
         let local = stream.get_ref().0.local_addr().unwrap();
         Ua {
             stream,
@@ -224,4 +226,80 @@ impl Ua {
         self.send(&second).await;
         self.final_response().await.expect("an answer")
     }
+}
+
+/// An SDP offer receiving at `port`, SRTP (SDES) or plain.
+pub fn offer(port: u16, srtp: bool) -> String {
+    let (proto, crypto) = if srtp {
+        (
+            "RTP/SAVP",
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n",
+        )
+    } else {
+        ("RTP/AVP", "")
+    };
+    format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=audio {port} {proto} 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n{crypto}"
+    )
+}
+
+/// Sends an INVITE for `number` with `sdp`, answers the proxy challenge,
+/// and returns the authenticated INVITE and the first response after 100.
+pub async fn invite(ua: &mut Ua, number: &str, sdp: &str) -> (Message, Message) {
+    let (invite, response, _) = invite_timed(ua, number, sdp).await;
+    (invite, response)
+}
+
+/// [`invite`], also timing the authenticated INVITE until its final
+/// answer.
+pub async fn invite_timed(
+    ua: &mut Ua,
+    number: &str,
+    sdp: &str,
+) -> (Message, Message, std::time::Duration) {
+    let uri = format!("sip:{number}@{}", ua.domain);
+    let body = vec![
+        ("Content-Type", "application/sdp".to_string()),
+        ("body", sdp.to_string()),
+    ];
+    let first = ua.request("INVITE", &uri, &body);
+    ua.send(&first).await;
+    let challenged = ua.final_response().await.expect("a challenge");
+    assert_eq!(challenged.status(), Some(407), "{challenged:?}");
+    let (h, v) = ua.answer(&challenged, "SHA-256", "INVITE", &uri);
+    let mut extra = body.clone();
+    extra.insert(0, (h.as_str(), v));
+    let second = ua.request("INVITE", &uri, &extra);
+    let t0 = std::time::Instant::now();
+    ua.send(&second).await;
+    let response = ua.final_response().await.expect("an answer");
+    (second, response, t0.elapsed())
+}
+
+/// The ACK for a 2xx (a new transaction, RFC 3261 §13.2.2.4).
+pub fn ack(invite: &Message, ok: &Message) -> Message {
+    let mut m = invite.clone();
+    m.start = switchboard::sip::message::Start::Request {
+        method: "ACK".into(),
+        uri: invite.uri().unwrap().to_string(),
+    };
+    m.headers.retain(|(n, _)| {
+        !matches!(
+            n.as_str(),
+            "To" | "CSeq" | "Content-Type" | "Proxy-Authorization"
+        )
+    });
+    m.push("To", ok.header("To").unwrap());
+    m.push("CSeq", format!("{} ACK", invite.cseq().unwrap().0));
+    m.body.clear();
+    m
+}
+
+/// An in-dialog request (`BYE`) from the device.
+pub fn in_dialog(ua: &mut Ua, method: &str, invite: &Message, ok: &Message) -> Message {
+    let mut m = ua.request(method, invite.uri().unwrap(), &[]);
+    m.headers.retain(|(n, _)| n != "To");
+    m.push("To", ok.header("To").unwrap());
+    m
 }

@@ -17,7 +17,7 @@ use switchboard::sip::SipConfig;
 use switchboard::sip::message::Message;
 use switchboard::tenant::{Limits, Route};
 use switchboard_tests::accounts::{console, create_user};
-use switchboard_tests::sip::Ua;
+use switchboard_tests::sip::{Ua, ack, in_dialog, invite, offer};
 use switchboard_tests::{harness, ok_json, tenant};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -182,70 +182,6 @@ impl Rig {
             .filter(|e| e.action == action)
             .collect()
     }
-}
-
-/// An SDP offer receiving at `port`, SRTP (SDES) or plain.
-fn offer(port: u16, srtp: bool) -> String {
-    let (proto, crypto) = if srtp {
-        (
-            "RTP/SAVP",
-            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n",
-        )
-    } else {
-        ("RTP/AVP", "")
-    };
-    format!(
-        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
-         m=audio {port} {proto} 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n{crypto}"
-    )
-}
-
-/// Sends an INVITE for `number` with `sdp`, answers the proxy challenge,
-/// and returns the authenticated INVITE and the first response after 100.
-async fn invite(ua: &mut Ua, number: &str, sdp: &str) -> (Message, Message) {
-    let uri = format!("sip:{number}@{}", ua.domain);
-    let body = vec![
-        ("Content-Type", "application/sdp".to_string()),
-        ("body", sdp.to_string()),
-    ];
-    let first = ua.request("INVITE", &uri, &body);
-    ua.send(&first).await;
-    let challenged = ua.final_response().await.expect("a challenge");
-    assert_eq!(challenged.status(), Some(407), "{challenged:?}");
-    let (h, v) = ua.answer(&challenged, "SHA-256", "INVITE", &uri);
-    let mut extra = body.clone();
-    extra.insert(0, (h.as_str(), v));
-    let second = ua.request("INVITE", &uri, &extra);
-    ua.send(&second).await;
-    let response = ua.final_response().await.expect("an answer");
-    (second, response)
-}
-
-/// The ACK for a 2xx (a new transaction, RFC 3261 §13.2.2.4).
-fn ack(invite: &Message, ok: &Message) -> Message {
-    let mut m = invite.clone();
-    m.start = switchboard::sip::message::Start::Request {
-        method: "ACK".into(),
-        uri: invite.uri().unwrap().to_string(),
-    };
-    m.headers.retain(|(n, _)| {
-        !matches!(
-            n.as_str(),
-            "To" | "CSeq" | "Content-Type" | "Proxy-Authorization"
-        )
-    });
-    m.push("To", ok.header("To").unwrap());
-    m.push("CSeq", format!("{} ACK", invite.cseq().unwrap().0));
-    m.body.clear();
-    m
-}
-
-/// An in-dialog request (`BYE`) from the device.
-fn in_dialog(ua: &mut Ua, method: &str, invite: &Message, ok: &Message) -> Message {
-    let mut m = ua.request(method, invite.uri().unwrap(), &[]);
-    m.headers.retain(|(n, _)| n != "To");
-    m.push("To", ok.header("To").unwrap());
-    m
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

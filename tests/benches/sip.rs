@@ -1,0 +1,195 @@
+//! SIP set-up benchmark (calls issue, part 3): calls from devices over
+//! TLS through the SIP door to a plugin that answers, beside the same
+//! set-up through the harness's synthetic signalling (no SIP, no TLS, no
+//! digest) in the same run. Prints figures; asserts nothing.
+//!
+//!     cargo bench -p switchboard-tests --bench sip
+//!
+//! - **synthetic**: a leg offered to `callflow` (flow `answer`) until its
+//!   `answer` reaches the signalling side (the calls bench's set-up).
+//! - **SIP INVITE → 200**: an authenticated INVITE (SRTP offer) until the
+//!   door's 200 with its SDP answer: parse, digest (SHA-256), route, SDP,
+//!   media opened, the `offered` event through the plugin executor, the
+//!   plugin's commit, our answer written.
+//! - **SIP call**: the whole exchange a phone makes: INVITE, 407,
+//!   INVITE with credentials, 100, 200, ACK, BYE, 200.
+//! - **SIP calls/s**: 16 phones (connections) each placing 25 calls one
+//!   after another, all at once: complete calls per second.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use switchboard::admin::Op;
+use switchboard::harness::Harness;
+use switchboard::harness::calls::{CallRig, Phone, Signal};
+use switchboard::identity::throttle::ThrottleConfig;
+use switchboard::sip::SipConfig;
+use switchboard::tenant::{Limits, Route};
+use switchboard_tests::accounts::{console, create_user};
+use switchboard_tests::load::pct;
+use switchboard_tests::sip::{Ua, ack, in_dialog, invite_timed, offer};
+use switchboard_tests::{component, manifest};
+
+const N: usize = 200;
+
+fn wide() -> Limits {
+    Limits {
+        concurrency: 64,
+        requests_per_second: 1_000_000,
+        ..Limits::default()
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    println!("call set-up: SIP over TLS through the door vs synthetic signalling (same run)");
+    println!(
+        "{:<24} {:>9} {:>9} {:>9} {:>12}",
+        "measure", "p50 ms", "p99 ms", "max ms", "rate"
+    );
+    synthetic().await;
+    sip().await;
+}
+
+fn row(name: &str, lat: Vec<f64>, rate: &str) {
+    let max = lat.iter().copied().fold(0.0, f64::max);
+    println!(
+        "{name:<24} {:>9.2} {:>9.2} {max:>9.2} {rate:>12}",
+        pct(lat.clone(), 0.5),
+        pct(lat, 0.99),
+    );
+}
+
+async fn synthetic() {
+    let h = Harness::new().unwrap();
+    h.install(&manifest("callflow"), &component("callflow"))
+        .await
+        .unwrap();
+    h.tenant_with_limits("acme", wide()).await.unwrap();
+    h.enable("acme", "callflow").await.unwrap();
+    let rig = CallRig::start(h.runtime());
+    let mut lat = Vec::new();
+    for _ in 0..N {
+        let mut phone = Phone::new().unwrap();
+        let t0 = Instant::now();
+        let leg = rig
+            .ring("acme", "callflow", "a", "100", b"answer", &mut phone)
+            .await
+            .unwrap();
+        rig.wait_for(Duration::from_secs(10), |s| {
+            s.contains(&Signal::Answered(leg.clone()))
+        })
+        .await
+        .unwrap();
+        lat.push(t0.elapsed().as_secs_f64() * 1000.0);
+        rig.hang_up(&leg);
+    }
+    row("synthetic set-up", lat, "");
+}
+
+async fn sip() {
+    let h = Harness::new().unwrap();
+    h.install(&manifest("callflow"), &component("callflow"))
+        .await
+        .unwrap();
+    h.tenant_with_limits("acme", wide()).await.unwrap();
+    h.enable("acme", "callflow").await.unwrap();
+    create_user(&h, "acme", "alice", "user").await;
+    console(
+        &h,
+        Op::RoutesSet {
+            tenant: "acme".into(),
+            routes: vec![Route {
+                number: "100".into(),
+                plugin: "callflow".into(),
+                args: "answer".into(),
+            }],
+        },
+    )
+    .await;
+    let added = console(
+        &h,
+        Op::DeviceAdd {
+            tenant: "acme".into(),
+            name: "alice-desk".into(),
+            user: "alice".into(),
+            udp: false,
+        },
+    )
+    .await;
+    let password = added["password"].as_str().unwrap().to_string();
+    let pki = switchboard_tests::http::test_pki();
+    let tls = switchboard::gateway::tls::TlsIdentity::load(&pki.cert_file, &pki.key_file).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(switchboard::sip::run(
+        h.runtime().clone(),
+        listener,
+        switchboard::server::sip_tls(&tls),
+        SipConfig {
+            allow_loopback_media: true,
+            ..SipConfig::default()
+        },
+        ThrottleConfig::default(),
+        std::future::pending(),
+    ));
+    let _scheduler = switchboard::scheduler::Scheduler::start(h.runtime(), Default::default());
+
+    // One at a time.
+    let mut ua = Ua::connect(addr, "alice-desk", "acme.localhost", &password).await;
+    let (mut invite_ok, mut whole) = (Vec::new(), Vec::new());
+    for _ in 0..N {
+        let (lat, total) = call(&mut ua).await;
+        invite_ok.push(lat);
+        whole.push(total);
+    }
+    row("SIP INVITE -> 200", invite_ok, "");
+    row("SIP call (8 messages)", whole, "");
+
+    // All at once.
+    let phones = 16;
+    let each = 25;
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..phones {
+        let password = password.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ua = connect(addr, &password).await;
+            let mut lat = Vec::new();
+            for _ in 0..each {
+                lat.push(call(&mut ua).await.1);
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    let rate = (phones * each) as f64 / t0.elapsed().as_secs_f64();
+    row(
+        &format!("SIP calls, {phones} at once"),
+        lat,
+        &format!("{rate:.0} calls/s"),
+    );
+}
+
+async fn connect(addr: SocketAddr, password: &str) -> Ua {
+    Ua::connect(addr, "alice-desk", "acme.localhost", password).await
+}
+
+/// One whole call; (authenticated INVITE → 200, whole exchange) in ms.
+async fn call(ua: &mut Ua) -> (f64, f64) {
+    let t0 = Instant::now();
+    let (inv, ok, answered) = invite_timed(ua, "100", &offer(40_000, true)).await;
+    assert_eq!(ok.status(), Some(200), "{ok:?}");
+    ua.send(&ack(&inv, &ok)).await;
+    let bye = in_dialog(ua, "BYE", &inv, &ok);
+    ua.send(&bye).await;
+    let done = ua.final_response().await.expect("the BYE's answer");
+    assert_eq!(done.status(), Some(200));
+    (
+        answered.as_secs_f64() * 1000.0,
+        t0.elapsed().as_secs_f64() * 1000.0,
+    )
+}
