@@ -125,6 +125,10 @@ impl ServerConfig {
             .with_context(|| format!("cannot read config file {}", path.display()))?;
         let config: ServerConfig = toml::from_str(&text)
             .map_err(|e| anyhow::anyhow!("config file {}: {}", path.display(), e.message()))?;
+        config
+            .sip
+            .validate()
+            .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
         if config.master_key_env.is_some() && config.master_key_command.is_some() {
             anyhow::bail!(
                 "config file {}: set master_key_env or master_key_command, not both",
@@ -312,14 +316,19 @@ pub async fn serve(
             sip.local_addr()?,
             file.sip.domain
         );
-        tokio::spawn(crate::sip::run(
+        let door = crate::sip::run(
             runtime.clone(),
             sip,
             sip_tls(&tls),
             file.sip.clone(),
             file.identity.throttle.clone(),
             std::future::pending(),
-        ));
+        );
+        tokio::spawn(async move {
+            if let Err(e) = door.await {
+                tracing::error!(error = %e, "the SIP door stopped");
+            }
+        });
     }
     print_bootstrap(&runtime, local, &tls.cert_file).await;
     run(
@@ -606,6 +615,35 @@ mod tests {
         assert_eq!(rc.identity.throttle.lock_after, 5);
         std::fs::write(&path, "[identity.throttle]\nlock_afterr = 5\n").unwrap();
         assert!(ServerConfig::load(&path).is_err());
+    }
+
+    #[test]
+    fn sip_settings_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[sip]\nlisten = \"0.0.0.0:5061\"\ndomain = \"sip.example.com\"\nmedia_bind = \"0.0.0.0\"\nmedia_ports = [30000, 30999]\ndigest_algorithms = [\"MD5\"]\n",
+        )
+        .unwrap();
+        let c = ServerConfig::load(&path).unwrap();
+        assert_eq!(
+            c.sip.digest_algorithms,
+            [crate::identity::digest::Algorithm::Md5]
+        );
+        let rc = c.runtime_config(dir.path().into());
+        assert_eq!(rc.telephony.sip_domain, "sip.example.com");
+        assert_eq!(rc.telephony.media.ports, 30000..=30999);
+        for bad in [
+            "[sip]\nmedia_ports = [30000, 20000]\n",
+            "[sip]\ndomain = \"a b\"\n",
+            "[sip]\ndigest_algorithms = []\n",
+            "[sip]\ndigest_algorithms = [\"SHA-1\"]\n",
+            "[sip]\nlisten_port = 5061\n",
+        ] {
+            std::fs::write(&path, bad).unwrap();
+            assert!(ServerConfig::load(&path).is_err(), "{bad}");
+        }
     }
 
     #[test]

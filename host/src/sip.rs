@@ -87,6 +87,13 @@ pub struct SipConfig {
     /// Accept media addresses on loopback (single-host setups and tests;
     /// otherwise a caller could aim the host's RTP at local services).
     pub allow_loopback_media: bool,
+    /// Digest algorithms offered, in order (default SHA-256 then MD5, RFC
+    /// 7616). Some phones (libre/baresip 1.x among them) give up on any
+    /// challenge they cannot answer instead of taking the next one: a
+    /// server with such phones offers `["MD5"]` only. One setting for the
+    /// whole server, so challenges never differ by device or tenant (no
+    /// oracle).
+    pub digest_algorithms: Vec<crate::identity::digest::Algorithm>,
 }
 
 impl Default for SipConfig {
@@ -105,7 +112,42 @@ impl Default for SipConfig {
             max_expires_s: 3600,
             media_address: None,
             allow_loopback_media: false,
+            digest_algorithms: vec![
+                crate::identity::digest::Algorithm::Sha256,
+                crate::identity::digest::Algorithm::Md5,
+            ],
         }
+    }
+}
+
+impl SipConfig {
+    /// Checks the settings when the configuration is loaded.
+    pub fn validate(&self) -> Result<(), String> {
+        let [lo, hi] = self.media_ports;
+        if lo < 1024 || lo >= hi || hi - lo < 3 {
+            return Err(format!(
+                "[sip] media_ports [{lo}, {hi}]: a range of at least 4 ports above 1023, low first"
+            ));
+        }
+        let domain_ok = !self.domain.is_empty()
+            && self.domain.len() <= 200
+            && self.domain.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !domain_ok {
+            return Err(format!("[sip] domain {:?} is not a host name", self.domain));
+        }
+        if self.digest_algorithms.is_empty() {
+            return Err("[sip] digest_algorithms must name SHA-256, MD5 or both".into());
+        }
+        if self.min_expires_s == 0 || self.min_expires_s > self.max_expires_s {
+            return Err("[sip] min_expires_s must be 1 or more and at most max_expires_s".into());
+        }
+        Ok(())
     }
 }
 
@@ -149,7 +191,7 @@ pub async fn run(
         max_connections: config.max_connections.max(1),
         max_connections_per_address: config.max_connections_per_address.max(1),
     };
-    let auth = Auth::new(throttle)?;
+    let auth = Auth::new(throttle, &config.digest_algorithms)?;
     let door = Arc::new_cyclic(|me| Door {
         rt: rt.clone(),
         config,

@@ -22,8 +22,6 @@ use std::time::{Duration, Instant};
 use switchboard::admin::Op;
 use switchboard::harness::Harness;
 use switchboard::harness::calls::{CallRig, Phone, Signal};
-use switchboard::identity::throttle::ThrottleConfig;
-use switchboard::sip::SipConfig;
 use switchboard::tenant::{Limits, Route};
 use switchboard_tests::accounts::{console, create_user};
 use switchboard_tests::load::pct;
@@ -118,21 +116,7 @@ async fn sip() {
     )
     .await;
     let password = added["password"].as_str().unwrap().to_string();
-    let pki = switchboard_tests::http::test_pki();
-    let tls = switchboard::gateway::tls::TlsIdentity::load(&pki.cert_file, &pki.key_file).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(switchboard::sip::run(
-        h.runtime().clone(),
-        listener,
-        switchboard::server::sip_tls(&tls),
-        SipConfig {
-            allow_loopback_media: true,
-            ..SipConfig::default()
-        },
-        ThrottleConfig::default(),
-        std::future::pending(),
-    ));
+    let (addr, _stop) = switchboard_tests::sip::start_door(h.runtime()).await;
     let _scheduler = switchboard::scheduler::Scheduler::start(h.runtime(), Default::default());
 
     // One at a time.

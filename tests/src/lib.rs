@@ -3,6 +3,7 @@
 //! usual two-tenant world of the plugin tests ([`world`]).
 
 pub mod accounts;
+pub mod baresip;
 pub mod http;
 pub mod load;
 pub mod schema;

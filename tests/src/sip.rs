@@ -76,6 +76,44 @@ pub fn digest_answer(
     )
 }
 
+/// A SIP door for `runtime` on a free loopback port (the test
+/// certificate; loopback media allowed), until the sender is dropped.
+pub async fn start_door(
+    runtime: &switchboard::Runtime,
+) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    start_door_with(
+        runtime,
+        switchboard::sip::SipConfig {
+            allow_loopback_media: true,
+            ..switchboard::sip::SipConfig::default()
+        },
+    )
+    .await
+}
+
+/// [`start_door`] with `config`.
+pub async fn start_door_with(
+    runtime: &switchboard::Runtime,
+    config: switchboard::sip::SipConfig,
+) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let pki = crate::http::test_pki();
+    let tls = switchboard::gateway::tls::TlsIdentity::load(&pki.cert_file, &pki.key_file).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(switchboard::sip::run(
+        runtime.clone(),
+        listener,
+        switchboard::server::sip_tls(&tls),
+        config,
+        switchboard::identity::throttle::ThrottleConfig::default(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    (addr, stop)
+}
+
 impl Ua {
     /// Connects to the door at `addr` as device `user` of `domain`.
     pub async fn connect(addr: SocketAddr, user: &str, domain: &str, password: &str) -> Ua {

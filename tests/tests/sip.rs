@@ -12,8 +12,6 @@ use serde_json::Value;
 use switchboard::admin::Op;
 use switchboard::audit::Scope;
 use switchboard::harness::Harness;
-use switchboard::identity::throttle::ThrottleConfig;
-use switchboard::sip::SipConfig;
 use switchboard::sip::message::Message;
 use switchboard::tenant::{Limits, Route};
 use switchboard_tests::accounts::{console, create_user};
@@ -90,24 +88,7 @@ async fn rig() -> Rig {
     .await;
     let bob_password = bob["password"].as_str().unwrap().to_string();
     assert_eq!(added["register"]["realm"], "acme.localhost");
-    let pki = switchboard_tests::http::test_pki();
-    let tls = switchboard::gateway::tls::TlsIdentity::load(&pki.cert_file, &pki.key_file).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sip = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(switchboard::sip::run(
-        h.runtime().clone(),
-        listener,
-        switchboard::server::sip_tls(&tls),
-        SipConfig {
-            allow_loopback_media: true,
-            ..SipConfig::default()
-        },
-        ThrottleConfig::default(),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let (sip, stop) = switchboard_tests::sip::start_door(h.runtime()).await;
     let scheduler = switchboard::scheduler::Scheduler::start(h.runtime(), Default::default());
     Rig {
         h,
@@ -744,4 +725,45 @@ fn in_dialog_uac(ua: &mut Ua, invite: &Message, ok: &Message) -> Message {
     m.push("To", invite.header("From").unwrap());
     m.push("Call-ID", invite.call_id());
     m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t2_a_door_offering_md5_only_takes_no_sha256_answer() {
+    let r = rig().await;
+    let (door, _stop) = switchboard_tests::sip::start_door_with(
+        r.h.runtime(),
+        switchboard::sip::SipConfig {
+            allow_loopback_media: true,
+            digest_algorithms: vec![switchboard::identity::digest::Algorithm::Md5],
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut ua = Ua::connect(door, "alice-desk", "acme.localhost", &r.password).await;
+    let uri = "sip:acme.localhost";
+    let first = ua.request("REGISTER", uri, &[]);
+    ua.send(&first).await;
+    let challenged = ua.final_response().await.unwrap();
+    assert_eq!(challenged.all("WWW-Authenticate").count(), 1);
+    // An answer under SHA-256 (not offered) counts as none: challenged again.
+    let nonce = switchboard_tests::sip::challenge_param(
+        challenged.header("WWW-Authenticate").unwrap(),
+        "nonce",
+    )
+    .unwrap();
+    let forged = format!(
+        "Digest realm=\"acme.localhost\", qop=\"auth\", algorithm=SHA-256, nonce=\"{nonce}\""
+    );
+    let v = switchboard_tests::sip::digest_answer(
+        &forged,
+        "alice-desk",
+        &r.password,
+        "REGISTER",
+        uri,
+        1,
+    );
+    let second = ua.request("REGISTER", uri, &[("Authorization", v)]);
+    ua.send(&second).await;
+    assert_eq!(ua.final_response().await.unwrap().status(), Some(401));
+    assert_eq!(ua.register("MD5", 600).await.status(), Some(200));
 }

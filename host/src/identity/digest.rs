@@ -94,11 +94,13 @@ impl DigestError {
 }
 
 /// A digest hash algorithm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 pub enum Algorithm {
     /// RFC 7616's SHA-256.
+    #[serde(rename = "SHA-256")]
     Sha256,
     /// RFC 2617's MD5, for older phones.
+    #[serde(rename = "MD5")]
     Md5,
 }
 
@@ -359,6 +361,18 @@ impl Digest {
         now_ms: u64,
         stale: bool,
     ) -> Result<Vec<String>, DigestError> {
+        self.challenge_with(realm, now_ms, stale, &[Algorithm::Sha256, Algorithm::Md5])
+    }
+
+    /// `WWW-Authenticate` values for `realm` offering `algorithms`, in
+    /// that order, sharing one nonce.
+    pub fn challenge_with(
+        &self,
+        realm: &str,
+        now_ms: u64,
+        stale: bool,
+        algorithms: &[Algorithm],
+    ) -> Result<Vec<String>, DigestError> {
         if realm.is_empty()
             || realm.len() > 253
             || !realm
@@ -369,7 +383,7 @@ impl Digest {
         }
         let nonce = self.nonce(realm, now_ms)?;
         let stale = if stale { ", stale=true" } else { "" };
-        Ok([Algorithm::Sha256, Algorithm::Md5]
+        Ok(algorithms
             .iter()
             .map(|a| {
                 format!(

@@ -14,7 +14,7 @@ use std::sync::Mutex;
 
 use super::message::Message;
 use crate::audit::{Scope, outcome};
-use crate::identity::digest::{Credentials, Digest, DigestError};
+use crate::identity::digest::{Algorithm, Credentials, Digest, DigestError};
 use crate::identity::throttle::{Gate, Throttle, ThrottleConfig};
 use crate::runtime::Runtime;
 use crate::support::clock::now_ms;
@@ -43,16 +43,24 @@ pub enum Verdict {
 pub struct Auth {
     digest: Digest,
     throttle: Mutex<Throttle>,
+    /// Offered in this order; answers under any other are refused.
+    algorithms: Vec<Algorithm>,
 }
 
 impl Auth {
-    pub fn new(throttle: ThrottleConfig) -> Result<Auth, DigestError> {
+    pub fn new(throttle: ThrottleConfig, algorithms: &[Algorithm]) -> Result<Auth, DigestError> {
+        if algorithms.is_empty() {
+            return Err(DigestError::Unsupported(
+                "[sip] digest_algorithms must name SHA-256, MD5 or both".into(),
+            ));
+        }
         let mut key = [0u8; 32];
         getrandom::fill(&mut key)
             .map_err(|e| DigestError::Unavailable(format!("no randomness: {e}")))?;
         Ok(Auth {
             digest: Digest::new(key, now_ms())?,
             throttle: Mutex::new(Throttle::new(throttle)),
+            algorithms: algorithms.to_vec(),
         })
     }
 
@@ -73,16 +81,22 @@ impl Auth {
     ) -> Verdict {
         let method = req.method().unwrap_or_default();
         let now = now_ms();
-        let challenge = |stale: bool| match self.digest.challenge(realm, now, stale) {
-            Ok(c) => Verdict::Challenge(c),
-            Err(_) => Verdict::Refuse(None),
-        };
+        let challenge =
+            |stale: bool| match self
+                .digest
+                .challenge_with(realm, now, stale, &self.algorithms)
+            {
+                Ok(c) => Verdict::Challenge(c),
+                Err(_) => Verdict::Refuse(None),
+            };
         // The answer to our challenge for this realm (a phone may send
         // several, one per realm it knows).
         let creds = req
             .all(header)
             .filter_map(|v| Credentials::parse(v).ok())
-            .find(|c| c.realm.eq_ignore_ascii_case(realm));
+            .find(|c| {
+                c.realm.eq_ignore_ascii_case(realm) && self.algorithms.contains(&c.algorithm)
+            });
         let Some(creds) = creds else {
             return challenge(false);
         };
