@@ -27,6 +27,7 @@ pub mod auth;
 mod dialogs;
 pub mod frame;
 pub mod message;
+mod mwi;
 mod outbound;
 mod registrar;
 pub mod sdp;
@@ -50,7 +51,7 @@ use crate::support::encoding::random_hex;
 use crate::telephony::signalling::{Inbound, MediaOffer, Outbound, Signalling};
 
 /// Methods the door answers.
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER";
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, SUBSCRIBE";
 
 /// `[sip]` in the server configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -168,6 +169,7 @@ pub struct Door {
     registrar: Registrar,
     dialogs: Dialogs,
     forks: std::sync::Mutex<outbound::Forks>,
+    subs: mwi::Subs,
     flows: Arc<Flows>,
     tokio: tokio::runtime::Handle,
     me: Weak<Door>,
@@ -199,6 +201,7 @@ pub async fn run(
         registrar: Registrar::default(),
         dialogs: Dialogs::default(),
         forks: Default::default(),
+        subs: Default::default(),
         flows: flows.clone(),
         tokio: tokio::runtime::Handle::current(),
         me: me.clone(),
@@ -225,6 +228,7 @@ impl transport::Handler for Door {
     fn closed(&self, flow: &Flow) {
         self.registrar.flow_closed(flow.id);
         self.flow_gone(flow.id);
+        self.subs_flow_gone(flow.id);
         // An offered call can no longer be answered; an answered one goes
         // on (its media does not need the flow) until either side ends it.
         for (leg, state) in self.dialogs.on_flow(flow.id) {
@@ -280,9 +284,7 @@ impl Door {
                 r.push("Accept", "application/sdp");
                 flow.send(&r);
             }
-            "SUBSCRIBE" => {
-                flow.send(&answer(&m, 489, "Bad Event"));
-            }
+            "SUBSCRIBE" => self.subscribe(flow, &m),
             _ => {
                 let mut r = answer(&m, 405, "Method Not Allowed");
                 r.push("Allow", ALLOW);
@@ -398,6 +400,7 @@ impl Door {
             r.push("Contact", format!("<{}>;expires={left}", b.contact));
         }
         flow.send(&r);
+        self.mwi_registered(&device.tenant, &device.name);
     }
 
     // ---- INVITE from a device (the B2BUA's inbound legs) --------------------
@@ -676,6 +679,12 @@ impl Signalling for SipSignalling {
     fn originate(&self, call: Outbound) {
         if let Some(door) = self.0.upgrade() {
             door.originate(call);
+        }
+    }
+
+    fn mwi_changed(&self, tenant: &str, user: &str) {
+        if let Some(door) = self.0.upgrade() {
+            door.mwi_changed(tenant, user);
         }
     }
 }

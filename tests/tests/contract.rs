@@ -573,6 +573,22 @@ async fn the_host_api_keeps_to_its_openapi_document() {
         .call("GET", devices, &["acme"], Some(&root), Body::None)
         .await;
     assert_eq!(r.status, 403);
+    // A user sees their own devices and resets one's password; not
+    // another user's.
+    let mine = "/api/v1/auth/devices";
+    let r = c.call("GET", mine, &[], Some(&bob), Body::None).await;
+    assert_eq!(r.json()["devices"][0]["name"], "bob-desk");
+    let r = c.call("GET", mine, &[], Some(&ada), Body::None).await;
+    assert_eq!(r.json()["devices"], json!([]));
+    let own = "/api/v1/auth/devices/{device}/password";
+    let r = c
+        .call("POST", own, &["bob-desk"], Some(&bob), Body::None)
+        .await;
+    assert_eq!(r.status, 200);
+    let r = c
+        .call("POST", own, &["bob-desk"], Some(&ada), Body::None)
+        .await;
+    assert_eq!(r.status, 404, "not ada's device");
     let device = "/api/v1/admin/tenants/{tenant}/devices/{device}";
     let reset = "/api/v1/admin/tenants/{tenant}/devices/{device}/password";
     let r = c

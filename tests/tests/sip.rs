@@ -28,6 +28,8 @@ struct Rig {
     /// acme's `bob-desk` (user bob) and its password.
     bob_password: String,
     bob_id: String,
+    /// acme's alice (owner of `alice-desk`).
+    alice_id: String,
     _stop: tokio::sync::oneshot::Sender<()>,
     /// Delivers call events to plugins, as in a running server.
     _scheduler: switchboard::scheduler::Scheduler,
@@ -43,9 +45,13 @@ fn route(number: &str, args: &str) -> Route {
 
 async fn rig() -> Rig {
     let h = harness(&["callflow", "pbx"]).await;
+    let mut alice_id = String::new();
     for t in ["acme", "globex"] {
         tenant(&h, t, Limits::default(), &["callflow", "pbx"]).await;
-        create_user(&h, t, "alice", "user").await;
+        let (id, _) = create_user(&h, t, "alice", "user").await;
+        if t == "acme" {
+            alice_id = id;
+        }
         console(
             &h,
             Op::RoutesSet {
@@ -96,6 +102,7 @@ async fn rig() -> Rig {
         password,
         bob_password,
         bob_id,
+        alice_id,
         _stop: stop,
         _scheduler: scheduler,
     }
@@ -766,4 +773,101 @@ async fn t2_a_door_offering_md5_only_takes_no_sha256_answer() {
     ua.send(&second).await;
     assert_eq!(ua.final_response().await.unwrap().status(), Some(401));
     assert_eq!(ua.register("MD5", 600).await.status(), Some(200));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t2_message_waiting_reaches_a_subscribed_device_of_its_owner_only() {
+    let r = rig().await;
+    let mut ua = r.alice().await;
+    // Another event package is refused; message-summary is challenged.
+    let uri = "sip:alice-desk@acme.localhost";
+    let presence = ua.request("SUBSCRIBE", uri, &[("Event", "presence".into())]);
+    ua.send(&presence).await;
+    assert_eq!(ua.final_response().await.unwrap().status(), Some(489));
+    let first = ua.request(
+        "SUBSCRIBE",
+        uri,
+        &[
+            ("Event", "message-summary".into()),
+            ("Expires", "600".into()),
+        ],
+    );
+    ua.send(&first).await;
+    let challenged = ua.final_response().await.unwrap();
+    assert_eq!(challenged.status(), Some(401));
+    let (h, v) = ua.answer(&challenged, "SHA-256", "SUBSCRIBE", uri);
+    let second = ua.request(
+        "SUBSCRIBE",
+        uri,
+        &[
+            ("Event", "message-summary".into()),
+            ("Expires", "600".into()),
+            (&h, v),
+        ],
+    );
+    ua.send(&second).await;
+    let ok = ua.final_response().await.unwrap();
+    assert_eq!(ok.status(), Some(200), "{ok:?}");
+    assert_eq!(ok.header("Expires"), Some("600"));
+    // At once: the counts as they are (none).
+    let notify = ua.recv().await.expect("a NOTIFY");
+    assert_eq!(notify.method(), Some("NOTIFY"));
+    assert_eq!(notify.header("Event"), Some("message-summary"));
+    let body = String::from_utf8(notify.body.clone()).unwrap();
+    assert!(
+        body.contains("Messages-Waiting: no") && body.contains("Voice-Message: 0/0"),
+        "{body}"
+    );
+    ua.send(&notify.response(200, "OK", None)).await;
+    // A plugin sets Alice's counts: her device hears them.
+    let set =
+        r.h.post(
+            "acme",
+            "callflow",
+            "u",
+            &format!("/mwi/{}/2/1", r.alice_id),
+            b"",
+        )
+        .await;
+    assert_eq!(ok_json(set)["set"], true);
+    let notify = ua.recv().await.expect("a NOTIFY after set-mwi");
+    let body = String::from_utf8(notify.body.clone()).unwrap();
+    assert!(
+        body.contains("Messages-Waiting: yes") && body.contains("Voice-Message: 2/1"),
+        "{body}"
+    );
+    assert!(
+        notify
+            .header("Subscription-State")
+            .unwrap()
+            .starts_with("active;expires=")
+    );
+    ua.send(&notify.response(200, "OK", None)).await;
+    // Another tenant's plugin setting counts for the same user id, or
+    // another user's counts: nothing reaches Alice's device.
+    let set =
+        r.h.post(
+            "globex",
+            "callflow",
+            "u",
+            &format!("/mwi/{}/9/9", r.alice_id),
+            b"",
+        )
+        .await;
+    assert_eq!(ok_json(set)["set"], true);
+    let set =
+        r.h.post(
+            "acme",
+            "callflow",
+            "u",
+            &format!("/mwi/{}/5/5", r.bob_id),
+            b"",
+        )
+        .await;
+    assert_eq!(ok_json(set)["set"], true);
+    assert!(ua.recv_within(Duration::from_millis(500)).await.is_none());
+    // Registering again brings the counts once more.
+    assert_eq!(ua.register("SHA-256", 600).await.status(), Some(200));
+    let notify = ua.recv().await.expect("a NOTIFY after REGISTER");
+    assert!(String::from_utf8_lossy(&notify.body).contains("Voice-Message: 2/1"));
 }

@@ -472,8 +472,27 @@ pub fn dial(ctx: &mut CallCtx, t: &State, req: DialRequest) -> Result<String, Ca
     Ok(id)
 }
 
-/// Message-waiting counts a user's devices show (kept for the SIP door).
-pub fn set_mwi(ctx: &mut CallCtx, user: &str, new: u32, old: u32) -> Result<(), CapError> {
+/// After commit: the user's devices hear the new counts.
+struct MwiChanged {
+    telephony: Arc<Telephony>,
+    user: String,
+}
+
+impl Effect for MwiChanged {
+    fn apply(&self, tenant: &str) {
+        self.telephony.mwi_changed(tenant, &self.user);
+    }
+}
+
+/// Message-waiting counts a user's devices show: stored in the call's
+/// transaction, told to the SIP door once it commits.
+pub fn set_mwi(
+    ctx: &mut CallCtx,
+    telephony: &State,
+    user: &str,
+    new: u32,
+    old: u32,
+) -> Result<(), CapError> {
     ctx.charge(user.len())?;
     if !crate::events::valid_user(user) {
         return Err(CapError::InvalidArgument(format!(
@@ -484,6 +503,10 @@ pub fn set_mwi(ctx: &mut CallCtx, user: &str, new: u32, old: u32) -> Result<(), 
     let value = serde_json::to_vec(&serde_json::json!({ "new": new, "old": old }))
         .map_err(|e| CapError::Internal(e.to_string()))?;
     ctx.txn.set(key, value);
+    ctx.txn.push_effect(MwiChanged {
+        telephony: telephony.clone(),
+        user: user.to_string(),
+    });
     Ok(())
 }
 
@@ -521,9 +544,12 @@ pub(crate) fn add_dial_to_linker<T: CapHost>(linker: &mut Linker<T>) -> wasmtime
 
 /// Links the `mwi` interface.
 pub(crate) fn add_mwi_to_linker<T: CapHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
-    twit::mwi::add_to_linker::<T, ViewOf<()>>(linker, |t| View {
-        call: t.parts().0,
-        state: &(),
+    twit::mwi::add_to_linker::<T, ViewOf<State>>(linker, |t| {
+        let (call, caps) = t.parts();
+        View {
+            call,
+            state: &caps.telephony,
+        }
     })
 }
 
@@ -608,9 +634,15 @@ impl twit::dial::Host for View<'_, State> {
     }
 }
 
-impl twit::mwi::Host for View<'_, ()> {
+impl twit::mwi::Host for View<'_, State> {
     fn set_mwi(&mut self, user: String, new_messages: u32, old_messages: u32) -> WitResult<()> {
-        wrap(set_mwi(self.call, &user, new_messages, old_messages))
+        wrap(set_mwi(
+            self.call,
+            self.state,
+            &user,
+            new_messages,
+            old_messages,
+        ))
     }
 }
 

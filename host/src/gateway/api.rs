@@ -239,6 +239,40 @@ async fn auth(
                         ids.revoke_session(&caller.realm, &caller.user, id).await?;
                         Ok(json_response(200, &json!({ "revoked": id })))
                     }
+                    // A user's own SIP devices (SPEC T2): see them, and give
+                    // one a new password (a lost or leaked phone).
+                    (Method::GET, "devices") => {
+                        let devices = match caller.tenant() {
+                            Some(t) if caller.guest.is_none() => ids.devices(t, Some(&caller.user))?,
+                            _ => Vec::new(),
+                        };
+                        Ok(json_response(200, &json!({ "devices": devices })))
+                    }
+                    (Method::POST, p) if p.starts_with("devices/") && p.ends_with("/password") => {
+                        let name = &p["devices/".len()..p.len() - "/password".len()];
+                        let tenant = caller
+                            .tenant()
+                            .filter(|_| caller.guest.is_none())
+                            .ok_or_else(not_found)?
+                            .to_string();
+                        let realm = rt.sip_realm(&tenant);
+                        let password = ids
+                            .reset_own_device_password(&tenant, &caller.user, name, &realm)
+                            .await?;
+                        Ok(json_response(
+                            200,
+                            &json!({
+                                "name": name,
+                                "password": password.as_str(),
+                                "register": {
+                                    "aor": format!("sips:{name}@{realm}"),
+                                    "username": name,
+                                    "realm": realm,
+                                    "transport": "tls",
+                                },
+                            }),
+                        ))
+                    }
                     _ => Err(not_found()),
                 }
             }

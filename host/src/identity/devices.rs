@@ -208,6 +208,32 @@ impl Identity {
         Ok(password)
     }
 
+    /// A user gives their own device `name` a new password for `realm`;
+    /// another user's device, or none, is `not_found` alike. Audited
+    /// (`device.password`) in the tenant's trail.
+    pub async fn reset_own_device_password(
+        &self,
+        tenant: &str,
+        user: &str,
+        name: &str,
+        realm: &str,
+    ) -> Result<Zeroizing<String>, AuthError> {
+        let owned = check_device_name(name).is_ok()
+            && self.device(tenant, name)?.is_some_and(|d| d.user == user);
+        if !owned {
+            return Err(AuthError::NotFound(format!("device {name}")));
+        }
+        let password = self.reset_device_password(tenant, name, realm).await?;
+        self.audit(
+            &Scope::tenant(tenant),
+            "device.password",
+            name,
+            crate::audit::outcome::SUCCESS,
+            "a new password, set by the device's owner",
+        );
+        Ok(password)
+    }
+
     /// The secret of device `name`, `None` if there is none (or the name
     /// cannot be one). The caller answers both alike.
     pub fn device_secret(

@@ -108,6 +108,21 @@ impl Runtime {
             .map(|_| tenant.to_string())
     }
 
+    /// The message-waiting counts (new, old) a plugin set for `user`;
+    /// (0, 0) if none or unreadable.
+    pub fn mwi_counts(&self, tenant: &str, user: &str) -> (u32, u32) {
+        let Ok(Some(bytes)) = self.inner.store().get(&keys::mwi(tenant, user)) else {
+            return (0, 0);
+        };
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let n = |k: &str| {
+            v.get(k)
+                .and_then(Value::as_u64)
+                .map_or(0, |x| u32::try_from(x).unwrap_or(u32::MAX))
+        };
+        (n("new"), n("old"))
+    }
+
     /// A tenant's routes.
     pub fn routes(&self, tenant: &str) -> Result<Vec<Route>, AdminError> {
         Ok(self

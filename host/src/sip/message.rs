@@ -6,8 +6,9 @@
 //! things: the header section must be UTF-8, every line `name: value`,
 //! the one-per-message headers (Call-ID, From, To, CSeq) present exactly
 //! once, at least one Via, a CSeq whose method is the request's, and at
-//! most [`MAX_HEADERS`] header lines. Folded lines (obsolete) and compact
-//! names are accepted. Nothing here panics on input (fuzzed in `fuzz/`).
+//! most [`MAX_HEADERS`] header lines, From and To that read as SIP
+//! name-addrs. Folded lines (obsolete) and compact names are accepted.
+//! Nothing here panics on input (fuzzed in `fuzz/`).
 
 use std::fmt::Write as _;
 
@@ -173,6 +174,8 @@ impl Message {
         if self.via().is_empty() {
             return Err(MessageError::Header("Via"));
         }
+        self.from()?;
+        self.to()?;
         let (_, cseq_method) = self.cseq()?;
         if let Start::Request { method, .. } = &self.start
             && *method != cseq_method

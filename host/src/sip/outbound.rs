@@ -223,6 +223,9 @@ impl Door {
     pub(super) async fn response(&self, flow: &Arc<Flow>, m: Message) {
         let Some(status) = m.status() else { return };
         let Ok((_, method)) = m.cseq() else { return };
+        if method == "NOTIFY" {
+            return self.notify_answered(&m);
+        }
         if method != "INVITE" {
             return; // 200s to our BYEs and CANCELs.
         }

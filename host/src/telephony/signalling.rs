@@ -58,6 +58,9 @@ pub trait Signalling: Send + Sync + 'static {
     /// Places a call the dialing policy allowed; `ringing`, `answered` or
     /// `ended` follow.
     fn originate(&self, call: Outbound);
+    /// A plugin changed the message-waiting counts of `user` (SIP: NOTIFY
+    /// their devices' subscriptions). Nothing by default.
+    fn mwi_changed(&self, _tenant: &str, _user: &str) {}
 }
 
 /// The signalling of a host with no SIP door: nothing can be dialled.

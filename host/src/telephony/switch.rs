@@ -344,6 +344,12 @@ impl Telephony {
             .map_err(|_| TelephonyError::Unavailable("call control stopped".into()))?
     }
 
+    /// A plugin's `set-mwi` committed: the signalling side tells the
+    /// user's devices (returns at once).
+    pub fn mwi_changed(&self, tenant: &str, user: &str) {
+        self.signalling().mwi_changed(tenant, user);
+    }
+
     /// The far end ended a leg.
     pub fn ended(&self, leg: &str, cause: Cause) {
         self.send(Msg::Ended(leg.to_string(), cause));
