@@ -12,16 +12,16 @@
 //! tenant's is challenged and refused like any wrong password, so the
 //! door does not tell which tenants exist.
 //!
-//! - [`transport`]: TLS flows (caps, deadlines, framing, parsing).
+//! - `transport`: TLS flows (caps, deadlines, framing, parsing).
 //! - [`frame`], [`message`]: cutting streams into messages and reading them.
 //! - [`auth`]: digest, throttles, lockout, audit.
-//! - [`registrar`]: where devices are (in memory, per flow).
-//! - [`dialogs`]: the B2BUA's dialogs with devices.
+//! - `registrar`: where devices are (in memory, per flow).
+//! - `dialogs`: the B2BUA's dialogs with devices; `outbound`: calls the
+//!   host places to devices; `mwi`: message-waiting subscriptions.
 //! - [`sdp`]: offer/answer with fresh keys per leg.
 //!
-//! Not yet: calls from the host to devices (ringing a user's phones),
-//! trunks over UDP/TCP, re-INVITEs (answered 488, the call goes on
-//! unchanged), MWI subscriptions.
+//! Not yet: trunks over UDP/TCP, re-INVITEs (answered 488, the call goes
+//! on unchanged), REFER.
 
 pub mod auth;
 mod dialogs;
@@ -49,6 +49,9 @@ use crate::identity::throttle::ThrottleConfig;
 use crate::runtime::Runtime;
 use crate::support::encoding::random_hex;
 use crate::telephony::signalling::{Inbound, MediaOffer, Outbound, Signalling};
+
+/// Calls one device may have at once (each holds media ports).
+pub const MAX_CALLS_PER_DEVICE: usize = 8;
 
 /// Methods the door answers.
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, SUBSCRIBE";
@@ -231,9 +234,12 @@ impl transport::Handler for Door {
         self.subs_flow_gone(flow.id);
         // An offered call can no longer be answered; an answered one goes
         // on (its media does not need the flow) until either side ends it.
-        for (leg, state) in self.dialogs.on_flow(flow.id) {
-            if state == State::Offered {
-                self.dialogs.remove(&leg);
+        for (leg, _) in self.dialogs.on_flow(flow.id) {
+            if self
+                .dialogs
+                .remove_if(&leg, |d| d.state == State::Offered)
+                .is_some()
+            {
                 self.rt.telephony().ended(&leg, Cause::Normal);
             }
         }
@@ -249,7 +255,7 @@ impl Door {
     async fn request(&self, flow: &Arc<Flow>, m: Message) {
         let method = m.method().unwrap_or_default().to_string();
         if method == "ACK" {
-            return self.ack(&m);
+            return self.ack(flow, &m);
         }
         if m.header("Max-Forwards").map(str::trim) == Some("0") {
             flow.send(&answer(&m, 483, "Too Many Hops"));
@@ -349,15 +355,18 @@ impl Door {
         let verdict = self.auth.check(
             &self.rt,
             m,
-            "Authorization",
-            &realm,
-            tenant.as_deref(),
-            &device_name,
-            flow.peer.ip(),
+            &auth::Claim {
+                header: "Authorization",
+                realm: &realm,
+                tenant: tenant.as_deref(),
+                device: &device_name,
+                source: flow.peer.ip(),
+            },
         );
         let Verdict::Ok(device) = verdict else {
             return Self::refuse(flow, m, verdict, false);
         };
+        flow.authenticated();
         let contacts = m.list("Contact");
         let default_expires = m
             .header("Expires")
@@ -414,15 +423,35 @@ impl Door {
         let verdict = self.auth.check(
             &self.rt,
             m,
-            "Proxy-Authorization",
-            &realm,
-            tenant.as_deref(),
-            &from_user,
-            flow.peer.ip(),
+            &auth::Claim {
+                header: "Proxy-Authorization",
+                realm: &realm,
+                tenant: tenant.as_deref(),
+                device: &from_user,
+                source: flow.peer.ip(),
+            },
         );
         let Verdict::Ok(device) = verdict else {
             return Self::refuse(flow, m, verdict, true);
         };
+        flow.authenticated();
+        let tag = m.from().ok().and_then(|f| f.tag()).unwrap_or_default();
+        if self.dialogs.leg_of(m.call_id(), &tag).is_some() {
+            // A second INVITE with a live call's Call-ID and tag would
+            // hide that call from its own BYE.
+            flow.send(&answer(m, 400, "Bad Request (Call-ID and tag in use)"));
+            return;
+        }
+        if self.dialogs.count_of(&device.tenant, &device.name) >= MAX_CALLS_PER_DEVICE {
+            let mut r = answer(
+                m,
+                503,
+                "Service Unavailable (too many calls from this device)",
+            );
+            r.push("Retry-After", "5");
+            flow.send(&r);
+            return;
+        }
         flow.send(&answer(m, 100, "Trying"));
         let number = Uri::parse(m.uri().unwrap_or_default())
             .ok()
@@ -523,38 +552,54 @@ impl Door {
         }
     }
 
-    fn ack(&self, m: &Message) {
+    fn ack(&self, flow: &Flow, m: &Message) {
         let tag = m.from().ok().and_then(|f| f.tag()).unwrap_or_default();
         if let Some(leg) = self.dialogs.leg_of(m.call_id(), &tag) {
-            self.dialogs.with(&leg, |d| {
-                if d.state == (State::Answered { acked: false }) {
-                    d.state = State::Answered { acked: true };
-                }
-            });
+            let owner = self
+                .dialogs
+                .with(&leg, |d| (d.tenant.clone(), d.device.clone(), d.flow));
+            if owner.is_some_and(|o| self.speaks_for(flow, &o)) {
+                self.dialogs.with(&leg, |d| {
+                    if d.state == (State::Answered { acked: false }) {
+                        d.state = State::Answered { acked: true };
+                    }
+                });
+            }
         }
+    }
+
+    /// Whether `flow` speaks for the device of a dialog `(tenant, device,
+    /// its flow)`: it is the dialog's own connection, or one the device
+    /// registered over. In-dialog requests carry no credentials; this
+    /// keeps another connection that learnt the ids out.
+    fn speaks_for(&self, flow: &Flow, (tenant, device, own): &(String, String, u64)) -> bool {
+        *own == flow.id
+            || self
+                .registrar
+                .lookup(tenant, device)
+                .iter()
+                .any(|b| b.flow == flow.id)
     }
 
     fn cancel(&self, flow: &Flow, m: &Message) {
         let tag = m.from().ok().and_then(|f| f.tag()).unwrap_or_default();
         let leg = self.dialogs.leg_of(m.call_id(), &tag);
-        // Only the INVITE's own transaction (same branch) may cancel it,
-        // and only before its final answer.
-        let offered = leg.as_ref().and_then(|leg| {
-            self.dialogs.with(leg, |d| {
+        // Only the INVITE's own transaction (same branch, same device) may
+        // cancel it, and only before its final answer: checked and removed
+        // in one step, so the plugin's answer cannot slip in between.
+        let removed = leg.as_ref().and_then(|leg| {
+            self.dialogs.remove_if(leg, |d| {
                 d.state == State::Offered
                     && d.invite.as_ref().and_then(Message::branch) == m.branch()
+                    && self.speaks_for(flow, &(d.tenant.clone(), d.device.clone(), d.flow))
             })
         });
-        let (Some(leg), Some(true)) = (leg, offered) else {
+        let (Some(leg), Some(d)) = (leg, removed) else {
             flow.send(&answer(m, 481, "Call/Transaction Does Not Exist"));
             return;
         };
         flow.send(&m.response(200, "OK", None));
-        if let Some(r) = self
-            .dialogs
-            .remove(&leg)
-            .and_then(|d| d.response(487, "Request Terminated"))
-        {
+        if let Some(r) = d.response(487, "Request Terminated") {
             flow.send(&r);
         }
         self.rt.telephony().ended(&leg, Cause::Normal);
@@ -563,18 +608,18 @@ impl Door {
     fn bye(&self, flow: &Flow, m: &Message) {
         let tag = m.from().ok().and_then(|f| f.tag()).unwrap_or_default();
         let ours = m.to().ok().and_then(|t| t.tag());
-        let leg = self.dialogs.leg_of(m.call_id(), &tag).filter(|leg| {
-            self.dialogs
-                .with(leg, |d| Some(&d.tag) == ours.as_ref())
-                .unwrap_or(false)
+        let removed = self.dialogs.leg_of(m.call_id(), &tag).and_then(|leg| {
+            self.dialogs.remove_if(&leg, |d| {
+                Some(&d.tag) == ours.as_ref()
+                    && self.speaks_for(flow, &(d.tenant.clone(), d.device.clone(), d.flow))
+            })
         });
-        let Some(leg) = leg else {
+        let Some(d) = removed else {
             flow.send(&answer(m, 481, "Call/Transaction Does Not Exist"));
             return;
         };
         flow.send(&m.response(200, "OK", None));
-        self.dialogs.remove(&leg);
-        self.rt.telephony().ended(&leg, Cause::Normal);
+        self.rt.telephony().ended(&d.leg, Cause::Normal);
     }
 
     fn known_dialog(&self, m: &Message) -> bool {
@@ -592,6 +637,17 @@ impl Door {
                 .rev()
                 .find_map(|b| self.flows.get(b.flow))
         })
+    }
+
+    /// A device was removed or got a new password: what it holds under
+    /// its old credentials ends now (registrations, subscriptions, calls).
+    fn device_changed(&self, tenant: &str, device: &str) {
+        self.registrar.clear(tenant, device);
+        self.subs_device_gone(tenant, device);
+        for leg in self.dialogs.legs_of(tenant, device) {
+            self.end_leg(&leg, Cause::Normal);
+            self.rt.telephony().ended(&leg, Cause::Normal);
+        }
     }
 
     // ---- what call control asks ----------------------------------------------
@@ -685,6 +741,12 @@ impl Signalling for SipSignalling {
     fn mwi_changed(&self, tenant: &str, user: &str) {
         if let Some(door) = self.0.upgrade() {
             door.mwi_changed(tenant, user);
+        }
+    }
+
+    fn device_changed(&self, tenant: &str, device: &str) {
+        if let Some(door) = self.0.upgrade() {
+            door.device_changed(tenant, device);
         }
     }
 }

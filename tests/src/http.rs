@@ -86,6 +86,16 @@ pub async fn tls_connect(
     connector.connect(name, tcp).await.unwrap()
 }
 
+/// The TLS handshake on a connected `tcp` to a test server.
+pub async fn tls_handshake(
+    addr: SocketAddr,
+    tcp: tokio::net::TcpStream,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let connector = tokio_rustls::TlsConnector::from(test_pki().client.clone());
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    connector.connect(name, tcp).await.unwrap()
+}
+
 /// A plain HTTP response body, as test services answer.
 pub type Body = http_body_util::Full<hyper::body::Bytes>;
 

@@ -87,14 +87,16 @@ pub async fn start_door(
             allow_loopback_media: true,
             ..switchboard::sip::SipConfig::default()
         },
+        Default::default(),
     )
     .await
 }
 
-/// [`start_door`] with `config`.
+/// [`start_door`] with `config` and brute-force settings `throttle`.
 pub async fn start_door_with(
     runtime: &switchboard::Runtime,
     config: switchboard::sip::SipConfig,
+    throttle: switchboard::identity::throttle::ThrottleConfig,
 ) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
     let pki = crate::http::test_pki();
     let tls = switchboard::gateway::tls::TlsIdentity::load(&pki.cert_file, &pki.key_file).unwrap();
@@ -106,7 +108,7 @@ pub async fn start_door_with(
         listener,
         switchboard::server::sip_tls(&tls),
         config,
-        switchboard::identity::throttle::ThrottleConfig::default(),
+        throttle,
         async move {
             let _ = stopped.await;
         },
@@ -121,6 +123,34 @@ impl Ua {
         // Phones send small messages back to back (ACK, then BYE).
         stream.get_ref().0.set_nodelay(true).unwrap();
         let local = stream.get_ref().0.local_addr().unwrap();
+        Ua::with_stream(stream, local, user, domain, password)
+    }
+
+    /// Connects from source address `source` (another loopback address:
+    /// another place, as the throttles see it).
+    pub async fn connect_from(
+        addr: SocketAddr,
+        source: std::net::IpAddr,
+        user: &str,
+        domain: &str,
+        password: &str,
+    ) -> Ua {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(source, 0)).unwrap();
+        let tcp = socket.connect(addr).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let stream = crate::http::tls_handshake(addr, tcp).await;
+        let local = stream.get_ref().0.local_addr().unwrap();
+        Ua::with_stream(stream, local, user, domain, password)
+    }
+
+    fn with_stream(
+        stream: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+        local: SocketAddr,
+        user: &str,
+        domain: &str,
+        password: &str,
+    ) -> Ua {
         Ua {
             stream,
             framer: Framer::default(),

@@ -55,6 +55,7 @@ async fn rig() -> Rig {
             digest_algorithms: vec![switchboard::identity::digest::Algorithm::Md5],
             ..Default::default()
         },
+        Default::default(),
     )
     .await;
     let scheduler = switchboard::scheduler::Scheduler::start(h.runtime(), Default::default());

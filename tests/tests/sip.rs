@@ -248,12 +248,20 @@ async fn i3_replayed_answers_are_refused_and_failures_lock_the_name() {
     let signed = ua.request("REGISTER", uri, &[(&h, v.clone())]);
     ua.send(&signed).await;
     assert_eq!(ua.final_response().await.unwrap().status(), Some(200));
-    // The same nonce count again: a replay.
+    // The same nonce count again: a replay, answered with a fresh
+    // challenge (stale), never accepted.
     let replay = ua.request("REGISTER", uri, &[(&h, v)]);
     ua.send(&replay).await;
-    assert_eq!(ua.final_response().await.unwrap().status(), Some(403));
-    // Wrong passwords: delays after the free failures, then a lock, with
-    // Retry-After; the lock is audited.
+    let again = ua.final_response().await.unwrap();
+    assert_eq!(again.status(), Some(401));
+    assert!(
+        again
+            .header("WWW-Authenticate")
+            .unwrap()
+            .contains("stale=true")
+    );
+    // Wrong passwords from one place: delays after the free failures,
+    // with Retry-After (then a lock, audited).
     let mut bad = Ua::connect(r.sip, "alice-desk", "acme.localhost", "guess").await;
     let mut retry_after = None;
     for _ in 0..12 {
@@ -265,10 +273,69 @@ async fn i3_replayed_answers_are_refused_and_failures_lock_the_name() {
         }
     }
     assert!(retry_after.is_some(), "throttled within 12 attempts");
-    // While throttled even the right password waits.
+    // While throttled even the right password waits, from that place...
     let throttled = r.alice().await.register("SHA-256", 600).await;
     assert_eq!(throttled.status(), Some(403));
     assert!(throttled.header("Retry-After").is_some());
+    // ...but the guesser cannot lock the real phone out from elsewhere.
+    let mut elsewhere = Ua::connect_from(
+        r.sip,
+        "127.0.0.2".parse().unwrap(),
+        "alice-desk",
+        "acme.localhost",
+        &r.password,
+    )
+    .await;
+    assert_eq!(elsewhere.register("SHA-256", 600).await.status(), Some(200));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn i3_failures_lock_the_name_from_that_source_and_are_audited() {
+    let r = rig().await;
+    // No delays, a lock after 5 failures: the lock itself, quickly.
+    let (door, _stop) = switchboard_tests::sip::start_door_with(
+        r.h.runtime(),
+        switchboard::sip::SipConfig {
+            allow_loopback_media: true,
+            ..Default::default()
+        },
+        switchboard::identity::throttle::ThrottleConfig {
+            free_failures: 100,
+            address_free_failures: 100,
+            lock_after: 5,
+            lock_minutes: 15,
+            ..Default::default()
+        },
+    )
+    .await;
+    let from = |ip: &str, password: &str| {
+        let (ip, password) = (ip.parse().unwrap(), password.to_string());
+        async move { Ua::connect_from(door, ip, "alice-desk", "acme.localhost", &password).await }
+    };
+    for _ in 0..5 {
+        let m = from("127.0.0.3", "guess")
+            .await
+            .register("SHA-256", 600)
+            .await;
+        assert_eq!(m.status(), Some(403));
+    }
+    // Locked from there, right password or not, for the lock's length.
+    let m = from("127.0.0.3", &r.password)
+        .await
+        .register("SHA-256", 600)
+        .await;
+    assert_eq!(m.status(), Some(403));
+    assert_eq!(m.header("Retry-After"), Some("900"));
+    // The phone itself, elsewhere, is not locked out.
+    let m = from("127.0.0.4", &r.password)
+        .await
+        .register("SHA-256", 600)
+        .await;
+    assert_eq!(m.status(), Some(200));
+    assert_eq!(r.audits("sip.auth").len(), 5);
+    let lock = r.audits("sip.lockout");
+    assert_eq!(lock.len(), 1, "{lock:?}");
+    assert!(lock[0].details.contains("127.0.0.3"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -296,6 +363,28 @@ async fn t2_a_device_calls_a_plugin_over_srtp_and_hangs_up() {
     let events = r.wait_event("acme", &leg, "offered:answer").await;
     assert_eq!(events, ["offered:answer"]);
     assert_eq!(r.h.runtime().telephony().legs_of("acme"), 1);
+    // Another connection that learnt the ids cannot end the call, and a
+    // second INVITE cannot reuse them.
+    let mut other = r.bob().await;
+    assert_eq!(other.register("SHA-256", 600).await.status(), Some(200));
+    let forged = in_dialog(&mut ua, "BYE", &inv, &ok);
+    other.send(&forged).await;
+    assert_eq!(other.final_response().await.unwrap().status(), Some(481));
+    let mut reuse = inv.clone();
+    reuse
+        .headers
+        .retain(|(n, _)| n != "Via" && n != "Proxy-Authorization");
+    reuse.push(
+        "Via",
+        format!("SIP/2.0/TLS {};branch=z9hG4bKreuse", ua.local),
+    );
+    ua.send(&reuse).await;
+    let challenged = ua.final_response().await.unwrap();
+    let uri = inv.uri().unwrap().to_string();
+    let (h, v) = ua.answer(&challenged, "SHA-256", "INVITE", &uri);
+    reuse.push(&h, v);
+    ua.send(&reuse).await;
+    assert_eq!(ua.final_response().await.unwrap().status(), Some(400));
     // The device hangs up.
     let bye = in_dialog(&mut ua, "BYE", &inv, &ok);
     ua.send(&bye).await;
@@ -448,9 +537,14 @@ async fn t2_garbage_closes_its_connection_and_the_door_keeps_serving() {
         ua.send_raw(&bytes).await;
         assert!(ua.recv().await.is_none(), "closed without an answer");
     }
-    // A message that frames but does not parse is dropped; the flow stays.
+    // A message that frames but does not parse is dropped; the flow stays
+    // (a URI cut inside a character, a control character in a value).
     let mut ua = r.alice().await;
     ua.send_raw(b"HELLO\r\nContent-Length: 0\r\n\r\n").await;
+    ua.send_raw("OPTIONS sip\u{20ac} SIP/2.0\r\nContent-Length: 0\r\n\r\n".as_bytes())
+        .await;
+    ua.send_raw(b"OPTIONS sip:x SIP/2.0\r\nSubject: a\x07b\r\nContent-Length: 0\r\n\r\n")
+        .await;
     let mut ping = ua.request("OPTIONS", "sip:acme.localhost", &[]);
     ping.headers.retain(|(n, _)| n != "Contact");
     ua.send(&ping).await;
@@ -576,6 +670,22 @@ async fn t2_a_user_whose_devices_are_busy_or_absent_is_not_reached() {
     assert_eq!(cancel.method(), Some("CANCEL"));
     assert_eq!(cancel.branch(), invite.branch());
     r.wait_event("acme", &leg, "ended:no-answer").await;
+    // A new password for the device ends its registration at once: the
+    // phone is not rung again until it registers with the new one.
+    console(
+        &r.h,
+        Op::DevicePassword {
+            tenant: "acme".into(),
+            name: "bob-desk".into(),
+        },
+    )
+    .await;
+    let dialled = ok_json(
+        r.h.post("acme", "callflow", "u", "/dial/user%3Abob", b"")
+            .await,
+    );
+    let leg = dialled["leg"].as_str().unwrap().to_string();
+    r.wait_event("acme", &leg, "ended:unavailable").await;
     // A user or device of another tenant is not found in this one.
     let dialled = ok_json(
         r.h.post("globex", "callflow", "u", "/dial/device%3Abob-desk", b"")
@@ -744,6 +854,7 @@ async fn t2_a_door_offering_md5_only_takes_no_sha256_answer() {
             digest_algorithms: vec![switchboard::identity::digest::Algorithm::Md5],
             ..Default::default()
         },
+        Default::default(),
     )
     .await;
     let mut ua = Ua::connect(door, "alice-desk", "acme.localhost", &r.password).await;

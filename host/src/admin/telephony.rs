@@ -97,6 +97,7 @@ pub(super) async fn run(r: &Runner<'_>, op: Op) -> Result<Value, ApiError> {
         Op::DeviceRemove { tenant, name } => {
             rt.tenant_exists(&tenant)?;
             rt.identity().remove_device(&tenant, &name).await?;
+            rt.telephony().device_changed(&tenant, &name);
             json!({ "removed": name })
         }
         Op::DevicePassword { tenant, name } => {
@@ -106,6 +107,7 @@ pub(super) async fn run(r: &Runner<'_>, op: Op) -> Result<Value, ApiError> {
                 .identity()
                 .reset_device_password(&tenant, &name, &realm)
                 .await?;
+            rt.telephony().device_changed(&tenant, &name);
             json!({
                 "name": name,
                 "password": password.as_str(),

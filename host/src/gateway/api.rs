@@ -248,8 +248,16 @@ async fn auth(
                         };
                         Ok(json_response(200, &json!({ "devices": devices })))
                     }
-                    (Method::POST, p) if p.starts_with("devices/") && p.ends_with("/password") => {
-                        let name = &p["devices/".len()..p.len() - "/password".len()];
+                    (Method::POST, p)
+                        if p
+                            .strip_prefix("devices/")
+                            .and_then(|r| r.strip_suffix("/password"))
+                            .is_some() =>
+                    {
+                        let name = p
+                            .strip_prefix("devices/")
+                            .and_then(|r| r.strip_suffix("/password"))
+                            .unwrap_or_default();
                         let tenant = caller
                             .tenant()
                             .filter(|_| caller.guest.is_none())
@@ -259,6 +267,7 @@ async fn auth(
                         let password = ids
                             .reset_own_device_password(&tenant, &caller.user, name, &realm)
                             .await?;
+                        rt.telephony().device_changed(&tenant, name);
                         Ok(json_response(
                             200,
                             &json!({

@@ -1,7 +1,7 @@
 //! Device authentication at the SIP door (SPEC T2): digest challenges and
-//! answers (`identity::digest`), throttled per device name and per source
-//! address with lockout (`identity::throttle`, the same defence as web
-//! sign-in), audited.
+//! answers (`identity::digest`), throttled per device name from each
+//! source network (delays, then a lock) and per source address (delays),
+//! with `identity::throttle`, the same defence as web sign-in; audited.
 //!
 //! No oracle: an unknown domain, an unknown device and a wrong password
 //! are all challenged alike, checked with the same work and refused with
@@ -27,6 +27,19 @@ pub struct Device {
     pub name: String,
     /// The owner's user id.
     pub user: String,
+}
+
+/// What a request claims: its credentials are in `header`
+/// (`Authorization` or `Proxy-Authorization`), for `realm` (the SIP domain
+/// it was sent to, whose tenant is `tenant`, if any), as `device` (the To
+/// of a REGISTER, the From of an INVITE), from `source`.
+#[derive(Debug, Clone, Copy)]
+pub struct Claim<'a> {
+    pub header: &'a str,
+    pub realm: &'a str,
+    pub tenant: Option<&'a str>,
+    pub device: &'a str,
+    pub source: IpAddr,
 }
 
 /// The outcome of checking a request.
@@ -69,16 +82,14 @@ impl Auth {
     /// `tenant` is that domain's tenant, if it has one. `user` is the
     /// device name the request claims (the To of a REGISTER, the From of
     /// an INVITE): the credentials must be that device's.
-    pub fn check(
-        &self,
-        rt: &Runtime,
-        req: &Message,
-        header: &str,
-        realm: &str,
-        tenant: Option<&str>,
-        user: &str,
-        source: IpAddr,
-    ) -> Verdict {
+    pub fn check(&self, rt: &Runtime, req: &Message, claim: &Claim<'_>) -> Verdict {
+        let Claim {
+            header,
+            realm,
+            tenant,
+            device: user,
+            source,
+        } = *claim;
         let method = req.method().unwrap_or_default();
         let now = now_ms();
         let challenge =
@@ -100,15 +111,29 @@ impl Auth {
         let Some(creds) = creds else {
             return challenge(false);
         };
-        let throttle_key = format!("{realm}/{}", creds.username);
-        if let Gate::Wait(ms) =
-            self.throttle
-                .lock()
-                .recover()
-                .gate(&throttle_key, Some(source), now)
+        // Counted per device name *and* source network: guessing from one
+        // place slows down and then locks, while nobody elsewhere can lock
+        // the real phone out (its passwords are random; a lock per name
+        // alone would only be a way to deny service). Sources are slowed
+        // on their own too (all names).
+        let throttle_key = format!(
+            "{realm}/{}@{}",
+            creds.username,
+            super::transport::network(source)
+        );
         {
-            crate::metrics::SIP_AUTH.inc(&[method, "throttled"]);
-            return Verdict::Refuse(Some(ms.div_ceil(1000)));
+            let mut throttle = self.throttle.lock().recover();
+            let locked = throttle.is_locked(&throttle_key, now);
+            let gate = throttle.gate(&throttle_key, Some(source), now);
+            let wait_ms = match (locked, gate) {
+                (true, _) => Some(throttle.config().lock_minutes * 60_000),
+                (false, Gate::Wait(ms)) => Some(ms),
+                (false, Gate::Open) => None,
+            };
+            if let Some(ms) = wait_ms {
+                crate::metrics::SIP_AUTH.inc(&[method, "throttled"]);
+                return Verdict::Refuse(Some(ms.div_ceil(1000)));
+            }
         }
         // The URI the answer covers must be this request's (RFC 7616
         // §3.4.6), and the device must be the one the request names.
@@ -139,7 +164,10 @@ impl Auth {
                     _ => Verdict::Refuse(None),
                 }
             }
-            Err(DigestError::Stale) => {
+            // A right answer with an old nonce, or a nonce count used
+            // before (phones that reuse one): a fresh challenge, no
+            // failure counted.
+            Err(DigestError::Stale | DigestError::Replayed) => {
                 crate::metrics::SIP_AUTH.inc(&[method, "stale"]);
                 challenge(true)
             }
@@ -150,27 +178,25 @@ impl Auth {
                         .lock()
                         .recover()
                         .failure(&throttle_key, Some(source), now);
-                let detail = format!(
-                    "{method} from {source}: {}",
-                    match e {
-                        DigestError::Replayed => "replayed nonce count",
-                        _ => "wrong credentials or unknown device",
-                    }
-                );
-                rt.audit_log().note(
-                    &audit_scope,
-                    "sip.auth",
-                    &creds.username,
-                    outcome::FAILURE,
-                    &detail,
-                );
+                let _ = e;
+                let detail = format!("{method} from {source}: wrong credentials or unknown device");
+                // The name as the request gave it only if it could be a
+                // device name (it is attacker text).
+                let target = if crate::identity::devices::check_device_name(&creds.username).is_ok()
+                {
+                    creds.username.as_str()
+                } else {
+                    "<invalid>"
+                };
+                rt.audit_log()
+                    .note(&audit_scope, "sip.auth", target, outcome::FAILURE, &detail);
                 if let Some(until) = locked {
                     rt.audit_log().note(
                         &audit_scope,
                         "sip.lockout",
-                        &creds.username,
+                        target,
                         outcome::FAILURE,
-                        &format!("locked until {until} ms after failures from {source}"),
+                        &format!("locked from {source} until {until} ms"),
                     );
                 }
                 Verdict::Refuse(None)

@@ -254,10 +254,45 @@ impl Dialogs {
 
     /// Removes leg `leg`'s dialog.
     pub fn remove(&self, leg: &str) -> Option<Dialog> {
+        self.remove_if(leg, |_| true)
+    }
+
+    /// Removes leg `leg`'s dialog if `pred` holds of it, in one step (so
+    /// nothing changes it between the check and the removal).
+    pub fn remove_if(&self, leg: &str, pred: impl FnOnce(&Dialog) -> bool) -> Option<Dialog> {
         let mut t = self.table.lock().recover();
+        if !t.by_leg.get(leg).is_some_and(pred) {
+            return None;
+        }
         let d = t.by_leg.remove(leg)?;
-        t.by_key.remove(&(d.call_id.clone(), d.their_tag.clone()));
+        let key = (d.call_id.clone(), d.their_tag.clone());
+        if t.by_key.get(&key).is_some_and(|l| l == leg) {
+            t.by_key.remove(&key);
+        }
         Some(d)
+    }
+
+    /// Live dialogs of one device.
+    pub fn count_of(&self, tenant: &str, device: &str) -> usize {
+        self.table
+            .lock()
+            .recover()
+            .by_leg
+            .values()
+            .filter(|d| d.tenant == tenant && d.device == device)
+            .count()
+    }
+
+    /// The legs of one device's dialogs.
+    pub fn legs_of(&self, tenant: &str, device: &str) -> Vec<String> {
+        self.table
+            .lock()
+            .recover()
+            .by_leg
+            .values()
+            .filter(|d| d.tenant == tenant && d.device == device)
+            .map(|d| d.leg.clone())
+            .collect()
     }
 
     /// The legs whose dialogs run over `flow`.

@@ -146,6 +146,11 @@ impl Message {
             if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err(malformed("a header name with spaces or controls"));
             }
+            // Values are echoed into our own messages and logs: no
+            // control characters (a bare CR or LF would split a header).
+            if value.chars().any(|c| c.is_control() && c != '\t') {
+                return Err(malformed("a header value with control characters"));
+            }
             if headers.len() >= MAX_HEADERS {
                 return Err(MessageError::TooManyHeaders);
             }
@@ -445,8 +450,13 @@ impl Uri {
 }
 
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
-    (s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix))
-        .then(|| &s[prefix.len()..])
+    // Compared as bytes: the cut may fall inside a character of `s`.
+    let head = s.as_bytes().get(..prefix.len())?;
+    if head.eq_ignore_ascii_case(prefix.as_bytes()) {
+        s.get(prefix.len()..)
+    } else {
+        None
+    }
 }
 
 /// `"Display" <uri>;params` or `uri;params` (From, To, Contact).
@@ -557,6 +567,15 @@ mod tests {
             (REGISTER.replace("REGISTER sip", "reg ister sip"), "method"),
             (REGISTER.replace("alice@acme", "alice@ac me"), "host"),
             ("\u{0}\r\n\r\n".to_string(), "garbage"),
+            (REGISTER.replace("i: a@b", "i: a\rb"), "bare CR"),
+            (
+                REGISTER.replace("i: a@b", "i: a\u{7}b"),
+                "control character",
+            ),
+            (
+                REGISTER.replace("REGISTER sip:acme", "REGISTER sip€:acme"),
+                "cut inside a character",
+            ),
         ];
         for (text, why) in cases {
             assert!(Message::parse(text.as_bytes()).is_err(), "{why}");

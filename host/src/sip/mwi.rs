@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::auth::Verdict;
+use super::auth::{self, Verdict};
 use super::dialogs;
 use super::message::{Message, NameAddr, Uri};
 use super::transport::Flow;
@@ -77,15 +77,18 @@ impl Door {
         let verdict = self.auth.check(
             &self.rt,
             m,
-            "Authorization",
-            &host,
-            tenant.as_deref(),
-            &device,
-            flow.peer.ip(),
+            &auth::Claim {
+                header: "Authorization",
+                realm: &host,
+                tenant: tenant.as_deref(),
+                device: &device,
+                source: flow.peer.ip(),
+            },
         );
         let Verdict::Ok(device) = verdict else {
             return Self::refuse(flow, m, verdict, false);
         };
+        flow.authenticated();
         let their_tag = m.from().ok().and_then(|f| f.tag()).unwrap_or_default();
         let key = (m.call_id().to_string(), their_tag);
         let ours = m.to().ok().and_then(|t| t.tag());
@@ -103,7 +106,11 @@ impl Door {
         let mut subs = self.subs.all.lock().recover();
         let sub = match (ours, subs.get_mut(&key)) {
             // A refresh (or an end) in the subscription's dialog.
-            (Some(tag), Some(sub)) if sub.local.ends_with(&format!(";tag={tag}")) => {
+            (Some(tag), Some(sub))
+                if sub.local.ends_with(&format!(";tag={tag}"))
+                    && sub.tenant == device.tenant
+                    && sub.device == device.name =>
+            {
                 sub.flow = flow.id;
                 sub.expires_at_ms = now_ms() + u64::from(expires) * 1000;
                 sub.clone()
@@ -264,16 +271,26 @@ impl Door {
     }
 
     /// A NOTIFY was answered: a 481 or other failure ends the
-    /// subscription.
-    pub(super) fn notify_answered(&self, m: &Message) {
+    /// subscription (only an answer on the subscription's own connection).
+    pub(super) fn notify_answered(&self, flow: &Flow, m: &Message) {
         if m.status().is_some_and(|s| s >= 300) {
             let their = m.to().ok().and_then(|t| t.tag()).unwrap_or_default();
-            self.subs
-                .all
-                .lock()
-                .recover()
-                .remove(&(m.call_id().to_string(), their));
+            let key = (m.call_id().to_string(), their);
+            let mut subs = self.subs.all.lock().recover();
+            if subs.get(&key).is_some_and(|s| s.flow == flow.id) {
+                subs.remove(&key);
+            }
         }
+    }
+
+    /// A device is gone (removed, or a new password): its subscriptions
+    /// end.
+    pub(super) fn subs_device_gone(&self, tenant: &str, device: &str) {
+        self.subs
+            .all
+            .lock()
+            .recover()
+            .retain(|_, s| !(s.tenant == tenant && s.device == device));
     }
 
     /// A flow closed: its subscriptions end.

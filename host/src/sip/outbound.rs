@@ -48,6 +48,9 @@ pub(super) struct Fork {
     answered: bool,
     /// Answered or given up: a later 2xx is hung up.
     settled: bool,
+    /// A device's 200 is being taken (call control asked); an end of the
+    /// leg meanwhile waits for the dialog (`Early::End`).
+    answering: bool,
     rang: bool,
 }
 
@@ -142,6 +145,7 @@ impl Door {
             branches: Vec::new(),
             answered: false,
             settled: false,
+            answering: false,
             rang: false,
         };
         // Who calls, as the device shows it: the caller's user part if it
@@ -224,27 +228,38 @@ impl Door {
         let Some(status) = m.status() else { return };
         let Ok((_, method)) = m.cseq() else { return };
         if method == "NOTIFY" {
-            return self.notify_answered(&m);
+            return self.notify_answered(flow, &m);
         }
         if method != "INVITE" {
             return; // 200s to our BYEs and CANCELs.
         }
+        // Found, and for a 2xx the answer claimed at once (one winner,
+        // however the 200s interleave).
         let found = {
-            let forks = self.forks.lock().unwrap_or_else(|p| p.into_inner());
-            forks
-                .by_call
-                .get(m.call_id())
-                .cloned()
-                .and_then(|(leg, i)| {
-                    let fork = forks.by_leg.get(&leg)?;
-                    let b = fork.branches.get(i)?;
-                    (b.flow == flow.id)
-                        .then(|| (leg, i, b.invite.clone(), fork.answered, fork.rang))
-                })
+            let mut forks = self.forks.lock().unwrap_or_else(|p| p.into_inner());
+            let at = forks.by_call.get(m.call_id()).cloned();
+            at.and_then(|(leg, i)| {
+                let fork = forks.by_leg.get_mut(&leg)?;
+                let b = fork.branches.get(i)?;
+                if b.flow != flow.id {
+                    return None;
+                }
+                let settled = fork.settled;
+                if (200..300).contains(&status) && !settled {
+                    fork.settled = true;
+                    fork.answering = true;
+                }
+                Some((leg, i, b.invite.clone(), settled, fork.rang))
+            })
         };
         let Some((leg, i, invite, settled, rang)) = found else {
-            // A late answer to an INVITE we gave up on: acknowledged, and
-            // a 2xx hung up at once.
+            // A 2xx to an INVITE we gave up on and forgot: acknowledged
+            // and hung up at once, built from the response alone.
+            if (200..300).contains(&status) {
+                let via = flow.local.to_string();
+                flow.send(&ack_or_bye_from(&m, "ACK", 1, &via));
+                flow.send(&ack_or_bye_from(&m, "BYE", 2, &via));
+            }
             return;
         };
         match status {
@@ -287,7 +302,6 @@ impl Door {
         ok: &Message,
     ) {
         let key = self.with_fork(leg, |f| {
-            f.settled = true;
             f.branches.get(i).map(|b| (b.key.clone(), b.device.clone()))
         });
         let Some(Some((key, device))) = key else {
@@ -310,16 +324,46 @@ impl Door {
             srtp: a.srtp.map(|s| (s.suite, s.theirs, s.ours)),
         });
         let taken = match offer {
-            Ok(offer) => self.rt.telephony().answered(leg, offer).await.is_ok(),
+            Ok(offer) => match self.rt.telephony().answered(leg, offer).await {
+                Ok(_) => Ok(()),
+                // The leg ended meanwhile (the caller hung up).
+                Err(_) => Err(true),
+            },
             Err(e) => {
                 crate::metrics::SIP_DROPPED.inc(&[e.code()]);
-                false
+                Err(false)
             }
         };
-        if !taken {
+        if let Err(leg_gone) = taken {
             self.hang_up_branch(flow, invite, ok);
-            self.with_fork(leg, |f| f.settled = false);
-            self.finish_branch(leg, i, 488);
+            if leg_gone {
+                // Nothing waits for this leg any more: the others stop
+                // ringing too.
+                self.dialogs.take_early(leg);
+                let pending = self
+                    .with_fork(leg, |f| {
+                        f.answering = false;
+                        f.branches
+                            .iter()
+                            .filter(|b| b.done.is_none())
+                            .map(|b| (b.flow, b.invite.clone()))
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default();
+                for (flow_id, inv) in pending {
+                    if let Some(f) = self.flows.get(flow_id) {
+                        f.send(&cancel(&inv));
+                    }
+                }
+                self.forget_fork_later(leg);
+            } else {
+                // An answer we cannot use: the other devices ring on.
+                self.with_fork(leg, |f| {
+                    f.settled = false;
+                    f.answering = false;
+                });
+                self.finish_branch(leg, i, 488);
+            }
             return;
         }
         // The others stop ringing.
@@ -333,6 +377,7 @@ impl Door {
                     .map(|(_, b)| (b.flow, b.invite.clone()))
                     .collect();
                 f.answered = true;
+                f.answering = false;
                 (f.tenant.clone(), others)
             })
             .unwrap_or_default();
@@ -418,8 +463,8 @@ impl Door {
     pub(super) fn cancel_fork(&self, leg: &str) -> bool {
         let pending = self
             .with_fork(leg, |f| {
-                if f.answered {
-                    return None; // Its dialog ends it.
+                if f.answered || f.answering {
+                    return None; // Its dialog ends it (an early end waits for it).
                 }
                 let first = !f.settled;
                 f.settled = true;
@@ -514,6 +559,20 @@ fn ack_failure(invite: &Message, response: &Message) -> Message {
     m.push("To", response.header("To").unwrap_or_default());
     m.push("Call-ID", invite.call_id());
     m.push("CSeq", "1 ACK");
+    m
+}
+
+/// An ACK or BYE for a 2xx whose INVITE we no longer keep: everything
+/// from the response (our From, its To with its tag, the Call-ID).
+fn ack_or_bye_from(ok: &Message, method: &str, cseq: u32, via_host: &str) -> Message {
+    let target = dialogs::contact_uri(ok)
+        .or_else(|| ok.to().ok().map(|t| t.uri_text))
+        .unwrap_or_default();
+    let mut m = dialogs::request(method, &target, via_host);
+    m.push("From", ok.header("From").unwrap_or_default());
+    m.push("To", ok.header("To").unwrap_or_default());
+    m.push("Call-ID", ok.call_id());
+    m.push("CSeq", format!("{cseq} {method}"));
     m
 }
 

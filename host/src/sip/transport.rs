@@ -6,9 +6,13 @@
 //! Requests to a registered device go out on the flow it registered over
 //! (phones behind NAT accept nothing else).
 //!
-//! Connections are capped in total and per address; a framing error
-//! closes the flow (its message boundaries can no longer be trusted); a
-//! message that frames but does not parse is dropped and counted.
+//! Connections are capped in total (handshakes included) and per address
+//! (IPv6 per /64); a connection that has not authenticated a request
+//! within [`UNAUTHENTICATED_FOR`] is closed (keep-alives do not keep it);
+//! a framing error closes the flow (its message boundaries can no longer
+//! be trusted); a message that frames but does not parse is dropped and
+//! counted. Whatever ends a flow (a panic included) releases its slots
+//! and tells the door.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -23,8 +27,11 @@ use super::frame::{Frame, Framer};
 use super::message::Message;
 use crate::support::sync::Recover as _;
 
-/// Messages queued to one flow before it is judged stuck and closed.
+/// Messages queued to one flow; past that they are dropped (a peer that
+/// never reads is closed by the write deadline).
 const QUEUE: usize = 256;
+/// How long a connection may stay without authenticating a request.
+pub const UNAUTHENTICATED_FOR: Duration = Duration::from_secs(60);
 /// Longest a write may take.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -35,11 +42,13 @@ pub struct Flow {
     /// Our address as the peer reached it (for SDP and Contact).
     pub local: SocketAddr,
     out: mpsc::Sender<Vec<u8>>,
+    /// Some request on it passed digest authentication.
+    authenticated: std::sync::atomic::AtomicBool,
 }
 
 impl Flow {
-    /// Queues `m` to be written; `false` if the flow is closed or stuck
-    /// (then it closes).
+    /// Queues `m` to be written; `false` if the flow is closed or its
+    /// queue is full (the message is dropped).
     pub fn send(&self, m: &Message) -> bool {
         self.out.try_send(m.to_bytes()).is_ok()
     }
@@ -48,6 +57,11 @@ impl Flow {
     pub fn is_open(&self) -> bool {
         !self.out.is_closed()
     }
+
+    /// Marks the flow as carrying an authenticated device.
+    pub fn authenticated(&self) {
+        self.authenticated.store(true, Ordering::Relaxed);
+    }
 }
 
 /// The live flows, by id.
@@ -55,7 +69,21 @@ impl Flow {
 pub struct Flows {
     next: AtomicU64,
     live: Mutex<HashMap<u64, Arc<Flow>>>,
-    per_address: Mutex<HashMap<IpAddr, usize>>,
+    /// Connections admitted (handshaking or live), in total and per
+    /// address (IPv6: per /64).
+    admitted: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// The network a per-address cap or throttle counts under: IPv6 by /64 (one host
+/// has the whole prefix).
+pub fn network(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
 }
 
 impl Flows {
@@ -69,29 +97,28 @@ impl Flows {
             .cloned()
     }
 
-    /// Open flows.
-    pub fn count(&self) -> usize {
-        self.live.lock().recover().len()
-    }
-
-    /// Takes a connection slot for `ip`, or `None` at either cap.
+    /// Takes a connection slot for `ip`, or `false` at either cap.
     fn admit(&self, ip: IpAddr, max_total: usize, max_per_address: usize) -> bool {
-        let total = self.count();
-        let mut per = self.per_address.lock().recover();
-        let n = per.entry(ip).or_default();
-        if total >= max_total || *n >= max_per_address {
+        let mut admitted = self.admitted.lock().recover();
+        let (total, per) = &mut *admitted;
+        let n = per.entry(network(ip)).or_default();
+        if *total >= max_total || *n >= max_per_address {
             return false;
         }
         *n += 1;
+        *total += 1;
         true
     }
 
     fn release(&self, ip: IpAddr) {
-        let mut per = self.per_address.lock().recover();
-        if let Some(n) = per.get_mut(&ip) {
+        let mut admitted = self.admitted.lock().recover();
+        let (total, per) = &mut *admitted;
+        *total = total.saturating_sub(1);
+        let key = network(ip);
+        if let Some(n) = per.get_mut(&key) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                per.remove(&ip);
+                per.remove(&key);
             }
         }
     }
@@ -155,12 +182,39 @@ pub async fn serve<H: Handler>(
         let _ = stream.set_nodelay(true);
         let (acceptor, flows, handler) = (acceptor.clone(), flows.clone(), handler.clone());
         tokio::spawn(async move {
+            // Released however this task ends (a panic included).
+            let _slot = Slot(&flows, peer.ip());
             match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => run_flow(tls, peer, local, &flows, handler, limits).await,
                 _ => crate::metrics::SIP_DROPPED.inc(&["tls_handshake"]),
             }
-            flows.release(peer.ip());
         });
+    }
+}
+
+/// A connection slot, released when dropped.
+struct Slot<'a>(&'a Flows, IpAddr);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.release(self.1);
+    }
+}
+
+/// A live flow's registration: dropped (also by a panic), it leaves the
+/// live set, tells the door and stops the writer.
+struct Live<'a, H: Handler> {
+    flows: &'a Flows,
+    flow: Arc<Flow>,
+    handler: Arc<H>,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+impl<H: Handler> Drop for Live<'_, H> {
+    fn drop(&mut self) {
+        self.flows.live.lock().recover().remove(&self.flow.id);
+        self.handler.closed(&self.flow);
+        self.writer.abort();
     }
 }
 
@@ -180,6 +234,7 @@ async fn run_flow<H: Handler>(
         peer,
         local,
         out,
+        authenticated: std::sync::atomic::AtomicBool::new(false),
     });
     flows.live.lock().recover().insert(id, flow.clone());
     let writer = tokio::spawn(async move {
@@ -191,11 +246,32 @@ async fn run_flow<H: Handler>(
         }
         let _ = tokio::time::timeout(WRITE_TIMEOUT, wr.shutdown()).await;
     });
+    let live = Live {
+        flows,
+        flow: flow.clone(),
+        handler: handler.clone(),
+        writer,
+    };
+    let opened = tokio::time::Instant::now();
     let mut framer = Framer::default();
     let mut buf = vec![0u8; 16 * 1024];
     'read: loop {
-        let n = match tokio::time::timeout(limits.idle_timeout, rd.read(&mut buf)).await {
+        // Until a request authenticates, the connection has a deadline that
+        // keep-alives do not move.
+        let wait = if flow.authenticated.load(Ordering::Relaxed) {
+            limits.idle_timeout
+        } else {
+            match UNAUTHENTICATED_FOR.checked_sub(opened.elapsed()) {
+                Some(left) => left.min(limits.idle_timeout),
+                None => {
+                    crate::metrics::SIP_DROPPED.inc(&["unauthenticated"]);
+                    break;
+                }
+            }
+        };
+        let n = match tokio::time::timeout(wait, rd.read(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => n,
+            Err(_) if !flow.authenticated.load(Ordering::Relaxed) => continue,
             _ => break,
         };
         framer.push(&buf[..n]);
@@ -223,8 +299,5 @@ async fn run_flow<H: Handler>(
             }
         }
     }
-    flows.live.lock().recover().remove(&id);
-    handler.closed(&flow);
-    drop(flow);
-    writer.abort();
+    drop(live);
 }

@@ -369,6 +369,13 @@ impl Table {
         waiting
     }
 
+    /// Whether outbound leg `id` rings (waits for its answer).
+    pub fn is_ringing(&self, id: &str) -> bool {
+        self.legs
+            .get(id)
+            .is_some_and(|l| l.snapshot.state == LegState::Ringing)
+    }
+
     /// The media of leg `id`, if open.
     pub fn media_of(&self, id: &str) -> Option<u64> {
         self.legs.get(id).and_then(|l| l.media)

@@ -61,6 +61,10 @@ pub trait Signalling: Send + Sync + 'static {
     /// A plugin changed the message-waiting counts of `user` (SIP: NOTIFY
     /// their devices' subscriptions). Nothing by default.
     fn mwi_changed(&self, _tenant: &str, _user: &str) {}
+    /// A device was removed or its password changed: what it holds under
+    /// its old credentials ends (SIP: registrations, subscriptions,
+    /// calls). Nothing by default.
+    fn device_changed(&self, _tenant: &str, _device: &str) {}
 }
 
 /// The signalling of a host with no SIP door: nothing can be dialled.

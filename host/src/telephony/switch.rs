@@ -350,6 +350,11 @@ impl Telephony {
         self.signalling().mwi_changed(tenant, user);
     }
 
+    /// A device was removed or got a new password (returns at once).
+    pub fn device_changed(&self, tenant: &str, device: &str) {
+        self.signalling().device_changed(tenant, device);
+    }
+
     /// The far end ended a leg.
     pub fn ended(&self, leg: &str, cause: Cause) {
         self.send(Msg::Ended(leg.to_string(), cause));
@@ -467,13 +472,20 @@ async fn run(me: Weak<Telephony>, media: MediaConfig, mut rx: mpsc::UnboundedRec
                     Vec::new()
                 }
                 Msg::Answered(leg, offer, reply) => {
-                    let (tenant, prepared) = {
+                    let (tenant, prepared, ringing) = {
                         let table = t.table.lock().recover();
                         (
                             table.tenant_of(&leg).unwrap_or_default(),
                             table.media_of(&leg),
+                            table.is_ringing(&leg),
                         )
                     };
+                    // Only a leg still ringing takes an answer (a second
+                    // one must not move the first's media).
+                    if !ringing {
+                        let _ = reply.send(Err(TelephonyError::NoLeg));
+                        continue;
+                    }
                     let opened = match prepared {
                         Some(media) => engine
                             .retarget(media, setup(&offer, group_of(&tenant)))

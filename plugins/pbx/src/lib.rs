@@ -208,12 +208,15 @@ fn on_call(e: &CallEvent) -> Result<(), Error> {
                 _ => give_up(&caller, *cause),
             }
         }
-        (CallEventKind::Ended(_), Some(Role::Caller { callee: Some(callee) })) => {
-            match calls::hangup(&callee, Cause::Normal) {
-                Ok(()) | Err(Error::NotFound(_)) => Ok(()),
-                Err(err) => Err(err),
-            }
-        }
+        (
+            CallEventKind::Ended(_),
+            Some(Role::Caller {
+                callee: Some(callee),
+            }),
+        ) => match calls::hangup(&callee, Cause::Normal) {
+            Ok(()) | Err(Error::NotFound(_)) => Ok(()),
+            Err(err) => Err(err),
+        },
         _ => Ok(()),
     }
 }
@@ -235,7 +238,11 @@ impl Plugin for Pbx {
 fn me(req: &Request) -> Result<String, ApiError> {
     let user = req.user()?.to_string();
     if req.principal.kind != PrincipalKind::Registered {
-        return Err(ApiError::new(403, "registered_only", "for the tenant's users"));
+        return Err(ApiError::new(
+            403,
+            "registered_only",
+            "for the tenant's users",
+        ));
     }
     Ok(user)
 }
@@ -248,9 +255,16 @@ fn forward_show(req: &Request, _: &Params) -> Result<Response, ApiError> {
 fn forward_set(req: &Request, _: &Params) -> Result<Response, ApiError> {
     let user = me(req)?;
     let fwd: Forward = serde_json::from_slice(&req.body).map_err(|e| {
-        ApiError::new(400, "invalid_forward", format!("not a forwarding setting: {e}"))
+        ApiError::new(
+            400,
+            "invalid_forward",
+            format!("not a forwarding setting: {e}"),
+        )
     })?;
-    for target in [&fwd.always, &fwd.busy, &fwd.no_answer].into_iter().flatten() {
+    for target in [&fwd.always, &fwd.busy, &fwd.no_answer]
+        .into_iter()
+        .flatten()
+    {
         let ok = !target.is_empty()
             && target.len() <= MAX_TARGET
             && target
