@@ -372,9 +372,13 @@ impl Door {
             .header("Expires")
             .and_then(|e| e.trim().parse::<u32>().ok())
             .unwrap_or(3600);
-        if contacts == ["*"] {
-            if default_expires != 0 {
-                flow.send(&answer(m, 400, "Bad Request (Contact: * needs Expires: 0)"));
+        if contacts.contains(&"*") {
+            if contacts.len() != 1 || default_expires != 0 {
+                flow.send(&answer(
+                    m,
+                    400,
+                    "Bad Request (Contact: * alone, with Expires: 0)",
+                ));
                 return;
             }
             self.registrar.clear(&device.tenant, &device.name);
@@ -461,9 +465,11 @@ impl Door {
             flow.send(&answer(m, 404, "Not Found"));
             return;
         };
-        let is_sdp = m
-            .header("Content-Type")
-            .is_some_and(|c| c.trim().eq_ignore_ascii_case("application/sdp"));
+        let is_sdp = m.header("Content-Type").is_some_and(|c| {
+            c.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/sdp"))
+        });
         let offer = match std::str::from_utf8(&m.body) {
             Ok(text) if is_sdp && !text.is_empty() => sdp::parse(text),
             _ => {

@@ -205,6 +205,17 @@ async fn t2_devices_register_with_digest_sha256_or_md5() {
     let gone = old.register("MD5", 0).await;
     assert_eq!(gone.status(), Some(200));
     assert_eq!(gone.all("Contact").count(), 1, "{gone:?}");
+    // `Contact: *` must stand alone (RFC 3261 §10.2.2).
+    let uri = "sip:acme.localhost";
+    let first = old.request("REGISTER", uri, &[]);
+    old.send(&first).await;
+    let challenged = old.final_response().await.unwrap();
+    let (h, v) = old.answer(&challenged, "MD5", "REGISTER", uri);
+    let mut mixed = old.request("REGISTER", uri, &[("Expires", "0".into()), (&h, v)]);
+    mixed.headers.retain(|(n, _)| n != "Contact");
+    mixed.push("Contact", "*, <sip:alice-desk@10.0.0.9>");
+    old.send(&mixed).await;
+    assert_eq!(old.final_response().await.unwrap().status(), Some(400));
 }
 
 /// What a refusal looks like, without what differs per request.

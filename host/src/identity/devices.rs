@@ -25,7 +25,7 @@ use crate::support::clock::now_ms;
 pub const MAX_DEVICE_NAME_LEN: usize = 32;
 /// Devices a tenant may have.
 pub const MAX_DEVICES_PER_TENANT: usize = 10_000;
-/// Characters of a generated device password (~143 bits).
+/// Characters of a generated device password (24 of 56: ~139 bits).
 const PASSWORD_CHARS: usize = 24;
 
 #[derive(Serialize, Deserialize)]
@@ -95,17 +95,25 @@ fn device_key(tenant: &str, name: &str) -> Vec<u8> {
 
 fn new_password() -> Zeroizing<String> {
     const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnpqrstuvwxyz23456789";
-    let mut bytes = Zeroizing::new([0u8; PASSWORD_CHARS]);
-    if getrandom::fill(bytes.as_mut_slice()).is_err() {
-        let hex = crate::support::encoding::random_hex(PASSWORD_CHARS);
-        bytes.copy_from_slice(&hex.as_bytes()[..PASSWORD_CHARS]);
+    // Uniform over the alphabet: bytes at or past the last whole multiple
+    // of its length are drawn again (no modulo bias).
+    let limit = 256 - 256 % ALPHABET.len();
+    let mut out = Zeroizing::new(String::with_capacity(PASSWORD_CHARS));
+    let mut pool = Zeroizing::new([0u8; 64]);
+    while out.len() < PASSWORD_CHARS {
+        if getrandom::fill(pool.as_mut_slice()).is_err() {
+            // No randomness: fall back to hex from the same source the
+            // rest of the host uses (it fails loudly there if it must).
+            let hex = crate::support::encoding::random_hex(PASSWORD_CHARS);
+            pool[..PASSWORD_CHARS].copy_from_slice(&hex.as_bytes()[..PASSWORD_CHARS]);
+        }
+        for b in pool.iter() {
+            if out.len() < PASSWORD_CHARS && usize::from(*b) < limit {
+                out.push(ALPHABET[usize::from(*b) % ALPHABET.len()] as char);
+            }
+        }
     }
-    Zeroizing::new(
-        bytes
-            .iter()
-            .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
-            .collect(),
-    )
+    out
 }
 
 impl Identity {

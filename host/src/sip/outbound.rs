@@ -113,9 +113,9 @@ impl Door {
                 }
             }
         }
-        let Some(first) = targets.first() else {
+        if targets.is_empty() {
             return false;
-        };
+        }
         // Media first: the offers name its port. The far end's key is a
         // stand-in until the answer names it.
         let (Ok(stand_in), Ok(ours)) = (MasterKey::generate(), MasterKey::generate()) else {
@@ -138,7 +138,6 @@ impl Door {
             return false;
         };
         let realm = self.rt.sip_realm(&call.tenant);
-        let ip = self.media_ip(media, &first.1);
         let mut fork = Fork {
             leg: call.leg.clone(),
             tenant: call.tenant.clone(),
@@ -168,6 +167,8 @@ impl Door {
             let Ok(key) = MasterKey::generate() else {
                 continue;
             };
+            // Each device is offered the address it reaches us at.
+            let ip = self.media_ip(media, &flow);
             let offer = sdp::offer(
                 sdp::Local {
                     addr: SocketAddr::new(ip, media.port()),
