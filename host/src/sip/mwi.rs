@@ -234,31 +234,22 @@ impl Door {
     /// A plugin changed `user`'s counts: every live subscription of their
     /// devices hears it.
     pub(super) fn mwi_changed(&self, tenant: &str, user: &str) {
-        let now = now_ms();
-        let due: Vec<Sub> = {
-            let mut subs = self.subs.all.lock().recover();
-            subs.retain(|_, s| s.expires_at_ms > now);
-            subs.values_mut()
-                .filter(|s| s.tenant == tenant && s.user == user)
-                .map(|s| {
-                    s.cseq += 1;
-                    s.clone()
-                })
-                .collect()
-        };
-        for sub in due {
-            self.send_notify(sub, false);
-        }
+        self.notify_where(|s| s.tenant == tenant && s.user == user);
     }
 
     /// A device registered again: its subscriptions hear the counts.
     pub(super) fn mwi_registered(&self, tenant: &str, device: &str) {
+        self.notify_where(|s| s.tenant == tenant && s.device == device);
+    }
+
+    /// NOTIFYs every live subscription `pick` chooses (expired ones go).
+    fn notify_where(&self, pick: impl Fn(&Sub) -> bool) {
         let now = now_ms();
         let due: Vec<Sub> = {
             let mut subs = self.subs.all.lock().recover();
             subs.retain(|_, s| s.expires_at_ms > now);
             subs.values_mut()
-                .filter(|s| s.tenant == tenant && s.device == device)
+                .filter(|s| pick(s))
                 .map(|s| {
                     s.cseq += 1;
                     s.clone()

@@ -544,9 +544,15 @@ fn cause_of(codes: &[u16]) -> Cause {
 /// The ACK of a non-2xx final answer: part of the INVITE's transaction
 /// (same Via branch, RFC 3261 §17.1.1.3).
 fn ack_failure(invite: &Message, response: &Message) -> Message {
+    in_transaction(invite, "ACK", response.header("To").unwrap_or_default())
+}
+
+/// A request in one of our INVITE's own transaction: same Request-URI,
+/// Via (branch), From, Call-ID and CSeq number, with `to`.
+fn in_transaction(invite: &Message, method: &str, to: &str) -> Message {
     let mut m = Message {
         start: super::message::Start::Request {
-            method: "ACK".into(),
+            method: method.into(),
             uri: invite.uri().unwrap_or_default().into(),
         },
         headers: Vec::new(),
@@ -557,9 +563,9 @@ fn ack_failure(invite: &Message, response: &Message) -> Message {
     }
     m.push("Max-Forwards", "70");
     m.push("From", invite.header("From").unwrap_or_default());
-    m.push("To", response.header("To").unwrap_or_default());
+    m.push("To", to);
     m.push("Call-ID", invite.call_id());
-    m.push("CSeq", "1 ACK");
+    m.push("CSeq", format!("1 {method}"));
     m
 }
 
@@ -591,23 +597,7 @@ fn ack_2xx(invite: &Message, ok: &Message, via_host: &str) -> Message {
 
 /// The CANCEL of one of our INVITEs (same Via branch, RFC 3261 §9.1).
 fn cancel(invite: &Message) -> Message {
-    let mut m = Message {
-        start: super::message::Start::Request {
-            method: "CANCEL".into(),
-            uri: invite.uri().unwrap_or_default().into(),
-        },
-        headers: Vec::new(),
-        body: Vec::new(),
-    };
-    if let Some(via) = invite.via().first() {
-        m.push("Via", *via);
-    }
-    m.push("Max-Forwards", "70");
-    m.push("From", invite.header("From").unwrap_or_default());
-    m.push("To", invite.header("To").unwrap_or_default());
-    m.push("Call-ID", invite.call_id());
-    m.push("CSeq", "1 CANCEL");
-    m
+    in_transaction(invite, "CANCEL", invite.header("To").unwrap_or_default())
 }
 
 #[cfg(test)]

@@ -299,12 +299,7 @@ impl Telephony {
         if !self.has_room(&inbound.tenant) {
             return Err(TelephonyError::TooManyLegs);
         }
-        let (tx, rx) = oneshot::channel();
-        self.control()?
-            .send(Msg::Offer(Box::new(inbound), tx))
-            .map_err(|_| TelephonyError::Unavailable("call control stopped".into()))?;
-        rx.await
-            .map_err(|_| TelephonyError::Unavailable("call control stopped".into()))?
+        self.ask(|tx| Msg::Offer(Box::new(inbound), tx)).await
     }
 
     /// An outbound leg rings at the far end.
@@ -319,12 +314,8 @@ impl Telephony {
         leg: &str,
         media: MediaOffer,
     ) -> Result<SocketAddr, TelephonyError> {
-        let (tx, rx) = oneshot::channel();
-        self.control()?
-            .send(Msg::Answered(leg.to_string(), Box::new(media), tx))
-            .map_err(|_| TelephonyError::Unavailable("call control stopped".into()))?;
-        rx.await
-            .map_err(|_| TelephonyError::Unavailable("call control stopped".into()))?
+        self.ask(|tx| Msg::Answered(leg.to_string(), Box::new(media), tx))
+            .await
     }
 
     /// Opens the media of an outbound leg before its answer, so the
@@ -336,9 +327,19 @@ impl Telephony {
         leg: &str,
         media: MediaOffer,
     ) -> Result<SocketAddr, TelephonyError> {
+        self.ask(|tx| Msg::Prepare(leg.to_string(), Box::new(media), tx))
+            .await
+    }
+
+    /// Sends call control the message `msg` makes around a reply channel
+    /// and waits for the reply.
+    async fn ask<T>(
+        &self,
+        msg: impl FnOnce(oneshot::Sender<Result<T, TelephonyError>>) -> Msg,
+    ) -> Result<T, TelephonyError> {
         let (tx, rx) = oneshot::channel();
         self.control()?
-            .send(Msg::Prepare(leg.to_string(), Box::new(media), tx))
+            .send(msg(tx))
             .map_err(|_| TelephonyError::Unavailable("call control stopped".into()))?;
         rx.await
             .map_err(|_| TelephonyError::Unavailable("call control stopped".into()))?
