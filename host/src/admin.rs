@@ -42,6 +42,23 @@ use crate::identity::sso;
 use crate::identity::{AccountChange, AuthError, Caller, NewAccount, Policy, Role};
 use crate::runtime::Runtime;
 
+/// A trunk's password as it passes through an op: never printed.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TrunkPassword(pub String);
+
+impl std::fmt::Debug for TrunkPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TrunkPassword(…)")
+    }
+}
+
+impl Drop for TrunkPassword {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
 /// One administrative operation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
@@ -238,6 +255,22 @@ pub enum Op {
     /// Gives a device a new password (shown this once); the old one
     /// stops working at once.
     DevicePassword {
+        tenant: String,
+        name: String,
+    },
+    /// A tenant's SIP trunks (never a password: only whether one is set).
+    TrunkList {
+        tenant: String,
+    },
+    /// Adds or replaces one trunk (by name). `password`: set it (write
+    /// only, sealed), `""` clears it, absent keeps it.
+    TrunkSet {
+        tenant: String,
+        trunk: crate::tenant::Trunk,
+        #[serde(default)]
+        password: Option<TrunkPassword>,
+    },
+    TrunkRemove {
         tenant: String,
         name: String,
     },

@@ -116,6 +116,11 @@ impl Tenants {
         self.0.write().recover().remove(id);
     }
 
+    /// Every live tenant, in no order.
+    pub(crate) fn states(&self) -> Vec<Arc<TenantState>> {
+        self.0.read().recover().values().cloned().collect()
+    }
+
     /// Every tenant's id, in no order.
     pub(crate) fn ids(&self) -> Vec<String> {
         self.0.read().recover().keys().cloned().collect()

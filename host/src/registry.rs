@@ -85,6 +85,11 @@ impl Registry {
         self.tenants.get(id)
     }
 
+    /// Every live tenant, in no order.
+    pub(crate) fn states(&self) -> Vec<Arc<TenantState>> {
+        self.tenants.states()
+    }
+
     /// The live tenant `id`, or `tenant_not_found`.
     pub(crate) fn tenant_or_err(&self, id: &str) -> Result<Arc<TenantState>, AdminError> {
         self.tenant(id)

@@ -316,9 +316,23 @@ pub async fn serve(
             sip.local_addr()?,
             file.sip.domain
         );
+        let trunks = match file.sip.trunk_listen {
+            Some(addr) => {
+                let socket = tokio::net::UdpSocket::bind(addr).await.with_context(|| {
+                    format!("cannot listen for SIP trunks on UDP {addr}; set [sip] trunk_listen")
+                })?;
+                println!(
+                    "switchboard: SIP trunks over UDP on {} (allow-listed addresses only)",
+                    socket.local_addr()?
+                );
+                Some(socket)
+            }
+            None => None,
+        };
         let door = crate::sip::run(
             runtime.clone(),
             sip,
+            trunks,
             sip_tls(&tls),
             file.sip.clone(),
             file.identity.throttle.clone(),

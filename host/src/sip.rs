@@ -32,6 +32,7 @@ mod outbound;
 mod registrar;
 pub mod sdp;
 mod transport;
+mod udp;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Weak};
@@ -75,6 +76,11 @@ pub struct SipConfig {
     /// Where (default `127.0.0.1:5061`; phones on a network need
     /// `0.0.0.0:5061`).
     pub listen: SocketAddr,
+    /// Where trunks reach the host over UDP (e.g. `203.0.113.1:5060`);
+    /// `None` (the default): no UDP at all. Only addresses a tenant's
+    /// trunk allow-lists are heard. A specific address, not `0.0.0.0`:
+    /// it is written into Via and Contact.
+    pub trunk_listen: Option<SocketAddr>,
     pub handshake_timeout_s: u64,
     /// A connection with nothing to read for this long is closed (phones
     /// send keep-alives or re-register well within it).
@@ -108,6 +114,7 @@ impl Default for SipConfig {
             media_bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             media_ports: [20000, 29999],
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 5061),
+            trunk_listen: None,
             handshake_timeout_s: 10,
             idle_timeout_s: 600,
             max_connections: 10_000,
@@ -145,6 +152,12 @@ impl SipConfig {
         if !domain_ok {
             return Err(format!("[sip] domain {:?} is not a host name", self.domain));
         }
+        if self.trunk_listen.is_some_and(|a| a.ip().is_unspecified()) {
+            return Err(
+                "[sip] trunk_listen must be a specific address (it goes into Via and Contact)"
+                    .into(),
+            );
+        }
         if self.digest_algorithms.is_empty() {
             return Err("[sip] digest_algorithms must name SHA-256, MD5 or both".into());
         }
@@ -162,6 +175,9 @@ pub enum SipError {
     /// No randomness for digest nonces.
     #[error("SIP digest: {0}")]
     Digest(#[from] crate::identity::digest::DigestError),
+    /// The trunks' UDP socket cannot be used.
+    #[error("SIP trunk socket: {0}")]
+    Socket(std::io::Error),
 }
 
 /// The door.
@@ -174,16 +190,21 @@ pub struct Door {
     forks: std::sync::Mutex<outbound::Forks>,
     subs: mwi::Subs,
     flows: Arc<Flows>,
+    /// The trunks' UDP socket, if the server listens for trunks.
+    udp: Option<Arc<udp::Udp>>,
     tokio: tokio::runtime::Handle,
     me: Weak<Door>,
 }
 
-/// Runs the SIP door on `listener` until `shutdown` completes. `tls` is
-/// the server's certificate without ALPN. The door becomes call
-/// control's signalling side.
+/// Runs the SIP door on `listener` (TLS, devices) and `trunks` (UDP, the
+/// allow-listed addresses of tenants' trunks) until `shutdown`
+/// completes. `tls` is the server's certificate without ALPN. The door
+/// becomes call control's signalling side.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     rt: Runtime,
     listener: tokio::net::TcpListener,
+    trunks: Option<tokio::net::UdpSocket>,
     tls: Arc<rustls::ServerConfig>,
     config: SipConfig,
     throttle: ThrottleConfig,
@@ -197,6 +218,13 @@ pub async fn run(
         max_connections_per_address: config.max_connections_per_address.max(1),
     };
     let auth = Auth::new(throttle, &config.digest_algorithms)?;
+    let (udp, timeouts) = match trunks {
+        Some(socket) => {
+            let (u, rx) = udp::Udp::new(socket, flows.clone()).map_err(SipError::Socket)?;
+            (Some(u), Some(rx))
+        }
+        None => (None, None),
+    };
     let door = Arc::new_cyclic(|me| Door {
         rt: rt.clone(),
         config,
@@ -206,12 +234,31 @@ pub async fn run(
         forks: Default::default(),
         subs: Default::default(),
         flows: flows.clone(),
+        udp: udp.clone(),
         tokio: tokio::runtime::Handle::current(),
         me: me.clone(),
     });
     rt.telephony()
         .set_signalling(Arc::new(SipSignalling(Arc::downgrade(&door))));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let trunk_task = match (udp, timeouts) {
+        (Some(u), Some(rx)) => {
+            let (door, rt) = (door.clone(), rt.clone());
+            let mut stopped = stopped.clone();
+            Some(tokio::spawn(async move {
+                udp::serve(u, rx, door, move |ip| rt.any_trunk_allows(ip), async move {
+                    let _ = stopped.changed().await;
+                })
+                .await;
+            }))
+        }
+        _ => None,
+    };
     transport::serve(listener, tls, flows, door, limits, shutdown).await;
+    let _ = stop.send(true);
+    if let Some(t) = trunk_task {
+        let _ = t.await;
+    }
     Ok(())
 }
 
@@ -246,6 +293,30 @@ impl transport::Handler for Door {
     }
 }
 
+/// What a trunk is called as a dialog's party (devices go by their name,
+/// which has no `:`).
+const TRUNK_PARTY: &str = "trunk:";
+
+fn trunk_party(name: &str) -> String {
+    format!("{TRUNK_PARTY}{name}")
+}
+
+/// An identified caller of an INVITE, and what it called.
+struct Calling {
+    tenant: String,
+    /// The device's name, or `trunk:{name}`.
+    party: String,
+    /// Who the plugin is told calls.
+    shown: String,
+    /// Calls this party may have at once.
+    limit: usize,
+    /// The number called (E.164 for a trunk's DID).
+    number: String,
+    route: Option<crate::tenant::Route>,
+    /// SRTP required (devices over TLS).
+    secure: bool,
+}
+
 /// A response to `req` with a fresh To tag.
 fn answer(req: &Message, code: u16, reason: &str) -> Message {
     req.response(code, reason, Some(&random_hex(8)))
@@ -268,6 +339,19 @@ impl Door {
             r.push("Unsupported", required);
             flow.send(&r);
             return;
+        }
+        if flow.is_udp() {
+            // Trunks call and hang up; devices register over TLS only.
+            match method.as_str() {
+                "INVITE" if m.to().ok().and_then(|t| t.tag()).is_none() => {
+                    return self.trunk_invite(flow, &m).await;
+                }
+                "REGISTER" | "SUBSCRIBE" => {
+                    flow.send(&answer(&m, 403, "Forbidden (devices use TLS)"));
+                    return;
+                }
+                _ => {}
+            }
         }
         match method.as_str() {
             "REGISTER" => self.register(flow, &m),
@@ -416,7 +500,7 @@ impl Door {
         self.mwi_registered(&device.tenant, &device.name);
     }
 
-    // ---- INVITE from a device (the B2BUA's inbound legs) --------------------
+    // ---- INVITE from a device or a trunk (the B2BUA's inbound legs) ---------
 
     async fn invite(&self, flow: &Arc<Flow>, m: &Message) {
         let Some((realm, tenant)) = self.domain_of(m) else {
@@ -439,6 +523,80 @@ impl Door {
             return Self::refuse(flow, m, verdict, true);
         };
         flow.authenticated();
+        let number = Uri::parse(m.uri().unwrap_or_default())
+            .ok()
+            .and_then(|u| u.user)
+            .unwrap_or_default();
+        let route = self.rt.route(&device.tenant, &number);
+        let caller = Calling {
+            shown: device.name.clone(),
+            tenant: device.tenant,
+            party: device.name,
+            limit: MAX_CALLS_PER_DEVICE,
+            number,
+            route,
+            secure: true,
+        };
+        self.offer_call(flow, m, caller).await;
+    }
+
+    /// An INVITE over UDP: from a trunk's allow-listed address (the
+    /// socket dropped all others). The tenant is the Request-URI's domain
+    /// if it is a tenant's, else the one tenant whose trunk allows the
+    /// address; only its DIDs are reached.
+    async fn trunk_invite(&self, flow: &Arc<Flow>, m: &Message) {
+        let Ok(uri) = Uri::parse(m.uri().unwrap_or_default()) else {
+            flow.send(&answer(m, 400, "Bad Request"));
+            return;
+        };
+        let mut allowing = self.rt.trunks_allowing(flow.peer.ip());
+        match self.rt.tenant_of_sip_domain(&uri.host) {
+            Some(t) => allowing.retain(|(tenant, _)| *tenant == t),
+            None => {
+                let first = allowing.first().map(|(t, _)| t.clone());
+                if allowing.iter().any(|(t, _)| Some(t) != first.as_ref()) {
+                    // Two tenants' trunks share this provider: only the
+                    // domain can tell them apart.
+                    allowing.clear();
+                }
+            }
+        }
+        let Some((tenant, trunk)) = allowing.into_iter().next() else {
+            crate::metrics::SIP_DROPPED.inc(&["trunk_unmatched"]);
+            flow.send(&answer(m, 403, "Forbidden"));
+            return;
+        };
+        let called = uri.user.unwrap_or_default();
+        let (number, route) = match self.rt.did_route(&tenant, &called) {
+            Some((n, r)) => (n, Some(r)),
+            None => (called, None),
+        };
+        // The caller as the provider asserts it (RFC 3325), else From;
+        // only a number is shown, anything else is anonymous.
+        let asserted = m
+            .header("P-Asserted-Identity")
+            .and_then(|p| NameAddr::parse(p).ok())
+            .or_else(|| m.from().ok())
+            .and_then(|a| a.uri.user)
+            .filter(|u| {
+                let d = u.strip_prefix('+').unwrap_or(u);
+                !d.is_empty() && d.len() <= 20 && d.bytes().all(|b| b.is_ascii_digit())
+            });
+        let caller = Calling {
+            shown: asserted.unwrap_or_else(|| "anonymous".into()),
+            party: trunk_party(&trunk.name),
+            tenant,
+            limit: trunk.max_calls as usize,
+            number,
+            route,
+            secure: false,
+        };
+        self.offer_call(flow, m, caller).await;
+    }
+
+    /// Offers an identified caller's INVITE to the plugin its number
+    /// routes to.
+    async fn offer_call(&self, flow: &Arc<Flow>, m: &Message, c: Calling) {
         let tag = m.from().ok().and_then(|f| f.tag()).unwrap_or_default();
         if self.dialogs.leg_of(m.call_id(), &tag).is_some() {
             // A second INVITE with a live call's Call-ID and tag would
@@ -446,27 +604,19 @@ impl Door {
             flow.send(&answer(m, 400, "Bad Request (Call-ID and tag in use)"));
             return;
         }
-        if self.dialogs.count_of(&device.tenant, &device.name) >= MAX_CALLS_PER_DEVICE {
-            let mut r = answer(
-                m,
-                503,
-                "Service Unavailable (too many calls from this device)",
-            );
+        if self.calls_of(&c.tenant, &c.party) >= c.limit {
+            let mut r = answer(m, 503, "Service Unavailable (too many calls)");
             r.push("Retry-After", "5");
             flow.send(&r);
             return;
         }
         flow.send(&answer(m, 100, "Trying"));
-        let number = Uri::parse(m.uri().unwrap_or_default())
-            .ok()
-            .and_then(|u| u.user)
-            .unwrap_or_default();
-        let Some(route) = self.rt.route(&device.tenant, &number) else {
+        let Some(route) = c.route else {
             flow.send(&answer(m, 404, "Not Found"));
             return;
         };
-        let is_sdp = m.header("Content-Type").is_some_and(|c| {
-            c.split(';')
+        let is_sdp = m.header("Content-Type").is_some_and(|ct| {
+            ct.split(';')
                 .next()
                 .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/sdp"))
         });
@@ -482,14 +632,9 @@ impl Door {
                 return;
             }
         };
-        let policy = sdp::Policy {
-            srtp_required: true,
-            over_tls: true,
-            allow_loopback: self.config.allow_loopback_media,
-            codecs: vec![sdp::Codec::Pcmu, sdp::Codec::Pcma],
-        };
-        let choice = match offer.and_then(|o| sdp::choose(&o, &policy).map(|c| (o, c))) {
-            Ok(c) => c,
+        let policy = self.sdp_policy(c.secure, flow);
+        let choice = match offer.and_then(|o| sdp::choose(&o, &policy).map(|ch| (o, ch))) {
+            Ok(ch) => ch,
             Err(e) => {
                 crate::metrics::SIP_DROPPED.inc(&[e.code()]);
                 let mut r = answer(m, e.sip_status(), "Not Acceptable Here");
@@ -501,11 +646,11 @@ impl Door {
         let (offer, choice) = choice;
         let agreed = &choice.agreed;
         let inbound = Inbound {
-            tenant: device.tenant.clone(),
+            tenant: c.tenant.clone(),
             plugin: route.plugin.clone(),
             args: route.args.clone().into_bytes(),
-            caller: device.name.clone(),
-            callee: number.clone(),
+            caller: c.shown.clone(),
+            callee: c.number.clone(),
             media: MediaOffer {
                 remote: agreed.remote,
                 payload_type: agreed.codec.payload_type(),
@@ -519,35 +664,30 @@ impl Door {
         let (leg, media) = match self.rt.telephony().offer(inbound).await {
             Ok(x) => x,
             Err(e) => {
-                tracing::info!(tenant = %device.tenant, error = %e, "SIP call refused");
+                tracing::info!(tenant = %c.tenant, error = %e, "SIP call refused");
                 flow.send(&answer(m, 503, "Service Unavailable"));
                 return;
             }
-        };
-        let ip = match (self.config.media_address, media.ip()) {
-            (Some(a), _) => a,
-            (None, ip) if ip.is_unspecified() => flow.local.ip(),
-            (None, ip) => ip,
         };
         let mut ids = [0u8; 8];
         let _ = getrandom::fill(&mut ids);
         let agreed = choice.answer(
             &offer,
             sdp::Local {
-                addr: SocketAddr::new(ip, media.port()),
+                addr: SocketAddr::new(self.media_ip(media, flow), media.port()),
                 session_id: u64::from_be_bytes(ids) >> 1,
                 session_version: 1,
             },
         );
         let early = self.dialogs.insert(Dialog::uas(
             leg.clone(),
-            device.tenant,
-            device.name,
+            c.tenant,
+            c.party,
             flow.id,
             m,
             random_hex(8),
             agreed.sdp,
-            format!("sip:{number}@{};transport=tls", flow.local),
+            flow.our_uri(&c.number),
         ));
         // The plugin may have answered or ended the leg before its dialog
         // was filed.
@@ -556,6 +696,23 @@ impl Door {
             Some(Early::End(cause)) => self.end_leg(&leg, cause),
             None => {}
         }
+    }
+
+    /// What SDP a leg accepts: SRTP (SDES over TLS) for devices, plain
+    /// RTP for trunks (no keys without TLS).
+    fn sdp_policy(&self, secure: bool, flow: &Flow) -> sdp::Policy {
+        sdp::Policy {
+            srtp_required: secure,
+            over_tls: !flow.is_udp(),
+            allow_loopback: self.config.allow_loopback_media,
+            codecs: vec![sdp::Codec::Pcmu, sdp::Codec::Pcma],
+        }
+    }
+
+    /// Calls a device or trunk (`trunk:NAME`) has now: answered, offered
+    /// and ringing.
+    fn calls_of(&self, tenant: &str, party: &str) -> usize {
+        self.dialogs.count_of(tenant, party) + self.ringing_on(tenant, party)
     }
 
     fn ack(&self, flow: &Flow, m: &Message) {
@@ -579,6 +736,14 @@ impl Door {
     /// registered over. In-dialog requests carry no credentials; this
     /// keeps another connection that learnt the ids out.
     fn speaks_for(&self, flow: &Flow, (tenant, device, own): &(String, String, u64)) -> bool {
+        if let Some(name) = device.strip_prefix(TRUNK_PARTY) {
+            // A trunk's provider: any address its trunk allows, over UDP.
+            return flow.is_udp()
+                && self
+                    .rt
+                    .trunk(tenant, name)
+                    .is_some_and(|t| t.allows(flow.peer.ip()));
+        }
         *own == flow.id
             || self
                 .registrar
@@ -714,7 +879,7 @@ impl Door {
                 let (code, reason) = dialogs::refusal(cause);
                 d.response(code, reason)
             }
-            State::Answered { .. } => Some(d.bye(&flow.local.to_string())),
+            State::Answered { .. } => Some(d.bye(&flow.via())),
         };
         if let Some(m) = m {
             flow.send(&m);

@@ -128,6 +128,11 @@ pub struct TenantRecord {
     /// (SPEC T2).
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// SIP trunks to the telephone network (SPEC T2): who may send calls
+    /// in, where calls out go. Passwords are apart, in the tenant's
+    /// sealed store.
+    #[serde(default)]
+    pub trunks: Vec<Trunk>,
 }
 
 /// Most routes a tenant has.
@@ -192,6 +197,224 @@ impl Route {
             }
         }
         Ok(())
+    }
+}
+
+/// Most trunks a tenant has.
+pub const MAX_TRUNKS: usize = 16;
+/// Most addresses one trunk allow-lists.
+pub const MAX_TRUNK_ADDRESSES: usize = 16;
+/// Most caller-id patterns one trunk has.
+pub const MAX_TRUNK_CALLER_IDS: usize = 64;
+/// Calls one trunk carries at once unless set.
+pub const DEFAULT_TRUNK_CALLS: u32 = 100;
+
+/// A SIP trunk (SPEC T2): a provider's signalling reaches the host over
+/// UDP only from the allow-listed `addresses`; calls out go to `proxy`.
+/// Media is plain RTP (SDES keys never travel without TLS): allow-listing
+/// a trunk is the admin allowing that, e.g. on a private link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Trunk {
+    /// 1-32 of `a-z 0-9 -`.
+    pub name: String,
+    /// Where the provider's requests may come from: addresses or networks
+    /// (`203.0.113.7`, `198.51.100.0/28`, `2001:db8::/64`). Anything else
+    /// is dropped unheard.
+    pub addresses: Vec<String>,
+    /// Where calls out go (`ip:port`, UDP); `None`: inbound only.
+    #[serde(default)]
+    pub proxy: Option<std::net::SocketAddr>,
+    /// The user name for the provider's digest challenges to our calls
+    /// (the password is set apart and never shown).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The number calls out show when the caller's own may not be shown
+    /// (E.164); `None`: anonymous (RFC 3323).
+    #[serde(default)]
+    pub caller_id: Option<String>,
+    /// Numbers calls out may show besides the tenant's own DIDs (its `+`
+    /// routes): `+digits` or `+digits*`.
+    #[serde(default)]
+    pub caller_ids: Vec<String>,
+    /// Calls at once over this trunk, in and out.
+    #[serde(default = "Trunk::default_calls")]
+    pub max_calls: u32,
+}
+
+impl Trunk {
+    fn default_calls() -> u32 {
+        DEFAULT_TRUNK_CALLS
+    }
+
+    /// Checks a tenant's whole trunk list.
+    pub fn check_all(trunks: &[Trunk]) -> Result<(), String> {
+        if trunks.len() > MAX_TRUNKS {
+            return Err(format!("a tenant has at most {MAX_TRUNKS} trunks"));
+        }
+        let mut seen = BTreeSet::new();
+        for t in trunks {
+            t.check()?;
+            if !seen.insert(t.name.as_str()) {
+                return Err(format!("trunk {} is given twice", t.name));
+            }
+        }
+        Ok(())
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 32
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !name_ok {
+            return Err(format!(
+                "trunk name {:?}: 1-32 of a-z 0-9 -",
+                self.name.chars().take(40).collect::<String>()
+            ));
+        }
+        let n = &self.name;
+        if self.addresses.is_empty() || self.addresses.len() > MAX_TRUNK_ADDRESSES {
+            return Err(format!(
+                "trunk {n}: 1-{MAX_TRUNK_ADDRESSES} addresses calls may come from"
+            ));
+        }
+        for a in &self.addresses {
+            let net = Net::parse(a).map_err(|e| format!("trunk {n}: {e}"))?;
+            if net.ip.is_unspecified() || net.ip.is_multicast() {
+                return Err(format!("trunk {n}: address {a} cannot send calls"));
+            }
+        }
+        if let Some(p) = self.proxy
+            && (p.ip().is_unspecified() || p.ip().is_multicast() || p.port() == 0)
+        {
+            return Err(format!("trunk {n}: proxy {p} cannot take calls"));
+        }
+        if let Some(u) = &self.username {
+            let ok = !u.is_empty()
+                && u.len() <= 64
+                && u.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.!~*'()&=+$,;?/%".contains(&b));
+            if !ok {
+                return Err(format!("trunk {n}: username: 1-64 SIP user characters"));
+            }
+        }
+        if let Some(c) = &self.caller_id
+            && !is_e164(c)
+        {
+            return Err(format!("trunk {n}: caller_id {c:?} is not an E.164 number"));
+        }
+        if self.caller_ids.len() > MAX_TRUNK_CALLER_IDS {
+            return Err(format!(
+                "trunk {n}: at most {MAX_TRUNK_CALLER_IDS} caller_ids"
+            ));
+        }
+        for p in &self.caller_ids {
+            if !is_e164(p.strip_suffix('*').unwrap_or(p)) {
+                return Err(format!(
+                    "trunk {n}: caller_ids {p:?}: +digits, or +digits* for a prefix"
+                ));
+            }
+        }
+        if self.max_calls == 0 || self.max_calls > 10_000 {
+            return Err(format!("trunk {n}: max_calls 1-10000"));
+        }
+        Ok(())
+    }
+
+    /// Whether this trunk's provider may send from `ip`.
+    pub fn allows(&self, ip: std::net::IpAddr) -> bool {
+        self.addresses
+            .iter()
+            .filter_map(|a| Net::parse(a).ok())
+            .any(|n| n.contains(ip))
+    }
+
+    /// Whether a call out over this trunk may show `number` (an E.164
+    /// number) besides the tenant's DIDs.
+    pub fn may_show(&self, number: &str) -> bool {
+        self.caller_ids.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => number.starts_with(prefix),
+            None => p == number,
+        })
+    }
+}
+
+/// `+` and 2-15 digits, not starting with 0.
+pub fn is_e164(s: &str) -> bool {
+    s.strip_prefix('+').is_some_and(|d| {
+        (2..=15).contains(&d.len())
+            && d.bytes().all(|b| b.is_ascii_digit())
+            && !d.starts_with('0')
+    })
+}
+
+/// An address or a network (`ip` or `ip/prefix`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Net {
+    pub ip: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl Net {
+    /// Reads `ip` or `ip/prefix`; host bits set under the prefix are
+    /// refused (a typo would otherwise widen or shift the network).
+    pub fn parse(s: &str) -> Result<Net, String> {
+        let (ip, prefix) = match s.split_once('/') {
+            Some((ip, p)) => (ip, Some(p)),
+            None => (s, None),
+        };
+        let ip: std::net::IpAddr = ip
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or network"))?;
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?}: prefix 0-{max}"))?,
+        };
+        let net = Net { ip, prefix };
+        if net.masked(ip) != ip {
+            return Err(format!("{s:?}: host bits set below the /{prefix}"));
+        }
+        if prefix < max / 4 {
+            return Err(format!("{s:?}: a network that wide is not a trunk"));
+        }
+        Ok(net)
+    }
+
+    fn masked(&self, ip: std::net::IpAddr) -> std::net::IpAddr {
+        use std::net::IpAddr;
+        match ip {
+            IpAddr::V4(v4) => {
+                let bits = u32::from(v4);
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                IpAddr::V4((bits & mask).into())
+            }
+            IpAddr::V6(v6) => {
+                let bits = u128::from(v6);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                IpAddr::V6((bits & mask).into())
+            }
+        }
+    }
+
+    /// Whether `ip` is in the network (IPv4-mapped IPv6 read as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        ip.is_ipv4() == self.ip.is_ipv4() && self.masked(ip) == self.ip
     }
 }
 
@@ -299,6 +522,42 @@ pub fn is_valid_tenant_id(id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn trunk(addresses: &[&str]) -> Trunk {
+        Trunk {
+            name: "itsp".into(),
+            addresses: addresses.iter().map(|a| a.to_string()).collect(),
+            proxy: Some("203.0.113.5:5060".parse().unwrap()),
+            username: Some("acct-1".into()),
+            caller_id: Some("+442079460000".into()),
+            caller_ids: vec!["+4420794600*".into()],
+            max_calls: 10,
+        }
+    }
+
+    #[test]
+    fn trunk_networks_match_what_they_say() {
+        let t = trunk(&["203.0.113.0/28", "2001:db8::/64"]);
+        assert_eq!(Trunk::check_all(std::slice::from_ref(&t)), Ok(()));
+        assert!(t.allows("203.0.113.15".parse().unwrap()));
+        assert!(!t.allows("203.0.113.16".parse().unwrap()));
+        assert!(t.allows("::ffff:203.0.113.1".parse().unwrap()));
+        assert!(t.allows("2001:db8::9".parse().unwrap()));
+        assert!(!t.allows("2001:db8:0:1::9".parse().unwrap()));
+        assert!(t.may_show("+442079460012"));
+        assert!(!t.may_show("+442079461012"));
+        // Host bits under the prefix, wide networks, junk: refused.
+        for bad in ["203.0.113.1/28", "10.0.0.0/4", "0.0.0.0", "224.0.0.1", "host", "1.2.3.4/33", ""] {
+            assert!(Trunk::check_all(&[trunk(&[bad])]).is_err(), "{bad}");
+        }
+        let mut t2 = trunk(&["203.0.113.7"]);
+        t2.caller_id = Some("+0123".into());
+        assert!(Trunk::check_all(&[t2]).is_err());
+        let mut t3 = trunk(&["203.0.113.7"]);
+        t3.username = Some("a b".into());
+        assert!(Trunk::check_all(&[t3]).is_err());
+        assert!(Trunk::check_all(&[trunk(&["203.0.113.7"]), trunk(&["203.0.113.8"])]).is_err());
+    }
 
     #[test]
     fn tenant_ids_cannot_forge_key_separators() {

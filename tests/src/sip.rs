@@ -98,14 +98,44 @@ pub async fn start_door_with(
     config: switchboard::sip::SipConfig,
     throttle: switchboard::identity::throttle::ThrottleConfig,
 ) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let (tls, _, stop) = start_door_full(runtime, config, throttle, false).await;
+    (tls, stop)
+}
+
+/// The door with its trunks' UDP socket on loopback too: (TLS address,
+/// UDP address, stop).
+pub async fn start_door_with_trunks(
+    runtime: &switchboard::Runtime,
+) -> (SocketAddr, SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let config = switchboard::sip::SipConfig {
+        allow_loopback_media: true,
+        ..switchboard::sip::SipConfig::default()
+    };
+    let (tls, udp, stop) = start_door_full(runtime, config, Default::default(), true).await;
+    (tls, udp.unwrap(), stop)
+}
+
+async fn start_door_full(
+    runtime: &switchboard::Runtime,
+    config: switchboard::sip::SipConfig,
+    throttle: switchboard::identity::throttle::ThrottleConfig,
+    trunks: bool,
+) -> (SocketAddr, Option<SocketAddr>, tokio::sync::oneshot::Sender<()>) {
     let pki = crate::http::test_pki();
     let tls = switchboard::gateway::tls::TlsIdentity::load(&pki.cert_file, &pki.key_file).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let udp = if trunks {
+        Some(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap())
+    } else {
+        None
+    };
+    let udp_addr = udp.as_ref().map(|u| u.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(switchboard::sip::run(
         runtime.clone(),
         listener,
+        udp,
         switchboard::server::sip_tls(&tls),
         config,
         throttle,
@@ -113,7 +143,7 @@ pub async fn start_door_with(
             let _ = stopped.await;
         },
     ));
-    (addr, stop)
+    (addr, udp_addr, stop)
 }
 
 impl Ua {
@@ -370,4 +400,137 @@ pub fn in_dialog(ua: &mut Ua, method: &str, invite: &Message, ok: &Message) -> M
     m.headers.retain(|(n, _)| n != "To");
     m.push("To", ok.header("To").unwrap());
     m
+}
+
+/// A trunk's provider over UDP: sends requests by hand and reads what
+/// the door sends, one datagram a message.
+pub struct Provider {
+    socket: tokio::net::UdpSocket,
+    /// The door's UDP address.
+    pub door: SocketAddr,
+    pub local: SocketAddr,
+    cseq: u32,
+    pub call_id: String,
+    pub tag: String,
+}
+
+impl Provider {
+    /// A provider on `ip` (a loopback address), talking to `door`.
+    pub async fn bind(ip: &str, door: SocketAddr) -> Provider {
+        let socket = tokio::net::UdpSocket::bind(format!("{ip}:0"))
+            .await
+            .unwrap();
+        let local = socket.local_addr().unwrap();
+        Provider {
+            socket,
+            door,
+            local,
+            cseq: 0,
+            call_id: format!("{}@provider", switchboard::support::encoding::random_hex(8)),
+            tag: switchboard::support::encoding::random_hex(4),
+        }
+    }
+
+    /// A request of ours from `+{from}` in a fresh transaction (new
+    /// branch, next CSeq), with `extra` headers (`body` for the body).
+    pub fn request(
+        &mut self,
+        method: &str,
+        uri: &str,
+        from: &str,
+        extra: &[(&str, String)],
+    ) -> Message {
+        self.cseq += 1;
+        let mut text = format!(
+            "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bK{};rport\r\nMax-Forwards: 70\r\n\
+             From: <sip:{from}@{}>;tag={}\r\nTo: <{uri}>\r\nCall-ID: {}\r\nCSeq: {} {method}\r\n\
+             Contact: <sip:gw@{}>\r\n",
+            self.local,
+            switchboard::support::encoding::random_hex(6),
+            self.local.ip(),
+            self.tag,
+            self.call_id,
+            self.cseq,
+            self.local,
+        );
+        let mut body = String::new();
+        for (n, v) in extra {
+            if *n == "body" {
+                body = v.clone();
+            } else {
+                text.push_str(&format!("{n}: {v}\r\n"));
+            }
+        }
+        text.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+        Message::parse(text.as_bytes()).expect("test requests parse")
+    }
+
+    /// An INVITE for `uri` with a plain RTP offer receiving at `port`.
+    pub fn invite(&mut self, uri: &str, from: &str, port: u16) -> Message {
+        self.request(
+            "INVITE",
+            uri,
+            from,
+            &[
+                ("Content-Type", "application/sdp".into()),
+                ("body", offer(port, false)),
+            ],
+        )
+    }
+
+    /// A new call: a fresh Call-ID and tag.
+    pub fn new_call(&mut self) {
+        self.call_id = format!("{}@provider", switchboard::support::encoding::random_hex(8));
+        self.tag = switchboard::support::encoding::random_hex(4);
+    }
+
+    pub async fn send(&self, m: &Message) {
+        self.send_raw(&m.to_bytes()).await;
+    }
+
+    pub async fn send_raw(&self, bytes: &[u8]) {
+        self.socket.send_to(bytes, self.door).await.unwrap();
+    }
+
+    /// The next message within `limit`, with where it came from.
+    pub async fn recv_from_within(&self, limit: Duration) -> Option<(Message, SocketAddr)> {
+        let mut buf = vec![0u8; 65_535];
+        let (n, from) = tokio::time::timeout(limit, self.socket.recv_from(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        Some((
+            Message::parse(&buf[..n]).expect("the door writes valid SIP"),
+            from,
+        ))
+    }
+
+    /// The next message within `limit`.
+    pub async fn recv_within(&self, limit: Duration) -> Option<Message> {
+        self.recv_from_within(limit).await.map(|(m, _)| m)
+    }
+
+    /// The next final response within 10 s (skipping 1xx).
+    pub async fn final_response(&self) -> Option<Message> {
+        let end = tokio::time::Instant::now() + WAIT;
+        loop {
+            let left = end.saturating_duration_since(tokio::time::Instant::now());
+            let m = self.recv_within(left).await?;
+            if m.status().is_some_and(|s| s >= 200) {
+                return Some(m);
+            }
+        }
+    }
+
+    /// The next request within 10 s (skipping responses).
+    pub async fn next_request(&self) -> Option<Message> {
+        let end = tokio::time::Instant::now() + WAIT;
+        loop {
+            let left = end.saturating_duration_since(tokio::time::Instant::now());
+            let m = self.recv_within(left).await?;
+            if m.method().is_some() {
+                return Some(m);
+            }
+        }
+    }
 }

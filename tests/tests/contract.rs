@@ -525,6 +525,49 @@ async fn the_host_api_keeps_to_its_openapi_document() {
         .call("GET", routes, &["acme"], Some(&root), Body::None)
         .await;
     assert_eq!(r.status, 403);
+    // Trunks: the tenant's admins and operators; never a password back.
+    let trunks = "/api/v1/admin/tenants/{tenant}/trunks";
+    let itsp = json!({"name": "itsp", "addresses": ["203.0.113.0/28"],
+        "proxy": "203.0.113.5:5060", "username": "acct-1", "caller_id": "+442079460000"});
+    let r = c
+        .call(
+            "PUT",
+            trunks,
+            &["acme"],
+            Some(&ada),
+            Body::Json(json!({"trunk": itsp, "password": "pr0vider-secret"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["trunk"]["has_password"], true);
+    let r = c
+        .call(
+            "PUT",
+            trunks,
+            &["acme"],
+            Some(&ada),
+            Body::Json(json!({"trunk": {"name": "bad", "addresses": ["10.0.0.1/4"]}})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()["code"].clone()),
+        (400, json!("invalid_trunk"))
+    );
+    let r = c
+        .call("GET", trunks, &["acme"], Some(&root), Body::None)
+        .await;
+    assert_eq!(r.status, 200, "operators manage trunks too");
+    assert_eq!(r.json()["trunks"][0]["username"], "acct-1");
+    assert!(!r.text().contains("pr0vider-secret"), "no password back");
+    let trunk = "/api/v1/admin/tenants/{tenant}/trunks/{trunk}";
+    let r = c
+        .call("DELETE", trunk, &["acme", "itsp"], Some(&ada), Body::None)
+        .await;
+    assert_eq!(r.status, 200);
+    let r = c
+        .call("DELETE", trunk, &["acme", "itsp"], Some(&ada), Body::None)
+        .await;
+    assert_eq!(r.status, 404);
     let devices = "/api/v1/admin/tenants/{tenant}/devices";
     let r = c
         .call(

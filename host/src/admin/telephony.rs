@@ -22,6 +22,9 @@ pub(super) fn owns(op: &Op) -> bool {
             | Op::DeviceAdd { .. }
             | Op::DeviceRemove { .. }
             | Op::DevicePassword { .. }
+            | Op::TrunkList { .. }
+            | Op::TrunkSet { .. }
+            | Op::TrunkRemove { .. }
     )
 }
 
@@ -34,6 +37,9 @@ pub(super) fn op_name(op: &Op) -> &'static str {
         Op::DeviceAdd { .. } => "device-add",
         Op::DeviceRemove { .. } => "device-remove",
         Op::DevicePassword { .. } => "device-password",
+        Op::TrunkList { .. } => "trunk-list",
+        Op::TrunkSet { .. } => "trunk-set",
+        Op::TrunkRemove { .. } => "trunk-remove",
         _ => "unknown",
     }
 }
@@ -46,16 +52,32 @@ pub(super) fn op_realm(op: &Op) -> Option<Scope> {
         | Op::DeviceList { tenant, .. }
         | Op::DeviceAdd { tenant, .. }
         | Op::DeviceRemove { tenant, .. }
-        | Op::DevicePassword { tenant, .. } => Scope::parse(tenant),
+        | Op::DevicePassword { tenant, .. }
+        | Op::TrunkList { tenant }
+        | Op::TrunkSet { tenant, .. }
+        | Op::TrunkRemove { tenant, .. } => Scope::parse(tenant),
         _ => None,
     }
 }
 
-/// Whether the signed-in caller may run `op`: the tenant's own admins.
+/// Whether the signed-in caller may run `op`: the tenant's own admins;
+/// trunks also operators (who carry the provider contracts), though no
+/// one reads a trunk's password back.
 pub(super) fn authorize(who: &Who<'_>, op: &Op) -> Result<(), ApiError> {
     let Some(Scope::Tenant(tenant)) = op_realm(op) else {
         return Err(misrouted(op));
     };
+    let trunks = matches!(
+        op,
+        Op::TrunkList { .. } | Op::TrunkSet { .. } | Op::TrunkRemove { .. }
+    );
+    if trunks {
+        return if who.operator || who.own_tenant(&tenant) {
+            Ok(())
+        } else {
+            deny("manage this tenant's trunks (its admins and operators may)")
+        };
+    }
     if who.own_tenant(&tenant) {
         Ok(())
     } else {
@@ -113,6 +135,22 @@ pub(super) async fn run(r: &Runner<'_>, op: Op) -> Result<Value, ApiError> {
                 "password": password.as_str(),
                 "register": register_hint(&realm, &name),
             })
+        }
+        Op::TrunkList { tenant } => json!({ "trunks": rt.trunks(&tenant)? }),
+        Op::TrunkSet {
+            tenant,
+            trunk,
+            password,
+        } => {
+            let name = trunk.name.clone();
+            let password = password.map(|p| zeroize::Zeroizing::new(p.0.clone()));
+            rt.set_trunk(&tenant, trunk, password).await?;
+            let trunks = rt.trunks(&tenant)?;
+            json!({ "trunk": trunks.into_iter().find(|t| t["name"] == name.as_str()) })
+        }
+        Op::TrunkRemove { tenant, name } => {
+            rt.remove_trunk(&tenant, &name).await?;
+            json!({ "removed": name })
         }
         other => return Err(misrouted(&other)),
     })

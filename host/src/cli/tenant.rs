@@ -90,6 +90,9 @@ pub enum TenantCmd {
     /// remove, or give one a new password.
     #[command(subcommand)]
     Device(DeviceCmd),
+    /// A tenant's SIP trunks: list, set one (JSON), remove one.
+    #[command(subcommand)]
+    Trunk(TrunkCmd),
     /// Export a tenant's call records (every page), or with --counts the
     /// calls per day without numbers (what an operator may see).
     Calls {
@@ -119,6 +122,41 @@ pub enum TenantCmd {
     List {
         #[command(flatten)]
         data: DataArgs,
+    },
+}
+
+/// `switchboard tenant trunk ...`.
+#[derive(Debug, Subcommand)]
+pub enum TrunkCmd {
+    /// List the tenant's trunks (passwords are never shown).
+    List {
+        #[command(flatten)]
+        data: DataArgs,
+        tenant: String,
+    },
+    /// Add or replace a trunk, given as JSON (`{"name": "itsp",
+    /// "addresses": ["203.0.113.0/28"], "proxy": "203.0.113.5:5060",
+    /// "username": "...", "caller_id": "+44..."}`; docs/telephony.md).
+    Set {
+        #[command(flatten)]
+        data: DataArgs,
+        tenant: String,
+        /// The trunk, as JSON.
+        json: String,
+        /// Read the provider's password from the first line of standard
+        /// input (never from the command line, where `ps` shows it).
+        #[arg(long, conflicts_with = "clear_password")]
+        password_stdin: bool,
+        /// Forget the trunk's password.
+        #[arg(long)]
+        clear_password: bool,
+    },
+    /// Remove a trunk and its password.
+    Remove {
+        #[command(flatten)]
+        data: DataArgs,
+        tenant: String,
+        name: String,
     },
 }
 
@@ -261,6 +299,39 @@ pub(super) async fn run(cmd: TenantCmd) -> anyhow::Result<()> {
             DeviceCmd::Password { data, tenant, name } => {
                 (data, Op::DevicePassword { tenant, name })
             }
+        },
+        TenantCmd::Trunk(cmd) => match cmd {
+            TrunkCmd::List { data, tenant } => (data, Op::TrunkList { tenant }),
+            TrunkCmd::Set {
+                data,
+                tenant,
+                json,
+                password_stdin,
+                clear_password,
+            } => {
+                let trunk = serde_json::from_str(&json)
+                    .map_err(|e| anyhow::anyhow!("the trunk is not valid JSON for a trunk: {e}"))?;
+                let password = if password_stdin {
+                    let mut line = zeroize::Zeroizing::new(String::new());
+                    std::io::stdin().read_line(&mut line)?;
+                    Some(crate::admin::TrunkPassword(
+                        line.trim_end_matches(['\r', '\n']).to_string(),
+                    ))
+                } else if clear_password {
+                    Some(crate::admin::TrunkPassword(String::new()))
+                } else {
+                    None
+                };
+                (
+                    data,
+                    Op::TrunkSet {
+                        tenant,
+                        trunk,
+                        password,
+                    },
+                )
+            }
+            TrunkCmd::Remove { data, tenant, name } => (data, Op::TrunkRemove { tenant, name }),
         },
         TenantCmd::Calls {
             data,

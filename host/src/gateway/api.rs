@@ -407,6 +407,14 @@ struct RoutesBody {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct TrunkBody {
+    trunk: crate::tenant::Trunk,
+    #[serde(default)]
+    password: Option<crate::admin::TrunkPassword>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct DeviceBody {
     name: String,
     user: String,
@@ -529,6 +537,19 @@ async fn admin_route(
                 routes: b.routes,
             }
         }
+        (&M::GET, ["tenants", t, "trunks"]) => Op::TrunkList { tenant: s(t) },
+        (&M::PUT, ["tenants", t, "trunks"]) => {
+            let b: TrunkBody = parse(&body(MAX_BODY_BYTES).await?)?;
+            Op::TrunkSet {
+                tenant: s(t),
+                trunk: b.trunk,
+                password: b.password,
+            }
+        }
+        (&M::DELETE, ["tenants", t, "trunks", name]) => Op::TrunkRemove {
+            tenant: s(t),
+            name: s(name),
+        },
         (&M::GET, ["tenants", t, "devices"]) => Op::DeviceList {
             tenant: s(t),
             user: query_str(&query, "user"),

@@ -264,6 +264,84 @@ impl Credentials {
     }
 }
 
+/// What a client sends back to a server's challenge (a trunk's provider
+/// challenging the host's calls): the `Authorization` value for
+/// `method` on `uri` as `user`. `challenge` is the `WWW-Authenticate`
+/// or `Proxy-Authenticate` value; SHA-256 or MD5, with `qop=auth` when
+/// offered and RFC 2069's form otherwise (providers still send it).
+pub fn client_answer(
+    challenge: &str,
+    method: &str,
+    uri: &str,
+    user: &str,
+    password: &str,
+) -> Result<String, DigestError> {
+    let malformed = |why: &str| DigestError::Malformed(why.to_string());
+    if challenge.len() > MAX_HEADER_BYTES {
+        return Err(malformed("the challenge is too long"));
+    }
+    let (scheme, rest) = challenge
+        .trim()
+        .split_once(|c: char| c.is_ascii_whitespace())
+        .ok_or_else(|| malformed("no parameters"))?;
+    if !scheme.eq_ignore_ascii_case("Digest") {
+        return Err(DigestError::Unsupported(format!("scheme {scheme:?}")));
+    }
+    let params = parse_params(rest)?;
+    let get = |name: &str| params.get(name).map(String::as_str);
+    let realm = get("realm").ok_or_else(|| malformed("no realm"))?;
+    let nonce = get("nonce")
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| malformed("no nonce"))?;
+    let algorithm = match get("algorithm") {
+        None => Algorithm::Md5,
+        Some(a) if a.eq_ignore_ascii_case("MD5") => Algorithm::Md5,
+        Some(a) if a.eq_ignore_ascii_case("SHA-256") => Algorithm::Sha256,
+        Some(a) => return Err(DigestError::Unsupported(format!("algorithm {a:?}"))),
+    };
+    let qop_auth = match get("qop") {
+        None => false,
+        Some(q) if q.split(',').any(|v| v.trim().eq_ignore_ascii_case("auth")) => true,
+        Some(q) => return Err(DigestError::Unsupported(format!("qop {q:?}"))),
+    };
+    // The values go back quoted: refuse what cannot be quoted safely.
+    let quotable = |v: &str| !v.chars().any(|c| c == '"' || c == '\\' || c.is_control());
+    if ![realm, nonce, uri, user].iter().all(|v| quotable(v))
+        || get("opaque").is_some_and(|o| !quotable(o))
+    {
+        return Err(malformed("a value that cannot be quoted"));
+    }
+    let ha1 = algorithm.hex(&[user.as_bytes(), b":", realm.as_bytes(), b":", password.as_bytes()]);
+    let ha2 = algorithm.hex(&[method.as_bytes(), b":", uri.as_bytes()]);
+    let mut out = format!(
+        "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", algorithm={}",
+        algorithm.name()
+    );
+    let response = if qop_auth {
+        let cnonce = crate::support::encoding::random_hex(16);
+        let nc = "00000001";
+        out.push_str(&format!(", qop=auth, nc={nc}, cnonce=\"{cnonce}\""));
+        algorithm.hex(&[
+            ha1.as_bytes(),
+            b":",
+            nonce.as_bytes(),
+            b":",
+            nc.as_bytes(),
+            b":",
+            cnonce.as_bytes(),
+            b":auth:",
+            ha2.as_bytes(),
+        ])
+    } else {
+        algorithm.hex(&[ha1.as_bytes(), b":", nonce.as_bytes(), b":", ha2.as_bytes()])
+    };
+    out.push_str(&format!(", response=\"{response}\""));
+    if let Some(o) = get("opaque") {
+        out.push_str(&format!(", opaque=\"{o}\""));
+    }
+    Ok(out)
+}
+
 /// `name=value` pairs, comma-separated; values are tokens or quoted
 /// strings with backslash escapes.
 fn parse_params(s: &str) -> Result<HashMap<String, String>, DigestError> {
@@ -624,6 +702,44 @@ mod tests {
             algorithm.name()
         ))
         .unwrap()
+    }
+
+    #[test]
+    fn the_client_side_answers_our_own_challenges_and_rfc_2069s() {
+        let d = Digest::new([7; 32], T0 - 1_000).unwrap();
+        let stored = Ha1::from_stored(&Ha1::derive("acct", REALM, "s3cret").to_stored()).unwrap();
+        for ch in d.challenge(REALM, T0, false).unwrap() {
+            let a = client_answer(&ch, "INVITE", "sip:+4420@x", "acct", "s3cret").unwrap();
+            let creds = Credentials::parse(&a).unwrap();
+            d.verify(&creds, "INVITE", REALM, Some(&stored), T0 + 1)
+                .unwrap();
+            let wrong = client_answer(&ch, "INVITE", "sip:+4420@x", "acct", "guess").unwrap();
+            assert!(
+                d.verify(&Credentials::parse(&wrong).unwrap(), "INVITE", REALM, Some(&stored), T0 + 1)
+                    .is_err()
+            );
+        }
+        // No qop: RFC 2069 (RFC 2617 §3.5's values without qop; the
+        // expected response computed with Python's hashlib).
+        let a = client_answer(
+            "Digest realm=\"testrealm@host.com\", nonce=\"dcd98b7102dd2f0e8b11d0f600bfb0c093\", opaque=\"5ccc069c403ebaf9f0171e9517f40e41\"",
+            "GET",
+            "/dir/index.html",
+            "Mufasa",
+            "Circle Of Life",
+        )
+        .unwrap();
+        assert!(a.contains("response=\"670fd8c2df070c60b045671b8b24ff02\""), "{a}");
+        assert!(a.contains("opaque=\"5ccc069c403ebaf9f0171e9517f40e41\""));
+        for bad in [
+            "Basic realm=\"x\"",
+            "Digest realm=\"x\"",
+            "Digest realm=\"x\", nonce=\"n\", algorithm=SHA-512-256",
+            "Digest realm=\"x\", nonce=\"n\", qop=\"auth-int\"",
+            "Digest realm=\"x\\\"y\", nonce=\"n\"",
+        ] {
+            assert!(client_answer(bad, "INVITE", "sip:a@b", "u", "p").is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -133,6 +133,9 @@ pub enum AdminError {
     /// A route list is malformed or names a plugin that cannot take calls.
     #[error("invalid routes: {0}")]
     InvalidRoutes(String),
+    /// A trunk is malformed (addresses, proxy, caller ids, password).
+    #[error("invalid trunk: {0}")]
+    InvalidTrunk(String),
     /// No such object.
     #[error("{0} does not exist")]
     NotFound(String),
@@ -181,6 +184,7 @@ impl AdminError {
             AdminError::InvalidRetention(_) => "invalid_retention",
             AdminError::InvalidDialing(_) => "invalid_dialing",
             AdminError::InvalidRoutes(_) => "invalid_routes",
+            AdminError::InvalidTrunk(_) => "invalid_trunk",
             AdminError::NotFound(_) => "not_found",
             AdminError::Key(_) => "key_error",
             AdminError::Store(_) => "storage_unavailable",

@@ -78,6 +78,7 @@ impl Registry {
             incarnation: crate::support::encoding::random_hex(8),
             dialing: Default::default(),
             routes: Vec::new(),
+            trunks: Vec::new(),
         };
         let state = self.tenant_state(record.clone(), None)?;
         // The record first (region database), then the directory entry and

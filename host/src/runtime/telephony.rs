@@ -11,7 +11,7 @@ use crate::kernel::error::AdminError;
 use crate::store::keys;
 use crate::telephony::policy;
 use crate::telephony::records::CallRecord;
-use crate::tenant::{Dialing, Route};
+use crate::tenant::{Dialing, Route, Trunk};
 use switchboard_signing::Capability;
 
 impl Runtime {
@@ -84,6 +84,233 @@ impl Runtime {
                 },
             )
             .await
+    }
+
+    /// A tenant's trunks as admins see them: never a password, only
+    /// whether one is set.
+    pub fn trunks(&self, tenant: &str) -> Result<Vec<Value>, AdminError> {
+        let t = self.inner.registry.tenant_or_err(tenant)?;
+        let store = self.inner.store();
+        let mut out = Vec::new();
+        for trunk in &t.record.trunks {
+            let has_password = store
+                .get(&keys::trunk_password(tenant, &trunk.name))
+                .map_err(AdminError::Store)?
+                .is_some();
+            let mut v = serde_json::to_value(trunk).unwrap_or_default();
+            v["has_password"] = Value::Bool(has_password);
+            out.push(v);
+        }
+        Ok(out)
+    }
+
+    /// Adds or replaces one of a tenant's trunks (by name), checked first.
+    /// `password`: `Some("")` clears it, `None` keeps it. Audited in the
+    /// tenant's and the system's trail (never the password).
+    pub async fn set_trunk(
+        &self,
+        tenant: &str,
+        trunk: Trunk,
+        password: Option<zeroize::Zeroizing<String>>,
+    ) -> Result<(), AdminError> {
+        if let Some(p) = &password
+            && (p.len() > 128 || p.chars().any(char::is_control))
+        {
+            return Err(AdminError::InvalidTrunk(
+                "password: at most 128 characters, no control characters".into(),
+            ));
+        }
+        let name = trunk.name.clone();
+        let summary = format!(
+            "trunk {name}: addresses {}; proxy {}; password {}",
+            trunk.addresses.join(", "),
+            trunk.proxy.map_or("none".into(), |p| p.to_string()),
+            match &password {
+                None => "kept",
+                Some(p) if p.is_empty() => "cleared",
+                Some(_) => "set",
+            }
+        );
+        let store = self.inner.store().clone();
+        let seq = self
+            .inner
+            .registry
+            .update_tenant(
+                tenant,
+                |record| {
+                    let mut trunks = record.trunks.clone();
+                    match trunks.iter_mut().find(|t| t.name == name) {
+                        Some(t) => *t = trunk.clone(),
+                        None => trunks.push(trunk.clone()),
+                    }
+                    Trunk::check_all(&trunks).map_err(AdminError::InvalidTrunk)?;
+                    record.trunks = trunks;
+                    let key = keys::trunk_password(tenant, &name);
+                    match &password {
+                        None => Ok(None),
+                        Some(p) if p.is_empty() => {
+                            store.apply(&[(key, None)]).map(Some).map_err(AdminError::Store)
+                        }
+                        Some(p) => store
+                            .apply(&[(key, Some(p.as_bytes().to_vec()))])
+                            .map(Some)
+                            .map_err(AdminError::Store),
+                    }
+                },
+                |_| {
+                    for scope in [Scope::System, Scope::tenant(tenant)] {
+                        self.inner.trail.note(
+                            &scope,
+                            "tenant.trunk",
+                            tenant,
+                            outcome::SUCCESS,
+                            &summary,
+                        );
+                    }
+                },
+            )
+            .await?;
+        if let Some(seq) = seq {
+            store.durable(seq).await.map_err(AdminError::Store)?;
+        }
+        Ok(())
+    }
+
+    /// Removes one of a tenant's trunks and its password (`not_found` if
+    /// it has none of that name). Audited like `set_trunk`.
+    pub async fn remove_trunk(&self, tenant: &str, name: &str) -> Result<(), AdminError> {
+        let store = self.inner.store().clone();
+        let seq = self
+            .inner
+            .registry
+            .update_tenant(
+                tenant,
+                |record| {
+                    let before = record.trunks.len();
+                    record.trunks.retain(|t| t.name != name);
+                    if record.trunks.len() == before {
+                        return Err(AdminError::NotFound(format!(
+                            "trunk {:?}",
+                            name.chars().take(40).collect::<String>()
+                        )));
+                    }
+                    store
+                        .apply(&[(keys::trunk_password(tenant, name), None)])
+                        .map_err(AdminError::Store)
+                },
+                |_| {
+                    for scope in [Scope::System, Scope::tenant(tenant)] {
+                        self.inner.trail.note(
+                            &scope,
+                            "tenant.trunk",
+                            tenant,
+                            outcome::SUCCESS,
+                            &format!("trunk {name}: removed"),
+                        );
+                    }
+                },
+            )
+            .await?;
+        store.durable(seq).await.map_err(AdminError::Store)?;
+        Ok(())
+    }
+
+    /// A trunk's password, for answering its provider's challenges.
+    pub fn trunk_password(&self, tenant: &str, name: &str) -> Option<zeroize::Zeroizing<String>> {
+        let bytes = self
+            .inner
+            .store()
+            .get(&keys::trunk_password(tenant, name))
+            .ok()
+            .flatten()?;
+        String::from_utf8(bytes).ok().map(zeroize::Zeroizing::new)
+    }
+
+    /// The trunks, of any tenant, whose provider may send from `ip`:
+    /// (tenant, trunk).
+    pub fn trunks_allowing(&self, ip: std::net::IpAddr) -> Vec<(String, Trunk)> {
+        let mut out = Vec::new();
+        for t in self.inner.registry.states() {
+            for trunk in t.record.trunks.iter().filter(|tr| tr.allows(ip)) {
+                out.push((t.record.id.clone(), trunk.clone()));
+            }
+        }
+        out
+    }
+
+    /// Whether any tenant's trunk lets `ip` send (the UDP door's first
+    /// check on every datagram).
+    pub fn any_trunk_allows(&self, ip: std::net::IpAddr) -> bool {
+        self.inner
+            .registry
+            .states()
+            .iter()
+            .any(|t| t.record.trunks.iter().any(|tr| tr.allows(ip)))
+    }
+
+    /// The route of a number a trunk delivered, with the number as E.164:
+    /// only DIDs (`+` routes) are reached from outside. `called` is the
+    /// Request-URI's user part: `+4420…`, `4420…` (E.164 without its
+    /// `+`, as many providers send it) or a national number of the
+    /// tenant's region.
+    pub fn did_route(&self, tenant: &str, called: &str) -> Option<(String, Route)> {
+        let t = self.inner.registry.tenant(tenant)?;
+        let digits: String = called
+            .chars()
+            .filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')'))
+            .collect();
+        let mut candidates = Vec::new();
+        if digits.starts_with('+') {
+            candidates.push(digits.clone());
+        } else if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+            candidates.push(format!("+{digits}"));
+            if let Ok((plan, _)) =
+                policy::from_dialing(&t.record.dialing, self.inner.telephony.default_region())
+                && let Ok(d) = plan.read(&digits)
+                && d.number.starts_with('+')
+            {
+                candidates.push(d.number);
+            }
+        }
+        candidates.into_iter().find_map(|n| {
+            t.record
+                .routes
+                .iter()
+                .find(|r| r.number.starts_with('+') && r.number == n)
+                .map(|r| (n.clone(), r.clone()))
+        })
+    }
+
+    /// Whether `number` is one of the tenant's own DIDs (a `+` route).
+    pub fn is_did(&self, tenant: &str, number: &str) -> bool {
+        number.starts_with('+')
+            && self
+                .inner
+                .registry
+                .tenant(tenant)
+                .is_some_and(|t| t.record.routes.iter().any(|r| r.number == number))
+    }
+
+    /// A tenant's trunks that place calls (with a proxy), in order.
+    pub fn outbound_trunks(&self, tenant: &str) -> Vec<Trunk> {
+        self.inner
+            .registry
+            .tenant(tenant)
+            .map(|t| {
+                t.record
+                    .trunks
+                    .iter()
+                    .filter(|tr| tr.proxy.is_some())
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// One of a tenant's trunks.
+    pub fn trunk(&self, tenant: &str, name: &str) -> Option<Trunk> {
+        let t = self.inner.registry.tenant(tenant)?;
+        t.record.trunks.iter().find(|tr| tr.name == name).cloned()
     }
 
     /// Whether tenant `tenant` exists (`tenant_not_found` if not).

@@ -115,9 +115,9 @@ impl Dialog {
     }
 
     /// A BYE to the device.
-    pub fn bye(&mut self, via_host: &str) -> Message {
+    pub fn bye(&mut self, via: &str) -> Message {
         self.cseq += 1;
-        let mut m = request("BYE", &self.target, via_host);
+        let mut m = request("BYE", &self.target, via);
         m.push("From", self.local.clone());
         m.push("To", self.remote.clone());
         m.push("Call-ID", self.call_id.clone());
@@ -133,9 +133,10 @@ pub fn contact_uri(m: &Message) -> Option<String> {
         .map(|c| c.uri_text)
 }
 
-/// A request of ours to `uri` with a fresh Via branch and Max-Forwards;
-/// the caller adds From, To, Call-ID and CSeq.
-pub fn request(method: &str, uri: &str, via_host: &str) -> Message {
+/// A request of ours to `uri` with a fresh Via branch (`via`: protocol
+/// and sent-by, `Flow::via`) and Max-Forwards; the caller adds From, To,
+/// Call-ID and CSeq.
+pub fn request(method: &str, uri: &str, via: &str) -> Message {
     let mut m = Message {
         start: Start::Request {
             method: method.into(),
@@ -146,7 +147,7 @@ pub fn request(method: &str, uri: &str, via_host: &str) -> Message {
     };
     m.push(
         "Via",
-        format!("SIP/2.0/TLS {via_host};branch=z9hG4bK{}", random_hex(12)),
+        format!("{via};branch=z9hG4bK{}", random_hex(12)),
     );
     m.push("Max-Forwards", "70");
     m

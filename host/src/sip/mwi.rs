@@ -167,7 +167,7 @@ impl Door {
         ok.push("Expires", expires.to_string());
         ok.push(
             "Contact",
-            format!("<sip:switchboard@{};transport=tls>", flow.local),
+            format!("<{}>", flow.our_uri("switchboard")),
         );
         flow.send(&ok);
         self.notify(sub, expires == 0);
@@ -203,7 +203,7 @@ impl Door {
         let (new, old) = self.rt.mwi_counts(&sub.tenant, &sub.user);
         let realm = self.rt.sip_realm(&sub.tenant);
         let left = sub.expires_at_ms.saturating_sub(now_ms()).div_ceil(1000);
-        let mut m = dialogs::request("NOTIFY", &sub.target, &flow.local.to_string());
+        let mut m = dialogs::request("NOTIFY", &sub.target, &flow.via());
         m.push("From", sub.local.clone());
         m.push("To", sub.remote.clone());
         m.push("Call-ID", sub.call_id.clone());
@@ -219,7 +219,7 @@ impl Door {
         );
         m.push(
             "Contact",
-            format!("<sip:switchboard@{};transport=tls>", flow.local),
+            format!("<{}>", flow.our_uri("switchboard")),
         );
         m.push("Content-Type", "application/simple-message-summary");
         m.body = format!(

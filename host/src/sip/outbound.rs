@@ -8,8 +8,11 @@
 //! INVITEs go out (the offer names its port) and is pointed at the winner
 //! by its answer.
 //!
-//! Numbers outside the tenant need trunks, which are not carried yet:
-//! those legs end `unavailable`.
+//! A number outside the tenant (the dialing policy read it as E.164 or
+//! an emergency number, and allowed it) goes out over the tenant's first
+//! trunk with a proxy: one INVITE over UDP with plain RTP, the caller id
+//! the trunk's rules allow, and an answer to the provider's digest
+//! challenge with the trunk's credentials (once per call).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,13 +31,17 @@ use crate::telephony::signalling::{MediaOffer, Outbound};
 /// The suite we offer devices.
 const SUITE: Suite = Suite::AesCm128HmacSha1_80;
 
-/// One device being rung.
+/// One device (or trunk) being rung.
 pub(super) struct Branch {
+    /// The device's name, or `trunk:{name}`.
     device: String,
     flow: u64,
     invite: Message,
-    /// Our key for what we send, if this device answers.
-    key: MasterKey,
+    /// Our key for what we send, if this device answers (`None`: a
+    /// trunk, plain RTP).
+    key: Option<MasterKey>,
+    /// A trunk's digest challenge was answered (once per call).
+    authenticated: bool,
     /// Its final status, once it gave one.
     done: Option<u16>,
 }
@@ -105,6 +112,10 @@ impl Door {
 
     /// Sends the INVITEs; `false` if no device could be rung.
     async fn ring(&self, call: &Outbound) -> bool {
+        let n = &call.to.number;
+        if !n.starts_with("user:") && !n.starts_with("device:") {
+            return self.ring_trunk(call).await;
+        }
         let mut targets: Vec<(String, Arc<Flow>, String)> = Vec::new();
         for device in self.devices_of(&call.tenant, &call.to.number) {
             for b in self.registrar.lookup(&call.tenant, &device) {
@@ -177,13 +188,12 @@ impl Door {
                 },
                 Some((SUITE, &key)),
             );
-            let via = flow.local.to_string();
-            let mut m = dialogs::request("INVITE", &contact, &via);
+            let mut m = dialogs::request("INVITE", &contact, &flow.via());
             m.push("From", format!("{caller};tag={}", random_hex(8)));
             m.push("To", format!("<sip:{device}@{realm}>"));
             m.push("Call-ID", format!("{}@{realm}", random_hex(16)));
             m.push("CSeq", "1 INVITE");
-            m.push("Contact", format!("<sip:switchboard@{via};transport=tls>"));
+            m.push("Contact", format!("<{}>", flow.our_uri("switchboard")));
             m.push("Allow", super::ALLOW);
             m.push("Content-Type", "application/sdp");
             m.body = offer.into_bytes();
@@ -192,27 +202,205 @@ impl Door {
                     device,
                     flow: flow.id,
                     invite: m,
-                    key,
+                    key: Some(key),
+                    authenticated: false,
                     done: None,
                 });
             }
         }
+        self.file_fork(fork)
+    }
+
+    /// Files a fork whose INVITEs went out; `false` if none did.
+    fn file_fork(&self, fork: Fork) -> bool {
         if fork.branches.is_empty() {
             return false;
         }
+        let leg = fork.leg.clone();
         let mut forks = self.forks.lock().unwrap_or_else(|p| p.into_inner());
         for (i, b) in fork.branches.iter().enumerate() {
             forks
                 .by_call
-                .insert(b.invite.call_id().to_string(), (call.leg.clone(), i));
+                .insert(b.invite.call_id().to_string(), (leg.clone(), i));
         }
-        forks.by_leg.insert(call.leg.clone(), fork);
+        forks.by_leg.insert(leg.clone(), fork);
         drop(forks);
         // Call control may have ended the leg while the INVITEs went out.
-        if let Some(super::Early::End(_)) = self.dialogs.take_early(&call.leg) {
-            self.cancel_fork(&call.leg);
+        if let Some(super::Early::End(_)) = self.dialogs.take_early(&leg) {
+            self.cancel_fork(&leg);
         }
         true
+    }
+
+    /// A number outside the tenant, over its first trunk with a proxy.
+    async fn ring_trunk(&self, call: &Outbound) -> bool {
+        let Some(udp) = self.udp.clone() else {
+            return false;
+        };
+        let Some(trunk) = self.rt.outbound_trunks(&call.tenant).into_iter().next() else {
+            return false;
+        };
+        let Some(proxy) = trunk.proxy else {
+            return false;
+        };
+        let party = super::trunk_party(&trunk.name);
+        if self.calls_of(&call.tenant, &party) >= trunk.max_calls as usize {
+            crate::metrics::SIP_DROPPED.inc(&["trunk_busy"]);
+            return false;
+        }
+        let Some(flow) = udp.flow_to(proxy) else {
+            return false;
+        };
+        let prepared = self
+            .rt
+            .telephony()
+            .prepare(
+                &call.leg,
+                MediaOffer {
+                    remote: SocketAddr::from(([0, 0, 0, 0], 9)),
+                    payload_type: 0,
+                    dtmf: Some(sdp::DTMF_PT),
+                    srtp: None,
+                },
+            )
+            .await;
+        let Ok(media) = prepared else {
+            return false;
+        };
+        let mut ids = [0u8; 8];
+        let _ = getrandom::fill(&mut ids);
+        let offer = sdp::offer(
+            sdp::Local {
+                addr: SocketAddr::new(self.media_ip(media, &flow), media.port()),
+                session_id: u64::from_be_bytes(ids) >> 1,
+                session_version: 1,
+            },
+            None,
+        );
+        let host = flow.local.to_string();
+        let mut m = dialogs::request("INVITE", &format!("sip:{}@{proxy}", call.to.number), &flow.via());
+        match self.caller_id(&call.tenant, &trunk, &call.caller) {
+            Some(number) => m.push("From", format!("<sip:{number}@{host}>;tag={}", random_hex(8))),
+            None => {
+                m.push(
+                    "From",
+                    format!("\"Anonymous\" <sip:anonymous@anonymous.invalid>;tag={}", random_hex(8)),
+                );
+                m.push("Privacy", "id");
+            }
+        }
+        m.push("To", format!("<sip:{}@{proxy}>", call.to.number));
+        m.push("Call-ID", format!("{}@{host}", random_hex(16)));
+        m.push("CSeq", "1 INVITE");
+        m.push("Contact", format!("<{}>", flow.our_uri("switchboard")));
+        m.push("Allow", super::ALLOW);
+        m.push("Content-Type", "application/sdp");
+        m.body = offer.into_bytes();
+        if !flow.send(&m) {
+            return false;
+        }
+        self.file_fork(Fork {
+            leg: call.leg.clone(),
+            tenant: call.tenant.clone(),
+            branches: vec![Branch {
+                device: party,
+                flow: flow.id,
+                invite: m,
+                key: None,
+                authenticated: false,
+                done: None,
+            }],
+            answered: false,
+            settled: false,
+            answering: false,
+            rang: false,
+        })
+    }
+
+    /// The number a call out over `trunk` shows (caller-id rules): the
+    /// caller's own if it is one of the tenant's DIDs or the trunk allows
+    /// it, else the trunk's `caller_id`, else none (anonymous). A caller
+    /// never shows a number the tenant does not hold (spoofing).
+    fn caller_id(&self, tenant: &str, trunk: &crate::tenant::Trunk, caller: &str) -> Option<String> {
+        let own = crate::tenant::is_e164(caller)
+            && (self.rt.is_did(tenant, caller) || trunk.may_show(caller));
+        if own {
+            Some(caller.to_string())
+        } else {
+            trunk.caller_id.clone()
+        }
+    }
+
+    /// Branches still ringing on `party` (a device or `trunk:{name}`).
+    pub(super) fn ringing_on(&self, tenant: &str, party: &str) -> usize {
+        let forks = self.forks.lock().unwrap_or_else(|p| p.into_inner());
+        forks
+            .by_leg
+            .values()
+            .filter(|f| f.tenant == tenant && !f.answered)
+            .flat_map(|f| &f.branches)
+            .filter(|b| b.device == party && b.done.is_none())
+            .count()
+    }
+
+    /// A trunk's provider challenged our INVITE: sent again once with
+    /// the trunk's credentials (same Call-ID and tags, next CSeq, new
+    /// branch). `false` if it cannot be answered (no credentials, a
+    /// second challenge, a malformed one).
+    fn answer_challenge(&self, flow: &Flow, leg: &str, i: usize, challenge: &Message) -> bool {
+        let Some(Some((party, invite, authenticated))) = self.with_fork(leg, |f| {
+            f.branches
+                .get(i)
+                .map(|b| (b.device.clone(), b.invite.clone(), b.authenticated))
+        }) else {
+            return false;
+        };
+        let (header, reply) = match challenge.status() {
+            Some(401) => ("WWW-Authenticate", "Authorization"),
+            _ => ("Proxy-Authenticate", "Proxy-Authorization"),
+        };
+        let Some(name) = party.strip_prefix(super::TRUNK_PARTY) else {
+            return false;
+        };
+        if authenticated {
+            return false;
+        }
+        let tenant = self.with_fork(leg, |f| f.tenant.clone()).unwrap_or_default();
+        let (Some(trunk), Some(password)) =
+            (self.rt.trunk(&tenant, name), self.rt.trunk_password(&tenant, name))
+        else {
+            return false;
+        };
+        let Some(user) = trunk.username else {
+            return false;
+        };
+        let uri = invite.uri().unwrap_or_default().to_string();
+        let Some(Ok(auth)) = challenge.header(header).map(|c| {
+            crate::identity::digest::client_answer(c, "INVITE", &uri, &user, &password)
+        }) else {
+            return false;
+        };
+        let mut again = dialogs::request("INVITE", &uri, &flow.via());
+        for name in ["From", "To", "Call-ID"] {
+            again.push(name, invite.header(name).unwrap_or_default());
+        }
+        let (cseq, _) = invite.cseq().unwrap_or_default();
+        again.push("CSeq", format!("{} INVITE", cseq + 1));
+        again.push(reply, auth);
+        for name in ["Contact", "Allow", "Privacy", "Content-Type"] {
+            if let Some(v) = invite.header(name) {
+                again.push(name, v);
+            }
+        }
+        again.body = invite.body.clone();
+        let sent = flow.send(&again);
+        self.with_fork(leg, |f| {
+            if let Some(b) = f.branches.get_mut(i) {
+                b.invite = again;
+                b.authenticated = true;
+            }
+        });
+        sent
     }
 
     /// The address our SDP names for media on `flow`.
@@ -257,7 +445,7 @@ impl Door {
             // A 2xx to an INVITE we gave up on and forgot: acknowledged
             // and hung up at once, built from the response alone.
             if (200..300).contains(&status) {
-                let via = flow.local.to_string();
+                let via = flow.via();
                 flow.send(&ack_or_bye_from(&m, "ACK", 1, &via));
                 flow.send(&ack_or_bye_from(&m, "BYE", 2, &via));
             }
@@ -272,7 +460,7 @@ impl Door {
                 }
             }
             200..=299 => {
-                let ack = ack_2xx(&invite, &m, &flow.local.to_string());
+                let ack = ack_2xx(&invite, &m, &flow.via());
                 flow.send(&ack);
                 if settled {
                     self.hang_up_branch(flow, &invite, &m);
@@ -283,6 +471,14 @@ impl Door {
             }
             _ => {
                 flow.send(&ack_failure(&invite, &m));
+                // A response to an earlier INVITE of a re-sent branch is
+                // old news.
+                if m.cseq().map(|(n, _)| n) != invite.cseq().map(|(n, _)| n) {
+                    return;
+                }
+                if matches!(status, 401 | 407) && !settled && self.answer_challenge(flow, &leg, i, &m) {
+                    return;
+                }
                 self.finish_branch(&leg, i, status);
             }
         }
@@ -308,16 +504,13 @@ impl Door {
         let Some(Some((key, device))) = key else {
             return;
         };
-        let policy = sdp::Policy {
-            srtp_required: true,
-            over_tls: true,
-            allow_loopback: self.config.allow_loopback_media,
-            codecs: vec![sdp::Codec::Pcmu, sdp::Codec::Pcma],
-        };
+        let policy = self.sdp_policy(key.is_some(), flow);
         let agreed = std::str::from_utf8(&ok.body)
             .map_err(|_| sdp::SdpError::Malformed("not UTF-8".into()))
             .and_then(sdp::parse)
-            .and_then(|a| sdp::read_answer(&a, &policy, Some(SUITE), Some(&key)));
+            .and_then(|a| {
+                sdp::read_answer(&a, &policy, key.as_ref().map(|_| SUITE), key.as_ref())
+            });
         let offer = agreed.map(|a| MediaOffer {
             remote: a.remote,
             payload_type: a.codec.payload_type(),
@@ -405,7 +598,7 @@ impl Door {
             state: State::Answered { acked: true },
             answer: String::new(),
             contact: String::new(),
-            cseq: 1,
+            cseq: invite.cseq().map(|(n, _)| n).unwrap_or(1),
         });
         // The cancelled devices' final answers still find the fork for
         // their ACKs for a while.
@@ -420,12 +613,13 @@ impl Door {
         let mut bye = dialogs::request(
             "BYE",
             &dialogs::contact_uri(ok).unwrap_or_else(|| invite.uri().unwrap_or_default().into()),
-            &flow.local.to_string(),
+            &flow.via(),
         );
         bye.push("From", invite.header("From").unwrap_or_default());
         bye.push("To", ok.header("To").unwrap_or_default());
         bye.push("Call-ID", invite.call_id());
-        bye.push("CSeq", "2 BYE");
+        let (cseq, _) = invite.cseq().unwrap_or_default();
+        bye.push("CSeq", format!("{} BYE", cseq + 1));
         flow.send(&bye);
     }
 
@@ -565,17 +759,18 @@ fn in_transaction(invite: &Message, method: &str, to: &str) -> Message {
     m.push("From", invite.header("From").unwrap_or_default());
     m.push("To", to);
     m.push("Call-ID", invite.call_id());
-    m.push("CSeq", format!("1 {method}"));
+    let (cseq, _) = invite.cseq().unwrap_or_default();
+    m.push("CSeq", format!("{cseq} {method}"));
     m
 }
 
 /// An ACK or BYE for a 2xx whose INVITE we no longer keep: everything
 /// from the response (our From, its To with its tag, the Call-ID).
-fn ack_or_bye_from(ok: &Message, method: &str, cseq: u32, via_host: &str) -> Message {
+fn ack_or_bye_from(ok: &Message, method: &str, cseq: u32, via: &str) -> Message {
     let target = dialogs::contact_uri(ok)
         .or_else(|| ok.to().ok().map(|t| t.uri_text))
         .unwrap_or_default();
-    let mut m = dialogs::request(method, &target, via_host);
+    let mut m = dialogs::request(method, &target, via);
     m.push("From", ok.header("From").unwrap_or_default());
     m.push("To", ok.header("To").unwrap_or_default());
     m.push("Call-ID", ok.call_id());
@@ -584,14 +779,15 @@ fn ack_or_bye_from(ok: &Message, method: &str, cseq: u32, via_host: &str) -> Mes
 }
 
 /// The ACK of a 2xx: its own transaction, to the device's Contact.
-fn ack_2xx(invite: &Message, ok: &Message, via_host: &str) -> Message {
+fn ack_2xx(invite: &Message, ok: &Message, via: &str) -> Message {
     let target =
         dialogs::contact_uri(ok).unwrap_or_else(|| invite.uri().unwrap_or_default().into());
-    let mut m = dialogs::request("ACK", &target, via_host);
+    let mut m = dialogs::request("ACK", &target, via);
     m.push("From", invite.header("From").unwrap_or_default());
     m.push("To", ok.header("To").unwrap_or_default());
     m.push("Call-ID", invite.call_id());
-    m.push("CSeq", "1 ACK");
+    let (cseq, _) = invite.cseq().unwrap_or_default();
+    m.push("CSeq", format!("{cseq} ACK"));
     m
 }
 

@@ -35,22 +35,75 @@ pub const UNAUTHENTICATED_FOR: Duration = Duration::from_secs(60);
 /// Longest a write may take.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One connection.
+/// What carries a flow.
+pub enum Kind {
+    /// A TLS connection (devices).
+    Tls,
+    /// One trunk peer's address on the UDP socket, with the transaction
+    /// layer that retransmits and absorbs retransmissions.
+    Udp(Arc<super::udp::Transactions>),
+}
+
+/// One connection, or one trunk peer over UDP.
 pub struct Flow {
     pub id: u64,
     pub peer: SocketAddr,
     /// Our address as the peer reached it (for SDP and Contact).
     pub local: SocketAddr,
+    pub kind: Kind,
     out: mpsc::Sender<Vec<u8>>,
     /// Some request on it passed digest authentication.
     authenticated: std::sync::atomic::AtomicBool,
 }
 
 impl Flow {
+    /// A flow over a datagram socket: `out` is its writer's queue.
+    pub(super) fn datagram(
+        id: u64,
+        peer: SocketAddr,
+        local: SocketAddr,
+        transactions: Arc<super::udp::Transactions>,
+        out: mpsc::Sender<Vec<u8>>,
+    ) -> Flow {
+        Flow {
+            id,
+            peer,
+            local,
+            kind: Kind::Udp(transactions),
+            out,
+            authenticated: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
+
     /// Queues `m` to be written; `false` if the flow is closed or its
-    /// queue is full (the message is dropped).
+    /// queue is full (the message is dropped). Over UDP the transaction
+    /// layer keeps what it must retransmit.
     pub fn send(&self, m: &Message) -> bool {
-        self.out.try_send(m.to_bytes()).is_ok()
+        let bytes = m.to_bytes();
+        if let Kind::Udp(t) = &self.kind {
+            t.sending(self.id, m, &bytes, &self.out);
+        }
+        self.out.try_send(bytes).is_ok()
+    }
+
+    /// Whether this is a trunk's UDP flow.
+    pub fn is_udp(&self) -> bool {
+        matches!(self.kind, Kind::Udp(_))
+    }
+
+    /// Our Via's protocol and sent-by (`SIP/2.0/TLS 10.0.0.1:5061`).
+    pub fn via(&self) -> String {
+        let proto = if self.is_udp() { "UDP" } else { "TLS" };
+        format!("SIP/2.0/{proto} {}", self.local)
+    }
+
+    /// A SIP URI of ours with `user`, over this flow's transport.
+    pub fn our_uri(&self, user: &str) -> String {
+        if self.is_udp() {
+            format!("sip:{user}@{}", self.local)
+        } else {
+            format!("sip:{user}@{};transport=tls", self.local)
+        }
     }
 
     /// Whether the flow is still open.
@@ -87,6 +140,16 @@ pub fn network(ip: IpAddr) -> IpAddr {
 }
 
 impl Flows {
+    /// A new flow id.
+    pub(super) fn next_id(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Files a flow (UDP flows live as long as the door).
+    pub(super) fn insert(&self, flow: Arc<Flow>) {
+        self.live.lock().recover().insert(flow.id, flow);
+    }
+
     /// Flow `id`, if it is open.
     pub fn get(&self, id: u64) -> Option<Arc<Flow>> {
         self.live
@@ -228,11 +291,12 @@ async fn run_flow<H: Handler>(
 ) {
     let (mut rd, mut wr) = tokio::io::split(tls);
     let (out, mut queue) = mpsc::channel::<Vec<u8>>(QUEUE);
-    let id = flows.next.fetch_add(1, Ordering::Relaxed) + 1;
+    let id = flows.next_id();
     let flow = Arc::new(Flow {
         id,
         peer,
         local,
+        kind: Kind::Tls,
         out,
         authenticated: std::sync::atomic::AtomicBool::new(false),
     });

@@ -18,6 +18,7 @@
 //! t/{tenant}/bc/{plugin}/{blob}/{n}   blob chunk n, sealed by the blob's key
 //! t/{tenant}/rx/{class}/{created}/{plugin}/{blob}   retention index
 //! t/{tenant}/gc/{plugin}/{blob}       chunks of a deleted blob to reclaim
+//! t/{tenant}/tk/{trunk}              a trunk's password
 //! t/{tenant}/usage                    bytes the tenant stores (quota)
 //! t/{tenant}/uo/{owner}               blob bytes one owner stores (quota)
 //! t/{tenant}/eg/{plugin}/{group}/{user}   event group membership
@@ -73,6 +74,12 @@ pub fn call_record(tenant: &str, ended_ms: u64, leg: &str) -> Vec<u8> {
 pub fn parse_call_record(rest: &[u8]) -> Option<u64> {
     let rest = std::str::from_utf8(rest).ok()?;
     u64::from_str_radix(rest.get(..16)?, 16).ok()
+}
+
+/// A trunk's password (for the provider's digest challenges), sealed
+/// like every tenant value and never answered to anyone.
+pub fn trunk_password(tenant: &str, trunk: &str) -> Vec<u8> {
+    format!("t/{tenant}/tk/{trunk}").into_bytes()
 }
 
 /// A user's message-waiting counts (`mwi` capability), JSON.

@@ -1,0 +1,462 @@
+//! SIP over UDP for trunks (RFC 3261 §17, §18.2): the door's datagram
+//! socket, heard only from addresses a tenant's trunk allow-lists, and
+//! the transaction layer an unreliable transport needs.
+//!
+//! - A datagram from an address no trunk allows is dropped unread and
+//!   counted (`trunk_not_allowed`): no answer, so a scanner learns
+//!   nothing.
+//! - Each peer address is a `Flow` (kind `Udp`), so the door's dialogs,
+//!   forks and answers work as over TLS; the flow's writer sends to that
+//!   address.
+//! - Requests we send are retransmitted (Timer A/E: from T1, doubling;
+//!   non-INVITE capped at T2) until a response (INVITE: any; others: a
+//!   final one), and given up after 64·T1 (Timer B/F) with a `408` handed
+//!   to the door as if the peer had sent it.
+//! - A retransmitted request is absorbed: the last response we sent for
+//!   its transaction goes out again, the door never sees it twice.
+//! - Our final answers to INVITEs (2xx and the rest) are retransmitted
+//!   until the ACK (Timer G, 2xx per §13.3.1.4), at most 64·T1.
+//! - A retransmitted final response is absorbed: the ACK we sent for it
+//!   goes out again.
+//! - Every transaction is forgotten 64·T1 after it began (plus what
+//!   absorbing needs), and at most [`MAX_TRANSACTIONS`] are held: past
+//!   that, new requests are dropped (counted), never the state of calls.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::message::Message;
+use super::transport::{Flow, Flows, Handler};
+use crate::support::sync::Recover as _;
+
+/// RFC 3261's T1 (round-trip estimate) and T2 (longest non-INVITE
+/// retransmission interval).
+pub const T1: Duration = Duration::from_millis(500);
+pub const T2: Duration = Duration::from_secs(4);
+/// How long a transaction lives (Timer B, F, H: 64·T1).
+pub const LIFETIME: Duration = Duration::from_secs(32);
+/// Transactions held at once.
+pub const MAX_TRANSACTIONS: usize = 100_000;
+/// Trunk peers (addresses) the door keeps a flow for.
+pub const MAX_PEERS: usize = 4096;
+/// Largest datagram read.
+const MAX_DATAGRAM: usize = 65_535;
+/// Datagrams queued to one peer.
+const QUEUE: usize = 1024;
+
+/// A request we sent, until answered and absorbed.
+struct Client {
+    request: Message,
+    bytes: Vec<u8>,
+    flow: u64,
+    /// 0 none yet, 1 provisional, 2 final.
+    answered: u8,
+    /// The ACK we sent for its non-2xx final answer.
+    ack: Option<Vec<u8>>,
+}
+
+/// A request a peer sent, and our answer to it.
+struct Server {
+    /// The last response we sent, resent to a retransmission.
+    last: Option<Vec<u8>>,
+    /// An INVITE's final answer waiting for its ACK.
+    awaiting_ack: bool,
+    invite: bool,
+}
+
+#[derive(Default)]
+struct Table {
+    /// By (our branch, method).
+    client: HashMap<(String, String), Client>,
+    /// By (flow, their branch, method).
+    server: HashMap<(u64, String, String), Server>,
+    /// INVITE server transactions by (flow, Call-ID, CSeq number), for
+    /// the ACK of a 2xx (its own branch).
+    by_dialog: HashMap<(u64, String, u32), (u64, String, String)>,
+    /// ACKs we sent for 2xx answers, by (Call-ID, CSeq number).
+    acks: HashMap<(String, u32), Vec<u8>>,
+}
+
+impl Table {
+    fn len(&self) -> usize {
+        self.client.len() + self.server.len()
+    }
+}
+
+/// What to do with a received message.
+pub enum Received {
+    /// The door takes it.
+    Pass,
+    /// A retransmission: send this again (or nothing) and drop it.
+    Absorb(Option<Vec<u8>>),
+}
+
+/// The transaction layer of the UDP socket.
+pub struct Transactions {
+    table: Mutex<Table>,
+    /// Timed-out requests' `408`s, for the door (flow id, response).
+    timeouts: mpsc::Sender<(u64, Message)>,
+    tokio: tokio::runtime::Handle,
+    me: Weak<Transactions>,
+}
+
+fn branch_of(m: &Message) -> String {
+    m.branch().unwrap_or_default().to_string()
+}
+
+impl Transactions {
+    fn new(timeouts: mpsc::Sender<(u64, Message)>) -> Arc<Transactions> {
+        Arc::new_cyclic(|me| Transactions {
+            table: Mutex::default(),
+            timeouts,
+            tokio: tokio::runtime::Handle::current(),
+            me: me.clone(),
+        })
+    }
+
+    /// A message from flow `flow`: passed to the door or absorbed.
+    pub fn received(&self, flow: u64, m: &Message) -> Received {
+        let branch = branch_of(m);
+        let mut t = self.table.lock().recover();
+        match m.method() {
+            Some("ACK") => {
+                let key = (flow, branch, "INVITE".to_string());
+                if let Some(s) = t.server.get_mut(&key) {
+                    // The ACK of a non-2xx answer: hop by hop, ours.
+                    s.awaiting_ack = false;
+                    return Received::Absorb(None);
+                }
+                let (cseq, _) = m.cseq().unwrap_or_default();
+                let at = t
+                    .by_dialog
+                    .get(&(flow, m.call_id().to_string(), cseq))
+                    .cloned();
+                if let Some(s) = at.and_then(|k| t.server.get_mut(&k)) {
+                    s.awaiting_ack = false;
+                }
+                Received::Pass
+            }
+            Some(method) => {
+                let key = (flow, branch, method.to_string());
+                if let Some(s) = t.server.get(&key) {
+                    crate::metrics::SIP_DROPPED.inc(&["retransmission"]);
+                    return Received::Absorb(s.last.clone());
+                }
+                if t.len() >= MAX_TRANSACTIONS {
+                    crate::metrics::SIP_DROPPED.inc(&["transaction_cap"]);
+                    return Received::Absorb(None);
+                }
+                let invite = method == "INVITE";
+                if invite {
+                    let (cseq, _) = m.cseq().unwrap_or_default();
+                    t.by_dialog
+                        .insert((flow, m.call_id().to_string(), cseq), key.clone());
+                }
+                t.server.insert(
+                    key.clone(),
+                    Server {
+                        last: None,
+                        awaiting_ack: false,
+                        invite,
+                    },
+                );
+                drop(t);
+                self.forget_later(move |t| {
+                    if let Some(s) = t.server.remove(&key)
+                        && s.invite
+                    {
+                        t.by_dialog.retain(|_, k| *k != key);
+                    }
+                });
+                Received::Pass
+            }
+            None => {
+                let status = m.status().unwrap_or_default();
+                let (cseq, method) = m.cseq().unwrap_or_default();
+                let Some(c) = t.client.get_mut(&(branch, method.clone())) else {
+                    // A 2xx retransmitted after its transaction ended:
+                    // the ACK we sent for it, again.
+                    if let Some(ack) = t.acks.get(&(m.call_id().to_string(), cseq)) {
+                        return Received::Absorb(Some(ack.clone()));
+                    }
+                    return Received::Pass;
+                };
+                if c.answered == 2 {
+                    // A final answer again: our ACK again (INVITE), or
+                    // nothing.
+                    let ack = if (200..300).contains(&status) {
+                        t.acks.get(&(m.call_id().to_string(), cseq)).cloned()
+                    } else {
+                        c.ack.clone()
+                    };
+                    return Received::Absorb(ack);
+                }
+                c.answered = if status >= 200 { 2 } else { 1 };
+                Received::Pass
+            }
+        }
+    }
+
+    /// A message the door sends on flow `flow` (called by `Flow::send`).
+    pub fn sending(&self, flow: u64, m: &Message, bytes: &[u8], out: &mpsc::Sender<Vec<u8>>) {
+        let mut t = self.table.lock().recover();
+        match m.method() {
+            Some("ACK") => {
+                let (cseq, _) = m.cseq().unwrap_or_default();
+                let key = (branch_of(m), "INVITE".to_string());
+                if let Some(c) = t.client.get_mut(&key) {
+                    c.ack = Some(bytes.to_vec());
+                } else {
+                    let k = (m.call_id().to_string(), cseq);
+                    t.acks.insert(k.clone(), bytes.to_vec());
+                    drop(t);
+                    self.forget_later(move |t| {
+                        t.acks.remove(&k);
+                    });
+                }
+            }
+            Some(method) => {
+                let key = (branch_of(m), method.to_string());
+                t.client.insert(
+                    key.clone(),
+                    Client {
+                        request: m.clone(),
+                        bytes: bytes.to_vec(),
+                        flow,
+                        answered: 0,
+                        ack: None,
+                    },
+                );
+                drop(t);
+                self.retransmit_request(key, method == "INVITE", out.clone());
+            }
+            None => {
+                let status = m.status().unwrap_or_default();
+                let (_, method) = m.cseq().unwrap_or_default();
+                let key = (flow, branch_of(m), method);
+                let Some(s) = t.server.get_mut(&key) else {
+                    return;
+                };
+                s.last = Some(bytes.to_vec());
+                if s.invite && status >= 200 {
+                    s.awaiting_ack = true;
+                    drop(t);
+                    self.retransmit_answer(key, bytes.to_vec(), out.clone());
+                }
+            }
+        }
+    }
+
+    /// Runs `forget` on the table once the transaction's life is over.
+    fn forget_later(&self, forget: impl FnOnce(&mut Table) + Send + 'static) {
+        let me = self.me.clone();
+        self.tokio.spawn(async move {
+            tokio::time::sleep(LIFETIME + T2).await;
+            if let Some(me) = me.upgrade() {
+                forget(&mut me.table.lock().recover());
+            }
+        });
+    }
+
+    /// Timers A/B (INVITE) and E/F (others) for a request we sent.
+    fn retransmit_request(&self, key: (String, String), invite: bool, out: mpsc::Sender<Vec<u8>>) {
+        let me = self.me.clone();
+        self.tokio.spawn(async move {
+            let started = tokio::time::Instant::now();
+            let mut wait = T1;
+            let timed_out = loop {
+                tokio::time::sleep(wait).await;
+                let Some(me) = me.upgrade() else { return };
+                let t = me.table.lock().recover();
+                let Some(c) = t.client.get(&key) else { return };
+                let done = if invite {
+                    c.answered > 0
+                } else {
+                    c.answered == 2
+                };
+                if done {
+                    break false;
+                }
+                if started.elapsed() >= LIFETIME {
+                    break true;
+                }
+                let _ = out.try_send(c.bytes.clone());
+                wait = if invite {
+                    wait * 2
+                } else if c.answered == 1 {
+                    T2
+                } else {
+                    (wait * 2).min(T2)
+                };
+                // Never past the transaction's end.
+                wait = wait.min(LIFETIME.saturating_sub(started.elapsed()) + Duration::from_millis(1));
+            };
+            if timed_out && let Some(me) = me.upgrade() {
+                let c = me.table.lock().recover().client.remove(&key);
+                if let Some(c) = c {
+                    let timeout = c.request.response(408, "Request Timeout", None);
+                    let _ = me.timeouts.try_send((c.flow, timeout));
+                }
+                return;
+            }
+            // Answered: kept a while to absorb retransmitted answers.
+            tokio::time::sleep(LIFETIME.saturating_sub(started.elapsed()) + T2).await;
+            if let Some(me) = me.upgrade() {
+                me.table.lock().recover().client.remove(&key);
+            }
+        });
+    }
+
+    /// Timer G (and §13.3.1.4 for 2xx): our final answer to an INVITE
+    /// until its ACK.
+    fn retransmit_answer(&self, key: (u64, String, String), bytes: Vec<u8>, out: mpsc::Sender<Vec<u8>>) {
+        let me = self.me.clone();
+        self.tokio.spawn(async move {
+            let started = tokio::time::Instant::now();
+            let mut wait = T1;
+            while started.elapsed() + wait < LIFETIME {
+                tokio::time::sleep(wait).await;
+                let Some(me) = me.upgrade() else { return };
+                let awaiting = me
+                    .table
+                    .lock()
+                    .recover()
+                    .server
+                    .get(&key)
+                    .is_some_and(|s| s.awaiting_ack && s.last.as_deref() == Some(&bytes));
+                if !awaiting {
+                    return;
+                }
+                let _ = out.try_send(bytes.clone());
+                wait = (wait * 2).min(T2);
+            }
+        });
+    }
+}
+
+/// The UDP side of the door: the socket, its peers' flows and the
+/// transaction layer.
+pub struct Udp {
+    socket: Arc<tokio::net::UdpSocket>,
+    local: SocketAddr,
+    peers: Mutex<HashMap<SocketAddr, Arc<Flow>>>,
+    flows: Arc<Flows>,
+    transactions: Arc<Transactions>,
+}
+
+impl Udp {
+    /// Wraps a bound socket; `timeouts` receives the `408`s of requests
+    /// that got no answer.
+    pub fn new(
+        socket: tokio::net::UdpSocket,
+        flows: Arc<Flows>,
+    ) -> std::io::Result<(Arc<Udp>, mpsc::Receiver<(u64, Message)>)> {
+        let local = socket.local_addr()?;
+        let (tx, rx) = mpsc::channel(1024);
+        Ok((
+            Arc::new(Udp {
+                socket: Arc::new(socket),
+                local,
+                peers: Mutex::default(),
+                flows,
+                transactions: Transactions::new(tx),
+            }),
+            rx,
+        ))
+    }
+
+    /// The flow to `peer`, made on first use (`None` past [`MAX_PEERS`]).
+    pub fn flow_to(&self, peer: SocketAddr) -> Option<Arc<Flow>> {
+        let mut peers = self.peers.lock().recover();
+        if let Some(f) = peers.get(&peer) {
+            return Some(f.clone());
+        }
+        if peers.len() >= MAX_PEERS {
+            return None;
+        }
+        let (out, mut queue) = mpsc::channel::<Vec<u8>>(QUEUE);
+        // Our address as the peer sees it: the socket's, unless it is
+        // bound to all (then the route's source is unknown here; the
+        // configured media address or the bound one is used).
+        let local = self.local;
+        let flow = Arc::new(Flow::datagram(
+            self.flows.next_id(),
+            peer,
+            local,
+            self.transactions.clone(),
+            out,
+        ));
+        let socket = self.socket.clone();
+        tokio::spawn(async move {
+            while let Some(bytes) = queue.recv().await {
+                let _ = socket.send_to(&bytes, peer).await;
+            }
+        });
+        self.flows.insert(flow.clone());
+        peers.insert(peer, flow.clone());
+        Some(flow)
+    }
+}
+
+/// Reads the socket until `shutdown`: datagrams from allowed addresses
+/// go through the transaction layer to `handler`; timed-out requests'
+/// `408`s too.
+pub async fn serve<H: Handler>(
+    udp: Arc<Udp>,
+    mut timeouts: mpsc::Receiver<(u64, Message)>,
+    handler: Arc<H>,
+    allowed: impl Fn(std::net::IpAddr) -> bool,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let (n, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            Some((flow, m)) = timeouts.recv() => {
+                if let Some(flow) = udp.flows.get(flow) {
+                    handler.clone().message(flow, m).await;
+                }
+                continue;
+            }
+            got = udp.socket.recv_from(&mut buf) => match got {
+                Ok(x) => x,
+                Err(e) => {
+                    // ICMP errors surface here on some systems; go on.
+                    tracing::debug!(error = %e, "SIP UDP receive failed");
+                    continue;
+                }
+            },
+        };
+        if !allowed(peer.ip()) {
+            crate::metrics::SIP_DROPPED.inc(&["trunk_not_allowed"]);
+            continue;
+        }
+        let bytes = &buf[..n];
+        if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+            continue; // A keep-alive (RFC 5626 §4.4.2 is STUN; CRLF is common).
+        }
+        let Some(flow) = udp.flow_to(peer) else {
+            crate::metrics::SIP_DROPPED.inc(&["peer_cap"]);
+            continue;
+        };
+        let m = match Message::parse(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                handler.dropped(&flow, e.code());
+                continue;
+            }
+        };
+        match udp.transactions.received(flow.id, &m) {
+            Received::Pass => handler.clone().message(flow, m).await,
+            Received::Absorb(Some(again)) => {
+                let _ = udp.socket.send_to(&again, peer).await;
+            }
+            Received::Absorb(None) => {}
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! SIP trunks end to end over real UDP (issue 20, part 4): a provider on
+//! an allow-listed loopback address sends DID calls in and takes calls
+//! out, through the door's transaction layer (retransmissions both
+//! ways), the dialing policy and the trunk's digest credentials. The
+//! provider is hand-written (`switchboard_tests::sip::Provider`) so it
+//! reaches the corners: unknown sources, other tenants' numbers,
+//! challenges, retransmissions, garbage. SPEC T1, T2, K4.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use md5::Digest as _;
+use serde_json::Value;
+use switchboard::admin::{Op, TrunkPassword};
+use switchboard::harness::Harness;
+use switchboard::sip::message::Message;
+use switchboard::tenant::{Dialing, Limits, Route, Trunk};
+use switchboard_tests::accounts::console;
+use switchboard_tests::sip::{Provider, challenge_param};
+use switchboard_tests::{harness, ok_json, tenant};
+
+const QUIET: Duration = Duration::from_millis(1500);
+
+/// acme's DID, routed to `callflow answer`.
+const DID: &str = "+442079460018";
+/// globex's DID.
+const GLOBEX_DID: &str = "+442079460099";
+
+struct Rig {
+    h: Harness,
+    udp: SocketAddr,
+    /// The provider of acme's trunk (127.0.0.1, also its proxy).
+    itsp: Provider,
+    _stop: tokio::sync::oneshot::Sender<()>,
+    _scheduler: switchboard::scheduler::Scheduler,
+}
+
+fn trunk(name: &str, addresses: &[&str], proxy: Option<SocketAddr>) -> Trunk {
+    Trunk {
+        name: name.into(),
+        addresses: addresses.iter().map(|a| a.to_string()).collect(),
+        proxy,
+        username: Some("acct-7".into()),
+        caller_id: Some("+442079460000".into()),
+        caller_ids: Vec::new(),
+        max_calls: 4,
+    }
+}
+
+async fn rig() -> Rig {
+    let h = harness(&["callflow"]).await;
+    let (_, udp, stop) = {
+        // The door first: the provider needs its address.
+        switchboard_tests::sip::start_door_with_trunks(h.runtime()).await
+    };
+    let itsp = Provider::bind("127.0.0.1", udp).await;
+    for (t, did, addr) in [("acme", DID, "127.0.0.1"), ("globex", GLOBEX_DID, "127.0.0.3")] {
+        tenant(&h, t, Limits::default(), &["callflow"]).await;
+        console(
+            &h,
+            Op::DialingSet {
+                tenant: t.into(),
+                dialing: Dialing {
+                    region: Some("GB".into()),
+                    ..Dialing::default()
+                },
+            },
+        )
+        .await;
+        console(
+            &h,
+            Op::RoutesSet {
+                tenant: t.into(),
+                routes: vec![
+                    Route {
+                        number: did.into(),
+                        plugin: "callflow".into(),
+                        args: "answer".into(),
+                    },
+                    Route {
+                        number: "100".into(),
+                        plugin: "callflow".into(),
+                        args: "answer".into(),
+                    },
+                ],
+            },
+        )
+        .await;
+        let proxy = (t == "acme").then_some(itsp.local);
+        console(
+            &h,
+            Op::TrunkSet {
+                tenant: t.into(),
+                trunk: trunk("itsp", &[addr], proxy),
+                password: Some(TrunkPassword("pr0vider-secret".into())),
+            },
+        )
+        .await;
+    }
+    let scheduler = switchboard::scheduler::Scheduler::start(h.runtime(), Default::default());
+    Rig {
+        h,
+        udp,
+        itsp,
+        _stop: stop,
+        _scheduler: scheduler,
+    }
+}
+
+impl Rig {
+    async fn legs(&self, t: &str) -> Vec<String> {
+        let v = ok_json(self.h.get(t, "callflow", "u", "/legs").await);
+        serde_json::from_value(v.clone()).unwrap_or_else(|_| panic!("/legs: {v}"))
+    }
+
+    async fn dial(&self, t: &str, number: &str) -> Value {
+        let r = self
+            .h
+            .post(t, "callflow", "u", &format!("/dial/{}", number.replace('+', "%2B")), b"")
+            .await;
+        serde_json::from_slice(&r.expect("the plugin answers").body).unwrap_or(Value::Null)
+    }
+}
+
+/// The ACK of a 2xx from the provider.
+fn ack_of(invite: &Message, ok: &Message, p: &mut Provider) -> Message {
+    let mut ack = p.request("ACK", invite.uri().unwrap(), "442079461111", &[]);
+    ack.headers.retain(|(n, _)| n != "To" && n != "CSeq");
+    ack.push("To", ok.header("To").unwrap());
+    ack.push("CSeq", format!("{} ACK", invite.cseq().unwrap().0));
+    ack
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_did_call_from_the_trunk_reaches_its_plugin_and_retransmissions_are_absorbed() {
+    let mut r = rig().await;
+    let uri = format!("sip:{}@acme.localhost", &DID[1..]); // E.164 without its +
+    let invite = r.itsp.invite(&uri, "442079461111", 40_000);
+    r.itsp.send(&invite).await;
+    let ok = r.itsp.final_response().await.expect("an answer");
+    assert_eq!(ok.status(), Some(200), "{ok:?}");
+    let body = String::from_utf8_lossy(&ok.body).into_owned();
+    assert!(body.contains("RTP/AVP") && !body.contains("a=crypto"), "plain RTP, no keys over UDP: {body}");
+    // Not acknowledged: the 200 comes again (Timer G / §13.3.1.4), the
+    // same bytes.
+    let again = r.itsp.recv_within(Duration::from_secs(3)).await.expect("a retransmitted 200");
+    assert_eq!(again.to_bytes(), ok.to_bytes());
+    // The INVITE sent again is absorbed: the 200 once more, no new leg.
+    r.itsp.send(&invite).await;
+    let echoed = r.itsp.recv_within(Duration::from_secs(3)).await.expect("the last answer again");
+    assert_eq!(echoed.status(), Some(200));
+    assert_eq!(r.legs("acme").await.len(), 1, "one call, however often the INVITE came");
+    let ack = ack_of(&invite, &ok, &mut r.itsp);
+    r.itsp.send(&ack).await;
+    // Acknowledged: no more 200s.
+    let later = r.itsp.recv_within(Duration::from_secs(2)).await;
+    assert!(later.as_ref().is_none_or(|m| m.status() != Some(200)), "{later:?}");
+    // The provider hangs up.
+    let mut bye = r.itsp.request("BYE", &uri, "442079461111", &[]);
+    bye.headers.retain(|(n, _)| n != "To");
+    bye.push("To", ok.header("To").unwrap());
+    r.itsp.send(&bye).await;
+    let done = r.itsp.final_response().await.expect("BYE answered");
+    assert_eq!(done.status(), Some(200));
+    // Its record names the trunk's caller and the DID.
+    let mut records = Vec::new();
+    for _ in 0..50 {
+        records = r
+            .h
+            .runtime()
+            .call_records("acme", 0, u64::MAX, None, 10)
+            .unwrap()
+            .records;
+        if !records.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rec = serde_json::to_value(&records).unwrap().to_string();
+    assert!(rec.contains("442079461111") && rec.contains(DID), "{rec}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_allow_listed_addresses_are_heard_and_only_their_tenants_dids_reached() {
+    let mut r = rig().await;
+    // An address no trunk allows: silence, however well-formed.
+    let mut stranger = Provider::bind("127.0.0.2", r.udp).await;
+    let uri = format!("sip:{DID}@acme.localhost");
+    let m = stranger.invite(&uri, "1", 40_002);
+    stranger.send(&m).await;
+    let m = stranger.request("OPTIONS", "sip:acme.localhost", "1", &[]);
+    stranger.send(&m).await;
+    assert!(stranger.recv_within(QUIET).await.is_none(), "nothing answers a stranger");
+    // acme's provider cannot reach globex's number, nor acme's internal
+    // extension, nor register a device.
+    let into_globex = format!("sip:{GLOBEX_DID}@globex.localhost");
+    let m = r.itsp.invite(&into_globex, "1", 40_004);
+    r.itsp.send(&m).await;
+    let refused = r.itsp.final_response().await.unwrap();
+    assert_eq!(refused.status(), Some(403), "{refused:?}");
+    r.itsp.new_call();
+    let m = r.itsp.invite("sip:100@acme.localhost", "1", 40_006);
+    r.itsp.send(&m).await;
+    assert_eq!(r.itsp.final_response().await.unwrap().status(), Some(404), "no extension from outside");
+    r.itsp.new_call();
+    let m = r.itsp.invite(&format!("sip:{GLOBEX_DID}@acme.localhost"), "1", 40_008);
+    r.itsp.send(&m).await;
+    assert_eq!(r.itsp.final_response().await.unwrap().status(), Some(404), "another tenant's DID");
+    let reg = r.itsp.request("REGISTER", "sip:acme.localhost", "1", &[]);
+    r.itsp.send(&reg).await;
+    assert_eq!(r.itsp.final_response().await.unwrap().status(), Some(403));
+    // globex's own provider reaches globex's DID.
+    let mut globex = Provider::bind("127.0.0.3", r.udp).await;
+    let m = globex.invite(&into_globex, "1", 40_010);
+    globex.send(&m).await;
+    assert_eq!(globex.final_response().await.unwrap().status(), Some(200));
+    assert_eq!(r.legs("acme").await.len(), 0, "nothing reached acme");
+    assert_eq!(r.legs("globex").await.len(), 1);
+    // An SDP with keys over UDP is refused: keys never travel in clear.
+    r.itsp.new_call();
+    let keyed = r.itsp.request(
+        "INVITE",
+        &uri,
+        "1",
+        &[
+            ("Content-Type", "application/sdp".into()),
+            ("body", switchboard_tests::sip::offer(40_012, true)),
+        ],
+    );
+    r.itsp.send(&keyed).await;
+    assert_eq!(r.itsp.final_response().await.unwrap().status(), Some(488));
+    // Garbage, a truncated message and an oversized one: dropped; the
+    // door keeps serving.
+    r.itsp.send_raw(b"\x00\x01garbage").await;
+    r.itsp.send_raw(b"INVITE sip:x SIP/2.0\r\nVia: SIP/2.0/UDP 1.2.3.4\r\n").await;
+    let huge = format!(
+        "OPTIONS sip:acme.localhost SIP/2.0\r\nX: {}\r\nContent-Length: 0\r\n\r\n",
+        "a".repeat(60_000)
+    );
+    r.itsp.send_raw(huge.as_bytes()).await;
+    r.itsp.new_call();
+    let ping = r.itsp.request("OPTIONS", "sip:acme.localhost", "1", &[]);
+    r.itsp.send(&ping).await;
+    let pong = r.itsp.final_response().await.expect("still serving");
+    assert_eq!(pong.status(), Some(200));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_out_go_over_the_trunk_with_its_credentials_and_the_dialing_policy() {
+    let r = rig().await;
+    // Premium-rate and international numbers never reach the provider.
+    for refused in ["09012345678", "+12015550123"] {
+        let v = r.dial("acme", refused).await;
+        assert!(v["error"].as_str().unwrap_or("").contains("restricted"), "{refused}: {v}");
+    }
+    assert!(r.itsp.recv_within(QUIET).await.is_none(), "no INVITE for a refused number");
+    // A national number goes out, read as E.164.
+    let v = r.dial("acme", "020 7946 0123").await;
+    assert!(v["leg"].is_string(), "{v}");
+    let invite = r.itsp.next_request().await.expect("an INVITE");
+    assert_eq!(invite.method(), Some("INVITE"));
+    assert!(invite.uri().unwrap().starts_with("sip:+442079460123@"), "{invite:?}");
+    // The caller (the plugin, not a DID) shows the trunk's number.
+    assert!(invite.header("From").unwrap().contains("+442079460000"), "{invite:?}");
+    assert!(String::from_utf8_lossy(&invite.body).contains("RTP/AVP"));
+    // Not answered at once: the INVITE is sent again (Timer A).
+    let again = r.itsp.next_request().await.expect("a retransmission");
+    assert_eq!(again.to_bytes(), invite.to_bytes());
+    // The provider challenges; the door answers with the trunk's
+    // credentials, once.
+    let realm = "itsp.example";
+    let mut challenge = invite.response(407, "Proxy Authentication Required", Some("p1"));
+    challenge.push(
+        "Proxy-Authenticate",
+        format!("Digest realm=\"{realm}\", nonce=\"n0nce\", qop=\"auth\", algorithm=MD5"),
+    );
+    r.itsp.send(&challenge).await;
+    let ack = r.itsp.next_request().await.expect("the ACK of the 407");
+    assert_eq!(ack.method(), Some("ACK"));
+    assert_eq!(ack.branch(), invite.branch());
+    let authed = loop {
+        let m = r.itsp.next_request().await.expect("the INVITE with credentials");
+        if m.method() == Some("INVITE") && m.header("Proxy-Authorization").is_some() {
+            break m;
+        }
+    };
+    assert_eq!(authed.call_id(), invite.call_id());
+    assert_eq!(authed.cseq().unwrap().0, invite.cseq().unwrap().0 + 1);
+    let creds = authed.header("Proxy-Authorization").unwrap().to_string();
+    let param = |n: &str| challenge_param(&creds, n).unwrap_or_else(|| panic!("{n} in {creds}"));
+    assert_eq!(param("username"), "acct-7");
+    assert_eq!(param("realm"), realm);
+    assert_eq!(param("uri"), authed.uri().unwrap());
+    // The response, computed here from the trunk's password.
+    let md5 = |t: String| hex::encode(md5::Md5::digest(t.as_bytes()));
+    let ha1 = md5(format!("acct-7:{realm}:pr0vider-secret"));
+    let ha2 = md5(format!("INVITE:{}", param("uri")));
+    let expected = md5(format!(
+        "{ha1}:n0nce:{}:{}:auth:{ha2}",
+        param("nc"),
+        param("cnonce")
+    ));
+    assert_eq!(param("response"), expected);
+    // A second challenge is not answered again: the call fails.
+    let mut twice = authed.response(407, "Proxy Authentication Required", Some("p2"));
+    twice.push(
+        "Proxy-Authenticate",
+        format!("Digest realm=\"{realm}\", nonce=\"other\", qop=\"auth\""),
+    );
+    r.itsp.send(&twice).await;
+    let ack2 = r.itsp.next_request().await.expect("the ACK of the second 407");
+    assert_eq!(ack2.method(), Some("ACK"));
+    assert!(
+        r.itsp.recv_within(QUIET).await.is_none_or(|m| m.method() != Some("INVITE")),
+        "no third INVITE"
+    );
+    // The audit trail has the trunk's change, never its password.
+    let trail = console(
+        &r.h,
+        Op::AuditExport {
+            realm: "acme".into(),
+            after: 0,
+            limit: 10_000,
+        },
+    )
+    .await
+    .to_string();
+    assert!(trail.contains("tenant.trunk"), "{trail}");
+    assert!(!trail.contains("pr0vider-secret"));
+}
