@@ -8,6 +8,7 @@ pub mod http;
 pub mod load;
 pub mod schema;
 pub mod sip;
+pub mod sipp;
 pub mod stream;
 pub mod tamper;
 pub mod world;

@@ -17,12 +17,15 @@ use switchboard::sip::message::Message;
 use switchboard::tenant::{Dialing, Limits, Route, Trunk};
 use switchboard_tests::accounts::console;
 use switchboard_tests::sip::{Provider, challenge_param};
+use switchboard_tests::sipp;
 use switchboard_tests::{harness, ok_json, tenant};
 
 const QUIET: Duration = Duration::from_millis(1500);
 
 /// acme's DID, routed to `callflow answer`.
 const DID: &str = "+442079460018";
+/// acme's DID routed to `callflow ring` (never answered).
+const RINGING_DID: &str = "+442079460019";
 /// globex's DID.
 const GLOBEX_DID: &str = "+442079460099";
 
@@ -76,6 +79,11 @@ async fn rig() -> Rig {
                         number: did.into(),
                         plugin: "callflow".into(),
                         args: "answer".into(),
+                    },
+                    Route {
+                        number: RINGING_DID.into(),
+                        plugin: "callflow".into(),
+                        args: "ring".into(),
                     },
                     Route {
                         number: "100".into(),
@@ -327,4 +335,89 @@ async fn calls_out_go_over_the_trunk_with_its_credentials_and_the_dialing_policy
     .to_string();
     assert!(trail.contains("tenant.trunk"), "{trail}");
     assert!(!trail.contains("pr0vider-secret"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sipp_calls_in_over_the_trunk_and_cancels_while_ringing() {
+    let r = rig().await;
+    // 20 calls at 20/s: INVITE, 200, ACK, BYE at once (the race of a
+    // BYE right behind the ACK), each to the DID (E.164 without +).
+    let run = sipp::run(
+        "127.0.0.1",
+        Some(r.udp),
+        &["-sn", "uac", "-s", &DID[1..], "-m", "20", "-r", "20", "-d", "0"],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(run.ok(), "{run:?}");
+    assert_eq!(r.legs("acme").await.len(), 20);
+    // 5 callers give up while it rings: 200 to the CANCEL, 487, ACK.
+    let cancel = sipp::scenario("cancel.xml");
+    let run = sipp::run(
+        "127.0.0.1",
+        Some(r.udp),
+        &["-sf", cancel.to_str().unwrap(), "-s", &RINGING_DID[1..], "-m", "5", "-r", "5"],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(run.ok(), "{run:?}");
+    assert_eq!(r.legs("acme").await.len(), 25);
+    // Every leg ended and left its record (20 talked, 5 cancelled).
+    let mut records = Vec::new();
+    for _ in 0..100 {
+        records = r
+            .h
+            .runtime()
+            .call_records("acme", 0, u64::MAX, None, 100)
+            .unwrap()
+            .records;
+        if records.len() == 25 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(records.len(), 25);
+    let answered = records.iter().filter(|c| c.answered_ms.is_some()).count();
+    assert_eq!(answered, 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sipp_takes_a_call_out_from_the_trunk() {
+    let r = rig().await;
+    let port = sipp::free_udp_port("127.0.0.1");
+    let proxy: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    console(
+        &r.h,
+        Op::TrunkSet {
+            tenant: "acme".into(),
+            trunk: trunk("itsp", &["127.0.0.1"], Some(proxy)),
+            password: None,
+        },
+    )
+    .await;
+    let uas = tokio::spawn(sipp::run(
+        "127.0.0.1",
+        None,
+        &["-sn", "uas", "-p", &port.to_string(), "-m", "1"],
+        Duration::from_secs(20),
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let v = r.dial("acme", "02079460123").await;
+    let leg = v["leg"].as_str().unwrap_or_else(|| panic!("{v}")).to_string();
+    // Answered (SIPp sends 180 and 200 at once), then hung up by the
+    // plugin: our BYE ends SIPp's one call.
+    let mut answered = false;
+    for _ in 0..50 {
+        let events = ok_json(r.h.get("acme", "callflow", "u", &format!("/events/{leg}")).await);
+        if events.to_string().contains("answered") {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answered, "SIPp answered the call");
+    let poked = ok_json(r.h.post("acme", "callflow", "u", &format!("/poke/{leg}"), b"").await);
+    assert_eq!(poked["hangup"], "ok", "{poked}");
+    let run = uas.await.unwrap();
+    assert!(run.ok(), "{run:?}");
 }

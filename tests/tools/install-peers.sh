@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real SIP peers the telephony tests drive, from Debian:
 #   baresip (baresip-core)  a phone: TLS, digest, SRTP, DTMF (tests/src/baresip.rs)
-# Only what a test uses: SIPp (sip-tester) joins with the trunk tests (UDP/
-# TCP; Debian's build has no TLS, and devices speak TLS only).
+#   sipp (sip-tester)       a trunk's provider over UDP (tests/tests/trunks.rs;
+#                           Debian's build has no TLS, so it never plays a device)
 # Idempotent: when every command (and the baresip modules the harness loads)
 # is present it changes nothing and needs no network. Otherwise it runs
 # `apt-get update` once and installs only the missing packages, as root or
@@ -15,6 +15,7 @@ set -euo pipefail
 # command -> Debian package
 declare -A package_of=(
     [baresip]=baresip-core
+    [sipp]=sip-tester
 )
 # Modules tests/src/baresip.rs loads (all in baresip-core).
 baresip_modules=(g711 aufile sndfile srtp account menu ctrl_tcp)
@@ -43,7 +44,7 @@ missing_packages() {
 
 mapfile -t missing < <(missing_packages)
 if ((${#missing[@]} == 0)); then
-    say "baresip is installed; nothing to do"
+    say "baresip and sipp are installed; nothing to do"
     exit 0
 fi
 say "missing: ${missing[*]}"
