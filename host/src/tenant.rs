@@ -345,9 +345,7 @@ impl Trunk {
 /// `+` and 2-15 digits, not starting with 0.
 pub fn is_e164(s: &str) -> bool {
     s.strip_prefix('+').is_some_and(|d| {
-        (2..=15).contains(&d.len())
-            && d.bytes().all(|b| b.is_ascii_digit())
-            && !d.starts_with('0')
+        (2..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()) && !d.starts_with('0')
     })
 }
 
@@ -393,7 +391,9 @@ impl Net {
         match ip {
             IpAddr::V4(v4) => {
                 let bits = u32::from(v4);
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 IpAddr::V4((bits & mask).into())
             }
             IpAddr::V6(v6) => {
@@ -409,9 +409,7 @@ impl Net {
     /// Whether `ip` is in the network (IPv4-mapped IPv6 read as IPv4).
     pub fn contains(&self, ip: std::net::IpAddr) -> bool {
         let ip = match ip {
-            std::net::IpAddr::V6(v6) => v6
-                .to_ipv4_mapped()
-                .map_or(ip, std::net::IpAddr::V4),
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
             v4 => v4,
         };
         ip.is_ipv4() == self.ip.is_ipv4() && self.masked(ip) == self.ip
@@ -547,7 +545,15 @@ mod tests {
         assert!(t.may_show("+442079460012"));
         assert!(!t.may_show("+442079461012"));
         // Host bits under the prefix, wide networks, junk: refused.
-        for bad in ["203.0.113.1/28", "10.0.0.0/4", "0.0.0.0", "224.0.0.1", "host", "1.2.3.4/33", ""] {
+        for bad in [
+            "203.0.113.1/28",
+            "10.0.0.0/4",
+            "0.0.0.0",
+            "224.0.0.1",
+            "host",
+            "1.2.3.4/33",
+            "",
+        ] {
             assert!(Trunk::check_all(&[trunk(&[bad])]).is_err(), "{bad}");
         }
         let mut t2 = trunk(&["203.0.113.7"]);

@@ -120,6 +120,54 @@ fn k1_s4_keys_packages_trust_and_offline_admin() {
         d,
     );
     assert!(text(&o).1.contains("invalid_dialing"), "{:?}", text(&o));
+    // Trunks: the password comes on standard input, never back out.
+    let itsp = r#"{"name": "itsp", "addresses": ["203.0.113.0/28"], "proxy": "203.0.113.5:5060", "username": "acct-1"}"#;
+    let mut child = bin()
+        .args([
+            "tenant",
+            "trunk",
+            "set",
+            "gone",
+            itsp,
+            "--password-stdin",
+            "--data",
+        ])
+        .arg(d)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run switchboard");
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"pr0vider-secret\n").unwrap();
+    }
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert!(
+        text(&o).0.contains("\"has_password\": true"),
+        "{:?}",
+        text(&o)
+    );
+    let o = run(&["tenant", "trunk", "list", "gone"], d);
+    assert!(text(&o).0.contains("acct-1"), "{:?}", text(&o));
+    assert!(!text(&o).0.contains("pr0vider-secret"), "{:?}", text(&o));
+    let o = run(
+        &[
+            "tenant",
+            "trunk",
+            "set",
+            "gone",
+            r#"{"name": "x", "addresses": ["0.0.0.0"]}"#,
+        ],
+        d,
+    );
+    assert!(text(&o).1.contains("invalid_trunk"), "{:?}", text(&o));
+    let o = run(&["tenant", "trunk", "remove", "gone", "itsp"], d);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let o = run(&["tenant", "trunk", "remove", "gone", "itsp"], d);
+    assert!(text(&o).1.contains("not_found"), "{:?}", text(&o));
     let o = run(&["tenant", "hold", "gone"], d);
     assert!(o.status.success(), "{:?}", text(&o));
     let o = run(&["tenant", "delete", "gone", "--yes"], d);

@@ -120,7 +120,11 @@ async fn start_door_full(
     config: switchboard::sip::SipConfig,
     throttle: switchboard::identity::throttle::ThrottleConfig,
     trunks: bool,
-) -> (SocketAddr, Option<SocketAddr>, tokio::sync::oneshot::Sender<()>) {
+) -> (
+    SocketAddr,
+    Option<SocketAddr>,
+    tokio::sync::oneshot::Sender<()>,
+) {
     let pki = crate::http::test_pki();
     let tls = switchboard::gateway::tls::TlsIdentity::load(&pki.cert_file, &pki.key_file).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -40,10 +40,7 @@ pub fn scenario(name: &str) -> PathBuf {
 
 /// Fails, naming the install script, if SIPp is missing.
 pub fn require() {
-    let found = std::process::Command::new(SIPP)
-        .arg("-v")
-        .output()
-        .is_ok();
+    let found = std::process::Command::new(SIPP).arg("-v").output().is_ok();
     assert!(
         found,
         "sipp is not installed: run `bash {}` (the README's test command does)",

@@ -57,7 +57,10 @@ async fn rig() -> Rig {
         switchboard_tests::sip::start_door_with_trunks(h.runtime()).await
     };
     let itsp = Provider::bind("127.0.0.1", udp).await;
-    for (t, did, addr) in [("acme", DID, "127.0.0.1"), ("globex", GLOBEX_DID, "127.0.0.3")] {
+    for (t, did, addr) in [
+        ("acme", DID, "127.0.0.1"),
+        ("globex", GLOBEX_DID, "127.0.0.3"),
+    ] {
         tenant(&h, t, Limits::default(), &["callflow"]).await;
         console(
             &h,
@@ -124,7 +127,13 @@ impl Rig {
     async fn dial(&self, t: &str, number: &str) -> Value {
         let r = self
             .h
-            .post(t, "callflow", "u", &format!("/dial/{}", number.replace('+', "%2B")), b"")
+            .post(
+                t,
+                "callflow",
+                "u",
+                &format!("/dial/{}", number.replace('+', "%2B")),
+                b"",
+            )
             .await;
         serde_json::from_slice(&r.expect("the plugin answers").body).unwrap_or(Value::Null)
     }
@@ -148,21 +157,39 @@ async fn a_did_call_from_the_trunk_reaches_its_plugin_and_retransmissions_are_ab
     let ok = r.itsp.final_response().await.expect("an answer");
     assert_eq!(ok.status(), Some(200), "{ok:?}");
     let body = String::from_utf8_lossy(&ok.body).into_owned();
-    assert!(body.contains("RTP/AVP") && !body.contains("a=crypto"), "plain RTP, no keys over UDP: {body}");
+    assert!(
+        body.contains("RTP/AVP") && !body.contains("a=crypto"),
+        "plain RTP, no keys over UDP: {body}"
+    );
     // Not acknowledged: the 200 comes again (Timer G / §13.3.1.4), the
     // same bytes.
-    let again = r.itsp.recv_within(Duration::from_secs(3)).await.expect("a retransmitted 200");
+    let again = r
+        .itsp
+        .recv_within(Duration::from_secs(3))
+        .await
+        .expect("a retransmitted 200");
     assert_eq!(again.to_bytes(), ok.to_bytes());
     // The INVITE sent again is absorbed: the 200 once more, no new leg.
     r.itsp.send(&invite).await;
-    let echoed = r.itsp.recv_within(Duration::from_secs(3)).await.expect("the last answer again");
+    let echoed = r
+        .itsp
+        .recv_within(Duration::from_secs(3))
+        .await
+        .expect("the last answer again");
     assert_eq!(echoed.status(), Some(200));
-    assert_eq!(r.legs("acme").await.len(), 1, "one call, however often the INVITE came");
+    assert_eq!(
+        r.legs("acme").await.len(),
+        1,
+        "one call, however often the INVITE came"
+    );
     let ack = ack_of(&invite, &ok, &mut r.itsp);
     r.itsp.send(&ack).await;
     // Acknowledged: no more 200s.
     let later = r.itsp.recv_within(Duration::from_secs(2)).await;
-    assert!(later.as_ref().is_none_or(|m| m.status() != Some(200)), "{later:?}");
+    assert!(
+        later.as_ref().is_none_or(|m| m.status() != Some(200)),
+        "{later:?}"
+    );
     // The provider hangs up.
     let mut bye = r.itsp.request("BYE", &uri, "442079461111", &[]);
     bye.headers.retain(|(n, _)| n != "To");
@@ -173,12 +200,11 @@ async fn a_did_call_from_the_trunk_reaches_its_plugin_and_retransmissions_are_ab
     // Its record names the trunk's caller and the DID.
     let mut records = Vec::new();
     for _ in 0..50 {
-        records = r
-            .h
-            .runtime()
-            .call_records("acme", 0, u64::MAX, None, 10)
-            .unwrap()
-            .records;
+        records =
+            r.h.runtime()
+                .call_records("acme", 0, u64::MAX, None, 10)
+                .unwrap()
+                .records;
         if !records.is_empty() {
             break;
         }
@@ -198,7 +224,10 @@ async fn only_allow_listed_addresses_are_heard_and_only_their_tenants_dids_reach
     stranger.send(&m).await;
     let m = stranger.request("OPTIONS", "sip:acme.localhost", "1", &[]);
     stranger.send(&m).await;
-    assert!(stranger.recv_within(QUIET).await.is_none(), "nothing answers a stranger");
+    assert!(
+        stranger.recv_within(QUIET).await.is_none(),
+        "nothing answers a stranger"
+    );
     // acme's provider cannot reach globex's number, nor acme's internal
     // extension, nor register a device.
     let into_globex = format!("sip:{GLOBEX_DID}@globex.localhost");
@@ -209,11 +238,21 @@ async fn only_allow_listed_addresses_are_heard_and_only_their_tenants_dids_reach
     r.itsp.new_call();
     let m = r.itsp.invite("sip:100@acme.localhost", "1", 40_006);
     r.itsp.send(&m).await;
-    assert_eq!(r.itsp.final_response().await.unwrap().status(), Some(404), "no extension from outside");
+    assert_eq!(
+        r.itsp.final_response().await.unwrap().status(),
+        Some(404),
+        "no extension from outside"
+    );
     r.itsp.new_call();
-    let m = r.itsp.invite(&format!("sip:{GLOBEX_DID}@acme.localhost"), "1", 40_008);
+    let m = r
+        .itsp
+        .invite(&format!("sip:{GLOBEX_DID}@acme.localhost"), "1", 40_008);
     r.itsp.send(&m).await;
-    assert_eq!(r.itsp.final_response().await.unwrap().status(), Some(404), "another tenant's DID");
+    assert_eq!(
+        r.itsp.final_response().await.unwrap().status(),
+        Some(404),
+        "another tenant's DID"
+    );
     let reg = r.itsp.request("REGISTER", "sip:acme.localhost", "1", &[]);
     r.itsp.send(&reg).await;
     assert_eq!(r.itsp.final_response().await.unwrap().status(), Some(403));
@@ -240,7 +279,9 @@ async fn only_allow_listed_addresses_are_heard_and_only_their_tenants_dids_reach
     // Garbage, a truncated message and an oversized one: dropped; the
     // door keeps serving.
     r.itsp.send_raw(b"\x00\x01garbage").await;
-    r.itsp.send_raw(b"INVITE sip:x SIP/2.0\r\nVia: SIP/2.0/UDP 1.2.3.4\r\n").await;
+    r.itsp
+        .send_raw(b"INVITE sip:x SIP/2.0\r\nVia: SIP/2.0/UDP 1.2.3.4\r\n")
+        .await;
     let huge = format!(
         "OPTIONS sip:acme.localhost SIP/2.0\r\nX: {}\r\nContent-Length: 0\r\n\r\n",
         "a".repeat(60_000)
@@ -259,17 +300,29 @@ async fn calls_out_go_over_the_trunk_with_its_credentials_and_the_dialing_policy
     // Premium-rate and international numbers never reach the provider.
     for refused in ["09012345678", "+12015550123"] {
         let v = r.dial("acme", refused).await;
-        assert!(v["error"].as_str().unwrap_or("").contains("restricted"), "{refused}: {v}");
+        assert!(
+            v["error"].as_str().unwrap_or("").contains("restricted"),
+            "{refused}: {v}"
+        );
     }
-    assert!(r.itsp.recv_within(QUIET).await.is_none(), "no INVITE for a refused number");
+    assert!(
+        r.itsp.recv_within(QUIET).await.is_none(),
+        "no INVITE for a refused number"
+    );
     // A national number goes out, read as E.164.
     let v = r.dial("acme", "020 7946 0123").await;
     assert!(v["leg"].is_string(), "{v}");
     let invite = r.itsp.next_request().await.expect("an INVITE");
     assert_eq!(invite.method(), Some("INVITE"));
-    assert!(invite.uri().unwrap().starts_with("sip:+442079460123@"), "{invite:?}");
+    assert!(
+        invite.uri().unwrap().starts_with("sip:+442079460123@"),
+        "{invite:?}"
+    );
     // The caller (the plugin, not a DID) shows the trunk's number.
-    assert!(invite.header("From").unwrap().contains("+442079460000"), "{invite:?}");
+    assert!(
+        invite.header("From").unwrap().contains("+442079460000"),
+        "{invite:?}"
+    );
     assert!(String::from_utf8_lossy(&invite.body).contains("RTP/AVP"));
     // Not answered at once: the INVITE is sent again (Timer A).
     let again = r.itsp.next_request().await.expect("a retransmission");
@@ -287,7 +340,11 @@ async fn calls_out_go_over_the_trunk_with_its_credentials_and_the_dialing_policy
     assert_eq!(ack.method(), Some("ACK"));
     assert_eq!(ack.branch(), invite.branch());
     let authed = loop {
-        let m = r.itsp.next_request().await.expect("the INVITE with credentials");
+        let m = r
+            .itsp
+            .next_request()
+            .await
+            .expect("the INVITE with credentials");
         if m.method() == Some("INVITE") && m.header("Proxy-Authorization").is_some() {
             break m;
         }
@@ -316,10 +373,17 @@ async fn calls_out_go_over_the_trunk_with_its_credentials_and_the_dialing_policy
         format!("Digest realm=\"{realm}\", nonce=\"other\", qop=\"auth\""),
     );
     r.itsp.send(&twice).await;
-    let ack2 = r.itsp.next_request().await.expect("the ACK of the second 407");
+    let ack2 = r
+        .itsp
+        .next_request()
+        .await
+        .expect("the ACK of the second 407");
     assert_eq!(ack2.method(), Some("ACK"));
     assert!(
-        r.itsp.recv_within(QUIET).await.is_none_or(|m| m.method() != Some("INVITE")),
+        r.itsp
+            .recv_within(QUIET)
+            .await
+            .is_none_or(|m| m.method() != Some("INVITE")),
         "no third INVITE"
     );
     // The audit trail has the trunk's change, never its password.
@@ -345,7 +409,18 @@ async fn sipp_calls_in_over_the_trunk_and_cancels_while_ringing() {
     let run = sipp::run(
         "127.0.0.1",
         Some(r.udp),
-        &["-sn", "uac", "-s", &DID[1..], "-m", "20", "-r", "20", "-d", "0"],
+        &[
+            "-sn",
+            "uac",
+            "-s",
+            &DID[1..],
+            "-m",
+            "20",
+            "-r",
+            "20",
+            "-d",
+            "0",
+        ],
         Duration::from_secs(30),
     )
     .await;
@@ -356,7 +431,16 @@ async fn sipp_calls_in_over_the_trunk_and_cancels_while_ringing() {
     let run = sipp::run(
         "127.0.0.1",
         Some(r.udp),
-        &["-sf", cancel.to_str().unwrap(), "-s", &RINGING_DID[1..], "-m", "5", "-r", "5"],
+        &[
+            "-sf",
+            cancel.to_str().unwrap(),
+            "-s",
+            &RINGING_DID[1..],
+            "-m",
+            "5",
+            "-r",
+            "5",
+        ],
         Duration::from_secs(30),
     )
     .await;
@@ -365,12 +449,11 @@ async fn sipp_calls_in_over_the_trunk_and_cancels_while_ringing() {
     // Every leg ended and left its record (20 talked, 5 cancelled).
     let mut records = Vec::new();
     for _ in 0..100 {
-        records = r
-            .h
-            .runtime()
-            .call_records("acme", 0, u64::MAX, None, 100)
-            .unwrap()
-            .records;
+        records =
+            r.h.runtime()
+                .call_records("acme", 0, u64::MAX, None, 100)
+                .unwrap()
+                .records;
         if records.len() == 25 {
             break;
         }
@@ -403,12 +486,18 @@ async fn sipp_takes_a_call_out_from_the_trunk() {
     ));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let v = r.dial("acme", "02079460123").await;
-    let leg = v["leg"].as_str().unwrap_or_else(|| panic!("{v}")).to_string();
+    let leg = v["leg"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{v}"))
+        .to_string();
     // Answered (SIPp sends 180 and 200 at once), then hung up by the
     // plugin: our BYE ends SIPp's one call.
     let mut answered = false;
     for _ in 0..50 {
-        let events = ok_json(r.h.get("acme", "callflow", "u", &format!("/events/{leg}")).await);
+        let events = ok_json(
+            r.h.get("acme", "callflow", "u", &format!("/events/{leg}"))
+                .await,
+        );
         if events.to_string().contains("answered") {
             answered = true;
             break;
@@ -416,7 +505,10 @@ async fn sipp_takes_a_call_out_from_the_trunk() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(answered, "SIPp answered the call");
-    let poked = ok_json(r.h.post("acme", "callflow", "u", &format!("/poke/{leg}"), b"").await);
+    let poked = ok_json(
+        r.h.post("acme", "callflow", "u", &format!("/poke/{leg}"), b"")
+            .await,
+    );
     assert_eq!(poked["hangup"], "ok", "{poked}");
     let run = uas.await.unwrap();
     assert!(run.ok(), "{run:?}");

@@ -311,7 +311,13 @@ pub fn client_answer(
     {
         return Err(malformed("a value that cannot be quoted"));
     }
-    let ha1 = algorithm.hex(&[user.as_bytes(), b":", realm.as_bytes(), b":", password.as_bytes()]);
+    let ha1 = algorithm.hex(&[
+        user.as_bytes(),
+        b":",
+        realm.as_bytes(),
+        b":",
+        password.as_bytes(),
+    ]);
     let ha2 = algorithm.hex(&[method.as_bytes(), b":", uri.as_bytes()]);
     let mut out = format!(
         "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", algorithm={}",
@@ -708,16 +714,24 @@ mod tests {
     fn the_client_side_answers_our_own_challenges_and_rfc_2069s() {
         let d = Digest::new([7; 32], T0 - 1_000).unwrap();
         let stored = Ha1::from_stored(&Ha1::derive("acct", REALM, "s3cret").to_stored()).unwrap();
-        for ch in d.challenge(REALM, T0, false).unwrap() {
+        // Each algorithm's challenge with a nonce of its own.
+        for i in 0..2 {
+            let ch = d.challenge(REALM, T0, false).unwrap()[i].clone();
+            let wrong = client_answer(&ch, "INVITE", "sip:+4420@x", "acct", "guess").unwrap();
+            assert!(
+                d.verify(
+                    &Credentials::parse(&wrong).unwrap(),
+                    "INVITE",
+                    REALM,
+                    Some(&stored),
+                    T0 + 1
+                )
+                .is_err()
+            );
             let a = client_answer(&ch, "INVITE", "sip:+4420@x", "acct", "s3cret").unwrap();
             let creds = Credentials::parse(&a).unwrap();
             d.verify(&creds, "INVITE", REALM, Some(&stored), T0 + 1)
                 .unwrap();
-            let wrong = client_answer(&ch, "INVITE", "sip:+4420@x", "acct", "guess").unwrap();
-            assert!(
-                d.verify(&Credentials::parse(&wrong).unwrap(), "INVITE", REALM, Some(&stored), T0 + 1)
-                    .is_err()
-            );
         }
         // No qop: RFC 2069 (RFC 2617 §3.5's values without qop; the
         // expected response computed with Python's hashlib).
@@ -729,7 +743,10 @@ mod tests {
             "Circle Of Life",
         )
         .unwrap();
-        assert!(a.contains("response=\"670fd8c2df070c60b045671b8b24ff02\""), "{a}");
+        assert!(
+            a.contains("response=\"670fd8c2df070c60b045671b8b24ff02\""),
+            "{a}"
+        );
         assert!(a.contains("opaque=\"5ccc069c403ebaf9f0171e9517f40e41\""));
         for bad in [
             "Basic realm=\"x\"",
@@ -738,7 +755,10 @@ mod tests {
             "Digest realm=\"x\", nonce=\"n\", qop=\"auth-int\"",
             "Digest realm=\"x\\\"y\", nonce=\"n\"",
         ] {
-            assert!(client_answer(bad, "INVITE", "sip:a@b", "u", "p").is_err(), "{bad}");
+            assert!(
+                client_answer(bad, "INVITE", "sip:a@b", "u", "p").is_err(),
+                "{bad}"
+            );
         }
     }
 

@@ -148,9 +148,10 @@ impl Runtime {
                     let key = keys::trunk_password(tenant, &name);
                     match &password {
                         None => Ok(None),
-                        Some(p) if p.is_empty() => {
-                            store.apply(&[(key, None)]).map(Some).map_err(AdminError::Store)
-                        }
+                        Some(p) if p.is_empty() => store
+                            .apply(&[(key, None)])
+                            .map(Some)
+                            .map_err(AdminError::Store),
                         Some(p) => store
                             .apply(&[(key, Some(p.as_bytes().to_vec()))])
                             .map(Some)

@@ -145,10 +145,7 @@ pub fn request(method: &str, uri: &str, via: &str) -> Message {
         headers: Vec::new(),
         body: Vec::new(),
     };
-    m.push(
-        "Via",
-        format!("{via};branch=z9hG4bK{}", random_hex(12)),
-    );
+    m.push("Via", format!("{via};branch=z9hG4bK{}", random_hex(12)));
     m.push("Max-Forwards", "70");
     m
 }

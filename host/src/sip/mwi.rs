@@ -165,10 +165,7 @@ impl Door {
             .unwrap_or_default();
         let mut ok = m.response(200, "OK", Some(&tag));
         ok.push("Expires", expires.to_string());
-        ok.push(
-            "Contact",
-            format!("<{}>", flow.our_uri("switchboard")),
-        );
+        ok.push("Contact", format!("<{}>", flow.our_uri("switchboard")));
         flow.send(&ok);
         self.notify(sub, expires == 0);
     }
@@ -217,10 +214,7 @@ impl Door {
                 format!("active;expires={left}")
             },
         );
-        m.push(
-            "Contact",
-            format!("<{}>", flow.our_uri("switchboard")),
-        );
+        m.push("Contact", format!("<{}>", flow.our_uri("switchboard")));
         m.push("Content-Type", "application/simple-message-summary");
         m.body = format!(
             "Messages-Waiting: {}\r\nMessage-Account: sip:{}@{realm}\r\nVoice-Message: {new}/{old} (0/0)\r\n",

@@ -278,13 +278,23 @@ impl Door {
             None,
         );
         let host = flow.local.to_string();
-        let mut m = dialogs::request("INVITE", &format!("sip:{}@{proxy}", call.to.number), &flow.via());
+        let mut m = dialogs::request(
+            "INVITE",
+            &format!("sip:{}@{proxy}", call.to.number),
+            &flow.via(),
+        );
         match self.caller_id(&call.tenant, &trunk, &call.caller) {
-            Some(number) => m.push("From", format!("<sip:{number}@{host}>;tag={}", random_hex(8))),
+            Some(number) => m.push(
+                "From",
+                format!("<sip:{number}@{host}>;tag={}", random_hex(8)),
+            ),
             None => {
                 m.push(
                     "From",
-                    format!("\"Anonymous\" <sip:anonymous@anonymous.invalid>;tag={}", random_hex(8)),
+                    format!(
+                        "\"Anonymous\" <sip:anonymous@anonymous.invalid>;tag={}",
+                        random_hex(8)
+                    ),
                 );
                 m.push("Privacy", "id");
             }
@@ -321,7 +331,12 @@ impl Door {
     /// caller's own if it is one of the tenant's DIDs or the trunk allows
     /// it, else the trunk's `caller_id`, else none (anonymous). A caller
     /// never shows a number the tenant does not hold (spoofing).
-    fn caller_id(&self, tenant: &str, trunk: &crate::tenant::Trunk, caller: &str) -> Option<String> {
+    fn caller_id(
+        &self,
+        tenant: &str,
+        trunk: &crate::tenant::Trunk,
+        caller: &str,
+    ) -> Option<String> {
         let own = crate::tenant::is_e164(caller)
             && (self.rt.is_did(tenant, caller) || trunk.may_show(caller));
         if own {
@@ -365,19 +380,23 @@ impl Door {
         if authenticated {
             return false;
         }
-        let tenant = self.with_fork(leg, |f| f.tenant.clone()).unwrap_or_default();
-        let (Some(trunk), Some(password)) =
-            (self.rt.trunk(&tenant, name), self.rt.trunk_password(&tenant, name))
-        else {
+        let tenant = self
+            .with_fork(leg, |f| f.tenant.clone())
+            .unwrap_or_default();
+        let (Some(trunk), Some(password)) = (
+            self.rt.trunk(&tenant, name),
+            self.rt.trunk_password(&tenant, name),
+        ) else {
             return false;
         };
         let Some(user) = trunk.username else {
             return false;
         };
         let uri = invite.uri().unwrap_or_default().to_string();
-        let Some(Ok(auth)) = challenge.header(header).map(|c| {
-            crate::identity::digest::client_answer(c, "INVITE", &uri, &user, &password)
-        }) else {
+        let Some(Ok(auth)) = challenge
+            .header(header)
+            .map(|c| crate::identity::digest::client_answer(c, "INVITE", &uri, &user, &password))
+        else {
             return false;
         };
         let mut again = dialogs::request("INVITE", &uri, &flow.via());
@@ -476,7 +495,10 @@ impl Door {
                 if m.cseq().map(|(n, _)| n) != invite.cseq().map(|(n, _)| n) {
                     return;
                 }
-                if matches!(status, 401 | 407) && !settled && self.answer_challenge(flow, &leg, i, &m) {
+                if matches!(status, 401 | 407)
+                    && !settled
+                    && self.answer_challenge(flow, &leg, i, &m)
+                {
                     return;
                 }
                 self.finish_branch(&leg, i, status);
@@ -508,9 +530,7 @@ impl Door {
         let agreed = std::str::from_utf8(&ok.body)
             .map_err(|_| sdp::SdpError::Malformed("not UTF-8".into()))
             .and_then(sdp::parse)
-            .and_then(|a| {
-                sdp::read_answer(&a, &policy, key.as_ref().map(|_| SUITE), key.as_ref())
-            });
+            .and_then(|a| sdp::read_answer(&a, &policy, key.as_ref().map(|_| SUITE), key.as_ref()));
         let offer = agreed.map(|a| MediaOffer {
             remote: a.remote,
             payload_type: a.codec.payload_type(),

@@ -293,7 +293,8 @@ impl Transactions {
                     (wait * 2).min(T2)
                 };
                 // Never past the transaction's end.
-                wait = wait.min(LIFETIME.saturating_sub(started.elapsed()) + Duration::from_millis(1));
+                wait =
+                    wait.min(LIFETIME.saturating_sub(started.elapsed()) + Duration::from_millis(1));
             };
             if timed_out && let Some(me) = me.upgrade() {
                 let c = me.table.lock().recover().client.remove(&key);
@@ -313,7 +314,12 @@ impl Transactions {
 
     /// Timer G (and §13.3.1.4 for 2xx): our final answer to an INVITE
     /// until its ACK.
-    fn retransmit_answer(&self, key: (u64, String, String), bytes: Vec<u8>, out: mpsc::Sender<Vec<u8>>) {
+    fn retransmit_answer(
+        &self,
+        key: (u64, String, String),
+        bytes: Vec<u8>,
+        out: mpsc::Sender<Vec<u8>>,
+    ) {
         let me = self.me.clone();
         self.tokio.spawn(async move {
             let started = tokio::time::Instant::now();
