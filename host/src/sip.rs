@@ -12,7 +12,12 @@
 //! tenant's is challenged and refused like any wrong password, so the
 //! door does not tell which tenants exist.
 //!
+//! Trunks reach it over UDP (`[sip] trunk_listen`), heard only from the
+//! addresses a tenant's trunk allow-lists; they reach only that tenant's
+//! DIDs, and calls to numbers outside the tenant go out over them.
+//!
 //! - `transport`: TLS flows (caps, deadlines, framing, parsing).
+//! - `udp`: the trunks' socket and RFC 3261's transaction timers.
 //! - [`frame`], [`message`]: cutting streams into messages and reading them.
 //! - [`auth`]: digest, throttles, lockout, audit.
 //! - `registrar`: where devices are (in memory, per flow).
@@ -20,8 +25,8 @@
 //!   host places to devices; `mwi`: message-waiting subscriptions.
 //! - [`sdp`]: offer/answer with fresh keys per leg.
 //!
-//! Not yet: trunks over UDP/TCP, re-INVITEs (answered 488, the call goes
-//! on unchanged), REFER.
+//! Not yet: trunks over TCP or TLS, registering with a provider,
+//! re-INVITEs (answered 488, the call goes on unchanged), REFER.
 
 pub mod auth;
 mod dialogs;
