@@ -13,8 +13,14 @@
 //!   plugin's commit, our answer written.
 //! - **SIP call**: the whole exchange a phone makes: INVITE, 407,
 //!   INVITE with credentials, 100, 200, ACK, BYE, 200.
-//! - **SIP calls/s**: 16 phones (connections) each placing 25 calls one
-//!   after another, all at once: complete calls per second.
+//! - **SIP calls/s**: 16 phones (devices, each its own connection) each
+//!   placing 25 calls one after another, all at once: complete calls per
+//!   second.
+//! - **trunk calls/s (SIPp)**: SIPp's `uac` over UDP from a trunk's
+//!   allow-listed address to a DID routed to the same plugin, 3,000 calls
+//!   (INVITE, 100, 200, ACK, BYE, 200) with at most 100 at once; beside
+//!   the same SIPp load against SIPp's own `uas` (no Switchboard: the
+//!   load generator's ceiling on this machine) in the same run.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -47,6 +53,7 @@ async fn main() {
     );
     synthetic().await;
     sip().await;
+    trunks().await;
 }
 
 fn row(name: &str, lat: Vec<f64>, rate: &str) {
@@ -130,15 +137,29 @@ async fn sip() {
     row("SIP INVITE -> 200", invite_ok, "");
     row("SIP call (8 messages)", whole, "");
 
-    // All at once.
+    // All at once: one device per phone (a device has at most 8 calls).
     let phones = 16;
     let each = 25;
+    let mut devices = Vec::new();
+    for i in 0..phones {
+        let name = format!("desk-{i}");
+        let added = console(
+            &h,
+            Op::DeviceAdd {
+                tenant: "acme".into(),
+                name: name.clone(),
+                user: "alice".into(),
+                udp: false,
+            },
+        )
+        .await;
+        devices.push((name, added["password"].as_str().unwrap().to_string()));
+    }
     let t0 = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..phones {
-        let password = password.clone();
+    for (name, password) in devices {
         tasks.push(tokio::spawn(async move {
-            let mut ua = connect(addr, &password).await;
+            let mut ua = Ua::connect(addr, &name, "acme.localhost", &password).await;
             let mut lat = Vec::new();
             for _ in 0..each {
                 lat.push(call(&mut ua).await.1);
@@ -158,10 +179,6 @@ async fn sip() {
     );
 }
 
-async fn connect(addr: SocketAddr, password: &str) -> Ua {
-    Ua::connect(addr, "alice-desk", "acme.localhost", password).await
-}
-
 /// One whole call; (authenticated INVITE → 200, whole exchange) in ms.
 async fn call(ua: &mut Ua) -> (f64, f64) {
     let t0 = Instant::now();
@@ -176,4 +193,103 @@ async fn call(ua: &mut Ua) -> (f64, f64) {
         answered.as_secs_f64() * 1000.0,
         t0.elapsed().as_secs_f64() * 1000.0,
     )
+}
+
+/// SIPp `uac` against the door's UDP socket (a DID routed to `callflow
+/// answer`), and against SIPp's own `uas`, in the same run.
+async fn trunks() {
+    use switchboard_tests::sipp;
+    let h = Harness::new().unwrap();
+    h.install(&manifest("callflow"), &component("callflow"))
+        .await
+        .unwrap();
+    h.tenant_with_limits("acme", wide()).await.unwrap();
+    h.enable("acme", "callflow").await.unwrap();
+    console(
+        &h,
+        Op::RoutesSet {
+            tenant: "acme".into(),
+            routes: vec![Route {
+                number: "+442079460018".into(),
+                plugin: "callflow".into(),
+                args: "answer".into(),
+            }],
+        },
+    )
+    .await;
+    console(
+        &h,
+        Op::TrunkSet {
+            tenant: "acme".into(),
+            trunk: switchboard::tenant::Trunk {
+                name: "itsp".into(),
+                addresses: vec!["127.0.0.1".into()],
+                proxy: None,
+                username: None,
+                caller_id: None,
+                caller_ids: Vec::new(),
+                max_calls: 10_000,
+            },
+            password: None,
+        },
+    )
+    .await;
+    let (_, udp, _stop) = switchboard_tests::sip::start_door_with_trunks(h.runtime()).await;
+    let _scheduler = switchboard::scheduler::Scheduler::start(h.runtime(), Default::default());
+    let calls = 3000;
+    let load = |target: SocketAddr| {
+        let calls = calls.to_string();
+        async move {
+            let t0 = Instant::now();
+            let run = sipp::run(
+                "127.0.0.1",
+                Some(target),
+                &[
+                    "-sn", "uac", "-s", "442079460018", "-m", &calls, "-r", "5000", "-l", "100",
+                    "-d", "0",
+                ],
+                Duration::from_secs(120),
+            )
+            .await;
+            let secs = t0.elapsed().as_secs_f64();
+            (run, secs)
+        }
+    };
+    // The peer: SIPp's uas answering SIPp's uac directly.
+    let port = sipp::free_udp_port("127.0.0.1");
+    let uas = tokio::spawn(sipp::run(
+        "127.0.0.1",
+        None,
+        &["-sn", "uas", "-p", &port.to_string()],
+        Duration::from_secs(60),
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (peer, peer_secs) = load(format!("127.0.0.1:{port}").parse().unwrap()).await;
+    uas.abort();
+    let (ours, secs) = load(udp).await;
+    for (name, run, secs) in [
+        ("SIPp -> SIPp uas (peer)", &peer, peer_secs),
+        ("SIPp -> trunk -> plugin", &ours, secs),
+    ] {
+        let done = successful(&run.stdout);
+        println!(
+            "{name:<24} {:>9} {:>9} {:>9} {:>12}",
+            "", "", "",
+            format!("{:.0} calls/s", done as f64 / secs)
+        );
+        if !run.ok() {
+            println!("  ({done} of {calls} calls succeeded; sipp exit {:?})", run.code);
+        }
+    }
+}
+
+/// The "Successful call" total of SIPp's final statistics.
+fn successful(stdout: &str) -> u64 {
+    stdout
+        .lines()
+        .filter(|l| l.contains("Successful call"))
+        .filter_map(|l| l.split('|').nth(2))
+        .filter_map(|v| v.trim().parse().ok())
+        .next_back()
+        .unwrap_or(0)
 }
