@@ -446,6 +446,36 @@ pub struct Dialing {
     /// Emergency calls are never refused for it.
     #[serde(default)]
     pub max_outbound_calls: Option<u32>,
+    /// Talk minutes a day (UTC) the tenant may spend on calls out to
+    /// numbers outside it; `None`: no cap. Emergency calls are never
+    /// refused for it.
+    #[serde(default)]
+    pub max_outbound_minutes_per_day: Option<u32>,
+    /// Classes of restriction and of service by name (`lobby`, `staff`):
+    /// what their holders may dial and do.
+    #[serde(default)]
+    pub restrictions: BTreeMap<String, Restriction>,
+    /// Who holds which restriction: user id → restriction name.
+    #[serde(default)]
+    pub users: BTreeMap<String, String>,
+    /// The restriction of callers not in `users`, and of calls a plugin
+    /// places for no user; `None`: no restriction beyond the tenant's.
+    #[serde(default)]
+    pub default_restriction: Option<String>,
+}
+
+/// A class of restriction (which number classes its holders may dial,
+/// within the tenant's) and of service (what else they may do).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Restriction {
+    /// Number classes (`internal`, `national`, …); the tenant's classes
+    /// and lists still apply on top: a restriction only narrows.
+    pub classes: Vec<String>,
+    /// May forward calls (their own, as the `pbx` plugin does) to
+    /// numbers outside the tenant.
+    #[serde(default)]
+    pub forward_external: bool,
 }
 
 impl Dialing {
@@ -464,6 +494,10 @@ impl Default for Dialing {
             allow: Vec::new(),
             deny: Vec::new(),
             max_outbound_calls: None,
+            max_outbound_minutes_per_day: None,
+            restrictions: BTreeMap::new(),
+            users: BTreeMap::new(),
+            default_restriction: None,
         }
     }
 }

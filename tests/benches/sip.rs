@@ -245,8 +245,18 @@ async fn trunks() {
                 "127.0.0.1",
                 Some(target),
                 &[
-                    "-sn", "uac", "-s", "442079460018", "-m", &calls, "-r", "5000", "-l", "100",
-                    "-d", "0",
+                    "-sn",
+                    "uac",
+                    "-s",
+                    "442079460018",
+                    "-m",
+                    &calls,
+                    "-r",
+                    "5000",
+                    "-l",
+                    "100",
+                    "-d",
+                    "0",
                 ],
                 Duration::from_secs(120),
             )
@@ -274,11 +284,16 @@ async fn trunks() {
         let done = successful(&run.stdout);
         println!(
             "{name:<24} {:>9} {:>9} {:>9} {:>12}",
-            "", "", "",
+            "",
+            "",
+            "",
             format!("{:.0} calls/s", done as f64 / secs)
         );
         if !run.ok() {
-            println!("  ({done} of {calls} calls succeeded; sipp exit {:?})", run.code);
+            println!(
+                "  ({done} of {calls} calls succeeded; sipp exit {:?})",
+                run.code
+            );
         }
     }
 }

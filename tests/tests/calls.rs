@@ -10,7 +10,7 @@ use switchboard::audit::Scope;
 use switchboard::call::legs::Cause;
 use switchboard::harness::Harness;
 use switchboard::harness::calls::{CallRig, Phone, Signal};
-use switchboard::tenant::{Dialing, Limits};
+use switchboard::tenant::{Dialing, Limits, Restriction};
 use switchboard_tests::{harness, ok_json, tenant};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -392,7 +392,7 @@ async fn t1_a_tenants_own_plan_and_rules_apply_to_its_dials() {
         classes: None,
         allow: Vec::new(),
         deny: vec!["+447911*".into()],
-        max_outbound_calls: None,
+        ..Dialing::default()
     };
     h.runtime().set_dialing("acme", gb.clone()).await.unwrap();
     // A policy that does not read is refused and changes nothing.
@@ -614,5 +614,133 @@ async fn t1_a_cap_on_concurrent_outbound_calls_spares_emergency_calls() {
     rig.hang_up(&first);
     wait_event(&h, "acme", &first, "ended:normal").await;
     let (status, body) = dial("%2B12025550124").await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t1_classes_of_restriction_and_service_per_user_and_a_daily_minutes_cap() {
+    let (h, _rig) = rig(&["acme"]).await;
+    let restriction = |classes: &[&str], forward_external: bool| Restriction {
+        classes: classes.iter().map(|c| c.to_string()).collect(),
+        forward_external,
+    };
+    let outside = ["internal", "national", "mobile", "toll-free"];
+    let mut dialing = Dialing {
+        region: Some("GB".into()),
+        restrictions: [
+            ("lobby".to_string(), restriction(&["internal"], false)),
+            ("staff".to_string(), restriction(&outside, false)),
+            ("exec".to_string(), restriction(&outside, true)),
+        ]
+        .into(),
+        users: [
+            ("u-staff".to_string(), "staff".to_string()),
+            ("u-exec".to_string(), "exec".to_string()),
+        ]
+        .into(),
+        default_restriction: Some("lobby".into()),
+        ..Dialing::default()
+    };
+    // A user holding a restriction that does not exist, or a restriction
+    // with an unknown class: refused, nothing changes.
+    for bad in [
+        Dialing {
+            users: [("u-x".to_string(), "vip".to_string())].into(),
+            ..dialing.clone()
+        },
+        Dialing {
+            restrictions: [("odd".to_string(), restriction(&["lunar"], true))].into(),
+            ..Dialing::default()
+        },
+        Dialing {
+            max_outbound_minutes_per_day: Some(0),
+            ..Dialing::default()
+        },
+    ] {
+        let e = h.runtime().set_dialing("acme", bad).await.unwrap_err();
+        assert_eq!(e.code(), "invalid_dialing", "{e}");
+    }
+    h.runtime()
+        .set_dialing("acme", dialing.clone())
+        .await
+        .unwrap();
+    let shown = h.runtime().dialing("acme").unwrap();
+    assert_eq!(shown["effective"]["users"]["u-staff"], "staff", "{shown}");
+    let dial_as = |user: &'static str, purpose: &'static str, number: &'static str| {
+        let h = &h;
+        async move {
+            let r = h
+                .post(
+                    "acme",
+                    "callflow",
+                    "u",
+                    &format!("/dial-as/{user}/{purpose}/{number}"),
+                    b"",
+                )
+                .await
+                .unwrap();
+            (r.status, r.json().unwrap())
+        }
+    };
+    let london = "02079460018";
+    // The default restriction (lobby: internal only) for a user without
+    // one and for a call placed for no user; staff may call out.
+    for (user, status) in [("u-nobody", 403), ("u-staff", 200), ("u-exec", 200)] {
+        let (got, body) = dial_as(user, "call", london).await;
+        assert_eq!(got, status, "{user}: {body}");
+    }
+    let (status, body) = dial_from(&h, "acme", london).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("not allowed for this caller"),
+        "{body}"
+    );
+    // Class of service: staff may call out but not forward out; exec may.
+    let (status, body) = dial_as("u-staff", "forward", london).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("forwarding"),
+        "{body}"
+    );
+    let (status, body) = dial_as("u-exec", "forward", london).await;
+    assert_eq!(status, 200, "{body}");
+    // Emergency numbers whatever the restriction.
+    let (status, body) = dial_as("u-nobody", "call", "999").await;
+    assert_eq!(status, 200, "{body}");
+    // A restriction only narrows: exec holds no international class, and
+    // the tenant's classes do not open it either.
+    let (status, _) = dial_as("u-exec", "call", "%2B12025550123").await;
+    assert_eq!(status, 403);
+
+    // Minutes a day: a record of today's 61 minutes out (as a restart
+    // finds them in the store) uses up a 60-minute cap.
+    let now = switchboard::support::clock::now_ms();
+    let record = serde_json::json!({
+        "leg": "earlier", "plugin": "callflow", "direction": "outbound",
+        "caller": "", "callee": "+442079460011", "started_ms": now - 3_700_000,
+        "answered_ms": now - 3_660_000, "ended_ms": now - 1000, "talk_ms": 3_659_000,
+        "cause": "normal", "codec": "pcmu", "secure": false, "media": null,
+    });
+    let key = switchboard::store::keys::call_record("acme", now - 1000, "earlier");
+    let seq = h
+        .runtime()
+        .data_store()
+        .apply(&[(key, Some(serde_json::to_vec(&record).unwrap()))])
+        .unwrap();
+    h.runtime().data_store().durable(seq).await.unwrap();
+    dialing.max_outbound_minutes_per_day = Some(60);
+    h.runtime().set_dialing("acme", dialing).await.unwrap();
+    let (status, body) = dial_as("u-staff", "call", london).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("minutes"),
+        "{body}"
+    );
+    assert_eq!(dial_audits(&h, "over_minutes").len(), 1);
+    // Calls inside the tenant and emergency calls still go.
+    let (status, body) = dial_as("u-staff", "call", "999").await;
     assert_eq!(status, 200, "{body}");
 }

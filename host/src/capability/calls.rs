@@ -391,6 +391,7 @@ pub fn get_leg(ctx: &mut CallCtx, t: &State, id: &str) -> Result<LegSnapshot, Ca
 /// How a plugin asks for a call.
 pub struct DialRequest {
     pub to: String,
+    pub purpose: crate::telephony::policy::Purpose,
     pub on_behalf_of: Option<String>,
     pub ring_ms: u32,
     pub state: Vec<u8>,
@@ -432,8 +433,21 @@ pub fn dial(ctx: &mut CallCtx, t: &State, req: DialRequest) -> Result<String, Ca
             ctx.plugin_name(),
             &ctx.tenant.record.dialing,
             &req.to,
+            (!caller.is_empty()).then_some(caller.as_str()),
+            req.purpose,
         )
         .map_err(|r| CapError::Denied(r.to_string()))?;
+    // The tenant's talk minutes a day out of it (emergency calls and
+    // calls inside the tenant are never refused for it).
+    if let Some(cap) = ctx.tenant.record.dialing.max_outbound_minutes_per_day
+        && to.number.starts_with('+')
+        && t.outbound_ms_today(ctx.tenant_id()) >= u64::from(cap) * 60_000
+    {
+        t.refuse_over_minutes(ctx.tenant_id(), ctx.plugin_name(), &req.to, cap);
+        return Err(CapError::QuotaExceeded(format!(
+            "the tenant's {cap} outbound minutes for today are used up"
+        )));
+    }
     let dials_issued = ctx
         .txn
         .effects_of::<Submit>()
@@ -624,8 +638,15 @@ impl twit::calls::Host for View<'_, State> {
 
 impl twit::dial::Host for View<'_, State> {
     fn dial(&mut self, to: String, opts: twit::dial::DialOpts) -> WitResult<String> {
+        use crate::telephony::policy::Purpose;
         let req = DialRequest {
             to,
+            purpose: match opts.purpose {
+                twit::dial::DialPurpose::Call => Purpose::Call,
+                twit::dial::DialPurpose::Forward => Purpose::Forward,
+                twit::dial::DialPurpose::Transfer => Purpose::Transfer,
+                twit::dial::DialPurpose::Callback => Purpose::Callback,
+            },
             on_behalf_of: opts.on_behalf_of,
             ring_ms: opts.ring_ms,
             state: opts.state,

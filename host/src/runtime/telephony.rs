@@ -386,6 +386,10 @@ impl Runtime {
                 "allow": set.allow,
                 "deny": set.deny,
                 "max_outbound_calls": set.max_outbound_calls,
+                "max_outbound_minutes_per_day": set.max_outbound_minutes_per_day,
+                "restrictions": set.restrictions,
+                "users": set.users,
+                "default_restriction": set.default_restriction,
             },
         }))
     }

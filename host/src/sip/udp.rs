@@ -344,6 +344,10 @@ impl Transactions {
     }
 }
 
+/// Where the `408`s of requests that got no answer arrive: (flow id,
+/// response).
+pub type Timeouts = mpsc::Receiver<(u64, Message)>;
+
 /// The UDP side of the door: the socket, its peers' flows and the
 /// transaction layer.
 pub struct Udp {
@@ -360,7 +364,7 @@ impl Udp {
     pub fn new(
         socket: tokio::net::UdpSocket,
         flows: Arc<Flows>,
-    ) -> std::io::Result<(Arc<Udp>, mpsc::Receiver<(u64, Message)>)> {
+    ) -> std::io::Result<(Arc<Udp>, Timeouts)> {
         let local = socket.local_addr()?;
         let (tx, rx) = mpsc::channel(1024);
         Ok((
@@ -413,7 +417,7 @@ impl Udp {
 /// `408`s too.
 pub async fn serve<H: Handler>(
     udp: Arc<Udp>,
-    mut timeouts: mpsc::Receiver<(u64, Message)>,
+    mut timeouts: Timeouts,
     handler: Arc<H>,
     allowed: impl Fn(std::net::IpAddr) -> bool,
     shutdown: impl std::future::Future<Output = ()>,

@@ -406,7 +406,7 @@ pub fn from_dialing(
         extension_digits: min..=max,
     };
     plan.validate()?;
-    let rules = match &d.classes {
+    let mut rules = match &d.classes {
         Some(classes) => Rules::from_settings(classes, &d.allow, &d.deny)?,
         None => {
             let mut rules = Rules::from_settings(&[], &d.allow, &d.deny)?;
@@ -414,7 +414,113 @@ pub fn from_dialing(
             rules
         }
     };
+    if d.max_outbound_minutes_per_day == Some(0) {
+        return Err(PolicyError::Plan(
+            "max_outbound_minutes_per_day is at least 1 (leave it out for no cap)".into(),
+        ));
+    }
+    if d.restrictions.len() > MAX_RESTRICTIONS || d.users.len() > MAX_RESTRICTED_USERS {
+        return Err(PolicyError::TooMany(format!(
+            "at most {MAX_RESTRICTIONS} restrictions and {MAX_RESTRICTED_USERS} users holding one"
+        )));
+    }
+    for (name, r) in &d.restrictions {
+        let name_ok = !name.is_empty()
+            && name.len() <= 32
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !name_ok {
+            return Err(PolicyError::Plan(format!(
+                "restriction name {name:?}: 1-32 of a-z 0-9 -"
+            )));
+        }
+        let classes = r
+            .classes
+            .iter()
+            .map(|c| Class::from_name(c).ok_or_else(|| PolicyError::Class(c.clone())))
+            .collect::<Result<BTreeSet<Class>, _>>()?;
+        rules.restrictions.insert(
+            name.clone(),
+            Cor {
+                classes,
+                forward_external: r.forward_external,
+            },
+        );
+    }
+    for (user, name) in d
+        .users
+        .iter()
+        .map(|(u, n)| (u.as_str(), n))
+        .chain(d.default_restriction.iter().map(|n| ("(default)", n)))
+    {
+        if !d.restrictions.contains_key(name) {
+            return Err(PolicyError::Plan(format!(
+                "{user}: no restriction named {name:?}"
+            )));
+        }
+        if user.len() > 64 {
+            return Err(PolicyError::Plan("a user id is at most 64 bytes".into()));
+        }
+    }
+    rules.users = d.users.clone();
+    rules.default_restriction = d.default_restriction.clone();
     Ok((plan, rules))
+}
+
+/// Why a plugin places a call (`dial-purpose`): a forward needs the
+/// class of service `forward_external` to leave the tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Call,
+    Forward,
+    Transfer,
+    Callback,
+}
+
+impl Rules {
+    /// SPEC T1 for one call: the caller's class of restriction, then the
+    /// tenant's rules ([`Rules::decide`]), then the class of service (a
+    /// forward out of the tenant).
+    pub fn decide_for(
+        &self,
+        dialled: &Dialled,
+        user: Option<&str>,
+        purpose: Purpose,
+    ) -> Result<(), Refusal> {
+        let cor = self.cor_of(user);
+        self.decide(dialled, &cor.classes)?;
+        let outside = !matches!(dialled.class, Class::Internal | Class::Emergency);
+        if purpose == Purpose::Forward && outside && !cor.forward_external {
+            return Err(Refusal::new(
+                "forwarding to numbers outside the tenant is not allowed for this caller",
+                Some(dialled.class),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Most restrictions a tenant defines, and users holding one.
+pub const MAX_RESTRICTIONS: usize = 64;
+pub const MAX_RESTRICTED_USERS: usize = 10_000;
+
+/// A caller's class of restriction (which classes they may dial) and of
+/// service (what else they may do).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cor {
+    pub classes: BTreeSet<Class>,
+    pub forward_external: bool,
+}
+
+impl Cor {
+    /// No restriction beyond the tenant's rules.
+    pub fn unrestricted() -> Cor {
+        Cor {
+            classes: Class::ALL.into_iter().collect(),
+            forward_external: true,
+        }
+    }
 }
 
 /// A tenant's rules, and the caller's class of restriction.
@@ -424,6 +530,10 @@ pub struct Rules {
     pub classes: BTreeSet<Class>,
     pub allow: Vec<Pattern>,
     pub deny: Vec<Pattern>,
+    /// Classes of restriction by name, who holds which, and the default.
+    pub restrictions: std::collections::BTreeMap<String, Cor>,
+    pub users: std::collections::BTreeMap<String, String>,
+    pub default_restriction: Option<String>,
 }
 
 impl Default for Rules {
@@ -440,6 +550,9 @@ impl Default for Rules {
             .collect(),
             allow: Vec::new(),
             deny: Vec::new(),
+            restrictions: Default::default(),
+            users: Default::default(),
+            default_restriction: None,
         }
     }
 }
@@ -469,7 +582,18 @@ impl Rules {
             classes,
             allow: patterns(allow)?,
             deny: patterns(deny)?,
+            ..Rules::default()
         })
+    }
+
+    /// The class of restriction of `user` (a user id), or of a call placed
+    /// for no user.
+    pub fn cor_of(&self, user: Option<&str>) -> Cor {
+        user.and_then(|u| self.users.get(u))
+            .or(self.default_restriction.as_ref())
+            .and_then(|name| self.restrictions.get(name))
+            .cloned()
+            .unwrap_or_else(Cor::unrestricted)
     }
 
     /// Whether a caller whose class of restriction is `cor` (the classes
@@ -511,6 +635,86 @@ impl Rules {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_users_restriction_narrows_and_forwarding_out_needs_its_service() {
+        let mut d = crate::tenant::Dialing {
+            region: Some("GB".into()),
+            ..Default::default()
+        };
+        d.restrictions.insert(
+            "lobby".into(),
+            crate::tenant::Restriction {
+                classes: vec!["internal".into()],
+                forward_external: false,
+            },
+        );
+        d.restrictions.insert(
+            "staff".into(),
+            crate::tenant::Restriction {
+                classes: vec!["internal".into(), "national".into(), "premium".into()],
+                forward_external: false,
+            },
+        );
+        d.users.insert("ann".into(), "staff".into());
+        d.default_restriction = Some("lobby".into());
+        let (plan, rules) = from_dialing(&d, "US").unwrap();
+        let national = plan.read("02079460018").unwrap();
+        assert!(
+            rules
+                .decide_for(&national, Some("ann"), Purpose::Call)
+                .is_ok()
+        );
+        assert!(
+            rules
+                .decide_for(&national, Some("bob"), Purpose::Call)
+                .is_err()
+        );
+        assert!(rules.decide_for(&national, None, Purpose::Call).is_err());
+        let refused = rules
+            .decide_for(&national, Some("ann"), Purpose::Forward)
+            .unwrap_err();
+        assert!(refused.reason.contains("forwarding"), "{refused}");
+        // Premium in the restriction does not open what the tenant denies.
+        let premium = plan.read("09012345678").unwrap();
+        assert!(
+            rules
+                .decide_for(&premium, Some("ann"), Purpose::Call)
+                .is_err()
+        );
+        // Emergency always; an internal forward is no forward out.
+        let emergency = plan.read("999").unwrap();
+        assert!(rules.decide_for(&emergency, None, Purpose::Forward).is_ok());
+        let ext = plan.read("201").unwrap();
+        assert!(
+            rules
+                .decide_for(&ext, Some("ann"), Purpose::Forward)
+                .is_ok()
+        );
+        // No restriction at all: the tenant's rules alone.
+        let open = from_dialing(&crate::tenant::Dialing::default(), "GB")
+            .unwrap()
+            .1;
+        assert!(
+            open.decide_for(&national, Some("x"), Purpose::Forward)
+                .is_ok()
+        );
+        // A bad name, a dangling holder, an unknown class: refused.
+        let mut bad = d.clone();
+        bad.restrictions
+            .insert("Bad Name".into(), d.restrictions["lobby"].clone());
+        assert!(from_dialing(&bad, "GB").is_err());
+        let mut bad = d.clone();
+        bad.default_restriction = Some("vip".into());
+        assert!(from_dialing(&bad, "GB").is_err());
+        let mut bad = d;
+        bad.restrictions
+            .get_mut("lobby")
+            .unwrap()
+            .classes
+            .push("lunar".into());
+        assert!(from_dialing(&bad, "GB").is_err());
+    }
 
     fn plan(region: &str) -> Plan {
         Plan {

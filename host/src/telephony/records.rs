@@ -68,6 +68,12 @@ impl CallRecord {
         }
     }
 
+    /// A call out of the tenant (to an E.164 number; emergency numbers
+    /// are dialled as digits and not counted).
+    pub fn is_outside(&self) -> bool {
+        self.direction == "outbound" && self.callee.starts_with('+')
+    }
+
     /// Adds the media engine's figures.
     pub fn with_stats(mut self, st: &LegStats) -> CallRecord {
         self.media = Some(MediaFigures {

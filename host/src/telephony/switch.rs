@@ -50,6 +50,9 @@ pub enum TelephonyError {
     Unavailable(String),
 }
 
+/// A day in ms (the outbound-minutes cap counts per UTC day).
+const DAY_MS: u64 = 86_400_000;
+
 /// Telephony settings.
 #[derive(Debug, Clone)]
 pub struct TelephonyConfig {
@@ -122,6 +125,8 @@ pub struct Telephony {
     me: Weak<Telephony>,
     /// Live legs as the control thread last counted them.
     live: AtomicU64,
+    /// Per tenant: (UTC day, talk ms of calls out of the tenant).
+    minutes: Mutex<std::collections::HashMap<String, (u64, u64)>>,
     pub counters: Counters,
 }
 
@@ -138,6 +143,7 @@ impl Telephony {
             services: OnceLock::new(),
             me: me.clone(),
             live: AtomicU64::new(0),
+            minutes: Mutex::default(),
             counters: Counters::default(),
         })
     }
@@ -157,6 +163,7 @@ impl Telephony {
     /// Writes a call record to the tenant's store, off call control's
     /// thread (a slow disk never holds up calls); a failure is logged.
     fn write_record(&self, tenant: String, record: CallRecord) {
+        self.count_minutes(&tenant, &record);
         let Some(services) = self.services.get().cloned() else {
             return;
         };
@@ -193,12 +200,13 @@ impl Telephony {
         plugin: &str,
         dialing: &Dialing,
         to: &str,
+        user: Option<&str>,
+        purpose: policy::Purpose,
     ) -> Result<Dialled, Refusal> {
-        let all: std::collections::BTreeSet<Class> = Class::ALL.into_iter().collect();
         let decided = match policy::from_dialing(dialing, &self.config.region) {
             Ok((plan, rules)) => plan
                 .read(to)
-                .and_then(|d| rules.decide(&d, &all).map(|()| d)),
+                .and_then(|d| rules.decide_for(&d, user, purpose).map(|()| d)),
             // Checked when set; a record that no longer reads refuses all.
             Err(e) => Err(Refusal {
                 reason: format!("the tenant's dialing policy is unusable: {e}"),
@@ -234,6 +242,90 @@ impl Telephony {
     /// Outbound legs of `tenant` ringing or answered.
     pub fn outbound_live(&self, tenant: &str) -> usize {
         self.table.lock().recover().outbound_live(tenant)
+    }
+
+    /// Talk time (ms) of the tenant's calls out of it (to E.164 numbers)
+    /// that ended today (UTC): counted as legs end, seeded from the day's
+    /// stored records the first time it is asked (so a restart forgets
+    /// nothing).
+    pub fn outbound_ms_today(&self, tenant: &str) -> u64 {
+        let day = crate::support::clock::now_ms() / DAY_MS;
+        if let Some((d, ms)) = self.minutes.lock().recover().get(tenant)
+            && *d == day
+        {
+            return *ms;
+        }
+        let seeded = self.stored_outbound_ms(tenant, day);
+        let mut minutes = self.minutes.lock().recover();
+        let entry = minutes.entry(tenant.to_string()).or_insert((day, 0));
+        if entry.0 != day {
+            *entry = (day, seeded);
+        } else {
+            entry.1 = entry.1.max(seeded);
+        }
+        entry.1
+    }
+
+    fn stored_outbound_ms(&self, tenant: &str, day: u64) -> u64 {
+        let Some(services) = self.services.get() else {
+            return 0;
+        };
+        let prefix = keys::call_record_prefix(tenant);
+        let mut start = keys::call_record(tenant, day * DAY_MS, "");
+        start.pop();
+        let mut total = 0;
+        loop {
+            let Ok(page) = services.store.scan(&prefix, Some(&start), 1000) else {
+                return total;
+            };
+            let Some((last, _)) = page.last() else {
+                return total;
+            };
+            start = last.clone();
+            let full = page.len() == 1000;
+            for (_, value) in page {
+                let Ok(r) = serde_json::from_slice::<CallRecord>(&value) else {
+                    continue;
+                };
+                if r.is_outside() && r.ended_ms / DAY_MS == day {
+                    total += r.talk_ms;
+                }
+            }
+            if !full {
+                return total;
+            }
+        }
+    }
+
+    /// Counts a finished leg's talk time towards its tenant's day.
+    fn count_minutes(&self, tenant: &str, record: &CallRecord) {
+        if !record.is_outside() || record.talk_ms == 0 {
+            return;
+        }
+        let day = record.ended_ms / DAY_MS;
+        // Seeded first (from what is stored, which this record is not
+        // yet), then counted.
+        self.outbound_ms_today(tenant);
+        let mut minutes = self.minutes.lock().recover();
+        if let Some((d, ms)) = minutes.get_mut(tenant)
+            && *d == day
+        {
+            *ms += record.talk_ms;
+        }
+    }
+
+    /// Counts and audits a dial refused for the tenant's outbound minutes
+    /// a day.
+    pub fn refuse_over_minutes(&self, tenant: &str, plugin: &str, to: &str, cap: u32) {
+        self.counters.restricted.fetch_add(1, Ordering::Relaxed);
+        metrics::CALLS_RESTRICTED.inc(&[tenant, "over-minutes"]);
+        self.audit.note(
+            &Scope::tenant(tenant),
+            "call.dial",
+            to,
+            "over_minutes",
+            &format!("plugin {plugin}; the {cap} outbound minutes for today are used up"),
+        );
     }
 
     /// Counts and audits a dial refused for the tenant's cap on
