@@ -361,14 +361,7 @@ impl Door {
         match method.as_str() {
             "REGISTER" => self.register(flow, &m),
             "INVITE" if m.to().ok().and_then(|t| t.tag()).is_some() => {
-                // A re-INVITE: the session goes on unchanged (RFC 3261
-                // §14.2); one for no dialog of ours is 481.
-                let known = self.known_dialog(&m);
-                flow.send(&if known {
-                    answer(&m, 488, "Not Acceptable Here")
-                } else {
-                    answer(&m, 481, "Call/Transaction Does Not Exist")
-                });
+                self.reinvite(flow, &m).await;
             }
             "INVITE" => self.invite(flow, &m).await,
             "CANCEL" => self.cancel(flow, &m),
@@ -676,15 +669,17 @@ impl Door {
         };
         let mut ids = [0u8; 8];
         let _ = getrandom::fill(&mut ids);
+        let session_id = u64::from_be_bytes(ids) >> 1;
+        let sdp_addr = SocketAddr::new(self.media_ip(media, flow), media.port());
         let agreed = choice.answer(
             &offer,
             sdp::Local {
-                addr: SocketAddr::new(self.media_ip(media, flow), media.port()),
-                session_id: u64::from_be_bytes(ids) >> 1,
+                addr: sdp_addr,
+                session_id,
                 session_version: 1,
             },
         );
-        let early = self.dialogs.insert(Dialog::uas(
+        let mut dialog = Dialog::uas(
             leg.clone(),
             c.tenant,
             c.party,
@@ -693,7 +688,10 @@ impl Door {
             random_hex(8),
             agreed.sdp,
             flow.our_uri(&c.number),
-        ));
+        );
+        dialog.sdp_addr = sdp_addr;
+        dialog.session = (session_id, 1);
+        let early = self.dialogs.insert(dialog);
         // The plugin may have answered or ended the leg before its dialog
         // was filed.
         match early {
@@ -718,6 +716,97 @@ impl Door {
     /// and ringing.
     fn calls_of(&self, tenant: &str, party: &str) -> usize {
         self.dialogs.count_of(tenant, party) + self.ringing_on(tenant, party)
+    }
+
+    /// A re-INVITE in an answered call (RFC 3261 §14; hold, a new address
+    /// or key): its SDP is taken like an INVITE's, the leg's media follows
+    /// it (same port, a fresh key of ours, still bridged), and the answer
+    /// mirrors its direction. Anything unusable leaves the call as it was
+    /// (RFC 3261 §14.2: `488`, `491`, `500`).
+    async fn reinvite(&self, flow: &Arc<Flow>, m: &Message) {
+        let tag = m.from().ok().and_then(|f| f.tag()).unwrap_or_default();
+        let ours = m.to().ok().and_then(|t| t.tag());
+        let (cseq, _) = m.cseq().unwrap_or_default();
+        let found = self.dialogs.leg_of(m.call_id(), &tag).and_then(|leg| {
+            self.dialogs.with(&leg, |d| {
+                (
+                    leg.clone(),
+                    d.clone(),
+                    Some(&d.tag) == ours.as_ref()
+                        && self.speaks_for(flow, &(d.tenant.clone(), d.device.clone(), d.flow)),
+                )
+            })
+        });
+        let Some((leg, d, true)) = found else {
+            flow.send(&answer(m, 481, "Call/Transaction Does Not Exist"));
+            return;
+        };
+        if d.state != (State::Answered { acked: true }) || cseq <= d.their_cseq {
+            // Before the ACK of our 200 (§14.2), or an old request.
+            let mut r = m.response(491, "Request Pending", None);
+            r.push("Retry-After", "1");
+            flow.send(&r);
+            return;
+        }
+        self.dialogs.with(&leg, |d| d.their_cseq = cseq);
+        let is_sdp = m.header("Content-Type").is_some_and(|ct| {
+            ct.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/sdp"))
+        });
+        let secure = !d.device.starts_with(TRUNK_PARTY);
+        let policy = self.sdp_policy(secure, flow);
+        let chosen = match std::str::from_utf8(&m.body) {
+            Ok(text) if is_sdp && !text.is_empty() => {
+                sdp::parse(text).and_then(|o| sdp::choose(&o, &policy).map(|c| (o, c)))
+            }
+            _ => Err(sdp::SdpError::NotAcceptable(
+                "a re-INVITE without an offer is not supported".into(),
+            )),
+        };
+        let (offer, choice) = match chosen {
+            Ok(x) => x,
+            Err(e) => {
+                crate::metrics::SIP_DROPPED.inc(&[e.code()]);
+                let mut r = m.response(488, "Not Acceptable Here", None);
+                r.push("Warning", format!("399 switchboard \"{}\"", e.code()));
+                flow.send(&r);
+                return;
+            }
+        };
+        let agreed = &choice.agreed;
+        let media = MediaOffer {
+            remote: agreed.remote,
+            payload_type: agreed.codec.payload_type(),
+            dtmf: agreed.dtmf,
+            srtp: agreed
+                .srtp
+                .as_ref()
+                .map(|s| (s.suite, s.theirs.clone(), s.ours.clone())),
+        };
+        if self.rt.telephony().remedia(&leg, media).await.is_err() {
+            flow.send(&m.response(500, "Server Internal Error", None));
+            return;
+        }
+        let version = d.session.1 + 1;
+        let sdp = choice.answer(
+            &offer,
+            sdp::Local {
+                addr: d.sdp_addr,
+                session_id: d.session.0,
+                session_version: version,
+            },
+        );
+        self.dialogs.with(&leg, |d| {
+            d.session.1 = version;
+            d.target = dialogs::contact_uri(m).unwrap_or_else(|| d.target.clone());
+        });
+        let mut r = m.response(200, "OK", None);
+        r.push("Contact", format!("<{}>", d.contact));
+        r.push("Allow", ALLOW);
+        r.push("Content-Type", "application/sdp");
+        r.body = sdp.sdp.into_bytes();
+        flow.send(&r);
     }
 
     fn ack(&self, flow: &Flow, m: &Message) {
@@ -796,11 +885,6 @@ impl Door {
         };
         flow.send(&m.response(200, "OK", None));
         self.rt.telephony().ended(&d.leg, Cause::Normal);
-    }
-
-    fn known_dialog(&self, m: &Message) -> bool {
-        let tag = m.from().ok().and_then(|f| f.tag()).unwrap_or_default();
-        self.dialogs.leg_of(m.call_id(), &tag).is_some()
     }
 
     /// The flow to reach a dialog's device on: its own, else the device's

@@ -993,3 +993,89 @@ async fn t2_message_waiting_reaches_a_subscribed_device_of_its_owner_only() {
     let notify = ua.recv().await.expect("a NOTIFY after REGISTER");
     assert!(String::from_utf8_lossy(&notify.body).contains("Voice-Message: 2/1"));
 }
+
+/// The SDP attribute line starting with `prefix`, if any.
+fn sdp_line<'a>(sdp: &'a str, prefix: &str) -> Option<&'a str> {
+    sdp.lines().find(|l| l.starts_with(prefix))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t2_a_reinvite_holds_and_rekeys_and_a_bad_one_changes_nothing() {
+    let r = rig().await;
+    let mut ua = r.alice().await;
+    assert_eq!(ua.register("SHA-256", 600).await.status(), Some(200));
+    let (inv, ok) = invite(&mut ua, "100", &offer(40_030, true)).await;
+    assert_eq!(ok.status(), Some(200), "{ok:?}");
+    ua.send(&ack(&inv, &ok)).await;
+    let leg = r.only_leg("acme").await;
+    r.wait_event("acme", &leg, "offered:answer").await;
+    let first = String::from_utf8(ok.body.clone()).unwrap();
+    // Hold: the phone re-offers sendonly (a new port, a new key).
+    let held = offer(40_032, true).replace(
+        "WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz",
+        "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVowMTIz",
+    ) + "a=sendonly\r\n";
+    let mut re = in_dialog(&mut ua, "INVITE", &inv, &ok);
+    re.push("Content-Type", "application/sdp");
+    re.body = held.into_bytes();
+    let fixed = re;
+    ua.send(&fixed).await;
+    let ok2 = ua.final_response().await.unwrap();
+    assert_eq!(ok2.status(), Some(200), "{ok2:?}");
+    let second = String::from_utf8(ok2.body.clone()).unwrap();
+    assert!(
+        second.contains("a=recvonly"),
+        "the answer mirrors hold: {second}"
+    );
+    assert_eq!(
+        sdp_line(&first, "m=audio"),
+        sdp_line(&second, "m=audio"),
+        "same port and codec"
+    );
+    assert_ne!(
+        sdp_line(&first, "a=crypto"),
+        sdp_line(&second, "a=crypto"),
+        "a fresh key of ours"
+    );
+    let version = |sdp: &str| {
+        sdp_line(sdp, "o=")
+            .and_then(|o| o.split(' ').nth(2))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap()
+    };
+    assert_eq!(version(&second), version(&first) + 1);
+    ua.send(&ack(&fixed, &ok2)).await;
+    // An offer with nothing acceptable (no G.711) and one without SRTP:
+    // 488, the call goes on as it was.
+    for body in [
+        offer(40_034, true).replace("0 101", "18 101"),
+        offer(40_034, false),
+    ] {
+        let mut bad = in_dialog(&mut ua, "INVITE", &inv, &ok);
+        bad.push("Content-Type", "application/sdp");
+        bad.body = body.into_bytes();
+        ua.send(&bad).await;
+        let refused = ua.final_response().await.unwrap();
+        assert_eq!(refused.status(), Some(488), "{refused:?}");
+    }
+    // An old CSeq is not taken; another device's connection finds no call.
+    let mut stale = in_dialog(&mut ua, "INVITE", &inv, &ok);
+    stale.headers.retain(|(n, _)| n != "CSeq");
+    stale.push("CSeq", "1 INVITE");
+    stale.push("Content-Type", "application/sdp");
+    stale.body = offer(40_036, true).into_bytes();
+    ua.send(&stale).await;
+    assert_eq!(ua.final_response().await.unwrap().status(), Some(491));
+    let mut bob = r.bob().await;
+    assert_eq!(bob.register("SHA-256", 600).await.status(), Some(200));
+    let mut forged = in_dialog(&mut ua, "INVITE", &inv, &ok);
+    forged.push("Content-Type", "application/sdp");
+    forged.body = offer(40_038, true).into_bytes();
+    bob.send(&forged).await;
+    assert_eq!(bob.final_response().await.unwrap().status(), Some(481));
+    assert_eq!(r.events("acme", &leg).await, ["offered:answer"], "still up");
+    let bye = in_dialog(&mut ua, "BYE", &inv, &ok);
+    ua.send(&bye).await;
+    assert_eq!(ua.final_response().await.unwrap().status(), Some(200));
+    r.wait_event("acme", &leg, "ended:normal").await;
+}

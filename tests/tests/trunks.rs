@@ -26,6 +26,8 @@ const QUIET: Duration = Duration::from_millis(1500);
 const DID: &str = "+442079460018";
 /// acme's DID routed to `callflow ring` (never answered).
 const RINGING_DID: &str = "+442079460019";
+/// acme's DID routed to `callflow prompt:welcome` (answers, speaks).
+const PROMPT_DID: &str = "+442079460020";
 /// globex's DID.
 const GLOBEX_DID: &str = "+442079460099";
 
@@ -87,6 +89,11 @@ async fn rig() -> Rig {
                         number: RINGING_DID.into(),
                         plugin: "callflow".into(),
                         args: "ring".into(),
+                    },
+                    Route {
+                        number: PROMPT_DID.into(),
+                        plugin: "callflow".into(),
+                        args: "prompt:welcome".into(),
                     },
                     Route {
                         number: "100".into(),
@@ -512,4 +519,48 @@ async fn sipp_takes_a_call_out_from_the_trunk() {
     assert_eq!(poked["hangup"], "ok", "{poked}");
     let run = uas.await.unwrap();
     assert!(run.ok(), "{run:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reinvite_from_the_trunk_moves_the_calls_media() {
+    let mut r = rig().await;
+    let first_rtp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let moved_rtp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let uri = format!("sip:{PROMPT_DID}@acme.localhost");
+    let invite = r
+        .itsp
+        .invite(&uri, "442079461111", first_rtp.local_addr().unwrap().port());
+    r.itsp.send(&invite).await;
+    let ok = r.itsp.final_response().await.expect("an answer");
+    assert_eq!(ok.status(), Some(200), "{ok:?}");
+    let ack = ack_of(&invite, &ok, &mut r.itsp);
+    r.itsp.send(&ack).await;
+    // The prompt's RTP reaches the first port.
+    let mut buf = [0u8; 2048];
+    tokio::time::timeout(Duration::from_secs(5), first_rtp.recv_from(&mut buf))
+        .await
+        .expect("RTP at the first address")
+        .unwrap();
+    // The provider moves the call's media (a re-INVITE in the dialog).
+    let mut re = r
+        .itsp
+        .invite(&uri, "442079461111", moved_rtp.local_addr().unwrap().port());
+    re.headers.retain(|(n, _)| n != "To");
+    re.push("To", ok.header("To").unwrap());
+    r.itsp.send(&re).await;
+    let ok2 = r
+        .itsp
+        .final_response()
+        .await
+        .expect("the re-INVITE's answer");
+    assert_eq!(ok2.status(), Some(200), "{ok2:?}");
+    assert!(String::from_utf8_lossy(&ok2.body).contains("RTP/AVP"));
+    let ack2 = ack_of(&re, &ok2, &mut r.itsp);
+    r.itsp.send(&ack2).await;
+    // What the host sends now arrives at the new port.
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), moved_rtp.recv_from(&mut buf))
+        .await
+        .expect("RTP at the new address")
+        .unwrap();
+    assert!(n >= 12 + 160, "an RTP packet of 20 ms of G.711");
 }

@@ -57,6 +57,14 @@ pub struct Dialog {
     pub contact: String,
     /// Our CSeq for requests we send in the dialog.
     pub cseq: u32,
+    /// The media address our SDP names, and our SDP's session id and
+    /// version (a re-INVITE's answer keeps the address, raises the
+    /// version).
+    pub sdp_addr: std::net::SocketAddr,
+    pub session: (u64, u64),
+    /// The highest CSeq the device's requests carried (a re-INVITE must
+    /// go higher).
+    pub their_cseq: u32,
 }
 
 impl Dialog {
@@ -90,6 +98,9 @@ impl Dialog {
             answer,
             contact,
             cseq: 0,
+            sdp_addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+            session: (0, 1),
+            their_cseq: invite.cseq().map(|(n, _)| n).unwrap_or(0),
         }
     }
 

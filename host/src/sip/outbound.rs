@@ -42,6 +42,8 @@ pub(super) struct Branch {
     key: Option<MasterKey>,
     /// A trunk's digest challenge was answered (once per call).
     authenticated: bool,
+    /// The media address our offer named.
+    offered: SocketAddr,
     /// Its final status, once it gave one.
     done: Option<u16>,
 }
@@ -59,6 +61,8 @@ pub(super) struct Fork {
     /// leg meanwhile waits for the dialog (`Early::End`).
     answering: bool,
     rang: bool,
+    /// Our offers' SDP session id.
+    session_id: u64,
 }
 
 /// Forks by leg, and each branch's Call-ID to (leg, branch).
@@ -157,6 +161,7 @@ impl Door {
             settled: false,
             answering: false,
             rang: false,
+            session_id: 0,
         };
         // Who calls, as the device shows it: the caller's user part if it
         // has one that SIP can carry, else anonymous (RFC 3323).
@@ -174,15 +179,16 @@ impl Door {
         let mut ids = [0u8; 8];
         let _ = getrandom::fill(&mut ids);
         let session_id = u64::from_be_bytes(ids) >> 1;
+        fork.session_id = session_id;
         for (device, flow, contact) in targets {
             let Ok(key) = MasterKey::generate() else {
                 continue;
             };
             // Each device is offered the address it reaches us at.
-            let ip = self.media_ip(media, &flow);
+            let offered = SocketAddr::new(self.media_ip(media, &flow), media.port());
             let offer = sdp::offer(
                 sdp::Local {
-                    addr: SocketAddr::new(ip, media.port()),
+                    addr: offered,
                     session_id,
                     session_version: 1,
                 },
@@ -204,6 +210,7 @@ impl Door {
                     invite: m,
                     key: Some(key),
                     authenticated: false,
+                    offered,
                     done: None,
                 });
             }
@@ -269,10 +276,12 @@ impl Door {
         };
         let mut ids = [0u8; 8];
         let _ = getrandom::fill(&mut ids);
+        let session_id = u64::from_be_bytes(ids) >> 1;
+        let offered = SocketAddr::new(self.media_ip(media, &flow), media.port());
         let offer = sdp::offer(
             sdp::Local {
-                addr: SocketAddr::new(self.media_ip(media, &flow), media.port()),
-                session_id: u64::from_be_bytes(ids) >> 1,
+                addr: offered,
+                session_id,
                 session_version: 1,
             },
             None,
@@ -318,12 +327,14 @@ impl Door {
                 invite: m,
                 key: None,
                 authenticated: false,
+                offered,
                 done: None,
             }],
             answered: false,
             settled: false,
             answering: false,
             rang: false,
+            session_id,
         })
     }
 
@@ -521,9 +532,11 @@ impl Door {
         ok: &Message,
     ) {
         let key = self.with_fork(leg, |f| {
-            f.branches.get(i).map(|b| (b.key.clone(), b.device.clone()))
+            f.branches
+                .get(i)
+                .map(|b| (b.key.clone(), b.device.clone(), b.offered, f.session_id))
         });
-        let Some(Some((key, device))) = key else {
+        let Some(Some((key, device, offered, session_id))) = key else {
             return;
         };
         let policy = self.sdp_policy(key.is_some(), flow);
@@ -617,8 +630,11 @@ impl Door {
                 .unwrap_or_else(|| invite.uri().unwrap_or_default().to_string()),
             state: State::Answered { acked: true },
             answer: String::new(),
-            contact: String::new(),
+            contact: flow.our_uri("switchboard"),
             cseq: invite.cseq().map(|(n, _)| n).unwrap_or(1),
+            sdp_addr: offered,
+            session: (session_id, 1),
+            their_cseq: 0,
         });
         // The cancelled devices' final answers still find the fork for
         // their ACKs for a while.

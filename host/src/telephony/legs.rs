@@ -376,6 +376,12 @@ impl Table {
             .is_some_and(|l| l.snapshot.state == LegState::Ringing)
     }
 
+    pub fn is_answered(&self, id: &str) -> bool {
+        self.legs
+            .get(id)
+            .is_some_and(|l| l.snapshot.state == LegState::Answered)
+    }
+
     /// The media of leg `id`, if open.
     pub fn media_of(&self, id: &str) -> Option<u64> {
         self.legs.get(id).and_then(|l| l.media)

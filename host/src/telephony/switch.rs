@@ -107,6 +107,11 @@ enum Msg {
         Box<MediaOffer>,
         oneshot::Sender<Result<SocketAddr, TelephonyError>>,
     ),
+    Remedia(
+        String,
+        Box<MediaOffer>,
+        oneshot::Sender<Result<(), TelephonyError>>,
+    ),
     Ended(String, Cause),
     Delivered(String, u64, bool),
 }
@@ -423,6 +428,15 @@ impl Telephony {
             .await
     }
 
+    /// The far end of an answered leg changed its media (SIP: a
+    /// re-INVITE, e.g. hold or a new address): its media follows `media`
+    /// (the far end's address and key, and a fresh key of ours), on the
+    /// same local port, in the same bridge or room.
+    pub async fn remedia(&self, leg: &str, media: MediaOffer) -> Result<(), TelephonyError> {
+        self.ask(|tx| Msg::Remedia(leg.to_string(), Box::new(media), tx))
+            .await
+    }
+
     /// Sends call control the message `msg` makes around a reply channel
     /// and waits for the reply.
     async fn ask<T>(
@@ -610,6 +624,25 @@ async fn run(me: Weak<Telephony>, media: MediaConfig, mut rx: mpsc::UnboundedRec
                             }
                         }
                         Err(e) => Err(e),
+                    };
+                    let _ = reply.send(result);
+                    Vec::new()
+                }
+                Msg::Remedia(leg, offer, reply) => {
+                    let (tenant, media, answered) = {
+                        let table = t.table.lock().recover();
+                        (
+                            table.tenant_of(&leg).unwrap_or_default(),
+                            table.media_of(&leg),
+                            table.is_answered(&leg),
+                        )
+                    };
+                    let result = match media {
+                        Some(media) if answered => engine
+                            .retarget(media, setup(&offer, group_of(&tenant)))
+                            .await
+                            .map_err(|e| TelephonyError::Media(e.to_string())),
+                        _ => Err(TelephonyError::NoLeg),
                     };
                     let _ = reply.send(result);
                     Vec::new()
