@@ -25,8 +25,8 @@
 //!   host places to devices; `mwi`: message-waiting subscriptions.
 //! - [`sdp`]: offer/answer with fresh keys per leg.
 //!
-//! Not yet: trunks over TCP or TLS, registering with a provider,
-//! re-INVITEs (answered 488, the call goes on unchanged), REFER.
+//! Not yet: trunks over TCP or TLS, registering with a provider, REFER,
+//! re-INVITEs without an offer.
 
 pub mod auth;
 mod dialogs;
@@ -631,7 +631,11 @@ impl Door {
             }
         };
         let policy = self.sdp_policy(c.secure, flow);
-        let choice = match offer.and_then(|o| sdp::choose(&o, &policy).map(|ch| (o, ch))) {
+        let choice = match offer.and_then(|o| {
+            sdp::choose(&o, &policy)
+                .and_then(|ch| self.not_ours(flow, ch.agreed.remote).map(|()| ch))
+                .map(|ch| (o, ch))
+        }) {
             Ok(ch) => ch,
             Err(e) => {
                 crate::metrics::SIP_DROPPED.inc(&[e.code()]);
@@ -712,6 +716,25 @@ impl Door {
         }
     }
 
+    /// Refuses a far end's media address that is the host's own media
+    /// port range (a caller aiming the host's RTP at its own ports would
+    /// loop media or reach another call's leg).
+    fn not_ours(&self, flow: &Flow, remote: SocketAddr) -> Result<(), sdp::SdpError> {
+        let [lo, hi] = self.config.media_ports;
+        let ours = [
+            Some(self.config.media_bind),
+            self.config.media_address,
+            Some(flow.local.ip()),
+        ];
+        let own_ip = remote.ip().is_loopback() || ours.iter().flatten().any(|ip| *ip == remote.ip());
+        if own_ip && (lo..=hi).contains(&remote.port()) {
+            return Err(sdp::SdpError::NotAcceptable(
+                "the media address is the host's own media port range".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Calls a device or trunk (`trunk:NAME`) has now: answered, offered
     /// and ringing.
     fn calls_of(&self, tenant: &str, party: &str) -> usize {
@@ -758,7 +781,11 @@ impl Door {
         let policy = self.sdp_policy(secure, flow);
         let chosen = match std::str::from_utf8(&m.body) {
             Ok(text) if is_sdp && !text.is_empty() => {
-                sdp::parse(text).and_then(|o| sdp::choose(&o, &policy).map(|c| (o, c)))
+                sdp::parse(text).and_then(|o| {
+                    sdp::choose(&o, &policy)
+                        .and_then(|c| self.not_ours(flow, c.agreed.remote).map(|()| c))
+                        .map(|c| (o, c))
+                })
             }
             _ => Err(sdp::SdpError::NotAcceptable(
                 "a re-INVITE without an offer is not supported".into(),

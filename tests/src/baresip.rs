@@ -140,7 +140,9 @@ const START_ATTEMPTS: u32 = 3;
 
 /// RTP ports per UA: up to 9 RTP/RTCP pairs, so 9 calls at once.
 const RTP_BLOCK: u16 = 20;
-const RTP_LOW: u16 = 20000;
+/// Above the door's media ports (20000-29999 by default), which it
+/// refuses as a far end's address on its own host.
+const RTP_LOW: u16 = 30000;
 const RTP_HIGH: u16 = 60000;
 
 /// The device account a UA registers.

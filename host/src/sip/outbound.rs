@@ -543,7 +543,8 @@ impl Door {
         let agreed = std::str::from_utf8(&ok.body)
             .map_err(|_| sdp::SdpError::Malformed("not UTF-8".into()))
             .and_then(sdp::parse)
-            .and_then(|a| sdp::read_answer(&a, &policy, key.as_ref().map(|_| SUITE), key.as_ref()));
+            .and_then(|a| sdp::read_answer(&a, &policy, key.as_ref().map(|_| SUITE), key.as_ref()))
+            .and_then(|a| self.not_ours(flow, a.remote).map(|()| a));
         let offer = agreed.map(|a| MediaOffer {
             remote: a.remote,
             payload_type: a.codec.payload_type(),
