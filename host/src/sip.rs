@@ -320,6 +320,8 @@ struct Calling {
     route: Option<crate::tenant::Route>,
     /// SRTP required (devices over TLS).
     secure: bool,
+    /// The trunk it came over.
+    trunk: Option<String>,
 }
 
 /// A response to `req` with a fresh To tag.
@@ -527,6 +529,7 @@ impl Door {
             .unwrap_or_default();
         let route = self.rt.route(&device.tenant, &number);
         let caller = Calling {
+            trunk: None,
             shown: device.name.clone(),
             tenant: device.tenant,
             party: device.name,
@@ -581,6 +584,7 @@ impl Door {
                 !d.is_empty() && d.len() <= 20 && d.bytes().all(|b| b.is_ascii_digit())
             });
         let caller = Calling {
+            trunk: Some(trunk.name.clone()),
             shown: asserted.unwrap_or_else(|| "anonymous".into()),
             party: trunk_party(&trunk.name),
             tenant,
@@ -662,6 +666,7 @@ impl Door {
                     .as_ref()
                     .map(|s| (s.suite, s.theirs.clone(), s.ours.clone())),
             },
+            trunk: c.trunk.clone(),
         };
         let (leg, media) = match self.rt.telephony().offer(inbound).await {
             Ok(x) => x,
@@ -726,7 +731,8 @@ impl Door {
             self.config.media_address,
             Some(flow.local.ip()),
         ];
-        let own_ip = remote.ip().is_loopback() || ours.iter().flatten().any(|ip| *ip == remote.ip());
+        let own_ip =
+            remote.ip().is_loopback() || ours.iter().flatten().any(|ip| *ip == remote.ip());
         if own_ip && (lo..=hi).contains(&remote.port()) {
             return Err(sdp::SdpError::NotAcceptable(
                 "the media address is the host's own media port range".into(),
@@ -780,13 +786,11 @@ impl Door {
         let secure = !d.device.starts_with(TRUNK_PARTY);
         let policy = self.sdp_policy(secure, flow);
         let chosen = match std::str::from_utf8(&m.body) {
-            Ok(text) if is_sdp && !text.is_empty() => {
-                sdp::parse(text).and_then(|o| {
-                    sdp::choose(&o, &policy)
-                        .and_then(|c| self.not_ours(flow, c.agreed.remote).map(|()| c))
-                        .map(|c| (o, c))
-                })
-            }
+            Ok(text) if is_sdp && !text.is_empty() => sdp::parse(text).and_then(|o| {
+                sdp::choose(&o, &policy)
+                    .and_then(|c| self.not_ours(flow, c.agreed.remote).map(|()| c))
+                    .map(|c| (o, c))
+            }),
             _ => Err(sdp::SdpError::NotAcceptable(
                 "a re-INVITE without an offer is not supported".into(),
             )),

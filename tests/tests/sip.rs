@@ -496,7 +496,12 @@ async fn t2_calls_without_srtp_a_route_or_a_dialog_are_refused() {
     // call's leg): refused.
     let (_, looped) = invite(&mut ua, "100", &offer(20_002, true)).await;
     assert_eq!(looped.status(), Some(488), "{looped:?}");
-    assert!(looped.header("Warning").unwrap().contains("sdp_not_acceptable"));
+    assert!(
+        looped
+            .header("Warning")
+            .unwrap()
+            .contains("sdp_not_acceptable")
+    );
     let (_, trap) = invite(&mut ua, "102", &offer(40_014, true)).await;
     assert_eq!(trap.status(), Some(500), "the plugin trapped: {trap:?}");
     // Methods the door does not take, and a stray re-INVITE.

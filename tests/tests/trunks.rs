@@ -219,6 +219,11 @@ async fn a_did_call_from_the_trunk_reaches_its_plugin_and_retransmissions_are_ab
     }
     let rec = serde_json::to_value(&records).unwrap().to_string();
     assert!(rec.contains("442079461111") && rec.contains(DID), "{rec}");
+    assert_eq!(
+        records[0].trunk.as_deref(),
+        Some("itsp"),
+        "the record names the trunk"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -519,6 +524,22 @@ async fn sipp_takes_a_call_out_from_the_trunk() {
     assert_eq!(poked["hangup"], "ok", "{poked}");
     let run = uas.await.unwrap();
     assert!(run.ok(), "{run:?}");
+    // The call out's record names the trunk it went over.
+    let mut records = Vec::new();
+    for _ in 0..50 {
+        records =
+            r.h.runtime()
+                .call_records("acme", 0, u64::MAX, None, 10)
+                .unwrap()
+                .records;
+        if !records.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].trunk.as_deref(), Some("itsp"));
+    assert_eq!(records[0].callee, "+442079460123");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

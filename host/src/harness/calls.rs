@@ -256,6 +256,7 @@ impl CallRig {
                 caller: caller.to_string(),
                 callee: callee.to_string(),
                 media: phone.offer()?,
+                trunk: None,
             })
             .await?;
         phone.connect(addr);

@@ -318,6 +318,7 @@ impl Door {
         if !flow.send(&m) {
             return false;
         }
+        self.rt.telephony().via_trunk(&call.leg, &trunk.name);
         self.file_fork(Fork {
             leg: call.leg.clone(),
             tenant: call.tenant.clone(),

@@ -180,6 +180,8 @@ struct Leg {
     tenant: String,
     plugin: String,
     snapshot: LegSnapshot,
+    /// The trunk the leg came in or went out over.
+    trunk: Option<String>,
     media: Option<u64>,
     /// When an offered or ringing leg gives up.
     deadline_ms: Option<u64>,
@@ -382,6 +384,13 @@ impl Table {
             .is_some_and(|l| l.snapshot.state == LegState::Answered)
     }
 
+    /// Notes the trunk an outbound leg goes out over.
+    pub fn set_trunk(&mut self, id: &str, trunk: &str) {
+        if let Some(l) = self.legs.get_mut(id) {
+            l.trunk = Some(trunk.to_string());
+        }
+    }
+
     /// The media of leg `id`, if open.
     pub fn media_of(&self, id: &str) -> Option<u64> {
         self.legs.get(id).and_then(|l| l.media)
@@ -448,6 +457,7 @@ impl Table {
                 started_ms: now,
                 answered_ms: None,
             },
+            trunk: None,
             media: None,
             deadline_ms: None,
             last_activity_ms: now,
@@ -494,6 +504,7 @@ impl Table {
             now,
         );
         leg.deadline_ms = Some(now + OFFER_LIMIT_MS);
+        leg.trunk = inbound.trunk.clone();
         self.attach_media(
             &id,
             media,
@@ -579,7 +590,10 @@ impl Table {
         let owner = (l.tenant.clone(), l.plugin.clone());
         actions.push(Action::Record {
             tenant: l.tenant.clone(),
-            record: Box::new(CallRecord::of(&l.plugin, &l.snapshot, cause.name(), now)),
+            record: Box::new(CallRecord {
+                trunk: l.trunk.clone(),
+                ..CallRecord::of(&l.plugin, &l.snapshot, cause.name(), now)
+            }),
             media: l.media,
         });
         l.snapshot.state = LegState::Ended;
@@ -1231,6 +1245,7 @@ mod tests {
                 dtmf: Some(101),
                 srtp: None,
             },
+            trunk: None,
         }
     }
 

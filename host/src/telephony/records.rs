@@ -30,6 +30,9 @@ pub struct CallRecord {
     pub secure: bool,
     /// What the media engine measured, when the leg had media.
     pub media: Option<MediaFigures>,
+    /// The trunk the leg came in or went out over, if any.
+    #[serde(default)]
+    pub trunk: Option<String>,
 }
 
 /// A leg's media figures.
@@ -65,6 +68,7 @@ impl CallRecord {
             codec: s.codec.clone(),
             secure: s.secure,
             media: None,
+            trunk: None,
         }
     }
 
@@ -89,7 +93,7 @@ impl CallRecord {
 }
 
 /// The CSV header of [`CallRecord::csv_row`].
-pub const CSV_HEADER: &str = "leg,plugin,direction,caller,callee,started_ms,answered_ms,ended_ms,talk_ms,cause,codec,secure,sent_packets,received_packets,lost_packets,jitter_ms";
+pub const CSV_HEADER: &str = "leg,plugin,direction,caller,callee,started_ms,answered_ms,ended_ms,talk_ms,cause,codec,secure,sent_packets,received_packets,lost_packets,jitter_ms,trunk";
 
 impl CallRecord {
     /// The record as one CSV row (RFC 4180 quoting; cells that a
@@ -113,6 +117,7 @@ impl CallRecord {
             m.map_or(String::new(), |m| m.received_packets.to_string()),
             m.map_or(String::new(), |m| m.lost_packets.to_string()),
             m.map_or(String::new(), |m| m.jitter_ms.to_string()),
+            self.trunk.clone().unwrap_or_default(),
         ];
         cells
             .iter()

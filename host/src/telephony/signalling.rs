@@ -33,6 +33,8 @@ pub struct Inbound {
     pub caller: String,
     pub callee: String,
     pub media: MediaOffer,
+    /// The trunk it came in over (for its call record).
+    pub trunk: Option<String>,
 }
 
 /// A call call control asks the signalling side to place.

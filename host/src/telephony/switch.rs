@@ -428,6 +428,11 @@ impl Telephony {
             .await
     }
 
+    /// Notes the trunk an outbound leg goes out over (for its record).
+    pub fn via_trunk(&self, leg: &str, trunk: &str) {
+        self.table.lock().recover().set_trunk(leg, trunk);
+    }
+
     /// The far end of an answered leg changed its media (SIP: a
     /// re-INVITE, e.g. hold or a new address): its media follows `media`
     /// (the far end's address and key, and a fresh key of ours), on the
