@@ -280,6 +280,10 @@ impl transport::Handler for Door {
         crate::metrics::SIP_DROPPED.inc(&[code]);
     }
 
+    fn in_use(&self, id: u64) -> bool {
+        !self.dialogs.on_flow(id).is_empty() || self.forks_on(id)
+    }
+
     fn closed(&self, flow: &Flow) {
         self.registrar.flow_closed(flow.id);
         self.flow_gone(flow.id);
@@ -842,11 +846,14 @@ impl Door {
 
     fn ack(&self, flow: &Flow, m: &Message) {
         let tag = m.from().ok().and_then(|f| f.tag()).unwrap_or_default();
+        let ours = m.to().ok().and_then(|t| t.tag());
         if let Some(leg) = self.dialogs.leg_of(m.call_id(), &tag) {
-            let owner = self
-                .dialogs
-                .with(&leg, |d| (d.tenant.clone(), d.device.clone(), d.flow));
-            if owner.is_some_and(|o| self.speaks_for(flow, &o)) {
+            // Our tag too: an ACK must name the dialog our 200 made.
+            let owner = self.dialogs.with(&leg, |d| {
+                (Some(&d.tag) == ours.as_ref())
+                    .then(|| (d.tenant.clone(), d.device.clone(), d.flow))
+            });
+            if owner.flatten().is_some_and(|o| self.speaks_for(flow, &o)) {
                 self.dialogs.with(&leg, |d| {
                     if d.state == (State::Answered { acked: false }) {
                         d.state = State::Answered { acked: true };

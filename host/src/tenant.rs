@@ -292,6 +292,13 @@ impl Trunk {
         {
             return Err(format!("trunk {n}: proxy {p} cannot take calls"));
         }
+        if let Some(p) = self.proxy
+            && !self.allows(p.ip())
+        {
+            return Err(format!(
+                "trunk {n}: proxy {p} must be one of its addresses (its answers come from there)"
+            ));
+        }
         if let Some(u) = &self.username {
             let ok = !u.is_empty()
                 && u.len() <= 64
@@ -590,13 +597,17 @@ mod tests {
         ] {
             assert!(Trunk::check_all(&[trunk(&[bad])]).is_err(), "{bad}");
         }
-        let mut t2 = trunk(&["203.0.113.7"]);
+        let ok = || trunk(&["203.0.113.5"]);
+        assert_eq!(Trunk::check_all(&[ok()]), Ok(()));
+        let mut t2 = ok();
         t2.caller_id = Some("+0123".into());
         assert!(Trunk::check_all(&[t2]).is_err());
-        let mut t3 = trunk(&["203.0.113.7"]);
+        let mut t3 = ok();
         t3.username = Some("a b".into());
         assert!(Trunk::check_all(&[t3]).is_err());
-        assert!(Trunk::check_all(&[trunk(&["203.0.113.7"]), trunk(&["203.0.113.8"])]).is_err());
+        assert!(Trunk::check_all(&[ok(), ok()]).is_err(), "a name twice");
+        // The proxy must be an address the trunk is heard from.
+        assert!(Trunk::check_all(&[trunk(&["203.0.113.7"])]).is_err());
     }
 
     #[test]

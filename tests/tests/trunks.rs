@@ -40,6 +40,22 @@ struct Rig {
     _scheduler: switchboard::scheduler::Scheduler,
 }
 
+/// A tenant's routes: its DID (answered), an extension, and for acme two
+/// more DIDs (one that only rings, one that speaks).
+fn routes(tenant: &str, did: &str) -> Vec<Route> {
+    let route = |number: &str, args: &str| Route {
+        number: number.into(),
+        plugin: "callflow".into(),
+        args: args.into(),
+    };
+    let mut all = vec![route(did, "answer"), route("100", "answer")];
+    if tenant == "acme" {
+        all.push(route(RINGING_DID, "ring"));
+        all.push(route(PROMPT_DID, "prompt:welcome"));
+    }
+    all
+}
+
 fn trunk(name: &str, addresses: &[&str], proxy: Option<SocketAddr>) -> Trunk {
     Trunk {
         name: name.into(),
@@ -79,28 +95,7 @@ async fn rig() -> Rig {
             &h,
             Op::RoutesSet {
                 tenant: t.into(),
-                routes: vec![
-                    Route {
-                        number: did.into(),
-                        plugin: "callflow".into(),
-                        args: "answer".into(),
-                    },
-                    Route {
-                        number: RINGING_DID.into(),
-                        plugin: "callflow".into(),
-                        args: "ring".into(),
-                    },
-                    Route {
-                        number: PROMPT_DID.into(),
-                        plugin: "callflow".into(),
-                        args: "prompt:welcome".into(),
-                    },
-                    Route {
-                        number: "100".into(),
-                        plugin: "callflow".into(),
-                        args: "answer".into(),
-                    },
-                ],
+                routes: routes(t, did),
             },
         )
         .await;
@@ -584,4 +579,52 @@ async fn a_reinvite_from_the_trunk_moves_the_calls_media() {
         .expect("RTP at the new address")
         .unwrap();
     assert!(n >= 12 + 160, "an RTP packet of 20 ms of G.711");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_and_numbers_stay_where_they_belong() {
+    let r = rig().await;
+    let rt = r.h.runtime();
+    let has_password = |t: &str| rt.trunks(t).unwrap()[0]["has_password"].clone();
+    assert_eq!(has_password("acme"), true);
+    // Re-set with the same proxy and user name: the password stays.
+    let same = trunk("itsp", &["127.0.0.1"], Some(r.itsp.local));
+    rt.set_trunk("acme", same, None).await.unwrap();
+    assert_eq!(has_password("acme"), true);
+    // A new proxy without the password again: cleared, so the provider's
+    // credentials never answer a server someone else chose.
+    let moved = trunk(
+        "itsp",
+        &["127.0.0.0/24"],
+        Some("127.0.0.9:5060".parse().unwrap()),
+    );
+    rt.set_trunk("acme", moved, None).await.unwrap();
+    assert_eq!(has_password("acme"), false);
+    // A proxy outside the trunk's own addresses is refused.
+    let outside = trunk(
+        "itsp",
+        &["127.0.0.1"],
+        Some("192.0.2.1:5060".parse().unwrap()),
+    );
+    let e = rt.set_trunk("acme", outside, None).await.unwrap_err();
+    assert_eq!(e.code(), "invalid_trunk", "{e}");
+    // A DID is one tenant's: globex cannot take acme's number.
+    let e = rt
+        .set_routes(
+            "globex",
+            vec![Route {
+                number: DID.into(),
+                plugin: "callflow".into(),
+                args: String::new(),
+            }],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "invalid_routes", "{e}");
+    assert!(
+        rt.routes("globex")
+            .unwrap()
+            .iter()
+            .any(|r| r.number == GLOBEX_DID)
+    );
 }

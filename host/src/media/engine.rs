@@ -538,9 +538,21 @@ impl Worker {
                     l.rtcp_remote =
                         SocketAddr::new(setup.remote.ip(), setup.remote.port().wrapping_add(1));
                     l.latched = false;
+                    // The far end keeping its key (a hold, a new address)
+                    // keeps our receive context: its replay window and
+                    // rollover count go on, so old packets stay refused.
+                    let same_rx = matches!(
+                        (&l.setup.srtp, &setup.srtp),
+                        (Some((s0, k0, _)), Some((s1, k1, _))) if s0 == s1 && k0.same_as(k1)
+                    );
+                    let rx = l.rx.take();
                     (l.rx, l.tx) = match &setup.srtp {
                         Some((suite, theirs, ours)) => (
-                            Some(Srtp::new(*suite, theirs)),
+                            if same_rx {
+                                rx
+                            } else {
+                                Some(Srtp::new(*suite, theirs))
+                            },
                             Some(Srtp::new(*suite, ours)),
                         ),
                         None => (None, None),

@@ -154,6 +154,13 @@ impl std::fmt::Debug for MasterKey {
 }
 
 impl MasterKey {
+    /// Whether `other` is the same key and salt (compared in constant
+    /// time).
+    pub fn same_as(&self, other: &MasterKey) -> bool {
+        use subtle::ConstantTimeEq as _;
+        bool::from(self.bytes.as_slice().ct_eq(other.bytes.as_slice()))
+    }
+
     /// A fresh random key and salt.
     pub fn generate() -> Result<MasterKey, SrtpError> {
         let mut bytes = Zeroizing::new([0u8; KEY_LEN + SALT_LEN]);

@@ -70,6 +70,22 @@ impl Runtime {
             .update_tenant(
                 tenant,
                 |record| {
+                    // A DID is one tenant's: its calls in and the caller id
+                    // its calls out may show.
+                    for other in self.inner.registry.states() {
+                        if other.record.id == tenant {
+                            continue;
+                        }
+                        if let Some(r) = routes.iter().find(|r| {
+                            r.number.starts_with('+')
+                                && other.record.routes.iter().any(|o| o.number == r.number)
+                        }) {
+                            return Err(AdminError::InvalidRoutes(format!(
+                                "route {}: the number is another tenant's",
+                                r.number
+                            )));
+                        }
+                    }
                     record.routes = routes.clone();
                     Ok(())
                 },
@@ -139,14 +155,26 @@ impl Runtime {
                 tenant,
                 |record| {
                     let mut trunks = record.trunks.clone();
+                    // A password goes only where it was given for: a new
+                    // proxy or user name without a new password clears it
+                    // (else whoever may edit the trunk could aim the
+                    // provider's credentials at a server of theirs).
+                    let mut moved = false;
                     match trunks.iter_mut().find(|t| t.name == name) {
-                        Some(t) => *t = trunk.clone(),
+                        Some(t) => {
+                            moved = t.proxy != trunk.proxy || t.username != trunk.username;
+                            *t = trunk.clone();
+                        }
                         None => trunks.push(trunk.clone()),
                     }
                     Trunk::check_all(&trunks).map_err(AdminError::InvalidTrunk)?;
                     record.trunks = trunks;
                     let key = keys::trunk_password(tenant, &name);
                     match &password {
+                        None if moved => store
+                            .apply(&[(key, None)])
+                            .map(Some)
+                            .map_err(AdminError::Store),
                         None => Ok(None),
                         Some(p) if p.is_empty() => store
                             .apply(&[(key, None)])

@@ -255,7 +255,9 @@ impl Door {
             crate::metrics::SIP_DROPPED.inc(&["trunk_busy"]);
             return false;
         }
-        let Some(flow) = udp.flow_to(proxy) else {
+        let Some(flow) = udp.flow_to(proxy, &|id| {
+            self.dialogs.on_flow(id).len() + self.forks_on_count(id) > 0
+        }) else {
             return false;
         };
         let prepared = self
@@ -356,6 +358,21 @@ impl Door {
         } else {
             trunk.caller_id.clone()
         }
+    }
+
+    /// Whether any fork rings on flow `id`.
+    pub(super) fn forks_on(&self, id: u64) -> bool {
+        self.forks_on_count(id) > 0
+    }
+
+    fn forks_on_count(&self, id: u64) -> usize {
+        let forks = self.forks.lock().unwrap_or_else(|p| p.into_inner());
+        forks
+            .by_leg
+            .values()
+            .flat_map(|f| &f.branches)
+            .filter(|b| b.flow == id)
+            .count()
     }
 
     /// Branches still ringing on `party` (a device or `trunk:{name}`).
@@ -474,8 +491,10 @@ impl Door {
         };
         let Some((leg, i, invite, settled, rang)) = found else {
             // A 2xx to an INVITE we gave up on and forgot: acknowledged
-            // and hung up at once, built from the response alone.
-            if (200..300).contains(&status) {
+            // and hung up at once, built from the response alone. Not
+            // over UDP, where the source may be forged (the transaction
+            // layer re-acknowledges our own late 2xx answers).
+            if (200..300).contains(&status) && !flow.is_udp() {
                 let via = flow.via();
                 flow.send(&ack_or_bye_from(&m, "ACK", 1, &via));
                 flow.send(&ack_or_bye_from(&m, "BYE", 2, &via));

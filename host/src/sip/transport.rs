@@ -150,6 +150,11 @@ impl Flows {
         self.live.lock().recover().insert(flow.id, flow);
     }
 
+    /// Forgets a UDP flow (it carries nothing).
+    pub(super) fn remove(&self, id: u64) {
+        self.live.lock().recover().remove(&id);
+    }
+
     /// Flow `id`, if it is open.
     pub fn get(&self, id: u64) -> Option<Arc<Flow>> {
         self.live
@@ -197,6 +202,11 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl std::future::Future<Output = ()> + Send;
     /// A message that did not parse (for a counter).
     fn dropped(&self, flow: &Flow, code: &'static str);
+    /// Whether flow `id` carries a call (a UDP flow that does is never
+    /// forgotten).
+    fn in_use(&self, _id: u64) -> bool {
+        false
+    }
     /// The flow closed.
     fn closed(&self, flow: &Flow);
 }

@@ -39,10 +39,17 @@ pub const T1: Duration = Duration::from_millis(500);
 pub const T2: Duration = Duration::from_secs(4);
 /// How long a transaction lives (Timer B, F, H: 64·T1).
 pub const LIFETIME: Duration = Duration::from_secs(32);
+/// Longest an INVITE we have not answered finally is kept (call control
+/// ends an unanswered offer after 120 s).
+const INVITE_LIMIT: Duration = Duration::from_secs(300);
 /// Transactions held at once.
 pub const MAX_TRANSACTIONS: usize = 100_000;
-/// Trunk peers (addresses) the door keeps a flow for.
+/// Trunk peers (address and port) the door keeps a flow for, in all and
+/// per IP address.
 pub const MAX_PEERS: usize = 4096;
+pub const MAX_PEERS_PER_IP: usize = 64;
+/// A peer's flow unused this long, carrying no call, may be forgotten.
+pub const PEER_IDLE: Duration = Duration::from_secs(60);
 /// Largest datagram read.
 const MAX_DATAGRAM: usize = 65_535;
 /// Datagrams queued to one peer.
@@ -63,9 +70,12 @@ struct Client {
 struct Server {
     /// The last response we sent, resent to a retransmission.
     last: Option<Vec<u8>>,
+    /// Its status.
+    last_status: u16,
     /// An INVITE's final answer waiting for its ACK.
     awaiting_ack: bool,
-    invite: bool,
+    /// An INVITE's (flow, Call-ID, CSeq number), for the ACK of a 2xx.
+    dialog_key: Option<(u64, String, u32)>,
 }
 
 #[derive(Default)]
@@ -77,13 +87,21 @@ struct Table {
     /// INVITE server transactions by (flow, Call-ID, CSeq number), for
     /// the ACK of a 2xx (its own branch).
     by_dialog: HashMap<(u64, String, u32), (u64, String, String)>,
-    /// ACKs we sent for 2xx answers, by (Call-ID, CSeq number).
-    acks: HashMap<(String, u32), Vec<u8>>,
+    /// ACKs we sent for 2xx answers, by (flow, Call-ID, CSeq number).
+    acks: HashMap<(u64, String, u32), Vec<u8>>,
 }
 
 impl Table {
     fn len(&self) -> usize {
-        self.client.len() + self.server.len()
+        self.client.len() + self.server.len() + self.acks.len()
+    }
+
+    fn forget_server(&mut self, key: &(u64, String, String)) {
+        if let Some(s) = self.server.remove(key)
+            && let Some(d) = s.dialog_key
+        {
+            self.by_dialog.remove(&d);
+        }
     }
 }
 
@@ -104,8 +122,11 @@ pub struct Transactions {
     me: Weak<Transactions>,
 }
 
-fn branch_of(m: &Message) -> String {
-    m.branch().unwrap_or_default().to_string()
+/// The top Via's branch if it is RFC 3261's (`z9hG4bK…`): only those
+/// identify a transaction; a request without one is passed on untracked.
+fn branch_of(m: &Message) -> Option<String> {
+    m.branch()
+        .filter(|b| b.starts_with("z9hG4bK") && b.len() > 7)
 }
 
 impl Transactions {
@@ -120,12 +141,16 @@ impl Transactions {
 
     /// A message from flow `flow`: passed to the door or absorbed.
     pub fn received(&self, flow: u64, m: &Message) -> Received {
-        let branch = branch_of(m);
+        let Some(branch) = branch_of(m) else {
+            return Received::Pass;
+        };
         let mut t = self.table.lock().recover();
         match m.method() {
             Some("ACK") => {
                 let key = (flow, branch, "INVITE".to_string());
-                if let Some(s) = t.server.get_mut(&key) {
+                if let Some(s) = t.server.get_mut(&key)
+                    && s.last_status >= 300
+                {
                     // The ACK of a non-2xx answer: hop by hop, ours.
                     s.awaiting_ack = false;
                     return Received::Absorb(None);
@@ -151,36 +176,41 @@ impl Transactions {
                     return Received::Absorb(None);
                 }
                 let invite = method == "INVITE";
-                if invite {
+                let dialog_key = invite.then(|| {
                     let (cseq, _) = m.cseq().unwrap_or_default();
-                    t.by_dialog
-                        .insert((flow, m.call_id().to_string(), cseq), key.clone());
+                    (flow, m.call_id().to_string(), cseq)
+                });
+                if let Some(d) = &dialog_key {
+                    t.by_dialog.insert(d.clone(), key.clone());
                 }
                 t.server.insert(
                     key.clone(),
                     Server {
                         last: None,
+                        last_status: 0,
                         awaiting_ack: false,
-                        invite,
+                        dialog_key,
                     },
                 );
                 drop(t);
-                self.forget_later(move |t| {
-                    if let Some(s) = t.server.remove(&key)
-                        && s.invite
-                    {
-                        t.by_dialog.retain(|_, k| *k != key);
-                    }
-                });
+                // An INVITE lives until 64·T1 after its final answer
+                // (`retransmit_answer`); this bounds one never answered.
+                let life = if invite { INVITE_LIMIT } else { LIFETIME + T2 };
+                self.forget_after(life, move |t| t.forget_server(&key));
                 Received::Pass
             }
             None => {
                 let status = m.status().unwrap_or_default();
                 let (cseq, method) = m.cseq().unwrap_or_default();
-                let Some(c) = t.client.get_mut(&(branch, method.clone())) else {
+                let ack_key = (flow, m.call_id().to_string(), cseq);
+                let Some(c) = t
+                    .client
+                    .get_mut(&(branch, method.clone()))
+                    .filter(|c| c.flow == flow)
+                else {
                     // A 2xx retransmitted after its transaction ended:
                     // the ACK we sent for it, again.
-                    if let Some(ack) = t.acks.get(&(m.call_id().to_string(), cseq)) {
+                    if let Some(ack) = t.acks.get(&ack_key) {
                         return Received::Absorb(Some(ack.clone()));
                     }
                     return Received::Pass;
@@ -189,7 +219,7 @@ impl Transactions {
                     // A final answer again: our ACK again (INVITE), or
                     // nothing.
                     let ack = if (200..300).contains(&status) {
-                        t.acks.get(&(m.call_id().to_string(), cseq)).cloned()
+                        t.acks.get(&ack_key).cloned()
                     } else {
                         c.ack.clone()
                     };
@@ -203,24 +233,27 @@ impl Transactions {
 
     /// A message the door sends on flow `flow` (called by `Flow::send`).
     pub fn sending(&self, flow: u64, m: &Message, bytes: &[u8], out: &mpsc::Sender<Vec<u8>>) {
+        let Some(branch) = branch_of(m) else {
+            return;
+        };
         let mut t = self.table.lock().recover();
         match m.method() {
             Some("ACK") => {
                 let (cseq, _) = m.cseq().unwrap_or_default();
-                let key = (branch_of(m), "INVITE".to_string());
+                let key = (branch, "INVITE".to_string());
                 if let Some(c) = t.client.get_mut(&key) {
                     c.ack = Some(bytes.to_vec());
                 } else {
-                    let k = (m.call_id().to_string(), cseq);
+                    let k = (flow, m.call_id().to_string(), cseq);
                     t.acks.insert(k.clone(), bytes.to_vec());
                     drop(t);
-                    self.forget_later(move |t| {
+                    self.forget_after(LIFETIME + T2, move |t| {
                         t.acks.remove(&k);
                     });
                 }
             }
             Some(method) => {
-                let key = (branch_of(m), method.to_string());
+                let key = (branch, method.to_string());
                 t.client.insert(
                     key.clone(),
                     Client {
@@ -237,12 +270,13 @@ impl Transactions {
             None => {
                 let status = m.status().unwrap_or_default();
                 let (_, method) = m.cseq().unwrap_or_default();
-                let key = (flow, branch_of(m), method);
+                let key = (flow, branch, method);
                 let Some(s) = t.server.get_mut(&key) else {
                     return;
                 };
                 s.last = Some(bytes.to_vec());
-                if s.invite && status >= 200 {
+                s.last_status = status;
+                if s.dialog_key.is_some() && status >= 200 {
                     s.awaiting_ack = true;
                     drop(t);
                     self.retransmit_answer(key, bytes.to_vec(), out.clone());
@@ -251,11 +285,11 @@ impl Transactions {
         }
     }
 
-    /// Runs `forget` on the table once the transaction's life is over.
-    fn forget_later(&self, forget: impl FnOnce(&mut Table) + Send + 'static) {
+    /// Runs `forget` on the table after `life`.
+    fn forget_after(&self, life: Duration, forget: impl FnOnce(&mut Table) + Send + 'static) {
         let me = self.me.clone();
         self.tokio.spawn(async move {
-            tokio::time::sleep(LIFETIME + T2).await;
+            tokio::time::sleep(life).await;
             if let Some(me) = me.upgrade() {
                 forget(&mut me.table.lock().recover());
             }
@@ -335,10 +369,22 @@ impl Transactions {
                     .get(&key)
                     .is_some_and(|s| s.awaiting_ack && s.last.as_deref() == Some(&bytes));
                 if !awaiting {
-                    return;
+                    break;
                 }
                 let _ = out.try_send(bytes.clone());
                 wait = (wait * 2).min(T2);
+            }
+            // Kept 64·T1 from the final answer to absorb retransmissions
+            // of the INVITE, then forgotten.
+            tokio::time::sleep(LIFETIME.saturating_sub(started.elapsed()) + T2).await;
+            if let Some(me) = me.upgrade() {
+                let mut t = me.table.lock().recover();
+                if t.server
+                    .get(&key)
+                    .is_some_and(|s| s.last.as_deref() == Some(&bytes))
+                {
+                    t.forget_server(&key);
+                }
             }
         });
     }
@@ -353,7 +399,8 @@ pub type Timeouts = mpsc::Receiver<(u64, Message)>;
 pub struct Udp {
     socket: Arc<tokio::net::UdpSocket>,
     local: SocketAddr,
-    peers: Mutex<HashMap<SocketAddr, Arc<Flow>>>,
+    /// Each peer's flow and when it was last heard or used.
+    peers: Mutex<HashMap<SocketAddr, (Arc<Flow>, tokio::time::Instant)>>,
     flows: Arc<Flows>,
     transactions: Arc<Transactions>,
 }
@@ -379,14 +426,36 @@ impl Udp {
         ))
     }
 
-    /// The flow to `peer`, made on first use (`None` past [`MAX_PEERS`]).
-    pub fn flow_to(&self, peer: SocketAddr) -> Option<Arc<Flow>> {
+    /// The flow to `peer`, made on first use. At [`MAX_PEERS`] in all or
+    /// [`MAX_PEERS_PER_IP`] for its address, flows idle for
+    /// [`PEER_IDLE`] that `in_use` says carry nothing are forgotten first;
+    /// `None` if there is still no room.
+    pub fn flow_to(&self, peer: SocketAddr, in_use: &dyn Fn(u64) -> bool) -> Option<Arc<Flow>> {
+        let now = tokio::time::Instant::now();
         let mut peers = self.peers.lock().recover();
-        if let Some(f) = peers.get(&peer) {
+        if let Some((f, seen)) = peers.get_mut(&peer) {
+            *seen = now;
             return Some(f.clone());
         }
-        if peers.len() >= MAX_PEERS {
-            return None;
+        let same_ip = |p: &SocketAddr| p.ip() == peer.ip();
+        let full = |peers: &HashMap<SocketAddr, (Arc<Flow>, tokio::time::Instant)>| {
+            peers.len() >= MAX_PEERS
+                || peers.keys().filter(|p| same_ip(p)).count() >= MAX_PEERS_PER_IP
+        };
+        if full(&peers) {
+            let idle: Vec<SocketAddr> = peers
+                .iter()
+                .filter(|(_, (f, seen))| now.duration_since(*seen) >= PEER_IDLE && !in_use(f.id))
+                .map(|(p, _)| *p)
+                .collect();
+            for p in idle {
+                if let Some((f, _)) = peers.remove(&p) {
+                    self.flows.remove(f.id);
+                }
+            }
+            if full(&peers) {
+                return None;
+            }
         }
         let (out, mut queue) = mpsc::channel::<Vec<u8>>(QUEUE);
         // Our address as the peer sees it: the socket's, unless it is
@@ -407,7 +476,7 @@ impl Udp {
             }
         });
         self.flows.insert(flow.clone());
-        peers.insert(peer, flow.clone());
+        peers.insert(peer, (flow.clone(), now));
         Some(flow)
     }
 }
@@ -450,16 +519,17 @@ pub async fn serve<H: Handler>(
         if bytes.iter().all(|b| b.is_ascii_whitespace()) {
             continue; // A keep-alive (RFC 5626 §4.4.2 is STUN; CRLF is common).
         }
-        let Some(flow) = udp.flow_to(peer) else {
-            crate::metrics::SIP_DROPPED.inc(&["peer_cap"]);
-            continue;
-        };
+        // A flow only for a message that reads (garbage makes none).
         let m = match Message::parse(bytes) {
             Ok(m) => m,
             Err(e) => {
-                handler.dropped(&flow, e.code());
+                crate::metrics::SIP_DROPPED.inc(&[e.code()]);
                 continue;
             }
+        };
+        let Some(flow) = udp.flow_to(peer, &|id| handler.in_use(id)) else {
+            crate::metrics::SIP_DROPPED.inc(&["peer_cap"]);
+            continue;
         };
         match udp.transactions.received(flow.id, &m) {
             Received::Pass => handler.clone().message(flow, m).await,

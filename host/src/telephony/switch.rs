@@ -168,7 +168,6 @@ impl Telephony {
     /// Writes a call record to the tenant's store, off call control's
     /// thread (a slow disk never holds up calls); a failure is logged.
     fn write_record(&self, tenant: String, record: CallRecord) {
-        self.count_minutes(&tenant, &record);
         let Some(services) = self.services.get().cloned() else {
             return;
         };
@@ -176,7 +175,13 @@ impl Telephony {
         let Ok(value) = serde_json::to_vec(&record) else {
             return;
         };
+        let me = self.me.clone();
         tokio::task::spawn_blocking(move || {
+            // Counted before it is stored (a first count of the day reads
+            // the day's stored records, which must not hold this one yet).
+            if let Some(t) = me.upgrade() {
+                t.count_minutes(&tenant, &record);
+            }
             services.apply_logged(&tenant, vec![(key, Some(value))])
         });
     }
