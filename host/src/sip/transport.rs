@@ -40,8 +40,14 @@ pub enum Kind {
     /// A TLS connection (devices).
     Tls,
     /// One trunk peer's address on the UDP socket, with the transaction
-    /// layer that retransmits and absorbs retransmissions.
-    Udp(Arc<super::udp::Transactions>),
+    /// layer that retransmits and absorbs retransmissions (`sip::udp`).
+    Udp(Arc<dyn Datagrams>),
+}
+
+/// The transaction layer of an unreliable transport, told of every
+/// message a flow sends (it keeps what it must send again on `out`).
+pub trait Datagrams: Send + Sync {
+    fn sending(&self, flow: u64, m: &Message, bytes: &[u8], out: &mpsc::Sender<Vec<u8>>);
 }
 
 /// One connection, or one trunk peer over UDP.
@@ -62,7 +68,7 @@ impl Flow {
         id: u64,
         peer: SocketAddr,
         local: SocketAddr,
-        transactions: Arc<super::udp::Transactions>,
+        transactions: Arc<dyn Datagrams>,
         out: mpsc::Sender<Vec<u8>>,
     ) -> Flow {
         Flow {

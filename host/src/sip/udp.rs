@@ -30,7 +30,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::message::Message;
-use super::transport::{Flow, Flows, Handler};
+use super::transport::{Datagrams, Flow, Flows, Handler};
 use crate::support::sync::Recover as _;
 
 /// RFC 3261's T1 (round-trip estimate) and T2 (longest non-INVITE
@@ -232,7 +232,7 @@ impl Transactions {
     }
 
     /// A message the door sends on flow `flow` (called by `Flow::send`).
-    pub fn sending(&self, flow: u64, m: &Message, bytes: &[u8], out: &mpsc::Sender<Vec<u8>>) {
+    fn sent(&self, flow: u64, m: &Message, bytes: &[u8], out: &mpsc::Sender<Vec<u8>>) {
         let Some(branch) = branch_of(m) else {
             return;
         };
@@ -393,6 +393,12 @@ impl Transactions {
 /// Where the `408`s of requests that got no answer arrive: (flow id,
 /// response).
 pub type Timeouts = mpsc::Receiver<(u64, Message)>;
+
+impl Datagrams for Transactions {
+    fn sending(&self, flow: u64, m: &Message, bytes: &[u8], out: &mpsc::Sender<Vec<u8>>) {
+        self.sent(flow, m, bytes, out);
+    }
+}
 
 /// The UDP side of the door: the socket, its peers' flows and the
 /// transaction layer.
