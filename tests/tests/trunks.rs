@@ -582,6 +582,20 @@ async fn a_reinvite_from_the_trunk_moves_the_calls_media() {
     r.itsp.send(&invite).await;
     let ok = r.itsp.final_response().await.expect("an answer");
     assert_eq!(ok.status(), Some(200), "{ok:?}");
+    // An ACK naming another To tag is not this dialog's: the call stays
+    // unacknowledged, and a re-INVITE meanwhile is 491.
+    let mut forged = ack_of(&invite, &ok, &mut r.itsp);
+    forged.headers.retain(|(n, _)| n != "To");
+    forged.push("To", format!("<{uri}>;tag=forged"));
+    r.itsp.send(&forged).await;
+    let mut early = r
+        .itsp
+        .invite(&uri, "442079461111", moved_rtp.local_addr().unwrap().port());
+    early.headers.retain(|(n, _)| n != "To");
+    early.push("To", ok.header("To").unwrap());
+    r.itsp.send(&early).await;
+    let pending = answer_to(&r.itsp, &early).await;
+    assert_eq!(pending.status(), Some(491), "{pending:?}");
     let ack = ack_of(&invite, &ok, &mut r.itsp);
     r.itsp.send(&ack).await;
     // The prompt's RTP reaches the first port.
@@ -597,11 +611,7 @@ async fn a_reinvite_from_the_trunk_moves_the_calls_media() {
     re.headers.retain(|(n, _)| n != "To");
     re.push("To", ok.header("To").unwrap());
     r.itsp.send(&re).await;
-    let ok2 = r
-        .itsp
-        .final_response()
-        .await
-        .expect("the re-INVITE's answer");
+    let ok2 = answer_to(&r.itsp, &re).await;
     assert_eq!(ok2.status(), Some(200), "{ok2:?}");
     assert!(String::from_utf8_lossy(&ok2.body).contains("RTP/AVP"));
     let ack2 = ack_of(&re, &ok2, &mut r.itsp);
@@ -660,4 +670,16 @@ async fn credentials_and_numbers_stay_where_they_belong() {
             .iter()
             .any(|r| r.number == GLOBEX_DID)
     );
+}
+
+/// The final response to `request` (others, such as our 200 sent again,
+/// are skipped).
+async fn answer_to(p: &Provider, request: &Message) -> Message {
+    let want = request.cseq().unwrap();
+    loop {
+        let m = p.final_response().await.expect("an answer");
+        if m.cseq().ok() == Some(want.clone()) {
+            return m;
+        }
+    }
 }
