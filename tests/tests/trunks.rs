@@ -596,6 +596,18 @@ async fn a_reinvite_from_the_trunk_moves_the_calls_media() {
     r.itsp.send(&early).await;
     let pending = answer_to(&r.itsp, &early).await;
     assert_eq!(pending.status(), Some(491), "{pending:?}");
+    // Nor does the forged ACK silence our 200: it is sent again.
+    let again = loop {
+        let m = r
+            .itsp
+            .recv_within(Duration::from_secs(5))
+            .await
+            .expect("our 200 sent again");
+        if m.cseq().ok() == ok.cseq().ok() && m.status() == Some(200) {
+            break m;
+        }
+    };
+    assert_eq!(again.to_bytes(), ok.to_bytes());
     let ack = ack_of(&invite, &ok, &mut r.itsp);
     r.itsp.send(&ack).await;
     // The prompt's RTP reaches the first port.

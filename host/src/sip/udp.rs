@@ -70,8 +70,9 @@ struct Client {
 struct Server {
     /// The last response we sent, resent to a retransmission.
     last: Option<Vec<u8>>,
-    /// Its status.
+    /// Its status, and the To tag it carried.
     last_status: u16,
+    last_tag: Option<String>,
     /// An INVITE's final answer waiting for its ACK.
     awaiting_ack: bool,
     /// An INVITE's (flow, Call-ID, CSeq number), for the ACK of a 2xx.
@@ -160,7 +161,13 @@ impl Transactions {
                     .by_dialog
                     .get(&(flow, m.call_id().to_string(), cseq))
                     .cloned();
-                if let Some(s) = at.and_then(|k| t.server.get_mut(&k)) {
+                // Only an ACK naming our answer's tag stops it (a forged
+                // one must not silence the 200 the real peer waits for).
+                let tag = m.to().ok().and_then(|t| t.tag());
+                if let Some(s) = at.and_then(|k| t.server.get_mut(&k))
+                    && s.last_tag.is_some()
+                    && s.last_tag == tag
+                {
                     s.awaiting_ack = false;
                 }
                 Received::Pass
@@ -188,6 +195,7 @@ impl Transactions {
                     Server {
                         last: None,
                         last_status: 0,
+                        last_tag: None,
                         awaiting_ack: false,
                         dialog_key,
                     },
@@ -276,6 +284,7 @@ impl Transactions {
                 };
                 s.last = Some(bytes.to_vec());
                 s.last_status = status;
+                s.last_tag = m.to().ok().and_then(|t| t.tag());
                 if s.dialog_key.is_some() && status >= 200 {
                     s.awaiting_ack = true;
                     drop(t);
