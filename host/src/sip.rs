@@ -328,6 +328,32 @@ struct Calling {
     trunk: Option<String>,
 }
 
+/// The SDP body of `m`, if it has one (`Content-Type: application/sdp`,
+/// parameters allowed, not empty, UTF-8).
+fn sdp_body(m: &Message) -> Option<&str> {
+    let is_sdp = m.header("Content-Type").is_some_and(|ct| {
+        ct.split(';')
+            .next()
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/sdp"))
+    });
+    std::str::from_utf8(&m.body)
+        .ok()
+        .filter(|text| is_sdp && !text.is_empty())
+}
+
+/// What call control needs of an agreed SDP.
+fn media_offer(agreed: &sdp::Agreed) -> MediaOffer {
+    MediaOffer {
+        remote: agreed.remote,
+        payload_type: agreed.codec.payload_type(),
+        dtmf: agreed.dtmf,
+        srtp: agreed
+            .srtp
+            .as_ref()
+            .map(|s| (s.suite, s.theirs.clone(), s.ours.clone())),
+    }
+}
+
 /// A response to `req` with a fresh To tag.
 fn answer(req: &Message, code: u16, reason: &str) -> Message {
     req.response(code, reason, Some(&random_hex(8)))
@@ -621,14 +647,9 @@ impl Door {
             flow.send(&answer(m, 404, "Not Found"));
             return;
         };
-        let is_sdp = m.header("Content-Type").is_some_and(|ct| {
-            ct.split(';')
-                .next()
-                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/sdp"))
-        });
-        let offer = match std::str::from_utf8(&m.body) {
-            Ok(text) if is_sdp && !text.is_empty() => sdp::parse(text),
-            _ => {
+        let offer = match sdp_body(m) {
+            Some(text) => sdp::parse(text),
+            None => {
                 // A late offer (no SDP in the INVITE) is not supported.
                 flow.send(&answer(
                     m,
@@ -639,11 +660,7 @@ impl Door {
             }
         };
         let policy = self.sdp_policy(c.secure, flow);
-        let choice = match offer.and_then(|o| {
-            sdp::choose(&o, &policy)
-                .and_then(|ch| self.not_ours(flow, ch.agreed.remote).map(|()| ch))
-                .map(|ch| (o, ch))
-        }) {
+        let choice = match offer.and_then(|o| self.take_offer(flow, o, &policy)) {
             Ok(ch) => ch,
             Err(e) => {
                 crate::metrics::SIP_DROPPED.inc(&[e.code()]);
@@ -661,15 +678,7 @@ impl Door {
             args: route.args.clone().into_bytes(),
             caller: c.shown.clone(),
             callee: c.number.clone(),
-            media: MediaOffer {
-                remote: agreed.remote,
-                payload_type: agreed.codec.payload_type(),
-                dtmf: agreed.dtmf,
-                srtp: agreed
-                    .srtp
-                    .as_ref()
-                    .map(|s| (s.suite, s.theirs.clone(), s.ours.clone())),
-            },
+            media: media_offer(agreed),
             trunk: c.trunk.clone(),
         };
         let (leg, media) = match self.rt.telephony().offer(inbound).await {
@@ -723,6 +732,19 @@ impl Door {
             allow_loopback: self.config.allow_loopback_media,
             codecs: vec![sdp::Codec::Pcmu, sdp::Codec::Pcma],
         }
+    }
+
+    /// Chooses how to take `offer` under `policy`, refusing media aimed
+    /// at the host's own ports.
+    fn take_offer(
+        &self,
+        flow: &Flow,
+        offer: sdp::Session,
+        policy: &sdp::Policy,
+    ) -> Result<(sdp::Session, sdp::Choice), sdp::SdpError> {
+        let choice = sdp::choose(&offer, policy)?;
+        self.not_ours(flow, choice.agreed.remote)?;
+        Ok((offer, choice))
     }
 
     /// Refuses a far end's media address that is the host's own media
@@ -782,20 +804,11 @@ impl Door {
             return;
         }
         self.dialogs.with(&leg, |d| d.their_cseq = cseq);
-        let is_sdp = m.header("Content-Type").is_some_and(|ct| {
-            ct.split(';')
-                .next()
-                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/sdp"))
-        });
         let secure = !d.device.starts_with(TRUNK_PARTY);
         let policy = self.sdp_policy(secure, flow);
-        let chosen = match std::str::from_utf8(&m.body) {
-            Ok(text) if is_sdp && !text.is_empty() => sdp::parse(text).and_then(|o| {
-                sdp::choose(&o, &policy)
-                    .and_then(|c| self.not_ours(flow, c.agreed.remote).map(|()| c))
-                    .map(|c| (o, c))
-            }),
-            _ => Err(sdp::SdpError::NotAcceptable(
+        let chosen = match sdp_body(m) {
+            Some(text) => sdp::parse(text).and_then(|o| self.take_offer(flow, o, &policy)),
+            None => Err(sdp::SdpError::NotAcceptable(
                 "a re-INVITE without an offer is not supported".into(),
             )),
         };
@@ -809,16 +822,7 @@ impl Door {
                 return;
             }
         };
-        let agreed = &choice.agreed;
-        let media = MediaOffer {
-            remote: agreed.remote,
-            payload_type: agreed.codec.payload_type(),
-            dtmf: agreed.dtmf,
-            srtp: agreed
-                .srtp
-                .as_ref()
-                .map(|s| (s.suite, s.theirs.clone(), s.ours.clone())),
-        };
+        let media = media_offer(&choice.agreed);
         if self.rt.telephony().remedia(&leg, media).await.is_err() {
             flow.send(&m.response(500, "Server Internal Error", None));
             return;

@@ -141,6 +141,23 @@ impl Rig {
     }
 }
 
+/// acme's call records once there are at least `n` (or after 10 s).
+async fn records_of(h: &Harness, n: usize) -> Vec<switchboard::telephony::records::CallRecord> {
+    let mut records = Vec::new();
+    for _ in 0..100 {
+        records = h
+            .runtime()
+            .call_records("acme", 0, u64::MAX, None, 100)
+            .unwrap()
+            .records;
+        if records.len() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    records
+}
+
 /// The ACK of a 2xx from the provider.
 fn ack_of(invite: &Message, ok: &Message, p: &mut Provider) -> Message {
     let mut ack = p.request("ACK", invite.uri().unwrap(), "442079461111", &[]);
@@ -208,18 +225,7 @@ async fn a_did_call_from_the_trunk_reaches_its_plugin_and_retransmissions_are_ab
     let done = r.itsp.final_response().await.expect("BYE answered");
     assert_eq!(done.status(), Some(200));
     // Its record names the trunk's caller and the DID.
-    let mut records = Vec::new();
-    for _ in 0..50 {
-        records =
-            r.h.runtime()
-                .call_records("acme", 0, u64::MAX, None, 10)
-                .unwrap()
-                .records;
-        if !records.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let records = records_of(&r.h, 1).await;
     let rec = serde_json::to_value(&records).unwrap().to_string();
     assert!(rec.contains("442079461111") && rec.contains(DID), "{rec}");
     assert_eq!(
@@ -487,18 +493,7 @@ async fn sipp_calls_in_over_the_trunk_and_cancels_while_ringing() {
     assert!(run.ok(), "{run:?}");
     assert_eq!(r.legs("acme").await.len(), 25);
     // Every leg ended and left its record (20 talked, 5 cancelled).
-    let mut records = Vec::new();
-    for _ in 0..100 {
-        records =
-            r.h.runtime()
-                .call_records("acme", 0, u64::MAX, None, 100)
-                .unwrap()
-                .records;
-        if records.len() == 25 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let records = records_of(&r.h, 25).await;
     assert_eq!(records.len(), 25);
     let answered = records.iter().filter(|c| c.answered_ms.is_some()).count();
     assert_eq!(answered, 20);
@@ -553,18 +548,7 @@ async fn sipp_takes_a_call_out_from_the_trunk() {
     let run = uas.await.unwrap();
     assert!(run.ok(), "{run:?}");
     // The call out's record names the trunk it went over.
-    let mut records = Vec::new();
-    for _ in 0..50 {
-        records =
-            r.h.runtime()
-                .call_records("acme", 0, u64::MAX, None, 10)
-                .unwrap()
-                .records;
-        if !records.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let records = records_of(&r.h, 1).await;
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(records[0].trunk.as_deref(), Some("itsp"));
     assert_eq!(records[0].callee, "+442079460123");

@@ -186,17 +186,7 @@ impl Runtime {
                             .map_err(AdminError::Store),
                     }
                 },
-                |_| {
-                    for scope in [Scope::System, Scope::tenant(tenant)] {
-                        self.inner.trail.note(
-                            &scope,
-                            "tenant.trunk",
-                            tenant,
-                            outcome::SUCCESS,
-                            &summary,
-                        );
-                    }
-                },
+                |_| self.note_trunk(tenant, &summary),
             )
             .await?;
         if let Some(seq) = seq {
@@ -227,21 +217,20 @@ impl Runtime {
                         .apply(&[(keys::trunk_password(tenant, name), None)])
                         .map_err(AdminError::Store)
                 },
-                |_| {
-                    for scope in [Scope::System, Scope::tenant(tenant)] {
-                        self.inner.trail.note(
-                            &scope,
-                            "tenant.trunk",
-                            tenant,
-                            outcome::SUCCESS,
-                            &format!("trunk {name}: removed"),
-                        );
-                    }
-                },
+                |_| self.note_trunk(tenant, &format!("trunk {name}: removed")),
             )
             .await?;
         store.durable(seq).await.map_err(AdminError::Store)?;
         Ok(())
+    }
+
+    /// Audits a change to a tenant's trunks in its and the system's trail.
+    fn note_trunk(&self, tenant: &str, summary: &str) {
+        for scope in [Scope::System, Scope::tenant(tenant)] {
+            self.inner
+                .trail
+                .note(&scope, "tenant.trunk", tenant, outcome::SUCCESS, summary);
+        }
     }
 
     /// A trunk's password, for answering its provider's challenges.

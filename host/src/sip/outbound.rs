@@ -565,12 +565,7 @@ impl Door {
             .and_then(sdp::parse)
             .and_then(|a| sdp::read_answer(&a, &policy, key.as_ref().map(|_| SUITE), key.as_ref()))
             .and_then(|a| self.not_ours(flow, a.remote).map(|()| a));
-        let offer = agreed.map(|a| MediaOffer {
-            remote: a.remote,
-            payload_type: a.codec.payload_type(),
-            dtmf: a.dtmf,
-            srtp: a.srtp.map(|s| (s.suite, s.theirs, s.ours)),
-        });
+        let offer = agreed.map(|a| super::media_offer(&a));
         let taken = match offer {
             Ok(offer) => match self.rt.telephony().answered(leg, offer).await {
                 Ok(_) => Ok(()),
