@@ -60,7 +60,7 @@ use crate::telephony::signalling::{Inbound, MediaOffer, Outbound, Signalling};
 pub const MAX_CALLS_PER_DEVICE: usize = 8;
 
 /// Methods the door answers.
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, SUBSCRIBE";
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, SUBSCRIBE, REFER";
 
 /// `[sip]` in the server configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -326,6 +326,47 @@ struct Calling {
     secure: bool,
     /// The trunk it came over.
     trunk: Option<String>,
+    /// The user whose device calls (none from trunks).
+    user: Option<String>,
+}
+
+/// The number a REFER's `Refer-To` names (its user part, separators
+/// dropped): 1-32 of `0-9 * #`, or `+` and digits. Anything else is the
+/// SIP answer to give: 400 (none, several, unreadable), 501 (an attended
+/// transfer's embedded `Replaces`), 404 (not a number).
+fn refer_target(m: &Message) -> Result<String, (u16, &'static str)> {
+    let mut values = m.all("Refer-To");
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return Err((400, "Bad Request (one Refer-To)"));
+    };
+    if value.contains('?') {
+        return Err((501, "Not Implemented (attended transfer)"));
+    }
+    let to = NameAddr::parse(value)
+        .or_else(|_| NameAddr::parse(&format!("<{}>", value.trim())))
+        .map_err(|_| (400, "Bad Request (Refer-To)"))?;
+    let number: String = to
+        .uri
+        .user
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| !matches!(c, '-' | '.' | '(' | ')'))
+        .collect();
+    let digits = number.strip_prefix('+').unwrap_or(&number);
+    let ok = !digits.is_empty()
+        && number.len() <= 32
+        && if number.starts_with('+') {
+            digits.bytes().all(|b| b.is_ascii_digit())
+        } else {
+            digits
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b == b'*' || b == b'#')
+        };
+    if ok {
+        Ok(number)
+    } else {
+        Err((404, "Not Found (transfers go to numbers and extensions)"))
+    }
 }
 
 /// The SDP body of `m`, if it has one (`Content-Type: application/sdp`,
@@ -383,7 +424,7 @@ impl Door {
                 "INVITE" if m.to().ok().and_then(|t| t.tag()).is_none() => {
                     return self.trunk_invite(flow, &m).await;
                 }
-                "REGISTER" | "SUBSCRIBE" => {
+                "REGISTER" | "SUBSCRIBE" | "REFER" => {
                     flow.send(&answer(&m, 403, "Forbidden (devices use TLS)"));
                     return;
                 }
@@ -398,6 +439,7 @@ impl Door {
             "INVITE" => self.invite(flow, &m).await,
             "CANCEL" => self.cancel(flow, &m),
             "BYE" => self.bye(flow, &m),
+            "REFER" => self.refer(flow, &m).await,
             "OPTIONS" => {
                 let mut r = answer(&m, 200, "OK");
                 r.push("Allow", ALLOW);
@@ -560,6 +602,7 @@ impl Door {
         let route = self.rt.route(&device.tenant, &number);
         let caller = Calling {
             trunk: None,
+            user: Some(device.user.clone()),
             shown: device.name.clone(),
             tenant: device.tenant,
             party: device.name,
@@ -615,6 +658,7 @@ impl Door {
             });
         let caller = Calling {
             trunk: Some(trunk.name.clone()),
+            user: None,
             shown: asserted.unwrap_or_else(|| "anonymous".into()),
             party: trunk_party(&trunk.name),
             tenant,
@@ -678,6 +722,7 @@ impl Door {
             args: route.args.clone().into_bytes(),
             caller: c.shown.clone(),
             callee: c.number.clone(),
+            user: c.user.clone(),
             media: media_offer(agreed),
             trunk: c.trunk.clone(),
         };
@@ -779,20 +824,8 @@ impl Door {
     /// mirrors its direction. Anything unusable leaves the call as it was
     /// (RFC 3261 §14.2: `488`, `491`, `500`).
     async fn reinvite(&self, flow: &Arc<Flow>, m: &Message) {
-        let tag = m.from().ok().and_then(|f| f.tag()).unwrap_or_default();
-        let ours = m.to().ok().and_then(|t| t.tag());
         let (cseq, _) = m.cseq().unwrap_or_default();
-        let found = self.dialogs.leg_of(m.call_id(), &tag).and_then(|leg| {
-            self.dialogs.with(&leg, |d| {
-                (
-                    leg.clone(),
-                    d.clone(),
-                    Some(&d.tag) == ours.as_ref()
-                        && self.speaks_for(flow, &(d.tenant.clone(), d.device.clone(), d.flow)),
-                )
-            })
-        });
-        let Some((leg, d, true)) = found else {
+        let Some((leg, d)) = self.dialog_of(flow, m) else {
             flow.send(&answer(m, 481, "Call/Transaction Does Not Exist"));
             return;
         };
@@ -827,6 +860,12 @@ impl Door {
             flow.send(&m.response(500, "Server Internal Error", None));
             return;
         }
+        // The far end sends only (music) or nothing: it holds the call.
+        let on_hold = matches!(
+            choice.agreed.direction,
+            sdp::Direction::RecvOnly | sdp::Direction::Inactive
+        );
+        self.rt.telephony().hold(&leg, on_hold);
         let version = d.session.1 + 1;
         let sdp = choice.answer(
             &offer,
@@ -846,6 +885,81 @@ impl Door {
         r.push("Content-Type", "application/sdp");
         r.body = sdp.sdp.into_bytes();
         flow.send(&r);
+    }
+
+    /// A REFER in an answered call: the device asks to transfer its call
+    /// (a blind transfer, RFC 3515). Only from the dialog's own device
+    /// over TLS, one at a time, to a number or extension (the Refer-To's
+    /// user part, read in the tenant's plan; its host is never called).
+    /// Accepted (`202`) and reported `100 Trying` at once; the plugin
+    /// hears `transfer` and settles it: ending the leg tells the phone
+    /// `200 OK`, declining (or 30 s without either) a failure.
+    async fn refer(&self, flow: &Arc<Flow>, m: &Message) {
+        let Some((leg, d)) = self.dialog_of(flow, m) else {
+            flow.send(&answer(m, 481, "Call/Transaction Does Not Exist"));
+            return;
+        };
+        let (cseq, _) = m.cseq().unwrap_or_default();
+        if cseq <= d.their_cseq {
+            flow.send(&m.response(500, "Server Internal Error (CSeq out of order)", None));
+            return;
+        }
+        self.dialogs.with(&leg, |d| d.their_cseq = cseq);
+        if d.device.starts_with(TRUNK_PARTY) {
+            flow.send(&m.response(403, "Forbidden (transfers come from devices)", None));
+            return;
+        }
+        if d.state != (State::Answered { acked: true }) || d.refer.is_some() {
+            let mut r = m.response(491, "Request Pending", None);
+            r.push("Retry-After", "1");
+            flow.send(&r);
+            return;
+        }
+        let target = match refer_target(m) {
+            Ok(t) => t,
+            Err((code, reason)) => {
+                flow.send(&m.response(code, reason, None));
+                return;
+            }
+        };
+        // Filed before the plugin can hear of it, so its answer finds it.
+        self.dialogs.with(&leg, |d| d.refer = Some(cseq));
+        let mut r = m.response(202, "Accepted", None);
+        r.push("Contact", format!("<{}>", d.contact));
+        flow.send(&r);
+        self.refer_progress(&leg, "100 Trying", false);
+        if self.rt.telephony().transfer(&leg, &target).await.is_err() {
+            self.refer_progress(&leg, "403 Forbidden", true);
+        }
+    }
+
+    /// Sends the NOTIFY of a leg's pending REFER (none if there is none).
+    fn refer_progress(&self, leg: &str, status: &str, done: bool) {
+        let Some(d) = self.dialogs.with(leg, |d| d.clone()) else {
+            return;
+        };
+        let Some(flow) = self.flow_for(&d) else {
+            return;
+        };
+        let notify = self
+            .dialogs
+            .with(leg, |d| d.refer_notify(&flow.via(), status, done))
+            .flatten();
+        if let Some(n) = notify {
+            flow.send(&n);
+        }
+    }
+
+    /// The dialog an in-dialog request names (its Call-ID, the device's
+    /// tag and ours), if `flow` speaks for its device.
+    fn dialog_of(&self, flow: &Flow, m: &Message) -> Option<(String, Dialog)> {
+        let tag = m.from().ok().and_then(|f| f.tag()).unwrap_or_default();
+        let ours = m.to().ok().and_then(|t| t.tag());
+        let leg = self.dialogs.leg_of(m.call_id(), &tag)?;
+        let d = self.dialogs.with(&leg, |d| d.clone())?;
+        let own = Some(&d.tag) == ours.as_ref()
+            && self.speaks_for(flow, &(d.tenant.clone(), d.device.clone(), d.flow));
+        own.then_some((leg, d))
     }
 
     fn ack(&self, flow: &Flow, m: &Message) {
@@ -1005,6 +1119,13 @@ impl Door {
         let Some(flow) = self.flow_for(&d) else {
             return;
         };
+        if cause == Cause::Normal
+            && let Some(n) = d.refer_notify(&flow.via(), "200 OK", true)
+        {
+            // The plugin ended a leg whose phone asked for a transfer:
+            // the transfer went through.
+            flow.send(&n);
+        }
         let m = match d.state {
             State::Offered => {
                 let (code, reason) = dialogs::refusal(cause);
@@ -1043,6 +1164,13 @@ impl Signalling for SipSignalling {
     fn mwi_changed(&self, tenant: &str, user: &str) {
         if let Some(door) = self.0.upgrade() {
             door.mwi_changed(tenant, user);
+        }
+    }
+
+    fn transfer_failed(&self, leg: &str, cause: Cause) {
+        if let Some(door) = self.0.upgrade() {
+            let (code, reason) = dialogs::refusal(cause);
+            door.refer_progress(leg, &format!("{code} {reason}"), true);
         }
     }
 

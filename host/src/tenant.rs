@@ -145,7 +145,10 @@ pub const MAX_ROUTE_ARGS: usize = 1024;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
-    /// What the caller dials: 1-32 of `0-9 * #`, or `+` and digits.
+    /// What the caller dials: 1-32 of `0-9 * #`, or `+` and digits; or a
+    /// pattern (`_` first, Asterisk's syntax: `X` any digit, `Z` 1-9,
+    /// `N` 2-9, `[1-5]` a set, `.` one or more of anything, `!` zero or
+    /// more) that a device's call matches when no number does.
     pub number: String,
     /// The plugin (enabled, granted `calls`) that gets the call.
     pub plugin: String,
@@ -167,7 +170,9 @@ impl Route {
             let digits = n.strip_prefix('+').unwrap_or(n);
             let ok = !digits.is_empty()
                 && n.len() <= 32
-                && if n.starts_with('+') {
+                && if let Some(pattern) = n.strip_prefix('_') {
+                    parse_pattern(pattern).is_some()
+                } else if n.starts_with('+') {
                     digits.bytes().all(|b| b.is_ascii_digit())
                 } else {
                     digits
@@ -176,7 +181,7 @@ impl Route {
                 };
             if !ok {
                 return Err(format!(
-                    "route number {:?}: 1-32 of 0-9 * #, or + and digits",
+                    "route number {:?}: 1-32 of 0-9 * #, + and digits, or a _pattern",
                     n.chars().take(40).collect::<String>()
                 ));
             }
@@ -198,6 +203,90 @@ impl Route {
         }
         Ok(())
     }
+
+    /// Whether the route is a pattern (`_…`).
+    pub fn is_pattern(&self) -> bool {
+        self.number.starts_with('_')
+    }
+
+    /// Whether `dialled` is this route's number, or matches its pattern.
+    pub fn matches(&self, dialled: &str) -> bool {
+        match self.number.strip_prefix('_') {
+            Some(p) => parse_pattern(p).is_some_and(|toks| pattern_matches(&toks, dialled)),
+            None => self.number == dialled,
+        }
+    }
+}
+
+/// One element of a route pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PatternTok {
+    /// One character of the set.
+    One(Vec<u8>),
+    /// One or more of anything (`.`), last.
+    OneOrMore,
+    /// Zero or more of anything (`!`), last.
+    Any,
+}
+
+/// A route pattern's elements (after its `_`); `None` if malformed.
+fn parse_pattern(p: &str) -> Option<Vec<PatternTok>> {
+    let mut toks = Vec::new();
+    let mut chars = p.bytes().peekable();
+    while let Some(c) = chars.next() {
+        let tok = match c.to_ascii_uppercase() {
+            b'X' => PatternTok::One((b'0'..=b'9').collect()),
+            b'Z' => PatternTok::One((b'1'..=b'9').collect()),
+            b'N' => PatternTok::One((b'2'..=b'9').collect()),
+            b'.' | b'!' if chars.peek().is_some() => return None,
+            b'.' => PatternTok::OneOrMore,
+            b'!' => PatternTok::Any,
+            b'[' => {
+                let mut set = Vec::new();
+                loop {
+                    match chars.next()? {
+                        b']' => break,
+                        d if d.is_ascii_digit() => {
+                            if chars.peek() == Some(&b'-') {
+                                chars.next();
+                                let hi = chars.next().filter(u8::is_ascii_digit)?;
+                                if hi < d {
+                                    return None;
+                                }
+                                set.extend(d..=hi);
+                            } else {
+                                set.push(d);
+                            }
+                        }
+                        _ => return None,
+                    }
+                }
+                if set.is_empty() {
+                    return None;
+                }
+                PatternTok::One(set)
+            }
+            d if d.is_ascii_digit() || matches!(d, b'*' | b'#' | b'+') => PatternTok::One(vec![d]),
+            _ => return None,
+        };
+        toks.push(tok);
+    }
+    (!toks.is_empty()).then_some(toks)
+}
+
+fn pattern_matches(toks: &[PatternTok], dialled: &str) -> bool {
+    let mut rest = dialled.as_bytes();
+    for tok in toks {
+        match tok {
+            PatternTok::One(set) => match rest.split_first() {
+                Some((c, more)) if set.contains(c) => rest = more,
+                _ => return false,
+            },
+            PatternTok::OneOrMore => return !rest.is_empty(),
+            PatternTok::Any => return true,
+        }
+    }
+    rest.is_empty()
 }
 
 /// Most trunks a tenant has.
@@ -469,6 +558,14 @@ pub struct Dialing {
     /// places for no user; `None`: no restriction beyond the tenant's.
     #[serde(default)]
     pub default_restriction: Option<String>,
+    /// Account codes calls may be billed to (2-16 digits each): a dial
+    /// naming one not listed is refused.
+    #[serde(default)]
+    pub account_codes: Vec<String>,
+    /// Number classes a call out needs an account code for
+    /// (`international`, …); emergency calls never do.
+    #[serde(default)]
+    pub account_code_classes: Vec<String>,
 }
 
 /// A class of restriction (which number classes its holders may dial,
@@ -483,6 +580,10 @@ pub struct Restriction {
     /// numbers outside the tenant.
     #[serde(default)]
     pub forward_external: bool,
+    /// May transfer calls (a phone's blind transfer, as the `pbx` plugin
+    /// carries it out) to numbers outside the tenant.
+    #[serde(default)]
+    pub transfer_external: bool,
 }
 
 impl Dialing {
@@ -502,6 +603,8 @@ impl Default for Dialing {
             deny: Vec::new(),
             max_outbound_calls: None,
             max_outbound_minutes_per_day: None,
+            account_codes: Vec::new(),
+            account_code_classes: Vec::new(),
             restrictions: BTreeMap::new(),
             users: BTreeMap::new(),
             default_restriction: None,
@@ -516,6 +619,19 @@ pub const DEFAULT_RETENTION: &[(&str, u32)] =
     &[("recording", 365), ("audit", 7 * 365 + 2), ("cdr", 400)];
 
 impl TenantRecord {
+    /// The route a device of the tenant reaches by dialling `number`: the
+    /// route of that number, else the first pattern it matches.
+    pub fn route_for(&self, number: &str) -> Option<&Route> {
+        self.routes
+            .iter()
+            .find(|r| !r.is_pattern() && r.number == number)
+            .or_else(|| {
+                self.routes
+                    .iter()
+                    .find(|r| r.is_pattern() && r.matches(number))
+            })
+    }
+
     /// Days objects of `class` are kept, `None` for "until deleted".
     pub fn retention_days(&self, class: &str) -> Option<u32> {
         match self.retention.get(class) {
@@ -572,6 +688,45 @@ mod tests {
             caller_ids: vec!["+4420794600*".into()],
             max_calls: 10,
         }
+    }
+
+    #[test]
+    fn route_patterns_match_what_they_say() {
+        let route = |n: &str| Route {
+            number: n.into(),
+            plugin: "pbx".into(),
+            args: String::new(),
+        };
+        let cases: &[(&str, &[&str], &[&str])] = &[
+            ("_9.", &["90", "902079460018"], &["9", "802079460018", ""]),
+            ("_9!", &["9", "90"], &["8"]),
+            ("_2XX", &["200", "299"], &["20", "2000", "300", "2a0"]),
+            ("_NXX", &["200", "999"], &["100", "099"]),
+            ("_Z", &["1", "9"], &["0", "10"]),
+            ("_[13-5]0", &["10", "30", "50"], &["20", "60", "1"]),
+            ("_*7x", &["*70", "*79"], &["*7", "#70"]),
+            ("_+44.", &["+442079460018"], &["+44", "+33123"]),
+        ];
+        for (pattern, yes, no) in cases {
+            let r = route(pattern);
+            assert!(
+                Route::check_all(std::slice::from_ref(&r)).is_ok(),
+                "{pattern}"
+            );
+            for d in *yes {
+                assert!(r.matches(d), "{pattern} should match {d}");
+            }
+            for d in *no {
+                assert!(!r.matches(d), "{pattern} should not match {d}");
+            }
+        }
+        for bad in [
+            "_", "_9.1", "_!9", "_[", "_[]", "_[5-1]", "_[a]", "_9Q", "_[1-]",
+        ] {
+            assert!(Route::check_all(&[route(bad)]).is_err(), "{bad}");
+        }
+        // An exact number is not a pattern.
+        assert!(route("9").matches("9") && !route("9").matches("90"));
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::bindings::switchboard::telephony::{calls as raw, dial as raw_dial, mw
 pub use crate::bindings::switchboard::telephony::dial::{DialOpts, DialPurpose};
 pub use crate::bindings::switchboard::telephony::types::{
     CallEvent, CallEventKind, Cause, CollectOpts, Collected, Direction, LegSnapshot, LegState,
-    OpEnd, Played, Prompt, Tone, ToneItem,
+    OpEnd, Played, Prompt, Route, Tone, ToneItem,
 };
 
 /// A tone item for [`play`].
@@ -95,6 +95,19 @@ pub fn set_state(leg: &str, state: &[u8]) -> Result<(), Error> {
 /// The leg as it is now.
 pub fn get_leg(leg: &str) -> Result<LegSnapshot, Error> {
     raw::get_leg(leg)
+}
+
+/// Refuses the transfer a leg's phone asked for
+/// ([`CallEventKind::Transfer`]): the phone hears `cause` and keeps its
+/// call.
+pub fn decline_transfer(leg: &str, cause: Cause) -> Result<(), Error> {
+    crate::tx::note(raw::decline_transfer(leg, cause))
+}
+
+/// What `number` reaches when a phone of the tenant dials it (the
+/// route's plugin; its arguments only when it is this plugin).
+pub fn route_of(number: &str) -> Result<Option<Route>, Error> {
+    raw::route_of(number)
 }
 
 /// Places a call (grant `dial`); the number passes the tenant's dialing

@@ -415,7 +415,7 @@ async fn t1_a_tenants_own_plan_and_rules_apply_to_its_dials() {
         "{signals:?}"
     );
     // The tenant's deny list wins over the mobile class it allows.
-    let (status, body) = dial("907911123456").await;
+    let (status, body) = dial("907400123456").await;
     assert_eq!(status, 403, "{body}");
     assert!(
         body["error"].as_str().unwrap().contains("deny list"),
@@ -623,6 +623,7 @@ async fn t1_classes_of_restriction_and_service_per_user_and_a_daily_minutes_cap(
     let restriction = |classes: &[&str], forward_external: bool| Restriction {
         classes: classes.iter().map(|c| c.to_string()).collect(),
         forward_external,
+        transfer_external: forward_external,
     };
     let outside = ["internal", "national", "mobile", "toll-free"];
     let mut dialing = Dialing {
@@ -743,4 +744,176 @@ async fn t1_classes_of_restriction_and_service_per_user_and_a_daily_minutes_cap(
     // Calls inside the tenant and emergency calls still go.
     let (status, body) = dial_as("u-staff", "call", "999").await;
     assert_eq!(status, 200, "{body}");
+}
+
+/// Waits for the call record of `leg` (written as it ends).
+async fn record_of(h: &Harness, leg: &str) -> switchboard::telephony::records::CallRecord {
+    for _ in 0..500 {
+        let page = h
+            .runtime()
+            .call_records("acme", 0, u64::MAX, None, 100)
+            .unwrap();
+        if let Some(r) = page.records.into_iter().find(|r| r.leg == leg) {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no record of {leg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t1_account_codes_are_checked_required_for_their_classes_and_recorded() {
+    let (h, rig) = rig(&["acme"]).await;
+    let mobile_phone = Phone::new().unwrap();
+    rig.directory("+447400123456", &mobile_phone).unwrap();
+    let dialing = Dialing {
+        region: Some("GB".into()),
+        account_codes: vec!["4711".into(), "20261207".into()],
+        account_code_classes: vec!["mobile".into()],
+        restrictions: [(
+            "desk".to_string(),
+            Restriction {
+                classes: vec!["internal".into(), "national".into(), "mobile".into()],
+                forward_external: true,
+                transfer_external: false,
+            },
+        )]
+        .into(),
+        default_restriction: Some("desk".into()),
+        ..Dialing::default()
+    };
+    // Malformed codes, duplicates, classes without codes: refused whole.
+    for bad in [
+        Dialing {
+            account_codes: vec!["1".into()],
+            ..dialing.clone()
+        },
+        Dialing {
+            account_codes: vec!["12ab".into()],
+            ..dialing.clone()
+        },
+        Dialing {
+            account_codes: vec!["4711".into(), "4711".into()],
+            ..dialing.clone()
+        },
+        Dialing {
+            account_codes: Vec::new(),
+            ..dialing.clone()
+        },
+        Dialing {
+            account_code_classes: vec!["emergency".into()],
+            ..dialing.clone()
+        },
+    ] {
+        let e = h.runtime().set_dialing("acme", bad).await.unwrap_err();
+        assert_eq!(e.code(), "invalid_dialing", "{e}");
+    }
+    h.runtime().set_dialing("acme", dialing).await.unwrap();
+    let post = |path: String| {
+        let h = &h;
+        async move {
+            let r = h.post("acme", "callflow", "u", &path, b"").await.unwrap();
+            (r.status, r.json::<serde_json::Value>().unwrap())
+        }
+    };
+    let error = |body: &serde_json::Value| body["error"].as_str().unwrap_or_default().to_string();
+    // A mobile number needs a code; one not on the list is refused.
+    let (status, body) = post("/dial/07400123456".into()).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        error(&body).contains("restricted: account code required for mobile numbers"),
+        "{body}"
+    );
+    let (status, body) = post("/dial-code/4712/07400123456".into()).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(error(&body).contains("account code unknown"), "{body}");
+    // A code that is not 2-16 digits never reaches the policy.
+    let (status, body) = post("/dial-code/12ab/07400123456".into()).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(error(&body).contains("InvalidArgument"), "{body}");
+    // Both refusals audited, with the reason.
+    let refused = dial_audits(&h, "restricted");
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(
+        refused.iter().all(|e| e.details.contains("account code")),
+        "{refused:?}"
+    );
+    // Not needed for a national number, and a listed code goes anywhere.
+    let (status, body) = post("/dial/02079460018".into()).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = post("/dial-code/4711/07400123456".into()).await;
+    assert_eq!(status, 200, "{body}");
+    let leg = body["leg"].as_str().unwrap().to_string();
+    rig.wait_for(WAIT, |s| dialled(s, &leg)).await.unwrap();
+    for _ in 0..200 {
+        if rig.host_media_of(&leg).is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    rig.hang_up(&leg);
+    let r = record_of(&h, &leg).await;
+    assert_eq!(r.account_code.as_deref(), Some("4711"), "{r:?}");
+    assert_eq!(r.callee, "+447400123456");
+    assert!(r.csv_row().ends_with(",4711"), "{}", r.csv_row());
+    // Emergency calls need no code.
+    let (status, body) = post("/dial/999".into()).await;
+    assert_eq!(status, 200, "{body}");
+    // A transfer out needs transfer_external (desk has forward, not it).
+    let (status, body) = post("/dial-as/u-desk/transfer/02079460018".into()).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(error(&body).contains("transferring"), "{body}");
+    let (status, body) = post("/dial-as/u-desk/forward/02079460018".into()).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t2_a_transfer_request_reaches_the_plugin_once_and_is_settled_or_declined() {
+    let (h, rig) = rig(&["acme"]).await;
+    let mut alice = Phone::new().unwrap();
+    let a = rig
+        .ring_from(
+            Some("u-alice"),
+            "acme",
+            "callflow",
+            "alice-desk",
+            "100",
+            b"answer",
+            &mut alice,
+        )
+        .await
+        .unwrap();
+    rig.wait_for(WAIT, |s| s.contains(&Signal::Answered(a.clone())))
+        .await
+        .unwrap();
+    // Hold and resume reach the plugin as events; a repeat is no news.
+    rig.hold(&a, true);
+    rig.hold(&a, true);
+    wait_event(&h, "acme", &a, "held").await;
+    rig.hold(&a, false);
+    let got = wait_event(&h, "acme", &a, "resumed").await;
+    assert_eq!(got.iter().filter(|e| *e == "held").count(), 1, "{got:?}");
+    // A transfer the plugin declines (callflow declines 9…): the phone
+    // hears `restricted`, the call goes on; a second request is taken.
+    rig.transfer(&a, "902079460018").await.unwrap();
+    rig.wait_for(WAIT, |s| {
+        s.contains(&Signal::TransferFailed(a.clone(), Cause::Restricted))
+    })
+    .await
+    .unwrap();
+    wait_event(&h, "acme", &a, "transfer:902079460018").await;
+    rig.transfer(&a, "201").await.unwrap();
+    // The plugin takes this one: it ends the leg (SIP tells the phone
+    // 200 OK, then BYE).
+    let got = wait_event(&h, "acme", &a, "ended:normal").await;
+    assert!(got.contains(&"transfer:201".to_string()), "{got:?}");
+    assert_eq!(ended(&rig.signals(), &a), Some(Cause::Normal));
+    // On an ended (or unknown) leg there is nothing to transfer.
+    assert!(rig.transfer(&a, "201").await.is_err());
+    assert!(
+        rig.transfer("0123456789abcdef0123456789abcdef", "201")
+            .await
+            .is_err()
+    );
+    assert_eq!(settled(&rig).await, 0);
 }

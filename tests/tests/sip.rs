@@ -1083,9 +1083,136 @@ async fn t2_a_reinvite_holds_and_rekeys_and_a_bad_one_changes_nothing() {
     forged.body = offer(40_038, true).into_bytes();
     bob.send(&forged).await;
     assert_eq!(bob.final_response().await.unwrap().status(), Some(481));
-    assert_eq!(r.events("acme", &leg).await, ["offered:answer"], "still up");
+    // Held once (sendonly), and nothing else: still up.
+    assert_eq!(
+        r.events("acme", &leg).await,
+        ["offered:answer", "held"],
+        "still up"
+    );
     let bye = in_dialog(&mut ua, "BYE", &inv, &ok);
     ua.send(&bye).await;
     assert_eq!(ua.final_response().await.unwrap().status(), Some(200));
     r.wait_event("acme", &leg, "ended:normal").await;
+}
+
+/// The next request of `method` the door sends the phone (answered 200,
+/// as a phone would), skipping anything else; `None` after 5 s.
+async fn next_request(ua: &mut Ua, method: &str) -> Option<Message> {
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < end {
+        let m = ua.recv_within(Duration::from_millis(500)).await?;
+        if m.method() == Some(method) {
+            let ok = m.response(200, "OK", None);
+            ua.send(&ok).await;
+            return Some(m);
+        }
+    }
+    None
+}
+
+fn sipfrag(m: &Message) -> String {
+    String::from_utf8_lossy(&m.body).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t2_a_refer_is_accepted_reported_and_settled_by_the_plugin() {
+    let r = rig().await;
+    let mut ua = r.alice().await;
+    assert_eq!(ua.register("SHA-256", 600).await.status(), Some(200));
+    let (inv, ok) = invite(&mut ua, "100", &offer(40_050, true)).await;
+    assert_eq!(ok.status(), Some(200), "{ok:?}");
+    let refer = |ua: &mut Ua, to: &[&str]| {
+        let mut m = in_dialog(ua, "REFER", &inv, &ok);
+        for t in to {
+            m.push("Refer-To", *t);
+        }
+        m
+    };
+    // Before the ACK the call is not up: 491.
+    let early = refer(&mut ua, &["<sip:201@acme.localhost>"]);
+    ua.send(&early).await;
+    assert_eq!(ua.final_response().await.unwrap().status(), Some(491));
+    ua.send(&ack(&inv, &ok)).await;
+    let leg = r.only_leg("acme").await;
+    r.wait_event("acme", &leg, "offered:answer").await;
+    // Malformed or unsupported requests: the right answer, nothing else.
+    for (to, status) in [
+        (vec![], 400),
+        (
+            vec!["<sip:201@acme.localhost>", "<sip:202@acme.localhost>"],
+            400,
+        ),
+        (
+            vec!["<sip:201@acme.localhost?Replaces=abc%3Bto-tag%3D1%3Bfrom-tag%3D2>"],
+            501,
+        ),
+        (vec!["<sip:bob@evil.example>"], 404),
+        (vec!["<mailto:x@y>"], 400),
+    ] {
+        let m = refer(&mut ua, &to);
+        ua.send(&m).await;
+        let got = ua.final_response().await.unwrap();
+        assert_eq!(got.status(), Some(status), "{to:?}: {got:?}");
+    }
+    // Another device's connection finds no call.
+    let mut bob = r.bob().await;
+    assert_eq!(bob.register("SHA-256", 600).await.status(), Some(200));
+    let forged = refer(&mut ua, &["<sip:201@acme.localhost>"]);
+    bob.send(&forged).await;
+    assert_eq!(bob.final_response().await.unwrap().status(), Some(481));
+    // Declined by the plugin (callflow declines 9…): 202, "100 Trying",
+    // then the failure; the call stays up.
+    let m = refer(&mut ua, &["<sip:9-0207-946-0018@acme.localhost>"]);
+    ua.send(&m).await;
+    let accepted = ua.final_response().await.unwrap();
+    assert_eq!(accepted.status(), Some(202), "{accepted:?}");
+    let refer_cseq = m.cseq().unwrap().0;
+    let trying = next_request(&mut ua, "NOTIFY").await.expect("a NOTIFY");
+    assert_eq!(sipfrag(&trying), "SIP/2.0 100 Trying");
+    assert_eq!(
+        trying.header("Event"),
+        Some(format!("refer;id={refer_cseq}").as_str())
+    );
+    assert!(
+        trying
+            .header("Subscription-State")
+            .unwrap()
+            .starts_with("active")
+    );
+    assert!(
+        trying
+            .header("Content-Type")
+            .unwrap()
+            .starts_with("message/sipfrag")
+    );
+    let failed = next_request(&mut ua, "NOTIFY")
+        .await
+        .expect("a final NOTIFY");
+    assert_eq!(sipfrag(&failed), "SIP/2.0 403 Forbidden");
+    assert!(
+        failed
+            .header("Subscription-State")
+            .unwrap()
+            .starts_with("terminated")
+    );
+    r.wait_event("acme", &leg, "transfer:902079460018").await;
+    // Taken: the plugin ends the leg; the phone hears 200 OK, then BYE.
+    let m = refer(&mut ua, &["sip:201@acme.localhost"]);
+    ua.send(&m).await;
+    assert_eq!(ua.final_response().await.unwrap().status(), Some(202));
+    let trying = next_request(&mut ua, "NOTIFY").await.expect("a NOTIFY");
+    assert_eq!(sipfrag(&trying), "SIP/2.0 100 Trying");
+    let done = next_request(&mut ua, "NOTIFY")
+        .await
+        .expect("a final NOTIFY");
+    assert_eq!(sipfrag(&done), "SIP/2.0 200 OK");
+    assert!(
+        done.header("Subscription-State")
+            .unwrap()
+            .starts_with("terminated")
+    );
+    let bye = next_request(&mut ua, "BYE").await.expect("the BYE");
+    assert_eq!(bye.call_id(), inv.call_id());
+    let events = r.wait_event("acme", &leg, "ended:normal").await;
+    assert!(events.contains(&"transfer:201".to_string()), "{events:?}");
 }

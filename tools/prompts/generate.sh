@@ -6,6 +6,10 @@
 # and SHA-256, and the versions of the tools that made it. The output is
 # committed and embedded in the binary; CI checks the hashes and never
 # runs this. Needs: flite, sox, python3 (apt-get install flite sox).
+# sox dithers when it narrows to 8 bits, so a run changes every clip's
+# bytes a little: to add a prompt without touching the others, append the
+# new clip and its manifest entry to the committed library (as was done
+# for enter-account-code) rather than committing a whole new run.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="$here/../../host/prompts"

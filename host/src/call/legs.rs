@@ -106,6 +106,10 @@ pub struct LegSnapshot {
     pub bridged_with: Option<String>,
     /// The conference room the leg is in.
     pub room: Option<String>,
+    /// The user whose phone placed this inbound leg.
+    pub user: Option<String>,
+    /// The far end has put the leg on hold.
+    pub on_hold: bool,
     pub started_ms: u64,
     pub answered_ms: Option<u64>,
 }
@@ -131,6 +135,10 @@ pub enum CallEventKind {
     Unbridged,
     Joined(String),
     Left(String),
+    /// The leg's phone asks to transfer its call to this number (REFER).
+    Transfer(String),
+    Held,
+    Resumed,
     Ended(Cause),
 }
 

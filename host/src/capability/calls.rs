@@ -100,6 +100,15 @@ fn leg(ctx: &mut CallCtx, telephony: &State, id: &str) -> Result<LegSnapshot, Ca
                     s.state = LegState::Ended;
                 }
             }
+            // Unbridging the leg, or ending or unbridging its partner,
+            // leaves it on its own.
+            Command::Unbridge(leg) | Command::Hangup(leg, _) => {
+                if let Some(s) = snapshot.as_mut()
+                    && (leg == id || s.bridged_with.as_ref() == Some(leg))
+                {
+                    s.bridged_with = None;
+                }
+            }
             Command::Dial {
                 leg, caller, to, ..
             } if leg == id => {
@@ -113,6 +122,8 @@ fn leg(ctx: &mut CallCtx, telephony: &State, id: &str) -> Result<LegSnapshot, Ca
                     secure: false,
                     bridged_with: None,
                     room: None,
+                    user: None,
+                    on_hold: false,
                     started_ms: crate::support::clock::now_ms(),
                     answered_ms: None,
                 });
@@ -388,6 +399,47 @@ pub fn get_leg(ctx: &mut CallCtx, t: &State, id: &str) -> Result<LegSnapshot, Ca
     leg(ctx, t, id)
 }
 
+/// Refuses the transfer a leg's phone asked for; the phone hears
+/// `cause`.
+pub fn decline_transfer(
+    ctx: &mut CallCtx,
+    t: &State,
+    id: &str,
+    cause: legs::Cause,
+) -> Result<(), CapError> {
+    let l = leg(ctx, t, id)?;
+    in_state(&l, LegState::Answered, "decline a transfer of")?;
+    let declined = ctx
+        .txn
+        .effects_of::<Submit>()
+        .any(|s| matches!(&s.command, Command::DeclineTransfer(leg, _) if leg == id));
+    if declined || !t.transfer_pending(id) {
+        return Err(CapError::InvalidArgument(
+            "no transfer is pending on this leg".into(),
+        ));
+    }
+    queue(ctx, t, Command::DeclineTransfer(id.to_string(), cause))
+}
+
+/// What a number reaches in the plugin's tenant: the route's plugin,
+/// and its arguments when the route is the asker's own.
+pub fn route_of(
+    ctx: &mut CallCtx,
+    number: &str,
+) -> Result<Option<(String, Option<Vec<u8>>)>, CapError> {
+    ctx.charge(number.len())?;
+    if number.is_empty() || number.len() > MAX_DIAL_BYTES {
+        return Err(CapError::InvalidArgument(format!(
+            "a number is 1-{MAX_DIAL_BYTES} bytes"
+        )));
+    }
+    let own = ctx.plugin_name().to_string();
+    Ok(ctx.tenant.record.route_for(number).map(|r| {
+        let args = (r.plugin == own).then(|| r.args.clone().into_bytes());
+        (r.plugin.clone(), args)
+    }))
+}
+
 /// How a plugin asks for a call.
 pub struct DialRequest {
     pub to: String,
@@ -395,6 +447,8 @@ pub struct DialRequest {
     pub on_behalf_of: Option<String>,
     pub ring_ms: u32,
     pub state: Vec<u8>,
+    pub account_code: Option<String>,
+    pub caller_id: Option<String>,
 }
 
 /// Places a call through the dialing policy; returns the new leg's id
@@ -427,6 +481,29 @@ pub fn dial(ctx: &mut CallCtx, t: &State, req: DialRequest) -> Result<String, Ca
         }
         None => String::new(),
     };
+    if let Some(code) = &req.account_code
+        && !crate::telephony::policy::is_account_code(code)
+    {
+        return Err(CapError::InvalidArgument(
+            "an account code is 2-16 digits".into(),
+        ));
+    }
+    let shown = match &req.caller_id {
+        Some(id)
+            if (1..=64).contains(&id.len())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+._-".contains(&b)) =>
+        {
+            id.clone()
+        }
+        Some(_) => {
+            return Err(CapError::InvalidArgument(
+                "a caller id is 1-64 of A-Z a-z 0-9 + . _ -".into(),
+            ));
+        }
+        None => caller.clone(),
+    };
     let to = t
         .check_dial(
             ctx.tenant_id(),
@@ -435,6 +512,7 @@ pub fn dial(ctx: &mut CallCtx, t: &State, req: DialRequest) -> Result<String, Ca
             &req.to,
             (!caller.is_empty()).then_some(caller.as_str()),
             req.purpose,
+            req.account_code.as_deref(),
         )
         .map_err(|r| CapError::Denied(r.to_string()))?;
     // The tenant's talk minutes a day out of it (emergency calls and
@@ -476,10 +554,11 @@ pub fn dial(ctx: &mut CallCtx, t: &State, req: DialRequest) -> Result<String, Ca
         t,
         Command::Dial {
             leg: id.clone(),
-            caller,
+            caller: shown,
             to,
             ring_ms: req.ring_ms,
             state: req.state,
+            account_code: req.account_code,
             max_outbound,
         },
     )?;
@@ -634,6 +713,21 @@ impl twit::calls::Host for View<'_, State> {
     fn get_leg(&mut self, leg: String) -> WitResult<t::LegSnapshot> {
         wrap(get_leg(self.call, self.state, &leg).map(wit_snapshot))
     }
+
+    fn decline_transfer(&mut self, leg: String, cause: t::Cause) -> WitResult<()> {
+        wrap(decline_transfer(
+            self.call,
+            self.state,
+            &leg,
+            cause_of(cause),
+        ))
+    }
+
+    fn route_of(&mut self, number: String) -> WitResult<Option<t::Route>> {
+        wrap(
+            route_of(self.call, &number).map(|r| r.map(|(plugin, args)| t::Route { plugin, args })),
+        )
+    }
 }
 
 impl twit::dial::Host for View<'_, State> {
@@ -649,6 +743,8 @@ impl twit::dial::Host for View<'_, State> {
             },
             on_behalf_of: opts.on_behalf_of,
             ring_ms: opts.ring_ms,
+            account_code: opts.account_code,
+            caller_id: opts.caller_id,
             state: opts.state,
         };
         wrap(dial(self.call, self.state, req))
@@ -700,6 +796,9 @@ pub(crate) fn wit_event(e: CallEvent) -> t::CallEvent {
         CallEventKind::Unbridged => t::CallEventKind::Unbridged,
         CallEventKind::Joined(room) => t::CallEventKind::Joined(room),
         CallEventKind::Left(room) => t::CallEventKind::Left(room),
+        CallEventKind::Transfer(to) => t::CallEventKind::Transfer(to),
+        CallEventKind::Held => t::CallEventKind::Held,
+        CallEventKind::Resumed => t::CallEventKind::Resumed,
         CallEventKind::Ended(cause) => t::CallEventKind::Ended(wit_cause(cause)),
     };
     t::CallEvent {
@@ -732,6 +831,8 @@ pub(crate) fn wit_snapshot(s: legs::LegSnapshot) -> t::LegSnapshot {
         secure: s.secure,
         bridged_with: s.bridged_with,
         room: s.room,
+        user: s.user,
+        on_hold: s.on_hold,
         started_ms: s.started_ms,
         answered_ms: s.answered_ms,
     }

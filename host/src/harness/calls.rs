@@ -32,6 +32,9 @@ pub enum Signal {
     Ended(String, Cause),
     /// A call was placed to a number (as the policy read it).
     Dialled(String, String),
+    /// The phone of a leg heard its transfer failed (declined, or not
+    /// settled in time).
+    TransferFailed(String, Cause),
 }
 
 /// A test phone: a UDP socket on loopback.
@@ -177,6 +180,10 @@ impl Signalling for Side {
         self.signal(Signal::Ended(leg.to_string(), cause));
     }
 
+    fn transfer_failed(&self, leg: &str, cause: Cause) {
+        self.signal(Signal::TransferFailed(leg.to_string(), cause));
+    }
+
     fn originate(&self, call: Outbound) {
         self.signal(Signal::Dialled(call.leg.clone(), call.to.number.clone()));
         let Some(t) = self.telephony.upgrade() else {
@@ -247,6 +254,23 @@ impl CallRig {
         args: &[u8],
         phone: &mut Phone,
     ) -> anyhow::Result<String> {
+        self.ring_from(None, tenant, plugin, caller, callee, args, phone)
+            .await
+    }
+
+    /// [`CallRig::ring`] from the phone of user `user` (the leg's
+    /// `user`, as a registered device's call has), or from no user.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn ring_from(
+        &self,
+        user: Option<&str>,
+        tenant: &str,
+        plugin: &str,
+        caller: &str,
+        callee: &str,
+        args: &[u8],
+        phone: &mut Phone,
+    ) -> anyhow::Result<String> {
         let (leg, addr) = self
             .telephony
             .offer(Inbound {
@@ -255,12 +279,24 @@ impl CallRig {
                 args: args.to_vec(),
                 caller: caller.to_string(),
                 callee: callee.to_string(),
+                user: user.map(str::to_string),
                 media: phone.offer()?,
                 trunk: None,
             })
             .await?;
         phone.connect(addr);
         Ok(leg)
+    }
+
+    /// The phone of leg `leg` asks to transfer its call to `to` (as a
+    /// REFER does): `transfer` goes to the plugin.
+    pub async fn transfer(&self, leg: &str, to: &str) -> anyhow::Result<()> {
+        Ok(self.telephony.transfer(leg, to).await?)
+    }
+
+    /// The far end of leg `leg` puts it on hold, or takes it off.
+    pub fn hold(&self, leg: &str, on_hold: bool) {
+        self.telephony.hold(leg, on_hold);
     }
 
     /// The far end of leg `id` hangs up.

@@ -379,10 +379,11 @@ impl Runtime {
             .clone())
     }
 
-    /// The route of `number` in `tenant`, if the tenant exists and has one.
+    /// The route a device of `tenant` reaches by dialling `number`: the
+    /// route of that number, else the first pattern it matches.
     pub fn route(&self, tenant: &str, number: &str) -> Option<Route> {
         let t = self.inner.registry.tenant(tenant)?;
-        t.record.routes.iter().find(|r| r.number == number).cloned()
+        t.record.route_for(number).cloned()
     }
 
     /// A tenant's dialing policy as set, and as it applies (defaults

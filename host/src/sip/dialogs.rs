@@ -65,6 +65,9 @@ pub struct Dialog {
     /// The highest CSeq the device's requests carried (a re-INVITE must
     /// go higher).
     pub their_cseq: u32,
+    /// The CSeq of the device's REFER whose transfer is pending (its
+    /// NOTIFYs name it in `Event: refer;id=`).
+    pub refer: Option<u32>,
 }
 
 impl Dialog {
@@ -101,6 +104,7 @@ impl Dialog {
             sdp_addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
             session: (0, 1),
             their_cseq: invite.cseq().map(|(n, _)| n).unwrap_or(0),
+            refer: None,
         }
     }
 
@@ -125,15 +129,45 @@ impl Dialog {
         Some(r)
     }
 
-    /// A BYE to the device.
-    pub fn bye(&mut self, via: &str) -> Message {
+    /// A request of ours in the dialog, with the next CSeq.
+    fn in_dialog(&mut self, method: &str, via: &str) -> Message {
         self.cseq += 1;
-        let mut m = request("BYE", &self.target, via);
+        let mut m = request(method, &self.target, via);
         m.push("From", self.local.clone());
         m.push("To", self.remote.clone());
         m.push("Call-ID", self.call_id.clone());
-        m.push("CSeq", format!("{} BYE", self.cseq));
+        m.push("CSeq", format!("{} {method}", self.cseq));
         m
+    }
+
+    /// A BYE to the device.
+    pub fn bye(&mut self, via: &str) -> Message {
+        self.in_dialog("BYE", via)
+    }
+
+    /// A NOTIFY of the pending REFER's progress (RFC 3515 §2.4.4): the
+    /// status line of the transfer as a `message/sipfrag`; `done` ends
+    /// the implicit subscription (and forgets the REFER). `None` if no
+    /// REFER is pending.
+    pub fn refer_notify(&mut self, via: &str, status: &str, done: bool) -> Option<Message> {
+        let id = self.refer?;
+        if done {
+            self.refer = None;
+        }
+        let mut m = self.in_dialog("NOTIFY", via);
+        m.push("Contact", format!("<{}>", self.contact));
+        m.push("Event", format!("refer;id={id}"));
+        m.push(
+            "Subscription-State",
+            if done {
+                "terminated;reason=noresource"
+            } else {
+                "active;expires=60"
+            },
+        );
+        m.push("Content-Type", "message/sipfrag;version=2.0");
+        m.body = format!("SIP/2.0 {status}\r\n").into_bytes();
+        Some(m)
     }
 }
 

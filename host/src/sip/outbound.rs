@@ -651,6 +651,7 @@ impl Door {
             sdp_addr: offered,
             session: (session_id, 1),
             their_cseq: 0,
+            refer: None,
         });
         // The cancelled devices' final answers still find the fork for
         // their ACKs for a while.

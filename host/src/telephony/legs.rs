@@ -58,6 +58,9 @@ pub const MAX_EVENTS_HARD: usize = 4 * MAX_QUEUED_EVENTS;
 pub const PLAY_DONE_GRACE_MS: u64 = 2_000;
 /// Most live legs of one tenant (inbound and outbound).
 pub const MAX_LEGS_PER_TENANT: usize = 2000;
+/// How long a transfer a phone asked for may wait for the plugin to end
+/// the leg or decline; then the phone hears it failed.
+pub const TRANSFER_LIMIT_MS: u64 = 30_000;
 /// A DTMF key tone and the gap after it, as played.
 const KEY_TONE: Duration = Duration::from_millis(100);
 const KEY_GAP: Duration = Duration::from_millis(60);
@@ -87,12 +90,16 @@ pub enum Command {
     },
     Leave(String),
     SetState(String, Vec<u8>),
+    /// Refuses the transfer the leg's phone asked for.
+    DeclineTransfer(String, Cause),
     Dial {
         leg: String,
         caller: String,
         to: Dialled,
         ring_ms: u32,
         state: Vec<u8>,
+        /// The account code the call is billed to (checked).
+        account_code: Option<String>,
         /// The tenant's cap on concurrent outbound legs, checked again
         /// here (dials committed at once may pass the issue-time check).
         max_outbound: Option<u32>,
@@ -139,6 +146,9 @@ pub enum Action {
     Answer(String),
     End(String, Cause),
     Originate(Outbound),
+    /// Tell the leg's phone its transfer failed (declined, or not
+    /// settled in time).
+    TransferFailed(String, Cause),
 }
 
 /// An event to deliver to a plugin's `on-call`.
@@ -182,6 +192,10 @@ struct Leg {
     snapshot: LegSnapshot,
     /// The trunk the leg came in or went out over.
     trunk: Option<String>,
+    /// The account code an outbound leg is billed to.
+    account_code: Option<String>,
+    /// When a transfer the phone asked for gives up, if one is pending.
+    transfer_due_ms: Option<u64>,
     media: Option<u64>,
     /// When an offered or ringing leg gives up.
     deadline_ms: Option<u64>,
@@ -454,10 +468,14 @@ impl Table {
                 secure: false,
                 bridged_with: None,
                 room: None,
+                user: None,
+                on_hold: false,
                 started_ms: now,
                 answered_ms: None,
             },
             trunk: None,
+            account_code: None,
+            transfer_due_ms: None,
             media: None,
             deadline_ms: None,
             last_activity_ms: now,
@@ -505,6 +523,7 @@ impl Table {
         );
         leg.deadline_ms = Some(now + OFFER_LIMIT_MS);
         leg.trunk = inbound.trunk.clone();
+        leg.snapshot.user = inbound.user.clone();
         self.attach_media(
             &id,
             media,
@@ -592,12 +611,14 @@ impl Table {
             tenant: l.tenant.clone(),
             record: Box::new(CallRecord {
                 trunk: l.trunk.clone(),
+                account_code: l.account_code.clone(),
                 ..CallRecord::of(&l.plugin, &l.snapshot, cause.name(), now)
             }),
             media: l.media,
         });
         l.snapshot.state = LegState::Ended;
         l.deadline_ms = None;
+        l.transfer_due_ms = None;
         l.push(CallEventKind::Ended(cause), now);
         if let Some(m) = l.media.take() {
             self.by_media.remove(&m);
@@ -905,12 +926,22 @@ impl Table {
                     l.client_state = state;
                 }
             }
+            Command::DeclineTransfer(id, cause) => {
+                if self.lookup(tenant, plugin, &id).is_some()
+                    && let Some(l) = self.legs.get_mut(&id)
+                    && l.transfer_due_ms.take().is_some()
+                {
+                    l.last_activity_ms = now;
+                    actions.push(Action::TransferFailed(id, cause));
+                }
+            }
             Command::Dial {
                 leg,
                 caller,
                 to,
                 ring_ms,
                 state,
+                account_code,
                 max_outbound,
             } => {
                 if self.legs.contains_key(&leg) {
@@ -932,6 +963,7 @@ impl Table {
                 );
                 l.deadline_ms = Some(now + u64::from(ring_ms));
                 l.client_state = state;
+                l.account_code = account_code;
                 if over_cap {
                     // Never placed: the leg ends at once, `restricted`.
                     let mut actions = self.end(&leg, Cause::Restricted, false, now);
@@ -1049,6 +1081,48 @@ impl Table {
         }
     }
 
+    /// The leg's phone asks to transfer its call to `to`: `transfer`
+    /// goes to the plugin, which has [`TRANSFER_LIMIT_MS`] to end the leg
+    /// or decline. False (nothing changes) unless the leg is answered,
+    /// alive and has no transfer pending.
+    pub fn transfer(&mut self, id: &str, to: &str, now: u64) -> bool {
+        let Some(l) = self.legs.get_mut(id) else {
+            return false;
+        };
+        if l.snapshot.state != LegState::Answered || l.dead || l.transfer_due_ms.is_some() {
+            return false;
+        }
+        l.transfer_due_ms = Some(now + TRANSFER_LIMIT_MS);
+        l.last_activity_ms = now;
+        l.push(CallEventKind::Transfer(to.to_string()), now);
+        true
+    }
+
+    /// Whether leg `id`'s phone asked for a transfer not yet settled.
+    pub fn transfer_pending(&self, id: &str) -> bool {
+        self.legs
+            .get(id)
+            .is_some_and(|l| l.transfer_due_ms.is_some())
+    }
+
+    /// The far end put an answered leg on hold or took it off: `held` or
+    /// `resumed` goes to the plugin when that changes.
+    pub fn hold(&mut self, id: &str, on_hold: bool, now: u64) {
+        if let Some(l) = self.legs.get_mut(id)
+            && l.snapshot.state == LegState::Answered
+            && l.snapshot.on_hold != on_hold
+        {
+            l.snapshot.on_hold = on_hold;
+            l.last_activity_ms = now;
+            let kind = if on_hold {
+                CallEventKind::Held
+            } else {
+                CallEventKind::Resumed
+            };
+            l.push(kind, now);
+        }
+    }
+
     /// A key pressed on a leg's media.
     pub fn digit(&mut self, media: u64, key: char, now: u64) -> Vec<Action> {
         let mut actions = Vec::new();
@@ -1138,6 +1212,10 @@ impl Table {
                     expired.push((id.clone(), Cause::NoAnswer));
                 }
                 LegState::Answered => {
+                    if l.transfer_due_ms.is_some_and(|d| d <= now) {
+                        l.transfer_due_ms = None;
+                        actions.push(Action::TransferFailed(id.clone(), Cause::Timeout));
+                    }
                     if now.saturating_sub(l.snapshot.started_ms) >= MAX_LEG_MS
                         || (l.idle() && now.saturating_sub(l.last_activity_ms) >= IDLE_LIMIT_MS)
                     {
@@ -1239,6 +1317,7 @@ mod tests {
             args: b"a".to_vec(),
             caller: "alice".into(),
             callee: "100".into(),
+            user: None,
             media: MediaOffer {
                 remote: "127.0.0.1:4000".parse().unwrap(),
                 payload_type: 0,
@@ -1269,6 +1348,70 @@ mod tests {
 
     fn answered(t: &mut Table, id: &str, now: u64) {
         t.command(T, P, Command::Answer(id.into()), now);
+    }
+
+    #[test]
+    fn a_transfer_is_pending_once_and_is_declined_or_times_out() {
+        let mut t = Table::default();
+        t.offer("a".into(), &inbound(), 1, 0);
+        // Not before the leg is answered.
+        assert!(!t.transfer("a", "201", 0));
+        answered(&mut t, "a", 0);
+        kinds(&mut t, "a", 0);
+        assert!(t.transfer("a", "201", 10));
+        assert!(t.transfer_pending("a"));
+        // One at a time.
+        assert!(!t.transfer("a", "202", 11));
+        assert_eq!(
+            kinds(&mut t, "a", 12),
+            vec![CallEventKind::Transfer("201".into())]
+        );
+        // Another plugin cannot decline it; the owner can, once.
+        assert!(
+            t.command(
+                T,
+                "other",
+                Command::DeclineTransfer("a".into(), Cause::Busy),
+                13
+            )
+            .is_empty()
+        );
+        let acts = t.command(T, P, Command::DeclineTransfer("a".into(), Cause::Busy), 14);
+        assert!(
+            matches!(&acts[..], [Action::TransferFailed(l, Cause::Busy)] if l == "a"),
+            "{acts:?}"
+        );
+        assert!(
+            t.command(T, P, Command::DeclineTransfer("a".into(), Cause::Busy), 15)
+                .is_empty()
+        );
+        // Unsettled past the limit: the phone hears a timeout; the leg lives.
+        assert!(t.transfer("a", "203", 100));
+        assert!(
+            t.tick(100 + TRANSFER_LIMIT_MS - 1)
+                .iter()
+                .all(|a| !matches!(a, Action::TransferFailed(..)))
+        );
+        let acts = t.tick(100 + TRANSFER_LIMIT_MS);
+        assert!(
+            acts.iter()
+                .any(|a| matches!(a, Action::TransferFailed(l, Cause::Timeout) if l == "a")),
+            "{acts:?}"
+        );
+        assert!(!t.transfer_pending("a") && t.is_answered("a"));
+        // Hold and resume: events only on a change, the snapshot says so.
+        t.hold("a", true, 200);
+        t.hold("a", true, 201);
+        assert_eq!(t.lookup(T, P, "a").map(|s| s.on_hold), Some(true));
+        t.hold("a", false, 202);
+        let got = kinds(&mut t, "a", 203);
+        assert_eq!(
+            got.iter()
+                .filter(|k| matches!(k, CallEventKind::Held | CallEventKind::Resumed))
+                .count(),
+            2,
+            "{got:?}"
+        );
     }
 
     #[test]
@@ -1623,6 +1766,7 @@ mod tests {
             },
             ring_ms: 5000,
             state: Vec::new(),
+            account_code: None,
             max_outbound: Some(1),
         };
         let first = t.command(T, P, dial("d1", Class::National), 0);

@@ -445,6 +445,7 @@ pub fn from_dialing(
             Cor {
                 classes,
                 forward_external: r.forward_external,
+                transfer_external: r.transfer_external,
             },
         );
     }
@@ -465,11 +466,52 @@ pub fn from_dialing(
     }
     rules.users = d.users.clone();
     rules.default_restriction = d.default_restriction.clone();
+    if d.account_codes.len() > MAX_ACCOUNT_CODES {
+        return Err(PolicyError::TooMany(format!(
+            "at most {MAX_ACCOUNT_CODES} account codes"
+        )));
+    }
+    for code in &d.account_codes {
+        if !is_account_code(code) {
+            return Err(PolicyError::Plan(format!(
+                "account code {code:?}: 2-16 digits"
+            )));
+        }
+        if !rules.account_codes.insert(code.clone()) {
+            return Err(PolicyError::Plan(format!(
+                "account code {code} is listed twice"
+            )));
+        }
+    }
+    rules.account_code_classes = d
+        .account_code_classes
+        .iter()
+        .map(|c| Class::from_name(c).ok_or_else(|| PolicyError::Class(c.clone())))
+        .collect::<Result<_, _>>()?;
+    if rules.account_code_classes.contains(&Class::Emergency) {
+        return Err(PolicyError::Plan(
+            "emergency calls never need an account code".into(),
+        ));
+    }
+    if !rules.account_code_classes.is_empty() && rules.account_codes.is_empty() {
+        return Err(PolicyError::Plan(
+            "account_code_classes needs account_codes to choose from".into(),
+        ));
+    }
     Ok((plan, rules))
 }
 
+/// Most account codes a tenant lists.
+pub const MAX_ACCOUNT_CODES: usize = 10_000;
+
+/// Whether `code` is an account code's shape: 2-16 digits.
+pub fn is_account_code(code: &str) -> bool {
+    (2..=16).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// Why a plugin places a call (`dial-purpose`): a forward needs the
-/// class of service `forward_external` to leave the tenant.
+/// class of service `forward_external` to leave the tenant, a transfer
+/// `transfer_external`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
     Call,
@@ -481,23 +523,41 @@ pub enum Purpose {
 impl Rules {
     /// SPEC T1 for one call: the caller's class of restriction, then the
     /// tenant's rules ([`Rules::decide`]), then the class of service (a
-    /// forward out of the tenant).
+    /// forward or a transfer out of the tenant), then the account code
+    /// (one given must be the tenant's; the classes the tenant names need
+    /// one). Emergency calls pass whatever else is said.
     pub fn decide_for(
         &self,
         dialled: &Dialled,
         user: Option<&str>,
         purpose: Purpose,
+        account_code: Option<&str>,
     ) -> Result<(), Refusal> {
         let cor = self.cor_of(user);
         self.decide(dialled, &cor.classes)?;
-        let outside = !matches!(dialled.class, Class::Internal | Class::Emergency);
-        if purpose == Purpose::Forward && outside && !cor.forward_external {
-            return Err(Refusal::new(
-                "forwarding to numbers outside the tenant is not allowed for this caller",
-                Some(dialled.class),
-            ));
+        if dialled.class == Class::Emergency {
+            return Ok(());
         }
-        Ok(())
+        let outside = dialled.class != Class::Internal;
+        let refuse = |why: &str| Err(Refusal::new(why, Some(dialled.class)));
+        if purpose == Purpose::Forward && outside && !cor.forward_external {
+            return refuse(
+                "forwarding to numbers outside the tenant is not allowed for this caller",
+            );
+        }
+        if purpose == Purpose::Transfer && outside && !cor.transfer_external {
+            return refuse(
+                "transferring to numbers outside the tenant is not allowed for this caller",
+            );
+        }
+        match account_code {
+            Some(code) if !self.account_codes.contains(code) => refuse("account code unknown"),
+            None if self.account_code_classes.contains(&dialled.class) => Err(Refusal::new(
+                format!("account code required for {} numbers", dialled.class.name()),
+                Some(dialled.class),
+            )),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -511,6 +571,7 @@ pub const MAX_RESTRICTED_USERS: usize = 10_000;
 pub struct Cor {
     pub classes: BTreeSet<Class>,
     pub forward_external: bool,
+    pub transfer_external: bool,
 }
 
 impl Cor {
@@ -519,6 +580,7 @@ impl Cor {
         Cor {
             classes: Class::ALL.into_iter().collect(),
             forward_external: true,
+            transfer_external: true,
         }
     }
 }
@@ -534,6 +596,9 @@ pub struct Rules {
     pub restrictions: std::collections::BTreeMap<String, Cor>,
     pub users: std::collections::BTreeMap<String, String>,
     pub default_restriction: Option<String>,
+    /// Account codes calls may be billed to, and the classes needing one.
+    pub account_codes: BTreeSet<String>,
+    pub account_code_classes: BTreeSet<Class>,
 }
 
 impl Default for Rules {
@@ -553,6 +618,8 @@ impl Default for Rules {
             restrictions: Default::default(),
             users: Default::default(),
             default_restriction: None,
+            account_codes: BTreeSet::new(),
+            account_code_classes: BTreeSet::new(),
         }
     }
 }
@@ -637,6 +704,95 @@ mod tests {
     use super::*;
 
     #[test]
+    fn transfers_out_need_their_service_and_account_codes_are_checked() {
+        let mut d = crate::tenant::Dialing {
+            region: Some("GB".into()),
+            account_codes: vec!["1234".into(), "987654".into()],
+            account_code_classes: vec!["mobile".into()],
+            ..Default::default()
+        };
+        d.restrictions.insert(
+            "desk".into(),
+            crate::tenant::Restriction {
+                classes: vec!["internal".into(), "national".into(), "mobile".into()],
+                forward_external: true,
+                transfer_external: false,
+            },
+        );
+        d.default_restriction = Some("desk".into());
+        let (plan, rules) = from_dialing(&d, "US").unwrap();
+        let national = plan.read("02079460018").unwrap();
+        let mobile = plan.read("07400123456").unwrap();
+        let ext = plan.read("201").unwrap();
+        let emergency = plan.read("999").unwrap();
+        // A transfer out needs transfer_external; inside it does not.
+        let refused = rules
+            .decide_for(&national, None, Purpose::Transfer, None)
+            .unwrap_err();
+        assert!(refused.reason.contains("transferring"), "{refused}");
+        assert!(
+            rules
+                .decide_for(&ext, None, Purpose::Transfer, None)
+                .is_ok()
+        );
+        assert!(
+            rules
+                .decide_for(&national, None, Purpose::Forward, None)
+                .is_ok()
+        );
+        // Mobile numbers need a listed code; any given code must be listed.
+        let refused = rules
+            .decide_for(&mobile, None, Purpose::Call, None)
+            .unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "restricted: account code required for mobile numbers"
+        );
+        assert!(
+            rules
+                .decide_for(&mobile, None, Purpose::Call, Some("1234"))
+                .is_ok()
+        );
+        let refused = rules
+            .decide_for(&national, None, Purpose::Call, Some("1235"))
+            .unwrap_err();
+        assert_eq!(refused.to_string(), "restricted: account code unknown");
+        assert!(
+            rules
+                .decide_for(&national, None, Purpose::Call, Some("987654"))
+                .is_ok()
+        );
+        assert!(
+            rules
+                .decide_for(&national, None, Purpose::Call, None)
+                .is_ok()
+        );
+        // Emergency: no code needed, and a wrong one does not stop it.
+        assert!(
+            rules
+                .decide_for(&emergency, None, Purpose::Transfer, Some("0"))
+                .is_ok()
+        );
+        // Bad settings are refused.
+        for (codes, classes) in [
+            (vec!["1"], vec![]),
+            (vec!["12a4"], vec![]),
+            (vec!["12345678901234567"], vec![]),
+            (vec!["1234", "1234"], vec![]),
+            (vec![], vec!["mobile"]),
+            (vec!["1234"], vec!["emergency"]),
+            (vec!["1234"], vec!["lunar"]),
+        ] {
+            let bad = crate::tenant::Dialing {
+                account_codes: codes.iter().map(|c| c.to_string()).collect(),
+                account_code_classes: classes.iter().map(|c| c.to_string()).collect(),
+                ..d.clone()
+            };
+            assert!(from_dialing(&bad, "GB").is_err(), "{codes:?} {classes:?}");
+        }
+    }
+
+    #[test]
     fn a_users_restriction_narrows_and_forwarding_out_needs_its_service() {
         let mut d = crate::tenant::Dialing {
             region: Some("GB".into()),
@@ -647,6 +803,7 @@ mod tests {
             crate::tenant::Restriction {
                 classes: vec!["internal".into()],
                 forward_external: false,
+                transfer_external: false,
             },
         );
         d.restrictions.insert(
@@ -654,6 +811,7 @@ mod tests {
             crate::tenant::Restriction {
                 classes: vec!["internal".into(), "national".into(), "premium".into()],
                 forward_external: false,
+                transfer_external: false,
             },
         );
         d.users.insert("ann".into(), "staff".into());
@@ -662,33 +820,41 @@ mod tests {
         let national = plan.read("02079460018").unwrap();
         assert!(
             rules
-                .decide_for(&national, Some("ann"), Purpose::Call)
+                .decide_for(&national, Some("ann"), Purpose::Call, None)
                 .is_ok()
         );
         assert!(
             rules
-                .decide_for(&national, Some("bob"), Purpose::Call)
+                .decide_for(&national, Some("bob"), Purpose::Call, None)
                 .is_err()
         );
-        assert!(rules.decide_for(&national, None, Purpose::Call).is_err());
+        assert!(
+            rules
+                .decide_for(&national, None, Purpose::Call, None)
+                .is_err()
+        );
         let refused = rules
-            .decide_for(&national, Some("ann"), Purpose::Forward)
+            .decide_for(&national, Some("ann"), Purpose::Forward, None)
             .unwrap_err();
         assert!(refused.reason.contains("forwarding"), "{refused}");
         // Premium in the restriction does not open what the tenant denies.
         let premium = plan.read("09012345678").unwrap();
         assert!(
             rules
-                .decide_for(&premium, Some("ann"), Purpose::Call)
+                .decide_for(&premium, Some("ann"), Purpose::Call, None)
                 .is_err()
         );
         // Emergency always; an internal forward is no forward out.
         let emergency = plan.read("999").unwrap();
-        assert!(rules.decide_for(&emergency, None, Purpose::Forward).is_ok());
+        assert!(
+            rules
+                .decide_for(&emergency, None, Purpose::Forward, None)
+                .is_ok()
+        );
         let ext = plan.read("201").unwrap();
         assert!(
             rules
-                .decide_for(&ext, Some("ann"), Purpose::Forward)
+                .decide_for(&ext, Some("ann"), Purpose::Forward, None)
                 .is_ok()
         );
         // No restriction at all: the tenant's rules alone.
@@ -696,7 +862,7 @@ mod tests {
             .unwrap()
             .1;
         assert!(
-            open.decide_for(&national, Some("x"), Purpose::Forward)
+            open.decide_for(&national, Some("x"), Purpose::Forward, None)
                 .is_ok()
         );
         // A bad name, a dangling holder, an unknown class: refused.

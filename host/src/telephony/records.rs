@@ -33,6 +33,9 @@ pub struct CallRecord {
     /// The trunk the leg came in or went out over, if any.
     #[serde(default)]
     pub trunk: Option<String>,
+    /// The account code an outbound leg was billed to, if any.
+    #[serde(default)]
+    pub account_code: Option<String>,
 }
 
 /// A leg's media figures.
@@ -69,6 +72,7 @@ impl CallRecord {
             secure: s.secure,
             media: None,
             trunk: None,
+            account_code: None,
         }
     }
 
@@ -93,7 +97,7 @@ impl CallRecord {
 }
 
 /// The CSV header of [`CallRecord::csv_row`].
-pub const CSV_HEADER: &str = "leg,plugin,direction,caller,callee,started_ms,answered_ms,ended_ms,talk_ms,cause,codec,secure,sent_packets,received_packets,lost_packets,jitter_ms,trunk";
+pub const CSV_HEADER: &str = "leg,plugin,direction,caller,callee,started_ms,answered_ms,ended_ms,talk_ms,cause,codec,secure,sent_packets,received_packets,lost_packets,jitter_ms,trunk,account_code";
 
 impl CallRecord {
     /// The record as one CSV row (RFC 4180 quoting; cells that a
@@ -118,6 +122,7 @@ impl CallRecord {
             m.map_or(String::new(), |m| m.lost_packets.to_string()),
             m.map_or(String::new(), |m| m.jitter_ms.to_string()),
             self.trunk.clone().unwrap_or_default(),
+            self.account_code.clone().unwrap_or_default(),
         ];
         cells
             .iter()

@@ -32,6 +32,8 @@ pub struct Inbound {
     pub args: Vec<u8>,
     pub caller: String,
     pub callee: String,
+    /// The user whose phone placed the call (none from trunks).
+    pub user: Option<String>,
     pub media: MediaOffer,
     /// The trunk it came in over (for its call record).
     pub trunk: Option<String>,
@@ -60,6 +62,10 @@ pub trait Signalling: Send + Sync + 'static {
     /// Places a call the dialing policy allowed; `ringing`, `answered` or
     /// `ended` follow.
     fn originate(&self, call: Outbound);
+    /// The plugin declined the transfer a leg's phone asked for, or left
+    /// it unsettled too long (SIP: a final NOTIFY with the failure; the
+    /// call goes on). Nothing by default.
+    fn transfer_failed(&self, _leg: &str, _cause: Cause) {}
     /// A plugin changed the message-waiting counts of `user` (SIP: NOTIFY
     /// their devices' subscriptions). Nothing by default.
     fn mwi_changed(&self, _tenant: &str, _user: &str) {}

@@ -114,6 +114,8 @@ enum Msg {
     ),
     Ended(String, Cause),
     Delivered(String, u64, bool),
+    Transfer(String, String, oneshot::Sender<Result<(), TelephonyError>>),
+    Hold(String, bool),
 }
 
 /// Call control.
@@ -212,11 +214,14 @@ impl Telephony {
         to: &str,
         user: Option<&str>,
         purpose: policy::Purpose,
+        account_code: Option<&str>,
     ) -> Result<Dialled, Refusal> {
         let decided = match policy::from_dialing(dialing, &self.config.region) {
-            Ok((plan, rules)) => plan
-                .read(to)
-                .and_then(|d| rules.decide_for(&d, user, purpose).map(|()| d)),
+            Ok((plan, rules)) => plan.read(to).and_then(|d| {
+                rules
+                    .decide_for(&d, user, purpose, account_code)
+                    .map(|()| d)
+            }),
             // Checked when set; a record that no longer reads refuses all.
             Err(e) => Err(Refusal {
                 reason: format!("the tenant's dialing policy is unusable: {e}"),
@@ -236,6 +241,11 @@ impl Telephony {
             );
         }
         decided
+    }
+
+    /// Whether leg `id`'s phone asked for a transfer not yet settled.
+    pub fn transfer_pending(&self, id: &str) -> bool {
+        self.table.lock().recover().transfer_pending(id)
     }
 
     /// The leg `id` if `tenant`'s `plugin` owns it (else `None`, as for an
@@ -445,6 +455,20 @@ impl Telephony {
     pub async fn remedia(&self, leg: &str, media: MediaOffer) -> Result<(), TelephonyError> {
         self.ask(|tx| Msg::Remedia(leg.to_string(), Box::new(media), tx))
             .await
+    }
+
+    /// The phone of an answered leg asks to transfer its call to `to`
+    /// (SIP: REFER): `transfer` goes to the leg's plugin. `NoLeg` unless
+    /// the leg is answered and has no transfer pending.
+    pub async fn transfer(&self, leg: &str, to: &str) -> Result<(), TelephonyError> {
+        self.ask(|tx| Msg::Transfer(leg.to_string(), to.to_string(), tx))
+            .await
+    }
+
+    /// The far end put a leg on hold or took it off (SIP: the direction
+    /// of a re-INVITE's offer).
+    pub fn hold(&self, leg: &str, on_hold: bool) {
+        self.send(Msg::Hold(leg.to_string(), on_hold));
     }
 
     /// Sends call control the message `msg` makes around a reply channel
@@ -658,6 +682,19 @@ async fn run(me: Weak<Telephony>, media: MediaConfig, mut rx: mpsc::UnboundedRec
                     Vec::new()
                 }
                 Msg::Ended(leg, cause) => t.table.lock().recover().ended(&leg, cause, now),
+                Msg::Transfer(leg, to, reply) => {
+                    let taken = t.table.lock().recover().transfer(&leg, &to, now);
+                    let _ = reply.send(if taken {
+                        Ok(())
+                    } else {
+                        Err(TelephonyError::NoLeg)
+                    });
+                    Vec::new()
+                }
+                Msg::Hold(leg, on_hold) => {
+                    t.table.lock().recover().hold(&leg, on_hold, now);
+                    Vec::new()
+                }
                 Msg::Delivered(leg, seq, ok) => {
                     let mut table = t.table.lock().recover();
                     let owner = table.owner_of(&leg);
@@ -790,6 +827,10 @@ async fn carry_out(t: &Telephony, engine: &Engine, actions: Vec<Action>) {
             }
             Action::Originate(call) => {
                 t.signalling().originate(call);
+                Ok(())
+            }
+            Action::TransferFailed(leg, cause) => {
+                t.signalling().transfer_failed(&leg, cause);
                 Ok(())
             }
         };

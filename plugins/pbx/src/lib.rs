@@ -19,12 +19,28 @@
 //! it like any other (T1); a refused forward plays busy and hangs up.
 //! A forward never forwards again (no loops).
 //!
+//! Outside calls: a route whose args are `outside` (usually a pattern,
+//! `{"number": "_9.", "plugin": "pbx", "args": "outside"}`) places the
+//! number the phone dialled for the phone's user, through the dialing
+//! policy. When the tenant wants an account code for that number's class,
+//! the caller hears "please enter your account code", keys it in and `#`,
+//! and the call is placed billed to it (an unknown code is refused).
+//!
+//! Blind transfer: a phone in a call transfers it (its REFER reaches us
+//! as `transfer`); the other party hears ringback while the target rings
+//! and is bridged with it on answer. The target is an extension (rung as
+//! its user) or a number (a dial with purpose `transfer` on the
+//! transferring user's behalf, so the policy's `transfer_external`
+//! decides calls out). A refused or unresolvable target is declined: the
+//! phone hears it failed and keeps its call.
+//!
 //! State lives on the legs (`set-state`), so the plugin keeps no table of
 //! calls: the caller's leg knows its callee leg and the other way round.
 
 use serde::{Deserialize, Serialize};
 use switchboard_sdk::calls::{
-    self, CallEvent, CallEventKind, Cause, DialOpts, DialPurpose, LegState, Tone,
+    self, CallEvent, CallEventKind, Cause, CollectOpts, DialOpts, DialPurpose, LegState, Prompt,
+    Tone,
 };
 use switchboard_sdk::http::{self, ApiError, Params, RequestExt as _, Router};
 use switchboard_sdk::{Error, Plugin, PrincipalKind, Request, Response, config, identity, kv};
@@ -33,8 +49,14 @@ struct Pbx;
 
 switchboard_sdk::export_plugin!(Pbx);
 
+/// This plugin's name (routes naming it are ours).
+const NAME: &str = "pbx";
+/// The route args of outside calls.
+const OUTSIDE: &str = "outside";
 /// How long ringback plays at most (the dial's ring time ends it first).
 const RINGBACK_MS: u32 = 60_000;
+/// The prefix of the dialing policy's refusal for a missing account code.
+const CODE_REQUIRED: &str = "restricted: account code required";
 /// Longest forward target.
 const MAX_TARGET: usize = 64;
 
@@ -68,6 +90,58 @@ enum Role {
         #[serde(default)]
         answered: bool,
     },
+    /// A caller's leg keying in an account code for a call out to `to`.
+    Code { to: String, user: Option<String> },
+    /// A leg whose phone transferred its call away: its end ends nothing.
+    Transferred,
+}
+
+/// Where a number goes, as this plugin rings it.
+enum Target {
+    /// A user's devices (an extension routed to this plugin, or `user:`).
+    User(String),
+    /// Anything else the host dials as it is (a number, `device:`).
+    Dial(String),
+    /// Another plugin's number: not reachable from here yet.
+    Elsewhere,
+}
+
+/// What `to` reaches: an extension of ours rings its user.
+fn resolve(to: &str) -> Result<Target, Error> {
+    if let Some(user) = to.strip_prefix("user:") {
+        return Ok(Target::User(user.to_string()));
+    }
+    if to.starts_with("device:") {
+        return Ok(Target::Dial(to.to_string()));
+    }
+    match calls::route_of(to) {
+        Ok(Some(route)) if route.plugin == NAME => {
+            let args = String::from_utf8_lossy(&route.args.unwrap_or_default())
+                .trim()
+                .to_string();
+            if args == OUTSIDE {
+                return Ok(Target::Dial(to.to_string()));
+            }
+            match identity::lookup_user(&args)?.filter(|u| u.active) {
+                Some(u) => Ok(Target::User(u.id)),
+                None => Ok(Target::Elsewhere),
+            }
+        }
+        Ok(Some(_)) => Ok(Target::Elsewhere),
+        Ok(None) | Err(Error::InvalidArgument(_)) => Ok(Target::Dial(to.to_string())),
+        Err(err) => Err(err),
+    }
+}
+
+impl Target {
+    /// The dial string and the user rung, if a user.
+    fn dial(&self) -> Option<(String, String)> {
+        match self {
+            Target::User(id) => Some((format!("user:{id}"), id.clone())),
+            Target::Dial(n) => Some((n.clone(), String::new())),
+            Target::Elsewhere => None,
+        }
+    }
 }
 
 fn code(e: &Error) -> String {
@@ -89,38 +163,167 @@ fn forward_of(user: &str) -> Forward {
         .unwrap_or_default()
 }
 
-/// Places the call for `caller` to `to` (a number or `user:{id}`).
-fn ring(caller: &str, shown_as: &str, user: &str, to: &str, forwarded: bool) -> Result<(), Error> {
+/// A call this plugin places for the leg `caller`.
+struct Ring<'a> {
+    caller: &'a str,
+    /// What the rung phone shows as calling.
+    shown: &'a str,
+    /// The user it is placed for (their dialing restriction applies).
+    for_user: Option<String>,
+    /// The user rung (empty for a number).
+    user: &'a str,
+    to: &'a str,
+    purpose: DialPurpose,
+    account_code: Option<String>,
+}
+
+/// Places the call; returns the new leg (the caller's state names it).
+fn ring(r: Ring<'_>) -> Result<String, Error> {
     let ring_s: u32 = config::get("ring-seconds").unwrap_or(20);
     let opts = DialOpts {
-        purpose: if forwarded {
-            DialPurpose::Forward
-        } else {
-            DialPurpose::Call
-        },
-        on_behalf_of: (!shown_as.is_empty()).then(|| shown_as.to_string()),
+        purpose: r.purpose,
+        on_behalf_of: r.for_user.filter(|u| !u.is_empty()),
         ring_ms: ring_s.clamp(5, 120) * 1000,
         state: serde_json::to_vec(&Role::Callee {
-            caller: caller.to_string(),
-            user: user.to_string(),
-            forwarded,
+            caller: r.caller.to_string(),
+            user: r.user.to_string(),
+            // A forward, or a call to a number, is never forwarded again.
+            forwarded: r.purpose == DialPurpose::Forward || r.user.is_empty(),
             answered: false,
         })
         .unwrap_or_default(),
+        account_code: r.account_code,
+        caller_id: (!r.shown.is_empty()).then(|| {
+            r.shown
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || "+._-".contains(*c))
+                .take(64)
+                .collect()
+        }),
     };
-    let callee = calls::dial(to, &opts)?;
+    let callee = calls::dial(r.to, &opts)?;
     set(
-        caller,
+        r.caller,
         &Role::Caller {
-            callee: Some(callee),
+            callee: Some(callee.clone()),
         },
-    )
+    )?;
+    Ok(callee)
 }
 
-/// The caller's call cannot be put through: busy tone, then hang up.
+/// Rings a forward of `user`'s call (leg `caller`) to `target`.
+fn forward(caller: &str, user: &str, target: &str) -> Result<(), Error> {
+    let Some((to, rung)) = resolve(target)?.dial() else {
+        return give_up(caller, Cause::Unavailable);
+    };
+    let shown = calls::get_leg(caller)?.caller;
+    let placed = ring(Ring {
+        caller,
+        shown: &shown,
+        for_user: Some(user.to_string()),
+        user: &rung,
+        to: &to,
+        purpose: DialPurpose::Forward,
+        account_code: None,
+    });
+    match placed {
+        Ok(_) => Ok(()),
+        Err(Error::Denied(_)) => give_up(caller, Cause::Restricted),
+        Err(err) => Err(err),
+    }
+}
+
+/// A call out for the phone's user (an `outside` route), billed to
+/// `code`; asks for an account code when the policy wants one.
+fn call_out(leg: &str, to: &str, user: Option<String>, code: Option<String>) -> Result<(), Error> {
+    let placed = ring(Ring {
+        caller: leg,
+        shown: "",
+        for_user: user.clone(),
+        user: "",
+        to,
+        purpose: DialPurpose::Call,
+        account_code: code.clone(),
+    });
+    match placed {
+        Ok(_) => {
+            calls::play(leg, &[calls::tone(Tone::Ringback, RINGBACK_MS)], false)?;
+            Ok(())
+        }
+        Err(Error::Denied(why)) if code.is_none() && why.starts_with(CODE_REQUIRED) => {
+            set(
+                leg,
+                &Role::Code {
+                    to: to.to_string(),
+                    user,
+                },
+            )?;
+            calls::play(leg, &[Prompt::Library("enter-account-code".into())], true)?;
+            calls::collect(
+                leg,
+                &CollectOpts {
+                    max_digits: 16,
+                    terminators: "#".into(),
+                    first_ms: 10_000,
+                    between_ms: 5_000,
+                },
+            )?;
+            Ok(())
+        }
+        Err(Error::Denied(_)) => give_up(leg, Cause::Restricted),
+        Err(err) => Err(err),
+    }
+}
+
+/// Carries out a blind transfer leg `leg`'s phone asked for: its peer
+/// hears ringback and is rung through to `to`; this leg ends (the phone
+/// hears it went through). Declined when there is no peer or no way.
+fn transfer(e: &CallEvent, role: Option<Role>, to: &str) -> Result<(), Error> {
+    let leg = e.leg.as_str();
+    let Some(peer) = e.snapshot.bridged_with.clone() else {
+        return calls::decline_transfer(leg, Cause::Rejected);
+    };
+    let Some((target, rung)) = resolve(to)?.dial() else {
+        return calls::decline_transfer(leg, Cause::Unavailable);
+    };
+    // The transferring user: the one rung on this leg, or the one whose
+    // phone placed it.
+    let by = match role {
+        Some(Role::Callee { user, .. }) if !user.is_empty() => Some(user),
+        _ => e.snapshot.user.clone(),
+    };
+    let shown = calls::get_leg(&peer)?.caller;
+    let placed = ring(Ring {
+        caller: &peer,
+        shown: &shown,
+        for_user: by,
+        user: &rung,
+        to: &target,
+        purpose: DialPurpose::Transfer,
+        account_code: None,
+    });
+    match placed {
+        Ok(_) => {
+            set(leg, &Role::Transferred)?;
+            calls::hangup(leg, Cause::Normal)?;
+            calls::play(&peer, &[calls::tone(Tone::Ringback, RINGBACK_MS)], false)?;
+            Ok(())
+        }
+        Err(Error::Denied(_)) => calls::decline_transfer(leg, Cause::Restricted),
+        Err(err) => Err(err),
+    }
+}
+
+/// The caller's call cannot be put through: why (a refused number), busy
+/// tone, then hang up.
 fn give_up(caller: &str, cause: Cause) -> Result<(), Error> {
     set(caller, &Role::Caller { callee: None })?;
-    calls::play(caller, &[calls::tone(Tone::Busy, 3000)], false)?;
+    let mut items = Vec::new();
+    if cause == Cause::Restricted {
+        items.push(Prompt::Library("restricted".into()));
+    }
+    items.push(calls::tone(Tone::Busy, 3000));
+    calls::play(caller, &items, false)?;
     calls::hangup(caller, cause)
 }
 
@@ -130,22 +333,42 @@ fn on_call(e: &CallEvent) -> Result<(), Error> {
         (CallEventKind::Offered(args), _) => {
             let wanted = String::from_utf8_lossy(args).trim().to_string();
             calls::answer(leg)?;
+            if wanted == OUTSIDE {
+                let l = &e.snapshot;
+                return call_out(leg, &l.callee, l.user.clone(), None);
+            }
             let Some(user) = identity::lookup_user(&wanted)?.filter(|u| u.active) else {
                 return give_up(leg, Cause::Unavailable);
             };
-            let caller = calls::get_leg(leg)?.caller;
             calls::play(leg, &[calls::tone(Tone::Ringback, RINGBACK_MS)], false)?;
-            let fwd = forward_of(&user.id);
-            let (to, forwarded) = match &fwd.always {
-                Some(target) => (target.clone(), true),
-                None => (format!("user:{}", user.id), false),
-            };
-            match ring(leg, &caller, &user.id, &to, forwarded) {
-                Ok(()) => Ok(()),
-                Err(Error::Denied(_)) => give_up(leg, Cause::Restricted),
-                Err(err) => Err(err),
+            match forward_of(&user.id).always {
+                Some(target) => forward(leg, &user.id, &target),
+                None => {
+                    let caller = e.snapshot.user.clone();
+                    let placed = ring(Ring {
+                        caller: leg,
+                        shown: &e.snapshot.caller,
+                        for_user: caller,
+                        user: &user.id,
+                        to: &format!("user:{}", user.id),
+                        purpose: DialPurpose::Call,
+                        account_code: None,
+                    });
+                    match placed {
+                        Ok(_) => Ok(()),
+                        Err(Error::Denied(_)) => give_up(leg, Cause::Restricted),
+                        Err(err) => Err(err),
+                    }
+                }
             }
         }
+        (CallEventKind::Collected(c), Some(Role::Code { to, user })) => {
+            if c.digits.is_empty() {
+                return give_up(leg, Cause::Restricted);
+            }
+            call_out(leg, &to, user, Some(c.digits.clone()))
+        }
+        (CallEventKind::Transfer(to), role) => transfer(e, role, to),
         (
             CallEventKind::Answered,
             Some(Role::Callee {
@@ -184,9 +407,9 @@ fn on_call(e: &CallEvent) -> Result<(), Error> {
                 answered,
             }),
         ) => {
-            let Ok(snapshot) = calls::get_leg(&caller) else {
+            if calls::get_leg(&caller).is_err() {
                 return Ok(()); // The caller is gone too.
-            };
+            }
             if answered {
                 // The callee hung up: so does the caller.
                 return calls::hangup(&caller, Cause::Normal);
@@ -198,13 +421,7 @@ fn on_call(e: &CallEvent) -> Result<(), Error> {
                 _ => None,
             };
             match next {
-                Some(target) if !forwarded => {
-                    match ring(&caller, &snapshot.caller, &user, &target, true) {
-                        Ok(()) => Ok(()),
-                        Err(Error::Denied(_)) => give_up(&caller, Cause::Restricted),
-                        Err(err) => Err(err),
-                    }
-                }
+                Some(target) if !forwarded => forward(&caller, &user, &target),
                 _ => give_up(&caller, *cause),
             }
         }
