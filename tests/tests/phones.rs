@@ -4,7 +4,7 @@
 //! Installed by `tests/tools/install-peers.sh` (the README's test
 //! command); a missing peer fails the test, naming the script. SPEC T2.
 //!
-//! Kept to two tests: each costs real-time seconds.
+//! Kept to three tests: each costs real-time seconds.
 
 use std::time::Duration;
 
@@ -30,7 +30,7 @@ async fn rig() -> Rig {
     switchboard_tests::baresip::require().unwrap();
     let h = harness(&["callflow", "pbx"]).await;
     tenant(&h, "acme", Limits::default(), &["callflow", "pbx"]).await;
-    for u in ["alice", "bob"] {
+    for u in ["alice", "bob", "carol"] {
         create_user(&h, "acme", u, "user").await;
     }
     let route = |number: &str, plugin: &str, args: &str| Route {
@@ -42,7 +42,11 @@ async fn rig() -> Rig {
         &h,
         Op::RoutesSet {
             tenant: "acme".into(),
-            routes: vec![route("201", "pbx", "bob"), route("300", "callflow", "echo")],
+            routes: vec![
+                route("201", "pbx", "bob"),
+                route("202", "pbx", "carol"),
+                route("300", "callflow", "echo"),
+            ],
         },
     )
     .await;
@@ -213,4 +217,58 @@ async fn t2_baresip_keys_reach_a_plugin_and_a_wrong_password_is_refused() {
         .unwrap();
     assert_eq!(event_type(&failed), Some("REGISTER_FAIL"), "{failed}");
     assert!(param(&failed).contains("403"), "{failed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t2_baresip_transfers_a_call_blind_and_the_caller_reaches_the_target() {
+    let r = rig().await;
+    let mut alice = r.phone("alice", None).await;
+    let mut bob = r.phone("bob", None).await;
+    let mut carol = r.phone("carol", None).await;
+    alice.dial("sip:201@acme.localhost").await.unwrap();
+    for ua in [&mut alice, &mut bob] {
+        ua.wait_type("CALL_ESTABLISHED", WAIT).await.unwrap();
+    }
+    // A second later (as a person would), Bob transfers Alice to Carol's
+    // extension (REFER): his phone hears
+    // it went through and ends his call; Carol's rings and answers.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let sent = bob
+        .command("transfer", "sip:202@acme.localhost")
+        .await
+        .unwrap();
+    assert!(
+        sent.get("ok").and_then(|v| v.as_bool()).unwrap_or(false),
+        "{sent}"
+    );
+    let closed = bob.wait_type("CALL_CLOSED", WAIT).await.unwrap();
+    assert!(param(&closed).contains("transfer"), "Bob's call: {closed}");
+    let rang = carol.wait_type("CALL_ESTABLISHED", WAIT).await.unwrap();
+    // Carol's phone shows Alice calling, not Bob.
+    assert!(param(&rang).contains("alice-desk"), "{rang}");
+    // Alice is still in her call; Carol hangs up and Alice's call ends.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    carol.hangup().await.unwrap();
+    alice.wait_type("CALL_CLOSED", WAIT).await.unwrap();
+    // Records: Alice's leg, the leg to Bob and the leg to Carol (placed
+    // for Bob's transfer, showing Alice).
+    let mut records = Vec::new();
+    for _ in 0..200 {
+        records =
+            r.h.runtime()
+                .call_records("acme", 0, u64::MAX, None, 100)
+                .unwrap()
+                .records;
+        if records.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(records.len(), 3, "{records:?}");
+    assert!(records.iter().all(|c| c.secure), "{records:?}");
+    let to_carol = records
+        .iter()
+        .filter(|c| c.direction == "outbound" && c.caller == "alice-desk")
+        .count();
+    assert_eq!(to_carol, 2, "both legs placed show Alice: {records:?}");
 }

@@ -106,8 +106,11 @@ enum Target {
     Elsewhere,
 }
 
-/// What `to` reaches: an extension of ours rings its user.
-fn resolve(to: &str) -> Result<Target, Error> {
+/// What `to` reaches: an extension of ours rings its user. A number no
+/// route names is dialled as it is (the policy reads it) if `loose`;
+/// otherwise only an E.164 number is (a phone's mistyped transfer target
+/// must not drop the caller).
+fn resolve(to: &str, loose: bool) -> Result<Target, Error> {
     if let Some(user) = to.strip_prefix("user:") {
         return Ok(Target::User(user.to_string()));
     }
@@ -128,7 +131,9 @@ fn resolve(to: &str) -> Result<Target, Error> {
             }
         }
         Ok(Some(_)) => Ok(Target::Elsewhere),
-        Ok(None) | Err(Error::InvalidArgument(_)) => Ok(Target::Dial(to.to_string())),
+        Ok(None) if loose || to.starts_with('+') => Ok(Target::Dial(to.to_string())),
+        Ok(None) => Ok(Target::Elsewhere),
+        Err(Error::InvalidArgument(_)) => Ok(Target::Dial(to.to_string())),
         Err(err) => Err(err),
     }
 }
@@ -213,7 +218,7 @@ fn ring(r: Ring<'_>) -> Result<String, Error> {
 
 /// Rings a forward of `user`'s call (leg `caller`) to `target`.
 fn forward(caller: &str, user: &str, target: &str) -> Result<(), Error> {
-    let Some((to, rung)) = resolve(target)?.dial() else {
+    let Some((to, rung)) = resolve(target, true)?.dial() else {
         return give_up(caller, Cause::Unavailable);
     };
     let shown = calls::get_leg(caller)?.caller;
@@ -280,10 +285,20 @@ fn call_out(leg: &str, to: &str, user: Option<String>, code: Option<String>) -> 
 /// hears it went through). Declined when there is no peer or no way.
 fn transfer(e: &CallEvent, role: Option<Role>, to: &str) -> Result<(), Error> {
     let leg = e.leg.as_str();
-    let Some(peer) = e.snapshot.bridged_with.clone() else {
+    // The other party: the leg bridged with this one, or the one it is
+    // about to be bridged with (a transfer right after the answer).
+    let pending = match &role {
+        Some(Role::Callee {
+            caller,
+            answered: true,
+            ..
+        }) => Some(caller.clone()),
+        _ => None,
+    };
+    let Some(peer) = e.snapshot.bridged_with.clone().or(pending) else {
         return calls::decline_transfer(leg, Cause::Rejected);
     };
-    let Some((target, rung)) = resolve(to)?.dial() else {
+    let Some((target, rung)) = resolve(to, false)?.dial() else {
         return calls::decline_transfer(leg, Cause::Unavailable);
     };
     // The transferring user: the one rung on this leg, or the one whose
