@@ -408,6 +408,7 @@ impl Runtime {
                 "restrictions": set.restrictions,
                 "users": set.users,
                 "default_restriction": set.default_restriction,
+                "account_code_classes": set.account_code_classes,
             },
         }))
     }
