@@ -421,12 +421,15 @@ pub fn decline_transfer(
     queue(ctx, t, Command::DeclineTransfer(id.to_string(), cause))
 }
 
-/// What a number reaches in the plugin's tenant: the route's plugin,
-/// and its arguments when the route is the asker's own.
-pub fn route_of(
-    ctx: &mut CallCtx,
-    number: &str,
-) -> Result<Option<(String, Option<Vec<u8>>)>, CapError> {
+/// What a number reaches: the route's plugin, and its arguments when
+/// the route is the asker's own.
+pub struct RouteSeen {
+    pub plugin: String,
+    pub args: Option<Vec<u8>>,
+}
+
+/// What a number reaches in the plugin's tenant.
+pub fn route_of(ctx: &mut CallCtx, number: &str) -> Result<Option<RouteSeen>, CapError> {
     ctx.charge(number.len())?;
     if number.is_empty() || number.len() > MAX_DIAL_BYTES {
         return Err(CapError::InvalidArgument(format!(
@@ -434,9 +437,9 @@ pub fn route_of(
         )));
     }
     let own = ctx.plugin_name().to_string();
-    Ok(ctx.tenant.record.route_for(number).map(|r| {
-        let args = (r.plugin == own).then(|| r.args.clone().into_bytes());
-        (r.plugin.clone(), args)
+    Ok(ctx.tenant.record.route_for(number).map(|r| RouteSeen {
+        plugin: r.plugin.clone(),
+        args: (r.plugin == own).then(|| r.args.clone().into_bytes()),
     }))
 }
 
@@ -510,9 +513,11 @@ pub fn dial(ctx: &mut CallCtx, t: &State, req: DialRequest) -> Result<String, Ca
             ctx.plugin_name(),
             &ctx.tenant.record.dialing,
             &req.to,
-            (!caller.is_empty()).then_some(caller.as_str()),
-            req.purpose,
-            req.account_code.as_deref(),
+            crate::telephony::policy::Asking {
+                user: (!caller.is_empty()).then_some(caller.as_str()),
+                purpose: req.purpose,
+                account_code: req.account_code.as_deref(),
+            },
         )
         .map_err(|r| CapError::Denied(r.to_string()))?;
     // The tenant's talk minutes a day out of it (emergency calls and
@@ -724,9 +729,12 @@ impl twit::calls::Host for View<'_, State> {
     }
 
     fn route_of(&mut self, number: String) -> WitResult<Option<t::Route>> {
-        wrap(
-            route_of(self.call, &number).map(|r| r.map(|(plugin, args)| t::Route { plugin, args })),
-        )
+        wrap(route_of(self.call, &number).map(|r| {
+            r.map(|r| t::Route {
+                plugin: r.plugin,
+                args: r.args,
+            })
+        }))
     }
 }
 

@@ -509,6 +509,16 @@ pub fn is_account_code(code: &str) -> bool {
     (2..=16).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// Who places a call and how, as the policy weighs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Asking<'a> {
+    /// The user it is placed for (their class of restriction).
+    pub user: Option<&'a str>,
+    pub purpose: Purpose,
+    /// The account code it is billed to.
+    pub account_code: Option<&'a str>,
+}
+
 /// Why a plugin places a call (`dial-purpose`): a forward needs the
 /// class of service `forward_external` to leave the tenant, a transfer
 /// `transfer_external`.

@@ -212,14 +212,12 @@ impl Telephony {
         plugin: &str,
         dialing: &Dialing,
         to: &str,
-        user: Option<&str>,
-        purpose: policy::Purpose,
-        account_code: Option<&str>,
+        asking: policy::Asking<'_>,
     ) -> Result<Dialled, Refusal> {
         let decided = match policy::from_dialing(dialing, &self.config.region) {
             Ok((plan, rules)) => plan.read(to).and_then(|d| {
                 rules
-                    .decide_for(&d, user, purpose, account_code)
+                    .decide_for(&d, asking.user, asking.purpose, asking.account_code)
                     .map(|()| d)
             }),
             // Checked when set; a record that no longer reads refuses all.
