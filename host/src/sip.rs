@@ -905,10 +905,6 @@ impl Door {
             return;
         }
         self.dialogs.with(&leg, |d| d.their_cseq = cseq);
-        if d.device.starts_with(TRUNK_PARTY) {
-            flow.send(&m.response(403, "Forbidden (transfers come from devices)", None));
-            return;
-        }
         if d.state != (State::Answered { acked: true }) || d.refer.is_some() {
             let mut r = m.response(491, "Request Pending", None);
             r.push("Retry-After", "1");
@@ -939,6 +935,10 @@ impl Door {
             return;
         };
         let Some(flow) = self.flow_for(&d) else {
+            // Nowhere to tell it; a settled transfer is still settled.
+            if done {
+                self.dialogs.with(leg, |d| d.refer = None);
+            }
             return;
         };
         let notify = self

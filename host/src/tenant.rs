@@ -274,7 +274,12 @@ fn parse_pattern(p: &str) -> Option<Vec<PatternTok>> {
     (!toks.is_empty()).then_some(toks)
 }
 
+/// Whether `dialled` (a number: `0-9 * # +` only, not empty) matches.
 fn pattern_matches(toks: &[PatternTok], dialled: &str) -> bool {
+    let dial = |b: &u8| b.is_ascii_digit() || matches!(b, b'*' | b'#' | b'+');
+    if dialled.is_empty() || !dialled.bytes().all(|b| dial(&b)) {
+        return false;
+    }
     let mut rest = dialled.as_bytes();
     for tok in toks {
         match tok {
@@ -699,7 +704,9 @@ mod tests {
         };
         let cases: &[(&str, &[&str], &[&str])] = &[
             ("_9.", &["90", "902079460018"], &["9", "802079460018", ""]),
-            ("_9!", &["9", "90"], &["8"]),
+            ("_9!", &["9", "90"], &["8", "9a", "9 1"]),
+            ("_!", &["1", "*"], &["", "user:bob", "device:x"]),
+            ("_.", &["1", "+44"], &["", "user:bob"]),
             ("_2XX", &["200", "299"], &["20", "2000", "300", "2a0"]),
             ("_NXX", &["200", "999"], &["100", "099"]),
             ("_Z", &["1", "9"], &["0", "10"]),

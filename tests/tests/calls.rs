@@ -855,9 +855,12 @@ async fn t1_account_codes_are_checked_required_for_their_classes_and_recorded() 
     let r = record_of(&h, &leg).await;
     assert_eq!(r.account_code.as_deref(), Some("4711"), "{r:?}");
     assert_eq!(r.callee, "+447400123456");
-    assert!(r.csv_row().ends_with(",4711"), "{}", r.csv_row());
-    // Emergency calls need no code.
+    assert!(r.csv_row().ends_with(",4711,"), "{}", r.csv_row());
+    // Emergency calls need no code, and a malformed one does not stop
+    // them.
     let (status, body) = post("/dial/999".into()).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = post("/dial-code/x/999".into()).await;
     assert_eq!(status, 200, "{body}");
     // A transfer out needs transfer_external (desk has forward, not it).
     let (status, body) = post("/dial-as/u-desk/transfer/02079460018".into()).await;

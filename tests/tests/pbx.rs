@@ -201,6 +201,14 @@ async fn t2_a_blind_transfer_rings_the_target_and_bridges_the_caller_with_it() {
     // Alice when she answers.
     r.rig.transfer(&b, "202").await.unwrap();
     assert_eq!(r.ended(&b).await, Cause::Normal);
+    // It went through: no failure after the two declines above.
+    let failures = r
+        .rig
+        .signals()
+        .iter()
+        .filter(|x| matches!(x, Signal::TransferFailed(l, _) if *l == b))
+        .count();
+    assert_eq!(failures, 2);
     let c = r.dialled(&format!("user:{}", r.carol)).await;
     r.bridged(&a, &c).await;
     assert_eq!(r.leg(&c).unwrap().caller, "alice-desk");

@@ -400,7 +400,8 @@ pub fn get_leg(ctx: &mut CallCtx, t: &State, id: &str) -> Result<LegSnapshot, Ca
 }
 
 /// Refuses the transfer a leg's phone asked for; the phone hears
-/// `cause`.
+/// `cause`. A transfer already settled (timed out, the leg ended) makes it
+/// a no-op, so a plugin racing the phone never fails its event.
 pub fn decline_transfer(
     ctx: &mut CallCtx,
     t: &State,
@@ -408,15 +409,12 @@ pub fn decline_transfer(
     cause: legs::Cause,
 ) -> Result<(), CapError> {
     let l = leg(ctx, t, id)?;
-    in_state(&l, LegState::Answered, "decline a transfer of")?;
     let declined = ctx
         .txn
         .effects_of::<Submit>()
         .any(|s| matches!(&s.command, Command::DeclineTransfer(leg, _) if leg == id));
-    if declined || !t.transfer_pending(id) {
-        return Err(CapError::InvalidArgument(
-            "no transfer is pending on this leg".into(),
-        ));
+    if l.state != LegState::Answered || declined || !t.transfer_pending(id) {
+        return Ok(());
     }
     queue(ctx, t, Command::DeclineTransfer(id.to_string(), cause))
 }
@@ -484,12 +482,19 @@ pub fn dial(ctx: &mut CallCtx, t: &State, req: DialRequest) -> Result<String, Ca
         }
         None => String::new(),
     };
+    // A malformed account code or caller id is the plugin's mistake, but
+    // never stops an emergency call (they are dropped from it instead).
+    let emergency = t.is_emergency(&ctx.tenant.record.dialing, &req.to);
+    let mut account_code = req.account_code.clone();
     if let Some(code) = &req.account_code
         && !crate::telephony::policy::is_account_code(code)
     {
-        return Err(CapError::InvalidArgument(
-            "an account code is 2-16 digits".into(),
-        ));
+        if !emergency {
+            return Err(CapError::InvalidArgument(
+                "an account code is 2-16 digits".into(),
+            ));
+        }
+        account_code = None;
     }
     let shown = match &req.caller_id {
         Some(id)
@@ -500,12 +505,12 @@ pub fn dial(ctx: &mut CallCtx, t: &State, req: DialRequest) -> Result<String, Ca
         {
             id.clone()
         }
-        Some(_) => {
+        Some(_) if !emergency => {
             return Err(CapError::InvalidArgument(
                 "a caller id is 1-64 of A-Z a-z 0-9 + . _ -".into(),
             ));
         }
-        None => caller.clone(),
+        _ => caller.clone(),
     };
     let to = t
         .check_dial(
@@ -516,7 +521,7 @@ pub fn dial(ctx: &mut CallCtx, t: &State, req: DialRequest) -> Result<String, Ca
             crate::telephony::policy::Asking {
                 user: (!caller.is_empty()).then_some(caller.as_str()),
                 purpose: req.purpose,
-                account_code: req.account_code.as_deref(),
+                account_code: account_code.as_deref(),
             },
         )
         .map_err(|r| CapError::Denied(r.to_string()))?;
@@ -563,7 +568,8 @@ pub fn dial(ctx: &mut CallCtx, t: &State, req: DialRequest) -> Result<String, Ca
             to,
             ring_ms: req.ring_ms,
             state: req.state,
-            account_code: req.account_code,
+            account_code,
+            user: (!caller.is_empty()).then_some(caller),
             max_outbound,
         },
     )?;

@@ -100,6 +100,8 @@ pub enum Command {
         state: Vec<u8>,
         /// The account code the call is billed to (checked).
         account_code: Option<String>,
+        /// The user it is placed for (whose restriction allowed it).
+        user: Option<String>,
         /// The tenant's cap on concurrent outbound legs, checked again
         /// here (dials committed at once may pass the issue-time check).
         max_outbound: Option<u32>,
@@ -194,8 +196,14 @@ struct Leg {
     trunk: Option<String>,
     /// The account code an outbound leg is billed to.
     account_code: Option<String>,
+    /// The user an outbound leg was placed for.
+    for_user: Option<String>,
     /// When a transfer the phone asked for gives up, if one is pending.
     transfer_due_ms: Option<u64>,
+    /// The plugin is handling or has handled the pending transfer's
+    /// event: only then does ending the leg (`normal`) tell the phone the
+    /// transfer went through.
+    transfer_seen: bool,
     media: Option<u64>,
     /// When an offered or ringing leg gives up.
     deadline_ms: Option<u64>,
@@ -304,6 +312,20 @@ impl Leg {
             snapshot: self.snapshot.clone(),
             kind,
         });
+    }
+
+    /// Forgets a settled transfer's event the plugin has not taken yet
+    /// (it must not act on a transfer the phone was told failed).
+    fn drop_transfer_events(&mut self) {
+        let skip = usize::from(self.in_flight);
+        let mut i = skip;
+        while i < self.queue.len() {
+            if matches!(self.queue[i].kind, CallEventKind::Transfer(_)) {
+                self.queue.remove(i);
+            } else {
+                i += 1;
+            }
+        }
     }
 
     fn idle(&self) -> bool {
@@ -475,7 +497,9 @@ impl Table {
             },
             trunk: None,
             account_code: None,
+            for_user: None,
             transfer_due_ms: None,
+            transfer_seen: false,
             media: None,
             deadline_ms: None,
             last_activity_ms: now,
@@ -604,6 +628,17 @@ impl Table {
             ops.push(op.clone());
             l.push(CallEventKind::Collected { op, digits, end }, now);
         }
+        // A pending transfer went through only if the plugin heard of it
+        // and ended the leg normally; otherwise the phone hears it failed
+        // (before the BYE).
+        if l.transfer_due_ms.take().is_some() && !(l.transfer_seen && cause == Cause::Normal) {
+            let why = if cause == Cause::Normal {
+                Cause::Unavailable
+            } else {
+                cause
+            };
+            actions.push(Action::TransferFailed(id.to_string(), why));
+        }
         let partner = l.snapshot.bridged_with.take();
         let room = l.snapshot.room.take();
         let owner = (l.tenant.clone(), l.plugin.clone());
@@ -612,13 +647,13 @@ impl Table {
             record: Box::new(CallRecord {
                 trunk: l.trunk.clone(),
                 account_code: l.account_code.clone(),
+                user: l.snapshot.user.clone().or_else(|| l.for_user.clone()),
                 ..CallRecord::of(&l.plugin, &l.snapshot, cause.name(), now)
             }),
             media: l.media,
         });
         l.snapshot.state = LegState::Ended;
         l.deadline_ms = None;
-        l.transfer_due_ms = None;
         l.push(CallEventKind::Ended(cause), now);
         if let Some(m) = l.media.take() {
             self.by_media.remove(&m);
@@ -932,6 +967,7 @@ impl Table {
                     && l.transfer_due_ms.take().is_some()
                 {
                     l.last_activity_ms = now;
+                    l.drop_transfer_events();
                     actions.push(Action::TransferFailed(id, cause));
                 }
             }
@@ -942,6 +978,7 @@ impl Table {
                 ring_ms,
                 state,
                 account_code,
+                user,
                 max_outbound,
             } => {
                 if self.legs.contains_key(&leg) {
@@ -964,6 +1001,7 @@ impl Table {
                 l.deadline_ms = Some(now + u64::from(ring_ms));
                 l.client_state = state;
                 l.account_code = account_code;
+                l.for_user = user;
                 if over_cap {
                     // Never placed: the leg ends at once, `restricted`.
                     let mut actions = self.end(&leg, Cause::Restricted, false, now);
@@ -1093,6 +1131,7 @@ impl Table {
             return false;
         }
         l.transfer_due_ms = Some(now + TRANSFER_LIMIT_MS);
+        l.transfer_seen = false;
         l.last_activity_ms = now;
         l.push(CallEventKind::Transfer(to.to_string()), now);
         true
@@ -1214,6 +1253,7 @@ impl Table {
                 LegState::Answered => {
                     if l.transfer_due_ms.is_some_and(|d| d <= now) {
                         l.transfer_due_ms = None;
+                        l.drop_transfer_events();
                         actions.push(Action::TransferFailed(id.clone(), Cause::Timeout));
                     }
                     if now.saturating_sub(l.snapshot.started_ms) >= MAX_LEG_MS
@@ -1257,6 +1297,11 @@ impl Table {
             let mut event = front.clone();
             event.state = l.client_state.clone();
             l.in_flight = true;
+            // The plugin is handling the transfer from now on (its
+            // `hangup` is committed before the delivery is reported).
+            if matches!(event.kind, CallEventKind::Transfer(_)) && l.transfer_due_ms.is_some() {
+                l.transfer_seen = true;
+            }
             out.push(Delivery {
                 tenant: l.tenant.clone(),
                 plugin: l.plugin.clone(),
@@ -1287,6 +1332,13 @@ impl Table {
             }
             l.attempts = 0;
         } else {
+            // A failed delivery issued nothing: the plugin has not taken it.
+            if l.queue
+                .front()
+                .is_some_and(|e| matches!(e.kind, CallEventKind::Transfer(_)))
+            {
+                l.transfer_seen = false;
+            }
             l.attempts += 1;
             if l.attempts >= MAX_DELIVERY_ATTEMPTS {
                 tracing::warn!(tenant = %l.tenant, plugin = %l.plugin, leg = id, seq, "the plugin failed a call event {MAX_DELIVERY_ATTEMPTS} times; ending the leg");
@@ -1412,6 +1464,56 @@ mod tests {
             2,
             "{got:?}"
         );
+    }
+
+    #[test]
+    fn ending_a_leg_tells_the_phone_its_transfer_went_through_only_if_the_plugin_took_it() {
+        let failed = |acts: &[Action]| {
+            acts.iter().find_map(|a| match a {
+                Action::TransferFailed(_, c) => Some(*c),
+                _ => None,
+            })
+        };
+        let hang_up = |t: &mut Table, id: &str, cause: Cause| {
+            t.command(T, P, Command::Hangup(id.into(), cause), 50)
+        };
+        let mut t = Table::default();
+        let legs = ["seen", "unseen", "busy", "declined"];
+        for (i, id) in legs.iter().enumerate() {
+            t.offer(id.to_string(), &inbound(), i as u64 + 1, 0);
+            answered(&mut t, id, 0);
+        }
+        kinds(&mut t, "seen", 0);
+        for id in legs {
+            assert!(t.transfer(id, "201", 10));
+        }
+        // Taken by the plugin (delivered one by one), then ended
+        // normally: it went through.
+        for d in t.take_ready(11, 100) {
+            let ok = d.event.leg == "seen" || d.event.leg == "busy";
+            t.delivered(&d.event.leg, d.event.seq, ok, 11);
+        }
+        let acts = hang_up(&mut t, "seen", Cause::Normal);
+        assert_eq!(failed(&acts), None, "{acts:?}");
+        // Ended before the plugin took it: it failed, before the BYE.
+        let acts = hang_up(&mut t, "unseen", Cause::Normal);
+        assert_eq!(failed(&acts), Some(Cause::Unavailable), "{acts:?}");
+        let at = |f: fn(&Action) -> bool| acts.iter().position(f).unwrap();
+        assert!(
+            at(|a| matches!(a, Action::TransferFailed(..))) < at(|a| matches!(a, Action::End(..)))
+        );
+        // Taken, but ended for another cause: that cause.
+        let acts = hang_up(&mut t, "busy", Cause::Busy);
+        assert_eq!(failed(&acts), Some(Cause::Busy), "{acts:?}");
+        // Declined before the plugin took the event: the event is dropped.
+        let acts = t.command(
+            T,
+            P,
+            Command::DeclineTransfer("declined".into(), Cause::Rejected),
+            13,
+        );
+        assert_eq!(failed(&acts), Some(Cause::Rejected));
+        assert!(!kinds(&mut t, "declined", 14).contains(&CallEventKind::Transfer("201".into())));
     }
 
     #[test]
@@ -1767,6 +1869,7 @@ mod tests {
             ring_ms: 5000,
             state: Vec::new(),
             account_code: None,
+            user: None,
             max_outbound: Some(1),
         };
         let first = t.command(T, P, dial("d1", Class::National), 0);

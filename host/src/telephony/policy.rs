@@ -550,6 +550,17 @@ impl Rules {
         }
         let outside = dialled.class != Class::Internal;
         let refuse = |why: &str| Err(Refusal::new(why, Some(dialled.class)));
+        // Passing a call on out of the tenant is a user's privilege: for
+        // no user, only a default restriction the tenant set grants it.
+        if matches!(purpose, Purpose::Forward | Purpose::Transfer)
+            && outside
+            && user.is_none()
+            && self.default_restriction.is_none()
+        {
+            return refuse(
+                "forwarding or transferring out of the tenant needs the user it is done for",
+            );
+        }
         if purpose == Purpose::Forward && outside && !cor.forward_external {
             return refuse(
                 "forwarding to numbers outside the tenant is not allowed for this caller",
@@ -867,6 +878,24 @@ mod tests {
                 .decide_for(&ext, Some("ann"), Purpose::Forward, None)
                 .is_ok()
         );
+        // No restriction at all: the tenant's rules alone, but passing a
+        // call out needs a user.
+        let open_rules = from_dialing(&crate::tenant::Dialing::default(), "GB")
+            .unwrap()
+            .1;
+        for purpose in [Purpose::Forward, Purpose::Transfer] {
+            assert!(
+                open_rules
+                    .decide_for(&national, None, purpose, None)
+                    .is_err()
+            );
+            assert!(
+                open_rules
+                    .decide_for(&national, Some("x"), purpose, None)
+                    .is_ok()
+            );
+            assert!(open_rules.decide_for(&ext, None, purpose, None).is_ok());
+        }
         // No restriction at all: the tenant's rules alone.
         let open = from_dialing(&crate::tenant::Dialing::default(), "GB")
             .unwrap()

@@ -36,6 +36,11 @@ pub struct CallRecord {
     /// The account code an outbound leg was billed to, if any.
     #[serde(default)]
     pub account_code: Option<String>,
+    /// The user the leg is for: whose phone placed an inbound leg, or
+    /// for whom a plugin placed an outbound one (whose restriction
+    /// allowed it).
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 /// A leg's media figures.
@@ -73,6 +78,7 @@ impl CallRecord {
             media: None,
             trunk: None,
             account_code: None,
+            user: s.user.clone(),
         }
     }
 
@@ -97,7 +103,7 @@ impl CallRecord {
 }
 
 /// The CSV header of [`CallRecord::csv_row`].
-pub const CSV_HEADER: &str = "leg,plugin,direction,caller,callee,started_ms,answered_ms,ended_ms,talk_ms,cause,codec,secure,sent_packets,received_packets,lost_packets,jitter_ms,trunk,account_code";
+pub const CSV_HEADER: &str = "leg,plugin,direction,caller,callee,started_ms,answered_ms,ended_ms,talk_ms,cause,codec,secure,sent_packets,received_packets,lost_packets,jitter_ms,trunk,account_code,user";
 
 impl CallRecord {
     /// The record as one CSV row (RFC 4180 quoting; cells that a
@@ -123,6 +129,7 @@ impl CallRecord {
             m.map_or(String::new(), |m| m.jitter_ms.to_string()),
             self.trunk.clone().unwrap_or_default(),
             self.account_code.clone().unwrap_or_default(),
+            self.user.clone().unwrap_or_default(),
         ];
         cells
             .iter()

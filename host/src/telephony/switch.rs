@@ -203,6 +203,14 @@ impl Telephony {
         &self.config.region
     }
 
+    /// Whether `to` reads as an emergency number in the tenant's plan.
+    pub fn is_emergency(&self, dialing: &Dialing, to: &str) -> bool {
+        policy::from_dialing(dialing, &self.config.region)
+            .ok()
+            .and_then(|(plan, _)| plan.read(to).ok())
+            .is_some_and(|d| d.class == Class::Emergency)
+    }
+
     /// SPEC T1: reads `to` in the tenant's plan and decides by its rules
     /// (`dialing`, from its record). A refusal is counted and audited
     /// (`call.dial`, outcome `restricted`).

@@ -198,13 +198,14 @@ fn ring(r: Ring<'_>) -> Result<String, Error> {
         })
         .unwrap_or_default(),
         account_code: r.account_code,
-        caller_id: (!r.shown.is_empty()).then(|| {
+        caller_id: Some(
             r.shown
                 .chars()
                 .filter(|c| c.is_ascii_alphanumeric() || "+._-".contains(*c))
                 .take(64)
-                .collect()
-        }),
+                .collect::<String>(),
+        )
+        .filter(|shown| !shown.is_empty()),
     };
     let callee = calls::dial(r.to, &opts)?;
     set(
@@ -233,14 +234,27 @@ fn forward(caller: &str, user: &str, target: &str) -> Result<(), Error> {
     });
     match placed {
         Ok(_) => Ok(()),
-        Err(Error::Denied(_)) => give_up(caller, Cause::Restricted),
-        Err(err) => Err(err),
+        Err(err) => match refused(&err) {
+            Some(cause) => give_up(caller, cause),
+            None => Err(err),
+        },
     }
 }
 
 /// A call out for the phone's user (an `outside` route), billed to
 /// `code`; asks for an account code when the policy wants one.
 fn call_out(leg: &str, to: &str, user: Option<String>, code: Option<String>) -> Result<(), Error> {
+    // Only a tenant's own phones call out through us: an `outside` route
+    // reached from a trunk (no user) would be an open relay.
+    if user.is_none() {
+        return give_up(leg, Cause::Restricted);
+    }
+    if code
+        .as_ref()
+        .is_some_and(|c| !(2..=16).contains(&c.len()) || !c.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return give_up(leg, Cause::Restricted);
+    }
     let placed = ring(Ring {
         caller: leg,
         shown: "",
@@ -275,8 +289,10 @@ fn call_out(leg: &str, to: &str, user: Option<String>, code: Option<String>) -> 
             )?;
             Ok(())
         }
-        Err(Error::Denied(_)) => give_up(leg, Cause::Restricted),
-        Err(err) => Err(err),
+        Err(err) => match refused(&err) {
+            Some(cause) => give_up(leg, cause),
+            None => Err(err),
+        },
     }
 }
 
@@ -285,6 +301,14 @@ fn call_out(leg: &str, to: &str, user: Option<String>, code: Option<String>) -> 
 /// hears it went through). Declined when there is no peer or no way.
 fn transfer(e: &CallEvent, role: Option<Role>, to: &str) -> Result<(), Error> {
     let leg = e.leg.as_str();
+    // As things are now, not as the event was queued: the leg may have
+    // ended, its peer hung up or been transferred itself meanwhile.
+    let Ok(me) = calls::get_leg(leg) else {
+        return Ok(());
+    };
+    if me.state != LegState::Answered {
+        return Ok(());
+    }
     // The other party: the leg bridged with this one, or the one it is
     // about to be bridged with (a transfer right after the answer).
     let pending = match &role {
@@ -295,22 +319,34 @@ fn transfer(e: &CallEvent, role: Option<Role>, to: &str) -> Result<(), Error> {
         }) => Some(caller.clone()),
         _ => None,
     };
-    let Some(peer) = e.snapshot.bridged_with.clone().or(pending) else {
+    let peer = me
+        .bridged_with
+        .clone()
+        .or(pending)
+        .and_then(|p| calls::get_leg(&p).ok())
+        .filter(|p| p.state == LegState::Answered);
+    let Some(peer) = peer else {
         return calls::decline_transfer(leg, Cause::Rejected);
     };
-    let Some((target, rung)) = resolve(to, false)?.dial() else {
+    let target = match resolve(to, false) {
+        Ok(t) => t.dial(),
+        Err(err) => match refused(&err) {
+            Some(_) => None,
+            None => return Err(err),
+        },
+    };
+    let Some((target, rung)) = target else {
         return calls::decline_transfer(leg, Cause::Unavailable);
     };
     // The transferring user: the one rung on this leg, or the one whose
-    // phone placed it.
+    // phone placed it (none: the policy lets the call stay inside).
     let by = match role {
         Some(Role::Callee { user, .. }) if !user.is_empty() => Some(user),
-        _ => e.snapshot.user.clone(),
+        _ => me.user.clone(),
     };
-    let shown = calls::get_leg(&peer)?.caller;
     let placed = ring(Ring {
-        caller: &peer,
-        shown: &shown,
+        caller: &peer.id,
+        shown: &peer.caller,
         for_user: by,
         user: &rung,
         to: &target,
@@ -321,11 +357,27 @@ fn transfer(e: &CallEvent, role: Option<Role>, to: &str) -> Result<(), Error> {
         Ok(_) => {
             set(leg, &Role::Transferred)?;
             calls::hangup(leg, Cause::Normal)?;
-            calls::play(&peer, &[calls::tone(Tone::Ringback, RINGBACK_MS)], false)?;
+            calls::play(&peer.id, &[calls::tone(Tone::Ringback, RINGBACK_MS)], false)?;
             Ok(())
         }
-        Err(Error::Denied(_)) => calls::decline_transfer(leg, Cause::Restricted),
-        Err(err) => Err(err),
+        Err(err) => match refused(&err) {
+            Some(cause) => calls::decline_transfer(leg, cause),
+            None => Err(err),
+        },
+    }
+}
+
+/// How a dial the host refused is told to the caller (or to a phone
+/// whose transfer it was); `None` for a failure worth retrying (the
+/// event is delivered again).
+fn refused(err: &Error) -> Option<Cause> {
+    match err {
+        Error::Denied(_) => Some(Cause::Restricted),
+        Error::QuotaExceeded(_) => Some(Cause::Busy),
+        Error::InvalidArgument(_) | Error::NotFound(_) | Error::TooLarge(_) => {
+            Some(Cause::Unavailable)
+        }
+        _ => None,
     }
 }
 
@@ -371,8 +423,10 @@ fn on_call(e: &CallEvent) -> Result<(), Error> {
                     });
                     match placed {
                         Ok(_) => Ok(()),
-                        Err(Error::Denied(_)) => give_up(leg, Cause::Restricted),
-                        Err(err) => Err(err),
+                        Err(err) => match refused(&err) {
+                            Some(cause) => give_up(leg, cause),
+                            None => Err(err),
+                        },
                     }
                 }
             }
