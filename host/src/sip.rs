@@ -21,12 +21,14 @@
 //! - [`frame`], [`message`]: cutting streams into messages and reading them.
 //! - [`auth`]: digest, throttles, lockout, audit.
 //! - `registrar`: where devices are (in memory, per flow).
-//! - `dialogs`: the B2BUA's dialogs with devices; `outbound`: calls the
-//!   host places to devices; `mwi`: message-waiting subscriptions.
+//! - `dialogs`: the B2BUA's dialogs with devices (and their REFERs'
+//!   NOTIFYs); `outbound`: calls the host places to devices; `mwi`:
+//!   message-waiting subscriptions; `register`: trunks' registrations
+//!   with their providers.
 //! - [`sdp`]: offer/answer with fresh keys per leg.
 //!
-//! Not yet: trunks over TCP or TLS, registering with a provider, REFER,
-//! re-INVITEs without an offer.
+//! Not yet: trunks over TCP or TLS, attended transfer (REFER with
+//! Replaces), re-INVITEs without an offer.
 
 pub mod auth;
 mod dialogs;
@@ -34,6 +36,7 @@ pub mod frame;
 pub mod message;
 mod mwi;
 mod outbound;
+mod register;
 mod registrar;
 pub mod sdp;
 mod transport;
@@ -197,6 +200,8 @@ pub struct Door {
     flows: Arc<Flows>,
     /// The trunks' UDP socket, if the server listens for trunks.
     udp: Option<Arc<udp::Udp>>,
+    /// Trunks' registrations with their providers.
+    registrations: register::Registrations,
     tokio: tokio::runtime::Handle,
     me: Weak<Door>,
 }
@@ -240,12 +245,16 @@ pub async fn run(
         subs: Default::default(),
         flows: flows.clone(),
         udp: udp.clone(),
+        registrations: Default::default(),
         tokio: tokio::runtime::Handle::current(),
         me: me.clone(),
     });
     rt.telephony()
         .set_signalling(Arc::new(SipSignalling(Arc::downgrade(&door))));
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let register_task = udp
+        .as_ref()
+        .map(|_| tokio::spawn(door.clone().supervise_registrations(stopped.clone())));
     let trunk_task = match (udp, timeouts) {
         (Some(u), Some(rx)) => {
             let (door, rt) = (door.clone(), rt.clone());
@@ -262,6 +271,9 @@ pub async fn run(
     transport::serve(listener, tls, flows, door, limits, shutdown).await;
     let _ = stop.send(true);
     if let Some(t) = trunk_task {
+        let _ = t.await;
+    }
+    if let Some(t) = register_task {
         let _ = t.await;
     }
     Ok(())
@@ -640,7 +652,11 @@ impl Door {
             flow.send(&answer(m, 403, "Forbidden"));
             return;
         };
-        let called = uri.user.unwrap_or_default();
+        let mut called = uri.user.unwrap_or_default();
+        if trunk.register && trunk.username.as_deref() == Some(called.as_str()) {
+            // A call to our registered contact: the number is in To.
+            called = m.to().ok().and_then(|t| t.uri.user).unwrap_or_default();
+        }
         let (number, route) = match self.rt.did_route(&tenant, &called) {
             Some((n, r)) => (n, Some(r)),
             None => (called, None),

@@ -334,6 +334,16 @@ pub struct Trunk {
     /// Calls at once over this trunk, in and out.
     #[serde(default = "Trunk::default_calls")]
     pub max_calls: u32,
+    /// Register with the provider (RFC 3261 §10) at the proxy, with the
+    /// user name and password, so its calls for us reach our address;
+    /// `false`: the provider knows our address (IP authentication).
+    #[serde(default)]
+    pub register: bool,
+    /// The provider's SIP domain for the registration's address of record
+    /// and Request-URI (`sip.provider.example`); `None`: the proxy's
+    /// address. Requests still go to the proxy only.
+    #[serde(default)]
+    pub domain: Option<String>,
 }
 
 impl Trunk {
@@ -400,6 +410,25 @@ impl Trunk {
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.!~*'()&=+$,;?/%".contains(&b));
             if !ok {
                 return Err(format!("trunk {n}: username: 1-64 SIP user characters"));
+            }
+        }
+        if self.register && (self.proxy.is_none() || self.username.is_none()) {
+            return Err(format!(
+                "trunk {n}: registering needs a proxy and a username (and a password)"
+            ));
+        }
+        if let Some(d) = &self.domain {
+            let ok = !d.is_empty()
+                && d.len() <= 253
+                && d.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+            if !ok {
+                return Err(format!("trunk {n}: domain {d:?} is not a host name"));
             }
         }
         if let Some(c) = &self.caller_id
@@ -692,6 +721,8 @@ mod tests {
             caller_id: Some("+442079460000".into()),
             caller_ids: vec!["+4420794600*".into()],
             max_calls: 10,
+            register: false,
+            domain: None,
         }
     }
 

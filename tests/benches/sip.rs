@@ -229,6 +229,8 @@ async fn trunks() {
                 caller_id: None,
                 caller_ids: Vec::new(),
                 max_calls: 10_000,
+                register: false,
+                domain: None,
             },
             password: None,
         },

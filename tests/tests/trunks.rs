@@ -65,6 +65,8 @@ fn trunk(name: &str, addresses: &[&str], proxy: Option<SocketAddr>) -> Trunk {
         caller_id: Some("+442079460000".into()),
         caller_ids: Vec::new(),
         max_calls: 4,
+        register: false,
+        domain: None,
     }
 }
 
@@ -678,4 +680,193 @@ async fn answer_to(p: &Provider, request: &Message) -> Message {
             return m;
         }
     }
+}
+
+/// The next REGISTER the provider gets (skipping anything else).
+async fn next_register(p: &Provider) -> Message {
+    loop {
+        let m = p.next_request().await.expect("a REGISTER");
+        if m.method() == Some("REGISTER") {
+            return m;
+        }
+    }
+}
+
+/// acme's trunk registration as the trunk list shows it.
+fn registration(h: &Harness) -> Value {
+    let trunks = h.runtime().trunks("acme").unwrap();
+    trunks[0]["registration"].clone()
+}
+
+async fn wait_registration(h: &Harness, state: &str) -> Value {
+    for _ in 0..300 {
+        let r = registration(h);
+        if r["state"] == state {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("registration never {state}: {}", registration(h));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trunk_registers_refreshes_takes_calls_at_its_contact_and_unregisters() {
+    let mut r = rig().await;
+    let mut t = trunk("itsp", &["127.0.0.1"], Some(r.itsp.local));
+    t.register = true;
+    t.domain = Some("sip.itsp.example".into());
+    // (Same proxy and user name: the password stays.)
+    console(
+        &r.h,
+        Op::TrunkSet {
+            tenant: "acme".into(),
+            trunk: t.clone(),
+            password: None,
+        },
+    )
+    .await;
+    assert_eq!(registration(&r.h)["state"], "pending");
+    // The REGISTER: to the provider's domain, for the trunk's user, our
+    // UDP address as the contact.
+    let reg = next_register(&r.itsp).await;
+    assert_eq!(reg.uri(), Some("sip:sip.itsp.example"));
+    assert_eq!(reg.header("To"), Some("<sip:acct-7@sip.itsp.example>"));
+    let contact = format!("<sip:acct-7@{}>", r.udp);
+    assert_eq!(reg.header("Contact"), Some(contact.as_str()));
+    assert_eq!(reg.header("Expires"), Some("600"));
+    // Challenged; answered once with the trunk's password.
+    let realm = "itsp.example";
+    let mut challenge = reg.response(401, "Unauthorized", Some("r1"));
+    challenge.push(
+        "WWW-Authenticate",
+        format!("Digest realm=\"{realm}\", nonce=\"r3g\", qop=\"auth\", algorithm=MD5"),
+    );
+    r.itsp.send(&challenge).await;
+    let authed = loop {
+        let m = next_register(&r.itsp).await;
+        if m.header("Authorization").is_some() {
+            break m;
+        }
+    };
+    assert_eq!(authed.call_id(), reg.call_id());
+    assert_eq!(authed.cseq().unwrap().0, reg.cseq().unwrap().0 + 1);
+    let creds = authed.header("Authorization").unwrap().to_string();
+    let param = |n: &str| challenge_param(&creds, n).unwrap_or_else(|| panic!("{n} in {creds}"));
+    let md5 = |t: String| hex::encode(md5::Md5::digest(t.as_bytes()));
+    let ha1 = md5(format!("acct-7:{realm}:pr0vider-secret"));
+    let ha2 = md5(format!("REGISTER:{}", param("uri")));
+    let expected = md5(format!(
+        "{ha1}:r3g:{}:{}:auth:{ha2}",
+        param("nc"),
+        param("cnonce")
+    ));
+    assert_eq!(param("response"), expected);
+    // Granted 4 s: registered, refreshed at half that.
+    let mut ok = authed.response(200, "OK", Some("r1"));
+    ok.push("Contact", format!("{contact};expires=4"));
+    r.itsp.send(&ok).await;
+    let shown = wait_registration(&r.h, "registered").await;
+    assert!(shown["expires_ms"].as_u64().is_some(), "{shown}");
+    let started = std::time::Instant::now();
+    let refresh = next_register(&r.itsp).await;
+    let after = started.elapsed();
+    assert!(
+        after >= Duration::from_millis(1500) && after <= Duration::from_secs(4),
+        "refreshed after {after:?}"
+    );
+    assert_eq!(refresh.call_id(), reg.call_id());
+    assert!(refresh.cseq().unwrap().0 > authed.cseq().unwrap().0);
+    let mut ok = refresh.response(200, "OK", Some("r1"));
+    ok.push("Contact", format!("{contact};expires=600"));
+    r.itsp.send(&ok).await;
+    // A call to the contact, the DID in To, reaches the DID's plugin.
+    let mut invite = r
+        .itsp
+        .invite(&format!("sip:acct-7@{}", r.udp), "442079461111", 40_010);
+    invite.headers.retain(|(n, _)| n != "To");
+    invite.push("To", format!("<sip:{DID}@sip.itsp.example>"));
+    r.itsp.send(&invite).await;
+    let answered = answer_to(&r.itsp, &invite).await;
+    assert_eq!(answered.status(), Some(200), "{answered:?}");
+    let ack = ack_of(&invite, &answered, &mut r.itsp);
+    r.itsp.send(&ack).await;
+    assert_eq!(r.legs("acme").await.len(), 1);
+    // Registration off: the binding is removed (Expires: 0).
+    t.register = false;
+    console(
+        &r.h,
+        Op::TrunkSet {
+            tenant: "acme".into(),
+            trunk: t,
+            password: None,
+        },
+    )
+    .await;
+    let gone = next_register(&r.itsp).await;
+    assert_eq!(gone.header("Expires"), Some("0"));
+    assert_eq!(gone.call_id(), reg.call_id());
+    assert!(registration(&r.h).is_null());
+    // Both changes of state audited, without the password.
+    let trail =
+        r.h.runtime()
+            .audit_log()
+            .entries(&switchboard::audit::Scope::tenant("acme"), 0, 1000)
+            .unwrap();
+    let states: Vec<&str> = trail
+        .iter()
+        .filter(|e| e.action == "trunk.register")
+        .map(|e| e.outcome.as_str())
+        .collect();
+    assert_eq!(states, ["registered", "stopped"], "{trail:?}");
+    assert!(!format!("{trail:?}").contains("pr0vider-secret"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_registration_is_shown_failed_and_tried_again_later() {
+    let r = rig().await;
+    let mut t = trunk("itsp", &["127.0.0.1"], Some(r.itsp.local));
+    t.register = true;
+    console(
+        &r.h,
+        Op::TrunkSet {
+            tenant: "acme".into(),
+            trunk: t,
+            password: None,
+        },
+    )
+    .await;
+    let reg = next_register(&r.itsp).await;
+    // No domain: the proxy's address.
+    assert_eq!(
+        reg.uri(),
+        Some(format!("sip:{}", r.itsp.local.ip()).as_str())
+    );
+    // An answer from an address that is not the proxy is not taken.
+    let stranger = Provider::bind("127.0.0.1", r.udp).await;
+    stranger.send(&reg.response(200, "OK", Some("x"))).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(registration(&r.h)["state"], "pending");
+    r.itsp
+        .send(&reg.response(403, "Forbidden", Some("r1")))
+        .await;
+    let shown = wait_registration(&r.h, "failed").await;
+    assert_eq!(shown["status"], 403, "{shown}");
+    // Not hammered: nothing within the retry's first wait (30 s; we
+    // watch 3 s of it).
+    let again = r.itsp.recv_within(Duration::from_secs(3)).await;
+    assert!(
+        again
+            .as_ref()
+            .is_none_or(|m| m.method() != Some("REGISTER")),
+        "{again:?}"
+    );
+    // Registering needs a proxy and a user name.
+    let mut bad = trunk("itsp2", &["127.0.0.9"], None);
+    bad.register = true;
+    let e =
+        r.h.runtime()
+            .set_trunk("acme", bad, None)
+            .await
+            .unwrap_err();
+    assert_eq!(e.code(), "invalid_trunk", "{e}");
 }

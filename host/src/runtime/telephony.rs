@@ -115,6 +115,13 @@ impl Runtime {
                 .is_some();
             let mut v = serde_json::to_value(trunk).unwrap_or_default();
             v["has_password"] = Value::Bool(has_password);
+            if trunk.register {
+                v["registration"] = self
+                    .inner
+                    .telephony
+                    .registration(tenant, &trunk.name)
+                    .unwrap_or_else(|| json!({"state": "pending"}));
+            }
             out.push(v);
         }
         Ok(out)
@@ -230,6 +237,42 @@ impl Runtime {
             self.inner
                 .trail
                 .note(&scope, "tenant.trunk", tenant, outcome::SUCCESS, summary);
+        }
+    }
+
+    /// The trunks, of every tenant, that register with their provider:
+    /// (tenant, trunk).
+    pub fn registering_trunks(&self) -> Vec<(String, Trunk)> {
+        let mut out = Vec::new();
+        for t in self.inner.registry.states() {
+            for trunk in t.record.trunks.iter().filter(|tr| tr.register) {
+                out.push((t.record.id.clone(), trunk.clone()));
+            }
+        }
+        out
+    }
+
+    /// The SIP door's report of a trunk's registration: kept for the
+    /// trunk list, and audited (`trunk.register`) when its state changes
+    /// (registered, failed, stopped), never on a refresh.
+    pub fn note_registration(&self, tenant: &str, trunk: &str, state: Option<Value>) {
+        let name = |v: &Option<Value>| {
+            v.as_ref()
+                .and_then(|v| v["state"].as_str().map(str::to_string))
+                .unwrap_or_else(|| "stopped".into())
+        };
+        let now = name(&state);
+        let detail = state
+            .as_ref()
+            .map(|v| format!("trunk {trunk}: {v}"))
+            .unwrap_or_else(|| format!("trunk {trunk}: no longer registers"));
+        let before = self.inner.telephony.note_registration(tenant, trunk, state);
+        if name(&before) != now {
+            for scope in [Scope::System, Scope::tenant(tenant)] {
+                self.inner
+                    .trail
+                    .note(&scope, "trunk.register", tenant, &now, &detail);
+            }
         }
     }
 

@@ -467,6 +467,9 @@ impl Door {
         if method == "NOTIFY" {
             return self.notify_answered(flow, &m);
         }
+        if method == "REGISTER" {
+            return self.registration_answered(flow, m);
+        }
         if method != "INVITE" {
             return; // 200s to our BYEs and CANCELs.
         }

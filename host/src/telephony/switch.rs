@@ -134,6 +134,9 @@ pub struct Telephony {
     live: AtomicU64,
     /// Per tenant: (UTC day, talk ms of calls out of the tenant).
     minutes: Mutex<std::collections::HashMap<String, (u64, u64)>>,
+    /// Trunk registrations with providers as the SIP door last reported
+    /// them, by (tenant, trunk).
+    registrations: Mutex<std::collections::HashMap<(String, String), serde_json::Value>>,
     pub counters: Counters,
 }
 
@@ -151,6 +154,7 @@ impl Telephony {
             me: me.clone(),
             live: AtomicU64::new(0),
             minutes: Mutex::default(),
+            registrations: Mutex::default(),
             counters: Counters::default(),
         })
     }
@@ -201,6 +205,31 @@ impl Telephony {
     /// The region of tenants that set none.
     pub fn default_region(&self) -> &str {
         &self.config.region
+    }
+
+    /// Keeps what the SIP door reports of a trunk's registration (`None`:
+    /// it no longer registers); returns the state it had before.
+    pub fn note_registration(
+        &self,
+        tenant: &str,
+        trunk: &str,
+        state: Option<serde_json::Value>,
+    ) -> Option<serde_json::Value> {
+        let key = (tenant.to_string(), trunk.to_string());
+        let mut all = self.registrations.lock().recover();
+        match state {
+            Some(s) => all.insert(key, s),
+            None => all.remove(&key),
+        }
+    }
+
+    /// A trunk's registration as last reported.
+    pub fn registration(&self, tenant: &str, trunk: &str) -> Option<serde_json::Value> {
+        self.registrations
+            .lock()
+            .recover()
+            .get(&(tenant.to_string(), trunk.to_string()))
+            .cloned()
     }
 
     /// Whether `to` reads as an emergency number in the tenant's plan.
