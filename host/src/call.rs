@@ -7,6 +7,7 @@
 //! (`Services`), never the host itself. Nested plugin calls go back to the
 //! kernel through the `Kernel` trait, which the kernel implements.
 
+pub mod blob;
 pub mod error;
 pub mod fair;
 pub mod legs;

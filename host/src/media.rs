@@ -25,6 +25,7 @@ pub mod g711;
 pub mod jitter;
 pub mod mix;
 pub mod prompts;
+pub mod record;
 pub mod rtcp;
 pub mod rtp;
 pub mod srtp;

@@ -31,7 +31,7 @@ use crate::bindings::switchboard::telephony::{calls as raw, dial as raw_dial, mw
 pub use crate::bindings::switchboard::telephony::dial::{DialOpts, DialPurpose};
 pub use crate::bindings::switchboard::telephony::types::{
     CallEvent, CallEventKind, Cause, CollectOpts, Collected, Direction, LegSnapshot, LegState,
-    OpEnd, Played, Prompt, Route, Tone, ToneItem,
+    OpEnd, Played, Prompt, RecordOpts, Recorded, Route, Tone, ToneItem,
 };
 
 /// A tone item for [`play`].
@@ -61,9 +61,26 @@ pub fn collect(leg: &str, opts: &CollectOpts) -> Result<String, Error> {
     crate::tx::note(raw::collect(leg, opts))
 }
 
-/// Stops a play or a collect.
+/// Stops a play, a collect or a recording.
 pub fn stop(op: &str) -> Result<(), Error> {
     crate::tx::note(raw::stop(op))
+}
+
+/// Records an answered leg (what it says and hears) into a new blob of
+/// this plugin; returns the operation that `recorded` will name, with the
+/// blob.
+pub fn record(leg: &str, opts: &RecordOpts) -> Result<String, Error> {
+    crate::tx::note(raw::record_leg(leg, opts))
+}
+
+/// Pauses a recording: nothing is kept until [`resume`].
+pub fn pause(op: &str) -> Result<(), Error> {
+    crate::tx::note(raw::pause(op))
+}
+
+/// Resumes a paused recording.
+pub fn resume(op: &str) -> Result<(), Error> {
+    crate::tx::note(raw::resume(op))
 }
 
 /// Bridges two answered legs of this plugin.

@@ -920,3 +920,191 @@ async fn t2_a_transfer_request_reaches_the_plugin_once_and_is_settled_or_decline
     );
     assert_eq!(settled(&rig).await, 0);
 }
+
+/// The recording `recorded:{end}:{blob}:{ms}` event of leg `leg`, once
+/// the plugin logged it: (end, blob, ms).
+async fn recorded(h: &Harness, tenant: &str, leg: &str) -> (String, String, u64) {
+    let end = std::time::Instant::now() + WAIT;
+    loop {
+        let got = events(h, tenant, leg).await;
+        if let Some(r) = got.iter().find_map(|e| e.strip_prefix("recorded:")) {
+            let mut parts = r.split(':');
+            let (e, b, ms) = (parts.next(), parts.next(), parts.next());
+            return (
+                e.unwrap_or_default().to_string(),
+                b.unwrap_or_default().to_string(),
+                ms.and_then(|m| m.parse().ok()).unwrap_or(0),
+            );
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "no recorded on {leg}: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A WAV blob's PCM samples (after the 44-byte header, which must say
+/// 8 kHz 16-bit mono and the right length).
+fn wav_samples(bytes: &[u8]) -> Vec<i16> {
+    assert!(bytes.len() >= 44, "{} bytes", bytes.len());
+    assert_eq!(&bytes[0..4], b"RIFF");
+    assert_eq!(&bytes[8..16], b"WAVEfmt ");
+    assert_eq!(u32::from_le_bytes(bytes[24..28].try_into().unwrap()), 8000);
+    assert_eq!(u16::from_le_bytes(bytes[34..36].try_into().unwrap()), 16);
+    let data = u32::from_le_bytes(bytes[40..44].try_into().unwrap()) as usize;
+    assert_eq!(
+        data,
+        bytes.len() - 44,
+        "the header names the data that follows"
+    );
+    bytes[44..]
+        .chunks(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect()
+}
+
+/// Sends `frames` 20 ms frames of one µ-law code, paced in real time.
+async fn talk(phone: &mut Phone, code: u8, frames: usize) {
+    for _ in 0..frames {
+        phone.send_audio(&[code; 160]).unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r3_a_recording_lands_in_a_blob_and_keeps_nothing_said_while_paused() {
+    use switchboard::media::g711;
+    let (h, rig) = rig(&["acme", "globex"]).await;
+    let mut alice = Phone::new().unwrap();
+    let a = rig
+        .ring("acme", "callflow", "alice", "100", b"record", &mut alice)
+        .await
+        .unwrap();
+    rig.wait_for(WAIT, |s| s.contains(&Signal::Answered(a.clone())))
+        .await
+        .unwrap();
+    let post = |path: String| {
+        let h = &h;
+        async move {
+            let r = h.post("acme", "callflow", "u", &path, b"").await.unwrap();
+            (r.status, r.json().unwrap_or_default())
+        }
+    };
+    // Said before the pause, during it (a card number), after it.
+    let (before, secret, after) = (
+        g711::linear_to_ulaw(3000),
+        g711::linear_to_ulaw(-7000),
+        g711::linear_to_ulaw(5000),
+    );
+    talk(&mut alice, before, 40).await;
+    let (status, body) = post(format!("/pause/{a}")).await;
+    assert_eq!(status, 200, "{body}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    talk(&mut alice, secret, 40).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, body) = post(format!("/resume/{a}")).await;
+    assert_eq!(status, 200, "{body}");
+    talk(&mut alice, after, 40).await;
+    // `#` ends it (done); the call goes on.
+    alice.press('#').unwrap();
+    let (end, blob, ms) = recorded(&h, "acme", &a).await;
+    assert_eq!(end, "done");
+    assert_eq!(blob.len(), 32, "{blob}");
+    // About 1.6 s kept of ~2.4 s of talk (the paused stretch is not in
+    // it); the pauses' edges and pacing make it approximate.
+    assert!((1000..=2400).contains(&ms), "{ms} ms kept");
+    let r = h
+        .get("acme", "callflow", "u", &format!("/blob/{blob}"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let pcm = wav_samples(&r.body);
+    assert_eq!(pcm.len() as u64, ms * 8, "the blob holds what was kept");
+    let count = |code: u8| {
+        let v = g711::ulaw_to_linear(code);
+        pcm.iter().filter(|s| **s == v).count()
+    };
+    assert!(
+        count(before) >= 160 * 20,
+        "before the pause: {}",
+        count(before)
+    );
+    assert!(count(after) >= 160 * 20, "after it: {}", count(after));
+    assert_eq!(count(secret), 0, "nothing said while paused is kept");
+    // The leg is still up; pausing a finished recording finds nothing.
+    assert!(rig.live_legs() >= 1);
+    let (status, body) = post(format!("/pause/{a}")).await;
+    assert_eq!(status, 409, "{body}");
+    // The blob is acme's callflow's: globex's callflow cannot read it.
+    let other = h
+        .get("globex", "callflow", "u", &format!("/blob/{blob}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        other.status,
+        404,
+        "{:?}",
+        String::from_utf8_lossy(&other.body)
+    );
+    rig.hang_up(&a);
+    wait_event(&h, "acme", &a, "ended:normal").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r3_a_recording_cut_by_hangup_is_written_before_the_leg_ends_and_a_quota_stops_one() {
+    let h = harness(&["callflow"]).await;
+    let limits = Limits {
+        owner_storage_bytes: 100_000,
+        ..Limits::default()
+    };
+    tenant(&h, "acme", limits, &["callflow"]).await;
+    let rig = CallRig::start(h.runtime());
+    // Hung up mid-recording: `recorded` (hangup) comes before `ended`.
+    let mut alice = Phone::new().unwrap();
+    let a = rig
+        .ring("acme", "callflow", "alice", "100", b"record", &mut alice)
+        .await
+        .unwrap();
+    rig.wait_for(WAIT, |s| s.contains(&Signal::Answered(a.clone())))
+        .await
+        .unwrap();
+    talk(&mut alice, 0x30, 25).await;
+    rig.hang_up(&a);
+    let got = wait_event(&h, "acme", &a, "ended:normal").await;
+    let at = |p: &str| got.iter().position(|e| e.starts_with(p)).unwrap();
+    assert!(at("recorded:hangup:") < at("ended:"), "{got:?}");
+    let (_, blob, ms) = recorded(&h, "acme", &a).await;
+    assert!(ms >= 200, "{ms}");
+    let r = h
+        .get("acme", "callflow", "u", &format!("/blob/{blob}"))
+        .await
+        .unwrap();
+    assert_eq!(wav_samples(&r.body).len() as u64, ms * 8);
+    // For a user whose quota holds ~3 s (100 kB): the recording stops
+    // when it is full, and the blob keeps what fit, with a header naming
+    // it.
+    let mut bob = Phone::new().unwrap();
+    let b = rig
+        .ring("acme", "callflow", "bob", "100", b"record:u-bob", &mut bob)
+        .await
+        .unwrap();
+    rig.wait_for(WAIT, |s| s.contains(&Signal::Answered(b.clone())))
+        .await
+        .unwrap();
+    talk(&mut bob, 0x30, 300).await;
+    let (end, blob, ms) = recorded(&h, "acme", &b).await;
+    assert_eq!(end, "stopped");
+    let r = h
+        .get("acme", "callflow", "u", &format!("/blob/{blob}"))
+        .await
+        .unwrap();
+    let pcm = wav_samples(&r.body);
+    assert!(
+        pcm.len() * 2 + 44 <= 100_000,
+        "{} bytes",
+        pcm.len() * 2 + 44
+    );
+    assert!(ms >= 2000, "the first 64 KiB at least: {ms}");
+    rig.hang_up(&b);
+}

@@ -92,6 +92,19 @@ pub struct CollectOpts {
     pub between_ms: u32,
 }
 
+/// What a recording asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordOpts {
+    /// The blob's owner (their quota), if any.
+    pub owner: Option<String>,
+    /// The blob's retention class.
+    pub class: String,
+    pub max_ms: u32,
+    /// 0: no end on silence.
+    pub silence_ms: u32,
+    pub terminators: String,
+}
+
 /// A leg as it is at one moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LegSnapshot {
@@ -129,6 +142,13 @@ pub enum CallEventKind {
     Collected {
         op: String,
         digits: String,
+        end: OpEnd,
+    },
+    /// A recording ended; `blob` (the plugin's) holds it, `ms` long.
+    Recorded {
+        op: String,
+        blob: String,
+        ms: u64,
         end: OpEnd,
     },
     Bridged(String),

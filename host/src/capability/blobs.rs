@@ -11,7 +11,6 @@
 //! the tenant's and the owner's quotas (SPEC K5); objects of a class with a
 //! retention period are deleted when it ends (SPEC D4).
 
-use serde::{Deserialize, Serialize};
 use wasmtime::component::Linker;
 
 use super::{CapError, CapHost, View, ViewOf, WitResult, wit, wrap};
@@ -19,8 +18,8 @@ use crate::call::CallCtx;
 use crate::store::crypt;
 use crate::store::keys;
 
-/// Bytes per stored chunk.
-pub const CHUNK_BYTES: u64 = 64 << 10;
+pub use crate::call::blob::{BlobMeta, CHUNK_BYTES};
+
 /// Most bytes one `append` takes.
 pub const MAX_APPEND_BYTES: usize = 4 << 20;
 /// Most bytes one `read` returns.
@@ -28,27 +27,10 @@ pub const MAX_READ_BYTES: u32 = 4 << 20;
 /// Largest blob.
 pub const MAX_BLOB_BYTES: u64 = 1 << 40;
 
-/// A blob's metadata as stored (sealed like every value).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BlobMeta {
-    pub owner: Option<String>,
-    pub class: String,
-    pub size: u64,
-    pub created_ms: u64,
-    /// The blob's data key, hex. Deleting this record shreds the blob.
-    pub key: String,
-    /// Legal hold on this object (SPEC D4).
-    #[serde(default)]
-    pub hold: bool,
-}
-
-impl BlobMeta {
-    pub(crate) fn data_key(&self) -> Result<[u8; crypt::KEY_LEN], CapError> {
-        hex::decode(&self.key)
-            .ok()
-            .and_then(|k| k.try_into().ok())
-            .ok_or_else(|| CapError::Internal("blob metadata is unreadable".into()))
-    }
+/// The blob's data key, or `internal` when its record is unreadable.
+fn data_key(meta: &BlobMeta) -> Result<[u8; crypt::KEY_LEN], CapError> {
+    meta.data_key()
+        .ok_or_else(|| CapError::Internal("blob metadata is unreadable".into()))
 }
 
 /// Blob ids are 32 lower-case hex digits.
@@ -153,7 +135,7 @@ pub fn append(ctx: &mut CallCtx, id: &str, data: &[u8]) -> Result<u64, CapError>
     }
     check_quota(ctx, meta.owner.as_deref(), data.len() as u64)?;
     let (tenant, plugin) = (ctx.tenant_id().to_string(), ctx.plugin_name().to_string());
-    let blob_key = meta.data_key()?;
+    let blob_key = data_key(&meta)?;
     let store = ctx.services.store.clone();
     let first = meta.size / CHUNK_BYTES;
     let within = (meta.size % CHUNK_BYTES) as usize;
@@ -228,7 +210,7 @@ pub fn read(ctx: &mut CallCtx, id: &str, offset: u64, len: u32) -> Result<Vec<u8
     let end = meta.size.min(offset.saturating_add(u64::from(len)));
     ctx.charge((end - offset) as usize)?;
     let (tenant, plugin) = (ctx.tenant_id().to_string(), ctx.plugin_name().to_string());
-    let blob_key = meta.data_key()?;
+    let blob_key = data_key(&meta)?;
     let store = ctx.services.store.clone();
     let mut out = Vec::with_capacity((end - offset) as usize);
     let mut pos = offset;

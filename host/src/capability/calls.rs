@@ -419,6 +419,96 @@ pub fn decline_transfer(
     queue(ctx, t, Command::DeclineTransfer(id.to_string(), cause))
 }
 
+/// Longest recording, ms (4 h).
+pub const MAX_RECORD_MS: u32 = 4 * 3600 * 1000;
+
+/// Records an answered leg into a new blob of the plugin; returns the
+/// operation's id (the blob's comes with `recorded`).
+pub fn record(
+    ctx: &mut CallCtx,
+    t: &State,
+    id: &str,
+    opts: legs::RecordOpts,
+) -> Result<String, CapError> {
+    ctx.charge(
+        opts.class.len() + opts.terminators.len() + opts.owner.as_ref().map_or(0, String::len),
+    )?;
+    let l = leg(ctx, t, id)?;
+    in_state(&l, LegState::Answered, "record")?;
+    if !crate::tenant::is_valid_class(&opts.class) {
+        return Err(CapError::InvalidArgument(format!(
+            "retention class {:?} must be 1-32 of [a-z0-9-], starting with a letter",
+            opts.class
+        )));
+    }
+    if let Some(o) = &opts.owner
+        && (o.is_empty() || o.len() > 128 || !o.bytes().all(|b| b.is_ascii_graphic() && b != b'/'))
+    {
+        return Err(CapError::InvalidArgument(
+            "owner must be 1-128 printable ASCII characters without '/'".into(),
+        ));
+    }
+    if !(1_000..=MAX_RECORD_MS).contains(&opts.max_ms) {
+        return Err(CapError::InvalidArgument(format!(
+            "max-ms is 1000-{MAX_RECORD_MS}"
+        )));
+    }
+    if opts.silence_ms != 0 && !(1_000..=MAX_WAIT_MS).contains(&opts.silence_ms) {
+        return Err(CapError::InvalidArgument(format!(
+            "silence-ms is 0 or 1000-{MAX_WAIT_MS}"
+        )));
+    }
+    check_keys(&opts.terminators, KEYS)?;
+    let issued = ctx
+        .txn
+        .effects_of::<Submit>()
+        .any(|s| matches!(&s.command, Command::Record { leg, .. } if leg == id));
+    if issued || t.recording_on(id) {
+        return Err(CapError::InvalidArgument(
+            "a recording already runs on this leg".into(),
+        ));
+    }
+    let limits = &ctx.tenant.record.limits;
+    let quota = crate::call::txn::Quota {
+        tenant_bytes: limits.storage_bytes,
+        owner_bytes: limits.owner_storage_bytes,
+    };
+    let op = crate::support::encoding::random_hex(16);
+    let blob = crate::support::encoding::random_hex(16);
+    queue(
+        ctx,
+        t,
+        Command::Record {
+            leg: id.to_string(),
+            op: op.clone(),
+            blob,
+            opts,
+            quota,
+        },
+    )?;
+    Ok(op)
+}
+
+/// Pauses (`true`) or resumes a recording.
+pub fn pause(ctx: &mut CallCtx, t: &State, op: &str, paused: bool) -> Result<(), CapError> {
+    ctx.charge(op.len())?;
+    let not_found = || CapError::NotFound(format!("no recording {op:?}"));
+    if !is_id(op) {
+        return Err(not_found());
+    }
+    let issued = ctx
+        .txn
+        .effects_of::<Submit>()
+        .any(|s| matches!(&s.command, Command::Record { op: o, .. } if o == op));
+    if !issued
+        && t.lookup_op(ctx.tenant_id(), ctx.plugin_name(), op)
+            .is_none()
+    {
+        return Err(not_found());
+    }
+    queue(ctx, t, Command::Pause(op.to_string(), paused))
+}
+
 /// What a number reaches: the route's plugin, and its arguments when
 /// the route is the asker's own.
 pub struct RouteSeen {
@@ -734,6 +824,25 @@ impl twit::calls::Host for View<'_, State> {
         ))
     }
 
+    fn record_leg(&mut self, leg: String, opts: t::RecordOpts) -> WitResult<String> {
+        let opts = legs::RecordOpts {
+            owner: opts.owner,
+            class: opts.class,
+            max_ms: opts.max_ms,
+            silence_ms: opts.silence_ms,
+            terminators: opts.terminators,
+        };
+        wrap(record(self.call, self.state, &leg, opts))
+    }
+
+    fn pause(&mut self, op: String) -> WitResult<()> {
+        wrap(pause(self.call, self.state, &op, true))
+    }
+
+    fn resume(&mut self, op: String) -> WitResult<()> {
+        wrap(pause(self.call, self.state, &op, false))
+    }
+
     fn route_of(&mut self, number: String) -> WitResult<Option<t::Route>> {
         wrap(route_of(self.call, &number).map(|r| {
             r.map(|r| t::Route {
@@ -804,6 +913,12 @@ pub(crate) fn wit_event(e: CallEvent) -> t::CallEvent {
         CallEventKind::Collected { op, digits, end } => t::CallEventKind::Collected(t::Collected {
             op,
             digits,
+            end: wit_op_end(end),
+        }),
+        CallEventKind::Recorded { op, blob, ms, end } => t::CallEventKind::Recorded(t::Recorded {
+            op,
+            blob,
+            ms,
             end: wit_op_end(end),
         }),
         CallEventKind::Bridged(other) => t::CallEventKind::Bridged(other),

@@ -18,9 +18,10 @@
 //! source (phones behind NAT). Packets that fail are counted and dropped;
 //! they never move anything.
 //!
-//! This part relays bridges of two legs with the same codec, detects
-//! RFC 4733 digits and plays tones. Transcoding, conferences, prompts,
-//! recording and RTCP reports come with the rest of the calls issue.
+//! It relays bridges (transcoding µ-law ↔ A-law when the codecs differ),
+//! detects RFC 4733 digits, plays tones and prompts, mixes conference
+//! rooms, sends RTCP reports and records legs (`record`: what a leg says
+//! and hears, mixed every 20 ms, handed to a sink as PCM).
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
@@ -36,6 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::dtmf::Detector;
 use super::g711;
 use super::mix;
+use super::record::{RecordEnd, RecordSpec, Recorder};
 use super::rtcp::{self, Block, Reception};
 use super::rtp::{self, Rewriter};
 use super::srtp::{MasterKey, Srtp, SrtpError, Suite};
@@ -168,6 +170,9 @@ enum Cmd {
     Leave(u64),
     Close(u64),
     Retarget(u64, Box<LegSetup>),
+    Record(u64, RecordSpec),
+    StopRecord(u64),
+    PauseRecord(u64, bool),
 }
 
 /// The engine: its workers, port pool and event stream.
@@ -345,6 +350,32 @@ impl Engine {
             .map_err(|_| MediaError::Stopped)
     }
 
+    /// Records leg `leg` (what it says and hears) into `spec.sink` until
+    /// it ends: its last piece says why. A recording already running on
+    /// the leg ends first (`Stopped`).
+    pub async fn record(&self, leg: u64, spec: RecordSpec) -> Result<(), MediaError> {
+        self.worker_of(leg)?
+            .send(Cmd::Record(leg, spec))
+            .await
+            .map_err(|_| MediaError::Stopped)
+    }
+
+    /// Ends leg `leg`'s recording (`Stopped`).
+    pub async fn stop_record(&self, leg: u64) -> Result<(), MediaError> {
+        self.worker_of(leg)?
+            .send(Cmd::StopRecord(leg))
+            .await
+            .map_err(|_| MediaError::Stopped)
+    }
+
+    /// Pauses (keeps nothing) or resumes leg `leg`'s recording.
+    pub async fn pause_record(&self, leg: u64, paused: bool) -> Result<(), MediaError> {
+        self.worker_of(leg)?
+            .send(Cmd::PauseRecord(leg, paused))
+            .await
+            .map_err(|_| MediaError::Stopped)
+    }
+
     /// Stops the tone playing into a leg (no `PlayDone`).
     pub async fn stop_play(&self, leg: u64) -> Result<(), MediaError> {
         self.worker_of(leg)?
@@ -400,6 +431,8 @@ struct Leg {
     inbox: std::collections::VecDeque<[i16; FRAME]>,
     /// Bumped to stop a running tone.
     play_gen: u64,
+    /// The leg's recording, if one runs.
+    recorder: Option<Recorder>,
     task: tokio::task::JoinHandle<()>,
     /// RTCP: our socket (RTP port + 1), where reports go (latched like
     /// RTP), its receive task, and the statistics both ways.
@@ -444,6 +477,9 @@ impl Leg {
         }
         if self.socket.try_send_to(packet, self.remote).is_ok() {
             self.sent(FRAME, ts);
+        }
+        if let Some(r) = self.recorder.as_mut() {
+            r.near(payload, self.setup.payload_type == 8);
         }
     }
 
@@ -563,9 +599,33 @@ impl Worker {
                     };
                 }
             }
+            Cmd::Record(leg, spec) => self.record(leg, spec),
+            Cmd::StopRecord(leg) => {
+                if let Some(mut r) = self
+                    .legs
+                    .borrow_mut()
+                    .get_mut(&leg)
+                    .and_then(|l| l.recorder.take())
+                {
+                    r.finish(RecordEnd::Stopped);
+                }
+            }
+            Cmd::PauseRecord(leg, paused) => {
+                if let Some(r) = self
+                    .legs
+                    .borrow_mut()
+                    .get_mut(&leg)
+                    .and_then(|l| l.recorder.as_mut())
+                {
+                    r.pause(paused);
+                }
+            }
             Cmd::Close(leg) => {
                 self.leave(leg);
                 let mut legs = self.legs.borrow_mut();
+                if let Some(mut r) = legs.get_mut(&leg).and_then(|l| l.recorder.take()) {
+                    r.finish(RecordEnd::Closed);
+                }
                 if let Some(l) = legs.remove(&leg) {
                     l.task.abort();
                     l.rtcp_task.abort();
@@ -652,6 +712,7 @@ impl Worker {
                 detector: Detector::default(),
                 peer: None,
                 play_gen: 0,
+                recorder: None,
                 task,
             },
         );
@@ -747,6 +808,40 @@ impl Worker {
             }
         }
         Ok(())
+    }
+
+    fn record(self: &Rc<Self>, leg: u64, spec: RecordSpec) {
+        let generation = {
+            let mut legs = self.legs.borrow_mut();
+            let Some(l) = legs.get_mut(&leg) else {
+                // No leg: the recording ends before it starts.
+                Recorder::new(spec, 0).finish(RecordEnd::Closed);
+                return;
+            };
+            let generation = l.recorder.as_ref().map_or(1, |r| r.generation + 1);
+            if let Some(mut old) = l.recorder.take() {
+                old.finish(RecordEnd::Stopped);
+            }
+            l.recorder = Some(Recorder::new(spec, generation));
+            generation
+        };
+        let me = self.clone();
+        tokio::task::spawn_local(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            loop {
+                tick.tick().await;
+                let mut legs = me.legs.borrow_mut();
+                let Some(l) = legs.get_mut(&leg) else { return };
+                let Some(r) = l.recorder.as_mut().filter(|r| r.generation == generation) else {
+                    return;
+                };
+                if r.tick().is_some() || r.is_done() {
+                    l.recorder = None;
+                    return;
+                }
+            }
+        });
     }
 
     fn play(self: &Rc<Self>, leg: u64, sound: Sound, tag: u64) {
@@ -864,6 +959,11 @@ fn handle(
             key: key.to_char(),
         });
     }
+    if let Some(r) = leg.recorder.as_mut()
+        && p.payload_type == leg.setup.payload_type
+    {
+        r.far(p.payload, leg.setup.payload_type == 8);
+    }
     if leg.room.is_some() {
         // A conference member: its audio, decoded, waits for the mixer.
         if p.payload_type == leg.setup.payload_type {
@@ -913,6 +1013,11 @@ fn handle(
         // Neither the agreed codec nor events (comfort noise, …).
         return Ok(());
     };
+    if payload_type == peer.setup.payload_type
+        && let Some(r) = peer.recorder.as_mut()
+    {
+        r.near(&payload, payload_type == 8);
+    }
     let Some((marker, seq, ts)) = peer.out.map(&p) else {
         return Ok(());
     };

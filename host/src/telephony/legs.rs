@@ -25,8 +25,9 @@ use super::records::CallRecord;
 use super::signalling::Outbound;
 use crate::call::legs::{
     CallEvent, CallEventKind, Cause, CollectOpts, Direction, LegSnapshot, LegState, OpEnd, Prompt,
-    ToneName,
+    RecordOpts, ToneName,
 };
+use crate::call::txn::Quota;
 use crate::media::engine::Sound;
 use crate::media::tone::Tone;
 
@@ -61,6 +62,9 @@ pub const MAX_LEGS_PER_TENANT: usize = 2000;
 /// How long a transfer a phone asked for may wait for the plugin to end
 /// the leg or decline; then the phone hears it failed.
 pub const TRANSFER_LIMIT_MS: u64 = 30_000;
+/// How long an ended leg's `ended` waits for its recording to be written
+/// (its `recorded` comes first); then both go, the blob as far as it got.
+pub const RECORD_FLUSH_LIMIT_MS: u64 = 10_000;
 /// A DTMF key tone and the gap after it, as played.
 const KEY_TONE: Duration = Duration::from_millis(100);
 const KEY_GAP: Duration = Duration::from_millis(60);
@@ -92,6 +96,16 @@ pub enum Command {
     SetState(String, Vec<u8>),
     /// Refuses the transfer the leg's phone asked for.
     DeclineTransfer(String, Cause),
+    /// Records the leg into blob `blob` of the plugin (under `quota`).
+    Record {
+        leg: String,
+        op: String,
+        blob: String,
+        opts: RecordOpts,
+        quota: Quota,
+    },
+    /// Pauses (true) or resumes a recording.
+    Pause(String, bool),
     Dial {
         leg: String,
         caller: String,
@@ -151,6 +165,24 @@ pub enum Action {
     /// Tell the leg's phone its transfer failed (declined, or not
     /// settled in time).
     TransferFailed(String, Cause),
+    /// Start recording the leg's media into a blob of its plugin.
+    StartRecording(Box<StartRecording>),
+    /// Stop (and write out) the leg's recording.
+    StopRecording(u64),
+    PauseRecording(u64, bool),
+}
+
+/// A recording to start: where its audio goes.
+#[derive(Debug, Clone)]
+pub struct StartRecording {
+    pub media: u64,
+    pub leg: String,
+    pub op: String,
+    pub tenant: String,
+    pub plugin: String,
+    pub blob: String,
+    pub opts: RecordOpts,
+    pub quota: Quota,
 }
 
 /// An event to deliver to a plugin's `on-call`.
@@ -179,6 +211,17 @@ fn length_ms(sound: &Sound) -> u64 {
     }
 }
 
+/// A recording in progress.
+#[derive(Debug)]
+struct Recording {
+    op: String,
+    blob: String,
+    terminators: String,
+    /// Why it is ending, when the table knows better than the engine (a
+    /// terminator key: `done`; `stop`: `stopped`).
+    ending: Option<OpEnd>,
+}
+
 #[derive(Debug)]
 struct Collect {
     op: String,
@@ -200,6 +243,11 @@ struct Leg {
     for_user: Option<String>,
     /// When a transfer the phone asked for gives up, if one is pending.
     transfer_due_ms: Option<u64>,
+    /// The recording running on the leg, if any.
+    recording: Option<Recording>,
+    /// An ended leg waiting for its recording to be written before its
+    /// `ended` (the cause, and until when it waits).
+    held_end: Option<(Cause, u64)>,
     /// The plugin is handling or has handled the pending transfer's
     /// event: only then does ending the leg (`normal`) tell the phone the
     /// transfer went through.
@@ -333,6 +381,7 @@ impl Leg {
             && self.snapshot.room.is_none()
             && self.playing.is_none()
             && self.collect.is_none()
+            && self.recording.is_none()
     }
 
     /// Whether the leg hears peers (a bridge or a room), so a play would
@@ -500,6 +549,8 @@ impl Table {
             for_user: None,
             transfer_due_ms: None,
             transfer_seen: false,
+            recording: None,
+            held_end: None,
             media: None,
             deadline_ms: None,
             last_activity_ms: now,
@@ -654,7 +705,13 @@ impl Table {
         });
         l.snapshot.state = LegState::Ended;
         l.deadline_ms = None;
-        l.push(CallEventKind::Ended(cause), now);
+        if l.recording.is_some() {
+            // Closing the media writes the recording out; `recorded` and
+            // then `ended` follow when it is (or after the limit).
+            l.held_end = Some((cause, now + RECORD_FLUSH_LIMIT_MS));
+        } else {
+            l.push(CallEventKind::Ended(cause), now);
+        }
         if let Some(m) = l.media.take() {
             self.by_media.remove(&m);
             actions.push(Action::Close(m));
@@ -679,7 +736,10 @@ impl Table {
 
     fn forget_if_done(&mut self, id: &str) {
         let done = self.legs.get(id).is_some_and(|l| {
-            l.snapshot.state == LegState::Ended && l.queue.is_empty() && !l.in_flight
+            l.snapshot.state == LegState::Ended
+                && l.queue.is_empty()
+                && !l.in_flight
+                && l.held_end.is_none()
         });
         if done {
             self.legs.remove(id);
@@ -887,6 +947,76 @@ impl Table {
                 {
                     self.ops.remove(&op);
                     l.push(CallEventKind::Collected { op, digits, end }, now);
+                } else if let Some(r) = l.recording.as_mut().filter(|r| r.op == op)
+                    && r.ending.is_none()
+                {
+                    r.ending = Some(OpEnd::Stopped);
+                    if let Some(media) = l.media {
+                        actions.push(Action::StopRecording(media));
+                    }
+                }
+            }
+            Command::Record {
+                leg,
+                op,
+                blob,
+                opts,
+                quota,
+            } => {
+                if !self.owned(tenant, plugin, &leg, LegState::Answered) {
+                    return actions;
+                }
+                let Some(l) = self.legs.get_mut(&leg) else {
+                    return actions;
+                };
+                let Some(media) = l.media else {
+                    return actions;
+                };
+                if l.recording.is_some() {
+                    // One at a time: this one never starts.
+                    l.push(
+                        CallEventKind::Recorded {
+                            op,
+                            blob: String::new(),
+                            ms: 0,
+                            end: OpEnd::Stopped,
+                        },
+                        now,
+                    );
+                    return actions;
+                }
+                l.last_activity_ms = now;
+                l.recording = Some(Recording {
+                    op: op.clone(),
+                    blob: blob.clone(),
+                    terminators: opts.terminators.clone(),
+                    ending: None,
+                });
+                self.ops.insert(op.clone(), leg.clone());
+                actions.push(Action::StartRecording(Box::new(StartRecording {
+                    media,
+                    leg,
+                    op,
+                    tenant: tenant.to_string(),
+                    plugin: plugin.to_string(),
+                    blob,
+                    opts,
+                    quota,
+                })));
+            }
+            Command::Pause(op, paused) => {
+                let Some(id) = self.ops.get(&op).cloned() else {
+                    return actions;
+                };
+                if self.lookup(tenant, plugin, &id).is_none() {
+                    return actions;
+                }
+                if let Some(l) = self.legs.get_mut(&id)
+                    && l.recording.as_ref().is_some_and(|r| r.op == op)
+                    && let Some(media) = l.media
+                {
+                    l.last_activity_ms = now;
+                    actions.push(Action::PauseRecording(media, paused));
                 }
             }
             Command::Bridge(a, b) => {
@@ -1137,6 +1267,11 @@ impl Table {
         true
     }
 
+    /// Whether a recording runs on leg `id`.
+    pub fn recording_on(&self, id: &str) -> bool {
+        self.legs.get(id).is_some_and(|l| l.recording.is_some())
+    }
+
     /// Whether leg `id`'s phone asked for a transfer not yet settled.
     pub fn transfer_pending(&self, id: &str) -> bool {
         self.legs
@@ -1180,6 +1315,15 @@ impl Table {
             return actions;
         };
         l.last_activity_ms = now;
+        if let Some(r) = l.recording.as_mut()
+            && r.ending.is_none()
+            && r.terminators.contains(key)
+        {
+            // A key that ends the recording is spent on it.
+            r.ending = Some(OpEnd::Done);
+            actions.push(Action::StopRecording(media));
+            return actions;
+        }
         if l.collect.is_some() {
             if let Some((op, digits, end)) = l.feed(key, now) {
                 self.ops.remove(&op);
@@ -1193,6 +1337,39 @@ impl Table {
             l.push(CallEventKind::Digit(key), now);
         }
         actions
+    }
+
+    /// Leg `id`'s recording `op` is written (`ms` of audio kept; `end` as
+    /// the media engine saw it): `recorded` goes to the plugin, then the
+    /// leg's held `ended`, if it ended meanwhile.
+    pub fn recorded(&mut self, id: &str, op: &str, ms: u64, end: OpEnd, stored: bool, now: u64) {
+        let Some(l) = self.legs.get_mut(id) else {
+            return;
+        };
+        let Some(r) = l.recording.take_if(|r| r.op == op) else {
+            return;
+        };
+        self.ops.remove(op);
+        let end = match (r.ending, l.held_end) {
+            (Some(e), _) => e,
+            (None, Some(_)) => OpEnd::Hangup,
+            (None, None) => end,
+        };
+        l.push(
+            CallEventKind::Recorded {
+                op: r.op,
+                // Nothing stored (the quota refused it all): no blob.
+                blob: if stored { r.blob } else { String::new() },
+                ms,
+                end,
+            },
+            now,
+        );
+        if let Some((cause, _)) = l.held_end.take() {
+            l.push(CallEventKind::Ended(cause), now);
+        }
+        l.last_activity_ms = now;
+        self.forget_if_done(id);
     }
 
     /// A tone of a play ended: the next segment, or the next play.
@@ -1270,6 +1447,17 @@ impl Table {
                 }
                 _ => {}
             }
+        }
+        let stuck: Vec<(String, String)> = self
+            .legs
+            .iter()
+            .filter(|(_, l)| l.held_end.is_some_and(|(_, until)| until <= now))
+            .filter_map(|(id, l)| l.recording.as_ref().map(|r| (id.clone(), r.op.clone())))
+            .collect();
+        for (id, op) in stuck {
+            // The recording was never reported written: the plugin hears
+            // of it with what was kept unknown, and the leg's end.
+            self.recorded(&id, &op, 0, OpEnd::Hangup, true, now);
         }
         for (media, tag) in overdue {
             actions.extend(self.play_done(media, tag, now));
@@ -1514,6 +1702,113 @@ mod tests {
         );
         assert_eq!(failed(&acts), Some(Cause::Rejected));
         assert!(!kinds(&mut t, "declined", 14).contains(&CallEventKind::Transfer("201".into())));
+    }
+
+    #[test]
+    fn a_recording_ends_on_its_key_and_holds_back_the_legs_end_until_written() {
+        use crate::call::legs::RecordOpts;
+        let quota = Quota {
+            tenant_bytes: 1 << 30,
+            owner_bytes: 1 << 30,
+        };
+        let record = |leg: &str, op: &str| Command::Record {
+            leg: leg.into(),
+            op: op.into(),
+            blob: format!("blob-{op}"),
+            opts: RecordOpts {
+                owner: None,
+                class: "recording".into(),
+                max_ms: 60_000,
+                silence_ms: 0,
+                terminators: "#".into(),
+            },
+            quota,
+        };
+        let mut t = Table::default();
+        t.offer("a".into(), &inbound(), 7, 0);
+        answered(&mut t, "a", 0);
+        kinds(&mut t, "a", 0);
+        let acts = t.command(T, P, record("a", "r1"), 1);
+        assert!(
+            matches!(&acts[..], [Action::StartRecording(s)] if s.media == 7 && s.blob == "blob-r1"),
+            "{acts:?}"
+        );
+        assert!(t.recording_on("a"));
+        // Another plugin cannot pause it; a second recording never starts.
+        assert!(
+            t.command(T, "other", Command::Pause("r1".into(), true), 2)
+                .is_empty()
+        );
+        let acts = t.command(T, P, Command::Pause("r1".into(), true), 2);
+        assert!(
+            matches!(&acts[..], [Action::PauseRecording(7, true)]),
+            "{acts:?}"
+        );
+        assert!(t.command(T, P, record("a", "r2"), 3).is_empty());
+        // `#` ends it (the key is spent on it, not a digit event).
+        let acts = t.digit(7, '#', 4);
+        assert!(matches!(&acts[..], [Action::StopRecording(7)]), "{acts:?}");
+        t.recorded("a", "r1", 1234, OpEnd::Stopped, true, 5);
+        let got = kinds(&mut t, "a", 6);
+        assert!(
+            got.contains(&CallEventKind::Recorded {
+                op: "r2".into(),
+                blob: String::new(),
+                ms: 0,
+                end: OpEnd::Stopped,
+            }),
+            "{got:?}"
+        );
+        assert!(
+            got.contains(&CallEventKind::Recorded {
+                op: "r1".into(),
+                blob: "blob-r1".into(),
+                ms: 1234,
+                end: OpEnd::Done,
+            }),
+            "the table's reason wins: {got:?}"
+        );
+        assert!(!got.contains(&CallEventKind::Digit('#')));
+        // Ended while recording: `ended` waits for `recorded`.
+        t.command(T, P, record("a", "r3"), 10);
+        t.ended("a", Cause::Normal, 11);
+        assert_eq!(kinds(&mut t, "a", 12), Vec::<CallEventKind>::new());
+        t.recorded("a", "r3", 500, OpEnd::Hangup, true, 13);
+        let got = kinds(&mut t, "a", 14);
+        assert!(
+            matches!(
+                &got[..],
+                [
+                    CallEventKind::Recorded {
+                        end: OpEnd::Hangup,
+                        ..
+                    },
+                    CallEventKind::Ended(Cause::Normal)
+                ]
+            ),
+            "{got:?}"
+        );
+        assert!(
+            t.lookup(T, P, "a").is_none(),
+            "the leg is gone once all is delivered"
+        );
+        // A recording never reported written: both after the limit.
+        t.offer("b".into(), &inbound(), 8, 100);
+        answered(&mut t, "b", 100);
+        t.command(T, P, record("b", "r4"), 101);
+        t.ended("b", Cause::Busy, 102);
+        t.tick(102 + RECORD_FLUSH_LIMIT_MS - 1);
+        assert!(
+            !kinds(&mut t, "b", 103)
+                .iter()
+                .any(|k| matches!(k, CallEventKind::Ended(_)))
+        );
+        t.tick(102 + RECORD_FLUSH_LIMIT_MS);
+        let got = kinds(&mut t, "b", 104);
+        assert!(
+            got.ends_with(&[CallEventKind::Ended(Cause::Busy)]),
+            "{got:?}"
+        );
     }
 
     #[test]

@@ -14,14 +14,16 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::legs::{Action, Command, Delivery, Table};
+use super::legs::{Action, Command, Delivery, StartRecording, Table};
 use super::policy::{self, Class, Dialled, Refusal};
 use super::records::CallRecord;
 use super::signalling::{Inbound, MediaOffer, Signalling, Unreachable};
 use crate::audit::{AuditLog, Scope};
 use crate::call::Services;
-use crate::call::legs::{Cause, LegSnapshot};
+use crate::call::blob::HostBlob;
+use crate::call::legs::{Cause, LegSnapshot, OpEnd};
 use crate::media::engine::{Engine, LegSetup, MediaConfig, MediaEvent};
+use crate::media::record::{Piece, RecordEnd, RecordSpec};
 use crate::metrics;
 use crate::store::keys;
 use crate::support::clock::now_ms;
@@ -116,6 +118,11 @@ enum Msg {
     Delivered(String, u64, bool),
     Transfer(String, String, oneshot::Sender<Result<(), TelephonyError>>),
     Hold(String, bool),
+    /// A recording is written: (leg, op, ms kept, how it ended, whether
+    /// its blob holds anything).
+    Recorded(String, String, u64, OpEnd, bool),
+    /// A recording's blob is refused more (quota): stop its media.
+    StopRecording(u64),
 }
 
 /// Call control.
@@ -276,6 +283,11 @@ impl Telephony {
             );
         }
         decided
+    }
+
+    /// Whether a recording runs on leg `id`.
+    pub fn recording_on(&self, id: &str) -> bool {
+        self.table.lock().recover().recording_on(id)
     }
 
     /// Whether leg `id`'s phone asked for a transfer not yet settled.
@@ -730,6 +742,15 @@ async fn run(me: Weak<Telephony>, media: MediaConfig, mut rx: mpsc::UnboundedRec
                     t.table.lock().recover().hold(&leg, on_hold, now);
                     Vec::new()
                 }
+                Msg::Recorded(leg, op, ms, end, stored) => {
+                    let ms = if stored { ms } else { 0 };
+                    t.table
+                        .lock()
+                        .recover()
+                        .recorded(&leg, &op, ms, end, stored, now);
+                    Vec::new()
+                }
+                Msg::StopRecording(media) => vec![Action::StopRecording(media)],
                 Msg::Delivered(leg, seq, ok) => {
                     let mut table = t.table.lock().recover();
                     let owner = table.owner_of(&leg);
@@ -777,6 +798,105 @@ enum Step {
     Msg(Option<Msg>),
     Media(MediaEvent),
     Tick,
+}
+
+/// Writes a recording's pieces into its blob as they come (the store's
+/// work off call control's thread), then tells call control it is done.
+/// A blob the tenant's or owner's quota refuses keeps what fit, and the
+/// recording stops (`stopped`).
+async fn write_recording(
+    me: Weak<Telephony>,
+    start: StartRecording,
+    mut pieces: mpsc::UnboundedReceiver<Piece>,
+) {
+    let services = me.upgrade().and_then(|t| t.services.get().cloned());
+    let blob = services.as_ref().and_then(|_| {
+        HostBlob::new(
+            &start.tenant,
+            &start.plugin,
+            &start.blob,
+            start.opts.owner.clone(),
+            &start.opts.class,
+            start.quota,
+        )
+        .ok()
+    });
+    let (mut blob, mut refused) = (blob, false);
+    let mut outcome = (RecordEnd::Closed, 0u64);
+    // The WAV header's place, written over when the length is known.
+    let mut header = Some(vec![0u8; 44]);
+    while let Some(piece) = pieces.recv().await {
+        let mut bytes = header.take().unwrap_or_default();
+        bytes.extend_from_slice(&piece.pcm);
+        if !refused && let (Some(b), Some(services)) = (blob.take(), services.clone()) {
+            let appended = tokio::task::spawn_blocking(move || {
+                let mut b = b;
+                let r = b.append(&services, &bytes);
+                (b, r)
+            })
+            .await;
+            let Ok((b, written)) = appended else {
+                // The store's thread is gone (shutting down).
+                break;
+            };
+            if let Err(e) = written {
+                tracing::info!(tenant = %start.tenant, plugin = %start.plugin, error = %e, "a call recording's blob is full");
+                refused = true;
+                if let Some(t) = me.upgrade() {
+                    t.send(Msg::StopRecording(start.media));
+                }
+            }
+            blob = Some(b);
+        }
+        if let Some(end) = piece.end {
+            outcome = end;
+            break;
+        }
+    }
+    let mut stored = false;
+    let mut kept_bytes = 0u64;
+    if let (Some(mut b), Some(services)) = (blob, services) {
+        // The header names what the blob will hold: all of it, or, if the
+        // quota refuses the rest, what was stored already.
+        let all = b.len().saturating_sub(44);
+        let head = crate::media::record::wav_header(u32::try_from(all).unwrap_or(u32::MAX));
+        let done = tokio::task::spawn_blocking(move || {
+            let r = b.finish(&services, &head);
+            (b, r, services)
+        })
+        .await;
+        if let Ok((mut b, r, services)) = done {
+            kept_bytes = b.stored_len().saturating_sub(44);
+            stored = match r {
+                Ok(_) => true,
+                Err(_) if b.stored_len() > 0 => {
+                    refused = true;
+                    let kept = b.stored_len().saturating_sub(44);
+                    let head =
+                        crate::media::record::wav_header(u32::try_from(kept).unwrap_or(u32::MAX));
+                    let _ = tokio::task::spawn_blocking(move || b.restamp(&services, &head)).await;
+                    true
+                }
+                Err(_) => false,
+            };
+        }
+    }
+    let end = match (refused, outcome.0) {
+        (true, _) | (false, RecordEnd::Stopped) => OpEnd::Stopped,
+        (false, RecordEnd::Full) => OpEnd::Done,
+        (false, RecordEnd::Silence) => OpEnd::Timeout,
+        (false, RecordEnd::Closed) => OpEnd::Hangup,
+    };
+    if let Some(t) = me.upgrade() {
+        // 16 bytes a millisecond (8 kHz, 16-bit): what the blob holds.
+        t.send(Msg::Recorded(
+            start.leg,
+            start.op,
+            kept_bytes / 16,
+            end,
+            stored,
+        ));
+    }
 }
 
 /// The media group of a tenant's legs: every leg of a tenant runs on one
@@ -868,6 +988,19 @@ async fn carry_out(t: &Telephony, engine: &Engine, actions: Vec<Action>) {
                 t.signalling().transfer_failed(&leg, cause);
                 Ok(())
             }
+            Action::StartRecording(start) => {
+                let (sink, pieces) = mpsc::unbounded_channel();
+                let spec = RecordSpec {
+                    max_frames: u64::from(start.opts.max_ms).div_ceil(20),
+                    silence_frames: u64::from(start.opts.silence_ms).div_ceil(20),
+                    sink,
+                };
+                let media = start.media;
+                tokio::spawn(write_recording(t.me.clone(), *start, pieces));
+                engine.record(media, spec).await
+            }
+            Action::StopRecording(media) => engine.stop_record(media).await,
+            Action::PauseRecording(media, paused) => engine.pause_record(media, paused).await,
         };
         if let Err(e) = result {
             tracing::debug!(error = %e, "a media action found its leg gone");
