@@ -1049,6 +1049,67 @@ async fn r3_a_recording_lands_in_a_blob_and_keeps_nothing_said_while_paused() {
     );
     rig.hang_up(&a);
     wait_event(&h, "acme", &a, "ended:normal").await;
+    // The recording plays back into another call, as recorded.
+    let mut carol = Phone::new().unwrap();
+    let c = rig
+        .ring(
+            "acme",
+            "callflow",
+            "carol",
+            "100",
+            format!("playblob:{blob}").as_bytes(),
+            &mut carol,
+        )
+        .await
+        .unwrap();
+    let heard = carol.listen(Duration::from_millis(2500), 0);
+    let frames_of = |code: u8| {
+        heard
+            .iter()
+            .filter(|f| f.iter().all(|c| *c == code))
+            .count()
+    };
+    assert!(
+        frames_of(before) >= 10,
+        "{} frames of the first level",
+        frames_of(before)
+    );
+    assert!(
+        frames_of(after) >= 10,
+        "{} frames of the last",
+        frames_of(after)
+    );
+    assert_eq!(frames_of(secret), 0);
+    wait_event(&h, "acme", &c, "played:done").await;
+    // An unknown blob, or another tenant's, is `not-found` to the play.
+    for (tenant, id) in [("acme", "0".repeat(32)), ("globex", blob.clone())] {
+        let mut phone = Phone::new().unwrap();
+        let leg = rig
+            .ring(
+                tenant,
+                "callflow",
+                "eve",
+                "100",
+                format!("playblob:{id}").as_bytes(),
+                &mut phone,
+            )
+            .await
+            .unwrap();
+        let why = loop {
+            let v = ok_json(
+                h.get(tenant, "callflow", "u", &format!("/refused/{leg}"))
+                    .await,
+            );
+            if v.as_str().is_some_and(|s| !s.is_empty()) {
+                break v;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(
+            why.as_str().unwrap().starts_with("not-found"),
+            "{tenant}: {why}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

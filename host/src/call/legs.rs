@@ -81,6 +81,12 @@ pub enum Prompt {
     Digits(String),
     /// A prompt of the built-in library, by name.
     Library(String),
+    /// A blob of the plugin by id, as the plugin names it (the `calls`
+    /// capability reads it into `Audio` when the play is issued).
+    Blob(String),
+    /// G.711 µ-law audio read from a plugin's blob when the play was
+    /// issued.
+    Audio(std::sync::Arc<[u8]>),
 }
 
 /// What a collect waits for.

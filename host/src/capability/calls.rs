@@ -185,6 +185,9 @@ pub fn hangup(ctx: &mut CallCtx, t: &State, id: &str, cause: legs::Cause) -> Res
     queue(ctx, t, Command::Hangup(id.to_string(), cause))
 }
 
+/// Largest blob a play reads: 10 minutes of 16-bit PCM and a header.
+pub const MAX_PLAY_BLOB_BYTES: u64 = 10 * 60 * 16_000 + 4096;
+
 /// Plays prompts into an answered leg; returns the operation's id.
 pub fn play(
     ctx: &mut CallCtx,
@@ -247,7 +250,25 @@ pub fn play(
                     )));
                 }
             }
-            Prompt::Tone { .. } => {}
+            Prompt::Tone { .. } | Prompt::Audio(_) => {}
+            Prompt::Blob(_) => {}
+        }
+    }
+    // Blobs are read now, in this call's view of the store: the play
+    // holds their audio, whatever happens to the blob afterwards.
+    let mut items = items;
+    for item in &mut items {
+        if let Prompt::Blob(blob) = item {
+            let size = super::blobs::size(ctx, blob)?;
+            if size > MAX_PLAY_BLOB_BYTES {
+                return Err(CapError::TooLarge(format!(
+                    "blob {blob} holds {size} bytes; a play takes at most {MAX_PLAY_BLOB_BYTES} (10 minutes)"
+                )));
+            }
+            let bytes = super::blobs::read(ctx, blob, 0, size as u32)?;
+            let audio = crate::media::record::wav_to_ulaw(&bytes)
+                .map_err(|e| CapError::InvalidArgument(format!("blob {blob}: {e}")))?;
+            *item = Prompt::Audio(audio.into());
         }
     }
     let op = crate::support::encoding::random_hex(16);
@@ -772,6 +793,7 @@ impl twit::calls::Host for View<'_, State> {
                 },
                 t::Prompt::Digits(keys) => Prompt::Digits(keys),
                 t::Prompt::Library(name) => Prompt::Library(name),
+                t::Prompt::Blob(id) => Prompt::Blob(id),
             })
             .collect();
         wrap(play(self.call, self.state, &leg, items, barge_in))

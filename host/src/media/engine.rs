@@ -86,7 +86,21 @@ pub enum MediaError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Sound {
     Tone(Tone, Duration),
+    /// G.711 µ-law audio of the built-in library.
     Clip(&'static [u8]),
+    /// G.711 µ-law audio a plugin's blob held.
+    Audio(Arc<[u8]>),
+}
+
+impl Sound {
+    /// The µ-law audio of a clip, if it is one.
+    fn ulaw(&self) -> Option<&[u8]> {
+        match self {
+            Sound::Clip(c) => Some(c),
+            Sound::Audio(a) => Some(a),
+            Sound::Tone(..) => None,
+        }
+    }
 }
 
 /// How the engine runs.
@@ -857,7 +871,10 @@ impl Worker {
                 Sound::Tone(tone, length) => {
                     (Some(tone.frames()), (length.as_millis() / 20).max(1))
                 }
-                Sound::Clip(clip) => (None, clip.len().div_ceil(FRAME) as u128),
+                Sound::Clip(_) | Sound::Audio(_) => (
+                    None,
+                    sound.ulaw().map_or(0, <[u8]>::len).div_ceil(FRAME) as u128,
+                ),
             };
             let mut tick = tokio::time::interval(Duration::from_millis(20));
             let mut packet = Vec::with_capacity(rtp::HEADER + FRAME + 10);
@@ -877,7 +894,8 @@ impl Worker {
                             pcm.iter().map(|s| g711::linear_to_ulaw(*s)).collect()
                         }
                     }
-                    (Sound::Clip(clip), _) => {
+                    (Sound::Clip(_) | Sound::Audio(_), _) => {
+                        let clip = sound.ulaw().unwrap_or_default();
                         let at = i as usize * FRAME;
                         let chunk = &clip[at..(at + FRAME).min(clip.len())];
                         // µ-law silence pads a short last frame.

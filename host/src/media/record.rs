@@ -183,6 +183,60 @@ fn push(queue: &mut VecDeque<[i16; FRAME]>, payload: &[u8], alaw: bool) {
     }
 }
 
+/// Why a WAV file cannot be played.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0} (a WAV file of 8 kHz mono 16-bit PCM, µ-law or A-law)")]
+pub struct WavError(String);
+
+/// The audio of a WAV file as G.711 µ-law: 8 kHz mono, 16-bit PCM
+/// (format 1), A-law (6) or µ-law (7). Chunks other than `fmt ` and
+/// `data` are skipped; a `data` chunk cut short is taken as far as it
+/// goes.
+pub fn wav_to_ulaw(bytes: &[u8]) -> Result<Vec<u8>, WavError> {
+    let bad = |why: &str| WavError(why.to_string());
+    if bytes.len() < 12 || &bytes[0..4] != b"RIFF" || &bytes[8..12] != b"WAVE" {
+        return Err(bad("not a WAV file"));
+    }
+    let mut at = 12;
+    let mut format: Option<(u16, u16, u32, u16)> = None;
+    while at + 8 <= bytes.len() {
+        let id = &bytes[at..at + 4];
+        let len = u32::from_le_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]])
+            as usize;
+        let body = &bytes[at + 8..(at + 8).saturating_add(len).min(bytes.len())];
+        match id {
+            b"fmt " if body.len() >= 16 => {
+                let u16_at = |i: usize| u16::from_le_bytes([body[i], body[i + 1]]);
+                let rate = u32::from_le_bytes([body[4], body[5], body[6], body[7]]);
+                format = Some((u16_at(0), u16_at(2), rate, u16_at(14)));
+            }
+            b"data" => {
+                let (tag, channels, rate, bits) =
+                    format.ok_or_else(|| bad("no fmt chunk before the data"))?;
+                if channels != 1 || rate != 8000 {
+                    return Err(bad(&format!("{channels} channels at {rate} Hz")));
+                }
+                return match (tag, bits) {
+                    (1, 16) => Ok(body
+                        .chunks_exact(2)
+                        .map(|b| g711::linear_to_ulaw(i16::from_le_bytes([b[0], b[1]])))
+                        .collect()),
+                    (7, 8) => Ok(body.to_vec()),
+                    (6, 8) => Ok(body.iter().map(|a| g711::alaw_to_ulaw(*a)).collect()),
+                    _ => Err(bad(&format!("format {tag} with {bits} bits"))),
+                };
+            }
+            _ => {}
+        }
+        // Chunks are padded to an even length.
+        at = at
+            .saturating_add(8)
+            .saturating_add(len)
+            .saturating_add(len & 1);
+    }
+    Err(bad("no data chunk"))
+}
+
 /// A WAV header for `pcm_bytes` of 8 kHz 16-bit mono PCM.
 pub fn wav_header(pcm_bytes: u32) -> [u8; 44] {
     let mut h = [0u8; 44];
@@ -288,6 +342,51 @@ mod tests {
         }
         assert_eq!(r.tick(), Some(RecordEnd::Silence));
         assert_eq!(pcm_of(&mut rx).1, Some((RecordEnd::Silence, 5)));
+    }
+
+    #[test]
+    fn wav_files_read_back_as_ulaw_and_others_are_refused() {
+        let pcm: Vec<i16> = (0..320).map(|i| (i * 50 - 8000) as i16).collect();
+        let mut wav = wav_header(640).to_vec();
+        for s in &pcm {
+            wav.extend_from_slice(&s.to_le_bytes());
+        }
+        let ulaw = wav_to_ulaw(&wav).unwrap();
+        assert_eq!(ulaw.len(), 320);
+        assert!(
+            ulaw.iter()
+                .zip(&pcm)
+                .all(|(u, s)| *u == g711::linear_to_ulaw(*s))
+        );
+        // µ-law and A-law WAVs, with a chunk to skip first.
+        for (tag, data, want) in [
+            (7u16, vec![0x12u8, 0x80], vec![0x12u8, 0x80]),
+            (6, vec![0xD5], vec![g711::alaw_to_ulaw(0xD5)]),
+        ] {
+            let mut w = b"RIFF\0\0\0\0WAVELIST\x03\0\0\0abc\0fmt \x10\0\0\0".to_vec();
+            w.extend_from_slice(&tag.to_le_bytes());
+            w.extend_from_slice(&1u16.to_le_bytes());
+            w.extend_from_slice(&8000u32.to_le_bytes());
+            w.extend_from_slice(&8000u32.to_le_bytes());
+            w.extend_from_slice(&1u16.to_le_bytes());
+            w.extend_from_slice(&8u16.to_le_bytes());
+            w.extend_from_slice(b"data");
+            w.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            w.extend_from_slice(&data);
+            assert_eq!(wav_to_ulaw(&w).unwrap(), want);
+        }
+        // Not WAV, stereo, 16 kHz, no data, a huge chunk length: errors.
+        assert!(wav_to_ulaw(b"ID3 mp3").is_err());
+        let mut stereo = wav.clone();
+        stereo[22] = 2;
+        assert!(wav_to_ulaw(&stereo).is_err());
+        let mut fast = wav.clone();
+        fast[24..28].copy_from_slice(&16_000u32.to_le_bytes());
+        assert!(wav_to_ulaw(&fast).is_err());
+        assert!(wav_to_ulaw(&wav[..36]).is_err());
+        let mut huge = wav.clone();
+        huge[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(wav_to_ulaw(&huge).is_err());
     }
 
     #[test]

@@ -208,6 +208,7 @@ fn length_ms(sound: &Sound) -> u64 {
     match sound {
         Sound::Tone(_, length) => length.as_millis() as u64,
         Sound::Clip(clip) => clip.len() as u64 / 8,
+        Sound::Audio(audio) => audio.len() as u64 / 8,
     }
 }
 
@@ -319,6 +320,9 @@ fn segments(items: &[Prompt]) -> VecDeque<Sound> {
                     out.push_back(Sound::Clip(clip));
                 }
             }
+            Prompt::Audio(audio) => out.push_back(Sound::Audio(audio.clone())),
+            // Read into `Audio` when issued; never reaches the table.
+            Prompt::Blob(_) => {}
         }
     }
     out
