@@ -19,6 +19,13 @@
 //! plugins (64 CPU-bound 5 ms calls at once through the plugin executor):
 //! media runs on its own thread at normal priority, the executor's at
 //! nice 10, so the flood should not show in the media figures (SPEC K5).
+//!
+//! Then the peer: the same plain RTP streams relayed by rtpengine
+//! (Debian's `rtpengine-daemon`, userspace forwarding, one thread like the
+//! engine), set up over its ng control protocol (an offer and an answer
+//! per call), in the same run. Skipped, with a note, when rtpengine is
+//! not installed (`apt-get install --no-install-recommends
+//! rtpengine-daemon`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -216,6 +223,264 @@ fn pct(v: &[u32], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p) as usize] as f64 / 1000.0
 }
 
+/// rtpengine, run for the bench: a child process with its ng control
+/// socket.
+struct RtpEngine {
+    child: std::process::Child,
+    ng: std::net::UdpSocket,
+    next: u64,
+}
+
+/// Bencode, as the ng protocol speaks it.
+#[derive(Clone)]
+enum Ben {
+    Str(Vec<u8>),
+    Int(i64),
+    List(Vec<Ben>),
+    Dict(Vec<(Vec<u8>, Ben)>),
+}
+
+impl Ben {
+    fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            Ben::Str(s) => {
+                out.extend_from_slice(format!("{}:", s.len()).as_bytes());
+                out.extend_from_slice(s);
+            }
+            Ben::Int(i) => out.extend_from_slice(format!("i{i}e").as_bytes()),
+            Ben::List(l) => {
+                out.push(b'l');
+                l.iter().for_each(|b| b.write(out));
+                out.push(b'e');
+            }
+            Ben::Dict(d) => {
+                let mut d: Vec<&(Vec<u8>, Ben)> = d.iter().collect();
+                d.sort_by(|a, b| a.0.cmp(&b.0));
+                out.push(b'd');
+                for (k, v) in d {
+                    Ben::Str(k.clone()).write(out);
+                    v.write(out);
+                }
+                out.push(b'e');
+            }
+        }
+    }
+
+    /// Reads one value at `at`; returns it and where it ends.
+    fn read(b: &[u8], at: usize) -> Option<(Ben, usize)> {
+        match *b.get(at)? {
+            b'i' => {
+                let end = at + b[at..].iter().position(|c| *c == b'e')?;
+                let n = std::str::from_utf8(&b[at + 1..end]).ok()?.parse().ok()?;
+                Some((Ben::Int(n), end + 1))
+            }
+            b'l' | b'd' => {
+                let dict = b[at] == b'd';
+                let (mut items, mut keys, mut at) = (Vec::new(), Vec::new(), at + 1);
+                while *b.get(at)? != b'e' {
+                    if dict {
+                        let (Ben::Str(k), next) = Ben::read(b, at)? else {
+                            return None;
+                        };
+                        keys.push(k);
+                        at = next;
+                    }
+                    let (v, next) = Ben::read(b, at)?;
+                    items.push(v);
+                    at = next;
+                }
+                let v = if dict {
+                    Ben::Dict(keys.into_iter().zip(items).collect())
+                } else {
+                    Ben::List(items)
+                };
+                Some((v, at + 1))
+            }
+            _ => {
+                let colon = at + b[at..].iter().position(|c| *c == b':')?;
+                let n: usize = std::str::from_utf8(&b[at..colon]).ok()?.parse().ok()?;
+                let s = b.get(colon + 1..colon + 1 + n)?.to_vec();
+                Some((Ben::Str(s), colon + 1 + n))
+            }
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&Ben> {
+        match self {
+            Ben::Dict(d) => d.iter().find(|(k, _)| k == key.as_bytes()).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    fn text(&self) -> String {
+        match self {
+            Ben::Str(s) => String::from_utf8_lossy(s).into_owned(),
+            Ben::Int(i) => i.to_string(),
+            _ => String::new(),
+        }
+    }
+}
+
+fn dict(items: &[(&str, Ben)]) -> Ben {
+    Ben::Dict(
+        items
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.clone()))
+            .collect(),
+    )
+}
+
+fn text(s: &str) -> Ben {
+    Ben::Str(s.as_bytes().to_vec())
+}
+
+impl RtpEngine {
+    /// Starts rtpengine on loopback (userspace, one thread); `None` if it
+    /// is not installed or does not answer.
+    fn start() -> Option<RtpEngine> {
+        let binary = ["/usr/bin/rtpengine", "/usr/sbin/rtpengine"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())?;
+        let ng_port = {
+            let probe = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+            probe.local_addr().ok()?.port()
+        };
+        let child = std::process::Command::new(binary)
+            .args([
+                "--foreground",
+                "--log-stderr",
+                "--log-level=3",
+                "--interface=127.0.0.1",
+                &format!("--listen-ng=127.0.0.1:{ng_port}"),
+                "--table=-1",
+                "--port-min=40000",
+                "--port-max=49999",
+                "--num-threads=1",
+                "--delete-delay=0",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let ng = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+        ng.connect(("127.0.0.1", ng_port)).ok()?;
+        ng.set_read_timeout(Some(Duration::from_millis(200))).ok()?;
+        let mut me = RtpEngine { child, ng, next: 0 };
+        for _ in 0..50 {
+            if me
+                .command(dict(&[("command", text("ping"))]))
+                .is_some_and(|r| r.get("result").map(Ben::text).as_deref() == Some("pong"))
+            {
+                return Some(me);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+
+    fn command(&mut self, message: Ben) -> Option<Ben> {
+        self.next += 1;
+        let cookie = format!("c{} ", self.next);
+        let mut out = cookie.clone().into_bytes();
+        message.write(&mut out);
+        self.ng.send(&out).ok()?;
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            let n = self.ng.recv(&mut buf).ok()?;
+            if let Some(rest) = buf[..n].strip_prefix(cookie.as_bytes()) {
+                return Ben::read(rest, 0).map(|(b, _)| b);
+            }
+        }
+    }
+
+    /// Sets up a call between phones at `a` and `b`; returns where each
+    /// sends (a's target, b's target).
+    fn call(&mut self, id: &str, a: SocketAddr, b: SocketAddr) -> Option<(SocketAddr, SocketAddr)> {
+        let sdp = |port: u16| {
+            format!(
+                "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
+            )
+        };
+        let port_of = |r: &Ben| -> Option<u16> {
+            let sdp = r.get("sdp")?.text();
+            let m = sdp.lines().find(|l| l.starts_with("m=audio "))?;
+            m.split(' ').nth(1)?.parse().ok()
+        };
+        let offer = self.command(dict(&[
+            ("command", text("offer")),
+            ("call-id", text(id)),
+            ("from-tag", text("a")),
+            ("sdp", text(&sdp(a.port()))),
+        ]))?;
+        let towards_b = port_of(&offer)?;
+        let answer = self.command(dict(&[
+            ("command", text("answer")),
+            ("call-id", text(id)),
+            ("from-tag", text("a")),
+            ("to-tag", text("b")),
+            ("sdp", text(&sdp(b.port()))),
+        ]))?;
+        let towards_a = port_of(&answer)?;
+        let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        // a sends to the port rtpengine gave in its answer to a; b to the
+        // port in the offer it passed on to b.
+        Some((at(towards_a), at(towards_b)))
+    }
+
+    fn delete(&mut self, id: &str) {
+        let _ = self.command(dict(&[("command", text("delete")), ("call-id", text(id))]));
+    }
+}
+
+impl Drop for RtpEngine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `calls` calls of two phones each relayed by rtpengine (plain RTP).
+async fn phones_via_rtpengine(rtp: &mut RtpEngine, calls: usize, round: usize) -> (Vec<Phone>, Vec<String>) {
+    let mut phones = Vec::with_capacity(calls * 2);
+    let mut ids = Vec::with_capacity(calls);
+    for call in 0..calls {
+        let a = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let b = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let id = format!("bench-{round}-{call}");
+        let (to_a, to_b) = rtp
+            .call(&id, a.local_addr().unwrap(), b.local_addr().unwrap())
+            .expect("rtpengine sets up the call");
+        ids.push(id);
+        phones.push(Phone {
+            socket: a,
+            leg_addr: to_a,
+            tx: None,
+            rx: None,
+        });
+        phones.push(Phone {
+            socket: b,
+            leg_addr: to_b,
+            tx: None,
+            rx: None,
+        });
+    }
+    (phones, ids)
+}
+
+fn print_row(calls: usize, label: &str, mut s: Stats) {
+    s.variation.sort_unstable();
+    let loss = 100.0 * (1.0 - s.received as f64 / s.sent.max(1) as f64);
+    println!(
+        "{calls:>6} {label:>9} {:>9.0} {:>9} {:>8.3} {:>9.2} {:>9.2} {:>9.2}",
+        s.sent as f64 / STEP_SECS as f64,
+        s.sent,
+        loss,
+        pct(&s.variation, 0.5),
+        pct(&s.variation, 0.99),
+        pct(&s.variation, 1.0),
+    );
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let (engine, _events) = Engine::start(MediaConfig {
@@ -265,23 +530,32 @@ async fn main() {
         let _ = t.await;
     }
     println!("(the flooding tenant's calls answered meanwhile, any status: {rate:.0}/s)");
+
+    // The peer: rtpengine relaying the same plain RTP streams.
+    match RtpEngine::start() {
+        None => println!(
+            "rtpengine: not installed or not answering; skipped (apt-get install --no-install-recommends rtpengine-daemon)"
+        ),
+        Some(mut rtp) => {
+            println!("the same plain RTP calls relayed by rtpengine (userspace, 1 thread):");
+            for (round, calls) in [100usize, 250, 500, 750, 1000].into_iter().enumerate() {
+                let (phones, ids) = phones_via_rtpengine(&mut rtp, calls, round).await;
+                let s = step(phones).await;
+                print_row(calls, "rtpengine", s);
+                for id in ids {
+                    rtp.delete(&id);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
 }
 
 async fn run_step(engine: &Engine, calls: usize, srtp: bool, group: &mut u64, label: &str) {
     let (phones, legs) = phones_for(engine, calls, srtp, *group).await;
     *group += calls as u64;
-    let mut s = step(phones).await;
-    s.variation.sort_unstable();
-    let loss = 100.0 * (1.0 - s.received as f64 / s.sent.max(1) as f64);
-    println!(
-        "{calls:>6} {label:>9} {:>9.0} {:>9} {:>8.3} {:>9.2} {:>9.2} {:>9.2}",
-        s.sent as f64 / STEP_SECS as f64,
-        s.sent,
-        loss,
-        pct(&s.variation, 0.5),
-        pct(&s.variation, 0.99),
-        pct(&s.variation, 1.0),
-    );
+    let s = step(phones).await;
+    print_row(calls, label, s);
     for leg in legs {
         engine.close(leg).await.unwrap();
     }
