@@ -177,6 +177,7 @@ impl ServerConfig {
         rc.http_client = self.http_client.clone();
         rc.telephony.sip_domain = self.sip.domain.to_ascii_lowercase();
         rc.telephony.media.bind = self.sip.media_bind;
+        rc.telephony.media.nice = self.sip.media_nice;
         rc.telephony.media.ports = self.sip.media_ports[0]..=self.sip.media_ports[1];
         rc
     }

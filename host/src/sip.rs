@@ -81,6 +81,10 @@ pub struct SipConfig {
     /// The RTP port range, both ends included (two ports per call leg at
     /// most).
     pub media_ports: [u16; 2],
+    /// The media threads' nice value (Linux, -20-19; default 0). Below 0
+    /// keeps audio ahead of plugin work when the machine is saturated;
+    /// it needs `CAP_SYS_NICE` (else a warning, and 0).
+    pub media_nice: i32,
     /// Where (default `127.0.0.1:5061`; phones on a network need
     /// `0.0.0.0:5061`).
     pub listen: SocketAddr,
@@ -121,6 +125,7 @@ impl Default for SipConfig {
             domain: "localhost".into(),
             media_bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             media_ports: [20000, 29999],
+            media_nice: 0,
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 5061),
             trunk_listen: None,
             handshake_timeout_s: 10,
@@ -146,6 +151,12 @@ impl SipConfig {
         if lo < 1024 || lo >= hi || hi - lo < 3 {
             return Err(format!(
                 "[sip] media_ports [{lo}, {hi}]: a range of at least 4 ports above 1023, low first"
+            ));
+        }
+        if !(-20..=19).contains(&self.media_nice) {
+            return Err(format!(
+                "[sip] media_nice {} is not a nice value (-20-19)",
+                self.media_nice
             ));
         }
         let domain_ok = !self.domain.is_empty()

@@ -7,3 +7,4 @@ pub mod encoding;
 pub(crate) mod fsutil;
 pub mod sync;
 pub mod task;
+pub mod thread;

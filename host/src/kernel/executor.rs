@@ -109,25 +109,14 @@ pub fn init_compile_pool(nice: i32) {
     }
 }
 
-/// Sets the calling thread's nice value (on Linux, per thread). A failure
-/// (e.g. the process already runs at a higher nice value) is logged; the
-/// executor still works, with less headroom for the network threads.
-#[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
+/// Lowers the calling thread's priority to `nice`. A failure (e.g. the
+/// process already runs at a higher nice value) is logged; the executor
+/// still works, with less headroom for the network threads.
 pub(super) fn lower_priority(nice: i32) {
-    if nice == 0 {
-        return;
-    }
-    // SAFETY: setpriority reads three integers and writes no memory of
-    // ours; `who` 0 names the calling thread.
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
-    if rc != 0 {
-        tracing::warn!(nice, error = %std::io::Error::last_os_error(), "cannot lower the plugin threads' priority");
+    if let Err(error) = crate::support::thread::set_nice(nice) {
+        tracing::warn!(nice, %error, "cannot lower the plugin threads' priority");
     }
 }
-
-#[cfg(not(target_os = "linux"))]
-pub(super) fn lower_priority(_nice: i32) {}
 
 impl Drop for Executor {
     fn drop(&mut self) {

@@ -114,6 +114,11 @@ pub struct MediaConfig {
     pub ports: std::ops::RangeInclusive<u16>,
     /// How often each leg sends an RTCP report (RFC 3550 suggests 5 s).
     pub report_interval: Duration,
+    /// The media threads' nice value (Linux): below 0 puts audio ahead
+    /// of everything else on the machine (plugin work runs at 10 by
+    /// default), which needs `CAP_SYS_NICE`; refused, the threads run at
+    /// 0 and say so in the log.
+    pub nice: i32,
 }
 
 /// A leg's media, as agreed in SDP.
@@ -247,9 +252,11 @@ impl Engine {
                 ports.clone(),
                 config.report_interval,
             );
+            let nice = config.nice;
             std::thread::Builder::new()
                 .name(format!("sb-media-{n}"))
                 .spawn(move || {
+                    set_nice(nice);
                     // The worker's state never leaves its thread.
                     let worker = Worker {
                         bind,
@@ -1161,6 +1168,13 @@ async fn reports(worker: Rc<Worker>) {
     }
 }
 
+/// Sets a media thread's nice value; refused, it runs at 0 and says so.
+fn set_nice(nice: i32) {
+    if let Err(error) = crate::support::thread::set_nice(nice) {
+        tracing::warn!(nice, %error, "the media threads keep their priority (raising it needs CAP_SYS_NICE)");
+    }
+}
+
 /// Wall-clock time as a 64-bit NTP timestamp.
 fn ntp_now() -> u64 {
     const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
@@ -1225,6 +1239,7 @@ mod tests {
 
     fn engine(ports: std::ops::RangeInclusive<u16>) -> (Engine, mpsc::Receiver<MediaEvent>) {
         Engine::start(MediaConfig {
+            nice: 0,
             workers: 2,
             bind: "127.0.0.1".parse().unwrap(),
             ports,

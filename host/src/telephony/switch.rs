@@ -75,6 +75,7 @@ impl Default for TelephonyConfig {
                 bind: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
                 ports: 20000..=29999,
                 report_interval: Duration::from_secs(5),
+                nice: 0,
             },
             region: "US".into(),
             sip_domain: "localhost".into(),
