@@ -649,7 +649,10 @@ mod tests {
         let rc = c.runtime_config(dir.path().into());
         assert_eq!(rc.telephony.sip_domain, "sip.example.com");
         assert_eq!(rc.telephony.media.ports, 30000..=30999);
+        assert_eq!(rc.telephony.media.nice, -5);
         for bad in [
+            "[sip]\nmedia_nice = -21\n",
+            "[sip]\nmedia_nice = 20\n",
             "[sip]\nmedia_ports = [30000, 20000]\n",
             "[sip]\ndomain = \"a b\"\n",
             "[sip]\ndigest_algorithms = []\n",
