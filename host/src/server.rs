@@ -638,7 +638,7 @@ mod tests {
         let path = dir.path().join("c.toml");
         std::fs::write(
             &path,
-            "[sip]\nlisten = \"0.0.0.0:5061\"\ndomain = \"sip.example.com\"\nmedia_bind = \"0.0.0.0\"\nmedia_ports = [30000, 30999]\ndigest_algorithms = [\"MD5\"]\n",
+            "[sip]\nlisten = \"0.0.0.0:5061\"\ndomain = \"sip.example.com\"\nmedia_bind = \"0.0.0.0\"\nmedia_ports = [30000, 30999]\nmedia_nice = -5\ndigest_algorithms = [\"MD5\"]\n",
         )
         .unwrap();
         let c = ServerConfig::load(&path).unwrap();
