@@ -537,7 +537,7 @@ async fn main() {
     run_step(&engine, 500, true, &mut group, "yes+flood").await;
     // Again with the phones on a runtime (and thread) of their own, apart
     // from the flood's drivers: what is left is the engine's.
-    let g = group;
+    let mut g = group;
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
@@ -548,13 +548,11 @@ async fn main() {
                     .enable_all()
                     .build()
                     .unwrap();
-                let mut g = g;
                 rt.block_on(run_step(&engine, 500, true, &mut g, "yes+flood*"));
             })
             .join()
             .unwrap();
     });
-    group += 500;
     let rate = (answered.load(Ordering::Relaxed) - before) as f64 / t0.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
