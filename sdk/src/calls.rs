@@ -73,6 +73,13 @@ pub fn record(leg: &str, opts: &RecordOpts) -> Result<String, Error> {
     crate::tx::note(raw::record_leg(leg, opts))
 }
 
+/// Gives a leg to the plugin the tenant routed `number` to (voicemail,
+/// an attendant): it gets `offered`, this plugin `HandedOff` and nothing
+/// more of the leg.
+pub fn hand_off(leg: &str, number: &str) -> Result<(), Error> {
+    crate::tx::note(raw::hand_off(leg, number))
+}
+
 /// Pauses a recording: nothing is kept until [`resume`].
 pub fn pause(op: &str) -> Result<(), Error> {
     crate::tx::note(raw::pause(op))

@@ -26,8 +26,8 @@ struct Rig {
 }
 
 async fn rig(dialing: Dialing) -> Rig {
-    let h = harness(&["pbx"]).await;
-    tenant(&h, "acme", Limits::default(), &["pbx"]).await;
+    let h = harness(&["pbx", "callflow"]).await;
+    tenant(&h, "acme", Limits::default(), &["pbx", "callflow"]).await;
     let mut ids = Vec::new();
     for u in ["alice", "bob", "carol"] {
         ids.push(create_user(&h, "acme", u, "user").await.0);
@@ -45,6 +45,12 @@ async fn rig(dialing: Dialing) -> Rig {
                 route("201", "bob"),
                 route("202", "carol"),
                 route("_9.", "outside"),
+                // Another plugin's number (a stand-in for voicemail).
+                Route {
+                    number: "800".into(),
+                    plugin: "callflow".into(),
+                    args: "answer".into(),
+                },
             ],
         },
     )
@@ -309,4 +315,80 @@ async fn v5_a_forward_to_an_extension_rings_that_user() {
     r.bridged(&a, &c).await;
     r.rig.hang_up(&a);
     assert_eq!(r.ended(&c).await, Cause::Normal);
+}
+
+/// The events callflow logged for `leg`, once `want` is among them.
+async fn callflow_events(h: &Harness, leg: &str, want: &str) -> Vec<String> {
+    let end = std::time::Instant::now() + WAIT;
+    loop {
+        let r = h
+            .get("acme", "callflow", "u", &format!("/events/{leg}"))
+            .await
+            .unwrap();
+        let got: Vec<String> = serde_json::from_value(r.json().unwrap()).unwrap();
+        if got.iter().any(|e| e == want) {
+            return got;
+        }
+        assert!(std::time::Instant::now() < end, "no {want} in {got:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_a_forward_or_transfer_to_another_plugins_number_hands_the_caller_over() {
+    let r = rig(desk()).await;
+    let bob = Phone::new().unwrap();
+    r.rig.directory(&format!("user:{}", r.bob), &bob).unwrap();
+    // Carol forwards everything to 800 (callflow, standing in for
+    // voicemail): Alice's call is handed to it, answered as it was.
+    let set =
+        r.h.call(
+            "acme",
+            "pbx",
+            &r.carol,
+            Method::Put,
+            "/forward",
+            br#"{"always": "800"}"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(set.status, 200);
+    let mut alice = Phone::new().unwrap();
+    let a = r.alice_calls("202", "carol", &mut alice).await;
+    let got = callflow_events(&r.h, &a, "offered:answer").await;
+    assert_eq!(
+        got,
+        ["offered:answer"],
+        "callflow hears the leg from its offer"
+    );
+    let snap =
+        r.h.runtime()
+            .telephony()
+            .lookup("acme", "callflow", &a)
+            .unwrap();
+    assert_eq!(snap.caller, "alice-desk");
+    // pbx no longer finds it, exactly as an unknown leg.
+    assert!(r.leg(&a).is_none());
+    // callflow's leg hangs up like any other.
+    r.rig.hang_up(&a);
+    callflow_events(&r.h, &a, "ended:normal").await;
+    // Bob, in a call with Alice, transfers her to 800: his leg ends (the
+    // transfer went through), hers goes to callflow.
+    let mut alice = Phone::new().unwrap();
+    let a = r.alice_calls("201", "bob", &mut alice).await;
+    let b = r.dialled(&format!("user:{}", r.bob)).await;
+    r.bridged(&a, &b).await;
+    r.rig.transfer(&b, "800").await.unwrap();
+    assert_eq!(r.ended(&b).await, Cause::Normal);
+    let got = callflow_events(&r.h, &a, "offered:answer").await;
+    assert_eq!(got, ["offered:answer"]);
+    assert!(
+        !r.rig
+            .signals()
+            .iter()
+            .any(|x| matches!(x, Signal::TransferFailed(l, _) if *l == b)),
+        "the transfer went through"
+    );
+    r.rig.hang_up(&a);
+    callflow_events(&r.h, &a, "ended:normal").await;
 }

@@ -165,6 +165,8 @@ pub enum CallEventKind {
     Transfer(String),
     Held,
     Resumed,
+    /// The leg went to another plugin (the number it was handed to).
+    HandedOff(String),
     Ended(Cause),
 }
 

@@ -100,6 +100,8 @@ fn leg(ctx: &mut CallCtx, telephony: &State, id: &str) -> Result<LegSnapshot, Ca
                     s.state = LegState::Ended;
                 }
             }
+            // A leg handed to another plugin is no longer this one's.
+            Command::HandOff { leg, .. } if leg == id => snapshot = None,
             // Unbridging the leg, or ending or unbridging its partner,
             // leaves it on its own.
             Command::Unbridge(leg) | Command::Hangup(leg, _) => {
@@ -169,9 +171,13 @@ fn state_name(s: LegState) -> &'static str {
 
 const KEYS: &str = "0123456789*#ABCD";
 
-/// Answers an offered leg.
+/// Answers an offered leg (an answered one stays as it is: a leg handed
+/// over answered).
 pub fn answer(ctx: &mut CallCtx, t: &State, id: &str) -> Result<(), CapError> {
     let l = leg(ctx, t, id)?;
+    if l.state == LegState::Answered {
+        return Ok(());
+    }
     in_state(&l, LegState::Offered, "answer")?;
     queue(ctx, t, Command::Answer(id.to_string()))
 }
@@ -508,6 +514,54 @@ pub fn record(
         },
     )?;
     Ok(op)
+}
+
+/// Gives a leg to the plugin `number` routes to in the tenant.
+pub fn hand_off(ctx: &mut CallCtx, t: &State, id: &str, number: &str) -> Result<(), CapError> {
+    ctx.charge(number.len())?;
+    let l = leg(ctx, t, id)?;
+    if !matches!(l.state, LegState::Offered | LegState::Answered) {
+        return Err(CapError::InvalidArgument(format!(
+            "cannot hand off a leg that is {}",
+            state_name(l.state)
+        )));
+    }
+    if number.is_empty() || number.len() > MAX_DIAL_BYTES {
+        return Err(CapError::InvalidArgument(format!(
+            "a number is 1-{MAX_DIAL_BYTES} bytes"
+        )));
+    }
+    let recording = t.recording_on(id)
+        || ctx
+            .txn
+            .effects_of::<Submit>()
+            .any(|s| matches!(&s.command, Command::Record { leg, .. } if leg == id));
+    if recording {
+        return Err(CapError::InvalidArgument(
+            "the leg is being recorded: stop the recording first".into(),
+        ));
+    }
+    let record = &ctx.tenant.record;
+    let route = record
+        .route_for(number)
+        .filter(|r| {
+            record
+                .plugins
+                .get(&r.plugin)
+                .is_some_and(|e| e.grants.contains(&switchboard_signing::Capability::Calls))
+        })
+        .cloned()
+        .ok_or_else(|| CapError::NotFound(format!("no route for {number:?}")))?;
+    queue(
+        ctx,
+        t,
+        Command::HandOff {
+            leg: id.to_string(),
+            number: number.to_string(),
+            to: route.plugin,
+            args: route.args.into_bytes(),
+        },
+    )
 }
 
 /// Pauses (`true`) or resumes a recording.
@@ -857,6 +911,10 @@ impl twit::calls::Host for View<'_, State> {
         wrap(record(self.call, self.state, &leg, opts))
     }
 
+    fn hand_off(&mut self, leg: String, number: String) -> WitResult<()> {
+        wrap(hand_off(self.call, self.state, &leg, &number))
+    }
+
     fn pause(&mut self, op: String) -> WitResult<()> {
         wrap(pause(self.call, self.state, &op, true))
     }
@@ -950,6 +1008,7 @@ pub(crate) fn wit_event(e: CallEvent) -> t::CallEvent {
         CallEventKind::Transfer(to) => t::CallEventKind::Transfer(to),
         CallEventKind::Held => t::CallEventKind::Held,
         CallEventKind::Resumed => t::CallEventKind::Resumed,
+        CallEventKind::HandedOff(n) => t::CallEventKind::HandedOff(n),
         CallEventKind::Ended(cause) => t::CallEventKind::Ended(wit_cause(cause)),
     };
     t::CallEvent {

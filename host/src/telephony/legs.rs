@@ -106,6 +106,14 @@ pub enum Command {
     },
     /// Pauses (true) or resumes a recording.
     Pause(String, bool),
+    /// Gives the leg to `to` (a plugin of the tenant) with `args`, as
+    /// `number`'s route says.
+    HandOff {
+        leg: String,
+        number: String,
+        to: String,
+        args: Vec<u8>,
+    },
     Dial {
         leg: String,
         caller: String,
@@ -249,6 +257,9 @@ struct Leg {
     /// An ended leg waiting for its recording to be written before its
     /// `ended` (the cause, and until when it waits).
     held_end: Option<(Cause, u64)>,
+    /// The plugin (and route arguments) the leg goes to once its
+    /// `handed-off` is delivered.
+    handing_to: Option<(String, Vec<u8>)>,
     /// The plugin is handling or has handled the pending transfer's
     /// event: only then does ending the leg (`normal`) tell the phone the
     /// transfer went through.
@@ -555,6 +566,7 @@ impl Table {
             transfer_seen: false,
             recording: None,
             held_end: None,
+            handing_to: None,
             media: None,
             deadline_ms: None,
             last_activity_ms: now,
@@ -1007,6 +1019,40 @@ impl Table {
                     opts,
                     quota,
                 })));
+            }
+            Command::HandOff {
+                leg,
+                number,
+                to,
+                args,
+            } => {
+                let live = self
+                    .lookup(tenant, plugin, &leg)
+                    .is_some_and(|s| matches!(s.state, LegState::Offered | LegState::Answered));
+                let free = self
+                    .legs
+                    .get(&leg)
+                    .is_some_and(|l| l.handing_to.is_none() && l.recording.is_none());
+                if !live || !free {
+                    return actions;
+                }
+                // What this plugin had going on the leg ends first.
+                actions = self.stop_plays(&leg, OpEnd::Stopped, true, now);
+                actions.extend(self.unbridge(&leg, now));
+                actions.extend(self.leave(&leg, now));
+                if let Some(l) = self.legs.get_mut(&leg) {
+                    if let Some((op, digits, end)) = l.finish_collect(OpEnd::Stopped) {
+                        self.ops.remove(&op);
+                        l.push(CallEventKind::Collected { op, digits, end }, now);
+                    }
+                    if l.transfer_due_ms.take().is_some() {
+                        actions.push(Action::TransferFailed(leg.clone(), Cause::Unavailable));
+                    }
+                    l.typeahead.clear();
+                    l.last_activity_ms = now;
+                    l.handing_to = Some((to, args));
+                    l.push(CallEventKind::HandedOff(number), now);
+                }
             }
             Command::Pause(op, paused) => {
                 let Some(id) = self.ops.get(&op).cloned() else {
@@ -1518,6 +1564,24 @@ impl Table {
             return actions;
         };
         l.in_flight = false;
+        let handed = l
+            .queue
+            .front()
+            .is_some_and(|e| e.seq == seq && matches!(e.kind, CallEventKind::HandedOff(_)));
+        if handed && l.snapshot.state != LegState::Ended {
+            // The old plugin's last word, taken or not: the leg is the new
+            // plugin's now, starting with its offer.
+            l.queue.pop_front();
+            l.attempts = 0;
+            if let Some((to, args)) = l.handing_to.take() {
+                l.plugin = to;
+                l.client_state.clear();
+                // Whatever queued behind it was the old plugin's business.
+                l.queue.clear();
+                l.push(CallEventKind::Offered(args), now);
+            }
+            return Vec::new();
+        }
         if ok {
             if l.queue.front().is_some_and(|e| e.seq == seq) {
                 l.queue.pop_front();
@@ -1811,6 +1875,85 @@ mod tests {
         let got = kinds(&mut t, "b", 104);
         assert!(
             got.ends_with(&[CallEventKind::Ended(Cause::Busy)]),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn a_handed_off_leg_is_the_new_plugins_from_its_offer() {
+        let hand = |leg: &str| Command::HandOff {
+            leg: leg.into(),
+            number: "800".into(),
+            to: "vm".into(),
+            args: b"box-1".to_vec(),
+        };
+        let mut t = Table::default();
+        t.offer("a".into(), &inbound(), 1, 0);
+        t.offer("b".into(), &inbound(), 2, 0);
+        answered(&mut t, "a", 0);
+        answered(&mut t, "b", 0);
+        t.command(T, P, Command::Bridge("a".into(), "b".into()), 1);
+        t.bridge_done("a", "b", true, 1);
+        kinds(&mut t, "a", 1);
+        // Another plugin cannot hand it off.
+        assert!(t.command(T, "other", hand("a"), 2).is_empty());
+        let acts = t.command(T, P, hand("a"), 2);
+        assert!(
+            acts.iter().any(|a| matches!(a, Action::Unbridge(1))),
+            "{acts:?}"
+        );
+        // A second hand-off meanwhile changes nothing.
+        t.command(T, P, hand("a"), 3);
+        t.digit(1, '5', 3);
+        // The old plugin hears unbridged, then handed-off, and no more.
+        let mut old = Vec::new();
+        let mut new = Vec::new();
+        for _ in 0..4 {
+            for d in t.take_ready(4, 100) {
+                if d.event.leg == "a" {
+                    if d.plugin == P {
+                        old.push(d.event.kind.clone());
+                    } else {
+                        new.push((d.plugin.clone(), d.event.kind.clone()));
+                    }
+                }
+                t.delivered(&d.event.leg, d.event.seq, true, 4);
+            }
+        }
+        assert_eq!(
+            old.last(),
+            Some(&CallEventKind::HandedOff("800".into())),
+            "{old:?}"
+        );
+        assert_eq!(
+            old.iter()
+                .filter(|k| matches!(k, CallEventKind::HandedOff(_)))
+                .count(),
+            1
+        );
+        // The new plugin starts with its offer; the key pressed during the
+        // hand-off was the old plugin's business.
+        assert_eq!(
+            new,
+            [("vm".to_string(), CallEventKind::Offered(b"box-1".to_vec()))]
+        );
+        assert!(t.lookup(T, P, "a").is_none());
+        assert_eq!(
+            t.lookup(T, "vm", "a").map(|s| s.state),
+            Some(LegState::Answered)
+        );
+        // Its partner was unbridged and stays the old plugin's.
+        assert_eq!(t.lookup(T, P, "b").and_then(|s| s.bridged_with), None);
+        // A leg that ends before its handed-off is delivered stays put.
+        t.offer("c".into(), &inbound(), 3, 10);
+        t.command(T, P, hand("c"), 11);
+        t.ended("c", Cause::Normal, 12);
+        let got = kinds(&mut t, "c", 13);
+        assert!(
+            got.ends_with(&[
+                CallEventKind::HandedOff("800".into()),
+                CallEventKind::Ended(Cause::Normal)
+            ]),
             "{got:?}"
         );
     }

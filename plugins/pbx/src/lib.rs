@@ -31,8 +31,11 @@
 //! and is bridged with it on answer. The target is an extension (rung as
 //! its user) or a number (a dial with purpose `transfer` on the
 //! transferring user's behalf, so the policy's `transfer_external`
-//! decides calls out). A refused or unresolvable target is declined: the
-//! phone hears it failed and keeps its call.
+//! decides calls out), or another plugin's number (voicemail, an
+//! attendant), which the other party is handed to. A refused or
+//! unresolvable target is declined: the phone hears it failed and keeps
+//! its call. Forwards to another plugin's number hand the caller over the
+//! same way (the V5 divert to voicemail).
 //!
 //! State lives on the legs (`set-state`), so the plugin keeps no table of
 //! calls: the caller's leg knows its callee leg and the other way round.
@@ -102,8 +105,12 @@ enum Target {
     User(String),
     /// Anything else the host dials as it is (a number, `device:`).
     Dial(String),
-    /// Another plugin's number: not reachable from here yet.
-    Elsewhere,
+    /// Another plugin's number (voicemail, an attendant): the call is
+    /// handed to it.
+    Elsewhere(String),
+    /// Nothing: an extension of ours whose user is gone, or (for a
+    /// transfer) an unknown number.
+    Nobody,
 }
 
 /// What `to` reaches: an extension of ours rings its user. A number no
@@ -127,12 +134,12 @@ fn resolve(to: &str, loose: bool) -> Result<Target, Error> {
             }
             match identity::lookup_user(&args)?.filter(|u| u.active) {
                 Some(u) => Ok(Target::User(u.id)),
-                None => Ok(Target::Elsewhere),
+                None => Ok(Target::Nobody),
             }
         }
-        Ok(Some(_)) => Ok(Target::Elsewhere),
+        Ok(Some(_)) => Ok(Target::Elsewhere(to.to_string())),
         Ok(None) if loose || to.starts_with('+') => Ok(Target::Dial(to.to_string())),
-        Ok(None) => Ok(Target::Elsewhere),
+        Ok(None) => Ok(Target::Nobody),
         Err(Error::InvalidArgument(_)) => Ok(Target::Dial(to.to_string())),
         Err(err) => Err(err),
     }
@@ -144,7 +151,7 @@ impl Target {
         match self {
             Target::User(id) => Some((format!("user:{id}"), id.clone())),
             Target::Dial(n) => Some((n.clone(), String::new())),
-            Target::Elsewhere => None,
+            Target::Elsewhere(_) | Target::Nobody => None,
         }
     }
 }
@@ -219,7 +226,13 @@ fn ring(r: Ring<'_>) -> Result<String, Error> {
 
 /// Rings a forward of `user`'s call (leg `caller`) to `target`.
 fn forward(caller: &str, user: &str, target: &str) -> Result<(), Error> {
-    let Some((to, rung)) = resolve(target, true)?.dial() else {
+    let resolved = resolve(target, true)?;
+    if let Target::Elsewhere(number) = &resolved {
+        // Voicemail, an attendant: the caller goes there.
+        set(caller, &Role::Transferred)?;
+        return calls::hand_off(caller, number);
+    }
+    let Some((to, rung)) = resolved.dial() else {
         return give_up(caller, Cause::Unavailable);
     };
     let shown = calls::get_leg(caller)?.caller;
@@ -329,6 +342,13 @@ fn transfer(e: &CallEvent, role: Option<Role>, to: &str) -> Result<(), Error> {
         return calls::decline_transfer(leg, Cause::Rejected);
     };
     let target = match resolve(to, false) {
+        Ok(Target::Elsewhere(number)) => {
+            // To another plugin's number: the other party goes there.
+            set(leg, &Role::Transferred)?;
+            calls::hangup(leg, Cause::Normal)?;
+            set(&peer.id, &Role::Transferred)?;
+            return calls::hand_off(&peer.id, &number);
+        }
         Ok(t) => t.dial(),
         Err(err) => match refused(&err) {
             Some(_) => None,
