@@ -227,6 +227,7 @@ impl Runtime {
         });
         telephony.set_services(services.clone());
         let tenants = Arc::new(Tenants::default());
+        telephony.set_tenants(tenants.clone());
         let kernel = Kernel::new(
             engine,
             KernelConfig {

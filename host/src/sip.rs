@@ -647,6 +647,17 @@ impl Door {
             return;
         };
         let mut allowing = self.rt.trunks_allowing(flow.peer.ip());
+        // A call to a registration's contact (`sip:{username}@us`) names
+        // its trunk, whichever tenants share the provider's address.
+        let called = uri.user.clone().unwrap_or_default();
+        let registered: Vec<(String, crate::tenant::Trunk)> = allowing
+            .iter()
+            .filter(|(_, t)| t.register && t.username.as_deref() == Some(called.as_str()))
+            .cloned()
+            .collect();
+        if registered.len() == 1 {
+            allowing = registered;
+        }
         match self.rt.tenant_of_sip_domain(&uri.host) {
             Some(t) => allowing.retain(|(tenant, _)| *tenant == t),
             None => {

@@ -107,18 +107,28 @@ impl HostBlob {
 
     /// Writes chunk 0 again with `header` over its first bytes (after a
     /// refused `finish`: the header then names only what was stored).
-    pub fn restamp(&mut self, services: &Services, header: &[u8]) -> Result<(), CommitError> {
+    pub fn restamp(
+        &mut self,
+        services: &Services,
+        header: &[u8],
+        still_valid: &dyn Fn() -> bool,
+    ) -> Result<(), CommitError> {
         if !self.head_stored {
             return Ok(());
         }
         let n = header.len().min(self.head.len());
         self.head[..n].copy_from_slice(&header[..n]);
-        self.commit(services, &[], true)
+        self.commit(services, &[], true, still_valid)
     }
 
     /// Appends `bytes`, storing every chunk that fills. A quota refusal
     /// keeps nothing of this append (the blob stays as it was).
-    pub fn append(&mut self, services: &Services, bytes: &[u8]) -> Result<(), CommitError> {
+    pub fn append(
+        &mut self,
+        services: &Services,
+        bytes: &[u8],
+        still_valid: &dyn Fn() -> bool,
+    ) -> Result<(), CommitError> {
         let (head_len, pending_len) = (self.head.len(), self.pending.len());
         let room = (CHUNK_BYTES as usize).saturating_sub(self.head.len());
         let take = room.min(bytes.len());
@@ -130,7 +140,7 @@ impl HostBlob {
             return Ok(());
         }
         let chunks = self.pending[..whole].to_vec();
-        match self.commit(services, &chunks, head_full) {
+        match self.commit(services, &chunks, head_full, still_valid) {
             Ok(()) => {
                 self.pending.drain(..whole);
                 Ok(())
@@ -146,11 +156,16 @@ impl HostBlob {
     /// Stores what is left, with `header` over the blob's first bytes;
     /// returns the blob's size. When the quota refuses the rest, the blob
     /// keeps what was stored before (`restamp` then fixes its header).
-    pub fn finish(&mut self, services: &Services, header: &[u8]) -> Result<u64, CommitError> {
+    pub fn finish(
+        &mut self,
+        services: &Services,
+        header: &[u8],
+        still_valid: &dyn Fn() -> bool,
+    ) -> Result<u64, CommitError> {
         let n = header.len().min(self.head.len());
         self.head[..n].copy_from_slice(&header[..n]);
         let tail = std::mem::take(&mut self.pending);
-        self.commit(services, &tail, true)?;
+        self.commit(services, &tail, true, still_valid)?;
         Ok(self.meta.size)
     }
 
@@ -162,9 +177,18 @@ impl HostBlob {
         services: &Services,
         chunks: &[u8],
         with_head: bool,
+        still_valid: &dyn Fn() -> bool,
     ) -> Result<(), CommitError> {
         let mut txn = Txn::default();
         let (t, p, id) = (&self.tenant, &self.plugin, &self.id);
+        // A blob the plugin deleted (or whose tenant went) meanwhile stays
+        // gone: its metadata, read here, must be as this writer left it
+        // (a commit after a change conflicts).
+        let meta_key = keys::blob_meta(t, p, id);
+        let seen = txn.get(&services.store, &meta_key)?;
+        if self.meta.size > 0 && seen.is_none() {
+            return Err(CommitError::Gone);
+        }
         let seal = |txn: &mut Txn, index: u64, piece: &[u8]| -> Result<(), CommitError> {
             let chunk_key = keys::blob_chunk(t, p, id, index);
             let sealed = crypt::seal_chunk(&self.key, &chunk_key, piece)
@@ -200,7 +224,7 @@ impl HostBlob {
         }
         let _ = services
             .commits
-            .commit(t, &services.store, txn, self.quota, || true)?;
+            .commit(t, &services.store, txn, self.quota, still_valid)?;
         if with_head {
             self.head_stored = true;
         }

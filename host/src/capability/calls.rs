@@ -193,6 +193,8 @@ pub fn hangup(ctx: &mut CallCtx, t: &State, id: &str, cause: legs::Cause) -> Res
 
 /// Largest blob a play reads: 10 minutes of 16-bit PCM and a header.
 pub const MAX_PLAY_BLOB_BYTES: u64 = 10 * 60 * 16_000 + 4096;
+/// Most audio one play holds (µ-law, 8 kB a second): 10 minutes.
+pub const MAX_PLAY_AUDIO_BYTES: usize = 10 * 60 * 8_000;
 
 /// Plays prompts into an answered leg; returns the operation's id.
 pub fn play(
@@ -263,6 +265,7 @@ pub fn play(
     // Blobs are read now, in this call's view of the store: the play
     // holds their audio, whatever happens to the blob afterwards.
     let mut items = items;
+    let mut audio_bytes = 0usize;
     for item in &mut items {
         if let Prompt::Blob(blob) = item {
             let size = super::blobs::size(ctx, blob)?;
@@ -271,9 +274,26 @@ pub fn play(
                     "blob {blob} holds {size} bytes; a play takes at most {MAX_PLAY_BLOB_BYTES} (10 minutes)"
                 )));
             }
-            let bytes = super::blobs::read(ctx, blob, 0, size as u32)?;
+            let mut bytes = Vec::with_capacity(size as usize);
+            while (bytes.len() as u64) < size {
+                let piece =
+                    (size - bytes.len() as u64).min(u64::from(super::blobs::MAX_READ_BYTES));
+                let got = super::blobs::read(ctx, blob, bytes.len() as u64, piece as u32)?;
+                if got.is_empty() {
+                    break;
+                }
+                bytes.extend_from_slice(&got);
+            }
             let audio = crate::media::record::wav_to_ulaw(&bytes)
                 .map_err(|e| CapError::InvalidArgument(format!("blob {blob}: {e}")))?;
+            // One play holds at most 10 minutes of audio, however many
+            // blobs (or the same one again) it names.
+            audio_bytes += audio.len();
+            if audio_bytes > MAX_PLAY_AUDIO_BYTES {
+                return Err(CapError::TooLarge(
+                    "a play holds at most 10 minutes of audio".into(),
+                ));
+            }
             *item = Prompt::Audio(audio.into());
         }
     }
@@ -511,6 +531,7 @@ pub fn record(
             blob,
             opts,
             quota,
+            incarnation: ctx.tenant.record.incarnation.clone(),
         },
     )?;
     Ok(op)

@@ -62,6 +62,10 @@ pub struct Recorder {
     paused: bool,
     heard: VecDeque<[i16; FRAME]>,
     said: VecDeque<[i16; FRAME]>,
+    /// Samples of each side short of a whole frame (packets of other
+    /// lengths than 20 ms are cut into frames here).
+    heard_part: Vec<i16>,
+    said_part: Vec<i16>,
     pcm: Vec<u8>,
     frames: u64,
     kept: u64,
@@ -77,6 +81,8 @@ impl Recorder {
             paused: false,
             heard: VecDeque::new(),
             said: VecDeque::new(),
+            heard_part: Vec::with_capacity(FRAME),
+            said_part: Vec::with_capacity(FRAME),
             pcm: Vec::with_capacity(PIECE),
             frames: 0,
             kept: 0,
@@ -87,12 +93,12 @@ impl Recorder {
 
     /// Audio the far end sent (`alaw`: G.711 A-law, else µ-law).
     pub fn far(&mut self, payload: &[u8], alaw: bool) {
-        push(&mut self.said, payload, alaw);
+        push(&mut self.said, &mut self.said_part, payload, alaw);
     }
 
     /// Audio sent to the far end.
     pub fn near(&mut self, payload: &[u8], alaw: bool) {
-        push(&mut self.heard, payload, alaw);
+        push(&mut self.heard, &mut self.heard_part, payload, alaw);
     }
 
     pub fn pause(&mut self, paused: bool) {
@@ -100,6 +106,8 @@ impl Recorder {
         // Nothing queued while paused is kept afterwards either.
         self.heard.clear();
         self.said.clear();
+        self.heard_part.clear();
+        self.said_part.clear();
     }
 
     /// Every 20 ms: one frame of each side mixed and kept (unless paused);
@@ -115,7 +123,12 @@ impl Recorder {
         let speech = said
             .as_ref()
             .is_some_and(|f| f.iter().any(|s| s.unsigned_abs() > SPEECH as u16));
-        self.quiet = if speech { 0 } else { self.quiet + 1 };
+        // Silence while paused is not the caller's silence.
+        self.quiet = if speech || self.paused {
+            0
+        } else {
+            self.quiet + 1
+        };
         if !self.paused {
             let zero = [0i16; FRAME];
             let (a, b) = (
@@ -165,21 +178,23 @@ impl Recorder {
     }
 }
 
-fn push(queue: &mut VecDeque<[i16; FRAME]>, payload: &[u8], alaw: bool) {
+fn push(queue: &mut VecDeque<[i16; FRAME]>, part: &mut Vec<i16>, payload: &[u8], alaw: bool) {
     let decode = if alaw {
         g711::alaw_to_linear
     } else {
         g711::ulaw_to_linear
     };
-    for chunk in payload.chunks(FRAME) {
-        let mut frame = [0i16; FRAME];
-        for (s, c) in frame.iter_mut().zip(chunk) {
-            *s = decode(*c);
+    for c in payload {
+        part.push(decode(*c));
+        if part.len() == FRAME {
+            let mut frame = [0i16; FRAME];
+            frame.copy_from_slice(part);
+            part.clear();
+            if queue.len() >= QUEUE {
+                queue.pop_front();
+            }
+            queue.push_back(frame);
         }
-        if queue.len() >= QUEUE {
-            queue.pop_front();
-        }
-        queue.push_back(frame);
     }
 }
 
@@ -387,6 +402,28 @@ mod tests {
         let mut huge = wav.clone();
         huge[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(wav_to_ulaw(&huge).is_err());
+    }
+
+    #[test]
+    fn packets_of_other_lengths_make_whole_frames() {
+        let (mut r, mut rx) = recorder(1000, 0);
+        let code = g711::linear_to_ulaw(4000);
+        // 30 ms packets: two of them are three whole frames, no gaps.
+        r.far(&[code; 240], false);
+        r.far(&[code; 240], false);
+        for _ in 0..3 {
+            r.tick();
+        }
+        r.finish(RecordEnd::Stopped);
+        let (pcm, _) = pcm_of(&mut rx);
+        assert_eq!(pcm.len(), 3 * FRAME);
+        assert!(pcm.iter().all(|s| *s == g711::ulaw_to_linear(code)));
+        // Silence while paused does not end a recording on silence.
+        let (mut r, _rx) = recorder(1000, 3);
+        r.pause(true);
+        for _ in 0..10 {
+            assert_eq!(r.tick(), None);
+        }
     }
 
     #[test]

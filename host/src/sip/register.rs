@@ -62,9 +62,29 @@ struct Running {
 /// One registration's identity at the provider.
 struct Binding {
     trunk: Trunk,
+    /// The password it registers with, kept so the binding can still be
+    /// removed after the trunk (and its sealed password) is gone.
+    password: Option<zeroize::Zeroizing<String>>,
     call_id: String,
     tag: String,
     cseq: AtomicU32,
+}
+
+/// Forgets a REGISTER's waiter however its exchange ends (an aborted
+/// registration task included).
+struct Waiting<'a> {
+    registrations: &'a Registrations,
+    call_id: &'a str,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.registrations
+            .waiting
+            .lock()
+            .recover()
+            .remove(self.call_id);
+    }
 }
 
 /// Why an attempt failed: the provider's status (`408` when it never
@@ -106,12 +126,12 @@ impl Door {
                     crate::support::encoding::sha256_hex(p.as_bytes())
                 })
             );
-            wanted.insert((tenant, trunk.name.clone()), (trunk, fingerprint));
+            wanted.insert((tenant, trunk.name.clone()), (trunk, fingerprint, password));
         }
         let mut running = self.registrations.running.lock().recover();
         let gone: Vec<(String, String)> = running
             .iter()
-            .filter(|(k, r)| wanted.get(*k).is_none_or(|(_, f)| *f != r.fingerprint))
+            .filter(|(k, r)| wanted.get(*k).is_none_or(|(_, f, _)| *f != r.fingerprint))
             .map(|(k, _)| k.clone())
             .collect();
         for key in gone {
@@ -119,21 +139,30 @@ impl Door {
                 continue;
             };
             r.task.abort();
+            let old = &r.binding.trunk;
+            let moved = wanted.get(&key).is_none_or(|(t, _, _)| {
+                (&t.proxy, &t.username, &t.domain) != (&old.proxy, &old.username, &old.domain)
+            });
             if !wanted.contains_key(&key) {
-                // Removed, or no longer registering: the binding goes too.
                 self.rt.note_registration(&key.0, &key.1, None);
+            }
+            if moved {
+                // Removed, no longer registering, or registering elsewhere
+                // now: the old binding goes (a new password alone keeps
+                // it: the new REGISTER replaces it).
                 let me = self.clone();
                 self.tokio.spawn(async move {
-                    let _ = me.send_register(&key.0, &r.binding, 0).await;
+                    let _ = me.send_register(&r.binding, 0).await;
                 });
             }
         }
-        for (key, (trunk, fingerprint)) in wanted {
+        for (key, (trunk, fingerprint, password)) in wanted {
             if running.contains_key(&key) {
                 continue;
             }
             let binding = Arc::new(Binding {
                 trunk,
+                password,
                 call_id: format!("{}@switchboard", random_hex(16)),
                 tag: random_hex(8),
                 cseq: AtomicU32::new(0),
@@ -172,7 +201,7 @@ impl Door {
 
     /// One REGISTER (asking for `expires` seconds; 0 removes the binding),
     /// with one answer to a digest challenge. Returns the seconds granted.
-    async fn send_register(&self, tenant: &str, b: &Binding, expires: u32) -> Result<u32, Failure> {
+    async fn send_register(&self, b: &Binding, expires: u32) -> Result<u32, Failure> {
         let none = |reason: &str| Failure {
             status: None,
             reason: reason.into(),
@@ -184,7 +213,7 @@ impl Door {
                 "the server has no trunk socket, or the trunk no proxy or user",
             ));
         };
-        let Some(password) = self.rt.trunk_password(tenant, &b.trunk.name) else {
+        let Some(password) = b.password.clone() else {
             return Err(none("the trunk has no password"));
         };
         let Some(flow) = udp.flow_to(proxy, &|id| self.in_use_flow(id)) else {
@@ -260,23 +289,17 @@ impl Door {
             .lock()
             .recover()
             .insert(b.call_id.clone(), (flow.peer, tx));
+        let _forget = Waiting {
+            registrations: &self.registrations,
+            call_id: &b.call_id,
+        };
         if !flow.send(&m) {
-            self.registrations
-                .waiting
-                .lock()
-                .recover()
-                .remove(&b.call_id);
             return Err(Failure {
                 status: None,
                 reason: "the provider's flow is gone".into(),
             });
         }
         let answer = tokio::time::timeout(ANSWER_WAIT, rx).await;
-        self.registrations
-            .waiting
-            .lock()
-            .recover()
-            .remove(&b.call_id);
         match answer {
             Ok(Ok(m)) => Ok(m),
             _ => Err(Failure {
@@ -312,7 +335,7 @@ async fn keep_registered(door: Weak<Door>, tenant: String, b: Arc<Binding>) {
     let mut retry = RETRY_FIRST;
     loop {
         let Some(d) = door.upgrade() else { return };
-        let outcome = d.send_register(&tenant, &b, ASK_EXPIRES).await;
+        let outcome = d.send_register(&b, ASK_EXPIRES).await;
         let now = crate::support::clock::now_ms();
         let wait = match outcome {
             Ok(seconds) if seconds > 0 => {

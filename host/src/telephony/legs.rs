@@ -96,13 +96,15 @@ pub enum Command {
     SetState(String, Vec<u8>),
     /// Refuses the transfer the leg's phone asked for.
     DeclineTransfer(String, Cause),
-    /// Records the leg into blob `blob` of the plugin (under `quota`).
+    /// Records the leg into blob `blob` of the plugin (under `quota`,
+    /// while the tenant is still the `incarnation` that asked).
     Record {
         leg: String,
         op: String,
         blob: String,
         opts: RecordOpts,
         quota: Quota,
+        incarnation: String,
     },
     /// Pauses (true) or resumes a recording.
     Pause(String, bool),
@@ -191,6 +193,7 @@ pub struct StartRecording {
     pub blob: String,
     pub opts: RecordOpts,
     pub quota: Quota,
+    pub incarnation: String,
 }
 
 /// An event to deliver to a plugin's `on-call`.
@@ -430,7 +433,8 @@ impl Table {
     pub fn lookup(&self, tenant: &str, plugin: &str, id: &str) -> Option<LegSnapshot> {
         self.legs
             .get(id)
-            .filter(|l| l.tenant == tenant && l.plugin == plugin)
+            // A leg being handed over is no longer its old plugin's.
+            .filter(|l| l.tenant == tenant && l.plugin == plugin && l.handing_to.is_none())
             .map(|l| l.snapshot.clone())
     }
 
@@ -768,9 +772,12 @@ impl Table {
     }
 
     fn owned(&self, tenant: &str, plugin: &str, id: &str, state: LegState) -> bool {
-        self.legs
-            .get(id)
-            .is_some_and(|l| l.tenant == tenant && l.plugin == plugin && l.snapshot.state == state)
+        self.legs.get(id).is_some_and(|l| {
+            l.tenant == tenant
+                && l.plugin == plugin
+                && l.snapshot.state == state
+                && l.handing_to.is_none()
+        })
     }
 
     /// Starts the next queued play of a leg, if none is playing.
@@ -978,18 +985,20 @@ impl Table {
                 blob,
                 opts,
                 quota,
+                incarnation,
             } => {
-                if !self.owned(tenant, plugin, &leg, LegState::Answered) {
-                    return actions;
-                }
-                let Some(l) = self.legs.get_mut(&leg) else {
+                let owned = self.owned(tenant, plugin, &leg, LegState::Answered);
+                let Some(l) = self
+                    .legs
+                    .get_mut(&leg)
+                    .filter(|l| l.tenant == tenant && l.plugin == plugin)
+                else {
                     return actions;
                 };
-                let Some(media) = l.media else {
-                    return actions;
-                };
-                if l.recording.is_some() {
-                    // One at a time: this one never starts.
+                let media = l.media.filter(|_| owned);
+                if l.recording.is_some() || media.is_none() {
+                    // Already recording, ended, handed over or without
+                    // media: this one never starts (and says so).
                     l.push(
                         CallEventKind::Recorded {
                             op,
@@ -1009,6 +1018,9 @@ impl Table {
                     ending: None,
                 });
                 self.ops.insert(op.clone(), leg.clone());
+                let Some(media) = media else {
+                    return actions;
+                };
                 actions.push(Action::StartRecording(Box::new(StartRecording {
                     media,
                     leg,
@@ -1018,6 +1030,7 @@ impl Table {
                     blob,
                     opts,
                     quota,
+                    incarnation,
                 })));
             }
             Command::HandOff {
@@ -1507,7 +1520,7 @@ impl Table {
         for (id, op) in stuck {
             // The recording was never reported written: the plugin hears
             // of it with what was kept unknown, and the leg's end.
-            self.recorded(&id, &op, 0, OpEnd::Hangup, true, now);
+            self.recorded(&id, &op, 0, OpEnd::Hangup, false, now);
         }
         for (media, tag) in overdue {
             actions.extend(self.play_done(media, tag, now));
@@ -1791,6 +1804,7 @@ mod tests {
                 terminators: "#".into(),
             },
             quota,
+            incarnation: "i1".into(),
         };
         let mut t = Table::default();
         t.offer("a".into(), &inbound(), 7, 0);

@@ -137,6 +137,9 @@ pub struct Telephony {
     audit: Arc<AuditLog>,
     /// The store, for call records (set once the host's services exist).
     services: OnceLock<Arc<Services>>,
+    /// The live tenants, to check a recording's tenant and plugin before
+    /// each write.
+    tenants: OnceLock<Arc<crate::call::Tenants>>,
     me: Weak<Telephony>,
     /// Live legs as the control thread last counted them.
     live: AtomicU64,
@@ -159,6 +162,7 @@ impl Telephony {
             signalling: RwLock::new(None),
             audit,
             services: OnceLock::new(),
+            tenants: OnceLock::new(),
             me: me.clone(),
             live: AtomicU64::new(0),
             minutes: Mutex::default(),
@@ -203,6 +207,12 @@ impl Telephony {
     /// Gives call control the store, for call records.
     pub(crate) fn set_services(&self, services: Arc<Services>) {
         let _ = self.services.set(services);
+    }
+
+    /// Gives call control the live tenants (recordings write only while
+    /// their tenant and plugin are still there).
+    pub(crate) fn set_tenants(&self, tenants: Arc<crate::call::Tenants>) {
+        let _ = self.tenants.set(tenants);
     }
 
     /// The SIP domain under which each tenant has its own.
@@ -811,6 +821,21 @@ async fn write_recording(
     mut pieces: mpsc::UnboundedReceiver<Piece>,
 ) {
     let services = me.upgrade().and_then(|t| t.services.get().cloned());
+    // Each write checks that the tenant (the same incarnation) still has
+    // the plugin enabled: a deleted tenant's call never writes into a
+    // new tenant of the same id, nor a removed plugin into its old space.
+    let tenants = me.upgrade().and_then(|t| t.tenants.get().cloned());
+    let (tenant, plugin, incarnation) = (
+        start.tenant.clone(),
+        start.plugin.clone(),
+        start.incarnation.clone(),
+    );
+    let still_valid: Arc<dyn Fn() -> bool + Send + Sync> = Arc::new(move || {
+        tenants
+            .as_ref()
+            .and_then(|ts| ts.get(&tenant))
+            .is_some_and(|s| s.record.incarnation == incarnation && s.enabled.contains_key(&plugin))
+    });
     let blob = services.as_ref().and_then(|_| {
         HostBlob::new(
             &start.tenant,
@@ -830,9 +855,10 @@ async fn write_recording(
         let mut bytes = header.take().unwrap_or_default();
         bytes.extend_from_slice(&piece.pcm);
         if !refused && let (Some(b), Some(services)) = (blob.take(), services.clone()) {
+            let valid = still_valid.clone();
             let appended = tokio::task::spawn_blocking(move || {
                 let mut b = b;
-                let r = b.append(&services, &bytes);
+                let r = b.append(&services, &bytes, &*valid);
                 (b, r)
             })
             .await;
@@ -856,13 +882,16 @@ async fn write_recording(
     }
     let mut stored = false;
     let mut kept_bytes = 0u64;
+    // Nothing came (the media never started): no blob at all.
+    let blob = blob.filter(|b| !b.is_empty());
     if let (Some(mut b), Some(services)) = (blob, services) {
         // The header names what the blob will hold: all of it, or, if the
         // quota refuses the rest, what was stored already.
         let all = b.len().saturating_sub(44);
         let head = crate::media::record::wav_header(u32::try_from(all).unwrap_or(u32::MAX));
+        let valid = still_valid.clone();
         let done = tokio::task::spawn_blocking(move || {
-            let r = b.finish(&services, &head);
+            let r = b.finish(&services, &head, &*valid);
             (b, r, services)
         })
         .await;
@@ -875,7 +904,10 @@ async fn write_recording(
                     let kept = b.stored_len().saturating_sub(44);
                     let head =
                         crate::media::record::wav_header(u32::try_from(kept).unwrap_or(u32::MAX));
-                    let _ = tokio::task::spawn_blocking(move || b.restamp(&services, &head)).await;
+                    let valid = still_valid.clone();
+                    let _ =
+                        tokio::task::spawn_blocking(move || b.restamp(&services, &head, &*valid))
+                            .await;
                     true
                 }
                 Err(_) => false,
