@@ -27,8 +27,7 @@
 //!   with their providers.
 //! - [`sdp`]: offer/answer with fresh keys per leg.
 //!
-//! Not yet: trunks over TCP or TLS, attended transfer (REFER with
-//! Replaces), re-INVITEs without an offer.
+//! Not yet: trunks over TCP or TLS, re-INVITEs without an offer.
 
 pub mod auth;
 mod dialogs;
@@ -353,17 +352,81 @@ struct Calling {
     user: Option<String>,
 }
 
-/// The number a REFER's `Refer-To` names (its user part, separators
-/// dropped): 1-32 of `0-9 * #`, or `+` and digits. Anything else is the
-/// SIP answer to give: 400 (none, several, unreadable), 501 (an attended
-/// transfer's embedded `Replaces`), 404 (not a number).
-fn refer_target(m: &Message) -> Result<String, (u16, &'static str)> {
+/// What a REFER's `Refer-To` asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum ReferTo {
+    /// A blind transfer to a number or extension.
+    Number(String),
+    /// An attended transfer: the call to replace (its Call-ID and its two
+    /// tags, in either order).
+    Replaces {
+        call_id: String,
+        tags: (String, String),
+    },
+}
+
+/// RFC 3986 percent-decoding (no `+` for space: Call-IDs may hold one).
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                b.get(i + 1).and_then(|c| hex(*c)),
+                b.get(i + 2).and_then(|c| hex(*c)),
+            )
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// What a REFER's `Refer-To` names: a number (its user part, separators
+/// dropped: 1-32 of `0-9 * #`, or `+` and digits), or, with an embedded
+/// `Replaces` (RFC 3891), the call to replace. Anything else is the SIP
+/// answer to give: 400 (none, several, unreadable, other embedded
+/// headers), 404 (not a number).
+fn refer_target(m: &Message) -> Result<ReferTo, (u16, &'static str)> {
     let mut values = m.all("Refer-To");
     let (Some(value), None) = (values.next(), values.next()) else {
         return Err((400, "Bad Request (one Refer-To)"));
     };
-    if value.contains('?') {
-        return Err((501, "Not Implemented (attended transfer)"));
+    if let Some((_, headers)) = value.split_once('?') {
+        let headers = headers.split('>').next().unwrap_or_default();
+        let replaces = headers
+            .split('&')
+            .find_map(|h| {
+                h.strip_prefix("Replaces=")
+                    .or_else(|| h.strip_prefix("replaces="))
+            })
+            .ok_or((400, "Bad Request (only Replaces may be embedded)"))?;
+        let replaces = unescape(replaces);
+        let mut parts = replaces.split(';').map(str::trim);
+        let call_id = parts.next().unwrap_or_default().to_string();
+        let (mut to, mut from) = (None, None);
+        for p in parts {
+            match p.split_once('=') {
+                Some(("to-tag", v)) => to = Some(v.to_string()),
+                Some(("from-tag", v)) => from = Some(v.to_string()),
+                _ => {}
+            }
+        }
+        return match (call_id.is_empty() || call_id.len() > 256, to, from) {
+            (false, Some(to), Some(from)) if to.len() <= 128 && from.len() <= 128 => {
+                Ok(ReferTo::Replaces {
+                    call_id,
+                    tags: (to, from),
+                })
+            }
+            _ => Err((400, "Bad Request (Replaces)")),
+        };
     }
     let to = NameAddr::parse(value)
         .or_else(|_| NameAddr::parse(&format!("<{}>", value.trim())))
@@ -386,7 +449,7 @@ fn refer_target(m: &Message) -> Result<String, (u16, &'static str)> {
                 .all(|b| b.is_ascii_digit() || b == b'*' || b == b'#')
         };
     if ok {
-        Ok(number)
+        Ok(ReferTo::Number(number))
     } else {
         Err((404, "Not Found (transfers go to numbers and extensions)"))
     }
@@ -950,7 +1013,31 @@ impl Door {
             return;
         }
         let target = match refer_target(m) {
-            Ok(t) => t,
+            Ok(ReferTo::Number(n)) => Ok(n),
+            Ok(ReferTo::Replaces { call_id, tags }) => {
+                // The call to replace must be another of this device's
+                // answered calls, named by its Call-ID and both tags.
+                let other = [&tags.0, &tags.1].into_iter().find_map(|theirs| {
+                    let leg = self.dialogs.leg_of(&call_id, theirs)?;
+                    self.dialogs
+                        .with(&leg, |o| {
+                            let ours = if theirs == &tags.0 { &tags.1 } else { &tags.0 };
+                            (o.tag == *ours
+                                && o.tenant == d.tenant
+                                && o.device == d.device
+                                && leg != d.leg)
+                                .then(|| leg.clone())
+                        })
+                        .flatten()
+                });
+                match other {
+                    Some(o) => Err(o),
+                    None => {
+                        flow.send(&m.response(403, "Forbidden (no such call of yours)", None));
+                        return;
+                    }
+                }
+            }
             Err((code, reason)) => {
                 flow.send(&m.response(code, reason, None));
                 return;
@@ -962,7 +1049,11 @@ impl Door {
         r.push("Contact", format!("<{}>", d.contact));
         flow.send(&r);
         self.refer_progress(&leg, "100 Trying", false);
-        if self.rt.telephony().transfer(&leg, &target).await.is_err() {
+        let asked = match &target {
+            Ok(number) => self.rt.telephony().transfer(&leg, number).await,
+            Err(other) => self.rt.telephony().transfer_attended(&leg, other).await,
+        };
+        if asked.is_err() {
             self.refer_progress(&leg, "403 Forbidden", true);
         }
     }

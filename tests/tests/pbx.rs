@@ -392,3 +392,59 @@ async fn v5_a_forward_or_transfer_to_another_plugins_number_hands_the_caller_ove
     r.rig.hang_up(&a);
     callflow_events(&r.h, &a, "ended:normal").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t2_an_attended_transfer_connects_the_phones_two_other_parties() {
+    let r = rig(desk()).await;
+    let (bob, carol) = (Phone::new().unwrap(), Phone::new().unwrap());
+    r.rig.directory(&format!("user:{}", r.bob), &bob).unwrap();
+    r.rig
+        .directory(&format!("user:{}", r.carol), &carol)
+        .unwrap();
+    // Alice calls Bob; Bob (on his phone, the same user) calls Carol.
+    let mut alice = Phone::new().unwrap();
+    let a = r.alice_calls("201", "bob", &mut alice).await;
+    let b = r.dialled(&format!("user:{}", r.bob)).await;
+    r.bridged(&a, &b).await;
+    let mut bob2 = Phone::new().unwrap();
+    let b2 = r
+        .rig
+        .ring_from(
+            Some(&r.bob),
+            "acme",
+            "pbx",
+            "bob-desk",
+            "202",
+            b"carol",
+            &mut bob2,
+        )
+        .await
+        .unwrap();
+    let c = r.dialled(&format!("user:{}", r.carol)).await;
+    r.bridged(&b2, &c).await;
+    // Bob joins Alice and Carol and leaves both calls.
+    r.rig.transfer_attended(&b, &b2).await.unwrap();
+    assert_eq!(r.ended(&b).await, Cause::Normal);
+    assert_eq!(r.ended(&b2).await, Cause::Normal);
+    r.bridged(&a, &c).await;
+    for _ in 0..10 {
+        alice.send_audio(&[0x37; 160]).unwrap();
+    }
+    assert_eq!(
+        carol.next_audio(Duration::from_secs(2), 0),
+        Some(vec![0x37; 160])
+    );
+    assert!(
+        !r.rig
+            .signals()
+            .iter()
+            .any(|x| matches!(x, Signal::TransferFailed(..))),
+        "{:?}",
+        r.rig.signals()
+    );
+    // Either hanging up ends the other.
+    r.rig.hang_up(&c);
+    assert_eq!(r.ended(&a).await, Cause::Normal);
+    // Two legs of different plugins (or the same leg twice) are no pair.
+    assert!(r.rig.transfer_attended(&a, &a).await.is_err());
+}

@@ -1144,7 +1144,7 @@ async fn t2_a_refer_is_accepted_reported_and_settled_by_the_plugin() {
         ),
         (
             vec!["<sip:201@acme.localhost?Replaces=abc%3Bto-tag%3D1%3Bfrom-tag%3D2>"],
-            501,
+            403,
         ),
         (vec!["<sip:bob@evil.example>"], 404),
         (vec!["<mailto:x@y>"], 400),
@@ -1215,4 +1215,78 @@ async fn t2_a_refer_is_accepted_reported_and_settled_by_the_plugin() {
     assert_eq!(bye.call_id(), inv.call_id());
     let events = r.wait_event("acme", &leg, "ended:normal").await;
     assert!(events.contains(&"transfer:201".to_string()), "{events:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t2_an_attended_transfer_names_the_phones_other_call_and_settles_both() {
+    let r = rig().await;
+    let mut ua = r.alice().await;
+    assert_eq!(ua.register("SHA-256", 600).await.status(), Some(200));
+    let (inv1, ok1) = invite(&mut ua, "100", &offer(40_060, true)).await;
+    ua.send(&ack(&inv1, &ok1)).await;
+    // A second call: its own Call-ID and tag; then back to the first's
+    // for the REFERs sent in it.
+    let first = (ua.call_id.clone(), ua.tag.clone());
+    ua.call_id = format!("{}@test", switchboard::support::encoding::random_hex(8));
+    ua.tag = switchboard::support::encoding::random_hex(4);
+    let (inv2, ok2) = invite(&mut ua, "100", &offer(40_062, true)).await;
+    assert_eq!(ok2.status(), Some(200), "{ok2:?}");
+    ua.send(&ack(&inv2, &ok2)).await;
+    (ua.call_id, ua.tag) = first;
+    let tag = |h: Option<&str>| {
+        h.and_then(|v| v.split(";tag=").nth(1))
+            .map(|t| t.split(';').next().unwrap().to_string())
+            .unwrap()
+    };
+    let (mine, theirs) = (tag(inv2.header("From")), tag(ok2.header("To")));
+    let replaces = |call_id: &str| {
+        format!(
+            "<sip:100@acme.localhost?Replaces={}%3Bto-tag%3D{theirs}%3Bfrom-tag%3D{mine}>",
+            call_id.replace('@', "%40")
+        )
+    };
+    // Unknown calls, and a Replaces without its tags, are refused.
+    for (to, status) in [
+        (replaces("nosuchcall"), 403),
+        (
+            format!("<sip:100@acme.localhost?Replaces={}>", inv2.call_id()),
+            400,
+        ),
+        ("<sip:100@acme.localhost?Subject=hi>".to_string(), 400),
+    ] {
+        let mut m = in_dialog(&mut ua, "REFER", &inv1, &ok1);
+        m.push("Refer-To", to.clone());
+        ua.send(&m).await;
+        let got = ua.final_response().await.unwrap();
+        assert_eq!(got.status(), Some(status), "{to}: {got:?}");
+    }
+    // Naming the other call: accepted, and the plugin (callflow ends
+    // both) settles it: the first call hears 200 OK, then both get BYE.
+    let mut m = in_dialog(&mut ua, "REFER", &inv1, &ok1);
+    m.push("Refer-To", replaces(inv2.call_id()));
+    ua.send(&m).await;
+    assert_eq!(ua.final_response().await.unwrap().status(), Some(202));
+    let trying = next_request(&mut ua, "NOTIFY").await.expect("a NOTIFY");
+    assert_eq!(sipfrag(&trying), "SIP/2.0 100 Trying");
+    assert_eq!(trying.call_id(), inv1.call_id());
+    let mut byes = Vec::new();
+    let mut done = None;
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    while (done.is_none() || byes.len() < 2) && std::time::Instant::now() < end {
+        let Some(req) = ua.recv_within(Duration::from_millis(500)).await else {
+            continue;
+        };
+        match req.method() {
+            Some("NOTIFY") => done = Some(sipfrag(&req)),
+            Some("BYE") => byes.push(req.call_id().to_string()),
+            _ => continue,
+        }
+        let ok = req.response(200, "OK", None);
+        ua.send(&ok).await;
+    }
+    assert_eq!(done.as_deref(), Some("SIP/2.0 200 OK"));
+    byes.sort();
+    let mut want = vec![inv1.call_id().to_string(), inv2.call_id().to_string()];
+    want.sort();
+    assert_eq!(byes, want, "both calls end");
 }

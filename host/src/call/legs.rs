@@ -163,6 +163,9 @@ pub enum CallEventKind {
     Left(String),
     /// The leg's phone asks to transfer its call to this number (REFER).
     Transfer(String),
+    /// The leg's phone asks to connect this leg's other party with the
+    /// other party of its other call (this leg id): REFER with Replaces.
+    AttendedTransfer(String),
     Held,
     Resumed,
     /// The leg went to another plugin (the number it was handed to).

@@ -1027,6 +1027,7 @@ pub(crate) fn wit_event(e: CallEvent) -> t::CallEvent {
         CallEventKind::Joined(room) => t::CallEventKind::Joined(room),
         CallEventKind::Left(room) => t::CallEventKind::Left(room),
         CallEventKind::Transfer(to) => t::CallEventKind::Transfer(to),
+        CallEventKind::AttendedTransfer(other) => t::CallEventKind::AttendedTransfer(other),
         CallEventKind::Held => t::CallEventKind::Held,
         CallEventKind::Resumed => t::CallEventKind::Resumed,
         CallEventKind::HandedOff(n) => t::CallEventKind::HandedOff(n),

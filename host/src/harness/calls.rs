@@ -294,6 +294,12 @@ impl CallRig {
         Ok(self.telephony.transfer(leg, to).await?)
     }
 
+    /// The phone of leg `leg` asks to connect its other party with that of
+    /// its other call `other` (as a REFER with Replaces does).
+    pub async fn transfer_attended(&self, leg: &str, other: &str) -> anyhow::Result<()> {
+        Ok(self.telephony.transfer_attended(leg, other).await?)
+    }
+
     /// The far end of leg `leg` puts it on hold, or takes it off.
     pub fn hold(&self, leg: &str, on_hold: bool) {
         self.telephony.hold(leg, on_hold);

@@ -386,7 +386,10 @@ impl Leg {
         let skip = usize::from(self.in_flight);
         let mut i = skip;
         while i < self.queue.len() {
-            if matches!(self.queue[i].kind, CallEventKind::Transfer(_)) {
+            if matches!(
+                self.queue[i].kind,
+                CallEventKind::Transfer(_) | CallEventKind::AttendedTransfer(_)
+            ) {
                 self.queue.remove(i);
             } else {
                 i += 1;
@@ -1342,6 +1345,34 @@ impl Table {
             .is_some_and(|l| l.transfer_due_ms.is_some())
     }
 
+    /// The leg's phone asks to connect this leg's other party with its
+    /// other call `other`'s (an attended transfer): `attended-transfer`
+    /// goes to the plugin, settled as a transfer is. False unless both are
+    /// answered legs of the same plugin, neither with a transfer pending.
+    pub fn transfer_attended(&mut self, id: &str, other: &str, now: u64) -> bool {
+        let owner = |l: &Leg| (l.tenant.clone(), l.plugin.clone());
+        let ready = |l: &Leg| {
+            l.snapshot.state == LegState::Answered
+                && !l.dead
+                && l.transfer_due_ms.is_none()
+                && l.handing_to.is_none()
+        };
+        let (Some(a), Some(b)) = (self.legs.get(id), self.legs.get(other)) else {
+            return false;
+        };
+        if id == other || owner(a) != owner(b) || !ready(a) || !ready(b) {
+            return false;
+        }
+        let Some(l) = self.legs.get_mut(id) else {
+            return false;
+        };
+        l.transfer_due_ms = Some(now + TRANSFER_LIMIT_MS);
+        l.transfer_seen = false;
+        l.last_activity_ms = now;
+        l.push(CallEventKind::AttendedTransfer(other.to_string()), now);
+        true
+    }
+
     /// The far end put an answered leg on hold or took it off: `held` or
     /// `resumed` goes to the plugin when that changes.
     pub fn hold(&mut self, id: &str, on_hold: bool, now: u64) {
@@ -1550,7 +1581,11 @@ impl Table {
             l.in_flight = true;
             // The plugin is handling the transfer from now on (its
             // `hangup` is committed before the delivery is reported).
-            if matches!(event.kind, CallEventKind::Transfer(_)) && l.transfer_due_ms.is_some() {
+            if matches!(
+                event.kind,
+                CallEventKind::Transfer(_) | CallEventKind::AttendedTransfer(_)
+            ) && l.transfer_due_ms.is_some()
+            {
                 l.transfer_seen = true;
             }
             out.push(Delivery {

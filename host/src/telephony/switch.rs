@@ -118,6 +118,7 @@ enum Msg {
     Ended(String, Cause),
     Delivered(String, u64, bool),
     Transfer(String, String, oneshot::Sender<Result<(), TelephonyError>>),
+    TransferAttended(String, String, oneshot::Sender<Result<(), TelephonyError>>),
     Hold(String, bool),
     /// A recording is written: (leg, op, ms kept, how it ended, whether
     /// its blob holds anything).
@@ -523,6 +524,14 @@ impl Telephony {
             .await
     }
 
+    /// The phone of an answered leg asks to connect its other party with
+    /// the other party of its other call `other` (SIP: REFER with
+    /// Replaces). `NoLeg` unless both are answered legs of one plugin.
+    pub async fn transfer_attended(&self, leg: &str, other: &str) -> Result<(), TelephonyError> {
+        self.ask(|tx| Msg::TransferAttended(leg.to_string(), other.to_string(), tx))
+            .await
+    }
+
     /// The far end put a leg on hold or took it off (SIP: the direction
     /// of a re-INVITE's offer).
     pub fn hold(&self, leg: &str, on_hold: bool) {
@@ -742,6 +751,19 @@ async fn run(me: Weak<Telephony>, media: MediaConfig, mut rx: mpsc::UnboundedRec
                 Msg::Ended(leg, cause) => t.table.lock().recover().ended(&leg, cause, now),
                 Msg::Transfer(leg, to, reply) => {
                     let taken = t.table.lock().recover().transfer(&leg, &to, now);
+                    let _ = reply.send(if taken {
+                        Ok(())
+                    } else {
+                        Err(TelephonyError::NoLeg)
+                    });
+                    Vec::new()
+                }
+                Msg::TransferAttended(leg, other, reply) => {
+                    let taken = t
+                        .table
+                        .lock()
+                        .recover()
+                        .transfer_attended(&leg, &other, now);
                     let _ = reply.send(if taken {
                         Ok(())
                     } else {

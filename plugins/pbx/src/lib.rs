@@ -37,6 +37,10 @@
 //! its call. Forwards to another plugin's number hand the caller over the
 //! same way (the V5 divert to voicemail).
 //!
+//! Attended transfer: a phone with two calls joins their other parties
+//! (REFER with Replaces): they are bridged with each other and the
+//! phone's two legs end.
+//!
 //! State lives on the legs (`set-state`), so the plugin keeps no table of
 //! calls: the caller's leg knows its callee leg and the other way round.
 
@@ -387,6 +391,43 @@ fn transfer(e: &CallEvent, role: Option<Role>, to: &str) -> Result<(), Error> {
     }
 }
 
+/// The other party of a leg: its bridge partner, answered.
+fn peer_of(leg: &str) -> Option<calls::LegSnapshot> {
+    let me = calls::get_leg(leg).ok()?;
+    let peer = calls::get_leg(&me.bridged_with?).ok()?;
+    (peer.state == LegState::Answered).then_some(peer)
+}
+
+/// An attended transfer: the phone of `leg` connects its other party with
+/// that of its other call `other` and leaves both calls.
+fn attended(leg: &str, other: &str) -> Result<(), Error> {
+    let (Some(a), Some(c)) = (peer_of(leg), peer_of(other)) else {
+        return calls::decline_transfer(leg, Cause::Rejected);
+    };
+    // The two parties are each other's now: either hanging up ends the
+    // other.
+    set(
+        &a.id,
+        &Role::Caller {
+            callee: Some(c.id.clone()),
+        },
+    )?;
+    set(
+        &c.id,
+        &Role::Callee {
+            caller: a.id.clone(),
+            user: String::new(),
+            forwarded: true,
+            answered: true,
+        },
+    )?;
+    for l in [leg, other] {
+        set(l, &Role::Transferred)?;
+        calls::hangup(l, Cause::Normal)?;
+    }
+    calls::bridge(&a.id, &c.id)
+}
+
 /// How a dial the host refused is told to the caller (or to a phone
 /// whose transfer it was); `None` for a failure worth retrying (the
 /// event is delivered again).
@@ -458,6 +499,7 @@ fn on_call(e: &CallEvent) -> Result<(), Error> {
             call_out(leg, &to, user, Some(c.digits.clone()))
         }
         (CallEventKind::Transfer(to), role) => transfer(e, role, to),
+        (CallEventKind::AttendedTransfer(other), _) => attended(leg, other),
         (
             CallEventKind::Answered,
             Some(Role::Callee {
