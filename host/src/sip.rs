@@ -1309,3 +1309,62 @@ impl Signalling for SipSignalling {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refer(to: &[&str]) -> Message {
+        let mut text = String::from(
+            "REFER sip:x@acme.localhost SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5000;branch=z9hG4bK1\r\n\
+             From: <sip:a@acme.localhost>;tag=1\r\nTo: <sip:x@acme.localhost>;tag=2\r\n\
+             Call-ID: c1\r\nCSeq: 2 REFER\r\n",
+        );
+        for t in to {
+            text.push_str(&format!("Refer-To: {t}\r\n"));
+        }
+        text.push_str("Content-Length: 0\r\n\r\n");
+        Message::parse(text.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn refer_to_names_a_number_or_the_call_to_replace() {
+        let ok = |t: &str| refer_target(&refer(&[t]));
+        assert_eq!(
+            ok("<sip:2-01@acme.localhost>"),
+            Ok(ReferTo::Number("201".into()))
+        );
+        assert_eq!(
+            ok("sip:+442079460018@x"),
+            Ok(ReferTo::Number("+442079460018".into()))
+        );
+        assert_eq!(
+            ok("<sip:201@acme.localhost?Replaces=abc%40host%3Bto-tag%3Dt1%3Bfrom-tag%3Df1>"),
+            Ok(ReferTo::Replaces {
+                call_id: "abc@host".into(),
+                tags: ("t1".into(), "f1".into()),
+            })
+        );
+        // A `+` in a Call-ID stays a `+`.
+        assert!(matches!(
+            ok("<sip:x@y?Replaces=a+b%3Bfrom-tag%3Df%3Bto-tag%3Dt>"),
+            Ok(ReferTo::Replaces { call_id, .. }) if call_id == "a+b"
+        ));
+        for (bad, code) in [
+            ("<sip:bob@acme.localhost>", 404),
+            ("<sip:1234567890123456789012345678901234@x>", 404),
+            ("<sip:x@y?Replaces=abc>", 400),
+            ("<sip:x@y?Replaces=abc%3Bto-tag%3Dt>", 400),
+            ("<sip:x@y?Subject=hi>", 400),
+            ("<mailto:x@y>", 400),
+        ] {
+            assert_eq!(ok(bad).map_err(|e| e.0), Err(code), "{bad}");
+        }
+        assert_eq!(refer_target(&refer(&[])).map_err(|e| e.0), Err(400));
+        assert_eq!(
+            refer_target(&refer(&["<sip:1@x>", "<sip:2@x>"])).map_err(|e| e.0),
+            Err(400)
+        );
+        assert_eq!(unescape("%41%zz%4"), "A%zz%4");
+    }
+}
