@@ -870,3 +870,81 @@ async fn a_refused_registration_is_shown_failed_and_tried_again_later() {
             .unwrap_err();
     assert_eq!(e.code(), "invalid_trunk", "{e}");
 }
+
+/// The next INVITE a provider gets (skipping anything else).
+async fn next_invite(p: &Provider) -> Message {
+    loop {
+        let m = p.next_request().await.expect("an INVITE");
+        if m.method() == Some("INVITE") {
+            return m;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_out_goes_on_over_the_next_trunk_when_a_provider_fails() {
+    let r = rig().await;
+    let backup = Provider::bind("127.0.0.4", r.udp).await;
+    console(
+        &r.h,
+        Op::TrunkSet {
+            tenant: "acme".into(),
+            trunk: trunk("backup", &["127.0.0.4"], Some(backup.local)),
+            password: Some(TrunkPassword("b4ckup".into())),
+        },
+    )
+    .await;
+    // The first provider is overloaded (503): the call goes on over the
+    // backup trunk, with the same number, and is answered there.
+    let dialled = r.dial("acme", "02079460018").await;
+    assert!(dialled["leg"].is_string(), "{dialled}");
+    let first = next_invite(&r.itsp).await;
+    r.itsp
+        .send(&first.response(503, "Service Unavailable", Some("f1")))
+        .await;
+    let second = next_invite(&backup).await;
+    assert_eq!(
+        second.uri(),
+        Some(format!("sip:+442079460018@{}", backup.local).as_str())
+    );
+    let mut ok = second.response(200, "OK", Some("b1"));
+    ok.push("Contact", format!("<sip:gw@{}>", backup.local));
+    ok.push("Content-Type", "application/sdp");
+    ok.body = switchboard_tests::sip::offer(40_070, false).into_bytes();
+    backup.send(&ok).await;
+    let ack = loop {
+        let m = backup.next_request().await.expect("the ACK");
+        if m.method() == Some("ACK") {
+            break m;
+        }
+    };
+    assert_eq!(ack.call_id(), second.call_id());
+    // The provider hangs up; the record names the trunk that carried it.
+    let bye = Message::parse(
+        format!(
+            "BYE sip:switchboard@{} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bKbye1\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n",
+            r.udp,
+            backup.local,
+            ok.header("To").unwrap(),
+            second.header("From").unwrap(),
+            second.call_id(),
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    backup.send(&bye).await;
+    let records = records_of(&r.h, 1).await;
+    assert_eq!(records[0].trunk.as_deref(), Some("backup"), "{records:?}");
+    // A busy number is the number's answer, not the provider's: no
+    // failover.
+    r.dial("acme", "02079460019").await;
+    let first = next_invite(&r.itsp).await;
+    r.itsp
+        .send(&first.response(486, "Busy Here", Some("f2")))
+        .await;
+    let later = backup.recv_within(QUIET).await;
+    assert!(
+        later.as_ref().is_none_or(|m| m.method() != Some("INVITE")),
+        "{later:?}"
+    );
+}

@@ -63,6 +63,25 @@ pub(super) struct Fork {
     rang: bool,
     /// Our offers' SDP session id.
     session_id: u64,
+    /// A trunk call's other trunks, tried in turn when this one fails
+    /// (see [`FAILOVER`]).
+    next: Option<Box<Failover>>,
+}
+
+/// Final answers from a trunk that send a call on to the tenant's next
+/// trunk: the provider, not the number, failed (no answer at all, server
+/// errors, overload).
+pub(super) const FAILOVER: [u16; 5] = [408, 500, 502, 503, 504];
+
+/// What a trunk call needs to go on over the next trunk.
+pub(super) struct Failover {
+    call: Outbound,
+    trunks: Vec<crate::tenant::Trunk>,
+    /// The next trunk to try.
+    index: usize,
+    /// Our media address and SDP session, prepared once.
+    offered: SocketAddr,
+    session_id: u64,
 }
 
 /// Forks by leg, and each branch's Call-ID to (leg, branch).
@@ -162,6 +181,7 @@ impl Door {
             answering: false,
             rang: false,
             session_id: 0,
+            next: None,
         };
         // Who calls, as the device shows it: the caller's user part if it
         // has one that SIP can carry, else anonymous (RFC 3323).
@@ -239,25 +259,23 @@ impl Door {
         true
     }
 
-    /// A number outside the tenant, over its first trunk with a proxy.
+    /// A number outside the tenant, over the first of its trunks with a
+    /// proxy that can take it; the others, in order, if that one fails
+    /// (see [`FAILOVER`]).
     async fn ring_trunk(&self, call: &Outbound) -> bool {
         let Some(udp) = self.udp.clone() else {
             return false;
         };
-        let Some(trunk) = self.rt.outbound_trunks(&call.tenant).into_iter().next() else {
+        let trunks = self.rt.outbound_trunks(&call.tenant);
+        let Some(first) = trunks.first() else {
             return false;
         };
-        let Some(proxy) = trunk.proxy else {
-            return false;
-        };
-        let party = super::trunk_party(&trunk.name);
-        if self.calls_of(&call.tenant, &party) >= trunk.max_calls as usize {
-            crate::metrics::SIP_DROPPED.inc(&["trunk_busy"]);
-            return false;
-        }
-        let Some(flow) = udp.flow_to(proxy, &|id| {
-            self.dialogs.on_flow(id).len() + self.forks_on_count(id) > 0
-        }) else {
+        // Media first (the offer names its port), once for every trunk
+        // tried: plain RTP, no keys without TLS.
+        let Some(flow) = udp.flow_to(
+            first.proxy.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+            &|id| self.dialogs.on_flow(id).len() + self.forks_on_count(id) > 0,
+        ) else {
             return false;
         };
         let prepared = self
@@ -278,67 +296,104 @@ impl Door {
         };
         let mut ids = [0u8; 8];
         let _ = getrandom::fill(&mut ids);
-        let session_id = u64::from_be_bytes(ids) >> 1;
-        let offered = SocketAddr::new(self.media_ip(media, &flow), media.port());
-        let offer = sdp::offer(
-            sdp::Local {
-                addr: offered,
-                session_id,
-                session_version: 1,
-            },
-            None,
-        );
-        let host = flow.local.to_string();
-        let mut m = dialogs::request(
-            "INVITE",
-            &format!("sip:{}@{proxy}", call.to.number),
-            &flow.via(),
-        );
-        match self.caller_id(&call.tenant, &trunk, &call.caller) {
-            Some(number) => m.push(
-                "From",
-                format!("<sip:{number}@{host}>;tag={}", random_hex(8)),
-            ),
-            None => {
-                m.push(
-                    "From",
-                    format!(
-                        "\"Anonymous\" <sip:anonymous@anonymous.invalid>;tag={}",
-                        random_hex(8)
-                    ),
-                );
-                m.push("Privacy", "id");
-            }
-        }
-        m.push("To", format!("<sip:{}@{proxy}>", call.to.number));
-        m.push("Call-ID", format!("{}@{host}", random_hex(16)));
-        m.push("CSeq", "1 INVITE");
-        m.push("Contact", format!("<{}>", flow.our_uri("switchboard")));
-        m.push("Allow", super::ALLOW);
-        m.push("Content-Type", "application/sdp");
-        m.body = offer.into_bytes();
-        if !flow.send(&m) {
+        let next = Failover {
+            call: call.clone(),
+            trunks,
+            index: 0,
+            offered: SocketAddr::new(self.media_ip(media, &flow), media.port()),
+            session_id: u64::from_be_bytes(ids) >> 1,
+        };
+        self.ring_via(next)
+    }
+
+    /// Sends the INVITE of `next` to the first of its trunks from its
+    /// index on that can take it; false if none can.
+    pub(super) fn ring_via(&self, mut next: Failover) -> bool {
+        let Some(udp) = self.udp.clone() else {
             return false;
+        };
+        while let Some(trunk) = next.trunks.get(next.index).cloned() {
+            next.index += 1;
+            let Some(proxy) = trunk.proxy else { continue };
+            let call = &next.call;
+            let party = super::trunk_party(&trunk.name);
+            if self.calls_of(&call.tenant, &party) >= trunk.max_calls as usize {
+                crate::metrics::SIP_DROPPED.inc(&["trunk_busy"]);
+                continue;
+            }
+            let Some(flow) = udp.flow_to(proxy, &|id| {
+                self.dialogs.on_flow(id).len() + self.forks_on_count(id) > 0
+            }) else {
+                continue;
+            };
+            let offer = sdp::offer(
+                sdp::Local {
+                    addr: next.offered,
+                    session_id: next.session_id,
+                    session_version: 1,
+                },
+                None,
+            );
+            let host = flow.local.to_string();
+            let mut m = dialogs::request(
+                "INVITE",
+                &format!("sip:{}@{proxy}", call.to.number),
+                &flow.via(),
+            );
+            match self.caller_id(&call.tenant, &trunk, &call.caller) {
+                Some(number) => m.push(
+                    "From",
+                    format!("<sip:{number}@{host}>;tag={}", random_hex(8)),
+                ),
+                None => {
+                    m.push(
+                        "From",
+                        format!(
+                            "\"Anonymous\" <sip:anonymous@anonymous.invalid>;tag={}",
+                            random_hex(8)
+                        ),
+                    );
+                    m.push("Privacy", "id");
+                }
+            }
+            m.push("To", format!("<sip:{}@{proxy}>", call.to.number));
+            m.push("Call-ID", format!("{}@{host}", random_hex(16)));
+            m.push("CSeq", "1 INVITE");
+            m.push("Contact", format!("<{}>", flow.our_uri("switchboard")));
+            m.push("Allow", super::ALLOW);
+            m.push("Content-Type", "application/sdp");
+            m.body = offer.into_bytes();
+            if !flow.send(&m) {
+                continue;
+            }
+            self.rt.telephony().via_trunk(&call.leg, &trunk.name);
+            let (leg, tenant, offered, session_id) = (
+                call.leg.clone(),
+                call.tenant.clone(),
+                next.offered,
+                next.session_id,
+            );
+            return self.file_fork(Fork {
+                leg,
+                tenant,
+                branches: vec![Branch {
+                    device: party,
+                    flow: flow.id,
+                    invite: m,
+                    key: None,
+                    authenticated: false,
+                    offered,
+                    done: None,
+                }],
+                answered: false,
+                settled: false,
+                answering: false,
+                rang: false,
+                session_id,
+                next: (next.index < next.trunks.len()).then(|| Box::new(next)),
+            });
         }
-        self.rt.telephony().via_trunk(&call.leg, &trunk.name);
-        self.file_fork(Fork {
-            leg: call.leg.clone(),
-            tenant: call.tenant.clone(),
-            branches: vec![Branch {
-                device: party,
-                flow: flow.id,
-                invite: m,
-                key: None,
-                authenticated: false,
-                offered,
-                done: None,
-            }],
-            answered: false,
-            settled: false,
-            answering: false,
-            rang: false,
-            session_id,
-        })
+        false
     }
 
     /// The number a call out over `trunk` shows (caller-id rules): the
@@ -690,12 +745,19 @@ impl Door {
                 let all = f.branches.iter().all(|b| b.done.is_some());
                 (all && !f.settled).then(|| {
                     let codes: Vec<u16> = f.branches.iter().filter_map(|b| b.done).collect();
-                    cause_of(&codes)
+                    // A trunk that failed as a provider: the next one.
+                    let next = f.next.take().filter(|_| FAILOVER.contains(&status));
+                    (cause_of(&codes), next)
                 })
             })
             .flatten();
-        if let Some(cause) = ended {
+        if let Some((cause, next)) = ended {
             self.forget_fork(leg);
+            if let Some(next) = next
+                && self.ring_via(*next)
+            {
+                return;
+            }
             self.rt.telephony().ended(leg, cause);
         }
     }
