@@ -600,6 +600,12 @@ pub struct Dialing {
     /// (`international`, …); emergency calls never do.
     #[serde(default)]
     pub account_code_classes: Vec<String>,
+    /// The number a user's calls out show (user id → E.164), when the
+    /// plugin names no number of its own: one of the tenant's DIDs, or a
+    /// number the trunk allows (`caller_ids`); anything else shows the
+    /// trunk's `caller_id`.
+    #[serde(default)]
+    pub presentation: BTreeMap<String, String>,
 }
 
 /// A class of restriction (which number classes its holders may dial,
@@ -639,6 +645,7 @@ impl Default for Dialing {
             max_outbound_minutes_per_day: None,
             account_codes: Vec::new(),
             account_code_classes: Vec::new(),
+            presentation: BTreeMap::new(),
             restrictions: BTreeMap::new(),
             users: BTreeMap::new(),
             default_restriction: None,

@@ -948,3 +948,58 @@ async fn a_call_out_goes_on_over_the_next_trunk_when_a_provider_fails() {
         "{later:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_calls_out_show_their_presentation_number_only_if_the_tenant_holds_it() {
+    let r = rig().await;
+    console(
+        &r.h,
+        Op::DialingSet {
+            tenant: "acme".into(),
+            dialing: Dialing {
+                region: Some("GB".into()),
+                presentation: [
+                    ("u-ann".to_string(), DID.to_string()),
+                    ("u-eve".to_string(), GLOBEX_DID.to_string()),
+                ]
+                .into(),
+                ..Dialing::default()
+            },
+        },
+    )
+    .await;
+    let from_of = |m: &Message| m.header("From").unwrap_or_default().to_string();
+    for (user, shown) in [
+        ("u-ann", DID),
+        ("u-eve", "+442079460000"),
+        ("u-nobody", "+442079460000"),
+    ] {
+        let r2 =
+            r.h.post(
+                "acme",
+                "callflow",
+                "u",
+                &format!("/dial-as/{user}/call/02079460018"),
+                b"",
+            )
+            .await
+            .unwrap();
+        assert_eq!(r2.status, 200, "{user}");
+        let invite = next_invite(&r.itsp).await;
+        assert!(
+            from_of(&invite).contains(&format!("<sip:{shown}@")),
+            "{user}: {}",
+            from_of(&invite)
+        );
+        r.itsp
+            .send(&invite.response(486, "Busy Here", Some("x")))
+            .await;
+    }
+    // A malformed presentation number is refused when set.
+    let bad = Dialing {
+        presentation: [("u-ann".to_string(), "0207".to_string())].into(),
+        ..Dialing::default()
+    };
+    let e = r.h.runtime().set_dialing("acme", bad).await.unwrap_err();
+    assert_eq!(e.code(), "invalid_dialing", "{e}");
+}

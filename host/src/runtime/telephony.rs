@@ -342,6 +342,12 @@ impl Runtime {
         })
     }
 
+    /// The number `user`'s calls out show, if the tenant set one.
+    pub fn presentation(&self, tenant: &str, user: &str) -> Option<String> {
+        let t = self.inner.registry.tenant(tenant)?;
+        t.record.dialing.presentation.get(user).cloned()
+    }
+
     /// Whether `number` is one of the tenant's own DIDs (a `+` route).
     pub fn is_did(&self, tenant: &str, number: &str) -> bool {
         number.starts_with('+')

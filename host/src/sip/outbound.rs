@@ -340,7 +340,7 @@ impl Door {
                 &format!("sip:{}@{proxy}", call.to.number),
                 &flow.via(),
             );
-            match self.caller_id(&call.tenant, &trunk, &call.caller) {
+            match self.caller_id(&call.tenant, &trunk, &call.caller, call.user.as_deref()) {
                 Some(number) => m.push(
                     "From",
                     format!("<sip:{number}@{host}>;tag={}", random_hex(8)),
@@ -405,14 +405,17 @@ impl Door {
         tenant: &str,
         trunk: &crate::tenant::Trunk,
         caller: &str,
+        user: Option<&str>,
     ) -> Option<String> {
-        let own = crate::tenant::is_e164(caller)
-            && (self.rt.is_did(tenant, caller) || trunk.may_show(caller));
-        if own {
-            Some(caller.to_string())
-        } else {
-            trunk.caller_id.clone()
+        let may =
+            |n: &str| crate::tenant::is_e164(n) && (self.rt.is_did(tenant, n) || trunk.may_show(n));
+        if may(caller) {
+            return Some(caller.to_string());
         }
+        // The user's own number, if the tenant gave them one it holds.
+        user.and_then(|u| self.rt.presentation(tenant, u))
+            .filter(|n| may(n))
+            .or_else(|| trunk.caller_id.clone())
     }
 
     /// Whether any fork rings on flow `id`.

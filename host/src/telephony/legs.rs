@@ -1197,6 +1197,7 @@ impl Table {
                 l.deadline_ms = Some(now + u64::from(ring_ms));
                 l.client_state = state;
                 l.account_code = account_code;
+                let l_user = user.clone();
                 l.for_user = user;
                 if over_cap {
                     // Never placed: the leg ends at once, `restricted`.
@@ -1216,6 +1217,7 @@ impl Table {
                     leg,
                     tenant: tenant.to_string(),
                     caller,
+                    user: l_user,
                     to,
                 }));
             }

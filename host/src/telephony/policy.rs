@@ -493,6 +493,18 @@ pub fn from_dialing(
             "emergency calls never need an account code".into(),
         ));
     }
+    if d.presentation.len() > MAX_RESTRICTED_USERS {
+        return Err(PolicyError::TooMany(format!(
+            "at most {MAX_RESTRICTED_USERS} presentation numbers"
+        )));
+    }
+    for (user, number) in &d.presentation {
+        if user.is_empty() || user.len() > 64 || !crate::tenant::is_e164(number) {
+            return Err(PolicyError::Plan(format!(
+                "presentation {user:?}: a user id and an E.164 number"
+            )));
+        }
+    }
     if !rules.account_code_classes.is_empty() && rules.account_codes.is_empty() {
         return Err(PolicyError::Plan(
             "account_code_classes needs account_codes to choose from".into(),

@@ -46,6 +46,9 @@ pub struct Outbound {
     pub tenant: String,
     /// Who the call shows as calling.
     pub caller: String,
+    /// The user it is placed for (their presentation number, if the
+    /// caller shown is none the network may see).
+    pub user: Option<String>,
     /// The number as the dialing policy read and allowed it.
     pub to: Dialled,
 }
