@@ -400,13 +400,14 @@ fn refer_target(m: &Message) -> Result<ReferTo, (u16, &'static str)> {
     };
     if let Some((_, headers)) = value.split_once('?') {
         let headers = headers.split('>').next().unwrap_or_default();
-        let replaces = headers
-            .split('&')
-            .find_map(|h| {
-                h.strip_prefix("Replaces=")
-                    .or_else(|| h.strip_prefix("replaces="))
-            })
-            .ok_or((400, "Bad Request (only Replaces may be embedded)"))?;
+        let mut embedded = headers.split('&');
+        let replaces = match (embedded.next(), embedded.next()) {
+            (Some(h), None) => h
+                .strip_prefix("Replaces=")
+                .or_else(|| h.strip_prefix("replaces=")),
+            _ => None,
+        }
+        .ok_or((400, "Bad Request (only Replaces may be embedded)"))?;
         let replaces = unescape(replaces);
         let mut parts = replaces.split(';').map(str::trim);
         let call_id = parts.next().unwrap_or_default().to_string();
@@ -1356,6 +1357,10 @@ mod tests {
             ("<sip:x@y?Replaces=abc>", 400),
             ("<sip:x@y?Replaces=abc%3Bto-tag%3Dt>", 400),
             ("<sip:x@y?Subject=hi>", 400),
+            (
+                "<sip:x@y?Subject=hi&Replaces=a%3Bto-tag%3Dt%3Bfrom-tag%3Df>",
+                400,
+            ),
             ("<mailto:x@y>", 400),
         ] {
             assert_eq!(ok(bad).map_err(|e| e.0), Err(code), "{bad}");

@@ -748,8 +748,13 @@ impl Door {
                 let all = f.branches.iter().all(|b| b.done.is_some());
                 (all && !f.settled).then(|| {
                     let codes: Vec<u16> = f.branches.iter().filter_map(|b| b.done).collect();
-                    // A trunk that failed as a provider: the next one.
-                    let next = f.next.take().filter(|_| FAILOVER.contains(&status));
+                    // A trunk that failed as a provider (before it rang:
+                    // after, a 408 or 5xx may be the callee's no-answer,
+                    // and a second trunk would ring them again): the next.
+                    let next = f
+                        .next
+                        .take()
+                        .filter(|_| FAILOVER.contains(&status) && !f.rang);
                     (cause_of(&codes), next)
                 })
             })

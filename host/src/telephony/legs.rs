@@ -1325,7 +1325,11 @@ impl Table {
         let Some(l) = self.legs.get_mut(id) else {
             return false;
         };
-        if l.snapshot.state != LegState::Answered || l.dead || l.transfer_due_ms.is_some() {
+        if l.snapshot.state != LegState::Answered
+            || l.dead
+            || l.transfer_due_ms.is_some()
+            || l.handing_to.is_some()
+        {
             return false;
         }
         l.transfer_due_ms = Some(now + TRANSFER_LIMIT_MS);

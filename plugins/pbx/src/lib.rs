@@ -232,9 +232,15 @@ fn ring(r: Ring<'_>) -> Result<String, Error> {
 fn forward(caller: &str, user: &str, target: &str) -> Result<(), Error> {
     let resolved = resolve(target, true)?;
     if let Target::Elsewhere(number) = &resolved {
-        // Voicemail, an attendant: the caller goes there.
+        // Voicemail, an attendant: the caller goes there (a number that
+        // plugin cannot take: the caller hears busy).
         set(caller, &Role::Transferred)?;
-        return calls::hand_off(caller, number);
+        return match calls::hand_off(caller, number) {
+            Err(Error::NotFound(_) | Error::InvalidArgument(_)) => {
+                give_up(caller, Cause::Unavailable)
+            }
+            other => other,
+        };
     }
     let Some((to, rung)) = resolved.dial() else {
         return give_up(caller, Cause::Unavailable);
@@ -347,11 +353,18 @@ fn transfer(e: &CallEvent, role: Option<Role>, to: &str) -> Result<(), Error> {
     };
     let target = match resolve(to, false) {
         Ok(Target::Elsewhere(number)) => {
-            // To another plugin's number: the other party goes there.
-            set(leg, &Role::Transferred)?;
-            calls::hangup(leg, Cause::Normal)?;
-            set(&peer.id, &Role::Transferred)?;
-            return calls::hand_off(&peer.id, &number);
+            // To another plugin's number: the other party goes there
+            // (first: a number that plugin cannot take is declined).
+            return match calls::hand_off(&peer.id, &number) {
+                Ok(()) => {
+                    set(leg, &Role::Transferred)?;
+                    calls::hangup(leg, Cause::Normal)
+                }
+                Err(Error::NotFound(_) | Error::InvalidArgument(_)) => {
+                    calls::decline_transfer(leg, Cause::Unavailable)
+                }
+                Err(err) => Err(err),
+            };
         }
         Ok(t) => t.dial(),
         Err(err) => match refused(&err) {
@@ -404,6 +417,10 @@ fn attended(leg: &str, other: &str) -> Result<(), Error> {
     let (Some(a), Some(c)) = (peer_of(leg), peer_of(other)) else {
         return calls::decline_transfer(leg, Cause::Rejected);
     };
+    if a.id == other || c.id == leg {
+        // The phone's two calls are each other's: nothing to join.
+        return calls::decline_transfer(leg, Cause::Rejected);
+    }
     // The two parties are each other's now: either hanging up ends the
     // other.
     set(
