@@ -23,9 +23,8 @@
 //! Then the peer: the same plain RTP streams relayed by rtpengine
 //! (Debian's `rtpengine-daemon`, userspace forwarding, one thread like the
 //! engine), set up over its ng control protocol (an offer and an answer
-//! per call), in the same run. Skipped, with a note, when rtpengine is
-//! not installed (`apt-get install --no-install-recommends
-//! rtpengine-daemon`).
+//! per call), in the same run. Installed by `tests/tools/install-peers.sh`
+//! (the README's test command); skipped, with a note, when missing.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -565,7 +564,7 @@ async fn main() {
     // The peer: rtpengine relaying the same plain RTP streams.
     match RtpEngine::start() {
         None => println!(
-            "rtpengine: not installed or not answering; skipped (apt-get install --no-install-recommends rtpengine-daemon)"
+            "rtpengine: not installed or not answering; skipped (run tests/tools/install-peers.sh)"
         ),
         Some(mut rtp) => {
             println!("the same plain RTP calls relayed by rtpengine (userspace, 1 thread):");

@@ -3,6 +3,8 @@
 #   baresip (baresip-core)  a phone: TLS, digest, SRTP, DTMF (tests/src/baresip.rs)
 #   sipp (sip-tester)       a trunk's provider over UDP (tests/tests/trunks.rs;
 #                           Debian's build has no TLS, so it never plays a device)
+#   rtpengine (rtpengine-daemon, no recommends)  the media relay the media
+#                           bench compares the engine with (tests/benches/media.rs)
 # Idempotent: when every command (and the baresip modules the harness loads)
 # is present it changes nothing and needs no network. Otherwise it runs
 # `apt-get update` once and installs only the missing packages, as root or
@@ -16,6 +18,7 @@ set -euo pipefail
 declare -A package_of=(
     [baresip]=baresip-core
     [sipp]=sip-tester
+    [rtpengine]=rtpengine-daemon
 )
 # Modules tests/src/baresip.rs loads (all in baresip-core).
 baresip_modules=(g711 aufile sndfile srtp account menu ctrl_tcp)
@@ -44,7 +47,7 @@ missing_packages() {
 
 mapfile -t missing < <(missing_packages)
 if ((${#missing[@]} == 0)); then
-    say "baresip and sipp are installed; nothing to do"
+    say "baresip, sipp and rtpengine are installed; nothing to do"
     exit 0
 fi
 say "missing: ${missing[*]}"
