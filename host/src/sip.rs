@@ -303,7 +303,7 @@ impl transport::Handler for Door {
     }
 
     fn in_use(&self, id: u64) -> bool {
-        !self.dialogs.on_flow(id).is_empty() || self.forks_on(id)
+        self.carries_calls(id)
     }
 
     fn closed(&self, flow: &Flow) {
@@ -321,6 +321,14 @@ impl transport::Handler for Door {
                 self.rt.telephony().ended(&leg, Cause::Normal);
             }
         }
+    }
+}
+
+impl Door {
+    /// Whether flow `id` carries a call or a call ringing: it must not be
+    /// forgotten as idle.
+    fn carries_calls(&self, id: u64) -> bool {
+        !self.dialogs.on_flow(id).is_empty() || self.forks_on(id)
     }
 }
 

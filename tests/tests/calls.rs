@@ -54,6 +54,25 @@ fn ended(signals: &[Signal], leg: &str) -> Option<Cause> {
     })
 }
 
+/// Rings `tenant`'s callflow (number 100) from `phone` with route
+/// arguments `args`, and waits until the plugin answered; the leg.
+async fn answered_call(
+    rig: &CallRig,
+    tenant: &str,
+    caller: &str,
+    args: &[u8],
+    phone: &mut Phone,
+) -> String {
+    let leg = rig
+        .ring(tenant, "callflow", caller, "100", args, phone)
+        .await
+        .unwrap();
+    rig.wait_for(WAIT, |s| s.contains(&Signal::Answered(leg.clone())))
+        .await
+        .unwrap();
+    leg
+}
+
 async fn rig(tenants: &[&str]) -> (Harness, CallRig) {
     let h = harness(&["callflow"]).await;
     for t in tenants {
@@ -69,13 +88,7 @@ async fn t2_a_plugin_answers_collects_dials_and_bridges_in_order() {
     let mut alice = Phone::new().unwrap();
     let mut bob = Phone::new().unwrap();
     rig.directory("1001", &bob).unwrap();
-    let a = rig
-        .ring("acme", "callflow", "alice", "100", b"ivr", &mut alice)
-        .await
-        .unwrap();
-    rig.wait_for(WAIT, |s| s.contains(&Signal::Answered(a.clone())))
-        .await
-        .unwrap();
+    let a = answered_call(&rig, "acme", "alice", b"ivr", &mut alice).await;
     // The key tone `1`, µ-law: 100 ms of tone and the gap after it.
     let heard = alice.listen(Duration::from_millis(600), 0);
     assert!(heard.len() >= 5, "{} packets of the key tone", heard.len());
@@ -173,13 +186,7 @@ async fn t2_a_collect_that_hears_nothing_times_out() {
 async fn t2_keys_pressed_during_a_play_barge_in_and_count_as_type_ahead() {
     let (h, rig) = rig(&["acme"]).await;
     let mut alice = Phone::new().unwrap();
-    let a = rig
-        .ring("acme", "callflow", "alice", "100", b"ivr", &mut alice)
-        .await
-        .unwrap();
-    rig.wait_for(WAIT, |s| s.contains(&Signal::Answered(a.clone())))
-        .await
-        .unwrap();
+    let a = answered_call(&rig, "acme", "alice", b"ivr", &mut alice).await;
     // Once the key tone is heard, `0#`: the key cuts the tone short, and
     // both keys reach the collect, which `#` ends.
     tokio::task::block_in_place(|| alice.next_audio(WAIT, 0)).expect("the key tone");
@@ -293,13 +300,7 @@ fn dialled(s: &[Signal], leg: &str) -> bool {
 async fn k4_a_leg_is_invisible_to_other_tenants_exactly_as_an_unknown_one() {
     let (h, rig) = rig(&["acme", "globex"]).await;
     let mut alice = Phone::new().unwrap();
-    let a = rig
-        .ring("acme", "callflow", "alice", "100", b"answer", &mut alice)
-        .await
-        .unwrap();
-    rig.wait_for(WAIT, |s| s.contains(&Signal::Answered(a.clone())))
-        .await
-        .unwrap();
+    let a = answered_call(&rig, "acme", "alice", b"answer", &mut alice).await;
     let poke = |t: &'static str, leg: String| {
         let h = &h;
         async move {
@@ -519,13 +520,7 @@ async fn t2_a_library_prompt_arrives_byte_for_byte() {
 async fn t2_every_leg_leaves_a_call_record_for_its_tenant_only() {
     let (h, rig) = rig(&["acme", "globex"]).await;
     let mut alice = Phone::new().unwrap();
-    let a = rig
-        .ring("acme", "callflow", "alice", "100", b"answer", &mut alice)
-        .await
-        .unwrap();
-    rig.wait_for(WAIT, |s| s.contains(&Signal::Answered(a.clone())))
-        .await
-        .unwrap();
+    let a = answered_call(&rig, "acme", "alice", b"answer", &mut alice).await;
     for _ in 0..10 {
         alice.send_audio(&[0x55; 160]).unwrap();
     }
@@ -972,13 +967,7 @@ async fn r3_a_recording_lands_in_a_blob_and_keeps_nothing_said_while_paused() {
     use switchboard::media::g711;
     let (h, rig) = rig(&["acme", "globex"]).await;
     let mut alice = Phone::new().unwrap();
-    let a = rig
-        .ring("acme", "callflow", "alice", "100", b"record", &mut alice)
-        .await
-        .unwrap();
-    rig.wait_for(WAIT, |s| s.contains(&Signal::Answered(a.clone())))
-        .await
-        .unwrap();
+    let a = answered_call(&rig, "acme", "alice", b"record", &mut alice).await;
     let post = |path: String| {
         let h = &h;
         async move {
@@ -1118,13 +1107,7 @@ async fn r3_a_recording_cut_by_hangup_is_written_before_the_leg_ends_and_a_quota
     let rig = CallRig::start(h.runtime());
     // Hung up mid-recording: `recorded` (hangup) comes before `ended`.
     let mut alice = Phone::new().unwrap();
-    let a = rig
-        .ring("acme", "callflow", "alice", "100", b"record", &mut alice)
-        .await
-        .unwrap();
-    rig.wait_for(WAIT, |s| s.contains(&Signal::Answered(a.clone())))
-        .await
-        .unwrap();
+    let a = answered_call(&rig, "acme", "alice", b"record", &mut alice).await;
     talk(&mut alice, 0x30, 25).await;
     rig.hang_up(&a);
     let got = wait_event(&h, "acme", &a, "ended:normal").await;
@@ -1141,13 +1124,7 @@ async fn r3_a_recording_cut_by_hangup_is_written_before_the_leg_ends_and_a_quota
     // when it is full, and the blob keeps what fit, with a header naming
     // it.
     let mut bob = Phone::new().unwrap();
-    let b = rig
-        .ring("acme", "callflow", "bob", "100", b"record:u-bob", &mut bob)
-        .await
-        .unwrap();
-    rig.wait_for(WAIT, |s| s.contains(&Signal::Answered(b.clone())))
-        .await
-        .unwrap();
+    let b = answered_call(&rig, "acme", "bob", b"record:u-bob", &mut bob).await;
     talk(&mut bob, 0x30, 300).await;
     let (end, blob, ms) = recorded(&h, "acme", &b).await;
     assert_eq!(end, "stopped");

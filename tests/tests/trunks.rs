@@ -390,15 +390,10 @@ async fn calls_out_go_over_the_trunk_with_its_credentials_and_the_dialing_policy
     assert_eq!(param("realm"), realm);
     assert_eq!(param("uri"), authed.uri().unwrap());
     // The response, computed here from the trunk's password.
-    let md5 = |t: String| hex::encode(md5::Md5::digest(t.as_bytes()));
-    let ha1 = md5(format!("acct-7:{realm}:pr0vider-secret"));
-    let ha2 = md5(format!("INVITE:{}", param("uri")));
-    let expected = md5(format!(
-        "{ha1}:n0nce:{}:{}:auth:{ha2}",
-        param("nc"),
-        param("cnonce")
-    ));
-    assert_eq!(param("response"), expected);
+    assert_eq!(
+        param("response"),
+        md5_response(&creds, realm, "n0nce", "INVITE")
+    );
     // A second challenge is not answered again: the call fails.
     let mut twice = authed.response(407, "Proxy Authentication Required", Some("p2"));
     twice.push(
@@ -670,6 +665,21 @@ async fn credentials_and_numbers_stay_where_they_belong() {
     );
 }
 
+/// The MD5 `qop=auth` digest response the trunk's credentials (acct-7,
+/// pr0vider-secret) give for `method` under `nonce`, with the uri, nc and
+/// cnonce of `creds`: computed here, independently of the host's code.
+fn md5_response(creds: &str, realm: &str, nonce: &str, method: &str) -> String {
+    let param = |n: &str| challenge_param(creds, n).unwrap_or_else(|| panic!("{n} in {creds}"));
+    let md5 = |t: String| hex::encode(md5::Md5::digest(t.as_bytes()));
+    let ha1 = md5(format!("acct-7:{realm}:pr0vider-secret"));
+    let ha2 = md5(format!("{method}:{}", param("uri")));
+    md5(format!(
+        "{ha1}:{nonce}:{}:{}:auth:{ha2}",
+        param("nc"),
+        param("cnonce")
+    ))
+}
+
 /// The final response to `request` (others, such as our 200 sent again,
 /// are skipped).
 async fn answer_to(p: &Provider, request: &Message) -> Message {
@@ -752,15 +762,11 @@ async fn a_trunk_registers_refreshes_takes_calls_at_its_contact_and_unregisters(
     assert_eq!(authed.cseq().unwrap().0, reg.cseq().unwrap().0 + 1);
     let creds = authed.header("Authorization").unwrap().to_string();
     let param = |n: &str| challenge_param(&creds, n).unwrap_or_else(|| panic!("{n} in {creds}"));
-    let md5 = |t: String| hex::encode(md5::Md5::digest(t.as_bytes()));
-    let ha1 = md5(format!("acct-7:{realm}:pr0vider-secret"));
-    let ha2 = md5(format!("REGISTER:{}", param("uri")));
-    let expected = md5(format!(
-        "{ha1}:r3g:{}:{}:auth:{ha2}",
-        param("nc"),
-        param("cnonce")
-    ));
-    assert_eq!(param("response"), expected);
+    // The response, computed here from the trunk's password.
+    assert_eq!(
+        param("response"),
+        md5_response(&creds, realm, "r3g", "REGISTER")
+    );
     // Granted 4 s: registered, refreshed at half that.
     let mut ok = authed.response(200, "OK", Some("r1"));
     ok.push("Contact", format!("{contact};expires=4"));

@@ -293,6 +293,14 @@ impl Engine {
         self.workers.get(index).ok_or(MediaError::Stopped)
     }
 
+    /// Sends a command that needs no reply to the worker of `leg`.
+    async fn tell(&self, leg: u64, cmd: Cmd) -> Result<(), MediaError> {
+        self.worker_of(leg)?
+            .send(cmd)
+            .await
+            .map_err(|_| MediaError::Stopped)
+    }
+
     /// Opens a leg; returns its id and the local RTP address for the SDP.
     pub async fn open(&self, setup: LegSetup) -> Result<(u64, SocketAddr), MediaError> {
         let index = (setup.group % self.workers.len() as u64) as usize;
@@ -312,10 +320,7 @@ impl Engine {
     /// goes, the codec, telephone events and both SRTP keys (a leg opened
     /// for an offer of ours before the answer came; its group stays).
     pub async fn retarget(&self, leg: u64, setup: LegSetup) -> Result<(), MediaError> {
-        self.worker_of(leg)?
-            .send(Cmd::Retarget(leg, Box::new(setup)))
-            .await
-            .map_err(|_| MediaError::Stopped)
+        self.tell(leg, Cmd::Retarget(leg, Box::new(setup))).await
     }
 
     /// Relays two legs to each other.
@@ -334,19 +339,13 @@ impl Engine {
 
     /// Ends a leg's bridge (both directions).
     pub async fn unbridge(&self, leg: u64) -> Result<(), MediaError> {
-        self.worker_of(leg)?
-            .send(Cmd::Unbridge(leg))
-            .await
-            .map_err(|_| MediaError::Stopped)
+        self.tell(leg, Cmd::Unbridge(leg)).await
     }
 
     /// Plays `sound` into a leg (then `PlayDone` with `tag`), replacing
     /// anything playing.
     pub async fn play(&self, leg: u64, sound: Sound, tag: u64) -> Result<(), MediaError> {
-        self.worker_of(leg)?
-            .send(Cmd::Play(leg, sound, tag))
-            .await
-            .map_err(|_| MediaError::Stopped)
+        self.tell(leg, Cmd::Play(leg, sound, tag)).await
     }
 
     /// Puts a leg into conference room `room` (rooms are the engine
@@ -365,44 +364,29 @@ impl Engine {
 
     /// Takes a leg out of its room.
     pub async fn leave(&self, leg: u64) -> Result<(), MediaError> {
-        self.worker_of(leg)?
-            .send(Cmd::Leave(leg))
-            .await
-            .map_err(|_| MediaError::Stopped)
+        self.tell(leg, Cmd::Leave(leg)).await
     }
 
     /// Records leg `leg` (what it says and hears) into `spec.sink` until
     /// it ends: its last piece says why. A recording already running on
     /// the leg ends first (`Stopped`).
     pub async fn record(&self, leg: u64, spec: RecordSpec) -> Result<(), MediaError> {
-        self.worker_of(leg)?
-            .send(Cmd::Record(leg, spec))
-            .await
-            .map_err(|_| MediaError::Stopped)
+        self.tell(leg, Cmd::Record(leg, spec)).await
     }
 
     /// Ends leg `leg`'s recording (`Stopped`).
     pub async fn stop_record(&self, leg: u64) -> Result<(), MediaError> {
-        self.worker_of(leg)?
-            .send(Cmd::StopRecord(leg))
-            .await
-            .map_err(|_| MediaError::Stopped)
+        self.tell(leg, Cmd::StopRecord(leg)).await
     }
 
     /// Pauses (keeps nothing) or resumes leg `leg`'s recording.
     pub async fn pause_record(&self, leg: u64, paused: bool) -> Result<(), MediaError> {
-        self.worker_of(leg)?
-            .send(Cmd::PauseRecord(leg, paused))
-            .await
-            .map_err(|_| MediaError::Stopped)
+        self.tell(leg, Cmd::PauseRecord(leg, paused)).await
     }
 
     /// Stops the tone playing into a leg (no `PlayDone`).
     pub async fn stop_play(&self, leg: u64) -> Result<(), MediaError> {
-        self.worker_of(leg)?
-            .send(Cmd::StopPlay(leg))
-            .await
-            .map_err(|_| MediaError::Stopped)
+        self.tell(leg, Cmd::StopPlay(leg)).await
     }
 
     /// The leg's statistics so far.

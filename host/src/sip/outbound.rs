@@ -274,7 +274,7 @@ impl Door {
         // tried: plain RTP, no keys without TLS.
         let Some(flow) = udp.flow_to(
             first.proxy.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
-            &|id| self.dialogs.on_flow(id).len() + self.forks_on_count(id) > 0,
+            &|id| self.carries_calls(id),
         ) else {
             return false;
         };
@@ -321,9 +321,7 @@ impl Door {
                 crate::metrics::SIP_DROPPED.inc(&["trunk_busy"]);
                 continue;
             }
-            let Some(flow) = udp.flow_to(proxy, &|id| {
-                self.dialogs.on_flow(id).len() + self.forks_on_count(id) > 0
-            }) else {
+            let Some(flow) = udp.flow_to(proxy, &|id| self.carries_calls(id)) else {
                 continue;
             };
             let offer = sdp::offer(

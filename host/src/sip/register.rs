@@ -216,7 +216,7 @@ impl Door {
         let Some(password) = b.password.clone() else {
             return Err(none("the trunk has no password"));
         };
-        let Some(flow) = udp.flow_to(proxy, &|id| self.in_use_flow(id)) else {
+        let Some(flow) = udp.flow_to(proxy, &|id| self.carries_calls(id)) else {
             return Err(none("no room for the provider's flow"));
         };
         let domain = b.trunk.domain.clone().unwrap_or_else(|| match proxy {
@@ -307,11 +307,6 @@ impl Door {
                 reason: "no answer".into(),
             }),
         }
-    }
-
-    /// Whether a UDP flow carries calls (it must not be forgotten).
-    fn in_use_flow(&self, id: u64) -> bool {
-        !self.dialogs.on_flow(id).is_empty() || self.forks_on(id)
     }
 }
 
