@@ -344,6 +344,32 @@ pub struct Trunk {
     /// address. Requests still go to the proxy only.
     #[serde(default)]
     pub domain: Option<String>,
+    /// Set up by an operator for the tenant (the operator's contract with
+    /// the provider): the tenant's admins see it (never its password) but
+    /// cannot change or remove it, and a call out over it shows only the
+    /// numbers the trunk itself allows (`caller_ids`, `caller_id`), never
+    /// one merely because a `+` route of the tenant claims it.
+    #[serde(default)]
+    pub managed: bool,
+}
+
+impl Default for Trunk {
+    /// A trunk with nothing set (no name: `check` refuses it until one is
+    /// given), for building one field by field.
+    fn default() -> Self {
+        Trunk {
+            name: String::new(),
+            addresses: Vec::new(),
+            proxy: None,
+            username: None,
+            caller_id: None,
+            caller_ids: Vec::new(),
+            max_calls: DEFAULT_TRUNK_CALLS,
+            register: false,
+            domain: None,
+            managed: false,
+        }
+    }
 }
 
 impl Trunk {
@@ -728,8 +754,7 @@ mod tests {
             caller_id: Some("+442079460000".into()),
             caller_ids: vec!["+4420794600*".into()],
             max_calls: 10,
-            register: false,
-            domain: None,
+            ..Default::default()
         }
     }
 

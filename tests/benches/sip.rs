@@ -229,8 +229,7 @@ async fn trunks() {
                 caller_id: None,
                 caller_ids: Vec::new(),
                 max_calls: 10_000,
-                register: false,
-                domain: None,
+                ..Default::default()
             },
             password: None,
         },

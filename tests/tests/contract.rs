@@ -560,6 +560,59 @@ async fn the_host_api_keeps_to_its_openapi_document() {
     assert_eq!(r.json()["trunks"][0]["username"], "acct-1");
     assert!(!r.text().contains("pr0vider-secret"), "no password back");
     let trunk = "/api/v1/admin/tenants/{tenant}/trunks/{trunk}";
+    // A managed trunk is the operator's: the tenant's admins see it but
+    // neither change nor remove it, nor make one of their own managed.
+    let house = json!({"name": "house", "addresses": ["198.51.100.0/28"],
+        "proxy": "198.51.100.5:5060", "username": "op-1", "managed": true,
+        "caller_ids": ["+4420794601*"]});
+    let r = c
+        .call(
+            "PUT",
+            trunks,
+            &["acme"],
+            Some(&root),
+            Body::Json(json!({"trunk": house, "password": "0perator-secret"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["trunk"]["managed"], true);
+    let mut changed = house.clone();
+    changed["proxy"] = json!("198.51.100.6:5060");
+    for (method, path, args, body) in [
+        ("PUT", trunks, vec!["acme"], Body::Json(json!({"trunk": changed}))),
+        ("DELETE", trunk, vec!["acme", "house"], Body::None),
+        (
+            "PUT",
+            trunks,
+            vec!["acme"],
+            Body::Json(json!({"trunk": {"name": "mine", "addresses": ["192.0.2.1"],
+                "managed": true}})),
+        ),
+    ] {
+        let r = c.call(method, path, &args, Some(&ada), body).await;
+        assert_eq!(
+            (r.status, r.json()["code"].clone()),
+            (403, json!("trunk_managed")),
+            "{method} {args:?}"
+        );
+    }
+    let r = c
+        .call("GET", trunks, &["acme"], Some(&ada), Body::None)
+        .await;
+    let listed = r.json()["trunks"].clone();
+    let house_listed = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "house")
+        .unwrap();
+    assert_eq!(house_listed["proxy"], "198.51.100.5:5060", "unchanged");
+    assert_eq!(house_listed["has_password"], true);
+    assert!(!r.text().contains("0perator-secret"), "no password back");
+    let r = c
+        .call("DELETE", trunk, &["acme", "house"], Some(&root), Body::None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
     let r = c
         .call("DELETE", trunk, &["acme", "itsp"], Some(&ada), Body::None)
         .await;

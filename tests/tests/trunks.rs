@@ -65,8 +65,7 @@ fn trunk(name: &str, addresses: &[&str], proxy: Option<SocketAddr>) -> Trunk {
         caller_id: Some("+442079460000".into()),
         caller_ids: Vec::new(),
         max_calls: 4,
-        register: false,
-        domain: None,
+        ..Default::default()
     }
 }
 
@@ -625,7 +624,7 @@ async fn credentials_and_numbers_stay_where_they_belong() {
     assert_eq!(has_password("acme"), true);
     // Re-set with the same proxy and user name: the password stays.
     let same = trunk("itsp", &["127.0.0.1"], Some(r.itsp.local));
-    rt.set_trunk("acme", same, None).await.unwrap();
+    rt.set_trunk("acme", same, None, false).await.unwrap();
     assert_eq!(has_password("acme"), true);
     // A new proxy without the password again: cleared, so the provider's
     // credentials never answer a server someone else chose.
@@ -634,7 +633,7 @@ async fn credentials_and_numbers_stay_where_they_belong() {
         &["127.0.0.0/24"],
         Some("127.0.0.9:5060".parse().unwrap()),
     );
-    rt.set_trunk("acme", moved, None).await.unwrap();
+    rt.set_trunk("acme", moved, None, false).await.unwrap();
     assert_eq!(has_password("acme"), false);
     // A proxy outside the trunk's own addresses is refused.
     let outside = trunk(
@@ -642,7 +641,7 @@ async fn credentials_and_numbers_stay_where_they_belong() {
         &["127.0.0.1"],
         Some("192.0.2.1:5060".parse().unwrap()),
     );
-    let e = rt.set_trunk("acme", outside, None).await.unwrap_err();
+    let e = rt.set_trunk("acme", outside, None, false).await.unwrap_err();
     assert_eq!(e.code(), "invalid_trunk", "{e}");
     // A DID is one tenant's: globex cannot take acme's number.
     let e = rt
@@ -871,7 +870,7 @@ async fn a_refused_registration_is_shown_failed_and_tried_again_later() {
     bad.register = true;
     let e =
         r.h.runtime()
-            .set_trunk("acme", bad, None)
+            .set_trunk("acme", bad, None, false)
             .await
             .unwrap_err();
     assert_eq!(e.code(), "invalid_trunk", "{e}");
@@ -1001,6 +1000,28 @@ async fn a_users_calls_out_show_their_presentation_number_only_if_the_tenant_hol
             .send(&invite.response(486, "Busy Here", Some("x")))
             .await;
     }
+    // Over a managed trunk the tenant's own `+` routes prove nothing:
+    // only the trunk's numbers show (the operator's contract).
+    let mut managed = trunk("itsp", &["127.0.0.1"], Some(r.itsp.local));
+    managed.managed = true;
+    r.h.runtime()
+        .set_trunk("acme", managed, None, true)
+        .await
+        .unwrap();
+    let r2 =
+        r.h.post("acme", "callflow", "u", "/dial-as/u-ann/call/02079460018", b"")
+            .await
+            .unwrap();
+    assert_eq!(r2.status, 200);
+    let invite = next_invite(&r.itsp).await;
+    assert!(
+        from_of(&invite).contains("<sip:+442079460000@"),
+        "managed: {}",
+        from_of(&invite)
+    );
+    r.itsp
+        .send(&invite.response(486, "Busy Here", Some("x")))
+        .await;
     // A malformed presentation number is refused when set.
     let bad = Dialing {
         presentation: [("u-ann".to_string(), "0207".to_string())].into(),

@@ -8,7 +8,7 @@
 
 use serde_json::{Value, json};
 
-use super::{Op, Runner, Who, deny, misrouted};
+use super::{Actor, Op, Runner, Who, deny, misrouted};
 use crate::audit::Scope;
 use crate::error::ApiError;
 
@@ -144,16 +144,25 @@ pub(super) async fn run(r: &Runner<'_>, op: Op) -> Result<Value, ApiError> {
         } => {
             let name = trunk.name.clone();
             let password = password.map(|p| zeroize::Zeroizing::new(p.0.clone()));
-            rt.set_trunk(&tenant, trunk, password).await?;
+            rt.set_trunk(&tenant, trunk, password, operator(r)).await?;
             let trunks = rt.trunks(&tenant)?;
             json!({ "trunk": trunks.into_iter().find(|t| t["name"] == name.as_str()) })
         }
         Op::TrunkRemove { tenant, name } => {
-            rt.remove_trunk(&tenant, &name).await?;
+            rt.remove_trunk(&tenant, &name, operator(r)).await?;
             json!({ "removed": name })
         }
         other => return Err(misrouted(&other)),
     })
+}
+
+/// Whether the actor is the operator (the console, or an operator signed
+/// in, with a just-in-time grant or not): managed trunks are theirs.
+fn operator(r: &Runner<'_>) -> bool {
+    match r.actor {
+        Actor::Console => true,
+        Actor::Caller(c) => c.role == crate::identity::Role::Operator,
+    }
 }
 
 /// How a phone is set up for this device.

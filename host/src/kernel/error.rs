@@ -136,6 +136,9 @@ pub enum AdminError {
     /// A trunk is malformed (addresses, proxy, caller ids, password).
     #[error("invalid trunk: {0}")]
     InvalidTrunk(String),
+    /// A tenant admin touching a trunk only an operator may change.
+    #[error("{0}")]
+    TrunkManaged(String),
     /// No such object.
     #[error("{0} does not exist")]
     NotFound(String),
@@ -185,6 +188,7 @@ impl AdminError {
             AdminError::InvalidDialing(_) => "invalid_dialing",
             AdminError::InvalidRoutes(_) => "invalid_routes",
             AdminError::InvalidTrunk(_) => "invalid_trunk",
+            AdminError::TrunkManaged(_) => "trunk_managed",
             AdminError::NotFound(_) => "not_found",
             AdminError::Key(_) => "key_error",
             AdminError::Store(_) => "storage_unavailable",
@@ -199,6 +203,7 @@ impl From<AdminError> for crate::error::ApiError {
         let status = match code {
             "tenant_not_found" | "plugin_not_found" | "not_found" | "plugin_not_enabled" => 404,
             "tenant_exists" | "already_installed" | "legal_hold" => 409,
+            "trunk_managed" => 403,
             "package_too_large" | "component_too_large" => 413,
             "storage_unavailable" => 503,
             "internal" | "key_error" => 500,

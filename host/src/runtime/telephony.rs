@@ -128,13 +128,16 @@ impl Runtime {
     }
 
     /// Adds or replaces one of a tenant's trunks (by name), checked first.
-    /// `password`: `Some("")` clears it, `None` keeps it. Audited in the
-    /// tenant's and the system's trail (never the password).
+    /// `password`: `Some("")` clears it, `None` keeps it. Only an operator
+    /// (`by_operator`) sets a managed trunk or changes one
+    /// (`trunk_managed`). Audited in the tenant's and the system's trail
+    /// (never the password).
     pub async fn set_trunk(
         &self,
         tenant: &str,
         trunk: Trunk,
         password: Option<zeroize::Zeroizing<String>>,
+        by_operator: bool,
     ) -> Result<(), AdminError> {
         if let Some(p) = &password
             && (p.len() > 128 || p.chars().any(char::is_control))
@@ -145,7 +148,8 @@ impl Runtime {
         }
         let name = trunk.name.clone();
         let summary = format!(
-            "trunk {name}: addresses {}; proxy {}; password {}",
+            "trunk {name}{}: addresses {}; proxy {}; password {}",
+            if trunk.managed { " (managed)" } else { "" },
             trunk.addresses.join(", "),
             trunk.proxy.map_or("none".into(), |p| p.to_string()),
             match &password {
@@ -161,6 +165,7 @@ impl Runtime {
             .update_tenant(
                 tenant,
                 |record| {
+                    managed_guard(&record.trunks, &name, trunk.managed, by_operator)?;
                     let mut trunks = record.trunks.clone();
                     // A password goes only where it was given for: a new
                     // proxy or user name without a new password clears it
@@ -203,8 +208,14 @@ impl Runtime {
     }
 
     /// Removes one of a tenant's trunks and its password (`not_found` if
-    /// it has none of that name). Audited like `set_trunk`.
-    pub async fn remove_trunk(&self, tenant: &str, name: &str) -> Result<(), AdminError> {
+    /// it has none of that name; `trunk_managed` for a managed one unless
+    /// `by_operator`). Audited like `set_trunk`.
+    pub async fn remove_trunk(
+        &self,
+        tenant: &str,
+        name: &str,
+        by_operator: bool,
+    ) -> Result<(), AdminError> {
         let store = self.inner.store().clone();
         let seq = self
             .inner
@@ -212,6 +223,7 @@ impl Runtime {
             .update_tenant(
                 tenant,
                 |record| {
+                    managed_guard(&record.trunks, name, false, by_operator)?;
                     let before = record.trunks.len();
                     record.trunks.retain(|t| t.name != name);
                     if record.trunks.len() == before {
@@ -582,4 +594,28 @@ impl Runtime {
             .collect();
         Ok(json!({ "days": list }))
     }
+}
+
+/// Refuses a change to trunk `name` that only an operator may make: one
+/// to a managed trunk, or one that makes a trunk managed.
+fn managed_guard(
+    trunks: &[Trunk],
+    name: &str,
+    makes_managed: bool,
+    by_operator: bool,
+) -> Result<(), AdminError> {
+    if by_operator {
+        return Ok(());
+    }
+    if trunks.iter().any(|t| t.name == name && t.managed) {
+        return Err(AdminError::TrunkManaged(format!(
+            "trunk {name} is managed by the operator; ask them to change it"
+        )));
+    }
+    if makes_managed {
+        return Err(AdminError::TrunkManaged(
+            "only an operator sets up a managed trunk".into(),
+        ));
+    }
+    Ok(())
 }

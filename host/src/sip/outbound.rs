@@ -395,9 +395,10 @@ impl Door {
     }
 
     /// The number a call out over `trunk` shows (caller-id rules): the
-    /// caller's own if it is one of the tenant's DIDs or the trunk allows
-    /// it, else the trunk's `caller_id`, else none (anonymous). A caller
-    /// never shows a number the tenant does not hold (spoofing).
+    /// caller's own if the trunk allows it or (unless the trunk is
+    /// managed) it is one of the tenant's DIDs, else the trunk's
+    /// `caller_id`, else none (anonymous). A caller never shows a number
+    /// the tenant does not hold (spoofing).
     fn caller_id(
         &self,
         tenant: &str,
@@ -405,8 +406,12 @@ impl Door {
         caller: &str,
         user: Option<&str>,
     ) -> Option<String> {
-        let may =
-            |n: &str| crate::tenant::is_e164(n) && (self.rt.is_did(tenant, n) || trunk.may_show(n));
+        // A managed trunk's numbers are the operator's to allow: a `+`
+        // route the tenant's admins wrote proves nothing there.
+        let may = |n: &str| {
+            crate::tenant::is_e164(n)
+                && (trunk.may_show(n) || (!trunk.managed && self.rt.is_did(tenant, n)))
+        };
         if may(caller) {
             return Some(caller.to_string());
         }
