@@ -317,23 +317,29 @@ pub async fn serve(
             sip.local_addr()?,
             file.sip.domain
         );
-        let trunks = match file.sip.trunk_listen {
+        let (trunk_udp, trunk_tcp) = match file.sip.trunk_listen {
             Some(addr) => {
                 let socket = tokio::net::UdpSocket::bind(addr).await.with_context(|| {
                     format!("cannot listen for SIP trunks on UDP {addr}; set [sip] trunk_listen")
                 })?;
+                let tcp = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                    format!("cannot listen for SIP trunks on TCP {addr}; set [sip] trunk_listen")
+                })?;
                 println!(
-                    "switchboard: SIP trunks over UDP on {} (allow-listed addresses only)",
+                    "switchboard: SIP trunks over UDP and TCP on {} (allow-listed addresses only)",
                     socket.local_addr()?
                 );
-                Some(socket)
+                (Some(socket), Some(tcp))
             }
-            None => None,
+            None => (None, None),
         };
         let door = crate::sip::run(
             runtime.clone(),
-            sip,
-            trunks,
+            crate::sip::Listeners {
+                tls: sip,
+                trunk_udp,
+                trunk_tcp,
+            },
             sip_tls(&tls),
             file.sip.clone(),
             file.identity.throttle.clone(),

@@ -12,12 +12,15 @@
 //! tenant's is challenged and refused like any wrong password, so the
 //! door does not tell which tenants exist.
 //!
-//! Trunks reach it over UDP (`[sip] trunk_listen`), heard only from the
-//! addresses a tenant's trunk allow-lists; they reach only that tenant's
-//! DIDs, and calls to numbers outside the tenant go out over them.
+//! Trunks reach it over UDP or TCP (`[sip] trunk_listen`) or TLS (the
+//! door's port), heard only from the addresses a tenant's trunk
+//! allow-lists, or over the connection the door keeps to a trunk's proxy
+//! (`link`); they reach only that tenant's DIDs, and calls to numbers
+//! outside the tenant go out over them.
 //!
 //! - `transport`: TLS flows (caps, deadlines, framing, parsing).
-//! - `udp`: the trunks' socket and RFC 3261's transaction timers.
+//! - `udp`: the trunks' socket and RFC 3261's transaction timers;
+//!   `link`: the connections kept to TCP and TLS trunks' proxies.
 //! - [`frame`], [`message`]: cutting streams into messages and reading them.
 //! - [`auth`]: digest, throttles, lockout, audit.
 //! - `registrar`: where devices are (in memory, per flow).
@@ -27,11 +30,12 @@
 //!   with their providers.
 //! - [`sdp`]: offer/answer with fresh keys per leg.
 //!
-//! Not yet: trunks over TCP or TLS, re-INVITEs without an offer.
+//! Not yet: re-INVITEs without an offer.
 
 pub mod auth;
 mod dialogs;
 pub mod frame;
+mod link;
 pub mod message;
 mod mwi;
 mod outbound;
@@ -212,24 +216,36 @@ pub struct Door {
     udp: Option<Arc<udp::Udp>>,
     /// Trunks' registrations with their providers.
     registrations: register::Registrations,
+    /// Connections kept to TCP and TLS trunks' proxies.
+    links: link::Links,
+    limits: transport::Limits,
     tokio: tokio::runtime::Handle,
     me: Weak<Door>,
 }
 
-/// Runs the SIP door on `listener` (TLS, devices) and `trunks` (UDP, the
-/// allow-listed addresses of tenants' trunks) until `shutdown`
-/// completes. `tls` is the server's certificate without ALPN. The door
-/// becomes call control's signalling side.
-#[allow(clippy::too_many_arguments)]
+/// The door's sockets.
+pub struct Listeners {
+    /// SIP over TLS: devices, and trunks' providers from addresses a
+    /// `tls` trunk allows.
+    pub tls: tokio::net::TcpListener,
+    /// `[sip] trunk_listen` over UDP: `udp` trunks' providers.
+    pub trunk_udp: Option<tokio::net::UdpSocket>,
+    /// `[sip] trunk_listen` over TCP: `tcp` trunks' providers.
+    pub trunk_tcp: Option<tokio::net::TcpListener>,
+}
+
+/// Runs the SIP door on `listeners` until `shutdown` completes. `tls` is
+/// the server's certificate without ALPN. The door becomes call
+/// control's signalling side.
 pub async fn run(
     rt: Runtime,
-    listener: tokio::net::TcpListener,
-    trunks: Option<tokio::net::UdpSocket>,
+    listeners: Listeners,
     tls: Arc<rustls::ServerConfig>,
     config: SipConfig,
     throttle: ThrottleConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), SipError> {
+    use crate::tenant::TrunkTransport;
     let flows = Arc::new(Flows::default());
     let limits = transport::Limits {
         handshake_timeout: Duration::from_secs(config.handshake_timeout_s.max(1)),
@@ -238,7 +254,7 @@ pub async fn run(
         max_connections_per_address: config.max_connections_per_address.max(1),
     };
     let auth = Auth::new(throttle, &config.digest_algorithms)?;
-    let (udp, timeouts) = match trunks {
+    let (udp, timeouts) = match listeners.trunk_udp {
         Some(socket) => {
             let (u, rx) = udp::Udp::new(socket, flows.clone()).map_err(SipError::Socket)?;
             (Some(u), Some(rx))
@@ -256,34 +272,63 @@ pub async fn run(
         flows: flows.clone(),
         udp: udp.clone(),
         registrations: Default::default(),
+        links: Default::default(),
+        limits,
         tokio: tokio::runtime::Handle::current(),
         me: me.clone(),
     });
     rt.telephony()
         .set_signalling(Arc::new(SipSignalling(Arc::downgrade(&door))));
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let register_task = udp
-        .as_ref()
-        .map(|_| tokio::spawn(door.clone().supervise_registrations(stopped.clone())));
-    let trunk_task = match (udp, timeouts) {
-        (Some(u), Some(rx)) => {
-            let (door, rt) = (door.clone(), rt.clone());
-            let mut stopped = stopped.clone();
-            Some(tokio::spawn(async move {
-                udp::serve(u, rx, door, move |ip| rt.any_trunk_allows(ip), async move {
-                    let _ = stopped.changed().await;
-                })
-                .await;
-            }))
-        }
-        _ => None,
+    let mut tasks = vec![
+        tokio::spawn(door.clone().supervise_registrations(stopped.clone())),
+        tokio::spawn(door.clone().supervise_links(stopped.clone())),
+    ];
+    let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.changed().await;
     };
-    transport::serve(listener, tls, flows, door, limits, shutdown).await;
-    let _ = stop.send(true);
-    if let Some(t) = trunk_task {
-        let _ = t.await;
+    if let (Some(u), Some(rx)) = (udp, timeouts) {
+        let (door, rt) = (door.clone(), rt.clone());
+        let stopped = until_stopped(stopped.clone());
+        tasks.push(tokio::spawn(async move {
+            let allows = move |ip| rt.any_trunk_allows(ip, TrunkTransport::Udp);
+            udp::serve(u, rx, door, allows, stopped).await;
+        }));
     }
-    if let Some(t) = register_task {
+    if let Some(tcp) = listeners.trunk_tcp {
+        let (door, rt, flows) = (door.clone(), rt.clone(), flows.clone());
+        let stopped = until_stopped(stopped.clone());
+        tasks.push(tokio::spawn(async move {
+            let party_of = move |ip| {
+                rt.any_trunk_allows(ip, TrunkTransport::Tcp)
+                    .then_some(transport::Party::Provider)
+            };
+            let accept = transport::Accept::Tcp;
+            transport::serve(tcp, accept, party_of, flows, door, limits, stopped).await;
+        }));
+    }
+    // A connection from an address a TLS trunk allows is its provider's;
+    // any other is devices'.
+    let party_of = move |ip| {
+        Some(if rt.any_trunk_allows(ip, TrunkTransport::Tls) {
+            transport::Party::Provider
+        } else {
+            transport::Party::Devices
+        })
+    };
+    let accept = transport::Accept::Tls(tls);
+    transport::serve(
+        listeners.tls,
+        accept,
+        party_of,
+        flows,
+        door,
+        limits,
+        shutdown,
+    )
+    .await;
+    let _ = stop.send(true);
+    for t in tasks {
         let _ = t.await;
     }
     Ok(())
@@ -338,6 +383,18 @@ const TRUNK_PARTY: &str = "trunk:";
 
 fn trunk_party(name: &str) -> String {
     format!("{TRUNK_PARTY}{name}")
+}
+
+/// Whether `flow` speaks for `trunk` of `tenant`: our link to it, or a
+/// provider's flow over the trunk's transport from an address it allows.
+fn trunk_speaks(flow: &Flow, tenant: &str, trunk: &crate::tenant::Trunk) -> bool {
+    match &flow.party {
+        transport::Party::Link(t, name) => t == tenant && *name == trunk.name,
+        transport::Party::Provider => {
+            flow.transport() == trunk.transport && trunk.allows(flow.peer.ip())
+        }
+        transport::Party::Devices => false,
+    }
 }
 
 /// An identified caller of an INVITE, and what it called.
@@ -513,14 +570,14 @@ impl Door {
             flow.send(&r);
             return;
         }
-        if flow.is_udp() {
+        if flow.is_trunk() {
             // Trunks call and hang up; devices register over TLS only.
             match method.as_str() {
                 "INVITE" if m.to().ok().and_then(|t| t.tag()).is_none() => {
                     return self.trunk_invite(flow, &m).await;
                 }
                 "REGISTER" | "SUBSCRIBE" | "REFER" => {
-                    flow.send(&answer(&m, 403, "Forbidden (devices use TLS)"));
+                    flow.send(&answer(&m, 403, "Forbidden (not from a trunk)"));
                     return;
                 }
                 _ => {}
@@ -709,16 +766,23 @@ impl Door {
         self.offer_call(flow, m, caller).await;
     }
 
-    /// An INVITE over UDP: from a trunk's allow-listed address (the
-    /// socket dropped all others). The tenant is the Request-URI's domain
+    /// An INVITE from a trunk: over UDP or a provider's connection from
+    /// an allow-listed address (the listeners dropped all others), or
+    /// over our link to its proxy. The tenant is the Request-URI's domain
     /// if it is a tenant's, else the one tenant whose trunk allows the
-    /// address; only its DIDs are reached.
+    /// address over this transport (a link: its own trunk); only its
+    /// DIDs are reached.
     async fn trunk_invite(&self, flow: &Arc<Flow>, m: &Message) {
         let Ok(uri) = Uri::parse(m.uri().unwrap_or_default()) else {
             flow.send(&answer(m, 400, "Bad Request"));
             return;
         };
-        let mut allowing = self.rt.trunks_allowing(flow.peer.ip());
+        let mut allowing: Vec<_> = self
+            .rt
+            .trunks_allowing(flow.peer.ip())
+            .into_iter()
+            .filter(|(tenant, t)| trunk_speaks(flow, tenant, t))
+            .collect();
         // A call to a registration's contact (`sip:{username}@us`) names
         // its trunk, whichever tenants share the provider's address.
         let called = uri.user.clone().unwrap_or_default();
@@ -775,7 +839,7 @@ impl Door {
             limit: trunk.max_calls as usize,
             number,
             route,
-            secure: false,
+            secure: trunk.secure_media(),
         };
         self.offer_call(flow, m, caller).await;
     }
@@ -883,7 +947,7 @@ impl Door {
     fn sdp_policy(&self, secure: bool, flow: &Flow) -> sdp::Policy {
         sdp::Policy {
             srtp_required: secure,
-            over_tls: !flow.is_udp(),
+            over_tls: flow.is_tls(),
             allow_loopback: self.config.allow_loopback_media,
             codecs: vec![sdp::Codec::Pcmu, sdp::Codec::Pcma],
         }
@@ -947,7 +1011,13 @@ impl Door {
             return;
         }
         self.dialogs.with(&leg, |d| d.their_cseq = cseq);
-        let secure = !d.device.starts_with(TRUNK_PARTY);
+        let secure = match d.device.strip_prefix(TRUNK_PARTY) {
+            Some(name) => self
+                .rt
+                .trunk(&d.tenant, name)
+                .is_some_and(|t| t.secure_media()),
+            None => true,
+        };
         let policy = self.sdp_policy(secure, flow);
         let chosen = match sdp_body(m) {
             Some(text) => sdp::parse(text).and_then(|o| self.take_offer(flow, o, &policy)),
@@ -1125,12 +1195,12 @@ impl Door {
     /// keeps another connection that learnt the ids out.
     fn speaks_for(&self, flow: &Flow, (tenant, device, own): &(String, String, u64)) -> bool {
         if let Some(name) = device.strip_prefix(TRUNK_PARTY) {
-            // A trunk's provider: any address its trunk allows, over UDP.
-            return flow.is_udp()
-                && self
-                    .rt
-                    .trunk(tenant, name)
-                    .is_some_and(|t| t.allows(flow.peer.ip()));
+            // A trunk's provider: any address its trunk allows, over the
+            // trunk's transport.
+            return self
+                .rt
+                .trunk(tenant, name)
+                .is_some_and(|t| trunk_speaks(flow, tenant, &t));
         }
         *own == flow.id
             || self

@@ -351,7 +351,48 @@ pub struct Trunk {
     /// one merely because a `+` route of the tenant claims it.
     #[serde(default)]
     pub managed: bool,
+    /// How signalling travels: `udp` (the default; `[sip] trunk_listen`),
+    /// `tcp` (the same address) or `tls` (the door's TLS port for the
+    /// provider's connections; ours go to `proxy`, verified).
+    #[serde(default)]
+    pub transport: TrunkTransport,
+    /// Media as SRTP with SDES keys: only over `tls` (keys never travel
+    /// in clear); `None`: SRTP over `tls`, plain RTP otherwise.
+    #[serde(default)]
+    pub srtp: Option<bool>,
+    /// The name the provider's certificate must show (`tls`); `None`:
+    /// `domain`, else the proxy's IP address.
+    #[serde(default)]
+    pub tls_name: Option<String>,
+    /// PEM certificates to trust for this provider besides Mozilla's
+    /// roots (`tls`; a private CA or the provider's own certificate).
+    #[serde(default)]
+    pub tls_ca: Option<String>,
 }
+
+/// How a trunk's signalling travels.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrunkTransport {
+    #[default]
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl TrunkTransport {
+    /// The transport's name in Via (`UDP`, `TCP`, `TLS`).
+    pub fn via_name(self) -> &'static str {
+        match self {
+            TrunkTransport::Udp => "UDP",
+            TrunkTransport::Tcp => "TCP",
+            TrunkTransport::Tls => "TLS",
+        }
+    }
+}
+
+/// Largest `tls_ca` a trunk holds (PEM text).
+pub const MAX_TRUNK_CA_BYTES: usize = 32 * 1024;
 
 impl Default for Trunk {
     /// A trunk with nothing set (no name: `check` refuses it until one is
@@ -368,6 +409,10 @@ impl Default for Trunk {
             register: false,
             domain: None,
             managed: false,
+            transport: TrunkTransport::Udp,
+            srtp: None,
+            tls_name: None,
+            tls_ca: None,
         }
     }
 }
@@ -443,19 +488,10 @@ impl Trunk {
                 "trunk {n}: registering needs a proxy and a username (and a password)"
             ));
         }
-        if let Some(d) = &self.domain {
-            let ok = !d.is_empty()
-                && d.len() <= 253
-                && d.split('.').all(|label| {
-                    !label.is_empty()
-                        && label.len() <= 63
-                        && label
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                });
-            if !ok {
-                return Err(format!("trunk {n}: domain {d:?} is not a host name"));
-            }
+        if let Some(d) = &self.domain
+            && !is_host_name(d)
+        {
+            return Err(format!("trunk {n}: domain {d:?} is not a host name"));
         }
         if let Some(c) = &self.caller_id
             && !is_e164(c)
@@ -477,7 +513,64 @@ impl Trunk {
         if self.max_calls == 0 || self.max_calls > 10_000 {
             return Err(format!("trunk {n}: max_calls 1-10000"));
         }
+        self.check_tls()
+    }
+
+    /// The transport's own rules: SDES keys only over TLS; a TLS name and
+    /// CA only for TLS, well formed.
+    fn check_tls(&self) -> Result<(), String> {
+        let n = &self.name;
+        let tls = self.transport == TrunkTransport::Tls;
+        if self.srtp == Some(true) && !tls {
+            return Err(format!(
+                "trunk {n}: srtp needs transport tls (SDES keys never travel in clear)"
+            ));
+        }
+        if !tls && (self.tls_name.is_some() || self.tls_ca.is_some()) {
+            return Err(format!(
+                "trunk {n}: tls_name and tls_ca are for transport tls"
+            ));
+        }
+        if let Some(name) = &self.tls_name
+            && name.parse::<std::net::IpAddr>().is_err()
+            && !is_host_name(name)
+        {
+            return Err(format!(
+                "trunk {n}: tls_name {name:?} is not a host name or address"
+            ));
+        }
+        if let Some(pem) = &self.tls_ca {
+            use rustls::pki_types::CertificateDer;
+            use rustls::pki_types::pem::PemObject as _;
+            if pem.len() > MAX_TRUNK_CA_BYTES {
+                return Err(format!(
+                    "trunk {n}: tls_ca is larger than {MAX_TRUNK_CA_BYTES} bytes"
+                ));
+            }
+            let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
+            match certs {
+                Ok(c) if !c.is_empty() && c.len() <= 16 => {}
+                Ok(_) => {
+                    return Err(format!("trunk {n}: tls_ca holds 1-16 PEM certificates"));
+                }
+                Err(e) => return Err(format!("trunk {n}: tls_ca: {e}")),
+            }
+        }
         Ok(())
+    }
+
+    /// Whether this trunk's media is SRTP (see `srtp`).
+    pub fn secure_media(&self) -> bool {
+        self.srtp.unwrap_or(self.transport == TrunkTransport::Tls)
+    }
+
+    /// The name the provider's certificate must show: `tls_name`, else
+    /// `domain`, else the proxy's address.
+    pub fn tls_server_name(&self) -> Option<String> {
+        self.tls_name
+            .clone()
+            .or_else(|| self.domain.clone())
+            .or_else(|| self.proxy.map(|p| p.ip().to_string()))
     }
 
     /// Whether this trunk's provider may send from `ip`.
@@ -496,6 +589,20 @@ impl Trunk {
             None => p == number,
         })
     }
+}
+
+/// A DNS host name: dot-separated labels of letters, digits and `-`,
+/// each 1-63, at most 253 in all.
+pub fn is_host_name(d: &str) -> bool {
+    !d.is_empty()
+        && d.len() <= 253
+        && d.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 /// `+` and 2-15 digits, not starting with 0.

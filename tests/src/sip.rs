@@ -15,10 +15,55 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// How long a test waits for one message.
 const WAIT: Duration = Duration::from_secs(10);
 
+/// A byte stream SIP runs over (TLS or TCP, either side's).
+pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+/// SIP over one connection: whole messages out, framed messages in.
+pub struct Conn {
+    stream: Box<dyn Stream>,
+    framer: Framer,
+}
+
+impl Conn {
+    pub fn new(stream: impl Stream + 'static) -> Conn {
+        Conn {
+            stream: Box::new(stream),
+            framer: Framer::default(),
+        }
+    }
+
+    /// Sends raw bytes.
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// The next message, or `None` if none comes within 10 s or the
+    /// connection closes.
+    pub async fn recv(&mut self) -> Option<Message> {
+        let end = tokio::time::Instant::now() + WAIT;
+        let mut buf = [0u8; 8192];
+        loop {
+            while let Ok(Some(f)) = self.framer.next_frame() {
+                if let Frame::Message(bytes) = f {
+                    return Some(Message::parse(&bytes).expect("the door writes valid SIP"));
+                }
+            }
+            let n = tokio::time::timeout_at(end, self.stream.read(&mut buf))
+                .await
+                .ok()?
+                .ok()?;
+            if n == 0 {
+                return None;
+            }
+            self.framer.push(&buf[..n]);
+        }
+    }
+}
+
 /// A device's connection to the door.
 pub struct Ua {
-    stream: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
-    framer: Framer,
+    conn: Conn,
     /// Device name and its tenant's SIP domain.
     pub user: String,
     pub domain: String,
@@ -102,8 +147,8 @@ pub async fn start_door_with(
     (tls, stop)
 }
 
-/// The door with its trunks' UDP socket on loopback too: (TLS address,
-/// UDP address, stop).
+/// The door with its trunks' UDP socket and TCP listener (one port) on
+/// loopback too: (TLS address, trunks' address, stop).
 pub async fn start_door_with_trunks(
     runtime: &switchboard::Runtime,
 ) -> (SocketAddr, SocketAddr, tokio::sync::oneshot::Sender<()>) {
@@ -129,17 +174,26 @@ async fn start_door_full(
     let tls = switchboard::gateway::tls::TlsIdentity::load(&pki.cert_file, &pki.key_file).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let udp = if trunks {
-        Some(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap())
+    // The trunks' UDP and TCP on one port, as `[sip] trunk_listen` has it.
+    let (udp, tcp) = if trunks {
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        let udp = tokio::net::UdpSocket::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        (Some(udp), Some(tcp))
     } else {
-        None
+        (None, None)
     };
     let udp_addr = udp.as_ref().map(|u| u.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(switchboard::sip::run(
         runtime.clone(),
-        listener,
-        udp,
+        switchboard::sip::Listeners {
+            tls: listener,
+            trunk_udp: udp,
+            trunk_tcp: tcp,
+        },
         switchboard::server::sip_tls(&tls),
         config,
         throttle,
@@ -186,8 +240,7 @@ impl Ua {
         password: &str,
     ) -> Ua {
         Ua {
-            stream,
-            framer: Framer::default(),
+            conn: Conn::new(stream),
             user: user.into(),
             domain: domain.into(),
             password: password.into(),
@@ -201,7 +254,7 @@ impl Ua {
 
     /// Sends raw bytes.
     pub async fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.unwrap();
+        self.conn.send_raw(bytes).await;
     }
 
     /// Sends a request or response.
@@ -212,23 +265,7 @@ impl Ua {
     /// The next message, or `None` if none comes within 10 s or the
     /// connection closes.
     pub async fn recv(&mut self) -> Option<Message> {
-        let end = tokio::time::Instant::now() + WAIT;
-        let mut buf = [0u8; 8192];
-        loop {
-            while let Ok(Some(f)) = self.framer.next_frame() {
-                if let Frame::Message(bytes) = f {
-                    return Some(Message::parse(&bytes).expect("the door writes valid SIP"));
-                }
-            }
-            let n = tokio::time::timeout_at(end, self.stream.read(&mut buf))
-                .await
-                .ok()?
-                .ok()?;
-            if n == 0 {
-                return None;
-            }
-            self.framer.push(&buf[..n]);
-        }
+        self.conn.recv().await
     }
 
     /// The next message within `limit`.
@@ -445,28 +482,14 @@ impl Provider {
         extra: &[(&str, String)],
     ) -> Message {
         self.cseq += 1;
-        let mut text = format!(
-            "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bK{};rport\r\nMax-Forwards: 70\r\n\
-             From: <sip:{from}@{}>;tag={}\r\nTo: <{uri}>\r\nCall-ID: {}\r\nCSeq: {} {method}\r\n\
-             Contact: <sip:gw@{}>\r\n",
-            self.local,
-            switchboard::support::encoding::random_hex(6),
-            self.local.ip(),
-            self.tag,
-            self.call_id,
-            self.cseq,
-            self.local,
-        );
-        let mut body = String::new();
-        for (n, v) in extra {
-            if *n == "body" {
-                body = v.clone();
-            } else {
-                text.push_str(&format!("{n}: {v}\r\n"));
-            }
-        }
-        text.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-        Message::parse(text.as_bytes()).expect("test requests parse")
+        provider_request(
+            ("UDP", self.local),
+            (self.cseq, &self.call_id, &self.tag),
+            method,
+            uri,
+            from,
+            extra,
+        )
     }
 
     /// An INVITE for `uri` with a plain RTP offer receiving at `port`.
@@ -535,6 +558,226 @@ impl Provider {
             if m.method().is_some() {
                 return Some(m);
             }
+        }
+    }
+}
+
+/// A provider's request over `proto` from `local`, in call
+/// `(cseq, call_id, tag)`, from `{from}`, with `extra` headers (`body`
+/// for the body).
+fn provider_request(
+    (proto, local): (&str, SocketAddr),
+    (cseq, call_id, tag): (u32, &str, &str),
+    method: &str,
+    uri: &str,
+    from: &str,
+    extra: &[(&str, String)],
+) -> Message {
+    let transport = match proto {
+        "UDP" => String::new(),
+        p => format!(";transport={}", p.to_ascii_lowercase()),
+    };
+    let mut text = format!(
+        "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/{proto} {local};branch=z9hG4bK{};rport\r\nMax-Forwards: 70\r\n\
+         From: <sip:{from}@{}>;tag={tag}\r\nTo: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n\
+         Contact: <sip:gw@{local}{transport}>\r\n",
+        switchboard::support::encoding::random_hex(6),
+        local.ip(),
+    );
+    let mut body = String::new();
+    for (n, v) in extra {
+        if *n == "body" {
+            body = v.clone();
+        } else {
+            text.push_str(&format!("{n}: {v}\r\n"));
+        }
+    }
+    text.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    Message::parse(text.as_bytes()).expect("test requests parse")
+}
+
+/// A trunk's provider over a connection (TCP or TLS): the door's link to
+/// its proxy, or its own connection to the door.
+pub struct ProviderConn {
+    conn: Conn,
+    pub local: SocketAddr,
+    /// `TLS` or `TCP` (its Via).
+    proto: &'static str,
+    cseq: u32,
+    pub call_id: String,
+    pub tag: String,
+}
+
+impl ProviderConn {
+    fn new(stream: impl Stream + 'static, local: SocketAddr, proto: &'static str) -> ProviderConn {
+        ProviderConn {
+            conn: Conn::new(stream),
+            local,
+            proto,
+            cseq: 0,
+            call_id: format!("{}@provider", switchboard::support::encoding::random_hex(8)),
+            tag: switchboard::support::encoding::random_hex(4),
+        }
+    }
+
+    /// Connects to the door at `door` from `source` (a loopback address a
+    /// trunk allows), over TLS (trusting the test CA) or plain TCP.
+    pub async fn connect(door: SocketAddr, source: std::net::IpAddr, tls: bool) -> ProviderConn {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(source, 0)).unwrap();
+        let tcp = socket.connect(door).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let local = tcp.local_addr().unwrap();
+        if tls {
+            let stream = crate::http::tls_handshake(door, tcp).await;
+            ProviderConn::new(stream, local, "TLS")
+        } else {
+            ProviderConn::new(tcp, local, "TCP")
+        }
+    }
+
+    /// A request of ours (see [`Provider::request`]).
+    pub fn request(
+        &mut self,
+        method: &str,
+        uri: &str,
+        from: &str,
+        extra: &[(&str, String)],
+    ) -> Message {
+        self.cseq += 1;
+        provider_request(
+            (self.proto, self.local),
+            (self.cseq, &self.call_id, &self.tag),
+            method,
+            uri,
+            from,
+            extra,
+        )
+    }
+
+    /// An INVITE for `uri` with an offer receiving at `port` (SRTP with
+    /// [`offer`]'s key, or plain RTP).
+    pub fn invite(&mut self, uri: &str, from: &str, port: u16, srtp: bool) -> Message {
+        self.request(
+            "INVITE",
+            uri,
+            from,
+            &[
+                ("Content-Type", "application/sdp".into()),
+                ("body", offer(port, srtp)),
+            ],
+        )
+    }
+
+    /// A new call: a fresh Call-ID and tag.
+    pub fn new_call(&mut self) {
+        self.call_id = format!("{}@provider", switchboard::support::encoding::random_hex(8));
+        self.tag = switchboard::support::encoding::random_hex(4);
+    }
+
+    pub async fn send(&mut self, m: &Message) {
+        self.conn.send_raw(&m.to_bytes()).await;
+    }
+
+    /// The next message within 10 s (`None`: none, or closed).
+    pub async fn recv(&mut self) -> Option<Message> {
+        self.conn.recv().await
+    }
+
+    /// The next final response within 10 s (skipping 1xx and requests).
+    pub async fn final_response(&mut self) -> Option<Message> {
+        loop {
+            let m = self.recv().await?;
+            if m.status().is_some_and(|s| s >= 200) {
+                return Some(m);
+            }
+        }
+    }
+
+    /// The next request within 10 s (skipping responses).
+    pub async fn next_request(&mut self) -> Option<Message> {
+        loop {
+            let m = self.recv().await?;
+            if m.method().is_some() {
+                return Some(m);
+            }
+        }
+    }
+}
+
+/// A provider's proxy the door connects to: TLS with a certificate for a
+/// name, from a CA of its own, or plain TCP.
+pub struct ProxyListener {
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    pub addr: SocketAddr,
+    /// The CA (PEM) that issued the proxy's certificate: the trunk's
+    /// `tls_ca`.
+    pub ca_pem: String,
+}
+
+impl ProxyListener {
+    /// A TLS proxy on `ip` whose certificate names `name`.
+    pub async fn tls(ip: &str, name: &str) -> ProxyListener {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Provider test CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec![name.to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca)
+            .unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone()], key)
+        .unwrap();
+        let mut p = ProxyListener::tcp(ip).await;
+        p.tls = Some(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)));
+        p.ca_pem = ca.pem();
+        p
+    }
+
+    /// A plain TCP proxy on `ip`.
+    pub async fn tcp(ip: &str) -> ProxyListener {
+        let listener = tokio::net::TcpListener::bind(format!("{ip}:0"))
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        ProxyListener {
+            listener,
+            tls: None,
+            addr,
+            ca_pem: String::new(),
+        }
+    }
+
+    /// The door's next connection within `limit` (its TLS handshake
+    /// done); `None` if none comes or the handshake fails.
+    pub async fn accept_within(&self, limit: Duration) -> Option<ProviderConn> {
+        let (tcp, _) = tokio::time::timeout(limit, self.listener.accept())
+            .await
+            .ok()?
+            .ok()?;
+        tcp.set_nodelay(true).unwrap();
+        let local = tcp.local_addr().unwrap();
+        match &self.tls {
+            Some(acceptor) => {
+                let tls = tokio::time::timeout(limit, acceptor.accept(tcp))
+                    .await
+                    .ok()?
+                    .ok()?;
+                Some(ProviderConn::new(tls, local, "TLS"))
+            }
+            None => Some(ProviderConn::new(tcp, local, "TCP")),
         }
     }
 }

@@ -563,8 +563,8 @@ async fn the_host_api_keeps_to_its_openapi_document() {
     // A managed trunk is the operator's: the tenant's admins see it but
     // neither change nor remove it, nor make one of their own managed.
     let house = json!({"name": "house", "addresses": ["198.51.100.0/28"],
-        "proxy": "198.51.100.5:5060", "username": "op-1", "managed": true,
-        "caller_ids": ["+4420794601*"]});
+        "proxy": "198.51.100.5:5061", "username": "op-1", "managed": true,
+        "caller_ids": ["+4420794601*"], "transport": "tls", "tls_name": "sip.example.net"});
     let r = c
         .call(
             "PUT",
@@ -577,9 +577,14 @@ async fn the_host_api_keeps_to_its_openapi_document() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["trunk"]["managed"], true);
     let mut changed = house.clone();
-    changed["proxy"] = json!("198.51.100.6:5060");
+    changed["proxy"] = json!("198.51.100.6:5061");
     for (method, path, args, body) in [
-        ("PUT", trunks, vec!["acme"], Body::Json(json!({"trunk": changed}))),
+        (
+            "PUT",
+            trunks,
+            vec!["acme"],
+            Body::Json(json!({"trunk": changed})),
+        ),
         ("DELETE", trunk, vec!["acme", "house"], Body::None),
         (
             "PUT",
@@ -606,7 +611,8 @@ async fn the_host_api_keeps_to_its_openapi_document() {
         .iter()
         .find(|t| t["name"] == "house")
         .unwrap();
-    assert_eq!(house_listed["proxy"], "198.51.100.5:5060", "unchanged");
+    assert_eq!(house_listed["proxy"], "198.51.100.5:5061", "unchanged");
+    assert_eq!(house_listed["connection"]["state"], "pending", "no SIP door here");
     assert_eq!(house_listed["has_password"], true);
     assert!(!r.text().contains("0perator-secret"), "no password back");
     let r = c

@@ -14,9 +14,9 @@ use serde_json::Value;
 use switchboard::admin::{Op, TrunkPassword};
 use switchboard::harness::Harness;
 use switchboard::sip::message::Message;
-use switchboard::tenant::{Dialing, Limits, Route, Trunk};
+use switchboard::tenant::{Dialing, Limits, Route, Trunk, TrunkTransport};
 use switchboard_tests::accounts::console;
-use switchboard_tests::sip::{Provider, challenge_param};
+use switchboard_tests::sip::{Provider, ProviderConn, ProxyListener, challenge_param};
 use switchboard_tests::sipp;
 use switchboard_tests::{harness, ok_json, tenant};
 
@@ -33,6 +33,9 @@ const GLOBEX_DID: &str = "+442079460099";
 
 struct Rig {
     h: Harness,
+    /// The door's TLS port.
+    tls: SocketAddr,
+    /// The trunks' UDP socket and TCP listener (one port).
     udp: SocketAddr,
     /// The provider of acme's trunk (127.0.0.1, also its proxy).
     itsp: Provider,
@@ -71,7 +74,7 @@ fn trunk(name: &str, addresses: &[&str], proxy: Option<SocketAddr>) -> Trunk {
 
 async fn rig() -> Rig {
     let h = harness(&["callflow"]).await;
-    let (_, udp, stop) = {
+    let (tls, udp, stop) = {
         // The door first: the provider needs its address.
         switchboard_tests::sip::start_door_with_trunks(h.runtime()).await
     };
@@ -114,6 +117,7 @@ async fn rig() -> Rig {
     let scheduler = switchboard::scheduler::Scheduler::start(h.runtime(), Default::default());
     Rig {
         h,
+        tls,
         udp,
         itsp,
         _stop: stop,
@@ -641,7 +645,10 @@ async fn credentials_and_numbers_stay_where_they_belong() {
         &["127.0.0.1"],
         Some("192.0.2.1:5060".parse().unwrap()),
     );
-    let e = rt.set_trunk("acme", outside, None, false).await.unwrap_err();
+    let e = rt
+        .set_trunk("acme", outside, None, false)
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), "invalid_trunk", "{e}");
     // A DID is one tenant's: globex cannot take acme's number.
     let e = rt
@@ -1009,9 +1016,15 @@ async fn a_users_calls_out_show_their_presentation_number_only_if_the_tenant_hol
         .await
         .unwrap();
     let r2 =
-        r.h.post("acme", "callflow", "u", "/dial-as/u-ann/call/02079460018", b"")
-            .await
-            .unwrap();
+        r.h.post(
+            "acme",
+            "callflow",
+            "u",
+            "/dial-as/u-ann/call/02079460018",
+            b"",
+        )
+        .await
+        .unwrap();
     assert_eq!(r2.status, 200);
     let invite = next_invite(&r.itsp).await;
     assert!(
@@ -1029,4 +1042,275 @@ async fn a_users_calls_out_show_their_presentation_number_only_if_the_tenant_hol
     };
     let e = r.h.runtime().set_dialing("acme", bad).await.unwrap_err();
     assert_eq!(e.code(), "invalid_dialing", "{e}");
+}
+
+/// acme's trunk `name` as the trunk list shows it.
+fn shown_trunk(h: &Harness, name: &str) -> Value {
+    h.runtime()
+        .trunks("acme")
+        .unwrap()
+        .into_iter()
+        .find(|t| t["name"] == name)
+        .unwrap_or(Value::Null)
+}
+
+/// Waits until acme's trunk `name` shows its connection `state`.
+async fn wait_connection(h: &Harness, name: &str, state: &str) -> Value {
+    for _ in 0..500 {
+        let c = shown_trunk(h, name)["connection"].clone();
+        if c["state"] == state {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("connection never {state}: {}", shown_trunk(h, name));
+}
+
+/// Sets acme's trunk (no password).
+async fn set_acme_trunk(h: &Harness, t: Trunk) {
+    console(
+        h,
+        Op::TrunkSet {
+            tenant: "acme".into(),
+            trunk: t,
+            password: None,
+        },
+    )
+    .await;
+}
+
+/// The SDES key (`inline:` parameters) of an SDP body.
+fn sdes_key(sdp: &[u8]) -> switchboard::media::srtp::MasterKey {
+    let text = String::from_utf8_lossy(sdp);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"))
+        .unwrap_or_else(|| panic!("an SDES key: {text}"));
+    let params = line.split_whitespace().nth(2).unwrap();
+    switchboard::media::srtp::MasterKey::from_key_params(params).expect("a valid key")
+}
+
+/// The provider's ACK of our 2xx to its `invite`, over its connection.
+fn conn_ack(p: &mut ProviderConn, invite: &Message, ok: &Message) -> Message {
+    let mut ack = p.request("ACK", invite.uri().unwrap(), "442079461111", &[]);
+    ack.headers.retain(|(n, _)| n != "To" && n != "CSeq");
+    ack.push("To", ok.header("To").unwrap());
+    ack.push("CSeq", format!("{} ACK", invite.cseq().unwrap().0));
+    ack
+}
+
+/// The provider's BYE of a call the door placed (`invite`, answered by
+/// the provider with To tag `tag`).
+fn provider_bye(p: &ProviderConn, invite: &Message, tag: &str) -> Message {
+    let contact = switchboard::sip::message::NameAddr::parse(invite.header("Contact").unwrap())
+        .unwrap()
+        .uri_text;
+    let text = format!(
+        "BYE {contact} SIP/2.0\r\nVia: SIP/2.0/TLS {};branch=z9hG4bKbye{tag}\r\nMax-Forwards: 70\r\n\
+         From: {};tag={tag}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n",
+        p.local,
+        invite.header("To").unwrap(),
+        invite.header("From").unwrap(),
+        invite.call_id(),
+    );
+    Message::parse(text.as_bytes()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_trunk_keeps_a_verified_link_and_carries_srtp_calls_both_ways() {
+    let r = rig().await;
+    let proxy = ProxyListener::tls("127.0.0.4", "sip.provider.test").await;
+    let mut t = trunk("itsp", &["127.0.0.4"], Some(proxy.addr));
+    t.transport = TrunkTransport::Tls;
+    t.domain = Some("sip.provider.test".into());
+    t.tls_ca = Some(proxy.ca_pem.clone());
+    set_acme_trunk(&r.h, t).await;
+    // The door connects, verifies the provider's certificate for its
+    // domain against the trunk's CA, and shows the link up.
+    let mut p = proxy
+        .accept_within(Duration::from_secs(10))
+        .await
+        .expect("the door links to the proxy");
+    let shown = wait_connection(&r.h, "itsp", "up").await;
+    assert!(shown["local"].is_string(), "{shown}");
+    assert!(shown_trunk(&r.h, "itsp")["tls_ca"].is_string());
+    // A call in over the link: SRTP with fresh keys of ours.
+    let rtp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let uri = format!("sip:{PROMPT_DID}@acme.localhost");
+    let invite = p.invite(&uri, "442079461111", rtp.local_addr().unwrap().port(), true);
+    p.send(&invite).await;
+    let ok = p.final_response().await.expect("an answer");
+    assert_eq!(ok.status(), Some(200), "{ok:?}");
+    assert!(
+        String::from_utf8_lossy(&ok.body).contains("RTP/SAVP"),
+        "{ok:?}"
+    );
+    let key = sdes_key(&ok.body);
+    let ack = conn_ack(&mut p, &invite, &ok);
+    p.send(&ack).await;
+    // The prompt arrives as SRTP that the answer's key authenticates.
+    let mut srtp = switchboard::media::srtp::Srtp::new(
+        switchboard::media::srtp::Suite::AesCm128HmacSha1_80,
+        &key,
+    );
+    let mut buf = [0u8; 2048];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), rtp.recv_from(&mut buf))
+        .await
+        .expect("SRTP from the host")
+        .unwrap();
+    let mut packet = buf[..n].to_vec();
+    srtp.unprotect_rtp(&mut packet)
+        .expect("authenticated with the key the answer gave");
+    assert_eq!(packet.len(), 12 + 160, "20 ms of G.711");
+    let mut bye = conn_ack(&mut p, &invite, &ok);
+    bye.start = switchboard::sip::message::Start::Request {
+        method: "BYE".into(),
+        uri: uri.clone(),
+    };
+    bye.headers.retain(|(n, _)| n != "CSeq");
+    bye.push("CSeq", format!("{} BYE", invite.cseq().unwrap().0 + 1));
+    p.send(&bye).await;
+    assert_eq!(p.final_response().await.unwrap().status(), Some(200));
+    // Plain RTP on a trunk that wants SRTP is refused.
+    p.new_call();
+    let plain = p.invite(&uri, "442079461111", 40_000, false);
+    p.send(&plain).await;
+    let refused = p.final_response().await.expect("a refusal");
+    assert_eq!(refused.status(), Some(488), "{refused:?}");
+    // A call out goes over the link: TLS, the provider's domain, SRTP.
+    let v = r.dial("acme", "020 7946 0123").await;
+    assert!(v["leg"].is_string(), "{v}");
+    let out = p.next_request().await.expect("an INVITE over the link");
+    assert_eq!(out.method(), Some("INVITE"));
+    assert!(
+        out.header("Via").unwrap().starts_with("SIP/2.0/TLS "),
+        "{out:?}"
+    );
+    assert!(
+        out.uri()
+            .unwrap()
+            .starts_with("sip:+442079460123@sip.provider.test"),
+        "{out:?}"
+    );
+    let offered = String::from_utf8_lossy(&out.body).to_string();
+    assert!(offered.contains("RTP/SAVP"), "{offered}");
+    let ours = sdes_key(&out.body);
+    let mut answer = out.response(200, "OK", Some("prov1"));
+    answer.push("Contact", format!("<sip:gw@{};transport=tls>", p.local));
+    answer.push("Content-Type", "application/sdp");
+    answer.body =
+        switchboard_tests::sip::offer(rtp.local_addr().unwrap().port(), true).into_bytes();
+    p.send(&answer).await;
+    let acked = p.next_request().await.expect("our ACK");
+    assert_eq!(acked.method(), Some("ACK"), "{acked:?}");
+    assert!(!ours.same_as(&key), "a fresh key per call");
+    // The provider hangs up; the call's record names the trunk, secure.
+    p.send(&provider_bye(&p, &out, "prov1")).await;
+    assert_eq!(p.final_response().await.unwrap().status(), Some(200));
+    let records = records_of(&r.h, 2).await;
+    assert_eq!(records.len(), 2, "{records:?}");
+    for rec in &records {
+        assert_eq!(rec.trunk.as_deref(), Some("itsp"), "{rec:?}");
+        assert!(rec.secure, "{rec:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_and_tls_trunks_hear_only_their_transport_and_trust_only_their_provider() {
+    let r = rig().await;
+    // A certificate for another name than the trunk expects: the link
+    // never comes up, and nothing goes out over it.
+    let proxy = ProxyListener::tls("127.0.0.4", "sip.provider.test").await;
+    let mut t = trunk("itsp", &["127.0.0.4"], Some(proxy.addr));
+    t.transport = TrunkTransport::Tls;
+    t.tls_name = Some("other.provider.test".into());
+    t.tls_ca = Some(proxy.ca_pem.clone());
+    set_acme_trunk(&r.h, t.clone()).await;
+    assert!(
+        proxy.accept_within(Duration::from_secs(5)).await.is_none(),
+        "no handshake completes"
+    );
+    let down = wait_connection(&r.h, "itsp", "down").await;
+    assert!(
+        down["reason"].as_str().unwrap().contains("certificate"),
+        "{down}"
+    );
+    // Nor without the trunk's CA (Mozilla's roots do not hold it).
+    t.tls_name = None;
+    t.domain = Some("sip.provider.test".into());
+    t.tls_ca = None;
+    set_acme_trunk(&r.h, t).await;
+    assert!(proxy.accept_within(Duration::from_secs(5)).await.is_none());
+    let down = wait_connection(&r.h, "itsp", "down").await;
+    assert!(
+        down["reason"].as_str().unwrap().contains("certificate"),
+        "{down}"
+    );
+    let v = r.dial("acme", "020 7946 0123").await;
+    assert!(v["leg"].is_string(), "{v}");
+    assert!(
+        proxy.accept_within(QUIET).await.is_none(),
+        "nothing goes out"
+    );
+    // A TLS trunk's provider connecting to the door is heard from its
+    // address, over TLS, with SRTP.
+    let mut edge = trunk("edge", &["127.0.0.5"], None);
+    edge.transport = TrunkTransport::Tls;
+    set_acme_trunk(&r.h, edge).await;
+    let mut p = ProviderConn::connect(r.tls, "127.0.0.5".parse().unwrap(), true).await;
+    let uri = format!("sip:{DID}@acme.localhost");
+    let invite = p.invite(&uri, "442079461111", 40_000, true);
+    p.send(&invite).await;
+    let ok = p.final_response().await.expect("an answer");
+    assert_eq!(ok.status(), Some(200), "{ok:?}");
+    assert!(String::from_utf8_lossy(&ok.body).contains("RTP/SAVP"));
+    // From the same address over UDP it is not heard at all.
+    let mut stranger = Provider::bind("127.0.0.5", r.udp).await;
+    let udp_invite = stranger.invite(&uri, "442079461111", 40_002);
+    stranger.send(&udp_invite).await;
+    assert!(stranger.recv_within(QUIET).await.is_none(), "UDP dropped");
+    // A TCP trunk: heard on the trunks' port over TCP, plain RTP only
+    // (keys never travel in clear).
+    let mut wire = trunk("wire", &["127.0.0.6"], None);
+    wire.transport = TrunkTransport::Tcp;
+    set_acme_trunk(&r.h, wire.clone()).await;
+    let mut c = ProviderConn::connect(r.udp, "127.0.0.6".parse().unwrap(), false).await;
+    let keyed = c.invite(&uri, "442079461111", 40_004, true);
+    c.send(&keyed).await;
+    let refused = c.final_response().await.expect("a refusal");
+    assert_eq!(refused.status(), Some(488), "{refused:?}");
+    assert!(
+        refused
+            .header("Warning")
+            .unwrap()
+            .contains("sdp_keys_in_clear"),
+        "{refused:?}"
+    );
+    c.new_call();
+    let plain = c.invite(&uri, "442079461111", 40_004, false);
+    c.send(&plain).await;
+    let ok = c.final_response().await.expect("an answer");
+    assert_eq!(ok.status(), Some(200), "{ok:?}");
+    assert!(String::from_utf8_lossy(&ok.body).contains("RTP/AVP"));
+    // An address no TCP trunk allows is closed unheard.
+    let mut other = ProviderConn::connect(r.udp, "127.0.0.7".parse().unwrap(), false).await;
+    let options = other.request("OPTIONS", &uri, "442079461111", &[]);
+    other.send(&options).await;
+    assert!(other.recv().await.is_none(), "closed unheard");
+    // SRTP is for TLS trunks only; a TLS name or CA too.
+    wire.srtp = Some(true);
+    let e =
+        r.h.runtime()
+            .set_trunk("acme", wire.clone(), None, false)
+            .await
+            .unwrap_err();
+    assert_eq!(e.code(), "invalid_trunk", "{e}");
+    wire.srtp = None;
+    wire.tls_name = Some("x.example".into());
+    let e =
+        r.h.runtime()
+            .set_trunk("acme", wire, None, false)
+            .await
+            .unwrap_err();
+    assert_eq!(e.code(), "invalid_trunk", "{e}");
 }

@@ -11,7 +11,7 @@ use crate::kernel::error::AdminError;
 use crate::store::keys;
 use crate::telephony::policy;
 use crate::telephony::records::CallRecord;
-use crate::tenant::{Dialing, Route, Trunk};
+use crate::tenant::{Dialing, Route, Trunk, TrunkTransport};
 use switchboard_signing::Capability;
 
 impl Runtime {
@@ -119,7 +119,14 @@ impl Runtime {
                 v["registration"] = self
                     .inner
                     .telephony
-                    .registration(tenant, &trunk.name)
+                    .trunk_state(tenant, &trunk.name, "registration")
+                    .unwrap_or_else(|| json!({"state": "pending"}));
+            }
+            if trunk.proxy.is_some() && trunk.transport != TrunkTransport::Udp {
+                v["connection"] = self
+                    .inner
+                    .telephony
+                    .trunk_state(tenant, &trunk.name, "connection")
                     .unwrap_or_else(|| json!({"state": "pending"}));
             }
             out.push(v);
@@ -268,6 +275,23 @@ impl Runtime {
     /// trunk list, and audited (`trunk.register`) when its state changes
     /// (registered, failed, stopped), never on a refresh.
     pub fn note_registration(&self, tenant: &str, trunk: &str, state: Option<Value>) {
+        self.note_trunk_state(tenant, trunk, "registration", state);
+    }
+
+    /// The SIP door's report of its connection to a TCP or TLS trunk's
+    /// proxy: kept for the trunk list, audited (`trunk.connect`) when its
+    /// state changes (up, down, stopped).
+    pub fn note_connection(&self, tenant: &str, trunk: &str, state: Option<Value>) {
+        self.note_trunk_state(tenant, trunk, "connection", state);
+    }
+
+    fn note_trunk_state(
+        &self,
+        tenant: &str,
+        trunk: &str,
+        aspect: &'static str,
+        state: Option<Value>,
+    ) {
         let name = |v: &Option<Value>| {
             v.as_ref()
                 .and_then(|v| v["state"].as_str().map(str::to_string))
@@ -277,13 +301,18 @@ impl Runtime {
         let detail = state
             .as_ref()
             .map(|v| format!("trunk {trunk}: {v}"))
-            .unwrap_or_else(|| format!("trunk {trunk}: no longer registers"));
-        let before = self.inner.telephony.note_registration(tenant, trunk, state);
+            .unwrap_or_else(|| format!("trunk {trunk}: no {aspect} any more"));
+        let before = self
+            .inner
+            .telephony
+            .note_trunk_state(tenant, trunk, aspect, state);
         if name(&before) != now {
+            let action = match aspect {
+                "registration" => "trunk.register",
+                _ => "trunk.connect",
+            };
             for scope in [Scope::System, Scope::tenant(tenant)] {
-                self.inner
-                    .trail
-                    .note(&scope, "trunk.register", tenant, &now, &detail);
+                self.inner.trail.note(&scope, action, tenant, &now, &detail);
             }
         }
     }
@@ -311,14 +340,32 @@ impl Runtime {
         out
     }
 
-    /// Whether any tenant's trunk lets `ip` send (the UDP door's first
-    /// check on every datagram).
-    pub fn any_trunk_allows(&self, ip: std::net::IpAddr) -> bool {
-        self.inner
-            .registry
-            .states()
-            .iter()
-            .any(|t| t.record.trunks.iter().any(|tr| tr.allows(ip)))
+    /// Whether any tenant's trunk over `transport` lets `ip` send (the
+    /// door's first check on every datagram and connection of trunks).
+    pub fn any_trunk_allows(&self, ip: std::net::IpAddr, transport: TrunkTransport) -> bool {
+        self.inner.registry.states().iter().any(|t| {
+            t.record
+                .trunks
+                .iter()
+                .any(|tr| tr.transport == transport && tr.allows(ip))
+        })
+    }
+
+    /// The trunks, of any tenant, the door keeps a connection to: TCP and
+    /// TLS trunks with a proxy.
+    pub fn linked_trunks(&self) -> Vec<(String, Trunk)> {
+        let mut out = Vec::new();
+        for t in self.inner.registry.states() {
+            for trunk in t
+                .record
+                .trunks
+                .iter()
+                .filter(|tr| tr.proxy.is_some() && tr.transport != TrunkTransport::Udp)
+            {
+                out.push((t.record.id.clone(), trunk.clone()));
+            }
+        }
+        out
     }
 
     /// The route of a number a trunk delivered, with the number as E.164:

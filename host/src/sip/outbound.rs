@@ -10,8 +10,9 @@
 //!
 //! A number outside the tenant (the dialing policy read it as E.164 or
 //! an emergency number, and allowed it) goes out over the tenant's first
-//! trunk with a proxy: one INVITE over UDP with plain RTP, the caller id
-//! the trunk's rules allow, and an answer to the provider's digest
+//! trunk with a proxy: one INVITE over the trunk's transport (UDP, or
+//! the link to its proxy) with plain RTP, or SRTP over TLS, the caller
+//! id the trunk's rules allow, and an answer to the provider's digest
 //! challenge with the trunk's credentials (once per call).
 
 use std::collections::HashMap;
@@ -37,8 +38,8 @@ pub(super) struct Branch {
     device: String,
     flow: u64,
     invite: Message,
-    /// Our key for what we send, if this device answers (`None`: a
-    /// trunk, plain RTP).
+    /// Our key for what we send, if this device answers (`None`: plain
+    /// RTP, a trunk's).
     key: Option<MasterKey>,
     /// A trunk's digest challenge was answered (once per call).
     authenticated: bool,
@@ -263,19 +264,11 @@ impl Door {
     /// proxy that can take it; the others, in order, if that one fails
     /// (see [`FAILOVER`]).
     async fn ring_trunk(&self, call: &Outbound) -> bool {
-        let Some(udp) = self.udp.clone() else {
-            return false;
-        };
         let trunks = self.rt.outbound_trunks(&call.tenant);
-        let Some(first) = trunks.first() else {
-            return false;
-        };
-        // Media first (the offer names its port), once for every trunk
-        // tried: plain RTP, no keys without TLS.
-        let Some(flow) = udp.flow_to(
-            first.proxy.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
-            &|id| self.carries_calls(id),
-        ) else {
+        // Media first (the offer names its port, at the address the first
+        // trunk that can be reached reaches us at), once for every trunk
+        // tried; its keys, if any, come with each trunk's offer and answer.
+        let Some(flow) = trunks.iter().find_map(|t| self.trunk_flow(&call.tenant, t)) else {
             return false;
         };
         let prepared = self
@@ -309,9 +302,6 @@ impl Door {
     /// Sends the INVITE of `next` to the first of its trunks from its
     /// index on that can take it; false if none can.
     pub(super) fn ring_via(&self, mut next: Failover) -> bool {
-        let Some(udp) = self.udp.clone() else {
-            return false;
-        };
         while let Some(trunk) = next.trunks.get(next.index).cloned() {
             next.index += 1;
             let Some(proxy) = trunk.proxy else { continue };
@@ -321,8 +311,17 @@ impl Door {
                 crate::metrics::SIP_DROPPED.inc(&["trunk_busy"]);
                 continue;
             }
-            let Some(flow) = udp.flow_to(proxy, &|id| self.carries_calls(id)) else {
+            let Some(flow) = self.trunk_flow(&call.tenant, &trunk) else {
                 continue;
+            };
+            // SRTP for a trunk that wants it (over TLS only), with a key
+            // of this offer's own; plain RTP otherwise.
+            let key = match trunk.secure_media() && flow.is_tls() {
+                true => match MasterKey::generate() {
+                    Ok(k) => Some(k),
+                    Err(_) => continue,
+                },
+                false => None,
             };
             let offer = sdp::offer(
                 sdp::Local {
@@ -330,12 +329,14 @@ impl Door {
                     session_id: next.session_id,
                     session_version: 1,
                 },
-                None,
+                key.as_ref().map(|k| (SUITE, k)),
             );
             let host = flow.local.to_string();
+            // The provider's domain names the call when the trunk has one.
+            let target = trunk.domain.clone().unwrap_or_else(|| proxy.to_string());
             let mut m = dialogs::request(
                 "INVITE",
-                &format!("sip:{}@{proxy}", call.to.number),
+                &format!("sip:{}@{target}", call.to.number),
                 &flow.via(),
             );
             match self.caller_id(&call.tenant, &trunk, &call.caller, call.user.as_deref()) {
@@ -354,7 +355,7 @@ impl Door {
                     m.push("Privacy", "id");
                 }
             }
-            m.push("To", format!("<sip:{}@{proxy}>", call.to.number));
+            m.push("To", format!("<sip:{}@{target}>", call.to.number));
             m.push("Call-ID", format!("{}@{host}", random_hex(16)));
             m.push("CSeq", "1 INVITE");
             m.push("Contact", format!("<{}>", flow.our_uri("switchboard")));
@@ -378,7 +379,7 @@ impl Door {
                     device: party,
                     flow: flow.id,
                     invite: m,
-                    key: None,
+                    key,
                     authenticated: false,
                     offered,
                     done: None,

@@ -1,6 +1,7 @@
 //! Registering with trunk providers (RFC 3261 §10, the user agent's
 //! side): a trunk with `register` keeps a binding of its user name at the
-//! provider to our UDP address, so the provider's calls for it reach us.
+//! provider to our address (UDP, or the link's connection over TCP and
+//! TLS), so the provider's calls for it reach us.
 //!
 //! A supervisor compares the tenants' registering trunks with the
 //! registrations running every [`SUPERVISE_EVERY`]: a new trunk starts
@@ -61,6 +62,7 @@ struct Running {
 
 /// One registration's identity at the provider.
 struct Binding {
+    tenant: String,
     trunk: Trunk,
     /// The password it registers with, kept so the binding can still be
     /// removed after the trunk (and its sealed password) is gone.
@@ -117,9 +119,17 @@ impl Door {
         let mut wanted = HashMap::new();
         for (tenant, trunk) in self.rt.registering_trunks() {
             let password = self.rt.trunk_password(&tenant, &trunk.name);
+            // Over a link, a new connection is a new contact: register
+            // again on it.
+            let link = match trunk.transport {
+                crate::tenant::TrunkTransport::Udp => None,
+                _ => self.trunk_flow(&tenant, &trunk).map(|f| f.id),
+            };
             let fingerprint = format!(
-                "{:?}|{:?}|{:?}|{}",
+                "{:?}|{:?}|{:?}|{:?}|{:?}|{}",
                 trunk.proxy,
+                trunk.transport,
+                link,
                 trunk.username,
                 trunk.domain,
                 password.as_deref().map_or(String::new(), |p| {
@@ -141,7 +151,8 @@ impl Door {
             r.task.abort();
             let old = &r.binding.trunk;
             let moved = wanted.get(&key).is_none_or(|(t, _, _)| {
-                (&t.proxy, &t.username, &t.domain) != (&old.proxy, &old.username, &old.domain)
+                (&t.proxy, &t.transport, &t.username, &t.domain)
+                    != (&old.proxy, &old.transport, &old.username, &old.domain)
             });
             if !wanted.contains_key(&key) {
                 self.rt.note_registration(&key.0, &key.1, None);
@@ -161,6 +172,7 @@ impl Door {
                 continue;
             }
             let binding = Arc::new(Binding {
+                tenant: key.0.clone(),
                 trunk,
                 password,
                 call_id: format!("{}@switchboard", random_hex(16)),
@@ -206,18 +218,19 @@ impl Door {
             status: None,
             reason: reason.into(),
         };
-        let (Some(udp), Some(proxy), Some(user)) =
-            (self.udp.clone(), b.trunk.proxy, b.trunk.username.clone())
-        else {
-            return Err(none(
-                "the server has no trunk socket, or the trunk no proxy or user",
-            ));
+        let (Some(proxy), Some(user)) = (b.trunk.proxy, b.trunk.username.clone()) else {
+            return Err(none("the trunk has no proxy or user"));
         };
         let Some(password) = b.password.clone() else {
             return Err(none("the trunk has no password"));
         };
-        let Some(flow) = udp.flow_to(proxy, &|id| self.carries_calls(id)) else {
-            return Err(none("no room for the provider's flow"));
+        let Some(flow) = self.trunk_flow(&b.tenant, &b.trunk) else {
+            return Err(none(match b.trunk.transport {
+                crate::tenant::TrunkTransport::Udp => {
+                    "the server has no trunk socket (set [sip] trunk_listen), or no room for the provider's flow"
+                }
+                _ => "no connection to the proxy (see the trunk's connection)",
+            }));
         };
         let domain = b.trunk.domain.clone().unwrap_or_else(|| match proxy {
             SocketAddr::V4(a) => a.ip().to_string(),

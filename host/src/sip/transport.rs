@@ -37,11 +37,25 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What carries a flow.
 pub enum Kind {
-    /// A TLS connection (devices).
+    /// A TLS connection (devices, or a trunk's provider).
     Tls,
+    /// A TCP connection (a trunk's provider only).
+    Tcp,
     /// One trunk peer's address on the UDP socket, with the transaction
     /// layer that retransmits and absorbs retransmissions (`sip::udp`).
     Udp(Arc<dyn Datagrams>),
+}
+
+/// Who is at the other end of a flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Party {
+    /// Devices: every request is digest-authenticated.
+    Devices,
+    /// A trunk's provider, known by its address: its connection to us
+    /// (from an address a TCP or TLS trunk allows), or its UDP peer.
+    Provider,
+    /// Our connection to a trunk's proxy: (tenant, trunk).
+    Link(String, String),
 }
 
 /// The transaction layer of an unreliable transport, told of every
@@ -57,9 +71,12 @@ pub struct Flow {
     /// Our address as the peer reached it (for SDP and Contact).
     pub local: SocketAddr,
     pub kind: Kind,
+    pub party: Party,
     out: mpsc::Sender<Vec<u8>>,
     /// Some request on it passed digest authentication.
     authenticated: std::sync::atomic::AtomicBool,
+    /// Told to close (a connection only).
+    shut: tokio::sync::Notify,
 }
 
 impl Flow {
@@ -76,8 +93,10 @@ impl Flow {
             peer,
             local,
             kind: Kind::Udp(transactions),
+            party: Party::Provider,
             out,
             authenticated: std::sync::atomic::AtomicBool::new(true),
+            shut: tokio::sync::Notify::new(),
         }
     }
 
@@ -97,19 +116,50 @@ impl Flow {
         matches!(self.kind, Kind::Udp(_))
     }
 
+    /// Whether a trunk's provider is at the other end (over any
+    /// transport).
+    pub fn is_trunk(&self) -> bool {
+        self.party != Party::Devices
+    }
+
+    /// Whether the flow is TLS (the only one SDES keys may travel over).
+    pub fn is_tls(&self) -> bool {
+        matches!(self.kind, Kind::Tls)
+    }
+
+    /// The trunk transport this flow is.
+    pub fn transport(&self) -> crate::tenant::TrunkTransport {
+        use crate::tenant::TrunkTransport;
+        match self.kind {
+            Kind::Tls => TrunkTransport::Tls,
+            Kind::Tcp => TrunkTransport::Tcp,
+            Kind::Udp(_) => TrunkTransport::Udp,
+        }
+    }
+
     /// Our Via's protocol and sent-by (`SIP/2.0/TLS 10.0.0.1:5061`).
     pub fn via(&self) -> String {
-        let proto = if self.is_udp() { "UDP" } else { "TLS" };
-        format!("SIP/2.0/{proto} {}", self.local)
+        format!("SIP/2.0/{} {}", self.transport().via_name(), self.local)
     }
 
     /// A SIP URI of ours with `user`, over this flow's transport.
     pub fn our_uri(&self, user: &str) -> String {
-        if self.is_udp() {
-            format!("sip:{user}@{}", self.local)
-        } else {
-            format!("sip:{user}@{};transport=tls", self.local)
+        match self.kind {
+            Kind::Udp(_) => format!("sip:{user}@{}", self.local),
+            Kind::Tcp => format!("sip:{user}@{};transport=tcp", self.local),
+            Kind::Tls => format!("sip:{user}@{};transport=tls", self.local),
         }
+    }
+
+    /// Writes a keep-alive (RFC 5626 §4.4.1: a double CRLF) on a
+    /// connection; `false` if it is closed or its queue full.
+    pub fn ping(&self) -> bool {
+        !self.is_udp() && self.out.try_send(b"\r\n\r\n".to_vec()).is_ok()
+    }
+
+    /// Closes a connection (its reader stops and the door is told).
+    pub fn close(&self) {
+        self.shut.notify_one();
     }
 
     /// Whether the flow is still open.
@@ -226,16 +276,30 @@ pub struct Limits {
     pub max_connections_per_address: usize,
 }
 
-/// Accepts TLS connections on `listener` until `shutdown` completes.
+/// How a listener's connections begin.
+pub enum Accept {
+    /// A TLS handshake with the server's certificate.
+    Tls(Arc<rustls::ServerConfig>),
+    /// Plain TCP (trunks' providers only).
+    Tcp,
+}
+
+/// Accepts connections on `listener` until `shutdown` completes. Each
+/// connection's party is `party_of` its address; `None` closes it at
+/// once (an address no trunk allows, on the trunks' TCP port).
 pub async fn serve<H: Handler>(
     listener: tokio::net::TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    accept: Accept,
+    party_of: impl Fn(IpAddr) -> Option<Party>,
     flows: Arc<Flows>,
     handler: Arc<H>,
     limits: Limits,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let acceptor = match accept {
+        Accept::Tls(tls) => Some(tokio_rustls::TlsAcceptor::from(tls)),
+        Accept::Tcp => None,
+    };
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -248,6 +312,10 @@ pub async fn serve<H: Handler>(
                     continue;
                 }
             },
+        };
+        let Some(party) = party_of(peer.ip()) else {
+            crate::metrics::SIP_DROPPED.inc(&["trunk_not_allowed"]);
+            continue;
         };
         if !flows.admit(
             peer.ip(),
@@ -263,8 +331,15 @@ pub async fn serve<H: Handler>(
         tokio::spawn(async move {
             // Released however this task ends (a panic included).
             let _slot = Slot(&flows, peer.ip());
+            let Some(acceptor) = acceptor else {
+                let (flow, queue) = flows.open(peer, local, Kind::Tcp, party);
+                return run_flow(stream, flow, queue, &flows, handler, limits).await;
+            };
             match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => run_flow(tls, peer, local, &flows, handler, limits).await,
+                Ok(Ok(tls)) => {
+                    let (flow, queue) = flows.open(peer, local, Kind::Tls, party);
+                    run_flow(tls, flow, queue, &flows, handler, limits).await
+                }
                 _ => crate::metrics::SIP_DROPPED.inc(&["tls_handshake"]),
             }
         });
@@ -297,26 +372,46 @@ impl<H: Handler> Drop for Live<'_, H> {
     }
 }
 
-async fn run_flow<H: Handler>(
-    tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-    peer: SocketAddr,
-    local: SocketAddr,
+impl Flows {
+    /// A new connection's flow, filed as live, and its writer's queue.
+    /// A trunk's connection needs no digest (its address or our
+    /// connection to its proxy is what identifies it).
+    pub(super) fn open(
+        &self,
+        peer: SocketAddr,
+        local: SocketAddr,
+        kind: Kind,
+        party: Party,
+    ) -> (Arc<Flow>, mpsc::Receiver<Vec<u8>>) {
+        let (out, queue) = mpsc::channel::<Vec<u8>>(QUEUE);
+        let flow = Arc::new(Flow {
+            id: self.next_id(),
+            peer,
+            local,
+            kind,
+            authenticated: std::sync::atomic::AtomicBool::new(party != Party::Devices),
+            party,
+            out,
+            shut: tokio::sync::Notify::new(),
+        });
+        self.live.lock().recover().insert(flow.id, flow.clone());
+        (flow, queue)
+    }
+}
+
+/// Runs a connection's flow (opened by [`Flows::open`]) until either
+/// side ends it: its reader here, its writer on a task of its own.
+pub(super) async fn run_flow<H: Handler, S>(
+    stream: S,
+    flow: Arc<Flow>,
+    mut queue: mpsc::Receiver<Vec<u8>>,
     flows: &Flows,
     handler: Arc<H>,
     limits: Limits,
-) {
-    let (mut rd, mut wr) = tokio::io::split(tls);
-    let (out, mut queue) = mpsc::channel::<Vec<u8>>(QUEUE);
-    let id = flows.next_id();
-    let flow = Arc::new(Flow {
-        id,
-        peer,
-        local,
-        kind: Kind::Tls,
-        out,
-        authenticated: std::sync::atomic::AtomicBool::new(false),
-    });
-    flows.live.lock().recover().insert(id, flow.clone());
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let writer = tokio::spawn(async move {
         while let Some(bytes) = queue.recv().await {
             match tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&bytes)).await {
@@ -349,9 +444,18 @@ async fn run_flow<H: Handler>(
                 }
             }
         };
-        let n = match tokio::time::timeout(wait, rd.read(&mut buf)).await {
+        let read = tokio::select! {
+            r = tokio::time::timeout(wait, rd.read(&mut buf)) => r,
+            () = flow.shut.notified() => break,
+        };
+        let n = match read {
             Ok(Ok(n)) if n > 0 => n,
             Err(_) if !flow.authenticated.load(Ordering::Relaxed) => continue,
+            // Our connection to a trunk's proxy, and a provider's
+            // connection carrying calls, are kept however quiet.
+            Err(_) if matches!(flow.party, Party::Link(..)) || handler.in_use(flow.id) => {
+                continue;
+            }
             _ => break,
         };
         framer.push(&buf[..n]);

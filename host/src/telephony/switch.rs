@@ -146,9 +146,10 @@ pub struct Telephony {
     live: AtomicU64,
     /// Per tenant: (UTC day, talk ms of calls out of the tenant).
     minutes: Mutex<std::collections::HashMap<String, (u64, u64)>>,
-    /// Trunk registrations with providers as the SIP door last reported
-    /// them, by (tenant, trunk).
-    registrations: Mutex<std::collections::HashMap<(String, String), serde_json::Value>>,
+    /// What the SIP door last reported of trunks (registrations,
+    /// connections to their proxies), by (tenant, trunk, aspect).
+    trunk_states:
+        Mutex<std::collections::HashMap<(String, String, &'static str), serde_json::Value>>,
     pub counters: Counters,
 }
 
@@ -167,7 +168,7 @@ impl Telephony {
             me: me.clone(),
             live: AtomicU64::new(0),
             minutes: Mutex::default(),
-            registrations: Mutex::default(),
+            trunk_states: Mutex::default(),
             counters: Counters::default(),
         })
     }
@@ -226,28 +227,35 @@ impl Telephony {
         &self.config.region
     }
 
-    /// Keeps what the SIP door reports of a trunk's registration (`None`:
-    /// it no longer registers); returns the state it had before.
-    pub fn note_registration(
+    /// Keeps what the SIP door reports of one `aspect` of a trunk (its
+    /// `registration`, its `connection`; `None`: no longer); returns the
+    /// state it had before.
+    pub fn note_trunk_state(
         &self,
         tenant: &str,
         trunk: &str,
+        aspect: &'static str,
         state: Option<serde_json::Value>,
     ) -> Option<serde_json::Value> {
-        let key = (tenant.to_string(), trunk.to_string());
-        let mut all = self.registrations.lock().recover();
+        let key = (tenant.to_string(), trunk.to_string(), aspect);
+        let mut all = self.trunk_states.lock().recover();
         match state {
             Some(s) => all.insert(key, s),
             None => all.remove(&key),
         }
     }
 
-    /// A trunk's registration as last reported.
-    pub fn registration(&self, tenant: &str, trunk: &str) -> Option<serde_json::Value> {
-        self.registrations
+    /// One aspect of a trunk as last reported.
+    pub fn trunk_state(
+        &self,
+        tenant: &str,
+        trunk: &str,
+        aspect: &'static str,
+    ) -> Option<serde_json::Value> {
+        self.trunk_states
             .lock()
             .recover()
-            .get(&(tenant.to_string(), trunk.to_string()))
+            .get(&(tenant.to_string(), trunk.to_string(), aspect))
             .cloned()
     }
 
