@@ -91,10 +91,12 @@ pub struct SipConfig {
     /// Where (default `127.0.0.1:5061`; phones on a network need
     /// `0.0.0.0:5061`).
     pub listen: SocketAddr,
-    /// Where trunks reach the host over UDP (e.g. `203.0.113.1:5060`);
-    /// `None` (the default): no UDP at all. Only addresses a tenant's
-    /// trunk allow-lists are heard. A specific address, not `0.0.0.0`:
-    /// it is written into Via and Contact.
+    /// Where trunks reach the host over UDP and TCP (both on this
+    /// address, e.g. `203.0.113.1:5060`); `None` (the default): neither.
+    /// Only addresses a tenant's trunk over that transport allow-lists are
+    /// heard. A specific address, not `0.0.0.0`: it is written into Via
+    /// and Contact. (TLS trunks use `listen`, and the connections the
+    /// door makes to their proxies.)
     pub trunk_listen: Option<SocketAddr>,
     pub handshake_timeout_s: u64,
     /// A connection with nothing to read for this long is closed (phones

@@ -601,6 +601,8 @@ fn provider_request(
 pub struct ProviderConn {
     conn: Conn,
     pub local: SocketAddr,
+    /// The door's end of the connection.
+    pub peer: SocketAddr,
     /// `TLS` or `TCP` (its Via).
     proto: &'static str,
     cseq: u32,
@@ -609,10 +611,15 @@ pub struct ProviderConn {
 }
 
 impl ProviderConn {
-    fn new(stream: impl Stream + 'static, local: SocketAddr, proto: &'static str) -> ProviderConn {
+    fn new(
+        stream: impl Stream + 'static,
+        (local, peer): (SocketAddr, SocketAddr),
+        proto: &'static str,
+    ) -> ProviderConn {
         ProviderConn {
             conn: Conn::new(stream),
             local,
+            peer,
             proto,
             cseq: 0,
             call_id: format!("{}@provider", switchboard::support::encoding::random_hex(8)),
@@ -627,12 +634,12 @@ impl ProviderConn {
         socket.bind(SocketAddr::new(source, 0)).unwrap();
         let tcp = socket.connect(door).await.unwrap();
         tcp.set_nodelay(true).unwrap();
-        let local = tcp.local_addr().unwrap();
+        let ends = (tcp.local_addr().unwrap(), door);
         if tls {
             let stream = crate::http::tls_handshake(door, tcp).await;
-            ProviderConn::new(stream, local, "TLS")
+            ProviderConn::new(stream, ends, "TLS")
         } else {
-            ProviderConn::new(tcp, local, "TCP")
+            ProviderConn::new(tcp, ends, "TCP")
         }
     }
 
@@ -763,21 +770,21 @@ impl ProxyListener {
     /// The door's next connection within `limit` (its TLS handshake
     /// done); `None` if none comes or the handshake fails.
     pub async fn accept_within(&self, limit: Duration) -> Option<ProviderConn> {
-        let (tcp, _) = tokio::time::timeout(limit, self.listener.accept())
+        let (tcp, peer) = tokio::time::timeout(limit, self.listener.accept())
             .await
             .ok()?
             .ok()?;
         tcp.set_nodelay(true).unwrap();
-        let local = tcp.local_addr().unwrap();
+        let ends = (tcp.local_addr().unwrap(), peer);
         match &self.tls {
             Some(acceptor) => {
                 let tls = tokio::time::timeout(limit, acceptor.accept(tcp))
                     .await
                     .ok()?
                     .ok()?;
-                Some(ProviderConn::new(tls, local, "TLS"))
+                Some(ProviderConn::new(tls, ends, "TLS"))
             }
-            None => Some(ProviderConn::new(tcp, local, "TCP")),
+            None => Some(ProviderConn::new(tcp, ends, "TCP")),
         }
     }
 }

@@ -612,7 +612,10 @@ async fn the_host_api_keeps_to_its_openapi_document() {
         .find(|t| t["name"] == "house")
         .unwrap();
     assert_eq!(house_listed["proxy"], "198.51.100.5:5061", "unchanged");
-    assert_eq!(house_listed["connection"]["state"], "pending", "no SIP door here");
+    assert_eq!(
+        house_listed["connection"]["state"], "pending",
+        "no SIP door here"
+    );
     assert_eq!(house_listed["has_password"], true);
     assert!(!r.text().contains("0perator-secret"), "no password back");
     let r = c

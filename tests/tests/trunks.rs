@@ -1314,3 +1314,84 @@ async fn tcp_and_tls_trunks_hear_only_their_transport_and_trust_only_their_provi
             .unwrap_err();
     assert_eq!(e.code(), "invalid_trunk", "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_trunk_registers_over_its_link_and_again_after_the_link_drops() {
+    let r = rig().await;
+    let proxy = ProxyListener::tcp("127.0.0.4").await;
+    let mut t = trunk("itsp", &["127.0.0.4"], Some(proxy.addr));
+    t.transport = TrunkTransport::Tcp;
+    t.register = true;
+    t.domain = Some("sip.itsp.example".into());
+    console(
+        &r.h,
+        Op::TrunkSet {
+            tenant: "acme".into(),
+            trunk: t,
+            password: Some(TrunkPassword("pr0vider-secret".into())),
+        },
+    )
+    .await;
+    for round in 0..2 {
+        let mut p = proxy
+            .accept_within(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("round {round}: the door links"));
+        // The REGISTER comes over the link, with the link's own address
+        // as the contact (the provider reaches us back over it).
+        let reg = p.next_request().await.expect("a REGISTER");
+        assert_eq!(reg.method(), Some("REGISTER"), "{reg:?}");
+        assert!(reg.header("Via").unwrap().starts_with("SIP/2.0/TCP "));
+        let contact = format!("<sip:acct-7@{};transport=tcp>", p.peer);
+        assert_eq!(
+            reg.header("Contact"),
+            Some(contact.as_str()),
+            "round {round}"
+        );
+        let realm = "itsp.example";
+        let mut challenge = reg.response(401, "Unauthorized", Some("r1"));
+        challenge.push(
+            "WWW-Authenticate",
+            format!("Digest realm=\"{realm}\", nonce=\"r3g\", qop=\"auth\", algorithm=MD5"),
+        );
+        p.send(&challenge).await;
+        let authed = p.next_request().await.expect("the REGISTER again");
+        let creds = authed.header("Authorization").unwrap().to_string();
+        assert_eq!(
+            challenge_param(&creds, "response").unwrap(),
+            md5_response(&creds, realm, "r3g", "REGISTER")
+        );
+        let mut ok = authed.response(200, "OK", Some("r1"));
+        ok.push("Contact", format!("{contact};expires=600"));
+        p.send(&ok).await;
+        wait_registration(&r.h, "registered").await;
+        // A call to the contact over the link reaches the DID in To.
+        let mut invite = p.invite(
+            &format!("sip:acct-7@{};transport=tcp", p.peer),
+            "442079461111",
+            40_010 + round,
+            false,
+        );
+        invite.headers.retain(|(n, _)| n != "To");
+        invite.push("To", format!("<sip:{DID}@sip.itsp.example>"));
+        p.send(&invite).await;
+        let answered = p.final_response().await.expect("an answer");
+        assert_eq!(answered.status(), Some(200), "{answered:?}");
+        // The provider drops the connection: the door links again (the
+        // next round's accept) and registers its new contact there.
+        drop(p);
+    }
+    // Both changes of the link's state are in the trail.
+    let trail = console(
+        &r.h,
+        Op::AuditExport {
+            realm: "acme".into(),
+            after: 0,
+            limit: 10_000,
+        },
+    )
+    .await
+    .to_string();
+    assert!(trail.contains("trunk.connect"), "{trail}");
+    assert!(trail.contains("the connection closed"), "{trail}");
+}
