@@ -60,6 +60,8 @@ pub struct RuntimeConfig {
     pub plugin_workers: usize,
     /// Their nice value (0-19): the network threads go first.
     pub plugin_nice: i32,
+    /// The CPUs they run on (Linux; empty: any).
+    pub plugin_cpus: Vec<usize>,
     /// The time slice of plugin calls (100 µs to 10 ms).
     pub epoch_tick: std::time::Duration,
     /// Linear memory one instance may ever use (the pool's slot size); a
@@ -99,6 +101,7 @@ impl RuntimeConfig {
             max_concurrent_calls: 256,
             plugin_workers: 0,
             plugin_nice: ExecutorConfig::default().nice,
+            plugin_cpus: Vec::new(),
             epoch_tick: crate::kernel::engine::EPOCH_TICK,
             max_memory_bytes: 256 << 20,
             max_component_bytes: 32 << 20,
@@ -238,6 +241,7 @@ impl Runtime {
                 executor: ExecutorConfig {
                     workers: config.plugin_workers,
                     nice: config.plugin_nice,
+                    cpus: config.plugin_cpus.clone(),
                 },
                 epoch_tick: config.epoch_tick,
             },

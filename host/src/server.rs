@@ -37,6 +37,9 @@ pub struct ServerConfig {
     pub plugin_workers: Option<usize>,
     /// Their nice value, 0-19 (default 10: the network threads go first).
     pub plugin_nice: Option<i32>,
+    /// The CPUs they run on (Linux; default: any), e.g. all but `[sip]
+    /// media_cpus`.
+    pub plugin_cpus: Option<Vec<usize>>,
     /// The time slice of plugin calls in microseconds (100-10000).
     pub epoch_tick_us: Option<u64>,
     /// Largest linear memory one plugin instance may use, in bytes.
@@ -129,6 +132,10 @@ impl ServerConfig {
             .sip
             .validate()
             .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
+        if let Some(cpus) = &config.plugin_cpus {
+            crate::support::thread::check_cpus("plugin_cpus", cpus)
+                .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
+        }
         if config.master_key_env.is_some() && config.master_key_command.is_some() {
             anyhow::bail!(
                 "config file {}: set master_key_env or master_key_command, not both",
@@ -149,6 +156,9 @@ impl ServerConfig {
         }
         if let Some(n) = self.plugin_nice {
             rc.plugin_nice = n;
+        }
+        if let Some(c) = &self.plugin_cpus {
+            rc.plugin_cpus = c.clone();
         }
         if let Some(us) = self.epoch_tick_us {
             rc.epoch_tick = std::time::Duration::from_micros(us);
@@ -178,6 +188,7 @@ impl ServerConfig {
         rc.telephony.sip_domain = self.sip.domain.to_ascii_lowercase();
         rc.telephony.media.bind = self.sip.media_bind;
         rc.telephony.media.nice = self.sip.media_nice;
+        rc.telephony.media.cpus = self.sip.media_cpus.clone();
         rc.telephony.media.ports = self.sip.media_ports[0]..=self.sip.media_ports[1];
         rc
     }
@@ -333,12 +344,28 @@ pub async fn serve(
             }
             None => (None, None),
         };
+        let trunk_tls = match file.sip.trunk_tls_listen {
+            Some(addr) => {
+                let tcp = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                    format!(
+                        "cannot listen for SIP trunks over TLS on {addr}; set [sip] trunk_tls_listen"
+                    )
+                })?;
+                println!(
+                    "switchboard: SIP trunks over TLS on {} (allow-listed addresses only)",
+                    tcp.local_addr()?
+                );
+                Some(tcp)
+            }
+            None => None,
+        };
         let door = crate::sip::run(
             runtime.clone(),
             crate::sip::Listeners {
                 tls: sip,
                 trunk_udp,
                 trunk_tcp,
+                trunk_tls,
             },
             sip_tls(&tls),
             file.sip.clone(),
@@ -644,7 +671,7 @@ mod tests {
         let path = dir.path().join("c.toml");
         std::fs::write(
             &path,
-            "[sip]\nlisten = \"0.0.0.0:5061\"\ndomain = \"sip.example.com\"\nmedia_bind = \"0.0.0.0\"\nmedia_ports = [30000, 30999]\nmedia_nice = -5\ndigest_algorithms = [\"MD5\"]\n",
+            "[sip]\nlisten = \"0.0.0.0:5061\"\ndomain = \"sip.example.com\"\nmedia_bind = \"0.0.0.0\"\nmedia_ports = [30000, 30999]\nmedia_nice = -5\nmedia_cpus = [0]\ndigest_algorithms = [\"MD5\"]\n",
         )
         .unwrap();
         let c = ServerConfig::load(&path).unwrap();
@@ -656,7 +683,11 @@ mod tests {
         assert_eq!(rc.telephony.sip_domain, "sip.example.com");
         assert_eq!(rc.telephony.media.ports, 30000..=30999);
         assert_eq!(rc.telephony.media.nice, -5);
+        assert_eq!(rc.telephony.media.cpus, [0]);
         for bad in [
+            "[sip]\nmedia_cpus = [1, 1]\n",
+            "[sip]\nmedia_cpus = [5000]\n",
+            "plugin_cpus = [1, 1]\n",
             "[sip]\nmedia_nice = -21\n",
             "[sip]\nmedia_nice = 20\n",
             "[sip]\nmedia_ports = [30000, 20000]\n",

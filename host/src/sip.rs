@@ -88,6 +88,10 @@ pub struct SipConfig {
     /// keeps audio ahead of plugin work when the machine is saturated;
     /// it needs `CAP_SYS_NICE` (else a warning, and 0).
     pub media_nice: i32,
+    /// The CPUs the media threads run on (Linux; default: any). Cores of
+    /// their own (and `plugin_cpus` elsewhere) keep audio apart from
+    /// plugin work entirely; see docs/benchmarks.md.
+    pub media_cpus: Vec<usize>,
     /// Where (default `127.0.0.1:5061`; phones on a network need
     /// `0.0.0.0:5061`).
     pub listen: SocketAddr,
@@ -95,9 +99,14 @@ pub struct SipConfig {
     /// address, e.g. `203.0.113.1:5060`); `None` (the default): neither.
     /// Only addresses a tenant's trunk over that transport allow-lists are
     /// heard. A specific address, not `0.0.0.0`: it is written into Via
-    /// and Contact. (TLS trunks use `listen`, and the connections the
-    /// door makes to their proxies.)
+    /// and Contact. (TLS trunks use `trunk_tls_listen`, and the
+    /// connections the door makes to their proxies.)
     pub trunk_listen: Option<SocketAddr>,
+    /// Where `tls` trunks' providers connect to the host (e.g.
+    /// `203.0.113.1:5062`, the HTTPS certificate); `None` (the default):
+    /// nowhere (the door's own links to their proxies still work). Apart
+    /// from `listen`: a connection there is always a device's.
+    pub trunk_tls_listen: Option<SocketAddr>,
     pub handshake_timeout_s: u64,
     /// A connection with nothing to read for this long is closed (phones
     /// send keep-alives or re-register well within it).
@@ -131,8 +140,10 @@ impl Default for SipConfig {
             media_bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             media_ports: [20000, 29999],
             media_nice: 0,
+            media_cpus: Vec::new(),
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 5061),
             trunk_listen: None,
+            trunk_tls_listen: None,
             handshake_timeout_s: 10,
             idle_timeout_s: 600,
             max_connections: 10_000,
@@ -164,6 +175,7 @@ impl SipConfig {
                 self.media_nice
             ));
         }
+        crate::support::thread::check_cpus("[sip] media_cpus", &self.media_cpus)?;
         let domain_ok = !self.domain.is_empty()
             && self.domain.len() <= 200
             && self.domain.split('.').all(|label| {
@@ -227,13 +239,14 @@ pub struct Door {
 
 /// The door's sockets.
 pub struct Listeners {
-    /// SIP over TLS: devices, and trunks' providers from addresses a
-    /// `tls` trunk allows.
+    /// SIP over TLS: devices only.
     pub tls: tokio::net::TcpListener,
     /// `[sip] trunk_listen` over UDP: `udp` trunks' providers.
     pub trunk_udp: Option<tokio::net::UdpSocket>,
     /// `[sip] trunk_listen` over TCP: `tcp` trunks' providers.
     pub trunk_tcp: Option<tokio::net::TcpListener>,
+    /// `[sip] trunk_tls_listen`: `tls` trunks' providers.
+    pub trunk_tls: Option<tokio::net::TcpListener>,
 }
 
 /// Runs the SIP door on `listeners` until `shutdown` completes. `tls` is
@@ -297,32 +310,35 @@ pub async fn run(
             udp::serve(u, rx, door, allows, stopped).await;
         }));
     }
-    if let Some(tcp) = listeners.trunk_tcp {
+    // Providers' own connections, each port for one transport: only
+    // from an address a trunk over it allows.
+    let trunk_ports = [
+        (listeners.trunk_tcp, TrunkTransport::Tcp),
+        (listeners.trunk_tls, TrunkTransport::Tls),
+    ];
+    for (listener, transport) in trunk_ports {
+        let Some(listener) = listener else { continue };
         let (door, rt, flows) = (door.clone(), rt.clone(), flows.clone());
         let stopped = until_stopped(stopped.clone());
+        let accept = match transport {
+            TrunkTransport::Tls => transport::Accept::Tls(tls.clone()),
+            _ => transport::Accept::Tcp,
+        };
         tasks.push(tokio::spawn(async move {
             let party_of = move |ip| {
-                rt.any_trunk_allows(ip, TrunkTransport::Tcp)
+                rt.any_trunk_allows(ip, transport)
                     .then_some(transport::Party::Provider)
             };
-            let accept = transport::Accept::Tcp;
-            transport::serve(tcp, accept, party_of, flows, door, limits, stopped).await;
+            transport::serve(listener, accept, party_of, flows, door, limits, stopped).await;
         }));
     }
-    // A connection from an address a TLS trunk allows is its provider's;
-    // any other is devices'.
-    let party_of = move |ip| {
-        Some(if rt.any_trunk_allows(ip, TrunkTransport::Tls) {
-            transport::Party::Provider
-        } else {
-            transport::Party::Devices
-        })
-    };
+    // The devices' port: every connection is a device's, whatever its
+    // address (a provider's address never turns a phone into a trunk).
     let accept = transport::Accept::Tls(tls);
     transport::serve(
         listeners.tls,
         accept,
-        party_of,
+        |_| Some(transport::Party::Devices),
         flows,
         door,
         limits,
@@ -1256,13 +1272,21 @@ impl Door {
     /// The flow to reach a dialog's device on: its own, else the device's
     /// newest registration.
     fn flow_for(&self, d: &Dialog) -> Option<Arc<Flow>> {
-        self.flows.get(d.flow).or_else(|| {
-            self.registrar
-                .lookup(&d.tenant, &d.device)
-                .iter()
-                .rev()
-                .find_map(|b| self.flows.get(b.flow))
-        })
+        self.flows
+            .get(d.flow)
+            .or_else(|| match d.device.strip_prefix(TRUNK_PARTY) {
+                // A trunk's link that was connected again since.
+                Some(name) => self
+                    .rt
+                    .trunk(&d.tenant, name)
+                    .and_then(|t| self.trunk_flow(&d.tenant, &t)),
+                None => self
+                    .registrar
+                    .lookup(&d.tenant, &d.device)
+                    .iter()
+                    .rev()
+                    .find_map(|b| self.flows.get(b.flow)),
+            })
     }
 
     /// A device was removed or got a new password: what it holds under

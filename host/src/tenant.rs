@@ -573,6 +573,22 @@ impl Trunk {
             .or_else(|| self.proxy.map(|p| p.ip().to_string()))
     }
 
+    /// Whether this trunk reaches the provider `other` reaches: the same
+    /// proxy, or addresses in common.
+    pub fn shares_provider(&self, other: &Trunk) -> bool {
+        let nets = |t: &Trunk| -> Vec<Net> {
+            t.addresses
+                .iter()
+                .filter_map(|a| Net::parse(a).ok())
+                .collect()
+        };
+        let theirs = nets(other);
+        (self.proxy.is_some() && self.proxy == other.proxy)
+            || nets(self)
+                .iter()
+                .any(|n| theirs.iter().any(|m| n.overlaps(m)))
+    }
+
     /// Whether this trunk's provider may send from `ip`.
     pub fn allows(&self, ip: std::net::IpAddr) -> bool {
         self.addresses
@@ -667,6 +683,11 @@ impl Net {
                 IpAddr::V6((bits & mask).into())
             }
         }
+    }
+
+    /// Whether this network and `other` share an address.
+    pub fn overlaps(&self, other: &Net) -> bool {
+        self.contains(other.ip) || other.contains(self.ip)
     }
 
     /// Whether `ip` is in the network (IPv4-mapped IPv6 read as IPv4).

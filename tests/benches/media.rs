@@ -498,6 +498,7 @@ async fn main() {
         bind: "127.0.0.1".parse().unwrap(),
         ports: 20_000..=29_999,
         report_interval: Duration::from_secs(5),
+        cpus: Vec::new(),
     })
     .unwrap();
     println!(
@@ -560,6 +561,7 @@ async fn main() {
     println!(
         "(the flooding tenant's calls answered meanwhile, any status: {rate:.0}/s; *: the phones on a thread of their own, at the media thread's nice)"
     );
+    pinned_rows(nice).await;
 
     // The peer: rtpengine relaying the same plain RTP streams.
     match RtpEngine::start() {
@@ -579,6 +581,83 @@ async fn main() {
             }
         }
     }
+}
+
+/// Media on a core of its own, as `[sip] media_cpus` and `plugin_cpus`
+/// set it up: the engine's thread (and the phones, which stand in for
+/// the network) on CPU 0, the plugin executor and the flood's drivers on
+/// CPU 1. The same 500 SRTP calls without and then with the flood, back
+/// to back: what the flood adds is the difference of the two rows.
+async fn pinned_rows(nice: i32) {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    if cores < 2 {
+        println!("(one CPU: no pinned rows)");
+        return;
+    }
+    let (engine, _events) = Engine::start(MediaConfig {
+        nice,
+        workers: 1,
+        bind: "127.0.0.1".parse().unwrap(),
+        ports: 20_000..=29_999,
+        report_interval: Duration::from_secs(5),
+        cpus: vec![0],
+    })
+    .unwrap();
+    let h = Arc::new(Harness::with_config(|c| c.plugin_cpus = vec![1]).unwrap());
+    h.install(&manifest("relay"), &component("relay"))
+        .await
+        .unwrap();
+    let limits = Limits {
+        concurrency: 64,
+        requests_per_second: 1_000_000,
+        ..Limits::default()
+    };
+    h.tenant_with_limits("noisy", limits).await.unwrap();
+    h.enable("noisy", "relay").await.unwrap();
+    let mut group = 1_000_000u64;
+    let mut phones_on_cpu0 = |label: &str| {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    switchboard::support::thread::set_affinity(&[0]).unwrap();
+                    let _ = switchboard::support::thread::set_nice(nice);
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    rt.block_on(run_step(&engine, 500, true, &mut group, label));
+                })
+                .join()
+                .unwrap();
+        });
+    };
+    phones_on_cpu0("pinned");
+    let drivers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .on_thread_start(|| {
+            let _ = switchboard::support::thread::set_affinity(&[1]);
+        })
+        .enable_all()
+        .build()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU64::new(0));
+    let tasks = {
+        let _inside = drivers.enter();
+        flood(&h, "noisy", "relay", "/busy?ms=5", 64, &stop, &answered)
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (before, t0) = (answered.load(Ordering::Relaxed), Instant::now());
+    phones_on_cpu0("pinned+flood");
+    let rate = (answered.load(Ordering::Relaxed) - before) as f64 / t0.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    drivers.shutdown_background();
+    println!(
+        "(pinned: the media thread and the phones on CPU 0, the plugin executor and the flood's drivers on CPU 1; flood calls answered meanwhile: {rate:.0}/s)"
+    );
 }
 
 async fn run_step(engine: &Engine, calls: usize, srtp: bool, group: &mut u64, label: &str) {

@@ -235,7 +235,8 @@ async fn trunks() {
         },
     )
     .await;
-    let (_, udp, _stop) = switchboard_tests::sip::start_door_with_trunks(h.runtime()).await;
+    let ports = switchboard_tests::sip::start_door_with_trunks(h.runtime()).await;
+    let (udp, _stop) = (ports.trunks.unwrap(), ports.stop);
     let _scheduler = switchboard::scheduler::Scheduler::start(h.runtime(), Default::default());
     let calls = 3000;
     let load = |target: SocketAddr| {

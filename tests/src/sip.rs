@@ -143,21 +143,29 @@ pub async fn start_door_with(
     config: switchboard::sip::SipConfig,
     throttle: switchboard::identity::throttle::ThrottleConfig,
 ) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let (tls, _, stop) = start_door_full(runtime, config, throttle, false).await;
-    (tls, stop)
+    let ports = start_door_full(runtime, config, throttle, false).await;
+    (ports.tls, ports.stop)
 }
 
-/// The door with its trunks' UDP socket and TCP listener (one port) on
-/// loopback too: (TLS address, trunks' address, stop).
-pub async fn start_door_with_trunks(
-    runtime: &switchboard::Runtime,
-) -> (SocketAddr, SocketAddr, tokio::sync::oneshot::Sender<()>) {
+/// Where a test's door listens.
+pub struct DoorPorts {
+    /// Devices (TLS).
+    pub tls: SocketAddr,
+    /// Trunks over UDP and TCP (one port).
+    pub trunks: Option<SocketAddr>,
+    /// Trunks' providers over TLS.
+    pub trunk_tls: Option<SocketAddr>,
+    /// Dropped, the door stops.
+    pub stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// The door with its trunks' ports on loopback too.
+pub async fn start_door_with_trunks(runtime: &switchboard::Runtime) -> DoorPorts {
     let config = switchboard::sip::SipConfig {
         allow_loopback_media: true,
         ..switchboard::sip::SipConfig::default()
     };
-    let (tls, udp, stop) = start_door_full(runtime, config, Default::default(), true).await;
-    (tls, udp.unwrap(), stop)
+    start_door_full(runtime, config, Default::default(), true).await
 }
 
 async fn start_door_full(
@@ -165,27 +173,26 @@ async fn start_door_full(
     config: switchboard::sip::SipConfig,
     throttle: switchboard::identity::throttle::ThrottleConfig,
     trunks: bool,
-) -> (
-    SocketAddr,
-    Option<SocketAddr>,
-    tokio::sync::oneshot::Sender<()>,
-) {
+) -> DoorPorts {
     let pki = crate::http::test_pki();
     let tls = switchboard::gateway::tls::TlsIdentity::load(&pki.cert_file, &pki.key_file).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    // The trunks' UDP and TCP on one port, as `[sip] trunk_listen` has it.
-    let (udp, tcp) = if trunks {
+    // The trunks' UDP and TCP on one port, as `[sip] trunk_listen` has it,
+    // and their TLS port.
+    let (udp, tcp, trunk_tls) = if trunks {
         let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = tcp.local_addr().unwrap().port();
         let udp = tokio::net::UdpSocket::bind(("127.0.0.1", port))
             .await
             .unwrap();
-        (Some(udp), Some(tcp))
+        let trunk_tls = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        (Some(udp), Some(tcp), Some(trunk_tls))
     } else {
-        (None, None)
+        (None, None, None)
     };
-    let udp_addr = udp.as_ref().map(|u| u.local_addr().unwrap());
+    let trunks_addr = udp.as_ref().map(|u| u.local_addr().unwrap());
+    let trunk_tls_addr = trunk_tls.as_ref().map(|t| t.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(switchboard::sip::run(
         runtime.clone(),
@@ -193,6 +200,7 @@ async fn start_door_full(
             tls: listener,
             trunk_udp: udp,
             trunk_tcp: tcp,
+            trunk_tls,
         },
         switchboard::server::sip_tls(&tls),
         config,
@@ -201,7 +209,12 @@ async fn start_door_full(
             let _ = stopped.await;
         },
     ));
-    (addr, udp_addr, stop)
+    DoorPorts {
+        tls: addr,
+        trunks: trunks_addr,
+        trunk_tls: trunk_tls_addr,
+        stop,
+    }
 }
 
 impl Ua {

@@ -33,8 +33,9 @@ const GLOBEX_DID: &str = "+442079460099";
 
 struct Rig {
     h: Harness,
-    /// The door's TLS port.
+    /// The door's TLS port for devices, and for trunks' providers.
     tls: SocketAddr,
+    trunk_tls: SocketAddr,
     /// The trunks' UDP socket and TCP listener (one port).
     udp: SocketAddr,
     /// The provider of acme's trunk (127.0.0.1, also its proxy).
@@ -74,10 +75,10 @@ fn trunk(name: &str, addresses: &[&str], proxy: Option<SocketAddr>) -> Trunk {
 
 async fn rig() -> Rig {
     let h = harness(&["callflow"]).await;
-    let (tls, udp, stop) = {
-        // The door first: the provider needs its address.
-        switchboard_tests::sip::start_door_with_trunks(h.runtime()).await
-    };
+    // The door first: the provider needs its address.
+    let ports = switchboard_tests::sip::start_door_with_trunks(h.runtime()).await;
+    let (tls, trunk_tls) = (ports.tls, ports.trunk_tls.unwrap());
+    let (udp, stop) = (ports.trunks.unwrap(), ports.stop);
     let itsp = Provider::bind("127.0.0.1", udp).await;
     for (t, did, addr) in [
         ("acme", DID, "127.0.0.1"),
@@ -118,6 +119,7 @@ async fn rig() -> Rig {
     Rig {
         h,
         tls,
+        trunk_tls,
         udp,
         itsp,
         _stop: stop,
@@ -628,7 +630,7 @@ async fn credentials_and_numbers_stay_where_they_belong() {
     assert_eq!(has_password("acme"), true);
     // Re-set with the same proxy and user name: the password stays.
     let same = trunk("itsp", &["127.0.0.1"], Some(r.itsp.local));
-    rt.set_trunk("acme", same, None, false).await.unwrap();
+    rt.set_trunk("acme", same, None, true).await.unwrap();
     assert_eq!(has_password("acme"), true);
     // A new proxy without the password again: cleared, so the provider's
     // credentials never answer a server someone else chose.
@@ -637,7 +639,7 @@ async fn credentials_and_numbers_stay_where_they_belong() {
         &["127.0.0.0/24"],
         Some("127.0.0.9:5060".parse().unwrap()),
     );
-    rt.set_trunk("acme", moved, None, false).await.unwrap();
+    rt.set_trunk("acme", moved, None, true).await.unwrap();
     assert_eq!(has_password("acme"), false);
     // A proxy outside the trunk's own addresses is refused.
     let outside = trunk(
@@ -650,6 +652,52 @@ async fn credentials_and_numbers_stay_where_they_belong() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), "invalid_trunk", "{e}");
+    // A new transport without the password again: cleared too (TLS to
+    // TCP would send the digest in clear).
+    let with_password = |trunk: Trunk| Op::TrunkSet {
+        tenant: "acme".into(),
+        trunk,
+        password: Some(TrunkPassword("pr0vider-secret".into())),
+    };
+    let mut t = trunk(
+        "itsp",
+        &["192.0.2.0/28"],
+        Some("192.0.2.5:5060".parse().unwrap()),
+    );
+    console(&r.h, with_password(t.clone())).await;
+    assert_eq!(has_password("acme"), true);
+    t.transport = TrunkTransport::Tcp;
+    rt.set_trunk("acme", t.clone(), None, false).await.unwrap();
+    assert_eq!(has_password("acme"), false);
+    // A tenant admin may not aim the door at the host's loopback or a
+    // link-local address (an operator may).
+    for proxy in ["127.0.0.9:5060", "169.254.0.9:5060"] {
+        let mut local = trunk("local", &["127.0.0.0/8", "169.254.0.0/16"], None);
+        local.proxy = Some(proxy.parse().unwrap());
+        let e = rt.set_trunk("acme", local, None, false).await.unwrap_err();
+        assert_eq!(e.code(), "invalid_trunk", "{proxy}: {e}");
+    }
+    // Once the operator manages acme's trunk, no tenant admin sets up
+    // another trunk to the same provider (its proxy, or an address in
+    // common), in acme or elsewhere: the operator's contract and caller
+    // ids stay the operator's.
+    t.managed = true;
+    console(&r.h, with_password(t.clone())).await;
+    let mut shadow = trunk("shadow", &["198.51.100.1"], t.proxy);
+    let e = rt
+        .set_trunk("acme", shadow.clone(), None, false)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "trunk_managed", "{e}");
+    shadow.proxy = None;
+    shadow.addresses = vec!["192.0.2.4".into()];
+    let e = rt
+        .set_trunk("globex", shadow.clone(), None, false)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "trunk_managed", "{e}");
+    shadow.addresses = vec!["198.51.100.1".into()];
+    rt.set_trunk("globex", shadow, None, false).await.unwrap();
     // A DID is one tenant's: globex cannot take acme's number.
     let e = rt
         .set_routes(
@@ -1009,32 +1057,35 @@ async fn a_users_calls_out_show_their_presentation_number_only_if_the_tenant_hol
     }
     // Over a managed trunk the tenant's own `+` routes prove nothing:
     // only the trunk's numbers show (the operator's contract).
-    let mut managed = trunk("itsp", &["127.0.0.1"], Some(r.itsp.local));
-    managed.managed = true;
-    r.h.runtime()
-        .set_trunk("acme", managed, None, true)
-        .await
-        .unwrap();
-    let r2 =
-        r.h.post(
-            "acme",
-            "callflow",
-            "u",
-            "/dial-as/u-ann/call/02079460018",
-            b"",
-        )
-        .await
-        .unwrap();
-    assert_eq!(r2.status, 200);
-    let invite = next_invite(&r.itsp).await;
-    assert!(
-        from_of(&invite).contains("<sip:+442079460000@"),
-        "managed: {}",
-        from_of(&invite)
-    );
-    r.itsp
-        .send(&invite.response(486, "Busy Here", Some("x")))
-        .await;
+    for (allowed, shown) in [(vec![DID.to_string()], DID), (Vec::new(), "+442079460000")] {
+        let mut managed = trunk("itsp", &["127.0.0.1"], Some(r.itsp.local));
+        managed.managed = true;
+        managed.caller_ids = allowed;
+        r.h.runtime()
+            .set_trunk("acme", managed, None, true)
+            .await
+            .unwrap();
+        let r2 =
+            r.h.post(
+                "acme",
+                "callflow",
+                "u",
+                "/dial-as/u-ann/call/02079460018",
+                b"",
+            )
+            .await
+            .unwrap();
+        assert_eq!(r2.status, 200);
+        let invite = next_invite(&r.itsp).await;
+        assert!(
+            from_of(&invite).contains(&format!("<sip:{shown}@")),
+            "managed: {}",
+            from_of(&invite)
+        );
+        r.itsp
+            .send(&invite.response(486, "Busy Here", Some("x")))
+            .await;
+    }
     // A malformed presentation number is refused when set.
     let bad = Dialing {
         presentation: [("u-ann".to_string(), "0207".to_string())].into(),
@@ -1054,11 +1105,12 @@ fn shown_trunk(h: &Harness, name: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// Waits until acme's trunk `name` shows its connection `state`.
-async fn wait_connection(h: &Harness, name: &str, state: &str) -> Value {
+/// Waits until acme's trunk `name` shows its connection `state`, as
+/// checked after `after_ms`.
+async fn wait_connection(h: &Harness, name: &str, state: &str, after_ms: u64) -> Value {
     for _ in 0..500 {
         let c = shown_trunk(h, name)["connection"].clone();
-        if c["state"] == state {
+        if c["state"] == state && c["checked_ms"].as_u64().is_some_and(|t| t > after_ms) {
             return c;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1131,7 +1183,7 @@ async fn a_tls_trunk_keeps_a_verified_link_and_carries_srtp_calls_both_ways() {
         .accept_within(Duration::from_secs(10))
         .await
         .expect("the door links to the proxy");
-    let shown = wait_connection(&r.h, "itsp", "up").await;
+    let shown = wait_connection(&r.h, "itsp", "up", 0).await;
     assert!(shown["local"].is_string(), "{shown}");
     assert!(shown_trunk(&r.h, "itsp")["tls_ca"].is_string());
     // A call in over the link: SRTP with fresh keys of ours.
@@ -1230,40 +1282,56 @@ async fn tcp_and_tls_trunks_hear_only_their_transport_and_trust_only_their_provi
         proxy.accept_within(Duration::from_secs(5)).await.is_none(),
         "no handshake completes"
     );
-    let down = wait_connection(&r.h, "itsp", "down").await;
+    let down = wait_connection(&r.h, "itsp", "down", 0).await;
     assert!(
         down["reason"].as_str().unwrap().contains("certificate"),
         "{down}"
     );
+    let first_ms = down["checked_ms"].as_u64().unwrap();
     // Nor without the trunk's CA (Mozilla's roots do not hold it).
     t.tls_name = None;
     t.domain = Some("sip.provider.test".into());
     t.tls_ca = None;
     set_acme_trunk(&r.h, t).await;
     assert!(proxy.accept_within(Duration::from_secs(5)).await.is_none());
-    let down = wait_connection(&r.h, "itsp", "down").await;
+    let down = wait_connection(&r.h, "itsp", "down", first_ms).await;
     assert!(
         down["reason"].as_str().unwrap().contains("certificate"),
         "{down}"
     );
+    // With no link up, a call out finds no way out.
     let v = r.dial("acme", "020 7946 0123").await;
     assert!(v["leg"].is_string(), "{v}");
-    assert!(
-        proxy.accept_within(QUIET).await.is_none(),
-        "nothing goes out"
-    );
+    let records = records_of(&r.h, 1).await;
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].cause, "unavailable", "{records:?}");
     // A TLS trunk's provider connecting to the door is heard from its
     // address, over TLS, with SRTP.
     let mut edge = trunk("edge", &["127.0.0.5"], None);
     edge.transport = TrunkTransport::Tls;
     set_acme_trunk(&r.h, edge).await;
-    let mut p = ProviderConn::connect(r.tls, "127.0.0.5".parse().unwrap(), true).await;
+    let mut p = ProviderConn::connect(r.trunk_tls, "127.0.0.5".parse().unwrap(), true).await;
     let uri = format!("sip:{DID}@acme.localhost");
     let invite = p.invite(&uri, "442079461111", 40_000, true);
     p.send(&invite).await;
     let ok = p.final_response().await.expect("an answer");
     assert_eq!(ok.status(), Some(200), "{ok:?}");
     assert!(String::from_utf8_lossy(&ok.body).contains("RTP/SAVP"));
+    // The devices' port never takes a provider: there the same address
+    // is a device's, challenged like any.
+    let mut as_device = ProviderConn::connect(r.tls, "127.0.0.5".parse().unwrap(), true).await;
+    as_device.new_call();
+    let at_devices = as_device.invite(&uri, "442079461111", 40_006, true);
+    as_device.send(&at_devices).await;
+    let challenged = as_device.final_response().await.expect("a challenge");
+    assert_eq!(challenged.status(), Some(407), "{challenged:?}");
+    // An address no TLS trunk allows is closed unheard on the trunks'
+    // TLS port.
+    let mut stranger_tls =
+        ProviderConn::connect(r.trunk_tls, "127.0.0.8".parse().unwrap(), false).await;
+    let options = stranger_tls.request("OPTIONS", &uri, "442079461111", &[]);
+    stranger_tls.send(&options).await;
+    assert!(stranger_tls.recv().await.is_none(), "closed unheard");
     // From the same address over UDP it is not heard at all.
     let mut stranger = Provider::bind("127.0.0.5", r.udp).await;
     let udp_invite = stranger.invite(&uri, "442079461111", 40_002);

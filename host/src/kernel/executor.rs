@@ -24,6 +24,9 @@ pub struct ExecutorConfig {
     /// network threads take the CPU from plugin code at once when a
     /// request arrives. 0 keeps the process's priority.
     pub nice: i32,
+    /// The CPUs those threads run on (Linux; empty: any), e.g. to keep
+    /// them off the cores the media threads have.
+    pub cpus: Vec<usize>,
 }
 
 impl Default for ExecutorConfig {
@@ -31,6 +34,7 @@ impl Default for ExecutorConfig {
         ExecutorConfig {
             workers: 0,
             nice: 10,
+            cpus: Vec::new(),
         }
     }
 }
@@ -60,11 +64,16 @@ impl Executor {
                 format!("plugin_nice must be between 0 and 19, not {}", config.nice),
             ));
         }
-        let nice = config.nice;
+        let (nice, cpus) = (config.nice, config.cpus.clone());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers)
             .thread_name("sb-plugin")
-            .on_thread_start(move || lower_priority(nice))
+            .on_thread_start(move || {
+                lower_priority(nice);
+                if let Err(error) = crate::support::thread::set_affinity(&cpus) {
+                    tracing::warn!(?cpus, %error, "the plugin threads run on any CPU");
+                }
+            })
             // New calls come from the network threads through the global
             // queue: look there first at every poll, so a new tenant's call
             // queues for its fair turn at once instead of after dozens of

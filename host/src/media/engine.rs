@@ -119,6 +119,9 @@ pub struct MediaConfig {
     /// default), which needs `CAP_SYS_NICE`; refused, the threads run at
     /// 0 and say so in the log.
     pub nice: i32,
+    /// The CPUs the media threads run on (Linux; empty: any): cores of
+    /// their own keep audio apart from plugin work entirely.
+    pub cpus: Vec<usize>,
 }
 
 /// A leg's media, as agreed in SDP.
@@ -252,11 +255,14 @@ impl Engine {
                 ports.clone(),
                 config.report_interval,
             );
-            let nice = config.nice;
+            let (nice, cpus) = (config.nice, config.cpus.clone());
             std::thread::Builder::new()
                 .name(format!("sb-media-{n}"))
                 .spawn(move || {
                     set_nice(nice);
+                    if let Err(error) = crate::support::thread::set_affinity(&cpus) {
+                        tracing::warn!(?cpus, %error, "the media threads run on any CPU");
+                    }
                     // The worker's state never leaves its thread.
                     let worker = Worker {
                         bind,
@@ -1228,6 +1234,7 @@ mod tests {
             bind: "127.0.0.1".parse().unwrap(),
             ports,
             report_interval: Duration::from_millis(200),
+            cpus: Vec::new(),
         })
         .unwrap()
     }

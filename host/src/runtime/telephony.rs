@@ -153,6 +153,20 @@ impl Runtime {
                 "password: at most 128 characters, no control characters".into(),
             ));
         }
+        if !by_operator {
+            self.not_a_managed_provider(tenant, &trunk)?;
+            // The door connects to a trunk's proxy, and says how that
+            // went: not to the host's own loopback or a link-local
+            // address at a tenant admin's word (a port scanner).
+            if let Some(p) = trunk.proxy
+                && is_local_only(p.ip())
+            {
+                return Err(AdminError::InvalidTrunk(format!(
+                    "trunk {}: proxy {p} is a loopback or link-local address (an operator may set one)",
+                    trunk.name
+                )));
+            }
+        }
         let name = trunk.name.clone();
         let summary = format!(
             "trunk {name}{}: addresses {}; proxy {}; password {}",
@@ -175,13 +189,21 @@ impl Runtime {
                     managed_guard(&record.trunks, &name, trunk.managed, by_operator)?;
                     let mut trunks = record.trunks.clone();
                     // A password goes only where it was given for: a new
-                    // proxy or user name without a new password clears it
-                    // (else whoever may edit the trunk could aim the
-                    // provider's credentials at a server of theirs).
+                    // proxy, user name or transport, or over TLS a new
+                    // name to verify or CA to trust, without a new
+                    // password clears it (else whoever may edit the trunk
+                    // could aim the provider's credentials at a server of
+                    // theirs, or send them in clear).
                     let mut moved = false;
                     match trunks.iter_mut().find(|t| t.name == name) {
                         Some(t) => {
-                            moved = t.proxy != trunk.proxy || t.username != trunk.username;
+                            let tls = |t: &Trunk| {
+                                (t.transport == TrunkTransport::Tls)
+                                    .then(|| (t.tls_server_name(), t.tls_ca.clone()))
+                            };
+                            moved = (&t.proxy, &t.username, t.transport)
+                                != (&trunk.proxy, &trunk.username, trunk.transport)
+                                || tls(t) != tls(&trunk);
                             *t = trunk.clone();
                         }
                         None => trunks.push(trunk.clone()),
@@ -210,6 +232,25 @@ impl Runtime {
             .await?;
         if let Some(seq) = seq {
             store.durable(seq).await.map_err(AdminError::Store)?;
+        }
+        Ok(())
+    }
+
+    /// Refuses a trunk of a tenant's admins that reaches the provider of
+    /// a managed trunk (any tenant's): its proxy or addresses. Else they
+    /// could carry calls over the operator's contract with caller ids and
+    /// limits of their own.
+    fn not_a_managed_provider(&self, tenant: &str, trunk: &Trunk) -> Result<(), AdminError> {
+        for t in self.inner.registry.states() {
+            for managed in t.record.trunks.iter().filter(|m| m.managed) {
+                let itself = t.record.id == tenant && managed.name == trunk.name;
+                if !itself && trunk.shares_provider(managed) {
+                    return Err(AdminError::TrunkManaged(format!(
+                        "trunk {}: its proxy or addresses are those of a trunk the operator manages",
+                        trunk.name
+                    )));
+                }
+            }
         }
         Ok(())
     }
@@ -665,4 +706,15 @@ fn managed_guard(
         ));
     }
     Ok(())
+}
+
+/// Loopback and link-local addresses (IPv4-mapped ones read as IPv4).
+fn is_local_only(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_loopback() || v4.is_link_local(),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.is_loopback() || v4.is_link_local(),
+            None => v6.is_loopback() || (v6.segments()[0] & 0xffc0) == 0xfe80,
+        },
+    }
 }

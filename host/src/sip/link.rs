@@ -9,13 +9,16 @@
 //!
 //! A supervisor compares the trunks with the links every
 //! [`SUPERVISE_EVERY`]: a new trunk connects, a changed one (proxy,
-//! transport, name, CA) reconnects, a removed one closes. A failed
+//! transport, name, CA) reconnects, a removed one closes; a link made
+//! for an older form of the trunk is never used (`trunk_flow`). A failed
 //! connection is tried again after [`RETRY_FIRST`], doubling to
-//! [`RETRY_MAX`]; a link that closes is connected again at once (then
-//! backs off if that fails). Links send a keep-alive (RFC 5626 §4.4.1)
-//! every [`KEEPALIVE`]; a dead peer shows as a write that fails, which
-//! closes the link. The state is reported to the runtime (the trunk
-//! list's `connection`, audited `trunk.connect` on changes).
+//! [`RETRY_MAX`]; a link that closes after [`STABLE`] up is connected
+//! again at once, one that closes sooner backs off like a failure (a
+//! proxy that accepts and drops cannot make the door spin). Links send a
+//! keep-alive (RFC 5626 §4.4.1) every [`KEEPALIVE`]; a peer that answers
+//! them and then says nothing for [`PONG_WAIT`] after one is taken for
+//! gone, as is a write that fails. The state is reported to the runtime
+//! (the trunk list's `connection`, audited `trunk.connect` on changes).
 //!
 //! Providers that connect to us instead are heard on the door's TLS port
 //! (from an address a `tls` trunk allows) and, for `tcp` trunks, on TCP
@@ -50,29 +53,48 @@ pub const KEEPALIVE: Duration = Duration::from_secs(30);
 #[derive(Default)]
 pub(super) struct Links {
     live: Mutex<HashMap<(String, String), Link>>,
+    /// Numbers each connection attempt, so an attempt that outlived its
+    /// link (the trunk changed meanwhile) files nothing.
+    attempts: std::sync::atomic::AtomicU64,
 }
 
 struct Link {
     /// What the link was made for (a change reconnects).
     fingerprint: String,
     flow: Option<Arc<Flow>>,
-    /// A connection attempt in flight.
-    connecting: Option<tokio::task::JoinHandle<()>>,
+    /// A connection attempt in flight, and its number.
+    connecting: Option<(u64, tokio::task::JoinHandle<()>)>,
     retry_at: Instant,
     backoff: Duration,
-    pinged: Instant,
+    pinged: Option<Instant>,
+    /// Since when the flow has been up.
+    up_since: Option<Instant>,
 }
 
 impl Link {
     fn close(&mut self) {
-        if let Some(task) = self.connecting.take() {
+        if let Some((_, task)) = self.connecting.take() {
             task.abort();
         }
         if let Some(f) = self.flow.take() {
             f.close();
         }
     }
+
+    /// The next attempt waits: after a failure, or a link that did not
+    /// stay up [`STABLE`], longer each time.
+    fn back_off(&mut self, now: Instant) {
+        self.retry_at = now + self.backoff;
+        self.backoff = (self.backoff * 2).min(RETRY_MAX);
+    }
 }
+
+/// A link up this long is sound again: its next failure waits only
+/// [`RETRY_FIRST`].
+pub const STABLE: Duration = Duration::from_secs(60);
+/// A peer that ever answered a keep-alive and then says nothing for this
+/// long after one is taken for gone (RFC 5626 §4.4.1).
+pub const PONG_WAIT: Duration = Duration::from_secs(10);
 
 /// What makes a link: a change of any of it reconnects.
 fn fingerprint(t: &Trunk) -> String {
@@ -87,25 +109,34 @@ fn fingerprint(t: &Trunk) -> String {
     )
 }
 
+/// A state of a link for the trunk list.
+fn shown(state: &str, detail: (&str, String)) -> serde_json::Value {
+    json!({"state": state, detail.0: detail.1, "checked_ms": crate::support::clock::now_ms()})
+}
+
 impl Door {
     /// The open flow trunk `trunk` of `tenant` speaks over: its link
-    /// (TCP, TLS), or its proxy's UDP peer; `None` if there is none now.
+    /// (TCP, TLS) if it was made for this very trunk (its proxy,
+    /// transport, name and CA: a link still going to an old proxy is
+    /// never used), or its proxy's UDP peer; `None` if there is none now.
     pub(super) fn trunk_flow(&self, tenant: &str, trunk: &Trunk) -> Option<Arc<Flow>> {
         let proxy = trunk.proxy?;
-        match trunk.transport {
+        let flow = match trunk.transport {
             TrunkTransport::Udp => self
                 .udp
                 .as_ref()?
-                .flow_to(proxy, &|id| self.carries_calls(id)),
+                .flow_to(proxy, &|id| self.carries_calls(id))?,
             TrunkTransport::Tcp | TrunkTransport::Tls => self
                 .links
                 .live
                 .lock()
                 .recover()
                 .get(&(tenant.to_string(), trunk.name.clone()))
-                .and_then(|l| l.flow.clone())
-                .filter(|f| f.is_open()),
-        }
+                .filter(|l| l.fingerprint == fingerprint(trunk))
+                .and_then(|l| l.flow.clone())?,
+        };
+        (flow.is_open() && flow.peer == proxy && flow.transport() == trunk.transport)
+            .then_some(flow)
     }
 
     /// Keeps the links in line with the trunks until `stopped`.
@@ -132,6 +163,8 @@ impl Door {
             wanted.insert((tenant, trunk.name.clone()), trunk);
         }
         let now = Instant::now();
+        // Reported once the lock is let go.
+        let mut notes = Vec::new();
         let mut live = self.links.live.lock().recover();
         let gone: Vec<(String, String)> = live
             .iter()
@@ -147,7 +180,7 @@ impl Door {
                 l.close();
             }
             if !wanted.contains_key(&key) {
-                self.rt.note_connection(&key.0, &key.1, None);
+                notes.push((key, None));
             }
         }
         for (key, trunk) in wanted {
@@ -157,72 +190,111 @@ impl Door {
                 connecting: None,
                 retry_at: now,
                 backoff: RETRY_FIRST,
-                pinged: now,
+                pinged: None,
+                up_since: None,
             });
-            if let Some(f) = &link.flow {
-                if f.is_open() {
-                    if now.duration_since(link.pinged) >= KEEPALIVE {
-                        link.pinged = now;
+            if let Some(f) = link.flow.clone() {
+                let silent = link.pinged.is_some_and(|at| {
+                    now.duration_since(at) >= PONG_WAIT && f.answers_pings() && !f.read_since(at)
+                });
+                if f.is_open() && !silent {
+                    if link
+                        .pinged
+                        .is_none_or(|at| now.duration_since(at) >= KEEPALIVE)
+                    {
+                        link.pinged = Some(now);
                         f.ping();
                     }
                     continue;
                 }
-                // It closed: connect again now.
+                // It closed, or its peer stopped answering: connect
+                // again, at once if it had been up a while.
+                f.close();
                 link.flow = None;
-                link.retry_at = now;
-                self.rt.note_connection(
-                    &key.0,
-                    &key.1,
-                    Some(json!({"state": "down", "reason": "the connection closed",
-                        "checked_ms": crate::support::clock::now_ms()})),
-                );
+                let reason = if silent {
+                    "no answer to a keep-alive"
+                } else {
+                    "the connection closed"
+                };
+                if link
+                    .up_since
+                    .is_some_and(|t| now.duration_since(t) >= STABLE)
+                {
+                    link.backoff = RETRY_FIRST;
+                    link.retry_at = now;
+                } else {
+                    link.back_off(now);
+                }
+                link.up_since = None;
+                notes.push((key.clone(), Some(shown("down", ("reason", reason.into())))));
             }
-            if link.connecting.as_ref().is_some_and(|t| !t.is_finished()) || now < link.retry_at {
+            if link
+                .connecting
+                .as_ref()
+                .is_some_and(|(_, t)| !t.is_finished())
+                || now < link.retry_at
+            {
                 continue;
             }
-            link.connecting = Some(self.tokio.spawn(connect(self.me.clone(), key, trunk)));
+            let attempt = self
+                .links
+                .attempts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let task = self
+                .tokio
+                .spawn(connect(self.me.clone(), key, trunk, attempt));
+            link.connecting = Some((attempt, task));
+        }
+        drop(live);
+        for ((tenant, name), state) in notes {
+            self.rt.note_connection(&tenant, &name, state);
         }
     }
 
-    /// Files the outcome of a connection attempt.
-    fn linked(&self, key: &(String, String), made: Result<Arc<Flow>, String>) {
-        let now_ms = crate::support::clock::now_ms();
+    /// Files the outcome of connection attempt `attempt`.
+    fn linked(&self, key: &(String, String), attempt: u64, made: Result<Arc<Flow>, String>) {
         let mut live = self.links.live.lock().recover();
-        let Some(link) = live.get_mut(key) else {
-            // The trunk went meanwhile.
+        let link = live
+            .get_mut(key)
+            .filter(|l| l.connecting.as_ref().is_some_and(|(a, _)| *a == attempt));
+        let Some(link) = link else {
+            // The trunk changed or went meanwhile: not its link.
+            drop(live);
             if let Ok(f) = made {
                 f.close();
             }
             return;
         };
-        let shown = match made {
+        link.connecting = None;
+        let now = Instant::now();
+        let state = match made {
             Ok(flow) => {
-                link.backoff = RETRY_FIRST;
-                link.pinged = Instant::now();
-                let shown = json!({"state": "up", "local": flow.local.to_string(),
-                    "checked_ms": now_ms});
-                link.flow = Some(flow);
-                shown
+                let state = shown("up", ("local", flow.local.to_string()));
+                if let Some(old) = link.flow.replace(flow) {
+                    old.close();
+                }
+                link.pinged = None;
+                link.up_since = Some(now);
+                state
             }
             Err(reason) => {
-                link.retry_at = Instant::now() + link.backoff;
-                link.backoff = (link.backoff * 2).min(RETRY_MAX);
+                link.back_off(now);
                 tracing::info!(tenant = %key.0, trunk = %key.1, %reason, "trunk connection failed");
-                json!({"state": "down", "reason": reason, "checked_ms": now_ms})
+                shown("down", ("reason", reason))
             }
         };
         drop(live);
-        self.rt.note_connection(&key.0, &key.1, Some(shown));
+        self.rt.note_connection(&key.0, &key.1, Some(state));
     }
 }
 
 /// One connection attempt of a link; files the outcome.
-async fn connect(door: Weak<Door>, key: (String, String), trunk: Trunk) {
+async fn connect(door: Weak<Door>, key: (String, String), trunk: Trunk, attempt: u64) {
     let made = tokio::time::timeout(CONNECT_TIMEOUT, open(&door, &key, &trunk))
         .await
         .unwrap_or_else(|_| Err("no connection within 10 s".into()));
     if let Some(d) = door.upgrade() {
-        d.linked(&key, made);
+        d.linked(&key, attempt, made);
     }
 }
 

@@ -77,6 +77,10 @@ pub struct Flow {
     authenticated: std::sync::atomic::AtomicBool,
     /// Told to close (a connection only).
     shut: tokio::sync::Notify,
+    /// When its reader last read anything.
+    last_read: Mutex<tokio::time::Instant>,
+    /// Its peer answered a keep-alive of ours (RFC 5626 pong).
+    ponged: std::sync::atomic::AtomicBool,
 }
 
 impl Flow {
@@ -97,6 +101,8 @@ impl Flow {
             out,
             authenticated: std::sync::atomic::AtomicBool::new(true),
             shut: tokio::sync::Notify::new(),
+            last_read: Mutex::new(tokio::time::Instant::now()),
+            ponged: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -160,6 +166,16 @@ impl Flow {
     /// Closes a connection (its reader stops and the door is told).
     pub fn close(&self) {
         self.shut.notify_one();
+    }
+
+    /// Whether its peer ever answered a keep-alive.
+    pub fn answers_pings(&self) -> bool {
+        self.ponged.load(Ordering::Relaxed)
+    }
+
+    /// Whether anything was read on it since `at`.
+    pub fn read_since(&self, at: tokio::time::Instant) -> bool {
+        *self.last_read.lock().recover() > at
     }
 
     /// Whether the flow is still open.
@@ -393,6 +409,8 @@ impl Flows {
             party,
             out,
             shut: tokio::sync::Notify::new(),
+            last_read: Mutex::new(tokio::time::Instant::now()),
+            ponged: std::sync::atomic::AtomicBool::new(false),
         });
         self.live.lock().recover().insert(flow.id, flow.clone());
         (flow, queue)
@@ -453,11 +471,15 @@ pub(super) async fn run_flow<H: Handler, S>(
             Err(_) if !flow.authenticated.load(Ordering::Relaxed) => continue,
             // Our connection to a trunk's proxy, and a provider's
             // connection carrying calls, are kept however quiet.
-            Err(_) if matches!(flow.party, Party::Link(..)) || handler.in_use(flow.id) => {
+            Err(_)
+                if !flow.out.is_closed()
+                    && (matches!(flow.party, Party::Link(..)) || handler.in_use(flow.id)) =>
+            {
                 continue;
             }
             _ => break,
         };
+        *flow.last_read.lock().recover() = tokio::time::Instant::now();
         framer.push(&buf[..n]);
         loop {
             match framer.next_frame() {
@@ -468,7 +490,7 @@ pub(super) async fn run_flow<H: Handler, S>(
                         break 'read;
                     }
                 }
-                Ok(Some(Frame::Pong)) => {}
+                Ok(Some(Frame::Pong)) => flow.ponged.store(true, Ordering::Relaxed),
                 Ok(Some(Frame::Message(bytes))) => match Message::parse(&bytes) {
                     Ok(m) => handler.clone().message(flow.clone(), m).await,
                     Err(e) => handler.dropped(&flow, e.code()),

@@ -1,4 +1,4 @@
-//! Thread priorities.
+//! Thread priorities and the cores threads run on.
 
 /// Sets the calling thread's nice value (on Linux, per thread): above 0
 /// yields to the rest of the machine, below 0 goes ahead of it (which
@@ -24,4 +24,89 @@ pub fn set_nice(nice: i32) -> std::io::Result<()> {
 #[cfg(not(target_os = "linux"))]
 pub fn set_nice(_nice: i32) -> std::io::Result<()> {
     Ok(())
+}
+
+/// Most CPUs a thread may be pinned to by number.
+pub const MAX_CPU: usize = 1023;
+
+/// Keeps the calling thread on `cpus` (on Linux, per thread): its share
+/// of the machine is then those cores, whatever else runs elsewhere.
+/// Empty changes nothing. Returns the OS error when it is refused (e.g.
+/// none of `cpus` is available to the process).
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub fn set_affinity(cpus: &[usize]) -> std::io::Result<()> {
+    if cpus.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: cpu_set_t is plain data (an array of words), all zeroes is
+    // the empty set; CPU_SET writes within it for numbers below
+    // CPU_SETSIZE (checked); sched_setaffinity reads `size` bytes of it,
+    // and `pid` 0 names the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &cpu in cpus {
+            if cpu >= libc::CPU_SETSIZE as usize {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("CPU {cpu} is beyond what a CPU set holds"),
+                ));
+            }
+            libc::CPU_SET(cpu, &mut set);
+        }
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+}
+
+/// Elsewhere: nothing.
+#[cfg(not(target_os = "linux"))]
+pub fn set_affinity(_cpus: &[usize]) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// Checks a list of CPU numbers from the configuration: at most 64 of
+/// them, each at most [`MAX_CPU`], none twice.
+pub fn check_cpus(setting: &str, cpus: &[usize]) -> Result<(), String> {
+    let mut seen = std::collections::BTreeSet::new();
+    if cpus.len() > 64 {
+        return Err(format!("{setting}: at most 64 CPUs"));
+    }
+    for &c in cpus {
+        if c > MAX_CPU || !seen.insert(c) {
+            return Err(format!(
+                "{setting}: CPU numbers 0-{MAX_CPU}, each once (not {c})"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_pinned_to_one_cpu_runs_there_and_bad_lists_are_refused() {
+        std::thread::spawn(|| {
+            set_affinity(&[0]).unwrap();
+            #[cfg(target_os = "linux")]
+            {
+                // SAFETY: sched_getcpu takes nothing and returns a number.
+                #[allow(unsafe_code)]
+                let cpu = unsafe { libc::sched_getcpu() };
+                assert_eq!(cpu, 0);
+            }
+            set_affinity(&[]).unwrap();
+        })
+        .join()
+        .unwrap();
+        assert!(set_affinity(&[5000]).is_err());
+        assert!(check_cpus("x", &[0, 1]).is_ok());
+        assert!(check_cpus("x", &[1, 1]).is_err());
+        assert!(check_cpus("x", &[4096]).is_err());
+    }
 }

@@ -76,6 +76,7 @@ impl Default for TelephonyConfig {
                 ports: 20000..=29999,
                 report_interval: Duration::from_secs(5),
                 nice: 0,
+                cpus: Vec::new(),
             },
             region: "US".into(),
             sip_domain: "localhost".into(),
