@@ -368,6 +368,12 @@ pub struct Trunk {
     /// roots (`tls`; a private CA or the provider's own certificate).
     #[serde(default)]
     pub tls_ca: Option<String>,
+    /// The numbers calls out over this trunk may go to: E.164 prefixes
+    /// (`+44`, `+4420`) or emergency digits as dialled (`999`); empty:
+    /// any. A call out takes the trunks whose prefix it matches, the
+    /// longest match first (see `Trunk::rank`).
+    #[serde(default)]
+    pub prefixes: Vec<String>,
 }
 
 /// How a trunk's signalling travels.
@@ -413,6 +419,7 @@ impl Default for Trunk {
             srtp: None,
             tls_name: None,
             tls_ca: None,
+            prefixes: Vec::new(),
         }
     }
 }
@@ -513,6 +520,20 @@ impl Trunk {
         if self.max_calls == 0 || self.max_calls > 10_000 {
             return Err(format!("trunk {n}: max_calls 1-10000"));
         }
+        if self.prefixes.len() > MAX_TRUNK_CALLER_IDS {
+            return Err(format!(
+                "trunk {n}: at most {MAX_TRUNK_CALLER_IDS} prefixes"
+            ));
+        }
+        for p in &self.prefixes {
+            let digits = p.strip_prefix('+').unwrap_or(p);
+            if digits.is_empty() || digits.len() > 15 || !digits.bytes().all(|b| b.is_ascii_digit())
+            {
+                return Err(format!(
+                    "trunk {n}: prefixes {p:?}: +digits (E.164) or digits (emergency numbers as dialled)"
+                ));
+            }
+        }
         self.check_tls()
     }
 
@@ -557,6 +578,21 @@ impl Trunk {
             }
         }
         Ok(())
+    }
+
+    /// How well this trunk suits a call out to `number` (E.164, or
+    /// emergency digits as dialled): `Some(n)` with the length of its
+    /// longest prefix `number` starts with (0 for a trunk without
+    /// prefixes, which takes any number); `None`: not this trunk's.
+    pub fn rank(&self, number: &str) -> Option<usize> {
+        if self.prefixes.is_empty() {
+            return Some(0);
+        }
+        self.prefixes
+            .iter()
+            .filter(|p| number.starts_with(p.as_str()))
+            .map(String::len)
+            .max()
     }
 
     /// Whether this trunk's media is SRTP (see `srtp`).

@@ -1002,11 +1002,83 @@ async fn a_call_out_goes_on_over_the_next_trunk_when_a_provider_fails() {
     r.itsp
         .send(&first.response(486, "Busy Here", Some("f2")))
         .await;
-    let later = backup.recv_within(QUIET).await;
-    assert!(
-        later.as_ref().is_none_or(|m| m.method() != Some("INVITE")),
-        "{later:?}"
+    assert_no_invite(&backup).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_out_takes_the_trunk_with_the_longest_prefix_it_matches() {
+    let r = rig().await;
+    // acme's first trunk (any number) and a London one listed after it.
+    let london = Provider::bind("127.0.0.4", r.udp).await;
+    let mut t = trunk("london", &["127.0.0.4"], Some(london.local));
+    t.prefixes = vec!["+4420".into()];
+    console(
+        &r.h,
+        Op::TrunkSet {
+            tenant: "acme".into(),
+            trunk: t.clone(),
+            password: None,
+        },
+    )
+    .await;
+    // A London number goes to the London trunk first; when it fails as a
+    // provider, on over the catch-all.
+    r.dial("acme", "02079460018").await;
+    let first = next_invite(&london).await;
+    london
+        .send(&first.response(503, "Service Unavailable", Some("l1")))
+        .await;
+    let second = next_invite(&r.itsp).await;
+    assert_eq!(
+        second.uri().unwrap(),
+        format!("sip:+442079460018@{}", r.itsp.local)
     );
+    r.itsp
+        .send(&second.response(486, "Busy Here", Some("i1")))
+        .await;
+    // Another number never reaches the London trunk.
+    r.dial("acme", "01614960123").await;
+    let other = next_invite(&r.itsp).await;
+    assert!(
+        other.uri().unwrap().starts_with("sip:+441614960123@"),
+        "{other:?}"
+    );
+    r.itsp
+        .send(&other.response(486, "Busy Here", Some("i2")))
+        .await;
+    assert_no_invite(&london).await;
+    // Without the catch-all, a number no trunk takes finds no way out,
+    // but an emergency call may take any trunk: it must never find none.
+    console(
+        &r.h,
+        Op::TrunkRemove {
+            tenant: "acme".into(),
+            name: "itsp".into(),
+        },
+    )
+    .await;
+    r.dial("acme", "01614960123").await;
+    let records = records_of(&r.h, 3).await;
+    assert!(
+        records
+            .iter()
+            .any(|c| c.callee == "+441614960123" && c.cause == "unavailable"),
+        "{records:?}"
+    );
+    r.dial("acme", "999").await;
+    let emergency = next_invite(&london).await;
+    assert!(
+        emergency.uri().unwrap().starts_with("sip:999@"),
+        "{emergency:?}"
+    );
+    // Prefixes are E.164 or emergency digits.
+    t.prefixes = vec!["44x".into()];
+    let e =
+        r.h.runtime()
+            .set_trunk("acme", t, None, true)
+            .await
+            .unwrap_err();
+    assert_eq!(e.code(), "invalid_trunk", "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1093,6 +1165,18 @@ async fn a_users_calls_out_show_their_presentation_number_only_if_the_tenant_hol
     };
     let e = r.h.runtime().set_dialing("acme", bad).await.unwrap_err();
     assert_eq!(e.code(), "invalid_dialing", "{e}");
+}
+
+/// Asserts that `p` gets no INVITE for `QUIET` (other messages, e.g. ACKs
+/// of earlier answers, may come).
+async fn assert_no_invite(p: &Provider) {
+    let end = tokio::time::Instant::now() + QUIET;
+    while let Some(m) = p
+        .recv_within(end.saturating_duration_since(tokio::time::Instant::now()))
+        .await
+    {
+        assert_ne!(m.method(), Some("INVITE"), "{m:?}");
+    }
 }
 
 /// acme's trunk `name` as the trunk list shows it.

@@ -459,19 +459,26 @@ impl Runtime {
     }
 
     /// A tenant's trunks that place calls (with a proxy), in order.
-    pub fn outbound_trunks(&self, tenant: &str) -> Vec<Trunk> {
-        self.inner
-            .registry
-            .tenant(tenant)
-            .map(|t| {
-                t.record
-                    .trunks
-                    .iter()
-                    .filter(|tr| tr.proxy.is_some())
-                    .cloned()
-                    .collect()
+    pub fn outbound_trunks(&self, tenant: &str, to: &policy::Dialled) -> Vec<Trunk> {
+        let Some(t) = self.inner.registry.tenant(tenant) else {
+            return Vec::new();
+        };
+        let emergency = to.class == policy::Class::Emergency;
+        let mut ranked: Vec<(usize, &Trunk)> = t
+            .record
+            .trunks
+            .iter()
+            .filter(|tr| tr.proxy.is_some())
+            .filter_map(|tr| match tr.rank(&to.number) {
+                Some(rank) => Some((rank + 1, tr)),
+                // An emergency call may go over any trunk, after those
+                // meant for it: it must never find none.
+                None => emergency.then_some((0, tr)),
             })
-            .unwrap_or_default()
+            .collect();
+        // The longest prefix first; the list's order among equals.
+        ranked.sort_by_key(|(rank, _)| std::cmp::Reverse(*rank));
+        ranked.into_iter().map(|(_, tr)| tr.clone()).collect()
     }
 
     /// One of a tenant's trunks.

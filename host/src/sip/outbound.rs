@@ -264,7 +264,7 @@ impl Door {
     /// proxy that can take it; the others, in order, if that one fails
     /// (see [`FAILOVER`]).
     async fn ring_trunk(&self, call: &Outbound) -> bool {
-        let trunks = self.rt.outbound_trunks(&call.tenant);
+        let trunks = self.rt.outbound_trunks(&call.tenant, &call.to);
         // Media first (the offer names its port, at the address the first
         // trunk that can be reached reaches us at), once for every trunk
         // tried; its keys, if any, come with each trunk's offer and answer.
