@@ -12,8 +12,8 @@
 //! tenant's is challenged and refused like any wrong password, so the
 //! door does not tell which tenants exist.
 //!
-//! Trunks reach it over UDP or TCP (`[sip] trunk_listen`) or TLS (the
-//! door's port), heard only from the addresses a tenant's trunk
+//! Trunks reach it over UDP or TCP (`[sip] trunk_listen`) or TLS (`[sip]
+//! trunk_tls_listen`), heard only from the addresses a tenant's trunk
 //! allow-lists, or over the connection the door keeps to a trunk's proxy
 //! (`link`); they reach only that tenant's DIDs, and calls to numbers
 //! outside the tenant go out over them.
@@ -369,6 +369,11 @@ impl transport::Handler for Door {
         self.carries_calls(id)
     }
 
+    fn allowed(&self, flow: &Flow) -> bool {
+        flow.party != transport::Party::Provider
+            || self.rt.any_trunk_allows(flow.peer.ip(), flow.transport())
+    }
+
     fn closed(&self, flow: &Flow) {
         self.registrar.flow_closed(flow.id);
         self.flow_gone(flow.id);
@@ -595,7 +600,11 @@ impl Door {
                     return self.trunk_invite(flow, &m).await;
                 }
                 "REGISTER" | "SUBSCRIBE" | "REFER" => {
-                    flow.send(&answer(&m, 403, "Forbidden (not from a trunk)"));
+                    flow.send(&answer(
+                        &m,
+                        403,
+                        "Forbidden (trunks do not register, subscribe or refer)",
+                    ));
                     return;
                 }
                 _ => {}

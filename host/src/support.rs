@@ -5,6 +5,7 @@
 pub mod clock;
 pub mod encoding;
 pub(crate) mod fsutil;
+pub mod net;
 pub mod sync;
 pub mod task;
 pub mod thread;

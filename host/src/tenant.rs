@@ -352,8 +352,8 @@ pub struct Trunk {
     #[serde(default)]
     pub managed: bool,
     /// How signalling travels: `udp` (the default; `[sip] trunk_listen`),
-    /// `tcp` (the same address) or `tls` (the door's TLS port for the
-    /// provider's connections; ours go to `proxy`, verified).
+    /// `tcp` (the same address) or `tls` (`[sip] trunk_tls_listen` for
+    /// the provider's connections; ours go to `proxy`, verified).
     #[serde(default)]
     pub transport: TrunkTransport,
     /// Media as SRTP with SDES keys: only over `tls` (keys never travel
@@ -593,6 +593,19 @@ impl Trunk {
             .filter(|p| number.starts_with(p.as_str()))
             .map(String::len)
             .max()
+    }
+
+    /// What a trunk's password is given for: its proxy, user name and
+    /// transport, and over TLS the name verified and the CA trusted (a
+    /// hash). The password is kept with it and answers only a trunk of
+    /// the same scope, so it never reaches a server it was not given for.
+    pub fn credential_scope(&self) -> String {
+        let tls = (self.transport == TrunkTransport::Tls)
+            .then(|| (self.tls_server_name(), self.tls_ca.clone()));
+        crate::support::encoding::sha256_hex(format!(
+            "{:?}|{:?}|{:?}|{:?}",
+            self.proxy, self.username, self.transport, tls
+        ))
     }
 
     /// Whether this trunk's media is SRTP (see `srtp`).

@@ -91,9 +91,17 @@ pub async fn tls_handshake(
     addr: SocketAddr,
     tcp: tokio::net::TcpStream,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    try_tls_handshake(addr, tcp).await.expect("a TLS handshake")
+}
+
+/// [`tls_handshake`], `None` when the server refuses or drops it.
+pub async fn try_tls_handshake(
+    addr: SocketAddr,
+    tcp: tokio::net::TcpStream,
+) -> Option<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let connector = tokio_rustls::TlsConnector::from(test_pki().client.clone());
     let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-    connector.connect(name, tcp).await.unwrap()
+    connector.connect(name, tcp).await.ok()
 }
 
 /// A plain HTTP response body, as test services answer.

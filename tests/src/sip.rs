@@ -643,16 +643,28 @@ impl ProviderConn {
     /// Connects to the door at `door` from `source` (a loopback address a
     /// trunk allows), over TLS (trusting the test CA) or plain TCP.
     pub async fn connect(door: SocketAddr, source: std::net::IpAddr, tls: bool) -> ProviderConn {
+        ProviderConn::try_connect(door, source, tls)
+            .await
+            .expect("a connection")
+    }
+
+    /// [`ProviderConn::connect`]; `None` if the TLS handshake fails (the
+    /// door closed the connection).
+    pub async fn try_connect(
+        door: SocketAddr,
+        source: std::net::IpAddr,
+        tls: bool,
+    ) -> Option<ProviderConn> {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.bind(SocketAddr::new(source, 0)).unwrap();
         let tcp = socket.connect(door).await.unwrap();
         tcp.set_nodelay(true).unwrap();
         let ends = (tcp.local_addr().unwrap(), door);
         if tls {
-            let stream = crate::http::tls_handshake(door, tcp).await;
-            ProviderConn::new(stream, ends, "TLS")
+            let stream = crate::http::try_tls_handshake(door, tcp).await?;
+            Some(ProviderConn::new(stream, ends, "TLS"))
         } else {
-            ProviderConn::new(tcp, ends, "TCP")
+            Some(ProviderConn::new(tcp, ends, "TCP"))
         }
     }
 

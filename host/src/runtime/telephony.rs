@@ -153,8 +153,8 @@ impl Runtime {
                 "password: at most 128 characters, no control characters".into(),
             ));
         }
+        self.one_owner_per_provider(tenant, &trunk)?;
         if !by_operator {
-            self.not_a_managed_provider(tenant, &trunk)?;
             // The door connects to a trunk's proxy, and says how that
             // went: not to the host's own loopback or a link-local
             // address at a tenant admin's word (a port scanner).
@@ -197,13 +197,7 @@ impl Runtime {
                     let mut moved = false;
                     match trunks.iter_mut().find(|t| t.name == name) {
                         Some(t) => {
-                            let tls = |t: &Trunk| {
-                                (t.transport == TrunkTransport::Tls)
-                                    .then(|| (t.tls_server_name(), t.tls_ca.clone()))
-                            };
-                            moved = (&t.proxy, &t.username, t.transport)
-                                != (&trunk.proxy, &trunk.username, trunk.transport)
-                                || tls(t) != tls(&trunk);
+                            moved = t.credential_scope() != trunk.credential_scope();
                             *t = trunk.clone();
                         }
                         None => trunks.push(trunk.clone()),
@@ -221,10 +215,16 @@ impl Runtime {
                             .apply(&[(key, None)])
                             .map(Some)
                             .map_err(AdminError::Store),
-                        Some(p) => store
-                            .apply(&[(key, Some(p.as_bytes().to_vec()))])
-                            .map(Some)
-                            .map_err(AdminError::Store),
+                        Some(p) => {
+                            let sealed = zeroize::Zeroizing::new(
+                                format!("{}\n{}", trunk.credential_scope(), p.as_str())
+                                    .into_bytes(),
+                            );
+                            store
+                                .apply(&[(key, Some(sealed.to_vec()))])
+                                .map(Some)
+                                .map_err(AdminError::Store)
+                        }
                     }
                 },
                 |_| self.note_trunk(tenant, &summary),
@@ -236,23 +236,36 @@ impl Runtime {
         Ok(())
     }
 
-    /// Refuses a trunk of a tenant's admins that reaches the provider of
-    /// a managed trunk (any tenant's): its proxy or addresses. Else they
-    /// could carry calls over the operator's contract with caller ids and
-    /// limits of their own.
-    fn not_a_managed_provider(&self, tenant: &str, trunk: &Trunk) -> Result<(), AdminError> {
+    /// A provider (a proxy, or addresses in common) the operator manages
+    /// a trunk to is the operator's: every trunk to it, in any tenant, is
+    /// managed. So a tenant's own trunk to it is refused (else calls over
+    /// the operator's contract, IP-authenticated, would show caller ids
+    /// of the tenant's choosing), and so is a managed trunk while others'
+    /// unmanaged ones reach its provider (named, to be removed or taken
+    /// over first). Read across tenants before the write, so two writes
+    /// racing within one moment could both pass.
+    fn one_owner_per_provider(&self, tenant: &str, trunk: &Trunk) -> Result<(), AdminError> {
+        let mut clashes = Vec::new();
         for t in self.inner.registry.states() {
-            for managed in t.record.trunks.iter().filter(|m| m.managed) {
-                let itself = t.record.id == tenant && managed.name == trunk.name;
-                if !itself && trunk.shares_provider(managed) {
-                    return Err(AdminError::TrunkManaged(format!(
-                        "trunk {}: its proxy or addresses are those of a trunk the operator manages",
-                        trunk.name
-                    )));
+            for other in &t.record.trunks {
+                let itself = t.record.id == tenant && other.name == trunk.name;
+                if !itself && other.managed != trunk.managed && trunk.shares_provider(other) {
+                    clashes.push(format!("{}/{}", t.record.id, other.name));
                 }
             }
         }
-        Ok(())
+        match (clashes.is_empty(), trunk.managed) {
+            (true, _) => Ok(()),
+            (false, false) => Err(AdminError::TrunkManaged(format!(
+                "trunk {}: its proxy or addresses are those of a trunk the operator manages",
+                trunk.name
+            ))),
+            (false, true) => Err(AdminError::TrunkManaged(format!(
+                "trunk {}: unmanaged trunks reach the same provider; remove them or set them up managed first: {}",
+                trunk.name,
+                clashes.join(", ")
+            ))),
+        }
     }
 
     /// Removes one of a tenant's trunks and its password (`not_found` if
@@ -358,15 +371,28 @@ impl Runtime {
         }
     }
 
-    /// A trunk's password, for answering its provider's challenges.
-    pub fn trunk_password(&self, tenant: &str, name: &str) -> Option<zeroize::Zeroizing<String>> {
-        let bytes = self
-            .inner
-            .store()
-            .get(&keys::trunk_password(tenant, name))
-            .ok()
-            .flatten()?;
-        String::from_utf8(bytes).ok().map(zeroize::Zeroizing::new)
+    /// A trunk's password, for answering its provider's challenges: only
+    /// for `trunk` as it was when the password was given (its
+    /// [`Trunk::credential_scope`]); `None` for any other form of it.
+    pub fn trunk_password(
+        &self,
+        tenant: &str,
+        trunk: &Trunk,
+    ) -> Option<zeroize::Zeroizing<String>> {
+        let bytes = zeroize::Zeroizing::new(
+            self.inner
+                .store()
+                .get(&keys::trunk_password(tenant, &trunk.name))
+                .ok()
+                .flatten()?,
+        );
+        let text = std::str::from_utf8(&bytes).ok()?;
+        match text.split_once('\n') {
+            Some((scope, password)) => (scope == trunk.credential_scope())
+                .then(|| zeroize::Zeroizing::new(password.to_string())),
+            // Kept before scopes were (its trunk's changes cleared it since).
+            None => Some(zeroize::Zeroizing::new(text.to_string())),
+        }
     }
 
     /// The trunks, of any tenant, whose provider may send from `ip`:

@@ -20,9 +20,9 @@
 //! gone, as is a write that fails. The state is reported to the runtime
 //! (the trunk list's `connection`, audited `trunk.connect` on changes).
 //!
-//! Providers that connect to us instead are heard on the door's TLS port
-//! (from an address a `tls` trunk allows) and, for `tcp` trunks, on TCP
-//! at `[sip] trunk_listen` (see `transport::serve`).
+//! Providers that connect to us instead are heard at `[sip]
+//! trunk_tls_listen` (from an address a `tls` trunk allows) and, for
+//! `tcp` trunks, on TCP at `[sip] trunk_listen` (see `transport::serve`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -62,8 +62,9 @@ struct Link {
     /// What the link was made for (a change reconnects).
     fingerprint: String,
     flow: Option<Arc<Flow>>,
-    /// A connection attempt in flight, and its number.
-    connecting: Option<(u64, tokio::task::JoinHandle<()>)>,
+    /// A connection attempt in flight: its number, and its task once
+    /// spawned (after the state notes of the round that started it).
+    connecting: Option<(u64, Option<tokio::task::JoinHandle<()>>)>,
     retry_at: Instant,
     backoff: Duration,
     pinged: Option<Instant>,
@@ -73,7 +74,7 @@ struct Link {
 
 impl Link {
     fn close(&mut self) {
-        if let Some((_, task)) = self.connecting.take() {
+        if let Some((_, Some(task))) = self.connecting.take() {
             task.abort();
         }
         if let Some(f) = self.flow.take() {
@@ -89,6 +90,11 @@ impl Link {
     }
 }
 
+/// How long a link's written data may stay unacknowledged before the
+/// link is taken for dead (`TCP_USER_TIMEOUT`).
+pub const USER_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a link no longer wanted stays open (for `Expires: 0`).
+pub const LINGER: Duration = Duration::from_secs(5);
 /// A link up this long is sound again: its next failure waits only
 /// [`RETRY_FIRST`].
 pub const STABLE: Duration = Duration::from_secs(60);
@@ -163,8 +169,9 @@ impl Door {
             wanted.insert((tenant, trunk.name.clone()), trunk);
         }
         let now = Instant::now();
-        // Reported once the lock is let go.
+        // Reported, and started, once the lock is let go.
         let mut notes = Vec::new();
+        let mut attempts = Vec::new();
         let mut live = self.links.live.lock().recover();
         let gone: Vec<(String, String)> = live
             .iter()
@@ -177,6 +184,14 @@ impl Door {
             .collect();
         for key in gone {
             if let Some(mut l) = live.remove(&key) {
+                // Never used again; open a while longer for the trunk's
+                // registration to be removed over it.
+                if let Some(f) = l.flow.take() {
+                    self.tokio.spawn(async move {
+                        tokio::time::sleep(LINGER).await;
+                        f.close();
+                    });
+                }
                 l.close();
             }
             if !wanted.contains_key(&key) {
@@ -228,26 +243,46 @@ impl Door {
                 link.up_since = None;
                 notes.push((key.clone(), Some(shown("down", ("reason", reason.into())))));
             }
-            if link
-                .connecting
-                .as_ref()
-                .is_some_and(|(_, t)| !t.is_finished())
-                || now < link.retry_at
-            {
-                continue;
+            match &link.connecting {
+                Some((_, None)) => continue,
+                Some((_, Some(task))) if !task.is_finished() => continue,
+                Some((_, Some(_))) => {
+                    // It ended without filing anything (it panicked): a
+                    // failure like any.
+                    link.connecting = None;
+                    link.back_off(now);
+                    notes.push((
+                        key,
+                        Some(shown("down", ("reason", "the attempt failed".into()))),
+                    ));
+                    continue;
+                }
+                None if now < link.retry_at => continue,
+                None => {}
             }
             let attempt = self
                 .links
                 .attempts
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let task = self
-                .tokio
-                .spawn(connect(self.me.clone(), key, trunk, attempt));
-            link.connecting = Some((attempt, task));
+            link.connecting = Some((attempt, None));
+            attempts.push((key, trunk, attempt));
         }
         drop(live);
+        // The notes first, then the attempts: an attempt's own note (up,
+        // or down with its reason) always comes after this round's.
         for ((tenant, name), state) in notes {
             self.rt.note_connection(&tenant, &name, state);
+        }
+        for (key, trunk, attempt) in attempts {
+            let task = self
+                .tokio
+                .spawn(connect(self.me.clone(), key.clone(), trunk, attempt));
+            let mut live = self.links.live.lock().recover();
+            match live.get_mut(&key).map(|l| &mut l.connecting) {
+                Some(Some((a, slot @ None))) if *a == attempt => *slot = Some(task),
+                // The link went meanwhile.
+                _ => task.abort(),
+            }
         }
     }
 
@@ -309,6 +344,11 @@ async fn open(
         .await
         .map_err(|e| format!("cannot connect to {proxy}: {e}"))?;
     let _ = tcp.set_nodelay(true);
+    // A provider that vanished fails the next keep-alive's write within
+    // this, not after the kernel's quarter hour of retransmissions.
+    if let Err(error) = crate::support::net::set_user_timeout(&tcp, USER_TIMEOUT) {
+        tracing::debug!(%error, "no TCP user timeout on a trunk link");
+    }
     let local = tcp.local_addr().map_err(|e| e.to_string())?;
     let party = Party::Link(key.0.clone(), key.1.clone());
     match trunk.transport {

@@ -474,10 +474,19 @@ impl Door {
         let tenant = self
             .with_fork(leg, |f| f.tenant.clone())
             .unwrap_or_default();
-        let (Some(trunk), Some(password)) = (
-            self.rt.trunk(&tenant, name),
-            self.rt.trunk_password(&tenant, name),
-        ) else {
+        let Some(trunk) = self.rt.trunk(&tenant, name) else {
+            return false;
+        };
+        // Only the trunk's own flow now (a call placed before its proxy
+        // changed still rings the old one), and only the password given
+        // for the trunk as it is.
+        if self
+            .trunk_flow(&tenant, &trunk)
+            .is_none_or(|f| f.id != flow.id)
+        {
+            return false;
+        }
+        let Some(password) = self.rt.trunk_password(&tenant, &trunk) else {
             return false;
         };
         let Some(user) = trunk.username else {
@@ -755,10 +764,13 @@ impl Door {
                     // A trunk that failed as a provider (before it rang:
                     // after, a 408 or 5xx may be the callee's no-answer,
                     // and a second trunk would ring them again): the next.
-                    let next = f
-                        .next
-                        .take()
-                        .filter(|_| FAILOVER.contains(&status) && !f.rang);
+                    // An emergency call goes on over the next whatever
+                    // the failure (a lost link included): it must get
+                    // through if any trunk can carry it.
+                    let next = f.next.take().filter(|n| {
+                        (FAILOVER.contains(&status) && !f.rang)
+                            || n.call.to.class == crate::telephony::policy::Class::Emergency
+                    });
                     (cause_of(&codes), next)
                 })
             })

@@ -49,8 +49,9 @@ const ANSWER_WAIT: Duration = Duration::from_secs(40);
 #[derive(Default)]
 pub(super) struct Registrations {
     running: Mutex<HashMap<(String, String), Running>>,
-    /// Call-ID → the proxy the answer must come from, and the waiter.
-    waiting: Mutex<HashMap<String, (SocketAddr, oneshot::Sender<Message>)>>,
+    /// Call-ID → the flow the answer must come on (the proxy's), and the
+    /// waiter.
+    waiting: Mutex<HashMap<String, (u64, oneshot::Sender<Message>)>>,
 }
 
 struct Running {
@@ -70,6 +71,9 @@ struct Binding {
     call_id: String,
     tag: String,
     cseq: AtomicU32,
+    /// The flow it last registered over: its removal goes there too
+    /// (a link being closed lingers for it).
+    flow: Mutex<Option<Arc<Flow>>>,
 }
 
 /// Forgets a REGISTER's waiter however its exchange ends (an aborted
@@ -118,7 +122,7 @@ impl Door {
     fn reconcile(self: &Arc<Self>) {
         let mut wanted = HashMap::new();
         for (tenant, trunk) in self.rt.registering_trunks() {
-            let password = self.rt.trunk_password(&tenant, &trunk.name);
+            let password = self.rt.trunk_password(&tenant, &trunk);
             // Over a link, a new connection is a new contact: register
             // again on it.
             let link = match trunk.transport {
@@ -178,6 +182,7 @@ impl Door {
                 call_id: format!("{}@switchboard", random_hex(16)),
                 tag: random_hex(8),
                 cseq: AtomicU32::new(0),
+                flow: Mutex::new(None),
             });
             let task = self.tokio.spawn(keep_registered(
                 self.me.clone(),
@@ -195,8 +200,8 @@ impl Door {
         }
     }
 
-    /// An answer to one of our REGISTERs: to its waiter, if it came from
-    /// the proxy it was sent to.
+    /// An answer to one of our REGISTERs: to its waiter, if it came on
+    /// the flow it was sent over (from the proxy).
     pub(super) fn registration_answered(&self, flow: &Flow, m: Message) {
         if m.status().is_some_and(|s| s < 200) {
             return;
@@ -204,7 +209,7 @@ impl Door {
         let mut waiting = self.registrations.waiting.lock().recover();
         if waiting
             .get(m.call_id())
-            .is_some_and(|(proxy, _)| *proxy == flow.peer)
+            .is_some_and(|(sent_over, _)| *sent_over == flow.id)
             && let Some((_, tx)) = waiting.remove(m.call_id())
         {
             let _ = tx.send(m);
@@ -224,7 +229,11 @@ impl Door {
         let Some(password) = b.password.clone() else {
             return Err(none("the trunk has no password"));
         };
-        let Some(flow) = self.trunk_flow(&b.tenant, &b.trunk) else {
+        let registered_over = (expires == 0)
+            .then(|| b.flow.lock().recover().clone())
+            .flatten()
+            .filter(|f| f.is_open());
+        let Some(flow) = registered_over.or_else(|| self.trunk_flow(&b.tenant, &b.trunk)) else {
             return Err(none(match b.trunk.transport {
                 crate::tenant::TrunkTransport::Udp => {
                     "the server has no trunk socket (set [sip] trunk_listen), or no room for the provider's flow"
@@ -262,7 +271,10 @@ impl Door {
                 .await?;
         }
         match answer.status() {
-            Some(200..=299) => Ok(granted(&answer, &flow, expires)),
+            Some(200..=299) => {
+                *b.flow.lock().recover() = Some(flow.clone());
+                Ok(granted(&answer, &flow, expires))
+            }
             status => Err(Failure {
                 status,
                 reason: match &answer.start {
@@ -301,7 +313,7 @@ impl Door {
             .waiting
             .lock()
             .recover()
-            .insert(b.call_id.clone(), (flow.peer, tx));
+            .insert(b.call_id.clone(), (flow.id, tx));
         let _forget = Waiting {
             registrations: &self.registrations,
             call_id: &b.call_id,

@@ -279,6 +279,11 @@ pub trait Handler: Send + Sync + 'static {
     fn in_use(&self, _id: u64) -> bool {
         false
     }
+    /// Whether the flow's peer may still speak (a provider whose trunk
+    /// was removed may not): asked whenever it sends something.
+    fn allowed(&self, _flow: &Flow) -> bool {
+        true
+    }
     /// The flow closed.
     fn closed(&self, flow: &Flow);
 }
@@ -480,6 +485,10 @@ pub(super) async fn run_flow<H: Handler, S>(
             _ => break,
         };
         *flow.last_read.lock().recover() = tokio::time::Instant::now();
+        if !handler.allowed(&flow) {
+            crate::metrics::SIP_DROPPED.inc(&["trunk_not_allowed"]);
+            break;
+        }
         framer.push(&buf[..n]);
         loop {
             match framer.next_frame() {

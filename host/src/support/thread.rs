@@ -89,22 +89,39 @@ pub fn check_cpus(setting: &str, cpus: &[usize]) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    #[cfg(target_os = "linux")]
     #[test]
-    fn a_thread_pinned_to_one_cpu_runs_there_and_bad_lists_are_refused() {
+    #[allow(unsafe_code)]
+    fn a_thread_pinned_to_one_cpu_runs_there() {
         std::thread::spawn(|| {
-            set_affinity(&[0]).unwrap();
-            #[cfg(target_os = "linux")]
-            {
-                // SAFETY: sched_getcpu takes nothing and returns a number.
-                #[allow(unsafe_code)]
-                let cpu = unsafe { libc::sched_getcpu() };
-                assert_eq!(cpu, 0);
-            }
-            set_affinity(&[]).unwrap();
+            // The last CPU this process may use (a cpuset or taskset may
+            // leave out CPU 0).
+            // SAFETY: a zeroed cpu_set_t is the empty set; the call fills
+            // at most its size; CPU_ISSET reads within it.
+            let cpu = unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                assert_eq!(
+                    libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set),
+                    0
+                );
+                (0..libc::CPU_SETSIZE as usize)
+                    .rev()
+                    .find(|c| libc::CPU_ISSET(*c, &set))
+                    .unwrap()
+            };
+            set_affinity(&[cpu]).unwrap();
+            // SAFETY: sched_getcpu takes nothing and returns a number.
+            let now = unsafe { libc::sched_getcpu() };
+            assert_eq!(now, cpu as i32);
+            assert!(set_affinity(&[5000]).is_err(), "beyond a CPU set");
         })
         .join()
         .unwrap();
-        assert!(set_affinity(&[5000]).is_err());
+    }
+
+    #[test]
+    fn cpu_lists_are_checked() {
+        assert!(set_affinity(&[]).is_ok());
         assert!(check_cpus("x", &[0, 1]).is_ok());
         assert!(check_cpus("x", &[1, 1]).is_err());
         assert!(check_cpus("x", &[4096]).is_err());
