@@ -400,6 +400,23 @@ impl Door {
     }
 }
 
+/// Runs `round` every `period` (a round late is skipped, not caught up)
+/// until `stopped` changes: the supervisors' loop.
+async fn every(
+    period: Duration,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+    mut round: impl FnMut(),
+) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => round(),
+            _ = stopped.changed() => break,
+        }
+    }
+}
+
 /// What a trunk is called as a dialog's party (devices go by their name,
 /// which has no `:`).
 const TRUNK_PARTY: &str = "trunk:";

@@ -492,15 +492,7 @@ async fn main() {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
-    let (engine, _events) = Engine::start(MediaConfig {
-        nice,
-        workers: 1,
-        bind: "127.0.0.1".parse().unwrap(),
-        ports: 20_000..=29_999,
-        report_interval: Duration::from_secs(5),
-        cpus: Vec::new(),
-    })
-    .unwrap();
+    let (engine, _events) = start_engine(nice, Vec::new());
     println!(
         "bridged G.711 calls through the media engine (1 media thread at nice {nice}, loopback, {STEP_SECS} s per step)"
     );
@@ -517,17 +509,7 @@ async fn main() {
     }
 
     // The same 500 SRTP calls while another tenant floods its plugins.
-    let h = Arc::new(Harness::new().unwrap());
-    h.install(&manifest("relay"), &component("relay"))
-        .await
-        .unwrap();
-    let limits = Limits {
-        concurrency: 64,
-        requests_per_second: 1_000_000,
-        ..Limits::default()
-    };
-    h.tenant_with_limits("noisy", limits).await.unwrap();
-    h.enable("noisy", "relay").await.unwrap();
+    let h = noisy(|_| {}).await;
     let stop = Arc::new(AtomicBool::new(false));
     let answered = Arc::new(AtomicU64::new(0));
     let tasks = flood(&h, "noisy", "relay", "/busy?ms=5", 64, &stop, &answered);
@@ -583,6 +565,42 @@ async fn main() {
     }
 }
 
+/// One media thread at `nice` on `cpus` (empty: any), on loopback.
+fn start_engine(
+    nice: i32,
+    cpus: Vec<usize>,
+) -> (
+    Engine,
+    tokio::sync::mpsc::Receiver<switchboard::media::engine::MediaEvent>,
+) {
+    Engine::start(MediaConfig {
+        nice,
+        workers: 1,
+        bind: "127.0.0.1".parse().unwrap(),
+        ports: 20_000..=29_999,
+        report_interval: Duration::from_secs(5),
+        cpus,
+    })
+    .unwrap()
+}
+
+/// A harness (its runtime configured by `adjust`) with tenant `noisy`
+/// running the `relay` fixture, free to flood it.
+async fn noisy(adjust: impl FnOnce(&mut switchboard::runtime::RuntimeConfig)) -> Arc<Harness> {
+    let h = Arc::new(Harness::with_config(adjust).unwrap());
+    h.install(&manifest("relay"), &component("relay"))
+        .await
+        .unwrap();
+    let limits = Limits {
+        concurrency: 64,
+        requests_per_second: 1_000_000,
+        ..Limits::default()
+    };
+    h.tenant_with_limits("noisy", limits).await.unwrap();
+    h.enable("noisy", "relay").await.unwrap();
+    h
+}
+
 /// Media on a core of its own, as `[sip] media_cpus` and `plugin_cpus`
 /// set it up: the engine's thread alone on CPU 0; the plugin executor,
 /// the flood's drivers and the phones on CPU 1, the phones at nice -10
@@ -596,26 +614,8 @@ async fn pinned_rows(nice: i32) {
         println!("(one CPU: no pinned rows)");
         return;
     }
-    let (engine, _events) = Engine::start(MediaConfig {
-        nice,
-        workers: 1,
-        bind: "127.0.0.1".parse().unwrap(),
-        ports: 20_000..=29_999,
-        report_interval: Duration::from_secs(5),
-        cpus: vec![0],
-    })
-    .unwrap();
-    let h = Arc::new(Harness::with_config(|c| c.plugin_cpus = vec![1]).unwrap());
-    h.install(&manifest("relay"), &component("relay"))
-        .await
-        .unwrap();
-    let limits = Limits {
-        concurrency: 64,
-        requests_per_second: 1_000_000,
-        ..Limits::default()
-    };
-    h.tenant_with_limits("noisy", limits).await.unwrap();
-    h.enable("noisy", "relay").await.unwrap();
+    let (engine, _events) = start_engine(nice, vec![0]);
+    let h = noisy(|c| c.plugin_cpus = vec![1]).await;
     // One call first (the instance pool warm), then a pause: compiling
     // and loading are not what is measured.
     let _ = h.get("noisy", "relay", "u0", "/busy?ms=5").await;

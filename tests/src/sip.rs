@@ -302,7 +302,7 @@ impl Ua {
     /// A request of ours in a fresh transaction, with `extra` headers.
     pub fn request(&mut self, method: &str, uri: &str, extra: &[(&str, String)]) -> Message {
         self.cseq += 1;
-        let mut text = format!(
+        let text = format!(
             "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/TLS {};branch=z9hG4bK{}\r\nMax-Forwards: 70\r\n\
              From: <sip:{}@{}>;tag={}\r\nTo: <{}>\r\nCall-ID: {}\r\nCSeq: {} {method}\r\n\
              Contact: <sip:{}@{};transport=tls>\r\n",
@@ -321,16 +321,7 @@ impl Ua {
             self.user,
             self.local,
         );
-        let mut body = String::new();
-        for (n, v) in extra {
-            if *n == "body" {
-                body = v.clone();
-            } else {
-                text.push_str(&format!("{n}: {v}\r\n"));
-            }
-        }
-        text.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-        Message::parse(text.as_bytes()).expect("test requests parse")
+        with_extra(text, extra)
     }
 
     /// Answers the challenge in `challenged` (401 or 407; the first,
@@ -480,7 +471,7 @@ impl Provider {
             door,
             local,
             cseq: 0,
-            call_id: format!("{}@provider", switchboard::support::encoding::random_hex(8)),
+            call_id: fresh_call().0,
             tag: switchboard::support::encoding::random_hex(4),
         }
     }
@@ -507,21 +498,12 @@ impl Provider {
 
     /// An INVITE for `uri` with a plain RTP offer receiving at `port`.
     pub fn invite(&mut self, uri: &str, from: &str, port: u16) -> Message {
-        self.request(
-            "INVITE",
-            uri,
-            from,
-            &[
-                ("Content-Type", "application/sdp".into()),
-                ("body", offer(port, false)),
-            ],
-        )
+        self.request("INVITE", uri, from, &offer_headers(port, false))
     }
 
     /// A new call: a fresh Call-ID and tag.
     pub fn new_call(&mut self) {
-        self.call_id = format!("{}@provider", switchboard::support::encoding::random_hex(8));
-        self.tag = switchboard::support::encoding::random_hex(4);
+        (self.call_id, self.tag) = fresh_call();
     }
 
     pub async fn send(&self, m: &Message) {
@@ -575,6 +557,22 @@ impl Provider {
     }
 }
 
+/// The headers of an SDP offer receiving at `port` (see [`offer`]).
+fn offer_headers(port: u16, srtp: bool) -> [(&'static str, String); 2] {
+    [
+        ("Content-Type", "application/sdp".into()),
+        ("body", offer(port, srtp)),
+    ]
+}
+
+/// A provider's fresh Call-ID and tag.
+fn fresh_call() -> (String, String) {
+    (
+        format!("{}@provider", switchboard::support::encoding::random_hex(8)),
+        switchboard::support::encoding::random_hex(4),
+    )
+}
+
 /// A provider's request over `proto` from `local`, in call
 /// `(cseq, call_id, tag)`, from `{from}`, with `extra` headers (`body`
 /// for the body).
@@ -590,13 +588,19 @@ fn provider_request(
         "UDP" => String::new(),
         p => format!(";transport={}", p.to_ascii_lowercase()),
     };
-    let mut text = format!(
+    let text = format!(
         "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/{proto} {local};branch=z9hG4bK{};rport\r\nMax-Forwards: 70\r\n\
          From: <sip:{from}@{}>;tag={tag}\r\nTo: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n\
          Contact: <sip:gw@{local}{transport}>\r\n",
         switchboard::support::encoding::random_hex(6),
         local.ip(),
     );
+    with_extra(text, extra)
+}
+
+/// A request's start and headers `text` finished with `extra` headers
+/// (`body` for the body) and Content-Length, parsed.
+fn with_extra(mut text: String, extra: &[(&str, String)]) -> Message {
     let mut body = String::new();
     for (n, v) in extra {
         if *n == "body" {
@@ -635,7 +639,7 @@ impl ProviderConn {
             peer,
             proto,
             cseq: 0,
-            call_id: format!("{}@provider", switchboard::support::encoding::random_hex(8)),
+            call_id: fresh_call().0,
             tag: switchboard::support::encoding::random_hex(4),
         }
     }
@@ -690,21 +694,12 @@ impl ProviderConn {
     /// An INVITE for `uri` with an offer receiving at `port` (SRTP with
     /// [`offer`]'s key, or plain RTP).
     pub fn invite(&mut self, uri: &str, from: &str, port: u16, srtp: bool) -> Message {
-        self.request(
-            "INVITE",
-            uri,
-            from,
-            &[
-                ("Content-Type", "application/sdp".into()),
-                ("body", offer(port, srtp)),
-            ],
-        )
+        self.request("INVITE", uri, from, &offer_headers(port, srtp))
     }
 
     /// A new call: a fresh Call-ID and tag.
     pub fn new_call(&mut self) {
-        self.call_id = format!("{}@provider", switchboard::support::encoding::random_hex(8));
-        self.tag = switchboard::support::encoding::random_hex(4);
+        (self.call_id, self.tag) = fresh_call();
     }
 
     pub async fn send(&mut self, m: &Message) {

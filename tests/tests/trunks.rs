@@ -435,16 +435,7 @@ async fn calls_out_go_over_the_trunk_with_its_credentials_and_the_dialing_policy
         );
     }
     // The audit trail has the trunk's change, never its password.
-    let trail = console(
-        &r.h,
-        Op::AuditExport {
-            realm: "acme".into(),
-            after: 0,
-            limit: 10_000,
-        },
-    )
-    .await
-    .to_string();
+    let trail = acme_trail(&r.h).await;
     assert!(trail.contains("tenant.trunk"), "{trail}");
     assert!(!trail.contains("pr0vider-secret"));
 }
@@ -506,15 +497,7 @@ async fn sipp_takes_a_call_out_from_the_trunk() {
     let r = rig().await;
     let port = sipp::free_udp_port("127.0.0.1");
     let proxy: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    console(
-        &r.h,
-        Op::TrunkSet {
-            tenant: "acme".into(),
-            trunk: trunk("itsp", &["127.0.0.1"], Some(proxy)),
-            password: None,
-        },
-    )
-    .await;
+    set_acme_trunk(&r.h, trunk("itsp", &["127.0.0.1"], Some(proxy))).await;
     let uas = tokio::spawn(sipp::run(
         "127.0.0.1",
         None,
@@ -654,17 +637,12 @@ async fn credentials_and_numbers_stay_where_they_belong() {
     assert_eq!(e.code(), "invalid_trunk", "{e}");
     // A new transport without the password again: cleared too (TLS to
     // TCP would send the digest in clear).
-    let with_password = |trunk: Trunk| Op::TrunkSet {
-        tenant: "acme".into(),
-        trunk,
-        password: Some(TrunkPassword("pr0vider-secret".into())),
-    };
     let mut t = trunk(
         "itsp",
         &["192.0.2.0/28"],
         Some("192.0.2.5:5060".parse().unwrap()),
     );
-    console(&r.h, with_password(t.clone())).await;
+    set_acme_trunk_with(&r.h, t.clone(), "pr0vider-secret").await;
     assert_eq!(has_password("acme"), true);
     t.transport = TrunkTransport::Tcp;
     rt.set_trunk("acme", t.clone(), None, false).await.unwrap();
@@ -672,7 +650,7 @@ async fn credentials_and_numbers_stay_where_they_belong() {
     // Over TLS, a new name to verify is a new server: cleared.
     t.transport = TrunkTransport::Tls;
     t.tls_name = Some("sip.provider.test".into());
-    console(&r.h, with_password(t.clone())).await;
+    set_acme_trunk_with(&r.h, t.clone(), "pr0vider-secret").await;
     assert_eq!(has_password("acme"), true);
     t.tls_name = Some("elsewhere.example".into());
     rt.set_trunk("acme", t.clone(), None, false).await.unwrap();
@@ -691,7 +669,7 @@ async fn credentials_and_numbers_stay_where_they_belong() {
     // common), in acme or elsewhere: the operator's contract and caller
     // ids stay the operator's.
     t.managed = true;
-    console(&r.h, with_password(t.clone())).await;
+    set_acme_trunk_with(&r.h, t.clone(), "pr0vider-secret").await;
     let mut shadow = trunk("shadow", &["198.51.100.1"], t.proxy);
     let e = rt
         .set_trunk("acme", shadow.clone(), None, false)
@@ -796,15 +774,7 @@ async fn a_trunk_registers_refreshes_takes_calls_at_its_contact_and_unregisters(
     t.register = true;
     t.domain = Some("sip.itsp.example".into());
     // (Same proxy and user name: the password stays.)
-    console(
-        &r.h,
-        Op::TrunkSet {
-            tenant: "acme".into(),
-            trunk: t.clone(),
-            password: None,
-        },
-    )
-    .await;
+    set_acme_trunk(&r.h, t.clone()).await;
     assert_eq!(registration(&r.h)["state"], "pending");
     // The REGISTER: to the provider's domain, for the trunk's user, our
     // UDP address as the contact.
@@ -869,15 +839,7 @@ async fn a_trunk_registers_refreshes_takes_calls_at_its_contact_and_unregisters(
     assert_eq!(r.legs("acme").await.len(), 1);
     // Registration off: the binding is removed (Expires: 0).
     t.register = false;
-    console(
-        &r.h,
-        Op::TrunkSet {
-            tenant: "acme".into(),
-            trunk: t,
-            password: None,
-        },
-    )
-    .await;
+    set_acme_trunk(&r.h, t).await;
     let gone = next_register(&r.itsp).await;
     assert_eq!(gone.header("Expires"), Some("0"));
     assert_eq!(gone.call_id(), reg.call_id());
@@ -902,15 +864,7 @@ async fn a_refused_registration_is_shown_failed_and_tried_again_later() {
     let r = rig().await;
     let mut t = trunk("itsp", &["127.0.0.1"], Some(r.itsp.local));
     t.register = true;
-    console(
-        &r.h,
-        Op::TrunkSet {
-            tenant: "acme".into(),
-            trunk: t,
-            password: None,
-        },
-    )
-    .await;
+    set_acme_trunk(&r.h, t).await;
     let reg = next_register(&r.itsp).await;
     // No domain: the proxy's address.
     assert_eq!(
@@ -972,13 +926,10 @@ async fn next_invite_to(p: &Provider, uri: &str) -> Message {
 async fn a_call_out_goes_on_over_the_next_trunk_when_a_provider_fails() {
     let r = rig().await;
     let backup = Provider::bind("127.0.0.4", r.udp).await;
-    console(
+    set_acme_trunk_with(
         &r.h,
-        Op::TrunkSet {
-            tenant: "acme".into(),
-            trunk: trunk("backup", &["127.0.0.4"], Some(backup.local)),
-            password: Some(TrunkPassword("b4ckup".into())),
-        },
+        trunk("backup", &["127.0.0.4"], Some(backup.local)),
+        "b4ckup",
     )
     .await;
     // The first provider is overloaded (503): the call goes on over the
@@ -1039,15 +990,7 @@ async fn a_call_out_takes_the_trunk_with_the_longest_prefix_it_matches() {
     let london = Provider::bind("127.0.0.4", r.udp).await;
     let mut t = trunk("london", &["127.0.0.4"], Some(london.local));
     t.prefixes = vec!["+4420".into()];
-    console(
-        &r.h,
-        Op::TrunkSet {
-            tenant: "acme".into(),
-            trunk: t.clone(),
-            password: None,
-        },
-    )
-    .await;
+    set_acme_trunk(&r.h, t.clone()).await;
     // A London number goes to the London trunk first; when it fails as a
     // provider, on over the catch-all.
     r.dial("acme", "02079460018").await;
@@ -1256,6 +1199,33 @@ async fn set_acme_trunk(h: &Harness, t: Trunk) {
         },
     )
     .await;
+}
+
+/// Sets acme's trunk with `password`.
+async fn set_acme_trunk_with(h: &Harness, t: Trunk, password: &str) {
+    console(
+        h,
+        Op::TrunkSet {
+            tenant: "acme".into(),
+            trunk: t,
+            password: Some(TrunkPassword(password.into())),
+        },
+    )
+    .await;
+}
+
+/// acme's audit trail, as exported.
+async fn acme_trail(h: &Harness) -> String {
+    console(
+        h,
+        Op::AuditExport {
+            realm: "acme".into(),
+            after: 0,
+            limit: 10_000,
+        },
+    )
+    .await
+    .to_string()
 }
 
 /// The SDES key (`inline:` parameters) of an SDP body.
@@ -1525,15 +1495,7 @@ async fn a_tcp_trunk_registers_over_its_link_and_again_after_the_link_drops() {
     t.transport = TrunkTransport::Tcp;
     t.register = true;
     t.domain = Some("sip.itsp.example".into());
-    console(
-        &r.h,
-        Op::TrunkSet {
-            tenant: "acme".into(),
-            trunk: t,
-            password: Some(TrunkPassword("pr0vider-secret".into())),
-        },
-    )
-    .await;
+    set_acme_trunk_with(&r.h, t, "pr0vider-secret").await;
     for round in 0..2 {
         // (Round 1: the link was up less than a minute, so the door
         // waits its first back-off, 5 s, before connecting again.)
@@ -1586,16 +1548,7 @@ async fn a_tcp_trunk_registers_over_its_link_and_again_after_the_link_drops() {
         drop(p);
     }
     // Both changes of the link's state are in the trail.
-    let trail = console(
-        &r.h,
-        Op::AuditExport {
-            realm: "acme".into(),
-            after: 0,
-            limit: 10_000,
-        },
-    )
-    .await
-    .to_string();
+    let trail = acme_trail(&r.h).await;
     assert!(trail.contains("trunk.connect"), "{trail}");
     assert!(trail.contains("the connection closed"), "{trail}");
 }

@@ -148,16 +148,9 @@ impl Door {
     /// Keeps the links in line with the trunks until `stopped`.
     pub(super) async fn supervise_links(
         self: Arc<Self>,
-        mut stopped: tokio::sync::watch::Receiver<bool>,
+        stopped: tokio::sync::watch::Receiver<bool>,
     ) {
-        let mut tick = tokio::time::interval(SUPERVISE_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => self.reconcile_links(),
-                _ = stopped.changed() => break,
-            }
-        }
+        super::every(SUPERVISE_EVERY, stopped, || self.reconcile_links()).await;
         for (_, mut l) in self.links.live.lock().recover().drain() {
             l.close();
         }

@@ -104,16 +104,9 @@ impl Door {
     /// Keeps the registrations in line with the trunks until `stopped`.
     pub(super) async fn supervise_registrations(
         self: Arc<Self>,
-        mut stopped: tokio::sync::watch::Receiver<bool>,
+        stopped: tokio::sync::watch::Receiver<bool>,
     ) {
-        let mut tick = tokio::time::interval(SUPERVISE_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => self.reconcile(),
-                _ = stopped.changed() => break,
-            }
-        }
+        super::every(SUPERVISE_EVERY, stopped, || self.reconcile()).await;
         for (_, r) in self.registrations.running.lock().recover().drain() {
             r.task.abort();
         }
