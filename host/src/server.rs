@@ -686,6 +686,7 @@ mod tests {
         assert_eq!(rc.telephony.media.cpus, [0]);
         for bad in [
             "[sip]\nmedia_cpus = [1, 1]\n",
+            "[sip]\ndevice_udp = true\n",
             "[sip]\nmedia_cpus = [5000]\n",
             "plugin_cpus = [1, 1]\n",
             "[sip]\nmedia_nice = -21\n",

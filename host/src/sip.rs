@@ -107,6 +107,12 @@ pub struct SipConfig {
     /// nowhere (the door's own links to their proxies still work). Apart
     /// from `listen`: a connection there is always a device's.
     pub trunk_tls_listen: Option<SocketAddr>,
+    /// Devices may also use UDP and TCP at `trunk_listen`, each only if
+    /// its tenant's admins turned UDP/TCP on for it (`udp`): datagrams
+    /// and connections from addresses no trunk allows are then read as
+    /// devices' (digest as over TLS; plain RTP only, as SDES keys never
+    /// travel in clear). Default `false`: those are dropped unread.
+    pub device_udp: bool,
     pub handshake_timeout_s: u64,
     /// A connection with nothing to read for this long is closed (phones
     /// send keep-alives or re-register well within it).
@@ -144,6 +150,7 @@ impl Default for SipConfig {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 5061),
             trunk_listen: None,
             trunk_tls_listen: None,
+            device_udp: false,
             handshake_timeout_s: 10,
             idle_timeout_s: 600,
             max_connections: 10_000,
@@ -193,6 +200,9 @@ impl SipConfig {
                 "[sip] trunk_listen must be a specific address (it goes into Via and Contact)"
                     .into(),
             );
+        }
+        if self.device_udp && self.trunk_listen.is_none() {
+            return Err("[sip] device_udp needs trunk_listen (the UDP and TCP port)".into());
         }
         if self.digest_algorithms.is_empty() {
             return Err("[sip] digest_algorithms must name SHA-256, MD5 or both".into());
@@ -302,12 +312,24 @@ pub async fn run(
     let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stopped.changed().await;
     };
+    // A provider's address is its trunk's; any other is a device's if
+    // the operator lets devices use UDP and TCP, else nobody's.
+    let device_udp = door.config.device_udp;
+    let party_of = move |rt: &Runtime, ip: IpAddr, transport: TrunkTransport| {
+        if rt.any_trunk_allows(ip, transport) {
+            Some(transport::Party::Provider)
+        } else if device_udp && transport != TrunkTransport::Tls {
+            Some(transport::Party::Devices)
+        } else {
+            None
+        }
+    };
     if let (Some(u), Some(rx)) = (udp, timeouts) {
         let (door, rt) = (door.clone(), rt.clone());
         let stopped = until_stopped(stopped.clone());
         tasks.push(tokio::spawn(async move {
-            let allows = move |ip| rt.any_trunk_allows(ip, TrunkTransport::Udp);
-            udp::serve(u, rx, door, allows, stopped).await;
+            let party_of = move |ip| party_of(&rt, ip, TrunkTransport::Udp);
+            udp::serve(u, rx, door, party_of, stopped).await;
         }));
     }
     // Providers' own connections, each port for one transport: only
@@ -325,10 +347,7 @@ pub async fn run(
             _ => transport::Accept::Tcp,
         };
         tasks.push(tokio::spawn(async move {
-            let party_of = move |ip| {
-                rt.any_trunk_allows(ip, transport)
-                    .then_some(transport::Party::Provider)
-            };
+            let party_of = move |ip| party_of(&rt, ip, transport);
             transport::serve(listener, accept, party_of, flows, door, limits, stopped).await;
         }));
     }
@@ -366,7 +385,10 @@ impl transport::Handler for Door {
     }
 
     fn in_use(&self, id: u64) -> bool {
+        // A device's UDP peer holding a registration is where calls to
+        // it go: not forgotten for being quiet.
         self.carries_calls(id)
+            || (self.flows.get(id).is_some_and(|f| f.is_udp()) && self.registrar.holds(id))
     }
 
     fn allowed(&self, flow: &Flow) -> bool {
@@ -713,6 +735,7 @@ impl Door {
                 tenant: tenant.as_deref(),
                 device: &device_name,
                 source: flow.peer.ip(),
+                over_tls: flow.is_tls(),
             },
         );
         let Verdict::Ok(device) = verdict else {
@@ -785,6 +808,7 @@ impl Door {
                 tenant: tenant.as_deref(),
                 device: &from_user,
                 source: flow.peer.ip(),
+                over_tls: flow.is_tls(),
             },
         );
         let Verdict::Ok(device) = verdict else {
@@ -805,7 +829,8 @@ impl Door {
             limit: MAX_CALLS_PER_DEVICE,
             number,
             route,
-            secure: true,
+            // SRTP over TLS; a device allowed UDP/TCP speaks plain RTP there.
+            secure: flow.is_tls(),
         };
         self.offer_call(flow, m, caller).await;
     }
@@ -1060,7 +1085,7 @@ impl Door {
                 .rt
                 .trunk(&d.tenant, name)
                 .is_some_and(|t| t.secure_media()),
-            None => true,
+            None => flow.is_tls(),
         };
         let policy = self.sdp_policy(secure, flow);
         let chosen = match sdp_body(m) {

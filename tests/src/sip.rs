@@ -23,6 +23,8 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for 
 pub struct Conn {
     stream: Box<dyn Stream>,
     framer: Framer,
+    /// Over UDP instead: the socket and the door's address.
+    datagrams: Option<(tokio::net::UdpSocket, SocketAddr)>,
 }
 
 impl Conn {
@@ -30,12 +32,27 @@ impl Conn {
         Conn {
             stream: Box::new(stream),
             framer: Framer::default(),
+            datagrams: None,
+        }
+    }
+
+    /// SIP over UDP from `socket` to `door`, a message a datagram.
+    pub fn datagrams(socket: tokio::net::UdpSocket, door: SocketAddr) -> Conn {
+        Conn {
+            stream: Box::new(tokio::io::empty()),
+            framer: Framer::default(),
+            datagrams: Some((socket, door)),
         }
     }
 
     /// Sends raw bytes.
     pub async fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.unwrap();
+        match &self.datagrams {
+            Some((socket, door)) => {
+                socket.send_to(bytes, door).await.unwrap();
+            }
+            None => self.stream.write_all(bytes).await.unwrap(),
+        }
     }
 
     /// The next message, or `None` if none comes within 10 s or the
@@ -43,6 +60,13 @@ impl Conn {
     pub async fn recv(&mut self) -> Option<Message> {
         let end = tokio::time::Instant::now() + WAIT;
         let mut buf = [0u8; 8192];
+        if let Some((socket, _)) = &self.datagrams {
+            let (n, _) = tokio::time::timeout_at(end, socket.recv_from(&mut buf))
+                .await
+                .ok()?
+                .ok()?;
+            return Some(Message::parse(&buf[..n]).expect("the door writes valid SIP"));
+        }
         loop {
             while let Ok(Some(f)) = self.framer.next_frame() {
                 if let Frame::Message(bytes) = f {
@@ -64,6 +88,8 @@ impl Conn {
 /// A device's connection to the door.
 pub struct Ua {
     conn: Conn,
+    /// `TLS`, `TCP` or `UDP` (its Via and Contact).
+    proto: &'static str,
     /// Device name and its tenant's SIP domain.
     pub user: String,
     pub domain: String,
@@ -168,6 +194,17 @@ pub async fn start_door_with_trunks(runtime: &switchboard::Runtime) -> DoorPorts
     start_door_full(runtime, config, Default::default(), true).await
 }
 
+/// [`start_door_with_trunks`], devices also allowed on the trunks' UDP
+/// and TCP port (`[sip] device_udp`).
+pub async fn start_door_with_device_udp(runtime: &switchboard::Runtime) -> DoorPorts {
+    let config = switchboard::sip::SipConfig {
+        allow_loopback_media: true,
+        device_udp: true,
+        ..switchboard::sip::SipConfig::default()
+    };
+    start_door_full(runtime, config, Default::default(), true).await
+}
+
 async fn start_door_full(
     runtime: &switchboard::Runtime,
     config: switchboard::sip::SipConfig,
@@ -245,6 +282,29 @@ impl Ua {
         Ua::with_stream(stream, local, user, domain, password)
     }
 
+    /// Connects to the door's trunk port `addr` over plain TCP or UDP
+    /// (`tcp`), as a device its admins allowed UDP/TCP for.
+    pub async fn connect_plain(
+        addr: SocketAddr,
+        tcp: bool,
+        user: &str,
+        domain: &str,
+        password: &str,
+    ) -> Ua {
+        let mut ua = if tcp {
+            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            stream.set_nodelay(true).unwrap();
+            let local = stream.local_addr().unwrap();
+            Ua::with_conn(Conn::new(stream), local, user, domain, password)
+        } else {
+            let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let local = socket.local_addr().unwrap();
+            Ua::with_conn(Conn::datagrams(socket, addr), local, user, domain, password)
+        };
+        ua.proto = if tcp { "TCP" } else { "UDP" };
+        ua
+    }
+
     fn with_stream(
         stream: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
         local: SocketAddr,
@@ -252,8 +312,13 @@ impl Ua {
         domain: &str,
         password: &str,
     ) -> Ua {
+        Ua::with_conn(Conn::new(stream), local, user, domain, password)
+    }
+
+    fn with_conn(conn: Conn, local: SocketAddr, user: &str, domain: &str, password: &str) -> Ua {
         Ua {
-            conn: Conn::new(stream),
+            conn,
+            proto: "TLS",
             user: user.into(),
             domain: domain.into(),
             password: password.into(),
@@ -303,9 +368,10 @@ impl Ua {
     pub fn request(&mut self, method: &str, uri: &str, extra: &[(&str, String)]) -> Message {
         self.cseq += 1;
         let text = format!(
-            "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/TLS {};branch=z9hG4bK{}\r\nMax-Forwards: 70\r\n\
+            "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/{} {};branch=z9hG4bK{}\r\nMax-Forwards: 70\r\n\
              From: <sip:{}@{}>;tag={}\r\nTo: <{}>\r\nCall-ID: {}\r\nCSeq: {} {method}\r\n\
-             Contact: <sip:{}@{};transport=tls>\r\n",
+             Contact: <sip:{}@{};transport={}>\r\n",
+            self.proto,
             self.local,
             switchboard::support::encoding::random_hex(6),
             self.user,
@@ -320,6 +386,7 @@ impl Ua {
             self.cseq,
             self.user,
             self.local,
+            self.proto.to_ascii_lowercase(),
         );
         with_extra(text, extra)
     }

@@ -23,6 +23,8 @@ const WAIT: Duration = Duration::from_secs(10);
 struct Rig {
     h: Harness,
     sip: SocketAddr,
+    /// The trunks' UDP and TCP port, where devices allowed UDP/TCP go.
+    udp: SocketAddr,
     /// acme's device `alice-desk` and its password.
     password: String,
     /// acme's `bob-desk` (user bob) and its password.
@@ -94,11 +96,13 @@ async fn rig() -> Rig {
     .await;
     let bob_password = bob["password"].as_str().unwrap().to_string();
     assert_eq!(added["register"]["realm"], "acme.localhost");
-    let (sip, stop) = switchboard_tests::sip::start_door(h.runtime()).await;
+    let ports = switchboard_tests::sip::start_door_with_device_udp(h.runtime()).await;
+    let (sip, udp, stop) = (ports.tls, ports.trunks.unwrap(), ports.stop);
     let scheduler = switchboard::scheduler::Scheduler::start(h.runtime(), Default::default());
     Rig {
         h,
         sip,
+        udp,
         password,
         bob_password,
         bob_id,
@@ -1289,4 +1293,124 @@ async fn t2_an_attended_transfer_names_the_phones_other_call_and_settles_both() 
     let mut want = vec![inv1.call_id().to_string(), inv2.call_id().to_string()];
     want.sort();
     assert_eq!(byes, want, "both calls end");
+}
+
+/// The final response to the request with CSeq `cseq` (over UDP the door
+/// sends its answers to earlier requests again until they are ACKed).
+async fn final_for(ua: &mut Ua, cseq: u32) -> Message {
+    loop {
+        let m = ua.final_response().await.expect("an answer");
+        if m.cseq().map(|(n, _)| n) == Ok(cseq) {
+            return m;
+        }
+    }
+}
+
+/// An INVITE for `number` with `sdp` over UDP or TCP: challenged (the 407
+/// ACKed), sent again with the answer; the INVITE and its final answer.
+async fn plain_invite(ua: &mut Ua, number: &str, sdp: &str) -> (Message, Message) {
+    let uri = format!("sip:{number}@{}", ua.domain);
+    let body = vec![
+        ("Content-Type", "application/sdp".to_string()),
+        ("body", sdp.to_string()),
+    ];
+    let first = ua.request("INVITE", &uri, &body);
+    ua.send(&first).await;
+    let challenged = final_for(ua, first.cseq().unwrap().0).await;
+    assert_eq!(challenged.status(), Some(407), "{challenged:?}");
+    ua.send(&ack(&first, &challenged)).await;
+    let (h, v) = ua.answer(&challenged, "SHA-256", "INVITE", &uri);
+    let mut extra = body.clone();
+    extra.insert(0, (h.as_str(), v));
+    let second = ua.request("INVITE", &uri, &extra);
+    ua.send(&second).await;
+    let answer = final_for(ua, second.cseq().unwrap().0).await;
+    ua.send(&ack(&second, &answer)).await;
+    (second, answer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t2_a_device_allowed_udp_and_tcp_registers_and_calls_there_with_plain_rtp_only() {
+    let r = rig().await;
+    let added = console(
+        &r.h,
+        Op::DeviceAdd {
+            tenant: "acme".into(),
+            name: "old-phone".into(),
+            user: "bob".into(),
+            udp: true,
+        },
+    )
+    .await;
+    let password = added["password"].as_str().unwrap().to_string();
+    for tcp in [false, true] {
+        let mut ua = Ua::connect_plain(r.udp, tcp, "old-phone", "acme.localhost", &password).await;
+        let ok = ua.register("MD5", 600).await;
+        assert_eq!(ok.status(), Some(200), "tcp {tcp}: {ok:?}");
+        // SDES keys in clear are refused; plain RTP is taken and
+        // answered with plain RTP (no key of ours in clear either).
+        let (_, refused) = plain_invite(&mut ua, "100", &offer(40_100, true)).await;
+        assert_eq!(refused.status(), Some(488), "tcp {tcp}: {refused:?}");
+        assert!(
+            refused
+                .header("Warning")
+                .unwrap()
+                .contains("sdp_keys_in_clear"),
+            "{refused:?}"
+        );
+        let (invite, answered) = plain_invite(&mut ua, "100", &offer(40_102, false)).await;
+        assert_eq!(answered.status(), Some(200), "tcp {tcp}: {answered:?}");
+        let body = String::from_utf8_lossy(&answered.body).to_string();
+        assert!(
+            body.contains("RTP/AVP") && !body.contains("a=crypto"),
+            "{body}"
+        );
+        let bye = in_dialog(&mut ua, "BYE", &invite, &answered);
+        ua.send(&bye).await;
+        assert_eq!(
+            final_for(&mut ua, bye.cseq().unwrap().0).await.status(),
+            Some(200)
+        );
+        // A call the host places to it goes there, offering no key.
+        let dialled = ok_json(
+            r.h.post("acme", "callflow", "u", "/dial/device%3Aold-phone", b"")
+                .await,
+        );
+        assert!(dialled["leg"].is_string(), "{dialled}");
+        let rung = loop {
+            let m = ua.recv().await.expect("an INVITE to the phone");
+            if m.method() == Some("INVITE") {
+                break m;
+            }
+        };
+        let offered = String::from_utf8_lossy(&rung.body).to_string();
+        assert!(
+            offered.contains("RTP/AVP") && !offered.contains("a=crypto"),
+            "tcp {tcp}: {offered}"
+        );
+        ua.send(&rung.response(486, "Busy Here", Some("busy")))
+            .await;
+    }
+    // A device its admins did not allow UDP/TCP, with its right password
+    // there: refused exactly like a wrong one, and audited.
+    let mut alice =
+        Ua::connect_plain(r.udp, false, "alice-desk", "acme.localhost", &r.password).await;
+    let refused = alice.register("MD5", 600).await;
+    let mut wrong = Ua::connect_plain(
+        r.udp,
+        false,
+        "alice-desk",
+        "acme.localhost",
+        "not-the-password",
+    )
+    .await;
+    let wrong = wrong.register("MD5", 600).await;
+    assert_eq!(refused.status(), Some(403), "{refused:?}");
+    assert_eq!(shape(&refused), shape(&wrong));
+    assert!(
+        r.audits("sip.auth")
+            .iter()
+            .any(|e| e.details.contains("UDP/TCP is off")),
+        "audited"
+    );
 }

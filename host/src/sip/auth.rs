@@ -40,6 +40,9 @@ pub struct Claim<'a> {
     pub tenant: Option<&'a str>,
     pub device: &'a str,
     pub source: IpAddr,
+    /// Whether the request came over TLS: over UDP or TCP only a device
+    /// its admins turned UDP/TCP on for passes.
+    pub over_tls: bool,
 }
 
 /// The outcome of checking a request.
@@ -89,6 +92,7 @@ impl Auth {
             tenant,
             device: user,
             source,
+            over_tls,
         } = *claim;
         let method = req.method().unwrap_or_default();
         let now = now_ms();
@@ -156,11 +160,23 @@ impl Auth {
                 self.throttle.lock().recover().success(&throttle_key);
                 crate::metrics::SIP_AUTH.inc(&[method, "ok"]);
                 match (tenant, secret) {
-                    (Some(t), Some(s)) => Verdict::Ok(Device {
+                    (Some(t), Some(s)) if over_tls || s.udp => Verdict::Ok(Device {
                         tenant: t.to_string(),
                         name: creds.username.clone(),
                         user: s.user,
                     }),
+                    (Some(_), Some(_)) => {
+                        // The right password over a transport this device
+                        // may not use: refused like a wrong one, audited.
+                        rt.audit_log().note(
+                            &audit_scope,
+                            "sip.auth",
+                            &creds.username,
+                            outcome::FAILURE,
+                            &format!("{method} from {source}: UDP/TCP is off for this device"),
+                        );
+                        Verdict::Refuse(None)
+                    }
                     _ => Verdict::Refuse(None),
                 }
             }

@@ -131,7 +131,7 @@ impl Door {
             TrunkTransport::Udp => self
                 .udp
                 .as_ref()?
-                .flow_to(proxy, &|id| self.carries_calls(id))?,
+                .flow_to(proxy, Party::Provider, &|id| self.carries_calls(id))?,
             TrunkTransport::Tcp | TrunkTransport::Tls => self
                 .links
                 .live

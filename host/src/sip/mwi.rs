@@ -83,6 +83,7 @@ impl Door {
                 tenant: tenant.as_deref(),
                 device: &device,
                 source: flow.peer.ip(),
+                over_tls: flow.is_tls(),
             },
         );
         let Verdict::Ok(device) = verdict else {

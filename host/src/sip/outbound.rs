@@ -85,6 +85,12 @@ pub(super) struct Failover {
     session_id: u64,
 }
 
+/// A fresh key for an SRTP offer (`srtp`), or none for plain RTP; `Err`
+/// without randomness (that branch is not rung).
+fn offer_key(srtp: bool) -> Result<Option<MasterKey>, crate::media::srtp::SrtpError> {
+    srtp.then(MasterKey::generate).transpose()
+}
+
 /// Forks by leg, and each branch's Call-ID to (leg, branch).
 #[derive(Default)]
 pub(super) struct Forks {
@@ -202,7 +208,9 @@ impl Door {
         let session_id = u64::from_be_bytes(ids) >> 1;
         fork.session_id = session_id;
         for (device, flow, contact) in targets {
-            let Ok(key) = MasterKey::generate() else {
+            // SRTP with a key of this device's own over TLS; plain RTP to
+            // a device registered over UDP/TCP (keys never in clear).
+            let Ok(key) = offer_key(flow.is_tls()) else {
                 continue;
             };
             // Each device is offered the address it reaches us at.
@@ -213,7 +221,7 @@ impl Door {
                     session_id,
                     session_version: 1,
                 },
-                Some((SUITE, &key)),
+                key.as_ref().map(|k| (SUITE, k)),
             );
             let mut m = dialogs::request("INVITE", &contact, &flow.via());
             m.push("From", format!("{caller};tag={}", random_hex(8)));
@@ -229,7 +237,7 @@ impl Door {
                     device,
                     flow: flow.id,
                     invite: m,
-                    key: Some(key),
+                    key,
                     authenticated: false,
                     offered,
                     done: None,
@@ -316,12 +324,8 @@ impl Door {
             };
             // SRTP for a trunk that wants it (over TLS only), with a key
             // of this offer's own; plain RTP otherwise.
-            let key = match trunk.secure_media() && flow.is_tls() {
-                true => match MasterKey::generate() {
-                    Ok(k) => Some(k),
-                    Err(_) => continue,
-                },
-                false => None,
+            let Ok(key) = offer_key(trunk.secure_media() && flow.is_tls()) else {
+                continue;
             };
             let offer = sdp::offer(
                 sdp::Local {

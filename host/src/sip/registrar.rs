@@ -88,6 +88,17 @@ impl Registrar {
             .unwrap_or_default()
     }
 
+    /// Whether a live binding was made over `flow`.
+    pub fn holds(&self, flow: u64) -> bool {
+        let now = now_ms();
+        self.bindings
+            .lock()
+            .recover()
+            .values()
+            .flatten()
+            .any(|b| b.flow == flow && b.expires_at_ms > now)
+    }
+
     /// Drops the bindings made over `flow` (it closed).
     pub fn flow_closed(&self, flow: u64) {
         let mut all = self.bindings.lock().recover();

@@ -87,8 +87,8 @@ impl Flow {
     /// A flow over a datagram socket: `out` is its writer's queue.
     pub(super) fn datagram(
         id: u64,
-        peer: SocketAddr,
-        local: SocketAddr,
+        (peer, local): (SocketAddr, SocketAddr),
+        party: Party,
         transactions: Arc<dyn Datagrams>,
         out: mpsc::Sender<Vec<u8>>,
     ) -> Flow {
@@ -97,7 +97,7 @@ impl Flow {
             peer,
             local,
             kind: Kind::Udp(transactions),
-            party: Party::Provider,
+            party,
             out,
             authenticated: std::sync::atomic::AtomicBool::new(true),
             shut: tokio::sync::Notify::new(),

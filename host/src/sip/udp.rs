@@ -1,10 +1,11 @@
 //! SIP over UDP for trunks (RFC 3261 §17, §18.2): the door's datagram
-//! socket, heard only from addresses a tenant's trunk allow-lists, and
-//! the transaction layer an unreliable transport needs.
+//! socket, heard only from addresses a tenant's trunk allow-lists (and,
+//! when the operator opens it to them, `[sip] device_udp`, from devices),
+//! and the transaction layer an unreliable transport needs.
 //!
 //! - A datagram from an address no trunk allows is dropped unread and
-//!   counted (`trunk_not_allowed`): no answer, so a scanner learns
-//!   nothing.
+//!   counted (`trunk_not_allowed`), unless devices may use UDP: no
+//!   answer, so a scanner learns nothing.
 //! - Each peer address is a `Flow` (kind `Udp`), so the door's dialogs,
 //!   forks and answers work as over TLS; the flow's writer sends to that
 //!   address.
@@ -30,7 +31,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::message::Message;
-use super::transport::{Datagrams, Flow, Flows, Handler};
+use super::transport::{Datagrams, Flow, Flows, Handler, Party};
 use crate::support::sync::Recover as _;
 
 /// RFC 3261's T1 (round-trip estimate) and T2 (longest non-INVITE
@@ -441,11 +442,16 @@ impl Udp {
         ))
     }
 
-    /// The flow to `peer`, made on first use. At [`MAX_PEERS`] in all or
-    /// [`MAX_PEERS_PER_IP`] for its address, flows idle for
-    /// [`PEER_IDLE`] that `in_use` says carry nothing are forgotten first;
-    /// `None` if there is still no room.
-    pub fn flow_to(&self, peer: SocketAddr, in_use: &dyn Fn(u64) -> bool) -> Option<Arc<Flow>> {
+    /// The flow to `peer`, made on first use as `party`'s. At
+    /// [`MAX_PEERS`] in all or [`MAX_PEERS_PER_IP`] for its address, flows
+    /// idle for [`PEER_IDLE`] that `in_use` says carry nothing are
+    /// forgotten first; `None` if there is still no room.
+    pub fn flow_to(
+        &self,
+        peer: SocketAddr,
+        party: Party,
+        in_use: &dyn Fn(u64) -> bool,
+    ) -> Option<Arc<Flow>> {
         let now = tokio::time::Instant::now();
         let mut peers = self.peers.lock().recover();
         if let Some((f, seen)) = peers.get_mut(&peer) {
@@ -479,8 +485,8 @@ impl Udp {
         let local = self.local;
         let flow = Arc::new(Flow::datagram(
             self.flows.next_id(),
-            peer,
-            local,
+            (peer, local),
+            party,
             self.transactions.clone(),
             out,
         ));
@@ -496,14 +502,14 @@ impl Udp {
     }
 }
 
-/// Reads the socket until `shutdown`: datagrams from allowed addresses
-/// go through the transaction layer to `handler`; timed-out requests'
-/// `408`s too.
+/// Reads the socket until `shutdown`: datagrams from addresses
+/// `party_of` names a party for go through the transaction layer to
+/// `handler` (others are dropped unread); timed-out requests' `408`s too.
 pub async fn serve<H: Handler>(
     udp: Arc<Udp>,
     mut timeouts: Timeouts,
     handler: Arc<H>,
-    allowed: impl Fn(std::net::IpAddr) -> bool,
+    party_of: impl Fn(std::net::IpAddr) -> Option<Party>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -526,10 +532,10 @@ pub async fn serve<H: Handler>(
                 }
             },
         };
-        if !allowed(peer.ip()) {
+        let Some(party) = party_of(peer.ip()) else {
             crate::metrics::SIP_DROPPED.inc(&["trunk_not_allowed"]);
             continue;
-        }
+        };
         let bytes = &buf[..n];
         if bytes.iter().all(|b| b.is_ascii_whitespace()) {
             continue; // A keep-alive (RFC 5626 §4.4.2 is STUN; CRLF is common).
@@ -542,7 +548,7 @@ pub async fn serve<H: Handler>(
                 continue;
             }
         };
-        let Some(flow) = udp.flow_to(peer, &|id| handler.in_use(id)) else {
+        let Some(flow) = udp.flow_to(peer, party, &|id| handler.in_use(id)) else {
             crate::metrics::SIP_DROPPED.inc(&["peer_cap"]);
             continue;
         };
