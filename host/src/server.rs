@@ -186,6 +186,7 @@ impl ServerConfig {
         rc.events = self.events.clone();
         rc.http_client = self.http_client.clone();
         rc.telephony.sip_domain = self.sip.domain.to_ascii_lowercase();
+        rc.telephony.region = self.sip.region.to_ascii_uppercase();
         rc.telephony.media.bind = self.sip.media_bind;
         rc.telephony.media.nice = self.sip.media_nice;
         rc.telephony.media.cpus = self.sip.media_cpus.clone();
@@ -684,9 +685,11 @@ mod tests {
         assert_eq!(rc.telephony.media.ports, 30000..=30999);
         assert_eq!(rc.telephony.media.nice, -5);
         assert_eq!(rc.telephony.media.cpus, [0]);
+        assert_eq!(rc.telephony.region, "US", "the default region");
         for bad in [
             "[sip]\nmedia_cpus = [1, 1]\n",
             "[sip]\ndevice_udp = true\n",
+            "[sip]\nregion = \"XX\"\n",
             "[sip]\nmedia_cpus = [5000]\n",
             "plugin_cpus = [1, 1]\n",
             "[sip]\nmedia_nice = -21\n",

@@ -107,6 +107,9 @@ pub struct SipConfig {
     /// nowhere (the door's own links to their proxies still work). Apart
     /// from `listen`: a connection there is always a device's.
     pub trunk_tls_listen: Option<SocketAddr>,
+    /// The dialing region of tenants that set none (ISO 3166, e.g. `GB`;
+    /// default `US`): which numbers are emergency, national, premium.
+    pub region: String,
     /// Devices may also use UDP and TCP at `trunk_listen`, each only if
     /// its tenant's admins turned UDP/TCP on for it (`udp`): datagrams
     /// and connections from addresses no trunk allows are then read as
@@ -150,6 +153,7 @@ impl Default for SipConfig {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 5061),
             trunk_listen: None,
             trunk_tls_listen: None,
+            region: "US".into(),
             device_udp: false,
             handshake_timeout_s: 10,
             idle_timeout_s: 600,
@@ -200,6 +204,12 @@ impl SipConfig {
                 "[sip] trunk_listen must be a specific address (it goes into Via and Contact)"
                     .into(),
             );
+        }
+        if let Err(e) = crate::telephony::policy::from_dialing(
+            &Default::default(),
+            &self.region.to_ascii_uppercase(),
+        ) {
+            return Err(format!("[sip] region: {e}"));
         }
         if self.device_udp && self.trunk_listen.is_none() {
             return Err("[sip] device_udp needs trunk_listen (the UDP and TCP port)".into());

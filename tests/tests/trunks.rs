@@ -1064,6 +1064,36 @@ async fn a_call_out_takes_the_trunk_with_the_longest_prefix_it_matches() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_numbers_never_reach_a_trunk_and_emergency_calls_pass_a_full_one() {
+    let r = rig().await;
+    // Numbers the plan reads as extensions (a premium short code, an
+    // emergency look-alike) are the tenant's own: with no route they end
+    // unavailable and never go out over the trunk (T1).
+    for short in ["118118", "1120"] {
+        let v = r.dial("acme", short).await;
+        assert!(v["leg"].is_string(), "{short}: {v}");
+    }
+    assert_no_invite(&r.itsp, &[]).await;
+    let records = records_of(&r.h, 2).await;
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert!(
+        records
+            .iter()
+            .all(|c| c.cause == "unavailable" && c.trunk.is_none()),
+        "{records:?}"
+    );
+    // The trunk full (max_calls 4, all ringing): an emergency call still
+    // goes out over it.
+    for n in 0..4 {
+        r.dial("acme", &format!("0207946012{n}")).await;
+        next_invite_to(&r.itsp, &format!("sip:+44207946012{n}@")).await;
+    }
+    r.dial("acme", "999").await;
+    let emergency = next_invite_to(&r.itsp, "sip:999@").await;
+    assert_eq!(emergency.method(), Some("INVITE"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_users_calls_out_show_their_presentation_number_only_if_the_tenant_holds_it() {
     let r = rig().await;
     console(

@@ -27,6 +27,7 @@ use crate::audit::Scope;
 use crate::call::legs::Cause;
 use crate::media::srtp::{MasterKey, Suite};
 use crate::support::encoding::random_hex;
+use crate::telephony::policy::Class;
 use crate::telephony::signalling::{MediaOffer, Outbound};
 
 /// The suite we offer devices.
@@ -144,7 +145,12 @@ impl Door {
     async fn ring(&self, call: &Outbound) -> bool {
         let n = &call.to.number;
         if !n.starts_with("user:") && !n.starts_with("device:") {
-            return self.ring_trunk(call).await;
+            // Only numbers of the network go out: E.164 as the policy read
+            // them, and emergency numbers as dialled. A short number the
+            // policy took for an extension (a premium short code, an
+            // emergency look-alike) never reaches a trunk (T1).
+            let outside = n.starts_with('+') || call.to.class == Class::Emergency;
+            return outside && self.ring_trunk(call).await;
         }
         let mut targets: Vec<(String, Arc<Flow>, String)> = Vec::new();
         for device in self.devices_of(&call.tenant, &call.to.number) {
@@ -315,7 +321,10 @@ impl Door {
             let Some(proxy) = trunk.proxy else { continue };
             let call = &next.call;
             let party = super::trunk_party(&trunk.name);
-            if self.calls_of(&call.tenant, &party) >= trunk.max_calls as usize {
+            // An emergency call is never turned away for a full trunk.
+            if call.to.class != Class::Emergency
+                && self.calls_of(&call.tenant, &party) >= trunk.max_calls as usize
+            {
                 crate::metrics::SIP_DROPPED.inc(&["trunk_busy"]);
                 continue;
             }
@@ -773,7 +782,7 @@ impl Door {
                     // through if any trunk can carry it.
                     let next = f.next.take().filter(|n| {
                         (FAILOVER.contains(&status) && !f.rang)
-                            || n.call.to.class == crate::telephony::policy::Class::Emergency
+                            || n.call.to.class == Class::Emergency
                     });
                     (cause_of(&codes), next)
                 })
