@@ -827,6 +827,16 @@ pub struct Restriction {
     /// carries it out) to numbers outside the tenant.
     #[serde(default)]
     pub transfer_external: bool,
+    /// May be in conference rooms: `false` keeps the user's phone calls
+    /// out of every room (`join` is denied). Default `true`.
+    #[serde(default = "Restriction::yes")]
+    pub conference: bool,
+}
+
+impl Restriction {
+    fn yes() -> bool {
+        true
+    }
 }
 
 impl Dialing {

@@ -491,6 +491,73 @@ async fn t2_a_room_mixes_its_members_and_rooms_are_the_tenants_own() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t1_a_user_without_the_conference_class_of_service_stays_out_of_rooms() {
+    let (h, rig) = rig(&["acme"]).await;
+    let dialing = Dialing {
+        restrictions: [(
+            "solo".to_string(),
+            Restriction {
+                classes: vec!["internal".into()],
+                forward_external: false,
+                transfer_external: false,
+                conference: false,
+            },
+        )]
+        .into(),
+        users: [("u-solo".to_string(), "solo".to_string())].into(),
+        ..Dialing::default()
+    };
+    h.runtime().set_dialing("acme", dialing).await.unwrap();
+    // Another user's phone joins; u-solo's is denied (the invocation
+    // fails, so the leg gets its fallback and ends).
+    let mut other = Phone::new().unwrap();
+    let a = rig
+        .ring_from(
+            Some("u-ann"),
+            "acme",
+            "callflow",
+            "ann-desk",
+            "800",
+            b"room:r1",
+            &mut other,
+        )
+        .await
+        .unwrap();
+    wait_event(&h, "acme", &a, "joined:r1").await;
+    let mut solo = Phone::new().unwrap();
+    let s = rig
+        .ring_from(
+            Some("u-solo"),
+            "acme",
+            "callflow",
+            "solo-desk",
+            "800",
+            b"room:r1",
+            &mut solo,
+        )
+        .await
+        .unwrap();
+    rig.wait_for(WAIT, |sig| {
+        sig.iter()
+            .any(|x| matches!(x, Signal::Ended(l, _) if *l == s))
+    })
+    .await
+    .unwrap();
+    assert!(
+        !events(&h, "acme", &s)
+            .await
+            .iter()
+            .any(|e| e == "joined:r1")
+    );
+    assert_eq!(
+        h.runtime()
+            .telephony()
+            .room_members("acme", "callflow", "r1"),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t2_a_library_prompt_arrives_byte_for_byte() {
     let (h, rig) = rig(&["acme"]).await;
     let mut alice = Phone::new().unwrap();
@@ -614,6 +681,7 @@ async fn t1_classes_of_restriction_and_service_per_user_and_a_daily_minutes_cap(
         classes: classes.iter().map(|c| c.to_string()).collect(),
         forward_external,
         transfer_external: forward_external,
+        conference: true,
     };
     let outside = ["internal", "national", "mobile", "toll-free"];
     let mut dialing = Dialing {
@@ -766,6 +834,7 @@ async fn t1_account_codes_are_checked_required_for_their_classes_and_recorded() 
                 classes: vec!["internal".into(), "national".into(), "mobile".into()],
                 forward_external: true,
                 transfer_external: false,
+                conference: true,
             },
         )]
         .into(),

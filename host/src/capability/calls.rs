@@ -403,6 +403,14 @@ pub fn join(ctx: &mut CallCtx, t: &State, id: &str, room: &str) -> Result<(), Ca
     }
     let l = leg(ctx, t, id)?;
     in_state(&l, LegState::Answered, "join")?;
+    // The class of service of the user whose phone this is (SPEC T1).
+    if let Some(user) = &l.user
+        && !t.may_conference(&ctx.tenant.record.dialing, user)
+    {
+        return Err(CapError::Denied(
+            "restricted: the user's class of service has no conference".into(),
+        ));
+    }
     if l.room.as_deref() != Some(room)
         && t.room_members(ctx.tenant_id(), ctx.plugin_name(), room)
             >= crate::media::engine::MAX_ROOM_MEMBERS

@@ -446,6 +446,7 @@ pub fn from_dialing(
                 classes,
                 forward_external: r.forward_external,
                 transfer_external: r.transfer_external,
+                conference: r.conference,
             },
         );
     }
@@ -605,6 +606,7 @@ pub struct Cor {
     pub classes: BTreeSet<Class>,
     pub forward_external: bool,
     pub transfer_external: bool,
+    pub conference: bool,
 }
 
 impl Cor {
@@ -614,6 +616,7 @@ impl Cor {
             classes: Class::ALL.into_iter().collect(),
             forward_external: true,
             transfer_external: true,
+            conference: true,
         }
     }
 }
@@ -750,6 +753,7 @@ mod tests {
                 classes: vec!["internal".into(), "national".into(), "mobile".into()],
                 forward_external: true,
                 transfer_external: false,
+                conference: true,
             },
         );
         d.default_restriction = Some("desk".into());
@@ -837,6 +841,7 @@ mod tests {
                 classes: vec!["internal".into()],
                 forward_external: false,
                 transfer_external: false,
+                conference: true,
             },
         );
         d.restrictions.insert(
@@ -845,6 +850,7 @@ mod tests {
                 classes: vec!["internal".into(), "national".into(), "premium".into()],
                 forward_external: false,
                 transfer_external: false,
+                conference: true,
             },
         );
         d.users.insert("ann".into(), "staff".into());

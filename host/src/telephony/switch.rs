@@ -260,6 +260,13 @@ impl Telephony {
             .cloned()
     }
 
+    /// Whether `user`'s class of service lets their calls into conference
+    /// rooms (an unusable policy: no).
+    pub fn may_conference(&self, dialing: &Dialing, user: &str) -> bool {
+        policy::from_dialing(dialing, &self.config.region)
+            .is_ok_and(|(_, rules)| rules.cor_of(Some(user)).conference)
+    }
+
     /// Whether `to` reads as an emergency number in the tenant's plan.
     pub fn is_emergency(&self, dialing: &Dialing, to: &str) -> bool {
         policy::from_dialing(dialing, &self.config.region)
