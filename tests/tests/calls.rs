@@ -614,6 +614,9 @@ async fn t2_every_leg_leaves_a_call_record_for_its_tenant_only() {
     assert!(r.answered_ms.is_some() && r.talk_ms >= 100, "{r:?}");
     let m = r.media.as_ref().expect("media figures");
     assert_eq!(m.received_packets, 10, "{m:?}");
+    // Bytes too: 10 packets of 20 ms of G.711 in; what the host sent.
+    assert_eq!(m.received_bytes, 10 * 160, "{m:?}");
+    assert_eq!(m.sent_bytes, u64::from(m.sent_packets) * 160, "{m:?}");
     assert!(
         r.csv_row()
             .starts_with(&format!("{a},callflow,inbound,alice,100,"))
@@ -914,7 +917,12 @@ async fn t1_account_codes_are_checked_required_for_their_classes_and_recorded() 
     let r = record_of(&h, &leg).await;
     assert_eq!(r.account_code.as_deref(), Some("4711"), "{r:?}");
     assert_eq!(r.callee, "+447400123456");
-    assert!(r.csv_row().ends_with(",4711,"), "{}", r.csv_row());
+    // The code is the 18th of the 23 columns (after it: user, bytes sent
+    // and received, and the peer's RTCP loss and jitter).
+    let row = r.csv_row();
+    let cells: Vec<&str> = row.split(',').collect();
+    assert_eq!(cells.len(), 23, "{row}");
+    assert_eq!(cells[17], "4711", "{row}");
     // Emergency calls need no code, and a malformed one does not stop
     // them.
     let (status, body) = post("/dial/999".into()).await;

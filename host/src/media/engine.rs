@@ -166,9 +166,11 @@ pub struct LegStats {
     /// RTP packets and payload bytes the host sent on the leg.
     pub sent_packets: u32,
     pub sent_octets: u32,
-    /// RTP packets expected and received from the peer (authentic ones).
+    /// RTP packets expected and received from the peer (authentic ones),
+    /// and the payload bytes received.
     pub expected: u32,
     pub received: u32,
+    pub received_octets: u64,
     /// Interarrival jitter of what the peer sends, ms.
     pub jitter_ms: u32,
     /// What the peer's last RTCP report said of our stream: fraction
@@ -455,6 +457,8 @@ struct Leg {
     peer_ssrc: Option<u32>,
     sent_packets: u32,
     sent_octets: u32,
+    /// Payload bytes of authentic packets received.
+    received_octets: u64,
     last_sent_ts: u32,
     peer_report: Option<Block>,
 }
@@ -501,6 +505,7 @@ impl Leg {
             sent_octets: self.sent_octets,
             expected,
             received,
+            received_octets: self.received_octets,
             jitter_ms: self.reception.jitter() / 8,
             peer_fraction_lost: self.peer_report.map(|b| b.fraction_lost),
             peer_jitter_ms: self.peer_report.map(|b| b.jitter / 8),
@@ -708,6 +713,7 @@ impl Worker {
                 peer_ssrc: None,
                 sent_packets: 0,
                 sent_octets: 0,
+                received_octets: 0,
                 last_sent_ts: 0,
                 peer_report: None,
                 remote: setup.remote,
@@ -966,6 +972,7 @@ fn handle(
     }
     let arrival = (worker.epoch.elapsed().as_micros() / 125) as u32;
     leg.reception.packet(p.seq, p.timestamp, arrival);
+    leg.received_octets = leg.received_octets.saturating_add(p.payload.len() as u64);
     if Some(p.payload_type) == leg.setup.dtmf
         && let Ok(Some(key)) = leg.detector.feed(p.timestamp, p.payload)
     {

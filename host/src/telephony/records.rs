@@ -48,6 +48,11 @@ pub struct CallRecord {
 pub struct MediaFigures {
     pub sent_packets: u32,
     pub received_packets: u32,
+    /// RTP payload bytes sent and received (authentic packets).
+    #[serde(default)]
+    pub sent_bytes: u64,
+    #[serde(default)]
+    pub received_bytes: u64,
     pub lost_packets: u32,
     pub jitter_ms: u32,
     /// What the far end reported of our stream (RTCP), if it did.
@@ -93,6 +98,8 @@ impl CallRecord {
         self.media = Some(MediaFigures {
             sent_packets: st.sent_packets,
             received_packets: st.received,
+            sent_bytes: u64::from(st.sent_octets),
+            received_bytes: st.received_octets,
             lost_packets: st.expected.saturating_sub(st.received),
             jitter_ms: st.jitter_ms,
             peer_fraction_lost: st.peer_fraction_lost,
@@ -103,7 +110,7 @@ impl CallRecord {
 }
 
 /// The CSV header of [`CallRecord::csv_row`].
-pub const CSV_HEADER: &str = "leg,plugin,direction,caller,callee,started_ms,answered_ms,ended_ms,talk_ms,cause,codec,secure,sent_packets,received_packets,lost_packets,jitter_ms,trunk,account_code,user";
+pub const CSV_HEADER: &str = "leg,plugin,direction,caller,callee,started_ms,answered_ms,ended_ms,talk_ms,cause,codec,secure,sent_packets,received_packets,lost_packets,jitter_ms,trunk,account_code,user,sent_bytes,received_bytes,peer_fraction_lost,peer_jitter_ms";
 
 impl CallRecord {
     /// The record as one CSV row (RFC 4180 quoting; cells that a
@@ -130,6 +137,12 @@ impl CallRecord {
             self.trunk.clone().unwrap_or_default(),
             self.account_code.clone().unwrap_or_default(),
             self.user.clone().unwrap_or_default(),
+            m.map_or(String::new(), |m| m.sent_bytes.to_string()),
+            m.map_or(String::new(), |m| m.received_bytes.to_string()),
+            m.and_then(|m| m.peer_fraction_lost)
+                .map_or(String::new(), |f| f.to_string()),
+            m.and_then(|m| m.peer_jitter_ms)
+                .map_or(String::new(), |j| j.to_string()),
         ];
         cells
             .iter()
