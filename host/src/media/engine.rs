@@ -36,6 +36,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::dtmf::Detector;
 use super::g711;
+use super::jitter::Jitter;
 use super::mix;
 use super::record::{RecordEnd, RecordSpec, Recorder};
 use super::rtcp::{self, Block, Reception};
@@ -48,9 +49,10 @@ use crate::support::sync::Recover as _;
 const COMMANDS: usize = 1024;
 /// Events queued before new ones are dropped (and counted).
 const EVENTS: usize = 4096;
-/// Frames a conference member may have waiting for the mixer (60 ms): a
-/// burst beyond it drops the oldest, so delay never builds up.
-const ROOM_INBOX: usize = 3;
+/// How far behind a conference member's newest packet the mixer plays it
+/// (its jitter buffer's depth, 2 × 20 ms): packets that arrive out of
+/// order within it are mixed in order; a frame missing longer is silence.
+const ROOM_DEPTH: usize = 2;
 /// Most legs in one conference room.
 pub const MAX_ROOM_MEMBERS: usize = 64;
 
@@ -438,10 +440,12 @@ struct Leg {
     out: Rewriter,
     detector: Detector,
     peer: Option<u64>,
-    /// The conference room the leg is in, and its decoded frames waiting
-    /// for the room's mixer.
+    /// The conference room the leg is in, what it said waiting for the
+    /// room's mixer (a jitter buffer: reordered, bounded), and the rest
+    /// of a packet longer than one frame, decoded.
     room: Option<u64>,
-    inbox: std::collections::VecDeque<[i16; FRAME]>,
+    inbox: Jitter,
+    pending: std::collections::VecDeque<[i16; FRAME]>,
     /// Bumped to stop a running tone.
     play_gen: u64,
     /// The leg's recording, if one runs.
@@ -464,6 +468,35 @@ struct Leg {
 }
 
 impl Leg {
+    /// The next 20 ms of what this conference member said, in sequence
+    /// order, decoded; `None` (silence) when it is lost, late or not yet
+    /// there.
+    fn next_room_frame(&mut self) -> Option<[i16; FRAME]> {
+        if self.pending.is_empty()
+            && let super::jitter::Frame::Audio(payload) = self.inbox.pop()
+        {
+            let decode = if self.setup.payload_type == 8 {
+                g711::alaw_to_linear
+            } else {
+                g711::ulaw_to_linear
+            };
+            for chunk in payload.chunks(FRAME) {
+                let mut frame = [0i16; FRAME];
+                for (s, c) in frame.iter_mut().zip(chunk) {
+                    *s = decode(*c);
+                }
+                self.pending.push_back(frame);
+            }
+        }
+        self.pending.pop_front()
+    }
+
+    /// Forgets what waited for a room's mixer (joining or leaving one).
+    fn clear_inbox(&mut self) {
+        self.inbox = Jitter::new(ROOM_DEPTH);
+        self.pending.clear();
+    }
+
     /// Counts a packet sent with `payload` bytes at RTP time `ts`.
     fn sent(&mut self, payload: usize, ts: u32) {
         self.sent_packets = self.sent_packets.wrapping_add(1);
@@ -718,7 +751,8 @@ impl Worker {
                 peer_report: None,
                 remote: setup.remote,
                 room: None,
-                inbox: std::collections::VecDeque::new(),
+                inbox: Jitter::new(ROOM_DEPTH),
+                pending: std::collections::VecDeque::new(),
                 setup,
                 socket,
                 port,
@@ -764,7 +798,7 @@ impl Worker {
             }
             if let Some(l) = legs.get_mut(&leg) {
                 l.room = Some(room);
-                l.inbox.clear();
+                l.clear_inbox();
                 l.play_gen += 1;
             }
         }
@@ -781,7 +815,7 @@ impl Worker {
         let room = {
             let mut legs = self.legs.borrow_mut();
             let Some(l) = legs.get_mut(&leg) else { return };
-            l.inbox.clear();
+            l.clear_inbox();
             l.room.take()
         };
         if let Some(room) = room {
@@ -987,23 +1021,10 @@ fn handle(
         r.far(p.payload, leg.setup.payload_type == 8);
     }
     if leg.room.is_some() {
-        // A conference member: its audio, decoded, waits for the mixer.
+        // A conference member: its audio waits for the mixer in sequence
+        // order (the jitter buffer).
         if p.payload_type == leg.setup.payload_type {
-            let decode = if leg.setup.payload_type == 8 {
-                g711::alaw_to_linear
-            } else {
-                g711::ulaw_to_linear
-            };
-            for chunk in p.payload.chunks(FRAME) {
-                let mut frame = [0i16; FRAME];
-                for (s, c) in frame.iter_mut().zip(chunk) {
-                    *s = decode(*c);
-                }
-                if leg.inbox.len() >= ROOM_INBOX {
-                    leg.inbox.pop_front();
-                }
-                leg.inbox.push_back(frame);
-            }
+            leg.inbox.push(p.seq, p.payload);
         }
         return Ok(());
     }
@@ -1081,7 +1102,7 @@ async fn mixer(worker: Rc<Worker>, room: u64) {
             .iter()
             .map(|m| {
                 legs.get_mut(m)
-                    .and_then(|l| l.inbox.pop_front())
+                    .and_then(Leg::next_room_frame)
                     .unwrap_or([0; FRAME])
             })
             .collect();
@@ -1517,6 +1538,58 @@ mod tests {
             engine.join(legs[2], 77).await,
             Ok(()),
             "joining twice is no change"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_room_mixes_a_members_reordered_packets_in_sequence_order() {
+        let (engine, _events) = engine(42_000..=42_199);
+        let mut phones = Vec::new();
+        for _ in 0..2 {
+            let phone = Phone::at("127.0.0.1", None).await;
+            let (leg, addr) = engine
+                .open(LegSetup {
+                    group: 9,
+                    remote: phone.socket.local_addr().unwrap(),
+                    payload_type: 0,
+                    dtmf: None,
+                    srtp: None,
+                })
+                .await
+                .unwrap();
+            engine.join(leg, 78).await.unwrap();
+            phones.push((phone, addr));
+        }
+        // A says a rising level, one step a frame, but its packets arrive
+        // in swapped pairs (1, 0, 3, 2, …): B hears the steps in order.
+        let level =
+            |n: u16| vec![g711::linear_to_ulaw(300 * (i16::try_from(n).unwrap() + 1)); FRAME];
+        for pair in 0..8u16 {
+            for n in [2 * pair + 1, 2 * pair] {
+                let (phone, addr) = &mut phones[0];
+                let addr = *addr;
+                phone.send(addr, 0, n, u32::from(n) * 160, &level(n)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        let mut heard = Vec::new();
+        for _ in 0..30 {
+            let Some(p) = phones[1].0.recv().await else {
+                break;
+            };
+            let peak =
+                p.3.iter()
+                    .map(|c| g711::ulaw_to_linear(*c))
+                    .max()
+                    .unwrap_or(0);
+            if peak > 100 {
+                heard.push(peak);
+            }
+        }
+        assert!(heard.len() >= 12, "B heard A: {heard:?}");
+        assert!(
+            heard.windows(2).all(|w| w[0] < w[1]),
+            "in sequence order, not arrival order: {heard:?}"
         );
     }
 
