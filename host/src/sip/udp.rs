@@ -502,6 +502,42 @@ impl Udp {
     }
 }
 
+/// Datagrams a second one source may send as a device (a burst of twice
+/// that).
+pub const DEVICE_DATAGRAMS_PER_SECOND: f64 = 20.0;
+/// Sources the gate remembers; past that it starts afresh.
+const GATE_SOURCES: usize = 100_000;
+
+/// A token bucket per source address (IPv6 per /64) for devices'
+/// datagrams.
+#[derive(Default)]
+struct SourceGate {
+    buckets: HashMap<std::net::IpAddr, (f64, tokio::time::Instant)>,
+}
+
+impl SourceGate {
+    /// Whether a datagram from `ip` at `now` may pass.
+    fn admit(&mut self, ip: std::net::IpAddr, now: tokio::time::Instant) -> bool {
+        if self.buckets.len() >= GATE_SOURCES {
+            self.buckets.clear();
+        }
+        let burst = 2.0 * DEVICE_DATAGRAMS_PER_SECOND;
+        let (tokens, last) = self
+            .buckets
+            .entry(super::transport::network(ip))
+            .or_insert((burst, now));
+        let refill = now.duration_since(*last).as_secs_f64() * DEVICE_DATAGRAMS_PER_SECOND;
+        *tokens = (*tokens + refill).min(burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// Reads the socket until `shutdown`: datagrams from addresses
 /// `party_of` names a party for go through the transaction layer to
 /// `handler` (others are dropped unread); timed-out requests' `408`s too.
@@ -514,6 +550,7 @@ pub async fn serve<H: Handler>(
 ) {
     tokio::pin!(shutdown);
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut gate = SourceGate::default();
     loop {
         let (n, peer) = tokio::select! {
             _ = &mut shutdown => break,
@@ -536,6 +573,13 @@ pub async fn serve<H: Handler>(
             crate::metrics::SIP_DROPPED.inc(&["trunk_not_allowed"]);
             continue;
         };
+        // Devices' datagrams come from anywhere and may be forged: each
+        // source gets a few a second, so the door cannot be used to
+        // reflect challenges at someone else.
+        if party == Party::Devices && !gate.admit(peer.ip(), tokio::time::Instant::now()) {
+            crate::metrics::SIP_DROPPED.inc(&["device_rate"]);
+            continue;
+        }
         let bytes = &buf[..n];
         if bytes.iter().all(|b| b.is_ascii_whitespace()) {
             continue; // A keep-alive (RFC 5626 §4.4.2 is STUN; CRLF is common).
@@ -559,5 +603,27 @@ pub async fn serve<H: Handler>(
             }
             Received::Absorb(None) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_gets_its_burst_then_its_rate_and_others_are_apart() {
+        let mut gate = SourceGate::default();
+        let t0 = tokio::time::Instant::now();
+        let a: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+        let b: std::net::IpAddr = "192.0.2.2".parse().unwrap();
+        let burst = (2.0 * DEVICE_DATAGRAMS_PER_SECOND) as usize;
+        assert!((0..burst).all(|_| gate.admit(a, t0)));
+        assert!(!gate.admit(a, t0), "past the burst");
+        assert!(gate.admit(b, t0), "another source has its own");
+        // A second later, a second's worth again.
+        let t1 = t0 + Duration::from_secs(1);
+        let per_second = DEVICE_DATAGRAMS_PER_SECOND as usize;
+        assert!((0..per_second).all(|_| gate.admit(a, t1)));
+        assert!(!gate.admit(a, t1));
     }
 }
