@@ -258,6 +258,13 @@ pub enum Op {
         tenant: String,
         name: String,
     },
+    /// Turns SIP over UDP/TCP on or off for a device (TLS always works);
+    /// off ends at once what it holds over UDP/TCP.
+    DeviceUdp {
+        tenant: String,
+        name: String,
+        udp: bool,
+    },
     /// A tenant's SIP trunks (never a password: only whether one is set).
     TrunkList {
         tenant: String,

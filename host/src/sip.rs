@@ -1361,6 +1361,20 @@ impl Door {
         }
     }
 
+    /// A device may no longer use UDP/TCP: its registrations and calls
+    /// over them end now; over TLS they go on.
+    fn device_plain_off(&self, tenant: &str, device: &str) {
+        let plain = |flow: u64| self.flows.get(flow).is_none_or(|f| !f.is_tls());
+        self.registrar.clear_where(tenant, device, plain);
+        for leg in self.dialogs.legs_of(tenant, device) {
+            let over_plain = self.dialogs.with(&leg, |d| plain(d.flow)).unwrap_or(false);
+            if over_plain {
+                self.end_leg(&leg, Cause::Normal);
+                self.rt.telephony().ended(&leg, Cause::Normal);
+            }
+        }
+    }
+
     // ---- what call control asks ----------------------------------------------
 
     fn answer_leg(&self, leg: &str) {
@@ -1472,6 +1486,12 @@ impl Signalling for SipSignalling {
     fn device_changed(&self, tenant: &str, device: &str) {
         if let Some(door) = self.0.upgrade() {
             door.device_changed(tenant, device);
+        }
+    }
+
+    fn device_plain_off(&self, tenant: &str, device: &str) {
+        if let Some(door) = self.0.upgrade() {
+            door.device_plain_off(tenant, device);
         }
     }
 }

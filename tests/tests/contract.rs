@@ -700,6 +700,38 @@ async fn the_host_api_keeps_to_its_openapi_document() {
         .call("POST", reset, &["acme", "bob-desk"], Some(&ada), Body::None)
         .await;
     assert_eq!(r.status, 200);
+    let udp = "/api/v1/admin/tenants/{tenant}/devices/{device}/udp";
+    let r = c
+        .call(
+            "PUT",
+            udp,
+            &["acme", "bob-desk"],
+            Some(&ada),
+            Body::Json(json!({"udp": true})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["device"]["udp"], true);
+    let r = c
+        .call(
+            "PUT",
+            udp,
+            &["acme", "nobody"],
+            Some(&ada),
+            Body::Json(json!({"udp": false})),
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    let r = c
+        .call(
+            "PUT",
+            udp,
+            &["acme", "bob-desk"],
+            Some(&root),
+            Body::Json(json!({"udp": false})),
+        )
+        .await;
+    assert_eq!(r.status, 403, "operators see no devices");
     let r = c
         .call(
             "DELETE",

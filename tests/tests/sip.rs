@@ -1391,6 +1391,27 @@ async fn t2_a_device_allowed_udp_and_tcp_registers_and_calls_there_with_plain_rt
         ua.send(&rung.response(486, "Busy Here", Some("busy")))
             .await;
     }
+    // Its admins turn UDP/TCP off: its next registration there is
+    // refused; on again, taken.
+    let set_udp = |udp: bool| Op::DeviceUdp {
+        tenant: "acme".into(),
+        name: "old-phone".into(),
+        udp,
+    };
+    assert_eq!(console(&r.h, set_udp(false)).await["device"]["udp"], false);
+    // What it held over UDP/TCP is gone at once: a call to it finds no
+    // registration.
+    let dialled = ok_json(
+        r.h.post("acme", "callflow", "u", "/dial/device%3Aold-phone", b"")
+            .await,
+    );
+    let leg = dialled["leg"].as_str().expect("a leg").to_string();
+    r.wait_event("acme", &leg, "ended:unavailable").await;
+    let mut ua = Ua::connect_plain(r.udp, false, "old-phone", "acme.localhost", &password).await;
+    assert_eq!(ua.register("MD5", 600).await.status(), Some(403));
+    console(&r.h, set_udp(true)).await;
+    let mut ua = Ua::connect_plain(r.udp, false, "old-phone", "acme.localhost", &password).await;
+    assert_eq!(ua.register("MD5", 600).await.status(), Some(200));
     // A device its admins did not allow UDP/TCP, with its right password
     // there: refused exactly like a wrong one, and audited.
     let mut alice =

@@ -22,6 +22,7 @@ pub(super) fn owns(op: &Op) -> bool {
             | Op::DeviceAdd { .. }
             | Op::DeviceRemove { .. }
             | Op::DevicePassword { .. }
+            | Op::DeviceUdp { .. }
             | Op::TrunkList { .. }
             | Op::TrunkSet { .. }
             | Op::TrunkRemove { .. }
@@ -37,6 +38,7 @@ pub(super) fn op_name(op: &Op) -> &'static str {
         Op::DeviceAdd { .. } => "device-add",
         Op::DeviceRemove { .. } => "device-remove",
         Op::DevicePassword { .. } => "device-password",
+        Op::DeviceUdp { .. } => "device-udp",
         Op::TrunkList { .. } => "trunk-list",
         Op::TrunkSet { .. } => "trunk-set",
         Op::TrunkRemove { .. } => "trunk-remove",
@@ -53,6 +55,7 @@ pub(super) fn op_realm(op: &Op) -> Option<Scope> {
         | Op::DeviceAdd { tenant, .. }
         | Op::DeviceRemove { tenant, .. }
         | Op::DevicePassword { tenant, .. }
+        | Op::DeviceUdp { tenant, .. }
         | Op::TrunkList { tenant }
         | Op::TrunkSet { tenant, .. }
         | Op::TrunkRemove { tenant, .. } => Scope::parse(tenant),
@@ -135,6 +138,16 @@ pub(super) async fn run(r: &Runner<'_>, op: Op) -> Result<Value, ApiError> {
                 "password": password.as_str(),
                 "register": register_hint(&realm, &name),
             })
+        }
+        Op::DeviceUdp { tenant, name, udp } => {
+            rt.tenant_exists(&tenant)?;
+            let device = rt.identity().set_device_udp(&tenant, &name, udp).await?;
+            if !udp {
+                // What it holds over UDP/TCP ends now (registrations,
+                // calls); over TLS it goes on.
+                rt.telephony().device_plain_off(&tenant, &name);
+            }
+            json!({ "device": device })
         }
         Op::TrunkList { tenant } => json!({ "trunks": rt.trunks(&tenant)? }),
         Op::TrunkSet {

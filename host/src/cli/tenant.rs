@@ -198,6 +198,16 @@ pub enum DeviceCmd {
         tenant: String,
         name: String,
     },
+    /// Turn SIP over UDP/TCP on or off for device NAME (`--udp true` or
+    /// `--udp false`; TLS always works).
+    Udp {
+        #[command(flatten)]
+        data: DataArgs,
+        tenant: String,
+        name: String,
+        #[arg(long, action = clap::ArgAction::Set)]
+        udp: bool,
+    },
 }
 
 /// Runs a `TenantCmd` verb.
@@ -299,6 +309,12 @@ pub(super) async fn run(cmd: TenantCmd) -> anyhow::Result<()> {
             DeviceCmd::Password { data, tenant, name } => {
                 (data, Op::DevicePassword { tenant, name })
             }
+            DeviceCmd::Udp {
+                data,
+                tenant,
+                name,
+                udp,
+            } => (data, Op::DeviceUdp { tenant, name, udp }),
         },
         TenantCmd::Trunk(cmd) => match cmd {
             TrunkCmd::List { data, tenant } => (data, Op::TrunkList { tenant }),

@@ -415,6 +415,12 @@ struct TrunkBody {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct DeviceUdpBody {
+    udp: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct DeviceBody {
     name: String,
     user: String,
@@ -571,6 +577,14 @@ async fn admin_route(
             tenant: s(t),
             name: s(d),
         },
+        (&M::PUT, ["tenants", t, "devices", d, "udp"]) => {
+            let b: DeviceUdpBody = parse(&body(MAX_BODY_BYTES).await?)?;
+            Op::DeviceUdp {
+                tenant: s(t),
+                name: s(d),
+                udp: b.udp,
+            }
+        }
         (&M::PUT, ["tenants", t, "hold"]) => {
             let b: HoldBody = parse(&body(MAX_BODY_BYTES).await?)?;
             Op::HoldSet {

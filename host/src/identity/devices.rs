@@ -216,6 +216,24 @@ impl Identity {
         Ok(password)
     }
 
+    /// Turns SIP over UDP/TCP on or off for device `name` (`not_found`
+    /// if there is none); returns it as listed.
+    pub async fn set_device_udp(
+        &self,
+        tenant: &str,
+        name: &str,
+        udp: bool,
+    ) -> Result<DeviceView, AuthError> {
+        check_device_name(name)?;
+        let _w = self.writes.lock().await;
+        let mut device = self
+            .device(tenant, name)?
+            .ok_or_else(|| AuthError::NotFound(format!("device {name}")))?;
+        device.udp = udp;
+        self.put_device(tenant, &device).await?;
+        Ok(self.device_view(tenant, device))
+    }
+
     /// A user gives their own device `name` a new password for `realm`;
     /// another user's device, or none, is `not_found` alike. Audited
     /// (`device.password`) in the tenant's trail.

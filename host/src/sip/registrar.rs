@@ -88,6 +88,18 @@ impl Registrar {
             .unwrap_or_default()
     }
 
+    /// Removes the bindings of `device` made over flows `gone` picks.
+    pub fn clear_where(&self, tenant: &str, device: &str, gone: impl Fn(u64) -> bool) {
+        let key = (tenant.to_string(), device.to_string());
+        let mut all = self.bindings.lock().recover();
+        if let Some(list) = all.get_mut(&key) {
+            list.retain(|b| !gone(b.flow));
+            if list.is_empty() {
+                all.remove(&key);
+            }
+        }
+    }
+
     /// Whether a live binding was made over `flow`.
     pub fn holds(&self, flow: u64) -> bool {
         let now = now_ms();

@@ -76,6 +76,9 @@ pub trait Signalling: Send + Sync + 'static {
     /// its old credentials ends (SIP: registrations, subscriptions,
     /// calls). Nothing by default.
     fn device_changed(&self, _tenant: &str, _device: &str) {}
+    /// A device may no longer use UDP/TCP: what it holds over them ends
+    /// (its TLS registrations and calls go on). Nothing by default.
+    fn device_plain_off(&self, _tenant: &str, _device: &str) {}
 }
 
 /// The signalling of a host with no SIP door: nothing can be dialled.

@@ -579,6 +579,11 @@ impl Telephony {
         self.signalling().device_changed(tenant, device);
     }
 
+    /// A device may no longer use UDP/TCP (returns at once).
+    pub fn device_plain_off(&self, tenant: &str, device: &str) {
+        self.signalling().device_plain_off(tenant, device);
+    }
+
     /// The far end ended a leg.
     pub fn ended(&self, leg: &str, cause: Cause) {
         self.send(Msg::Ended(leg.to_string(), cause));
