@@ -768,6 +768,50 @@ async fn the_host_api_keeps_to_its_openapi_document() {
         )
         .await;
     assert_eq!(r.status, 200);
+    // The same page as a CSV download, or JSON lines; nothing else.
+    let r = c
+        .call(
+            "GET",
+            &format!("{calls}?format=csv"),
+            &["acme"],
+            Some(&ada),
+            Body::None,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.text().starts_with("leg,plugin,direction,"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(r.header("content-type"), Some("text/csv; charset=utf-8"));
+    assert_eq!(
+        r.header("content-disposition"),
+        Some("attachment; filename=\"calls.csv\"")
+    );
+    let r = c
+        .call(
+            "GET",
+            &format!("{calls}?format=jsonl"),
+            &["acme"],
+            Some(&ada),
+            Body::None,
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.header("content-type")),
+        (200, Some("application/x-ndjson"))
+    );
+    let r = c
+        .call(
+            "GET",
+            &format!("{calls}?format=xml"),
+            &["acme"],
+            Some(&ada),
+            Body::None,
+        )
+        .await;
+    assert_eq!(r.status, 400);
     let r = c
         .call("GET", calls, &["acme"], Some(&root), Body::None)
         .await;

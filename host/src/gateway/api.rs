@@ -14,8 +14,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::reply::{
-    HttpResponse, MAX_BODY_BYTES, Peer, caller, cookie_value, error_response, json_response, parse,
-    read_body,
+    HttpResponse, MAX_BODY_BYTES, Peer, attachment_response, caller, cookie_value, error_response,
+    json_response, parse, read_body,
 };
 use crate::admin::{self, Actor, Op, require_tenant};
 use crate::audit;
@@ -475,6 +475,22 @@ async fn admin_route(
     let body = |limit| async move { read_body(req.into_body(), limit).await };
     let actor = Actor::Caller(Box::new(caller));
     use Method as M;
+    // Call records may also be downloaded as CSV or JSON lines.
+    let export = match (&method, seg.as_slice()) {
+        (&M::GET, ["tenants", _, "calls"]) => match query_str(&query, "format").as_deref() {
+            None | Some("json") => None,
+            Some("csv") => Some(true),
+            Some("jsonl") => Some(false),
+            Some(_) => {
+                return Err(ApiError::new(
+                    400,
+                    "bad_request",
+                    "format is json, jsonl or csv",
+                ));
+            }
+        },
+        _ => None,
+    };
     let op = match (&method, seg.as_slice()) {
         (&M::GET, ["tenants"]) => Op::TenantList,
         (&M::POST, ["tenants"]) => {
@@ -760,5 +776,35 @@ async fn admin_route(
         Some(request_id.to_string()),
     );
     let value = audit::with_context(ctx, admin::execute(rt, &actor, op)).await?;
-    Ok(json_response(200, &value))
+    match export {
+        Some(csv) => Ok(records_download(&value, csv)),
+        None => Ok(json_response(200, &value)),
+    }
+}
+
+/// A page of call records (`{"records": […]}`) as a CSV or JSON-lines
+/// download; the next page: `after` = the last record's leg.
+fn records_download(page: &serde_json::Value, csv: bool) -> HttpResponse {
+    use crate::telephony::records::{CSV_HEADER, CallRecord};
+    let records: Vec<CallRecord> =
+        serde_json::from_value(page["records"].clone()).unwrap_or_default();
+    let mut text = String::new();
+    if csv {
+        text.push_str(CSV_HEADER);
+        text.push_str("\r\n");
+    }
+    for r in &records {
+        if csv {
+            text.push_str(&r.csv_row());
+            text.push_str("\r\n");
+        } else {
+            text.push_str(&serde_json::to_string(r).unwrap_or_default());
+            text.push('\n');
+        }
+    }
+    if csv {
+        attachment_response(text, "text/csv; charset=utf-8", "calls.csv")
+    } else {
+        attachment_response(text, "application/x-ndjson", "calls.jsonl")
+    }
 }

@@ -50,6 +50,35 @@ pub fn json_response(status: u16, body: &Value) -> HttpResponse {
     resp
 }
 
+/// A download (`text` of `content_type`, as the attachment `filename`:
+/// never shown inline).
+pub fn attachment_response(
+    text: String,
+    content_type: &'static str,
+    filename: &str,
+) -> HttpResponse {
+    let mut resp = Response::new(Full::new(Bytes::from(text)));
+    let h = resp.headers_mut();
+    h.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    h.insert(
+        hyper::header::CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-store"),
+    );
+    h.insert(
+        hyper::header::X_CONTENT_TYPE_OPTIONS,
+        hyper::header::HeaderValue::from_static("nosniff"),
+    );
+    if let Ok(v) =
+        hyper::header::HeaderValue::from_str(&format!("attachment; filename=\"{filename}\""))
+    {
+        h.insert(hyper::header::CONTENT_DISPOSITION, v);
+    }
+    resp
+}
+
 /// The error shape of every API.
 pub fn error_response(e: &ApiError) -> HttpResponse {
     let mut resp = json_response(e.status, &json!({ "code": e.code, "message": e.message }));
