@@ -153,8 +153,12 @@ async fn t2_a_plugin_answers_collects_dials_and_bridges_in_order() {
         wait_event(&h, "acme", &b, "ended:normal").await,
         ["ringing", "answered", "bridged", "ended:normal"]
     );
-    // Every leg has left call control.
+    // Every leg has left call control; their records name each other.
     assert_eq!(settled(&rig).await, 0, "every leg has left call control");
+    let (ra, rb) = (record_of(&h, &a).await, record_of(&h, &b).await);
+    assert_eq!(ra.bridged_with.as_deref(), Some(b.as_str()), "{ra:?}");
+    assert_eq!(rb.bridged_with.as_deref(), Some(a.as_str()), "{rb:?}");
+    assert!(ra.csv_row().ends_with(&format!(",{b}")), "{}", ra.csv_row());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -921,7 +925,7 @@ async fn t1_account_codes_are_checked_required_for_their_classes_and_recorded() 
     // and received, and the peer's RTCP loss and jitter).
     let row = r.csv_row();
     let cells: Vec<&str> = row.split(',').collect();
-    assert_eq!(cells.len(), 23, "{row}");
+    assert_eq!(cells.len(), 24, "{row}");
     assert_eq!(cells[17], "4711", "{row}");
     // Emergency calls need no code, and a malformed one does not stop
     // them.

@@ -253,6 +253,9 @@ struct Leg {
     account_code: Option<String>,
     /// The user an outbound leg was placed for.
     for_user: Option<String>,
+    /// The first leg it was bridged with (its record names it: the two
+    /// legs of one call).
+    partner: Option<String>,
     /// When a transfer the phone asked for gives up, if one is pending.
     transfer_due_ms: Option<u64>,
     /// The recording running on the leg, if any.
@@ -569,6 +572,7 @@ impl Table {
             trunk: None,
             account_code: None,
             for_user: None,
+            partner: None,
             transfer_due_ms: None,
             transfer_seen: false,
             recording: None,
@@ -722,6 +726,7 @@ impl Table {
                 trunk: l.trunk.clone(),
                 account_code: l.account_code.clone(),
                 user: l.snapshot.user.clone().or_else(|| l.for_user.clone()),
+                bridged_with: l.partner.clone(),
                 ..CallRecord::of(&l.plugin, &l.snapshot, cause.name(), now)
             }),
             media: l.media,
@@ -1312,6 +1317,7 @@ impl Table {
                 l.last_activity_ms = now;
                 if ok && both_up {
                     l.snapshot.bridged_with = Some(other.to_string());
+                    l.partner.get_or_insert_with(|| other.to_string());
                     l.push(CallEventKind::Bridged(other.to_string()), now);
                 } else if l.snapshot.state == LegState::Answered {
                     l.push(CallEventKind::Unbridged, now);

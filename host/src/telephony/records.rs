@@ -41,6 +41,10 @@ pub struct CallRecord {
     /// allowed it).
     #[serde(default)]
     pub user: Option<String>,
+    /// The first leg it was bridged with, if any: the other half of the
+    /// call (records of one call name each other).
+    #[serde(default)]
+    pub bridged_with: Option<String>,
 }
 
 /// A leg's media figures.
@@ -84,6 +88,7 @@ impl CallRecord {
             trunk: None,
             account_code: None,
             user: s.user.clone(),
+            bridged_with: None,
         }
     }
 
@@ -110,7 +115,7 @@ impl CallRecord {
 }
 
 /// The CSV header of [`CallRecord::csv_row`].
-pub const CSV_HEADER: &str = "leg,plugin,direction,caller,callee,started_ms,answered_ms,ended_ms,talk_ms,cause,codec,secure,sent_packets,received_packets,lost_packets,jitter_ms,trunk,account_code,user,sent_bytes,received_bytes,peer_fraction_lost,peer_jitter_ms";
+pub const CSV_HEADER: &str = "leg,plugin,direction,caller,callee,started_ms,answered_ms,ended_ms,talk_ms,cause,codec,secure,sent_packets,received_packets,lost_packets,jitter_ms,trunk,account_code,user,sent_bytes,received_bytes,peer_fraction_lost,peer_jitter_ms,bridged_with";
 
 impl CallRecord {
     /// The record as one CSV row (RFC 4180 quoting; cells that a
@@ -143,6 +148,7 @@ impl CallRecord {
                 .map_or(String::new(), |f| f.to_string()),
             m.and_then(|m| m.peer_jitter_ms)
                 .map_or(String::new(), |j| j.to_string()),
+            self.bridged_with.clone().unwrap_or_default(),
         ];
         cells
             .iter()
