@@ -491,7 +491,7 @@ struct Calling {
 
 /// What a REFER's `Refer-To` asks for.
 #[derive(Debug, PartialEq, Eq)]
-enum ReferTo {
+pub enum ReferTo {
     /// A blind transfer to a number or extension.
     Number(String),
     /// An attended transfer: the call to replace (its Call-ID and its two
@@ -530,7 +530,7 @@ fn unescape(s: &str) -> String {
 /// `Replaces` (RFC 3891), the call to replace. Anything else is the SIP
 /// answer to give: 400 (none, several, unreadable, other embedded
 /// headers), 404 (not a number).
-fn refer_target(m: &Message) -> Result<ReferTo, (u16, &'static str)> {
+pub fn refer_target(m: &Message) -> Result<ReferTo, (u16, &'static str)> {
     let mut values = m.all("Refer-To");
     let (Some(value), None) = (values.next(), values.next()) else {
         return Err((400, "Bad Request (one Refer-To)"));
