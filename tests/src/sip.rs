@@ -438,6 +438,24 @@ impl Ua {
     }
 }
 
+/// Asserts that `m` refuses an offer for carrying SDES keys in clear.
+pub fn assert_keys_in_clear_refused(m: &Message) {
+    assert_eq!(m.status(), Some(488), "{m:?}");
+    assert!(
+        m.header("Warning")
+            .is_some_and(|w| w.contains("sdp_keys_in_clear")),
+        "{m:?}"
+    );
+}
+
+/// The headers of an INVITE carrying the SDP `sdp`.
+pub fn sdp_headers(sdp: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("Content-Type", "application/sdp".to_string()),
+        ("body", sdp.to_string()),
+    ]
+}
+
 /// An SDP offer receiving at `port`, SRTP (SDES) or plain.
 pub fn offer(port: u16, srtp: bool) -> String {
     let (proto, crypto) = if srtp {
@@ -469,10 +487,7 @@ pub async fn invite_timed(
     sdp: &str,
 ) -> (Message, Message, std::time::Duration) {
     let uri = format!("sip:{number}@{}", ua.domain);
-    let body = vec![
-        ("Content-Type", "application/sdp".to_string()),
-        ("body", sdp.to_string()),
-    ];
+    let body = sdp_headers(sdp);
     let first = ua.request("INVITE", &uri, &body);
     ua.send(&first).await;
     let challenged = ua.final_response().await.expect("a challenge");

@@ -16,7 +16,9 @@ use switchboard::harness::Harness;
 use switchboard::sip::message::Message;
 use switchboard::tenant::{Dialing, Limits, Route, Trunk, TrunkTransport};
 use switchboard_tests::accounts::console;
-use switchboard_tests::sip::{Provider, ProviderConn, ProxyListener, challenge_param};
+use switchboard_tests::sip::{
+    Provider, ProviderConn, ProxyListener, assert_keys_in_clear_refused, challenge_param,
+};
 use switchboard_tests::sipp;
 use switchboard_tests::{harness, ok_json, tenant};
 
@@ -1480,14 +1482,7 @@ async fn tcp_and_tls_trunks_hear_only_their_transport_and_trust_only_their_provi
     let keyed = c.invite(&uri, "442079461111", 40_004, true);
     c.send(&keyed).await;
     let refused = c.final_response().await.expect("a refusal");
-    assert_eq!(refused.status(), Some(488), "{refused:?}");
-    assert!(
-        refused
-            .header("Warning")
-            .unwrap()
-            .contains("sdp_keys_in_clear"),
-        "{refused:?}"
-    );
+    assert_keys_in_clear_refused(&refused);
     c.new_call();
     let plain = c.invite(&uri, "442079461111", 40_004, false);
     c.send(&plain).await;
