@@ -1011,6 +1011,7 @@ impl Door {
         );
         dialog.sdp_addr = sdp_addr;
         dialog.session = (session_id, 1);
+        dialog.secure = c.secure;
         let early = self.dialogs.insert(dialog);
         // The plugin may have answered or ended the leg before its dialog
         // was filed.
@@ -1090,14 +1091,10 @@ impl Door {
             return;
         }
         self.dialogs.with(&leg, |d| d.their_cseq = cseq);
-        let secure = match d.device.strip_prefix(TRUNK_PARTY) {
-            Some(name) => self
-                .rt
-                .trunk(&d.tenant, name)
-                .is_some_and(|t| t.secure_media()),
-            None => flow.is_tls(),
-        };
-        let policy = self.sdp_policy(secure, flow);
+        // SRTP stays SRTP: a re-INVITE is read with the dialog's own rule
+        // (a device registered over TLS and UDP cannot move an SRTP call
+        // to plain RTP by sending it over UDP).
+        let policy = self.sdp_policy(d.secure, flow);
         let chosen = match sdp_body(m) {
             Some(text) => sdp::parse(text).and_then(|o| self.take_offer(flow, o, &policy)),
             None => Err(sdp::SdpError::NotAcceptable(
@@ -1367,7 +1364,9 @@ impl Door {
         let plain = |flow: u64| self.flows.get(flow).is_none_or(|f| !f.is_tls());
         self.registrar.clear_where(tenant, device, plain);
         for leg in self.dialogs.legs_of(tenant, device) {
-            let over_plain = self.dialogs.with(&leg, |d| plain(d.flow)).unwrap_or(false);
+            // A call that began over UDP/TCP (plain RTP) ends; one that
+            // began over TLS goes on, wherever its connection is now.
+            let over_plain = self.dialogs.with(&leg, |d| !d.secure).unwrap_or(false);
             if over_plain {
                 self.end_leg(&leg, Cause::Normal);
                 self.rt.telephony().ended(&leg, Cause::Normal);

@@ -1404,6 +1404,19 @@ async fn t2_a_device_allowed_udp_and_tcp_registers_and_calls_there_with_plain_rt
     console(&r.h, set_udp(true)).await;
     let mut ua = Ua::connect_plain(r.udp, false, "old-phone", "acme.localhost", &password).await;
     assert_eq!(ua.register("MD5", 600).await.status(), Some(200));
+    // A call it makes over TLS stays SRTP: a re-INVITE of that call sent
+    // over its UDP registration, offering plain RTP, is refused.
+    let mut tls = Ua::connect(r.sip, "old-phone", "acme.localhost", &password).await;
+    let (inv, ok) = invite(&mut tls, "100", &offer(40_110, true)).await;
+    assert_eq!(ok.status(), Some(200), "{ok:?}");
+    tls.send(&ack(&inv, &ok)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut moved = in_dialog(&mut tls, "INVITE", &inv, &ok);
+    moved.push("Content-Type", "application/sdp");
+    moved.body = offer(40_112, false).into_bytes();
+    ua.send(&moved).await;
+    let refused = final_for(&mut ua, moved.cseq().unwrap().0).await;
+    assert_eq!(refused.status(), Some(488), "{refused:?}");
     // A device its admins did not allow UDP/TCP, with its right password
     // there: refused exactly like a wrong one, and audited.
     let mut alice =

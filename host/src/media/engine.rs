@@ -53,6 +53,9 @@ const EVENTS: usize = 4096;
 /// (its jitter buffer's depth, 2 × 20 ms): packets that arrive out of
 /// order within it are mixed in order; a frame missing longer is silence.
 const ROOM_DEPTH: usize = 2;
+/// Most frames a member's buffer holds (80 ms): beyond, the oldest go,
+/// so a burst or a fast sender's clock never builds up delay.
+const ROOM_MAX_WAITING: usize = 4;
 /// Most legs in one conference room.
 pub const MAX_ROOM_MEMBERS: usize = 64;
 
@@ -1003,6 +1006,8 @@ fn handle(
     if leg.peer_ssrc != Some(p.ssrc) {
         leg.peer_ssrc = Some(p.ssrc);
         leg.reception = Reception::default();
+        // A new stream numbers afresh: a room's buffer starts over.
+        leg.clear_inbox();
     }
     let arrival = (worker.epoch.elapsed().as_micros() / 125) as u32;
     leg.reception.packet(p.seq, p.timestamp, arrival);
@@ -1025,6 +1030,7 @@ fn handle(
         // order (the jitter buffer).
         if p.payload_type == leg.setup.payload_type {
             leg.inbox.push(p.seq, p.payload);
+            leg.inbox.trim(ROOM_MAX_WAITING);
         }
         return Ok(());
     }

@@ -99,6 +99,20 @@ impl Jitter {
         }
     }
 
+    /// Keeps at most `max` frames waiting: the oldest beyond are dropped
+    /// (played as skipped), so a burst or a fast sender's clock cannot
+    /// build up delay.
+    pub fn trim(&mut self, max: usize) {
+        while self.held.len() > max.max(1) {
+            let Some((&oldest, _)) = self.held.iter().next() else {
+                break;
+            };
+            self.held.remove(&oldest);
+            self.dropped += 1;
+            self.next = Some(oldest + 1);
+        }
+    }
+
     /// The frame for this 20 ms tick.
     pub fn pop(&mut self) -> Frame {
         let Some(next) = self.next else {
@@ -127,6 +141,22 @@ mod tests {
 
     fn audio(n: u8) -> Frame {
         Frame::Audio(vec![n])
+    }
+
+    #[test]
+    fn trimming_keeps_the_newest_frames_and_plays_on_from_them() {
+        let mut j = Jitter::new(2);
+        for seq in 0u16..10 {
+            j.push(seq, &[seq as u8]);
+        }
+        j.trim(4);
+        assert_eq!(j.dropped, 6);
+        assert_eq!(j.pop(), audio(6));
+        assert_eq!(j.pop(), audio(7));
+        // Late packets behind what now plays are dropped.
+        j.push(3, &[3]);
+        assert_eq!(j.dropped, 7);
+        assert_eq!(j.pop(), audio(8));
     }
 
     #[test]

@@ -68,6 +68,9 @@ pub struct Dialog {
     /// The CSeq of the device's REFER whose transfer is pending (its
     /// NOTIFYs name it in `Event: refer;id=`).
     pub refer: Option<u32>,
+    /// Its media is SRTP (it began over TLS, or on an SRTP trunk): a
+    /// re-INVITE keeps it so, whatever flow it comes over.
+    pub secure: bool,
 }
 
 impl Dialog {
@@ -105,6 +108,7 @@ impl Dialog {
             session: (0, 1),
             their_cseq: invite.cseq().map(|(n, _)| n).unwrap_or(0),
             refer: None,
+            secure: false,
         }
     }
 

@@ -739,6 +739,7 @@ impl Door {
             session: (session_id, 1),
             their_cseq: 0,
             refer: None,
+            secure: key.is_some(),
         });
         // The cancelled devices' final answers still find the fork for
         // their ACKs for a while.

@@ -455,8 +455,15 @@ impl Udp {
         let now = tokio::time::Instant::now();
         let mut peers = self.peers.lock().recover();
         if let Some((f, seen)) = peers.get_mut(&peer) {
-            *seen = now;
-            return Some(f.clone());
+            if f.party == party {
+                *seen = now;
+                return Some(f.clone());
+            }
+            // The address changed role (a trunk now allows it, or no
+            // longer does): a flow of its new party replaces the old.
+            if let Some((old, _)) = peers.remove(&peer) {
+                self.flows.remove(old.id);
+            }
         }
         let same_ip = |p: &SocketAddr| p.ip() == peer.ip();
         let full = |peers: &HashMap<SocketAddr, (Arc<Flow>, tokio::time::Instant)>| {

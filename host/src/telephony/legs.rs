@@ -1187,10 +1187,7 @@ impl Table {
                 }
                 let over_cap = to.class != Class::Emergency
                     && max_outbound.is_some_and(|cap| self.outbound_live(tenant) >= cap as usize);
-                // The live-leg cap bounds memory; an emergency call goes
-                // past it (it is never turned away).
-                let full =
-                    to.class != Class::Emergency && self.count(tenant) >= MAX_LEGS_PER_TENANT;
+                let full = self.count(tenant) >= MAX_LEGS_PER_TENANT;
                 let number = to.number.clone();
                 let l = self.insert(
                     leg.clone(),
