@@ -86,6 +86,18 @@ pub(super) struct Failover {
     session_id: u64,
 }
 
+/// Completes an INVITE of ours after its From: To `to`, a fresh Call-ID
+/// at `host`, CSeq 1, our Contact on `flow`, and the SDP `offer`.
+fn complete_invite(m: &mut Message, to: String, host: &str, flow: &Flow, offer: String) {
+    m.push("To", to);
+    m.push("Call-ID", format!("{}@{host}", random_hex(16)));
+    m.push("CSeq", "1 INVITE");
+    m.push("Contact", format!("<{}>", flow.our_uri("switchboard")));
+    m.push("Allow", super::ALLOW);
+    m.push("Content-Type", "application/sdp");
+    m.body = offer.into_bytes();
+}
+
 /// A fresh key for an SRTP offer (`srtp`), or none for plain RTP; `Err`
 /// without randomness (that branch is not rung).
 fn offer_key(srtp: bool) -> Result<Option<MasterKey>, crate::media::srtp::SrtpError> {
@@ -231,13 +243,13 @@ impl Door {
             );
             let mut m = dialogs::request("INVITE", &contact, &flow.via());
             m.push("From", format!("{caller};tag={}", random_hex(8)));
-            m.push("To", format!("<sip:{device}@{realm}>"));
-            m.push("Call-ID", format!("{}@{realm}", random_hex(16)));
-            m.push("CSeq", "1 INVITE");
-            m.push("Contact", format!("<{}>", flow.our_uri("switchboard")));
-            m.push("Allow", super::ALLOW);
-            m.push("Content-Type", "application/sdp");
-            m.body = offer.into_bytes();
+            complete_invite(
+                &mut m,
+                format!("<sip:{device}@{realm}>"),
+                &realm,
+                &flow,
+                offer,
+            );
             if flow.send(&m) {
                 fork.branches.push(Branch {
                     device,
@@ -368,13 +380,8 @@ impl Door {
                     m.push("Privacy", "id");
                 }
             }
-            m.push("To", format!("<sip:{}@{target}>", call.to.number));
-            m.push("Call-ID", format!("{}@{host}", random_hex(16)));
-            m.push("CSeq", "1 INVITE");
-            m.push("Contact", format!("<{}>", flow.our_uri("switchboard")));
-            m.push("Allow", super::ALLOW);
-            m.push("Content-Type", "application/sdp");
-            m.body = offer.into_bytes();
+            let to = format!("<sip:{}@{target}>", call.to.number);
+            complete_invite(&mut m, to, &host, &flow, offer);
             if !flow.send(&m) {
                 continue;
             }
