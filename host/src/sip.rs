@@ -976,6 +976,7 @@ impl Door {
             caller: c.shown.clone(),
             callee: c.number.clone(),
             user: c.user.clone(),
+            device: c.user.as_ref().map(|_| c.party.clone()),
             media: media_offer(agreed),
             trunk: c.trunk.clone(),
         };

@@ -791,6 +791,12 @@ pub struct Dialing {
     /// Who holds which restriction: user id → restriction name.
     #[serde(default)]
     pub users: BTreeMap<String, String>,
+    /// Phones holding a restriction of their own (a lobby phone, a
+    /// shared kitchen phone): device name → restriction name. A call
+    /// placed from one, or for a leg of one, is held to the device's
+    /// restriction and to its user's: the narrower of the two.
+    #[serde(default)]
+    pub devices: BTreeMap<String, String>,
     /// The restriction of callers not in `users`, and of calls a plugin
     /// places for no user; `None`: no restriction beyond the tenant's.
     #[serde(default)]
@@ -827,6 +833,10 @@ pub struct Restriction {
     /// carries it out) to numbers outside the tenant.
     #[serde(default)]
     pub transfer_external: bool,
+    /// May have calls placed back to numbers outside the tenant (a
+    /// plugin's `callback`, e.g. voicemail's "call the sender").
+    #[serde(default)]
+    pub callback_external: bool,
     /// May be in conference rooms: `false` keeps the user's phone calls
     /// out of every room (`join` is denied). Default `true`.
     #[serde(default = "Restriction::yes")]
@@ -861,6 +871,7 @@ impl Default for Dialing {
             presentation: BTreeMap::new(),
             restrictions: BTreeMap::new(),
             users: BTreeMap::new(),
+            devices: BTreeMap::new(),
             default_restriction: None,
         }
     }

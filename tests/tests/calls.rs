@@ -504,6 +504,7 @@ async fn t1_a_user_without_the_conference_class_of_service_stays_out_of_rooms() 
                 classes: vec!["internal".into()],
                 forward_external: false,
                 transfer_external: false,
+                callback_external: false,
                 conference: false,
             },
         )]
@@ -688,6 +689,7 @@ async fn t1_classes_of_restriction_and_service_per_user_and_a_daily_minutes_cap(
         classes: classes.iter().map(|c| c.to_string()).collect(),
         forward_external,
         transfer_external: forward_external,
+        callback_external: false,
         conference: true,
     };
     let outside = ["internal", "national", "mobile", "toll-free"];
@@ -811,6 +813,166 @@ async fn t1_classes_of_restriction_and_service_per_user_and_a_daily_minutes_cap(
     assert_eq!(status, 200, "{body}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t1_a_phones_own_restriction_narrows_its_users_for_dials_and_rooms() {
+    let (h, rig) = rig(&["acme", "globex"]).await;
+    let london = Phone::new().unwrap();
+    rig.directory("+442079460018", &london).unwrap();
+    let restriction = |classes: &[&str], external: bool, conference: bool| Restriction {
+        classes: classes.iter().map(|c| c.to_string()).collect(),
+        forward_external: external,
+        transfer_external: external,
+        callback_external: external,
+        conference,
+    };
+    let outside = ["internal", "national", "mobile", "toll-free"];
+    let dialing = Dialing {
+        region: Some("GB".into()),
+        restrictions: [
+            ("staff".to_string(), restriction(&outside, true, true)),
+            ("lobby".to_string(), restriction(&["internal"], false, true)),
+            ("hall".to_string(), restriction(&outside, true, false)),
+        ]
+        .into(),
+        users: [("u-staff".to_string(), "staff".to_string())].into(),
+        devices: [
+            ("lobby-phone".to_string(), "lobby".to_string()),
+            ("hall-phone".to_string(), "hall".to_string()),
+        ]
+        .into(),
+        ..Dialing::default()
+    };
+    // A device holding an unknown restriction, or a name no device can
+    // have: refused, nothing changes.
+    for (device, name) in [("desk-9", "vip"), ("Desk 9", "lobby")] {
+        let mut bad = dialing.clone();
+        bad.devices.insert(device.into(), name.into());
+        let e = h.runtime().set_dialing("acme", bad).await.unwrap_err();
+        assert_eq!(e.code(), "invalid_dialing", "{e}");
+    }
+    h.runtime().set_dialing("acme", dialing).await.unwrap();
+    let shown = h.runtime().dialing("acme").unwrap();
+    assert_eq!(
+        shown["effective"]["devices"]["lobby-phone"], "lobby",
+        "{shown}"
+    );
+    // The same user calls from three phones.
+    let mut phones = [
+        Phone::new().unwrap(),
+        Phone::new().unwrap(),
+        Phone::new().unwrap(),
+    ];
+    let mut legs = Vec::new();
+    for (device, phone) in ["staff-desk", "lobby-phone", "hall-phone"]
+        .into_iter()
+        .zip(phones.iter_mut())
+    {
+        let leg = rig
+            .ring_from(
+                Some("u-staff"),
+                "acme",
+                "callflow",
+                device,
+                "800",
+                b"answer",
+                phone,
+            )
+            .await
+            .unwrap();
+        wait_event(&h, "acme", &leg, "offered:answer").await;
+        legs.push(leg);
+    }
+    let [desk, lobby, hall] = [&legs[0], &legs[1], &legs[2]];
+    let post = |path: String| {
+        let h = &h;
+        async move {
+            let r = h.post("acme", "callflow", "u", &path, b"").await.unwrap();
+            (r.status, r.json().unwrap())
+        }
+    };
+    // From the desk the user's restriction allows London; from the
+    // lobby phone the device's narrows it to internal numbers.
+    let (status, body) = post(format!("/dial-for/{desk}/call/02079460018")).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = post(format!("/dial-for/{lobby}/call/02079460018")).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("not allowed for this caller"),
+        "{body}"
+    );
+    // The refusal is audited like any other.
+    assert!(!dial_audits(&h, "restricted").is_empty());
+    // Services narrow too: forwarding out from the lobby phone is refused.
+    let (status, body) = post(format!("/dial-for/{lobby}/forward/07400123456")).await;
+    assert_eq!(status, 403, "{body}");
+    // Emergency numbers from any phone.
+    let (status, body) = post(format!("/dial-for/{lobby}/call/999")).await;
+    assert_eq!(status, 200, "{body}");
+    // The leg names its user: a plugin cannot claim another one for it.
+    let (status, body) = post(format!("/dial-for/{lobby}/call/02079460018?as=u-exec")).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid-argument"),
+        "{body}"
+    );
+    // A leg that is not the plugin's tenant's is not found, exactly as an
+    // unknown one.
+    let mut other = Phone::new().unwrap();
+    let theirs = rig
+        .ring_from(
+            Some("u-g"),
+            "globex",
+            "callflow",
+            "g-desk",
+            "800",
+            b"answer",
+            &mut other,
+        )
+        .await
+        .unwrap();
+    wait_event(&h, "globex", &theirs, "offered:answer").await;
+    for leg in [theirs.as_str(), "0123456789abcdef0123456789abcdef"] {
+        let (status, body) = post(format!("/dial-for/{leg}/call/02079460018")).await;
+        assert_eq!(status, 403, "{body}");
+        assert!(
+            body["error"].as_str().unwrap().starts_with("not-found"),
+            "{leg}: {body}"
+        );
+    }
+    // Rooms: the hall phone's class of service has no conference, for
+    // its own leg and for a call placed for it; the desk's does.
+    let (status, body) = post(format!("/join/{hall}/r1")).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("no conference"),
+        "{body}"
+    );
+    let (status, body) = post(format!("/join/{desk}/r1")).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = post(format!("/dial-for/{hall}/call/02079460018")).await;
+    assert_eq!(status, 200, "{body}");
+    let placed = body["leg"].as_str().unwrap().to_string();
+    wait_event(&h, "acme", &placed, "answered").await;
+    let (status, body) = post(format!("/join/{placed}/r1")).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        h.runtime()
+            .telephony()
+            .room_members("acme", "callflow", "r1"),
+        1
+    );
+    // The call records name the user the calls were placed for.
+    rig.hang_up(&placed);
+    let record = record_of(&h, &placed).await;
+    assert_eq!(record.user.as_deref(), Some("u-staff"));
+}
+
 /// Waits for the call record of `leg` (written as it ends).
 async fn record_of(h: &Harness, leg: &str) -> switchboard::telephony::records::CallRecord {
     for _ in 0..500 {
@@ -841,6 +1003,7 @@ async fn t1_account_codes_are_checked_required_for_their_classes_and_recorded() 
                 classes: vec!["internal".into(), "national".into(), "mobile".into()],
                 forward_external: true,
                 transfer_external: false,
+                callback_external: false,
                 conference: true,
             },
         )]

@@ -157,6 +157,7 @@ fn desk() -> Dialing {
                 classes: vec!["internal".into(), "national".into(), "mobile".into()],
                 forward_external: true,
                 transfer_external: false,
+                callback_external: false,
                 conference: true,
             },
         )]

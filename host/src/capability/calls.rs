@@ -20,6 +20,7 @@ use crate::call::legs::{
 use crate::call::txn::Effect;
 use crate::telephony::Telephony;
 use crate::telephony::legs::Command;
+use crate::telephony::policy::Account;
 
 /// Largest `set-state`.
 pub const MAX_STATE_BYTES: usize = 4096;
@@ -403,12 +404,12 @@ pub fn join(ctx: &mut CallCtx, t: &State, id: &str, room: &str) -> Result<(), Ca
     }
     let l = leg(ctx, t, id)?;
     in_state(&l, LegState::Answered, "join")?;
-    // The class of service of the user whose phone this is (SPEC T1).
-    if let Some(user) = &l.user
-        && !t.may_conference(&ctx.tenant.record.dialing, user)
-    {
+    // The class of service of everyone the leg is for (SPEC T1): the user
+    // and phone it is, the user and phone it was placed for.
+    let accounts = accounts_of(ctx, t, id)?;
+    if !t.may_conference(&ctx.tenant.record.dialing, &accounts) {
         return Err(CapError::Denied(
-            "restricted: the user's class of service has no conference".into(),
+            "restricted: the class of service of the user or phone has no conference".into(),
         ));
     }
     if l.room.as_deref() != Some(room)
@@ -613,6 +614,30 @@ pub fn pause(ctx: &mut CallCtx, t: &State, op: &str, paused: bool) -> Result<(),
     queue(ctx, t, Command::Pause(op.to_string(), paused))
 }
 
+/// Whom the plugin's leg `id` is for (its user and phone, and those it
+/// was placed for), a dial issued in this invocation included.
+fn accounts_of(ctx: &mut CallCtx, t: &State, id: &str) -> Result<[Account; 2], CapError> {
+    leg(ctx, t, id)?;
+    let issued = ctx
+        .txn
+        .effects_of::<Submit>()
+        .find_map(|s| match &s.command {
+            Command::Dial {
+                leg, user, device, ..
+            } if leg == id => Some([
+                Account::default(),
+                Account {
+                    user: user.clone(),
+                    device: device.clone(),
+                },
+            ]),
+            _ => None,
+        });
+    issued
+        .or_else(|| t.accounts(ctx.tenant_id(), ctx.plugin_name(), id))
+        .ok_or_else(|| CapError::NotFound(format!("no call leg {id:?}")))
+}
+
 /// What a number reaches: the route's plugin, and its arguments when
 /// the route is the asker's own.
 pub struct RouteSeen {
@@ -640,6 +665,8 @@ pub struct DialRequest {
     pub to: String,
     pub purpose: crate::telephony::policy::Purpose,
     pub on_behalf_of: Option<String>,
+    /// The plugin's leg whose phone the call is for.
+    pub for_leg: Option<String>,
     pub ring_ms: u32,
     pub state: Vec<u8>,
     pub account_code: Option<String>,
@@ -667,7 +694,7 @@ pub fn dial(ctx: &mut CallCtx, t: &State, req: DialRequest) -> Result<String, Ca
             "leg state exceeds {MAX_STATE_BYTES} bytes"
         )));
     }
-    let caller = match &req.on_behalf_of {
+    let mut caller = match &req.on_behalf_of {
         Some(user) if crate::events::valid_user(user) => user.clone(),
         Some(user) => {
             return Err(CapError::InvalidArgument(format!(
@@ -676,6 +703,21 @@ pub fn dial(ctx: &mut CallCtx, t: &State, req: DialRequest) -> Result<String, Ca
         }
         None => String::new(),
     };
+    // A call for a leg's phone: its user (the host knows it; the plugin
+    // cannot name another) and its device's restriction apply.
+    let mut device = None;
+    if let Some(for_leg) = &req.for_leg {
+        let [phone, _] = accounts_of(ctx, t, for_leg)?;
+        if let Some(user) = phone.user {
+            if !caller.is_empty() && caller != user {
+                return Err(CapError::InvalidArgument(format!(
+                    "on-behalf-of names {caller:?} but leg {for_leg:?} is {user:?}'s phone"
+                )));
+            }
+            caller = user;
+        }
+        device = phone.device;
+    }
     // A malformed account code or caller id is the plugin's mistake, but
     // never stops an emergency call (they are dropped from it instead).
     let emergency = t.is_emergency(&ctx.tenant.record.dialing, &req.to);
@@ -714,6 +756,7 @@ pub fn dial(ctx: &mut CallCtx, t: &State, req: DialRequest) -> Result<String, Ca
             &req.to,
             crate::telephony::policy::Asking {
                 user: (!caller.is_empty()).then_some(caller.as_str()),
+                device: device.as_deref(),
                 purpose: req.purpose,
                 account_code: account_code.as_deref(),
             },
@@ -764,6 +807,7 @@ pub fn dial(ctx: &mut CallCtx, t: &State, req: DialRequest) -> Result<String, Ca
             state: req.state,
             account_code,
             user: (!caller.is_empty()).then_some(caller),
+            device,
             max_outbound,
         },
     )?;
@@ -974,6 +1018,7 @@ impl twit::dial::Host for View<'_, State> {
                 twit::dial::DialPurpose::Callback => Purpose::Callback,
             },
             on_behalf_of: opts.on_behalf_of,
+            for_leg: opts.for_leg,
             ring_ms: opts.ring_ms,
             account_code: opts.account_code,
             caller_id: opts.caller_id,

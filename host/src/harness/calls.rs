@@ -205,7 +205,7 @@ impl Signalling for Side {
         tokio::spawn(async move {
             let Some(t) = me.upgrade() else { return };
             t.ringing(&call.leg);
-            if let Ok(addr) = t.answered(&call.leg, offer).await {
+            if let Ok(addr) = t.answered(&call.leg, offer, Default::default()).await {
                 answered.lock().recover().insert(call.leg, addr);
             }
         });
@@ -259,7 +259,8 @@ impl CallRig {
     }
 
     /// [`CallRig::ring`] from the phone of user `user` (the leg's
-    /// `user`, as a registered device's call has), or from no user.
+    /// `user`, as a registered device's call has; `caller` is then the
+    /// device's name), or from no user.
     #[allow(clippy::too_many_arguments)]
     pub async fn ring_from(
         &self,
@@ -280,6 +281,8 @@ impl CallRig {
                 caller: caller.to_string(),
                 callee: callee.to_string(),
                 user: user.map(str::to_string),
+                // A user's phone shows its device name as the caller.
+                device: user.map(|_| caller.to_string()),
                 media: phone.offer()?,
                 trunk: None,
             })

@@ -589,6 +589,7 @@ impl Runtime {
                 "max_outbound_minutes_per_day": set.max_outbound_minutes_per_day,
                 "restrictions": set.restrictions,
                 "users": set.users,
+                "devices": set.devices,
                 "default_restriction": set.default_restriction,
                 "account_code_classes": set.account_code_classes,
             },

@@ -660,8 +660,27 @@ impl Door {
             .and_then(|a| sdp::read_answer(&a, &policy, key.as_ref().map(|_| SUITE), key.as_ref()))
             .and_then(|a| self.not_ours(flow, a.remote).map(|()| a));
         let offer = agreed.map(|a| super::media_offer(&a));
+        // The phone that answered: its class of restriction and of service
+        // (and its owner's) follow the leg.
+        let phone = if device.starts_with("trunk:") {
+            crate::telephony::policy::Account::default()
+        } else {
+            let tenant = self
+                .with_fork(leg, |f| f.tenant.clone())
+                .unwrap_or_default();
+            crate::telephony::policy::Account {
+                user: self
+                    .rt
+                    .identity()
+                    .device_secret(&tenant, &device)
+                    .ok()
+                    .flatten()
+                    .map(|d| d.user),
+                device: Some(device.clone()),
+            }
+        };
         let taken = match offer {
-            Ok(offer) => match self.rt.telephony().answered(leg, offer).await {
+            Ok(offer) => match self.rt.telephony().answered(leg, offer, phone).await {
                 Ok(_) => Ok(()),
                 // The leg ended meanwhile (the caller hung up).
                 Err(_) => Err(true),

@@ -20,7 +20,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use super::policy::{Class, Dialled};
+use super::policy::{Account, Class, Dialled};
 use super::records::CallRecord;
 use super::signalling::Outbound;
 use crate::call::legs::{
@@ -126,6 +126,8 @@ pub enum Command {
         account_code: Option<String>,
         /// The user it is placed for (whose restriction allowed it).
         user: Option<String>,
+        /// The device it is placed for (whose restriction narrowed it).
+        device: Option<String>,
         /// The tenant's cap on concurrent outbound legs, checked again
         /// here (dials committed at once may pass the issue-time check).
         max_outbound: Option<u32>,
@@ -251,8 +253,11 @@ struct Leg {
     trunk: Option<String>,
     /// The account code an outbound leg is billed to.
     account_code: Option<String>,
-    /// The user an outbound leg was placed for.
-    for_user: Option<String>,
+    /// The user and device whose phone this leg is: an inbound leg's
+    /// caller, or the device that answered an outbound leg.
+    phone: Account,
+    /// The user and device an outbound leg was placed for.
+    placed_for: Account,
     /// The first leg it was bridged with (its record names it: the two
     /// legs of one call).
     partner: Option<String>,
@@ -444,6 +449,25 @@ impl Table {
             .map(|l| l.snapshot.clone())
     }
 
+    /// Whom leg `id` of `tenant`'s `plugin` is for (its class of
+    /// restriction and of service): the user and device whose phone it
+    /// is, then the ones it was placed for (either may be empty).
+    pub fn accounts(&self, tenant: &str, plugin: &str, id: &str) -> Option<[Account; 2]> {
+        self.legs
+            .get(id)
+            .filter(|l| l.tenant == tenant && l.plugin == plugin && l.handing_to.is_none())
+            .map(|l| [l.phone.clone(), l.placed_for.clone()])
+    }
+
+    /// The device (and its owner) that answered outbound leg `id`.
+    pub fn answered_on(&mut self, id: &str, phone: Account) {
+        if let Some(l) = self.legs.get_mut(id)
+            && l.snapshot.direction == Direction::Outbound
+        {
+            l.phone = phone;
+        }
+    }
+
     /// The leg of operation `op` if it belongs to `tenant`'s `plugin`.
     pub fn lookup_op(&self, tenant: &str, plugin: &str, op: &str) -> Option<LegSnapshot> {
         let leg = self.ops.get(op)?;
@@ -457,7 +481,6 @@ impl Table {
             .map(|l| (l.tenant.clone(), l.plugin.clone()))
     }
 
-    /// The tenant of leg `id`.
     /// The tenant of outbound leg `id` if it rings and has no media yet
     /// (the signalling side may prepare its media for an offer).
     pub fn ringing_without_media(&self, id: &str) -> Option<String> {
@@ -571,7 +594,8 @@ impl Table {
             },
             trunk: None,
             account_code: None,
-            for_user: None,
+            phone: Account::default(),
+            placed_for: Account::default(),
             partner: None,
             transfer_due_ms: None,
             transfer_seen: false,
@@ -626,6 +650,10 @@ impl Table {
         leg.deadline_ms = Some(now + OFFER_LIMIT_MS);
         leg.trunk = inbound.trunk.clone();
         leg.snapshot.user = inbound.user.clone();
+        leg.phone = Account {
+            user: inbound.user.clone(),
+            device: inbound.device.clone(),
+        };
         self.attach_media(
             &id,
             media,
@@ -725,7 +753,11 @@ impl Table {
             record: Box::new(CallRecord {
                 trunk: l.trunk.clone(),
                 account_code: l.account_code.clone(),
-                user: l.snapshot.user.clone().or_else(|| l.for_user.clone()),
+                user: l
+                    .snapshot
+                    .user
+                    .clone()
+                    .or_else(|| l.placed_for.user.clone()),
                 bridged_with: l.partner.clone(),
                 ..CallRecord::of(&l.plugin, &l.snapshot, cause.name(), now)
             }),
@@ -1180,6 +1212,7 @@ impl Table {
                 state,
                 account_code,
                 user,
+                device,
                 max_outbound,
             } => {
                 if self.legs.contains_key(&leg) {
@@ -1203,7 +1236,7 @@ impl Table {
                 l.client_state = state;
                 l.account_code = account_code;
                 let l_user = user.clone();
-                l.for_user = user;
+                l.placed_for = Account { user, device };
                 if over_cap {
                     // Never placed: the leg ends at once, `restricted`.
                     let mut actions = self.end(&leg, Cause::Restricted, false, now);
@@ -1686,6 +1719,7 @@ mod tests {
             caller: "alice".into(),
             callee: "100".into(),
             user: None,
+            device: None,
             media: MediaOffer {
                 remote: "127.0.0.1:4000".parse().unwrap(),
                 payload_type: 0,
@@ -2360,6 +2394,55 @@ mod tests {
     }
 
     #[test]
+    fn a_leg_knows_whom_it_is_for_and_only_its_owner_may_ask() {
+        let mut t = Table::default();
+        let phone = |user: &str, device: &str| Account {
+            user: Some(user.into()),
+            device: Some(device.into()),
+        };
+        // An inbound leg from a phone: its user and device.
+        let mut from_phone = inbound();
+        from_phone.user = Some("ann".into());
+        from_phone.device = Some("ann-desk".into());
+        t.offer("a".into(), &from_phone, 1, 0);
+        assert_eq!(
+            t.accounts(T, P, "a"),
+            Some([phone("ann", "ann-desk"), Account::default()])
+        );
+        // Another plugin or tenant learns nothing.
+        assert_eq!(t.accounts(T, "other", "a"), None);
+        assert_eq!(t.accounts("other", P, "a"), None);
+        // A dialled leg: whom it was placed for, then the phone that
+        // answered it (only an outbound leg takes one).
+        let dial = Command::Dial {
+            leg: "d".into(),
+            caller: String::new(),
+            to: Dialled {
+                class: Class::Internal,
+                number: "user:bob".into(),
+            },
+            ring_ms: 5000,
+            state: Vec::new(),
+            account_code: None,
+            user: Some("ann".into()),
+            device: Some("ann-desk".into()),
+            max_outbound: None,
+        };
+        t.command(T, P, dial, 0);
+        assert!(t.answered("d", 2, 0, false, 0));
+        t.answered_on("d", phone("bob", "bob-desk"));
+        t.answered_on("a", phone("eve", "eve-desk"));
+        assert_eq!(
+            t.accounts(T, P, "d"),
+            Some([phone("bob", "bob-desk"), phone("ann", "ann-desk")])
+        );
+        assert_eq!(
+            t.accounts(T, P, "a"),
+            Some([phone("ann", "ann-desk"), Account::default()])
+        );
+    }
+
+    #[test]
     fn the_outbound_cap_holds_when_it_is_carried_out_and_spares_emergency() {
         let mut t = Table::default();
         let dial = |leg: &str, class: Class| Command::Dial {
@@ -2373,6 +2456,7 @@ mod tests {
             state: Vec::new(),
             account_code: None,
             user: None,
+            device: None,
             max_outbound: Some(1),
         };
         let first = t.command(T, P, dial("d1", Class::National), 0);

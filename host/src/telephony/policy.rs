@@ -419,9 +419,12 @@ pub fn from_dialing(
             "max_outbound_minutes_per_day is at least 1 (leave it out for no cap)".into(),
         ));
     }
-    if d.restrictions.len() > MAX_RESTRICTIONS || d.users.len() > MAX_RESTRICTED_USERS {
+    if d.restrictions.len() > MAX_RESTRICTIONS
+        || d.users.len() > MAX_RESTRICTED_USERS
+        || d.devices.len() > MAX_RESTRICTED_USERS
+    {
         return Err(PolicyError::TooMany(format!(
-            "at most {MAX_RESTRICTIONS} restrictions and {MAX_RESTRICTED_USERS} users holding one"
+            "at most {MAX_RESTRICTIONS} restrictions, and {MAX_RESTRICTED_USERS} users and as many devices holding one"
         )));
     }
     for (name, r) in &d.restrictions {
@@ -446,6 +449,7 @@ pub fn from_dialing(
                 classes,
                 forward_external: r.forward_external,
                 transfer_external: r.transfer_external,
+                callback_external: r.callback_external,
                 conference: r.conference,
             },
         );
@@ -465,7 +469,20 @@ pub fn from_dialing(
             return Err(PolicyError::Plan("a user id is at most 64 bytes".into()));
         }
     }
+    for (device, name) in &d.devices {
+        if crate::identity::devices::check_device_name(device).is_err() {
+            return Err(PolicyError::Plan(format!(
+                "device {device:?}: a device name (1-32 of a-z 0-9 . _ -)"
+            )));
+        }
+        if !d.restrictions.contains_key(name) {
+            return Err(PolicyError::Plan(format!(
+                "device {device}: no restriction named {name:?}"
+            )));
+        }
+    }
     rules.users = d.users.clone();
+    rules.devices = d.devices.clone();
     rules.default_restriction = d.default_restriction.clone();
     if d.account_codes.len() > MAX_ACCOUNT_CODES {
         return Err(PolicyError::TooMany(format!(
@@ -522,11 +539,22 @@ pub fn is_account_code(code: &str) -> bool {
     (2..=16).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// Whom a leg is for, as its class of restriction and of service go:
+/// the user and the phone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Account {
+    pub user: Option<String>,
+    pub device: Option<String>,
+}
+
 /// Who places a call and how, as the policy weighs it.
 #[derive(Debug, Clone, Copy)]
 pub struct Asking<'a> {
     /// The user it is placed for (their class of restriction).
     pub user: Option<&'a str>,
+    /// The phone it is placed from or for (its class of restriction,
+    /// on top of the user's).
+    pub device: Option<&'a str>,
     pub purpose: Purpose,
     /// The account code it is billed to.
     pub account_code: Option<&'a str>,
@@ -534,7 +562,7 @@ pub struct Asking<'a> {
 
 /// Why a plugin places a call (`dial-purpose`): a forward needs the
 /// class of service `forward_external` to leave the tenant, a transfer
-/// `transfer_external`.
+/// `transfer_external`, a callback `callback_external`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
     Call,
@@ -549,29 +577,32 @@ impl Rules {
     /// forward or a transfer out of the tenant), then the account code
     /// (one given must be the tenant's; the classes the tenant names need
     /// one). Emergency calls pass whatever else is said.
-    pub fn decide_for(
-        &self,
-        dialled: &Dialled,
-        user: Option<&str>,
-        purpose: Purpose,
-        account_code: Option<&str>,
-    ) -> Result<(), Refusal> {
-        let cor = self.cor_of(user);
+    pub fn decide_for(&self, dialled: &Dialled, asking: Asking<'_>) -> Result<(), Refusal> {
+        let Asking {
+            user,
+            device,
+            purpose,
+            account_code,
+        } = asking;
+        let cor = self.cor_of(user, device);
         self.decide(dialled, &cor.classes)?;
         if dialled.class == Class::Emergency {
             return Ok(());
         }
         let outside = dialled.class != Class::Internal;
         let refuse = |why: &str| Err(Refusal::new(why, Some(dialled.class)));
-        // Passing a call on out of the tenant is a user's privilege: for
-        // no user, only a default restriction the tenant set grants it.
-        if matches!(purpose, Purpose::Forward | Purpose::Transfer)
-            && outside
+        // Passing a call on out of the tenant (or calling back out of it)
+        // is a user's privilege: for no user, only a default restriction
+        // the tenant set grants it.
+        if matches!(
+            purpose,
+            Purpose::Forward | Purpose::Transfer | Purpose::Callback
+        ) && outside
             && user.is_none()
             && self.default_restriction.is_none()
         {
             return refuse(
-                "forwarding or transferring out of the tenant needs the user it is done for",
+                "forwarding, transferring or calling back out of the tenant needs the user it is done for",
             );
         }
         if purpose == Purpose::Forward && outside && !cor.forward_external {
@@ -582,6 +613,11 @@ impl Rules {
         if purpose == Purpose::Transfer && outside && !cor.transfer_external {
             return refuse(
                 "transferring to numbers outside the tenant is not allowed for this caller",
+            );
+        }
+        if purpose == Purpose::Callback && outside && !cor.callback_external {
+            return refuse(
+                "calling back numbers outside the tenant is not allowed for this caller",
             );
         }
         match account_code {
@@ -606,6 +642,7 @@ pub struct Cor {
     pub classes: BTreeSet<Class>,
     pub forward_external: bool,
     pub transfer_external: bool,
+    pub callback_external: bool,
     pub conference: bool,
 }
 
@@ -616,7 +653,19 @@ impl Cor {
             classes: Class::ALL.into_iter().collect(),
             forward_external: true,
             transfer_external: true,
+            callback_external: true,
             conference: true,
+        }
+    }
+
+    /// What both allow: a device's restriction on top of its user's.
+    pub fn narrowed(self, other: &Cor) -> Cor {
+        Cor {
+            classes: self.classes.intersection(&other.classes).copied().collect(),
+            forward_external: self.forward_external && other.forward_external,
+            transfer_external: self.transfer_external && other.transfer_external,
+            callback_external: self.callback_external && other.callback_external,
+            conference: self.conference && other.conference,
         }
     }
 }
@@ -631,6 +680,9 @@ pub struct Rules {
     /// Classes of restriction by name, who holds which, and the default.
     pub restrictions: std::collections::BTreeMap<String, Cor>,
     pub users: std::collections::BTreeMap<String, String>,
+    /// Devices holding a restriction of their own (on top of their
+    /// user's).
+    pub devices: std::collections::BTreeMap<String, String>,
     pub default_restriction: Option<String>,
     /// Account codes calls may be billed to, and the classes needing one.
     pub account_codes: BTreeSet<String>,
@@ -653,6 +705,7 @@ impl Default for Rules {
             deny: Vec::new(),
             restrictions: Default::default(),
             users: Default::default(),
+            devices: Default::default(),
             default_restriction: None,
             account_codes: BTreeSet::new(),
             account_code_classes: BTreeSet::new(),
@@ -690,13 +743,21 @@ impl Rules {
     }
 
     /// The class of restriction of `user` (a user id), or of a call placed
-    /// for no user.
-    pub fn cor_of(&self, user: Option<&str>) -> Cor {
-        user.and_then(|u| self.users.get(u))
+    /// for no user, narrowed by `device`'s own if it holds one.
+    pub fn cor_of(&self, user: Option<&str>, device: Option<&str>) -> Cor {
+        let of_user = user
+            .and_then(|u| self.users.get(u))
             .or(self.default_restriction.as_ref())
             .and_then(|name| self.restrictions.get(name))
             .cloned()
-            .unwrap_or_else(Cor::unrestricted)
+            .unwrap_or_else(Cor::unrestricted);
+        match device
+            .and_then(|d| self.devices.get(d))
+            .and_then(|name| self.restrictions.get(name))
+        {
+            Some(of_device) => of_user.narrowed(of_device),
+            None => of_user,
+        }
     }
 
     /// Whether a caller whose class of restriction is `cor` (the classes
@@ -753,6 +814,7 @@ mod tests {
                 classes: vec!["internal".into(), "national".into(), "mobile".into()],
                 forward_external: true,
                 transfer_external: false,
+                callback_external: false,
                 conference: true,
             },
         );
@@ -764,22 +826,22 @@ mod tests {
         let emergency = plan.read("999").unwrap();
         // A transfer out needs transfer_external; inside it does not.
         let refused = rules
-            .decide_for(&national, None, Purpose::Transfer, None)
+            .decide_for(&national, ask(None, Purpose::Transfer, None))
             .unwrap_err();
         assert!(refused.reason.contains("transferring"), "{refused}");
         assert!(
             rules
-                .decide_for(&ext, None, Purpose::Transfer, None)
+                .decide_for(&ext, ask(None, Purpose::Transfer, None))
                 .is_ok()
         );
         assert!(
             rules
-                .decide_for(&national, None, Purpose::Forward, None)
+                .decide_for(&national, ask(None, Purpose::Forward, None))
                 .is_ok()
         );
         // Mobile numbers need a listed code; any given code must be listed.
         let refused = rules
-            .decide_for(&mobile, None, Purpose::Call, None)
+            .decide_for(&mobile, ask(None, Purpose::Call, None))
             .unwrap_err();
         assert_eq!(
             refused.to_string(),
@@ -787,27 +849,27 @@ mod tests {
         );
         assert!(
             rules
-                .decide_for(&mobile, None, Purpose::Call, Some("1234"))
+                .decide_for(&mobile, ask(None, Purpose::Call, Some("1234")))
                 .is_ok()
         );
         let refused = rules
-            .decide_for(&national, None, Purpose::Call, Some("1235"))
+            .decide_for(&national, ask(None, Purpose::Call, Some("1235")))
             .unwrap_err();
         assert_eq!(refused.to_string(), "restricted: account code unknown");
         assert!(
             rules
-                .decide_for(&national, None, Purpose::Call, Some("987654"))
+                .decide_for(&national, ask(None, Purpose::Call, Some("987654")))
                 .is_ok()
         );
         assert!(
             rules
-                .decide_for(&national, None, Purpose::Call, None)
+                .decide_for(&national, ask(None, Purpose::Call, None))
                 .is_ok()
         );
         // Emergency: no code needed, and a wrong one does not stop it.
         assert!(
             rules
-                .decide_for(&emergency, None, Purpose::Transfer, Some("0"))
+                .decide_for(&emergency, ask(None, Purpose::Transfer, Some("0")))
                 .is_ok()
         );
         // Bad settings are refused.
@@ -841,6 +903,7 @@ mod tests {
                 classes: vec!["internal".into()],
                 forward_external: false,
                 transfer_external: false,
+                callback_external: false,
                 conference: true,
             },
         );
@@ -850,6 +913,7 @@ mod tests {
                 classes: vec!["internal".into(), "national".into(), "premium".into()],
                 forward_external: false,
                 transfer_external: false,
+                callback_external: false,
                 conference: true,
             },
         );
@@ -859,41 +923,41 @@ mod tests {
         let national = plan.read("02079460018").unwrap();
         assert!(
             rules
-                .decide_for(&national, Some("ann"), Purpose::Call, None)
+                .decide_for(&national, ask(Some("ann"), Purpose::Call, None))
                 .is_ok()
         );
         assert!(
             rules
-                .decide_for(&national, Some("bob"), Purpose::Call, None)
+                .decide_for(&national, ask(Some("bob"), Purpose::Call, None))
                 .is_err()
         );
         assert!(
             rules
-                .decide_for(&national, None, Purpose::Call, None)
+                .decide_for(&national, ask(None, Purpose::Call, None))
                 .is_err()
         );
         let refused = rules
-            .decide_for(&national, Some("ann"), Purpose::Forward, None)
+            .decide_for(&national, ask(Some("ann"), Purpose::Forward, None))
             .unwrap_err();
         assert!(refused.reason.contains("forwarding"), "{refused}");
         // Premium in the restriction does not open what the tenant denies.
         let premium = plan.read("09012345678").unwrap();
         assert!(
             rules
-                .decide_for(&premium, Some("ann"), Purpose::Call, None)
+                .decide_for(&premium, ask(Some("ann"), Purpose::Call, None))
                 .is_err()
         );
         // Emergency always; an internal forward is no forward out.
         let emergency = plan.read("999").unwrap();
         assert!(
             rules
-                .decide_for(&emergency, None, Purpose::Forward, None)
+                .decide_for(&emergency, ask(None, Purpose::Forward, None))
                 .is_ok()
         );
         let ext = plan.read("201").unwrap();
         assert!(
             rules
-                .decide_for(&ext, Some("ann"), Purpose::Forward, None)
+                .decide_for(&ext, ask(Some("ann"), Purpose::Forward, None))
                 .is_ok()
         );
         // No restriction at all: the tenant's rules alone, but passing a
@@ -904,22 +968,26 @@ mod tests {
         for purpose in [Purpose::Forward, Purpose::Transfer] {
             assert!(
                 open_rules
-                    .decide_for(&national, None, purpose, None)
+                    .decide_for(&national, ask(None, purpose, None))
                     .is_err()
             );
             assert!(
                 open_rules
-                    .decide_for(&national, Some("x"), purpose, None)
+                    .decide_for(&national, ask(Some("x"), purpose, None))
                     .is_ok()
             );
-            assert!(open_rules.decide_for(&ext, None, purpose, None).is_ok());
+            assert!(
+                open_rules
+                    .decide_for(&ext, ask(None, purpose, None))
+                    .is_ok()
+            );
         }
         // No restriction at all: the tenant's rules alone.
         let open = from_dialing(&crate::tenant::Dialing::default(), "GB")
             .unwrap()
             .1;
         assert!(
-            open.decide_for(&national, Some("x"), Purpose::Forward, None)
+            open.decide_for(&national, ask(Some("x"), Purpose::Forward, None))
                 .is_ok()
         );
         // A bad name, a dangling holder, an unknown class: refused.
@@ -937,6 +1005,130 @@ mod tests {
             .classes
             .push("lunar".into());
         assert!(from_dialing(&bad, "GB").is_err());
+    }
+
+    #[test]
+    fn a_devices_restriction_narrows_its_users_and_callbacks_need_their_service() {
+        let restriction =
+            |classes: &[&str], external: bool, conference: bool| crate::tenant::Restriction {
+                classes: classes.iter().map(|c| c.to_string()).collect(),
+                forward_external: external,
+                transfer_external: external,
+                callback_external: external,
+                conference,
+            };
+        let mut d = crate::tenant::Dialing {
+            region: Some("GB".into()),
+            ..Default::default()
+        };
+        d.restrictions.insert(
+            "exec".into(),
+            restriction(&["internal", "national", "mobile"], true, true),
+        );
+        d.restrictions
+            .insert("lobby".into(), restriction(&["internal"], false, false));
+        d.restrictions.insert(
+            "kitchen".into(),
+            restriction(&["internal", "mobile"], true, true),
+        );
+        d.users.insert("ann".into(), "exec".into());
+        d.devices.insert("lobby-1".into(), "lobby".into());
+        d.devices.insert("kitchen".into(), "kitchen".into());
+        let (plan, rules) = from_dialing(&d, "US").unwrap();
+        let national = plan.read("02079460018").unwrap();
+        let mobile = plan.read("07400123456").unwrap();
+        let at = |user, device, purpose| Asking {
+            user,
+            device,
+            purpose,
+            account_code: None,
+        };
+        // Ann's own phone: her restriction. The lobby phone narrows it to
+        // internal; the kitchen phone to what both allow (mobile).
+        assert!(
+            rules
+                .decide_for(&national, at(Some("ann"), None, Purpose::Call))
+                .is_ok()
+        );
+        let refused = rules
+            .decide_for(&national, at(Some("ann"), Some("lobby-1"), Purpose::Call))
+            .unwrap_err();
+        assert!(
+            refused.reason.contains("not allowed for this caller"),
+            "{refused}"
+        );
+        assert!(
+            rules
+                .decide_for(&national, at(Some("ann"), Some("kitchen"), Purpose::Call))
+                .is_err()
+        );
+        assert!(
+            rules
+                .decide_for(&mobile, at(Some("ann"), Some("kitchen"), Purpose::Call))
+                .is_ok()
+        );
+        // A device narrows, never widens: a user with no restriction of
+        // their own on the kitchen phone still has the tenant's rules.
+        let intl = plan.read("+12025550123").unwrap();
+        assert!(
+            rules
+                .decide_for(&intl, at(Some("bob"), Some("kitchen"), Purpose::Call))
+                .is_err()
+        );
+        // Emergency from any phone.
+        let emergency = plan.read("999").unwrap();
+        assert!(
+            rules
+                .decide_for(&emergency, at(None, Some("lobby-1"), Purpose::Call))
+                .is_ok()
+        );
+        // Services narrow too.
+        assert!(!rules.cor_of(Some("ann"), Some("lobby-1")).conference);
+        assert!(rules.cor_of(Some("ann"), Some("kitchen")).conference);
+        assert!(
+            rules
+                .decide_for(&mobile, at(Some("ann"), Some("lobby-1"), Purpose::Forward))
+                .is_err()
+        );
+        // A callback out needs callback_external, and a user.
+        assert!(
+            rules
+                .decide_for(&national, at(Some("ann"), None, Purpose::Callback))
+                .is_ok()
+        );
+        d.restrictions.get_mut("exec").unwrap().callback_external = false;
+        let rules = from_dialing(&d, "US").unwrap().1;
+        let refused = rules
+            .decide_for(&national, at(Some("ann"), None, Purpose::Callback))
+            .unwrap_err();
+        assert!(refused.reason.contains("calling back"), "{refused}");
+        let open = from_dialing(&crate::tenant::Dialing::default(), "GB")
+            .unwrap()
+            .1;
+        assert!(
+            open.decide_for(&national, at(None, None, Purpose::Callback))
+                .is_err()
+        );
+        assert!(
+            open.decide_for(&national, at(Some("x"), None, Purpose::Callback))
+                .is_ok()
+        );
+        // A device holding a restriction that does not exist, or a name
+        // that is no device name: refused.
+        for (device, name) in [("lobby-2", "vip"), ("Lobby Phone", "lobby"), ("", "lobby")] {
+            let mut bad = d.clone();
+            bad.devices.insert(device.into(), name.into());
+            assert!(from_dialing(&bad, "GB").is_err(), "{device:?} {name:?}");
+        }
+    }
+
+    fn ask<'a>(user: Option<&'a str>, purpose: Purpose, code: Option<&'a str>) -> Asking<'a> {
+        Asking {
+            user,
+            device: None,
+            purpose,
+            account_code: code,
+        }
     }
 
     fn plan(region: &str) -> Plan {

@@ -34,6 +34,8 @@ pub struct Inbound {
     pub callee: String,
     /// The user whose phone placed the call (none from trunks).
     pub user: Option<String>,
+    /// The device (name) that placed it (none from trunks).
+    pub device: Option<String>,
     pub media: MediaOffer,
     /// The trunk it came in over (for its call record).
     pub trunk: Option<String>,

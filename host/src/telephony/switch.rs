@@ -103,7 +103,7 @@ enum Msg {
     Ringing(String),
     Answered(
         String,
-        Box<MediaOffer>,
+        Box<(MediaOffer, policy::Account)>,
         oneshot::Sender<Result<SocketAddr, TelephonyError>>,
     ),
     Prepare(
@@ -260,11 +260,17 @@ impl Telephony {
             .cloned()
     }
 
-    /// Whether `user`'s class of service lets their calls into conference
-    /// rooms (an unusable policy: no).
-    pub fn may_conference(&self, dialing: &Dialing, user: &str) -> bool {
-        policy::from_dialing(dialing, &self.config.region)
-            .is_ok_and(|(_, rules)| rules.cor_of(Some(user)).conference)
+    /// Whether the class of service of everyone a leg is for (the user
+    /// and device whose phone it is, the user and device it was placed
+    /// for) lets it into conference rooms (an unusable policy: no).
+    pub fn may_conference(&self, dialing: &Dialing, accounts: &[policy::Account]) -> bool {
+        policy::from_dialing(dialing, &self.config.region).is_ok_and(|(_, rules)| {
+            accounts.iter().all(|a| {
+                rules
+                    .cor_of(a.user.as_deref(), a.device.as_deref())
+                    .conference
+            })
+        })
     }
 
     /// Whether `to` reads as an emergency number in the tenant's plan.
@@ -287,11 +293,9 @@ impl Telephony {
         asking: policy::Asking<'_>,
     ) -> Result<Dialled, Refusal> {
         let decided = match policy::from_dialing(dialing, &self.config.region) {
-            Ok((plan, rules)) => plan.read(to).and_then(|d| {
-                rules
-                    .decide_for(&d, asking.user, asking.purpose, asking.account_code)
-                    .map(|()| d)
-            }),
+            Ok((plan, rules)) => plan
+                .read(to)
+                .and_then(|d| rules.decide_for(&d, asking).map(|()| d)),
             // Checked when set; a record that no longer reads refuses all.
             Err(e) => Err(Refusal {
                 reason: format!("the tenant's dialing policy is unusable: {e}"),
@@ -494,14 +498,17 @@ impl Telephony {
         self.send(Msg::Ringing(leg.to_string()));
     }
 
-    /// An outbound leg was answered with `media`; returns the local media
-    /// address.
+    /// An outbound leg was answered with `media` by `phone` (the device
+    /// and its owner, when a phone of the tenant answered: their class of
+    /// restriction and of service follow the leg); returns the local
+    /// media address.
     pub async fn answered(
         &self,
         leg: &str,
         media: MediaOffer,
+        phone: policy::Account,
     ) -> Result<SocketAddr, TelephonyError> {
-        self.ask(|tx| Msg::Answered(leg.to_string(), Box::new(media), tx))
+        self.ask(|tx| Msg::Answered(leg.to_string(), Box::new((media, phone)), tx))
             .await
     }
 
@@ -516,6 +523,11 @@ impl Telephony {
     ) -> Result<SocketAddr, TelephonyError> {
         self.ask(|tx| Msg::Prepare(leg.to_string(), Box::new(media), tx))
             .await
+    }
+
+    /// Whom leg `id` of `tenant`'s `plugin` is for (`Table::accounts`).
+    pub fn accounts(&self, tenant: &str, plugin: &str, id: &str) -> Option<[policy::Account; 2]> {
+        self.table.lock().recover().accounts(tenant, plugin, id)
     }
 
     /// Notes the trunk an outbound leg goes out over (for its record).
@@ -700,7 +712,8 @@ async fn run(me: Weak<Telephony>, media: MediaConfig, mut rx: mpsc::UnboundedRec
                     let _ = reply.send(result);
                     Vec::new()
                 }
-                Msg::Answered(leg, offer, reply) => {
+                Msg::Answered(leg, answer, reply) => {
+                    let (offer, phone) = *answer;
                     let (tenant, prepared, ringing) = {
                         let table = t.table.lock().recover();
                         (
@@ -727,13 +740,20 @@ async fn run(me: Weak<Telephony>, media: MediaConfig, mut rx: mpsc::UnboundedRec
                     };
                     let result = match opened {
                         Ok((media, addr)) => {
-                            let taken = t.table.lock().recover().answered(
-                                &leg,
-                                media,
-                                offer.payload_type,
-                                offer.srtp.is_some(),
-                                now,
-                            );
+                            let taken = {
+                                let mut table = t.table.lock().recover();
+                                let taken = table.answered(
+                                    &leg,
+                                    media,
+                                    offer.payload_type,
+                                    offer.srtp.is_some(),
+                                    now,
+                                );
+                                if taken {
+                                    table.answered_on(&leg, phone);
+                                }
+                                taken
+                            };
                             if taken {
                                 t.counters.legs_started.fetch_add(1, Ordering::Relaxed);
                                 metrics::CALL_LEGS.inc(&[&tenant, "outbound"]);

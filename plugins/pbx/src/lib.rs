@@ -186,6 +186,9 @@ struct Ring<'a> {
     shown: &'a str,
     /// The user it is placed for (their dialing restriction applies).
     for_user: Option<String>,
+    /// The leg whose phone it is placed for (the host takes its user and
+    /// holds the call to that phone's restriction too).
+    for_leg: Option<&'a str>,
     /// The user rung (empty for a number).
     user: &'a str,
     to: &'a str,
@@ -199,6 +202,7 @@ fn ring(r: Ring<'_>) -> Result<String, Error> {
     let opts = DialOpts {
         purpose: r.purpose,
         on_behalf_of: r.for_user.filter(|u| !u.is_empty()),
+        for_leg: r.for_leg.map(str::to_string),
         ring_ms: ring_s.clamp(5, 120) * 1000,
         state: serde_json::to_vec(&Role::Callee {
             caller: r.caller.to_string(),
@@ -250,6 +254,7 @@ fn forward(caller: &str, user: &str, target: &str) -> Result<(), Error> {
         caller,
         shown: &shown,
         for_user: Some(user.to_string()),
+        for_leg: None,
         user: &rung,
         to: &to,
         purpose: DialPurpose::Forward,
@@ -282,6 +287,7 @@ fn call_out(leg: &str, to: &str, user: Option<String>, code: Option<String>) -> 
         caller: leg,
         shown: "",
         for_user: user.clone(),
+        for_leg: Some(leg),
         user: "",
         to,
         purpose: DialPurpose::Call,
@@ -385,6 +391,7 @@ fn transfer(e: &CallEvent, role: Option<Role>, to: &str) -> Result<(), Error> {
         caller: &peer.id,
         shown: &peer.caller,
         for_user: by,
+        for_leg: Some(leg),
         user: &rung,
         to: &target,
         purpose: DialPurpose::Transfer,
@@ -494,6 +501,7 @@ fn on_call(e: &CallEvent) -> Result<(), Error> {
                         caller: leg,
                         shown: &e.snapshot.caller,
                         for_user: caller,
+                        for_leg: Some(leg),
                         user: &user.id,
                         to: &format!("user:{}", user.id),
                         purpose: DialPurpose::Call,
