@@ -1353,6 +1353,7 @@ impl Door {
     fn device_changed(&self, tenant: &str, device: &str) {
         self.registrar.clear(tenant, device);
         self.subs_device_gone(tenant, device);
+        self.cancel_branches_of(tenant, device, |_| true);
         for leg in self.dialogs.legs_of(tenant, device) {
             self.end_leg(&leg, Cause::Normal);
             self.rt.telephony().ended(&leg, Cause::Normal);
@@ -1364,6 +1365,10 @@ impl Door {
     fn device_plain_off(&self, tenant: &str, device: &str) {
         let plain = |flow: u64| self.flows.get(flow).is_none_or(|f| !f.is_tls());
         self.registrar.clear_where(tenant, device, plain);
+        // Nothing more reaches it there: its subscriptions over UDP/TCP
+        // end, and calls still ringing it there stop.
+        self.subs_device_off(tenant, device, plain);
+        self.cancel_branches_of(tenant, device, plain);
         for leg in self.dialogs.legs_of(tenant, device) {
             // A call that began over UDP/TCP (plain RTP) ends; one that
             // began over TLS goes on, wherever its connection is now.

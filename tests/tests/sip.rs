@@ -1385,14 +1385,81 @@ async fn t2_a_device_allowed_udp_and_tcp_registers_and_calls_there_with_plain_rt
         ua.send(&rung.response(486, "Busy Here", Some("busy")))
             .await;
     }
-    // Its admins turn UDP/TCP off: its next registration there is
-    // refused; on again, taken.
+    // Registered over UDP, subscribed to message waiting there, and
+    // ringing there when its admins turn UDP/TCP off.
+    let mut ua = Ua::connect_plain(r.udp, false, "old-phone", "acme.localhost", &password).await;
+    assert_eq!(ua.register("MD5", 600).await.status(), Some(200));
+    let uri = "sip:old-phone@acme.localhost";
+    let mwi = [
+        ("Event", "message-summary".to_string()),
+        ("Expires", "600".to_string()),
+    ];
+    let first = ua.request("SUBSCRIBE", uri, &mwi);
+    ua.send(&first).await;
+    let challenged = ua.final_response().await.unwrap();
+    let (h, v) = ua.answer(&challenged, "MD5", "SUBSCRIBE", uri);
+    let signed = ua.request("SUBSCRIBE", uri, &[mwi[0].clone(), mwi[1].clone(), (&h, v)]);
+    ua.send(&signed).await;
+    assert_eq!(ua.final_response().await.unwrap().status(), Some(200));
+    let notify = ua.recv().await.expect("the first NOTIFY");
+    assert_eq!(notify.method(), Some("NOTIFY"));
+    ua.send(&notify.response(200, "OK", None)).await;
+    // (It would ring for 30 s.)
+    let dialled = ok_json(
+        r.h.post(
+            "acme",
+            "callflow",
+            "u",
+            "/dial/device%3Aold-phone?ring=30000",
+            b"",
+        )
+        .await,
+    );
+    let ringing = dialled["leg"].as_str().expect("a leg").to_string();
+    let rung = loop {
+        let m = ua.recv().await.expect("an INVITE to the phone");
+        if m.method() == Some("INVITE") {
+            break m;
+        }
+    };
+    ua.send(&rung.response(180, "Ringing", Some("ring"))).await;
+    r.wait_event("acme", &ringing, "ringing").await;
     let set_udp = |udp: bool| Op::DeviceUdp {
         tenant: "acme".into(),
         name: "old-phone".into(),
         udp,
     };
     assert_eq!(console(&r.h, set_udp(false)).await["device"]["udp"], false);
+    // The call ringing it there is cancelled and ends...
+    let cancelled = loop {
+        let m = ua.recv().await.expect("a CANCEL");
+        if m.method() == Some("CANCEL") {
+            break m;
+        }
+    };
+    assert_eq!(cancelled.call_id(), rung.call_id());
+    ua.send(&cancelled.response(200, "OK", None)).await;
+    ua.send(&rung.response(487, "Request Terminated", Some("ring")))
+        .await;
+    r.wait_event("acme", &ringing, "ended:no-answer").await;
+    // ...and message waiting no longer reaches it there.
+    ok_json(
+        r.h.post(
+            "acme",
+            "callflow",
+            "u",
+            &format!("/mwi/{}/2/0", r.bob_id),
+            b"",
+        )
+        .await,
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while let Some(m) = ua
+        .recv_within(deadline.saturating_duration_since(tokio::time::Instant::now()))
+        .await
+    {
+        assert_ne!(m.method(), Some("NOTIFY"), "{m:?}");
+    }
     // What it held over UDP/TCP is gone at once: a call to it finds no
     // registration.
     let dialled = ok_json(

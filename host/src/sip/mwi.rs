@@ -279,6 +279,16 @@ impl Door {
             .retain(|_, s| !(s.tenant == tenant && s.device == device));
     }
 
+    /// `tenant`'s `device` may no longer use the flows `off` picks: its
+    /// subscriptions over one end (no NOTIFY reaches it there again).
+    pub(super) fn subs_device_off(&self, tenant: &str, device: &str, off: impl Fn(u64) -> bool) {
+        self.subs
+            .all
+            .lock()
+            .recover()
+            .retain(|_, s| !(s.tenant == tenant && s.device == device && off(s.flow)));
+    }
+
     /// A flow closed: its subscriptions end.
     pub(super) fn subs_flow_gone(&self, flow: u64) {
         self.subs.all.lock().recover().retain(|_, s| s.flow != flow);

@@ -881,6 +881,37 @@ impl Door {
         });
     }
 
+    /// `tenant`'s `device` may no longer be reached over the flows `off`
+    /// picks (its UDP/TCP was turned off): its branches still ringing over
+    /// one get a CANCEL and fail (487), as if it had declined.
+    pub(super) fn cancel_branches_of(&self, tenant: &str, device: &str, off: impl Fn(u64) -> bool) {
+        let ringing: Vec<(String, usize, u64, Message)> = {
+            let forks = self.forks.lock().unwrap_or_else(|p| p.into_inner());
+            forks
+                .by_leg
+                .values()
+                .filter(|f| f.tenant == tenant && !f.answered && !f.answering && !f.settled)
+                .flat_map(|f| {
+                    f.branches
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, b)| b.device == device && b.done.is_none())
+                        .map(|(i, b)| (f.leg.clone(), i, b.flow, b.invite.clone()))
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        for (leg, i, flow, invite) in ringing {
+            if !off(flow) {
+                continue;
+            }
+            if let Some(flow) = self.flows.get(flow) {
+                flow.send(&cancel(&invite));
+            }
+            self.finish_branch(&leg, i, 487);
+        }
+    }
+
     /// A flow closed: its branches fail.
     pub(super) fn flow_gone(&self, flow: u64) {
         let hit: Vec<(String, usize)> = {
