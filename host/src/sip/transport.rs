@@ -97,9 +97,9 @@ impl Flow {
             peer,
             local,
             kind: Kind::Udp(transactions),
+            authenticated: std::sync::atomic::AtomicBool::new(party != Party::Devices),
             party,
             out,
-            authenticated: std::sync::atomic::AtomicBool::new(true),
             shut: tokio::sync::Notify::new(),
             last_read: Mutex::new(tokio::time::Instant::now()),
             ponged: std::sync::atomic::AtomicBool::new(false),
@@ -187,6 +187,12 @@ impl Flow {
     pub fn authenticated(&self) {
         self.authenticated.store(true, Ordering::Relaxed);
     }
+
+    /// Whether a device authenticated a request on the flow (always, for
+    /// flows of other parties).
+    pub fn is_authenticated(&self) -> bool {
+        self.authenticated.load(Ordering::Relaxed)
+    }
 }
 
 /// The live flows, by id.
@@ -225,6 +231,12 @@ impl Flows {
     /// Forgets a UDP flow (it carries nothing).
     pub(super) fn remove(&self, id: u64) {
         self.live.lock().recover().remove(&id);
+    }
+
+    /// Flows live now.
+    #[cfg(test)]
+    pub fn count(&self) -> usize {
+        self.live.lock().recover().len()
     }
 
     /// Flow `id`, if it is open.

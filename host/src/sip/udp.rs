@@ -23,7 +23,7 @@
 //!   absorbing needs), and at most [`MAX_TRANSACTIONS`] are held: past
 //!   that, new requests are dropped (counted), never the state of calls.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -45,8 +45,9 @@ pub const LIFETIME: Duration = Duration::from_secs(32);
 const INVITE_LIMIT: Duration = Duration::from_secs(300);
 /// Transactions held at once.
 pub const MAX_TRANSACTIONS: usize = 100_000;
-/// Trunk peers (address and port) the door keeps a flow for, in all and
-/// per IP address.
+/// Peers (address and port) the door keeps a flow for, in all and per
+/// IP address, in each of two pools: trunks' providers, and devices (so
+/// datagrams from forged device addresses can never crowd out a trunk).
 pub const MAX_PEERS: usize = 4096;
 pub const MAX_PEERS_PER_IP: usize = 64;
 /// A peer's flow unused this long, carrying no call, may be forgotten.
@@ -410,13 +411,117 @@ impl Datagrams for Transactions {
     }
 }
 
+/// The peers' flows in two pools (trunks' providers, devices), with the
+/// counts that bound them and the order devices' peers came in, so that
+/// every step on a new peer is O(1) amortised, under a flood too.
+#[derive(Default)]
+struct Peers {
+    /// Each peer's flow and when it was last heard or used.
+    map: HashMap<SocketAddr, (Arc<Flow>, tokio::time::Instant)>,
+    /// Peers per pool (`true`: devices) and per pool and address.
+    count: [usize; 2],
+    per_ip: HashMap<(bool, std::net::IpAddr), usize>,
+    /// Devices' peers in the order they came, in all and per address
+    /// (with their flow id: an entry whose peer went or came again is
+    /// stale and skipped).
+    order: VecDeque<(SocketAddr, u64)>,
+    order_per_ip: HashMap<std::net::IpAddr, VecDeque<(SocketAddr, u64)>>,
+    /// Entries in `order_per_ip`.
+    per_ip_entries: usize,
+    /// When idle peers were last swept.
+    swept: Option<tokio::time::Instant>,
+}
+
+impl Peers {
+    fn full(&self, devices: bool, ip: std::net::IpAddr) -> bool {
+        self.count[usize::from(devices)] >= MAX_PEERS
+            || self.per_ip.get(&(devices, ip)).copied().unwrap_or(0) >= MAX_PEERS_PER_IP
+    }
+
+    fn insert(&mut self, peer: SocketAddr, flow: Arc<Flow>, now: tokio::time::Instant) {
+        let devices = flow.party == Party::Devices;
+        if devices {
+            self.order.push_back((peer, flow.id));
+            self.order_per_ip
+                .entry(peer.ip())
+                .or_default()
+                .push_back((peer, flow.id));
+            self.per_ip_entries += 1;
+            self.compact();
+        }
+        self.count[usize::from(devices)] += 1;
+        *self.per_ip.entry((devices, peer.ip())).or_default() += 1;
+        self.map.insert(peer, (flow, now));
+    }
+
+    fn remove(&mut self, peer: &SocketAddr) -> Option<Arc<Flow>> {
+        let (flow, _) = self.map.remove(peer)?;
+        let devices = flow.party == Party::Devices;
+        self.count[usize::from(devices)] -= 1;
+        let key = (devices, peer.ip());
+        if let Some(n) = self.per_ip.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&key);
+            }
+        }
+        Some(flow)
+    }
+
+    /// Drops stale entries from the order once they could outnumber the
+    /// live ones.
+    fn compact(&mut self) {
+        let limit = 2 * MAX_PEERS + 64;
+        if self.order.len() > limit || self.per_ip_entries > limit {
+            let map = &self.map;
+            let live = |(p, id): &(SocketAddr, u64)| map.get(p).is_some_and(|(f, _)| f.id == *id);
+            self.order.retain(live);
+            self.order_per_ip.retain(|_, q| {
+                q.retain(live);
+                !q.is_empty()
+            });
+            self.per_ip_entries = self.order_per_ip.values().map(VecDeque::len).sum();
+        }
+    }
+
+    /// Forgets the first devices' peer in the order (of every address, or
+    /// of `ip`) that no device ever authenticated on and that carries
+    /// nothing; entries it passes leave the order (amortised O(1)).
+    fn evict_stranger(
+        &mut self,
+        ip: Option<std::net::IpAddr>,
+        in_use: &dyn Fn(u64) -> bool,
+    ) -> Option<Arc<Flow>> {
+        loop {
+            let next = match ip {
+                Some(ip) => {
+                    let next = self.order_per_ip.get_mut(&ip)?.pop_front();
+                    self.per_ip_entries -= usize::from(next.is_some());
+                    next
+                }
+                None => self.order.pop_front(),
+            };
+            let (peer, id) = next?;
+            let Some((flow, _)) = self.map.get(&peer).filter(|(f, _)| f.id == id) else {
+                continue; // Stale.
+            };
+            if flow.is_authenticated() || in_use(flow.id) {
+                // A phone's (authentication is for good): no stranger, it
+                // leaves the order (idle, it goes as every peer does).
+                continue;
+            }
+            return self.remove(&peer);
+        }
+    }
+}
+
 /// The UDP side of the door: the socket, its peers' flows and the
 /// transaction layer.
 pub struct Udp {
     socket: Arc<tokio::net::UdpSocket>,
     local: SocketAddr,
     /// Each peer's flow and when it was last heard or used.
-    peers: Mutex<HashMap<SocketAddr, (Arc<Flow>, tokio::time::Instant)>>,
+    peers: Mutex<Peers>,
     flows: Arc<Flows>,
     transactions: Arc<Transactions>,
 }
@@ -443,9 +548,11 @@ impl Udp {
     }
 
     /// The flow to `peer`, made on first use as `party`'s. At
-    /// [`MAX_PEERS`] in all or [`MAX_PEERS_PER_IP`] for its address, flows
-    /// idle for [`PEER_IDLE`] that `in_use` says carry nothing are
-    /// forgotten first; `None` if there is still no room.
+    /// [`MAX_PEERS`] in its pool or [`MAX_PEERS_PER_IP`] for its address
+    /// there, flows idle for [`PEER_IDLE`] that `in_use` says carry
+    /// nothing are forgotten first; then, for devices, the longest quiet
+    /// flow on which no device ever authenticated (what forged sources
+    /// make) and that carries nothing. `None` if there is still no room.
     pub fn flow_to(
         &self,
         peer: SocketAddr,
@@ -454,34 +561,52 @@ impl Udp {
     ) -> Option<Arc<Flow>> {
         let now = tokio::time::Instant::now();
         let mut peers = self.peers.lock().recover();
-        if let Some((f, seen)) = peers.get_mut(&peer) {
+        if let Some((f, seen)) = peers.map.get_mut(&peer) {
             if f.party == party {
                 *seen = now;
                 return Some(f.clone());
             }
             // The address changed role (a trunk now allows it, or no
             // longer does): a flow of its new party replaces the old.
-            if let Some((old, _)) = peers.remove(&peer) {
+            if let Some(old) = peers.remove(&peer) {
                 self.flows.remove(old.id);
             }
         }
-        let same_ip = |p: &SocketAddr| p.ip() == peer.ip();
-        let full = |peers: &HashMap<SocketAddr, (Arc<Flow>, tokio::time::Instant)>| {
-            peers.len() >= MAX_PEERS
-                || peers.keys().filter(|p| same_ip(p)).count() >= MAX_PEERS_PER_IP
-        };
-        if full(&peers) {
-            let idle: Vec<SocketAddr> = peers
-                .iter()
-                .filter(|(_, (f, seen))| now.duration_since(*seen) >= PEER_IDLE && !in_use(f.id))
-                .map(|(p, _)| *p)
-                .collect();
-            for p in idle {
-                if let Some((f, _)) = peers.remove(&p) {
+        let devices = party == Party::Devices;
+        let ip = peer.ip();
+        if peers.full(devices, ip) {
+            // Peers idle for long that carry nothing go (looked for at
+            // most once a second: a flood of new peers must not make
+            // every datagram walk the table).
+            let due = peers
+                .swept
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
+            if due {
+                peers.swept = Some(now);
+                let idle: Vec<SocketAddr> = peers
+                    .map
+                    .iter()
+                    .filter(|(_, (f, seen))| {
+                        now.duration_since(*seen) >= PEER_IDLE && !in_use(f.id)
+                    })
+                    .map(|(p, _)| *p)
+                    .collect();
+                for p in idle {
+                    if let Some(f) = peers.remove(&p) {
+                        self.flows.remove(f.id);
+                    }
+                }
+            }
+            // Still full of devices' peers: the first come that no device
+            // ever authenticated on goes (this address's own, at its cap).
+            if devices && peers.full(devices, ip) {
+                let at_ip_cap =
+                    peers.per_ip.get(&(true, ip)).copied().unwrap_or(0) >= MAX_PEERS_PER_IP;
+                if let Some(f) = peers.evict_stranger(at_ip_cap.then_some(ip), in_use) {
                     self.flows.remove(f.id);
                 }
             }
-            if full(&peers) {
+            if peers.full(devices, ip) {
                 return None;
             }
         }
@@ -504,7 +629,7 @@ impl Udp {
             }
         });
         self.flows.insert(flow.clone());
-        peers.insert(peer, (flow.clone(), now));
+        peers.insert(peer, flow.clone(), now);
         Some(flow)
     }
 }
@@ -616,6 +741,67 @@ pub async fn serve<H: Handler>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn forged_device_peers_never_crowd_out_trunks_or_authenticated_phones() {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (udp, _timeouts) = Udp::new(socket, Arc::new(Flows::default())).unwrap();
+        let nothing = |_: u64| false;
+        let addr =
+            |i: usize| SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 5060));
+        // A phone that authenticated, then a flood of forged sources
+        // filling the devices' pool, and more.
+        let phone = udp.flow_to(addr(0), Party::Devices, &nothing).unwrap();
+        phone.authenticated();
+        let flood = 3 * MAX_PEERS;
+        for i in 1..flood {
+            assert!(
+                udp.flow_to(addr(i), Party::Devices, &nothing).is_some(),
+                "{i}"
+            );
+        }
+        let peers = udp.peers.lock().recover();
+        assert_eq!(peers.map.len(), MAX_PEERS);
+        assert!(peers.map.contains_key(&addr(0)), "the phone's peer stays");
+        assert!(!peers.map.contains_key(&addr(1)), "the first stranger went");
+        assert!(peers.map.contains_key(&addr(flood - 1)), "the last came in");
+        // The bookkeeping stays bounded under the flood.
+        let bound = 2 * MAX_PEERS + 64;
+        assert!(peers.order.len() <= bound && peers.per_ip_entries <= bound);
+        assert!(peers.order_per_ip.len() <= bound);
+        assert_eq!(
+            udp.flows.count(),
+            MAX_PEERS,
+            "forgotten peers' flows went too"
+        );
+        drop(peers);
+        // A trunk's provider has a pool of its own.
+        let trunk = SocketAddr::from(([192, 0, 2, 1], 5060));
+        assert!(udp.flow_to(trunk, Party::Provider, &nothing).is_some());
+        // One address may hold at most its share, strangers churning.
+        let one = |port: u16| SocketAddr::from(([198, 51, 100, 7], port));
+        for port in 0..(MAX_PEERS_PER_IP as u16 + 10) {
+            assert!(udp.flow_to(one(port), Party::Devices, &nothing).is_some());
+        }
+        let peers = udp.peers.lock().recover();
+        let from_one = peers.map.keys().filter(|p| p.ip() == one(0).ip()).count();
+        assert_eq!(from_one, MAX_PEERS_PER_IP);
+        drop(peers);
+        // When every device peer carries something, a new one waits.
+        let busy = |_: u64| true;
+        assert!(udp.flow_to(addr(99_999), Party::Devices, &busy).is_none());
+        // Trunks' peers are never evicted for being unauthenticated.
+        for i in 0..MAX_PEERS {
+            let p = SocketAddr::from(([172, 16, (i >> 8) as u8, i as u8], 5060));
+            if udp.flow_to(p, Party::Provider, &busy).is_none() {
+                assert!(i >= MAX_PEERS - 1, "{i}");
+            }
+        }
+        assert!(
+            udp.flow_to(trunk, Party::Provider, &busy).is_some(),
+            "still there"
+        );
+    }
 
     #[test]
     fn a_source_gets_its_burst_then_its_rate_and_others_are_apart() {
