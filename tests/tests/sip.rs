@@ -1509,3 +1509,112 @@ async fn t2_a_device_allowed_udp_and_tcp_registers_and_calls_there_with_plain_rt
         "audited"
     );
 }
+
+/// Sends `count` INVITEs from `source` (a loopback address) to the door's
+/// UDP port as fast as it can, each a new call from an unknown caller;
+/// returns the statuses of what came back until a second of quiet, and
+/// how long it all took.
+async fn flood_invites(door: SocketAddr, source: &str, count: usize) -> (Vec<u16>, Duration) {
+    let ip: std::net::IpAddr = source.parse().unwrap();
+    let socket = tokio::net::UdpSocket::bind((ip, 0)).await.unwrap();
+    let local = socket.local_addr().unwrap();
+    let started = std::time::Instant::now();
+    let sdp = offer(41_000, false);
+    for i in 0..count {
+        let m = format!(
+            "INVITE sip:100@acme.localhost SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKflood{i}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:intruder{i}@acme.localhost>;tag=f{i}\r\n\
+             To: <sip:100@acme.localhost>\r\nCall-ID: flood-{i}@{local}\r\nCSeq: 1 INVITE\r\n\
+             Contact: <sip:intruder@{local}>\r\nContent-Type: application/sdp\r\n\
+             Content-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        );
+        socket.send_to(m.as_bytes(), door).await.unwrap();
+    }
+    let mut statuses = Vec::new();
+    let mut buf = vec![0u8; 65_536];
+    while let Ok(Ok((n, _))) =
+        tokio::time::timeout(Duration::from_secs(1), socket.recv_from(&mut buf)).await
+    {
+        if let Ok(m) = Message::parse(&buf[..n]) {
+            statuses.push(m.status().unwrap_or(0));
+        }
+    }
+    (statuses, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t2_invite_and_register_floods_get_bounded_answers_and_the_door_keeps_serving() {
+    let r = rig().await;
+    // INVITE floods from unknown addresses over UDP, and a REGISTER flood
+    // over one TLS connection, while Alice's phone registers and calls.
+    let floods: Vec<_> = ["127.0.0.21", "127.0.0.22", "127.0.0.23"]
+        .into_iter()
+        .map(|source| tokio::spawn(flood_invites(r.udp, source, 400)))
+        .collect();
+    let sip = r.sip;
+    let registers = tokio::spawn(async move {
+        let mut ua = Ua::connect_from(
+            sip,
+            "127.0.0.31".parse().unwrap(),
+            "mallory",
+            "acme.localhost",
+            "guess",
+        )
+        .await;
+        for _ in 0..500 {
+            let m = ua.request("REGISTER", "sip:acme.localhost", &[]);
+            ua.send(&m).await;
+        }
+        let mut statuses = Vec::new();
+        while let Some(m) = ua.recv_within(Duration::from_secs(1)).await {
+            statuses.push(m.status().unwrap_or(0));
+        }
+        statuses
+    });
+    let mut ua = r.alice().await;
+    assert_eq!(ua.register("SHA-256", 600).await.status(), Some(200));
+    let (inv, ok) = invite(&mut ua, "100", &offer(40_200, true)).await;
+    assert_eq!(ok.status(), Some(200), "{ok:?}");
+    ua.send(&ack(&inv, &ok)).await;
+    let leg = r.only_leg("acme").await;
+    r.wait_event("acme", &leg, "offered:answer").await;
+    let bye = in_dialog(&mut ua, "BYE", &inv, &ok);
+    ua.send(&bye).await;
+    assert_eq!(
+        final_for(&mut ua, bye.cseq().unwrap().0).await.status(),
+        Some(200)
+    );
+    r.wait_event("acme", &leg, "ended:normal").await;
+    // Each flooding address drew at most its rate of answers (a burst of
+    // 40, then 20 a second: the door reflects no more at a forged
+    // address), each a challenge sent once (stateless), never a call.
+    for flood in floods {
+        let (statuses, took) = flood.await.unwrap();
+        let bound = 40 + 20 * (took.as_secs() as usize + 1);
+        let finals = statuses.iter().filter(|s| **s >= 200).count();
+        assert!(finals > 0, "the first were challenged");
+        assert!(finals <= bound, "{finals} answers in {took:?}");
+        assert!(
+            statuses.iter().all(|s| matches!(s, 100 | 401 | 407)),
+            "{statuses:?}"
+        );
+    }
+    // The REGISTER flood drew challenges only, and registered nothing.
+    let statuses = registers.await.unwrap();
+    assert!(!statuses.is_empty());
+    assert!(
+        statuses.iter().all(|s| *s == 401),
+        "{:?}",
+        &statuses[..5.min(statuses.len())]
+    );
+    // Nothing of the floods reached the plugin: Alice's call was its one
+    // leg; the rate drops are counted.
+    assert_eq!(r.legs("acme").await, [leg]);
+    assert!(
+        switchboard::metrics::render()
+            .contains("switchboard_sip_dropped_total{reason=\"device_rate\"}")
+    );
+    // And the door still answers Alice.
+    assert_eq!(ua.register("SHA-256", 600).await.status(), Some(200));
+}

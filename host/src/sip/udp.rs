@@ -281,6 +281,14 @@ impl Transactions {
                 let status = m.status().unwrap_or_default();
                 let (_, method) = m.cseq().unwrap_or_default();
                 let key = (flow, branch, method);
+                // A challenge is sent statelessly (RFC 3261 §26.3.2.4):
+                // never resent, the transaction forgotten (a request sent
+                // again gets a fresh one), so a forged source's request
+                // draws one answer, not a train of retransmissions.
+                if matches!(status, 401 | 407) {
+                    t.forget_server(&key);
+                    return;
+                }
                 let Some(s) = t.server.get_mut(&key) else {
                     return;
                 };
@@ -741,6 +749,32 @@ pub async fn serve<H: Handler>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn challenges_are_stateless_one_answer_per_request() {
+        let (tx, _rx) = mpsc::channel(8);
+        let t = Transactions::new(tx);
+        let invite = Message::parse(
+            b"INVITE sip:100@acme.localhost SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.9:5060;branch=z9hG4bKa1\r\n\
+              From: <sip:x@acme.localhost>;tag=1\r\nTo: <sip:100@acme.localhost>\r\n\
+              Call-ID: c1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
+        )
+        .unwrap();
+        let (out, mut sent) = mpsc::channel(8);
+        assert!(matches!(t.received(7, &invite), Received::Pass));
+        let challenge = invite.response(407, "Proxy Authentication Required", Some("t"));
+        t.sent(7, &challenge, &challenge.to_bytes(), &out);
+        // The same request again is the door's again (a fresh challenge),
+        // not absorbed; nothing is resent by itself.
+        assert!(matches!(t.received(7, &invite), Received::Pass));
+        tokio::time::sleep(T1 * 3).await;
+        assert!(sent.try_recv().is_err(), "no retransmission of a challenge");
+        // Any other final answer is kept and resent to a retransmission.
+        let busy = invite.response(486, "Busy Here", Some("t"));
+        t.sent(7, &busy, &busy.to_bytes(), &out);
+        assert!(matches!(t.received(7, &invite), Received::Absorb(Some(_))));
+        assert!(t.table.lock().recover().len() > 0);
+    }
 
     #[tokio::test]
     async fn forged_device_peers_never_crowd_out_trunks_or_authenticated_phones() {
