@@ -43,7 +43,7 @@ mod register;
 mod registrar;
 pub mod sdp;
 mod transport;
-mod udp;
+pub mod udp;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Weak};

@@ -792,9 +792,10 @@ pub struct Dialing {
     #[serde(default)]
     pub users: BTreeMap<String, String>,
     /// Phones holding a restriction of their own (a lobby phone, a
-    /// shared kitchen phone): device name → restriction name. A call
-    /// placed from one, or for a leg of one, is held to the device's
-    /// restriction and to its user's: the narrower of the two.
+    /// shared kitchen phone): device name → restriction name. A call a
+    /// plugin places for a leg of one (`for-leg`) is held to the device's
+    /// restriction and to its user's, the narrower of the two, and so is
+    /// the leg's place in conference rooms.
     #[serde(default)]
     pub devices: BTreeMap<String, String>,
     /// The restriction of callers not in `users`, and of calls a plugin

@@ -158,7 +158,7 @@ async fn t2_a_plugin_answers_collects_dials_and_bridges_in_order() {
     let (ra, rb) = (record_of(&h, &a).await, record_of(&h, &b).await);
     assert_eq!(ra.bridged_with.as_deref(), Some(b.as_str()), "{ra:?}");
     assert_eq!(rb.bridged_with.as_deref(), Some(a.as_str()), "{rb:?}");
-    assert!(ra.csv_row().ends_with(&format!(",{b}")), "{}", ra.csv_row());
+    assert!(ra.csv_row().ends_with(&format!(",{b},")), "{}", ra.csv_row());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -492,6 +492,42 @@ async fn t2_a_room_mixes_its_members_and_rooms_are_the_tenants_own() {
             .room_members("acme", "callflow", "r1"),
         2
     );
+    // The records of one meeting of the room name it alike; the room met
+    // again once it emptied, and another tenant's room of the same name,
+    // are other meetings.
+    rig.hang_up(&legs[0]);
+    rig.hang_up(&legs[1]);
+    let mut met = Vec::new();
+    for leg in &legs[..3] {
+        met.push(record_of(&h, leg).await.room.expect("a room in the record"));
+    }
+    assert!(met[0].starts_with("r1~") && met[0].len() > 3, "{met:?}");
+    assert!(met.iter().all(|m| *m == met[0]), "{met:?}");
+    let mut phone = Phone::new().unwrap();
+    let again = rig
+        .ring("acme", "callflow", "d", "800", b"room:r1", &mut phone)
+        .await
+        .unwrap();
+    wait_event(&h, "acme", &again, "joined:r1").await;
+    rig.hang_up(&again);
+    let later = record_of(&h, &again).await.room.unwrap();
+    assert!(
+        later.starts_with("r1~") && later != met[0],
+        "{later} {met:?}"
+    );
+    rig.hang_up(&legs[3]);
+    let theirs = loop {
+        let page = h
+            .runtime()
+            .call_records("globex", 0, u64::MAX, None, 100)
+            .unwrap();
+        if let Some(r) = page.records.into_iter().find(|r| r.leg == legs[3]) {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let theirs = theirs.room.unwrap();
+    assert!(theirs.starts_with("r1~") && theirs != met[0], "{theirs}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -832,9 +868,11 @@ async fn t1_a_phones_own_restriction_narrows_its_users_for_dials_and_rooms() {
             ("staff".to_string(), restriction(&outside, true, true)),
             ("lobby".to_string(), restriction(&["internal"], false, true)),
             ("hall".to_string(), restriction(&outside, true, false)),
+            ("guest".to_string(), restriction(&outside, false, false)),
         ]
         .into(),
         users: [("u-staff".to_string(), "staff".to_string())].into(),
+        default_restriction: Some("guest".into()),
         devices: [
             ("lobby-phone".to_string(), "lobby".to_string()),
             ("hall-phone".to_string(), "hall".to_string()),
@@ -961,11 +999,36 @@ async fn t1_a_phones_own_restriction_narrows_its_users_for_dials_and_rooms() {
     wait_event(&h, "acme", &placed, "answered").await;
     let (status, body) = post(format!("/join/{placed}/r1")).await;
     assert_eq!(status, 403, "{body}");
+    // The default restriction (no conference) holds for a leg placed for
+    // no one, never for a user holding their own (the desk, above) nor
+    // for a caller from outside (no phone of the tenant).
+    let (status, body) = post("/dial/02079460018".to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    let for_no_one = body["leg"].as_str().unwrap().to_string();
+    wait_event(&h, "acme", &for_no_one, "answered").await;
+    let (status, body) = post(format!("/join/{for_no_one}/r1")).await;
+    assert_eq!(status, 403, "{body}");
+    let mut outside = Phone::new().unwrap();
+    let caller = rig
+        .ring(
+            "acme",
+            "callflow",
+            "+447400123456",
+            "800",
+            b"answer",
+            &mut outside,
+        )
+        .await
+        .unwrap();
+    wait_event(&h, "acme", &caller, "offered:answer").await;
+    let (status, body) = post(format!("/join/{caller}/r1")).await;
+    assert_eq!(status, 200, "{body}");
+    wait_event(&h, "acme", &caller, "joined:r1").await;
     assert_eq!(
         h.runtime()
             .telephony()
             .room_members("acme", "callflow", "r1"),
-        1
+        2
     );
     // The call records name the user the calls were placed for.
     rig.hang_up(&placed);
@@ -1084,11 +1147,12 @@ async fn t1_account_codes_are_checked_required_for_their_classes_and_recorded() 
     let r = record_of(&h, &leg).await;
     assert_eq!(r.account_code.as_deref(), Some("4711"), "{r:?}");
     assert_eq!(r.callee, "+447400123456");
-    // The code is the 18th of the 23 columns (after it: user, bytes sent
-    // and received, and the peer's RTCP loss and jitter).
+    // The code is the 18th of the 25 columns (after it: user, bytes sent
+    // and received, the peer's RTCP loss and jitter, the partner and the
+    // room).
     let row = r.csv_row();
     let cells: Vec<&str> = row.split(',').collect();
-    assert_eq!(cells.len(), 24, "{row}");
+    assert_eq!(cells.len(), 25, "{row}");
     assert_eq!(cells[17], "4711", "{row}");
     // Emergency calls need no code, and a malformed one does not stop
     // them.

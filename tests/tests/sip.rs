@@ -1404,7 +1404,10 @@ async fn t2_a_device_allowed_udp_and_tcp_registers_and_calls_there_with_plain_rt
     let notify = ua.recv().await.expect("the first NOTIFY");
     assert_eq!(notify.method(), Some("NOTIFY"));
     ua.send(&notify.response(200, "OK", None)).await;
-    // (It would ring for 30 s.)
+    // The phone is registered over TLS too: a call to it rings it on
+    // both (it would ring for 30 s).
+    let mut over_tls = Ua::connect(r.sip, "old-phone", "acme.localhost", &password).await;
+    assert_eq!(over_tls.register("SHA-256", 600).await.status(), Some(200));
     let dialled = ok_json(
         r.h.post(
             "acme",
@@ -1422,6 +1425,12 @@ async fn t2_a_device_allowed_udp_and_tcp_registers_and_calls_there_with_plain_rt
             break m;
         }
     };
+    let rung_tls = loop {
+        let m = over_tls.recv().await.expect("an INVITE over TLS");
+        if m.method() == Some("INVITE") {
+            break m;
+        }
+    };
     ua.send(&rung.response(180, "Ringing", Some("ring"))).await;
     r.wait_event("acme", &ringing, "ringing").await;
     let set_udp = |udp: bool| Op::DeviceUdp {
@@ -1430,7 +1439,7 @@ async fn t2_a_device_allowed_udp_and_tcp_registers_and_calls_there_with_plain_rt
         udp,
     };
     assert_eq!(console(&r.h, set_udp(false)).await["device"]["udp"], false);
-    // The call ringing it there is cancelled and ends...
+    // The call ringing it over UDP is cancelled there...
     let cancelled = loop {
         let m = ua.recv().await.expect("a CANCEL");
         if m.method() == Some("CANCEL") {
@@ -1439,9 +1448,33 @@ async fn t2_a_device_allowed_udp_and_tcp_registers_and_calls_there_with_plain_rt
     };
     assert_eq!(cancelled.call_id(), rung.call_id());
     ua.send(&cancelled.response(200, "OK", None)).await;
-    ua.send(&rung.response(487, "Request Terminated", Some("ring")))
+    // ...and an answer it sends anyway is acknowledged and hung up: it
+    // cannot take the call any more.
+    let mut late = rung.response(200, "OK", Some("ring"));
+    late.push("Contact", format!("<sip:old-phone@{}>", ua.local));
+    late.push("Content-Type", "application/sdp");
+    late.body = offer(40_300, false).into_bytes();
+    ua.send(&late).await;
+    let mut seen = Vec::new();
+    while !seen.contains(&"BYE".to_string()) {
+        let m = ua.recv().await.expect("the door's ACK and BYE");
+        if let Some(method) = m.method() {
+            if method == "BYE" {
+                ua.send(&m.response(200, "OK", None)).await;
+            }
+            seen.push(method.to_string());
+        }
+    }
+    assert!(seen.contains(&"ACK".to_string()), "{seen:?}");
+    // Over TLS it rings on; declined there, the call ends, never answered.
+    over_tls
+        .send(&rung_tls.response(486, "Busy Here", Some("tls")))
         .await;
-    r.wait_event("acme", &ringing, "ended:no-answer").await;
+    let log = r.wait_event("acme", &ringing, "ended:busy").await;
+    assert!(!log.iter().any(|e| e == "answered"), "{log:?}");
+    let acked = over_tls.recv().await.expect("the ACK of the 486");
+    assert_eq!(acked.method(), Some("ACK"));
+    assert_eq!(over_tls.register("SHA-256", 0).await.status(), Some(200));
     // ...and message waiting no longer reaches it there.
     ok_json(
         r.h.post(
@@ -1458,7 +1491,10 @@ async fn t2_a_device_allowed_udp_and_tcp_registers_and_calls_there_with_plain_rt
         .recv_within(deadline.saturating_duration_since(tokio::time::Instant::now()))
         .await
     {
-        assert_ne!(m.method(), Some("NOTIFY"), "{m:?}");
+        // (A NOTIFY sent before, when the phone registered over TLS,
+        // may still be resent: the new counts never come.)
+        let body = String::from_utf8_lossy(&m.body).to_string();
+        assert!(!body.contains("Voice-Message: 2/0"), "{m:?}");
     }
     // What it held over UDP/TCP is gone at once: a call to it finds no
     // registration.

@@ -406,8 +406,8 @@ pub fn join(ctx: &mut CallCtx, t: &State, id: &str, room: &str) -> Result<(), Ca
     in_state(&l, LegState::Answered, "join")?;
     // The class of service of everyone the leg is for (SPEC T1): the user
     // and phone it is, the user and phone it was placed for.
-    let accounts = accounts_of(ctx, t, id)?;
-    if !t.may_conference(&ctx.tenant.record.dialing, &accounts) {
+    let (phone, placed_for) = accounts_of(ctx, t, id)?;
+    if !t.may_conference(&ctx.tenant.record.dialing, &phone, placed_for.as_ref()) {
         return Err(CapError::Denied(
             "restricted: the class of service of the user or phone has no conference".into(),
         ));
@@ -614,9 +614,14 @@ pub fn pause(ctx: &mut CallCtx, t: &State, op: &str, paused: bool) -> Result<(),
     queue(ctx, t, Command::Pause(op.to_string(), paused))
 }
 
-/// Whom the plugin's leg `id` is for (its user and phone, and those it
-/// was placed for), a dial issued in this invocation included.
-fn accounts_of(ctx: &mut CallCtx, t: &State, id: &str) -> Result<[Account; 2], CapError> {
+/// Whom the plugin's leg `id` is for (`Telephony::accounts`: its phone,
+/// and whom a placed leg was placed for), a dial issued in this
+/// invocation included.
+fn accounts_of(
+    ctx: &mut CallCtx,
+    t: &State,
+    id: &str,
+) -> Result<(Account, Option<Account>), CapError> {
     leg(ctx, t, id)?;
     let issued = ctx
         .txn
@@ -624,13 +629,13 @@ fn accounts_of(ctx: &mut CallCtx, t: &State, id: &str) -> Result<[Account; 2], C
         .find_map(|s| match &s.command {
             Command::Dial {
                 leg, user, device, ..
-            } if leg == id => Some([
+            } if leg == id => Some((
                 Account::default(),
-                Account {
+                Some(Account {
                     user: user.clone(),
                     device: device.clone(),
-                },
-            ]),
+                }),
+            )),
             _ => None,
         });
     issued
@@ -705,22 +710,32 @@ pub fn dial(ctx: &mut CallCtx, t: &State, req: DialRequest) -> Result<String, Ca
     };
     // A call for a leg's phone: its user (the host knows it; the plugin
     // cannot name another) and its device's restriction apply.
+    // An emergency call is never stopped by the plugin's mistake here
+    // (an unknown leg, another user named): it goes as it is.
+    let emergency = t.is_emergency(&ctx.tenant.record.dialing, &req.to);
     let mut device = None;
     if let Some(for_leg) = &req.for_leg {
-        let [phone, _] = accounts_of(ctx, t, for_leg)?;
-        if let Some(user) = phone.user {
-            if !caller.is_empty() && caller != user {
-                return Err(CapError::InvalidArgument(format!(
-                    "on-behalf-of names {caller:?} but leg {for_leg:?} is {user:?}'s phone"
-                )));
+        match accounts_of(ctx, t, for_leg) {
+            Ok((phone, _)) => {
+                match phone.user {
+                    Some(user) if !caller.is_empty() && caller != user => {
+                        if !emergency {
+                            return Err(CapError::InvalidArgument(format!(
+                                "on-behalf-of names {caller:?} but leg {for_leg:?} is {user:?}'s phone"
+                            )));
+                        }
+                    }
+                    Some(user) => caller = user,
+                    None => {}
+                }
+                device = phone.device;
             }
-            caller = user;
+            Err(e) if !emergency => return Err(e),
+            Err(_) => {}
         }
-        device = phone.device;
     }
     // A malformed account code or caller id is the plugin's mistake, but
     // never stops an emergency call (they are dropped from it instead).
-    let emergency = t.is_emergency(&ctx.tenant.record.dialing, &req.to);
     let mut account_code = req.account_code.clone();
     if let Some(code) = &req.account_code
         && !crate::telephony::policy::is_account_code(code)

@@ -575,7 +575,9 @@ impl Door {
                 if b.flow != flow.id {
                     return None;
                 }
-                let settled = fork.settled;
+                // A branch already given up on (cancelled: its device was
+                // removed or went off UDP) cannot answer any more.
+                let settled = fork.settled || b.done.is_some();
                 if (200..300).contains(&status) && !settled {
                     fork.settled = true;
                     fork.answering = true;
@@ -608,7 +610,14 @@ impl Door {
                 flow.send(&ack);
                 if settled {
                     self.hang_up_branch(flow, &invite, &m);
-                    self.finish_branch(&leg, i, 200);
+                    let given_up = self
+                        .with_fork(&leg, |f| {
+                            f.branches.get(i).is_some_and(|b| b.done.is_some())
+                        })
+                        .unwrap_or(true);
+                    if !given_up {
+                        self.finish_branch(&leg, i, 200);
+                    }
                     return;
                 }
                 self.answered_branch(flow, &leg, i, &invite, &m).await;
@@ -885,26 +894,48 @@ impl Door {
     /// picks (its UDP/TCP was turned off): its branches still ringing over
     /// one get a CANCEL and fail (487), as if it had declined.
     pub(super) fn cancel_branches_of(&self, tenant: &str, device: &str, off: impl Fn(u64) -> bool) {
-        let ringing: Vec<(String, usize, u64, Message)> = {
+        // Which flows are off is asked first (it takes the flows' lock);
+        // the branches are marked given up under the forks' lock, so an
+        // answer racing the CANCEL finds them done (and is hung up).
+        let candidates: Vec<u64> = {
             let forks = self.forks.lock().unwrap_or_else(|p| p.into_inner());
             forks
                 .by_leg
                 .values()
-                .filter(|f| f.tenant == tenant && !f.answered && !f.answering && !f.settled)
+                .filter(|f| f.tenant == tenant)
                 .flat_map(|f| {
                     f.branches
                         .iter()
+                        .filter(|b| b.device == device)
+                        .map(|b| b.flow)
+                })
+                .collect()
+        };
+        let off: std::collections::HashSet<u64> =
+            candidates.into_iter().filter(|f| off(*f)).collect();
+        let ringing: Vec<(String, usize, u64, Message)> = {
+            let mut forks = self.forks.lock().unwrap_or_else(|p| p.into_inner());
+            forks
+                .by_leg
+                .values_mut()
+                .filter(|f| f.tenant == tenant && !f.answered && !f.answering && !f.settled)
+                .flat_map(|f| {
+                    let leg = f.leg.clone();
+                    f.branches
+                        .iter_mut()
                         .enumerate()
-                        .filter(|(_, b)| b.device == device && b.done.is_none())
-                        .map(|(i, b)| (f.leg.clone(), i, b.flow, b.invite.clone()))
+                        .filter(|(_, b)| {
+                            b.device == device && b.done.is_none() && off.contains(&b.flow)
+                        })
+                        .map(|(i, b)| {
+                            b.done = Some(487);
+                            (leg.clone(), i, b.flow, b.invite.clone())
+                        })
                         .collect::<Vec<_>>()
                 })
                 .collect()
         };
         for (leg, i, flow, invite) in ringing {
-            if !off(flow) {
-                continue;
-            }
             if let Some(flow) = self.flows.get(flow) {
                 flow.send(&cancel(&invite));
             }

@@ -61,7 +61,16 @@ pub enum Party {
 /// The transaction layer of an unreliable transport, told of every
 /// message a flow sends (it keeps what it must send again on `out`).
 pub trait Datagrams: Send + Sync {
-    fn sending(&self, flow: u64, m: &Message, bytes: &[u8], out: &mpsc::Sender<Vec<u8>>);
+    /// `stranger`: the flow is a device's on which no request has
+    /// authenticated (its source may be forged).
+    fn sending(
+        &self,
+        flow: u64,
+        m: &Message,
+        bytes: &[u8],
+        out: &mpsc::Sender<Vec<u8>>,
+        stranger: bool,
+    );
 }
 
 /// One connection, or one trunk peer over UDP.
@@ -112,7 +121,7 @@ impl Flow {
     pub fn send(&self, m: &Message) -> bool {
         let bytes = m.to_bytes();
         if let Kind::Udp(t) = &self.kind {
-            t.sending(self.id, m, &bytes, &self.out);
+            t.sending(self.id, m, &bytes, &self.out, !self.is_authenticated());
         }
         self.out.try_send(bytes).is_ok()
     }

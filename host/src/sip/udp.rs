@@ -45,6 +45,8 @@ pub const LIFETIME: Duration = Duration::from_secs(32);
 const INVITE_LIMIT: Duration = Duration::from_secs(300);
 /// Transactions held at once.
 pub const MAX_TRANSACTIONS: usize = 100_000;
+/// How often requests never answered are looked for.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// Peers (address and port) the door keeps a flow for, in all and per
 /// IP address, in each of two pools: trunks' providers, and devices (so
 /// datagrams from forged device addresses can never crowd out a trunk).
@@ -70,6 +72,10 @@ struct Client {
 
 /// A request a peer sent, and our answer to it.
 struct Server {
+    /// When it came (and which entry for its key this is).
+    born: tokio::time::Instant,
+    /// A non-INVITE's final answer was sent (its forgetting is timed).
+    finished: bool,
     /// The last response we sent, resent to a retransmission.
     last: Option<Vec<u8>>,
     /// Its status, and the To tag it carried.
@@ -133,13 +139,47 @@ fn branch_of(m: &Message) -> Option<String> {
 }
 
 impl Transactions {
-    fn new(timeouts: mpsc::Sender<(u64, Message)>) -> Arc<Transactions> {
-        Arc::new_cyclic(|me| Transactions {
+    /// A transaction layer (inside a tokio runtime: its timers run
+    /// there); `timeouts` receives the `408`s of requests that got no
+    /// answer. Public for the fuzz target; the door makes its own.
+    pub fn new(timeouts: mpsc::Sender<(u64, Message)>) -> Arc<Transactions> {
+        let t = Arc::new_cyclic(|me| Transactions {
             table: Mutex::default(),
             timeouts,
             tokio: tokio::runtime::Handle::current(),
             me: me.clone(),
-        })
+        });
+        let me = Arc::downgrade(&t);
+        t.tokio.spawn(async move {
+            loop {
+                tokio::time::sleep(SWEEP_EVERY).await;
+                let Some(me) = me.upgrade() else { return };
+                me.sweep(tokio::time::Instant::now());
+            }
+        });
+        t
+    }
+
+    /// Forgets the requests never answered finally within their limit
+    /// (an INVITE: [`INVITE_LIMIT`]; others: 64·T1 + T2).
+    pub fn sweep(&self, now: tokio::time::Instant) {
+        let mut t = self.table.lock().recover();
+        let stale: Vec<(u64, String, String)> = t
+            .server
+            .iter()
+            .filter(|(k, s)| {
+                let limit = if k.2 == "INVITE" {
+                    INVITE_LIMIT
+                } else {
+                    LIFETIME + T2
+                };
+                s.last_status < 200 && now.duration_since(s.born) >= limit
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in stale {
+            t.forget_server(&key);
+        }
     }
 
     /// A message from flow `flow`: passed to the door or absorbed.
@@ -195,6 +235,8 @@ impl Transactions {
                 t.server.insert(
                     key.clone(),
                     Server {
+                        born: tokio::time::Instant::now(),
+                        finished: false,
                         last: None,
                         last_status: 0,
                         last_tag: None,
@@ -202,11 +244,10 @@ impl Transactions {
                         dialog_key,
                     },
                 );
-                drop(t);
                 // An INVITE lives until 64·T1 after its final answer
-                // (`retransmit_answer`); this bounds one never answered.
-                let life = if invite { INVITE_LIMIT } else { LIFETIME + T2 };
-                self.forget_after(life, move |t| t.forget_server(&key));
+                // (`retransmit_answer`), another request as long after
+                // its final answer; one never answered is swept
+                // (`sweep`). No timer per request: a flood makes none.
                 Received::Pass
             }
             None => {
@@ -241,8 +282,17 @@ impl Transactions {
         }
     }
 
-    /// A message the door sends on flow `flow` (called by `Flow::send`).
-    fn sent(&self, flow: u64, m: &Message, bytes: &[u8], out: &mpsc::Sender<Vec<u8>>) {
+    /// A message the door sends on flow `flow` (called by `Flow::send`;
+    /// public for the fuzz target); `stranger`: a device's flow on which
+    /// nothing authenticated yet.
+    pub fn sent(
+        &self,
+        flow: u64,
+        m: &Message,
+        bytes: &[u8],
+        out: &mpsc::Sender<Vec<u8>>,
+        stranger: bool,
+    ) {
         let Some(branch) = branch_of(m) else {
             return;
         };
@@ -281,11 +331,12 @@ impl Transactions {
                 let status = m.status().unwrap_or_default();
                 let (_, method) = m.cseq().unwrap_or_default();
                 let key = (flow, branch, method);
-                // A challenge is sent statelessly (RFC 3261 §26.3.2.4):
-                // never resent, the transaction forgotten (a request sent
-                // again gets a fresh one), so a forged source's request
-                // draws one answer, not a train of retransmissions.
-                if matches!(status, 401 | 407) {
+                // A challenge, and any refusal to a stranger, is sent
+                // statelessly (RFC 3261 §26.3.2.4): never resent, the
+                // transaction forgotten (a request sent again is answered
+                // again), so a forged source's request draws one answer,
+                // not a train of retransmissions, and holds nothing.
+                if matches!(status, 401 | 407) || (stranger && status >= 300) {
                     t.forget_server(&key);
                     return;
                 }
@@ -295,10 +346,25 @@ impl Transactions {
                 s.last = Some(bytes.to_vec());
                 s.last_status = status;
                 s.last_tag = m.to().ok().and_then(|t| t.tag());
-                if s.dialog_key.is_some() && status >= 200 {
+                if status < 200 {
+                    return;
+                }
+                if s.dialog_key.is_some() {
                     s.awaiting_ack = true;
                     drop(t);
                     self.retransmit_answer(key, bytes.to_vec(), out.clone());
+                } else if !s.finished {
+                    // Kept 64·T1 from its final answer to absorb the
+                    // request's retransmissions (this entry only: one
+                    // made again meanwhile is another).
+                    s.finished = true;
+                    let born = s.born;
+                    drop(t);
+                    self.forget_after(LIFETIME + T2, move |t| {
+                        if t.server.get(&key).is_some_and(|s| s.born == born) {
+                            t.forget_server(&key);
+                        }
+                    });
                 }
             }
         }
@@ -414,8 +480,15 @@ impl Transactions {
 pub type Timeouts = mpsc::Receiver<(u64, Message)>;
 
 impl Datagrams for Transactions {
-    fn sending(&self, flow: u64, m: &Message, bytes: &[u8], out: &mpsc::Sender<Vec<u8>>) {
-        self.sent(flow, m, bytes, out);
+    fn sending(
+        &self,
+        flow: u64,
+        m: &Message,
+        bytes: &[u8],
+        out: &mpsc::Sender<Vec<u8>>,
+        stranger: bool,
+    ) {
+        self.sent(flow, m, bytes, out, stranger);
     }
 }
 
@@ -426,47 +499,54 @@ impl Datagrams for Transactions {
 struct Peers {
     /// Each peer's flow and when it was last heard or used.
     map: HashMap<SocketAddr, (Arc<Flow>, tokio::time::Instant)>,
-    /// Peers per pool (`true`: devices) and per pool and address.
+    /// Peers per pool (`true`: devices) and per pool and address (IPv6:
+    /// per /64).
     count: [usize; 2],
     per_ip: HashMap<(bool, std::net::IpAddr), usize>,
     /// Devices' peers in the order they came, in all and per address
-    /// (with their flow id: an entry whose peer went or came again is
-    /// stale and skipped).
+    /// (IPv6: per /64; with their flow id: an entry whose peer went or
+    /// came again is stale and skipped).
     order: VecDeque<(SocketAddr, u64)>,
     order_per_ip: HashMap<std::net::IpAddr, VecDeque<(SocketAddr, u64)>>,
     /// Entries in `order_per_ip`.
     per_ip_entries: usize,
-    /// When idle peers were last swept.
-    swept: Option<tokio::time::Instant>,
+    /// When each pool's idle peers were last swept.
+    swept: [Option<tokio::time::Instant>; 2],
 }
 
 impl Peers {
     fn full(&self, devices: bool, ip: std::net::IpAddr) -> bool {
-        self.count[usize::from(devices)] >= MAX_PEERS
-            || self.per_ip.get(&(devices, ip)).copied().unwrap_or(0) >= MAX_PEERS_PER_IP
+        self.count[usize::from(devices)] >= MAX_PEERS || self.at_ip_cap(devices, ip)
+    }
+
+    /// Whether `ip`'s network (IPv6: its /64) holds its share of a pool.
+    fn at_ip_cap(&self, devices: bool, ip: std::net::IpAddr) -> bool {
+        let net = super::transport::network(ip);
+        self.per_ip.get(&(devices, net)).copied().unwrap_or(0) >= MAX_PEERS_PER_IP
     }
 
     fn insert(&mut self, peer: SocketAddr, flow: Arc<Flow>, now: tokio::time::Instant) {
         let devices = flow.party == Party::Devices;
+        let (id, net) = (flow.id, super::transport::network(peer.ip()));
+        self.count[usize::from(devices)] += 1;
+        *self.per_ip.entry((devices, net)).or_default() += 1;
+        self.map.insert(peer, (flow, now));
         if devices {
-            self.order.push_back((peer, flow.id));
+            self.order.push_back((peer, id));
             self.order_per_ip
-                .entry(peer.ip())
+                .entry(net)
                 .or_default()
-                .push_back((peer, flow.id));
+                .push_back((peer, id));
             self.per_ip_entries += 1;
             self.compact();
         }
-        self.count[usize::from(devices)] += 1;
-        *self.per_ip.entry((devices, peer.ip())).or_default() += 1;
-        self.map.insert(peer, (flow, now));
     }
 
     fn remove(&mut self, peer: &SocketAddr) -> Option<Arc<Flow>> {
         let (flow, _) = self.map.remove(peer)?;
         let devices = flow.party == Party::Devices;
         self.count[usize::from(devices)] -= 1;
-        let key = (devices, peer.ip());
+        let key = (devices, super::transport::network(peer.ip()));
         if let Some(n) = self.per_ip.get_mut(&key) {
             *n -= 1;
             if *n == 0 {
@@ -492,9 +572,32 @@ impl Peers {
         }
     }
 
+    /// Forgets the least recently heard devices' peer (of `ip`'s network,
+    /// if given) that carries nothing, a phone's included: when a pool is
+    /// full of idle phones, a credential used from many places must not
+    /// keep others out for good. O(n); only when no stranger can go.
+    fn evict_idlest(
+        &mut self,
+        ip: Option<std::net::IpAddr>,
+        in_use: &dyn Fn(u64) -> bool,
+    ) -> Option<Arc<Flow>> {
+        let net = ip.map(super::transport::network);
+        let peer = self
+            .map
+            .iter()
+            .filter(|(p, (f, _))| {
+                f.party == Party::Devices
+                    && !in_use(f.id)
+                    && net.is_none_or(|n| super::transport::network(p.ip()) == n)
+            })
+            .min_by_key(|(_, (_, seen))| *seen)
+            .map(|(p, _)| *p)?;
+        self.remove(&peer)
+    }
+
     /// Forgets the first devices' peer in the order (of every address, or
-    /// of `ip`) that no device ever authenticated on and that carries
-    /// nothing; entries it passes leave the order (amortised O(1)).
+    /// of `ip`'s network) that no device ever authenticated on and that
+    /// carries nothing; entries it passes leave the order (amortised O(1)).
     fn evict_stranger(
         &mut self,
         ip: Option<std::net::IpAddr>,
@@ -503,7 +606,8 @@ impl Peers {
         loop {
             let next = match ip {
                 Some(ip) => {
-                    let next = self.order_per_ip.get_mut(&ip)?.pop_front();
+                    let net = super::transport::network(ip);
+                    let next = self.order_per_ip.get_mut(&net)?.pop_front();
                     self.per_ip_entries -= usize::from(next.is_some());
                     next
                 }
@@ -557,10 +661,11 @@ impl Udp {
 
     /// The flow to `peer`, made on first use as `party`'s. At
     /// [`MAX_PEERS`] in its pool or [`MAX_PEERS_PER_IP`] for its address
-    /// there, flows idle for [`PEER_IDLE`] that `in_use` says carry
-    /// nothing are forgotten first; then, for devices, the longest quiet
-    /// flow on which no device ever authenticated (what forged sources
-    /// make) and that carries nothing. `None` if there is still no room.
+    /// (IPv6: its /64) there, flows idle for [`PEER_IDLE`] that `in_use`
+    /// says carry nothing are forgotten first; then, for devices, the
+    /// first come on which no device ever authenticated (what forged
+    /// sources make) and that carries nothing, else the least recently
+    /// heard that carries nothing. `None` if there is still no room.
     pub fn flow_to(
         &self,
         peer: SocketAddr,
@@ -586,16 +691,17 @@ impl Udp {
             // Peers idle for long that carry nothing go (looked for at
             // most once a second: a flood of new peers must not make
             // every datagram walk the table).
-            let due = peers
-                .swept
+            let due = peers.swept[usize::from(devices)]
                 .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
             if due {
-                peers.swept = Some(now);
+                peers.swept[usize::from(devices)] = Some(now);
                 let idle: Vec<SocketAddr> = peers
                     .map
                     .iter()
                     .filter(|(_, (f, seen))| {
-                        now.duration_since(*seen) >= PEER_IDLE && !in_use(f.id)
+                        (f.party == Party::Devices) == devices
+                            && now.duration_since(*seen) >= PEER_IDLE
+                            && !in_use(f.id)
                     })
                     .map(|(p, _)| *p)
                     .collect();
@@ -606,11 +712,14 @@ impl Udp {
                 }
             }
             // Still full of devices' peers: the first come that no device
-            // ever authenticated on goes (this address's own, at its cap).
+            // ever authenticated on goes, else the idlest that carries
+            // nothing (this address's own, at its cap).
             if devices && peers.full(devices, ip) {
-                let at_ip_cap =
-                    peers.per_ip.get(&(true, ip)).copied().unwrap_or(0) >= MAX_PEERS_PER_IP;
-                if let Some(f) = peers.evict_stranger(at_ip_cap.then_some(ip), in_use) {
+                let only = peers.at_ip_cap(true, ip).then_some(ip);
+                if let Some(f) = peers
+                    .evict_stranger(only, in_use)
+                    .or_else(|| peers.evict_idlest(only, in_use))
+                {
                     self.flows.remove(f.id);
                 }
             }
@@ -763,7 +872,7 @@ mod tests {
         let (out, mut sent) = mpsc::channel(8);
         assert!(matches!(t.received(7, &invite), Received::Pass));
         let challenge = invite.response(407, "Proxy Authentication Required", Some("t"));
-        t.sent(7, &challenge, &challenge.to_bytes(), &out);
+        t.sent(7, &challenge, &challenge.to_bytes(), &out, false);
         // The same request again is the door's again (a fresh challenge),
         // not absorbed; nothing is resent by itself.
         assert!(matches!(t.received(7, &invite), Received::Pass));
@@ -771,9 +880,32 @@ mod tests {
         assert!(sent.try_recv().is_err(), "no retransmission of a challenge");
         // Any other final answer is kept and resent to a retransmission.
         let busy = invite.response(486, "Busy Here", Some("t"));
-        t.sent(7, &busy, &busy.to_bytes(), &out);
+        t.sent(7, &busy, &busy.to_bytes(), &out, false);
         assert!(matches!(t.received(7, &invite), Received::Absorb(Some(_))));
         assert!(t.table.lock().recover().len() > 0);
+        // Any refusal to a stranger (a device's flow on which nothing
+        // authenticated) is stateless too; an answer it never got is
+        // swept in time.
+        let other = |branch: &str| {
+            let text = String::from_utf8(invite.to_bytes())
+                .unwrap()
+                .replace("z9hG4bKa1", branch);
+            Message::parse(text.as_bytes()).unwrap()
+        };
+        let forged = other("z9hG4bKa2");
+        assert!(matches!(t.received(8, &forged), Received::Pass));
+        let refused = forged.response(403, "Forbidden", Some("t"));
+        t.sent(8, &refused, &refused.to_bytes(), &out, true);
+        assert!(matches!(t.received(8, &forged), Received::Pass));
+        let silent = other("z9hG4bKa3");
+        assert!(matches!(t.received(9, &silent), Received::Pass));
+        t.sweep(tokio::time::Instant::now());
+        assert!(
+            matches!(t.received(9, &silent), Received::Absorb(None)),
+            "kept a while"
+        );
+        t.sweep(tokio::time::Instant::now() + INVITE_LIMIT);
+        assert!(matches!(t.received(9, &silent), Received::Pass), "swept");
     }
 
     #[tokio::test]
@@ -799,10 +931,18 @@ mod tests {
         assert!(peers.map.contains_key(&addr(0)), "the phone's peer stays");
         assert!(!peers.map.contains_key(&addr(1)), "the first stranger went");
         assert!(peers.map.contains_key(&addr(flood - 1)), "the last came in");
-        // The bookkeeping stays bounded under the flood.
+        // The bookkeeping stays bounded under the flood, and every
+        // stranger kept is still in the order (evictable in its turn).
         let bound = 2 * MAX_PEERS + 64;
         assert!(peers.order.len() <= bound && peers.per_ip_entries <= bound);
         assert!(peers.order_per_ip.len() <= bound);
+        let live = |q: &VecDeque<(SocketAddr, u64)>| {
+            q.iter()
+                .filter(|(p, id)| peers.map.get(p).is_some_and(|(f, _)| f.id == *id))
+                .count()
+        };
+        assert_eq!(live(&peers.order), MAX_PEERS - 1);
+        assert!(peers.order_per_ip.values().map(live).sum::<usize>() >= MAX_PEERS - 1);
         assert_eq!(
             udp.flows.count(),
             MAX_PEERS,
@@ -821,6 +961,51 @@ mod tests {
         let from_one = peers.map.keys().filter(|p| p.ip() == one(0).ip()).count();
         assert_eq!(from_one, MAX_PEERS_PER_IP);
         drop(peers);
+        // A pool full of phones that authenticated and carry nothing:
+        // the least recently heard gives way (one credential used from
+        // many places cannot keep others out for good).
+        let phones = Udp::new(
+            std::net::UdpSocket::bind("127.0.0.1:0")
+                .and_then(|s| {
+                    s.set_nonblocking(true)?;
+                    tokio::net::UdpSocket::from_std(s)
+                })
+                .unwrap(),
+            Arc::new(Flows::default()),
+        )
+        .unwrap()
+        .0;
+        for i in 0..MAX_PEERS {
+            phones
+                .flow_to(addr(i), Party::Devices, &nothing)
+                .unwrap()
+                .authenticated();
+        }
+        assert!(
+            phones
+                .flow_to(addr(MAX_PEERS), Party::Devices, &nothing)
+                .is_some()
+        );
+        assert!(!phones.peers.lock().recover().map.contains_key(&addr(0)));
+        // IPv6: one /64 is one address for the per-address share.
+        let v6 = |i: u16| {
+            SocketAddr::from((
+                std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, i),
+                5060,
+            ))
+        };
+        for i in 0..(MAX_PEERS_PER_IP as u16 + 5) {
+            assert!(udp.flow_to(v6(i), Party::Devices, &nothing).is_some());
+        }
+        let from_net = udp
+            .peers
+            .lock()
+            .recover()
+            .map
+            .keys()
+            .filter(|p| p.ip().is_ipv6())
+            .count();
+        assert_eq!(from_net, MAX_PEERS_PER_IP);
         // When every device peer carries something, a new one waits.
         let busy = |_: u64| true;
         assert!(udp.flow_to(addr(99_999), Party::Devices, &busy).is_none());

@@ -261,6 +261,9 @@ struct Leg {
     /// The first leg it was bridged with (its record names it: the two
     /// legs of one call).
     partner: Option<String>,
+    /// The first conference it was in (`{room}~{meeting id}`: its record
+    /// names it, as do the records of everyone in that meeting).
+    first_room: Option<String>,
     /// When a transfer the phone asked for gives up, if one is pending.
     transfer_due_ms: Option<u64>,
     /// The recording running on the leg, if any.
@@ -302,8 +305,9 @@ pub struct Table {
     ops: HashMap<String, String>,
     next_tag: u64,
     /// Conference rooms by (tenant, plugin, name): the engine's number for
-    /// the room and its members; a room is forgotten when it empties.
-    rooms: HashMap<(String, String, String), (u64, usize)>,
+    /// the room, its members, and a random id of this meeting of the room
+    /// (for the records); a room is forgotten when it empties.
+    rooms: HashMap<(String, String, String), (u64, usize, String)>,
     next_room: u64,
 }
 
@@ -451,12 +455,23 @@ impl Table {
 
     /// Whom leg `id` of `tenant`'s `plugin` is for (its class of
     /// restriction and of service): the user and device whose phone it
-    /// is, then the ones it was placed for (either may be empty).
-    pub fn accounts(&self, tenant: &str, plugin: &str, id: &str) -> Option<[Account; 2]> {
+    /// is (empty: no phone of the tenant), and, for a leg a plugin
+    /// placed, the user and device it was placed for (empty: for no
+    /// one).
+    pub fn accounts(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        id: &str,
+    ) -> Option<(Account, Option<Account>)> {
         self.legs
             .get(id)
             .filter(|l| l.tenant == tenant && l.plugin == plugin && l.handing_to.is_none())
-            .map(|l| [l.phone.clone(), l.placed_for.clone()])
+            .map(|l| {
+                let placed =
+                    (l.snapshot.direction == Direction::Outbound).then(|| l.placed_for.clone());
+                (l.phone.clone(), placed)
+            })
     }
 
     /// The device (and its owner) that answered outbound leg `id`.
@@ -597,6 +612,7 @@ impl Table {
             phone: Account::default(),
             placed_for: Account::default(),
             partner: None,
+            first_room: None,
             transfer_due_ms: None,
             transfer_seen: false,
             recording: None,
@@ -759,6 +775,7 @@ impl Table {
                     .clone()
                     .or_else(|| l.placed_for.user.clone()),
                 bridged_with: l.partner.clone(),
+                room: l.first_room.clone(),
                 ..CallRecord::of(&l.plugin, &l.snapshot, cause.name(), now)
             }),
             media: l.media,
@@ -1164,13 +1181,18 @@ impl Table {
                 actions.extend(self.stop_plays(&leg, OpEnd::Stopped, true, now));
                 let key = (tenant.to_string(), plugin.to_string(), room.clone());
                 let next = self.next_room + 1;
-                let entry = self.rooms.entry(key).or_insert((next, 0));
+                let entry = self
+                    .rooms
+                    .entry(key)
+                    .or_insert_with(|| (next, 0, crate::support::encoding::random_hex(8)));
                 if entry.0 == next {
                     self.next_room = next;
                 }
                 entry.1 += 1;
                 let number = entry.0;
+                let meeting = format!("{room}~{}", entry.2);
                 if let Some(l) = self.legs.get_mut(&leg) {
+                    l.first_room.get_or_insert(meeting);
                     l.snapshot.room = Some(room);
                     l.last_activity_ms = now;
                     if let Some(media) = l.media {
@@ -2407,7 +2429,7 @@ mod tests {
         t.offer("a".into(), &from_phone, 1, 0);
         assert_eq!(
             t.accounts(T, P, "a"),
-            Some([phone("ann", "ann-desk"), Account::default()])
+            Some((phone("ann", "ann-desk"), None))
         );
         // Another plugin or tenant learns nothing.
         assert_eq!(t.accounts(T, "other", "a"), None);
@@ -2434,11 +2456,11 @@ mod tests {
         t.answered_on("a", phone("eve", "eve-desk"));
         assert_eq!(
             t.accounts(T, P, "d"),
-            Some([phone("bob", "bob-desk"), phone("ann", "ann-desk")])
+            Some((phone("bob", "bob-desk"), Some(phone("ann", "ann-desk"))))
         );
         assert_eq!(
             t.accounts(T, P, "a"),
-            Some([phone("ann", "ann-desk"), Account::default()])
+            Some((phone("ann", "ann-desk"), None))
         );
     }
 

@@ -45,6 +45,12 @@ pub struct CallRecord {
     /// call (records of one call name each other).
     #[serde(default)]
     pub bridged_with: Option<String>,
+    /// The first conference room the leg was in: the room's name and the
+    /// id of that meeting of it (`r1~3f9a0c1d2e4b5a69`), the same in the
+    /// records of every leg that was in the room with it (a room empties
+    /// and is met again under a new id).
+    #[serde(default)]
+    pub room: Option<String>,
 }
 
 /// A leg's media figures.
@@ -89,6 +95,7 @@ impl CallRecord {
             account_code: None,
             user: s.user.clone(),
             bridged_with: None,
+            room: None,
         }
     }
 
@@ -115,7 +122,7 @@ impl CallRecord {
 }
 
 /// The CSV header of [`CallRecord::csv_row`].
-pub const CSV_HEADER: &str = "leg,plugin,direction,caller,callee,started_ms,answered_ms,ended_ms,talk_ms,cause,codec,secure,sent_packets,received_packets,lost_packets,jitter_ms,trunk,account_code,user,sent_bytes,received_bytes,peer_fraction_lost,peer_jitter_ms,bridged_with";
+pub const CSV_HEADER: &str = "leg,plugin,direction,caller,callee,started_ms,answered_ms,ended_ms,talk_ms,cause,codec,secure,sent_packets,received_packets,lost_packets,jitter_ms,trunk,account_code,user,sent_bytes,received_bytes,peer_fraction_lost,peer_jitter_ms,bridged_with,room";
 
 impl CallRecord {
     /// The record as one CSV row (RFC 4180 quoting; cells that a
@@ -149,6 +156,7 @@ impl CallRecord {
             m.and_then(|m| m.peer_jitter_ms)
                 .map_or(String::new(), |j| j.to_string()),
             self.bridged_with.clone().unwrap_or_default(),
+            self.room.clone().unwrap_or_default(),
         ];
         cells
             .iter()

@@ -260,16 +260,29 @@ impl Telephony {
             .cloned()
     }
 
-    /// Whether the class of service of everyone a leg is for (the user
-    /// and device whose phone it is, the user and device it was placed
-    /// for) lets it into conference rooms (an unusable policy: no).
-    pub fn may_conference(&self, dialing: &Dialing, accounts: &[policy::Account]) -> bool {
+    /// Whether the class of service of everyone a leg is for lets it
+    /// into conference rooms (an unusable policy: no): the user and
+    /// device whose phone it is, if a phone of the tenant (a caller from
+    /// a trunk holds no restriction), and, for a leg a plugin placed,
+    /// the user and device it was placed for (for no one: the tenant's
+    /// default restriction, as for the dial itself).
+    pub fn may_conference(
+        &self,
+        dialing: &Dialing,
+        phone: &policy::Account,
+        placed_for: Option<&policy::Account>,
+    ) -> bool {
+        let is_phone = phone.user.is_some() || phone.device.is_some();
         policy::from_dialing(dialing, &self.config.region).is_ok_and(|(_, rules)| {
-            accounts.iter().all(|a| {
-                rules
-                    .cor_of(a.user.as_deref(), a.device.as_deref())
-                    .conference
-            })
+            is_phone
+                .then_some(phone)
+                .into_iter()
+                .chain(placed_for)
+                .all(|a| {
+                    rules
+                        .cor_of(a.user.as_deref(), a.device.as_deref())
+                        .conference
+                })
         })
     }
 
@@ -526,7 +539,12 @@ impl Telephony {
     }
 
     /// Whom leg `id` of `tenant`'s `plugin` is for (`Table::accounts`).
-    pub fn accounts(&self, tenant: &str, plugin: &str, id: &str) -> Option<[policy::Account; 2]> {
+    pub fn accounts(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        id: &str,
+    ) -> Option<(policy::Account, Option<policy::Account>)> {
         self.table.lock().recover().accounts(tenant, plugin, id)
     }
 
