@@ -158,7 +158,11 @@ async fn t2_a_plugin_answers_collects_dials_and_bridges_in_order() {
     let (ra, rb) = (record_of(&h, &a).await, record_of(&h, &b).await);
     assert_eq!(ra.bridged_with.as_deref(), Some(b.as_str()), "{ra:?}");
     assert_eq!(rb.bridged_with.as_deref(), Some(a.as_str()), "{rb:?}");
-    assert!(ra.csv_row().ends_with(&format!(",{b},")), "{}", ra.csv_row());
+    assert!(
+        ra.csv_row().ends_with(&format!(",{b},")),
+        "{}",
+        ra.csv_row()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -982,6 +986,9 @@ async fn t1_a_phones_own_restriction_narrows_its_users_for_dials_and_rooms() {
             body["error"].as_str().unwrap().starts_with("not-found"),
             "{leg}: {body}"
         );
+        // An emergency call is never stopped by the plugin's mistake.
+        let (status, body) = post(format!("/dial-for/{leg}/call/999")).await;
+        assert_eq!(status, 200, "{leg}: {body}");
     }
     // Rooms: the hall phone's class of service has no conference, for
     // its own leg and for a call placed for it; the desk's does.

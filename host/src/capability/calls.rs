@@ -718,13 +718,13 @@ pub fn dial(ctx: &mut CallCtx, t: &State, req: DialRequest) -> Result<String, Ca
         match accounts_of(ctx, t, for_leg) {
             Ok((phone, _)) => {
                 match phone.user {
-                    Some(user) if !caller.is_empty() && caller != user => {
-                        if !emergency {
-                            return Err(CapError::InvalidArgument(format!(
-                                "on-behalf-of names {caller:?} but leg {for_leg:?} is {user:?}'s phone"
-                            )));
-                        }
+                    Some(user) if !caller.is_empty() && caller != user && !emergency => {
+                        return Err(CapError::InvalidArgument(format!(
+                            "on-behalf-of names {caller:?} but leg {for_leg:?} is {user:?}'s phone"
+                        )));
                     }
+                    // An emergency call goes as the plugin named it.
+                    Some(user) if !caller.is_empty() && caller != user => {}
                     Some(user) => caller = user,
                     None => {}
                 }

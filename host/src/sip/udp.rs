@@ -42,7 +42,7 @@ pub const T2: Duration = Duration::from_secs(4);
 pub const LIFETIME: Duration = Duration::from_secs(32);
 /// Longest an INVITE we have not answered finally is kept (call control
 /// ends an unanswered offer after 120 s).
-const INVITE_LIMIT: Duration = Duration::from_secs(300);
+pub const INVITE_LIMIT: Duration = Duration::from_secs(300);
 /// Transactions held at once.
 pub const MAX_TRANSACTIONS: usize = 100_000;
 /// How often requests never answered are looked for.

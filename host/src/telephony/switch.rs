@@ -95,7 +95,7 @@ pub struct Counters {
 }
 
 enum Msg {
-    Command(String, String, Command),
+    Command(String, String, Box<Command>),
     Offer(
         Box<Inbound>,
         oneshot::Sender<Result<(String, SocketAddr), TelephonyError>>,
@@ -494,7 +494,11 @@ impl Telephony {
 
     /// Queues a plugin's committed command.
     pub fn submit(&self, tenant: &str, plugin: &str, cmd: Command) {
-        self.send(Msg::Command(tenant.to_string(), plugin.to_string(), cmd));
+        self.send(Msg::Command(
+            tenant.to_string(),
+            plugin.to_string(),
+            Box::new(cmd),
+        ));
     }
 
     /// A call arrives for a plugin: its media opens and `offered` goes to
@@ -682,9 +686,11 @@ async fn run(me: Weak<Telephony>, media: MediaConfig, mut rx: mpsc::UnboundedRec
         let actions = match step {
             Step::Msg(None) => return,
             Step::Msg(Some(msg)) => match msg {
-                Msg::Command(tenant, plugin, cmd) => {
-                    t.table.lock().recover().command(&tenant, &plugin, cmd, now)
-                }
+                Msg::Command(tenant, plugin, cmd) => t
+                    .table
+                    .lock()
+                    .recover()
+                    .command(&tenant, &plugin, *cmd, now),
                 Msg::Offer(inbound, reply) => {
                     if t.table.lock().recover().count(&inbound.tenant) >= MAX_LEGS_PER_TENANT {
                         let _ = reply.send(Err(TelephonyError::TooManyLegs));
