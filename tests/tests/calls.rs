@@ -870,7 +870,10 @@ async fn t1_a_phones_own_restriction_narrows_its_users_for_dials_and_rooms() {
         region: Some("GB".into()),
         restrictions: [
             ("staff".to_string(), restriction(&outside, true, true)),
-            ("lobby".to_string(), restriction(&["internal"], false, true)),
+            (
+                "lobby".to_string(),
+                restriction(&["internal", "mobile"], false, true),
+            ),
             ("hall".to_string(), restriction(&outside, true, false)),
             ("guest".to_string(), restriction(&outside, false, false)),
         ]
@@ -932,37 +935,48 @@ async fn t1_a_phones_own_restriction_narrows_its_users_for_dials_and_rooms() {
             (r.status, r.json().unwrap())
         }
     };
+    // A refusal's error says why (`needle`); an allowed dial names its leg.
+    let refused = |path: String, needle: &'static str| {
+        let post = &post;
+        async move {
+            let (status, body) = post(path).await;
+            assert_eq!(status, 403, "{body}");
+            let error = body["error"].as_str().unwrap_or_default();
+            assert!(error.contains(needle), "{needle}: {body}");
+        }
+    };
+    let allowed = |path: String| {
+        let post = &post;
+        async move {
+            let (status, body) = post(path).await;
+            assert_eq!(status, 200, "{body}");
+            body["leg"].as_str().unwrap_or_default().to_string()
+        }
+    };
     // From the desk the user's restriction allows London; from the
-    // lobby phone the device's narrows it to internal numbers.
-    let (status, body) = post(format!("/dial-for/{desk}/call/02079460018")).await;
-    assert_eq!(status, 200, "{body}");
-    let (status, body) = post(format!("/dial-for/{lobby}/call/02079460018")).await;
-    assert_eq!(status, 403, "{body}");
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .contains("not allowed for this caller"),
-        "{body}"
-    );
+    // lobby phone the device's narrows it to internal and mobile numbers.
+    allowed(format!("/dial-for/{desk}/call/02079460018")).await;
+    refused(
+        format!("/dial-for/{lobby}/call/02079460018"),
+        "not allowed for this caller",
+    )
+    .await;
     // The refusal is audited like any other.
     assert!(!dial_audits(&h, "restricted").is_empty());
     // Services narrow too: forwarding out from the lobby phone is refused.
-    let (status, body) = post(format!("/dial-for/{lobby}/forward/07400123456")).await;
-    assert_eq!(status, 403, "{body}");
+    refused(
+        format!("/dial-for/{lobby}/forward/07400123456"),
+        "forwarding",
+    )
+    .await;
     // Emergency numbers from any phone.
-    let (status, body) = post(format!("/dial-for/{lobby}/call/999")).await;
-    assert_eq!(status, 200, "{body}");
+    allowed(format!("/dial-for/{lobby}/call/999")).await;
     // The leg names its user: a plugin cannot claim another one for it.
-    let (status, body) = post(format!("/dial-for/{lobby}/call/02079460018?as=u-exec")).await;
-    assert_eq!(status, 403, "{body}");
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .starts_with("invalid-argument"),
-        "{body}"
-    );
+    refused(
+        format!("/dial-for/{lobby}/call/02079460018?as=u-exec"),
+        "invalid-argument",
+    )
+    .await;
     // A leg that is not the plugin's tenant's is not found, exactly as an
     // unknown one.
     let mut other = Phone::new().unwrap();
@@ -980,41 +994,23 @@ async fn t1_a_phones_own_restriction_narrows_its_users_for_dials_and_rooms() {
         .unwrap();
     wait_event(&h, "globex", &theirs, "offered:answer").await;
     for leg in [theirs.as_str(), "0123456789abcdef0123456789abcdef"] {
-        let (status, body) = post(format!("/dial-for/{leg}/call/02079460018")).await;
-        assert_eq!(status, 403, "{body}");
-        assert!(
-            body["error"].as_str().unwrap().starts_with("not-found"),
-            "{leg}: {body}"
-        );
+        refused(format!("/dial-for/{leg}/call/02079460018"), "not-found").await;
         // An emergency call is never stopped by the plugin's mistake.
-        let (status, body) = post(format!("/dial-for/{leg}/call/999")).await;
-        assert_eq!(status, 200, "{leg}: {body}");
+        allowed(format!("/dial-for/{leg}/call/999")).await;
     }
     // Rooms: the hall phone's class of service has no conference, for
     // its own leg and for a call placed for it; the desk's does.
-    let (status, body) = post(format!("/join/{hall}/r1")).await;
-    assert_eq!(status, 403, "{body}");
-    assert!(
-        body["error"].as_str().unwrap().contains("no conference"),
-        "{body}"
-    );
-    let (status, body) = post(format!("/join/{desk}/r1")).await;
-    assert_eq!(status, 200, "{body}");
-    let (status, body) = post(format!("/dial-for/{hall}/call/02079460018")).await;
-    assert_eq!(status, 200, "{body}");
-    let placed = body["leg"].as_str().unwrap().to_string();
+    refused(format!("/join/{hall}/r1"), "no conference").await;
+    allowed(format!("/join/{desk}/r1")).await;
+    let placed = allowed(format!("/dial-for/{hall}/call/02079460018")).await;
     wait_event(&h, "acme", &placed, "answered").await;
-    let (status, body) = post(format!("/join/{placed}/r1")).await;
-    assert_eq!(status, 403, "{body}");
+    refused(format!("/join/{placed}/r1"), "no conference").await;
     // The default restriction (no conference) holds for a leg placed for
     // no one, never for a user holding their own (the desk, above) nor
     // for a caller from outside (no phone of the tenant).
-    let (status, body) = post("/dial/02079460018".to_string()).await;
-    assert_eq!(status, 200, "{body}");
-    let for_no_one = body["leg"].as_str().unwrap().to_string();
+    let for_no_one = allowed("/dial/02079460018".to_string()).await;
     wait_event(&h, "acme", &for_no_one, "answered").await;
-    let (status, body) = post(format!("/join/{for_no_one}/r1")).await;
-    assert_eq!(status, 403, "{body}");
+    refused(format!("/join/{for_no_one}/r1"), "no conference").await;
     let mut outside = Phone::new().unwrap();
     let caller = rig
         .ring(
@@ -1028,8 +1024,7 @@ async fn t1_a_phones_own_restriction_narrows_its_users_for_dials_and_rooms() {
         .await
         .unwrap();
     wait_event(&h, "acme", &caller, "offered:answer").await;
-    let (status, body) = post(format!("/join/{caller}/r1")).await;
-    assert_eq!(status, 200, "{body}");
+    allowed(format!("/join/{caller}/r1")).await;
     wait_event(&h, "acme", &caller, "joined:r1").await;
     assert_eq!(
         h.runtime()
