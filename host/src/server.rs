@@ -190,6 +190,7 @@ impl ServerConfig {
         rc.telephony.media.bind = self.sip.media_bind;
         rc.telephony.media.nice = self.sip.media_nice;
         rc.telephony.media.cpus = self.sip.media_cpus.clone();
+        rc.telephony.media.realtime = self.sip.media_realtime;
         rc.telephony.media.ports = self.sip.media_ports[0]..=self.sip.media_ports[1];
         rc
     }
@@ -672,7 +673,7 @@ mod tests {
         let path = dir.path().join("c.toml");
         std::fs::write(
             &path,
-            "[sip]\nlisten = \"0.0.0.0:5061\"\ndomain = \"sip.example.com\"\nmedia_bind = \"0.0.0.0\"\nmedia_ports = [30000, 30999]\nmedia_nice = -5\nmedia_cpus = [0]\ndigest_algorithms = [\"MD5\"]\n",
+            "[sip]\nlisten = \"0.0.0.0:5061\"\ndomain = \"sip.example.com\"\nmedia_bind = \"0.0.0.0\"\nmedia_ports = [30000, 30999]\nmedia_nice = -5\nmedia_cpus = [0]\nmedia_realtime = 10\ndigest_algorithms = [\"MD5\"]\n",
         )
         .unwrap();
         let c = ServerConfig::load(&path).unwrap();
@@ -685,6 +686,7 @@ mod tests {
         assert_eq!(rc.telephony.media.ports, 30000..=30999);
         assert_eq!(rc.telephony.media.nice, -5);
         assert_eq!(rc.telephony.media.cpus, [0]);
+        assert_eq!(rc.telephony.media.realtime, Some(10));
         assert_eq!(rc.telephony.region, "US", "the default region");
         for bad in [
             "[sip]\nmedia_cpus = [1, 1]\n",
@@ -694,6 +696,8 @@ mod tests {
             "plugin_cpus = [1, 1]\n",
             "[sip]\nmedia_nice = -21\n",
             "[sip]\nmedia_nice = 20\n",
+            "[sip]\nmedia_realtime = 0\n",
+            "[sip]\nmedia_realtime = 100\n",
             "[sip]\nmedia_ports = [30000, 20000]\n",
             "[sip]\ndomain = \"a b\"\n",
             "[sip]\ndigest_algorithms = []\n",

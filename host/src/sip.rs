@@ -92,6 +92,11 @@ pub struct SipConfig {
     /// their own (and `plugin_cpus` elsewhere) keep audio apart from
     /// plugin work entirely; see docs/benchmarks.md.
     pub media_cpus: Vec<usize>,
+    /// A real-time FIFO priority (1-99) for the media threads (Linux,
+    /// `CAP_SYS_NICE`; default none), as PBXs run their media: audio then
+    /// preempts everything else on its CPUs. Best with `media_cpus`; see
+    /// docs/benchmarks.md.
+    pub media_realtime: Option<u8>,
     /// Where (default `127.0.0.1:5061`; phones on a network need
     /// `0.0.0.0:5061`).
     pub listen: SocketAddr,
@@ -150,6 +155,7 @@ impl Default for SipConfig {
             media_ports: [20000, 29999],
             media_nice: 0,
             media_cpus: Vec::new(),
+            media_realtime: None,
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 5061),
             trunk_listen: None,
             trunk_tls_listen: None,
@@ -187,6 +193,13 @@ impl SipConfig {
             ));
         }
         crate::support::thread::check_cpus("[sip] media_cpus", &self.media_cpus)?;
+        if let Some(p) = self.media_realtime
+            && !(1..=99).contains(&p)
+        {
+            return Err(format!(
+                "[sip] media_realtime {p} is not a real-time priority (1-99)"
+            ));
+        }
         let domain_ok = !self.domain.is_empty()
             && self.domain.len() <= 200
             && self.domain.split('.').all(|label| {

@@ -493,8 +493,9 @@ async fn main() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     let (engine, _events) = start_engine(nice, Vec::new());
+    let rt = realtime().map_or(String::new(), |p| format!(", real-time FIFO {p}"));
     println!(
-        "bridged G.711 calls through the media engine (1 media thread at nice {nice}, loopback, {STEP_SECS} s per step)"
+        "bridged G.711 calls through the media engine (1 media thread at nice {nice}{rt}, loopback, {STEP_SECS} s per step)"
     );
     println!(
         "{:>6} {:>9} {:>9} {:>9} {:>8} {:>9} {:>9} {:>9}",
@@ -566,6 +567,22 @@ async fn main() {
 }
 
 /// One media thread at `nice` on `cpus` (empty: any), on loopback.
+/// MEDIA_RT: a real-time FIFO priority for the media thread, as `[sip]
+/// media_realtime` sets it in the server; needs CAP_SYS_NICE.
+fn realtime() -> Option<u8> {
+    std::env::var("MEDIA_RT").ok().and_then(|p| p.parse().ok())
+}
+
+/// PHONES_RT: the same for the phones of the pinned rows (they stand in
+/// for the network, which has CPUs of its own); default: MEDIA_RT's, `0`
+/// none.
+fn phones_realtime() -> Option<u8> {
+    match std::env::var("PHONES_RT") {
+        Ok(p) => p.parse().ok().filter(|p| *p > 0),
+        Err(_) => realtime(),
+    }
+}
+
 fn start_engine(
     nice: i32,
     cpus: Vec<usize>,
@@ -580,6 +597,7 @@ fn start_engine(
         ports: 20_000..=29_999,
         report_interval: Duration::from_secs(5),
         cpus,
+        realtime: realtime(),
     })
     .unwrap()
 }
@@ -662,8 +680,16 @@ async fn pinned_rows(nice: i32) {
     drivers.shutdown_background();
     tokio::time::sleep(Duration::from_millis(500)).await;
     phones_on_cpu1("pinned");
+    let rt = match (realtime(), phones_realtime()) {
+        (None, None) => String::new(),
+        (media, phones) => format!(
+            "; real-time FIFO: the media thread {}, the phones {}",
+            media.map_or("no".into(), |p| p.to_string()),
+            phones.map_or("no".into(), |p| p.to_string())
+        ),
+    };
     println!(
-        "(pinned: the media thread alone on CPU 0; the plugin executor, the flood's drivers and the phones on CPU 1, the phones at nice {phones_nice}; flood calls answered meanwhile: {rate:.0}/s)"
+        "(pinned: the media thread alone on CPU 0; the plugin executor, the flood's drivers and the phones on CPU 1, the phones at nice {phones_nice}{rt}; flood calls answered meanwhile: {rate:.0}/s)"
     );
 }
 
@@ -679,6 +705,9 @@ fn run_pinned(
             .spawn(move || {
                 switchboard::support::thread::set_affinity(&[cpu])?;
                 switchboard::support::thread::set_nice(nice)?;
+                if let Some(priority) = phones_realtime() {
+                    switchboard::support::thread::set_realtime(priority)?;
+                }
                 f()
             })
             .join()

@@ -127,6 +127,11 @@ pub struct MediaConfig {
     /// The CPUs the media threads run on (Linux; empty: any): cores of
     /// their own keep audio apart from plugin work entirely.
     pub cpus: Vec<usize>,
+    /// A real-time FIFO priority (1-99) for the media threads (Linux,
+    /// `CAP_SYS_NICE`), as PBXs run their media (Asterisk `-p`,
+    /// FreeSWITCH `-rp`); refused, they keep `nice` and say so. `None`:
+    /// ordinary scheduling.
+    pub realtime: Option<u8>,
 }
 
 /// A leg's media, as agreed in SDP.
@@ -262,11 +267,16 @@ impl Engine {
                 ports.clone(),
                 config.report_interval,
             );
-            let (nice, cpus) = (config.nice, config.cpus.clone());
+            let (nice, cpus, realtime) = (config.nice, config.cpus.clone(), config.realtime);
             std::thread::Builder::new()
                 .name(format!("sb-media-{n}"))
                 .spawn(move || {
                     set_nice(nice);
+                    if let Some(priority) = realtime
+                        && let Err(error) = crate::support::thread::set_realtime(priority)
+                    {
+                        tracing::warn!(priority, %error, "the media threads are not real-time (that needs CAP_SYS_NICE)");
+                    }
                     if let Err(error) = crate::support::thread::set_affinity(&cpus) {
                         tracing::warn!(?cpus, %error, "the media threads run on any CPU");
                     }
@@ -1269,6 +1279,7 @@ mod tests {
             ports,
             report_interval: Duration::from_millis(200),
             cpus: Vec::new(),
+            realtime: None,
         })
         .unwrap()
     }

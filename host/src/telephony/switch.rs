@@ -77,6 +77,7 @@ impl Default for TelephonyConfig {
                 report_interval: Duration::from_secs(5),
                 nice: 0,
                 cpus: Vec::new(),
+                realtime: None,
             },
             region: "US".into(),
             sip_domain: "localhost".into(),
