@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 use switchboard::sip::message::Message;
-use switchboard::sip::udp::{Received, Transactions};
+use switchboard::sip::udp::{Datagrams, Received, Transactions};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(rt) = tokio::runtime::Builder::new_current_thread()
@@ -62,7 +62,7 @@ fuzz_target!(|data: &[u8]| {
                 ]);
                 let r = request.response(100 + n % 600, "Fuzz", Some("t"));
                 let bytes = r.to_bytes();
-                t.sent(*flow, &r, &bytes, &out, n & 0x8000 != 0);
+                t.sending(*flow, &r, &bytes, &out, n & 0x8000 != 0);
                 sent.push(bytes);
             }
             // A request or ACK of ours.
@@ -72,7 +72,7 @@ fuzz_target!(|data: &[u8]| {
                     continue;
                 }
                 let bytes = m.to_bytes();
-                t.sent(flow, &m, &bytes, &out, false);
+                t.sending(flow, &m, &bytes, &out, false);
                 sent.push(bytes);
             }
             // Time passes (up to about 6 minutes): timers fire.

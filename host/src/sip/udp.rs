@@ -31,7 +31,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::message::Message;
-use super::transport::{Datagrams, Flow, Flows, Handler, Party};
+pub use super::transport::Datagrams;
+use super::transport::{Flow, Flows, Handler, Party};
 use crate::support::sync::Recover as _;
 
 /// RFC 3261's T1 (round-trip estimate) and T2 (longest non-INVITE
@@ -282,94 +283,6 @@ impl Transactions {
         }
     }
 
-    /// A message the door sends on flow `flow` (called by `Flow::send`;
-    /// public for the fuzz target); `stranger`: a device's flow on which
-    /// nothing authenticated yet.
-    pub fn sent(
-        &self,
-        flow: u64,
-        m: &Message,
-        bytes: &[u8],
-        out: &mpsc::Sender<Vec<u8>>,
-        stranger: bool,
-    ) {
-        let Some(branch) = branch_of(m) else {
-            return;
-        };
-        let mut t = self.table.lock().recover();
-        match m.method() {
-            Some("ACK") => {
-                let (cseq, _) = m.cseq().unwrap_or_default();
-                let key = (branch, "INVITE".to_string());
-                if let Some(c) = t.client.get_mut(&key) {
-                    c.ack = Some(bytes.to_vec());
-                } else {
-                    let k = (flow, m.call_id().to_string(), cseq);
-                    t.acks.insert(k.clone(), bytes.to_vec());
-                    drop(t);
-                    self.forget_after(LIFETIME + T2, move |t| {
-                        t.acks.remove(&k);
-                    });
-                }
-            }
-            Some(method) => {
-                let key = (branch, method.to_string());
-                t.client.insert(
-                    key.clone(),
-                    Client {
-                        request: m.clone(),
-                        bytes: bytes.to_vec(),
-                        flow,
-                        answered: 0,
-                        ack: None,
-                    },
-                );
-                drop(t);
-                self.retransmit_request(key, method == "INVITE", out.clone());
-            }
-            None => {
-                let status = m.status().unwrap_or_default();
-                let (_, method) = m.cseq().unwrap_or_default();
-                let key = (flow, branch, method);
-                // A challenge, and any refusal to a stranger, is sent
-                // statelessly (RFC 3261 §26.3.2.4): never resent, the
-                // transaction forgotten (a request sent again is answered
-                // again), so a forged source's request draws one answer,
-                // not a train of retransmissions, and holds nothing.
-                if matches!(status, 401 | 407) || (stranger && status >= 300) {
-                    t.forget_server(&key);
-                    return;
-                }
-                let Some(s) = t.server.get_mut(&key) else {
-                    return;
-                };
-                s.last = Some(bytes.to_vec());
-                s.last_status = status;
-                s.last_tag = m.to().ok().and_then(|t| t.tag());
-                if status < 200 {
-                    return;
-                }
-                if s.dialog_key.is_some() {
-                    s.awaiting_ack = true;
-                    drop(t);
-                    self.retransmit_answer(key, bytes.to_vec(), out.clone());
-                } else if !s.finished {
-                    // Kept 64·T1 from its final answer to absorb the
-                    // request's retransmissions (this entry only: one
-                    // made again meanwhile is another).
-                    s.finished = true;
-                    let born = s.born;
-                    drop(t);
-                    self.forget_after(LIFETIME + T2, move |t| {
-                        if t.server.get(&key).is_some_and(|s| s.born == born) {
-                            t.forget_server(&key);
-                        }
-                    });
-                }
-            }
-        }
-    }
-
     /// Runs `forget` on the table after `life`.
     fn forget_after(&self, life: Duration, forget: impl FnOnce(&mut Table) + Send + 'static) {
         let me = self.me.clone();
@@ -479,6 +392,9 @@ impl Transactions {
 /// response).
 pub type Timeouts = mpsc::Receiver<(u64, Message)>;
 
+/// What the door sends on a flow (`Flow::send`); public, through
+/// [`Datagrams`], for the fuzz target. `stranger`: a device's flow on
+/// which nothing authenticated yet.
 impl Datagrams for Transactions {
     fn sending(
         &self,
@@ -488,7 +404,81 @@ impl Datagrams for Transactions {
         out: &mpsc::Sender<Vec<u8>>,
         stranger: bool,
     ) {
-        self.sent(flow, m, bytes, out, stranger);
+        let Some(branch) = branch_of(m) else {
+            return;
+        };
+        let mut t = self.table.lock().recover();
+        match m.method() {
+            Some("ACK") => {
+                let (cseq, _) = m.cseq().unwrap_or_default();
+                let key = (branch, "INVITE".to_string());
+                if let Some(c) = t.client.get_mut(&key) {
+                    c.ack = Some(bytes.to_vec());
+                } else {
+                    let k = (flow, m.call_id().to_string(), cseq);
+                    t.acks.insert(k.clone(), bytes.to_vec());
+                    drop(t);
+                    self.forget_after(LIFETIME + T2, move |t| {
+                        t.acks.remove(&k);
+                    });
+                }
+            }
+            Some(method) => {
+                let key = (branch, method.to_string());
+                t.client.insert(
+                    key.clone(),
+                    Client {
+                        request: m.clone(),
+                        bytes: bytes.to_vec(),
+                        flow,
+                        answered: 0,
+                        ack: None,
+                    },
+                );
+                drop(t);
+                self.retransmit_request(key, method == "INVITE", out.clone());
+            }
+            None => {
+                let status = m.status().unwrap_or_default();
+                let (_, method) = m.cseq().unwrap_or_default();
+                let key = (flow, branch, method);
+                // A challenge, and any refusal to a stranger, is sent
+                // statelessly (RFC 3261 §26.3.2.4): never resent, the
+                // transaction forgotten (a request sent again is answered
+                // again), so a forged source's request draws one answer,
+                // not a train of retransmissions, and holds nothing.
+                if matches!(status, 401 | 407) || (stranger && status >= 300) {
+                    t.forget_server(&key);
+                    return;
+                }
+                let Some(s) = t.server.get_mut(&key) else {
+                    return;
+                };
+                s.last = Some(bytes.to_vec());
+                s.last_status = status;
+                s.last_tag = m.to().ok().and_then(|t| t.tag());
+                if status < 200 {
+                    return;
+                }
+                if s.dialog_key.is_some() {
+                    s.awaiting_ack = true;
+                    drop(t);
+                    self.retransmit_answer(key, bytes.to_vec(), out.clone());
+                } else if !s.finished {
+                    // Kept 64·T1 from its final answer to absorb the
+                    // request's retransmissions (this entry only: one
+                    // made again meanwhile is another).
+                    s.finished = true;
+                    let born = s.born;
+                    drop(t);
+                    self.forget_after(LIFETIME + T2, move |t| {
+                        if t.server.get(&key).is_some_and(|s| s.born == born) {
+                            t.forget_server(&key);
+                        }
+                    });
+                }
+            }
+        }
     }
 }
 
@@ -872,7 +862,7 @@ mod tests {
         let (out, mut sent) = mpsc::channel(8);
         assert!(matches!(t.received(7, &invite), Received::Pass));
         let challenge = invite.response(407, "Proxy Authentication Required", Some("t"));
-        t.sent(7, &challenge, &challenge.to_bytes(), &out, false);
+        t.sending(7, &challenge, &challenge.to_bytes(), &out, false);
         // The same request again is the door's again (a fresh challenge),
         // not absorbed; nothing is resent by itself.
         assert!(matches!(t.received(7, &invite), Received::Pass));
@@ -880,7 +870,7 @@ mod tests {
         assert!(sent.try_recv().is_err(), "no retransmission of a challenge");
         // Any other final answer is kept and resent to a retransmission.
         let busy = invite.response(486, "Busy Here", Some("t"));
-        t.sent(7, &busy, &busy.to_bytes(), &out, false);
+        t.sending(7, &busy, &busy.to_bytes(), &out, false);
         assert!(matches!(t.received(7, &invite), Received::Absorb(Some(_))));
         assert!(t.table.lock().recover().len() > 0);
         // Any refusal to a stranger (a device's flow on which nothing
@@ -895,7 +885,7 @@ mod tests {
         let forged = other("z9hG4bKa2");
         assert!(matches!(t.received(8, &forged), Received::Pass));
         let refused = forged.response(403, "Forbidden", Some("t"));
-        t.sent(8, &refused, &refused.to_bytes(), &out, true);
+        t.sending(8, &refused, &refused.to_bytes(), &out, true);
         assert!(matches!(t.received(8, &forged), Received::Pass));
         let silent = other("z9hG4bKa3");
         assert!(matches!(t.received(9, &silent), Received::Pass));
