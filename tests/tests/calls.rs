@@ -1011,6 +1011,10 @@ async fn t1_a_phones_own_restriction_narrows_its_users_for_dials_and_rooms() {
     let for_no_one = allowed("/dial/02079460018".to_string()).await;
     wait_event(&h, "acme", &for_no_one, "answered").await;
     refused(format!("/join/{for_no_one}/r1"), "no conference").await;
+    let for_desk = allowed(format!("/dial-for/{desk}/call/02079460018")).await;
+    wait_event(&h, "acme", &for_desk, "answered").await;
+    allowed(format!("/join/{for_desk}/r1")).await;
+    wait_event(&h, "acme", &for_desk, "joined:r1").await;
     let mut outside = Phone::new().unwrap();
     let caller = rig
         .ring(
@@ -1030,7 +1034,7 @@ async fn t1_a_phones_own_restriction_narrows_its_users_for_dials_and_rooms() {
         h.runtime()
             .telephony()
             .room_members("acme", "callflow", "r1"),
-        2
+        3
     );
     // The call records name the user the calls were placed for.
     rig.hang_up(&placed);

@@ -1544,6 +1544,44 @@ async fn t2_a_device_allowed_udp_and_tcp_registers_and_calls_there_with_plain_rt
             .any(|e| e.details.contains("UDP/TCP is off")),
         "audited"
     );
+    // Rung over UDP only when its UDP goes off: the call ends at once, and
+    // an answer crossing the CANCEL is still acknowledged and hung up.
+    let mut only = Ua::connect_plain(r.udp, false, "old-phone", "acme.localhost", &password).await;
+    assert_eq!(only.register("MD5", 600).await.status(), Some(200));
+    let dialled = ok_json(
+        r.h.post(
+            "acme",
+            "callflow",
+            "u",
+            "/dial/device%3Aold-phone?ring=30000",
+            b"",
+        )
+        .await,
+    );
+    let leg = dialled["leg"].as_str().expect("a leg").to_string();
+    let rung = loop {
+        let m = only.recv().await.expect("an INVITE to the phone");
+        if m.method() == Some("INVITE") {
+            break m;
+        }
+    };
+    only.send(&rung.response(180, "Ringing", Some("one"))).await;
+    r.wait_event("acme", &leg, "ringing").await;
+    console(&r.h, set_udp(false)).await;
+    r.wait_event("acme", &leg, "ended:no-answer").await;
+    let mut late = rung.response(200, "OK", Some("one"));
+    late.push("Contact", format!("<sip:old-phone@{}>", only.local));
+    late.push("Content-Type", "application/sdp");
+    late.body = offer(40_310, false).into_bytes();
+    only.send(&late).await;
+    let mut seen = Vec::new();
+    while !seen.iter().any(|m| m == "BYE") {
+        let m = only.recv().await.expect("the door's ACK and BYE");
+        if let Some(method) = m.method() {
+            seen.push(method.to_string());
+        }
+    }
+    assert!(seen.iter().any(|m| m == "ACK"), "{seen:?}");
 }
 
 /// Sends `count` INVITEs from `source` (a loopback address) to the door's

@@ -257,6 +257,11 @@ impl Engine {
             range: config.ports.clone(),
             used: BTreeSet::new(),
         }));
+        if config.realtime.is_some() && config.cpus.is_empty() {
+            tracing::warn!(
+                "[sip] media_realtime without media_cpus: real-time media threads take their CPU from everything else on it (docs/benchmarks.md, \"Media in real time\")"
+            );
+        }
         let mut workers = Vec::new();
         for n in 0..config.workers.max(1) {
             let (tx, rx) = mpsc::channel(COMMANDS);
@@ -272,13 +277,15 @@ impl Engine {
                 .name(format!("sb-media-{n}"))
                 .spawn(move || {
                     set_nice(nice);
+                    if let Err(error) = crate::support::thread::set_affinity(&cpus) {
+                        tracing::warn!(?cpus, %error, "the media threads run on any CPU");
+                    }
+                    // Pinned first: a real-time thread never runs where
+                    // it was not meant to.
                     if let Some(priority) = realtime
                         && let Err(error) = crate::support::thread::set_realtime(priority)
                     {
-                        tracing::warn!(priority, %error, "the media threads are not real-time (that needs CAP_SYS_NICE)");
-                    }
-                    if let Err(error) = crate::support::thread::set_affinity(&cpus) {
-                        tracing::warn!(?cpus, %error, "the media threads run on any CPU");
+                        tracing::warn!(priority, %error, "the media threads are not real-time (that needs CAP_SYS_NICE, and RLIMIT_RTPRIO or the cgroup's real-time budget may refuse it)");
                     }
                     // The worker's state never leaves its thread.
                     let worker = Worker {

@@ -809,6 +809,7 @@ impl Door {
                 }
                 let all = f.branches.iter().all(|b| b.done.is_some());
                 (all && !f.settled).then(|| {
+                    f.settled = true;
                     let codes: Vec<u16> = f.branches.iter().filter_map(|b| b.done).collect();
                     // A trunk that failed as a provider (before it rang:
                     // after, a 408 or 5xx may be the callee's no-answer,
@@ -825,11 +826,18 @@ impl Door {
             })
             .flatten();
         if let Some((cause, next)) = ended {
-            self.forget_fork(leg);
-            if let Some(next) = next
-                && self.ring_via(*next)
-            {
-                return;
+            match next {
+                // The next trunk's fork takes the leg's place.
+                Some(next) => {
+                    self.forget_fork(leg);
+                    if self.ring_via(*next) {
+                        return;
+                    }
+                }
+                // Kept (settled) a while: a late answer still finds its
+                // branch, and is acknowledged and hung up, whatever the
+                // transport; a late refusal is acknowledged.
+                None => self.forget_fork_later(leg),
             }
             self.rt.telephony().ended(leg, cause);
         }

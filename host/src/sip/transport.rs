@@ -217,7 +217,8 @@ pub struct Flows {
 /// The network a per-address cap or throttle counts under: IPv6 by /64 (one host
 /// has the whole prefix).
 pub fn network(ip: IpAddr) -> IpAddr {
-    match ip {
+    // An IPv4 peer on a dual-stack socket arrives IPv4-mapped: its own.
+    match ip.to_canonical() {
         IpAddr::V6(v6) => {
             let s = v6.segments();
             IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))

@@ -248,7 +248,8 @@ impl Transactions {
                 // An INVITE lives until 64·T1 after its final answer
                 // (`retransmit_answer`), another request as long after
                 // its final answer; one never answered is swept
-                // (`sweep`). No timer per request: a flood makes none.
+                // (`sweep`). No timer when a request comes, and none for
+                // a stranger's (its answers are stateless).
                 Received::Pass
             }
             None => {
@@ -442,12 +443,12 @@ impl Datagrams for Transactions {
                 let status = m.status().unwrap_or_default();
                 let (_, method) = m.cseq().unwrap_or_default();
                 let key = (flow, branch, method);
-                // A challenge, and any refusal to a stranger, is sent
+                // A challenge, and any final answer to a stranger, is sent
                 // statelessly (RFC 3261 §26.3.2.4): never resent, the
                 // transaction forgotten (a request sent again is answered
                 // again), so a forged source's request draws one answer,
                 // not a train of retransmissions, and holds nothing.
-                if matches!(status, 401 | 407) || (stranger && status >= 300) {
+                if matches!(status, 401 | 407) || (stranger && status >= 200) {
                     t.forget_server(&key);
                     return;
                 }
@@ -502,6 +503,9 @@ struct Peers {
     per_ip_entries: usize,
     /// When each pool's idle peers were last swept.
     swept: [Option<tokio::time::Instant>; 2],
+    /// Until when no devices' peer is worth looking for to evict (the
+    /// last look found every one carrying something).
+    all_busy_until: Option<tokio::time::Instant>,
 }
 
 impl Peers {
@@ -571,17 +575,29 @@ impl Peers {
         ip: Option<std::net::IpAddr>,
         in_use: &dyn Fn(u64) -> bool,
     ) -> Option<Arc<Flow>> {
+        let now = tokio::time::Instant::now();
+        if ip.is_none() && self.all_busy_until.is_some_and(|t| now < t) {
+            return None;
+        }
         let net = ip.map(super::transport::network);
-        let peer = self
+        let idlest = self
             .map
             .iter()
             .filter(|(p, (f, _))| {
                 f.party == Party::Devices
-                    && !in_use(f.id)
                     && net.is_none_or(|n| super::transport::network(p.ip()) == n)
+                    && !in_use(f.id)
             })
             .min_by_key(|(_, (_, seen))| *seen)
-            .map(|(p, _)| *p)?;
+            .map(|(p, _)| *p);
+        let Some(peer) = idlest else {
+            // Looked for again in a second, not for every datagram (one
+            // network's look is bounded by its source gate).
+            if ip.is_none() {
+                self.all_busy_until = Some(now + Duration::from_secs(1));
+            }
+            return None;
+        };
         self.remove(&peer)
     }
 
@@ -887,14 +903,41 @@ mod tests {
         let refused = forged.response(403, "Forbidden", Some("t"));
         t.sending(8, &refused, &refused.to_bytes(), &out, true);
         assert!(matches!(t.received(8, &forged), Received::Pass));
+        // A final answer to a stranger is stateless whatever it is.
+        let ping = other("z9hG4bKa4");
+        assert!(matches!(t.received(8, &ping), Received::Pass));
+        let ok = ping.response(200, "OK", Some("t"));
+        t.sending(8, &ok, &ok.to_bytes(), &out, true);
+        assert!(matches!(t.received(8, &ping), Received::Pass));
+        // Never answered: an INVITE is kept until INVITE_LIMIT, another
+        // request 64·T1 + T2.
         let silent = other("z9hG4bKa3");
         assert!(matches!(t.received(9, &silent), Received::Pass));
-        t.sweep(tokio::time::Instant::now());
+        let options = Message::parse(
+            String::from_utf8(silent.to_bytes())
+                .unwrap()
+                .replace("INVITE", "OPTIONS")
+                .replace("z9hG4bKa3", "z9hG4bKa5")
+                .as_bytes(),
+        )
+        .unwrap();
+        assert!(matches!(t.received(9, &options), Received::Pass));
+        let now = tokio::time::Instant::now();
+        t.sweep(now);
         assert!(
             matches!(t.received(9, &silent), Received::Absorb(None)),
             "kept a while"
         );
-        t.sweep(tokio::time::Instant::now() + INVITE_LIMIT);
+        t.sweep(now + LIFETIME + T2 + Duration::from_secs(1));
+        assert!(
+            matches!(t.received(9, &options), Received::Pass),
+            "the OPTIONS swept"
+        );
+        assert!(
+            matches!(t.received(9, &silent), Received::Absorb(None)),
+            "the INVITE kept"
+        );
+        t.sweep(now + INVITE_LIMIT + Duration::from_secs(1));
         assert!(matches!(t.received(9, &silent), Received::Pass), "swept");
     }
 
