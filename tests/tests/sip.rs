@@ -1371,12 +1371,7 @@ async fn t2_a_device_allowed_udp_and_tcp_registers_and_calls_there_with_plain_rt
                 .await,
         );
         assert!(dialled["leg"].is_string(), "{dialled}");
-        let rung = loop {
-            let m = ua.recv().await.expect("an INVITE to the phone");
-            if m.method() == Some("INVITE") {
-                break m;
-            }
-        };
+        let rung = incoming(&mut ua, "INVITE", "an INVITE to the phone").await;
         let offered = String::from_utf8_lossy(&rung.body).to_string();
         assert!(
             offered.contains("RTP/AVP") && !offered.contains("a=crypto"),
@@ -1408,29 +1403,9 @@ async fn t2_a_device_allowed_udp_and_tcp_registers_and_calls_there_with_plain_rt
     // both (it would ring for 30 s).
     let mut over_tls = Ua::connect(r.sip, "old-phone", "acme.localhost", &password).await;
     assert_eq!(over_tls.register("SHA-256", 600).await.status(), Some(200));
-    let dialled = ok_json(
-        r.h.post(
-            "acme",
-            "callflow",
-            "u",
-            "/dial/device%3Aold-phone?ring=30000",
-            b"",
-        )
-        .await,
-    );
-    let ringing = dialled["leg"].as_str().expect("a leg").to_string();
-    let rung = loop {
-        let m = ua.recv().await.expect("an INVITE to the phone");
-        if m.method() == Some("INVITE") {
-            break m;
-        }
-    };
-    let rung_tls = loop {
-        let m = over_tls.recv().await.expect("an INVITE over TLS");
-        if m.method() == Some("INVITE") {
-            break m;
-        }
-    };
+    let ringing = ring_old_phone(&r).await;
+    let rung = incoming(&mut ua, "INVITE", "an INVITE to the phone").await;
+    let rung_tls = incoming(&mut over_tls, "INVITE", "an INVITE over TLS").await;
     ua.send(&rung.response(180, "Ringing", Some("ring"))).await;
     r.wait_event("acme", &ringing, "ringing").await;
     let set_udp = |udp: bool| Op::DeviceUdp {
@@ -1440,32 +1415,12 @@ async fn t2_a_device_allowed_udp_and_tcp_registers_and_calls_there_with_plain_rt
     };
     assert_eq!(console(&r.h, set_udp(false)).await["device"]["udp"], false);
     // The call ringing it over UDP is cancelled there...
-    let cancelled = loop {
-        let m = ua.recv().await.expect("a CANCEL");
-        if m.method() == Some("CANCEL") {
-            break m;
-        }
-    };
+    let cancelled = incoming(&mut ua, "CANCEL", "a CANCEL").await;
     assert_eq!(cancelled.call_id(), rung.call_id());
     ua.send(&cancelled.response(200, "OK", None)).await;
     // ...and an answer it sends anyway is acknowledged and hung up: it
     // cannot take the call any more.
-    let mut late = rung.response(200, "OK", Some("ring"));
-    late.push("Contact", format!("<sip:old-phone@{}>", ua.local));
-    late.push("Content-Type", "application/sdp");
-    late.body = offer(40_300, false).into_bytes();
-    ua.send(&late).await;
-    let mut seen = Vec::new();
-    while !seen.contains(&"BYE".to_string()) {
-        let m = ua.recv().await.expect("the door's ACK and BYE");
-        if let Some(method) = m.method() {
-            if method == "BYE" {
-                ua.send(&m.response(200, "OK", None)).await;
-            }
-            seen.push(method.to_string());
-        }
-    }
-    assert!(seen.contains(&"ACK".to_string()), "{seen:?}");
+    answer_too_late(&mut ua, &rung, "ring", 40_300).await;
     // Over TLS it rings on; declined there, the call ends, never answered.
     over_tls
         .send(&rung_tls.response(486, "Busy Here", Some("tls")))
@@ -1548,6 +1503,28 @@ async fn t2_a_device_allowed_udp_and_tcp_registers_and_calls_there_with_plain_rt
     // an answer crossing the CANCEL is still acknowledged and hung up.
     let mut only = Ua::connect_plain(r.udp, false, "old-phone", "acme.localhost", &password).await;
     assert_eq!(only.register("MD5", 600).await.status(), Some(200));
+    let leg = ring_old_phone(&r).await;
+    let rung = incoming(&mut only, "INVITE", "an INVITE to the phone").await;
+    only.send(&rung.response(180, "Ringing", Some("one"))).await;
+    r.wait_event("acme", &leg, "ringing").await;
+    console(&r.h, set_udp(false)).await;
+    r.wait_event("acme", &leg, "ended:no-answer").await;
+    answer_too_late(&mut only, &rung, "one", 40_310).await;
+}
+
+/// The next request `method` that reaches `ua` (others skipped).
+async fn incoming(ua: &mut Ua, method: &str, what: &str) -> Message {
+    loop {
+        let m = ua.recv().await.expect(what);
+        if m.method() == Some(method) {
+            return m;
+        }
+    }
+}
+
+/// A call the plugin places to the device `old-phone`, ringing up to
+/// 30 s; its leg.
+async fn ring_old_phone(r: &Rig) -> String {
     let dialled = ok_json(
         r.h.post(
             "acme",
@@ -1558,26 +1535,24 @@ async fn t2_a_device_allowed_udp_and_tcp_registers_and_calls_there_with_plain_rt
         )
         .await,
     );
-    let leg = dialled["leg"].as_str().expect("a leg").to_string();
-    let rung = loop {
-        let m = only.recv().await.expect("an INVITE to the phone");
-        if m.method() == Some("INVITE") {
-            break m;
-        }
-    };
-    only.send(&rung.response(180, "Ringing", Some("one"))).await;
-    r.wait_event("acme", &leg, "ringing").await;
-    console(&r.h, set_udp(false)).await;
-    r.wait_event("acme", &leg, "ended:no-answer").await;
-    let mut late = rung.response(200, "OK", Some("one"));
-    late.push("Contact", format!("<sip:old-phone@{}>", only.local));
+    dialled["leg"].as_str().expect("a leg").to_string()
+}
+
+/// Answers `rung` (plain RTP at `port`) after the door gave it up: the
+/// door must acknowledge the answer and hang up at once.
+async fn answer_too_late(ua: &mut Ua, rung: &Message, tag: &str, port: u16) {
+    let mut late = rung.response(200, "OK", Some(tag));
+    late.push("Contact", format!("<sip:old-phone@{}>", ua.local));
     late.push("Content-Type", "application/sdp");
-    late.body = offer(40_310, false).into_bytes();
-    only.send(&late).await;
+    late.body = offer(port, false).into_bytes();
+    ua.send(&late).await;
     let mut seen = Vec::new();
     while !seen.iter().any(|m| m == "BYE") {
-        let m = only.recv().await.expect("the door's ACK and BYE");
+        let m = ua.recv().await.expect("the door's ACK and BYE");
         if let Some(method) = m.method() {
+            if method == "BYE" {
+                ua.send(&m.response(200, "OK", None)).await;
+            }
             seen.push(method.to_string());
         }
     }

@@ -12,7 +12,13 @@ pub fn set_nice(nice: i32) -> std::io::Result<()> {
     }
     // SAFETY: setpriority reads three integers and writes no memory of
     // ours; `who` 0 names the calling thread.
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+    os_result(unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) })
+}
+
+/// A libc call's return code as a result: 0 is success, else the OS
+/// error it left.
+#[cfg(target_os = "linux")]
+fn os_result(rc: i32) -> std::io::Result<()> {
     if rc == 0 {
         Ok(())
     } else {
@@ -45,12 +51,7 @@ pub fn set_realtime(priority: u8) -> std::io::Result<()> {
     };
     // SAFETY: sched_setscheduler reads the parameter struct we own and
     // writes no memory of ours; `pid` 0 names the calling thread.
-    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    os_result(unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) })
 }
 
 /// Elsewhere: nothing.
@@ -87,11 +88,11 @@ pub fn set_affinity(cpus: &[usize]) -> std::io::Result<()> {
             }
             libc::CPU_SET(cpu, &mut set);
         }
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
+        os_result(libc::sched_setaffinity(
+            0,
+            std::mem::size_of::<libc::cpu_set_t>(),
+            &set,
+        ))
     }
 }
 
