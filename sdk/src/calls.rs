@@ -30,8 +30,8 @@ use crate::bindings::switchboard::telephony::{calls as raw, dial as raw_dial, mw
 
 pub use crate::bindings::switchboard::telephony::dial::{DialOpts, DialPurpose};
 pub use crate::bindings::switchboard::telephony::types::{
-    CallEvent, CallEventKind, Cause, CollectOpts, Collected, Direction, LegSnapshot, LegState,
-    OpEnd, Played, Prompt, RecordOpts, Recorded, Route, Tone, ToneItem,
+    CallEvent, CallEventKind, Cause, CollectOpts, Collected, Direction, Diversion, DivertReason,
+    LegSnapshot, LegState, OpEnd, Played, Prompt, RecordOpts, Recorded, Route, Tone, ToneItem,
 };
 
 /// A tone item for [`play`].
@@ -77,7 +77,18 @@ pub fn record(leg: &str, opts: &RecordOpts) -> Result<String, Error> {
 /// an attendant): it gets `offered`, this plugin `HandedOff` and nothing
 /// more of the leg.
 pub fn hand_off(leg: &str, number: &str) -> Result<(), Error> {
-    crate::tx::note(raw::hand_off(leg, number))
+    crate::tx::note(raw::hand_off(leg, number, None))
+}
+
+/// [`hand_off`] as `user`'s call, diverted for `reason` (a forward): the
+/// plugin it goes to sees [`Diversion`] in the leg's snapshot (voicemail
+/// takes a message for that user). `user` is an active user's id.
+pub fn divert(leg: &str, number: &str, user: &str, reason: DivertReason) -> Result<(), Error> {
+    let diversion = Diversion {
+        user: user.to_string(),
+        reason,
+    };
+    crate::tx::note(raw::hand_off(leg, number, Some(&diversion)))
 }
 
 /// Pauses a recording: nothing is kept until [`resume`].

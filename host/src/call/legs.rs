@@ -111,6 +111,22 @@ pub struct RecordOpts {
     pub terminators: String,
 }
 
+/// Why a call was handed to another plugin on a user's behalf.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DivertReason {
+    Always,
+    Busy,
+    NoAnswer,
+}
+
+/// Whose call a handed-off leg was, and why it came.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diversion {
+    /// The user (id) the call was for.
+    pub user: String,
+    pub reason: DivertReason,
+}
+
 /// A leg as it is at one moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LegSnapshot {
@@ -129,6 +145,8 @@ pub struct LegSnapshot {
     pub user: Option<String>,
     /// The far end has put the leg on hold.
     pub on_hold: bool,
+    /// Whose call a leg handed to this plugin was, and why.
+    pub diverted: Option<Diversion>,
     pub started_ms: u64,
     pub answered_ms: Option<u64>,
 }

@@ -19,7 +19,7 @@ use crate::call::legs::{
 };
 use crate::call::txn::Effect;
 use crate::telephony::Telephony;
-use crate::telephony::legs::Command;
+use crate::telephony::legs::{Command, HandingTo};
 use crate::telephony::policy::Account;
 
 /// Largest `set-state`.
@@ -127,6 +127,7 @@ fn leg(ctx: &mut CallCtx, telephony: &State, id: &str) -> Result<LegSnapshot, Ca
                     room: None,
                     user: None,
                     on_hold: false,
+                    diverted: None,
                     started_ms: crate::support::clock::now_ms(),
                     answered_ms: None,
                 });
@@ -546,9 +547,26 @@ pub fn record(
     Ok(op)
 }
 
-/// Gives a leg to the plugin `number` routes to in the tenant.
-pub fn hand_off(ctx: &mut CallCtx, t: &State, id: &str, number: &str) -> Result<(), CapError> {
+/// Gives a leg to the plugin `number` routes to in the tenant, as the
+/// call of `diversion`'s user if given (an active user of the tenant).
+pub fn hand_off(
+    ctx: &mut CallCtx,
+    t: &State,
+    id: &str,
+    number: &str,
+    diversion: Option<legs::Diversion>,
+) -> Result<(), CapError> {
     ctx.charge(number.len())?;
+    if let Some(d) = &diversion {
+        let known =
+            super::identity::lookup_user(ctx, &d.user)?.is_some_and(|u| u.active && u.id == d.user);
+        if !known {
+            return Err(CapError::InvalidArgument(format!(
+                "a diversion names an active user of the tenant by id, not {:?}",
+                d.user
+            )));
+        }
+    }
     let l = leg(ctx, t, id)?;
     if !matches!(l.state, LegState::Offered | LegState::Answered) {
         return Err(CapError::InvalidArgument(format!(
@@ -588,8 +606,11 @@ pub fn hand_off(ctx: &mut CallCtx, t: &State, id: &str, number: &str) -> Result<
         Command::HandOff {
             leg: id.to_string(),
             number: number.to_string(),
-            to: route.plugin,
-            args: route.args.into_bytes(),
+            to: HandingTo {
+                plugin: route.plugin,
+                args: route.args.into_bytes(),
+                diversion,
+            },
         },
     )
 }
@@ -999,8 +1020,21 @@ impl twit::calls::Host for View<'_, State> {
         wrap(record(self.call, self.state, &leg, opts))
     }
 
-    fn hand_off(&mut self, leg: String, number: String) -> WitResult<()> {
-        wrap(hand_off(self.call, self.state, &leg, &number))
+    fn hand_off(
+        &mut self,
+        leg: String,
+        number: String,
+        diversion: Option<t::Diversion>,
+    ) -> WitResult<()> {
+        let diversion = diversion.map(|d| legs::Diversion {
+            user: d.user,
+            reason: match d.reason {
+                t::DivertReason::Always => legs::DivertReason::Always,
+                t::DivertReason::Busy => legs::DivertReason::Busy,
+                t::DivertReason::NoAnswer => legs::DivertReason::NoAnswer,
+            },
+        });
+        wrap(hand_off(self.call, self.state, &leg, &number, diversion))
     }
 
     fn pause(&mut self, op: String) -> WitResult<()> {
@@ -1133,6 +1167,14 @@ pub(crate) fn wit_snapshot(s: legs::LegSnapshot) -> t::LegSnapshot {
         room: s.room,
         user: s.user,
         on_hold: s.on_hold,
+        diverted: s.diverted.map(|d| t::Diversion {
+            user: d.user,
+            reason: match d.reason {
+                legs::DivertReason::Always => t::DivertReason::Always,
+                legs::DivertReason::Busy => t::DivertReason::Busy,
+                legs::DivertReason::NoAnswer => t::DivertReason::NoAnswer,
+            },
+        }),
         started_ms: s.started_ms,
         answered_ms: s.answered_ms,
     }

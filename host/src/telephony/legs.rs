@@ -24,8 +24,8 @@ use super::policy::{Account, Class, Dialled};
 use super::records::CallRecord;
 use super::signalling::Outbound;
 use crate::call::legs::{
-    CallEvent, CallEventKind, Cause, CollectOpts, Direction, LegSnapshot, LegState, OpEnd, Prompt,
-    RecordOpts, ToneName,
+    CallEvent, CallEventKind, Cause, CollectOpts, Direction, Diversion, LegSnapshot, LegState,
+    OpEnd, Prompt, RecordOpts, ToneName,
 };
 use crate::call::txn::Quota;
 use crate::media::engine::Sound;
@@ -68,6 +68,15 @@ pub const RECORD_FLUSH_LIMIT_MS: u64 = 10_000;
 /// A DTMF key tone and the gap after it, as played.
 const KEY_TONE: Duration = Duration::from_millis(100);
 const KEY_GAP: Duration = Duration::from_millis(60);
+
+/// The plugin a leg is handed to, with its route's arguments and whose
+/// call it was.
+#[derive(Debug, Clone)]
+pub struct HandingTo {
+    pub plugin: String,
+    pub args: Vec<u8>,
+    pub diversion: Option<Diversion>,
+}
 
 /// A plugin's command, applied after its call committed, in issue order.
 #[derive(Debug, Clone)]
@@ -113,8 +122,7 @@ pub enum Command {
     HandOff {
         leg: String,
         number: String,
-        to: String,
-        args: Vec<u8>,
+        to: HandingTo,
     },
     Dial {
         leg: String,
@@ -271,9 +279,8 @@ struct Leg {
     /// An ended leg waiting for its recording to be written before its
     /// `ended` (the cause, and until when it waits).
     held_end: Option<(Cause, u64)>,
-    /// The plugin (and route arguments) the leg goes to once its
-    /// `handed-off` is delivered.
-    handing_to: Option<(String, Vec<u8>)>,
+    /// Where the leg goes once its `handed-off` is delivered.
+    handing_to: Option<HandingTo>,
     /// The plugin is handling or has handled the pending transfer's
     /// event: only then does ending the leg (`normal`) tell the phone the
     /// transfer went through.
@@ -604,6 +611,7 @@ impl Table {
                 room: None,
                 user: None,
                 on_hold: false,
+                diverted: None,
                 started_ms: now,
                 answered_ms: None,
             },
@@ -1068,6 +1076,10 @@ impl Table {
                     return actions;
                 }
                 l.last_activity_ms = now;
+                // A recording takes the keys: those pressed before it
+                // answered the prompts before it, and none pressed during
+                // it answers the next collect.
+                l.typeahead.clear();
                 l.recording = Some(Recording {
                     op: op.clone(),
                     blob: blob.clone(),
@@ -1090,12 +1102,7 @@ impl Table {
                     incarnation,
                 })));
             }
-            Command::HandOff {
-                leg,
-                number,
-                to,
-                args,
-            } => {
+            Command::HandOff { leg, number, to } => {
                 let live = self
                     .lookup(tenant, plugin, &leg)
                     .is_some_and(|s| matches!(s.state, LegState::Offered | LegState::Answered));
@@ -1120,7 +1127,7 @@ impl Table {
                     }
                     l.typeahead.clear();
                     l.last_activity_ms = now;
-                    l.handing_to = Some((to, args));
+                    l.handing_to = Some(to);
                     l.push(CallEventKind::HandedOff(number), now);
                 }
             }
@@ -1491,10 +1498,12 @@ impl Table {
                 l.push(CallEventKind::Collected { op, digits, end }, now);
             }
         } else {
-            if l.typeahead.len() >= MAX_TYPEAHEAD {
-                l.typeahead.remove(0);
+            if l.recording.is_none() {
+                if l.typeahead.len() >= MAX_TYPEAHEAD {
+                    l.typeahead.remove(0);
+                }
+                l.typeahead.push(key);
             }
-            l.typeahead.push(key);
             l.push(CallEventKind::Digit(key), now);
         }
         actions
@@ -1688,8 +1697,14 @@ impl Table {
             // plugin's now, starting with its offer.
             l.queue.pop_front();
             l.attempts = 0;
-            if let Some((to, args)) = l.handing_to.take() {
-                l.plugin = to;
+            if let Some(HandingTo {
+                plugin,
+                args,
+                diversion,
+            }) = l.handing_to.take()
+            {
+                l.plugin = plugin;
+                l.snapshot.diverted = diversion;
                 l.client_state.clear();
                 // Whatever queued behind it was the old plugin's business.
                 l.queue.clear();
@@ -1954,6 +1969,35 @@ mod tests {
             "the table's reason wins: {got:?}"
         );
         assert!(!got.contains(&CallEventKind::Digit('#')));
+        // A recording takes the keys: one pressed before it (that skipped
+        // a greeting) and one pressed during it answer no later collect.
+        t.digit(7, '*', 6);
+        t.command(T, P, record("a", "r4"), 7);
+        t.digit(7, '5', 7);
+        t.digit(7, '#', 8);
+        t.recorded("a", "r4", 900, OpEnd::Done, true, 8);
+        let collect = Command::Collect {
+            leg: "a".into(),
+            op: "c".into(),
+            opts: CollectOpts {
+                max_digits: 1,
+                terminators: String::new(),
+                first_ms: 1000,
+                between_ms: 1000,
+            },
+        };
+        t.command(T, P, collect, 9);
+        t.digit(7, '1', 9);
+        let got = kinds(&mut t, "a", 9);
+        assert!(got.contains(&CallEventKind::Digit('5')), "{got:?}");
+        assert!(
+            got.contains(&CallEventKind::Collected {
+                op: "c".into(),
+                digits: "1".into(),
+                end: OpEnd::Done,
+            }),
+            "{got:?}"
+        );
         // Ended while recording: `ended` waits for `recorded`.
         t.command(T, P, record("a", "r3"), 10);
         t.ended("a", Cause::Normal, 11);
@@ -1998,11 +2042,18 @@ mod tests {
 
     #[test]
     fn a_handed_off_leg_is_the_new_plugins_from_its_offer() {
+        let bob = Diversion {
+            user: "bob".into(),
+            reason: crate::call::legs::DivertReason::Busy,
+        };
         let hand = |leg: &str| Command::HandOff {
             leg: leg.into(),
             number: "800".into(),
-            to: "vm".into(),
-            args: b"box-1".to_vec(),
+            to: HandingTo {
+                plugin: "vm".into(),
+                args: b"box-1".to_vec(),
+                diversion: Some(bob.clone()),
+            },
         };
         let mut t = Table::default();
         t.offer("a".into(), &inbound(), 1, 0);
@@ -2059,6 +2110,12 @@ mod tests {
             t.lookup(T, "vm", "a").map(|s| s.state),
             Some(LegState::Answered)
         );
+        // The new plugin sees whose call it was; the old one never did.
+        assert_eq!(
+            t.lookup(T, "vm", "a").and_then(|s| s.diverted),
+            Some(bob.clone())
+        );
+        assert_eq!(t.lookup(T, P, "b").and_then(|s| s.diverted), None);
         // Its partner was unbridged and stays the old plugin's.
         assert_eq!(t.lookup(T, P, "b").and_then(|s| s.bridged_with), None);
         // A leg that ends before its handed-off is delivered stays put.

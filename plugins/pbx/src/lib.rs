@@ -14,7 +14,11 @@
 //! Forwarding, which each user sets for themselves (`PUT /forward`):
 //! `always` sends every call straight to another number or user; `busy`
 //! and `no-answer` send the calls their devices refused or did not take
-//! (the V5 hook voicemail will use). Every forward is a dial with purpose
+//! (V5); a user who set neither has those calls go to the tenant's
+//! `voicemail` number, if the admin set one. A forward to another
+//! plugin's number (voicemail) hands the caller over as the user's call
+//! with the reason (`divert`), so voicemail knows whose mailbox and which
+//! greeting. Any other forward is a dial with purpose
 //! `forward` on the user's behalf, so the tenant's dialing policy decides
 //! it like any other (T1); a refused forward plays busy and hangs up.
 //! A forward never forwards again (no loops).
@@ -46,8 +50,8 @@
 
 use serde::{Deserialize, Serialize};
 use switchboard_sdk::calls::{
-    self, CallEvent, CallEventKind, Cause, CollectOpts, DialOpts, DialPurpose, LegState, Prompt,
-    Tone,
+    self, CallEvent, CallEventKind, Cause, CollectOpts, DialOpts, DialPurpose, DivertReason,
+    LegState, Prompt, Tone,
 };
 use switchboard_sdk::http::{self, ApiError, Params, RequestExt as _, Router};
 use switchboard_sdk::{Error, Plugin, PrincipalKind, Request, Response, config, identity, kv};
@@ -233,13 +237,14 @@ fn ring(r: Ring<'_>) -> Result<String, Error> {
 }
 
 /// Rings a forward of `user`'s call (leg `caller`) to `target`.
-fn forward(caller: &str, user: &str, target: &str) -> Result<(), Error> {
+fn forward(caller: &str, user: &str, target: &str, reason: DivertReason) -> Result<(), Error> {
     let resolved = resolve(target, true)?;
     if let Target::Elsewhere(number) = &resolved {
-        // Voicemail, an attendant: the caller goes there (a number that
-        // plugin cannot take: the caller hears busy).
+        // Voicemail, an attendant: the caller goes there as the user's
+        // call, and why (a number that plugin cannot take: the caller
+        // hears busy).
         set(caller, &Role::Transferred)?;
-        return match calls::hand_off(caller, number) {
+        return match calls::divert(caller, number, user, reason) {
             Err(Error::NotFound(_) | Error::InvalidArgument(_)) => {
                 give_up(caller, Cause::Unavailable)
             }
@@ -494,7 +499,7 @@ fn on_call(e: &CallEvent) -> Result<(), Error> {
             };
             calls::play(leg, &[calls::tone(Tone::Ringback, RINGBACK_MS)], false)?;
             match forward_of(&user.id).always {
-                Some(target) => forward(leg, &user.id, &target),
+                Some(target) => forward(leg, &user.id, &target, DivertReason::Always),
                 None => {
                     let caller = e.snapshot.user.clone();
                     let placed = ring(Ring {
@@ -571,13 +576,20 @@ fn on_call(e: &CallEvent) -> Result<(), Error> {
                 return calls::hangup(&caller, Cause::Normal);
             }
             let fwd = forward_of(&user);
+            // Unset, busy and no-answer go to the tenant's voicemail.
+            let voicemail = || config::get::<String>("voicemail").filter(|n| !n.is_empty());
             let next = match cause {
-                Cause::Busy | Cause::Rejected => fwd.busy,
-                Cause::NoAnswer | Cause::Unavailable => fwd.no_answer,
+                Cause::Busy | Cause::Rejected => {
+                    fwd.busy.or_else(voicemail).map(|t| (t, DivertReason::Busy))
+                }
+                Cause::NoAnswer | Cause::Unavailable => fwd
+                    .no_answer
+                    .or_else(voicemail)
+                    .map(|t| (t, DivertReason::NoAnswer)),
                 _ => None,
             };
             match next {
-                Some(target) if !forwarded => forward(&caller, &user, &target),
+                Some((target, reason)) if !forwarded => forward(&caller, &user, &target, reason),
                 _ => give_up(&caller, *cause),
             }
         }
