@@ -113,6 +113,7 @@ const MODULES: &[&str] = &[
     "account.so",
     "menu.so",
     "ctrl_tcp.so",
+    "mwi.so",
 ];
 
 /// Silence appended to the microphone WAV, because aufile hangs up when
@@ -629,6 +630,7 @@ fn config_text(
          module_tmp\t\taccount.so\n\
          module_app\t\tmenu.so\n\
          module_app\t\tctrl_tcp.so\n\
+         module_app\t\tmwi.so\n\
          ctrl_tcp_listen\t\t127.0.0.1:{ctrl_port}\n\
          snd_path\t\t{dumps}\n\
          statmode_default\toff\n\

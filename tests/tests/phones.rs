@@ -2,9 +2,10 @@
 //! over TLS with their own digest credentials, call through the `pbx`
 //! plugin with SRTP (SDES) both ways, and send RFC 4733 keys to a plugin.
 //! Installed by `tests/tools/install-peers.sh` (the README's test
-//! command); a missing peer fails the test, naming the script. SPEC T2.
+//! command); a missing peer fails the test, naming the script. SPEC T2,
+//! V3 (a message left from a real phone, message waiting on another).
 //!
-//! Kept to three tests: each costs real-time seconds.
+//! Kept to four tests: each costs real-time seconds.
 
 use std::time::Duration;
 
@@ -28,8 +29,14 @@ struct Rig {
 
 async fn rig() -> Rig {
     switchboard_tests::baresip::require().unwrap();
-    let h = harness(&["callflow", "pbx"]).await;
-    tenant(&h, "acme", Limits::default(), &["callflow", "pbx"]).await;
+    let h = harness(&["callflow", "pbx", "voicemail"]).await;
+    tenant(
+        &h,
+        "acme",
+        Limits::default(),
+        &["callflow", "pbx", "voicemail"],
+    )
+    .await;
     for u in ["alice", "bob", "carol"] {
         create_user(&h, "acme", u, "user").await;
     }
@@ -46,6 +53,7 @@ async fn rig() -> Rig {
                 route("201", "pbx", "bob"),
                 route("202", "pbx", "carol"),
                 route("300", "callflow", "echo"),
+                route("800", "voicemail", ""),
             ],
         },
     )
@@ -271,4 +279,69 @@ async fn t2_baresip_transfers_a_call_blind_and_the_caller_reaches_the_target() {
         .filter(|c| c.direction == "outbound" && c.caller == "alice-desk")
         .count();
     assert_eq!(to_carol, 2, "both legs placed show Alice: {records:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v3_baresip_leaves_a_message_and_the_owners_phone_shows_it_waiting() {
+    use switchboard::runtime::{Method, Principal, Request};
+    let r = rig().await;
+    console(
+        &r.h,
+        Op::PluginConfigSet {
+            tenant: "acme".into(),
+            name: "pbx".into(),
+            config: serde_json::json!({ "voicemail": "800", "ring-seconds": 5 })
+                .as_object()
+                .cloned()
+                .unwrap(),
+        },
+    )
+    .await;
+    let carol_id =
+        r.h.runtime()
+            .identity()
+            .user_by_name(&switchboard::audit::Scope::tenant("acme"), "carol")
+            .unwrap()
+            .unwrap()
+            .id;
+    // Carol has no phone registered: Alice's call to 202 goes to her
+    // voicemail (no answer). Alice keys past the greeting, talks (her
+    // microphone is the noise file) and hangs up.
+    let source = noise();
+    let wav = r.dir.path().join("alice.wav");
+    write_wav(&wav, &source).unwrap();
+    let mut alice = r.phone("alice", Some(&wav)).await;
+    alice.dial("sip:202@acme.localhost").await.unwrap();
+    alice.wait_type("CALL_ESTABLISHED", WAIT).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    alice.send_dtmf("1").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    alice.hangup().await.unwrap();
+    alice.wait_type("CALL_CLOSED", WAIT).await.unwrap();
+    let end = std::time::Instant::now() + WAIT;
+    let message = loop {
+        let request = Request::new(Method::Get, "/messages", Principal::user("acme", &carol_id));
+        let got =
+            r.h.runtime()
+                .handle("acme", "voicemail", request)
+                .await
+                .unwrap()
+                .json()
+                .unwrap();
+        if let Some(m) = got["messages"].as_array().and_then(|m| m.first()) {
+            break m.clone();
+        }
+        assert!(std::time::Instant::now() < end, "no message for Carol");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(message["from"], "alice-desk");
+    let ms = message["ms"].as_u64().unwrap();
+    assert!((1000..=3500).contains(&ms), "{ms} ms");
+    // Carol's phone registers and subscribes to message-summary: the
+    // NOTIFY it gets says one new message.
+    let mut carol = r.phone("carol", None).await;
+    let mwi = carol.wait_type("MWI_NOTIFY", WAIT).await.unwrap();
+    let body = param(&mwi);
+    assert!(body.contains("Messages-Waiting: yes"), "{mwi}");
+    assert!(body.contains("Voice-Message: 1/0"), "{mwi}");
 }

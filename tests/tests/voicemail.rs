@@ -444,10 +444,7 @@ async fn v3_a_call_nobody_answers_leaves_a_message_the_owner_alone_can_reach() {
     assert_eq!(hers[0]["forwarded_by"], v.bob.as_str());
     assert_eq!(hers[0]["heard"], false);
     assert_ne!(hers[0]["id"], id.as_str());
-    assert_eq!(
-        v.h.runtime().mwi_counts("acme", &v.carol),
-        (1, 0)
-    );
+    assert_eq!(v.h.runtime().mwi_counts("acme", &v.carol), (1, 0));
     // Deleted: gone, its audio with it; Carol's copy stays.
     let r = v
         .user(&v.bob, Method::Delete, &format!("/messages/{id}"), b"")
@@ -668,10 +665,7 @@ async fn v3_the_owner_listens_from_their_own_phone_saves_forwards_and_deletes() 
     let hers = v.messages(&v.carol).await;
     assert_eq!(hers.len(), 1, "{hers:?}");
     assert_eq!(hers[0]["forwarded_by"], v.bob.as_str());
-    assert_eq!(
-        v.h.runtime().mwi_counts("acme", &v.carol),
-        (1, 0)
-    );
+    assert_eq!(v.h.runtime().mwi_counts("acme", &v.carol), (1, 0));
     // Someone else's phone gets the sign-in, not Bob's mailbox.
     let mut alice = Phone::new().unwrap();
     let leg = v
@@ -830,7 +824,11 @@ async fn refused(h: &Harness, leg: &str) -> String {
             .get("acme", "callflow", "u", &format!("/refused/{leg}"))
             .await
             .unwrap();
-        let why: String = r.json().ok().and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default();
+        let why: String = r
+            .json()
+            .ok()
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default();
         if !why.is_empty() {
             return why;
         }
