@@ -4,7 +4,7 @@
 //! [`Plugin`] and exports it with one line, [`export_plugin!`]; it reaches
 //! the host through the typed helpers here ([`kv`], [`blobs`], [`crypto`],
 //! [`log`], [`config`], [`timers`], [`plugins`], [`events`], [`http_client`],
-//! [`identity`], [`audit`], and for calls [`calls`]) and answers
+//! [`identity`], [`audit`], and for calls [`calls`] and [`audio`]) and answers
 //! HTTP-shaped requests, usually through the small [`http::Router`], and
 //! the events of its call legs through [`Plugin::on_call`]. With the `harness` feature (native
 //! targets only), [`harness`] runs plugins in the real host runtime from
@@ -24,6 +24,7 @@ pub mod bindings {
     });
 }
 
+pub mod audio;
 pub mod audit;
 pub mod blobs;
 pub mod calls;

@@ -199,12 +199,7 @@ impl Vm {
 /// Waits until `phone` hears library prompt `name`: its first frame of
 /// speech, byte for byte (the engine plays clips frame-aligned).
 async fn hears(phone: &Phone, name: &str) -> bool {
-    let clip = switchboard::media::prompts::get(name).unwrap();
-    let frame = clip
-        .chunks(160)
-        .find(|f| f.iter().any(|&b| b != 0xff))
-        .unwrap()
-        .to_vec();
+    let frame = first_frame(name);
     let end = Instant::now() + WAIT;
     while Instant::now() < end {
         let got = tokio::task::block_in_place(|| phone.next_audio(end - Instant::now(), 0));
@@ -215,21 +210,14 @@ async fn hears(phone: &Phone, name: &str) -> bool {
     false
 }
 
-/// Whether `phone` hears any of `names` within `window`.
-async fn hears_any(phone: &Phone, names: &[&str], window: Duration) -> bool {
-    let frames: Vec<Vec<u8>> = names
-        .iter()
-        .map(|n| {
-            switchboard::media::prompts::get(n)
-                .unwrap()
-                .chunks(160)
-                .find(|f| f.iter().any(|&b| b != 0xff))
-                .unwrap()
-                .to_vec()
-        })
-        .collect();
-    let heard = tokio::task::block_in_place(|| phone.listen(window, 0));
-    heard.iter().any(|f| frames.contains(f))
+/// The first frame of speech of library prompt `name`.
+fn first_frame(name: &str) -> Vec<u8> {
+    switchboard::media::prompts::get(name)
+        .unwrap()
+        .chunks(160)
+        .find(|f| f.iter().any(|&b| b != 0xff))
+        .unwrap()
+        .to_vec()
 }
 
 /// Sends `frames` 20 ms frames of one µ-law code, paced in real time.
@@ -499,20 +487,76 @@ async fn v3_a_message_under_a_second_is_not_kept_and_keys_never_reach_a_mailbox(
     }
     alice.dial_keys("*9*").unwrap();
     assert!(hears(&alice, "beep").await);
-    tokio::task::block_in_place(|| alice.dial_keys("*0*")).unwrap();
+    tokio::task::block_in_place(|| alice.dial_keys("*0")).unwrap();
     alice.press('#').unwrap();
-    assert!(hears(&alice, "message-too-short").await);
+    // Everything the caller hears from here to the end of the call: the
+    // keys were part of the message, and nothing but "too short" and
+    // goodbye answers them.
+    let heard = tokio::task::block_in_place(|| alice.listen(Duration::from_secs(5), 0));
+    let first = |name: &str| first_frame(name);
+    assert!(heard.contains(&first("message-too-short")));
+    for p in ["enter-mailbox", "enter-pin", "pin-wrong", "voicemail-menu"] {
+        assert!(!heard.contains(&first(p)), "{p} was played");
+    }
     v.ended(&leg).await;
-    assert!(
-        !hears_any(
-            &alice,
-            &["enter-mailbox", "enter-pin", "voicemail-menu"],
-            Duration::from_millis(300)
-        )
-        .await
-    );
     assert!(v.messages(&v.bob).await.is_empty(), "nothing kept");
     assert_eq!(v.h.runtime().mwi_counts("acme", &v.bob), (0, 0));
+    // A caller who says nothing: silence (2 s from now on) ends the
+    // recording, and a recording of silence is no message.
+    config(&v.h, "voicemail", json!({ "silence-seconds": 2 })).await;
+    let mut alice = Phone::new().unwrap();
+    let leg = v
+        .call(Some(&v.alice), "pbx", "201", "bob", &mut alice)
+        .await;
+    alice.press('1').unwrap();
+    assert!(hears(&alice, "beep").await);
+    talk(&mut alice, 0xff, 150).await;
+    assert!(hears(&alice, "message-too-short").await);
+    v.ended(&leg).await;
+    assert!(v.messages(&v.bob).await.is_empty(), "silence kept nothing");
+    // A caller who talks and hangs up: what was said is kept.
+    let mut alice = Phone::new().unwrap();
+    let leg = v
+        .call(Some(&v.alice), "pbx", "201", "bob", &mut alice)
+        .await;
+    alice.press('1').unwrap();
+    assert!(hears(&alice, "beep").await);
+    talk(&mut alice, g711::linear_to_ulaw(6000), 75).await;
+    v.rig.hang_up(&leg);
+    let end = Instant::now() + WAIT;
+    let list = loop {
+        let list = v.messages(&v.bob).await;
+        if !list.is_empty() || Instant::now() > end {
+            break list;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(list.len(), 1, "kept on hang-up");
+    assert!(list[0]["ms"].as_u64().unwrap() >= 1000, "{list:?}");
+    assert_eq!(list[0]["urgent"], false);
+    // Bob's storage is full: a caller hears so and nothing is kept.
+    console(
+        &v.h,
+        Op::TenantLimitsSet {
+            id: "acme".into(),
+            set: json!({ "owner_storage_bytes": 1024 })
+                .as_object()
+                .cloned()
+                .unwrap(),
+        },
+    )
+    .await;
+    let mut alice = Phone::new().unwrap();
+    let leg = v
+        .call(Some(&v.alice), "pbx", "201", "bob", &mut alice)
+        .await;
+    alice.press('1').unwrap();
+    assert!(hears(&alice, "beep").await);
+    talk(&mut alice, g711::linear_to_ulaw(6000), 75).await;
+    alice.press('#').unwrap();
+    assert!(hears(&alice, "mailbox-full").await);
+    v.ended(&leg).await;
+    assert_eq!(v.messages(&v.bob).await.len(), 1, "no second message");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -540,14 +584,16 @@ async fn v1_pins_are_refused_when_trivial_and_wrong_ones_lock_the_mailbox_audite
     let body = json!({ "pin": PIN }).to_string();
     let r = v.user(&v.bob, Method::Put, "/pin", body.as_bytes()).await;
     assert_eq!(r.status, 204, "{}", r.text());
-    // A caller from outside: mailbox 201, three wrong PINs: locked.
+    // A caller from outside: mailbox 201, three wrong PINs: locked, and
+    // it sounds like one more wrong PIN (the caller learns nothing).
     let mut caller = Phone::new().unwrap();
     let leg = v.call(None, "voicemail", "800", "", &mut caller).await;
     for pin in ["000001#", "000002#", "000003#"] {
         answer(&mut caller, "enter-mailbox", "201#").await;
         answer(&mut caller, "enter-pin", pin).await;
+        assert!(hears(&caller, "pin-wrong").await);
     }
-    assert!(hears(&caller, "locked").await);
+    assert!(hears(&caller, "goodbye").await);
     v.ended(&leg).await;
     let locks = audits(&v.h, "voicemail.lockout");
     assert_eq!(locks.len(), 1, "{locks:?}");
@@ -558,8 +604,15 @@ async fn v1_pins_are_refused_when_trivial_and_wrong_ones_lock_the_mailbox_audite
     let leg = v.call(None, "voicemail", "800", "", &mut caller).await;
     answer(&mut caller, "enter-mailbox", "201#").await;
     answer(&mut caller, "enter-pin", &format!("{PIN}#")).await;
-    assert!(hears(&caller, "locked").await);
-    v.ended(&leg).await;
+    assert!(hears(&caller, "pin-wrong").await);
+    v.rig.hang_up(&leg);
+    let refused = audits(&v.h, "voicemail.pin");
+    assert!(
+        refused
+            .iter()
+            .any(|e| e.outcome == "denied" && e.details.contains("locked")),
+        "{refused:?}"
+    );
     // A non-admin cannot unlock; the admin can, and it is audited.
     let r = v
         .user(&v.bob, Method::Post, "/admin/mailboxes/bob/unlock", b"")
@@ -576,6 +629,7 @@ async fn v1_pins_are_refused_when_trivial_and_wrong_ones_lock_the_mailbox_audite
     let leg = v.call(None, "voicemail", "800", "", &mut caller).await;
     answer(&mut caller, "enter-mailbox", "299#").await;
     answer(&mut caller, "enter-pin", &format!("{PIN}#")).await;
+    assert!(hears(&caller, "pin-wrong").await);
     answer(&mut caller, "enter-mailbox", "201#").await;
     answer(&mut caller, "enter-pin", &format!("{PIN}#")).await;
     assert!(hears(&caller, "no-messages").await);

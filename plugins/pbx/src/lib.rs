@@ -236,9 +236,20 @@ fn ring(r: Ring<'_>) -> Result<String, Error> {
     Ok(callee)
 }
 
-/// Rings a forward of `user`'s call (leg `caller`) to `target`.
-fn forward(caller: &str, user: &str, target: &str, reason: DivertReason) -> Result<(), Error> {
+/// Rings a forward of `user`'s call (leg `caller`) to `target`; with
+/// `plugin_only` (the tenant's voicemail number) only another plugin's
+/// number is taken, never a number dialled out.
+fn forward(
+    caller: &str,
+    user: &str,
+    target: &str,
+    reason: DivertReason,
+    plugin_only: bool,
+) -> Result<(), Error> {
     let resolved = resolve(target, true)?;
+    if plugin_only && !matches!(resolved, Target::Elsewhere(_)) {
+        return give_up(caller, Cause::Unavailable);
+    }
     if let Target::Elsewhere(number) = &resolved {
         // Voicemail, an attendant: the caller goes there as the user's
         // call, and why (a number that plugin cannot take: the caller
@@ -499,7 +510,7 @@ fn on_call(e: &CallEvent) -> Result<(), Error> {
             };
             calls::play(leg, &[calls::tone(Tone::Ringback, RINGBACK_MS)], false)?;
             match forward_of(&user.id).always {
-                Some(target) => forward(leg, &user.id, &target, DivertReason::Always),
+                Some(target) => forward(leg, &user.id, &target, DivertReason::Always, false),
                 None => {
                     let caller = e.snapshot.user.clone();
                     let placed = ring(Ring {
@@ -576,20 +587,28 @@ fn on_call(e: &CallEvent) -> Result<(), Error> {
                 return calls::hangup(&caller, Cause::Normal);
             }
             let fwd = forward_of(&user);
-            // Unset, busy and no-answer go to the tenant's voicemail.
-            let voicemail = || config::get::<String>("voicemail").filter(|n| !n.is_empty());
+            // Unset, busy and no-answer go to the tenant's voicemail (a
+            // plugin's number only: if its route is gone, nothing is
+            // dialled out instead).
+            let voicemail = || {
+                config::get::<String>("voicemail")
+                    .filter(|n| !n.is_empty())
+                    .map(|n| (n, true))
+            };
+            let mine = |t: Option<String>| t.map(|t| (t, false));
             let next = match cause {
-                Cause::Busy | Cause::Rejected => {
-                    fwd.busy.or_else(voicemail).map(|t| (t, DivertReason::Busy))
-                }
-                Cause::NoAnswer | Cause::Unavailable => fwd
-                    .no_answer
+                Cause::Busy | Cause::Rejected => mine(fwd.busy)
                     .or_else(voicemail)
-                    .map(|t| (t, DivertReason::NoAnswer)),
+                    .map(|(t, only)| (t, only, DivertReason::Busy)),
+                Cause::NoAnswer | Cause::Unavailable => mine(fwd.no_answer)
+                    .or_else(voicemail)
+                    .map(|(t, only)| (t, only, DivertReason::NoAnswer)),
                 _ => None,
             };
             match next {
-                Some((target, reason)) if !forwarded => forward(&caller, &user, &target, reason),
+                Some((target, only, reason)) if !forwarded => {
+                    forward(&caller, &user, &target, reason, only)
+                }
                 _ => give_up(&caller, *cause),
             }
         }

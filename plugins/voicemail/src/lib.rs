@@ -17,13 +17,11 @@
 //! | `phone` | the telephone side: deposit, sign-in, menus |
 //! | `web` | the HTTPS side: a user's mailbox, the admin's settings |
 //! | `pin` | PIN rules, keyed hash, lockout |
-//! | `wav` | uploaded greetings checked and converted |
 //! | `model` | what is stored, under which keys; counts, MWI, events |
 
 mod model;
 mod phone;
 mod pin;
-mod wav;
 mod web;
 
 use switchboard_sdk::calls::CallEvent;
@@ -77,7 +75,11 @@ pub(crate) fn copy_message(user: &str, m: &Message, to: &str) -> Result<(), Erro
     }
     let audio = blobs::read_all(&m.blob)?;
     let blob = blobs::create(Some(to), model::MESSAGE_CLASS)?;
-    blobs::append(&blob, &audio)?;
+    if let Err(e) = blobs::append(&blob, &audio) {
+        // Over `to`'s quota: no empty copy is left behind.
+        let _ = blobs::delete(&blob);
+        return Err(e);
+    }
     let copy = Message {
         id: model::new_id(),
         blob,
@@ -100,8 +102,9 @@ pub(crate) fn set_greeting(
     let mut mailbox = model::mailbox(user)?;
     let slot = mailbox.greetings.slot(kind);
     if let Some(old) = slot.take() {
+        // A legal hold keeps the old audio (retention takes it later).
         match blobs::delete(&old.blob) {
-            Ok(_) | Err(Error::NotFound(_)) => {}
+            Ok(_) | Err(Error::NotFound(_) | Error::Denied(_)) => {}
             Err(e) => return Err(e),
         }
     }

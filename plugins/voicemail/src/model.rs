@@ -15,7 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 use switchboard_sdk::calls;
-use switchboard_sdk::{Error, blobs, events, kv};
+use switchboard_sdk::{Error, blobs, events, identity, kv};
 
 /// Retention class of messages.
 pub const MESSAGE_CLASS: &str = "voicemail";
@@ -221,7 +221,14 @@ pub fn user_of_number(number: &str) -> Result<Option<String>, Error> {
     {
         return Ok(None);
     }
-    Ok(kv::get(number_key(number))?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    let Some(user) = kv::get(number_key(number))? else {
+        return Ok(None);
+    };
+    let user = String::from_utf8_lossy(&user).into_owned();
+    // A disabled user's mailbox takes no sign-in and no forwards.
+    Ok(identity::lookup_user(&user)?
+        .filter(|u| u.active && u.id == user)
+        .map(|u| u.id))
 }
 
 /// Gives `user`'s mailbox the number `number` (or none), keeping the index

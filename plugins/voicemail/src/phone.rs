@@ -32,6 +32,7 @@
 use serde::{Deserialize, Serialize};
 use switchboard_sdk::calls::{
     self, CallEvent, CallEventKind, Cause, CollectOpts, DivertReason, OpEnd, Prompt, RecordOpts,
+    Recorded,
 };
 use switchboard_sdk::{Error, blobs, config, now_ms};
 
@@ -207,18 +208,16 @@ pub fn on_call(e: CallEvent) -> Result<(), Error> {
     let alive = calls::get_leg(leg).is_ok_and(|l| l.state == calls::LegState::Answered);
     match &e.kind {
         CallEventKind::Played(p) if p.op == state.op && p.end != OpEnd::Hangup && alive => {
-            played(&e, state)
+            played(&e, state, p.end)
         }
         CallEventKind::Collected(c) if c.op == state.op && c.end != OpEnd::Hangup && alive => {
             collected(&e, state.stage, &c.digits)
         }
-        CallEventKind::Recorded(r) if r.op == state.op => recorded(
-            &e,
-            state.stage,
-            &r.blob,
-            r.ms,
-            alive && r.end != OpEnd::Hangup,
-        ),
+        CallEventKind::Recorded(r) if r.op == state.op => {
+            recorded(&e, state.stage, r, alive && r.end != OpEnd::Hangup)
+        }
+        // A recording of a stage gone by is never kept.
+        CallEventKind::Recorded(r) => forget_blob(&r.blob),
         _ => Ok(()),
     }
 }
@@ -354,7 +353,7 @@ fn main_menu(
     )
 }
 
-fn played(e: &CallEvent, state: LegState) -> Result<(), Error> {
+fn played(e: &CallEvent, state: LegState, end: OpEnd) -> Result<(), Error> {
     let leg = e.leg.as_str();
     if let Some(opts) = state.stage.collect()
         && !state.collecting
@@ -384,7 +383,17 @@ fn played(e: &CallEvent, state: LegState) -> Result<(), Error> {
             }
         }
         Stage::Playing { user, at } => {
-            // Heard once it played through, or the listener acted on it.
+            if end != OpEnd::Done {
+                // Cut short by a key: that key is the choice (type-ahead),
+                // and the message is not heard unless the choice says so.
+                let stage = Stage::Choosing { user, at, tries: 0 };
+                let Some(opts) = stage.collect() else {
+                    return Ok(());
+                };
+                let op = calls::collect(leg, &opts)?;
+                return save(leg, stage, op, true);
+            }
+            // Played through: heard.
             if let Some(mut m) = model::message(&user, &at.id)?
                 && !m.heard
             {
@@ -392,12 +401,7 @@ fn played(e: &CallEvent, state: LegState) -> Result<(), Error> {
                 model::save_message(&user, &m)?;
                 model::changed(&user)?;
             }
-            let stage = Stage::Choosing { user, at, tries: 0 };
-            let Some(opts) = stage.collect() else {
-                return Ok(());
-            };
-            let op = calls::collect(leg, &opts)?;
-            save(leg, stage, op, true)
+            ask_choice(leg, user, at, 0, "")
         }
         Stage::GreetingPrompt { user, kind } => {
             let max_s: u32 = config::get("max-greeting-seconds").unwrap_or(60);
@@ -531,8 +535,9 @@ fn sign_in(e: &CallEvent, tries: u8, number: &str, pin_keyed: &str) -> Result<()
     model::save_mailbox(&user, &mailbox)?;
     match attempt {
         Attempt::Right => main_menu(leg, &user, 0, &[], true),
-        Attempt::Locked => close(leg, &["locked", "goodbye"]),
-        Attempt::Wrong => retry_sign_in(leg, tries, "pin-wrong"),
+        // A locked mailbox sounds like a wrong PIN (audited): a caller
+        // learns neither that the number is a mailbox nor that it locked.
+        Attempt::Locked | Attempt::Wrong => retry_sign_in(leg, tries, "pin-wrong"),
     }
 }
 
@@ -565,14 +570,26 @@ fn listen(
             items.extend(from_digits);
         }
         items.push(Prompt::Blob(m.blob.clone()));
-        items.push(lib("message-menu"));
         let stage = Stage::Playing {
             user: user.to_string(),
             at: Cursor::of(&m),
         };
         match next(leg, stage, &items) {
-            Err(Error::NotFound(_) | Error::InvalidArgument(_) | Error::TooLarge(_)) => {
+            // Its audio is gone (retention shredded it): so is the
+            // message.
+            Err(Error::NotFound(_)) => {
+                model::remove_message(user, &m)?;
+                model::changed(user)?;
+            }
+            // Audio the host cannot play: passed over, and counted as
+            // heard so the phones' lamp goes out.
+            Err(Error::InvalidArgument(_) | Error::TooLarge(_)) => {
                 switchboard_sdk::log::warn(&format!("message {} cannot be played; skipped", m.id));
+                if !m.heard {
+                    let heard = Message { heard: true, ..m };
+                    model::save_message(user, &heard)?;
+                    model::changed(user)?;
+                }
             }
             other => return other,
         }
@@ -610,11 +627,15 @@ fn choose(leg: &str, user: String, at: Cursor, tries: u8, digits: &str) -> Resul
             model::changed(&user)?;
             listen(leg, &user, at.folder, Some(&at), &[lib("message-kept")])
         }
-        ("7", Some(m)) => {
-            model::remove_message(&user, &m)?;
-            model::changed(&user)?;
-            listen(leg, &user, at.folder, Some(&at), &[lib("message-deleted")])
-        }
+        ("7", Some(m)) => match model::remove_message(&user, &m) {
+            Ok(()) => {
+                model::changed(&user)?;
+                listen(leg, &user, at.folder, Some(&at), &[lib("message-deleted")])
+            }
+            // Under a legal hold: kept.
+            Err(Error::Denied(_)) => ask_choice(leg, user, at, 0, "invalid"),
+            Err(e) => Err(e),
+        },
         ("9", Some(_)) => next(
             leg,
             Stage::ForwardTo { user, at },
@@ -667,11 +688,29 @@ fn greeting_menu(leg: &str, user: &str, tries: u8, before: &[&str]) -> Result<()
 }
 
 /// A recording ended; `more` when the caller is still there.
-fn recorded(e: &CallEvent, stage: Stage, blob: &str, ms: u64, more: bool) -> Result<(), Error> {
+fn recorded(e: &CallEvent, stage: Stage, r: &Recorded, more: bool) -> Result<(), Error> {
     let leg = e.leg.as_str();
+    let blob = r.blob.as_str();
+    // Speech kept: a recording that silence ended holds that silence too.
+    let speech = |silence_ms: u32| {
+        if r.end == OpEnd::Timeout {
+            r.ms.saturating_sub(u64::from(silence_ms))
+        } else {
+            r.ms
+        }
+    };
     match stage {
         Stage::Recording { user } => {
-            if ms < MIN_MS {
+            if blob.is_empty() {
+                // The owner's quota took nothing.
+                return if more {
+                    close(leg, &["mailbox-full", "goodbye"])
+                } else {
+                    Ok(())
+                };
+            }
+            let silence_s: u32 = config::get("silence-seconds").unwrap_or(10);
+            if speech(silence_s.clamp(2, 60) * 1000) < MIN_MS {
                 forget_blob(blob)?;
                 return if more {
                     close(leg, &["message-too-short", "goodbye"])
@@ -687,8 +726,8 @@ fn recorded(e: &CallEvent, stage: Stage, blob: &str, ms: u64, more: bool) -> Res
                 urgent: false,
                 from: e.snapshot.caller.clone(),
                 from_user: e.snapshot.user.clone(),
-                at_ms: now_ms().saturating_sub(ms),
-                ms,
+                at_ms: now_ms().saturating_sub(r.ms),
+                ms: r.ms,
                 forwarded_by: None,
             };
             model::deliver(&user, &message)?;
@@ -705,7 +744,15 @@ fn recorded(e: &CallEvent, stage: Stage, blob: &str, ms: u64, more: bool) -> Res
             )
         }
         Stage::GreetingRecording { user, kind } => {
-            if ms < MIN_MS {
+            if blob.is_empty() {
+                return if more {
+                    greeting_menu(leg, &user, 0, &["mailbox-full"])
+                } else {
+                    Ok(())
+                };
+            }
+            // Too short, or cut off by hanging up: the old greeting stays.
+            if speech(GREETING_SILENCE_MS) < MIN_MS || !more {
                 forget_blob(blob)?;
                 return if more {
                     greeting_menu(leg, &user, 0, &["message-too-short"])
@@ -717,26 +764,27 @@ fn recorded(e: &CallEvent, stage: Stage, blob: &str, ms: u64, more: bool) -> Res
             let now = now_ms();
             let greeting = Greeting {
                 blob: blob.to_string(),
-                ms,
+                ms: r.ms,
                 set_ms: now,
                 until_ms: (kind == GreetingKind::Temporary)
                     .then(|| now + days.clamp(1, 90) * 24 * 3600 * 1000),
             };
             crate::set_greeting(&user, kind, Some(greeting))?;
-            if more {
-                greeting_menu(leg, &user, 0, &["greeting-saved"])
-            } else {
-                Ok(())
-            }
+            greeting_menu(leg, &user, 0, &["greeting-saved"])
         }
         _ => forget_blob(blob),
     }
 }
 
-/// Deletes a recording that is not kept.
+/// Deletes a recording that is not kept (none to delete when the quota
+/// took nothing; one a legal hold keeps stays until it is lifted, for
+/// retention to take).
 fn forget_blob(blob: &str) -> Result<(), Error> {
+    if blob.is_empty() {
+        return Ok(());
+    }
     match blobs::delete(blob) {
-        Ok(_) | Err(Error::NotFound(_)) => Ok(()),
+        Ok(_) | Err(Error::NotFound(_) | Error::Denied(_)) => Ok(()),
         Err(e) => Err(e),
     }
 }

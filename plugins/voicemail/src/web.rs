@@ -11,12 +11,14 @@
 use serde::Deserialize;
 use serde_json::json;
 use switchboard_sdk::http::{self, ApiError, Params, RequestExt as _};
-use switchboard_sdk::{PrincipalKind, Request, Response, audit, blobs, config, identity, now_ms};
+use switchboard_sdk::{
+    PrincipalKind, Request, Response, audit, blobs, config, identity, now_ms, tx,
+};
 
 use crate::model::{self, Folder, Greeting, GreetingKind, Mailbox};
 use crate::pin;
-use crate::wav;
 use crate::{Reply, copy_message, set_greeting};
+use switchboard_sdk::audio as wav;
 
 /// The caller, who must be a registered user (guests have no mailbox).
 fn owner(req: &Request) -> Result<String, ApiError> {
@@ -230,7 +232,17 @@ pub fn move_to(req: &Request, p: &Params) -> Reply {
 /// `DELETE /messages/:id`: deletes it and shreds its audio.
 pub fn delete(req: &Request, p: &Params) -> Reply {
     let (user, m) = own_message(req, p)?;
-    model::remove_message(&user, &m)?;
+    match model::remove_message(&user, &m) {
+        Ok(()) => {}
+        Err(switchboard_sdk::Error::Denied(_)) => {
+            return Err(ApiError::new(
+                409,
+                "legal_hold",
+                "a legal hold keeps this message",
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    }
     model::changed(&user)?;
     Ok(http::empty(204))
 }
@@ -258,6 +270,8 @@ pub fn forward(req: &Request, p: &Params) -> Reply {
     match copy_message(&user, &m, &to) {
         Ok(()) => Ok(http::empty(204)),
         Err(switchboard_sdk::Error::QuotaExceeded(_)) => {
+            // The copy's blob was made and deleted again: nothing stays.
+            tx::keep_writes();
             Err(ApiError::new(409, "mailbox_full", "that mailbox is full"))
         }
         Err(switchboard_sdk::Error::NotFound(_)) => Err(ApiError::new(
