@@ -302,7 +302,7 @@ fn number(n: usize) -> Vec<Prompt> {
         10..=19 => vec![lib(&format!("n-{n}"))],
         20..=99 => {
             let mut v = vec![lib(&format!("n-{}", n / 10 * 10))];
-            if n % 10 != 0 {
+            if !n.is_multiple_of(10) {
                 v.push(lib(&format!("digit-{}", n % 10)));
             }
             v

@@ -44,7 +44,7 @@ pub fn refusal(pin: &str, mailbox: &Mailbox) -> Option<(&'static str, String)> {
 fn trivial(pin: &str, mailbox: &Mailbox) -> Option<&'static str> {
     let d: Vec<u8> = pin.bytes().map(|b| b - b'0').collect();
     for block in 1..=d.len() / 2 {
-        if d.len() % block == 0 && d.chunks(block).all(|c| c == &d[..block]) {
+        if d.len().is_multiple_of(block) && d.chunks(block).all(|c| c == &d[..block]) {
             return Some(if block == 1 {
                 "one digit repeated"
             } else {
