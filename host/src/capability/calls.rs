@@ -103,6 +103,13 @@ fn leg(ctx: &mut CallCtx, telephony: &State, id: &str) -> Result<LegSnapshot, Ca
             }
             // A leg handed to another plugin is no longer this one's.
             Command::HandOff { leg, .. } if leg == id => snapshot = None,
+            // Out of its room, a leg may be played to again (an
+            // announcement, then back in).
+            Command::Leave(leg) if leg == id => {
+                if let Some(s) = snapshot.as_mut() {
+                    s.room = None;
+                }
+            }
             // Unbridging the leg, or ending or unbridging its partner,
             // leaves it on its own.
             Command::Unbridge(leg) | Command::Hangup(leg, _) => {

@@ -3,9 +3,11 @@
 //! machine usually holds), against the signed-in user when there is one,
 //! and against the code tried; past a limit within the window the answer
 //! is `429 too_many_attempts` with `Retry-After`, whatever the code. Every
-//! wrong code is audited with the address. Counter keys are HMACs (the
-//! addresses and codes are not in key names); stale counters are swept by
-//! a timer.
+//! wrong code is audited with the address. A code keyed on a phone
+//! (dial-in) counts against the calling number, the code, and all phone
+//! callers of the tenant together (100 per window: caller ids from
+//! outside can be forged). Counter keys are HMACs (the addresses and codes
+//! are not in key names); stale counters are swept by a timer.
 //!
 //! A leaf: `live.rs` counts attempts through [`Attempt`]; `lib.rs` sends
 //! the `sweep-guesses` timer to [`sweep`].
@@ -23,6 +25,8 @@ use switchboard_sdk::{Response, audit, crypto, kv, timers, tx};
 const PER_ADDRESS: u32 = 10;
 const PER_USER: u32 = 10;
 const PER_CODE: u32 = 20;
+/// Wrong codes keyed by all phone callers of a tenant together.
+const PER_PHONES: u32 = 100;
 /// The throttling window.
 const WINDOW_MS: u64 = 15 * 60 * 1000;
 const SWEEP_MARK: &str = "g-sweep";
@@ -76,12 +80,29 @@ impl Attempt {
     /// Checks an attempt with `code` from `address` (by `user`, if signed
     /// in). `Err` carries the 429 answer when a limit is reached.
     pub fn check(address: &str, user: Option<&str>, code: &str) -> Result<Attempt, Response> {
-        let now = switchboard_sdk::now_ms();
         let mut wanted = vec![("a", address_bucket(address), PER_ADDRESS)];
         if let Some(u) = user {
             wanted.push(("u", u.to_string(), PER_USER));
         }
         wanted.push(("c", code.to_string(), PER_CODE));
+        Attempt::with(wanted, address)
+    }
+
+    /// Checks a code keyed by a phone caller who dialled in: counted per
+    /// calling number (as a signed-in user is), per code (the same
+    /// counters as the web's), and for all phone callers of the tenant
+    /// together, since a caller id from outside proves nothing.
+    pub fn check_phone(caller: &str, code: &str) -> Result<Attempt, Response> {
+        let wanted = vec![
+            ("p", caller.to_string(), PER_USER),
+            ("c", code.to_string(), PER_CODE),
+            ("a", "pstn".to_string(), PER_PHONES),
+        ];
+        Attempt::with(wanted, &format!("phone {caller}"))
+    }
+
+    fn with(wanted: Vec<(&str, String, u32)>, address: &str) -> Result<Attempt, Response> {
+        let now = switchboard_sdk::now_ms();
         let mut buckets = Vec::new();
         for (kind, value, limit) in wanted {
             let k = key(kind, &value).map_err(ApiError::into_response)?;

@@ -18,16 +18,18 @@
 //! | module | what |
 //! |---|---|
 //! | `spaces` | the `/spaces` routes: create, list, show, hide, delete |
+//! | `dialin` | phone callers dialling in: the access code, the phone bridge |
 //! | `media` | inside a session: signalling, recording, chat for guests |
 //! | `live` | live sessions: start, join, waiting room, roster, end |
 //! | `members` | a space and the roles users hold in it |
 //! | `guess` | throttling of access-code guessing |
 //! | `model` | what is stored, under which keys |
 //!
-//! `spaces` and `media` use `live`; `live` uses `members` and `guess`;
+//! `spaces`, `media` and `dialin` use `live`; `live` uses `members` and `guess`;
 //! all but `guess` use `model`. Calls into the chat and recording
 //! plugins go through the SDK's `plugins::call_ok` and friends.
 
+mod dialin;
 mod guess;
 mod live;
 mod media;
@@ -75,6 +77,10 @@ impl Plugin for Meetings {
             .handle(&request);
         tx::finish(&mut response);
         response
+    }
+
+    fn on_call(event: switchboard_sdk::calls::CallEvent) -> Result<(), String> {
+        dialin::on_call(event).map_err(|e| format!("{e:?}"))
     }
 
     fn on_timer(timer: TimerEvent) -> Result<(), String> {

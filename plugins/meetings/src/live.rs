@@ -19,7 +19,8 @@ use serde_json::{Value, json};
 use switchboard_sdk::http::{self, ApiError, Params, RequestExt as _};
 use switchboard_sdk::plugins::{call_gone_ok, call_json, call_ok};
 use switchboard_sdk::{
-    Method, PrincipalKind, Request, audit, config, crypto, events, identity, kv, log, timers, tx,
+    Method, PrincipalKind, Request, audit, calls, config, crypto, events, identity, kv, log,
+    timers, tx,
 };
 
 use crate::guess::Attempt;
@@ -401,6 +402,7 @@ pub fn start(req: &Request, p: &Params) -> Reply {
         since: now,
         by: None,
         via: None,
+        leg: None,
     };
     put(&id, &me_p)?;
     space.live = Some(id.clone());
@@ -427,7 +429,7 @@ fn well_formed(code: &str) -> bool {
 
 /// The space of an access code, with its running session, for a join
 /// attempt: wrong codes count against the attempt (and answer 404).
-fn by_code(attempt: Attempt, code: &str) -> Result<(Space, Live), ApiError> {
+pub fn by_code(attempt: Attempt, code: &str) -> Result<(Space, Live), ApiError> {
     let sid = if well_formed(code) {
         kv::get(model::code(code)?)?
     } else {
@@ -495,6 +497,7 @@ pub fn join(req: &Request, _: &Params) -> Reply {
         since: switchboard_sdk::now_ms(),
         by: None,
         via: None,
+        leg: None,
     };
     put(&live.id, &me_p)?;
     audit::success(
@@ -525,7 +528,7 @@ struct GuestJoin {
 
 /// A display name someone gives themselves: 1-64 characters, something
 /// visible, no control or bidirectional-override characters.
-fn clean_name(name: &str) -> Result<String, ApiError> {
+pub fn clean_name(name: &str) -> Result<String, ApiError> {
     let name = name.trim();
     let bad = |c: char| {
         c.is_control()
@@ -640,6 +643,7 @@ pub fn knock(req: &Request, p: &Params) -> Reply {
         since: switchboard_sdk::now_ms(),
         by: None,
         via: None,
+        leg: None,
     };
     put(&live.id, &guest)?;
     audit::success(
@@ -762,6 +766,7 @@ pub fn remove(req: &Request, p: &Params) -> Reply {
     target.since = switchboard_sdk::now_ms();
     target.by = Some(me.id.clone());
     put(&live.id, &target)?;
+    hang_up(&target)?;
     if target.kind == Kind::Guest {
         chat_remove(&live.space, &target.id)?;
     }
@@ -972,6 +977,7 @@ pub fn end_session(lid: &str, by: Option<&str>) -> Result<Live, ApiError> {
         p.state = State::Left;
         p.since = now;
         put(lid, &p)?;
+        hang_up(&p)?;
         audit::success(
             "meeting.leave",
             &format!("space/{}", live.space),
@@ -1095,6 +1101,25 @@ pub fn pstn_join(req: &Request, _: &Params) -> Reply {
         Err(refused) => return Ok(refused),
     };
     let (space, live) = by_code(attempt, &code)?;
+    let caller = admit_pstn(&space, &live, &via, label, None)?;
+    Ok(http::json(
+        201,
+        &json!({ "participant": caller.id, "live": live.id, "title": space.title,
+                 "recording": live.recording.is_some(),
+                 "announce": live.recording.as_ref().map(|_| "This meeting is being recorded.") }),
+    ))
+}
+
+/// A phone caller with the right code, present at once: in the roster as
+/// `pstn`, audited, told to the recording and to everyone present. `leg`
+/// is their call leg when they dialled in here.
+pub fn admit_pstn(
+    space: &Space,
+    live: &Live,
+    via: &str,
+    label: String,
+    leg: Option<String>,
+) -> Result<Participant, ApiError> {
     let all = participants(&live.id)?;
     check_capacity(&all)?;
     let caller = Participant {
@@ -1105,7 +1130,8 @@ pub fn pstn_join(req: &Request, _: &Params) -> Reply {
         state: State::Present,
         since: switchboard_sdk::now_ms(),
         by: None,
-        via: Some(via.clone()),
+        via: Some(via.to_string()),
+        leg,
     };
     put(&live.id, &caller)?;
     audit::success(
@@ -1113,14 +1139,73 @@ pub fn pstn_join(req: &Request, _: &Params) -> Reply {
         &format!("space/{}", space.id),
         json!({ "live": live.id, "kind": "pstn", "participant": caller.id, "via": via }),
     )?;
-    tell_recording(&live, &caller.id)?;
-    announce_roster(&live, &participants(&live.id)?)?;
-    Ok(http::json(
-        201,
-        &json!({ "participant": caller.id, "live": live.id, "title": space.title,
-                 "recording": live.recording.is_some(),
-                 "announce": live.recording.as_ref().map(|_| "This meeting is being recorded.") }),
-    ))
+    tell_recording(live, &caller.id)?;
+    announce_roster(live, &participants(&live.id)?)?;
+    Ok(caller)
+}
+
+/// A caller who dialled in is gone (hung up, or out of the bridge): they
+/// leave the session (audited, the roster told). Nothing when they are
+/// no longer present.
+pub fn pstn_gone(lid: &str, pid: &str, reason: &str) -> Result<(), ApiError> {
+    let Some(live) = kv::get_json::<Live>(model::live(lid))? else {
+        return Ok(());
+    };
+    let Some(mut caller) = participant(lid, pid)?.filter(|c| c.state == State::Present) else {
+        return Ok(());
+    };
+    caller.state = State::Left;
+    caller.since = switchboard_sdk::now_ms();
+    put(lid, &caller)?;
+    audit::success(
+        "meeting.leave",
+        &format!("space/{}", live.space),
+        json!({ "live": lid, "participant": pid, "kind": "pstn", "reason": reason }),
+    )?;
+    announce_roster(&live, &participants(lid)?)
+}
+
+/// Hangs up a participant's call leg, if they dialled in.
+fn hang_up(p: &Participant) -> Result<(), ApiError> {
+    if let Some(leg) = &p.leg {
+        match calls::hangup(leg, calls::Cause::Normal) {
+            Ok(()) | Err(switchboard_sdk::Error::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Says library prompt `prompt` to every caller in the session's phone
+/// bridge: each leaves it, hears the prompt and goes back in (the host
+/// plays nothing into a room). A leg already gone is passed over.
+pub fn tell_phones(live: &Live, prompt: &str) -> Result<(), ApiError> {
+    for p in participants(&live.id)? {
+        let (Some(leg), State::Present) = (&p.leg, p.state) else {
+            continue;
+        };
+        let told = calls::leave(leg)
+            .and_then(|()| calls::play(leg, &[calls::Prompt::Library(prompt.to_string())], false));
+        let op = match told {
+            Ok(op) => op,
+            Err(
+                switchboard_sdk::Error::NotFound(_) | switchboard_sdk::Error::InvalidArgument(_),
+            ) => {
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let state = model::DialState {
+            dial: model::Dial::Announcing {
+                lid: live.id.clone(),
+                pid: p.id.clone(),
+            },
+            op,
+            collecting: false,
+        };
+        calls::set_state(leg, &serde_json::to_vec(&state).unwrap_or_default())?;
+    }
+    Ok(())
 }
 
 /// `POST /live/{id}/pstn/{pid}/leave` — the telephony plugin that brought

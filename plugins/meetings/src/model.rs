@@ -89,7 +89,47 @@ pub struct Participant {
     /// The plugin that brought a PSTN caller in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via: Option<String>,
+    /// A caller who dialled in: their call leg (this plugin's), hung up
+    /// when they are removed or the session ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leg: Option<String>,
 }
+
+/// Where a caller who dialled in stands, kept with their call leg
+/// (`set-state`, SPEC M6).
+#[derive(Serialize, Deserialize, Clone, Debug)]
+#[serde(tag = "stage", rename_all = "kebab-case")]
+pub enum Dial {
+    /// Keying the access code (`tries` wrong or empty so far).
+    Code { tries: u8 },
+    /// Hearing that they join (and that the session is recorded), then
+    /// into the session's phone bridge.
+    Joining { lid: String, pid: String },
+    /// In the phone bridge.
+    InBridge { lid: String, pid: String },
+    /// Out of the bridge for an announcement, then back in.
+    Announcing { lid: String, pid: String },
+    /// The last words, then hang up.
+    Closing,
+}
+
+/// A dial-in leg's state: its stage and the operation it waits for.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct DialState {
+    pub dial: Dial,
+    #[serde(default)]
+    pub op: String,
+    #[serde(default)]
+    pub collecting: bool,
+}
+
+/// The conference room of a live session's phone participants.
+pub fn phone_bridge(lid: &str) -> String {
+    format!("live-{lid}")
+}
+
+/// This plugin's name (the `via` of callers who dialled in here).
+pub const NAME: &str = "meetings";
 
 /// A recording running in a live session (SPEC M9).
 #[derive(Serialize, Deserialize, Clone, Debug)]
