@@ -49,6 +49,7 @@ async fn at() -> At {
                 route("201", "pbx", "bob"),
                 route("202", "pbx", "carol"),
                 route("800", "voicemail", ""),
+                route("_9.", "pbx", "outside"),
                 route(DID, "attendant", "front"),
             ],
         },
@@ -262,6 +263,7 @@ async fn v4_an_attendant_is_checked_whole_and_its_hours_follow_the_time_zone() {
     let good = front(weekdays());
     // A menu may not say a prompt that was never uploaded.
     let r = a.admin(Method::Put, "/admin/attendants/front", &good).await;
+    assert_eq!(r.status, 400);
     assert_eq!(r.json().unwrap()["code"], "unknown_prompt", "{}", r.text());
     for (body, code) in [
         (b"RIFF....WAVEnope".to_vec(), "invalid_audio"),
@@ -367,6 +369,22 @@ async fn v4_an_attendant_is_checked_whole_and_its_hours_follow_the_time_zone() {
             with(&["menus", "main", "wait_ms"], json!(100)),
             "invalid_attendant",
         ),
+        // `#` ends an extension in a dial-by-extension menu.
+        (
+            with(
+                &["menus", "support", "choices", "#"],
+                json!({ "to": "hangup" }),
+            ),
+            "invalid_attendant",
+        ),
+        // A default that is its own menu.
+        (
+            with(
+                &["menus", "support", "default"],
+                json!({ "to": "menu", "menu": "support" }),
+            ),
+            "menu_loop",
+        ),
         (with(&["owner"], json!("me")), "invalid_json"),
         // Silent callers would go round main -> support -> main for ever.
         (looped, "menu_loop"),
@@ -423,6 +441,35 @@ async fn v4_an_attendant_is_checked_whole_and_its_hours_follow_the_time_zone() {
             "{v}"
         );
     }
+    for bad in ["soon", "99999999999999999999", "253402300800000"] {
+        let r = a
+            .admin(
+                Method::Get,
+                &format!("/admin/attendants/front/now?at_ms={bad}"),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.text());
+        assert_eq!(r.json().unwrap()["code"], "invalid_time");
+    }
+    // Holidays are local days: in New York, 22:00 on 24 December is not
+    // Christmas, and 22:00 on the 25th (03:00 UTC on the 26th) is.
+    let ny = with(&["time_zone"], json!("America/New_York"));
+    let r = a.admin(Method::Put, "/admin/attendants/ny", &ny).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    for (ms, why) in [
+        (1_798_167_600_000u64, "closed"),
+        (1_798_254_000_000, "holiday"),
+    ] {
+        let r = a
+            .admin(
+                Method::Get,
+                &format!("/admin/attendants/ny/now?at_ms={ms}"),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(r.json().unwrap()["why"], why, "{}", r.text());
+    }
     // A prompt an attendant says cannot be deleted.
     let r = a
         .call_plugin(
@@ -464,8 +511,21 @@ async fn v4_a_caller_is_put_through_by_key_by_extension_to_a_mailbox_or_told_why
     let mut caller = Phone::new().unwrap();
     let leg = a.ring(&mut caller).await;
     answer(&mut caller, "welcome", "2").await;
+    // An outside line (a pattern route) and the voicemail number are no
+    // extensions: what a caller keys reaches users' phones only.
+    answer(&mut caller, "enter-extension", "9020794#").await;
+    assert!(hears(&caller, "invalid").await);
+    answer(&mut caller, "enter-extension", "800#").await;
+    assert!(hears(&caller, "invalid").await);
     answer(&mut caller, "enter-extension", "202#").await;
     a.dialled(&format!("user:{}", a.carol)).await;
+    assert!(
+        !a.rig
+            .signals()
+            .iter()
+            .any(|s| matches!(s, Signal::Dialled(_, n) if n.contains("207946"))),
+        "nothing placed to the outside line"
+    );
     a.rig.hang_up(&leg);
     // A wrong key says so and asks again; the second runs out the tries:
     // the default, Bob's mailbox (his system greeting).

@@ -271,3 +271,39 @@ async fn m6_m9_phone_callers_dial_in_with_the_code_share_a_bridge_and_hear_the_r
     assert_eq!(status, 200, "{body}");
     w.ended(&c_leg).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn m2_a_calling_number_that_keeps_guessing_is_turned_away() {
+    let w = world().await;
+    let (sid, code) = w.space().await;
+    let (status, _) = w
+        .olga(Method::Post, &format!("/spaces/{sid}/live"), Value::Null)
+        .await;
+    assert_eq!(status, 201);
+    // Ten wrong codes from one number (three calls of three, one more):
+    // the eleventh attempt, even with the right code, is turned away.
+    let mut wrong = 0;
+    while wrong < 10 {
+        let mut phone = Phone::new().unwrap();
+        let leg = w.dial_in("+447400777888", &mut phone).await;
+        for _ in 0..3 {
+            if wrong == 10 {
+                break;
+            }
+            answer(&mut phone, "enter-access-code", "111111111#").await;
+            wrong += 1;
+        }
+        w.rig.hang_up(&leg);
+    }
+    let mut phone = Phone::new().unwrap();
+    let leg = w.dial_in("+447400777888", &mut phone).await;
+    answer(&mut phone, "enter-access-code", &format!("{code}#")).await;
+    assert!(hears(&phone, "too-many-attempts").await);
+    w.ended(&leg).await;
+    // Another number with the right code is let in.
+    let mut phone = Phone::new().unwrap();
+    let leg = w.dial_in("+447400777999", &mut phone).await;
+    answer(&mut phone, "enter-access-code", &format!("{code}#")).await;
+    assert!(hears(&phone, "joining-meeting").await);
+    w.rig.hang_up(&leg);
+}

@@ -636,6 +636,21 @@ async fn v1_pins_are_refused_when_trivial_and_wrong_ones_lock_the_mailbox_audite
     answer(&mut caller, "voicemail-menu", "*").await;
     assert!(hears(&caller, "goodbye").await);
     v.ended(&leg).await;
+    // Hanging up right after a wrong PIN does not escape the count: three
+    // such calls lock the mailbox again.
+    for pin in ["000004#", "000005#", "000006#"] {
+        let mut caller = Phone::new().unwrap();
+        let leg = v.call(None, "voicemail", "800", "", &mut caller).await;
+        answer(&mut caller, "enter-mailbox", "201#").await;
+        answer(&mut caller, "enter-pin", pin).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        v.rig.hang_up(&leg);
+    }
+    let end = Instant::now() + WAIT;
+    while audits(&v.h, "voicemail.lockout").len() < 2 {
+        assert!(Instant::now() < end, "the hang-ups escaped the lockout");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // The admin's mailbox settings refuse what is wrong.
     for (path, body, status, code) in [
         (

@@ -678,6 +678,8 @@ fn accounts_of(
 pub struct RouteSeen {
     pub plugin: String,
     pub args: Option<Vec<u8>>,
+    /// The route names the number itself, not a pattern.
+    pub exact: bool,
 }
 
 /// What a number reaches in the plugin's tenant.
@@ -692,6 +694,7 @@ pub fn route_of(ctx: &mut CallCtx, number: &str) -> Result<Option<RouteSeen>, Ca
     Ok(ctx.tenant.record.route_for(number).map(|r| RouteSeen {
         plugin: r.plugin.clone(),
         args: (r.plugin == own).then(|| r.args.clone().into_bytes()),
+        exact: !r.is_pattern(),
     }))
 }
 
@@ -1059,6 +1062,7 @@ impl twit::calls::Host for View<'_, State> {
             r.map(|r| t::Route {
                 plugin: r.plugin,
                 args: r.args,
+                exact: r.exact,
             })
         }))
     }

@@ -116,8 +116,13 @@ pub enum Target {
     /// caller leaves a message there.
     Mailbox { user: String },
     /// A fixed outside number, placed through the tenant's dialing
-    /// policy (no user: the tenant's default restriction decides).
-    External { number: String },
+    /// policy (no user: the tenant's default restriction decides), billed
+    /// to `account_code` where the tenant wants one.
+    External {
+        number: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        account_code: Option<String>,
+    },
     /// Goodbye.
     Hangup,
 }
@@ -309,6 +314,12 @@ pub fn check(mut a: Attendant) -> Result<Attendant, ApiError> {
                     format!("menu {id}: a choice is one key of 0-9, * or #, not {key:?}"),
                 ));
             }
+            if key == "#" && menu.dial_by_extension {
+                return Err(bad(
+                    "invalid_attendant",
+                    format!("menu {id}: # ends an extension there, so it cannot be a choice"),
+                ));
+            }
         }
         for target in menu.choices.values_mut().chain(menu.default.iter_mut()) {
             check_target(id, target, &names, voicemail.as_deref())?;
@@ -353,11 +364,19 @@ fn check_target(
                 None => unknown(format!("no active user {user:?}")),
             }
         }
-        Target::External { number } => {
+        Target::External {
+            number,
+            account_code,
+        } => {
             let digits = number.strip_prefix('+').unwrap_or(number);
             if digits.len() < 2 || digits.len() > 31 || !digits.bytes().all(|b| b.is_ascii_digit())
             {
                 return unknown(format!("{number:?} is not a number (+ and 2-31 digits)"));
+            }
+            if let Some(code) = account_code
+                && !(2..=16).contains(&code.len())
+            {
+                return unknown(format!("account code {code:?}: 2-16 digits"));
             }
             Ok(())
         }

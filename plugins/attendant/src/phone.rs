@@ -32,6 +32,8 @@ use crate::model::{self, Attendant, Say, Target};
 const MAX_HOPS: u8 = 20;
 /// How long an outside number rings, ms.
 const RING_MS: u32 = 30_000;
+/// The plugin whose numbers are users' extensions (dial-by-extension).
+const EXTENSIONS: &str = "pbx";
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "stage", rename_all = "kebab-case")]
@@ -47,7 +49,8 @@ enum Stage {
     Calling { out: String },
     /// The caller is bridged with `out`.
     Connected { out: String },
-    /// The outside leg placed for `caller` from menu `menu`.
+    /// The outside leg placed for `caller` from menu `menu` (as the
+    /// menu's `default`, or a choice).
     Outbound {
         caller: String,
         att: String,
@@ -56,6 +59,8 @@ enum Stage {
         ringback: String,
         #[serde(default)]
         answered: bool,
+        #[serde(default)]
+        default: bool,
     },
     /// The last words, then hang up.
     Closing,
@@ -138,7 +143,8 @@ pub fn on_call(e: CallEvent) -> Result<(), Error> {
         ) if c.op == state.op && c.end != OpEnd::Hangup => {
             choose(&e, &att, &menu, tries, hops, &c.digits)
         }
-        // The outside number answered: the caller is put through.
+        // The outside number answered: the caller is put through (if
+        // they are still there).
         (
             CallEventKind::Answered,
             Stage::Outbound {
@@ -147,9 +153,15 @@ pub fn on_call(e: CallEvent) -> Result<(), Error> {
                 menu,
                 hops,
                 ringback,
+                default,
                 ..
             },
         ) => {
+            let waiting =
+                calls::get_leg(&caller).is_ok_and(|c| c.state == calls::LegState::Answered);
+            if !waiting {
+                return ignore_gone(calls::hangup(leg, Cause::Normal));
+            }
             calls::bridge(leg, &caller)?;
             save(
                 leg,
@@ -160,6 +172,7 @@ pub fn on_call(e: CallEvent) -> Result<(), Error> {
                     hops,
                     ringback,
                     answered: true,
+                    default,
                 },
                 String::new(),
                 false,
@@ -173,6 +186,12 @@ pub fn on_call(e: CallEvent) -> Result<(), Error> {
                 false,
             )
         }
+        // The media of the two could not be joined: neither would hear the
+        // other, so both calls end.
+        (CallEventKind::Unbridged, Stage::Connected { out }) => {
+            ignore_gone(calls::hangup(&out, Cause::Failed))?;
+            ignore_gone(calls::hangup(leg, Cause::Failed))
+        }
         // The outside number is over: after talking, so is the call;
         // unanswered or refused, the caller is back at the menu.
         (
@@ -184,6 +203,7 @@ pub fn on_call(e: CallEvent) -> Result<(), Error> {
                 hops,
                 ringback,
                 answered,
+                default,
             },
         ) => {
             let Ok(c) = calls::get_leg(&caller) else {
@@ -196,6 +216,9 @@ pub fn on_call(e: CallEvent) -> Result<(), Error> {
             let Some(a) = model::attendant(&att)? else {
                 return close(&caller, &["goodbye"]);
             };
+            if default {
+                return close(&caller, &["unreachable", "goodbye"]);
+            }
             run_menu(
                 &caller,
                 &att,
@@ -318,39 +341,40 @@ fn choose(
         return close(leg, &["goodbye"]);
     };
     if let Some(t) = m.choices.get(digits) {
-        return go(e, att, &a, menu, hops, t);
+        return go(e, att, &a, menu, hops, t, false);
     }
     let why = if digits.is_empty() {
         "no-input"
     } else {
+        // Dial-by-extension reaches users' extensions only: numbers the
+        // tenant routed, by the number itself, to the `pbx` plugin. Never
+        // a pattern (`_9.` outside lines), never another plugin's number
+        // (a mailbox's PIN prompt): what callers from outside may key.
         if m.dial_by_extension
             && digits.len() >= 2
             && digits.bytes().all(|b| b.is_ascii_digit())
-            && matches!(calls::route_of(digits), Ok(Some(r)) if r.plugin != model::NAME)
+            && matches!(calls::route_of(digits), Ok(Some(r)) if r.exact && r.plugin == EXTENSIONS)
         {
-            return go(
-                e,
-                att,
-                &a,
-                menu,
-                hops,
-                &Target::Extension {
-                    number: digits.to_string(),
-                },
-            );
+            let t = Target::Extension {
+                number: digits.to_string(),
+            };
+            return go(e, att, &a, menu, hops, &t, false);
         }
         "invalid"
     };
     if tries + 1 >= m.tries {
         return match &m.default {
-            Some(t) => go(e, att, &a, menu, hops, t),
+            Some(t) => go(e, att, &a, menu, hops, t, true),
             None => close(leg, &[why, "goodbye"]),
         };
     }
     run_menu(leg, att, &a, menu, tries + 1, hops, vec![lib(why)])
 }
 
-/// Takes the caller where `t` leads, from menu `from`.
+/// Takes the caller where `t` leads, from menu `from`. A target that
+/// fails sends the caller back to the menu, unless it was the menu's
+/// default (`default`): then goodbye, so a silent caller is not sent
+/// round again (nor an outside number dialled again and again).
 fn go(
     e: &CallEvent,
     att: &str,
@@ -358,9 +382,16 @@ fn go(
     from: &str,
     hops: u8,
     t: &Target,
+    default: bool,
 ) -> Result<(), Error> {
     let leg = e.leg.as_str();
-    let back = |why: &str| run_menu(leg, att, a, from, 0, hops + 1, vec![lib(why)]);
+    let back = |why: &str| {
+        if default {
+            close(leg, &[why, "goodbye"])
+        } else {
+            run_menu(leg, att, a, from, 0, hops + 1, vec![lib(why)])
+        }
+    };
     match t {
         Target::Menu { menu } => run_menu(leg, att, a, menu, 0, hops + 1, Vec::new()),
         Target::Extension { number } | Target::Queue { number } => {
@@ -378,7 +409,10 @@ fn go(
                 other => other,
             }
         }
-        Target::External { number } => {
+        Target::External {
+            number,
+            account_code,
+        } => {
             let ringback = calls::play(leg, &[calls::tone(Tone::Ringback, 60_000)], false)?;
             let shown: String = e
                 .snapshot
@@ -400,11 +434,12 @@ fn go(
                         hops,
                         ringback: ringback.clone(),
                         answered: false,
+                        default,
                     },
                     String::new(),
                     false,
                 ),
-                account_code: None,
+                account_code: account_code.clone(),
                 caller_id: Some(shown).filter(|s| !s.is_empty()),
             };
             match calls::dial(number, &opts) {

@@ -48,8 +48,16 @@ fn save(leg: &str, dial: Dial, op: String, collecting: bool) -> Result<(), Error
 
 fn say(leg: &str, dial: Dial, words: &[&str], barge_in: bool) -> Result<(), Error> {
     let items: Vec<Prompt> = words.iter().map(|w| lib(w)).collect();
-    let op = calls::play(leg, &items, barge_in)?;
-    save(leg, dial, op, false)
+    match calls::play(leg, &items, barge_in) {
+        Ok(op) => save(leg, dial, op, false),
+        // The caller hung up meanwhile: nothing to say, and what this
+        // event wrote stands (a wrong code keyed just before hanging up
+        // still counts against the throttle).
+        Err(_) if !calls::get_leg(leg).is_ok_and(|l| l.state == calls::LegState::Answered) => {
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn close(leg: &str, words: &[&str]) -> Result<(), Error> {
@@ -154,7 +162,9 @@ fn code(e: &CallEvent, tries: u8, digits: &str) -> Result<(), Error> {
     let label = shown(caller);
     let p = match live::admit_pstn(&space, &session, model::NAME, label, Some(leg.to_string())) {
         Ok(p) => p,
-        Err(e) if e.code == "session_full" => return close(leg, &["unreachable", "goodbye"]),
+        Err(e) if e.code == "session_full" || e.code == "bridge_full" => {
+            return close(leg, &["unreachable", "goodbye"]);
+        }
         Err(e) => return Err(host(e)),
     };
     let mut words = vec!["joining-meeting"];
@@ -184,26 +194,46 @@ fn shown(caller: &str) -> String {
 }
 
 /// After a prompt: into the session's phone bridge, if the caller is still
-/// in a running session; else goodbye.
+/// in a running session (else goodbye). A recording that started while
+/// the caller was out of the bridge (joining, or hearing an earlier
+/// announcement) is said first, once. A bridge that takes no more (full,
+/// or the caller's phone may not conference) ends the call.
 fn into_bridge(leg: &str, lid: &str, pid: &str) -> Result<(), Error> {
-    let running = kv::get_json::<Live>(model::live(lid))?.is_some_and(|l| l.ended_at.is_none());
-    let present = running
-        && live::participants(lid)
+    let session = kv::get_json::<Live>(model::live(lid))?.filter(|l| l.ended_at.is_none());
+    let me = match &session {
+        Some(_) => live::participants(lid)
             .map_err(host)?
-            .iter()
-            .any(|p| p.id == pid && p.state == model::State::Present);
-    if !present {
+            .into_iter()
+            .find(|p| p.id == pid && p.state == model::State::Present),
+        None => None,
+    };
+    let (Some(session), Some(mut me)) = (session, me) else {
         log::info(&format!("phone caller {pid} is no longer in session {lid}"));
         return close(leg, &["left-meeting", "goodbye"]);
+    };
+    let here = || (lid.to_string(), pid.to_string());
+    if let Some(rec) = &session.recording
+        && me.told.as_deref() != Some(rec.id.as_str())
+    {
+        me.told = Some(rec.id.clone());
+        live::save_participant(lid, &me).map_err(host)?;
+        let (lid, pid) = here();
+        return say(
+            leg,
+            Dial::Announcing { lid, pid },
+            &["recording-started"],
+            false,
+        );
     }
-    calls::join(leg, &model::phone_bridge(lid))?;
-    save(
-        leg,
-        Dial::InBridge {
-            lid: lid.to_string(),
-            pid: pid.to_string(),
-        },
-        String::new(),
-        false,
-    )
+    match calls::join(leg, &model::phone_bridge(lid)) {
+        Ok(()) => {
+            let (lid, pid) = here();
+            save(leg, Dial::InBridge { lid, pid }, String::new(), false)
+        }
+        Err(Error::QuotaExceeded(_) | Error::Denied(_) | Error::InvalidArgument(_)) => {
+            live::pstn_gone(lid, pid, "the phone bridge took no more").map_err(host)?;
+            close(leg, &["unreachable", "goodbye"])
+        }
+        Err(e) => Err(e),
+    }
 }

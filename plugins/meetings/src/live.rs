@@ -403,6 +403,7 @@ pub fn start(req: &Request, p: &Params) -> Reply {
         by: None,
         via: None,
         leg: None,
+        told: None,
     };
     put(&id, &me_p)?;
     space.live = Some(id.clone());
@@ -498,6 +499,7 @@ pub fn join(req: &Request, _: &Params) -> Reply {
         by: None,
         via: None,
         leg: None,
+        told: None,
     };
     put(&live.id, &me_p)?;
     audit::success(
@@ -644,6 +646,7 @@ pub fn knock(req: &Request, p: &Params) -> Reply {
         by: None,
         via: None,
         leg: None,
+        told: None,
     };
     put(&live.id, &guest)?;
     audit::success(
@@ -766,7 +769,7 @@ pub fn remove(req: &Request, p: &Params) -> Reply {
     target.since = switchboard_sdk::now_ms();
     target.by = Some(me.id.clone());
     put(&live.id, &target)?;
-    hang_up(&target)?;
+    hang_up_phones(&live.id)?;
     if target.kind == Kind::Guest {
         chat_remove(&live.space, &target.id)?;
     }
@@ -977,7 +980,6 @@ pub fn end_session(lid: &str, by: Option<&str>) -> Result<Live, ApiError> {
         p.state = State::Left;
         p.since = now;
         put(lid, &p)?;
-        hang_up(&p)?;
         audit::success(
             "meeting.leave",
             &format!("space/{}", live.space),
@@ -988,6 +990,7 @@ pub fn end_session(lid: &str, by: Option<&str>) -> Result<Live, ApiError> {
     live.ended_at = Some(now);
     live.ended_by = by.map(str::to_string);
     save(&live)?;
+    hang_up_phones(lid)?;
     timers::cancel(&live.end_timer)?;
     if let Some(mut space) = kv::get_json::<Space>(model::space(&live.space))?
         && space.live.as_deref() == Some(lid)
@@ -1122,6 +1125,17 @@ pub fn admit_pstn(
 ) -> Result<Participant, ApiError> {
     let all = participants(&live.id)?;
     check_capacity(&all)?;
+    let phones = all
+        .iter()
+        .filter(|p| p.leg.is_some() && p.state == State::Present)
+        .count();
+    if leg.is_some() && phones >= MAX_PHONES {
+        return Err(ApiError::new(
+            409,
+            "bridge_full",
+            format!("at most {MAX_PHONES} callers dial in at once"),
+        ));
+    }
     let caller = Participant {
         id: format!("pstn-{}", &crypto::random_id()[..16]),
         kind: Kind::Pstn,
@@ -1132,6 +1146,8 @@ pub fn admit_pstn(
         by: None,
         via: Some(via.to_string()),
         leg,
+        // On joining they hear whether it records: told of this one.
+        told: live.recording.as_ref().map(|r| r.id.clone()),
     };
     put(&live.id, &caller)?;
     audit::success(
@@ -1142,6 +1158,11 @@ pub fn admit_pstn(
     tell_recording(live, &caller.id)?;
     announce_roster(live, &participants(&live.id)?)?;
     Ok(caller)
+}
+
+/// Stores a participant as it now is.
+pub fn save_participant(lid: &str, p: &Participant) -> Result<(), ApiError> {
+    put(lid, p)
 }
 
 /// A caller who dialled in is gone (hung up, or out of the bridge): they
@@ -1165,45 +1186,94 @@ pub fn pstn_gone(lid: &str, pid: &str, reason: &str) -> Result<(), ApiError> {
     announce_roster(&live, &participants(lid)?)
 }
 
-/// Hangs up a participant's call leg, if they dialled in.
-fn hang_up(p: &Participant) -> Result<(), ApiError> {
-    if let Some(leg) = &p.leg {
-        match calls::hangup(leg, calls::Cause::Normal) {
-            Ok(()) | Err(switchboard_sdk::Error::NotFound(_)) => {}
+/// Callers told in one plugin call (each takes four call commands; the
+/// host takes 64 a call): the rest by the `tell-phones` timer.
+const TELL_BATCH: usize = 12;
+/// Callers hung up in one plugin call: the rest by `hang-up-phones`.
+const HANG_UP_BATCH: usize = 50;
+/// Phone callers a session's bridge holds (the host's room size).
+pub const MAX_PHONES: usize = 64;
+
+/// Tells every caller in the session's phone bridge that recording has
+/// started (M9): each leaves the bridge, hears it and goes back in (the
+/// host plays nothing into a room). A caller is told once per recording
+/// (`told` on the participant, which also tells the join path whether it
+/// still has to say it); more than a batch goes on in a timer. A leg
+/// already gone is passed over.
+pub fn tell_phones(live: &Live) -> Result<(), ApiError> {
+    let Some(rec) = &live.recording else {
+        return Ok(());
+    };
+    let waiting: Vec<Participant> = participants(&live.id)?
+        .into_iter()
+        .filter(|p| p.leg.is_some() && p.state == State::Present)
+        .filter(|p| p.told.as_deref() != Some(rec.id.as_str()))
+        .collect();
+    for mut p in waiting.iter().take(TELL_BATCH).cloned() {
+        let Some(leg) = p.leg.clone() else { continue };
+        p.told = Some(rec.id.clone());
+        put(&live.id, &p)?;
+        let state = |op: String| {
+            let s = model::DialState {
+                dial: model::Dial::Announcing {
+                    lid: live.id.clone(),
+                    pid: p.id.clone(),
+                },
+                op,
+                collecting: false,
+            };
+            serde_json::to_vec(&s).unwrap_or_default()
+        };
+        // The stage first: the `left` the leave brings must find it.
+        let told = calls::set_state(&leg, &state(String::new()))
+            .and_then(|()| calls::leave(&leg))
+            .and_then(|()| {
+                let says = [calls::Prompt::Library("recording-started".into())];
+                calls::play(&leg, &says, false)
+            })
+            .and_then(|op| calls::set_state(&leg, &state(op)));
+        match told {
+            Ok(()) => {}
+            // Joining still: the join path says it (it reads `told`).
+            Err(
+                switchboard_sdk::Error::NotFound(_) | switchboard_sdk::Error::InvalidArgument(_),
+            ) => {}
             Err(e) => return Err(e.into()),
         }
+    }
+    if waiting.len() > TELL_BATCH {
+        timers::schedule(Duration::ZERO, "tell-phones", live.id.as_bytes())?;
     }
     Ok(())
 }
 
-/// Says library prompt `prompt` to every caller in the session's phone
-/// bridge: each leaves it, hears the prompt and goes back in (the host
-/// plays nothing into a room). A leg already gone is passed over.
-pub fn tell_phones(live: &Live, prompt: &str) -> Result<(), ApiError> {
-    for p in participants(&live.id)? {
-        let (Some(leg), State::Present) = (&p.leg, p.state) else {
-            continue;
-        };
-        let told = calls::leave(leg)
-            .and_then(|()| calls::play(leg, &[calls::Prompt::Library(prompt.to_string())], false));
-        let op = match told {
-            Ok(op) => op,
-            Err(
-                switchboard_sdk::Error::NotFound(_) | switchboard_sdk::Error::InvalidArgument(_),
-            ) => {
-                continue;
+/// The `tell-phones` timer: the next batch of callers to tell.
+pub fn tell_phones_later(lid: &str) -> Result<(), ApiError> {
+    match kv::get_json::<Live>(model::live(lid))? {
+        Some(live) if live.ended_at.is_none() => tell_phones(&live),
+        _ => Ok(()),
+    }
+}
+
+/// Hangs up the calls of the session's callers who dialled in and are no
+/// longer present (removed, or the session ended), a batch at a time; the
+/// rest in the `hang-up-phones` timer.
+pub fn hang_up_phones(lid: &str) -> Result<(), ApiError> {
+    let gone: Vec<Participant> = participants(lid)?
+        .into_iter()
+        .filter(|p| p.leg.is_some() && p.state != State::Present)
+        .collect();
+    for mut p in gone.iter().take(HANG_UP_BATCH).cloned() {
+        if let Some(leg) = p.leg.take() {
+            match calls::hangup(&leg, calls::Cause::Normal) {
+                Ok(()) | Err(switchboard_sdk::Error::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
-        };
-        let state = model::DialState {
-            dial: model::Dial::Announcing {
-                lid: live.id.clone(),
-                pid: p.id.clone(),
-            },
-            op,
-            collecting: false,
-        };
-        calls::set_state(leg, &serde_json::to_vec(&state).unwrap_or_default())?;
+            put(lid, &p)?;
+        }
+    }
+    if gone.len() > HANG_UP_BATCH {
+        timers::schedule(Duration::ZERO, "hang-up-phones", lid.as_bytes())?;
     }
     Ok(())
 }

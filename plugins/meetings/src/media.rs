@@ -135,7 +135,7 @@ pub fn record_start(req: &Request, p: &Params) -> Reply {
     let data = json!({ "live": live.id, "on": true, "recording": rid, "by": me.id, "since": now });
     events::publish_to_users(&present, "meeting.recording", data.to_string().as_bytes())?;
     // Callers on the phone hear it too (M9).
-    live::tell_phones(&live, "recording-started")?;
+    live::tell_phones(&live)?;
     Ok(http::json(201, &rec))
 }
 

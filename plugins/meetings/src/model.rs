@@ -90,9 +90,12 @@ pub struct Participant {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via: Option<String>,
     /// A caller who dialled in: their call leg (this plugin's), hung up
-    /// when they are removed or the session ends.
+    /// (and cleared) when they are removed or the session ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leg: Option<String>,
+    /// The recording a caller who dialled in was last told of (M9).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub told: Option<String>,
 }
 
 /// Where a caller who dialled in stands, kept with their call leg

@@ -178,8 +178,19 @@ fn next(leg: &str, stage: Stage, items: &[Prompt]) -> Result<(), Error> {
     // and a message; never the last words or a beep.
     let barge_in = stage.collect().is_some()
         || matches!(stage, Stage::Greeting { .. } | Stage::Playing { .. });
-    let op = calls::play(leg, items, barge_in)?;
-    save(leg, stage, op, false)
+    match calls::play(leg, items, barge_in) {
+        Ok(op) => save(leg, stage, op, false),
+        // The caller hung up meanwhile: nothing to say, and what this
+        // event wrote stands (a wrong PIN keyed just before hanging up
+        // still counts towards the lockout).
+        Err(_) if !answered(leg) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the leg is still up (answered, ours).
+fn answered(leg: &str) -> bool {
+    calls::get_leg(leg).is_ok_and(|l| l.state == calls::LegState::Answered)
 }
 
 fn save(leg: &str, stage: Stage, op: String, collecting: bool) -> Result<(), Error> {
@@ -205,7 +216,7 @@ pub fn on_call(e: CallEvent) -> Result<(), Error> {
     let Some(state) = serde_json::from_slice::<LegState>(&e.state).ok() else {
         return Ok(());
     };
-    let alive = calls::get_leg(leg).is_ok_and(|l| l.state == calls::LegState::Answered);
+    let alive = answered(leg);
     match &e.kind {
         CallEventKind::Played(p) if p.op == state.op && p.end != OpEnd::Hangup && alive => {
             played(&e, state, p.end)
