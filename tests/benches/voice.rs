@@ -31,6 +31,7 @@ use switchboard::harness::calls::{CallRig, Phone, Signal};
 use switchboard::media::g711;
 use switchboard::runtime::{Method, Principal, Request};
 use switchboard::tenant::{Limits, Route};
+use switchboard_tests::ivr::{first_frame, wait_frame};
 use switchboard_tests::load::pct;
 use switchboard_tests::{component, manifest};
 
@@ -40,26 +41,6 @@ async fn console(h: &Harness, op: Op) -> serde_json::Value {
     admin::execute(h.runtime(), &Actor::Console, op)
         .await
         .unwrap_or_else(|e| panic!("{} ({})", e.message, e.code))
-}
-
-fn first_frame(name: &str) -> Vec<u8> {
-    switchboard::media::prompts::get(name)
-        .unwrap()
-        .chunks(160)
-        .find(|f| f.iter().any(|&b| b != 0xff))
-        .unwrap()
-        .to_vec()
-}
-
-/// Waits for the first frame of `name` at `phone`.
-fn wait_frame(phone: &Phone, frame: &[u8]) -> bool {
-    let end = Instant::now() + LIMIT;
-    while Instant::now() < end {
-        if phone.next_audio(end - Instant::now(), 0).as_deref() == Some(frame) {
-            return true;
-        }
-    }
-    false
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -209,7 +190,7 @@ async fn menu_keys(rig: &CallRig) {
             .unwrap();
         // Menu a speaks first.
         let mut at = 0;
-        if !tokio::task::block_in_place(|| wait_frame(&phone, &frames[at])) {
+        if !tokio::task::block_in_place(|| wait_frame(&phone, &frames[at], LIMIT)) {
             println!("(menu a never spoke)");
             return;
         }
@@ -217,7 +198,7 @@ async fn menu_keys(rig: &CallRig) {
             let t0 = Instant::now();
             phone.press('1').unwrap();
             at = 1 - at;
-            if tokio::task::block_in_place(|| wait_frame(&phone, &frames[at])) {
+            if tokio::task::block_in_place(|| wait_frame(&phone, &frames[at], LIMIT)) {
                 lat.push(t0.elapsed().as_secs_f64() * 1000.0);
             }
         }
@@ -261,7 +242,7 @@ async fn leave(
         p.press('1').unwrap();
     }
     for p in &phones {
-        tokio::task::block_in_place(|| wait_frame(p, &beep));
+        tokio::task::block_in_place(|| wait_frame(p, &beep, LIMIT));
     }
     tokio::time::sleep(Duration::from_millis(450)).await;
     let level = [g711::linear_to_ulaw(6000); 160];

@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod baresip;
 pub mod http;
+pub mod ivr;
 pub mod load;
 pub mod schema;
 pub mod sip;

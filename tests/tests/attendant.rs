@@ -15,9 +15,19 @@ use switchboard::media::g711;
 use switchboard::runtime::Method;
 use switchboard::tenant::{Dialing, Limits, Restriction, Route};
 use switchboard_tests::accounts::{console, create_user};
-use switchboard_tests::{harness, tenant};
+use switchboard_tests::{harness, ivr, tenant};
 
 const WAIT: Duration = Duration::from_secs(15);
+
+/// Waits until `phone` hears library prompt `name`.
+async fn hears(phone: &Phone, name: &str) -> bool {
+    ivr::hears(phone, name, WAIT).await
+}
+
+/// Presses `keys` once `phone` hears prompt `name` (cutting it short).
+async fn answer(phone: &mut Phone, name: &str, keys: &str) {
+    ivr::answer(phone, name, keys, WAIT).await
+}
 /// The attendant's number (a DID).
 const DID: &str = "+442079460000";
 
@@ -144,57 +154,6 @@ impl At {
     }
 }
 
-/// The first frame of speech of library prompt `name`.
-fn first_frame(name: &str) -> Vec<u8> {
-    switchboard::media::prompts::get(name)
-        .unwrap()
-        .chunks(160)
-        .find(|f| f.iter().any(|&b| b != 0xff))
-        .unwrap()
-        .to_vec()
-}
-
-/// Waits until `phone` hears library prompt `name`, frame for frame.
-async fn hears(phone: &Phone, name: &str) -> bool {
-    let frame = first_frame(name);
-    let end = Instant::now() + WAIT;
-    while Instant::now() < end {
-        let got = tokio::task::block_in_place(|| phone.next_audio(end - Instant::now(), 0));
-        if got.as_deref() == Some(&frame[..]) {
-            return true;
-        }
-    }
-    false
-}
-
-/// Presses `keys` once `phone` hears prompt `name` (cutting it short).
-async fn answer(phone: &mut Phone, name: &str, keys: &str) {
-    assert!(hears(phone, name).await, "no {name} prompt");
-    tokio::task::block_in_place(|| phone.dial_keys(keys)).unwrap();
-}
-
-/// A WAV file: 8 kHz mono 16-bit, `ms` of one value.
-fn wav(ms: u32, value: i16) -> Vec<u8> {
-    let n = 8 * ms as usize;
-    let mut out = Vec::new();
-    out.extend_from_slice(b"RIFF");
-    out.extend_from_slice(&(36 + 2 * n as u32).to_le_bytes());
-    out.extend_from_slice(b"WAVEfmt ");
-    out.extend_from_slice(&16u32.to_le_bytes());
-    out.extend_from_slice(&1u16.to_le_bytes());
-    out.extend_from_slice(&1u16.to_le_bytes());
-    out.extend_from_slice(&8000u32.to_le_bytes());
-    out.extend_from_slice(&16_000u32.to_le_bytes());
-    out.extend_from_slice(&2u16.to_le_bytes());
-    out.extend_from_slice(&16u16.to_le_bytes());
-    out.extend_from_slice(b"data");
-    out.extend_from_slice(&(2 * n as u32).to_le_bytes());
-    for _ in 0..n {
-        out.extend_from_slice(&value.to_le_bytes());
-    }
-    out
-}
-
 /// Office hours in London on weekdays, Christmas closed; four menus.
 fn front(hours: Value) -> Value {
     json!({
@@ -250,7 +209,7 @@ async fn upload_hello(a: &At) {
             "attendant",
             Method::Put,
             "/admin/prompts/hello",
-            wav(1000, 3000),
+            ivr::wav(8000, 1, 1000, 3000),
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -267,7 +226,7 @@ async fn v4_an_attendant_is_checked_whole_and_its_hours_follow_the_time_zone() {
     assert_eq!(r.json().unwrap()["code"], "unknown_prompt", "{}", r.text());
     for (body, code) in [
         (b"RIFF....WAVEnope".to_vec(), "invalid_audio"),
-        (wav(130_000, 1), "invalid_audio"),
+        (ivr::wav(8000, 1, 130_000, 1), "invalid_audio"),
     ] {
         let r = a
             .call_plugin("attendant", Method::Put, "/admin/prompts/hello", body)

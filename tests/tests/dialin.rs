@@ -17,9 +17,19 @@ use switchboard::media::g711;
 use switchboard::runtime::Method;
 use switchboard::tenant::{Limits, Route};
 use switchboard_tests::accounts::{console, create_user};
-use switchboard_tests::{harness, tenant};
+use switchboard_tests::{harness, ivr, tenant};
 
 const WAIT: Duration = Duration::from_secs(15);
+
+/// Waits until `phone` hears library prompt `name`.
+async fn hears(phone: &Phone, name: &str) -> bool {
+    ivr::hears(phone, name, WAIT).await
+}
+
+/// Presses `keys` once `phone` hears prompt `name` (cutting it short).
+async fn answer(phone: &mut Phone, name: &str, keys: &str) {
+    ivr::answer(phone, name, keys, WAIT).await
+}
 /// The tenant's dial-in number.
 const DIAL_IN: &str = "+442079461000";
 
@@ -142,35 +152,6 @@ impl World {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-}
-
-/// The first frame of speech of library prompt `name`.
-fn first_frame(name: &str) -> Vec<u8> {
-    switchboard::media::prompts::get(name)
-        .unwrap()
-        .chunks(160)
-        .find(|f| f.iter().any(|&b| b != 0xff))
-        .unwrap()
-        .to_vec()
-}
-
-/// Waits until `phone` hears library prompt `name`, frame for frame.
-async fn hears(phone: &Phone, name: &str) -> bool {
-    let frame = first_frame(name);
-    let end = Instant::now() + WAIT;
-    while Instant::now() < end {
-        let got = tokio::task::block_in_place(|| phone.next_audio(end - Instant::now(), 0));
-        if got.as_deref() == Some(&frame[..]) {
-            return true;
-        }
-    }
-    false
-}
-
-/// Presses `keys` once `phone` hears prompt `name` (cutting it short).
-async fn answer(phone: &mut Phone, name: &str, keys: &str) {
-    assert!(hears(phone, name).await, "no {name} prompt");
-    tokio::task::block_in_place(|| phone.dial_keys(keys)).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,9 +17,19 @@ use switchboard::media::g711;
 use switchboard::runtime::Method;
 use switchboard::tenant::{Limits, Route};
 use switchboard_tests::accounts::{console, create_user};
-use switchboard_tests::{harness, tenant};
+use switchboard_tests::{harness, ivr, tenant};
 
 const WAIT: Duration = Duration::from_secs(15);
+
+/// Waits until `phone` hears library prompt `name`.
+async fn hears(phone: &Phone, name: &str) -> bool {
+    ivr::hears(phone, name, WAIT).await
+}
+
+/// Presses `keys` once `phone` hears prompt `name` (cutting it short).
+async fn answer(phone: &mut Phone, name: &str, keys: &str) {
+    ivr::answer(phone, name, keys, WAIT).await
+}
 const PIN: &str = "480276";
 
 struct Vm {
@@ -196,65 +206,12 @@ impl Vm {
     }
 }
 
-/// Waits until `phone` hears library prompt `name`: its first frame of
-/// speech, byte for byte (the engine plays clips frame-aligned).
-async fn hears(phone: &Phone, name: &str) -> bool {
-    let frame = first_frame(name);
-    let end = Instant::now() + WAIT;
-    while Instant::now() < end {
-        let got = tokio::task::block_in_place(|| phone.next_audio(end - Instant::now(), 0));
-        if got.as_deref() == Some(&frame[..]) {
-            return true;
-        }
-    }
-    false
-}
-
-/// The first frame of speech of library prompt `name`.
-fn first_frame(name: &str) -> Vec<u8> {
-    switchboard::media::prompts::get(name)
-        .unwrap()
-        .chunks(160)
-        .find(|f| f.iter().any(|&b| b != 0xff))
-        .unwrap()
-        .to_vec()
-}
-
 /// Sends `frames` 20 ms frames of one µ-law code, paced in real time.
 async fn talk(phone: &mut Phone, code: u8, frames: usize) {
     for _ in 0..frames {
         phone.send_audio(&[code; 160]).unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// Presses `keys` once `phone` hears prompt `name` (cutting it short).
-async fn answer(phone: &mut Phone, name: &str, keys: &str) {
-    assert!(hears(phone, name).await, "no {name} prompt");
-    tokio::task::block_in_place(|| phone.dial_keys(keys)).unwrap();
-}
-
-/// A WAV file: `rate` Hz, `channels`, 16-bit PCM, `ms` of one value.
-fn wav(rate: u32, channels: u16, ms: u32, value: i16) -> Vec<u8> {
-    let frames = rate as usize * ms as usize / 1000;
-    let data = frames * channels as usize * 2;
-    let mut out = Vec::new();
-    out.extend_from_slice(b"RIFF");
-    out.extend_from_slice(&(36 + data as u32).to_le_bytes());
-    out.extend_from_slice(b"WAVEfmt ");
-    out.extend_from_slice(&16u32.to_le_bytes());
-    out.extend_from_slice(&1u16.to_le_bytes());
-    out.extend_from_slice(&channels.to_le_bytes());
-    out.extend_from_slice(&rate.to_le_bytes());
-    out.extend_from_slice(&(rate * u32::from(channels) * 2).to_le_bytes());
-    out.extend_from_slice(&(channels * 2).to_le_bytes());
-    out.extend_from_slice(&16u16.to_le_bytes());
-    out.extend_from_slice(b"data");
-    out.extend_from_slice(&(data as u32).to_le_bytes());
-    for _ in 0..frames * channels as usize {
-        out.extend_from_slice(&value.to_le_bytes());
-    }
-    out
 }
 
 fn header<'a>(r: &'a Response, name: &str) -> Option<&'a str> {
@@ -467,7 +424,7 @@ async fn v3_a_message_under_a_second_is_not_kept_and_keys_never_reach_a_mailbox(
             &v.bob,
             Method::Put,
             "/greetings/unavailable",
-            &wav(16_000, 2, 1500, 4000),
+            &ivr::wav(16_000, 2, 1500, 4000),
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -493,7 +450,7 @@ async fn v3_a_message_under_a_second_is_not_kept_and_keys_never_reach_a_mailbox(
     // keys were part of the message, and nothing but "too short" and
     // goodbye answers them.
     let heard = tokio::task::block_in_place(|| alice.listen(Duration::from_secs(5), 0));
-    let first = |name: &str| first_frame(name);
+    let first = |name: &str| ivr::first_frame(name);
     assert!(heard.contains(&first("message-too-short")));
     for p in ["enter-mailbox", "enter-pin", "pin-wrong", "voicemail-menu"] {
         assert!(!heard.contains(&first(p)), "{p} was played");
@@ -754,13 +711,13 @@ async fn v2_greetings_upload_checked_converted_and_a_diversion_names_the_tenants
                 .await
         }
     };
-    let mut odd = wav(8000, 1, 1500, 100);
+    let mut odd = ivr::wav(8000, 1, 1500, 100);
     odd[20] = 3; // IEEE float
-    let mut deep = wav(8000, 1, 1500, 100);
+    let mut deep = ivr::wav(8000, 1, 1500, 100);
     deep[34] = 24;
-    let mut many = wav(8000, 1, 1500, 100);
+    let mut many = ivr::wav(8000, 1, 1500, 100);
     many[22] = 5;
-    let mut fast = wav(8000, 1, 1500, 100);
+    let mut fast = ivr::wav(8000, 1, 1500, 100);
     fast[24..28].copy_from_slice(&96_000u32.to_le_bytes());
     for (kind, body, status, code) in [
         (
@@ -771,7 +728,7 @@ async fn v2_greetings_upload_checked_converted_and_a_diversion_names_the_tenants
         ),
         (
             "unavailable",
-            wav(8000, 1, 1500, 100)[..30].to_vec(),
+            ivr::wav(8000, 1, 1500, 100)[..30].to_vec(),
             400,
             "invalid_audio",
         ),
@@ -779,11 +736,31 @@ async fn v2_greetings_upload_checked_converted_and_a_diversion_names_the_tenants
         ("unavailable", deep, 400, "invalid_audio"),
         ("unavailable", many, 400, "invalid_audio"),
         ("unavailable", fast, 400, "invalid_audio"),
-        ("unavailable", wav(8000, 1, 6000, 100), 400, "invalid_audio"),
-        ("unavailable", wav(8000, 1, 500, 100), 400, "invalid_audio"),
-        ("name", wav(8000, 1, 11_000, 100), 400, "invalid_audio"),
-        ("temporary", wav(8000, 1, 1500, 100), 400, "invalid_until"),
-        ("holiday", wav(8000, 1, 1500, 100), 400, "invalid_greeting"),
+        (
+            "unavailable",
+            ivr::wav(8000, 1, 6000, 100),
+            400,
+            "invalid_audio",
+        ),
+        (
+            "unavailable",
+            ivr::wav(8000, 1, 500, 100),
+            400,
+            "invalid_audio",
+        ),
+        ("name", ivr::wav(8000, 1, 11_000, 100), 400, "invalid_audio"),
+        (
+            "temporary",
+            ivr::wav(8000, 1, 1500, 100),
+            400,
+            "invalid_until",
+        ),
+        (
+            "holiday",
+            ivr::wav(8000, 1, 1500, 100),
+            400,
+            "invalid_greeting",
+        ),
         ("unavailable", vec![0; 6 << 20], 413, "greeting_too_large"),
     ] {
         let r = put(kind, body).await;
@@ -801,7 +778,7 @@ async fn v2_greetings_upload_checked_converted_and_a_diversion_names_the_tenants
         "nothing kept"
     );
     // 44.1 kHz stereo 8-bit would be refused; 48 kHz mono 16-bit is taken.
-    let r = put("busy", wav(48_000, 1, 2000, -3000)).await;
+    let r = put("busy", ivr::wav(48_000, 1, 2000, -3000)).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let until = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -813,7 +790,7 @@ async fn v2_greetings_upload_checked_converted_and_a_diversion_names_the_tenants
             &v.bob,
             Method::Put,
             &format!("/greetings/temporary?until_ms={until}"),
-            &wav(8000, 1, 1200, 2000),
+            &ivr::wav(8000, 1, 1200, 2000),
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
