@@ -3,9 +3,10 @@
 //! plugin with SRTP (SDES) both ways, and send RFC 4733 keys to a plugin.
 //! Installed by `tests/tools/install-peers.sh` (the README's test
 //! command); a missing peer fails the test, naming the script. SPEC T2,
-//! V3 (a message left from a real phone, message waiting on another).
+//! V3 (a message left from a real phone, message waiting on another), M6
+//! (a real phone dials into a meeting with the access code).
 //!
-//! Kept to four tests: each costs real-time seconds.
+//! Kept to five tests: each costs real-time seconds.
 
 use std::time::Duration;
 
@@ -29,14 +30,16 @@ struct Rig {
 
 async fn rig() -> Rig {
     switchboard_tests::baresip::require().unwrap();
-    let h = harness(&["callflow", "pbx", "voicemail"]).await;
-    tenant(
-        &h,
-        "acme",
-        Limits::default(),
-        &["callflow", "pbx", "voicemail"],
-    )
-    .await;
+    let plugins = [
+        "callflow",
+        "pbx",
+        "voicemail",
+        "chat",
+        "recording",
+        "meetings",
+    ];
+    let h = harness(&plugins).await;
+    tenant(&h, "acme", Limits::default(), &plugins).await;
     for u in ["alice", "bob", "carol"] {
         create_user(&h, "acme", u, "user").await;
     }
@@ -54,6 +57,7 @@ async fn rig() -> Rig {
                 route("202", "pbx", "carol"),
                 route("300", "callflow", "echo"),
                 route("800", "voicemail", ""),
+                route("900", "meetings", "dial-in"),
             ],
         },
     )
@@ -344,4 +348,99 @@ async fn v3_baresip_leaves_a_message_and_the_owners_phone_shows_it_waiting() {
     let body = param(&mwi);
     assert!(body.contains("Messages-Waiting: yes"), "{mwi}");
     assert!(body.contains("Voice-Message: 1/0"), "{mwi}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn m6_baresip_dials_into_a_meeting_with_its_access_code() {
+    use switchboard::runtime::{Method, Principal, Request};
+    let r = rig().await;
+    let alice_id =
+        r.h.runtime()
+            .identity()
+            .user_by_name(&switchboard::audit::Scope::tenant("acme"), "alice")
+            .unwrap()
+            .unwrap()
+            .id;
+    let meetings = |method: Method, path: String, body: serde_json::Value| {
+        let h = &r.h;
+        let alice = alice_id.clone();
+        async move {
+            let request = Request::new(method, &path, Principal::user("acme", &alice)).with_body(
+                if body.is_null() {
+                    Vec::new()
+                } else {
+                    body.to_string().into_bytes()
+                },
+            );
+            let a = h
+                .runtime()
+                .handle("acme", "meetings", request)
+                .await
+                .unwrap();
+            (a.status, a.json().unwrap_or_default())
+        }
+    };
+    let (status, space) = meetings(
+        Method::Post,
+        "/spaces".into(),
+        serde_json::json!({ "title": "Stand-up", "invitees": [] }),
+    )
+    .await;
+    assert_eq!(status, 201, "{space}");
+    let sid = space["id"].as_str().unwrap();
+    let code = space["code"].as_str().unwrap().to_string();
+    let (status, live) = meetings(
+        Method::Post,
+        format!("/spaces/{sid}/live"),
+        serde_json::Value::Null,
+    )
+    .await;
+    assert_eq!(status, 201, "{live}");
+    let lid = live["id"].as_str().unwrap().to_string();
+    // Bob's phone dials in over TLS with SRTP and keys the code (RFC 4733).
+    let mut bob = r.phone("bob", None).await;
+    bob.dial("sip:900@acme.localhost").await.unwrap();
+    bob.wait_type("CALL_ESTABLISHED", WAIT).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    bob.send_dtmf(&format!("{code}#")).await.unwrap();
+    let end = std::time::Instant::now() + WAIT;
+    loop {
+        let (_, live) =
+            meetings(Method::Get, format!("/live/{lid}"), serde_json::Value::Null).await;
+        let phones: Vec<String> = live["participants"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["kind"] == "pstn")
+            .map(|p| p["name"].as_str().unwrap_or_default().to_string())
+            .collect();
+        if !phones.is_empty() {
+            // Shown by the calling device's last digits if it has four,
+            // else as "Phone": never the whole caller.
+            assert!(phones[0].starts_with("Phone"), "{phones:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "Bob never joined: {live}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Hanging up leaves the session.
+    bob.hangup().await.unwrap();
+    let end = std::time::Instant::now() + WAIT;
+    loop {
+        let (_, live) =
+            meetings(Method::Get, format!("/live/{lid}"), serde_json::Value::Null).await;
+        let present = live["participants"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|p| p["kind"] == "pstn");
+        if !present {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "Bob is still listed: {live}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
