@@ -523,13 +523,19 @@ async fn v4_a_caller_is_put_through_by_key_by_extension_to_a_mailbox_or_told_why
         assert!(Instant::now() < end, "never bridged");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // The outside party hangs up: so does the caller's leg.
+    // The outside party hangs up: so does the caller's leg, normally.
     a.rig.hang_up(&out);
-    a.rig
+    let signals = a
+        .rig
         .wait_for(WAIT, |s| {
             s.iter()
                 .any(|x| matches!(x, Signal::Ended(l, _) if *l == leg))
         })
         .await
         .unwrap();
+    let cause = signals.iter().find_map(|x| match x {
+        Signal::Ended(l, c) if *l == leg => Some(*c),
+        _ => None,
+    });
+    assert_eq!(cause, Some(switchboard::call::legs::Cause::Normal));
 }

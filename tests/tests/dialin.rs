@@ -257,10 +257,11 @@ async fn m6_m9_phone_callers_dial_in_with_the_code_share_a_bridge_and_hear_the_r
 async fn m2_a_calling_number_that_keeps_guessing_is_turned_away() {
     let w = world().await;
     let (sid, code) = w.space().await;
-    let (status, _) = w
+    let (status, live) = w
         .olga(Method::Post, &format!("/spaces/{sid}/live"), Value::Null)
         .await;
     assert_eq!(status, 201);
+    let lid = live["id"].as_str().unwrap().to_string();
     // Ten wrong codes from one number (three calls of three, one more):
     // the eleventh attempt, even with the right code, is turned away.
     let mut wrong = 0;
@@ -287,4 +288,15 @@ async fn m2_a_calling_number_that_keeps_guessing_is_turned_away() {
     answer(&mut phone, "enter-access-code", &format!("{code}#")).await;
     assert!(hears(&phone, "joining-meeting").await);
     w.rig.hang_up(&leg);
+    // A caller who hangs up the moment the code is keyed leaves no ghost
+    // in the roster (nor a place in the bridge).
+    let mut phone = Phone::new().unwrap();
+    let leg = w.dial_in("+447400777000", &mut phone).await;
+    answer(&mut phone, "enter-access-code", &format!("{code}#")).await;
+    w.rig.hang_up(&leg);
+    let end = Instant::now() + WAIT;
+    while !w.phones(&lid).await.is_empty() {
+        assert!(Instant::now() < end, "a caller who hung up is still listed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -41,6 +41,16 @@ pub fn minute_of_day(s: &str) -> Option<u16> {
     (h < 24 && m < 60 || h == 24 && m == 0).then_some(h * 60 + m)
 }
 
+/// Whether `ms` since the epoch is a moment the time zone database can
+/// place (from 1970 to the end of 9999, a day short of it in any zone).
+pub fn valid_moment(ms: u64) -> bool {
+    i64::try_from(ms)
+        .ok()
+        .and_then(|ms| Timestamp::from_millisecond(ms).ok())
+        .and_then(|t| t.checked_add(jiff::SignedDuration::from_hours(26)).ok())
+        .is_some()
+}
+
 /// `YYYY-MM-DD`, a real day.
 pub fn valid_date(s: &str) -> bool {
     s.len() == 10 && s.parse::<jiff::civil::Date>().is_ok()

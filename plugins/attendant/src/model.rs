@@ -374,7 +374,7 @@ fn check_target(
                 return unknown(format!("{number:?} is not a number (+ and 2-31 digits)"));
             }
             if let Some(code) = account_code
-                && !(2..=16).contains(&code.len())
+                && (!(2..=16).contains(&code.len()) || !code.bytes().all(|b| b.is_ascii_digit()))
             {
                 return unknown(format!("account code {code:?}: 2-16 digits"));
             }

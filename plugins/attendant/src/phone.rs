@@ -186,9 +186,13 @@ pub fn on_call(e: CallEvent) -> Result<(), Error> {
                 false,
             )
         }
-        // The media of the two could not be joined: neither would hear the
-        // other, so both calls end.
-        (CallEventKind::Unbridged, Stage::Connected { out }) => {
+        // Unbridged while the outside leg is still up: the media of the
+        // two could not be joined, so neither would hear the other and
+        // both calls end. (When the outside party hangs up, the bridge
+        // ends too: its `ended` hangs the caller up, normally.)
+        (CallEventKind::Unbridged, Stage::Connected { out })
+            if calls::get_leg(&out).is_ok_and(|l| l.state == calls::LegState::Answered) =>
+        {
             ignore_gone(calls::hangup(&out, Cause::Failed))?;
             ignore_gone(calls::hangup(leg, Cause::Failed))
         }

@@ -86,13 +86,15 @@ pub fn now(req: &Request, p: &Params) -> Reply {
     admin(req)?;
     let a =
         model::attendant(id(p, "id")?)?.ok_or_else(|| ApiError::not_found("no such attendant"))?;
-    // Up to the end of year 9999.
-    const LAST_MS: u64 = 253_402_300_799_999;
     let at = match req.query_param("at_ms") {
         None => now_ms(),
-        Some(v) => v.parse().ok().filter(|ms| *ms <= LAST_MS).ok_or_else(|| {
-            ApiError::bad_request("invalid_time", "at_ms is ms since the epoch, up to 9999")
-        })?,
+        Some(v) => v
+            .parse()
+            .ok()
+            .filter(|ms| hours::valid_moment(*ms))
+            .ok_or_else(|| {
+                ApiError::bad_request("invalid_time", "at_ms is ms since the epoch, up to 9999")
+            })?,
     };
     let (menu, why, local) = hours::menu_at(&a, at);
     Ok(http::json(

@@ -52,12 +52,20 @@ fn say(leg: &str, dial: Dial, words: &[&str], barge_in: bool) -> Result<(), Erro
         Ok(op) => save(leg, dial, op, false),
         // The caller hung up meanwhile: nothing to say, and what this
         // event wrote stands (a wrong code keyed just before hanging up
-        // still counts against the throttle).
-        Err(_) if !calls::get_leg(leg).is_ok_and(|l| l.state == calls::LegState::Answered) => {
-            Ok(())
-        }
+        // still counts against the throttle). The stage is kept all the
+        // same, so the `ended` that follows finds an admitted caller and
+        // lets them leave.
+        Err(_) if !answered(leg) => match save(leg, dial, String::new(), false) {
+            Ok(()) | Err(Error::NotFound(_) | Error::InvalidArgument(_)) => Ok(()),
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     }
+}
+
+/// Whether the leg is still up.
+fn answered(leg: &str) -> bool {
+    calls::get_leg(leg).is_ok_and(|l| l.state == calls::LegState::Answered)
 }
 
 fn close(leg: &str, words: &[&str]) -> Result<(), Error> {
@@ -101,7 +109,7 @@ pub fn on_call(e: CallEvent) -> Result<(), Error> {
                     save(leg, Dial::Code { tries }, op, true)
                 }
                 Dial::Joining { lid, pid } | Dial::Announcing { lid, pid } => {
-                    into_bridge(leg, &lid, &pid)
+                    into_bridge(leg, &lid, &pid, &p.op)
                 }
                 Dial::Closing => calls::hangup(leg, Cause::Normal),
                 _ => Ok(()),
@@ -159,6 +167,10 @@ fn code(e: &CallEvent, tries: u8, digits: &str) -> Result<(), Error> {
         }
         Err(e) => return Err(host(e)),
     };
+    // Gone already: nobody to admit.
+    if !answered(leg) {
+        return Ok(());
+    }
     let label = shown(caller);
     let p = match live::admit_pstn(&space, &session, model::NAME, label, Some(leg.to_string())) {
         Ok(p) => p,
@@ -198,7 +210,7 @@ fn shown(caller: &str) -> String {
 /// the caller was out of the bridge (joining, or hearing an earlier
 /// announcement) is said first, once. A bridge that takes no more (full,
 /// or the caller's phone may not conference) ends the call.
-fn into_bridge(leg: &str, lid: &str, pid: &str) -> Result<(), Error> {
+fn into_bridge(leg: &str, lid: &str, pid: &str, played: &str) -> Result<(), Error> {
     let session = kv::get_json::<Live>(model::live(lid))?.filter(|l| l.ended_at.is_none());
     let me = match &session {
         Some(_) => live::participants(lid)
@@ -211,19 +223,25 @@ fn into_bridge(leg: &str, lid: &str, pid: &str) -> Result<(), Error> {
         log::info(&format!("phone caller {pid} is no longer in session {lid}"));
         return close(leg, &["left-meeting", "goodbye"]);
     };
+    // An announcement is under way (queued after what just ended): its
+    // own end takes the caller in.
+    if me.told_op.as_deref().is_some_and(|op| op != played) {
+        return Ok(());
+    }
     let here = || (lid.to_string(), pid.to_string());
     if let Some(rec) = &session.recording
         && me.told.as_deref() != Some(rec.id.as_str())
     {
+        let says = [lib("recording-started")];
+        let op = calls::play(leg, &says, false)?;
         me.told = Some(rec.id.clone());
+        me.told_op = Some(op.clone());
         live::save_participant(lid, &me).map_err(host)?;
         let (lid, pid) = here();
-        return say(
-            leg,
-            Dial::Announcing { lid, pid },
-            &["recording-started"],
-            false,
-        );
+        return save(leg, Dial::Announcing { lid, pid }, op, false);
+    }
+    if me.told_op.take().is_some() {
+        live::save_participant(lid, &me).map_err(host)?;
     }
     match calls::join(leg, &model::phone_bridge(lid)) {
         Ok(()) => {
@@ -231,7 +249,12 @@ fn into_bridge(leg: &str, lid: &str, pid: &str) -> Result<(), Error> {
             save(leg, Dial::InBridge { lid, pid }, String::new(), false)
         }
         Err(Error::QuotaExceeded(_) | Error::Denied(_) | Error::InvalidArgument(_)) => {
-            live::pstn_gone(lid, pid, "the phone bridge took no more").map_err(host)?;
+            let why = if answered(leg) {
+                "the phone bridge took no more"
+            } else {
+                "hung up"
+            };
+            live::pstn_gone(lid, pid, why).map_err(host)?;
             close(leg, &["unreachable", "goodbye"])
         }
         Err(e) => Err(e),

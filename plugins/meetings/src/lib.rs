@@ -96,7 +96,7 @@ impl Plugin for Meetings {
             "sweep-guesses" => guess::sweep(),
             "stop-recording" => live::retry_stop(&String::from_utf8_lossy(&timer.payload)),
             "tell-phones" => live::tell_phones_later(&String::from_utf8_lossy(&timer.payload)),
-            "hang-up-phones" => live::hang_up_phones(&String::from_utf8_lossy(&timer.payload)),
+            "hang-up-legs" => live::hang_up_legs(&String::from_utf8_lossy(&timer.payload)),
             _ => Ok(()),
         };
         result.map_err(|e| format!("{}: {}", e.code, e.message))

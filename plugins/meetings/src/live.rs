@@ -404,6 +404,7 @@ pub fn start(req: &Request, p: &Params) -> Reply {
         via: None,
         leg: None,
         told: None,
+        told_op: None,
     };
     put(&id, &me_p)?;
     space.live = Some(id.clone());
@@ -500,6 +501,7 @@ pub fn join(req: &Request, _: &Params) -> Reply {
         via: None,
         leg: None,
         told: None,
+        told_op: None,
     };
     put(&live.id, &me_p)?;
     audit::success(
@@ -647,6 +649,7 @@ pub fn knock(req: &Request, p: &Params) -> Reply {
         via: None,
         leg: None,
         told: None,
+        told_op: None,
     };
     put(&live.id, &guest)?;
     audit::success(
@@ -768,8 +771,14 @@ pub fn remove(req: &Request, p: &Params) -> Reply {
     target.state = State::Removed;
     target.since = switchboard_sdk::now_ms();
     target.by = Some(me.id.clone());
+    // A caller who dialled in: their call ends with it.
+    if let Some(leg) = target.leg.take() {
+        match calls::hangup(&leg, calls::Cause::Normal) {
+            Ok(()) | Err(switchboard_sdk::Error::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     put(&live.id, &target)?;
-    hang_up_phones(&live.id)?;
     if target.kind == Kind::Guest {
         chat_remove(&live.space, &target.id)?;
     }
@@ -1148,6 +1157,7 @@ pub fn admit_pstn(
         leg,
         // On joining they hear whether it records: told of this one.
         told: live.recording.as_ref().map(|r| r.id.clone()),
+        told_op: None,
     };
     put(&live.id, &caller)?;
     audit::success(
@@ -1177,6 +1187,9 @@ pub fn pstn_gone(lid: &str, pid: &str, reason: &str) -> Result<(), ApiError> {
     };
     caller.state = State::Left;
     caller.since = switchboard_sdk::now_ms();
+    // Their call is over (or ends with the words being said): nothing
+    // of theirs is left to hang up.
+    caller.leg = None;
     put(lid, &caller)?;
     audit::success(
         "meeting.leave",
@@ -1189,7 +1202,7 @@ pub fn pstn_gone(lid: &str, pid: &str, reason: &str) -> Result<(), ApiError> {
 /// Callers told in one plugin call (each takes four call commands; the
 /// host takes 64 a call): the rest by the `tell-phones` timer.
 const TELL_BATCH: usize = 12;
-/// Callers hung up in one plugin call: the rest by `hang-up-phones`.
+/// Callers hung up in one plugin call: the rest by `hang-up-legs`.
 const HANG_UP_BATCH: usize = 50;
 /// Phone callers a session's bridge holds (the host's room size).
 pub const MAX_PHONES: usize = 64;
@@ -1212,7 +1225,7 @@ pub fn tell_phones(live: &Live) -> Result<(), ApiError> {
     for mut p in waiting.iter().take(TELL_BATCH).cloned() {
         let Some(leg) = p.leg.clone() else { continue };
         p.told = Some(rec.id.clone());
-        put(&live.id, &p)?;
+        p.told_op = None;
         let state = |op: String| {
             let s = model::DialState {
                 dial: model::Dial::Announcing {
@@ -1231,7 +1244,11 @@ pub fn tell_phones(live: &Live) -> Result<(), ApiError> {
                 let says = [calls::Prompt::Library("recording-started".into())];
                 calls::play(&leg, &says, false)
             })
-            .and_then(|op| calls::set_state(&leg, &state(op)));
+            .and_then(|op| {
+                p.told_op = Some(op.clone());
+                calls::set_state(&leg, &state(op))
+            });
+        put(&live.id, &p)?;
         match told {
             Ok(()) => {}
             // Joining still: the join path says it (it reads `told`).
@@ -1265,17 +1282,40 @@ pub fn hang_up_phones(lid: &str) -> Result<(), ApiError> {
         .collect();
     for mut p in gone.iter().take(HANG_UP_BATCH).cloned() {
         if let Some(leg) = p.leg.take() {
-            match calls::hangup(&leg, calls::Cause::Normal) {
-                Ok(()) | Err(switchboard_sdk::Error::NotFound(_)) => {}
-                Err(e) => return Err(e.into()),
-            }
+            hang_up_leg(&leg)?;
             put(lid, &p)?;
         }
     }
-    if gone.len() > HANG_UP_BATCH {
-        timers::schedule(Duration::ZERO, "hang-up-phones", lid.as_bytes())?;
+    // The rest by leg id: the records may be gone by then (a space
+    // deleted with its session).
+    let rest: Vec<&str> = gone
+        .iter()
+        .skip(HANG_UP_BATCH)
+        .filter_map(|p| p.leg.as_deref())
+        .collect();
+    if !rest.is_empty() {
+        timers::schedule(Duration::ZERO, "hang-up-legs", rest.join(",").as_bytes())?;
     }
     Ok(())
+}
+
+/// The `hang-up-legs` timer: legs of callers whose session is over.
+pub fn hang_up_legs(legs: &str) -> Result<(), ApiError> {
+    for leg in legs
+        .split(',')
+        .filter(|l| !l.is_empty())
+        .take(HANG_UP_BATCH)
+    {
+        hang_up_leg(leg)?;
+    }
+    Ok(())
+}
+
+fn hang_up_leg(leg: &str) -> Result<(), ApiError> {
+    match calls::hangup(leg, calls::Cause::Normal) {
+        Ok(()) | Err(switchboard_sdk::Error::NotFound(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// `POST /live/{id}/pstn/{pid}/leave` — the telephony plugin that brought

@@ -96,6 +96,10 @@ pub struct Participant {
     /// The recording a caller who dialled in was last told of (M9).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub told: Option<String>,
+    /// The play that tells them (while it is under way): only its end
+    /// takes the caller (back) into the bridge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub told_op: Option<String>,
 }
 
 /// Where a caller who dialled in stands, kept with their call leg

@@ -221,7 +221,13 @@ pub fn on_call(e: CallEvent) -> Result<(), Error> {
         CallEventKind::Played(p) if p.op == state.op && p.end != OpEnd::Hangup && alive => {
             played(&e, state, p.end)
         }
-        CallEventKind::Collected(c) if c.op == state.op && c.end != OpEnd::Hangup && alive => {
+        // A PIN keyed in full counts even when the caller hung up right
+        // after it (the lockout must see every try).
+        CallEventKind::Collected(c)
+            if c.op == state.op
+                && c.end != OpEnd::Hangup
+                && (alive || matches!(state.stage, Stage::AskPin { .. })) =>
+        {
             collected(&e, state.stage, &c.digits)
         }
         CallEventKind::Recorded(r) if r.op == state.op => {
