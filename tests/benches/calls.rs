@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use switchboard::harness::Harness;
 use switchboard::harness::calls::{CallRig, Phone, Signal};
 use switchboard::tenant::Limits;
-use switchboard_tests::load::{flood, pct};
+use switchboard_tests::load::{flood, row};
 use switchboard_tests::{component, manifest};
 
 const LIMIT: Duration = Duration::from_secs(10);
@@ -83,7 +83,7 @@ async fn run(rig: &CallRig, label: &str) {
         lat.push(t0.elapsed().as_secs_f64() * 1000.0);
         rig.hang_up(&leg);
     }
-    row(&format!("set-up, one ({label})"), lat, "");
+    row(&format!("set-up, one ({label})"), 26, lat, "");
     settle(rig).await;
 
     // Set-ups, 200 at once.
@@ -144,23 +144,12 @@ async fn run(rig: &CallRig, label: &str) {
     let heard = lat.len();
     row(
         &format!("key -> tone ({label})"),
+        26,
         lat,
         &format!("{heard}/100 heard"),
     );
     rig.hang_up(&leg);
     settle(rig).await;
-}
-
-fn row(name: &str, lat: Vec<f64>, note: &str) {
-    let max = lat.iter().copied().fold(0.0, f64::max);
-    println!(
-        "{:<26} {:>9.2} {:>9.2} {:>9.2} {:>12}",
-        name,
-        pct(lat.clone(), 0.5),
-        pct(lat, 0.99),
-        max,
-        note
-    );
 }
 
 /// Waits until every leg has left call control.

@@ -32,7 +32,7 @@ use switchboard::media::g711;
 use switchboard::runtime::{Method, Principal, Request};
 use switchboard::tenant::{Limits, Route};
 use switchboard_tests::ivr::{first_frame, wait_frame};
-use switchboard_tests::load::pct;
+use switchboard_tests::load::row;
 use switchboard_tests::{component, manifest};
 
 const LIMIT: Duration = Duration::from_secs(15);
@@ -128,18 +128,6 @@ async fn main() {
     deposits(&h, &rig, &bob).await;
 }
 
-fn row(name: &str, lat: Vec<f64>, note: &str) {
-    let max = lat.iter().copied().fold(0.0, f64::max);
-    println!(
-        "{:<34} {:>9.2} {:>9.2} {:>9.2} {:>14}",
-        name,
-        pct(lat.clone(), 0.5),
-        pct(lat, 0.99),
-        max,
-        note
-    );
-}
-
 /// The baseline: a fixture plays each key back.
 async fn key_to_tone(rig: &CallRig) {
     let mut phone = Phone::new().unwrap();
@@ -164,6 +152,7 @@ async fn key_to_tone(rig: &CallRig) {
     let n = lat.len();
     row(
         "key -> tone (fixture, baseline)",
+        34,
         lat,
         &format!("{n}/60 heard"),
     );
@@ -205,7 +194,7 @@ async fn menu_keys(rig: &CallRig) {
         rig.hang_up(&leg);
     }
     let n = lat.len();
-    row("menu key -> next prompt", lat, &format!("{n}/60 heard"));
+    row("menu key -> next prompt", 34, lat, &format!("{n}/60 heard"));
 }
 
 /// Calls that leave `frames` of speech for Bob and press `#`, all at once;
@@ -283,11 +272,17 @@ async fn deposits(h: &Harness, rig: &CallRig, bob: &str) {
         one.extend(lat);
     }
     let n = one.len();
-    row("deposit # -> stored, one", one, &format!("{n}/20 stored"));
+    row(
+        "deposit # -> stored, one",
+        34,
+        one,
+        &format!("{n}/20 stored"),
+    );
     let (lat, n) = leave(h, rig, bob, 40, 100).await;
     let slowest = lat.iter().copied().fold(0.0, f64::max);
     row(
         "deposit # -> stored, 40 at once",
+        34,
         lat,
         &format!("{n}/40 stored"),
     );

@@ -65,3 +65,21 @@ pub fn wav(rate: u32, channels: u16, ms: u32, value: i16) -> Vec<u8> {
     }
     out
 }
+
+/// Waits (up to `limit`) until `phone` hears a whole frame of one level
+/// (`linear`, as µ-law): an uploaded greeting or prompt of a constant
+/// level, as the tests make them.
+pub async fn hears_level(phone: &Phone, linear: i16, limit: Duration) -> bool {
+    let code = switchboard::media::g711::linear_to_ulaw(linear);
+    let end = Instant::now() + limit;
+    tokio::task::block_in_place(|| {
+        while Instant::now() < end {
+            match phone.next_audio(end - Instant::now(), 0) {
+                Some(f) if f.iter().all(|&b| b == code) => return true,
+                Some(_) => {}
+                None => return false,
+            }
+        }
+        false
+    })
+}

@@ -34,6 +34,20 @@ pub fn pct(mut v: Vec<f64>, p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p) as usize]
 }
 
+/// One latency row: `name`, p50, p99 and max (ms), and a note, in a
+/// column `width` wide.
+pub fn row(name: &str, width: usize, lat: Vec<f64>, note: &str) {
+    let max = lat.iter().copied().fold(0.0, f64::max);
+    println!(
+        "{:<width$} {:>9.2} {:>9.2} {:>9.2} {:>14}",
+        name,
+        pct(lat.clone(), 0.5),
+        pct(lat, 0.99),
+        max,
+        note
+    );
+}
+
 /// One report line: rate and p50/p99 latency.
 pub fn line(name: &str, rps: f64, lat: Vec<f64>) {
     println!(

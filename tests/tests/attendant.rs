@@ -11,7 +11,6 @@ use switchboard::admin::Op;
 use switchboard::call::types::{Principal, Request, Response, Role};
 use switchboard::harness::Harness;
 use switchboard::harness::calls::{CallRig, Phone, Signal};
-use switchboard::media::g711;
 use switchboard::runtime::Method;
 use switchboard::tenant::{Dialing, Limits, Restriction, Route};
 use switchboard_tests::accounts::{console, create_user};
@@ -454,15 +453,10 @@ async fn v4_a_caller_is_put_through_by_key_by_extension_to_a_mailbox_or_told_why
     // (the pbx plugin rings his phones).
     let mut caller = Phone::new().unwrap();
     let leg = a.ring(&mut caller).await;
-    let own = g711::linear_to_ulaw(3000);
-    let end = Instant::now() + WAIT;
-    loop {
-        let f = tokio::task::block_in_place(|| caller.next_audio(WAIT, 0)).expect("audio");
-        if f.iter().all(|&b| b == own) {
-            break;
-        }
-        assert!(Instant::now() < end, "the uploaded prompt never played");
-    }
+    assert!(
+        ivr::hears_level(&caller, 3000, WAIT).await,
+        "the uploaded prompt never played"
+    );
     answer(&mut caller, "welcome", "1").await;
     a.dialled(&format!("user:{}", a.bob)).await;
     a.rig.hang_up(&leg);

@@ -433,15 +433,10 @@ async fn v3_a_message_under_a_second_is_not_kept_and_keys_never_reach_a_mailbox(
     let leg = v
         .call(Some(&v.alice), "pbx", "201", "bob", &mut alice)
         .await;
-    let own = g711::linear_to_ulaw(4000);
-    let end = Instant::now() + WAIT;
-    loop {
-        let f = tokio::task::block_in_place(|| alice.next_audio(WAIT, 0)).expect("audio");
-        if f.iter().all(|&b| b == own) {
-            break;
-        }
-        assert!(Instant::now() < end, "Bob's own greeting never played");
-    }
+    assert!(
+        ivr::hears_level(&alice, 4000, WAIT).await,
+        "Bob's own greeting never played"
+    );
     alice.dial_keys("*9*").unwrap();
     assert!(hears(&alice, "beep").await);
     tokio::task::block_in_place(|| alice.dial_keys("*0")).unwrap();
@@ -850,15 +845,10 @@ async fn v2_greetings_upload_checked_converted_and_a_diversion_names_the_tenants
         )
         .await;
     // The temporary greeting plays while it lasts (2000 as µ-law).
-    let own = g711::linear_to_ulaw(2000);
-    let end = Instant::now() + WAIT;
-    loop {
-        let f = tokio::task::block_in_place(|| caller.next_audio(WAIT, 0)).expect("audio");
-        if f.iter().all(|&b| b == own) {
-            break;
-        }
-        assert!(Instant::now() < end, "the temporary greeting never played");
-    }
+    assert!(
+        ivr::hears_level(&caller, 2000, WAIT).await,
+        "the temporary greeting never played"
+    );
     v.rig.hang_up(&leg);
 }
 
