@@ -694,6 +694,30 @@ async fn v3_the_owner_listens_from_their_own_phone_saves_forwards_and_deletes() 
         .await;
     assert!(hears(&alice, "no-messages").await, "Alice's own mailbox");
     v.rig.hang_up(&leg);
+    // A tenant that wants the PIN from every phone: Bob's own phone is
+    // asked for the mailbox number like any other.
+    config(
+        &v.h,
+        "voicemail",
+        json!({ "own-device-without-pin": false }),
+    )
+    .await;
+    let mut bob = Phone::new().unwrap();
+    let leg = v
+        .rig
+        .ring_from(
+            Some(&v.bob),
+            "acme",
+            "voicemail",
+            "bob-desk",
+            "800",
+            b"",
+            &mut bob,
+        )
+        .await
+        .unwrap();
+    assert!(hears(&bob, "enter-mailbox").await, "the PIN is asked");
+    v.rig.hang_up(&leg);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -848,6 +872,38 @@ async fn v2_greetings_upload_checked_converted_and_a_diversion_names_the_tenants
     assert!(
         ivr::hears_level(&caller, 2000, WAIT).await,
         "the temporary greeting never played"
+    );
+    v.rig.hang_up(&leg);
+    // Once it has expired, the system's greeting is back (Bob has no
+    // busy one any more, nor an unavailable one).
+    let soon = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 1_500;
+    let r = v
+        .user(
+            &v.bob,
+            Method::Put,
+            &format!("/greetings/temporary?until_ms={soon}"),
+            &ivr::wav(8000, 1, 1200, 2000),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let mut caller = Phone::new().unwrap();
+    let leg = v
+        .call(
+            None,
+            "callflow",
+            "100",
+            &format!("divert:800:{}", v.bob),
+            &mut caller,
+        )
+        .await;
+    assert!(
+        hears(&caller, "is-busy").await,
+        "the system's busy greeting"
     );
     v.rig.hang_up(&leg);
 }
