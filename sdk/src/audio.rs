@@ -139,7 +139,7 @@ fn convert(
         }
         sum / i32::from(channels)
     };
-        let out_len = (frames as u64 * 8000 / u64::from(rate)) as usize;
+    let out_len = (frames as u64 * 8000 / u64::from(rate)) as usize;
     if out_len == 0 {
         // Less than one sample at 8 kHz (found by fuzzing).
         return refuse("the file holds no audio");
@@ -282,7 +282,7 @@ mod tests {
         assert!(refused(&wav(1, 24, 1, 8000, &[0; 60])).contains("24-bit"));
         assert!(refused(&wav(1, 16, 6, 8000, &[0; 64])).contains("channels"));
         assert!(refused(&wav(1, 16, 1, 96_000, &[0; 64])).contains("96000 Hz"));
-                assert!(refused(&wav(1, 16, 1, 8000, &[])).contains("no audio"));
+        assert!(refused(&wav(1, 16, 1, 8000, &[])).contains("no audio"));
         // One frame at 48 kHz is less than one sample at 8 kHz.
         assert!(refused(&wav(1, 16, 1, 48_000, &[1, 0])).contains("no audio"));
         assert!(to_8k_mono(&ok, 50).unwrap_err().0.contains("at most"));
