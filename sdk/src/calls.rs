@@ -66,6 +66,11 @@ pub fn stop(op: &str) -> Result<(), Error> {
     crate::tx::note(raw::stop(op))
 }
 
+/// Ends a leg's play and every play queued behind it.
+pub fn stop_plays(leg: &str) -> Result<(), Error> {
+    crate::tx::note(raw::stop_plays(leg))
+}
+
 /// Records an answered leg (what it says and hears) into a new blob of
 /// this plugin; returns the operation that `recorded` will name, with the
 /// blob.

@@ -394,6 +394,12 @@ pub fn unbridge(ctx: &mut CallCtx, t: &State, id: &str) -> Result<(), CapError> 
     queue(ctx, t, Command::Unbridge(id.to_string()))
 }
 
+/// Ends a leg's play and the ones queued behind it.
+pub fn stop_plays(ctx: &mut CallCtx, t: &State, id: &str) -> Result<(), CapError> {
+    leg(ctx, t, id)?;
+    queue(ctx, t, Command::StopPlays(id.to_string()))
+}
+
 /// Longest room name.
 pub const MAX_ROOM_NAME: usize = 64;
 
@@ -994,6 +1000,10 @@ impl twit::calls::Host for View<'_, State> {
 
     fn unbridge(&mut self, leg: String) -> WitResult<()> {
         wrap(unbridge(self.call, self.state, &leg))
+    }
+
+    fn stop_plays(&mut self, leg: String) -> WitResult<()> {
+        wrap(stop_plays(self.call, self.state, &leg))
     }
 
     fn join(&mut self, leg: String, room: String) -> WitResult<()> {

@@ -95,6 +95,8 @@ pub enum Command {
         opts: CollectOpts,
     },
     Stop(String),
+    /// Ends the leg's play and the queued ones.
+    StopPlays(String),
     Bridge(String, String),
     Unbridge(String),
     Join {
@@ -1173,6 +1175,11 @@ impl Table {
             Command::Unbridge(id) => {
                 if self.lookup(tenant, plugin, &id).is_some() {
                     actions = self.unbridge(&id, now);
+                }
+            }
+            Command::StopPlays(id) => {
+                if self.lookup(tenant, plugin, &id).is_some() {
+                    actions = self.stop_plays(&id, OpEnd::Stopped, true, now);
                 }
             }
             Command::Join { leg, room } => {
@@ -2254,6 +2261,47 @@ mod tests {
         assert_eq!(
             kinds(&mut t, "offered", OFFER_LIMIT_MS).last(),
             Some(&CallEventKind::Ended(Cause::NoAnswer))
+        );
+    }
+
+    #[test]
+    fn stop_plays_ends_the_playing_prompt_and_the_queued_ones() {
+        let mut t = Table::default();
+        t.offer("l".into(), &inbound(), 1, 0);
+        answered(&mut t, "l", 0);
+        let play = |op: &str| Command::Play {
+            leg: "l".into(),
+            op: op.into(),
+            items: vec![Prompt::Tone {
+                tone: ToneName::Ringback,
+                ms: 60_000,
+            }],
+            barge_in: false,
+        };
+        t.command(T, P, play("p1"), 0);
+        t.command(T, P, play("p2"), 0);
+        // Another plugin's leg id is nobody's business here.
+        assert!(
+            t.command(T, "other", Command::StopPlays("l".into()), 5)
+                .is_empty()
+        );
+        let acts = t.command(T, P, Command::StopPlays("l".into()), 10);
+        assert!(matches!(acts[..], [Action::StopPlay(1)]), "{acts:?}");
+        let got = kinds(&mut t, "l", 10);
+        for op in ["p1", "p2"] {
+            assert!(
+                got.contains(&CallEventKind::Played {
+                    op: op.into(),
+                    end: OpEnd::Stopped
+                }),
+                "{op}: {got:?}"
+            );
+        }
+        // Nothing is left to start: a new play starts at once.
+        let next = t.command(T, P, play("p3"), 20);
+        assert!(
+            matches!(next[..], [Action::Play { media: 1, .. }]),
+            "{next:?}"
         );
     }
 

@@ -47,6 +47,20 @@
 //!
 //! State lives on the legs (`set-state`), so the plugin keeps no table of
 //! calls: the caller's leg knows its callee leg and the other way round.
+//!
+//! Call recording under the tenant's policy (`policy`, `record`): calls
+//! of chosen users or numbers recorded always or on demand (a code keyed
+//! on the phone, or `POST /calls/{call}/recording`), announced to every
+//! party, paused and resumed without a trace of the paused audio, sealed
+//! into the `recording` plugin (`docs/call-recording.md`).
+//!
+//! | module | what |
+//! |---|---|
+//! | `record` | recording a call: start, announce, codes, pause, hand-over |
+//! | `policy` | the tenant's recording policy and its admin API |
+
+mod policy;
+mod record;
 
 use serde::{Deserialize, Serialize};
 use switchboard_sdk::calls::{
@@ -54,7 +68,9 @@ use switchboard_sdk::calls::{
     LegState, Prompt, Tone,
 };
 use switchboard_sdk::http::{self, ApiError, Params, RequestExt as _, Router};
-use switchboard_sdk::{Error, Plugin, PrincipalKind, Request, Response, config, identity, kv};
+use switchboard_sdk::{
+    Error, Plugin, PrincipalKind, Request, Response, TimerEvent, config, identity, kv, tx,
+};
 
 struct Pbx;
 
@@ -495,8 +511,26 @@ fn give_up(caller: &str, cause: Cause) -> Result<(), Error> {
     calls::hangup(caller, cause)
 }
 
+/// The call a leg is part of: the caller's leg names it.
+fn call_of(leg: &str, role: &Role) -> Option<String> {
+    match role {
+        Role::Caller { .. } => Some(leg.to_string()),
+        Role::Callee { caller, .. } => Some(caller.clone()),
+        Role::Code { .. } | Role::Transferred => None,
+    }
+}
+
 fn on_call(e: &CallEvent) -> Result<(), Error> {
     let leg = e.leg.as_str();
+    if let (CallEventKind::Ended(_), Some(role)) = (&e.kind, state_of(e))
+        && let Some(call) = call_of(leg, &role)
+    {
+        let user = match &role {
+            Role::Callee { user, .. } => user.clone(),
+            _ => e.snapshot.user.clone().unwrap_or_default(),
+        };
+        record::ended(&call, leg, &user)?;
+    }
     match (&e.kind, state_of(e)) {
         (CallEventKind::Offered(args), _) => {
             let wanted = String::from_utf8_lossy(args).trim().to_string();
@@ -563,13 +597,32 @@ fn on_call(e: &CallEvent) -> Result<(), Error> {
                 leg,
                 &Role::Callee {
                     caller: caller.clone(),
-                    user,
+                    user: user.clone(),
                     forwarded,
                     answered: true,
                 },
             )?;
+            // A recorded call: the parties hear that first.
+            if record::answered(&caller, leg, &user)? {
+                return Ok(());
+            }
             calls::bridge(leg, &caller)
         }
+        (CallEventKind::Played(p), Some(role)) => match call_of(leg, &role) {
+            Some(call) => record::played(&call, leg, &p.op),
+            None => Ok(()),
+        },
+        (CallEventKind::Digit(k), Some(role)) => {
+            let user = match &role {
+                Role::Callee { user, .. } => user.clone(),
+                _ => e.snapshot.user.clone().unwrap_or_default(),
+            };
+            match (call_of(leg, &role), k.chars().next()) {
+                (Some(call), Some(key)) => record::pressed(&call, leg, &user, key, e.at_ms),
+                _ => Ok(()),
+            }
+        }
+        (CallEventKind::Recorded(r), _) => record::recorded(leg, r),
         (
             CallEventKind::Ended(cause),
             Some(Role::Callee {
@@ -627,14 +680,30 @@ fn on_call(e: &CallEvent) -> Result<(), Error> {
 
 impl Plugin for Pbx {
     fn handle(request: Request) -> Response {
-        Router::new()
+        let mut response = Router::new()
             .get("/forward", forward_show)
             .put("/forward", forward_set)
-            .handle(&request)
+            .get("/calls", record::list)
+            .post("/calls/:call/recording", record::control)
+            .get("/admin/recording", policy::show)
+            .put("/admin/recording", policy::set)
+            .put("/admin/recording/announcement", policy::upload)
+            .delete("/admin/recording/announcement", policy::remove)
+            .handle(&request);
+        tx::finish(&mut response);
+        response
     }
 
     fn on_call(e: CallEvent) -> Result<(), String> {
         on_call(&e).map_err(|err| code(&err))
+    }
+
+    fn on_timer(timer: TimerEvent) -> Result<(), String> {
+        match timer.name.as_str() {
+            "feed" => record::feed(&String::from_utf8_lossy(&timer.payload)),
+            _ => Ok(()),
+        }
+        .map_err(|err| code(&err))
     }
 }
 

@@ -139,9 +139,35 @@ pub fn managed(req: &Request, rid: &str) -> Result<Recording, ApiError> {
     }
 }
 
-/// The recording, for its initiator only (pause, resume, stop: SPEC M9).
+/// Whether only the plugin that started `rec` controls it: a call
+/// recording, which follows the call's media there (pausing it here
+/// would not stop the audio).
+pub fn by_plugin_only(rec: &Recording) -> bool {
+    rec.owner_plugin.is_some() && rec.source.kind == SourceKind::Call
+}
+
+pub fn plugin_only_error() -> ApiError {
+    ApiError::new(
+        403,
+        "via_calls_plugin",
+        "a call recording is paused, resumed and stopped through the plugin that records the call",
+    )
+}
+
+/// The recording, for its initiator only (pause, resume, stop: SPEC M9);
+/// a call recording for the plugin that records the call only.
 pub fn initiator_only(req: &Request, rid: &str, what: &str) -> Result<Recording, ApiError> {
-    let rec = visible(req, rid)?;
+    let rec = managed(req, rid)?;
+    if by_plugin_only(&rec) {
+        return if by_owner(req, &rec) {
+            Ok(rec)
+        } else {
+            Err(plugin_only_error())
+        };
+    }
+    if !may_access(req, &rec) {
+        return Err(not_found());
+    }
     if req.principal.user.as_deref() != Some(rec.initiator.as_str()) {
         return Err(ApiError::new(
             403,

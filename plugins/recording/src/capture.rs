@@ -13,11 +13,11 @@ use std::collections::BTreeSet;
 use serde::Deserialize;
 use serde_json::json;
 use switchboard_sdk::http::{self, ApiError, Params, RequestExt as _};
-use switchboard_sdk::{Error, PrincipalKind, Request, blobs, config, crypto, kv, tx};
+use switchboard_sdk::{Error, PrincipalKind, Request, blobs, config, crypto, identity, kv, tx};
 
 use crate::access::{
-    MAX_PARTICIPANTS, active_ns, announce, audience, audit_ok, by_owner, initiator_only, managed,
-    participant, save, valid_source, view, visible,
+    MAX_PARTICIPANTS, active_ns, announce, audience, audit_ok, by_owner, by_plugin_only,
+    initiator_only, managed, participant, plugin_only_error, save, valid_source, view,
 };
 use crate::model::{self, Chunk, Pause, Recording, Source, SourceKind, State};
 use crate::seal::{chain_next, genesis, seal, unhex};
@@ -33,6 +33,13 @@ struct Start {
     title: Option<String>,
     #[serde(default)]
     content_type: Option<String>,
+    /// A call recording a plugin starts (`pbx`, from its call events or
+    /// for a user): the user (id) it belongs to: initiator, owner, quota.
+    #[serde(default)]
+    owner: Option<String>,
+    /// With `owner`: the tenant policy it is recorded under.
+    #[serde(default)]
+    policy: Option<String>,
 }
 
 /// Opens a recording of a source. The caller is its initiator and owner.
@@ -40,17 +47,29 @@ struct Start {
 /// participants (users or guests); a user starting one directly names
 /// users of the tenant. One recording runs per source at a time.
 pub fn start(req: &Request, _: &Params) -> Reply {
-    let me = req.user()?.to_string();
-    if req.principal.kind != PrincipalKind::Registered {
-        return Err(ApiError::new(
-            403,
-            "registered_only",
-            "only registered users start recordings",
-        ));
-    }
     let body: Start = req.json()?;
     let source = body.source;
     valid_source(&source)?;
+    let me = match body.owner.as_deref() {
+        Some(owner) => call_owner(req, &source, owner, body.policy.as_deref())?,
+        None if body.policy.is_some() => {
+            return Err(ApiError::bad_request(
+                "invalid_policy",
+                "a policy goes with an owner",
+            ));
+        }
+        None => {
+            let me = req.user()?.to_string();
+            if req.principal.kind != PrincipalKind::Registered {
+                return Err(ApiError::new(
+                    403,
+                    "registered_only",
+                    "only registered users start recordings",
+                ));
+            }
+            me
+        }
+    };
     if source.kind == SourceKind::Meeting && req.caller_plugin.is_none() {
         return Err(ApiError::new(
             403,
@@ -119,6 +138,7 @@ pub fn start(req: &Request, _: &Params) -> Reply {
         title,
         initiator: me.clone(),
         owner_plugin: req.caller_plugin.clone(),
+        policy: body.policy,
         participants: participants.into_iter().collect(),
         content_type: content_type.to_ascii_lowercase(),
         state: State::Recording,
@@ -148,6 +168,39 @@ pub fn start(req: &Request, _: &Params) -> Reply {
     )?;
     announce(&rec, "recording.started")?;
     Ok(http::json(201, &view(req, &rec)))
+}
+
+/// The initiator of a call recording a plugin starts on a user's behalf
+/// (SPEC R1, R5): only a plugin names one (it vouches, as for
+/// participants), only for a call, and only an active user of the tenant
+/// (their quota holds the media).
+fn call_owner(
+    req: &Request,
+    source: &Source,
+    owner: &str,
+    policy: Option<&str>,
+) -> Result<String, ApiError> {
+    if req.caller_plugin.is_none() || source.kind != SourceKind::Call {
+        return Err(ApiError::new(
+            403,
+            "owner_via_plugin",
+            "only a calls plugin names the owner of a call recording",
+        ));
+    }
+    if !matches!(policy, Some("always" | "on_demand")) {
+        return Err(ApiError::bad_request(
+            "invalid_policy",
+            "a call recording's policy is always or on_demand",
+        ));
+    }
+    http::check_user_id(owner)?;
+    match identity::lookup_user(owner)? {
+        Some(u) if u.active => Ok(u.id),
+        _ => Err(ApiError::bad_request(
+            "unknown_user",
+            format!("no active user {owner:?} in this tenant"),
+        )),
+    }
 }
 
 pub fn pause(req: &Request, p: &Params) -> Reply {
@@ -239,8 +292,11 @@ pub fn stop(req: &Request, p: &Params) -> Reply {
 /// answer) is acknowledged if identical; anything else is refused. An
 /// optional `X-Chunk-SHA256` header is checked against the body.
 pub fn upload_chunk(req: &Request, p: &Params) -> Reply {
-    let mut rec = visible(req, param(p, "rid"))?;
-    if req.principal.user.as_deref() != Some(rec.initiator.as_str()) {
+    let mut rec = managed(req, param(p, "rid"))?;
+    if by_plugin_only(&rec) && !by_owner(req, &rec) {
+        return Err(plugin_only_error());
+    }
+    if !by_owner(req, &rec) && req.principal.user.as_deref() != Some(rec.initiator.as_str()) {
         return Err(ApiError::new(
             403,
             "not_initiator",

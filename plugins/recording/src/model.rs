@@ -100,6 +100,12 @@ pub struct Recording {
     /// The plugin that started it for its user (e.g. `meetings`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_plugin: Option<String>,
+    /// For a call recorded by the calls plugin (`pbx`): the tenant policy
+    /// it was started under, `always` or `on_demand`. Only that plugin
+    /// pauses, resumes, stops and feeds a call recording; one recorded
+    /// `always` is deleted by tenant admins only, never by its initiator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
     pub participants: Vec<String>,
     pub content_type: String,
     pub state: State,

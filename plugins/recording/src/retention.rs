@@ -22,11 +22,21 @@ use crate::{Reply, param, setting_bool, source_address};
 /// started it.
 pub fn delete(req: &Request, p: &Params) -> Reply {
     let mut rec = managed(req, param(p, "rid"))?;
-    let is_initiator = req.principal.user.as_deref() == Some(rec.initiator.as_str());
+    // A call recorded under an `always` policy is the tenant's record:
+    // its initiator (the recorded user) does not delete it.
+    let is_initiator = req.principal.user.as_deref() == Some(rec.initiator.as_str())
+        && rec.policy.as_deref() != Some("always");
     let is_admin = req.is_admin()
         && req.principal.kind == PrincipalKind::Registered
         && setting_bool("admins-may-access");
     if !(by_owner(req, &rec) || is_initiator || is_admin) {
+        if req.principal.user.as_deref() == Some(rec.initiator.as_str()) {
+            return Err(ApiError::new(
+                403,
+                "kept_by_policy",
+                "this call was recorded under the tenant's policy: only tenant admins delete it",
+            ));
+        }
         return Err(ApiError::forbidden(
             "recordings are deleted by their initiator, a tenant admin or the plugin that started them",
         ));
