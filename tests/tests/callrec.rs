@@ -310,6 +310,17 @@ async fn r3_a_call_recorded_always_is_announced_paused_without_a_trace_and_seale
     r.recording(&r.bob, &a, "recording").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     talk(&mut alice, AFTER, 50).await;
+    // The watch over the call finds it going on (as if five minutes had
+    // passed) and keeps the recording running.
+    let now = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    assert!(r.h.runtime().fire_timers_due_by(now + 301_000).await >= 1);
+    r.recording(&r.bob, &a, "recording").await;
     // Neither party stops it: the policy records to the end.
     keys(&mut alice, "*1").await;
     keys(&mut bob, "*1").await;

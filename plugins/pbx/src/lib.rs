@@ -701,6 +701,7 @@ impl Plugin for Pbx {
     fn on_timer(timer: TimerEvent) -> Result<(), String> {
         match timer.name.as_str() {
             "feed" => record::feed(&String::from_utf8_lossy(&timer.payload)),
+            "watch" => record::watch(&String::from_utf8_lossy(&timer.payload)),
             _ => Ok(()),
         }
         .map_err(|err| code(&err))

@@ -42,6 +42,9 @@ const MIN_CHUNK: u32 = 16 << 10;
 const CHUNKS_PER_TURN: u32 = 4;
 /// How long after a `*` its digit counts as a code.
 const CODE_MS: u64 = 3_000;
+/// How often a recorded call is looked at, in case the server stopped
+/// under it (no `recorded` will ever come).
+const WATCH: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// A call being recorded, under `rec/{call}` (`call` is the caller's
 /// leg, the one recorded).
@@ -315,6 +318,7 @@ fn start(call: &str, other: &str, s: Start, policy: &Policy) -> Result<CallRec, 
         feeding: None,
     };
     save(call, &rec)?;
+    switchboard_sdk::timers::schedule(WATCH, "watch", call.as_bytes())?;
     audit::success(
         "pbx.recording.start",
         &format!("call/{call}"),
@@ -541,6 +545,42 @@ pub fn recorded(leg: &str, r: &Recorded) -> Result<(), Error> {
     });
     rec.announcing.clear();
     feed_turn(leg, rec)
+}
+
+/// The watch over a recorded call: while its leg is there, again later;
+/// a leg gone without its recording handed over (the server stopped
+/// mid-call, and with it the host's recording) closes the recording with
+/// what it holds (nothing), audited as lost.
+pub fn watch(call: &str) -> Result<(), Error> {
+    let Some(rec) = load(call)? else {
+        return Ok(());
+    };
+    if rec.feeding.is_some() {
+        return Ok(());
+    }
+    match calls::get_leg(call) {
+        Err(Error::NotFound(_)) => {}
+        Ok(_) => {
+            switchboard_sdk::timers::schedule(WATCH, "watch", call.as_bytes())?;
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    }
+    let path = format!("/recordings/{}/stop", rec.rid);
+    let r = plugins::call(RECORDING, Method::Post, &path, b"")?;
+    if r.status >= 500 {
+        return Err(Error::Internal(format!(
+            "the recording plugin failed to seal ({})",
+            r.status
+        )));
+    }
+    kv::delete(key(call))?;
+    audit::append(
+        "pbx.recording.lost",
+        &format!("call/{call}"),
+        audit::Outcome::Failure,
+        &json!({ "recording": rec.rid, "why": "the call's recording ended without its audio (the server stopped)" }).to_string(),
+    )
 }
 
 /// A timer carries on handing over a long call's audio.
