@@ -126,8 +126,8 @@ impl Rig {
         assert_eq!(r.status, 200, "{}", r.text());
     }
 
-    /// Alice's desk calls `number` (routed to pbx for `args`); Bob's and
-    /// Carol's phones answer when rung. Alice's leg and the leg rung.
+    /// Alice's desk calls `number` (routed to pbx for `args`); the rung
+    /// user's phone `callee` answers. Alice's leg and the leg rung.
     async fn call(
         &self,
         number: &str,
@@ -140,14 +140,7 @@ impl Rig {
         } else {
             &self.carol
         };
-        self.rig.directory(&format!("user:{user}"), callee).unwrap();
-        let to = format!("user:{user}");
-        let dialled = |s: &[Signal]| {
-            s.iter()
-                .filter(|x| matches!(x, Signal::Dialled(_, n) if *n == to))
-                .count()
-        };
-        let before = dialled(&self.rig.signals());
+        let rung = self.ringing(user, callee);
         let a = self
             .rig
             .ring_from(
@@ -161,7 +154,30 @@ impl Rig {
             )
             .await
             .unwrap();
-        // This call's dial, not an earlier one's.
+        (a, self.rung(user, callee, rung).await)
+    }
+
+    /// Has `phone` answer when `user` is rung next; how many times they
+    /// were rung so far.
+    fn ringing(&self, user: &str, phone: &Phone) -> usize {
+        self.rig.directory(&format!("user:{user}"), phone).unwrap();
+        let to = format!("user:{user}");
+        self.rig
+            .signals()
+            .iter()
+            .filter(|x| matches!(x, Signal::Dialled(_, n) if *n == to))
+            .count()
+    }
+
+    /// The leg of `user`'s next ring (after `before`), answered by
+    /// `phone`, which then sends to where the host takes its media.
+    async fn rung(&self, user: &str, phone: &mut Phone, before: usize) -> String {
+        let to = format!("user:{user}");
+        let dialled = |s: &[Signal]| {
+            s.iter()
+                .filter(|x| matches!(x, Signal::Dialled(_, n) if *n == to))
+                .count()
+        };
         let signals = self
             .rig
             .wait_for(WAIT, |s| dialled(s) > before)
@@ -175,7 +191,6 @@ impl Rig {
                 _ => None,
             })
             .unwrap();
-        // The callee's phone sends to where the host takes its media.
         let end = Instant::now() + WAIT;
         let host = loop {
             if let Some(addr) = self.rig.host_media_of(&b) {
@@ -184,8 +199,8 @@ impl Rig {
             assert!(Instant::now() < end, "{b} never answered");
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
-        callee.connect(host);
-        (a, b)
+        phone.connect(host);
+        b
     }
 
     async fn bridged(&self, a: &str, b: &str) {
@@ -239,6 +254,25 @@ impl Rig {
         }
     }
 
+    /// How many recordings of call `call` that `user` sees are in `state`.
+    async fn recording_count(&self, user: &str, call: &str, state: &str) -> usize {
+        let r = self
+            .user(
+                user,
+                "recording",
+                Method::Get,
+                &format!("/recordings?source=call:{call}"),
+                Value::Null,
+            )
+            .await;
+        r.json().unwrap()["recordings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| x["state"] == state)
+            .count()
+    }
+
     fn audits(&self, action: &str) -> Vec<switchboard::audit::Entry> {
         self.h
             .runtime()
@@ -249,6 +283,16 @@ impl Rig {
             .filter(|e| e.action == action)
             .collect()
     }
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
 }
 
 /// Sends `frames` 20 ms frames of one level, paced in real time.
@@ -312,14 +356,7 @@ async fn r3_a_call_recorded_always_is_announced_paused_without_a_trace_and_seale
     talk(&mut alice, AFTER, 50).await;
     // The watch over the call finds it going on (as if five minutes had
     // passed) and keeps the recording running.
-    let now = u64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap();
-    assert!(r.h.runtime().fire_timers_due_by(now + 301_000).await >= 1);
+    assert!(r.h.runtime().fire_timers_due_by(now_ms() + 301_000).await >= 1);
     r.recording(&r.bob, &a, "recording").await;
     // Neither party stops it: the policy records to the end.
     keys(&mut alice, "*1").await;
@@ -625,6 +662,35 @@ async fn r1_on_demand_recording_by_code_and_api_as_the_policy_allows_silently_on
         )
         .await;
     assert_eq!(del.status, 200, "{}", del.text());
+    // Started and stopped again at once, during the announcement: the
+    // parties are bridged again all the same.
+    let on = r
+        .user(
+            &r.alice,
+            "pbx",
+            Method::Post,
+            &path,
+            json!({ "action": "start" }),
+        )
+        .await;
+    assert_eq!(on.status, 200, "{}", on.text());
+    let off = r
+        .user(
+            &r.alice,
+            "pbx",
+            Method::Post,
+            &path,
+            json!({ "action": "stop" }),
+        )
+        .await;
+    assert_eq!(off.status, 200, "{}", off.text());
+    let end = Instant::now() + WAIT;
+    // (The first was deleted: shredded.)
+    while r.recording_count(&r.alice, &a, "stopped").await < 1 {
+        assert!(Instant::now() < end, "the second recording was not sealed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    r.bridged(&a, &b).await;
     r.rig.hang_up(&a);
     // A silent policy records without a word, and says so in the audit.
     r.policy(json!({ "on_demand": { "users": ["alice"] }, "silent": true }))
@@ -699,4 +765,133 @@ async fn r1_on_demand_recording_by_code_and_api_as_the_policy_allows_silently_on
     assert_eq!(theirs.status, 404);
     r.rig.hang_up(&a2);
     r.recording(&r.alice, &a2, "stopped").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r5_a_transfer_ends_the_recording_and_the_new_pair_is_weighed_afresh() {
+    let r = rig().await;
+    r.policy(json!({ "always": { "users": ["bob", "carol"] }, "max_pause_seconds": 10 }))
+        .await;
+    let (mut alice, mut bob, mut carol) = (
+        Phone::new().unwrap(),
+        Phone::new().unwrap(),
+        Phone::new().unwrap(),
+    );
+    let (a, b) = r.call("201", "bob", &mut alice, &mut bob).await;
+    assert!(ivr::hears(&bob, "recording-on", WAIT).await);
+    r.bridged(&a, &b).await;
+    let first = r.recording(&r.bob, &a, "recording").await;
+    let first_id = first["id"].as_str().unwrap().to_string();
+    // A pause ends by itself at the policy's longest (10 s here; the
+    // timer is fired as if they had passed), audited as the policy's.
+    keys(&mut bob, "*2").await;
+    r.recording(&r.bob, &a, "paused").await;
+    r.h.runtime().fire_timers_due_by(now_ms() + 11_000).await;
+    r.recording(&r.bob, &a, "recording").await;
+    let resumed = r.audits("pbx.recording.resume");
+    assert!(
+        resumed[0].details.contains("longest pause"),
+        "{}",
+        resumed[0].details
+    );
+    // Bob transfers Alice to Carol: his recording ends with his part,
+    // sealed and intact.
+    let rung = r.ringing(&r.carol, &carol);
+    r.rig.transfer(&b, "202").await.unwrap();
+    let c = r.rung(&r.carol, &mut carol, rung).await;
+    let end = Instant::now() + WAIT;
+    loop {
+        let got = r
+            .user(
+                &r.bob,
+                "recording",
+                Method::Get,
+                &format!("/recordings/{first_id}"),
+                Value::Null,
+            )
+            .await;
+        if got.json().unwrap()["state"] == "stopped" {
+            break;
+        }
+        assert!(Instant::now() < end, "the first recording was not sealed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let verify = r
+        .user(
+            &r.bob,
+            "recording",
+            Method::Get,
+            &format!("/recordings/{first_id}/verify"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(verify.json().unwrap()["intact"], true, "{}", verify.text());
+    // Alice and Carol: Carol's calls are recorded always too, so a new
+    // recording, hers, announced to both before they talk.
+    assert!(
+        ivr::hears(&carol, "recording-on", WAIT).await,
+        "Carol is told"
+    );
+    assert!(
+        ivr::hears(&alice, "recording-on", WAIT).await,
+        "Alice is told again"
+    );
+    r.bridged(&a, &c).await;
+    let end = Instant::now() + WAIT;
+    let second = loop {
+        let got = r
+            .user(
+                &r.carol,
+                "recording",
+                Method::Get,
+                &format!("/recordings?source=call:{a}"),
+                Value::Null,
+            )
+            .await;
+        let list = got.json().unwrap()["recordings"].clone();
+        if let Some(x) = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["state"] == "recording")
+        {
+            break x.clone();
+        }
+        assert!(Instant::now() < end, "no second recording: {list}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let second_id = second["id"].as_str().unwrap().to_string();
+    assert_eq!(second["initiator"], json!(r.carol));
+    // Bob, gone from the call, reaches none of it: not the new
+    // recording, not the call's controls, not his list of calls.
+    let his = r
+        .user(
+            &r.bob,
+            "recording",
+            Method::Get,
+            &format!("/recordings/{second_id}"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(his.status, 404);
+    let ctl = r
+        .user(
+            &r.bob,
+            "pbx",
+            Method::Post,
+            &format!("/calls/{a}/recording"),
+            json!({ "action": "pause" }),
+        )
+        .await;
+    assert_eq!(ctl.status, 404, "{}", ctl.text());
+    let calls = r
+        .user(&r.bob, "pbx", Method::Get, "/calls", Value::Null)
+        .await;
+    assert_eq!(calls.json().unwrap()["calls"], json!([]));
+    // Carol's keys work on her call; Bob's old keys do nothing.
+    keys(&mut carol, "*2").await;
+    r.recording(&r.carol, &a, "paused").await;
+    r.rig.hang_up(&a);
+    let sealed = r.recording(&r.carol, &a, "stopped").await;
+    assert_eq!(sealed["id"], json!(second_id));
 }

@@ -116,6 +116,11 @@ enum Role {
         forwarded: bool,
         #[serde(default)]
         answered: bool,
+        /// The user the call was placed for when it rings a number (a
+        /// forward to a mobile): still their call to the recording
+        /// policy.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        for_user: String,
     },
     /// A caller's leg keying in an account code for a call out to `to`.
     Code { to: String, user: Option<String> },
@@ -219,6 +224,7 @@ struct Ring<'a> {
 /// Places the call; returns the new leg (the caller's state names it).
 fn ring(r: Ring<'_>) -> Result<String, Error> {
     let ring_s: u32 = config::get("ring-seconds").unwrap_or(20);
+    let for_user = r.for_user.clone().unwrap_or_default();
     let opts = DialOpts {
         purpose: r.purpose,
         on_behalf_of: r.for_user.filter(|u| !u.is_empty()),
@@ -230,6 +236,7 @@ fn ring(r: Ring<'_>) -> Result<String, Error> {
             // A forward, or a call to a number, is never forwarded again.
             forwarded: r.purpose == DialPurpose::Forward || r.user.is_empty(),
             answered: false,
+            for_user,
         })
         .unwrap_or_default(),
         account_code: r.account_code,
@@ -389,12 +396,31 @@ fn transfer(e: &CallEvent, role: Option<Role>, to: &str) -> Result<(), Error> {
     let Some(peer) = peer else {
         return calls::decline_transfer(leg, Cause::Rejected);
     };
+    // The call the transfer changes, and who leaves it.
+    let call = role.as_ref().and_then(|r| call_of(leg, r));
+    let leaving = match &role {
+        Some(Role::Callee { user, .. }) => user.clone(),
+        _ => me.user.clone().unwrap_or_default(),
+    };
     let target = match resolve(to, false) {
         Ok(Target::Elsewhere(number)) => {
             // To another plugin's number: the other party goes there
-            // (first: a number that plugin cannot take is declined).
+            // (first: a number that plugin cannot take is declined). A
+            // recorded party goes once its recording has ended.
+            if call.as_deref() == Some(peer.id.as_str())
+                && record::transferring(&peer.id, Some(&number))?
+            {
+                if let Some(c) = &call {
+                    record::left(c, leg, &leaving)?;
+                }
+                set(leg, &Role::Transferred)?;
+                return calls::hangup(leg, Cause::Normal);
+            }
             return match calls::hand_off(&peer.id, &number) {
                 Ok(()) => {
+                    if let Some(c) = &call {
+                        record::left(c, leg, &leaving)?;
+                    }
                     set(leg, &Role::Transferred)?;
                     calls::hangup(leg, Cause::Normal)
                 }
@@ -431,6 +457,17 @@ fn transfer(e: &CallEvent, role: Option<Role>, to: &str) -> Result<(), Error> {
     });
     match placed {
         Ok(_) => {
+            if let Some(c) = &call {
+                // A recorded call's recording ends with the transfer (its
+                // owner may be the one leaving); the new pair is weighed
+                // afresh. The party who stays takes their user along.
+                if *c == peer.id {
+                    record::transferring(c, None)?;
+                } else {
+                    record::carry(c, &peer.id)?;
+                }
+                record::left(c, leg, &leaving)?;
+            }
             set(leg, &Role::Transferred)?;
             calls::hangup(leg, Cause::Normal)?;
             calls::play(&peer.id, &[calls::tone(Tone::Ringback, RINGBACK_MS)], false)?;
@@ -460,6 +497,13 @@ fn attended(leg: &str, other: &str) -> Result<(), Error> {
         // The phone's two calls are each other's: nothing to join.
         return calls::decline_transfer(leg, Cause::Rejected);
     }
+    // A call being recorded is not joined with another (its recording's
+    // owner and announcement would not follow): declined.
+    for l in [leg, other, a.id.as_str(), c.id.as_str()] {
+        if record::load(l)?.is_some() {
+            return calls::decline_transfer(leg, Cause::Rejected);
+        }
+    }
     // The two parties are each other's now: either hanging up ends the
     // other.
     set(
@@ -475,6 +519,7 @@ fn attended(leg: &str, other: &str) -> Result<(), Error> {
             user: String::new(),
             forwarded: true,
             answered: true,
+            for_user: String::new(),
         },
     )?;
     for l in [leg, other] {
@@ -522,14 +567,16 @@ fn call_of(leg: &str, role: &Role) -> Option<String> {
 
 fn on_call(e: &CallEvent) -> Result<(), Error> {
     let leg = e.leg.as_str();
-    if let (CallEventKind::Ended(_), Some(role)) = (&e.kind, state_of(e))
+    // A leg that ends or goes to another plugin leaves its call.
+    if let (CallEventKind::Ended(_) | CallEventKind::HandedOff(_), Some(role)) =
+        (&e.kind, state_of(e))
         && let Some(call) = call_of(leg, &role)
     {
         let user = match &role {
             Role::Callee { user, .. } => user.clone(),
             _ => e.snapshot.user.clone().unwrap_or_default(),
         };
-        record::ended(&call, leg, &user)?;
+        record::left(&call, leg, &user)?;
     }
     match (&e.kind, state_of(e)) {
         (CallEventKind::Offered(args), _) => {
@@ -581,6 +628,7 @@ fn on_call(e: &CallEvent) -> Result<(), Error> {
                 caller,
                 user,
                 forwarded,
+                for_user,
                 ..
             }),
         ) => {
@@ -600,10 +648,11 @@ fn on_call(e: &CallEvent) -> Result<(), Error> {
                     user: user.clone(),
                     forwarded,
                     answered: true,
+                    for_user: for_user.clone(),
                 },
             )?;
             // A recorded call: the parties hear that first.
-            if record::answered(&caller, leg, &user)? {
+            if record::answered(&caller, leg, &user, &for_user)? {
                 return Ok(());
             }
             calls::bridge(leg, &caller)
@@ -630,6 +679,7 @@ fn on_call(e: &CallEvent) -> Result<(), Error> {
                 user,
                 forwarded,
                 answered,
+                ..
             }),
         ) => {
             if calls::get_leg(&caller).is_err() {
@@ -702,6 +752,7 @@ impl Plugin for Pbx {
         match timer.name.as_str() {
             "feed" => record::feed(&String::from_utf8_lossy(&timer.payload)),
             "watch" => record::watch(&String::from_utf8_lossy(&timer.payload)),
+            "unpause" => record::unpause(&String::from_utf8_lossy(&timer.payload)),
             _ => Ok(()),
         }
         .map_err(|err| code(&err))

@@ -89,10 +89,22 @@ pub struct Policy {
     /// Keys that pause or resume a recording (card numbers read out).
     #[serde(default = "pause_code")]
     pub pause_code: String,
-    /// Whether a user on a recorded call may pause it (else only the API
-    /// for admins... nobody: the recording runs through).
+    /// Whether a user on a recorded call may pause it (else nobody: the
+    /// recording runs through).
     #[serde(default = "yes")]
     pub users_may_pause: bool,
+    /// Longest pause, s (10-3600): then the recording resumes by itself
+    /// (a pause is for a card number, not for the rest of the call).
+    #[serde(default = "max_pause")]
+    pub max_pause_seconds: u32,
+    /// What `GET` adds (whether an announcement was uploaded): taken back
+    /// by `PUT` and ignored.
+    #[serde(default, skip_serializing)]
+    pub custom_announcement: Option<bool>,
+}
+
+fn max_pause() -> u32 {
+    300
 }
 
 fn start_code() -> String {
@@ -117,6 +129,8 @@ impl Default for Policy {
             start_code: start_code(),
             pause_code: pause_code(),
             users_may_pause: true,
+            max_pause_seconds: max_pause(),
+            custom_announcement: None,
         }
     }
 }
@@ -257,6 +271,10 @@ pub fn set(req: &Request, _: &Params) -> Result<Response, ApiError> {
     if policy.start_code == policy.pause_code {
         return Err(invalid("start_code and pause_code differ"));
     }
+    if !(10..=3600).contains(&policy.max_pause_seconds) {
+        return Err(invalid("max_pause_seconds is 10-3600"));
+    }
+    policy.custom_announcement = None;
     if policy.announcement == Announcement::Custom && kv::get(ANNOUNCEMENT)?.is_none() {
         return Err(ApiError::new(
             409,
@@ -270,12 +288,13 @@ pub fn set(req: &Request, _: &Params) -> Result<Response, ApiError> {
         "pbx.recording.policy",
         "recording-policy",
         json!({
-            "always": { "users": policy.always.users.len(), "numbers": policy.always.numbers },
-            "on_demand": { "users": policy.on_demand.users.len(), "numbers": policy.on_demand.numbers },
+            "always": policy.always,
+            "on_demand": policy.on_demand,
             "silent": policy.silent,
             "was_silent": before.silent,
             "announcement": policy.announcement,
             "users_may_pause": policy.users_may_pause,
+            "max_pause_seconds": policy.max_pause_seconds,
         }),
     )?;
     Ok(http::json(200, &policy))

@@ -5,41 +5,50 @@
 //! paused (card numbers read out, PCI). The recording itself is the
 //! `recording` plugin's, opened when recording starts (so the parties'
 //! web clients are told at once, `recording.started`) with source
-//! `call:{caller leg}`, the user it belongs to (their quota, their
-//! access) and the other party's user as a participant; pauses and
-//! resumptions reach it as they happen. When the recording ends (the
-//! call ends, or the user stops an on-demand one) the audio is handed
-//! over as numbered chunks into its hash chain and the recording is
-//! stopped and sealed, so `verify` proves a call as it proves a meeting;
-//! the staging blob is then destroyed.
+//! `call:{caller leg}`, the user it belongs to and the other party's
+//! user as a participant; pauses and resumptions reach it as they
+//! happen. When the recording ends (the call ends, a user stops an
+//! on-demand one, a transfer changes who is on the call) the audio is
+//! handed over as numbered chunks into its hash chain, by a timer that
+//! retries what fails, and the recording is stopped and sealed, so
+//! `verify` proves a call as it proves a meeting; the staging blob is
+//! then destroyed.
 //!
 //! Everyone on the call hears the announcement when recording starts
 //! (unless the policy is silent, audited so): on the answer, before the
 //! parties are bridged; mid-call, out of the bridge and back in once
-//! both have heard it; a party joining a recorded call (a transfer)
-//! hears it before being bridged in.
+//! both have heard it. A transfer ends the recording (its owner may be
+//! the one leaving): the call's new pair of parties is weighed against
+//! the policy afresh once the old recording is sealed, or when the new
+//! party answers, whichever comes last, and a new recording (announced
+//! again) starts if the policy says so.
 //!
 //! Uses `policy`.
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use switchboard_sdk::calls::{self, LegState, RecordOpts, Recorded};
+use switchboard_sdk::calls::{self, LegState, OpEnd, Prompt, RecordOpts, Recorded};
 use switchboard_sdk::http::{self, ApiError, Params, RequestExt as _};
-use switchboard_sdk::{Error, Method, PrincipalKind, Request, Response, audit, blobs, kv, plugins};
+use switchboard_sdk::{
+    Error, Method, PrincipalKind, Request, Response, audit, blobs, kv, plugins, timers,
+};
 
 use crate::policy::{Mode, Policy};
 
 /// The recording plugin.
 const RECORDING: &str = "recording";
-/// Longest recording the host takes (4 h); a call going on longer is
-/// recorded up to there.
+/// Longest recording the host takes (4 h); the rest of a longer call is
+/// not recorded, and the audit says so.
 const MAX_MS: u32 = 14_400_000;
 /// First chunk size tried; halved while the recording plugin finds it
 /// too large (its `max-chunk-kib`), down to 16 KiB.
 const CHUNK: u32 = 1 << 20;
 const MIN_CHUNK: u32 = 16 << 10;
-/// Chunks handed over per invocation (a timer carries on).
+/// Chunks handed over per turn (a timer carries on).
 const CHUNKS_PER_TURN: u32 = 4;
+/// Turns in a row that may fail before the hand-over waits for an
+/// admin (audited; the staging blob is kept).
+const MAX_FAILED_TURNS: u32 = 8;
 /// How long after a `*` its digit counts as a code.
 const CODE_MS: u64 = 3_000;
 /// How often a recorded call is looked at, in case the server stopped
@@ -60,11 +69,27 @@ pub struct CallRec {
     /// The host's recording on the caller's leg.
     pub op: String,
     pub paused: bool,
+    /// Pauses so far (names the pause a limit timer is for).
+    #[serde(default)]
+    pub pauses: u32,
     /// Announcements still playing, (leg, op): the parties are bridged
     /// when the last one ends.
     #[serde(default)]
     pub announcing: Vec<(String, String)>,
-    /// After the call: the audio being handed over.
+    /// This plugin asked the host to end the recording (a stop, a
+    /// transfer): the end is no surprise.
+    #[serde(default)]
+    pub stopping: bool,
+    /// A transfer ended it: the call's parties are weighed again once it
+    /// is sealed.
+    #[serde(default)]
+    pub again: bool,
+    /// A transfer of the recorded leg to another plugin's number, made
+    /// once the host's recording has ended (a leg being recorded is not
+    /// handed over).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hand_off_to: Option<String>,
+    /// After the recording: the audio being handed over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub feeding: Option<Feed>,
 }
@@ -79,30 +104,69 @@ pub struct Feed {
     pub seq: u64,
     pub chunk: u32,
     pub ms: u64,
+    /// Turns in a row that failed.
+    #[serde(default)]
+    pub failed: u32,
 }
 
 fn key(call: &str) -> String {
     format!("rec/{call}")
 }
 
-/// Call `call` in `user`'s list (`GET /calls`)...
+fn target(call: &str) -> String {
+    format!("call/{call}")
+}
+
+/// Call `call` in `user`'s list, with the user's leg on it...
 fn mine(user: &str, call: &str) -> String {
     format!("mine/{user}/{call}")
 }
 
-/// ...and the other way round: `user` on call `call`.
+/// ...and the other way round: `user` (by that leg) on call `call`.
 fn on(call: &str, user: &str) -> String {
     format!("on/{call}/{user}")
 }
 
-/// The users of the tenant on call `call`.
+fn answered_leg(leg: &str) -> bool {
+    calls::get_leg(leg).is_ok_and(|l| l.state == LegState::Answered)
+}
+
+/// Whether `user`'s leg on call `call` (as the index says) is still on
+/// it: answered, and the call's leg or bridged with it (a user who
+/// transferred the call away, or whose leg went to another plugin, is
+/// not).
+fn still_on(call: &str, user: &str) -> Result<bool, Error> {
+    let Some(leg) = kv::get(mine(user, call))? else {
+        return Ok(false);
+    };
+    let leg = String::from_utf8_lossy(&leg).into_owned();
+    let Ok(l) = calls::get_leg(&leg) else {
+        return Ok(false);
+    };
+    if l.state != LegState::Answered {
+        return Ok(false);
+    }
+    if leg == call {
+        return Ok(true);
+    }
+    let c = calls::get_leg(call).ok();
+    // Bridged with the call's leg, or hearing an announcement of it.
+    Ok(l.bridged_with.as_deref() == Some(call)
+        || c.is_some_and(|c| c.bridged_with.as_deref() == Some(leg.as_str()))
+        || load(call)?.is_some_and(|r| r.parties.contains(&leg)))
+}
+
+/// The users of the tenant on call `call` now.
 fn users_of(call: &str) -> Result<Vec<String>, Error> {
     let prefix = format!("on/{call}/");
-    Ok(kv::scan(&prefix, None, 16)?
-        .entries
-        .into_iter()
-        .map(|e| String::from_utf8_lossy(&e.key[prefix.len()..]).into_owned())
-        .collect())
+    let mut out = Vec::new();
+    for e in kv::scan(&prefix, None, 16)?.entries {
+        let user = String::from_utf8_lossy(&e.key[prefix.len()..]).into_owned();
+        if still_on(call, &user)? {
+            out.push(user);
+        }
+    }
+    Ok(out)
 }
 
 pub fn load(call: &str) -> Result<Option<CallRec>, Error> {
@@ -113,34 +177,19 @@ fn save(call: &str, rec: &CallRec) -> Result<(), Error> {
     kv::set_json(key(call), rec)
 }
 
-/// What the policy matches a call by: its parties' users and numbers.
-struct Parties {
-    users: Vec<String>,
-    numbers: Vec<String>,
+fn api(e: ApiError) -> Error {
+    Error::Internal(format!("{}: {}", e.code, e.message))
 }
 
-impl Parties {
-    fn of(caller: &calls::LegSnapshot, callee: &calls::LegSnapshot, callee_user: &str) -> Parties {
-        Parties {
-            users: [caller.user.clone().unwrap_or_default(), callee_user.into()]
-                .into_iter()
-                .filter(|u| !u.is_empty())
-                .collect(),
-            numbers: vec![
-                caller.caller.clone(),
-                caller.callee.clone(),
-                callee.callee.clone(),
-            ],
-        }
-    }
-
-    fn users(&self) -> Vec<&str> {
-        self.users.iter().map(String::as_str).collect()
-    }
-
-    fn numbers(&self) -> Vec<&str> {
-        self.numbers.iter().map(String::as_str).collect()
-    }
+/// Audits what went wrong with a call's recording (an admin's alarm);
+/// the call itself goes on.
+fn alarm(action: &str, call: &str, details: serde_json::Value) -> Result<(), Error> {
+    audit::append(
+        action,
+        &target(call),
+        audit::Outcome::Failure,
+        &details.to_string(),
+    )
 }
 
 /// A title for the recording: who called whom, printable only.
@@ -158,106 +207,125 @@ fn title(caller: &calls::LegSnapshot, callee: &calls::LegSnapshot) -> String {
     )
 }
 
-/// The callee leg `callee` (rung for `user`) answered the call on leg
-/// `call`. Both parties' calls are listed for them (`GET /calls`). A
-/// call the policy records always starts recording, and one that is
-/// being recorded already (a transfer brought a new party) goes on: in
-/// both cases the new party (and, at the start, both) hear the
-/// announcement first. Returns whether this took over bridging them
-/// (after the announcement).
-pub fn answered(call: &str, callee: &str, user: &str) -> Result<bool, Error> {
+/// The numbers the policy matches a call by: the caller's, the number
+/// dialled, the number rung.
+fn numbers(caller: &calls::LegSnapshot, callee: &calls::LegSnapshot) -> Vec<String> {
+    vec![
+        caller.caller.clone(),
+        caller.callee.clone(),
+        callee.callee.clone(),
+    ]
+}
+
+/// The callee leg `callee` (rung for `user`, on behalf of `for_user`:
+/// the user whose forward rang a number) answered the call on leg
+/// `call`. The parties' calls are listed for them (`GET /calls`). A call
+/// the policy records always starts recording, and both parties hear the
+/// announcement first. Returns whether this took over bridging them.
+pub fn answered(call: &str, callee: &str, user: &str, for_user: &str) -> Result<bool, Error> {
     let (a, b) = (calls::get_leg(call)?, calls::get_leg(callee)?);
-    let parties = Parties::of(&a, &b, user);
-    for u in &parties.users {
-        kv::set(mine(u, call), b"")?;
+    if let Some(u) = a.user.as_deref().filter(|u| !u.is_empty()) {
+        kv::set(mine(u, call), call)?;
         kv::set(on(call, u), b"")?;
     }
-    let policy = Policy::load()?;
-    if let Some(mut rec) = load(call)? {
-        if rec.feeding.is_some() {
-            return Ok(false);
-        }
-        // A new party: told, and named in the recording.
-        rec.parties = vec![call.to_string(), callee.to_string()];
-        if !user.is_empty() && user != rec.owner {
-            plugins::call_ok(
-                RECORDING,
-                Method::Post,
-                &format!("/recordings/{}/participants", rec.rid),
-                &json!({ "users": [user] }),
-            )
-            .map_err(api)?;
-        }
-        let took = match policy.prompt()? {
-            Some(p) => {
-                calls::stop_plays(call)?;
-                let op = calls::play(callee, &[p], false)?;
-                rec.announcing = vec![(callee.to_string(), op)];
-                true
-            }
-            None => false,
-        };
-        save(call, &rec)?;
-        return Ok(took);
+    if !user.is_empty() {
+        kv::set(mine(user, call), callee)?;
+        kv::set(on(call, user), b"")?;
     }
-    if !policy.always(&parties.users(), &parties.numbers()) {
+    if let Some(mut rec) = load(call)? {
+        if rec.parties.iter().any(|p| p == callee) {
+            // This answer again (events come at least once).
+            return Ok(!rec.announcing.is_empty());
+        }
+        if rec.feeding.is_none() && !rec.stopping {
+            // Someone new on a recorded call without a transfer we saw:
+            // the recording ends, and the new pair is weighed afresh.
+            calls::stop(&rec.op)?;
+            rec.stopping = true;
+        }
+        rec.again = true;
+        save(call, &rec)?;
+        return Ok(false);
+    }
+    // The called user first (a forward to a number is still the
+    // forwarding user's call), then the caller's, then any user the
+    // caller's leg carried over from a transfer.
+    let mut users: Vec<String> = Vec::new();
+    let carried = users_of(call)?;
+    for u in [
+        user.to_string(),
+        for_user.to_string(),
+        a.user.clone().unwrap_or_default(),
+    ]
+    .into_iter()
+    .chain(carried)
+    {
+        if !u.is_empty() && !users.contains(&u) {
+            users.push(u);
+        }
+    }
+    begin(call, callee, &users, &numbers(&a, &b), title(&a, &b))
+}
+
+/// Starts the policy's `always` recording of call `call` with party leg
+/// `other`, if the policy wants one; whether the announcement took over
+/// bridging them. A recording that cannot start leaves the call going
+/// on, audited as a failure.
+fn begin(
+    call: &str,
+    other: &str,
+    users: &[String],
+    numbers: &[String],
+    title: String,
+) -> Result<bool, Error> {
+    let policy = Policy::load()?;
+    let u: Vec<&str> = users.iter().map(String::as_str).collect();
+    let n: Vec<&str> = numbers.iter().map(String::as_str).collect();
+    if !policy.always(&u, &n) {
         return Ok(false);
     }
     // The recording is the policy's user's: one the policy names, else
-    // the tenant's user on the call (the callee first).
-    let named = parties
-        .users
+    // the tenant's user on the call (`users` has the called one first).
+    let named = users
         .iter()
-        .find(|u| policy.always(&[u.as_str()], &[]))
-        .or_else(|| parties.users.last());
+        .find(|x| policy.always(&[x.as_str()], &[]))
+        .or_else(|| users.first());
     let Some(owner) = named.cloned() else {
-        // No user of the tenant on the call (a forward out of an outside
-        // call): nobody's quota to hold it; said in the audit.
-        audit::success(
+        // No user of the tenant on the call (a number calling a number
+        // the policy names): nobody whose recording it would be.
+        alarm(
             "pbx.recording.skipped",
-            &format!("call/{call}"),
+            call,
             json!({ "why": "no user of the tenant on the call" }),
-        )
-        .map_err(|e| Error::Internal(e.message))?;
+        )?;
         return Ok(false);
     };
-    let others: Vec<String> = parties
-        .users
-        .iter()
-        .filter(|u| **u != owner)
-        .cloned()
-        .collect();
+    let participants: Vec<String> = users.iter().filter(|x| **x != owner).cloned().collect();
     let started = start(
         call,
-        callee,
+        other,
         Start {
             mode: Mode::Always,
             owner,
-            participants: others,
-            title: title(&a, &b),
+            participants,
+            title,
             by: None,
         },
         &policy,
     );
     match started {
         Ok(rec) => Ok(!rec.announcing.is_empty()),
-        Err(e) if e.status < 500 || e.code.ends_with("_failed") => {
+        Err(e) => {
             // The recording plugin refused or is not there: the call goes
-            // on unrecorded, and the audit says why (an admin's alarm).
-            audit::append(
+            // on unrecorded, and the audit says why.
+            alarm(
                 "pbx.recording.start",
-                &format!("call/{call}"),
-                audit::Outcome::Failure,
-                &json!({ "mode": "always", "why": e.code, "message": e.message }).to_string(),
+                call,
+                json!({ "mode": "always", "why": e.code, "message": e.message }),
             )?;
             Ok(false)
         }
-        Err(e) => Err(api(e)),
     }
-}
-
-fn api(e: ApiError) -> Error {
-    Error::Internal(format!("{}: {}", e.code, e.message))
 }
 
 struct Start {
@@ -269,8 +337,23 @@ struct Start {
     by: Option<String>,
 }
 
+/// Plays the announcement to `leg`: the tenant's own, or the library's
+/// when the upload cannot be played.
+fn announce(leg: &str, prompt: &Prompt) -> Result<String, Error> {
+    match calls::play(leg, std::slice::from_ref(prompt), false) {
+        Err(Error::InvalidArgument(_) | Error::NotFound(_))
+            if matches!(prompt, Prompt::Blob(_)) =>
+        {
+            calls::play(leg, &[Prompt::Library("recording-on".into())], false)
+        }
+        other => other,
+    }
+}
+
 /// Opens the recording, starts the host's, and has both parties hear the
 /// announcement out of their bridge (bridged again when both heard it).
+/// Nothing is left half done: a host recording that cannot start closes
+/// the opened recording again.
 fn start(call: &str, other: &str, s: Start, policy: &Policy) -> Result<CallRec, ApiError> {
     let v = plugins::call_ok(
         RECORDING,
@@ -286,7 +369,7 @@ fn start(call: &str, other: &str, s: Start, policy: &Policy) -> Result<CallRec, 
         }),
     )?;
     let rid = v["id"].as_str().unwrap_or_default().to_string();
-    let op = calls::record(
+    let op = match calls::record(
         call,
         &RecordOpts {
             owner: None,
@@ -295,16 +378,34 @@ fn start(call: &str, other: &str, s: Start, policy: &Policy) -> Result<CallRec, 
             silence_ms: 0,
             terminators: String::new(),
         },
-    )?;
+    ) {
+        Ok(op) => op,
+        Err(e) => {
+            plugins::call(
+                RECORDING,
+                Method::Post,
+                &format!("/recordings/{rid}/stop"),
+                b"",
+            )?;
+            return Err(e.into());
+        }
+    };
     let mut announcing = Vec::new();
     if let Some(prompt) = policy.prompt()? {
-        calls::unbridge(call)?;
+        let bridged = calls::get_leg(call)?.bridged_with.is_some();
+        if bridged {
+            calls::unbridge(call)?;
+        }
         for leg in [call, other] {
-            calls::stop_plays(leg)?;
-            announcing.push((
-                leg.to_string(),
-                calls::play(leg, std::slice::from_ref(&prompt), false)?,
-            ));
+            if answered_leg(leg) {
+                calls::stop_plays(leg)?;
+                if let Ok(op) = announce(leg, &prompt) {
+                    announcing.push((leg.to_string(), op));
+                }
+            }
+        }
+        if announcing.is_empty() && bridged {
+            calls::bridge(call, other)?;
         }
     }
     let rec = CallRec {
@@ -314,14 +415,18 @@ fn start(call: &str, other: &str, s: Start, policy: &Policy) -> Result<CallRec, 
         rid,
         op,
         paused: false,
+        pauses: 0,
         announcing,
+        stopping: false,
+        again: false,
+        hand_off_to: None,
         feeding: None,
     };
     save(call, &rec)?;
-    switchboard_sdk::timers::schedule(WATCH, "watch", call.as_bytes())?;
+    timers::schedule(WATCH, "watch", call.as_bytes())?;
     audit::success(
         "pbx.recording.start",
-        &format!("call/{call}"),
+        &target(call),
         json!({
             "recording": rec.rid, "mode": s.mode, "owner": rec.owner,
             "by": s.by, "announced": !policy.silent,
@@ -342,15 +447,22 @@ pub fn played(call: &str, leg: &str, op: &str) -> Result<(), Error> {
         return Ok(());
     }
     save(call, &rec)?;
-    if !rec.announcing.is_empty() {
-        return Ok(());
+    if rec.announcing.is_empty() {
+        rejoin(&rec.parties)?;
     }
-    let live = |l: &str| calls::get_leg(l).is_ok_and(|s| s.state == LegState::Answered);
-    if let [a, b] = &rec.parties[..]
-        && live(a)
-        && live(b)
+    Ok(())
+}
+
+/// Bridges the two parties again, if both are still there.
+fn rejoin(parties: &[String]) -> Result<(), Error> {
+    if let [a, b] = parties
+        && answered_leg(a)
+        && answered_leg(b)
     {
-        calls::bridge(a, b)?;
+        return match calls::bridge(a, b) {
+            Err(Error::InvalidArgument(_) | Error::NotFound(_)) => Ok(()),
+            other => other,
+        };
     }
     Ok(())
 }
@@ -366,12 +478,26 @@ pub enum Action {
     Resume,
 }
 
+impl Action {
+    fn as_str(self) -> &'static str {
+        match self {
+            Action::Start => "start",
+            Action::Stop => "stop",
+            Action::Pause => "pause",
+            Action::Resume => "resume",
+        }
+    }
+}
+
 /// Carries out `action` on call `call` for `user` (a party of it).
 fn act(call: &str, user: &str, action: Action) -> Result<Option<CallRec>, ApiError> {
     let policy = Policy::load()?;
     let rec = load(call)?;
     let refuse = |status, code: &str, msg: &str| Err(ApiError::new(status, code, msg));
-    if rec.as_ref().is_some_and(|r| r.feeding.is_some()) {
+    if rec
+        .as_ref()
+        .is_some_and(|r| r.feeding.is_some() || r.stopping)
+    {
         return refuse(
             409,
             "sealing",
@@ -386,8 +512,9 @@ fn act(call: &str, user: &str, action: Action) -> Result<Option<CallRec>, ApiErr
                 return refuse(409, "not_connected", "the call is not connected");
             };
             let them = calls::get_leg(&other)?;
-            let numbers = [me.caller.as_str(), me.callee.as_str(), them.callee.as_str()];
-            if !policy.on_demand(user, &numbers) {
+            let nums = numbers(&me, &them);
+            let n: Vec<&str> = nums.iter().map(String::as_str).collect();
+            if !policy.on_demand(user, &n) {
                 return refuse(
                     403,
                     "not_permitted",
@@ -411,7 +538,7 @@ fn act(call: &str, user: &str, action: Action) -> Result<Option<CallRec>, ApiErr
             Ok(Some(rec))
         }
         (_, None) => refuse(409, "not_recording", "the call is not being recorded"),
-        (Action::Stop, Some(rec)) => {
+        (Action::Stop, Some(mut rec)) => {
             if rec.mode == Mode::Always {
                 return refuse(
                     409,
@@ -419,17 +546,19 @@ fn act(call: &str, user: &str, action: Action) -> Result<Option<CallRec>, ApiErr
                     "the tenant's policy records this call to its end",
                 );
             }
-            if !policy.on_demand(user, &[]) && rec.owner != user {
+            if rec.owner != user {
                 return refuse(
                     403,
                     "not_permitted",
-                    "the tenant's policy does not let you stop it",
+                    "only the user who started a recording stops it",
                 );
             }
             calls::stop(&rec.op)?;
+            rec.stopping = true;
+            save(call, &rec)?;
             audit::success(
                 "pbx.recording.stop",
-                &format!("call/{call}"),
+                &target(call),
                 json!({ "recording": rec.rid, "by": user }),
             )?;
             Ok(Some(rec))
@@ -443,35 +572,81 @@ fn act(call: &str, user: &str, action: Action) -> Result<Option<CallRec>, ApiErr
                 );
             }
             let pause = action == Action::Pause;
-            if rec.paused == pause {
-                return Ok(Some(rec));
+            if rec.paused != pause {
+                set_paused(call, &mut rec, pause, Some(user), &policy)?;
             }
-            let (verb, path) = if pause {
-                ("pause", format!("/recordings/{}/pause", rec.rid))
-            } else {
-                ("resume", format!("/recordings/{}/resume", rec.rid))
-            };
-            if pause {
-                calls::pause(&rec.op)?;
-            } else {
-                calls::resume(&rec.op)?;
-            }
-            plugins::call_ok(RECORDING, Method::Post, &path, &serde_json::Value::Null)?;
-            rec.paused = pause;
-            save(call, &rec)?;
-            audit::success(
-                &format!("pbx.recording.{verb}"),
-                &format!("call/{call}"),
-                json!({ "recording": rec.rid, "by": user }),
-            )?;
             Ok(Some(rec))
         }
     }
 }
 
+/// Pauses or resumes: the host drops or keeps the audio, the recording
+/// plugin keeps the interval; a pause is given the policy's longest
+/// time, after which it ends by itself.
+fn set_paused(
+    call: &str,
+    rec: &mut CallRec,
+    pause: bool,
+    by: Option<&str>,
+    policy: &Policy,
+) -> Result<(), ApiError> {
+    let verb = if pause { "pause" } else { "resume" };
+    if pause {
+        calls::pause(&rec.op)?;
+    } else {
+        calls::resume(&rec.op)?;
+    }
+    plugins::call_ok(
+        RECORDING,
+        Method::Post,
+        &format!("/recordings/{}/{verb}", rec.rid),
+        &serde_json::Value::Null,
+    )?;
+    rec.paused = pause;
+    if pause {
+        rec.pauses += 1;
+        let payload = format!("{call}/{}", rec.pauses);
+        timers::schedule(
+            std::time::Duration::from_secs(u64::from(policy.max_pause_seconds)),
+            "unpause",
+            payload.as_bytes(),
+        )?;
+    }
+    save(call, rec)?;
+    audit::success(
+        &format!("pbx.recording.{verb}"),
+        &target(call),
+        json!({ "recording": rec.rid, "by": by.unwrap_or("policy: the longest pause") }),
+    )
+}
+
+/// A pause reached the policy's longest: the recording goes on.
+pub fn unpause(payload: &str) -> Result<(), Error> {
+    let Some((call, n)) = payload.split_once('/') else {
+        return Ok(());
+    };
+    let Some(mut rec) = load(call)? else {
+        return Ok(());
+    };
+    let same = n.parse::<u32>().ok() == Some(rec.pauses);
+    if !same || !rec.paused || rec.feeding.is_some() || rec.stopping {
+        return Ok(());
+    }
+    let policy = Policy::load()?;
+    if let Err(e) = set_paused(call, &mut rec, false, None, &policy) {
+        alarm(
+            "pbx.recording.resume",
+            call,
+            json!({ "recording": rec.rid, "why": e.code }),
+        )?;
+    }
+    Ok(())
+}
+
 /// A key pressed on `leg` of call `call` by `user` (a user of the
 /// tenant; keys from outside parties control nothing): `*` then a digit
-/// within 3 s is a code.
+/// within 3 s is a code. A code the policy does not allow this user does
+/// nothing (a phone has no screen for it) but is audited as refused.
 pub fn pressed(call: &str, leg: &str, user: &str, key: char, at_ms: u64) -> Result<(), Error> {
     let star = format!("star/{leg}");
     if key == '*' {
@@ -487,31 +662,53 @@ pub fn pressed(call: &str, leg: &str, user: &str, key: char, at_ms: u64) -> Resu
     }
     let policy = Policy::load()?;
     let code = format!("*{key}");
-    let action = if code == policy.start_code {
-        match load(call)? {
-            Some(_) => Action::Stop,
-            None => Action::Start,
-        }
-    } else if code == policy.pause_code {
-        match load(call)? {
-            Some(r) if r.paused => Action::Resume,
-            Some(_) => Action::Pause,
-            None => return Ok(()),
-        }
-    } else {
-        return Ok(());
+    let rec = load(call)?;
+    let action = match (code == policy.start_code, code == policy.pause_code, &rec) {
+        (true, _, Some(_)) => Action::Stop,
+        (true, _, None) => Action::Start,
+        (_, true, Some(r)) if r.paused => Action::Resume,
+        (_, true, Some(_)) => Action::Pause,
+        _ => return Ok(()),
     };
-    // A code the policy does not allow this user does nothing (refused
-    // and said so in the API; a phone has no screen for it).
-    match act(call, user, action) {
-        Ok(_) => Ok(()),
-        Err(e) if e.status < 500 => Ok(()),
-        Err(e) => Err(api(e)),
+    if let Err(e) = act(call, user, action) {
+        audit::append(
+            "pbx.recording.refused",
+            &target(call),
+            audit::Outcome::Denied,
+            &json!({ "by": user, "action": action.as_str(), "why": e.code }).to_string(),
+        )?;
     }
+    Ok(())
 }
 
-/// The host's recording on `leg` ended: the audio is handed over to the
-/// recording plugin, then the recording is sealed.
+/// A transfer moves call `call`'s recorded leg to someone else: its
+/// recording ends (sealed), and the new pair is weighed afresh; with
+/// `hand_off_to`, the leg goes to that plugin's number once the host's
+/// recording has ended. Whether a recording was running.
+pub fn transferring(call: &str, hand_off_to: Option<&str>) -> Result<bool, Error> {
+    let Some(mut rec) = load(call)? else {
+        return Ok(false);
+    };
+    if rec.feeding.is_none() && !rec.stopping {
+        calls::stop(&rec.op)?;
+        rec.stopping = true;
+        audit::success(
+            "pbx.recording.stop",
+            &target(call),
+            json!({ "recording": rec.rid, "why": "transfer" }),
+        )
+        .map_err(api)?;
+    }
+    rec.again = hand_off_to.is_none();
+    rec.hand_off_to = hand_off_to.map(str::to_string);
+    save(call, &rec)?;
+    Ok(rec.feeding.is_none())
+}
+
+/// The host's recording on `leg` ended: a deferred hand-off goes ahead,
+/// parties out of their bridge for an announcement go back in, and the
+/// audio is handed over (nothing here fails for the recording plugin's
+/// sake: what it refuses is tried again by timer).
 pub fn recorded(leg: &str, r: &Recorded) -> Result<(), Error> {
     let Some(mut rec) = load(leg)? else {
         return Ok(());
@@ -519,22 +716,28 @@ pub fn recorded(leg: &str, r: &Recorded) -> Result<(), Error> {
     if r.op != rec.op || rec.feeding.is_some() {
         return Ok(());
     }
-    if rec.paused {
-        // The call ended (or stopped) while paused: the pause ends here.
-        plugins::call_ok(
-            RECORDING,
-            Method::Post,
-            &format!("/recordings/{}/resume", rec.rid),
-            &serde_json::Value::Null,
-        )
-        .map_err(api)?;
-        rec.paused = false;
+    if !rec.stopping && r.end != OpEnd::Hangup {
+        // The 4 h cap, or a full quota, ended it while the call goes on.
+        alarm(
+            "pbx.recording.cut",
+            leg,
+            json!({ "recording": rec.rid, "why": if r.end == OpEnd::Done { "longest recording reached" } else { "storage quota full" } }),
+        )?;
+    }
+    if let Some(number) = rec.hand_off_to.take() {
+        match calls::hand_off(leg, &number) {
+            Ok(()) | Err(Error::NotFound(_) | Error::InvalidArgument(_)) => {}
+            Err(e) => return Err(e),
+        }
+    } else if !rec.announcing.is_empty() {
+        rejoin(&rec.parties)?;
     }
     let size = if r.blob.is_empty() {
         0
     } else {
         blobs::size(&r.blob)?
     };
+    rec.announcing.clear();
     rec.feeding = Some(Feed {
         blob: r.blob.clone(),
         offset: 0,
@@ -542,9 +745,182 @@ pub fn recorded(leg: &str, r: &Recorded) -> Result<(), Error> {
         seq: 0,
         chunk: CHUNK,
         ms: r.ms,
+        failed: 0,
     });
-    rec.announcing.clear();
-    feed_turn(leg, rec)
+    // The first turn now (a short call is sealed at once); what fails
+    // or remains goes on by timer.
+    feed_rec(leg, rec)
+}
+
+/// A turn of handing over a call's audio. What fails is tried again
+/// later (backing off); after [`MAX_FAILED_TURNS`] the staging blob is
+/// kept and the audit asks for an admin.
+pub fn feed(call: &str) -> Result<(), Error> {
+    match load(call)? {
+        Some(rec) => feed_rec(call, rec),
+        None => Ok(()),
+    }
+}
+
+fn feed_rec(call: &str, mut rec: CallRec) -> Result<(), Error> {
+    let Some(mut f) = rec.feeding.clone() else {
+        return Ok(());
+    };
+    match feed_turn(&rec, &mut f) {
+        Ok(Turn::More) => {
+            f.failed = 0;
+            rec.feeding = Some(f);
+            save(call, &rec)?;
+            timers::schedule(std::time::Duration::ZERO, "feed", call.as_bytes())?;
+            Ok(())
+        }
+        Ok(Turn::Done) => finish(call, &rec, &f, true),
+        Ok(Turn::Cut(why)) => {
+            // The recording plugin sealed it with what it took (the
+            // owner's quota is full): the rest stays in the staging blob
+            // for an admin to recover, and the audit says so.
+            alarm(
+                "pbx.recording.cut",
+                call,
+                json!({ "recording": rec.rid, "why": why, "kept_chunks": f.seq, "staging_blob": f.blob }),
+            )?;
+            finish(call, &rec, &f, false)
+        }
+        Err(e) => {
+            f.failed += 1;
+            if f.failed == MAX_FAILED_TURNS {
+                alarm(
+                    "pbx.recording.stuck",
+                    call,
+                    json!({ "recording": rec.rid, "why": e.code, "message": e.message, "handed_over_chunks": f.seq, "staging_blob": f.blob }),
+                )?;
+            }
+            let wait = 1u64 << f.failed.min(12);
+            rec.feeding = Some(f);
+            save(call, &rec)?;
+            timers::schedule(
+                std::time::Duration::from_secs(wait),
+                "feed",
+                call.as_bytes(),
+            )?;
+            Ok(())
+        }
+    }
+}
+
+enum Turn {
+    More,
+    Done,
+    /// The recording plugin took no more (why).
+    Cut(String),
+}
+
+/// Hands over up to [`CHUNKS_PER_TURN`] chunks.
+fn feed_turn(rec: &CallRec, f: &mut Feed) -> Result<Turn, ApiError> {
+    for _ in 0..CHUNKS_PER_TURN {
+        if f.offset >= f.size {
+            return Ok(Turn::Done);
+        }
+        let data = blobs::read(&f.blob, f.offset, f.chunk)?;
+        if data.is_empty() {
+            // The blob is shorter than it was: what it has is handed over.
+            return Ok(Turn::Done);
+        }
+        let path = format!("/recordings/{}/chunks/{}", rec.rid, f.seq + 1);
+        let r = plugins::call_with_headers(
+            RECORDING,
+            Method::Put,
+            &path,
+            &[("content-type".into(), "application/octet-stream".into())],
+            &data,
+        )?;
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+        let code = v["code"].as_str().unwrap_or_default();
+        match r.status {
+            200 | 201 => {
+                f.offset += data.len() as u64;
+                f.seq += 1;
+            }
+            413 if f.chunk > MIN_CHUNK => f.chunk /= 2,
+            409 if code == "quota_exceeded" || code == "recording_stopped" => {
+                return Ok(Turn::Cut(code.to_string()));
+            }
+            status => {
+                return Err(ApiError::new(
+                    502,
+                    "recording_failed",
+                    format!(
+                        "the recording plugin refused chunk {} ({status} {code})",
+                        f.seq + 1
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(if f.offset >= f.size {
+        Turn::Done
+    } else {
+        Turn::More
+    })
+}
+
+/// Stops and seals the recording (unless the recording plugin did),
+/// destroys the staging copy (unless audio was left in it) and forgets
+/// the recording; a transfer's new pair is then weighed against the
+/// policy.
+fn finish(call: &str, rec: &CallRec, f: &Feed, complete: bool) -> Result<(), Error> {
+    if complete {
+        let path = format!("/recordings/{}/stop", rec.rid);
+        let r = plugins::call(RECORDING, Method::Post, &path, b"")?;
+        if r.status >= 500 {
+            return Err(Error::Internal(format!(
+                "the recording plugin failed to seal ({})",
+                r.status
+            )));
+        }
+        if !f.blob.is_empty() {
+            match blobs::delete(&f.blob) {
+                Ok(_) | Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    kv::delete(key(call))?;
+    audit::success(
+        "pbx.recording.sealed",
+        &target(call),
+        json!({ "recording": rec.rid, "chunks": f.seq, "bytes": f.offset, "ms": f.ms }),
+    )
+    .map_err(api)?;
+    if rec.again {
+        again(call)?;
+    }
+    Ok(())
+}
+
+/// After a transfer: the call's pair as it is now, weighed afresh.
+fn again(call: &str) -> Result<(), Error> {
+    let Ok(me) = calls::get_leg(call) else {
+        return Ok(());
+    };
+    let Some(other) = me.bridged_with.clone() else {
+        // Not connected yet: the new party's answer weighs it.
+        return Ok(());
+    };
+    let them = calls::get_leg(&other)?;
+    if me.state != LegState::Answered || them.state != LegState::Answered {
+        return Ok(());
+    }
+    let mut users = users_of(call)?;
+    users.sort();
+    begin(
+        call,
+        &other,
+        &users,
+        &numbers(&me, &them),
+        title(&me, &them),
+    )
+    .map(|_| ())
 }
 
 /// The watch over a recorded call: while its leg is there, again later;
@@ -561,7 +937,7 @@ pub fn watch(call: &str) -> Result<(), Error> {
     match calls::get_leg(call) {
         Err(Error::NotFound(_)) => {}
         Ok(_) => {
-            switchboard_sdk::timers::schedule(WATCH, "watch", call.as_bytes())?;
+            timers::schedule(WATCH, "watch", call.as_bytes())?;
             return Ok(());
         }
         Err(e) => return Err(e),
@@ -575,109 +951,31 @@ pub fn watch(call: &str) -> Result<(), Error> {
         )));
     }
     kv::delete(key(call))?;
-    audit::append(
+    alarm(
         "pbx.recording.lost",
-        &format!("call/{call}"),
-        audit::Outcome::Failure,
-        &json!({ "recording": rec.rid, "why": "the call's recording ended without its audio (the server stopped)" }).to_string(),
+        call,
+        json!({ "recording": rec.rid, "why": "the call's recording ended without its audio (the server stopped)" }),
     )
 }
 
-/// A timer carries on handing over a long call's audio.
-pub fn feed(call: &str) -> Result<(), Error> {
-    match load(call)? {
-        Some(rec) if rec.feeding.is_some() => feed_turn(call, rec),
-        _ => Ok(()),
+/// A transfer makes the party on `leg` of call `call` the caller of a
+/// new call (keyed by `leg`): its user goes along.
+pub fn carry(call: &str, leg: &str) -> Result<(), Error> {
+    let prefix = format!("on/{call}/");
+    for e in kv::scan(&prefix, None, 16)?.entries {
+        let user = String::from_utf8_lossy(&e.key[prefix.len()..]).into_owned();
+        if kv::get(mine(&user, call))?.is_some_and(|l| l == leg.as_bytes()) {
+            kv::set(mine(&user, leg), leg)?;
+            kv::set(on(leg, &user), b"")?;
+        }
     }
+    Ok(())
 }
 
-/// Hands over up to [`CHUNKS_PER_TURN`] chunks; the last turn stops and
-/// seals the recording and destroys the staging blob.
-fn feed_turn(call: &str, mut rec: CallRec) -> Result<(), Error> {
-    let Some(mut f) = rec.feeding.clone() else {
-        return Ok(());
-    };
-    let mut turns = 0;
-    while f.offset < f.size && turns < CHUNKS_PER_TURN {
-        let data = blobs::read(&f.blob, f.offset, f.chunk)?;
-        if data.is_empty() {
-            break;
-        }
-        let path = format!("/recordings/{}/chunks/{}", rec.rid, f.seq + 1);
-        let r = plugins::call_with_headers(
-            RECORDING,
-            Method::Put,
-            &path,
-            &[("content-type".into(), "application/octet-stream".into())],
-            &data,
-        )?;
-        match r.status {
-            200 | 201 => {
-                f.offset += data.len() as u64;
-                f.seq += 1;
-            }
-            413 if f.chunk > MIN_CHUNK => f.chunk /= 2,
-            409 => {
-                // Sealed by the recording plugin (the owner's quota is
-                // full) with what it took: nothing more goes in.
-                let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
-                audit::success(
-                    "pbx.recording.cut",
-                    &format!("call/{call}"),
-                    json!({ "recording": rec.rid, "why": v["code"], "kept_chunks": f.seq }),
-                )
-                .map_err(api)?;
-                return finish(call, &rec, &f, false);
-            }
-            status => {
-                return Err(Error::Internal(format!(
-                    "the recording plugin refused chunk {} ({status})",
-                    f.seq + 1
-                )));
-            }
-        }
-        turns += 1;
-    }
-    if f.offset < f.size {
-        rec.feeding = Some(f);
-        save(call, &rec)?;
-        switchboard_sdk::timers::schedule(std::time::Duration::ZERO, "feed", call.as_bytes())?;
-        return Ok(());
-    }
-    finish(call, &rec, &f, true)
-}
-
-/// Stops and seals the recording (unless the recording plugin did),
-/// destroys the staging copy and forgets the call.
-fn finish(call: &str, rec: &CallRec, f: &Feed, stop: bool) -> Result<(), Error> {
-    if stop {
-        let path = format!("/recordings/{}/stop", rec.rid);
-        let r = plugins::call(RECORDING, Method::Post, &path, b"")?;
-        if r.status >= 500 {
-            return Err(Error::Internal(format!(
-                "the recording plugin failed to seal ({})",
-                r.status
-            )));
-        }
-    }
-    if !f.blob.is_empty() {
-        match blobs::delete(&f.blob) {
-            Ok(_) | Err(Error::NotFound(_)) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    kv::delete(key(call))?;
-    audit::success(
-        "pbx.recording.sealed",
-        &format!("call/{call}"),
-        json!({ "recording": rec.rid, "chunks": f.seq, "bytes": f.offset, "ms": f.ms }),
-    )
-    .map_err(api)
-}
-
-/// A party's leg ended: the call leaves its user's list.
-pub fn ended(call: &str, leg: &str, user: &str) -> Result<(), Error> {
-    if !user.is_empty() {
+/// A party's leg `leg` left call `call` (ended, transferred away, handed
+/// to another plugin): the call leaves its user's list.
+pub fn left(call: &str, leg: &str, user: &str) -> Result<(), Error> {
+    if !user.is_empty() && kv::get(mine(user, call))?.is_some_and(|l| l == leg.as_bytes()) {
         kv::delete(mine(user, call))?;
         kv::delete(on(call, user))?;
     }
@@ -700,7 +998,7 @@ fn me(req: &Request) -> Result<String, ApiError> {
 fn view(call: &str, rec: Option<&CallRec>) -> serde_json::Value {
     let state = match rec {
         None => "off",
-        Some(r) if r.feeding.is_some() => "sealing",
+        Some(r) if r.feeding.is_some() || r.stopping => "sealing",
         Some(r) if r.paused => "paused",
         Some(_) => "recording",
     };
@@ -713,17 +1011,18 @@ fn view(call: &str, rec: Option<&CallRec>) -> serde_json::Value {
 }
 
 /// `GET /calls`: the signed-in user's connected calls and whether each
-/// is recorded.
+/// is recorded (entries of calls they left are dropped as found).
 pub fn list(req: &Request, _: &Params) -> Result<Response, ApiError> {
     let user = me(req)?;
     let prefix = format!("mine/{user}/");
-    let page = kv::scan(&prefix, None, 50)?;
     let mut out = Vec::new();
-    for e in page.entries {
+    for e in kv::scan_all(&prefix, 1000)? {
         let call = String::from_utf8_lossy(&e.key[prefix.len()..]).into_owned();
-        let live = calls::get_leg(&call).is_ok_and(|l| l.state == LegState::Answered);
-        if live {
+        if still_on(&call, &user)? {
             out.push(view(&call, load(&call)?.as_ref()));
+        } else if calls::get_leg(&String::from_utf8_lossy(&e.value)).is_err() {
+            kv::delete(&e.key)?;
+            kv::delete(on(&call, &user))?;
         }
     }
     Ok(http::json(200, &json!({ "calls": out })))
@@ -736,7 +1035,7 @@ struct Ask {
 }
 
 /// `POST /calls/:call/recording {"action": "start"|"stop"|"pause"|"resume"}`
-/// on one of the signed-in user's calls.
+/// on a call the signed-in user is on now.
 pub fn control(req: &Request, p: &Params) -> Result<Response, ApiError> {
     let user = me(req)?;
     let call = p.get("call").unwrap_or_default();
@@ -747,8 +1046,7 @@ pub fn control(req: &Request, p: &Params) -> Result<Response, ApiError> {
             format!("action is start, stop, pause or resume: {e}"),
         )
     })?;
-    let live = calls::get_leg(call).is_ok_and(|l| l.state == LegState::Answered);
-    if kv::get(mine(&user, call))?.is_none() || !live {
+    if !answered_leg(call) || !still_on(call, &user)? {
         return Err(ApiError::new(
             404,
             "call_not_found",

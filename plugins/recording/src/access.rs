@@ -310,6 +310,9 @@ struct Users {
 /// Adds participants (later joiners): the initiator or the starting plugin.
 pub fn add_participants(req: &Request, p: &Params) -> Reply {
     let mut rec = managed(req, param(p, "rid"))?;
+    if by_plugin_only(&rec) && !by_owner(req, &rec) {
+        return Err(plugin_only_error());
+    }
     if !by_owner(req, &rec) && req.principal.user.as_deref() != Some(rec.initiator.as_str()) {
         return Err(ApiError::new(
             403,

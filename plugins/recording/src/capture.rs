@@ -130,7 +130,11 @@ pub fn start(req: &Request, _: &Params) -> Reply {
         ));
     }
     let id = crypto::random_id();
-    let blob = blobs::create(Some(&me), "recording")?;
+    // A call recorded under the tenant's `always` policy is the tenant's
+    // record: its quota holds it, so a user filling their own storage
+    // cannot cut it short.
+    let quota_owner = (body.policy.as_deref() != Some("always")).then_some(me.as_str());
+    let blob = blobs::create(quota_owner, "recording")?;
     let rec = Recording {
         head: genesis(&id),
         id,
@@ -180,11 +184,16 @@ fn call_owner(
     owner: &str,
     policy: Option<&str>,
 ) -> Result<String, ApiError> {
-    if req.caller_plugin.is_none() || source.kind != SourceKind::Call {
+    let allowed: String = config::get("call-plugins").unwrap_or_else(|| "pbx".into());
+    let from_calls_plugin = req
+        .caller_plugin
+        .as_deref()
+        .is_some_and(|p| allowed.split(',').any(|a| a.trim() == p));
+    if !from_calls_plugin || source.kind != SourceKind::Call {
         return Err(ApiError::new(
             403,
             "owner_via_plugin",
-            "only a calls plugin names the owner of a call recording",
+            "only a calls plugin the tenant names (call-plugins) names the owner of a call recording",
         ));
     }
     if !matches!(policy, Some("always" | "on_demand")) {
@@ -293,10 +302,14 @@ pub fn stop(req: &Request, p: &Params) -> Reply {
 /// optional `X-Chunk-SHA256` header is checked against the body.
 pub fn upload_chunk(req: &Request, p: &Params) -> Reply {
     let mut rec = managed(req, param(p, "rid"))?;
-    if by_plugin_only(&rec) && !by_owner(req, &rec) {
+    // A call's audio comes from the plugin that recorded the call, and
+    // only from it; anything else from its initiator (directly, or
+    // through the plugin that started it acting for them).
+    let plugin_feeds = by_plugin_only(&rec);
+    if plugin_feeds && !by_owner(req, &rec) {
         return Err(plugin_only_error());
     }
-    if !by_owner(req, &rec) && req.principal.user.as_deref() != Some(rec.initiator.as_str()) {
+    if !plugin_feeds && req.principal.user.as_deref() != Some(rec.initiator.as_str()) {
         return Err(ApiError::new(
             403,
             "not_initiator",
@@ -355,6 +368,10 @@ pub fn upload_chunk(req: &Request, p: &Params) -> Reply {
     }
     match rec.state {
         State::Recording => {}
+        // A call's audio reaches us after the call, through the plugin
+        // that recorded it: the host already dropped what was said while
+        // paused.
+        State::Paused if by_plugin_only(&rec) => {}
         State::Paused => {
             return Err(ApiError::new(
                 409,

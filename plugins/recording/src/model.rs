@@ -86,6 +86,12 @@ pub struct SealPayload {
     pub head: String,
     /// (from, to, chunks accepted before the pause).
     pub pauses: Vec<(u64, u64, u64)>,
+    /// From v2: the plugin that started the recording (`meetings`, `pbx`)
+    /// and, for a call, the tenant policy it was recorded under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by_plugin: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]

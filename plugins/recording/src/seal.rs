@@ -69,7 +69,9 @@ pub fn seal(req: &Request, rec: &mut Recording) -> Result<(), ApiError> {
     rec.state = State::Stopped;
     rec.stopped_at = Some(now);
     let payload = SealPayload {
-        v: 1,
+        v: 2,
+        by_plugin: rec.owner_plugin.clone(),
+        policy: rec.policy.clone(),
         tenant: req.principal.tenant.clone(),
         recording: rec.id.clone(),
         source: rec.source.clone(),
@@ -251,6 +253,12 @@ pub fn verify(req: &Request, p: &Params) -> Reply {
                 if stated != recorded {
                     problems.push(
                         "the recording's source, initiator, type, times or pauses differ from the sealed ones"
+                            .into(),
+                    );
+                }
+                if s.v >= 2 && (s.by_plugin != rec.owner_plugin || s.policy != rec.policy) {
+                    problems.push(
+                        "the plugin or policy the recording was made by differs from the sealed one"
                             .into(),
                     );
                 }
