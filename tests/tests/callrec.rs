@@ -35,7 +35,7 @@ struct Rig {
     carol: String,
 }
 
-const PLUGINS: [&str; 2] = ["pbx", "recording"];
+const PLUGINS: [&str; 3] = ["pbx", "recording", "callflow"];
 
 async fn rig() -> Rig {
     let h = harness(&PLUGINS).await;
@@ -55,7 +55,16 @@ async fn rig() -> Rig {
         &h,
         Op::RoutesSet {
             tenant: "acme".into(),
-            routes: vec![route("201", "bob"), route("202", "carol")],
+            routes: vec![
+                route("201", "bob"),
+                route("202", "carol"),
+                // Another plugin's number (a stand-in for voicemail).
+                Route {
+                    number: "800".into(),
+                    plugin: "callflow".into(),
+                    args: "answer".into(),
+                },
+            ],
         },
     )
     .await;
@@ -894,4 +903,171 @@ async fn r5_a_transfer_ends_the_recording_and_the_new_pair_is_weighed_afresh() {
     r.rig.hang_up(&a);
     let sealed = r.recording(&r.carol, &a, "stopped").await;
     assert_eq!(sealed["id"], json!(second_id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r2_hand_offs_attended_transfers_pause_limits_and_a_failing_hand_over_lose_nothing() {
+    let r = rig().await;
+    r.policy(json!({ "always": { "users": ["bob"] }, "max_pause_seconds": 10 }))
+        .await;
+    // Bob transfers a recorded Alice to another plugin's number: she goes
+    // there once the recording has ended, and it is sealed.
+    let (mut alice, mut bob) = (Phone::new().unwrap(), Phone::new().unwrap());
+    let (a, b) = r.call("201", "bob", &mut alice, &mut bob).await;
+    r.bridged(&a, &b).await;
+    r.rig.transfer(&b, "800").await.unwrap();
+    let end = Instant::now() + WAIT;
+    while r
+        .h
+        .runtime()
+        .telephony()
+        .lookup("acme", "callflow", &a)
+        .is_none()
+    {
+        assert!(Instant::now() < end, "Alice never reached 800");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    r.recording(&r.bob, &a, "stopped").await;
+    r.rig.hang_up(&a);
+    // A new call: Bob pauses for his 10 s (fired as if they had passed);
+    // the recording resumes and a second pause is refused, audited.
+    let (mut alice, mut bob) = (Phone::new().unwrap(), Phone::new().unwrap());
+    let (a, b) = r.call("201", "bob", &mut alice, &mut bob).await;
+    r.bridged(&a, &b).await;
+    talk(&mut alice, TALK, 40).await;
+    keys(&mut bob, "*2").await;
+    r.recording(&r.bob, &a, "paused").await;
+    r.h.runtime().fire_timers_due_by(now_ms() + 11_000).await;
+    r.recording(&r.bob, &a, "recording").await;
+    keys(&mut bob, "*2").await;
+    let end = Instant::now() + WAIT;
+    while !r
+        .audits("pbx.recording.refused")
+        .iter()
+        .any(|e| e.details.contains("pause_limit"))
+    {
+        assert!(Instant::now() < end, "the second pause was not refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    r.recording(&r.bob, &a, "recording").await;
+    // Bob's phone has a second call (to Carol) and tries to join Alice
+    // with Carol: a recorded call is not joined, and both calls go on.
+    let (mut bob2, mut carol) = (Phone::new().unwrap(), Phone::new().unwrap());
+    let rung = r.ringing(&r.carol, &carol);
+    let b2 = r
+        .rig
+        .ring_from(
+            Some(&r.bob),
+            "acme",
+            "pbx",
+            "bob-desk",
+            "202",
+            b"carol",
+            &mut bob2,
+        )
+        .await
+        .unwrap();
+    let c = r.rung(&r.carol, &mut carol, rung).await;
+    r.bridged(&b2, &c).await;
+    r.rig.transfer_attended(&b, &b2).await.unwrap();
+    r.rig
+        .wait_for(WAIT, |s| {
+            s.iter()
+                .any(|x| matches!(x, Signal::TransferFailed(l, _) if *l == b))
+        })
+        .await
+        .unwrap();
+    r.bridged(&a, &b).await;
+    r.bridged(&b2, &c).await;
+    // (Bob's call to Carol was recorded too: his calls are.)
+    r.rig.hang_up(&b2);
+    r.recording(&r.bob, &b2, "stopped").await;
+    // The recording plugin is off when the call ends: the hand-over
+    // fails, is retried, backing off, and then waits for an admin, the
+    // audio kept.
+    console(
+        &r.h,
+        Op::PluginDisable {
+            tenant: "acme".into(),
+            name: "recording".into(),
+        },
+    )
+    .await;
+    r.rig.hang_up(&a);
+    let mut stuck = Value::Null;
+    for i in 1..=12u64 {
+        r.h.runtime()
+            .fire_timers_due_by(now_ms() + i * 600_000)
+            .await;
+        let got = r
+            .admin(Method::Get, "/admin/recording/stuck", Value::Null)
+            .await;
+        stuck = got.json().unwrap()["stuck"].clone();
+        if stuck.as_array().is_some_and(|s| !s.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rid = stuck[0]["recording"]
+        .as_str()
+        .unwrap_or_else(|| panic!("nothing stuck: {stuck}"))
+        .to_string();
+    let alarms = r.audits("pbx.recording.stuck");
+    assert_eq!(
+        alarms.len(),
+        1,
+        "{:?}",
+        alarms.iter().map(|e| &e.details).collect::<Vec<_>>()
+    );
+    let path = format!("/admin/recording/stuck/{rid}");
+    let junk = r
+        .admin(Method::Post, &path, json!({ "action": "explode" }))
+        .await;
+    assert_eq!(junk.json().unwrap()["code"], "invalid_action");
+    let theirs = r
+        .user(
+            &r.bob,
+            "pbx",
+            Method::Post,
+            &path,
+            json!({ "action": "abandon" }),
+        )
+        .await;
+    assert_eq!(theirs.status, 403);
+    // Back on, an admin retries: sealed, intact, with what Alice said.
+    r.h.enable("acme", "recording").await.unwrap();
+    let retry = r
+        .admin(Method::Post, &path, json!({ "action": "retry" }))
+        .await;
+    assert_eq!(retry.status, 200, "{}", retry.text());
+    r.h.runtime().fire_due_timers().await;
+    let sealed = r.recording(&r.bob, &a, "stopped").await;
+    assert_eq!(sealed["id"], json!(rid));
+    let verify = r
+        .user(
+            &r.bob,
+            "recording",
+            Method::Get,
+            &format!("/recordings/{rid}/verify"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(verify.json().unwrap()["intact"], true, "{}", verify.text());
+    let media = r
+        .user(
+            &r.bob,
+            "recording",
+            Method::Get,
+            &format!("/recordings/{rid}/media"),
+            Value::Null,
+        )
+        .await;
+    assert!(
+        frames_at(&media.body, TALK) >= 20,
+        "what Alice said is there"
+    );
+    let again = r
+        .admin(Method::Post, &path, json!({ "action": "retry" }))
+        .await;
+    assert_eq!(again.status, 404);
 }

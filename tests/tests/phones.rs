@@ -4,9 +4,10 @@
 //! Installed by `tests/tools/install-peers.sh` (the README's test
 //! command); a missing peer fails the test, naming the script. SPEC T2,
 //! V3 (a message left from a real phone, message waiting on another), M6
-//! (a real phone dials into a meeting with the access code).
+//! (a real phone dials into a meeting with the access code), R1 (a call
+//! between real phones recorded, announced to both and sealed).
 //!
-//! Kept to five tests: each costs real-time seconds.
+//! Kept to six tests: each costs real-time seconds.
 
 use std::time::Duration;
 
@@ -443,4 +444,109 @@ async fn m6_baresip_dials_into_a_meeting_with_its_access_code() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r1_baresip_a_recorded_call_is_announced_to_both_phones_and_sealed_with_what_was_said() {
+    use switchboard::runtime::{Method, Principal, Request, Role};
+    let r = rig().await;
+    let admin = Principal {
+        role: Role::TenantAdmin,
+        ..Principal::user("acme", "the-admin")
+    };
+    let ask = |plugin: &'static str, method: Method, path: String, body: Vec<u8>| {
+        let request = Request::new(method, &path, admin.clone()).with_body(body);
+        r.h.runtime().handle("acme", plugin, request)
+    };
+    let set = ask(
+        "pbx",
+        Method::Put,
+        "/admin/recording".into(),
+        br#"{"always": {"users": ["bob"]}}"#.to_vec(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(set.status, 200, "{}", set.text());
+    // Alice's microphone: 8 s of noise, longer than the announcement.
+    let source: Vec<i16> = noise().into_iter().cycle().take(64_000).collect();
+    let wav = r.dir.path().join("alice.wav");
+    write_wav(&wav, &source).unwrap();
+    let mut alice = r.phone("alice", Some(&wav)).await;
+    let mut bob = r.phone("bob", None).await;
+    alice.dial("sip:201@acme.localhost").await.unwrap();
+    for ua in [&mut alice, &mut bob] {
+        ua.wait_type("CALL_ESTABLISHED", WAIT).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(6000)).await;
+    alice.hangup().await.unwrap();
+    bob.wait_type("CALL_CLOSED", WAIT).await.unwrap();
+    // Bob's phone played the announcement (its first 20 ms, decoded).
+    let announced: Vec<i16> = switchboard_tests::ivr::first_frame("recording-on")
+        .iter()
+        .map(|&c| g711::ulaw_to_linear(c))
+        .collect();
+    let close = |a: i16, b: i16| (i32::from(a) - i32::from(b)).abs() <= 2;
+    let contains = |hay: &[i16], needle: &[i16]| {
+        hay.len() >= needle.len()
+            && (0..=hay.len() - needle.len())
+                .any(|j| needle.iter().zip(&hay[j..]).all(|(a, b)| close(*a, *b)))
+    };
+    let heard = bob.received_audio().unwrap();
+    assert!(contains(&heard, &announced), "Bob's phone was told");
+    // The recording is sealed, verifies, and holds Alice's words sample
+    // for sample (after the announcement, mixed with Bob's silence).
+    let end = std::time::Instant::now() + WAIT;
+    let rec = loop {
+        let got = ask(
+            "recording",
+            Method::Get,
+            "/recordings?all=true".into(),
+            Vec::new(),
+        )
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+        if let Some(x) = got["recordings"]
+            .as_array()
+            .and_then(|l| l.first())
+            .filter(|x| x["state"] == "stopped")
+        {
+            break x.clone();
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "no sealed recording: {got}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let rid = rec["id"].as_str().unwrap();
+    let verify = ask(
+        "recording",
+        Method::Get,
+        format!("/recordings/{rid}/verify"),
+        Vec::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(verify.json().unwrap()["intact"], true, "{}", verify.text());
+    let media = ask(
+        "recording",
+        Method::Get,
+        format!("/recordings/{rid}/media"),
+        Vec::new(),
+    )
+    .await
+    .unwrap();
+    let pcm: Vec<i16> = media.body[44..]
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    let found = (0..source.len() - 800)
+        .step_by(800)
+        .any(|i| contains(&pcm, &source[i..i + 800]));
+    assert!(
+        found,
+        "Alice's words are in the recording sample for sample"
+    );
 }

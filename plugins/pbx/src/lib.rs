@@ -116,11 +116,10 @@ enum Role {
         forwarded: bool,
         #[serde(default)]
         answered: bool,
-        /// The user the call was placed for when it rings a number (a
-        /// forward to a mobile): still their call to the recording
-        /// policy.
+        /// The user whose forward rang this number (a mobile): still
+        /// their call to the recording policy.
         #[serde(default, skip_serializing_if = "String::is_empty")]
-        for_user: String,
+        forwarded_for: String,
     },
     /// A caller's leg keying in an account code for a call out to `to`.
     Code { to: String, user: Option<String> },
@@ -224,7 +223,11 @@ struct Ring<'a> {
 /// Places the call; returns the new leg (the caller's state names it).
 fn ring(r: Ring<'_>) -> Result<String, Error> {
     let ring_s: u32 = config::get("ring-seconds").unwrap_or(20);
-    let for_user = r.for_user.clone().unwrap_or_default();
+    let forwarded_for = if r.purpose == DialPurpose::Forward && r.user.is_empty() {
+        r.for_user.clone().unwrap_or_default()
+    } else {
+        String::new()
+    };
     let opts = DialOpts {
         purpose: r.purpose,
         on_behalf_of: r.for_user.filter(|u| !u.is_empty()),
@@ -236,7 +239,7 @@ fn ring(r: Ring<'_>) -> Result<String, Error> {
             // A forward, or a call to a number, is never forwarded again.
             forwarded: r.purpose == DialPurpose::Forward || r.user.is_empty(),
             answered: false,
-            for_user,
+            forwarded_for,
         })
         .unwrap_or_default(),
         account_code: r.account_code,
@@ -396,12 +399,8 @@ fn transfer(e: &CallEvent, role: Option<Role>, to: &str) -> Result<(), Error> {
     let Some(peer) = peer else {
         return calls::decline_transfer(leg, Cause::Rejected);
     };
-    // The call the transfer changes, and who leaves it.
+    // The call the transfer changes.
     let call = role.as_ref().and_then(|r| call_of(leg, r));
-    let leaving = match &role {
-        Some(Role::Callee { user, .. }) => user.clone(),
-        _ => me.user.clone().unwrap_or_default(),
-    };
     let target = match resolve(to, false) {
         Ok(Target::Elsewhere(number)) => {
             // To another plugin's number: the other party goes there
@@ -411,7 +410,7 @@ fn transfer(e: &CallEvent, role: Option<Role>, to: &str) -> Result<(), Error> {
                 && record::transferring(&peer.id, Some(&number))?
             {
                 if let Some(c) = &call {
-                    record::left(c, leg, &leaving)?;
+                    record::left(c, leg)?;
                 }
                 set(leg, &Role::Transferred)?;
                 return calls::hangup(leg, Cause::Normal);
@@ -419,7 +418,7 @@ fn transfer(e: &CallEvent, role: Option<Role>, to: &str) -> Result<(), Error> {
             return match calls::hand_off(&peer.id, &number) {
                 Ok(()) => {
                     if let Some(c) = &call {
-                        record::left(c, leg, &leaving)?;
+                        record::left(c, leg)?;
                     }
                     set(leg, &Role::Transferred)?;
                     calls::hangup(leg, Cause::Normal)
@@ -464,9 +463,9 @@ fn transfer(e: &CallEvent, role: Option<Role>, to: &str) -> Result<(), Error> {
                 if *c == peer.id {
                     record::transferring(c, None)?;
                 } else {
-                    record::carry(c, &peer.id)?;
+                    record::move_leg(&[c.as_str()], &peer.id, &peer.id)?;
                 }
-                record::left(c, leg, &leaving)?;
+                record::left(c, leg)?;
             }
             set(leg, &Role::Transferred)?;
             calls::hangup(leg, Cause::Normal)?;
@@ -519,10 +518,18 @@ fn attended(leg: &str, other: &str) -> Result<(), Error> {
             user: String::new(),
             forwarded: true,
             answered: true,
-            for_user: String::new(),
+            forwarded_for: String::new(),
         },
     )?;
+    // Their users are on the joined call (keyed by `a`) now; the phone's
+    // two legs are on nothing.
+    let old: Vec<&str> = vec![leg, other, a.id.as_str(), c.id.as_str()];
+    record::move_leg(&old, &a.id, &a.id)?;
+    record::move_leg(&old, &c.id, &a.id)?;
     for l in [leg, other] {
+        for call in &old {
+            record::left(call, l)?;
+        }
         set(l, &Role::Transferred)?;
         calls::hangup(l, Cause::Normal)?;
     }
@@ -568,15 +575,14 @@ fn call_of(leg: &str, role: &Role) -> Option<String> {
 fn on_call(e: &CallEvent) -> Result<(), Error> {
     let leg = e.leg.as_str();
     // A leg that ends or goes to another plugin leaves its call.
-    if let (CallEventKind::Ended(_) | CallEventKind::HandedOff(_), Some(role)) =
-        (&e.kind, state_of(e))
-        && let Some(call) = call_of(leg, &role)
-    {
-        let user = match &role {
-            Role::Callee { user, .. } => user.clone(),
-            _ => e.snapshot.user.clone().unwrap_or_default(),
-        };
-        record::left(&call, leg, &user)?;
+    if matches!(
+        e.kind,
+        CallEventKind::Ended(_) | CallEventKind::HandedOff(_)
+    ) {
+        if let Some(call) = state_of(e).and_then(|role| call_of(leg, &role)) {
+            record::left(&call, leg)?;
+        }
+        record::gone(leg)?;
     }
     match (&e.kind, state_of(e)) {
         (CallEventKind::Offered(args), _) => {
@@ -628,7 +634,7 @@ fn on_call(e: &CallEvent) -> Result<(), Error> {
                 caller,
                 user,
                 forwarded,
-                for_user,
+                forwarded_for,
                 ..
             }),
         ) => {
@@ -648,11 +654,11 @@ fn on_call(e: &CallEvent) -> Result<(), Error> {
                     user: user.clone(),
                     forwarded,
                     answered: true,
-                    for_user: for_user.clone(),
+                    forwarded_for: forwarded_for.clone(),
                 },
             )?;
             // A recorded call: the parties hear that first.
-            if record::answered(&caller, leg, &user, &for_user)? {
+            if record::answered(&caller, leg, &user, &forwarded_for)? {
                 return Ok(());
             }
             calls::bridge(leg, &caller)
@@ -661,16 +667,10 @@ fn on_call(e: &CallEvent) -> Result<(), Error> {
             Some(call) => record::played(&call, leg, &p.op),
             None => Ok(()),
         },
-        (CallEventKind::Digit(k), Some(role)) => {
-            let user = match &role {
-                Role::Callee { user, .. } => user.clone(),
-                _ => e.snapshot.user.clone().unwrap_or_default(),
-            };
-            match (call_of(leg, &role), k.chars().next()) {
-                (Some(call), Some(key)) => record::pressed(&call, leg, &user, key, e.at_ms),
-                _ => Ok(()),
-            }
-        }
+        (CallEventKind::Digit(k), Some(role)) => match (call_of(leg, &role), k.chars().next()) {
+            (Some(call), Some(key)) => record::pressed(&call, leg, key, e.at_ms),
+            _ => Ok(()),
+        },
         (CallEventKind::Recorded(r), _) => record::recorded(leg, r),
         (
             CallEventKind::Ended(cause),
@@ -735,6 +735,8 @@ impl Plugin for Pbx {
             .put("/forward", forward_set)
             .get("/calls", record::list)
             .post("/calls/:call/recording", record::control)
+            .get("/admin/recording/stuck", record::stuck)
+            .post("/admin/recording/stuck/:rid", record::resolve_stuck)
             .get("/admin/recording", policy::show)
             .put("/admin/recording", policy::set)
             .put("/admin/recording/announcement", policy::upload)

@@ -1,16 +1,17 @@
 //! Call recording under the tenant's policy (SPEC R1-R5 for calls; the
 //! policy is `policy.rs`). A call is recorded on its caller's leg, which
-//! hears the other party: the host mixes both sides into a blob of this
-//! plugin as the call goes, and drops the audio while the recording is
-//! paused (card numbers read out, PCI). The recording itself is the
-//! `recording` plugin's, opened when recording starts (so the parties'
-//! web clients are told at once, `recording.started`) with source
-//! `call:{caller leg}`, the user it belongs to and the other party's
-//! user as a participant; pauses and resumptions reach it as they
-//! happen. When the recording ends (the call ends, a user stops an
-//! on-demand one, a transfer changes who is on the call) the audio is
-//! handed over as numbered chunks into its hash chain, by a timer that
-//! retries what fails, and the recording is stopped and sealed, so
+//! hears the other party: the host mixes both sides into a staging blob
+//! of this plugin as the call goes, and drops the audio while the
+//! recording is paused (card numbers read out, PCI). The recording
+//! itself is the `recording` plugin's, opened when recording starts (so
+//! the parties' web clients are told at once, `recording.started`) with
+//! source `call:{caller leg}`, the user it belongs to and the other
+//! party's user as a participant; pauses and resumptions reach it as
+//! they happen. When the host's recording ends (the call ends, the user
+//! stops an on-demand one, a transfer changes who is on the call) the
+//! call is free for the next recording at once, and the audio is handed
+//! over as numbered chunks into the recording's hash chain, by a timer
+//! that retries what fails, and the recording is stopped and sealed, so
 //! `verify` proves a call as it proves a meeting; the staging blob is
 //! then destroyed.
 //!
@@ -18,16 +19,25 @@
 //! (unless the policy is silent, audited so): on the answer, before the
 //! parties are bridged; mid-call, out of the bridge and back in once
 //! both have heard it. A transfer ends the recording (its owner may be
-//! the one leaving): the call's new pair of parties is weighed against
-//! the policy afresh once the old recording is sealed, or when the new
-//! party answers, whichever comes last, and a new recording (announced
-//! again) starts if the policy says so.
+//! the one leaving); the new party is held apart until the old
+//! recording has ended, then the new pair is weighed against the policy
+//! and, if it records them, told before they talk.
+//!
+//! What is kept (keys hold ids only):
+//!
+//! | key | value |
+//! |---|---|
+//! | `rec/{call}` | [`CallRec`]: the recording running on the call |
+//! | `feed/{rid}` | [`Feed`]: a finished recording's audio being handed over |
+//! | `mine/{user}/{call}` | the user's leg on the call (`GET /calls`, membership) |
+//! | `on/{call}/{user}` | empty: the other way round |
+//! | `star/{leg}` | when `*` was pressed on the leg (a code's first key) |
 //!
 //! Uses `policy`.
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use switchboard_sdk::calls::{self, LegState, OpEnd, Prompt, RecordOpts, Recorded};
+use switchboard_sdk::calls::{self, Cause, LegState, OpEnd, Prompt, RecordOpts, Recorded};
 use switchboard_sdk::http::{self, ApiError, Params, RequestExt as _};
 use switchboard_sdk::{
     Error, Method, PrincipalKind, Request, Response, audit, blobs, kv, plugins, timers,
@@ -46,8 +56,9 @@ const CHUNK: u32 = 1 << 20;
 const MIN_CHUNK: u32 = 16 << 10;
 /// Chunks handed over per turn (a timer carries on).
 const CHUNKS_PER_TURN: u32 = 4;
-/// Turns in a row that may fail before the hand-over waits for an
-/// admin (audited; the staging blob is kept).
+/// Turns in a row that may fail (backing off: 2 s, 4 s … 256 s) before
+/// the hand-over stops and waits for an admin (audited; the staging
+/// blob is kept; `POST /admin/recording/stuck/{rid}`).
 const MAX_FAILED_TURNS: u32 = 8;
 /// How long after a `*` its digit counts as a code.
 const CODE_MS: u64 = 3_000;
@@ -55,8 +66,8 @@ const CODE_MS: u64 = 3_000;
 /// under it (no `recorded` will ever come).
 const WATCH: std::time::Duration = std::time::Duration::from_secs(300);
 
-/// A call being recorded, under `rec/{call}` (`call` is the caller's
-/// leg, the one recorded).
+/// The recording running on a call, under `rec/{call}` (`call` is the
+/// caller's leg, the one recorded).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CallRec {
     /// The two parties' legs, the recorded one first.
@@ -69,6 +80,12 @@ pub struct CallRec {
     /// The host's recording on the caller's leg.
     pub op: String,
     pub paused: bool,
+    /// Since when (ms), while paused.
+    #[serde(default)]
+    pub paused_at: u64,
+    /// Paused so far, ms (the policy's `max_pause_seconds` is the most).
+    #[serde(default)]
+    pub paused_ms: u64,
     /// Pauses so far (names the pause a limit timer is for).
     #[serde(default)]
     pub pauses: u32,
@@ -80,22 +97,34 @@ pub struct CallRec {
     /// transfer): the end is no surprise.
     #[serde(default)]
     pub stopping: bool,
-    /// A transfer ended it: the call's parties are weighed again once it
-    /// is sealed.
-    #[serde(default)]
-    pub again: bool,
+    /// A party who answered while the recording was ending, held apart
+    /// until it has: then weighed against the policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<Next>,
     /// A transfer of the recorded leg to another plugin's number, made
     /// once the host's recording has ended (a leg being recorded is not
     /// handed over).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hand_off_to: Option<String>,
-    /// After the recording: the audio being handed over.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub feeding: Option<Feed>,
+    /// The watch found the leg gone once (twice: lost).
+    #[serde(default)]
+    pub missing: bool,
 }
 
+/// A new party of a call: its leg, the user rung, and the user whose
+/// forward rang a number.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Next {
+    pub leg: String,
+    pub user: String,
+    pub forwarded_for: String,
+}
+
+/// A finished recording's audio on its way, under `feed/{rid}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Feed {
+    pub call: String,
+    pub rid: String,
     /// This plugin's blob the host recorded into.
     pub blob: String,
     pub offset: u64,
@@ -107,34 +136,122 @@ pub struct Feed {
     /// Turns in a row that failed.
     #[serde(default)]
     pub failed: u32,
+    /// Given up after [`MAX_FAILED_TURNS`]: waits for an admin.
+    #[serde(default)]
+    pub stuck: bool,
+    /// Why the last turn failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 fn key(call: &str) -> String {
     format!("rec/{call}")
 }
 
+fn feed_key(rid: &str) -> String {
+    format!("feed/{rid}")
+}
+
+const FEEDS: &str = "feed/";
+
 fn target(call: &str) -> String {
     format!("call/{call}")
 }
 
-/// Call `call` in `user`'s list, with the user's leg on it...
 fn mine(user: &str, call: &str) -> String {
     format!("mine/{user}/{call}")
 }
 
-/// ...and the other way round: `user` (by that leg) on call `call`.
 fn on(call: &str, user: &str) -> String {
     format!("on/{call}/{user}")
+}
+
+fn star(leg: &str) -> String {
+    format!("star/{leg}")
 }
 
 fn answered_leg(leg: &str) -> bool {
     calls::get_leg(leg).is_ok_and(|l| l.state == LegState::Answered)
 }
 
-/// Whether `user`'s leg on call `call` (as the index says) is still on
-/// it: answered, and the call's leg or bridged with it (a user who
-/// transferred the call away, or whose leg went to another plugin, is
-/// not).
+pub fn load(call: &str) -> Result<Option<CallRec>, Error> {
+    kv::get_json(key(call))
+}
+
+fn save(call: &str, rec: &CallRec) -> Result<(), Error> {
+    kv::set_json(key(call), rec)
+}
+
+fn now() -> u64 {
+    switchboard_sdk::now_ms()
+}
+
+/// Audits what went wrong with a call's recording (an admin's alarm);
+/// the call itself goes on.
+fn alarm(action: &str, call: &str, details: serde_json::Value) -> Result<(), Error> {
+    audit::append(
+        action,
+        &target(call),
+        audit::Outcome::Failure,
+        &details.to_string(),
+    )
+}
+
+fn ok(action: &str, call: &str, details: serde_json::Value) -> Result<(), Error> {
+    audit::append(
+        action,
+        &target(call),
+        audit::Outcome::Success,
+        &details.to_string(),
+    )
+}
+
+/// Ends the host's recording `op`; one that has ended already (its
+/// `recorded` on the way) is fine.
+fn stop_op(op: &str) -> Result<(), Error> {
+    match calls::stop(op) {
+        Err(Error::NotFound(_)) => Ok(()),
+        other => other,
+    }
+}
+
+// ---- who is on a call -------------------------------------------------
+
+/// The users of the tenant listed on call `call`, with their legs.
+fn listed(call: &str) -> Result<Vec<(String, String)>, Error> {
+    let prefix = format!("on/{call}/");
+    let mut out = Vec::new();
+    for e in kv::scan(&prefix, None, 16)?.entries {
+        let user = String::from_utf8_lossy(&e.key[prefix.len()..]).into_owned();
+        if let Some(leg) = kv::get(mine(&user, call))? {
+            out.push((user, String::from_utf8_lossy(&leg).into_owned()));
+        }
+    }
+    Ok(out)
+}
+
+/// Lists `user` on call `call` by their leg `leg`.
+fn list_on(call: &str, user: &str, leg: &str) -> Result<(), Error> {
+    if user.is_empty() {
+        return Ok(());
+    }
+    kv::set(mine(user, call), leg)?;
+    kv::set(on(call, user), b"")
+}
+
+/// The user of the tenant on `leg` of call `call` (none: a party from
+/// outside).
+fn user_on(call: &str, leg: &str) -> Result<Option<String>, Error> {
+    Ok(listed(call)?
+        .into_iter()
+        .find(|(_, l)| l == leg)
+        .map(|(u, _)| u))
+}
+
+/// Whether `user`'s leg on call `call` is still on it: answered, and the
+/// call's leg, bridged with it, or one of its recording's parties (a
+/// user who transferred the call away, or whose leg went to another
+/// plugin, is not).
 fn still_on(call: &str, user: &str) -> Result<bool, Error> {
     let Some(leg) = kv::get(mine(user, call))? else {
         return Ok(false);
@@ -149,19 +266,16 @@ fn still_on(call: &str, user: &str) -> Result<bool, Error> {
     if leg == call {
         return Ok(true);
     }
-    let c = calls::get_leg(call).ok();
-    // Bridged with the call's leg, or hearing an announcement of it.
-    Ok(l.bridged_with.as_deref() == Some(call)
-        || c.is_some_and(|c| c.bridged_with.as_deref() == Some(leg.as_str()))
-        || load(call)?.is_some_and(|r| r.parties.contains(&leg)))
+    if l.bridged_with.as_deref() == Some(call) {
+        return Ok(true);
+    }
+    Ok(load(call)?.is_some_and(|r| r.parties.contains(&leg)))
 }
 
 /// The users of the tenant on call `call` now.
 fn users_of(call: &str) -> Result<Vec<String>, Error> {
-    let prefix = format!("on/{call}/");
     let mut out = Vec::new();
-    for e in kv::scan(&prefix, None, 16)?.entries {
-        let user = String::from_utf8_lossy(&e.key[prefix.len()..]).into_owned();
+    for (user, _) in listed(call)? {
         if still_on(call, &user)? {
             out.push(user);
         }
@@ -169,27 +283,51 @@ fn users_of(call: &str) -> Result<Vec<String>, Error> {
     Ok(out)
 }
 
-pub fn load(call: &str) -> Result<Option<CallRec>, Error> {
-    kv::get_json(key(call))
+/// Leg `leg` left call `call` (ended, transferred away, handed to
+/// another plugin): its user's listing goes.
+pub fn left(call: &str, leg: &str) -> Result<(), Error> {
+    for (user, l) in listed(call)? {
+        if l == leg {
+            kv::delete(mine(&user, call))?;
+            kv::delete(on(call, &user))?;
+        }
+    }
+    Ok(())
 }
 
-fn save(call: &str, rec: &CallRec) -> Result<(), Error> {
-    kv::set_json(key(call), rec)
+/// A leg is over for this plugin: its pending code key goes.
+pub fn gone(leg: &str) -> Result<(), Error> {
+    kv::delete(star(leg)).map(|_| ())
 }
 
-fn api(e: ApiError) -> Error {
-    Error::Internal(format!("{}: {}", e.code, e.message))
+/// Leg `leg`, listed on the calls `from`, is on call `to` now (a transfer
+/// made it the caller of a new call, or joined it to another): its user
+/// goes along.
+pub fn move_leg(from: &[&str], leg: &str, to: &str) -> Result<(), Error> {
+    for call in from {
+        for (user, l) in listed(call)? {
+            if l == leg {
+                if *call != to {
+                    kv::delete(mine(&user, call))?;
+                    kv::delete(on(call, &user))?;
+                }
+                list_on(to, &user, leg)?;
+            }
+        }
+    }
+    Ok(())
 }
 
-/// Audits what went wrong with a call's recording (an admin's alarm);
-/// the call itself goes on.
-fn alarm(action: &str, call: &str, details: serde_json::Value) -> Result<(), Error> {
-    audit::append(
-        action,
-        &target(call),
-        audit::Outcome::Failure,
-        &details.to_string(),
-    )
+// ---- starting ---------------------------------------------------------
+
+/// The numbers the policy matches a call by: the caller's, the number
+/// dialled, the number rung.
+fn numbers(caller: &calls::LegSnapshot, callee: &calls::LegSnapshot) -> Vec<String> {
+    vec![
+        caller.caller.clone(),
+        caller.callee.clone(),
+        callee.callee.clone(),
+    ]
 }
 
 /// A title for the recording: who called whom, printable only.
@@ -207,70 +345,70 @@ fn title(caller: &calls::LegSnapshot, callee: &calls::LegSnapshot) -> String {
     )
 }
 
-/// The numbers the policy matches a call by: the caller's, the number
-/// dialled, the number rung.
-fn numbers(caller: &calls::LegSnapshot, callee: &calls::LegSnapshot) -> Vec<String> {
-    vec![
-        caller.caller.clone(),
-        caller.callee.clone(),
-        callee.callee.clone(),
-    ]
-}
-
-/// The callee leg `callee` (rung for `user`, on behalf of `for_user`:
-/// the user whose forward rang a number) answered the call on leg
-/// `call`. The parties' calls are listed for them (`GET /calls`). A call
-/// the policy records always starts recording, and both parties hear the
-/// announcement first. Returns whether this took over bridging them.
-pub fn answered(call: &str, callee: &str, user: &str, for_user: &str) -> Result<bool, Error> {
-    let (a, b) = (calls::get_leg(call)?, calls::get_leg(callee)?);
-    if let Some(u) = a.user.as_deref().filter(|u| !u.is_empty()) {
-        kv::set(mine(u, call), call)?;
-        kv::set(on(call, u), b"")?;
+/// The callee leg `callee` (rung for `user`; `forwarded_for`: the user
+/// whose forward rang a number) answered call `call`. Both parties are
+/// listed (`GET /calls`). A recording still ending (a transfer) holds
+/// the new party apart until it has; otherwise the policy is weighed.
+/// Returns whether this took over bridging them.
+pub fn answered(call: &str, callee: &str, user: &str, forwarded_for: &str) -> Result<bool, Error> {
+    let a = calls::get_leg(call)?;
+    if let Some(u) = a.user.as_deref() {
+        list_on(call, u, call)?;
     }
-    if !user.is_empty() {
-        kv::set(mine(user, call), callee)?;
-        kv::set(on(call, user), b"")?;
-    }
+    list_on(call, user, callee)?;
+    let next = Next {
+        leg: callee.to_string(),
+        user: user.to_string(),
+        forwarded_for: forwarded_for.to_string(),
+    };
     if let Some(mut rec) = load(call)? {
-        if rec.parties.iter().any(|p| p == callee) {
+        if rec.parties.iter().any(|p| p == callee)
+            || rec.next.as_ref().is_some_and(|n| n.leg == callee)
+        {
             // This answer again (events come at least once).
-            return Ok(!rec.announcing.is_empty());
+            return Ok(!rec.announcing.is_empty() || rec.next.is_some());
         }
-        if rec.feeding.is_none() && !rec.stopping {
-            // Someone new on a recorded call without a transfer we saw:
-            // the recording ends, and the new pair is weighed afresh.
-            calls::stop(&rec.op)?;
+        // Someone new on a recorded call: the recording ends, and the new
+        // pair is weighed once it has.
+        if !rec.stopping {
+            stop_op(&rec.op)?;
             rec.stopping = true;
         }
-        rec.again = true;
+        rec.next = Some(next);
         save(call, &rec)?;
-        return Ok(false);
+        return Ok(true);
     }
+    weigh(call, &next)
+}
+
+/// Weighs call `call` with its new party `next` against the policy: a
+/// recording if it says always (the parties told first). Whether that
+/// took over bridging them.
+fn weigh(call: &str, next: &Next) -> Result<bool, Error> {
+    let (a, b) = (calls::get_leg(call)?, calls::get_leg(&next.leg)?);
     // The called user first (a forward to a number is still the
-    // forwarding user's call), then the caller's, then any user the
-    // caller's leg carried over from a transfer.
+    // forwarding user's call), then the caller's side.
     let mut users: Vec<String> = Vec::new();
-    let carried = users_of(call)?;
-    for u in [
-        user.to_string(),
-        for_user.to_string(),
-        a.user.clone().unwrap_or_default(),
-    ]
-    .into_iter()
-    .chain(carried)
+    let caller_side = a
+        .user
+        .clone()
+        .into_iter()
+        .chain(users_of(call)?.into_iter().filter(|u| *u != next.user));
+    for u in [next.user.clone(), next.forwarded_for.clone()]
+        .into_iter()
+        .chain(caller_side)
     {
         if !u.is_empty() && !users.contains(&u) {
             users.push(u);
         }
     }
-    begin(call, callee, &users, &numbers(&a, &b), title(&a, &b))
+    begin(call, &next.leg, &users, &numbers(&a, &b), title(&a, &b))
 }
 
 /// Starts the policy's `always` recording of call `call` with party leg
 /// `other`, if the policy wants one; whether the announcement took over
-/// bridging them. A recording that cannot start leaves the call going
-/// on, audited as a failure.
+/// bridging them. A recording the recording plugin refuses leaves the
+/// call going on, audited as a failure.
 fn begin(
     call: &str,
     other: &str,
@@ -285,7 +423,7 @@ fn begin(
         return Ok(false);
     }
     // The recording is the policy's user's: one the policy names, else
-    // the tenant's user on the call (`users` has the called one first).
+    // the tenant's user on the call (the called one first).
     let named = users
         .iter()
         .find(|x| policy.always(&[x.as_str()], &[]))
@@ -315,9 +453,7 @@ fn begin(
     );
     match started {
         Ok(rec) => Ok(!rec.announcing.is_empty()),
-        Err(e) => {
-            // The recording plugin refused or is not there: the call goes
-            // on unrecorded, and the audit says why.
+        Err(Failed::Refused(e)) => {
             alarm(
                 "pbx.recording.start",
                 call,
@@ -325,6 +461,7 @@ fn begin(
             )?;
             Ok(false)
         }
+        Err(Failed::Broken(e)) => Err(e),
     }
 }
 
@@ -335,6 +472,29 @@ struct Start {
     title: String,
     /// The user who started it (on demand), none for the policy.
     by: Option<String>,
+}
+
+/// Why a start did not happen: refused before anything was issued (the
+/// call goes on), or broken after (the whole invocation must be dropped,
+/// so nothing half done stays).
+enum Failed {
+    Refused(ApiError),
+    Broken(Error),
+}
+
+impl From<Error> for Failed {
+    fn from(e: Error) -> Failed {
+        Failed::Broken(e)
+    }
+}
+
+impl From<Failed> for ApiError {
+    fn from(f: Failed) -> ApiError {
+        match f {
+            Failed::Refused(e) => e,
+            Failed::Broken(e) => ApiError::new(500, "internal", format!("{e:?}")),
+        }
+    }
 }
 
 /// Plays the announcement to `leg`: the tenant's own, or the library's
@@ -352,10 +512,9 @@ fn announce(leg: &str, prompt: &Prompt) -> Result<String, Error> {
 
 /// Opens the recording, starts the host's, and has both parties hear the
 /// announcement out of their bridge (bridged again when both heard it).
-/// Nothing is left half done: a host recording that cannot start closes
-/// the opened recording again.
-fn start(call: &str, other: &str, s: Start, policy: &Policy) -> Result<CallRec, ApiError> {
-    let v = plugins::call_ok(
+fn start(call: &str, other: &str, s: Start, policy: &Policy) -> Result<CallRec, Failed> {
+    let prompt = policy.prompt()?;
+    let opened = plugins::call_ok(
         RECORDING,
         Method::Post,
         "/recordings",
@@ -367,9 +526,10 @@ fn start(call: &str, other: &str, s: Start, policy: &Policy) -> Result<CallRec, 
             "title": s.title,
             "content_type": "audio/wav",
         }),
-    )?;
-    let rid = v["id"].as_str().unwrap_or_default().to_string();
-    let op = match calls::record(
+    )
+    .map_err(Failed::Refused)?;
+    let rid = opened["id"].as_str().unwrap_or_default().to_string();
+    let recording = calls::record(
         call,
         &RecordOpts {
             owner: None,
@@ -378,20 +538,30 @@ fn start(call: &str, other: &str, s: Start, policy: &Policy) -> Result<CallRec, 
             silence_ms: 0,
             terminators: String::new(),
         },
-    ) {
+    );
+    let op = match recording {
         Ok(op) => op,
         Err(e) => {
-            plugins::call(
+            // The leg cannot be recorded (it ended meanwhile): the opened
+            // recording is closed again, empty.
+            let r = plugins::call(
                 RECORDING,
                 Method::Post,
                 &format!("/recordings/{rid}/stop"),
                 b"",
             )?;
-            return Err(e.into());
+            if r.status >= 500 {
+                return Err(Failed::Broken(Error::Internal(
+                    "the recording plugin failed".into(),
+                )));
+            }
+            return Err(Failed::Refused(e.into()));
         }
     };
+    // From here every failure drops the whole invocation.
     let mut announcing = Vec::new();
-    if let Some(prompt) = policy.prompt()? {
+    let mut told = 0;
+    if let Some(prompt) = &prompt {
         let bridged = calls::get_leg(call)?.bridged_with.is_some();
         if bridged {
             calls::unbridge(call)?;
@@ -399,13 +569,9 @@ fn start(call: &str, other: &str, s: Start, policy: &Policy) -> Result<CallRec, 
         for leg in [call, other] {
             if answered_leg(leg) {
                 calls::stop_plays(leg)?;
-                if let Ok(op) = announce(leg, &prompt) {
-                    announcing.push((leg.to_string(), op));
-                }
+                announcing.push((leg.to_string(), announce(leg, prompt)?));
+                told += 1;
             }
-        }
-        if announcing.is_empty() && bridged {
-            calls::bridge(call, other)?;
         }
     }
     let rec = CallRec {
@@ -415,21 +581,23 @@ fn start(call: &str, other: &str, s: Start, policy: &Policy) -> Result<CallRec, 
         rid,
         op,
         paused: false,
+        paused_at: 0,
+        paused_ms: 0,
         pauses: 0,
         announcing,
         stopping: false,
-        again: false,
+        next: None,
         hand_off_to: None,
-        feeding: None,
+        missing: false,
     };
     save(call, &rec)?;
-    timers::schedule(WATCH, "watch", call.as_bytes())?;
-    audit::success(
+    timers::schedule(WATCH, "watch", format!("{call}/{}", rec.rid).as_bytes())?;
+    ok(
         "pbx.recording.start",
-        &target(call),
+        call,
         json!({
             "recording": rec.rid, "mode": s.mode, "owner": rec.owner,
-            "by": s.by, "announced": !policy.silent,
+            "by": s.by, "announced": prompt.is_some(), "parties_told": told,
         }),
     )?;
     Ok(rec)
@@ -447,18 +615,15 @@ pub fn played(call: &str, leg: &str, op: &str) -> Result<(), Error> {
         return Ok(());
     }
     save(call, &rec)?;
-    if rec.announcing.is_empty() {
-        rejoin(&rec.parties)?;
+    if rec.announcing.is_empty() && rec.next.is_none() {
+        rejoin(&rec.parties[0], &rec.parties[1])?;
     }
     Ok(())
 }
 
-/// Bridges the two parties again, if both are still there.
-fn rejoin(parties: &[String]) -> Result<(), Error> {
-    if let [a, b] = parties
-        && answered_leg(a)
-        && answered_leg(b)
-    {
+/// Bridges two parties (again), if both are still there.
+fn rejoin(a: &str, b: &str) -> Result<(), Error> {
+    if answered_leg(a) && answered_leg(b) {
         return match calls::bridge(a, b) {
             Err(Error::InvalidArgument(_) | Error::NotFound(_)) => Ok(()),
             other => other,
@@ -466,6 +631,8 @@ fn rejoin(parties: &[String]) -> Result<(), Error> {
     }
     Ok(())
 }
+
+// ---- what users do ----------------------------------------------------
 
 /// What a user asks of a call's recording (a code keyed on their phone,
 /// or the API).
@@ -489,19 +656,17 @@ impl Action {
     }
 }
 
-/// Carries out `action` on call `call` for `user` (a party of it).
+/// Carries out `action` on call `call` for `user` (a party of it). A
+/// refusal (4xx) has issued nothing; a 500 must drop the invocation.
 fn act(call: &str, user: &str, action: Action) -> Result<Option<CallRec>, ApiError> {
     let policy = Policy::load()?;
     let rec = load(call)?;
     let refuse = |status, code: &str, msg: &str| Err(ApiError::new(status, code, msg));
-    if rec
-        .as_ref()
-        .is_some_and(|r| r.feeding.is_some() || r.stopping)
-    {
+    if rec.as_ref().is_some_and(|r| r.stopping) {
         return refuse(
             409,
-            "sealing",
-            "the last recording of this call is being sealed; try again in a moment",
+            "ending",
+            "the call's recording is ending; try again in a moment",
         );
     }
     match (action, rec) {
@@ -553,12 +718,12 @@ fn act(call: &str, user: &str, action: Action) -> Result<Option<CallRec>, ApiErr
                     "only the user who started a recording stops it",
                 );
             }
-            calls::stop(&rec.op)?;
+            stop_op(&rec.op)?;
             rec.stopping = true;
             save(call, &rec)?;
-            audit::success(
+            ok(
                 "pbx.recording.stop",
-                &target(call),
+                call,
                 json!({ "recording": rec.rid, "by": user }),
             )?;
             Ok(Some(rec))
@@ -580,9 +745,10 @@ fn act(call: &str, user: &str, action: Action) -> Result<Option<CallRec>, ApiErr
     }
 }
 
-/// Pauses or resumes: the host drops or keeps the audio, the recording
-/// plugin keeps the interval; a pause is given the policy's longest
-/// time, after which it ends by itself.
+/// Pauses or resumes. The recording plugin first (a refusal issues
+/// nothing), then the host drops or keeps the audio. Pauses add up to
+/// the policy's `max_pause_seconds` per recording: a pause ends by
+/// itself when that is spent, and none starts after.
 fn set_paused(
     call: &str,
     rec: &mut CallRec,
@@ -590,76 +756,104 @@ fn set_paused(
     by: Option<&str>,
     policy: &Policy,
 ) -> Result<(), ApiError> {
-    let verb = if pause { "pause" } else { "resume" };
-    if pause {
-        calls::pause(&rec.op)?;
-    } else {
-        calls::resume(&rec.op)?;
+    let budget = u64::from(policy.max_pause_seconds) * 1000;
+    if pause && rec.paused_ms >= budget {
+        return Err(ApiError::new(
+            409,
+            "pause_limit",
+            format!(
+                "this recording was paused for {} s already, the most the tenant's policy allows",
+                policy.max_pause_seconds
+            ),
+        ));
     }
+    let verb = if pause { "pause" } else { "resume" };
     plugins::call_ok(
         RECORDING,
         Method::Post,
         &format!("/recordings/{}/{verb}", rec.rid),
         &serde_json::Value::Null,
     )?;
+    let issued = if pause {
+        calls::pause(&rec.op)
+    } else {
+        calls::resume(&rec.op)
+    };
+    issued.map_err(|e| ApiError::new(500, "internal", format!("{e:?}")))?;
+    let t = now();
     rec.paused = pause;
     if pause {
+        rec.paused_at = t;
         rec.pauses += 1;
-        let payload = format!("{call}/{}", rec.pauses);
+        let payload = format!("{call}/{}/{}", rec.rid, rec.pauses);
         timers::schedule(
-            std::time::Duration::from_secs(u64::from(policy.max_pause_seconds)),
+            std::time::Duration::from_millis(budget - rec.paused_ms),
             "unpause",
             payload.as_bytes(),
         )?;
+    } else if by.is_none() {
+        // The limit's timer: the pause took what was left.
+        rec.paused_ms = budget;
+    } else {
+        rec.paused_ms += t.saturating_sub(rec.paused_at);
     }
     save(call, rec)?;
-    audit::success(
+    ok(
         &format!("pbx.recording.{verb}"),
-        &target(call),
-        json!({ "recording": rec.rid, "by": by.unwrap_or("policy: the longest pause") }),
-    )
+        call,
+        json!({
+            "recording": rec.rid,
+            "by": by.unwrap_or("policy: the longest pause"),
+            "paused_ms": rec.paused_ms,
+        }),
+    )?;
+    Ok(())
 }
 
 /// A pause reached the policy's longest: the recording goes on.
 pub fn unpause(payload: &str) -> Result<(), Error> {
-    let Some((call, n)) = payload.split_once('/') else {
+    let mut parts = payload.split('/');
+    let (Some(call), Some(rid), Some(n)) = (parts.next(), parts.next(), parts.next()) else {
         return Ok(());
     };
     let Some(mut rec) = load(call)? else {
         return Ok(());
     };
-    let same = n.parse::<u32>().ok() == Some(rec.pauses);
-    if !same || !rec.paused || rec.feeding.is_some() || rec.stopping {
+    let same = rec.rid == rid && n.parse::<u32>().ok() == Some(rec.pauses);
+    if !same || !rec.paused || rec.stopping {
         return Ok(());
     }
     let policy = Policy::load()?;
-    if let Err(e) = set_paused(call, &mut rec, false, None, &policy) {
-        alarm(
+    match set_paused(call, &mut rec, false, None, &policy) {
+        Ok(()) => Ok(()),
+        Err(e) if e.status < 500 => alarm(
             "pbx.recording.resume",
             call,
             json!({ "recording": rec.rid, "why": e.code }),
-        )?;
+        ),
+        Err(e) => Err(Error::Internal(e.message)),
     }
-    Ok(())
 }
 
-/// A key pressed on `leg` of call `call` by `user` (a user of the
-/// tenant; keys from outside parties control nothing): `*` then a digit
-/// within 3 s is a code. A code the policy does not allow this user does
+/// A key pressed on `leg` of call `call`: `*` then a digit within 3 s
+/// is a code, taken from a user of the tenant only (keys from outside
+/// parties control nothing). A code the policy does not allow does
 /// nothing (a phone has no screen for it) but is audited as refused.
-pub fn pressed(call: &str, leg: &str, user: &str, key: char, at_ms: u64) -> Result<(), Error> {
-    let star = format!("star/{leg}");
+pub fn pressed(call: &str, leg: &str, key: char, at_ms: u64) -> Result<(), Error> {
     if key == '*' {
-        return kv::set(&star, at_ms.to_string());
+        return kv::set(star(leg), at_ms.to_string());
     }
-    let Some(then) = kv::get(&star)? else {
+    let Some(then) = kv::get(star(leg))? else {
         return Ok(());
     };
-    kv::delete(&star)?;
+    kv::delete(star(leg))?;
     let then: u64 = String::from_utf8_lossy(&then).parse().unwrap_or(0);
-    if user.is_empty() || at_ms.saturating_sub(then) > CODE_MS {
+    if at_ms.saturating_sub(then) > CODE_MS {
         return Ok(());
     }
+    let Some(user) = user_on(call, leg)? else {
+        return Ok(());
+    };
     let policy = Policy::load()?;
     let code = format!("*{key}");
     let rec = load(call)?;
@@ -670,75 +864,76 @@ pub fn pressed(call: &str, leg: &str, user: &str, key: char, at_ms: u64) -> Resu
         (_, true, Some(_)) => Action::Pause,
         _ => return Ok(()),
     };
-    if let Err(e) = act(call, user, action) {
-        audit::append(
+    match act(call, &user, action) {
+        Ok(_) => Ok(()),
+        Err(e) if e.status >= 500 => Err(Error::Internal(e.message)),
+        Err(e) => audit::append(
             "pbx.recording.refused",
             &target(call),
             audit::Outcome::Denied,
             &json!({ "by": user, "action": action.as_str(), "why": e.code }).to_string(),
-        )?;
+        ),
     }
-    Ok(())
 }
 
-/// A transfer moves call `call`'s recorded leg to someone else: its
-/// recording ends (sealed), and the new pair is weighed afresh; with
-/// `hand_off_to`, the leg goes to that plugin's number once the host's
-/// recording has ended. Whether a recording was running.
+// ---- transfers and the end of a recording -----------------------------
+
+/// A transfer moves call `call`'s recorded leg to someone else: the
+/// recording ends (sealed with what it has); with `hand_off_to`, the leg
+/// goes to that plugin's number once the host's recording has ended.
+/// Whether a recording was running (a hand-off must then wait).
 pub fn transferring(call: &str, hand_off_to: Option<&str>) -> Result<bool, Error> {
     let Some(mut rec) = load(call)? else {
         return Ok(false);
     };
-    if rec.feeding.is_none() && !rec.stopping {
-        calls::stop(&rec.op)?;
+    if !rec.stopping {
+        stop_op(&rec.op)?;
         rec.stopping = true;
-        audit::success(
+        ok(
             "pbx.recording.stop",
-            &target(call),
+            call,
             json!({ "recording": rec.rid, "why": "transfer" }),
-        )
-        .map_err(api)?;
+        )?;
     }
-    rec.again = hand_off_to.is_none();
     rec.hand_off_to = hand_off_to.map(str::to_string);
     save(call, &rec)?;
-    Ok(rec.feeding.is_none())
+    Ok(true)
 }
 
-/// The host's recording on `leg` ended: a deferred hand-off goes ahead,
-/// parties out of their bridge for an announcement go back in, and the
-/// audio is handed over (nothing here fails for the recording plugin's
-/// sake: what it refuses is tried again by timer).
+/// The host's recording on `leg` ended. The call is free for the next
+/// recording; a deferred hand-off goes ahead (or the caller hears it
+/// failed); a held new party is weighed and joined; parties out of
+/// their bridge for an announcement go back in; the audio is handed
+/// over (a first turn now, the rest by timer; nothing here fails for
+/// the recording plugin's sake).
 pub fn recorded(leg: &str, r: &Recorded) -> Result<(), Error> {
-    let Some(mut rec) = load(leg)? else {
+    let Some(rec) = load(leg)? else {
         return Ok(());
     };
-    if r.op != rec.op || rec.feeding.is_some() {
+    if r.op != rec.op {
         return Ok(());
     }
     if !rec.stopping && r.end != OpEnd::Hangup {
-        // The 4 h cap, or a full quota, ended it while the call goes on.
+        let why = match (r.end, r.blob.is_empty()) {
+            (OpEnd::Done, _) => "the longest recording (4 h) was reached",
+            (_, true) => "the host could not record the leg",
+            _ => "the storage quota is full",
+        };
         alarm(
             "pbx.recording.cut",
             leg,
-            json!({ "recording": rec.rid, "why": if r.end == OpEnd::Done { "longest recording reached" } else { "storage quota full" } }),
+            json!({ "recording": rec.rid, "why": why }),
         )?;
     }
-    if let Some(number) = rec.hand_off_to.take() {
-        match calls::hand_off(leg, &number) {
-            Ok(()) | Err(Error::NotFound(_) | Error::InvalidArgument(_)) => {}
-            Err(e) => return Err(e),
-        }
-    } else if !rec.announcing.is_empty() {
-        rejoin(&rec.parties)?;
-    }
+    kv::delete(key(leg))?;
     let size = if r.blob.is_empty() {
         0
     } else {
         blobs::size(&r.blob)?
     };
-    rec.announcing.clear();
-    rec.feeding = Some(Feed {
+    let feed = Feed {
+        call: leg.to_string(),
+        rid: rec.rid.clone(),
         blob: r.blob.clone(),
         offset: 0,
         size,
@@ -746,62 +941,75 @@ pub fn recorded(leg: &str, r: &Recorded) -> Result<(), Error> {
         chunk: CHUNK,
         ms: r.ms,
         failed: 0,
-    });
-    // The first turn now (a short call is sealed at once); what fails
-    // or remains goes on by timer.
-    feed_rec(leg, rec)
+        stuck: false,
+        error: None,
+    };
+    kv::set_json(feed_key(&rec.rid), &feed)?;
+    if let Some(number) = &rec.hand_off_to {
+        match calls::hand_off(leg, number) {
+            Ok(()) => {}
+            Err(Error::NotFound(_) | Error::InvalidArgument(_)) if answered_leg(leg) => {
+                // That number takes nobody now: the caller hears so.
+                let _ = calls::play(leg, &[calls::tone(calls::Tone::Busy, 3000)], false);
+                calls::hangup(leg, Cause::Unavailable)?;
+            }
+            Err(Error::NotFound(_) | Error::InvalidArgument(_)) => {}
+            Err(e) => return Err(e),
+        }
+    } else if let Some(next) = &rec.next {
+        if answered_leg(&next.leg) && !weigh(leg, next)? {
+            rejoin(leg, &next.leg)?;
+        }
+    } else if !rec.announcing.is_empty() {
+        rejoin(&rec.parties[0], &rec.parties[1])?;
+    }
+    feed_turn_saved(feed)
 }
 
-/// A turn of handing over a call's audio. What fails is tried again
-/// later (backing off); after [`MAX_FAILED_TURNS`] the staging blob is
-/// kept and the audit asks for an admin.
-pub fn feed(call: &str) -> Result<(), Error> {
-    match load(call)? {
-        Some(rec) => feed_rec(call, rec),
-        None => Ok(()),
+/// A timer's turn of handing over recording `rid`'s audio.
+pub fn feed(rid: &str) -> Result<(), Error> {
+    match kv::get_json::<Feed>(feed_key(rid))? {
+        Some(f) if !f.stuck => feed_turn_saved(f),
+        _ => Ok(()),
     }
 }
 
-fn feed_rec(call: &str, mut rec: CallRec) -> Result<(), Error> {
-    let Some(mut f) = rec.feeding.clone() else {
-        return Ok(());
+/// One turn: its outcome saved, the next turn scheduled. What fails is
+/// counted and tried again later, backing off; after
+/// [`MAX_FAILED_TURNS`] the feed is stuck and the audit asks for an
+/// admin.
+fn feed_turn_saved(mut f: Feed) -> Result<(), Error> {
+    let outcome = match turn(&mut f) {
+        Ok(Turn::Done { why }) => finish(&f, why).map(|()| None),
+        Ok(Turn::More) => Ok(Some(Turn::More)),
+        Err(e) => Err(e),
     };
-    match feed_turn(&rec, &mut f) {
-        Ok(Turn::More) => {
+    match outcome {
+        Ok(None) => Ok(()),
+        Ok(Some(_)) => {
             f.failed = 0;
-            rec.feeding = Some(f);
-            save(call, &rec)?;
-            timers::schedule(std::time::Duration::ZERO, "feed", call.as_bytes())?;
+            f.error = None;
+            kv::set_json(feed_key(&f.rid), &f)?;
+            timers::schedule(std::time::Duration::ZERO, "feed", f.rid.as_bytes())?;
             Ok(())
-        }
-        Ok(Turn::Done) => finish(call, &rec, &f, true),
-        Ok(Turn::Cut(why)) => {
-            // The recording plugin sealed it with what it took (the
-            // owner's quota is full): the rest stays in the staging blob
-            // for an admin to recover, and the audit says so.
-            alarm(
-                "pbx.recording.cut",
-                call,
-                json!({ "recording": rec.rid, "why": why, "kept_chunks": f.seq, "staging_blob": f.blob }),
-            )?;
-            finish(call, &rec, &f, false)
         }
         Err(e) => {
             f.failed += 1;
-            if f.failed == MAX_FAILED_TURNS {
+            f.error = Some(format!("{}: {}", e.code, e.message));
+            if f.failed >= MAX_FAILED_TURNS {
+                f.stuck = true;
                 alarm(
                     "pbx.recording.stuck",
-                    call,
-                    json!({ "recording": rec.rid, "why": e.code, "message": e.message, "handed_over_chunks": f.seq, "staging_blob": f.blob }),
+                    &f.call,
+                    json!({ "recording": f.rid, "why": f.error, "handed_over_chunks": f.seq, "staging_blob": f.blob }),
                 )?;
+                return kv::set_json(feed_key(&f.rid), &f);
             }
-            let wait = 1u64 << f.failed.min(12);
-            rec.feeding = Some(f);
-            save(call, &rec)?;
+            kv::set_json(feed_key(&f.rid), &f)?;
             timers::schedule(
-                std::time::Duration::from_secs(wait),
+                std::time::Duration::from_secs(1 << f.failed),
                 "feed",
-                call.as_bytes(),
+                f.rid.as_bytes(),
             )?;
             Ok(())
         }
@@ -810,23 +1018,33 @@ fn feed_rec(call: &str, mut rec: CallRec) -> Result<(), Error> {
 
 enum Turn {
     More,
-    Done,
-    /// The recording plugin took no more (why).
-    Cut(String),
+    /// Nothing more goes in; `why` when not all of it did.
+    Done {
+        why: Option<String>,
+    },
 }
 
 /// Hands over up to [`CHUNKS_PER_TURN`] chunks.
-fn feed_turn(rec: &CallRec, f: &mut Feed) -> Result<Turn, ApiError> {
+fn turn(f: &mut Feed) -> Result<Turn, ApiError> {
     for _ in 0..CHUNKS_PER_TURN {
         if f.offset >= f.size {
-            return Ok(Turn::Done);
+            return Ok(Turn::Done { why: None });
         }
-        let data = blobs::read(&f.blob, f.offset, f.chunk)?;
+        let data = match blobs::read(&f.blob, f.offset, f.chunk) {
+            Ok(d) => d,
+            Err(Error::NotFound(_)) => {
+                return Ok(Turn::Done {
+                    why: Some("the staging copy is gone (deleted or expired)".into()),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
         if data.is_empty() {
-            // The blob is shorter than it was: what it has is handed over.
-            return Ok(Turn::Done);
+            return Ok(Turn::Done {
+                why: Some("the staging copy is shorter than it was".into()),
+            });
         }
-        let path = format!("/recordings/{}/chunks/{}", rec.rid, f.seq + 1);
+        let path = format!("/recordings/{}/chunks/{}", f.rid, f.seq + 1);
         let r = plugins::call_with_headers(
             RECORDING,
             Method::Put,
@@ -843,7 +1061,9 @@ fn feed_turn(rec: &CallRec, f: &mut Feed) -> Result<Turn, ApiError> {
             }
             413 if f.chunk > MIN_CHUNK => f.chunk /= 2,
             409 if code == "quota_exceeded" || code == "recording_stopped" => {
-                return Ok(Turn::Cut(code.to_string()));
+                return Ok(Turn::Done {
+                    why: Some(code.to_string()),
+                });
             }
             status => {
                 return Err(ApiError::new(
@@ -858,89 +1078,69 @@ fn feed_turn(rec: &CallRec, f: &mut Feed) -> Result<Turn, ApiError> {
         }
     }
     Ok(if f.offset >= f.size {
-        Turn::Done
+        Turn::Done { why: None }
     } else {
         Turn::More
     })
 }
 
-/// Stops and seals the recording (unless the recording plugin did),
-/// destroys the staging copy (unless audio was left in it) and forgets
-/// the recording; a transfer's new pair is then weighed against the
-/// policy.
-fn finish(call: &str, rec: &CallRec, f: &Feed, complete: bool) -> Result<(), Error> {
-    if complete {
-        let path = format!("/recordings/{}/stop", rec.rid);
-        let r = plugins::call(RECORDING, Method::Post, &path, b"")?;
-        if r.status >= 500 {
-            return Err(Error::Internal(format!(
-                "the recording plugin failed to seal ({})",
-                r.status
-            )));
-        }
-        if !f.blob.is_empty() {
-            match blobs::delete(&f.blob) {
-                Ok(_) | Err(Error::NotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
+/// Stops and seals the recording (a stopped one stays as it is),
+/// destroys the staging copy — unless audio was left in it, which the
+/// audit names for an admin — and forgets the feed.
+fn finish(f: &Feed, why: Option<String>) -> Result<(), ApiError> {
+    let path = format!("/recordings/{}/stop", f.rid);
+    let r = plugins::call(RECORDING, Method::Post, &path, b"")?;
+    if r.status >= 500 {
+        return Err(ApiError::new(
+            502,
+            "recording_failed",
+            format!("sealing failed ({})", r.status),
+        ));
+    }
+    let all = why.is_none();
+    if all && !f.blob.is_empty() {
+        match blobs::delete(&f.blob) {
+            Ok(_) | Err(Error::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
         }
     }
-    kv::delete(key(call))?;
-    audit::success(
+    kv::delete(feed_key(&f.rid))?;
+    if let Some(why) = why {
+        alarm(
+            "pbx.recording.cut",
+            &f.call,
+            json!({ "recording": f.rid, "why": why, "handed_over_chunks": f.seq, "staging_blob": f.blob }),
+        )?;
+    }
+    ok(
         "pbx.recording.sealed",
-        &target(call),
-        json!({ "recording": rec.rid, "chunks": f.seq, "bytes": f.offset, "ms": f.ms }),
-    )
-    .map_err(api)?;
-    if rec.again {
-        again(call)?;
-    }
+        &f.call,
+        json!({ "recording": f.rid, "chunks": f.seq, "bytes": f.offset, "ms": f.ms, "complete": all }),
+    )?;
     Ok(())
 }
 
-/// After a transfer: the call's pair as it is now, weighed afresh.
-fn again(call: &str) -> Result<(), Error> {
-    let Ok(me) = calls::get_leg(call) else {
+/// The watch over recording `rid` of call `call` (payload `call/rid`):
+/// while its leg is there, again later. A leg found gone twice without
+/// its recording ending (the server stopped mid-call, and with it the
+/// host's recording) closes the recording with what it holds (nothing),
+/// audited as lost.
+pub fn watch(payload: &str) -> Result<(), Error> {
+    let Some((call, rid)) = payload.split_once('/') else {
         return Ok(());
     };
-    let Some(other) = me.bridged_with.clone() else {
-        // Not connected yet: the new party's answer weighs it.
+    let Some(mut rec) = load(call)? else {
         return Ok(());
     };
-    let them = calls::get_leg(&other)?;
-    if me.state != LegState::Answered || them.state != LegState::Answered {
+    if rec.rid != rid {
         return Ok(());
     }
-    let mut users = users_of(call)?;
-    users.sort();
-    begin(
-        call,
-        &other,
-        &users,
-        &numbers(&me, &them),
-        title(&me, &them),
-    )
-    .map(|_| ())
-}
-
-/// The watch over a recorded call: while its leg is there, again later;
-/// a leg gone without its recording handed over (the server stopped
-/// mid-call, and with it the host's recording) closes the recording with
-/// what it holds (nothing), audited as lost.
-pub fn watch(call: &str) -> Result<(), Error> {
-    let Some(rec) = load(call)? else {
+    let gone = matches!(calls::get_leg(call), Err(Error::NotFound(_)));
+    if !gone || !rec.missing {
+        rec.missing = gone;
+        save(call, &rec)?;
+        timers::schedule(WATCH, "watch", payload.as_bytes())?;
         return Ok(());
-    };
-    if rec.feeding.is_some() {
-        return Ok(());
-    }
-    match calls::get_leg(call) {
-        Err(Error::NotFound(_)) => {}
-        Ok(_) => {
-            timers::schedule(WATCH, "watch", call.as_bytes())?;
-            return Ok(());
-        }
-        Err(e) => return Err(e),
     }
     let path = format!("/recordings/{}/stop", rec.rid);
     let r = plugins::call(RECORDING, Method::Post, &path, b"")?;
@@ -958,29 +1158,7 @@ pub fn watch(call: &str) -> Result<(), Error> {
     )
 }
 
-/// A transfer makes the party on `leg` of call `call` the caller of a
-/// new call (keyed by `leg`): its user goes along.
-pub fn carry(call: &str, leg: &str) -> Result<(), Error> {
-    let prefix = format!("on/{call}/");
-    for e in kv::scan(&prefix, None, 16)?.entries {
-        let user = String::from_utf8_lossy(&e.key[prefix.len()..]).into_owned();
-        if kv::get(mine(&user, call))?.is_some_and(|l| l == leg.as_bytes()) {
-            kv::set(mine(&user, leg), leg)?;
-            kv::set(on(leg, &user), b"")?;
-        }
-    }
-    Ok(())
-}
-
-/// A party's leg `leg` left call `call` (ended, transferred away, handed
-/// to another plugin): the call leaves its user's list.
-pub fn left(call: &str, leg: &str, user: &str) -> Result<(), Error> {
-    if !user.is_empty() && kv::get(mine(user, call))?.is_some_and(|l| l == leg.as_bytes()) {
-        kv::delete(mine(user, call))?;
-        kv::delete(on(call, user))?;
-    }
-    kv::delete(format!("star/{leg}")).map(|_| ())
-}
+// ---- the API ----------------------------------------------------------
 
 /// The signed-in user (registered, not a guest).
 fn me(req: &Request) -> Result<String, ApiError> {
@@ -998,7 +1176,7 @@ fn me(req: &Request) -> Result<String, ApiError> {
 fn view(call: &str, rec: Option<&CallRec>) -> serde_json::Value {
     let state = match rec {
         None => "off",
-        Some(r) if r.feeding.is_some() || r.stopping => "sealing",
+        Some(r) if r.stopping => "ending",
         Some(r) if r.paused => "paused",
         Some(_) => "recording",
     };
@@ -1055,4 +1233,88 @@ pub fn control(req: &Request, p: &Params) -> Result<Response, ApiError> {
     }
     let rec = act(call, &user, ask.action)?;
     Ok(http::json(200, &view(call, rec.as_ref())))
+}
+
+fn admin(req: &Request) -> Result<(), ApiError> {
+    if req.is_admin() {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("tenant admins only"))
+    }
+}
+
+/// `GET /admin/recording/stuck`: hand-overs that gave up, with why.
+pub fn stuck(req: &Request, _: &Params) -> Result<Response, ApiError> {
+    admin(req)?;
+    let mut out = Vec::new();
+    for e in kv::scan_all(FEEDS, 1000)? {
+        if let Ok(f) = serde_json::from_slice::<Feed>(&e.value)
+            && f.stuck
+        {
+            out.push(json!({
+                "recording": f.rid, "call": f.call, "why": f.error,
+                "handed_over_bytes": f.offset, "bytes": f.size,
+            }));
+        }
+    }
+    Ok(http::json(200, &json!({ "stuck": out })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Resolve {
+    /// `retry`: hand over the rest again; `abandon`: seal with what was
+    /// handed over and destroy the staging copy.
+    action: String,
+}
+
+/// `POST /admin/recording/stuck/:rid {"action": "retry"|"abandon"}`.
+pub fn resolve_stuck(req: &Request, p: &Params) -> Result<Response, ApiError> {
+    admin(req)?;
+    let rid = p.get("rid").unwrap_or_default();
+    http::check_id(rid, "recording")?;
+    let body: Resolve = req.json()?;
+    let Some(mut f) = kv::get_json::<Feed>(feed_key(rid))?.filter(|f| f.stuck) else {
+        return Err(ApiError::not_found("no stuck hand-over of that recording"));
+    };
+    match body.action.as_str() {
+        "retry" => {
+            f.stuck = false;
+            f.failed = 0;
+            kv::set_json(feed_key(rid), &f)?;
+            timers::schedule(std::time::Duration::ZERO, "feed", rid.as_bytes())?;
+        }
+        "abandon" => {
+            let path = format!("/recordings/{rid}/stop");
+            plugins::call_ok(RECORDING, Method::Post, &path, &serde_json::Value::Null).or_else(
+                |e| {
+                    if e.code == "recording_stopped" {
+                        Ok(serde_json::Value::Null)
+                    } else {
+                        Err(e)
+                    }
+                },
+            )?;
+            match blobs::delete(&f.blob) {
+                Ok(_) | Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            kv::delete(feed_key(rid))?;
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_action",
+                "action is retry or abandon",
+            ));
+        }
+    }
+    audit::success(
+        "pbx.recording.stuck",
+        &target(&f.call),
+        json!({ "recording": rid, "action": body.action }),
+    )?;
+    Ok(http::json(
+        200,
+        &json!({ "recording": rid, "action": body.action }),
+    ))
 }

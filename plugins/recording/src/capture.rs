@@ -119,7 +119,11 @@ pub fn start(req: &Request, _: &Params) -> Reply {
             ));
         }
     }
-    if let Some(running) = kv::get(model::active(&owner_ns, &source))? {
+    // A call's recordings follow one another as its parties change (a
+    // transfer), the last one still receiving its audio while the next
+    // runs: the plugin recording the call keeps them one at a time.
+    let one_per_source = body.owner.is_none();
+    if one_per_source && let Some(running) = kv::get(model::active(&owner_ns, &source))? {
         return Err(ApiError::new(
             409,
             "already_recording",
@@ -156,10 +160,12 @@ pub fn start(req: &Request, _: &Params) -> Reply {
         shredded: None,
     };
     save(&rec)?;
-    kv::set(
-        model::active(&active_ns(&rec), &rec.source),
-        rec.id.as_bytes(),
-    )?;
+    if one_per_source {
+        kv::set(
+            model::active(&active_ns(&rec), &rec.source),
+            rec.id.as_bytes(),
+        )?;
+    }
     kv::set(model::source_index(&rec.source, &rec.id), b"")?;
     kv::set(model::blob(&rec.blob), rec.id.as_bytes())?;
     for u in audience(&rec) {
