@@ -282,6 +282,35 @@ impl Rig {
             .count()
     }
 
+    /// `user` asks for `action` on the recording of call `call`.
+    async fn act(&self, user: &str, call: &str, action: &str) -> Response {
+        let path = format!("/calls/{call}/recording");
+        self.user(
+            user,
+            "pbx",
+            Method::Post,
+            &path,
+            json!({ "action": action }),
+        )
+        .await
+    }
+
+    /// Asserts that recording `rid` verifies intact, as `user` asks.
+    async fn verified(&self, user: &str, rid: &str) {
+        let path = format!("/recordings/{rid}/verify");
+        let v = self
+            .user(user, "recording", Method::Get, &path, Value::Null)
+            .await;
+        assert_eq!(v.json().unwrap()["intact"], true, "{}", v.text());
+    }
+
+    /// Recording `rid`'s media, as `user` asks.
+    async fn media(&self, user: &str, rid: &str) -> Response {
+        let path = format!("/recordings/{rid}/media");
+        self.user(user, "recording", Method::Get, &path, Value::Null)
+            .await
+    }
+
     fn audits(&self, action: &str) -> Vec<switchboard::audit::Entry> {
         self.h
             .runtime()
@@ -315,6 +344,15 @@ async fn talk(phone: &mut Phone, linear: i16, frames: usize) {
 
 async fn keys(phone: &mut Phone, keys: &str) {
     tokio::task::block_in_place(|| phone.dial_keys(keys)).unwrap();
+}
+
+/// A refusal's status and code.
+fn refusal(r: &Response) -> (u16, String) {
+    let code = r
+        .json()
+        .ok()
+        .and_then(|v| v["code"].as_str().map(str::to_string));
+    (r.status, code.unwrap_or_default())
 }
 
 /// Whole 20 ms frames of the recording (8 kHz 16-bit WAV) whose samples
@@ -372,19 +410,8 @@ async fn r3_a_call_recorded_always_is_announced_paused_without_a_trace_and_seale
     keys(&mut bob, "*1").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     r.recording(&r.bob, &a, "recording").await;
-    let stop = r
-        .user(
-            &r.bob,
-            "pbx",
-            Method::Post,
-            &format!("/calls/{a}/recording"),
-            json!({ "action": "stop" }),
-        )
-        .await;
-    assert_eq!(
-        (stop.status, stop.json().unwrap()["code"].clone()),
-        (409, json!("recording_required"))
-    );
+    let stop = r.act(&r.bob, &a, "stop").await;
+    assert_eq!(refusal(&stop), (409, "recording_required".into()));
     // Nor does the recording plugin take orders for a call's recording
     // from anyone but the plugin recording the call.
     let direct = r
@@ -396,10 +423,7 @@ async fn r3_a_call_recorded_always_is_announced_paused_without_a_trace_and_seale
             Value::Null,
         )
         .await;
-    assert_eq!(
-        (direct.status, direct.json().unwrap()["code"].clone()),
-        (403, json!("via_calls_plugin"))
-    );
+    assert_eq!(refusal(&direct), (403, "via_calls_plugin".into()));
     // Alice hangs up: the recording is handed over and sealed.
     r.rig.hang_up(&a);
     let sealed = r.recording(&r.bob, &a, "stopped").await;
@@ -407,26 +431,9 @@ async fn r3_a_call_recorded_always_is_announced_paused_without_a_trace_and_seale
     assert_eq!(payload["source"], json!({ "kind": "call", "id": a }));
     assert_eq!(payload["pauses"].as_array().unwrap().len(), 1, "{payload}");
     assert_eq!(payload["content_type"], "audio/wav");
-    let verify = r
-        .user(
-            &r.bob,
-            "recording",
-            Method::Get,
-            &format!("/recordings/{rid}/verify"),
-            Value::Null,
-        )
-        .await;
-    assert_eq!(verify.json().unwrap()["intact"], true, "{}", verify.text());
+    r.verified(&r.bob, &rid).await;
     // What was said is there; what was said while paused is not.
-    let media = r
-        .user(
-            &r.alice,
-            "recording",
-            Method::Get,
-            &format!("/recordings/{rid}/media"),
-            Value::Null,
-        )
-        .await;
+    let media = r.media(&r.alice, &rid).await;
     assert_eq!(media.status, 200, "the participant may listen");
     assert_eq!(&media.body[..4], b"RIFF");
     assert!(
@@ -450,10 +457,7 @@ async fn r3_a_call_recorded_always_is_announced_paused_without_a_trace_and_seale
             Value::Null,
         )
         .await;
-    assert_eq!(
-        (del.status, del.json().unwrap()["code"].clone()),
-        (403, json!("kept_by_policy"))
-    );
+    assert_eq!(refusal(&del), (403, "kept_by_policy".into()));
     // Audited: the start (announced), the pause and resume by Bob, the seal.
     let start = r.audits("pbx.recording.start");
     assert_eq!(start.len(), 1);
@@ -569,49 +573,13 @@ async fn r1_on_demand_recording_by_code_and_api_as_the_policy_allows_silently_on
     // Bob may not record it (by code: nothing happens; by the API: 403);
     // Carol is not on it; nonsense is refused.
     keys(&mut bob, "*1").await;
-    let path = format!("/calls/{a}/recording");
-    let bobs = r
-        .user(
-            &r.bob,
-            "pbx",
-            Method::Post,
-            &path,
-            json!({ "action": "start" }),
-        )
-        .await;
-    assert_eq!(
-        (bobs.status, bobs.json().unwrap()["code"].clone()),
-        (403, json!("not_permitted"))
-    );
-    let carols = r
-        .user(
-            &r.carol,
-            "pbx",
-            Method::Post,
-            &path,
-            json!({ "action": "start" }),
-        )
-        .await;
+    let bobs = r.act(&r.bob, &a, "start").await;
+    assert_eq!(refusal(&bobs), (403, "not_permitted".into()));
+    let carols = r.act(&r.carol, &a, "start").await;
     assert_eq!(carols.status, 404);
-    let junk = r
-        .user(
-            &r.alice,
-            "pbx",
-            Method::Post,
-            &path,
-            json!({ "action": "explode" }),
-        )
-        .await;
+    let junk = r.act(&r.alice, &a, "explode").await;
     assert_eq!(junk.json().unwrap()["code"], "invalid_action");
-    let paused = r
-        .user(
-            &r.alice,
-            "pbx",
-            Method::Post,
-            &path,
-            json!({ "action": "pause" }),
-        )
-        .await;
+    let paused = r.act(&r.alice, &a, "pause").await;
     assert_eq!(paused.json().unwrap()["code"], "not_recording");
     // Alice keys *1: both hear the tenant's announcement out of the
     // bridge, then each other again.
@@ -630,29 +598,12 @@ async fn r1_on_demand_recording_by_code_and_api_as_the_policy_allows_silently_on
     assert_eq!(rec["participants"], json!([r.bob]));
     talk(&mut bob, TALK, 40).await;
     // She stops it through the API; the call goes on.
-    let stop = r
-        .user(
-            &r.alice,
-            "pbx",
-            Method::Post,
-            &path,
-            json!({ "action": "stop" }),
-        )
-        .await;
+    let stop = r.act(&r.alice, &a, "stop").await;
     assert_eq!(stop.status, 200, "{}", stop.text());
     let sealed = r.recording(&r.alice, &a, "stopped").await;
     assert!(sealed["chunks"].as_u64().unwrap() >= 1);
     let rid = sealed["id"].as_str().unwrap();
-    let verify = r
-        .user(
-            &r.alice,
-            "recording",
-            Method::Get,
-            &format!("/recordings/{rid}/verify"),
-            Value::Null,
-        )
-        .await;
-    assert_eq!(verify.json().unwrap()["intact"], true, "{}", verify.text());
+    r.verified(&r.alice, &rid).await;
     assert!(
         r.h.runtime()
             .telephony()
@@ -673,25 +624,9 @@ async fn r1_on_demand_recording_by_code_and_api_as_the_policy_allows_silently_on
     assert_eq!(del.status, 200, "{}", del.text());
     // Started and stopped again at once, during the announcement: the
     // parties are bridged again all the same.
-    let on = r
-        .user(
-            &r.alice,
-            "pbx",
-            Method::Post,
-            &path,
-            json!({ "action": "start" }),
-        )
-        .await;
+    let on = r.act(&r.alice, &a, "start").await;
     assert_eq!(on.status, 200, "{}", on.text());
-    let off = r
-        .user(
-            &r.alice,
-            "pbx",
-            Method::Post,
-            &path,
-            json!({ "action": "stop" }),
-        )
-        .await;
+    let off = r.act(&r.alice, &a, "stop").await;
     assert_eq!(off.status, 200, "{}", off.text());
     let end = Instant::now() + WAIT;
     // (The first was deleted: shredded.)
@@ -715,15 +650,7 @@ async fn r1_on_demand_recording_by_code_and_api_as_the_policy_allows_silently_on
     let (a2, b2) = r.call("201", "bob", &mut alice2, &mut bob2).await;
     r.bridged(&a2, &b2).await;
     let path2 = format!("/calls/{a2}/recording");
-    let on = r
-        .user(
-            &r.alice,
-            "pbx",
-            Method::Post,
-            &path2,
-            json!({ "action": "start" }),
-        )
-        .await;
+    let on = r.act(&r.alice, &a2, "start").await;
     assert_eq!(
         on.json().unwrap()["recording"],
         "recording",
@@ -825,16 +752,7 @@ async fn r5_a_transfer_ends_the_recording_and_the_new_pair_is_weighed_afresh() {
         assert!(Instant::now() < end, "the first recording was not sealed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let verify = r
-        .user(
-            &r.bob,
-            "recording",
-            Method::Get,
-            &format!("/recordings/{first_id}/verify"),
-            Value::Null,
-        )
-        .await;
-    assert_eq!(verify.json().unwrap()["intact"], true, "{}", verify.text());
+    r.verified(&r.bob, &first_id).await;
     // Alice and Carol: Carol's calls are recorded always too, so a new
     // recording, hers, announced to both before they talk.
     assert!(
@@ -883,15 +801,7 @@ async fn r5_a_transfer_ends_the_recording_and_the_new_pair_is_weighed_afresh() {
         )
         .await;
     assert_eq!(his.status, 404);
-    let ctl = r
-        .user(
-            &r.bob,
-            "pbx",
-            Method::Post,
-            &format!("/calls/{a}/recording"),
-            json!({ "action": "pause" }),
-        )
-        .await;
+    let ctl = r.act(&r.bob, &a, "pause").await;
     assert_eq!(ctl.status, 404, "{}", ctl.text());
     let calls = r
         .user(&r.bob, "pbx", Method::Get, "/calls", Value::Null)
@@ -1043,25 +953,8 @@ async fn r2_hand_offs_attended_transfers_pause_limits_and_a_failing_hand_over_lo
     r.h.runtime().fire_due_timers().await;
     let sealed = r.recording(&r.bob, &a, "stopped").await;
     assert_eq!(sealed["id"], json!(rid));
-    let verify = r
-        .user(
-            &r.bob,
-            "recording",
-            Method::Get,
-            &format!("/recordings/{rid}/verify"),
-            Value::Null,
-        )
-        .await;
-    assert_eq!(verify.json().unwrap()["intact"], true, "{}", verify.text());
-    let media = r
-        .user(
-            &r.bob,
-            "recording",
-            Method::Get,
-            &format!("/recordings/{rid}/media"),
-            Value::Null,
-        )
-        .await;
+    r.verified(&r.bob, &rid).await;
+    let media = r.media(&r.bob, &rid).await;
     assert!(
         frames_at(&media.body, TALK) >= 20,
         "what Alice said is there"

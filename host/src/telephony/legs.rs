@@ -2264,20 +2264,25 @@ mod tests {
         );
     }
 
+    /// A play of `ms` of ringback on `leg`.
+    fn ringback(leg: &str, op: &str, ms: u32, barge_in: bool) -> Command {
+        Command::Play {
+            leg: leg.into(),
+            op: op.into(),
+            items: vec![Prompt::Tone {
+                tone: ToneName::Ringback,
+                ms,
+            }],
+            barge_in,
+        }
+    }
+
     #[test]
     fn stop_plays_ends_the_playing_prompt_and_the_queued_ones() {
         let mut t = Table::default();
         t.offer("l".into(), &inbound(), 1, 0);
         answered(&mut t, "l", 0);
-        let play = |op: &str| Command::Play {
-            leg: "l".into(),
-            op: op.into(),
-            items: vec![Prompt::Tone {
-                tone: ToneName::Ringback,
-                ms: 60_000,
-            }],
-            barge_in: false,
-        };
+        let play = |op: &str| ringback("l", op, 60_000, false);
         t.command(T, P, play("p1"), 0);
         t.command(T, P, play("p2"), 0);
         // Another plugin's leg id is nobody's business here.
@@ -2310,15 +2315,7 @@ mod tests {
         let mut t = Table::default();
         t.offer("l".into(), &inbound(), 1, 0);
         answered(&mut t, "l", 0);
-        let play = |op: &str| Command::Play {
-            leg: "l".into(),
-            op: op.into(),
-            items: vec![Prompt::Tone {
-                tone: ToneName::Ringback,
-                ms: 1000,
-            }],
-            barge_in: true,
-        };
+        let play = |op: &str| ringback("l", op, 1000, true);
         let started = t.command(T, P, play("p1"), 0);
         assert!(matches!(started[..], [Action::Play { media: 1, .. }]));
         assert!(t.command(T, P, play("p2"), 0).is_empty(), "queued");

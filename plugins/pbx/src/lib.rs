@@ -762,7 +762,7 @@ impl Plugin for Pbx {
 }
 
 /// The signed-in user (registered, not a guest).
-fn me(req: &Request) -> Result<String, ApiError> {
+pub(crate) fn me(req: &Request) -> Result<String, ApiError> {
     let user = req.user()?.to_string();
     if req.principal.kind != PrincipalKind::Registered {
         return Err(ApiError::new(

@@ -184,7 +184,8 @@ impl Policy {
     }
 }
 
-fn admin(req: &Request) -> Result<(), ApiError> {
+/// Tenant admins only.
+pub fn admin(req: &Request) -> Result<(), ApiError> {
     if req.is_admin() {
         Ok(())
     } else {

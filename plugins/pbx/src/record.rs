@@ -39,11 +39,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use switchboard_sdk::calls::{self, Cause, LegState, OpEnd, Prompt, RecordOpts, Recorded};
 use switchboard_sdk::http::{self, ApiError, Params, RequestExt as _};
-use switchboard_sdk::{
-    Error, Method, PrincipalKind, Request, Response, audit, blobs, kv, plugins, timers,
-};
+use switchboard_sdk::{Error, Method, Request, Response, audit, blobs, kv, plugins, timers};
 
-use crate::policy::{Mode, Policy};
+use crate::me;
+use crate::policy::{Mode, Policy, admin};
 
 /// The recording plugin.
 const RECORDING: &str = "recording";
@@ -1160,19 +1159,6 @@ pub fn watch(payload: &str) -> Result<(), Error> {
 
 // ---- the API ----------------------------------------------------------
 
-/// The signed-in user (registered, not a guest).
-fn me(req: &Request) -> Result<String, ApiError> {
-    let user = req.user()?.to_string();
-    if req.principal.kind != PrincipalKind::Registered {
-        return Err(ApiError::new(
-            403,
-            "registered_only",
-            "for the tenant's users",
-        ));
-    }
-    Ok(user)
-}
-
 fn view(call: &str, rec: Option<&CallRec>) -> serde_json::Value {
     let state = match rec {
         None => "off",
@@ -1233,14 +1219,6 @@ pub fn control(req: &Request, p: &Params) -> Result<Response, ApiError> {
     }
     let rec = act(call, &user, ask.action)?;
     Ok(http::json(200, &view(call, rec.as_ref())))
-}
-
-fn admin(req: &Request) -> Result<(), ApiError> {
-    if req.is_admin() {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden("tenant admins only"))
-    }
 }
 
 /// `GET /admin/recording/stuck`: hand-overs that gave up, with why.
