@@ -603,7 +603,7 @@ async fn r1_on_demand_recording_by_code_and_api_as_the_policy_allows_silently_on
     let sealed = r.recording(&r.alice, &a, "stopped").await;
     assert!(sealed["chunks"].as_u64().unwrap() >= 1);
     let rid = sealed["id"].as_str().unwrap();
-    r.verified(&r.alice, &rid).await;
+    r.verified(&r.alice, rid).await;
     assert!(
         r.h.runtime()
             .telephony()
@@ -903,6 +903,7 @@ async fn r2_hand_offs_attended_transfers_pause_limits_and_a_failing_hand_over_lo
         },
     )
     .await;
+    let hung_up = now_ms();
     r.rig.hang_up(&a);
     let mut stuck = Value::Null;
     for i in 1..=12u64 {
@@ -946,6 +947,8 @@ async fn r2_hand_offs_attended_transfers_pause_limits_and_a_failing_hand_over_lo
     assert_eq!(theirs.status, 403);
     // Back on, an admin retries: sealed, intact, with what Alice said.
     r.h.enable("acme", "recording").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let retried = now_ms();
     let retry = r
         .admin(Method::Post, &path, json!({ "action": "retry" }))
         .await;
@@ -953,6 +956,13 @@ async fn r2_hand_offs_attended_transfers_pause_limits_and_a_failing_hand_over_lo
     r.h.runtime().fire_due_timers().await;
     let sealed = r.recording(&r.bob, &a, "stopped").await;
     assert_eq!(sealed["id"], json!(rid));
+    // The seal says when the call's recording ended, not when it was
+    // handed over.
+    let stopped = sealed["stopped_at"].as_u64().unwrap();
+    assert!(
+        stopped >= hung_up.saturating_sub(1000) && stopped < retried,
+        "stopped at {stopped}, hung up {hung_up}, retried {retried}"
+    );
     r.verified(&r.bob, &rid).await;
     let media = r.media(&r.bob, &rid).await;
     assert!(

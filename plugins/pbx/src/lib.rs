@@ -671,7 +671,7 @@ fn on_call(e: &CallEvent) -> Result<(), Error> {
             (Some(call), Some(key)) => record::pressed(&call, leg, key, e.at_ms),
             _ => Ok(()),
         },
-        (CallEventKind::Recorded(r), _) => record::recorded(leg, r),
+        (CallEventKind::Recorded(r), _) => record::recorded(leg, r, e.at_ms),
         (
             CallEventKind::Ended(cause),
             Some(Role::Callee {

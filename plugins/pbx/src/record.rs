@@ -132,6 +132,9 @@ pub struct Feed {
     pub seq: u64,
     pub chunk: u32,
     pub ms: u64,
+    /// When the host's recording ended (the seal says so).
+    #[serde(default)]
+    pub ended_at: u64,
     /// Turns in a row that failed.
     #[serde(default)]
     pub failed: u32,
@@ -905,7 +908,7 @@ pub fn transferring(call: &str, hand_off_to: Option<&str>) -> Result<bool, Error
 /// their bridge for an announcement go back in; the audio is handed
 /// over (a first turn now, the rest by timer; nothing here fails for
 /// the recording plugin's sake).
-pub fn recorded(leg: &str, r: &Recorded) -> Result<(), Error> {
+pub fn recorded(leg: &str, r: &Recorded, at_ms: u64) -> Result<(), Error> {
     let Some(rec) = load(leg)? else {
         return Ok(());
     };
@@ -939,6 +942,7 @@ pub fn recorded(leg: &str, r: &Recorded) -> Result<(), Error> {
         seq: 0,
         chunk: CHUNK,
         ms: r.ms,
+        ended_at: at_ms,
         failed: 0,
         stuck: false,
         error: None,
@@ -1087,7 +1091,7 @@ fn turn(f: &mut Feed) -> Result<Turn, ApiError> {
 /// destroys the staging copy — unless audio was left in it, which the
 /// audit names for an admin — and forgets the feed.
 fn finish(f: &Feed, why: Option<String>) -> Result<(), ApiError> {
-    let path = format!("/recordings/{}/stop", f.rid);
+    let path = format!("/recordings/{}/stop?ended_at={}", f.rid, f.ended_at);
     let r = plugins::call(RECORDING, Method::Post, &path, b"")?;
     if r.status >= 500 {
         return Err(ApiError::new(

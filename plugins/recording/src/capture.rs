@@ -20,7 +20,7 @@ use crate::access::{
     initiator_only, managed, participant, plugin_only_error, save, valid_source, view,
 };
 use crate::model::{self, Chunk, Pause, Recording, Source, SourceKind, State};
-use crate::seal::{chain_next, genesis, seal, unhex};
+use crate::seal::{chain_next, genesis, seal, seal_at, unhex};
 use crate::{Reply, param, source_address};
 
 #[derive(Deserialize)]
@@ -298,7 +298,20 @@ pub fn stop(req: &Request, p: &Params) -> Reply {
     if !matches!(rec.state, State::Recording | State::Paused) {
         return Err(stopped_error());
     }
-    seal(req, &mut rec)?;
+    // A call's audio arrives after the call: the plugin that recorded it
+    // says when capture ended (not before the start, not after now).
+    let ended_at = req
+        .query_param("ended_at")
+        .filter(|_| by_plugin_only(&rec) && by_owner(req, &rec))
+        .and_then(|t| t.parse::<u64>().ok())
+        .map(|t| {
+            let last_pause = rec.pauses.iter().map(|p| p.from).max().unwrap_or(0);
+            t.clamp(rec.started_at.max(last_pause), switchboard_sdk::now_ms())
+        });
+    match ended_at {
+        Some(at) => seal_at(req, &mut rec, at)?,
+        None => seal(req, &mut rec)?,
+    }
     Ok(http::json(200, &view(req, &rec)))
 }
 

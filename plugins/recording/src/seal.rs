@@ -60,7 +60,12 @@ pub fn chain_next(previous: &str, seq: u64, hash: &[u8]) -> String {
 
 /// Ends the recording and signs what it holds. Writes the recording.
 pub fn seal(req: &Request, rec: &mut Recording) -> Result<(), ApiError> {
-    let now = switchboard_sdk::now_ms();
+    seal_at(req, rec, switchboard_sdk::now_ms())
+}
+
+/// [`seal`], stating that capture ended at `now` (a call's recording,
+/// handed over after the call, ended with the call).
+pub fn seal_at(req: &Request, rec: &mut Recording, now: u64) -> Result<(), ApiError> {
     if let Some(last) = rec.pauses.last_mut()
         && last.to.is_none()
     {
