@@ -31,7 +31,8 @@ use crate::bindings::switchboard::telephony::{calls as raw, dial as raw_dial, mw
 pub use crate::bindings::switchboard::telephony::dial::{DialOpts, DialPurpose};
 pub use crate::bindings::switchboard::telephony::types::{
     CallEvent, CallEventKind, Cause, CollectOpts, Collected, Direction, Diversion, DivertReason,
-    LegSnapshot, LegState, OpEnd, Played, Prompt, RecordOpts, Recorded, Route, Tone, ToneItem,
+    LegSnapshot, LegState, OpEnd, Played, Prompt, RecordOpts, Recorded, RecordingChunk, Route,
+    Tone, ToneItem,
 };
 
 /// A tone item for [`play`].

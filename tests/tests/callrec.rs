@@ -374,6 +374,18 @@ async fn r3_a_call_recorded_always_is_announced_paused_without_a_trace_and_seale
     let r = rig().await;
     // Bob's calls are recorded always (named by login: stored as his id).
     r.policy(json!({ "always": { "users": ["bob"] } })).await;
+    console(
+        &r.h,
+        Op::PluginConfigSet {
+            tenant: "acme".into(),
+            name: "pbx".into(),
+            config: json!({ "recording-chunk-seconds": 1 })
+                .as_object()
+                .cloned()
+                .unwrap(),
+        },
+    )
+    .await;
     let shown = r.admin(Method::Get, "/admin/recording", Value::Null).await;
     assert_eq!(shown.json().unwrap()["always"]["users"], json!([r.bob]));
     let (mut alice, mut bob) = (Phone::new().unwrap(), Phone::new().unwrap());
@@ -400,7 +412,21 @@ async fn r3_a_call_recorded_always_is_announced_paused_without_a_trace_and_seale
     keys(&mut bob, "*2").await;
     r.recording(&r.bob, &a, "recording").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    talk(&mut alice, AFTER, 50).await;
+    talk(&mut alice, AFTER, 150).await;
+    // Handed on as the call goes (a chunk a second here): the recording
+    // holds chunks (the header and audio) while the call is still on.
+    let end = Instant::now() + WAIT;
+    loop {
+        let live = r.recording(&r.bob, &a, "recording").await;
+        if live["chunks"].as_u64().unwrap_or(0) >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "nothing handed on during the call: {live}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // The watch over the call finds it going on (as if five minutes had
     // passed) and keeps the recording running.
     assert!(r.h.runtime().fire_timers_due_by(now_ms() + 301_000).await >= 1);

@@ -109,6 +109,8 @@ pub struct RecordOpts {
     /// 0: no end on silence.
     pub silence_ms: u32,
     pub terminators: String,
+    /// 0: no `RecordingChunk` events; else about this much audio per one.
+    pub chunk_ms: u32,
 }
 
 /// Why a call was handed to another plugin on a user's behalf.
@@ -174,6 +176,14 @@ pub enum CallEventKind {
         blob: String,
         ms: u64,
         end: OpEnd,
+    },
+    /// More of a running recording is stored: `len` bytes of `blob` from
+    /// `offset`.
+    RecordingChunk {
+        op: String,
+        blob: String,
+        offset: u64,
+        len: u64,
     },
     Bridged(String),
     Unbridged,

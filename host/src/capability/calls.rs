@@ -528,6 +528,11 @@ pub fn record(
             "silence-ms is 0 or 1000-{MAX_WAIT_MS}"
         )));
     }
+    if opts.chunk_ms != 0 && !(1_000..=MAX_WAIT_MS).contains(&opts.chunk_ms) {
+        return Err(CapError::InvalidArgument(format!(
+            "chunk-ms is 0 or 1000-{MAX_WAIT_MS}"
+        )));
+    }
     check_keys(&opts.terminators, KEYS)?;
     let issued = ctx
         .txn
@@ -1038,6 +1043,7 @@ impl twit::calls::Host for View<'_, State> {
             max_ms: opts.max_ms,
             silence_ms: opts.silence_ms,
             terminators: opts.terminators,
+            chunk_ms: opts.chunk_ms,
         };
         wrap(record(self.call, self.state, &leg, opts))
     }
@@ -1146,6 +1152,17 @@ pub(crate) fn wit_event(e: CallEvent) -> t::CallEvent {
             blob,
             ms,
             end: wit_op_end(end),
+        }),
+        CallEventKind::RecordingChunk {
+            op,
+            blob,
+            offset,
+            len,
+        } => t::CallEventKind::RecordingChunk(t::RecordingChunk {
+            op,
+            blob,
+            offset,
+            len,
         }),
         CallEventKind::Bridged(other) => t::CallEventKind::Bridged(other),
         CallEventKind::Unbridged => t::CallEventKind::Unbridged,

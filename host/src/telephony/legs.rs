@@ -1516,6 +1516,33 @@ impl Table {
         actions
     }
 
+    /// More of leg `id`'s recording `op` is stored: the plugin is told
+    /// (while the recording runs; its end tells the rest).
+    pub fn recording_chunk(
+        &mut self,
+        id: &str,
+        op: &str,
+        blob: String,
+        offset: u64,
+        len: u64,
+        now: u64,
+    ) {
+        let Some(l) = self.legs.get_mut(id) else {
+            return;
+        };
+        if l.recording.as_ref().is_some_and(|r| r.op == op) {
+            l.push(
+                CallEventKind::RecordingChunk {
+                    op: op.to_string(),
+                    blob,
+                    offset,
+                    len,
+                },
+                now,
+            );
+        }
+    }
+
     /// Leg `id`'s recording `op` is written (`ms` of audio kept; `end` as
     /// the media engine saw it): `recorded` goes to the plugin, then the
     /// leg's held `ended`, if it ended meanwhile.
@@ -1927,6 +1954,7 @@ mod tests {
                 max_ms: 60_000,
                 silence_ms: 0,
                 terminators: "#".into(),
+                chunk_ms: 0,
             },
             quota,
             incarnation: "i1".into(),
@@ -2275,6 +2303,61 @@ mod tests {
             }],
             barge_in,
         }
+    }
+
+    #[test]
+    fn recording_chunks_are_told_only_for_the_running_recording() {
+        let mut t = Table::default();
+        t.offer("l".into(), &inbound(), 1, 0);
+        answered(&mut t, "l", 0);
+        let record = Command::Record {
+            leg: "l".into(),
+            op: "r1".into(),
+            blob: "b1".into(),
+            opts: crate::call::legs::RecordOpts {
+                owner: None,
+                class: "recording".into(),
+                max_ms: 60_000,
+                silence_ms: 0,
+                terminators: String::new(),
+                chunk_ms: 1000,
+            },
+            quota: Quota {
+                tenant_bytes: 1 << 30,
+                owner_bytes: 1 << 30,
+            },
+            incarnation: String::new(),
+        };
+        t.command(T, P, record, 0);
+        t.recording_chunk("l", "r1", "b1".into(), 44, 65_492, 10);
+        // Another operation's, or an unknown leg's, are nobody's.
+        t.recording_chunk("l", "r0", "b0".into(), 44, 10, 11);
+        t.recording_chunk("x", "r1", "b1".into(), 44, 10, 12);
+        t.recorded("l", "r1", 4_000, OpEnd::Done, true, 20);
+        // After the end, nothing more.
+        t.recording_chunk("l", "r1", "b1".into(), 65_536, 10, 21);
+        let got = kinds(&mut t, "l", 30);
+        let chunks: Vec<_> = got
+            .iter()
+            .filter(|k| matches!(k, CallEventKind::RecordingChunk { .. }))
+            .collect();
+        assert_eq!(
+            chunks,
+            [&CallEventKind::RecordingChunk {
+                op: "r1".into(),
+                blob: "b1".into(),
+                offset: 44,
+                len: 65_492
+            }],
+            "{got:?}"
+        );
+        let last = got
+            .iter()
+            .rposition(|k| matches!(k, CallEventKind::Recorded { .. }));
+        let chunk_at = got
+            .iter()
+            .position(|k| matches!(k, CallEventKind::RecordingChunk { .. }));
+        assert!(chunk_at < last, "the chunk comes before the end: {got:?}");
     }
 
     #[test]

@@ -125,6 +125,8 @@ enum Msg {
     /// A recording is written: (leg, op, ms kept, how it ended, whether
     /// its blob holds anything).
     Recorded(String, String, u64, OpEnd, bool),
+    /// More of a recording is stored: (leg, op, blob, offset, len).
+    RecordingChunk(String, String, String, u64, u64),
     /// A recording's blob is refused more (quota): stop its media.
     StopRecording(u64),
 }
@@ -849,6 +851,13 @@ async fn run(me: Weak<Telephony>, media: MediaConfig, mut rx: mpsc::UnboundedRec
                         .recorded(&leg, &op, ms, end, stored, now);
                     Vec::new()
                 }
+                Msg::RecordingChunk(leg, op, blob, offset, len) => {
+                    t.table
+                        .lock()
+                        .recover()
+                        .recording_chunk(&leg, &op, blob, offset, len, now);
+                    Vec::new()
+                }
                 Msg::StopRecording(media) => vec![Action::StopRecording(media)],
                 Msg::Delivered(leg, seq, ok) => {
                     let mut table = t.table.lock().recover();
@@ -939,6 +948,9 @@ async fn write_recording(
     let mut outcome = (RecordEnd::Closed, 0u64);
     // The WAV header's place, written over when the length is known.
     let mut header = Some(vec![0u8; 44]);
+    // Bytes told to the plugin so far (`chunk-ms`), after the header.
+    let chunk_bytes = u64::from(start.opts.chunk_ms) * 16;
+    let mut told = 44u64;
     while let Some(piece) = pieces.recv().await {
         let mut bytes = header.take().unwrap_or_default();
         bytes.extend_from_slice(&piece.pcm);
@@ -960,6 +972,22 @@ async fn write_recording(
                 if let Some(t) = me.upgrade() {
                     t.send(Msg::StopRecording(start.media));
                 }
+            }
+            // What is stored now (whole pieces) may be read: told in
+            // `chunk-ms` steps, before the end, which `recorded` tells.
+            let now_stored = b.stored_len();
+            if chunk_bytes > 0
+                && now_stored >= told + chunk_bytes
+                && let Some(t) = me.upgrade()
+            {
+                t.send(Msg::RecordingChunk(
+                    start.leg.clone(),
+                    start.op.clone(),
+                    start.blob.clone(),
+                    told,
+                    now_stored - told,
+                ));
+                told = now_stored;
             }
             blob = Some(b);
         }

@@ -672,6 +672,7 @@ fn on_call(e: &CallEvent) -> Result<(), Error> {
             _ => Ok(()),
         },
         (CallEventKind::Recorded(r), _) => record::recorded(leg, r, e.at_ms),
+        (CallEventKind::RecordingChunk(c), _) => record::chunk(leg, c),
         (
             CallEventKind::Ended(cause),
             Some(Role::Callee {

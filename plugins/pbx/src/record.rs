@@ -37,9 +37,13 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use switchboard_sdk::calls::{self, Cause, LegState, OpEnd, Prompt, RecordOpts, Recorded};
+use switchboard_sdk::calls::{
+    self, Cause, LegState, OpEnd, Prompt, RecordOpts, Recorded, RecordingChunk,
+};
 use switchboard_sdk::http::{self, ApiError, Params, RequestExt as _};
-use switchboard_sdk::{Error, Method, Request, Response, audit, blobs, kv, plugins, timers};
+use switchboard_sdk::{
+    Error, Method, Request, Response, audit, blobs, config, kv, plugins, timers,
+};
 
 use crate::me;
 use crate::policy::{Mode, Policy, admin};
@@ -108,6 +112,15 @@ pub struct CallRec {
     /// The watch found the leg gone once (twice: lost).
     #[serde(default)]
     pub missing: bool,
+    /// The staging blob, once the host has said (its first chunk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob: Option<String>,
+    /// How far into the staging blob the audio is handed over already.
+    #[serde(default)]
+    pub fed: u64,
+    /// Chunks handed over already (the WAV header is the first).
+    #[serde(default)]
+    pub seq: u64,
 }
 
 /// A new party of a call: its leg, the user rung, and the user whose
@@ -539,6 +552,11 @@ fn start(call: &str, other: &str, s: Start, policy: &Policy) -> Result<CallRec, 
             max_ms: MAX_MS,
             silence_ms: 0,
             terminators: String::new(),
+            // Handed on to the recording plugin as the call goes.
+            chunk_ms: config::get::<u32>("recording-chunk-seconds")
+                .unwrap_or(10)
+                .clamp(1, 60)
+                * 1000,
         },
     );
     let op = match recording {
@@ -591,6 +609,9 @@ fn start(call: &str, other: &str, s: Start, policy: &Policy) -> Result<CallRec, 
         next: None,
         hand_off_to: None,
         missing: false,
+        blob: None,
+        fed: 0,
+        seq: 0,
     };
     save(call, &rec)?;
     timers::schedule(WATCH, "watch", format!("{call}/{}", rec.rid).as_bytes())?;
@@ -937,9 +958,9 @@ pub fn recorded(leg: &str, r: &Recorded, at_ms: u64) -> Result<(), Error> {
         call: leg.to_string(),
         rid: rec.rid.clone(),
         blob: r.blob.clone(),
-        offset: 0,
+        offset: rec.fed.max(HEADER),
         size,
-        seq: 0,
+        seq: rec.seq,
         chunk: CHUNK,
         ms: r.ms,
         ended_at: at_ms,
@@ -1019,6 +1040,103 @@ fn feed_turn_saved(mut f: Feed) -> Result<(), Error> {
     }
 }
 
+/// What became of a chunk handed to the recording plugin.
+enum Put {
+    Taken,
+    /// Too large: the chunk size was halved; try again.
+    Smaller,
+    /// The recording takes nothing more (why).
+    Closed(String),
+}
+
+/// Hands `data` to the recording plugin as the feed's next chunk.
+fn put(f: &mut Feed, data: &[u8]) -> Result<Put, ApiError> {
+    let path = format!("/recordings/{}/chunks/{}", f.rid, f.seq + 1);
+    let r = plugins::call_with_headers(
+        RECORDING,
+        Method::Put,
+        &path,
+        &[("content-type".into(), "application/octet-stream".into())],
+        data,
+    )?;
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+    let code = v["code"].as_str().unwrap_or_default();
+    match r.status {
+        200 | 201 => Ok(Put::Taken),
+        413 if f.chunk > MIN_CHUNK => {
+            f.chunk /= 2;
+            Ok(Put::Smaller)
+        }
+        409 if code == "quota_exceeded" || code == "recording_stopped" => {
+            Ok(Put::Closed(code.to_string()))
+        }
+        status => Err(ApiError::new(
+            502,
+            "recording_failed",
+            format!(
+                "the recording plugin refused chunk {} ({status} {code})",
+                f.seq + 1
+            ),
+        )),
+    }
+}
+
+/// The staging blob's WAV header's length.
+const HEADER: u64 = 44;
+
+/// A WAV header for audio of a length not known yet (8 kHz mono 16-bit
+/// PCM; the sizes all ones, as streams write them): the recording's first
+/// chunk, since its audio is handed on before the call ends.
+fn streaming_header() -> Vec<u8> {
+    let mut h = Vec::with_capacity(44);
+    h.extend_from_slice(b"RIFF");
+    h.extend_from_slice(&u32::MAX.to_le_bytes());
+    h.extend_from_slice(b"WAVEfmt ");
+    h.extend_from_slice(&16u32.to_le_bytes());
+    h.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    h.extend_from_slice(&1u16.to_le_bytes()); // mono
+    h.extend_from_slice(&8000u32.to_le_bytes());
+    h.extend_from_slice(&16_000u32.to_le_bytes());
+    h.extend_from_slice(&2u16.to_le_bytes());
+    h.extend_from_slice(&16u16.to_le_bytes());
+    h.extend_from_slice(b"data");
+    h.extend_from_slice(&u32::MAX.to_le_bytes());
+    h
+}
+
+/// More of the call's recording is stored in the staging blob: handed on
+/// to the recording plugin now, so its chain grows as the call goes. What
+/// fails here is handed over when the recording ends (never a reason to
+/// fail the call).
+pub fn chunk(call: &str, c: &RecordingChunk) -> Result<(), Error> {
+    let Some(mut rec) = load(call)? else {
+        return Ok(());
+    };
+    if c.op != rec.op {
+        return Ok(());
+    }
+    rec.blob = Some(c.blob.clone());
+    let mut f = Feed {
+        call: call.to_string(),
+        rid: rec.rid.clone(),
+        blob: c.blob.clone(),
+        offset: rec.fed.max(HEADER),
+        size: c.offset.saturating_add(c.len),
+        seq: rec.seq,
+        chunk: CHUNK,
+        ms: 0,
+        ended_at: 0,
+        failed: 0,
+        stuck: false,
+        error: None,
+    };
+    if turn(&mut f).is_ok() {
+        rec.fed = f.offset;
+        rec.seq = f.seq;
+    }
+    save(call, &rec)
+}
+
 enum Turn {
     More,
     /// Nothing more goes in; `why` when not all of it did.
@@ -1027,11 +1145,21 @@ enum Turn {
     },
 }
 
-/// Hands over up to [`CHUNKS_PER_TURN`] chunks.
+/// Hands over up to [`CHUNKS_PER_TURN`] chunks: the WAV header first
+/// (the staging blob's own is written only when the recording ends),
+/// then the audio from the staging blob.
 fn turn(f: &mut Feed) -> Result<Turn, ApiError> {
     for _ in 0..CHUNKS_PER_TURN {
         if f.offset >= f.size {
             return Ok(Turn::Done { why: None });
+        }
+        if f.seq == 0 {
+            match put(f, &streaming_header())? {
+                Put::Taken => f.seq = 1,
+                Put::Smaller => {}
+                Put::Closed(why) => return Ok(Turn::Done { why: Some(why) }),
+            }
+            continue;
         }
         let data = match blobs::read(&f.blob, f.offset, f.chunk) {
             Ok(d) => d,
@@ -1047,37 +1175,13 @@ fn turn(f: &mut Feed) -> Result<Turn, ApiError> {
                 why: Some("the staging copy is shorter than it was".into()),
             });
         }
-        let path = format!("/recordings/{}/chunks/{}", f.rid, f.seq + 1);
-        let r = plugins::call_with_headers(
-            RECORDING,
-            Method::Put,
-            &path,
-            &[("content-type".into(), "application/octet-stream".into())],
-            &data,
-        )?;
-        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
-        let code = v["code"].as_str().unwrap_or_default();
-        match r.status {
-            200 | 201 => {
+        match put(f, &data)? {
+            Put::Taken => {
                 f.offset += data.len() as u64;
                 f.seq += 1;
             }
-            413 if f.chunk > MIN_CHUNK => f.chunk /= 2,
-            409 if code == "quota_exceeded" || code == "recording_stopped" => {
-                return Ok(Turn::Done {
-                    why: Some(code.to_string()),
-                });
-            }
-            status => {
-                return Err(ApiError::new(
-                    502,
-                    "recording_failed",
-                    format!(
-                        "the recording plugin refused chunk {} ({status} {code})",
-                        f.seq + 1
-                    ),
-                ));
-            }
+            Put::Smaller => {}
+            Put::Closed(why) => return Ok(Turn::Done { why: Some(why) }),
         }
     }
     Ok(if f.offset >= f.size {
@@ -1126,8 +1230,9 @@ fn finish(f: &Feed, why: Option<String>) -> Result<(), ApiError> {
 /// The watch over recording `rid` of call `call` (payload `call/rid`):
 /// while its leg is there, again later. A leg found gone twice without
 /// its recording ending (the server stopped mid-call, and with it the
-/// host's recording) closes the recording with what it holds (nothing),
-/// audited as lost.
+/// host's recording) hands over what the staging blob holds (the audio
+/// stored until then, if the host said where: its first chunk) and seals
+/// the recording, audited as lost.
 pub fn watch(payload: &str) -> Result<(), Error> {
     let Some((call, rid)) = payload.split_once('/') else {
         return Ok(());
@@ -1145,20 +1250,31 @@ pub fn watch(payload: &str) -> Result<(), Error> {
         timers::schedule(WATCH, "watch", payload.as_bytes())?;
         return Ok(());
     }
-    let path = format!("/recordings/{}/stop", rec.rid);
-    let r = plugins::call(RECORDING, Method::Post, &path, b"")?;
-    if r.status >= 500 {
-        return Err(Error::Internal(format!(
-            "the recording plugin failed to seal ({})",
-            r.status
-        )));
-    }
     kv::delete(key(call))?;
+    let blob = rec.blob.clone().unwrap_or_default();
+    let size = match blobs::size(&blob) {
+        Ok(n) if !blob.is_empty() => n,
+        _ => 0,
+    };
     alarm(
         "pbx.recording.lost",
         call,
-        json!({ "recording": rec.rid, "why": "the call's recording ended without its audio (the server stopped)" }),
-    )
+        json!({ "recording": rec.rid, "why": "the call's recording ended without its end (the server stopped)", "staging_bytes": size }),
+    )?;
+    feed_turn_saved(Feed {
+        call: call.to_string(),
+        rid: rec.rid.clone(),
+        blob,
+        offset: rec.fed.max(HEADER),
+        size,
+        seq: rec.seq,
+        chunk: CHUNK,
+        ms: size.saturating_sub(HEADER) / 16,
+        ended_at: now(),
+        failed: 0,
+        stuck: false,
+        error: None,
+    })
 }
 
 // ---- the API ----------------------------------------------------------

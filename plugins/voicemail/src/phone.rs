@@ -392,6 +392,7 @@ fn played(e: &CallEvent, state: LegState, end: OpEnd) -> Result<(), Error> {
                 max_ms: max_s.clamp(10, 300) * 1000,
                 silence_ms: silence_s.clamp(2, 60) * 1000,
                 terminators: "#".into(),
+                chunk_ms: 0,
             };
             match calls::record(leg, &opts) {
                 Ok(op) => save(leg, Stage::Recording { user }, op, false),
@@ -433,6 +434,7 @@ fn played(e: &CallEvent, state: LegState, end: OpEnd) -> Result<(), Error> {
                 max_ms,
                 silence_ms: GREETING_SILENCE_MS,
                 terminators: "#".into(),
+                chunk_ms: 0,
             };
             match calls::record(leg, &opts) {
                 Ok(op) => save(leg, Stage::GreetingRecording { user, kind }, op, false),
