@@ -30,15 +30,18 @@ pub fn wait_frame(phone: &Phone, frame: &[u8], limit: Duration) -> bool {
 }
 
 /// Waits (up to `limit`) until `phone` hears library prompt `name`.
-pub async fn hears(phone: &Phone, name: &str, limit: Duration) -> bool {
+pub async fn hears(phone: &Phone, name: &str) -> bool {
     let frame = first_frame(name);
-    tokio::task::block_in_place(|| wait_frame(phone, &frame, limit))
+    tokio::task::block_in_place(|| wait_frame(phone, &frame, WAIT))
 }
+
+/// How long a test waits for a prompt.
+pub const WAIT: Duration = Duration::from_secs(15);
 
 /// Presses `keys` once `phone` hears prompt `name` (cutting it short);
 /// panics if it never does.
-pub async fn answer(phone: &mut Phone, name: &str, keys: &str, limit: Duration) {
-    assert!(hears(phone, name, limit).await, "no {name} prompt");
+pub async fn answer(phone: &mut Phone, name: &str, keys: &str) {
+    assert!(hears(phone, name).await, "no {name} prompt");
     tokio::task::block_in_place(|| phone.dial_keys(keys)).expect("keys sent");
 }
 

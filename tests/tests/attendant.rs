@@ -18,15 +18,6 @@ use switchboard_tests::{harness, ivr, tenant};
 
 const WAIT: Duration = Duration::from_secs(15);
 
-/// Waits until `phone` hears library prompt `name`.
-async fn hears(phone: &Phone, name: &str) -> bool {
-    ivr::hears(phone, name, WAIT).await
-}
-
-/// Presses `keys` once `phone` hears prompt `name` (cutting it short).
-async fn answer(phone: &mut Phone, name: &str, keys: &str) {
-    ivr::answer(phone, name, keys, WAIT).await
-}
 /// The attendant's number (a DID).
 const DID: &str = "+442079460000";
 
@@ -457,20 +448,20 @@ async fn v4_a_caller_is_put_through_by_key_by_extension_to_a_mailbox_or_told_why
         ivr::hears_level(&caller, 3000, WAIT).await,
         "the uploaded prompt never played"
     );
-    answer(&mut caller, "welcome", "1").await;
+    ivr::answer(&mut caller, "welcome", "1").await;
     a.dialled(&format!("user:{}", a.bob)).await;
     a.rig.hang_up(&leg);
     // 2: the support menu, where a caller keys an extension.
     let mut caller = Phone::new().unwrap();
     let leg = a.ring(&mut caller).await;
-    answer(&mut caller, "welcome", "2").await;
+    ivr::answer(&mut caller, "welcome", "2").await;
     // An outside line (a pattern route) and the voicemail number are no
     // extensions: what a caller keys reaches users' phones only.
-    answer(&mut caller, "enter-extension", "9020794#").await;
-    assert!(hears(&caller, "invalid").await);
-    answer(&mut caller, "enter-extension", "800#").await;
-    assert!(hears(&caller, "invalid").await);
-    answer(&mut caller, "enter-extension", "202#").await;
+    ivr::answer(&mut caller, "enter-extension", "9020794#").await;
+    assert!(ivr::hears(&caller, "invalid").await);
+    ivr::answer(&mut caller, "enter-extension", "800#").await;
+    assert!(ivr::hears(&caller, "invalid").await);
+    ivr::answer(&mut caller, "enter-extension", "202#").await;
     a.dialled(&format!("user:{}", a.carol)).await;
     assert!(
         !a.rig
@@ -484,18 +475,21 @@ async fn v4_a_caller_is_put_through_by_key_by_extension_to_a_mailbox_or_told_why
     // the default, Bob's mailbox (his system greeting).
     let mut caller = Phone::new().unwrap();
     let leg = a.ring(&mut caller).await;
-    answer(&mut caller, "welcome", "7").await;
-    assert!(hears(&caller, "invalid").await);
-    answer(&mut caller, "welcome", "7").await;
-    assert!(hears(&caller, "is-unavailable").await, "Bob's voicemail");
+    ivr::answer(&mut caller, "welcome", "7").await;
+    assert!(ivr::hears(&caller, "invalid").await);
+    ivr::answer(&mut caller, "welcome", "7").await;
+    assert!(
+        ivr::hears(&caller, "is-unavailable").await,
+        "Bob's voicemail"
+    );
     a.rig.hang_up(&leg);
     // 8: a premium number the tenant's policy refuses: the caller hears
     // so and is back at the menu; nothing was placed.
     let mut caller = Phone::new().unwrap();
     let leg = a.ring(&mut caller).await;
-    answer(&mut caller, "welcome", "8").await;
-    assert!(hears(&caller, "restricted").await);
-    assert!(hears(&caller, "welcome").await);
+    ivr::answer(&mut caller, "welcome", "8").await;
+    assert!(ivr::hears(&caller, "restricted").await);
+    assert!(ivr::hears(&caller, "welcome").await);
     assert!(
         !a.rig
             .signals()

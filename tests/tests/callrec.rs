@@ -391,11 +391,8 @@ async fn r3_a_call_recorded_always_is_announced_paused_without_a_trace_and_seale
     let (mut alice, mut bob) = (Phone::new().unwrap(), Phone::new().unwrap());
     let (a, b) = r.call("201", "bob", &mut alice, &mut bob).await;
     // Both parties hear the announcement before they hear each other.
-    assert!(
-        ivr::hears(&alice, "recording-on", WAIT).await,
-        "Alice is told"
-    );
-    assert!(ivr::hears(&bob, "recording-on", WAIT).await, "Bob is told");
+    assert!(ivr::hears(&alice, "recording-on").await, "Alice is told");
+    assert!(ivr::hears(&bob, "recording-on").await, "Bob is told");
     r.bridged(&a, &b).await;
     let rec = r.recording(&r.bob, &a, "recording").await;
     let rid = rec["id"].as_str().unwrap().to_string();
@@ -413,10 +410,12 @@ async fn r3_a_call_recorded_always_is_announced_paused_without_a_trace_and_seale
     r.recording(&r.bob, &a, "recording").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     talk(&mut alice, AFTER, 150).await;
-    // Handed on as the call goes (a chunk a second here): the recording
-    // holds chunks (the header and audio) while the call is still on.
+    // Handed on as the call goes (a chunk a second here, by the timer
+    // the scheduler fires): the recording holds chunks (the header and
+    // audio) while the call is still on.
     let end = Instant::now() + WAIT;
     loop {
+        r.h.runtime().fire_due_timers().await;
         let live = r.recording(&r.bob, &a, "recording").await;
         if live["chunks"].as_u64().unwrap_or(0) >= 2 {
             break;
@@ -740,7 +739,7 @@ async fn r5_a_transfer_ends_the_recording_and_the_new_pair_is_weighed_afresh() {
         Phone::new().unwrap(),
     );
     let (a, b) = r.call("201", "bob", &mut alice, &mut bob).await;
-    assert!(ivr::hears(&bob, "recording-on", WAIT).await);
+    assert!(ivr::hears(&bob, "recording-on").await);
     r.bridged(&a, &b).await;
     let first = r.recording(&r.bob, &a, "recording").await;
     let first_id = first["id"].as_str().unwrap().to_string();
@@ -781,12 +780,9 @@ async fn r5_a_transfer_ends_the_recording_and_the_new_pair_is_weighed_afresh() {
     r.verified(&r.bob, &first_id).await;
     // Alice and Carol: Carol's calls are recorded always too, so a new
     // recording, hers, announced to both before they talk.
+    assert!(ivr::hears(&carol, "recording-on").await, "Carol is told");
     assert!(
-        ivr::hears(&carol, "recording-on", WAIT).await,
-        "Carol is told"
-    );
-    assert!(
-        ivr::hears(&alice, "recording-on", WAIT).await,
+        ivr::hears(&alice, "recording-on").await,
         "Alice is told again"
     );
     r.bridged(&a, &c).await;

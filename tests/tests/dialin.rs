@@ -21,15 +21,6 @@ use switchboard_tests::{harness, ivr, tenant};
 
 const WAIT: Duration = Duration::from_secs(15);
 
-/// Waits until `phone` hears library prompt `name`.
-async fn hears(phone: &Phone, name: &str) -> bool {
-    ivr::hears(phone, name, WAIT).await
-}
-
-/// Presses `keys` once `phone` hears prompt `name` (cutting it short).
-async fn answer(phone: &mut Phone, name: &str, keys: &str) {
-    ivr::answer(phone, name, keys, WAIT).await
-}
 /// The tenant's dial-in number.
 const DIAL_IN: &str = "+442079461000";
 
@@ -161,8 +152,8 @@ async fn m6_m9_phone_callers_dial_in_with_the_code_share_a_bridge_and_hear_the_r
     // No session yet: the caller is told so.
     let mut early = Phone::new().unwrap();
     let leg = w.dial_in("+447400999000", &mut early).await;
-    answer(&mut early, "enter-access-code", &format!("{code}#")).await;
-    assert!(hears(&early, "meeting-not-started").await);
+    ivr::answer(&mut early, "enter-access-code", &format!("{code}#")).await;
+    assert!(ivr::hears(&early, "meeting-not-started").await);
     w.ended(&leg).await;
     let (status, live) = w
         .olga(Method::Post, &format!("/spaces/{sid}/live"), Value::Null)
@@ -173,10 +164,10 @@ async fn m6_m9_phone_callers_dial_in_with_the_code_share_a_bridge_and_hear_the_r
     // the right one; in the roster as "Phone …1222", never the number.
     let mut a = Phone::new().unwrap();
     let a_leg = w.dial_in("+447400111222", &mut a).await;
-    answer(&mut a, "enter-access-code", "123456789#").await;
-    answer(&mut a, "invalid", "").await;
-    answer(&mut a, "enter-access-code", &format!("{code}#")).await;
-    assert!(hears(&a, "joining-meeting").await);
+    ivr::answer(&mut a, "enter-access-code", "123456789#").await;
+    ivr::answer(&mut a, "invalid", "").await;
+    ivr::answer(&mut a, "enter-access-code", &format!("{code}#")).await;
+    assert!(ivr::hears(&a, "joining-meeting").await);
     w.bridged(&lid, 1).await;
     let phones = w.phones(&lid).await;
     assert_eq!(phones.len(), 1, "{phones:?}");
@@ -197,7 +188,7 @@ async fn m6_m9_phone_callers_dial_in_with_the_code_share_a_bridge_and_hear_the_r
     // B joins: the two hear each other in the phone bridge.
     let mut b = Phone::new().unwrap();
     let b_leg = w.dial_in("+447400333444", &mut b).await;
-    answer(&mut b, "enter-access-code", &format!("{code}#")).await;
+    ivr::answer(&mut b, "enter-access-code", &format!("{code}#")).await;
     w.bridged(&lid, 2).await;
     let loud = g711::linear_to_ulaw(8000);
     let end = Instant::now() + WAIT;
@@ -217,15 +208,15 @@ async fn m6_m9_phone_callers_dial_in_with_the_code_share_a_bridge_and_hear_the_r
         .olga(Method::Post, &format!("/live/{lid}/recording"), Value::Null)
         .await;
     assert_eq!(status, 201, "{rec}");
-    assert!(hears(&a, "recording-started").await);
-    assert!(hears(&b, "recording-started").await);
+    assert!(ivr::hears(&a, "recording-started").await);
+    assert!(ivr::hears(&b, "recording-started").await);
     w.bridged(&lid, 2).await;
     // C, dialling in while it records, is told on joining.
     let mut c = Phone::new().unwrap();
     let c_leg = w.dial_in("+447400555666", &mut c).await;
-    answer(&mut c, "enter-access-code", &format!("{code}#")).await;
-    assert!(hears(&c, "joining-meeting").await);
-    assert!(hears(&c, "recording-on").await);
+    ivr::answer(&mut c, "enter-access-code", &format!("{code}#")).await;
+    assert!(ivr::hears(&c, "joining-meeting").await);
+    assert!(ivr::hears(&c, "recording-on").await);
     w.bridged(&lid, 3).await;
     // Olga removes B: B's call ends. A hangs up: A leaves the roster.
     let phones = w.phones(&lid).await;
@@ -272,27 +263,27 @@ async fn m2_a_calling_number_that_keeps_guessing_is_turned_away() {
             if wrong == 10 {
                 break;
             }
-            answer(&mut phone, "enter-access-code", "111111111#").await;
+            ivr::answer(&mut phone, "enter-access-code", "111111111#").await;
             wrong += 1;
         }
         w.rig.hang_up(&leg);
     }
     let mut phone = Phone::new().unwrap();
     let leg = w.dial_in("+447400777888", &mut phone).await;
-    answer(&mut phone, "enter-access-code", &format!("{code}#")).await;
-    assert!(hears(&phone, "too-many-attempts").await);
+    ivr::answer(&mut phone, "enter-access-code", &format!("{code}#")).await;
+    assert!(ivr::hears(&phone, "too-many-attempts").await);
     w.ended(&leg).await;
     // Another number with the right code is let in.
     let mut phone = Phone::new().unwrap();
     let leg = w.dial_in("+447400777999", &mut phone).await;
-    answer(&mut phone, "enter-access-code", &format!("{code}#")).await;
-    assert!(hears(&phone, "joining-meeting").await);
+    ivr::answer(&mut phone, "enter-access-code", &format!("{code}#")).await;
+    assert!(ivr::hears(&phone, "joining-meeting").await);
     w.rig.hang_up(&leg);
     // A caller who hangs up the moment the code is keyed leaves no ghost
     // in the roster (nor a place in the bridge).
     let mut phone = Phone::new().unwrap();
     let leg = w.dial_in("+447400777000", &mut phone).await;
-    answer(&mut phone, "enter-access-code", &format!("{code}#")).await;
+    ivr::answer(&mut phone, "enter-access-code", &format!("{code}#")).await;
     w.rig.hang_up(&leg);
     let end = Instant::now() + WAIT;
     while !w.phones(&lid).await.is_empty() {

@@ -21,15 +21,6 @@ use switchboard_tests::{harness, ivr, tenant};
 
 const WAIT: Duration = Duration::from_secs(15);
 
-/// Waits until `phone` hears library prompt `name`.
-async fn hears(phone: &Phone, name: &str) -> bool {
-    ivr::hears(phone, name, WAIT).await
-}
-
-/// Presses `keys` once `phone` hears prompt `name` (cutting it short).
-async fn answer(phone: &mut Phone, name: &str, keys: &str) {
-    ivr::answer(phone, name, keys, WAIT).await
-}
 const PIN: &str = "480276";
 
 struct Vm {
@@ -171,6 +162,43 @@ impl Vm {
             .unwrap()
     }
 
+    /// Bob uploads a temporary greeting (1.2 s at level 2000) that
+    /// expires `ms` from now.
+    async fn temporary_greeting(&self, ms: u64) -> (Response, u64) {
+        let until = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+            + ms;
+        let path = format!("/greetings/temporary?until_ms={until}");
+        let wav = ivr::wav(8000, 1, 1200, 2000);
+        let r = self.user(&self.bob, Method::Put, &path, &wav).await;
+        (r, until)
+    }
+
+    /// A caller from outside diverted to Bob's mailbox (as busy, through
+    /// the callflow fixture); the leg.
+    async fn diverted_to_bob(&self, phone: &mut Phone) -> String {
+        let args = format!("divert:800:{}", self.bob);
+        self.call(None, "callflow", "100", &args, phone).await
+    }
+
+    /// Bob's own registered phone calls voicemail (800); the leg.
+    async fn bob_calls_in(&self, phone: &mut Phone) -> String {
+        self.rig
+            .ring_from(
+                Some(&self.bob),
+                "acme",
+                "voicemail",
+                "bob-desk",
+                "800",
+                b"",
+                phone,
+            )
+            .await
+            .unwrap()
+    }
+
     /// Waits until the leg ended (hung up by the plugin or the phone).
     async fn ended(&self, leg: &str) {
         self.rig
@@ -191,16 +219,22 @@ impl Vm {
         let leg = self
             .call(Some(&self.alice), "pbx", "201", "bob", &mut alice)
             .await;
-        assert!(hears(&alice, "is-unavailable").await, "the system greeting");
+        assert!(
+            ivr::hears(&alice, "is-unavailable").await,
+            "the system greeting"
+        );
         alice.press('*').unwrap();
-        assert!(hears(&alice, "beep").await, "the beep, never a PIN prompt");
+        assert!(
+            ivr::hears(&alice, "beep").await,
+            "the beep, never a PIN prompt"
+        );
         talk(&mut alice, g711::linear_to_ulaw(6000), frames).await;
         alice.press('#').unwrap();
-        assert!(hears(&alice, "urgent-option").await);
+        assert!(ivr::hears(&alice, "urgent-option").await);
         if let Some(k) = urgent {
             alice.press(k).unwrap();
         }
-        assert!(hears(&alice, "message-saved").await);
+        assert!(ivr::hears(&alice, "message-saved").await);
         self.ended(&leg).await;
         leg
     }
@@ -438,7 +472,7 @@ async fn v3_a_message_under_a_second_is_not_kept_and_keys_never_reach_a_mailbox(
         "Bob's own greeting never played"
     );
     alice.dial_keys("*9*").unwrap();
-    assert!(hears(&alice, "beep").await);
+    assert!(ivr::hears(&alice, "beep").await);
     tokio::task::block_in_place(|| alice.dial_keys("*0")).unwrap();
     alice.press('#').unwrap();
     // Everything the caller hears from here to the end of the call: the
@@ -461,9 +495,9 @@ async fn v3_a_message_under_a_second_is_not_kept_and_keys_never_reach_a_mailbox(
         .call(Some(&v.alice), "pbx", "201", "bob", &mut alice)
         .await;
     alice.press('1').unwrap();
-    assert!(hears(&alice, "beep").await);
+    assert!(ivr::hears(&alice, "beep").await);
     talk(&mut alice, 0xff, 150).await;
-    assert!(hears(&alice, "message-too-short").await);
+    assert!(ivr::hears(&alice, "message-too-short").await);
     v.ended(&leg).await;
     assert!(v.messages(&v.bob).await.is_empty(), "silence kept nothing");
     // A caller who talks and hangs up: what was said is kept.
@@ -472,7 +506,7 @@ async fn v3_a_message_under_a_second_is_not_kept_and_keys_never_reach_a_mailbox(
         .call(Some(&v.alice), "pbx", "201", "bob", &mut alice)
         .await;
     alice.press('1').unwrap();
-    assert!(hears(&alice, "beep").await);
+    assert!(ivr::hears(&alice, "beep").await);
     talk(&mut alice, g711::linear_to_ulaw(6000), 75).await;
     v.rig.hang_up(&leg);
     let end = Instant::now() + WAIT;
@@ -503,10 +537,10 @@ async fn v3_a_message_under_a_second_is_not_kept_and_keys_never_reach_a_mailbox(
         .call(Some(&v.alice), "pbx", "201", "bob", &mut alice)
         .await;
     alice.press('1').unwrap();
-    assert!(hears(&alice, "beep").await);
+    assert!(ivr::hears(&alice, "beep").await);
     talk(&mut alice, g711::linear_to_ulaw(6000), 75).await;
     alice.press('#').unwrap();
-    assert!(hears(&alice, "mailbox-full").await);
+    assert!(ivr::hears(&alice, "mailbox-full").await);
     v.ended(&leg).await;
     assert_eq!(v.messages(&v.bob).await.len(), 1, "no second message");
 }
@@ -541,11 +575,11 @@ async fn v1_pins_are_refused_when_trivial_and_wrong_ones_lock_the_mailbox_audite
     let mut caller = Phone::new().unwrap();
     let leg = v.call(None, "voicemail", "800", "", &mut caller).await;
     for pin in ["000001#", "000002#", "000003#"] {
-        answer(&mut caller, "enter-mailbox", "201#").await;
-        answer(&mut caller, "enter-pin", pin).await;
-        assert!(hears(&caller, "pin-wrong").await);
+        ivr::answer(&mut caller, "enter-mailbox", "201#").await;
+        ivr::answer(&mut caller, "enter-pin", pin).await;
+        assert!(ivr::hears(&caller, "pin-wrong").await);
     }
-    assert!(hears(&caller, "goodbye").await);
+    assert!(ivr::hears(&caller, "goodbye").await);
     v.ended(&leg).await;
     let locks = audits(&v.h, "voicemail.lockout");
     assert_eq!(locks.len(), 1, "{locks:?}");
@@ -554,9 +588,9 @@ async fn v1_pins_are_refused_when_trivial_and_wrong_ones_lock_the_mailbox_audite
     // Locked: even the right PIN is turned away (and audited).
     let mut caller = Phone::new().unwrap();
     let leg = v.call(None, "voicemail", "800", "", &mut caller).await;
-    answer(&mut caller, "enter-mailbox", "201#").await;
-    answer(&mut caller, "enter-pin", &format!("{PIN}#")).await;
-    assert!(hears(&caller, "pin-wrong").await);
+    ivr::answer(&mut caller, "enter-mailbox", "201#").await;
+    ivr::answer(&mut caller, "enter-pin", &format!("{PIN}#")).await;
+    assert!(ivr::hears(&caller, "pin-wrong").await);
     v.rig.hang_up(&leg);
     let refused = audits(&v.h, "voicemail.pin");
     assert!(
@@ -579,22 +613,22 @@ async fn v1_pins_are_refused_when_trivial_and_wrong_ones_lock_the_mailbox_audite
     // one opens the mailbox.
     let mut caller = Phone::new().unwrap();
     let leg = v.call(None, "voicemail", "800", "", &mut caller).await;
-    answer(&mut caller, "enter-mailbox", "299#").await;
-    answer(&mut caller, "enter-pin", &format!("{PIN}#")).await;
-    assert!(hears(&caller, "pin-wrong").await);
-    answer(&mut caller, "enter-mailbox", "201#").await;
-    answer(&mut caller, "enter-pin", &format!("{PIN}#")).await;
-    assert!(hears(&caller, "no-messages").await);
-    answer(&mut caller, "voicemail-menu", "*").await;
-    assert!(hears(&caller, "goodbye").await);
+    ivr::answer(&mut caller, "enter-mailbox", "299#").await;
+    ivr::answer(&mut caller, "enter-pin", &format!("{PIN}#")).await;
+    assert!(ivr::hears(&caller, "pin-wrong").await);
+    ivr::answer(&mut caller, "enter-mailbox", "201#").await;
+    ivr::answer(&mut caller, "enter-pin", &format!("{PIN}#")).await;
+    assert!(ivr::hears(&caller, "no-messages").await);
+    ivr::answer(&mut caller, "voicemail-menu", "*").await;
+    assert!(ivr::hears(&caller, "goodbye").await);
     v.ended(&leg).await;
     // Hanging up right after a wrong PIN does not escape the count: three
     // such calls lock the mailbox again.
     for pin in ["000004#", "000005#", "000006#"] {
         let mut caller = Phone::new().unwrap();
         let leg = v.call(None, "voicemail", "800", "", &mut caller).await;
-        answer(&mut caller, "enter-mailbox", "201#").await;
-        answer(&mut caller, "enter-pin", pin).await;
+        ivr::answer(&mut caller, "enter-mailbox", "201#").await;
+        ivr::answer(&mut caller, "enter-pin", pin).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
         v.rig.hang_up(&leg);
     }
@@ -653,33 +687,24 @@ async fn v3_the_owner_listens_from_their_own_phone_saves_forwards_and_deletes() 
     v.leave_message(100, None).await;
     // Bob calls 800 from his own registered phone: no PIN asked.
     let mut bob = Phone::new().unwrap();
-    let leg = v
-        .rig
-        .ring_from(
-            Some(&v.bob),
-            "acme",
-            "voicemail",
-            "bob-desk",
-            "800",
-            b"",
-            &mut bob,
-        )
-        .await
-        .unwrap();
-    assert!(hears(&bob, "new-message").await, "you have one new message");
-    answer(&mut bob, "voicemail-menu", "1").await;
+    let leg = v.bob_calls_in(&mut bob).await;
+    assert!(
+        ivr::hears(&bob, "new-message").await,
+        "you have one new message"
+    );
+    ivr::answer(&mut bob, "voicemail-menu", "1").await;
     // The message plays, then the menu: save it (2).
-    answer(&mut bob, "message-menu", "2").await;
-    assert!(hears(&bob, "message-kept").await);
-    answer(&mut bob, "voicemail-menu", "2").await;
+    ivr::answer(&mut bob, "message-menu", "2").await;
+    assert!(ivr::hears(&bob, "message-kept").await);
+    ivr::answer(&mut bob, "voicemail-menu", "2").await;
     // In saved now: forward it to Carol (9, 202#), then delete it (7).
-    answer(&mut bob, "message-menu", "9").await;
-    answer(&mut bob, "enter-destination", "202#").await;
-    assert!(hears(&bob, "message-forwarded").await);
-    answer(&mut bob, "message-menu", "7").await;
-    assert!(hears(&bob, "message-deleted").await);
-    assert!(hears(&bob, "no-more-messages").await);
-    answer(&mut bob, "voicemail-menu", "*").await;
+    ivr::answer(&mut bob, "message-menu", "9").await;
+    ivr::answer(&mut bob, "enter-destination", "202#").await;
+    assert!(ivr::hears(&bob, "message-forwarded").await);
+    ivr::answer(&mut bob, "message-menu", "7").await;
+    assert!(ivr::hears(&bob, "message-deleted").await);
+    assert!(ivr::hears(&bob, "no-more-messages").await);
+    ivr::answer(&mut bob, "voicemail-menu", "*").await;
     v.ended(&leg).await;
     assert!(v.messages(&v.bob).await.is_empty());
     assert_eq!(v.h.runtime().mwi_counts("acme", &v.bob), (0, 0));
@@ -692,7 +717,10 @@ async fn v3_the_owner_listens_from_their_own_phone_saves_forwards_and_deletes() 
     let leg = v
         .call(Some(&v.alice), "voicemail", "800", "", &mut alice)
         .await;
-    assert!(hears(&alice, "no-messages").await, "Alice's own mailbox");
+    assert!(
+        ivr::hears(&alice, "no-messages").await,
+        "Alice's own mailbox"
+    );
     v.rig.hang_up(&leg);
     // A tenant that wants the PIN from every phone: Bob's own phone is
     // asked for the mailbox number like any other.
@@ -703,20 +731,8 @@ async fn v3_the_owner_listens_from_their_own_phone_saves_forwards_and_deletes() 
     )
     .await;
     let mut bob = Phone::new().unwrap();
-    let leg = v
-        .rig
-        .ring_from(
-            Some(&v.bob),
-            "acme",
-            "voicemail",
-            "bob-desk",
-            "800",
-            b"",
-            &mut bob,
-        )
-        .await
-        .unwrap();
-    assert!(hears(&bob, "enter-mailbox").await, "the PIN is asked");
+    let leg = v.bob_calls_in(&mut bob).await;
+    assert!(ivr::hears(&bob, "enter-mailbox").await, "the PIN is asked");
     v.rig.hang_up(&leg);
 }
 
@@ -799,19 +815,7 @@ async fn v2_greetings_upload_checked_converted_and_a_diversion_names_the_tenants
     // 44.1 kHz stereo 8-bit would be refused; 48 kHz mono 16-bit is taken.
     let r = put("busy", ivr::wav(48_000, 1, 2000, -3000)).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let until = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-        + 3_600_000;
-    let r = v
-        .user(
-            &v.bob,
-            Method::Put,
-            &format!("/greetings/temporary?until_ms={until}"),
-            &ivr::wav(8000, 1, 1200, 2000),
-        )
-        .await;
+    let (r, until) = v.temporary_greeting(3_600_000).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let g = v
         .user(&v.bob, Method::Get, "/greetings/busy/audio", b"")
@@ -859,15 +863,7 @@ async fn v2_greetings_upload_checked_converted_and_a_diversion_names_the_tenants
         v.rig.hang_up(&leg);
     }
     let mut caller = Phone::new().unwrap();
-    let leg = v
-        .call(
-            None,
-            "callflow",
-            "100",
-            &format!("divert:800:{}", v.bob),
-            &mut caller,
-        )
-        .await;
+    let leg = v.diverted_to_bob(&mut caller).await;
     // The temporary greeting plays while it lasts (2000 as µ-law).
     assert!(
         ivr::hears_level(&caller, 2000, WAIT).await,
@@ -876,33 +872,13 @@ async fn v2_greetings_upload_checked_converted_and_a_diversion_names_the_tenants
     v.rig.hang_up(&leg);
     // Once it has expired, the system's greeting is back (Bob has no
     // busy one any more, nor an unavailable one).
-    let soon = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-        + 1_500;
-    let r = v
-        .user(
-            &v.bob,
-            Method::Put,
-            &format!("/greetings/temporary?until_ms={soon}"),
-            &ivr::wav(8000, 1, 1200, 2000),
-        )
-        .await;
+    let (r, _) = v.temporary_greeting(1_500).await;
     assert_eq!(r.status, 200, "{}", r.text());
     tokio::time::sleep(Duration::from_millis(2_000)).await;
     let mut caller = Phone::new().unwrap();
-    let leg = v
-        .call(
-            None,
-            "callflow",
-            "100",
-            &format!("divert:800:{}", v.bob),
-            &mut caller,
-        )
-        .await;
+    let leg = v.diverted_to_bob(&mut caller).await;
     assert!(
-        hears(&caller, "is-busy").await,
+        ivr::hears(&caller, "is-busy").await,
         "the system's busy greeting"
     );
     v.rig.hang_up(&leg);

@@ -368,6 +368,26 @@ impl Leg {
         if self.dead {
             return;
         }
+        // More of a recording while the last word of it still waits: one
+        // event says both (a slow plugin never piles them up).
+        if let CallEventKind::RecordingChunk {
+            op, offset, len, ..
+        } = &kind
+        {
+            let skip = usize::from(self.in_flight);
+            if let Some(CallEventKind::RecordingChunk {
+                op: o,
+                offset: off,
+                len: l,
+                ..
+            }) = self.queue.iter_mut().skip(skip).map(|e| &mut e.kind).last()
+                && o == op
+                && *off + *l == *offset
+            {
+                *l += len;
+                return;
+            }
+        }
         if self.queue.len() >= MAX_EVENTS_HARD {
             // The plugin lets events pile up: it hears nothing more of
             // this leg, which the watchdog ends (`failed`).
@@ -2333,6 +2353,8 @@ mod tests {
         // Another operation's, or an unknown leg's, are nobody's.
         t.recording_chunk("l", "r0", "b0".into(), 44, 10, 11);
         t.recording_chunk("x", "r1", "b1".into(), 44, 10, 12);
+        // A second one while the first still waits: merged into it.
+        t.recording_chunk("l", "r1", "b1".into(), 65_536, 65_536, 13);
         t.recorded("l", "r1", 4_000, OpEnd::Done, true, 20);
         // After the end, nothing more.
         t.recording_chunk("l", "r1", "b1".into(), 65_536, 10, 21);
@@ -2347,7 +2369,7 @@ mod tests {
                 op: "r1".into(),
                 blob: "b1".into(),
                 offset: 44,
-                len: 65_492
+                len: 65_492 + 65_536
             }],
             "{got:?}"
         );

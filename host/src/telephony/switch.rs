@@ -951,6 +951,7 @@ async fn write_recording(
     // Bytes told to the plugin so far (`chunk-ms`), after the header.
     let chunk_bytes = u64::from(start.opts.chunk_ms) * 16;
     let mut told = 44u64;
+    let mut named = false;
     while let Some(piece) = pieces.recv().await {
         let mut bytes = header.take().unwrap_or_default();
         bytes.extend_from_slice(&piece.pcm);
@@ -974,20 +975,28 @@ async fn write_recording(
                 }
             }
             // What is stored now (whole pieces) may be read: told in
-            // `chunk-ms` steps, before the end, which `recorded` tells.
+            // `chunk-ms` steps, before the end, which `recorded` tells;
+            // the blob itself at once (an empty first chunk), so a plugin
+            // knows where its audio is should the server stop.
             let now_stored = b.stored_len();
-            if chunk_bytes > 0
-                && now_stored >= told + chunk_bytes
+            let first = chunk_bytes > 0 && !named;
+            named = true;
+            if (first || (chunk_bytes > 0 && now_stored >= told + chunk_bytes))
                 && let Some(t) = me.upgrade()
             {
+                let len = if now_stored >= told + chunk_bytes {
+                    now_stored - told
+                } else {
+                    0
+                };
                 t.send(Msg::RecordingChunk(
                     start.leg.clone(),
                     start.op.clone(),
                     start.blob.clone(),
                     told,
-                    now_stored - told,
+                    len,
                 ));
-                told = now_stored;
+                told += len;
             }
             blob = Some(b);
         }

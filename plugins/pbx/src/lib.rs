@@ -756,6 +756,7 @@ impl Plugin for Pbx {
             "feed" => record::feed(&String::from_utf8_lossy(&timer.payload)),
             "watch" => record::watch(&String::from_utf8_lossy(&timer.payload)),
             "unpause" => record::unpause(&String::from_utf8_lossy(&timer.payload)),
+            "live" => record::live(&String::from_utf8_lossy(&timer.payload)),
             _ => Ok(()),
         }
         .map_err(|err| code(&err))

@@ -121,6 +121,23 @@ pub struct CallRec {
     /// Chunks handed over already (the WAV header is the first).
     #[serde(default)]
     pub seq: u64,
+    /// How far the staging blob may be read (the host said so).
+    #[serde(default)]
+    pub stored: u64,
+    /// The chunk size the recording plugin takes (learned from its 413s).
+    #[serde(default = "chunk_size")]
+    pub chunk: u32,
+    /// A turn of handing on is scheduled.
+    #[serde(default)]
+    pub live: bool,
+    /// The recording plugin took no more (why): the host's recording was
+    /// stopped; nothing more is handed on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed: Option<String>,
+}
+
+fn chunk_size() -> u32 {
+    CHUNK
 }
 
 /// A new party of a call: its leg, the user rung, and the user whose
@@ -154,6 +171,13 @@ pub struct Feed {
     /// Given up after [`MAX_FAILED_TURNS`]: waits for an admin.
     #[serde(default)]
     pub stuck: bool,
+    /// The staging blob's own header (stamped at the end) is handed over
+    /// as it is: nothing was handed on during the call.
+    #[serde(default)]
+    pub real_header: bool,
+    /// Nothing more goes in (why): the recording plugin closed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed: Option<String>,
     /// Why the last turn failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -612,6 +636,10 @@ fn start(call: &str, other: &str, s: Start, policy: &Policy) -> Result<CallRec, 
         blob: None,
         fed: 0,
         seq: 0,
+        stored: 0,
+        chunk: CHUNK,
+        live: false,
+        closed: None,
     };
     save(call, &rec)?;
     timers::schedule(WATCH, "watch", format!("{call}/{}", rec.rid).as_bytes())?;
@@ -949,24 +977,24 @@ pub fn recorded(leg: &str, r: &Recorded, at_ms: u64) -> Result<(), Error> {
         )?;
     }
     kv::delete(key(leg))?;
-    let size = if r.blob.is_empty() {
-        0
+    // The host names the blob it wrote; if it could not finish it, the one
+    // it named at the start still holds what was stored.
+    let blob = if r.blob.is_empty() {
+        rec.blob.clone().unwrap_or_default()
     } else {
-        blobs::size(&r.blob)?
+        r.blob.clone()
     };
+    let (size, gone) = staging_size(&blob)?;
+    // Nothing handed on during the call: the blob's own header (stamped
+    // now, with the length) opens the recording.
+    let real_header = rec.seq == 0 && !r.blob.is_empty();
     let feed = Feed {
-        call: leg.to_string(),
-        rid: rec.rid.clone(),
-        blob: r.blob.clone(),
-        offset: rec.fed.max(HEADER),
-        size,
-        seq: rec.seq,
-        chunk: CHUNK,
         ms: r.ms,
         ended_at: at_ms,
-        failed: 0,
-        stuck: false,
-        error: None,
+        real_header,
+        offset: if real_header { 0 } else { rec.fed.max(HEADER) },
+        closed: rec.closed.clone().or(gone),
+        ..rest_of(leg, &rec, blob, size)
     };
     kv::set_json(feed_key(&rec.rid), &feed)?;
     if let Some(number) = &rec.hand_off_to {
@@ -990,6 +1018,43 @@ pub fn recorded(leg: &str, r: &Recorded, at_ms: u64) -> Result<(), Error> {
     feed_turn_saved(feed)
 }
 
+/// How long the staging blob is, and why nothing can be read of it (it
+/// is gone).
+fn staging_size(blob: &str) -> Result<(u64, Option<String>), Error> {
+    if blob.is_empty() {
+        return Ok((0, None));
+    }
+    match blobs::size(blob) {
+        Ok(n) => Ok((n, None)),
+        Err(Error::NotFound(_)) => Ok((
+            0,
+            Some("the staging copy is gone (deleted or expired)".into()),
+        )),
+        Err(e) => Err(e),
+    }
+}
+
+/// The hand-over of what call `call`'s recording `rec` has not handed on
+/// yet, from staging blob `blob` of `size` bytes.
+fn rest_of(call: &str, rec: &CallRec, blob: String, size: u64) -> Feed {
+    Feed {
+        call: call.to_string(),
+        rid: rec.rid.clone(),
+        blob,
+        offset: rec.fed.max(HEADER),
+        size,
+        seq: rec.seq,
+        chunk: rec.chunk,
+        ms: 0,
+        ended_at: now(),
+        failed: 0,
+        stuck: false,
+        error: None,
+        real_header: false,
+        closed: None,
+    }
+}
+
 /// A timer's turn of handing over recording `rid`'s audio.
 pub fn feed(rid: &str) -> Result<(), Error> {
     match kv::get_json::<Feed>(feed_key(rid))? {
@@ -1003,10 +1068,13 @@ pub fn feed(rid: &str) -> Result<(), Error> {
 /// [`MAX_FAILED_TURNS`] the feed is stuck and the audit asks for an
 /// admin.
 fn feed_turn_saved(mut f: Feed) -> Result<(), Error> {
-    let outcome = match turn(&mut f) {
-        Ok(Turn::Done { why }) => finish(&f, why).map(|()| None),
-        Ok(Turn::More) => Ok(Some(Turn::More)),
-        Err(e) => Err(e),
+    let outcome = match f.closed.clone() {
+        Some(why) => finish(&f, Some(why)).map(|()| None),
+        None => match turn(&mut f) {
+            Ok(Turn::Done { why }) => finish(&f, why).map(|()| None),
+            Ok(Turn::More) => Ok(Some(Turn::More)),
+            Err(e) => Err(e),
+        },
     };
     match outcome {
         Ok(None) => Ok(()),
@@ -1104,10 +1172,10 @@ fn streaming_header() -> Vec<u8> {
     h
 }
 
-/// More of the call's recording is stored in the staging blob: handed on
-/// to the recording plugin now, so its chain grows as the call goes. What
-/// fails here is handed over when the recording ends (never a reason to
-/// fail the call).
+/// More of the call's recording is stored in the staging blob (or the
+/// host names it, at the start): noted, and a turn of handing it on to
+/// the recording plugin is scheduled, so its chain grows as the call
+/// goes. Nothing here can fail the call.
 pub fn chunk(call: &str, c: &RecordingChunk) -> Result<(), Error> {
     let Some(mut rec) = load(call)? else {
         return Ok(());
@@ -1116,23 +1184,57 @@ pub fn chunk(call: &str, c: &RecordingChunk) -> Result<(), Error> {
         return Ok(());
     }
     rec.blob = Some(c.blob.clone());
-    let mut f = Feed {
-        call: call.to_string(),
-        rid: rec.rid.clone(),
-        blob: c.blob.clone(),
-        offset: rec.fed.max(HEADER),
-        size: c.offset.saturating_add(c.len),
-        seq: rec.seq,
-        chunk: CHUNK,
-        ms: 0,
-        ended_at: 0,
-        failed: 0,
-        stuck: false,
-        error: None,
+    rec.stored = rec.stored.max(c.offset.saturating_add(c.len));
+    if rec.stored > rec.fed.max(HEADER) && !rec.live && rec.closed.is_none() {
+        rec.live = true;
+        timers::schedule(
+            std::time::Duration::ZERO,
+            "live",
+            format!("{call}/{}", rec.rid).as_bytes(),
+        )?;
+    }
+    save(call, &rec)
+}
+
+/// A turn of handing on what is stored of a running call recording
+/// (payload `call/rid`). Progress is kept whatever happens; a refusal is
+/// tried again later; a recording the recording plugin closed (its
+/// owner's quota) stops the host's recording too.
+pub fn live(payload: &str) -> Result<(), Error> {
+    let Some((call, rid)) = payload.split_once('/') else {
+        return Ok(());
     };
-    if turn(&mut f).is_ok() {
-        rec.fed = f.offset;
-        rec.seq = f.seq;
+    let Some(mut rec) = load(call)? else {
+        return Ok(());
+    };
+    if rec.rid != rid {
+        return Ok(());
+    }
+    rec.live = false;
+    let Some(blob) = rec.blob.clone().filter(|_| rec.closed.is_none()) else {
+        return save(call, &rec);
+    };
+    let mut f = rest_of(call, &rec, blob, rec.stored);
+    let outcome = turn(&mut f);
+    rec.fed = f.offset.max(rec.fed);
+    rec.seq = f.seq;
+    rec.chunk = f.chunk;
+    let again = match outcome {
+        Ok(Turn::More) => Some(std::time::Duration::ZERO),
+        Ok(Turn::Done { why: None }) => None,
+        Ok(Turn::Done { why: Some(why) }) => {
+            stop_op(&rec.op)?;
+            rec.stopping = true;
+            rec.closed = Some(why);
+            None
+        }
+        // The recording plugin is not taking it now: later (what is not
+        // handed on meanwhile goes at the end).
+        Err(_) => Some(std::time::Duration::from_secs(30)),
+    };
+    if let Some(delay) = again {
+        rec.live = true;
+        timers::schedule(delay, "live", payload.as_bytes())?;
     }
     save(call, &rec)
 }
@@ -1149,13 +1251,15 @@ enum Turn {
 /// (the staging blob's own is written only when the recording ends),
 /// then the audio from the staging blob.
 fn turn(f: &mut Feed) -> Result<Turn, ApiError> {
-    for _ in 0..CHUNKS_PER_TURN {
+    let mut taken = 0;
+    while taken < CHUNKS_PER_TURN {
         if f.offset >= f.size {
             return Ok(Turn::Done { why: None });
         }
-        if f.seq == 0 {
+        if f.seq == 0 && !f.real_header {
             match put(f, &streaming_header())? {
                 Put::Taken => f.seq = 1,
+                // (Halving ends at the smallest size: this loop ends.)
                 Put::Smaller => {}
                 Put::Closed(why) => return Ok(Turn::Done { why: Some(why) }),
             }
@@ -1179,6 +1283,7 @@ fn turn(f: &mut Feed) -> Result<Turn, ApiError> {
             Put::Taken => {
                 f.offset += data.len() as u64;
                 f.seq += 1;
+                taken += 1;
             }
             Put::Smaller => {}
             Put::Closed(why) => return Ok(Turn::Done { why: Some(why) }),
@@ -1251,10 +1356,16 @@ pub fn watch(payload: &str) -> Result<(), Error> {
         return Ok(());
     }
     kv::delete(key(call))?;
-    let blob = rec.blob.clone().unwrap_or_default();
-    let size = match blobs::size(&blob) {
-        Ok(n) if !blob.is_empty() => n,
-        _ => 0,
+    let (blob, size, gone) = match rec.blob.clone() {
+        Some(b) => {
+            let (size, gone) = staging_size(&b)?;
+            (b, size, gone)
+        }
+        None => (
+            String::new(),
+            0,
+            Some("the host never named the staging blob".to_string()),
+        ),
     };
     alarm(
         "pbx.recording.lost",
@@ -1262,18 +1373,9 @@ pub fn watch(payload: &str) -> Result<(), Error> {
         json!({ "recording": rec.rid, "why": "the call's recording ended without its end (the server stopped)", "staging_bytes": size }),
     )?;
     feed_turn_saved(Feed {
-        call: call.to_string(),
-        rid: rec.rid.clone(),
-        blob,
-        offset: rec.fed.max(HEADER),
-        size,
-        seq: rec.seq,
-        chunk: CHUNK,
         ms: size.saturating_sub(HEADER) / 16,
-        ended_at: now(),
-        failed: 0,
-        stuck: false,
-        error: None,
+        closed: rec.closed.clone().or(gone),
+        ..rest_of(call, &rec, blob, size)
     })
 }
 
