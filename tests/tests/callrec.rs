@@ -229,17 +229,7 @@ impl Rig {
     async fn recording(&self, user: &str, call: &str, state: &str) -> Value {
         let end = Instant::now() + WAIT;
         loop {
-            let r = self
-                .user(
-                    user,
-                    "recording",
-                    Method::Get,
-                    &format!("/recordings?source=call:{call}"),
-                    Value::Null,
-                )
-                .await;
-            assert_eq!(r.status, 200, "{}", r.text());
-            let list = r.json().unwrap()["recordings"].clone();
+            let list = self.recordings_of(user, call).await;
             if let Some(rec) = list.as_array().and_then(|l| l.first())
                 && rec["state"] == state
             {
@@ -263,18 +253,20 @@ impl Rig {
         }
     }
 
+    /// The recordings of call `call` that `user` sees (a JSON array).
+    async fn recordings_of(&self, user: &str, call: &str) -> Value {
+        let path = format!("/recordings?source=call:{call}");
+        let r = self
+            .user(user, "recording", Method::Get, &path, Value::Null)
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json().unwrap()["recordings"].clone()
+    }
+
     /// How many recordings of call `call` that `user` sees are in `state`.
     async fn recording_count(&self, user: &str, call: &str, state: &str) -> usize {
-        let r = self
-            .user(
-                user,
-                "recording",
-                Method::Get,
-                &format!("/recordings?source=call:{call}"),
-                Value::Null,
-            )
-            .await;
-        r.json().unwrap()["recordings"]
+        self.recordings_of(user, call)
+            .await
             .as_array()
             .unwrap()
             .iter()
