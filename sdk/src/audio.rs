@@ -176,10 +176,21 @@ fn alaw(b: u8) -> i16 {
 
 /// A WAV file of 8 kHz mono 16-bit `samples` (what the host plays).
 pub fn wav_8k(samples: &[i16]) -> Vec<u8> {
-    let data_len = (samples.len() * 2) as u32;
-    let mut out = Vec::with_capacity(44 + samples.len() * 2);
+    let mut out = wav_header((samples.len() * 2) as u32);
+    out.reserve(samples.len() * 2);
+    for s in samples {
+        out.extend_from_slice(&s.to_le_bytes());
+    }
+    out
+}
+
+/// The 44-byte header of an 8 kHz mono 16-bit WAV file holding
+/// `data_len` bytes of samples; `u32::MAX` for a stream whose length is
+/// not known yet (every size all ones, as streams write them).
+pub fn wav_header(data_len: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(44);
     out.extend_from_slice(b"RIFF");
-    out.extend_from_slice(&(36 + data_len).to_le_bytes());
+    out.extend_from_slice(&data_len.saturating_add(36).to_le_bytes());
     out.extend_from_slice(b"WAVEfmt ");
     out.extend_from_slice(&16u32.to_le_bytes());
     out.extend_from_slice(&1u16.to_le_bytes()); // PCM
@@ -190,14 +201,25 @@ pub fn wav_8k(samples: &[i16]) -> Vec<u8> {
     out.extend_from_slice(&16u16.to_le_bytes());
     out.extend_from_slice(b"data");
     out.extend_from_slice(&data_len.to_le_bytes());
-    for s in samples {
-        out.extend_from_slice(&s.to_le_bytes());
-    }
     out
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_stream_header_has_every_size_all_ones() {
+        let h = super::wav_header(u32::MAX);
+        assert_eq!(h.len(), 44);
+        assert_eq!(&h[4..8], &u32::MAX.to_le_bytes());
+        assert_eq!(&h[40..44], &u32::MAX.to_le_bytes());
+        let w = super::wav_8k(&[1, -1]);
+        assert_eq!(
+            (&w[4..8], &w[40..44]),
+            (&40u32.to_le_bytes()[..], &4u32.to_le_bytes()[..])
+        );
+        assert_eq!(&w[..44], &super::wav_header(4)[..]);
+    }
+
     use super::*;
 
     fn wav(tag: u16, bits: u16, channels: u16, rate: u32, data: &[u8]) -> Vec<u8> {

@@ -41,6 +41,7 @@ use switchboard::harness::calls::{CallRig, Phone, Signal};
 use switchboard::media::g711;
 use switchboard::runtime::{Method, Principal, Request};
 use switchboard::tenant::{Limits, Route};
+use switchboard_tests::accounts::plugin_config;
 use switchboard_tests::ivr::{first_frame, wait_frame};
 use switchboard_tests::load::row;
 use switchboard_tests::{component, manifest};
@@ -80,18 +81,7 @@ async fn main() {
         .as_str()
         .unwrap()
         .to_string();
-    console(
-        &h,
-        Op::PluginConfigSet {
-            tenant: "acme".into(),
-            name: "voicemail".into(),
-            config: json!({ "max-messages": 1000 })
-                .as_object()
-                .cloned()
-                .unwrap(),
-        },
-    )
-    .await;
+    plugin_config(&h, "acme", "voicemail", json!({ "max-messages": 1000 })).await;
     let route = |number: &str, plugin: &str, args: &str| Route {
         number: number.into(),
         plugin: plugin.into(),

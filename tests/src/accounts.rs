@@ -19,6 +19,31 @@ pub async fn console(h: &Harness, op: Op) -> Value {
         .unwrap_or_else(|e| panic!("{} ({})", e.message, e.code))
 }
 
+/// Sets `tenant`'s settings of `plugin` (`set`, a JSON object) as the
+/// console.
+pub async fn plugin_config(h: &Harness, tenant: &str, plugin: &str, set: Value) -> Value {
+    console(
+        h,
+        Op::PluginConfigSet {
+            tenant: tenant.into(),
+            name: plugin.into(),
+            config: set.as_object().cloned().unwrap_or_default(),
+        },
+    )
+    .await
+}
+
+/// The audit trail's entries of `tenant` for `action`.
+pub fn audits(h: &Harness, tenant: &str, action: &str) -> Vec<switchboard::audit::Entry> {
+    h.runtime()
+        .audit_log()
+        .entries(&switchboard::audit::Scope::tenant(tenant), 0, 10_000)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == action)
+        .collect()
+}
+
 /// Creates `name` with `role` in `realm`; returns (id, welcome password).
 pub async fn create_user(h: &Harness, realm: &str, name: &str, role: &str) -> (String, String) {
     let v = console(

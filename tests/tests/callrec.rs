@@ -10,14 +10,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use switchboard::admin::Op;
-use switchboard::audit::Scope;
 use switchboard::call::types::{Principal, Request, Response, Role};
 use switchboard::harness::Harness;
 use switchboard::harness::calls::{CallRig, Phone, Signal};
 use switchboard::media::g711;
 use switchboard::runtime::Method;
 use switchboard::tenant::{Limits, Route};
-use switchboard_tests::accounts::{console, create_user};
+use switchboard_tests::accounts::{audits, console, create_user, plugin_config};
 use switchboard_tests::{harness, ivr, tenant};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -304,14 +303,7 @@ impl Rig {
     }
 
     fn audits(&self, action: &str) -> Vec<switchboard::audit::Entry> {
-        self.h
-            .runtime()
-            .audit_log()
-            .entries(&Scope::tenant("acme"), 0, 10_000)
-            .unwrap()
-            .into_iter()
-            .filter(|e| e.action == action)
-            .collect()
+        audits(&self.h, "acme", action)
     }
 }
 
@@ -366,18 +358,7 @@ async fn r3_a_call_recorded_always_is_announced_paused_without_a_trace_and_seale
     let r = rig().await;
     // Bob's calls are recorded always (named by login: stored as his id).
     r.policy(json!({ "always": { "users": ["bob"] } })).await;
-    console(
-        &r.h,
-        Op::PluginConfigSet {
-            tenant: "acme".into(),
-            name: "pbx".into(),
-            config: json!({ "recording-chunk-seconds": 1 })
-                .as_object()
-                .cloned()
-                .unwrap(),
-        },
-    )
-    .await;
+    plugin_config(&r.h, "acme", "pbx", json!({ "recording-chunk-seconds": 1 })).await;
     let shown = r.admin(Method::Get, "/admin/recording", Value::Null).await;
     assert_eq!(shown.json().unwrap()["always"]["users"], json!([r.bob]));
     let (mut alice, mut bob) = (Phone::new().unwrap(), Phone::new().unwrap());

@@ -15,7 +15,7 @@ use switchboard::admin::Op;
 use switchboard::harness::Harness;
 use switchboard::media::g711;
 use switchboard::tenant::{Limits, Route};
-use switchboard_tests::accounts::{console, create_user};
+use switchboard_tests::accounts::{console, create_user, plugin_config};
 use switchboard_tests::baresip::{Account, Baresip, event_type, write_wav};
 use switchboard_tests::{harness, ok_json, tenant};
 
@@ -290,16 +290,11 @@ async fn t2_baresip_transfers_a_call_blind_and_the_caller_reaches_the_target() {
 async fn v3_baresip_leaves_a_message_and_the_owners_phone_shows_it_waiting() {
     use switchboard::runtime::{Method, Principal, Request};
     let r = rig().await;
-    console(
+    plugin_config(
         &r.h,
-        Op::PluginConfigSet {
-            tenant: "acme".into(),
-            name: "pbx".into(),
-            config: serde_json::json!({ "voicemail": "800", "ring-seconds": 5 })
-                .as_object()
-                .cloned()
-                .unwrap(),
-        },
+        "acme",
+        "pbx",
+        serde_json::json!({ "voicemail": "800", "ring-seconds": 5 }),
     )
     .await;
     let carol_id =

@@ -167,14 +167,7 @@ impl Rig {
     }
 
     fn audits(&self, action: &str) -> Vec<switchboard::audit::Entry> {
-        self.h
-            .runtime()
-            .audit_log()
-            .entries(&Scope::tenant("acme"), 0, 10_000)
-            .unwrap()
-            .into_iter()
-            .filter(|e| e.action == action)
-            .collect()
+        switchboard_tests::accounts::audits(&self.h, "acme", action)
     }
 }
 

@@ -16,7 +16,7 @@ use switchboard::harness::calls::{CallRig, Phone, Signal};
 use switchboard::media::g711;
 use switchboard::runtime::Method;
 use switchboard::tenant::{Limits, Route};
-use switchboard_tests::accounts::{console, create_user};
+use switchboard_tests::accounts::{console, create_user, plugin_config};
 use switchboard_tests::{harness, ivr, tenant};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -34,15 +34,7 @@ struct Vm {
 }
 
 async fn config(h: &Harness, name: &str, set: Value) {
-    console(
-        h,
-        Op::PluginConfigSet {
-            tenant: "acme".into(),
-            name: name.into(),
-            config: set.as_object().cloned().unwrap_or_default(),
-        },
-    )
-    .await;
+    plugin_config(h, "acme", name, set).await;
 }
 
 /// acme with pbx (calls nobody answers go to 800), voicemail on 800 and

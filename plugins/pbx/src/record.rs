@@ -42,7 +42,7 @@ use switchboard_sdk::calls::{
 };
 use switchboard_sdk::http::{self, ApiError, Params, RequestExt as _};
 use switchboard_sdk::{
-    Error, Method, Request, Response, audit, blobs, config, kv, plugins, timers,
+    Error, Method, Request, Response, audio, audit, blobs, config, kv, plugins, timers,
 };
 
 use crate::me;
@@ -1152,26 +1152,6 @@ fn put(f: &mut Feed, data: &[u8]) -> Result<Put, ApiError> {
 /// The staging blob's WAV header's length.
 const HEADER: u64 = 44;
 
-/// A WAV header for audio of a length not known yet (8 kHz mono 16-bit
-/// PCM; the sizes all ones, as streams write them): the recording's first
-/// chunk, since its audio is handed on before the call ends.
-fn streaming_header() -> Vec<u8> {
-    let mut h = Vec::with_capacity(44);
-    h.extend_from_slice(b"RIFF");
-    h.extend_from_slice(&u32::MAX.to_le_bytes());
-    h.extend_from_slice(b"WAVEfmt ");
-    h.extend_from_slice(&16u32.to_le_bytes());
-    h.extend_from_slice(&1u16.to_le_bytes()); // PCM
-    h.extend_from_slice(&1u16.to_le_bytes()); // mono
-    h.extend_from_slice(&8000u32.to_le_bytes());
-    h.extend_from_slice(&16_000u32.to_le_bytes());
-    h.extend_from_slice(&2u16.to_le_bytes());
-    h.extend_from_slice(&16u16.to_le_bytes());
-    h.extend_from_slice(b"data");
-    h.extend_from_slice(&u32::MAX.to_le_bytes());
-    h
-}
-
 /// More of the call's recording is stored in the staging blob (or the
 /// host names it, at the start): noted, and a turn of handing it on to
 /// the recording plugin is scheduled, so its chain grows as the call
@@ -1257,7 +1237,7 @@ fn turn(f: &mut Feed) -> Result<Turn, ApiError> {
             return Ok(Turn::Done { why: None });
         }
         if f.seq == 0 && !f.real_header {
-            match put(f, &streaming_header())? {
+            match put(f, &audio::wav_header(u32::MAX))? {
                 Put::Taken => f.seq = 1,
                 // (Halving ends at the smallest size: this loop ends.)
                 Put::Smaller => {}
